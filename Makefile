@@ -1,0 +1,50 @@
+# Caravan: `make demo` runs the main job, `make test` runs the tests. Both install what
+# they need first (Python packages in .venv, npm packages, Debian packages), so a fresh
+# clone works with nothing installed by hand. Installs are stamped and happen once.
+
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+export DAGSTER_HOME ?= $(CURDIR)/.caravan/dagster
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup test lint demo bench dagster-home labelstudio-install labelstudio-start labelstudio-stop anvil-start anvil-stop clean
+
+setup: $(VENV)/.installed node_modules/.installed /usr/bin/ipfs_cid dagster-home
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	# torch first, exactly pinned: the CPU wheel (a looser pin pulls CUDA wheels).
+	$(VENV)/bin/pip install --quiet torch==2.13.0
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+/usr/bin/ipfs_cid:
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq ipfs-cid
+
+dagster-home:
+	@mkdir -p $(DAGSTER_HOME)
+	@ln -sf $(CURDIR)/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest
+
+demo: setup
+	$(VENV)/bin/caravan demo
+
+bench: setup
+	for b in bench/*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf .caravan

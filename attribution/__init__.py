@@ -1,0 +1,1 @@
+"""Training with per-step (in-run) attribution, checkpoint estimators, contributor weights."""

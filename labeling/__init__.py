@@ -1,0 +1,1 @@
+"""Label Studio client, task sync, annotation export, label aggregation and annotator quality."""

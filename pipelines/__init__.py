@@ -1,0 +1,1 @@
+"""Dagster definitions (assets, resources, checks, automation) and the `caravan` CLI."""

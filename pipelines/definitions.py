@@ -1,0 +1,7 @@
+"""The one Dagster `Definitions` of Caravan."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+defs = dg.Definitions(assets=[])

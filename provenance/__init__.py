@@ -1,0 +1,1 @@
+"""Provenance records, Merkle trees, royalty contracts, the chain client and the auditor."""

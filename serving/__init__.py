@@ -1,0 +1,1 @@
+"""The pay-per-use model endpoint: predictions, metering, receipts, settlement epochs."""
