@@ -1,0 +1,141 @@
+"""The attribution task: which model, how it trains, and which layers we can score exactly.
+
+One object carries everything a method needs (model, loss, optimizer settings), as in
+dattri's ``AttributionTask``; the methods never see Dagster or any other room.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from .errors import UnsupportedModelError, UnsupportedOptimizerError
+
+# Leaves without parameters that act on each example independently.
+ELEMENTWISE = (
+    nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.Softplus,
+    nn.Identity, nn.Flatten,
+)
+# Leaves with parameters whose per-example gradients ghost.py computes exactly.
+SCORED = (nn.Linear, nn.LayerNorm)
+_BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm)
+_ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A feed-forward classifier that can be rebuilt from bytes (logistic regression: no hidden layer)."""
+
+    sizes: tuple[int, ...]
+    activation: Literal["relu", "tanh", "gelu"] = "relu"
+    layer_norm: bool = False
+
+    def build(self, seed: int) -> nn.Module:
+        """Fresh model with weights drawn from ``seed`` (independent of the global RNG)."""
+        if len(self.sizes) < 2:
+            raise UnsupportedModelError(f"ModelSpec.sizes needs input and output sizes, got {self.sizes}")
+        devices = torch.random.fork_rng(devices=[])
+        with devices:
+            torch.manual_seed(seed)
+            layers: list[nn.Module] = []
+            for i, (d_in, d_out) in enumerate(zip(self.sizes[:-1], self.sizes[1:], strict=True)):
+                layers.append(nn.Linear(d_in, d_out))
+                if i < len(self.sizes) - 2:
+                    if self.layer_norm:
+                        layers.append(nn.LayerNorm(d_out))
+                    layers.append(_ACTIVATIONS[self.activation]())
+            return nn.Sequential(*layers)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelSpec:
+        raw = json.loads(text)
+        return cls(sizes=tuple(raw["sizes"]), activation=raw["activation"], layer_norm=raw["layer_norm"])
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings of an attributed run. SGD is the default because its update is lr * gradient.
+
+    ``per_target`` keeps one score column per target (pairwise ghost form everywhere) instead
+    of one score against the mean target loss (cheapest exact form per layer).
+    """
+
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 0.1
+    weight_decay: float = 0.0
+    optimizer: Literal["sgd"] = "sgd"
+    n_checkpoints: int = 3
+    trak_k: int = 512
+    trak_damping: float = 1e-3
+    per_target: bool = False
+    spill_bytes: int = 256 * 2**20
+    chunk_rows: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.optimizer != "sgd":
+            raise UnsupportedOptimizerError(
+                f"optimizer {self.optimizer!r} is not supported for per-step attribution: its update is "
+                "not lr * gradient, so the SGD score formula would be silently wrong; use optimizer='sgd'"
+            )
+        for name in ("epochs", "batch_size", "n_checkpoints", "trak_k", "chunk_rows"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0 or self.weight_decay < 0:
+            raise ValueError("TrainConfig.lr must be > 0 and weight_decay >= 0")
+
+
+@dataclass(frozen=True)
+class AttributionTask:
+    """Model + loss (cross-entropy over class indices) + training config."""
+
+    spec: ModelSpec
+    config: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def n_classes(self) -> int:
+        return self.spec.sizes[-1]
+
+    @property
+    def n_features(self) -> int:
+        return self.spec.sizes[0]
+
+
+def scored_layers(model: nn.Module) -> list[nn.Module]:
+    """The layers with parameters, in forward order; refuses anything we cannot score exactly.
+
+    BatchNorm is refused because it couples the examples of a batch: a per-example gradient
+    then depends on the whole batch and the ghost identity no longer holds.
+    """
+    layers: list[nn.Module] = []
+    for name, module in model.named_modules():
+        if isinstance(module, _BATCHNORM):
+            raise UnsupportedModelError(
+                f"layer {name!r} ({type(module).__name__}) couples the examples of a batch, so per-example "
+                "attribution is undefined; use LayerNorm or no normalization"
+            )
+        own = list(module.parameters(recurse=False))
+        if isinstance(module, SCORED):
+            if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) != 1:
+                raise UnsupportedModelError(f"layer {name!r}: LayerNorm must normalize one trailing dim")
+            layers.append(module)
+        elif own:
+            raise UnsupportedModelError(
+                f"layer {name!r} ({type(module).__name__}) has parameters but is not nn.Linear or "
+                "nn.LayerNorm; its per-example gradients are not supported"
+            )
+        elif not list(module.children()) and not isinstance(module, ELEMENTWISE):
+            raise UnsupportedModelError(
+                f"layer {name!r} ({type(module).__name__}) is not an elementwise activation; supported: "
+                + ", ".join(c.__name__ for c in ELEMENTWISE)
+            )
+    if not layers:
+        raise UnsupportedModelError("the model has no nn.Linear layer to attribute")
+    return layers

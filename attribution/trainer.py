@@ -1,0 +1,251 @@
+"""The driver: SGD training that scores every example at every optimizer step.
+
+At step t each example i of the batch earns ``lr_t · ⟨∇ℓ_targets(θ_t), ∇ℓ_i(θ_t)⟩`` (first-order
+In-Run Data Shapley; TracIn with every step a checkpoint), with ``ℓ_targets`` the mean target
+loss. The targets ride in the same forward/backward pass as the batch, parameters are frozen
+for autograd, and the update is formed from the same ``A`` and ``B`` the scores use, so the
+attribution costs only the target rows and the ghost products.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import ghost
+from .errors import InputError
+from .task import AttributionTask, scored_layers
+
+EXAMPLE_ATTRIBUTION_SCHEMA = pa.schema(
+    [("example_id", pa.string()), ("score", pa.float64()), ("method", pa.string()), ("run_id", pa.string())]
+)
+INRUN_METHOD = "inrun_sgd"
+
+
+@dataclass
+class TrainResult:
+    """Everything an attributed run produces; ``features`` answer query-time attribution."""
+
+    model: nn.Module
+    task: AttributionTask
+    run_id: str
+    example_ids: list[str]
+    scores: np.ndarray  # float64 [n_train]: score against the mean target loss
+    per_target: np.ndarray | None  # float64 [n_train, n_targets] when config.per_target
+    checkpoints: list[dict[str, torch.Tensor]]
+    features: object | None = None  # trak.TrakFeatures
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def example_attribution(self) -> pa.Table:
+        n = len(self.example_ids)
+        return pa.table(
+            {
+                "example_id": pa.array(self.example_ids, pa.string()),
+                "score": pa.array(self.scores, pa.float64()),
+                "method": pa.array([INRUN_METHOD] * n, pa.string()),
+                "run_id": pa.array([self.run_id] * n, pa.string()),
+            },
+            schema=EXAMPLE_ATTRIBUTION_SCHEMA,
+        )
+
+
+# ---------------------------------------------------------------- input checks
+
+
+def _features(name: str, x: object, n_features: int) -> torch.Tensor:
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[0] == 0:
+        raise InputError(f"{name} must be a non-empty 2-d array [examples, features], got shape {arr.shape}")
+    if arr.shape[1] != n_features:
+        raise InputError(f"{name} has {arr.shape[1]} feature columns but the model expects {n_features}")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        rows = np.unique(np.nonzero(bad)[0])[:5].tolist()
+        raise InputError(f"{name} holds NaN or inf values (rows {rows}...); impute or drop them first")
+    return torch.from_numpy(arr.astype(np.float32))
+
+
+def _labels(name: str, y: object, n_rows: int, n_classes: int) -> torch.Tensor:
+    arr = np.asarray(y)
+    if arr.ndim != 1 or len(arr) != n_rows:
+        raise InputError(f"{name} has {len(arr) if arr.ndim == 1 else arr.shape} labels for {n_rows} rows")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise InputError(f"{name} must hold integer class indices, got dtype {arr.dtype}")
+    bad = sorted({int(v) for v in arr[(arr < 0) | (arr >= n_classes)]})
+    if bad:
+        raise InputError(f"{name} holds labels {bad[:10]} outside the label set 0..{n_classes - 1}")
+    return torch.from_numpy(arr.astype(np.int64))
+
+
+def validate(
+    task: AttributionTask,
+    X_train: object,
+    y_train: object,
+    example_ids: Sequence[str],
+    X_targets: object,
+    y_targets: object,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Tensors for training, or one named ``InputError`` before any training starts."""
+    x = _features("X_train", X_train, task.n_features)
+    y = _labels("y_train", y_train, x.shape[0], task.n_classes)
+    if len(example_ids) != x.shape[0]:
+        raise InputError(f"{len(example_ids)} example_ids for {x.shape[0]} training rows")
+    if len(set(example_ids)) != len(example_ids):
+        raise InputError("example_ids are not unique; each training row needs its own id")
+    if len(torch.unique(y)) < 2:
+        raise InputError(f"y_train holds one class only ({int(y[0])}); a classifier needs at least two")
+    xv = _features("X_targets", X_targets, task.n_features)
+    yv = _labels("y_targets", y_targets, xv.shape[0], task.n_classes)
+    train_rows = {r.tobytes() for r in x.numpy()}
+    overlap = [i for i, r in enumerate(xv.numpy()) if r.tobytes() in train_rows]
+    if overlap:
+        raise InputError(
+            f"{len(overlap)} target rows (e.g. {overlap[:5]}) also appear in the training set; "
+            "targets must be held out"
+        )
+    scored_layers(task.spec.build(0))
+    return x, y, xv, yv
+
+
+# ---------------------------------------------------------------- training
+
+
+def batches(n: int, batch_size: int, epochs: int, seed: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """(epoch, indices) of every step: a seeded permutation per epoch, the last batch may be short."""
+    gen = torch.Generator().manual_seed(seed)
+    for epoch in range(epochs):
+        perm = torch.randperm(n, generator=gen)
+        for start in range(0, n, batch_size):
+            yield epoch, perm[start : start + batch_size]
+
+
+def checkpoint_epochs(epochs: int, n_checkpoints: int) -> list[int]:
+    """Epochs (0-based) after which a checkpoint is kept, evenly spread and ending at the last."""
+    n = min(n_checkpoints, epochs)
+    return sorted({int(round(epochs * (j + 1) / n)) - 1 for j in range(n)})
+
+
+def train_plain(task: AttributionTask, X: object, y: object, *, seed: int) -> nn.Module:
+    """The same training without attribution (reference for cost and for retraining)."""
+    x = torch.as_tensor(np.asarray(X, dtype=np.float32))
+    yt = torch.as_tensor(np.asarray(y, dtype=np.int64))
+    cfg = task.config
+    model = task.spec.build(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    for _, idx in batches(len(x), cfg.batch_size, cfg.epochs, seed):
+        loss = F.cross_entropy(model(x[idx]), yt[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return model
+
+
+def _layer_scores(
+    layers: list[nn.Module], facts: list[ghost.Factors], nb: int, n_targets: int, per_target: bool
+) -> torch.Tensor:
+    train_rows, target_rows = slice(0, nb), slice(nb, None)
+    total = None
+    for module, f in zip(layers, facts, strict=True):
+        tr, tv = f.rows(train_rows), f.rows(target_rows)
+        if per_target:
+            s = ghost.pairwise_dots(tr, tv)
+        else:
+            s = ghost.summed_dots(tr, tv, ghost.cheaper_form(nb, n_targets, *ghost.layer_dims(module)))
+        total = s if total is None else total.add_(s)
+    return total
+
+
+def _sgd_update(layers: list[nn.Module], facts: list[ghost.Factors], nb: int, lr: float, wd: float) -> None:
+    with torch.no_grad():
+        for module, f in zip(layers, facts, strict=True):
+            for p, g in ghost.param_grads(module, f.rows(slice(0, nb)), 1.0 / nb):
+                if wd:
+                    g = g.add(p, alpha=wd)
+                p.add_(g, alpha=-lr)
+
+
+def run_id_for(task: AttributionTask, example_ids: Sequence[str], seed: int) -> str:
+    h = hashlib.sha256()
+    h.update(task.spec.to_json().encode())
+    h.update(repr(sorted(vars(task.config).items())).encode())
+    h.update(str(seed).encode())
+    for e in example_ids:
+        h.update(e.encode() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def train_with_attribution(
+    task: AttributionTask,
+    X_train: object,
+    y_train: object,
+    example_ids: Sequence[str],
+    X_targets: object,
+    y_targets: object,
+    *,
+    seed: int,
+    run_id: str | None = None,
+    with_features: bool = True,
+    feature_dir: str | None = None,
+) -> TrainResult:
+    """Train ``task`` with SGD and score every training example at every step.
+
+    Returns the trained model, per-example scores (``example_attribution``), the checkpoints,
+    and (``with_features``) the TRAK features that answer ``attribute_query``.
+    """
+    x, y, xv, yv = validate(task, X_train, y_train, example_ids, X_targets, y_targets)
+    cfg = task.config
+    model = task.spec.build(seed)
+    layers = scored_layers(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    n, nv = x.shape[0], xv.shape[0]
+    scores = torch.zeros((n, nv) if cfg.per_target else (n,), dtype=torch.float64)
+    keep = set(checkpoint_epochs(cfg.epochs, cfg.n_checkpoints))
+    checkpoints: list[dict[str, torch.Tensor]] = []
+    steps_per_epoch = -(-n // cfg.batch_size)
+    t0 = time.perf_counter()
+    with ghost.LayerTaps(layers) as taps:
+        for step, (epoch, idx) in enumerate(batches(n, cfg.batch_size, cfg.epochs, seed)):
+            nb = len(idx)
+            logits = model(torch.cat([x[idx], xv]))
+            loss = F.cross_entropy(logits[:nb], y[idx], reduction="sum") + F.cross_entropy(
+                logits[nb:], yv, reduction="sum"
+            )
+            grads = taps.output_grads(loss)
+            facts = [ghost.layer_factors(t, b) for t, b in zip(taps.taps, grads, strict=True)]
+            s = _layer_scores(layers, facts, nb, nv, cfg.per_target)
+            scores.index_add_(0, idx, s.to(torch.float64).mul_(cfg.lr / (1.0 if cfg.per_target else nv)))
+            _sgd_update(layers, facts, nb, cfg.lr, cfg.weight_decay)
+            if epoch in keep and (step + 1) % steps_per_epoch == 0:
+                checkpoints.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+    train_s = time.perf_counter() - t0
+    for p in model.parameters():
+        p.requires_grad_(True)
+    per_target = scores.numpy() if cfg.per_target else None
+    summed = scores.mean(1).numpy() if cfg.per_target else scores.numpy()
+    result = TrainResult(
+        model=model,
+        task=task,
+        run_id=run_id or run_id_for(task, example_ids, seed),
+        example_ids=list(example_ids),
+        scores=summed,
+        per_target=per_target,
+        checkpoints=checkpoints,
+        timings={"train_s": train_s},
+    )
+    if with_features:
+        from .trak import build_features
+
+        t1 = time.perf_counter()
+        result.features = build_features(task, checkpoints, x, y, seed=seed, directory=feature_dir)
+        result.timings["features_s"] = time.perf_counter() - t1
+    return result

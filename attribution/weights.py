@@ -1,0 +1,259 @@
+"""From example scores to contributor royalty weights in basis points.
+
+Policy (``WeightPolicy``, defaults in brackets): the pool splits into a provider share [70 %]
+and a labeler share [30 %]. An example's credit goes to its provider; its labeler credit goes
+to the annotators whose label agreed with consensus, ``confidence / n_agreeing`` each (the
+Dawid–Skene posterior of the consensus label, shared equally). Negative-influence examples
+earn nothing [``clip``]; with ``net`` they offset the same contributor's positive credit.
+Each role's share is split in proportion to the contributors' scores; a role with no
+positive score passes its share to the other.
+
+Determinism for auditors: example scores are rounded to ``score_digits`` significant digits
+(relative to the largest) before anything else, so tiny float differences (1 vs 2 torch
+threads) vanish; contributions are summed in ``example_id`` order; the final split is exact
+rational arithmetic with the largest-remainder method, ties broken by address.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from eth_utils import is_address, to_checksum_address
+from scipy import sparse
+
+from .errors import ContributorError
+
+TOTAL_BPS = 10_000
+CONTRIBUTOR_WEIGHTS_SCHEMA = pa.schema(
+    [
+        ("contributor", pa.string()),
+        ("address", pa.string()),
+        ("role", pa.string()),
+        ("score", pa.float64()),
+        ("weight_bps", pa.int64()),
+    ]
+)
+ROLES = ("provider", "labeler")
+
+
+@dataclass(frozen=True)
+class WeightPolicy:
+    provider_share_bps: int = 7000
+    negative: Literal["clip", "net"] = "clip"
+    score_digits: int = 8
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.provider_share_bps <= TOTAL_BPS:
+            raise ValueError(f"provider_share_bps must be in 0..{TOTAL_BPS}, got {self.provider_share_bps}")
+        if self.negative not in ("clip", "net"):
+            raise ValueError(f"negative must be 'clip' or 'net', got {self.negative!r}")
+        if not 1 <= self.score_digits <= 15:
+            raise ValueError("score_digits must be in 1..15 (float64 holds 15 exact digits)")
+
+    def share(self, role: str) -> int:
+        return self.provider_share_bps if role == "provider" else TOTAL_BPS - self.provider_share_bps
+
+
+def quantize(scores: np.ndarray, digits: int) -> np.ndarray:
+    """Integers (as float64) on a grid of ``digits`` significant digits of the largest |score|."""
+    scores = np.asarray(scores, dtype=np.float64)
+    top = float(np.max(np.abs(scores))) if scores.size else 0.0
+    if top == 0.0 or not math.isfinite(top):
+        return np.zeros_like(scores)
+    unit = 10.0 ** (math.floor(math.log10(top)) - digits + 1)
+    return np.round(scores / unit)
+
+
+def largest_remainder(quotas: list[Fraction], tiebreak: list[tuple], total: int = TOTAL_BPS) -> list[int]:
+    """Integers summing to ``total``: floors, then +1 by largest remainder, ties by ``tiebreak``."""
+    floors = [q.numerator // q.denominator for q in quotas]
+    left = total - sum(floors)
+    order = sorted(range(len(quotas)), key=lambda i: (-(quotas[i] - floors[i]), tiebreak[i]))
+    for i in order[:left]:
+        floors[i] += 1
+    return floors
+
+
+# ---------------------------------------------------------------- the credit map
+
+
+def _strings(table: pa.Table, name: str, col: str) -> list[str | None]:
+    if col not in table.column_names:
+        raise ContributorError(f"{name} table has no {col!r} column (columns: {table.column_names})")
+    return pc.cast(table[col], pa.string()).to_pylist()
+
+
+@dataclass
+class ContributorSplit:
+    """Which contributors share each example's credit; built once, applied to any score vector.
+
+    The pipeline applies it to a run's ``example_attribution``; serving applies it to the
+    scores ``attribute_query`` gives one prediction, to split that prediction's fee.
+    """
+
+    example_ids: list[str]  # sorted
+    contributors: dict[str, list[str]]  # role -> sorted contributor ids
+    addresses: dict[str, str]  # contributor -> checksummed address
+    matrices: dict[str, sparse.csr_matrix]  # role -> [contributors x examples] credit shares
+    policy: WeightPolicy
+
+    @classmethod
+    def build(
+        cls,
+        examples: pa.Table,
+        annotations: pa.Table | None,
+        consensus: pa.Table | None,
+        addresses: dict[str, str],
+        policy: WeightPolicy | None = None,
+    ) -> ContributorSplit:
+        policy = policy or WeightPolicy()
+        ids = _strings(examples, "examples", "example_id")
+        providers = _strings(examples, "examples", "provider")
+        orphans = [e for e, p in zip(ids, providers, strict=True) if not p]
+        if orphans:
+            raise ContributorError(f"{len(orphans)} examples have no provider: {orphans[:10]}")
+        order = sorted(range(len(ids)), key=ids.__getitem__)
+        example_ids = [ids[i] for i in order]
+        if len(set(example_ids)) != len(example_ids):
+            raise ContributorError("examples table lists an example_id twice")
+        index = {e: i for i, e in enumerate(example_ids)}
+        entries = {"provider": [(providers[i], index[ids[i]], 1.0) for i in order]}
+        entries["labeler"] = _labeler_entries(annotations, consensus, index)
+        contributors = {r: sorted({c for c, _, _ in entries[r]}) for r in ROLES}
+        everyone = sorted(set(contributors["provider"]) | set(contributors["labeler"]))
+        checked = _checked_addresses(everyone, addresses)
+        matrices = {}
+        for role in ROLES:
+            col = {c: j for j, c in enumerate(contributors[role])}
+            rows = [col[c] for c, _, _ in entries[role]]
+            cols = [e for _, e, _ in entries[role]]
+            vals = [v for _, _, v in entries[role]]
+            m = sparse.coo_matrix((vals, (rows, cols)), shape=(len(col), len(example_ids)))
+            matrices[role] = m.tocsr()
+        return cls(example_ids, contributors, checked, matrices, policy)
+
+    def scores_vector(self, example_attribution: pa.Table) -> np.ndarray:
+        """Scores aligned to ``example_ids`` (examples absent from the table score 0)."""
+        ids = _strings(example_attribution, "example_attribution", "example_id")
+        values = example_attribution["score"].to_numpy(zero_copy_only=False).astype(np.float64)
+        if not np.isfinite(values).all():
+            raise ContributorError("example_attribution holds NaN or inf scores")
+        index = {e: i for i, e in enumerate(self.example_ids)}
+        unknown = [e for e in ids if e not in index]
+        if unknown:
+            raise ContributorError(
+                f"{len(unknown)} attributed examples are not in the examples table: {unknown[:10]}"
+            )
+        out = np.zeros(len(self.example_ids))
+        out[[index[e] for e in ids]] = values
+        return out
+
+    def weights(self, example_attribution: pa.Table) -> pa.Table:
+        """The ``contributor_weights`` table for one run's (or one prediction's) scores."""
+        return self.weights_from_scores(self.scores_vector(example_attribution))
+
+    def weights_from_scores(self, scores: np.ndarray) -> pa.Table:
+        credit = quantize(scores, self.policy.score_digits)
+        if self.policy.negative == "clip":
+            credit = np.maximum(credit, 0.0)
+        per_role = {r: np.maximum(self.matrices[r] @ credit, 0.0) for r in ROLES}
+        grid = quantize(np.concatenate([per_role[r] for r in ROLES]), self.policy.score_digits)
+        ints = dict(zip(ROLES, np.split(grid, [len(per_role["provider"])]), strict=True))
+        totals = {r: int(ints[r].sum()) for r in ROLES}
+        if not any(totals.values()):
+            raise ContributorError("no contributor has a positive attribution score; nothing to split")
+        shares = {r: self.policy.share(r) for r in ROLES}
+        for r, other in (ROLES, ROLES[::-1]):
+            if totals[r] == 0:
+                shares[other], shares[r] = TOTAL_BPS, 0
+        rows, quotas = [], []
+        for role in ROLES:
+            for c, v, q in zip(self.contributors[role], per_role[role], ints[role], strict=True):
+                rows.append((c, self.addresses[c], role, float(v)))
+                quotas.append(Fraction(shares[role] * int(q), totals[role]) if totals[role] else Fraction(0))
+        bps = largest_remainder(quotas, [(a, r, c) for c, a, r, _ in rows])
+        ordered = sorted(zip(rows, bps, strict=True), key=lambda t: (t[0][2], t[0][0]))
+        return pa.table(
+            {
+                "contributor": [r[0] for r, _ in ordered],
+                "address": [r[1] for r, _ in ordered],
+                "role": [r[2] for r, _ in ordered],
+                "score": [r[3] for r, _ in ordered],
+                "weight_bps": [b for _, b in ordered],
+            },
+            schema=CONTRIBUTOR_WEIGHTS_SCHEMA,
+        )
+
+
+def _labeler_entries(
+    annotations: pa.Table | None, consensus: pa.Table | None, index: dict[str, int]
+) -> list[tuple[str, int, float]]:
+    """(annotator, example index, share) for annotators who agreed with the consensus label."""
+    if annotations is None or consensus is None or annotations.num_rows == 0 or consensus.num_rows == 0:
+        return []
+    agreed: dict[str, tuple[str, float]] = {}
+    for e, label, conf in zip(
+        _strings(consensus, "consensus", "example_id"),
+        _strings(consensus, "consensus", "label"),
+        consensus["confidence"].to_pylist()
+        if "confidence" in consensus.column_names
+        else [1.0] * consensus.num_rows,
+        strict=True,
+    ):
+        if e in index and label is not None:
+            agreed[e] = (label, float(conf if conf is not None else 1.0))
+    voters: dict[str, set[str]] = {}
+    others: set[tuple[str, str]] = set()  # listed with zero credit
+    unknown = []
+    for e, who, label in zip(
+        _strings(annotations, "annotations", "example_id"),
+        _strings(annotations, "annotations", "annotator"),
+        _strings(annotations, "annotations", "label"),
+        strict=True,
+    ):
+        if not who:
+            unknown.append(e)
+        elif e in agreed and label == agreed[e][0]:
+            voters.setdefault(e, set()).add(who)
+        elif e in index:
+            others.add((who, e))
+    if unknown:
+        raise ContributorError(f"{len(unknown)} annotations have no annotator (examples {unknown[:10]})")
+    out = []
+    for e in sorted(voters):
+        conf = agreed[e][1] / len(voters[e])
+        out.extend((who, index[e], conf) for who in sorted(voters[e]))
+    out.extend((who, index[e], 0.0) for who, e in sorted(others))
+    return out
+
+
+def _checked_addresses(contributors: list[str], addresses: dict[str, str]) -> dict[str, str]:
+    missing = [c for c in contributors if not addresses.get(c)]
+    if missing:
+        raise ContributorError(
+            f"{len(missing)} contributors have no address in the registry: {', '.join(missing)}; "
+            "register an EVM address for each before weighting"
+        )
+    bad = [c for c in contributors if not is_address(addresses[c])]
+    if bad:
+        raise ContributorError(f"contributors with an invalid EVM address: {', '.join(bad)}")
+    return {c: to_checksum_address(addresses[c]) for c in contributors}
+
+
+def contributor_weights(
+    example_attribution: pa.Table,
+    examples: pa.Table,
+    annotations: pa.Table | None,
+    consensus: pa.Table | None,
+    addresses: dict[str, str],
+    policy: WeightPolicy | None = None,
+) -> pa.Table:
+    """The ``contributor_weights`` table (contributor, address, role, score, weight_bps)."""
+    split = ContributorSplit.build(examples, annotations, consensus, addresses, policy)
+    return split.weights(example_attribution)
