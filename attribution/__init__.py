@@ -7,6 +7,11 @@ Public face (other rooms use only these names):
   ``TrainResult`` (model, ``example_attribution`` table, checkpoint features).
 - ``contributor_weights(example_attribution, examples, annotations, consensus, addresses)``
   -> ``contributor_weights`` table; ``ContributorSplit`` applies the same policy per query.
+- ``attribute_query(result.features, x)`` -> per-training-example contributions to one
+  prediction; ``ContributorSplit.split_query(example_ids, contributions)`` -> its fee split.
+- ``model_to_bytes(model, spec)`` / ``model_from_bytes(data)``: deterministic safetensors bytes.
+- ``ExactInfluence`` (logistic regression) and ``TrakFeatures.self_influence`` rank likely
+  mislabeled examples.
 """
 
 from .errors import (
@@ -16,8 +21,11 @@ from .errors import (
     UnsupportedModelError,
     UnsupportedOptimizerError,
 )
+from .influence import ExactInfluence
+from .serialize import model_from_bytes, model_to_bytes
 from .task import AttributionTask, ModelSpec, TrainConfig
 from .trainer import EXAMPLE_ATTRIBUTION_SCHEMA, TrainResult, train_plain, train_with_attribution
+from .trak import TrakFeatures, attribute_query
 from .weights import CONTRIBUTOR_WEIGHTS_SCHEMA, ContributorSplit, WeightPolicy, contributor_weights
 
 __all__ = [
@@ -27,14 +35,19 @@ __all__ = [
     "AttributionTask",
     "ContributorError",
     "ContributorSplit",
+    "ExactInfluence",
     "InputError",
     "ModelSpec",
     "TrainConfig",
     "TrainResult",
+    "TrakFeatures",
     "UnsupportedModelError",
     "UnsupportedOptimizerError",
     "WeightPolicy",
+    "attribute_query",
     "contributor_weights",
+    "model_from_bytes",
+    "model_to_bytes",
     "train_plain",
     "train_with_attribution",
 ]

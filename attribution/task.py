@@ -75,6 +75,7 @@ class TrainConfig:
     n_checkpoints: int = 3
     trak_k: int = 512
     trak_damping: float = 1e-3
+    trak_kernel: Literal["fisher", "empirical"] = "fisher"
     per_target: bool = False
     spill_bytes: int = 256 * 2**20
     chunk_rows: int = 4096

@@ -158,6 +158,11 @@ class ContributorSplit:
         """The ``contributor_weights`` table for one run's (or one prediction's) scores."""
         return self.weights_from_scores(self.scores_vector(example_attribution))
 
+    def split_query(self, example_ids: list[str], contributions: np.ndarray) -> pa.Table:
+        """Basis points of one prediction's fee, from ``attribute_query``'s per-example output."""
+        table = pa.table({"example_id": pa.array(example_ids, pa.string()), "score": contributions})
+        return self.weights(table)
+
     def weights_from_scores(self, scores: np.ndarray) -> pa.Table:
         credit = quantize(scores, self.policy.score_digits)
         if self.policy.negative == "clip":
