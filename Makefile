@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup test lint demo bench dagster-home labelstudio-install labelstudio-start labelstudio-stop anvil-start anvil-stop clean
 
-setup: $(VENV)/.installed node_modules/.installed /usr/bin/ipfs_cid dagster-home
+setup: $(VENV)/.installed node_modules/.installed /usr/bin/ipfs_cid dagster-home .venv-labelstudio/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,18 @@ demo: setup
 
 bench: setup
 	for b in bench/*.py; do $(PY) $$b || exit 1; done
+
+# Label Studio 1.23 in its own venv (its pins must not fight the project's); see scripts/labelstudio.sh.
+.venv-labelstudio/.installed:
+	PYTHON=$(PYTHON) scripts/labelstudio.sh install
+
+labelstudio-install: .venv-labelstudio/.installed
+
+labelstudio-start: .venv-labelstudio/.installed
+	PYTHON=$(PYTHON) scripts/labelstudio.sh start
+
+labelstudio-stop:
+	scripts/labelstudio.sh stop
 
 clean:
 	rm -rf .caravan
