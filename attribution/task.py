@@ -64,12 +64,15 @@ class TrainConfig:
     """Training settings of an attributed run. SGD is the default because its update is lr * gradient.
 
     ``per_target`` keeps one score column per target (pairwise ghost form everywhere) instead
-    of one score against the mean target loss (cheapest exact form per layer).
+    of one score against the mean target loss (cheapest exact form per layer). A ``linear``
+    schedule decays the rate to zero over the run, so training settles at the optimum of a
+    convex model and retraining is reproducible.
     """
 
     epochs: int = 20
     batch_size: int = 64
     lr: float = 0.1
+    lr_schedule: Literal["constant", "linear"] = "constant"
     weight_decay: float = 0.0
     optimizer: Literal["sgd"] = "sgd"
     n_checkpoints: int = 3
@@ -89,8 +92,18 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "n_checkpoints", "trak_k", "chunk_rows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr_schedule not in ("constant", "linear"):
+            raise ValueError(
+                f"TrainConfig.lr_schedule must be 'constant' or 'linear', got {self.lr_schedule!r}"
+            )
         if not self.lr > 0 or self.weight_decay < 0:
             raise ValueError("TrainConfig.lr must be > 0 and weight_decay >= 0")
+
+    def lr_at(self, step: int, total_steps: int) -> float:
+        """Learning rate of optimizer step ``step`` (0-based) out of ``total_steps``."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        return self.lr * (1.0 - step / total_steps)
 
 
 @dataclass(frozen=True)

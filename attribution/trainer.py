@@ -141,7 +141,9 @@ def train_plain(task: AttributionTask, X: object, y: object, *, seed: int) -> nn
     cfg = task.config
     model = task.spec.build(seed)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    for _, idx in batches(len(x), cfg.batch_size, cfg.epochs, seed):
+    total = cfg.epochs * -(-len(x) // cfg.batch_size)
+    for step, (_, idx) in enumerate(batches(len(x), cfg.batch_size, cfg.epochs, seed)):
+        opt.param_groups[0]["lr"] = cfg.lr_at(step, total)
         loss = F.cross_entropy(model(x[idx]), yt[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -212,6 +214,7 @@ def train_with_attribution(
     keep = set(checkpoint_epochs(cfg.epochs, cfg.n_checkpoints))
     checkpoints: list[dict[str, torch.Tensor]] = []
     steps_per_epoch = -(-n // cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
     t0 = time.perf_counter()
     with ghost.LayerTaps(layers) as taps:
         for step, (epoch, idx) in enumerate(batches(n, cfg.batch_size, cfg.epochs, seed)):
@@ -223,8 +226,9 @@ def train_with_attribution(
             grads = taps.output_grads(loss)
             facts = [ghost.layer_factors(t, b) for t, b in zip(taps.taps, grads, strict=True)]
             s = _layer_scores(layers, facts, nb, nv, cfg.per_target)
-            scores.index_add_(0, idx, s.to(torch.float64).mul_(cfg.lr / (1.0 if cfg.per_target else nv)))
-            _sgd_update(layers, facts, nb, cfg.lr, cfg.weight_decay)
+            lr = cfg.lr_at(step, total)
+            scores.index_add_(0, idx, s.to(torch.float64).mul_(lr / (1.0 if cfg.per_target else nv)))
+            _sgd_update(layers, facts, nb, lr, cfg.weight_decay)
             if epoch in keep and (step + 1) % steps_per_epoch == 0:
                 checkpoints.append({k: v.detach().clone() for k, v in model.state_dict().items()})
     train_s = time.perf_counter() - t0

@@ -26,5 +26,6 @@ def data():
 
 @pytest.fixture
 def mlp_task():
-    cfg = TrainConfig(epochs=3, batch_size=32, lr=0.2, weight_decay=1e-3, n_checkpoints=2, trak_k=64)
+    cfg = TrainConfig(epochs=3, batch_size=32, lr=0.2, weight_decay=1e-3, n_checkpoints=2, trak_k=64,
+                      lr_schedule="linear")
     return AttributionTask(ModelSpec((5, 8, 6, 3), layer_norm=True), cfg)

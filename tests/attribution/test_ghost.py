@@ -28,15 +28,17 @@ def _reference(task, x, y, xv, yv, seed):
 
     per_ex = vmap(grad(loss1), in_dims=(None, 0, 0))
     scores = np.zeros((len(x), len(xv)))
-    for _, idx in batches(len(x), cfg.batch_size, cfg.epochs, seed):
+    total = cfg.epochs * -(-len(x) // cfg.batch_size)
+    for step, (_, idx) in enumerate(batches(len(x), cfg.batch_size, cfg.epochs, seed)):
+        lr = cfg.lr_at(step, total)
         gi = per_ex(params, x[idx], y[idx])
         gv = per_ex(params, xv, yv)
         flat_i = torch.cat([gi[k].reshape(len(idx), -1) for k in params], 1)
         flat_v = torch.cat([gv[k].reshape(len(xv), -1) for k in params], 1)
-        scores[idx.numpy()] += cfg.lr * (flat_i @ flat_v.T).numpy()
+        scores[idx.numpy()] += lr * (flat_i @ flat_v.T).numpy()
         for k in params:
             g = gi[k].mean(0) + cfg.weight_decay * params[k]
-            params[k] = params[k] - cfg.lr * g
+            params[k] = params[k] - lr * g
     return scores
 
 

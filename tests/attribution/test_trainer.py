@@ -105,3 +105,11 @@ def test_per_target_scores_average_to_the_summed_score(data, mlp_task):
                                 with_features=False)
     summed = train_with_attribution(mlp_task, x, y, ids, xv, yv, seed=2, with_features=False)
     np.testing.assert_allclose(pt.per_target.mean(1), summed.scores, rtol=1e-4, atol=1e-7)
+
+
+def test_linear_schedule_decays_to_near_zero_and_is_validated():
+    cfg = TrainConfig(lr=0.4, lr_schedule="linear")
+    assert [cfg.lr_at(s, 4) for s in range(4)] == pytest.approx([0.4, 0.3, 0.2, 0.1])
+    assert TrainConfig(lr=0.4).lr_at(3, 4) == 0.4
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="cosine")
