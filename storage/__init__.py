@@ -6,7 +6,15 @@
     BlockStore(root)                                  the embedded default (.caravan/blocks)
     KuboStore(api_url), PinningServiceStore(...)      real backends over HTTP
     snapshot_parquet(table, *, sort_by) / read_parquet  deterministic Parquet bytes
+
+The snapshot and HTTP names load lazily: pyarrow alone costs ~85 MiB of RSS, and hashing
+or storing a file (`caravan store add`) must stay well under 100 MiB whatever its size.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from storage.blockstore import DEFAULT_ROOT, STORE_DIR_ENV, BlockStore, default_store
 from storage.cids import parse_cid
@@ -20,8 +28,25 @@ from storage.errors import (
     UnreadableFile,
 )
 from storage.protocol import ContentStore
-from storage.snapshot import read_parquet, snapshot_parquet
 from storage.unixfs import CHUNK_SIZE, MAX_LINKS, cid_for_bytes, cid_for_file
+
+if TYPE_CHECKING:
+    from storage.remote import KuboStore, PinningServiceStore
+    from storage.snapshot import read_parquet, snapshot_parquet
+
+_LAZY = {
+    "KuboStore": "storage.remote",
+    "PinningServiceStore": "storage.remote",
+    "read_parquet": "storage.snapshot",
+    "snapshot_parquet": "storage.snapshot",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'storage' has no attribute {name!r}")
+
 
 __all__ = [
     "CHUNK_SIZE",
@@ -34,6 +59,8 @@ __all__ = [
     "ContentStore",
     "CorruptBlock",
     "InvalidCID",
+    "KuboStore",
+    "PinningServiceStore",
     "RemoteError",
     "StorageError",
     "UnreadableFile",

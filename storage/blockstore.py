@@ -29,7 +29,7 @@ from multiformats import CID
 from storage.car import iter_sections, read_header, write_car
 from storage.cids import block_key, block_matches, cid_to_str, parse_cid
 from storage.errors import BlockNotFound, CarError, CorruptBlock, StorageError, UnreadableFile
-from storage.unixfs import Buffer, import_bytes, import_file, iter_dag, iter_file, open_input
+from storage.unixfs import BlockSink, Buffer, import_bytes, import_file, iter_dag, iter_file, open_input
 
 DEFAULT_ROOT = ".caravan/blocks"
 STORE_DIR_ENV = "CARAVAN_STORE_DIR"
@@ -144,8 +144,16 @@ class BlockStore:
                 os.unlink(tmp)
             raise
 
-    def _sink(self, cid: bytes, parts: Sequence[Buffer]) -> None:
-        self.put_block(cid, parts)
+    def _sink(self) -> BlockSink:
+        """A sink for one import: a block repeated within it (zeros, repeated data) is written once."""
+        done: set[bytes] = set()
+
+        def sink(cid: bytes, parts: Sequence[Buffer]) -> None:
+            if cid not in done:
+                self.put_block(cid, parts)
+                done.add(cid)
+
+        return sink
 
     def has(self, cid: str) -> bool:
         """True when the block itself is on disk (its children are not checked; see `pin`)."""
@@ -173,7 +181,7 @@ class BlockStore:
     def put_bytes(self, data: Buffer, *, cid_version: int = 0, pin: bool = True) -> str:
         """Store bytes as a UnixFS file (Kubo's layout); return its CID, pinned by default."""
         with self._lock("gc.lock", exclusive=False):
-            cid = import_bytes(data, cid_version, self._sink).cid_str
+            cid = import_bytes(data, cid_version, self._sink()).cid_str
             if pin:
                 self._add_pin(cid)
         return cid
@@ -181,7 +189,7 @@ class BlockStore:
     def put_file(self, path: str | os.PathLike[str], *, cid_version: int = 0, pin: bool = True) -> str:
         """Stream a file into the store in bounded memory; return its CID, pinned by default."""
         with self._lock("gc.lock", exclusive=False):
-            cid = import_file(path, cid_version, self._sink).cid_str
+            cid = import_file(path, cid_version, self._sink()).cid_str
             if pin:
                 self._add_pin(cid)
         return cid
