@@ -89,10 +89,13 @@ def read_header(stream: BinaryIO) -> list[CID]:
     size = _read_varint(stream, "the header length")
     if not size or size > _MAX_HEADER:
         raise CarError(f"the CAR header length {size} is not plausible; this is not a CAR v1 file")
+    raw = stream.read(size)
+    if raw and not 0xA0 <= raw[0] <= 0xBF:  # a CAR v1 header is a CBOR map
+        raise CarError("the file does not start with a dag-cbor CAR header; this is not a CAR v1 file")
+    if len(raw) != size:
+        raise CarError(f"the CAR is truncated inside the header ({len(raw)} of {size} bytes); re-export it")
     try:
-        header = dag_cbor.decode(_read_exact(stream, size, "the header"))
-    except CarError:
-        raise
+        header = dag_cbor.decode(raw)
     except Exception as exc:
         raise CarError(f"the CAR header is not valid dag-cbor ({exc}); this is not a CAR v1 file") from None
     if not isinstance(header, dict) or header.get("version") != 1:

@@ -42,7 +42,7 @@ def _sort_keys(schema: pa.Schema, sort_by: str) -> list[tuple[str, str]]:
 def snapshot_parquet(table: pa.Table, *, sort_by: str = "example_id") -> bytes:
     """Deterministic Parquet bytes for `table`, independent of its row order and chunking."""
     keys = _sort_keys(table.schema, sort_by)
-    order = pc.sort_indices(table, sort_keys=keys, null_placement="at_end")
+    order = pc.sort_indices(table, sort_keys=keys)  # nulls sort last (the default in every pyarrow)
     ordered = table.take(order).combine_chunks()
     metadata = {k: v for k, v in (ordered.schema.metadata or {}).items() if k != b"pandas"}
     ordered = ordered.replace_schema_metadata(metadata or None)
