@@ -8,7 +8,11 @@ class ProvenanceError(Exception):
 
 
 class RecordError(ProvenanceError):
-    """A provenance record is malformed, non-canonical, or its parents are missing."""
+    """A provenance record is malformed, non-canonical, or not in the content store."""
+
+
+class MissingParent(RecordError):
+    """A record names a parent record that is neither in the content store nor on chain."""
 
 
 class WeightsError(ProvenanceError):
@@ -16,11 +20,31 @@ class WeightsError(ProvenanceError):
 
 
 class ChainError(ProvenanceError):
-    """The chain cannot be used: unreachable RPC, wrong chain id, missing key or deployment."""
+    """The chain cannot be used: missing key, missing deployment, bad configuration."""
+
+
+class RpcUnreachable(ChainError):
+    """The JSON-RPC endpoint did not answer (after bounded retries)."""
+
+
+class WrongChain(ChainError):
+    """The endpoint serves another chain id than the one configured."""
+
+
+class NotDeployed(ChainError):
+    """No Caravan contracts are known (or have code) on this chain."""
 
 
 class TransactionError(ChainError):
     """A transaction was refused or reverted; the message names the contract error."""
+
+
+class UnauthorizedPublisher(TransactionError):
+    """The sending account lacks PUBLISHER_ROLE on a Caravan contract."""
+
+
+class AlreadyPublished(TransactionError):
+    """The chain already holds something else under this run id or record CID."""
 
 
 class InsufficientFunds(ChainError):

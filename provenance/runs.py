@@ -1,0 +1,213 @@
+"""A run on chain: publish its records and royalty root once, find its head, claim a share.
+
+A run is named by its head record, the `weighting` record whose output `contributor_weights`
+is the weights table. Its lineage is every record reachable through `parents`; publishing
+anchors each one not yet on chain (parents first) under the run id, then the Merkle root of
+the weights. Everything that can be checked is checked before the first transaction (records
+and parents in the store, weights valid, publisher role, enough funds, no conflicting root),
+so bad input records nothing; a crash half-way is finished by calling `publish_run` again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from provenance.chain import Chain, RecordedEvent, TxResult, run_key
+from provenance.errors import (
+    AlreadyPublished,
+    ChainError,
+    InsufficientFunds,
+    MissingParent,
+    RecordError,
+    WeightsError,
+)
+from provenance.merkle import SHARE_LEAF, StandardMerkleTree
+from provenance.records import WEIGHTING, WEIGHTS_OUTPUT, Record, load_record, topological_order
+from provenance.weights import ShareLeaves, check_address, read_weights, share_leaves, weights_snapshot
+from storage import BlockNotFound, ContentStore, CorruptBlock
+
+# Upper bounds for the funds check before sending (measured: a record ~80-120k, a root ~100k).
+RECORD_GAS_BOUND = 200_000
+ROOT_GAS_BOUND = 200_000
+
+
+@dataclass(frozen=True)
+class RunPublication:
+    """What `publish_run` did. `transactions` lists skipped (already on chain) actions too."""
+
+    run_id: str
+    run_key: str
+    head_cid: str
+    weights_cid: str
+    root: str
+    transactions: tuple[TxResult, ...]
+
+    @property
+    def gas_used(self) -> int:
+        return sum(t.gas_used for t in self.transactions)
+
+    @property
+    def sent(self) -> int:
+        return sum(not t.skipped for t in self.transactions)
+
+
+def store_weights(store: ContentStore, table: pa.Table) -> str:
+    """Validate and store the weights table as deterministic Parquet (pinned); returns its CID."""
+    return store.put_bytes(weights_snapshot(table), pin=True)
+
+
+def load_lineage(store: ContentStore, head_cid: str) -> dict[str, Record]:
+    """The head record and all its ancestors, each re-verified against its CID."""
+    lineage: dict[str, Record] = {}
+    pending = [(head_cid, None)]
+    while pending:
+        cid, child = pending.pop()
+        if cid in lineage:
+            continue
+        try:
+            record = load_record(store, cid)
+        except RecordError as exc:
+            if child is not None and "not in the content store" in str(exc):
+                raise MissingParent(
+                    f"record {child} names parent {cid}, which is not in the content store: "
+                    "store the parent record first (put_record) or fix the parents list"
+                ) from None
+            raise
+        lineage[cid] = record
+        pending.extend((parent, cid) for parent in record.parents)
+    return lineage
+
+
+def head_weights(store: ContentStore, head_cid: str, head: Record) -> tuple[str, ShareLeaves]:
+    if head.activity != WEIGHTING:
+        raise RecordError(
+            f"record {head_cid} is a {head.activity!r} record; a run's head is its weighting record"
+        )
+    weights_cid = head.outputs[WEIGHTS_OUTPUT]
+    try:
+        table = read_weights(store.get(weights_cid))
+    except (BlockNotFound, CorruptBlock) as exc:
+        raise WeightsError(f"weights table {weights_cid} of record {head_cid} is unreadable: {exc}") from None
+    return weights_cid, share_leaves(table)
+
+
+def publish_run(chain: Chain, store: ContentStore, run_id: str, head_cid: str) -> RunPublication:
+    """Anchor the lineage of `head_cid` and its royalty root under `run_id`, once (idempotent)."""
+    lineage = load_lineage(store, head_cid)
+    weights_cid, leaves = head_weights(store, head_cid, lineage[head_cid])
+    chain.require_publisher()
+    key = "0x" + run_key(run_id).hex()
+
+    to_record: list[str] = []
+    for cid in topological_order(lineage):
+        entry = chain.entry_of(cid)
+        if entry is None:
+            to_record.append(cid)
+        elif cid == head_cid and entry["run_key"] != key:
+            raise AlreadyPublished(
+                f"head record {head_cid} is already on chain under run key {entry['run_key']}, "
+                f"not run {run_id!r}"
+            )
+    existing = chain.distribution(run_id)
+    if existing is not None and existing.root != leaves.root:
+        raise AlreadyPublished(
+            f"run {run_id!r} already has royalty root {existing.root} on chain, but its weights give "
+            f"{leaves.root}: publish changed weights under a new run id"
+        )
+    _check_funds(chain, len(to_record) + (existing is None))
+
+    txs = [TxResult(f"record:{cid}", None, 0, None, True) for cid in lineage if cid not in to_record]
+    for cid in to_record:  # parents first: the registry requires a record's primary parent
+        txs.append(chain.record(cid, lineage[cid].parents[0] if lineage[cid].parents else "", run_id))
+    txs.append(chain.create_distribution(run_id, leaves.root))
+    return RunPublication(run_id, key, head_cid, weights_cid, leaves.root, tuple(txs))
+
+
+def _check_funds(chain: Chain, n_transactions: int) -> None:
+    if n_transactions == 0 or chain.account is None:
+        return
+    price = chain._rpc("eth_gasPrice", lambda: chain.w3.eth.gas_price)
+    need = n_transactions * max(RECORD_GAS_BOUND, ROOT_GAS_BOUND) * price
+    balance = chain._rpc("eth_getBalance", lambda: chain.w3.eth.get_balance(chain.account.address))
+    if balance < need:
+        raise InsufficientFunds(
+            f"account {chain.account.address} holds {balance} wei; publishing "
+            f"{n_transactions} transaction(s) "
+            f"may cost up to {need} wei at {price} wei/gas: fund it and run again (nothing was sent)"
+        )
+
+
+def run_events(chain: Chain, run_id: str) -> list[RecordedEvent]:
+    return chain.recorded_events(run_id)
+
+
+def find_head(chain: Chain, store: ContentStore, run_id: str) -> str:
+    """The weighting record recorded under `run_id` (exactly one is expected)."""
+    heads = []
+    for event in run_events(chain, run_id):
+        try:
+            if load_record(store, event.record_cid).activity == WEIGHTING:
+                heads.append(event.record_cid)
+        except RecordError:
+            continue
+    if len(heads) != 1:
+        raise ChainError(
+            f"run {run_id!r} has {len(heads)} weighting records on chain readable from this store "
+            "(expected exactly 1): check the run id and CARAVAN_STORE_DIR"
+        )
+    return heads[0]
+
+
+@dataclass(frozen=True)
+class Share:
+    """One payee's leaf in a run and its proof."""
+
+    address: str
+    weight_bps: int
+    proof: tuple[str, ...]
+
+
+def shares(leaves: ShareLeaves) -> list[Share]:
+    return [
+        Share(address, bps, tuple(leaves.tree.proof(i)))
+        for i, (address, bps) in enumerate(leaves.tree.values)
+    ]
+
+
+def share_of(store: ContentStore, chain: Chain, run_id: str, address: str) -> Share:
+    """The leaf and proof of `address` in the run's stored weights."""
+    head = find_head(chain, store, run_id)
+    _, leaves = head_weights(store, head, load_record(store, head))
+    for share in shares(leaves):
+        if share.address == address:
+            return share
+    raise WeightsError(f"{address} has no share in run {run_id!r}")
+
+
+def claim_share(chain: Chain, store: ContentStore, run_id: str, address: str) -> tuple[TxResult, int]:
+    """Claim everything `address` is owed in `run_id` now (anyone may submit; funds go to `address`)."""
+    share = share_of(store, chain, run_id, address)
+    return chain.claim(run_id, share.address, share.weight_bps, list(share.proof))
+
+
+def publish_settlement(
+    chain: Chain, settlement_id: str, amounts: Sequence[tuple[str, int]], *, token: str | None = None
+) -> tuple[str, TxResult]:
+    """A root of absolute `(address, amount)` leaves (e.g. a serving epoch), funded up to their sum.
+
+    Claims use `chain.claim(settlement_id, address, amount, proof)`; fund it with `deposit`.
+    """
+    if len({address for address, _ in amounts}) != len(amounts):
+        raise WeightsError("settlement leaves repeat an address: sum each payee's amounts into one leaf")
+    for i, (address, amount) in enumerate(amounts):
+        check_address(f"leaf {i}", address)
+        if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
+            raise WeightsError(f"leaf {i}: amount {amount!r} must be a positive integer")
+    tree = StandardMerkleTree.of(list(amounts), SHARE_LEAF)
+    total = sum(a for _, a in amounts)
+    return tree.root, chain.create_distribution(
+        settlement_id, tree.root, kind=2, token=token, total_weight=total
+    )

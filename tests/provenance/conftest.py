@@ -1,0 +1,31 @@
+"""Provenance tests run against a real anvil (one per session) and a fresh blockstore per test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from eth_account import Account
+
+from provenance.chain import Chain
+from storage import BlockStore
+from tests.provenance.sample_run import SampleRun, build_sample_run
+from tests.services.anvil import AnvilService, anvil  # noqa: F401
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> BlockStore:
+    return BlockStore(tmp_path / "blocks", fsync=False)
+
+
+@pytest.fixture
+def chain(anvil: AnvilService, tmp_path: Path) -> Chain:  # noqa: F811
+    """Fresh contracts for this test, deployed by dev account 0 (admin and publisher)."""
+    chain = Chain(anvil.rpc_url, account=Account.from_key(anvil.dev_keys[0]), chain_dir=tmp_path / "chain")
+    chain.deploy()
+    return chain
+
+
+@pytest.fixture
+def sample_run(store: BlockStore) -> SampleRun:
+    return build_sample_run(store, n_examples=60, n_contributors=7, seed=1)

@@ -1,0 +1,102 @@
+"""Records: RFC 8785 bytes, CID identity, refusal of non-canonical or tampered bytes, PROV-JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from prov.model import ProvDocument
+
+from provenance.errors import RecordError
+from provenance.records import Record, load_record, prov_json, records_by_cid, topological_order, utc_time
+from storage import BlockStore, cid_for_bytes
+from tests.provenance.sample_run import CODE, SampleRun
+
+
+def _record(**overrides: object) -> Record:
+    fields = dict(
+        activity="snapshot",
+        agent="dagster:run-1",
+        started_at="2026-01-01T00:00:00Z",
+        ended_at="2026-01-01T00:00:05Z",
+        code=CODE,
+        inputs={"raw": "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG"},
+        outputs={"examples": "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"},
+        params={"b": 1.5, "a": [3, "é"], "z": None},
+    )
+    fields.update(overrides)
+    return Record(**fields)  # type: ignore[arg-type]
+
+
+def test_bytes_are_rfc8785_and_cid_is_identity(store: BlockStore) -> None:
+    record = _record()
+    data = record.canonical_bytes()
+    # Independent check of the canonical form: sorted keys, no whitespace, UTF-8 kept.
+    plain = json.dumps(record.to_json(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert data == plain.encode()
+    cid = store.put_bytes(data)
+    assert cid == record.cid() == cid_for_bytes(data)
+    assert load_record(store, cid) == record
+    # Same content built in another key order: same bytes, same CID.
+    assert _record(params={"z": None, "a": [3, "é"], "b": 1.5}).cid() == cid
+
+
+def test_non_canonical_or_foreign_bytes_are_refused(store: BlockStore) -> None:
+    pretty = json.dumps(_record().to_json(), indent=2).encode()
+    with pytest.raises(RecordError, match="not RFC 8785 canonical"):
+        load_record(store, store.put_bytes(pretty))
+    with pytest.raises(RecordError, match="not a Caravan provenance record"):
+        load_record(store, store.put_bytes(b'{"schema":"other"}'))
+    with pytest.raises(RecordError, match="not in the content store"):
+        load_record(store, _record(agent="nobody").cid())
+
+
+def test_tampered_stored_record_is_caught(store: BlockStore) -> None:
+    cid = store.put_bytes(_record().canonical_bytes())
+    block = next(p for p in (store.root / "data").rglob("*") if p.is_file())
+    data = bytearray(block.read_bytes())
+    data[len(data) // 2] ^= 1
+    block.write_bytes(bytes(data))
+    with pytest.raises(RecordError, match=cid):
+        load_record(store, cid)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"activity": "Bad Name"}, "lowercase name"),
+        ({"agent": ""}, "needs an agent"),
+        ({"started_at": "yesterday"}, "must look like"),
+        ({"ended_at": "2025-12-31T00:00:00Z"}, "before it starts"),
+        ({"inputs": {"raw": "not-a-cid"}}, "not a valid CID"),
+        ({"parents": ("QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG",) * 2}, "repeat a CID"),
+        ({"activity": "weighting"}, "contributor_weights"),
+        ({"params": {"x": float("nan")}}, "not canonical JSON"),
+    ],
+)
+def test_bad_records_are_named(overrides: dict, message: str) -> None:
+    with pytest.raises(RecordError, match=message):
+        _record(**overrides).canonical_bytes()
+
+
+def test_utc_time_refuses_naive_datetimes() -> None:
+    import datetime as dt
+
+    assert utc_time(dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)) == "2026-01-02T03:04:05Z"
+    with pytest.raises(RecordError, match="timezone-aware"):
+        utc_time(dt.datetime(2026, 1, 2))
+
+
+def test_lineage_order_and_prov_json_export(store: BlockStore, sample_run: SampleRun) -> None:
+    records = records_by_cid(store, sample_run.records.values())
+    order = topological_order(records)
+    for cid in order:
+        assert all(order.index(p) < order.index(cid) for p in records[cid].parents)
+    assert order[-1] == sample_run.head
+    text = prov_json(records)
+    doc = ProvDocument.deserialize(content=text, format="json")
+    activities = {str(a.identifier) for a in doc.get_records() if a.get_type().localpart == "Activity"}
+    assert activities == {f"ipfs:{cid}" for cid in records}
+    exported = json.loads(text)
+    assert f"ipfs:{sample_run.raw_cid}" in exported["entity"]
+    assert len(exported["wasInformedBy"]) == sum(len(r.parents) for r in records.values())
