@@ -10,6 +10,8 @@ Public face (other rooms use only these names):
 - ``attribute_query(result.features, x)`` -> per-training-example contributions to one
   prediction; ``ContributorSplit.split_query(example_ids, contributions)`` -> its fee split.
 - ``model_to_bytes(model, spec)`` / ``model_from_bytes(data)``: deterministic safetensors bytes.
+- ``features_to_bytes(result.features)`` / ``features_from_bytes(data)``: the TRAK features that
+  answer ``attribute_query``, as deterministic safetensors bytes (serving loads them by CID).
 - ``ExactInfluence`` (logistic regression) and ``TrakFeatures.self_influence`` rank likely
   mislabeled examples.
 """
@@ -22,7 +24,7 @@ from .errors import (
     UnsupportedOptimizerError,
 )
 from .influence import ExactInfluence
-from .serialize import model_from_bytes, model_to_bytes
+from .serialize import features_from_bytes, features_to_bytes, model_from_bytes, model_to_bytes
 from .task import AttributionTask, ModelSpec, TrainConfig
 from .trainer import EXAMPLE_ATTRIBUTION_SCHEMA, TrainResult, train_plain, train_with_attribution
 from .trak import TrakFeatures, attribute_query
@@ -46,6 +48,8 @@ __all__ = [
     "WeightPolicy",
     "attribute_query",
     "contributor_weights",
+    "features_from_bytes",
+    "features_to_bytes",
     "model_from_bytes",
     "model_to_bytes",
     "train_plain",

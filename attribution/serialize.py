@@ -1,7 +1,8 @@
-"""Model <-> bytes, deterministic so the same weights pin to the same CID.
+"""Model and TRAK features <-> bytes, deterministic so the same content pins to the same CID.
 
-safetensors: a JSON header with sorted keys, then raw little-endian tensors; no pickle, no
-timestamps. The ``ModelSpec`` rides in the header metadata so serving rebuilds the module.
+safetensors: a JSON header, then raw little-endian tensors; no pickle, no timestamps. Our own
+facts (the ``ModelSpec``, projection seed, sizes) ride in ONE header-metadata entry as
+canonical JSON, so the header's bytes never depend on a hash map's iteration order.
 """
 
 from __future__ import annotations
@@ -9,14 +10,32 @@ from __future__ import annotations
 import json
 import struct
 
+import numpy as np
 import torch
 from safetensors.torch import load, save
 from torch import nn
 
 from .errors import AttributionError
+from .projector import LayerProjection, Projector
 from .task import ModelSpec
 
 _SPEC_KEY = "caravan.model_spec"
+_FEATURES_KEY = "caravan.trak_features"
+FEATURES_FORMAT = 1
+
+
+def _canonical(obj: object) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def _metadata(data: bytes, key: str, what: str) -> str:
+    try:
+        (n,) = struct.unpack("<Q", data[:8])
+        return json.loads(data[8 : 8 + n])["__metadata__"][key]
+    except (struct.error, ValueError, KeyError, TypeError) as err:
+        raise AttributionError(
+            f"not a Caravan {what} file (safetensors with {key!r} metadata): {err}"
+        ) from err
 
 
 def model_to_bytes(model: nn.Module, spec: ModelSpec) -> bytes:
@@ -26,11 +45,63 @@ def model_to_bytes(model: nn.Module, spec: ModelSpec) -> bytes:
 
 def model_from_bytes(data: bytes) -> tuple[nn.Module, ModelSpec]:
     """Rebuild the module (eval mode) and its spec from ``model_to_bytes`` output."""
-    try:
-        (n,) = struct.unpack("<Q", data[:8])
-        spec = ModelSpec.from_json(json.loads(data[8 : 8 + n])["__metadata__"][_SPEC_KEY])
-    except (struct.error, ValueError, KeyError, TypeError) as err:
-        raise AttributionError(f"not a Caravan model file (safetensors with a model spec): {err}") from err
+    spec = ModelSpec.from_json(_metadata(data, _SPEC_KEY, "model"))
     model = spec.build(0)
     model.load_state_dict(load(data))
     return model.eval(), spec
+
+
+def features_to_bytes(features) -> bytes:
+    """Everything ``attribute_query`` needs (checkpoints, projection, features, kernel inverses).
+
+    The features are read chunk by chunk from their store (memory maps stay on disk until
+    here), but the result is one bytes object: size it as ``checkpoints × n_train × k × 4``.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    for i, lp in enumerate(features.projector.layers):
+        for side, mat in (("q", lp.q), ("r", lp.r)):
+            if mat is not None:
+                tensors[f"projector.{i}.{side}"] = mat.contiguous()
+    for j, ck in enumerate(features.checkpoints):
+        for name, value in ck.model.state_dict().items():
+            tensors[f"checkpoint.{j}.state.{name}"] = value.detach().to(torch.float32).contiguous()
+        phi = np.concatenate([np.asarray(c, dtype=np.float32) for c in ck.store.chunks])
+        tensors[f"checkpoint.{j}.features"] = torch.from_numpy(phi)
+        tensors[f"checkpoint.{j}.kernel_inv"] = torch.from_numpy(np.ascontiguousarray(ck.kernel_inv))
+    meta = {
+        "format": FEATURES_FORMAT,
+        "spec": json.loads(features.spec.to_json()),
+        "k": features.projector.k,
+        "seed": features.projector.seed,
+        "n_layers": len(features.projector.layers),
+        "n_checkpoints": len(features.checkpoints),
+        "n_train": features.n_train,
+    }
+    return save(tensors, metadata={_FEATURES_KEY: _canonical(meta)})
+
+
+def features_from_bytes(data: bytes, *, spill_bytes: int = 256 * 2**20):
+    """Rebuild ``TrakFeatures`` from ``features_to_bytes`` output (as loaded from a CID)."""
+    from .trak import CheckpointFeatures, FeatureStore, TrakFeatures, _frozen
+
+    meta = json.loads(_metadata(data, _FEATURES_KEY, "TRAK features"))
+    if meta.get("format") != FEATURES_FORMAT:
+        raise AttributionError(
+            f"TRAK features format {meta.get('format')} is not {FEATURES_FORMAT}; re-export them"
+        )
+    spec = ModelSpec.from_json(_canonical(meta["spec"]))
+    tensors = load(data)
+    layers = tuple(
+        LayerProjection(tensors.get(f"projector.{i}.q"), tensors.get(f"projector.{i}.r"))
+        for i in range(meta["n_layers"])
+    )
+    checkpoints = []
+    for j in range(meta["n_checkpoints"]):
+        prefix = f"checkpoint.{j}.state."
+        state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        model, scored = _frozen(spec, state)
+        store = FeatureStore(spill_bytes)
+        store.append(tensors[f"checkpoint.{j}.features"].numpy())
+        kernel_inv = tensors[f"checkpoint.{j}.kernel_inv"].numpy()
+        checkpoints.append(CheckpointFeatures(model, scored, store, kernel_inv))
+    return TrakFeatures(spec, Projector(layers, meta["k"], meta["seed"]), checkpoints, meta["n_train"])

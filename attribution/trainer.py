@@ -167,12 +167,18 @@ def _layer_scores(
 
 
 def _sgd_update(layers: list[nn.Module], facts: list[ghost.Factors], nb: int, lr: float, wd: float) -> None:
+    """``p ← (1 − lr·wd) p − lr·mean gradient`` (torch's SGD with weight decay), fused into one addmm."""
+    decay = 1.0 - lr * wd
     with torch.no_grad():
         for module, f in zip(layers, facts, strict=True):
-            for p, g in ghost.param_grads(module, f.rows(slice(0, nb)), 1.0 / nb):
-                if wd:
-                    g = g.add(p, alpha=wd)
-                p.add_(g, alpha=-lr)
+            rows = f.rows(slice(0, nb))
+            if isinstance(module, nn.Linear):
+                module.weight.addmm_(rows.b.T, rows.a, beta=decay, alpha=-lr / nb)
+                if module.bias is not None:
+                    module.bias.mul_(decay).add_(rows.b.sum(0), alpha=-lr / nb)
+                continue
+            for p, g in ghost.param_grads(module, rows, 1.0 / nb):
+                p.mul_(decay).add_(g, alpha=-lr)
 
 
 def run_id_for(task: AttributionTask, example_ids: Sequence[str], seed: int) -> str:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
-from attribution.ghost import cheaper_form
+from attribution.ghost import Factors, cheaper_form, pairwise_dots, summed_dots
 from attribution.trainer import batches, train_plain, train_with_attribution
 
 
@@ -63,7 +63,22 @@ def test_attributed_training_reaches_the_plain_model(data, mlp_task):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=k)
 
 
-def test_both_forms_agree_and_the_cheaper_one_is_picked():
+@pytest.mark.parametrize("bias", [True, False])
+def test_both_exact_forms_equal_explicit_per_example_gradients(bias):
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(12, 7, generator=gen, dtype=torch.float64), torch.randn(12, 5, generator=gen,
+                                                                              dtype=torch.float64)
+    f = Factors(a, b, bias)
+    a1 = torch.cat([a, torch.ones(12, 1, dtype=torch.float64)], 1) if bias else a
+    g = (b[:, :, None] * a1[:, None, :]).reshape(12, -1)  # explicit per-example gradients
+    train, targets = f.rows(slice(0, 8)), f.rows(slice(8, None))
+    want = g[:8] @ g[8:].sum(0)
+    torch.testing.assert_close(pairwise_dots(train, targets), g[:8] @ g[8:].T)
+    torch.testing.assert_close(summed_dots(train, targets, "pairwise"), want)
+    torch.testing.assert_close(summed_dots(train, targets, "gv"), want)
+
+
+def test_the_cheaper_form_is_picked_per_layer_shape():
     assert cheaper_form(512, 64, 1025, 1024) == "pairwise"
     assert cheaper_form(512, 64, 1025, 10) == "gv"
     assert cheaper_form(16, 4096, 65, 10) == "gv"

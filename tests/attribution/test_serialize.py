@@ -1,0 +1,74 @@
+"""Model and TRAK feature bytes: deterministic (also across processes) and lossless."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from attribution import (
+    AttributionError,
+    attribute_query,
+    features_from_bytes,
+    features_to_bytes,
+    model_to_bytes,
+    train_with_attribution,
+)
+
+from .conftest import blobs
+
+ROOT = Path(__file__).resolve().parents[2]
+_SCRIPT = """
+import hashlib, sys
+sys.path.insert(0, {root!r})
+from tests.attribution.conftest import blobs
+from attribution import AttributionTask, ModelSpec, TrainConfig, features_to_bytes, train_with_attribution
+x, y = blobs(60, 5, 3, seed=0)
+xv, yv = blobs(5, 5, 3, seed=1)
+task = AttributionTask(ModelSpec((5, 8, 3), layer_norm=True),
+                       TrainConfig(epochs=2, batch_size=16, n_checkpoints=2, trak_k=32))
+res = train_with_attribution(task, x, y, [f"e{{i}}" for i in range(60)], xv, yv, seed=4)
+print(hashlib.sha256(features_to_bytes(res.features)).hexdigest())
+"""
+
+
+def test_feature_bytes_round_trip_and_answer_the_same_queries(data, mlp_task, tmp_path):
+    x, y, ids, xv, yv = data
+    res = train_with_attribution(mlp_task, x, y, ids, xv, yv, seed=5)
+    blob = features_to_bytes(res.features)
+    loaded = features_from_bytes(blob)
+    assert features_to_bytes(loaded) == blob
+    np.testing.assert_array_equal(loaded.scores(xv, yv), res.features.scores(xv, yv))
+    np.testing.assert_array_equal(attribute_query(loaded, xv[0]), attribute_query(res.features, xv[0]))
+    np.testing.assert_array_equal(loaded.self_influence(), res.features.self_influence())
+    spilled = train_with_attribution(mlp_task, x, y, ids, xv, yv, seed=5, feature_dir=str(tmp_path))
+    assert features_to_bytes(spilled.features) == blob
+
+
+def test_feature_bytes_are_the_same_in_a_fresh_process():
+    from attribution import AttributionTask, ModelSpec, TrainConfig
+
+    x, y = blobs(60, 5, 3, seed=0)
+    xv, yv = blobs(5, 5, 3, seed=1)
+    task = AttributionTask(ModelSpec((5, 8, 3), layer_norm=True),
+                           TrainConfig(epochs=2, batch_size=16, n_checkpoints=2, trak_k=32))
+    res = train_with_attribution(task, x, y, [f"e{i}" for i in range(60)], xv, yv, seed=4)
+    here = hashlib.sha256(features_to_bytes(res.features)).hexdigest()
+    env = {"OMP_NUM_THREADS": str(torch.get_num_threads()), "PATH": ""}
+    out = subprocess.run([sys.executable, "-c", _SCRIPT.format(root=str(ROOT))], capture_output=True,
+                         text=True, check=True, env=env)
+    assert out.stdout.strip() == here
+
+
+def test_foreign_bytes_are_one_named_error(data, mlp_task):
+    x, y, ids, xv, yv = data
+    res = train_with_attribution(mlp_task, x, y, ids, xv, yv, seed=5, with_features=False)
+    with pytest.raises(AttributionError, match="not a Caravan TRAK features file"):
+        features_from_bytes(model_to_bytes(res.model, mlp_task.spec))
+    with pytest.raises(AttributionError, match="not a Caravan TRAK features file"):
+        features_from_bytes(b"garbage")
