@@ -301,6 +301,19 @@ class BlockStore:
                 bad.append(cid_to_str(cid))
         return bad
 
+    def damaged_pins(self) -> dict[str, str]:
+        """Pins whose DAG is not whole (a block missing, or an interior node corrupt), with the reason.
+
+        Raw leaves are checked for presence only; `verify` rehashes every block.
+        """
+        damaged = {}
+        for pin in sorted(self._read_pins()):
+            try:
+                self._check_complete(parse_cid(pin))
+            except StorageError as exc:
+                damaged[pin] = str(exc)
+        return damaged
+
     # --- CAR -------------------------------------------------------------------------------
 
     def _write_out(self, out_path: str | os.PathLike[str], write) -> None:  # noqa: ANN001
