@@ -12,7 +12,10 @@ CONTRACTS = REPO / "provenance" / "contracts"
 def test_fresh_compile_reproduces_committed_artifacts(tmp_path: Path) -> None:
     subprocess.run(
         ["node", str(CONTRACTS / "compile.mjs"), "--out", str(tmp_path)],
-        check=True, capture_output=True, cwd=REPO, timeout=120,
+        check=True,
+        capture_output=True,
+        cwd=REPO,
+        timeout=120,
     )
     fresh = {p.name: p.read_bytes() for p in tmp_path.glob("*.json")}
     committed = {p.name: p.read_bytes() for p in (CONTRACTS / "artifacts").glob("*.json")}

@@ -26,7 +26,12 @@ def _random_values(rng: random.Random, n: int, amounts: bool) -> list[list]:
 def _oracle(cases: list[dict]) -> list[dict]:
     payload = json.dumps(cases)
     out = subprocess.run(
-        ["node", str(ORACLE)], input=payload, capture_output=True, text=True, check=True, cwd=REPO,
+        ["node", str(ORACLE)],
+        input=payload,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
         timeout=120,
     )
     return json.loads(out.stdout)
