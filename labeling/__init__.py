@@ -1,1 +1,74 @@
-"""Label Studio client, task sync, annotation export, label aggregation and annotator quality."""
+"""Labeling: Label Studio client, task sync, annotation export, label aggregation, annotator
+quality, contributor identities, simulated annotators and a webhook receiver.
+
+A plain library (no Dagster); Arrow tables in and out (schemas in `labeling.schemas`).
+"""
+
+from labeling.aggregate import Aggregation, aggregate, annotator_quality, dawid_skene, majority_vote
+from labeling.client import LabelStudioClient, Project, RetryPolicy
+from labeling.configs import ProjectSpec, choice_result, classification_config, config_choices, image_data_url
+from labeling.contributors import ContributorsRegistry
+from labeling.errors import (
+    ContributorsError,
+    InvalidExamplesError,
+    LabelConfigError,
+    LabelingError,
+    LabelStudioRequestError,
+    LabelStudioUnavailable,
+    MissingAddressError,
+)
+from labeling.export import AnnotationExport, ExportCursor, export_annotations, merge_annotations
+from labeling.schemas import ANNOTATIONS, ANNOTATOR_QUALITY, CONSENSUS, GOLD
+from labeling.server import LabelStudioServer
+from labeling.simulate import (
+    SimulatedAnnotator,
+    import_with_answers,
+    register,
+    simulate_answers,
+    simulated_annotators,
+    submit_answers,
+)
+from labeling.sync import SyncReport, sync_tasks
+from labeling.webhook import WebhookReceiver
+
+__all__ = [
+    "ANNOTATIONS",
+    "ANNOTATOR_QUALITY",
+    "CONSENSUS",
+    "GOLD",
+    "Aggregation",
+    "AnnotationExport",
+    "ContributorsError",
+    "ContributorsRegistry",
+    "ExportCursor",
+    "InvalidExamplesError",
+    "LabelConfigError",
+    "LabelStudioClient",
+    "LabelStudioRequestError",
+    "LabelStudioServer",
+    "LabelStudioUnavailable",
+    "LabelingError",
+    "MissingAddressError",
+    "Project",
+    "ProjectSpec",
+    "RetryPolicy",
+    "SimulatedAnnotator",
+    "SyncReport",
+    "WebhookReceiver",
+    "aggregate",
+    "annotator_quality",
+    "choice_result",
+    "classification_config",
+    "config_choices",
+    "dawid_skene",
+    "export_annotations",
+    "image_data_url",
+    "import_with_answers",
+    "majority_vote",
+    "merge_annotations",
+    "register",
+    "simulate_answers",
+    "simulated_annotators",
+    "submit_answers",
+    "sync_tasks",
+]

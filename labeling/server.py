@@ -122,22 +122,40 @@ class LabelStudioServer:
         Path(self.data_dir).mkdir(parents=True, exist_ok=True)
         if not self.port:
             self.port = free_port()
-        cmd = [str(exe), "start", "--no-browser", "--internal-host", "127.0.0.1",
-               "--port", str(self.port), "--data-dir", str(Path(self.data_dir).resolve())]
+        cmd = [
+            str(exe),
+            "start",
+            "--no-browser",
+            "--internal-host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(Path(self.data_dir).resolve()),
+        ]
         with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(cmd, env=self._env(), stdout=log, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL, start_new_session=True)
+            self._proc = subprocess.Popen(
+                cmd,
+                env=self._env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + self.start_timeout_s
         while not self.healthy():
             if self._proc.poll() is not None:
                 code = self._proc.returncode
                 self._proc = None
-                raise LabelStudioStartError(f"Label Studio exited with code {code} during start; "
-                                            f"see {self.log_path}")
+                raise LabelStudioStartError(
+                    f"Label Studio exited with code {code} during start; see {self.log_path}"
+                )
             if time.monotonic() > deadline:
                 self.stop()
-                raise LabelStudioStartError(f"Label Studio did not answer {self.url}/health within "
-                                            f"{self.start_timeout_s:.0f}s; see {self.log_path}")
+                raise LabelStudioStartError(
+                    f"Label Studio did not answer {self.url}/health within "
+                    f"{self.start_timeout_s:.0f}s; see {self.log_path}"
+                )
             time.sleep(0.5)
         return self
 

@@ -1,0 +1,320 @@
+"""The one door to Label Studio: its SDK (2.x) behind bounded retries and clear errors.
+
+Only reads and idempotent writes are retried. Imports and annotation creation are not: a
+request that timed out may still land, so callers re-read the server before trying again
+(task sync does exactly that), which is how nothing is ever duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+from label_studio_sdk import LabelStudio
+from label_studio_sdk.core.api_error import ApiError
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+)
+
+from labeling.configs import ProjectSpec, config_choices
+from labeling.errors import LabelConfigError, LabelStudioRequestError, LabelStudioUnavailable
+
+T = TypeVar("T")
+PAGE = 1000
+DM_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"  # the only datetime format Label Studio's task filters accept
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded: at most `attempts` tries and `total_s` seconds per call, waits doubling up to `max_wait_s`."""
+
+    attempts: int = 4
+    total_s: float = 60.0
+    first_wait_s: float = 0.5
+    max_wait_s: float = 8.0
+
+
+@dataclass(frozen=True)
+class Project:
+    id: int
+    title: str
+    kind: str  # "text" | "image"
+    field: str
+    choices: tuple[str, ...]
+
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, httpx.TransportError):
+        return True
+    return isinstance(exc, ApiError) and (
+        exc.status_code is None or exc.status_code >= 500 or exc.status_code == 429
+    )
+
+
+def _short_body(exc: ApiError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        detail = body.get("validation_errors") or body.get("detail") or body
+        return json.dumps(detail, default=str)[:300]
+    return f"HTTP {exc.status_code}"  # HTML error pages say nothing useful
+
+
+class LabelStudioClient:
+    """A Label Studio server at `base_url`, authenticated by an API token (never logged)."""
+
+    def __init__(
+        self, base_url: str, token: str, *, timeout_s: float = 60.0, retry: RetryPolicy | None = None
+    ):
+        self.base_url = base_url.rstrip("/")
+        self.retry = retry or RetryPolicy()
+        self.sdk = LabelStudio(base_url=self.base_url, api_key=token, timeout=timeout_s)
+
+    def __repr__(self) -> str:
+        return f"LabelStudioClient({self.base_url!r})"
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def call(self, what: str, fn: Callable[[], T], *, retry: bool = True) -> T:
+        """Run one API call; transient failures retried (if `retry`), every failure made clear."""
+        policy = self.retry
+        attempts = policy.attempts if retry else 1
+        try:
+            for attempt in Retrying(
+                stop=stop_after_attempt(attempts) | stop_after_delay(policy.total_s),
+                wait=wait_exponential(multiplier=policy.first_wait_s, max=policy.max_wait_s),
+                retry=retry_if_exception(_transient),
+                reraise=False,
+            ):
+                with attempt:
+                    return fn()
+        except RetryError as err:
+            exc = err.last_attempt.exception()
+            n = err.last_attempt.attempt_number
+            raise LabelStudioUnavailable(
+                f"Label Studio at {self.base_url} did not complete {what} after {n} attempt(s): "
+                f"{_describe(exc)}; check it is running (`make labelstudio-start`) and reachable"
+            ) from None
+        except ApiError as exc:
+            if _transient(exc):
+                raise LabelStudioUnavailable(
+                    f"Label Studio at {self.base_url} failed {what}: {_describe(exc)} (not retried: "
+                    "the request may have landed; re-run the sync, which re-reads the server first)"
+                ) from None
+            if exc.status_code in (401, 403):
+                raise LabelStudioRequestError(
+                    f"Label Studio at {self.base_url} refused the API token for {what} "
+                    f"(HTTP {exc.status_code}); "
+                    "set LABEL_STUDIO_USER_TOKEN to a valid token"
+                ) from None
+            raise LabelStudioRequestError(f"Label Studio refused {what}: {_short_body(exc)}") from None
+        except httpx.TransportError as exc:
+            raise LabelStudioUnavailable(
+                f"Label Studio at {self.base_url} failed {what}: {_describe(exc)} (not retried: the request "
+                "may have landed; re-run the sync, which re-reads the server first)"
+            ) from None
+        raise AssertionError("unreachable")
+
+    # -- projects -------------------------------------------------------------------------------
+
+    def ensure_project(self, spec: ProjectSpec) -> Project:
+        """The project titled `spec.title`, created from its config if absent; a differing one is an error."""
+        for p in self.call("listing projects", lambda: list(self.sdk.projects.list(page_size=PAGE))):
+            if p.title == spec.title:
+                project = self.project(p.id)
+                if (project.kind, project.field, project.choices) != (spec.kind, spec.field, spec.choices):
+                    raise LabelConfigError(
+                        f"project {spec.title!r} (id {p.id}) exists as {project.kind} "
+                        f"{list(project.choices)} on "
+                        f"${project.field}, not {spec.kind} {list(spec.choices)} on ${spec.field}; "
+                        "pick another title"
+                    )
+                return project
+        created = self.call(
+            f"creating project {spec.title!r}",
+            lambda: self.sdk.projects.create(
+                title=spec.title, label_config=spec.label_config, show_skip_button=True
+            ),
+            retry=False,
+        )
+        return Project(
+            id=created.id, title=spec.title, kind=spec.kind, field=spec.field, choices=spec.choices
+        )
+
+    def project(self, project_id: int) -> Project:
+        p = self.call(f"reading project {project_id}", lambda: self.sdk.projects.get(id=project_id))
+        kind, field = _object_field(p.label_config or "")
+        return Project(
+            id=p.id, title=p.title or "", kind=kind, field=field, choices=config_choices(p.label_config or "")
+        )
+
+    # -- tasks ----------------------------------------------------------------------------------
+
+    def task_keys(self, project_id: int) -> tuple[dict[str, int], list[int]]:
+        """example_id -> task id of the project's tasks, and the ids of tasks without an example_id."""
+
+        def fetch() -> list[Any]:
+            return list(
+                self.sdk.tasks.list(project=project_id, fields="task_only", include="id,data", page_size=PAGE)
+            )
+
+        keys: dict[str, int] = {}
+        orphans: list[int] = []
+        for t in self.call(f"listing tasks of project {project_id}", fetch):
+            eid = (t.data or {}).get("example_id")
+            if isinstance(eid, str) and eid and eid not in keys:
+                keys[eid] = t.id
+            else:
+                orphans.append(t.id)
+        return keys, orphans
+
+    def import_tasks(self, project_id: int, tasks: list[dict]) -> int:
+        """Create tasks (each may carry `annotations`); one request, one transaction, never retried."""
+        if not tasks:
+            return 0
+        r = self.call(
+            f"importing {len(tasks)} tasks into project {project_id}",
+            lambda: self.sdk.projects.import_tasks(id=project_id, request=tasks),
+            retry=False,
+        )
+        return int(r.task_count or 0)
+
+    def tasks_changed_since(self, project_id: int, after: str | None) -> list[dict]:
+        """Annotated tasks (with all their annotations) whose `updated_at` is after `after` (DM format).
+
+        Label Studio bumps a task's `updated_at` whenever one of its annotations is created or
+        updated, so this is the incremental pull.
+        """
+        items: list[dict] = [
+            {"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0}
+        ]
+        cancelled = {
+            "filter": "filter:tasks:cancelled_annotations",
+            "operator": "greater",
+            "type": "Number",
+            "value": 0,
+        }
+        if after:
+            items.append(
+                {
+                    "filter": "filter:tasks:updated_at",
+                    "operator": "greater",
+                    "type": "Datetime",
+                    "value": after,
+                }
+            )
+        out: list[dict] = []
+        # Two passes because a task with only skipped annotations has total_annotations == 0.
+        for first in (items[0], cancelled):
+            query = {
+                "filters": {"conjunction": "and", "items": [first, *items[1:]]},
+                "ordering": ["tasks:updated_at"],
+            }
+
+            def fetch(query: dict = query) -> list[dict]:
+                pager = self.sdk.tasks.list(
+                    project=project_id, fields="all", query=json.dumps(query), page_size=PAGE
+                )
+                return [t.model_dump(mode="json") for t in pager]
+
+            out.extend(self.call(f"reading changed tasks of project {project_id}", fetch))
+        seen: set[int] = set()
+        return [t for t in out if not (t["id"] in seen or seen.add(t["id"]))]
+
+    # -- users and annotations ------------------------------------------------------------------
+
+    def users(self) -> dict[int, str]:
+        """Label Studio user id -> email (the contributor id of a labeler)."""
+        return {
+            u.id: (u.email or u.username or f"user-{u.id}")
+            for u in self.call("listing users", lambda: self.sdk.users.list())
+        }
+
+    def ensure_user(self, email: str, first_name: str = "", last_name: str = "") -> int:
+        """The id of the user with this email, created over the API if absent."""
+        for uid, known in self.users().items():
+            if known == email:
+                return uid
+        user = self.call(
+            f"creating user {email}",
+            lambda: self.sdk.users.create(
+                username=email, email=email, first_name=first_name, last_name=last_name
+            ),
+            retry=False,
+        )
+        return int(user.id)
+
+    def create_annotation(
+        self,
+        task_id: int,
+        result: list[dict],
+        *,
+        completed_by: int,
+        lead_time_s: float | None = None,
+        was_cancelled: bool = False,
+    ) -> int:
+        a = self.call(
+            f"annotating task {task_id}",
+            lambda: self.sdk.annotations.create(
+                task_id,
+                result=result,
+                completed_by=completed_by,
+                lead_time=lead_time_s,
+                was_cancelled=was_cancelled,
+            ),
+            retry=False,
+        )
+        return int(a.id)
+
+    def update_annotation(self, annotation_id: int, result: list[dict]) -> None:
+        self.call(
+            f"updating annotation {annotation_id}",
+            lambda: self.sdk.annotations.update(annotation_id, result=result),
+        )
+
+    def add_webhook(
+        self,
+        project_id: int,
+        url: str,
+        actions: tuple[str, ...] = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"),
+    ) -> int:
+        hook = self.call(
+            f"adding a webhook to project {project_id}",
+            lambda: self.sdk.webhooks.create(
+                url=url,
+                project=project_id,
+                actions=list(actions),
+                send_payload=True,
+                send_for_all_actions=False,
+            ),
+            retry=False,
+        )
+        return int(hook.id)
+
+    def iter_projects(self) -> Iterator[Any]:
+        yield from self.call("listing projects", lambda: list(self.sdk.projects.list(page_size=PAGE)))
+
+
+def _object_field(label_config: str) -> tuple[str, str]:
+    import xml.etree.ElementTree as ET
+
+    for node in ET.fromstring(label_config).iter():
+        value = node.get("value") or ""
+        if node.tag in ("Text", "Image") and value.startswith("$"):
+            return node.tag.lower(), value[1:]
+    raise LabelConfigError("labeling config has no <Text> or <Image> object with a $variable")
+
+
+def _describe(exc: BaseException | None) -> str:
+    if isinstance(exc, ApiError):
+        return f"HTTP {exc.status_code} {_short_body(exc)}"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"timed out ({type(exc).__name__})"
+    return f"{type(exc).__name__}: {exc}" if exc else "unknown error"

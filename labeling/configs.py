@@ -1,0 +1,119 @@
+"""Labeling configs for text and image classification, and how a payload becomes task data.
+
+Images reach Label Studio inline as data URLs, so no storage needs to be shared with it.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass
+from xml.sax.saxutils import quoteattr
+
+from labeling.errors import LabelConfigError
+
+FROM_NAME = "label"  # the <Choices> control every Caravan project uses
+
+
+@dataclass(frozen=True)
+class ProjectSpec:
+    """What a labeling project shows (`kind` is "text" or "image") and which labels it allows."""
+
+    title: str
+    kind: str
+    choices: tuple[str, ...]
+    field: str  # the examples' payload column shown to labelers (and the task data key)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("text", "image"):
+            raise LabelConfigError(f"project kind must be 'text' or 'image', not {self.kind!r}")
+        if (
+            not self.choices
+            or len(set(self.choices)) != len(self.choices)
+            or any(not c for c in self.choices)
+        ):
+            raise LabelConfigError(f"choices must be distinct non-empty labels, got {list(self.choices)}")
+        if not self.field.isidentifier():
+            raise LabelConfigError(
+                f"field {self.field!r} must be an identifier (it is a $variable in the config)"
+            )
+
+    @property
+    def label_config(self) -> str:
+        return classification_config(self.kind, self.choices, self.field)
+
+
+def classification_config(kind: str, choices: Sequence[str], field: str) -> str:
+    """Label Studio XML: one object tag (Text or Image) and a single-choice <Choices> on it."""
+    tag = {"text": "Text", "image": "Image"}[kind]
+    items = "".join(f"<Choice value={quoteattr(c)}/>" for c in choices)
+    return (
+        f'<View><{tag} name="{field}" value="${field}"/>'
+        f'<Choices name="{FROM_NAME}" toName="{field}" choice="single" showInline="true">{items}</Choices>'
+        "</View>"
+    )
+
+
+def config_choices(label_config: str) -> tuple[str, ...]:
+    """The allowed labels of a config's <Choices name="label"> (what annotations are checked against)."""
+    try:
+        root = ET.fromstring(label_config)
+    except ET.ParseError as exc:
+        raise LabelConfigError(f"labeling config is not valid XML: {exc}") from None
+    for node in root.iter("Choices"):
+        if node.get("name") == FROM_NAME:
+            return tuple(c.get("value") or c.get("alias") or "" for c in node.iter("Choice"))
+    raise LabelConfigError(f'labeling config has no <Choices name="{FROM_NAME}">: not a Caravan project')
+
+
+def choice_result(label: str, field: str) -> list[dict]:
+    """An annotation `result` choosing `label`, as Label Studio's editor would submit it."""
+    return [{"from_name": FROM_NAME, "to_name": field, "type": "choices", "value": {"choices": [label]}}]
+
+
+def image_data_url(value: object) -> str:
+    """A data URL for an image payload: encoded bytes (PNG/JPEG/GIF/WebP) or a square grid of numbers."""
+    if isinstance(value, str) and value.startswith("data:image/"):
+        return value
+    if isinstance(value, bytes | bytearray | memoryview):
+        data = bytes(value)
+        return f"data:{_sniff_mime(data)};base64,{base64.b64encode(data).decode()}"
+    if isinstance(value, Sequence):
+        return "data:image/png;base64," + base64.b64encode(_grid_png(value)).decode()
+    raise LabelConfigError(
+        f"cannot show a {type(value).__name__} as an image: give encoded bytes or a pixel grid"
+    )
+
+
+def _sniff_mime(data: bytes) -> str:
+    for magic, mime in ((b"\x89PNG", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF8", "image/gif")):
+        if data.startswith(magic):
+            return mime
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    raise LabelConfigError("image bytes are not PNG, JPEG, GIF or WebP")
+
+
+def _grid_png(values: Sequence, min_side: int = 128) -> bytes:
+    """Grayscale PNG of a flat square (or nested) numeric grid, scaled to 0-255 and enlarged for eyes."""
+    import numpy as np
+    from PIL import Image
+
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim == 1:
+        side = int(round(arr.size**0.5))
+        if side * side != arr.size:
+            raise LabelConfigError(f"a flat pixel list must be square, got {arr.size} values")
+        arr = arr.reshape(side, side)
+    if arr.ndim != 2 or arr.size == 0:
+        raise LabelConfigError(f"a pixel grid must be 2-D, got shape {arr.shape}")
+    lo, hi = float(arr.min()), float(arr.max())
+    scaled = np.zeros_like(arr) if hi == lo else (arr - lo) / (hi - lo) * 255.0
+    img = Image.fromarray(scaled.round().astype(np.uint8))  # 2-D uint8: grayscale
+    factor = max(1, -(-min_side // max(arr.shape)))
+    img = img.resize((arr.shape[1] * factor, arr.shape[0] * factor), Image.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
