@@ -33,6 +33,7 @@ from storage.unixfs import BlockSink, Buffer, import_bytes, import_file, iter_da
 
 DEFAULT_ROOT = ".caravan/blocks"
 STORE_DIR_ENV = "CARAVAN_STORE_DIR"
+_SINK_MEMO = 4096  # CIDs remembered per import (~0.5 MiB)
 
 
 def default_store() -> BlockStore:
@@ -145,12 +146,17 @@ class BlockStore:
             raise
 
     def _sink(self) -> BlockSink:
-        """A sink for one import: a block repeated within it (zeros, repeated data) is written once."""
+        """A sink for one import: a block repeated within it (zeros, repeated data) is written once.
+
+        The memo is capped (cleared when full), so memory stays bounded for any file size.
+        """
         done: set[bytes] = set()
 
         def sink(cid: bytes, parts: Sequence[Buffer]) -> None:
             if cid not in done:
                 self.put_block(cid, parts)
+                if len(done) >= _SINK_MEMO:
+                    done.clear()
                 done.add(cid)
 
         return sink
