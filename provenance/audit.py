@@ -308,7 +308,7 @@ def trace_run(chain: Chain, store: ContentStore, run_id: str) -> TraceNode:
     details: dict[str, Any] = {"run_key": key, "records": [e.record_cid for e in events]}
     if dist is not None:
         details.update(root=dist.root, deposited=dist.deposited, claimed=dist.claimed, token=dist.token)
-    node = TraceNode("run", key, f"run {run_id}" if run_id != key else f"run {key}", details)
+    node = TraceNode("run", key, run_id if run_id == key else f"{run_id} ({key})", details)
     seen: set[str] = set()
     for event in events:
         try:

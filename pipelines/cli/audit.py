@@ -1,0 +1,84 @@
+"""`caravan trace` and `caravan verify`: the auditor's commands, reading only chain and store.
+
+Chain from `CARAVAN_RPC_URL` (no key needed), deployments from `CARAVAN_CHAIN_DIR`, content from
+`CARAVAN_STORE_DIR` (or `--store`). `verify` exits 0 only if every check holds and otherwise
+prints one `FAIL <name> <subject>: <detail>` line per failure and exits 1.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.tree import Tree
+
+from pipelines.cli.errors import clean_errors
+from provenance import Chain, ProvenanceError, TraceNode, trace, verify_run
+from storage import STORE_DIR_ENV, BlockStore, StorageError, default_store
+
+StoreDir = Annotated[
+    str | None,
+    typer.Option("--store", envvar=STORE_DIR_ENV, help="Block store directory [default: .caravan/blocks]."),
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
+
+
+def _store(store_dir: str | None) -> BlockStore:
+    return BlockStore(store_dir) if store_dir else default_store()
+
+
+def _rich(node: TraceNode, into: Tree | None = None) -> Tree:
+    style = {"payout": "bold green", "deposit": "green", "root": "green", "run": "bold", "record": "cyan"}
+    label = f"[{style.get(node.kind, 'dim')}]{node.kind}[/] {node.label}"
+    branch = Tree(label) if into is None else into.add(label)
+    for child in node.children:
+        _rich(child, branch)
+    return branch
+
+
+def trace_command(
+    ref: Annotated[str, typer.Argument(help="A CID, a run id (or 0x run key), or a transaction hash.")],
+    as_json: AsJson = False,
+    store_dir: StoreDir = None,
+) -> None:
+    """The lineage tree from a payout, deposit, run, record or data CID back to the raw data."""
+    with clean_errors(ProvenanceError, StorageError):
+        node = trace(Chain.from_env(), _store(store_dir), ref)
+    if as_json:
+        typer.echo(json.dumps(node.to_json(), indent=2, default=str))
+    else:
+        console = Console()
+        Console(width=None if console.is_terminal else 400).print(_rich(node))
+
+
+def verify_command(
+    run_id: Annotated[str, typer.Argument(help="The run id given to publish_run (or its 0x run key).")],
+    as_json: AsJson = False,
+    onchain_proofs: Annotated[
+        bool,
+        typer.Option("--onchain-proofs/--local-proofs", help="Also ask the contract to verify each proof."),
+    ] = True,
+    store_dir: StoreDir = None,
+) -> None:
+    """Recompute every CID, check parents, on-chain entries, the royalty root and every proof."""
+    with clean_errors(ProvenanceError, StorageError):
+        report = verify_run(Chain.from_env(), _store(store_dir), run_id, onchain_proofs=onchain_proofs)
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        for failure in report.failures:
+            typer.echo(f"FAIL {failure.name} {failure.subject}: {failure.detail}")
+        verdict = "OK" if report.ok else f"{len(report.failures)} failure(s)"
+        typer.echo(
+            f"{verdict}: run {run_id} root {report.onchain_root}; {report.records_checked} records, "
+            f"{report.contents_checked} contents, {report.proofs_checked} proofs checked"
+        )
+    if not report.ok:
+        raise typer.Exit(code=1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("trace")(trace_command)
+    app.command("verify")(verify_command)

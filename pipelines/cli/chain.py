@@ -1,0 +1,69 @@
+"""`caravan chain deploy|status|grant`: the contracts on the configured chain.
+
+Configured by `CARAVAN_RPC_URL`, `CARAVAN_PRIVATE_KEY` (or `CARAVAN_KEYSTORE` +
+`CARAVAN_KEYSTORE_PASSWORD`), `CARAVAN_CHAIN_ID`, `CARAVAN_CHAIN_DIR`; see provenance.chain.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from pipelines.cli.errors import clean_errors
+from provenance import Chain, ProvenanceError
+from provenance.chain import CONTRACTS, redact_url
+
+
+def deploy() -> None:
+    """Deploy the registry and distributor where missing (idempotent); print addresses and gas."""
+    with clean_errors(ProvenanceError):
+        chain = Chain.from_env(need_key=True)
+        results = chain.deploy()
+        known = chain.deployments()["contracts"]
+    for name, result in results.items():
+        state = "already deployed" if result.skipped else f"deployed, gas {result.gas_used}"
+        typer.echo(f"{name}: {known[name]['address']} ({state})")
+    typer.echo(f"deployments: {chain.deployments_path}")
+
+
+def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Chain id, head block, signing account and whether each contract has its code."""
+    with clean_errors(ProvenanceError):
+        chain = Chain.from_env()
+        info = {
+            "rpc": redact_url(chain.rpc_url),
+            "chain_id": chain.chain_id,
+            "block": chain._rpc("eth_blockNumber", lambda: chain.w3.eth.block_number),
+            "account": chain.address,
+            "deployments": str(chain.deployments_path),
+            "contracts": {},
+        }
+        for name in CONTRACTS:
+            entry = chain.deployments().get("contracts", {}).get(name)
+            live = bool(entry) and chain._has_code(name, entry["address"])
+            info["contracts"][name] = {"address": entry and entry["address"], "live": live}
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    for key, value in info.items():
+        if key != "contracts":
+            typer.echo(f"{key}: {value}")
+    for name, c in info["contracts"].items():
+        typer.echo(f"{name}: {c['address'] or '-'} ({'live' if c['live'] else 'NOT DEPLOYED'})")
+
+
+def grant(address: Annotated[str, typer.Argument(help="EIP-55 address to make a publisher.")]) -> None:
+    """Give an address PUBLISHER_ROLE on both contracts (the admin's key signs)."""
+    with clean_errors(ProvenanceError):
+        for result in Chain.from_env(need_key=True).grant_publisher(address):
+            typer.echo(f"{result.action}: {'already granted' if result.skipped else result.tx_hash}")
+
+
+def register(app: typer.Typer) -> None:
+    chain_app = typer.Typer(help="Caravan's contracts on the configured EVM chain.", no_args_is_help=True)
+    chain_app.command("deploy")(deploy)
+    chain_app.command("status")(status)
+    chain_app.command("grant")(grant)
+    app.add_typer(chain_app, name="chain")
