@@ -1,0 +1,290 @@
+"""On-chain costs of Caravan's provenance and royalties, and the wall time of `caravan verify`.
+
+Starts its own anvil (from the npm package, on a free 127.0.0.1 port, fresh state) and prints:
+- gas of one record (a root record and one with a parent);
+- gas of one run's royalty root with 10, 1,000 and 100,000 contributors (constant by design);
+- gas of a claim in runs of 10, 1,000 and 100,000 leaves (grows with the proof, log2 n); the
+  figure is a steady-state claim (not the run's first, which also pays to initialise counters);
+- the naive design, one pushed transfer per contributor, for 100 contributors;
+- the wall time of `caravan verify <run>` (a fresh process, as an auditor runs it) on a run of
+  `--examples` examples (100,000) and `--contributors` contributors (1,000), goal < 10 s; the
+  same check in-process is printed beside it.
+The last line is one JSON object.
+
+    .venv/bin/python bench/chain_costs.py [--examples 100000] [--contributors 1000] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+from eth_account import Account  # noqa: E402
+
+from provenance import (  # noqa: E402
+    Chain,
+    CodeVersion,
+    Record,
+    StandardMerkleTree,
+    publish_run,
+    put_record,
+    store_weights,
+    utc_time,
+    verify_run,
+)
+from provenance.anvil import AnvilNode  # noqa: E402
+from provenance.chain import artifact  # noqa: E402
+from storage import BlockStore, snapshot_parquet  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+CARAVAN = Path(sys.executable).parent / "caravan"
+SIZES = (10, 1_000, 100_000)
+
+
+def split_bps(scores: np.ndarray, total: int = 10_000) -> list[int]:
+    """Largest-remainder rounding to integers summing exactly to `total`."""
+    raw = scores / scores.sum() * total
+    bps = np.floor(raw).astype(np.int64)
+    short = total - int(bps.sum())
+    bps[np.argsort(-(raw - bps), kind="stable")[:short]] += 1
+    return bps.tolist()
+
+
+def random_addresses(rng: random.Random, n: int) -> list[str]:
+    from eth_utils import to_checksum_address
+
+    return [to_checksum_address(rng.randbytes(20)) for _ in range(n)]
+
+
+def share_tree(rng: random.Random, n: int) -> StandardMerkleTree:
+    scores = np.array([rng.random() + 1e-3 for _ in range(n)])
+    return StandardMerkleTree.of(list(zip(random_addresses(rng, n), split_bps(scores), strict=True)))
+
+
+def root_and_claim_gas(
+    chain: Chain, rng: random.Random
+) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+    root_gas, claim_gas, proof_len = {}, {}, {}
+    for n in SIZES:
+        t0 = time.perf_counter()
+        tree = share_tree(rng, n)
+        build_s = time.perf_counter() - t0
+        run = f"bench-shares-{n}"
+        root_gas[str(n)] = chain.create_distribution(run, tree.root).gas_used
+        chain.deposit(run, 10**18)
+        paying = [i for i, (_, bps) in enumerate(tree.values) if bps > 0][:3]
+        gases = [chain.claim(run, *tree.values[i], tree.proof(i))[0].gas_used for i in paying]
+        claim_gas[str(n)] = gases[-1]
+        proof_len[str(n)] = len(tree.proof(paying[-1]))
+        print(
+            f"n={n:>6}: root {root_gas[str(n)]:>7} gas   claim {gases[-1]:>7} gas (first {gases[0]}, "
+            f"proof {proof_len[str(n)]} hashes)   tree built in {build_s:.2f} s"
+        )
+    return root_gas, claim_gas, proof_len
+
+
+def push_gas(chain: Chain, rng: random.Random, n: int = 100) -> int:
+    name = "NaivePusher"
+    factory = chain.w3.eth.contract(abi=artifact(name)["abi"], bytecode=artifact(name)["bytecode"])
+    _, receipt = chain._send("deploy:NaivePusher", factory.constructor())
+    pusher = chain.w3.eth.contract(address=receipt["contractAddress"], abi=artifact(name)["abi"])
+    recipients = random_addresses(rng, n)
+    amounts = [10**12 + i for i in range(n)]
+    return chain._send("push", pusher.functions.push(recipients, amounts), value=sum(amounts))[0].gas_used
+
+
+def build_run(store: BlockStore, n_examples: int, n_contributors: int, seed: int) -> str:
+    """A run's lineage as the pipeline leaves it: raw file, snapshot, annotations, consensus,
+    model + per-example attribution, weights; five records. Returns the head record's CID."""
+    rng = np.random.default_rng(seed)
+    accounts = [
+        Account.from_key(bytes(rng.integers(1, 255, 32, dtype=np.uint8))) for _ in range(n_contributors)
+    ]
+    ids = np.array([f"c{i:05d}" for i in range(n_contributors)])
+    features = rng.normal(size=(n_examples, 8)).round(6)
+    providers = ids[rng.integers(0, n_contributors, n_examples)]
+    raw = "\n".join(
+        f"{p}," + ",".join(map(str, row)) for p, row in zip(providers, features.tolist(), strict=True)
+    ).encode()
+    raw_cid = store.put_bytes(raw)
+    example_ids = [hashlib.sha256(line).hexdigest() for line in raw.split(b"\n")]
+    examples = pa.table(
+        {
+            "example_id": example_ids,
+            "provider": providers,
+            **{f"x{j}": features[:, j] for j in range(8)},
+            "source": ["raw.csv"] * n_examples,
+        }
+    )
+    snapshot_cid = store.put_bytes(snapshot_parquet(examples))
+    votes = 3
+    annotations = pa.table(
+        {
+            "annotation_id": [f"a{i}" for i in range(n_examples * votes)],
+            "example_id": np.repeat(example_ids, votes),
+            "annotator": ids[rng.integers(0, n_contributors, n_examples * votes)],
+            "label": rng.integers(0, 10, n_examples * votes),
+        }
+    )
+    annotations_cid = store.put_bytes(snapshot_parquet(annotations, sort_by="annotation_id"))
+    consensus = pa.table(
+        {
+            "example_id": example_ids,
+            "label": rng.integers(0, 10, n_examples),
+            "confidence": rng.random(n_examples),
+            "n_votes": np.full(n_examples, votes),
+        }
+    )
+    consensus_cid = store.put_bytes(snapshot_parquet(consensus))
+    model_cid = store.put_bytes(rng.bytes(4 << 20))
+    attribution = pa.table(
+        {
+            "example_id": example_ids,
+            "score": rng.normal(size=n_examples),
+            "method": ["ghost"] * n_examples,
+            "run_id": ["bench"] * n_examples,
+        }
+    )
+    attribution_cid = store.put_bytes(snapshot_parquet(attribution))
+    scores = rng.random(n_contributors) + 1e-3
+    weights = pa.table(
+        {
+            "contributor": ids,
+            "address": [a.address for a in accounts],
+            "role": ["provider"] * n_contributors,
+            "score": scores,
+            "weight_bps": split_bps(scores),
+        }
+    )
+    weights_cid = store_weights(store, weights)
+
+    code = CodeVersion("caravan", "0.1.0", None)
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+    def rec(activity: str, k: int, inputs: dict, outputs: dict, parents: list[str]) -> str:
+        return put_record(
+            store,
+            Record(
+                activity=activity,
+                agent="bench",
+                started_at=utc_time(t0 + dt.timedelta(k)),
+                ended_at=utc_time(t0 + dt.timedelta(k, 60)),
+                code=code,
+                inputs=inputs,
+                outputs=outputs,
+                parents=tuple(parents),
+                params={"seed": seed},
+            ),
+        )
+
+    ingest = rec("ingest", 0, {"raw": raw_cid}, {"examples": snapshot_cid}, [])
+    export = rec("labeling_export", 1, {"examples": snapshot_cid}, {"annotations": annotations_cid}, [ingest])
+    cons = rec("consensus", 2, {"annotations": annotations_cid}, {"consensus": consensus_cid}, [export])
+    train = rec(
+        "training",
+        3,
+        {"examples": snapshot_cid, "consensus": consensus_cid},
+        {"model": model_cid, "example_attribution": attribution_cid},
+        [cons, ingest],
+    )
+    return rec(
+        "weighting",
+        4,
+        {"example_attribution": attribution_cid},
+        {"contributor_weights": weights_cid},
+        [train],
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--examples", type=int, default=100_000)
+    parser.add_argument("--contributors", type=int, default=1_000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        with AnvilNode(config_path=tmp / "anvil.json", log_path=tmp / "anvil.log") as node:
+            chain = Chain(node.rpc_url, account=Account.from_key(node.dev_keys[0]), chain_dir=tmp / "chain")
+            chain.deploy()
+            print(f"anvil {node.rpc_url}, chain {chain.chain_id}; {os.cpu_count()} cores")
+
+            first = chain.record("QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG", "", "bench-records")
+            child = chain.record(
+                "QmbyEpV2hAp8uxuAJPpBTAEwWEurfPTMtMdUxbKtfNQVPu",
+                "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG",
+                "bench-records",
+            )
+            print(f"one record: {child.gas_used} gas with a parent, {first.gas_used} gas for a root record")
+            root_gas, claim_gas, _ = root_and_claim_gas(chain, rng)
+            push = push_gas(chain, rng)
+            print(
+                f"naive push of one transfer per contributor, 100 contributors: {push} gas "
+                f"({push / claim_gas['1000']:.1f}x one claim at n=1000, paid by the payer at once)"
+            )
+
+            store = BlockStore(tmp / "blocks", fsync=False)
+            t0 = time.perf_counter()
+            head = build_run(store, args.examples, args.contributors, args.seed)
+            built_s = time.perf_counter() - t0
+            publication = publish_run(chain, store, "bench-run", head)
+            print(
+                f"run of {args.examples} examples, {args.contributors} contributors: "
+                f"built in {built_s:.1f} s, "
+                f"published in {publication.sent} txs, {publication.gas_used} gas"
+            )
+
+            env = dict(
+                os.environ,
+                CARAVAN_RPC_URL=node.rpc_url,
+                CARAVAN_CHAIN_DIR=str(tmp / "chain"),
+                CARAVAN_STORE_DIR=str(tmp / "blocks"),
+            )
+            env.pop("CARAVAN_CHAIN_ID", None)
+            t0 = time.perf_counter()
+            done = subprocess.run(
+                [str(CARAVAN), "verify", "bench-run"], env=env, capture_output=True, text=True, cwd=REPO
+            )
+            verify_s = round(time.perf_counter() - t0, 2)
+            if done.returncode != 0:
+                print(done.stdout, done.stderr, file=sys.stderr)
+                sys.exit(f"caravan verify failed on an untampered run (exit {done.returncode})")
+            print(f"caravan verify (fresh process): {verify_s} s   (goal < 10 s)   {done.stdout.strip()}")
+            t0 = time.perf_counter()
+            report = verify_run(chain, store, "bench-run")
+            in_process = time.perf_counter() - t0
+            print(
+                f"verify_run in-process: {in_process:.2f} s (ok={report.ok}); "
+                "the rest is interpreter start-up and imports"
+            )
+
+    print(
+        json.dumps(
+            {
+                "record_gas": child.gas_used,
+                "root_gas": root_gas,
+                "claim_gas": claim_gas,
+                "verify_s": verify_s,
+                "push_gas_100": push,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
