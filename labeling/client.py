@@ -75,7 +75,9 @@ class LabelStudioClient:
     ):
         self.base_url = base_url.rstrip("/")
         self.retry = retry or RetryPolicy()
-        self.sdk = LabelStudio(base_url=self.base_url, api_key=token, timeout=timeout_s)
+        # max_retries=0: the SDK would otherwise retry every POST on 5xx and dropped connections,
+        # imports included; retrying is decided here, per call, by whether it is safe.
+        self.sdk = LabelStudio(base_url=self.base_url, api_key=token, timeout=timeout_s, max_retries=0)
 
     def __repr__(self) -> str:
         return f"LabelStudioClient({self.base_url!r})"
@@ -85,10 +87,11 @@ class LabelStudioClient:
     def call(self, what: str, fn: Callable[[], T], *, retry: bool = True) -> T:
         """Run one API call; transient failures retried (if `retry`), every failure made clear."""
         policy = self.retry
-        attempts = policy.attempts if retry else 1
         try:
+            if not retry:
+                return fn()
             for attempt in Retrying(
-                stop=stop_after_attempt(attempts) | stop_after_delay(policy.total_s),
+                stop=stop_after_attempt(policy.attempts) | stop_after_delay(policy.total_s),
                 wait=wait_exponential(multiplier=policy.first_wait_s, max=policy.max_wait_s),
                 retry=retry_if_exception(_transient),
                 reraise=False,
@@ -108,13 +111,17 @@ class LabelStudioClient:
                     f"Label Studio at {self.base_url} failed {what}: {_describe(exc)} (not retried: "
                     "the request may have landed; re-run the sync, which re-reads the server first)"
                 ) from None
-            if exc.status_code in (401, 403):
+            if exc.status_code == 401:
                 raise LabelStudioRequestError(
-                    f"Label Studio at {self.base_url} refused the API token for {what} "
-                    f"(HTTP {exc.status_code}); "
+                    f"Label Studio at {self.base_url} refused the API token for {what} (HTTP 401); "
                     "set LABEL_STUDIO_USER_TOKEN to a valid token"
                 ) from None
             raise LabelStudioRequestError(f"Label Studio refused {what}: {_short_body(exc)}") from None
+        except httpx.ConnectError as exc:  # nothing was sent
+            raise LabelStudioUnavailable(
+                f"Label Studio at {self.base_url} failed {what}: {_describe(exc)}; check it is running "
+                "(`make labelstudio-start`) and reachable"
+            ) from None
         except httpx.TransportError as exc:
             raise LabelStudioUnavailable(
                 f"Label Studio at {self.base_url} failed {what}: {_describe(exc)} (not retried: the request "

@@ -102,6 +102,9 @@ class LabelStudioServer:
             "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
             "LOCAL_FILES_SERVING_ENABLED": "true",
             "LOCAL_FILES_DOCUMENT_ROOT": data,
+            # Caravan's webhook receiver listens on 127.0.0.1, which Label Studio's SSRF guard
+            # blocks by default; this server itself only listens on 127.0.0.1.
+            "SSRF_PROTECTION_ENABLED": os.environ.get("SSRF_PROTECTION_ENABLED", "false"),
             "LATEST_VERSION_CHECK": "false",
             "COLLECT_ANALYTICS": "0",
             "SENTRY_DSN": "",

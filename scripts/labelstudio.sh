@@ -74,6 +74,9 @@ cmd_start() {
   export LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK="${LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK:-true}"
   export LOCAL_FILES_SERVING_ENABLED="${LOCAL_FILES_SERVING_ENABLED:-true}"
   export LOCAL_FILES_DOCUMENT_ROOT="${LOCAL_FILES_DOCUMENT_ROOT:-$DATA_DIR}"
+  # Caravan's webhook receiver listens on 127.0.0.1, which Label Studio's SSRF guard blocks by
+  # default; this server itself only listens on 127.0.0.1. Set it to true for a shared deployment.
+  export SSRF_PROTECTION_ENABLED="${SSRF_PROTECTION_ENABLED:-false}"
   # No phoning home: no release check against the package index, no analytics, no Sentry.
   export LATEST_VERSION_CHECK=false SENTRY_DSN="" FRONTEND_SENTRY_DSN="" COLLECT_ANALYTICS=0
   # set -m: the server gets its own process group, so stop can end it and its workers together.
