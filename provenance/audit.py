@@ -288,10 +288,10 @@ def trace(chain: Chain, store: ContentStore, ref: str) -> TraceNode:
     ref = ref.strip()
     if ref.startswith("0x") and len(ref) == 66:
         try:
-            return _trace_tx(chain, store, ref)
+            events = chain.events_of(ref)
         except ChainError:
-            pass  # not a transaction: a run key
-        return trace_run(chain, store, ref)
+            return trace_run(chain, store, ref)  # not a transaction: a run key
+        return _trace_tx(chain, store, ref, events)
     if _is_cid(ref):
         return _trace_cid(chain, store, ref)
     return trace_run(chain, store, ref)
@@ -352,8 +352,9 @@ def _record_tree(chain: Chain, store: ContentStore, cid: str, seen: set[str]) ->
     return node
 
 
-def _trace_tx(chain: Chain, store: ContentStore, tx_hash: str) -> TraceNode:
-    events = chain.events_of(tx_hash)
+def _trace_tx(
+    chain: Chain, store: ContentStore, tx_hash: str, events: list[tuple[str, dict[str, Any]]]
+) -> TraceNode:
     if not events:
         raise ChainError(f"transaction {tx_hash} emitted no Caravan event")
     name, args = events[0]
@@ -401,6 +402,14 @@ def _trace_cid(chain: Chain, store: ContentStore, cid: str) -> TraceNode:
             return node
     node.details["produced_by"] = None
     return node
+
+
+def record_cids(node: TraceNode) -> list[str]:
+    """Every record CID in a trace tree (for `prov_json(records_by_cid(store, ...))`)."""
+    found = [node.id] if node.kind == "record" and "activity" in node.details else []
+    for child in node.children:
+        found.extend(c for c in record_cids(child) if c not in found)
+    return found
 
 
 def _is_cid(text: str) -> bool:

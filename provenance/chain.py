@@ -76,6 +76,7 @@ CONTRACTS = (REGISTRY, DISTRIBUTOR)
 PUBLISHER_ROLE = keccak(b"PUBLISHER_ROLE")
 ZERO_ADDRESS = "0x" + "0" * 40
 KIND_SHARES, KIND_AMOUNTS = 1, 2
+NONCE_ATTEMPTS = 3
 _TRANSIENT = (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ProviderConnectionError)
 
 T = TypeVar("T")
@@ -404,6 +405,26 @@ class Chain:
         except Web3RPCError as exc:
             raise _rpc_error(action, sender, exc) from None
         gas = gas * 6 // 5 + 10_000
+        for attempt in range(NONCE_ATTEMPTS):
+            tx_hash = self._sign_and_send(action, account, fn, gas, value)
+            if tx_hash is not None:
+                break
+            if attempt == NONCE_ATTEMPTS - 1:
+                raise TransactionError(
+                    f"{action}: nonce of {sender} kept moving ({NONCE_ATTEMPTS} tries): is another process "
+                    "sending from the same account? Give each writer its own key"
+                )
+        receipt = self._wait(action, tx_hash)
+        self._journal_set(action, None)
+        if receipt["status"] != 1:
+            raise TransactionError(
+                f"{action}: transaction {tx_hash} reverted (gas used {receipt['gasUsed']})"
+            )
+        return TxResult(action, tx_hash, receipt["gasUsed"], receipt["blockNumber"]), receipt
+
+    def _sign_and_send(self, action: str, account: LocalAccount, fn: Any, gas: int, value: int) -> str | None:
+        """One signed send at the account's next nonce; None if that nonce was taken meanwhile."""
+        sender = account.address
         tx = self._rpc(
             "build",
             lambda: fn.build_transaction(
@@ -426,22 +447,20 @@ class Chain:
             )
         signed = account.sign_transaction(tx)
         tx_hash = "0x" + bytes(signed.hash).hex()
-        self._journal_set(action, tx_hash)
+        self._journal_set(action, tx_hash)  # before sending: a crash after this is resumable
         try:
             self._rpc(
                 "eth_sendRawTransaction", lambda: self.w3.eth.send_raw_transaction(signed.raw_transaction)
             )
         except Web3RPCError as exc:
-            if "already known" not in str(exc).lower():
-                self._journal_set(action, None)
-                raise _rpc_error(action, sender, exc) from None
-        receipt = self._wait(action, tx_hash)
-        self._journal_set(action, None)
-        if receipt["status"] != 1:
-            raise TransactionError(
-                f"{action}: transaction {tx_hash} reverted (gas used {receipt['gasUsed']})"
-            )
-        return TxResult(action, tx_hash, receipt["gasUsed"], receipt["blockNumber"]), receipt
+            text = str(exc).lower()
+            if "already known" in text:
+                return tx_hash
+            self._journal_set(action, None)
+            if "nonce too low" in text or "replacement transaction underpriced" in text:
+                return None
+            raise _rpc_error(action, sender, exc) from None
+        return tx_hash
 
     def _call(self, what: str, fn: Any) -> Any:
         try:

@@ -15,7 +15,8 @@ from rich.console import Console
 from rich.tree import Tree
 
 from pipelines.cli.errors import clean_errors
-from provenance import Chain, ProvenanceError, TraceNode, trace, verify_run
+from provenance import Chain, ProvenanceError, TraceNode, prov_json, records_by_cid, trace, verify_run
+from provenance.audit import record_cids
 from storage import STORE_DIR_ENV, BlockStore, StorageError, default_store
 
 StoreDir = Annotated[
@@ -23,6 +24,7 @@ StoreDir = Annotated[
     typer.Option("--store", envvar=STORE_DIR_ENV, help="Block store directory [default: .caravan/blocks]."),
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
+AsProv = Annotated[bool, typer.Option("--prov", help="Print the lineage's records as W3C PROV-JSON.")]
 
 
 def _store(store_dir: str | None) -> BlockStore:
@@ -41,11 +43,16 @@ def _rich(node: TraceNode, into: Tree | None = None) -> Tree:
 def trace_command(
     ref: Annotated[str, typer.Argument(help="A CID, a run id (or 0x run key), or a transaction hash.")],
     as_json: AsJson = False,
+    as_prov: AsProv = False,
     store_dir: StoreDir = None,
 ) -> None:
     """The lineage tree from a payout, deposit, run, record or data CID back to the raw data."""
     with clean_errors(ProvenanceError, StorageError):
-        node = trace(Chain.from_env(), _store(store_dir), ref)
+        store = _store(store_dir)
+        node = trace(Chain.from_env(), store, ref)
+        if as_prov:
+            typer.echo(prov_json(records_by_cid(store, record_cids(node))))
+            return
     if as_json:
         typer.echo(json.dumps(node.to_json(), indent=2, default=str))
     else:

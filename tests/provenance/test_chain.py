@@ -195,3 +195,29 @@ def test_records_survive_an_anvil_restart(tmp_path: Path) -> None:
         again = Chain(node.rpc_url, account=Account.from_key(node.dev_keys[0]), chain_dir=tmp_path)
         assert all(r.skipped for r in again.deploy().values())
         assert [e.tx_hash for e in again.recorded_events("r")] == [tx.tx_hash]
+
+
+def test_a_taken_nonce_is_retried_with_the_next(chain: Chain, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = chain.w3.eth.get_transaction_count
+    chain.record("QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG", "", "n")
+    stale = iter([real(chain.address, "pending") - 1])  # as if another sender took our nonce
+
+    calls: list[int] = []
+
+    def count(address: str, block: str = "latest") -> int:
+        calls.append(next(stale, None) or real(address, block))
+        return calls[-1]
+
+    monkeypatch.setattr(chain.w3.eth, "get_transaction_count", count)
+    result = chain.record("QmbyEpV2hAp8uxuAJPpBTAEwWEurfPTMtMdUxbKtfNQVPu", "", "n")
+    assert not result.skipped and len(chain.recorded_events("n")) == 2
+    assert calls == [calls[1] - 1, calls[1]]  # refused as "nonce too low", then sent at the next nonce
+
+
+def test_local_anvil_default_key_comes_from_its_config(anvil: AnvilService, tmp_path: Path) -> None:
+    (tmp_path / "anvil.json").write_bytes(anvil.node.config_path.read_bytes())
+    chain = Chain.from_env(
+        {"CARAVAN_RPC_URL": anvil.rpc_url, "CARAVAN_CHAIN_DIR": str(tmp_path)}, need_key=True
+    )
+    assert chain.address == Account.from_key(anvil.dev_keys[0]).address
+    assert chain.deployments_path == tmp_path / "deployments-31337.json"

@@ -47,6 +47,10 @@ def test_verify_and_trace(env: Chain, store: BlockStore, sample_run: SampleRun) 
     code, out, _ = _run("trace", claim.tx_hash, "--json")
     tree = json.loads(out)
     assert code == 0 and tree["kind"] == "payout" and sample_run.raw_cid in out
+    code, out, _ = _run("trace", sample_run.snapshot_cid, "--prov")
+    prov = json.loads(out)
+    assert code == 0 and f"ipfs:{sample_run.records['ingest']}" in prov["activity"]
+    assert f"ipfs:{sample_run.raw_cid}" in prov["entity"]
     code, out, _ = _run("trace", "run-7")
     assert code == 0 and "weighting" in out and "ingest" in out and sample_run.raw_cid in out
 
