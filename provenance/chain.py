@@ -30,7 +30,6 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import eth_abi
-import requests
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_hash.auto import keccak
@@ -77,7 +76,8 @@ PUBLISHER_ROLE = keccak(b"PUBLISHER_ROLE")
 ZERO_ADDRESS = "0x" + "0" * 40
 KIND_SHARES, KIND_AMOUNTS = 1, 2
 NONCE_ATTEMPTS = 3
-_TRANSIENT = (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ProviderConnectionError)
+# HTTPProvider raises requests' ConnectionError/Timeout, both OSError subclasses.
+_TRANSIENT = (OSError, ProviderConnectionError)
 
 T = TypeVar("T")
 

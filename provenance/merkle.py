@@ -27,7 +27,12 @@ Leaf = tuple[Any, ...]
 
 def leaf_hash(leaf_types: Sequence[str], value: Sequence[Any]) -> bytes:
     """The StandardMerkleTree leaf hash (double keccak guards against second preimages)."""
-    if tuple(leaf_types) == SHARE_LEAF and 0 <= value[1] < 2**256:
+    if (
+        tuple(leaf_types) == SHARE_LEAF
+        and isinstance(value[0], str)
+        and type(value[1]) is int
+        and 0 <= value[1] < 2**256
+    ):
         # abi.encode(address, uint256) is two left-padded words; eth_abi takes ~10x longer.
         encoded = bytes(12) + bytes.fromhex(value[0][2:]) + value[1].to_bytes(32, "big")
     else:

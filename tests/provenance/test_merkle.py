@@ -79,3 +79,14 @@ def test_single_leaf_root_is_the_leaf_and_empty_tree_is_refused() -> None:
         StandardMerkleTree.of([])
     with pytest.raises(ProvenanceError, match="integer"):
         StandardMerkleTree.of([(value[0], "10000")])
+
+
+def test_share_leaf_fast_path_equals_abi_encoding() -> None:
+    import eth_abi
+    from eth_hash.auto import keccak
+
+    rng = random.Random(9)
+    for weight in [0, 1, 10_000, 2**255, 2**256 - 1]:
+        address = to_checksum_address(rng.randbytes(20))
+        expected = keccak(keccak(eth_abi.encode(list(SHARE_LEAF), [address, weight])))
+        assert leaf_hash(SHARE_LEAF, (address, weight)) == expected
