@@ -32,8 +32,8 @@ def _entry_slot(cid: str) -> int:
 def test_clean_run_verifies_and_traces_to_raw_data(
     chain: Chain, store: BlockStore, sample_run: SampleRun
 ) -> None:
-    publish_run(chain, store, "run-1", sample_run.head)
-    chain.deposit("run-1", 10**18)
+    published = publish_run(chain, store, "run-1", sample_run.head)
+    deposit = chain.deposit("run-1", 10**18)
     payee = sample_run.weights["address"][0].as_py()
     claim, amount = claim_share(chain, store, "run-1", payee)
     assert amount > 0
@@ -50,6 +50,12 @@ def test_clean_run_verifies_and_traces_to_raw_data(
     text = json.dumps(tree)
     for cid in [sample_run.raw_cid, *sample_run.records.values()]:
         assert cid in text
+    deposit_node = trace(chain, store, deposit.tx_hash)
+    assert (deposit_node.kind, deposit_node.details["amount"]) == ("deposit", 10**18)
+    root_node = trace(chain, store, published.transactions[-1].tx_hash)
+    assert root_node.kind == "root" and root_node.details["root"] == published.root
+    record_node = trace(chain, store, published.transactions[0].tx_hash)
+    assert record_node.kind == "tx" and record_node.children[0].kind == "record"
     run_node = trace(chain, store, "run-1")
     assert run_node.children[0].id == sample_run.head
     data_node = trace(chain, store, sample_run.snapshot_cid)
