@@ -7,16 +7,15 @@ prints one `FAIL <name> <subject>: <detail>` line per failure and exits 1.
 
 from __future__ import annotations
 
+# provenance (web3) is imported inside the commands: it costs ~0.8 s, which `caravan store` need not pay.
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.tree import Tree
 
 from pipelines.cli.errors import clean_errors
-from provenance import Chain, ProvenanceError, TraceNode, prov_json, records_by_cid, trace, verify_run
-from provenance.audit import record_cids
 from storage import STORE_DIR_ENV, BlockStore, StorageError, default_store
 
 StoreDir = Annotated[
@@ -31,7 +30,7 @@ def _store(store_dir: str | None) -> BlockStore:
     return BlockStore(store_dir) if store_dir else default_store()
 
 
-def _rich(node: TraceNode, into: Tree | None = None) -> Tree:
+def _rich(node: Any, into: Tree | None = None) -> Tree:
     style = {"payout": "bold green", "deposit": "green", "root": "green", "run": "bold", "record": "cyan"}
     label = f"[{style.get(node.kind, 'dim')}]{node.kind}[/] {node.label}"
     branch = Tree(label) if into is None else into.add(label)
@@ -47,6 +46,9 @@ def trace_command(
     store_dir: StoreDir = None,
 ) -> None:
     """The lineage tree from a payout, deposit, run, record or data CID back to the raw data."""
+    from provenance import Chain, ProvenanceError, prov_json, records_by_cid, trace
+    from provenance.audit import record_cids
+
     with clean_errors(ProvenanceError, StorageError):
         store = _store(store_dir)
         node = trace(Chain.from_env(), store, ref)
@@ -70,6 +72,8 @@ def verify_command(
     store_dir: StoreDir = None,
 ) -> None:
     """Recompute every CID, check parents, on-chain entries, the royalty root and every proof."""
+    from provenance import Chain, ProvenanceError, verify_run
+
     with clean_errors(ProvenanceError, StorageError):
         report = verify_run(Chain.from_env(), _store(store_dir), run_id, onchain_proofs=onchain_proofs)
     if as_json:

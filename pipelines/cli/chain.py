@@ -6,18 +6,19 @@ Configured by `CARAVAN_RPC_URL`, `CARAVAN_PRIVATE_KEY` (or `CARAVAN_KEYSTORE` +
 
 from __future__ import annotations
 
+# provenance (web3) is imported inside the commands, as in pipelines/cli/audit.py.
 import json
 from typing import Annotated
 
 import typer
 
 from pipelines.cli.errors import clean_errors
-from provenance import Chain, ProvenanceError
-from provenance.chain import CONTRACTS, redact_url
 
 
 def deploy() -> None:
     """Deploy the registry and distributor where missing (idempotent); print addresses and gas."""
+    from provenance import Chain, ProvenanceError
+
     with clean_errors(ProvenanceError):
         chain = Chain.from_env(need_key=True)
         results = chain.deploy()
@@ -30,6 +31,9 @@ def deploy() -> None:
 
 def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Chain id, head block, signing account and whether each contract has its code."""
+    from provenance import Chain, ProvenanceError
+    from provenance.chain import CONTRACTS, redact_url
+
     with clean_errors(ProvenanceError):
         chain = Chain.from_env()
         info = {
@@ -56,6 +60,8 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 
 def grant(address: Annotated[str, typer.Argument(help="EIP-55 address to make a publisher.")]) -> None:
     """Give an address PUBLISHER_ROLE on both contracts (the admin's key signs)."""
+    from provenance import Chain, ProvenanceError
+
     with clean_errors(ProvenanceError):
         for result in Chain.from_env(need_key=True).grant_publisher(address):
             typer.echo(f"{result.action}: {'already granted' if result.skipped else result.tx_hash}")
