@@ -1,7 +1,16 @@
-"""The one Dagster `Definitions` of Caravan."""
-
-from __future__ import annotations
+"""The one Dagster `Definitions` of Caravan; `CARAVAN_DEPLOYMENT` picks the resource set."""
 
 import dagster as dg
 
-defs = dg.Definitions(assets=[])
+from pipelines import automation, checks
+from pipelines.assets import ingest, labeling, royalties, training
+from pipelines.resources import resources_for
+
+defs = dg.Definitions(
+    assets=dg.load_assets_from_modules([ingest, labeling, training, royalties]),
+    asset_checks=checks.all_checks,
+    jobs=[automation.labeling_sync_job, automation.attribution_job],
+    sensors=[automation.annotation_sensor],
+    schedules=[automation.daily_attribution],
+    resources=resources_for(),
+)

@@ -1,0 +1,230 @@
+"""Labeling stage: tasks into Label Studio, annotations back (incrementally), consensus and quality.
+
+The annotation export keeps a cursor beside the annotations table it was applied to (by the
+table's CID): if the two ever disagree (a crash between storing one and the other) the
+cursor is dropped and the next export starts over, which merging makes harmless.
+"""
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from labeling import (
+    ANNOTATIONS,
+    ExportCursor,
+    LabelingError,
+    ProjectSpec,
+    aggregate,
+    export_annotations,
+    merge_annotations,
+    sync_tasks,
+)
+from pipelines.content_io import AssetIndex, put_value
+from pipelines.lineage import LineageResource, now
+from pipelines.partitions import dataset_versions
+from pipelines.report import md_table
+from pipelines.resources import DatasetCatalog, LabelStudioResource, StoreResource
+
+
+def project_spec(catalog: DatasetCatalog, version: str) -> ProjectSpec:
+    spec = catalog.lookup(version)["labeling"]
+    return ProjectSpec(
+        title=f"caravan {version}", kind=spec["kind"], choices=tuple(spec["choices"]), field=spec["field"]
+    )
+
+
+def _labeling(fn):
+    """Label Studio and input errors fail the step with their own message."""
+
+    def wrapped(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except LabelingError as exc:
+            raise dg.Failure(str(exc)) from exc
+
+    return wrapped
+
+
+@dg.asset(partitions_def=dataset_versions, group_name="labeling", kinds={"labelstudio"})
+def labeling_tasks(
+    context: dg.AssetExecutionContext,
+    raw_dataset: pa.Table,
+    catalog: DatasetCatalog,
+    labelstudio: LabelStudioResource,
+) -> dg.MaterializeResult:
+    """One Label Studio task per example (keyed by example id); a rerun adds only new examples."""
+    client = labelstudio.client()
+    project = _labeling(client.ensure_project)(project_spec(catalog, context.partition_key))
+    report = _labeling(sync_tasks)(client, project, raw_dataset)
+    return dg.MaterializeResult(
+        metadata={
+            "project_id": project.id,
+            "project_url": dg.MetadataValue.url(f"{labelstudio.url}/projects/{project.id}"),
+            "created": report.created,
+            "already_present": report.already_present,
+            "tasks_in_project": report.tasks_in_project,
+        }
+    )
+
+
+@dg.asset(
+    partitions_def=dataset_versions,
+    group_name="labeling",
+    kinds={"labelstudio", "arrow"},
+    deps=[labeling_tasks],
+)
+def annotations(
+    context: dg.AssetExecutionContext,
+    raw_dataset: pa.Table,
+    dataset_snapshot: dict,
+    catalog: DatasetCatalog,
+    labelstudio: LabelStudioResource,
+    store: StoreResource,
+    index: AssetIndex,
+    lineage: LineageResource,
+) -> dg.Output[pa.Table]:
+    """Every submitted annotation with its annotator, pulled incrementally since the last sync."""
+    started, version = now(), context.partition_key
+    client = labelstudio.client()
+    project = _labeling(client.ensure_project)(project_spec(catalog, version))
+    previous, cursor = _previous(index, store, version, project.id)
+    export = _labeling(export_annotations)(
+        client, project, cursor, known_examples=set(raw_dataset["example_id"].to_pylist())
+    )
+    table = merge_annotations(previous, export)
+    client = store.client()
+    cid = put_value(client, table)
+    cursor_path(index, version).write_text(json.dumps({"table_cid": cid, "cursor": export.cursor.to_json()}))
+    skipped = dict(export.skipped)
+    context.log.info(f"{export.table.num_rows} new or changed annotations, skipped {skipped}")
+    record = lineage.write(
+        client,
+        "labeling_export",
+        version,
+        started=started,
+        inputs={"snapshot": dataset_snapshot["cid"]},
+        outputs={"annotations": cid},
+        parents=(dataset_snapshot["record_cid"],),
+        params={"project_id": project.id, "skipped": skipped},
+    )
+    return dg.Output(
+        table,
+        metadata={
+            "record_cid": record,
+            "dagster/row_count": table.num_rows,
+            "new_or_changed": export.table.num_rows,
+            "skipped": dg.MetadataValue.json(skipped),
+            "annotators": len(pc.unique(table["annotator"])),
+        },
+    )
+
+
+def cursor_path(index: AssetIndex, version: str) -> Path:
+    return index.state_path("annotation_cursor", version)
+
+
+def _previous(
+    index: AssetIndex, store: StoreResource, version: str, project_id: int
+) -> tuple[pa.Table, ExportCursor | None]:
+    stored, path = index.stored("annotations", version), cursor_path(index, version)
+    if stored is None or not path.exists():
+        return ANNOTATIONS.empty_table(), None
+    saved = json.loads(path.read_text())
+    cursor = ExportCursor.from_json(saved["cursor"])
+    if saved["table_cid"] != stored["cid"] or cursor.project_id != project_id:
+        return ANNOTATIONS.empty_table(), None
+    from storage import read_parquet
+
+    return read_parquet(store.client().get(stored["cid"])).cast(ANNOTATIONS), cursor
+
+
+@dg.multi_asset(
+    partitions_def=dataset_versions,
+    group_name="labeling",
+    outs={
+        "consensus_labels": dg.AssetOut(kinds={"arrow"}, description="Dawid–Skene consensus per example."),
+        "annotator_quality": dg.AssetOut(kinds={"arrow"}, description="Estimated accuracy per annotator."),
+    },
+)
+def consensus_labels(
+    context: dg.AssetExecutionContext,
+    annotations: pa.Table,
+    catalog: DatasetCatalog,
+    store: StoreResource,
+    lineage: LineageResource,
+):
+    started, version = now(), context.partition_key
+    gold_path = catalog.lookup(version).get("gold")
+    gold = pq.read_table(gold_path) if gold_path else None
+    result = _labeling(aggregate)(annotations, gold)
+    quality = result.quality.sort_by("annotator")
+    client = store.client()
+    inputs = {"annotations": put_value(client, annotations)}
+    if gold is not None:
+        inputs["gold"] = client.put_file(gold_path, cid_version=1, pin=True)
+    record = lineage.write(
+        client,
+        "consensus",
+        version,
+        started=started,
+        inputs=inputs,
+        outputs={
+            "consensus": put_value(client, result.consensus),
+            "annotator_quality": put_value(client, quality),
+        },
+        parents=(lineage.cid_of("labeling_export", version),),
+        params={"method": result.method},
+    )
+    yield dg.Output(
+        result.consensus,
+        output_name="consensus_labels",
+        metadata={
+            "record_cid": record,
+            "dagster/row_count": result.consensus.num_rows,
+            "method": result.method,
+            "mean_confidence": float(pc.mean(result.consensus["confidence"]).as_py() or 0.0),
+        },
+    )
+    rows = [
+        (
+            q["annotator"],
+            f"{q['estimated_accuracy']:.3f}",
+            q["n_annotations"],
+            f"{q['agreement']:.3f}",
+            "-" if q["gold_accuracy"] is None else f"{q['gold_accuracy']:.3f}",
+        )
+        for q in quality.to_pylist()
+    ]
+    yield dg.Output(
+        quality,
+        output_name="annotator_quality",
+        metadata={
+            "dagster/row_count": quality.num_rows,
+            "quality": dg.MetadataValue.md(
+                md_table(
+                    ["annotator", "estimated accuracy", "annotations", "agreement", "gold accuracy"], rows
+                )
+            ),
+        },
+    )
+
+
+@dg.asset(partitions_def=dataset_versions, group_name="labeling", kinds={"parquet", "ipfs"})
+def labeled_dataset(raw_dataset: pa.Table, consensus_labels: pa.Table) -> dg.Output[pa.Table]:
+    """The examples that have a consensus label, with it: what the model trains on."""
+    # by index, not Table.join: joins refuse list columns such as image pixels
+    position = pc.index_in(raw_dataset["example_id"], value_set=consensus_labels["example_id"])
+    labeled = pc.is_valid(position)
+    table = raw_dataset.filter(labeled)
+    labels = consensus_labels.take(pc.drop_null(position))
+    for name in ("label", "confidence", "n_votes"):
+        table = table.append_column(name, labels[name])
+    table = table.sort_by("example_id")
+    return dg.Output(
+        table,
+        metadata={"dagster/row_count": table.num_rows, "unlabeled": raw_dataset.num_rows - table.num_rows},
+    )

@@ -1,0 +1,164 @@
+"""Royalty stage: example scores become contributor weights, the run's head record, and its on-chain root."""
+
+import dagster as dg
+import pyarrow as pa
+
+from attribution import ContributorError, WeightPolicy
+from attribution import contributor_weights as _weights
+from labeling import LabelingError
+from pipelines.content_io import AssetIndex, decode, put_value
+from pipelines.lineage import LineageResource, now
+from pipelines.partitions import dataset_versions
+from pipelines.report import bar_md, md_table
+from pipelines.resources import ChainResource, ContributorsResource, StoreResource
+from provenance import ProvenanceError, load_lineage, prov_json, publish_run, records_by_cid, store_weights
+
+
+class WeightingConfig(dg.Config):
+    """The split policy (attribution.WeightPolicy): provider share of the pool, what negatives do."""
+
+    provider_share_bps: int = 7000
+    negative: str = "clip"
+
+
+@dg.asset(partitions_def=dataset_versions, group_name="royalties", kinds={"arrow"})
+def contributor_weights(
+    context: dg.AssetExecutionContext,
+    config: WeightingConfig,
+    example_attribution: pa.Table,
+    raw_dataset: pa.Table,
+    annotations: pa.Table,
+    consensus_labels: pa.Table,
+    contributors: ContributorsResource,
+) -> dg.Output[pa.Table]:
+    """Basis points per contributor (provider or labeler), summing to exactly 10,000."""
+    try:
+        policy = WeightPolicy(provider_share_bps=config.provider_share_bps, negative=config.negative)
+        people = set(raw_dataset["provider"].to_pylist()) | set(annotations["annotator"].to_pylist())
+        addresses = contributors.registry().require(people)
+        table = _weights(example_attribution, raw_dataset, annotations, consensus_labels, addresses, policy)
+    except (ContributorError, LabelingError, ValueError) as exc:
+        raise dg.Failure(str(exc)) from exc
+    top = sorted(table.to_pylist(), key=lambda r: (-r["weight_bps"], r["contributor"]))
+    return dg.Output(
+        table,
+        metadata={
+            "dagster/row_count": table.num_rows,
+            "top_contributors": dg.MetadataValue.md(
+                md_table(
+                    ["contributor", "role", "address", "weight_bps"],
+                    [(r["contributor"], r["role"], r["address"], r["weight_bps"]) for r in top[:15]],
+                )
+            ),
+            "payout": dg.MetadataValue.md(
+                bar_md(
+                    [f"{r['contributor']} ({r['role']})" for r in top[:15]],
+                    [r["weight_bps"] / 100 for r in top[:15]],
+                    "share of revenue, %",
+                )
+            ),
+        },
+    )
+
+
+@dg.asset(partitions_def=dataset_versions, group_name="royalties", kinds={"ipfs"})
+def provenance_record(
+    context: dg.AssetExecutionContext,
+    config: WeightingConfig,
+    contributor_weights: pa.Table,
+    example_attribution: pa.Table,
+    raw_dataset: pa.Table,
+    annotations: pa.Table,
+    consensus_labels: pa.Table,
+    store: StoreResource,
+    lineage: LineageResource,
+) -> dg.Output[dict]:
+    """The run's head (weighting) record: its lineage reaches from the payout back to raw files."""
+    started, version = now(), context.partition_key
+    client = store.client()
+    run_id = example_attribution["run_id"][0].as_py()
+    try:
+        weights_cid = store_weights(client, contributor_weights)
+        head = lineage.write(
+            client,
+            "weighting",
+            version,
+            started=started,
+            inputs={
+                "example_attribution": put_value(client, example_attribution),
+                "examples": put_value(client, raw_dataset),
+                "annotations": put_value(client, annotations),
+                "consensus": put_value(client, consensus_labels),
+            },
+            outputs={"contributor_weights": weights_cid},
+            parents=(lineage.cid_of("training", version), lineage.cid_of("consensus", version)),
+            params={"run_id": run_id, "policy": config.model_dump()},
+        )
+        records = load_lineage(client, head)
+        prov_cid = client.put_bytes(
+            prov_json(records_by_cid(client, records)).encode(), cid_version=1, pin=True
+        )
+    except ProvenanceError as exc:
+        raise dg.Failure(str(exc)) from exc
+    return dg.Output(
+        {
+            "run_id": run_id,
+            "head_cid": head,
+            "weights_cid": weights_cid,
+            "prov_json_cid": prov_cid,
+            "records": sorted(records),
+        },
+        metadata={
+            "run_id": run_id,
+            "head_cid": head,
+            "weights_cid": weights_cid,
+            "prov_json_cid": prov_cid,
+            "records": len(records),
+        },
+    )
+
+
+@dg.asset(partitions_def=dataset_versions, group_name="royalties", kinds={"ethereum"})
+def royalty_root(
+    context: dg.AssetExecutionContext,
+    provenance_record: dict,
+    store: StoreResource,
+    chain: ChainResource,
+    index: AssetIndex,
+) -> dg.Output[dict]:
+    """The run's records and (address, bps) Merkle root on chain; a rerun sends only what is missing."""
+    try:
+        client = chain.client()
+        pub = publish_run(client, store.client(), provenance_record["run_id"], provenance_record["head_cid"])
+    except ProvenanceError as exc:
+        raise dg.Failure(str(exc)) from exc
+    root_tx = next(t for t in pub.transactions if t.action.startswith("root:")).tx_hash
+    if root_tx is None:  # the root was already on chain: keep the hash of the tx that put it there
+        root_tx = _previous_value(index, store, context.partition_key).get("root_tx")
+    value = {
+        "run_id": pub.run_id,
+        "root": pub.root,
+        "weights_cid": pub.weights_cid,
+        "head_cid": pub.head_cid,
+        "chain_id": client.chain_id,
+        "root_tx": root_tx,
+        "sent": pub.sent,
+        "gas_used": pub.gas_used,
+    }
+    return dg.Output(
+        value,
+        metadata={
+            **{k: v for k, v in value.items() if v is not None},
+            "transactions": dg.MetadataValue.md(
+                md_table(
+                    ["action", "tx", "gas", "skipped"],
+                    [(t.action[:40], t.tx_hash or "-", t.gas_used, t.skipped) for t in pub.transactions],
+                )
+            ),
+        },
+    )
+
+
+def _previous_value(index: AssetIndex, store: StoreResource, version: str) -> dict:
+    meta = index.stored("royalty_root", version)
+    return decode(meta["kind"], store.client().get(meta["cid"])) if meta else {}

@@ -1,0 +1,187 @@
+"""Training stage: the model trains on the consensus-labeled data while every example is scored.
+
+Held-out targets are chosen by example id (a hash bucket), so the split depends on nothing
+but the content and stays the same for every rerun an auditor makes.
+"""
+
+import hashlib
+import json
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from attribution import (
+    AttributionError,
+    AttributionTask,
+    ModelSpec,
+    TrainConfig,
+    features_to_bytes,
+    model_to_bytes,
+)
+from attribution import train_with_attribution as _train
+from attribution.encoding import InputEncoding
+from pipelines.content_io import put_value
+from pipelines.lineage import LineageResource, now
+from pipelines.partitions import dataset_versions
+from pipelines.report import histogram_md
+from pipelines.resources import StoreResource
+from provenance import code_version
+
+
+class TrainingConfig(dg.Config):
+    """The run's recipe; the defaults suit a small tabular or image classification set."""
+
+    hidden: list[int] = [64]
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 0.1
+    weight_decay: float = 1e-4
+    seed: int = 0
+    target_fraction: float = 0.15
+    trak_k: int = 256
+
+
+def split_targets(example_ids: list[str], fraction: float) -> np.ndarray:
+    """True for held-out targets: the first 32 bits of the (sha256) example id fall below `fraction`."""
+    if not 0.0 < fraction < 1.0:
+        raise dg.Failure(f"target_fraction must be between 0 and 1, got {fraction}")
+    buckets = np.array([int(e[:8], 16) for e in example_ids], dtype=np.float64) / 2**32
+    return buckets < fraction
+
+
+def run_id_of(labeled_cid: str, config: TrainingConfig) -> str:
+    """The attribution run's id: labeled data, recipe and code, so new labels or code make a new run."""
+    code = json.dumps(code_version().to_json(), sort_keys=True)
+    return hashlib.sha256(f"{labeled_cid}\n{config.model_dump_json()}\n{code}".encode()).hexdigest()[:16]
+
+
+@dg.multi_asset(
+    partitions_def=dataset_versions,
+    group_name="training",
+    outs={
+        "trained_model": dg.AssetOut(
+            kinds={"pytorch", "ipfs"}, description="Model weights as deterministic safetensors bytes."
+        ),
+        "model_encoding": dg.AssetOut(
+            kinds={"json"}, description="How rows become model inputs (columns, scale, classes)."
+        ),
+        "example_attribution": dg.AssetOut(
+            kinds={"arrow"}, description="Per-example in-run scores measured during training."
+        ),
+        "trak_features": dg.AssetOut(
+            kinds={"ipfs"}, description="Projected checkpoint gradients: attribute any new prediction."
+        ),
+    },
+)
+def trained_model(
+    context: dg.AssetExecutionContext,
+    config: TrainingConfig,
+    labeled_dataset: pa.Table,
+    store: StoreResource,
+    lineage: LineageResource,
+):
+    started, version = now(), context.partition_key
+    client = store.client()
+    data_cid = put_value(client, labeled_dataset)
+    table = labeled_dataset.sort_by("example_id")
+    ids = table["example_id"].to_pylist()
+    is_target = split_targets(ids, config.target_fraction)
+    train, targets = table.filter(pa.array(~is_target)), table.filter(pa.array(is_target))
+    if targets.num_rows == 0 or train.num_rows == 0:
+        raise dg.Failure(
+            f"{table.num_rows} labeled examples are too few to hold out targets; label more data"
+        )
+    try:
+        enc = InputEncoding.fit(train, train["label"].to_pylist())
+        task = AttributionTask(
+            ModelSpec((enc.n_features, *config.hidden, len(enc.classes))),
+            TrainConfig(
+                epochs=config.epochs,
+                batch_size=config.batch_size,
+                lr=config.lr,
+                weight_decay=config.weight_decay,
+                trak_k=config.trak_k,
+            ),
+        )
+        result = _train(
+            task,
+            enc.transform(train),
+            enc.label_indices(train["label"].to_pylist()),
+            train["example_id"].to_pylist(),
+            enc.transform(targets),
+            enc.label_indices(targets["label"].to_pylist()),
+            seed=config.seed,
+            run_id=run_id_of(data_cid, config),
+        )
+    except AttributionError as exc:
+        raise dg.Failure(str(exc)) from exc
+    scores = result.example_attribution
+    accuracy = _accuracy(
+        result.model, enc.transform(targets), enc.label_indices(targets["label"].to_pylist())
+    )
+    context.log.info(f"run {result.run_id}: {train.num_rows} examples, held-out accuracy {accuracy:.3f}")
+    values = {
+        "trained_model": model_to_bytes(result.model, task.spec),
+        "model_encoding": enc.to_json(),
+        "example_attribution": scores,
+        "trak_features": features_to_bytes(result.features),
+    }
+    record = lineage.write(
+        client,
+        "training",
+        version,
+        started=started,
+        inputs={"labeled_dataset": data_cid},
+        outputs={name: put_value(client, value) for name, value in values.items()},
+        parents=(lineage.cid_of("consensus", version), lineage.cid_of("snapshot", version)),
+        params={
+            "run_id": result.run_id,
+            "seed": config.seed,
+            "config": config.model_dump(),
+            "heldout_accuracy": round(accuracy, 6),
+        },
+    )
+    yield dg.Output(
+        values["trained_model"],
+        output_name="trained_model",
+        metadata={
+            "run_id": result.run_id,
+            "record_cid": record,
+            "train_examples": train.num_rows,
+            "targets": targets.num_rows,
+            "heldout_accuracy": float(accuracy),
+            "train_s": float(result.timings.get("train_s", 0.0)),
+        },
+    )
+    yield dg.Output(
+        values["model_encoding"],
+        output_name="model_encoding",
+        metadata={"features": enc.n_features, "classes": list(enc.classes)},
+    )
+    yield dg.Output(
+        values["trak_features"],
+        output_name="trak_features",
+        metadata={"bytes": len(values["trak_features"]), "k": config.trak_k},
+    )
+    yield dg.Output(
+        scores,
+        output_name="example_attribution",
+        metadata={
+            "run_id": result.run_id,
+            "dagster/row_count": scores.num_rows,
+            "positive": int(pc.sum(pc.greater(scores["score"], 0)).as_py() or 0),
+            "influence": dg.MetadataValue.md(
+                histogram_md(scores["score"].to_numpy(), "in-run influence per example")
+            ),
+        },
+    )
+
+
+def _accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
+    import torch
+
+    with torch.no_grad():
+        pred = model(torch.as_tensor(x, dtype=torch.float32)).argmax(1).numpy()
+    return float((pred == y).mean())

@@ -1,0 +1,69 @@
+"""Jobs, the annotation sensor and the daily attribution schedule."""
+
+import json
+
+import dagster as dg
+
+from labeling import ExportCursor, LabelingError, export_annotations
+from pipelines.assets.labeling import cursor_path, project_spec
+from pipelines.content_io import AssetIndex
+from pipelines.partitions import dataset_versions
+from pipelines.resources import DatasetCatalog, LabelStudioResource
+
+LABELING_STAGE = dg.AssetSelection.assets(
+    "annotations"
+).downstream().required_multi_asset_neighbors() - dg.AssetSelection.groups("training", "royalties")
+
+labeling_sync_job = dg.define_asset_job(
+    "labeling_sync",
+    selection=LABELING_STAGE,
+    partitions_def=dataset_versions,
+    description="Pull new annotations from Label Studio and recompute consensus and annotator quality.",
+)
+attribution_job = dg.define_asset_job(
+    "attribution_run",
+    selection=dg.AssetSelection.groups("training", "royalties"),
+    partitions_def=dataset_versions,
+    description="Train with in-run attribution, weigh contributors, and publish the royalty root.",
+)
+
+
+def _has_new_annotations(
+    catalog: DatasetCatalog, labelstudio: LabelStudioResource, index: AssetIndex, version: str
+) -> bool:
+    """A read-only export from the last cursor: anything new, changed or withdrawn since then."""
+    cursor_file = cursor_path(index, version)
+    if not cursor_file.exists():
+        return True
+    cursor = ExportCursor.from_json(json.loads(cursor_file.read_text())["cursor"])
+    client = labelstudio.client()
+    project = client.ensure_project(project_spec(catalog, version))
+    export = export_annotations(client, project, cursor)
+    return export.table.num_rows > 0 or bool(export.withdrawn)
+
+
+@dg.sensor(job=labeling_sync_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED)
+def annotation_sensor(
+    context: dg.SensorEvaluationContext,
+    catalog: DatasetCatalog,
+    labelstudio: LabelStudioResource,
+    index: AssetIndex,
+):
+    """Starts a labeling sync for each dataset version whose Label Studio project has new annotations."""
+    for version in context.instance.get_dynamic_partitions(dataset_versions.name):
+        try:
+            changed = _has_new_annotations(catalog, labelstudio, index, version)
+        except (LabelingError, dg.Failure) as exc:
+            context.log.warning(f"{version}: cannot check Label Studio: {exc}")
+            continue
+        if changed:
+            yield dg.RunRequest(partition_key=version, run_key=None)
+
+
+@dg.schedule(job=attribution_job, cron_schedule="0 3 * * *", default_status=dg.DefaultScheduleStatus.STOPPED)
+def daily_attribution(context: dg.ScheduleEvaluationContext):
+    """Nightly: recompute each dataset version's attribution run (nothing is sent when nothing changed)."""
+    for version in context.instance.get_dynamic_partitions(dataset_versions.name):
+        yield dg.RunRequest(
+            partition_key=version, run_key=f"{version}:{context.scheduled_execution_time:%Y-%m-%d}"
+        )

@@ -1,0 +1,93 @@
+"""Asset checks: what an auditor would check first, run after every materialization."""
+
+import dagster as dg
+import pyarrow as pa
+from eth_utils import is_checksum_address
+
+from pipelines.content_io import AssetIndex
+from pipelines.resources import ChainResource, StoreResource
+from provenance import share_leaves
+from provenance.weights import read_weights
+from storage import StorageError
+
+CONTENT_ASSETS = (
+    "raw_dataset",
+    "dataset_snapshot",
+    "labeled_dataset",
+    "trained_model",
+    "example_attribution",
+    "contributor_weights",
+)
+
+
+def _cid_check(asset: str) -> dg.AssetChecksDefinition:
+    @dg.asset_check(
+        asset=asset,
+        name=f"{asset}_cid_verifies",
+        blocking=True,
+        description="The stored value is pinned and every block rehashes to its CID.",
+    )
+    def _check(
+        context: dg.AssetCheckExecutionContext, store: StoreResource, index: AssetIndex
+    ) -> dg.AssetCheckResult:
+        partition = context.partition_key if context.has_partition_key else None
+        meta = index.stored(asset, partition)
+        if meta is None:
+            return dg.AssetCheckResult(passed=False, description="no stored value")
+        client = store.client()
+        try:
+            size = len(client.get(meta["cid"]))
+        except StorageError as exc:
+            return dg.AssetCheckResult(passed=False, description=str(exc), metadata={"cid": meta["cid"]})
+        pinned = meta["cid"] in client.pins()
+        return dg.AssetCheckResult(
+            passed=pinned, metadata={"cid": meta["cid"], "bytes": size, "pinned": pinned}
+        )
+
+    return _check
+
+
+cid_checks = [_cid_check(a) for a in CONTENT_ASSETS]
+
+
+@dg.asset_check(
+    asset="contributor_weights",
+    blocking=True,
+    description="Integer basis points, all rows summing to exactly 10,000.",
+)
+def weights_sum_to_10000(contributor_weights: pa.Table) -> dg.AssetCheckResult:
+    bps = contributor_weights["weight_bps"].to_pylist()
+    total = sum(bps)
+    return dg.AssetCheckResult(
+        passed=total == 10_000 and min(bps, default=0) >= 0, metadata={"total_bps": total, "rows": len(bps)}
+    )
+
+
+@dg.asset_check(
+    asset="contributor_weights",
+    blocking=True,
+    description="Every weighted contributor has a checksummed, non-zero EVM address.",
+)
+def weighted_contributors_have_addresses(contributor_weights: pa.Table) -> dg.AssetCheckResult:
+    bad = [
+        r["contributor"]
+        for r in contributor_weights.to_pylist()
+        if r["weight_bps"] > 0
+        and not (is_checksum_address(r["address"] or "") and int(r["address"], 16) != 0)
+    ]
+    return dg.AssetCheckResult(passed=not bad, metadata={"without_address": dg.MetadataValue.json(bad)})
+
+
+@dg.asset_check(asset="royalty_root", description="The on-chain root equals the root of the stored weights.")
+def onchain_root_matches(
+    royalty_root: dict, store: StoreResource, chain: ChainResource
+) -> dg.AssetCheckResult:
+    leaves = share_leaves(read_weights(store.client().get(royalty_root["weights_cid"])))
+    dist = chain.client().distribution(royalty_root["run_id"])
+    onchain = dist.root if dist else None
+    return dg.AssetCheckResult(
+        passed=onchain == leaves.root, metadata={"stored_root": leaves.root, "onchain_root": onchain or "-"}
+    )
+
+
+all_checks = [*cid_checks, weights_sum_to_10000, weighted_contributors_have_addresses, onchain_root_matches]

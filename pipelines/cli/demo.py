@@ -1,0 +1,135 @@
+"""`caravan demo` (the main job, end to end) and `caravan ingest` (register a dataset version)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipelines.cli.errors import CaravanError, clean_errors
+
+console = Console(stderr=True)
+
+
+def _royalty_table(weights: list[dict]) -> Table:
+    table = Table(title="Royalty split of the run (basis points of every deposit)")
+    for col in ("contributor", "role", "address", "weight_bps", "share"):
+        table.add_column(col, justify="right" if col in ("weight_bps", "share") else "left")
+    for r in sorted(weights, key=lambda r: (-r["weight_bps"], r["contributor"])):
+        table.add_row(
+            r["contributor"], r["role"], r["address"], str(r["weight_bps"]), f"{r['weight_bps'] / 100:.2f} %"
+        )
+    return table
+
+
+def demo(
+    limit: Annotated[int | None, typer.Option(help="Use only this many digits (default: all 1,797).")] = None,
+    start_services: Annotated[
+        bool,
+        typer.Option(
+            "--start-services/--no-start-services", help="Start Label Studio and anvil if they are down."
+        ),
+    ] = True,
+) -> None:
+    """Run the whole mission on the bundled digits and print the royalty table; last line is JSON."""
+    from pipelines.demo import DemoError, run_demo
+    from pipelines.settings import load_settings, use_dagster_home
+
+    settings = load_settings()
+    use_dagster_home(settings)
+    from provenance import ProvenanceError
+
+    with clean_errors(DemoError, ProvenanceError), console.status("starting") as status:
+
+        def say(step: str) -> None:
+            status.update(step)
+            console.log(step)
+
+        summary = run_demo(settings, limit=limit, start_services=start_services, say=say)
+    out = Console(width=None if sys.stdout.isatty() else 150)
+    out.print(_royalty_table(summary["weights"]))
+    out.print(
+        f"claimed {summary['claimed_wei']} wei for {summary['payee']} (tx {summary['claim_tx']})"
+        if summary["claim_tx"]
+        else f"{summary['payee']} had already claimed its share of this deposit"
+    )
+    out.print(
+        "Where to look:\n"
+        "  Dagster UI:       make dagster-dev, then http://127.0.0.1:3000 (asset graph, metadata, checks)\n"
+        f"  Label Studio UI:  {settings.labelstudio_url} (user {_ls_user()})\n"
+        f"  royalty root tx:  {summary['root_tx']}\n"
+        f"  deposit tx:       {summary['deposit_tx']}\n"
+        f"  audit:            caravan verify {summary['run_id']}; caravan trace {summary['run_id']}"
+    )
+    if not summary["verify_ok"]:
+        for f in summary["failures"]:
+            print(f"FAIL {f['name']} {f['subject']}: {f['detail']}")
+    keys = ("wall_s", "examples", "annotations", "contributors", "run_id", "root_tx", "claim_tx", "verify_ok")
+    print(json.dumps({k: summary[k] for k in keys}))
+    if not summary["verify_ok"]:
+        raise typer.Exit(1)
+
+
+def _ls_user() -> str:
+    from labeling import LabelStudioServer
+
+    return LabelStudioServer.from_env(Path(".")).username
+
+
+def ingest(
+    source: Annotated[str, typer.Argument(help="Parquet/CSV/JSONL file, a folder of them, or hf:NAME.")],
+    version: Annotated[str, typer.Option(help="The dataset version (Dagster partition) to register.")],
+    kind: Annotated[str, typer.Option(help="Label Studio project kind: text or image.")],
+    field: Annotated[str, typer.Option(help="Payload column labelers see.")],
+    choices: Annotated[str, typer.Option(help="Comma-separated labels, e.g. 'spam,ham'.")],
+    provider: Annotated[
+        str | None, typer.Option(help="Provider of a source without a provider column.")
+    ] = None,
+    gold: Annotated[str | None, typer.Option(help="Parquet of (example_id, label) honeypot answers.")] = None,
+) -> None:
+    """Register a dataset version: the Dagster partition the whole graph runs for."""
+    import dagster as dg
+
+    from pipelines.datasets import DatasetError, load_source, to_examples
+    from pipelines.resources import DatasetCatalog
+    from pipelines.settings import load_settings, use_dagster_home
+
+    settings = load_settings()
+    labels = [c.strip() for c in choices.split(",") if c.strip()]
+    with clean_errors(DatasetError, ValueError):
+        examples, report = to_examples(load_source(source, provider=provider))
+        if field not in examples.column_names:
+            raise CaravanError(
+                f"--field {field!r} is not a column of {source}; columns: {examples.column_names}"
+            )
+        if kind not in ("text", "image") or not labels:
+            raise CaravanError("--kind must be text or image, and --choices must name at least one label")
+        DatasetCatalog(root=str(settings.catalog_dir)).register(
+            version,
+            str(Path(source).absolute()) if not source.startswith("hf:") else source,
+            provider=provider,
+            labeling={"kind": kind, "field": field, "choices": labels},
+            gold=gold,
+        )
+    use_dagster_home(settings)
+    dg.DagsterInstance.get().add_dynamic_partitions("dataset_version", [version])
+    print(
+        json.dumps(
+            {
+                "version": version,
+                "examples": report.examples,
+                "providers": report.providers,
+                "duplicates_dropped": report.duplicates_dropped,
+            }
+        )
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(demo)
+    app.command()(ingest)
