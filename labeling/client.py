@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import httpx
@@ -193,47 +194,48 @@ class LabelStudioClient:
         )
         return int(r.task_count or 0)
 
-    def tasks_changed_since(self, project_id: int, after: str | None) -> list[dict]:
-        """Annotated tasks (with all their annotations) whose `updated_at` is after `after` (DM format).
+    def changed_task_versions(self, project_id: int, after: str) -> dict[int, str]:
+        """Task id -> `updated_at` of annotated (or skipped) tasks changed after `after` (DM format).
 
-        Label Studio bumps a task's `updated_at` whenever one of its annotations is created or
-        updated, so this is the incremental pull.
+        Label Studio bumps a task's `updated_at` whenever one of its annotations is created,
+        updated or skipped; this light listing says which tasks to pull in full.
         """
-        items: list[dict] = [
-            {"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0}
-        ]
-        cancelled = {
-            "filter": "filter:tasks:cancelled_annotations",
-            "operator": "greater",
-            "type": "Number",
-            "value": 0,
-        }
-        if after:
-            items.append(
-                {
-                    "filter": "filter:tasks:updated_at",
-                    "operator": "greater",
-                    "type": "Datetime",
-                    "value": after,
-                }
-            )
-        out: list[dict] = []
-        # Two passes because a task with only skipped annotations has total_annotations == 0.
-        for first in (items[0], cancelled):
-            query = {
-                "filters": {"conjunction": "and", "items": [first, *items[1:]]},
-                "ordering": ["tasks:updated_at"],
-            }
+        out: dict[int, str] = {}
+        for query in _annotated_queries(after):
 
-            def fetch(query: dict = query) -> list[dict]:
-                pager = self.sdk.tasks.list(
-                    project=project_id, fields="all", query=json.dumps(query), page_size=PAGE
+            def fetch(query: dict = query) -> list[Any]:
+                return list(
+                    self.sdk.tasks.list(
+                        project=project_id,
+                        fields="task_only",
+                        include="id,updated_at",
+                        query=json.dumps(query),
+                        page_size=PAGE,
+                    )
                 )
-                return [t.model_dump(mode="json") for t in pager]
 
-            out.extend(self.call(f"reading changed tasks of project {project_id}", fetch))
-        seen: set[int] = set()
-        return [t for t in out if not (t["id"] in seen or seen.add(t["id"]))]
+            for t in self.call(f"listing changed tasks of project {project_id}", fetch):
+                out[int(t.id)] = iso_utc(t.updated_at)
+        return out
+
+    def annotated_tasks(self, project_id: int, ids: list[int] | None = None) -> list[dict]:
+        """Annotated (or skipped) tasks with all their annotations: all of them, or those in `ids`."""
+        chunks = [None] if ids is None else [ids[i : i + PAGE] for i in range(0, len(ids), PAGE)]
+        out: dict[int, dict] = {}
+        for chunk in chunks:
+            for query in _annotated_queries(None):
+                if chunk is not None:
+                    query["selectedItems"] = {"all": False, "included": chunk}
+
+                def fetch(query: dict = query) -> list[dict]:
+                    pager = self.sdk.tasks.list(
+                        project=project_id, fields="all", query=json.dumps(query), page_size=PAGE
+                    )
+                    return [t.model_dump(mode="json") for t in pager]
+
+                for t in self.call(f"reading annotated tasks of project {project_id}", fetch):
+                    out[int(t["id"])] = t
+        return [out[k] for k in sorted(out)]
 
     # -- users and annotations ------------------------------------------------------------------
 
@@ -307,6 +309,34 @@ class LabelStudioClient:
 
     def iter_projects(self) -> Iterator[Any]:
         yield from self.call("listing projects", lambda: list(self.sdk.projects.list(page_size=PAGE)))
+
+
+def _annotated_queries(after: str | None) -> list[dict]:
+    """Data Manager queries for tasks with annotations, and for tasks with only skips (two, because
+    a skipped annotation does not count in `total_annotations` and filters cannot be OR-ed with AND)."""
+    since = [{"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime", "value": after}]
+    return [
+        {
+            "filters": {
+                "conjunction": "and",
+                "items": [
+                    {"filter": f"filter:tasks:{count}", "operator": "greater", "type": "Number", "value": 0},
+                    *(since if after else []),
+                ],
+            },
+            "ordering": ["tasks:id"],
+        }
+        for count in ("total_annotations", "cancelled_annotations")
+    ]
+
+
+def iso_utc(value: object) -> str:
+    """A timestamp (datetime or ISO string) as Label Studio's filters want it: UTC, microseconds, Z."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if not isinstance(value, datetime):
+        raise TypeError(f"not a timestamp: {value!r}")
+    return value.astimezone(UTC).strftime(DM_TIME)
 
 
 def _object_field(label_config: str) -> tuple[str, str]:

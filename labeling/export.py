@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from labeling.client import DM_TIME, LabelStudioClient, Project
+from labeling.client import DM_TIME, LabelStudioClient, Project, iso_utc
 from labeling.configs import FROM_NAME
 from labeling.schemas import ANNOTATIONS
 
@@ -35,18 +35,21 @@ SKIP_REASONS = (
 
 @dataclass(frozen=True)
 class ExportCursor:
-    """Where the last export stopped; small, JSON-serializable, kept by the caller."""
+    """Where the last export stopped; JSON-serializable, kept by the caller. Its size is bounded
+    by the activity of the last OVERLAP seconds before the watermark, not by the project's size."""
 
     project_id: int
-    watermark: str | None = None  # max task updated_at seen (ISO, UTC)
-    seen: tuple[tuple[int, str], ...] = ()  # (annotation id, updated_at) emitted inside the overlap window
+    watermark: str | None = None  # max task updated_at seen (UTC, DM format)
+    seen: tuple[tuple[int, str], ...] = ()  # (annotation id, updated_at) handled inside the window
+    seen_tasks: tuple[tuple[int, str], ...] = ()  # (task id, updated_at) pulled inside the window
 
     def to_json(self) -> str:
         return json.dumps(
             {
                 "project_id": self.project_id,
                 "watermark": self.watermark,
-                "seen": [list(s) for s in self.seen],
+                "seen": [list(v) for v in self.seen],
+                "seen_tasks": [list(v) for v in self.seen_tasks],
             },
             sort_keys=True,
         )
@@ -58,6 +61,7 @@ class ExportCursor:
             project_id=int(d["project_id"]),
             watermark=d.get("watermark"),
             seen=tuple((int(a), str(u)) for a, u in d.get("seen", [])),
+            seen_tasks=tuple((int(a), str(u)) for a, u in d.get("seen_tasks", [])),
         )
 
 
@@ -93,19 +97,25 @@ def export_annotations(
         raise ValueError(f"cursor belongs to project {cursor.project_id}, not {project.id}")
     prev = _ts(cursor.watermark) if cursor.watermark else None
     after = (prev - OVERLAP).strftime(DM_TIME) if prev else None
-    tasks = client.tasks_changed_since(project.id, after)
+    seen_tasks = set(cursor.seen_tasks)
+    listed: dict[int, str] = {}
+    if after is None:
+        tasks = client.annotated_tasks(project.id)
+    else:  # a light listing first: pull in full only task versions not already pulled
+        listed = client.changed_task_versions(project.id, after)
+        wanted = [t for t, v in listed.items() if (t, v) not in seen_tasks]
+        tasks = client.annotated_tasks(project.id, wanted) if wanted else []
     users = client.users() if tasks else {}
     seen = set(cursor.seen)
     rows: list[dict] = []
     out = AnnotationExport(table=ANNOTATIONS.empty_table(), cursor=cursor)
     versions: list[tuple[int, str]] = []
-    watermark = prev
+    task_versions = {*seen_tasks, *listed.items()}
     for task in tasks:
-        t_updated = _ts(task["updated_at"])
-        watermark = max(watermark, t_updated) if watermark else t_updated
+        task_versions.add((int(task["id"]), iso_utc(task["updated_at"])))
         example_id = (task.get("data") or {}).get("example_id")
         for a in task.get("annotations") or []:
-            version = (int(a["id"]), a["updated_at"])
+            version = (int(a["id"]), iso_utc(a["updated_at"]))
             versions.append(version)
             if version in seen or (prev and _ts(a["updated_at"]) <= prev - OVERLAP):
                 continue
@@ -119,10 +129,17 @@ def export_annotations(
     if rows:
         rows.sort(key=lambda r: r["annotation_id"])
         out.table = pa.Table.from_pylist(rows, schema=ANNOTATIONS)
-    if watermark:
+    if task_versions:
+        watermark = max(_ts(v) for _, v in task_versions)
+        if prev:
+            watermark = max(watermark, prev)
         floor = watermark - OVERLAP
-        keep = sorted({v for v in (*seen, *versions) if _ts(v[1]) > floor})
-        out.cursor = ExportCursor(project.id, watermark.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), tuple(keep))
+        out.cursor = ExportCursor(
+            project.id,
+            iso_utc(watermark),
+            seen=tuple(sorted(v for v in {*seen, *versions} if _ts(v[1]) > floor)),
+            seen_tasks=tuple(sorted(v for v in task_versions if _ts(v[1]) > floor)),
+        )
     return out
 
 
