@@ -1,0 +1,216 @@
+"""`caravan serve`, `caravan settle`, `caravan keys ...`, `caravan epoch ...`: pay-per-use inference.
+
+Chain from `CARAVAN_RPC_URL` (+ key for settle), content from `CARAVAN_STORE_DIR` (or `--store`),
+the ledger from `CARAVAN_LEDGER` (default `.caravan/ledger.sqlite`, or `--ledger`). API key
+secrets are printed once by `keys create` and stored only as hashes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from pipelines.cli.errors import clean_errors
+from provenance import Chain, ProvenanceError, find_head
+from serving import (
+    Ledger,
+    ServingError,
+    create_app,
+    epoch_claim,
+    load_run,
+    settle_all,
+    verify_epoch,
+)
+from storage import STORE_DIR_ENV, BlockStore, StorageError, default_store
+
+LEDGER_ENV = "CARAVAN_LEDGER"
+DEFAULT_LEDGER = ".caravan/ledger.sqlite"
+ERRORS = (ServingError, ProvenanceError, StorageError)
+
+StoreDir = Annotated[
+    str | None,
+    typer.Option("--store", envvar=STORE_DIR_ENV, help="Block store directory [default: .caravan/blocks]."),
+]
+LedgerPath = Annotated[
+    str, typer.Option("--ledger", envvar=LEDGER_ENV, help="SQLite ledger of keys, receipts and epochs.")
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
+
+
+def _store(store_dir: str | None) -> BlockStore:
+    return BlockStore(store_dir) if store_dir else default_store()
+
+
+def serve(
+    run_id: Annotated[str, typer.Argument(help="The attribution run whose model to serve.")],
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.", min=1, max=65535)] = 8000,
+    price: Annotated[int, typer.Option(help="Price per prediction, smallest token unit (wei).", min=1)] = 10
+    ** 12,
+    max_batch: Annotated[int, typer.Option(help="Most inputs in one request.", min=1)] = 64,
+    attribution: Annotated[
+        bool,
+        typer.Option(
+            "--attribution/--no-attribution",
+            help="Split each fee by that prediction's own attribution, or by the run's weights.",
+        ),
+    ] = True,
+    threads: Annotated[int, typer.Option(help="torch threads per request.", min=1)] = 1,
+    ledger_path: LedgerPath = DEFAULT_LEDGER,
+    store_dir: StoreDir = None,
+) -> None:
+    """Serve a published run's model on 127.0.0.1; every prediction is paid and receipted."""
+    import torch
+    import uvicorn
+
+    torch.set_num_threads(threads)
+    with clean_errors(*ERRORS):
+        run = load_run(Chain.from_env(), _store(store_dir), run_id)
+        app = create_app(run, Ledger(ledger_path), price=price, max_batch=max_batch, attribute=attribution)
+    typer.echo(f"serving run {run_id} (model {run.model_cid}) on http://127.0.0.1:{port}", err=True)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def settle(
+    run_id: Annotated[str | None, typer.Option("--run", help="Settle only this run.")] = None,
+    as_json: AsJson = False,
+    ledger_path: LedgerPath = DEFAULT_LEDGER,
+    store_dir: StoreDir = None,
+) -> None:
+    """Close an epoch per run: receipts batch (CID), record, funded root. Safe to rerun after a crash."""
+    with clean_errors(*ERRORS):
+        chain, store, ledger = Chain.from_env(need_key=True), _store(store_dir), Ledger(ledger_path)
+        heads: dict[str, str] = {}
+
+        def head(rid: str) -> str:
+            if rid not in heads:
+                heads[rid] = find_head(chain, store, rid)
+            return heads[rid]
+
+        if run_id is not None and run_id not in ledger.open_runs():
+            done = []
+        elif run_id is not None:
+            from serving import settle_run
+
+            done = [s for s in (settle_run(chain, store, ledger, run_id, head(run_id)),) if s is not None]
+        else:
+            done = settle_all(chain, store, ledger, head)
+    if as_json:
+        typer.echo(
+            json.dumps([{**s.__dict__, "payouts": [list(p) for p in s.payouts]} for s in done], indent=2)
+        )
+        return
+    for s in done:
+        typer.echo(
+            f"settled {s.epoch_id}: {s.n_receipts} receipts, {s.total} wei to {len(s.payouts)} "
+            f"addresses; batch {s.batch_cid} record {s.record_cid} root {s.root}"
+        )
+    if not done:
+        typer.echo("nothing to settle")
+
+
+keys_app = typer.Typer(
+    help="API keys: create (secret shown once), list, top up, revoke.", no_args_is_help=True
+)
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="Who the key is for (kept in the ledger only).")],
+    balance: Annotated[int, typer.Option(help="Prepaid balance, smallest token unit.", min=0)] = 0,
+    rate: Annotated[float, typer.Option(help="Requests per second allowed.", min=0.001)] = 50.0,
+    burst: Annotated[int, typer.Option(help="Requests allowed at once.", min=1)] = 100,
+    ledger_path: LedgerPath = DEFAULT_LEDGER,
+) -> None:
+    with clean_errors(*ERRORS):
+        key_id, secret = Ledger(ledger_path).create_key(name, balance=balance, rate_per_s=rate, burst=burst)
+    typer.echo(f"key {key_id} created; its secret (shown once, send it as X-API-Key):", err=True)
+    typer.echo(secret)
+
+
+@keys_app.command("list")
+def keys_list(as_json: AsJson = False, ledger_path: LedgerPath = DEFAULT_LEDGER) -> None:
+    with clean_errors(*ERRORS):
+        keys = Ledger(ledger_path).keys()
+    if as_json:
+        typer.echo(json.dumps([k.__dict__ for k in keys], indent=2))
+        return
+    for k in keys:
+        typer.echo(
+            f"{k.key_id} {k.name} balance={k.balance} rate={k.rate_per_s:g}/s"
+            f"{' REVOKED' if k.revoked else ''}"
+        )
+
+
+@keys_app.command("topup")
+def keys_topup(
+    key_id: Annotated[str, typer.Argument()],
+    amount: Annotated[int, typer.Argument(help="Amount to add, smallest token unit.")],
+    ledger_path: LedgerPath = DEFAULT_LEDGER,
+) -> None:
+    with clean_errors(*ERRORS):
+        balance = Ledger(ledger_path).topup(key_id, amount)
+    typer.echo(f"key {key_id} balance {balance}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument()], ledger_path: LedgerPath = DEFAULT_LEDGER) -> None:
+    with clean_errors(*ERRORS):
+        Ledger(ledger_path).revoke(key_id)
+    typer.echo(f"key {key_id} revoked")
+
+
+epoch_app = typer.Typer(help="Settlement epochs: list, verify, claim.", no_args_is_help=True)
+
+
+@epoch_app.command("list")
+def epoch_list(as_json: AsJson = False, ledger_path: LedgerPath = DEFAULT_LEDGER) -> None:
+    with clean_errors(*ERRORS):
+        epochs = Ledger(ledger_path).epochs()
+    if as_json:
+        typer.echo(json.dumps([e.__dict__ for e in epochs], indent=2))
+        return
+    for e in epochs:
+        typer.echo(f"{e.epoch_id} {e.state} receipts={e.n_receipts} total={e.total} root={e.root}")
+
+
+@epoch_app.command("verify")
+def epoch_verify(
+    ref: Annotated[str, typer.Argument(help="Epoch id or its settlement record CID.")],
+    as_json: AsJson = False,
+    store_dir: StoreDir = None,
+) -> None:
+    """Recompute every amount and the root from the receipts batch; check them against the chain."""
+    with clean_errors(*ERRORS):
+        report = verify_epoch(Chain.from_env(), _store(store_dir), ref)
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        for f in report.failures:
+            typer.echo(f"FAIL {f.name} {f.subject}: {f.detail}")
+        verdict = "OK" if report.ok else f"{len(report.failures)} failure(s)"
+        typer.echo(
+            f"{verdict}: epoch {report.epoch_id} {report.n_receipts} receipts, total {report.total}, "
+            f"root {report.root}"
+        )
+    if not report.ok:
+        raise typer.Exit(code=1)
+
+
+@epoch_app.command("claim")
+def epoch_claim_command(
+    epoch_id: Annotated[str, typer.Argument()],
+    address: Annotated[str, typer.Argument(help="The payee (anyone may submit; funds go to it).")],
+    store_dir: StoreDir = None,
+) -> None:
+    with clean_errors(*ERRORS):
+        tx, paid = epoch_claim(Chain.from_env(need_key=True), _store(store_dir), epoch_id, address)
+    typer.echo(f"claimed {paid} wei for {address} in {epoch_id} (tx {tx.tx_hash})")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+    app.command("settle")(settle)
+    app.add_typer(keys_app, name="keys")
+    app.add_typer(epoch_app, name="epoch")

@@ -1,0 +1,196 @@
+"""A published attribution run, loaded for serving: model, input encoding, TRAK features, fee split.
+
+Everything is fetched from the content store by the CIDs the run's records name (every block is
+verified on read), and the run must be anchored: its head record found on chain and its
+royalty root present. Record names follow the pipeline contract (notes/records.md): the head
+is the `weighting` record, a parent is the `training` record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from attribution import (
+    AttributionError,
+    ContributorError,
+    ContributorSplit,
+    WeightPolicy,
+    attribute_query,
+    features_from_bytes,
+    model_from_bytes,
+)
+from attribution.encoding import InputEncoding
+from provenance import Chain, ProvenanceError, Record, find_head, load_lineage, share_leaves
+from serving.errors import RunNotServable
+from serving.fees import merge_bps
+from storage import ContentStore, StorageError, read_parquet
+
+SPLIT_QUERY = "query"  # each prediction's own attribution
+SPLIT_RUN = "run"  # the run's contributor weights (no per-prediction attribution)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    probability: float
+    input_hash: str
+    bps: tuple[tuple[str, int], ...]  # (address, basis points), sorted by address, sum 10,000
+    split: str  # SPLIT_QUERY, or SPLIT_RUN when the prediction had no positive attribution
+
+
+@dataclass
+class ServedRun:
+    run_id: str
+    head_cid: str
+    model_cid: str
+    root: str
+    encoding: InputEncoding
+    model: torch.nn.Module
+    features: Any
+    example_ids: list[str]
+    split: ContributorSplit
+    run_bps: tuple[tuple[str, int], ...]
+    names: dict[str, str] = field(default_factory=dict)  # address -> contributor ids
+
+    @property
+    def n_features(self) -> int:
+        return self.encoding.n_features
+
+    def predict(self, raw: np.ndarray, *, attribute: bool = True) -> list[Prediction]:
+        """Predictions for raw feature rows [n, n_features]; InputError for bad rows."""
+        raw = np.asarray(raw, dtype=np.float64)
+        x = self.encoding.scale(raw)
+        xt = torch.as_tensor(x, dtype=torch.float32)
+        with torch.no_grad():
+            probs = torch.softmax(self.model(xt), dim=1).numpy()
+        labels = probs.argmax(1)
+        out = []
+        for i, row in enumerate(raw):
+            bps, how = self.run_bps, SPLIT_RUN
+            if attribute:
+                contributions = attribute_query(self.features, x[i], int(labels[i]))
+                try:
+                    table = self.split.split_query(self.example_ids, contributions)
+                    bps = tuple(
+                        merge_bps(
+                            zip(table["address"].to_pylist(), table["weight_bps"].to_pylist(), strict=True)
+                        )
+                    )
+                    how = SPLIT_QUERY
+                except ContributorError:
+                    pass  # no training example helped this prediction: the run's weights apply
+            out.append(
+                Prediction(
+                    label=self.encoding.classes[int(labels[i])],
+                    probability=float(probs[i, labels[i]]),
+                    input_hash=input_hash(row),
+                    bps=bps,
+                    split=how,
+                )
+            )
+        return out
+
+
+def input_hash(row: np.ndarray) -> str:
+    """sha256 of the row as little-endian float64: the same numbers always give the same hash."""
+    return hashlib.sha256(np.ascontiguousarray(row, dtype="<f8").tobytes()).hexdigest()
+
+
+def _get(store: ContentStore, cid: str, what: str) -> bytes:
+    try:
+        return store.get(cid)
+    except StorageError as exc:
+        raise RunNotServable(f"{what} {cid} cannot be read from the content store: {exc}") from None
+
+
+def _policy(params: dict) -> WeightPolicy:
+    raw = params.get("policy") or {}
+    fields = {k: raw[k] for k in ("provider_share_bps", "negative", "score_digits") if k in raw}
+    return WeightPolicy(**fields)
+
+
+def load_run(chain: Chain, store: ContentStore, run_id: str) -> ServedRun:
+    """Find the run on chain, check its root, load everything serving needs from the store."""
+    try:
+        head_cid = find_head(chain, store, run_id)
+        lineage = load_lineage(store, head_cid)
+        dist = chain.distribution(run_id)
+    except ProvenanceError as exc:
+        raise RunNotServable(f"run {run_id!r} is not servable: {exc}") from None
+    head: Record = lineage[head_cid]
+    training = [lineage[p] for p in head.parents if p in lineage and lineage[p].activity == "training"]
+    if len(training) != 1:
+        raise RunNotServable(
+            f"head record {head_cid} of run {run_id!r} has {len(training)} training parents (expected 1)"
+        )
+    train = training[0]
+    missing = [
+        n
+        for n in ("trained_model", "model_encoding", "trak_features", "example_attribution")
+        if n not in train.outputs
+    ]
+    missing += [f"weighting input {n}" for n in ("examples",) if n not in head.inputs]
+    if missing:
+        raise RunNotServable(f"run {run_id!r}: the records lack {missing}; rerun the pipeline's training")
+    weights = read_parquet(_get(store, head.outputs["contributor_weights"], "contributor_weights"))
+    try:
+        leaves = share_leaves(weights)
+    except ProvenanceError as exc:
+        raise RunNotServable(f"run {run_id!r}: {exc}") from None
+    if dist is None:
+        raise RunNotServable(
+            f"run {run_id!r} has no royalty root on chain: publish it (publish_run) before serving"
+        )
+    if dist.root != leaves.root:
+        raise RunNotServable(
+            f"run {run_id!r}: on-chain root {dist.root} differs from its stored weights' {leaves.root}"
+        )
+    model_cid = train.outputs["trained_model"]
+    try:
+        model, _ = model_from_bytes(_get(store, model_cid, "trained_model"))
+        encoding = InputEncoding.from_json(_get(store, train.outputs["model_encoding"], "model_encoding"))
+        features = features_from_bytes(_get(store, train.outputs["trak_features"], "trak_features"))
+        attribution = read_parquet(_get(store, train.outputs["example_attribution"], "example_attribution"))
+        tables = {
+            name: read_parquet(_get(store, head.inputs[name], name)) if name in head.inputs else None
+            for name in ("examples", "annotations", "consensus")
+        }
+        addresses = dict(zip(weights["contributor"].to_pylist(), weights["address"].to_pylist(), strict=True))
+        split = ContributorSplit.build(
+            tables["examples"],
+            tables["annotations"],
+            tables["consensus"],
+            addresses,
+            _policy(dict(head.params)),
+        )
+    except (AttributionError, ValueError, KeyError) as exc:
+        raise RunNotServable(f"run {run_id!r}: its stored outputs do not load: {exc}") from None
+    example_ids = attribution["example_id"].to_pylist()
+    if len(example_ids) != features.n_train:
+        raise RunNotServable(
+            f"run {run_id!r}: {len(example_ids)} attributed examples but features for {features.n_train}"
+        )
+    names: dict[str, list[str]] = {}
+    for c, a in sorted(addresses.items()):
+        names.setdefault(a, []).append(c)
+    run_bps = tuple(
+        merge_bps(zip(weights["address"].to_pylist(), weights["weight_bps"].to_pylist(), strict=True))
+    )
+    return ServedRun(
+        run_id=run_id,
+        head_cid=head_cid,
+        model_cid=model_cid,
+        root=leaves.root,
+        encoding=encoding,
+        model=model,
+        features=features,
+        example_ids=example_ids,
+        split=split,
+        run_bps=run_bps,
+        names={a: ",".join(cs) for a, cs in names.items()},
+    )
