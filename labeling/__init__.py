@@ -4,7 +4,7 @@ quality, contributor identities, simulated annotators and a webhook receiver.
 A plain library (no Dagster); Arrow tables in and out (schemas in `labeling.schemas`).
 """
 
-from labeling.aggregate import Aggregation, aggregate, annotator_quality, dawid_skene, majority_vote
+from labeling.aggregate import METHODS, Aggregation, aggregate, annotator_quality, dawid_skene, majority_vote
 from labeling.client import LabelStudioClient, Project, RetryPolicy
 from labeling.configs import ProjectSpec, choice_result, classification_config, config_choices, image_data_url
 from labeling.contributors import ContributorsRegistry
@@ -33,6 +33,7 @@ from labeling.webhook import WebhookReceiver
 
 __all__ = [
     "ANNOTATIONS",
+    "METHODS",
     "ANNOTATOR_QUALITY",
     "CONSENSUS",
     "GOLD",

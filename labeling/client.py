@@ -8,7 +8,7 @@ request that timed out may still land, so callers re-read the server before tryi
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -134,17 +134,15 @@ class LabelStudioClient:
 
     def ensure_project(self, spec: ProjectSpec) -> Project:
         """The project titled `spec.title`, created from its config if absent; a differing one is an error."""
-        for p in self.call("listing projects", lambda: list(self.sdk.projects.list(page_size=PAGE))):
-            if p.title == spec.title:
-                project = self.project(p.id)
-                if (project.kind, project.field, project.choices) != (spec.kind, spec.field, spec.choices):
-                    raise LabelConfigError(
-                        f"project {spec.title!r} (id {p.id}) exists as {project.kind} "
-                        f"{list(project.choices)} on "
-                        f"${project.field}, not {spec.kind} {list(spec.choices)} on ${spec.field}; "
-                        "pick another title"
-                    )
-                return project
+        project = self.find_project(spec.title)
+        if project is not None:
+            if (project.kind, project.field, project.choices) != (spec.kind, spec.field, spec.choices):
+                raise LabelConfigError(
+                    f"project {spec.title!r} (id {project.id}) exists as {project.kind} "
+                    f"{list(project.choices)} on ${project.field}, not {spec.kind} {list(spec.choices)} "
+                    f"on ${spec.field}; pick another title"
+                )
+            return project
         created = self.call(
             f"creating project {spec.title!r}",
             lambda: self.sdk.projects.create(
@@ -155,6 +153,15 @@ class LabelStudioClient:
         return Project(
             id=created.id, title=spec.title, kind=spec.kind, field=spec.field, choices=spec.choices
         )
+
+    def find_project(self, title: str) -> Project | None:
+        """The project with exactly this title (the lowest id if several), or None."""
+        ids = sorted(
+            p.id
+            for p in self.call("listing projects", lambda: list(self.sdk.projects.list(page_size=PAGE)))
+            if p.title == title
+        )
+        return self.project(ids[0]) if ids else None
 
     def project(self, project_id: int) -> Project:
         p = self.call(f"reading project {project_id}", lambda: self.sdk.projects.get(id=project_id))
@@ -306,9 +313,6 @@ class LabelStudioClient:
             retry=False,
         )
         return int(hook.id)
-
-    def iter_projects(self) -> Iterator[Any]:
-        yield from self.call("listing projects", lambda: list(self.sdk.projects.list(page_size=PAGE)))
 
 
 def _annotated_queries(after: str | None) -> list[dict]:
