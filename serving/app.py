@@ -6,8 +6,6 @@ well-formed (422: JSON, finite numbers, feature count, batch size), balance enou
 Only then is the model run, and the receipts are committed before the response is returned.
 """
 
-from __future__ import annotations
-
 import threading
 import time
 from typing import Annotated
@@ -128,7 +126,7 @@ def create_app(
         inputs: list[list[Finite]] | None = Field(None, min_length=1, max_length=max_batch)
 
         @model_validator(mode="after")
-        def one_of(self) -> PredictRequest:
+        def one_of(self) -> "PredictRequest":
             if (self.input is None) == (self.inputs is None):
                 raise ValueError("send exactly one of `input` (one row) or `inputs` (a batch of rows)")
             return self

@@ -1,0 +1,117 @@
+"""The HTTP app in-process (FastAPI's TestClient): paid predictions, receipts, every refusal free."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from serving import API_KEY_HEADER, Ledger, create_app
+
+PRICE = 1_000_003
+
+
+@pytest.fixture
+def client(world, ledger: Ledger) -> TestClient:
+    return TestClient(create_app(world.served, ledger, price=PRICE, max_batch=8))
+
+
+def key(ledger: Ledger, balance: int = 100 * PRICE, **kw) -> tuple[str, dict[str, str]]:
+    key_id, secret = ledger.create_key("tests", balance=balance, **kw)
+    return key_id, {API_KEY_HEADER: secret}
+
+
+def nothing_charged(ledger: Ledger, key_id: str, balance: int) -> bool:
+    return ledger.key(key_id).balance == balance and ledger.receipt_ids() == []
+
+
+def test_single_and_batch_predictions_are_paid_and_receipted(world, client, ledger):
+    key_id, headers = key(ledger)
+    one = client.post("/v1/predict", json={"input": world.run.X_test[0].tolist()}, headers=headers)
+    assert one.status_code == 200, one.text
+    body = one.json()
+    assert body["price_charged"] == PRICE and len(body["predictions"]) == 1
+    pred = body["predictions"][0]
+    assert pred["label"] in {"a", "b", "c"} and pred["top_contributors"]
+    assert (
+        abs(sum(c["share"] for c in pred["top_contributors"]) - 1) < 1e-9
+        or len(pred["top_contributors"]) == 5
+    )
+    batch = client.post("/v1/predict", json={"inputs": world.run.X_test[:8].tolist()}, headers=headers)
+    assert batch.status_code == 200 and batch.json()["price_charged"] == 8 * PRICE
+    assert ledger.key(key_id).balance == 91 * PRICE
+    rid = pred["receipt_id"]
+    receipt = client.get(f"/v1/receipts/{rid}", headers=headers).json()
+    assert receipt["price"] == PRICE and sum(a["amount"] for a in receipt["amounts"]) == PRICE
+    assert receipt["model_cid"] == world.served.model_cid
+    # another key cannot read it
+    _, other = key(ledger)
+    assert client.get(f"/v1/receipts/{rid}", headers=other).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (b"{not json", 422, "JSON"),
+        (b'{"input": [1, 2]}', 422, "expects 6"),
+        (b'{"input": [NaN, 1, 1, 1, 1, 1]}', 422, "finite"),
+        (b'{"input": [Infinity, 1, 1, 1, 1, 1]}', 422, "finite"),
+        (b'{"input": [1e999, 1, 1, 1, 1, 1]}', 422, "finite"),
+        (json.dumps({"inputs": [[0.0] * 6] * 9}).encode(), 422, "at most 8"),
+        (b'{"inputs": []}', 422, "at least 1"),
+        (b'{"input": [1, 1, 1, 1, 1, 1], "inputs": [[1, 1, 1, 1, 1, 1]]}', 422, "exactly one"),
+        (b'{"input": ["x", 1, 1, 1, 1, 1]}', 422, "number"),
+    ],
+)
+def test_bad_input_is_refused_free(client, ledger, body, status, message):
+    key_id, headers = key(ledger)
+    r = client.post("/v1/predict", content=body, headers={**headers, "content-type": "application/json"})
+    assert r.status_code == status, r.text
+    assert message.lower() in r.json()["error"].lower()
+    assert nothing_charged(ledger, key_id, 100 * PRICE)
+
+
+def test_keys_and_balance_refusals(world, client, ledger):
+    row = {"input": world.run.X_test[0].tolist()}
+    assert client.post("/v1/predict", json=row).status_code == 401
+    assert client.post("/v1/predict", json=row, headers={API_KEY_HEADER: "cvn_nope"}).status_code == 401
+    key_id, headers = key(ledger)
+    ledger.revoke(key_id)
+    r = client.post("/v1/predict", json=row, headers=headers)
+    assert r.status_code == 403 and "revoked" in r.json()["error"]
+    poor, poor_headers = key(ledger, balance=PRICE - 1)
+    r = client.post("/v1/predict", json=row, headers=poor_headers)
+    assert r.status_code == 402 and "balance" in r.json()["error"]
+    empty, empty_headers = key(ledger, balance=0)
+    assert client.post("/v1/predict", json=row, headers=empty_headers).status_code == 402
+    two, two_headers = key(ledger, balance=2 * PRICE)
+    r = client.post("/v1/predict", json={"inputs": [row["input"]] * 3}, headers=two_headers)
+    assert r.status_code == 402
+    assert ledger.receipt_ids() == []
+    assert ledger.key(poor).balance == PRICE - 1 and ledger.key(two).balance == 2 * PRICE
+
+
+def test_rate_limit_per_key(world, client, ledger):
+    row = {"input": world.run.X_test[0].tolist()}
+    _, slow = key(ledger, rate_per_s=0.01, burst=2)
+    _, fast = key(ledger)
+    codes = [client.post("/v1/predict", json=row, headers=slow).status_code for _ in range(4)]
+    assert codes == [200, 200, 429, 429]
+    assert client.post("/v1/predict", json=row, headers=fast).status_code == 200
+    assert len(ledger.receipt_ids()) == 3
+
+
+def test_health_metrics_openapi(world, client, ledger):
+    _, headers = key(ledger)
+    client.post("/v1/predict", json={"inputs": world.run.X_test[:3].tolist()}, headers=headers)
+    assert client.get("/healthz").json()["run_id"] == world.run.run_id
+    text = client.get("/metrics").text
+    samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    assert samples["caravan_fees_accrued_total"] == 3 * PRICE
+    assert samples["caravan_predictions_total"] == 3
+    assert 'caravan_requests_total{endpoint="/v1/predict",status="200"}' in text
+    assert "caravan_settled_epochs" in text
+    schema = client.get("/openapi.json").json()
+    assert "/v1/predict" in schema["paths"] and "/v1/receipts/{receipt_id}" in schema["paths"]
