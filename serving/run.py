@@ -9,6 +9,7 @@ is the `weighting` record, a parent is the `training` record.
 from __future__ import annotations
 
 import hashlib
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +57,8 @@ class ServedRun:
     split: ContributorSplit
     run_bps: tuple[tuple[str, int], ...]
     names: dict[str, str] = field(default_factory=dict)  # address -> contributor ids
+    # attribution hooks the checkpoint models' layers: one request at a time may use them
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def n_features(self) -> int:
@@ -65,6 +68,10 @@ class ServedRun:
         """Predictions for raw feature rows [n, n_features]; InputError for bad rows."""
         raw = np.asarray(raw, dtype=np.float64)
         x = self.encoding.scale(raw)
+        with self._lock:
+            return self._predict(raw, x, attribute)
+
+    def _predict(self, raw: np.ndarray, x: np.ndarray, attribute: bool) -> list[Prediction]:
         xt = torch.as_tensor(x, dtype=torch.float32)
         with torch.no_grad():
             probs = torch.softmax(self.model(xt), dim=1).numpy()
