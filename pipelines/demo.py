@@ -169,15 +169,16 @@ def label_with_simulated_annotators(
     return import_with_answers(client, project, examples, answers, users)
 
 
-def materialize(instance: dg.DagsterInstance, version: str) -> dict[str, dict]:
+def materialize(settings: Settings, instance: dg.DagsterInstance, version: str) -> dict[str, dict]:
     """Every asset and check of the graph for one dataset version, in this process; value per asset."""
     from pipelines.definitions import defs
+    from pipelines.resources import resources_for
 
     result = dg.materialize(
         [*defs.assets, *defs.asset_checks],
         instance=instance,
         partition_key=version,
-        resources=defs.resources,
+        resources=resources_for(settings),  # these settings, not those at import time
         raise_on_error=False,
         run_config=QUIET,
     )
@@ -250,7 +251,7 @@ def run_demo(
         spec = ProjectSpec(title=f"caravan {VERSION}", kind="image", choices=CHOICES, field="pixels")
         label_with_simulated_annotators(client, folder, truth, spec)
         say("pipeline: materializing the asset graph (ingest, labeling, training, royalties)")
-        outputs = materialize(instance, VERSION)
+        outputs = materialize(settings, instance, VERSION)
         root = outputs["royalty_root"]
         run_id = root["run_id"]
         store = StoreResource(store_dir=str(settings.store_dir)).client()

@@ -142,13 +142,13 @@ def royalty_root(
         "head_cid": pub.head_cid,
         "chain_id": client.chain_id,
         "root_tx": root_tx,
-        "sent": pub.sent,
-        "gas_used": pub.gas_used,
-    }
+    }  # what is on chain; how many txs this materialization sent is metadata, not content
     return dg.Output(
         value,
         metadata={
             **{k: v for k, v in value.items() if v is not None},
+            "sent": pub.sent,
+            "gas_used": pub.gas_used,
             "transactions": dg.MetadataValue.md(
                 md_table(
                     ["action", "tx", "gas", "skipped"],

@@ -1,0 +1,104 @@
+"""The whole asset graph on a small slice of the demo data, against the real Label Studio and anvil."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from pipelines.demo import DemoError, run_demo, single_run
+from pipelines.settings import load_settings
+from provenance import Chain
+from storage import BlockStore
+
+
+@pytest.fixture
+def caravan_env(tmp_path, monkeypatch, labelstudio, anvil):
+    monkeypatch.setenv("CARAVAN_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    (tmp_path / "dagster").mkdir()
+    monkeypatch.setenv("CARAVAN_LABELSTUDIO_URL", labelstudio.base_url)
+    monkeypatch.setenv("LABEL_STUDIO_USER_TOKEN", labelstudio.token)
+    monkeypatch.setenv("CARAVAN_RPC_URL", anvil.rpc_url)
+    monkeypatch.setenv("CARAVAN_PRIVATE_KEY", anvil.dev_keys[0])
+    monkeypatch.delenv("CARAVAN_STORE_DIR", raising=False)
+    return load_settings()
+
+
+def _chain(settings) -> Chain:
+    return Chain.from_env({"CARAVAN_RPC_URL": settings.rpc_url, "CARAVAN_CHAIN_DIR": str(settings.chain_dir)})
+
+
+def test_demo_runs_end_to_end_and_a_rerun_duplicates_nothing(caravan_env):
+    settings = caravan_env
+    first = run_demo(settings, limit=160, start_services=False, say=lambda _: None)
+    assert first["verify_ok"], first["failures"]
+    assert first["examples"] == 160 and first["annotations"] == 160 * 3
+    assert sum(r["weight_bps"] for r in first["weights"]) == 10_000
+    assert {r["role"] for r in first["weights"]} == {"provider", "labeler"}
+    assert first["claim_tx"] and first["claimed_wei"] > 0
+
+    chain = _chain(settings)
+    records = chain.recorded_events(first["run_id"])
+    assert sorted({len(r.record_cid) > 0 for r in records}) == [True]
+    pins = BlockStore(settings.store_dir).pins()
+
+    second = run_demo(settings, limit=160, start_services=False, say=lambda _: None)
+    assert second["verify_ok"]
+    assert second["run_id"] == first["run_id"] and second["root_tx"] == first["root_tx"]
+    assert second["annotations"] == first["annotations"]
+    assert len(chain.recorded_events(first["run_id"])) == len(records)  # no record sent twice
+    # the only new content of a rerun is none: same values, same CIDs, same pins
+    assert BlockStore(settings.store_dir).pins() == pins
+
+
+def test_a_second_demo_while_one_runs_is_refused(tmp_path):
+    lock = tmp_path / "demo.lock"
+    entered = threading.Event()
+    release = threading.Event()
+
+    def hold():
+        with single_run(lock):
+            entered.set()
+            release.wait(10)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    entered.wait(10)
+    try:
+        with pytest.raises(DemoError, match="another `caravan demo` is running"), single_run(lock):
+            pass
+    finally:
+        release.set()
+        t.join()
+
+
+def test_a_service_that_is_down_is_named_with_how_to_start_it(caravan_env, monkeypatch):
+    monkeypatch.setenv("CARAVAN_RPC_URL", "http://127.0.0.1:9")  # nothing listens on the discard port
+    with pytest.raises(DemoError, match=r"chain node \(anvil\) does not answer .*make anvil-start"):
+        run_demo(load_settings(), limit=50, start_services=False, say=lambda _: None)
+
+
+def test_cli_ingest_registers_a_version_and_rejects_unknown_formats(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+    from pipelines.demo_data import write_digits
+
+    monkeypatch.setenv("CARAVAN_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    folder = write_digits(tmp_path / "data", limit=40)
+    runner = CliRunner()
+    args = ["ingest", str(folder), "--version", "v1", "--kind", "image", "--field", "pixels",
+            "--choices", ",".join(str(d) for d in range(10))]
+    ok = runner.invoke(app, args)
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout.strip().splitlines()[-1])["examples"] == 40
+
+    (tmp_path / "data.xlsx").write_text("x")
+    bad = runner.invoke(app, ["ingest", str(tmp_path / "data.xlsx"), *args[2:]])
+    assert bad.exit_code == 1 and "unknown dataset format" in bad.stderr
+    clash = runner.invoke(app, ["ingest", str(tmp_path / "data"), "--version", "v1", "--kind", "text",
+                                "--field", "pixels", "--choices", "a,b"])
+    assert clash.exit_code == 1 and "already registered" in clash.stderr
