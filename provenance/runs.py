@@ -111,6 +111,7 @@ def publish_run(chain: Chain, store: ContentStore, run_id: str, head_cid: str) -
                 f"head record {head_cid} is already on chain under run key {entry['run_key']}, "
                 f"not run {run_id!r}"
             )
+    _refuse_second_head(chain, store, run_id, head_cid)
     existing = chain.distribution(run_id)
     if existing is not None and existing.root != leaves.root:
         raise AlreadyPublished(
@@ -124,6 +125,16 @@ def publish_run(chain: Chain, store: ContentStore, run_id: str, head_cid: str) -
         txs.append(chain.record(cid, lineage[cid].parents[0] if lineage[cid].parents else "", run_id))
     txs.append(chain.create_distribution(run_id, leaves.root))
     return RunPublication(run_id, key, head_cid, weights_cid, leaves.root, tuple(txs))
+
+
+def _refuse_second_head(chain: Chain, store: ContentStore, run_id: str, head_cid: str) -> None:
+    """A run has one weighting record: anchoring another would give auditors two lineages to pick from."""
+    others = [cid for cid in run_heads(chain, store, run_id) if cid != head_cid]
+    if others:
+        raise AlreadyPublished(
+            f"run {run_id!r} already has weighting record {others[0]} on chain, not {head_cid}: "
+            "publish a changed lineage (new data, labels or code) under a new run id"
+        )
 
 
 def _check_funds(chain: Chain, n_transactions: int) -> None:
@@ -144,8 +155,8 @@ def run_events(chain: Chain, run_id: str) -> list[RecordedEvent]:
     return chain.recorded_events(run_id)
 
 
-def find_head(chain: Chain, store: ContentStore, run_id: str) -> str:
-    """The weighting record recorded under `run_id` (exactly one is expected)."""
+def run_heads(chain: Chain, store: ContentStore, run_id: str) -> list[str]:
+    """The weighting records recorded under `run_id` and readable from `store`."""
     heads = []
     for event in run_events(chain, run_id):
         try:
@@ -153,6 +164,12 @@ def find_head(chain: Chain, store: ContentStore, run_id: str) -> str:
                 heads.append(event.record_cid)
         except RecordError:
             continue
+    return heads
+
+
+def find_head(chain: Chain, store: ContentStore, run_id: str) -> str:
+    """The weighting record recorded under `run_id` (exactly one is expected)."""
+    heads = run_heads(chain, store, run_id)
     if len(heads) != 1:
         raise ChainError(
             f"run {run_id!r} has {len(heads)} weighting records on chain readable from this store "

@@ -13,6 +13,7 @@ from eth_account import Account
 from provenance.anvil import AnvilNode, free_port
 from provenance.chain import Chain, load_account, write_keystore
 from provenance.errors import (
+    AlreadyPublished,
     ChainError,
     InsufficientFunds,
     MissingParent,
@@ -22,7 +23,7 @@ from provenance.errors import (
     WeightsError,
     WrongChain,
 )
-from provenance.records import Record, put_record
+from provenance.records import Record, load_record, put_record
 from provenance.runs import publish_run
 from storage import BlockStore, snapshot_parquet
 from tests.provenance.sample_run import CODE, SampleRun
@@ -53,6 +54,18 @@ def test_publish_is_idempotent_and_verifiable(chain: Chain, store: BlockStore, s
     again = publish_run(chain, store, "run-1", sample_run.head)
     assert again.sent == 0 and again.root == first.root
     assert sorted(e.record_cid for e in chain.recorded_events("run-1")) == sorted(sample_run.records.values())
+
+
+def test_a_second_weighting_record_for_a_published_run_is_refused(
+    chain: Chain, store: BlockStore, sample_run: SampleRun
+) -> None:
+    publish_run(chain, store, "run-1", sample_run.head)
+    weights_cid = load_record(store, sample_run.head).outputs["contributor_weights"]
+    rival = _weighting(store, load_record(store, sample_run.head).parents, weights_cid)
+    before = chain.recorded_events("run-1")
+    with pytest.raises(AlreadyPublished, match="already has weighting record"):
+        publish_run(chain, store, "run-1", rival)
+    assert chain.recorded_events("run-1") == before
 
 
 def test_resume_after_partial_publication(chain: Chain, store: BlockStore, sample_run: SampleRun) -> None:
