@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 export DAGSTER_HOME ?= $(CURDIR)/.caravan/dagster
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup test lint demo bench dagster-home labelstudio-install labelstudio-start labelstudio-stop anvil-start anvil-stop clean
+.PHONY: setup test lint demo bench dagster-home dagster-dev labelstudio-install labelstudio-start labelstudio-stop anvil-start anvil-stop services-stop clean
 
 setup: $(VENV)/.installed node_modules/.installed /usr/bin/ipfs_cid dagster-home .venv-labelstudio/.installed
 
@@ -57,6 +57,19 @@ labelstudio-start: .venv-labelstudio/.installed
 
 labelstudio-stop:
 	scripts/labelstudio.sh stop
+
+anvil-start: node_modules/.installed $(VENV)/.installed
+	scripts/anvil.sh start
+	$(VENV)/bin/caravan chain deploy
+
+anvil-stop:
+	scripts/anvil.sh stop
+
+services-stop: labelstudio-stop anvil-stop
+
+# The Dagster UI on 127.0.0.1:3000 over the same state as `make demo`.
+dagster-dev: setup
+	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000
 
 clean:
 	rm -rf .caravan
