@@ -21,7 +21,6 @@ from attribution import (
     ContributorError,
     ContributorSplit,
     WeightPolicy,
-    attribute_query,
     features_from_bytes,
     model_from_bytes,
 )
@@ -76,13 +75,14 @@ class ServedRun:
         with torch.no_grad():
             probs = torch.softmax(self.model(xt), dim=1).numpy()
         labels = probs.argmax(1)
+        # every row's per-training-example contributions in one pass (attribute_query, batched)
+        contributions = self.features.scores(x, labels) if attribute else None
         out = []
         for i, row in enumerate(raw):
             bps, how = self.run_bps, SPLIT_RUN
             if attribute:
-                contributions = attribute_query(self.features, x[i], int(labels[i]))
                 try:
-                    table = self.split.split_query(self.example_ids, contributions)
+                    table = self.split.split_query(self.example_ids, contributions[:, i])
                     bps = tuple(
                         merge_bps(
                             zip(table["address"].to_pylist(), table["weight_bps"].to_pylist(), strict=True)

@@ -49,3 +49,18 @@ def test_bad_rows_are_refused(world):
 
     with pytest.raises(InputError):
         world.served.predict(np.full((1, 6), np.nan))
+
+
+def test_batched_attribution_equals_attribute_query(world):
+    from attribution import attribute_query
+
+    served = world.served
+    x = served.encoding.scale(world.run.X_test[:4])
+    labels = served.predict(world.run.X_test[:4])
+    batch = served.features.scores(x, [served.encoding.classes.index(p.label) for p in labels])
+    for i in range(4):
+        one = attribute_query(served.features, x[i], served.encoding.classes.index(labels[i].label))
+        np.testing.assert_allclose(batch[:, i], one, rtol=1e-4, atol=1e-6 * np.abs(one).max())
+    assert [p.bps for p in served.predict(world.run.X_test[:4])] == [
+        served.predict(world.run.X_test[i : i + 1])[0].bps for i in range(4)
+    ]

@@ -1,0 +1,216 @@
+"""Pay-per-use serving under load, against the real server (`caravan serve`, uvicorn) on loopback.
+
+Sets up its own small attribution run, anvil and content store in a temp dir, then:
+1. 2,000 single-input predictions at concurrency 16 per mode, the two modes interleaved request
+   by request: per-prediction attribution (server A) and the run's weights (server B, no
+   attribution), both writing the same ledger; then batches of 64 the same way.
+2. settle time of an epoch of 100,000 receipts (batch stored, record, root, funding on anvil).
+3. SIGKILL of server A mid-load, restart: receipts a client saw but the ledger lacks (lost) or
+   holds twice (duplicated).
+Prints figures, then one JSON line: rps, p50_ms, p99_ms (attributed singles),
+attribution_latency_ratio (p50 with / without), settle_100k_s, lost, duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from eth_account import Account
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from provenance import Chain  # noqa: E402
+from provenance.anvil import AnvilNode  # noqa: E402
+from serving import API_KEY_HEADER, Ledger, Receipt, load_run, settle_run, split_price  # noqa: E402
+from storage import BlockStore  # noqa: E402
+from tests.serving.sample_run import build_run  # noqa: E402
+from tests.serving.server import Server  # noqa: E402
+
+N_SINGLE, N_BATCH_REQ, CONCURRENCY, BATCH = 2000, 40, 16, 64
+PRICE = 10**12
+
+
+def run_load(urls: list[str], secret: str, bodies: list[dict], n_per_url: int) -> dict[str, list[float]]:
+    """CONCURRENCY workers; request j goes to urls[j % len(urls)], so the modes interleave."""
+    jobs = [(j % len(urls), bodies[j % len(bodies)]) for j in range(n_per_url * len(urls))]
+    lock, cursor = threading.Lock(), [0]
+    lat: dict[str, list[float]] = {u: [] for u in urls}
+    failures: list[str] = []
+
+    def worker() -> None:
+        with httpx.Client(timeout=60) as client:
+            while True:
+                with lock:
+                    if cursor[0] >= len(jobs):
+                        return
+                    which, body = jobs[cursor[0]]
+                    cursor[0] += 1
+                t0 = time.perf_counter()
+                r = client.post(urls[which] + "/v1/predict", json=body, headers={API_KEY_HEADER: secret})
+                dt = time.perf_counter() - t0
+                if r.status_code != 200:
+                    failures.append(r.text)
+                lat[urls[which]].append(dt)
+
+    threads = [threading.Thread(target=worker) for _ in range(CONCURRENCY)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lat["_wall"] = [time.perf_counter() - t0]
+    if failures:
+        raise SystemExit(f"{len(failures)} requests failed, e.g. {failures[0]}")
+    return lat
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values) * 1000, q))
+
+
+def kill_under_load(run_id: str, path: Path, env: dict, secret: str, rows: list) -> tuple[int, int]:
+    seen: list[str] = []
+    stop = threading.Event()
+    server = Server(run_id, path, env, price=PRICE).start()
+
+    def worker() -> None:
+        with httpx.Client(timeout=10) as client:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                try:
+                    r = client.post(
+                        server.url + "/v1/predict",
+                        json={"input": rows[i % len(rows)]},
+                        headers={API_KEY_HEADER: secret},
+                    )
+                except httpx.HTTPError:
+                    continue
+                if r.status_code == 200:
+                    seen.extend(p["receipt_id"] for p in r.json()["predictions"])
+
+    threads = [threading.Thread(target=worker) for _ in range(CONCURRENCY)]
+    for t in threads:
+        t.start()
+    while len(seen) < 300:
+        time.sleep(0.02)
+    server.kill()
+    stop.set()
+    for t in threads:
+        t.join()
+    with Server(run_id, path, env, price=PRICE):
+        pass  # restarted: it opens the same ledger
+    stored = Ledger(path).receipt_ids()
+    lost = len(set(seen) - set(stored))
+    duplicated = (len(stored) - len(set(stored))) + (len(seen) - len(set(seen)))
+    return lost, duplicated
+
+
+def settle_100k(chain: Chain, store: BlockStore, served, run, home: Path) -> float:
+    ledger = Ledger(home / "settle.sqlite", synchronous="NORMAL")
+    preds = served.predict(run.X_test[:32])
+    stamp = "2026-01-01T00:00:00.000000Z"
+    receipts = [
+        Receipt(
+            secrets.token_hex(16),
+            stamp,
+            run.run_id,
+            served.model_cid,
+            p.input_hash,
+            p.label,
+            p.probability,
+            PRICE,
+            p.split,
+            p.bps,
+            tuple(split_price(PRICE, p.bps)),
+        )
+        for i in range(100_000)
+        for p in (preds[i % len(preds)],)
+    ]
+    ledger.add_receipts(receipts, key_id="bench")
+    t0 = time.perf_counter()
+    done = settle_run(chain, store, ledger, run.run_id, run.head_cid)
+    elapsed = time.perf_counter() - t0
+    assert done is not None and done.n_receipts == 100_000
+    return elapsed
+
+
+def main() -> None:
+    home = Path(tempfile.mkdtemp(prefix="caravan-serving-bench-"))
+    with AnvilNode(config_path=home / "anvil.json", log_path=home / "anvil.log") as node:
+        chain = Chain(node.rpc_url, account=Account.from_key(node.dev_keys[0]), chain_dir=home / "chain")
+        chain.deploy()
+        store = BlockStore(home / "blocks", fsync=False)
+        run = build_run(store, chain, n=400)
+        served = load_run(chain, store, run.run_id)
+        env = {
+            **os.environ,
+            "CARAVAN_RPC_URL": node.rpc_url,
+            "CARAVAN_CHAIN_DIR": str(home / "chain"),
+            "CARAVAN_STORE_DIR": str(home / "blocks"),
+        }
+        path = home / "ledger.sqlite"
+        _, secret = Ledger(path).create_key("bench", balance=2**62, rate_per_s=1e9, burst=10**9)
+        rows = run.X_test.tolist()
+        singles = [{"input": r} for r in rows]
+        batches = [{"inputs": rows[:BATCH]}]
+        with (
+            Server(run.run_id, path, env, price=PRICE) as attr,
+            Server(run.run_id, path, env, price=PRICE, extra=("--no-attribution",)) as plain,
+        ):
+            urls = [attr.url, plain.url]
+            run_load(urls, secret, singles, 50)  # warm-up
+            single = run_load(urls, secret, singles, N_SINGLE)
+            batch = run_load(urls, secret, batches, N_BATCH_REQ)
+        settle_s = settle_100k(chain, store, served, run, home)
+        lost, duplicated = kill_under_load(run.run_id, path, env, secret, rows)
+
+    a, p = single[urls[0]], single[urls[1]]
+    rps = 2 * N_SINGLE / single["_wall"][0]
+    ratio = pct(a, 50) / pct(p, 50)
+    print(
+        f"single inputs, concurrency {CONCURRENCY}, {N_SINGLE} per mode interleaved: {rps:.0f} req/s"
+    )
+    print(f"  with attribution:    p50 {pct(a, 50):.2f} ms  p99 {pct(a, 99):.2f} ms")
+    print(f"  without attribution: p50 {pct(p, 50):.2f} ms  p99 {pct(p, 99):.2f} ms")
+    print(
+        f"  latency ratio with/without: p50 {ratio:.2f}x  p99 {pct(a, 99) / pct(p, 99):.2f}x (goal <= 1.3x)"
+    )
+    ba, bp = batch[urls[0]], batch[urls[1]]
+    print(
+        f"batches of {BATCH}, {N_BATCH_REQ} per mode: {2 * N_BATCH_REQ * BATCH / batch['_wall'][0]:.0f} "
+        f"predictions/s total"
+    )
+    print(f"  with attribution:    p50 {pct(ba, 50):.1f} ms  p99 {pct(ba, 99):.1f} ms")
+    print(
+        f"  without attribution: p50 {pct(bp, 50):.1f} ms  p99 {pct(bp, 99):.1f} ms  "
+        f"ratio p50 {pct(ba, 50) / pct(bp, 50):.2f}x"
+    )
+    print(f"settle an epoch of 100,000 receipts: {settle_s:.2f} s")
+    print(f"SIGKILL mid-load and restart: lost {lost}, duplicated {duplicated}")
+    print(
+        json.dumps(
+            {
+                "rps": round(rps, 1),
+                "p50_ms": round(pct(a, 50), 3),
+                "p99_ms": round(pct(a, 99), 3),
+                "attribution_latency_ratio": round(ratio, 3),
+                "settle_100k_s": round(settle_s, 3),
+                "lost": lost,
+                "duplicated": duplicated,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
