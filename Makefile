@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup test lint demo bench dagster-home dagster-dev labelstudio-install labelstudio-start labelstudio-stop anvil-start anvil-stop services-stop clean
 
-setup: $(VENV)/.installed node_modules/.installed /usr/bin/ipfs_cid dagster-home .venv-labelstudio/.installed
+setup: $(VENV)/.installed node_modules/.installed /usr/bin/ipfs_cid /usr/bin/chromium dagster-home .venv-labelstudio/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ node_modules/.installed: package.json package-lock.json
 /usr/bin/ipfs_cid:
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq ipfs-cid
+
+# Headless Chromium for the UI test (Debian's package; no browser download).
+/usr/bin/chromium:
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium
 
 dagster-home:
 	@mkdir -p $(DAGSTER_HOME)
