@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 
+import dagster as dg
 import pytest
 
-from pipelines.demo import DemoError, run_demo, single_run
+from labeling import LabelStudioClient, ProjectSpec, choice_result
+from pipelines.demo import CHOICES, VERSION, DemoError, run_demo, single_run
 from pipelines.settings import load_settings
 from provenance import Chain
 from storage import BlockStore
@@ -51,6 +54,26 @@ def test_demo_runs_end_to_end_and_a_rerun_duplicates_nothing(caravan_env):
     assert len(chain.recorded_events(first["run_id"])) == len(records)  # no record sent twice
     # the only new content of a rerun is none: same values, same CIDs, same pins
     assert BlockStore(settings.store_dir).pins() == pins
+    _sensor_starts_a_sync_only_for_new_annotations(settings)
+
+
+def _sensor_requests(settings) -> list:
+    from pipelines.automation import annotation_sensor
+    from pipelines.resources import resources_for
+
+    with dg.build_sensor_context(instance=dg.DagsterInstance.get(), resources=resources_for(settings)) as ctx:
+        return list(annotation_sensor(ctx) or [])
+
+
+def _sensor_starts_a_sync_only_for_new_annotations(settings):
+    assert _sensor_requests(settings) == []
+    client = LabelStudioClient(settings.labelstudio_url, os.environ["LABEL_STUDIO_USER_TOKEN"])
+    project = client.ensure_project(ProjectSpec(f"caravan {VERSION}", "image", CHOICES, "pixels"))
+    keys, _ = client.task_keys(project.id)
+    labeler = client.ensure_user("late-labeler@tests.caravan.invalid")
+    client.create_annotation(keys[min(keys)], choice_result("3", "pixels"), completed_by=labeler)
+    requests = _sensor_requests(settings)
+    assert [r.partition_key for r in requests] == [VERSION]
 
 
 def test_a_second_demo_while_one_runs_is_refused(tmp_path):
