@@ -11,7 +11,8 @@ positive score passes its share to the other.
 Determinism for auditors: example scores are rounded to ``score_digits`` significant digits
 (relative to the largest) before anything else, so tiny float differences (1 vs 2 torch
 threads) vanish; contributions are summed in ``example_id`` order; the final split is exact
-rational arithmetic with the largest-remainder method, ties broken by address.
+rational arithmetic with the largest-remainder method, ties broken by address (lowest first,
+compared as numbers, i.e. lowercase hex).
 """
 
 from __future__ import annotations
@@ -182,7 +183,8 @@ class ContributorSplit:
             for c, v, q in zip(self.contributors[role], per_role[role], ints[role], strict=True):
                 rows.append((c, self.addresses[c], role, float(v)))
                 quotas.append(Fraction(shares[role] * int(q), totals[role]) if totals[role] else Fraction(0))
-        bps = largest_remainder(quotas, [(a, r, c) for c, a, r, _ in rows])
+        # ties by the address as a number (lowercase hex), not by its mixed-case checksum spelling
+        bps = largest_remainder(quotas, [(a.lower(), r, c) for c, a, r, _ in rows])
         ordered = sorted(zip(rows, bps, strict=True), key=lambda t: (t[0][2], t[0][0]))
         return pa.table(
             {

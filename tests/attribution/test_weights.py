@@ -90,6 +90,15 @@ def test_largest_remainder_ties_broken_by_address():
     assert largest_remainder(thirds, [("0xb",), ("0xa",), ("0xc",)]) == [3333, 3334, 3333]
 
 
+def test_contributor_ties_go_to_the_lowest_address_as_a_number():
+    # checksummed, 0xA3A3.. sorts before 0xa2A2.. as a string; as numbers 0xa2.. is lower
+    addr = {"c0": "0x" + "a3" * 20, "c1": "0x" + "a2" * 20, "c2": "0x" + "ff" * 20}
+    att, ex, ann, con = _tables([1.0, 1.0, 1.0], ["c0", "c1", "c2"], [])
+    out = contributor_weights(att, ex, ann, con, addr).to_pylist()
+    assert min(r["address"] for r in out).startswith("0xA3")  # the trap: string order of checksums
+    assert {r["contributor"]: r["weight_bps"] for r in out} == {"c0": 3333, "c1": 3334, "c2": 3333}
+
+
 def test_quantize_hides_float_noise():
     a = np.array([1.0, 0.123456789, -0.5])
     assert np.array_equal(quantize(a, 6), quantize(a * (1 + 1e-12), 6))
