@@ -14,6 +14,7 @@ import fcntl
 import hashlib
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -217,6 +218,91 @@ def settle_demo_revenue(settings: Settings, run_id: str, payee: str) -> tuple[st
     return deposit.tx_hash or "", tx.tx_hash, paid
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(settings: Settings, run_id: str, ledger_path: Path) -> Iterator[str]:
+    """The real `caravan serve` for the run, on a free loopback port; stopped on the way out."""
+
+    port = _free_port()
+    env = {**os.environ, "CARAVAN_RPC_URL": settings.rpc_url, "CARAVAN_CHAIN_DIR": str(settings.chain_dir)}
+    exe = Path(sys.executable).with_name("caravan")
+    log = open(settings.home / "serve.log", "ab")  # noqa: SIM115 (closed below, after the process)
+    proc = subprocess.Popen(
+        [
+            str(exe),
+            "serve",
+            run_id,
+            "--port",
+            str(port),
+            "--ledger",
+            str(ledger_path),
+            "--store",
+            str(settings.store_dir),
+        ],
+        env=env,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while not _answers(url, "/healthz"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise DemoError(
+                    f"`caravan serve {run_id}` did not come up; see {settings.home / 'serve.log'}"
+                )
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def paid_predictions(settings: Settings, run_id: str, head_cid: str, rows: list[list[float]]) -> dict:
+    """A model user pays for a few predictions; the epoch is settled on chain and one payee claims."""
+    import httpx
+
+    from pipelines.resources import ChainResource, StoreResource
+    from serving import API_KEY_HEADER, Ledger, epoch_claim, settle_run, verify_epoch
+
+    ledger_path = settings.home / "ledger.sqlite"
+    ledger = Ledger(ledger_path)
+    _, secret = ledger.create_key("demo-user", balance=10**17)
+    with serving(settings, run_id, ledger_path) as url:
+        answers = [
+            httpx.post(f"{url}/v1/predict", json={"input": row}, headers={API_KEY_HEADER: secret}, timeout=60)
+            .raise_for_status()
+            .json()
+            for row in rows
+        ]
+    chain = ChainResource(rpc_url=settings.rpc_url, chain_dir=str(settings.chain_dir)).client()
+    store = StoreResource(store_dir=str(settings.store_dir)).client()
+    settlement = settle_run(chain, store, ledger, run_id, head_cid)
+    if settlement is None:
+        raise DemoError("the paid predictions left no receipts to settle")
+    payee, owed = max(settlement.payouts, key=lambda p: (p[1], p[0]))
+    tx, paid = epoch_claim(chain, store, settlement.epoch_id, payee)
+    report = verify_epoch(chain, store, settlement.epoch_id)
+    return {
+        "predictions": len(answers),
+        "epoch_id": settlement.epoch_id,
+        "epoch_total_wei": settlement.total,
+        "epoch_claim_tx": tx.tx_hash,
+        "epoch_claimed_wei": paid,
+        "epoch_verify_ok": report.ok,
+        "epoch_failures": [f.__dict__ for f in report.failures],
+    }
+
+
 def run_demo(
     settings: Settings,
     *,
@@ -262,6 +348,11 @@ def run_demo(
         say("audit: caravan verify")
         chain = ChainResource(rpc_url=settings.rpc_url, chain_dir=str(settings.chain_dir)).client()
         report = verify_run(chain, store, run_id)
+        say("serving: paid predictions through `caravan serve`, settled as an epoch on chain")
+        rows = [
+            r["pixels"] for r in pq.read_table(folder / "truth" / "labels.parquet").slice(0, 5).to_pylist()
+        ]
+        served = paid_predictions(settings, run_id, root["head_cid"], rows)
     return {
         "wall_s": round(time.perf_counter() - t0, 1),
         "examples": len(truth),
@@ -276,4 +367,5 @@ def run_demo(
         "verify_ok": report.ok,
         "failures": [f.__dict__ for f in report.failures],
         "weights": weights,
+        **served,
     }

@@ -63,7 +63,9 @@ def trace_command(
 
 
 def verify_command(
-    run_id: Annotated[str, typer.Argument(help="The run id given to publish_run (or its 0x run key).")],
+    run_id: Annotated[
+        str, typer.Argument(help="A run id (or its 0x run key), or a serving epoch id (RUN_ID/epoch-...).")
+    ],
     as_json: AsJson = False,
     onchain_proofs: Annotated[
         bool,
@@ -71,7 +73,14 @@ def verify_command(
     ] = True,
     store_dir: StoreDir = None,
 ) -> None:
-    """Recompute every CID, check parents, on-chain entries, the royalty root and every proof."""
+    """Recompute every CID, check parents, on-chain entries, the royalty root and every proof.
+
+    For a serving epoch: recompute every amount and the root from its receipts batch alone.
+    """
+    if "/epoch-" in run_id:
+        from pipelines.cli.serve import epoch_verify
+
+        return epoch_verify(run_id, as_json=as_json, store_dir=store_dir)
     from provenance import Chain, ProvenanceError, verify_run
 
     with clean_errors(ProvenanceError, StorageError):

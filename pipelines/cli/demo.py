@@ -66,12 +66,28 @@ def demo(
         f"  deposit tx:       {summary['deposit_tx']}\n"
         f"  audit:            caravan verify {summary['run_id']}; caravan trace {summary['run_id']}"
     )
-    if not summary["verify_ok"]:
-        for f in summary["failures"]:
-            print(f"FAIL {f['name']} {f['subject']}: {f['detail']}")
-    keys = ("wall_s", "examples", "annotations", "contributors", "run_id", "root_tx", "claim_tx", "verify_ok")
+    out.print(
+        f"serving: {summary['predictions']} paid predictions settled as epoch {summary['epoch_id']} "
+        f"({summary['epoch_total_wei']} wei); claim tx {summary['epoch_claim_tx']}"
+    )
+    for f in [*summary["failures"], *summary["epoch_failures"]]:
+        print(f"FAIL {f['name']} {f['subject']}: {f['detail']}")
+    keys = (
+        "wall_s",
+        "examples",
+        "annotations",
+        "contributors",
+        "run_id",
+        "root_tx",
+        "claim_tx",
+        "verify_ok",
+        "predictions",
+        "epoch_id",
+        "epoch_claim_tx",
+        "epoch_verify_ok",
+    )
     print(json.dumps({k: summary[k] for k in keys}))
-    if not summary["verify_ok"]:
+    if not (summary["verify_ok"] and summary["epoch_verify_ok"]):
         raise typer.Exit(1)
 
 
