@@ -2,7 +2,8 @@
 
 Public face (other rooms use only these names):
 
-- ``AttributionTask``, ``ModelSpec``, ``TrainConfig``: what to train and how.
+- ``AttributionTask``, ``ModelSpec`` (an MLP by sizes) or ``ModuleSpec`` (any module of Linear/
+  LayerNorm layers and elementwise activations), ``TrainConfig``: what to train and how.
 - ``train_with_attribution(task, X, y, example_ids, X_targets, y_targets, seed=...)`` ->
   ``TrainResult`` (model, ``example_attribution`` table, checkpoint features).
 - ``contributor_weights(example_attribution, examples, annotations, consensus, addresses)``
@@ -25,7 +26,7 @@ from .errors import (
 )
 from .influence import ExactInfluence
 from .serialize import features_from_bytes, features_to_bytes, model_from_bytes, model_to_bytes
-from .task import AttributionTask, ModelSpec, TrainConfig
+from .task import AttributionTask, ModelSpec, ModuleSpec, TrainConfig
 from .trainer import EXAMPLE_ATTRIBUTION_SCHEMA, TrainResult, train_plain, train_with_attribution
 from .trak import TrakFeatures, attribute_query
 from .weights import CONTRIBUTOR_WEIGHTS_SCHEMA, ContributorSplit, WeightPolicy, contributor_weights
@@ -40,6 +41,7 @@ __all__ = [
     "ExactInfluence",
     "InputError",
     "ModelSpec",
+    "ModuleSpec",
     "TrainConfig",
     "TrainResult",
     "TrakFeatures",

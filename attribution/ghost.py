@@ -29,6 +29,7 @@ class Tap:
     module: nn.Module
     inputs: torch.Tensor | None = None
     output: torch.Tensor | None = None
+    calls: int = 0
 
 
 @dataclass
@@ -56,7 +57,20 @@ class LayerTaps:
         self._handles.clear()
 
     def output_grads(self, loss: torch.Tensor) -> list[torch.Tensor]:
-        """``B`` for every scored layer, from one backward pass of ``loss``."""
+        """``B`` for every scored layer, from one backward pass of ``loss``.
+
+        Each layer must have run exactly once since the last call: a shared (twice-called) layer
+        would have its first input overwritten and its scores silently wrong.
+        """
+        odd = [f"{type(t.module).__name__} #{i} ran {t.calls}x"
+               for i, t in enumerate(self.taps) if t.calls != 1]
+        for t in self.taps:
+            t.calls = 0
+        if odd:
+            raise UnsupportedModelError(
+                f"each scored layer must run exactly once per forward pass ({', '.join(odd)}); "
+                "shared or skipped layers cannot be attributed per example"
+            )
         return list(torch.autograd.grad(loss, [t.output for t in self.taps]))
 
 
@@ -69,6 +83,7 @@ def _keeper(tap: Tap):
                 "expects one flat feature vector per example (shape [batch, features])"
             )
         tap.inputs = a.detach()
+        tap.calls += 1
         if not out.requires_grad:
             out = out.detach().requires_grad_(True)
             tap.output = out

@@ -17,7 +17,7 @@ from torch import nn
 
 from .errors import AttributionError
 from .projector import LayerProjection, Projector
-from .task import ModelSpec
+from .task import ModelSpec, ModuleSpec
 
 _SPEC_KEY = "caravan.model_spec"
 _FEATURES_KEY = "caravan.trak_features"
@@ -38,14 +38,25 @@ def _metadata(data: bytes, key: str, what: str) -> str:
         ) from err
 
 
-def model_to_bytes(model: nn.Module, spec: ModelSpec) -> bytes:
+def _spec(text: str, given: ModuleSpec | None) -> ModelSpec | ModuleSpec:
+    """The stored ``ModelSpec``, or the caller's ``ModuleSpec`` if it names the same architecture."""
+    if given is None:
+        if "module" in json.loads(text):
+            raise AttributionError(f"these bytes hold a custom module {text}; pass its ModuleSpec as spec=")
+        return ModelSpec.from_json(text)
+    if given.to_json() != text:
+        raise AttributionError(f"the bytes hold {text}, not the given spec {given.to_json()}")
+    return given
+
+
+def model_to_bytes(model: nn.Module, spec: ModelSpec | ModuleSpec) -> bytes:
     tensors = {k: v.detach().to(torch.float32).contiguous() for k, v in model.state_dict().items()}
     return save(tensors, metadata={_SPEC_KEY: spec.to_json()})
 
 
-def model_from_bytes(data: bytes) -> tuple[nn.Module, ModelSpec]:
+def model_from_bytes(data: bytes, spec: ModuleSpec | None = None) -> tuple[nn.Module, ModelSpec | ModuleSpec]:
     """Rebuild the module (eval mode) and its spec from ``model_to_bytes`` output."""
-    spec = ModelSpec.from_json(_metadata(data, _SPEC_KEY, "model"))
+    spec = _spec(_metadata(data, _SPEC_KEY, "model"), spec)
     model = spec.build(0)
     model.load_state_dict(load(data))
     return model.eval(), spec
@@ -70,7 +81,7 @@ def features_to_bytes(features) -> bytes:
         tensors[f"checkpoint.{j}.kernel_inv"] = torch.from_numpy(np.ascontiguousarray(ck.kernel_inv))
     meta = {
         "format": FEATURES_FORMAT,
-        "spec": json.loads(features.spec.to_json()),
+        "spec": features.spec.to_json(),
         "k": features.projector.k,
         "seed": features.projector.seed,
         "n_layers": len(features.projector.layers),
@@ -80,7 +91,7 @@ def features_to_bytes(features) -> bytes:
     return save(tensors, metadata={_FEATURES_KEY: _canonical(meta)})
 
 
-def features_from_bytes(data: bytes, *, spill_bytes: int = 256 * 2**20):
+def features_from_bytes(data: bytes, spec: ModuleSpec | None = None, *, spill_bytes: int = 256 * 2**20):
     """Rebuild ``TrakFeatures`` from ``features_to_bytes`` output (as loaded from a CID)."""
     from .trak import CheckpointFeatures, FeatureStore, TrakFeatures, _frozen
 
@@ -89,7 +100,7 @@ def features_from_bytes(data: bytes, *, spill_bytes: int = 256 * 2**20):
         raise AttributionError(
             f"TRAK features format {meta.get('format')} is not {FEATURES_FORMAT}; re-export them"
         )
-    spec = ModelSpec.from_json(_canonical(meta["spec"]))
+    spec = _spec(meta["spec"], spec)
     tensors = load(data)
     layers = tuple(
         LayerProjection(tensors.get(f"projector.{i}.q"), tensors.get(f"projector.{i}.r"))

@@ -7,6 +7,7 @@ dattri's ``AttributionTask``; the methods never see Dagster or any other room.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -60,6 +61,34 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class ModuleSpec:
+    """Any ``nn.Module`` made by ``factory()`` from nn.Linear/nn.LayerNorm and elementwise activations.
+
+    ``forward`` must treat the examples of a batch independently and call each scored layer once
+    (the trainer refuses a layer called twice). ``name`` identifies the architecture in run ids
+    and model bytes; loading such bytes needs the same spec (``model_from_bytes(data, spec)``).
+    """
+
+    factory: Callable[[], nn.Module]
+    n_features: int
+    n_classes: int
+    name: str
+
+    @property
+    def sizes(self) -> tuple[int, int]:
+        return (self.n_features, self.n_classes)
+
+    def build(self, seed: int) -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.factory()
+
+    def to_json(self) -> str:
+        doc = {"module": self.name, "sizes": list(self.sizes)}
+        return json.dumps(doc, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Training settings of an attributed run. SGD is the default because its update is lr * gradient.
 
@@ -110,7 +139,7 @@ class TrainConfig:
 class AttributionTask:
     """Model + loss (cross-entropy over class indices) + training config."""
 
-    spec: ModelSpec
+    spec: ModelSpec | ModuleSpec
     config: TrainConfig = field(default_factory=TrainConfig)
 
     @property

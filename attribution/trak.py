@@ -24,7 +24,7 @@ from torch import nn
 
 from . import ghost
 from .projector import Projector
-from .task import AttributionTask, ModelSpec, scored_layers
+from .task import AttributionTask, ModelSpec, ModuleSpec, scored_layers
 
 Kernel = Literal["fisher", "empirical"]
 
@@ -74,7 +74,7 @@ class CheckpointFeatures:
 class TrakFeatures:
     """Everything ``attribute_query`` needs: checkpoints, their projected features, kernels."""
 
-    spec: ModelSpec
+    spec: ModelSpec | ModuleSpec
     projector: Projector
     checkpoints: list[CheckpointFeatures]
     n_train: int
@@ -112,7 +112,9 @@ class TrakFeatures:
         return total / len(self.checkpoints)
 
 
-def _frozen(spec: ModelSpec, state: dict[str, torch.Tensor]) -> tuple[nn.Module, list[nn.Module]]:
+def _frozen(
+    spec: ModelSpec | ModuleSpec, state: dict[str, torch.Tensor]
+) -> tuple[nn.Module, list[nn.Module]]:
     model = spec.build(0)
     model.load_state_dict(state)
     for p in model.parameters():

@@ -8,8 +8,19 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from attribution import (
+    AttributionError,
+    AttributionTask,
+    ModuleSpec,
+    UnsupportedModelError,
+    features_from_bytes,
+    features_to_bytes,
+    model_from_bytes,
+    model_to_bytes,
+)
 from attribution.ghost import Factors, cheaper_form, pairwise_dots, summed_dots
 from attribution.trainer import batches, train_plain, train_with_attribution
 
@@ -82,3 +93,49 @@ def test_the_cheaper_form_is_picked_per_layer_shape():
     assert cheaper_form(512, 64, 1025, 1024) == "pairwise"
     assert cheaper_form(512, 64, 1025, 10) == "gv"
     assert cheaper_form(16, 4096, 65, 10) == "gv"
+
+
+class _Custom(nn.Module):
+    """Not a Sequential: named sub-modules, a functional tanh, a bias-free head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(5, 8)
+        self.norm = nn.LayerNorm(8)
+        self.head = nn.Linear(8, 3, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.norm(self.inp(x))))
+
+
+class _Shared(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(5, 5)
+        self.out = nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.a(torch.relu(self.a(x)))))
+
+
+def test_any_module_of_linear_layers_matches_torch_func(data, mlp_task):
+    x, y, ids, xv, yv = data
+    task = AttributionTask(ModuleSpec(_Custom, 5, 3, "custom-v1"), mlp_task.config)
+    res = train_with_attribution(task, x, y, ids, xv, yv, seed=1)
+    ref = _reference(task, x, y, xv, yv, seed=1)
+    scale = np.abs(ref).max()
+    np.testing.assert_allclose(res.scores / scale, ref.mean(1) / scale, atol=2e-5)
+    blob = model_to_bytes(res.model, task.spec)
+    with pytest.raises(AttributionError, match="pass its ModuleSpec"):
+        model_from_bytes(blob)
+    model, _ = model_from_bytes(blob, task.spec)
+    torch.testing.assert_close(model(torch.as_tensor(xv)), res.model.eval()(torch.as_tensor(xv)))
+    feats = features_from_bytes(features_to_bytes(res.features), task.spec)
+    np.testing.assert_array_equal(feats.scores(xv, yv), res.features.scores(xv, yv))
+
+
+def test_a_layer_called_twice_is_refused(data, mlp_task):
+    x, y, ids, xv, yv = data
+    task = AttributionTask(ModuleSpec(_Shared, 5, 3, "shared"), mlp_task.config)
+    with pytest.raises(UnsupportedModelError, match="exactly once per forward pass.*ran 2x"):
+        train_with_attribution(task, x, y, ids, xv, yv, seed=0, with_features=False)
