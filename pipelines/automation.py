@@ -1,4 +1,4 @@
-"""Jobs, the annotation sensor and the daily attribution schedule."""
+"""Jobs, the annotation sensor, the daily attribution schedule and the hourly settlement schedule."""
 
 import json
 
@@ -8,7 +8,13 @@ from labeling import ExportCursor, LabelingError, export_annotations
 from pipelines.assets.labeling import cursor_path, project_spec
 from pipelines.content_io import AssetIndex
 from pipelines.partitions import dataset_versions
-from pipelines.resources import DatasetCatalog, LabelStudioResource
+from pipelines.resources import (
+    ChainResource,
+    DatasetCatalog,
+    LabelStudioResource,
+    LedgerResource,
+    StoreResource,
+)
 
 LABELING_STAGE = dg.AssetSelection.assets(
     "annotations"
@@ -17,13 +23,11 @@ LABELING_STAGE = dg.AssetSelection.assets(
 labeling_sync_job = dg.define_asset_job(
     "labeling_sync",
     selection=LABELING_STAGE,
-    partitions_def=dataset_versions,
     description="Pull new annotations from Label Studio and recompute consensus and annotator quality.",
 )
 attribution_job = dg.define_asset_job(
     "attribution_run",
     selection=dg.AssetSelection.groups("training", "royalties"),
-    partitions_def=dataset_versions,
     description="Train with in-run attribution, weigh contributors, and publish the royalty root.",
 )
 
@@ -67,3 +71,27 @@ def daily_attribution(context: dg.ScheduleEvaluationContext):
         yield dg.RunRequest(
             partition_key=version, run_key=f"{version}:{context.scheduled_execution_time:%Y-%m-%d}"
         )
+
+
+@dg.op(description="Close an epoch per served run: receipts batch (CID), record, funded Merkle root.")
+def settle_open_epochs(
+    context: dg.OpExecutionContext, store: StoreResource, chain: ChainResource, ledger: LedgerResource
+) -> None:
+    from provenance import find_head
+    from serving import settle_all
+
+    client, content = chain.client(), store.client()
+    done = settle_all(client, content, ledger.ledger(), lambda run_id: find_head(client, content, run_id))
+    for s in done:
+        context.log.info(f"settled {s.epoch_id}: {s.n_receipts} receipts, {s.total} wei, root {s.root}")
+    context.add_output_metadata({"epochs": dg.MetadataValue.json([s.epoch_id for s in done])})
+
+
+@dg.job(description="Settle the serving ledger's open receipts on chain (idempotent; safe to rerun).")
+def settlement_job():
+    settle_open_epochs()
+
+
+hourly_settlement = dg.ScheduleDefinition(
+    job=settlement_job, cron_schedule="0 * * * *", default_status=dg.DefaultScheduleStatus.STOPPED
+)

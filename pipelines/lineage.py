@@ -9,6 +9,7 @@ or code differ.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,10 +17,16 @@ from typing import Any
 
 import dagster as dg
 
-from provenance import Record, code_version, load_record, put_record, utc_time
+from provenance import CodeVersion, Record, code_version, load_record, put_record, utc_time
 from storage import ContentStore
 
 AGENT = "caravan-pipeline"
+
+
+@functools.cache
+def pipeline_code() -> CodeVersion:
+    """The code version, read once per process so every record of a run names the same commit."""
+    return code_version()
 
 
 def _substance(record: Record) -> dict[str, Any]:
@@ -62,7 +69,7 @@ class LineageResource(dg.ConfigurableResource):
             agent=AGENT,
             started_at=utc_time(started),
             ended_at=utc_time(),
-            code=code_version(),
+            code=pipeline_code(),
             inputs=inputs,
             outputs=outputs,
             parents=parents,

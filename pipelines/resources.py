@@ -130,6 +130,17 @@ class ChainResource(dg.ConfigurableResource):
         return chain
 
 
+class LedgerResource(dg.ConfigurableResource):
+    """The serving ledger (API keys, receipts, epochs): SQLite in WAL mode."""
+
+    path: str = ".caravan/ledger.sqlite"
+
+    def ledger(self):
+        from serving import Ledger
+
+        return Ledger(self.path)
+
+
 def resources_for(settings: Settings | None = None) -> dict[str, Any]:
     """The resource set of `settings.deployment` (`local` or `prod`)."""
     from pipelines.content_io import AssetIndex, ContentStoreIOManager
@@ -152,5 +163,6 @@ def resources_for(settings: Settings | None = None) -> dict[str, Any]:
         "contributors": ContributorsResource(path=str(s.contributors_file)),
         "chain": ChainResource(rpc_url=s.rpc_url, chain_dir=str(s.chain_dir)),
         "lineage": LineageResource(index_dir=str(s.home / "lineage")),
+        "ledger": LedgerResource(path=str(s.ledger_path)),
         "io_manager": ContentStoreIOManager(store=store, index=index),
     }

@@ -39,6 +39,10 @@ class Settings:
     def chain_dir(self) -> Path:
         return self.home / "chain"
 
+    @property
+    def ledger_path(self) -> Path:
+        return Path(os.environ.get("CARAVAN_LEDGER") or self.home / "ledger.sqlite").absolute()
+
 
 def load_settings() -> Settings:
     home = Path(_env("CARAVAN_HOME", ".caravan")).absolute()

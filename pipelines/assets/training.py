@@ -23,11 +23,10 @@ from attribution import (
 from attribution import train_with_attribution as _train
 from attribution.encoding import InputEncoding
 from pipelines.content_io import put_value
-from pipelines.lineage import LineageResource, now
+from pipelines.lineage import LineageResource, now, pipeline_code
 from pipelines.partitions import dataset_versions
 from pipelines.report import histogram_md
 from pipelines.resources import StoreResource
-from provenance import code_version
 
 
 class TrainingConfig(dg.Config):
@@ -53,7 +52,7 @@ def split_targets(example_ids: list[str], fraction: float) -> np.ndarray:
 
 def run_id_of(labeled_cid: str, config: TrainingConfig) -> str:
     """The attribution run's id: labeled data, recipe and code, so new labels or code make a new run."""
-    code = json.dumps(code_version().to_json(), sort_keys=True)
+    code = json.dumps(pipeline_code().to_json(), sort_keys=True)
     return hashlib.sha256(f"{labeled_cid}\n{config.model_dump_json()}\n{code}".encode()).hexdigest()[:16]
 
 

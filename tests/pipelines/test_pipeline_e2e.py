@@ -12,7 +12,8 @@ import pytest
 from labeling import LabelStudioClient, ProjectSpec, choice_result
 from pipelines.demo import CHOICES, VERSION, DemoError, run_demo, single_run
 from pipelines.settings import load_settings
-from provenance import Chain
+from provenance import Chain, load_record
+from serving import Ledger
 from storage import BlockStore
 
 
@@ -52,9 +53,37 @@ def test_demo_runs_end_to_end_and_a_rerun_duplicates_nothing(caravan_env):
     assert second["run_id"] == first["run_id"] and second["root_tx"] == first["root_tx"]
     assert second["annotations"] == first["annotations"]
     assert len(chain.recorded_events(first["run_id"])) == len(records)  # no record sent twice
-    # the only new content of a rerun is none: same values, same CIDs, same pins
-    assert BlockStore(settings.store_dir).pins() == pins
+    # a rerun stores nothing new but the new revenue: its paid predictions' settlement epoch
+    epoch = Ledger(settings.ledger_path).epoch(second["epoch_id"])
+    store = BlockStore(settings.store_dir)
+    settled = load_record(store, epoch.record_cid).outputs.values()
+    epoch_content = {epoch.record_cid, epoch.batch_cid, *settled}
+    new_pins = store.pins() - pins
+    assert new_pins and new_pins <= epoch_content
+    assert first["epoch_verify_ok"] and first["predictions"] == 5 and first["epoch_claim_tx"]
     _sensor_starts_a_sync_only_for_new_annotations(settings)
+    _settlement_job_settles_new_receipts(settings, first["run_id"])
+
+
+def _settlement_job_settles_new_receipts(settings, run_id):
+    from fastapi.testclient import TestClient
+
+    from pipelines.automation import settlement_job
+    from pipelines.resources import resources_for
+    from serving import API_KEY_HEADER, create_app, load_run, verify_epoch
+
+    chain, store, ledger = _chain(settings), BlockStore(settings.store_dir), Ledger(settings.ledger_path)
+    _, secret = ledger.create_key("late-user", balance=10**15)
+    app = create_app(load_run(chain, store, run_id), ledger, price=10**12)
+    paid = TestClient(app).post("/v1/predict", json={"input": [0.0] * 64}, headers={API_KEY_HEADER: secret})
+    assert paid.status_code == 200, paid.text
+    before = {e.epoch_id for e in ledger.epochs()}
+    assert settlement_job.execute_in_process(resources=resources_for(settings)).success
+    new = [e for e in ledger.epochs() if e.epoch_id not in before]
+    assert [e.n_receipts for e in new] == [1] and new[0].state == "closed"
+    assert verify_epoch(chain, store, new[0].epoch_id).ok
+    assert settlement_job.execute_in_process(resources=resources_for(settings)).success
+    assert len(ledger.epochs()) == len(before) + 1  # each receipt is settled once
 
 
 def _sensor_requests(settings) -> list:
