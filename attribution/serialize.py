@@ -100,7 +100,8 @@ def features_from_bytes(data: bytes, spec: ModuleSpec | None = None, *, spill_by
         raise AttributionError(
             f"TRAK features format {meta.get('format')} is not {FEATURES_FORMAT}; re-export them"
         )
-    spec = _spec(meta["spec"], spec)
+    stored = meta["spec"]  # a JSON string; the first exports of format 1 held it as an object
+    spec = _spec(stored if isinstance(stored, str) else _canonical(stored), spec)
     tensors = load(data)
     layers = tuple(
         LayerProjection(tensors.get(f"projector.{i}.q"), tensors.get(f"projector.{i}.r"))
