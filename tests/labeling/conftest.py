@@ -9,7 +9,6 @@ import pyarrow as pa
 import pytest
 
 from labeling import LabelStudioClient, Project, ProjectSpec
-from tests.services.labelstudio import labelstudio  # noqa: F401 (the session fixture)
 
 CHOICES = ("cat", "dog", "bird")
 _n = itertools.count()
@@ -28,7 +27,7 @@ def text_examples(n: int, start: int = 0, provider: str = "prov-a") -> pa.Table:
 
 
 @pytest.fixture(scope="session")
-def client(labelstudio) -> LabelStudioClient:  # noqa: F811
+def client(labelstudio) -> LabelStudioClient:
     return labelstudio.client()
 
 

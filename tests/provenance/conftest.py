@@ -10,7 +10,7 @@ from eth_account import Account
 from provenance.chain import Chain
 from storage import BlockStore
 from tests.provenance.sample_run import SampleRun, build_sample_run
-from tests.services.anvil import AnvilService, anvil  # noqa: F401
+from tests.services.anvil import AnvilService
 
 
 @pytest.fixture
@@ -19,7 +19,7 @@ def store(tmp_path: Path) -> BlockStore:
 
 
 @pytest.fixture
-def chain(anvil: AnvilService, tmp_path: Path) -> Chain:  # noqa: F811
+def chain(anvil: AnvilService, tmp_path: Path) -> Chain:
     """Fresh contracts for this test, deployed by dev account 0 (admin and publisher)."""
     chain = Chain(anvil.rpc_url, account=Account.from_key(anvil.dev_keys[0]), chain_dir=tmp_path / "chain")
     chain.deploy()

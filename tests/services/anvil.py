@@ -1,6 +1,6 @@
 """A real anvil node for the whole test session (started from the npm package, stopped at the end).
 
-Use it from a conftest: `from tests.services.anvil import anvil  # noqa: F401`. Tests that need
+Registered for every room by tests/conftest.py (pytest_plugins). Tests that need
 a clean slate deploy their own contracts (cheap on anvil) rather than restarting the node.
 """
 

@@ -12,7 +12,7 @@ from eth_account import Account
 from provenance import Chain
 from serving import Ledger, ServedRun, load_run
 from storage import BlockStore
-from tests.services.anvil import AnvilService, anvil  # noqa: F401
+from tests.services.anvil import AnvilService
 from tests.serving.sample_run import SampleRun, build_run
 
 
@@ -26,7 +26,7 @@ class World:
 
 
 @pytest.fixture(scope="session")
-def world(anvil: AnvilService, tmp_path_factory: pytest.TempPathFactory) -> World:  # noqa: F811
+def world(anvil: AnvilService, tmp_path_factory: pytest.TempPathFactory) -> World:
     home = tmp_path_factory.mktemp("serving")
     chain = Chain(anvil.rpc_url, account=Account.from_key(anvil.dev_keys[0]), chain_dir=home / "chain")
     chain.deploy()
