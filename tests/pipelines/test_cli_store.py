@@ -44,8 +44,11 @@ def run(*args: str | Path) -> tuple[int, bytes, str]:
 
 def state(store_dir: Path) -> dict[str, bytes]:
     """Every file of the store (blocks and pin set), to prove a failed command changed nothing."""
-    return {str(p.relative_to(store_dir)): p.read_bytes() for p in store_dir.rglob("*") if p.is_file()
-            and p.suffix != ".lock"}
+    return {
+        str(p.relative_to(store_dir)): p.read_bytes()
+        for p in store_dir.rglob("*")
+        if p.is_file() and p.suffix != ".lock"
+    }
 
 
 def one_error(stderr: str, *words: str) -> None:
@@ -57,8 +60,9 @@ def one_error(stderr: str, *words: str) -> None:
 
 def test_add_get_round_trip_through_the_installed_command(store_dir: Path, sample: Path) -> None:
     env = {**os.environ, "CARAVAN_STORE_DIR": str(store_dir)}
-    add = subprocess.run([CARAVAN, "store", "add", sample], capture_output=True, env=env, check=True,
-                         cwd=REPO)
+    add = subprocess.run(
+        [CARAVAN, "store", "add", sample], capture_output=True, env=env, check=True, cwd=REPO
+    )
     cid = add.stdout.decode().strip()
     assert cid == cid_for_bytes(DATA)
     got = subprocess.run([CARAVAN, "store", "get", cid], capture_output=True, env=env, check=True, cwd=REPO)

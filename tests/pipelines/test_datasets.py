@@ -37,9 +37,11 @@ def test_folder_gives_one_provider_per_file(tmp_path):
 
 @pytest.mark.parametrize(
     "name, content, message",
-    [("d.xlsx", "x", "unknown dataset format"),
-     ("d.csv", "text\nhello\n", "no 'provider' column"),
-     ("d.jsonl", "{not json", "cannot read")],
+    [
+        ("d.xlsx", "x", "unknown dataset format"),
+        ("d.csv", "text\nhello\n", "no 'provider' column"),
+        ("d.jsonl", "{not json", "cannot read"),
+    ],
 )
 def test_bad_sources_are_named(tmp_path, name, content, message):
     (tmp_path / name).write_text(content)

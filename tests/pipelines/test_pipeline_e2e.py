@@ -142,8 +142,18 @@ def test_cli_ingest_registers_a_version_and_rejects_unknown_formats(tmp_path, mo
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
     folder = write_digits(tmp_path / "data", limit=40)
     runner = CliRunner()
-    args = ["ingest", str(folder), "--version", "v1", "--kind", "image", "--field", "pixels",
-            "--choices", ",".join(str(d) for d in range(10))]
+    args = [
+        "ingest",
+        str(folder),
+        "--version",
+        "v1",
+        "--kind",
+        "image",
+        "--field",
+        "pixels",
+        "--choices",
+        ",".join(str(d) for d in range(10)),
+    ]
     ok = runner.invoke(app, args)
     assert ok.exit_code == 0, ok.output
     assert json.loads(ok.stdout.strip().splitlines()[-1])["examples"] == 40
@@ -151,6 +161,55 @@ def test_cli_ingest_registers_a_version_and_rejects_unknown_formats(tmp_path, mo
     (tmp_path / "data.xlsx").write_text("x")
     bad = runner.invoke(app, ["ingest", str(tmp_path / "data.xlsx"), *args[2:]])
     assert bad.exit_code == 1 and "unknown dataset format" in bad.stderr
-    clash = runner.invoke(app, ["ingest", str(tmp_path / "data"), "--version", "v1", "--kind", "text",
-                                "--field", "pixels", "--choices", "a,b"])
+    clash = runner.invoke(
+        app,
+        [
+            "ingest",
+            str(tmp_path / "data"),
+            "--version",
+            "v1",
+            "--kind",
+            "text",
+            "--field",
+            "pixels",
+            "--choices",
+            "a,b",
+        ],
+    )
     assert clash.exit_code == 1 and "already registered" in clash.stderr
+
+
+def test_a_demo_killed_mid_pipeline_completes_on_restart_with_nothing_duplicated(caravan_env, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from provenance import find_head
+
+    settings = caravan_env
+    exe = Path(sys.executable).with_name("caravan")
+    log = tmp_path / "demo.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [str(exe), "demo", "--limit", "120", "--no-start-services"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 240
+        while "pipeline: materializing" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.2)
+        time.sleep(2.0)  # somewhere inside the asset graph
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+    done = run_demo(settings, limit=120, start_services=False, say=lambda _: None)
+    assert done["verify_ok"], done["failures"]
+    assert done["annotations"] == 120 * 3
+    chain, store = _chain(settings), BlockStore(settings.store_dir)
+    head = find_head(chain, store, done["run_id"])  # exactly one weighting record on chain
+    recorded = [e.record_cid for e in chain.recorded_events(done["run_id"])]
+    assert len(recorded) == len(set(recorded)) == 6 and head in recorded
