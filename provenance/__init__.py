@@ -37,7 +37,7 @@ Settlements of absolute amounts (e.g. a serving epoch): `publish_settlement(chai
 [(address, amount), ...])` creates a root funded up to the sum; claims use `chain.claim`.
 """
 
-from provenance.audit import Failure, TraceNode, VerifyReport, trace, verify_run
+from provenance.audit import Failure, Findings, TraceNode, VerifyReport, trace, verify_run
 from provenance.chain import Chain, Distribution, RecordedEvent, TxResult, load_account, run_key
 from provenance.errors import (
     AlreadyPublished,
@@ -87,6 +87,7 @@ __all__ = [
     "CodeVersion",
     "Distribution",
     "Failure",
+    "Findings",
     "InsufficientFunds",
     "MissingParent",
     "NotDeployed",

@@ -8,7 +8,7 @@ it returns every failure, each with a stable `name` (e.g. `content_corrupt`, `ro
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from eth_hash.auto import keccak
@@ -32,16 +32,10 @@ class Failure:
     detail: str
 
 
-@dataclass
-class VerifyReport:
-    run_id: str
-    run_key: str
-    head_cid: str | None = None
-    stored_root: str | None = None
-    onchain_root: str | None = None
-    records_checked: int = 0
-    contents_checked: int = 0
-    proofs_checked: int = 0
+@dataclass(kw_only=True)
+class Findings:
+    """What a verification found: every broken check by name. Reports of runs and epochs extend it."""
+
     failures: list[Failure] = field(default_factory=list)
 
     @property
@@ -55,18 +49,19 @@ class VerifyReport:
         return {f.name for f in self.failures}
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "run_key": self.run_key,
-            "ok": self.ok,
-            "head_cid": self.head_cid,
-            "stored_root": self.stored_root,
-            "onchain_root": self.onchain_root,
-            "records_checked": self.records_checked,
-            "contents_checked": self.contents_checked,
-            "proofs_checked": self.proofs_checked,
-            "failures": [f.__dict__ for f in self.failures],
-        }
+        return {**asdict(self), "ok": self.ok}
+
+
+@dataclass
+class VerifyReport(Findings):
+    run_id: str
+    run_key: str
+    head_cid: str | None = None
+    stored_root: str | None = None
+    onchain_root: str | None = None
+    records_checked: int = 0
+    contents_checked: int = 0
+    proofs_checked: int = 0
 
 
 def verify_run(

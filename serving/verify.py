@@ -8,10 +8,9 @@ epoch id, root, kind, cap, funding). Nothing here trusts the ledger of the serve
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-from provenance import Chain, Failure, ProvenanceError, StandardMerkleTree, load_record, run_key
+from provenance import Chain, Findings, ProvenanceError, StandardMerkleTree, load_record, run_key
 from provenance.merkle import SHARE_LEAF
 from serving.fees import split_price, totals_by_address
 from serving.settle import BATCH_SCHEMA, PAYOUTS_OUTPUT, RECEIPTS_INPUT, SETTLEMENT
@@ -21,7 +20,7 @@ KIND_AMOUNTS = 2
 
 
 @dataclass
-class EpochReport:
+class EpochReport(Findings):
     epoch_id: str | None
     record_cid: str | None = None
     batch_cid: str | None = None
@@ -31,32 +30,6 @@ class EpochReport:
     onchain_root: str | None = None
     deposited: int | None = None
     claimed: int | None = None
-    failures: list[Failure] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
-
-    def fail(self, name: str, subject: str, detail: str) -> None:
-        self.failures.append(Failure(name, subject, detail))
-
-    def names(self) -> set[str]:
-        return {f.name for f in self.failures}
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "epoch_id": self.epoch_id,
-            "ok": self.ok,
-            "record_cid": self.record_cid,
-            "batch_cid": self.batch_cid,
-            "n_receipts": self.n_receipts,
-            "total": self.total,
-            "root": self.root,
-            "onchain_root": self.onchain_root,
-            "deposited": self.deposited,
-            "claimed": self.claimed,
-            "failures": [{"name": f.name, "subject": f.subject, "detail": f.detail} for f in self.failures],
-        }
 
 
 def _is_cid(text: str) -> bool:

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.tree import Tree
 
-from pipelines.cli.errors import clean_errors
+from pipelines.cli.errors import clean_errors, finish_report
 from storage import STORE_DIR_ENV, BlockStore, StorageError, default_store
 
 StoreDir = Annotated[
@@ -85,18 +85,12 @@ def verify_command(
 
     with clean_errors(ProvenanceError, StorageError):
         report = verify_run(Chain.from_env(), _store(store_dir), run_id, onchain_proofs=onchain_proofs)
-    if as_json:
-        typer.echo(json.dumps(report.to_json(), indent=2))
-    else:
-        for failure in report.failures:
-            typer.echo(f"FAIL {failure.name} {failure.subject}: {failure.detail}")
-        verdict = "OK" if report.ok else f"{len(report.failures)} failure(s)"
-        typer.echo(
-            f"{verdict}: run {run_id} root {report.onchain_root}; {report.records_checked} records, "
-            f"{report.contents_checked} contents, {report.proofs_checked} proofs checked"
-        )
-    if not report.ok:
-        raise typer.Exit(code=1)
+    finish_report(
+        report,
+        as_json,
+        f"run {run_id} root {report.onchain_root}; {report.records_checked} records, "
+        f"{report.contents_checked} contents, {report.proofs_checked} proofs checked",
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 from collections.abc import Iterator
 
@@ -21,3 +22,16 @@ def clean_errors(*kinds: type[BaseException]) -> Iterator[None]:
     except (CaravanError, *kinds) as exc:  # type: ignore[misc]
         print(f"error: {exc}", file=sys.stderr)
         raise typer.Exit(code=1) from None
+
+
+def finish_report(report, as_json: bool, summary: str) -> None:  # noqa: ANN001 (a provenance Findings)
+    """Print a verification report (JSON, or one `FAIL` line per failure and a verdict); exit 1 unless ok."""
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        for failure in report.failures:
+            typer.echo(f"FAIL {failure.name} {failure.subject}: {failure.detail}")
+        verdict = "OK" if report.ok else f"{len(report.failures)} failure(s)"
+        typer.echo(f"{verdict}: {summary}")
+    if not report.ok:
+        raise typer.Exit(code=1)

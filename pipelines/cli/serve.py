@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from pipelines.cli.errors import clean_errors
+from pipelines.cli.errors import clean_errors, finish_report
 from provenance import Chain, ProvenanceError, find_head
 from serving import (
     Ledger,
@@ -184,18 +184,11 @@ def epoch_verify(
     """Recompute every amount and the root from the receipts batch; check them against the chain."""
     with clean_errors(*ERRORS):
         report = verify_epoch(Chain.from_env(), _store(store_dir), ref)
-    if as_json:
-        typer.echo(json.dumps(report.to_json(), indent=2))
-    else:
-        for f in report.failures:
-            typer.echo(f"FAIL {f.name} {f.subject}: {f.detail}")
-        verdict = "OK" if report.ok else f"{len(report.failures)} failure(s)"
-        typer.echo(
-            f"{verdict}: epoch {report.epoch_id} {report.n_receipts} receipts, total {report.total}, "
-            f"root {report.root}"
-        )
-    if not report.ok:
-        raise typer.Exit(code=1)
+    finish_report(
+        report,
+        as_json,
+        f"epoch {report.epoch_id} {report.n_receipts} receipts, total {report.total}, root {report.root}",
+    )
 
 
 @epoch_app.command("claim")
