@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -134,8 +135,9 @@ def checkpoint_epochs(epochs: int, n_checkpoints: int) -> list[int]:
     return sorted({int(round(epochs * (j + 1) / n)) - 1 for j in range(n)})
 
 
-def train_plain(task: AttributionTask, X: object, y: object, *, seed: int) -> nn.Module:
-    """The same training without attribution (reference for cost and for retraining)."""
+def plain_steps(task: AttributionTask, X: object, y: object, *, seed: int) -> Iterator[nn.Module]:
+    """``train_plain`` one optimizer step at a time (yields the model after each step), so a
+    benchmark can interleave it step by step with ``attributed_steps`` under the same load."""
     x = torch.as_tensor(np.asarray(X, dtype=np.float32))
     yt = torch.as_tensor(np.asarray(y, dtype=np.int64))
     cfg = task.config
@@ -148,7 +150,12 @@ def train_plain(task: AttributionTask, X: object, y: object, *, seed: int) -> nn
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return model
+        yield model
+
+
+def train_plain(task: AttributionTask, X: object, y: object, *, seed: int) -> nn.Module:
+    """The same training without attribution (reference for cost and for retraining)."""
+    return deque(plain_steps(task, X, y, seed=seed), maxlen=1)[0]
 
 
 def _layer_scores(
@@ -191,7 +198,7 @@ def run_id_for(task: AttributionTask, example_ids: Sequence[str], seed: int) -> 
     return h.hexdigest()[:16]
 
 
-def train_with_attribution(
+def attributed_steps(
     task: AttributionTask,
     X_train: object,
     y_train: object,
@@ -203,12 +210,9 @@ def train_with_attribution(
     run_id: str | None = None,
     with_features: bool = True,
     feature_dir: str | None = None,
-) -> TrainResult:
-    """Train ``task`` with SGD and score every training example at every step.
-
-    Returns the trained model, per-example scores (``example_attribution``), the checkpoints,
-    and (``with_features``) the TRAK features that answer ``attribute_query``.
-    """
+) -> Generator[None, None, TrainResult]:
+    """``train_with_attribution`` as a generator that yields after every optimizer step and
+    returns the ``TrainResult`` (see ``plain_steps``)."""
     x, y, xv, yv = validate(task, X_train, y_train, example_ids, X_targets, y_targets)
     cfg = task.config
     model = task.spec.build(seed)
@@ -237,6 +241,7 @@ def train_with_attribution(
             _sgd_update(layers, facts, nb, lr, cfg.weight_decay)
             if epoch in keep and (step + 1) % steps_per_epoch == 0:
                 checkpoints.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+            yield
     train_s = time.perf_counter() - t0
     for p in model.parameters():
         p.requires_grad_(True)
@@ -259,3 +264,30 @@ def train_with_attribution(
         result.features = build_features(task, checkpoints, x, y, seed=seed, directory=feature_dir)
         result.timings["features_s"] = time.perf_counter() - t1
     return result
+
+
+def train_with_attribution(
+    task: AttributionTask,
+    X_train: object,
+    y_train: object,
+    example_ids: Sequence[str],
+    X_targets: object,
+    y_targets: object,
+    *,
+    seed: int,
+    run_id: str | None = None,
+    with_features: bool = True,
+    feature_dir: str | None = None,
+) -> TrainResult:
+    """Train ``task`` with SGD and score every training example at every step.
+
+    Returns the trained model, per-example scores (``example_attribution``), the checkpoints,
+    and (``with_features``) the TRAK features that answer ``attribute_query``.
+    """
+    steps = attributed_steps(task, X_train, y_train, example_ids, X_targets, y_targets, seed=seed,
+                             run_id=run_id, with_features=with_features, feature_dir=feature_dir)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
