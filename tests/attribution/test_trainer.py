@@ -113,3 +113,18 @@ def test_linear_schedule_decays_to_near_zero_and_is_validated():
     assert TrainConfig(lr=0.4).lr_at(3, 4) == 0.4
     with pytest.raises(ValueError, match="lr_schedule"):
         TrainConfig(lr_schedule="cosine")
+
+
+def test_step_generators_yield_once_per_step_and_return_the_run(data, mlp_task):
+    from attribution.trainer import attributed_steps, plain_steps
+
+    x, y, ids, xv, yv = data
+    steps = mlp_task.config.epochs * -(-len(x) // mlp_task.config.batch_size)
+    assert sum(1 for _ in plain_steps(mlp_task, x, y, seed=2)) == steps
+    gen = attributed_steps(mlp_task, x, y, ids, xv, yv, seed=2, with_features=False)
+    for _ in range(steps):
+        next(gen)
+    with pytest.raises(StopIteration) as done:
+        next(gen)
+    whole = train_with_attribution(mlp_task, x, y, ids, xv, yv, seed=2, with_features=False)
+    np.testing.assert_array_equal(done.value.scores, whole.scores)
