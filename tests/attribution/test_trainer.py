@@ -127,4 +127,4 @@ def test_step_generators_yield_once_per_step_and_return_the_run(data, mlp_task):
     with pytest.raises(StopIteration) as done:
         next(gen)
     whole = train_with_attribution(mlp_task, x, y, ids, xv, yv, seed=2, with_features=False)
-    np.testing.assert_array_equal(done.value.scores, whole.scores)
+    np.testing.assert_array_equal(done.value.value.scores, whole.scores)
