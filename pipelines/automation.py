@@ -41,7 +41,7 @@ def _has_new_annotations(
         return True
     cursor = ExportCursor.from_json(json.loads(cursor_file.read_text())["cursor"])
     client = labelstudio.client()
-    project = client.ensure_project(project_spec(catalog, version))
+    project = client.ensure_project(project_spec(catalog, labelstudio, version))
     export = export_annotations(client, project, cursor)
     return export.table.num_rows > 0 or bool(export.withdrawn)
 

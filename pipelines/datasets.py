@@ -51,8 +51,9 @@ def load_source(source: str, *, provider: str | None = None) -> pa.Table:
         return _with_provider(table, provider, source)
     path = Path(source)
     if not path.exists():
-        raise DatasetError(f"dataset {source!r} does not exist; pass a Parquet/CSV/JSONL file, "
-                           "a folder of them, or hf:NAME")
+        raise DatasetError(
+            f"dataset {source!r} does not exist; pass a Parquet/CSV/JSONL file, a folder of them, or hf:NAME"
+        )
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in SUFFIX_READERS)
         if not files:
@@ -67,8 +68,10 @@ def load_source(source: str, *, provider: str | None = None) -> pa.Table:
 def _read_file(path: Path) -> pa.Table:
     reader = SUFFIX_READERS.get(path.suffix.lower())
     if reader is None:
-        raise DatasetError(f"unknown dataset format {path.suffix!r} for {path}; "
-                           f"use one of {', '.join(sorted(SUFFIX_READERS))} or hf:NAME")
+        raise DatasetError(
+            f"unknown dataset format {path.suffix!r} for {path}; "
+            f"use one of {', '.join(sorted(SUFFIX_READERS))} or hf:NAME"
+        )
     try:
         return reader(path)
     except (pa.ArrowInvalid, OSError) as exc:
@@ -89,8 +92,10 @@ def _load_hf(name: str) -> pa.Table:
 def _with_provider(table: pa.Table, provider: str | None, source: str) -> pa.Table:
     if "provider" not in table.column_names:
         if provider is None:
-            raise DatasetError(f"{source} has no 'provider' column; add one or pass a provider "
-                               "(--provider NAME, or one file per provider in a folder)")
+            raise DatasetError(
+                f"{source} has no 'provider' column; add one or pass a provider "
+                "(--provider NAME, or one file per provider in a folder)"
+            )
         table = table.append_column("provider", pa.array([provider] * table.num_rows, pa.string()))
     if "source" not in table.column_names:
         table = table.append_column("source", pa.array([source] * table.num_rows, pa.string()))
@@ -113,14 +118,18 @@ def to_examples(table: pa.Table) -> tuple[pa.Table, IngestReport]:
     out = out.append_column("provider", provider.cast(pa.string()))
     out = out.append_column("source", table.column("source").cast(pa.string()))
     # first occurrence wins; order by provider so the winner does not depend on input order
-    order = pc.sort_indices(out, [("example_id", "ascending"), ("provider", "ascending"),
-                                  ("source", "ascending")])
+    order = pc.sort_indices(
+        out, [("example_id", "ascending"), ("provider", "ascending"), ("source", "ascending")]
+    )
     out = out.take(order)
     keep = _first_of_runs(out.column("example_id").to_numpy(zero_copy_only=False))
     deduped = out.filter(pa.array(keep))
-    report = IngestReport(rows_in=table.num_rows, examples=deduped.num_rows,
-                          duplicates_dropped=table.num_rows - deduped.num_rows,
-                          providers=len(pc.unique(deduped.column("provider"))))
+    report = IngestReport(
+        rows_in=table.num_rows,
+        examples=deduped.num_rows,
+        duplicates_dropped=table.num_rows - deduped.num_rows,
+        providers=len(pc.unique(deduped.column("provider"))),
+    )
     return deduped, report
 
 

@@ -334,7 +334,9 @@ def run_demo(
         instance.add_dynamic_partitions("dataset_version", [VERSION])
         say("labelers: 4 simulated annotators of known accuracy answer in Label Studio")
         client = LabelStudioClient(settings.labelstudio_url, LabelStudioServer.from_env(Path(".")).token)
-        spec = ProjectSpec(title=f"caravan {VERSION}", kind="image", choices=CHOICES, field="pixels")
+        spec = ProjectSpec(
+            title=f"{settings.labelstudio_prefix} {VERSION}", kind="image", choices=CHOICES, field="pixels"
+        )
         label_with_simulated_annotators(client, folder, truth, spec)
         say("pipeline: materializing the asset graph (ingest, labeling, training, royalties)")
         outputs = materialize(settings, instance, VERSION)

@@ -38,11 +38,18 @@ def write_digits(folder: Path, *, limit: int | None = None, seed: int = 0) -> Pa
         if provider in NOISY:
             mask = rng.random(rows.shape) < NOISY[provider]
             rows[mask] = rng.integers(0, 17, size=int(mask.sum()))
-        pq.write_table(pa.table({"pixels": pa.array(list(rows), pa.list_(pa.int64()))}),
-                       folder / f"{provider}.parquet")
+        pq.write_table(
+            pa.table({"pixels": pa.array(list(rows), pa.list_(pa.int64()))}), folder / f"{provider}.parquet"
+        )
         truth_pixels.extend(rows.tolist())
         truth_labels.extend(labels[idx].tolist())
-    pq.write_table(pa.table({"pixels": pa.array(truth_pixels, pa.list_(pa.int64())),
-                             "label": pa.array([str(v) for v in truth_labels])}),
-                   folder / "truth" / "labels.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "pixels": pa.array(truth_pixels, pa.list_(pa.int64())),
+                "label": pa.array([str(v) for v in truth_labels]),
+            }
+        ),
+        folder / "truth" / "labels.parquet",
+    )
     return folder

@@ -95,6 +95,7 @@ class LabelStudioResource(dg.ConfigurableResource):
     """A Label Studio server; the API token comes from the environment and is never logged."""
 
     url: str = "http://127.0.0.1:8080"
+    project_prefix: str = "caravan"  # projects are titled "<prefix> <dataset version>"
 
     def client(self):
         from labeling import LabelStudioClient, LabelStudioServer
@@ -159,7 +160,7 @@ def resources_for(settings: Settings | None = None) -> dict[str, Any]:
         "store": store,
         "index": index,
         "catalog": DatasetCatalog(root=str(s.catalog_dir)),
-        "labelstudio": LabelStudioResource(url=s.labelstudio_url),
+        "labelstudio": LabelStudioResource(url=s.labelstudio_url, project_prefix=s.labelstudio_prefix),
         "contributors": ContributorsResource(path=str(s.contributors_file)),
         "chain": ChainResource(rpc_url=s.rpc_url, chain_dir=str(s.chain_dir)),
         "lineage": LineageResource(index_dir=str(s.home / "lineage")),

@@ -24,6 +24,7 @@ class Settings:
     kubo_url: str
     pinning_url: str
     labelstudio_url: str
+    labelstudio_prefix: str
     rpc_url: str
     contributors_file: Path
 
@@ -53,6 +54,7 @@ def load_settings() -> Settings:
         kubo_url=_env("CARAVAN_KUBO_URL", "http://127.0.0.1:5001"),
         pinning_url=_env("CARAVAN_PINNING_URL", ""),
         labelstudio_url=_env("CARAVAN_LABELSTUDIO_URL", "http://127.0.0.1:8080"),
+        labelstudio_prefix=_env("CARAVAN_LABELSTUDIO_PROJECT_PREFIX", "caravan"),
         rpc_url=_env("CARAVAN_RPC_URL", "http://127.0.0.1:8545"),
         contributors_file=Path(_env("CARAVAN_CONTRIBUTORS", str(home / "contributors.yaml"))).absolute(),
     )

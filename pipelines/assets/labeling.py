@@ -30,10 +30,13 @@ from pipelines.report import md_table
 from pipelines.resources import DatasetCatalog, LabelStudioResource, StoreResource
 
 
-def project_spec(catalog: DatasetCatalog, version: str) -> ProjectSpec:
+def project_spec(catalog: DatasetCatalog, labelstudio: LabelStudioResource, version: str) -> ProjectSpec:
     spec = catalog.lookup(version)["labeling"]
     return ProjectSpec(
-        title=f"caravan {version}", kind=spec["kind"], choices=tuple(spec["choices"]), field=spec["field"]
+        title=f"{labelstudio.project_prefix} {version}",
+        kind=spec["kind"],
+        choices=tuple(spec["choices"]),
+        field=spec["field"],
     )
 
 
@@ -58,7 +61,7 @@ def labeling_tasks(
 ) -> dg.MaterializeResult:
     """One Label Studio task per example (keyed by example id); a rerun adds only new examples."""
     client = labelstudio.client()
-    project = _labeling(client.ensure_project)(project_spec(catalog, context.partition_key))
+    project = _labeling(client.ensure_project)(project_spec(catalog, labelstudio, context.partition_key))
     report = _labeling(sync_tasks)(client, project, raw_dataset)
     return dg.MaterializeResult(
         metadata={
@@ -90,7 +93,7 @@ def annotations(
     """Every submitted annotation with its annotator, pulled incrementally since the last sync."""
     started, version = now(), context.partition_key
     client = labelstudio.client()
-    project = _labeling(client.ensure_project)(project_spec(catalog, version))
+    project = _labeling(client.ensure_project)(project_spec(catalog, labelstudio, version))
     previous, cursor = _previous(index, store, version, project.id)
     export = _labeling(export_annotations)(
         client, project, cursor, known_examples=set(raw_dataset["example_id"].to_pylist())

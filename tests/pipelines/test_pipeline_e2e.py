@@ -23,6 +23,9 @@ def caravan_env(tmp_path, monkeypatch, labelstudio, anvil):
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
     (tmp_path / "dagster").mkdir()
     monkeypatch.setenv("CARAVAN_LABELSTUDIO_URL", labelstudio.base_url)
+    monkeypatch.setenv(
+        "CARAVAN_LABELSTUDIO_PROJECT_PREFIX", f"caravan-{tmp_path.name}"
+    )  # one project per test
     monkeypatch.setenv("LABEL_STUDIO_USER_TOKEN", labelstudio.token)
     monkeypatch.setenv("CARAVAN_RPC_URL", anvil.rpc_url)
     monkeypatch.setenv("CARAVAN_PRIVATE_KEY", anvil.dev_keys[0])
@@ -97,7 +100,9 @@ def _sensor_requests(settings) -> list:
 def _sensor_starts_a_sync_only_for_new_annotations(settings):
     assert _sensor_requests(settings) == []
     client = LabelStudioClient(settings.labelstudio_url, os.environ["LABEL_STUDIO_USER_TOKEN"])
-    project = client.ensure_project(ProjectSpec(f"caravan {VERSION}", "image", CHOICES, "pixels"))
+    project = client.ensure_project(
+        ProjectSpec(f"{settings.labelstudio_prefix} {VERSION}", "image", CHOICES, "pixels")
+    )
     keys, _ = client.task_keys(project.id)
     labeler = client.ensure_user("late-labeler@tests.caravan.invalid")
     client.create_annotation(keys[min(keys)], choice_result("3", "pixels"), completed_by=labeler)
