@@ -17,6 +17,7 @@ Public face (other rooms use only these names):
   mislabeled examples.
 """
 
+from .encoding import InputEncoding
 from .errors import (
     AttributionError,
     ContributorError,
@@ -39,6 +40,7 @@ __all__ = [
     "ContributorError",
     "ContributorSplit",
     "ExactInfluence",
+    "InputEncoding",
     "InputError",
     "ModelSpec",
     "ModuleSpec",

@@ -42,8 +42,8 @@ class InputEncoding:
                 f"no numeric feature column among {columns}; the model needs numbers "
                 "(scalar columns or fixed-length numeric lists)"
             )
+        widths = tuple(_width(table, c) for c in usable)  # checks list lengths before stacking
         raw = _matrix(table, usable)
-        widths = tuple(_width(table, c) for c in usable)
         mean = raw.mean(axis=0)
         std = raw.std(axis=0)
         std[std == 0] = 1.0

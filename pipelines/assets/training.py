@@ -15,13 +15,13 @@ import pyarrow.compute as pc
 from attribution import (
     AttributionError,
     AttributionTask,
+    InputEncoding,
     ModelSpec,
     TrainConfig,
     features_to_bytes,
     model_to_bytes,
 )
 from attribution import train_with_attribution as _train
-from attribution.encoding import InputEncoding
 from pipelines.content_io import put_value
 from pipelines.lineage import LineageResource, now, pipeline_code
 from pipelines.partitions import dataset_versions
