@@ -1,10 +1,10 @@
 """The main job end to end: data from five providers, simulated labelers in the real Label Studio,
-the whole asset graph, a revenue deposit, one contributor's claim, and the auditor's verify.
+the whole asset graph, a revenue deposit, one contributor's claim, the auditor's verify, and
+paid predictions of the served model settled as an epoch on chain.
 
 Every step is idempotent, so a second run (or a run after a crash) reuses what exists: the
 catalog entry, the Label Studio tasks and annotations, the pins, the records and the
-on-chain entries. Only the revenue deposit is new each run (it is new revenue); its claim
-follows it.
+on-chain entries. Only revenue is new each run (a deposit, and the new predictions' epoch).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+import pyarrow as pa
 import pyarrow.parquet as pq
 from eth_account import Account
 
@@ -49,12 +49,6 @@ class DemoError(RuntimeError):
     """A demo step that cannot go on; the message names the service or input and the fix."""
 
 
-@dataclass
-class Services:
-    labelstudio_url: str
-    rpc_url: str
-
-
 def _answers(url: str, path: str = "/health", payload: bytes | None = None) -> bool:
     import httpx
 
@@ -72,7 +66,7 @@ def chain_answers(rpc_url: str) -> bool:
     return _answers(rpc_url, payload=b'{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}')
 
 
-def ensure_services(settings: Settings, *, start: bool) -> Services:
+def ensure_services(settings: Settings, *, start: bool) -> None:
     """Label Studio and the chain answer, started by the project scripts when allowed."""
     env = {
         **os.environ,
@@ -111,7 +105,6 @@ def ensure_services(settings: Settings, *, start: bool) -> Services:
         )
         if done.returncode != 0 or not alive():
             raise DemoError(f"could not start {name} at {url}: {done.stderr.strip() or done.stdout.strip()}")
-    return Services(settings.labelstudio_url, settings.rpc_url)
 
 
 @contextlib.contextmanager
@@ -148,8 +141,6 @@ def prepare_data(settings: Settings, limit: int | None) -> tuple[Path, dict[str,
     truth = {example_id({"pixels": r["pixels"]}): r["label"] for r in truth_table}
     gold_path = settings.home / "demo" / "gold.parquet"
     gold_ids = sorted(truth)[:20]
-    import pyarrow as pa
-
     pq.write_table(pa.table({"example_id": gold_ids, "label": [truth[e] for e in gold_ids]}), gold_path)
     return folder, truth, gold_path
 
@@ -203,13 +194,19 @@ def _root_cause(event: dg.DagsterEvent) -> str:
     return f"{event.step_key}: {error.message.strip()}"
 
 
-def settle_demo_revenue(settings: Settings, run_id: str, payee: str) -> tuple[str, str | None, int]:
-    """Deposit one invoice of revenue for the run (once per run id) and claim `payee`'s share."""
+def _clients(settings: Settings):
+    """The chain (contracts deployed) and the content store these settings name."""
     from pipelines.resources import ChainResource, StoreResource
-    from provenance import claim_share, share_of
 
     chain = ChainResource(rpc_url=settings.rpc_url, chain_dir=str(settings.chain_dir)).client()
-    store = StoreResource(store_dir=str(settings.store_dir)).client()
+    return chain, StoreResource(store_dir=str(settings.store_dir)).client()
+
+
+def settle_demo_revenue(settings: Settings, run_id: str, payee: str) -> tuple[str, str | None, int]:
+    """Deposit one invoice of revenue for the run and claim `payee`'s share of what is claimable."""
+    from provenance import claim_share, share_of
+
+    chain, store = _clients(settings)
     deposit = chain.deposit(run_id, DEPOSIT_WEI, action=f"demo-revenue:{run_id}")
     share = share_of(store, chain, run_id, payee)
     if chain.claimable(run_id, payee, share.weight_bps) == 0:
@@ -271,25 +268,22 @@ def paid_predictions(settings: Settings, run_id: str, head_cid: str, rows: list[
     """A model user pays for a few predictions; the epoch is settled on chain and one payee claims."""
     import httpx
 
-    from pipelines.resources import ChainResource, StoreResource
     from serving import API_KEY_HEADER, Ledger, epoch_claim, settle_run, verify_epoch
 
-    ledger_path = settings.home / "ledger.sqlite"
-    ledger = Ledger(ledger_path)
+    ledger = Ledger(settings.ledger_path)
     _, secret = ledger.create_key("demo-user", balance=10**17)
-    with serving(settings, run_id, ledger_path) as url:
+    with serving(settings, run_id, settings.ledger_path) as url:
         answers = [
             httpx.post(f"{url}/v1/predict", json={"input": row}, headers={API_KEY_HEADER: secret}, timeout=60)
             .raise_for_status()
             .json()
             for row in rows
         ]
-    chain = ChainResource(rpc_url=settings.rpc_url, chain_dir=str(settings.chain_dir)).client()
-    store = StoreResource(store_dir=str(settings.store_dir)).client()
+    chain, store = _clients(settings)
     settlement = settle_run(chain, store, ledger, run_id, head_cid)
     if settlement is None:
         raise DemoError("the paid predictions left no receipts to settle")
-    payee, owed = max(settlement.payouts, key=lambda p: (p[1], p[0]))
+    payee, _ = max(settlement.payouts, key=lambda p: (p[1], p[0]))
     tx, paid = epoch_claim(chain, store, settlement.epoch_id, payee)
     report = verify_epoch(chain, store, settlement.epoch_id)
     return {
@@ -311,7 +305,7 @@ def run_demo(
     say: Callable[[str], None] = print,
 ) -> dict:
     """The whole mission on the bundled digits; returns the summary the CLI prints."""
-    from pipelines.resources import ChainResource, DatasetCatalog, StoreResource
+    from pipelines.resources import DatasetCatalog
     from provenance import verify_run
     from storage import read_parquet
 
@@ -342,13 +336,12 @@ def run_demo(
         outputs = materialize(settings, instance, VERSION)
         root = outputs["royalty_root"]
         run_id = root["run_id"]
-        store = StoreResource(store_dir=str(settings.store_dir)).client()
+        chain, store = _clients(settings)
         weights = read_parquet(store.get(root["weights_cid"])).to_pylist()
         payee = max(weights, key=lambda r: (r["weight_bps"], r["address"]))["address"]
         say("chain: revenue deposit and one contributor's claim")
         deposit_tx, claim_tx, paid = settle_demo_revenue(settings, run_id, payee)
         say("audit: caravan verify")
-        chain = ChainResource(rpc_url=settings.rpc_url, chain_dir=str(settings.chain_dir)).client()
         report = verify_run(chain, store, run_id)
         say("serving: paid predictions through `caravan serve`, settled as an epoch on chain")
         rows = [
