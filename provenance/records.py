@@ -29,7 +29,7 @@ from storage import BlockNotFound, ContentStore, CorruptBlock, InvalidCID, cid_f
 from storage import parse_cid as _parse_cid
 
 SCHEMA = "caravan/provenance-record/v1"
-ACTIVITIES = ("ingest", "snapshot", "labeling_export", "consensus", "training", "weighting")
+ACTIVITIES = ("ingest", "snapshot", "labeling_export", "consensus", "training", "weighting", "settlement")
 WEIGHTING = "weighting"
 WEIGHTS_OUTPUT = "contributor_weights"
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
