@@ -13,6 +13,9 @@ Public face (other rooms use only these names):
 - ``model_to_bytes(model, spec)`` / ``model_from_bytes(data)``: deterministic safetensors bytes.
 - ``features_to_bytes(result.features)`` / ``features_from_bytes(data)``: the TRAK features that
   answer ``attribute_query``, as deterministic safetensors bytes (serving loads them by CID).
+- ``shard_features(task, checkpoints, X_shard, y_shard, ids_shard, start=, seed=)`` per shard of
+  the training rows, then ``combine_shards(task, checkpoints, shards, seed=)`` -> the same
+  ``TrakFeatures`` (same bytes) as the unsharded run; ``shard_bounds(n, n_shards)`` cuts the rows.
 - ``ExactInfluence`` (logistic regression) and ``TrakFeatures.self_influence`` rank likely
   mislabeled examples.
 """
@@ -27,6 +30,7 @@ from .errors import (
 )
 from .influence import ExactInfluence
 from .serialize import features_from_bytes, features_to_bytes, model_from_bytes, model_to_bytes
+from .shards import FeatureShard, ShardMismatchError, combine_shards, shard_bounds, shard_features
 from .task import AttributionTask, ModelSpec, ModuleSpec, TrainConfig
 from .trainer import EXAMPLE_ATTRIBUTION_SCHEMA, TrainResult, train_plain, train_with_attribution
 from .trak import TrakFeatures, attribute_query
@@ -40,10 +44,12 @@ __all__ = [
     "ContributorError",
     "ContributorSplit",
     "ExactInfluence",
+    "FeatureShard",
     "InputEncoding",
     "InputError",
     "ModelSpec",
     "ModuleSpec",
+    "ShardMismatchError",
     "TrainConfig",
     "TrainResult",
     "TrakFeatures",
@@ -51,11 +57,14 @@ __all__ = [
     "UnsupportedOptimizerError",
     "WeightPolicy",
     "attribute_query",
+    "combine_shards",
     "contributor_weights",
     "features_from_bytes",
     "features_to_bytes",
     "model_from_bytes",
     "model_to_bytes",
+    "shard_bounds",
+    "shard_features",
     "train_plain",
     "train_with_attribution",
 ]
