@@ -13,12 +13,16 @@ Determinism for auditors: example scores are rounded to ``score_digits`` signifi
 threads) vanish; contributions are summed in ``example_id`` order; the final split is exact
 rational arithmetic with the largest-remainder method, ties broken by address (lowest first,
 compared as numbers, i.e. lowercase hex).
+
+Serving splits every prediction's fee: ``split_queries`` gives the same basis points as
+``split_query`` for a whole batch at once (one sparse product, integer largest remainder per
+query); ``split_query`` stays the per-row reference it is tested against.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Literal
 
@@ -71,6 +75,20 @@ def quantize(scores: np.ndarray, digits: int) -> np.ndarray:
     return np.round(scores / unit)
 
 
+def quantize_columns(scores: np.ndarray, digits: int) -> np.ndarray:
+    """``quantize`` applied to each column of a 2-D array on its own (bit for bit the same)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    units = np.ones(scores.shape[1])
+    dead = np.ones(scores.shape[1], dtype=bool)
+    if scores.shape[0]:
+        for q, top in enumerate(np.max(np.abs(scores), axis=0).tolist()):
+            if top != 0.0 and math.isfinite(top):
+                units[q], dead[q] = 10.0 ** (math.floor(math.log10(top)) - digits + 1), False
+    out = np.round(scores / units)
+    out[:, dead] = 0.0
+    return out
+
+
 def largest_remainder(quotas: list[Fraction], tiebreak: list[tuple], total: int = TOTAL_BPS) -> list[int]:
     """Integers summing to ``total``: floors, then +1 by largest remainder, ties by ``tiebreak``."""
     floors = [q.numerator // q.denominator for q in quotas]
@@ -103,6 +121,18 @@ class ContributorSplit:
     addresses: dict[str, str]  # contributor -> checksummed address
     matrices: dict[str, sparse.csr_matrix]  # role -> [contributors x examples] credit shares
     policy: WeightPolicy
+    _batch: _BatchPlan = field(init=False, repr=False, compare=False)
+    _aligned: tuple[tuple[str, ...], np.ndarray] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        self._batch = _BatchPlan.of(self)
+
+    @property
+    def rows(self) -> list[tuple[str, str, str]]:
+        """(contributor, address, role) of each split's rows: the order of ``split_queries`` output."""
+        return self._batch.rows
 
     @classmethod
     def build(
@@ -164,6 +194,49 @@ class ContributorSplit:
         table = pa.table({"example_id": pa.array(example_ids, pa.string()), "score": contributions})
         return self.weights(table)
 
+    def split_queries(self, example_ids: list[str], contributions: np.ndarray) -> list[np.ndarray | None]:
+        """Basis points of many predictions' fees at once, exactly as ``split_query`` per column.
+
+        ``contributions`` is [len(example_ids), n_queries] (``TrakFeatures.scores``). Entry q is
+        an int64 array of ``weight_bps`` aligned to ``rows`` (``split_query``'s table order), or
+        None where ``split_query`` finds no positive score. The credit products run as one sparse
+        product over all queries (the same CSR kernel and summation order as one query's).
+        """
+        c = np.asarray(contributions, dtype=np.float64)
+        if c.ndim == 1:
+            c = c[:, None]
+        if c.ndim != 2 or c.shape[0] != len(example_ids):
+            raise ContributorError(
+                f"contributions must be [{len(example_ids)} examples, queries], got shape {c.shape}"
+            )
+        bad = np.flatnonzero(~np.isfinite(c).all(axis=0))
+        if bad.size:
+            raise ContributorError(f"contributions of queries {bad[:10].tolist()} hold NaN or inf scores")
+        scores = np.zeros((len(self.example_ids), c.shape[1]))
+        scores[self._positions(example_ids)] = c
+        credit = quantize_columns(scores, self.policy.score_digits)
+        if self.policy.negative == "clip":
+            credit = np.maximum(credit, 0.0)
+        per_role = [np.maximum(self.matrices[r] @ credit, 0.0) for r in ROLES]
+        grid = np.ascontiguousarray(quantize_columns(np.concatenate(per_role), self.policy.score_digits).T)
+        return [self._batch.split(grid[q]) for q in range(grid.shape[0])]
+
+    def _positions(self, example_ids: list[str]) -> np.ndarray:
+        """Where each of ``example_ids`` sits in ``self.example_ids`` (cached for the last list)."""
+        key = tuple(example_ids)
+        cached = self._aligned
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        index = {e: i for i, e in enumerate(self.example_ids)}
+        unknown = [e for e in key if e not in index]
+        if unknown:
+            raise ContributorError(
+                f"{len(unknown)} attributed examples are not in the examples table: {unknown[:10]}"
+            )
+        positions = np.fromiter((index[e] for e in key), dtype=np.intp, count=len(key))
+        self._aligned = (key, positions)
+        return positions
+
     def weights_from_scores(self, scores: np.ndarray) -> pa.Table:
         credit = quantize(scores, self.policy.score_digits)
         if self.policy.negative == "clip":
@@ -196,6 +269,83 @@ class ContributorSplit:
             },
             schema=CONTRIBUTOR_WEIGHTS_SCHEMA,
         )
+
+
+@dataclass(frozen=True)
+class _BatchPlan:
+    """The fixed parts of ``weights_from_scores``' largest remainder, worked out once per split.
+
+    Entries are in ``weights_from_scores``' quota order (providers, then labelers, each by id);
+    ``tierank`` is each entry's place in its tie order, ``out`` reorders to the table's rows.
+    """
+
+    n_provider: int
+    share: dict[str, int]
+    tierank: np.ndarray
+    out: np.ndarray
+    rows: list[tuple[str, str, str]]
+    tiebreak: list[tuple[str, str, str]]
+
+    @classmethod
+    def of(cls, split: ContributorSplit) -> _BatchPlan:
+        entries = [(c, split.addresses[c], r) for r in ROLES for c in split.contributors[r]]
+        tiebreak = [(a.lower(), r, c) for c, a, r in entries]
+        tierank = np.empty(len(entries), dtype=np.int64)
+        tierank[sorted(range(len(entries)), key=tiebreak.__getitem__)] = np.arange(len(entries))
+        table_order = sorted(range(len(entries)), key=lambda i: (entries[i][2], entries[i][0]))
+        out = np.array(table_order, dtype=np.intp)
+        return cls(
+            n_provider=len(split.contributors["provider"]),
+            share={r: split.policy.share(r) for r in ROLES},
+            tierank=tierank,
+            out=out,
+            rows=[entries[i] for i in out],
+            tiebreak=tiebreak,
+        )
+
+    def split(self, grid: np.ndarray) -> np.ndarray | None:
+        """One query's basis points (table row order) from its quantized per-entry credit."""
+        parts = (grid[: self.n_provider], grid[self.n_provider :])
+        totals = [int(p.sum()) for p in parts]  # float sums as weights_from_scores takes them
+        if not any(totals):
+            return None
+        # a role with no positive credit passes its share to the other
+        shares = [
+            0 if t == 0 else self.share[r] if all(totals) else TOTAL_BPS
+            for r, t in zip(ROLES, totals, strict=True)
+        ]
+        top = int(grid.max()) if grid.size else 0
+        if max(totals) >= 2**53 or top * TOTAL_BPS >= 2**63:  # beyond exact int64/float: Fractions
+            quotas = [
+                Fraction(s * int(q), t) if t else Fraction(0)
+                for p, s, t in zip(parts, shares, totals, strict=True)
+                for q in p.tolist()
+            ]
+            return np.asarray(largest_remainder(quotas, self.tiebreak), dtype=np.int64)[self.out]
+        sizes = [len(p) for p in parts]
+        num = grid.astype(np.int64) * np.repeat(np.array(shares, dtype=np.int64), sizes)
+        den = np.repeat(np.array([t or 1 for t in totals], dtype=np.int64), sizes)
+        bps, rem = np.divmod(num, den)
+        left = TOTAL_BPS - int(bps.sum())
+        if left > 0:
+            bps[self._largest(rem, den, left)] += 1
+        return bps[self.out]
+
+    def _largest(self, rem: np.ndarray, den: np.ndarray, left: int) -> np.ndarray:
+        """The ``left`` entries with the largest remainder ``rem/den`` (ties by ``tierank``).
+
+        Float division is monotonic, so float order is the exact order except inside groups of
+        equal floats; the one group the cut may split is ordered exactly (Fractions).
+        """
+        frac = rem / den  # both below 2**53: each quotient is correctly rounded
+        order = np.lexsort((self.tierank, -frac))
+        cut = frac[order[left - 1]]
+        if left == len(order) or frac[order[left]] != cut:
+            return order[:left]
+        above = np.flatnonzero(frac > cut)
+        group = np.flatnonzero(frac == cut).tolist()
+        group.sort(key=lambda i: (-Fraction(int(rem[i]), int(den[i])), int(self.tierank[i])))
+        return np.concatenate([above, np.asarray(group[: left - len(above)], dtype=np.intp)])
 
 
 def _labeler_entries(

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attribution import ContributorError, WeightPolicy, contributor_weights
+from attribution import ContributorError, ContributorSplit, WeightPolicy, contributor_weights
 from attribution.weights import largest_remainder, quantize
 
 ADDR = {f"c{i}": "0x" + f"{i + 1:040x}" for i in range(12)}
@@ -123,3 +123,111 @@ def test_all_negative_scores_is_a_clear_error():
     att, ex, ann, con = _tables([-1.0, -2.0], ["c0", "c1"], [])
     with pytest.raises(ContributorError, match="nothing to split"):
         contributor_weights(att, ex, ann, con, ADDR)
+
+
+# ---------------------------------------------------------------- batched per-query splits
+
+POOL = [f"c{i}" for i in range(10)]
+# few addresses, so contributors share them; 0xA3.. vs 0xa2.. is the checksum-spelling trap
+ADDRESS_CHOICES = ["0x" + "a3" * 20, "0x" + "a2" * 20, "0x" + "ff" * 20, "0x" + "0" * 39 + "1",
+                   "0x" + "0" * 39 + "2", "0x" + "7f" * 20]
+score_values = st.one_of(
+    st.sampled_from([-2.0, -1.0, 0.0, 0.0, 1.0, 1.0, 2.0, 3.0]),  # ties and zeros
+    st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False),
+)
+
+
+@st.composite
+def split_cases(draw):
+    n = draw(st.integers(1, 24))
+    ids = [f"e{i:03d}" for i in range(n)]
+    providers = draw(st.lists(st.sampled_from(POOL[:6]), min_size=n, max_size=n))
+    votes = draw(st.lists(st.tuples(st.integers(0, n - 1), st.sampled_from(POOL[3:]),
+                                    st.sampled_from(["a", "b"])), max_size=3 * n))
+    agreed = draw(st.lists(st.sampled_from(["a", "b", None]), min_size=n, max_size=n))
+    confidence = draw(st.lists(st.one_of(st.just(1.0), st.floats(0.01, 1.0)), min_size=n, max_size=n))
+    addresses = {c: draw(st.sampled_from(ADDRESS_CHOICES)) for c in POOL}
+    policy = WeightPolicy(
+        provider_share_bps=draw(st.one_of(st.sampled_from([0, 7000, 10_000]), st.integers(0, 10_000))),
+        negative=draw(st.sampled_from(["clip", "net"])),
+        score_digits=draw(st.one_of(st.just(8), st.integers(1, 15))),
+    )
+    order = draw(st.permutations(range(n)))[: draw(st.integers(1, n))]  # any order, maybe a subset
+    n_queries = draw(st.integers(1, 5))
+    values = np.array(draw(st.lists(score_values, min_size=len(order) * n_queries,
+                                    max_size=len(order) * n_queries))).reshape(len(order), n_queries)
+    scale = 10.0 ** np.array(draw(st.lists(st.integers(-30, 30), min_size=n_queries, max_size=n_queries)))
+    examples = pa.table({"example_id": ids, "provider": providers})
+    annotations = pa.table({
+        "example_id": pa.array([ids[e] for e, _, _ in votes], pa.string()),
+        "annotator": pa.array([w for _, w, _ in votes], pa.string()),
+        "label": pa.array([lab for _, _, lab in votes], pa.string()),
+    })
+    consensus = pa.table({"example_id": ids, "label": pa.array(agreed, pa.string()),
+                          "confidence": confidence})
+    split = ContributorSplit.build(examples, annotations, consensus, addresses, policy)
+    return split, [ids[i] for i in order], values * scale
+
+
+@settings(max_examples=300, deadline=None)
+@given(split_cases())
+def test_split_queries_equals_split_query_per_row(case):
+    split, example_ids, contributions = case
+    got = split.split_queries(example_ids, contributions)
+    assert len(got) == contributions.shape[1]
+    for q, bps in enumerate(got):
+        try:
+            ref = split.split_query(example_ids, contributions[:, q])
+        except ContributorError:
+            assert bps is None
+            continue
+        assert bps is not None
+        assert bps.tolist() == ref["weight_bps"].to_pylist()
+        assert split.rows == list(zip(ref["contributor"].to_pylist(), ref["address"].to_pylist(),
+                                      ref["role"].to_pylist(), strict=True))
+
+
+def test_split_queries_beyond_int64_takes_the_exact_path(monkeypatch):
+    # 15 digits and credits near the top of the grid: quotas overflow int64 and totals pass 2**53,
+    # so the batched split falls back to Fractions; it must still agree with the reference
+    import attribution.weights as weights_module
+
+    n = 40
+    ids = [f"e{i:03d}" for i in range(n)]
+    examples = pa.table({"example_id": ids, "provider": [f"c{i % 10}" for i in range(n)]})
+    split = ContributorSplit.build(examples, None, None, {c: ADDR[c] for c in POOL},
+                                   WeightPolicy(score_digits=15))
+    contributions = np.random.default_rng(0).uniform(2.38, 2.49, size=(n, 3))
+    calls = []
+    exact = weights_module.largest_remainder
+    monkeypatch.setattr(weights_module, "largest_remainder", lambda *a: calls.append(1) or exact(*a))
+    got = split.split_queries(ids, contributions)
+    assert len(calls) == 3
+    for q, bps in enumerate(got):
+        assert bps.tolist() == split.split_query(ids, contributions[:, q])["weight_bps"].to_pylist()
+
+
+def test_split_queries_orders_float_equal_remainders_exactly():
+    # 1 - 1/d and 1 - 1/(d + 1) are the same float but not the same number: the larger must win
+    # although its tie rank is worse
+    from attribution.weights import _BatchPlan
+
+    d = 2**40
+    plan = _BatchPlan(1, {"provider": 5000, "labeler": 5000}, np.array([0, 1, 2]), np.arange(3), [], [])
+    rem = np.array([d - 1, d, 0], dtype=np.int64)
+    den = np.array([d, d + 1, 7], dtype=np.int64)
+    assert rem[0] / den[0] == rem[1] / den[1]
+    assert plan._largest(rem, den, 1).tolist() == [1]
+    assert sorted(plan._largest(rem, den, 2).tolist()) == [0, 1]
+
+
+def test_split_queries_refuses_bad_input_by_name():
+    att, ex, ann, con = _tables([1.0, 2.0], ["c0", "c1"], [])
+    split = ContributorSplit.build(ex, ann, con, ADDR)
+    with pytest.raises(ContributorError, match=r"queries \[1\] hold NaN"):
+        split.split_queries(["e000", "e001"], np.array([[1.0, np.nan], [1.0, 1.0]]))
+    with pytest.raises(ContributorError, match="not in the examples table"):
+        split.split_queries(["e000", "e009"], np.ones((2, 1)))
+    with pytest.raises(ContributorError, match="must be"):
+        split.split_queries(["e000", "e001"], np.ones((3, 1)))
+    assert split.split_queries(["e000", "e001"], -np.ones((2, 2))) == [None, None]
