@@ -58,48 +58,58 @@ class ServedRun:
     names: dict[str, str] = field(default_factory=dict)  # address -> contributor ids
     # attribution hooks the checkpoint models' layers: one request at a time may use them
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _addresses: list[str] = field(init=False, repr=False, compare=False)
+    _address_of_row: np.ndarray = field(init=False, repr=False, compare=False)
 
     @property
     def n_features(self) -> int:
         return self.encoding.n_features
 
+    def __post_init__(self) -> None:
+        # the split's rows merged per address, as merge_bps does: sorted addresses, zeros dropped
+        addresses = [a for _, a, _ in self.split.rows]
+        self._addresses = sorted(set(addresses))
+        where = {a: j for j, a in enumerate(self._addresses)}
+        self._address_of_row = np.array([where[a] for a in addresses], dtype=np.intp)
+
     def predict(self, raw: np.ndarray, *, attribute: bool = True) -> list[Prediction]:
         """Predictions for raw feature rows [n, n_features]; InputError for bad rows."""
         raw = np.asarray(raw, dtype=np.float64)
         x = self.encoding.scale(raw)
-        with self._lock:
-            return self._predict(raw, x, attribute)
-
-    def _predict(self, raw: np.ndarray, x: np.ndarray, attribute: bool) -> list[Prediction]:
         xt = torch.as_tensor(x, dtype=torch.float32)
-        with torch.no_grad():
-            probs = torch.softmax(self.model(xt), dim=1).numpy()
-        labels = probs.argmax(1)
-        # every row's per-training-example contributions in one pass (attribute_query, batched)
-        contributions = self.features.scores(x, labels) if attribute else None
-        out = []
-        for i, row in enumerate(raw):
-            bps, how = self.run_bps, SPLIT_RUN
-            if attribute:
-                try:
-                    table = self.split.split_query(self.example_ids, contributions[:, i])
-                    bps = tuple(
-                        merge_bps(
-                            zip(table["address"].to_pylist(), table["weight_bps"].to_pylist(), strict=True)
-                        )
-                    )
-                    how = SPLIT_QUERY
-                except ContributorError:
-                    pass  # no training example helped this prediction: the run's weights apply
-            out.append(
-                Prediction(
-                    label=self.encoding.classes[int(labels[i])],
-                    probability=float(probs[i, labels[i]]),
-                    input_hash=input_hash(row),
-                    bps=bps,
-                    split=how,
-                )
+        with self._lock:
+            with torch.no_grad():
+                probs = torch.softmax(self.model(xt), dim=1).numpy()
+            labels = probs.argmax(1)
+            # every row's per-training-example contributions in one pass (attribute_query, batched)
+            contributions = self.features.scores(x, labels) if attribute else None
+        splits = self._query_bps(contributions) if attribute else [None] * len(raw)
+        return [
+            Prediction(
+                label=self.encoding.classes[int(labels[i])],
+                probability=float(probs[i, labels[i]]),
+                input_hash=input_hash(row),
+                bps=self.run_bps if splits[i] is None else splits[i],
+                split=SPLIT_RUN if splits[i] is None else SPLIT_QUERY,
             )
+            for i, row in enumerate(raw)
+        ]
+
+    def _query_bps(self, contributions: np.ndarray) -> list[tuple[tuple[str, int], ...] | None]:
+        """Each row's (address, bps) from its own attribution; None where the run's weights apply
+        (no training example helped that prediction, or its scores are not finite)."""
+        out: list[tuple[tuple[str, int], ...] | None] = [None] * contributions.shape[1]
+        cols = np.flatnonzero(np.isfinite(contributions).all(axis=0))
+        try:
+            splits = self.split.split_queries(self.example_ids, contributions[:, cols])
+        except ContributorError:
+            return out
+        for q, bps in zip(cols.tolist(), splits, strict=True):
+            if bps is not None:
+                per_address = np.bincount(self._address_of_row, weights=bps, minlength=len(self._addresses))
+                out[q] = tuple(
+                    (self._addresses[j], int(per_address[j])) for j in np.flatnonzero(per_address > 0)
+                )
         return out
 
 
