@@ -26,7 +26,8 @@ import httpx
 import numpy as np
 from eth_account import Account
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the rooms and the test helpers (tests/serving) of this checkout
 
 from provenance import Chain  # noqa: E402
 from provenance.anvil import AnvilNode  # noqa: E402
@@ -154,6 +155,8 @@ def main() -> None:
         served = load_run(chain, store, run.run_id)
         env = {
             **os.environ,
+            # `caravan serve` subprocesses run this checkout's code, wherever the bench is started from
+            "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
             "CARAVAN_RPC_URL": node.rpc_url,
             "CARAVAN_CHAIN_DIR": str(home / "chain"),
             "CARAVAN_STORE_DIR": str(home / "blocks"),
