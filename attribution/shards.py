@@ -1,4 +1,4 @@
-"""TRAK features computed by shards of the training set, combined into exactly the unsharded result.
+"""TRAK features computed by shards of the training set and combined into the unsharded result.
 
 Projected per-example gradients do not depend on each other, so shards of the rows compute them
 in parallel from the same checkpoints. ``build_features`` works in chunks of ``chunk_rows`` rows
