@@ -2,14 +2,19 @@
 
 import dagster as dg
 
-from pipelines import automation, checks
+from pipelines import automation, checks, sharding
 from pipelines.assets import ingest, labeling, royalties, training
 from pipelines.resources import resources_for
 
 defs = dg.Definitions(
     assets=dg.load_assets_from_modules([ingest, labeling, training, royalties]),
     asset_checks=checks.all_checks,
-    jobs=[automation.labeling_sync_job, automation.attribution_job, automation.settlement_job],
+    jobs=[
+        automation.labeling_sync_job,
+        automation.attribution_job,
+        automation.settlement_job,
+        sharding.sharded_features_job,
+    ],
     sensors=[automation.annotation_sensor],
     schedules=[automation.daily_attribution, automation.hourly_settlement],
     resources=resources_for(),

@@ -23,9 +23,6 @@ from attribution import (
     AttributionTask,
     FeatureShard,
     InputEncoding,
-    ModelSpec,
-    ModuleSpec,
-    TrainConfig,
     combine_shards,
     features_from_bytes,
     features_to_bytes,
@@ -75,20 +72,6 @@ def _stored(store: StoreResource, index: AssetIndex, asset: str, version: str) -
     return meta["cid"], decode(meta["kind"], store.client().get(meta["cid"]))
 
 
-def _task(spec: ModelSpec | ModuleSpec, config: TrainingConfig) -> AttributionTask:
-    """The task as ``trained_model`` builds it; a drift here fails the equality check below."""
-    return AttributionTask(
-        spec,
-        TrainConfig(
-            epochs=config.epochs,
-            batch_size=config.batch_size,
-            lr=config.lr,
-            weight_decay=config.weight_decay,
-            trak_k=config.trak_k,
-        ),
-    )
-
-
 @dg.op(out={"run": dg.Out(io_manager_key=SHARD_IO), "shards": dg.DynamicOut(io_manager_key=SHARD_IO)})
 def plan_shards(
     context: dg.OpExecutionContext,
@@ -115,7 +98,7 @@ def plan_shards(
         raise dg.Failure(
             f"stored features cover {stored.n_train} rows, the labeled data {len(X)}; rerun training"
         )
-    task = _task(stored.spec, training)
+    task = AttributionTask(stored.spec, training.train_config())
     run = ShardRun(
         version=version,
         task=task,
@@ -141,8 +124,9 @@ def plan_shards(
 @dg.op(out=dg.Out(io_manager_key=SHARD_IO))
 def compute_shard(run: ShardRun, rows: ShardRows) -> FeatureShard:
     """One shard's projected gradients at every checkpoint: the expensive, parallel part."""
-    return shard_features(run.task, run.checkpoints, rows.X, rows.y, rows.example_ids,
-                          start=rows.start, seed=run.seed)
+    return shard_features(
+        run.task, run.checkpoints, rows.X, rows.y, rows.example_ids, start=rows.start, seed=run.seed
+    )
 
 
 @dg.op(out=dg.Out(io_manager_key=SHARD_IO))

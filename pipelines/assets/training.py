@@ -41,6 +41,16 @@ class TrainingConfig(dg.Config):
     target_fraction: float = 0.15
     trak_k: int = 256
 
+    def train_config(self) -> TrainConfig:
+        """The attribution room's settings for this recipe (the one mapping; sharding reuses it)."""
+        return TrainConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            trak_k=self.trak_k,
+        )
+
 
 def split_targets(example_ids: list[str], fraction: float) -> np.ndarray:
     """True for held-out targets: the first 32 bits of the (sha256) example id fall below `fraction`."""
@@ -95,14 +105,7 @@ def trained_model(
     try:
         enc = InputEncoding.fit(train, train["label"].to_pylist())
         task = AttributionTask(
-            ModelSpec((enc.n_features, *config.hidden, len(enc.classes))),
-            TrainConfig(
-                epochs=config.epochs,
-                batch_size=config.batch_size,
-                lr=config.lr,
-                weight_decay=config.weight_decay,
-                trak_k=config.trak_k,
-            ),
+            ModelSpec((enc.n_features, *config.hidden, len(enc.classes))), config.train_config()
         )
         result = _train(
             task,

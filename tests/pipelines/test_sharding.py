@@ -43,13 +43,12 @@ def _labeled(n: int = 150, seed: int = 0) -> pa.Table:
 
 
 def _job_from_settings() -> dg.JobDefinition:
-    """The job for the `CARAVAN_*` settings of the process, registered as `definitions.py` would
-    (reconstructable: the multiprocess executor rebuilds it in each step's process)."""
-    from pipelines.definitions import defs
+    """The job bound to the `CARAVAN_*` settings of this process (`definitions.py` binds them at import);
+    reconstructable: the multiprocess executor rebuilds it in each step's process."""
     from pipelines.resources import resources_for
 
-    merged = dg.Definitions.merge(defs, dg.Definitions(jobs=[sharded_features_job_for(resources_for())]))
-    return merged.get_job_def(sharded_features_job.name)
+    jobs = dg.Definitions(jobs=[sharded_features_job_for(resources_for())])
+    return jobs.get_job_def(sharded_features_job.name)
 
 
 @pytest.fixture(scope="module")
