@@ -22,6 +22,7 @@ query); ``split_query`` stays the per-row reference it is tested against.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Literal
@@ -194,13 +195,14 @@ class ContributorSplit:
         table = pa.table({"example_id": pa.array(example_ids, pa.string()), "score": contributions})
         return self.weights(table)
 
-    def split_queries(self, example_ids: list[str], contributions: np.ndarray) -> list[np.ndarray | None]:
+    def split_queries(self, example_ids: list[str], contributions: np.ndarray) -> QuerySplits:
         """Basis points of many predictions' fees at once, exactly as ``split_query`` per column.
 
-        ``contributions`` is [len(example_ids), n_queries] (``TrakFeatures.scores``). Entry q is
-        an int64 array of ``weight_bps`` aligned to ``rows`` (``split_query``'s table order), or
-        None where ``split_query`` finds no positive score. The credit products run as one sparse
-        product over all queries (the same CSR kernel and summation order as one query's).
+        ``contributions`` is [len(example_ids), n_queries] (``TrakFeatures.scores``). Item q of
+        the result is an int64 array of ``weight_bps`` aligned to ``rows`` (``split_query``'s
+        table order), or None where ``split_query`` finds no positive score. The credit products
+        run as one sparse product over all queries (the same CSR kernel and summation order as
+        one query's), the largest remainder in integers for all queries at once.
         """
         c = np.asarray(contributions, dtype=np.float64)
         if c.ndim == 1:
@@ -219,7 +221,7 @@ class ContributorSplit:
             credit = np.maximum(credit, 0.0)
         per_role = [np.maximum(self.matrices[r] @ credit, 0.0) for r in ROLES]
         grid = np.ascontiguousarray(quantize_columns(np.concatenate(per_role), self.policy.score_digits).T)
-        return [self._batch.split(grid[q]) for q in range(grid.shape[0])]
+        return QuerySplits(*self._batch.split_all(grid))
 
     def _positions(self, example_ids: list[str]) -> np.ndarray:
         """Where each of ``example_ids`` sits in ``self.example_ids`` (cached for the last list)."""
@@ -272,6 +274,20 @@ class ContributorSplit:
 
 
 @dataclass(frozen=True)
+class QuerySplits(Sequence):
+    """``split_queries``' answer: item q is query q's ``weight_bps`` (by ``rows``) or None."""
+
+    bps: np.ndarray  # int64 [queries, rows]; all zero where ok is False
+    ok: np.ndarray  # bool [queries]: some contributor has a positive score
+
+    def __len__(self) -> int:
+        return len(self.ok)
+
+    def __getitem__(self, q: int) -> np.ndarray | None:  # type: ignore[override]
+        return self.bps[q] if self.ok[q] else None
+
+
+@dataclass(frozen=True)
 class _BatchPlan:
     """The fixed parts of ``weights_from_scores``' largest remainder, worked out once per split.
 
@@ -303,33 +319,71 @@ class _BatchPlan:
             tiebreak=tiebreak,
         )
 
-    def split(self, grid: np.ndarray) -> np.ndarray | None:
-        """One query's basis points (table row order) from its quantized per-entry credit."""
+    def split_all(self, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Basis points [queries, entries] (table row order) and which queries have any credit.
+
+        ``grid`` is each query's quantized per-entry credit (integers in 0..10**score_digits).
+        Integer floors and remainders for all queries at once; a query whose numbers leave the
+        exact range of int64/float64 (15 digits, huge totals) takes the Fraction path.
+        """
+        n_queries, n = grid.shape
+        bps = np.zeros((n_queries, n), dtype=np.int64)
+        if n == 0 or float(grid.max()) * n >= 2**62:  # int64 row sums could overflow: all exact
+            ok = np.zeros(n_queries, dtype=bool)
+            for q in range(n_queries):
+                row = self._exact(grid[q])
+                ok[q] = row is not None
+                bps[q] = 0 if row is None else row
+            return bps[:, self.out], ok
+        g = grid.astype(np.int64)
+        totals = np.stack([g[:, : self.n_provider].sum(1), g[:, self.n_provider :].sum(1)], axis=1)
+        ok = totals.any(axis=1)
+        # below 2**53 the float sums weights_from_scores takes are these exact sums
+        fast = ok & (totals.max(axis=1) < 2**53) & (g.max(axis=1) < (2**63 - 1) // TOTAL_BPS)
+        for q in np.flatnonzero(ok & ~fast):
+            bps[q] = self._exact(grid[q])
+        if fast.any():
+            bps[fast] = self._fast(g[fast], totals[fast])
+        return bps[:, self.out], ok
+
+    def _fast(self, g: np.ndarray, totals: np.ndarray) -> np.ndarray:
+        """Largest remainder in int64 for queries whose quotas and totals fit exactly."""
+        role = np.repeat([0, 1], [self.n_provider, len(self.tierank) - self.n_provider])
+        # a role with no positive credit passes its share to the other (its own entries are 0)
+        share = np.where(totals.all(axis=1)[:, None], [[self.share[r] for r in ROLES]], TOTAL_BPS)
+        den = np.where(totals == 0, 1, totals)[:, role]
+        bps, rem = np.divmod(g * share[:, role], den)
+        left = TOTAL_BPS - bps.sum(axis=1)
+        frac = rem / den  # both below 2**53: each quotient is correctly rounded
+        order = np.lexsort((np.broadcast_to(self.tierank, frac.shape), -frac), axis=-1)
+        place = np.empty_like(order)
+        np.put_along_axis(place, order, np.arange(order.shape[1])[None, :], axis=1)
+        plus = place < left[:, None]
+        # where the cut falls inside a run of equal floats, order that run exactly
+        ranked = np.take_along_axis(frac, order, axis=1)
+        inside = np.flatnonzero((left > 0) & (left < frac.shape[1]))
+        at = left[inside]
+        for q in inside[ranked[inside, at - 1] == ranked[inside, at]]:
+            plus[q] = False
+            plus[q, self._largest(rem[q], den[q], int(left[q]))] = True
+        return bps + plus
+
+    def _exact(self, grid: np.ndarray) -> np.ndarray | None:
+        """One query as ``weights_from_scores`` computes it, in Fractions (entry order)."""
         parts = (grid[: self.n_provider], grid[self.n_provider :])
-        totals = [int(p.sum()) for p in parts]  # float sums as weights_from_scores takes them
+        totals = [int(p.sum()) for p in parts]  # the float sums weights_from_scores takes
         if not any(totals):
             return None
-        # a role with no positive credit passes its share to the other
         shares = [
             0 if t == 0 else self.share[r] if all(totals) else TOTAL_BPS
             for r, t in zip(ROLES, totals, strict=True)
         ]
-        top = int(grid.max()) if grid.size else 0
-        if max(totals) >= 2**53 or top * TOTAL_BPS >= 2**63:  # beyond exact int64/float: Fractions
-            quotas = [
-                Fraction(s * int(q), t) if t else Fraction(0)
-                for p, s, t in zip(parts, shares, totals, strict=True)
-                for q in p.tolist()
-            ]
-            return np.asarray(largest_remainder(quotas, self.tiebreak), dtype=np.int64)[self.out]
-        sizes = [len(p) for p in parts]
-        num = grid.astype(np.int64) * np.repeat(np.array(shares, dtype=np.int64), sizes)
-        den = np.repeat(np.array([t or 1 for t in totals], dtype=np.int64), sizes)
-        bps, rem = np.divmod(num, den)
-        left = TOTAL_BPS - int(bps.sum())
-        if left > 0:
-            bps[self._largest(rem, den, left)] += 1
-        return bps[self.out]
+        quotas = [
+            Fraction(s * int(q), t) if t else Fraction(0)
+            for p, s, t in zip(parts, shares, totals, strict=True)
+            for q in p.tolist()
+        ]
+        return np.asarray(largest_remainder(quotas, self.tiebreak), dtype=np.int64)
 
     def _largest(self, rem: np.ndarray, den: np.ndarray, left: int) -> np.ndarray:
         """The ``left`` entries with the largest remainder ``rem/den`` (ties by ``tierank``).
