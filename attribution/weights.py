@@ -328,6 +328,8 @@ class _BatchPlan:
         """
         n_queries, n = grid.shape
         bps = np.zeros((n_queries, n), dtype=np.int64)
+        if n_queries == 0:
+            return bps, np.zeros(0, dtype=bool)
         if n == 0 or float(grid.max()) * n >= 2**62:  # int64 row sums could overflow: all exact
             ok = np.zeros(n_queries, dtype=bool)
             for q in range(n_queries):

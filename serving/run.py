@@ -59,7 +59,7 @@ class ServedRun:
     # attribution hooks the checkpoint models' layers: one request at a time may use them
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
     _addresses: list[str] = field(init=False, repr=False, compare=False)
-    _address_of_row: np.ndarray = field(init=False, repr=False, compare=False)
+    _row_address: np.ndarray = field(init=False, repr=False, compare=False)  # [split rows, addresses] 0/1
 
     @property
     def n_features(self) -> int:
@@ -70,7 +70,8 @@ class ServedRun:
         addresses = [a for _, a, _ in self.split.rows]
         self._addresses = sorted(set(addresses))
         where = {a: j for j, a in enumerate(self._addresses)}
-        self._address_of_row = np.array([where[a] for a in addresses], dtype=np.intp)
+        self._row_address = np.zeros((len(addresses), len(self._addresses)), dtype=np.int64)
+        self._row_address[np.arange(len(addresses)), [where[a] for a in addresses]] = 1
 
     def predict(self, raw: np.ndarray, *, attribute: bool = True) -> list[Prediction]:
         """Predictions for raw feature rows [n, n_features]; InputError for bad rows."""
@@ -104,12 +105,10 @@ class ServedRun:
             splits = self.split.split_queries(self.example_ids, contributions[:, cols])
         except ContributorError:
             return out
-        for q, bps in zip(cols.tolist(), splits, strict=True):
-            if bps is not None:
-                per_address = np.bincount(self._address_of_row, weights=bps, minlength=len(self._addresses))
-                out[q] = tuple(
-                    (self._addresses[j], int(per_address[j])) for j in np.flatnonzero(per_address > 0)
-                )
+        per_address = (splits.bps @ self._row_address).tolist()
+        for q, ok, row in zip(cols.tolist(), splits.ok.tolist(), per_address, strict=True):
+            if ok:
+                out[q] = tuple((a, v) for a, v in zip(self._addresses, row, strict=True) if v > 0)
         return out
 
 

@@ -231,3 +231,4 @@ def test_split_queries_refuses_bad_input_by_name():
     with pytest.raises(ContributorError, match="must be"):
         split.split_queries(["e000", "e001"], np.ones((3, 1)))
     assert list(split.split_queries(["e000", "e001"], -np.ones((2, 2)))) == [None, None]
+    assert list(split.split_queries(["e000", "e001"], np.ones((2, 0)))) == []

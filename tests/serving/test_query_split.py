@@ -43,3 +43,4 @@ def test_rows_without_positive_or_finite_scores_take_the_run_weights(world):
     got = served._query_bps(contributions)
     assert got[1] is None and got[2] is None
     assert got[0] == _reference(served, contributions[:, :1])[0]
+    assert served._query_bps(contributions[:, 2:]) == [None]
