@@ -18,7 +18,7 @@ from provenance.errors import ChainError, RecordError, WeightsError
 from provenance.merkle import SHARE_LEAF, verify_proof
 from provenance.records import WEIGHTING, WEIGHTS_OUTPUT, Record, cid_version_of, load_record
 from provenance.weights import TOTAL_BPS, ShareLeaves, read_weights, share_leaves
-from storage import BlockNotFound, ContentStore, CorruptBlock, InvalidCID, cid_for_bytes, parse_cid
+from storage import BlockNotFound, ContentStore, CorruptBlock, cid_for_bytes, is_cid
 
 ZERO32 = "0x" + "00" * 32
 
@@ -287,7 +287,7 @@ def trace(chain: Chain, store: ContentStore, ref: str) -> TraceNode:
         except ChainError:
             return trace_run(chain, store, ref)  # not a transaction: a run key
         return _trace_tx(chain, store, ref, events)
-    if _is_cid(ref):
+    if is_cid(ref):
         return _trace_cid(chain, store, ref)
     return trace_run(chain, store, ref)
 
@@ -405,11 +405,3 @@ def record_cids(node: TraceNode) -> list[str]:
     for child in node.children:
         found.extend(c for c in record_cids(child) if c not in found)
     return found
-
-
-def _is_cid(text: str) -> bool:
-    try:
-        parse_cid(text)
-        return True
-    except (InvalidCID, ValueError, TypeError):
-        return False

@@ -14,7 +14,7 @@ from provenance import Chain, Findings, ProvenanceError, StandardMerkleTree, loa
 from provenance.merkle import SHARE_LEAF
 from serving.fees import split_price, totals_by_address
 from serving.settle import BATCH_SCHEMA, PAYOUTS_OUTPUT, RECEIPTS_INPUT, SETTLEMENT
-from storage import ContentStore, InvalidCID, StorageError, parse_cid, read_parquet
+from storage import ContentStore, StorageError, is_cid, read_parquet
 
 KIND_AMOUNTS = 2
 
@@ -30,14 +30,6 @@ class EpochReport(Findings):
     onchain_root: str | None = None
     deposited: int | None = None
     claimed: int | None = None
-
-
-def _is_cid(text: str) -> bool:
-    try:
-        parse_cid(text)
-        return True
-    except (InvalidCID, ValueError, TypeError):
-        return False
 
 
 def _find_record(chain: Chain, store: ContentStore, epoch_id: str, report: EpochReport) -> str | None:
@@ -63,8 +55,8 @@ def _find_record(chain: Chain, store: ContentStore, epoch_id: str, report: Epoch
 def verify_epoch(chain: Chain, store: ContentStore, epoch_id_or_cid: str) -> EpochReport:
     """Every check of one epoch, named by its id or its settlement record's CID."""
     ref = epoch_id_or_cid
-    report = EpochReport(None if _is_cid(ref) else ref)
-    record_cid = ref if _is_cid(ref) else _find_record(chain, store, ref, report)
+    report = EpochReport(None if is_cid(ref) else ref)
+    record_cid = ref if is_cid(ref) else _find_record(chain, store, ref, report)
     if record_cid is None:
         return report
     report.record_cid = record_cid

@@ -17,7 +17,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from storage.blockstore import DEFAULT_ROOT, STORE_DIR_ENV, BlockStore, default_store
-from storage.cids import parse_cid
+from storage.cids import is_cid, parse_cid
 from storage.errors import (
     BlockNotFound,
     CarError,
@@ -67,6 +67,7 @@ __all__ = [
     "cid_for_bytes",
     "cid_for_file",
     "default_store",
+    "is_cid",
     "parse_cid",
     "read_parquet",
     "snapshot_parquet",

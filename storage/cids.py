@@ -32,6 +32,15 @@ def parse_cid(value: str | bytes | CID) -> CID:
     return cid
 
 
+def is_cid(value: str) -> bool:
+    """Whether `value` reads as a CID this store handles (e.g. to tell a CID from another reference)."""
+    try:
+        parse_cid(value)
+    except (InvalidCID, TypeError, ValueError):
+        return False
+    return True
+
+
 def cid_to_str(cid: CID) -> str:
     """Kubo's printing: CIDv0 in base58btc (Qm...), CIDv1 in base32 (baf...)."""
     return str(cid if cid.version == 0 else cid.set(base="base32"))
