@@ -14,6 +14,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -24,7 +25,7 @@ from torch import nn
 
 from . import ghost
 from .projector import Projector
-from .task import AttributionTask, ModelSpec, ModuleSpec, scored_layers
+from .task import SCORED, AttributionTask, ModelSpec, ModuleSpec, scored_layers
 
 Kernel = Literal["fisher", "empirical"]
 
@@ -69,6 +70,11 @@ class CheckpointFeatures:
     store: FeatureStore
     kernel_inv: np.ndarray  # float64 [dim, dim]
 
+    @cached_property
+    def plan(self) -> SequentialPlan | None:
+        """The hook-free query path for this checkpoint's model, or None (autograd with hooks)."""
+        return SequentialPlan.of(self.model, self.layers)
+
 
 @dataclass
 class TrakFeatures:
@@ -80,7 +86,11 @@ class TrakFeatures:
     n_train: int
 
     def target_features(self, ck: CheckpointFeatures, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
-        return _projected_grads(ck.model, ck.layers, self.projector, x, y).numpy().astype(np.float64)
+        if ck.plan is not None and x.dim() == 2:
+            phi = self.projector.project(ck.plan.factors(x, y))
+        else:
+            phi = _projected_grads(ck.model, ck.layers, self.projector, x, y)
+        return phi.numpy().astype(np.float64)
 
     def scores(self, X_targets: object, y_targets: object | None = None) -> np.ndarray:
         """[n_train, n_targets]: contributions to each target's log-probability of ``y``.
@@ -110,6 +120,83 @@ class TrakFeatures:
                 rows.append(np.einsum("nd,nd->n", c64 @ ck.kernel_inv, c64))
             total += np.concatenate(rows)
         return total / len(self.checkpoints)
+
+
+_PLAIN = (nn.Linear, nn.LayerNorm, nn.ReLU, nn.Tanh, nn.GELU, nn.Identity)
+
+
+@dataclass(frozen=True)
+class SequentialPlan:
+    """Per-example loss gradients of a flat ``nn.Sequential`` (Linear, LayerNorm, ReLU, Tanh, GELU).
+
+    A query is one or a few rows, where hooks, module calls and the autograd engine cost more
+    than the arithmetic. This runs the same ATen forward and backward kernels autograd would
+    (``linear``, ``native_layer_norm``, ``threshold_backward``, ...), so ``B`` is the same; any
+    other model keeps the hooked autograd path (``_factors``).
+    """
+
+    modules: tuple[nn.Module, ...]
+
+    @classmethod
+    def of(cls, model: nn.Module, layers: list[nn.Module]) -> SequentialPlan | None:
+        if type(model) is not nn.Sequential:
+            return None
+        mods = tuple(model)
+        plain = all(type(m) in _PLAIN and not getattr(m, "inplace", False) for m in mods)
+        if not plain or len({id(m) for m in mods}) != len(mods):
+            return None
+        scored = [m for m in mods if isinstance(m, SCORED)]
+        if len(scored) != len(layers) or any(a is not b for a, b in zip(scored, layers, strict=True)):
+            return None
+        if any(isinstance(m, nn.LayerNorm) and len(m.normalized_shape) != 1 for m in mods):
+            return None
+        return cls(mods)
+
+    def factors(self, x: torch.Tensor, y: torch.Tensor) -> list[ghost.Factors]:
+        """Factors of ``∇ -log p_y(x)`` per row, for every scored layer in forward order."""
+        with torch.no_grad():
+            acts, saved = [x], []  # acts[i] is module i's input, acts[i + 1] its output
+            for m in self.modules:
+                if isinstance(m, nn.LayerNorm):
+                    out, mean, rstd = torch.ops.aten.native_layer_norm(
+                        acts[-1], list(m.normalized_shape), m.weight, m.bias, m.eps
+                    )
+                    saved.append((mean, rstd))
+                else:
+                    out = m(acts[-1])
+                    saved.append(None)
+                acts.append(out)
+            logp = torch.log_softmax(acts[-1], dim=1)
+            # d(-Σ log p_y)/d logp, then the log-softmax backward autograd would run
+            g = torch.zeros_like(logp).scatter_(1, y[:, None], -1.0)
+            g = torch.ops.aten._log_softmax_backward_data(g, logp, 1, logp.dtype)
+            facts: list[ghost.Factors] = []
+            for i in range(len(self.modules) - 1, -1, -1):
+                m = self.modules[i]
+                if isinstance(m, SCORED):
+                    facts.append(ghost.layer_factors(ghost.Tap(m, acts[i]), g))
+                if i > 0:
+                    g = _input_grad(m, acts[i], acts[i + 1], g, saved[i])
+            return facts[::-1]
+
+
+def _input_grad(m: nn.Module, a: torch.Tensor, out: torch.Tensor, g: torch.Tensor, saved) -> torch.Tensor:
+    """Gradient at ``m``'s input given ``g`` at its output, by the kernel autograd runs for ``m``."""
+    if isinstance(m, nn.Linear):
+        return g.mm(m.weight)
+    if isinstance(m, nn.LayerNorm):
+        mean, rstd = saved
+        grad, _, _ = torch.ops.aten.native_layer_norm_backward(
+            g, a, list(m.normalized_shape), mean, rstd, m.weight, m.bias, [True, False, False]
+        )
+        return grad
+    if isinstance(m, nn.ReLU):
+        return torch.ops.aten.threshold_backward(g, out, 0)
+    if isinstance(m, nn.Tanh):
+        return torch.ops.aten.tanh_backward(g, out)
+    if isinstance(m, nn.GELU):
+        return torch.ops.aten.gelu_backward(g, a, approximate=m.approximate)
+    return g  # Identity
 
 
 def _frozen(
