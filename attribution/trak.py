@@ -11,6 +11,7 @@ read back as memory maps once they pass ``spill_bytes``, so RAM holds one chunk 
 
 from __future__ import annotations
 
+import math
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import special
 from torch import nn
 
 from . import ghost
@@ -70,11 +72,6 @@ class CheckpointFeatures:
     store: FeatureStore
     kernel_inv: np.ndarray  # float64 [dim, dim]
 
-    @cached_property
-    def plan(self) -> SequentialPlan | None:
-        """The hook-free query path for this checkpoint's model, or None (autograd with hooks)."""
-        return SequentialPlan.of(self.model, self.layers)
-
 
 @dataclass
 class TrakFeatures:
@@ -85,12 +82,17 @@ class TrakFeatures:
     checkpoints: list[CheckpointFeatures]
     n_train: int
 
-    def target_features(self, ck: CheckpointFeatures, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
-        if ck.plan is not None and x.dim() == 2:
-            phi = self.projector.project(ck.plan.factors(x, y))
-        else:
-            phi = _projected_grads(ck.model, ck.layers, self.projector, x, y)
-        return phi.numpy().astype(np.float64)
+    @cached_property
+    def plans(self) -> list[SequentialPlan | None]:
+        """Per checkpoint, the numpy query path for its model, or None (hooked autograd path)."""
+        return [SequentialPlan.of(ck.model, ck.layers, self.projector) for ck in self.checkpoints]
+
+    def target_features(
+        self, ck: CheckpointFeatures, x: torch.Tensor, y: torch.Tensor, plan: SequentialPlan | None = None
+    ) -> np.ndarray:
+        if plan is not None and x.dim() == 2:
+            return plan.features(x.numpy(), y.numpy())
+        return _projected_grads(ck.model, ck.layers, self.projector, x, y).numpy().astype(np.float64)
 
     def scores(self, X_targets: object, y_targets: object | None = None) -> np.ndarray:
         """[n_train, n_targets]: contributions to each target's log-probability of ``y``.
@@ -105,8 +107,8 @@ class TrakFeatures:
             with torch.no_grad():
                 y = self.checkpoints[-1].model(x).argmax(1)
         total = np.zeros((self.n_train, len(x)))
-        for ck in self.checkpoints:
-            u = ck.kernel_inv @ self.target_features(ck, x, y).T
+        for ck, plan in zip(self.checkpoints, self.plans, strict=True):
+            u = ck.kernel_inv @ self.target_features(ck, x, y, plan).T
             total += ck.store.matvec(u.astype(np.float32))
         return total / len(self.checkpoints)
 
@@ -127,18 +129,21 @@ _PLAIN = (nn.Linear, nn.LayerNorm, nn.ReLU, nn.Tanh, nn.GELU, nn.Identity)
 
 @dataclass(frozen=True)
 class SequentialPlan:
-    """Per-example loss gradients of a flat ``nn.Sequential`` (Linear, LayerNorm, ReLU, Tanh, GELU).
+    """Projected per-example loss gradients of a flat ``nn.Sequential`` in numpy, for queries.
 
-    A query is one or a few rows, where hooks, module calls and the autograd engine cost more
-    than the arithmetic. This runs the same ATen forward and backward kernels autograd would
-    (``linear``, ``native_layer_norm``, ``threshold_backward``, ...), so ``B`` is the same; any
-    other model keeps the hooked autograd path (``_factors``).
+    A query is one or a few rows: there hooks, module calls, the autograd engine and torch's
+    per-op dispatch (each op releases and retakes the GIL, which stalls under a server's
+    threads) cost more than the arithmetic. Same math as ``_projected_grads`` + ``project``
+    (forward, output gradients ``B`` backwards, ``(b Q) ⊗ ([a, 1] R)``) in float32, so equal to
+    float32 precision; any other model keeps the hooked autograd path. Layers: Linear,
+    LayerNorm (one trailing dim), ReLU, Tanh, GELU, Identity.
     """
 
-    modules: tuple[nn.Module, ...]
+    steps: tuple[tuple, ...]  # (kind, *float32 arrays or settings) per module, forward order
+    proj: tuple[tuple[np.ndarray | None, np.ndarray | None], ...]  # (q, r) per scored layer
 
     @classmethod
-    def of(cls, model: nn.Module, layers: list[nn.Module]) -> SequentialPlan | None:
+    def of(cls, model: nn.Module, layers: list[nn.Module], projector: Projector) -> SequentialPlan | None:
         if type(model) is not nn.Sequential:
             return None
         mods = tuple(model)
@@ -150,53 +155,108 @@ class SequentialPlan:
             return None
         if any(isinstance(m, nn.LayerNorm) and len(m.normalized_shape) != 1 for m in mods):
             return None
-        return cls(mods)
+        steps = tuple(_step(m) for m in mods)
+        proj = tuple((_np(lp.q), _np(lp.r)) for lp in projector.layers)
+        return cls(steps, proj)
 
-    def factors(self, x: torch.Tensor, y: torch.Tensor) -> list[ghost.Factors]:
-        """Factors of ``∇ -log p_y(x)`` per row, for every scored layer in forward order."""
-        with torch.no_grad():
-            acts, saved = [x], []  # acts[i] is module i's input, acts[i + 1] its output
-            for m in self.modules:
-                if isinstance(m, nn.LayerNorm):
-                    out, mean, rstd = torch.ops.aten.native_layer_norm(
-                        acts[-1], list(m.normalized_shape), m.weight, m.bias, m.eps
-                    )
-                    saved.append((mean, rstd))
-                else:
-                    out = m(acts[-1])
-                    saved.append(None)
-                acts.append(out)
-            logp = torch.log_softmax(acts[-1], dim=1)
-            # d(-Σ log p_y)/d logp, then the log-softmax backward autograd would run
-            g = torch.zeros_like(logp).scatter_(1, y[:, None], -1.0)
-            g = torch.ops.aten._log_softmax_backward_data(g, logp, 1, logp.dtype)
-            facts: list[ghost.Factors] = []
-            for i in range(len(self.modules) - 1, -1, -1):
-                m = self.modules[i]
-                if isinstance(m, SCORED):
-                    facts.append(ghost.layer_factors(ghost.Tap(m, acts[i]), g))
-                if i > 0:
-                    g = _input_grad(m, acts[i], acts[i + 1], g, saved[i])
-            return facts[::-1]
+    def features(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """[n, dim] float64 projected gradients of ``-log p_y(x)`` per row (float32 arithmetic)."""
+        acts, saved = [x], []  # acts[i] is module i's input, acts[i + 1] its output
+        for step in self.steps:
+            out, keep = _forward(step, acts[-1])
+            acts.append(out)
+            saved.append(keep)
+        z = acts[-1] - acts[-1].max(axis=1, keepdims=True)
+        p = np.exp(z)
+        g = p / p.sum(axis=1, keepdims=True)  # d(-log p_y)/d logits = softmax - onehot
+        g[np.arange(len(g)), y] -= 1.0
+        parts, j = [], len(self.proj)
+        for i in range(len(self.steps) - 1, -1, -1):
+            step = self.steps[i]
+            if step[0] in ("linear", "layer_norm"):
+                j -= 1
+                parts.append(self._project(step, self.proj[j], acts[i], saved[i], g))
+            if i > 0:
+                g = _backward(step, acts[i], acts[i + 1], saved[i], g)
+        return np.concatenate(parts[::-1], axis=1).astype(np.float64)
+
+    @staticmethod
+    def _project(step, qr, a, saved, g) -> np.ndarray:
+        q, r = qr
+        if step[0] == "layer_norm":
+            _, w, bias, _ = step
+            xhat = saved[0]
+            v = np.concatenate([xhat * g] * (w is not None) + [g] * (bias is not None), axis=1)
+            return v if q is None else v @ q
+        bias = step[2] is not None
+        b = g if q is None else g @ q
+        if r is None:
+            a = np.concatenate([a, np.ones((len(a), 1), np.float32)], axis=1) if bias else a
+        else:
+            a = a @ r[:-1] + r[-1] if bias else a @ r
+        return (b[:, :, None] * a[:, None, :]).reshape(len(b), -1)
 
 
-def _input_grad(m: nn.Module, a: torch.Tensor, out: torch.Tensor, g: torch.Tensor, saved) -> torch.Tensor:
-    """Gradient at ``m``'s input given ``g`` at its output, by the kernel autograd runs for ``m``."""
+def _np(t: torch.Tensor | None) -> np.ndarray | None:
+    return None if t is None else t.detach().to(torch.float32).numpy().copy()
+
+
+def _step(m: nn.Module) -> tuple:
     if isinstance(m, nn.Linear):
-        return g.mm(m.weight)
+        return ("linear", _np(m.weight), _np(m.bias))
     if isinstance(m, nn.LayerNorm):
-        mean, rstd = saved
-        grad, _, _ = torch.ops.aten.native_layer_norm_backward(
-            g, a, list(m.normalized_shape), mean, rstd, m.weight, m.bias, [True, False, False]
-        )
-        return grad
-    if isinstance(m, nn.ReLU):
-        return torch.ops.aten.threshold_backward(g, out, 0)
-    if isinstance(m, nn.Tanh):
-        return torch.ops.aten.tanh_backward(g, out)
+        return ("layer_norm", _np(m.weight), _np(m.bias), float(m.eps))
     if isinstance(m, nn.GELU):
-        return torch.ops.aten.gelu_backward(g, a, approximate=m.approximate)
-    return g  # Identity
+        return ("gelu", m.approximate)
+    return ({nn.ReLU: "relu", nn.Tanh: "tanh", nn.Identity: "identity"}[type(m)],)
+
+
+def _forward(step: tuple, h: np.ndarray) -> tuple[np.ndarray, tuple | None]:
+    kind = step[0]
+    if kind == "linear":
+        out = h @ step[1].T
+        return (out if step[2] is None else out + step[2]), None
+    if kind == "layer_norm":
+        _, w, b, eps = step
+        centred = h - h.mean(axis=1, keepdims=True)
+        rstd = (1.0 / np.sqrt((centred * centred).mean(axis=1, keepdims=True) + eps)).astype(np.float32)
+        xhat = centred * rstd
+        out = xhat if w is None else xhat * w
+        return (out if b is None else out + b), (xhat, rstd)
+    if kind == "relu":
+        return np.maximum(h, 0), None
+    if kind == "tanh":
+        return np.tanh(h), None
+    if kind == "gelu":
+        if step[1] == "tanh":
+            inner = np.float32(math.sqrt(2 / math.pi)) * (h + np.float32(0.044715) * h**3)
+            return 0.5 * h * (1 + np.tanh(inner)), None
+        return 0.5 * h * (1 + special.erf(h / np.float32(math.sqrt(2)))), None
+    return h, None
+
+
+def _backward(step: tuple, a: np.ndarray, out: np.ndarray, saved, g: np.ndarray) -> np.ndarray:
+    """Gradient at a module's input ``a`` given ``g`` at its output ``out``."""
+    kind = step[0]
+    if kind == "linear":
+        return g @ step[1]
+    if kind == "layer_norm":
+        xhat, rstd = saved
+        gh = g if step[1] is None else g * step[1]
+        return rstd * (gh - gh.mean(axis=1, keepdims=True) - xhat * (gh * xhat).mean(axis=1, keepdims=True))
+    if kind == "relu":
+        return g * (out > 0)
+    if kind == "tanh":
+        return g * (1 - out * out)
+    if kind == "gelu":
+        if step[1] == "tanh":
+            c, k = np.float32(math.sqrt(2 / math.pi)), np.float32(0.044715)
+            t = np.tanh(c * (a + k * a**3))
+            return g * (0.5 * (1 + t) + 0.5 * a * (1 - t * t) * c * (1 + 3 * k * a * a))
+        cdf = 0.5 * (1 + special.erf(a / np.float32(math.sqrt(2))))
+        pdf = np.exp(-0.5 * a * a) / np.float32(math.sqrt(2 * math.pi))
+        return g * (cdf + a * pdf)
+    return g
 
 
 def _frozen(

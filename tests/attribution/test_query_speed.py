@@ -1,4 +1,4 @@
-"""The hook-free query path (``SequentialPlan``) gives the scores of the hooked autograd path.
+"""The numpy query path (``SequentialPlan``) gives the scores of the hooked autograd path.
 
 Two references: the previous ``TrakFeatures.scores`` (hooks + ``autograd.grad`` + ghost factors,
 still what ``build_features`` uses), and an independent one from each parameter's own autograd
@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from attribution import attribute_query, features_from_bytes, features_to_bytes
+from attribution.projector import Projector
 from attribution.task import AttributionTask, ModelSpec, ModuleSpec, TrainConfig
 from attribution.trak import SequentialPlan, TrakFeatures, _projected_grads, build_features
 
@@ -92,7 +93,7 @@ def assert_float32_close(got: np.ndarray, want: np.ndarray) -> None:
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.activation}-{len(s.sizes)}-ln{s.layer_norm}")
 def test_plan_scores_equal_previous_and_explicit_gradients(spec):
     f = features_for(spec)
-    assert all(ck.plan is not None for ck in f.checkpoints)
+    assert all(plan is not None for plan in f.plans)
     xq, yq = blobs(7, 5, 3, seed=5)
     got = f.scores(xq, yq)
     assert_float32_close(got, previous_scores(f, xq, yq))
@@ -111,10 +112,30 @@ def test_plan_after_bytes_round_trip_and_bytes_unchanged():
     before = features_to_bytes(f)
     xq, yq = blobs(4, 5, 3, seed=6)
     loaded = features_from_bytes(before)
-    assert all(ck.plan is not None for ck in loaded.checkpoints)
+    assert all(plan is not None for plan in loaded.plans)
     np.testing.assert_array_equal(loaded.scores(xq, yq), f.scores(xq, yq))
     assert_float32_close(loaded.scores(xq, yq), previous_scores(f, xq, yq))
     assert features_to_bytes(f) == before  # scoring leaves nothing in the stored state
+
+
+def gelu_tanh_no_bias() -> nn.Module:
+    return nn.Sequential(
+        nn.Linear(5, 7),
+        nn.GELU(approximate="tanh"),
+        nn.LayerNorm(7),
+        nn.Linear(7, 6, bias=False),
+        nn.Identity(),
+        nn.Tanh(),
+        nn.Linear(6, 3),
+    )
+
+
+def test_plan_covers_tanh_gelu_and_linear_without_bias():
+    f = features_for(ModuleSpec(gelu_tanh_no_bias, 5, 3, "gelu-tanh"), k=40)
+    assert all(plan is not None for plan in f.plans)
+    xq, yq = blobs(5, 5, 3, seed=8)
+    assert_float32_close(f.scores(xq, yq), previous_scores(f, xq, yq))
+    assert_float32_close(f.scores(xq, yq), explicit_scores(f, xq, yq))
 
 
 class Twice(nn.Module):
@@ -131,7 +152,7 @@ class Twice(nn.Module):
 def test_other_models_keep_the_autograd_path():
     spec = ModuleSpec(Twice, 5, 3, "twice")
     f = features_for(spec)
-    assert all(ck.plan is None for ck in f.checkpoints)
+    assert all(plan is None for plan in f.plans)
     xq, yq = blobs(3, 5, 3, seed=7)
     np.testing.assert_array_equal(f.scores(xq, yq), previous_scores(f, xq, yq))
     assert_float32_close(f.scores(xq, yq), explicit_scores(f, xq, yq))
@@ -147,4 +168,5 @@ def test_other_models_keep_the_autograd_path():
     ids=["inplace", "dropout", "nested"],
 )
 def test_plan_refuses_what_it_does_not_cover(model):
-    assert SequentialPlan.of(model, [m for m in model.modules() if isinstance(m, nn.Linear)]) is None
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert SequentialPlan.of(model, layers, Projector.build(layers, 8, 0)) is None
