@@ -160,7 +160,14 @@ class SequentialPlan:
         return cls(steps, proj)
 
     def features(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """[n, dim] float64 projected gradients of ``-log p_y(x)`` per row (float32 arithmetic)."""
+        """[n, dim] float64 projected gradients of ``-log p_y(x)`` per row (float32 arithmetic).
+
+        Non-finite values propagate silently, as in torch: callers drop non-finite scores.
+        """
+        with np.errstate(all="ignore"):
+            return self._features(x, y)
+
+    def _features(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         acts, saved = [x], []  # acts[i] is module i's input, acts[i + 1] its output
         for step in self.steps:
             out, keep = _forward(step, acts[-1])
