@@ -6,6 +6,7 @@ well-formed (422: JSON, finite numbers, feature count, batch size), balance enou
 Only then is the model run, and the receipts are committed before the response is returned.
 """
 
+import math
 import threading
 import time
 from typing import Annotated
@@ -232,6 +233,13 @@ def create_app(
                 "each; top the key up (`caravan keys topup`)",
             )
         out = run.predict(np.asarray(rows, dtype=np.float64), attribute=attribute)
+        overflow = [i for i, p in enumerate(out) if not math.isfinite(p.probability)]
+        if overflow:  # finite inputs far outside the training range overflow the float32 model
+            raise HTTPException(
+                422,
+                f"input rows {overflow[:10]} are too large for the model (its output is not finite); "
+                "send values on the scale of the training data",
+            )
         items = [
             Charge(p.input_hash, p.label, p.probability, p.split, p.bps, tuple(split_price(price, p.bps)))
             for p in out

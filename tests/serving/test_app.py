@@ -63,6 +63,7 @@ def test_single_and_batch_predictions_are_paid_and_receipted(world, client, ledg
         (b'{"inputs": []}', 422, "at least 1"),
         (b'{"input": [1, 1, 1, 1, 1, 1], "inputs": [[1, 1, 1, 1, 1, 1]]}', 422, "exactly one"),
         (b'{"input": ["x", 1, 1, 1, 1, 1]}', 422, "number"),
+        (b'{"input": [1.4e69, 1, 1, 1, 1, 1]}', 422, "too large"),  # finite, but overflows float32
     ],
 )
 def test_bad_input_is_refused_free(client, ledger, body, status, message):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -29,10 +31,16 @@ def test_no_server_error(app_and_key):
     for op in operations:
 
         @given(case=op.as_strategy())
-        @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @settings(
+            max_examples=60,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            database=None,
+            derandomize=True,  # the same cases every run: CI is reproducible
+        )
         def call(case):
             # half the calls carry a valid key, so generated bodies reach the model and the ledger
-            if hash(repr(case.body)) % 2 == 0:
+            if hashlib.sha256(repr(case.body).encode()).digest()[0] % 2 == 0:
                 case.headers = {**(case.headers or {}), API_KEY_HEADER: secret}
             case.call_and_validate(checks=[not_a_server_error])
 
