@@ -6,8 +6,7 @@ from eth_utils import is_checksum_address
 
 from pipelines.content_io import AssetIndex
 from pipelines.resources import ChainResource, StoreResource
-from provenance import share_leaves
-from provenance.weights import read_weights
+from provenance import read_weights, share_leaves
 from storage import StorageError
 
 CONTENT_ASSETS = (

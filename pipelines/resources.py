@@ -120,6 +120,7 @@ class ChainResource(dg.ConfigurableResource):
 
     rpc_url: str = "http://127.0.0.1:8545"
     chain_dir: str = ".caravan/chain"
+    auto_deploy: bool = True  # local chains only; a real chain's contracts are deployed on purpose
 
     def client(self):
         from provenance import Chain
@@ -127,7 +128,8 @@ class ChainResource(dg.ConfigurableResource):
         chain = Chain.from_env(
             {**os.environ, "CARAVAN_RPC_URL": self.rpc_url, "CARAVAN_CHAIN_DIR": self.chain_dir}
         )
-        chain.deploy()
+        if self.auto_deploy:
+            chain.deploy()  # idempotent: contracts already at the recorded addresses are kept
         return chain
 
 
@@ -162,7 +164,9 @@ def resources_for(settings: Settings | None = None) -> dict[str, Any]:
         "catalog": DatasetCatalog(root=str(s.catalog_dir)),
         "labelstudio": LabelStudioResource(url=s.labelstudio_url, project_prefix=s.labelstudio_prefix),
         "contributors": ContributorsResource(path=str(s.contributors_file)),
-        "chain": ChainResource(rpc_url=s.rpc_url, chain_dir=str(s.chain_dir)),
+        "chain": ChainResource(
+            rpc_url=s.rpc_url, chain_dir=str(s.chain_dir), auto_deploy=s.deployment == "local"
+        ),
         "lineage": LineageResource(index_dir=str(s.home / "lineage")),
         "ledger": LedgerResource(path=str(s.ledger_path)),
         "io_manager": ContentStoreIOManager(store=store, index=index),

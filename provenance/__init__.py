@@ -76,7 +76,7 @@ from provenance.runs import (
     share_of,
     store_weights,
 )
-from provenance.weights import share_leaves, validate_weights
+from provenance.weights import read_weights, share_leaves, validate_weights
 
 __all__ = [
     "ACTIVITIES",
@@ -118,6 +118,7 @@ __all__ = [
     "put_record",
     "records_by_cid",
     "run_key",
+    "read_weights",
     "share_leaves",
     "share_of",
     "store_weights",
