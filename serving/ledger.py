@@ -278,26 +278,7 @@ class Ledger:
                     "top the key up (`caravan keys topup`)"
                 )
             db.execute("UPDATE keys SET balance=balance-? WHERE key_id=?", (total, key_id))
-            db.executemany(
-                f"INSERT INTO receipts (key_id, {_RECEIPT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,NULL)",
-                [
-                    (
-                        key_id,
-                        r.receipt_id,
-                        r.created_at,
-                        r.run_id,
-                        r.model_cid,
-                        r.input_hash,
-                        r.label,
-                        r.probability,
-                        r.price,
-                        r.split,
-                        json.dumps(r.bps),
-                        json.dumps(r.amounts),
-                    )
-                    for r in receipts
-                ],
-            )
+            _insert_receipts(db, key_id, receipts)
         return receipts
 
     def receipt(self, receipt_id: str) -> Receipt | None:
@@ -388,26 +369,7 @@ class Ledger:
     def add_receipts(self, receipts: Sequence[Receipt], key_id: str) -> None:
         """Bulk insert already-priced receipts (benchmarks, imports); balances are not touched."""
         with self._tx() as db:
-            db.executemany(
-                f"INSERT INTO receipts (key_id, {_RECEIPT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,NULL)",
-                [
-                    (
-                        key_id,
-                        r.receipt_id,
-                        r.created_at,
-                        r.run_id,
-                        r.model_cid,
-                        r.input_hash,
-                        r.label,
-                        r.probability,
-                        r.price,
-                        r.split,
-                        json.dumps(r.bps),
-                        json.dumps(r.amounts),
-                    )
-                    for r in receipts
-                ],
-            )
+            _insert_receipts(db, key_id, receipts)
 
 
 def _amount(name: str, value: int, *, allow_zero: bool = False) -> None:
@@ -421,3 +383,27 @@ def _amount(name: str, value: int, *, allow_zero: bool = False) -> None:
         raise LedgerError(
             f"{name} must be an integer in {low}..{MAX_AMOUNT} (smallest token unit), got {value!r}"
         )
+
+
+def _insert_receipts(db: sqlite3.Connection, key_id: str, receipts: Sequence[Receipt]) -> None:
+    """New receipts of one key, not yet in any epoch."""
+    db.executemany(
+        f"INSERT INTO receipts (key_id, {_RECEIPT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,NULL)",
+        [
+            (
+                key_id,
+                r.receipt_id,
+                r.created_at,
+                r.run_id,
+                r.model_cid,
+                r.input_hash,
+                r.label,
+                r.probability,
+                r.price,
+                r.split,
+                json.dumps(r.bps),
+                json.dumps(r.amounts),
+            )
+            for r in receipts
+        ],
+    )
