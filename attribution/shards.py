@@ -16,24 +16,23 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from .errors import AttributionError, InputError
-from .projector import Projector
-from .task import AttributionTask, scored_layers
+from .task import AttributionTask
 from .trainer import _features, _labels
 from .trak import (
     CheckpointFeatures,
-    FeatureStore,
     Kernel,
     TrakFeatures,
     _damped_inverse,
     _fisher_rows,
     _frozen,
     _projected_grads,
+    checkpoint_store,
+    task_projector,
 )
 
 
@@ -138,8 +137,7 @@ def shard_features(
         raise InputError("no checkpoints: pass TrainResult.checkpoints of the trained run")
     cfg = task.config
     kernel = kernel or cfg.trak_kernel
-    base = scored_layers(task.spec.build(0))
-    projector = Projector.build(base, cfg.trak_k, seed)
+    projector, _ = task_projector(task, seed)
     pieces = _pieces(start, len(x), cfg.chunk_rows)
     per_checkpoint = []
     for state in checkpoints:
@@ -192,16 +190,11 @@ def combine_shards(
     kernel = kernel or cfg.trak_kernel
     ordered = _ordered(shards, _identity(task, checkpoints, seed, kernel))
     n = ordered[-1].stop
-    base = scored_layers(task.spec.build(0))
-    projector = Projector.build(base, cfg.trak_k, seed)
-    dim = projector.dim(base)
+    projector, dim = task_projector(task, seed)
     out = []
     for j, state in enumerate(checkpoints):
         model, layers = _frozen(task.spec, state)
-        sub = None if directory is None else Path(directory) / f"ckpt{j}"
-        if sub is not None:
-            sub.mkdir(parents=True, exist_ok=True)
-        store = FeatureStore(cfg.spill_bytes, sub)
+        store = checkpoint_store(cfg, directory, j)
         by_chunk: dict[int, list[ChunkPart]] = {}
         for shard in ordered:
             for part in shard.parts[j]:

@@ -314,16 +314,11 @@ def build_features(
     """Project every training example's gradient at each checkpoint and invert the kernel."""
     cfg = task.config
     kernel = kernel or cfg.trak_kernel
-    base = scored_layers(task.spec.build(0))
-    projector = Projector.build(base, cfg.trak_k, seed)
-    dim = projector.dim(base)
+    projector, dim = task_projector(task, seed)
     out = []
     for j, state in enumerate(checkpoints):
         model, layers = _frozen(task.spec, state)
-        sub = None if directory is None else Path(directory) / f"ckpt{j}"
-        if sub is not None:
-            sub.mkdir(parents=True, exist_ok=True)
-        store = FeatureStore(cfg.spill_bytes, sub)
+        store = checkpoint_store(cfg, directory, j)
         gram = torch.zeros(dim, dim, dtype=torch.float64)
         for start in range(0, len(x), cfg.chunk_rows):
             xs, ys = x[start : start + cfg.chunk_rows], y[start : start + cfg.chunk_rows]
@@ -333,6 +328,21 @@ def build_features(
             gram += (rows.T @ rows).double()
         out.append(CheckpointFeatures(model, layers, store, _damped_inverse(gram, len(x), cfg)))
     return TrakFeatures(task.spec, projector, out, len(x))
+
+
+def task_projector(task: AttributionTask, seed: int) -> tuple[Projector, int]:
+    """The seeded projection of the task's scored layers and its input width (every shard builds the same)."""
+    base = scored_layers(task.spec.build(0))
+    projector = Projector.build(base, task.config.trak_k, seed)
+    return projector, projector.dim(base)
+
+
+def checkpoint_store(cfg, directory: str | None, j: int) -> FeatureStore:
+    """Checkpoint `j`'s feature rows: in memory, spilling under `directory/ckpt<j>` past `spill_bytes`."""
+    sub = None if directory is None else Path(directory) / f"ckpt{j}"
+    if sub is not None:
+        sub.mkdir(parents=True, exist_ok=True)
+    return FeatureStore(cfg.spill_bytes, sub)
 
 
 def _damped_inverse(gram: torch.Tensor, n: int, cfg) -> np.ndarray:
