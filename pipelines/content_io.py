@@ -76,6 +76,13 @@ class AssetIndex(dg.ConfigurableResource):
         path = self.path(dg.AssetKey.from_coercible(asset), partition)
         return json.loads(path.read_text()) if path.exists() else None
 
+    def cid_of(self, asset: str, partition: str | None) -> str:
+        """The CID of the stored value a step loaded as its input (no need to encode it again)."""
+        meta = self.stored(asset, partition)
+        if meta is None:
+            raise dg.Failure(f"no stored value for {asset}: materialize it first")
+        return meta["cid"]
+
     def write(self, key: dg.AssetKey, partition: str | None, meta: dict[str, str]) -> None:
         path = self.path(key, partition)
         path.parent.mkdir(parents=True, exist_ok=True)

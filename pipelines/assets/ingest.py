@@ -6,7 +6,7 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.content_io import put_value
+from pipelines.content_io import AssetIndex, put_value
 from pipelines.datasets import SUFFIX_READERS, DatasetError, load_source, to_examples
 from pipelines.lineage import LineageResource, now
 from pipelines.partitions import dataset_versions
@@ -68,7 +68,11 @@ def raw_dataset(
 
 @dg.asset(partitions_def=dataset_versions, group_name="ingest", kinds={"parquet", "ipfs"})
 def dataset_snapshot(
-    context: dg.AssetExecutionContext, raw_dataset: pa.Table, store: StoreResource, lineage: LineageResource
+    context: dg.AssetExecutionContext,
+    raw_dataset: pa.Table,
+    store: StoreResource,
+    index: AssetIndex,
+    lineage: LineageResource,
 ) -> dg.Output[dict]:
     """The examples as deterministic Parquet, pinned: its CID names this dataset version."""
     started, version = now(), context.partition_key
@@ -80,7 +84,7 @@ def dataset_snapshot(
         "snapshot",
         version,
         started=started,
-        inputs={"examples": put_value(client, raw_dataset)},
+        inputs={"examples": index.cid_of("raw_dataset", version)},
         outputs={"snapshot": cid},
         parents=(lineage.cid_of("ingest", version),),
     )

@@ -158,6 +158,7 @@ def consensus_labels(
     annotations: pa.Table,
     catalog: DatasetCatalog,
     store: StoreResource,
+    index: AssetIndex,
     lineage: LineageResource,
 ):
     started, version = now(), context.partition_key
@@ -166,7 +167,7 @@ def consensus_labels(
     result = _labeling(aggregate)(annotations, gold)
     quality = result.quality.sort_by("annotator")
     client = store.client()
-    inputs = {"annotations": put_value(client, annotations)}
+    inputs = {"annotations": index.cid_of("annotations", version)}
     if gold is not None:
         inputs["gold"] = client.put_file(gold_path, cid_version=1, pin=True)
     record = lineage.write(

@@ -6,7 +6,7 @@ import pyarrow as pa
 from attribution import ContributorError, WeightPolicy
 from attribution import contributor_weights as _weights
 from labeling import LabelingError
-from pipelines.content_io import AssetIndex, decode, put_value
+from pipelines.content_io import AssetIndex, decode
 from pipelines.lineage import LineageResource, now
 from pipelines.partitions import dataset_versions
 from pipelines.report import bar_md, md_table
@@ -61,16 +61,19 @@ def contributor_weights(
     )
 
 
-@dg.asset(partitions_def=dataset_versions, group_name="royalties", kinds={"ipfs"})
+@dg.asset(
+    partitions_def=dataset_versions,
+    group_name="royalties",
+    kinds={"ipfs"},
+    deps=["raw_dataset", "annotations", "consensus_labels"],  # named by CID, never loaded here
+)
 def provenance_record(
     context: dg.AssetExecutionContext,
     config: WeightingConfig,
     contributor_weights: pa.Table,
     example_attribution: pa.Table,
-    raw_dataset: pa.Table,
-    annotations: pa.Table,
-    consensus_labels: pa.Table,
     store: StoreResource,
+    index: AssetIndex,
     lineage: LineageResource,
 ) -> dg.Output[dict]:
     """The run's head (weighting) record: its lineage reaches from the payout back to raw files."""
@@ -85,10 +88,10 @@ def provenance_record(
             version,
             started=started,
             inputs={
-                "example_attribution": put_value(client, example_attribution),
-                "examples": put_value(client, raw_dataset),
-                "annotations": put_value(client, annotations),
-                "consensus": put_value(client, consensus_labels),
+                "example_attribution": index.cid_of("example_attribution", version),
+                "examples": index.cid_of("raw_dataset", version),
+                "annotations": index.cid_of("annotations", version),
+                "consensus": index.cid_of("consensus_labels", version),
             },
             outputs={"contributor_weights": weights_cid},
             parents=(lineage.cid_of("training", version), lineage.cid_of("consensus", version)),

@@ -22,7 +22,7 @@ from attribution import (
     model_to_bytes,
 )
 from attribution import train_with_attribution as _train
-from pipelines.content_io import put_value
+from pipelines.content_io import AssetIndex, put_value
 from pipelines.lineage import LineageResource, now, pipeline_code
 from pipelines.partitions import dataset_versions
 from pipelines.report import histogram_md
@@ -89,11 +89,12 @@ def trained_model(
     config: TrainingConfig,
     labeled_dataset: pa.Table,
     store: StoreResource,
+    index: AssetIndex,
     lineage: LineageResource,
 ):
     started, version = now(), context.partition_key
     client = store.client()
-    data_cid = put_value(client, labeled_dataset)
+    data_cid = index.cid_of("labeled_dataset", version)
     table = labeled_dataset.sort_by("example_id")
     ids = table["example_id"].to_pylist()
     is_target = split_targets(ids, config.target_fraction)
