@@ -16,7 +16,8 @@ compared as numbers, i.e. lowercase hex).
 
 Serving splits every prediction's fee: ``split_queries`` gives the same basis points as
 ``split_query`` for a whole batch at once (one sparse product, integer largest remainder per
-query); ``split_query`` stays the per-row reference it is tested against.
+query), ``split_one`` for one prediction without the batch's machinery (its request path);
+``split_query`` stays the per-row reference both are tested against.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -123,12 +125,14 @@ class ContributorSplit:
     matrices: dict[str, sparse.csr_matrix]  # role -> [contributors x examples] credit shares
     policy: WeightPolicy
     _batch: _BatchPlan = field(init=False, repr=False, compare=False)
+    _stacked: sparse.csr_matrix = field(init=False, repr=False, compare=False)  # both roles' rows
     _aligned: tuple[tuple[str, ...], np.ndarray] | None = field(
         default=None, init=False, repr=False, compare=False
     )
 
     def __post_init__(self) -> None:
         self._batch = _BatchPlan.of(self)
+        self._stacked = _stack_rows([self.matrices[r] for r in ROLES], len(self.example_ids))
 
     @property
     def rows(self) -> list[tuple[str, str, str]]:
@@ -223,6 +227,33 @@ class ContributorSplit:
         grid = np.ascontiguousarray(quantize_columns(np.concatenate(per_role), self.policy.score_digits).T)
         return QuerySplits(*self._batch.split_all(grid))
 
+    def split_one(self, positions: np.ndarray, contributions: np.ndarray) -> np.ndarray | None:
+        """One prediction's ``weight_bps`` by ``rows`` (None: no positive score), as ``split_queries``.
+
+        Serving's per-request path: ``positions`` (``positions(example_ids)``) is worked out once
+        per run, and one query needs no batch machinery: the 1-D quantization (``quantize`` is
+        ``quantize_columns`` per column), one sparse product over both roles' rows (each row's
+        sum in the same order), the 1-D largest remainder. The same integers, bit for bit.
+        """
+        c = np.asarray(contributions, dtype=np.float64)
+        if c.shape != positions.shape:
+            raise ContributorError(
+                f"contributions must be one score per example ({positions.shape[0]}), got shape {c.shape}"
+            )
+        if not np.isfinite(c).all():
+            raise ContributorError("contributions hold NaN or inf scores")
+        scores = np.zeros(len(self.example_ids))
+        scores[positions] = c
+        credit = quantize(scores, self.policy.score_digits)
+        if self.policy.negative == "clip":
+            credit = np.maximum(credit, 0.0)
+        grid = quantize(np.maximum(self._stacked @ credit, 0.0), self.policy.score_digits)
+        return self._batch.split_one(grid)
+
+    def positions(self, example_ids: list[str]) -> np.ndarray:
+        """Where each of ``example_ids`` (scores' order) sits in the split's sorted ``example_ids``."""
+        return self._positions(example_ids)
+
     def _positions(self, example_ids: list[str]) -> np.ndarray:
         """Where each of ``example_ids`` sits in ``self.example_ids`` (cached for the last list)."""
         key = tuple(example_ids)
@@ -236,6 +267,7 @@ class ContributorSplit:
                 f"{len(unknown)} attributed examples are not in the examples table: {unknown[:10]}"
             )
         positions = np.fromiter((index[e] for e in key), dtype=np.intp, count=len(key))
+        positions.flags.writeable = False
         self._aligned = (key, positions)
         return positions
 
@@ -319,6 +351,37 @@ class _BatchPlan:
             tiebreak=tiebreak,
         )
 
+    @cached_property
+    def _role(self) -> np.ndarray:
+        """Each entry's role: 0 provider, 1 labeler."""
+        return np.repeat([0, 1], [self.n_provider, len(self.tierank) - self.n_provider])
+
+    @cached_property
+    def _entry_share(self) -> np.ndarray:
+        """Each entry's role share, when both roles have credit."""
+        return np.asarray([self.share[r] for r in ROLES], dtype=np.int64)[self._role]
+
+    def split_one(self, grid: np.ndarray) -> np.ndarray | None:
+        """``split_all`` of one query (1-D ``grid``), the same integers: table row order, or None."""
+        n = len(grid)
+        if n == 0 or float(grid.max()) * n >= 2**62:
+            row = self._exact(grid)
+            return None if row is None else row[self.out]
+        g = grid.astype(np.int64)
+        t_provider, t_labeler = int(g[: self.n_provider].sum()), int(g[self.n_provider :].sum())
+        if not (t_provider or t_labeler):
+            return None
+        if max(t_provider, t_labeler) >= 2**53 or int(g.max()) >= (2**63 - 1) // TOTAL_BPS:
+            return self._exact(grid)[self.out]
+        # a role with no positive credit passes its share to the other (its own entries are 0)
+        share = self._entry_share if t_provider and t_labeler else TOTAL_BPS
+        den = np.where(self._role == 1, t_labeler or 1, t_provider or 1)
+        bps, rem = np.divmod(g * share, den)
+        left = TOTAL_BPS - int(bps.sum())
+        if left:
+            bps[self._largest(rem, den, left)] += 1
+        return bps[self.out]
+
     def split_all(self, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Basis points [queries, entries] (table row order) and which queries have any credit.
 
@@ -350,7 +413,7 @@ class _BatchPlan:
 
     def _fast(self, g: np.ndarray, totals: np.ndarray) -> np.ndarray:
         """Largest remainder in int64 for queries whose quotas and totals fit exactly."""
-        role = np.repeat([0, 1], [self.n_provider, len(self.tierank) - self.n_provider])
+        role = self._role
         # a role with no positive credit passes its share to the other (its own entries are 0)
         share = np.where(totals.all(axis=1)[:, None], [[self.share[r] for r in ROLES]], TOTAL_BPS)
         den = np.where(totals == 0, 1, totals)[:, role]
@@ -402,6 +465,21 @@ class _BatchPlan:
         group = np.flatnonzero(frac == cut).tolist()
         group.sort(key=lambda i: (-Fraction(int(rem[i]), int(den[i])), int(self.tierank[i])))
         return np.concatenate([above, np.asarray(group[: left - len(above)], dtype=np.intp)])
+
+
+def _stack_rows(matrices: list[sparse.csr_matrix], n_cols: int) -> sparse.csr_matrix:
+    """The matrices' rows one under the other, each row's entries kept in their order (so its sum is)."""
+    mats = [sparse.csr_matrix(m) for m in matrices]
+    offsets = np.cumsum([0] + [m.nnz for m in mats])
+    indptr = np.concatenate([[0]] + [m.indptr[1:] + o for m, o in zip(mats, offsets, strict=False)])
+    return sparse.csr_matrix(
+        (
+            np.concatenate([m.data for m in mats] or [np.zeros(0)]),
+            np.concatenate([m.indices for m in mats] or [np.zeros(0, np.int32)]),
+            indptr,
+        ),
+        shape=(sum(m.shape[0] for m in mats), n_cols),
+    )
 
 
 def _labeler_entries(

@@ -60,6 +60,7 @@ class ServedRun:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
     _addresses: list[str] = field(init=False, repr=False, compare=False)
     _row_address: np.ndarray = field(init=False, repr=False, compare=False)  # [split rows, addresses] 0/1
+    _positions: np.ndarray = field(init=False, repr=False, compare=False)  # example_ids in the split
 
     @property
     def n_features(self) -> int:
@@ -72,6 +73,7 @@ class ServedRun:
         where = {a: j for j, a in enumerate(self._addresses)}
         self._row_address = np.zeros((len(addresses), len(self._addresses)), dtype=np.int64)
         self._row_address[np.arange(len(addresses)), [where[a] for a in addresses]] = 1
+        self._positions = self.split.positions(self.example_ids)  # ContributorError: not servable
 
     def predict(self, raw: np.ndarray, *, attribute: bool = True) -> list[Prediction]:
         """Predictions for raw feature rows [n, n_features]; InputError for bad rows."""
@@ -99,6 +101,8 @@ class ServedRun:
     def _query_bps(self, contributions: np.ndarray) -> list[tuple[tuple[str, int], ...] | None]:
         """Each row's (address, bps) from its own attribution; None where the run's weights apply
         (no training example helped that prediction, or its scores are not finite)."""
+        if contributions.shape[1] == 1:  # a single-input request: no batch machinery
+            return [self._one_bps(contributions[:, 0])]
         out: list[tuple[tuple[str, int], ...] | None] = [None] * contributions.shape[1]
         cols = np.flatnonzero(np.isfinite(contributions).all(axis=0))
         try:
@@ -110,6 +114,16 @@ class ServedRun:
             if ok:
                 out[q] = tuple((a, v) for a, v in zip(self._addresses, row, strict=True) if v > 0)
         return out
+
+    def _one_bps(self, contributions: np.ndarray) -> tuple[tuple[str, int], ...] | None:
+        """``_query_bps`` of one row: the same (address, bps), through ``ContributorSplit.split_one``."""
+        if not np.isfinite(contributions).all():
+            return None
+        bps = self.split.split_one(self._positions, contributions)
+        if bps is None:
+            return None
+        row = (bps @ self._row_address).tolist()
+        return tuple((a, v) for a, v in zip(self._addresses, row, strict=True) if v > 0)
 
 
 def input_hash(row: np.ndarray) -> str:
@@ -197,16 +211,21 @@ def load_run(chain: Chain, store: ContentStore, run_id: str) -> ServedRun:
     run_bps = tuple(
         merge_bps(zip(weights["address"].to_pylist(), weights["weight_bps"].to_pylist(), strict=True))
     )
-    return ServedRun(
-        run_id=run_id,
-        head_cid=head_cid,
-        model_cid=model_cid,
-        root=leaves.root,
-        encoding=encoding,
-        model=model,
-        features=features,
-        example_ids=example_ids,
-        split=split,
-        run_bps=run_bps,
-        names={a: ",".join(cs) for a, cs in names.items()},
-    )
+    try:
+        return ServedRun(
+            run_id=run_id,
+            head_cid=head_cid,
+            model_cid=model_cid,
+            root=leaves.root,
+            encoding=encoding,
+            model=model,
+            features=features,
+            example_ids=example_ids,
+            split=split,
+            run_bps=run_bps,
+            names={a: ",".join(cs) for a, cs in names.items()},
+        )
+    except ContributorError as exc:
+        raise RunNotServable(
+            f"run {run_id!r}: its example_attribution does not match its examples: {exc}"
+        ) from None

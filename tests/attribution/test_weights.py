@@ -187,6 +187,27 @@ def test_split_queries_equals_split_query_per_row(case):
                                       ref["role"].to_pylist(), strict=True))
 
 
+@settings(max_examples=300, deadline=None)
+@given(split_cases())
+def test_split_one_equals_the_batched_split_and_the_reference(case):
+    # serving's single-input path: bit for bit the batch's integers (a query alone is batched
+    # next to a copy of itself, so split_queries runs its batch machinery) and split_query's
+    split, example_ids, contributions = case
+    positions = split.positions(example_ids)
+    batched = split.split_queries(example_ids, np.repeat(contributions, 2, axis=1))
+    for q in range(contributions.shape[1]):
+        one = split.split_one(positions, contributions[:, q])
+        alone = split.split_queries(example_ids, contributions[:, q])[0]
+        for twin in (batched[2 * q], batched[2 * q + 1], alone):
+            assert (one is None) == (twin is None)
+            assert one is None or (one.dtype == np.int64 and one.tolist() == twin.tolist())
+        try:
+            ref = split.split_query(example_ids, contributions[:, q])["weight_bps"].to_pylist()
+        except ContributorError:
+            ref = None
+        assert (None if one is None else one.tolist()) == ref
+
+
 def test_split_queries_beyond_int64_takes_the_exact_path(monkeypatch):
     # 15 digits and credits near the top of the grid: quotas overflow int64 and totals pass 2**53,
     # so the batched split falls back to Fractions; it must still agree with the reference
@@ -203,8 +224,11 @@ def test_split_queries_beyond_int64_takes_the_exact_path(monkeypatch):
     monkeypatch.setattr(weights_module, "largest_remainder", lambda *a: calls.append(1) or exact(*a))
     got = split.split_queries(ids, contributions)
     assert len(calls) == 3
+    ones = [split.split_one(split.positions(ids), contributions[:, q]) for q in range(3)]
+    assert len(calls) == 6  # the single-query path falls back the same way
     for q, bps in enumerate(got):
         assert bps.tolist() == split.split_query(ids, contributions[:, q])["weight_bps"].to_pylist()
+        assert ones[q].tolist() == bps.tolist()
 
 
 def test_split_queries_orders_float_equal_remainders_exactly():
@@ -232,3 +256,10 @@ def test_split_queries_refuses_bad_input_by_name():
         split.split_queries(["e000", "e001"], np.ones((3, 1)))
     assert list(split.split_queries(["e000", "e001"], -np.ones((2, 2)))) == [None, None]
     assert list(split.split_queries(["e000", "e001"], np.ones((2, 0)))) == []
+    positions = split.positions(["e001", "e000"])
+    with pytest.raises(ContributorError, match="NaN or inf"):
+        split.split_one(positions, np.array([1.0, np.inf]))
+    with pytest.raises(ContributorError, match="one score per example"):
+        split.split_one(positions, np.ones(3))
+    assert split.split_one(positions, -np.ones(2)) is None
+    assert split.split_one(positions, np.array([1.0, 0.0])).tolist() == [0, 10_000]  # e001 is c1's

@@ -1,4 +1,5 @@
-"""Each prediction's fee split (batched) equals the per-row reference: split_query, merged per address."""
+"""Each prediction's fee split equals the per-row reference (split_query, merged per address),
+whether it came in a batch (split_queries) or alone (split_one)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,26 @@ def test_predictions_split_as_the_per_row_reference(world):
     assert all(type(a) is str and type(b) is int for p in out for a, b in p.bps)
 
 
+def test_single_input_requests_split_as_the_per_row_reference(world):
+    # one row per call takes ServedRun's single-input path (split_one), a batch split_queries;
+    # both match the reference on the same scores (a row's scores alone and inside a batch may
+    # differ in the last float bits, so each side is checked on its own scores)
+    served = world.served
+    raw = np.vstack([world.run.X_test[:24], np.random.default_rng(6).normal(0, 4.0, size=(24, 6))])
+    singles = [served.predict(raw[i : i + 1])[0] for i in range(len(raw))]
+    assert any(p.split == SPLIT_QUERY for p in singles)
+    x = served.encoding.scale(raw)
+    for i, p in enumerate(singles):
+        label = served.encoding.classes.index(p.label)
+        (expected,) = _reference(served, served.features.scores(x[i : i + 1], [label]))
+        assert p.bps == (served.run_bps if expected is None else expected)
+        assert p.split == (SPLIT_RUN if expected is None else SPLIT_QUERY)
+    contributions = served.features.scores(x, [served.encoding.classes.index(p.label) for p in singles])
+    batched = served._query_bps(contributions)
+    assert [served._query_bps(contributions[:, i : i + 1])[0] for i in range(len(raw))] == batched
+    assert batched == _reference(served, contributions)
+
+
 def test_rows_without_positive_or_finite_scores_take_the_run_weights(world):
     served = world.served
     x = served.encoding.scale(world.run.X_test[:3])
@@ -43,4 +64,6 @@ def test_rows_without_positive_or_finite_scores_take_the_run_weights(world):
     got = served._query_bps(contributions)
     assert got[1] is None and got[2] is None
     assert got[0] == _reference(served, contributions[:, :1])[0]
+    assert served._query_bps(contributions[:, :1]) == got[:1]  # the single-input path
+    assert served._query_bps(contributions[:, 1:2]) == [None]
     assert served._query_bps(contributions[:, 2:]) == [None]
