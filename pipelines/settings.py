@@ -41,8 +41,13 @@ class Settings:
         return self.home / "chain"
 
     @property
-    def ledger_path(self) -> Path:
-        return Path(os.environ.get("CARAVAN_LEDGER") or self.home / "ledger.sqlite").absolute()
+    def ledger_path(self) -> Path | str:
+        """The serving ledger: a SQLite file, or a `postgresql://` URL kept as given (its password
+        belongs in PGPASSWORD or ~/.pgpass, not in the URL: this string reaches resource configs)."""
+        given = os.environ.get("CARAVAN_LEDGER")
+        if given and "://" in given:  # a database URL (the ledger checks its scheme)
+            return given
+        return Path(given or self.home / "ledger.sqlite").absolute()
 
 
 def load_settings() -> Settings:

@@ -4,7 +4,8 @@ Public face (pipelines/ uses only these names):
 
     run = load_run(chain, store, run_id)        RunNotServable unless the head record is on chain,
                                                 its root matches, and every output loads (verified)
-    ledger = Ledger(path)                       SQLite WAL: hashed API keys, balances, receipts, epochs
+    ledger = Ledger(path_or_postgresql_url)     SQLite WAL or PostgreSQL: hashed API keys, balances,
+                                                receipts, epochs, rate-limit buckets (shared by servers)
     app = create_app(run, ledger, price=..., max_batch=64, attribute=True)    FastAPI
     settle_run(chain, store, ledger, run_id, head_cid) -> Settlement | None   one epoch, idempotent
     settle_all(chain, store, ledger, heads)     every run with open receipts; heads(run_id) -> head CID

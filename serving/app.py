@@ -7,7 +7,6 @@ Only then is the model run, and the receipts are committed before the response i
 """
 
 import math
-import threading
 import time
 from typing import Annotated
 
@@ -33,26 +32,6 @@ from serving.run import ServedRun
 
 API_KEY_HEADER = "X-API-Key"
 Finite = Annotated[float, Field(allow_inf_nan=False)]
-
-
-class RateLimiter:
-    """Token bucket per key: ``burst`` calls at once, refilled at ``rate_per_s``."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._buckets: dict[str, tuple[float, float]] = {}
-
-    def allow(self, key: ApiKey, cost: float = 1.0) -> float:
-        """0 if allowed (and spent), else seconds until it would be."""
-        now = time.monotonic()
-        with self._lock:
-            tokens, last = self._buckets.get(key.key_id, (float(key.burst), now))
-            tokens = min(float(key.burst), tokens + (now - last) * key.rate_per_s)
-            if tokens >= cost:
-                self._buckets[key.key_id] = (tokens - cost, now)
-                return 0.0
-            self._buckets[key.key_id] = (tokens, now)
-            return (cost - tokens) / key.rate_per_s
 
 
 class Contributor(BaseModel):
@@ -148,7 +127,6 @@ def create_app(
     fees = Counter("caravan_fees_accrued", "fees charged, smallest token unit", registry=registry)
     settled = Gauge("caravan_settled_epochs", "settlement epochs closed (from the ledger)", registry=registry)
     settled.set_function(lambda: sum(e.state == "closed" for e in ledger.epochs()))
-    limiter = RateLimiter()
     key_header = APIKeyHeader(
         name=API_KEY_HEADER, auto_error=False, description="API key from `caravan keys create`"
     )
@@ -210,7 +188,7 @@ def create_app(
 
     @app.post("/v1/predict", response_model=PredictResponse, responses=errors)
     def predict(body: PredictRequest, key: Annotated[ApiKey, Depends(api_key)]) -> PredictResponse:
-        wait = limiter.allow(key)
+        wait = ledger.rate_wait(key)  # the bucket is in the ledger: shared by every server process
         if wait:
             raise HTTPException(
                 429,

@@ -1,11 +1,13 @@
-"""The durable ledger: API keys (hashed, prepaid), receipts, settlement epochs. SQLite in WAL mode.
+"""The durable ledger: API keys (hashed, prepaid), receipts, settlement epochs, rate-limit buckets.
 
-A charge is one `BEGIN IMMEDIATE` transaction: the key's balance is checked and debited and
-every receipt inserted, then committed (synchronous=FULL) before the caller answers, so a
-response that reached a client always has its receipts on disk, and a refused call changes
-nothing. Keys are random 256-bit secrets; only their sha256 is stored (a fast hash is enough
-for secrets with that much entropy). Amounts are integers in the token's smallest unit, kept
-below 2**63 (SQLite's integer).
+One implementation over two engines (serving/ledger_backends.py): a SQLite file in WAL mode by
+default, or a PostgreSQL database (`postgresql://` URL) for a deployment with several server
+processes or hosts. A charge is one transaction: a single conditional UPDATE checks and debits
+the key's balance (on PostgreSQL it also row-locks the key, so concurrent charges queue instead
+of overdrawing), every receipt is inserted, and the commit is durable before the caller answers;
+a refused call changes nothing. Keys are random 256-bit secrets; only their sha256 is stored (a
+fast hash is enough for secrets with that much entropy). Amounts are integers in the token's
+smallest unit, kept below 2**63 (both engines' integer).
 """
 
 from __future__ import annotations
@@ -14,35 +16,45 @@ import datetime as dt
 import hashlib
 import json
 import secrets
-import sqlite3
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from serving.errors import InsufficientBalance, LedgerError, RevokedKey, UnknownKey
+from serving.ledger_backends import Backend, open_backend
 
 KEY_PREFIX = "cvn_"
 MAX_AMOUNT = 2**63 - 1
 
+# SQL both engines accept ({serial} is the one column that differs); BIGINT and DOUBLE PRECISION
+# have SQLite's INTEGER and REAL affinity, so ledgers made before (INTEGER, REAL) read the same.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS keys (
   key_id TEXT PRIMARY KEY, key_hash TEXT NOT NULL UNIQUE, name TEXT NOT NULL,
-  balance INTEGER NOT NULL CHECK (balance >= 0), rate_per_s REAL NOT NULL, burst INTEGER NOT NULL,
-  created_at TEXT NOT NULL, revoked_at TEXT);
+  balance BIGINT NOT NULL CHECK (balance >= 0), rate_per_s DOUBLE PRECISION NOT NULL,
+  burst BIGINT NOT NULL, created_at TEXT NOT NULL, revoked_at TEXT);
 CREATE TABLE IF NOT EXISTS receipts (
-  seq INTEGER PRIMARY KEY AUTOINCREMENT, receipt_id TEXT NOT NULL UNIQUE, key_id TEXT NOT NULL,
+  seq {serial}, receipt_id TEXT NOT NULL UNIQUE, key_id TEXT NOT NULL,
   created_at TEXT NOT NULL, run_id TEXT NOT NULL, model_cid TEXT NOT NULL, input_hash TEXT NOT NULL,
-  label TEXT NOT NULL, probability REAL NOT NULL, price INTEGER NOT NULL, split TEXT NOT NULL,
+  label TEXT NOT NULL, probability DOUBLE PRECISION NOT NULL, price BIGINT NOT NULL, split TEXT NOT NULL,
   bps TEXT NOT NULL, amounts TEXT NOT NULL, epoch_id TEXT);
 CREATE INDEX IF NOT EXISTS receipts_open ON receipts (run_id, epoch_id);
 CREATE TABLE IF NOT EXISTS epochs (
-  epoch_id TEXT PRIMARY KEY, run_id TEXT NOT NULL, head_cid TEXT NOT NULL, number INTEGER NOT NULL,
-  closed_at TEXT NOT NULL, state TEXT NOT NULL, n_receipts INTEGER NOT NULL, total INTEGER NOT NULL,
+  epoch_id TEXT PRIMARY KEY, run_id TEXT NOT NULL, head_cid TEXT NOT NULL, number BIGINT NOT NULL,
+  closed_at TEXT NOT NULL, state TEXT NOT NULL, n_receipts BIGINT NOT NULL, total BIGINT NOT NULL,
   batch_cid TEXT, record_cid TEXT, root TEXT);
+CREATE TABLE IF NOT EXISTS rate_buckets (key_id TEXT PRIMARY KEY, tat BIGINT NOT NULL);
 """
+
+# Rate limits are GCRA, the token bucket kept as one number: the key's theoretical arrival time
+# (ns). A call is allowed while that is at most `burst` intervals ahead of now, and moves it one
+# interval on; so checking and spending is one conditional UPDATE, shared by every process.
+_NS = 10**9
+_MAX_TOLERANCE_NS = 10**18  # ~31 years: keeps now + tolerance below 2**63
+_RATE_SQL = "UPDATE rate_buckets SET tat = {greatest}(tat, ?) + ? WHERE key_id=? AND tat <= ?"
 
 
 def now() -> str:
@@ -121,10 +133,16 @@ class Epoch:
     root: str | None
 
 
+_KEY_COLS = "key_id, name, balance, rate_per_s, burst, revoked_at"
+
 _RECEIPT_COLS = (
     "receipt_id, created_at, run_id, model_cid, input_hash, label, probability, price, split, bps, "
     "amounts, epoch_id"
 )
+
+
+def _api_key(row: Sequence) -> ApiKey:
+    return ApiKey(*row[:5], revoked=row[5] is not None)
 
 
 def _receipt(row: Sequence) -> Receipt:
@@ -138,46 +156,47 @@ def _receipt(row: Sequence) -> Receipt:
 
 
 class Ledger:
-    """One ledger file; safe to share between threads (a connection each) and processes (WAL)."""
+    """A SQLite file path or a `postgresql://` URL; safe to share between threads and processes.
 
-    def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._synchronous = synchronous
-        self._local = threading.local()
-        self.db.executescript(SCHEMA)
-        with self._tx() as db:
-            if db.execute("SELECT value FROM meta WHERE name='ledger_id'").fetchone() is None:
-                db.execute("INSERT INTO meta VALUES ('ledger_id', ?)", (secrets.token_hex(4),))
+    On PostgreSQL, give the password in PGPASSWORD or ~/.pgpass (libpq reads both); one in the
+    URL works too and is never shown (repr and errors print it as ***). Call `close()` (or use
+    `with`) to return a PostgreSQL pool's connections early; exiting the process also does.
+    """
+
+    def __init__(self, target: str | Path, *, synchronous: str = "FULL", pool_size: int = 8) -> None:
+        self._b: Backend = open_backend(target, synchronous=synchronous, pool_size=pool_size)
+        self.path: Path | None = getattr(self._b, "path", None)  # the SQLite file, None on PostgreSQL
+        self._rate_sql = _RATE_SQL.format(greatest=self._b.greatest)
+        self._b.create_schema(SCHEMA.format(serial=self._b.serial))
+        with self._b.transaction() as db:
+            db.execute(
+                "INSERT INTO meta VALUES ('ledger_id', ?) ON CONFLICT (name) DO NOTHING",
+                (secrets.token_hex(4),),
+            )
 
     def __repr__(self) -> str:
-        return f"Ledger({self.path})"
+        return f"Ledger({self._b})"
 
-    @property
-    def db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(f"PRAGMA synchronous={self._synchronous}")
-            db.execute("PRAGMA busy_timeout=30000")
-            self._local.db = db
-        return db
+    def __enter__(self) -> Ledger:
+        return self
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._b.close()
+
+    def _one(self, sql: str, params: Sequence = ()) -> Sequence | None:
+        with self._b.connection() as db:
+            return _first(db.execute(sql, params))
+
+    def _all(self, sql: str, params: Sequence = ()) -> list[Sequence]:
+        with self._b.connection() as db:
+            return db.execute(sql, params).fetchall()
 
     @property
     def ledger_id(self) -> str:
-        return self.db.execute("SELECT value FROM meta WHERE name='ledger_id'").fetchone()[0]
+        return self._one("SELECT value FROM meta WHERE name='ledger_id'")[0]
 
     # ---- keys -------------------------------------------------------------------------------
 
@@ -190,7 +209,7 @@ class Ledger:
             raise LedgerError("rate_per_s must be > 0 and burst >= 1")
         key_id = secrets.token_hex(6)
         secret = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
-        with self._tx() as db:
+        with self._b.transaction() as db:
             db.execute(
                 "INSERT INTO keys VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
                 (key_id, hash_key(secret), name, balance, float(rate_per_s), int(burst), now()),
@@ -198,46 +217,70 @@ class Ledger:
         return key_id, secret
 
     def key(self, key_id: str) -> ApiKey:
-        row = self.db.execute(
-            "SELECT key_id, name, balance, rate_per_s, burst, revoked_at FROM keys WHERE key_id=?", (key_id,)
-        ).fetchone()
+        row = self._one(f"SELECT {_KEY_COLS} FROM keys WHERE key_id=?", (key_id,))
         if row is None:
-            raise UnknownKey(f"no API key {key_id!r} in {self.path}; list keys with `caravan keys list`")
-        return ApiKey(*row[:5], revoked=row[5] is not None)
+            raise UnknownKey(f"no API key {key_id!r} in {self._b}; list keys with `caravan keys list`")
+        return _api_key(row)
 
     def keys(self) -> list[ApiKey]:
-        rows = self.db.execute("SELECT key_id FROM keys ORDER BY created_at, key_id").fetchall()
-        return [self.key(r[0]) for r in rows]
+        return [_api_key(r) for r in self._all(f"SELECT {_KEY_COLS} FROM keys ORDER BY created_at, key_id")]
 
     def authenticate(self, secret: str) -> ApiKey:
-        row = self.db.execute("SELECT key_id FROM keys WHERE key_hash=?", (hash_key(secret),)).fetchone()
+        row = self._one(f"SELECT {_KEY_COLS} FROM keys WHERE key_hash=?", (hash_key(secret),))
         if row is None:
             raise UnknownKey("unknown API key: send the secret `caravan keys create` printed")
-        key = self.key(row[0])
+        key = _api_key(row)
         if key.revoked:
             raise RevokedKey(f"API key {key.key_id} was revoked; ask for a new key")
         return key
 
     def revoke(self, key_id: str) -> None:
-        with self._tx() as db:
-            if (
-                db.execute(
-                    "UPDATE keys SET revoked_at=? WHERE key_id=? AND revoked_at IS NULL", (now(), key_id)
-                ).rowcount
-                == 0
-            ):
-                self.key(key_id)  # unknown key -> UnknownKey; already revoked -> no-op
+        with self._b.transaction() as db:
+            revoked = db.execute(
+                "UPDATE keys SET revoked_at=? WHERE key_id=? AND revoked_at IS NULL", (now(), key_id)
+            ).rowcount
+            if not revoked and _first(db.execute("SELECT 1 FROM keys WHERE key_id=?", (key_id,))) is None:
+                raise UnknownKey(f"no API key {key_id!r} in {self._b}")  # already revoked: a no-op
 
     def topup(self, key_id: str, amount: int) -> int:
         _amount("amount", amount)
-        with self._tx() as db:
-            row = db.execute("SELECT balance FROM keys WHERE key_id=?", (key_id,)).fetchone()
-            if row is None:
-                raise UnknownKey(f"no API key {key_id!r} in {self.path}")
-            if row[0] + amount > MAX_AMOUNT:
-                raise LedgerError(f"balance would exceed {MAX_AMOUNT}")
-            db.execute("UPDATE keys SET balance=balance+? WHERE key_id=?", (amount, key_id))
-            return row[0] + amount
+        with self._b.transaction() as db:
+            row = _first(
+                db.execute(
+                    "UPDATE keys SET balance=balance+? WHERE key_id=? AND balance<=? RETURNING balance",
+                    (amount, key_id, MAX_AMOUNT - amount),
+                )
+            )
+            if row is not None:
+                return row[0]
+            if _first(db.execute("SELECT 1 FROM keys WHERE key_id=?", (key_id,))) is None:
+                raise UnknownKey(f"no API key {key_id!r} in {self._b}")
+            raise LedgerError(f"balance would exceed {MAX_AMOUNT}")
+
+    def rate_wait(self, key: ApiKey, cost: int = 1, *, now_ns: int | None = None) -> float:
+        """0 if ``key`` may make ``cost`` calls now (and they are spent), else seconds until it may.
+
+        ``burst`` calls at once, refilled at ``rate_per_s`` (rates above 1e9/s count as 1e9/s).
+        The state is in the ledger, so every server process on it shares the key's budget; the
+        commit is not fsynced (a crash may forget a few spent calls, never a receipt).
+        """
+        if not 1 <= cost <= key.burst:
+            raise LedgerError(f"a rate-limited call costs 1..burst ({key.burst}), got {cost}")
+        at = time.time_ns() if now_ns is None else now_ns
+        interval = max(1, round(_NS / key.rate_per_s))
+        tolerance = min(key.burst * interval, _MAX_TOLERANCE_NS)
+        step = cost * interval
+        with self._b.transaction(durable=False) as db:
+            for _ in range(2):
+                if db.execute(self._rate_sql, (at, step, key.key_id, at + tolerance - step)).rowcount:
+                    return 0.0
+                row = _first(db.execute("SELECT tat FROM rate_buckets WHERE key_id=?", (key.key_id,)))
+                if row is not None:
+                    return (max(row[0], at) + step - at - tolerance) / _NS
+                db.execute(  # the key's first call: a full bucket, then spend from it
+                    "INSERT INTO rate_buckets VALUES (?, 0) ON CONFLICT (key_id) DO NOTHING", (key.key_id,)
+                )
+        raise LedgerError(f"rate bucket of key {key.key_id} could not be created")  # pragma: no cover
 
     # ---- receipts ---------------------------------------------------------------------------
 
@@ -245,6 +288,7 @@ class Ledger:
         self, key_id: str, run_id: str, model_cid: str, price: int, items: Sequence[Charge]
     ) -> list[Receipt]:
         """Debit ``price`` per item and write one receipt each, atomically; nothing on refusal."""
+        _amount("price", price)
         total = price * len(items)
         stamp = now()
         receipts = [
@@ -266,42 +310,50 @@ class Ledger:
         for c in items:
             if sum(v for _, v in c.amounts) != price:
                 raise LedgerError("a receipt's amounts must sum to its price")
-        with self._tx() as db:
-            row = db.execute("SELECT balance, revoked_at FROM keys WHERE key_id=?", (key_id,)).fetchone()
-            if row is None:
-                raise UnknownKey(f"unknown API key {key_id!r}")
-            if row[1] is not None:
-                raise RevokedKey(f"API key {key_id} was revoked; ask for a new key")
-            if row[0] < total:
-                raise InsufficientBalance(
-                    f"balance {row[0]} cannot cover {len(items)} prediction(s) at {price} each ({total}); "
-                    "top the key up (`caravan keys topup`)"
+        with self._b.transaction() as db:
+            debited = total <= MAX_AMOUNT and _first(
+                db.execute(
+                    "UPDATE keys SET balance=balance-? "
+                    "WHERE key_id=? AND revoked_at IS NULL AND balance>=? RETURNING balance",
+                    (total, key_id, total),
                 )
-            db.execute("UPDATE keys SET balance=balance-? WHERE key_id=?", (total, key_id))
+            )
+            if not debited:
+                self._refuse(db, key_id, len(items), price, total)
             _insert_receipts(db, key_id, receipts)
         return receipts
 
+    def _refuse(self, db: Any, key_id: str, n: int, price: int, total: int) -> None:
+        """Why a debit matched no row: raise the error that says so."""
+        row = _first(db.execute("SELECT balance, revoked_at FROM keys WHERE key_id=?", (key_id,)))
+        if row is None:
+            raise UnknownKey(f"unknown API key {key_id!r}")
+        if row[1] is not None:
+            raise RevokedKey(f"API key {key_id} was revoked; ask for a new key")
+        raise InsufficientBalance(
+            f"balance {row[0]} cannot cover {n} prediction(s) at {price} each ({total}); "
+            "top the key up (`caravan keys topup`)"
+        )
+
     def receipt(self, receipt_id: str) -> Receipt | None:
-        row = self.db.execute(
-            f"SELECT {_RECEIPT_COLS} FROM receipts WHERE receipt_id=?", (receipt_id,)
-        ).fetchone()
+        row = self._one(f"SELECT {_RECEIPT_COLS} FROM receipts WHERE receipt_id=?", (receipt_id,))
         return None if row is None else _receipt(row)
 
     def receipt_owner(self, receipt_id: str) -> str | None:
-        row = self.db.execute("SELECT key_id FROM receipts WHERE receipt_id=?", (receipt_id,)).fetchone()
+        row = self._one("SELECT key_id FROM receipts WHERE receipt_id=?", (receipt_id,))
         return None if row is None else row[0]
 
     def receipt_ids(self) -> list[str]:
-        return [r[0] for r in self.db.execute("SELECT receipt_id FROM receipts ORDER BY seq")]
+        return [r[0] for r in self._all("SELECT receipt_id FROM receipts ORDER BY seq")]
 
     def fees_accrued(self) -> int:
-        return int(self.db.execute("SELECT COALESCE(SUM(price), 0) FROM receipts").fetchone()[0])
+        return int(self._one("SELECT COALESCE(SUM(price), 0) FROM receipts")[0])
 
     # ---- epochs -----------------------------------------------------------------------------
 
     def open_runs(self) -> list[str]:
         """Runs with receipts not yet in an epoch, or an epoch not yet closed."""
-        rows = self.db.execute(
+        rows = self._all(
             "SELECT DISTINCT run_id FROM receipts WHERE epoch_id IS NULL "
             "UNION SELECT run_id FROM epochs WHERE state != 'closed' ORDER BY 1"
         )
@@ -310,65 +362,67 @@ class Ledger:
     def close_epoch(self, run_id: str, head_cid: str) -> Epoch | None:
         """The run's unfinished epoch if any, else a new one holding every unsettled receipt.
 
-        Assigning receipts to the epoch is one transaction, so each receipt lands in exactly one
-        epoch; receipts written later go to the next one.
+        One transaction that runs alone: each receipt lands in exactly one epoch, and the epoch's
+        count and total are read after its receipts are claimed, so a charge committed meanwhile
+        goes, whole, to the next one.
         """
-        with self._tx() as db:
-            row = db.execute(
-                "SELECT epoch_id FROM epochs WHERE run_id=? AND state != 'closed' ORDER BY number LIMIT 1",
-                (run_id,),
-            ).fetchone()
+        with self._b.transaction(alone=True) as db:
+            unfinished = "SELECT epoch_id FROM epochs WHERE run_id=? AND state != 'closed' ORDER BY number"
+            row = _first(db.execute(unfinished + " LIMIT 1", (run_id,)))
             if row is not None:
                 return self._epoch(db, row[0])
-            n, total = db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(price), 0) FROM receipts WHERE run_id=? AND epoch_id IS NULL",
-                (run_id,),
-            ).fetchone()
-            if n == 0:
-                return None
-            number = db.execute("SELECT COALESCE(MAX(number), 0) + 1 FROM epochs").fetchone()[0]
-            ledger_id = db.execute("SELECT value FROM meta WHERE name='ledger_id'").fetchone()[0]
+            number = _first(db.execute("SELECT COALESCE(MAX(number), 0) + 1 FROM epochs"))[0]
+            ledger_id = _first(db.execute("SELECT value FROM meta WHERE name='ledger_id'"))[0]
             epoch_id = f"{run_id}/epoch-{ledger_id}-{number}"
-            stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-            db.execute(
-                "INSERT INTO epochs VALUES (?, ?, ?, ?, ?, 'open', ?, ?, NULL, NULL, NULL)",
-                (epoch_id, run_id, head_cid, number, stamp, n, total),
-            )
             db.execute(
                 "UPDATE receipts SET epoch_id=? WHERE run_id=? AND epoch_id IS NULL", (epoch_id, run_id)
             )
+            n, total = _first(
+                db.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(price), 0) FROM receipts WHERE run_id=? AND epoch_id=?",
+                    (run_id, epoch_id),
+                )
+            )
+            if n == 0:
+                return None
+            stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            db.execute(
+                "INSERT INTO epochs VALUES (?, ?, ?, ?, ?, 'open', ?, ?, NULL, NULL, NULL)",
+                (epoch_id, run_id, head_cid, number, stamp, int(n), int(total)),
+            )
             return self._epoch(db, epoch_id)
 
-    def _epoch(self, db: sqlite3.Connection, epoch_id: str) -> Epoch:
-        row = db.execute("SELECT * FROM epochs WHERE epoch_id=?", (epoch_id,)).fetchone()
+    def _epoch(self, db: Any, epoch_id: str) -> Epoch:
+        row = _first(db.execute("SELECT * FROM epochs WHERE epoch_id=?", (epoch_id,)))
         if row is None:
-            raise LedgerError(f"no epoch {epoch_id!r} in {self.path}")
+            raise LedgerError(f"no epoch {epoch_id!r} in {self._b}")
         return Epoch(*row)
 
     def epoch(self, epoch_id: str) -> Epoch:
-        return self._epoch(self.db, epoch_id)
+        with self._b.connection() as db:
+            return self._epoch(db, epoch_id)
 
     def epochs(self) -> list[Epoch]:
-        return [self.epoch(r[0]) for r in self.db.execute("SELECT epoch_id FROM epochs ORDER BY number")]
+        return [Epoch(*r) for r in self._all("SELECT * FROM epochs ORDER BY number")]
 
     def update_epoch(self, epoch_id: str, **fields: str | None) -> Epoch:
         allowed = {"state", "batch_cid", "record_cid", "root"}
         if not fields.keys() <= allowed:
             raise LedgerError(f"epoch fields {sorted(fields.keys() - allowed)} cannot change")
-        with self._tx() as db:
+        with self._b.transaction() as db:
             sets = ", ".join(f"{k}=?" for k in fields)
             db.execute(f"UPDATE epochs SET {sets} WHERE epoch_id=?", (*fields.values(), epoch_id))
             return self._epoch(db, epoch_id)
 
     def epoch_receipts(self, epoch_id: str) -> list[Receipt]:
-        rows = self.db.execute(
+        rows = self._all(
             f"SELECT {_RECEIPT_COLS} FROM receipts WHERE epoch_id=? ORDER BY receipt_id", (epoch_id,)
         )
         return [_receipt(r) for r in rows]
 
     def add_receipts(self, receipts: Sequence[Receipt], key_id: str) -> None:
         """Bulk insert already-priced receipts (benchmarks, imports); balances are not touched."""
-        with self._tx() as db:
+        with self._b.transaction() as db:
             _insert_receipts(db, key_id, receipts)
 
 
@@ -385,7 +439,13 @@ def _amount(name: str, value: int, *, allow_zero: bool = False) -> None:
         )
 
 
-def _insert_receipts(db: sqlite3.Connection, key_id: str, receipts: Sequence[Receipt]) -> None:
+def _first(cursor: Any) -> Sequence | None:
+    """The first row, reading them all (SQLite keeps a statement with unread rows open)."""
+    rows = cursor.fetchall()
+    return rows[0] if rows else None
+
+
+def _insert_receipts(db: Any, key_id: str, receipts: Sequence[Receipt]) -> None:
     """New receipts of one key, not yet in any epoch."""
     db.executemany(
         f"INSERT INTO receipts (key_id, {_RECEIPT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,NULL)",

@@ -1,8 +1,9 @@
 """`caravan serve`, `caravan settle`, `caravan keys ...`, `caravan epoch ...`: pay-per-use inference.
 
 Chain from `CARAVAN_RPC_URL` (+ key for settle), content from `CARAVAN_STORE_DIR` (or `--store`),
-the ledger from `CARAVAN_LEDGER` (default `.caravan/ledger.sqlite`, or `--ledger`). API key
-secrets are printed once by `keys create` and stored only as hashes.
+the ledger from `CARAVAN_LEDGER` (default `.caravan/ledger.sqlite`, or `--ledger`): a SQLite
+file or a `postgresql://` URL, so several `caravan serve` processes can share keys, balances and
+rate limits. API key secrets are printed once by `keys create` and stored only as hashes.
 """
 
 from __future__ import annotations
@@ -34,7 +35,13 @@ StoreDir = Annotated[
     typer.Option("--store", envvar=STORE_DIR_ENV, help="Block store directory [default: .caravan/blocks]."),
 ]
 LedgerPath = Annotated[
-    str, typer.Option("--ledger", envvar=LEDGER_ENV, help="SQLite ledger of keys, receipts and epochs.")
+    str,
+    typer.Option(
+        "--ledger",
+        envvar=LEDGER_ENV,
+        help="Ledger of keys, receipts and epochs: a SQLite file, or a postgresql://user@host/db URL "
+        "(password in PGPASSWORD or ~/.pgpass) shared by several servers.",
+    ),
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
 
