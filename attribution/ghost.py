@@ -56,8 +56,9 @@ class LayerTaps:
             h.remove()
         self._handles.clear()
 
-    def output_grads(self, loss: torch.Tensor) -> list[torch.Tensor]:
-        """``B`` for every scored layer, from one backward pass of ``loss``.
+    def output_grads(self, out: torch.Tensor, grad_out: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """``B`` for every scored layer, from one backward pass of ``out`` (a scalar loss, or the
+        model output with its gradient ``grad_out``: a layer whose output it is gets ``grad_out``).
 
         Each layer must have run exactly once since the last call: a shared (twice-called) layer
         would have its first input overwritten and its scores silently wrong.
@@ -71,7 +72,20 @@ class LayerTaps:
                 f"each scored layer must run exactly once per forward pass ({', '.join(odd)}); "
                 "shared or skipped layers cannot be attributed per example"
             )
-        return list(torch.autograd.grad(loss, [t.output for t in self.taps]))
+        if grad_out is None:
+            return list(torch.autograd.grad(out, [t.output for t in self.taps]))
+        inner = [t.output for t in self.taps if t.output is not out]
+        got = iter(torch.autograd.grad(out, inner, grad_out) if inner else ())
+        return [grad_out if t.output is out else next(got) for t in self.taps]
+
+
+def logit_grads(
+    logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, neg: torch.Tensor
+) -> torch.Tensor:
+    """``∂ Σ_i CE(z_i, y_i) / ∂z = softmax(z) − onehot(y)``: two kernels instead of the four of
+    cross-entropy's forward and backward (``rows = arange(n)``, ``neg = -1.0`` of length n)."""
+    g = torch.softmax(logits.detach(), 1)
+    return g.index_put_((rows, labels), neg, accumulate=True)
 
 
 def _keeper(tap: Tap):
@@ -162,10 +176,40 @@ def pairwise_dots(train: Factors, targets: Factors) -> torch.Tensor:
     """``[i, v] = ⟨g_i, g_v⟩`` for one layer: ``(A_b A_vᵀ + 1) ⊙ (B_b B_vᵀ)``."""
     if train.v is not None:
         return train.v @ targets.v.T
+    return add_pairwise(None, train, targets)
+
+
+def add_pairwise(acc: torch.Tensor | None, train: Factors, targets: Factors) -> torch.Tensor:
+    """``acc + pairwise_dots(train, targets)``, in place on ``acc`` (or a new matrix when None).
+
+    ``(G_a + 1) ⊙ G_b`` is formed as ``G_b + G_a ⊙ G_b`` by one fused kernel, so summing the
+    layers costs two passes over an ``[n_train, n_targets]`` matrix per layer and no temporaries.
+    """
+    if train.v is not None:
+        return train.v @ targets.v.T if acc is None else acc.addmm_(train.v, targets.v.T)
     gram_a = train.a @ targets.a.T
+    gram_b = train.b @ targets.b.T
+    if acc is None:
+        return gram_b.addcmul_(gram_a, gram_b) if train.bias else gram_a.mul_(gram_b)
     if train.bias:
-        gram_a += 1.0
-    return gram_a.mul_(train.b @ targets.b.T)
+        acc.add_(gram_b)
+    return acc.addcmul_(gram_a, gram_b)
+
+
+def gv_dots(train: Factors, targets: Factors) -> torch.Tensor:
+    """``[i] = ⟨g_i, Σ_v g_v⟩ = b_iᵀ G_v a_i + b_i·Σ_v b_v`` with ``G_v = Σ_v b_v a_vᵀ``.
+
+    The product is taken on the narrower side: ``rowsum(B ⊙ (A G_vᵀ + Σb_v))`` touches
+    ``n × d_out`` elements after the matmul, ``rowsum((B G_v) ⊙ A)`` ``n × d_in``.
+    """
+    g_v = targets.b.T @ targets.a  # d_out x d_in
+    if train.b.shape[1] <= train.a.shape[1]:
+        side = torch.addmm(targets.b.sum(0), train.a, g_v.T) if train.bias else train.a @ g_v.T
+        return side.mul_(train.b).sum(1)
+    out = (train.b @ g_v).mul_(train.a).sum(1)
+    if train.bias:
+        out += train.b @ targets.b.sum(0)
+    return out
 
 
 def summed_dots(train: Factors, targets: Factors, form: Form) -> torch.Tensor:
@@ -173,12 +217,8 @@ def summed_dots(train: Factors, targets: Factors, form: Form) -> torch.Tensor:
     if train.v is not None:
         return train.v @ targets.v.sum(0)
     if form == "pairwise":
-        return pairwise_dots(train, targets).sum(1)
-    g_v = targets.b.T @ targets.a  # d_out x d_in
-    out = ((train.b @ g_v) * train.a).sum(1)
-    if train.bias:
-        out += train.b @ targets.b.sum(0)
-    return out
+        return add_pairwise(None, train, targets).sum(1)
+    return gv_dots(train, targets)
 
 
 def layer_dims(module: nn.Module) -> tuple[int, int]:

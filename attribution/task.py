@@ -165,9 +165,11 @@ def scored_layers(model: nn.Module) -> list[nn.Module]:
                 "attribution is undefined; use LayerNorm or no normalization"
             )
         own = list(module.parameters(recurse=False))
-        if isinstance(module, SCORED):
-            if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) != 1:
-                raise UnsupportedModelError(f"layer {name!r}: LayerNorm must normalize one trailing dim")
+        if isinstance(module, nn.LayerNorm):
+            _check_layer_norm(name, module)
+            if own:
+                layers.append(module)
+        elif isinstance(module, SCORED):
             layers.append(module)
         elif own:
             raise UnsupportedModelError(
@@ -182,3 +184,15 @@ def scored_layers(model: nn.Module) -> list[nn.Module]:
     if not layers:
         raise UnsupportedModelError("the model has no nn.Linear layer to attribute")
     return layers
+
+
+def _check_layer_norm(name: str, module: nn.LayerNorm) -> None:
+    """One trailing dim, and weight and bias both or neither (without them it acts per example
+    like an activation): the TRAK projection of a LayerNorm gradient expects both halves."""
+    if len(module.normalized_shape) != 1:
+        raise UnsupportedModelError(f"layer {name!r}: LayerNorm must normalize one trailing dim")
+    if module.weight is not None and module.bias is None:
+        raise UnsupportedModelError(
+            f"layer {name!r}: LayerNorm(bias=False) is not supported (a weight without a bias); "
+            "use nn.LayerNorm(d) or nn.LayerNorm(d, elementwise_affine=False)"
+        )

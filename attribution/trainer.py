@@ -161,16 +161,24 @@ def train_plain(task: AttributionTask, X: object, y: object, *, seed: int) -> nn
 def _layer_scores(
     layers: list[nn.Module], facts: list[ghost.Factors], nb: int, n_targets: int, per_target: bool
 ) -> torch.Tensor:
+    """``[nb, n_targets]`` (per target) or ``[nb]`` ghost dot products summed over the layers.
+
+    The pairwise layers share one ``[nb, n_targets]`` matrix, row-summed once at the end.
+    """
     train_rows, target_rows = slice(0, nb), slice(nb, None)
-    total = None
+    pairs, gv = None, None
     for module, f in zip(layers, facts, strict=True):
         tr, tv = f.rows(train_rows), f.rows(target_rows)
-        if per_target:
-            s = ghost.pairwise_dots(tr, tv)
+        if per_target or ghost.cheaper_form(nb, n_targets, *ghost.layer_dims(module)) == "pairwise":
+            pairs = ghost.add_pairwise(pairs, tr, tv)
         else:
-            s = ghost.summed_dots(tr, tv, ghost.cheaper_form(nb, n_targets, *ghost.layer_dims(module)))
-        total = s if total is None else total.add_(s)
-    return total
+            s = ghost.summed_dots(tr, tv, "gv")
+            gv = s if gv is None else gv.add_(s)
+    if per_target:
+        return pairs
+    if pairs is None:
+        return gv
+    return pairs.sum(1) if gv is None else gv.add_(pairs.sum(1))
 
 
 def _sgd_update(layers: list[nn.Module], facts: list[ghost.Factors], nb: int, lr: float, wd: float) -> None:
@@ -182,10 +190,33 @@ def _sgd_update(layers: list[nn.Module], facts: list[ghost.Factors], nb: int, lr
             if isinstance(module, nn.Linear):
                 module.weight.addmm_(rows.b.T, rows.a, beta=decay, alpha=-lr / nb)
                 if module.bias is not None:
-                    module.bias.mul_(decay).add_(rows.b.sum(0), alpha=-lr / nb)
+                    bias = module.bias if decay == 1.0 else module.bias.mul_(decay)
+                    bias.add_(rows.b.sum(0), alpha=-lr / nb)
                 continue
             for p, g in ghost.param_grads(module, rows, 1.0 / nb):
-                p.mul_(decay).add_(g, alpha=-lr)
+                (p if decay == 1.0 else p.mul_(decay)).add_(g, alpha=-lr)
+
+
+@dataclass
+class _Rows:
+    """Preallocated model inputs of one batch size: the batch's rows, then the targets' (fixed)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    index: torch.Tensor  # arange, for the logit gradient
+    neg: torch.Tensor  # -1.0 per row
+
+    @classmethod
+    def of(cls, nb: int, xv: torch.Tensor, yv: torch.Tensor) -> _Rows:
+        n = nb + len(xv)
+        x = torch.empty((n, xv.shape[1]), dtype=xv.dtype)
+        y = torch.empty(n, dtype=yv.dtype)
+        x[nb:], y[nb:] = xv, yv
+        return cls(x, y, torch.arange(n), torch.full((n,), -1.0, dtype=xv.dtype))
+
+    def fill(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> None:
+        torch.index_select(x, 0, idx, out=self.x[: len(idx)])
+        torch.index_select(y, 0, idx, out=self.y[: len(idx)])
 
 
 def run_id_for(task: AttributionTask, example_ids: Sequence[str], seed: int) -> str:
@@ -225,19 +256,22 @@ def attributed_steps(
     checkpoints: list[dict[str, torch.Tensor]] = []
     steps_per_epoch = -(-n // cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
+    buffers: dict[int, _Rows] = {}
     t0 = time.perf_counter()
     with ghost.LayerTaps(layers) as taps:
         for step, (epoch, idx) in enumerate(batches(n, cfg.batch_size, cfg.epochs, seed)):
             nb = len(idx)
-            logits = model(torch.cat([x[idx], xv]))
-            loss = F.cross_entropy(logits[:nb], y[idx], reduction="sum") + F.cross_entropy(
-                logits[nb:], yv, reduction="sum"
-            )
-            grads = taps.output_grads(loss)
+            if nb not in buffers:
+                buffers[nb] = _Rows.of(nb, xv, yv)
+            rows = buffers[nb]
+            rows.fill(x, y, idx)
+            logits = model(rows.x)
+            # Sum-reduced cross-entropy of batch and targets: B needs no 1/batch to undo.
+            grads = taps.output_grads(logits, ghost.logit_grads(logits, rows.y, rows.index, rows.neg))
             facts = [ghost.layer_factors(t, b) for t, b in zip(taps.taps, grads, strict=True)]
             s = _layer_scores(layers, facts, nb, nv, cfg.per_target)
             lr = cfg.lr_at(step, total)
-            scores.index_add_(0, idx, s.to(torch.float64).mul_(lr / (1.0 if cfg.per_target else nv)))
+            scores.index_add_(0, idx, s.to(torch.float64), alpha=lr / (1.0 if cfg.per_target else nv))
             _sgd_update(layers, facts, nb, lr, cfg.weight_decay)
             if epoch in keep and (step + 1) % steps_per_epoch == 0:
                 checkpoints.append({k: v.detach().clone() for k, v in model.state_dict().items()})

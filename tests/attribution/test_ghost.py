@@ -21,7 +21,7 @@ from attribution import (
     model_from_bytes,
     model_to_bytes,
 )
-from attribution.ghost import Factors, cheaper_form, pairwise_dots, summed_dots
+from attribution.ghost import Factors, add_pairwise, cheaper_form, logit_grads, pairwise_dots, summed_dots
 from attribution.trainer import batches, train_plain, train_with_attribution
 
 
@@ -75,10 +75,11 @@ def test_attributed_training_reaches_the_plain_model(data, mlp_task):
 
 
 @pytest.mark.parametrize("bias", [True, False])
-def test_both_exact_forms_equal_explicit_per_example_gradients(bias):
+@pytest.mark.parametrize(("d_in", "d_out"), [(7, 5), (5, 7)])  # G_v form: both product sides
+def test_both_exact_forms_equal_explicit_per_example_gradients(bias, d_in, d_out):
     gen = torch.Generator().manual_seed(0)
-    a, b = torch.randn(12, 7, generator=gen, dtype=torch.float64), torch.randn(12, 5, generator=gen,
-                                                                              dtype=torch.float64)
+    a = torch.randn(12, d_in, generator=gen, dtype=torch.float64)
+    b = torch.randn(12, d_out, generator=gen, dtype=torch.float64)
     f = Factors(a, b, bias)
     a1 = torch.cat([a, torch.ones(12, 1, dtype=torch.float64)], 1) if bias else a
     g = (b[:, :, None] * a1[:, None, :]).reshape(12, -1)  # explicit per-example gradients
@@ -87,6 +88,32 @@ def test_both_exact_forms_equal_explicit_per_example_gradients(bias):
     torch.testing.assert_close(pairwise_dots(train, targets), g[:8] @ g[8:].T)
     torch.testing.assert_close(summed_dots(train, targets, "pairwise"), want)
     torch.testing.assert_close(summed_dots(train, targets, "gv"), want)
+
+
+def test_pairwise_products_accumulate_over_layers():
+    gen = torch.Generator().manual_seed(1)
+
+    def layer(d_in, d_out, bias):
+        return Factors(torch.randn(10, d_in, generator=gen, dtype=torch.float64),
+                       torch.randn(10, d_out, generator=gen, dtype=torch.float64), bias)
+
+    norm = Factors(None, None, False, torch.randn(10, 8, generator=gen, dtype=torch.float64))
+    facts = [layer(4, 6, True), layer(6, 3, False), norm]
+    acc, want = None, 0
+    for f in facts:
+        train, targets = f.rows(slice(0, 7)), f.rows(slice(7, None))
+        want = want + pairwise_dots(train, targets)
+        acc = add_pairwise(acc, train, targets)
+    torch.testing.assert_close(acc, want)
+
+
+def test_logit_gradient_equals_autograd_of_summed_cross_entropy():
+    gen = torch.Generator().manual_seed(2)
+    z = torch.randn(9, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 4, (9,), generator=gen)
+    (want,) = torch.autograd.grad(F.cross_entropy(z, y, reduction="sum"), z)
+    got = logit_grads(z, y, torch.arange(9), torch.full((9,), -1.0, dtype=torch.float64))
+    torch.testing.assert_close(got, want)
 
 
 def test_the_cheaper_form_is_picked_per_layer_shape():
@@ -103,6 +130,19 @@ class _Custom(nn.Module):
         self.inp = nn.Linear(5, 8)
         self.norm = nn.LayerNorm(8)
         self.head = nn.Linear(8, 3, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.norm(self.inp(x))))
+
+
+class _PlainNorm(nn.Module):
+    """A LayerNorm without affine parameters acts per example, like an activation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(5, 8)
+        self.norm = nn.LayerNorm(8, elementwise_affine=False)
+        self.head = nn.Linear(8, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(torch.tanh(self.norm(self.inp(x))))
@@ -139,3 +179,24 @@ def test_a_layer_called_twice_is_refused(data, mlp_task):
     task = AttributionTask(ModuleSpec(_Shared, 5, 3, "shared"), mlp_task.config)
     with pytest.raises(UnsupportedModelError, match="exactly once per forward pass.*ran 2x"):
         train_with_attribution(task, x, y, ids, xv, yv, seed=0, with_features=False)
+
+
+def test_a_layer_norm_without_parameters_matches_torch_func(data, mlp_task):
+    x, y, ids, xv, yv = data
+    task = AttributionTask(ModuleSpec(_PlainNorm, 5, 3, "plain-norm"), mlp_task.config)
+    res = train_with_attribution(task, x, y, ids, xv, yv, seed=2)
+    ref = _reference(task, x, y, xv, yv, seed=2)
+    scale = np.abs(ref).max()
+    np.testing.assert_allclose(res.scores / scale, ref.mean(1) / scale, atol=2e-5)
+    assert np.isfinite(res.features.scores(xv, yv)).all()
+
+
+def test_a_layer_norm_with_weight_but_no_bias_is_refused_before_training(data, mlp_task):
+    x, y, ids, xv, yv = data
+
+    def factory():
+        return nn.Sequential(nn.Linear(5, 8), nn.LayerNorm(8, bias=False), nn.Tanh(), nn.Linear(8, 3))
+
+    task = AttributionTask(ModuleSpec(factory, 5, 3, "ln-no-bias"), mlp_task.config)
+    with pytest.raises(UnsupportedModelError, match=r"'1'.*LayerNorm\(bias=False\)"):
+        train_with_attribution(task, x, y, ids, xv, yv, seed=0)
