@@ -30,13 +30,13 @@ import numpy as np
 from eth_account import Account
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the rooms and the test helpers (tests/serving) of this checkout
+sys.path.insert(0, str(ROOT))  # the rooms and the server helper (tests/serving/server.py) of this checkout
 
 from provenance import Chain  # noqa: E402
 from provenance.anvil import AnvilNode  # noqa: E402
 from serving import API_KEY_HEADER, Ledger, Receipt, load_run, settle_run, split_price  # noqa: E402
+from serving.sample import build_sample_run  # noqa: E402
 from storage import BlockStore  # noqa: E402
-from tests.serving.sample_run import build_run  # noqa: E402
 from tests.serving.server import Server  # noqa: E402
 
 N_SINGLE, N_BATCH_REQ, CONCURRENCY, BATCH, ROUNDS = 2000, 40, 16, 64, 5
@@ -163,7 +163,7 @@ def main() -> None:
         chain = Chain(node.rpc_url, account=Account.from_key(node.dev_keys[0]), chain_dir=home / "chain")
         chain.deploy()
         store = BlockStore(home / "blocks", fsync=False)
-        run = build_run(store, chain, n=400)
+        run = build_sample_run(store, chain, n=400)
         served = load_run(chain, store, run.run_id)
         env = {
             **os.environ,

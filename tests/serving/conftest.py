@@ -11,9 +11,9 @@ from eth_account import Account
 
 from provenance import Chain
 from serving import Ledger, ServedRun, load_run
+from serving.sample import SampleRun, build_sample_run
 from storage import BlockStore
 from tests.services.anvil import AnvilService
-from tests.serving.sample_run import SampleRun, build_run
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ def world(anvil: AnvilService, tmp_path_factory: pytest.TempPathFactory) -> Worl
     chain = Chain(anvil.rpc_url, account=Account.from_key(anvil.dev_keys[0]), chain_dir=home / "chain")
     chain.deploy()
     store = BlockStore(home / "blocks", fsync=False)
-    run = build_run(store, chain)
+    run = build_sample_run(store, chain)
     env = {
         **os.environ,
         "CARAVAN_RPC_URL": anvil.rpc_url,

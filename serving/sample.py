@@ -1,5 +1,7 @@
-"""A small real attribution run, published on anvil: trained with attribution, stored, recorded.
+"""A small real attribution run to serve, published on chain: trained with attribution, stored, recorded.
 
+Synthetic rows (6 features, 3 classes, 4 providers, 3 labelers with a few wrong votes), for the
+serving tests, `bench/serving_load.py` and demos: the real pipeline's outputs at a toy size.
 Follows the pipeline's record contract (notes/records.md): a training record with
 `trained_model`, `model_encoding`, `example_attribution`, `trak_features`, and a weighting head
 with inputs `example_attribution`, `examples`, `annotations`, `consensus` and output
@@ -47,7 +49,8 @@ def _put_table(store: ContentStore, table: pa.Table, sort_by: str) -> str:
     return store.put_bytes(snapshot_parquet(table, sort_by=sort_by), cid_version=1, pin=True)
 
 
-def build_run(store: ContentStore, chain: Chain, *, n: int = 160, seed: int = 3) -> SampleRun:
+def build_sample_run(store: ContentStore, chain: Chain, *, n: int = 160, seed: int = 3) -> SampleRun:
+    """Train, store and record an n-example run, publish it on ``chain``; its test keys are throwaway."""
     rng = np.random.default_rng(seed)
     centers = rng.normal(0, 2.0, size=(len(CLASSES), N_FEATURES))
     y = rng.integers(0, len(CLASSES), size=n)
