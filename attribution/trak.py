@@ -62,6 +62,8 @@ class FeatureStore:
 
     def matvec(self, u: np.ndarray) -> np.ndarray:
         """``Φ u`` for a [dim] or [dim, m] ``u``, one chunk in memory at a time."""
+        if len(self.chunks) == 1:
+            return np.asarray(self.chunks[0], dtype=np.float32) @ u
         return np.concatenate([np.asarray(c, dtype=np.float32) @ u for c in self.chunks])
 
 
@@ -99,18 +101,30 @@ class TrakFeatures:
 
         Without ``y_targets`` the class the trained model predicts is used.
         """
-        x = torch.as_tensor(np.asarray(X_targets, dtype=np.float32))
-        if x.dim() == 1:
+        x = np.asarray(X_targets, dtype=np.float32)
+        if x.ndim == 1:
             x = x[None]
-        y = None if y_targets is None else torch.as_tensor(np.asarray(y_targets, dtype=np.int64)).reshape(-1)
-        if y is None:
-            with torch.no_grad():
-                y = self.checkpoints[-1].model(x).argmax(1)
         total = np.zeros((self.n_train, len(x)))
-        for ck, plan in zip(self.checkpoints, self.plans, strict=True):
-            u = ck.kernel_inv @ self.target_features(ck, x, y, plan).T
+        for ck, f in zip(self.checkpoints, self._targets_features(x, y_targets), strict=True):
+            u = ck.kernel_inv @ f.T
             total += ck.store.matvec(u.astype(np.float32))
         return total / len(self.checkpoints)
+
+    def _targets_features(self, x: np.ndarray, y_targets: object | None) -> list[np.ndarray]:
+        """Each checkpoint's projected target gradients; numpy only (no tensors) when every
+        checkpoint has a SequentialPlan and the labels are given, as for a served query."""
+        if y_targets is not None and x.ndim == 2 and all(p is not None for p in self.plans):
+            y = np.asarray(y_targets, dtype=np.int64).reshape(-1)
+            return [plan.features(x, y) for plan in self.plans]
+        xt = torch.as_tensor(x)
+        if y_targets is None:
+            with torch.no_grad():
+                yt = self.checkpoints[-1].model(xt).argmax(1)
+        else:
+            yt = torch.as_tensor(np.asarray(y_targets, dtype=np.int64)).reshape(-1)
+        return [
+            self.target_features(ck, xt, yt, p) for ck, p in zip(self.checkpoints, self.plans, strict=True)
+        ]
 
     def self_influence(self) -> np.ndarray:
         """``φ_iᵀ K⁻¹ φ_i`` averaged over checkpoints: high for examples the model must bend to fit."""
