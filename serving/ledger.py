@@ -270,7 +270,7 @@ class Ledger:
         interval = max(1, round(_NS / key.rate_per_s))
         tolerance = min(key.burst * interval, _MAX_TOLERANCE_NS)
         step = cost * interval
-        with self._b.transaction(durable=False) as db:
+        with self._b.volatile() as db:  # each statement alone is atomic; no flush awaited
             for _ in range(2):
                 if db.execute(self._rate_sql, (at, step, key.key_id, at + tolerance - step)).rowcount:
                     return 0.0

@@ -3,8 +3,9 @@
 The ledger's logic (serving/ledger.py) is written once, in SQL both engines accept, with `?`
 placeholders. A backend only owns what differs: connecting, the transaction envelope (SQLite's
 `BEGIN IMMEDIATE` serializes every writer; PostgreSQL takes row locks, plus an advisory lock for
-the few transactions that must run alone), non-durable commits for the rate-limit state, the
-identity column and the name of the two-argument max.
+the few transactions that must run alone), `volatile()` statements whose commits are not flushed
+(the rate-limit state: one statement, one round trip), the identity column and the name of the
+two-argument max.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ class Backend(Protocol):
     def __str__(self) -> str: ...
     def create_schema(self, script: str) -> None: ...
     def connection(self) -> Any: ...  # context manager: a connection for reads (autocommit)
-    def transaction(self, *, alone: bool = False, durable: bool = True) -> Any: ...
+    def transaction(self, *, alone: bool = False) -> Any: ...  # durable when it commits
+    def volatile(self) -> Any: ...  # autocommit statements; a crash may lose their last commits
     def close(self) -> None: ...
 
 
@@ -85,23 +87,25 @@ class SqliteBackend:
         yield self._db()
 
     @contextmanager
-    def transaction(self, *, alone: bool = False, durable: bool = True) -> Iterator[sqlite3.Connection]:
-        # Every write transaction already runs alone here; `durable=False` skips the fsync, whose
-        # WAL frames the next durable commit syncs anyway.
-        db = self._db()
-        if not durable:
-            db.execute("PRAGMA synchronous=OFF")
+    def transaction(self, *, alone: bool = False) -> Iterator[sqlite3.Connection]:
+        db = self._db()  # every write transaction already runs alone here
+        db.execute("BEGIN IMMEDIATE")
         try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    @contextmanager
+    def volatile(self) -> Iterator[sqlite3.Connection]:
+        # No fsync; the next durable commit syncs these WAL frames anyway.
+        db = self._db()
+        db.execute("PRAGMA synchronous=OFF")
+        try:
+            yield db
         finally:
-            if not durable:
-                db.execute(f"PRAGMA synchronous={self._synchronous}")
+            db.execute(f"PRAGMA synchronous={self._synchronous}")
 
     def close(self) -> None:
         db = getattr(self._local, "db", None)
@@ -131,7 +135,12 @@ class _PgConnection:
 
 
 class PostgresBackend:
-    """A connection pool (shared by the process's threads); transactions at READ COMMITTED."""
+    """A connection pool (shared by the process's threads); transactions at READ COMMITTED.
+
+    Pooled sessions commit without waiting for the WAL flush (`synchronous_commit=off`), which
+    suits the rate-limit state; every transaction sets it back to the server's durable level
+    first (in the statement that may also take the advisory lock), so charges are flushed.
+    """
 
     serial = "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
     greatest = "GREATEST"
@@ -144,7 +153,8 @@ class PostgresBackend:
         self._shown = redact(url)
         password = urlsplit(url).password
         try:  # fail fast with a clear message, not after the pool's connect timeout
-            psycopg.connect(url, connect_timeout=10).close()
+            with psycopg.connect(url, connect_timeout=10) as probe:
+                level = probe.execute("SHOW synchronous_commit").fetchone()[0]
         except psycopg.Error as exc:
             reason = str(exc).strip()
             if password:
@@ -153,11 +163,13 @@ class PostgresBackend:
                 f"cannot open the PostgreSQL ledger {self._shown}: {reason}; check CARAVAN_LEDGER or "
                 "--ledger (give the password in PGPASSWORD or ~/.pgpass rather than in the URL)"
             ) from None
+        self._durable = "on" if level == "off" else level  # local, remote_write, remote_apply are kept
         self._pool = ConnectionPool(
             url,
             min_size=1,
             max_size=pool_size,
             kwargs={"autocommit": True},
+            configure=lambda conn: conn.execute("SET synchronous_commit = off"),
             open=True,
             num_workers=1,
             name="caravan-ledger",
@@ -176,13 +188,18 @@ class PostgresBackend:
             yield _PgConnection(conn)
 
     @contextmanager
-    def transaction(self, *, alone: bool = False, durable: bool = True) -> Iterator[_PgConnection]:
+    def transaction(self, *, alone: bool = False) -> Iterator[_PgConnection]:
         with self._pool.connection() as conn, conn.transaction():
             if alone:
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_ALONE_LOCK,))
-            if not durable:
-                conn.execute("SET LOCAL synchronous_commit = off")
+                conn.execute(
+                    "SELECT set_config('synchronous_commit', %s, true), pg_advisory_xact_lock(%s)",
+                    (self._durable, _ALONE_LOCK),
+                )
+            else:
+                conn.execute("SELECT set_config('synchronous_commit', %s, true)", (self._durable,))
             yield _PgConnection(conn)
+
+    volatile = connection  # pooled sessions already commit without waiting for the flush
 
     def close(self) -> None:
         self._pool.close()

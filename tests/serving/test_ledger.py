@@ -244,3 +244,14 @@ def test_rate_limit_matches_a_reference_token_bucket(ledger: Ledger, rate, burst
         t_us += rng.choice([0, 1, 37, 1_111, 90_001, 333_333, 2_500_007]) + rng.randint(1, 999)
         allowed = ledger.rate_wait(key, now_ns=t_us * 1000) == 0.0
         assert allowed == reference.allow(t_us / 1e6), f"differs at t={t_us} us"
+
+
+def test_postgres_charges_wait_for_the_flush_and_rate_updates_do_not(postgres):
+    with Ledger(postgres.new_database()) as ledger:
+        backend = ledger._b  # the one setting that makes a receipt durable before the answer
+        with backend.transaction() as db:
+            assert db.execute("SHOW synchronous_commit").fetchone()[0] == "on"
+        with backend.volatile() as db:
+            assert db.execute("SHOW synchronous_commit").fetchone()[0] == "off"
+        with backend.transaction(alone=True) as db:
+            assert db.execute("SHOW synchronous_commit").fetchone()[0] == "on"
