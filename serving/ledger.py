@@ -267,7 +267,7 @@ class Ledger:
         if not 1 <= cost <= key.burst:
             raise LedgerError(f"a rate-limited call costs 1..burst ({key.burst}), got {cost}")
         at = time.time_ns() if now_ns is None else now_ns
-        interval = max(1, round(_NS / key.rate_per_s))
+        interval = min(max(1, round(_NS / key.rate_per_s)), max(1, _MAX_TOLERANCE_NS // key.burst))
         tolerance = min(key.burst * interval, _MAX_TOLERANCE_NS)
         step = cost * interval
         with self._b.volatile() as db:  # each statement alone is atomic; no flush awaited
