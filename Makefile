@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup test lint demo bench dagster-home dagster-dev labelstudio-install labelstudio-start labelstudio-stop anvil-start anvil-stop services-stop clean
 
-setup: $(VENV)/.installed node_modules/.installed /usr/bin/ipfs_cid /usr/bin/chromium dagster-home .venv-labelstudio/.installed
+setup: $(VENV)/.installed node_modules/.installed /usr/bin/ipfs_cid /usr/bin/chromium /usr/bin/pg_ctlcluster dagster-home .venv-labelstudio/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ node_modules/.installed: package.json package-lock.json
 /usr/bin/chromium:
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium
+
+# PostgreSQL server binaries for the PostgreSQL ledger tests (tests/services/postgres.py runs its own cluster).
+/usr/bin/pg_ctlcluster:
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql
 
 dagster-home:
 	@mkdir -p $(DAGSTER_HOME)
