@@ -214,9 +214,13 @@ class _Rows:
         x[nb:], y[nb:] = xv, yv
         return cls(x, y, torch.arange(n), torch.full((n,), -1.0, dtype=xv.dtype))
 
-    def fill(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> None:
-        torch.index_select(x, 0, idx, out=self.x[: len(idx)])
-        torch.index_select(y, 0, idx, out=self.y[: len(idx)])
+    def fill(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, xv: torch.Tensor) -> None:
+        """Gather the batch's rows; rewrite the (small) target rows too, as a model may act on
+        its input in place (``nn.ReLU(inplace=True)`` first)."""
+        nb = len(idx)
+        torch.index_select(x, 0, idx, out=self.x[:nb])
+        self.x[nb:].copy_(xv)
+        torch.index_select(y, 0, idx, out=self.y[:nb])
 
 
 def run_id_for(task: AttributionTask, example_ids: Sequence[str], seed: int) -> str:
@@ -264,7 +268,7 @@ def attributed_steps(
             if nb not in buffers:
                 buffers[nb] = _Rows.of(nb, xv, yv)
             rows = buffers[nb]
-            rows.fill(x, y, idx)
+            rows.fill(x, y, idx, xv)
             logits = model(rows.x)
             # Sum-reduced cross-entropy of batch and targets: B needs no 1/batch to undo.
             grads = taps.output_grads(logits, ghost.logit_grads(logits, rows.y, rows.index, rows.neg))

@@ -200,3 +200,26 @@ def test_a_layer_norm_with_weight_but_no_bias_is_refused_before_training(data, m
     task = AttributionTask(ModuleSpec(factory, 5, 3, "ln-no-bias"), mlp_task.config)
     with pytest.raises(UnsupportedModelError, match=r"'1'.*LayerNorm\(bias=False\)"):
         train_with_attribution(task, x, y, ids, xv, yv, seed=0)
+
+
+class _Doubling(nn.Module):
+    """Scales its input first, in place or not."""
+
+    def __init__(self, inplace: bool) -> None:
+        super().__init__()
+        self.inplace = inplace
+        self.inp = nn.Linear(5, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.mul_(2.0) if self.inplace else x * 2.0
+        return self.head(torch.tanh(self.inp(x)))
+
+
+def test_a_model_acting_on_its_input_in_place_scores_as_without(data, mlp_task):
+    x, y, ids, xv, yv = data
+    runs = []
+    for inplace in (False, True):
+        task = AttributionTask(ModuleSpec(lambda i=inplace: _Doubling(i), 5, 3, "doubling"), mlp_task.config)
+        runs.append(train_with_attribution(task, x, y, ids, xv, yv, seed=4, with_features=False))
+    np.testing.assert_array_equal(runs[0].scores, runs[1].scores)
