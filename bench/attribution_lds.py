@@ -77,7 +77,10 @@ def split(x, y, seed: int):
     n_train = min(N_TRAIN, int(0.7 * len(x)))
     n_targets = min(N_TARGETS, len(x) - n_train)
     tr, te = order[:n_train], order[n_train : n_train + n_targets]
-    mu, sd = x[tr].mean(0), x[tr].std(0) + 1e-6
+    # Standardize on the training rows; a column constant there keeps scale 1 (as scikit-learn's
+    # StandardScaler does): dividing by a tiny sd would blow held-out values up by ~1e6.
+    mu, sd = x[tr].mean(0), x[tr].std(0)
+    sd[sd < 1e-12] = 1.0
     xs = ((x - mu) / sd).astype(np.float32)
     return xs[tr], y[tr], xs[te], y[te]
 
