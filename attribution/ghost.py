@@ -174,8 +174,6 @@ def cheaper_form(n_train: int, n_targets: int, d_in: int, d_out: int) -> Form:
 
 def pairwise_dots(train: Factors, targets: Factors) -> torch.Tensor:
     """``[i, v] = ⟨g_i, g_v⟩`` for one layer: ``(A_b A_vᵀ + 1) ⊙ (B_b B_vᵀ)``."""
-    if train.v is not None:
-        return train.v @ targets.v.T
     return add_pairwise(None, train, targets)
 
 
@@ -183,7 +181,8 @@ def add_pairwise(acc: torch.Tensor | None, train: Factors, targets: Factors) -> 
     """``acc + pairwise_dots(train, targets)``, in place on ``acc`` (or a new matrix when None).
 
     ``(G_a + 1) ⊙ G_b`` is formed as ``G_b + G_a ⊙ G_b`` by one fused kernel, so summing the
-    layers costs two passes over an ``[n_train, n_targets]`` matrix per layer and no temporaries.
+    layers costs at most two passes over an ``[n_train, n_targets]`` matrix per layer beside the
+    two Gram matmuls, and no ``+ 1`` temporary.
     """
     if train.v is not None:
         return train.v @ targets.v.T if acc is None else acc.addmm_(train.v, targets.v.T)
