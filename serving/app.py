@@ -223,19 +223,19 @@ def create_app(
             for p in out
         ]
         try:
-            receipts = ledger.charge(key.key_id, run.run_id, run.model_cid, price, items)
+            charged = ledger.charge(key.key_id, run.run_id, run.model_cid, price, items)
         except InsufficientBalance as exc:
             raise HTTPException(402, str(exc)) from None
         except RevokedKey as exc:
             raise HTTPException(403, str(exc)) from None
-        predictions.inc(len(receipts))
+        predictions.inc(len(charged.receipts))
         fees.inc(cost)
         return PredictResponse(
             run_id=run.run_id,
             model_cid=run.model_cid,
             price_charged=cost,
-            balance=key.balance - cost,
-            predictions=[_prediction(r, run, top_k) for r in receipts],
+            balance=charged.balance,
+            predictions=[_prediction(r, run, top_k) for r in charged.receipts],
         )
 
     @app.get("/v1/receipts/{receipt_id}", response_model=ReceiptOut, responses=errors)

@@ -42,12 +42,13 @@ CREATE TABLE IF NOT EXISTS receipts (
   label TEXT NOT NULL, probability DOUBLE PRECISION NOT NULL, price BIGINT NOT NULL, split TEXT NOT NULL,
   bps TEXT NOT NULL, amounts TEXT NOT NULL, epoch_id TEXT);
 CREATE INDEX IF NOT EXISTS receipts_open ON receipts (run_id, epoch_id);
+CREATE INDEX IF NOT EXISTS receipts_epoch ON receipts (epoch_id);
 CREATE TABLE IF NOT EXISTS epochs (
   epoch_id TEXT PRIMARY KEY, run_id TEXT NOT NULL, head_cid TEXT NOT NULL, number BIGINT NOT NULL,
   closed_at TEXT NOT NULL, state TEXT NOT NULL, n_receipts BIGINT NOT NULL, total BIGINT NOT NULL,
   batch_cid TEXT, record_cid TEXT, root TEXT);
-CREATE TABLE IF NOT EXISTS rate_buckets (key_id TEXT PRIMARY KEY, tat BIGINT NOT NULL);
 """
+RATE_SCHEMA = "CREATE TABLE IF NOT EXISTS rate_buckets (key_id TEXT PRIMARY KEY, tat BIGINT NOT NULL);"
 
 # Rate limits are GCRA, the token bucket kept as one number: the key's theoretical arrival time
 # (ns). A call is allowed while that is at most `burst` intervals ahead of now, and moves it one
@@ -119,6 +120,14 @@ class Charge:
 
 
 @dataclass(frozen=True)
+class Charged:
+    """What one charge wrote, and the key's balance right after it (concurrent charges included)."""
+
+    receipts: list[Receipt]
+    balance: int
+
+
+@dataclass(frozen=True)
 class Epoch:
     epoch_id: str
     run_id: str
@@ -168,6 +177,7 @@ class Ledger:
         self.path: Path | None = getattr(self._b, "path", None)  # the SQLite file, None on PostgreSQL
         self._rate_sql = _RATE_SQL.format(greatest=self._b.greatest)
         self._b.create_schema(SCHEMA.format(serial=self._b.serial))
+        self._b.create_volatile_schema(RATE_SCHEMA)
         with self._b.transaction() as db:
             db.execute(
                 "INSERT INTO meta VALUES ('ledger_id', ?) ON CONFLICT (name) DO NOTHING",
@@ -286,7 +296,7 @@ class Ledger:
 
     def charge(
         self, key_id: str, run_id: str, model_cid: str, price: int, items: Sequence[Charge]
-    ) -> list[Receipt]:
+    ) -> Charged:
         """Debit ``price`` per item and write one receipt each, atomically; nothing on refusal."""
         _amount("price", price)
         total = price * len(items)
@@ -321,7 +331,7 @@ class Ledger:
             if not debited:
                 self._refuse(db, key_id, len(items), price, total)
             _insert_receipts(db, key_id, receipts)
-        return receipts
+        return Charged(receipts, debited[0])
 
     def _refuse(self, db: Any, key_id: str, n: int, price: int, total: int) -> None:
         """Why a debit matched no row: raise the error that says so."""

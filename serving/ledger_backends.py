@@ -48,6 +48,7 @@ class Backend(Protocol):
 
     def __str__(self) -> str: ...
     def create_schema(self, script: str) -> None: ...
+    def create_volatile_schema(self, script: str) -> None: ...  # the tables `volatile()` writes
     def connection(self) -> Any: ...  # context manager: a connection for reads (autocommit)
     def transaction(self, *, alone: bool = False) -> Any: ...  # durable when it commits
     def volatile(self) -> Any: ...  # autocommit statements; a crash may lose their last commits
@@ -63,24 +64,37 @@ class SqliteBackend:
     def __init__(self, path: str | Path, synchronous: str = "FULL") -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.rates_path = self.path.with_name(self.path.name + "-rates")
         self._synchronous = synchronous
         self._local = threading.local()
 
     def __str__(self) -> str:
         return str(self.path)
 
+    def _open(self, path: Path, synchronous: str) -> sqlite3.Connection:
+        db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={synchronous}")
+        db.execute("PRAGMA busy_timeout=30000")
+        return db
+
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(f"PRAGMA synchronous={self._synchronous}")
-            db.execute("PRAGMA busy_timeout=30000")
-            self._local.db = db
+            db = self._local.db = self._open(self.path, self._synchronous)
+        return db
+
+    def _rates_db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "rates", None)
+        if db is None:
+            db = self._local.rates = self._open(self.rates_path, "OFF")
         return db
 
     def create_schema(self, script: str) -> None:
         self._db().executescript(script)
+
+    def create_volatile_schema(self, script: str) -> None:
+        self._rates_db().executescript(script)
 
     @contextmanager
     def connection(self) -> Iterator[sqlite3.Connection]:
@@ -99,19 +113,16 @@ class SqliteBackend:
 
     @contextmanager
     def volatile(self) -> Iterator[sqlite3.Connection]:
-        # No fsync; the next durable commit syncs these WAL frames anyway.
-        db = self._db()
-        db.execute("PRAGMA synchronous=OFF")
-        try:
-            yield db
-        finally:
-            db.execute(f"PRAGMA synchronous={self._synchronous}")
+        # A file of its own, never fsynced: SQLite has one writer per file, so sharing the ledger's
+        # would queue every rate update behind the charges' flushes.
+        yield self._rates_db()
 
     def close(self) -> None:
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None
+        for name in ("db", "rates"):
+            db = getattr(self._local, name, None)
+            if db is not None:
+                db.close()
+                setattr(self._local, name, None)
 
 
 @functools.lru_cache(maxsize=256)
@@ -181,6 +192,8 @@ class PostgresBackend:
     def create_schema(self, script: str) -> None:
         with self.transaction(alone=True) as db:  # concurrent CREATE IF NOT EXISTS can collide
             db.conn.execute(script)
+
+    create_volatile_schema = create_schema  # row locks: rate updates never wait on charges
 
     @contextmanager
     def connection(self) -> Iterator[_PgConnection]:

@@ -41,7 +41,7 @@ def test_single_and_batch_predictions_are_paid_and_receipted(world, client, ledg
     )
     batch = client.post("/v1/predict", json={"inputs": world.run.X_test[:8].tolist()}, headers=headers)
     assert batch.status_code == 200 and batch.json()["price_charged"] == 8 * PRICE
-    assert ledger.key(key_id).balance == 91 * PRICE
+    assert ledger.key(key_id).balance == 91 * PRICE == batch.json()["balance"]
     rid = pred["receipt_id"]
     receipt = client.get(f"/v1/receipts/{rid}", headers=headers).json()
     assert receipt["price"] == PRICE and sum(a["amount"] for a in receipt["amounts"]) == PRICE

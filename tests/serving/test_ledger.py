@@ -62,8 +62,9 @@ def test_secret_is_stored_only_as_hash(ledger: Ledger, target):
 
 def test_charge_debits_and_writes_receipts(ledger: Ledger):
     key_id, _ = ledger.create_key("alice", balance=25)
-    receipts = ledger.charge(key_id, "run", "cid", 10, [charge(), charge()])
-    assert ledger.key(key_id).balance == 5
+    charged = ledger.charge(key_id, "run", "cid", 10, [charge(), charge()])
+    receipts = charged.receipts
+    assert ledger.key(key_id).balance == 5 == charged.balance
     assert [ledger.receipt(r.receipt_id) for r in receipts] == receipts
     with pytest.raises(InsufficientBalance):
         ledger.charge(key_id, "run", "cid", 10, [charge()])
@@ -104,7 +105,7 @@ def test_amounts_stay_below_2_63(ledger: Ledger):
     with pytest.raises(InsufficientBalance):  # 2 x 2**62 overflows: no balance can cover it
         ledger.charge(key_id, "run", "cid", big, [item, item])
     assert ledger.key(key_id).balance == MAX_AMOUNT and ledger.receipt_ids() == []
-    (receipt,) = ledger.charge(key_id, "run", "cid", big, [item])
+    (receipt,) = ledger.charge(key_id, "run", "cid", big, [item]).receipts
     assert ledger.key(key_id).balance == MAX_AMOUNT - big and ledger.receipt(receipt.receipt_id).price == big
 
 
@@ -147,7 +148,7 @@ def _charge_many(target: Path | str, key_id: str, seed: int) -> tuple[list[str],
         for _ in range(40):
             try:
                 items = [charge()] * rng.randint(1, 3)
-                got += [r.receipt_id for r in ledger.charge(key_id, "run", "cid", PRICE, items)]
+                got += [r.receipt_id for r in ledger.charge(key_id, "run", "cid", PRICE, items).receipts]
             except InsufficientBalance:
                 refused += 1
         return got, refused
@@ -255,3 +256,18 @@ def test_postgres_charges_wait_for_the_flush_and_rate_updates_do_not(postgres):
             assert db.execute("SHOW synchronous_commit").fetchone()[0] == "off"
         with backend.transaction(alone=True) as db:
             assert db.execute("SHOW synchronous_commit").fetchone()[0] == "on"
+
+
+def test_sqlite_rate_updates_do_not_queue_behind_a_charge(tmp_path):
+    """SQLite has one writer per file: the rate buckets live in a file of their own, so a call's
+    rate check never waits for another call's charge (held open here) to commit."""
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    key = ledger.key(ledger.create_key("k", balance=10)[0])
+    writer = sqlite3.connect(tmp_path / "ledger.sqlite", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # a charge in flight holds the ledger's write lock
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            assert pool.submit(ledger.rate_wait, key).result(timeout=5) == 0.0
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
