@@ -32,8 +32,13 @@ class LayerProjection:
             d_in = module.in_features + (module.bias is not None)
             k_in = d_in if self.r is None else self.r.shape[1]
             return k_out * k_in
-        n_vec = 2 * module.normalized_shape[0]
+        n_vec = _n_params(module)
         return n_vec if self.q is None else self.q.shape[1]
+
+
+def _n_params(module: nn.Module) -> int:
+    """Length of a LayerNorm's per-example gradient vector: weight and/or bias."""
+    return sum(p.numel() for p in module.parameters(recurse=False))
 
 
 def _gaussian(rows: int, cols: int, gen: torch.Generator) -> torch.Tensor:
@@ -69,7 +74,7 @@ class Projector:
                 r = None if k_a == d_a else _gaussian(d_a, k_a, gen)
                 out.append(LayerProjection(q, r))
             else:
-                d = 2 * m.normalized_shape[0]
+                d = _n_params(m)
                 out.append(LayerProjection(None if d <= k_l else _gaussian(d, k_l, gen), None))
         return cls(tuple(out), k, seed)
 

@@ -187,12 +187,6 @@ def scored_layers(model: nn.Module) -> list[nn.Module]:
 
 
 def _check_layer_norm(name: str, module: nn.LayerNorm) -> None:
-    """One trailing dim, and weight and bias both or neither (without them it acts per example
-    like an activation): the TRAK projection of a LayerNorm gradient expects both halves."""
+    """One trailing dim (its per-example gradient is then a flat vector per example)."""
     if len(module.normalized_shape) != 1:
         raise UnsupportedModelError(f"layer {name!r}: LayerNorm must normalize one trailing dim")
-    if module.weight is not None and module.bias is None:
-        raise UnsupportedModelError(
-            f"layer {name!r}: LayerNorm(bias=False) is not supported (a weight without a bias); "
-            "use nn.LayerNorm(d) or nn.LayerNorm(d, elementwise_affine=False)"
-        )
