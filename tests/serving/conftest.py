@@ -42,6 +42,14 @@ def world(anvil: AnvilService, tmp_path_factory: pytest.TempPathFactory) -> Worl
     return World(chain, store, run, load_run(chain, store, run.run_id), env)
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """A fresh ledger location: a SQLite file, or a new database on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return tmp_path / "ledger.sqlite"
+    return request.getfixturevalue("postgres").new_database()
+
+
 @pytest.fixture
 def ledger(tmp_path: Path) -> Ledger:
     return Ledger(tmp_path / "ledger.sqlite", synchronous="NORMAL")

@@ -22,14 +22,6 @@ BPS = (
 )
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def target(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
-    """A fresh ledger location: a SQLite file, or a new database on the session's PostgreSQL."""
-    if request.param == "sqlite":
-        return tmp_path / "ledger.sqlite"
-    return request.getfixturevalue("postgres").new_database()
-
-
 @pytest.fixture
 def ledger(target: Path | str) -> Iterator[Ledger]:
     with Ledger(target, synchronous="NORMAL") as ledger:

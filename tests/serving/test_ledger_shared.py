@@ -9,7 +9,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -21,13 +20,6 @@ from serving.ledger_backends import redact
 from tests.serving.server import Server
 
 PRICE = 1_000
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def target(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
-    if request.param == "sqlite":
-        return tmp_path / "ledger.sqlite"
-    return request.getfixturevalue("postgres").new_database()
 
 
 @pytest.fixture
