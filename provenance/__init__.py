@@ -27,6 +27,9 @@ The face the pipeline uses (one Dagster asset per step; nothing here imports dag
     # 4. audit
     report = verify_run(chain, store, run_id)       # .ok, .failures: [Failure(name, subject, detail)]
     tree = trace(chain, store, cid_or_run_id_or_tx_hash)        # TraceNode; .to_json()
+                                    # a run's tree also lists its serving epochs (kind "epoch")
+    epochs = run_epochs(chain, store, run_id)       # [RunEpoch]: settlement records anchored under
+                                    # their epoch key with the run's head as parent; chain + store only
     prov_json(records_by_cid(store, cids))          # W3C PROV-JSON for auditors
 
 Errors are `ProvenanceError` subclasses whose message says what is wrong and how to fix it:
@@ -37,7 +40,17 @@ Settlements of absolute amounts (e.g. a serving epoch): `publish_settlement(chai
 [(address, amount), ...])` creates a root funded up to the sum; claims use `chain.claim`.
 """
 
-from provenance.audit import Failure, Findings, TraceNode, VerifyReport, trace, verify_run
+from provenance.audit import (
+    Failure,
+    Findings,
+    RunEpoch,
+    TraceNode,
+    VerifyReport,
+    run_epochs,
+    trace,
+    trace_run,
+    verify_run,
+)
 from provenance.chain import Chain, Distribution, RecordedEvent, TxResult, load_account, run_key
 from provenance.errors import (
     AlreadyPublished,
@@ -96,6 +109,7 @@ __all__ = [
     "RecordError",
     "RecordedEvent",
     "RpcUnreachable",
+    "RunEpoch",
     "RunPublication",
     "Share",
     "StandardMerkleTree",
@@ -117,12 +131,14 @@ __all__ = [
     "publish_settlement",
     "put_record",
     "records_by_cid",
+    "run_epochs",
     "run_key",
     "read_weights",
     "share_leaves",
     "share_of",
     "store_weights",
     "trace",
+    "trace_run",
     "utc_time",
     "validate_weights",
     "verify_proof",

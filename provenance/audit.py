@@ -8,12 +8,12 @@ it returns every failure, each with a stable `name` (e.g. `content_corrupt`, `ro
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from eth_hash.auto import keccak
 
-from provenance.chain import KIND_SHARES, Chain, RecordedEvent, run_key
+from provenance.chain import KIND_AMOUNTS, KIND_SHARES, Chain, RecordedEvent, run_key
 from provenance.errors import ChainError, RecordError, WeightsError
 from provenance.merkle import SHARE_LEAF, verify_proof
 from provenance.records import WEIGHTING, WEIGHTS_OUTPUT, Record, cid_version_of, load_record
@@ -21,6 +21,10 @@ from provenance.weights import TOTAL_BPS, ShareLeaves, read_weights, share_leave
 from storage import BlockNotFound, ContentStore, CorruptBlock, cid_for_bytes, is_cid
 
 ZERO32 = "0x" + "00" * 32
+# A serving epoch's settlement record (written by serving.settle): activity, receipts batch, payouts.
+SETTLEMENT = "settlement"
+RECEIPTS_INPUT = "receipts"
+PAYOUTS_OUTPUT = "payouts"
 
 
 @dataclass(frozen=True)
@@ -305,13 +309,183 @@ def trace_run(chain: Chain, store: ContentStore, run_id: str) -> TraceNode:
         details.update(root=dist.root, deposited=dist.deposited, claimed=dist.claimed, token=dist.token)
     node = TraceNode("run", key, run_id if run_id == key else f"{run_id} ({key})", details)
     seen: set[str] = set()
+    heads: list[RecordedEvent] = []
     for event in events:
         try:
             record = load_record(store, event.record_cid)
         except RecordError:
             continue
         if record.activity == WEIGHTING:
+            heads.append(event)
+        if record.activity in (WEIGHTING, SETTLEMENT):  # an epoch's own key leads to its settlement
             node.children.append(_record_tree(chain, store, event.record_cid, seen))
+    epochs = _epochs_of(chain, store, key, heads) if heads else []
+    details["epochs"] = len(epochs)
+    node.children.extend(_epoch_node(chain, store, epoch, seen) for epoch in epochs)
+    return node
+
+
+# ---- serving epochs of a run ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunEpoch:
+    """A settlement epoch that paid out a run's serving revenue, as the chain and the store show it.
+
+    Stated figures come from the settlement record; `onchain_*` from the distributor. `error` is
+    set when the record anchored under the run's head cannot be read or is not this run's epoch:
+    such an entry is still listed, since an auditor must see it (`verify_epoch` names the failure).
+    """
+
+    record_cid: str
+    record_tx: str
+    record_block: int
+    epoch_id: str | None = None
+    epoch_key: str | None = None
+    batch_cid: str | None = None
+    payouts_cid: str | None = None
+    root: str | None = None
+    total: int | None = None
+    n_receipts: int | None = None
+    settled_at: str | None = None
+    onchain_root: str | None = None
+    onchain_total: int | None = None
+    deposited: int | None = None
+    claimed: int | None = None
+    root_tx: str | None = None
+    funding_txs: tuple[str, ...] = ()
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_epochs(chain: Chain, store: ContentStore, run_id: str) -> list[RunEpoch]:
+    """The run's settled serving epochs, oldest first, found from the chain and the store alone."""
+    heads = []
+    for event in chain.recorded_events(run_id):
+        try:
+            if load_record(store, event.record_cid).activity == WEIGHTING:
+                heads.append(event)
+        except RecordError:
+            continue
+    return _epochs_of(chain, store, "0x" + run_key(run_id).hex(), heads)
+
+
+def _epochs_of(chain: Chain, store: ContentStore, key: str, heads: list[RecordedEvent]) -> list[RunEpoch]:
+    """Settlement records are anchored under their epoch's own key with the run's head as parent.
+
+    The `Recorded` event indexes the run key, not the parent (a string, so web3's non-indexed
+    filter would only match substrings, after the node returned every log anyway): read the
+    registry's events from the head's block on — a child is recorded after its parent — and keep
+    those whose parent is a head. Roots and funding come from topic-filtered distributor events.
+    """
+    if not heads:
+        return []
+    head_cids = {e.record_cid for e in heads}
+    children = [
+        e
+        for e in chain.recorded_events(from_block=min(e.block for e in heads))
+        if e.parent_cid in head_cids and e.run_key != key
+    ]
+    epochs = [e for e in (_read_epoch(chain, store, key, event) for event in children) if e is not None]
+    keys = [e.epoch_key for e in epochs if e.epoch_key]
+    if not keys:
+        return epochs
+    since = min(e.record_block for e in epochs)  # settle records an epoch before publishing its root
+    roots = _distributor_txs(chain, "DistributionCreated", keys, since)
+    funding = _distributor_txs(chain, "Deposited", keys, since)
+    return [
+        replace(
+            e, root_tx=(roots.get(e.epoch_key) or [None])[0], funding_txs=tuple(funding.get(e.epoch_key, ()))
+        )
+        if e.epoch_key
+        else e
+        for e in epochs
+    ]
+
+
+def _read_epoch(chain: Chain, store: ContentStore, key: str, event: RecordedEvent) -> RunEpoch | None:
+    """None for a readable record that is no settlement (say, a later run built on this one)."""
+    base = RunEpoch(event.record_cid, event.tx_hash, event.block)
+    try:
+        record = load_record(store, event.record_cid)
+    except RecordError as exc:
+        return replace(base, error=f"anchored as a child of the run's head but unreadable: {exc}")
+    params = record.params
+    epoch_id = params.get("epoch_id")
+    if record.activity != SETTLEMENT:
+        return None
+    if not isinstance(epoch_id, str) or not epoch_id:
+        return replace(base, error=f"a settlement record naming no epoch id ({epoch_id!r})")
+    epoch_key = "0x" + run_key(epoch_id).hex()
+    epoch = replace(
+        base,
+        epoch_id=epoch_id,
+        epoch_key=epoch_key,
+        batch_cid=record.inputs.get(RECEIPTS_INPUT),
+        payouts_cid=record.outputs.get(PAYOUTS_OUTPUT),
+        root=params.get("root"),
+        total=_int_or_none(params.get("total")),
+        n_receipts=_int_or_none(params.get("n_receipts")),
+        settled_at=record.ended_at,
+    )
+    run_id = params.get("run_id")
+    if event.run_key != epoch_key:
+        epoch = replace(epoch, error=f"anchored under key {event.run_key}, not its epoch's {epoch_key}")
+    elif not isinstance(run_id, str) or not run_id or "0x" + run_key(run_id).hex() != key:
+        epoch = replace(epoch, error=f"the record names run {run_id!r}, not this run")
+    dist = chain.distribution(epoch_id)
+    if dist is None:
+        return epoch
+    return replace(
+        epoch,
+        onchain_root=dist.root,
+        onchain_total=dist.total_weight,
+        deposited=dist.deposited,
+        claimed=dist.claimed,
+    )
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _distributor_txs(chain: Chain, name: str, keys: list[str], since: int) -> dict[str, list[str]]:
+    """Transaction hashes of a distributor event for each key, oldest first (one eth_getLogs)."""
+    event = chain.distributor.events[name]
+    ids = [bytes.fromhex(k[2:]) for k in keys]
+    logs = chain._rpc(
+        "eth_getLogs",
+        lambda: event.get_logs(from_block=since, to_block="latest", argument_filters={"id": ids}),
+    )
+    out: dict[str, list[str]] = {}
+    for log in logs:
+        out.setdefault("0x" + bytes(log["args"]["id"]).hex(), []).append(
+            "0x" + bytes(log["transactionHash"]).hex()
+        )
+    return out
+
+
+def _epoch_node(chain: Chain, store: ContentStore, epoch: RunEpoch, seen: set[str]) -> TraceNode:
+    """The epoch's figures, then its settlement record (receipts batch in, parent: the run's head)."""
+    if epoch.error is not None and epoch.epoch_id is None:
+        label = f"record {epoch.record_cid} (tx {epoch.record_tx}): {epoch.error}"
+        return TraceNode("epoch", epoch.record_cid, label, epoch.to_json())
+    state = "root NOT ON CHAIN" if epoch.onchain_root is None else f"root {epoch.onchain_root}"
+    if epoch.onchain_root is not None and epoch.onchain_root != epoch.root:
+        state += f" (record states {epoch.root})"
+    if epoch.deposited is not None:
+        state += f", funded {epoch.deposited}, claimed {epoch.claimed}"
+    label = (
+        f"{epoch.epoch_id}: {epoch.n_receipts} receipts, total {epoch.total} [{epoch.settled_at}], {state}, "
+        f"recorded in tx {epoch.record_tx}" + (f"; {epoch.error}" if epoch.error else "")
+    )
+    node = TraceNode("epoch", epoch.epoch_id or epoch.record_cid, label, epoch.to_json())
+    node.children.append(_record_tree(chain, store, epoch.record_cid, seen))
     return node
 
 
@@ -361,7 +535,13 @@ def _trace_tx(
         return node
     run = "0x" + args["id"].hex()
     if name == "Claimed":
-        label = f"payout of {args['amount']} to {args['account']} ({args['weight']} bps)"
+        dist = chain.distribution(run)
+        leaf = (
+            f"leaf of {args['weight']}"
+            if dist is not None and dist.kind == KIND_AMOUNTS
+            else f"{args['weight']} bps"
+        )
+        label = f"payout of {args['amount']} to {args['account']} ({leaf})"
         details = {"account": args["account"], "amount": args["amount"], "weight": args["weight"]}
         kind = "payout"
     elif name == "Deposited":

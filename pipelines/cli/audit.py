@@ -2,13 +2,15 @@
 
 Chain from `CARAVAN_RPC_URL` (no key needed), deployments from `CARAVAN_CHAIN_DIR`, content from
 `CARAVAN_STORE_DIR` (or `--store`). `verify` exits 0 only if every check holds and otherwise
-prints one `FAIL <name> <subject>: <detail>` line per failure and exits 1.
+prints one `FAIL <name> <subject>: <detail>` line per failure and exits 1. A run's trace lists its
+settled serving epochs; `verify RUN --epochs` also checks each of them with serving's `verify_epoch`.
 """
 
 from __future__ import annotations
 
 # provenance (web3) is imported inside the commands: it costs ~0.8 s, which `caravan store` need not pay.
 import json
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import typer
@@ -31,7 +33,14 @@ def _store(store_dir: str | None) -> BlockStore:
 
 
 def _rich(node: Any, into: Tree | None = None) -> Tree:
-    style = {"payout": "bold green", "deposit": "green", "root": "green", "run": "bold", "record": "cyan"}
+    style = {
+        "payout": "bold green",
+        "deposit": "green",
+        "root": "green",
+        "run": "bold",
+        "record": "cyan",
+        "epoch": "magenta",
+    }
     label = f"[{style.get(node.kind, 'dim')}]{node.kind}[/] {node.label}"
     branch = Tree(label) if into is None else into.add(label)
     for child in node.children:
@@ -62,6 +71,39 @@ def trace_command(
         Console(width=None if console.is_terminal else 400).print(_rich(node))
 
 
+@dataclass
+class RunAudit:
+    """`verify --epochs`: the run's report and, per serving epoch found on chain, serving's report.
+
+    provenance may not import serving (house rules), so the two meet here. An epoch's failures keep
+    their names and say which epoch in the detail; `--json` nests each epoch's own report.
+    """
+
+    run: Any  # provenance.VerifyReport
+    epochs: list[tuple[Any, Any]] = field(default_factory=list)  # (provenance.RunEpoch, serving.EpochReport)
+
+    @property
+    def failures(self) -> list[Any]:
+        from provenance import Failure
+
+        out = list(self.run.failures)
+        for epoch, report in self.epochs:
+            if epoch.error and epoch.epoch_id:  # unreadable records are named by verify_epoch itself
+                out.append(Failure("epoch_not_of_run", epoch.record_cid, epoch.error))
+            name = epoch.epoch_id or epoch.record_cid
+            out.extend(Failure(f.name, f.subject, f"epoch {name}: {f.detail}") for f in report.failures)
+        return out
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def to_json(self) -> dict[str, Any]:
+        epochs = [{**epoch.to_json(), "verify": report.to_json()} for epoch, report in self.epochs]
+        failures = [{"name": f.name, "subject": f.subject, "detail": f.detail} for f in self.failures]
+        return {**self.run.to_json(), "epochs": epochs, "failures": failures, "ok": self.ok}
+
+
 def verify_command(
     run_id: Annotated[
         str, typer.Argument(help="A run id (or its 0x run key), or a serving epoch id (RUN_ID/epoch-...).")
@@ -71,6 +113,14 @@ def verify_command(
         bool,
         typer.Option("--onchain-proofs/--local-proofs", help="Also ask the contract to verify each proof."),
     ] = True,
+    epochs: Annotated[
+        bool,
+        typer.Option(
+            "--epochs",
+            help="Also verify every serving epoch settled for the run (found on chain): amounts and root "
+            "recomputed from its receipts batch.",
+        ),
+    ] = False,
     store_dir: StoreDir = None,
 ) -> None:
     """Recompute every CID, check parents, on-chain entries, the royalty root and every proof.
@@ -84,13 +134,28 @@ def verify_command(
     from provenance import Chain, ProvenanceError, verify_run
 
     with clean_errors(ProvenanceError, StorageError):
-        report = verify_run(Chain.from_env(), _store(store_dir), run_id, onchain_proofs=onchain_proofs)
-    finish_report(
-        report,
-        as_json,
-        f"run {run_id} root {report.onchain_root}; {report.records_checked} records, "
-        f"{report.contents_checked} contents, {report.proofs_checked} proofs checked",
-    )
+        chain, store = Chain.from_env(), _store(store_dir)
+        report = verify_run(chain, store, run_id, onchain_proofs=onchain_proofs)
+        summary = (
+            f"run {run_id} root {report.onchain_root}; {report.records_checked} records, "
+            f"{report.contents_checked} contents, {report.proofs_checked} proofs checked"
+        )
+        if epochs:
+            report = _with_epochs(chain, store, run_id, report)
+            summary += f"; {len(report.epochs)} serving epoch(s) checked"
+    finish_report(report, as_json, summary)
+
+
+def _with_epochs(chain: Any, store: BlockStore, run_id: str, run_report: Any) -> RunAudit:
+    from provenance import run_epochs
+    from serving import verify_epoch
+
+    audit = RunAudit(run_report)
+    if "run_not_found" in run_report.names():
+        return audit
+    for epoch in run_epochs(chain, store, run_id):
+        audit.epochs.append((epoch, verify_epoch(chain, store, epoch.record_cid)))
+    return audit
 
 
 def register(app: typer.Typer) -> None:
