@@ -68,7 +68,7 @@ def test_weights_sum_order_invariance_and_determinism(case, negative, seed):
 def test_policy_split_and_labeler_credit():
     att, ex, ann, con = _tables([1.0, 3.0, -2.0], ["c0", "c1", "c1"],
                                 [(0, "c5", "a"), (0, "c6", "a"), (1, "c6", "a"), (1, "c7", "b")])
-    out = contributor_weights(att, ex, ann, con, ADDR).to_pylist()
+    out = contributor_weights(att, ex, ann, con, ADDR, WeightPolicy(negative="clip")).to_pylist()
     got = {(r["role"], r["contributor"]): r["weight_bps"] for r in out}
     # providers 70%: c0 1/4, c1 3/4 (the negative example is clipped)
     assert got[("provider", "c0")] == 1750 and got[("provider", "c1")] == 5250
@@ -83,6 +83,28 @@ def test_net_policy_offsets_negative_examples():
     out = contributor_weights(att, ex, ann, con, ADDR, WeightPolicy(negative="net")).to_pylist()
     got = {r["contributor"]: r["weight_bps"] for r in out}
     assert got == {"c0": 5000, "c1": 5000}  # no labelers: providers take the whole pool
+
+
+def test_clip_pays_spread_net_pays_help():
+    # c1's examples pull both ways (the demo's noisy provider): their sum is negative, so under
+    # net it earns nothing; clip drops its negatives first and hands it 3/4 of the pool
+    steady = [1.0] * 10
+    spread = [6.0, -6.5] * 5
+    tables = _tables(steady + spread, ["c0"] * 10 + ["c1"] * 10, [])
+    net = contributor_weights(*tables, ADDR, WeightPolicy(negative="net")).to_pylist()
+    assert {r["contributor"]: r["weight_bps"] for r in net} == {"c0": 10_000, "c1": 0}
+    clipped = contributor_weights(*tables, ADDR, WeightPolicy(negative="clip")).to_pylist()
+    assert {r["contributor"]: r["weight_bps"] for r in clipped} == {"c0": 2500, "c1": 7500}
+
+
+def test_net_is_additive_over_examples_clip_is_not():
+    # one example of score 3, or two of 5 and -2 from the same contributor: the same help
+    one, two = _tables([1.0, 3.0], ["c0", "c1"], []), _tables([1.0, 5.0, -2.0], ["c0", "c1", "c1"], [])
+    net = WeightPolicy(negative="net")
+    assert contributor_weights(*one, ADDR, net)["weight_bps"].to_pylist() == [2500, 7500]
+    assert contributor_weights(*two, ADDR, net)["weight_bps"].to_pylist() == [2500, 7500]
+    clip = WeightPolicy(negative="clip")
+    assert contributor_weights(*two, ADDR, clip)["weight_bps"].to_pylist() == [1667, 8333]
 
 
 def test_largest_remainder_ties_broken_by_address():
