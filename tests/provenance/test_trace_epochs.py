@@ -177,3 +177,41 @@ def test_cli_verify_epochs_names_an_unreadable_settlement_record(
     assert [e.error is not None for e in run_epochs(env, store, RUN)] == [False, True]
     code, out = _cli("verify", RUN, "--epochs")
     assert code == 1 and "FAIL record_unreadable " + settled[1].record_cid in out
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_an_epoch_recorded_but_not_published_or_of_another_run_is_flagged(
+    env: Chain, store: BlockStore, sample_run: SampleRun, tmp_path: Path
+) -> None:
+    publish_run(env, store, RUN, sample_run.head)
+    ledger = Ledger(tmp_path / "ledger.sqlite", synchronous="NORMAL")
+    _pay(ledger, sample_run, 2, 500)
+
+    def crash(state: str) -> None:
+        if state == "recorded":
+            raise _Crash(state)
+
+    with pytest.raises(_Crash):  # killed after anchoring the record, before publishing the root
+        settle_run(env, store, ledger, RUN, sample_run.head, after_step=crash)
+    (epoch,) = run_epochs(env, store, RUN)
+    assert (epoch.total, epoch.onchain_root, epoch.root_tx, epoch.error) == (1_000, None, None, None)
+    code, out = _cli("trace", RUN)
+    assert code == 0 and "root NOT ON CHAIN" in out
+    code, out = _cli("verify", RUN, "--epochs")
+    assert code == 1 and "FAIL distribution_missing" in out
+
+    # a settlement whose record names another run, though anchored as a child of this run's head
+    other = Ledger(tmp_path / "other.sqlite", synchronous="NORMAL")
+    a = sample_run.weights["address"][2].as_py()
+    key_id, _ = other.create_key("other", balance=300)
+    other.charge(
+        key_id, "other-run", "bafkqaaa", 300, [Charge("f" * 64, "1", 0.5, "run", ((a, 10_000),), ((a, 300),))]
+    )
+    settle_run(env, store, other, "other-run", sample_run.head)
+    stray = [e for e in run_epochs(env, store, RUN) if e.error]
+    assert len(stray) == 1 and "names run 'other-run'" in stray[0].error
+    code, out = _cli("verify", RUN, "--epochs")
+    assert code == 1 and f"FAIL epoch_not_of_run {stray[0].record_cid}" in out
