@@ -333,8 +333,9 @@ class RunEpoch:
     """A settlement epoch that paid out a run's serving revenue, as the chain and the store show it.
 
     Stated figures come from the settlement record; `onchain_*` from the distributor. `error` is
-    set when the record anchored under the run's head cannot be read or is not this run's epoch:
-    such an entry is still listed, since an auditor must see it (`verify_epoch` names the failure).
+    set when a record anchored as a child of the run's head cannot be read (it may be an epoch), or
+    is a settlement anchored under another key or naming another run: such an entry is still
+    listed, since an auditor must see it (`caravan verify RUN --epochs` fails on it).
     """
 
     record_cid: str
