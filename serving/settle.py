@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from provenance import Chain, Record, code_version, publish_settlement, put_record
+from provenance import Chain, Record, code_version, find_head, publish_settlement, put_record
 from serving.errors import SettlementError
 from serving.fees import totals_by_address
 from serving.ledger import Epoch, Ledger, Receipt
@@ -109,7 +109,14 @@ def settle_run(
     """Settle the run's unfinished epoch, or close and settle a new one; None if nothing to settle.
 
     ``after_step(state)`` runs after each state is saved (tests crash there to prove resumption).
+    ``head_cid`` must be the run's weighting record on chain: the epoch is anchored under it, and an
+    auditor finds the run's epochs there.
     """
+    recorded = find_head(chain, store, run_id)
+    if head_cid != recorded:
+        raise SettlementError(
+            f"{head_cid} is not the head of run {run_id!r} on chain ({recorded}); nothing was settled"
+        )
     epoch = ledger.close_epoch(run_id, head_cid)
     if epoch is None:
         return None

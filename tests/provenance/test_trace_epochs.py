@@ -13,11 +13,13 @@ import pytest
 from typer.testing import CliRunner
 
 from pipelines.cli import app
-from provenance import Chain, run_epochs, trace, trace_run
+from provenance import Chain, ChainError, run_epochs, trace, trace_run
 from provenance.audit import record_cids
 from provenance.runs import publish_run
-from serving import Ledger, Settlement, settle_run, split_price
+from serving import Ledger, Settlement, SettlementError, settle_run, split_price
+from serving.fees import totals_by_address
 from serving.ledger import Charge
+from serving.settle import _store_batch
 from storage import BlockStore, parse_cid
 from tests.provenance.sample_run import SampleRun
 
@@ -210,7 +212,16 @@ def test_an_epoch_recorded_but_not_published_or_of_another_run_is_flagged(
     other.charge(
         key_id, "other-run", "bafkqaaa", 300, [Charge("f" * 64, "1", 0.5, "run", ((a, 10_000),), ((a, 300),))]
     )
-    settle_run(env, store, other, "other-run", sample_run.head)
+    with pytest.raises(ChainError, match="run 'other-run' has 0 weighting records"):
+        settle_run(env, store, other, "other-run", sample_run.head)
+    with pytest.raises(SettlementError, match=f"bafkqaaa is not the head of run '{RUN}'"):
+        settle_run(env, store, other, RUN, "bafkqaaa")
+    assert other.epochs() == []  # both refused before anything was closed
+    # a hostile settler can still anchor one by hand: the audit must flag it
+    epoch = other.close_epoch("other-run", sample_run.head)
+    receipts = other.epoch_receipts(epoch.epoch_id)
+    epoch = _store_batch(store, other, epoch, receipts, totals_by_address(r.amounts for r in receipts))
+    env.record(epoch.record_cid, epoch.head_cid, epoch.epoch_id)
     stray = [e for e in run_epochs(env, store, RUN) if e.error]
     assert len(stray) == 1 and "names run 'other-run'" in stray[0].error
     code, out = _cli("verify", RUN, "--epochs")
