@@ -17,7 +17,13 @@ from labeling.errors import (
     LabelStudioUnavailable,
     MissingAddressError,
 )
-from labeling.export import AnnotationExport, ExportCursor, export_annotations, merge_annotations
+from labeling.export import (
+    AnnotationExport,
+    ExportCursor,
+    existing_annotation_ids,
+    export_annotations,
+    merge_annotations,
+)
 from labeling.schemas import ANNOTATIONS, ANNOTATOR_QUALITY, CONSENSUS, GOLD
 from labeling.server import LabelStudioServer
 from labeling.simulate import (
@@ -62,6 +68,7 @@ __all__ = [
     "classification_config",
     "config_choices",
     "dawid_skene",
+    "existing_annotation_ids",
     "export_annotations",
     "image_data_url",
     "import_with_answers",

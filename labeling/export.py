@@ -4,23 +4,67 @@ The pull asks Label Studio only for tasks whose `updated_at` moved past the curs
 watermark (it moves whenever an annotation on the task is created, updated or skipped),
 minus a small overlap window that catches transactions committed late. Versions already
 emitted inside that window are remembered in the cursor, so nothing is emitted twice.
+
+Deletions leave no `updated_at` behind (a deleted task or annotation is simply gone), so each
+export also lists the ids of every annotation that still exists: one light Data Manager
+listing of task ids with their `annotations_ids` column (no results, no task data; about five
+times faster than pulling the annotations in full). Merging drops whatever is no longer there.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from labeling.client import DM_TIME, LabelStudioClient, Project, iso_utc
+from labeling.client import DM_TIME, PAGE, LabelStudioClient, Project, iso_utc
 from labeling.configs import FROM_NAME
 from labeling.schemas import ANNOTATIONS
 
 OVERLAP = timedelta(seconds=5)
+
+# Data Manager columns Label Studio would otherwise compute per listed task: all hidden but
+# `annotations_ids`, so the light listing evaluates only that one (an unknown name is harmless).
+_DM_HIDDEN = [
+    f"tasks:{c}"
+    for c in (
+        "inner_id",
+        "completed_at",
+        "total_annotations",
+        "cancelled_annotations",
+        "total_predictions",
+        "annotators",
+        "annotations_results",
+        "predictions_score",
+        "predictions_model_versions",
+        "predictions_results",
+        "file_upload",
+        "storage_filename",
+        "created_at",
+        "updated_at",
+        "updated_by",
+        "avg_lead_time",
+        "draft_exists",
+        "reviewed",
+        "reviewers",
+        "reviews_accepted",
+        "reviews_rejected",
+        "comments",
+        "comment_count",
+        "comment_authors",
+        "unresolved_comment_count",
+        "last_comment_updated_at",
+        "ground_truth",
+        "agreement",
+    )
+]
+DM_CHAR_LIMIT = 500  # Label Studio cuts a Data Manager list column at 500 characters
 
 # Why an annotation is not in the table (counted, never silently dropped).
 SKIP_REASONS = (
@@ -42,6 +86,7 @@ class ExportCursor:
     watermark: str | None = None  # max task updated_at seen (UTC, DM format)
     seen: tuple[tuple[int, str], ...] = ()  # (annotation id, updated_at) handled inside the window
     seen_tasks: tuple[tuple[int, str], ...] = ()  # (task id, updated_at) pulled inside the window
+    existing_digest: str | None = None  # digest of the annotation ids that existed at the export
 
     def to_json(self) -> str:
         return json.dumps(
@@ -50,6 +95,7 @@ class ExportCursor:
                 "watermark": self.watermark,
                 "seen": [list(v) for v in self.seen],
                 "seen_tasks": [list(v) for v in self.seen_tasks],
+                "existing_digest": self.existing_digest,
             },
             sort_keys=True,
         )
@@ -62,22 +108,44 @@ class ExportCursor:
             watermark=d.get("watermark"),
             seen=tuple((int(a), str(u)) for a, u in d.get("seen", [])),
             seen_tasks=tuple((int(a), str(u)) for a, u in d.get("seen_tasks", [])),
+            existing_digest=d.get("existing_digest"),
         )
 
 
 @dataclass
 class AnnotationExport:
-    """New or changed annotations, the cursor to keep, and what was left out and why."""
+    """New or changed annotations, the cursor to keep, what was left out and why, and which
+    annotations exist at all (so that merging can drop the deleted ones)."""
 
     table: pa.Table
     cursor: ExportCursor
     skipped: Counter = field(default_factory=Counter)
     skipped_ids: dict[str, list[int]] = field(default_factory=dict)
     withdrawn: list[int] = field(default_factory=list)  # ids now skipped/invalid: drop earlier versions
+    existing: frozenset[int] | None = None  # every annotation id on the server; None: not checked
+    previous_digest: str | None = None  # the cursor's `existing_digest` this export started from
 
     @property
     def n_skipped(self) -> int:
         return sum(self.skipped.values())
+
+    def removed_from(self, previous: pa.Table) -> list[int]:
+        """Ids of `previous` rows whose annotation (or task) was deleted in Label Studio, sorted."""
+        if self.existing is None:
+            return []
+        ids = previous.column("annotation_id").to_pylist()
+        return sorted(i for i in set(ids) if i not in self.existing)
+
+    @property
+    def changed(self) -> bool:
+        """Whether merging could change a table the cursor's export was merged into: new or changed
+        rows, withdrawn ones, or a different set of existing annotations (some were deleted)."""
+        return (
+            self.table.num_rows > 0
+            or bool(self.withdrawn)
+            or self.existing is None
+            or self.cursor.existing_digest != self.previous_digest
+        )
 
 
 def export_annotations(
@@ -126,9 +194,15 @@ def export_annotations(
                 out.withdrawn.append(version[0])
             else:
                 rows.append(row)
+    # Listed after the pull: an annotation deleted meanwhile is dropped from this export too.
+    out.existing = existing_annotation_ids(client, project.id)
+    out.previous_digest = cursor.existing_digest
+    digest = _digest(out.existing)
+    rows = [r for r in rows if r["annotation_id"] in out.existing]
     if rows:
         rows.sort(key=lambda r: r["annotation_id"])
         out.table = pa.Table.from_pylist(rows, schema=ANNOTATIONS)
+    out.cursor = replace(out.cursor, existing_digest=digest)
     if task_versions:
         watermark = max(_ts(v) for _, v in task_versions)
         if prev:
@@ -139,14 +213,65 @@ def export_annotations(
             iso_utc(watermark),
             seen=tuple(sorted(v for v in {*seen, *versions} if _ts(v[1]) > floor)),
             seen_tasks=tuple(sorted(v for v in task_versions if _ts(v[1]) > floor)),
+            existing_digest=digest,
         )
     return out
 
 
+def existing_annotation_ids(client: LabelStudioClient, project_id: int) -> frozenset[int]:
+    """The id of every annotation of the project now (skipped ones included), from one light
+    listing of all tasks: ids and `annotations_ids` only. A task whose list Label Studio cut at
+    its column limit, or that lists fewer ids than its counters, is read on its own."""
+    hidden = {"explore": _DM_HIDDEN, "labeling": _DM_HIDDEN}
+    query = json.dumps({"hiddenColumns": hidden, "ordering": ["tasks:id"]})
+
+    def fetch() -> list[tuple[int, str, int]]:
+        pager = client.sdk.tasks.list(
+            project=project_id,
+            fields="task_only",
+            include="id,annotations_ids,total_annotations,cancelled_annotations",
+            query=query,
+            page_size=PAGE,
+        )
+        return [
+            (
+                int(t.id),
+                str(t.annotations_ids or ""),
+                int(t.total_annotations or 0) + int(t.cancelled_annotations or 0),
+            )
+            for t in pager
+        ]
+
+    ids: set[int] = set()
+    for task_id, listed, count in client.call(f"listing annotation ids of project {project_id}", fetch):
+        found = {int(i) for i in re.findall(r"\d+", listed)}
+        if len(listed) >= DM_CHAR_LIMIT or len(found) < count:
+            found = _task_annotation_ids(client, task_id)
+        ids |= found
+    return frozenset(ids)
+
+
+def _task_annotation_ids(client: LabelStudioClient, task_id: int) -> set[int]:
+    return {
+        int(a.id)
+        for a in client.call(
+            f"listing annotations of task {task_id}", lambda: client.sdk.annotations.list(id=task_id)
+        )
+    }
+
+
+def _digest(ids: frozenset[int]) -> str:
+    return hashlib.sha256(",".join(map(str, sorted(ids))).encode()).hexdigest()
+
+
 def merge_annotations(previous: pa.Table, export: AnnotationExport) -> pa.Table:
     """The annotations table after applying an export: updated versions replace earlier ones,
-    withdrawn (now skipped or invalid) annotations leave, new ones join; sorted by id."""
-    replaced = set(export.table.column("annotation_id").to_pylist()) | set(export.withdrawn)
+    withdrawn (now skipped or invalid) and deleted annotations leave, new ones join; sorted by id."""
+    replaced = (
+        set(export.table.column("annotation_id").to_pylist())
+        | set(export.withdrawn)
+        | set(export.removed_from(previous))
+    )
     kept = (
         previous.filter(
             pc.invert(pc.is_in(previous.column("annotation_id"), pa.array(sorted(replaced), pa.int64())))

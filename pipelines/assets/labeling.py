@@ -90,7 +90,8 @@ def annotations(
     index: AssetIndex,
     lineage: LineageResource,
 ) -> dg.Output[pa.Table]:
-    """Every submitted annotation with its annotator, pulled incrementally since the last sync."""
+    """Every submitted annotation with its annotator, pulled incrementally since the last sync; those
+    deleted in Label Studio since (or whose task was) leave it, giving a new snapshot CID."""
     started, version = now(), context.partition_key
     client = labelstudio.client()
     project = _labeling(client.ensure_project)(project_spec(catalog, labelstudio, version))
@@ -98,12 +99,15 @@ def annotations(
     export = _labeling(export_annotations)(
         client, project, cursor, known_examples=set(raw_dataset["example_id"].to_pylist())
     )
+    removed = len(export.removed_from(previous))  # deleted in Label Studio (annotation or its task)
     table = merge_annotations(previous, export)
     client = store.client()
     cid = put_value(client, table)
     cursor_path(index, version).write_text(json.dumps({"table_cid": cid, "cursor": export.cursor.to_json()}))
-    skipped = dict(export.skipped)
-    context.log.info(f"{export.table.num_rows} new or changed annotations, skipped {skipped}")
+    skipped = dict(sorted(export.skipped.items()))
+    context.log.info(
+        f"{export.table.num_rows} new or changed annotations, {removed} removed (deleted), skipped {skipped}"
+    )
     record = lineage.write(
         client,
         "labeling_export",
@@ -112,7 +116,7 @@ def annotations(
         inputs={"snapshot": dataset_snapshot["cid"]},
         outputs={"annotations": cid},
         parents=(dataset_snapshot["record_cid"],),
-        params={"project_id": project.id, "skipped": skipped},
+        params={"project_id": project.id, "skipped": skipped, "removed": removed},
     )
     return dg.Output(
         table,
@@ -121,6 +125,7 @@ def annotations(
             "dagster/row_count": table.num_rows,
             "new_or_changed": export.table.num_rows,
             "skipped": dg.MetadataValue.json(skipped),
+            "removed": removed,
             "annotators": len(pc.unique(table["annotator"])),
         },
     )
