@@ -6,9 +6,10 @@ minus a small overlap window that catches transactions committed late. Versions 
 emitted inside that window are remembered in the cursor, so nothing is emitted twice.
 
 Deletions leave no `updated_at` behind (a deleted task or annotation is simply gone), so each
-export also lists the ids of every annotation that still exists: one light Data Manager
-listing of task ids with their `annotations_ids` column (no results, no task data; about five
-times faster than pulling the annotations in full). Merging drops whatever is no longer there.
+incremental export also lists the ids of every annotation that still exists: a light Data
+Manager listing of the annotated tasks' ids with their `annotations_ids` column (no results,
+no task data; measured about eight times faster than pulling the annotations in full).
+Merging drops whatever is no longer there.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from labeling.client import DM_TIME, PAGE, LabelStudioClient, Project, iso_utc
+from labeling.client import DM_TIME, PAGE, LabelStudioClient, Project, _annotated_queries, iso_utc
 from labeling.configs import FROM_NAME
 from labeling.schemas import ANNOTATIONS
 
@@ -154,11 +155,16 @@ def export_annotations(
     cursor: ExportCursor | None = None,
     *,
     known_examples: set[str] | None = None,
+    previous: pa.Table | None = None,
 ) -> AnnotationExport:
-    """Annotations created or updated since `cursor` (all of them when None).
+    """Annotations created or updated since `cursor` (all of them when None), and the ids of all
+    annotations that still exist (`existing`), by which merging drops the deleted ones.
 
     `known_examples`, when given, is the set of example ids Caravan synced: an annotation on
     any other task is counted as `unknown_task` rather than attributed to a stray example.
+    `previous`, when given, is the table this export will be merged into: an annotation of it
+    that seems gone is confirmed gone by listing every task, so a removal never rests on Label
+    Studio's per-task counters (which the cheap listing of annotated tasks relies on).
     """
     cursor = cursor or ExportCursor(project.id)
     if cursor.project_id != project.id:
@@ -195,7 +201,12 @@ def export_annotations(
             else:
                 rows.append(row)
     # Listed after the pull: an annotation deleted meanwhile is dropped from this export too.
-    out.existing = existing_annotation_ids(client, project.id)
+    if after is None:  # the full pull saw every annotated task
+        out.existing = frozenset(int(a["id"]) for t in tasks for a in t.get("annotations") or [])
+    else:
+        out.existing = existing_annotation_ids(client, project.id)
+    if previous is not None and out.removed_from(previous):
+        out.existing = existing_annotation_ids(client, project.id, annotated_only=False)
     out.previous_digest = cursor.existing_digest
     digest = _digest(out.existing)
     rows = [r for r in rows if r["annotation_id"] in out.existing]
@@ -218,36 +229,44 @@ def export_annotations(
     return out
 
 
-def existing_annotation_ids(client: LabelStudioClient, project_id: int) -> frozenset[int]:
-    """The id of every annotation of the project now (skipped ones included), from one light
-    listing of all tasks: ids and `annotations_ids` only. A task whose list Label Studio cut at
+def existing_annotation_ids(
+    client: LabelStudioClient, project_id: int, *, annotated_only: bool = True
+) -> frozenset[int]:
+    """The id of every annotation of the project now (skipped ones included), from a light task
+    listing: ids and `annotations_ids` only. `annotated_only` lists just the tasks whose counters
+    say they hold annotations (cheap when most tasks have none); otherwise every task, so the
+    answer rests on the annotations themselves alone. A task whose id list Label Studio cut at
     its column limit, or that lists fewer ids than its counters, is read on its own."""
     hidden = {"explore": _DM_HIDDEN, "labeling": _DM_HIDDEN}
-    query = json.dumps({"hiddenColumns": hidden, "ordering": ["tasks:id"]})
-
-    def fetch() -> list[tuple[int, str, int]]:
-        pager = client.sdk.tasks.list(
-            project=project_id,
-            fields="task_only",
-            include="id,annotations_ids,total_annotations,cancelled_annotations",
-            query=query,
-            page_size=PAGE,
-        )
-        return [
-            (
-                int(t.id),
-                str(t.annotations_ids or ""),
-                int(t.total_annotations or 0) + int(t.cancelled_annotations or 0),
-            )
-            for t in pager
-        ]
-
+    if annotated_only:
+        queries = [{**q, "hiddenColumns": hidden} for q in _annotated_queries(None)]
+    else:
+        queries = [{"hiddenColumns": hidden, "ordering": ["tasks:id"]}]
     ids: set[int] = set()
-    for task_id, listed, count in client.call(f"listing annotation ids of project {project_id}", fetch):
-        found = {int(i) for i in re.findall(r"\d+", listed)}
-        if len(listed) >= DM_CHAR_LIMIT or len(found) < count:
-            found = _task_annotation_ids(client, task_id)
-        ids |= found
+    for query in queries:
+
+        def fetch(query: dict = query) -> list[tuple[int, str, int]]:
+            pager = client.sdk.tasks.list(
+                project=project_id,
+                fields="task_only",
+                include="id,annotations_ids,total_annotations,cancelled_annotations",
+                query=json.dumps(query),
+                page_size=PAGE,
+            )
+            return [
+                (
+                    int(t.id),
+                    str(t.annotations_ids or ""),
+                    int(t.total_annotations or 0) + int(t.cancelled_annotations or 0),
+                )
+                for t in pager
+            ]
+
+        for task_id, listed, count in client.call(f"listing annotation ids of project {project_id}", fetch):
+            found = {int(i) for i in re.findall(r"\d+", listed)}
+            if len(listed) >= DM_CHAR_LIMIT or len(found) < count:
+                found = _task_annotation_ids(client, task_id)
+            ids |= found
     return frozenset(ids)
 
 

@@ -97,7 +97,7 @@ def annotations(
     project = _labeling(client.ensure_project)(project_spec(catalog, labelstudio, version))
     previous, cursor = _previous(index, store, version, project.id)
     export = _labeling(export_annotations)(
-        client, project, cursor, known_examples=set(raw_dataset["example_id"].to_pylist())
+        client, project, cursor, known_examples=set(raw_dataset["example_id"].to_pylist()), previous=previous
     )
     removed = len(export.removed_from(previous))  # deleted in Label Studio (annotation or its task)
     table = merge_annotations(previous, export)

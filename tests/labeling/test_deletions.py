@@ -78,7 +78,7 @@ def test_deleted_annotation_and_task_leave_the_table_and_consensus(client, proje
     client.update_annotation(kept[1], choice_result("dog", "text"))
 
     cursor = ExportCursor.from_json(first.cursor.to_json())
-    later = export_annotations(client, project, cursor)
+    later = export_annotations(client, project, cursor, previous=table)  # as the pipeline asset does
     assert later.changed
     assert later.removed_from(table) == sorted([dog1, dog2, *doomed_task])
     assert later.table["annotation_id"].to_pylist() == [kept[1]]  # the update, nothing else
@@ -133,9 +133,10 @@ def test_annotation_ids_longer_than_the_data_manager_column_are_all_listed(clien
     client.import_tasks(project.id, [{"data": {"example_id": "crowded", "text": "x"}, "annotations": many}])
     client.create_annotation(keys["ex00000"], choice_result("dog", "text"), completed_by=user)
 
-    ids = existing_annotation_ids(client, project.id)
     full = {a["id"] for t in client.annotated_tasks(project.id) for a in t["annotations"]}
-    assert len(full) == 151 and ids == frozenset(full)
+    assert len(full) == 151
+    assert existing_annotation_ids(client, project.id) == frozenset(full)
+    assert existing_annotation_ids(client, project.id, annotated_only=False) == frozenset(full)
 
 
 def test_existing_ids_of_3000_tasks_match_a_full_pull(client, project, sims, record_property):
@@ -150,13 +151,14 @@ def test_existing_ids_of_3000_tasks_match_a_full_pull(client, project, sims, rec
     t0 = time.perf_counter()
     ids = existing_annotation_ids(client, project.id)
     t1 = time.perf_counter()
+    every_task = existing_annotation_ids(client, project.id, annotated_only=False)
     tasks = client.annotated_tasks(project.id)
     t2 = time.perf_counter()
     full = {a["id"] for t in tasks for a in t["annotations"]}
     record_property("existing_ids_3000_s", round(t1 - t0, 3))
     record_property("full_pull_3000_s", round(t2 - t1, 3))
     print(f"3000 tasks: annotation ids listed in {t1 - t0:.2f} s, full pull {t2 - t1:.2f} s")
-    assert len(full) == 3000 and ids == frozenset(full)
+    assert len(full) == 3000 and ids == every_task == frozenset(full)
 
     gone_task = tasks[1500]
     gone_annotation = tasks[2999]["annotations"][0]["id"]
@@ -164,3 +166,4 @@ def test_existing_ids_of_3000_tasks_match_a_full_pull(client, project, sims, rec
     client.sdk.annotations.delete(id=gone_annotation)
     lost = {gone_annotation, *(a["id"] for a in gone_task["annotations"])}
     assert existing_annotation_ids(client, project.id) == frozenset(full - lost)
+    assert existing_annotation_ids(client, project.id, annotated_only=False) == frozenset(full - lost)
