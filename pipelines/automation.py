@@ -35,7 +35,7 @@ attribution_job = dg.define_asset_job(
 def _has_new_annotations(
     catalog: DatasetCatalog, labelstudio: LabelStudioResource, index: AssetIndex, version: str
 ) -> bool:
-    """A read-only export from the last cursor: anything new, changed or withdrawn since then."""
+    """A read-only export from the last cursor: anything new, changed, withdrawn or deleted since then."""
     cursor_file = cursor_path(index, version)
     if not cursor_file.exists():
         return True
@@ -43,7 +43,7 @@ def _has_new_annotations(
     client = labelstudio.client()
     project = client.ensure_project(project_spec(catalog, labelstudio, version))
     export = export_annotations(client, project, cursor)
-    return export.table.num_rows > 0 or bool(export.withdrawn)
+    return export.changed  # new, changed or withdrawn rows, or deletions
 
 
 @dg.sensor(job=labeling_sync_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED)

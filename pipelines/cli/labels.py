@@ -97,14 +97,16 @@ def export(
                     f"{cursor_file} belongs to project {cursor.project_id}, not {proj.id} "
                     f"({project!r}); use another --out"
                 )
-        ex = export_annotations(client, proj, cursor)
+        ex = export_annotations(client, proj, cursor, previous=previous)
+        removed = ex.removed_from(previous)
         table = merge_annotations(previous, ex)
         # Table first, cursor second: a crash in between re-exports (harmless), never skips.
         _write_atomic(out, lambda p: pq.write_table(table, p))
         _write_atomic(cursor_file, lambda p: p.write_text(ex.cursor.to_json()))
         skipped = ", ".join(f"{k} {v}" for k, v in sorted(ex.skipped.items())) or "none"
         typer.echo(
-            f"{ex.table.num_rows} new or changed annotations; {table.num_rows} in {out}; skipped: {skipped}"
+            f"{ex.table.num_rows} new or changed annotations; {table.num_rows} in {out}; skipped: {skipped}; "
+            f"removed (deleted in Label Studio): {len(removed)}"
         )
 
 

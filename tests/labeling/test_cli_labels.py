@@ -54,6 +54,14 @@ def test_sync_export_aggregate_and_address_check_end_to_end(cli, client, tmp_pat
         "1 new or changed annotations; 2 in"
     )
     assert pq.read_table(out).num_rows == 2
+    gone = client.create_annotation(keys["ex00002"], choice_result("cat", "text"), completed_by=user)
+    added = cli("export", "--project", title, "--out", out)
+    assert added.output.startswith("1 new or changed annotations; 3 in")
+    client.sdk.annotations.delete(id=gone)
+    deleted = cli("export", "--project", title, "--out", out)
+    assert deleted.exit_code == 0 and deleted.output.startswith("0 new or changed annotations; 2 in")
+    assert "removed (deleted in Label Studio): 1" in deleted.output
+    assert pq.read_table(out).num_rows == 2
 
     agg = cli("aggregate", out, "--consensus", tmp_path / "c.parquet", "--quality", tmp_path / "q.parquet")
     assert agg.exit_code == 0 and pq.read_table(tmp_path / "c.parquet").num_rows == 2
