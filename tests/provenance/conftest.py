@@ -29,3 +29,14 @@ def chain(anvil: AnvilService, tmp_path: Path) -> Chain:
 @pytest.fixture
 def sample_run(store: BlockStore) -> SampleRun:
     return build_sample_run(store, n_examples=60, n_contributors=7, seed=1)
+
+
+@pytest.fixture
+def env(chain: Chain, store: BlockStore, monkeypatch: pytest.MonkeyPatch) -> Chain:
+    """The CLI's environment: this chain and store, no signing key (auditors need none)."""
+    monkeypatch.setenv("CARAVAN_RPC_URL", chain.rpc_url)
+    monkeypatch.setenv("CARAVAN_CHAIN_DIR", str(chain.chain_dir))
+    monkeypatch.setenv("CARAVAN_STORE_DIR", str(store.root))
+    monkeypatch.delenv("CARAVAN_PRIVATE_KEY", raising=False)
+    monkeypatch.delenv("CARAVAN_CHAIN_ID", raising=False)
+    return chain

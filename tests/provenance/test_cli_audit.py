@@ -17,16 +17,6 @@ from tests.provenance.sample_run import SampleRun
 from tests.services.anvil import AnvilService
 
 
-@pytest.fixture
-def env(chain: Chain, store: BlockStore, monkeypatch: pytest.MonkeyPatch) -> Chain:
-    monkeypatch.setenv("CARAVAN_RPC_URL", chain.rpc_url)
-    monkeypatch.setenv("CARAVAN_CHAIN_DIR", str(chain.chain_dir))
-    monkeypatch.setenv("CARAVAN_STORE_DIR", str(store.root))
-    monkeypatch.delenv("CARAVAN_PRIVATE_KEY", raising=False)
-    monkeypatch.delenv("CARAVAN_CHAIN_ID", raising=False)
-    return chain
-
-
 def _run(*args: str) -> tuple[int, str, str]:
     result = CliRunner().invoke(app, list(args))
     if result.exception and not isinstance(result.exception, SystemExit):

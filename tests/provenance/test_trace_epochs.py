@@ -100,16 +100,6 @@ def test_a_run_without_epochs_lists_none(chain: Chain, store: BlockStore, sample
 # ---- the CLI ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def env(chain: Chain, store: BlockStore, monkeypatch: pytest.MonkeyPatch) -> Chain:
-    monkeypatch.setenv("CARAVAN_RPC_URL", chain.rpc_url)
-    monkeypatch.setenv("CARAVAN_CHAIN_DIR", str(chain.chain_dir))
-    monkeypatch.setenv("CARAVAN_STORE_DIR", str(store.root))
-    monkeypatch.delenv("CARAVAN_PRIVATE_KEY", raising=False)
-    monkeypatch.delenv("CARAVAN_CHAIN_ID", raising=False)
-    return chain
-
-
 def _cli(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(app, list(args))
     if result.exception and not isinstance(result.exception, SystemExit):
