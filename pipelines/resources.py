@@ -134,7 +134,7 @@ class ChainResource(dg.ConfigurableResource):
 
 
 class LedgerResource(dg.ConfigurableResource):
-    """The serving ledger (API keys, receipts, epochs): SQLite in WAL mode."""
+    """The serving ledger (API keys, receipts, epochs): a SQLite file or a PostgreSQL URL."""
 
     path: str = ".caravan/ledger.sqlite"
 
@@ -168,6 +168,10 @@ def resources_for(settings: Settings | None = None) -> dict[str, Any]:
             rpc_url=s.rpc_url, chain_dir=str(s.chain_dir), auto_deploy=s.deployment == "local"
         ),
         "lineage": LineageResource(index_dir=str(s.home / "lineage")),
-        "ledger": LedgerResource(path=str(s.ledger_path)),
+        # A database URL goes in as the environment variable's name (dg.EnvVar), so a password inside
+        # it never shows in Dagster's run config or UI; a file path is plain config.
+        "ledger": LedgerResource(
+            path=dg.EnvVar("CARAVAN_LEDGER") if isinstance(s.ledger_path, str) else str(s.ledger_path)
+        ),
         "io_manager": ContentStoreIOManager(store=store, index=index),
     }

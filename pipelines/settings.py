@@ -42,8 +42,9 @@ class Settings:
 
     @property
     def ledger_path(self) -> Path | str:
-        """The serving ledger: a SQLite file, or a `postgresql://` URL kept as given (its password
-        belongs in PGPASSWORD or ~/.pgpass, not in the URL: this string reaches resource configs)."""
+        """The serving ledger: a SQLite file, or a `postgresql://` URL kept as given (the resource
+        reads a URL through `dg.EnvVar`, so Dagster never shows it; PGPASSWORD or ~/.pgpass still
+        keep the password out of the environment variable)."""
         given = os.environ.get("CARAVAN_LEDGER")
         if given and "://" in given:  # a database URL (the ledger checks its scheme)
             return given

@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 from pipelines.definitions import defs
 
@@ -64,3 +65,17 @@ def test_dagster_cli_materializes_a_partition_with_the_multiprocess_executor(tmp
     assert "multiprocess" in run.stderr.lower()
     pointer = tmp_path / "home" / "assets" / "dataset_snapshot" / "v1.json"
     assert pointer.exists() and (tmp_path / "home" / "lineage" / "snapshot" / "v1.json").exists()
+
+
+def test_a_ledger_url_reaches_dagster_as_an_env_var_never_its_value(monkeypatch, tmp_path):
+    """A PostgreSQL URL (maybe with a password) is read at run time; Dagster's config shows only its name."""
+    from pipelines.resources import resources_for
+    from pipelines.settings import load_settings
+
+    monkeypatch.setenv("CARAVAN_HOME", str(tmp_path))
+    monkeypatch.setenv("CARAVAN_LEDGER", "postgresql://caravan:s3cret@db:5432/caravan")
+    ledger = resources_for(load_settings())["ledger"]
+    assert "s3cret" not in repr(ledger.path) and "CARAVAN_LEDGER" in repr(ledger.path)
+    assert ledger.path.get_value() == "postgresql://caravan:s3cret@db:5432/caravan"
+    monkeypatch.setenv("CARAVAN_LEDGER", "ledger.sqlite")
+    assert resources_for(load_settings())["ledger"].path == str(Path.cwd() / "ledger.sqlite")
