@@ -299,7 +299,9 @@ class LabelStudioClient:
         self,
         project_id: int,
         url: str,
-        actions: tuple[str, ...] = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"),
+        actions: tuple[str, ...] = (
+            "ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "TASKS_DELETED"
+        ),
     ) -> int:
         hook = self.call(
             f"adding a webhook to project {project_id}",

@@ -1,4 +1,5 @@
-"""A small webhook receiver: Label Studio POSTs annotation events, a callback (e.g. a sync) runs.
+"""A small webhook receiver: Label Studio POSTs annotation events (created, updated, deleted; tasks
+deleted), a callback (e.g. a sync) runs.
 
 Standard library only (ThreadingHTTPServer on 127.0.0.1 by default). A shared secret, when
 set, must arrive in the `X-Caravan-Webhook-Token` header (Label Studio sends a webhook's
@@ -13,7 +14,10 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-TRIGGERS = frozenset({"ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED"})
+# Every event after which a sync changes the annotations table: deletions remove rows (and credit).
+TRIGGERS = frozenset({
+    "ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "TASKS_DELETED"
+})
 TOKEN_HEADER = "X-Caravan-Webhook-Token"
 MAX_BODY = 10 * 1024 * 1024
 

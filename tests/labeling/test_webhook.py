@@ -41,7 +41,10 @@ def test_annotation_events_trigger_a_sync(client, project):
         got.clear()
         client.update_annotation(ann, choice_result("cat", "text"))
         assert got.wait(20), "Label Studio sent no ANNOTATION_UPDATED webhook"
-    assert events == ["ANNOTATION_CREATED", "ANNOTATION_UPDATED"]
+        got.clear()
+        client.sdk.annotations.delete(id=ann)
+        assert got.wait(20), "Label Studio sent no ANNOTATIONS_DELETED webhook"
+    assert events == ["ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"]
     assert synced == ["dog", "cat"]
 
 
