@@ -276,20 +276,31 @@ class Ledger:
         """
         if not 1 <= cost <= key.burst:
             raise LedgerError(f"a rate-limited call costs 1..burst ({key.burst}), got {cost}")
-        at = time.time_ns() if now_ns is None else now_ns
+        clock = time.time_ns if now_ns is None else (lambda: now_ns)
         interval = min(max(1, round(_NS / key.rate_per_s)), max(1, _MAX_TOLERANCE_NS // key.burst))
         tolerance = min(key.burst * interval, _MAX_TOLERANCE_NS)
         step = cost * interval
+        row = None
         with self._b.volatile() as db:  # each statement alone is atomic; no flush awaited
-            for _ in range(2):
+            for _ in range(4):
+                at = clock()
                 if db.execute(self._rate_sql, (at, step, key.key_id, at + tolerance - step)).rowcount:
                     return 0.0
                 row = _first(db.execute("SELECT tat FROM rate_buckets WHERE key_id=?", (key.key_id,)))
-                if row is not None:
-                    return (max(row[0], at) + step - at - tolerance) / _NS
-                db.execute(  # the key's first call: a full bucket, then spend from it
-                    "INSERT INTO rate_buckets VALUES (?, 0) ON CONFLICT (key_id) DO NOTHING", (key.key_id,)
-                )
+                if row is None:
+                    db.execute(  # the key's first call: a full bucket, then spend from it
+                        "INSERT INTO rate_buckets VALUES (?, 0) ON CONFLICT (key_id) DO NOTHING",
+                        (key.key_id,),
+                    )
+                    continue
+                at = clock()  # the UPDATE may have waited for a lock: judge by the time now
+                wait = (max(row[0], at) + step - at - tolerance) / _NS
+                if wait > 0:
+                    return wait  # refused: the bucket only fills up with time
+                # Not refused after all: the clock read went stale while the UPDATE waited, or another
+                # call created the bucket between the UPDATE and the SELECT. Try again.
+        if row is not None:
+            return 1e-3  # still racing after every try: ask for a retry rather than let it through
         raise LedgerError(f"rate bucket of key {key.key_id} could not be created")  # pragma: no cover
 
     # ---- receipts ---------------------------------------------------------------------------

@@ -263,3 +263,18 @@ def test_sqlite_rate_updates_do_not_queue_behind_a_charge(tmp_path):
     finally:
         writer.execute("ROLLBACK")
         writer.close()
+
+
+def test_concurrent_first_calls_of_a_key_are_all_allowed(ledger: Ledger):
+    """Racing first calls: the bucket is created by one while the others' UPDATEs found no row;
+    none of them may be refused (it used to answer 429 with a negative retry time)."""
+    key = ledger.key(ledger.create_key("k", rate_per_s=1e6, burst=10_000)[0])
+    start = threading.Barrier(8)
+
+    def calls(_: int) -> list[float]:
+        start.wait()
+        return [ledger.rate_wait(key) for _ in range(25)]
+
+    with ThreadPoolExecutor(8) as pool:
+        waits = [w for ws in pool.map(calls, range(8)) for w in ws]
+    assert waits == [0.0] * 200
