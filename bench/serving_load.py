@@ -151,7 +151,7 @@ def settle_100k(chain: Chain, store: BlockStore, served, run, home: Path) -> flo
     ]
     ledger.add_receipts(receipts, key_id="bench")
     t0 = time.perf_counter()
-    done = settle_run(chain, store, ledger, run.run_id, run.head_cid)
+    done = settle_run(chain, store, ledger, run.run_id)
     elapsed = time.perf_counter() - t0
     assert done is not None and done.n_receipts == 100_000
     return elapsed

@@ -77,11 +77,9 @@ def daily_attribution(context: dg.ScheduleEvaluationContext):
 def settle_open_epochs(
     context: dg.OpExecutionContext, store: StoreResource, chain: ChainResource, ledger: LedgerResource
 ) -> None:
-    from provenance import find_head
     from serving import settle_all
 
-    client, content = chain.client(), store.client()
-    done = settle_all(client, content, ledger.ledger(), lambda run_id: find_head(client, content, run_id))
+    done = settle_all(chain.client(), store.client(), ledger.ledger())
     for s in done:
         context.log.info(f"settled {s.epoch_id}: {s.n_receipts} receipts, {s.total} wei, root {s.root}")
     context.add_output_metadata({"epochs": dg.MetadataValue.json([s.epoch_id for s in done])})

@@ -264,7 +264,7 @@ def serving(settings: Settings, run_id: str, ledger_path: Path) -> Iterator[str]
         log.close()
 
 
-def paid_predictions(settings: Settings, run_id: str, head_cid: str, rows: list[list[float]]) -> dict:
+def paid_predictions(settings: Settings, run_id: str, rows: list[list[float]]) -> dict:
     """A model user pays for a few predictions; the epoch is settled on chain and one payee claims."""
     import httpx
 
@@ -280,7 +280,7 @@ def paid_predictions(settings: Settings, run_id: str, head_cid: str, rows: list[
             for row in rows
         ]
     chain, store = _clients(settings)
-    settlement = settle_run(chain, store, ledger, run_id, head_cid)
+    settlement = settle_run(chain, store, ledger, run_id)
     if settlement is None:
         raise DemoError("the paid predictions left no receipts to settle")
     payee, _ = max(settlement.payouts, key=lambda p: (p[1], p[0]))
@@ -347,7 +347,7 @@ def run_demo(
         rows = [
             r["pixels"] for r in pq.read_table(folder / "truth" / "labels.parquet").slice(0, 5).to_pylist()
         ]
-        served = paid_predictions(settings, run_id, root["head_cid"], rows)
+        served = paid_predictions(settings, run_id, rows)
     return {
         "wall_s": round(time.perf_counter() - t0, 1),
         "examples": len(truth),

@@ -7,8 +7,8 @@ Public face (pipelines/ uses only these names):
     ledger = Ledger(path_or_postgresql_url)     SQLite WAL or PostgreSQL: hashed API keys, balances,
                                                 receipts, epochs, rate-limit buckets (shared by servers)
     app = create_app(run, ledger, price=..., max_batch=64, attribute=True)    FastAPI
-    settle_run(chain, store, ledger, run_id, head_cid) -> Settlement | None   one epoch, idempotent
-    settle_all(chain, store, ledger, heads)     every run with open receipts; heads(run_id) -> head CID
+    settle_run(chain, store, ledger, run_id) -> Settlement | None   one epoch under the run's head, idempotent
+    settle_all(chain, store, ledger)            every run with open receipts
     verify_epoch(chain, store, epoch_id_or_cid) -> EpochReport (.ok, .failures, .names(), .to_json())
     epoch_claim(chain, store, epoch_id, address) -> (TxResult, amount paid)
     split_price(price, [(address, bps)]) -> [(address, amount)]   largest remainder, sums to price

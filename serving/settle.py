@@ -102,21 +102,26 @@ def settle_run(
     store: ContentStore,
     ledger: Ledger,
     run_id: str,
-    head_cid: str,
     *,
     after_step: Callable[[str], None] | None = None,
 ) -> Settlement | None:
     """Settle the run's unfinished epoch, or close and settle a new one; None if nothing to settle.
 
-    ``after_step(state)`` runs after each state is saved (tests crash there to prove resumption).
-    ``head_cid`` must be the run's weighting record on chain: the epoch is anchored under it, and an
-    auditor finds the run's epochs there.
+    The epoch is anchored under the run's weighting record as recorded on chain (`find_head`), where
+    an auditor's trace of the run finds it. ``after_step(state)`` runs after each state is saved
+    (tests crash there to prove resumption).
     """
-    recorded = find_head(chain, store, run_id)
-    if head_cid != recorded:
-        raise SettlementError(
-            f"{head_cid} is not the head of run {run_id!r} on chain ({recorded}); nothing was settled"
-        )
+    return _settle(chain, store, ledger, run_id, find_head(chain, store, run_id), after_step)
+
+
+def _settle(
+    chain: Chain,
+    store: ContentStore,
+    ledger: Ledger,
+    run_id: str,
+    head_cid: str,
+    after_step: Callable[[str], None] | None = None,
+) -> Settlement | None:
     epoch = ledger.close_epoch(run_id, head_cid)
     if epoch is None:
         return None
@@ -206,18 +211,17 @@ def _store_batch(
     )
 
 
-def settle_all(
-    chain: Chain, store: ContentStore, ledger: Ledger, heads: Callable[[str], str]
-) -> list[Settlement]:
-    """Settle every run with open receipts; ``heads(run_id)`` gives the run's head record CID.
+def settle_all(chain: Chain, store: ContentStore, ledger: Ledger) -> list[Settlement]:
+    """Settle every run with open receipts, each under its head record on chain (looked up once).
 
     A run gets at most two epochs per call: an unfinished one from a killed settle, then one
     holding the receipts that arrived since (receipts written meanwhile wait for the next call).
     """
     done = []
     for run_id in ledger.open_runs():
+        head_cid = find_head(chain, store, run_id)
         for _ in range(2):
-            result = settle_run(chain, store, ledger, run_id, heads(run_id))
+            result = _settle(chain, store, ledger, run_id, head_cid)
             if result is None:
                 break
             done.append(result)

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from pipelines.cli.errors import clean_errors, finish_report
-from provenance import Chain, ProvenanceError, find_head
+from provenance import Chain, ProvenanceError
 from serving import (
     Ledger,
     ServingError,
@@ -88,21 +88,14 @@ def settle(
     """Close an epoch per run: receipts batch (CID), record, funded root. Safe to rerun after a crash."""
     with clean_errors(*ERRORS):
         chain, store, ledger = Chain.from_env(need_key=True), _store(store_dir), Ledger(ledger_path)
-        heads: dict[str, str] = {}
-
-        def head(rid: str) -> str:
-            if rid not in heads:
-                heads[rid] = find_head(chain, store, rid)
-            return heads[rid]
-
         if run_id is not None and run_id not in ledger.open_runs():
             done = []
         elif run_id is not None:
             from serving import settle_run
 
-            done = [s for s in (settle_run(chain, store, ledger, run_id, head(run_id)),) if s is not None]
+            done = [s for s in (settle_run(chain, store, ledger, run_id),) if s is not None]
         else:
-            done = settle_all(chain, store, ledger, head)
+            done = settle_all(chain, store, ledger)
     if as_json:
         typer.echo(
             json.dumps([{**s.__dict__, "payouts": [list(p) for p in s.payouts]} for s in done], indent=2)

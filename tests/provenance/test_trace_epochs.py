@@ -16,7 +16,7 @@ from pipelines.cli import app
 from provenance import Chain, ChainError, run_epochs, trace, trace_run
 from provenance.audit import record_cids
 from provenance.runs import publish_run
-from serving import Ledger, Settlement, SettlementError, settle_run, split_price
+from serving import Ledger, Settlement, settle_run, split_price
 from serving.fees import totals_by_address
 from serving.ledger import Charge
 from serving.settle import _store_batch
@@ -43,7 +43,7 @@ def settled(chain: Chain, store: BlockStore, sample_run: SampleRun, tmp_path: Pa
     out = []
     for n, price in ((3, 1_001), (2, 77)):
         _pay(ledger, sample_run, n, price)
-        out.append(settle_run(chain, store, ledger, RUN, sample_run.head))
+        out.append(settle_run(chain, store, ledger, RUN))
     return out
 
 
@@ -187,7 +187,7 @@ def test_an_epoch_recorded_but_not_published_or_of_another_run_is_flagged(
             raise _Crash(state)
 
     with pytest.raises(_Crash):  # killed after anchoring the record, before publishing the root
-        settle_run(env, store, ledger, RUN, sample_run.head, after_step=crash)
+        settle_run(env, store, ledger, RUN, after_step=crash)
     (epoch,) = run_epochs(env, store, RUN)
     assert (epoch.total, epoch.onchain_root, epoch.root_tx, epoch.error) == (1_000, None, None, None)
     code, out = _cli("trace", RUN)
@@ -203,10 +203,8 @@ def test_an_epoch_recorded_but_not_published_or_of_another_run_is_flagged(
         key_id, "other-run", "bafkqaaa", 300, [Charge("f" * 64, "1", 0.5, "run", ((a, 10_000),), ((a, 300),))]
     )
     with pytest.raises(ChainError, match="run 'other-run' has 0 weighting records"):
-        settle_run(env, store, other, "other-run", sample_run.head)
-    with pytest.raises(SettlementError, match=f"bafkqaaa is not the head of run '{RUN}'"):
-        settle_run(env, store, other, RUN, "bafkqaaa")
-    assert other.epochs() == []  # both refused before anything was closed
+        settle_run(env, store, other, "other-run")  # settle finds the head itself: none on chain
+    assert other.epochs() == []  # refused before anything was closed
     # a hostile settler can still anchor one by hand: the audit must flag it
     epoch = other.close_epoch("other-run", sample_run.head)
     receipts = other.epoch_receipts(epoch.epoch_id)

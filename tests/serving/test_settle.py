@@ -35,9 +35,9 @@ def test_crash_after_each_step_then_rerun_pays_once(world, ledger, crash_after):
             raise Crash(state)
 
     with pytest.raises(Crash):
-        settle_run(world.chain, world.store, ledger, world.run.run_id, world.run.head_cid, after_step=boom)
+        settle_run(world.chain, world.store, ledger, world.run.run_id, after_step=boom)
     pay(world, ledger, 3)  # arrive while the first epoch is unfinished: they wait for the next one
-    while settle_run(world.chain, world.store, ledger, world.run.run_id, world.run.head_cid) is not None:
+    while settle_run(world.chain, world.store, ledger, world.run.run_id) is not None:
         pass
     epochs = ledger.epochs()
     assert [(e.n_receipts, e.state) for e in epochs] == [(5, "closed"), (3, "closed")]
@@ -52,7 +52,7 @@ def test_crash_after_each_step_then_rerun_pays_once(world, ledger, crash_after):
 
 def test_claims_pay_each_contributor_once(world, ledger, anvil):
     pay(world, ledger, 4)
-    s = settle_run(world.chain, world.store, ledger, world.run.run_id, world.run.head_cid)
+    s = settle_run(world.chain, world.store, ledger, world.run.run_id)
     address, amount = s.payouts[0]
     claimer = Chain(
         world.chain.rpc_url, account=Account.from_key(anvil.dev_keys[5]), chain_dir=world.chain.chain_dir
@@ -72,7 +72,7 @@ def test_verify_catches_a_forged_batch(world, ledger):
     from storage import read_parquet, snapshot_parquet
 
     pay(world, ledger, 3)
-    s = settle_run(world.chain, world.store, ledger, world.run.run_id, world.run.head_cid)
+    s = settle_run(world.chain, world.store, ledger, world.run.run_id)
     record = load_record(world.store, s.record_cid)
     batch = read_parquet(world.store.get(s.batch_cid)).to_pylist()
     batch[0]["amounts"] = [v + (1 if i == 0 else 0) for i, v in enumerate(batch[0]["amounts"])]
