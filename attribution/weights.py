@@ -225,7 +225,7 @@ class ContributorSplit:
         if bad.size:
             raise ContributorError(f"contributions of queries {bad[:10].tolist()} hold NaN or inf scores")
         scores = np.zeros((len(self.example_ids), c.shape[1]))
-        scores[self._positions(example_ids)] = c
+        scores[self.positions(example_ids)] = c
         credit = quantize_columns(scores, self.policy.score_digits)
         if self.policy.negative == "clip":
             credit = np.maximum(credit, 0.0)
@@ -257,11 +257,8 @@ class ContributorSplit:
         return self._batch.split_one(grid)
 
     def positions(self, example_ids: list[str]) -> np.ndarray:
-        """Where each of ``example_ids`` (scores' order) sits in the split's sorted ``example_ids``."""
-        return self._positions(example_ids)
-
-    def _positions(self, example_ids: list[str]) -> np.ndarray:
-        """Where each of ``example_ids`` sits in ``self.example_ids`` (cached for the last list)."""
+        """Where each of ``example_ids`` (scores' order) sits in the split's sorted ``example_ids``
+        (cached for the last list)."""
         key = tuple(example_ids)
         cached = self._aligned
         if cached is not None and cached[0] == key:

@@ -109,10 +109,10 @@ class ServedRun:
             splits = self.split.split_queries(self.example_ids, contributions[:, cols])
         except ContributorError:
             return out
-        per_address = (splits.bps @ self._row_address).tolist()
+        per_address = (splits.bps @ self._row_address).tolist()  # one product for the whole batch
         for q, ok, row in zip(cols.tolist(), splits.ok.tolist(), per_address, strict=True):
             if ok:
-                out[q] = tuple((a, v) for a, v in zip(self._addresses, row, strict=True) if v > 0)
+                out[q] = self._paid(row)
         return out
 
     def _one_bps(self, contributions: np.ndarray) -> tuple[tuple[str, int], ...] | None:
@@ -120,10 +120,11 @@ class ServedRun:
         if not np.isfinite(contributions).all():
             return None
         bps = self.split.split_one(self._positions, contributions)
-        if bps is None:
-            return None
-        row = (bps @ self._row_address).tolist()
-        return tuple((a, v) for a, v in zip(self._addresses, row, strict=True) if v > 0)
+        return None if bps is None else self._paid((bps @ self._row_address).tolist())
+
+    def _paid(self, per_address: list[int]) -> tuple[tuple[str, int], ...]:
+        """(address, bps) of one prediction's per-address bps, addresses that get nothing left out."""
+        return tuple((a, v) for a, v in zip(self._addresses, per_address, strict=True) if v > 0)
 
 
 def input_hash(row: np.ndarray) -> str:
