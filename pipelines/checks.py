@@ -4,17 +4,17 @@ import dagster as dg
 import pyarrow as pa
 from eth_utils import is_checksum_address
 
-from pipelines.content_io import AssetIndex
-from pipelines.resources import ChainResource, StoreResource
-from provenance import read_weights, share_leaves
+from pipelines.content_io import AssetIndex, StoreResource
+from pipelines.resources import ChainResource
+from provenance import TrainingRecord, read_weights, share_leaves
 from storage import StorageError
 
 CONTENT_ASSETS = (
     "raw_dataset",
     "dataset_snapshot",
     "labeled_dataset",
-    "trained_model",
-    "example_attribution",
+    TrainingRecord.MODEL,
+    TrainingRecord.EXAMPLE_ATTRIBUTION,
     "contributor_weights",
 )
 

@@ -1,14 +1,19 @@
-"""An IO manager whose storage is the content store: every asset value gets a CID and a pin.
+"""The content store in Dagster: its resource, and an IO manager that gives every asset value a CID.
 
 Arrow tables become deterministic Parquet (rows in a total order, fixed writer options),
 bytes are stored as they are, anything else as canonical JSON. A small pointer file per
 (asset, partition) names the CID of the latest value, so a downstream step loads exactly
 the content the upstream one pinned, and the same value materialized twice costs nothing.
+
+A step whose provenance record must name its outputs' CIDs stores them itself (`store_value`)
+and returns the `StoredValue`: the IO manager then only writes the pointer, so each value is
+encoded and stored once.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +22,29 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import rfc8785
 
-from pipelines.resources import StoreResource
-from storage import ContentStore, read_parquet, snapshot_parquet
+from storage import BlockStore, ContentStore, read_parquet, snapshot_parquet
 
 KIND_TABLE, KIND_BYTES, KIND_JSON = "arrow-parquet", "bytes", "json"
+
+
+class StoreResource(dg.ConfigurableResource):
+    """The content store: `embedded` blockstore, a `kubo` node, or a `pinning` service."""
+
+    backend: str = "embedded"
+    store_dir: str = ".caravan/blocks"
+    kubo_url: str = "http://127.0.0.1:5001"
+    pinning_url: str = ""
+
+    def client(self) -> ContentStore:
+        if self.backend == "embedded":
+            return BlockStore(self.store_dir)
+        from storage.remote import KuboStore, PinningServiceStore
+
+        if self.backend == "kubo":
+            return KuboStore(self.kubo_url)
+        if self.backend == "pinning":
+            return PinningServiceStore(self.pinning_url, local=BlockStore(self.store_dir))
+        raise dg.Failure(f"unknown store backend {self.backend!r}; use embedded, kubo or pinning")
 
 
 def table_bytes(table: pa.Table) -> bytes:
@@ -42,17 +66,36 @@ def table_bytes(table: pa.Table) -> bytes:
     return snapshot_parquet(table, sort_by=first)
 
 
-def encode(value: Any) -> tuple[str, bytes]:
+def kind_of(value: Any) -> str:
     if isinstance(value, pa.Table):
-        return KIND_TABLE, table_bytes(value)
-    if isinstance(value, bytes | bytearray):
-        return KIND_BYTES, bytes(value)
-    return KIND_JSON, rfc8785.dumps(value)
+        return KIND_TABLE
+    return KIND_BYTES if isinstance(value, bytes | bytearray) else KIND_JSON
 
 
-def put_value(store: ContentStore, value: Any) -> str:
-    """Store `value` as the IO manager would (same bytes, same CID, pinned); for records written mid-step."""
-    return store.put_bytes(encode(value)[1], cid_version=1, pin=True)
+def encode(value: Any) -> tuple[str, bytes]:
+    kind = kind_of(value)
+    if kind == KIND_TABLE:
+        return kind, table_bytes(value)
+    return kind, bytes(value) if kind == KIND_BYTES else rfc8785.dumps(value)
+
+
+@dataclass(frozen=True)
+class StoredValue:
+    """An asset value already encoded and stored (pinned) by its step: its CID can go in a record."""
+
+    value: Any
+    kind: str
+    cid: str
+    size: int
+
+
+def store_value(
+    store: ContentStore, value: Any, data: bytes | None = None, *, cid_version: int = 1
+) -> StoredValue:
+    """Store `value` once, as the IO manager would, or as `data` (a contract's own deterministic
+    encoding, under the CID version that contract names it by)."""
+    kind, data = encode(value) if data is None else (kind_of(value), data)
+    return StoredValue(value, kind, store.put_bytes(data, cid_version=cid_version, pin=True), len(data))
 
 
 def decode(kind: str, data: bytes) -> Any:
@@ -110,10 +153,10 @@ class ContentStoreIOManager(dg.ConfigurableIOManager):
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         if obj is None:
             return
-        kind, data = encode(obj)
-        cid = self.store.client().put_bytes(data, cid_version=1, pin=True)
-        self.index.write(context.asset_key, self._partition(context), {"cid": cid, "kind": kind})
-        context.add_output_metadata({"cid": cid, "bytes": len(data)})
+        if not isinstance(obj, StoredValue):
+            obj = store_value(self.store.client(), obj)
+        self.index.write(context.asset_key, self._partition(context), {"cid": obj.cid, "kind": obj.kind})
+        context.add_output_metadata({"cid": obj.cid, "bytes": obj.size})
 
     def load_input(self, context: dg.InputContext) -> Any:
         meta = self.index.stored(context.asset_key, self._partition(context))

@@ -182,7 +182,7 @@ def materialize(settings: Settings, instance: dg.DagsterInstance, version: str) 
         raise DemoError(f"asset checks failed: {failed_checks}")
     return {
         "royalty_root": result.output_for_node("royalty_root"),
-        "annotations": result.output_for_node("annotations").num_rows,
+        "annotations": result.output_for_node("annotations").value.num_rows,  # a StoredValue
     }
 
 
@@ -196,7 +196,8 @@ def _root_cause(event: dg.DagsterEvent) -> str:
 
 def _clients(settings: Settings):
     """The chain (contracts deployed) and the content store these settings name."""
-    from pipelines.resources import ChainResource, StoreResource
+    from pipelines.content_io import StoreResource
+    from pipelines.resources import ChainResource
 
     chain = ChainResource(rpc_url=settings.rpc_url, chain_dir=str(settings.chain_dir)).client()
     return chain, StoreResource(store_dir=str(settings.store_dir)).client()

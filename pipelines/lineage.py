@@ -1,9 +1,9 @@
 """Each stage's provenance record, written once: a rerun with the same content reuses the record.
 
-Records carry wall-clock times, so writing a fresh one on every rerun would give the same
-run a second lineage. The index (one small file per activity and dataset version) names the
-latest record; a new record replaces it only when its inputs, outputs, parents, parameters
-or code differ.
+The index (one small file per activity and dataset version) names the latest record; writing goes
+through `provenance.put_stage_record`, which keeps that record unless its inputs, outputs,
+parents, parameters or code differ (records carry wall-clock times, so a fresh one on every rerun
+would give the same run a second lineage).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import dagster as dg
 
-from provenance import CodeVersion, Record, code_version, load_record, put_record, utc_time
+from provenance import CodeVersion, Record, code_version, put_stage_record, utc_time
 from storage import ContentStore
 
 AGENT = "caravan-pipeline"
@@ -27,13 +27,6 @@ AGENT = "caravan-pipeline"
 def pipeline_code() -> CodeVersion:
     """The code version, read once per process so every record of a run names the same commit."""
     return code_version()
-
-
-def _substance(record: Record) -> dict[str, Any]:
-    doc = record.to_json()
-    for moment in ("started_at", "ended_at", "agent"):
-        doc.pop(moment)
-    return doc
 
 
 class LineageResource(dg.ConfigurableResource):
@@ -76,11 +69,10 @@ class LineageResource(dg.ConfigurableResource):
             params=params or {},
         )
         path = self._path(activity, version)
-        if path.exists():
-            known = json.loads(path.read_text())["cid"]
-            if _substance(load_record(store, known)) == _substance(record):
-                return known
-        cid = put_record(store, record)
+        known = json.loads(path.read_text())["cid"] if path.exists() else None
+        cid = put_stage_record(store, record, previous=known)
+        if cid == known:
+            return cid
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"cid": cid}))

@@ -14,29 +14,9 @@ from typing import Any
 
 import dagster as dg
 
+from pipelines.content_io import AssetIndex, ContentStoreIOManager, StoreResource
 from pipelines.lineage import LineageResource
 from pipelines.settings import Settings, load_settings
-from storage import BlockStore, ContentStore
-
-
-class StoreResource(dg.ConfigurableResource):
-    """The content store: `embedded` blockstore, a `kubo` node, or a `pinning` service."""
-
-    backend: str = "embedded"
-    store_dir: str = ".caravan/blocks"
-    kubo_url: str = "http://127.0.0.1:5001"
-    pinning_url: str = ""
-
-    def client(self) -> ContentStore:
-        if self.backend == "embedded":
-            return BlockStore(self.store_dir)
-        from storage.remote import KuboStore, PinningServiceStore
-
-        if self.backend == "kubo":
-            return KuboStore(self.kubo_url)
-        if self.backend == "pinning":
-            return PinningServiceStore(self.pinning_url, local=BlockStore(self.store_dir))
-        raise dg.Failure(f"unknown store backend {self.backend!r}; use embedded, kubo or pinning")
 
 
 class DatasetCatalog(dg.ConfigurableResource):
@@ -146,8 +126,6 @@ class LedgerResource(dg.ConfigurableResource):
 
 def resources_for(settings: Settings | None = None) -> dict[str, Any]:
     """The resource set of `settings.deployment` (`local` or `prod`)."""
-    from pipelines.content_io import AssetIndex, ContentStoreIOManager
-
     s = settings or load_settings()
     if s.deployment not in ("local", "prod"):
         raise ValueError(f"CARAVAN_DEPLOYMENT={s.deployment!r}: use 'local' or 'prod'")

@@ -30,10 +30,11 @@ from attribution import (
     shard_features,
 )
 from pipelines.assets.training import TrainingConfig, split_targets
-from pipelines.content_io import AssetIndex, decode
+from pipelines.content_io import AssetIndex, StoreResource
 from pipelines.lineage import LineageResource
-from pipelines.resources import StoreResource, resources_for
-from provenance import load_record
+from pipelines.resources import resources_for
+from provenance import TRAINING, RunRecords, TrainingRecord
+from storage import read_parquet
 
 SHARD_IO = "shard_io_manager"
 SCORE_RTOL = 1e-3  # of the largest |score|: float32 rounding is ~1e-6, a wrong row or kernel is ~1
@@ -65,27 +66,21 @@ class ShardRows:
     example_ids: list[str]
 
 
-def _stored(store: StoreResource, index: AssetIndex, asset: str, version: str) -> tuple[str, object]:
-    meta = index.stored(asset, version)
-    if meta is None:
-        raise dg.Failure(f"no stored {asset} for dataset version {version!r}: run the attribution job first")
-    return meta["cid"], decode(meta["kind"], store.client().get(meta["cid"]))
-
-
 @dg.op(out={"run": dg.Out(io_manager_key=SHARD_IO), "shards": dg.DynamicOut(io_manager_key=SHARD_IO)})
 def plan_shards(
     context: dg.OpExecutionContext,
     config: ShardingConfig,
     store: StoreResource,
-    index: AssetIndex,
     lineage: LineageResource,
 ):
     """The stored run's training rows (as ``trained_model`` ordered them), cut into shards."""
     version = config.version
-    _, labeled = _stored(store, index, "labeled_dataset", version)
-    _, encoding = _stored(store, index, "model_encoding", version)
-    stored_cid, blob = _stored(store, index, "trak_features", version)
-    record = load_record(store.client(), lineage.cid_of("training", version))
+    client = store.client()
+    record = RunRecords(None, client).load(lineage.cid_of(TRAINING, version))  # names what it read and made
+    labeled = read_parquet(client.get(record.inputs[TrainingRecord.LABELED_DATASET]))
+    encoding = client.get(record.outputs[TrainingRecord.ENCODING])
+    stored_cid = record.outputs[TrainingRecord.FEATURES]
+    blob = client.get(stored_cid)
     training = TrainingConfig(**record.params["config"])
     stored = features_from_bytes(blob)
     table: pa.Table = labeled.sort_by("example_id")

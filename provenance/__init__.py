@@ -6,14 +6,17 @@ The face the pipeline uses (one Dagster asset per step; nothing here imports dag
                                         CARAVAN_CHAIN_ID, CARAVAN_CHAIN_DIR (deployments-<chainid>.json)
     chain.deploy()                      idempotent; `caravan chain deploy` does the same
 
-    # 1. each activity: build a record naming its parents, store it; the CID is its identity
-    cid = put_record(store, Record(activity="snapshot", agent=run_tag, started_at=utc_time(t0),
-                     ended_at=utc_time(), code=code_version(), inputs={"raw": raw_cid},
-                     outputs={"examples": snapshot_cid}, parents=(ingest_cid,), params={...}))
+    # 1. each activity: build a record naming its parents, store it; the CID is its identity.
+    #    Activity, input and output names come from `provenance.activities` (SNAPSHOT, TrainingRecord.MODEL,
+    #    WeightingRecord.WEIGHTS, ...): the record contract, spelled once.
+    cid = put_stage_record(store, Record(activity=SNAPSHOT, agent=run_tag, started_at=utc_time(t0),
+                           ended_at=utc_time(), code=code_version(), inputs={SnapshotRecord.EXAMPLES: cid},
+                           outputs={SnapshotRecord.SNAPSHOT: snapshot_cid}, parents=(ingest_cid,)),
+                           previous=last_cid)   # a rerun with the same substance keeps `last_cid`
     # the last one is the weighting record; its output `contributor_weights` is the weights table:
     weights_cid = store_weights(store, weights_table)          # validated, deterministic Parquet
-    head = put_record(store, Record(activity="weighting", ..., outputs={"contributor_weights": weights_cid},
-                      parents=(training_cid,)))
+    head = put_stage_record(store, Record(activity=WEIGHTING, ...,
+                            outputs={WeightingRecord.WEIGHTS: weights_cid}, parents=(training_cid,)))
 
     # 2. publish the run: every not-yet-anchored record of the lineage (parents first), then the
     #    royalty root. All checks run before the first transaction; calling it again after a crash
@@ -24,12 +27,18 @@ The face the pipeline uses (one Dagster asset per step; nothing here imports dag
     chain.deposit(run_id, amount_wei, action="invoice-42")      # or chain.deposit_token(run_id, amount)
     tx, paid = claim_share(chain, store, run_id, address)       # anyone may submit; pays `address`
 
-    # 4. audit
+    # 4. read records back: one reader per question; each record is loaded (and verified) once
+    records = RunRecords(chain, store)
+    head = records.head(run_id)                     # the run's one weighting record on chain
+    lineage = records.lineage(head)                 # {cid: Record}, head and every ancestor
+    training_cid, training = records.parent(head, TRAINING)
+    records.of_activity(epoch_id, SETTLEMENT)       # CIDs of readable records of one activity under a key
+    records.epochs(run_id)                          # [RunEpoch] (also `run_epochs(chain, store, run_id)`)
+
+    # 5. audit
     report = verify_run(chain, store, run_id)       # .ok, .failures: [Failure(name, subject, detail)]
     tree = trace(chain, store, cid_or_run_id_or_tx_hash)        # TraceNode; .to_json()
                                     # a run's tree also lists its serving epochs (kind "epoch")
-    epochs = run_epochs(chain, store, run_id)       # [RunEpoch]: settlement records anchored under
-                                    # their epoch key with the run's head as parent; chain + store only
     prov_json(records_by_cid(store, cids))          # W3C PROV-JSON for auditors
 
 Errors are `ProvenanceError` subclasses whose message says what is wrong and how to fix it:
@@ -37,21 +46,38 @@ RecordError, MissingParent, WeightsError, ChainError, RpcUnreachable, WrongChain
 TransactionError, UnauthorizedPublisher, AlreadyPublished, InsufficientFunds.
 
 Settlements of absolute amounts (e.g. a serving epoch): `publish_settlement(chain, epoch_id,
-[(address, amount), ...])` creates a root funded up to the sum; claims use `chain.claim`.
+[(address, amount), ...])` creates a root (kind KIND_AMOUNTS) funded up to the sum; its tree is
+`amounts_tree(amounts)` wherever it is needed (settle, claim, verify); claims use `chain.claim`.
 """
 
-from provenance.audit import (
-    Failure,
-    Findings,
-    RunEpoch,
-    TraceNode,
-    VerifyReport,
-    run_epochs,
-    trace,
-    trace_run,
-    verify_run,
+from provenance.activities import (
+    ACTIVITIES,
+    CONSENSUS,
+    INGEST,
+    LABELING_EXPORT,
+    SETTLEMENT,
+    SNAPSHOT,
+    TRAINING,
+    WEIGHTING,
+    ConsensusRecord,
+    IngestRecord,
+    LabelingExportRecord,
+    SettlementRecord,
+    SnapshotRecord,
+    TrainingRecord,
+    WeightingRecord,
 )
-from provenance.chain import Chain, Distribution, RecordedEvent, TxResult, load_account, run_key
+from provenance.audit import Failure, Findings, TraceNode, VerifyReport, trace, trace_run, verify_run
+from provenance.chain import (
+    KIND_AMOUNTS,
+    KIND_SHARES,
+    Chain,
+    Distribution,
+    RecordedEvent,
+    TxResult,
+    load_account,
+    run_key,
+)
 from provenance.errors import (
     AlreadyPublished,
     ChainError,
@@ -67,41 +93,54 @@ from provenance.errors import (
     WrongChain,
 )
 from provenance.merkle import SHARE_LEAF, StandardMerkleTree, verify_proof
-from provenance.records import (
-    ACTIVITIES,
-    CodeVersion,
-    Record,
-    code_version,
-    load_record,
-    prov_json,
-    put_record,
+from provenance.records import CodeVersion, Record, code_version, load_record, prov_json, put_record, utc_time
+from provenance.run_records import (
+    Anchored,
+    RunEpoch,
+    RunRecords,
+    find_head,
+    key_of,
+    load_lineage,
+    put_stage_record,
     records_by_cid,
-    utc_time,
+    run_epochs,
 )
 from provenance.runs import (
     RunPublication,
     Share,
+    amounts_tree,
     claim_share,
-    find_head,
-    load_lineage,
     publish_run,
     publish_settlement,
     share_of,
     store_weights,
 )
-from provenance.weights import read_weights, share_leaves, validate_weights
+from provenance.weights import read_weights, share_leaves, validate_weights, weights_snapshot
 
 __all__ = [
     "ACTIVITIES",
+    "CONSENSUS",
+    "INGEST",
+    "KIND_AMOUNTS",
+    "KIND_SHARES",
+    "LABELING_EXPORT",
+    "SETTLEMENT",
     "SHARE_LEAF",
+    "SNAPSHOT",
+    "TRAINING",
+    "WEIGHTING",
     "AlreadyPublished",
+    "Anchored",
     "Chain",
     "ChainError",
     "CodeVersion",
+    "ConsensusRecord",
     "Distribution",
     "Failure",
     "Findings",
+    "IngestRecord",
     "InsufficientFunds",
+    "LabelingExportRecord",
     "MissingParent",
     "NotDeployed",
     "ProvenanceError",
@@ -111,18 +150,25 @@ __all__ = [
     "RpcUnreachable",
     "RunEpoch",
     "RunPublication",
+    "RunRecords",
+    "SettlementRecord",
     "Share",
+    "SnapshotRecord",
     "StandardMerkleTree",
     "TraceNode",
+    "TrainingRecord",
     "TransactionError",
     "TxResult",
     "UnauthorizedPublisher",
     "VerifyReport",
+    "WeightingRecord",
     "WeightsError",
     "WrongChain",
+    "amounts_tree",
     "claim_share",
     "code_version",
     "find_head",
+    "key_of",
     "load_account",
     "load_lineage",
     "load_record",
@@ -130,10 +176,11 @@ __all__ = [
     "publish_run",
     "publish_settlement",
     "put_record",
+    "put_stage_record",
+    "read_weights",
     "records_by_cid",
     "run_epochs",
     "run_key",
-    "read_weights",
     "share_leaves",
     "share_of",
     "store_weights",
@@ -141,6 +188,7 @@ __all__ = [
     "trace_run",
     "utc_time",
     "validate_weights",
+    "weights_snapshot",
     "verify_proof",
     "verify_run",
 ]

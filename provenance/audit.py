@@ -8,23 +8,21 @@ it returns every failure, each with a stable `name` (e.g. `content_corrupt`, `ro
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from eth_hash.auto import keccak
 
+from provenance.activities import SETTLEMENT, WEIGHTING, WeightingRecord
 from provenance.chain import KIND_AMOUNTS, KIND_SHARES, Chain, RecordedEvent, run_key
 from provenance.errors import ChainError, RecordError, WeightsError
 from provenance.merkle import SHARE_LEAF, verify_proof
-from provenance.records import WEIGHTING, WEIGHTS_OUTPUT, Record, cid_version_of, load_record
+from provenance.records import Record, cid_version_of
+from provenance.run_records import Anchored, RunEpoch, RunRecords, key_of
 from provenance.weights import TOTAL_BPS, ShareLeaves, read_weights, share_leaves
 from storage import BlockNotFound, ContentStore, CorruptBlock, cid_for_bytes, is_cid
 
 ZERO32 = "0x" + "00" * 32
-# A serving epoch's settlement record (written by serving.settle): activity, receipts batch, payouts.
-SETTLEMENT = "settlement"
-RECEIPTS_INPUT = "receipts"
-PAYOUTS_OUTPUT = "payouts"
 
 
 @dataclass(frozen=True)
@@ -72,17 +70,18 @@ def verify_run(
     chain: Chain, store: ContentStore, run_id: str, *, onchain_proofs: bool = True
 ) -> VerifyReport:
     """Recompute every CID, check parents and on-chain entries, the root and every proof."""
-    key = "0x" + run_key(run_id).hex()
+    key = key_of(run_id)
     report = VerifyReport(run_id, key)
-    events = chain.recorded_events(run_id)
+    reader = RunRecords(chain, store)
+    anchored = reader.anchored(run_id)
     dist = chain.distribution(run_id)
-    if not events and dist is None:
+    if not anchored and dist is None:
         report.fail(
             "run_not_found", run_id, f"no record and no royalty root on chain {chain.chain_id} for this run"
         )
         return report
 
-    records = _load_records(store, (e.record_cid for e in events), report, "record")
+    records = _readable(anchored, report)
     heads = [cid for cid, r in records.items() if r.activity == WEIGHTING]
     if len(heads) != 1:
         report.fail(
@@ -90,8 +89,8 @@ def verify_run(
         )
     report.head_cid = heads[0] if len(heads) == 1 else None
 
-    lineage = _walk_lineage(store, records, report)
-    _check_onchain_entries(chain, events, lineage, key, report)
+    lineage = _walk_lineage(reader, records, report)
+    _check_onchain_entries(chain, [a.event for a in anchored], lineage, key, report)
     for cid in sorted(set(records) - _ancestors(lineage, report.head_cid)):
         report.fail(
             "stray_record", cid, "recorded under this run but not in the lineage of its weighting record"
@@ -120,23 +119,22 @@ def verify_run(
     return report
 
 
-def _load_records(
-    store: ContentStore, cids: Iterable[str], report: VerifyReport, role: str
-) -> dict[str, Record]:
+def _readable(anchored: list[Anchored], report: VerifyReport) -> dict[str, Record]:
+    """The run's anchored records that load; each one that does not is a named failure, once."""
     out: dict[str, Record] = {}
-    for cid in cids:
-        if cid in out:
-            continue
-        try:
-            out[cid] = load_record(store, cid)
-        except RecordError as exc:
-            name = "record_missing" if "not in the content store" in str(exc) else "record_corrupt"
-            report.fail(name, cid, f"{role}: {exc}")
+    failed: set[str] = set()
+    for a in anchored:
+        if a.record is not None:
+            out[a.cid] = a.record
+        elif a.cid not in failed:
+            failed.add(a.cid)
+            name = "record_missing" if "not in the content store" in str(a.error) else "record_corrupt"
+            report.fail(name, a.cid, f"record: {a.error}")
     report.records_checked += len(out)
     return out
 
 
-def _walk_lineage(store: ContentStore, records: dict[str, Record], report: VerifyReport) -> dict[str, Record]:
+def _walk_lineage(reader: RunRecords, records: dict[str, Record], report: VerifyReport) -> dict[str, Record]:
     lineage = dict(records)
     pending = list(records)
     while pending:
@@ -144,12 +142,12 @@ def _walk_lineage(store: ContentStore, records: dict[str, Record], report: Verif
         for parent in lineage[cid].parents:
             if parent in lineage:
                 continue
-            loaded = _load_records(store, [parent], VerifyReport(report.run_id, report.run_key), "parent")
-            if parent not in loaded:
+            try:
+                lineage[parent] = reader.load(parent)
+            except RecordError:
                 report.fail("parent_missing", parent, f"parent of record {cid} cannot be read from the store")
                 continue
             report.records_checked += 1
-            lineage[parent] = loaded[parent]
             pending.append(parent)
     return lineage
 
@@ -221,7 +219,7 @@ def _stored_leaves(
 ) -> ShareLeaves | None:
     if report.head_cid is None or report.head_cid not in lineage:
         return None
-    weights_cid = lineage[report.head_cid].outputs[WEIGHTS_OUTPUT]
+    weights_cid = lineage[report.head_cid].outputs[WeightingRecord.WEIGHTS]
     try:
         return share_leaves(read_weights(store.get(weights_cid)))
     except (BlockNotFound, CorruptBlock) as exc:
@@ -285,193 +283,46 @@ class TraceNode:
 def trace(chain: Chain, store: ContentStore, ref: str) -> TraceNode:
     """Lineage of a tx hash (payout, deposit, root or record), a run id/key, or a CID."""
     ref = ref.strip()
+    reader = RunRecords(chain, store)
     if ref.startswith("0x") and len(ref) == 66:
         try:
             events = chain.events_of(ref)
         except ChainError:
-            return trace_run(chain, store, ref)  # not a transaction: a run key
-        return _trace_tx(chain, store, ref, events)
+            return _trace_run(reader, ref)  # not a transaction: a run key
+        return _trace_tx(reader, ref, events)
     if is_cid(ref):
-        return _trace_cid(chain, store, ref)
-    return trace_run(chain, store, ref)
+        return _trace_cid(reader, ref)
+    return _trace_run(reader, ref)
 
 
 def trace_run(chain: Chain, store: ContentStore, run_id: str) -> TraceNode:
-    key = "0x" + run_key(run_id).hex()
-    events = chain.recorded_events(run_id)
+    """The run's head record and lineage, and its settled serving epochs."""
+    return _trace_run(RunRecords(chain, store), run_id)
+
+
+def _trace_run(reader: RunRecords, run_id: str) -> TraceNode:
+    chain = reader.chain
+    key = key_of(run_id)
+    anchored = reader.anchored(run_id)
     dist = chain.distribution(run_id)
-    if not events and dist is None:
+    if not anchored and dist is None:
         raise ChainError(
             f"run {run_id!r} (key {key}) has no record or royalty root on chain {chain.chain_id}"
         )
-    details: dict[str, Any] = {"run_key": key, "records": [e.record_cid for e in events]}
+    details: dict[str, Any] = {"run_key": key, "records": [a.cid for a in anchored]}
     if dist is not None:
         details.update(root=dist.root, deposited=dist.deposited, claimed=dist.claimed, token=dist.token)
     node = TraceNode("run", key, run_id if run_id == key else f"{run_id} ({key})", details)
     seen: set[str] = set()
-    heads: list[RecordedEvent] = []
-    for event in events:
-        try:
-            record = load_record(store, event.record_cid)
-        except RecordError:
-            continue
-        if record.activity == WEIGHTING:
-            heads.append(event)
-        if record.activity in (WEIGHTING, SETTLEMENT):  # an epoch's own key leads to its settlement
-            node.children.append(_record_tree(chain, store, event.record_cid, seen))
-    epochs = _epochs_of(chain, store, key, heads) if heads else []
+    for a in anchored:  # a run's key leads to its head; an epoch's own key to its settlement
+        if a.record is not None and a.record.activity in (WEIGHTING, SETTLEMENT):
+            node.children.append(_record_tree(reader, a.cid, seen))
+    epochs = reader.epochs(run_id)
     details["epochs"] = len(epochs)
-    node.children.extend(_epoch_node(chain, store, epoch, seen) for epoch in epochs)
+    node.children.extend(_epoch_node(reader, epoch, seen) for epoch in epochs)
     return node
 
-
-# ---- serving epochs of a run ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RunEpoch:
-    """A settlement epoch that paid out a run's serving revenue, as the chain and the store show it.
-
-    Stated figures come from the settlement record; `onchain_*` from the distributor. `error` is
-    set when a record anchored as a child of the run's head cannot be read (it may be an epoch), or
-    is a settlement anchored under another key or naming another run: such an entry is still
-    listed, since an auditor must see it (`caravan verify RUN --epochs` fails on it).
-    """
-
-    record_cid: str
-    record_tx: str
-    record_block: int
-    epoch_id: str | None = None
-    epoch_key: str | None = None
-    batch_cid: str | None = None
-    payouts_cid: str | None = None
-    root: str | None = None
-    total: int | None = None
-    n_receipts: int | None = None
-    settled_at: str | None = None
-    onchain_root: str | None = None
-    onchain_total: int | None = None
-    deposited: int | None = None
-    claimed: int | None = None
-    root_tx: str | None = None
-    funding_txs: tuple[str, ...] = ()
-    error: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def run_epochs(chain: Chain, store: ContentStore, run_id: str) -> list[RunEpoch]:
-    """The run's settled serving epochs, oldest first, found from the chain and the store alone."""
-    heads = []
-    for event in chain.recorded_events(run_id):
-        try:
-            if load_record(store, event.record_cid).activity == WEIGHTING:
-                heads.append(event)
-        except RecordError:
-            continue
-    return _epochs_of(chain, store, "0x" + run_key(run_id).hex(), heads)
-
-
-def _epochs_of(chain: Chain, store: ContentStore, key: str, heads: list[RecordedEvent]) -> list[RunEpoch]:
-    """Settlement records are anchored under their epoch's own key with the run's head as parent.
-
-    The `Recorded` event indexes the run key, not the parent (a string, so web3's non-indexed
-    filter would only match substrings, after the node returned every log anyway): read the
-    registry's events from the head's block on — a child is recorded after its parent — and keep
-    those whose parent is a head. Roots and funding come from topic-filtered distributor events.
-    """
-    if not heads:
-        return []
-    head_cids = {e.record_cid for e in heads}
-    children = [
-        e
-        for e in chain.recorded_events(from_block=min(e.block for e in heads))
-        if e.parent_cid in head_cids and e.run_key != key
-    ]
-    epochs = [e for e in (_read_epoch(chain, store, key, event) for event in children) if e is not None]
-    keys = [e.epoch_key for e in epochs if e.epoch_key]
-    if not keys:
-        return epochs
-    since = min(e.record_block for e in epochs)  # settle records an epoch before publishing its root
-    roots = _distributor_txs(chain, "DistributionCreated", keys, since)
-    funding = _distributor_txs(chain, "Deposited", keys, since)
-    return [
-        replace(
-            e, root_tx=(roots.get(e.epoch_key) or [None])[0], funding_txs=tuple(funding.get(e.epoch_key, ()))
-        )
-        if e.epoch_key
-        else e
-        for e in epochs
-    ]
-
-
-def _read_epoch(chain: Chain, store: ContentStore, key: str, event: RecordedEvent) -> RunEpoch | None:
-    """None for a readable record that is no settlement (say, a later run built on this one)."""
-    base = RunEpoch(event.record_cid, event.tx_hash, event.block)
-    try:
-        record = load_record(store, event.record_cid)
-    except RecordError as exc:
-        return replace(base, error=f"anchored as a child of the run's head but unreadable: {exc}")
-    params = record.params
-    epoch_id = params.get("epoch_id")
-    if record.activity != SETTLEMENT:
-        return None
-    if not isinstance(epoch_id, str) or not epoch_id:
-        return replace(base, error=f"a settlement record naming no epoch id ({epoch_id!r})")
-    epoch_key = "0x" + run_key(epoch_id).hex()
-    epoch = replace(
-        base,
-        epoch_id=epoch_id,
-        epoch_key=epoch_key,
-        batch_cid=record.inputs.get(RECEIPTS_INPUT),
-        payouts_cid=record.outputs.get(PAYOUTS_OUTPUT),
-        root=params.get("root"),
-        total=_int_or_none(params.get("total")),
-        n_receipts=_int_or_none(params.get("n_receipts")),
-        settled_at=record.ended_at,
-    )
-    run_id = params.get("run_id")
-    if event.run_key != epoch_key:
-        epoch = replace(epoch, error=f"anchored under key {event.run_key}, not its epoch's {epoch_key}")
-    elif not isinstance(run_id, str) or not run_id or "0x" + run_key(run_id).hex() != key:
-        epoch = replace(epoch, error=f"the record names run {run_id!r}, not this run")
-    dist = chain.distribution(epoch_id)
-    if dist is None:
-        return epoch
-    return replace(
-        epoch,
-        onchain_root=dist.root,
-        onchain_total=dist.total_weight,
-        deposited=dist.deposited,
-        claimed=dist.claimed,
-    )
-
-
-def _int_or_none(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _distributor_txs(chain: Chain, name: str, keys: list[str], since: int) -> dict[str, list[str]]:
-    """Transaction hashes of a distributor event for each key, oldest first (one eth_getLogs)."""
-    event = chain.distributor.events[name]
-    ids = [bytes.fromhex(k[2:]) for k in keys]
-    logs = chain._rpc(
-        "eth_getLogs",
-        lambda: event.get_logs(from_block=since, to_block="latest", argument_filters={"id": ids}),
-    )
-    out: dict[str, list[str]] = {}
-    for log in logs:
-        out.setdefault("0x" + bytes(log["args"]["id"]).hex(), []).append(
-            "0x" + bytes(log["transactionHash"]).hex()
-        )
-    return out
-
-
-def _epoch_node(chain: Chain, store: ContentStore, epoch: RunEpoch, seen: set[str]) -> TraceNode:
+def _epoch_node(reader: RunRecords, epoch: RunEpoch, seen: set[str]) -> TraceNode:
     """The epoch's figures, then its settlement record (receipts batch in, parent: the run's head)."""
     if epoch.error is not None and epoch.epoch_id is None:
         label = f"record {epoch.record_cid} (tx {epoch.record_tx}): {epoch.error}"
@@ -486,19 +337,19 @@ def _epoch_node(chain: Chain, store: ContentStore, epoch: RunEpoch, seen: set[st
         f"recorded in tx {epoch.record_tx}" + (f"; {epoch.error}" if epoch.error else "")
     )
     node = TraceNode("epoch", epoch.epoch_id or epoch.record_cid, label, epoch.to_json())
-    node.children.append(_record_tree(chain, store, epoch.record_cid, seen))
+    node.children.append(_record_tree(reader, epoch.record_cid, seen))
     return node
 
 
-def _record_tree(chain: Chain, store: ContentStore, cid: str, seen: set[str]) -> TraceNode:
+def _record_tree(reader: RunRecords, cid: str, seen: set[str]) -> TraceNode:
     if cid in seen:
         return TraceNode("record", cid, f"{cid} (shown above)", {"repeat": True})
     seen.add(cid)
     try:
-        record = load_record(store, cid)
+        record = reader.load(cid)
     except RecordError as exc:
         return TraceNode("record", cid, f"{cid} (unreadable)", {"error": str(exc)})
-    entry = chain.entry_of(cid)
+    entry = reader.chain.entry_of(cid)
     details = {
         "activity": record.activity,
         "agent": record.agent,
@@ -518,13 +369,11 @@ def _record_tree(chain: Chain, store: ContentStore, cid: str, seen: set[str]) ->
             TraceNode("data", data_cid, f"{name}: {data_cid}", {"role": "input", "name": name})
         )
     for parent in record.parents:
-        node.children.append(_record_tree(chain, store, parent, seen))
+        node.children.append(_record_tree(reader, parent, seen))
     return node
 
 
-def _trace_tx(
-    chain: Chain, store: ContentStore, tx_hash: str, events: list[tuple[str, dict[str, Any]]]
-) -> TraceNode:
+def _trace_tx(reader: RunRecords, tx_hash: str, events: list[tuple[str, dict[str, Any]]]) -> TraceNode:
     if not events:
         raise ChainError(f"transaction {tx_hash} emitted no Caravan event")
     name, args = events[0]
@@ -532,11 +381,11 @@ def _trace_tx(
         node = TraceNode(
             "tx", tx_hash, f"record transaction {tx_hash}", {"run_key": "0x" + args["runId"].hex()}
         )
-        node.children.append(_record_tree(chain, store, args["recordCid"], set()))
+        node.children.append(_record_tree(reader, args["recordCid"], set()))
         return node
     run = "0x" + args["id"].hex()
     if name == "Claimed":
-        dist = chain.distribution(run)
+        dist = reader.chain.distribution(run)
         leaf = (
             f"leaf of {args['weight']}"
             if dist is not None and dist.kind == KIND_AMOUNTS
@@ -556,25 +405,21 @@ def _trace_tx(
             "root",
         )
     node = TraceNode(kind, tx_hash, label, {"tx_hash": tx_hash, **details})
-    node.children.append(trace_run(chain, store, run))
+    node.children.append(_trace_run(reader, run))
     return node
 
 
-def _trace_cid(chain: Chain, store: ContentStore, cid: str) -> TraceNode:
+def _trace_cid(reader: RunRecords, cid: str) -> TraceNode:
     try:
-        load_record(store, cid)
-        return _record_tree(chain, store, cid, set())
+        reader.load(cid)
+        return _record_tree(reader, cid, set())
     except RecordError:
         pass
     node = TraceNode("data", cid, f"data {cid}")
-    for event in chain.recorded_events():
-        try:
-            record = load_record(store, event.record_cid)
-        except RecordError:
-            continue
-        if cid in record.outputs.values():
-            node.details["produced_by"] = event.record_cid
-            node.children.append(_record_tree(chain, store, event.record_cid, set()))
+    for a in reader.anchored():
+        if a.record is not None and cid in a.record.outputs.values():
+            node.details["produced_by"] = a.cid
+            node.children.append(_record_tree(reader, a.cid, set()))
             return node
     node.details["produced_by"] = None
     return node

@@ -536,6 +536,21 @@ class Chain:
         )
         return [_recorded(log) for log in logs]
 
+    def distributor_txs(self, event_name: str, keys: list[str], since: int) -> dict[str, list[str]]:
+        """Transaction hashes of one distributor event per 0x key, oldest first (one eth_getLogs)."""
+        event = self.distributor.events[event_name]
+        ids = [bytes.fromhex(k[2:]) for k in keys]
+        logs = self._rpc(
+            "eth_getLogs",
+            lambda: event.get_logs(from_block=since, to_block="latest", argument_filters={"id": ids}),
+        )
+        out: dict[str, list[str]] = {}
+        for log in logs:
+            out.setdefault("0x" + bytes(log["args"]["id"]).hex(), []).append(
+                "0x" + bytes(log["transactionHash"]).hex()
+            )
+        return out
+
     # ---- distributor ----------------------------------------------------------------------
 
     def distribution(self, run_id: str) -> Distribution | None:

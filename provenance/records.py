@@ -24,14 +24,12 @@ from typing import Any
 import rfc8785
 from prov.model import ProvDocument
 
+from provenance.activities import ACTIVITIES, WEIGHTING, WeightingRecord
 from provenance.errors import RecordError
 from storage import BlockNotFound, ContentStore, CorruptBlock, InvalidCID, cid_for_bytes
 from storage import parse_cid as _parse_cid
 
 SCHEMA = "caravan/provenance-record/v1"
-ACTIVITIES = ("ingest", "snapshot", "labeling_export", "consensus", "training", "weighting", "settlement")
-WEIGHTING = "weighting"
-WEIGHTS_OUTPUT = "contributor_weights"
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _TIME = "%Y-%m-%dT%H:%M:%SZ"
 
@@ -274,8 +272,10 @@ def _validate(record: Record) -> None:
                 raise RecordError(f"{kind} name {name!r} must be a lowercase identifier")
             cid_version_of(cid)
     _check_parents(record.parents)
-    if record.activity == WEIGHTING and WEIGHTS_OUTPUT not in record.outputs:
-        raise RecordError(f"a weighting record must list its weights table as output {WEIGHTS_OUTPUT!r}")
+    if record.activity == WEIGHTING and WeightingRecord.WEIGHTS not in record.outputs:
+        raise RecordError(
+            f"a weighting record must list its weights table as output {WeightingRecord.WEIGHTS!r}"
+        )
 
 
 def _check_parents(parents: Sequence[str]) -> None:

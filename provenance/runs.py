@@ -15,17 +15,12 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from provenance.chain import Chain, RecordedEvent, TxResult, run_key
-from provenance.errors import (
-    AlreadyPublished,
-    ChainError,
-    InsufficientFunds,
-    MissingParent,
-    RecordError,
-    WeightsError,
-)
+from provenance.activities import WEIGHTING, WeightingRecord
+from provenance.chain import KIND_AMOUNTS, Chain, TxResult, run_key
+from provenance.errors import AlreadyPublished, InsufficientFunds, RecordError, WeightsError
 from provenance.merkle import SHARE_LEAF, StandardMerkleTree
-from provenance.records import WEIGHTING, WEIGHTS_OUTPUT, Record, load_record, topological_order
+from provenance.records import Record, topological_order
+from provenance.run_records import RunRecords
 from provenance.weights import ShareLeaves, check_address, read_weights, share_leaves, weights_snapshot
 from storage import BlockNotFound, ContentStore, CorruptBlock
 
@@ -59,34 +54,12 @@ def store_weights(store: ContentStore, table: pa.Table) -> str:
     return store.put_bytes(weights_snapshot(table), pin=True)
 
 
-def load_lineage(store: ContentStore, head_cid: str) -> dict[str, Record]:
-    """The head record and all its ancestors, each re-verified against its CID."""
-    lineage: dict[str, Record] = {}
-    pending = [(head_cid, None)]
-    while pending:
-        cid, child = pending.pop()
-        if cid in lineage:
-            continue
-        try:
-            record = load_record(store, cid)
-        except RecordError as exc:
-            if child is not None and "not in the content store" in str(exc):
-                raise MissingParent(
-                    f"record {child} names parent {cid}, which is not in the content store: "
-                    "store the parent record first (put_record) or fix the parents list"
-                ) from None
-            raise
-        lineage[cid] = record
-        pending.extend((parent, cid) for parent in record.parents)
-    return lineage
-
-
 def head_weights(store: ContentStore, head_cid: str, head: Record) -> tuple[str, ShareLeaves]:
     if head.activity != WEIGHTING:
         raise RecordError(
             f"record {head_cid} is a {head.activity!r} record; a run's head is its weighting record"
         )
-    weights_cid = head.outputs[WEIGHTS_OUTPUT]
+    weights_cid = head.outputs[WeightingRecord.WEIGHTS]
     try:
         table = read_weights(store.get(weights_cid))
     except (BlockNotFound, CorruptBlock) as exc:
@@ -96,7 +69,8 @@ def head_weights(store: ContentStore, head_cid: str, head: Record) -> tuple[str,
 
 def publish_run(chain: Chain, store: ContentStore, run_id: str, head_cid: str) -> RunPublication:
     """Anchor the lineage of `head_cid` and its royalty root under `run_id`, once (idempotent)."""
-    lineage = load_lineage(store, head_cid)
+    reader = RunRecords(chain, store)
+    lineage = reader.lineage(head_cid)
     weights_cid, leaves = head_weights(store, head_cid, lineage[head_cid])
     chain.require_publisher()
     key = "0x" + run_key(run_id).hex()
@@ -111,7 +85,7 @@ def publish_run(chain: Chain, store: ContentStore, run_id: str, head_cid: str) -
                 f"head record {head_cid} is already on chain under run key {entry['run_key']}, "
                 f"not run {run_id!r}"
             )
-    _refuse_second_head(chain, store, run_id, head_cid)
+    _refuse_second_head(reader, run_id, head_cid)
     existing = chain.distribution(run_id)
     if existing is not None and existing.root != leaves.root:
         raise AlreadyPublished(
@@ -127,9 +101,9 @@ def publish_run(chain: Chain, store: ContentStore, run_id: str, head_cid: str) -
     return RunPublication(run_id, key, head_cid, weights_cid, leaves.root, tuple(txs))
 
 
-def _refuse_second_head(chain: Chain, store: ContentStore, run_id: str, head_cid: str) -> None:
+def _refuse_second_head(reader: RunRecords, run_id: str, head_cid: str) -> None:
     """A run has one weighting record: anchoring another would give auditors two lineages to pick from."""
-    others = [cid for cid in run_heads(chain, store, run_id) if cid != head_cid]
+    others = [cid for cid in reader.of_activity(run_id, WEIGHTING) if cid != head_cid]
     if others:
         raise AlreadyPublished(
             f"run {run_id!r} already has weighting record {others[0]} on chain, not {head_cid}: "
@@ -151,33 +125,6 @@ def _check_funds(chain: Chain, n_transactions: int) -> None:
         )
 
 
-def run_events(chain: Chain, run_id: str) -> list[RecordedEvent]:
-    return chain.recorded_events(run_id)
-
-
-def run_heads(chain: Chain, store: ContentStore, run_id: str) -> list[str]:
-    """The weighting records recorded under `run_id` and readable from `store`."""
-    heads = []
-    for event in run_events(chain, run_id):
-        try:
-            if load_record(store, event.record_cid).activity == WEIGHTING:
-                heads.append(event.record_cid)
-        except RecordError:
-            continue
-    return heads
-
-
-def find_head(chain: Chain, store: ContentStore, run_id: str) -> str:
-    """The weighting record recorded under `run_id` (exactly one is expected)."""
-    heads = run_heads(chain, store, run_id)
-    if len(heads) != 1:
-        raise ChainError(
-            f"run {run_id!r} has {len(heads)} weighting records on chain readable from this store "
-            "(expected exactly 1): check the run id and CARAVAN_STORE_DIR"
-        )
-    return heads[0]
-
-
 @dataclass(frozen=True)
 class Share:
     """One payee's leaf in a run and its proof."""
@@ -196,8 +143,9 @@ def shares(leaves: ShareLeaves) -> list[Share]:
 
 def share_of(store: ContentStore, chain: Chain, run_id: str, address: str) -> Share:
     """The leaf and proof of `address` in the run's stored weights."""
-    head = find_head(chain, store, run_id)
-    _, leaves = head_weights(store, head, load_record(store, head))
+    reader = RunRecords(chain, store)
+    head = reader.head(run_id)
+    _, leaves = head_weights(store, head, reader.load(head))
     for share in shares(leaves):
         if share.address == address:
             return share
@@ -210,12 +158,10 @@ def claim_share(chain: Chain, store: ContentStore, run_id: str, address: str) ->
     return chain.claim(run_id, share.address, share.weight_bps, list(share.proof))
 
 
-def publish_settlement(
-    chain: Chain, settlement_id: str, amounts: Sequence[tuple[str, int]], *, token: str | None = None
-) -> tuple[str, TxResult]:
-    """A root of absolute `(address, amount)` leaves (e.g. a serving epoch), funded up to their sum.
+def amounts_tree(amounts: Sequence[tuple[str, int]]) -> StandardMerkleTree:
+    """The Merkle tree of a settlement's absolute `(address, amount)` leaves, each leaf checked.
 
-    Claims use `chain.claim(settlement_id, address, amount, proof)`; fund it with `deposit`.
+    The one place an epoch's tree is built: settling, claiming and verifying all use it.
     """
     if len({address for address, _ in amounts}) != len(amounts):
         raise WeightsError("settlement leaves repeat an address: sum each payee's amounts into one leaf")
@@ -223,8 +169,18 @@ def publish_settlement(
         check_address(f"leaf {i}", address)
         if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
             raise WeightsError(f"leaf {i}: amount {amount!r} must be a positive integer")
-    tree = StandardMerkleTree.of(list(amounts), SHARE_LEAF)
+    return StandardMerkleTree.of(list(amounts), SHARE_LEAF)
+
+
+def publish_settlement(
+    chain: Chain, settlement_id: str, amounts: Sequence[tuple[str, int]], *, token: str | None = None
+) -> tuple[str, TxResult]:
+    """A root of absolute `(address, amount)` leaves (e.g. a serving epoch), funded up to their sum.
+
+    Claims use `chain.claim(settlement_id, address, amount, proof)`; fund it with `deposit`.
+    """
+    tree = amounts_tree(amounts)
     total = sum(a for _, a in amounts)
     return tree.root, chain.create_distribution(
-        settlement_id, tree.root, kind=2, token=token, total_weight=total
+        settlement_id, tree.root, kind=KIND_AMOUNTS, token=token, total_weight=total
     )

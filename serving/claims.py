@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-from provenance import Chain, StandardMerkleTree, TxResult, load_record
-from provenance.merkle import SHARE_LEAF
+from provenance import Chain, ProvenanceError, RunRecords, SettlementRecord, TxResult, amounts_tree
 from serving.errors import SettlementError
-from serving.settle import PAYOUTS_OUTPUT, SETTLEMENT
 from storage import ContentStore, read_parquet
 
 
 def epoch_leaf(chain: Chain, store: ContentStore, epoch_id: str, address: str) -> tuple[str, int, list[str]]:
     """(checksummed address, amount, proof) of ``address`` in the epoch, from its settlement record."""
-    records = [e.record_cid for e in chain.recorded_events(epoch_id)]
-    settlements = [c for c in records if load_record(store, c).activity == SETTLEMENT]
-    if len(settlements) != 1:
-        raise SettlementError(
-            f"epoch {epoch_id!r} has {len(settlements)} settlement records on chain (expected 1)"
-        )
-    record = load_record(store, settlements[0])
-    payouts = read_parquet(store.get(record.outputs[PAYOUTS_OUTPUT])).to_pylist()
-    leaves = [(r["address"], r["amount"]) for r in payouts]
-    tree = StandardMerkleTree.of(leaves, SHARE_LEAF)
+    records = RunRecords(chain, store)
+    try:
+        record = records.load(records.settlement(epoch_id))
+    except ProvenanceError as exc:
+        raise SettlementError(str(exc)) from None
+    payouts = read_parquet(store.get(record.outputs[SettlementRecord.PAYOUTS])).to_pylist()
+    tree = amounts_tree([(r["address"], r["amount"]) for r in payouts])
     for i, (a, amount) in enumerate(tree.values):
         if a.lower() == address.lower():
             return a, amount, list(tree.proof(i))

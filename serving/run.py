@@ -2,8 +2,8 @@
 
 Everything is fetched from the content store by the CIDs the run's records name (every block is
 verified on read), and the run must be anchored: its head record found on chain and its
-royalty root present. Record names follow the pipeline contract (notes/records.md): the head
-is the `weighting` record, a parent is the `training` record.
+royalty root present. Record names follow the record contract (`provenance.activities`): the
+head is the `weighting` record, one of its parents the `training` record.
 """
 
 from __future__ import annotations
@@ -25,7 +25,15 @@ from attribution import (
     model_from_bytes,
 )
 from attribution.encoding import InputEncoding
-from provenance import Chain, ProvenanceError, Record, find_head, load_lineage, share_leaves
+from provenance import (
+    TRAINING,
+    Chain,
+    ProvenanceError,
+    RunRecords,
+    TrainingRecord,
+    WeightingRecord,
+    share_leaves,
+)
 from serving.errors import RunNotServable
 from serving.fees import merge_bps
 from storage import ContentStore, StorageError, read_parquet
@@ -147,28 +155,20 @@ def _policy(params: dict) -> WeightPolicy:
 
 def load_run(chain: Chain, store: ContentStore, run_id: str) -> ServedRun:
     """Find the run on chain, check its root, load everything serving needs from the store."""
+    records = RunRecords(chain, store)
     try:
-        head_cid = find_head(chain, store, run_id)
-        lineage = load_lineage(store, head_cid)
+        head_cid = records.head(run_id)
+        head = records.lineage(head_cid)[head_cid]  # every ancestor readable and verified
+        _, train = records.parent(head_cid, TRAINING)
         dist = chain.distribution(run_id)
     except ProvenanceError as exc:
         raise RunNotServable(f"run {run_id!r} is not servable: {exc}") from None
-    head: Record = lineage[head_cid]
-    training = [lineage[p] for p in head.parents if p in lineage and lineage[p].activity == "training"]
-    if len(training) != 1:
-        raise RunNotServable(
-            f"head record {head_cid} of run {run_id!r} has {len(training)} training parents (expected 1)"
-        )
-    train = training[0]
-    missing = [
-        n
-        for n in ("trained_model", "model_encoding", "trak_features", "example_attribution")
-        if n not in train.outputs
-    ]
-    missing += [f"weighting input {n}" for n in ("examples",) if n not in head.inputs]
+    missing = [n for n in TrainingRecord.OUTPUTS if n not in train.outputs]
+    missing += [f"weighting input {n}" for n in (WeightingRecord.EXAMPLES,) if n not in head.inputs]
     if missing:
         raise RunNotServable(f"run {run_id!r}: the records lack {missing}; rerun the pipeline's training")
-    weights = read_parquet(_get(store, head.outputs["contributor_weights"], "contributor_weights"))
+    weights_cid = head.outputs[WeightingRecord.WEIGHTS]
+    weights = read_parquet(_get(store, weights_cid, WeightingRecord.WEIGHTS))
     try:
         leaves = share_leaves(weights)
     except ProvenanceError as exc:
@@ -181,21 +181,25 @@ def load_run(chain: Chain, store: ContentStore, run_id: str) -> ServedRun:
         raise RunNotServable(
             f"run {run_id!r}: on-chain root {dist.root} differs from its stored weights' {leaves.root}"
         )
-    model_cid = train.outputs["trained_model"]
+    model_cid = train.outputs[TrainingRecord.MODEL]
+
+    def output(name: str) -> bytes:
+        return _get(store, train.outputs[name], name)
+
     try:
-        model, _ = model_from_bytes(_get(store, model_cid, "trained_model"))
-        encoding = InputEncoding.from_json(_get(store, train.outputs["model_encoding"], "model_encoding"))
-        features = features_from_bytes(_get(store, train.outputs["trak_features"], "trak_features"))
-        attribution = read_parquet(_get(store, train.outputs["example_attribution"], "example_attribution"))
+        model, _ = model_from_bytes(output(TrainingRecord.MODEL))
+        encoding = InputEncoding.from_json(output(TrainingRecord.ENCODING))
+        features = features_from_bytes(output(TrainingRecord.FEATURES))
+        attribution = read_parquet(output(TrainingRecord.EXAMPLE_ATTRIBUTION))
         tables = {
             name: read_parquet(_get(store, head.inputs[name], name)) if name in head.inputs else None
-            for name in ("examples", "annotations", "consensus")
+            for name in (WeightingRecord.EXAMPLES, WeightingRecord.ANNOTATIONS, WeightingRecord.CONSENSUS)
         }
         addresses = dict(zip(weights["contributor"].to_pylist(), weights["address"].to_pylist(), strict=True))
         split = ContributorSplit.build(
-            tables["examples"],
-            tables["annotations"],
-            tables["consensus"],
+            tables[WeightingRecord.EXAMPLES],
+            tables[WeightingRecord.ANNOTATIONS],
+            tables[WeightingRecord.CONSENSUS],
             addresses,
             _policy(dict(head.params)),
         )

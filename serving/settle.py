@@ -22,15 +22,22 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from provenance import Chain, Record, code_version, find_head, publish_settlement, put_record
+from provenance import (
+    SETTLEMENT,
+    Chain,
+    Record,
+    RunRecords,
+    SettlementRecord,
+    amounts_tree,
+    code_version,
+    publish_settlement,
+    put_record,
+)
 from serving.errors import SettlementError
 from serving.fees import totals_by_address
 from serving.ledger import Epoch, Ledger, Receipt
 from storage import ContentStore, snapshot_parquet
 
-SETTLEMENT = "settlement"
-RECEIPTS_INPUT = "receipts"
-PAYOUTS_OUTPUT = "payouts"
 AGENT = "caravan-serving"
 STATES = ("open", "stored", "recorded", "published", "closed")
 
@@ -107,11 +114,11 @@ def settle_run(
 ) -> Settlement | None:
     """Settle the run's unfinished epoch, or close and settle a new one; None if nothing to settle.
 
-    The epoch is anchored under the run's weighting record as recorded on chain (`find_head`), where
+    The epoch is anchored under the run's weighting record as recorded on chain (its head), where
     an auditor's trace of the run finds it. ``after_step(state)`` runs after each state is saved
     (tests crash there to prove resumption).
     """
-    return _settle(chain, store, ledger, run_id, find_head(chain, store, run_id), after_step)
+    return _settle(chain, store, ledger, run_id, RunRecords(chain, store).head(run_id), after_step)
 
 
 def _settle(
@@ -176,16 +183,13 @@ def _store_batch(
     receipts: Sequence[Receipt],
     payouts: list[tuple[str, int]],
 ) -> Epoch:
-    from provenance import StandardMerkleTree
-    from provenance.merkle import SHARE_LEAF
-
     batch_cid = store.put_bytes(
         snapshot_parquet(batch_table(epoch.epoch_id, receipts), sort_by="receipt_id"), cid_version=1, pin=True
     )
     payouts_cid = store.put_bytes(
         snapshot_parquet(payouts_table(payouts), sort_by="address"), cid_version=1, pin=True
     )
-    root = StandardMerkleTree.of(list(payouts), SHARE_LEAF).root
+    root = amounts_tree(payouts).root
     moment = _seconds(epoch.closed_at)
     record = Record(
         activity=SETTLEMENT,
@@ -193,8 +197,8 @@ def _store_batch(
         started_at=moment,
         ended_at=moment,
         code=code_version(),
-        inputs={RECEIPTS_INPUT: batch_cid},
-        outputs={PAYOUTS_OUTPUT: payouts_cid},
+        inputs={SettlementRecord.RECEIPTS: batch_cid},
+        outputs={SettlementRecord.PAYOUTS: payouts_cid},
         parents=(epoch.head_cid,),
         params={
             "epoch_id": epoch.epoch_id,
@@ -219,7 +223,7 @@ def settle_all(chain: Chain, store: ContentStore, ledger: Ledger) -> list[Settle
     """
     done = []
     for run_id in ledger.open_runs():
-        head_cid = find_head(chain, store, run_id)
+        head_cid = RunRecords(chain, store).head(run_id)
         for _ in range(2):
             result = _settle(chain, store, ledger, run_id, head_cid)
             if result is None:

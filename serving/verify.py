@@ -10,13 +10,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from provenance import Chain, Findings, ProvenanceError, StandardMerkleTree, load_record, run_key
-from provenance.merkle import SHARE_LEAF
+from provenance import (
+    KIND_AMOUNTS,
+    SETTLEMENT,
+    Chain,
+    Findings,
+    ProvenanceError,
+    RunRecords,
+    SettlementRecord,
+    amounts_tree,
+    key_of,
+)
 from serving.fees import split_price, totals_by_address
-from serving.settle import BATCH_SCHEMA, PAYOUTS_OUTPUT, RECEIPTS_INPUT, SETTLEMENT
+from serving.settle import BATCH_SCHEMA
 from storage import ContentStore, StorageError, is_cid, read_parquet
-
-KIND_AMOUNTS = 2
 
 
 @dataclass
@@ -32,16 +39,13 @@ class EpochReport(Findings):
     claimed: int | None = None
 
 
-def _find_record(chain: Chain, store: ContentStore, epoch_id: str, report: EpochReport) -> str | None:
+def _find_record(records: RunRecords, epoch_id: str, report: EpochReport) -> str | None:
     found = []
-    for event in chain.recorded_events(epoch_id):
-        try:
-            if load_record(store, event.record_cid).activity == SETTLEMENT:
-                found.append(event.record_cid)
-        except ProvenanceError:
-            report.fail(
-                "record_unreadable", event.record_cid, "recorded on chain but not readable from the store"
-            )
+    for a in records.anchored(epoch_id):
+        if a.record is None:
+            report.fail("record_unreadable", a.cid, "recorded on chain but not readable from the store")
+        elif a.record.activity == SETTLEMENT:
+            found.append(a.cid)
     if len(found) != 1:
         report.fail(
             "record_missing",
@@ -56,16 +60,17 @@ def verify_epoch(chain: Chain, store: ContentStore, epoch_id_or_cid: str) -> Epo
     """Every check of one epoch, named by its id or its settlement record's CID."""
     ref = epoch_id_or_cid
     report = EpochReport(None if is_cid(ref) else ref)
-    record_cid = ref if is_cid(ref) else _find_record(chain, store, ref, report)
+    records = RunRecords(chain, store)
+    record_cid = ref if is_cid(ref) else _find_record(records, ref, report)
     if record_cid is None:
         return report
     report.record_cid = record_cid
     try:
-        record = load_record(store, record_cid)
+        record = records.load(record_cid)
     except ProvenanceError as exc:
         report.fail("record_unreadable", record_cid, str(exc))
         return report
-    if record.activity != SETTLEMENT or RECEIPTS_INPUT not in record.inputs:
+    if record.activity != SETTLEMENT or SettlementRecord.RECEIPTS not in record.inputs:
         report.fail("not_a_settlement", record_cid, f"a {record.activity!r} record, not a settlement")
         return report
     epoch_id = str(record.params.get("epoch_id"))
@@ -75,12 +80,12 @@ def verify_epoch(chain: Chain, store: ContentStore, epoch_id_or_cid: str) -> Epo
     entry = chain.entry_of(record_cid)
     if entry is None:
         report.fail("record_not_on_chain", record_cid, "the settlement record is not anchored on chain")
-    elif entry["run_key"] != "0x" + run_key(epoch_id).hex():
+    elif entry["run_key"] != key_of(epoch_id):
         report.fail(
             "record_not_on_chain", record_cid, f"anchored under run key {entry['run_key']}, not the epoch's"
         )
 
-    report.batch_cid = record.inputs[RECEIPTS_INPUT]
+    report.batch_cid = record.inputs[SettlementRecord.RECEIPTS]
     try:
         batch = read_parquet(store.get(report.batch_cid))
     except (StorageError, OSError, ValueError) as exc:
@@ -95,10 +100,21 @@ def verify_epoch(chain: Chain, store: ContentStore, epoch_id_or_cid: str) -> Epo
     payouts = totals_by_address(splits)
     report.n_receipts = batch.num_rows
     report.total = sum(v for _, v in payouts)
-    report.root = StandardMerkleTree.of(payouts, SHARE_LEAF).root if payouts else None
+    report.root = _root(payouts, report)
     _check_record(store, record, record_cid, payouts, report)
     _check_chain(chain, epoch_id, report)
     return report
+
+
+def _root(payouts: list[tuple[str, int]], report: EpochReport) -> str | None:
+    """The root the batch's per-address totals give (None for an empty batch or invalid leaves)."""
+    if not payouts:
+        return None
+    try:
+        return amounts_tree(payouts).root
+    except ProvenanceError as exc:
+        report.fail("payouts_invalid", report.batch_cid or "", str(exc))
+        return None
 
 
 def _check_receipts(rows: list[dict], epoch_id: str, report: EpochReport) -> list[list[tuple[str, int]]]:
@@ -140,7 +156,7 @@ def _check_record(store: ContentStore, record, record_cid: str, payouts, report:
         )
     if params.get("n_receipts") != report.n_receipts:
         report.fail("count_mismatch", record_cid, f"record states {params.get('n_receipts')} receipts")
-    cid = record.outputs.get(PAYOUTS_OUTPUT)
+    cid = record.outputs.get(SettlementRecord.PAYOUTS)
     try:
         stored = read_parquet(store.get(cid)).to_pylist() if cid else None
     except (StorageError, OSError, ValueError) as exc:

@@ -6,12 +6,13 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.content_io import AssetIndex, put_value
+from pipelines.content_io import AssetIndex, StoredValue, StoreResource, store_value
 from pipelines.datasets import SUFFIX_READERS, DatasetError, load_source, to_examples
 from pipelines.lineage import LineageResource, now
 from pipelines.partitions import dataset_versions
 from pipelines.report import md_table
-from pipelines.resources import DatasetCatalog, StoreResource
+from pipelines.resources import DatasetCatalog
+from provenance import INGEST, SNAPSHOT, IngestRecord, SnapshotRecord
 from storage import snapshot_parquet
 
 
@@ -28,7 +29,7 @@ def source_files(source: str) -> list[Path]:
 @dg.asset(partitions_def=dataset_versions, group_name="ingest", kinds={"arrow"})
 def raw_dataset(
     context: dg.AssetExecutionContext, catalog: DatasetCatalog, store: StoreResource, lineage: LineageResource
-) -> dg.Output[pa.Table]:
+) -> dg.Output[StoredValue]:
     """The registered source of this version as `examples` (one row per distinct content)."""
     started, version = now(), context.partition_key
     entry = catalog.lookup(version)
@@ -38,14 +39,18 @@ def raw_dataset(
         raise dg.Failure(str(exc)) from exc
     client = store.client()
     files = source_files(entry["source"])
-    inputs = {f"source_{i}": client.put_file(f, cid_version=1, pin=True) for i, f in enumerate(files)}
+    inputs = {
+        f"{IngestRecord.SOURCE_PREFIX}{i}": client.put_file(f, cid_version=1, pin=True)
+        for i, f in enumerate(files)
+    }
+    stored = store_value(client, examples)
     record = lineage.write(
         client,
-        "ingest",
+        INGEST,
         version,
         started=started,
         inputs=inputs,
-        outputs={"examples": put_value(client, examples)},
+        outputs={IngestRecord.EXAMPLES: stored.cid},
         params={
             "source": entry["source"],
             "provider": entry["provider"],
@@ -54,7 +59,7 @@ def raw_dataset(
         },
     )
     return dg.Output(
-        examples,
+        stored,
         metadata={
             "source": entry["source"],
             "record_cid": record,
@@ -81,12 +86,12 @@ def dataset_snapshot(
     cid = client.put_bytes(data, cid_version=1, pin=True)
     record = lineage.write(
         client,
-        "snapshot",
+        SNAPSHOT,
         version,
         started=started,
-        inputs={"examples": index.cid_of("raw_dataset", version)},
-        outputs={"snapshot": cid},
-        parents=(lineage.cid_of("ingest", version),),
+        inputs={SnapshotRecord.EXAMPLES: index.cid_of("raw_dataset", version)},
+        outputs={SnapshotRecord.SNAPSHOT: cid},
+        parents=(lineage.cid_of(INGEST, version),),
     )
     counts = pc.value_counts(raw_dataset["provider"]).to_pylist()
     return dg.Output(

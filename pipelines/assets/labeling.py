@@ -23,11 +23,12 @@ from labeling import (
     merge_annotations,
     sync_tasks,
 )
-from pipelines.content_io import AssetIndex, put_value
+from pipelines.content_io import AssetIndex, StoredValue, StoreResource, store_value
 from pipelines.lineage import LineageResource, now
 from pipelines.partitions import dataset_versions
 from pipelines.report import md_table
-from pipelines.resources import DatasetCatalog, LabelStudioResource, StoreResource
+from pipelines.resources import DatasetCatalog, LabelStudioResource
+from provenance import CONSENSUS, LABELING_EXPORT, ConsensusRecord, LabelingExportRecord
 
 
 def project_spec(catalog: DatasetCatalog, labelstudio: LabelStudioResource, version: str) -> ProjectSpec:
@@ -89,7 +90,7 @@ def annotations(
     store: StoreResource,
     index: AssetIndex,
     lineage: LineageResource,
-) -> dg.Output[pa.Table]:
+) -> dg.Output[StoredValue]:
     """Every submitted annotation with its annotator, pulled incrementally since the last sync; those
     deleted in Label Studio since (or whose task was) leave it, giving a new snapshot CID."""
     started, version = now(), context.partition_key
@@ -102,24 +103,26 @@ def annotations(
     removed = len(export.removed_from(previous))  # deleted in Label Studio (annotation or its task)
     table = merge_annotations(previous, export)
     client = store.client()
-    cid = put_value(client, table)
-    cursor_path(index, version).write_text(json.dumps({"table_cid": cid, "cursor": export.cursor.to_json()}))
+    stored = store_value(client, table)
+    cursor_path(index, version).write_text(
+        json.dumps({"table_cid": stored.cid, "cursor": export.cursor.to_json()})
+    )
     skipped = dict(sorted(export.skipped.items()))
     context.log.info(
         f"{export.table.num_rows} new or changed annotations, {removed} removed (deleted), skipped {skipped}"
     )
     record = lineage.write(
         client,
-        "labeling_export",
+        LABELING_EXPORT,
         version,
         started=started,
-        inputs={"snapshot": dataset_snapshot["cid"]},
-        outputs={"annotations": cid},
+        inputs={LabelingExportRecord.SNAPSHOT: dataset_snapshot["cid"]},
+        outputs={LabelingExportRecord.ANNOTATIONS: stored.cid},
         parents=(dataset_snapshot["record_cid"],),
         params={"project_id": project.id, "skipped": skipped, "removed": removed},
     )
     return dg.Output(
-        table,
+        stored,
         metadata={
             "record_cid": record,
             "dagster/row_count": table.num_rows,
@@ -172,24 +175,25 @@ def consensus_labels(
     result = _labeling(aggregate)(annotations, gold)
     quality = result.quality.sort_by("annotator")
     client = store.client()
-    inputs = {"annotations": index.cid_of("annotations", version)}
+    inputs = {ConsensusRecord.ANNOTATIONS: index.cid_of("annotations", version)}
     if gold is not None:
-        inputs["gold"] = client.put_file(gold_path, cid_version=1, pin=True)
+        inputs[ConsensusRecord.GOLD] = client.put_file(gold_path, cid_version=1, pin=True)
+    consensus, quality_stored = store_value(client, result.consensus), store_value(client, quality)
     record = lineage.write(
         client,
-        "consensus",
+        CONSENSUS,
         version,
         started=started,
         inputs=inputs,
         outputs={
-            "consensus": put_value(client, result.consensus),
-            "annotator_quality": put_value(client, quality),
+            ConsensusRecord.CONSENSUS: consensus.cid,
+            ConsensusRecord.ANNOTATOR_QUALITY: quality_stored.cid,
         },
-        parents=(lineage.cid_of("labeling_export", version),),
+        parents=(lineage.cid_of(LABELING_EXPORT, version),),
         params={"method": result.method},
     )
     yield dg.Output(
-        result.consensus,
+        consensus,
         output_name="consensus_labels",
         metadata={
             "record_cid": record,
@@ -209,7 +213,7 @@ def consensus_labels(
         for q in quality.to_pylist()
     ]
     yield dg.Output(
-        quality,
+        quality_stored,
         output_name="annotator_quality",
         metadata={
             "dagster/row_count": quality.num_rows,

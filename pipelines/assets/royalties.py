@@ -6,12 +6,22 @@ import pyarrow as pa
 from attribution import ContributorError, WeightPolicy
 from attribution import contributor_weights as _weights
 from labeling import LabelingError
-from pipelines.content_io import AssetIndex, decode
+from pipelines.content_io import AssetIndex, StoredValue, StoreResource, decode, store_value
 from pipelines.lineage import LineageResource, now
 from pipelines.partitions import dataset_versions
 from pipelines.report import bar_md, md_table
-from pipelines.resources import ChainResource, ContributorsResource, StoreResource
-from provenance import ProvenanceError, load_lineage, prov_json, publish_run, records_by_cid, store_weights
+from pipelines.resources import ChainResource, ContributorsResource
+from provenance import (
+    CONSENSUS,
+    TRAINING,
+    WEIGHTING,
+    ProvenanceError,
+    RunRecords,
+    WeightingRecord,
+    prov_json,
+    publish_run,
+    weights_snapshot,
+)
 
 
 class WeightingConfig(dg.Config):
@@ -30,18 +40,25 @@ def contributor_weights(
     annotations: pa.Table,
     consensus_labels: pa.Table,
     contributors: ContributorsResource,
-) -> dg.Output[pa.Table]:
-    """Basis points per contributor (provider or labeler), summing to exactly 10,000."""
+    store: StoreResource,
+) -> dg.Output[StoredValue]:
+    """Basis points per contributor (provider or labeler), summing to exactly 10,000.
+
+    Stored as the weights' own validated snapshot (`weights_snapshot`): the bytes the run's head
+    record names, so the table is encoded and stored once.
+    """
     try:
         policy = WeightPolicy(provider_share_bps=config.provider_share_bps, negative=config.negative)
         people = set(raw_dataset["provider"].to_pylist()) | set(annotations["annotator"].to_pylist())
         addresses = contributors.registry().require(people)
         table = _weights(example_attribution, raw_dataset, annotations, consensus_labels, addresses, policy)
-    except (ContributorError, LabelingError, ValueError) as exc:
+        # the weights' own snapshot under CIDv0, as `provenance.store_weights` has always named it
+        stored = store_value(store.client(), table, weights_snapshot(table), cid_version=0)
+    except (ContributorError, LabelingError, ProvenanceError, ValueError) as exc:
         raise dg.Failure(str(exc)) from exc
     top = sorted(table.to_pylist(), key=lambda r: (-r["weight_bps"], r["contributor"]))
     return dg.Output(
-        table,
+        stored,
         metadata={
             "dagster/row_count": table.num_rows,
             "top_contributors": dg.MetadataValue.md(
@@ -65,12 +82,11 @@ def contributor_weights(
     partitions_def=dataset_versions,
     group_name="royalties",
     kinds={"ipfs"},
-    deps=["raw_dataset", "annotations", "consensus_labels"],  # named by CID, never loaded here
+    deps=["raw_dataset", "annotations", "consensus_labels", "contributor_weights"],  # named by CID only
 )
 def provenance_record(
     context: dg.AssetExecutionContext,
     config: WeightingConfig,
-    contributor_weights: pa.Table,
     example_attribution: pa.Table,
     store: StoreResource,
     index: AssetIndex,
@@ -80,27 +96,25 @@ def provenance_record(
     started, version = now(), context.partition_key
     client = store.client()
     run_id = example_attribution["run_id"][0].as_py()
+    weights_cid = index.cid_of("contributor_weights", version)
     try:
-        weights_cid = store_weights(client, contributor_weights)
         head = lineage.write(
             client,
-            "weighting",
+            WEIGHTING,
             version,
             started=started,
             inputs={
-                "example_attribution": index.cid_of("example_attribution", version),
-                "examples": index.cid_of("raw_dataset", version),
-                "annotations": index.cid_of("annotations", version),
-                "consensus": index.cid_of("consensus_labels", version),
+                WeightingRecord.EXAMPLE_ATTRIBUTION: index.cid_of("example_attribution", version),
+                WeightingRecord.EXAMPLES: index.cid_of("raw_dataset", version),
+                WeightingRecord.ANNOTATIONS: index.cid_of("annotations", version),
+                WeightingRecord.CONSENSUS: index.cid_of("consensus_labels", version),
             },
-            outputs={"contributor_weights": weights_cid},
-            parents=(lineage.cid_of("training", version), lineage.cid_of("consensus", version)),
+            outputs={WeightingRecord.WEIGHTS: weights_cid},
+            parents=(lineage.cid_of(TRAINING, version), lineage.cid_of(CONSENSUS, version)),
             params={"run_id": run_id, "policy": config.model_dump()},
         )
-        records = load_lineage(client, head)
-        prov_cid = client.put_bytes(
-            prov_json(records_by_cid(client, records)).encode(), cid_version=1, pin=True
-        )
+        records = RunRecords(None, client).lineage(head)
+        prov_cid = client.put_bytes(prov_json(records).encode(), cid_version=1, pin=True)
     except ProvenanceError as exc:
         raise dg.Failure(str(exc)) from exc
     return dg.Output(

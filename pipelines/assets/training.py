@@ -22,11 +22,11 @@ from attribution import (
     model_to_bytes,
 )
 from attribution import train_with_attribution as _train
-from pipelines.content_io import AssetIndex, put_value
+from pipelines.content_io import AssetIndex, StoreResource, store_value
 from pipelines.lineage import LineageResource, now, pipeline_code
 from pipelines.partitions import dataset_versions
 from pipelines.report import histogram_md
-from pipelines.resources import StoreResource
+from provenance import CONSENSUS, SNAPSHOT, TRAINING, TrainingRecord
 
 
 class TrainingConfig(dg.Config):
@@ -66,20 +66,21 @@ def run_id_of(labeled_cid: str, config: TrainingConfig) -> str:
     return hashlib.sha256(f"{labeled_cid}\n{config.model_dump_json()}\n{code}".encode()).hexdigest()[:16]
 
 
+# Each output asset is named as the training record names it (provenance.activities).
 @dg.multi_asset(
     partitions_def=dataset_versions,
     group_name="training",
     outs={
-        "trained_model": dg.AssetOut(
+        TrainingRecord.MODEL: dg.AssetOut(
             kinds={"pytorch", "ipfs"}, description="Model weights as deterministic safetensors bytes."
         ),
-        "model_encoding": dg.AssetOut(
+        TrainingRecord.ENCODING: dg.AssetOut(
             kinds={"json"}, description="How rows become model inputs (columns, scale, classes)."
         ),
-        "example_attribution": dg.AssetOut(
+        TrainingRecord.EXAMPLE_ATTRIBUTION: dg.AssetOut(
             kinds={"arrow"}, description="Per-example in-run scores measured during training."
         ),
-        "trak_features": dg.AssetOut(
+        TrainingRecord.FEATURES: dg.AssetOut(
             kinds={"ipfs"}, description="Projected checkpoint gradients: attribute any new prediction."
         ),
     },
@@ -125,20 +126,20 @@ def trained_model(
         result.model, enc.transform(targets), enc.label_indices(targets["label"].to_pylist())
     )
     context.log.info(f"run {result.run_id}: {train.num_rows} examples, held-out accuracy {accuracy:.3f}")
-    values = {
-        "trained_model": model_to_bytes(result.model, task.spec),
-        "model_encoding": enc.to_json(),
-        "example_attribution": scores,
-        "trak_features": features_to_bytes(result.features),
+    stored = {
+        TrainingRecord.MODEL: store_value(client, model_to_bytes(result.model, task.spec)),
+        TrainingRecord.ENCODING: store_value(client, enc.to_json()),
+        TrainingRecord.EXAMPLE_ATTRIBUTION: store_value(client, scores),
+        TrainingRecord.FEATURES: store_value(client, features_to_bytes(result.features)),
     }
     record = lineage.write(
         client,
-        "training",
+        TRAINING,
         version,
         started=started,
-        inputs={"labeled_dataset": data_cid},
-        outputs={name: put_value(client, value) for name, value in values.items()},
-        parents=(lineage.cid_of("consensus", version), lineage.cid_of("snapshot", version)),
+        inputs={TrainingRecord.LABELED_DATASET: data_cid},
+        outputs={name: value.cid for name, value in stored.items()},
+        parents=(lineage.cid_of(CONSENSUS, version), lineage.cid_of(SNAPSHOT, version)),
         params={
             "run_id": result.run_id,
             "seed": config.seed,
@@ -147,8 +148,8 @@ def trained_model(
         },
     )
     yield dg.Output(
-        values["trained_model"],
-        output_name="trained_model",
+        stored[TrainingRecord.MODEL],
+        output_name=TrainingRecord.MODEL,
         metadata={
             "run_id": result.run_id,
             "record_cid": record,
@@ -159,18 +160,18 @@ def trained_model(
         },
     )
     yield dg.Output(
-        values["model_encoding"],
-        output_name="model_encoding",
+        stored[TrainingRecord.ENCODING],
+        output_name=TrainingRecord.ENCODING,
         metadata={"features": enc.n_features, "classes": list(enc.classes)},
     )
     yield dg.Output(
-        values["trak_features"],
-        output_name="trak_features",
-        metadata={"bytes": len(values["trak_features"]), "k": config.trak_k},
+        stored[TrainingRecord.FEATURES],
+        output_name=TrainingRecord.FEATURES,
+        metadata={"bytes": stored[TrainingRecord.FEATURES].size, "k": config.trak_k},
     )
     yield dg.Output(
-        scores,
-        output_name="example_attribution",
+        stored[TrainingRecord.EXAMPLE_ATTRIBUTION],
+        output_name=TrainingRecord.EXAMPLE_ATTRIBUTION,
         metadata={
             "run_id": result.run_id,
             "dagster/row_count": scores.num_rows,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import partial
 
 import dagster as dg
 import numpy as np
@@ -16,10 +17,11 @@ import pytest
 
 from attribution import features_from_bytes, features_to_bytes
 from pipelines.assets import training
-from pipelines.content_io import KIND_TABLE, put_value
+from pipelines.content_io import store_value
 from pipelines.lineage import now
 from pipelines.partitions import dataset_versions
 from pipelines.sharding import sharded_features_job, sharded_features_job_for
+from provenance import TRAINING, TrainingRecord, load_record
 
 VERSION = "shards-v1"
 CLASSES = ("a", "b", "c")
@@ -62,7 +64,8 @@ def stored_run(tmp_path_factory):
         mp.delenv("CARAVAN_STORE_DIR", raising=False)
         resources = resources_for()
         client = resources["store"].client()
-        pointer = {"cid": put_value(client, _labeled()), "kind": KIND_TABLE}
+        stored = store_value(client, _labeled())
+        pointer = {"cid": stored.cid, "kind": stored.kind}
         resources["index"].write(dg.AssetKey("labeled_dataset"), VERSION, pointer)
         for parent in ("consensus", "snapshot"):  # the training record names these as its parents
             resources["lineage"].write(client, parent, VERSION, started=now(), inputs={}, outputs={})
@@ -122,21 +125,34 @@ def test_three_shards_combine_to_the_stored_scores(stored_run):
 
 
 def test_features_that_the_shards_do_not_reproduce_fail_the_job(stored_run):
+    """The job checks the features the training record names (not whatever the asset index says)."""
     _, resources, instance = stored_run
-    index, client = resources["index"], resources["store"].client()
-    good = index.stored("trak_features", VERSION)
+    lineage, client = resources["lineage"], resources["store"].client()
+    good_cid = lineage.cid_of(TRAINING, VERSION)
+    good = load_record(client, good_cid)
     _, stored = _stored_features(resources)
     stored.checkpoints[-1].kernel_inv *= 1.01  # a kernel the run's rows and config do not give
-    bad = {"cid": client.put_bytes(features_to_bytes(stored), cid_version=1, pin=True), "kind": good["kind"]}
-    index.write(dg.AssetKey("trak_features"), VERSION, bad)
+    bad_cid = client.put_bytes(features_to_bytes(stored), cid_version=1, pin=True)
+    outputs = {**good.outputs, TrainingRecord.FEATURES: bad_cid}
+    write = partial(
+        lineage.write,
+        client,
+        TRAINING,
+        VERSION,
+        started=now(),
+        inputs=good.inputs,
+        parents=good.parents,
+        params=good.params,
+    )
+    write(outputs=outputs)
     try:
         result = _run(resources, instance, 2, raise_on_error=False)
     finally:
-        index.write(dg.AssetKey("trak_features"), VERSION, good)
+        write(outputs=good.outputs)
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert failure.step_key == "combine_features"
-    assert f"differ from the stored {bad['cid']}" in str(failure.event_specific_data.error)
+    assert f"differ from the stored {bad_cid}" in str(failure.event_specific_data.error)
 
 
 def test_bad_shard_count_fails_with_a_named_reason(stored_run):

@@ -1,0 +1,77 @@
+"""The record contract: each activity's name and the names of the inputs and outputs it records.
+
+The pipeline (and serving, for settlement epochs) writes these records; serving and the auditor
+read them. Every name a record carries is spelled here once, so renaming an output is a change
+to this file alone. One class per activity lists its names; `INPUTS`/`OUTPUTS` are the names a
+reader may require.
+"""
+
+from __future__ import annotations
+
+INGEST = "ingest"
+SNAPSHOT = "snapshot"
+LABELING_EXPORT = "labeling_export"
+CONSENSUS = "consensus"
+TRAINING = "training"
+WEIGHTING = "weighting"
+SETTLEMENT = "settlement"
+ACTIVITIES = (INGEST, SNAPSHOT, LABELING_EXPORT, CONSENSUS, TRAINING, WEIGHTING, SETTLEMENT)
+
+
+class IngestRecord:
+    """Raw source files (inputs `source_0`, `source_1`, ...) become the examples table."""
+
+    SOURCE_PREFIX = "source_"
+    EXAMPLES = "examples"
+
+
+class SnapshotRecord:
+    """The examples table as the version's deterministic Parquet snapshot."""
+
+    EXAMPLES = "examples"
+    SNAPSHOT = "snapshot"
+
+
+class LabelingExportRecord:
+    """The labelers' answers exported from Label Studio for one snapshot."""
+
+    SNAPSHOT = "snapshot"
+    ANNOTATIONS = "annotations"
+
+
+class ConsensusRecord:
+    """Answers aggregated into one label per example, and each annotator's estimated quality."""
+
+    ANNOTATIONS = "annotations"
+    GOLD = "gold"
+    CONSENSUS = "consensus"
+    ANNOTATOR_QUALITY = "annotator_quality"
+
+
+class TrainingRecord:
+    """Training with per-step attribution: what serving loads and the auditor re-derives."""
+
+    LABELED_DATASET = "labeled_dataset"
+    MODEL = "trained_model"
+    ENCODING = "model_encoding"
+    EXAMPLE_ATTRIBUTION = "example_attribution"
+    FEATURES = "trak_features"
+    OUTPUTS = (MODEL, ENCODING, EXAMPLE_ATTRIBUTION, FEATURES)
+
+
+class WeightingRecord:
+    """A run's head: example scores and the tables that name contributors become the weights."""
+
+    EXAMPLE_ATTRIBUTION = "example_attribution"
+    EXAMPLES = "examples"
+    ANNOTATIONS = "annotations"
+    CONSENSUS = "consensus"
+    INPUTS = (EXAMPLE_ATTRIBUTION, EXAMPLES, ANNOTATIONS, CONSENSUS)
+    WEIGHTS = "contributor_weights"
+
+
+class SettlementRecord:
+    """A serving epoch: its receipts batch in, the (address, amount) payouts out; parent: the run's head."""
+
+    RECEIPTS = "receipts"
+    PAYOUTS = "payouts"
