@@ -36,35 +36,56 @@ _TIME = "%Y-%m-%dT%H:%M:%SZ"
 
 @dataclass(frozen=True)
 class CodeVersion:
-    """Which code produced an artifact: package, version and, when known, the git commit."""
+    """Which code produced an artifact: package, version and, when known, the git commit.
+
+    `dirty` says whether the working tree differed from that commit (tracked changes or untracked
+    files git does not ignore): such code cannot be checked out again, so a replay cannot trust it.
+    None means unknown (records written before the flag existed, or no checkout): the key is then
+    left out, so those records keep their bytes and CIDs.
+    """
 
     package: str
     version: str
     git_commit: str | None = None
+    dirty: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"package": self.package, "version": self.version, "git_commit": self.git_commit}
+        doc: dict[str, Any] = {"package": self.package, "version": self.version}
+        doc["git_commit"] = self.git_commit
+        if self.dirty is not None:
+            doc["dirty"] = self.dirty
+        return doc
+
+    def describe(self) -> str:
+        commit = self.git_commit or "no commit"
+        return f"{self.package}=={self.version}@{commit}" + (" (dirty working tree)" if self.dirty else "")
 
 
 def code_version(package: str = "caravan", repo: Path | None = None) -> CodeVersion:
-    """The installed version of `package` and the git HEAD of `repo` (None outside a checkout)."""
+    """The installed version of `package`, the git HEAD of `repo` and whether its tree is dirty
+    (commit and flag None outside a checkout)."""
     try:
         version = metadata.version(package)
     except metadata.PackageNotFoundError:
         version = "0+unknown"
     repo = repo or Path(__file__).resolve().parents[1]
+    commit = _git(repo, "rev-parse", "HEAD")
+    status = _git(repo, "status", "--porcelain") if commit else None
+    return CodeVersion(package, version, commit or None, None if status is None else bool(status))
+
+
+def _git(repo: Path, *args: str) -> str | None:
     try:
         out = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "HEAD"],
+            ["git", "--no-optional-locks", "-C", str(repo), *args],
             capture_output=True,
             text=True,
-            timeout=5,
+            timeout=10,
             check=True,
         )
-        commit: str | None = out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
-        commit = None
-    return CodeVersion(package, version, commit)
+        return None
+    return out.stdout.strip()
 
 
 def utc_time(moment: dt.datetime | None = None) -> str:
@@ -130,7 +151,7 @@ class Record:
                 agent=doc["agent"],
                 started_at=doc["started_at"],
                 ended_at=doc["ended_at"],
-                code=CodeVersion(code["package"], code["version"], code.get("git_commit")),
+                code=CodeVersion(code["package"], code["version"], code.get("git_commit"), code.get("dirty")),
                 inputs=doc["inputs"],
                 outputs=doc["outputs"],
                 parents=tuple(doc["parents"]),
@@ -212,7 +233,7 @@ def to_prov(records: Mapping[str, Record]) -> ProvDocument:
         return entities[data_cid]
 
     for cid, record in records.items():
-        commit = record.code.git_commit or "-"
+        commit = (record.code.git_commit or "-") + ("+dirty" if record.code.dirty else "")
         activity = doc.activity(
             f"ipfs:{cid}",
             dt.datetime.strptime(record.started_at, _TIME).replace(tzinfo=dt.UTC),
@@ -272,6 +293,8 @@ def _validate(record: Record) -> None:
                 raise RecordError(f"{kind} name {name!r} must be a lowercase identifier")
             cid_version_of(cid)
     _check_parents(record.parents)
+    if record.code.dirty not in (None, True, False):
+        raise RecordError(f"code.dirty must be true, false or absent, not {record.code.dirty!r}")
     if record.activity == WEIGHTING and WeightingRecord.WEIGHTS not in record.outputs:
         raise RecordError(
             f"a weighting record must list its weights table as output {WeightingRecord.WEIGHTS!r}"

@@ -100,3 +100,34 @@ def test_lineage_order_and_prov_json_export(store: BlockStore, sample_run: Sampl
     exported = json.loads(text)
     assert f"ipfs:{sample_run.raw_cid}" in exported["entity"]
     assert len(exported["wasInformedBy"]) == sum(len(r.parents) for r in records.values())
+
+
+def test_code_version_flags_a_dirty_working_tree(tmp_path, store: BlockStore) -> None:
+    """HEAD alone cannot name code with uncommitted changes: the record says the tree was dirty."""
+    import subprocess
+
+    from provenance.records import CodeVersion, code_version
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "m.py").write_text("x = 1\n")
+    git("add", "m.py")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    clean = code_version(repo=tmp_path)
+    assert clean.git_commit and len(clean.git_commit) == 40 and clean.dirty is False
+    (tmp_path / "m.py").write_text("x = 2\n")
+    assert code_version(repo=tmp_path).dirty is True
+    git("checkout", "m.py")
+    (tmp_path / "new.py").write_text("y = 1\n")  # an untracked, not ignored file is code too
+    assert code_version(repo=tmp_path).dirty is True
+
+    dirty = _record(code=CodeVersion("caravan", "0.1.0", clean.git_commit, True))
+    assert load_record(store, store.put_bytes(dirty.canonical_bytes())).code.dirty is True
+    assert json.loads(dirty.canonical_bytes())["code"]["dirty"] is True
+    # a record written before the flag existed keeps its bytes (and CID): no `dirty` key at all
+    unknown = _record(code=CodeVersion("caravan", "0.1.0", clean.git_commit))
+    assert "dirty" not in json.loads(unknown.canonical_bytes())["code"]
+    with pytest.raises(RecordError, match="code.dirty"):
+        _record(code=CodeVersion("caravan", "0.1.0", clean.git_commit, "yes"))  # type: ignore[arg-type]
