@@ -2,13 +2,17 @@
 
 An example's id is the sha256 of its payload as RFC 8785 canonical JSON, so the same content
 gets the same id whoever supplies it and in whatever order it arrives; the provider and the
-source are *about* the row, not part of it.
+source are *about* the row, not part of it. A file source is named by its content (the CIDv1 of
+its bytes, as the store pins it), never by where it lay on the ingesting machine: the same files
+give the same examples, snapshot and records on any machine.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +23,8 @@ import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 import rfc8785
+
+from storage import cid_for_file
 
 SUFFIX_READERS = {
     ".parquet": pq.read_table,
@@ -34,11 +40,44 @@ class DatasetError(ValueError):
 
 
 @dataclass(frozen=True)
+class SourceFile:
+    """One raw file of a source, by content: its name picks the reader (and a folder file's provider)."""
+
+    name: str
+    cid: str
+    provider: str | None = None
+
+    def to_json(self) -> dict[str, str | None]:
+        return {"name": self.name, "cid": self.cid, "provider": self.provider}
+
+
+@dataclass(frozen=True)
 class IngestReport:
     rows_in: int
     examples: int
     duplicates_dropped: int
     providers: int
+
+
+def source_files(source: str, *, provider: str | None = None) -> list[tuple[Path, SourceFile]]:
+    """The raw files of a file or folder source, each with its content's CID (a folder's file is
+    the provider named by its stem, unless `provider` is given)."""
+    path = Path(source)
+    if not path.exists():
+        raise DatasetError(
+            f"dataset {source!r} does not exist; pass a Parquet/CSV/JSONL file, a folder of them, or hf:NAME"
+        )
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in SUFFIX_READERS)
+        if not files:
+            raise DatasetError(f"folder {source!r} holds no .parquet, .csv or .jsonl file")
+    else:
+        files = [path]
+    folder = path.is_dir()
+    return [
+        (f, SourceFile(f.name, cid_for_file(f, cid_version=1), (provider or f.stem) if folder else provider))
+        for f in files
+    ]
 
 
 def load_source(source: str, *, provider: str | None = None) -> pa.Table:
@@ -49,33 +88,29 @@ def load_source(source: str, *, provider: str | None = None) -> pa.Table:
     if source.startswith("hf:"):
         table = _load_hf(source[3:])
         return _with_provider(table, provider, source)
-    path = Path(source)
-    if not path.exists():
-        raise DatasetError(
-            f"dataset {source!r} does not exist; pass a Parquet/CSV/JSONL file, a folder of them, or hf:NAME"
-        )
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in SUFFIX_READERS)
-        if not files:
-            raise DatasetError(f"folder {source!r} holds no .parquet, .csv or .jsonl file")
-        return pa.concat_tables(
-            [_with_provider(_read_file(f), provider or f.stem, str(f)) for f in files],
-            promote_options="permissive",
-        )
-    return _with_provider(_read_file(path), provider, str(path))
+    files = source_files(source, provider=provider)
+    paths = {f.cid: path for path, f in files}
+    return load_files([f for _, f in files], lambda cid: paths[cid].read_bytes())
 
 
-def _read_file(path: Path) -> pa.Table:
-    reader = SUFFIX_READERS.get(path.suffix.lower())
+def load_files(files: Sequence[SourceFile], read: Callable[[str], bytes]) -> pa.Table:
+    """The rows of each source file, fetched by CID with `read` (the content store's `get`)."""
+    tables = [_with_provider(_read_file(f.name, read(f.cid)), f.provider, f.cid) for f in files]
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def _read_file(name: str, data: bytes) -> pa.Table:
+    suffix = Path(name).suffix.lower()
+    reader = SUFFIX_READERS.get(suffix)
     if reader is None:
         raise DatasetError(
-            f"unknown dataset format {path.suffix!r} for {path}; "
+            f"unknown dataset format {suffix!r} for {name}; "
             f"use one of {', '.join(sorted(SUFFIX_READERS))} or hf:NAME"
         )
     try:
-        return reader(path)
+        return reader(io.BytesIO(data))
     except (pa.ArrowInvalid, OSError) as exc:
-        raise DatasetError(f"cannot read {path} as {path.suffix[1:]}: {exc}") from exc
+        raise DatasetError(f"cannot read {name} as {suffix[1:]}: {exc}") from exc
 
 
 def _load_hf(name: str) -> pa.Table:

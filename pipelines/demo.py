@@ -194,13 +194,19 @@ def _root_cause(event: dg.DagsterEvent) -> str:
     return f"{event.step_key}: {error.message.strip()}"
 
 
+def _store(settings: Settings):
+    """The embedded content store these settings name."""
+    from pipelines.content_io import StoreResource
+
+    return StoreResource(store_dir=str(settings.store_dir)).client()
+
+
 def _clients(settings: Settings):
     """The chain (contracts deployed) and the content store these settings name."""
-    from pipelines.content_io import StoreResource
     from pipelines.resources import ChainResource
 
     chain = ChainResource(rpc_url=settings.rpc_url, chain_dir=str(settings.chain_dir)).client()
-    return chain, StoreResource(store_dir=str(settings.store_dir)).client()
+    return chain, _store(settings)
 
 
 def settle_demo_revenue(settings: Settings, run_id: str, payee: str) -> tuple[str, str | None, int]:
@@ -319,6 +325,7 @@ def run_demo(
         DatasetCatalog(root=str(settings.catalog_dir)).register(
             VERSION,
             str(folder),
+            store=_store(settings),
             labeling={"kind": "image", "field": "pixels", "choices": list(CHOICES)},
             gold=str(gold),
         )

@@ -15,12 +15,15 @@ from typing import Any
 import dagster as dg
 
 from pipelines.content_io import AssetIndex, ContentStoreIOManager, StoreResource
+from pipelines.datasets import SourceFile, load_files, load_source, source_files
 from pipelines.lineage import LineageResource
 from pipelines.settings import Settings, load_settings
+from storage import ContentStore
 
 
 class DatasetCatalog(dg.ConfigurableResource):
-    """Dataset versions (the partitions): each names its source, so a version always reloads the same way."""
+    """Dataset versions (the partitions): each names its source files by CID, pinned when registered,
+    so a version reloads the same bytes on any machine and names no local path."""
 
     root: str = ".caravan/datasets"
 
@@ -29,32 +32,46 @@ class DatasetCatalog(dg.ConfigurableResource):
         version: str,
         source: str,
         *,
+        store: ContentStore,
         provider: str | None = None,
         labeling: dict[str, Any],
         gold: str | None = None,
     ) -> dict[str, Any]:
-        """Record a version once; `labeling` is the project spec (kind, field, choices)."""
+        """Pin the source's files and record the version once; `labeling` is the project spec
+        (kind, field, choices). Registering the same content again (from any folder) is a no-op."""
         path = self._path(version)
+        hf = source if source.startswith("hf:") else None
+        files = [] if hf else source_files(source, provider=provider)
         entry = {
             "version": version,
-            "source": str(source),
+            "sources": [_pinned(store, p, f) for p, f in files],
+            "hf": hf,
             "provider": provider,
             "labeling": labeling,
-            "gold": gold,
+            "gold": _pinned(store, *source_files(gold)[0]) if gold else None,
         }
         if path.exists():
             known = json.loads(path.read_text())
-            if known != entry:
+            if "sources" in known and known != entry:  # an entry without `sources` named a local path
                 raise ValueError(
-                    f"dataset version {version!r} is already registered for {known['source']!r}; "
+                    f"dataset version {version!r} is already registered for other content "
+                    f"({[s['name'] for s in known['sources']] or known['hf']}); "
                     "pick a new version name for different data"
                 )
-            return known
+            if known == entry:
+                return known
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(entry, indent=2))
         tmp.replace(path)
         return entry
+
+    def load(self, version: str, store: ContentStore):
+        """The registered rows of `version` (pa.Table), read back from the store by CID."""
+        entry = self.lookup(version)
+        if entry["hf"]:
+            return load_source(entry["hf"], provider=entry["provider"])
+        return load_files([SourceFile(**f) for f in entry["sources"]], store.get)
 
     def lookup(self, version: str) -> dict[str, Any]:
         path = self._path(version)
@@ -69,6 +86,13 @@ class DatasetCatalog(dg.ConfigurableResource):
         if not version or "/" in version or version.startswith("."):
             raise ValueError(f"bad dataset version name {version!r}: use letters, digits, '-', '_' or '.'")
         return Path(self.root) / f"{version}.json"
+
+
+def _pinned(store: ContentStore, path: Path, file: SourceFile) -> dict[str, str | None]:
+    cid = store.put_file(path, cid_version=1, pin=True)
+    if cid != file.cid:
+        raise ValueError(f"{path} changed while it was being registered; register it again")
+    return file.to_json()
 
 
 class LabelStudioResource(dg.ConfigurableResource):

@@ -1,29 +1,17 @@
 """Ingest stage: a registered source becomes content-hashed `examples`, and their pinned snapshot."""
 
-from pathlib import Path
-
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.content_io import AssetIndex, StoredValue, StoreResource, store_value
-from pipelines.datasets import SUFFIX_READERS, DatasetError, load_source, to_examples
+from pipelines.datasets import DatasetError, to_examples
 from pipelines.lineage import LineageResource, now
 from pipelines.partitions import dataset_versions
 from pipelines.report import md_table
 from pipelines.resources import DatasetCatalog
 from provenance import INGEST, SNAPSHOT, IngestRecord, SnapshotRecord
 from storage import snapshot_parquet
-
-
-def source_files(source: str) -> list[Path]:
-    """The raw files behind a source (none for a Hugging Face name), pinned so auditors reach raw data."""
-    path = Path(source)
-    if source.startswith("hf:") or not path.exists():
-        return []
-    if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.suffix.lower() in SUFFIX_READERS)
-    return [path]
 
 
 @dg.asset(partitions_def=dataset_versions, group_name="ingest", kinds={"arrow"})
@@ -33,16 +21,13 @@ def raw_dataset(
     """The registered source of this version as `examples` (one row per distinct content)."""
     started, version = now(), context.partition_key
     entry = catalog.lookup(version)
+    client = store.client()
     try:
-        examples, report = to_examples(load_source(entry["source"], provider=entry["provider"]))
+        examples, report = to_examples(catalog.load(version, client))
     except DatasetError as exc:
         raise dg.Failure(str(exc)) from exc
-    client = store.client()
-    files = source_files(entry["source"])
-    inputs = {
-        f"{IngestRecord.SOURCE_PREFIX}{i}": client.put_file(f, cid_version=1, pin=True)
-        for i, f in enumerate(files)
-    }
+    files = entry["sources"]  # pinned when the version was registered
+    inputs = {f"{IngestRecord.SOURCE_PREFIX}{i}": f["cid"] for i, f in enumerate(files)}
     stored = store_value(client, examples)
     record = lineage.write(
         client,
@@ -52,16 +37,16 @@ def raw_dataset(
         inputs=inputs,
         outputs={IngestRecord.EXAMPLES: stored.cid},
         params={
-            "source": entry["source"],
+            "hf": entry["hf"],
             "provider": entry["provider"],
-            "source_files": [f.name for f in files],
+            "source_files": [f["name"] for f in files],
             "duplicates_dropped": report.duplicates_dropped,
         },
     )
     return dg.Output(
         stored,
         metadata={
-            "source": entry["source"],
+            "source": entry["hf"] or ", ".join(f["name"] for f in files),
             "record_cid": record,
             "rows_in": report.rows_in,
             "dagster/row_count": report.examples,

@@ -170,14 +170,14 @@ def consensus_labels(
     lineage: LineageResource,
 ):
     started, version = now(), context.partition_key
-    gold_path = catalog.lookup(version).get("gold")
-    gold = pq.read_table(gold_path) if gold_path else None
+    gold_file = catalog.lookup(version).get("gold")  # pinned when the version was registered
+    client = store.client()
+    gold = pq.read_table(pa.BufferReader(client.get(gold_file["cid"]))) if gold_file else None
     result = _labeling(aggregate)(annotations, gold)
     quality = result.quality.sort_by("annotator")
-    client = store.client()
     inputs = {ConsensusRecord.ANNOTATIONS: index.cid_of("annotations", version)}
     if gold is not None:
-        inputs[ConsensusRecord.GOLD] = client.put_file(gold_path, cid_version=1, pin=True)
+        inputs[ConsensusRecord.GOLD] = gold_file["cid"]
     consensus, quality_stored = store_value(client, result.consensus), store_value(client, quality)
     record = lineage.write(
         client,

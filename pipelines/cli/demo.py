@@ -112,7 +112,7 @@ def ingest(
     import dagster as dg
 
     from pipelines.datasets import DatasetError, load_source, to_examples
-    from pipelines.resources import DatasetCatalog
+    from pipelines.resources import DatasetCatalog, resources_for
     from pipelines.settings import load_settings, use_dagster_home
 
     settings = load_settings()
@@ -127,7 +127,8 @@ def ingest(
             raise CaravanError("--kind must be text or image, and --choices must name at least one label")
         DatasetCatalog(root=str(settings.catalog_dir)).register(
             version,
-            str(Path(source).absolute()) if not source.startswith("hf:") else source,
+            source,
+            store=resources_for(settings)["store"].client(),  # the files are pinned, named by CID
             provider=provider,
             labeling={"kind": kind, "field": field, "choices": labels},
             gold=gold,

@@ -1,0 +1,80 @@
+"""A source is named by its content: the same files ingested from two folders give the same CIDs.
+
+Nothing about the ingesting machine (a folder, a user name) may reach what is pinned or recorded,
+or two honest replays of one dataset would disagree on its snapshot and so on the run id.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import dagster as dg
+import pytest
+
+from pipelines.assets import ingest
+from pipelines.demo_data import write_digits
+from pipelines.resources import DatasetCatalog, resources_for
+from pipelines.settings import load_settings
+from provenance import INGEST, load_record
+
+VERSION = "identity-v1"
+LABELING = {"kind": "image", "field": "pixels", "choices": ["0", "1"]}
+
+
+def _ingest(home, folder, monkeypatch) -> dict:
+    """Register `folder` under a fresh CARAVAN_HOME and materialize the ingest stage."""
+    monkeypatch.setenv("CARAVAN_HOME", str(home))
+    monkeypatch.delenv("CARAVAN_STORE_DIR", raising=False)
+    settings = load_settings()
+    resources = resources_for(settings)
+    store = resources["store"].client()
+    entry = DatasetCatalog(root=str(settings.catalog_dir)).register(
+        VERSION, str(folder), store=store, labeling=LABELING
+    )
+    with dg.DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions("dataset_version", [VERSION])
+        result = dg.materialize(
+            [ingest.raw_dataset, ingest.dataset_snapshot],
+            partition_key=VERSION,
+            instance=instance,
+            resources=resources,
+        )
+    assert result.success
+    snapshot = result.output_for_node("dataset_snapshot")
+    record = load_record(store, resources["lineage"].cid_of(INGEST, VERSION))
+    files = (settings.home / "datasets" / f"{VERSION}.json").read_text()
+    return {"entry": entry, "snapshot": snapshot["cid"], "record": record, "catalog": files}
+
+
+def test_the_same_files_from_two_folders_give_the_same_cids(tmp_path, monkeypatch) -> None:
+    first = write_digits(tmp_path / "alice" / "data", limit=60)
+    second = tmp_path / "bob" / "elsewhere" / "data"
+    shutil.copytree(first, second)
+    a = _ingest(tmp_path / "home-a", first, monkeypatch)
+    b = _ingest(tmp_path / "home-b", second, monkeypatch)
+    assert a["snapshot"] == b["snapshot"]
+    assert a["entry"] == b["entry"] and a["catalog"] == b["catalog"]
+    assert a["record"].inputs == b["record"].inputs and a["record"].outputs == b["record"].outputs
+    assert a["record"].params == b["record"].params
+    for published in (a["catalog"], json.dumps(a["record"].to_json())):
+        assert str(tmp_path) not in published and "alice" not in published  # no local path anywhere
+    # every source file is pinned under the CID the catalog names
+    store = resources_for(load_settings())["store"].client()
+    assert {f["cid"] for f in b["entry"]["sources"]} <= store.pins()
+
+
+def test_registering_other_content_under_a_known_version_is_refused(tmp_path, monkeypatch) -> None:
+    folder = write_digits(tmp_path / "data", limit=40)
+    monkeypatch.setenv("CARAVAN_HOME", str(tmp_path / "home"))
+    settings = load_settings()
+    catalog = DatasetCatalog(root=str(settings.catalog_dir))
+    store = resources_for(settings)["store"].client()
+    entry = catalog.register(VERSION, str(folder), store=store, labeling=LABELING)
+    again = catalog.register(VERSION, str(folder), store=store, labeling=LABELING)  # same content: a no-op
+    assert again == entry and [f["provider"] for f in entry["sources"]] == sorted(
+        f["provider"] for f in entry["sources"]
+    )
+    other = write_digits(tmp_path / "other", limit=41)
+    with pytest.raises(ValueError, match="already registered for other content"):
+        catalog.register(VERSION, str(other), store=store, labeling=LABELING)
