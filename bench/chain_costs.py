@@ -99,11 +99,11 @@ def root_and_claim_gas(
 def push_gas(chain: Chain, rng: random.Random, n: int = 100) -> int:
     name = "NaivePusher"
     factory = chain.w3.eth.contract(abi=artifact(name)["abi"], bytecode=artifact(name)["bytecode"])
-    _, receipt = chain._send("deploy:NaivePusher", factory.constructor())
+    _, receipt = chain.send("deploy:NaivePusher", factory.constructor())
     pusher = chain.w3.eth.contract(address=receipt["contractAddress"], abi=artifact(name)["abi"])
     recipients = random_addresses(rng, n)
     amounts = [10**12 + i for i in range(n)]
-    return chain._send("push", pusher.functions.push(recipients, amounts), value=sum(amounts))[0].gas_used
+    return chain.send("push", pusher.functions.push(recipients, amounts), value=sum(amounts))[0].gas_used
 
 
 def build_run(store: BlockStore, n_examples: int, n_contributors: int, seed: int) -> str:

@@ -244,14 +244,12 @@ def _check_proofs(
         return
     fn = chain.distributor.functions.verifyLeaf
     keyb = run_key(run_id)
-    results: list[bool] = []
-    for start in range(0, len(proofs), 500):
-        with chain.w3.batch_requests() as batch:
-            for value, proof in zip(
-                leaves.tree.values[start : start + 500], proofs[start : start + 500], strict=True
-            ):
-                batch.add(fn(keyb, value[0], value[1], [bytes.fromhex(p[2:]) for p in proof]))
-            results.extend(chain._rpc("batch eth_call", batch.execute))
+    results = chain.batch_call(
+        [
+            fn(keyb, value[0], value[1], [bytes.fromhex(p[2:]) for p in proof])
+            for value, proof in zip(leaves.tree.values, proofs, strict=True)
+        ]
+    )
     for value, accepted in zip(leaves.tree.values, results, strict=True):
         if not accepted:
             report.fail("proof_rejected_onchain", value[0], "the distributor's verifyLeaf refused this leaf")

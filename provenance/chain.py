@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -273,6 +273,46 @@ class Chain:
             raise ChainError(f"this action signs a transaction: set {PRIVATE_KEY_ENV} or {KEYSTORE_ENV}")
         return self.account
 
+    # ---- reading the chain ----------------------------------------------------------------
+    # Plain reads behind the same retries and errors as everything else here, so callers
+    # elsewhere (publishing, the auditor, the CLI) never reach for web3 or the retry plumbing.
+
+    def block_number(self) -> int:
+        """The chain's head block number."""
+        return int(self._rpc("eth_blockNumber", lambda: self.w3.eth.block_number))
+
+    def gas_price(self) -> int:
+        """The node's current gas price in wei (what a publisher budgets its transactions at)."""
+        return int(self._rpc("eth_gasPrice", lambda: self.w3.eth.gas_price))
+
+    def balance(self, address: str) -> int:
+        """The balance of `address` in wei."""
+        return int(self._rpc("eth_getBalance", lambda: self.w3.eth.get_balance(to_checksum_address(address))))
+
+    def logs(
+        self, event: Any, *, from_block: int = 0, argument_filters: Mapping[str, Any] | None = None
+    ) -> list[Any]:
+        """The logs of one contract event (e.g. `chain.distributor.events.Claimed`) from `from_block` to
+        the head, oldest first, optionally filtered on indexed arguments: one eth_getLogs."""
+        filters = dict(argument_filters) if argument_filters is not None else None
+        return list(
+            self._rpc(
+                "eth_getLogs",
+                lambda: event.get_logs(from_block=from_block, to_block="latest", argument_filters=filters),
+            )
+        )
+
+    def batch_call(self, calls: Sequence[Any], *, size: int = 500) -> list[Any]:
+        """The results of many read-only contract calls (web3 contract function calls), in order, sent
+        as JSON-RPC batches of `size` calls: one round trip per batch instead of one per call."""
+        results: list[Any] = []
+        for start in range(0, len(calls), size):
+            with self.w3.batch_requests() as batch:
+                for call in calls[start : start + size]:
+                    batch.add(call)
+                results.extend(self._rpc("batch eth_call", batch.execute))
+        return results
+
     # ---- deployments ----------------------------------------------------------------------
 
     @property
@@ -291,7 +331,9 @@ class Chain:
         except ValueError as exc:
             raise ChainError(f"{self.deployments_path} is not valid JSON ({exc}); fix or remove it") from None
 
-    def _has_code(self, name: str, address: str) -> bool:
+    def has_code(self, name: str, address: str) -> bool:
+        """Whether `address` holds contract `name`'s expected runtime code (a reset chain holds none):
+        what `deploy` and `contract` check, and what `caravan chain status` reports."""
         code = self._rpc("eth_getCode", lambda: self.w3.eth.get_code(to_checksum_address(address)))
         return code.hex().removeprefix("0x") == artifact(name)["deployedBytecode"].removeprefix("0x")
 
@@ -304,11 +346,11 @@ class Chain:
         results: dict[str, TxResult] = {}
         for name in CONTRACTS:
             entry = known.get("contracts", {}).get(name)
-            if entry and self._has_code(name, entry["address"]):
+            if entry and self.has_code(name, entry["address"]):
                 results[name] = TxResult(f"deploy:{name}", entry.get("tx_hash"), 0, entry.get("block"), True)
                 continue
             factory = self.w3.eth.contract(abi=artifact(name)["abi"], bytecode=artifact(name)["bytecode"])
-            result, receipt = self._send(f"deploy:{name}", factory.constructor(admin))
+            result, receipt = self.send(f"deploy:{name}", factory.constructor(admin))
             known.setdefault("contracts", {})[name] = {
                 "address": receipt["contractAddress"],
                 "tx_hash": result.tx_hash,
@@ -329,7 +371,7 @@ class Chain:
                     f"no {name} recorded for chain {self.chain_id} in {self.deployments_path}: "
                     "run `caravan chain deploy`"
                 )
-            if not self._has_code(name, entry["address"]):
+            if not self.has_code(name, entry["address"]):
                 raise NotDeployed(
                     f"{name} at {entry['address']} has no (or other) code on chain {self.chain_id}; "
                     f"the chain was reset? run `caravan chain deploy` (or remove {self.deployments_path})"
@@ -391,8 +433,11 @@ class Chain:
                 "it stays journaled and the next run waits for it instead of sending it again"
             ) from None
 
-    def _send(self, action: str, fn: Any, *, value: int = 0) -> tuple[TxResult, Any]:
-        """Estimate, check funds, sign, journal, send, await the receipt."""
+    def send(self, action: str, fn: Any, *, value: int = 0) -> tuple[TxResult, Any]:
+        """Send one contract transaction (`fn`: a web3 contract function or constructor call) the way
+        every Caravan transaction goes: estimate, check funds, sign, journal under `action`, send, await
+        the receipt. A journaled `action` resumes its transaction instead of sending it again. Public
+        for transactions to contracts other than Caravan's two (benchmarks, tests of the contracts)."""
         resumed = self._resume(action)
         if resumed is not None:
             return resumed
@@ -439,7 +484,7 @@ class Chain:
         )
         max_fee = tx.get("maxFeePerGas") or tx.get("gasPrice") or 0
         need = gas * max_fee + value
-        balance = self._rpc("eth_getBalance", lambda: self.w3.eth.get_balance(sender))
+        balance = self.balance(sender)
         if balance < need:
             raise InsufficientFunds(
                 f"{action}: account {sender} holds {balance} wei but needs up to {need} wei "
@@ -492,7 +537,7 @@ class Chain:
             if self.is_publisher(who, name):
                 out.append(TxResult(action, None, 0, None, True))
                 continue
-            out.append(self._send(action, self.contract(name).functions.grantRole(PUBLISHER_ROLE, who))[0])
+            out.append(self.send(action, self.contract(name).functions.grantRole(PUBLISHER_ROLE, who))[0])
         return out
 
     # ---- registry -------------------------------------------------------------------------
@@ -524,28 +569,20 @@ class Chain:
                     f"{run_id!r}: a record is anchored once, by the first run that publishes it"
                 )
             return TxResult(action, None, 0, entry["block"], True)
-        return self._send(action, self.registry.functions.record(record_cid, parent_cid, key))[0]
+        return self.send(action, self.registry.functions.record(record_cid, parent_cid, key))[0]
 
     def recorded_events(self, run_id: str | None = None, *, from_block: int = 0) -> list[RecordedEvent]:
         """`Recorded` events, all or for one run, oldest first."""
         event = self.registry.events.Recorded
         filters = {"runId": run_key(run_id)} if run_id is not None else None
-        logs = self._rpc(
-            "eth_getLogs",
-            lambda: event.get_logs(from_block=from_block, to_block="latest", argument_filters=filters),
-        )
-        return [_recorded(log) for log in logs]
+        return [_recorded(log) for log in self.logs(event, from_block=from_block, argument_filters=filters)]
 
     def distributor_txs(self, event_name: str, keys: list[str], since: int) -> dict[str, list[str]]:
         """Transaction hashes of one distributor event per 0x key, oldest first (one eth_getLogs)."""
         event = self.distributor.events[event_name]
         ids = [bytes.fromhex(k[2:]) for k in keys]
-        logs = self._rpc(
-            "eth_getLogs",
-            lambda: event.get_logs(from_block=since, to_block="latest", argument_filters={"id": ids}),
-        )
         out: dict[str, list[str]] = {}
-        for log in logs:
+        for log in self.logs(event, from_block=since, argument_filters={"id": ids}):
             out.setdefault("0x" + bytes(log["args"]["id"]).hex(), []).append(
                 "0x" + bytes(log["transactionHash"]).hex()
             )
@@ -588,14 +625,14 @@ class Chain:
         fn = self.distributor.functions.createDistribution(
             run_key(run_id), bytes.fromhex(root.removeprefix("0x")), kind, token_address, total_weight
         )
-        return self._send(action, fn)[0]
+        return self.send(action, fn)[0]
 
     def deposit(self, run_id: str, amount_wei: int, *, action: str | None = None) -> TxResult:
         """Pay ETH revenue into a run. Not idempotent by nature: pass a unique `action` (e.g. an
         invoice id) to make a retried deposit resume its journaled transaction instead of paying twice."""
         _positive(amount_wei)
         fn = self.distributor.functions.deposit(run_key(run_id))
-        return self._send(action or f"deposit:{run_id}:{os.urandom(8).hex()}", fn, value=amount_wei)[0]
+        return self.send(action or f"deposit:{run_id}:{os.urandom(8).hex()}", fn, value=amount_wei)[0]
 
     def deposit_token(self, run_id: str, amount: int, *, action: str | None = None) -> list[TxResult]:
         """Approve then deposit `amount` of the run's ERC-20."""
@@ -605,8 +642,8 @@ class Chain:
             raise ChainError(f"run {run_id!r} has no ERC-20 distribution: deposit ETH with deposit()")
         token = self.w3.eth.contract(address=dist.token, abi=artifact("TestToken")["abi"])
         tag = action or f"{run_id}:{os.urandom(8).hex()}"
-        approve = self._send(f"approve:{tag}", token.functions.approve(self.distributor.address, amount))[0]
-        deposit = self._send(
+        approve = self.send(f"approve:{tag}", token.functions.approve(self.distributor.address, amount))[0]
+        deposit = self.send(
             f"deposit:{tag}", self.distributor.functions.depositToken(run_key(run_id), amount)
         )[0]
         return [approve, deposit]
@@ -621,7 +658,7 @@ class Chain:
         fn = self.distributor.functions.claim(
             run_key(run_id), who, weight, [bytes.fromhex(p[2:]) for p in proof]
         )
-        result, receipt = self._send(f"claim:{run_id}:{who}:{self.claimable(run_id, who, weight)}", fn)
+        result, receipt = self.send(f"claim:{run_id}:{who}:{self.claimable(run_id, who, weight)}", fn)
         paid = self.distributor.events.Claimed().process_receipt(receipt, errors=DISCARD)
         return result, sum(int(e["args"]["amount"]) for e in paid)
 

@@ -114,9 +114,9 @@ def _refuse_second_head(reader: RunRecords, run_id: str, head_cid: str) -> None:
 def _check_funds(chain: Chain, n_transactions: int) -> None:
     if n_transactions == 0 or chain.account is None:
         return
-    price = chain._rpc("eth_gasPrice", lambda: chain.w3.eth.gas_price)
+    price = chain.gas_price()
     need = n_transactions * max(RECORD_GAS_BOUND, ROOT_GAS_BOUND) * price
-    balance = chain._rpc("eth_getBalance", lambda: chain.w3.eth.get_balance(chain.account.address))
+    balance = chain.balance(chain.account.address)
     if balance < need:
         raise InsufficientFunds(
             f"account {chain.account.address} holds {balance} wei; publishing "

@@ -39,14 +39,14 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         info = {
             "rpc": redact_url(chain.rpc_url),
             "chain_id": chain.chain_id,
-            "block": chain._rpc("eth_blockNumber", lambda: chain.w3.eth.block_number),
+            "block": chain.block_number(),
             "account": chain.address,
             "deployments": str(chain.deployments_path),
             "contracts": {},
         }
         for name in CONTRACTS:
             entry = chain.deployments().get("contracts", {}).get(name)
-            live = bool(entry) and chain._has_code(name, entry["address"])
+            live = bool(entry) and chain.has_code(name, entry["address"])
             info["contracts"][name] = {"address": entry and entry["address"], "live": live}
     if as_json:
         typer.echo(json.dumps(info, indent=2))

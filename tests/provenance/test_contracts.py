@@ -22,7 +22,7 @@ def _payees(n: int, seed: int = 3) -> list[str]:
 
 def _deploy(chain: Chain, name: str, *args: object) -> object:
     factory = chain.w3.eth.contract(abi=artifact(name)["abi"], bytecode=artifact(name)["bytecode"])
-    _, receipt = chain._send(f"deploy:{name}:{id(args)}", factory.constructor(*args))
+    _, receipt = chain.send(f"deploy:{name}:{id(args)}", factory.constructor(*args))
     return chain.w3.eth.contract(address=receipt["contractAddress"], abi=artifact(name)["abi"])
 
 
@@ -32,12 +32,12 @@ def test_registry_records_once_needs_known_parent_and_role(
     reg = chain.registry.functions
     chain.record(CID_A, "", "r1")
     with pytest.raises(AlreadyPublished, match="AlreadyRecorded"):
-        chain._send("again", reg.record(CID_A, "", run_key("r1")))
+        chain.send("again", reg.record(CID_A, "", run_key("r1")))
     with pytest.raises(TransactionError, match=f"UnknownParent\\({CID_B}\\)"):
-        chain._send("orphan", reg.record(CID_A + "x", CID_B, run_key("r1")))
+        chain.send("orphan", reg.record(CID_A + "x", CID_B, run_key("r1")))
     outsider = Chain(anvil.rpc_url, account=Account.from_key(anvil.dev_keys[5]), chain_dir=chain.chain_dir)
     with pytest.raises(UnauthorizedPublisher, match="AccessControlUnauthorizedAccount"):
-        outsider._send("rogue", outsider.registry.functions.record(CID_B, "", run_key("r1")))
+        outsider.send("rogue", outsider.registry.functions.record(CID_B, "", run_key("r1")))
     assert [e.record_cid for e in chain.recorded_events()] == [CID_A]
 
 
@@ -91,7 +91,7 @@ def test_reentrant_claimer_is_paid_once(chain: Chain) -> None:
     proof = tree.proof(index)
     chain.create_distribution("reenter", tree.root)
     chain.deposit("reenter", 1_000_000)
-    chain._send("arm", claimer.functions.arm(run_key("reenter"), 6000, [bytes.fromhex(p[2:]) for p in proof]))
+    chain.send("arm", claimer.functions.arm(run_key("reenter"), 6000, [bytes.fromhex(p[2:]) for p in proof]))
     _, amount = chain.claim("reenter", claimer.address, 6000, proof)
     assert amount == 600_000
     assert claimer.functions.attempts().call() == 1
@@ -101,7 +101,7 @@ def test_reentrant_claimer_is_paid_once(chain: Chain) -> None:
 
 def test_erc20_deposits_and_claims(chain: Chain) -> None:
     token = _deploy(chain, "TestToken")
-    chain._send("mint", token.functions.mint(chain.address, 10**21))
+    chain.send("mint", token.functions.mint(chain.address, 10**21))
     payees = _payees(4, seed=7)
     tree = StandardMerkleTree.of([(a, 2500) for a in payees])
     chain.create_distribution("tok", tree.root, token=token.address)
