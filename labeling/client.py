@@ -208,7 +208,7 @@ class LabelStudioClient:
         updated or skipped; this light listing says which tasks to pull in full.
         """
         out: dict[int, str] = {}
-        for query in _annotated_queries(after):
+        for query in annotated_queries(after):
 
             def fetch(query: dict = query) -> list[Any]:
                 return list(
@@ -230,7 +230,7 @@ class LabelStudioClient:
         chunks = [None] if ids is None else [ids[i : i + PAGE] for i in range(0, len(ids), PAGE)]
         out: dict[int, dict] = {}
         for chunk in chunks:
-            for query in _annotated_queries(None):
+            for query in annotated_queries(None):
                 if chunk is not None:
                     query["selectedItems"] = {"all": False, "included": chunk}
 
@@ -317,9 +317,11 @@ class LabelStudioClient:
         return int(hook.id)
 
 
-def _annotated_queries(after: str | None) -> list[dict]:
+def annotated_queries(after: str | None) -> list[dict]:
     """Data Manager queries for tasks with annotations, and for tasks with only skips (two, because
-    a skipped annotation does not count in `total_annotations` and filters cannot be OR-ed with AND)."""
+    a skipped annotation does not count in `total_annotations` and filters cannot be OR-ed with AND),
+    changed after `after` (DM format) if given. Public because the export's light listing of
+    annotation ids (labeling/export.py) must select exactly the tasks these client reads select."""
     since = [{"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime", "value": after}]
     return [
         {

@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from labeling.client import DM_TIME, PAGE, LabelStudioClient, Project, _annotated_queries, iso_utc
+from labeling.client import DM_TIME, PAGE, LabelStudioClient, Project, annotated_queries, iso_utc
 from labeling.configs import FROM_NAME
 from labeling.schemas import ANNOTATIONS
 
@@ -239,7 +239,7 @@ def existing_annotation_ids(
     its column limit, or that lists fewer ids than its counters, is read on its own."""
     hidden = {"explore": _DM_HIDDEN, "labeling": _DM_HIDDEN}
     if annotated_only:
-        queries = [{**q, "hiddenColumns": hidden} for q in _annotated_queries(None)]
+        queries = [{**q, "hiddenColumns": hidden} for q in annotated_queries(None)]
     else:
         queries = [{"hiddenColumns": hidden, "ordering": ["tasks:id"]}]
     ids: set[int] = set()
