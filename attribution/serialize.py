@@ -93,7 +93,7 @@ def features_to_bytes(features) -> bytes:
 
 def features_from_bytes(data: bytes, spec: ModuleSpec | None = None, *, spill_bytes: int = 256 * 2**20):
     """Rebuild ``TrakFeatures`` from ``features_to_bytes`` output (as loaded from a CID)."""
-    from .trak import CheckpointFeatures, FeatureStore, TrakFeatures, _frozen
+    from .trak import CheckpointFeatures, FeatureStore, TrakFeatures, frozen_model
 
     meta = json.loads(_metadata(data, _FEATURES_KEY, "TRAK features"))
     if meta.get("format") != FEATURES_FORMAT:
@@ -111,7 +111,7 @@ def features_from_bytes(data: bytes, spec: ModuleSpec | None = None, *, spill_by
     for j in range(meta["n_checkpoints"]):
         prefix = f"checkpoint.{j}.state."
         state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-        model, scored = _frozen(spec, state)
+        model, scored = frozen_model(spec, state)
         store = FeatureStore(spill_bytes)
         store.append(tensors[f"checkpoint.{j}.features"].numpy())
         kernel_inv = tensors[f"checkpoint.{j}.kernel_inv"].numpy()

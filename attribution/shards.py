@@ -22,16 +22,15 @@ import torch
 
 from .errors import AttributionError, InputError
 from .task import AttributionTask
-from .trainer import _features, _labels
+from .trainer import feature_tensor, label_tensor
 from .trak import (
     CheckpointFeatures,
     Kernel,
     TrakFeatures,
-    _damped_inverse,
-    _fisher_rows,
-    _frozen,
-    _projected_grads,
     checkpoint_store,
+    chunk_terms,
+    damped_inverse,
+    frozen_model,
     task_projector,
 )
 
@@ -126,8 +125,8 @@ def shard_features(
 
     ``seed`` is the training run's seed (it draws the projection), as ``build_features`` uses it.
     """
-    x = _features("X_shard", X_shard, task.n_features)
-    y = _labels("y_shard", y_shard, x.shape[0], task.n_classes)
+    x = feature_tensor("X_shard", X_shard, task.n_features)
+    y = label_tensor("y_shard", y_shard, x.shape[0], task.n_classes)
     ids = tuple(example_ids_shard)
     if len(ids) != len(x):
         raise InputError(f"{len(ids)} example ids for {len(x)} shard rows")
@@ -141,13 +140,12 @@ def shard_features(
     pieces = _pieces(start, len(x), cfg.chunk_rows)
     per_checkpoint = []
     for state in checkpoints:
-        model, layers = _frozen(task.spec, state)
+        model, layers = frozen_model(task.spec, state)
         parts = []
         for chunk, lo, hi in pieces:
             xs, ys = x[lo:hi], y[lo:hi]
-            phi = _projected_grads(model, layers, projector, xs, ys)
-            rows = _fisher_rows(model, layers, projector, xs) if kernel == "fisher" else phi
-            parts.append(ChunkPart(chunk, phi.numpy(), (rows.T @ rows).double().numpy()))
+            phi, gram = chunk_terms(model, layers, projector, xs, ys, kernel)
+            parts.append(ChunkPart(chunk, phi.numpy(), gram.numpy()))
         per_checkpoint.append(tuple(parts))
     return FeatureShard(start, ids, _identity(task, checkpoints, seed, kernel), tuple(per_checkpoint))
 
@@ -193,7 +191,7 @@ def combine_shards(
     projector, dim = task_projector(task, seed)
     out = []
     for j, state in enumerate(checkpoints):
-        model, layers = _frozen(task.spec, state)
+        model, layers = frozen_model(task.spec, state)
         store = checkpoint_store(cfg, directory, j)
         by_chunk: dict[int, list[ChunkPart]] = {}
         for shard in ordered:
@@ -205,5 +203,5 @@ def combine_shards(
             store.append(np.concatenate([p.features for p in parts]))
             for part in parts:
                 gram += torch.from_numpy(part.gram)
-        out.append(CheckpointFeatures(model, layers, store, _damped_inverse(gram, n, cfg)))
+        out.append(CheckpointFeatures(model, layers, store, damped_inverse(gram, n, cfg)))
     return TrakFeatures(task.spec, projector, out, n)

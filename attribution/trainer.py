@@ -62,7 +62,9 @@ class TrainResult:
 # ---------------------------------------------------------------- input checks
 
 
-def _features(name: str, x: object, n_features: int) -> torch.Tensor:
+def feature_tensor(name: str, x: object, n_features: int) -> torch.Tensor:
+    """``x`` as float32 rows [examples, n_features], or an ``InputError`` naming ``name``: the one
+    check of feature rows, shared by training and by the shards that recompute its features."""
     arr = np.asarray(x, dtype=np.float64)
     if arr.ndim != 2 or arr.shape[0] == 0:
         raise InputError(f"{name} must be a non-empty 2-d array [examples, features], got shape {arr.shape}")
@@ -75,7 +77,9 @@ def _features(name: str, x: object, n_features: int) -> torch.Tensor:
     return torch.from_numpy(arr.astype(np.float32))
 
 
-def _labels(name: str, y: object, n_rows: int, n_classes: int) -> torch.Tensor:
+def label_tensor(name: str, y: object, n_rows: int, n_classes: int) -> torch.Tensor:
+    """``y`` as int64 class indices for ``n_rows`` rows, or an ``InputError`` naming ``name``: the one
+    check of labels, shared by training and by the shards that recompute its features."""
     arr = np.asarray(y)
     if arr.ndim != 1 or len(arr) != n_rows:
         raise InputError(f"{name} has {len(arr) if arr.ndim == 1 else arr.shape} labels for {n_rows} rows")
@@ -96,16 +100,16 @@ def validate(
     y_targets: object,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Tensors for training, or one named ``InputError`` before any training starts."""
-    x = _features("X_train", X_train, task.n_features)
-    y = _labels("y_train", y_train, x.shape[0], task.n_classes)
+    x = feature_tensor("X_train", X_train, task.n_features)
+    y = label_tensor("y_train", y_train, x.shape[0], task.n_classes)
     if len(example_ids) != x.shape[0]:
         raise InputError(f"{len(example_ids)} example_ids for {x.shape[0]} training rows")
     if len(set(example_ids)) != len(example_ids):
         raise InputError("example_ids are not unique; each training row needs its own id")
     if len(torch.unique(y)) < 2:
         raise InputError(f"y_train holds one class only ({int(y[0])}); a classifier needs at least two")
-    xv = _features("X_targets", X_targets, task.n_features)
-    yv = _labels("y_targets", y_targets, xv.shape[0], task.n_classes)
+    xv = feature_tensor("X_targets", X_targets, task.n_features)
+    yv = label_tensor("y_targets", y_targets, xv.shape[0], task.n_classes)
     train_rows = {r.tobytes() for r in x.numpy()}
     overlap = [i for i, r in enumerate(xv.numpy()) if r.tobytes() in train_rows]
     if overlap:

@@ -280,9 +280,11 @@ def _backward(step: tuple, a: np.ndarray, out: np.ndarray, saved, g: np.ndarray)
     return g
 
 
-def _frozen(
+def frozen_model(
     spec: ModelSpec | ModuleSpec, state: dict[str, torch.Tensor]
 ) -> tuple[nn.Module, list[nn.Module]]:
+    """A checkpoint's model in eval mode with gradients off, and its scored layers: how features are
+    computed (here and by shards) and how stored features are rebuilt (``features_from_bytes``)."""
     model = spec.build(0)
     model.load_state_dict(state)
     for p in model.parameters():
@@ -315,6 +317,18 @@ def _fisher_rows(model, layers, projector: Projector, x: torch.Tensor) -> torch.
     return torch.cat(rows)
 
 
+def chunk_terms(
+    model: nn.Module, layers: list[nn.Module], projector: Projector, x: torch.Tensor, y: torch.Tensor,
+    kernel: Kernel,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One chunk of training rows at one checkpoint: their projected gradients (float32) and their
+    float64 share of the kernel's Gram matrix. ``build_features`` adds the shares in chunk order and
+    shards (``shards.py``) compute the very same ones, so both give the same bytes."""
+    phi = _projected_grads(model, layers, projector, x, y)
+    rows = _fisher_rows(model, layers, projector, x) if kernel == "fisher" else phi
+    return phi, (rows.T @ rows).double()
+
+
 def build_features(
     task: AttributionTask,
     checkpoints: list[dict[str, torch.Tensor]],
@@ -331,16 +345,15 @@ def build_features(
     projector, dim = task_projector(task, seed)
     out = []
     for j, state in enumerate(checkpoints):
-        model, layers = _frozen(task.spec, state)
+        model, layers = frozen_model(task.spec, state)
         store = checkpoint_store(cfg, directory, j)
         gram = torch.zeros(dim, dim, dtype=torch.float64)
         for start in range(0, len(x), cfg.chunk_rows):
             xs, ys = x[start : start + cfg.chunk_rows], y[start : start + cfg.chunk_rows]
-            phi = _projected_grads(model, layers, projector, xs, ys)
+            phi, term = chunk_terms(model, layers, projector, xs, ys, kernel)
             store.append(phi.numpy())
-            rows = _fisher_rows(model, layers, projector, xs) if kernel == "fisher" else phi
-            gram += (rows.T @ rows).double()
-        out.append(CheckpointFeatures(model, layers, store, _damped_inverse(gram, len(x), cfg)))
+            gram += term
+        out.append(CheckpointFeatures(model, layers, store, damped_inverse(gram, len(x), cfg)))
     return TrakFeatures(task.spec, projector, out, len(x))
 
 
@@ -359,8 +372,9 @@ def checkpoint_store(cfg, directory: str | None, j: int) -> FeatureStore:
     return FeatureStore(cfg.spill_bytes, sub)
 
 
-def _damped_inverse(gram: torch.Tensor, n: int, cfg) -> np.ndarray:
-    """``(K + (n·wd + ε·mean diag) I)⁻¹``: weight decay is the Hessian's own ridge; ε keeps it invertible."""
+def damped_inverse(gram: torch.Tensor, n: int, cfg) -> np.ndarray:
+    """``(K + (n·wd + ε·mean diag) I)⁻¹``: weight decay is the Hessian's own ridge; ε keeps it invertible.
+    The last step of a checkpoint's features, unsharded (``build_features``) or combined from shards."""
     ridge = n * cfg.weight_decay + cfg.trak_damping * float(gram.diagonal().mean())
     k = gram + ridge * torch.eye(len(gram), dtype=torch.float64)
     return torch.linalg.inv(k).numpy()
