@@ -141,7 +141,7 @@ def _settle(
             f"receipts but the ledger closed it at {epoch.total} over {epoch.n_receipts}: ledger edited"
         )
     if epoch.state == "open":
-        epoch = _store_batch(store, ledger, epoch, receipts, payouts)
+        epoch = store_epoch(store, ledger, epoch, receipts, payouts)
         step(epoch.state)
     if epoch.state == "stored":
         chain.record(epoch.record_cid, epoch.head_cid, epoch.epoch_id)
@@ -176,13 +176,16 @@ def _settle(
     )
 
 
-def _store_batch(
+def store_epoch(
     store: ContentStore,
     ledger: Ledger,
     epoch: Epoch,
     receipts: Sequence[Receipt],
     payouts: list[tuple[str, int]],
 ) -> Epoch:
+    """The "stored" step: the epoch's receipts batch, payouts table and settlement record stored, the
+    epoch saved as stored. Public as the one writer of a settlement record: a test that anchors an
+    epoch by hand (as a hostile settler could) writes it exactly as settling does."""
     batch_cid = store.put_bytes(
         snapshot_parquet(batch_table(epoch.epoch_id, receipts), sort_by="receipt_id"), cid_version=1, pin=True
     )

@@ -19,7 +19,7 @@ from provenance.runs import publish_run
 from serving import Ledger, Settlement, settle_run, split_price
 from serving.fees import totals_by_address
 from serving.ledger import Charge
-from serving.settle import _store_batch
+from serving.settle import store_epoch
 from storage import BlockStore, parse_cid
 from tests.provenance.sample_run import SampleRun
 
@@ -208,7 +208,7 @@ def test_an_epoch_recorded_but_not_published_or_of_another_run_is_flagged(
     # a hostile settler can still anchor one by hand: the audit must flag it
     epoch = other.close_epoch("other-run", sample_run.head)
     receipts = other.epoch_receipts(epoch.epoch_id)
-    epoch = _store_batch(store, other, epoch, receipts, totals_by_address(r.amounts for r in receipts))
+    epoch = store_epoch(store, other, epoch, receipts, totals_by_address(r.amounts for r in receipts))
     env.record(epoch.record_cid, epoch.head_cid, epoch.epoch_id)
     stray = [e for e in run_epochs(env, store, RUN) if e.error]
     assert len(stray) == 1 and "names run 'other-run'" in stray[0].error

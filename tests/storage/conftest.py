@@ -29,7 +29,7 @@ def load_vectors() -> list[dict]:
     return json.loads(VECTORS.read_text())["vectors"]
 
 
-def _need(tool: str) -> str:
+def need_tool(tool: str) -> str:
     found = shutil.which(tool) or (tool if Path(tool).exists() else None)
     if not found:
         pytest.fail(f"{tool} is needed as a CID oracle; run `make setup` (installs ipfs-cid, Node deps)")
@@ -38,7 +38,7 @@ def _need(tool: str) -> str:
 
 def ipfs_cid(path: Path) -> str:
     """Kubo's CIDv0 for a file, from Debian's independent `ipfs_cid` (a Go importer)."""
-    out = subprocess.run([_need(IPFS_CID), str(path)], capture_output=True, text=True, check=True)
+    out = subprocess.run([need_tool(IPFS_CID), str(path)], capture_output=True, text=True, check=True)
     return json.loads(out.stdout)["CIDv0"]
 
 
@@ -47,7 +47,7 @@ def js_cids(mode: str, paths: Sequence[Path], env: dict[str, str] | None = None)
     if not (REPO / "node_modules" / "ipfs-unixfs-importer").is_dir():
         pytest.fail("node_modules lacks ipfs-unixfs-importer; run `make setup`")
     out = subprocess.run(
-        [_need("node"), str(NODE_ORACLE), mode, *map(str, paths)],
+        [need_tool("node"), str(NODE_ORACLE), mode, *map(str, paths)],
         capture_output=True, text=True, check=True, cwd=REPO, env={**_base_env(), **(env or {})},
     )
     return out.stdout.split()

@@ -11,7 +11,7 @@ import pytest
 from storage import CHUNK_SIZE, BlockStore, CarError, CorruptBlock
 from storage.cids import cid_to_str, parse_cid
 from storage.unixfs import iter_dag
-from tests.storage.conftest import REPO, _need, content
+from tests.storage.conftest import REPO, content, need_tool
 
 HERE = Path(__file__).parent
 C = CHUNK_SIZE
@@ -20,7 +20,7 @@ C = CHUNK_SIZE
 def car_oracle(*args: str | Path) -> str:
     if not (REPO / "node_modules" / "@ipld" / "car").is_dir():
         pytest.fail("node_modules lacks @ipld/car; run `make setup`")
-    out = subprocess.run([_need("node"), str(HERE / "car_oracle.mjs"), *map(str, args)],
+    out = subprocess.run([need_tool("node"), str(HERE / "car_oracle.mjs"), *map(str, args)],
                          capture_output=True, text=True, check=True, cwd=REPO)
     return out.stdout
 
