@@ -6,6 +6,9 @@ Public face (other rooms use only these names):
   LayerNorm layers and elementwise activations), ``TrainConfig``: what to train and how.
 - ``train_with_attribution(task, X, y, example_ids, X_targets, y_targets, seed=...)`` ->
   ``TrainResult`` (model, ``example_attribution`` table, checkpoint features).
+- ``encode_split(labeled_table, is_target)`` -> ``EncodedSplit`` (the ``InputEncoding`` fitted on
+  the training rows; X, y, ids of training rows and of targets); ``train_split(split, hidden,
+  config, seed=...)`` trains an MLP on it with attribution.
 - ``contributor_weights(example_attribution, examples, annotations, consensus, addresses)``
   -> ``contributor_weights`` table; ``ContributorSplit`` applies the same policy per query.
 - ``attribute_query(result.features, x)`` -> per-training-example contributions to one
@@ -20,7 +23,7 @@ Public face (other rooms use only these names):
   mislabeled examples.
 """
 
-from .encoding import InputEncoding
+from .encoding import EncodedSplit, InputEncoding, encode_split
 from .errors import (
     AttributionError,
     ContributorError,
@@ -32,7 +35,7 @@ from .influence import ExactInfluence
 from .serialize import features_from_bytes, features_to_bytes, model_from_bytes, model_to_bytes
 from .shards import FeatureShard, ShardMismatchError, combine_shards, shard_bounds, shard_features
 from .task import AttributionTask, ModelSpec, ModuleSpec, TrainConfig
-from .trainer import EXAMPLE_ATTRIBUTION_SCHEMA, TrainResult, train_plain, train_with_attribution
+from .trainer import EXAMPLE_ATTRIBUTION_SCHEMA, TrainResult, train_plain, train_split, train_with_attribution
 from .trak import TrakFeatures, attribute_query
 from .weights import CONTRIBUTOR_WEIGHTS_SCHEMA, ContributorSplit, WeightPolicy, contributor_weights
 
@@ -43,6 +46,7 @@ __all__ = [
     "AttributionTask",
     "ContributorError",
     "ContributorSplit",
+    "EncodedSplit",
     "ExactInfluence",
     "FeatureShard",
     "InputEncoding",
@@ -59,6 +63,7 @@ __all__ = [
     "attribute_query",
     "combine_shards",
     "contributor_weights",
+    "encode_split",
     "features_from_bytes",
     "features_to_bytes",
     "model_from_bytes",
@@ -66,5 +71,6 @@ __all__ = [
     "shard_bounds",
     "shard_features",
     "train_plain",
+    "train_split",
     "train_with_attribution",
 ]

@@ -82,6 +82,51 @@ class InputEncoding:
         return cls(**{k: tuple(v) for k, v in raw.items()})
 
 
+@dataclass(frozen=True)
+class EncodedSplit:
+    """A labeled table cut into training rows and held-out targets, both encoded by one encoding
+    (fitted on the training rows): what training, its sharded features and the sample run share."""
+
+    encoding: InputEncoding
+    X: np.ndarray  # float64 [n_train, n_features]
+    y: np.ndarray  # int64 class indices
+    example_ids: list[str]
+    X_targets: np.ndarray
+    y_targets: np.ndarray
+    target_ids: list[str]
+
+
+def encode_split(
+    table: pa.Table, is_target: Sequence[bool] | np.ndarray, *, encoding: InputEncoding | None = None
+) -> EncodedSplit:
+    """Split a labeled table (feature columns, ``example_id``, ``label``) by a target mask, keeping row
+    order, and encode both parts: with ``encoding`` as stored beside a trained model, else one fitted
+    on the training rows. ``InputError`` if either part is empty or a label is unknown."""
+    mask = np.asarray(is_target, dtype=bool)
+    if mask.shape != (table.num_rows,):
+        raise InputError(f"the target mask has shape {mask.shape}, the table {table.num_rows} rows")
+    missing = [c for c in ("example_id", "label") if c not in table.column_names]
+    if missing:
+        raise InputError(f"the labeled table lacks column(s) {missing}")
+    train, targets = table.filter(pa.array(~mask)), table.filter(pa.array(mask))
+    if train.num_rows == 0 or targets.num_rows == 0:
+        raise InputError(
+            f"{table.num_rows} labeled examples are too few to hold out targets "
+            f"({train.num_rows} to train on, {targets.num_rows} targets); label more data"
+        )
+    labels = train["label"].to_pylist()
+    enc = encoding or InputEncoding.fit(train, labels)
+    return EncodedSplit(
+        enc,
+        enc.transform(train),
+        enc.label_indices(labels),
+        train["example_id"].to_pylist(),
+        enc.transform(targets),
+        enc.label_indices(targets["label"].to_pylist()),
+        targets["example_id"].to_pylist(),
+    )
+
+
 def _is_list(t: pa.DataType) -> bool:
     return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
 

@@ -22,8 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ghost
+from .encoding import EncodedSplit
 from .errors import InputError
-from .task import AttributionTask, scored_layers
+from .task import AttributionTask, ModelSpec, TrainConfig, scored_layers
 
 EXAMPLE_ATTRIBUTION_SCHEMA = pa.schema(
     [("example_id", pa.string()), ("score", pa.float64()), ("method", pa.string()), ("run_id", pa.string())]
@@ -333,3 +334,16 @@ def train_with_attribution(
             next(steps)
         except StopIteration as done:
             return done.value
+
+
+def train_split(
+    split: EncodedSplit, hidden: Sequence[int], config: TrainConfig, *, seed: int, run_id: str | None = None
+) -> TrainResult:
+    """An MLP classifier (``hidden`` widths between the encoding's features and its classes) trained
+    with attribution on an encoded split's training rows against its targets; ``result.task`` holds
+    the spec to store beside the model."""
+    enc = split.encoding
+    task = AttributionTask(ModelSpec((enc.n_features, *hidden, len(enc.classes))), config)
+    return train_with_attribution(
+        task, split.X, split.y, split.example_ids, split.X_targets, split.y_targets, seed=seed, run_id=run_id
+    )

@@ -20,10 +20,12 @@ import pyarrow as pa
 import torch
 
 from attribution import (
+    AttributionError,
     AttributionTask,
     FeatureShard,
     InputEncoding,
     combine_shards,
+    encode_split,
     features_from_bytes,
     features_to_bytes,
     shard_bounds,
@@ -86,9 +88,11 @@ def plan_shards(
     table: pa.Table = labeled.sort_by("example_id")
     ids = table["example_id"].to_pylist()
     is_target = split_targets(ids, training.target_fraction)
-    train, targets = table.filter(pa.array(~is_target)), table.filter(pa.array(is_target))
-    enc = InputEncoding.from_json(encoding)
-    X, y = enc.transform(train), enc.label_indices(train["label"].to_pylist())
+    try:
+        split = encode_split(table, is_target, encoding=InputEncoding.from_json(encoding))
+    except AttributionError as exc:
+        raise dg.Failure(str(exc)) from exc
+    X, y = split.X, split.y
     if stored.n_train != len(X):
         raise dg.Failure(
             f"stored features cover {stored.n_train} rows, the labeled data {len(X)}; rerun training"
@@ -100,8 +104,8 @@ def plan_shards(
         checkpoints=[ck.model.state_dict() for ck in stored.checkpoints],
         seed=int(record.params["seed"]),
         stored_cid=stored_cid,
-        X_targets=enc.transform(targets),
-        y_targets=enc.label_indices(targets["label"].to_pylist()),
+        X_targets=split.X_targets,
+        y_targets=split.y_targets,
     )
     try:
         aligned = shard_bounds(len(X), config.n_shards, align=task.config.chunk_rows)
@@ -110,9 +114,8 @@ def plan_shards(
         raise dg.Failure(str(exc)) from exc
     context.log.info(f"{version}: {len(X)} training rows in {len(bounds)} shards {bounds}")
     yield dg.Output(run, output_name="run")
-    train_ids = train["example_id"].to_pylist()
     for a, b in bounds:
-        rows = ShardRows(a, X[a:b], y[a:b], train_ids[a:b])
+        rows = ShardRows(a, X[a:b], y[a:b], split.example_ids[a:b])
         yield dg.DynamicOutput(rows, mapping_key=f"rows_{a}_{b}", output_name="shards")
 
 

@@ -14,14 +14,12 @@ import pyarrow.compute as pc
 
 from attribution import (
     AttributionError,
-    AttributionTask,
-    InputEncoding,
-    ModelSpec,
     TrainConfig,
+    encode_split,
     features_to_bytes,
     model_to_bytes,
+    train_split,
 )
-from attribution import train_with_attribution as _train
 from pipelines.content_io import AssetIndex, StoreResource, store_value
 from pipelines.lineage import LineageResource, now, pipeline_code
 from pipelines.partitions import dataset_versions
@@ -99,35 +97,19 @@ def trained_model(
     table = labeled_dataset.sort_by("example_id")
     ids = table["example_id"].to_pylist()
     is_target = split_targets(ids, config.target_fraction)
-    train, targets = table.filter(pa.array(~is_target)), table.filter(pa.array(is_target))
-    if targets.num_rows == 0 or train.num_rows == 0:
-        raise dg.Failure(
-            f"{table.num_rows} labeled examples are too few to hold out targets; label more data"
-        )
     try:
-        enc = InputEncoding.fit(train, train["label"].to_pylist())
-        task = AttributionTask(
-            ModelSpec((enc.n_features, *config.hidden, len(enc.classes))), config.train_config()
-        )
-        result = _train(
-            task,
-            enc.transform(train),
-            enc.label_indices(train["label"].to_pylist()),
-            train["example_id"].to_pylist(),
-            enc.transform(targets),
-            enc.label_indices(targets["label"].to_pylist()),
-            seed=config.seed,
-            run_id=run_id_of(data_cid, config),
+        split = encode_split(table, is_target)
+        result = train_split(
+            split, config.hidden, config.train_config(), seed=config.seed, run_id=run_id_of(data_cid, config)
         )
     except AttributionError as exc:
         raise dg.Failure(str(exc)) from exc
+    enc, n_train, n_targets = split.encoding, len(split.example_ids), len(split.target_ids)
     scores = result.example_attribution
-    accuracy = _accuracy(
-        result.model, enc.transform(targets), enc.label_indices(targets["label"].to_pylist())
-    )
-    context.log.info(f"run {result.run_id}: {train.num_rows} examples, held-out accuracy {accuracy:.3f}")
+    accuracy = _accuracy(result.model, split.X_targets, split.y_targets)
+    context.log.info(f"run {result.run_id}: {n_train} examples, held-out accuracy {accuracy:.3f}")
     stored = {
-        TrainingRecord.MODEL: store_value(client, model_to_bytes(result.model, task.spec)),
+        TrainingRecord.MODEL: store_value(client, model_to_bytes(result.model, result.task.spec)),
         TrainingRecord.ENCODING: store_value(client, enc.to_json()),
         TrainingRecord.EXAMPLE_ATTRIBUTION: store_value(client, scores),
         TrainingRecord.FEATURES: store_value(client, features_to_bytes(result.features)),
@@ -153,8 +135,8 @@ def trained_model(
         metadata={
             "run_id": result.run_id,
             "record_cid": record,
-            "train_examples": train.num_rows,
-            "targets": targets.num_rows,
+            "train_examples": n_train,
+            "targets": n_targets,
             "heldout_accuracy": float(accuracy),
             "train_s": float(result.timings.get("train_s", 0.0)),
         },

@@ -4,7 +4,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from attribution import InputEncoding, InputError
+from attribution import InputEncoding, InputError, encode_split
 
 
 def _table(n: int = 6) -> pa.Table:
@@ -67,3 +67,26 @@ def test_bad_inputs_at_serving_time_are_named():
         enc.scale(np.array([[0, 0, 0, np.nan, 0]]))
     with pytest.raises(InputError, match="not in the label set"):
         enc.label_indices(["z"])
+
+
+def test_encode_split_fits_on_the_training_rows_and_keeps_row_order():
+    table = _table()
+    is_target = np.array([False, True, True, False, False, False])
+    split = encode_split(table, is_target)
+    train = table.filter(pa.array(~is_target))
+    assert split.encoding == InputEncoding.fit(train, train["label"].to_pylist())
+    assert split.example_ids == ["e0", "e3", "e4", "e5"] and split.target_ids == ["e1", "e2"]
+    np.testing.assert_array_equal(split.X, split.encoding.transform(train))
+    np.testing.assert_array_equal(split.y, split.encoding.label_indices(["b", "a", "c", "a"]))
+    np.testing.assert_array_equal(split.y_targets, split.encoding.label_indices(["a", "b"]))
+    stored = InputEncoding.fit(table, table["label"].to_pylist())  # e.g. the one stored beside a model
+    again = encode_split(table, is_target, encoding=stored)
+    assert again.encoding is stored
+    np.testing.assert_array_equal(again.X_targets, stored.transform(table.filter(pa.array(is_target))))
+
+
+def test_encode_split_refuses_an_empty_part():
+    with pytest.raises(InputError, match="too few to hold out targets"):
+        encode_split(_table(), np.zeros(6, dtype=bool))
+    with pytest.raises(InputError, match="target mask"):
+        encode_split(_table(), np.zeros(5, dtype=bool))
