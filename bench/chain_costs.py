@@ -7,8 +7,9 @@ Starts its own anvil (from the npm package, on a free 127.0.0.1 port, fresh stat
   figure is a steady-state claim (not the run's first, which also pays to initialise counters);
 - the naive design, one pushed transfer per contributor, for 100 contributors;
 - the wall time of `caravan verify <run>` (a fresh process, as an auditor runs it) on a run of
-  `--examples` examples (100,000) and `--contributors` contributors (1,000), goal < 10 s; the
-  same check in-process is printed beside it.
+  `--examples` examples (100,000) and `--contributors` contributors (1,000; a quarter of them
+  labelers), goal < 10 s; the same check in-process is printed beside it. The run is
+  `serving.sample`'s (the pipeline's six records), untrained: its example scores are random.
 The last line is one JSON object.
 
     .venv/bin/python bench/chain_costs.py [--examples 100000] [--contributors 1000] [--seed 0]
@@ -17,8 +18,6 @@ The last line is one JSON object.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import hashlib
 import json
 import os
 import random
@@ -31,23 +30,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
 from eth_account import Account  # noqa: E402
 
-from provenance import (  # noqa: E402
-    Chain,
-    CodeVersion,
-    Record,
-    StandardMerkleTree,
-    publish_run,
-    put_record,
-    store_weights,
-    utc_time,
-    verify_run,
-)
+from provenance import Chain, StandardMerkleTree, publish_run, verify_run  # noqa: E402
 from provenance.anvil import AnvilNode  # noqa: E402
 from provenance.chain import artifact  # noqa: E402
-from storage import BlockStore, snapshot_parquet  # noqa: E402
+from serving.sample import build_sample_run  # noqa: E402
+from storage import BlockStore  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CARAVAN = Path(sys.executable).parent / "caravan"
@@ -106,109 +95,6 @@ def push_gas(chain: Chain, rng: random.Random, n: int = 100) -> int:
     return chain.send("push", pusher.functions.push(recipients, amounts), value=sum(amounts))[0].gas_used
 
 
-def build_run(store: BlockStore, n_examples: int, n_contributors: int, seed: int) -> str:
-    """A run's lineage as the pipeline leaves it: raw file, snapshot, annotations, consensus,
-    model + per-example attribution, weights; five records. Returns the head record's CID."""
-    rng = np.random.default_rng(seed)
-    accounts = [
-        Account.from_key(bytes(rng.integers(1, 255, 32, dtype=np.uint8))) for _ in range(n_contributors)
-    ]
-    ids = np.array([f"c{i:05d}" for i in range(n_contributors)])
-    features = rng.normal(size=(n_examples, 8)).round(6)
-    providers = ids[rng.integers(0, n_contributors, n_examples)]
-    raw = "\n".join(
-        f"{p}," + ",".join(map(str, row)) for p, row in zip(providers, features.tolist(), strict=True)
-    ).encode()
-    raw_cid = store.put_bytes(raw)
-    example_ids = [hashlib.sha256(line).hexdigest() for line in raw.split(b"\n")]
-    examples = pa.table(
-        {
-            "example_id": example_ids,
-            "provider": providers,
-            **{f"x{j}": features[:, j] for j in range(8)},
-            "source": ["raw.csv"] * n_examples,
-        }
-    )
-    snapshot_cid = store.put_bytes(snapshot_parquet(examples))
-    votes = 3
-    annotations = pa.table(
-        {
-            "annotation_id": [f"a{i}" for i in range(n_examples * votes)],
-            "example_id": np.repeat(example_ids, votes),
-            "annotator": ids[rng.integers(0, n_contributors, n_examples * votes)],
-            "label": rng.integers(0, 10, n_examples * votes),
-        }
-    )
-    annotations_cid = store.put_bytes(snapshot_parquet(annotations, sort_by="annotation_id"))
-    consensus = pa.table(
-        {
-            "example_id": example_ids,
-            "label": rng.integers(0, 10, n_examples),
-            "confidence": rng.random(n_examples),
-            "n_votes": np.full(n_examples, votes),
-        }
-    )
-    consensus_cid = store.put_bytes(snapshot_parquet(consensus))
-    model_cid = store.put_bytes(rng.bytes(4 << 20))
-    attribution = pa.table(
-        {
-            "example_id": example_ids,
-            "score": rng.normal(size=n_examples),
-            "method": ["ghost"] * n_examples,
-            "run_id": ["bench"] * n_examples,
-        }
-    )
-    attribution_cid = store.put_bytes(snapshot_parquet(attribution))
-    scores = rng.random(n_contributors) + 1e-3
-    weights = pa.table(
-        {
-            "contributor": ids,
-            "address": [a.address for a in accounts],
-            "role": ["provider"] * n_contributors,
-            "score": scores,
-            "weight_bps": split_bps(scores),
-        }
-    )
-    weights_cid = store_weights(store, weights)
-
-    code = CodeVersion("caravan", "0.1.0", None)
-    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-
-    def rec(activity: str, k: int, inputs: dict, outputs: dict, parents: list[str]) -> str:
-        return put_record(
-            store,
-            Record(
-                activity=activity,
-                agent="bench",
-                started_at=utc_time(t0 + dt.timedelta(k)),
-                ended_at=utc_time(t0 + dt.timedelta(k, 60)),
-                code=code,
-                inputs=inputs,
-                outputs=outputs,
-                parents=tuple(parents),
-                params={"seed": seed},
-            ),
-        )
-
-    ingest = rec("ingest", 0, {"raw": raw_cid}, {"examples": snapshot_cid}, [])
-    export = rec("labeling_export", 1, {"examples": snapshot_cid}, {"annotations": annotations_cid}, [ingest])
-    cons = rec("consensus", 2, {"annotations": annotations_cid}, {"consensus": consensus_cid}, [export])
-    train = rec(
-        "training",
-        3,
-        {"examples": snapshot_cid, "consensus": consensus_cid},
-        {"model": model_cid, "example_attribution": attribution_cid},
-        [cons, ingest],
-    )
-    return rec(
-        "weighting",
-        4,
-        {"example_attribution": attribution_cid},
-        {"contributor_weights": weights_cid},
-        [train],
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=100_000)
@@ -240,7 +126,15 @@ def main() -> None:
 
             store = BlockStore(tmp / "blocks", fsync=False)
             t0 = time.perf_counter()
-            head = build_run(store, args.examples, args.contributors, args.seed)
+            labelers = max(1, args.contributors // 4)
+            head = build_sample_run(
+                store,
+                n=args.examples,
+                providers=args.contributors - labelers,
+                labelers=labelers,
+                seed=args.seed,
+                train=False,
+            ).head
             built_s = time.perf_counter() - t0
             publication = publish_run(chain, store, "bench-run", head)
             print(

@@ -1,157 +1,215 @@
-"""A small real attribution run to serve, published on chain: trained with attribution, stored, recorded.
+"""A small run with the pipeline's whole lineage, stored (and, given a chain, published): the one
+sample run of the serving and provenance tests, `bench/serving_load.py`, `bench/chain_costs.py` and
+demos.
 
-Synthetic rows (6 features, 3 classes, 4 providers, 3 labelers with a few wrong votes), for the
-serving tests, `bench/serving_load.py` and demos: the real pipeline's outputs at a toy size.
-Follows the pipeline's record contract (notes/records.md): a training record with
-`trained_model`, `model_encoding`, `example_attribution`, `trak_features`, and a weighting head
-with inputs `example_attribution`, `examples`, `annotations`, `consensus` and output
-`contributor_weights`.
+Synthetic rows (``n_features`` features, 3 classes) from ``providers`` providers, each labeled by
+up to three of ``labelers`` labelers with a few wrong votes, become the six records the pipeline
+writes (its record contract, `provenance.activities`): ingest (a raw CSV in, the examples out) ->
+snapshot -> labeling_export (the annotations) -> consensus -> training (`trained_model`,
+`model_encoding`, `example_attribution`, `trak_features`) -> weighting (inputs
+`example_attribution`, `examples`, `annotations`, `consensus`; output `contributor_weights`, from
+the real weighting policy).
+
+``train=True`` trains the model with attribution: a run serving can load. ``train=False`` is for
+runs nobody serves (audits, chain costs at 100,000 examples): the training record names the
+untrained model, the fitted encoding and random positive example scores (every contributor then
+earns a share), and no TRAK features.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from dataclasses import dataclass
+import io
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
 from eth_account import Account
 
 from attribution import (
-    AttributionTask,
     ModelSpec,
     TrainConfig,
+    WeightPolicy,
     contributor_weights,
+    encode_split,
     features_to_bytes,
     model_to_bytes,
-    train_with_attribution,
+    train_split,
 )
-from attribution.encoding import InputEncoding
 from provenance import Chain, CodeVersion, Record, publish_run, put_record, store_weights, utc_time
 from storage import ContentStore, snapshot_parquet
 
 CODE = CodeVersion("caravan", "0.1.0", "0" * 40)
-N_FEATURES = 6
+AGENT = "caravan-sample"
+SOURCE = "synthetic.csv"
 CLASSES = ("a", "b", "c")
+HIDDEN = (16,)
+CONFIG = TrainConfig(epochs=8, batch_size=16, lr=0.1, trak_k=32, n_checkpoints=2)
 
 
 @dataclass(frozen=True)
 class SampleRun:
     run_id: str
-    head_cid: str
+    records: dict[str, str]  # activity -> record CID, parents first
+    raw_cid: str  # the raw CSV the ingest record read
+    snapshot_cid: str  # the examples snapshot (also the ingest record's `examples`: same bytes)
+    weights_cid: str
+    weights: pa.Table  # contributor_weights; one row, and one address, per contributor
     addresses: dict[str, str]  # contributor -> address
-    keys: dict[str, str]  # address -> private key (test keys only)
+    keys: dict[str, str]  # address -> private key of each contributor (throwaway test keys)
     X_test: np.ndarray  # raw rows to send to the server
+
+    @property
+    def head(self) -> str:
+        """The run's weighting record."""
+        return self.records["weighting"]
 
 
 def _put_table(store: ContentStore, table: pa.Table, sort_by: str) -> str:
     return store.put_bytes(snapshot_parquet(table, sort_by=sort_by), cid_version=1, pin=True)
 
 
-def build_sample_run(store: ContentStore, chain: Chain, *, n: int = 160, seed: int = 3) -> SampleRun:
-    """Train, store and record an n-example run, publish it on ``chain``; its test keys are throwaway."""
+def _put_bytes(store: ContentStore, data: bytes) -> str:
+    return store.put_bytes(data, cid_version=1, pin=True)
+
+
+def build_sample_run(
+    store: ContentStore,
+    chain: Chain | None = None,
+    *,
+    n: int = 160,
+    providers: int = 4,
+    labelers: int = 3,
+    n_features: int = 6,
+    seed: int = 3,
+    train: bool = True,
+    run_id: str | None = None,
+) -> SampleRun:
+    """Build and store an n-example run with its whole lineage; publish it on ``chain`` if given."""
     rng = np.random.default_rng(seed)
-    centers = rng.normal(0, 2.0, size=(len(CLASSES), N_FEATURES))
+    centers = rng.normal(0, 2.0, size=(len(CLASSES), n_features))
     y = rng.integers(0, len(CLASSES), size=n)
-    X = centers[y] + rng.normal(0, 1.0, size=(n, N_FEATURES))
-    providers = [f"provider-{i}" for i in range(4)]
-    labelers = [f"labeler-{i}" for i in range(3)]
-    accounts = {
-        c: Account.from_key(hashlib.sha256(f"{seed}:{c}".encode()).digest()) for c in providers + labelers
-    }
+    X = centers[y] + rng.normal(0, 1.0, size=(n, n_features))
+    names = [f"provider-{i}" for i in range(providers)] + [f"labeler-{i}" for i in range(labelers)]
+    accounts = {c: Account.from_key(hashlib.sha256(f"{seed}:{c}".encode()).digest()) for c in names}
+    addresses = {c: a.address for c, a in accounts.items()}
+
     ids = [hashlib.sha256(row.tobytes()).hexdigest() for row in X]
+    provider = [names[i % providers] for i in range(n)]
+    raw = io.StringIO()
+    np.savetxt(raw, X, fmt="%.17g", delimiter=",", header=",".join(f"f{j}" for j in range(n_features)))
+    raw_cid = _put_bytes(store, raw.getvalue().encode())
     examples = pa.table(
         {
             "example_id": ids,
-            "provider": [providers[i % len(providers)] for i in range(n)],
-            **{f"f{j}": X[:, j] for j in range(N_FEATURES)},
-            "source": ["synthetic.csv"] * n,
+            "provider": provider,
+            **{f"f{j}": X[:, j] for j in range(n_features)},
+            "source": [SOURCE] * n,
         }
     )
+    annotations = _annotations(ids, y, names[providers:])
     labels = [CLASSES[v] for v in y]
-    ann = {
-        "annotation_id": [],
-        "example_id": [],
-        "annotator": [],
-        "label": [],
-        "created_at": [],
-        "updated_at": [],
-        "lead_time_s": [],
-    }
-    for i, e in enumerate(ids):
-        for k, who in enumerate(labelers):
-            wrong = (i + k) % 7 == 0
-            ann["annotation_id"].append(f"{e[:12]}-{k}")
-            ann["example_id"].append(e)
-            ann["annotator"].append(who)
-            ann["label"].append(CLASSES[(y[i] + 1) % 3] if wrong else labels[i])
-            ann["created_at"].append("2026-01-01T00:00:00Z")
-            ann["updated_at"].append("2026-01-01T00:00:00Z")
-            ann["lead_time_s"].append(3.0)
-    annotations = pa.table(ann)
-    consensus = pa.table({"example_id": ids, "label": labels, "confidence": [0.9] * n, "n_votes": [3] * n})
-
-    table = examples.append_column("label", pa.array(labels)).sort_by("example_id")
-    is_target = np.arange(n) % 8 == 0
-    train, targets = table.filter(pa.array(~is_target)), table.filter(pa.array(is_target))
-    enc = InputEncoding.fit(train, train["label"].to_pylist())
-    task = AttributionTask(
-        ModelSpec((enc.n_features, 16, len(enc.classes))),
-        TrainConfig(epochs=8, batch_size=16, lr=0.1, trak_k=32, n_checkpoints=2),
+    consensus = pa.table(
+        {
+            "example_id": ids,
+            "label": labels,
+            "confidence": np.full(n, 0.9),
+            "n_votes": np.full(n, min(3, labelers), dtype=np.int64),
+        }
     )
-    result = train_with_attribution(
-        task,
-        enc.transform(train),
-        enc.label_indices(train["label"].to_pylist()),
-        train["example_id"].to_pylist(),
-        enc.transform(targets),
-        enc.label_indices(targets["label"].to_pylist()),
-        seed=seed,
-    )
-    addresses = {c: a.address for c, a in accounts.items()}
-    weights = contributor_weights(result.example_attribution, examples, annotations, consensus, addresses)
+    labeled = examples.append_column("label", pa.array(labels)).sort_by("example_id")
+    split = encode_split(labeled, np.arange(n) % 8 == 0)
+    spec = ModelSpec((split.encoding.n_features, *HIDDEN, len(split.encoding.classes)))
+    outputs = {"model_encoding": _put_bytes(store, split.encoding.to_json())}
+    if train:
+        result = train_split(split, HIDDEN, CONFIG, seed=seed, run_id=run_id)
+        run_id, model, attribution = result.run_id, result.model, result.example_attribution
+        outputs["trak_features"] = _put_bytes(store, features_to_bytes(result.features))
+    else:
+        run_id = run_id or f"sample-{seed}"
+        model = spec.build(seed)
+        attribution = pa.table(
+            {
+                "example_id": split.example_ids,
+                "score": rng.random(len(split.example_ids)) + 0.01,
+                "method": ["sample"] * len(split.example_ids),
+                "run_id": [run_id] * len(split.example_ids),
+            }
+        )
+    outputs["trained_model"] = _put_bytes(store, model_to_bytes(model, spec))
+    outputs["example_attribution"] = _put_table(store, attribution, "example_id")
+    policy = WeightPolicy()
+    weights = contributor_weights(attribution, examples, annotations, consensus, addresses, policy)
 
-    t = utc_time(dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
-    training = put_record(
-        store,
-        Record(
-            activity="training",
-            agent="tests",
-            started_at=t,
-            ended_at=t,
-            code=CODE,
-            inputs={"labeled_dataset": _put_table(store, train, "example_id")},
-            outputs={
-                "trained_model": store.put_bytes(model_to_bytes(result.model, task.spec), cid_version=1),
-                "model_encoding": store.put_bytes(enc.to_json(), cid_version=1),
-                "example_attribution": _put_table(store, result.example_attribution, "example_id"),
-                "trak_features": store.put_bytes(features_to_bytes(result.features), cid_version=1),
+    snapshot_cid = _put_table(store, examples, "example_id")
+    annotations_cid = _put_table(store, annotations, "annotation_id")
+    consensus_cid = _put_table(store, consensus, "example_id")
+    weights_cid = store_weights(store, weights)
+    export = "labeling_export"
+    lineage = (  # activity, inputs, outputs, parent activities (primary first), params
+        ("ingest", {"source_0": raw_cid}, {"examples": snapshot_cid}, (), {"source": SOURCE}),
+        ("snapshot", {"examples": snapshot_cid}, {"snapshot": snapshot_cid}, ("ingest",), {}),
+        (export, {"snapshot": snapshot_cid}, {"annotations": annotations_cid}, ("snapshot",), {}),
+        ("consensus", {"annotations": annotations_cid}, {"consensus": consensus_cid}, (export,), {}),
+        (
+            "training",
+            {"labeled_dataset": _put_table(store, labeled, "example_id")},
+            outputs,
+            ("consensus", "snapshot"),
+            {"run_id": run_id, "seed": seed, "trained": train},
+        ),
+        (
+            "weighting",
+            {
+                "example_attribution": outputs["example_attribution"],
+                "examples": snapshot_cid,
+                "annotations": annotations_cid,
+                "consensus": consensus_cid,
             },
-            params={"run_id": result.run_id, "seed": seed, "config": {}},
+            {"contributor_weights": weights_cid},
+            ("training", "consensus"),
+            {"run_id": run_id, "policy": asdict(policy)},
         ),
     )
-    head = put_record(
-        store,
-        Record(
-            activity="weighting",
-            agent="tests",
-            started_at=t,
-            ended_at=t,
+    records: dict[str, str] = {}
+    for step, (activity, inputs, outs, parents, params) in enumerate(lineage):
+        start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=2 * step)
+        record = Record(
+            activity=activity,
+            agent=AGENT,
+            started_at=utc_time(start),
+            ended_at=utc_time(start + dt.timedelta(minutes=1)),
             code=CODE,
-            inputs={
-                "example_attribution": _put_table(store, result.example_attribution, "example_id"),
-                "examples": _put_table(store, examples, "example_id"),
-                "annotations": _put_table(store, annotations, "annotation_id"),
-                "consensus": _put_table(store, consensus, "example_id"),
-            },
-            outputs={"contributor_weights": store_weights(store, weights)},
-            parents=(training,),
-            params={"run_id": result.run_id, "policy": {"provider_share_bps": 7000}},
-        ),
-    )
-    publish_run(chain, store, result.run_id, head)
-    X_test = centers[rng.integers(0, len(CLASSES), size=64)] + rng.normal(0, 1.0, size=(64, N_FEATURES))
-    return SampleRun(
-        result.run_id, head, addresses, {a.address: a.key.hex() for a in accounts.values()}, X_test
+            inputs=inputs,
+            outputs=outs,
+            parents=tuple(records[p] for p in parents),
+            params=params,
+        )
+        records[activity] = put_record(store, record)
+    if chain is not None:
+        publish_run(chain, store, run_id, records["weighting"])
+    X_test = centers[rng.integers(0, len(CLASSES), size=64)] + rng.normal(0, 1.0, size=(64, n_features))
+    keys = {a.address: "0x" + bytes(a.key).hex() for a in accounts.values()}
+    return SampleRun(run_id, records, raw_cid, snapshot_cid, weights_cid, weights, addresses, keys, X_test)
+
+
+def _annotations(ids: list[str], y: np.ndarray, labelers: list[str]) -> pa.Table:
+    """Up to three votes per example from consecutive labelers; about one vote in seven is wrong."""
+    votes = min(3, len(labelers))
+    example = np.repeat(np.arange(len(ids)), votes)
+    who = (example + np.tile(np.arange(votes), len(ids))) % len(labelers)
+    wrong = (example + who) % 7 == 0
+    label = np.where(wrong, (y[example] + 1) % len(CLASSES), y[example])
+    when = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    return pa.table(
+        {
+            "annotation_id": np.arange(len(example), dtype=np.int64),
+            "example_id": [ids[i] for i in example],
+            "annotator": [labelers[j] for j in who],
+            "label": [CLASSES[v] for v in label],
+            "created_at": pa.array([when] * len(example), pa.timestamp("us", tz="UTC")),
+            "updated_at": pa.array([when] * len(example), pa.timestamp("us", tz="UTC")),
+            "lead_time_s": np.full(len(example), 3.0),
+        }
     )

@@ -8,8 +8,8 @@ import pytest
 from eth_account import Account
 
 from provenance.chain import Chain
+from serving.sample import SampleRun, build_sample_run
 from storage import BlockStore
-from tests.provenance.sample_run import SampleRun, build_sample_run
 from tests.services.anvil import AnvilService
 
 
@@ -28,7 +28,9 @@ def chain(anvil: AnvilService, tmp_path: Path) -> Chain:
 
 @pytest.fixture
 def sample_run(store: BlockStore) -> SampleRun:
-    return build_sample_run(store, n_examples=60, n_contributors=7, seed=1)
+    """A stored, unpublished run with the pipeline's whole lineage (six records) and 7 contributors,
+    each paid; its model is not trained (these tests audit records, content and weights only)."""
+    return build_sample_run(store, n=60, seed=1, train=False)
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ from provenance.chain import Chain
 from provenance.records import put_record, records_by_cid, topological_order
 from provenance.runs import claim_share, publish_run
 from provenance.weights import share_leaves
+from serving.sample import SampleRun
 from storage import BlockStore, cid_for_bytes, parse_cid
-from tests.provenance.sample_run import SampleRun
 
 
 def _block_path(store: BlockStore, cid: str):
@@ -41,7 +41,9 @@ def test_clean_run_verifies_and_traces_to_raw_data(
     report = verify_run(chain, store, "run-1")
     assert report.ok, report.failures
     assert report.records_checked == len(sample_run.records)
-    assert report.contents_checked == 5  # raw, snapshot, annotations, model, weights
+    # raw CSV, examples (= snapshot), annotations, consensus, labeled dataset, model, encoding,
+    # example attribution, weights
+    assert report.contents_checked == 9
     assert report.proofs_checked == sample_run.weights.num_rows
     assert report.stored_root == report.onchain_root
 
@@ -105,7 +107,7 @@ def test_one_onchain_record_is_caught(chain: Chain, store: BlockStore, sample_ru
     publish_run(chain, store, "run-1", sample_run.head)
     target = sample_run.records["training"]
     forged_parent = (
-        "0x" + keccak(sample_run.records["ingest"].encode()).hex()
+        "0x" + keccak(sample_run.records["snapshot"].encode()).hex()
     )  # the real but non-primary parent
     chain.w3.provider.make_request(
         "anvil_setStorageAt", [chain.registry.address, hex(_entry_slot(target)), forged_parent]

@@ -25,8 +25,8 @@ from provenance.errors import (
 )
 from provenance.records import Record, load_record, put_record
 from provenance.runs import publish_run
+from serving.sample import CODE, SampleRun
 from storage import BlockStore, snapshot_parquet
-from tests.provenance.sample_run import CODE, SampleRun
 from tests.services.anvil import AnvilService
 
 
@@ -71,7 +71,7 @@ def test_a_second_weighting_record_for_a_published_run_is_refused(
 def test_resume_after_partial_publication(chain: Chain, store: BlockStore, sample_run: SampleRun) -> None:
     chain.record(sample_run.records["ingest"], "", "run-1")  # a process died after its first record
     result = publish_run(chain, store, "run-1", sample_run.head)
-    assert result.sent == len(sample_run.records)  # the 3 other records + the root
+    assert result.sent == len(sample_run.records)  # the other records + the root
     assert len(chain.recorded_events()) == len(sample_run.records)
 
 

@@ -12,8 +12,8 @@ from pipelines.cli import app
 from provenance.anvil import free_port
 from provenance.chain import Chain
 from provenance.runs import claim_share, publish_run
+from serving.sample import SampleRun
 from storage import BlockStore
-from tests.provenance.sample_run import SampleRun
 from tests.services.anvil import AnvilService
 
 

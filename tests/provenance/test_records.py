@@ -9,8 +9,8 @@ from prov.model import ProvDocument
 
 from provenance.errors import RecordError
 from provenance.records import Record, load_record, prov_json, records_by_cid, topological_order, utc_time
+from serving.sample import CODE, SampleRun
 from storage import BlockStore, cid_for_bytes
-from tests.provenance.sample_run import CODE, SampleRun
 
 
 def _record(**overrides: object) -> Record:

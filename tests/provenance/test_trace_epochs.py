@@ -19,9 +19,9 @@ from provenance.runs import publish_run
 from serving import Ledger, Settlement, settle_run, split_price
 from serving.fees import totals_by_address
 from serving.ledger import Charge
+from serving.sample import SampleRun
 from serving.settle import store_epoch
 from storage import BlockStore, parse_cid
-from tests.provenance.sample_run import SampleRun
 
 RUN = "run-epochs"
 
