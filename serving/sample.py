@@ -37,7 +37,27 @@ from attribution import (
     model_to_bytes,
     train_split,
 )
-from provenance import Chain, CodeVersion, Record, publish_run, put_record, store_weights, utc_time
+from provenance import (
+    CONSENSUS,
+    INGEST,
+    LABELING_EXPORT,
+    SNAPSHOT,
+    TRAINING,
+    WEIGHTING,
+    Chain,
+    CodeVersion,
+    ConsensusRecord,
+    IngestRecord,
+    LabelingExportRecord,
+    Record,
+    SnapshotRecord,
+    TrainingRecord,
+    WeightingRecord,
+    publish_run,
+    put_record,
+    store_weights,
+    utc_time,
+)
 from storage import ContentStore, snapshot_parquet
 
 CODE = CodeVersion("caravan", "0.1.0", "0" * 40)
@@ -63,7 +83,7 @@ class SampleRun:
     @property
     def head(self) -> str:
         """The run's weighting record."""
-        return self.records["weighting"]
+        return self.records[WEIGHTING]
 
 
 def _put_table(store: ContentStore, table: pa.Table, sort_by: str) -> str:
@@ -121,11 +141,11 @@ def build_sample_run(
     labeled = examples.append_column("label", pa.array(labels)).sort_by("example_id")
     split = encode_split(labeled, np.arange(n) % 8 == 0)
     spec = ModelSpec((split.encoding.n_features, *HIDDEN, len(split.encoding.classes)))
-    outputs = {"model_encoding": _put_bytes(store, split.encoding.to_json())}
+    outputs = {TrainingRecord.ENCODING: _put_bytes(store, split.encoding.to_json())}
     if train:
         result = train_split(split, HIDDEN, CONFIG, seed=seed, run_id=run_id)
         run_id, model, attribution = result.run_id, result.model, result.example_attribution
-        outputs["trak_features"] = _put_bytes(store, features_to_bytes(result.features))
+        outputs[TrainingRecord.FEATURES] = _put_bytes(store, features_to_bytes(result.features))
     else:
         run_id = run_id or f"sample-{seed}"
         model = spec.build(seed)
@@ -137,8 +157,8 @@ def build_sample_run(
                 "run_id": [run_id] * len(split.example_ids),
             }
         )
-    outputs["trained_model"] = _put_bytes(store, model_to_bytes(model, spec))
-    outputs["example_attribution"] = _put_table(store, attribution, "example_id")
+    outputs[TrainingRecord.MODEL] = _put_bytes(store, model_to_bytes(model, spec))
+    outputs[TrainingRecord.EXAMPLE_ATTRIBUTION] = _put_table(store, attribution, "example_id")
     policy = WeightPolicy()
     weights = contributor_weights(attribution, examples, annotations, consensus, addresses, policy)
 
@@ -146,29 +166,52 @@ def build_sample_run(
     annotations_cid = _put_table(store, annotations, "annotation_id")
     consensus_cid = _put_table(store, consensus, "example_id")
     weights_cid = store_weights(store, weights)
-    export = "labeling_export"
     lineage = (  # activity, inputs, outputs, parent activities (primary first), params
-        ("ingest", {"source_0": raw_cid}, {"examples": snapshot_cid}, (), {"source": SOURCE}),
-        ("snapshot", {"examples": snapshot_cid}, {"snapshot": snapshot_cid}, ("ingest",), {}),
-        (export, {"snapshot": snapshot_cid}, {"annotations": annotations_cid}, ("snapshot",), {}),
-        ("consensus", {"annotations": annotations_cid}, {"consensus": consensus_cid}, (export,), {}),
         (
-            "training",
-            {"labeled_dataset": _put_table(store, labeled, "example_id")},
+            INGEST,
+            {f"{IngestRecord.SOURCE_PREFIX}0": raw_cid},
+            {IngestRecord.EXAMPLES: snapshot_cid},
+            (),
+            {"source": SOURCE},
+        ),
+        (
+            SNAPSHOT,
+            {SnapshotRecord.EXAMPLES: snapshot_cid},
+            {SnapshotRecord.SNAPSHOT: snapshot_cid},
+            (INGEST,),
+            {},
+        ),
+        (
+            LABELING_EXPORT,
+            {LabelingExportRecord.SNAPSHOT: snapshot_cid},
+            {LabelingExportRecord.ANNOTATIONS: annotations_cid},
+            (SNAPSHOT,),
+            {},
+        ),
+        (
+            CONSENSUS,
+            {ConsensusRecord.ANNOTATIONS: annotations_cid},
+            {ConsensusRecord.CONSENSUS: consensus_cid},
+            (LABELING_EXPORT,),
+            {},
+        ),
+        (
+            TRAINING,
+            {TrainingRecord.LABELED_DATASET: _put_table(store, labeled, "example_id")},
             outputs,
-            ("consensus", "snapshot"),
+            (CONSENSUS, SNAPSHOT),
             {"run_id": run_id, "seed": seed, "trained": train},
         ),
         (
-            "weighting",
+            WEIGHTING,
             {
-                "example_attribution": outputs["example_attribution"],
-                "examples": snapshot_cid,
-                "annotations": annotations_cid,
-                "consensus": consensus_cid,
+                WeightingRecord.EXAMPLE_ATTRIBUTION: outputs[TrainingRecord.EXAMPLE_ATTRIBUTION],
+                WeightingRecord.EXAMPLES: snapshot_cid,
+                WeightingRecord.ANNOTATIONS: annotations_cid,
+                WeightingRecord.CONSENSUS: consensus_cid,
             },
-            {"contributor_weights": weights_cid},
-            ("training", "consensus"),
+            {WeightingRecord.WEIGHTS: weights_cid},
+            (TRAINING, CONSENSUS),
             {"run_id": run_id, "policy": asdict(policy)},
         ),
     )
@@ -188,7 +231,7 @@ def build_sample_run(
         )
         records[activity] = put_record(store, record)
     if chain is not None:
-        publish_run(chain, store, run_id, records["weighting"])
+        publish_run(chain, store, run_id, records[WEIGHTING])
     X_test = centers[rng.integers(0, len(CLASSES), size=64)] + rng.normal(0, 1.0, size=(64, n_features))
     keys = {a.address: "0x" + bytes(a.key).hex() for a in accounts.values()}
     return SampleRun(run_id, records, raw_cid, snapshot_cid, weights_cid, weights, addresses, keys, X_test)
