@@ -125,7 +125,7 @@ def build_sample_run(
             "example_id": ids,
             "provider": provider,
             **{f"f{j}": X[:, j] for j in range(n_features)},
-            "source": [SOURCE] * n,
+            "source": [raw_cid] * n,  # a file source is named by its content
         }
     )
     annotations = _annotations(ids, y, names[providers:])
@@ -172,7 +172,7 @@ def build_sample_run(
             {f"{IngestRecord.SOURCE_PREFIX}0": raw_cid},
             {IngestRecord.EXAMPLES: snapshot_cid},
             (),
-            {"source": SOURCE},
+            {"source_files": [SOURCE]},
         ),
         (
             SNAPSHOT,
