@@ -29,11 +29,11 @@ query), ``split_one`` for one prediction without the batch's machinery (its requ
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from fractions import Fraction
 from functools import cached_property
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -72,6 +72,11 @@ class WeightPolicy:
 
     def share(self, role: str) -> int:
         return self.provider_share_bps if role == "provider" else TOTAL_BPS - self.provider_share_bps
+
+    @classmethod
+    def from_params(cls, raw: Mapping[str, Any]) -> WeightPolicy:
+        """The policy a weighting record's `policy` parameter names (unknown keys are other settings)."""
+        return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
 
 
 def quantize(scores: np.ndarray, digits: int) -> np.ndarray:

@@ -147,12 +147,6 @@ def _get(store: ContentStore, cid: str, what: str) -> bytes:
         raise RunNotServable(f"{what} {cid} cannot be read from the content store: {exc}") from None
 
 
-def _policy(params: dict) -> WeightPolicy:
-    raw = params.get("policy") or {}
-    fields = {k: raw[k] for k in ("provider_share_bps", "negative", "score_digits") if k in raw}
-    return WeightPolicy(**fields)
-
-
 def load_run(chain: Chain, store: ContentStore, run_id: str) -> ServedRun:
     """Find the run on chain, check its root, load everything serving needs from the store."""
     records = RunRecords(chain, store)
@@ -201,7 +195,7 @@ def load_run(chain: Chain, store: ContentStore, run_id: str) -> ServedRun:
             tables[WeightingRecord.ANNOTATIONS],
             tables[WeightingRecord.CONSENSUS],
             addresses,
-            _policy(dict(head.params)),
+            WeightPolicy.from_params(head.params.get("policy") or {}),
         )
     except (AttributionError, ValueError, KeyError) as exc:
         raise RunNotServable(f"run {run_id!r}: its stored outputs do not load: {exc}") from None

@@ -41,25 +41,46 @@ def contributor_weights(
     consensus_labels: pa.Table,
     contributors: ContributorsResource,
     store: StoreResource,
+    index: AssetIndex,
+    lineage: LineageResource,
 ) -> dg.Output[StoredValue]:
-    """Basis points per contributor (provider or labeler), summing to exactly 10,000.
+    """Basis points per contributor (provider or labeler), summing to exactly 10,000, and the run's
+    head (weighting) record, written here where the policy that made them is known.
 
     Stored as the weights' own validated snapshot (`weights_snapshot`): the bytes the run's head
     record names, so the table is encoded and stored once.
     """
+    started, version = now(), context.partition_key
+    client = store.client()
     try:
         policy = WeightPolicy(provider_share_bps=config.provider_share_bps, negative=config.negative)
         people = set(raw_dataset["provider"].to_pylist()) | set(annotations["annotator"].to_pylist())
         addresses = contributors.registry().require(people)
         table = _weights(example_attribution, raw_dataset, annotations, consensus_labels, addresses, policy)
         # the weights' own snapshot under CIDv0, as `provenance.store_weights` has always named it
-        stored = store_value(store.client(), table, weights_snapshot(table), cid_version=0)
+        stored = store_value(client, table, weights_snapshot(table), cid_version=0)
+        head = lineage.write(
+            client,
+            WEIGHTING,
+            version,
+            started=started,
+            inputs={
+                WeightingRecord.EXAMPLE_ATTRIBUTION: index.cid_of("example_attribution", version),
+                WeightingRecord.EXAMPLES: index.cid_of("raw_dataset", version),
+                WeightingRecord.ANNOTATIONS: index.cid_of("annotations", version),
+                WeightingRecord.CONSENSUS: index.cid_of("consensus_labels", version),
+            },
+            outputs={WeightingRecord.WEIGHTS: stored.cid},
+            parents=(lineage.cid_of(TRAINING, version), lineage.cid_of(CONSENSUS, version)),
+            params={"run_id": example_attribution["run_id"][0].as_py(), "policy": config.model_dump()},
+        )
     except (ContributorError, LabelingError, ProvenanceError, ValueError) as exc:
         raise dg.Failure(str(exc)) from exc
     top = sorted(table.to_pylist(), key=lambda r: (-r["weight_bps"], r["contributor"]))
     return dg.Output(
         stored,
         metadata={
+            "record_cid": head,
             "dagster/row_count": table.num_rows,
             "top_contributors": dg.MetadataValue.md(
                 md_table(
@@ -82,38 +103,23 @@ def contributor_weights(
     partitions_def=dataset_versions,
     group_name="royalties",
     kinds={"ipfs"},
-    deps=["raw_dataset", "annotations", "consensus_labels", "contributor_weights"],  # named by CID only
+    deps=["contributor_weights"],  # its record is the head; the weights are named by CID only
 )
 def provenance_record(
     context: dg.AssetExecutionContext,
-    config: WeightingConfig,
-    example_attribution: pa.Table,
     store: StoreResource,
     index: AssetIndex,
     lineage: LineageResource,
 ) -> dg.Output[dict]:
-    """The run's head (weighting) record: its lineage reaches from the payout back to raw files."""
-    started, version = now(), context.partition_key
+    """The run's head (weighting) record and its lineage, from the payout back to raw files, as
+    W3C PROV-JSON for auditors."""
+    version = context.partition_key
     client = store.client()
-    run_id = example_attribution["run_id"][0].as_py()
+    head = lineage.cid_of(WEIGHTING, version)
     weights_cid = index.cid_of("contributor_weights", version)
     try:
-        head = lineage.write(
-            client,
-            WEIGHTING,
-            version,
-            started=started,
-            inputs={
-                WeightingRecord.EXAMPLE_ATTRIBUTION: index.cid_of("example_attribution", version),
-                WeightingRecord.EXAMPLES: index.cid_of("raw_dataset", version),
-                WeightingRecord.ANNOTATIONS: index.cid_of("annotations", version),
-                WeightingRecord.CONSENSUS: index.cid_of("consensus_labels", version),
-            },
-            outputs={WeightingRecord.WEIGHTS: weights_cid},
-            parents=(lineage.cid_of(TRAINING, version), lineage.cid_of(CONSENSUS, version)),
-            params={"run_id": run_id, "policy": config.model_dump()},
-        )
         records = RunRecords(None, client).lineage(head)
+        run_id = records[head].params["run_id"]
         prov_cid = client.put_bytes(prov_json(records).encode(), cid_version=1, pin=True)
     except ProvenanceError as exc:
         raise dg.Failure(str(exc)) from exc

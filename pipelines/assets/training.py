@@ -6,6 +6,7 @@ but the content and stays the same for every rerun an auditor makes.
 
 import hashlib
 import json
+import platform
 
 import dagster as dg
 import numpy as np
@@ -14,7 +15,9 @@ import pyarrow.compute as pc
 
 from attribution import (
     AttributionError,
+    EncodedSplit,
     TrainConfig,
+    TrainResult,
     encode_split,
     features_to_bytes,
     model_to_bytes,
@@ -64,6 +67,28 @@ def run_id_of(labeled_cid: str, config: TrainingConfig) -> str:
     return hashlib.sha256(f"{labeled_cid}\n{config.model_dump_json()}\n{code}".encode()).hexdigest()[:16]
 
 
+def train_labeled(
+    labeled: pa.Table, config: TrainingConfig, *, run_id: str
+) -> tuple[EncodedSplit, TrainResult]:
+    """Split, encode and train with attribution: the one recipe the asset runs and a replay reruns."""
+    table = labeled.sort_by("example_id")
+    split = encode_split(table, split_targets(table["example_id"].to_pylist(), config.target_fraction))
+    return split, train_split(split, config.hidden, config.train_config(), seed=config.seed, run_id=run_id)
+
+
+def training_platform() -> dict[str, str]:
+    """What a bit-for-bit replay must match: the torch build, the CPU architecture and the device."""
+    import torch
+
+    return {"torch": torch.__version__, "machine": platform.machine(), "device": "cpu"}
+
+
+# Replayed on another platform (torch build, CPU), float32 training may round differently: scores are
+# then accepted within this fraction of the largest |score| (recorded with the run), and the basis
+# points must still be identical.
+SCORE_RTOL = 1e-4
+
+
 # Each output asset is named as the training record names it (provenance.activities).
 @dg.multi_asset(
     partitions_def=dataset_versions,
@@ -94,14 +119,8 @@ def trained_model(
     started, version = now(), context.partition_key
     client = store.client()
     data_cid = index.cid_of("labeled_dataset", version)
-    table = labeled_dataset.sort_by("example_id")
-    ids = table["example_id"].to_pylist()
-    is_target = split_targets(ids, config.target_fraction)
     try:
-        split = encode_split(table, is_target)
-        result = train_split(
-            split, config.hidden, config.train_config(), seed=config.seed, run_id=run_id_of(data_cid, config)
-        )
+        split, result = train_labeled(labeled_dataset, config, run_id=run_id_of(data_cid, config))
     except AttributionError as exc:
         raise dg.Failure(str(exc)) from exc
     enc, n_train, n_targets = split.encoding, len(split.example_ids), len(split.target_ids)
@@ -127,6 +146,8 @@ def trained_model(
             "seed": config.seed,
             "config": config.model_dump(),
             "heldout_accuracy": round(accuracy, 6),
+            "platform": training_platform(),
+            "score_rtol": SCORE_RTOL,
         },
     )
     yield dg.Output(

@@ -1,0 +1,164 @@
+"""Replay: an auditor retrains a published run and checks its example scores, weights and root.
+
+The auditor fetches what the run's records name (the labeled data, the recipe and seed, the
+tables the split was computed from), retrains with the same code, and compares:
+
+- the example scores: bit for bit where the run was trained on the same torch build and CPU
+  architecture (the platform the training record names); elsewhere within the tolerance recorded
+  with the run, at the precision the split used (`score_digits`);
+- the weights recomputed from the replayed scores, contributor by contributor, against the stored
+  weights table (basis points identical on every platform);
+- the root of the replayed weights against the on-chain root.
+
+Replay refuses code other than the code that trained the run: it names the commit to check out.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from attribution import WeightPolicy, contributor_weights
+from pipelines.assets.training import SCORE_RTOL, TrainingConfig, train_labeled, training_platform
+from pipelines.lineage import pipeline_code
+from provenance import (
+    TRAINING,
+    Chain,
+    CodeVersion,
+    Findings,
+    Record,
+    RunRecords,
+    TrainingRecord,
+    WeightingRecord,
+    read_weights,
+    share_leaves,
+)
+from storage import ContentStore, read_parquet
+
+
+class ReplayRefused(ValueError):
+    """Replay cannot be done faithfully here; the message says what to do instead."""
+
+
+@dataclass
+class ReplayReport(Findings):
+    run_id: str
+    head_cid: str | None = None
+    training_cid: str | None = None
+    code: str | None = None
+    same_platform: bool | None = None
+    score_rtol: float | None = None
+    max_score_diff: float | None = None
+    stored_root: str | None = None
+    replayed_root: str | None = None
+    onchain_root: str | None = None
+    replay_s: float = 0.0
+
+
+def replay_run(
+    chain: Chain, store: ContentStore, run_id: str, *, code: CodeVersion | None = None
+) -> ReplayReport:
+    """Retrain the run from its records and report every difference (`.ok`, `.failures`)."""
+    t0 = time.perf_counter()
+    report = ReplayReport(run_id)
+    records = RunRecords(chain, store)
+    report.head_cid = records.head(run_id)
+    head = records.load(report.head_cid)
+    report.training_cid, training = records.parent(report.head_cid, TRAINING)
+    report.code = training.code.describe()
+    require_same_code(training.code, code or pipeline_code())
+
+    recorded = training.params.get("platform")
+    report.same_platform = recorded == training_platform()
+    report.score_rtol = 0.0 if report.same_platform else float(training.params.get("score_rtol", SCORE_RTOL))
+    labeled = read_parquet(store.get(training.inputs[TrainingRecord.LABELED_DATASET]))
+    config = TrainingConfig(**training.params["config"])
+    _, result = train_labeled(labeled, config, run_id=str(training.params["run_id"]))
+    stored_scores = read_parquet(store.get(training.outputs[TrainingRecord.EXAMPLE_ATTRIBUTION]))
+    _compare_scores(stored_scores, result.example_attribution, report)
+
+    stored = read_weights(store.get(head.outputs[WeightingRecord.WEIGHTS]))
+    replayed = _weights(store, head, result.example_attribution, stored)
+    _compare_weights(stored, replayed, report)
+    report.stored_root = share_leaves(stored).root
+    report.replayed_root = share_leaves(replayed).root
+    dist = chain.distribution(run_id)
+    report.onchain_root = dist.root if dist else None
+    if report.replayed_root != report.onchain_root:
+        report.fail(
+            "root_differs",
+            run_id,
+            f"the replayed weights give root {report.replayed_root}, the chain holds {report.onchain_root}",
+        )
+    report.replay_s = round(time.perf_counter() - t0, 3)
+    return report
+
+
+def require_same_code(recorded: CodeVersion, here: CodeVersion) -> None:
+    """Replay only with the code that trained the run, never compare against other code."""
+    if recorded.git_commit is None or recorded.dirty:
+        raise ReplayRefused(
+            f"the run was trained by {recorded.describe()}: code that cannot be checked out again, "
+            "so it cannot be replayed"
+        )
+    if here.git_commit != recorded.git_commit or here.dirty:
+        raise ReplayRefused(
+            f"the run was trained by commit {recorded.git_commit}, this checkout is {here.describe()}: "
+            f"run `git checkout {recorded.git_commit}` in a clean working tree, then replay again"
+        )
+
+
+def _compare_scores(stored: pa.Table, replayed: pa.Table, report: ReplayReport) -> None:
+    got = dict(zip(replayed["example_id"].to_pylist(), replayed["score"].to_numpy(), strict=True))
+    ids = stored["example_id"].to_pylist()
+    if sorted(ids) != sorted(got):
+        report.fail("examples_differ", report.training_cid or "", "the stored scores name other examples")
+        return
+    a = stored["score"].to_numpy(zero_copy_only=False).astype(np.float64)
+    b = np.asarray([got[e] for e in ids], dtype=np.float64)
+    diff = np.abs(a - b)
+    report.max_score_diff = float(diff.max()) if diff.size else 0.0
+    allowed = (report.score_rtol or 0.0) * float(np.max(np.abs(b))) if b.size else 0.0
+    if report.max_score_diff > allowed:
+        worst = ids[int(diff.argmax())]
+        report.fail(
+            "scores_differ",
+            report.training_cid or "",
+            f"{int((diff > allowed).sum())} of {len(ids)} stored example scores differ from the replay "
+            f"(largest {report.max_score_diff:.3g} at example {worst[:16]}, allowed {allowed:.3g})",
+        )
+
+
+def _weights(store: ContentStore, head: Record, scores: pa.Table, stored: pa.Table) -> pa.Table:
+    """The weights the replayed scores give, from the tables and policy the head record names."""
+    tables = {
+        name: read_parquet(store.get(head.inputs[name])) if name in head.inputs else None
+        for name in (WeightingRecord.EXAMPLES, WeightingRecord.ANNOTATIONS, WeightingRecord.CONSENSUS)
+    }
+    addresses = dict(zip(stored["contributor"].to_pylist(), stored["address"].to_pylist(), strict=True))
+    return contributor_weights(
+        scores,
+        tables[WeightingRecord.EXAMPLES],
+        tables[WeightingRecord.ANNOTATIONS],
+        tables[WeightingRecord.CONSENSUS],
+        addresses,
+        WeightPolicy.from_params(head.params.get("policy") or {}),
+    )
+
+
+def _compare_weights(stored: pa.Table, replayed: pa.Table, report: ReplayReport) -> None:
+    def bps(table: pa.Table) -> dict[tuple[str, str], int]:
+        rows = table.select(["contributor", "role", "weight_bps"]).to_pylist()
+        return {(r["contributor"], r["role"]): r["weight_bps"] for r in rows}
+
+    a, b = bps(stored), bps(replayed)
+    differ = sorted(k for k in a.keys() | b.keys() if a.get(k, 0) != b.get(k, 0))
+    if differ:
+        names = ", ".join(
+            f"{c} ({r}: {a.get((c, r), 0)} stored, {b.get((c, r), 0)} replayed bps)" for c, r in differ
+        )
+        report.fail("pay_differs", report.head_cid or "", f"contributors whose pay differs: {names}")
+

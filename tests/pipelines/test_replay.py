@@ -1,0 +1,236 @@
+"""Replay: an auditor retrains a published run from its records and checks scores, pay and root.
+
+The run is made by the pipeline's own training and royalty assets (upstream tables written through
+the content-store IO manager's pointers, no Label Studio needed) and published on a real anvil.
+Tampered runs are published with consistent CIDs and roots, so `verify_run` passes them: only the
+replay can catch them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from attribution import WeightPolicy, contributor_weights
+from pipelines.assets import royalties, training
+from pipelines.content_io import store_value
+from pipelines.demo import write_contributors
+from pipelines.lineage import now
+from pipelines.partitions import dataset_versions
+from pipelines.replay import ReplayRefused, replay_run
+from pipelines.resources import resources_for
+from pipelines.settings import load_settings
+from provenance import (
+    TRAINING,
+    WEIGHTING,
+    CodeVersion,
+    Record,
+    RunRecords,
+    TrainingRecord,
+    WeightingRecord,
+    publish_run,
+    put_record,
+    read_weights,
+    store_weights,
+    verify_run,
+)
+from storage import read_parquet
+from tests.services.anvil import AnvilService
+
+VERSION = "replay-v1"
+CLASSES = ("a", "b", "c")
+PROVIDERS = ("p-big", "p-small", "p-noisy")
+LABELERS = ("l-good", "l-ok", "l-bad")
+CODE = CodeVersion("caravan", "0.1.0", "ab" * 20, False)  # the clean checkout this test stands for
+
+
+def _tables(n: int = 150, seed: int = 0) -> dict[str, pa.Table]:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 2.0, size=(len(CLASSES), 4))
+    y = rng.integers(0, len(CLASSES), size=n)
+    X = centers[y] + rng.normal(0, 1.0, size=(n, 4))
+    ids = [hashlib.sha256(row.tobytes()).hexdigest() for row in X]
+    provider = [PROVIDERS[0] if i % 3 else PROVIDERS[1 + i % 2] for i in range(n)]
+    examples = pa.table(
+        {"example_id": ids, **{f"f{j}": X[:, j] for j in range(4)}, "provider": provider, "source": ["s"] * n}
+    )
+    rows = [
+        (e, who, CLASSES[(y[i] + (k == 2 and i % 4 == 0)) % 3])
+        for i, e in enumerate(ids)
+        for k, who in enumerate(LABELERS)
+    ]
+    annotations = pa.table(
+        {
+            "annotation_id": [f"{e[:8]}-{w}" for e, w, _ in rows],
+            "example_id": [e for e, _, _ in rows],
+            "annotator": [w for _, w, _ in rows],
+            "label": [lab for _, _, lab in rows],
+            "created_at": ["2026-01-01T00:00:00Z"] * len(rows),
+            "updated_at": ["2026-01-01T00:00:00Z"] * len(rows),
+            "lead_time_s": [3.0] * len(rows),
+        }
+    )
+    labels = [CLASSES[v] for v in y]
+    consensus = pa.table({"example_id": ids, "label": labels, "confidence": [0.9] * n, "n_votes": [3] * n})
+    labeled = examples.append_column("label", pa.array(labels))
+    for name in ("confidence", "n_votes"):
+        labeled = labeled.append_column(name, consensus[name])
+    return {
+        "raw_dataset": examples,
+        "annotations": annotations,
+        "consensus_labels": consensus,
+        "labeled_dataset": labeled.sort_by("example_id"),
+    }
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory, anvil: AnvilService):
+    """A run trained and weighted by the pipeline's assets and published on anvil."""
+    home = tmp_path_factory.mktemp("caravan")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CARAVAN_HOME", str(home))
+        mp.setenv("CARAVAN_RPC_URL", anvil.rpc_url)
+        mp.setenv("CARAVAN_PRIVATE_KEY", anvil.dev_keys[3])
+        for name in ("CARAVAN_STORE_DIR", "CARAVAN_CONTRIBUTORS", "CARAVAN_LEDGER", "CARAVAN_KEYSTORE"):
+            mp.delenv(name, raising=False)
+        mp.setattr("pipelines.lineage.pipeline_code", lambda: CODE)
+        mp.setattr("pipelines.assets.training.pipeline_code", lambda: CODE)
+        settings = load_settings()
+        resources = resources_for(settings)
+        client = resources["store"].client()
+        for asset, table in _tables().items():
+            stored = store_value(client, table)
+            resources["index"].write(dg.AssetKey(asset), VERSION, {"cid": stored.cid, "kind": stored.kind})
+        for parent in ("consensus", "snapshot"):  # the records the training record names as parents
+            resources["lineage"].write(client, parent, VERSION, started=now(), inputs={}, outputs={})
+        write_contributors(settings.contributors_file, [*PROVIDERS, *LABELERS])
+        (home / "dagster").mkdir()
+        upstream = [dg.AssetSpec(a, partitions_def=dataset_versions) for a in _tables()]
+        with dg.DagsterInstance.local_temp(str(home / "dagster")) as instance:
+            instance.add_dynamic_partitions("dataset_version", [VERSION])
+            result = dg.materialize(
+                [
+                    training.trained_model,
+                    royalties.contributor_weights,
+                    royalties.provenance_record,
+                    royalties.royalty_root,
+                    *upstream,
+                ],
+                partition_key=VERSION,
+                instance=instance,
+                resources=resources,
+                run_config={
+                    "ops": {
+                        "trained_model": {"config": {"hidden": [16], "epochs": 3, "trak_k": 32}},
+                        "contributor_weights": {"config": {"negative": "net"}},
+                    }
+                },
+            )
+        assert result.success
+        chain = resources["chain"].client()
+        yield chain, client, result.output_for_node("royalty_root")["run_id"]
+
+
+def test_an_honest_run_replays_bit_for_bit(published) -> None:
+    chain, store, run_id = published
+    report = replay_run(chain, store, run_id, code=CODE)
+    assert report.ok, report.failures
+    assert report.same_platform and report.max_score_diff == 0.0  # same torch build and CPU: exact
+    assert report.replayed_root == report.onchain_root == report.stored_root
+
+
+def _republish(chain, store, run_id: str, name: str, **change) -> str:
+    """Copy the run under a new id with one thing changed, every CID and the root kept consistent."""
+    records = RunRecords(chain, store)
+    head_cid = records.head(run_id)
+    head = records.load(head_cid)
+    training_cid, train = records.parent(head_cid, TRAINING)
+    params, outputs = dict(train.params), dict(train.outputs)
+    scores = read_parquet(store.get(outputs[TrainingRecord.EXAMPLE_ATTRIBUTION]))
+    if "config" in change:
+        params["config"] = {**params["config"], **change["config"]}
+    examples = read_parquet(store.get(head.inputs[WeightingRecord.EXAMPLES]))
+    if "inflate" in change:  # one provider's examples scored ten times higher
+        mine = set(
+            examples.filter(pa.compute.equal(examples["provider"], change["inflate"]))[
+                "example_id"
+            ].to_pylist()
+        )
+        score = [
+            s * 10 if e in mine else s
+            for e, s in zip(scores["example_id"].to_pylist(), scores["score"].to_pylist(), strict=True)
+        ]
+        scores = scores.set_column(
+            scores.schema.get_field_index("score"), "score", pa.array(score, pa.float64())
+        )
+        outputs[TrainingRecord.EXAMPLE_ATTRIBUTION] = store_value(store, scores).cid
+    new_training = put_record(store, dataclasses.replace(train, outputs=outputs, params=params))
+    stored = read_weights(store.get(head.outputs[WeightingRecord.WEIGHTS]))
+    addresses = dict(zip(stored["contributor"].to_pylist(), stored["address"].to_pylist(), strict=True))
+    tables = [
+        read_parquet(store.get(head.inputs[n]))
+        for n in (WeightingRecord.ANNOTATIONS, WeightingRecord.CONSENSUS)
+    ]
+    weights = contributor_weights(
+        scores, examples, *tables, addresses, WeightPolicy.from_params(head.params["policy"])
+    )
+    if "pay" in change:  # the weights table itself edited: two contributors swap their basis points
+        bps = weights["weight_bps"].to_pylist()
+        bps[0], bps[1] = bps[1], bps[0]
+        weights = weights.set_column(
+            weights.schema.get_field_index("weight_bps"), "weight_bps", pa.array(bps, pa.int64())
+        )
+    new_head = put_record(
+        store,
+        Record(
+            activity=WEIGHTING,
+            agent=head.agent,
+            started_at=head.started_at,
+            ended_at=head.ended_at,
+            code=head.code,
+            inputs={
+                **head.inputs,
+                WeightingRecord.EXAMPLE_ATTRIBUTION: outputs[TrainingRecord.EXAMPLE_ATTRIBUTION],
+            },
+            outputs={WeightingRecord.WEIGHTS: store_weights(store, weights)},
+            parents=(new_training, *head.parents[1:]),
+            params={**head.params, "run_id": name},
+        ),
+    )
+    publish_run(chain, store, name, new_head)
+    return name
+
+
+@pytest.mark.parametrize(
+    "change, failure",
+    [
+        ({"inflate": "p-small"}, "pay_differs"),
+        ({"config": {"lr": 0.05}}, "scores_differ"),
+        ({"config": {"seed": 7}}, "scores_differ"),
+        ({"pay": True}, "pay_differs"),
+    ],
+    ids=["scores", "recipe", "seed", "weights"],
+)
+def test_a_tampered_run_passes_verify_but_fails_replay(published, change, failure, request) -> None:
+    chain, store, run_id = published
+    name = _republish(chain, store, run_id, f"tampered-{request.node.callspec.id}", **change)
+    assert verify_run(chain, store, name).ok  # structure, CIDs and root are consistent
+    report = replay_run(chain, store, name, code=CODE)
+    assert not report.ok and failure in report.names()
+    if "inflate" in change:
+        (pay,) = [f for f in report.failures if f.name == "pay_differs"]
+        assert "p-small (provider" in pay.detail  # the contributors whose pay differs are named
+
+
+def test_replay_refuses_other_code(published) -> None:
+    chain, store, run_id = published
+    other = dataclasses.replace(CODE, git_commit="cd" * 20)
+    with pytest.raises(ReplayRefused, match=f"git checkout {CODE.git_commit}"):
+        replay_run(chain, store, run_id, code=other)
+    with pytest.raises(ReplayRefused, match="clean working tree"):
+        replay_run(chain, store, run_id, code=dataclasses.replace(CODE, dirty=True))
