@@ -43,32 +43,13 @@ from attribution import (  # noqa: E402
 )
 from attribution.trainer import attributed_steps, plain_steps  # noqa: E402
 from attribution.trak import build_features  # noqa: E402
+from bench._common import load, log_p_true  # noqa: E402
 
 N_TRAIN, N_TARGETS, TRAK_KS = 1000, 300, (128, 512, 2048)
 LOGREG_EPOCHS = 200
 
 
 # ---------------------------------------------------------------- data
-
-
-def load(data: str | None, label_col: str | None) -> tuple[np.ndarray, np.ndarray]:
-    if data is None:
-        from sklearn.datasets import load_digits
-
-        x, y = load_digits(return_X_y=True)
-    else:
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(data)
-        if label_col is None or label_col not in table.column_names:
-            sys.exit(f"error: --label-col must name a column of {data} (columns: {table.column_names})")
-        frame = table.to_pandas()
-        labels = frame.pop(label_col)
-        numeric = frame.select_dtypes("number")
-        if numeric.shape[1] == 0:
-            sys.exit(f"error: {data} has no numeric feature columns besides {label_col!r}")
-        x, y = numeric.to_numpy(np.float64), np.unique(labels.astype(str), return_inverse=True)[1]
-    return x.astype(np.float64), np.asarray(y, dtype=np.int64)
 
 
 def split(x, y, seed: int):
@@ -97,12 +78,6 @@ def tasks(d: int, c: int) -> dict[str, AttributionTask]:
 
 
 # ---------------------------------------------------------------- ground truth and metrics
-
-
-def log_p_true(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        logp = F.log_softmax(model(torch.as_tensor(x)), dim=1)
-    return logp[torch.arange(len(y)), torch.as_tensor(y)].numpy().astype(np.float64)
 
 
 def lds_ground_truth(task, x, y, xv, yv, retrains: int, seed: int):

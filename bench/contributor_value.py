@@ -1,0 +1,505 @@
+"""Royalty splits against the value contributors really added (leave-one-contributor-out).
+
+    python bench/contributor_value.py [--data FILE.parquet --label-col L] [--kind tabular] [--seeds N]
+
+From any labeled tabular dataset (scikit-learn's bundled digits by default; nothing is
+downloaded) it builds a small world with known faults:
+
+- a declared trusted validation set (held out, true labels): the in-run attribution targets
+  and the ground truth's loss;
+- providers: five honest ones of different sizes and quality, one with noisy inputs (60 % of
+  the features replaced by noise), one with off-distribution junk, a copycat (another
+  provider's examples lightly perturbed), a flooder (many near-identical easy examples);
+- labelers of accuracy 0.95 / 0.85 / 0.70, a random one, a constant one and an adversarial one
+  (a uniformly random wrong answer); three answers per example, Dawid–Skene consensus
+  (``labeling.dawid_skene``) gives the training labels, as in the pipeline.
+
+Ground truth: leave one contributor out (a provider's examples; a labeler's answers, consensus
+recomputed), retrain, and take the change of the validation loss, averaged over ``--seeds``
+training seeds. A near-duplicate group's truth goes to the first-registered original (the
+effect of removing the whole group); the copies' truth is zero. The ceiling is the truth's own
+agreement: seeds split in halves, Spearman between the halves' means, averaged over the splits.
+
+The pay under test: one run of ``attribution.train_with_attribution`` against the validation
+targets, then ``attribution.contributor_weights`` under each ``WeightPolicy.negative``.
+Printed per policy: Spearman of pay against the truth (providers, labelers; also over a few
+more attributed runs at other seeds, the pay's own spread), the share gap (total-variation
+distance between pay shares and positive-truth shares), each faulty contributor's rank and
+share, and the same for a candidate not in the library ('net' after crediting near-copies to
+their first registrant). The last line is one JSON object: the issue's keys (``spearman``,
+``ceiling``, ``faulty_share_bps``, ``default_policy``, ``seconds``), ``share_gap`` and
+``candidate``.
+
+Model: an MLP (one hidden layer of 64) trained by SGD with a linearly decayed rate, so a
+retrain converges and the leave-one-out differences are not SGD noise. At most 300 validation
+and 1,500 pool rows of the data are used, so the default run takes well under a minute on
+2 cores (about 60 small retrains and 4 attributed runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import itertools
+import json
+import sys
+import time
+import typing
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from scipy.spatial import cKDTree
+from scipy.stats import spearmanr
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from attribution import (  # noqa: E402
+    AttributionTask,
+    ContributorSplit,
+    InputEncoding,
+    ModelSpec,
+    TrainConfig,
+    WeightPolicy,
+    contributor_weights,
+    train_plain,
+    train_with_attribution,
+)
+from bench._common import load, log_p_true  # noqa: E402
+from labeling import SimulatedAnnotator, dawid_skene, simulate_answers  # noqa: E402
+
+POLICIES = typing.get_args(typing.get_type_hints(WeightPolicy)["negative"])  # every policy the library has
+MAX_VALIDATION, MAX_POOL = 300, 1500  # real rows: validation set, then the providers' pool
+PER_EXAMPLE = 3  # answers per example
+EPOCH = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+@dataclasses.dataclass(frozen=True)
+class Provider:
+    name: str
+    what: str
+    faulty: bool
+    source: str = "real"  # real rows of the data, or generated: "junk", "flood", "copy" (of copy_of)
+    share: float = 0.0  # of the real pool (generated providers: their size, as a share of the pool)
+    noise: float = 0.0  # share of features replaced by uniform noise
+    copy_of: str | None = None
+
+
+# Registration order matters: a near-duplicate's credit belongs to the first-registered original.
+PROVIDERS = (
+    Provider("prov-a", "honest, large", False),  # the first real provider takes the rest of the pool
+    Provider("prov-b", "honest, medium (copied by copycat)", False, share=0.18),
+    Provider("prov-c", "honest, small", False, share=0.10),
+    Provider("prov-d", "honest, 25% features noisy", False, share=0.14, noise=0.25),
+    Provider("prov-e", "honest, tiny", False, share=0.05),
+    Provider("noisy", "60% of features replaced by noise", True, share=0.14, noise=0.60),
+    Provider("junk", "off-distribution: uniform noise, arbitrary labels", True, "junk", share=0.08),
+    Provider("copycat", "prov-b's examples, jittered 5% of a feature's sd", True, "copy", copy_of="prov-b"),
+    Provider("flooder", "5 easy examples, each jittered into many near-copies", True, "flood", share=0.15),
+)
+LABELERS = (  # (name, accuracy, faulty); the constant one always answers the first class
+    ("lab-acc95", 0.95, False),
+    ("lab-acc85", 0.85, False),
+    ("lab-acc70", 0.70, False),
+    ("lab-random", None, True),
+    ("lab-constant", None, True),
+    ("lab-adversarial", 0.0, True),
+)
+FAULTY = {p.name for p in PROVIDERS if p.faulty} | {n for n, _, f in LABELERS if f}
+
+
+@dataclasses.dataclass
+class World:
+    classes: list[str]
+    examples: pa.Table  # example_id, provider, x (features, raw scale), in registration order
+    annotations: pa.Table  # labeling.ANNOTATIONS
+    xv: np.ndarray  # validation features, raw scale
+    yv: list[str]  # validation true labels
+
+    @property
+    def provider(self) -> np.ndarray:
+        return np.asarray(self.examples["provider"].to_pylist())
+
+
+# ---------------------------------------------------------------- the world
+
+
+def dedupe(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Drop rows whose features repeat an earlier row (a target must never equal a training row)."""
+    _, first = np.unique(x, axis=0, return_index=True)
+    keep = np.sort(first)
+    return x[keep], y[keep]
+
+
+def build_world(x: np.ndarray, y: np.ndarray, seed: int) -> World:
+    rng = np.random.default_rng(seed)
+    x, y = dedupe(x, y)
+    classes = [str(c) for c in range(int(y.max()) + 1)]
+    order = rng.permutation(len(x))
+    n_val = min(MAX_VALIDATION, len(x) // 5)
+    val, pool = order[:n_val], order[n_val : n_val + MAX_POOL]
+    if len(pool) < 200:
+        sys.exit(f"error: {len(x)} distinct rows are too few (need a pool of >= 200 after validation)")
+    lo, hi, sd = x[pool].min(0), x[pool].max(0), x[pool].std(0)  # a constant column stays constant
+
+    def noised(rows: np.ndarray, share: float) -> np.ndarray:
+        mask = rng.random(rows.shape) < share
+        return np.where(mask, rng.uniform(lo, hi, rows.shape), rows)
+
+    def jitter(rows: np.ndarray, scale: float) -> np.ndarray:
+        return rows + rng.normal(0.0, 1.0, rows.shape) * scale * sd
+
+    # Flood seeds: the most central pool row of five classes (easy examples), taken out first.
+    z = (x[pool] - x[pool].mean(0)) / np.where(sd > 0, sd, 1.0)
+    flood_base = []
+    for c in rng.permutation(int(y.max()) + 1)[:5]:
+        members = np.flatnonzero(y[pool] == c)
+        if len(members):
+            dist = np.linalg.norm(z[members] - z[members].mean(0), axis=1)
+            flood_base.append(pool[members[np.argmin(dist)]])
+    rest = np.setdiff1d(pool, flood_base, assume_unique=True)
+    rest = rest[rng.permutation(len(rest))]
+    n = len(pool)
+    real = {p.name: round(p.share * n) for p in PROVIDERS if p.source == "real"}
+    real[PROVIDERS[0].name] = len(rest) - sum(real.values())  # the first takes the rest
+    rows, truth, owner, start = [], [], [], 0
+    by_name: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for p in PROVIDERS:
+        if p.name in real:
+            idx = rest[start : start + real[p.name]]
+            start += len(idx)
+            xs, ys = noised(x[idx], p.noise) if p.noise else x[idx], y[idx]
+        elif p.source == "copy":
+            xs, ys = jitter(by_name[p.copy_of][0], 0.05), by_name[p.copy_of][1]
+        elif p.source == "junk":
+            k = max(10, round(p.share * n))
+            xs, ys = rng.uniform(lo, hi, (k, x.shape[1])), rng.integers(0, len(classes), k)
+        else:  # flood
+            k = max(10 * len(flood_base), round(p.share * n))
+            pick = np.resize(np.asarray(flood_base), k)
+            xs, ys = jitter(x[pick], 0.02), y[pick]
+        by_name[p.name] = (xs, ys)
+        rows.append(xs)
+        truth += [classes[v] for v in ys]
+        owner += [p.name] * len(xs)
+    feats = np.vstack(rows)
+    ids = [f"{p}/{i:05d}" for i, p in enumerate(owner)]
+    examples = pa.table(
+        {
+            "example_id": ids,
+            "provider": owner,
+            "x": pa.FixedSizeListArray.from_arrays(pa.array(feats.ravel()), feats.shape[1]),
+        }
+    )
+    return World(classes, examples, annotate(dict(zip(ids, truth, strict=True)), classes, seed),
+                 x[val], [classes[v] for v in y[val]])
+
+
+def annotate(truth: dict[str, str], classes: list[str], seed: int) -> pa.Table:
+    """``PER_EXAMPLE`` answers per example from the simulated labelers (``labeling.simulate_answers``)."""
+    # the random labeler is "right" with chance 1/c and else uniformly wrong: uniform over all classes
+    people = [SimulatedAnnotator(n, 1.0 / len(classes) if acc is None else acc) for n, acc, _ in LABELERS]
+    answers = simulate_answers(truth, people, classes, per_example=PER_EXAMPLE, seed=seed + 1)
+    label = [classes[0] if a.annotator.name == "lab-constant" else a.label for a in answers]
+    n = len(answers)
+    return pa.table(
+        {
+            "annotation_id": pa.array(range(n), pa.int64()),
+            "example_id": [a.example_id for a in answers],
+            "annotator": [a.annotator.name for a in answers],
+            "label": label,
+            "created_at": pa.array([EPOCH] * n, pa.timestamp("us", tz="UTC")),
+            "updated_at": pa.array([EPOCH] * n, pa.timestamp("us", tz="UTC")),
+            "lead_time_s": [a.lead_time_s for a in answers],
+        }
+    )
+
+
+# ---------------------------------------------------------------- training
+
+
+@dataclasses.dataclass
+class Variant:
+    """One world a model trains on: which examples, which labels (consensus of which answers)."""
+
+    examples: pa.Table
+    consensus: pa.Table
+    x: np.ndarray  # standardized as the pipeline does (InputEncoding fitted on these examples)
+    y: np.ndarray
+    xv: np.ndarray
+    yv: np.ndarray
+
+
+def variant(world: World, keep_examples: np.ndarray | None = None, drop_labeler: str | None = None
+            ) -> Variant:
+    """The examples kept, the consensus of the answers kept (refitted), inputs encoded as in the pipeline."""
+    examples = world.examples if keep_examples is None else world.examples.filter(pa.array(keep_examples))
+    ann = world.annotations
+    ann = ann.filter(pc.is_in(ann["example_id"], examples["example_id"]))
+    if drop_labeler:
+        ann = ann.filter(pc.not_equal(ann["annotator"], drop_labeler))
+    consensus = dawid_skene(ann).consensus
+    label = dict(zip(consensus["example_id"].to_pylist(), consensus["label"].to_pylist(), strict=True))
+    enc = InputEncoding.fit(examples, world.classes)
+    y = enc.label_indices([label[e] for e in examples["example_id"].to_pylist()])
+    return Variant(examples, consensus, enc.transform(examples).astype(np.float32), y,
+                   enc.scale(world.xv).astype(np.float32), enc.label_indices(world.yv))
+
+
+def val_loss(task: AttributionTask, v: Variant, seed: int) -> float:
+    return float(-log_p_true(train_plain(task, v.x, v.y, seed=seed), v.xv, v.yv).mean())
+
+
+def ground_truth(
+    world: World, task: AttributionTask, seeds: list[int]
+) -> tuple[dict[str, np.ndarray], Variant, int]:
+    """Per contributor, the validation-loss increase when it is left out, one value per seed; the
+    full variant, and how many models were trained."""
+    owner = world.provider
+    full = variant(world)
+    drops: dict[str, Variant] = {}
+    for p in PROVIDERS:
+        if not p.copy_of:  # a copy's truth is zero by the first-registered convention
+            group = [p.name] + [q.name for q in PROVIDERS if q.copy_of == p.name]
+            drops[p.name] = variant(world, keep_examples=~np.isin(owner, group))
+    for name, _, _ in LABELERS:
+        drops[name] = variant(world, drop_labeler=name)
+    truth = {c: np.zeros(len(seeds)) for c in [p.name for p in PROVIDERS] + [n for n, _, _ in LABELERS]}
+    for k, s in enumerate(seeds):
+        base = val_loss(task, full, s)
+        for c, v in drops.items():
+            truth[c][k] = val_loss(task, v, s) - base
+        print(f"  seed {s}: full-data validation loss {base:.4f}", flush=True)
+    return truth, full, len(seeds) * (1 + len(drops))
+
+
+def ceiling(truth: dict[str, np.ndarray], names: list[str]) -> float:
+    """Mean Spearman between the truth's seed halves, over every balanced split of the seeds."""
+    n = len(next(iter(truth.values())))
+    table = np.stack([truth[c] for c in names])
+    rhos = []
+    for half in itertools.combinations(range(1, n), n // 2 - 1):  # seed 0 in the first half: each split once
+        first = [0, *half]
+        second = [i for i in range(n) if i not in first]
+        rhos.append(rho(table[:, first].mean(1), table[:, second].mean(1)))
+    return float(np.nanmean(rhos))
+
+
+def rho(a, b) -> float:
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    return float("nan") if np.ptp(a) == 0 or np.ptp(b) == 0 else float(spearmanr(a, b)[0])
+
+
+# ---------------------------------------------------------------- candidates (not in the library)
+
+
+def copy_owners(full: Variant, world: World) -> tuple[np.ndarray, np.ndarray]:
+    """Each example's first registrant: an example within a quarter of the typical distance of an
+    earlier-registered provider's example is a copy, credited to that provider. The typical distance
+    is the median, over examples, of the distance to the nearest earlier-registered example (most
+    examples are not copies, so the threshold scales with the data, not with digits)."""
+    owner = world.provider
+    order = [p.name for p in PROVIDERS]
+    dist, nearest = np.full(len(owner), np.inf), np.arange(len(owner))
+    for k, name in enumerate(order[1:], start=1):
+        mine, earlier = np.flatnonzero(owner == name), np.flatnonzero(np.isin(owner, order[:k]))
+        d, j = cKDTree(full.x[earlier]).query(full.x[mine])
+        dist[mine], nearest[mine] = d, earlier[j]
+    copy = dist < 0.25 * np.median(dist[np.isfinite(dist)])
+    # follow chains of copies to the first registrant
+    first = nearest.copy()
+    first[~copy] = np.flatnonzero(~copy)
+    for _ in range(len(order)):
+        first = first[first]
+    return owner[first], copy
+
+
+def share_gap(pay: dict[str, int], truth: dict[str, float], names: list[str]) -> float:
+    """Total-variation distance between a role's pay shares and its positive truth's shares (0: the
+    money goes where the value is, in proportion; 1: none of it does)."""
+    p = np.array([pay.get(n, 0) for n in names], dtype=float)
+    t = np.array([max(truth[n], 0.0) for n in names])
+    if p.sum() == 0 or t.sum() == 0:
+        return float("nan")
+    return float(0.5 * np.abs(p / p.sum() - t / t.sum()).sum())
+
+
+# ---------------------------------------------------------------- the benchmark
+
+
+def address(contributor: str) -> str:
+    return "0x" + hashlib.sha256(f"bench:{contributor}".encode()).hexdigest()[:40]
+
+
+def pay_run(task, world: World, full: Variant, seed: int, owners: np.ndarray):
+    """One attributed training run: bps per contributor under every policy and the candidate, and
+    the signed score sums (before any floor)."""
+    res = train_with_attribution(task, full.x, full.y, full.examples["example_id"].to_pylist(), full.xv,
+                                 full.yv, seed=seed, with_features=False)
+    names = [p.name for p in PROVIDERS] + [n for n, _, _ in LABELERS]
+    addresses = {n: address(n) for n in names}
+    at = world.examples.column_names.index("provider")
+    dedup = world.examples.set_column(at, "provider", pa.array(owners))  # copies credited to the original
+    pay = {}
+    for kind in [*POLICIES, "candidate"]:
+        policy = WeightPolicy(negative="net" if kind == "candidate" else kind)
+        examples = dedup if kind == "candidate" else world.examples
+        table = contributor_weights(res.example_attribution, examples, world.annotations, full.consensus,
+                                    addresses, policy)
+        pay[kind] = dict(zip(table["contributor"].to_pylist(), table["weight_bps"].to_pylist(), strict=True))
+    split = ContributorSplit.build(world.examples, world.annotations, full.consensus, addresses)
+    aligned = split.scores_vector(res.example_attribution)
+    signed = {}
+    for role in ("provider", "labeler"):
+        signed.update(zip(split.contributors[role], (split.matrices[role] @ aligned).tolist(), strict=True))
+    return pay, signed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", help="Parquet file with numeric feature columns and a label column")
+    ap.add_argument("--label-col", help="name of the label column in --data")
+    ap.add_argument("--kind", choices=("tabular",), default="tabular",
+                    help="only numeric feature columns (tabular) are supported")
+    ap.add_argument("--seeds", type=int, default=4, help="training seeds of the ground truth (>= 4)")
+    ap.add_argument("--pay-runs", type=int, default=4,
+                    help="attributed runs (other seeds) for the pay's own spread; the first one is reported")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the world (split, faults, answers)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (the models are tiny)")
+    args = ap.parse_args()
+    if args.data and not Path(args.data).is_file():
+        sys.exit(f"error: --data {args.data} is not a file")
+    if args.seeds < 2 or args.pay_runs < 1:
+        sys.exit("error: --seeds must be >= 2 (>= 4 for figures) and --pay-runs >= 1")
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    x, y = load(args.data, args.label_col)
+    if len(np.unique(y)) < 3:
+        sys.exit("error: the label column needs >= 3 classes (random and adversarial labelers differ)")
+    world = build_world(x, y, args.seed)
+    owner = world.provider
+    c = len(world.classes)
+    task = AttributionTask(
+        ModelSpec((x.shape[1], 64, c)),
+        TrainConfig(epochs=20, batch_size=64, lr=0.1, lr_schedule="linear", weight_decay=1e-4),
+    )
+    cfg = task.config
+    print(f"data: {args.data or 'sklearn digits'}: {len(x)} rows, {x.shape[1]} features, {c} classes; "
+          f"validation {len(world.xv)} held-out rows (true labels); training {world.examples.num_rows} "
+          f"examples; torch threads {torch.get_num_threads()}", flush=True)
+    print(f"model: MLP {x.shape[1]}->64->{c} (ReLU), SGD lr {cfg.lr} ({cfg.lr_schedule} decay to 0, so "
+          f"a retrain converges), batch {cfg.batch_size}, {cfg.epochs} epochs, "
+          f"weight decay {cfg.weight_decay}; "
+          "inputs standardized on the training rows (InputEncoding, refitted for every retrain); labels = "
+          f"Dawid-Skene consensus of {PER_EXAMPLE} answers per example (refitted for every retrain)",
+          flush=True)
+    print("providers (in registration order):")
+    for p in PROVIDERS:
+        print(f"  {p.name:<9} {int((owner == p.name).sum()):>5} examples  {p.what}{'  [faulty]' * p.faulty}")
+    ann_by = world.annotations["annotator"].to_pylist()
+    print("labelers:")
+    for name, acc, faulty in LABELERS:
+        what = ("uniform over all classes" if name == "lab-random" else "always class 0 (the first)"
+                if name == "lab-constant" else "a uniformly random wrong answer" if acc == 0
+                else f"accuracy {acc:.2f}")
+        print(f"  {name:<15} {ann_by.count(name):>5} answers  {what}{'  [faulty]' * faulty}")
+
+    seeds = list(range(1, args.seeds + 1))
+    print(f"== ground truth: leave one contributor out, {args.seeds} training seeds", flush=True)
+    t0 = time.perf_counter()
+    truth, full, retrains = ground_truth(world, task, seeds)
+    truth_s = time.perf_counter() - t0
+    roles = {"provider": [p.name for p in PROVIDERS], "labeler": [n for n, _, _ in LABELERS]}
+    ceil = {role: ceiling(truth, names) for role, names in roles.items()}
+    truth_mean = {k: float(v.mean()) for k, v in truth.items()}
+    print(f"  {retrains} retrains in {truth_s:.1f}s; ceiling (Spearman between seed halves): "
+          f"providers {ceil['provider']:.3f}, labelers {ceil['labeler']:.3f}", flush=True)
+
+    print("== pay: training with per-step attribution against the validation targets", flush=True)
+    owners, flagged = copy_owners(full, world)
+    t0 = time.perf_counter()
+    runs = [pay_run(task, world, full, 1000 + args.seed + r, owners) for r in range(args.pay_runs)]
+    pay_s = (time.perf_counter() - t0) / args.pay_runs
+    pay, signed = runs[0]
+    kinds = [*POLICIES, "candidate"]
+    print(f"  one attributed run: {pay_s:.1f}s (seed {1000 + args.seed}, not one of the truth's seeds); "
+          f"{len(runs) - 1} more at other seeds for the pay's own spread")
+    print("  contributor        truth x1e3 (mean +- sd)   signed score  "
+          + "  ".join(f"{k:>5} bps" if k != "candidate" else "candidate*" for k in kinds))
+    for names in roles.values():
+        for name in names:
+            t = truth[name] * 1e3
+            print(f"  {name:<16}{'!' if name in FAULTY else ' '} {t.mean():>+10.2f} +- {t.std():>6.2f}"
+                  f"        {signed.get(name, 0.0):>+11.4f}  " + "  ".join(f"{pay[k].get(name, 0):>9}"
+                                                                          for k in kinds))
+    print("  (! faulty; truth = validation-loss rise without it, > 0: it helped; signed score = the sum of "
+          "its credit shares of the example scores, before any floor; * candidate: see its section)")
+
+    out_rho, out_gap, faulty_bps = {}, {}, {}
+    for kind in kinds:
+        title = "candidate (not in the library)" if kind == "candidate" else f"policy negative={kind!r}"
+        print(f"== {title}", flush=True)
+        for role, names in roles.items():
+            want = [truth_mean[n] for n in names]
+            rhos = [rho([p[kind].get(n, 0) for n in names], want) for p, _ in runs]
+            gaps = [share_gap(p[kind], truth_mean, names) for p, _ in runs]
+            out_rho[f"{kind}/{role}"], out_gap[f"{kind}/{role}"] = rhos[0], gaps[0]
+            spread = (f"; over {len(runs)} runs: mean {np.nanmean(rhos):+.3f}, min {np.nanmin(rhos):+.3f}"
+                      * (len(runs) > 1))
+            print(f"  {role + 's':<9} Spearman pay vs truth {rhos[0]:+.3f} "
+                  f"(ceiling {ceil[role]:.3f}{spread}); share gap {gaps[0]:.3f}")
+        for role, names in roles.items():
+            for name in names:
+                if name in FAULTY:
+                    bps = pay[kind].get(name, 0)
+                    place = 1 + sum(pay[kind].get(m, 0) > bps for m in names)
+                    print(f"  faulty {role:<8} {name:<15} rank {place}/{len(names)}  {bps:>5} bps")
+        shares = [sum(p[kind].get(n, 0) for n in FAULTY) for p, _ in runs]
+        faulty_bps[kind] = int(shares[0])
+        print(f"  faulty contributors' total share: {shares[0]} bps of 10000"
+              + f" (over {len(runs)} runs: {min(shares)}..{max(shares)})" * (len(runs) > 1))
+    copies = owner == "copycat"
+    print("  candidate: 'net', after crediting each near-copy to its first registrant (nearest example of an "
+          "earlier-registered provider closer than 0.25x the median such distance: "
+          f"{int(flagged[copies].sum())}/{int(copies.sum())} copycat examples caught, "
+          f"{int(flagged[~copies].sum())} other examples flagged)")
+    print("== context")
+    for role, names in roles.items():
+        r = rho([signed.get(n, 0.0) for n in names], [truth_mean[n] for n in names])
+        print(f"  signed score sums (no floor), {role}s: Spearman vs truth {r:+.3f}")
+    everyone = [n for names in roles.values() for n in names]
+    split = WeightPolicy().provider_share_bps // 100
+    print(f"  all {len(everyone)} contributors together (tests the fixed {split}/{100 - split} "
+          "provider/labeler split): Spearman pay vs truth " + ", ".join(
+              f"{k} {rho([pay[k].get(n, 0) for n in everyone], [truth_mean[n] for n in everyone]):+.3f}"
+              for k in kinds))
+    print("  share gap = total-variation distance between a role's pay shares and its positive truth's "
+          "shares (0 best, 1 worst)")
+
+    seconds = time.perf_counter() - t_start
+    print(f"== time: ground truth {truth_s:.1f}s, attributed runs {pay_s * len(runs):.1f}s, "
+          f"total {seconds:.1f}s")
+    summary = {
+        "spearman": {k: _num(v) for k, v in out_rho.items() if not k.startswith("candidate/")},
+        "share_gap": {k: _num(v) for k, v in out_gap.items() if not k.startswith("candidate/")},
+        "ceiling": {k: _num(v) for k, v in ceil.items()},
+        "faulty_share_bps": {k: v for k, v in faulty_bps.items() if k != "candidate"},
+        "default_policy": WeightPolicy().negative,
+        "seconds": round(seconds, 1),
+        "candidate": {"spearman": {r: _num(out_rho[f"candidate/{r}"]) for r in roles},
+                      "share_gap": {r: _num(out_gap[f"candidate/{r}"]) for r in roles},
+                      "faulty_share_bps": faulty_bps["candidate"]},
+    }
+    print(json.dumps(summary))
+
+
+def _num(v: float) -> float | None:
+    return None if not np.isfinite(v) else round(float(v), 4)
+
+
+if __name__ == "__main__":
+    main()
