@@ -6,7 +6,12 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
-export DAGSTER_HOME ?= $(CURDIR)/.caravan/dagster
+# All local state (blocks, chain, ledger, Dagster, Label Studio, the services' pid and log files)
+# lives under CARAVAN_HOME; pipelines/settings.py and scripts/*.sh read the same variable.
+CARAVAN_HOME ?= $(CURDIR)/.caravan
+override CARAVAN_HOME := $(abspath $(CARAVAN_HOME))
+export CARAVAN_HOME
+export DAGSTER_HOME ?= $(CARAVAN_HOME)/dagster
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup test lint demo bench dagster-home dagster-dev labelstudio-install labelstudio-start labelstudio-stop anvil-start anvil-stop services-stop clean
@@ -82,4 +87,4 @@ dagster-dev: setup
 	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000
 
 clean:
-	rm -rf .caravan
+	rm -rf "$(CARAVAN_HOME)"

@@ -25,7 +25,7 @@ from labeling.export import (
     merge_annotations,
 )
 from labeling.schemas import ANNOTATIONS, ANNOTATOR_QUALITY, CONSENSUS, GOLD
-from labeling.server import LabelStudioServer
+from labeling.server import LabelStudioServer, labelstudio_token
 from labeling.simulate import (
     SimulatedAnnotator,
     import_with_answers,
@@ -72,6 +72,7 @@ __all__ = [
     "export_annotations",
     "image_data_url",
     "import_with_answers",
+    "labelstudio_token",
     "majority_vote",
     "merge_annotations",
     "register",

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,10 @@ import httpx
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_VENV = REPO_ROOT / ".venv-labelstudio"
 INSTALL_SCRIPT = REPO_ROOT / "scripts" / "labelstudio.sh"
+TOKEN_ENV = "LABEL_STUDIO_USER_TOKEN"
+# The local admin's token when TOKEN_ENV is unset: scripts/labelstudio.sh and LabelStudioServer start
+# Label Studio with it, so a local server works with nothing exported. Never use it on a shared server.
+DEV_TOKEN = "caravan-local-dev-token"
 
 
 class LabelStudioNotInstalled(RuntimeError):
@@ -35,6 +40,15 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def labelstudio_token(env: Mapping[str, str] | None = None) -> str:
+    """The Label Studio API token: `LABEL_STUDIO_USER_TOKEN`, else the local development default.
+
+    The one place Caravan reads it (the Dagster resource, the `caravan labels` commands, the demo).
+    A server that refuses the token answers 401, which the client names with this variable.
+    """
+    return (os.environ if env is None else env).get(TOKEN_ENV) or DEV_TOKEN
 
 
 def install_label_studio(venv: Path = DEFAULT_VENV) -> None:
@@ -53,7 +67,7 @@ class LabelStudioServer:
     port: int = 0
     username: str = "admin@caravan.local"
     password: str = "caravan-admin"  # local default only; set LABEL_STUDIO_PASSWORD for real use
-    token: str = "caravan-local-dev-token"
+    token: str = DEV_TOKEN
     venv: Path = DEFAULT_VENV
     start_timeout_s: float = 180.0
     _proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
@@ -67,7 +81,7 @@ class LabelStudioServer:
             port=port,
             username=os.environ.get("LABEL_STUDIO_USERNAME", defaults.username),
             password=os.environ.get("LABEL_STUDIO_PASSWORD", defaults.password),
-            token=os.environ.get("LABEL_STUDIO_USER_TOKEN", defaults.token),
+            token=labelstudio_token(),
         )
 
     @property
@@ -97,7 +111,7 @@ class LabelStudioServer:
             "LABEL_STUDIO_BASE_DATA_DIR": data,
             "LABEL_STUDIO_USERNAME": self.username,
             "LABEL_STUDIO_PASSWORD": self.password,
-            "LABEL_STUDIO_USER_TOKEN": self.token,
+            TOKEN_ENV: self.token,
             "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
             "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
             "LOCAL_FILES_SERVING_ENABLED": "true",

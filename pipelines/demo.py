@@ -12,9 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,15 +24,16 @@ from eth_account import Account
 
 from labeling import (
     LabelStudioClient,
-    LabelStudioServer,
     ProjectSpec,
     import_with_answers,
+    labelstudio_token,
     register,
     simulate_answers,
     simulated_annotators,
 )
 from pipelines.datasets import example_id, load_source, to_examples
 from pipelines.demo_data import write_digits
+from pipelines.serve_process import ServeError, ServeProcess, stop_recorded
 from pipelines.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,12 +66,11 @@ def chain_answers(rpc_url: str) -> bool:
 
 
 def ensure_services(settings: Settings, *, start: bool) -> None:
-    """Label Studio and the chain answer, started by the project scripts when allowed."""
-    env = {
-        **os.environ,
-        "CARAVAN_CHAIN_DIR": str(settings.chain_dir),
-        "LABEL_STUDIO_DATA_DIR": str(settings.home / "labelstudio"),
-    }
+    """Label Studio and the chain answer, started by the project scripts when allowed.
+
+    The scripts keep their state under the settings' home (they read CARAVAN_HOME, CARAVAN_CHAIN_DIR).
+    """
+    env = settings.environ()
     checks = [
         (
             "Label Studio",
@@ -222,53 +220,25 @@ def settle_demo_revenue(settings: Settings, run_id: str, payee: str) -> tuple[st
     return deposit.tx_hash or "", tx.tx_hash, paid
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def serve_pid_file(settings: Settings) -> Path:
+    return settings.home / "serve.pid"
 
 
 @contextlib.contextmanager
-def serving(settings: Settings, run_id: str, ledger_path: Path) -> Iterator[str]:
-    """The real `caravan serve` for the run, on a free loopback port; stopped on the way out."""
-
-    port = _free_port()
-    env = {**os.environ, "CARAVAN_RPC_URL": settings.rpc_url, "CARAVAN_CHAIN_DIR": str(settings.chain_dir)}
-    exe = Path(sys.executable).with_name("caravan")
-    log = open(settings.home / "serve.log", "ab")  # noqa: SIM115 (closed below, after the process)
-    proc = subprocess.Popen(
-        [
-            str(exe),
-            "serve",
-            run_id,
-            "--port",
-            str(port),
-            "--ledger",
-            str(ledger_path),
-            "--store",
-            str(settings.store_dir),
-        ],
-        env=env,
-        stdout=log,
-        stderr=log,
-        start_new_session=True,
+def serving(settings: Settings, run_id: str) -> Iterator[str]:
+    """The real `caravan serve` for the run (these settings' store, chain and ledger) on a free loopback
+    port; stopped on the way out, and dies with this process even if it is killed (SIGKILL)."""
+    server = ServeProcess(
+        run_id, settings.environ(), pid_file=serve_pid_file(settings), log_path=settings.home / "serve.log"
     )
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while not _answers(url, "/healthz"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise DemoError(
-                    f"`caravan serve {run_id}` did not come up; see {settings.home / 'serve.log'}"
-                )
-            time.sleep(0.3)
-        yield url
+        server.start(timeout_s=120)
+    except ServeError as exc:
+        raise DemoError(str(exc)) from None
+    try:
+        yield server.url
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
+        server.stop()
 
 
 def paid_predictions(settings: Settings, run_id: str, rows: list[list[float]]) -> dict:
@@ -279,7 +249,7 @@ def paid_predictions(settings: Settings, run_id: str, rows: list[list[float]]) -
 
     ledger = Ledger(settings.ledger_path)
     _, secret = ledger.create_key("demo-user", balance=10**17)
-    with serving(settings, run_id, settings.ledger_path) as url:
+    with serving(settings, run_id) as url:
         answers = [
             httpx.post(f"{url}/v1/predict", json={"input": row}, headers={API_KEY_HEADER: secret}, timeout=60)
             .raise_for_status()
@@ -318,6 +288,9 @@ def run_demo(
 
     t0 = time.perf_counter()
     with single_run(settings.home / "demo.lock"):
+        leftover = stop_recorded(serve_pid_file(settings))
+        if leftover is not None:
+            say(f"stopped `caravan serve` (pid {leftover}) left running by an earlier demo")
         say("services: Label Studio and the anvil chain")
         ensure_services(settings, start=start_services)
         say("data: digits split across 5 providers")
@@ -335,7 +308,7 @@ def run_demo(
         instance = dg.DagsterInstance.get()
         instance.add_dynamic_partitions("dataset_version", [VERSION])
         say("labelers: 4 simulated annotators of known accuracy answer in Label Studio")
-        client = LabelStudioClient(settings.labelstudio_url, LabelStudioServer.from_env(Path(".")).token)
+        client = LabelStudioClient(settings.labelstudio_url, labelstudio_token())
         spec = ProjectSpec(
             title=f"{settings.labelstudio_prefix} {VERSION}", kind="image", choices=CHOICES, field="pixels"
         )

@@ -102,10 +102,9 @@ class LabelStudioResource(dg.ConfigurableResource):
     project_prefix: str = "caravan"  # projects are titled "<prefix> <dataset version>"
 
     def client(self):
-        from labeling import LabelStudioClient, LabelStudioServer
+        from labeling import LabelStudioClient, labelstudio_token
 
-        # LABEL_STUDIO_USER_TOKEN, else the local server's development default
-        return LabelStudioClient(self.url, LabelStudioServer.from_env(Path(".")).token)
+        return LabelStudioClient(self.url, labelstudio_token())
 
 
 class ContributorsResource(dg.ConfigurableResource):

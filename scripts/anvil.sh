@@ -1,21 +1,25 @@
 #!/usr/bin/env bash
 # A persistent local chain for Caravan: anvil from the npm package @foundry-rs/anvil-linux-amd64.
 #
-#   scripts/anvil.sh start    # on 127.0.0.1, state in .caravan/chain/state.json, waits until it answers
+#   scripts/anvil.sh start    # on 127.0.0.1, state in $CARAVAN_HOME/chain/state.json, waits until it answers
 #   scripts/anvil.sh stop     # SIGTERM by the recorded PID (anvil writes its state on the way out)
 #   scripts/anvil.sh status   # prints the RPC URL and chain id if it answers, exits 1 otherwise
 #
 # Records survive restarts: anvil loads the state file at start, dumps it every
 # CARAVAN_ANVIL_STATE_INTERVAL_S seconds and at exit. Its funded dev accounts (public test keys,
-# local use only) are written to .caravan/chain/anvil.json, where `Chain.from_env` finds the
-# default signing key when CARAVAN_PRIVATE_KEY is unset and the chain is this local anvil.
+# local use only) are written to $CARAVAN_HOME/chain/anvil.json, where `Chain.from_env` finds the
+# default signing key when CARAVAN_PRIVATE_KEY is unset and the chain is this local anvil. The pid
+# and log files sit beside them: nothing is written outside the chain dir.
 #
-# Environment: CARAVAN_ANVIL_PORT (8545)  CARAVAN_CHAIN_DIR (.caravan/chain)
+# Environment: CARAVAN_ANVIL_PORT (8545)
+#              CARAVAN_HOME (.caravan in the working directory, as pipelines/settings.py reads it)
+#              CARAVAN_CHAIN_DIR ($CARAVAN_HOME/chain)
 #              CARAVAN_ANVIL_BIN (the npm package's binary)  CARAVAN_ANVIL_STATE_INTERVAL_S (5)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-CHAIN_DIR="${CARAVAN_CHAIN_DIR:-$ROOT/.caravan/chain}"
+CARAVAN_HOME="$(realpath -m "${CARAVAN_HOME:-.caravan}")"
+CHAIN_DIR="$(realpath -m "${CARAVAN_CHAIN_DIR:-$CARAVAN_HOME/chain}")"
 PORT="${CARAVAN_ANVIL_PORT:-8545}"
 BIN="${CARAVAN_ANVIL_BIN:-$ROOT/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil}"
 INTERVAL="${CARAVAN_ANVIL_STATE_INTERVAL_S:-5}"

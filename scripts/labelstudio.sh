@@ -2,12 +2,13 @@
 # Label Studio 1.23 for Caravan, in its own virtualenv so its pins never fight the project's.
 #
 #   scripts/labelstudio.sh install   # .venv-labelstudio (once; stamped by .venv-labelstudio/.installed)
-#   scripts/labelstudio.sh start     # on 127.0.0.1, data under .caravan/labelstudio, waits for /health
+#   scripts/labelstudio.sh start     # on 127.0.0.1, data under $CARAVAN_HOME/labelstudio, waits for /health
 #   scripts/labelstudio.sh stop      # by the PID recorded at start
 #   scripts/labelstudio.sh status    # prints the URL if it answers /health, exits 1 otherwise
 #
 # Environment (working local defaults; set real secrets in a real deployment):
-#   LABEL_STUDIO_PORT (8080)  LABEL_STUDIO_DATA_DIR (.caravan/labelstudio)
+#   LABEL_STUDIO_PORT (8080)  CARAVAN_HOME (.caravan in the working directory, as pipelines/settings.py
+#   reads it)  LABEL_STUDIO_DATA_DIR ($CARAVAN_HOME/labelstudio: its database, media, pid and log)
 #   LABEL_STUDIO_USERNAME / LABEL_STUDIO_PASSWORD / LABEL_STUDIO_USER_TOKEN: the admin account
 #   and its API token, created at first start with no browser.
 #   For PostgreSQL set DJANGO_DB=default and POSTGRE_NAME/USER/PASSWORD/HOST/PORT (see README).
@@ -17,7 +18,8 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 LS_VENV="${LS_VENV:-$ROOT/.venv-labelstudio}"
 LS_VERSION_SPEC="${LS_VERSION_SPEC:-label-studio==1.23.*}"
 PYTHON="${PYTHON:-python3.11}"
-DATA_DIR="${LABEL_STUDIO_DATA_DIR:-$ROOT/.caravan/labelstudio}"
+CARAVAN_HOME="$(realpath -m "${CARAVAN_HOME:-.caravan}")"
+DATA_DIR="$(realpath -m "${LABEL_STUDIO_DATA_DIR:-$CARAVAN_HOME/labelstudio}")"
 PORT="${LABEL_STUDIO_PORT:-8080}"
 PID_FILE="$DATA_DIR/labelstudio.pid"
 LOG_FILE="$DATA_DIR/labelstudio.log"

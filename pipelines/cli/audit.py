@@ -1,9 +1,10 @@
 """`caravan trace` and `caravan verify`: the auditor's commands, reading only chain and store.
 
-Chain from `CARAVAN_RPC_URL` (no key needed), deployments from `CARAVAN_CHAIN_DIR`, content from
-`CARAVAN_STORE_DIR` (or `--store`). `verify` exits 0 only if every check holds and otherwise
-prints one `FAIL <name> <subject>: <detail>` line per failure and exits 1. A run's trace lists its
-settled serving epochs; `verify RUN --epochs` also checks each of them with serving's `verify_epoch`.
+Chain, deployments and content from the settings (`CARAVAN_HOME`, `CARAVAN_RPC_URL`, no key
+needed, `CARAVAN_CHAIN_DIR`, `CARAVAN_STORE_DIR`), or content from `--store`. `verify` exits 0 only
+if every check holds and otherwise prints one `FAIL <name> <subject>: <detail>` line per failure
+and exits 1. A run's trace lists its settled serving epochs; `verify RUN --epochs` also checks each
+of them with serving's `verify_epoch`.
 """
 
 from __future__ import annotations
@@ -18,18 +19,10 @@ from rich.console import Console
 from rich.tree import Tree
 
 from pipelines.cli.errors import clean_errors, finish_report
-from storage import STORE_DIR_ENV, BlockStore, StorageError, default_store
+from pipelines.cli.options import AsJson, StoreDir, open_chain, open_store
+from storage import BlockStore, StorageError
 
-StoreDir = Annotated[
-    str | None,
-    typer.Option("--store", envvar=STORE_DIR_ENV, help="Block store directory [default: .caravan/blocks]."),
-]
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
 AsProv = Annotated[bool, typer.Option("--prov", help="Print the lineage's records as W3C PROV-JSON.")]
-
-
-def _store(store_dir: str | None) -> BlockStore:
-    return BlockStore(store_dir) if store_dir else default_store()
 
 
 def _rich(node: Any, into: Tree | None = None) -> Tree:
@@ -55,12 +48,12 @@ def trace_command(
     store_dir: StoreDir = None,
 ) -> None:
     """The lineage tree from a payout, deposit, run, record or data CID back to the raw data."""
-    from provenance import Chain, ProvenanceError, prov_json, records_by_cid, trace
+    from provenance import ProvenanceError, prov_json, records_by_cid, trace
     from provenance.audit import record_cids
 
     with clean_errors(ProvenanceError, StorageError):
-        store = _store(store_dir)
-        node = trace(Chain.from_env(), store, ref)
+        store = open_store(store_dir)
+        node = trace(open_chain(), store, ref)
         if as_prov:
             typer.echo(prov_json(records_by_cid(store, record_cids(node))))
             return
@@ -131,10 +124,10 @@ def verify_command(
         from pipelines.cli.serve import epoch_verify
 
         return epoch_verify(run_id, as_json=as_json, store_dir=store_dir)
-    from provenance import Chain, ProvenanceError, verify_run
+    from provenance import ProvenanceError, verify_run
 
     with clean_errors(ProvenanceError, StorageError):
-        chain, store = Chain.from_env(), _store(store_dir)
+        chain, store = open_chain(), open_store(store_dir)
         report = verify_run(chain, store, run_id, onchain_proofs=onchain_proofs)
         summary = (
             f"run {run_id} root {report.onchain_root}; {report.records_checked} records, "

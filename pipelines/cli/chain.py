@@ -1,7 +1,8 @@
 """`caravan chain deploy|status|grant`: the contracts on the configured chain.
 
-Configured by `CARAVAN_RPC_URL`, `CARAVAN_PRIVATE_KEY` (or `CARAVAN_KEYSTORE` +
-`CARAVAN_KEYSTORE_PASSWORD`), `CARAVAN_CHAIN_ID`, `CARAVAN_CHAIN_DIR`; see provenance.chain.
+Configured by the settings (`CARAVAN_RPC_URL`, `CARAVAN_CHAIN_DIR`, default `$CARAVAN_HOME/chain`)
+and `CARAVAN_PRIVATE_KEY` (or `CARAVAN_KEYSTORE` + `CARAVAN_KEYSTORE_PASSWORD`), `CARAVAN_CHAIN_ID`;
+see provenance.chain. With no key, a local anvil's dev key is read from the chain dir's anvil.json.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ from typing import Annotated
 import typer
 
 from pipelines.cli.errors import clean_errors
+from pipelines.cli.options import open_chain
 
 
 def deploy() -> None:
     """Deploy the registry and distributor where missing (idempotent); print addresses and gas."""
-    from provenance import Chain, ProvenanceError
+    from provenance import ProvenanceError
 
     with clean_errors(ProvenanceError):
-        chain = Chain.from_env(need_key=True)
+        chain = open_chain(need_key=True)
         results = chain.deploy()
         known = chain.deployments()["contracts"]
     for name, result in results.items():
@@ -31,11 +33,11 @@ def deploy() -> None:
 
 def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Chain id, head block, signing account and whether each contract has its code."""
-    from provenance import Chain, ProvenanceError
+    from provenance import ProvenanceError
     from provenance.chain import CONTRACTS, redact_url
 
     with clean_errors(ProvenanceError):
-        chain = Chain.from_env()
+        chain = open_chain()
         info = {
             "rpc": redact_url(chain.rpc_url),
             "chain_id": chain.chain_id,
@@ -60,10 +62,10 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 
 def grant(address: Annotated[str, typer.Argument(help="EIP-55 address to make a publisher.")]) -> None:
     """Give an address PUBLISHER_ROLE on both contracts (the admin's key signs)."""
-    from provenance import Chain, ProvenanceError
+    from provenance import ProvenanceError
 
     with clean_errors(ProvenanceError):
-        for result in Chain.from_env(need_key=True).grant_publisher(address):
+        for result in open_chain(need_key=True).grant_publisher(address):
             typer.echo(f"{result.action}: {'already granted' if result.skipped else result.tx_hash}")
 
 

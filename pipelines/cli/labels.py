@@ -1,9 +1,10 @@
 """`caravan labels ...`: sync tasks to Label Studio, export annotations incrementally, aggregate,
 and check that every annotator can be paid.
 
-Label Studio from `CARAVAN_LABELSTUDIO_URL` (default http://127.0.0.1:8080), its API token from
-`LABEL_STUDIO_USER_TOKEN` (never printed). Every bad input ends as one `error: ...` line and
-exit code 1, with nothing already synced or exported lost.
+Label Studio from `--url`, else the settings' `CARAVAN_LABELSTUDIO_URL` (default
+http://127.0.0.1:8080); its API token from `labeling.labelstudio_token` (`LABEL_STUDIO_USER_TOKEN`,
+else the local server's development default; never printed). Every bad input ends as one
+`error: ...` line and exit code 1, with nothing already synced or exported lost.
 """
 
 from __future__ import annotations
@@ -15,19 +16,23 @@ from typing import Annotated
 import typer
 
 from pipelines.cli.errors import CaravanError, clean_errors
+from pipelines.settings import load_settings
 
-URL_ENV, TOKEN_ENV = "CARAVAN_LABELSTUDIO_URL", "LABEL_STUDIO_USER_TOKEN"
-Url = Annotated[str, typer.Option("--url", envvar=URL_ENV, help="Label Studio base URL.")]
+Url = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        help="Label Studio base URL; default $CARAVAN_LABELSTUDIO_URL, else http://127.0.0.1:8080.",
+        show_default=False,
+    ),
+]
 Title = Annotated[str, typer.Option("--project", help="Label Studio project title.")]
 
 
-def _client(url: str):
-    from labeling import LabelStudioClient
+def _client(url: str | None):
+    from labeling import LabelStudioClient, labelstudio_token
 
-    token = os.environ.get(TOKEN_ENV)
-    if not token:
-        raise CaravanError(f"{TOKEN_ENV} is not set; export the Label Studio API token first")
-    return LabelStudioClient(url, token)
+    return LabelStudioClient(url or load_settings().labelstudio_url, labelstudio_token())
 
 
 def _read_parquet(path: str):
@@ -55,7 +60,7 @@ def sync(
     kind: Annotated[str, typer.Option(help="text or image.")] = "text",
     field: Annotated[str, typer.Option(help="Payload column shown to labelers.")] = "text",
     choices: Annotated[str, typer.Option(help="Comma-separated labels.")] = "",
-    url: Url = "http://127.0.0.1:8080",
+    url: Url = None,
 ) -> None:
     """Create one task per example not yet in the project (idempotent; nothing existing is touched)."""
     from labeling import LabelingError, ProjectSpec, sync_tasks
@@ -75,7 +80,7 @@ def sync(
 def export(
     project: Title,
     out: Annotated[Path, typer.Option("--out", help="Annotations Parquet, updated in place.")],
-    url: Url = "http://127.0.0.1:8080",
+    url: Url = None,
 ) -> None:
     """Pull annotations changed since the last export into OUT (cursor kept in OUT.cursor.json)."""
     import pyarrow.parquet as pq

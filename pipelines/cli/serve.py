@@ -1,9 +1,10 @@
 """`caravan serve`, `caravan settle`, `caravan keys ...`, `caravan epoch ...`: pay-per-use inference.
 
-Chain from `CARAVAN_RPC_URL` (+ key for settle), content from `CARAVAN_STORE_DIR` (or `--store`),
-the ledger from `CARAVAN_LEDGER` (default `.caravan/ledger.sqlite`, or `--ledger`): a SQLite
-file or a `postgresql://` URL, so several `caravan serve` processes can share keys, balances and
-rate limits. API key secrets are printed once by `keys create` and stored only as hashes.
+Chain, content store and ledger come from the settings (`pipelines.settings`: `CARAVAN_HOME`,
+`CARAVAN_RPC_URL`, `CARAVAN_CHAIN_DIR`, `CARAVAN_STORE_DIR`, `CARAVAN_LEDGER`), or from `--store`
+and `--ledger`. The ledger is a SQLite file (default `$CARAVAN_HOME/ledger.sqlite`) or a
+`postgresql://` URL, so several `caravan serve` processes can share keys, balances and rate limits.
+API key secrets are printed once by `keys create` and stored only as hashes.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from typing import Annotated
 import typer
 
 from pipelines.cli.errors import clean_errors, finish_report
-from provenance import Chain, ProvenanceError
+from pipelines.cli.options import AsJson, LedgerTarget, StoreDir, open_chain, open_ledger, open_store
+from provenance import ProvenanceError
 from serving import (
-    Ledger,
     ServingError,
     create_app,
     epoch_claim,
@@ -24,30 +25,9 @@ from serving import (
     settle_all,
     verify_epoch,
 )
-from storage import STORE_DIR_ENV, BlockStore, StorageError, default_store
+from storage import StorageError
 
-LEDGER_ENV = "CARAVAN_LEDGER"
-DEFAULT_LEDGER = ".caravan/ledger.sqlite"
 ERRORS = (ServingError, ProvenanceError, StorageError)
-
-StoreDir = Annotated[
-    str | None,
-    typer.Option("--store", envvar=STORE_DIR_ENV, help="Block store directory [default: .caravan/blocks]."),
-]
-LedgerPath = Annotated[
-    str,
-    typer.Option(
-        "--ledger",
-        envvar=LEDGER_ENV,
-        help="Ledger of keys, receipts and epochs: a SQLite file, or a postgresql://user@host/db URL "
-        "(password in PGPASSWORD or ~/.pgpass) shared by several servers.",
-    ),
-]
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
-
-
-def _store(store_dir: str | None) -> BlockStore:
-    return BlockStore(store_dir) if store_dir else default_store()
 
 
 def serve(
@@ -64,7 +44,7 @@ def serve(
         ),
     ] = True,
     threads: Annotated[int, typer.Option(help="torch threads per request.", min=1)] = 1,
-    ledger_path: LedgerPath = DEFAULT_LEDGER,
+    ledger_path: LedgerTarget = None,
     store_dir: StoreDir = None,
 ) -> None:
     """Serve a published run's model on 127.0.0.1; every prediction is paid and receipted."""
@@ -73,8 +53,9 @@ def serve(
 
     torch.set_num_threads(threads)
     with clean_errors(*ERRORS):
-        run = load_run(Chain.from_env(), _store(store_dir), run_id)
-        app = create_app(run, Ledger(ledger_path), price=price, max_batch=max_batch, attribute=attribution)
+        run = load_run(open_chain(), open_store(store_dir), run_id)
+        ledger = open_ledger(ledger_path)
+        app = create_app(run, ledger, price=price, max_batch=max_batch, attribute=attribution)
     typer.echo(f"serving run {run_id} (model {run.model_cid}) on http://127.0.0.1:{port}", err=True)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
@@ -82,12 +63,12 @@ def serve(
 def settle(
     run_id: Annotated[str | None, typer.Option("--run", help="Settle only this run.")] = None,
     as_json: AsJson = False,
-    ledger_path: LedgerPath = DEFAULT_LEDGER,
+    ledger_path: LedgerTarget = None,
     store_dir: StoreDir = None,
 ) -> None:
     """Close an epoch per run: receipts batch (CID), record, funded root. Safe to rerun after a crash."""
     with clean_errors(*ERRORS):
-        chain, store, ledger = Chain.from_env(need_key=True), _store(store_dir), Ledger(ledger_path)
+        chain, store, ledger = open_chain(need_key=True), open_store(store_dir), open_ledger(ledger_path)
         if run_id is not None and run_id not in ledger.open_runs():
             done = []
         elif run_id is not None:
@@ -121,18 +102,19 @@ def keys_create(
     balance: Annotated[int, typer.Option(help="Prepaid balance, smallest token unit.", min=0)] = 0,
     rate: Annotated[float, typer.Option(help="Requests per second allowed.", min=0.001)] = 50.0,
     burst: Annotated[int, typer.Option(help="Requests allowed at once.", min=1)] = 100,
-    ledger_path: LedgerPath = DEFAULT_LEDGER,
+    ledger_path: LedgerTarget = None,
 ) -> None:
     with clean_errors(*ERRORS):
-        key_id, secret = Ledger(ledger_path).create_key(name, balance=balance, rate_per_s=rate, burst=burst)
+        ledger = open_ledger(ledger_path)
+        key_id, secret = ledger.create_key(name, balance=balance, rate_per_s=rate, burst=burst)
     typer.echo(f"key {key_id} created; its secret (shown once, send it as X-API-Key):", err=True)
     typer.echo(secret)
 
 
 @keys_app.command("list")
-def keys_list(as_json: AsJson = False, ledger_path: LedgerPath = DEFAULT_LEDGER) -> None:
+def keys_list(as_json: AsJson = False, ledger_path: LedgerTarget = None) -> None:
     with clean_errors(*ERRORS):
-        keys = Ledger(ledger_path).keys()
+        keys = open_ledger(ledger_path).keys()
     if as_json:
         typer.echo(json.dumps([k.__dict__ for k in keys], indent=2))
         return
@@ -147,17 +129,17 @@ def keys_list(as_json: AsJson = False, ledger_path: LedgerPath = DEFAULT_LEDGER)
 def keys_topup(
     key_id: Annotated[str, typer.Argument()],
     amount: Annotated[int, typer.Argument(help="Amount to add, smallest token unit.")],
-    ledger_path: LedgerPath = DEFAULT_LEDGER,
+    ledger_path: LedgerTarget = None,
 ) -> None:
     with clean_errors(*ERRORS):
-        balance = Ledger(ledger_path).topup(key_id, amount)
+        balance = open_ledger(ledger_path).topup(key_id, amount)
     typer.echo(f"key {key_id} balance {balance}")
 
 
 @keys_app.command("revoke")
-def keys_revoke(key_id: Annotated[str, typer.Argument()], ledger_path: LedgerPath = DEFAULT_LEDGER) -> None:
+def keys_revoke(key_id: Annotated[str, typer.Argument()], ledger_path: LedgerTarget = None) -> None:
     with clean_errors(*ERRORS):
-        Ledger(ledger_path).revoke(key_id)
+        open_ledger(ledger_path).revoke(key_id)
     typer.echo(f"key {key_id} revoked")
 
 
@@ -165,9 +147,9 @@ epoch_app = typer.Typer(help="Settlement epochs: list, verify, claim.", no_args_
 
 
 @epoch_app.command("list")
-def epoch_list(as_json: AsJson = False, ledger_path: LedgerPath = DEFAULT_LEDGER) -> None:
+def epoch_list(as_json: AsJson = False, ledger_path: LedgerTarget = None) -> None:
     with clean_errors(*ERRORS):
-        epochs = Ledger(ledger_path).epochs()
+        epochs = open_ledger(ledger_path).epochs()
     if as_json:
         typer.echo(json.dumps([e.__dict__ for e in epochs], indent=2))
         return
@@ -183,7 +165,7 @@ def epoch_verify(
 ) -> None:
     """Recompute every amount and the root from the receipts batch; check them against the chain."""
     with clean_errors(*ERRORS):
-        report = verify_epoch(Chain.from_env(), _store(store_dir), ref)
+        report = verify_epoch(open_chain(), open_store(store_dir), ref)
     finish_report(
         report,
         as_json,
@@ -198,7 +180,7 @@ def epoch_claim_command(
     store_dir: StoreDir = None,
 ) -> None:
     with clean_errors(*ERRORS):
-        tx, paid = epoch_claim(Chain.from_env(need_key=True), _store(store_dir), epoch_id, address)
+        tx, paid = epoch_claim(open_chain(need_key=True), open_store(store_dir), epoch_id, address)
     typer.echo(f"claimed {paid} wei for {address} in {epoch_id} (tx {tx.tx_hash})")
 
 

@@ -1,7 +1,8 @@
 """`caravan store ...`: add, get, CAR export/import, verify, pins and GC of the embedded blockstore.
 
-The store lives in `$CARAVAN_STORE_DIR` (default `.caravan/blocks`) or `--store DIR`. Every
-bad input ends as one `error: ...` line and exit code 1, with nothing stored changed.
+The store lives in `--store DIR`, else the settings' store (`$CARAVAN_STORE_DIR`, default
+`$CARAVAN_HOME/blocks`). Every bad input ends as one `error: ...` line and exit code 1, with
+nothing stored changed.
 """
 
 from __future__ import annotations
@@ -12,16 +13,8 @@ from typing import Annotated
 import typer
 
 from pipelines.cli.errors import CaravanError, clean_errors
-from storage import STORE_DIR_ENV, BlockStore, StorageError, default_store
-
-StoreDir = Annotated[
-    str | None,
-    typer.Option("--store", envvar=STORE_DIR_ENV, help="Block store directory [default: .caravan/blocks]."),
-]
-
-
-def _open(store_dir: str | None) -> BlockStore:
-    return BlockStore(store_dir) if store_dir else default_store()
+from pipelines.cli.options import StoreDir, open_store
+from storage import StorageError
 
 
 def _check_version(cid_version: int) -> int:
@@ -41,7 +34,7 @@ def add(
     """Add a file (streamed, any size); print its CID, the one `ipfs add` gives it."""
     with clean_errors(StorageError):
         version = _check_version(cid_version)
-        typer.echo(_open(store_dir).put_file(file, cid_version=version, pin=pin))
+        typer.echo(open_store(store_dir).put_file(file, cid_version=version, pin=pin))
 
 
 def get(
@@ -51,7 +44,7 @@ def get(
 ) -> None:
     """Write a file's bytes to stdout (or -o OUT), every block verified against its CID."""
     with clean_errors(StorageError):
-        store = _open(store_dir)
+        store = open_store(store_dir)
         if output is not None:
             store.get_to(cid, output)  # atomic: no file at all if a block is bad
             return
@@ -70,7 +63,7 @@ def export_car(
 ) -> None:
     """Export a DAG as a CAR v1 file (what `ipfs dag import` and pinning services take)."""
     with clean_errors(StorageError):
-        _open(store_dir).export_car(cid, out)
+        open_store(store_dir).export_car(cid, out)
         typer.echo(out)
 
 
@@ -81,14 +74,14 @@ def import_car(
 ) -> None:
     """Import a CAR v1 file (checked whole before anything is stored); print its roots."""
     with clean_errors(StorageError):
-        for root in _open(store_dir).import_car(car, pin=pin):
+        for root in open_store(store_dir).import_car(car, pin=pin):
             typer.echo(root)
 
 
 def verify(store_dir: StoreDir = None) -> None:
     """Rehash every block and check every pinned DAG is whole; exit 1 naming what is damaged."""
     with clean_errors(StorageError):
-        store = _open(store_dir)
+        store = open_store(store_dir)
         bad = store.verify()
         damaged = store.damaged_pins()
         for cid in bad:
@@ -106,26 +99,26 @@ def verify(store_dir: StoreDir = None) -> None:
 def pin(cid: Annotated[str, typer.Argument()], store_dir: StoreDir = None) -> None:
     """Pin a DAG already in the store, so gc keeps it."""
     with clean_errors(StorageError):
-        _open(store_dir).pin(cid)
+        open_store(store_dir).pin(cid)
 
 
 def unpin(cid: Annotated[str, typer.Argument()], store_dir: StoreDir = None) -> None:
     """Drop a pin (its blocks go at the next gc unless another pin reaches them)."""
     with clean_errors(StorageError):
-        _open(store_dir).unpin(cid)
+        open_store(store_dir).unpin(cid)
 
 
 def ls(store_dir: StoreDir = None) -> None:
     """List the pinned CIDs."""
     with clean_errors(StorageError):
-        for cid in sorted(_open(store_dir).pins()):
+        for cid in sorted(open_store(store_dir).pins()):
             typer.echo(cid)
 
 
 def gc(store_dir: StoreDir = None) -> None:
     """Remove every block no pin reaches (refuses, removing nothing, if a pinned DAG is damaged)."""
     with clean_errors(StorageError):
-        typer.echo(f"removed {_open(store_dir).gc()} blocks")
+        typer.echo(f"removed {open_store(store_dir).gc()} blocks")
 
 
 def register(app: typer.Typer) -> None:

@@ -103,6 +103,6 @@ def test_down_server_and_missing_token_are_named(cli, monkeypatch, tmp_path):
         f"http://127.0.0.1:{free_port()}",
     )
     assert down.exit_code == 1 and "did not complete" in down.output and "labelstudio-start" in down.output
-    monkeypatch.delenv("LABEL_STUDIO_USER_TOKEN")
+    monkeypatch.delenv("LABEL_STUDIO_USER_TOKEN")  # the local default token, which this server refuses
     r = cli("sync", tmp_path / "ex.parquet", "--project", "p x", "--choices", "a,b")
-    assert r.exit_code == 1 and "LABEL_STUDIO_USER_TOKEN is not set" in r.output
+    assert r.exit_code == 1 and "refused the API token" in r.output and "LABEL_STUDIO_USER_TOKEN" in r.output

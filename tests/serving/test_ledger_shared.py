@@ -4,7 +4,6 @@ shown."""
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,9 +14,9 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from pipelines.serve_process import ServeProcess
 from serving import API_KEY_HEADER, Ledger, LedgerError, create_app
 from serving.ledger_backends import redact
-from tests.serving.server import Server
 
 PRICE = 1_000
 
@@ -82,17 +81,18 @@ def test_two_caravan_serve_processes_share_one_postgres_ledger(world, postgres):
     assert "Traceback" not in refused.stderr
 
     row, headers = {"input": world.run.X_test[0].tolist()}, {API_KEY_HEADER: secret}
-    servers = [Server(world.run.run_id, url, env, price=PRICE) for _ in range(2)]
+    # spawned by this thread (a server dies with the thread that started it), awaited together
+    servers = [ServeProcess(world.run.run_id, env, price=PRICE, ledger=url).spawn() for _ in range(2)]
     try:
-        with ThreadPoolExecutor(2) as pool:  # start both at once: each loads the run
-            list(pool.map(Server.start, servers))
+        with ThreadPoolExecutor(2) as pool:  # both load the run at once
+            list(pool.map(ServeProcess.wait_ready, servers))
         codes = [
             httpx.post(servers[i % 2].url + "/v1/predict", json=row, headers=headers, timeout=30).status_code
             for i in range(6)
         ]
     finally:
         for server in servers:
-            server.kill(signal.SIGTERM)
+            server.stop()
     assert codes == [200, 200, 200, 200, 429, 429]
     listed = _caravan("keys", "list", "--json", env=env)
     assert listed.returncode == 0 and '"balance": 6000' in listed.stdout

@@ -10,8 +10,8 @@ import time
 
 import httpx
 
+from pipelines.serve_process import ServeProcess
 from serving import API_KEY_HEADER, Ledger
-from tests.serving.server import Server
 
 PRICE = 1_000
 
@@ -41,7 +41,7 @@ def test_sigkill_under_load_loses_and_duplicates_nothing(world, tmp_path):
     rows = world.run.X_test[:16].tolist()
     seen: list[str] = []
     errors: list[str] = []
-    server = Server(world.run.run_id, path, world.env, price=PRICE).start()
+    server = ServeProcess(world.run.run_id, world.env, price=PRICE, ledger=path).start()
     try:
         stop = threading.Event()
         workers = [
@@ -60,7 +60,7 @@ def test_sigkill_under_load_loses_and_duplicates_nothing(world, tmp_path):
     finally:
         server.kill()
     assert len(seen) >= 150 and not errors
-    with Server(world.run.run_id, path, world.env, price=PRICE) as again:
+    with ServeProcess(world.run.run_id, world.env, price=PRICE, ledger=path) as again:
         r = httpx.post(again.url + "/v1/predict", json={"input": rows[0]}, headers={API_KEY_HEADER: secret})
         assert r.status_code == 200
         seen.append(r.json()["predictions"][0]["receipt_id"])

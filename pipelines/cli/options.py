@@ -1,0 +1,56 @@
+"""What the commands share: the options naming Caravan's state, resolved through the one settings object.
+
+An option left out takes its default from `pipelines.settings` (`CARAVAN_HOME` and the `CARAVAN_*`
+variables), so every command reads and writes the same places as the pipeline and the demo.
+provenance (web3) and serving are imported inside the helpers: `caravan store` need not pay for them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from pipelines.settings import load_settings
+from storage import BlockStore
+
+if TYPE_CHECKING:
+    from provenance import Chain
+    from serving import Ledger
+
+StoreDir = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        help="Block store directory; default $CARAVAN_STORE_DIR, else $CARAVAN_HOME/blocks.",
+        show_default=False,
+    ),
+]
+LedgerTarget = Annotated[
+    str | None,
+    typer.Option(
+        "--ledger",
+        help="Ledger of keys, receipts and epochs: a SQLite file, or a postgresql://user@host/db URL "
+        "(password in PGPASSWORD or ~/.pgpass) shared by several servers; default $CARAVAN_LEDGER, "
+        "else $CARAVAN_HOME/ledger.sqlite.",
+        show_default=False,
+    ),
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
+
+
+def open_store(store_dir: str | None) -> BlockStore:
+    return BlockStore(store_dir or load_settings().store_dir)
+
+
+def open_ledger(target: str | None) -> Ledger:
+    from serving import Ledger
+
+    return Ledger(target or load_settings().ledger_path)
+
+
+def open_chain(*, need_key: bool = False) -> Chain:
+    """The chain the settings name (RPC URL, chain dir with deployments and anvil's dev keys)."""
+    from provenance import Chain
+
+    return Chain.from_env(load_settings().environ(), need_key=need_key)
