@@ -66,20 +66,22 @@ def trace_command(
 
 @dataclass
 class RunAudit:
-    """`verify --epochs`: the run's report and, per serving epoch found on chain, serving's report.
+    """`verify --epochs/--replay`: the run's report, per serving epoch found on chain serving's
+    report, and the replay's.
 
-    provenance may not import serving (house rules), so the two meet here. An epoch's failures keep
+    provenance may not import serving (house rules), so they meet here. An epoch's failures keep
     their names and say which epoch in the detail; `--json` nests each epoch's own report.
     """
 
     run: Any  # provenance.VerifyReport
     epochs: list[tuple[Any, Any]] = field(default_factory=list)  # (provenance.RunEpoch, serving.EpochReport)
+    replay: Any = None  # pipelines.replay.ReplayReport
 
     @property
     def failures(self) -> list[Any]:
         from provenance import Failure
 
-        out = list(self.run.failures)
+        out = list(self.run.failures) + (list(self.replay.failures) if self.replay else [])
         for epoch, report in self.epochs:
             if epoch.error and epoch.epoch_id:  # unreadable records are named by verify_epoch itself
                 out.append(Failure("epoch_not_of_run", epoch.record_cid, epoch.error))
@@ -94,7 +96,8 @@ class RunAudit:
     def to_json(self) -> dict[str, Any]:
         epochs = [{**epoch.to_json(), "verify": report.to_json()} for epoch, report in self.epochs]
         failures = [{"name": f.name, "subject": f.subject, "detail": f.detail} for f in self.failures]
-        return {**self.run.to_json(), "epochs": epochs, "failures": failures, "ok": self.ok}
+        replay = self.replay.to_json() if self.replay else None
+        return {**self.run.to_json(), "epochs": epochs, "replay": replay, "failures": failures, "ok": self.ok}
 
 
 def verify_command(
@@ -112,6 +115,14 @@ def verify_command(
             "--epochs",
             help="Also verify every serving epoch settled for the run (found on chain): amounts and root "
             "recomputed from its receipts batch.",
+        ),
+    ] = False,
+    replay: Annotated[
+        bool,
+        typer.Option(
+            "--replay",
+            help="Also retrain the run from its records with this checkout (which must be the clean "
+            "commit that trained it) and check its example scores, weights and root.",
         ),
     ] = False,
     store_dir: StoreDir = None,
@@ -133,9 +144,16 @@ def verify_command(
             f"run {run_id} root {report.onchain_root}; {report.records_checked} records, "
             f"{report.contents_checked} contents, {report.proofs_checked} proofs checked"
         )
-        if epochs:
-            report = _with_epochs(chain, store, run_id, report)
-            summary += f"; {len(report.epochs)} serving epoch(s) checked"
+        if epochs or replay:
+            report = _with_epochs(chain, store, run_id, report) if epochs else RunAudit(report)
+            summary += f"; {len(report.epochs)} serving epoch(s) checked" if epochs else ""
+        if replay and "run_not_found" not in report.run.names():
+            from pipelines.replay import ReplayRefused, replay_run
+
+            with clean_errors(ReplayRefused):
+                report.replay = again = replay_run(chain, store, run_id)
+            where = "same platform" if again.same_platform else "another platform"
+            summary += f"; replayed in {again.replay_s:.1f} s ({where}, score diff {again.max_score_diff})"
     finish_report(report, as_json, summary)
 
 

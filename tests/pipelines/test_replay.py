@@ -234,3 +234,25 @@ def test_replay_refuses_other_code(published) -> None:
         replay_run(chain, store, run_id, code=other)
     with pytest.raises(ReplayRefused, match="clean working tree"):
         replay_run(chain, store, run_id, code=dataclasses.replace(CODE, dirty=True))
+
+
+def test_verify_replay_on_the_command_line(published, monkeypatch) -> None:
+    """`caravan verify RUN --replay`: refuses other code naming the commit, passes an honest run,
+    and prints one FAIL line naming the contributors whose pay a tampered run changed."""
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    chain, store, run_id = published
+    runner = CliRunner()
+    refused = runner.invoke(app, ["verify", run_id, "--replay"])  # this checkout is not commit abab...
+    assert refused.exit_code == 1 and f"git checkout {CODE.git_commit}" in refused.output
+    monkeypatch.setattr("pipelines.replay.pipeline_code", lambda: CODE)
+    honest = runner.invoke(app, ["verify", run_id, "--replay"])
+    assert honest.exit_code == 0, honest.output
+    assert "OK:" in honest.output and "replayed in" in honest.output
+    name = _republish(chain, store, run_id, "tampered-cli", inflate="p-small")
+    tampered = runner.invoke(app, ["verify", name, "--replay"])
+    assert tampered.exit_code == 1
+    pay = [line for line in tampered.output.splitlines() if line.startswith("FAIL pay_differs")]
+    assert len(pay) == 1 and "p-small (provider" in pay[0]
