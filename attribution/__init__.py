@@ -7,7 +7,8 @@ Public face (other rooms use only these names):
 - ``train_with_attribution(task, X, y, example_ids, X_targets, y_targets, seed=...)`` ->
   ``TrainResult`` (model, ``example_attribution`` table, checkpoint features).
 - ``contributor_weights(example_attribution, examples, annotations, consensus, addresses)``
-  -> ``contributor_weights`` table; ``ContributorSplit`` applies the same policy per query.
+  -> ``contributor_weights`` table (its schema, roles and ``TOTAL_BPS`` live in ``schemas``, the
+  ground floor it shares with ``provenance``); ``ContributorSplit`` applies the same policy per query.
 - ``attribute_query(result.features, x)`` -> per-training-example contributions to one
   prediction; ``ContributorSplit.split_query(example_ids, contributions)`` -> its fee split.
 - ``model_to_bytes(model, spec)`` / ``model_from_bytes(data)``: deterministic safetensors bytes.
@@ -34,10 +35,9 @@ from .shards import FeatureShard, ShardMismatchError, combine_shards, shard_boun
 from .task import AttributionTask, ModelSpec, ModuleSpec, TrainConfig
 from .trainer import EXAMPLE_ATTRIBUTION_SCHEMA, TrainResult, train_plain, train_with_attribution
 from .trak import TrakFeatures, attribute_query
-from .weights import CONTRIBUTOR_WEIGHTS_SCHEMA, ContributorSplit, WeightPolicy, contributor_weights
+from .weights import ContributorSplit, WeightPolicy, contributor_weights
 
 __all__ = [
-    "CONTRIBUTOR_WEIGHTS_SCHEMA",
     "EXAMPLE_ATTRIBUTION_SCHEMA",
     "AttributionError",
     "AttributionTask",

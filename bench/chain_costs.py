@@ -47,6 +47,7 @@ from provenance import (  # noqa: E402
 )
 from provenance.anvil import AnvilNode  # noqa: E402
 from provenance.chain import artifact  # noqa: E402
+from schemas import TOTAL_BPS  # noqa: E402
 from storage import BlockStore, snapshot_parquet  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,7 +55,7 @@ CARAVAN = Path(sys.executable).parent / "caravan"
 SIZES = (10, 1_000, 100_000)
 
 
-def split_bps(scores: np.ndarray, total: int = 10_000) -> list[int]:
+def split_bps(scores: np.ndarray, total: int = TOTAL_BPS) -> list[int]:
     """Largest-remainder rounding to integers summing exactly to `total`."""
     raw = scores / scores.sum() * total
     bps = np.floor(raw).astype(np.int64)

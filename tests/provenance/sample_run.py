@@ -12,6 +12,7 @@ from eth_account import Account
 
 from provenance.records import CodeVersion, Record, put_record, utc_time
 from provenance.runs import store_weights
+from schemas import TOTAL_BPS
 from storage import ContentStore, snapshot_parquet
 
 CODE = CodeVersion("caravan", "0.1.0", "0" * 40)
@@ -35,7 +36,7 @@ def _time(minute: int) -> str:
     return utc_time(dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=minute))
 
 
-def split_bps(scores: list[float], total: int = 10_000) -> list[int]:
+def split_bps(scores: list[float], total: int = TOTAL_BPS) -> list[int]:
     """Largest-remainder rounding: integers summing exactly to `total`."""
     raw = [s / sum(scores) * total for s in scores]
     bps = [int(r) for r in raw]
