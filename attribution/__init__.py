@@ -10,7 +10,8 @@ Public face (other rooms use only these names):
   the training rows; X, y, ids of training rows and of targets); ``train_split(split, hidden,
   config, seed=...)`` trains an MLP on it with attribution.
 - ``contributor_weights(example_attribution, examples, annotations, consensus, addresses)``
-  -> ``contributor_weights`` table; ``ContributorSplit`` applies the same policy per query.
+  -> ``contributor_weights`` table (its schema, roles and ``TOTAL_BPS`` live in ``schemas``, the
+  ground floor it shares with ``provenance``); ``ContributorSplit`` applies the same policy per query.
 - ``attribute_query(result.features, x)`` -> per-training-example contributions to one
   prediction; ``ContributorSplit.split_query(example_ids, contributions)`` -> its fee split.
 - ``model_to_bytes(model, spec)`` / ``model_from_bytes(data)``: deterministic safetensors bytes.
@@ -37,10 +38,9 @@ from .shards import FeatureShard, ShardMismatchError, combine_shards, shard_boun
 from .task import AttributionTask, ModelSpec, ModuleSpec, TrainConfig
 from .trainer import EXAMPLE_ATTRIBUTION_SCHEMA, TrainResult, train_plain, train_split, train_with_attribution
 from .trak import TrakFeatures, attribute_query
-from .weights import CONTRIBUTOR_WEIGHTS_SCHEMA, ContributorSplit, WeightPolicy, contributor_weights
+from .weights import ContributorSplit, WeightPolicy, contributor_weights, largest_remainder
 
 __all__ = [
-    "CONTRIBUTOR_WEIGHTS_SCHEMA",
     "EXAMPLE_ATTRIBUTION_SCHEMA",
     "AttributionError",
     "AttributionTask",
@@ -63,6 +63,7 @@ __all__ = [
     "attribute_query",
     "combine_shards",
     "contributor_weights",
+    "largest_remainder",
     "encode_split",
     "features_from_bytes",
     "features_to_bytes",

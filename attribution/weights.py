@@ -41,19 +41,9 @@ import pyarrow.compute as pc
 from eth_utils import is_address, to_checksum_address
 from scipy import sparse
 
-from .errors import ContributorError
+from schemas import ROLES, TOTAL_BPS, WEIGHTS_SCHEMA
 
-TOTAL_BPS = 10_000
-CONTRIBUTOR_WEIGHTS_SCHEMA = pa.schema(
-    [
-        ("contributor", pa.string()),
-        ("address", pa.string()),
-        ("role", pa.string()),
-        ("score", pa.float64()),
-        ("weight_bps", pa.int64()),
-    ]
-)
-ROLES = ("provider", "labeler")
+from .errors import ContributorError
 
 
 @dataclass(frozen=True)
@@ -301,16 +291,8 @@ class ContributorSplit:
         # ties by the address as a number (lowercase hex), not by its mixed-case checksum spelling
         bps = largest_remainder(quotas, [(a.lower(), r, c) for c, a, r, _ in rows])
         ordered = sorted(zip(rows, bps, strict=True), key=lambda t: (t[0][2], t[0][0]))
-        return pa.table(
-            {
-                "contributor": [r[0] for r, _ in ordered],
-                "address": [r[1] for r, _ in ordered],
-                "role": [r[2] for r, _ in ordered],
-                "score": [r[3] for r, _ in ordered],
-                "weight_bps": [b for _, b in ordered],
-            },
-            schema=CONTRIBUTOR_WEIGHTS_SCHEMA,
-        )
+        columns = [[r[i] for r, _ in ordered] for i in range(4)] + [[b for _, b in ordered]]
+        return pa.table(columns, schema=WEIGHTS_SCHEMA)  # contributor, address, role, score, weight_bps
 
 
 @dataclass(frozen=True)

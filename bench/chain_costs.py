@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from fractions import Fraction
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -32,9 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 from eth_account import Account  # noqa: E402
 
+from attribution import largest_remainder  # noqa: E402
 from provenance import Chain, StandardMerkleTree, publish_run, verify_run  # noqa: E402
 from provenance.anvil import AnvilNode  # noqa: E402
 from provenance.chain import artifact  # noqa: E402
+from schemas import TOTAL_BPS  # noqa: E402
 from serving.sample import build_sample_run  # noqa: E402
 from storage import BlockStore  # noqa: E402
 
@@ -43,13 +46,11 @@ CARAVAN = Path(sys.executable).parent / "caravan"
 SIZES = (10, 1_000, 100_000)
 
 
-def split_bps(scores: np.ndarray, total: int = 10_000) -> list[int]:
-    """Largest-remainder rounding to integers summing exactly to `total`."""
-    raw = scores / scores.sum() * total
-    bps = np.floor(raw).astype(np.int64)
-    short = total - int(bps.sum())
-    bps[np.argsort(-(raw - bps), kind="stable")[:short]] += 1
-    return bps.tolist()
+def split_bps(scores: np.ndarray) -> list[int]:
+    """Basis points in proportion to `scores`, by the weights' own largest-remainder rounding."""
+    grid = [int(v) for v in np.round(scores * 1e9)]
+    quotas = [Fraction(TOTAL_BPS * g, sum(grid)) for g in grid]
+    return largest_remainder(quotas, [(i,) for i in range(len(grid))])
 
 
 def random_addresses(rng: random.Random, n: int) -> list[str]:

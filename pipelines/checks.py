@@ -7,6 +7,7 @@ from eth_utils import is_checksum_address
 from pipelines.content_io import AssetIndex, StoreResource
 from pipelines.resources import ChainResource
 from provenance import TrainingRecord, read_weights, share_leaves
+from schemas import TOTAL_BPS
 from storage import StorageError
 
 CONTENT_ASSETS = (
@@ -52,13 +53,14 @@ cid_checks = [_cid_check(a) for a in CONTENT_ASSETS]
 @dg.asset_check(
     asset="contributor_weights",
     blocking=True,
-    description="Integer basis points, all rows summing to exactly 10,000.",
+    description=f"Integer basis points, all rows summing to exactly {TOTAL_BPS:,}.",
 )
 def weights_sum_to_10000(contributor_weights: pa.Table) -> dg.AssetCheckResult:
     bps = contributor_weights["weight_bps"].to_pylist()
     total = sum(bps)
     return dg.AssetCheckResult(
-        passed=total == 10_000 and min(bps, default=0) >= 0, metadata={"total_bps": total, "rows": len(bps)}
+        passed=total == TOTAL_BPS and min(bps, default=0) >= 0,
+        metadata={"total_bps": total, "rows": len(bps)},
     )
 
 

@@ -19,7 +19,8 @@ from provenance.errors import ChainError, RecordError, WeightsError
 from provenance.merkle import SHARE_LEAF, verify_proof
 from provenance.records import Record, cid_version_of
 from provenance.run_records import Anchored, RunEpoch, RunRecords, key_of
-from provenance.weights import TOTAL_BPS, ShareLeaves, read_weights, share_leaves
+from provenance.weights import ShareLeaves, read_weights, share_leaves
+from schemas import TOTAL_BPS
 from storage import BlockNotFound, ContentStore, CorruptBlock, cid_for_bytes, is_cid
 
 ZERO32 = "0x" + "00" * 32

@@ -59,6 +59,7 @@ from provenance.errors import (
     UnauthorizedPublisher,
     WrongChain,
 )
+from schemas import TOTAL_BPS
 
 RPC_URL_ENV = "CARAVAN_RPC_URL"
 PRIVATE_KEY_ENV = "CARAVAN_PRIVATE_KEY"
@@ -605,7 +606,7 @@ class Chain:
         *,
         kind: int = KIND_SHARES,
         token: str | None = None,
-        total_weight: int = 10_000,
+        total_weight: int = TOTAL_BPS,
     ) -> TxResult:
         """Publish a run's root once. Same root already there: skipped; another root: AlreadyPublished."""
         action = f"root:{'0x' + run_key(run_id).hex()}"

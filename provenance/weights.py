@@ -1,7 +1,8 @@
 """The `contributor_weights` table as Merkle leaves, checked before anything touches the chain.
 
-Rows: `contributor`, `address` (EIP-55 checksummed), `role` (provider | labeler), `score`,
-`weight_bps` (all rows sum to exactly 10,000). One contributor id may appear once per role;
+Rows (`schemas.WEIGHTS_SCHEMA`): `contributor`, `address` (EIP-55 checksummed), `role`
+(`schemas.ROLES`: provider | labeler), `score`, `weight_bps` (all rows sum to exactly
+`schemas.TOTAL_BPS`, 10,000). One contributor id may appear once per role;
 several rows may share an address, so leaves sum basis points per address: one leaf
 `(address, weight_bps)` per payee.
 """
@@ -16,21 +17,10 @@ from eth_utils import is_checksum_address, is_hex_address
 
 from provenance.errors import WeightsError
 from provenance.merkle import SHARE_LEAF, StandardMerkleTree
+from schemas import ROLES, TOTAL_BPS, WEIGHTS_COLUMNS, WEIGHTS_SCHEMA
 from storage import read_parquet, snapshot_parquet
 
-TOTAL_BPS = 10_000
-ROLES = ("provider", "labeler")
 ZERO_ADDRESS = "0x" + "0" * 40
-COLUMNS = ("contributor", "address", "role", "score", "weight_bps")
-WEIGHTS_SCHEMA = pa.schema(
-    [
-        ("contributor", pa.string()),
-        ("address", pa.string()),
-        ("role", pa.string()),
-        ("score", pa.float64()),
-        ("weight_bps", pa.int64()),
-    ]
-)
 
 
 @dataclass(frozen=True)
@@ -47,9 +37,9 @@ class ShareLeaves:
 
 def validate_weights(table: pa.Table) -> list[tuple[str, int]]:
     """Check every row; return `(address, weight_bps)` summed per address, sorted by address."""
-    missing = [c for c in COLUMNS if c not in table.column_names]
+    missing = [c for c in WEIGHTS_COLUMNS if c not in table.column_names]
     if missing:
-        raise WeightsError(f"contributor_weights lacks column(s) {missing}; expected {list(COLUMNS)}")
+        raise WeightsError(f"contributor_weights lacks column(s) {missing}; expected {list(WEIGHTS_COLUMNS)}")
     if table.num_rows == 0:
         raise WeightsError("contributor_weights is empty: a run needs at least one contributor")
     rows = table.select(["contributor", "address", "role", "weight_bps"]).to_pylist()
@@ -84,7 +74,7 @@ def share_leaves(table: pa.Table) -> ShareLeaves:
 def weights_snapshot(table: pa.Table) -> bytes:
     """Deterministic Parquet bytes for a weights table (the bytes whose CID a run names)."""
     validate_weights(table)
-    return snapshot_parquet(table.select(list(COLUMNS)).cast(WEIGHTS_SCHEMA), sort_by="contributor")
+    return snapshot_parquet(table.select(list(WEIGHTS_COLUMNS)).cast(WEIGHTS_SCHEMA), sort_by="contributor")
 
 
 def read_weights(data: bytes) -> pa.Table:

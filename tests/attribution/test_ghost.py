@@ -205,7 +205,10 @@ def test_a_layer_norm_with_weight_but_no_bias_matches_torch_func(data, mlp_task)
     # TRAK features: the numpy query path equals the hooked autograd path
     plan = res.features.plans[0]
     ck = res.features.checkpoints[0]
-    assert plan is not None
+    # the numpy plan covers every module: the LayerNorm with its trained weight and no bias
+    assert [step[0] for step in plan.steps] == ["linear", "layer_norm", "tanh", "linear"]
+    _, weight, bias, _ = plan.steps[1]
+    assert bias is None and np.array_equal(weight, ck.model[1].weight.detach().numpy())
     np.testing.assert_allclose(
         res.features.target_features(ck, torch.as_tensor(xv), torch.as_tensor(yv), plan),
         res.features.target_features(ck, torch.as_tensor(xv), torch.as_tensor(yv)),

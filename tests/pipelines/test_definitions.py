@@ -2,11 +2,49 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dagster as dg
+
 from pipelines.definitions import defs
 
 
-def test_definitions_load():
-    assert defs is not None
+def test_definitions_hold_the_flow_its_jobs_checks_and_resources():
+    """The one Definitions resolves (every job finds its resources) and holds DESIGN.md's flow."""
+    repo = defs.get_repository_def()
+    graph = repo.asset_graph
+    assets = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert assets == {
+        "raw_dataset", "dataset_snapshot", "labeling_tasks", "annotations", "consensus_labels",
+        "annotator_quality", "labeled_dataset", "trained_model", "model_encoding", "example_attribution",
+        "trak_features", "contributor_weights", "provenance_record", "royalty_root",
+    }
+
+    def upstream(asset: str) -> set[str]:
+        return {k.to_user_string() for k in graph.get(dg.AssetKey(asset)).parent_keys}
+
+    assert "raw_dataset" in upstream("dataset_snapshot")
+    assert "annotations" in upstream("consensus_labels")
+    assert "example_attribution" in upstream("contributor_weights")
+    assert "contributor_weights" in upstream("provenance_record")
+    assert "provenance_record" in upstream("royalty_root")
+
+    jobs = {j.name for j in repo.get_all_jobs()}
+    assert {"labeling_sync", "attribution_run", "settlement_job", "sharded_features"} <= jobs
+    assert {s.name for s in repo.sensor_defs} == {"annotation_sensor"}
+    assert {s.name: s.job_name for s in repo.schedule_defs} == {
+        "daily_attribution": "attribution_run", "settlement_job_schedule": "settlement_job",
+    }
+    assert {"store", "chain", "labelstudio", "ledger", "contributors", "catalog", "index", "lineage",
+            "io_manager"} <= set(repo.get_top_level_resources())
+
+    checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
+    assert ("contributor_weights", "weights_sum_to_10000") in checks
+    assert ("contributor_weights", "weighted_contributors_have_addresses") in checks
+    assert ("royalty_root", "onchain_root_matches") in checks
+    for asset in ("raw_dataset", "dataset_snapshot", "labeled_dataset", "trained_model",
+                  "example_attribution", "contributor_weights"):
+        assert (asset, f"{asset}_cid_verifies") in checks
+    blocking = {k.name for k in graph.asset_check_keys if graph.get_check_spec(k).blocking}
+    assert {"weights_sum_to_10000", "weighted_contributors_have_addresses"} <= blocking
 
 
 def test_cli_help_lists_store():
