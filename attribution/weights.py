@@ -3,9 +3,11 @@
 Policy (``WeightPolicy``, defaults in brackets): the pool splits into a provider share [70 %]
 and a labeler share [30 %]. An example's credit goes to its provider; its labeler credit goes
 to the annotators whose label agreed with consensus, ``confidence / n_agreeing`` each (the
-Dawid–Skene posterior of the consensus label, shared equally). Negative-influence examples
-earn nothing [``clip``]; with ``net`` they offset the same contributor's positive credit, and a
-contributor whose sum is not positive earns nothing. ``clip`` pays for spread, not only help: a
+Dawid–Skene posterior of the consensus label, shared equally). With ``net`` [the default],
+negative-influence examples offset the same contributor's positive credit, and a contributor
+whose sum is not positive (its data or labels hurt the model) earns nothing; the table's
+``score`` is that signed sum, so a report can say who hurt. With ``clip`` negative-influence
+examples earn nothing and offset nothing. ``clip`` pays for spread, not only help: a
 contributor whose examples pull both ways (large gradients, e.g. noisy inputs) keeps its
 positive half however much the negative half cancels it, and splitting one example's score
 into parts of opposite sign changes its pay. ``net`` keeps the scores' additivity (on the
@@ -49,7 +51,7 @@ from .errors import ContributorError
 @dataclass(frozen=True)
 class WeightPolicy:
     provider_share_bps: int = 7000
-    negative: Literal["clip", "net"] = "clip"
+    negative: Literal["clip", "net"] = "net"
     score_digits: int = 8
 
     def __post_init__(self) -> None:
@@ -273,7 +275,8 @@ class ContributorSplit:
         credit = quantize(scores, self.policy.score_digits)
         if self.policy.negative == "clip":
             credit = np.maximum(credit, 0.0)
-        per_role = {r: np.maximum(self.matrices[r] @ credit, 0.0) for r in ROLES}
+        signed = {r: self.matrices[r] @ credit for r in ROLES}  # reported: < 0 means it hurt the model
+        per_role = {r: np.maximum(signed[r], 0.0) for r in ROLES}
         grid = quantize(np.concatenate([per_role[r] for r in ROLES]), self.policy.score_digits)
         ints = dict(zip(ROLES, np.split(grid, [len(per_role["provider"])]), strict=True))
         totals = {r: int(ints[r].sum()) for r in ROLES}
@@ -285,7 +288,7 @@ class ContributorSplit:
                 shares[other], shares[r] = TOTAL_BPS, 0
         rows, quotas = [], []
         for role in ROLES:
-            for c, v, q in zip(self.contributors[role], per_role[role], ints[role], strict=True):
+            for c, v, q in zip(self.contributors[role], signed[role], ints[role], strict=True):
                 rows.append((c, self.addresses[c], role, float(v)))
                 quotas.append(Fraction(shares[role] * int(q), totals[role]) if totals[role] else Fraction(0))
         # ties by the address as a number (lowercase hex), not by its mixed-case checksum spelling

@@ -28,7 +28,7 @@ class WeightingConfig(dg.Config):
     """The split policy (attribution.WeightPolicy): provider share of the pool, what negatives do."""
 
     provider_share_bps: int = 7000
-    negative: str = "clip"
+    negative: str = "net"  # a contributor whose data or labels hurt the model earns nothing
 
 
 @dg.asset(partitions_def=dataset_versions, group_name="royalties", kinds={"arrow"})
@@ -77,10 +77,15 @@ def contributor_weights(
     except (ContributorError, LabelingError, ProvenanceError, ValueError) as exc:
         raise dg.Failure(str(exc)) from exc
     top = sorted(table.to_pylist(), key=lambda r: (-r["weight_bps"], r["contributor"]))
+    hurt = [f"{r['contributor']} ({r['role']})" for r in top if r["score"] < 0]
+    if hurt:
+        context.log.warning(f"unpaid: the data or labels of {', '.join(hurt)} made the model worse")
     return dg.Output(
         stored,
         metadata={
             "record_cid": head,
+            "policy": config.negative,
+            "hurt_the_model_unpaid": dg.MetadataValue.json(hurt),
             "dagster/row_count": table.num_rows,
             "top_contributors": dg.MetadataValue.md(
                 md_table(

@@ -17,12 +17,20 @@ console = Console(stderr=True)
 
 
 def _royalty_table(weights: list[dict]) -> Table:
+    """Every contributor's pay; one whose data or labels made the model worse (a negative net
+    score, under the default policy) is marked: it is paid nothing."""
     table = Table(title="Royalty split of the run (basis points of every deposit)")
-    for col in ("contributor", "role", "address", "weight_bps", "share"):
+    for col in ("contributor", "role", "address", "weight_bps", "share", "note"):
         table.add_column(col, justify="right" if col in ("weight_bps", "share") else "left")
     for r in sorted(weights, key=lambda r: (-r["weight_bps"], r["contributor"])):
+        note = "hurt the model: unpaid" if r["score"] < 0 else ""
         table.add_row(
-            r["contributor"], r["role"], r["address"], str(r["weight_bps"]), f"{r['weight_bps'] / 100:.2f} %"
+            r["contributor"],
+            r["role"],
+            r["address"],
+            str(r["weight_bps"]),
+            f"{r['weight_bps'] / 100:.2f} %",
+            note,
         )
     return table
 

@@ -130,7 +130,7 @@ def reference_quotas(
     votes: dict[int, tuple[list[str], float]],
     policy: WeightPolicy,
 ) -> dict[tuple[str, str], tuple[Fraction, Fraction]] | None:
-    """(role, contributor) -> (its total, its exact quota) as the module docstring defines them.
+    """(role, contributor) -> (its signed total, its exact quota) as the module docstring defines them.
 
     ``votes``: example index -> (annotators who gave the consensus label, confidence). Every
     contributor appears (zero quota included); an empty dict: nothing to split. None: skip.
@@ -159,8 +159,8 @@ def reference_quotas(
     if not all(role_total.values()):
         share = {r: TOTAL_BPS if role_total[r] else 0 for r in ROLES}
     return {
-        k: (v, Fraction(share[k[0]] * g, role_total[k[0]]) if g else Fraction(0))
-        for k, v, g in zip(keys, values, grid, strict=True)
+        k: (totals[k], Fraction(share[k[0]] * g, role_total[k[0]]) if g else Fraction(0))
+        for k, g in zip(keys, grid, strict=True)
     }
 
 

@@ -122,15 +122,26 @@ def test_exact_influence_refuses_an_mlp(mlp_task):
 def test_one_prediction_fee_split(data, mlp_task):
     import pyarrow as pa
 
-    from attribution import ContributorSplit
+    from attribution import ContributorError, ContributorSplit, WeightPolicy
 
     x, y, ids, xv, yv = data
     res = train_with_attribution(mlp_task, x, y, ids, xv, yv, seed=0)
     providers = [f"p{i % 4}" for i in range(len(ids))]
-    split = ContributorSplit.build(pa.table({"example_id": ids, "provider": providers}), None, None,
-                                   {f"p{i}": "0x" + f"{i + 1:040x}" for i in range(4)})
     contributions = attribute_query(res.features, xv[3])
-    fee = split.split_query(ids, contributions)
-    assert sum(fee["weight_bps"].to_pylist()) == 10_000
-    best = max(range(4), key=lambda i: np.maximum(contributions, 0)[i::4].sum())
-    assert fee.sort_by([("weight_bps", "descending")])["contributor"][0].as_py() == f"p{best}"
+    for negative, credit in (("clip", np.maximum(contributions, 0)), ("net", contributions)):
+        split = ContributorSplit.build(
+            pa.table({"example_id": ids, "provider": providers}),
+            None,
+            None,
+            {f"p{i}": "0x" + f"{i + 1:040x}" for i in range(4)},
+            WeightPolicy(negative=negative),
+        )
+        sums = [credit[i::4].sum() for i in range(4)]
+        if max(sums) <= 0:  # under net nobody helped this prediction: the run's weights apply instead
+            with pytest.raises(ContributorError):
+                split.split_query(ids, contributions)
+            continue
+        fee = split.split_query(ids, contributions)
+        assert sum(fee["weight_bps"].to_pylist()) == 10_000
+        best = max(range(4), key=lambda i: sums[i])
+        assert fee.sort_by([("weight_bps", "descending")])["contributor"][0].as_py() == f"p{best}"

@@ -95,6 +95,10 @@ def test_clip_pays_spread_net_pays_help():
     assert {r["contributor"]: r["weight_bps"] for r in net} == {"c0": 10_000, "c1": 0}
     clipped = contributor_weights(*tables, ADDR, WeightPolicy(negative="clip")).to_pylist()
     assert {r["contributor"]: r["weight_bps"] for r in clipped} == {"c0": 2500, "c1": 7500}
+    # net is the default, and the table reports c1's signed sum, so a report can say it hurt
+    default = {r["contributor"]: r for r in contributor_weights(*tables, ADDR).to_pylist()}
+    assert default["c1"]["weight_bps"] == 0 and default["c1"]["score"] < 0
+    assert default["c1"]["score"] / default["c0"]["score"] == pytest.approx(-2.5 / 10.0)  # on one grid
 
 
 def test_net_is_additive_over_examples_clip_is_not():
