@@ -168,6 +168,36 @@ def to_examples(table: pa.Table) -> tuple[pa.Table, IngestReport]:
     return deduped, report
 
 
+def validation_examples(table: pa.Table, dataset: pa.Table, choices: Sequence[str]) -> pa.Table:
+    """A declared validation set as examples with trusted labels (`example_id`, payload, `label`).
+
+    It is what training measures influence against, so it must never be trained on: refused if
+    empty, without a `label` column, with other payload columns than the dataset's, with labels
+    outside the label set, or sharing any example with the dataset.
+    """
+    if table.num_rows == 0:
+        raise DatasetError("the validation set is empty: give examples with trusted labels or none at all")
+    if "label" not in table.column_names:
+        raise DatasetError("the validation set has no 'label' column: each example needs its trusted answer")
+    payload = [c for c in table.column_names if c not in (*RESERVED, "label")]
+    expected = [c for c in dataset.column_names if c not in (*RESERVED, "label", "confidence", "n_votes")]
+    if sorted(payload) != sorted(expected):
+        raise DatasetError(f"validation payload columns {payload} differ from the dataset's {expected}")
+    labels = [str(v) for v in table["label"].to_pylist()]
+    unknown = sorted(set(labels) - set(choices))
+    if unknown:
+        raise DatasetError(f"validation labels {unknown[:5]} are not in the label set {list(choices)}")
+    ids = [example_id(r) for r in table.select(payload).to_pylist()]
+    overlap = sorted(set(ids) & set(dataset["example_id"].to_pylist()))
+    if overlap:
+        raise DatasetError(
+            f"{len(overlap)} validation examples are also in the dataset (e.g. {overlap[0][:16]}): "
+            "a validation set must not be trained on; remove them from one side"
+        )
+    out = table.select(sorted(payload)).add_column(0, "example_id", pa.array(ids, pa.string()))
+    return out.append_column("label", pa.array(labels, pa.string())).sort_by("example_id")
+
+
 def example_id(payload: dict) -> str:
     return hashlib.sha256(rfc8785.dumps(_jsonable(payload))).hexdigest()
 

@@ -76,7 +76,9 @@ def replay_run(
     report.score_rtol = 0.0 if report.same_platform else float(training.params.get("score_rtol", SCORE_RTOL))
     labeled = read_parquet(store.get(training.inputs[TrainingRecord.LABELED_DATASET]))
     config = TrainingConfig(**training.params["config"])
-    _, result = train_labeled(labeled, config, run_id=str(training.params["run_id"]))
+    validation_cid = training.inputs.get(TrainingRecord.VALIDATION)
+    validation = read_parquet(store.get(validation_cid)) if validation_cid else None
+    _, result = train_labeled(labeled, config, run_id=str(training.params["run_id"]), validation=validation)
     stored_scores = read_parquet(store.get(training.outputs[TrainingRecord.EXAMPLE_ATTRIBUTION]))
     _compare_scores(stored_scores, result.example_attribution, report)
 

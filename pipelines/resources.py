@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import pyarrow as pa
 
 from pipelines.content_io import AssetIndex, ContentStoreIOManager, StoreResource
-from pipelines.datasets import SourceFile, load_files, load_source, source_files
+from pipelines.datasets import SourceFile, load_files, load_source, source_files, validation_examples
 from pipelines.lineage import LineageResource
 from pipelines.settings import Settings, load_settings
 from storage import ContentStore
@@ -36,9 +37,12 @@ class DatasetCatalog(dg.ConfigurableResource):
         provider: str | None = None,
         labeling: dict[str, Any],
         gold: str | None = None,
+        validation: str | None = None,
     ) -> dict[str, Any]:
         """Pin the source's files and record the version once; `labeling` is the project spec
-        (kind, field, choices). Registering the same content again (from any folder) is a no-op."""
+        (kind, field, choices). `gold` grades labelers (honeypot answers on training examples);
+        `validation` is a trusted, held-out set training measures influence against (checked with
+        `validation_examples`). Registering the same content again (from any folder) is a no-op."""
         path = self._path(version)
         hf = source if source.startswith("hf:") else None
         files = [] if hf else source_files(source, provider=provider)
@@ -49,6 +53,7 @@ class DatasetCatalog(dg.ConfigurableResource):
             "provider": provider,
             "labeling": labeling,
             "gold": _pinned(store, *source_files(gold)[0]) if gold else None,
+            "validation": _pinned(store, *source_files(validation)[0]) if validation else None,
         }
         if path.exists():
             known = json.loads(path.read_text())
@@ -65,6 +70,15 @@ class DatasetCatalog(dg.ConfigurableResource):
         tmp.write_text(json.dumps(entry, indent=2))
         tmp.replace(path)
         return entry
+
+    def validation(self, version: str, dataset: pa.Table, store: ContentStore) -> pa.Table | None:
+        """The version's declared validation set (checked against `dataset`), None if it has none."""
+        path = self._path(version)
+        entry = json.loads(path.read_text()) if path.exists() else {}
+        if not entry.get("validation"):
+            return None
+        table = load_files([SourceFile(**{**entry["validation"], "provider": "validation"})], store.get)
+        return validation_examples(table, dataset, entry["labeling"]["choices"])
 
     def load(self, version: str, store: ContentStore):
         """The registered rows of `version` (pa.Table), read back from the store by CID."""

@@ -52,6 +52,7 @@ class TrainingRecord:
     """Training with per-step attribution: what serving loads and the auditor re-derives."""
 
     LABELED_DATASET = "labeled_dataset"
+    VALIDATION = "validation"  # the declared trusted targets, when the dataset version has them
     MODEL = "trained_model"
     ENCODING = "model_encoding"
     EXAMPLE_ATTRIBUTION = "example_attribution"

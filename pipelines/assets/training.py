@@ -24,9 +24,11 @@ from attribution import (
     train_split,
 )
 from pipelines.content_io import AssetIndex, StoreResource, store_value
+from pipelines.datasets import DatasetError
 from pipelines.lineage import LineageResource, now, pipeline_code
 from pipelines.partitions import dataset_versions
 from pipelines.report import histogram_md
+from pipelines.resources import DatasetCatalog
 from provenance import CONSENSUS, SNAPSHOT, TRAINING, TrainingRecord
 
 
@@ -68,11 +70,20 @@ def run_id_of(labeled_cid: str, config: TrainingConfig) -> str:
 
 
 def train_labeled(
-    labeled: pa.Table, config: TrainingConfig, *, run_id: str
+    labeled: pa.Table, config: TrainingConfig, *, run_id: str, validation: pa.Table | None = None
 ) -> tuple[EncodedSplit, TrainResult]:
-    """Split, encode and train with attribution: the one recipe the asset runs and a replay reruns."""
+    """Split, encode and train with attribution: the one recipe the asset runs and a replay reruns.
+
+    Influence is measured against `validation` (trusted labels, never trained on) when the version
+    declares one; otherwise against a hash split of the crowd-labeled rows (`split_targets`).
+    """
     table = labeled.sort_by("example_id")
-    split = encode_split(table, split_targets(table["example_id"].to_pylist(), config.target_fraction))
+    if validation is None:
+        mask = split_targets(table["example_id"].to_pylist(), config.target_fraction)
+    else:
+        mask = np.r_[np.zeros(table.num_rows, bool), np.ones(validation.num_rows, bool)]
+        table = pa.concat_tables([table, validation], promote_options="permissive")
+    split = encode_split(table, mask)
     return split, train_split(split, config.hidden, config.train_config(), seed=config.seed, run_id=run_id)
 
 
@@ -112,6 +123,7 @@ def trained_model(
     context: dg.AssetExecutionContext,
     config: TrainingConfig,
     labeled_dataset: pa.Table,
+    catalog: DatasetCatalog,
     store: StoreResource,
     index: AssetIndex,
     lineage: LineageResource,
@@ -119,10 +131,22 @@ def trained_model(
     started, version = now(), context.partition_key
     client = store.client()
     data_cid = index.cid_of("labeled_dataset", version)
+    inputs = {TrainingRecord.LABELED_DATASET: data_cid}
     try:
-        split, result = train_labeled(labeled_dataset, config, run_id=run_id_of(data_cid, config))
-    except AttributionError as exc:
+        validation = catalog.validation(version, labeled_dataset, client)
+        if validation is not None:
+            inputs[TrainingRecord.VALIDATION] = store_value(client, validation).cid
+        split, result = train_labeled(
+            labeled_dataset, config, run_id=run_id_of(data_cid, config), validation=validation
+        )
+    except (AttributionError, DatasetError) as exc:
         raise dg.Failure(str(exc)) from exc
+    targets = "validation" if validation is not None else "crowd_hash_split"
+    if validation is None:
+        context.log.warning(
+            "no validation set declared: influence is measured against a hash split of the crowd-labeled "
+            "examples (declare one with `caravan ingest ... --validation FILE`)"
+        )
     enc, n_train, n_targets = split.encoding, len(split.example_ids), len(split.target_ids)
     scores = result.example_attribution
     accuracy = _accuracy(result.model, split.X_targets, split.y_targets)
@@ -138,7 +162,7 @@ def trained_model(
         TRAINING,
         version,
         started=started,
-        inputs={TrainingRecord.LABELED_DATASET: data_cid},
+        inputs=inputs,
         outputs={name: value.cid for name, value in stored.items()},
         parents=(lineage.cid_of(CONSENSUS, version), lineage.cid_of(SNAPSHOT, version)),
         params={
@@ -146,6 +170,7 @@ def trained_model(
             "seed": config.seed,
             "config": config.model_dump(),
             "heldout_accuracy": round(accuracy, 6),
+            "targets": targets,
             "platform": training_platform(),
             "score_rtol": SCORE_RTOL,
         },
@@ -159,6 +184,7 @@ def trained_model(
             "train_examples": n_train,
             "targets": n_targets,
             "heldout_accuracy": float(accuracy),
+            "measured_against": targets,
             "train_s": float(result.timings.get("train_s", 0.0)),
         },
     )

@@ -114,12 +114,26 @@ def ingest(
     provider: Annotated[
         str | None, typer.Option(help="Provider of a source without a provider column.")
     ] = None,
-    gold: Annotated[str | None, typer.Option(help="Parquet of (example_id, label) honeypot answers.")] = None,
+    gold: Annotated[
+        str | None,
+        typer.Option(
+            help="Parquet of (example_id, label): honeypot answers on examples of this dataset, "
+            "which grade the labelers (they are trained on)."
+        ),
+    ] = None,
+    validation: Annotated[
+        str | None,
+        typer.Option(
+            help="File of held-out examples (the dataset's payload columns and a trusted 'label'), "
+            "never trained on: training measures each example's influence against it. Without "
+            "it, influence is measured against a hash split of the crowd-labeled examples."
+        ),
+    ] = None,
 ) -> None:
     """Register a dataset version: the Dagster partition the whole graph runs for."""
     import dagster as dg
 
-    from pipelines.datasets import DatasetError, load_source, to_examples
+    from pipelines.datasets import DatasetError, load_source, to_examples, validation_examples
     from pipelines.resources import DatasetCatalog, resources_for
     from pipelines.settings import load_settings, use_dagster_home
 
@@ -133,6 +147,8 @@ def ingest(
             )
         if kind not in ("text", "image") or not labels:
             raise CaravanError("--kind must be text or image, and --choices must name at least one label")
+        if validation:
+            validation_examples(load_source(validation, provider="validation"), examples, labels)
         DatasetCatalog(root=str(settings.catalog_dir)).register(
             version,
             source,
@@ -140,6 +156,7 @@ def ingest(
             provider=provider,
             labeling={"kind": kind, "field": field, "choices": labels},
             gold=gold,
+            validation=validation,
         )
     use_dagster_home(settings)
     dg.DagsterInstance.get().add_dynamic_partitions("dataset_version", [version])

@@ -14,6 +14,7 @@ import hashlib
 import dagster as dg
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from attribution import WeightPolicy, contributor_weights
@@ -23,7 +24,7 @@ from pipelines.demo import write_contributors
 from pipelines.lineage import now
 from pipelines.partitions import dataset_versions
 from pipelines.replay import ReplayRefused, replay_run
-from pipelines.resources import resources_for
+from pipelines.resources import DatasetCatalog, resources_for
 from pipelines.settings import load_settings
 from provenance import (
     TRAINING,
@@ -88,9 +89,9 @@ def _tables(n: int = 150, seed: int = 0) -> dict[str, pa.Table]:
     }
 
 
-@pytest.fixture(scope="module")
-def published(tmp_path_factory, anvil: AnvilService):
-    """A run trained and weighted by the pipeline's assets and published on anvil."""
+def _publish(tmp_path_factory, anvil: AnvilService, *, validation: bool):
+    """A run trained and weighted by the pipeline's assets and published on anvil; with
+    `validation`, its dataset version declares a trusted validation set."""
     home = tmp_path_factory.mktemp("caravan")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CARAVAN_HOME", str(home))
@@ -109,6 +110,8 @@ def published(tmp_path_factory, anvil: AnvilService):
         for parent in ("consensus", "snapshot"):  # the records the training record names as parents
             resources["lineage"].write(client, parent, VERSION, started=now(), inputs={}, outputs={})
         write_contributors(settings.contributors_file, [*PROVIDERS, *LABELERS])
+        if validation:
+            _register_with_validation(home, client)
         (home / "dagster").mkdir()
         upstream = [dg.AssetSpec(a, partitions_def=dataset_versions) for a in _tables()]
         with dg.DagsterInstance.local_temp(str(home / "dagster")) as instance:
@@ -134,6 +137,37 @@ def published(tmp_path_factory, anvil: AnvilService):
         assert result.success
         chain = resources["chain"].client()
         yield chain, client, result.output_for_node("royalty_root")["run_id"]
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory, anvil: AnvilService):
+    yield from _publish(tmp_path_factory, anvil, validation=False)
+
+
+@pytest.fixture(scope="module")
+def published_with_validation(tmp_path_factory, anvil: AnvilService):
+    yield from _publish(tmp_path_factory, anvil, validation=True)
+
+
+def _validation_rows(n: int = 60) -> pa.Table:
+    """Held-out rows of the same classes (another draw: disjoint from the training rows)."""
+    rows = _tables(n=n, seed=0)["labeled_dataset"]  # the same centers ...
+    rng = np.random.default_rng(99)
+    noise = {f"f{j}": pa.array(rows[f"f{j}"].to_numpy() + rng.normal(0, 0.5, n)) for j in range(4)}
+    return pa.table({**noise, "label": rows["label"]})
+
+
+def _register_with_validation(home, store) -> None:
+    raw = _tables()["raw_dataset"]
+    pq.write_table(raw.drop(["example_id"]), home / "data.parquet")
+    pq.write_table(_validation_rows(), home / "validation.parquet")
+    DatasetCatalog(root=str(home / "datasets")).register(
+        VERSION,
+        str(home / "data.parquet"),
+        store=store,
+        labeling={"kind": "text", "field": "f0", "choices": list(CLASSES)},
+        validation=str(home / "validation.parquet"),
+    )
 
 
 def test_an_honest_run_replays_bit_for_bit(published) -> None:
@@ -169,7 +203,13 @@ def _republish(chain, store, run_id: str, name: str, **change) -> str:
             scores.schema.get_field_index("score"), "score", pa.array(score, pa.float64())
         )
         outputs[TrainingRecord.EXAMPLE_ATTRIBUTION] = store_value(store, scores).cid
-    new_training = put_record(store, dataclasses.replace(train, outputs=outputs, params=params))
+    inputs = dict(train.inputs)
+    if "validation" in change:  # the record names other targets than those the scores were measured on
+        half = read_parquet(store.get(inputs[TrainingRecord.VALIDATION])).slice(0, 30)
+        inputs[TrainingRecord.VALIDATION] = store_value(store, half).cid
+    new_training = put_record(
+        store, dataclasses.replace(train, inputs=inputs, outputs=outputs, params=params)
+    )
     stored = read_weights(store.get(head.outputs[WeightingRecord.WEIGHTS]))
     addresses = dict(zip(stored["contributor"].to_pylist(), stored["address"].to_pylist(), strict=True))
     tables = [
@@ -256,3 +296,27 @@ def test_verify_replay_on_the_command_line(published, monkeypatch) -> None:
     assert tampered.exit_code == 1
     pay = [line for line in tampered.output.splitlines() if line.startswith("FAIL pay_differs")]
     assert len(pay) == 1 and "p-small (provider" in pay[0]
+
+
+def test_a_declared_validation_set_is_what_influence_is_measured_against(published_with_validation) -> None:
+    chain, store, run_id = published_with_validation
+    records = RunRecords(chain, store)
+    _, train = records.parent(records.head(run_id), TRAINING)
+    assert train.params["targets"] == "validation"
+    validation = read_parquet(store.get(train.inputs[TrainingRecord.VALIDATION]))
+    assert validation.num_rows == 60 and set(validation["label"].to_pylist()) <= set(CLASSES)
+    labeled = read_parquet(store.get(train.inputs[TrainingRecord.LABELED_DATASET]))
+    scores = read_parquet(store.get(train.outputs[TrainingRecord.EXAMPLE_ATTRIBUTION]))
+    assert scores.num_rows == labeled.num_rows  # every labeled row trained on; none held out of it
+    report = replay_run(chain, store, run_id, code=CODE)
+    assert report.ok and report.max_score_diff == 0.0
+    tampered = _republish(chain, store, run_id, "tampered-validation", validation=True)
+    assert verify_run(chain, store, tampered).ok
+    assert "scores_differ" in replay_run(chain, store, tampered, code=CODE).names()
+
+
+def test_without_a_validation_set_the_record_says_targets_are_crowd_labels(published) -> None:
+    chain, store, run_id = published
+    records = RunRecords(chain, store)
+    _, train = records.parent(records.head(run_id), TRAINING)
+    assert train.params["targets"] == "crowd_hash_split" and TrainingRecord.VALIDATION not in train.inputs
