@@ -283,7 +283,7 @@ def run_demo(
 ) -> dict:
     """The whole mission on the bundled digits; returns the summary the CLI prints."""
     from pipelines.resources import DatasetCatalog
-    from provenance import verify_run
+    from provenance import TRAINING, RunRecords, verify_run
     from storage import read_parquet
 
     t0 = time.perf_counter()
@@ -319,6 +319,8 @@ def run_demo(
         run_id = root["run_id"]
         chain, store = _clients(settings)
         weights = read_parquet(store.get(root["weights_cid"])).to_pylist()
+        records = RunRecords(chain, store)
+        measured_against = records.parent(root["head_cid"], TRAINING)[1].params.get("targets")
         payee = max(weights, key=lambda r: (r["weight_bps"], r["address"]))["address"]
         say("chain: revenue deposit and one contributor's claim")
         deposit_tx, claim_tx, paid = settle_demo_revenue(settings, run_id, payee)
@@ -343,5 +345,6 @@ def run_demo(
         "verify_ok": report.ok,
         "failures": [f.__dict__ for f in report.failures],
         "weights": weights,
+        "measured_against": measured_against,
         **served,
     }

@@ -61,6 +61,11 @@ def demo(
         summary = run_demo(settings, limit=limit, start_services=start_services, say=say)
     out = Console(width=None if sys.stdout.isatty() else 150)
     out.print(_royalty_table(summary["weights"]))
+    if summary["measured_against"] != "validation":
+        out.print(
+            "influence was measured against a hash split of the crowd-labeled examples (no validation "
+            "set declared: `caravan ingest ... --validation FILE`)"
+        )
     out.print(
         f"claimed {summary['claimed_wei']} wei for {summary['payee']} (tx {summary['claim_tx']})"
         if summary["claim_tx"]
