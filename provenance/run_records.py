@@ -281,16 +281,6 @@ def _int_or_none(value: Any) -> int | None:
         return None
 
 
-def find_head(chain: Chain, store: ContentStore, run_id: str) -> str:
-    """The weighting record recorded under `run_id` (exactly one is expected)."""
-    return RunRecords(chain, store).head(run_id)
-
-
-def load_lineage(store: ContentStore, head_cid: str) -> dict[str, Record]:
-    """The head record and all its ancestors, each re-verified against its CID."""
-    return RunRecords(None, store).lineage(head_cid)
-
-
 def run_epochs(chain: Chain, store: ContentStore, run_id: str) -> list[RunEpoch]:
     """The run's settled serving epochs, oldest first (`RunRecords.epochs`)."""
     return RunRecords(chain, store).epochs(run_id)

@@ -191,7 +191,7 @@ def test_a_demo_killed_mid_pipeline_completes_on_restart_with_nothing_duplicated
     import time
     from pathlib import Path
 
-    from provenance import find_head
+    from provenance import RunRecords
 
     settings = caravan_env
     exe = Path(sys.executable).with_name("caravan")
@@ -215,6 +215,6 @@ def test_a_demo_killed_mid_pipeline_completes_on_restart_with_nothing_duplicated
     assert done["verify_ok"], done["failures"]
     assert done["annotations"] == 120 * 3
     chain, store = _chain(settings), BlockStore(settings.store_dir)
-    head = find_head(chain, store, done["run_id"])  # exactly one weighting record on chain
+    head = RunRecords(chain, store).head(done["run_id"])  # exactly one weighting record on chain
     recorded = [e.record_cid for e in chain.recorded_events(done["run_id"])]
     assert len(recorded) == len(set(recorded)) == 6 and head in recorded
