@@ -31,7 +31,7 @@ class StoreResource(dg.ConfigurableResource):
     """The content store: `embedded` blockstore, a `kubo` node, or a `pinning` service."""
 
     backend: str = "embedded"
-    store_dir: str = ".caravan/blocks"
+    store_dir: str  # from the settings (`resources_for`)
     kubo_url: str = "http://127.0.0.1:5001"
     pinning_url: str = ""
 
@@ -109,7 +109,7 @@ def decode(kind: str, data: bytes) -> Any:
 class AssetIndex(dg.ConfigurableResource):
     """One small pointer file per (asset, partition) naming the CID of its latest stored value."""
 
-    pointer_dir: str = ".caravan/assets"
+    pointer_dir: str  # from the settings (`resources_for`)
 
     def path(self, key: dg.AssetKey, partition: str | None) -> Path:
         return Path(self.pointer_dir) / "/".join(key.path) / f"{partition or '__all__'}.json"

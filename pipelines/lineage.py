@@ -32,7 +32,7 @@ def pipeline_code() -> CodeVersion:
 class LineageResource(dg.ConfigurableResource):
     """Where each (activity, dataset version) finds its latest record CID."""
 
-    index_dir: str = ".caravan/lineage"
+    index_dir: str  # from the settings (`resources_for`)
 
     def _path(self, activity: str, version: str) -> Path:
         return Path(self.index_dir) / activity / f"{version}.json"

@@ -26,7 +26,7 @@ class DatasetCatalog(dg.ConfigurableResource):
     """Dataset versions (the partitions): each names its source files by CID, pinned when registered,
     so a version reloads the same bytes on any machine and names no local path."""
 
-    root: str = ".caravan/datasets"
+    root: str  # from the settings (`resources_for`)
 
     def register(
         self,
@@ -124,7 +124,7 @@ class LabelStudioResource(dg.ConfigurableResource):
 class ContributorsResource(dg.ConfigurableResource):
     """The contributors registry file: contributor id -> EVM address (never personal data on chain)."""
 
-    path: str = ".caravan/contributors.yaml"
+    path: str  # from the settings (`resources_for`)
 
     def registry(self):
         from labeling import ContributorsRegistry
@@ -136,7 +136,7 @@ class ChainResource(dg.ConfigurableResource):
     """An EVM JSON-RPC endpoint; the key comes from CARAVAN_PRIVATE_KEY or a keystore, never from config."""
 
     rpc_url: str = "http://127.0.0.1:8545"
-    chain_dir: str = ".caravan/chain"
+    chain_dir: str  # from the settings (`resources_for`)
     auto_deploy: bool = True  # local chains only; a real chain's contracts are deployed on purpose
 
     def client(self):
@@ -153,7 +153,7 @@ class ChainResource(dg.ConfigurableResource):
 class LedgerResource(dg.ConfigurableResource):
     """The serving ledger (API keys, receipts, epochs): a SQLite file or a PostgreSQL URL."""
 
-    path: str = ".caravan/ledger.sqlite"
+    path: str  # from the settings (`resources_for`)
 
     def ledger(self):
         from serving import Ledger
@@ -182,7 +182,7 @@ def resources_for(settings: Settings | None = None) -> dict[str, Any]:
         "chain": ChainResource(
             rpc_url=s.rpc_url, chain_dir=str(s.chain_dir), auto_deploy=s.deployment == "local"
         ),
-        "lineage": LineageResource(index_dir=str(s.home / "lineage")),
+        "lineage": LineageResource(index_dir=str(s.lineage_dir)),
         # A database URL goes in as the environment variable's name (dg.EnvVar), so a password inside
         # it never shows in Dagster's run config or UI; a file path is plain config.
         "ledger": LedgerResource(

@@ -52,6 +52,10 @@ class Settings:
     def catalog_dir(self) -> Path:
         return self.home / "datasets"
 
+    @property
+    def lineage_dir(self) -> Path:
+        return self.home / "lineage"
+
     def environ(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
         """`base` (default: this process's environment) with every setting spelled out as its variable.
 

@@ -13,7 +13,8 @@ Why it is more than `contract.functions.x().transact()`:
 Configuration (environment, `CARAVAN_` prefix): `CARAVAN_RPC_URL` (default the local anvil on
 127.0.0.1:8545), `CARAVAN_PRIVATE_KEY`, or `CARAVAN_KEYSTORE` + `CARAVAN_KEYSTORE_PASSWORD`
 (an encrypted JSON keystore), `CARAVAN_CHAIN_ID` (refuse any other chain), `CARAVAN_CHAIN_DIR`
-(deployments and tx journal, default `.caravan/chain`). With no key configured and a local
+(deployments and tx journal; no default here: caravan's settings put it under `CARAVAN_HOME`, and a
+read-only use needs none). With no key configured and a local
 anvil on chain 31337, the first dev account anvil wrote to `<chain dir>/anvil.json` is used.
 """
 
@@ -68,7 +69,6 @@ KEYSTORE_PASSWORD_ENV = "CARAVAN_KEYSTORE_PASSWORD"
 CHAIN_ID_ENV = "CARAVAN_CHAIN_ID"
 CHAIN_DIR_ENV = "CARAVAN_CHAIN_DIR"
 DEFAULT_RPC_URL = "http://127.0.0.1:8545"
-DEFAULT_CHAIN_DIR = Path(".caravan/chain")
 ARTIFACTS = Path(__file__).with_name("contracts") / "artifacts"
 REGISTRY = "ProvenanceRegistry"
 DISTRIBUTOR = "RoyaltyDistributor"
@@ -193,14 +193,14 @@ class Chain:
         *,
         account: LocalAccount | None = None,
         expected_chain_id: int | None = None,
-        chain_dir: str | os.PathLike[str] = DEFAULT_CHAIN_DIR,
+        chain_dir: str | os.PathLike[str] | None = None,
         attempts: int = 4,
         rpc_timeout_s: float = 10.0,
         receipt_timeout_s: float = 180.0,
     ) -> None:
         self.rpc_url = rpc_url
         self.account = account
-        self.chain_dir = Path(chain_dir)
+        self._chain_dir = None if chain_dir is None else Path(chain_dir)
         self.receipt_timeout_s = receipt_timeout_s
         self._attempts = attempts
         provider = HTTPProvider(
@@ -218,6 +218,15 @@ class Chain:
     def __repr__(self) -> str:
         return f"Chain({redact_url(self.rpc_url)}, chain_id={self.chain_id}, account={self.address})"
 
+    @property
+    def chain_dir(self) -> Path:
+        """Where this chain's deployments and transaction journal live (the caller's settings say)."""
+        if self._chain_dir is None:
+            raise ChainError(
+                f"no chain directory: set {CHAIN_DIR_ENV} (caravan's settings put it under CARAVAN_HOME)"
+            )
+        return self._chain_dir
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, need_key: bool = False) -> Chain:
         """Configure from `CARAVAN_*` variables (see the module docstring)."""
@@ -227,14 +236,19 @@ class Chain:
             expected_id = int(expected) if expected else None
         except ValueError:
             raise ChainError(f"{CHAIN_ID_ENV}={expected!r} is not an integer chain id") from None
-        chain_dir = Path(env.get(CHAIN_DIR_ENV) or DEFAULT_CHAIN_DIR)
+        chain_dir = Path(env[CHAIN_DIR_ENV]) if env.get(CHAIN_DIR_ENV) else None
         chain = cls(
             env.get(RPC_URL_ENV) or DEFAULT_RPC_URL,
             account=load_account(env),
             expected_chain_id=expected_id,
             chain_dir=chain_dir,
         )
-        if chain.account is None and chain.chain_id == ANVIL_CHAIN_ID and _is_local(chain.rpc_url):
+        if (
+            chain.account is None
+            and chain_dir is not None
+            and chain.chain_id == ANVIL_CHAIN_ID
+            and _is_local(chain.rpc_url)
+        ):
             config = chain_dir / "anvil.json"
             if config.is_file():
                 chain.account = Account.from_key(read_dev_keys(config)[0])

@@ -3,7 +3,7 @@
     cid_for_bytes(data, *, cid_version=0) -> str      the CID `ipfs add` gives these bytes
     cid_for_file(path, *, cid_version=0) -> str       same, streamed in bounded memory
     ContentStore                                      the Protocol every backend implements
-    BlockStore(root)                                  the embedded default (.caravan/blocks)
+    BlockStore(root)                                  the embedded default (root from the caller's settings)
     KuboStore(api_url), PinningServiceStore(...)      real backends over HTTP
     snapshot_parquet(table, *, sort_by) / read_parquet  deterministic Parquet bytes
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from storage.blockstore import DEFAULT_ROOT, STORE_DIR_ENV, BlockStore, default_store
+from storage.blockstore import STORE_DIR_ENV, BlockStore
 from storage.cids import is_cid, parse_cid
 from storage.errors import (
     BlockNotFound,
@@ -50,7 +50,6 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "CHUNK_SIZE",
-    "DEFAULT_ROOT",
     "MAX_LINKS",
     "STORE_DIR_ENV",
     "BlockNotFound",
@@ -66,7 +65,6 @@ __all__ = [
     "UnreadableFile",
     "cid_for_bytes",
     "cid_for_file",
-    "default_store",
     "is_cid",
     "parse_cid",
     "read_parquet",

@@ -1,6 +1,6 @@
 """The embedded content store: verified blocks on local disk, recursive pins, GC and CAR files.
 
-Layout under `root` (default `.caravan/blocks`, or `CARAVAN_STORE_DIR` via `default_store`):
+Layout under `root` (the caller's settings choose it: caravan's put it under `CARAVAN_HOME`):
 
     data/<2 chars>/<CIDv1 base32>   one file per block (CIDv0 blocks are named by their v1 form)
     tmp/                            writes land here first, then are renamed into data/
@@ -31,14 +31,8 @@ from storage.cids import block_key, block_matches, cid_to_str, parse_cid
 from storage.errors import BlockNotFound, CarError, CorruptBlock, StorageError, UnreadableFile
 from storage.unixfs import BlockSink, Buffer, import_bytes, import_file, iter_dag, iter_file, open_input
 
-DEFAULT_ROOT = ".caravan/blocks"
 STORE_DIR_ENV = "CARAVAN_STORE_DIR"
 _SINK_MEMO = 4096  # CIDs remembered per import (~0.5 MiB)
-
-
-def default_store() -> BlockStore:
-    """The embedded store at `$CARAVAN_STORE_DIR`, or `.caravan/blocks` when unset."""
-    return BlockStore(os.environ.get(STORE_DIR_ENV) or DEFAULT_ROOT)
 
 
 class _IterStream(io.RawIOBase):
@@ -67,7 +61,7 @@ class _IterStream(io.RawIOBase):
 class BlockStore:
     """Blocks on local disk, each verified on read; the default `ContentStore`."""
 
-    def __init__(self, root: str | os.PathLike[str] = DEFAULT_ROOT, *, fsync: bool = True) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
         self.root = Path(root)
         self._data = self.root / "data"
         self._tmp = self.root / "tmp"

@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 import httpx
 from multiformats import CID
 
-from storage.blockstore import BlockStore, default_store
+from storage.blockstore import BlockStore
 from storage.cids import block_key, block_matches, cid_to_str, parse_cid
 from storage.errors import BlockNotFound, CorruptBlock, RemoteError
 from storage.unixfs import CHUNK_SIZE, Buffer, cid_for_bytes, cid_for_file, iter_file, open_input
@@ -210,8 +210,8 @@ class PinningServiceStore:
         self,
         endpoint: str,
         *,
+        local: BlockStore,
         token_env: str = PINNING_TOKEN_ENV,
-        local: BlockStore | None = None,
         origins: tuple[str, ...] = (),
         timeout: float | httpx.Timeout = 30.0,
         transport: httpx.BaseTransport | None = None,
@@ -220,7 +220,7 @@ class PinningServiceStore:
         if not token:
             raise RemoteError(f"set {token_env} to the pinning service's access token")
         self.endpoint = endpoint.rstrip("/")
-        self.local = local if local is not None else default_store()
+        self.local = local
         self.origins = list(origins)
         self._client = httpx.Client(
             base_url=self.endpoint,

@@ -16,7 +16,6 @@ from storage import (
     StorageError,
     UnreadableFile,
     cid_for_bytes,
-    default_store,
 )
 from storage.cids import parse_cid
 from tests.storage.conftest import content
@@ -153,8 +152,3 @@ def test_missing_and_unreadable_files_change_nothing(store: BlockStore, tmp_path
     assert store.get(cid) == DATA
 
 
-def test_default_store_follows_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CARAVAN_STORE_DIR", str(tmp_path / "elsewhere"))
-    store = default_store()
-    assert store.root == tmp_path / "elsewhere"
-    assert store.get(store.put_bytes(b"x")) == b"x"
