@@ -343,3 +343,25 @@ def test_a_bad_credit_table_is_refused_with_its_reason(rows, match):
     tables = _tables([1.0, 2.0, 3.0], ["c0", "c1", "c0"], [])
     with pytest.raises(ContributorError, match=match):
         contributor_weights(*tables, ADDR, credit=_credit(rows))
+
+
+def test_serving_splits_pay_by_the_credit_table_too():
+    # one prediction's fee: the batched, single and per-row paths agree under a credit table, and a
+    # copy's contribution goes to its first registrant (c1 copied c0's e000: e001 pays c0)
+    rng = np.random.default_rng(4)
+    att, ex, ann, con = _tables(list(rng.uniform(0.1, 1, 6)), ["c0", "c1", "c2", "c0", "c1", "c2"],
+                                [(i, "c5", "a") for i in range(6)])
+    credit = _credit([("e000", "c0", 0.5), ("e001", "c0", 0.5)]
+                     + [(f"e{i:03d}", p, 1.0) for i, p in ((2, "c2"), (3, "c0"), (4, "c1"), (5, "c2"))])
+    split = ContributorSplit.build(ex, ann, con, ADDR, credit=credit)
+    ids = ex["example_id"].to_pylist()
+    contributions = rng.uniform(-0.2, 1.0, size=(6, 5))
+    batched = split.split_queries(ids, contributions)
+    for q in range(5):
+        ref = split.split_query(ids, contributions[:, q])
+        assert batched[q].tolist() == ref["weight_bps"].to_pylist()
+        assert split.split_one(split.positions(ids), contributions[:, q]).tolist() == batched[q].tolist()
+    only_the_copy = np.zeros(6)
+    only_the_copy[1] = 1.0
+    paid = {r["contributor"]: r["weight_bps"] for r in split.split_query(ids, only_the_copy).to_pylist()}
+    assert paid["c1"] == 0 and paid["c0"] == 7000 and paid["c5"] == 3000
