@@ -12,6 +12,8 @@ Public face (other rooms use only these names):
 - ``contributor_weights(example_attribution, examples, annotations, consensus, addresses)``
   -> ``contributor_weights`` table (its schema, roles and ``TOTAL_BPS`` live in ``schemas``, the
   ground floor it shares with ``provenance``); ``ContributorSplit`` applies the same policy per query.
+  Both take ``credit=`` (the ``example_credit`` table, ``schemas.CREDIT_SCHEMA``, made at ingest):
+  duplicates paid once, to their first registrant(s); without it each example pays its ``provider``.
 - ``attribute_query(result.features, x)`` -> per-training-example contributions to one
   prediction; ``ContributorSplit.split_query(example_ids, contributions)`` -> its fee split.
 - ``model_to_bytes(model, spec)`` / ``model_from_bytes(data)``: deterministic safetensors bytes.

@@ -16,6 +16,13 @@ gets the top share under ``clip`` and the lowest provider share under ``net``).
 Each role's share is split in proportion to the contributors' scores; a role with no
 positive score passes its share to the other.
 
+Duplicates (``credit``, the ``example_credit`` contract in ``schemas``, made at ingest): an
+example's provider credit goes to the providers the credit table names, with its shares; a
+duplicate group's members each weigh ``1/m``, so the group earns the mean of its members'
+scores once (copies add nothing and dilute nobody), paid to the provider(s) who registered the
+group first (equal shares for sources registered at the same time); its labelers' credit is
+scaled by the same weight. Without ``credit`` each example pays its ``provider`` column.
+
 Determinism for auditors: example scores are rounded to ``score_digits`` significant digits
 (relative to the largest) before anything else, so tiny float differences (1 vs 2 torch
 threads) vanish; contributions are summed in ``example_id`` order; the final split is exact
@@ -150,7 +157,11 @@ class ContributorSplit:
         consensus: pa.Table | None,
         addresses: dict[str, str],
         policy: WeightPolicy | None = None,
+        credit: pa.Table | None = None,
     ) -> ContributorSplit:
+        """``credit`` (the ``example_credit`` contract, ``schemas.CREDIT_SCHEMA``), when given, says
+        who is paid for each example instead of its ``provider`` column: duplicates paid once, to
+        the first-registered provider(s). Without it each example pays its own provider."""
         policy = policy or WeightPolicy()
         ids = _strings(examples, "examples", "example_id")
         providers = _strings(examples, "examples", "provider")
@@ -162,8 +173,13 @@ class ContributorSplit:
         if len(set(example_ids)) != len(example_ids):
             raise ContributorError("examples table lists an example_id twice")
         index = {e: i for i, e in enumerate(example_ids)}
-        entries = {"provider": [(providers[i], index[ids[i]], 1.0) for i in order]}
-        entries["labeler"] = _labeler_entries(annotations, consensus, index)
+        if credit is None:
+            entries = {"provider": [(providers[i], index[ids[i]], 1.0) for i in order]}
+            weight = None
+        else:
+            provider_entries, weight = _credit_entries(credit, index, [providers[i] for i in order])
+            entries = {"provider": provider_entries}
+        entries["labeler"] = _labeler_entries(annotations, consensus, index, weight)
         contributors = {r: sorted({c for c, _, _ in entries[r]}) for r in ROLES}
         everyone = sorted(set(contributors["provider"]) | set(contributors["labeler"]))
         checked = _checked_addresses(everyone, addresses)
@@ -475,10 +491,62 @@ def _stack_rows(matrices: list[sparse.csr_matrix], n_cols: int) -> sparse.csr_ma
     )
 
 
+def _credit_entries(
+    credit: pa.Table, index: dict[str, int], providers: list[str]
+) -> tuple[list[tuple[str, int, float]], list[float]]:
+    """(provider, example index, share) from an ``example_credit`` table, in (example, provider)
+    order, and each example's weight (its shares' sum: 1/(its duplicate group's size)).
+
+    Every example must have credit rows; a provider of the examples table credited with nothing
+    (all its examples copy earlier-registered ones) is listed with a zero share, so it shows in
+    the weights table with 0 bps instead of vanishing.
+    """
+    ids = _strings(credit, "example_credit", "example_id")
+    who = _strings(credit, "example_credit", "provider")
+    if "share" not in credit.column_names:
+        raise ContributorError(f"example_credit table has no 'share' column (columns: {credit.column_names})")
+    shares = pc.cast(credit["share"], pa.float64()).to_pylist()
+    rows: dict[tuple[int, str], float] = {}
+    for e, p, v in zip(ids, who, shares, strict=True):
+        if e not in index:
+            raise ContributorError(f"example_credit names example {e!r}, which is not in the examples table")
+        if not p:
+            raise ContributorError(f"example_credit gives example {e!r} a share without a provider")
+        if v is None or not math.isfinite(v) or not 0.0 < v <= 1.0:
+            raise ContributorError(
+                f"example_credit share of {p!r} in example {e!r} must be in (0, 1], got {v}"
+            )
+        if (index[e], p) in rows:
+            raise ContributorError(f"example_credit lists provider {p!r} twice for example {e!r}")
+        rows[(index[e], p)] = float(v)
+    entries = [(p, e, v) for (e, p), v in sorted(rows.items())]
+    per_example: list[list[float]] = [[] for _ in index]
+    for _, e, v in entries:
+        per_example[e].append(v)
+    missing = [i for i, v in enumerate(per_example) if not v]
+    if missing:
+        first = next(e for e, i in index.items() if i == missing[0])
+        raise ContributorError(f"{len(missing)} examples have no row in example_credit (e.g. {first!r})")
+    weight = [math.fsum(v) for v in per_example]
+    if max(weight) > 1.0 + 1e-9:
+        raise ContributorError("example_credit shares of one example add up to more than 1")
+    paid = {p for p, _, _ in entries}
+    unpaid: dict[str, int] = {}
+    for i, p in enumerate(providers):
+        if p not in paid:
+            unpaid.setdefault(p, i)
+    entries.extend((p, i, 0.0) for p, i in sorted(unpaid.items()))
+    return entries, weight
+
+
 def _labeler_entries(
-    annotations: pa.Table | None, consensus: pa.Table | None, index: dict[str, int]
+    annotations: pa.Table | None,
+    consensus: pa.Table | None,
+    index: dict[str, int],
+    weight: list[float] | None = None,
 ) -> list[tuple[str, int, float]]:
-    """(annotator, example index, share) for annotators who agreed with the consensus label."""
+    """(annotator, example index, share) for annotators who agreed with the consensus label;
+    ``weight`` (by example index) scales an example's share (a duplicate group is credited once)."""
     if annotations is None or consensus is None or annotations.num_rows == 0 or consensus.num_rows == 0:
         return []
     agreed: dict[str, tuple[str, float]] = {}
@@ -512,6 +580,8 @@ def _labeler_entries(
     out = []
     for e in sorted(voters):
         conf = agreed[e][1] / len(voters[e])
+        if weight is not None:
+            conf *= weight[index[e]]
         out.extend((who, index[e], conf) for who in sorted(voters[e]))
     out.extend((who, index[e], 0.0) for who, e in sorted(others))
     return out
@@ -537,7 +607,9 @@ def contributor_weights(
     consensus: pa.Table | None,
     addresses: dict[str, str],
     policy: WeightPolicy | None = None,
+    credit: pa.Table | None = None,
 ) -> pa.Table:
-    """The ``contributor_weights`` table (contributor, address, role, score, weight_bps)."""
-    split = ContributorSplit.build(examples, annotations, consensus, addresses, policy)
+    """The ``contributor_weights`` table (contributor, address, role, score, weight_bps); with
+    ``credit`` (``example_credit``) duplicates are paid once, to their first registrant(s)."""
+    split = ContributorSplit.build(examples, annotations, consensus, addresses, policy, credit)
     return split.weights(example_attribution)

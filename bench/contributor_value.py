@@ -25,10 +25,12 @@ targets, then ``attribution.contributor_weights`` under each ``WeightPolicy.nega
 Printed per policy: Spearman of pay against the truth (providers, labelers; also over a few
 more attributed runs at other seeds, the pay's own spread), the share gap (total-variation
 distance between pay shares and positive-truth shares), each faulty contributor's rank and
-share, and the same for a candidate not in the library ('net' after crediting near-copies to
-their first registrant). The last line is one JSON object: the issue's keys (``spearman``,
-``ceiling``, ``faulty_share_bps``, ``default_policy``, ``seconds``), ``share_gap`` and
-``candidate``.
+share, the same for the library's default ``net+credit`` (what the pipeline pays: ``net`` with the
+``example_credit`` its ingest makes, ``pipelines.datasets.to_examples``: near-copies grouped and paid
+once to their first registrant), and for a candidate not in the library ('net' after crediting
+near-copies to their first registrant). The last line is one JSON object: the issue's keys
+(``spearman``, ``ceiling``, ``faulty_share_bps``, ``default_policy``: ``net+credit``, ``seconds``),
+``share_gap`` and ``candidate``.
 
 Model: an MLP (one hidden layer of 64) trained by SGD with a linearly decayed rate, so a
 retrain converges and the leave-one-out differences are not SGD noise. At most 300 validation
@@ -46,7 +48,7 @@ import json
 import sys
 import time
 import typing
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -71,8 +73,10 @@ from attribution import (  # noqa: E402
 )
 from bench._common import load, log_p_true  # noqa: E402
 from labeling import SimulatedAnnotator, dawid_skene, simulate_answers  # noqa: E402
+from pipelines.datasets import example_id, to_examples  # noqa: E402
 
 POLICIES = typing.get_args(typing.get_type_hints(WeightPolicy)["negative"])  # every policy the library has
+LIBRARY = "net+credit"  # what the pipeline pays: 'net' with the ingest's example_credit (copies earn once)
 MAX_VALIDATION, MAX_POOL = 300, 1500  # real rows: validation set, then the providers' pool
 PER_EXAMPLE = 3  # answers per example
 EPOCH = datetime(2025, 1, 1, tzinfo=UTC)
@@ -318,6 +322,24 @@ def copy_owners(full: Variant, world: World) -> tuple[np.ndarray, np.ndarray]:
     return owner[first], copy
 
 
+def library_credit(world: World) -> tuple[pa.Table, dict]:
+    """The pipeline's own duplicate grouping (``pipelines.datasets.to_examples``, each provider's
+    source registered an hour after the previous one, in ``PROVIDERS`` order): its ``example_credit``
+    keyed by the bench's example ids, and how it grouped (the ingest record's ``duplicates``)."""
+    owner = world.examples["provider"].to_pylist()
+    raw = pa.table({"x": world.examples["x"], "provider": owner, "source": owner})
+    times = {p.name: (EPOCH + timedelta(hours=k)).strftime("%Y-%m-%dT%H:%M:%SZ")
+             for k, p in enumerate(PROVIDERS)}
+    _, report = to_examples(raw, times)
+    content = [example_id(r) for r in raw.select(["x"]).to_pylist()]
+    if len(set(content)) != len(content):
+        sys.exit("error: the world holds exact copies; the bench's ids cannot map to content ids")
+    bench_id = dict(zip(content, world.examples["example_id"].to_pylist(), strict=True))
+    credit = report.grouping.credit
+    ids = pa.array([bench_id[e] for e in credit["example_id"].to_pylist()], pa.string())
+    return credit.set_column(0, "example_id", ids), report.grouping.to_params()
+
+
 def share_gap(pay: dict[str, int], truth: dict[str, float], names: list[str]) -> float:
     """Total-variation distance between a role's pay shares and its positive truth's shares (0: the
     money goes where the value is, in proportion; 1: none of it does)."""
@@ -335,9 +357,9 @@ def address(contributor: str) -> str:
     return "0x" + hashlib.sha256(f"bench:{contributor}".encode()).hexdigest()[:40]
 
 
-def pay_run(task, world: World, full: Variant, seed: int, owners: np.ndarray):
-    """One attributed training run: bps per contributor under every policy and the candidate, and
-    the signed score sums (before any floor)."""
+def pay_run(task, world: World, full: Variant, seed: int, owners: np.ndarray, credit: pa.Table):
+    """One attributed training run: bps per contributor under every policy, the library's default
+    (``LIBRARY``) and the candidate, and the signed score sums (before any floor)."""
     res = train_with_attribution(task, full.x, full.y, full.examples["example_id"].to_pylist(), full.xv,
                                  full.yv, seed=seed, with_features=False)
     names = [p.name for p in PROVIDERS] + [n for n, _, _ in LABELERS]
@@ -345,11 +367,11 @@ def pay_run(task, world: World, full: Variant, seed: int, owners: np.ndarray):
     at = world.examples.column_names.index("provider")
     dedup = world.examples.set_column(at, "provider", pa.array(owners))  # copies credited to the original
     pay = {}
-    for kind in [*POLICIES, "candidate"]:
-        policy = WeightPolicy(negative="net" if kind == "candidate" else kind)
+    for kind in [*POLICIES, LIBRARY, "candidate"]:
+        policy = WeightPolicy(negative="net" if kind in (LIBRARY, "candidate") else kind)
         examples = dedup if kind == "candidate" else world.examples
         table = contributor_weights(res.example_attribution, examples, world.annotations, full.consensus,
-                                    addresses, policy)
+                                    addresses, policy, credit=credit if kind == LIBRARY else None)
         pay[kind] = dict(zip(table["contributor"].to_pylist(), table["weight_bps"].to_pylist(), strict=True))
     split = ContributorSplit.build(world.examples, world.annotations, full.consensus, addresses)
     aligned = split.scores_vector(res.example_attribution)
@@ -421,15 +443,16 @@ def main() -> None:
 
     print("== pay: training with per-step attribution against the validation targets", flush=True)
     owners, flagged = copy_owners(full, world)
+    credit, grouping = library_credit(world)
     t0 = time.perf_counter()
-    runs = [pay_run(task, world, full, 1000 + args.seed + r, owners) for r in range(args.pay_runs)]
+    runs = [pay_run(task, world, full, 1000 + args.seed + r, owners, credit) for r in range(args.pay_runs)]
     pay_s = (time.perf_counter() - t0) / args.pay_runs
     pay, signed = runs[0]
-    kinds = [*POLICIES, "candidate"]
+    kinds = [*POLICIES, LIBRARY, "candidate"]
     print(f"  one attributed run: {pay_s:.1f}s (seed {1000 + args.seed}, not one of the truth's seeds); "
           f"{len(runs) - 1} more at other seeds for the pay's own spread")
     print("  contributor        truth x1e3 (mean +- sd)   signed score  "
-          + "  ".join(f"{k:>5} bps" if k != "candidate" else "candidate*" for k in kinds))
+          + "  ".join(f"{k:>5} bps" if k not in (LIBRARY, "candidate") else f"{k:>9}*" for k in kinds))
     for names in roles.values():
         for name in names:
             t = truth[name] * 1e3
@@ -437,11 +460,14 @@ def main() -> None:
                   f"        {signed.get(name, 0.0):>+11.4f}  " + "  ".join(f"{pay[k].get(name, 0):>9}"
                                                                           for k in kinds))
     print("  (! faulty; truth = validation-loss rise without it, > 0: it helped; signed score = the sum of "
-          "its credit shares of the example scores, before any floor; * candidate: see its section)")
+          "its credit shares of the example scores, before any floor; * net+credit, candidate: see their "
+          "sections)")
 
     out_rho, out_gap, faulty_bps = {}, {}, {}
     for kind in kinds:
-        title = "candidate (not in the library)" if kind == "candidate" else f"policy negative={kind!r}"
+        title = ("candidate (not in the library)" if kind == "candidate" else
+                 f"library default {LIBRARY!r}: 'net' with the ingest's example_credit (the pipeline's pay)"
+                 if kind == LIBRARY else f"policy negative={kind!r}")
         print(f"== {title}", flush=True)
         for role, names in roles.items():
             want = [truth_mean[n] for n in names]
@@ -463,6 +489,18 @@ def main() -> None:
         print(f"  faulty contributors' total share: {shares[0]} bps of 10000"
               + f" (over {len(runs)} runs: {min(shares)}..{max(shares)})" * (len(runs) > 1))
     copies = owner == "copycat"
+    near = grouping["near"]
+    grouped = set(credit.filter(pc.less(credit["share"], 1.0))["example_id"].to_pylist())
+    in_group = np.isin(world.examples["example_id"].to_pylist(), sorted(grouped))
+    flood, copied = owner == "flooder", np.isin(owner, [p.copy_of for p in PROVIDERS if p.copy_of])
+    rest = ~copies & ~flood & ~copied
+    print(f"  {LIBRARY}: the pipeline's ingest grouping ({near['method']}; fraction {near.get('fraction')}, "
+          f"threshold {near.get('threshold')}): {near.get('groups')} groups, {near.get('copies')} copies; "
+          f"grouped: {int(in_group[copies].sum())}/{int(copies.sum())} copycat, "
+          f"{int(in_group[copied].sum())}/{int(copied.sum())} of the originals it copied, "
+          f"{int(in_group[flood].sum())}/{int(flood.sum())} flooder, "
+          f"{int(in_group[rest].sum())}/{int(rest.sum())} other examples; unpaid providers "
+          f"{grouping['unpaid_providers']}")
     print("  candidate: 'net', after crediting each near-copy to its first registrant (nearest example of an "
           "earlier-registered provider closer than 0.25x the median such distance: "
           f"{int(flagged[copies].sum())}/{int(copies.sum())} copycat examples caught, "
@@ -488,7 +526,7 @@ def main() -> None:
         "share_gap": {k: _num(v) for k, v in out_gap.items() if not k.startswith("candidate/")},
         "ceiling": {k: _num(v) for k, v in ceil.items()},
         "faulty_share_bps": {k: v for k, v in faulty_bps.items() if k != "candidate"},
-        "default_policy": WeightPolicy().negative,
+        "default_policy": LIBRARY,  # what the pipeline pays: WeightPolicy() 'net' with the example_credit
         "seconds": round(seconds, 1),
         "candidate": {"spearman": {r: _num(out_rho[f"candidate/{r}"]) for r in roles},
                       "share_gap": {r: _num(out_gap[f"candidate/{r}"]) for r in roles},

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,7 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 import rfc8785
 
+from pipelines.duplicates import Grouping, group_duplicates
 from storage import cid_for_file
 
 SUFFIX_READERS = {
@@ -57,6 +58,7 @@ class IngestReport:
     examples: int
     duplicates_dropped: int
     providers: int
+    grouping: Grouping | None = None  # duplicates grouped for credit (pipelines.duplicates)
 
 
 def source_files(source: str, *, provider: str | None = None) -> list[tuple[Path, SourceFile]]:
@@ -137,8 +139,17 @@ def _with_provider(table: pa.Table, provider: str | None, source: str) -> pa.Tab
     return table
 
 
-def to_examples(table: pa.Table) -> tuple[pa.Table, IngestReport]:
-    """Add `example_id`, keep the first row of each content (by provider, then source order)."""
+def to_examples(
+    table: pa.Table, registered_at: Mapping[str, str] | None = None
+) -> tuple[pa.Table, IngestReport]:
+    """Add `example_id`, keep one row of each content, and group duplicates for credit.
+
+    `registered_at` maps each row's `source` to when it was registered (ISO 8601 UTC; the
+    catalog's `registered_at`); without it every source counts as registered at the same time.
+    The row kept for an exact copy is the first-registered source's (ties by provider, then
+    source), so the winner does not depend on input order. `report.grouping` holds the
+    `example_credit` table (`pipelines.duplicates`): duplicates paid once, to the first registrant.
+    """
     if table.num_rows == 0:
         raise DatasetError("the dataset has no rows")
     provider = table.column("provider")
@@ -152,18 +163,48 @@ def to_examples(table: pa.Table) -> tuple[pa.Table, IngestReport]:
     out = table.select(payload).add_column(0, "example_id", ids)
     out = out.append_column("provider", provider.cast(pa.string()))
     out = out.append_column("source", table.column("source").cast(pa.string()))
-    # first occurrence wins; order by provider so the winner does not depend on input order
+    sources = out["source"].to_pylist()
+    if registered_at is None:
+        times = [""] * len(sources)
+    else:
+        unknown = sorted({s for s in sources if s not in registered_at})
+        if unknown:
+            raise DatasetError(f"no registration time for sources {unknown[:5]}; register them again")
+        times = [registered_at[s] for s in sources]
+    out = out.append_column("_registered_at", pa.array(times, pa.string()))
     order = pc.sort_indices(
-        out, [("example_id", "ascending"), ("provider", "ascending"), ("source", "ascending")]
+        out,
+        [("example_id", "ascending"), ("_registered_at", "ascending"), ("provider", "ascending"),
+         ("source", "ascending")],
     )
     out = out.take(order)
     keep = _first_of_runs(out.column("example_id").to_numpy(zero_copy_only=False))
-    deduped = out.filter(pa.array(keep))
+    # the providers that registered each content first (all of them when registered at the same time)
+    claimants: list[tuple[str, list[str]]] = []
+    for t, p, first in zip(
+        out["_registered_at"].to_pylist(), out["provider"].to_pylist(), keep.tolist(), strict=True
+    ):
+        if first:
+            claimants.append((t, [p]))
+        elif t == claimants[-1][0] and p not in claimants[-1][1]:
+            claimants[-1][1].append(p)  # rows are sorted by provider: the list stays sorted
+    deduped = out.filter(pa.array(keep)).drop_columns(["_registered_at"])
+    counts = pc.value_counts(out["example_id"]).field("counts").to_numpy()
+    exact_groups = int((counts > 1).sum())
+    shared = sum(len(ps) > 1 for _, ps in claimants)
+    grouping = group_duplicates(
+        deduped,
+        claimants,
+        payload,
+        out["provider"].to_pylist(),
+        (exact_groups, table.num_rows - deduped.num_rows, shared),
+    )
     report = IngestReport(
         rows_in=table.num_rows,
         examples=deduped.num_rows,
         duplicates_dropped=table.num_rows - deduped.num_rows,
         providers=len(pc.unique(deduped.column("provider"))),
+        grouping=grouping,
     )
     return deduped, report
 

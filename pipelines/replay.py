@@ -138,7 +138,12 @@ def _weights(store: ContentStore, head: Record, scores: pa.Table, stored: pa.Tab
     """The weights the replayed scores give, from the tables and policy the head record names."""
     tables = {
         name: read_parquet(store.get(head.inputs[name])) if name in head.inputs else None
-        for name in (WeightingRecord.EXAMPLES, WeightingRecord.ANNOTATIONS, WeightingRecord.CONSENSUS)
+        for name in (
+            WeightingRecord.EXAMPLES,
+            WeightingRecord.ANNOTATIONS,
+            WeightingRecord.CONSENSUS,
+            WeightingRecord.EXAMPLE_CREDIT,  # absent in runs made before credit existed
+        )
     }
     addresses = dict(zip(stored["contributor"].to_pylist(), stored["address"].to_pylist(), strict=True))
     return contributor_weights(
@@ -148,6 +153,7 @@ def _weights(store: ContentStore, head: Record, scores: pa.Table, stored: pa.Tab
         tables[WeightingRecord.CONSENSUS],
         addresses,
         WeightPolicy.from_params(head.params.get("policy") or {}),
+        tables[WeightingRecord.EXAMPLE_CREDIT],
     )
 
 

@@ -7,6 +7,7 @@ The assets never change between them; only `resources_for(deployment)` does.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 from pathlib import Path
@@ -38,18 +39,32 @@ class DatasetCatalog(dg.ConfigurableResource):
         labeling: dict[str, Any],
         gold: str | None = None,
         validation: str | None = None,
+        registered_at: str | None = None,
     ) -> dict[str, Any]:
         """Pin the source's files and record the version once; `labeling` is the project spec
         (kind, field, choices). `gold` grades labelers (honeypot answers on training examples);
         `validation` is a trusted, held-out set training measures influence against (checked with
-        `validation_examples`). Registering the same content again (from any folder) is a no-op."""
+        `validation_examples`). Every source file is recorded with its `registered_at` (UTC, whole
+        seconds; the files of one call share it; the `registered_at` argument sets it, e.g. when
+        moving a catalog), and a file already registered under any version keeps its earlier time:
+        duplicates are credited to whoever registered first. Registering the same content again
+        (from any folder) is a no-op and keeps the earlier time."""
         path = self._path(version)
         hf = source if source.startswith("hf:") else None
         files = [] if hf else source_files(source, provider=provider)
+        registered_at = _checked_time(registered_at) if registered_at else utc_seconds()  # one per call
+        first_seen = self._first_registered()
         entry = {
             "version": version,
-            "sources": [_pinned(store, p, f) for p, f in files],
+            "sources": [
+                {
+                    **_pinned(store, p, f),
+                    "registered_at": min(registered_at, first_seen.get(f.cid, registered_at)),
+                }
+                for p, f in files
+            ],
             "hf": hf,
+            "registered_at": registered_at,
             "provider": provider,
             "labeling": labeling,
             "gold": _pinned(store, *source_files(gold)[0]) if gold else None,
@@ -57,19 +72,30 @@ class DatasetCatalog(dg.ConfigurableResource):
         }
         if path.exists():
             known = json.loads(path.read_text())
-            if "sources" in known and known != entry:  # an entry without `sources` named a local path
+            same = _timeless(known) == _timeless(entry)  # identical content keeps its earlier time
+            if "sources" in known and not same:  # an entry without `sources` named a local path
                 raise ValueError(
                     f"dataset version {version!r} is already registered for other content "
                     f"({[s['name'] for s in known['sources']] or known['hf']}); "
                     "pick a new version name for different data"
                 )
-            if known == entry:
+            if same:
                 return known
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(entry, indent=2))
         tmp.replace(path)
         return entry
+
+    def _first_registered(self) -> dict[str, str]:
+        """Each source file's earliest registration time over every registered version, by CID: a
+        file registered before (under any version) keeps its first time."""
+        out: dict[str, str] = {}
+        for path in sorted(Path(self.root).glob("*.json")) if Path(self.root).is_dir() else []:
+            for f in json.loads(path.read_text()).get("sources") or []:
+                if f.get("registered_at"):
+                    out[f["cid"]] = min(f["registered_at"], out.get(f["cid"], f["registered_at"]))
+        return out
 
     def validation(self, version: str, dataset: pa.Table, store: ContentStore) -> pa.Table | None:
         """The version's declared validation set (checked against `dataset`), None if it has none."""
@@ -85,7 +111,15 @@ class DatasetCatalog(dg.ConfigurableResource):
         entry = self.lookup(version)
         if entry["hf"]:
             return load_source(entry["hf"], provider=entry["provider"])
-        return load_files([SourceFile(**f) for f in entry["sources"]], store.get)
+        return load_files([_source(f) for f in entry["sources"]], store.get)
+
+    def registered_at(self, version: str) -> dict[str, str]:
+        """When each source of `version` was registered (`source` column value -> ISO 8601 UTC);
+        a version registered before times were kept counts all its sources as registered together."""
+        entry = self.lookup(version)
+        if entry["hf"]:
+            return {entry["hf"]: entry.get("registered_at") or ""}
+        return {f["cid"]: f.get("registered_at") or "" for f in entry["sources"]}
 
     def lookup(self, version: str) -> dict[str, Any]:
         path = self._path(version)
@@ -100,6 +134,31 @@ class DatasetCatalog(dg.ConfigurableResource):
         if not version or "/" in version or version.startswith("."):
             raise ValueError(f"bad dataset version name {version!r}: use letters, digits, '-', '_' or '.'")
         return Path(self.root) / f"{version}.json"
+
+
+def utc_seconds() -> str:
+    """Now, UTC, whole seconds (ISO 8601 with Z): a source's registration time."""
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _checked_time(text: str) -> str:
+    try:
+        moment = dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        raise ValueError(f"registered_at {text!r} is not UTC whole seconds (2025-01-31T12:00:00Z)") from None
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _timeless(entry: dict[str, Any]) -> dict[str, Any]:
+    """A catalog entry without its registration times (what "the same content" compares)."""
+    out = {k: v for k, v in entry.items() if k != "registered_at"}
+    if isinstance(out.get("sources"), list):
+        out["sources"] = [{k: v for k, v in f.items() if k != "registered_at"} for f in out["sources"]]
+    return out
+
+
+def _source(f: dict[str, Any]) -> SourceFile:
+    return SourceFile(name=f["name"], cid=f["cid"], provider=f.get("provider"))
 
 
 def _pinned(store: ContentStore, path: Path, file: SourceFile) -> dict[str, str | None]:

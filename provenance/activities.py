@@ -23,6 +23,7 @@ class IngestRecord:
 
     SOURCE_PREFIX = "source_"
     EXAMPLES = "examples"
+    EXAMPLE_CREDIT = "example_credit"  # who is paid per example: duplicates once, to the first registrant
 
 
 class SnapshotRecord:
@@ -67,6 +68,7 @@ class WeightingRecord:
     EXAMPLES = "examples"
     ANNOTATIONS = "annotations"
     CONSENSUS = "consensus"
+    EXAMPLE_CREDIT = "example_credit"  # optional: absent, each example pays its `provider` column
     INPUTS = (EXAMPLE_ATTRIBUTION, EXAMPLES, ANNOTATIONS, CONSENSUS)
     WEIGHTS = "contributor_weights"
 

@@ -14,8 +14,12 @@ face only, not its modules.
 - ``ROLES``: ``("provider", "labeler")``, the values of the ``role`` column.
 - ``WEIGHTS_SCHEMA``: the Arrow schema of ``contributor_weights`` (``contributor``, ``address``,
   ``role``, ``score``, ``weight_bps``); ``WEIGHTS_COLUMNS`` its column names in order.
+- ``CREDIT_SCHEMA``: the Arrow schema of ``example_credit`` (``example_id``, ``provider``,
+  ``share``), made at ingest, applied by ``attribution.ContributorSplit``: duplicates are paid
+  once, to the first-registered provider(s); ``CREDIT_COLUMNS`` its column names.
 """
 
+from schemas.credit import CREDIT_COLUMNS, CREDIT_SCHEMA
 from schemas.weights import ROLES, TOTAL_BPS, WEIGHTS_COLUMNS, WEIGHTS_SCHEMA
 
-__all__ = ["ROLES", "TOTAL_BPS", "WEIGHTS_COLUMNS", "WEIGHTS_SCHEMA"]
+__all__ = ["CREDIT_COLUMNS", "CREDIT_SCHEMA", "ROLES", "TOTAL_BPS", "WEIGHTS_COLUMNS", "WEIGHTS_SCHEMA"]

@@ -187,7 +187,12 @@ def load_run(chain: Chain, store: ContentStore, run_id: str) -> ServedRun:
         attribution = read_parquet(output(TrainingRecord.EXAMPLE_ATTRIBUTION))
         tables = {
             name: read_parquet(_get(store, head.inputs[name], name)) if name in head.inputs else None
-            for name in (WeightingRecord.EXAMPLES, WeightingRecord.ANNOTATIONS, WeightingRecord.CONSENSUS)
+            for name in (
+                WeightingRecord.EXAMPLES,
+                WeightingRecord.ANNOTATIONS,
+                WeightingRecord.CONSENSUS,
+                WeightingRecord.EXAMPLE_CREDIT,  # absent in runs made before credit existed
+            )
         }
         addresses = dict(zip(weights["contributor"].to_pylist(), weights["address"].to_pylist(), strict=True))
         split = ContributorSplit.build(
@@ -196,6 +201,7 @@ def load_run(chain: Chain, store: ContentStore, run_id: str) -> ServedRun:
             tables[WeightingRecord.CONSENSUS],
             addresses,
             WeightPolicy.from_params(head.params.get("policy") or {}),
+            tables[WeightingRecord.EXAMPLE_CREDIT],
         )
     except (AttributionError, ValueError, KeyError) as exc:
         raise RunNotServable(f"run {run_id!r}: its stored outputs do not load: {exc}") from None

@@ -23,34 +23,54 @@ def raw_dataset(
     entry = catalog.lookup(version)
     client = store.client()
     try:
-        examples, report = to_examples(catalog.load(version, client))
+        examples, report = to_examples(catalog.load(version, client), catalog.registered_at(version))
     except DatasetError as exc:
         raise dg.Failure(str(exc)) from exc
+    grouping = report.grouping
     files = entry["sources"]  # pinned when the version was registered
     inputs = {f"{IngestRecord.SOURCE_PREFIX}{i}": f["cid"] for i, f in enumerate(files)}
     stored = store_value(client, examples)
+    credit_cid = store_value(client, grouping.credit).cid
     record = lineage.write(
         client,
         INGEST,
         version,
         started=started,
         inputs=inputs,
-        outputs={IngestRecord.EXAMPLES: stored.cid},
+        outputs={IngestRecord.EXAMPLES: stored.cid, IngestRecord.EXAMPLE_CREDIT: credit_cid},
         params={
             "hf": entry["hf"],
             "provider": entry["provider"],
-            "source_files": [f["name"] for f in files],
+            # each file by name, CID and registration time: a replay needs nothing from other versions
+            "source_files": [
+                {"name": f["name"], "cid": f["cid"], "registered_at": f.get("registered_at") or ""}
+                for f in files
+            ],
+            **({"registered_at": entry.get("registered_at") or ""} if entry["hf"] else {}),
             "duplicates_dropped": report.duplicates_dropped,
+            "duplicates": grouping.to_params(),
         },
     )
+    if grouping.unpaid:
+        context.log.warning(
+            f"providers credited with nothing, every example of theirs duplicating an earlier-registered "
+            f"one: {', '.join(grouping.unpaid)}"
+        )
+    near = grouping.near
     return dg.Output(
         stored,
         metadata={
             "source": entry["hf"] or ", ".join(f["name"] for f in files),
             "record_cid": record,
+            "example_credit_cid": credit_cid,
             "rows_in": report.rows_in,
             "dagster/row_count": report.examples,
             "duplicates_dropped": report.duplicates_dropped,
+            "near_duplicates": (
+                f"{near['copies']} copies in {near['groups']} groups (threshold {near['threshold']})"
+                if near["method"] != "none" else near["reason"]
+            ),
+            "unpaid_duplicate_providers": dg.MetadataValue.json(list(grouping.unpaid)),
             "providers": report.providers,
         },
     )

@@ -13,15 +13,19 @@ from pipelines.report import bar_md, md_table
 from pipelines.resources import ChainResource, ContributorsResource
 from provenance import (
     CONSENSUS,
+    INGEST,
     TRAINING,
     WEIGHTING,
+    IngestRecord,
     ProvenanceError,
     RunRecords,
     WeightingRecord,
+    load_record,
     prov_json,
     publish_run,
     weights_snapshot,
 )
+from storage import read_parquet
 
 
 class WeightingConfig(dg.Config):
@@ -56,7 +60,11 @@ def contributor_weights(
         policy = WeightPolicy(provider_share_bps=config.provider_share_bps, negative=config.negative)
         people = set(raw_dataset["provider"].to_pylist()) | set(annotations["annotator"].to_pylist())
         addresses = contributors.registry().require(people)
-        table = _weights(example_attribution, raw_dataset, annotations, consensus_labels, addresses, policy)
+        credit_cid = _credit_cid(client, lineage, version)
+        credit = read_parquet(client.get(credit_cid)) if credit_cid else None
+        table = _weights(
+            example_attribution, raw_dataset, annotations, consensus_labels, addresses, policy, credit
+        )
         # the weights' own snapshot under CIDv0, as `provenance.store_weights` has always named it
         stored = store_value(client, table, weights_snapshot(table), cid_version=0)
         head = lineage.write(
@@ -69,6 +77,7 @@ def contributor_weights(
                 WeightingRecord.EXAMPLES: index.cid_of("raw_dataset", version),
                 WeightingRecord.ANNOTATIONS: index.cid_of("annotations", version),
                 WeightingRecord.CONSENSUS: index.cid_of("consensus_labels", version),
+                **({WeightingRecord.EXAMPLE_CREDIT: credit_cid} if credit_cid else {}),
             },
             outputs={WeightingRecord.WEIGHTS: stored.cid},
             parents=(lineage.cid_of(TRAINING, version), lineage.cid_of(CONSENSUS, version)),
@@ -80,12 +89,21 @@ def contributor_weights(
     hurt = [f"{r['contributor']} ({r['role']})" for r in top if r["score"] < 0]
     if hurt:
         context.log.warning(f"unpaid: the data or labels of {', '.join(hurt)} made the model worse")
+    copies = _all_copies(raw_dataset, credit)
+    if copies:
+        context.log.warning(
+            f"unpaid: every example of {', '.join(copies)} duplicates an earlier-registered one "
+            "(credited to its first registrant)"
+        )
     return dg.Output(
         stored,
         metadata={
             "record_cid": head,
             "policy": config.negative,
             "hurt_the_model_unpaid": dg.MetadataValue.json(hurt),
+            "duplicates_unpaid": dg.MetadataValue.json(copies),
+            "duplicates": "paid once, to the first registrant (example_credit)" if credit_cid
+            else "each example pays its provider (no example_credit recorded at ingest)",
             "dagster/row_count": table.num_rows,
             "top_contributors": dg.MetadataValue.md(
                 md_table(
@@ -185,6 +203,24 @@ def royalty_root(
             ),
         },
     )
+
+
+def _credit_cid(store, lineage: LineageResource, version: str) -> str | None:
+    """The `example_credit` the version's ingest record names (None: the examples came without an
+    ingest record, or were ingested before credit existed: each example then pays its provider)."""
+    try:
+        ingest = lineage.cid_of(INGEST, version)
+    except dg.Failure:
+        return None
+    return load_record(store, ingest).outputs.get(IngestRecord.EXAMPLE_CREDIT)
+
+
+def _all_copies(examples: pa.Table, credit: pa.Table | None) -> list[str]:
+    """Providers of `examples` the credit table pays nothing: all their examples are duplicates."""
+    if credit is None:
+        return []
+    paid = set(credit["provider"].to_pylist())
+    return sorted(set(examples["provider"].to_pylist()) - paid)
 
 
 def _previous_value(index: AssetIndex, store: StoreResource, version: str) -> dict:

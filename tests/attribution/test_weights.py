@@ -289,3 +289,79 @@ def test_split_queries_refuses_bad_input_by_name():
         split.split_one(positions, np.ones(3))
     assert split.split_one(positions, -np.ones(2)) is None
     assert split.split_one(positions, np.array([1.0, 0.0])).tolist() == [0, 10_000]  # e001 is c1's
+
+
+# ---------------------------------------------------------------- example_credit (duplicates paid once)
+
+
+def _credit(rows):
+    return pa.table({"example_id": [r[0] for r in rows], "provider": [r[1] for r in rows],
+                     "share": [float(r[2]) for r in rows]})
+
+
+@settings(max_examples=40, deadline=None)
+@given(example_sets, st.sampled_from(["clip", "net"]))
+def test_a_credit_table_that_pays_each_provider_its_own_examples_changes_nothing(case, negative):
+    scores, providers, votes = case
+    tables = _tables(scores, providers, votes)
+    ids = tables[1]["example_id"].to_pylist()
+    identity = _credit([(e, p, 1.0) for e, p in zip(ids, providers, strict=True)])
+    policy = WeightPolicy(negative=negative)
+    try:
+        plain = contributor_weights(*tables, ADDR, policy)
+    except ContributorError:
+        with pytest.raises(ContributorError):
+            contributor_weights(*tables, ADDR, policy, credit=identity)
+        return
+    assert contributor_weights(*tables, ADDR, policy, credit=_permuted(identity, 3)).equals(plain)
+
+
+def test_a_group_is_paid_its_mean_once_and_its_labelers_alike():
+    # e000 and e001 are one group (c0 registered first, c1 copied): each weighs 1/2, paid to c0
+    att, ex, ann, con = _tables([3.0, 1.0, 2.0], ["c0", "c1", "c2"], [(0, "c5", "a"), (1, "c5", "a"),
+                                                                     (2, "c6", "a")])
+    credit = _credit([("e000", "c0", 0.5), ("e001", "c0", 0.5), ("e002", "c2", 1.0)])
+    out = {(r["contributor"], r["role"]): r for r in contributor_weights(att, ex, ann, con, ADDR,
+                                                                         credit=credit).to_pylist()}
+    assert out[("c0", "provider")]["score"] == out[("c2", "provider")]["score"]  # mean of 3 and 1 = 2, once
+    assert out[("c1", "provider")]["weight_bps"] == 0 and out[("c1", "provider")]["score"] == 0.0
+    assert out[("c0", "provider")]["weight_bps"] == out[("c2", "provider")]["weight_bps"] == 3500
+    assert out[("c5", "labeler")]["weight_bps"] == out[("c6", "labeler")]["weight_bps"] == 1500
+
+
+@pytest.mark.parametrize(
+    ("rows", "match"),
+    [
+        ([("e000", "c0", 1.0), ("e001", "c1", 1.0), ("e009", "c1", 1.0)], "not in the examples table"),
+        ([("e000", "c0", 1.0), ("e001", "c1", 1.0)], "no row in example_credit"),
+        ([("e000", "c0", 1.0), ("e001", "c1", 1.0), ("e002", "c0", 0.0)], r"must be in \(0, 1\]"),
+        ([("e000", "c0", 0.7), ("e000", "c1", 0.7), ("e001", "c1", 1.0), ("e002", "c0", 1.0)], "more than 1"),
+        ([("e000", "c0", 0.5), ("e000", "c0", 0.5), ("e001", "c1", 1.0), ("e002", "c0", 1.0)], "twice"),
+    ],
+)
+def test_a_bad_credit_table_is_refused_with_its_reason(rows, match):
+    tables = _tables([1.0, 2.0, 3.0], ["c0", "c1", "c0"], [])
+    with pytest.raises(ContributorError, match=match):
+        contributor_weights(*tables, ADDR, credit=_credit(rows))
+
+
+def test_serving_splits_pay_by_the_credit_table_too():
+    # one prediction's fee: the batched, single and per-row paths agree under a credit table, and a
+    # copy's contribution goes to its first registrant (c1 copied c0's e000: e001 pays c0)
+    rng = np.random.default_rng(4)
+    att, ex, ann, con = _tables(list(rng.uniform(0.1, 1, 6)), ["c0", "c1", "c2", "c0", "c1", "c2"],
+                                [(i, "c5", "a") for i in range(6)])
+    credit = _credit([("e000", "c0", 0.5), ("e001", "c0", 0.5)]
+                     + [(f"e{i:03d}", p, 1.0) for i, p in ((2, "c2"), (3, "c0"), (4, "c1"), (5, "c2"))])
+    split = ContributorSplit.build(ex, ann, con, ADDR, credit=credit)
+    ids = ex["example_id"].to_pylist()
+    contributions = rng.uniform(-0.2, 1.0, size=(6, 5))
+    batched = split.split_queries(ids, contributions)
+    for q in range(5):
+        ref = split.split_query(ids, contributions[:, q])
+        assert batched[q].tolist() == ref["weight_bps"].to_pylist()
+        assert split.split_one(split.positions(ids), contributions[:, q]).tolist() == batched[q].tolist()
+    only_the_copy = np.zeros(6)
+    only_the_copy[1] = 1.0
+    paid = {r["contributor"]: r["weight_bps"] for r in split.split_query(ids, only_the_copy).to_pylist()}
+    assert paid["c1"] == 0 and paid["c0"] == 7000 and paid["c5"] == 3000

@@ -7,6 +7,7 @@ or two honest replays of one dataset would disagree on its snapshot and so on th
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import dagster as dg
@@ -20,6 +21,7 @@ from provenance import INGEST, load_record
 
 VERSION = "identity-v1"
 LABELING = {"kind": "image", "field": "pixels", "choices": ["0", "1"]}
+REGISTERED = "2025-03-01T09:30:00Z"  # the same registration time on both machines
 
 
 def _ingest(home, folder, monkeypatch) -> dict:
@@ -30,7 +32,7 @@ def _ingest(home, folder, monkeypatch) -> dict:
     resources = resources_for(settings)
     store = resources["store"].client()
     entry = DatasetCatalog(root=str(settings.catalog_dir)).register(
-        VERSION, str(folder), store=store, labeling=LABELING
+        VERSION, str(folder), store=store, labeling=LABELING, registered_at=REGISTERED
     )
     with dg.DagsterInstance.ephemeral() as instance:
         instance.add_dynamic_partitions("dataset_version", [VERSION])
@@ -57,6 +59,10 @@ def test_the_same_files_from_two_folders_give_the_same_cids(tmp_path, monkeypatc
     assert a["entry"] == b["entry"] and a["catalog"] == b["catalog"]
     assert a["record"].inputs == b["record"].inputs and a["record"].outputs == b["record"].outputs
     assert a["record"].params == b["record"].params
+    # each source file by name, CID and registration time: a replay needs no other version
+    assert a["record"].params["source_files"] == [
+        {"name": f["name"], "cid": f["cid"], "registered_at": REGISTERED} for f in a["entry"]["sources"]
+    ]
     for published in (a["catalog"], json.dumps(a["record"].to_json())):
         assert str(tmp_path) not in published and "alice" not in published  # no local path anywhere
     # every source file is pinned under the CID the catalog names
@@ -75,6 +81,12 @@ def test_registering_other_content_under_a_known_version_is_refused(tmp_path, mo
     assert again == entry and [f["provider"] for f in entry["sources"]] == sorted(
         f["provider"] for f in entry["sources"]
     )
+    # every file of one call shares one time, UTC whole seconds; the same content keeps the earlier one
+    times = {f["registered_at"] for f in entry["sources"]}
+    assert len(times) == 1 and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", times.pop())
+    later = catalog.register(VERSION, str(folder), store=store, labeling=LABELING,
+                             registered_at="2999-01-01T00:00:00Z")
+    assert later == entry
     other = write_digits(tmp_path / "other", limit=41)
     with pytest.raises(ValueError, match="already registered for other content"):
         catalog.register(VERSION, str(other), store=store, labeling=LABELING)

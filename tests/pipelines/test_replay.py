@@ -27,9 +27,11 @@ from pipelines.replay import ReplayRefused, replay_run
 from pipelines.resources import DatasetCatalog, resources_for
 from pipelines.settings import load_settings
 from provenance import (
+    INGEST,
     TRAINING,
     WEIGHTING,
     CodeVersion,
+    IngestRecord,
     Record,
     RunRecords,
     TrainingRecord,
@@ -40,6 +42,7 @@ from provenance import (
     store_weights,
     verify_run,
 )
+from schemas import CREDIT_SCHEMA
 from storage import read_parquet
 from tests.services.anvil import AnvilService
 
@@ -89,9 +92,10 @@ def _tables(n: int = 150, seed: int = 0) -> dict[str, pa.Table]:
     }
 
 
-def _publish(tmp_path_factory, anvil: AnvilService, *, validation: bool):
+def _publish(tmp_path_factory, anvil: AnvilService, *, validation: bool, credit: bool = False):
     """A run trained and weighted by the pipeline's assets and published on anvil; with
-    `validation`, its dataset version declares a trusted validation set."""
+    `validation`, its dataset version declares a trusted validation set; with `credit`, its ingest
+    record names an `example_credit` that pays p-small's examples to p-big (as if they were copies)."""
     home = tmp_path_factory.mktemp("caravan")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CARAVAN_HOME", str(home))
@@ -109,6 +113,13 @@ def _publish(tmp_path_factory, anvil: AnvilService, *, validation: bool):
             resources["index"].write(dg.AssetKey(asset), VERSION, {"cid": stored.cid, "kind": stored.kind})
         for parent in ("consensus", "snapshot"):  # the records the training record names as parents
             resources["lineage"].write(client, parent, VERSION, started=now(), inputs={}, outputs={})
+        if credit:
+            raw = _tables()["raw_dataset"]
+            owner = [p if p != "p-small" else "p-big" for p in raw["provider"].to_pylist()]
+            table = pa.table({"example_id": raw["example_id"], "provider": owner,
+                              "share": [1.0] * raw.num_rows}, schema=CREDIT_SCHEMA).sort_by("example_id")
+            resources["lineage"].write(client, INGEST, VERSION, started=now(), inputs={},
+                                       outputs={IngestRecord.EXAMPLE_CREDIT: store_value(client, table).cid})
         write_contributors(settings.contributors_file, [*PROVIDERS, *LABELERS])
         if validation:
             _register_with_validation(home, client)
@@ -142,6 +153,11 @@ def _publish(tmp_path_factory, anvil: AnvilService, *, validation: bool):
 @pytest.fixture(scope="module")
 def published(tmp_path_factory, anvil: AnvilService):
     yield from _publish(tmp_path_factory, anvil, validation=False)
+
+
+@pytest.fixture(scope="module")
+def published_with_credit(tmp_path_factory, anvil: AnvilService):
+    yield from _publish(tmp_path_factory, anvil, validation=False, credit=True)
 
 
 @pytest.fixture(scope="module")
@@ -320,3 +336,15 @@ def test_without_a_validation_set_the_record_says_targets_are_crowd_labels(publi
     records = RunRecords(chain, store)
     _, train = records.parent(records.head(run_id), TRAINING)
     assert train.params["targets"] == "crowd_hash_split" and TrainingRecord.VALIDATION not in train.inputs
+
+
+def test_a_run_paid_by_its_example_credit_names_it_and_replays(published_with_credit) -> None:
+    chain, store, run_id = published_with_credit
+    records = RunRecords(chain, store)
+    head = records.load(records.head(run_id))
+    assert WeightingRecord.EXAMPLE_CREDIT in head.inputs  # the weighting record names the credit it used
+    table = read_weights(store.get(head.outputs[WeightingRecord.WEIGHTS]))
+    weights = {r["contributor"]: r for r in table.to_pylist()}
+    assert weights["p-small"]["weight_bps"] == 0 and weights["p-small"]["score"] == 0.0  # all its rows copies
+    report = replay_run(chain, store, run_id, code=CODE)  # replay pays by the recorded credit too
+    assert report.ok, report.failures

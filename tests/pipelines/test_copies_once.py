@@ -1,0 +1,325 @@
+"""Copies earn once: exact copies and near-duplicates are paid once, to whoever registered first.
+
+From raw rows (`to_examples` with the sources' registration times) through the `example_credit`
+table to `attribution.contributor_weights`: the first-registered source gets an exact copy;
+sources registered at the same time share it equally (basis points against an exact Fraction
+reference); a flood of near-copies gains its provider nothing and dilutes nobody; a copycat
+earns nothing; the ingest record says how duplicates were grouped; the same inputs give the
+same bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from attribution import contributor_weights
+from pipelines.datasets import example_id, to_examples
+from schemas import CREDIT_SCHEMA, TOTAL_BPS
+from storage import snapshot_parquet
+
+T0, T1, T2 = "2025-01-01T00:00:00Z", "2025-02-01T00:00:00Z", "2025-03-01T00:00:00Z"
+ADDR = {name: "0x" + f"{i + 1:040x}" for i, name in enumerate(
+    ["a", "b", "c", "d", "flooder", "copycat", "lab1", "lab2"]
+)}
+
+
+def _rows(features: np.ndarray, provider: str, source: str | None = None) -> pa.Table:
+    n = len(features)
+    return pa.table({
+        "f": pa.array([list(map(float, r)) for r in features], pa.list_(pa.float64())),
+        "provider": [provider] * n,
+        "source": [source or f"src-{provider}"] * n,
+    })
+
+
+def _ids(table: pa.Table) -> list[str]:
+    return [example_id(r) for r in table.select(["f"]).to_pylist()]
+
+
+def _scored(table: pa.Table, score_of) -> tuple[pa.Table, pa.Table, pa.Table, pa.Table, pa.Table]:
+    """examples, credit, and attribution/annotations/consensus (every example labeled by lab1 and lab2,
+    who agree with the consensus) for the rows of `table`, each example's score from `score_of(id)`."""
+    examples, report = to_examples(table, _times(table))
+    ids = examples["example_id"].to_pylist()
+    n = len(ids)
+    attribution = pa.table({"example_id": ids, "score": [float(score_of(e)) for e in ids],
+                            "method": ["inrun_sgd"] * n, "run_id": ["r"] * n})
+    annotations = pa.table({"annotation_id": [str(i) for i in range(2 * n)], "example_id": ids + ids,
+                            "annotator": ["lab1"] * n + ["lab2"] * n, "label": ["x"] * (2 * n)})
+    consensus = pa.table({"example_id": ids, "label": ["x"] * n, "confidence": [1.0] * n, "n_votes": [2] * n})
+    return examples, report.grouping.credit, attribution, annotations, consensus
+
+
+TIMES: dict[str, str] = {}
+
+
+def _times(table: pa.Table) -> dict[str, str]:
+    return {s: TIMES.get(s, T0) for s in set(table["source"].to_pylist())}
+
+
+def _bps(table: pa.Table) -> dict[str, int]:
+    return dict(zip(table["contributor"].to_pylist(), table["weight_bps"].to_pylist(), strict=True))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_times():
+    TIMES.clear()
+    yield
+    TIMES.clear()
+
+
+def test_an_exact_copy_goes_to_the_first_registered_source() -> None:
+    rng = np.random.default_rng(0)
+    shared = rng.normal(size=(1, 5))
+    # "b" sorts after "a" but registered first: the copy is b's, whatever the names or row order
+    TIMES.update({"src-a": T1, "src-b": T0})
+    table = pa.concat_tables([_rows(np.vstack([shared, rng.normal(size=(8, 5))]), "a"),
+                              _rows(np.vstack([rng.normal(size=(8, 5)), shared]), "b")])
+    copy = _ids(_rows(shared, "a"))[0]
+    for order in (np.arange(table.num_rows), np.random.default_rng(1).permutation(table.num_rows)):
+        examples, report = to_examples(table.take(order), _times(table))
+        kept = dict(zip(examples["example_id"].to_pylist(), examples["provider"].to_pylist(), strict=True))
+        assert kept[copy] == "b" and report.duplicates_dropped == 1
+        credit = report.grouping.credit.to_pylist()
+        assert [(r["provider"], r["share"]) for r in credit if r["example_id"] == copy] == [("b", 1.0)]
+    assert report.grouping.to_params()["exact"]["groups"] == 1
+
+
+# ---------------------------------------------------------------- same time: equal shares, exact
+
+
+def _exact_grid(values: list[Fraction], digits: int = 8) -> list[Fraction]:
+    """``round(v / unit)`` with ``unit = 10**(e - digits + 1)``, e the decimal exponent of the largest."""
+    top = max(abs(v) for v in values)
+    e = math.floor(math.log10(top))
+    while Fraction(10) ** (e + 1) <= top:
+        e += 1
+    while Fraction(10) ** e > top:
+        e -= 1
+    unit = Fraction(10) ** (e - digits + 1)
+    out = []
+    for v in values:
+        x = v / unit
+        off = abs(x - math.floor(x) - Fraction(1, 2))
+        if 0 < off < Fraction(1, 10**6):  # within float error of a half step: a rounding convention
+            pytest.skip("draw within float error of a half grid step")
+        out.append(Fraction(round(x)))  # half to even, as numpy
+    return out
+
+
+def _reference_bps(scores: dict[str, float], credit: pa.Table) -> dict[str, int]:
+    """Providers only (no labels): exact rationals from the raw scores and exact 1/k shares."""
+    ids = sorted(scores)
+    grid = dict(zip(ids, _exact_grid([Fraction(scores[e]) for e in ids]), strict=True))
+    k: dict[str, int] = {}
+    for r in credit.to_pylist():
+        k[r["example_id"]] = k.get(r["example_id"], 0) + 1
+    totals: dict[str, Fraction] = {}
+    for r in credit.to_pylist():  # each example here is its own group: share 1/k exactly
+        part = grid[r["example_id"]] / k[r["example_id"]]
+        totals[r["provider"]] = totals.get(r["provider"], Fraction(0)) + part
+    names = sorted(totals)
+    g = _exact_grid([max(totals[n], Fraction(0)) for n in names])
+    quotas = [TOTAL_BPS * v / sum(g) for v in g]
+    floors = [q.numerator // q.denominator for q in quotas]
+    order = sorted(range(len(names)), key=lambda i: (-(quotas[i] - floors[i]), ADDR[names[i]].lower()))
+    for i in order[: TOTAL_BPS - sum(floors)]:
+        floors[i] += 1
+    return dict(zip(names, floors, strict=True))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_sources_registered_at_the_same_time_share_a_copy_equally(seed) -> None:
+    rng = np.random.default_rng(seed)
+    # text payloads: exact copies only, so every example is its own group
+    def texts(provider: str, words: list[str]) -> pa.Table:
+        n = len(words)
+        return pa.table({"text": words, "provider": [provider] * n, "source": [f"src-{provider}"] * n})
+
+    common = ["shared-0", "shared-1", "shared-2"]
+    own = {p: [f"{p}-{i}" for i in range(int(rng.integers(1, 4)))] for p in ("a", "b", "c")}
+    TIMES.update({"src-a": T0, "src-b": T0, "src-c": T0, "src-d": T1})
+    table = pa.concat_tables([texts(p, common + own[p]) for p in ("a", "b", "c")]
+                             + [texts("d", common[:1])])  # d registered later: its copy earns nothing
+    examples, report = to_examples(table, _times(table))
+    credit = report.grouping.credit
+    ids = examples["example_id"].to_pylist()
+    attribution = pa.table({"example_id": ids, "score": rng.uniform(0.01, 1.0, len(ids)),
+                            "method": ["inrun_sgd"] * len(ids), "run_id": ["r"] * len(ids)})
+    common_ids = {example_id({"text": w}) for w in common}
+    for r in credit.to_pylist():
+        assert (r["share"] == 1 / 3) == (r["example_id"] in common_ids)
+    payees = {r["provider"] for r in credit.to_pylist() if r["example_id"] in common_ids}
+    assert payees == {"a", "b", "c"} and report.grouping.to_params()["exact"]["shared_same_time"] == 3
+    scores = dict(zip(ids, attribution["score"].to_pylist(), strict=True))
+    out = _bps(contributor_weights(attribution, examples, None, None, ADDR, credit=credit))
+    assert out == _reference_bps(scores, credit) and "d" not in out  # d's only row was a later copy
+    assert sum(out.values()) == TOTAL_BPS
+
+
+# ---------------------------------------------------------------- floods and copycats
+
+
+def _honest(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    return {p: rng.normal(size=(30, 6)) for p in ("a", "b", "c")}
+
+
+def _score_by_content(originals: np.ndarray, base: np.ndarray, copies_of: dict[str, str], seed: int):
+    """Scores by content: `base` for the originals; a copy scores like its original (within 1e-7
+    relative, as two near-identical examples would)."""
+    by_id = dict(zip(_ids(_rows(originals, "x")), base.tolist(), strict=True))
+    rng = np.random.default_rng(seed)
+    wobble = {e: 1 + 1e-7 * rng.standard_normal() for e in sorted(copies_of)}
+
+    def score(e: str) -> float:
+        return by_id[e] if e in by_id else by_id[copies_of[e]] * wobble[e]
+
+    return score
+
+
+def test_a_near_duplicate_flood_gains_nothing_and_dilutes_nobody() -> None:
+    rng = np.random.default_rng(3)
+    honest = _honest(rng)
+    seeds = rng.normal(size=(3, 6))  # the flooder's own three examples
+    base = [_rows(x, p) for p, x in honest.items()] + [_rows(seeds, "flooder")]
+    pick = np.resize(np.arange(3), 120)  # 40 near-copies of each, in the flooder's own file
+    flood = seeds[pick] + rng.normal(size=(120, 6)) * 1e-3
+    originals = np.vstack([*honest.values(), seeds])
+    values = np.concatenate([rng.uniform(-0.5, 1.0, 90), rng.uniform(0.2, 1.0, 3)])
+    seed_ids = _ids(_rows(seeds, "f"))
+    copies_of = dict(zip(_ids(_rows(flood, "f")), [seed_ids[i] for i in pick], strict=True))
+    score = _score_by_content(originals, values, copies_of, seed=4)
+    without = pa.concat_tables(base)
+    with_flood = pa.concat_tables([*base, _rows(flood, "flooder")])
+
+    def weights(table, use_credit=True):
+        examples, credit, attribution, annotations, consensus = _scored(table, score)
+        return _bps(contributor_weights(attribution, examples, annotations, consensus, ADDR,
+                                        credit=credit if use_credit else None))
+
+    before, after = weights(without), weights(with_flood)
+    assert before.keys() == after.keys() and before["flooder"] > 0
+    assert all(abs(before[c] - after[c]) <= 1 for c in before), (before, after)
+    # without the credit table the same flood would have paid: the test can fail
+    plain = weights(with_flood, use_credit=False)
+    assert plain["flooder"] > before["flooder"] + 100
+    _, report = to_examples(with_flood, _times(with_flood))
+    near = report.grouping.to_params()["near"]
+    assert near["groups"] == 3 and near["copies"] == 120
+
+
+def test_a_copycat_of_another_providers_examples_earns_nothing() -> None:
+    rng = np.random.default_rng(5)
+    honest = _honest(rng)
+    TIMES.update({"src-copycat": T2})  # registered after everyone it copies
+    jittered = honest["b"] + rng.normal(size=honest["b"].shape) * 0.01
+    copies = np.vstack([jittered, honest["a"][:5]])  # near-copies of b's, exact copies of a's
+    originals = np.vstack(list(honest.values()))
+    copies_of = dict(zip(_ids(_rows(jittered, "b")), _ids(_rows(honest["b"], "b")), strict=True))
+    score = _score_by_content(originals, rng.uniform(-0.5, 1.0, len(originals)), copies_of, seed=6)
+    base = [_rows(x, p) for p, x in honest.items()]
+    without, with_copycat = pa.concat_tables(base), pa.concat_tables([*base, _rows(copies, "copycat")])
+    examples, credit, attribution, annotations, consensus = _scored(with_copycat, score)
+    out = contributor_weights(attribution, examples, annotations, consensus, ADDR, credit=credit)
+    row = {r["contributor"]: r for r in out.to_pylist()}["copycat"]
+    assert row["weight_bps"] == 0 and row["score"] == 0.0  # listed, paid nothing, not "hurt the model"
+    before, after = _bps(_weights_of(without, score)), _bps(out)
+    assert all(abs(before[c] - after[c]) <= 1 for c in before), (before, after)
+    _, report = to_examples(with_copycat, _times(with_copycat))
+    assert report.grouping.unpaid == ("copycat",)
+    assert report.grouping.to_params()["unpaid_providers"] == ["copycat"]
+    kept = dict(zip(examples["example_id"].to_pylist(), examples["provider"].to_pylist(), strict=True))
+    assert {kept[e] for e in _ids(_rows(honest["a"][:5], "a"))} == {"a"}  # exact copies: the first's row
+
+
+def _weights_of(table: pa.Table, score) -> pa.Table:
+    examples, credit, attribution, annotations, consensus = _scored(table, score)
+    return contributor_weights(attribution, examples, annotations, consensus, ADDR, credit=credit)
+
+
+def test_text_payloads_group_exact_copies_only() -> None:
+    table = pa.table({"text": ["good", "good", "bad", "goods"], "provider": ["a", "b", "a", "b"],
+                      "source": ["s1", "s2", "s1", "s2"]})
+    examples, report = to_examples(table, {"s1": T0, "s2": T1})
+    near = report.grouping.to_params()["near"]
+    assert near["method"] == "none" and "embeddings" in near["reason"]
+    assert examples.num_rows == 3 and report.grouping.credit.num_rows == 3
+
+
+def test_the_same_inputs_give_the_same_bytes() -> None:
+    rng = np.random.default_rng(8)
+    honest = _honest(rng)
+    TIMES.update({"src-b": T1})
+    table = pa.concat_tables([_rows(x, p) for p, x in honest.items()]
+                             + [_rows(honest["a"][:4] + 1e-4, "b"), _rows(honest["c"][:2], "a")])
+    outs = []
+    for seed in (0, 1, 2):
+        shuffled = table.take(np.random.default_rng(seed).permutation(table.num_rows))
+        examples, report = to_examples(shuffled, _times(table))
+        outs.append((snapshot_parquet(examples, sort_by="example_id"), pq_bytes(report.grouping.credit),
+                     report.grouping.to_params()))
+    assert outs[0] == outs[1] == outs[2]
+    assert report.grouping.credit.schema == CREDIT_SCHEMA
+
+
+def pq_bytes(table: pa.Table) -> bytes:
+    return snapshot_parquet(table, sort_by="example_id")
+
+
+# ---------------------------------------------------------------- the ingest record
+
+
+def test_the_ingest_record_states_the_grouping_and_each_files_time(tmp_path, monkeypatch) -> None:
+    from pipelines.assets import ingest
+    from pipelines.resources import DatasetCatalog, resources_for
+    from pipelines.settings import load_settings
+    from provenance import INGEST, IngestRecord, load_record
+    from storage import read_parquet
+
+    rng = np.random.default_rng(11)
+    honest = _honest(rng)
+    first, second = tmp_path / "v1", tmp_path / "v2"
+    first.mkdir()
+    second.mkdir()
+    for p, x in honest.items():
+        for folder in (first, second):
+            pq.write_table(_rows(x, p).drop(["provider", "source"]), folder / f"{p}.parquet")
+    pq.write_table(_rows(honest["b"] + 1e-3, "copycat").drop(["provider", "source"]),
+                   second / "copycat.parquet")
+    monkeypatch.setenv("CARAVAN_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("CARAVAN_STORE_DIR", raising=False)
+    settings = load_settings()
+    resources = resources_for(settings)
+    store = resources["store"].client()
+    catalog = DatasetCatalog(root=str(settings.catalog_dir))
+    labeling = {"kind": "tabular", "field": "f", "choices": ["x", "y"]}
+    catalog.register("v1", str(first), store=store, labeling=labeling, registered_at=T0)
+    entry = catalog.register("v2", str(second), store=store, labeling=labeling, registered_at=T1)
+    times = {f["name"]: f["registered_at"] for f in entry["sources"]}
+    assert times == {"a.parquet": T0, "b.parquet": T0, "c.parquet": T0, "copycat.parquet": T1}
+    with dg.DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions("dataset_version", ["v2"])
+        result = dg.materialize([ingest.raw_dataset], partition_key="v2", instance=instance,
+                                resources=resources)
+    assert result.success
+    record = load_record(store, resources["lineage"].cid_of(INGEST, "v2"))
+    assert record.params["source_files"] == [
+        {"name": f["name"], "cid": f["cid"], "registered_at": times[f["name"]]} for f in entry["sources"]
+    ]
+    dup = record.params["duplicates"]
+    assert dup["near"]["groups"] == 30 and dup["near"]["copies"] == 30 and dup["near"]["fraction"] == 0.25
+    assert dup["near"]["threshold"] > 0 and "standardized" in dup["near"]["method"]
+    assert dup["exact"]["copies"] == 0 and dup["unpaid_providers"] == ["copycat"]
+    assert "first-registered" in dup["rule"]
+    credit = read_parquet(store.get(record.outputs[IngestRecord.EXAMPLE_CREDIT]))
+    assert credit.schema == CREDIT_SCHEMA and "copycat" not in credit["provider"].to_pylist()
+    assert result.asset_materializations_for_node("raw_dataset")[0].metadata[
+        "unpaid_duplicate_providers"
+    ].value == ["copycat"]
