@@ -64,6 +64,9 @@ def test_flagged_task_gets_more_answers_and_consensus_follows(client, project, s
     ).json()
     assert task["is_labeled"] is False and task["overlap"] == 3
 
+    # asking for answers is no annotation change: the sensor's read-only export sees nothing new
+    assert not export_annotations(client, project, first.cursor, previous=table).changed
+
     # the same flags again: nothing new is asked, the same tab is reused
     again = request_review(client, project, ["ex00000"], extra_answers=2)
     assert again.raised == 0 and again.view_id == queue.view_id
