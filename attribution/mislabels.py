@@ -7,9 +7,12 @@ probability that model gives to the label it was given (cleanlab's ``self_confid
 flags are cleanlab's ``find_label_issues`` (per-class thresholds from the confident joint, so
 their number follows the estimated noise rate rather than a fixed quota).
 
-Why not self-influence: on the held-out benchmark (bench/attribution_lds.py, 10 % flipped labels)
-self-influence ranks flipped labels at ROC-AUC 0.77-0.90, the cross-fitted quality score at
-about 0.99; the pure scoring part lives in ``label_quality`` (probabilities in, scores and flags out).
+Why not self-influence: measured with bench/attribution_lds.py (10 % of the training labels, at
+most 1,000, flipped; 5 folds), ROC-AUC of self-influence (worst method / best) against this
+detector: digits 0.993 / 0.997 against 0.997; breast cancer 0.981 / 0.993 against 0.995; a harder synthetic
+4-class tabular set (make_classification, class_sep 1) 0.818 / 0.871 against 0.887. Self-influence
+needs the model to have memorized a flipped label to see it; an out-of-sample model only needs to
+disagree with it. The pure scoring part is ``label_quality`` (probabilities in, scores and flags out).
 """
 
 from __future__ import annotations

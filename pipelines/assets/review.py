@@ -53,6 +53,7 @@ class ReviewConfig(dg.Config):
 class QueueConfig(dg.Config):
     extra_answers: int = 2  # answers asked for beyond those a flagged task has
     max_overlap: int = 9  # never ask for more answers than this per task
+    max_tasks: int = 500  # the most suspect flagged examples first; the rest wait for the next run
 
 
 @dg.asset(partitions_def=dataset_versions, group_name="review", kinds={"arrow", "ipfs"})
@@ -141,13 +142,14 @@ def review_queue(
     `annotations` sync picks the answers up and consensus folds them in."""
     version = context.partition_key
     flagged = label_review.filter(label_review["flagged"]).sort_by("rank")
+    sent = flagged.slice(0, config.max_tasks)
     client = labelstudio.client()
     try:
         project = client.ensure_project(project_spec(catalog, labelstudio, version))
         queue = request_review(
             client,
             project,
-            flagged["example_id"].to_pylist(),
+            sent["example_id"].to_pylist(),
             extra_answers=config.extra_answers,
             max_overlap=config.max_overlap,
         )
@@ -163,6 +165,7 @@ def review_queue(
             ),
             "flagged": flagged.num_rows,
             "sent": len(queue.task_ids),
+            "held_back": flagged.num_rows - sent.num_rows,
             "overlap_raised": queue.raised,
             "missing": len(queue.missing),
         }
