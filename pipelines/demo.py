@@ -181,7 +181,7 @@ def materialize(settings: Settings, instance: dg.DagsterInstance, version: str) 
     return {
         "royalty_root": result.output_for_node("royalty_root"),
         "annotations": result.output_for_node("annotations").value.num_rows,  # a StoredValue
-        "label_review": result.output_for_node("label_review"),
+        "label_review": result.output_for_node("label_review").value,  # a StoredValue
     }
 
 

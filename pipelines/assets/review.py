@@ -8,6 +8,8 @@ on the flagged tasks (their overlap raised, a "review" tab listing them); the ne
 export picks the new answers up like any other and consensus folds them in.
 """
 
+from importlib.metadata import version as package_version
+
 import dagster as dg
 import numpy as np
 import pyarrow as pa
@@ -23,12 +25,12 @@ from attribution import (
 from labeling import LabelingError, request_review
 from pipelines.assets.labeling import project_spec
 from pipelines.assets.training import TrainingConfig
-from pipelines.content_io import StoreResource
-from pipelines.lineage import LineageResource
+from pipelines.content_io import AssetIndex, StoredValue, StoreResource, store_value
+from pipelines.lineage import LineageResource, now
 from pipelines.partitions import dataset_versions
 from pipelines.report import md_table
 from pipelines.resources import DatasetCatalog, LabelStudioResource
-from provenance import TRAINING, RunRecords
+from provenance import LABEL_REVIEW, TRAINING, LabelReviewRecord, RunRecords
 
 LABEL_REVIEW_SCHEMA = pa.schema(
     [
@@ -63,12 +65,15 @@ def label_review(
     labeled_dataset: pa.Table,
     model_encoding: bytes,
     store: StoreResource,
+    index: AssetIndex,
     lineage: LineageResource,
-) -> dg.Output[pa.Table]:
+) -> dg.Output[StoredValue]:
     """Each consensus-labeled example's label quality under the run's recipe, cross-fitted; flagged
     rows are likely mislabels (the report lists the worst)."""
-    version = context.partition_key
-    record = RunRecords(None, store.client()).load(lineage.cid_of(TRAINING, version))
+    started, version = now(), context.partition_key
+    client = store.client()
+    training_cid = lineage.cid_of(TRAINING, version)
+    record = RunRecords(None, client).load(training_cid)
     training = TrainingConfig(**record.params["config"])
     run_id = str(record.params["run_id"])
     encoding = InputEncoding.from_json(model_encoding)
@@ -103,13 +108,34 @@ def label_review(
         },
         schema=LABEL_REVIEW_SCHEMA,
     )
+    stored = store_value(client, out)
+    written = lineage.write(
+        client,
+        LABEL_REVIEW,
+        version,
+        started=started,
+        inputs={
+            LabelReviewRecord.LABELED_DATASET: index.cid_of("labeled_dataset", version),
+            LabelReviewRecord.ENCODING: index.cid_of("model_encoding", version),
+        },
+        outputs={LabelReviewRecord.LABEL_REVIEW: stored.cid},
+        parents=(training_cid,),
+        params={
+            "run_id": run_id,
+            "folds": config.folds,
+            "seed": training.seed,
+            "method": QUALITY_METHOD,
+            "cleanlab": package_version("cleanlab"),
+        },
+    )
     flagged = int(review.flagged.sum())
     top = out.sort_by("rank").slice(0, config.top).to_pylist()
     context.log.info(f"run {run_id}: {flagged} of {len(y)} consensus labels flagged as likely wrong")
     return dg.Output(
-        out,
+        stored,
         metadata={
             "run_id": run_id,
+            "record_cid": written,
             "dagster/row_count": out.num_rows,
             "flagged": flagged,
             "flagged_fraction": round(flagged / max(len(y), 1), 4),

@@ -79,6 +79,13 @@ def _flagged_labels_are_stored_and_queued_for_review(settings, mislabels):
     )
     review = read_parquet(store.get(cid))
     assert review.num_rows == 160 and cid in store.pins()
+    from pipelines.resources import resources_for
+    from provenance import LABEL_REVIEW, TRAINING, LabelReviewRecord
+
+    lineage = resources_for(settings)["lineage"]
+    record = load_record(store, lineage.cid_of(LABEL_REVIEW, VERSION))  # the auditor's view of it
+    assert record.outputs[LabelReviewRecord.LABEL_REVIEW] == cid
+    assert record.parents == (lineage.cid_of(TRAINING, VERSION),)
     flagged = [r["example_id"] for r in review.to_pylist() if r["flagged"]]
     assert mislabels["flagged"] == len(flagged) == mislabels["sent_for_review"]
     # with labelers of accuracy 0.55-0.95 some consensus labels are wrong, and flags find them
