@@ -22,8 +22,11 @@ Public face (other rooms use only these names):
 - ``shard_features(task, checkpoints, X_shard, y_shard, ids_shard, start=, seed=)`` per shard of
   the training rows, then ``combine_shards(task, checkpoints, shards, seed=)`` -> the same
   ``TrakFeatures`` (same bytes) as the unsharded run; ``shard_bounds(n, n_shards)`` cuts the rows.
-- ``ExactInfluence`` (logistic regression) and ``TrakFeatures.self_influence`` rank likely
-  mislabeled examples.
+- ``review_labels(task, X, y, folds=, seed=)`` -> (``LabelReview``, out-of-sample probabilities):
+  the pipeline's mislabel detector (cross-fitted probabilities scored by cleanlab's confident
+  learning); ``label_quality(labels, pred_probs)`` is its pure scoring part. ``ExactInfluence``
+  (logistic regression) and ``TrakFeatures.self_influence`` rank likely mislabeled examples too,
+  less well (bench/attribution_lds.py).
 """
 
 from .encoding import EncodedSplit, InputEncoding, encode_split
@@ -35,6 +38,7 @@ from .errors import (
     UnsupportedOptimizerError,
 )
 from .influence import ExactInfluence
+from .mislabels import QUALITY_METHOD, LabelReview, label_quality, out_of_sample_probs, review_labels
 from .serialize import features_from_bytes, features_to_bytes, model_from_bytes, model_to_bytes
 from .shards import FeatureShard, ShardMismatchError, combine_shards, shard_bounds, shard_features
 from .task import AttributionTask, ModelSpec, ModuleSpec, TrainConfig
@@ -53,6 +57,8 @@ __all__ = [
     "FeatureShard",
     "InputEncoding",
     "InputError",
+    "LabelReview",
+    "QUALITY_METHOD",
     "ModelSpec",
     "ModuleSpec",
     "ShardMismatchError",
@@ -65,7 +71,10 @@ __all__ = [
     "attribute_query",
     "combine_shards",
     "contributor_weights",
+    "label_quality",
     "largest_remainder",
+    "out_of_sample_probs",
+    "review_labels",
     "encode_split",
     "features_from_bytes",
     "features_to_bytes",

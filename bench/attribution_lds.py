@@ -7,9 +7,10 @@ an MLP: LDS (mean Spearman over 300 held-out targets, ground truth from retraini
 50 % subsets; target output = log-probability of the true class) of in-run scores, TRAK at
 k = 128/512/2048 and exact influence (logistic regression); the dattri 0.3.0 anchor on the
 same split and trained models; contributor-level leave-one-contributor-out Spearman;
-mislabel-detection ROC-AUC of self-influence; and the cost of per-step attribution on an
-MLP 64->1024->1024->10 (20,000 examples, batch 512, 64 targets, 3 epochs). The last line is
-one JSON object.
+mislabel-detection ROC-AUC of self-influence and of the pipeline's detector (cleanlab's scores on
+5-fold cross-fitted probabilities, each recipe side by side: ``mislabel_auc_default``); and the
+cost of per-step attribution on an MLP 64->1024->1024->10 (20,000 examples, batch 512, 64
+targets, 3 epochs). The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -33,11 +34,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TQDM_DISABLE", "1")  # dattri's progress bars would bury the figures
 
 from attribution import (  # noqa: E402
+    QUALITY_METHOD,
     AttributionTask,
     ExactInfluence,
     ModelSpec,
     TrainConfig,
     attribute_query,
+    label_quality,
+    out_of_sample_probs,
     train_plain,
     train_with_attribution,
 )
@@ -240,6 +244,37 @@ def mislabel_section(x, y, xv, yv, seed: int) -> dict[str, float]:
             out[f"exact_if/{name}"] = float(roc_auc_score(flip, exact.self_influence()))
     for key, v in out.items():
         print(f"  mislabel ROC-AUC (10% flipped, self-influence {key}): {v:.3f}", flush=True)
+    detector = mislabel_detectors(x, y_noisy, flip, seed)
+    return out, detector
+
+
+def mislabel_detectors(x, y_noisy, flip, seed: int) -> dict:
+    """cleanlab on cross-fitted (5-fold) probabilities of each recipe, side by side; the pipeline's
+    detector (``attribution.review_labels``) is the MLP recipe with cleanlab's self_confidence."""
+    from cleanlab.rank import get_label_quality_scores
+
+    c = int(y_noisy.max()) + 1
+    out: dict = {"cleanlab": {}}
+    for name, task in tasks(x.shape[1], c).items():
+        task = dataclasses.replace(task, config=dataclasses.replace(task.config, per_target=False))
+        t0 = time.perf_counter()
+        probs = out_of_sample_probs(task, x, y_noisy, folds=5, seed=seed)
+        secs = time.perf_counter() - t0
+        for method in ("self_confidence", "normalized_margin", "confidence_weighted_entropy"):
+            q = get_label_quality_scores(y_noisy, probs, method=method)
+            auc = float(roc_auc_score(flip, -q))
+            out["cleanlab"][f"{method}/{name}"] = round(auc, 4)
+            print(f"  mislabel ROC-AUC (10% flipped, cleanlab {method}, 5-fold {name}, {secs:.1f}s): "
+                  f"{auc:.3f}", flush=True)
+        if name == "mlp":  # the pipeline's detector: its recipe is an MLP
+            review = label_quality(y_noisy, probs)
+            out["default"] = float(roc_auc_score(flip, -review.quality))
+            hit = int((review.flagged & flip).sum())
+            out["flags"] = {"flagged": int(review.flagged.sum()), "flipped": int(flip.sum()),
+                            "precision": round(hit / max(int(review.flagged.sum()), 1), 4),
+                            "recall": round(hit / max(int(flip.sum()), 1), 4)}
+            print(f"  mislabel default detector (review_labels: 5-fold mlp, cleanlab {QUALITY_METHOD}): "
+                  f"ROC-AUC {out['default']:.3f}; find_label_issues flags {out['flags']}", flush=True)
     return out
 
 
@@ -320,6 +355,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cost-repeats", type=int, default=5)
     ap.add_argument("--no-anchor", action="store_true", help="skip the dattri anchor")
+    ap.add_argument("--mislabels-only", action="store_true",
+                    help="run only the mislabel section (prints its figures and a JSON line)")
     args = ap.parse_args()
     if args.data and not Path(args.data).is_file():
         sys.exit(f"error: --data {args.data} is not a file")
@@ -329,6 +366,14 @@ def main() -> None:
     torch.manual_seed(args.seed)
     print(f"data: {args.data or 'sklearn digits'}: {len(x)} rows, {x.shape[1]} features, "
           f"{y.max() + 1} classes; torch threads {torch.get_num_threads()}", flush=True)
+    if args.mislabels_only:
+        xtr, ytr, xv, yv = split(x, y, args.seed)
+        mis, detector = mislabel_section(xtr, ytr, xv, yv, args.seed)
+        print(json.dumps({"mislabel_auc": round(min(mis.values()), 4),
+                          "mislabel_auc_default": round(detector["default"], 4),
+                          "mislabel_auc_cleanlab": detector["cleanlab"],
+                          "mislabel_flags": detector["flags"]}))
+        return
     print("== cost", flush=True)
     cost = cost_section(x, y, args.seed, args.cost_repeats)
     xtr, ytr, xv, yv = split(x, y, args.seed)
@@ -338,12 +383,15 @@ def main() -> None:
     print("== contributors", flush=True)
     loco = loco_section(xtr, ytr, xv, yv, args.seed)
     print("== mislabels", flush=True)
-    mis = mislabel_section(xtr, ytr, xv, yv, args.seed)
+    mis, detector = mislabel_section(xtr, ytr, xv, yv, args.seed)
     summary = {
         "lds": lds_out,
         "anchor": anchor,
         "loco_spearman": round(min(loco.values()), 4),  # the worse model, so a miss is not hidden
-        "mislabel_auc": round(min(mis.values()), 4),
+        "mislabel_auc": round(min(mis.values()), 4),  # worst self-influence method
+        "mislabel_auc_default": round(detector["default"], 4),  # the pipeline's detector
+        "mislabel_auc_cleanlab": detector["cleanlab"],
+        "mislabel_flags": detector["flags"],
         "train_s": round(cost["train_s"], 3),
         "train_with_attribution_s": round(cost["train_with_attribution_s"], 3),
         "query_ms": round(cost["query_ms"], 3),
@@ -369,7 +417,9 @@ def print_goals(summary: dict, secs: dict[str, float]) -> None:
     loco, auc = summary["loco_spearman"], summary["mislabel_auc"]
     rows += [
         (f"loco_spearman {loco:.3f} (worse of logreg/mlp) >= 0.8", loco >= 0.8),
-        (f"mislabel_auc {auc:.3f} (worst method) >= 0.8", auc >= 0.8),
+        (f"mislabel_auc {auc:.3f} (worst self-influence method) >= 0.8", auc >= 0.8),
+        (f"mislabel_auc_default {summary['mislabel_auc_default']:.3f} (the pipeline's detector) >= 0.85",
+         summary["mislabel_auc_default"] >= 0.85),
         (f"training overhead {ratio:.3f}x <= 1.15x (at most 1.3x)", ratio <= 1.15),
     ]
     for text, met in rows:

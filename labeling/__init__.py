@@ -24,6 +24,7 @@ from labeling.export import (
     export_annotations,
     merge_annotations,
 )
+from labeling.review import REVIEW_TAB, ReviewQueue, request_review, review_overlap
 from labeling.schemas import ANNOTATIONS, ANNOTATOR_QUALITY, CONSENSUS, GOLD
 from labeling.server import LabelStudioServer, labelstudio_token
 from labeling.simulate import (
@@ -57,6 +58,8 @@ __all__ = [
     "LabelingError",
     "MissingAddressError",
     "Project",
+    "REVIEW_TAB",
+    "ReviewQueue",
     "ProjectSpec",
     "RetryPolicy",
     "SimulatedAnnotator",
@@ -76,6 +79,8 @@ __all__ = [
     "majority_vote",
     "merge_annotations",
     "register",
+    "request_review",
+    "review_overlap",
     "simulate_answers",
     "simulated_annotators",
     "submit_answers",

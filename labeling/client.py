@@ -209,21 +209,25 @@ class LabelStudioClient:
         """
         out: dict[int, str] = {}
         for query in annotated_queries(after):
-
-            def fetch(query: dict = query) -> list[Any]:
-                return list(
-                    self.sdk.tasks.list(
-                        project=project_id,
-                        fields="task_only",
-                        include="id,updated_at",
-                        query=json.dumps(query),
-                        page_size=PAGE,
-                    )
-                )
-
-            for t in self.call(f"listing changed tasks of project {project_id}", fetch):
+            for t in self._light_tasks(project_id, "id,updated_at", query, "listing changed tasks"):
                 out[int(t.id)] = iso_utc(t.updated_at)
         return out
+
+    def _light_tasks(self, project_id: int, include: str, query: dict, what: str) -> list[Any]:
+        """The tasks a Data Manager `query` selects, with only the `include`d fields."""
+
+        def fetch() -> list[Any]:
+            return list(
+                self.sdk.tasks.list(
+                    project=project_id,
+                    fields="task_only",
+                    include=include,
+                    query=json.dumps(query),
+                    page_size=PAGE,
+                )
+            )
+
+        return self.call(f"{what} of project {project_id}", fetch)
 
     def annotated_tasks(self, project_id: int, ids: list[int] | None = None) -> list[dict]:
         """Annotated (or skipped) tasks with all their annotations: all of them, or those in `ids`."""
@@ -243,6 +247,69 @@ class LabelStudioClient:
                 for t in self.call(f"reading annotated tasks of project {project_id}", fetch):
                     out[int(t["id"])] = t
         return [out[k] for k in sorted(out)]
+
+    def task_states(self, project_id: int, ids: list[int]) -> dict[int, tuple[int, int]]:
+        """Task id -> (overlap, total_annotations) of the tasks in `ids` that exist in the project."""
+        out: dict[int, tuple[int, int]] = {}
+        for chunk in [ids[i : i + PAGE] for i in range(0, len(ids), PAGE)]:
+            query = {"selectedItems": {"all": False, "included": chunk}}
+            rows = self._light_tasks(project_id, "id,overlap,total_annotations", query, "reading task states")
+            for t in rows:
+                out[int(t.id)] = (int(t.overlap or 1), int(t.total_annotations or 0))
+        return out
+
+    def set_overlap(self, task_id: int, overlap: int, *, n_answers: int) -> None:
+        """Ask for `overlap` answers on a task. Label Studio recomputes `is_labeled` only when an
+        annotation is saved, so it is set here too: a task with fewer answers re-enters the labeling
+        stream (`/next`) for annotators who have not answered it. Idempotent, hence retried."""
+        self.call(
+            f"raising the overlap of task {task_id} to {overlap}",
+            lambda: self.sdk.tasks.update(str(task_id), overlap=overlap, is_labeled=n_answers >= overlap),
+        )
+
+    def ensure_view(self, project_id: int, title: str, task_ids: list[int]) -> int:
+        """A Data Manager tab titled `title` listing exactly `task_ids` (created, or its filter
+        replaced); returns its id. An empty list gives a tab that lists nothing."""
+        ids = task_ids or [-1]  # a tab without filters would list every task
+        data = {
+            "title": title,
+            "filters": {
+                "conjunction": "or",
+                "items": [
+                    {"filter": "filter:tasks:id", "operator": "equal", "type": "Number", "value": int(i)}
+                    for i in ids
+                ],
+            },
+            "ordering": ["tasks:id"],
+        }
+        views = self.call(
+            f"listing tabs of project {project_id}", lambda: self.sdk.views.list(project=project_id)
+        )
+        same = sorted(int(v.id) for v in views if (v.data or {}).get("title") == title)
+        if same:
+            self.call(
+                f"updating tab {title!r} of project {project_id}",
+                lambda: self.sdk.views.update(str(same[0]), project=project_id, data=data),
+            )
+            return same[0]
+        view = self.call(
+            f"creating tab {title!r} in project {project_id}",
+            lambda: self.sdk.views.create(project=project_id, data=data),
+            retry=False,
+        )
+        return int(view.id)
+
+    def view_task_ids(self, project_id: int, view_id: int) -> list[int]:
+        """The ids of the tasks a tab lists."""
+
+        def fetch() -> list[Any]:
+            return list(
+                self.sdk.tasks.list(
+                    project=project_id, view=view_id, fields="task_only", include="id", page_size=PAGE
+                )
+            )
+
+        return sorted(int(t.id) for t in self.call(f"listing tab {view_id} of project {project_id}", fetch))
 
     # -- users and annotations ------------------------------------------------------------------
 

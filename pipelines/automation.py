@@ -18,7 +18,9 @@ from pipelines.resources import (
 
 LABELING_STAGE = dg.AssetSelection.assets(
     "annotations"
-).downstream().required_multi_asset_neighbors() - dg.AssetSelection.groups("training", "royalties")
+).downstream().required_multi_asset_neighbors() - dg.AssetSelection.groups(
+    "training", "review", "royalties"
+)
 
 labeling_sync_job = dg.define_asset_job(
     "labeling_sync",
@@ -27,8 +29,9 @@ labeling_sync_job = dg.define_asset_job(
 )
 attribution_job = dg.define_asset_job(
     "attribution_run",
-    selection=dg.AssetSelection.groups("training", "royalties"),
-    description="Train with in-run attribution, weigh contributors, and publish the royalty root.",
+    selection=dg.AssetSelection.groups("training", "review", "royalties"),
+    description="Train with in-run attribution, flag likely mislabels for review in Label Studio, "
+    "weigh contributors, and publish the royalty root.",
 )
 
 

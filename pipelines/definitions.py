@@ -3,11 +3,11 @@
 import dagster as dg
 
 from pipelines import automation, checks, sharding
-from pipelines.assets import ingest, labeling, royalties, training
+from pipelines.assets import ingest, labeling, review, royalties, training
 from pipelines.resources import resources_for
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([ingest, labeling, training, royalties]),
+    assets=dg.load_assets_from_modules([ingest, labeling, training, review, royalties]),
     asset_checks=checks.all_checks,
     jobs=[
         automation.labeling_sync_job,

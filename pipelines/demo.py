@@ -181,6 +181,20 @@ def materialize(settings: Settings, instance: dg.DagsterInstance, version: str) 
     return {
         "royalty_root": result.output_for_node("royalty_root"),
         "annotations": result.output_for_node("annotations").value.num_rows,  # a StoredValue
+        "label_review": result.output_for_node("label_review").value,  # a StoredValue
+    }
+
+
+def review_summary(review: pa.Table, truth: dict[str, str]) -> dict:
+    """How the run's mislabel flags fare against the simulated labelers' truth (known in the demo only)."""
+    rows = review.to_pylist()
+    wrong = {r["example_id"] for r in rows if str(truth.get(r["example_id"])) != r["label"]}
+    flagged = {r["example_id"] for r in rows if r["flagged"]}
+    return {
+        "consensus_wrong": len(wrong),
+        "flagged": len(flagged),
+        "flagged_and_wrong": len(flagged & wrong),
+        "sent_for_review": len(flagged),
     }
 
 
@@ -313,7 +327,7 @@ def run_demo(
             title=f"{settings.labelstudio_prefix} {VERSION}", kind="image", choices=CHOICES, field="pixels"
         )
         label_with_simulated_annotators(client, folder, truth, spec)
-        say("pipeline: materializing the asset graph (ingest, labeling, training, royalties)")
+        say("pipeline: materializing the asset graph (ingest, labeling, training, review, royalties)")
         outputs = materialize(settings, instance, VERSION)
         root = outputs["royalty_root"]
         run_id = root["run_id"]
@@ -321,6 +335,7 @@ def run_demo(
         weights = read_parquet(store.get(root["weights_cid"])).to_pylist()
         records = RunRecords(chain, store)
         measured_against = records.parent(root["head_cid"], TRAINING)[1].params.get("targets")
+        mislabels = review_summary(outputs["label_review"], truth)
         payee = max(weights, key=lambda r: (r["weight_bps"], r["address"]))["address"]
         say("chain: revenue deposit and one contributor's claim")
         deposit_tx, claim_tx, paid = settle_demo_revenue(settings, run_id, payee)
@@ -346,5 +361,6 @@ def run_demo(
         "failures": [f.__dict__ for f in report.failures],
         "weights": weights,
         "measured_against": measured_against,
+        "mislabels": mislabels,
         **served,
     }

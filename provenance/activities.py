@@ -15,7 +15,8 @@ CONSENSUS = "consensus"
 TRAINING = "training"
 WEIGHTING = "weighting"
 SETTLEMENT = "settlement"
-ACTIVITIES = (INGEST, SNAPSHOT, LABELING_EXPORT, CONSENSUS, TRAINING, WEIGHTING, SETTLEMENT)
+LABEL_REVIEW = "label_review"
+ACTIVITIES = (INGEST, SNAPSHOT, LABELING_EXPORT, CONSENSUS, TRAINING, WEIGHTING, SETTLEMENT, LABEL_REVIEW)
 
 
 class IngestRecord:
@@ -59,6 +60,14 @@ class TrainingRecord:
     EXAMPLE_ATTRIBUTION = "example_attribution"
     FEATURES = "trak_features"
     OUTPUTS = (MODEL, ENCODING, EXAMPLE_ATTRIBUTION, FEATURES)
+
+
+class LabelReviewRecord:
+    """Likely mislabels: the labeled data scored under the run's recipe (cross-fitted); parent: training."""
+
+    LABELED_DATASET = "labeled_dataset"
+    ENCODING = "model_encoding"
+    LABEL_REVIEW = "label_review"
 
 
 class WeightingRecord:

@@ -66,6 +66,12 @@ def demo(
             "influence was measured against a hash split of the crowd-labeled examples (no validation "
             "set declared: `caravan ingest ... --validation FILE`)"
         )
+    m = summary["mislabels"]
+    out.print(
+        f"likely mislabels: {m['flagged']} consensus labels flagged and sent back to Label Studio for more "
+        f"answers (its 'review' tab); {m['flagged_and_wrong']} of them are wrong, of {m['consensus_wrong']} "
+        "wrong consensus labels in all"
+    )
     out.print(
         f"claimed {summary['claimed_wei']} wei for {summary['payee']} (tx {summary['claim_tx']})"
         if summary["claim_tx"]
@@ -98,6 +104,7 @@ def demo(
         "epoch_id",
         "epoch_claim_tx",
         "epoch_verify_ok",
+        "mislabels",
     )
     print(json.dumps({k: summary[k] for k in keys}))
     if not (summary["verify_ok"] and summary["epoch_verify_ok"]):

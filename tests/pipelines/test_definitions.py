@@ -15,7 +15,8 @@ def test_definitions_hold_the_flow_its_jobs_checks_and_resources():
     assert assets == {
         "raw_dataset", "dataset_snapshot", "labeling_tasks", "annotations", "consensus_labels",
         "annotator_quality", "labeled_dataset", "trained_model", "model_encoding", "example_attribution",
-        "trak_features", "contributor_weights", "provenance_record", "royalty_root",
+        "trak_features", "label_review", "review_queue", "contributor_weights", "provenance_record",
+        "royalty_root",
     }
 
     def upstream(asset: str) -> set[str]:
@@ -26,6 +27,16 @@ def test_definitions_hold_the_flow_its_jobs_checks_and_resources():
     assert "example_attribution" in upstream("contributor_weights")
     assert "contributor_weights" in upstream("provenance_record")
     assert "provenance_record" in upstream("royalty_root")
+    assert {"labeled_dataset", "model_encoding"} <= upstream("label_review")
+    assert "label_review" in upstream("review_queue")
+    from pipelines.automation import LABELING_STAGE, attribution_job
+
+    def selected(selection) -> set[str]:
+        return {k.to_user_string() for k in selection.resolve(graph)}
+
+    # each attribution run flags likely mislabels and queues them; a labeling sync does not
+    assert {"label_review", "review_queue"} <= selected(attribution_job.selection)
+    assert not {"label_review", "review_queue"} & selected(LABELING_STAGE)
 
     jobs = {j.name for j in repo.get_all_jobs()}
     assert {"labeling_sync", "attribution_run", "settlement_job", "sharded_features"} <= jobs

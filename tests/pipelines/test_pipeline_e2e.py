@@ -45,6 +45,7 @@ def test_demo_runs_end_to_end_and_a_rerun_duplicates_nothing(caravan_env):
     assert sum(r["weight_bps"] for r in first["weights"]) == 10_000
     assert {r["role"] for r in first["weights"]} == {"provider", "labeler"}
     assert first["claim_tx"] and first["claimed_wei"] > 0
+    _flagged_labels_are_stored_and_queued_for_review(settings, first["mislabels"])
 
     chain = _chain(settings)
     records = chain.recorded_events(first["run_id"])
@@ -66,6 +67,38 @@ def test_demo_runs_end_to_end_and_a_rerun_duplicates_nothing(caravan_env):
     assert first["epoch_verify_ok"] and first["predictions"] == 5 and first["epoch_claim_tx"]
     _sensor_starts_a_sync_only_for_new_annotations(settings)
     _settlement_job_settles_new_receipts(settings, first["run_id"])
+
+
+def _flagged_labels_are_stored_and_queued_for_review(settings, mislabels):
+    from labeling import REVIEW_TAB
+    from pipelines.content_io import AssetIndex
+    from storage import read_parquet
+
+    store, cid = BlockStore(settings.store_dir), AssetIndex(pointer_dir=str(settings.pointer_dir)).cid_of(
+        "label_review", VERSION
+    )
+    review = read_parquet(store.get(cid))
+    assert review.num_rows == 160 and cid in store.pins()
+    from pipelines.resources import resources_for
+    from provenance import LABEL_REVIEW, TRAINING, LabelReviewRecord
+
+    lineage = resources_for(settings)["lineage"]
+    record = load_record(store, lineage.cid_of(LABEL_REVIEW, VERSION))  # the auditor's view of it
+    assert record.outputs[LabelReviewRecord.LABEL_REVIEW] == cid
+    assert record.parents == (lineage.cid_of(TRAINING, VERSION),)
+    flagged = [r["example_id"] for r in review.to_pylist() if r["flagged"]]
+    assert mislabels["flagged"] == len(flagged) == mislabels["sent_for_review"]
+    # with labelers of accuracy 0.55-0.95 some consensus labels are wrong, and flags find them
+    assert mislabels["consensus_wrong"] > 0 and mislabels["flagged_and_wrong"] > 0
+    client = LabelStudioClient(settings.labelstudio_url, os.environ["LABEL_STUDIO_USER_TOKEN"])
+    project = client.ensure_project(
+        ProjectSpec(f"{settings.labelstudio_prefix} {VERSION}", "image", CHOICES, "pixels")
+    )
+    keys, _ = client.task_keys(project.id)
+    (tab,) = [int(v.id) for v in client.sdk.views.list(project=project.id) if v.data["title"] == REVIEW_TAB]
+    assert client.view_task_ids(project.id, tab) == sorted(keys[e] for e in flagged)
+    states = client.task_states(project.id, [keys[e] for e in flagged])
+    assert all(overlap > answers for overlap, answers in states.values())
 
 
 def _settlement_job_settles_new_receipts(settings, run_id):

@@ -66,5 +66,5 @@ def test_asset_graph_page_renders_every_stage(webserver, tmp_path):
     dom = subprocess.run(
         [CHROMIUM, *FLAGS, "--dump-dom", page], check=True, capture_output=True, text=True, timeout=120
     ).stdout
-    for group in ("ingest", "labeling", "training", "royalties"):
+    for group in ("ingest", "labeling", "training", "review", "royalties"):
         assert group in dom, f"group {group} missing from the rendered asset graph"

@@ -1,0 +1,198 @@
+"""Review stage: likely mislabeled examples, flagged after each training run and sent back to Label
+Studio for more answers.
+
+`label_review` cross-fits the run's own recipe (`attribution.review_labels`: every consensus-labeled
+example gets class probabilities from a model that never saw it, scored by cleanlab's confident
+learning) and stores one row per example (pinned). `review_queue` asks Label Studio for more answers
+on the flagged tasks (their overlap raised, a "review" tab listing them); the next `annotations`
+export picks the new answers up like any other and consensus folds them in.
+"""
+
+from importlib.metadata import version as package_version
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+
+from attribution import (
+    QUALITY_METHOD,
+    AttributionError,
+    AttributionTask,
+    InputEncoding,
+    ModelSpec,
+    review_labels,
+)
+from labeling import LabelingError, request_review
+from pipelines.assets.labeling import project_spec
+from pipelines.assets.training import TrainingConfig
+from pipelines.content_io import AssetIndex, StoredValue, StoreResource, store_value
+from pipelines.lineage import LineageResource, now
+from pipelines.partitions import dataset_versions
+from pipelines.report import md_table
+from pipelines.resources import DatasetCatalog, LabelStudioResource
+from provenance import LABEL_REVIEW, TRAINING, LabelReviewRecord, RunRecords
+
+LABEL_REVIEW_SCHEMA = pa.schema(
+    [
+        ("example_id", pa.string()),
+        ("label", pa.string()),  # the consensus label under review
+        ("suggested", pa.string()),  # the class the out-of-sample model prefers
+        ("quality", pa.float64()),  # cleanlab's label-quality score in [0, 1]; low = likely wrong
+        ("flagged", pa.bool_()),  # cleanlab's find_label_issues
+        ("rank", pa.int64()),  # 1 = most suspect
+        ("confidence", pa.float64()),  # the consensus' own confidence and votes, for the reviewer
+        ("n_votes", pa.int64()),
+        ("run_id", pa.string()),
+    ]
+)
+
+
+class ReviewConfig(dg.Config):
+    folds: int = 5
+    top: int = 20  # suspects listed in the run's report
+
+
+class QueueConfig(dg.Config):
+    extra_answers: int = 2  # answers asked for beyond those a flagged task has
+    max_overlap: int = 9  # never ask for more answers than this per task
+    max_tasks: int = 500  # the most suspect flagged examples first; the rest wait for the next run
+
+
+@dg.asset(partitions_def=dataset_versions, group_name="review", kinds={"arrow", "ipfs"})
+def label_review(
+    context: dg.AssetExecutionContext,
+    config: ReviewConfig,
+    labeled_dataset: pa.Table,
+    model_encoding: bytes,
+    store: StoreResource,
+    index: AssetIndex,
+    lineage: LineageResource,
+) -> dg.Output[StoredValue]:
+    """Each consensus-labeled example's label quality under the run's recipe, cross-fitted; flagged
+    rows are likely mislabels (the report lists the worst)."""
+    started, version = now(), context.partition_key
+    client = store.client()
+    training_cid = lineage.cid_of(TRAINING, version)
+    record = RunRecords(None, client).load(training_cid)
+    training = TrainingConfig(**record.params["config"])
+    run_id = str(record.params["run_id"])
+    encoding = InputEncoding.from_json(model_encoding)
+    table = labeled_dataset.sort_by("example_id")
+    known = np.isin(np.asarray(table["label"].to_pylist(), dtype=object), list(encoding.classes))
+    if not known.all():
+        context.log.warning(f"{int((~known).sum())} examples carry labels the model never saw; not reviewed")
+        table = table.filter(pa.array(known))
+    task = AttributionTask(
+        ModelSpec((encoding.n_features, *training.hidden, len(encoding.classes))), training.train_config()
+    )
+    try:
+        x = encoding.transform(table)
+        y = encoding.label_indices(table["label"].to_pylist())
+        review, _ = review_labels(task, x, y, folds=config.folds, seed=training.seed)
+    except AttributionError as exc:
+        raise dg.Failure(str(exc)) from exc
+    rank = np.empty(len(y), dtype=np.int64)
+    rank[review.ranked()] = np.arange(1, len(y) + 1)
+    classes = np.asarray(encoding.classes, dtype=object)
+    out = pa.table(
+        {
+            "example_id": table["example_id"],
+            "label": pa.array([str(v) for v in table["label"].to_pylist()], pa.string()),
+            "suggested": pa.array(classes[review.suggested].tolist(), pa.string()),
+            "quality": pa.array(review.quality, pa.float64()),
+            "flagged": pa.array(review.flagged, pa.bool_()),
+            "rank": pa.array(rank, pa.int64()),
+            "confidence": table["confidence"].cast(pa.float64()),
+            "n_votes": table["n_votes"].cast(pa.int64()),
+            "run_id": pa.array([run_id] * len(y), pa.string()),
+        },
+        schema=LABEL_REVIEW_SCHEMA,
+    )
+    stored = store_value(client, out)
+    written = lineage.write(
+        client,
+        LABEL_REVIEW,
+        version,
+        started=started,
+        inputs={
+            LabelReviewRecord.LABELED_DATASET: index.cid_of("labeled_dataset", version),
+            LabelReviewRecord.ENCODING: index.cid_of("model_encoding", version),
+        },
+        outputs={LabelReviewRecord.LABEL_REVIEW: stored.cid},
+        parents=(training_cid,),
+        params={
+            "run_id": run_id,
+            "folds": config.folds,
+            "seed": training.seed,
+            "method": QUALITY_METHOD,
+            "cleanlab": package_version("cleanlab"),
+        },
+    )
+    flagged = int(review.flagged.sum())
+    top = out.sort_by("rank").slice(0, config.top).to_pylist()
+    context.log.info(f"run {run_id}: {flagged} of {len(y)} consensus labels flagged as likely wrong")
+    return dg.Output(
+        stored,
+        metadata={
+            "run_id": run_id,
+            "record_cid": written,
+            "dagster/row_count": out.num_rows,
+            "flagged": flagged,
+            "flagged_fraction": round(flagged / max(len(y), 1), 4),
+            "detector": f"cleanlab {QUALITY_METHOD} + find_label_issues on {config.folds}-fold cross-fitted "
+            "probabilities of the run's recipe",
+            "top_suspects": dg.MetadataValue.md(
+                md_table(
+                    ["rank", "example_id", "label", "suggested", "quality", "flagged", "votes", "confidence"],
+                    [
+                        [r["rank"], r["example_id"][:12], r["label"], r["suggested"], f"{r['quality']:.3f}",
+                         "yes" if r["flagged"] else "", r["n_votes"], f"{r['confidence']:.2f}"]
+                        for r in top
+                    ],
+                )
+            ),
+        },
+    )
+
+
+@dg.asset(partitions_def=dataset_versions, group_name="review", kinds={"labelstudio"})
+def review_queue(
+    context: dg.AssetExecutionContext,
+    config: QueueConfig,
+    label_review: pa.Table,
+    catalog: DatasetCatalog,
+    labelstudio: LabelStudioResource,
+) -> dg.MaterializeResult:
+    """The flagged examples' tasks go back to Label Studio for more answers: each task's overlap is
+    raised (it re-enters the labeling stream) and the project's "review" tab lists them. The next
+    `annotations` sync picks the answers up and consensus folds them in."""
+    version = context.partition_key
+    flagged = label_review.filter(label_review["flagged"]).sort_by("rank")
+    sent = flagged.slice(0, config.max_tasks)
+    client = labelstudio.client()
+    try:
+        project = client.ensure_project(project_spec(catalog, labelstudio, version))
+        queue = request_review(
+            client,
+            project,
+            sent["example_id"].to_pylist(),
+            extra_answers=config.extra_answers,
+            max_overlap=config.max_overlap,
+        )
+    except LabelingError as exc:
+        raise dg.Failure(str(exc)) from exc
+    if queue.missing:
+        context.log.warning(f"{len(queue.missing)} flagged examples have no task in project {project.id}")
+    return dg.MaterializeResult(
+        metadata={
+            "project_id": project.id,
+            "review_view": dg.MetadataValue.url(
+                f"{labelstudio.url}/projects/{project.id}/data?tab={queue.view_id}"
+            ),
+            "flagged": flagged.num_rows,
+            "sent": len(queue.task_ids),
+            "held_back": flagged.num_rows - sent.num_rows,
+            "overlap_raised": queue.raised,
+            "missing": len(queue.missing),
+        }
+    )
