@@ -83,7 +83,7 @@ def replay_run(
     _compare_scores(stored_scores, result.example_attribution, report)
 
     stored = read_weights(store.get(head.outputs[WeightingRecord.WEIGHTS]))
-    replayed = _weights(store, head, result.example_attribution, stored)
+    replayed = _weights(records, head, result.example_attribution, stored)
     _compare_weights(stored, replayed, report)
     report.stored_root = share_leaves(stored).root
     report.replayed_root = share_leaves(replayed).root
@@ -134,27 +134,12 @@ def _compare_scores(stored: pa.Table, replayed: pa.Table, report: ReplayReport) 
         )
 
 
-def _weights(store: ContentStore, head: Record, scores: pa.Table, stored: pa.Table) -> pa.Table:
+def _weights(records: RunRecords, head: Record, scores: pa.Table, stored: pa.Table) -> pa.Table:
     """The weights the replayed scores give, from the tables and policy the head record names."""
-    tables = {
-        name: read_parquet(store.get(head.inputs[name])) if name in head.inputs else None
-        for name in (
-            WeightingRecord.EXAMPLES,
-            WeightingRecord.ANNOTATIONS,
-            WeightingRecord.CONSENSUS,
-            WeightingRecord.EXAMPLE_CREDIT,  # absent in runs made before credit existed
-        )
-    }
+    examples, annotations, consensus, credit = records.input_tables(head, WeightingRecord.SPLIT_TABLES)
     addresses = dict(zip(stored["contributor"].to_pylist(), stored["address"].to_pylist(), strict=True))
-    return contributor_weights(
-        scores,
-        tables[WeightingRecord.EXAMPLES],
-        tables[WeightingRecord.ANNOTATIONS],
-        tables[WeightingRecord.CONSENSUS],
-        addresses,
-        WeightPolicy.from_params(head.params.get("policy") or {}),
-        tables[WeightingRecord.EXAMPLE_CREDIT],
-    )
+    policy = WeightPolicy.from_params(head.params.get("policy") or {})
+    return contributor_weights(scores, examples, annotations, consensus, addresses, policy, credit)
 
 
 def _compare_weights(stored: pa.Table, replayed: pa.Table, report: ReplayReport) -> None:

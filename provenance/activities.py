@@ -79,6 +79,8 @@ class WeightingRecord:
     CONSENSUS = "consensus"
     EXAMPLE_CREDIT = "example_credit"  # optional: absent, each example pays its `provider` column
     INPUTS = (EXAMPLE_ATTRIBUTION, EXAMPLES, ANNOTATIONS, CONSENSUS)
+    # what the split is computed from, in `ContributorSplit.build`'s order (credit may be absent)
+    SPLIT_TABLES = (EXAMPLES, ANNOTATIONS, CONSENSUS, EXAMPLE_CREDIT)
     WEIGHTS = "contributor_weights"
 
 

@@ -9,7 +9,7 @@ given activity and a run's settled epochs, and loads (and re-verifies) each reco
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -147,6 +147,12 @@ class RunRecords:
             lineage[cid] = record
             pending.extend((parent, cid) for parent in record.parents)
         return lineage
+
+    def input_tables(self, record: Record, names: Sequence[str]) -> list[Any]:
+        """The named inputs of `record` as Arrow tables, in `names` order (None where it has none)."""
+        from storage import read_parquet
+
+        return [read_parquet(self.store.get(record.inputs[n])) if n in record.inputs else None for n in names]
 
     def parent(self, cid: str, activity: str) -> tuple[str, Record]:
         """The one parent of record `cid` whose activity is `activity`."""

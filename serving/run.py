@@ -185,25 +185,11 @@ def load_run(chain: Chain, store: ContentStore, run_id: str) -> ServedRun:
         encoding = InputEncoding.from_json(output(TrainingRecord.ENCODING))
         features = features_from_bytes(output(TrainingRecord.FEATURES))
         attribution = read_parquet(output(TrainingRecord.EXAMPLE_ATTRIBUTION))
-        tables = {
-            name: read_parquet(_get(store, head.inputs[name], name)) if name in head.inputs else None
-            for name in (
-                WeightingRecord.EXAMPLES,
-                WeightingRecord.ANNOTATIONS,
-                WeightingRecord.CONSENSUS,
-                WeightingRecord.EXAMPLE_CREDIT,  # absent in runs made before credit existed
-            )
-        }
+        examples, annotations, consensus, credit = records.input_tables(head, WeightingRecord.SPLIT_TABLES)
         addresses = dict(zip(weights["contributor"].to_pylist(), weights["address"].to_pylist(), strict=True))
-        split = ContributorSplit.build(
-            tables[WeightingRecord.EXAMPLES],
-            tables[WeightingRecord.ANNOTATIONS],
-            tables[WeightingRecord.CONSENSUS],
-            addresses,
-            WeightPolicy.from_params(head.params.get("policy") or {}),
-            tables[WeightingRecord.EXAMPLE_CREDIT],
-        )
-    except (AttributionError, ValueError, KeyError) as exc:
+        policy = WeightPolicy.from_params(head.params.get("policy") or {})
+        split = ContributorSplit.build(examples, annotations, consensus, addresses, policy, credit)
+    except (AttributionError, StorageError, ValueError, KeyError) as exc:
         raise RunNotServable(f"run {run_id!r}: its stored outputs do not load: {exc}") from None
     example_ids = attribution["example_id"].to_pylist()
     if len(example_ids) != features.n_train:
