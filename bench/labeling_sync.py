@@ -1,6 +1,7 @@
 """Labeling against a real Label Studio: import, simulated annotation, export, aggregation.
 
     python bench/labeling_sync.py [--tasks 10000] [--annotated 1000] [--per-task 3] [--classes 4] [--seed 0]
+    python bench/labeling_sync.py --consensus-only     # just the consensus comparison, no Label Studio
 
 Starts its own Label Studio (temporary data dir, free port) unless CARAVAN_BENCH_LABEL_STUDIO_URL
 and CARAVAN_BENCH_LABEL_STUDIO_TOKEN name one. Four simulated annotators (real users, accuracy
@@ -11,6 +12,18 @@ request at a time (its rate is measured on a small side project and printed besi
 Prints import tasks/s, export annotations/s, aggregation time, majority-vote and Dawid-Skene
 accuracy against the true labels, and the Spearman correlation between estimated and true
 annotator accuracy. The last line is one JSON object.
+
+Then, side by side on scikit-learn's bundled digits (1,797 examples, 10 classes; nothing is
+downloaded): the pipeline's consensus (``labeling.aggregate``, Dawid-Skene by crowd-kit),
+majority vote and cleanlab's CROWDLAB (``cleanlab.multiannotator.get_label_quality_multiannotator``)
+on simulated annotators of accuracy 0.95/0.85/0.7/0.55 and a random one (uniform over the
+classes), ``--per-task`` answers per example. CROWDLAB also needs out-of-sample class
+probabilities: a 5-fold cross-validated scikit-learn LogisticRegression on the pixels, trained on
+the majority-vote labels (the labels one has before any consensus model). Printed: consensus
+accuracy against the true digits, and each method's annotator-quality estimates against the true
+accuracies (Spearman; mean absolute error, which only means something for estimates that are
+accuracies). The JSON line gains ``consensus_accuracy``, ``annotator_spearman`` and
+``annotator_abs_error`` (keyed ``dawid_skene``, ``crowdlab``, ``majority``).
 """
 
 from __future__ import annotations
@@ -26,6 +39,7 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 from scipy.stats import spearmanr
 
@@ -35,6 +49,7 @@ from labeling import (  # noqa: E402
     LabelStudioClient,
     LabelStudioServer,
     ProjectSpec,
+    SimulatedAnnotator,
     aggregate,
     export_annotations,
     import_with_answers,
@@ -141,6 +156,133 @@ def run(client: LabelStudioClient, args: argparse.Namespace) -> dict:
     }
 
 
+def consensus_comparison(per_task: int, seed: int) -> dict:
+    """Dawid-Skene (the pipeline's), majority vote and cleanlab's CROWDLAB on simulated annotators of
+    known accuracy over the digits; consensus accuracy and annotator-quality estimates vs the truth."""
+    import warnings
+
+    from cleanlab.multiannotator import get_label_quality_multiannotator
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = load_digits(return_X_y=True)
+    classes = [str(c) for c in range(int(y.max()) + 1)]
+    ids = [f"digit-{i:05d}" for i in range(len(y))]
+    truth = {e: classes[v] for e, v in zip(ids, y, strict=True)}
+    people = [
+        *simulated_annotators(ACCURACIES, prefix="sim-digits"),
+        SimulatedAnnotator("sim-digits-5-random", 1.0 / len(classes)),
+    ]  # uniform over all classes
+    answers = simulate_answers(truth, people, classes, per_example=per_task, seed=seed)
+    stamp = pa.array([0] * len(answers), pa.timestamp("us", tz="UTC"))
+    ann = pa.table(
+        {
+            "annotation_id": pa.array(range(len(answers)), pa.int64()),
+            "example_id": [a.example_id for a in answers],
+            "annotator": [a.annotator.email for a in answers],
+            "label": [a.label for a in answers],
+            "created_at": stamp,
+            "updated_at": stamp,
+            "lead_time_s": [a.lead_time_s for a in answers],
+        }
+    )
+    print(
+        f"== consensus on digits: {len(ids)} examples, {len(classes)} classes, {len(people)} simulated "
+        f"annotators ({', '.join(f'{p.accuracy:.2f}' for p in people)}), {per_task} answers per example"
+    )
+    t0 = time.perf_counter()
+    ds = aggregate(ann, method="dawid_skene")
+    t_ds = time.perf_counter() - t0
+    mv = aggregate(ann, method="majority_vote")
+
+    # CROWDLAB: an n x m frame of class indices (NaN where the annotator did not answer) ...
+    emails = [p.email for p in people]
+    row = {e: i for i, e in enumerate(ids)}
+    grid = np.full((len(ids), len(people)), np.nan)
+    for a in answers:
+        grid[row[a.example_id], emails.index(a.annotator.email)] = classes.index(a.label)
+    import pandas as pd
+
+    frame = pd.DataFrame(grid, columns=emails)
+    # ... and out-of-sample probabilities of a model trained on the majority-vote labels
+    t0 = time.perf_counter()
+    mv_label = dict(
+        zip(mv.consensus["example_id"].to_pylist(), mv.consensus["label"].to_pylist(), strict=True)
+    )
+    y_mv = np.array([classes.index(mv_label[e]) for e in ids])
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))
+    folds = StratifiedKFold(5, shuffle=True, random_state=seed)
+    probs = cross_val_predict(model, x, y_mv, cv=folds, method="predict_proba")
+    t_probs = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        crowd = get_label_quality_multiannotator(frame, probs, verbose=False)
+    t_cl = time.perf_counter() - t0
+
+    def acc_of(labels: dict[str, str]) -> float:
+        return sum(labels.get(e) == lab for e, lab in truth.items()) / len(truth)
+
+    def labels_of(agg) -> dict[str, str]:
+        return dict(
+            zip(agg.consensus["example_id"].to_pylist(), agg.consensus["label"].to_pylist(), strict=True)
+        )
+
+    def quality_of(agg) -> dict[str, float]:
+        q = agg.quality
+        return dict(zip(q["annotator"].to_pylist(), q["estimated_accuracy"].to_pylist(), strict=True))
+
+    cl_labels = {
+        e: classes[int(v)] for e, v in zip(ids, crowd["label_quality"]["consensus_label"], strict=True)
+    }
+    stats = crowd["annotator_stats"]
+    accuracy = {
+        "dawid_skene": acc_of(labels_of(ds)),
+        "crowdlab": acc_of(cl_labels),
+        "majority": acc_of(mv_label),
+    }
+    estimates = {
+        "dawid_skene": quality_of(ds),
+        "crowdlab": {str(k): float(v) for k, v in stats["annotator_quality"].items()},
+        "majority": quality_of(mv),  # agreement with the majority vote
+    }
+    true_acc = [p.accuracy for p in people]
+    spearman = {
+        k: float(spearmanr([est[e] for e in emails], true_acc).statistic) for k, est in estimates.items()
+    }
+    abs_err = {
+        k: float(np.mean([abs(est[e] - t) for e, t in zip(emails, true_acc, strict=True)]))
+        for k, est in estimates.items()
+    }
+    model_acc = float((probs.argmax(1) == y).mean())
+    print(
+        f"  time: Dawid-Skene {t_ds:.2f} s; CROWDLAB {t_cl:.2f} s + {t_probs:.2f} s for its "
+        f"cross-validated probabilities (LogisticRegression, 5 folds, on majority-vote labels; "
+        f"its own accuracy vs truth {model_acc:.4f})"
+    )
+    print("  consensus accuracy vs true digits: " + ", ".join(f"{k} {v:.4f}" for k, v in accuracy.items()))
+    print("  annotator quality (true accuracy: Dawid-Skene / CROWDLAB / majority agreement):")
+    for p in people:
+        print(
+            f"    {p.name:<22} {p.accuracy:.2f}: "
+            + " / ".join(f"{estimates[k][p.email]:.3f}" for k in estimates)
+        )
+    print("  Spearman(estimate, true accuracy): " + ", ".join(f"{k} {v:+.3f}" for k, v in spearman.items()))
+    print(
+        "  mean |estimate - true accuracy|: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in abs_err.items())
+        + " (CROWDLAB's quality is a score, not an accuracy)"
+    )
+    return {
+        "consensus_accuracy": {k: round(v, 4) for k, v in accuracy.items()},
+        "annotator_spearman": {k: round(v, 4) for k, v in spearman.items()},
+        "annotator_abs_error": {k: round(v, 4) for k, v in abs_err.items()},
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tasks", type=int, default=10_000)
@@ -148,7 +290,15 @@ def main() -> None:
     p.add_argument("--per-task", type=int, default=3)
     p.add_argument("--classes", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--consensus-only",
+        action="store_true",
+        help="only the consensus comparison on digits (Dawid-Skene, CROWDLAB, majority); no Label Studio",
+    )
     args = p.parse_args()
+    if args.consensus_only:
+        print(json.dumps(consensus_comparison(args.per_task, args.seed)))
+        return
     if not 10 <= args.annotated <= args.tasks:
         p.error("--annotated must be between 10 and --tasks")
     url = os.environ.get("CARAVAN_BENCH_LABEL_STUDIO_URL")
@@ -167,6 +317,7 @@ def main() -> None:
                 summary = run(LabelStudioClient(server.url, server.token, timeout_s=300), args)
             finally:
                 server.stop()
+    summary.update(consensus_comparison(args.per_task, args.seed))
     print(json.dumps(summary))
 
 
