@@ -30,7 +30,15 @@ share, the same for the library's default ``net+credit`` (what the pipeline pays
 once to their first registrant), and for a candidate not in the library ('net' after crediting
 near-copies to their first registrant). The last line is one JSON object: the issue's keys
 (``spearman``, ``ceiling``, ``faulty_share_bps``, ``default_policy``: ``net+credit``, ``seconds``),
-``share_gap`` and ``candidate``.
+``share_gap``, ``candidate`` and ``detection``.
+
+Detection, side by side: the pipeline's duplicate grouping (the ingest's, above) against cleanlab's
+``Datalab`` (``find_issues`` with the ``near_duplicate`` and ``outlier`` issue types on the encoded
+features, with out-of-sample probabilities from ``attribution.out_of_sample_probs``, the pipeline's
+own cross-fitting of the same MLP on the consensus labels): copycat and flooder examples each finds,
+false flags among the honest providers (the copied originals counted apart: they are near-copies'
+partners, not false flags), and junk (and noisy) examples flagged as outliers. The pipeline has no
+outlier detection, so its outlier figures are null. ``detection`` in the JSON line holds the counts.
 
 Model: an MLP (one hidden layer of 64) trained by SGD with a linearly decayed rate, so a
 retrain converges and the leave-one-out differences are not SGD noise. At most 300 validation
@@ -68,6 +76,7 @@ from attribution import (  # noqa: E402
     TrainConfig,
     WeightPolicy,
     contributor_weights,
+    out_of_sample_probs,
     train_plain,
     train_with_attribution,
 )
@@ -381,6 +390,60 @@ def pay_run(task, world: World, full: Variant, seed: int, owners: np.ndarray, cr
     return pay, signed
 
 
+def datalab_flags(task: AttributionTask, full: Variant, seed: int) -> tuple[np.ndarray, ...]:
+    """cleanlab's Datalab on the encoded training examples and their consensus labels: near-duplicate
+    flags, outlier flags, outlier scores (low: outlying), and the seconds it took (out-of-sample
+    probabilities included)."""
+    import warnings
+
+    from cleanlab import Datalab
+
+    t0 = time.perf_counter()
+    probs = out_of_sample_probs(task, full.x, full.y, seed=seed)
+    lab = Datalab(data={"label": full.y}, label_name="label", verbosity=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lab.find_issues(features=full.x, pred_probs=probs, issue_types={"near_duplicate": {}, "outlier": {}})
+    issues = lab.get_issues()
+    return (issues["is_near_duplicate_issue"].to_numpy(bool), issues["is_outlier_issue"].to_numpy(bool),
+            issues["outlier_score"].to_numpy(float), time.perf_counter() - t0)
+
+
+def detection(owner: np.ndarray, in_group: np.ndarray, near_dup: np.ndarray, outlier: np.ndarray,
+              score: np.ndarray, seconds: float) -> dict:
+    """What each detector finds per kind of provider; prints the section, returns the JSON's counts."""
+    copied = [p.copy_of for p in PROVIDERS if p.copy_of]
+    kinds = {
+        "copycat": owner == "copycat",
+        "flooder": owner == "flooder",
+        "copied_originals": np.isin(owner, copied),
+        "honest_others": np.isin(owner, [p.name for p in PROVIDERS if not p.faulty and p.name not in copied]),
+        "junk": owner == "junk",
+        "noisy": owner == "noisy",
+    }
+    found = {
+        "pipeline": {"near_duplicate": in_group, "outlier": None},
+        "datalab": {"near_duplicate": near_dup, "outlier": outlier},
+    }
+    out: dict = {"examples": {k: int(m.sum()) for k, m in kinds.items()}}
+    print(f"== detection: the pipeline's duplicate grouping vs cleanlab Datalab (near_duplicate, outlier; "
+          f"{seconds:.1f}s with its cross-fitted probabilities)")
+    for who, flags in found.items():
+        out[who] = {}
+        for issue, flag in flags.items():
+            out[who][issue] = None if flag is None else {k: int(flag[m].sum()) for k, m in kinds.items()}
+            counts = ("none (no such check)" if flag is None else
+                      ", ".join(f"{k} {int(flag[m].sum())}/{int(m.sum())}" for k, m in kinds.items()))
+            print(f"  {who:<8} {issue:<14} {counts}")
+    lowest = np.argsort(score, kind="stable")[: int(kinds["junk"].sum())]  # threshold-free: a ranking
+    out["datalab"]["outlier_lowest_scores"] = {k: int(m[lowest].sum()) for k, m in kinds.items()}
+    print(f"  datalab  the {len(lowest)} lowest outlier scores (as many as junk examples): "
+          + ", ".join(f"{k} {v}" for k, v in out["datalab"]["outlier_lowest_scores"].items() if v))
+    print("  (honest_others: prov-a, c, d, e, every flag there is false; copied_originals: prov-b, whose "
+          "examples the copycat jittered)")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", help="Parquet file with numeric feature columns and a label column")
@@ -505,6 +568,7 @@ def main() -> None:
           "earlier-registered provider closer than 0.25x the median such distance: "
           f"{int(flagged[copies].sum())}/{int(copies.sum())} copycat examples caught, "
           f"{int(flagged[~copies].sum())} other examples flagged)")
+    found = detection(owner, in_group, *datalab_flags(task, full, 1000 + args.seed))
     print("== context")
     for role, names in roles.items():
         r = rho([signed.get(n, 0.0) for n in names], [truth_mean[n] for n in names])
@@ -531,6 +595,7 @@ def main() -> None:
         "candidate": {"spearman": {r: _num(out_rho[f"candidate/{r}"]) for r in roles},
                       "share_gap": {r: _num(out_gap[f"candidate/{r}"]) for r in roles},
                       "faulty_share_bps": faulty_bps["candidate"]},
+        "detection": found,
     }
     print(json.dumps(summary))
 
