@@ -27,24 +27,61 @@ Public face (other rooms use only these names):
   learning); ``label_quality(labels, pred_probs)`` is its pure scoring part. ``ExactInfluence``
   (logistic regression) and ``TrakFeatures.self_influence`` rank likely mislabeled examples too,
   less well (bench/attribution_lds.py).
+
+Training (``attribution.task``, ``attribution.trainer``, ``attribution.trak``) needs torch and numpy
+only; ``TrainConfig(device="auto" | "cpu" | "cuda")`` picks where it runs. The table, bytes and
+weighting names above load pyarrow, safetensors, scipy or eth_utils on first use.
 """
 
-from .encoding import EncodedSplit, InputEncoding, encode_split
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     AttributionError,
     ContributorError,
+    DeviceUnavailableError,
     InputError,
     UnsupportedModelError,
     UnsupportedOptimizerError,
 )
 from .influence import ExactInfluence
 from .mislabels import QUALITY_METHOD, LabelReview, label_quality, out_of_sample_probs, review_labels
-from .serialize import features_from_bytes, features_to_bytes, model_from_bytes, model_to_bytes
 from .shards import FeatureShard, ShardMismatchError, combine_shards, shard_bounds, shard_features
 from .task import AttributionTask, ModelSpec, ModuleSpec, TrainConfig
-from .trainer import EXAMPLE_ATTRIBUTION_SCHEMA, TrainResult, train_plain, train_split, train_with_attribution
+from .trainer import TrainResult, train_plain, train_split, train_with_attribution
 from .trak import TrakFeatures, attribute_query
-from .weights import ContributorSplit, WeightPolicy, contributor_weights, largest_remainder
+
+if TYPE_CHECKING:
+    from .encoding import EncodedSplit, InputEncoding, encode_split
+    from .serialize import features_from_bytes, features_to_bytes, model_from_bytes, model_to_bytes
+    from .trainer import EXAMPLE_ATTRIBUTION_SCHEMA
+    from .weights import ContributorSplit, WeightPolicy, contributor_weights, largest_remainder
+
+# Names whose modules need more than torch and numpy (pyarrow, safetensors, scipy, eth_utils):
+# they load on first use, so training imports on a machine that has torch and numpy alone.
+_LAZY = {
+    "EXAMPLE_ATTRIBUTION_SCHEMA": "attribution.trainer",
+    "EncodedSplit": "attribution.encoding",
+    "InputEncoding": "attribution.encoding",
+    "encode_split": "attribution.encoding",
+    "features_from_bytes": "attribution.serialize",
+    "features_to_bytes": "attribution.serialize",
+    "model_from_bytes": "attribution.serialize",
+    "model_to_bytes": "attribution.serialize",
+    "ContributorSplit": "attribution.weights",
+    "WeightPolicy": "attribution.weights",
+    "contributor_weights": "attribution.weights",
+    "largest_remainder": "attribution.weights",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'attribution' has no attribute {name!r}")
+
 
 __all__ = [
     "EXAMPLE_ATTRIBUTION_SCHEMA",
@@ -52,6 +89,7 @@ __all__ = [
     "AttributionTask",
     "ContributorError",
     "ContributorSplit",
+    "DeviceUnavailableError",
     "EncodedSplit",
     "ExactInfluence",
     "FeatureShard",

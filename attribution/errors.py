@@ -21,3 +21,7 @@ class UnsupportedOptimizerError(AttributionError):
 
 class ContributorError(AttributionError):
     """Examples, annotations or addresses do not let credit reach a payable contributor."""
+
+
+class DeviceUnavailableError(AttributionError):
+    """``TrainConfig.device`` asks for an accelerator this machine does not have."""

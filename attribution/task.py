@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .errors import UnsupportedModelError, UnsupportedOptimizerError
+from .errors import DeviceUnavailableError, UnsupportedModelError, UnsupportedOptimizerError
 
 # Leaves without parameters that act on each example independently.
 ELEMENTWISE = (
@@ -95,7 +95,9 @@ class TrainConfig:
     ``per_target`` keeps one score column per target (pairwise ghost form everywhere) instead
     of one score against the mean target loss (cheapest exact form per layer). A ``linear``
     schedule decays the rate to zero over the run, so training settles at the optimum of a
-    convex model and retraining is reproducible.
+    convex model and retraining is reproducible. ``device`` is where the model, the batch and the
+    ghost products live (``auto``: CUDA when present); scores accumulate on the CPU either way,
+    and the trained model and its checkpoints come back on the CPU.
     """
 
     epochs: int = 20
@@ -111,6 +113,7 @@ class TrainConfig:
     per_target: bool = False
     spill_bytes: int = 256 * 2**20
     chunk_rows: int = 4096
+    device: Literal["auto", "cpu", "cuda"] = "cpu"
 
     def __post_init__(self) -> None:
         if self.optimizer != "sgd":
@@ -127,6 +130,22 @@ class TrainConfig:
             )
         if not self.lr > 0 or self.weight_decay < 0:
             raise ValueError("TrainConfig.lr must be > 0 and weight_decay >= 0")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"TrainConfig.device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+
+    def torch_device(self) -> torch.device:
+        """The device training runs on; ``cuda`` on a machine without one is a ``DeviceUnavailableError``
+        (the trainer asks before any training starts)."""
+        if self.device == "cpu":
+            return torch.device("cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if self.device == "auto":
+            return torch.device("cpu")
+        raise DeviceUnavailableError(
+            "TrainConfig.device='cuda' but torch sees no CUDA device here (torch.cuda.is_available() is "
+            f"False, torch {torch.__version__}); use device='auto' to fall back to the CPU, or 'cpu'"
+        )
 
     def lr_at(self, step: int, total_steps: int) -> float:
         """Learning rate of optimizer step ``step`` (0-based) out of ``total_steps``."""

@@ -14,22 +14,36 @@ import time
 from collections import deque
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import ghost
-from .encoding import EncodedSplit
 from .errors import InputError
 from .task import AttributionTask, ModelSpec, TrainConfig, scored_layers
 
-EXAMPLE_ATTRIBUTION_SCHEMA = pa.schema(
-    [("example_id", pa.string()), ("score", pa.float64()), ("method", pa.string()), ("run_id", pa.string())]
-)
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from .encoding import EncodedSplit
+
 INRUN_METHOD = "inrun_sgd"
+
+
+def _example_attribution_schema() -> pa.Schema:
+    import pyarrow as pa  # training needs torch and numpy only; the table form needs pyarrow
+
+    columns = [("example_id", pa.string()), ("score", pa.float64()), ("method", pa.string())]
+    return pa.schema([*columns, ("run_id", pa.string())])
+
+
+def __getattr__(name: str) -> Any:
+    if name == "EXAMPLE_ATTRIBUTION_SCHEMA":
+        return _example_attribution_schema()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -48,6 +62,8 @@ class TrainResult:
 
     @property
     def example_attribution(self) -> pa.Table:
+        import pyarrow as pa
+
         n = len(self.example_ids)
         return pa.table(
             {
@@ -56,7 +72,7 @@ class TrainResult:
                 "method": pa.array([INRUN_METHOD] * n, pa.string()),
                 "run_id": pa.array([self.run_id] * n, pa.string()),
             },
-            schema=EXAMPLE_ATTRIBUTION_SCHEMA,
+            schema=_example_attribution_schema(),
         )
 
 
@@ -143,14 +159,16 @@ def checkpoint_epochs(epochs: int, n_checkpoints: int) -> list[int]:
 def plain_steps(task: AttributionTask, X: object, y: object, *, seed: int) -> Iterator[nn.Module]:
     """``train_plain`` one optimizer step at a time (yields the model after each step), so a
     benchmark can interleave it step by step with ``attributed_steps`` under the same load."""
-    x = torch.as_tensor(np.asarray(X, dtype=np.float32))
-    yt = torch.as_tensor(np.asarray(y, dtype=np.int64))
     cfg = task.config
-    model = task.spec.build(seed)
+    device = cfg.torch_device()
+    x = torch.as_tensor(np.asarray(X, dtype=np.float32)).to(device)
+    yt = torch.as_tensor(np.asarray(y, dtype=np.int64)).to(device)
+    model = task.spec.build(seed).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.epochs * -(-len(x) // cfg.batch_size)
     for step, (_, idx) in enumerate(batches(len(x), cfg.batch_size, cfg.epochs, seed)):
         opt.param_groups[0]["lr"] = cfg.lr_at(step, total)
+        idx = idx.to(device)
         loss = F.cross_entropy(model(x[idx]), yt[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -159,8 +177,9 @@ def plain_steps(task: AttributionTask, X: object, y: object, *, seed: int) -> It
 
 
 def train_plain(task: AttributionTask, X: object, y: object, *, seed: int) -> nn.Module:
-    """The same training without attribution (reference for cost and for retraining)."""
-    return deque(plain_steps(task, X, y, seed=seed), maxlen=1)[0]
+    """The same training without attribution (reference for cost and for retraining); the model
+    comes back on the CPU whatever ``task.config.device``."""
+    return deque(plain_steps(task, X, y, seed=seed), maxlen=1)[0].cpu()
 
 
 def _layer_scores(
@@ -213,11 +232,12 @@ class _Rows:
 
     @classmethod
     def of(cls, nb: int, xv: torch.Tensor, yv: torch.Tensor) -> _Rows:
-        n = nb + len(xv)
-        x = torch.empty((n, xv.shape[1]), dtype=xv.dtype)
-        y = torch.empty(n, dtype=yv.dtype)
+        n, device = nb + len(xv), xv.device
+        x = torch.empty((n, xv.shape[1]), dtype=xv.dtype, device=device)
+        y = torch.empty(n, dtype=yv.dtype, device=device)
         x[nb:], y[nb:] = xv, yv
-        return cls(x, y, torch.arange(n), torch.full((n,), -1.0, dtype=xv.dtype))
+        neg = torch.full((n,), -1.0, dtype=xv.dtype, device=device)
+        return cls(x, y, torch.arange(n, device=device), neg)
 
     def fill(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, xv: torch.Tensor) -> None:
         """Gather the batch's rows; rewrite the (small) target rows too, as a model may act on
@@ -229,9 +249,15 @@ class _Rows:
 
 
 def run_id_for(task: AttributionTask, example_ids: Sequence[str], seed: int) -> str:
+    """Spec, config, seed and ids; the device counts only off the CPU (its numerics differ), so
+    CPU runs keep the ids they had before devices existed."""
+    settings = {k: v for k, v in vars(task.config).items() if k != "device"}
+    device = task.config.torch_device()
+    if device.type != "cpu":
+        settings["device"] = device.type
     h = hashlib.sha256()
     h.update(task.spec.to_json().encode())
-    h.update(repr(sorted(vars(task.config).items())).encode())
+    h.update(repr(sorted(settings.items())).encode())
     h.update(str(seed).encode())
     for e in example_ids:
         h.update(e.encode() + b"\0")
@@ -253,9 +279,11 @@ def attributed_steps(
 ) -> Generator[None, None, TrainResult]:
     """``train_with_attribution`` as a generator that yields after every optimizer step and
     returns the ``TrainResult`` (see ``plain_steps``)."""
-    x, y, xv, yv = validate(task, X_train, y_train, example_ids, X_targets, y_targets)
     cfg = task.config
-    model = task.spec.build(seed)
+    device = cfg.torch_device()
+    x, y, xv, yv = validate(task, X_train, y_train, example_ids, X_targets, y_targets)
+    x_dev, y_dev, xv, yv = x.to(device), y.to(device), xv.to(device), yv.to(device)
+    model = task.spec.build(seed).to(device)
     layers = scored_layers(model)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -273,19 +301,21 @@ def attributed_steps(
             if nb not in buffers:
                 buffers[nb] = _Rows.of(nb, xv, yv)
             rows = buffers[nb]
-            rows.fill(x, y, idx, xv)
+            rows.fill(x_dev, y_dev, idx.to(device), xv)
             logits = model(rows.x)
             # Sum-reduced cross-entropy of batch and targets: B needs no 1/batch to undo.
             grads = taps.output_grads(logits, ghost.logit_grads(logits, rows.y, rows.index, rows.neg))
             facts = [ghost.layer_factors(t, b) for t, b in zip(taps.taps, grads, strict=True)]
             s = _layer_scores(layers, facts, nb, nv, cfg.per_target)
             lr = cfg.lr_at(step, total)
-            scores.index_add_(0, idx, s.to(torch.float64), alpha=lr / (1.0 if cfg.per_target else nv))
+            scores.index_add_(0, idx, s.to("cpu", torch.float64), alpha=lr / (1.0 if cfg.per_target else nv))
             _sgd_update(layers, facts, nb, lr, cfg.weight_decay)
             if epoch in keep and (step + 1) % steps_per_epoch == 0:
-                checkpoints.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+                state = model.state_dict()
+                checkpoints.append({k: v.detach().to("cpu", copy=True) for k, v in state.items()})
             yield
     train_s = time.perf_counter() - t0
+    model.cpu()
     for p in model.parameters():
         p.requires_grad_(True)
     per_target = scores.numpy() if cfg.per_target else None

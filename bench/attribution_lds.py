@@ -47,7 +47,7 @@ from attribution import (  # noqa: E402
 )
 from attribution.trainer import attributed_steps, plain_steps  # noqa: E402
 from attribution.trak import build_features  # noqa: E402
-from bench._common import load, log_p_true  # noqa: E402
+from bench._common import load, lockstep, log_p_true  # noqa: E402
 
 N_TRAIN, N_TARGETS, TRAK_KS = 1000, 300, (128, 512, 2048)
 LOGREG_EPOCHS = 200
@@ -276,26 +276,6 @@ def mislabel_detectors(x, y_noisy, flip, seed: int) -> dict:
             print(f"  mislabel default detector (review_labels: 5-fold mlp, cleanlab {QUALITY_METHOD}): "
                   f"ROC-AUC {out['default']:.3f}; find_label_issues flags {out['flags']}", flush=True)
     return out
-
-
-def lockstep(plain, attributed, plain_first: bool):
-    """Run two step generators alternately, timing every segment (setup and tail included), so
-    load from other processes falls on both alike. Returns both segment times and the result."""
-    order = [("p", plain), ("a", attributed)] if plain_first else [("a", attributed), ("p", plain)]
-    times: dict[str, list[float]] = {"p": [], "a": []}
-    result, live = None, dict(order)
-    while live:
-        for key, gen in order:
-            if key not in live:
-                continue
-            t0 = time.perf_counter()
-            try:
-                next(gen)
-            except StopIteration as done:
-                live.pop(key)
-                result = done.value if key == "a" else result
-            times[key].append(time.perf_counter() - t0)
-    return times["p"], times["a"], result
 
 
 def cost_section(x, y, seed: int, repeats: int) -> dict[str, float]:

@@ -6,6 +6,8 @@ Import as ``from bench._common import ...``: every script puts the repository ro
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Callable, Generator
 
 import numpy as np
 import torch
@@ -39,3 +41,29 @@ def log_p_true(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> np.ndarr
     with torch.no_grad():
         logp = F.log_softmax(model(torch.as_tensor(x)), dim=1)
     return logp[torch.arange(len(y)), torch.as_tensor(y)].numpy().astype(np.float64)
+
+
+def lockstep(
+    plain: Generator, attributed: Generator, plain_first: bool, sync: Callable[[], None] | None = None
+) -> tuple[list[float], list[float], object]:
+    """Run two step generators alternately, timing every segment (setup and tail included), so
+    load from other processes falls on both alike. ``sync`` (``torch.cuda.synchronize``) waits for
+    queued device work before a segment's clock stops. Returns both segment times and the
+    attributed generator's result."""
+    order = [("p", plain), ("a", attributed)] if plain_first else [("a", attributed), ("p", plain)]
+    times: dict[str, list[float]] = {"p": [], "a": []}
+    result, live = None, dict(order)
+    while live:
+        for key, gen in order:
+            if key not in live:
+                continue
+            t0 = time.perf_counter()
+            try:
+                next(gen)
+            except StopIteration as done:
+                live.pop(key)
+                result = done.value if key == "a" else result
+            if sync is not None:
+                sync()
+            times[key].append(time.perf_counter() - t0)
+    return times["p"], times["a"], result

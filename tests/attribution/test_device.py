@@ -1,0 +1,137 @@
+"""Where training runs: torch and numpy alone suffice, ``TrainConfig.device``, and the overhead bench."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from attribution import DeviceUnavailableError, train_plain, train_with_attribution
+from attribution.task import TrainConfig
+from attribution.trainer import run_id_for
+
+ROOT = Path(__file__).resolve().parents[2]
+# What a lent GPU machine lacks: it has Python, torch and numpy, nothing else.
+ABSENT = ("pyarrow", "eth_utils", "scipy", "safetensors", "cleanlab", "sklearn", "pandas", "schemas")
+
+
+@pytest.fixture
+def bare_env(tmp_path):
+    """An environment whose Python (and every subprocess it starts) cannot import ``ABSENT``:
+    a ``sitecustomize`` on PYTHONPATH marks them missing in ``sys.modules`` at startup."""
+    (tmp_path / "sitecustomize.py").write_text(
+        f"import sys\nfor name in {ABSENT!r}:\n    sys.modules[name] = None\n"
+    )
+    return {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+
+
+def run_bare(env: dict, *args: str) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, *args], env=env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def test_training_needs_only_torch_and_numpy(bare_env):
+    script = textwrap.dedent(f"""
+        import sys
+        for name in {ABSENT!r}:
+            try:
+                __import__(name)
+            except ImportError:
+                continue
+            raise SystemExit(f"the blocker let {{name}} import")
+        import numpy as np
+        import attribution
+        from attribution import AttributionTask, ModelSpec, TrainConfig, train_plain, train_with_attribution
+
+        rng = np.random.default_rng(0)
+        x, y = rng.normal(size=(96, 5)), rng.integers(0, 3, 96)
+        xv, yv = rng.normal(size=(7, 5)), rng.integers(0, 3, 7)
+        task = AttributionTask(ModelSpec((5, 16, 3), layer_norm=True),
+                               TrainConfig(epochs=1, batch_size=32, trak_k=8, device="auto"))
+        res = train_with_attribution(task, x, y, [f"e{{i}}" for i in range(96)], xv, yv, seed=0)
+        assert res.scores.shape == (96,) and np.isfinite(res.scores).all() and res.scores.any()
+        assert res.features is not None and len(res.checkpoints) == 1
+        train_plain(task, x, y, seed=0)
+        loaded = sorted(n for n in {ABSENT!r} if sys.modules.get(n) is not None)
+        assert not loaded, loaded
+        try:
+            attribution.model_to_bytes
+        except ImportError:
+            print("ok")
+    """)
+    assert run_bare(bare_env, "-c", script).stdout.split() == ["ok"]
+
+
+def test_device_must_be_named():
+    with pytest.raises(ValueError, match="device"):
+        TrainConfig(device="gpu")
+
+
+def test_cuda_without_one_is_named_before_training(monkeypatch, mlp_task, data):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    task = replace(mlp_task, config=replace(mlp_task.config, device="cuda"))
+    x, y, ids, xv, yv = data
+    with pytest.raises(DeviceUnavailableError, match="device='auto'"):
+        train_with_attribution(task, x, y, ids, xv, yv, seed=0)
+    with pytest.raises(DeviceUnavailableError):
+        train_plain(task, x, y, seed=0)
+
+
+def test_auto_without_cuda_is_the_cpu_run(monkeypatch, mlp_task, data):
+    """``auto`` on a CPU machine gives the CPU run bit for bit, run id included."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    x, y, ids, xv, yv = data
+    auto = replace(mlp_task, config=replace(mlp_task.config, device="auto"))
+    a = train_with_attribution(auto, x, y, ids, xv, yv, seed=0, with_features=False)
+    c = train_with_attribution(mlp_task, x, y, ids, xv, yv, seed=0, with_features=False)
+    assert a.run_id == c.run_id
+    np.testing.assert_array_equal(a.scores, c.scores)
+
+
+def test_cpu_run_id_is_unchanged_by_the_device_field(mlp_task):
+    """The id is the pre-device formula on the CPU (stored runs keep their ids)."""
+    ids = ["a", "b"]
+    settings = {k: v for k, v in vars(mlp_task.config).items() if k != "device"}
+    h = hashlib.sha256()
+    h.update(mlp_task.spec.to_json().encode())
+    h.update(repr(sorted(settings.items())).encode())
+    h.update(b"3")
+    for e in ids:
+        h.update(e.encode() + b"\0")
+    assert run_id_for(mlp_task, ids, 3) == h.hexdigest()[:16]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_run_matches_the_cpu_run(mlp_task, data):
+    x, y, ids, xv, yv = data
+    gpu = replace(mlp_task, config=replace(mlp_task.config, device="cuda"))
+    g = train_with_attribution(gpu, x, y, ids, xv, yv, seed=0)
+    c = train_with_attribution(mlp_task, x, y, ids, xv, yv, seed=0)
+    assert g.run_id != c.run_id
+    assert next(g.model.parameters()).device.type == "cpu"
+    assert all(v.device.type == "cpu" for v in g.checkpoints[0].values())
+    np.testing.assert_allclose(g.scores, c.scores, rtol=1e-3, atol=1e-6 * np.abs(c.scores).max())
+    plain = train_plain(gpu, x, y, seed=0)
+    assert next(plain.parameters()).device.type == "cpu"
+
+
+def test_overhead_bench_runs_with_torch_and_numpy_alone(bare_env):
+    sizes = ["--steps", "3", "--warmup", "1", "--batch", "32", "--width", "16", "--targets", "4"]
+    out = run_bare(bare_env, "bench/attribution_overhead.py", "--model", "mlp", *sizes)
+    doc = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(doc) == {"model", "device", "optimizer", "sizes", "plain_step_s", "attributed_step_s", "ratio",
+                        "plain_peak_mb", "attributed_peak_mb"}
+    assert doc["sizes"] == {"layers": [64, 16, 16, 10], "batch": 32, "targets": 4, "steps": 3}
+    assert doc["plain_step_s"] > 0 and doc["attributed_step_s"] > 0 and doc["plain_peak_mb"] > 0
+    assert doc["ratio"] == pytest.approx(doc["attributed_step_s"] / doc["plain_step_s"], rel=1e-3)
