@@ -20,6 +20,7 @@ from pipelines.content_io import AssetIndex, ContentStoreIOManager, StoreResourc
 from pipelines.datasets import SourceFile, load_files, load_source, source_files, validation_examples
 from pipelines.lineage import LineageResource
 from pipelines.settings import Settings, load_settings
+from provenance import utc_time
 from storage import ContentStore
 
 
@@ -52,7 +53,7 @@ class DatasetCatalog(dg.ConfigurableResource):
         path = self._path(version)
         hf = source if source.startswith("hf:") else None
         files = [] if hf else source_files(source, provider=provider)
-        registered_at = _checked_time(registered_at) if registered_at else utc_seconds()  # one per call
+        registered_at = _checked_time(registered_at) if registered_at else utc_time()  # one per call
         first_seen = self._first_registered()
         entry = {
             "version": version,
@@ -136,17 +137,13 @@ class DatasetCatalog(dg.ConfigurableResource):
         return Path(self.root) / f"{version}.json"
 
 
-def utc_seconds() -> str:
-    """Now, UTC, whole seconds (ISO 8601 with Z): a source's registration time."""
-    return dt.datetime.now(dt.UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _checked_time(text: str) -> str:
+    """A given registration time, in the records' time format (`provenance.utc_time`)."""
     try:
-        moment = dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
+        moment = dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
     except ValueError:
         raise ValueError(f"registered_at {text!r} is not UTC whole seconds (2025-01-31T12:00:00Z)") from None
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return utc_time(moment)
 
 
 def _timeless(entry: dict[str, Any]) -> dict[str, Any]:
