@@ -11,11 +11,15 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
 from .errors import InputError
+
+if TYPE_CHECKING:
+    from .task import ModelSpec
 
 NON_FEATURES = frozenset({"example_id", "provider", "source", "label", "confidence", "n_votes"})
 
@@ -31,6 +35,13 @@ class InputEncoding:
     @property
     def n_features(self) -> int:
         return sum(self.widths)
+
+    def mlp(self, hidden: Sequence[int]) -> ModelSpec:
+        """The MLP classifier this encoding feeds: its features in, ``hidden`` widths, its classes
+        out (the one mapping training, review and the sample run share)."""
+        from .task import ModelSpec
+
+        return ModelSpec((self.n_features, *hidden, len(self.classes)))
 
     @classmethod
     def fit(cls, table: pa.Table, labels: Sequence[str]) -> InputEncoding:

@@ -23,7 +23,7 @@ from torch import nn
 
 from . import ghost
 from .errors import InputError
-from .task import AttributionTask, ModelSpec, TrainConfig, scored_layers
+from .task import AttributionTask, TrainConfig, scored_layers
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -372,8 +372,7 @@ def train_split(
     """An MLP classifier (``hidden`` widths between the encoding's features and its classes) trained
     with attribution on an encoded split's training rows against its targets; ``result.task`` holds
     the spec to store beside the model."""
-    enc = split.encoding
-    task = AttributionTask(ModelSpec((enc.n_features, *hidden, len(enc.classes))), config)
+    task = AttributionTask(split.encoding.mlp(hidden), config)
     return train_with_attribution(
         task, split.X, split.y, split.example_ids, split.X_targets, split.y_targets, seed=seed, run_id=run_id
     )

@@ -28,7 +28,6 @@ import pyarrow as pa
 from eth_account import Account
 
 from attribution import (
-    ModelSpec,
     TrainConfig,
     WeightPolicy,
     contributor_weights,
@@ -140,7 +139,7 @@ def build_sample_run(
     )
     labeled = examples.append_column("label", pa.array(labels)).sort_by("example_id")
     split = encode_split(labeled, np.arange(n) % 8 == 0)
-    spec = ModelSpec((split.encoding.n_features, *HIDDEN, len(split.encoding.classes)))
+    spec = split.encoding.mlp(HIDDEN)
     outputs = {TrainingRecord.ENCODING: _put_bytes(store, split.encoding.to_json())}
     if train:
         result = train_split(split, HIDDEN, CONFIG, seed=seed, run_id=run_id)

@@ -19,7 +19,6 @@ from attribution import (
     AttributionError,
     AttributionTask,
     InputEncoding,
-    ModelSpec,
     review_labels,
 )
 from labeling import LabelingError, request_review
@@ -82,9 +81,7 @@ def label_review(
     if not known.all():
         context.log.warning(f"{int((~known).sum())} examples carry labels the model never saw; not reviewed")
         table = table.filter(pa.array(known))
-    task = AttributionTask(
-        ModelSpec((encoding.n_features, *training.hidden, len(encoding.classes))), training.train_config()
-    )
+    task = AttributionTask(encoding.mlp(training.hidden), training.train_config())
     try:
         x = encoding.transform(table)
         y = encoding.label_indices(table["label"].to_pylist())
