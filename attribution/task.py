@@ -105,7 +105,7 @@ class TrainConfig:
     lr: float = 0.1
     lr_schedule: Literal["constant", "linear"] = "constant"
     weight_decay: float = 0.0
-    optimizer: Literal["sgd"] = "sgd"
+    optimizer: Literal["sgd", "adamw"] = "sgd"
     n_checkpoints: int = 3
     trak_k: int = 512
     trak_damping: float = 1e-3
@@ -114,13 +114,22 @@ class TrainConfig:
     spill_bytes: int = 256 * 2**20
     chunk_rows: int = 4096
     device: Literal["auto", "cpu", "cuda"] = "cpu"
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    precision: Literal["fp32", "bf16"] = "fp32"
 
     def __post_init__(self) -> None:
-        if self.optimizer != "sgd":
+        if self.optimizer not in ("sgd", "adamw"):
             raise UnsupportedOptimizerError(
-                f"optimizer {self.optimizer!r} is not supported for per-step attribution: its update is "
-                "not lr * gradient, so the SGD score formula would be silently wrong; use optimizer='sgd'"
+                f"optimizer {self.optimizer!r} is not supported for per-step attribution: no score formula "
+                "covers its update, and the SGD formula would be silently wrong; use 'sgd' or 'adamw'"
             )
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"TrainConfig.precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        b1, b2 = self.adam_betas
+        if not (0 <= b1 < 1 and 0 <= b2 < 1) or not self.adam_eps > 0:
+            raise ValueError(f"TrainConfig.adam_betas must lie in [0, 1) and adam_eps be > 0, got "
+                             f"{self.adam_betas}, {self.adam_eps}")
         for name in ("epochs", "batch_size", "n_checkpoints", "trak_k", "chunk_rows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -146,6 +155,18 @@ class TrainConfig:
             "TrainConfig.device='cuda' but torch sees no CUDA device here (torch.cuda.is_available() is "
             f"False, torch {torch.__version__}); use device='auto' to fall back to the CPU, or 'cpu'"
         )
+
+    def run_settings(self) -> dict[str, object]:
+        """The settings that define a run's numbers (its id hashes them). The device counts only off
+        the CPU, and settings added later only when they differ from their defaults, so runs made
+        before they existed keep their ids."""
+        later = {"adam_betas": (0.9, 0.999), "adam_eps": 1e-8, "precision": "fp32"}
+        settings = {k: v for k, v in vars(self).items()
+                    if k != "device" and not (k in later and v == later[k])}
+        device = self.torch_device()
+        if device.type != "cpu":
+            settings["device"] = device.type
+        return settings
 
     def lr_at(self, step: int, total_steps: int) -> float:
         """Learning rate of optimizer step ``step`` (0-based) out of ``total_steps``."""

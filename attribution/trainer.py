@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ghost
-from .errors import InputError
+from .errors import InputError, UnsupportedOptimizerError
 from .task import AttributionTask, TrainConfig, scored_layers
 
 if TYPE_CHECKING:
@@ -133,6 +133,11 @@ def validate(
         raise InputError(
             f"{len(overlap)} target rows (e.g. {overlap[:5]}) also appear in the training set; "
             "targets must be held out"
+        )
+    if task.config.optimizer != "sgd":
+        raise UnsupportedOptimizerError(
+            f"the MLP driver trains with SGD only, got optimizer {task.config.optimizer!r}; train an "
+            "AdamW model through attribution.ModelTask (train_model), which scores Adam's own update"
         )
     scored_layers(task.spec.build(0))
     return x, y, xv, yv
@@ -249,12 +254,8 @@ class _Rows:
 
 
 def run_id_for(task: AttributionTask, example_ids: Sequence[str], seed: int) -> str:
-    """Spec, config, seed and ids; the device counts only off the CPU (its numerics differ), so
-    CPU runs keep the ids they had before devices existed."""
-    settings = {k: v for k, v in vars(task.config).items() if k != "device"}
-    device = task.config.torch_device()
-    if device.type != "cpu":
-        settings["device"] = device.type
+    """Spec, the config's run settings (``TrainConfig.run_settings``), seed and ids."""
+    settings = task.config.run_settings()
     h = hashlib.sha256()
     h.update(task.spec.to_json().encode())
     h.update(repr(sorted(settings.items())).encode())
