@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from .encoding import EncodedSplit
+    from .model_task import ModelTask
 
 INRUN_METHOD = "inrun_sgd"
 
@@ -51,7 +52,7 @@ class TrainResult:
     """Everything an attributed run produces; ``features`` answer query-time attribution."""
 
     model: nn.Module
-    task: AttributionTask
+    task: AttributionTask | ModelTask
     run_id: str
     example_ids: list[str]
     scores: np.ndarray  # float64 [n_train]: score against the mean target loss
@@ -59,6 +60,7 @@ class TrainResult:
     checkpoints: list[dict[str, torch.Tensor]]
     features: object | None = None  # trak.TrakFeatures
     timings: dict[str, float] = field(default_factory=dict)
+    method: str = INRUN_METHOD
 
     @property
     def example_attribution(self) -> pa.Table:
@@ -69,7 +71,7 @@ class TrainResult:
             {
                 "example_id": pa.array(self.example_ids, pa.string()),
                 "score": pa.array(self.scores, pa.float64()),
-                "method": pa.array([INRUN_METHOD] * n, pa.string()),
+                "method": pa.array([self.method] * n, pa.string()),
                 "run_id": pa.array([self.run_id] * n, pa.string()),
             },
             schema=_example_attribution_schema(),

@@ -1,0 +1,374 @@
+"""The driver for any ``ModelTask``: train with SGD or AdamW and score every example at every step.
+
+At step t example i of the batch earns ``η_t ⟨P_t ⊙ ∇ℓ̄_targets(θ_t), ∇ℓ_i(θ_t)⟩``: the first-order
+decrease of the mean target loss due to i through the update the optimizer really takes. For
+SGD ``P_t = 1``. For AdamW the update is ``−η m̂/(√v̂ + ε)``, whose derivative in this step's
+gradient is ``η (1−β₁)/(1−β₁ᵗ) · 1/(√v̂_t + ε)``, with the optimizer state held at its value after
+the step (the preconditioner is diagonal, not Kronecker-structured, so the summed-target form
+``⟨g_i, P ⊙ G_targets⟩`` is the exact one; per-target scores take one such pass per target).
+Decoupled weight decay does not depend on the batch and earns nobody anything.
+
+Targets ride in the batch's forward/backward pass with parameters frozen for autograd; each
+kernel forms the update and the scores from the same layer inputs and output gradients.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import deque
+from collections.abc import Generator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .errors import InputError, UnsupportedModelError
+from .kernels import Kernel, LayerGrads, kernel_for
+from .model_task import Batch, ModelTask, batch_size_of, concat, take, to_device
+from .task import TrainConfig
+from .trainer import TrainResult, batches, checkpoint_epochs
+
+# Normalizations that mix the examples of a batch: a per-example gradient is then undefined.
+_BATCH_COUPLED = (nn.modules.batchnorm._BatchNorm, nn.SyncBatchNorm)
+METHODS = {"sgd": "inrun_sgd", "adamw": "inrun_adamw"}
+
+
+@dataclass
+class Scored:
+    """One module whose parameters are trained and scored, and what its hook kept."""
+
+    name: str
+    module: nn.Module
+    kernel: Kernel
+    kept: object = None
+    output: torch.Tensor | None = None
+    calls: int = 0
+
+
+def scored_modules(model: nn.Module) -> list[Scored]:
+    """Every module with trainable parameters, each with its kernel; refusals name the layer."""
+    found = []
+    for name, module in model.named_modules():
+        if isinstance(module, _BATCH_COUPLED):
+            raise UnsupportedModelError(
+                f"layer {name!r} ({type(module).__name__}) couples the examples of a batch, so per-example "
+                "attribution is undefined; use GroupNorm, LayerNorm or no normalization"
+            )
+        own = list(module.parameters(recurse=False))
+        trainable = [p for p in own if p.requires_grad]
+        if not trainable:
+            continue
+        if len(trainable) != len(own):
+            raise UnsupportedModelError(
+                f"layer {name!r} ({type(module).__name__}) is partly frozen; freeze all of its parameters "
+                "or none"
+            )
+        found.append(Scored(name, module, kernel_for(name, module)))
+    if not found:
+        raise UnsupportedModelError("the model has no trainable parameters to attribute")
+    return found
+
+
+@dataclass
+class ModuleTaps:
+    """Forward hooks that keep each scored module's input (via its kernel) and output.
+
+    A module output that does not require grad (parameters are frozen for autograd) is made a
+    leaf that does, so one backward pass yields every output gradient and no parameter gradient.
+    """
+
+    scored: list[Scored]
+    _handles: list = field(default_factory=list)
+
+    def __enter__(self) -> ModuleTaps:
+        for s in self.scored:
+            self._handles.append(s.module.register_forward_hook(_hook(s), with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def output_grads(self, loss: torch.Tensor) -> list[torch.Tensor]:
+        """``∂loss/∂output`` of every scored module; each must have run exactly once."""
+        odd = [f"{s.name} ran {s.calls}x" for s in self.scored if s.calls != 1]
+        for s in self.scored:
+            s.calls = 0
+        if odd:
+            raise UnsupportedModelError(
+                f"each scored layer must run exactly once per forward pass ({', '.join(odd)}); a layer "
+                "called twice (or not at all) cannot be attributed per example"
+            )
+        return list(torch.autograd.grad(loss, [s.output for s in self.scored], allow_unused=True))
+
+    def grads(self, loss: torch.Tensor) -> list[LayerGrads]:
+        outs = self.output_grads(loss)
+        return [
+            s.kernel.grads(s.module, s.kept, torch.zeros_like(s.output) if b is None else b)
+            for s, b in zip(self.scored, outs, strict=True)
+        ]
+
+
+def _hook(s: Scored):
+    def hook(module: nn.Module, args: tuple, kwargs: dict, out: torch.Tensor) -> torch.Tensor | None:
+        s.kept = s.kernel.keep(module, args, kwargs)
+        s.calls += 1
+        if out.requires_grad:
+            s.output = out
+            return None
+        s.output = out.detach().requires_grad_(True)
+        return s.output
+
+    return hook
+
+
+# ---------------------------------------------------------------- per-parameter sums
+
+
+def param_sums(grads: Sequence[LayerGrads]) -> dict[int, torch.Tensor]:
+    """``Σ_i g_i`` per parameter (by identity): a parameter shared by modules (tied weights) gets
+    the sum of every module's part."""
+    out: dict[int, torch.Tensor] = {}
+    for g in grads:
+        for p, s in zip(g.params, g.summed(), strict=True):
+            out[id(p)] = s if id(p) not in out else out[id(p)] + s
+    return out
+
+
+def preconditioner(
+    opt: torch.optim.Optimizer, cfg: TrainConfig, lr: float
+) -> dict[int, torch.Tensor | float]:
+    """Per parameter, the derivative of this step's update in its gradient (after ``opt.step()``)."""
+    if cfg.optimizer == "sgd":
+        return {id(p): lr for group in opt.param_groups for p in group["params"]}
+    b1, b2 = cfg.adam_betas
+    out: dict[int, torch.Tensor | float] = {}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            state = opt.state[p]
+            t = float(state["step"])
+            denom = (state["exp_avg_sq"].sqrt() / (1 - b2**t) ** 0.5).add_(cfg.adam_eps)
+            out[id(p)] = denom.reciprocal_().mul_(lr * (1 - b1) / (1 - b1**t))
+    return out
+
+
+def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps,
+                                 weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _tied(scored: list[Scored]) -> bool:
+    ids = [id(p) for s in scored for p in s.module.parameters(recurse=False)]
+    return len(ids) != len(set(ids))
+
+
+def step_scores(
+    train: list[LayerGrads], targets: list[LayerGrads], pre: Mapping[int, torch.Tensor | float],
+    *, per_target: bool, gram_ok: bool,
+) -> torch.Tensor:
+    """``[nb]`` (or ``[nb, n_targets]``): ``⟨g_i, P ⊙ g_v⟩`` summed over targets and modules.
+
+    ``gram_ok`` (SGD, no tied weights: ``P`` is a scalar per parameter and each parameter lives
+    in one module) lets a module use its Gram form where that is cheaper.
+    """
+    n_targets = len(targets[0])
+    if per_target:
+        if gram_ok:
+            return sum(_scaled(g.gram(v), pre, g) for g, v in zip(train, targets, strict=True))
+        return torch.stack([step_scores(train, [v.rows(slice(j, j + 1)) for v in targets], pre,
+                                        per_target=False, gram_ok=False) for j in range(n_targets)], 1)
+    total = None
+    dot_side = []
+    for g, v in zip(train, targets, strict=True):
+        if gram_ok and g.gram_cost(n_targets) < g.dot_cost():
+            s = _scaled(g.gram(v).sum(1), pre, g)
+            total = s if total is None else total.add_(s)
+        else:
+            dot_side.append((g, v))
+    if dot_side:
+        sums = param_sums([v for _, v in dot_side])
+        for g, _ in dot_side:
+            s = g.dot([sums[id(p)] * pre[id(p)] for p in g.params])
+            total = s if total is None else total.add_(s)
+    return total
+
+
+def _scaled(x: torch.Tensor, pre: Mapping[int, torch.Tensor | float], g: LayerGrads) -> torch.Tensor:
+    return x.mul_(pre[id(g.params[0])])
+
+
+
+
+# ---------------------------------------------------------------- checks before training
+
+
+def row_keys(batch: Batch) -> list[bytes]:
+    """One digest per row over every tensor of the row (to find targets that are also trained on)."""
+    n = batch_size_of("batch", batch)
+    cpu = {k: v.detach().cpu().contiguous() for k, v in sorted(batch.items()) if k != "labels"}
+    out = []
+    for i in range(n):
+        h = hashlib.sha256()
+        for v in cpu.values():
+            h.update(v[i].numpy().tobytes())
+        out.append(h.digest())
+    return out
+
+
+def validate(task: ModelTask, train: Batch, example_ids: Sequence[str], targets: Batch) -> tuple[int, int]:
+    """Row counts, or one named error before any training starts: shapes, ids, overlap, the model's
+    layers, and one forward/backward pass of a training row and a target row."""
+    n = batch_size_of("train", train)
+    nv = batch_size_of("targets", targets)
+    if len(example_ids) != n:
+        raise InputError(f"{len(example_ids)} example_ids for {n} training rows")
+    if len(set(example_ids)) != len(example_ids):
+        raise InputError("example_ids are not unique; each training row needs its own id")
+    probe = concat(take(train, torch.arange(1)), take(targets, torch.arange(1)))
+    overlap = set(row_keys(train)) & set(row_keys(targets))
+    if overlap:
+        raise InputError(
+            f"{len(overlap)} target rows also appear in the training set; targets must be held out"
+        )
+    model = task.fresh(0)
+    scored = scored_modules(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with ModuleTaps(scored) as taps:
+        losses = task.loss(model, probe)
+        if losses.shape != (2,):
+            raise InputError(
+                f"the task's loss must return one value per row, got shape {tuple(losses.shape)}"
+            )
+        taps.grads(losses.sum())
+    return n, nv
+
+
+# ---------------------------------------------------------------- training
+
+
+def model_run_id(task: ModelTask, example_ids: Sequence[str], seed: int) -> str:
+    h = hashlib.sha256()
+    h.update(task.to_json().encode())
+    h.update(repr(sorted(task.config.run_settings().items())).encode())
+    h.update(str(seed).encode())
+    for e in example_ids:
+        h.update(e.encode() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    enabled = cfg.precision == "bf16"
+    if enabled and device.type != "cuda":
+        raise InputError("TrainConfig.precision='bf16' needs a CUDA device; use 'fp32' on the CPU")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def model_steps(
+    task: ModelTask, train: Batch, example_ids: Sequence[str], targets: Batch, *, seed: int,
+    run_id: str | None = None,
+) -> Generator[None, None, TrainResult]:
+    """``train_model`` as a generator that yields after every optimizer step (for benchmarks that
+    interleave it with ``plain_model_steps``) and returns the ``TrainResult``."""
+    cfg = task.config
+    device = cfg.torch_device()
+    n, nv = validate(task, train, example_ids, targets)
+    train_dev, targets_dev = to_device(train, device), to_device(targets, device)
+    model = task.fresh(seed).to(device)
+    scored = scored_modules(model)
+    params = [p for s in scored for p in s.module.parameters(recurse=False)]
+    params = list({id(p): p for p in params}.values())
+    for p in model.parameters():
+        p.requires_grad_(False)
+    opt = make_optimizer(params, cfg)
+    gram_ok = cfg.optimizer == "sgd" and not _tied(scored)
+    scores = torch.zeros((n, nv) if cfg.per_target else (n,), dtype=torch.float64, device=device)
+    keep = set(checkpoint_epochs(cfg.epochs, cfg.n_checkpoints))
+    checkpoints: list[dict[str, torch.Tensor]] = []
+    steps_per_epoch = -(-n // cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    t0 = time.perf_counter()
+    with ModuleTaps(scored) as taps:
+        for step, (epoch, idx) in enumerate(batches(n, cfg.batch_size, cfg.epochs, seed)):
+            nb = len(idx)
+            idx_dev = idx.to(device)
+            rows = concat(take(train_dev, idx_dev), targets_dev)
+            with _autocast(cfg, device):
+                losses = task.loss(model, rows)
+            grads = taps.grads(losses.float().sum())
+            batch_part = [g.rows(slice(0, nb)) for g in grads]
+            target_part = [g.rows(slice(nb, None)) for g in grads]
+            lr = cfg.lr_at(step, total)
+            opt.param_groups[0]["lr"] = lr
+            summed = param_sums(batch_part)
+            for p in params:
+                p.grad = summed[id(p)].div_(nb).to(p.dtype)
+            opt.step()
+            pre = preconditioner(opt, cfg, lr)
+            s = step_scores(batch_part, target_part, pre, per_target=cfg.per_target, gram_ok=gram_ok)
+            scores.index_add_(0, idx_dev, s.to(torch.float64), alpha=1.0 if cfg.per_target else 1.0 / nv)
+            if epoch in keep and (step + 1) % steps_per_epoch == 0:
+                state = model.state_dict()
+                checkpoints.append({k: v.detach().to("cpu", copy=True) for k, v in state.items()})
+            yield
+    for p in params:
+        p.grad = None
+    train_s = time.perf_counter() - t0
+    model.cpu()
+    for p in params:
+        p.requires_grad_(True)
+    scores = scores.cpu()
+    return TrainResult(
+        model=model,
+        task=task,
+        run_id=run_id or model_run_id(task, example_ids, seed),
+        example_ids=list(example_ids),
+        scores=(scores.mean(1) if cfg.per_target else scores).numpy(),
+        per_target=scores.numpy() if cfg.per_target else None,
+        checkpoints=checkpoints,
+        timings={"train_s": train_s},
+        method=METHODS[cfg.optimizer],
+    )
+
+
+def train_model(
+    task: ModelTask, train: Batch, example_ids: Sequence[str], targets: Batch, *, seed: int,
+    run_id: str | None = None,
+) -> TrainResult:
+    """Train ``task`` on ``train`` (a dict of tensors, one row per example) and score every example at
+    every step against the mean loss of ``targets`` (or per target, ``config.per_target``)."""
+    steps = model_steps(task, train, example_ids, targets, seed=seed, run_id=run_id)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def plain_model_steps(task: ModelTask, train: Batch, *, seed: int) -> Iterator[nn.Module]:
+    """The same training without attribution, one step at a time (reference for cost and retraining)."""
+    cfg = task.config
+    device = cfg.torch_device()
+    n = batch_size_of("train", train)
+    train_dev = to_device(train, device)
+    model = task.fresh(seed).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = make_optimizer(params, cfg)
+    total = cfg.epochs * -(-n // cfg.batch_size)
+    for step, (_, idx) in enumerate(batches(n, cfg.batch_size, cfg.epochs, seed)):
+        opt.param_groups[0]["lr"] = cfg.lr_at(step, total)
+        with _autocast(cfg, device):
+            loss = task.loss(model, take(train_dev, idx.to(device))).float().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        yield model
+
+
+def train_model_plain(task: ModelTask, train: Batch, *, seed: int) -> nn.Module:
+    """``plain_model_steps`` to the end; the model comes back on the CPU."""
+    return deque(plain_model_steps(task, train, seed=seed), maxlen=1)[0].cpu()

@@ -1,0 +1,103 @@
+"""Per-example gradient algebra, one kernel per module type, behind one small face.
+
+A kernel sees what an ordinary forward/backward pass already holds for its module (what the
+forward hook kept, and the gradient of the loss with respect to the module's output) and
+returns ``LayerGrads``: the per-example gradients of the rows of that pass, kept factored. The
+driver asks them only three things: the summed gradient (the update, and the target gradient),
+the inner product of every row's gradient with a given parameter-shaped tensor (the summed-target
+form, exact for any preconditioner), and pairwise inner products between two row sets (the Gram
+form). Each kernel picks the cheapest exact way for its shapes; none forms a per-example gradient
+it does not need.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..errors import UnsupportedModelError
+
+
+class LayerGrads(ABC):
+    """Per-example gradients ``g_i`` of one module's parameters, for the rows of one pass."""
+
+    params: tuple[nn.Parameter, ...]
+
+    @abstractmethod
+    def __len__(self) -> int:
+        """The number of rows."""
+
+    @abstractmethod
+    def rows(self, sl: slice) -> LayerGrads:
+        """The same gradients for rows ``sl`` only."""
+
+    @abstractmethod
+    def summed(self) -> list[torch.Tensor]:
+        """``Σ_i g_i`` per parameter, parameter-shaped (fp32)."""
+
+    @abstractmethod
+    def dot(self, g: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``[n]``: ``⟨g_i, g⟩`` for each row, ``g`` parameter-shaped (one tensor per parameter)."""
+
+    @abstractmethod
+    def gram(self, other: LayerGrads) -> torch.Tensor:
+        """``[n, m]``: ``⟨g_i, g'_j⟩`` between these rows and ``other``'s (the same module)."""
+
+    def gram_cost(self, n_other: int) -> float:
+        """Multiply-adds of ``gram`` against ``n_other`` rows (inf: prefer ``dot``)."""
+        return float("inf")
+
+    def dot_cost(self) -> float:
+        """Multiply-adds of one ``dot``."""
+        return 0.0
+
+
+class Kernel(ABC):
+    """The per-example gradients of one module type."""
+
+    types: tuple[type[nn.Module], ...] = ()
+
+    def check(self, name: str, module: nn.Module) -> None:  # noqa: B027 (optional hook)
+        """Refuse, by name, a configuration of the module this kernel cannot score exactly."""
+
+    @abstractmethod
+    def keep(self, module: nn.Module, args: tuple, kwargs: dict) -> object:
+        """What the forward hook keeps for the backward (detached inputs, indices, masks)."""
+
+    @abstractmethod
+    def grads(self, module: nn.Module, kept: object, grad_output: torch.Tensor) -> LayerGrads:
+        """Per-example gradients from what ``keep`` kept and ``∂Σℓ/∂output``."""
+
+
+_REGISTRY: list[Kernel] = []
+
+
+def register(kernel: Kernel) -> Kernel:
+    _REGISTRY.append(kernel)
+    return kernel
+
+
+def kernel_for(name: str, module: nn.Module) -> Kernel:
+    """The kernel of ``module``'s exact type family, after its ``check``; or a named refusal."""
+    for kernel in _REGISTRY:
+        if isinstance(module, kernel.types):
+            kernel.check(name, module)
+            return kernel
+    supported = ", ".join(t.__name__ for k in _REGISTRY for t in k.types)
+    raise UnsupportedModelError(
+        f"layer {name!r} ({type(module).__name__}) has trainable parameters but no attribution kernel "
+        f"(supported: {supported}); freeze its parameters (requires_grad_(False)) or use a supported layer"
+    )
+
+
+def as_rows(t: torch.Tensor) -> torch.Tensor:
+    """``[n, ..., d]`` as ``[n, T, d]`` (T = the product of the middle dims, 1 for a 2-d input)."""
+    return t.reshape(t.shape[0], -1, t.shape[-1])
+
+
+from . import linear as _linear  # noqa: E402,F401  (registers the kernels)
+
+__all__ = ["Kernel", "LayerGrads", "as_rows", "kernel_for", "register"]

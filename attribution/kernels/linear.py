@@ -1,0 +1,98 @@
+"""``nn.Linear`` on ``[n, ..., d_in]``: per-example gradient ``Σ_t b_t a_tᵀ`` (and ``Σ_t b_t``).
+
+Tokens (every position of the middle dims) are summed inside an example. Padded tokens need no
+mask: a model that masks them gives them a zero output gradient, so they add nothing.
+- summed-target form: ``⟨g_i, G⟩ = Σ_t b_tᵀ G a_t (+ b_t·g_bias)``, one matmul on the narrower side;
+- Gram form: ``⟨g_i, g_j⟩ = Σ_{t,s} (a_t·a_s + 1)(b_t·b_s)``, cheap when tokens are few;
+- materialized: ``[n, d_out, d_in]`` per-example gradients, cheap when the layer is small.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import Kernel, LayerGrads, as_rows, register
+
+
+@dataclass
+class LinearGrads(LayerGrads):
+    a: torch.Tensor  # [n, T, d_in]
+    b: torch.Tensor  # [n, T, d_out]
+    params: tuple[nn.Parameter, ...]
+
+    @property
+    def bias(self) -> bool:
+        return len(self.params) == 2
+
+    def __len__(self) -> int:
+        return self.a.shape[0]
+
+    def rows(self, sl: slice) -> LinearGrads:
+        return LinearGrads(self.a[sl], self.b[sl], self.params)
+
+    def summed(self) -> list[torch.Tensor]:
+        a = self.a.reshape(-1, self.a.shape[-1])
+        b = self.b.reshape(-1, self.b.shape[-1])
+        out = [(b.T @ a).float()]
+        if self.bias:
+            out.append(b.sum(0, dtype=torch.float32))
+        return out
+
+    def dot(self, g: Sequence[torch.Tensor]) -> torch.Tensor:
+        a, b = self.a, self.b
+        w = g[0].to(a.dtype)
+        if b.shape[-1] <= a.shape[-1]:
+            side = a @ w.T  # [n, T, d_out]
+            if self.bias:
+                side = side + g[1].to(a.dtype)
+            return (side * b).sum((1, 2), dtype=torch.float32)
+        out = ((b @ w) * a).sum((1, 2), dtype=torch.float32)
+        if self.bias:
+            out += (b @ g[1].to(b.dtype)).sum(1, dtype=torch.float32)
+        return out
+
+    def gram(self, other: LayerGrads) -> torch.Tensor:
+        assert isinstance(other, LinearGrads)
+        n, t, d_in = self.a.shape
+        m, s, d_out = other.b.shape[0], other.b.shape[1], self.b.shape[-1]
+        if n * t * d_in * d_out + m * s * d_in * d_out <= n * m * t * s * (d_in + d_out):
+            return _materialized(self) @ _materialized(other).T
+        ga = torch.einsum("itd,jsd->ijts", self.a.float(), other.a.float())
+        gb = torch.einsum("itd,jsd->ijts", self.b.float(), other.b.float())
+        if self.bias:
+            ga = ga + 1.0
+        return (ga * gb).sum((2, 3))
+
+    def gram_cost(self, n_other: int) -> float:
+        n, t, d_in = self.a.shape
+        d_out = self.b.shape[-1]
+        materialized = (n + n_other) * t * d_in * d_out + n * n_other * d_in * d_out
+        return float(min(materialized, n * n_other * t * t * (d_in + d_out)))
+
+    def dot_cost(self) -> float:
+        n, t, d_in = self.a.shape
+        return float(n * t * d_in * self.b.shape[-1])
+
+
+def _materialized(g: LinearGrads) -> torch.Tensor:
+    """``[n, d_out·d_in (+ d_out)]``: each row's gradient, flattened."""
+    w = torch.einsum("nto,nti->noi", g.b.float(), g.a.float()).flatten(1)
+    return torch.cat([w, g.b.float().sum(1)], 1) if g.bias else w
+
+
+class LinearKernel(Kernel):
+    types = (nn.Linear,)
+
+    def keep(self, module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
+        return as_rows(args[0].detach())
+
+    def grads(self, module: nn.Module, kept: object, grad_output: torch.Tensor) -> LinearGrads:
+        params = (module.weight,) if module.bias is None else (module.weight, module.bias)
+        return LinearGrads(kept, as_rows(grad_output), params)
+
+
+register(LinearKernel())

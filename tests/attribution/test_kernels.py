@@ -1,0 +1,96 @@
+"""Every kernel against torch.func per-example gradients: fp32, several targets, padded sequences.
+
+The reference forms each example's gradient with ``vmap(grad)`` and takes the inner products
+explicitly; the kernels never form them (except where that is their cheapest exact form).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.func import functional_call, grad, vmap
+
+from attribution.inrun import ModuleTaps, param_sums, scored_modules, step_scores
+from attribution.model_task import classification_loss, concat
+
+from .kernel_models import CASES, Case
+
+N_TRAIN, N_TARGETS = 7, 4
+
+
+def per_example_grads(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``[n, P]``: each row's loss gradient over every trainable parameter (shared ones once)."""
+    params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
+
+    def loss(p: dict, row: dict) -> torch.Tensor:
+        one = {k: v.unsqueeze(0) for k, v in row.items()}
+        inputs = {k: v for k, v in one.items() if k != "labels"}
+        logits = functional_call(model, p, (), inputs)
+        return torch.nn.functional.cross_entropy(logits, one["labels"])
+
+    g = vmap(grad(loss), in_dims=(None, 0))(params, batch)
+    return torch.cat([g[k].flatten(1) for k in params], 1)
+
+
+def kernel_parts(model: torch.nn.Module, train: dict, targets: dict):
+    """The kernels' factored gradients of the train rows and the target rows (one pass of both)."""
+    scored = scored_modules(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
+    with ModuleTaps(scored) as taps:
+        grads = taps.grads(classification_loss(model, concat(train, targets)).sum())
+    for p in trainable:
+        p.requires_grad_(True)
+    nb = len(train["labels"])
+    return [g.rows(slice(0, nb)) for g in grads], [g.rows(slice(nb, None)) for g in grads]
+
+
+def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((got.double() - ref.double()).norm() / ref.double().norm())
+
+
+def _data(case: Case, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    return case.build(), case.batch(N_TRAIN, gen), case.batch(N_TARGETS, gen)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("gram_ok", [True, False], ids=["cheapest", "summed-target"])
+def test_summed_scores_match_torch_func(case: Case, gram_ok: bool) -> None:
+    model, train, targets = _data(case, 0)
+    ref = per_example_grads(model, train) @ per_example_grads(model, targets).sum(0)
+    tr, tv = kernel_parts(model, train, targets)
+    pre = {id(p): 1.0 for p in model.parameters()}
+    got = step_scores(tr, tv, pre, per_target=False, gram_ok=gram_ok)
+    assert rel_err(got, ref) <= 1e-4
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("gram_ok", [True, False], ids=["gram", "one-pass-per-target"])
+def test_per_target_scores_match_torch_func(case: Case, gram_ok: bool) -> None:
+    model, train, targets = _data(case, 1)
+    ref = per_example_grads(model, train) @ per_example_grads(model, targets).T
+    tr, tv = kernel_parts(model, train, targets)
+    pre = {id(p): 1.0 for p in model.parameters()}
+    got = step_scores(tr, tv, pre, per_target=True, gram_ok=gram_ok)
+    assert got.shape == (N_TRAIN, N_TARGETS)
+    assert rel_err(got, ref) <= 1e-4
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_preconditioned_scores_and_summed_gradient_match_torch_func(case: Case) -> None:
+    """A diagonal preconditioner (Adam's) per parameter: ``⟨g_i, P ⊙ Σ_v g_v⟩``; and the batch sum."""
+    model, train, targets = _data(case, 2)
+    gen = torch.Generator().manual_seed(3)
+    named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
+    pre = {id(p): torch.rand(p.shape, generator=gen) + 0.5 for _, p in named}
+    flat_pre = torch.cat([pre[id(p)].flatten() for _, p in named])
+    g_train = per_example_grads(model, train)
+    ref = g_train @ (flat_pre * per_example_grads(model, targets).sum(0))
+    tr, tv = kernel_parts(model, train, targets)
+    assert rel_err(step_scores(tr, tv, pre, per_target=False, gram_ok=False), ref) <= 1e-4
+    sums = param_sums(tr)
+    got_sum = torch.cat([sums[id(p)].flatten() for _, p in named])
+    assert rel_err(got_sum, g_train.sum(0)) <= 1e-5
