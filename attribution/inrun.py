@@ -276,6 +276,7 @@ def model_steps(
     interleave it with ``plain_model_steps``) and returns the ``TrainResult``."""
     cfg = task.config
     device = cfg.torch_device()
+    _autocast(cfg, device)
     n, nv = validate(task, train, example_ids, targets)
     train_dev, targets_dev = to_device(train, device), to_device(targets, device)
     model = task.fresh(seed).to(device)

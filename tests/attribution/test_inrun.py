@@ -1,0 +1,217 @@
+"""The ModelTask driver: scores against exact one-step removal (SGD and AdamW), the same training
+as without attribution, agreement with the MLP driver, and named refusals before training."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from attribution import AttributionTask, ModelSpec, TrainConfig, train_with_attribution
+from attribution.errors import DeviceUnavailableError, InputError, UnsupportedModelError
+from attribution.inrun import (
+    ModuleTaps,
+    make_optimizer,
+    param_sums,
+    plain_model_steps,
+    preconditioner,
+    scored_modules,
+    step_scores,
+    train_model,
+)
+from attribution.model_task import ModelTask, classification_loss, concat, take
+
+from .kernel_models import SeqLinear, seq_batch
+
+SEQ = seq_batch(6, 5, 3)
+
+
+def _warm(optimizer: str, steps: int = 15, lr: float = 3e-3):
+    """A seq model and its optimizer after some steps (Adam's second moments then hold history)."""
+    torch.manual_seed(0)
+    model = SeqLinear()
+    cfg = TrainConfig(optimizer=optimizer, lr=lr, weight_decay=0.01)
+    opt = make_optimizer(list(model.parameters()), cfg)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        loss = classification_loss(model, SEQ(16, gen)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model, opt, cfg, gen
+
+
+def _target_loss(model: nn.Module, targets: dict) -> float:
+    with torch.no_grad():
+        return float(classification_loss(model, targets).mean())
+
+
+def _step_without(model, opt, cfg, batch: dict, targets: dict, drop: int | None) -> float:
+    """The target loss after the same optimizer step on the batch without row ``drop``."""
+    model, opt_state = copy.deepcopy(model), copy.deepcopy(opt.state_dict())
+    cfg_opt = make_optimizer(list(model.parameters()), cfg)
+    cfg_opt.load_state_dict(opt_state)
+    keep = torch.tensor([i for i in range(len(batch["labels"])) if i != drop])
+    loss = classification_loss(model, take(batch, keep)).mean()
+    cfg_opt.zero_grad()
+    loss.backward()
+    cfg_opt.step()
+    return _target_loss(model, targets)
+
+
+def _our_step_scores(model, opt, cfg, batch: dict, targets: dict) -> np.ndarray:
+    model, opt_state = copy.deepcopy(model), copy.deepcopy(opt.state_dict())
+    scored = scored_modules(model)
+    params = list(model.parameters())
+    opt2 = make_optimizer(params, cfg)
+    opt2.load_state_dict(opt_state)
+    for p in params:
+        p.requires_grad_(False)
+    nb = len(batch["labels"])
+    with ModuleTaps(scored) as taps:
+        grads = taps.grads(classification_loss(model, concat(batch, targets)).sum())
+    train, tv = [g.rows(slice(0, nb)) for g in grads], [g.rows(slice(nb, None)) for g in grads]
+    sums = param_sums(train)
+    for p in params:
+        p.grad = sums[id(p)] / nb
+    opt2.step()
+    pre = preconditioner(opt2, cfg, cfg.lr)
+    return step_scores(train, tv, pre, per_target=False, gram_ok=False).numpy() / len(targets["labels"])
+
+
+@pytest.mark.parametrize("optimizer,floor", [("sgd", 0.99), ("adamw", 0.95)])
+def test_step_scores_match_exact_one_step_removal(optimizer: str, floor: float) -> None:
+    """Removing example i from step t's batch and taking the same step changes the target loss by
+    (nearly) the score: the optimizer's own preconditioned direction, with its state at that step."""
+    model, opt, cfg, gen = _warm(optimizer, lr=0.05 if optimizer == "sgd" else 3e-3)
+    batch, targets = SEQ(24, gen), SEQ(5, gen)
+    full = _step_without(model, opt, cfg, batch, targets, None)
+    exact = np.array([_step_without(model, opt, cfg, batch, targets, i) - full for i in range(24)])
+    ours = _our_step_scores(model, opt, cfg, batch, targets)
+    assert np.corrcoef(ours, exact)[0, 1] >= floor
+    if optimizer == "adamw":  # the SGD formula under Adam is a different (worse) ranking
+        sgd_cfg = TrainConfig(optimizer="sgd", lr=cfg.lr)
+        sgd_like = _our_step_scores(model, torch.optim.SGD(model.parameters(), lr=cfg.lr), sgd_cfg, batch, targets)
+        assert np.corrcoef(sgd_like, exact)[0, 1] < np.corrcoef(ours, exact)[0, 1]
+
+
+def _seq_task(optimizer: str, **extra) -> ModelTask:
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=0.05 if optimizer == "sgd" else 3e-3, optimizer=optimizer,
+                      weight_decay=0.01, n_checkpoints=2, **extra)
+    return ModelTask("seq-linear", lambda seed: SeqLinear(), cfg)
+
+
+def _seq_data(n: int = 30, nv: int = 4):
+    gen = torch.Generator().manual_seed(5)
+    return SEQ(n, gen), [f"e{i}" for i in range(n)], SEQ(nv, gen)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_attributed_training_trains_the_same_model(optimizer: str) -> None:
+    task = _seq_task(optimizer)
+    train, ids, targets = _seq_data()
+    result = train_model(task, train, ids, targets, seed=3)
+    plain = list(plain_model_steps(task, train, seed=3))[-1]
+    for (k, got), ref in zip(result.model.state_dict().items(), plain.state_dict().values(), strict=True):
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6, msg=k)
+    assert result.method == f"inrun_{optimizer}"
+    assert len(result.checkpoints) == 2
+    assert np.isfinite(result.scores).all() and result.scores.shape == (30,)
+    again = train_model(task, train, ids, targets, seed=3)
+    assert np.array_equal(again.scores, result.scores) and again.run_id == result.run_id
+
+
+def test_per_target_scores_average_to_the_summed_scores() -> None:
+    train, ids, targets = _seq_data()
+    summed = train_model(_seq_task("adamw"), train, ids, targets, seed=3)
+    per = train_model(_seq_task("adamw", per_target=True), train, ids, targets, seed=3)
+    assert per.per_target.shape == (30, 4)
+    np.testing.assert_allclose(per.per_target.mean(1), summed.scores, rtol=1e-4, atol=1e-9)
+
+
+class _Features(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features)
+
+
+def test_mlp_through_model_task_matches_the_mlp_driver(data) -> None:
+    x, y, ids, xv, yv = data
+    spec = ModelSpec((5, 8, 3))
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=0.2, weight_decay=1e-3)
+    old = train_with_attribution(AttributionTask(spec, cfg), x, y, ids, xv, yv, seed=4, with_features=False)
+    task = ModelTask("mlp", lambda seed: _Features(spec.build(seed)), cfg)
+    rows = {"features": torch.from_numpy(x), "labels": torch.from_numpy(y)}
+    new = train_model(task, rows, ids, {"features": torch.from_numpy(xv), "labels": torch.from_numpy(yv)}, seed=4)
+    np.testing.assert_allclose(new.scores, old.scores, rtol=1e-4, atol=1e-6 * np.abs(old.scores).max())
+
+
+class _Twice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.lin(self.lin(x)).mean(1))
+
+
+class _BareParameter(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(6))
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.head((x * self.scale).mean(1))
+
+
+class _Batchnorm(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(x.mean(1)))
+
+
+@pytest.mark.parametrize("module,match", [
+    (_Twice, "lin ran 2x"),
+    (_BareParameter, "layer '' .*_BareParameter.*no attribution kernel.*freeze"),
+    (_Batchnorm, "'norm' .*BatchNorm1d.*couples"),
+])
+def test_unsupported_models_are_refused_before_training(module, match) -> None:
+    train, ids, targets = _seq_data()
+    task = ModelTask("bad", lambda seed: module(), TrainConfig(epochs=1))
+    with pytest.raises(UnsupportedModelError, match=match):
+        train_model(task, train, ids, targets, seed=0)
+
+
+def test_bad_batches_are_refused_before_training() -> None:
+    train, ids, targets = _seq_data()
+    task = _seq_task("sgd")
+    with pytest.raises(InputError, match="target rows also appear"):
+        train_model(task, train, ids, take(train, torch.arange(3)), seed=0)
+    with pytest.raises(InputError, match="pad both to the same length"):
+        short = {k: (v[:, :3] if v.dim() > 1 else v) for k, v in targets.items()}
+        train_model(task, train, ids, short, seed=0)
+    with pytest.raises(InputError, match="share their first"):
+        train_model(task, {**train, "labels": train["labels"][:5]}, ids, targets, seed=0)
+    with pytest.raises(InputError, match="not unique"):
+        train_model(task, train, ["same"] * 30, targets, seed=0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_cuda_and_bf16_on_a_cpu_machine_are_refused() -> None:
+    train, ids, targets = _seq_data()
+    with pytest.raises(DeviceUnavailableError, match="no CUDA device"):
+        train_model(_seq_task("sgd", device="cuda"), train, ids, targets, seed=0)
+    with pytest.raises(InputError, match="bf16.*needs a CUDA device"):
+        train_model(_seq_task("sgd", precision="bf16"), train, ids, targets, seed=0)
