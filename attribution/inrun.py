@@ -91,8 +91,9 @@ class ModuleTaps:
             h.remove()
         self._handles.clear()
 
-    def output_grads(self, loss: torch.Tensor) -> list[torch.Tensor]:
-        """``∂loss/∂output`` of every scored module; each must have run exactly once."""
+    def output_grads(self, loss: torch.Tensor, n_rows: int) -> list[torch.Tensor]:
+        """``∂loss/∂output`` of every scored module; each must have run exactly once, on a
+        batch-first input (one row per example)."""
         odd = [f"{s.name} ran {s.calls}x" for s in self.scored if s.calls != 1]
         for s in self.scored:
             s.calls = 0
@@ -101,10 +102,19 @@ class ModuleTaps:
                 f"each scored layer must run exactly once per forward pass ({', '.join(odd)}); a layer "
                 "called twice (or not at all) cannot be attributed per example"
             )
+        shared = [f"{s.name} (output {tuple(s.output.shape)})" for s in self.scored
+                  if s.output.dim() == 0 or s.output.shape[0] != n_rows]
+        if shared:
+            raise UnsupportedModelError(
+                f"scored layers must see one input row per example ({n_rows} rows here), but "
+                f"{', '.join(shared)} did not: an output broadcast over the batch has no per-example "
+                "gradient; give the layer batch-first input (e.g. position ids expanded to [batch, T])"
+            )
         return list(torch.autograd.grad(loss, [s.output for s in self.scored], allow_unused=True))
 
-    def grads(self, loss: torch.Tensor) -> list[LayerGrads]:
-        outs = self.output_grads(loss)
+    def grads(self, loss: torch.Tensor, n_rows: int) -> list[LayerGrads]:
+        """Each scored module's per-example gradients, from one backward pass of ``loss``."""
+        outs = self.output_grads(loss, n_rows)
         return [
             s.kernel.grads(s.module, s.kept, torch.zeros_like(s.output) if b is None else b)
             for s, b in zip(self.scored, outs, strict=True)
@@ -244,7 +254,7 @@ def validate(task: ModelTask, train: Batch, example_ids: Sequence[str], targets:
             raise InputError(
                 f"the task's loss must return one value per row, got shape {tuple(losses.shape)}"
             )
-        taps.grads(losses.sum())
+        taps.grads(losses.sum(), 2)
     return n, nv
 
 
@@ -300,7 +310,7 @@ def model_steps(
             rows = concat(take(train_dev, idx_dev), targets_dev)
             with _autocast(cfg, device):
                 losses = task.loss(model, rows)
-            grads = taps.grads(losses.float().sum())
+            grads = taps.grads(losses.float().sum(), nb + nv)
             batch_part = [g.rows(slice(0, nb)) for g in grads]
             target_part = [g.rows(slice(nb, None)) for g in grads]
             lr = cfg.lr_at(step, total)

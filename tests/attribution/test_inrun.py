@@ -72,7 +72,8 @@ def _our_step_scores(model, opt, cfg, batch: dict, targets: dict) -> np.ndarray:
         p.requires_grad_(False)
     nb = len(batch["labels"])
     with ModuleTaps(scored) as taps:
-        grads = taps.grads(classification_loss(model, concat(batch, targets)).sum())
+        rows = concat(batch, targets)
+        grads = taps.grads(classification_loss(model, rows).sum(), len(rows["labels"]))
     train, tv = [g.rows(slice(0, nb)) for g in grads], [g.rows(slice(nb, None)) for g in grads]
     sums = param_sums(train)
     for p in params:
@@ -94,7 +95,8 @@ def test_step_scores_match_exact_one_step_removal(optimizer: str, floor: float) 
     assert np.corrcoef(ours, exact)[0, 1] >= floor
     if optimizer == "adamw":  # the SGD formula under Adam is a different (worse) ranking
         sgd_cfg = TrainConfig(optimizer="sgd", lr=cfg.lr)
-        sgd_like = _our_step_scores(model, torch.optim.SGD(model.parameters(), lr=cfg.lr), sgd_cfg, batch, targets)
+        sgd_opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+        sgd_like = _our_step_scores(model, sgd_opt, sgd_cfg, batch, targets)
         assert np.corrcoef(sgd_like, exact)[0, 1] < np.corrcoef(ours, exact)[0, 1]
 
 
@@ -148,7 +150,8 @@ def test_mlp_through_model_task_matches_the_mlp_driver(data) -> None:
     old = train_with_attribution(AttributionTask(spec, cfg), x, y, ids, xv, yv, seed=4, with_features=False)
     task = ModelTask("mlp", lambda seed: _Features(spec.build(seed)), cfg)
     rows = {"features": torch.from_numpy(x), "labels": torch.from_numpy(y)}
-    new = train_model(task, rows, ids, {"features": torch.from_numpy(xv), "labels": torch.from_numpy(yv)}, seed=4)
+    targets = {"features": torch.from_numpy(xv), "labels": torch.from_numpy(yv)}
+    new = train_model(task, rows, ids, targets, seed=4)
     np.testing.assert_allclose(new.scores, old.scores, rtol=1e-4, atol=1e-6 * np.abs(old.scores).max())
 
 
@@ -182,7 +185,21 @@ class _Batchnorm(nn.Module):
         return self.head(self.norm(x.mean(1)))
 
 
+class _BroadcastPositions(nn.Module):
+    """Position embeddings looked up once for the whole batch: no per-example gradient exists."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pos = nn.Linear(1, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        where = torch.arange(x.shape[1], dtype=x.dtype)[:, None]
+        return self.head((x + self.pos(where)).mean(1))
+
+
 @pytest.mark.parametrize("module,match", [
+    (_BroadcastPositions, "pos \\(output \\(5, 6\\)\\) did not.*expanded to \\[batch, T\\]"),
     (_Twice, "lin ran 2x"),
     (_BareParameter, "layer '' .*_BareParameter.*no attribution kernel.*freeze"),
     (_Batchnorm, "'norm' .*BatchNorm1d.*couples"),

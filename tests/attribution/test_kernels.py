@@ -39,7 +39,8 @@ def kernel_parts(model: torch.nn.Module, train: dict, targets: dict):
     for p in trainable:
         p.requires_grad_(False)
     with ModuleTaps(scored) as taps:
-        grads = taps.grads(classification_loss(model, concat(train, targets)).sum())
+        rows = concat(train, targets)
+        grads = taps.grads(classification_loss(model, rows).sum(), len(rows["labels"]))
     for p in trainable:
         p.requires_grad_(True)
     nb = len(train["labels"])
