@@ -24,6 +24,8 @@ $(VENV)/.installed: pyproject.toml
 	# torch first, exactly pinned: the CPU wheel (a looser pin pulls CUDA wheels).
 	$(VENV)/bin/pip install --quiet torch==2.13.0
 	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	# Without its declared torchvision (see pyproject.toml's dev extra for why).
+	$(VENV)/bin/pip install --quiet --no-deps kronfluence==1.0.1
 	touch $@
 
 node_modules/.installed: package.json package-lock.json
