@@ -199,11 +199,20 @@ def step_scores(
             total = s if total is None else total.add_(s)
         else:
             dot_side.append((g, v))
-    if dot_side:
-        sums = param_sums([v for _, v in dot_side])
-        for g, _ in dot_side:
-            s = g.dot([sums[id(p)] * pre[id(p)] for p in g.params])
-            total = s if total is None else total.add_(s)
+    if not dot_side:
+        return total
+    s = summed_target_scores([g for g, _ in dot_side], param_sums([v for _, v in dot_side]), pre)
+    return s if total is None else total.add_(s)
+
+
+def summed_target_scores(
+    train: list[LayerGrads], target_sums: Mapping[int, torch.Tensor], pre: Mapping[int, torch.Tensor | float]
+) -> torch.Tensor:
+    """``[nb]``: ``⟨g_i, P ⊙ G⟩`` summed over modules, ``G`` the per-parameter summed target gradient."""
+    total = None
+    for g in train:
+        s = g.dot([target_sums[id(p)] * pre[id(p)] for p in g.params])
+        total = s if total is None else total.add_(s)
     return total
 
 
@@ -303,16 +312,21 @@ def model_steps(
     steps_per_epoch = -(-n // cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     t0 = time.perf_counter()
+    target_sums: dict[int, torch.Tensor] = {}
     with ModuleTaps(scored) as taps:
         for step, (epoch, idx) in enumerate(batches(n, cfg.batch_size, cfg.epochs, seed)):
-            nb = len(idx)
-            idx_dev = idx.to(device)
-            rows = concat(take(train_dev, idx_dev), targets_dev)
+            nb, idx_dev = len(idx), idx.to(device)
+            refresh = step % cfg.target_every == 0
+            rows = take(train_dev, idx_dev)
+            if refresh:
+                rows = concat(rows, targets_dev)
             with _autocast(cfg, device):
                 losses = task.loss(model, rows)
-            grads = taps.grads(losses.float().sum(), nb + nv)
+            grads = taps.grads(losses.float().sum(), nb + nv if refresh else nb)
             batch_part = [g.rows(slice(0, nb)) for g in grads]
-            target_part = [g.rows(slice(nb, None)) for g in grads]
+            target_part = [g.rows(slice(nb, None)) for g in grads] if refresh else []
+            if refresh and cfg.target_every > 1:
+                target_sums = param_sums(target_part)
             lr = cfg.lr_at(step, total)
             opt.param_groups[0]["lr"] = lr
             summed = param_sums(batch_part)
@@ -320,7 +334,10 @@ def model_steps(
                 p.grad = summed[id(p)].div_(nb).to(p.dtype)
             opt.step()
             pre = preconditioner(opt, cfg, lr)
-            s = step_scores(batch_part, target_part, pre, per_target=cfg.per_target, gram_ok=gram_ok)
+            if cfg.target_every > 1:
+                s = summed_target_scores(batch_part, target_sums, pre)
+            else:
+                s = step_scores(batch_part, target_part, pre, per_target=cfg.per_target, gram_ok=gram_ok)
             scores.index_add_(0, idx_dev, s.to(torch.float64), alpha=1.0 if cfg.per_target else 1.0 / nv)
             if epoch in keep and (step + 1) % steps_per_epoch == 0:
                 state = model.state_dict()

@@ -96,8 +96,12 @@ class TrainConfig:
     of one score against the mean target loss (cheapest exact form per layer). A ``linear``
     schedule decays the rate to zero over the run, so training settles at the optimum of a
     convex model and retraining is reproducible. ``device`` is where the model, the batch and the
-    ghost products live (``auto``: CUDA when present); scores accumulate on the CPU either way,
-    and the trained model and its checkpoints come back on the CPU.
+    ghost products live (``auto``: CUDA when present); the trained model and its checkpoints
+    come back on the CPU. The rest serve the ``ModelTask`` driver (``attribution.inrun``):
+    ``optimizer="adamw"`` (with ``adam_betas``, ``adam_eps``) is scored through Adam's own update;
+    ``precision="bf16"`` autocasts the forward pass on a GPU (scores still sum in fp32);
+    ``target_every=k`` recomputes the target gradient every k steps and reuses it in between: an
+    approximation (1, the default, is exact) that drops the target rows from most passes.
     """
 
     epochs: int = 20
@@ -117,6 +121,7 @@ class TrainConfig:
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
     precision: Literal["fp32", "bf16"] = "fp32"
+    target_every: int = 1
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adamw"):
@@ -130,7 +135,9 @@ class TrainConfig:
         if not (0 <= b1 < 1 and 0 <= b2 < 1) or not self.adam_eps > 0:
             raise ValueError(f"TrainConfig.adam_betas must lie in [0, 1) and adam_eps be > 0, got "
                              f"{self.adam_betas}, {self.adam_eps}")
-        for name in ("epochs", "batch_size", "n_checkpoints", "trak_k", "chunk_rows"):
+        if self.target_every > 1 and self.per_target:
+            raise ValueError("TrainConfig.target_every > 1 (reused target gradients) needs per_target=False")
+        for name in ("epochs", "batch_size", "n_checkpoints", "trak_k", "chunk_rows", "target_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr_schedule not in ("constant", "linear"):
@@ -160,7 +167,7 @@ class TrainConfig:
         """The settings that define a run's numbers (its id hashes them). The device counts only off
         the CPU, and settings added later only when they differ from their defaults, so runs made
         before they existed keep their ids."""
-        later = {"adam_betas": (0.9, 0.999), "adam_eps": 1e-8, "precision": "fp32"}
+        later = {"adam_betas": (0.9, 0.999), "adam_eps": 1e-8, "precision": "fp32", "target_every": 1}
         settings = {k: v for k, v in vars(self).items()
                     if k != "device" and not (k in later and v == later[k])}
         device = self.torch_device()

@@ -232,3 +232,16 @@ def test_cuda_and_bf16_on_a_cpu_machine_are_refused() -> None:
         train_model(_seq_task("sgd", device="cuda"), train, ids, targets, seed=0)
     with pytest.raises(InputError, match="bf16.*needs a CUDA device"):
         train_model(_seq_task("sgd", precision="bf16"), train, ids, targets, seed=0)
+
+
+def test_reused_target_gradients_approximate_the_exact_scores_and_train_the_same_model() -> None:
+    train, ids, targets = _seq_data(60)
+    exact = train_model(_seq_task("adamw"), train, ids, targets, seed=3)
+    reused = train_model(_seq_task("adamw", target_every=3), train, ids, targets, seed=3)
+    for got, ref in zip(reused.model.state_dict().values(), exact.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(got, ref)
+    assert not np.array_equal(reused.scores, exact.scores)
+    assert np.corrcoef(reused.scores, exact.scores)[0, 1] > 0.9
+    assert reused.run_id != exact.run_id
+    with pytest.raises(ValueError, match="target_every > 1.*per_target=False"):
+        TrainConfig(target_every=2, per_target=True)
