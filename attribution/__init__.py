@@ -6,6 +6,12 @@ Public face (other rooms use only these names):
   LayerNorm layers and elementwise activations), ``TrainConfig``: what to train and how.
 - ``train_with_attribution(task, X, y, example_ids, X_targets, y_targets, seed=...)`` ->
   ``TrainResult`` (model, ``example_attribution`` table, checkpoint features).
+- ``ModelTask(name, build, config, loss, recipe)``: any ``nn.Module`` (transformers, conv nets, a
+  Hugging Face model), its batches as dicts of tensors, its per-example loss
+  (``classification_loss`` by default); ``train_model(task, train, example_ids, targets, seed=)`` ->
+  ``TrainResult``, trained with SGD or AdamW and scored through the optimizer's own update, one
+  kernel per layer type (``attribution.kernels``); ``train_model_plain`` is the same training
+  without attribution.
 - ``encode_split(labeled_table, is_target)`` -> ``EncodedSplit`` (the ``InputEncoding`` fitted on
   the training rows; X, y, ids of training rows and of targets); ``train_split(split, hidden,
   config, seed=...)`` trains an MLP on it with attribution.
@@ -47,7 +53,9 @@ from .errors import (
     UnsupportedOptimizerError,
 )
 from .influence import ExactInfluence
+from .inrun import train_model, train_model_plain
 from .mislabels import QUALITY_METHOD, LabelReview, label_quality, out_of_sample_probs, review_labels
+from .model_task import ModelTask, classification_loss
 from .shards import FeatureShard, ShardMismatchError, combine_shards, shard_bounds, shard_features
 from .task import AttributionTask, ModelSpec, ModuleSpec, TrainConfig
 from .trainer import TrainResult, train_plain, train_split, train_with_attribution
@@ -98,6 +106,7 @@ __all__ = [
     "LabelReview",
     "QUALITY_METHOD",
     "ModelSpec",
+    "ModelTask",
     "ModuleSpec",
     "ShardMismatchError",
     "TrainConfig",
@@ -107,6 +116,7 @@ __all__ = [
     "UnsupportedOptimizerError",
     "WeightPolicy",
     "attribute_query",
+    "classification_loss",
     "combine_shards",
     "contributor_weights",
     "label_quality",
@@ -120,6 +130,8 @@ __all__ = [
     "model_to_bytes",
     "shard_bounds",
     "shard_features",
+    "train_model",
+    "train_model_plain",
     "train_plain",
     "train_split",
     "train_with_attribution",
