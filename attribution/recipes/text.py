@@ -58,7 +58,8 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int = 2000, *, min_frequen
         show_progress=False,
     )
     tok.train_from_iterator(list(texts), trainer=trainer)
-    tok.post_processor = processors.TemplateProcessing(single=f"{CLS} $A", special_tokens=[(CLS, tok.token_to_id(CLS))])
+    cls_id = tok.token_to_id(CLS)
+    tok.post_processor = processors.TemplateProcessing(single=f"{CLS} $A", special_tokens=[(CLS, cls_id)])
     return tok.to_str().encode("utf-8")
 
 
