@@ -6,11 +6,16 @@ number of classes) are initialized, from ``seed``. Dropout is set to 0 so traini
 deterministic, and attention runs through ``F.scaled_dot_product_attention`` ("sdpa") or plain
 matmuls ("eager"), both functional. The model is refused unless every layer with parameters is
 one the engine scores (a BERT: Embedding, LayerNorm, Linear).
+
+A BERT looks its positions up as ``[1, L]`` and broadcasts them over the batch, which leaves the
+position table without per-example rows; for the model types in ``ARANGE_POSITIONS`` a forward
+pre-hook passes ``position_ids`` expanded to ``[n, L]`` (the same values, so the same logits).
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -26,6 +31,9 @@ from ._layers import check_layers
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+# Model types whose default position ids are 0..L-1 for every example (RoBERTa-like models derive
+# theirs from the padding and already give one row per example: they are left alone).
+ARANGE_POSITIONS = frozenset({"bert", "electra", "albert"})
 # Fine-tuning rate: pretrained weights move little; Adam because SGD at one rate barely trains them.
 HF_CONFIG = TrainConfig(epochs=3, batch_size=16, optimizer="adamw", lr=5e-5)
 
@@ -112,7 +120,19 @@ def _load(path: Path, seed: int, n_classes: int | None, attn: str) -> PreTrained
         if isinstance(m, nn.Dropout):
             m.p = 0.0
     check_layers(model, f"the model in {str(path)!r}")
+    if cfg.model_type in ARANGE_POSITIONS and "position_ids" in inspect.signature(model.forward).parameters:
+        model.register_forward_pre_hook(_per_example_positions, with_kwargs=True)
     return model.train()
+
+
+def _per_example_positions(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+    """Pass ``position_ids`` as ``[n, L]`` (0..L-1 per row) unless the caller gave them."""
+    ids = kwargs.get("input_ids", args[0] if args else None)
+    if ids is None or kwargs.get("position_ids") is not None:
+        return None
+    n, length = ids.shape
+    kwargs["position_ids"] = torch.arange(length, device=ids.device).expand(n, length)
+    return args, kwargs
 
 
 def _dir_digest(path: Path) -> str:

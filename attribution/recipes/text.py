@@ -148,8 +148,9 @@ class TextTransformer(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         self._check_inputs(input_ids, attention_mask)
-        length = input_ids.shape[1]
-        pos = torch.arange(length, device=input_ids.device)
+        n, length = input_ids.shape
+        # Expanded to [n, L]: the position table must see one row per example to be scored.
+        pos = torch.arange(length, device=input_ids.device).expand(n, length)
         x = self.tokens(input_ids) + self.positions(pos)
         mask = attention_mask.bool()
         keep = mask[:, None, None, :]

@@ -284,6 +284,9 @@ def test_hf_classifier_task_builds_and_scores(hf_dir: Path) -> None:
     assert _state_bytes(task.fresh(1)) == _state_bytes(model)  # the stored weights, whatever the seed
     batch = hf_encode_texts(hf_tokenizer(hf_dir), ["hello world", "the lazy dog " * 20], max_length=16)
     assert set(batch) == {"input_ids", "attention_mask"} and batch["input_ids"].shape == (2, 16)
+    with torch.no_grad():  # the per-example position ids give BERT's own logits
+        plain = type(model).forward(model, **batch).logits
+        torch.testing.assert_close(model(**batch).logits, plain, atol=0, rtol=0)
     loss = classification_loss(model, {**batch, "labels": torch.tensor([0, 2])})
     assert loss.shape == (2,) and torch.isfinite(loss).all()
     loss.sum().backward()
@@ -324,27 +327,31 @@ def _recipe_models(hf_dir: Path) -> list[tuple[nn.Module, dict[str, torch.Tensor
     ]
 
 
-def _counter(calls: dict[str, int], name: str):
-    def hook(_module: nn.Module, _inputs: object, _output: object) -> None:
+def _counter(calls: dict[str, int], rows: dict[str, int], name: str):
+    def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
         calls[name] += 1
+        rows[name] = output.shape[0]
 
     return hook
 
 
-def test_recipes_use_only_scored_layers_each_called_once(hf_dir: Path) -> None:
+def test_recipes_use_only_scored_layers_each_called_once_per_example(hf_dir: Path) -> None:
     for model, inputs in _recipe_models(hf_dir):
         calls: dict[str, int] = {}
+        rows: dict[str, int] = {}
         hooks = []
         for name, module in model.named_modules():
             if any(True for _ in module.parameters(recurse=False)):
                 assert isinstance(module, SUPPORTED), (name, type(module).__name__)
                 calls[name] = 0
-                hooks.append(module.register_forward_hook(_counter(calls, name)))
+                hooks.append(module.register_forward_hook(_counter(calls, rows, name)))
         check_layers(model, type(model).__name__)
         model(**inputs)
         for h in hooks:
             h.remove()
         assert calls and set(calls.values()) == {1}, calls
+        # One output row per example: nothing (position ids) is broadcast over the batch.
+        assert set(rows.values()) == {2}, rows
 
 
 def test_check_layers_refuses_bare_parameters_and_batchnorm() -> None:
