@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.func import functional_call, grad, vmap
 
-from attribution.inrun import ModuleTaps, param_sums, scored_modules, step_scores
+from attribution.inrun import ModuleTaps, _tied, param_sums, scored_modules, step_scores
 from attribution.model_task import classification_loss, concat
 
 from .kernel_models import CASES, Case
@@ -46,6 +46,14 @@ def kernel_parts(model: torch.nn.Module, train: dict, targets: dict):
     return [g.rows(slice(0, nb)) for g in grads], [g.rows(slice(nb, None)) for g in grads]
 
 
+def driver_gram_ok(case: Case, model: torch.nn.Module, gram_ok: bool) -> bool:
+    """As the driver decides: tied parameters (a module's gradient alone is not the parameter's)
+    rule the Gram form out; the summed-target form keeps the cross terms."""
+    tied = _tied(scored_modules(model))
+    assert tied == case.tied
+    return gram_ok and not tied
+
+
 def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
     return float((got.double() - ref.double()).norm() / ref.double().norm())
 
@@ -63,7 +71,7 @@ def test_summed_scores_match_torch_func(case: Case, gram_ok: bool) -> None:
     ref = per_example_grads(model, train) @ per_example_grads(model, targets).sum(0)
     tr, tv = kernel_parts(model, train, targets)
     pre = {id(p): 1.0 for p in model.parameters()}
-    got = step_scores(tr, tv, pre, per_target=False, gram_ok=gram_ok)
+    got = step_scores(tr, tv, pre, per_target=False, gram_ok=driver_gram_ok(case, model, gram_ok))
     assert rel_err(got, ref) <= 1e-4
 
 
@@ -74,7 +82,7 @@ def test_per_target_scores_match_torch_func(case: Case, gram_ok: bool) -> None:
     ref = per_example_grads(model, train) @ per_example_grads(model, targets).T
     tr, tv = kernel_parts(model, train, targets)
     pre = {id(p): 1.0 for p in model.parameters()}
-    got = step_scores(tr, tv, pre, per_target=True, gram_ok=gram_ok)
+    got = step_scores(tr, tv, pre, per_target=True, gram_ok=driver_gram_ok(case, model, gram_ok))
     assert got.shape == (N_TRAIN, N_TARGETS)
     assert rel_err(got, ref) <= 1e-4
 
