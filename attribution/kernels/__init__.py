@@ -98,6 +98,8 @@ def as_rows(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], -1, t.shape[-1])
 
 
-from . import linear as _linear  # noqa: E402,F401  (registers the kernels)
+from . import embedding as _embedding  # noqa: E402,F401  (registers the kernels)
+from . import linear as _linear  # noqa: E402,F401
+from . import norm as _norm  # noqa: E402,F401
 
 __all__ = ["Kernel", "LayerGrads", "as_rows", "kernel_for", "register"]

@@ -35,6 +35,7 @@ class Case:
     name: str
     build: Callable[[], nn.Module]
     batch: Callable[[int, torch.Generator], dict[str, torch.Tensor]]
+    tied: bool = False  # parameters shared by modules: the driver then never uses a Gram form
 
 
 def seq_batch(d: int, t: int, c: int) -> Callable[[int, torch.Generator], dict[str, torch.Tensor]]:
@@ -64,9 +65,83 @@ class Mlp(nn.Module):
         return self.net(features)
 
 
+def token_batch(vocab: int, t: int, c: int) -> Callable[[int, torch.Generator], dict[str, torch.Tensor]]:
+    """Ids in ``[1, vocab)`` padded with 0 (the embeddings' ``padding_idx``) after a random length."""
+
+    def make(n: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        lengths = torch.randint(1, t + 1, (n,), generator=gen)
+        mask = (torch.arange(t)[None] < lengths[:, None]).long()
+        ids = torch.randint(1, vocab, (n, t), generator=gen) * mask
+        return {"input_ids": ids, "attention_mask": mask, "labels": torch.randint(0, c, (n,), generator=gen)}
+
+    return make
+
+
+class Tokens(nn.Module):
+    """Token and position embeddings, LayerNorm, Linear, RMSNorm over ``[n, T, d]``, masked mean, head.
+
+    The vocabulary is large enough for the token embedding's Gram form to use its id-equality mask,
+    the positions few enough for the materialized one."""
+
+    def __init__(self, vocab: int = 50, t: int = 6, d: int = 8, c: int = 3) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(vocab, d, padding_idx=0)
+        self.pos = nn.Embedding(t, d)
+        self.norm = nn.LayerNorm(d)
+        self.inner = nn.Linear(d, d)
+        self.rms = nn.RMSNorm(d)  # eps=None: torch's own epsilon
+        self.head = nn.Linear(d, c)
+        for p in (self.norm.weight, self.norm.bias, self.rms.weight):  # not the identity
+            nn.init.uniform_(p, 0.5, 1.5)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+        h = self.norm(self.tok(input_ids) + self.pos(positions))
+        h = self.rms(torch.tanh(self.inner(h)))
+        return self.head(masked_mean(h, attention_mask))
+
+
+class Tied(nn.Module):
+    """An embedding whose weight is also the output head's (classes = the vocabulary).
+
+    Pooled by a plain mean, so padded tokens (id 0, the ``padding_idx``) do reach the loss: their
+    embedding row still gets no gradient from the embedding, but does from the head."""
+
+    def __init__(self, vocab: int = 11, d: int = 6) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d, padding_idx=0)
+        self.inner = nn.Linear(d, d)
+        self.head = nn.Linear(d, vocab)
+        self.head.weight = self.emb.weight
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.inner(self.emb(input_ids))).mean(1))
+
+
+class Groups(nn.Module):
+    """Features as ``[n, C, H, W]``, GroupNorm(2, C), LayerNorm over ``(H, W)`` (two trailing dims), head."""
+
+    def __init__(self, d: int = 5, c: int = 4, h: int = 3, w: int = 2, k: int = 3) -> None:
+        super().__init__()
+        self.shape = (c, h, w)
+        self.inner = nn.Linear(d, c * h * w)
+        self.groups = nn.GroupNorm(2, c)
+        self.norm = nn.LayerNorm((h, w))
+        self.head = nn.Linear(c * h * w, k)
+        for p in (self.groups.weight, self.groups.bias, self.norm.weight, self.norm.bias):
+            nn.init.uniform_(p, 0.5, 1.5)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = torch.tanh(self.groups(self.inner(features).reshape(-1, *self.shape)))
+        return self.head(self.norm(x).flatten(1))
+
+
 CASES = [
     Case("seq-linear", SeqLinear, seq_batch(6, 5, 3)),
     Case("mlp", Mlp, flat_batch(5, 3)),
+    Case("tokens", Tokens, token_batch(50, 6, 3)),
+    Case("tied", Tied, token_batch(11, 5, 11), tied=True),
+    Case("groups", Groups, flat_batch(5, 3)),
 ]
 
 
