@@ -98,6 +98,7 @@ def as_rows(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], -1, t.shape[-1])
 
 
+from . import conv as _conv  # noqa: E402,F401
 from . import linear as _linear  # noqa: E402,F401  (registers the kernels)
 
 __all__ = ["Kernel", "LayerGrads", "as_rows", "kernel_for", "register"]

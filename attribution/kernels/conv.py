@@ -1,0 +1,99 @@
+"""``nn.Conv2d`` as a Linear layer over output positions (unfold / im2col).
+
+Each output position ``l`` of an example sees one patch of its input, ``a_l = unfold(x)[:, l]``
+(``C_in·kh·kw`` values, in the order of ``weight.view(C_out, -1)``), and produces ``W a_l + bias``.
+The per-example gradient is therefore ``Σ_l b_l a_lᵀ`` (and ``Σ_l b_l``) with ``b_l`` the output
+gradient at ``l``: exactly a Linear layer on ``[n, L, C_in·kh·kw]`` tokens, so ``LinearGrads``
+supplies every form (summed, summed-target, Gram, materialized, projected) and this module only
+reshapes the weight to and from ``[C_out, C_in·kh·kw]``.
+
+The forward hook keeps the input itself, not its patches: unfolding costs ``kh·kw ×`` the input's
+memory, so it happens in ``grads``, once the backward pass has freed the activations it no longer
+needs. Padding modes other than zeros are applied with ``F.pad`` before unfolding, as
+``nn.Conv2d`` does; string padding (``'same'``, ``'valid'``) becomes the explicit, possibly
+asymmetric, padding torch uses for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UnsupportedModelError
+from . import Kernel, register
+from .linear import LinearGrads
+
+
+@dataclass
+class ConvGrads(LinearGrads):
+    """``LinearGrads`` whose weight is ``[C_out, C_in, kh, kw]`` (``a`` holds unfolded patches)."""
+
+    def rows(self, sl: slice) -> ConvGrads:
+        return ConvGrads(self.a[sl], self.b[sl], self.params)
+
+    def summed(self) -> list[torch.Tensor]:
+        out = super().summed()
+        out[0] = out[0].reshape(self.params[0].shape)
+        return out
+
+    def dot(self, g: Sequence[torch.Tensor]) -> torch.Tensor:
+        return super().dot([g[0].reshape(g[0].shape[0], -1), *g[1:]])
+
+
+def _side_padding(module: nn.Conv2d) -> tuple[int, int, int, int]:
+    """``(left, right, top, bottom)`` as ``F.pad`` takes it: string padding resolved as torch does
+    (``'same'``: ``d·(k−1)`` in total per dim, the odd one on the right/bottom)."""
+    if isinstance(module.padding, str):
+        if module.padding == "valid":
+            return (0, 0, 0, 0)
+        out: list[int] = []
+        for d, k in zip(reversed(module.dilation), reversed(module.kernel_size), strict=True):
+            total = d * (k - 1)
+            out += [total // 2, total - total // 2]
+        return tuple(out)  # type: ignore[return-value]
+    ph, pw = module.padding
+    return (pw, pw, ph, ph)
+
+
+def patches(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``[n, L, C_in·kh·kw]``: the input patch seen by each output position."""
+    pad = _side_padding(module)
+    if module.padding_mode != "zeros":
+        x, padding = F.pad(x, pad, mode=module.padding_mode), 0
+    elif pad[0] == pad[1] and pad[2] == pad[3]:
+        padding = (pad[2], pad[0])
+    else:
+        x, padding = F.pad(x, pad), 0
+    cols = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=padding, stride=module.stride)
+    return cols.transpose(1, 2)
+
+
+class Conv2dKernel(Kernel):
+    types = (nn.Conv2d,)
+
+    def check(self, name: str, module: nn.Module) -> None:
+        assert isinstance(module, nn.Conv2d)
+        if module.groups != 1:
+            raise UnsupportedModelError(
+                f"layer {name!r} (Conv2d, groups={module.groups}) is a grouped or depthwise convolution, "
+                "which has no attribution kernel yet; use groups=1 or freeze its parameters "
+                "(requires_grad_(False))"
+            )
+
+    def keep(self, module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
+        x = args[0] if args else kwargs["input"]
+        return x.detach()
+
+    def grads(self, module: nn.Module, kept: object, grad_output: torch.Tensor) -> ConvGrads:
+        assert isinstance(module, nn.Conv2d) and isinstance(kept, torch.Tensor)
+        x = kept if kept.dim() == 4 else kept.unsqueeze(0)  # an unbatched [C, H, W] input: one row
+        b = grad_output.reshape(x.shape[0], module.out_channels, -1).transpose(1, 2)
+        params = (module.weight,) if module.bias is None else (module.weight, module.bias)
+        return ConvGrads(patches(module, x), b, params)
+
+
+register(Conv2dKernel())
