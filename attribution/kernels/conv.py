@@ -7,11 +7,11 @@ gradient at ``l``: exactly a Linear layer on ``[n, L, C_in·kh·kw]`` tokens, so
 supplies every form (summed, summed-target, Gram, materialized, projected) and this module only
 reshapes the weight to and from ``[C_out, C_in·kh·kw]``.
 
-The forward hook keeps the input itself, not its patches: unfolding costs ``kh·kw ×`` the input's
-memory, so it happens in ``grads``, once the backward pass has freed the activations it no longer
-needs. Padding modes other than zeros are applied with ``F.pad`` before unfolding, as
-``nn.Conv2d`` does; string padding (``'same'``, ``'valid'``) becomes the explicit, possibly
-asymmetric, padding torch uses for it.
+Neither the forward hook nor ``grads`` unfolds: patches cost ``kh·kw ×`` the input's memory, and a
+step holds every layer's gradients at once, so each form unfolds the rows it is asked about when
+it is asked (a memory-bound copy, small next to the products that follow). Padding modes other
+than zeros are applied with ``F.pad`` before unfolding, as ``nn.Conv2d`` does; string padding
+(``'same'``, ``'valid'``) becomes the explicit, possibly asymmetric, padding torch uses for it.
 """
 
 from __future__ import annotations
@@ -24,24 +24,59 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UnsupportedModelError
-from . import Kernel, register
-from .linear import LinearGrads
+from . import Kernel, LayerGrads, register
+from .linear import LinearGrads, gram_cost
+from .projection import LayerProjector
 
 
 @dataclass
-class ConvGrads(LinearGrads):
-    """``LinearGrads`` whose weight is ``[C_out, C_in, kh, kw]`` (``a`` holds unfolded patches)."""
+class ConvGrads(LayerGrads):
+    """A Conv2d layer's per-example gradients: its input and output gradient, unfolded on use.
+
+    Every form is ``LinearGrads``' on the patches, built afresh for each call, so the ``kh·kw``-fold
+    patches of one layer (for the rows asked about) exist only while that layer is being used.
+    """
+
+    x: torch.Tensor  # [n, C_in, H, W], the kept input
+    b: torch.Tensor  # [n, L, C_out], the output gradient per output position
+    module: nn.Conv2d
+    params: tuple[nn.Parameter, ...]
+
+    def linear(self) -> LinearGrads:
+        """The same gradients as a Linear layer on ``[n, L, C_in·kh·kw]`` patches."""
+        return LinearGrads(patches(self.module, self.x), self.b, self.params)
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
 
     def rows(self, sl: slice) -> ConvGrads:
-        return ConvGrads(self.a[sl], self.b[sl], self.params)
+        return ConvGrads(self.x[sl], self.b[sl], self.module, self.params)
 
     def summed(self) -> list[torch.Tensor]:
-        out = super().summed()
+        out = self.linear().summed()
         out[0] = out[0].reshape(self.params[0].shape)
         return out
 
     def dot(self, g: Sequence[torch.Tensor]) -> torch.Tensor:
-        return super().dot([g[0].reshape(g[0].shape[0], -1), *g[1:]])
+        return self.linear().dot([g[0].reshape(g[0].shape[0], -1), *g[1:]])
+
+    def gram(self, other: LayerGrads) -> torch.Tensor:
+        assert isinstance(other, ConvGrads)
+        return self.linear().gram(other.linear())
+
+    def _shape(self) -> tuple[int, int, int, int]:
+        w = self.params[0]
+        return self.x.shape[0], self.b.shape[1], w[0].numel(), w.shape[0]
+
+    def gram_cost(self, n_other: int) -> float:
+        return gram_cost(*self._shape(), n_other)
+
+    def dot_cost(self) -> float:
+        n, t, d_in, d_out = self._shape()
+        return float(n * t * d_in * d_out)
+
+    def project(self, projector: LayerProjector) -> torch.Tensor:
+        return self.linear().project(projector)
 
 
 def _side_padding(module: nn.Conv2d) -> tuple[int, int, int, int]:
@@ -93,7 +128,7 @@ class Conv2dKernel(Kernel):
         x = kept if kept.dim() == 4 else kept.unsqueeze(0)  # an unbatched [C, H, W] input: one row
         b = grad_output.reshape(x.shape[0], module.out_channels, -1).transpose(1, 2)
         params = (module.weight,) if module.bias is None else (module.weight, module.bias)
-        return ConvGrads(patches(module, x), b, params)
+        return ConvGrads(x, b, module, params)
 
 
 register(Conv2dKernel())

@@ -70,10 +70,7 @@ class LinearGrads(LayerGrads):
         return (ga * gb).sum((2, 3))
 
     def gram_cost(self, n_other: int) -> float:
-        n, t, d_in = self.a.shape
-        d_out = self.b.shape[-1]
-        materialized = (n + n_other) * t * d_in * d_out + n * n_other * d_in * d_out
-        return float(min(materialized, n * n_other * t * t * (d_in + d_out)))
+        return gram_cost(*self.a.shape, self.b.shape[-1], n_other)
 
     def dot_cost(self) -> float:
         n, t, d_in = self.a.shape
@@ -81,6 +78,12 @@ class LinearGrads(LayerGrads):
 
     def project(self, projector: LayerProjector) -> torch.Tensor:
         return kron_project(self.a, self.b, self.bias, projector)
+
+
+def gram_cost(n: int, t: int, d_in: int, d_out: int, n_other: int) -> float:
+    """Multiply-adds of the cheaper Gram form: materialized, or over token pairs."""
+    materialized = (n + n_other) * t * d_in * d_out + n * n_other * d_in * d_out
+    return float(min(materialized, n * n_other * t * t * (d_in + d_out)))
 
 
 def _materialized(g: LinearGrads) -> torch.Tensor:
