@@ -77,6 +77,34 @@ def token_batch(vocab: int, t: int, c: int) -> Callable[[int, torch.Generator], 
     return make
 
 
+class ConvNet(nn.Module):
+    """Two convolutions (strided and padded, then 'same' with an even dilated kernel, which pads one
+    side more than the other), ReLU, global average pooling and a Linear head, on [n, C, H, W]."""
+
+    def __init__(self, c: int = 2, classes: int = 3, padding_mode: str = "zeros") -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, 4, 3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(4, 5, (2, 3), padding="same", dilation=(1, 2), padding_mode=padding_mode,
+                               bias=False)
+        self.head = nn.Linear(5, classes)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv1(image))
+        h = torch.relu(self.conv2(h))
+        return self.head(h.mean((2, 3)))
+
+
+Batcher = Callable[[int, torch.Generator], dict[str, torch.Tensor]]
+
+
+def image_batch(c: int, h: int, w: int, classes: int) -> Batcher:
+    def make(n: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        labels = torch.randint(0, classes, (n,), generator=gen)
+        return {"image": torch.randn(n, c, h, w, generator=gen), "labels": labels}
+
+    return make
+
+
 class Tokens(nn.Module):
     """Token and position embeddings, LayerNorm, Linear, RMSNorm over ``[n, T, d]``, masked mean, head.
 
@@ -142,6 +170,8 @@ CASES = [
     Case("tokens", Tokens, token_batch(50, 6, 3)),
     Case("tied", Tied, token_batch(11, 5, 11), tied=True),
     Case("groups", Groups, flat_batch(5, 3)),
+    Case("conv2d", ConvNet, image_batch(2, 7, 6, 3)),
+    Case("conv2d-reflect", lambda: ConvNet(padding_mode="reflect"), image_batch(2, 7, 6, 3)),
 ]
 
 
