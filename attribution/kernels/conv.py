@@ -128,7 +128,7 @@ class Conv2dKernel(Kernel):
         x = kept if kept.dim() == 4 else kept.unsqueeze(0)  # an unbatched [C, H, W] input: one row
         b = grad_output.reshape(x.shape[0], module.out_channels, -1).transpose(1, 2)
         params = (module.weight,) if module.bias is None else (module.weight, module.bias)
-        return ConvGrads(x, b, module, params)
+        return ConvGrads(x.to(b.dtype), b, module, params)  # autocast: see LinearKernel.grads
 
 
 register(Conv2dKernel())

@@ -100,7 +100,10 @@ class LinearKernel(Kernel):
 
     def grads(self, module: nn.Module, kept: object, grad_output: torch.Tensor) -> LinearGrads:
         params = (module.weight,) if module.bias is None else (module.weight, module.bias)
-        return LinearGrads(kept, as_rows(grad_output), params)
+        b = as_rows(grad_output)
+        # Under autocast an fp32 input (after a LayerNorm) meets a bf16 output gradient: use the
+        # gradient's precision, as autograd's own weight-gradient product does.
+        return LinearGrads(kept.to(b.dtype), b, params)
 
 
 register(LinearKernel())
