@@ -150,8 +150,8 @@ def create_app(
         402: {"model": ErrorOut},
         403: {"model": ErrorOut},
         404: {"model": ErrorOut},
-        422: {"model": ErrorOut},
         413: {"model": ErrorOut},
+        422: {"model": ErrorOut},
         429: {"model": ErrorOut},
     }
 

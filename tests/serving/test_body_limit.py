@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from fastapi.testclient import TestClient
 
 from pipelines.serve_process import ServeProcess
 from serving import API_KEY_HEADER, Ledger, create_app
@@ -218,6 +219,12 @@ def test_the_limit_is_in_the_log_the_schema_and_overridable(server, world, ledge
     # `caravan serve --max-body-bytes` (create_app's max_body_bytes) replaces the default
     app = create_app(world.served, ledger, price=PRICE, max_body_bytes=1000)
     assert app.state.max_body_bytes == 1000
+    key_id, secret = ledger.create_key("small", balance=BALANCE)
+    r = TestClient(app).post(
+        "/v1/predict", json={"inputs": world.run.X_test[:20].tolist()}, headers={API_KEY_HEADER: secret}
+    )
+    assert r.status_code == 413 and "limit of 1000 bytes" in r.json()["error"]
+    assert ledger.key(key_id).balance == BALANCE and ledger.receipt_ids() == []
     assert create_app(world.served, ledger, price=PRICE, max_batch=8).state.max_body_bytes == (
         8 * numeric_input_bytes(6) + JSON_OVERHEAD
     )
