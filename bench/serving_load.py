@@ -11,13 +11,23 @@ Sets up its own small attribution run, anvil and content store in a temp dir, th
 3. SIGKILL of server A mid-load, restart: receipts a client saw but the ledger lacks (lost), and
    charges applied twice (duplicated: what the key was charged beyond the sum of the ledger's
    receipts, in predictions).
+4. Hostile bodies: normal clients' single predictions against server A, in HOSTILE_ROUNDS rounds
+   alternating calm and hostile; in a hostile round HOSTILE_SENDERS threads of another process (a
+   client elsewhere: they do not share the normal clients' GIL) keep sending 120 MiB bodies
+   (Content-Length declared or chunked, without a key or with one: 401 / 413 before the body is
+   read). Prints the normal clients' p50 calm and hostile side by side, the refusals and the
+   server's peak RSS growth.
 Prints figures, then one JSON line: rps, p50_ms, p99_ms (attributed singles),
-attribution_latency_ratio (median over rounds of p50 with / without), settle_100k_s, lost, duplicated.
+attribution_latency_ratio (median over rounds of p50 with / without), settle_100k_s, lost, duplicated,
+calm_p50_ms, hostile_p50_ms, hostile_p50_ratio, hostile_refused, hostile_rss_growth_mb.
+`--hostile-only` runs section 4 alone (its keys only).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import multiprocessing
 import secrets
 import sys
 import tempfile
@@ -27,6 +37,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 from eth_account import Account
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +55,8 @@ N_SINGLE, N_BATCH_REQ, CONCURRENCY, BATCH, ROUNDS = 2000, 40, 16, 64, 5
 PRICE = 10**12
 BALANCE = 2**62  # the bench key's prepaid balance
 KILL_AFTER, KILL_DEADLINE_S = 300, 120  # SIGKILL once this many receipts were seen, or give up
+HOSTILE_ROUNDS, HOSTILE_N, HOSTILE_SENDERS = 6, 400, 2  # rounds (calm, hostile, ...), requests per round
+HOSTILE_BYTES, HOSTILE_CHUNK = 120 * 2**20, 2**20  # the issue's 120 MB body, streamed a MiB at a time
 
 
 def run_load(urls: list[str], secret: str, bodies: list[dict], n_per_url: int) -> dict[str, list[float]]:
@@ -167,7 +180,117 @@ def settle_100k(chain: Chain, store: BlockStore, served, run, home: Path) -> flo
     return elapsed
 
 
+def hostile_body() -> object:
+    """HOSTILE_BYTES of an (invalid) JSON body, a chunk at a time: never held whole by the sender."""
+    yield b'{"inputs": [[0'
+    block = b" " * HOSTILE_CHUNK
+    for _ in range(HOSTILE_BYTES // HOSTILE_CHUNK):
+        yield block
+
+
+def send_hostile(url: str, secret: str, stop: threading.Event, statuses: dict[int, int]) -> None:
+    """Until `stop`: 120 MiB bodies, declared or chunked, without a key or with one, in turn."""
+    kinds = [(declared, key) for declared in (True, False) for key in (False, True)]
+    i = 0
+    with httpx.Client(timeout=60) as client:
+        while not stop.is_set():
+            declared, key = kinds[i % len(kinds)]
+            i += 1
+            headers = {"content-type": "application/json"}
+            if declared:
+                headers["Content-Length"] = str(HOSTILE_BYTES + 14)
+            if key:
+                headers[API_KEY_HEADER] = secret
+            try:
+                status = client.post(url + "/v1/predict", content=hostile_body(), headers=headers).status_code
+            except httpx.HTTPError:
+                status = 0  # no response at all: counted apart
+            statuses[status] = statuses.get(status, 0) + 1
+
+
+def hostile_process(url: str, secret: str, ready, stop, out) -> None:
+    """The hostile client: HOSTILE_SENDERS threads of send_hostile until `stop` (`ready` once the first
+    body was answered); their statuses to `out`."""
+    statuses: dict[int, int] = {}
+    local = threading.Event()
+    senders = [
+        threading.Thread(target=send_hostile, args=(url, secret, local, statuses))
+        for _ in range(HOSTILE_SENDERS)
+    ]
+    for t in senders:
+        t.start()
+    deadline = time.monotonic() + 60
+    while not statuses and time.monotonic() < deadline:
+        time.sleep(0.01)
+    ready.set()
+    stop.wait()
+    local.set()
+    for t in senders:
+        t.join()
+    out.put(statuses)
+
+
+def hostile_load(url: str, pid: int, secret: str, bodies: list[dict]) -> dict:
+    """Normal clients' singles in alternating calm and hostile rounds; their p50s, refusals, peak RSS."""
+    calm: list[float] = []
+    hostile: list[float] = []
+    statuses: dict[int, int] = {}
+    proc = psutil.Process(pid)
+    baseline = peak = proc.memory_info().rss
+    ctx = multiprocessing.get_context("spawn")
+    for r in range(HOSTILE_ROUNDS):
+        if r % 2:
+            ready, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
+            sender = ctx.Process(target=hostile_process, args=(url, secret, ready, stop, out))
+            sender.start()
+            if not ready.wait(120):
+                raise SystemExit("the hostile client did not start sending in 120 s")
+        lat = run_load([url], secret, bodies, HOSTILE_N)
+        peak = max(peak, proc.memory_info().rss)
+        if r % 2:
+            stop.set()
+            for status, n in out.get(timeout=120).items():
+                statuses[status] = statuses.get(status, 0) + n
+            sender.join()
+        (hostile if r % 2 else calm).extend(lat[url])
+        peak = max(peak, proc.memory_info().rss)
+    return {
+        "calm": calm,
+        "hostile": hostile,
+        "statuses": statuses,
+        "rss_growth_mb": (peak - baseline) / 2**20,
+    }
+
+
+def print_hostile(h: dict) -> dict:
+    c50, h50 = pct(h["calm"], 50), pct(h["hostile"], 50)
+    refused = sum(n for s, n in h["statuses"].items() if s in (401, 413))
+    print(
+        f"hostile bodies: {HOSTILE_SENDERS} senders of {HOSTILE_BYTES >> 20} MiB bodies while normal clients "
+        f"(concurrency {CONCURRENCY}) send singles, {HOSTILE_ROUNDS // 2} rounds of {HOSTILE_N} each way"
+    )
+    print(f"  normal clients calm:    p50 {c50:.2f} ms  p99 {pct(h['calm'], 99):.2f} ms")
+    print(
+        f"  normal clients hostile: p50 {h50:.2f} ms  p99 {pct(h['hostile'], 99):.2f} ms  "
+        f"ratio p50 {h50 / c50:.2f}x"
+    )
+    print(
+        f"  hostile bodies answered: {dict(sorted(h['statuses'].items()))} (0: no response); "
+        f"server peak RSS growth {h['rss_growth_mb']:.1f} MiB"
+    )
+    return {
+        "calm_p50_ms": round(c50, 3),
+        "hostile_p50_ms": round(h50, 3),
+        "hostile_p50_ratio": round(h50 / c50, 3),
+        "hostile_refused": refused,
+        "hostile_rss_growth_mb": round(h["rss_growth_mb"], 1),
+    }
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--hostile-only", action="store_true", help="run only section 4 (hostile bodies)")
+    args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="caravan-serving-bench-"))
     with AnvilNode(config_path=home / "anvil.json", log_path=home / "anvil.log") as node:
         chain = Chain(node.rpc_url, account=Account.from_key(node.dev_keys[0]), chain_dir=home / "chain")
@@ -186,6 +309,11 @@ def main() -> None:
         rows = run.X_test.tolist()
         singles = [{"input": r} for r in rows]
         batches = [{"inputs": rows[:BATCH]}]
+        if args.hostile_only:
+            with ServeProcess(run.run_id, env, price=PRICE) as attr:
+                run_load([attr.url], secret, singles, 50)  # warm-up
+                print(json.dumps(print_hostile(hostile_load(attr.url, attr.pid, secret, singles))))
+            return
         with (
             ServeProcess(run.run_id, env, price=PRICE) as attr,
             ServeProcess(run.run_id, env, price=PRICE, extra=("--no-attribution",)) as plain,
@@ -194,6 +322,7 @@ def main() -> None:
             run_load(urls, secret, singles, 50)  # warm-up
             rounds = rounds_of_singles(urls, secret, singles)
             batch = run_load(urls, secret, batches, N_BATCH_REQ)
+            hostile = hostile_load(attr.url, attr.pid, secret, singles)
         settle_s = settle_100k(chain, store, served, run, home)
         lost, duplicated = kill_under_load(run.run_id, env, key_id, secret, rows)
 
@@ -231,6 +360,7 @@ def main() -> None:
     )
     print(f"settle an epoch of 100,000 receipts: {settle_s:.2f} s")
     print(f"SIGKILL mid-load and restart: lost {lost}, charged twice {duplicated}")
+    hostile_keys = print_hostile(hostile)
     print(
         json.dumps(
             {
@@ -241,6 +371,7 @@ def main() -> None:
                 "settle_100k_s": round(settle_s, 3),
                 "lost": lost,
                 "duplicated": duplicated,
+                **hostile_keys,
             }
         )
     )

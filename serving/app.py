@@ -1,9 +1,11 @@
 """The FastAPI app: metered predictions, receipts, health and Prometheus metrics.
 
-A prediction call is checked in this order, each refusal a 4xx with one clear message and no
-charge: key present (401), known (401) and not revoked (403), within its rate (429), inputs
-well-formed (422: JSON, finite numbers, feature count, batch size), balance enough (402).
-Only then is the model run, and the receipts are committed before the response is returned.
+A prediction call is checked in this order, each refusal a 4xx with one clear JSON `error` and no
+charge: key present (401), known (401) and not revoked (403), within its rate (429), all from the
+headers before any body byte is read (`serving.body_limit.RequestGate`); body within the server's
+limit (413: from its Content-Length, or while it streams); inputs well-formed (422: JSON, finite
+numbers, feature count, batch size), balance enough (402). Only then is the model run, and the
+receipts are committed before the response is returned.
 """
 
 import math
@@ -24,13 +26,19 @@ from prometheus_client import (
     generate_latest,
 )
 from pydantic import BaseModel, Field, model_validator
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
+from serving.body_limit import Refusal, RequestGate, default_max_body_bytes, header
 from serving.errors import InsufficientBalance, LedgerError, RevokedKey, UnknownKey
 from serving.fees import split_price
 from serving.ledger import ApiKey, Charge, Ledger
 from serving.run import ServedRun
 
 API_KEY_HEADER = "X-API-Key"
+KEY_SCOPE = "caravan.api_key"  # the ApiKey the gate authenticated, in the request's ASGI scope
+PREDICT = "/v1/predict"
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 
 
@@ -94,9 +102,16 @@ def create_app(
     max_batch: int = 64,
     attribute: bool = True,
     top_k: int = 5,
+    max_body_bytes: int | None = None,
 ) -> FastAPI:
+    """The app; `max_body_bytes` (default `default_max_body_bytes(run.encoding, max_batch)`) bounds a
+    request's body, and is `app.state.max_body_bytes`."""
     if price < 1:
         raise LedgerError("the price per prediction must be a positive integer (smallest token unit)")
+    if max_body_bytes is None:
+        max_body_bytes = default_max_body_bytes(run.encoding, max_batch)
+    if max_body_bytes < 1:
+        raise LedgerError(f"the body limit must be a positive number of bytes, got {max_body_bytes}")
     n_features = run.n_features
 
     class PredictRequest(BaseModel):
@@ -135,6 +150,7 @@ def create_app(
         402: {"model": ErrorOut},
         403: {"model": ErrorOut},
         404: {"model": ErrorOut},
+        413: {"model": ErrorOut},
         422: {"model": ErrorOut},
         429: {"model": ErrorOut},
     }
@@ -143,21 +159,13 @@ def create_app(
         title="Caravan pay-per-use inference",
         version="1",
         description=f"Model of attribution run {run.run_id}: each prediction is paid and its fee split "
-        "among the contributors whose data made it.",
+        "among the contributors whose data made it. Request bodies over "
+        f"{max_body_bytes} bytes are refused (413; `caravan serve --max-body-bytes`).",
     )
+    app.state.max_body_bytes = max_body_bytes
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
-        t0 = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        endpoint = getattr(route, "path", "unmatched")
-        requests.labels(endpoint, str(response.status_code)).inc()
-        latency.labels(endpoint).observe(time.perf_counter() - t0)
-        return response
-
-    @app.exception_handler(HTTPException)
-    async def http_error(_request: Request, exc: HTTPException):
+    @app.exception_handler(StarletteHTTPException)  # the app's, the gate's 413 and routing's 404/405
+    async def http_error(_request: Request, exc: StarletteHTTPException):
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
@@ -168,7 +176,46 @@ def create_app(
             parts.append(f"{where}: {err.get('msg')}")
         return JSONResponse({"error": "invalid request: " + "; ".join(parts)}, status_code=422)
 
-    def api_key(secret: Annotated[str | None, Security(key_header)]) -> ApiKey:
+    async def gate(scope: dict) -> Refusal | None:
+        """Key present, known, not revoked, and for a prediction within its rate: from the headers."""
+        if not scope["path"].startswith("/v1/"):
+            return None
+        secret = header(scope, API_KEY_HEADER.lower().encode())
+        if not secret:
+            return Refusal(401, f"missing API key: send it in the {API_KEY_HEADER} header")
+        try:
+            key = await run_in_threadpool(ledger.authenticate, secret)
+        except UnknownKey as exc:
+            return Refusal(401, str(exc))
+        except RevokedKey as exc:
+            return Refusal(403, str(exc))
+        scope[KEY_SCOPE] = key
+        if scope["path"] == PREDICT and scope["method"] == "POST":
+            # the bucket is in the ledger: shared by every server process
+            wait = await run_in_threadpool(ledger.rate_wait, key)
+            if wait:
+                return Refusal(
+                    429,
+                    f"rate limit of key {key.key_id} ({key.rate_per_s:g}/s) exceeded; retry in {wait:.2f} s",
+                    {"Retry-After": str(max(1, round(wait)))},
+                )
+        return None
+
+    def observe(scope: dict, status: int, seconds: float) -> None:
+        route = scope.get("route")  # set by the router; a request the gate refused never got there
+        if route is None:
+            route = next((r for r in app.routes if r.matches(scope)[0] == Match.FULL), None)
+        endpoint = getattr(route, "path", "unmatched")
+        requests.labels(endpoint, str(status)).inc()
+        latency.labels(endpoint).observe(seconds)
+
+    # pure ASGI, outermost first: metrics, then the gate (key from the headers, bounded body), then the app
+    app.add_middleware(RequestGate, max_body_bytes=max_body_bytes, gate=gate)
+    app.add_middleware(Observe, record=observe)
+
+    def api_key(request: Request, secret: Annotated[str | None, Security(key_header)]) -> ApiKey:
+        if KEY_SCOPE in request.scope:  # the gate's, from the headers before the body was read
+            return request.scope[KEY_SCOPE]
         if not secret:
             raise HTTPException(401, f"missing API key: send it in the {API_KEY_HEADER} header")
         try:
@@ -188,13 +235,7 @@ def create_app(
 
     @app.post("/v1/predict", response_model=PredictResponse, responses=errors)
     def predict(body: PredictRequest, key: Annotated[ApiKey, Depends(api_key)]) -> PredictResponse:
-        wait = ledger.rate_wait(key)  # the bucket is in the ledger: shared by every server process
-        if wait:
-            raise HTTPException(
-                429,
-                f"rate limit of key {key.key_id} ({key.rate_per_s:g}/s) exceeded; retry in {wait:.2f} s",
-                headers={"Retry-After": str(max(1, round(wait)))},
-            )
+        # key and rate were checked by the gate, before the body was read
         rows = body.rows()
         bad = [i for i, r in enumerate(rows) if len(r) != n_features]
         if bad:
@@ -246,6 +287,33 @@ def create_app(
         return ReceiptOut(**found.to_json())
 
     return app
+
+
+class Observe:
+    """Pure ASGI middleware (a body streams through it unbuffered): `record(scope, status, seconds)`
+    for every HTTP request, once the app has answered."""
+
+    def __init__(self, app, *, record) -> None:
+        self.app = app
+        self.record = record
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = 500  # unless the app starts a response
+
+        async def send_status(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self.record(scope, status, time.perf_counter() - t0)
 
 
 def _prediction(receipt, run: ServedRun, top_k: int) -> PredictionOut:

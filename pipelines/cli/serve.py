@@ -44,6 +44,14 @@ def serve(
         ),
     ] = True,
     threads: Annotated[int, typer.Option(help="torch threads per request.", min=1)] = 1,
+    max_body_bytes: Annotated[
+        int | None,
+        typer.Option(
+            help="Largest request body in bytes; larger ones get 413 before they are read. "
+            "Default: sized for --max-batch inputs of the run.",
+            min=1,
+        ),
+    ] = None,
     ledger_path: LedgerTarget = None,
     store_dir: StoreDir = None,
 ) -> None:
@@ -55,8 +63,19 @@ def serve(
     with clean_errors(*ERRORS):
         run = load_run(open_chain(), open_store(store_dir), run_id)
         ledger = open_ledger(ledger_path)
-        app = create_app(run, ledger, price=price, max_batch=max_batch, attribute=attribution)
-    typer.echo(f"serving run {run_id} (model {run.model_cid}) on http://127.0.0.1:{port}", err=True)
+        app = create_app(
+            run,
+            ledger,
+            price=price,
+            max_batch=max_batch,
+            attribute=attribution,
+            max_body_bytes=max_body_bytes,
+        )
+    typer.echo(
+        f"serving run {run_id} (model {run.model_cid}) on http://127.0.0.1:{port}; request bodies "
+        f"up to {app.state.max_body_bytes} bytes (--max-body-bytes)",
+        err=True,
+    )
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 

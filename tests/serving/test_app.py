@@ -63,6 +63,7 @@ def test_single_and_batch_predictions_are_paid_and_receipted(world, client, ledg
         (b'{"inputs": []}', 422, "at least 1"),
         (b'{"input": [1, 1, 1, 1, 1, 1], "inputs": [[1, 1, 1, 1, 1, 1]]}', 422, "exactly one"),
         (b'{"input": ["x", 1, 1, 1, 1, 1]}', 422, "number"),
+        (b'{"input": "a text, to a run of numeric rows"}', 422, "valid list"),  # a wrong input type
         (b'{"input": [1.4e69, 1, 1, 1, 1, 1]}', 422, "too large"),  # finite, but overflows float32
     ],
 )
@@ -107,12 +108,14 @@ def test_rate_limit_per_key(world, client, ledger):
 def test_health_metrics_openapi(world, client, ledger):
     _, headers = key(ledger)
     client.post("/v1/predict", json={"inputs": world.run.X_test[:3].tolist()}, headers=headers)
+    assert client.post("/v1/predict", json={"inputs": world.run.X_test[:3].tolist()}).status_code == 401
     assert client.get("/healthz").json()["run_id"] == world.run.run_id
     text = client.get("/metrics").text
     samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
     assert samples["caravan_fees_accrued_total"] == 3 * PRICE
     assert samples["caravan_predictions_total"] == 3
     assert 'caravan_requests_total{endpoint="/v1/predict",status="200"}' in text
+    assert 'caravan_requests_total{endpoint="/v1/predict",status="401"}' in text  # refused by the gate
     assert "caravan_settled_epochs" in text
     schema = client.get("/openapi.json").json()
     assert "/v1/predict" in schema["paths"] and "/v1/receipts/{receipt_id}" in schema["paths"]
