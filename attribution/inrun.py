@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import deque
-from collections.abc import Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -75,15 +75,19 @@ class ModuleTaps:
     """Forward hooks that keep each scored module's input (via its kernel) and output.
 
     A module output that does not require grad (parameters are frozen for autograd) is made a
-    leaf that does, so one backward pass yields every output gradient and no parameter gradient.
+    leaf that does, so a backward pass yields every output gradient and no parameter gradient.
+    ``grads`` returns all layers' gradients at once (small batches: tests, TRAK chunks);
+    ``stream`` hands each layer's gradients to a callback as the backward pass reaches it and
+    keeps none, so peak memory stays near that of ordinary training.
     """
 
     scored: list[Scored]
     _handles: list = field(default_factory=list)
+    _on_grads: Callable[[Scored, LayerGrads], None] | None = None
 
     def __enter__(self) -> ModuleTaps:
         for s in self.scored:
-            self._handles.append(s.module.register_forward_hook(_hook(s), with_kwargs=True))
+            self._handles.append(s.module.register_forward_hook(self._hook(s), with_kwargs=True))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -91,9 +95,24 @@ class ModuleTaps:
             h.remove()
         self._handles.clear()
 
-    def output_grads(self, loss: torch.Tensor, n_rows: int) -> list[torch.Tensor]:
-        """``∂loss/∂output`` of every scored module; each must have run exactly once, on a
-        batch-first input (one row per example)."""
+    def _hook(self, s: Scored):
+        def on_output_grad(b: torch.Tensor) -> None:
+            if self._on_grads is not None:
+                self._on_grads(s, s.kernel.grads(s.module, s.kept, b))
+                s.kept = None
+
+        def hook(module: nn.Module, args: tuple, kwargs: dict, out: torch.Tensor) -> torch.Tensor | None:
+            s.kept = s.kernel.keep(module, args, kwargs)
+            s.calls += 1
+            replaced = not out.requires_grad
+            s.output = out.detach().requires_grad_(True) if replaced else out
+            s.output.register_hook(on_output_grad)
+            return s.output if replaced else None
+
+        return hook
+
+    def check(self, n_rows: int) -> None:
+        """Each scored module ran exactly once since the last check, on a batch-first input."""
         odd = [f"{s.name} ran {s.calls}x" for s in self.scored if s.calls != 1]
         for s in self.scored:
             s.calls = 0
@@ -110,28 +129,27 @@ class ModuleTaps:
                 f"{', '.join(shared)} did not: an output broadcast over the batch has no per-example "
                 "gradient; give the layer batch-first input (e.g. position ids expanded to [batch, T])"
             )
-        return list(torch.autograd.grad(loss, [s.output for s in self.scored], allow_unused=True))
 
     def grads(self, loss: torch.Tensor, n_rows: int) -> list[LayerGrads]:
         """Each scored module's per-example gradients, from one backward pass of ``loss``."""
-        outs = self.output_grads(loss, n_rows)
+        self.check(n_rows)
+        outs = torch.autograd.grad(loss, [s.output for s in self.scored], allow_unused=True)
         return [
             s.kernel.grads(s.module, s.kept, torch.zeros_like(s.output) if b is None else b)
             for s, b in zip(self.scored, outs, strict=True)
         ]
 
-
-def _hook(s: Scored):
-    def hook(module: nn.Module, args: tuple, kwargs: dict, out: torch.Tensor) -> torch.Tensor | None:
-        s.kept = s.kernel.keep(module, args, kwargs)
-        s.calls += 1
-        if out.requires_grad:
-            s.output = out
-            return None
-        s.output = out.detach().requires_grad_(True)
-        return s.output
-
-    return hook
+    def stream(self, loss: torch.Tensor, n_rows: int, on_grads: Callable[[Scored, LayerGrads], None]) -> None:
+        """One backward pass of ``loss``; ``on_grads(module, grads)`` runs for each scored module as
+        its output gradient arrives (a module the loss does not reach is not called)."""
+        self.check(n_rows)
+        self._on_grads = on_grads
+        try:
+            loss.backward()
+        finally:
+            self._on_grads = None
+            for s in self.scored:
+                s.output, s.kept = None, None
 
 
 # ---------------------------------------------------------------- per-parameter sums
@@ -147,23 +165,6 @@ def param_sums(grads: Sequence[LayerGrads]) -> dict[int, torch.Tensor]:
     return out
 
 
-def preconditioner(
-    opt: torch.optim.Optimizer, cfg: TrainConfig, lr: float
-) -> dict[int, torch.Tensor | float]:
-    """Per parameter, the derivative of this step's update in its gradient (after ``opt.step()``)."""
-    if cfg.optimizer == "sgd":
-        return {id(p): lr for group in opt.param_groups for p in group["params"]}
-    b1, b2 = cfg.adam_betas
-    out: dict[int, torch.Tensor | float] = {}
-    for group in opt.param_groups:
-        for p in group["params"]:
-            state = opt.state[p]
-            t = float(state["step"])
-            denom = (state["exp_avg_sq"].sqrt() / (1 - b2**t) ** 0.5).add_(cfg.adam_eps)
-            out[id(p)] = denom.reciprocal_().mul_(lr * (1 - b1) / (1 - b1**t))
-    return out
-
-
 def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps,
@@ -174,6 +175,23 @@ def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.
 def _tied(scored: list[Scored]) -> bool:
     ids = [id(p) for s in scored for p in s.module.parameters(recurse=False)]
     return len(ids) != len(set(ids))
+
+
+def gram_modules(
+    taps: ModuleTaps, model: nn.Module, task: ModelTask, one_row: Batch, n_targets: int
+) -> set[str]:
+    """Modules scored by their Gram form: only under SGD (a scalar preconditioner) without tied
+    weights or reused targets; all of them for per-target scores, else where the Gram form is the
+    cheaper one for this model's shapes (both costs grow with the rows alike: one row decides)."""
+    cfg = task.config
+    if cfg.optimizer != "sgd" or cfg.target_every > 1 or _tied(taps.scored):
+        return set()
+    if cfg.per_target:
+        return {s.name for s in taps.scored}
+    with _autocast(cfg, next(iter(one_row.values())).device):
+        losses = task.loss(model, one_row)
+    grads = taps.grads(losses.float().sum(), 1)
+    return {s.name for s, g in zip(taps.scored, grads, strict=True) if g.gram_cost(n_targets) < g.dot_cost()}
 
 
 def step_scores(
@@ -220,6 +238,145 @@ def _scaled(x: torch.Tensor, pre: Mapping[int, torch.Tensor | float], g: LayerGr
     return x.mul_(pre[id(g.params[0])])
 
 
+
+
+# ---------------------------------------------------------------- one streamed step
+
+
+def preconditioner(
+    opt: torch.optim.Optimizer, cfg: TrainConfig, lr: float, p: nn.Parameter, grad: torch.Tensor
+) -> torch.Tensor | float:
+    """The derivative of the step ``opt`` is about to take on ``p`` in its gradient ``grad``: ``lr``
+    for SGD; for AdamW ``lr (1−β₁)/(1−β₁ᵗ) / (√v̂_t + ε)`` with ``v_t`` updated by ``grad`` exactly as
+    the step will update it (state held there: the first-order effect through this step)."""
+    if cfg.optimizer == "sgd":
+        return lr
+    b1, b2 = cfg.adam_betas
+    state = opt.state.get(p, {})
+    t = float(state["step"]) + 1 if "step" in state else 1.0
+    g = grad.to(p.dtype)
+    v = g * g * (1 - b2) if "exp_avg_sq" not in state else state["exp_avg_sq"] * b2 + g * g * (1 - b2)
+    denom = v.sqrt_().div_((1 - b2**t) ** 0.5).add_(cfg.adam_eps)
+    return denom.reciprocal_().mul_(lr * (1 - b1) / (1 - b1**t))
+
+
+@dataclass
+class TargetGrads:
+    """The targets' gradient at one step: summed over targets per parameter (``sums``), one row per
+    target too when per-target scores need it (``rows``), and the factored gradients of modules
+    scored by their Gram form (``factored``, by module name)."""
+
+    n: int
+    sums: dict[int, torch.Tensor] = field(default_factory=dict)
+    rows: dict[int, torch.Tensor] | None = None
+    factored: dict[str, LayerGrads] = field(default_factory=dict)
+
+
+def target_grads(
+    taps: ModuleTaps, model: nn.Module, task: ModelTask, batch: Batch, *, gram: set[str], per_target: bool
+) -> TargetGrads:
+    """One forward/backward pass of the target rows, streamed layer by layer (``gram``: modules whose
+    target rows are kept factored for their Gram form)."""
+    device = next(iter(batch.values())).device
+    with _autocast(task.config, device):
+        losses = task.loss(model, batch)
+    out = TargetGrads(len(losses), rows={} if per_target else None)
+
+    def on(s: Scored, g: LayerGrads) -> None:
+        if s.name in gram:
+            out.factored[s.name] = g
+            return
+        _add_sums(out.sums, g.params, g.summed())
+        if out.rows is not None:
+            per_row = [g.rows(slice(j, j + 1)).summed() for j in range(len(g))]
+            for k, p in enumerate(g.params):
+                _add_sums(out.rows, [p], [torch.stack([r[k] for r in per_row])])
+
+    taps.stream(losses.float().sum(), out.n, on)
+    return out
+
+
+def _add_sums(
+    into: dict[int, torch.Tensor], params: Sequence[nn.Parameter], sums: Sequence[torch.Tensor]
+) -> None:
+    for p, s in zip(params, sums, strict=True):
+        into[id(p)] = s if id(p) not in into else into[id(p)] + s
+
+
+@dataclass
+class StepScorer:
+    """Scores one step's batch rows module by module as the backward pass delivers them.
+
+    A module is scored once the gradient of each of its parameters is complete (a tied parameter
+    waits for every module that uses it), since Adam's preconditioner needs the whole gradient.
+    The batch gradient it sums is then handed to the optimizer as ``p.grad``.
+    """
+
+    cfg: TrainConfig
+    opt: torch.optim.Optimizer
+    targets: TargetGrads
+    lr: float
+    nb: int
+    owners: dict[int, int]
+    grad: dict[int, torch.Tensor] = field(default_factory=dict)
+    waiting: list[tuple[Scored, LayerGrads]] = field(default_factory=list)
+    total: torch.Tensor | None = None
+
+    def __call__(self, s: Scored, g: LayerGrads) -> None:
+        _add_sums(self.grad, g.params, g.summed())
+        self.waiting.append((s, g))
+        for p in g.params:
+            self.owners[id(p)] -= 1
+        self.flush(complete_only=True)
+
+    def flush(self, complete_only: bool = False) -> None:
+        ready = [(s, g) for s, g in self.waiting
+                 if not complete_only or all(self.owners[id(p)] == 0 for p in g.params)]
+        for s, g in ready:
+            self.waiting.remove((s, g))
+            part = self.score(s, g)
+            self.total = part if self.total is None else self.total.add_(part)
+
+    def score(self, s: Scored, g: LayerGrads) -> torch.Tensor:
+        t = self.targets
+        if s.name in t.factored:  # SGD: the preconditioner is the scalar lr
+            gram = g.gram(t.factored[s.name]).mul_(self.lr)
+            return gram if t.rows is not None else gram.sum(1)
+        pre = {id(p): preconditioner(self.opt, self.cfg, self.lr, p, self.grad[id(p)] / self.nb)
+               for p in g.params}
+        if t.rows is None:
+            return summed_target_scores([g], t.sums, pre)
+        return torch.stack([summed_target_scores([g], {k: v[j] for k, v in t.rows.items()}, pre)
+                            for j in range(t.n)], 1)
+
+
+def attributed_step(
+    taps: ModuleTaps, model: nn.Module, task: ModelTask, opt: torch.optim.Optimizer, batch: Batch,
+    targets: TargetGrads, *, lr: float, params: Sequence[nn.Parameter],
+) -> torch.Tensor:
+    """One optimizer step of ``task`` on ``batch`` and the rows' scores against ``targets``: ``[nb]``
+    (mean over targets) or ``[nb, n_targets]``; ``opt`` is stepped with the batch-mean gradient."""
+    cfg = task.config
+    device = next(iter(batch.values())).device
+    with _autocast(cfg, device):
+        losses = task.loss(model, batch)
+    nb = len(losses)
+    owners: dict[int, int] = {}
+    for s in taps.scored:
+        for p in s.module.parameters(recurse=False):
+            owners[id(p)] = owners.get(id(p), 0) + 1
+    scorer = StepScorer(cfg, opt, targets, lr, nb, owners)
+    taps.stream(losses.float().sum(), nb, scorer)
+    scorer.flush()
+    for p in params:
+        g = scorer.grad.get(id(p))
+        p.grad = None if g is None else g.div_(nb).to(p.dtype)
+    opt.param_groups[0]["lr"] = lr
+    opt.step()
+    if scorer.total is None:
+        shape = (nb, targets.n) if targets.rows is not None else (nb,)
+        return torch.zeros(shape, device=device)
+    return scorer.total if targets.rows is not None else scorer.total.div_(targets.n)
 
 
 # ---------------------------------------------------------------- checks before training
@@ -303,40 +460,21 @@ def model_steps(
     for p in model.parameters():
         p.requires_grad_(False)
     opt = make_optimizer(params, cfg)
-    gram_ok = cfg.optimizer == "sgd" and not _tied(scored)
     scores = torch.zeros((n, nv) if cfg.per_target else (n,), dtype=torch.float64, device=device)
     keep = set(checkpoint_epochs(cfg.epochs, cfg.n_checkpoints))
     checkpoints: list[dict[str, torch.Tensor]] = []
     steps_per_epoch = -(-n // cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     t0 = time.perf_counter()
-    target_sums: dict[int, torch.Tensor] = {}
     with ModuleTaps(scored) as taps:
+        gram = gram_modules(taps, model, task, take(train_dev, torch.arange(1, device=device)), nv)
         for step, (epoch, idx) in enumerate(batches(n, cfg.batch_size, cfg.epochs, seed)):
-            nb, idx_dev = len(idx), idx.to(device)
-            refresh = step % cfg.target_every == 0
-            rows = take(train_dev, idx_dev)
-            if refresh:
-                rows = concat(rows, targets_dev)
-            with _autocast(cfg, device):
-                losses = task.loss(model, rows)
-            grads = taps.grads(losses.float().sum(), nb + nv if refresh else nb)
-            batch_part = [g.rows(slice(0, nb)) for g in grads]
-            target_part = [g.rows(slice(nb, None)) for g in grads] if refresh else []
-            if refresh and cfg.target_every > 1:
-                target_sums = param_sums(target_part)
-            lr = cfg.lr_at(step, total)
-            opt.param_groups[0]["lr"] = lr
-            summed = param_sums(batch_part)
-            for p in params:
-                p.grad = summed[id(p)].div_(nb).to(p.dtype)
-            opt.step()
-            pre = preconditioner(opt, cfg, lr)
-            if cfg.target_every > 1:
-                s = summed_target_scores(batch_part, target_sums, pre)
-            else:
-                s = step_scores(batch_part, target_part, pre, per_target=cfg.per_target, gram_ok=gram_ok)
-            scores.index_add_(0, idx_dev, s.to(torch.float64), alpha=1.0 if cfg.per_target else 1.0 / nv)
+            if step % cfg.target_every == 0:
+                target = target_grads(taps, model, task, targets_dev, gram=gram, per_target=cfg.per_target)
+            idx_dev = idx.to(device)
+            s = attributed_step(taps, model, task, opt, take(train_dev, idx_dev), target,
+                                lr=cfg.lr_at(step, total), params=params)
+            scores.index_add_(0, idx_dev, s.to(torch.float64))
             if epoch in keep and (step + 1) % steps_per_epoch == 0:
                 state = model.state_dict()
                 checkpoints.append({k: v.detach().to("cpu", copy=True) for k, v in state.items()})

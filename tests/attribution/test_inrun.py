@@ -14,12 +14,12 @@ from attribution import AttributionTask, ModelSpec, TrainConfig, train_with_attr
 from attribution.errors import DeviceUnavailableError, InputError, UnsupportedModelError
 from attribution.inrun import (
     ModuleTaps,
+    attributed_step,
     make_optimizer,
-    param_sums,
     plain_model_steps,
-    preconditioner,
     scored_modules,
     step_scores,
+    target_grads,
     train_model,
 )
 from attribution.model_task import ModelTask, classification_loss, concat, take
@@ -63,6 +63,8 @@ def _step_without(model, opt, cfg, batch: dict, targets: dict, drop: int | None)
 
 
 def _our_step_scores(model, opt, cfg, batch: dict, targets: dict) -> np.ndarray:
+    """The driver's own step (targets' pass, then the batch's streamed pass and the optimizer step)
+    on copies of the model and optimizer."""
     model, opt_state = copy.deepcopy(model), copy.deepcopy(opt.state_dict())
     scored = scored_modules(model)
     params = list(model.parameters())
@@ -70,17 +72,10 @@ def _our_step_scores(model, opt, cfg, batch: dict, targets: dict) -> np.ndarray:
     opt2.load_state_dict(opt_state)
     for p in params:
         p.requires_grad_(False)
-    nb = len(batch["labels"])
+    task = ModelTask("seq-linear", lambda seed: model, cfg)
     with ModuleTaps(scored) as taps:
-        rows = concat(batch, targets)
-        grads = taps.grads(classification_loss(model, rows).sum(), len(rows["labels"]))
-    train, tv = [g.rows(slice(0, nb)) for g in grads], [g.rows(slice(nb, None)) for g in grads]
-    sums = param_sums(train)
-    for p in params:
-        p.grad = sums[id(p)] / nb
-    opt2.step()
-    pre = preconditioner(opt2, cfg, cfg.lr)
-    return step_scores(train, tv, pre, per_target=False, gram_ok=False).numpy() / len(targets["labels"])
+        target = target_grads(taps, model, task, targets, gram=set(), per_target=False)
+        return attributed_step(taps, model, task, opt2, batch, target, lr=cfg.lr, params=params).numpy()
 
 
 @pytest.mark.parametrize("optimizer,floor", [("sgd", 0.99), ("adamw", 0.95)])
