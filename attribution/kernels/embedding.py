@@ -14,12 +14,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UnsupportedModelError
 from . import Kernel, LayerGrads, register
+
+if TYPE_CHECKING:
+    from .projection import LayerProjector
 
 
 @dataclass
@@ -42,6 +47,15 @@ class EmbeddingGrads(LayerGrads):
         d = self.b.shape[-1]
         out = torch.zeros(self.vocab, d, dtype=torch.float32, device=self.b.device)
         return [out.index_add_(0, self.ids.flatten(), self.b.reshape(-1, d).float())]
+
+    def project(self, projector: LayerProjector) -> torch.Tensor:
+        """``vec(Σ_t (P_outᵀ e_{id_t})(P_inᵀ b_t)ᵀ)``: the Kronecker projection of ``Σ_t e_{id_t} b_tᵀ``
+        (``[V, d]``), the one-hot side gathered as rows of ``P_out`` rather than multiplied."""
+        p_out, p_in = projector.kron(self.vocab, self.b.shape[-1], self.b.device)
+        b = self.b.float()
+        rows = F.one_hot(self.ids, self.vocab).float() if p_out is None else p_out[self.ids]
+        cols = b if p_in is None else b @ p_in
+        return torch.einsum("nto,nti->noi", rows, cols).flatten(1)
 
     def dot(self, g: Sequence[torch.Tensor]) -> torch.Tensor:
         picked = g[0].float()[self.ids]  # [n, T, d]

@@ -2,7 +2,7 @@
 
 Their affine gradients are small (one weight and one bias entry per normalized feature or
 channel), so each row's gradient is materialized: ``[n, P] = Σ_t (x̂_t ⊙ b_t, b_t)``, where ``x̂``
-is the normalized input, recomputed in fp32 from the kept input as torch computes it. Then
+is the normalized input, recomputed in fp32 from the kept input by torch's own functional norm. Then
 ``dot`` is one matvec and ``gram`` one matmul. Each normalizes within one example, unlike
 BatchNorm (refused by the driver). Without affine parameters a norm is never scored.
 """
@@ -10,44 +10,13 @@ BatchNorm (refused by the driver). Without affine parameters a norm is never sco
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from . import Kernel, LayerGrads, register
-
-
-@dataclass
-class VectorGrads(LayerGrads):
-    """Per-example gradients kept explicitly: ``v[i]`` is row i's gradient, flattened over ``params``."""
-
-    v: torch.Tensor  # [n, P] fp32
-    params: tuple[nn.Parameter, ...]
-
-    def __len__(self) -> int:
-        return self.v.shape[0]
-
-    def rows(self, sl: slice) -> VectorGrads:
-        return VectorGrads(self.v[sl], self.params)
-
-    def summed(self) -> list[torch.Tensor]:
-        parts = self.v.sum(0).split([p.numel() for p in self.params])
-        return [s.reshape(p.shape) for s, p in zip(parts, self.params, strict=True)]
-
-    def dot(self, g: Sequence[torch.Tensor]) -> torch.Tensor:
-        return self.v @ torch.cat([x.float().flatten() for x in g])
-
-    def gram(self, other: LayerGrads) -> torch.Tensor:
-        assert isinstance(other, VectorGrads)
-        return self.v @ other.v.T
-
-    def gram_cost(self, n_other: int) -> float:
-        return float(self.v.numel() * n_other)
-
-    def dot_cost(self) -> float:
-        return float(self.v.numel())
+from . import Kernel, register
+from .explicit import VectorGrads
 
 
 def affine_grads(module: nn.Module, xhat: torch.Tensor, b: torch.Tensor) -> VectorGrads:
@@ -77,9 +46,8 @@ class LayerNormKernel(_Norm):
     def grads(self, module: nn.Module, kept: object, grad_output: torch.Tensor) -> VectorGrads:
         assert isinstance(module, nn.LayerNorm) and isinstance(kept, torch.Tensor)
         d = math.prod(module.normalized_shape)
-        x = _rows(kept, d)
-        var, mean = torch.var_mean(x, -1, correction=0, keepdim=True)
-        return affine_grads(module, (x - mean) * torch.rsqrt(var + module.eps), _rows(grad_output, d))
+        xhat = F.layer_norm(_rows(kept, d), (d,), None, None, module.eps)
+        return affine_grads(module, xhat, _rows(grad_output, d))
 
 
 class RMSNormKernel(_Norm):
@@ -94,8 +62,7 @@ class RMSNormKernel(_Norm):
         if eps is None:
             eps = torch.finfo(torch.float64 if kept.dtype == torch.float64 else torch.float32).eps
         d = math.prod(module.normalized_shape)
-        x = _rows(kept, d)
-        xhat = x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
+        xhat = F.rms_norm(_rows(kept, d), (d,), None, eps)
         return affine_grads(module, xhat, _rows(grad_output, d))
 
 
@@ -108,9 +75,7 @@ class GroupNormKernel(_Norm):
     def grads(self, module: nn.Module, kept: object, grad_output: torch.Tensor) -> VectorGrads:
         assert isinstance(module, nn.GroupNorm) and isinstance(kept, torch.Tensor)
         n, c = kept.shape[:2]
-        x = kept.reshape(n, module.num_groups, -1).float()
-        var, mean = torch.var_mean(x, -1, correction=0, keepdim=True)
-        xhat = ((x - mean) * torch.rsqrt(var + module.eps)).reshape(n, c, -1)
+        xhat = F.group_norm(kept.float(), module.num_groups, None, None, module.eps).reshape(n, c, -1)
         b = grad_output.reshape(n, c, -1).float()
         return affine_grads(module, xhat.transpose(1, 2), b.transpose(1, 2))
 
