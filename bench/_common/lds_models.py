@@ -8,6 +8,7 @@ all see the same trained model and the same rows.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import io
@@ -500,12 +501,15 @@ def run(args, log: Callable[[str], None] = print) -> dict:
 
     def score(method: str, fn: Callable[[], np.ndarray], is_anchor: bool = False) -> None:
         t0 = time.perf_counter()
+        chatter = io.StringIO()  # dattri's progress bars and Kronfluence's warnings would bury the figures
         try:
-            s = np.asarray(fn(), dtype=np.float64)
+            with contextlib.redirect_stderr(chatter if is_anchor else sys.stderr):
+                s = np.asarray(fn(), dtype=np.float64)
         except Exception as exc:  # an anchor that fails is reported, not fatal
             if not is_anchor:
                 raise
             log(f"  {method}/{name}: failed ({type(exc).__name__}: {exc}); left out")
+            log(chatter.getvalue()[-2000:])
             left_out.append(f"{method}: {type(exc).__name__}")
             return
         key = f"{method}/{name}"
