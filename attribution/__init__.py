@@ -34,6 +34,10 @@ Public face (other rooms use only these names):
   (logistic regression) and ``TrakFeatures.self_influence`` rank likely mislabeled examples too,
   less well (bench/attribution_lds.py).
 
+Recipes (``attribution.recipes.text``, ``.image``, ``.hf``, ``.mlp``) give ready ``ModelTask``s: a
+BPE tokenizer and small transformer, an image policy and small CNN, a local Hugging Face
+classifier; each submodule loads tokenizers, Pillow or transformers only when called.
+
 Training (``attribution.task``, ``attribution.trainer``, ``attribution.trak``) needs torch and numpy
 only; ``TrainConfig(device="auto" | "cpu" | "cuda")`` picks where it runs. The table, bytes and
 weighting names above load pyarrow, safetensors, scipy or eth_utils on first use.

@@ -1,0 +1,163 @@
+"""Image recipe: bytes decoded under a recorded policy, and a small CNN classifier.
+
+``ImagePolicy`` is stored beside the model (``to_json``): the same image bytes and policy give the
+same pixels, because decoding, mode conversion and resizing (one fixed Pillow filter) are fixed.
+``SmallCNN`` uses only ``nn.Conv2d``, ``nn.GroupNorm`` and ``nn.Linear`` with parameters (each
+called once per forward) plus ReLU and pooling; GroupNorm, not BatchNorm, so examples stay
+independent.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import InputError
+from ..model_task import ModelTask
+from ..task import TrainConfig
+
+Mode = Literal["RGB", "L"]
+# none: every image must already be height x width; squash: resize to it, aspect ratio not kept;
+# crop: scale the shorter side to cover it, then cut the centre.
+Resize = Literal["none", "squash", "crop"]
+FILTER = "bilinear"  # the one resampling filter, recorded in the policy's JSON
+IMAGE_CONFIG = TrainConfig(epochs=10, batch_size=32, optimizer="adamw", lr=1e-3)
+
+
+@dataclass(frozen=True)
+class ImagePolicy:
+    """How image bytes become pixels: size, colour mode and resize rule (stored with the model)."""
+
+    height: int
+    width: int
+    mode: Mode = "RGB"
+    resize: Resize = "none"
+
+    def __post_init__(self) -> None:
+        if self.height < 1 or self.width < 1:
+            raise InputError(f"ImagePolicy size must be >= 1, got {self.height}x{self.width}")
+        if self.mode not in ("RGB", "L"):
+            raise InputError(f"ImagePolicy.mode must be 'RGB' or 'L', got {self.mode!r}")
+        if self.resize not in ("none", "squash", "crop"):
+            raise InputError(f"ImagePolicy.resize must be 'none', 'squash' or 'crop', got {self.resize!r}")
+
+    @property
+    def channels(self) -> int:
+        return 3 if self.mode == "RGB" else 1
+
+    def to_dict(self) -> dict[str, object]:
+        return {**asdict(self), "filter": FILTER}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> ImagePolicy:
+        raw = json.loads(text)
+        if raw.get("filter", FILTER) != FILTER:
+            raise InputError(
+                f"policy asks for the {raw['filter']!r} filter; this version resizes with {FILTER!r}"
+            )
+        return cls(height=raw["height"], width=raw["width"], mode=raw["mode"], resize=raw["resize"])
+
+
+def decode_images(images: Sequence[bytes], policy: ImagePolicy) -> torch.Tensor:
+    """float32 ``[n, C, H, W]`` pixels in [0, 1] (divided by 255, not normalized per channel).
+
+    Any format Pillow reads (PNG, JPEG, ...). EXIF orientation is applied first, then the image
+    is converted to ``policy.mode`` (alpha dropped), then sized by ``policy.resize``.
+    """
+    if isinstance(images, bytes | bytearray):
+        raise InputError("decode_images takes a sequence of image bytes, got one bytes; wrap it in a list")
+    if not images:
+        raise InputError("decode_images got no images")
+    pixels = [_pixels(i, data, policy) for i, data in enumerate(images)]
+    target = (policy.height, policy.width)
+    wrong = [(i, p.shape[1], p.shape[0]) for i, p in enumerate(pixels) if p.shape[:2] != target]
+    if wrong:
+        listed = ", ".join(f"#{i} is {w}x{h}" for i, w, h in wrong[:10])
+        raise InputError(
+            f"{len(wrong)} image(s) are not {policy.width}x{policy.height} (width x height): {listed}; "
+            "set ImagePolicy(resize='squash' or 'crop') or resize them before decoding"
+        )
+    stacked = np.stack([p.reshape(policy.height, policy.width, policy.channels) for p in pixels])
+    return torch.from_numpy(stacked).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
+
+
+def _pixels(index: int, data: bytes, policy: ImagePolicy) -> np.ndarray:
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img).convert(policy.mode)
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise InputError(
+            f"image #{index} cannot be decoded ({e}); give PNG, JPEG or another format Pillow reads"
+        ) from e
+    size = (policy.width, policy.height)
+    bilinear = Image.Resampling.BILINEAR
+    if policy.resize == "squash" and img.size != size:
+        img = img.resize(size, bilinear, reducing_gap=None)
+    elif policy.resize == "crop" and img.size != size:
+        img = ImageOps.fit(img, size, bilinear, centering=(0.5, 0.5))
+    return np.asarray(img, dtype=np.uint8)
+
+
+class SmallCNN(nn.Module):
+    """Conv3x3 -> GroupNorm -> ReLU -> MaxPool per stage, global average pool, linear head.
+    ``forward(pixel_values)`` takes ``[n, C, H, W]`` and returns logits ``[n, classes]``."""
+
+    def __init__(self, in_channels: int, n_classes: int, channels: Sequence[int] = (16, 32)) -> None:
+        super().__init__()
+        if not channels or min(channels) < 1 or in_channels < 1 or n_classes < 1:
+            raise ValueError(f"SmallCNN sizes must be >= 1 with at least one stage, got in_channels="
+                             f"{in_channels}, channels={tuple(channels)}, n_classes={n_classes}")
+        self.in_channels = in_channels
+        layers: list[nn.Module] = []
+        prev = in_channels
+        for c in channels:
+            # ceil_mode: a 1-pixel map stays 1 pixel, so small images never pool to nothing.
+            layers += [nn.Conv2d(prev, c, 3, padding=1), nn.GroupNorm(_groups(c), c), nn.ReLU(),
+                       nn.MaxPool2d(2, ceil_mode=True)]
+            prev = c
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.head = nn.Linear(prev, n_classes)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if pixel_values.dim() != 4 or pixel_values.shape[1] != self.in_channels:
+            raise InputError(
+                f"pixel_values must be [n, {self.in_channels}, H, W], got {tuple(pixel_values.shape)}; "
+                "make them with decode_images under the model's ImagePolicy"
+            )
+        return self.head(self.flatten(self.pool(self.features(pixel_values))))
+
+
+def _groups(channels: int) -> int:
+    """Up to 8 groups that divide ``channels`` (GroupNorm needs an exact division)."""
+    return next(g for g in (8, 4, 2, 1) if channels % g == 0)
+
+
+def image_cnn_task(policy: ImagePolicy, n_classes: int, *, channels: Sequence[int] = (16, 32),
+                   config: TrainConfig = IMAGE_CONFIG) -> ModelTask:
+    """A ``SmallCNN`` for images decoded under ``policy`` (batches: pixel_values, labels); ``recipe``
+    records the policy, so a model is never fed pixels made another way."""
+    channels = tuple(int(c) for c in channels)
+    SmallCNN(policy.channels, n_classes, channels)  # refuse bad sizes now
+
+    def build(seed: int) -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return SmallCNN(policy.channels, n_classes, channels)
+
+    recipe = {"policy": policy.to_dict(), "n_classes": n_classes, "channels": list(channels)}
+    return ModelTask(name="image-cnn", build=build, config=config, recipe=recipe)

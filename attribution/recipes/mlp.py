@@ -1,0 +1,30 @@
+"""MLP recipe: today's ``ModelSpec`` feed-forward classifier as one ``ModelTask`` among others."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import torch
+from torch import nn
+
+from ..model_task import ModelTask
+from ..task import ModelSpec, TrainConfig
+
+
+class FeatureMLP(nn.Sequential):
+    """``ModelSpec``'s ``nn.Sequential`` whose forward takes the batch key ``features``; the same
+    state_dict keys as the plain Sequential, so weights move between the two unchanged."""
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return super().forward(features)
+
+
+def mlp_task(spec: ModelSpec, config: TrainConfig | None = None) -> ModelTask:
+    """``spec``'s MLP as a ``ModelTask`` (batches: features float ``[n, d]``, labels); its weights
+    for a seed are those of ``spec.build(seed)``."""
+
+    def build(seed: int) -> nn.Module:
+        return FeatureMLP(*spec.build(seed))
+
+    recipe = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(spec).items()}
+    return ModelTask(name="mlp", build=build, config=config or TrainConfig(), recipe=recipe)
