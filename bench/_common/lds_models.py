@@ -222,6 +222,8 @@ def dattri_anchors(task: ModelTask, result, train: Batch, targets: Batch, ks: tu
 
     model = task.fresh(0)
     model.eval()
+    if hasattr(model, "_check_inputs"):  # its int(tensor) range checks cannot run under vmap; the rows
+        model._check_inputs = lambda *args: None  # were checked when our driver trained on them
     keys = _keys(train)
 
     def rows(data) -> dict[str, torch.Tensor]:  # dattri vmaps over single rows
@@ -352,15 +354,37 @@ TEXT_MAX_LENGTH, TEXT_VOCAB, IMAGE_SIDE = 32, 512, 16
 
 
 def text_config(optimizer: str) -> TrainConfig:
-    lr = 0.1 if optimizer == "sgd" else 3e-3
-    return TrainConfig(optimizer=optimizer, lr=lr, epochs=8, batch_size=32, lr_schedule="linear",
+    lr = 0.5 if optimizer == "sgd" else 1e-3
+    return TrainConfig(optimizer=optimizer, lr=lr, epochs=10, batch_size=32, lr_schedule="linear",
                        weight_decay=0.0, n_checkpoints=3, per_target=True)
 
 
 def image_config(optimizer: str) -> TrainConfig:
-    lr = 0.05 if optimizer == "sgd" else 3e-3
+    lr = 0.1 if optimizer == "sgd" else 1e-3
     return TrainConfig(optimizer=optimizer, lr=lr, epochs=8, batch_size=32, lr_schedule="linear",
                        weight_decay=0.0, n_checkpoints=3, per_target=True)
+
+
+def recipe_trainable(kind: str, n_classes: int) -> bool:
+    """Whether the driver has a kernel for every layer of the kind's recipe model (until they land it
+    refuses Embedding, LayerNorm, GroupNorm and Conv2d; the run then uses a stand-in and says so)."""
+    from attribution.errors import UnsupportedModelError
+    from attribution.inrun import scored_modules
+
+    if kind == "text":
+        from attribution.recipes.text import TextTransformer
+
+        model = TextTransformer(64, n_classes, TEXT_MAX_LENGTH, d_model=64, n_layers=2, n_heads=4)
+    else:
+        from attribution.recipes.image import SmallCNN
+
+        model = SmallCNN(3, n_classes)
+    try:
+        scored_modules(model)
+    except UnsupportedModelError as exc:
+        print(f"  the {kind} recipe is not trainable with attribution here ({exc}); using a stand-in")
+        return False
+    return True
 
 
 class _BagOfWords(nn.Module):  # stand-in until attribution.recipes.text lands
@@ -385,7 +409,7 @@ def prepare_text(texts: list[str], labels: np.ndarray, tr: np.ndarray, te: np.nd
                  optimizer: str) -> Prepared:
     n_classes = int(labels.max()) + 1
     config = text_config(optimizer)
-    if landed("recipes.text"):
+    if landed("recipes.text") and recipe_trainable("text", n_classes):
         from attribution.recipes import text as recipe
 
         tok_bytes = recipe.train_tokenizer([texts[i] for i in tr], vocab_size=TEXT_VOCAB)
@@ -419,7 +443,7 @@ def prepare_image(images: list[bytes], labels: np.ndarray, tr: np.ndarray, te: n
                   optimizer: str) -> Prepared:
     n_classes = int(labels.max()) + 1
     config = image_config(optimizer)
-    if landed("recipes.image"):
+    if landed("recipes.image") and recipe_trainable("image", n_classes):
         from attribution.recipes import image as recipe
 
         policy = recipe.ImagePolicy(height=IMAGE_SIDE, width=IMAGE_SIDE, mode="RGB", resize="squash")
@@ -485,9 +509,14 @@ def run(args, log: Callable[[str], None] = print) -> dict:
 
     # cost: plain training against training with per-step attribution (mean target loss), interleaved
     plain_task = with_config(p.task, per_target=False)
-    p_s, a_s, _ = lockstep(plain_model_steps(plain_task, p.train, seed=args.seed),
-                           model_steps(plain_task, p.train, ids, p.targets, seed=args.seed), plain_first=True)
-    cost = {"train_s": round(float(np.sum(p_s)), 3), "train_with_attribution_s": round(float(np.sum(a_s)), 3)}
+    plain_s, attributed_s = [], []
+    for r in range(2):  # interleaved step by step, each order once; the minimum of each
+        p_s, a_s, _ = lockstep(plain_model_steps(plain_task, p.train, seed=args.seed),
+                               model_steps(plain_task, p.train, ids, p.targets, seed=args.seed),
+                               plain_first=r == 0)
+        plain_s.append(float(np.sum(p_s)))
+        attributed_s.append(float(np.sum(a_s)))
+    cost = {"train_s": round(min(plain_s), 3), "train_with_attribution_s": round(min(attributed_s), 3)}
     log(f"== cost: plain {cost['train_s']:.2f}s, with per-step attribution "
         f"{cost['train_with_attribution_s']:.2f}s")
 
