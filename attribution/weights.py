@@ -16,6 +16,20 @@ gets the top share under ``clip`` and the lowest provider share under ``net``).
 Each role's share is split in proportion to the contributors' scores; a role with no
 positive score passes its share to the other.
 
+Labelers by pivotal answers (``labelers='pivotal'``; ``'agree'``, above, is the default): each
+answer's share of its example is how much it moved the consensus, the posterior of the consensus
+label with every answer minus that without this answer, under confusion matrices and a class
+prior estimated in one Dawid-Skene M-step from the stored consensus labels (``label_smoothing``
+pseudo-counts) and held fixed: leaving a labeler out removes one answer per example, so this is
+the leave-that-labeler-out consensus, computed from the run's tables. A pivotal answer takes a
+large share, a redundant one a small one, an answer against the consensus a negative one, an
+uninformative one (a constant labeler's; a random one's on average) about none. The share is
+applied to the sign of the example's credit times the largest |credit|: one unit per flip, plus
+when the consensus label helped, minus when it hurt (a flip's value is the score under the label
+minus the score under the label it replaced, which the run does not store; for a right label the
+replaced one's harm dominates). An answer that pushed the consensus wrong thus earns a negative
+credit, which ``net`` offsets. Records without ``labelers`` read back as ``'agree'``.
+
 Duplicates (``credit``, the ``example_credit`` contract in ``schemas``, made at ingest): an
 example's provider credit goes to the providers the credit table names, with its shares; a
 duplicate group's members each weigh ``1/m``, so the group earns the mean of its members'
@@ -60,6 +74,8 @@ class WeightPolicy:
     provider_share_bps: int = 7000
     negative: Literal["clip", "net"] = "net"
     score_digits: int = 8
+    labelers: Literal["agree", "pivotal"] = "agree"
+    label_smoothing: float = 1.0  # 'pivotal': pseudo-count of each confusion-matrix cell and class prior
 
     def __post_init__(self) -> None:
         if not 0 <= self.provider_share_bps <= TOTAL_BPS:
@@ -68,14 +84,22 @@ class WeightPolicy:
             raise ValueError(f"negative must be 'clip' or 'net', got {self.negative!r}")
         if not 1 <= self.score_digits <= 15:
             raise ValueError("score_digits must be in 1..15 (float64 holds 15 exact digits)")
+        if self.labelers not in ("agree", "pivotal"):
+            raise ValueError(f"labelers must be 'agree' or 'pivotal', got {self.labelers!r}")
+        if not (isinstance(self.label_smoothing, int | float) and 0 < self.label_smoothing < math.inf):
+            raise ValueError(f"label_smoothing must be a positive number, got {self.label_smoothing!r}")
 
     def share(self, role: str) -> int:
         return self.provider_share_bps if role == "provider" else TOTAL_BPS - self.provider_share_bps
 
     @classmethod
     def from_params(cls, raw: Mapping[str, Any]) -> WeightPolicy:
-        """The policy a weighting record's `policy` parameter names (unknown keys are other settings)."""
-        return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
+        """The policy a weighting record's `policy` parameter names (unknown keys are other settings).
+
+        A record without ``labelers`` predates the field: its labelers were paid by agreement."""
+        params = {f.name: raw[f.name] for f in fields(cls) if f.name in raw}
+        params.setdefault("labelers", "agree")
+        return cls(**params)
 
 
 def quantize(scores: np.ndarray, digits: int) -> np.ndarray:
@@ -179,7 +203,12 @@ class ContributorSplit:
         else:
             provider_entries, weight = _credit_entries(credit, index, [providers[i] for i in order])
             entries = {"provider": provider_entries}
-        entries["labeler"] = _labeler_entries(annotations, consensus, index, weight)
+        if policy.labelers == "pivotal":
+            entries["labeler"] = _pivotal_entries(
+                annotations, consensus, index, weight, policy.label_smoothing
+            )
+        else:
+            entries["labeler"] = _labeler_entries(annotations, consensus, index, weight)
         contributors = {r: sorted({c for c, _, _ in entries[r]}) for r in ROLES}
         everyone = sorted(set(contributors["provider"]) | set(contributors["labeler"]))
         checked = _checked_addresses(everyone, addresses)
@@ -242,7 +271,8 @@ class ContributorSplit:
         credit = quantize_columns(scores, self.policy.score_digits)
         if self.policy.negative == "clip":
             credit = np.maximum(credit, 0.0)
-        per_role = [np.maximum(self.matrices[r] @ credit, 0.0) for r in ROLES]
+        lab = self._labeler_credit(credit)
+        per_role = [np.maximum(self.matrices[r] @ (lab if r == "labeler" else credit), 0.0) for r in ROLES]
         grid = np.ascontiguousarray(quantize_columns(np.concatenate(per_role), self.policy.score_digits).T)
         return QuerySplits(*self._batch.split_all(grid))
 
@@ -266,8 +296,26 @@ class ContributorSplit:
         credit = quantize(scores, self.policy.score_digits)
         if self.policy.negative == "clip":
             credit = np.maximum(credit, 0.0)
-        grid = quantize(np.maximum(self._stacked @ credit, 0.0), self.policy.score_digits)
+        if self.policy.labelers == "pivotal":  # the same products, row by row, as the per-role ones
+            both = np.concatenate(
+                [self.matrices["provider"] @ credit, self.matrices["labeler"] @ self._labeler_credit(credit)]
+            )
+        else:
+            both = self._stacked @ credit
+        grid = quantize(np.maximum(both, 0.0), self.policy.score_digits)
         return self._batch.split_one(grid)
+
+    def _labeler_credit(self, credit: np.ndarray) -> np.ndarray:
+        """What a labeler's share of an example is applied to: the example's (quantized) credit, or
+        under ``labelers='pivotal'`` its sign times the largest |credit| (per column: each query's),
+        exact in any summation order. A label flip's value is the score under the consensus label
+        minus the score under the label the example would have had; the second is not in a run's
+        tables, and for a right label it is a wrong label's harm, which outweighs the right label's
+        own score; so each flip counts as one unit, signed by whether the consensus label helped."""
+        if self.policy.labelers != "pivotal":
+            return credit
+        top = np.max(np.abs(credit), axis=0) if credit.shape[0] else np.zeros(credit.shape[1:])
+        return np.sign(credit) * top
 
     def positions(self, example_ids: list[str]) -> np.ndarray:
         """Where each of ``example_ids`` (scores' order) sits in the split's sorted ``example_ids``
@@ -291,7 +339,8 @@ class ContributorSplit:
         credit = quantize(scores, self.policy.score_digits)
         if self.policy.negative == "clip":
             credit = np.maximum(credit, 0.0)
-        signed = {r: self.matrices[r] @ credit for r in ROLES}  # reported: < 0 means it hurt the model
+        lab = self._labeler_credit(credit)
+        signed = {r: self.matrices[r] @ (lab if r == "labeler" else credit) for r in ROLES}  # < 0: it hurt
         per_role = {r: np.maximum(signed[r], 0.0) for r in ROLES}
         grid = quantize(np.concatenate([per_role[r] for r in ROLES]), self.policy.score_digits)
         ints = dict(zip(ROLES, np.split(grid, [len(per_role["provider"])]), strict=True))
@@ -585,6 +634,96 @@ def _labeler_entries(
         out.extend((who, index[e], conf) for who in sorted(voters[e]))
     out.extend((who, index[e], 0.0) for who, e in sorted(others))
     return out
+
+
+def _latest_votes(annotations: pa.Table) -> dict[tuple[str, str], str]:
+    """(example, annotator) -> label of the annotator's latest answer (``labeling.votes``' order:
+    ``updated_at``, then ``annotation_id``, where the table has them); any row order gives the same."""
+    ids = _strings(annotations, "annotations", "example_id")
+    who = _strings(annotations, "annotations", "annotator")
+    label = _strings(annotations, "annotations", "label")
+    keys = [annotations[c].to_pylist() if c in annotations.column_names else [0] * annotations.num_rows
+            for c in ("updated_at", "annotation_id")]
+    unknown = [e for e, w in zip(ids, who, strict=True) if not w]
+    if unknown:
+        raise ContributorError(f"{len(unknown)} annotations have no annotator (examples {unknown[:10]})")
+    rows = sorted(
+        zip(ids, who, keys[0], keys[1], label, strict=True),
+        key=lambda r: (r[0], r[1], r[2] is None, r[2] or 0, r[3] is None, r[3] or 0, r[4] or ""),
+    )
+    return {(e, w): lab for e, w, _, _, lab in rows}
+
+
+def _pivotal_entries(
+    annotations: pa.Table | None,
+    consensus: pa.Table | None,
+    index: dict[str, int],
+    weight: list[float] | None,
+    smoothing: float,
+) -> list[tuple[str, int, float]]:
+    """(annotator, example index, share): how much each answer moved its example's consensus.
+
+    From the stored tables alone (annotations and the consensus labels): each annotator's
+    confusion matrix and the class prior are one Dawid-Skene M-step on the consensus labels,
+    ``(count + smoothing) / (row total + smoothing * classes)``, kept fixed. An example's
+    posterior is the prior times its answers' likelihoods; an answer's share is the posterior of
+    the consensus label with every answer minus that posterior without this one (the
+    leave-that-answer-out consensus, which is what leaving its labeler out does to the example
+    with the confusions held). A pivotal answer for the consensus takes a large share, a
+    redundant one (the others already settle the label) a small one, an answer against the
+    consensus a negative one; an answer that carries no information (a constant labeler's, a
+    random labeler's on average) moves nothing. Applied to the example's score, a pivotal answer
+    behind a harmful (wrong) consensus label earns a negative credit, which ``net`` nets.
+    """
+    if annotations is None or consensus is None or annotations.num_rows == 0 or consensus.num_rows == 0:
+        return []
+    label_of: dict[str, str] = {}
+    for e, label in zip(
+        _strings(consensus, "consensus", "example_id"), _strings(consensus, "consensus", "label"), strict=True
+    ):
+        if e in index and label is not None:
+            label_of[e] = label
+    votes = {k: v for k, v in _latest_votes(annotations).items() if k[0] in index and v is not None}
+    if not votes:
+        return []
+    classes = sorted(set(label_of.values()) | set(votes.values()))
+    cls = {c: i for i, c in enumerate(classes)}
+    people = sorted({w for _, w in votes})
+    person = {w: i for i, w in enumerate(people)}
+    n_k = len(classes)
+    counts = np.zeros((len(people), n_k, n_k))
+    prior = np.zeros(n_k)
+    for c in label_of.values():
+        prior[cls[c]] += 1.0
+    for (e, w), lab in sorted(votes.items()):
+        if e in label_of:
+            counts[person[w], cls[label_of[e]], cls[lab]] += 1.0
+    log_prior = np.log((prior + smoothing) / (prior.sum() + smoothing * n_k))
+    log_conf = np.log((counts + smoothing) / (counts.sum(axis=2, keepdims=True) + smoothing * n_k))
+    by_example: dict[str, list[tuple[str, str]]] = {}
+    for (e, w), lab in sorted(votes.items()):
+        by_example.setdefault(e, []).append((w, lab))
+    out = []
+    for e in sorted(by_example):
+        answers = by_example[e]
+        if e not in label_of:
+            out.extend((w, index[e], 0.0) for w, _ in answers)
+            continue
+        c = cls[label_of[e]]
+        terms = np.stack([log_conf[person[w], :, cls[lab]] for w, lab in answers])
+        full = log_prior + terms.sum(axis=0)
+        without = full[None, :] - terms
+        shares = _posterior(full, c) - np.array([_posterior(row, c) for row in without])
+        scale = 1.0 if weight is None else weight[index[e]]
+        out.extend((w, index[e], round(float(v) * scale, 12) + 0.0)
+                   for (w, _), v in zip(answers, shares.tolist(), strict=True))
+    return out
+
+
+def _posterior(log_odds: np.ndarray, c: int) -> float:
+    z = log_odds - log_odds.max()
+    p = np.exp(z)
+    return float(p[c] / p.sum())
 
 
 def _checked_addresses(contributors: list[str], addresses: dict[str, str]) -> dict[str, str]:

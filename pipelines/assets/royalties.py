@@ -33,6 +33,8 @@ class WeightingConfig(dg.Config):
 
     provider_share_bps: int = 7000
     negative: str = "net"  # a contributor whose data or labels hurt the model earns nothing
+    labelers: str = "agree"  # or "pivotal": each answer paid by how much it moved its example's consensus
+    label_smoothing: float = 1.0  # "pivotal": pseudo-count of the confusion estimates
 
 
 @dg.asset(partitions_def=dataset_versions, group_name="royalties", kinds={"arrow"})
@@ -57,7 +59,12 @@ def contributor_weights(
     started, version = now(), context.partition_key
     client = store.client()
     try:
-        policy = WeightPolicy(provider_share_bps=config.provider_share_bps, negative=config.negative)
+        policy = WeightPolicy(
+            provider_share_bps=config.provider_share_bps,
+            negative=config.negative,
+            labelers=config.labelers,
+            label_smoothing=config.label_smoothing,
+        )
         people = set(raw_dataset["provider"].to_pylist()) | set(annotations["annotator"].to_pylist())
         addresses = contributors.registry().require(people)
         credit_cid = _credit_cid(client, lineage, version)

@@ -177,6 +177,7 @@ def split_cases(draw):
         provider_share_bps=draw(st.one_of(st.sampled_from([0, 7000, 10_000]), st.integers(0, 10_000))),
         negative=draw(st.sampled_from(["clip", "net"])),
         score_digits=draw(st.one_of(st.just(8), st.integers(1, 15))),
+        labelers=draw(st.sampled_from(["agree", "pivotal"])),
     )
     order = draw(st.permutations(range(n)))[: draw(st.integers(1, n))]  # any order, maybe a subset
     n_queries = draw(st.integers(1, 5))
@@ -365,3 +366,113 @@ def test_serving_splits_pay_by_the_credit_table_too():
     only_the_copy[1] = 1.0
     paid = {r["contributor"]: r["weight_bps"] for r in split.split_query(ids, only_the_copy).to_pylist()}
     assert paid["c1"] == 0 and paid["c0"] == 7000 and paid["c5"] == 3000
+
+
+# ---------------------------------------------------------------- labelers='pivotal'
+
+PIVOTAL = WeightPolicy(labelers="pivotal")
+
+
+def _pivot_tables(rows):
+    """rows: (score, consensus label, [(annotator, label), ...]) per example; provider c0."""
+    ids = [f"e{i:03d}" for i in range(len(rows))]
+    attribution = pa.table({"example_id": ids, "score": [float(r[0]) for r in rows]})
+    examples = pa.table({"example_id": ids, "provider": ["c0"] * len(rows)})
+    votes = [(ids[i], who, lab) for i, r in enumerate(rows) for who, lab in r[2]]
+    annotations = pa.table({"annotation_id": list(range(len(votes))), "example_id": [v[0] for v in votes],
+                            "annotator": [v[1] for v in votes], "label": [v[2] for v in votes]})
+    consensus = pa.table({"example_id": ids, "label": [r[1] for r in rows], "confidence": [1.0] * len(rows)})
+    return attribution, examples, annotations, consensus
+
+
+def _labeler_pay(tables, policy=PIVOTAL):
+    out = contributor_weights(*tables, ADDR, policy).to_pylist()
+    return ({r["contributor"]: r["weight_bps"] for r in out if r["role"] == "labeler"},
+            {r["contributor"]: r["score"] for r in out if r["role"] == "labeler"})
+
+
+def test_pivotal_answer_earns_more_than_a_redundant_one():
+    # c5, c6, c7 always right, together on e0..e9: each answer is redundant (the other two settle
+    # the label). c8 always right too, but alone with the constant c9 (no information) on e10..e19:
+    # each of its answers decides the label. Same count, same accuracy, same example scores.
+    label = ["a", "b"] * 10
+    rows = [(1.0, label[i], [("c5", label[i]), ("c6", label[i]), ("c7", label[i])]) for i in range(10)]
+    rows += [(1.0, label[i], [("c8", label[i]), ("c9", "a")]) for i in range(10, 20)]
+    pay, _ = _labeler_pay(_pivot_tables(rows))
+    assert pay["c8"] > 3 * pay["c5"] > 0
+    assert max(pay[c] for c in ("c5", "c6", "c7")) - min(pay[c] for c in ("c5", "c6", "c7")) <= 1  # rounding
+    assert pay["c9"] == 0  # the constant labeler
+    # agreement pays the redundant answers as much as the pivotal ones
+    agree, _ = _labeler_pay(_pivot_tables(rows), WeightPolicy())
+    assert agree["c9"] > 0 and agree["c8"] < 3 * agree["c5"]
+
+
+def test_an_answer_that_flipped_consensus_wrong_earns_nothing():
+    # e0..e7 settled by c5 and c6; on e8 c7's answer alone made the consensus 'b', and the
+    # example's score says that label hurt the model: c7 earns 0 bps and its score is negative
+    rows = [(1.0, lab, [("c5", lab), ("c6", lab)]) for lab in ["a", "b"] * 4]
+    rows.append((-2.0, "b", [("c7", "b")]))
+    pay, score = _labeler_pay(_pivot_tables(rows))
+    assert pay["c7"] == 0 and score["c7"] < 0
+    assert pay["c5"] + pay["c6"] == 3000
+    # the same answer behind a label that helped earns
+    rows[-1] = (2.0, "b", [("c7", "b")])
+    pay, score = _labeler_pay(_pivot_tables(rows))
+    assert pay["c7"] > 0 and score["c7"] > 0
+
+
+def test_constant_and_random_labelers_earn_about_nothing():
+    # c5 and c6 right on every example; c7 always answers 'a'; c8 answers independently of the
+    # truth (each class's examples get each of the three answers equally often)
+    rng = np.random.default_rng(3)
+    labels = ["a", "b", "c"] * 18
+    rows = []
+    for i, lab in enumerate(labels):
+        rows.append((float(rng.uniform(0.2, 2.0)), lab,
+                     [("c5", lab), ("c6", lab), ("c7", "a"), ("c8", "abc"[(i // 3) % 3])]))
+    rows += [(1.0, lab, [("c5", lab)]) for lab in labels[:6]]  # c5 alone: pivotal
+    pay, _ = _labeler_pay(_pivot_tables(rows))
+    assert pay["c7"] <= 30 and pay["c8"] <= 30  # of the labelers' 3,000
+    assert pay["c5"] > pay["c6"] > 0
+
+
+def test_pivotal_is_deterministic_order_free_and_replayable():
+    rng = np.random.default_rng(0)
+    rows = []
+    for _ in range(40):
+        lab = str(rng.choice(["a", "b", "c"]))
+        answers = [(w, lab if rng.random() < acc else str(rng.choice(["a", "b", "c"])))
+                   for w, acc in (("c5", 0.9), ("c6", 0.7), ("c7", 0.4), ("c8", 0.0))
+                   if rng.random() < 0.6]
+        rows.append((float(rng.normal()), lab, answers))
+    tables = _pivot_tables(rows)
+    out = contributor_weights(*tables, ADDR, PIVOTAL)
+    assert sum(out["weight_bps"].to_pylist()) == 10_000
+    assert contributor_weights(*tables, ADDR, PIVOTAL).equals(out)
+    assert contributor_weights(*(_permuted(t, 7) for t in tables), ADDR, PIVOTAL).equals(out)
+    # the weighting record names the policy; a replay reads it back and gets the same table
+    from dataclasses import asdict
+
+    again = WeightPolicy.from_params(asdict(PIVOTAL))
+    assert again == PIVOTAL and contributor_weights(*tables, ADDR, again).equals(out)
+
+
+def test_a_label_changed_later_counts_once_as_its_latest_answer():
+    rows = [(1.0, lab, [("c5", lab), ("c6", lab)]) for lab in ["a", "b"] * 4]
+    base = _pivot_tables(rows)
+    att, ex, ann, con = base
+    # c6 first answered e000 wrongly, then corrected it: only the correction counts
+    early = pa.table({"annotation_id": [-1], "example_id": ["e000"], "annotator": ["c6"], "label": ["b"]})
+    edited = pa.concat_tables([early, ann.select(early.column_names)])
+    assert contributor_weights(att, ex, edited, con, ADDR, PIVOTAL).equals(
+        contributor_weights(att, ex, ann.select(early.column_names), con, ADDR, PIVOTAL))
+
+
+def test_policy_from_params_reads_old_records_as_agreement():
+    assert WeightPolicy.from_params({"provider_share_bps": 7000, "negative": "net"}).labelers == "agree"
+    got = WeightPolicy.from_params({"negative": "net", "labelers": "pivotal", "label_smoothing": 0.5})
+    assert got.labelers == "pivotal" and got.label_smoothing == 0.5
+    with pytest.raises(ValueError, match="labelers"):
+        WeightPolicy(labelers="vote")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        WeightPolicy(label_smoothing=0.0)
