@@ -1,6 +1,17 @@
 """Attribution quality and cost, side by side in one run.
 
     python bench/attribution_lds.py [--data FILE.parquet --label-col COL] [--retrains N]
+    python bench/attribution_lds.py --kind text [--data FILE.parquet --text-col C --label-col L]
+        [--train N] [--targets N] [--retrains N] [--no-adamw] [--no-fixed-seed] [--no-loco] [--no-anchor]
+    python bench/attribution_lds.py --kind image [--data FILE.parquet --image-col C --label-col L] [...]
+
+``--kind text`` (the text-transformer recipe, 2 layers, d=64) and ``--kind image`` (the image-cnn
+recipe on 16x16 RGB) are in ``bench/_common/lds_models.py``; without ``--data`` they generate a
+seeded synthetic set of their own. They print LDS (ground truth: retraining with a new seed per
+retrain; ``@fixed_seed``: one seed for all) of in-run SGD and AdamW scores and TRAK, the anchors on
+the same trained model and checkpoints (dattri 0.3.0 TracIn and TRAK, Kronfluence 1.0.1 EK-FAC),
+LOCO, mislabel ROC-AUC and the training cost; what they leave out is printed and listed under
+``left_out``. The tabular kind (the default) is described below.
 
 Without ``--data`` it uses scikit-learn's bundled digits. Prints, for logistic regression and
 an MLP: LDS (mean Spearman over 300 held-out targets, ground truth from retraining on random

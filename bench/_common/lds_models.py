@@ -427,7 +427,7 @@ def prepare_text(texts: list[str], labels: np.ndarray, tr: np.ndarray, te: np.nd
                 feats[i, hash_word(w) % TEXT_VOCAB] += 1.0
         rows = {"features": torch.as_tensor(np.log1p(feats))}
         task = ModelTask("stand-in-bow", lambda seed: _BagOfWords(TEXT_VOCAB, n_classes), config)
-        sizes = {"stand_in": "bag-of-words MLP (recipes not landed)"}
+        sizes = {"stand_in": "bag-of-words MLP: the driver lacks the recipe's kernels"}
     rows[LABELS] = torch.as_tensor(labels)
     return Prepared("transformer", task, take(rows, torch.as_tensor(tr)), take(rows, torch.as_tensor(te)),
                     sizes)
@@ -458,7 +458,7 @@ def prepare_image(images: list[bytes], labels: np.ndarray, tr: np.ndarray, te: n
         pixels = torch.as_tensor(np.stack(arr).transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
         d = 3 * IMAGE_SIDE * IMAGE_SIDE
         task = ModelTask("stand-in-pixels", lambda seed: _PixelMLP(d, n_classes), config)
-        sizes = {"stand_in": "pixel MLP (recipes not landed)"}
+        sizes = {"stand_in": "pixel MLP: the driver lacks the recipe's kernels"}
     rows = {"pixel_values": pixels.float(), LABELS: torch.as_tensor(labels)}
     return Prepared("cnn", task, take(rows, torch.as_tensor(tr)), take(rows, torch.as_tensor(te)), sizes)
 
