@@ -281,10 +281,9 @@ def model_run_id(task: ModelTask, example_ids: Sequence[str], seed: int) -> str:
 
 
 def _autocast(cfg: TrainConfig, device: torch.device):
-    enabled = cfg.precision == "bf16"
-    if enabled and device.type != "cuda":
-        raise InputError("TrainConfig.precision='bf16' needs a CUDA device; use 'fp32' on the CPU")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+    """bf16 autocast of the forward pass (``precision="bf16"``): meant for GPUs, allowed on the CPU
+    (slow there, but it lets CI check the mixed-precision path). Kernels sum scores in fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
 
 
 def model_steps(
@@ -295,7 +294,6 @@ def model_steps(
     interleave it with ``plain_model_steps``) and returns the ``TrainResult``."""
     cfg = task.config
     device = cfg.torch_device()
-    _autocast(cfg, device)
     n, nv = validate(task, train, example_ids, targets)
     train_dev, targets_dev = to_device(train, device), to_device(targets, device)
     model = task.fresh(seed).to(device)

@@ -14,11 +14,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ..errors import UnsupportedModelError
+
+if TYPE_CHECKING:
+    from .projection import LayerProjector
 
 
 class LayerGrads(ABC):
@@ -53,6 +57,23 @@ class LayerGrads(ABC):
     def dot_cost(self) -> float:
         """Multiply-adds of one ``dot``."""
         return 0.0
+
+    def project(self, projector: LayerProjector) -> torch.Tensor:
+        """``[n, k]`` float32: each row's gradient under this layer's seeded projection (TRAK features).
+
+        This default serves layers whose gradients are explicit vectors: ``vectors()`` times a dense
+        ``[P, k]`` matrix. Factored layers override it with a Kronecker-structured projection.
+        """
+        v = self.vectors().float()
+        p = projector.dense(v.shape[1], v.device)
+        return v if p is None else v @ p
+
+    def vectors(self) -> torch.Tensor:
+        """``[n, P]``: each row's gradient, its parameters flattened in ``params`` order (explicit layers)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no projection for TRAK features; implement vectors() (explicit "
+            "[n, P] gradients, projected densely) or project() (a structured projection)"
+        )
 
 
 class Kernel(ABC):
@@ -98,6 +119,9 @@ def as_rows(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], -1, t.shape[-1])
 
 
-from . import linear as _linear  # noqa: E402,F401  (registers the kernels)
+from . import conv as _conv  # noqa: E402,F401  (registers the kernels)
+from . import embedding as _embedding  # noqa: E402,F401
+from . import linear as _linear  # noqa: E402,F401
+from . import norm as _norm  # noqa: E402,F401
 
 __all__ = ["Kernel", "LayerGrads", "as_rows", "kernel_for", "register"]

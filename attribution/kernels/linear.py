@@ -4,7 +4,8 @@ Tokens (every position of the middle dims) are summed inside an example. Padded 
 mask: a model that masks them gives them a zero output gradient, so they add nothing.
 - summed-target form: ``⟨g_i, G⟩ = Σ_t b_tᵀ G a_t (+ b_t·g_bias)``, one matmul on the narrower side;
 - Gram form: ``⟨g_i, g_j⟩ = Σ_{t,s} (a_t·a_s + 1)(b_t·b_s)``, cheap when tokens are few;
-- materialized: ``[n, d_out, d_in]`` per-example gradients, cheap when the layer is small.
+- materialized: ``[n, d_out, d_in]`` per-example gradients, cheap when the layer is small;
+- projected: ``vec((B P_out)ᵀ ([A, 1] P_in))`` with a seeded Kronecker-structured projection.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from . import Kernel, LayerGrads, as_rows, register
+from .projection import LayerProjector, kron_project
 
 
 @dataclass
@@ -68,14 +70,20 @@ class LinearGrads(LayerGrads):
         return (ga * gb).sum((2, 3))
 
     def gram_cost(self, n_other: int) -> float:
-        n, t, d_in = self.a.shape
-        d_out = self.b.shape[-1]
-        materialized = (n + n_other) * t * d_in * d_out + n * n_other * d_in * d_out
-        return float(min(materialized, n * n_other * t * t * (d_in + d_out)))
+        return gram_cost(*self.a.shape, self.b.shape[-1], n_other)
 
     def dot_cost(self) -> float:
         n, t, d_in = self.a.shape
         return float(n * t * d_in * self.b.shape[-1])
+
+    def project(self, projector: LayerProjector) -> torch.Tensor:
+        return kron_project(self.a, self.b, self.bias, projector)
+
+
+def gram_cost(n: int, t: int, d_in: int, d_out: int, n_other: int) -> float:
+    """Multiply-adds of the cheaper Gram form: materialized, or over token pairs."""
+    materialized = (n + n_other) * t * d_in * d_out + n * n_other * d_in * d_out
+    return float(min(materialized, n * n_other * t * t * (d_in + d_out)))
 
 
 def _materialized(g: LinearGrads) -> torch.Tensor:
@@ -92,7 +100,10 @@ class LinearKernel(Kernel):
 
     def grads(self, module: nn.Module, kept: object, grad_output: torch.Tensor) -> LinearGrads:
         params = (module.weight,) if module.bias is None else (module.weight, module.bias)
-        return LinearGrads(kept, as_rows(grad_output), params)
+        b = as_rows(grad_output)
+        # Under autocast an fp32 input (after a LayerNorm) meets a bf16 output gradient: use the
+        # gradient's precision, as autograd's own weight-gradient product does.
+        return LinearGrads(kept.to(b.dtype), b, params)
 
 
 register(LinearKernel())

@@ -35,6 +35,7 @@ class Case:
     name: str
     build: Callable[[], nn.Module]
     batch: Callable[[int, torch.Generator], dict[str, torch.Tensor]]
+    tied: bool = False  # parameters shared by modules: the driver then never uses a Gram form
 
 
 def seq_batch(d: int, t: int, c: int) -> Callable[[int, torch.Generator], dict[str, torch.Tensor]]:
@@ -64,9 +65,113 @@ class Mlp(nn.Module):
         return self.net(features)
 
 
+def token_batch(vocab: int, t: int, c: int) -> Callable[[int, torch.Generator], dict[str, torch.Tensor]]:
+    """Ids in ``[1, vocab)`` padded with 0 (the embeddings' ``padding_idx``) after a random length."""
+
+    def make(n: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        lengths = torch.randint(1, t + 1, (n,), generator=gen)
+        mask = (torch.arange(t)[None] < lengths[:, None]).long()
+        ids = torch.randint(1, vocab, (n, t), generator=gen) * mask
+        return {"input_ids": ids, "attention_mask": mask, "labels": torch.randint(0, c, (n,), generator=gen)}
+
+    return make
+
+
+class ConvNet(nn.Module):
+    """Two convolutions (strided and padded, then 'same' with an even dilated kernel, which pads one
+    side more than the other), ReLU, global average pooling and a Linear head, on [n, C, H, W]."""
+
+    def __init__(self, c: int = 2, classes: int = 3, padding_mode: str = "zeros") -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, 4, 3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(4, 5, (2, 3), padding="same", dilation=(1, 2), padding_mode=padding_mode,
+                               bias=False)
+        self.head = nn.Linear(5, classes)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv1(image))
+        h = torch.relu(self.conv2(h))
+        return self.head(h.mean((2, 3)))
+
+
+Batcher = Callable[[int, torch.Generator], dict[str, torch.Tensor]]
+
+
+def image_batch(c: int, h: int, w: int, classes: int) -> Batcher:
+    def make(n: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        labels = torch.randint(0, classes, (n,), generator=gen)
+        return {"image": torch.randn(n, c, h, w, generator=gen), "labels": labels}
+
+    return make
+
+
+class Tokens(nn.Module):
+    """Token and position embeddings, LayerNorm, Linear, RMSNorm over ``[n, T, d]``, masked mean, head.
+
+    The vocabulary is large enough for the token embedding's Gram form to use its id-equality mask,
+    the positions few enough for the materialized one."""
+
+    def __init__(self, vocab: int = 50, t: int = 6, d: int = 8, c: int = 3) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(vocab, d, padding_idx=0)
+        self.pos = nn.Embedding(t, d)
+        self.norm = nn.LayerNorm(d)
+        self.inner = nn.Linear(d, d)
+        self.rms = nn.RMSNorm(d)  # eps=None: torch's own epsilon
+        self.head = nn.Linear(d, c)
+        for p in (self.norm.weight, self.norm.bias, self.rms.weight):  # not the identity
+            nn.init.uniform_(p, 0.5, 1.5)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+        h = self.norm(self.tok(input_ids) + self.pos(positions))
+        h = self.rms(torch.tanh(self.inner(h)))
+        return self.head(masked_mean(h, attention_mask))
+
+
+class Tied(nn.Module):
+    """An embedding whose weight is also the output head's (classes = the vocabulary).
+
+    Pooled by a plain mean, so padded tokens (id 0, the ``padding_idx``) do reach the loss: their
+    embedding row still gets no gradient from the embedding, but does from the head."""
+
+    def __init__(self, vocab: int = 11, d: int = 6) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d, padding_idx=0)
+        self.inner = nn.Linear(d, d)
+        self.head = nn.Linear(d, vocab)
+        self.head.weight = self.emb.weight
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.inner(self.emb(input_ids))).mean(1))
+
+
+class Groups(nn.Module):
+    """Features as ``[n, C, H, W]``, GroupNorm(2, C), LayerNorm over ``(H, W)`` (two trailing dims), head."""
+
+    def __init__(self, d: int = 5, c: int = 4, h: int = 3, w: int = 2, k: int = 3) -> None:
+        super().__init__()
+        self.shape = (c, h, w)
+        self.inner = nn.Linear(d, c * h * w)
+        self.groups = nn.GroupNorm(2, c)
+        self.norm = nn.LayerNorm((h, w))
+        self.head = nn.Linear(c * h * w, k)
+        for p in (self.groups.weight, self.groups.bias, self.norm.weight, self.norm.bias):
+            nn.init.uniform_(p, 0.5, 1.5)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = torch.tanh(self.groups(self.inner(features).reshape(-1, *self.shape)))
+        return self.head(self.norm(x).flatten(1))
+
+
 CASES = [
     Case("seq-linear", SeqLinear, seq_batch(6, 5, 3)),
     Case("mlp", Mlp, flat_batch(5, 3)),
+    Case("tokens", Tokens, token_batch(50, 6, 3)),
+    Case("tied", Tied, token_batch(11, 5, 11), tied=True),
+    Case("groups", Groups, flat_batch(5, 3)),
+    Case("conv2d", ConvNet, image_batch(2, 7, 6, 3)),
+    Case("conv2d-reflect", lambda: ConvNet(padding_mode="reflect"), image_batch(2, 7, 6, 3)),
 ]
 
 

@@ -101,8 +101,15 @@ def test_step_scores_match_exact_one_step_removal(optimizer: str, floor: float) 
 
 
 def _seq_task(optimizer: str, **extra) -> ModelTask:
-    cfg = TrainConfig(epochs=2, batch_size=8, lr=0.05 if optimizer == "sgd" else 3e-3, optimizer=optimizer,
-                      weight_decay=0.01, n_checkpoints=2, **extra)
+    cfg = TrainConfig(
+        epochs=2,
+        batch_size=8,
+        lr=0.05 if optimizer == "sgd" else 3e-3,
+        optimizer=optimizer,
+        weight_decay=0.01,
+        n_checkpoints=2,
+        **extra,
+    )
     return ModelTask("seq-linear", lambda seed: SeqLinear(), cfg)
 
 
@@ -198,12 +205,15 @@ class _BroadcastPositions(nn.Module):
         return self.head((x + self.pos(where)).mean(1))
 
 
-@pytest.mark.parametrize("module,match", [
-    (_BroadcastPositions, "pos \\(output \\(5, 6\\)\\) did not.*expanded to \\[batch, T\\]"),
-    (_Twice, "lin ran 2x"),
-    (_BareParameter, "layer '' .*_BareParameter.*no attribution kernel.*freeze"),
-    (_Batchnorm, "'norm' .*BatchNorm1d.*couples"),
-])
+@pytest.mark.parametrize(
+    "module,match",
+    [
+        (_BroadcastPositions, "pos \\(output \\(5, 6\\)\\) did not.*expanded to \\[batch, T\\]"),
+        (_Twice, "lin ran 2x"),
+        (_BareParameter, "layer '' .*_BareParameter.*no attribution kernel.*freeze"),
+        (_Batchnorm, "'norm' .*BatchNorm1d.*couples"),
+    ],
+)
 def test_unsupported_models_are_refused_before_training(module, match) -> None:
     train, ids, targets = _seq_data()
     task = ModelTask("bad", lambda seed: module(), TrainConfig(epochs=1))
@@ -226,22 +236,44 @@ def test_bad_batches_are_refused_before_training() -> None:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
-def test_cuda_and_bf16_on_a_cpu_machine_are_refused() -> None:
+def test_cuda_on_a_cpu_machine_is_refused() -> None:
     train, ids, targets = _seq_data()
     with pytest.raises(DeviceUnavailableError, match="no CUDA device"):
         train_model(_seq_task("sgd", device="cuda"), train, ids, targets, seed=0)
-    with pytest.raises(InputError, match="bf16.*needs a CUDA device"):
-        train_model(_seq_task("sgd", precision="bf16"), train, ids, targets, seed=0)
 
 
-def test_reused_target_gradients_approximate_the_exact_scores_and_train_the_same_model() -> None:
-    train, ids, targets = _seq_data(60)
-    exact = train_model(_seq_task("adamw"), train, ids, targets, seed=3)
-    reused = train_model(_seq_task("adamw", target_every=3), train, ids, targets, seed=3)
-    for got, ref in zip(reused.model.state_dict().values(), exact.model.state_dict().values(), strict=True):
-        torch.testing.assert_close(got, ref)
-    assert not np.array_equal(reused.scores, exact.scores)
-    assert np.corrcoef(reused.scores, exact.scores)[0, 1] > 0.9
-    assert reused.run_id != exact.run_id
-    with pytest.raises(ValueError, match="target_every > 1.*per_target=False"):
-        TrainConfig(target_every=2, per_target=True)
+def test_bf16_autocast_scores_follow_the_fp32_scores() -> None:
+    """The mixed-precision path (fp32 LayerNorm outputs meet bf16 gradients in the kernels, the head
+    is tied to the embedding): one step's scores at the same parameters, with an Adam-like
+    preconditioner, rank examples as fp32 does; and a whole bf16 AdamW run gives finite fp64 scores."""
+    from bench._common.gpt import Gpt, lm_loss
+
+    gen = torch.Generator().manual_seed(0)
+    train, targets = (
+        {"input_ids": torch.randint(0, 40, (24, 9), generator=gen)},
+        {"input_ids": torch.randint(0, 40, (4, 9), generator=gen)},
+    )
+    torch.manual_seed(1)
+    model = Gpt(vocab=40, positions=8, d=16, layers=2, heads=2)
+    scored = scored_modules(model)
+    pre = {id(p): torch.rand(p.shape, generator=gen) + 0.5 for p in model.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    got = {}
+    for precision in (torch.float32, torch.bfloat16):
+        with (
+            ModuleTaps(scored) as taps,
+            torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == torch.bfloat16),
+        ):
+            rows = concat(train, targets)
+            grads = taps.grads(lm_loss(model, rows).float().sum(), 28)
+        tr, tv = [g.rows(slice(0, 24)) for g in grads], [g.rows(slice(24, None)) for g in grads]
+        got[precision] = step_scores(tr, tv, pre, per_target=False, gram_ok=False)
+    assert got[torch.bfloat16].dtype == torch.float32
+    assert np.corrcoef(got[torch.bfloat16].numpy(), got[torch.float32].numpy())[0, 1] > 0.99
+    cfg = TrainConfig(epochs=1, batch_size=8, lr=3e-3, optimizer="adamw", precision="bf16")
+    task = ModelTask(
+        "gpt", lambda seed: Gpt(vocab=40, positions=8, d=16, layers=2, heads=2), cfg, loss=lm_loss
+    )
+    result = train_model(task, train, [f"e{i}" for i in range(24)], targets, seed=1)
+    assert result.scores.dtype == np.float64 and np.isfinite(result.scores).all()

@@ -10,7 +10,9 @@ import pytest
 import torch
 from torch.func import functional_call, grad, vmap
 
-from attribution.inrun import ModuleTaps, param_sums, scored_modules, step_scores
+from attribution.errors import UnsupportedModelError
+from attribution.inrun import ModuleTaps, _tied, param_sums, scored_modules, step_scores
+from attribution.kernels import kernel_for
 from attribution.model_task import classification_loss, concat
 
 from .kernel_models import CASES, Case
@@ -47,6 +49,14 @@ def kernel_parts(model: torch.nn.Module, train: dict, targets: dict):
     return [g.rows(slice(0, nb)) for g in grads], [g.rows(slice(nb, None)) for g in grads]
 
 
+def driver_gram_ok(case: Case, model: torch.nn.Module, gram_ok: bool) -> bool:
+    """As the driver decides: tied parameters (a module's gradient alone is not the parameter's)
+    rule the Gram form out; the summed-target form keeps the cross terms."""
+    tied = _tied(scored_modules(model))
+    assert tied == case.tied
+    return gram_ok and not tied
+
+
 def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
     return float((got.double() - ref.double()).norm() / ref.double().norm())
 
@@ -64,7 +74,7 @@ def test_summed_scores_match_torch_func(case: Case, gram_ok: bool) -> None:
     ref = per_example_grads(model, train) @ per_example_grads(model, targets).sum(0)
     tr, tv = kernel_parts(model, train, targets)
     pre = {id(p): 1.0 for p in model.parameters()}
-    got = step_scores(tr, tv, pre, per_target=False, gram_ok=gram_ok)
+    got = step_scores(tr, tv, pre, per_target=False, gram_ok=driver_gram_ok(case, model, gram_ok))
     assert rel_err(got, ref) <= 1e-4
 
 
@@ -75,7 +85,7 @@ def test_per_target_scores_match_torch_func(case: Case, gram_ok: bool) -> None:
     ref = per_example_grads(model, train) @ per_example_grads(model, targets).T
     tr, tv = kernel_parts(model, train, targets)
     pre = {id(p): 1.0 for p in model.parameters()}
-    got = step_scores(tr, tv, pre, per_target=True, gram_ok=gram_ok)
+    got = step_scores(tr, tv, pre, per_target=True, gram_ok=driver_gram_ok(case, model, gram_ok))
     assert got.shape == (N_TRAIN, N_TARGETS)
     assert rel_err(got, ref) <= 1e-4
 
@@ -95,3 +105,55 @@ def test_preconditioned_scores_and_summed_gradient_match_torch_func(case: Case) 
     sums = param_sums(tr)
     got_sum = torch.cat([sums[id(p)].flatten() for _, p in named])
     assert rel_err(got_sum, g_train.sum(0)) <= 1e-5
+
+
+# ---------------------------------------------------------------- single modules, by autograd row by row
+
+
+def loop_grads(module: torch.nn.Module, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``[n, P]``: each row's gradient of ``⟨b_i, module(x_i)⟩``, by autograd one row at a time."""
+    params = list(module.parameters())
+    rows = []
+    for i in range(len(x)):
+        out = module(x[i : i + 1])
+        gs = torch.autograd.grad((out.float() * b[i : i + 1]).sum(), params)
+        rows.append(torch.cat([g.to_dense().flatten() for g in gs]))
+    return torch.stack(rows)
+
+
+def module_grads(module: torch.nn.Module, x: torch.Tensor, b: torch.Tensor):
+    kernel = kernel_for("m", module)
+    return kernel.grads(module, kernel.keep(module, (x,), {}), b)
+
+
+def test_sparse_embedding_is_the_dense_one() -> None:
+    """``sparse=True`` changes how torch stores the gradient, not its value."""
+    gen = torch.Generator().manual_seed(0)
+    emb = torch.nn.Embedding(9, 4, padding_idx=0, sparse=True)
+    ids = torch.randint(0, 9, (5, 6), generator=gen)
+    b = torch.randn(5, 6, 4, generator=gen)
+    ref = loop_grads(emb, ids, b)
+    g = module_grads(emb, ids, b)
+    assert rel_err(g.summed()[0].flatten(), ref.sum(0)) <= 1e-6
+    assert rel_err(g.gram(g), ref @ ref.T) <= 1e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_rms_norm_default_eps_is_torchs(dtype: torch.dtype) -> None:
+    """``eps=None``: the fp32 epsilon for fp32 and bf16 inputs alike (inputs small enough to show it)."""
+    gen = torch.Generator().manual_seed(0)
+    norm = torch.nn.RMSNorm(8)
+    x = (torch.randn(4, 3, 8, generator=gen) * 3e-4).to(dtype)
+    b = torch.randn(4, 3, 8, generator=gen)
+    ref = loop_grads(norm, x, b)
+    g = module_grads(norm, x, b)
+    assert rel_err(g.dot([torch.ones(8)]), ref.sum(1)) <= (1e-5 if dtype == torch.float32 else 1e-2)
+
+
+@pytest.mark.parametrize(
+    "option", [{"max_norm": 1.0}, {"scale_grad_by_freq": True}], ids=["max_norm", "scale_grad_by_freq"]
+)
+def test_embedding_options_that_couple_rows_are_refused_by_name(option: dict) -> None:
+    model = torch.nn.Sequential(torch.nn.Embedding(5, 3, **option), torch.nn.Linear(3, 2))
+    with pytest.raises(UnsupportedModelError, match=rf"'0' \(Embedding\): {next(iter(option))}"):
+        scored_modules(model)

@@ -1,0 +1,134 @@
+"""``nn.Conv2d`` as a Linear layer over output positions (unfold / im2col).
+
+Each output position ``l`` of an example sees one patch of its input, ``a_l = unfold(x)[:, l]``
+(``C_in·kh·kw`` values, in the order of ``weight.view(C_out, -1)``), and produces ``W a_l + bias``.
+The per-example gradient is therefore ``Σ_l b_l a_lᵀ`` (and ``Σ_l b_l``) with ``b_l`` the output
+gradient at ``l``: exactly a Linear layer on ``[n, L, C_in·kh·kw]`` tokens, so ``LinearGrads``
+supplies every form (summed, summed-target, Gram, materialized, projected) and this module only
+reshapes the weight to and from ``[C_out, C_in·kh·kw]``.
+
+Neither the forward hook nor ``grads`` unfolds: patches cost ``kh·kw ×`` the input's memory, and a
+step holds every layer's gradients at once, so each form unfolds the rows it is asked about when
+it is asked (a memory-bound copy, small next to the products that follow). Padding modes other
+than zeros are applied with ``F.pad`` before unfolding, as ``nn.Conv2d`` does; string padding
+(``'same'``, ``'valid'``) becomes the explicit, possibly asymmetric, padding torch uses for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UnsupportedModelError
+from . import Kernel, LayerGrads, register
+from .linear import LinearGrads, gram_cost
+from .projection import LayerProjector
+
+
+@dataclass
+class ConvGrads(LayerGrads):
+    """A Conv2d layer's per-example gradients: its input and output gradient, unfolded on use.
+
+    Every form is ``LinearGrads``' on the patches, built afresh for each call, so the ``kh·kw``-fold
+    patches of one layer (for the rows asked about) exist only while that layer is being used.
+    """
+
+    x: torch.Tensor  # [n, C_in, H, W], the kept input
+    b: torch.Tensor  # [n, L, C_out], the output gradient per output position
+    module: nn.Conv2d
+    params: tuple[nn.Parameter, ...]
+
+    def linear(self) -> LinearGrads:
+        """The same gradients as a Linear layer on ``[n, L, C_in·kh·kw]`` patches."""
+        return LinearGrads(patches(self.module, self.x), self.b, self.params)
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def rows(self, sl: slice) -> ConvGrads:
+        return ConvGrads(self.x[sl], self.b[sl], self.module, self.params)
+
+    def summed(self) -> list[torch.Tensor]:
+        out = self.linear().summed()
+        out[0] = out[0].reshape(self.params[0].shape)
+        return out
+
+    def dot(self, g: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.linear().dot([g[0].reshape(g[0].shape[0], -1), *g[1:]])
+
+    def gram(self, other: LayerGrads) -> torch.Tensor:
+        assert isinstance(other, ConvGrads)
+        return self.linear().gram(other.linear())
+
+    def _shape(self) -> tuple[int, int, int, int]:
+        w = self.params[0]
+        return self.x.shape[0], self.b.shape[1], w[0].numel(), w.shape[0]
+
+    def gram_cost(self, n_other: int) -> float:
+        return gram_cost(*self._shape(), n_other)
+
+    def dot_cost(self) -> float:
+        n, t, d_in, d_out = self._shape()
+        return float(n * t * d_in * d_out)
+
+    def project(self, projector: LayerProjector) -> torch.Tensor:
+        return self.linear().project(projector)
+
+
+def _side_padding(module: nn.Conv2d) -> tuple[int, int, int, int]:
+    """``(left, right, top, bottom)`` as ``F.pad`` takes it: string padding resolved as torch does
+    (``'same'``: ``d·(k−1)`` in total per dim, the odd one on the right/bottom)."""
+    if isinstance(module.padding, str):
+        if module.padding == "valid":
+            return (0, 0, 0, 0)
+        out: list[int] = []
+        for d, k in zip(reversed(module.dilation), reversed(module.kernel_size), strict=True):
+            total = d * (k - 1)
+            out += [total // 2, total - total // 2]
+        return tuple(out)  # type: ignore[return-value]
+    ph, pw = module.padding
+    return (pw, pw, ph, ph)
+
+
+def patches(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``[n, L, C_in·kh·kw]``: the input patch seen by each output position."""
+    pad = _side_padding(module)
+    if module.padding_mode != "zeros":
+        x, padding = F.pad(x, pad, mode=module.padding_mode), 0
+    elif pad[0] == pad[1] and pad[2] == pad[3]:
+        padding = (pad[2], pad[0])
+    else:
+        x, padding = F.pad(x, pad), 0
+    cols = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=padding, stride=module.stride)
+    return cols.transpose(1, 2)
+
+
+class Conv2dKernel(Kernel):
+    types = (nn.Conv2d,)
+
+    def check(self, name: str, module: nn.Module) -> None:
+        assert isinstance(module, nn.Conv2d)
+        if module.groups != 1:
+            raise UnsupportedModelError(
+                f"layer {name!r} (Conv2d, groups={module.groups}) is a grouped or depthwise convolution, "
+                "which has no attribution kernel yet; use groups=1 or freeze its parameters "
+                "(requires_grad_(False))"
+            )
+
+    def keep(self, module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
+        x = args[0] if args else kwargs["input"]
+        return x.detach()
+
+    def grads(self, module: nn.Module, kept: object, grad_output: torch.Tensor) -> ConvGrads:
+        assert isinstance(module, nn.Conv2d) and isinstance(kept, torch.Tensor)
+        x = kept if kept.dim() == 4 else kept.unsqueeze(0)  # an unbatched [C, H, W] input: one row
+        b = grad_output.reshape(x.shape[0], module.out_channels, -1).transpose(1, 2)
+        params = (module.weight,) if module.bias is None else (module.weight, module.bias)
+        return ConvGrads(x.to(b.dtype), b, module, params)  # autocast: see LinearKernel.grads
+
+
+register(Conv2dKernel())

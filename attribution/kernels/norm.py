@@ -1,0 +1,120 @@
+"""Per-example normalizations: ``nn.LayerNorm``, ``nn.RMSNorm``, ``nn.GroupNorm``.
+
+Their affine gradients are small (one weight and one bias entry per normalized feature or
+channel), so each row's gradient is materialized: ``[n, P] = Σ_t (x̂_t ⊙ b_t, b_t)``, where ``x̂``
+is the normalized input, recomputed in fp32 from the kept input as torch computes it. Then
+``dot`` is one matvec and ``gram`` one matmul. Each normalizes within one example, unlike
+BatchNorm (refused by the driver). Without affine parameters a norm is never scored.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import Kernel, LayerGrads, register
+
+
+@dataclass
+class VectorGrads(LayerGrads):
+    """Per-example gradients kept explicitly: ``v[i]`` is row i's gradient, flattened over ``params``."""
+
+    v: torch.Tensor  # [n, P] fp32
+    params: tuple[nn.Parameter, ...]
+
+    def __len__(self) -> int:
+        return self.v.shape[0]
+
+    def rows(self, sl: slice) -> VectorGrads:
+        return VectorGrads(self.v[sl], self.params)
+
+    def summed(self) -> list[torch.Tensor]:
+        parts = self.v.sum(0).split([p.numel() for p in self.params])
+        return [s.reshape(p.shape) for s, p in zip(parts, self.params, strict=True)]
+
+    def dot(self, g: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.v @ torch.cat([x.float().flatten() for x in g])
+
+    def gram(self, other: LayerGrads) -> torch.Tensor:
+        assert isinstance(other, VectorGrads)
+        return self.v @ other.v.T
+
+    def gram_cost(self, n_other: int) -> float:
+        return float(self.v.numel() * n_other)
+
+    def dot_cost(self) -> float:
+        return float(self.v.numel())
+
+
+def affine_grads(module: nn.Module, xhat: torch.Tensor, b: torch.Tensor) -> VectorGrads:
+    """From ``x̂`` and ``b`` as ``[n, T, D]`` (fp32; T summed, D the parameters' entries)."""
+    params = tuple(p for p in (module.weight, getattr(module, "bias", None)) if p is not None)
+    parts = [(xhat * b).sum(1)] if module.weight is not None else []
+    if getattr(module, "bias", None) is not None:
+        parts.append(b.sum(1))
+    return VectorGrads(torch.cat(parts, 1), params)
+
+
+def _rows(t: torch.Tensor, d: int) -> torch.Tensor:
+    """``[n, ..., *shape]`` as fp32 ``[n, T, D]`` (D = the trailing entries, ``d`` of them)."""
+    return t.reshape(t.shape[0], -1, d).float()
+
+
+class _Norm(Kernel):
+    def keep(self, module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
+        return args[0].detach()
+
+
+class LayerNormKernel(_Norm):
+    """``x̂ = (x − mean) / √(var + eps)`` over ``normalized_shape`` (biased variance)."""
+
+    types = (nn.LayerNorm,)
+
+    def grads(self, module: nn.Module, kept: object, grad_output: torch.Tensor) -> VectorGrads:
+        assert isinstance(module, nn.LayerNorm) and isinstance(kept, torch.Tensor)
+        d = math.prod(module.normalized_shape)
+        x = _rows(kept, d)
+        var, mean = torch.var_mean(x, -1, correction=0, keepdim=True)
+        return affine_grads(module, (x - mean) * torch.rsqrt(var + module.eps), _rows(grad_output, d))
+
+
+class RMSNormKernel(_Norm):
+    """``x̂ = x / √(mean(x²) + eps)``; ``eps=None`` is the epsilon of torch's compute dtype (fp32
+    for fp32, bf16 and fp16 inputs; fp64 for fp64), as ``F.rms_norm`` takes it."""
+
+    types = (nn.RMSNorm,)
+
+    def grads(self, module: nn.Module, kept: object, grad_output: torch.Tensor) -> VectorGrads:
+        assert isinstance(module, nn.RMSNorm) and isinstance(kept, torch.Tensor)
+        eps = module.eps
+        if eps is None:
+            eps = torch.finfo(torch.float64 if kept.dtype == torch.float64 else torch.float32).eps
+        d = math.prod(module.normalized_shape)
+        x = _rows(kept, d)
+        xhat = x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
+        return affine_grads(module, xhat, _rows(grad_output, d))
+
+
+class GroupNormKernel(_Norm):
+    """On ``[n, C, *spatial]``: ``x̂`` over each group of ``C/G`` channels × spatial; the weight and
+    bias gradients ``[C]`` sum over spatial positions."""
+
+    types = (nn.GroupNorm,)
+
+    def grads(self, module: nn.Module, kept: object, grad_output: torch.Tensor) -> VectorGrads:
+        assert isinstance(module, nn.GroupNorm) and isinstance(kept, torch.Tensor)
+        n, c = kept.shape[:2]
+        x = kept.reshape(n, module.num_groups, -1).float()
+        var, mean = torch.var_mean(x, -1, correction=0, keepdim=True)
+        xhat = ((x - mean) * torch.rsqrt(var + module.eps)).reshape(n, c, -1)
+        b = grad_output.reshape(n, c, -1).float()
+        return affine_grads(module, xhat.transpose(1, 2), b.transpose(1, 2))
+
+
+register(LayerNormKernel())
+register(RMSNormKernel())
+register(GroupNormKernel())

@@ -1,0 +1,190 @@
+"""TRAK features for any ``ModelTask``: query-time attribution of one text or image prediction.
+
+At each kept checkpoint every training row's loss gradient is projected to ``k`` dims, layer by
+layer, through the kernels' ``LayerGrads.project`` (a seeded Kronecker-structured projection for
+factored layers, Linear and Conv2d, a dense one for explicit-vector layers; ``kernels.projection``),
+from one ordinary forward/backward pass per chunk of ``config.chunk_rows`` rows. The kernel is
+TRAK's empirical ``ΦᵀΦ`` plus a ridge (``n·weight_decay`` for SGD, whose coupled decay is the
+Hessian's own ridge, plus ``config.trak_damping`` times its mean diagonal). A query's score for
+training row i is ``φ_iᵀ (ΦᵀΦ + λI)⁻¹ φ_q`` averaged over checkpoints, with ``φ_q`` the projected
+gradient of the query's loss at its label (or at the class the last checkpoint predicts): the
+first-order decrease of the query loss from training on i, so positive = helped.
+
+Features are float32 chunks in a ``trak.FeatureStore`` (spilled to ``.npy`` memory maps past
+``config.spill_bytes``); RAM holds one chunk's factors at a time. The same inputs and seed give the
+same feature bytes. Layers sharing a parameter (tied weights) are refused: their projected parts
+would not add up to the projection of the shared gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import InputError, UnsupportedModelError
+from .inrun import ModuleTaps, Scored, _tied, scored_modules
+from .kernels.projection import Distribution, LayerProjector, layer_projectors
+from .model_task import LABELS, Batch, ModelTask, batch_size_of, take, to_device
+from .task import TrainConfig
+from .trak import FeatureStore, checkpoint_store, damped_inverse
+
+
+@dataclass
+class ModelCheckpointFeatures:
+    """One checkpoint: its frozen model, scored layers, training features and kernel inverse."""
+
+    model: nn.Module
+    scored: list[Scored]
+    store: FeatureStore
+    kernel_inv: np.ndarray  # float64 [dim, dim]
+
+
+@dataclass
+class ModelTrakFeatures:
+    """What a query needs: the task, the layers' projectors and every checkpoint's features."""
+
+    task: ModelTask
+    projectors: list[LayerProjector]
+    checkpoints: list[ModelCheckpointFeatures]
+    n_train: int
+    dim: int
+
+    def features(self, j: int = 0) -> np.ndarray:
+        """``[n_train, dim]`` float32: checkpoint ``j``'s projected training gradients."""
+        return np.concatenate([np.asarray(c) for c in self.checkpoints[j].store])
+
+    def query_features(self, query_batch: Batch) -> list[np.ndarray]:
+        """Per checkpoint, ``[m, dim]`` float64 projected gradients of each query row's loss."""
+        batch = self._labelled(query_batch)
+        cfg = self.task.config
+        return [
+            _chunked(self.task, ck.model, ck.scored, self.projectors, batch, cfg).double().numpy()
+            for ck in self.checkpoints
+        ]
+
+    def scores(self, query_batch: Batch) -> np.ndarray:
+        """``[n_train, n_queries]``: each training row's contribution to each query's loss decrease
+        (positive = helped), averaged over checkpoints. Rows without ``labels`` are scored at the class
+        the last checkpoint predicts (``argmax model(**inputs)``, the ``classification_loss`` convention).
+        """
+        feats = self.query_features(query_batch)
+        total = np.zeros((self.n_train, feats[0].shape[0]))
+        for ck, f in zip(self.checkpoints, feats, strict=True):
+            u = ck.kernel_inv @ f.T
+            total += ck.store.matvec(u.astype(np.float32))
+        return total / len(self.checkpoints)
+
+    def self_influence(self) -> np.ndarray:
+        """``φ_iᵀ K⁻¹ φ_i`` averaged over checkpoints: high for rows the model must bend to fit."""
+        total = np.zeros(self.n_train)
+        for ck in self.checkpoints:
+            rows = []
+            for c in ck.store:
+                c64 = np.asarray(c, dtype=np.float64)
+                rows.append(np.einsum("nd,nd->n", c64 @ ck.kernel_inv, c64))
+            total += np.concatenate(rows)
+        return total / len(self.checkpoints)
+
+    def _labelled(self, batch: Batch) -> dict[str, torch.Tensor]:
+        batch_size_of("query_batch", batch)
+        if LABELS in batch:
+            return dict(batch)
+        model = self.checkpoints[-1].model
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            logits = model(**to_device(batch, device))
+        if hasattr(logits, "logits"):  # a Hugging Face ModelOutput
+            logits = logits.logits
+        return {**batch, LABELS: logits.argmax(-1).to(next(iter(batch.values())).device)}
+
+
+def model_features(
+    task: ModelTask,
+    checkpoints: Sequence[dict[str, torch.Tensor]],
+    train_batch: Batch,
+    *,
+    k: int | None = None,
+    seed: int,
+    directory: str | None = None,
+    projection: Distribution = "rademacher",
+) -> ModelTrakFeatures:
+    """Project every training row's gradient at each checkpoint (``k`` dims, default
+    ``config.trak_k``) and invert each checkpoint's kernel. ``checkpoints`` are state dicts
+    (``TrainResult.checkpoints``); ``directory`` receives spilled chunks (a temporary one if None)."""
+    cfg = task.config
+    if not checkpoints:
+        raise InputError("model_features needs at least one checkpoint (TrainResult.checkpoints)")
+    n = batch_size_of("train_batch", train_batch)
+    k = cfg.trak_k if k is None else k
+    if k < 1:
+        raise InputError(f"k must be >= 1, got {k}")
+    projectors: list[LayerProjector] = []
+    out = []
+    for j, state in enumerate(checkpoints):
+        model, scored = frozen_task_model(task, state)
+        if not projectors:
+            sizes = [sum(p.numel() for p in s.module.parameters(recurse=False)) for s in scored]
+            projectors = layer_projectors(sizes, k, seed, projection)
+        store = checkpoint_store(cfg, directory, j)
+        gram = None
+        for rows in row_chunks(train_batch, cfg.chunk_rows):
+            phi = projected_grads(task, model, scored, projectors, rows)
+            store.append(phi.numpy())
+            term = (phi.T @ phi).double()
+            gram = term if gram is None else gram.add_(term)
+        assert gram is not None
+        out.append(ModelCheckpointFeatures(model, scored, store, kernel_inverse(gram, n, cfg)))
+    return ModelTrakFeatures(task, projectors, out, n, out[0].kernel_inv.shape[0])
+
+
+def frozen_task_model(task: ModelTask, state: dict[str, torch.Tensor]) -> tuple[nn.Module, list[Scored]]:
+    """A checkpoint's model on the task's device, in eval mode with every parameter frozen for
+    autograd, and its scored layers (those ``build`` left trainable), each with its kernel."""
+    model = task.fresh(0)
+    model.load_state_dict(state)
+    scored = scored_modules(model)
+    if _tied(scored):
+        raise UnsupportedModelError(
+            "the model shares parameters between layers (tied weights), whose projected TRAK features "
+            "would not add up; untie them or freeze the shared parameter"
+        )
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.to(task.config.torch_device()).eval(), scored
+
+
+def projected_grads(
+    task: ModelTask, model: nn.Module, scored: list[Scored], projectors: list[LayerProjector], rows: Batch
+) -> torch.Tensor:
+    """``[n, dim]`` float32 on the CPU: each row's projected loss gradient, layer by layer, from one
+    forward/backward pass (rows must be independent in ``task.loss``, as in training)."""
+    device = next(model.parameters()).device
+    with ModuleTaps(scored) as taps:
+        losses = task.loss(model, to_device(rows, device))
+        grads = taps.grads(losses.float().sum(), len(losses))
+    parts = [g.project(p) for g, p in zip(grads, projectors, strict=True)]
+    return torch.cat(parts, 1).float().cpu()
+
+
+def _chunked(task, model, scored, projectors, batch: Batch, cfg: TrainConfig) -> torch.Tensor:
+    return torch.cat([
+        projected_grads(task, model, scored, projectors, rows) for rows in row_chunks(batch, cfg.chunk_rows)
+    ])
+
+
+def row_chunks(batch: Batch, chunk_rows: int) -> Iterator[dict[str, torch.Tensor]]:
+    """``batch`` in consecutive chunks of at most ``chunk_rows`` rows."""
+    n = batch_size_of("batch", batch)
+    for start in range(0, n, chunk_rows):
+        yield take(batch, torch.arange(start, min(start + chunk_rows, n)))
+
+
+def kernel_inverse(gram: torch.Tensor, n: int, cfg: TrainConfig) -> np.ndarray:
+    """``(ΦᵀΦ + λI)⁻¹``, ``λ = n·weight_decay`` (SGD only: AdamW's decay is decoupled from the loss)
+    ``+ trak_damping · mean diag(ΦᵀΦ)``."""
+    wd = cfg.weight_decay if cfg.optimizer == "sgd" else 0.0
+    return damped_inverse(gram, n, replace(cfg, weight_decay=wd))

@@ -1,0 +1,268 @@
+"""TRAK features for ModelTask models against torch.func.
+
+The kernels project each row's gradient with ``P_out ⊗ P_in`` without forming it; the reference
+forms it with ``vmap(grad)`` and multiplies by the explicit Kronecker matrix. With ``k`` at least
+the parameter count every layer is kept exactly, and the scores must equal the exact kernel form
+``G (GᵀG + λI)⁻¹ G_qᵀ`` from full per-example gradients.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from attribution.errors import UnsupportedModelError
+from attribution.inrun import ModuleTaps, scored_modules, train_model
+from attribution.kernels import LayerGrads
+from attribution.kernels.explicit import VectorGrads
+from attribution.kernels.projection import LayerProjector, split_budget
+from attribution.model_task import ModelTask, classification_loss
+from attribution.task import TrainConfig
+from attribution.trak_model import model_features
+
+from .kernel_models import CASES, Case, ConvNet, SeqLinear, image_batch, seq_batch
+
+BY_NAME = {c.name: c for c in CASES}
+
+
+def param_grads(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each row's loss gradient per trainable parameter (``[n, *shape]``), by torch.func."""
+    params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
+
+    def loss(p: dict, row: dict) -> torch.Tensor:
+        one = {k: v.unsqueeze(0) for k, v in row.items()}
+        logits = functional_call(model, p, (), {k: v for k, v in one.items() if k != "labels"})
+        return nn.functional.cross_entropy(logits, one["labels"])
+
+    return vmap(grad(loss), in_dims=(None, 0))(params, batch)
+
+
+def flat_grads(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.cat([g.flatten(1) for g in param_grads(model, batch).values()], 1)
+
+
+def layer_grads(model: nn.Module, batch: dict[str, torch.Tensor]):
+    """The kernels' factored gradients of ``batch``'s rows, with each scored layer's name."""
+    scored = scored_modules(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with ModuleTaps(scored) as taps:
+        grads = taps.grads(classification_loss(model, batch).sum(), len(batch["labels"]))
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return [(s.name, g) for s, g in zip(scored, grads, strict=True)]
+
+
+def rel_err(got, ref) -> float:
+    got, ref = torch.as_tensor(got).double(), torch.as_tensor(ref).double()
+    return float((got - ref).norm() / ref.norm())
+
+
+def _eye_or(p: torch.Tensor | None, d: int) -> torch.Tensor:
+    return torch.eye(d) if p is None else p
+
+
+@pytest.mark.parametrize("distribution", ["rademacher", "gaussian"])
+@pytest.mark.parametrize("case_name", ["seq-linear", "conv2d", "conv2d-reflect"])
+def test_kronecker_projection_equals_dense_projection_of_torch_func_grads(
+    case_name: str, distribution: str
+) -> None:
+    case = BY_NAME[case_name]
+    torch.manual_seed(0)
+    model = case.build()
+    batch = case.batch(6, torch.Generator().manual_seed(1))
+    ref = param_grads(model, batch)
+    both_sides = 0
+    for i, (name, g) in enumerate(layer_grads(model, batch)):
+        proj = LayerProjector(12, seed=7, index=i, distribution=distribution)
+        got = g.project(proj)
+        w = ref[f"{name}.weight"]
+        full = w.reshape(w.shape[0], w.shape[1], -1)  # [n, d_out, d_in]
+        if f"{name}.bias" in ref:
+            full = torch.cat([full, ref[f"{name}.bias"][:, :, None]], 2)
+        d_out, d_in = full.shape[1:]
+        p_out, p_in = proj.kron(d_out, d_in)
+        both_sides += p_out is not None and p_in is not None
+        dense = torch.kron(_eye_or(p_out, d_out), _eye_or(p_in, d_in))
+        want = full.flatten(1) @ dense
+        assert got.shape == want.shape and got.dtype == torch.float32
+        assert rel_err(got, want) <= 1e-5, name
+    assert both_sides >= 2
+
+
+def test_projection_scale_keeps_inner_products_unbiased() -> None:
+    """``E‖Pᵀx‖² = ‖x‖²``: entries of variance ``1/k`` (each row of a Rademacher side has norm 1)."""
+    for distribution, tol in (("rademacher", 1e-6), ("gaussian", 0.05)):
+        p_out, p_in = LayerProjector(64, seed=0, index=0, distribution=distribution).kron(400, 300)
+        assert p_out is not None and p_in is not None and p_out.shape == (400, 8) and p_in.shape == (300, 8)
+        for p in (p_out, p_in):
+            norms = (p * p).sum(1)
+            assert abs(float(norms.mean()) - 1.0) < tol
+            if distribution == "rademacher":
+                torch.testing.assert_close(norms, torch.ones_like(norms))
+
+
+def test_explicit_vector_layers_project_densely_and_others_name_themselves() -> None:
+    gen = torch.Generator().manual_seed(0)
+    w, b = nn.Parameter(torch.zeros(5)), nn.Parameter(torch.zeros(5))
+    v = torch.randn(4, 10, generator=gen)
+    g = VectorGrads(v, (w, b))
+    proj = LayerProjector(6, seed=3, index=2)
+    assert torch.equal(g.project(proj), v @ proj.dense(10))
+    assert torch.equal(g.project(LayerProjector(10, seed=3, index=2)), v)  # fits: kept exactly
+    other = VectorGrads(torch.randn(3, 10, generator=gen), (w, b))
+    torch.testing.assert_close(g.gram(other), v @ other.v.T)
+    torch.testing.assert_close(torch.cat(g.summed()), v.sum(0))
+    u = [torch.randn(5, generator=gen), torch.randn(5, generator=gen)]
+    torch.testing.assert_close(g.dot(u), v @ torch.cat(u))
+
+    class Opaque(LayerGrads):
+        params = ()
+        __len__ = rows = summed = dot = gram = lambda *a: None
+
+    with pytest.raises(NotImplementedError, match="Opaque has no projection"):
+        Opaque().project(proj)
+
+
+def test_budget_keeps_every_layer_that_fits_exactly() -> None:
+    assert split_budget([49, 49, 24], 122) == [49, 49, 24]
+    assert split_budget([49, 49, 24], 1000) == [49, 49, 24]
+    assert split_budget([1000, 10, 30], 100) == [60, 10, 30]
+    assert sum(split_budget([500, 700, 9], 101)) == 101
+    assert split_budget([5, 5, 5], 2) == [1, 1, 1]  # never an empty layer
+
+
+def _task(case: Case, **cfg) -> ModelTask:
+    config = TrainConfig(**{"chunk_rows": 7, "trak_damping": 1e-3, **cfg})
+    return ModelTask(case.name, lambda seed: case.build(), config)
+
+
+def _states(task: ModelTask, seeds=(0, 1)) -> list[dict[str, torch.Tensor]]:
+    return [task.fresh(s).state_dict() for s in seeds]
+
+
+def exact_scores(task: ModelTask, states, train, queries) -> np.ndarray:
+    """``G (GᵀG + λI)⁻¹ G_qᵀ`` from full per-example gradients, averaged over checkpoints."""
+    cfg, n = task.config, len(train["labels"])
+    total = 0.0
+    for state in states:
+        model = task.fresh(0)
+        model.load_state_dict(state)
+        g, gq = flat_grads(model, train).double(), flat_grads(model, queries).double()
+        gram = g.T @ g
+        ridge = n * cfg.weight_decay + cfg.trak_damping * float(gram.diagonal().mean())
+        total = total + g @ torch.linalg.solve(gram + ridge * torch.eye(len(gram), dtype=torch.float64), gq.T)
+    return (total / len(states)).numpy()
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-2])
+@pytest.mark.parametrize("case_name", ["seq-linear", "conv2d"])
+def test_scores_with_k_above_parameter_count_equal_the_exact_kernel_form(
+    case_name: str, weight_decay: float
+) -> None:
+    case = BY_NAME[case_name]
+    task = _task(case, weight_decay=weight_decay)
+    gen = torch.Generator().manual_seed(2)
+    train, queries = case.batch(30, gen), case.batch(5, gen)
+    states = _states(task)
+    n_params = sum(p.numel() for p in task.fresh(0).parameters())
+    feats = model_features(task, states, train, k=n_params + 50, seed=0)
+    assert feats.dim == n_params  # every layer kept exactly
+    got = feats.scores(queries)
+    assert got.shape == (30, 5)
+    assert rel_err(got, exact_scores(task, states, train, queries)) <= 1e-3
+
+
+def test_queries_without_labels_are_scored_at_the_predicted_class() -> None:
+    case = BY_NAME["seq-linear"]
+    task = _task(case)
+    gen = torch.Generator().manual_seed(3)
+    train, queries = case.batch(20, gen), case.batch(4, gen)
+    feats = model_features(task, _states(task), train, k=64, seed=1)
+    unlabelled = {k: v for k, v in queries.items() if k != "labels"}
+    with torch.no_grad():
+        predicted = feats.checkpoints[-1].model(**unlabelled).argmax(1)
+    np.testing.assert_array_equal(feats.scores(unlabelled), feats.scores({**unlabelled, "labels": predicted}))
+
+
+@pytest.mark.parametrize("projection", ["rademacher", "gaussian"])
+def test_features_are_deterministic_and_spill_to_disk(tmp_path, projection: str) -> None:
+    case = BY_NAME["conv2d"]
+    gen = torch.Generator().manual_seed(4)
+    train, queries = case.batch(25, gen), case.batch(3, gen)
+    task = _task(case)
+    states = _states(task)
+    one = model_features(task, states, train, k=40, seed=5, projection=projection)
+    two = model_features(task, states, train, k=40, seed=5, projection=projection)
+    other = model_features(task, states, train, k=40, seed=6, projection=projection)
+    assert one.dim <= 40
+    for j in range(len(states)):
+        assert one.features(j).dtype == np.float32 and one.features(j).shape == (25, one.dim)
+        assert one.features(j).tobytes() == two.features(j).tobytes()
+        assert not np.array_equal(one.features(j), other.features(j))
+    spilled = model_features(_task(case, spill_bytes=0), states, train, k=40, seed=5, projection=projection,
+                             directory=str(tmp_path))
+    assert spilled.checkpoints[0].store.spilled == 4  # 25 rows in chunks of 7
+    assert any(tmp_path.rglob("*.npy"))
+    assert spilled.features(1).tobytes() == one.features(1).tobytes()
+    np.testing.assert_array_equal(spilled.scores(queries), one.scores(queries))
+
+
+def test_features_of_a_trained_model_and_one_query() -> None:
+    """The TrainResult's checkpoints in, one image query out (timing printed, not asserted)."""
+    cfg = TrainConfig(epochs=3, batch_size=8, lr=0.1, n_checkpoints=2, chunk_rows=16)
+    task = ModelTask("conv", lambda seed: ConvNet(), cfg)
+    gen = torch.Generator().manual_seed(5)
+    make = image_batch(2, 7, 6, 3)
+    train, targets, query = make(24, gen), make(3, gen), make(1, gen)
+    result = train_model(task, train, [f"ex{i}" for i in range(24)], targets, seed=0)
+    assert len(result.checkpoints) == 2
+    feats = model_features(task, result.checkpoints, train, k=128, seed=0)
+    feats.scores(query)  # warm
+    t0 = time.perf_counter()
+    s = feats.scores(query)
+    ms = 1e3 * (time.perf_counter() - t0)
+    print(f"one image query over {feats.n_train} rows, 2 checkpoints: {ms:.2f} ms")
+    assert s.shape == (24, 1) and np.isfinite(s).all()
+    self_inf = feats.self_influence()
+    assert self_inf.shape == (24,) and (self_inf > 0).all()
+
+
+def test_tied_weights_are_refused() -> None:
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+            self.b.weight = self.a.weight
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(torch.tanh(self.a(x)))
+
+    task = ModelTask("tied", lambda seed: Tied())
+    batch = {"x": torch.randn(3, 4), "labels": torch.tensor([0, 1, 2])}
+    with pytest.raises(UnsupportedModelError, match="tied weights"):
+        model_features(task, [task.fresh(0).state_dict()], batch, k=8, seed=0)
+
+
+def test_model_features_are_the_dense_kronecker_projection_of_torch_func_grads() -> None:
+    """A wider padded-sequence model, really projected: features are the dense Kronecker projection of
+    the flattened torch.func gradients, layer by layer, in the model's parameter order."""
+    build = lambda: SeqLinear(d=9, h=11, c=4)  # noqa: E731
+    task = ModelTask("seq", lambda seed: build(), TrainConfig(chunk_rows=5))
+    train = seq_batch(9, 6, 4)(12, torch.Generator().manual_seed(6))
+    feats = model_features(task, _states(task, (0,)), train, k=90, seed=2)
+    model = task.fresh(0)
+    ref = param_grads(model, train)
+    parts = []
+    for s, proj in zip(scored_modules(model), feats.projectors, strict=True):
+        w = ref[f"{s.name}.weight"]
+        full = torch.cat([w, ref[f"{s.name}.bias"][:, :, None]], 2) if f"{s.name}.bias" in ref else w
+        d_out, d_in = full.shape[1:]
+        p_out, p_in = proj.kron(d_out, d_in)
+        parts.append(full.flatten(1) @ torch.kron(_eye_or(p_out, d_out), _eye_or(p_in, d_in)))
+    assert rel_err(feats.features(0), torch.cat(parts, 1)) <= 1e-5
