@@ -528,14 +528,15 @@ def run(args, log: Callable[[str], None] = print) -> dict:
     scores: dict[str, np.ndarray] = {}
     anchors: set[str] = set()
 
-    def score(method: str, fn: Callable[[], np.ndarray], is_anchor: bool = False) -> None:
+    def score(method: str, fn: Callable[[], np.ndarray], is_anchor: bool = False,
+              optional: bool = False) -> None:
         t0 = time.perf_counter()
         chatter = io.StringIO()  # dattri's progress bars and Kronfluence's warnings would bury the figures
         try:
             with contextlib.redirect_stderr(chatter if is_anchor else sys.stderr):
                 s = np.asarray(fn(), dtype=np.float64)
-        except Exception as exc:  # an anchor that fails is reported, not fatal
-            if not is_anchor:
+        except Exception as exc:  # an anchor (or our TRAK on a layer it lacks) is reported, not fatal
+            if not (is_anchor or optional):
                 raise
             log(f"  {method}/{name}: failed ({type(exc).__name__}: {exc}); left out")
             log(chatter.getvalue()[-2000:])
@@ -564,7 +565,7 @@ def run(args, log: Callable[[str], None] = print) -> dict:
     if trak_available():
         for k in ks:
             score(f"trak_k{k}", lambda k=k: our_trak(p.task, res.checkpoints, p.train, p.targets, k,
-                                                     args.seed)[0])
+                                                     args.seed)[0], optional=True)
     else:
         log(f"  trak_k*/{name}: our TRAK for ModelTask models is not in this tree; left out")
         left_out.append("trak_k*: attribution.trak_model missing")
@@ -678,7 +679,11 @@ def mislabel_section(p: Prepared, seed: int, log: Callable[[str], None]) -> dict
     task = with_config(p.task, per_target=False)
     res = train_model(task, train, [f"ex{i:05d}" for i in range(n)], p.targets, seed=seed)
     out = {f"inrun_sgd/{p.model}": float(roc_auc_score(flip, -res.scores))}
-    trak = our_trak(task, res.checkpoints, train, p.targets, 512, seed)
+    try:
+        trak = our_trak(task, res.checkpoints, train, p.targets, 512, seed)
+    except NotImplementedError as exc:
+        log(f"  TRAK self-influence left out: {exc}")
+        trak = None
     if trak is not None and hasattr(trak[1], "self_influence"):
         out[f"trak_k512_self/{p.model}"] = float(roc_auc_score(flip, np.asarray(trak[1].self_influence())))
     for key, v in out.items():
