@@ -1,6 +1,17 @@
 """Attribution quality and cost, side by side in one run.
 
     python bench/attribution_lds.py [--data FILE.parquet --label-col COL] [--retrains N]
+    python bench/attribution_lds.py --kind text [--data FILE.parquet --text-col C --label-col L]
+        [--train N] [--targets N] [--retrains N] [--no-adamw] [--no-fixed-seed] [--no-loco] [--no-anchor]
+    python bench/attribution_lds.py --kind image [--data FILE.parquet --image-col C --label-col L] [...]
+
+``--kind text`` (the text-transformer recipe, 2 layers, d=64) and ``--kind image`` (the image-cnn
+recipe on 16x16 RGB) are in ``bench/_common/lds_models.py``; without ``--data`` they generate a
+seeded synthetic set of their own. They print LDS (ground truth: retraining with a new seed per
+retrain; ``@fixed_seed``: one seed for all) of in-run SGD and AdamW scores and TRAK, the anchors on
+the same trained model and checkpoints (dattri 0.3.0 TracIn and TRAK, Kronfluence 1.0.1 EK-FAC),
+LOCO, mislabel ROC-AUC and the training cost; what they leave out is printed and listed under
+``left_out``. The tabular kind (the default) is described below.
 
 Without ``--data`` it uses scikit-learn's bundled digits. Prints, for logistic regression and
 an MLP: LDS (mean Spearman over 300 held-out targets, ground truth from retraining on random
@@ -328,18 +339,38 @@ def cost_section(x, y, seed: int, repeats: int) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", help="Parquet file with numeric feature columns and a label column")
+    ap.add_argument("--kind", choices=["tabular", "text", "image"], default="tabular")
+    ap.add_argument("--data", help="Parquet file: numeric feature columns (tabular), a text column (text) or "
+                    "encoded PNG/JPEG bytes (image), and a label column")
     ap.add_argument("--label-col", help="name of the label column in --data")
-    ap.add_argument("--retrains", type=int, default=100,
-                    help="retrains on random 50%% subsets (>= 100 for figures)")
+    ap.add_argument("--text-col", help="name of the text column in --data (--kind text)")
+    ap.add_argument("--image-col", help="name of the encoded-image column in --data (--kind image)")
+    ap.add_argument("--retrains", type=int,
+                    help="retrains on random 50%% subsets (default 100 tabular, 50 text and image)")
+    ap.add_argument("--train", type=int, help="training rows (default 1000)")
+    ap.add_argument("--targets", type=int, help="held-out targets (default 300 tabular, 200 text and image)")
+    ap.add_argument("--trak-k", type=int, nargs="+", default=[128, 512],
+                    help="projection sizes of TRAK, ours and dattri's (text and image)")
+    ap.add_argument("--adamw", action=argparse.BooleanOptionalAction, default=True,
+                    help="text and image: the AdamW run against AdamW retrains")
+    ap.add_argument("--fixed-seed", action=argparse.BooleanOptionalAction, default=True,
+                    help="text and image: also the ground truth retrained with one fixed seed (@fixed_seed)")
+    ap.add_argument("--loco", action=argparse.BooleanOptionalAction, default=True,
+                    help="text and image: leave-one-contributor-out Spearman")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cost-repeats", type=int, default=5)
-    ap.add_argument("--no-anchor", action="store_true", help="skip the dattri anchor")
+    ap.add_argument("--no-anchor", action="store_true", help="skip the anchors (dattri, Kronfluence)")
     ap.add_argument("--mislabels-only", action="store_true",
                     help="run only the mislabel section (prints its figures and a JSON line)")
     args = ap.parse_args()
     if args.data and not Path(args.data).is_file():
         sys.exit(f"error: --data {args.data} is not a file")
+    if args.kind != "tabular":
+        run_model_kind(args)
+        return
+    global N_TRAIN, N_TARGETS
+    N_TRAIN, N_TARGETS = args.train or N_TRAIN, args.targets or N_TARGETS
+    args.retrains = args.retrains or 100
     x, y = load(args.data, args.label_col)
     if len(np.unique(y)) < 2:
         sys.exit("error: the label column holds one class only")
@@ -378,6 +409,21 @@ def main() -> None:
         "peak_rss_mb": round(cost["peak_rss_mb"], 1),
     }
     print_goals(summary, secs)
+    print(json.dumps(summary))
+
+
+def run_model_kind(args: argparse.Namespace) -> None:
+    """``--kind text`` (a 2-layer transformer) or ``--kind image`` (a small CNN): bench/_common/lds_models."""
+    from bench._common import lds_models
+
+    args.train, args.targets = args.train or 1000, args.targets or 200
+    args.retrains = args.retrains or 50
+    args.anchor = not args.no_anchor
+    torch.manual_seed(args.seed)
+    summary = lds_models.run(args, log=lambda line: print(line, flush=True))
+    for item in summary["left_out"]:
+        print(f"  left out: {item}")
+    print(f"  {summary['minutes']:.1f} minutes")
     print(json.dumps(summary))
 
 

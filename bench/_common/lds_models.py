@@ -1,0 +1,691 @@
+"""The text and image kinds of ``bench/attribution_lds.py``: data, models, ground truth and anchors.
+
+Everything works on batches as dicts of tensors (``input_ids``/``attention_mask`` or
+``pixel_values``, and ``labels``) and on a ``ModelTask``, so the in-run driver, our TRAK, dattri
+0.3.0 (TracIn and TRAK on the same checkpoints) and Kronfluence 1.0.1 (EK-FAC on the final model)
+all see the same trained model and the same rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import io
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.stats import spearmanr
+from torch import nn
+
+from attribution.model_task import LABELS, ModelTask, take
+from attribution.task import TrainConfig
+
+Batch = Mapping[str, torch.Tensor]
+
+# ---------------------------------------------------------------- synthetic data
+
+FILLER = (
+    "the", "a", "an", "of", "to", "in", "and", "or", "is", "was", "it", "this", "that", "with", "for", "on",
+    "at", "by", "from", "as", "be", "are", "were", "has", "had", "have", "not", "but", "so", "if", "then",
+    "than", "very", "just", "also", "more", "most", "some", "any", "each", "every", "all", "both", "few",
+    "many", "such", "only", "own", "same", "other", "into", "over", "under", "again", "once", "here",
+    "there", "when", "where", "why", "how", "what", "which", "who", "whom", "these", "those", "am", "been",
+    "being", "do", "does", "did", "doing", "would", "could", "should", "might", "must", "can", "will"
+)
+
+
+def synthetic_text(n: int, seed: int, n_classes: int = 4,
+                   noise: float = 0.05) -> tuple[list[str], np.ndarray]:
+    """Sentences of 8-24 words: class topic words (each class has its own 40, drawn with Zipf-like
+    weights) mixed into shared filler words, a few topic words of other classes, and ``noise`` of the
+    labels flipped. Seeded: the same ``(n, seed)`` gives the same data."""
+    rng = np.random.default_rng(seed)
+    topics = [[f"{chr(97 + c)}{w:02d}x" for w in range(40)] for c in range(n_classes)]
+    zipf = 1.0 / np.arange(1, 41)
+    zipf /= zipf.sum()
+    labels = rng.integers(0, n_classes, n)
+    texts = []
+    for c in labels:
+        words = []
+        for _ in range(rng.integers(8, 25)):
+            u = rng.random()
+            if u < 0.25:
+                words.append(topics[c][rng.choice(40, p=zipf)])
+            elif u < 0.33:
+                other = (c + rng.integers(1, n_classes)) % n_classes
+                words.append(topics[other][rng.choice(40, p=zipf)])
+            else:
+                words.append(FILLER[rng.integers(len(FILLER))])
+        texts.append(" ".join(words))
+    flip = rng.random(n) < noise
+    labels = np.where(flip, (labels + rng.integers(1, n_classes, n)) % n_classes, labels)
+    return texts, labels.astype(np.int64)
+
+
+COLOURS = np.array([[220, 40, 40], [40, 180, 60], [50, 80, 220], [230, 200, 40], [180, 60, 200],
+                    [40, 200, 200]], dtype=np.float64)
+
+
+def _shape_mask(kind: int, size: int, cy: float, cx: float, r: float) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    dy, dx = yy - cy, xx - cx
+    if kind == 0:  # filled square
+        return (np.abs(dy) <= r) & (np.abs(dx) <= r)
+    if kind == 1:  # disc
+        return dy**2 + dx**2 <= r**2
+    if kind == 2:  # cross
+        return ((np.abs(dy) <= r / 3) & (np.abs(dx) <= r)) | ((np.abs(dx) <= r / 3) & (np.abs(dy) <= r))
+    if kind == 3:  # ring
+        d = np.sqrt(dy**2 + dx**2)
+        return (d <= r) & (d >= r * 0.55)
+    if kind == 4:  # horizontal bar
+        return (np.abs(dy) <= r / 2.5) & (np.abs(dx) <= r * 1.3)
+    return (np.abs(dx) <= r / 2.5) & (np.abs(dy) <= r * 1.3)  # vertical bar
+
+
+def synthetic_images(n: int, seed: int, n_classes: int = 4, size: int = 16,
+                     noise: float = 0.05) -> tuple[list[bytes], np.ndarray]:
+    """PNG-encoded RGB images (``size`` x ``size``): class c is shape c in colour c (jittered
+    position, radius and hue) on a random dark background with pixel noise; ``noise`` of the labels
+    flipped. Encoded with Pillow, as an uploaded image column would be."""
+    from PIL import Image
+
+    if n_classes > len(COLOURS):
+        raise ValueError(f"synthetic images have at most {len(COLOURS)} classes")
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, n_classes, n)
+    out = []
+    for c in labels:
+        img = rng.uniform(0, 90, 3)[None, None, :] + rng.normal(0, 25, (size, size, 3))
+        r = rng.uniform(0.22, 0.32) * size
+        cy, cx = rng.uniform(r, size - 1 - r, 2)
+        mask = _shape_mask(int(c), size, cy, cx, r)
+        colour = np.clip(COLOURS[c] + rng.normal(0, 35, 3), 0, 255)
+        img[mask] = 0.35 * img[mask] + 0.65 * colour
+        buf = io.BytesIO()
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB").save(buf, format="PNG")
+        out.append(buf.getvalue())
+    flip = rng.random(n) < noise
+    labels = np.where(flip, (labels + rng.integers(1, n_classes, n)) % n_classes, labels)
+    return out, labels.astype(np.int64)
+
+
+def read_columns(path: str, value_col: str | None, label_col: str | None,
+                 what: str) -> tuple[list, np.ndarray]:
+    """One value column (text or encoded image bytes) and the labels (as class indices) of a Parquet file."""
+    import pyarrow.parquet as pq
+
+    names = pq.read_schema(path).names
+    for flag, col in ((f"--{what}-col", value_col), ("--label-col", label_col)):
+        if col is None or col not in names:
+            sys.exit(f"error: {flag} must name a column of {path} (columns: {names})")
+    table = pq.read_table(path, columns=[value_col, label_col])
+    values = table.column(value_col).to_pylist()
+    labels = np.unique(np.asarray([str(v) for v in table.column(label_col).to_pylist()]),
+                       return_inverse=True)[1]
+    if what == "image":
+        values = [v["bytes"] if isinstance(v, dict) else v for v in values]  # HF datasets' Image struct
+    keep = [i for i, v in enumerate(values) if v is not None]
+    return [values[i] for i in keep], labels[keep].astype(np.int64)
+
+
+# ---------------------------------------------------------------- outputs, ground truth, metrics
+
+
+def inputs_of(batch: Batch) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in batch.items() if k != LABELS}
+
+
+def log_p_true(model: nn.Module, batch: Batch, chunk: int = 256) -> np.ndarray:
+    """Each row's log-probability of its true class under ``model`` (eval mode, no grad)."""
+    model.eval()
+    n = len(batch[LABELS])
+    out = []
+    with torch.no_grad():
+        for s in range(0, n, chunk):
+            rows = {k: v[s : s + chunk] for k, v in batch.items()}
+            logp = F.log_softmax(model(**inputs_of(rows)).float(), dim=1)
+            out.append(logp.gather(1, rows[LABELS][:, None]).squeeze(1))
+    return torch.cat(out).double().numpy()
+
+
+def lds(scores: np.ndarray, masks: np.ndarray, outs: np.ndarray) -> float:
+    predicted = masks.astype(np.float64) @ scores  # [retrains, targets]
+    rhos = [spearmanr(predicted[:, j], outs[:, j])[0] for j in range(outs.shape[1])]
+    return float(np.nanmean(rhos))
+
+
+def subset_masks(n: int, retrains: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed + 1)
+    masks = np.zeros((retrains, n), dtype=bool)
+    for r in range(retrains):
+        masks[r, rng.choice(n, n // 2, replace=False)] = True
+    return masks
+
+
+def ground_truth(task: ModelTask, train: Batch, targets: Batch, masks: np.ndarray, seed: int, *,
+                 fixed_seed: bool, log: Callable[[str], None] = print) -> np.ndarray:
+    """Target outputs (log p of the true class) of models retrained on each subset: with seed
+    ``seed + 1 + r`` for retrain r (the default: initialization and order noise count as they do
+    in practice), or with ``seed`` for all (``fixed_seed``)."""
+    from attribution.inrun import train_model_plain
+
+    outs = np.zeros((len(masks), len(targets[LABELS])))
+    t0 = time.perf_counter()
+    for r, mask in enumerate(masks):
+        model = train_model_plain(task, take(train, torch.as_tensor(np.flatnonzero(mask))),
+                                  seed=seed if fixed_seed else seed + 1 + r)
+        outs[r] = log_p_true(model, targets)
+        if r == 0 or (r + 1) % max(1, len(masks) // 5) == 0:
+            log(f"    retrain {r + 1}/{len(masks)} ({time.perf_counter() - t0:.0f}s)")
+    return outs
+
+
+# ---------------------------------------------------------------- anchors
+
+
+def _keys(batch: Batch) -> list[str]:
+    return sorted(batch)
+
+
+def _tensor_dataset(batch: Batch):
+    from torch.utils.data import TensorDataset
+
+    return TensorDataset(*(batch[k] for k in _keys(batch)))
+
+
+class _DictDataset(torch.utils.data.Dataset):
+    def __init__(self, batch: Batch):
+        self.batch, self.n = batch, len(batch[LABELS])
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[i] for k, v in self.batch.items()}
+
+
+def dattri_anchors(task: ModelTask, result, train: Batch, targets: Batch, ks: tuple[int, ...],
+                   score: Callable[[str, Callable[[], np.ndarray]], None]) -> None:
+    """dattri 0.3.0's TracIn (the checkpoints weighted by the learning rate, plain dot products, as
+    ours) and TRAK at each k (the same checkpoints ensembled), on the same model and rows."""
+    from dattri.algorithm import TracInAttributor, TRAKAttributor
+    from dattri.task import AttributionTask as DTask
+    from torch.utils.data import DataLoader
+
+    model = task.fresh(0)
+    model.eval()
+    if hasattr(model, "_check_inputs"):  # its int(tensor) range checks cannot run under vmap; the rows
+        model._check_inputs = lambda *args: None  # were checked when our driver trained on them
+    keys = _keys(train)
+
+    def rows(data) -> dict[str, torch.Tensor]:  # dattri vmaps over single rows
+        return {k: v.unsqueeze(0) for k, v in zip(keys, data, strict=True)}
+
+    def logits(params, data):
+        return torch.func.functional_call(model, params, (), inputs_of(rows(data))).float()
+
+    def loss_func(params, data):
+        return F.cross_entropy(logits(params, data), rows(data)[LABELS])
+
+    def margin(params, data):
+        lp = F.log_softmax(logits(params, data), 1).gather(1, rows(data)[LABELS][:, None]).squeeze(1)
+        return (lp - torch.log1p(-lp.exp().clamp(max=1 - 1e-7))).sum()
+
+    def prob(params, data):
+        lp = F.log_softmax(logits(params, data), 1).gather(1, rows(data)[LABELS][:, None])
+        return lp.exp().squeeze()
+
+    loader = DataLoader(_tensor_dataset(train), batch_size=50, shuffle=False)
+    tloader = DataLoader(_tensor_dataset(targets), batch_size=50, shuffle=False)
+    ckpts = result.checkpoints
+
+    def tracin():
+        lrs = torch.full((len(ckpts),), task.config.lr)
+        att = TracInAttributor(DTask(loss_func, model, ckpts), weight_list=lrs, normalized_grad=False)
+        return att.attribute(loader, tloader).detach().double().numpy()
+
+    score("dattri_tracin", tracin)
+    for k in ks:
+        def trak(k=k):
+            att = TRAKAttributor(DTask(margin, model, ckpts), correct_probability_func=prob,
+                                 projector_kwargs={"proj_dim": k, "device": "cpu"}, regularization=1e-3)
+            att.cache(loader)
+            return att.attribute(tloader).detach().double().numpy()
+
+        score(f"dattri_trak_k{k}", trak)
+
+
+def kronfluence_anchor(task: ModelTask, model: nn.Module, train: Batch, targets: Batch) -> np.ndarray:
+    """Kronfluence 1.0.1's EK-FAC influence of each training row on each target's loss (its tracked
+    layers: Linear and Conv2d; embeddings and norms are not covered), on the final model, on the
+    CPU. A positive score is a helpful row, as ours. Returns [n_train, n_targets]."""
+    import logging
+
+    from kronfluence.analyzer import Analyzer, prepare_model
+    from kronfluence.arguments import FactorArguments
+    from kronfluence.task import Task
+    from kronfluence.utils.dataset import DataLoaderKwargs
+
+    class ClassificationTask(Task):
+        def compute_train_loss(self, batch, model, sample=False):
+            logits = model(**inputs_of(batch)).float()
+            if sample:
+                with torch.no_grad():
+                    labels = torch.multinomial(F.softmax(logits.detach(), -1), 1).squeeze(1)
+            else:
+                labels = batch[LABELS]
+            return F.cross_entropy(logits, labels, reduction="sum")
+
+        def compute_measurement(self, batch, model):
+            return F.cross_entropy(model(**inputs_of(batch)).float(), batch[LABELS], reduction="sum")
+
+    ktask = ClassificationTask()
+    model = prepare_model(copy.deepcopy(model), ktask)
+    with tempfile.TemporaryDirectory() as out:
+        analyzer = Analyzer("lds", model, ktask, cpu=True, disable_tqdm=True, output_dir=out,
+                            log_level=logging.WARNING)
+        analyzer.set_dataloader_kwargs(DataLoaderKwargs(num_workers=0))
+        analyzer.fit_all_factors("ekfac", _DictDataset(train), per_device_batch_size=64,
+                                 factor_args=FactorArguments(strategy="ekfac"), overwrite_output_dir=True)
+        analyzer.compute_pairwise_scores("pairs", "ekfac", _DictDataset(targets), _DictDataset(train),
+                                         per_device_query_batch_size=50, per_device_train_batch_size=100,
+                                         overwrite_output_dir=True)
+        scores = analyzer.load_pairwise_scores("pairs")["all_modules"]
+    return scores.double().numpy().T
+
+
+# ---------------------------------------------------------------- the sections
+
+
+def with_config(task: ModelTask, **changes) -> ModelTask:
+    return dataclasses.replace(task, config=dataclasses.replace(task.config, **changes))
+
+
+@dataclasses.dataclass
+class Prepared:
+    """A kind's model task and its rows: ``train`` and ``targets`` (held out), dicts of tensors."""
+
+    model: str  # "transformer" | "cnn"
+    task: ModelTask
+    train: dict[str, torch.Tensor]
+    targets: dict[str, torch.Tensor]
+    sizes: dict[str, object]
+
+
+def split_rows(n: int, n_train: int, n_targets: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng(seed).permutation(n)
+    n_train = min(n_train, int(0.8 * n))
+    n_targets = min(n_targets, n - n_train)
+    return order[:n_train], order[n_train : n_train + n_targets]
+
+
+def landed(module: str) -> bool:
+    """Whether ``attribution/<module>.py`` is in this tree (an editable install elsewhere does not count)."""
+    import attribution
+
+    return (Path(attribution.__file__).parent / f"{module.replace('.', '/')}.py").is_file()
+
+
+def trak_available() -> bool:
+    return landed("trak_model")
+
+
+def our_trak(task: ModelTask, checkpoints, train: Batch, targets: Batch, k: int, seed: int):
+    """Our TRAK for a ModelTask model (``attribution.trak_model``), or None where it has not landed."""
+    if not trak_available():
+        return None
+    from attribution import trak_model
+
+    feats = trak_model.model_features(with_config(task, trak_k=k), checkpoints, train, seed=seed)
+    return np.asarray(feats.scores(targets), dtype=np.float64), feats
+
+
+# ---------------------------------------------------------------- the kinds' models
+
+TEXT_MAX_LENGTH, TEXT_VOCAB, IMAGE_SIDE = 32, 512, 16
+
+
+def text_config(optimizer: str) -> TrainConfig:
+    lr = 0.5 if optimizer == "sgd" else 1e-3
+    return TrainConfig(optimizer=optimizer, lr=lr, epochs=10, batch_size=32, lr_schedule="linear",
+                       weight_decay=0.0, n_checkpoints=3, per_target=True)
+
+
+def image_config(optimizer: str) -> TrainConfig:
+    lr = 0.1 if optimizer == "sgd" else 1e-3
+    return TrainConfig(optimizer=optimizer, lr=lr, epochs=8, batch_size=32, lr_schedule="linear",
+                       weight_decay=0.0, n_checkpoints=3, per_target=True)
+
+
+def recipe_trainable(kind: str, n_classes: int) -> bool:
+    """Whether the driver has a kernel for every layer of the kind's recipe model (until they land it
+    refuses Embedding, LayerNorm, GroupNorm and Conv2d; the run then uses a stand-in and says so)."""
+    from attribution.errors import UnsupportedModelError
+    from attribution.inrun import scored_modules
+
+    if kind == "text":
+        from attribution.recipes.text import TextTransformer
+
+        model = TextTransformer(64, n_classes, TEXT_MAX_LENGTH, d_model=64, n_layers=2, n_heads=4)
+    else:
+        from attribution.recipes.image import SmallCNN
+
+        model = SmallCNN(3, n_classes)
+    try:
+        scored_modules(model)
+    except UnsupportedModelError as exc:
+        print(f"  the {kind} recipe is not trainable with attribution here ({exc}); using a stand-in")
+        return False
+    return True
+
+
+class _BagOfWords(nn.Module):  # stand-in until attribution.recipes.text lands
+    def __init__(self, d_in: int, n_classes: int):
+        super().__init__()
+        self.hidden, self.out = nn.Linear(d_in, 64), nn.Linear(64, n_classes)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.hidden(features)))
+
+
+class _PixelMLP(nn.Module):  # stand-in until attribution.recipes.image lands
+    def __init__(self, d_in: int, n_classes: int):
+        super().__init__()
+        self.hidden, self.out = nn.Linear(d_in, 64), nn.Linear(64, n_classes)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.hidden(pixel_values.flatten(1))))
+
+
+def prepare_text(texts: list[str], labels: np.ndarray, tr: np.ndarray, te: np.ndarray,
+                 optimizer: str) -> Prepared:
+    n_classes = int(labels.max()) + 1
+    config = text_config(optimizer)
+    if landed("recipes.text") and recipe_trainable("text", n_classes):
+        from attribution.recipes import text as recipe
+
+        tok_bytes = recipe.train_tokenizer([texts[i] for i in tr], vocab_size=TEXT_VOCAB)
+        tokenizer = recipe.load_tokenizer(tok_bytes)
+        enc = recipe.encode_texts(tokenizer, texts, TEXT_MAX_LENGTH)
+        vocab = tokenizer.get_vocab_size()
+        task = recipe.text_transformer_task(vocab, n_classes, TEXT_MAX_LENGTH, d_model=64, n_layers=2,
+                                            n_heads=4, config=config)
+        rows = {k: torch.as_tensor(np.asarray(v)) for k, v in enc.items()}
+        sizes = {"vocab": vocab, "max_length": TEXT_MAX_LENGTH, "d_model": 64, "layers": 2}
+    else:
+        feats = np.zeros((len(texts), TEXT_VOCAB), dtype=np.float32)
+        for i, t in enumerate(texts):
+            for w in t.split():
+                feats[i, hash_word(w) % TEXT_VOCAB] += 1.0
+        rows = {"features": torch.as_tensor(np.log1p(feats))}
+        task = ModelTask("stand-in-bow", lambda seed: _BagOfWords(TEXT_VOCAB, n_classes), config)
+        sizes = {"stand_in": "bag-of-words MLP: the driver lacks the recipe's kernels"}
+    rows[LABELS] = torch.as_tensor(labels)
+    return Prepared("transformer", task, take(rows, torch.as_tensor(tr)), take(rows, torch.as_tensor(te)),
+                    sizes)
+
+
+def hash_word(w: str) -> int:
+    import zlib
+
+    return zlib.crc32(w.encode())
+
+
+def prepare_image(images: list[bytes], labels: np.ndarray, tr: np.ndarray, te: np.ndarray,
+                  optimizer: str) -> Prepared:
+    n_classes = int(labels.max()) + 1
+    config = image_config(optimizer)
+    if landed("recipes.image") and recipe_trainable("image", n_classes):
+        from attribution.recipes import image as recipe
+
+        policy = recipe.ImagePolicy(height=IMAGE_SIDE, width=IMAGE_SIDE, mode="RGB", resize="squash")
+        pixels = torch.as_tensor(recipe.decode_images(images, policy))
+        task = recipe.image_cnn_task(policy, n_classes, config=config)
+        sizes = {"image": [3, IMAGE_SIDE, IMAGE_SIDE]}
+    else:
+        from PIL import Image
+
+        arr = [np.asarray(Image.open(io.BytesIO(b)).convert("RGB").resize((IMAGE_SIDE, IMAGE_SIDE)))
+               for b in images]
+        pixels = torch.as_tensor(np.stack(arr).transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
+        d = 3 * IMAGE_SIDE * IMAGE_SIDE
+        task = ModelTask("stand-in-pixels", lambda seed: _PixelMLP(d, n_classes), config)
+        sizes = {"stand_in": "pixel MLP: the driver lacks the recipe's kernels"}
+    rows = {"pixel_values": pixels.float(), LABELS: torch.as_tensor(labels)}
+    return Prepared("cnn", task, take(rows, torch.as_tensor(tr)), take(rows, torch.as_tensor(te)), sizes)
+
+
+# ---------------------------------------------------------------- the run
+
+
+def load_kind(args) -> tuple[list, np.ndarray, str]:
+    """The kind's raw values and labels: ``--data`` or a seeded synthetic set of train + targets rows."""
+    if args.data:
+        col = args.text_col if args.kind == "text" else args.image_col
+        values, labels = read_columns(args.data, col, args.label_col, args.kind)
+        return values, labels, args.data
+    n = int((args.train + args.targets) / 0.8) + 1  # split_rows keeps at most 80 % for training
+    if args.kind == "text":
+        return (*synthetic_text(n, args.seed), f"synthetic text ({n} sentences, 4 classes, 5% label noise)")
+    return (*synthetic_images(n, args.seed, size=IMAGE_SIDE),
+            f"synthetic {IMAGE_SIDE}x{IMAGE_SIDE} PNG images ({n}, 4 classes, 5% label noise)")
+
+
+def prepare(kind: str, values, labels, tr, te, optimizer: str) -> Prepared:
+    fn = prepare_text if kind == "text" else prepare_image
+    return fn(values, labels, tr, te, optimizer)
+
+
+def run(args, log: Callable[[str], None] = print) -> dict:
+    """The text or image run: returns the summary (the JSON line's object)."""
+    from attribution.inrun import model_steps, plain_model_steps, train_model
+
+    from . import lockstep
+
+    t_start = time.perf_counter()
+    values, labels, source = load_kind(args)
+    if len(np.unique(labels)) < 2:
+        sys.exit("error: the label column holds one class only")
+    tr, te = split_rows(len(labels), args.train, args.targets, args.seed)
+    p = prepare(args.kind, values, labels, tr, te, "sgd")
+    name, n, nv = p.model, len(tr), len(te)
+    ids = [f"ex{i:05d}" for i in range(n)]
+    sizes = {"train": n, "targets": nv, "retrains": args.retrains, "classes": int(labels.max()) + 1,
+             "epochs": p.task.config.epochs, "batch_size": p.task.config.batch_size, **p.sizes}
+    log(f"data: {source}; model {name} ({p.task.name}); sizes {sizes}; "
+        f"torch threads {torch.get_num_threads()}")
+    lds_out: dict[str, float] = {}
+    anchor: dict[str, dict[str, float]] = {}
+    secs: dict[str, float] = {}
+    left_out: list[str] = []
+
+    # cost: plain training against training with per-step attribution (mean target loss), interleaved
+    plain_task = with_config(p.task, per_target=False)
+    plain_s, attributed_s = [], []
+    for r in range(2):  # interleaved step by step, each order once; the minimum of each
+        p_s, a_s, _ = lockstep(plain_model_steps(plain_task, p.train, seed=args.seed),
+                               model_steps(plain_task, p.train, ids, p.targets, seed=args.seed),
+                               plain_first=r == 0)
+        plain_s.append(float(np.sum(p_s)))
+        attributed_s.append(float(np.sum(a_s)))
+    cost = {"train_s": round(min(plain_s), 3), "train_with_attribution_s": round(min(attributed_s), 3)}
+    log(f"== cost: plain {cost['train_s']:.2f}s, with per-step attribution "
+        f"{cost['train_with_attribution_s']:.2f}s")
+
+    masks = subset_masks(n, args.retrains, args.seed)
+    log(f"== LDS ({n} train, {nv} targets, {args.retrains} retrains of 50% subsets, a new seed each)")
+    t0 = time.perf_counter()
+    outs = ground_truth(p.task, p.train, p.targets, masks, args.seed, fixed_seed=False, log=log)
+    secs["ground_truth"] = time.perf_counter() - t0
+    scores: dict[str, np.ndarray] = {}
+    anchors: set[str] = set()
+
+    def score(method: str, fn: Callable[[], np.ndarray], is_anchor: bool = False,
+              optional: bool = False) -> None:
+        t0 = time.perf_counter()
+        chatter = io.StringIO()  # dattri's progress bars and Kronfluence's warnings would bury the figures
+        try:
+            with contextlib.redirect_stderr(chatter if is_anchor else sys.stderr):
+                s = np.asarray(fn(), dtype=np.float64)
+        except Exception as exc:  # an anchor (or our TRAK on a layer it lacks) is reported, not fatal
+            if not (is_anchor or optional):
+                raise
+            log(f"  {method}/{name}: failed ({type(exc).__name__}: {exc}); left out")
+            log(chatter.getvalue()[-2000:])
+            left_out.append(f"{method}: {type(exc).__name__}")
+            return
+        key = f"{method}/{name}"
+        secs[key] = time.perf_counter() - t0
+        scores[key] = s
+        v = round(lds(s, masks, outs), 4)
+        if is_anchor:
+            anchors.add(key)
+            anchor[key] = {"lds": v, "s": round(secs[key], 2)}
+        else:
+            lds_out[key] = v
+        log(f"  LDS {key:<30} {v:.3f}   ({secs[key]:.1f}s){'  [anchor]' if is_anchor else ''}")
+
+    holder = {}
+
+    def inrun():
+        holder["res"] = train_model(p.task, p.train, ids, p.targets, seed=args.seed)
+        return holder["res"].per_target
+
+    score("inrun_sgd", inrun)
+    res = holder["res"]
+    ks = tuple(args.trak_k)
+    if trak_available():
+        for k in ks:
+            score(f"trak_k{k}", lambda k=k: our_trak(p.task, res.checkpoints, p.train, p.targets, k,
+                                                     args.seed)[0], optional=True)
+    else:
+        log(f"  trak_k*/{name}: our TRAK for ModelTask models is not in this tree; left out")
+        left_out.append("trak_k*: attribution.trak_model missing")
+    if args.anchor:
+        dattri_anchors(p.task, res, p.train, p.targets, ks,
+                       lambda m, fn: score(m, fn, is_anchor=True))
+        score("kronfluence_ekfac", lambda: kronfluence_anchor(p.task, res.model, p.train, p.targets),
+              is_anchor=True)
+    else:
+        left_out.append("anchors: --no-anchor")
+
+    if args.adamw:
+        pa = prepare(args.kind, values, labels, tr, te, "adamw")
+        log(f"== AdamW: {args.retrains} retrains with AdamW (lr {pa.task.config.lr}), new seed each")
+        t0 = time.perf_counter()
+        outs_a = ground_truth(pa.task, pa.train, pa.targets, masks, args.seed, fixed_seed=False, log=log)
+        secs["ground_truth_adamw"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        res_a = train_model(pa.task, pa.train, ids, pa.targets, seed=args.seed)
+        key = f"inrun_adamw/{name}"
+        secs[key] = time.perf_counter() - t0
+        lds_out[key] = round(lds(res_a.per_target, masks, outs_a), 4)
+        log(f"  LDS {key:<30} {lds_out[key]:.3f}   ({secs[key]:.1f}s)")
+    else:
+        log("  inrun_adamw: left out (--no-adamw)")
+        left_out.append("inrun_adamw: --no-adamw")
+
+    if args.fixed_seed:
+        log(f"== LDS against {args.retrains} retrains with one fixed seed (@fixed_seed)")
+        outs_f = ground_truth(p.task, p.train, p.targets, masks, args.seed, fixed_seed=True, log=log)
+        for key, s in scores.items():
+            v = round(lds(s, masks, outs_f), 4)
+            if key in anchors:
+                anchor[f"{key}@fixed_seed"] = {"lds": v, "s": anchor[key]["s"]}
+            else:
+                lds_out[f"{key}@fixed_seed"] = v
+            log(f"  LDS {key + '@fixed_seed':<30} {v:.3f}")
+    else:
+        log("  fixed-seed ground truth: left out (--no-fixed-seed)")
+        left_out.append("@fixed_seed: --no-fixed-seed")
+
+    loco = None
+    if args.loco:
+        log("== contributors (10 providers, 3 with 30% and 3 with 10% flipped labels; one seed)")
+        loco = loco_section(p, args.seed, log)
+    else:
+        left_out.append("loco_spearman: --no-loco")
+
+    log("== mislabels (10% of training labels flipped)")
+    mis = mislabel_section(p, args.seed, log)
+    minutes = round((time.perf_counter() - t_start) / 60, 2)
+    summary = {
+        "kind": args.kind,
+        "model": name,
+        "sizes": sizes,
+        "lds": lds_out,
+        "anchor": anchor or None,
+        "loco_spearman": loco,
+        "mislabel_auc": round(min(mis.values()), 4),
+        "mislabel_auc_by_method": {k: round(v, 4) for k, v in mis.items()},
+        **cost,
+        "seconds": {k: round(v, 2) for k, v in secs.items()},
+        "left_out": left_out,
+        "minutes": minutes,
+    }
+    return summary
+
+
+def loco_section(p: Prepared, seed: int, log: Callable[[str], None]) -> float:
+    """Leave-one-contributor-out: in-run scores summed per provider against the change in mean
+    target loss when the provider's rows are left out (one seed for all retrains)."""
+    from attribution.inrun import train_model, train_model_plain
+
+    rng = np.random.default_rng(seed + 7)
+    n, n_prov = len(p.train[LABELS]), 10
+    c = int(max(p.train[LABELS].max(), p.targets[LABELS].max())) + 1
+    owner = rng.permutation(np.arange(n) % n_prov)
+    flip_rate = np.array([0.3] * 3 + [0.1] * 3 + [0.0] * 4)
+    y = p.train[LABELS].numpy()
+    flip = rng.random(n) < flip_rate[owner]
+    train = dict(p.train)
+    train[LABELS] = torch.as_tensor(np.where(flip, (y + rng.integers(1, c, n)) % c, y))
+    task = with_config(p.task, per_target=False)
+    res = train_model(task, train, [f"ex{i:05d}" for i in range(n)], p.targets, seed=seed)
+    full = -log_p_true(res.model, p.targets).mean()
+    truth, attributed = [], []
+    for q in range(n_prov):
+        keep = torch.as_tensor(np.flatnonzero(owner != q))
+        model = train_model_plain(task, take(train, keep), seed=seed)
+        truth.append(-log_p_true(model, p.targets).mean() - full)
+        attributed.append(res.scores[owner == q].sum())
+    rho = round(float(spearmanr(attributed, truth)[0]), 4)
+    log(f"  LOCO Spearman (10 providers, inrun_sgd/{p.model}): {rho:.3f}")
+    return rho
+
+
+def mislabel_section(p: Prepared, seed: int, log: Callable[[str], None]) -> dict[str, float]:
+    """ROC-AUC of flipped rows against clean ones: the in-run score against the held-out targets'
+    mean loss (a flipped row hurts them: low score) and TRAK self-influence where ours exists."""
+    from sklearn.metrics import roc_auc_score
+
+    from attribution.inrun import train_model
+
+    rng = np.random.default_rng(seed + 11)
+    n = len(p.train[LABELS])
+    c = int(max(p.train[LABELS].max(), p.targets[LABELS].max())) + 1
+    y = p.train[LABELS].numpy()
+    flip = rng.random(n) < 0.1
+    train = dict(p.train)
+    train[LABELS] = torch.as_tensor(np.where(flip, (y + rng.integers(1, c, n)) % c, y))
+    task = with_config(p.task, per_target=False)
+    res = train_model(task, train, [f"ex{i:05d}" for i in range(n)], p.targets, seed=seed)
+    out = {f"inrun_sgd/{p.model}": float(roc_auc_score(flip, -res.scores))}
+    try:
+        trak = our_trak(task, res.checkpoints, train, p.targets, 512, seed)
+    except NotImplementedError as exc:
+        log(f"  TRAK self-influence left out: {exc}")
+        trak = None
+    if trak is not None and hasattr(trak[1], "self_influence"):
+        out[f"trak_k512_self/{p.model}"] = float(roc_auc_score(flip, np.asarray(trak[1].self_influence())))
+    for key, v in out.items():
+        log(f"  mislabel ROC-AUC ({int(flip.sum())} of {n} flipped, {key}): {v:.3f}")
+    return out
