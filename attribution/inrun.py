@@ -330,10 +330,13 @@ class StepScorer:
         self.flush(complete_only=True)
 
     def flush(self, complete_only: bool = False) -> None:
-        ready = [(s, g) for s, g in self.waiting
-                 if not complete_only or all(self.owners[id(p)] == 0 for p in g.params)]
+        """Score the waiting modules whose gradients are complete (all of them at the end)."""
+        ready, waiting = [], []
+        for s, g in self.waiting:
+            done = not complete_only or all(self.owners[id(p)] == 0 for p in g.params)
+            (ready if done else waiting).append((s, g))
+        self.waiting = waiting  # by identity: comparing the tuples would compare their tensors
         for s, g in ready:
-            self.waiting.remove((s, g))
             part = self.score(s, g)
             self.total = part if self.total is None else self.total.add_(part)
 
