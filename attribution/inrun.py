@@ -275,25 +275,26 @@ class TargetGrads:
 def target_grads(
     taps: ModuleTaps, model: nn.Module, task: ModelTask, batch: Batch, *, gram: set[str], per_target: bool
 ) -> TargetGrads:
-    """One forward/backward pass of the target rows, streamed layer by layer (``gram``: modules whose
-    target rows are kept factored for their Gram form)."""
+    """One forward/backward pass of the target rows alone, streamed layer by layer (``gram``: modules
+    whose target rows are kept factored for their Gram form)."""
     device = next(iter(batch.values())).device
     with _autocast(task.config, device):
         losses = task.loss(model, batch)
     out = TargetGrads(len(losses), rows={} if per_target else None)
-
-    def on(s: Scored, g: LayerGrads) -> None:
-        if s.name in gram:
-            out.factored[s.name] = g
-            return
-        _add_sums(out.sums, g.params, g.summed())
-        if out.rows is not None:
-            per_row = [g.rows(slice(j, j + 1)).summed() for j in range(len(g))]
-            for k, p in enumerate(g.params):
-                _add_sums(out.rows, [p], [torch.stack([r[k] for r in per_row])])
-
-    taps.stream(losses.float().sum(), out.n, on)
+    taps.stream(losses.float().sum(), out.n, lambda s, g: add_target(out, s, g, gram))
     return out
+
+
+def add_target(out: TargetGrads, s: Scored, g: LayerGrads, gram: set[str]) -> None:
+    """Fold one module's target-row gradients into ``out``."""
+    if s.name in gram:
+        out.factored[s.name] = g
+        return
+    _add_sums(out.sums, g.params, g.summed())
+    if out.rows is not None:
+        per_row = [g.rows(slice(j, j + 1)).summed() for j in range(len(g))]
+        for k, p in enumerate(g.params):
+            _add_sums(out.rows, [p], [torch.stack([r[k] for r in per_row])])
 
 
 def _add_sums(
@@ -318,11 +319,15 @@ class StepScorer:
     lr: float
     nb: int
     owners: dict[int, int]
+    joint: set[str] | None = None  # target rows ride in this pass (after the batch's): their gram set
     grad: dict[int, torch.Tensor] = field(default_factory=dict)
     waiting: list[tuple[Scored, LayerGrads]] = field(default_factory=list)
     total: torch.Tensor | None = None
 
     def __call__(self, s: Scored, g: LayerGrads) -> None:
+        if self.joint is not None:
+            add_target(self.targets, s, g.rows(slice(self.nb, None)), self.joint)
+            g = g.rows(slice(0, self.nb))
         _add_sums(self.grad, g.params, g.summed())
         self.waiting.append((s, g))
         for p in g.params:
@@ -355,21 +360,27 @@ class StepScorer:
 
 def attributed_step(
     taps: ModuleTaps, model: nn.Module, task: ModelTask, opt: torch.optim.Optimizer, batch: Batch,
-    targets: TargetGrads, *, lr: float, params: Sequence[nn.Parameter],
-) -> torch.Tensor:
-    """One optimizer step of ``task`` on ``batch`` and the rows' scores against ``targets``: ``[nb]``
-    (mean over targets) or ``[nb, n_targets]``; ``opt`` is stepped with the batch-mean gradient."""
+    targets: TargetGrads | Batch, *, lr: float, params: Sequence[nn.Parameter], gram: set[str] = frozenset(),
+) -> tuple[torch.Tensor, TargetGrads]:
+    """One optimizer step of ``task`` on ``batch`` and the rows' scores: ``[nb]`` (mean over targets)
+    or ``[nb, n_targets]``; ``opt`` is stepped with the batch-mean gradient. ``targets`` is either
+    the target gradient of an earlier pass (``target_grads``) or the target rows themselves, which
+    then ride in this pass (``gram`` as in ``target_grads``). Returns the target gradient used."""
     cfg = task.config
     device = next(iter(batch.values())).device
+    nb = batch_size_of("batch", batch)
+    joint = not isinstance(targets, TargetGrads)
+    if joint:
+        batch = concat(batch, targets)
+        targets = TargetGrads(len(batch[next(iter(batch))]) - nb, rows={} if cfg.per_target else None)
     with _autocast(cfg, device):
         losses = task.loss(model, batch)
-    nb = len(losses)
     owners: dict[int, int] = {}
     for s in taps.scored:
         for p in s.module.parameters(recurse=False):
             owners[id(p)] = owners.get(id(p), 0) + 1
-    scorer = StepScorer(cfg, opt, targets, lr, nb, owners)
-    taps.stream(losses.float().sum(), nb, scorer)
+    scorer = StepScorer(cfg, opt, targets, lr, nb, owners, joint=set(gram) if joint else None)
+    taps.stream(losses.float().sum(), len(losses), scorer)
     scorer.flush()
     for p in params:
         g = scorer.grad.get(id(p))
@@ -378,8 +389,8 @@ def attributed_step(
     opt.step()
     if scorer.total is None:
         shape = (nb, targets.n) if targets.rows is not None else (nb,)
-        return torch.zeros(shape, device=device)
-    return scorer.total if targets.rows is not None else scorer.total.div_(targets.n)
+        return torch.zeros(shape, device=device), targets
+    return (scorer.total if targets.rows is not None else scorer.total.div_(targets.n)), targets
 
 
 # ---------------------------------------------------------------- checks before training
@@ -469,14 +480,19 @@ def model_steps(
     steps_per_epoch = -(-n // cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     t0 = time.perf_counter()
+    target: TargetGrads | None = None
     with ModuleTaps(scored) as taps:
         gram = gram_modules(taps, model, task, take(train_dev, torch.arange(1, device=device)), nv)
         for step, (epoch, idx) in enumerate(batches(n, cfg.batch_size, cfg.epochs, seed)):
+            against: TargetGrads | Batch = target
             if step % cfg.target_every == 0:
-                target = target_grads(taps, model, task, targets_dev, gram=gram, per_target=cfg.per_target)
+                against = targets_dev
+                if cfg.target_pass == "separate":
+                    against = target_grads(taps, model, task, targets_dev, gram=gram,
+                                           per_target=cfg.per_target)
             idx_dev = idx.to(device)
-            s = attributed_step(taps, model, task, opt, take(train_dev, idx_dev), target,
-                                lr=cfg.lr_at(step, total), params=params)
+            s, target = attributed_step(taps, model, task, opt, take(train_dev, idx_dev), against,
+                                        lr=cfg.lr_at(step, total), params=params, gram=gram)
             scores.index_add_(0, idx_dev, s.to(torch.float64))
             if epoch in keep and (step + 1) % steps_per_epoch == 0:
                 state = model.state_dict()

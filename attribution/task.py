@@ -102,6 +102,9 @@ class TrainConfig:
     ``precision="bf16"`` autocasts the forward pass on a GPU (scores still sum in fp32);
     ``target_every=k`` recomputes the target gradient every k steps and reuses it in between: an
     approximation (1, the default, is exact) that drops the target rows from most passes.
+    ``target_pass="joint"`` lets the target rows ride in the batch's pass (fastest); ``"separate"``
+    gives them a pass of their own first, so activations are held for the batch's rows only
+    (peak memory near plain training's, for large models).
     """
 
     epochs: int = 20
@@ -122,12 +125,17 @@ class TrainConfig:
     adam_eps: float = 1e-8
     precision: Literal["fp32", "bf16"] = "fp32"
     target_every: int = 1
+    target_pass: Literal["joint", "separate"] = "joint"
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adamw"):
             raise UnsupportedOptimizerError(
                 f"optimizer {self.optimizer!r} is not supported for per-step attribution: no score formula "
                 "covers its update, and the SGD formula would be silently wrong; use 'sgd' or 'adamw'"
+            )
+        if self.target_pass not in ("joint", "separate"):
+            raise ValueError(
+                f"TrainConfig.target_pass must be 'joint' or 'separate', got {self.target_pass!r}"
             )
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"TrainConfig.precision must be 'fp32' or 'bf16', got {self.precision!r}")
@@ -167,7 +175,8 @@ class TrainConfig:
         """The settings that define a run's numbers (its id hashes them). The device counts only off
         the CPU, and settings added later only when they differ from their defaults, so runs made
         before they existed keep their ids."""
-        later = {"adam_betas": (0.9, 0.999), "adam_eps": 1e-8, "precision": "fp32", "target_every": 1}
+        later = {"adam_betas": (0.9, 0.999), "adam_eps": 1e-8, "precision": "fp32", "target_every": 1,
+                 "target_pass": "joint"}
         settings = {k: v for k, v in vars(self).items()
                     if k != "device" and not (k in later and v == later[k])}
         device = self.torch_device()

@@ -75,7 +75,7 @@ def _our_step_scores(model, opt, cfg, batch: dict, targets: dict) -> np.ndarray:
     task = ModelTask("seq-linear", lambda seed: model, cfg)
     with ModuleTaps(scored) as taps:
         target = target_grads(taps, model, task, targets, gram=set(), per_target=False)
-        return attributed_step(taps, model, task, opt2, batch, target, lr=cfg.lr, params=params).numpy()
+        return attributed_step(taps, model, task, opt2, batch, target, lr=cfg.lr, params=params)[0].numpy()
 
 
 @pytest.mark.parametrize("optimizer,floor", [("sgd", 0.99), ("adamw", 0.95)])
@@ -272,3 +272,21 @@ def test_bf16_autocast_scores_follow_the_fp32_scores() -> None:
     )
     result = train_model(task, train, [f"e{i}" for i in range(24)], targets, seed=1)
     assert result.scores.dtype == np.float64 and np.isfinite(result.scores).all()
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+@pytest.mark.parametrize("per_target", [False, True])
+def test_joint_and_separate_target_passes_give_the_same_scores(optimizer: str, per_target: bool) -> None:
+    """Target rows riding in the batch's pass, or in a pass of their own before it: the same numbers."""
+    train, ids, targets = _seq_data()
+    joint = train_model(_seq_task(optimizer, per_target=per_target), train, ids, targets, seed=3)
+    separate = train_model(_seq_task(optimizer, per_target=per_target, target_pass="separate"), train, ids,
+                           targets, seed=3)
+    scale = np.abs(joint.scores).max()
+    np.testing.assert_allclose(separate.scores, joint.scores, rtol=1e-4, atol=1e-6 * scale)
+    if per_target:
+        np.testing.assert_allclose(separate.per_target, joint.per_target, rtol=1e-4,
+                                   atol=1e-6 * np.abs(joint.per_target).max())
+    for got, ref in zip(separate.model.state_dict().values(), joint.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(got, ref)
+    assert separate.run_id != joint.run_id
