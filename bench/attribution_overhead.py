@@ -3,7 +3,7 @@
     python bench/attribution_overhead.py --model mlp|text-transformer|image-cnn|gpt2-small
         [--device auto|cpu|cuda] [--optimizer sgd|adamw] [--precision fp32|bf16] [--steps N]
         [--batch B] [--width W] [--targets T] [--tokens L] [--layers N] [--compare-adamw]
-        [--target-every K]
+        [--target-every K] [--target-pass joint|separate]
 
 A plain step (the model's own optimizer on autograd's gradients) and an attributed step (the
 targets ride in the same pass, per-layer kernels, scores accumulated on the device) of the same
@@ -25,7 +25,8 @@ the repository on a lent GPU machine. The last line is one JSON object.
 
 ``--target-every K`` (K > 1) reuses the target gradient for K steps, an approximation that drops
 the target rows from most passes; the JSON then adds ``fidelity_pearson``, the Pearson correlation
-of its scores with the exact ones (K = 1) over the same run.
+of its scores with the exact ones (K = 1) over the same run. ``--target-pass separate`` gives the
+target rows a pass of their own (peak memory near plain training's) instead of riding in the batch's.
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--compare-adamw", action="store_true", help="also time AdamW and print its ratio")
     ap.add_argument("--target-every", type=int, default=1, help="reuse the target gradient for K steps")
+    ap.add_argument("--target-pass", choices=["joint", "separate"], default="joint",
+                    help="targets in the batch's pass, or in their own (less memory)")
     ap.add_argument("--peak", choices=["plain", "attributed"], help=argparse.SUPPRESS)  # the child's role
     args = ap.parse_args(argv)
     cpu_only = args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available())
@@ -118,7 +121,8 @@ def setup(args: argparse.Namespace, optimizer: str | None = None, target_every: 
     lr = 0.05 if optimizer == "sgd" else 1e-4
     cfg = TrainConfig(epochs=1, batch_size=args.batch, lr=lr, n_checkpoints=1, device=args.device,
                       optimizer=optimizer, precision=args.precision,
-                      target_every=args.target_every if target_every is None else target_every)
+                      target_every=args.target_every if target_every is None else target_every,
+                      target_pass=args.target_pass)
     n = args.batch * (args.warmup + args.steps)
     if args.model == "mlp":
         return _mlp(args, cfg, n)
@@ -244,6 +248,7 @@ def main(argv: list[str] | None = None) -> None:
         "model": args.model,
         "device": device.type,
         "optimizer": args.optimizer,
+        **({} if args.model == "mlp" else {"target_pass": args.target_pass}),
         "sizes": run.sizes,
         "plain_step_s": round(p, 9),  # ns: a tiny step keeps its ratio to the attributed one
         "attributed_step_s": round(a, 9),

@@ -137,3 +137,19 @@ def test_overhead_bench_runs_with_torch_and_numpy_alone(bare_env):
     assert doc["sizes"] == {"layers": [64, 16, 16, 10], "batch": 32, "targets": 4, "steps": 3}
     assert doc["plain_step_s"] > 0 and doc["attributed_step_s"] > 0 and doc["plain_peak_mb"] > 0
     assert doc["ratio"] == pytest.approx(doc["attributed_step_s"] / doc["plain_step_s"], rel=1e-3)
+
+
+@pytest.mark.parametrize("model,sizes", [
+    ("text-transformer", ["--batch", "4", "--width", "16", "--tokens", "8", "--targets", "2",
+                          "--layers", "1"]),
+    ("image-cnn", ["--batch", "4", "--width", "8", "--targets", "2"]),
+])
+def test_overhead_bench_runs_the_model_task_recipes_with_torch_and_numpy_alone(bare_env, model, sizes):
+    steps = ["--steps", "2", "--warmup", "1", "--target-pass", "separate"]
+    out = run_bare(bare_env, "bench/attribution_overhead.py", "--model", model, *steps, *sizes,
+                   "--compare-adamw")
+    doc = json.loads(out.stdout.strip().splitlines()[-1])
+    assert doc["model"] == model and doc["optimizer"] == "sgd" and doc["target_pass"] == "separate"
+    assert doc["sizes"]["batch"] == 4 and doc["sizes"]["targets"] == 2
+    assert doc["ratio"] == pytest.approx(doc["attributed_step_s"] / doc["plain_step_s"], rel=1e-3)
+    assert doc["adamw"]["ratio"] > 0 and doc["attributed_peak_mb"] > 0
