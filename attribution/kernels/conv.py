@@ -7,9 +7,9 @@ gradient at ``l``: exactly a Linear layer on ``[n, L, C_in·kh·kw]`` tokens, so
 supplies every form (summed, summed-target, Gram, materialized, projected) and this module only
 reshapes the weight to and from ``[C_out, C_in·kh·kw]``.
 
-Neither the forward hook nor ``grads`` unfolds: patches cost ``kh·kw ×`` the input's memory, and a
-step holds every layer's gradients at once, so each form unfolds the rows it is asked about when
-it is asked (a memory-bound copy, small next to the products that follow). Padding modes other
+Neither the forward hook nor ``grads`` unfolds: patches cost ``kh·kw ×`` the input's memory, so
+they are made on first use and kept with the ``ConvGrads`` (and its row slices), which the
+streaming driver drops as soon as it has handled the layer. Padding modes other
 than zeros are applied with ``F.pad`` before unfolding, as ``nn.Conv2d`` does; string padding
 (``'same'``, ``'valid'``) becomes the explicit, possibly asymmetric, padding torch uses for it.
 """
@@ -17,7 +17,7 @@ than zeros are applied with ``F.pad`` before unfolding, as ``nn.Conv2d`` does; s
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -31,26 +31,29 @@ from .projection import LayerProjector
 
 @dataclass
 class ConvGrads(LayerGrads):
-    """A Conv2d layer's per-example gradients: its input and output gradient, unfolded on use.
+    """A Conv2d layer's per-example gradients: its input and output gradient, unfolded on first use.
 
-    Every form is ``LinearGrads``' on the patches, built afresh for each call, so the ``kh·kw``-fold
-    patches of one layer (for the rows asked about) exist only while that layer is being used.
+    Every form is ``LinearGrads``' on the patches.
     """
 
     x: torch.Tensor  # [n, C_in, H, W], the kept input
     b: torch.Tensor  # [n, L, C_out], the output gradient per output position
     module: nn.Conv2d
     params: tuple[nn.Parameter, ...]
+    _linear: LinearGrads | None = field(default=None, repr=False, compare=False)
 
     def linear(self) -> LinearGrads:
-        """The same gradients as a Linear layer on ``[n, L, C_in·kh·kw]`` patches."""
-        return LinearGrads(patches(self.module, self.x), self.b, self.params)
+        """The same gradients as a Linear layer on ``[n, L, C_in·kh·kw]`` patches (unfolded once)."""
+        if self._linear is None:
+            self._linear = LinearGrads(patches(self.module, self.x), self.b, self.params)
+        return self._linear
 
     def __len__(self) -> int:
         return self.x.shape[0]
 
     def rows(self, sl: slice) -> ConvGrads:
-        return ConvGrads(self.x[sl], self.b[sl], self.module, self.params)
+        linear = None if self._linear is None else self._linear.rows(sl)
+        return ConvGrads(self.x[sl], self.b[sl], self.module, self.params, linear)
 
     def summed(self) -> list[torch.Tensor]:
         out = self.linear().summed()
