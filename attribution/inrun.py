@@ -155,16 +155,6 @@ class ModuleTaps:
 # ---------------------------------------------------------------- per-parameter sums
 
 
-def param_sums(grads: Sequence[LayerGrads]) -> dict[int, torch.Tensor]:
-    """``Σ_i g_i`` per parameter (by identity): a parameter shared by modules (tied weights) gets
-    the sum of every module's part."""
-    out: dict[int, torch.Tensor] = {}
-    for g in grads:
-        for p, s in zip(g.params, g.summed(), strict=True):
-            out[id(p)] = s if id(p) not in out else out[id(p)] + s
-    return out
-
-
 def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps,
@@ -172,7 +162,8 @@ def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.
     return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _tied(scored: list[Scored]) -> bool:
+def has_tied_parameters(scored: list[Scored]) -> bool:
+    """Whether a parameter belongs to more than one scored module (an embedding tied to the head)."""
     ids = [id(p) for s in scored for p in s.module.parameters(recurse=False)]
     return len(ids) != len(set(ids))
 
@@ -184,7 +175,7 @@ def gram_modules(
     weights or reused targets; all of them for per-target scores, else where the Gram form is the
     cheaper one for this model's shapes (both costs grow with the rows alike: one row decides)."""
     cfg = task.config
-    if cfg.optimizer != "sgd" or cfg.target_every > 1 or _tied(taps.scored):
+    if cfg.optimizer != "sgd" or cfg.target_every > 1 or has_tied_parameters(taps.scored):
         return set()
     if cfg.per_target:
         return {s.name for s in taps.scored}
@@ -192,35 +183,6 @@ def gram_modules(
         losses = task.loss(model, one_row)
     grads = taps.grads(losses.float().sum(), 1)
     return {s.name for s, g in zip(taps.scored, grads, strict=True) if g.gram_cost(n_targets) < g.dot_cost()}
-
-
-def step_scores(
-    train: list[LayerGrads], targets: list[LayerGrads], pre: Mapping[int, torch.Tensor | float],
-    *, per_target: bool, gram_ok: bool,
-) -> torch.Tensor:
-    """``[nb]`` (or ``[nb, n_targets]``): ``⟨g_i, P ⊙ g_v⟩`` summed over targets and modules.
-
-    ``gram_ok`` (SGD, no tied weights: ``P`` is a scalar per parameter and each parameter lives
-    in one module) lets a module use its Gram form where that is cheaper.
-    """
-    n_targets = len(targets[0])
-    if per_target:
-        if gram_ok:
-            return sum(_scaled(g.gram(v), pre, g) for g, v in zip(train, targets, strict=True))
-        return torch.stack([step_scores(train, [v.rows(slice(j, j + 1)) for v in targets], pre,
-                                        per_target=False, gram_ok=False) for j in range(n_targets)], 1)
-    total = None
-    dot_side = []
-    for g, v in zip(train, targets, strict=True):
-        if gram_ok and g.gram_cost(n_targets) < g.dot_cost():
-            s = _scaled(g.gram(v).sum(1), pre, g)
-            total = s if total is None else total.add_(s)
-        else:
-            dot_side.append((g, v))
-    if not dot_side:
-        return total
-    s = summed_target_scores([g for g, _ in dot_side], param_sums([v for _, v in dot_side]), pre)
-    return s if total is None else total.add_(s)
 
 
 def summed_target_scores(
@@ -232,10 +194,6 @@ def summed_target_scores(
         s = g.dot([target_sums[id(p)] * pre[id(p)] for p in g.params])
         total = s if total is None else total.add_(s)
     return total
-
-
-def _scaled(x: torch.Tensor, pre: Mapping[int, torch.Tensor | float], g: LayerGrads) -> torch.Tensor:
-    return x.mul_(pre[id(g.params[0])])
 
 
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .errors import InputError, UnsupportedModelError
-from .inrun import ModuleTaps, Scored, _tied, scored_modules
+from .inrun import ModuleTaps, Scored, has_tied_parameters, scored_modules
 from .kernels.projection import Distribution, LayerProjector, layer_projectors
 from .model_task import LABELS, Batch, ModelTask, batch_size_of, take, to_device
 from .task import TrainConfig
@@ -147,7 +147,7 @@ def frozen_task_model(task: ModelTask, state: dict[str, torch.Tensor]) -> tuple[
     model = task.fresh(0)
     model.load_state_dict(state)
     scored = scored_modules(model)
-    if _tied(scored):
+    if has_tied_parameters(scored):
         raise UnsupportedModelError(
             "the model shares parameters between layers (tied weights), whose projected TRAK features "
             "would not add up; untie them or freeze the shared parameter"

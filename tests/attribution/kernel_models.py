@@ -3,11 +3,14 @@ kernel is checked on against torch.func (tests/attribution/test_kernels.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from attribution.inrun import summed_target_scores
+from attribution.kernels import LayerGrads
 
 
 def masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -175,3 +178,45 @@ CASES = [
 ]
 
 
+# ---------------------------------------------------------------- kernel forms composed over layers
+
+
+def param_sums(grads: Sequence[LayerGrads]) -> dict[int, torch.Tensor]:
+    """``Σ_i g_i`` per parameter (by identity): a parameter shared by modules (tied weights) gets
+    the sum of every module's part."""
+    out: dict[int, torch.Tensor] = {}
+    for g in grads:
+        for p, s in zip(g.params, g.summed(), strict=True):
+            out[id(p)] = s if id(p) not in out else out[id(p)] + s
+    return out
+
+
+def step_scores(
+    train: list[LayerGrads], targets: list[LayerGrads], pre: Mapping[int, torch.Tensor | float],
+    *, per_target: bool, gram_ok: bool,
+) -> torch.Tensor:
+    """``[nb]`` (or ``[nb, n_targets]``): ``⟨g_i, P ⊙ g_v⟩`` summed over targets and modules, from
+    factored gradients already in hand: each kernel form (Gram, summed-target) checked on its own,
+    where the driver (``attribution.inrun.StepScorer``) picks one per layer while streaming.
+
+    ``gram_ok`` (SGD, no tied weights: ``P`` is a scalar per parameter and each parameter lives
+    in one module) lets a module use its Gram form where that is cheaper.
+    """
+    n_targets = len(targets[0])
+    if per_target:
+        if gram_ok:
+            return sum(g.gram(v).mul_(pre[id(g.params[0])]) for g, v in zip(train, targets, strict=True))
+        return torch.stack([step_scores(train, [v.rows(slice(j, j + 1)) for v in targets], pre,
+                                        per_target=False, gram_ok=False) for j in range(n_targets)], 1)
+    total = None
+    dot_side = []
+    for g, v in zip(train, targets, strict=True):
+        if gram_ok and g.gram_cost(n_targets) < g.dot_cost():
+            s = g.gram(v).sum(1).mul_(pre[id(g.params[0])])
+            total = s if total is None else total.add_(s)
+        else:
+            dot_side.append((g, v))
+    if not dot_side:
+        return total
+    s = summed_target_scores([g for g, _ in dot_side], param_sums([v for _, v in dot_side]), pre)
+    return s if total is None else total.add_(s)

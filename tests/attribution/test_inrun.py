@@ -18,13 +18,12 @@ from attribution.inrun import (
     make_optimizer,
     plain_model_steps,
     scored_modules,
-    step_scores,
     target_grads,
     train_model,
 )
 from attribution.model_task import ModelTask, classification_loss, concat, take
 
-from .kernel_models import SeqLinear, seq_batch
+from .kernel_models import SeqLinear, seq_batch, step_scores
 
 SEQ = seq_batch(6, 5, 3)
 

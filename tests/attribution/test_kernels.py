@@ -11,11 +11,11 @@ import torch
 from torch.func import functional_call, grad, vmap
 
 from attribution.errors import UnsupportedModelError
-from attribution.inrun import ModuleTaps, _tied, param_sums, scored_modules, step_scores
+from attribution.inrun import ModuleTaps, has_tied_parameters, scored_modules
 from attribution.kernels import kernel_for
 from attribution.model_task import classification_loss, concat
 
-from .kernel_models import CASES, Case
+from .kernel_models import CASES, Case, param_sums, step_scores
 
 N_TRAIN, N_TARGETS = 7, 4
 
@@ -52,7 +52,7 @@ def kernel_parts(model: torch.nn.Module, train: dict, targets: dict):
 def driver_gram_ok(case: Case, model: torch.nn.Module, gram_ok: bool) -> bool:
     """As the driver decides: tied parameters (a module's gradient alone is not the parameter's)
     rule the Gram form out; the summed-target form keeps the cross terms."""
-    tied = _tied(scored_modules(model))
+    tied = has_tied_parameters(scored_modules(model))
     assert tied == case.tied
     return gram_ok and not tied
 
