@@ -127,14 +127,7 @@ class TrakFeatures:
 
     def self_influence(self) -> np.ndarray:
         """``φ_iᵀ K⁻¹ φ_i`` averaged over checkpoints: high for examples the model must bend to fit."""
-        total = np.zeros(self.n_train)
-        for ck in self.checkpoints:
-            rows = []
-            for c in ck.store:
-                c64 = np.asarray(c, dtype=np.float64)
-                rows.append(np.einsum("nd,nd->n", c64 @ ck.kernel_inv, c64))
-            total += np.concatenate(rows)
-        return total / len(self.checkpoints)
+        return self_influence(self.checkpoints, self.n_train)
 
 
 _PLAIN = (nn.Linear, nn.LayerNorm, nn.ReLU, nn.Tanh, nn.GELU, nn.Identity)
@@ -390,3 +383,16 @@ def attribute_query(features: TrakFeatures, x: object, label: int | None = None)
     """
     row = np.asarray(x, dtype=np.float32).reshape(1, -1)
     return features.scores(row, None if label is None else [label])[:, 0]
+
+
+def self_influence(checkpoints: list, n_train: int) -> np.ndarray:
+    """``φ_iᵀ K⁻¹ φ_i`` averaged over checkpoints (each with a ``store`` of features and its
+    ``kernel_inv``), one feature chunk in memory at a time: the MLP and the ModelTask features alike."""
+    total = np.zeros(n_train)
+    for ck in checkpoints:
+        rows = []
+        for c in ck.store:
+            c64 = np.asarray(c, dtype=np.float64)
+            rows.append(np.einsum("nd,nd->n", c64 @ ck.kernel_inv, c64))
+        total += np.concatenate(rows)
+    return total / len(checkpoints)

@@ -30,7 +30,7 @@ from .inrun import ModuleTaps, Scored, has_tied_parameters, scored_modules
 from .kernels.projection import Distribution, LayerProjector, layer_projectors
 from .model_task import LABELS, Batch, ModelTask, batch_size_of, take, to_device
 from .task import TrainConfig
-from .trak import FeatureStore, checkpoint_store, damped_inverse
+from .trak import FeatureStore, checkpoint_store, damped_inverse, self_influence
 
 
 @dataclass
@@ -80,14 +80,7 @@ class ModelTrakFeatures:
 
     def self_influence(self) -> np.ndarray:
         """``φ_iᵀ K⁻¹ φ_i`` averaged over checkpoints: high for rows the model must bend to fit."""
-        total = np.zeros(self.n_train)
-        for ck in self.checkpoints:
-            rows = []
-            for c in ck.store:
-                c64 = np.asarray(c, dtype=np.float64)
-                rows.append(np.einsum("nd,nd->n", c64 @ ck.kernel_inv, c64))
-            total += np.concatenate(rows)
-        return total / len(self.checkpoints)
+        return self_influence(self.checkpoints, self.n_train)
 
     def _labelled(self, batch: Batch) -> dict[str, torch.Tensor]:
         batch_size_of("query_batch", batch)
