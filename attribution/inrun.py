@@ -1,15 +1,19 @@
 """The driver for any ``ModelTask``: train with SGD or AdamW and score every example at every step.
 
-At step t example i of the batch earns ``η_t ⟨P_t ⊙ ∇ℓ̄_targets(θ_t), ∇ℓ_i(θ_t)⟩``: the first-order
+At step t example i of the batch earns ``⟨P_t ⊙ ∇ℓ̄_targets(θ_t), ∇ℓ_i(θ_t)⟩``: the first-order
 decrease of the mean target loss due to i through the update the optimizer really takes. For
-SGD ``P_t = 1``. For AdamW the update is ``−η m̂/(√v̂ + ε)``, whose derivative in this step's
-gradient is ``η (1−β₁)/(1−β₁ᵗ) · 1/(√v̂_t + ε)``, with the optimizer state held at its value after
-the step (the preconditioner is diagonal, not Kronecker-structured, so the summed-target form
-``⟨g_i, P ⊙ G_targets⟩`` is the exact one; per-target scores take one such pass per target).
-Decoupled weight decay does not depend on the batch and earns nobody anything.
+SGD ``P_t = η_t``. For AdamW the update is ``−η m̂/(√v̂ + ε)``, whose derivative in this step's
+gradient is ``η (1−β₁)/(1−β₁ᵗ) · 1/(√v̂_t + ε)``, with the optimizer state held at that step and
+``v_t`` updated by the step's own gradient (the preconditioner is diagonal, not Kronecker-structured,
+so the summed-target form ``⟨g_i, P ⊙ G_targets⟩`` is the exact one; per-target scores take one
+such product per target). Decoupled weight decay does not depend on the batch and earns nothing.
 
-Targets ride in the batch's forward/backward pass with parameters frozen for autograd; each
-kernel forms the update and the scores from the same layer inputs and output gradients.
+Parameters are frozen for autograd; hooks keep each scored layer's input, and the backward pass
+is streamed (``ModuleTaps.stream``): each layer's per-example gradients are formed by its kernel,
+summed into the update, scored, and dropped as soon as the pass reaches the layer, so no layer's
+gradients outlive it. The target rows ride in the batch's pass (``target_pass="joint"``) or get one
+of their own first (``"separate"``: activations are then held for the batch's rows only). The update
+is torch's own optimizer step on the summed gradient: training is the same as without attribution.
 """
 
 from __future__ import annotations
@@ -194,8 +198,6 @@ def summed_target_scores(
         s = g.dot([target_sums[id(p)] * pre[id(p)] for p in g.params])
         total = s if total is None else total.add_(s)
     return total
-
-
 
 
 # ---------------------------------------------------------------- one streamed step
