@@ -380,3 +380,51 @@ def test_attribution_imports_without_tokenizers_pillow_or_transformers() -> None
     proc = _start_python(code)
     _, err = proc.communicate("", timeout=120)
     assert proc.returncode == 0, err
+
+
+def _texts(n: int, seed: int) -> tuple[list[str], torch.Tensor]:
+    rng = np.random.default_rng(seed)
+    words = [["red", "apple", "cherry"], ["blue", "sea", "sky"], ["green", "leaf", "grass"]]
+    labels = rng.integers(0, 3, n)
+    texts = [" ".join(rng.choice(words[c], 4).tolist() + ["the"] * int(rng.integers(0, 5))) for c in labels]
+    return texts, torch.from_numpy(labels)
+
+
+def test_hf_classifier_trains_with_per_step_attribution(hf_dir: Path) -> None:
+    """A local BERT through the ModelTask driver (AdamW): every layer has a kernel (Embedding,
+    LayerNorm, Linear), its position ids are per example, and the scores are finite and seeded."""
+    from attribution import TrainConfig, train_model
+    from attribution.recipes.hf import hf_classifier_task, hf_encode_texts, hf_tokenizer
+
+    cfg = TrainConfig(epochs=1, batch_size=8, lr=1e-3, optimizer="adamw", n_checkpoints=1)
+    task = hf_classifier_task(hf_dir, config=cfg)
+    texts, labels = _texts(28, seed=0)
+    rows = {**hf_encode_texts(hf_tokenizer(hf_dir), texts, max_length=12), "labels": labels}
+    train, targets = {k: v[:24] for k, v in rows.items()}, {k: v[24:] for k, v in rows.items()}
+    ids = [f"t{i}" for i in range(24)]
+    result = train_model(task, train, ids, targets, seed=0)
+    assert result.method == "inrun_adamw" and np.isfinite(result.scores).all() and result.scores.any()
+    assert np.array_equal(train_model(task, train, ids, targets, seed=0).scores, result.scores)
+
+
+def test_text_and_image_recipes_train_with_per_step_attribution() -> None:
+    from attribution import TrainConfig, train_model
+    from attribution.recipes.image import ImagePolicy, image_cnn_task
+    from attribution.recipes.text import encode_texts, load_tokenizer, text_transformer_task, train_tokenizer
+
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=0.05, n_checkpoints=1)
+    texts, labels = _texts(30, seed=1)
+    tokenizer = train_tokenizer(texts[:24], vocab_size=60)
+    rows = {**encode_texts(load_tokenizer(tokenizer), texts, 12), "labels": labels}
+    task = text_transformer_task(load_tokenizer(tokenizer).get_vocab_size(), 3, 12, d_model=16, n_layers=1,
+                                 n_heads=2, tokenizer=tokenizer, config=cfg)
+    text = train_model(task, {k: v[:24] for k, v in rows.items()}, [f"t{i}" for i in range(24)],
+                       {k: v[24:] for k, v in rows.items()}, seed=0)
+    gen = torch.Generator().manual_seed(2)
+    pixels = torch.rand(30, 3, 8, 8, generator=gen)
+    image_task = image_cnn_task(ImagePolicy(8, 8), 3, channels=(4, 8), config=cfg)
+    image_rows = {"pixel_values": pixels, "labels": labels}
+    image = train_model(image_task, {k: v[:24] for k, v in image_rows.items()}, [f"i{i}" for i in range(24)],
+                        {k: v[24:] for k, v in image_rows.items()}, seed=0)
+    for result in (text, image):
+        assert result.method == "inrun_sgd" and np.isfinite(result.scores).all() and result.scores.any()
