@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..inrun import scored_modules
 from ..model_task import ModelTask
 from ..task import TrainConfig
-from ._layers import check_layers
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -119,7 +119,7 @@ def _load(path: Path, seed: int, n_classes: int | None, attn: str) -> PreTrained
     for m in model.modules():
         if isinstance(m, nn.Dropout):
             m.p = 0.0
-    check_layers(model, f"the model in {str(path)!r}")
+    scored_modules(model)  # a layer no kernel scores is refused by name here, before any training
     if cfg.model_type in ARANGE_POSITIONS and "position_ids" in inspect.signature(model.forward).parameters:
         model.register_forward_pre_hook(_per_example_positions, with_kwargs=True)
     return model.train()

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from attribution.errors import InputError, UnsupportedModelError
+from attribution.inrun import scored_modules
 from attribution.model_task import ModelTask, classification_loss
-from attribution.recipes._layers import SUPPORTED, check_layers
 from attribution.recipes.image import ImagePolicy, decode_images, image_cnn_task
 from attribution.recipes.mlp import mlp_task
 from attribution.recipes.text import (
@@ -340,12 +340,9 @@ def test_recipes_use_only_scored_layers_each_called_once_per_example(hf_dir: Pat
         calls: dict[str, int] = {}
         rows: dict[str, int] = {}
         hooks = []
-        for name, module in model.named_modules():
-            if any(True for _ in module.parameters(recurse=False)):
-                assert isinstance(module, SUPPORTED), (name, type(module).__name__)
-                calls[name] = 0
-                hooks.append(module.register_forward_hook(_counter(calls, rows, name)))
-        check_layers(model, type(model).__name__)
+        for scored in scored_modules(model):  # every layer with parameters has a kernel
+            calls[scored.name] = 0
+            hooks.append(scored.module.register_forward_hook(_counter(calls, rows, scored.name)))
         model(**inputs)
         for h in hooks:
             h.remove()
@@ -354,19 +351,19 @@ def test_recipes_use_only_scored_layers_each_called_once_per_example(hf_dir: Pat
         assert set(rows.values()) == {2}, rows
 
 
-def test_check_layers_refuses_bare_parameters_and_batchnorm() -> None:
+def test_layers_without_a_kernel_are_refused_by_name() -> None:
     class Bare(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.cls = nn.Parameter(torch.zeros(4))
             self.fc = nn.Linear(4, 2)
 
-    with pytest.raises(UnsupportedModelError, match=r"<root> \(Bare\)"):
-        check_layers(Bare(), "Bare")
+    with pytest.raises(UnsupportedModelError, match=r"layer '' \(Bare\)"):
+        scored_modules(Bare())
     with pytest.raises(UnsupportedModelError, match="BatchNorm2d"):
-        check_layers(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)), "cnn")
+        scored_modules(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)))
     with pytest.raises(UnsupportedModelError, match="MultiheadAttention"):
-        check_layers(nn.MultiheadAttention(8, 2), "attn")
+        scored_modules(nn.MultiheadAttention(8, 2))
 
 
 def test_attribution_imports_without_tokenizers_pillow_or_transformers() -> None:
