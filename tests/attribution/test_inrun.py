@@ -22,6 +22,7 @@ from attribution.inrun import (
     train_model,
 )
 from attribution.model_task import ModelTask, classification_loss, concat, take
+from attribution.recipes.mlp import mlp_task
 
 from .kernel_models import SeqLinear, seq_batch, step_scores
 
@@ -135,21 +136,12 @@ def test_per_target_scores_average_to_the_summed_scores() -> None:
     np.testing.assert_allclose(per.per_target.mean(1), summed.scores, rtol=1e-4, atol=1e-9)
 
 
-class _Features(nn.Module):
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net(features)
-
-
 def test_mlp_through_model_task_matches_the_mlp_driver(data) -> None:
     x, y, ids, xv, yv = data
     spec = ModelSpec((5, 8, 3))
     cfg = TrainConfig(epochs=2, batch_size=32, lr=0.2, weight_decay=1e-3)
     old = train_with_attribution(AttributionTask(spec, cfg), x, y, ids, xv, yv, seed=4, with_features=False)
-    task = ModelTask("mlp", lambda seed: _Features(spec.build(seed)), cfg)
+    task = mlp_task(spec, cfg)  # the MLP recipe: the same weights for a seed as spec.build
     rows = {"features": torch.from_numpy(x), "labels": torch.from_numpy(y)}
     targets = {"features": torch.from_numpy(xv), "labels": torch.from_numpy(yv)}
     new = train_model(task, rows, ids, targets, seed=4)
