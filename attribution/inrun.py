@@ -31,7 +31,7 @@ from .errors import InputError, UnsupportedModelError
 from .kernels import Kernel, LayerGrads, kernel_for
 from .model_task import Batch, ModelTask, batch_size_of, concat, take, to_device
 from .task import TrainConfig
-from .trainer import TrainResult, batches, checkpoint_epochs
+from .trainer import TrainResult, batches, checkpoint_epochs, run_id_for, run_to_end
 
 # Normalizations that mix the examples of a batch: a per-example gradient is then undefined.
 _BATCH_COUPLED = (nn.modules.batchnorm._BatchNorm, nn.SyncBatchNorm)
@@ -283,6 +283,7 @@ class StepScorer:
     grad: dict[int, torch.Tensor] = field(default_factory=dict)
     waiting: list[tuple[Scored, LayerGrads]] = field(default_factory=list)
     total: torch.Tensor | None = None
+    pre: dict[int, torch.Tensor | float] = field(default_factory=dict)
 
     def __call__(self, s: Scored, g: LayerGrads) -> None:
         if self.joint is not None:
@@ -305,13 +306,19 @@ class StepScorer:
             part = self.score(s, g)
             self.total = part if self.total is None else self.total.add_(part)
 
+    def preconditioner(self, p: nn.Parameter) -> torch.Tensor | float:
+        """``preconditioner`` for ``p``'s complete batch gradient, formed once per step (a tied
+        parameter is scored by each of its modules)."""
+        if id(p) not in self.pre:
+            self.pre[id(p)] = preconditioner(self.opt, self.cfg, self.lr, p, self.grad[id(p)] / self.nb)
+        return self.pre[id(p)]
+
     def score(self, s: Scored, g: LayerGrads) -> torch.Tensor:
         t = self.targets
         if s.name in t.factored:  # SGD: the preconditioner is the scalar lr
             gram = g.gram(t.factored[s.name]).mul_(self.lr)
             return gram if t.rows is not None else gram.sum(1)
-        pre = {id(p): preconditioner(self.opt, self.cfg, self.lr, p, self.grad[id(p)] / self.nb)
-               for p in g.params}
+        pre = {id(p): self.preconditioner(p) for p in g.params}
         if t.rows is None:
             return summed_target_scores([g], t.sums, pre)
         return torch.stack([summed_target_scores([g], {k: v[j] for k, v in t.rows.items()}, pre)
@@ -401,16 +408,6 @@ def validate(task: ModelTask, train: Batch, example_ids: Sequence[str], targets:
 # ---------------------------------------------------------------- training
 
 
-def model_run_id(task: ModelTask, example_ids: Sequence[str], seed: int) -> str:
-    h = hashlib.sha256()
-    h.update(task.to_json().encode())
-    h.update(repr(sorted(task.config.run_settings().items())).encode())
-    h.update(str(seed).encode())
-    for e in example_ids:
-        h.update(e.encode() + b"\0")
-    return h.hexdigest()[:16]
-
-
 def _autocast(cfg: TrainConfig, device: torch.device):
     """bf16 autocast of the forward pass (``precision="bf16"``): meant for GPUs, allowed on the CPU
     (slow there, but it lets CI check the mixed-precision path). Kernels sum scores in fp32."""
@@ -468,7 +465,7 @@ def model_steps(
     return TrainResult(
         model=model,
         task=task,
-        run_id=run_id or model_run_id(task, example_ids, seed),
+        run_id=run_id or run_id_for(task, example_ids, seed),
         example_ids=list(example_ids),
         scores=(scores.mean(1) if cfg.per_target else scores).numpy(),
         per_target=scores.numpy() if cfg.per_target else None,
@@ -484,12 +481,7 @@ def train_model(
 ) -> TrainResult:
     """Train ``task`` on ``train`` (a dict of tensors, one row per example) and score every example at
     every step against the mean loss of ``targets`` (or per target, ``config.per_target``)."""
-    steps = model_steps(task, train, example_ids, targets, seed=seed, run_id=run_id)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value
+    return run_to_end(model_steps(task, train, example_ids, targets, seed=seed, run_id=run_id))
 
 
 def plain_model_steps(task: ModelTask, train: Batch, *, seed: int) -> Iterator[nn.Module]:

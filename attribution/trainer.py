@@ -255,12 +255,13 @@ class _Rows:
         torch.index_select(y, 0, idx, out=self.y[:nb])
 
 
-def run_id_for(task: AttributionTask, example_ids: Sequence[str], seed: int) -> str:
-    """Spec, the config's run settings (``TrainConfig.run_settings``), seed and ids."""
-    settings = task.config.run_settings()
+def run_id_for(task: AttributionTask | ModelTask, example_ids: Sequence[str], seed: int) -> str:
+    """The architecture's JSON (an MLP spec or a ModelTask's recipe), the config's run settings
+    (``TrainConfig.run_settings``), seed and ids."""
+    spec_json = task.spec.to_json() if isinstance(task, AttributionTask) else task.to_json()
     h = hashlib.sha256()
-    h.update(task.spec.to_json().encode())
-    h.update(repr(sorted(settings.items())).encode())
+    h.update(spec_json.encode())
+    h.update(repr(sorted(task.config.run_settings().items())).encode())
     h.update(str(seed).encode())
     for e in example_ids:
         h.update(e.encode() + b"\0")
@@ -362,6 +363,11 @@ def train_with_attribution(
     """
     steps = attributed_steps(task, X_train, y_train, example_ids, X_targets, y_targets, seed=seed,
                              run_id=run_id, with_features=with_features, feature_dir=feature_dir)
+    return run_to_end(steps)
+
+
+def run_to_end(steps: Generator[None, None, TrainResult]) -> TrainResult:
+    """Drive a step generator (``attributed_steps``, ``inrun.model_steps``) to its end; its result."""
     while True:
         try:
             next(steps)

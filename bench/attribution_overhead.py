@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from attribution import AttributionError, AttributionTask, ModelSpec, TrainConfig  # noqa: E402
 from attribution.inrun import model_steps, plain_model_steps  # noqa: E402
 from attribution.model_task import ModelTask  # noqa: E402
-from attribution.trainer import attributed_steps, plain_steps  # noqa: E402
+from attribution.trainer import attributed_steps, plain_steps, run_to_end  # noqa: E402
 from bench._common import lockstep  # noqa: E402
 
 MODELS = ("mlp", "text-transformer", "image-cnn", "gpt2-small")
@@ -265,20 +265,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  AdamW: plain step {1000 * pa:.2f} ms, attributed step {1000 * aa:.2f} ms -> {aa / pa:.3f}x",
               flush=True)
     if args.target_every > 1:
-        approx, exact = drain(run.attributed()), drain(setup(args, target_every=1).attributed())
+        approx, exact = run_to_end(run.attributed()), run_to_end(setup(args, target_every=1).attributed())
         out["fidelity_pearson"] = round(float(np.corrcoef(approx.scores, exact.scores)[0, 1]), 5)
         print(f"  scores with the target gradient reused for {args.target_every} steps vs exact: "
               f"Pearson {out['fidelity_pearson']}", flush=True)
     print(json.dumps(out))
-
-
-def drain(steps: Iterator):
-    """Run a step generator to its end and return its result."""
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value
 
 
 if __name__ == "__main__":

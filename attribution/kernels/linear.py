@@ -59,9 +59,8 @@ class LinearGrads(LayerGrads):
 
     def gram(self, other: LayerGrads) -> torch.Tensor:
         assert isinstance(other, LinearGrads)
-        n, t, d_in = self.a.shape
-        m, s, d_out = other.b.shape[0], other.b.shape[1], self.b.shape[-1]
-        if n * t * d_in * d_out + m * s * d_in * d_out <= n * m * t * s * (d_in + d_out):
+        materialized, token_pairs = gram_costs(*self.a.shape, self.b.shape[-1], len(other), other.a.shape[1])
+        if materialized <= token_pairs:
             return _materialized(self) @ _materialized(other).T
         ga = torch.einsum("itd,jsd->ijts", self.a.float(), other.a.float())
         gb = torch.einsum("itd,jsd->ijts", self.b.float(), other.b.float())
@@ -80,10 +79,15 @@ class LinearGrads(LayerGrads):
         return kron_project(self.a, self.b, self.bias, projector)
 
 
+def gram_costs(n: int, t: int, d_in: int, d_out: int, n_other: int, t_other: int) -> tuple[int, int]:
+    """Multiply-adds of the two Gram forms: materialized gradients, and products over token pairs."""
+    materialized = (n * t + n_other * t_other) * d_in * d_out + n * n_other * d_in * d_out
+    return materialized, n * n_other * t * t_other * (d_in + d_out)
+
+
 def gram_cost(n: int, t: int, d_in: int, d_out: int, n_other: int) -> float:
-    """Multiply-adds of the cheaper Gram form: materialized, or over token pairs."""
-    materialized = (n + n_other) * t * d_in * d_out + n * n_other * d_in * d_out
-    return float(min(materialized, n * n_other * t * t * (d_in + d_out)))
+    """Multiply-adds of the cheaper Gram form against ``n_other`` rows of as many tokens."""
+    return float(min(gram_costs(n, t, d_in, d_out, n_other, t)))
 
 
 def _materialized(g: LinearGrads) -> torch.Tensor:
