@@ -28,6 +28,11 @@ Public face (other rooms use only these names):
 - ``shard_features(task, checkpoints, X_shard, y_shard, ids_shard, start=, seed=)`` per shard of
   the training rows, then ``combine_shards(task, checkpoints, shards, seed=)`` -> the same
   ``TrakFeatures`` (same bytes) as the unsharded run; ``shard_bounds(n, n_shards)`` cuts the rows.
+- Text and image payloads: ``encode_payload_split(labeled_table, is_target, kind=, column=, config=)``
+  -> ``PayloadSplit`` (its ``PayloadEncoding``: tokenizer and maximum length, or image policy, fitted on
+  the training rows; the recipe's ``ModelTask``; batches), then ``train_model``; ``model_features``
+  gives its TRAK features. ``payload_encoding_to_json`` / ``_from_json``, ``task_model_to_bytes`` /
+  ``_from_bytes`` and ``model_features_to_bytes`` / ``_from_bytes`` store them by CID.
 - ``review_labels(task, X, y, folds=, seed=)`` -> (``LabelReview``, out-of-sample probabilities):
   the pipeline's mislabel detector (cross-fitted probabilities scored by cleanlab's confident
   learning); ``label_quality(labels, pred_probs)`` is its pure scoring part. ``ExactInfluence``
@@ -58,16 +63,43 @@ from .errors import (
 )
 from .influence import ExactInfluence
 from .inrun import train_model, train_model_plain
-from .mislabels import QUALITY_METHOD, LabelReview, label_quality, out_of_sample_probs, review_labels
-from .model_task import ModelTask, classification_loss
+from .mislabels import (
+    QUALITY_METHOD,
+    LabelReview,
+    label_quality,
+    out_of_sample_probs,
+    review_labels,
+    review_task_labels,
+)
+from .model_task import LABELS, ModelTask, classification_loss
 from .shards import FeatureShard, ShardMismatchError, combine_shards, shard_bounds, shard_features
 from .task import AttributionTask, ModelSpec, ModuleSpec, TrainConfig
 from .trainer import TrainResult, train_plain, train_split, train_with_attribution
 from .trak import TrakFeatures, attribute_query
+from .trak_model import ModelTrakFeatures, model_features
 
 if TYPE_CHECKING:
     from .encoding import EncodedSplit, InputEncoding, encode_split
-    from .serialize import features_from_bytes, features_to_bytes, model_from_bytes, model_to_bytes
+    from .payloads import (
+        PayloadEncoding,
+        PayloadSplit,
+        RecipeSizes,
+        encode_payload_split,
+        encoding_from_json,
+        labelled_inputs,
+        payload_encoding_from_json,
+        payload_encoding_to_json,
+    )
+    from .serialize import (
+        features_from_bytes,
+        features_to_bytes,
+        model_features_from_bytes,
+        model_features_to_bytes,
+        model_from_bytes,
+        model_to_bytes,
+        task_model_from_bytes,
+        task_model_to_bytes,
+    )
     from .trainer import EXAMPLE_ATTRIBUTION_SCHEMA
     from .weights import ContributorSplit, WeightPolicy, contributor_weights, largest_remainder
 
@@ -82,6 +114,18 @@ _LAZY = {
     "features_to_bytes": "attribution.serialize",
     "model_from_bytes": "attribution.serialize",
     "model_to_bytes": "attribution.serialize",
+    "model_features_from_bytes": "attribution.serialize",
+    "model_features_to_bytes": "attribution.serialize",
+    "task_model_from_bytes": "attribution.serialize",
+    "task_model_to_bytes": "attribution.serialize",
+    "PayloadEncoding": "attribution.payloads",
+    "PayloadSplit": "attribution.payloads",
+    "RecipeSizes": "attribution.payloads",
+    "encode_payload_split": "attribution.payloads",
+    "labelled_inputs": "attribution.payloads",
+    "encoding_from_json": "attribution.payloads",
+    "payload_encoding_from_json": "attribution.payloads",
+    "payload_encoding_to_json": "attribution.payloads",
     "ContributorSplit": "attribution.weights",
     "WeightPolicy": "attribution.weights",
     "contributor_weights": "attribution.weights",
@@ -96,6 +140,22 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "LABELS",
+    "ModelTrakFeatures",
+    "PayloadEncoding",
+    "PayloadSplit",
+    "RecipeSizes",
+    "encode_payload_split",
+    "encoding_from_json",
+    "review_task_labels",
+    "labelled_inputs",
+    "model_features",
+    "model_features_from_bytes",
+    "model_features_to_bytes",
+    "payload_encoding_from_json",
+    "payload_encoding_to_json",
+    "task_model_from_bytes",
+    "task_model_to_bytes",
     "EXAMPLE_ATTRIBUTION_SCHEMA",
     "AttributionError",
     "AttributionTask",

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 
 from .errors import InputError
+from .inrun import train_model_plain
+from .model_task import LABELS, Batch, ModelTask, batch_size_of, take
 from .task import AttributionTask
 from .trainer import train_plain
 
@@ -111,3 +113,31 @@ def review_labels(
     """The pipeline's detector: ``task``'s recipe cross-fitted, scored by ``label_quality``."""
     probs = out_of_sample_probs(task, X, y, folds=folds, seed=seed)
     return label_quality(y, probs), probs
+
+
+def task_out_of_sample_probs(
+    task: ModelTask, batch: Batch, n_classes: int, *, folds: int = 5, seed: int = 0
+) -> np.ndarray:
+    """``out_of_sample_probs`` for any ``ModelTask``: ``batch`` (with ``labels``) cross-fitted with
+    the task's own training (``train_model_plain``), each fold's rows predicted by the others' model."""
+    n = batch_size_of("batch", batch)
+    if folds < 2 or n < folds:
+        raise InputError(f"cross-fitting needs 2 folds or more and a row per fold ({n} rows, {folds} folds)")
+    fold = torch.as_tensor(fold_of(n, folds, seed))
+    probs = np.zeros((n, n_classes), dtype=np.float64)
+    for k in range(folds):
+        held = fold == k
+        model = train_model_plain(task, take(batch, torch.nonzero(~held).flatten()), seed=seed + k).eval()
+        rows = take(batch, torch.nonzero(held).flatten())
+        with torch.no_grad():
+            logits = model(**{key: v for key, v in rows.items() if key != LABELS})
+            probs[held.numpy()] = torch.softmax(getattr(logits, "logits", logits).double(), 1).numpy()
+    return probs
+
+
+def review_task_labels(
+    task: ModelTask, batch: Batch, n_classes: int, *, folds: int = 5, seed: int = 0
+) -> tuple[LabelReview, np.ndarray]:
+    """``review_labels`` for any ``ModelTask`` (text and image recipes): cross-fitted, then scored."""
+    probs = task_out_of_sample_probs(task, batch, n_classes, folds=folds, seed=seed)
+    return label_quality(batch[LABELS].numpy(), probs), probs

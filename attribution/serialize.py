@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,8 +17,12 @@ from safetensors.torch import load, save
 from torch import nn
 
 from .errors import AttributionError
+from .model_task import ModelTask
 from .projector import LayerProjection, Projector
 from .task import ModelSpec, ModuleSpec
+
+if TYPE_CHECKING:
+    from .trak_model import ModelTrakFeatures
 
 _SPEC_KEY = "caravan.model_spec"
 _FEATURES_KEY = "caravan.trak_features"
@@ -117,3 +122,73 @@ def features_from_bytes(data: bytes, spec: ModuleSpec | None = None, *, spill_by
         kernel_inv = tensors[f"checkpoint.{j}.kernel_inv"].numpy()
         checkpoints.append(CheckpointFeatures(model, scored, store, kernel_inv))
     return TrakFeatures(spec, Projector(layers, meta["k"], meta["seed"]), checkpoints, meta["n_train"])
+
+
+_TASK_KEY = "caravan.model_task"
+_MODEL_FEATURES_KEY = "caravan.model_trak_features"
+MODEL_FEATURES_FORMAT = 1
+
+
+def _same_task(stored: str, task: ModelTask, what: str) -> None:
+    if stored != task.to_json():
+        raise AttributionError(f"these {what} bytes are for {stored}, not the given task {task.to_json()}")
+
+
+def task_model_to_bytes(model: nn.Module, task: ModelTask) -> bytes:
+    """A ``ModelTask`` model's weights, with the task's architecture (``task.to_json()``) in the header."""
+    tensors = {k: v.detach().to(torch.float32).contiguous() for k, v in model.state_dict().items()}
+    return save(tensors, metadata={_TASK_KEY: task.to_json()})
+
+
+def task_model_from_bytes(data: bytes, task: ModelTask) -> nn.Module:
+    """The model (eval mode) from ``task_model_to_bytes`` output; ``task`` (rebuilt from the stored
+    encoding) must name the same architecture."""
+    _same_task(_metadata(data, _TASK_KEY, "model"), task, "model")
+    model = task.fresh(0)
+    model.load_state_dict(load(data))
+    return model.eval()
+
+
+def model_features_to_bytes(features: ModelTrakFeatures) -> bytes:
+    """``ModelTrakFeatures`` (checkpoint weights, projected training gradients, kernel inverses); the
+    projections are seeded, so their seeds and sizes are stored, not their matrices."""
+    tensors: dict[str, torch.Tensor] = {}
+    for j, ck in enumerate(features.checkpoints):
+        for name, value in ck.model.state_dict().items():
+            tensors[f"checkpoint.{j}.state.{name}"] = value.detach().to("cpu", torch.float32).contiguous()
+        tensors[f"checkpoint.{j}.features"] = torch.from_numpy(features.features(j))
+        tensors[f"checkpoint.{j}.kernel_inv"] = torch.from_numpy(np.ascontiguousarray(ck.kernel_inv))
+    meta = {
+        "format": MODEL_FEATURES_FORMAT,
+        "task": features.task.to_json(),
+        "projectors": [[p.k, p.seed, p.index, p.distribution] for p in features.projectors],
+        "n_checkpoints": len(features.checkpoints),
+        "n_train": features.n_train,
+    }
+    return save(tensors, metadata={_MODEL_FEATURES_KEY: _canonical(meta)})
+
+
+def model_features_from_bytes(data: bytes, task: ModelTask, *, spill_bytes: int = 256 * 2**20
+                              ) -> ModelTrakFeatures:
+    """``ModelTrakFeatures`` from ``model_features_to_bytes`` output, for ``task`` (the same architecture)."""
+    from .kernels.projection import LayerProjector
+    from .trak import FeatureStore
+    from .trak_model import ModelCheckpointFeatures, ModelTrakFeatures, frozen_task_model
+
+    meta = json.loads(_metadata(data, _MODEL_FEATURES_KEY, "TRAK features"))
+    if meta.get("format") != MODEL_FEATURES_FORMAT:
+        raise AttributionError(f"TRAK features format {meta.get('format')} is not {MODEL_FEATURES_FORMAT}")
+    _same_task(meta["task"], task, "TRAK features")
+    tensors = load(data)
+    checkpoints = []
+    for j in range(meta["n_checkpoints"]):
+        prefix = f"checkpoint.{j}.state."
+        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        model, scored = frozen_task_model(task, state)
+        store = FeatureStore(spill_bytes)
+        store.append(tensors[f"checkpoint.{j}.features"].numpy())
+        kernel_inv = tensors[f"checkpoint.{j}.kernel_inv"].numpy()
+        checkpoints.append(ModelCheckpointFeatures(model, scored, store, kernel_inv))
+    projectors = [LayerProjector(k, seed, index, dist) for k, seed, index, dist in meta["projectors"]]
+    dim = checkpoints[0].kernel_inv.shape[0]
+    return ModelTrakFeatures(task, projectors, checkpoints, meta["n_train"], dim)

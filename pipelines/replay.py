@@ -78,7 +78,10 @@ def replay_run(
     config = TrainingConfig(**training.params["config"])
     validation_cid = training.inputs.get(TrainingRecord.VALIDATION)
     validation = read_parquet(store.get(validation_cid)) if validation_cid else None
-    _, result = train_labeled(labeled, config, run_id=str(training.params["run_id"]), validation=validation)
+    _, result = train_labeled(
+        labeled, config, run_id=str(training.params["run_id"]), validation=validation,
+        field=training.params.get("field"),
+    )
     stored_scores = read_parquet(store.get(training.outputs[TrainingRecord.EXAMPLE_ATTRIBUTION]))
     _compare_scores(stored_scores, result.example_attribution, report)
 

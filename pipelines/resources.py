@@ -107,6 +107,13 @@ class DatasetCatalog(dg.ConfigurableResource):
         table = load_files([SourceFile(**{**entry["validation"], "provider": "validation"})], store.get)
         return validation_examples(table, dataset, entry["labeling"]["choices"])
 
+    def payload_field(self, version: str) -> str | None:
+        """The column labelers see (the labeling spec's `field`), None for a version registered
+        without one: training picks its recipe by that column's type."""
+        path = self._path(version)
+        entry = json.loads(path.read_text()) if path.exists() else {}
+        return (entry.get("labeling") or {}).get("field")
+
     def load(self, version: str, store: ContentStore):
         """The registered rows of `version` (pa.Table), read back from the store by CID."""
         entry = self.lookup(version)

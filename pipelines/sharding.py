@@ -81,6 +81,12 @@ def plan_shards(
     record = RunRecords(None, client).load(lineage.cid_of(TRAINING, version))  # names what it read and made
     labeled = read_parquet(client.get(record.inputs[TrainingRecord.LABELED_DATASET]))
     encoding = client.get(record.outputs[TrainingRecord.ENCODING])
+    if "payload" in record.params:
+        payload = record.params["payload"]
+        raise dg.Failure(
+            f"version {version} trained a {payload['recipe']} on {payload['kind']} payloads: "
+            "sharded features are built for MLP runs only (this run's were made in training)"
+        )
     stored_cid = record.outputs[TrainingRecord.FEATURES]
     blob = client.get(stored_cid)
     training = TrainingConfig(**record.params["config"])

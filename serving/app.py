@@ -8,12 +8,14 @@ numbers, feature count, batch size), balance enough (402). Only then is the mode
 receipts are committed before the response is returned.
 """
 
+import base64
+import binascii
 import math
 import time
 from typing import Annotated
 
 import numpy as np
-from fastapi import Depends, FastAPI, HTTPException, Request, Security
+from fastapi import Depends, FastAPI, File, HTTPException, Request, Security, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader
@@ -30,16 +32,94 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from attribution import InputError
 from serving.body_limit import Refusal, RequestGate, default_max_body_bytes, header
 from serving.errors import InsufficientBalance, LedgerError, RevokedKey, UnknownKey
 from serving.fees import split_price
 from serving.ledger import ApiKey, Charge, Ledger
-from serving.run import ServedRun
+from serving.run import Prediction, ServedRun
 
 API_KEY_HEADER = "X-API-Key"
 KEY_SCOPE = "caravan.api_key"  # the ApiKey the gate authenticated, in the request's ASGI scope
 PREDICT = "/v1/predict"
+PREDICT_UPLOAD = "/v1/predict/upload"  # image runs: a multipart upload, field `file`
+PAID = (PREDICT, PREDICT_UPLOAD)
 Finite = Annotated[float, Field(allow_inf_nan=False)]
+INPUT_DOCS = {
+    "numeric": "`{\"input\": [numbers]}` (one row of the model's features) or `{\"inputs\": [[...], ...]}`.",
+    "text": "`{\"input\": \"some text\"}` or `{\"inputs\": [\"text\", ...]}`; texts longer than the "
+    "model's maximum length keep their first tokens, as in training.",
+    "image": "`{\"input\": {\"image_base64\": \"...\"}}` (PNG or JPEG file bytes, base64) or "
+    "`{\"inputs\": [{\"image_base64\": \"...\"}, ...]}`; or one file as a multipart upload to "
+    f"`{PREDICT_UPLOAD}` (field `file`). Images are decoded as in training (the run's image policy).",
+}
+
+
+class ImageIn(BaseModel):
+    image_base64: str = Field(min_length=1, description="the image file's bytes (PNG, JPEG), base64")
+
+
+def request_model(run: ServedRun, max_batch: int) -> type[BaseModel]:
+    """The `/v1/predict` body for the run's kind of input: numbers, a text, or an image."""
+    item = {"numeric": list[Finite], "text": Annotated[str, Field(min_length=1)], "image": ImageIn}[run.kind]
+
+    class PredictRequest(BaseModel):
+        """One input (`input`) or a batch (`inputs`)."""
+
+        input: item | None = Field(None)  # type: ignore[valid-type]
+        inputs: list[item] | None = Field(None, min_length=1, max_length=max_batch)  # type: ignore[valid-type]
+
+        @model_validator(mode="after")
+        def one_of(self) -> "PredictRequest":
+            if (self.input is None) == (self.inputs is None):
+                raise ValueError("send exactly one of `input` (one input) or `inputs` (a batch)")
+            if run.kind == "numeric" and self.input is not None and not self.input:
+                raise ValueError("`input` needs at least one number")
+            return self
+
+        def rows(self) -> list:
+            return [self.input] if self.input is not None else list(self.inputs)
+
+    return PredictRequest
+
+
+def predict_rows(run: ServedRun, rows: list, attribute: bool) -> list[Prediction]:
+    """The model's predictions for well-formed rows of the run's kind; 422 for any it cannot take."""
+    if run.kind == "numeric":
+        bad = [i for i, r in enumerate(rows) if len(r) != run.n_features]
+        if bad:
+            raise HTTPException(
+                422,
+                f"input rows {bad[:10]} have {len(rows[bad[0]])} features; the model "
+                f"expects {run.n_features} per row",
+            )
+        out = run.predict(np.asarray(rows, dtype=np.float64), attribute=attribute)
+        overflow = [i for i, p in enumerate(out) if not math.isfinite(p.probability)]
+        if overflow:  # finite inputs far outside the training range overflow the float32 model
+            raise HTTPException(
+                422,
+                f"input rows {overflow[:10]} are too large for the model (its output is not finite); "
+                "send values on the scale of the training data",
+            )
+        return out
+    values = [image_bytes(i, r) for i, r in enumerate(rows)] if run.kind == "image" else rows
+    if run.kind == "text":
+        blank = [i for i, r in enumerate(rows) if not r.strip()]
+        if blank:
+            raise HTTPException(422, f"inputs {blank[:10]} are empty or whitespace only; send text")
+    try:
+        return run.predict_payloads(values, attribute=attribute)
+    except InputError as exc:
+        raise HTTPException(422, f"inputs cannot be read as the model's {run.kind}: {exc}") from None
+
+
+def image_bytes(index: int, item: "ImageIn | bytes") -> bytes:
+    if isinstance(item, bytes):
+        return item
+    try:
+        return base64.b64decode(item.image_base64, validate=True)
+    except (binascii.Error, ValueError):
+        raise HTTPException(422, f"input {index}: image_base64 is not valid base64") from None
 
 
 class Contributor(BaseModel):
@@ -112,22 +192,7 @@ def create_app(
         max_body_bytes = default_max_body_bytes(run.encoding, max_batch)
     if max_body_bytes < 1:
         raise LedgerError(f"the body limit must be a positive number of bytes, got {max_body_bytes}")
-    n_features = run.n_features
-
-    class PredictRequest(BaseModel):
-        """One input (`input`) or a batch (`inputs`) of raw feature rows."""
-
-        input: list[Finite] | None = Field(None, min_length=1)
-        inputs: list[list[Finite]] | None = Field(None, min_length=1, max_length=max_batch)
-
-        @model_validator(mode="after")
-        def one_of(self) -> "PredictRequest":
-            if (self.input is None) == (self.inputs is None):
-                raise ValueError("send exactly one of `input` (one row) or `inputs` (a batch of rows)")
-            return self
-
-        def rows(self) -> list[list[float]]:
-            return [self.input] if self.input is not None else list(self.inputs)
+    PredictRequest = request_model(run, max_batch)
 
     registry = CollectorRegistry()
     requests = Counter("caravan_requests", "HTTP requests", ["endpoint", "status"], registry=registry)
@@ -190,7 +255,7 @@ def create_app(
         except RevokedKey as exc:
             return Refusal(403, str(exc))
         scope[KEY_SCOPE] = key
-        if scope["path"] == PREDICT and scope["method"] == "POST":
+        if scope["path"] in PAID and scope["method"] == "POST":
             # the bucket is in the ledger: shared by every server process
             wait = await run_in_threadpool(ledger.rate_wait, key)
             if wait:
@@ -233,17 +298,8 @@ def create_app(
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/v1/predict", response_model=PredictResponse, responses=errors)
-    def predict(body: PredictRequest, key: Annotated[ApiKey, Depends(api_key)]) -> PredictResponse:
-        # key and rate were checked by the gate, before the body was read
-        rows = body.rows()
-        bad = [i for i, r in enumerate(rows) if len(r) != n_features]
-        if bad:
-            raise HTTPException(
-                422,
-                f"input rows {bad[:10]} have {len(rows[bad[0]])} features; the model "
-                f"expects {n_features} per row",
-            )
+    def paid(rows: list, key: ApiKey) -> PredictResponse:
+        """Check the balance, run the model, charge each prediction once (receipts committed first)."""
         cost = price * len(rows)
         if key.balance < cost:
             raise HTTPException(
@@ -251,14 +307,7 @@ def create_app(
                 f"balance {key.balance} cannot cover {len(rows)} prediction(s) at {price} "
                 "each; top the key up (`caravan keys topup`)",
             )
-        out = run.predict(np.asarray(rows, dtype=np.float64), attribute=attribute)
-        overflow = [i for i, p in enumerate(out) if not math.isfinite(p.probability)]
-        if overflow:  # finite inputs far outside the training range overflow the float32 model
-            raise HTTPException(
-                422,
-                f"input rows {overflow[:10]} are too large for the model (its output is not finite); "
-                "send values on the scale of the training data",
-            )
+        out = predict_rows(run, rows, attribute)
         items = [
             Charge(p.input_hash, p.label, p.probability, p.split, p.bps, tuple(split_price(price, p.bps)))
             for p in out
@@ -278,6 +327,22 @@ def create_app(
             balance=charged.balance,
             predictions=[_prediction(r, run, top_k) for r in charged.receipts],
         )
+
+    @app.post(PREDICT, response_model=PredictResponse, responses=errors, description=INPUT_DOCS[run.kind])
+    def predict(body: PredictRequest, key: Annotated[ApiKey, Depends(api_key)]) -> PredictResponse:
+        # key and rate were checked by the gate, before the body was read
+        return paid(body.rows(), key)
+
+    if run.kind == "image":
+
+        @app.post(PREDICT_UPLOAD, response_model=PredictResponse, responses=errors)
+        async def predict_upload(
+            file: Annotated[UploadFile, File(description="one image file (PNG, JPEG)")],
+            key: Annotated[ApiKey, Depends(api_key)],
+        ) -> PredictResponse:
+            """One image as a multipart upload (field `file`), paid and attributed as `/v1/predict`."""
+            data = await file.read()
+            return await run_in_threadpool(paid, [data], key)
 
     @app.get("/v1/receipts/{receipt_id}", response_model=ReceiptOut, responses=errors)
     def receipt(receipt_id: str, key: Annotated[ApiKey, Depends(api_key)]) -> ReceiptOut:

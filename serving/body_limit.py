@@ -78,9 +78,12 @@ def image_input_bytes(height: int, width: int, channels: int) -> int:
 def input_bytes(encoding: Any) -> int:
     """The most bytes one input of the run takes, from its input encoding.
 
-    The hook for the kinds of input a run may have: a text encoding names `max_length` (characters),
-    an image one `height`, `width` and `channels` (as `attribution.recipes.image.ImagePolicy` does);
-    anything else is numeric rows of `n_features` numbers (`attribution.encoding.InputEncoding`)."""
+    The hook for the kinds of input a run may have: a text encoding names `max_chars` or `max_length`
+    (characters), an image one `height`, `width` and `channels` (as `attribution.payloads`'
+    `ImageEncoding` does); anything else is numeric rows of `n_features` numbers
+    (`attribution.encoding.InputEncoding`)."""
+    if getattr(encoding, "max_chars", None) is not None:  # a text run's bound (tokens x characters)
+        return text_input_bytes(int(encoding.max_chars))
     if getattr(encoding, "max_length", None) is not None:
         return text_input_bytes(int(encoding.max_length))
     if all(getattr(encoding, a, None) is not None for a in ("height", "width", "channels")):

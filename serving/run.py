@@ -17,14 +17,20 @@ import numpy as np
 import torch
 
 from attribution import (
+    LABELS,
     AttributionError,
     ContributorError,
     ContributorSplit,
+    InputEncoding,
+    PayloadEncoding,
+    TrainConfig,
     WeightPolicy,
+    encoding_from_json,
     features_from_bytes,
+    model_features_from_bytes,
     model_from_bytes,
+    task_model_from_bytes,
 )
-from attribution.encoding import InputEncoding
 from provenance import (
     TRAINING,
     Chain,
@@ -57,7 +63,7 @@ class ServedRun:
     head_cid: str
     model_cid: str
     root: str
-    encoding: InputEncoding
+    encoding: InputEncoding | PayloadEncoding
     model: torch.nn.Module
     features: Any
     example_ids: list[str]
@@ -69,6 +75,11 @@ class ServedRun:
     _addresses: list[str] = field(init=False, repr=False, compare=False)
     _row_address: np.ndarray = field(init=False, repr=False, compare=False)  # [split rows, addresses] 0/1
     _positions: np.ndarray = field(init=False, repr=False, compare=False)  # example_ids in the split
+
+    @property
+    def kind(self) -> str:
+        """What one input is: "numeric" (a row of numbers), "text" or "image" (encoded file bytes)."""
+        return getattr(self.encoding, "kind", "numeric")
 
     @property
     def n_features(self) -> int:
@@ -106,6 +117,29 @@ class ServedRun:
             for i, row in enumerate(raw)
         ]
 
+    def predict_payloads(self, values: list[str] | list[bytes], *, attribute: bool = True
+                         ) -> list[Prediction]:
+        """Predictions for texts or image bytes, encoded as in training (InputError names bad ones)."""
+        batch, _ = self.encoding.inputs(values)
+        with self._lock:
+            with torch.no_grad():
+                probs = torch.softmax(self.model(**batch).double(), dim=1).numpy()
+            labels = probs.argmax(1)
+            contributions = (
+                self.features.scores({**batch, LABELS: torch.as_tensor(labels)}) if attribute else None
+            )
+        splits = self._query_bps(contributions) if attribute else [None] * len(values)
+        return [
+            Prediction(
+                label=self.encoding.classes[int(labels[i])],
+                probability=float(probs[i, labels[i]]),
+                input_hash=payload_hash(v),
+                bps=self.run_bps if splits[i] is None else splits[i],
+                split=SPLIT_RUN if splits[i] is None else SPLIT_QUERY,
+            )
+            for i, v in enumerate(values)
+        ]
+
     def _query_bps(self, contributions: np.ndarray) -> list[tuple[tuple[str, int], ...] | None]:
         """Each row's (address, bps) from its own attribution; None where the run's weights apply
         (no training example helped that prediction, or its scores are not finite)."""
@@ -140,11 +174,27 @@ def input_hash(row: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(row, dtype="<f8").tobytes()).hexdigest()
 
 
+def payload_hash(value: str | bytes) -> str:
+    """sha256 of a text's UTF-8 bytes or of an image file's bytes, as received."""
+    return hashlib.sha256(value.encode("utf-8") if isinstance(value, str) else bytes(value)).hexdigest()
+
+
 def _get(store: ContentStore, cid: str, what: str) -> bytes:
     try:
         return store.get(cid)
     except StorageError as exc:
         raise RunNotServable(f"{what} {cid} cannot be read from the content store: {exc}") from None
+
+
+def _model(output) -> tuple[torch.nn.Module, InputEncoding | PayloadEncoding, Any]:
+    """The model, its input encoding and its TRAK features, from the training record's outputs."""
+    encoding = encoding_from_json(output(TrainingRecord.ENCODING))
+    if isinstance(encoding, InputEncoding):
+        model, _ = model_from_bytes(output(TrainingRecord.MODEL))
+        return model, encoding, features_from_bytes(output(TrainingRecord.FEATURES))
+    task = encoding.task(TrainConfig())  # the architecture only: ModelTask.to_json names no settings
+    model = task_model_from_bytes(output(TrainingRecord.MODEL), task)
+    return model, encoding, model_features_from_bytes(output(TrainingRecord.FEATURES), task)
 
 
 def load_run(chain: Chain, store: ContentStore, run_id: str) -> ServedRun:
@@ -181,9 +231,7 @@ def load_run(chain: Chain, store: ContentStore, run_id: str) -> ServedRun:
         return _get(store, train.outputs[name], name)
 
     try:
-        model, _ = model_from_bytes(output(TrainingRecord.MODEL))
-        encoding = InputEncoding.from_json(output(TrainingRecord.ENCODING))
-        features = features_from_bytes(output(TrainingRecord.FEATURES))
+        model, encoding, features = _model(output)
         attribution = read_parquet(output(TrainingRecord.EXAMPLE_ATTRIBUTION))
         examples, annotations, consensus, credit = records.input_tables(head, WeightingRecord.SPLIT_TABLES)
         addresses = dict(zip(weights["contributor"].to_pylist(), weights["address"].to_pylist(), strict=True))

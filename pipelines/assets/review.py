@@ -15,15 +15,20 @@ import numpy as np
 import pyarrow as pa
 
 from attribution import (
+    LABELS,
     QUALITY_METHOD,
     AttributionError,
     AttributionTask,
     InputEncoding,
+    LabelReview,
+    encoding_from_json,
+    labelled_inputs,
     review_labels,
+    review_task_labels,
 )
 from labeling import LabelingError, request_review
 from pipelines.assets.labeling import project_spec
-from pipelines.assets.training import TrainingConfig
+from pipelines.assets.training import PAYLOAD_RECIPES, TrainingConfig
 from pipelines.content_io import AssetIndex, StoredValue, StoreResource, store_value
 from pipelines.lineage import LineageResource, now
 from pipelines.partitions import dataset_versions
@@ -75,17 +80,14 @@ def label_review(
     record = RunRecords(None, client).load(training_cid)
     training = TrainingConfig(**record.params["config"])
     run_id = str(record.params["run_id"])
-    encoding = InputEncoding.from_json(model_encoding)
+    encoding = encoding_from_json(model_encoding)
     table = labeled_dataset.sort_by("example_id")
     known = np.isin(np.asarray(table["label"].to_pylist(), dtype=object), list(encoding.classes))
     if not known.all():
         context.log.warning(f"{int((~known).sum())} examples carry labels the model never saw; not reviewed")
         table = table.filter(pa.array(known))
-    task = AttributionTask(encoding.mlp(training.hidden), training.train_config())
     try:
-        x = encoding.transform(table)
-        y = encoding.label_indices(table["label"].to_pylist())
-        review, _ = review_labels(task, x, y, folds=config.folds, seed=training.seed)
+        review, y = _cross_fitted(encoding, table, training, config.folds)
     except AttributionError as exc:
         raise dg.Failure(str(exc)) from exc
     rank = np.empty(len(y), dtype=np.int64)
@@ -150,6 +152,21 @@ def label_review(
             ),
         },
     )
+
+
+def _cross_fitted(
+    encoding, table: pa.Table, training: TrainingConfig, folds: int
+) -> tuple[LabelReview, np.ndarray]:
+    """The run's own recipe cross-fitted on `table`: (review, class indices of its labels)."""
+    if isinstance(encoding, InputEncoding):
+        task = AttributionTask(encoding.mlp(training.hidden), training.train_config())
+        y = encoding.label_indices(table["label"].to_pylist())
+        review, _ = review_labels(task, encoding.transform(table), y, folds=folds, seed=training.seed)
+        return review, y
+    batch, _ = labelled_inputs(encoding, table)
+    task = encoding.task(training.train_config(PAYLOAD_RECIPES[encoding.kind]))
+    review, _ = review_task_labels(task, batch, len(encoding.classes), folds=folds, seed=training.seed)
+    return review, batch[LABELS].numpy()
 
 
 @dg.asset(partitions_def=dataset_versions, group_name="review", kinds={"labelstudio"})

@@ -7,6 +7,7 @@ but the content and stays the same for every rerun an auditor makes.
 import hashlib
 import json
 import platform
+from typing import Any
 
 import dagster as dg
 import numpy as np
@@ -14,13 +15,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from attribution import (
+    LABELS,
     AttributionError,
     EncodedSplit,
+    PayloadSplit,
+    RecipeSizes,
     TrainConfig,
     TrainResult,
+    encode_payload_split,
     encode_split,
     features_to_bytes,
+    model_features,
+    model_features_to_bytes,
     model_to_bytes,
+    payload_encoding_to_json,
+    task_model_to_bytes,
+    train_model,
     train_split,
 )
 from pipelines.content_io import AssetIndex, StoreResource, store_value
@@ -33,26 +43,83 @@ from provenance import CONSENSUS, SNAPSHOT, TRAINING, TrainingRecord
 
 
 class TrainingConfig(dg.Config):
-    """The run's recipe; the defaults suit a small tabular or image classification set."""
+    """The run's recipe. `recipe="auto"` trains what fits the payload (the labeling spec's field):
+    `text-transformer` for a text column, `image-cnn` for image bytes, `mlp` for numeric columns.
+    Settings left `None` take the recipe's defaults (`RECIPE_DEFAULTS`)."""
 
+    recipe: str = "auto"
     hidden: list[int] = [64]
-    epochs: int = 20
-    batch_size: int = 64
-    lr: float = 0.1
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    optimizer: str | None = None
     weight_decay: float = 1e-4
     seed: int = 0
     target_fraction: float = 0.15
     trak_k: int = 256
+    # text-transformer: BPE vocabulary, the token cap (longer texts keep their first tokens, counted)
+    vocab_size: int = 2000
+    max_length: int = 128
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    # image-cnn: channels per stage; how images of another size than the most common are sized
+    channels: list[int] = [16, 32]
+    image_resize: str = "squash"
 
-    def train_config(self) -> TrainConfig:
+    def train_config(self, recipe: str = "mlp") -> TrainConfig:
         """The attribution room's settings for this recipe (the one mapping; sharding reuses it)."""
+        defaults = RECIPE_DEFAULTS[recipe]
         return TrainConfig(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
+            epochs=self.epochs or defaults["epochs"],
+            batch_size=self.batch_size or defaults["batch_size"],
+            lr=self.lr if self.lr is not None else defaults["lr"],
+            optimizer=self.optimizer or defaults["optimizer"],
             weight_decay=self.weight_decay,
             trak_k=self.trak_k,
         )
+
+    def sizes(self) -> RecipeSizes:
+        return RecipeSizes(
+            vocab_size=self.vocab_size, max_length=self.max_length, d_model=self.d_model,
+            n_layers=self.n_layers, n_heads=self.n_heads, channels=tuple(self.channels),
+            image_resize=self.image_resize,
+        )
+
+
+# SGD for the MLP (its update is lr * gradient); AdamW for transformers and conv nets, which plain SGD
+# at one rate barely moves in a few epochs (both scored through the optimizer's own update).
+RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "mlp": {"epochs": 20, "batch_size": 64, "lr": 0.1, "optimizer": "sgd"},
+    "text-transformer": {"epochs": 10, "batch_size": 32, "lr": 1e-3, "optimizer": "adamw"},
+    "image-cnn": {"epochs": 15, "batch_size": 32, "lr": 3e-3, "optimizer": "adamw"},
+}
+PAYLOAD_RECIPES = {"text": "text-transformer", "image": "image-cnn"}
+
+
+def recipe_for(config: TrainingConfig, table: pa.Table, field: str | None) -> tuple[str, str | None]:
+    """(recipe, payload column): the configured recipe, or under "auto" the one the payload's type
+    calls for (a string column: text; binary: image; otherwise numeric columns and the MLP)."""
+    if config.recipe not in ("auto", "mlp", *PAYLOAD_RECIPES.values()):
+        raise dg.Failure(
+            f"recipe {config.recipe!r} is unknown; use auto, mlp, {', '.join(PAYLOAD_RECIPES.values())}"
+        )
+    kind = None
+    if field and field in table.column_names:
+        t = table.schema.field(field).type
+        kind = "text" if pa.types.is_string(t) or pa.types.is_large_string(t) else None
+        kind = "image" if pa.types.is_binary(t) or pa.types.is_large_binary(t) else kind
+    if config.recipe == "auto":
+        return (PAYLOAD_RECIPES[kind], field) if kind else ("mlp", None)
+    if config.recipe == "mlp":
+        return "mlp", None
+    wanted = next(k for k, r in PAYLOAD_RECIPES.items() if r == config.recipe)
+    if kind != wanted:
+        raise dg.Failure(
+            f"recipe {config.recipe!r} needs a {wanted} payload column, but the labeling field {field!r} "
+            f"is not one; use recipe='auto' or label a {wanted} dataset"
+        )
+    return config.recipe, field
 
 
 def split_targets(example_ids: list[str], fraction: float) -> np.ndarray:
@@ -70,12 +137,14 @@ def run_id_of(labeled_cid: str, config: TrainingConfig) -> str:
 
 
 def train_labeled(
-    labeled: pa.Table, config: TrainingConfig, *, run_id: str, validation: pa.Table | None = None
-) -> tuple[EncodedSplit, TrainResult]:
+    labeled: pa.Table, config: TrainingConfig, *, run_id: str, validation: pa.Table | None = None,
+    field: str | None = None,
+) -> tuple[EncodedSplit | PayloadSplit, TrainResult]:
     """Split, encode and train with attribution: the one recipe the asset runs and a replay reruns.
 
     Influence is measured against `validation` (trusted labels, never trained on) when the version
-    declares one; otherwise against a hash split of the crowd-labeled rows (`split_targets`).
+    declares one; otherwise against a hash split of the crowd-labeled rows (`split_targets`). Text and
+    image payloads (`field`) train a `ModelTask` recipe; numeric columns the MLP.
     """
     table = labeled.sort_by("example_id")
     if validation is None:
@@ -83,8 +152,16 @@ def train_labeled(
     else:
         mask = np.r_[np.zeros(table.num_rows, bool), np.ones(validation.num_rows, bool)]
         table = pa.concat_tables([table, validation], promote_options="permissive")
-    split = encode_split(table, mask)
-    return split, train_split(split, config.hidden, config.train_config(), seed=config.seed, run_id=run_id)
+    recipe, column = recipe_for(config, table, field)
+    cfg = config.train_config(recipe)
+    if column is None:
+        split = encode_split(table, mask)
+        return split, train_split(split, config.hidden, cfg, seed=config.seed, run_id=run_id)
+    kind = next(k for k, r in PAYLOAD_RECIPES.items() if r == recipe)
+    payload = encode_payload_split(table, mask, kind=kind, column=column, config=cfg, sizes=config.sizes())
+    result = train_model(payload.task, payload.train, payload.example_ids, payload.targets,
+                         seed=config.seed, run_id=run_id)
+    return payload, result
 
 
 def training_platform() -> dict[str, str]:
@@ -132,13 +209,15 @@ def trained_model(
     client = store.client()
     data_cid = index.cid_of("labeled_dataset", version)
     inputs = {TrainingRecord.LABELED_DATASET: data_cid}
+    field = catalog.payload_field(version)
     try:
         validation = catalog.validation(version, labeled_dataset, client)
         if validation is not None:
             inputs[TrainingRecord.VALIDATION] = store_value(client, validation).cid
         split, result = train_labeled(
-            labeled_dataset, config, run_id=run_id_of(data_cid, config), validation=validation
+            labeled_dataset, config, run_id=run_id_of(data_cid, config), validation=validation, field=field
         )
+        outputs = trained_outputs(split, result, config)
     except (AttributionError, DatasetError) as exc:
         raise dg.Failure(str(exc)) from exc
     targets = "validation" if validation is not None else "crowd_hash_split"
@@ -147,16 +226,17 @@ def trained_model(
             "no validation set declared: influence is measured against a hash split of the crowd-labeled "
             "examples (declare one with `caravan ingest ... --validation FILE`)"
         )
-    enc, n_train, n_targets = split.encoding, len(split.example_ids), len(split.target_ids)
+    n_train, n_targets = len(split.example_ids), len(split.target_ids)
     scores = result.example_attribution
-    accuracy = _accuracy(result.model, split.X_targets, split.y_targets)
+    accuracy = heldout_accuracy(split, result)
     context.log.info(f"run {result.run_id}: {n_train} examples, held-out accuracy {accuracy:.3f}")
-    stored = {
-        TrainingRecord.MODEL: store_value(client, model_to_bytes(result.model, result.task.spec)),
-        TrainingRecord.ENCODING: store_value(client, enc.to_json()),
-        TrainingRecord.EXAMPLE_ATTRIBUTION: store_value(client, scores),
-        TrainingRecord.FEATURES: store_value(client, features_to_bytes(result.features)),
-    }
+    stored = {name: store_value(client, value) for name, value in outputs.items()}
+    payload = {}
+    if isinstance(split, PayloadSplit):
+        payload = {"payload": {"kind": split.encoding.kind, "field": field, "recipe": split.task.name,
+                               **split.stats.to_params()}}
+        if split.stats.truncated or split.stats.resized or split.stats.converted:
+            context.log.warning(f"recorded input policies applied: {split.stats.to_params()}")
     record = lineage.write(
         client,
         TRAINING,
@@ -169,10 +249,12 @@ def trained_model(
             "run_id": result.run_id,
             "seed": config.seed,
             "config": config.model_dump(),
+            "field": field,
             "heldout_accuracy": round(accuracy, 6),
             "targets": targets,
             "platform": training_platform(),
             "score_rtol": SCORE_RTOL,
+            **payload,
         },
     )
     yield dg.Output(
@@ -191,7 +273,7 @@ def trained_model(
     yield dg.Output(
         stored[TrainingRecord.ENCODING],
         output_name=TrainingRecord.ENCODING,
-        metadata={"features": enc.n_features, "classes": list(enc.classes)},
+        metadata={"classes": list(split.encoding.classes)},
     )
     yield dg.Output(
         stored[TrainingRecord.FEATURES],
@@ -212,9 +294,36 @@ def trained_model(
     )
 
 
-def _accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
+def trained_outputs(
+    split: EncodedSplit | PayloadSplit, result: TrainResult, config: TrainingConfig
+) -> dict[str, bytes | pa.Table]:
+    """What the training record names as outputs: model, encoding, scores and TRAK features."""
+    if isinstance(split, PayloadSplit):
+        features = model_features(
+            split.task, result.checkpoints, split.train, k=config.trak_k, seed=config.seed
+        )
+        return {
+            TrainingRecord.MODEL: task_model_to_bytes(result.model, split.task),
+            TrainingRecord.ENCODING: payload_encoding_to_json(split.encoding),
+            TrainingRecord.EXAMPLE_ATTRIBUTION: result.example_attribution,
+            TrainingRecord.FEATURES: model_features_to_bytes(features),
+        }
+    return {
+        TrainingRecord.MODEL: model_to_bytes(result.model, result.task.spec),
+        TrainingRecord.ENCODING: split.encoding.to_json(),
+        TrainingRecord.EXAMPLE_ATTRIBUTION: result.example_attribution,
+        TrainingRecord.FEATURES: features_to_bytes(result.features),
+    }
+
+
+def heldout_accuracy(split: EncodedSplit | PayloadSplit, result: TrainResult) -> float:
+    """The trained model's accuracy on the targets (reported; pay never depends on it)."""
     import torch
 
     with torch.no_grad():
-        pred = model(torch.as_tensor(x, dtype=torch.float32)).argmax(1).numpy()
-    return float((pred == y).mean())
+        if isinstance(split, PayloadSplit):
+            inputs = {k: v for k, v in split.targets.items() if k != LABELS}
+            pred = result.model(**inputs).argmax(1).numpy()
+            return float((pred == split.targets[LABELS].numpy()).mean())
+        pred = result.model(torch.as_tensor(split.X_targets, dtype=torch.float32)).argmax(1).numpy()
+    return float((pred == split.y_targets).mean())

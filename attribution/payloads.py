@@ -1,0 +1,351 @@
+"""Text and image rows into a ``ModelTask``'s batches, the same way at training, serving and replay.
+
+A payload encoding is one JSON document, stored by CID beside the model and named in the training
+record: for text the tokenizer's own JSON (trained on the training rows only), the maximum length
+and the truncation rule; for images the decoding policy (size, colour mode, resize rule). With the
+class list and the recipe's sizes it rebuilds the model's task, so serving and an auditor turn rows
+into exactly the inputs the model was trained on and need nothing else.
+
+What the data cannot give exactly is a recorded policy, counted per table (``PayloadStats``): texts
+longer than ``max_length`` tokens are cut at the end; images of another size are resized, and of
+another colour mode converted. Everything else (an empty text, bytes that do not decode) is an
+``InputError`` naming the rows.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from .errors import InputError
+
+if TYPE_CHECKING:
+    from .encoding import InputEncoding
+from .model_task import LABELS, ModelTask
+from .task import TrainConfig
+
+KINDS = ("text", "image")
+TRUNCATION = "keep_first"
+CHARS_PER_TOKEN = 16  # a text longer than max_length keeps its first tokens ([CLS] included)
+
+
+@dataclass(frozen=True)
+class RecipeSizes:
+    """The recipes' knobs (what a run config may set); each kind reads its own."""
+
+    vocab_size: int = 2000
+    max_length: int = 128  # the cap; a run uses the longest training text's length up to it
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    channels: tuple[int, ...] = (16, 32)
+    image_resize: str = "squash"  # how images of another size than the most common one are sized
+
+
+@dataclass(frozen=True)
+class PayloadStats:
+    """How many rows a recorded policy changed (recorded with the run, shown in its report)."""
+
+    rows: int
+    truncated: int = 0  # texts cut to max_length tokens
+    resized: int = 0  # images of another size
+    converted: int = 0  # images of another colour mode
+
+    def to_params(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TextEncoding:
+    column: str
+    classes: tuple[str, ...]
+    tokenizer: str  # the tokenizers JSON (train_tokenizer's bytes, decoded)
+    max_length: int
+    sizes: RecipeSizes = field(default_factory=RecipeSizes)
+    truncation: str = TRUNCATION
+    kind = "text"
+
+    @classmethod
+    def fit(
+        cls, column: str, texts: Sequence[str], labels: Sequence[str], sizes: RecipeSizes
+    ) -> TextEncoding:
+        """A BPE tokenizer trained on the training ``texts`` and the longest encoding up to the cap."""
+        from .recipes.text import encode_texts, load_tokenizer, train_tokenizer
+
+        _check_texts(column, texts)
+        data = train_tokenizer(list(texts), sizes.vocab_size)
+        enc = encode_texts(load_tokenizer(data), texts, sizes.max_length)
+        longest = int(enc["attention_mask"].sum(1).max())
+        return cls(column, _classes(labels), data.decode("utf-8"), longest, sizes)
+
+    def task(self, config: TrainConfig) -> ModelTask:
+        from .recipes.text import text_transformer_task
+
+        s = self.sizes
+        return text_transformer_task(
+            self.vocab_size, len(self.classes), self.max_length, d_model=s.d_model, n_layers=s.n_layers,
+            n_heads=s.n_heads, tokenizer=self.tokenizer.encode("utf-8"), config=config,
+        )
+
+    @property
+    def max_chars(self) -> int:
+        """A generous bound on one input's characters (serving sizes its request bodies by it): longer
+        texts are truncated to ``max_length`` tokens anyway."""
+        return self.max_length * CHARS_PER_TOKEN
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._tokenizer().get_vocab_size())
+
+    def inputs(self, values: Sequence[object]) -> tuple[dict[str, torch.Tensor], PayloadStats]:
+        from .recipes.text import encode_texts
+
+        texts = _check_texts(self.column, values)
+        tok = self._tokenizer()
+        full = [len(e.ids) for e in tok.encode_batch(list(texts))]
+        batch = encode_texts(tok, texts, self.max_length)
+        return batch, PayloadStats(len(texts), truncated=sum(n > self.max_length for n in full))
+
+    def _tokenizer(self):
+        from .recipes.text import load_tokenizer
+
+        return load_tokenizer(self.tokenizer.encode("utf-8"))
+
+    def to_doc(self) -> dict[str, object]:
+        return {
+            "kind": self.kind, "column": self.column, "classes": list(self.classes),
+            "tokenizer": self.tokenizer, "max_length": self.max_length,
+            "truncation": self.truncation, "sizes": _sizes_doc(self.sizes),
+        }
+
+
+@dataclass(frozen=True)
+class ImageEncoding:
+    column: str
+    classes: tuple[str, ...]
+    policy_json: str  # attribution.recipes.image.ImagePolicy.to_json()
+    sizes: RecipeSizes = field(default_factory=RecipeSizes)
+    kind = "image"
+
+    @classmethod
+    def fit(cls, column: str, images: Sequence[object], labels: Sequence[str], sizes: RecipeSizes
+            ) -> ImageEncoding:
+        """The most common size and mode of the training images (ties: the larger, then RGB), and
+        ``sizes.image_resize`` for the rest: a size is never guessed from one odd image."""
+        from .recipes.image import ImagePolicy
+
+        shapes = _image_shapes(column, images)
+        size = max(Counter(s for s, _ in shapes).items(), key=lambda kv: (kv[1], kv[0]))[0]
+        modes = Counter("L" if m in GRAY_MODES else "RGB" for _, m in shapes)
+        mode = "L" if modes["L"] > modes["RGB"] else "RGB"
+        resize = "none" if all(s == size for s, _ in shapes) else sizes.image_resize
+        policy = ImagePolicy(height=size[1], width=size[0], mode=mode, resize=resize)  # type: ignore[arg-type]
+        return cls(column, _classes(labels), policy.to_json(), sizes)
+
+    @property
+    def policy(self):
+        from .recipes.image import ImagePolicy
+
+        return ImagePolicy.from_json(self.policy_json)
+
+    @property
+    def height(self) -> int:
+        return self.policy.height
+
+    @property
+    def width(self) -> int:
+        return self.policy.width
+
+    @property
+    def channels(self) -> int:
+        return self.policy.channels
+
+    def task(self, config: TrainConfig) -> ModelTask:
+        from .recipes.image import image_cnn_task
+
+        return image_cnn_task(self.policy, len(self.classes), channels=self.sizes.channels, config=config)
+
+    def inputs(self, values: Sequence[object]) -> tuple[dict[str, torch.Tensor], PayloadStats]:
+        from .recipes.image import decode_images
+
+        policy = self.policy
+        shapes = _image_shapes(self.column, values)
+        pixels = decode_images([bytes(v) for v in values], policy)  # type: ignore[arg-type]
+        size = (policy.width, policy.height)
+        return {"pixel_values": pixels}, PayloadStats(
+            len(values),
+            resized=sum(s != size for s, _ in shapes),
+            converted=sum(("L" if m in GRAY_MODES else "RGB") != policy.mode for _, m in shapes),
+        )
+
+    def to_doc(self) -> dict[str, object]:
+        return {
+            "kind": self.kind, "column": self.column, "classes": list(self.classes),
+            "policy": json.loads(self.policy_json), "sizes": _sizes_doc(self.sizes),
+        }
+
+
+PayloadEncoding = TextEncoding | ImageEncoding
+GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
+
+
+def fit_payload_encoding(
+    kind: str, column: str, table: pa.Table, labels: Sequence[str], sizes: RecipeSizes
+) -> PayloadEncoding:
+    """The encoding for ``kind`` fitted on the training rows of ``table``."""
+    if kind not in KINDS:
+        raise InputError(f"payload kind must be one of {KINDS}, got {kind!r}")
+    if column not in table.column_names:
+        raise InputError(
+            f"the labeled table has no payload column {column!r} (columns: {table.column_names})"
+        )
+    values = table.column(column).to_pylist()
+    fit = TextEncoding.fit if kind == "text" else ImageEncoding.fit
+    return fit(column, values, labels, sizes)
+
+
+def payload_encoding_to_json(encoding: PayloadEncoding) -> bytes:
+    """Canonical JSON bytes (sorted keys, no spaces): the same encoding, the same CID."""
+    return json.dumps(encoding.to_doc(), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def encoding_from_json(data: bytes | str) -> InputEncoding | PayloadEncoding:
+    """Whichever encoding a training run stored: a payload encoding (``kind`` text or image) or the
+    numeric ``InputEncoding`` of an MLP run."""
+    from .encoding import InputEncoding
+
+    return payload_encoding_from_json(data) if "kind" in json.loads(data) else InputEncoding.from_json(data)
+
+
+def payload_encoding_from_json(data: bytes | str) -> PayloadEncoding:
+    raw = json.loads(data)
+    kind = raw.get("kind")
+    if kind not in KINDS:
+        raise InputError(f"this encoding is for {kind!r} payloads, not text or image")
+    sizes = RecipeSizes(**{**raw["sizes"], "channels": tuple(raw["sizes"]["channels"])})
+    classes = tuple(raw["classes"])
+    if kind == "text":
+        tokenizer = raw["tokenizer"]  # its own JSON, kept as the exact text the model's digest names
+        if raw.get("truncation") != TRUNCATION:
+            raise InputError(
+                f"text truncation {raw.get('truncation')!r} is not this version's {TRUNCATION!r}"
+            )
+        return TextEncoding(raw["column"], classes, tokenizer, int(raw["max_length"]), sizes)
+    policy = json.dumps(raw["policy"], sort_keys=True, separators=(",", ":"))
+    return ImageEncoding(raw["column"], classes, policy, sizes)
+
+
+@dataclass(frozen=True)
+class PayloadSplit:
+    """A labeled table cut into training rows and targets, both encoded by one payload encoding
+    (fitted on the training rows): what training, its features and its review share."""
+
+    encoding: PayloadEncoding
+    task: ModelTask
+    train: dict[str, torch.Tensor]  # with "labels"
+    example_ids: list[str]
+    targets: dict[str, torch.Tensor]
+    target_ids: list[str]
+    stats: PayloadStats  # over training rows and targets together
+
+
+def encode_payload_split(
+    table: pa.Table, is_target: Sequence[bool] | np.ndarray, *, kind: str, column: str,
+    config: TrainConfig, sizes: RecipeSizes | None = None, encoding: PayloadEncoding | None = None,
+) -> PayloadSplit:
+    """Split a labeled table (``example_id``, ``label``, the payload ``column``) by a target mask,
+    keeping row order; encode both parts with ``encoding``, else one fitted on the training rows."""
+    mask = np.asarray(is_target, dtype=bool)
+    if mask.shape != (table.num_rows,):
+        raise InputError(f"the target mask has shape {mask.shape}, the table {table.num_rows} rows")
+    train, targets = table.filter(pa.array(~mask)), table.filter(pa.array(mask))
+    if train.num_rows == 0 or targets.num_rows == 0:
+        raise InputError(
+            f"{table.num_rows} labeled examples are too few to hold out targets "
+            f"({train.num_rows} to train on, {targets.num_rows} targets); label more data"
+        )
+    enc = encoding or fit_payload_encoding(kind, column, train, train["label"].to_pylist(),
+                                           sizes or RecipeSizes())
+    x_train, s_train = labelled_inputs(enc, train)
+    x_targets, s_targets = labelled_inputs(enc, targets)
+    stats = PayloadStats(
+        s_train.rows + s_targets.rows, s_train.truncated + s_targets.truncated,
+        s_train.resized + s_targets.resized, s_train.converted + s_targets.converted,
+    )
+    return PayloadSplit(enc, enc.task(config), x_train, train["example_id"].to_pylist(), x_targets,
+                        targets["example_id"].to_pylist(), stats)
+
+
+def labelled_inputs(
+    encoding: PayloadEncoding, table: pa.Table
+) -> tuple[dict[str, torch.Tensor], PayloadStats]:
+    """The model inputs of ``table``'s payload column, with ``labels`` from its ``label`` column."""
+    if encoding.column not in table.column_names:
+        raise InputError(f"the table has no payload column {encoding.column!r}")
+    batch, stats = encoding.inputs(table.column(encoding.column).to_pylist())
+    batch[LABELS] = torch.as_tensor(label_indices(encoding.classes, table["label"].to_pylist()))
+    return batch, stats
+
+
+def label_indices(classes: Sequence[str], labels: Sequence[object]) -> np.ndarray:
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted({str(v) for v in labels} - index.keys())
+    if unknown:
+        raise InputError(f"labels {unknown[:10]} are not in the label set {list(classes)}")
+    return np.array([index[str(v)] for v in labels], dtype=np.int64)
+
+
+def _classes(labels: Sequence[object]) -> tuple[str, ...]:
+    return tuple(sorted({str(v) for v in labels}))
+
+
+def _sizes_doc(sizes: RecipeSizes) -> dict[str, object]:
+    return {**asdict(sizes), "channels": list(sizes.channels)}
+
+
+def _check_texts(column: str, values: Sequence[object]) -> list[str]:
+    """The texts, or one error naming the rows that are not non-empty strings."""
+    bad = [i for i, v in enumerate(values) if not isinstance(v, str)]
+    if bad:
+        raise InputError(
+            f"{len(bad)} row(s) of text column {column!r} are not text (rows {bad[:10]}); "
+            "give UTF-8 strings"
+        )
+    empty = [i for i, v in enumerate(values) if not str(v).strip()]
+    if empty:
+        raise InputError(
+            f"{len(empty)} text(s) in column {column!r} are empty or whitespace only (rows {empty[:10]}); "
+            "drop them or give them text"
+        )
+    return list(values)  # type: ignore[arg-type]
+
+
+def _image_shapes(column: str, values: Sequence[object]) -> list[tuple[tuple[int, int], str]]:
+    """Each image's (width, height) and Pillow mode from its header; one error naming the rows
+    that are not decodable image bytes."""
+    from PIL import Image, UnidentifiedImageError
+
+    out, bad = [], []
+    for i, v in enumerate(values):
+        if not isinstance(v, bytes | bytearray | memoryview):
+            bad.append(i)
+            continue
+        try:
+            with Image.open(io.BytesIO(bytes(v))) as img:
+                out.append((img.size, img.mode))
+        except (UnidentifiedImageError, OSError, ValueError):
+            bad.append(i)
+    if bad:
+        raise InputError(
+            f"{len(bad)} row(s) of image column {column!r} are not image bytes Pillow can decode "
+            f"(rows {bad[:10]}); give PNG or JPEG file bytes"
+        )
+    return out
