@@ -21,19 +21,26 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow as pa
 from eth_account import Account
 
 from attribution import (
+    RecipeSizes,
     TrainConfig,
     WeightPolicy,
     contributor_weights,
+    encode_payload_split,
     encode_split,
     features_to_bytes,
+    model_features,
+    model_features_to_bytes,
     model_to_bytes,
+    payload_encoding_to_json,
+    task_model_to_bytes,
+    train_model,
     train_split,
 )
 from provenance import (
@@ -65,6 +72,8 @@ SOURCE = "synthetic.csv"
 CLASSES = ("a", "b", "c")
 HIDDEN = (16,)
 CONFIG = TrainConfig(epochs=8, batch_size=16, lr=0.1, trak_k=32, n_checkpoints=2)
+PAYLOAD_CONFIG = TrainConfig(epochs=6, batch_size=16, optimizer="adamw", lr=3e-3, trak_k=64, n_checkpoints=2)
+PAYLOAD_SIZES = RecipeSizes(vocab_size=80, d_model=32, n_layers=1, channels=(4, 8))
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,8 @@ class SampleRun:
     addresses: dict[str, str]  # contributor -> address
     keys: dict[str, str]  # address -> private key of each contributor (throwaway test keys)
     X_test: np.ndarray  # raw rows to send to the server
+    kind: str = "numeric"
+    inputs: list = field(default_factory=list)  # texts or image bytes to send to a text or image run
 
     @property
     def head(self) -> str:
@@ -104,8 +115,12 @@ def build_sample_run(
     seed: int = 3,
     train: bool = True,
     run_id: str | None = None,
+    kind: str = "numeric",
 ) -> SampleRun:
-    """Build and store an n-example run with its whole lineage; publish it on ``chain`` if given."""
+    """Build and store an n-example run with its whole lineage; publish it on ``chain`` if given.
+    ``kind="text"`` or ``"image"`` makes its examples texts or PNGs, trained by their recipe."""
+    if kind not in ("numeric", "text", "image") or (kind != "numeric" and not train):
+        raise ValueError(f"kind must be numeric, text or image (text and image runs train), got {kind!r}")
     rng = np.random.default_rng(seed)
     centers = rng.normal(0, 2.0, size=(len(CLASSES), n_features))
     y = rng.integers(0, len(CLASSES), size=n)
@@ -114,16 +129,23 @@ def build_sample_run(
     accounts = {c: Account.from_key(hashlib.sha256(f"{seed}:{c}".encode()).digest()) for c in names}
     addresses = {c: a.address for c, a in accounts.items()}
 
-    ids = [hashlib.sha256(row.tobytes()).hexdigest() for row in X]
     provider = [names[i % providers] for i in range(n)]
-    raw = io.StringIO()
-    np.savetxt(raw, X, fmt="%.17g", delimiter=",", header=",".join(f"f{j}" for j in range(n_features)))
-    raw_cid = _put_bytes(store, raw.getvalue().encode())
+    if kind == "numeric":
+        ids = [hashlib.sha256(row.tobytes()).hexdigest() for row in X]
+        raw = io.StringIO()
+        np.savetxt(raw, X, fmt="%.17g", delimiter=",", header=",".join(f"f{j}" for j in range(n_features)))
+        raw_cid = _put_bytes(store, raw.getvalue().encode())
+        payload = {f"f{j}": X[:, j] for j in range(n_features)}
+    else:
+        values = sample_payloads(kind, y, seed)
+        ids = [hashlib.sha256(v.encode() if isinstance(v, str) else v).hexdigest() for v in values]
+        payload = {kind: pa.array(values, pa.string() if kind == "text" else pa.binary())}
+        raw_cid = _put_table(store, pa.table(payload), kind)
     examples = pa.table(
         {
             "example_id": ids,
             "provider": provider,
-            **{f"f{j}": X[:, j] for j in range(n_features)},
+            **payload,
             "source": [raw_cid] * n,  # a file source is named by its content
         }
     )
@@ -138,26 +160,11 @@ def build_sample_run(
         }
     )
     labeled = examples.append_column("label", pa.array(labels)).sort_by("example_id")
-    split = encode_split(labeled, np.arange(n) % 8 == 0)
-    spec = split.encoding.mlp(HIDDEN)
-    outputs = {TrainingRecord.ENCODING: _put_bytes(store, split.encoding.to_json())}
-    if train:
-        result = train_split(split, HIDDEN, CONFIG, seed=seed, run_id=run_id)
-        run_id, model, attribution = result.run_id, result.model, result.example_attribution
-        outputs[TrainingRecord.FEATURES] = _put_bytes(store, features_to_bytes(result.features))
+    is_target = np.arange(n) % 8 == 0
+    if kind == "numeric":
+        outputs, run_id, attribution = _numeric_training(store, labeled, is_target, seed, train, run_id, rng)
     else:
-        run_id = run_id or f"sample-{seed}"
-        model = spec.build(seed)
-        attribution = pa.table(
-            {
-                "example_id": split.example_ids,
-                "score": rng.random(len(split.example_ids)) + 0.01,
-                "method": ["sample"] * len(split.example_ids),
-                "run_id": [run_id] * len(split.example_ids),
-            }
-        )
-    outputs[TrainingRecord.MODEL] = _put_bytes(store, model_to_bytes(model, spec))
-    outputs[TrainingRecord.EXAMPLE_ATTRIBUTION] = _put_table(store, attribution, "example_id")
+        outputs, run_id, attribution = _payload_training(store, labeled, is_target, kind, seed, run_id)
     policy = WeightPolicy()
     weights = contributor_weights(attribution, examples, annotations, consensus, addresses, policy)
 
@@ -233,7 +240,76 @@ def build_sample_run(
         publish_run(chain, store, run_id, records[WEIGHTING])
     X_test = centers[rng.integers(0, len(CLASSES), size=64)] + rng.normal(0, 1.0, size=(64, n_features))
     keys = {a.address: "0x" + bytes(a.key).hex() for a in accounts.values()}
-    return SampleRun(run_id, records, raw_cid, snapshot_cid, weights_cid, weights, addresses, keys, X_test)
+    test_y = rng.integers(0, len(CLASSES), size=64)
+    inputs = [] if kind == "numeric" else sample_payloads(kind, test_y, seed + 1)
+    return SampleRun(run_id, records, raw_cid, snapshot_cid, weights_cid, weights, addresses, keys, X_test,
+                     kind, inputs)
+
+
+def _numeric_training(store, labeled, is_target, seed, train, run_id, rng) -> tuple[dict, str, pa.Table]:
+    """The MLP run's training outputs (stored), its run id and example scores."""
+    split = encode_split(labeled, is_target)
+    spec = split.encoding.mlp(HIDDEN)
+    outputs = {TrainingRecord.ENCODING: _put_bytes(store, split.encoding.to_json())}
+    if train:
+        result = train_split(split, HIDDEN, CONFIG, seed=seed, run_id=run_id)
+        run_id, model, attribution = result.run_id, result.model, result.example_attribution
+        outputs[TrainingRecord.FEATURES] = _put_bytes(store, features_to_bytes(result.features))
+    else:
+        run_id = run_id or f"sample-{seed}"
+        model = spec.build(seed)
+        attribution = pa.table(
+            {
+                "example_id": split.example_ids,
+                "score": rng.random(len(split.example_ids)) + 0.01,
+                "method": ["sample"] * len(split.example_ids),
+                "run_id": [run_id] * len(split.example_ids),
+            }
+        )
+    outputs[TrainingRecord.MODEL] = _put_bytes(store, model_to_bytes(model, spec))
+    outputs[TrainingRecord.EXAMPLE_ATTRIBUTION] = _put_table(store, attribution, "example_id")
+    return outputs, run_id, attribution
+
+
+def _payload_training(store, labeled, is_target, kind, seed, run_id) -> tuple[dict, str, pa.Table]:
+    """A text or image run's training outputs (its recipe, small), run id and example scores."""
+    split = encode_payload_split(labeled, is_target, kind=kind, column=kind, config=PAYLOAD_CONFIG,
+                                 sizes=PAYLOAD_SIZES)
+    result = train_model(split.task, split.train, split.example_ids, split.targets, seed=seed, run_id=run_id)
+    features = model_features(split.task, result.checkpoints, split.train, seed=seed)
+    attribution = result.example_attribution
+    outputs = {
+        TrainingRecord.ENCODING: _put_bytes(store, payload_encoding_to_json(split.encoding)),
+        TrainingRecord.FEATURES: _put_bytes(store, model_features_to_bytes(features)),
+        TrainingRecord.MODEL: _put_bytes(store, task_model_to_bytes(result.model, split.task)),
+        TrainingRecord.EXAMPLE_ATTRIBUTION: _put_table(store, attribution, "example_id"),
+    }
+    return outputs, result.run_id, attribution
+
+
+SUBJECTS = {
+    "a": "sun beach summer warm bright", "b": "rain storm winter cold wet", "c": "code test bug server",
+}
+
+
+def sample_payloads(kind: str, y: np.ndarray, seed: int) -> list:
+    """Synthetic texts (words of their class among common ones) or 8x8 grayscale PNGs (a class's
+    stroke on noise), one per class index in ``y``; the same ``y`` and seed, the same bytes."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    out: list = []
+    for c in y:
+        if kind == "text":
+            words = SUBJECTS[CLASSES[c]].split() + ["the", "a", "of", "and", "to", "is", "it"]
+            out.append(" ".join(rng.choice(words, size=int(rng.integers(4, 14)))))
+            continue
+        pixels = rng.random((8, 8)) * 80
+        [pixels[:, 3:5], pixels[3:5, :], pixels[np.eye(8, dtype=bool)]][c] += 160
+        buf = io.BytesIO()
+        Image.fromarray(pixels.astype(np.uint8), "L").save(buf, "PNG", optimize=False)
+        out.append(buf.getvalue())
+    return out
 
 
 def _annotations(ids: list[str], y: np.ndarray, labelers: list[str]) -> pa.Table:
