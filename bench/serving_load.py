@@ -20,12 +20,14 @@ Sets up its own small attribution run, anvil and content store in a temp dir, th
 Prints figures, then one JSON line: rps, p50_ms, p99_ms (attributed singles),
 attribution_latency_ratio (median over rounds of p50 with / without), settle_100k_s, lost, duplicated,
 calm_p50_ms, hostile_p50_ms, hostile_p50_ratio, hostile_refused, hostile_rss_growth_mb.
-`--hostile-only` runs section 4 alone (its keys only).
+`--hostile-only` runs section 4 alone (its keys only). `--kind text|image` serves a text or image run
+(the sample run's recipe) instead of the tabular MLP, with the same sections and keys (and `kind`).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import multiprocessing
 import secrets
@@ -153,7 +155,10 @@ def kill_under_load(run_id: str, env: dict, key_id: str, secret: str, rows: list
 
 def settle_100k(chain: Chain, store: BlockStore, served, run, home: Path) -> float:
     ledger = Ledger(home / "settle.sqlite", synchronous="NORMAL")
-    preds = served.predict(run.X_test[:32])
+    if run.kind == "numeric":
+        preds = served.predict(run.X_test[:32])
+    else:
+        preds = served.predict_payloads(run.inputs[:32])
     stamp = "2026-01-01T00:00:00.000000Z"
     receipts = [
         Receipt(
@@ -287,16 +292,28 @@ def print_hostile(h: dict) -> dict:
     }
 
 
+def request_inputs(run) -> list:
+    """The sample run's test inputs as JSON `input` values: numbers, texts or base64 images."""
+    if run.kind == "numeric":
+        return run.X_test.tolist()
+    if run.kind == "text":
+        return list(run.inputs)
+    return [{"image_base64": base64.b64encode(v).decode()} for v in run.inputs]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--hostile-only", action="store_true", help="run only section 4 (hostile bodies)")
+    parser.add_argument("--kind", choices=("tabular", "text", "image"), default="tabular",
+                        help="the served run's input: numeric rows (an MLP), texts (the text-transformer "
+                        "recipe) or PNGs (the image-cnn recipe)")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="caravan-serving-bench-"))
     with AnvilNode(config_path=home / "anvil.json", log_path=home / "anvil.log") as node:
         chain = Chain(node.rpc_url, account=Account.from_key(node.dev_keys[0]), chain_dir=home / "chain")
         chain.deploy()
         store = BlockStore(home / "blocks", fsync=False)
-        run = build_sample_run(store, chain, n=400)
+        run = build_sample_run(store, chain, n=400, kind="numeric" if args.kind == "tabular" else args.kind)
         served = load_run(chain, store, run.run_id)
         # the `caravan serve` children's settings: everything under `home`, as laid out above
         env = load_settings({"CARAVAN_HOME": str(home), "CARAVAN_RPC_URL": node.rpc_url}).environ()
@@ -306,7 +323,7 @@ def main() -> None:
         # (p99 under this load is ~0.4 s, the tail longer) is never refused; at 1e9/s the
         # ledger's GCRA tolerance is burst x 1 ns = 1 s and a few such requests got a 429
         key_id, secret = Ledger(path).create_key("bench", balance=BALANCE, rate_per_s=1e6, burst=10**9)
-        rows = run.X_test.tolist()
+        rows = request_inputs(run)
         singles = [{"input": r} for r in rows]
         batches = [{"inputs": rows[:BATCH]}]
         if args.hostile_only:
@@ -364,6 +381,7 @@ def main() -> None:
     print(
         json.dumps(
             {
+                "kind": args.kind,
                 "rps": round(rps, 1),
                 "p50_ms": round(pct(a, 50), 3),
                 "p99_ms": round(pct(a, 99), 3),

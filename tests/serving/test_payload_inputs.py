@@ -96,7 +96,8 @@ def test_an_image_run_takes_a_multipart_upload(served, ledger):
     if run.kind != "image":
         pytest.skip("uploads are for image runs")
     client, headers = client_for(served, ledger)
-    r = client.post("/v1/predict/upload", files={"file": ("x.png", run.inputs[0], "image/png")}, headers=headers)
+    upload = {"file": ("x.png", run.inputs[0], "image/png")}
+    r = client.post("/v1/predict/upload", files=upload, headers=headers)
     assert r.status_code == 200, r.text
     assert r.json()["price_charged"] == PRICE
     bad = client.post("/v1/predict/upload", files={"file": ("x.png", b"nope", "image/png")}, headers=headers)
