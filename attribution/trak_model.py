@@ -58,9 +58,15 @@ class ModelTrakFeatures:
         return np.concatenate([np.asarray(c) for c in self.checkpoints[j].store])
 
     def query_features(self, query_batch: Batch) -> list[np.ndarray]:
-        """Per checkpoint, ``[m, dim]`` float64 projected gradients of each query row's loss."""
+        """Per checkpoint, ``[m, dim]`` float64 projected gradients of each query row's loss (one
+        query, as serving sends: one ``autograd.grad`` per checkpoint instead of hooked layers)."""
         batch = self._labelled(query_batch)
         cfg = self.task.config
+        if batch_size_of("query_batch", batch) == 1:
+            return [
+                one_row_features(self.task, c.model, c.scored, self.projectors, batch)[None].double().numpy()
+                for c in self.checkpoints
+            ]
         return [
             _chunked(self.task, ck.model, ck.scored, self.projectors, batch, cfg).double().numpy()
             for ck in self.checkpoints
@@ -161,6 +167,31 @@ def projected_grads(
         grads = taps.grads(losses.float().sum(), len(losses))
     parts = [g.project(p) for g, p in zip(grads, projectors, strict=True)]
     return torch.cat(parts, 1).float().cpu()
+
+
+def one_row_features(
+    task: ModelTask, model: nn.Module, scored: list[Scored], projectors: list[LayerProjector], row: Batch
+) -> torch.Tensor:
+    """``[dim]`` float32 on the CPU: ``projected_grads`` of a one-row batch, from one ordinary
+    ``autograd.grad`` of its loss and each kernel's ``project_gradient`` (no hooks, no per-example
+    algebra: one example's gradient is the gradient). The model's parameters are frozen between calls."""
+    device = next(model.parameters()).device
+    per_layer = [tuple(s.module.parameters(recurse=False)) for s in scored]
+    params = [p for ps in per_layer for p in ps]
+    for p in params:
+        p.requires_grad_(True)
+    try:
+        loss = task.loss(model, to_device(row, device)).float().sum()
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+    finally:
+        for p in params:
+            p.requires_grad_(False)
+    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
+    parts, start = [], 0
+    for s, ps, projector in zip(scored, per_layer, projectors, strict=True):
+        parts.append(s.kernel.project_gradient(s.module, grads[start : start + len(ps)], projector))
+        start += len(ps)
+    return torch.cat(parts).float().cpu()
 
 
 def _chunked(task, model, scored, projectors, batch: Batch, cfg: TrainConfig) -> torch.Tensor:

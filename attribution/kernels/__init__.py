@@ -92,6 +92,26 @@ class Kernel(ABC):
     def grads(self, module: nn.Module, kept: object, grad_output: torch.Tensor) -> LayerGrads:
         """Per-example gradients from what ``keep`` kept and ``∂Σℓ/∂output``."""
 
+    def gradient_matrix(self, module: nn.Module, grads: Sequence[torch.Tensor]) -> torch.Tensor | None:
+        """The module's whole gradient (one example's, e.g. from ``autograd.grad``) in the ``[d_out, d_in]``
+        layout its ``LayerGrads.project`` factors; None for layers projected as explicit vectors."""
+        return None
+
+    def project_gradient(
+        self, module: nn.Module, grads: Sequence[torch.Tensor], projector: LayerProjector
+    ) -> torch.Tensor:
+        """``[k]`` float32: one example's gradient (per parameter, in ``module.parameters()`` order)
+        under this layer's projection, equal to ``LayerGrads.project`` of a one-row pass (tested):
+        the fast path for a single query, from one ordinary ``autograd.grad``."""
+        from .projection import matrix_project
+
+        matrix = self.gradient_matrix(module, grads)
+        if matrix is not None:
+            return matrix_project(matrix.float(), projector)
+        v = torch.cat([g.float().flatten() for g in grads])
+        p = projector.dense(v.shape[0], v.device)
+        return v if p is None else v @ p
+
 
 _REGISTRY: list[Kernel] = []
 

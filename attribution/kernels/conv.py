@@ -25,7 +25,7 @@ from torch import nn
 
 from ..errors import UnsupportedModelError
 from . import Kernel, LayerGrads, register
-from .linear import LinearGrads, gram_cost
+from .linear import LinearGrads, gram_cost, weight_matrix
 from .projection import LayerProjector
 
 
@@ -132,6 +132,9 @@ class Conv2dKernel(Kernel):
         b = grad_output.reshape(x.shape[0], module.out_channels, -1).transpose(1, 2)
         params = (module.weight,) if module.bias is None else (module.weight, module.bias)
         return ConvGrads(x.to(b.dtype), b, module, params)  # autocast: see LinearKernel.grads
+
+    def gradient_matrix(self, module: nn.Module, grads: Sequence[torch.Tensor]) -> torch.Tensor:
+        return weight_matrix(grads)  # [C_out, C_in·kh·kw (+1)]: the unfolded patches' order
 
 
 register(Conv2dKernel())

@@ -119,5 +119,8 @@ class EmbeddingKernel(Kernel):
             b = b * (kept != module.padding_idx).unsqueeze(-1).to(b.dtype)
         return EmbeddingGrads(kept, b, (module.weight,))
 
+    def gradient_matrix(self, module: nn.Module, grads: Sequence[torch.Tensor]) -> torch.Tensor:
+        return grads[0]  # [V, d]: the one-hot side first, as EmbeddingGrads.project factors it
+
 
 register(EmbeddingKernel())

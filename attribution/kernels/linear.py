@@ -109,5 +109,15 @@ class LinearKernel(Kernel):
         # gradient's precision, as autograd's own weight-gradient product does.
         return LinearGrads(kept.to(b.dtype), b, params)
 
+    def gradient_matrix(self, module: nn.Module, grads: Sequence[torch.Tensor]) -> torch.Tensor:
+        return weight_matrix(grads)
+
+
+def weight_matrix(grads: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``[d_out, d_in (+1)]``: a weight's gradient flattened after its output dim, the bias's as a last
+    column (the layout of ``LinearGrads``: an input row with a one appended)."""
+    w = grads[0].flatten(1)
+    return torch.cat([w, grads[1][:, None]], 1) if len(grads) > 1 else w
+
 
 register(LinearKernel())

@@ -129,3 +129,14 @@ def kron_project(
     if p_out is not None:
         b = b @ p_out
     return torch.einsum("nto,nti->noi", b, a).flatten(1)
+
+
+def matrix_project(matrix: torch.Tensor, projector: LayerProjector) -> torch.Tensor:
+    """``[k_out·k_in]``: ``vec(P_outᵀ M P_in)`` for one whole gradient ``M [d_out, d_in]``, the layout
+    ``kron_project`` flattens (its sum over rows' tokens is this ``M``)."""
+    p_out, p_in = projector.kron(matrix.shape[0], matrix.shape[1], matrix.device)
+    if p_out is not None:
+        matrix = p_out.T @ matrix
+    if p_in is not None:
+        matrix = matrix @ p_in
+    return matrix.flatten()

@@ -101,6 +101,41 @@ def test_kronecker_projection_equals_dense_projection_of_torch_func_grads(
     assert both_sides >= 1  # the Kronecker form with both sides projected is exercised
 
 
+@pytest.mark.parametrize("case_name", ["seq-linear", "mlp", "conv2d", "conv2d-reflect", "tokens", "groups"])
+def test_one_examples_whole_gradient_projects_as_its_factored_rows(case_name: str) -> None:
+    """``Kernel.project_gradient`` (serving's one-query path, from one torch.func gradient) equals
+    ``LayerGrads.project`` of the same row in a hooked pass, layer by layer."""
+    case = BY_NAME[case_name]
+    torch.manual_seed(0)
+    model = case.build()
+    batch = case.batch(3, torch.Generator().manual_seed(2))
+    ref = param_grads(model, batch)
+    scored = {s.name: s for s in scored_modules(model)}
+    for i, (name, g) in enumerate(layer_grads(model, batch)):
+        proj = LayerProjector(12, seed=3, index=i)
+        module = scored[name].module
+        for row in range(3):
+            whole = [ref[f"{name}.{k}"][row] for k, _ in module.named_parameters(recurse=False)]
+            got = scored[name].kernel.project_gradient(module, whole, proj)
+            assert rel_err(got, g.project(proj)[row]) <= 1e-5, (name, row)
+
+
+def test_one_query_features_equal_the_batched_ones() -> None:
+    case = BY_NAME["tokens"]
+    torch.manual_seed(0)
+    train = case.batch(12, torch.Generator().manual_seed(3))
+    queries = case.batch(3, torch.Generator().manual_seed(4))
+    config = TrainConfig(epochs=2, batch_size=4, n_checkpoints=2)
+    task = ModelTask("tokens", lambda seed: case.build(), config)
+    result = train_model(task, train, [f"e{i}" for i in range(12)], queries, seed=0)
+    feats = model_features(task, result.checkpoints, train, k=40, seed=0)
+    batched = feats.query_features(queries)
+    for row in range(3):
+        one = feats.query_features({k: v[row : row + 1] for k, v in queries.items()})
+        for a, b in zip(one, batched, strict=True):
+            np.testing.assert_allclose(a[0], b[row], rtol=1e-4, atol=1e-7)
+
+
 def test_projection_scale_keeps_inner_products_unbiased() -> None:
     """``E‖Pᵀx‖² = ‖x‖²``: entries of variance ``1/k`` (each row of a Rademacher side has norm 1)."""
     for distribution, tol in (("rademacher", 1e-6), ("gaussian", 0.05)):
