@@ -17,7 +17,14 @@ import dagster as dg
 import pyarrow as pa
 
 from pipelines.content_io import AssetIndex, ContentStoreIOManager, StoreResource
-from pipelines.datasets import SourceFile, load_files, load_source, source_files, validation_examples
+from pipelines.datasets import (
+    Payload,
+    SourceFile,
+    load_files,
+    load_source,
+    source_files,
+    validation_examples,
+)
 from pipelines.lineage import LineageResource
 from pipelines.settings import Settings, load_settings
 from provenance import utc_time
@@ -52,7 +59,8 @@ class DatasetCatalog(dg.ConfigurableResource):
         (from any folder) is a no-op and keeps the earlier time."""
         path = self._path(version)
         hf = source if source.startswith("hf:") else None
-        files = [] if hf else source_files(source, provider=provider)
+        payload = Payload.of(labeling)  # an image column of paths pins the files it names
+        files = [] if hf else source_files(source, provider=provider, payload=payload)
         registered_at = _checked_time(registered_at) if registered_at else utc_time()  # one per call
         first_seen = self._first_registered()
         entry = {
@@ -69,7 +77,9 @@ class DatasetCatalog(dg.ConfigurableResource):
             "provider": provider,
             "labeling": labeling,
             "gold": _pinned(store, *source_files(gold)[0]) if gold else None,
-            "validation": _pinned(store, *source_files(validation)[0]) if validation else None,
+            "validation": (
+                _pinned(store, *source_files(validation, payload=payload)[0]) if validation else None
+            ),
         }
         if path.exists():
             known = json.loads(path.read_text())
@@ -104,15 +114,17 @@ class DatasetCatalog(dg.ConfigurableResource):
         entry = json.loads(path.read_text()) if path.exists() else {}
         if not entry.get("validation"):
             return None
-        table = load_files([SourceFile(**{**entry["validation"], "provider": "validation"})], store.get)
+        file = SourceFile.from_json({**entry["validation"], "provider": "validation"})
+        table = load_files([file], store.get, payload=Payload.of(entry["labeling"]))
         return validation_examples(table, dataset, entry["labeling"]["choices"])
 
     def load(self, version: str, store: ContentStore):
         """The registered rows of `version` (pa.Table), read back from the store by CID."""
         entry = self.lookup(version)
+        payload = Payload.of(entry["labeling"])  # the payload column checked and typed (text or image)
         if entry["hf"]:
-            return load_source(entry["hf"], provider=entry["provider"])
-        return load_files([_source(f) for f in entry["sources"]], store.get)
+            return load_source(entry["hf"], provider=entry["provider"], payload=payload)
+        return load_files([SourceFile.from_json(f) for f in entry["sources"]], store.get, payload=payload)
 
     def registered_at(self, version: str) -> dict[str, str]:
         """When each source of `version` was registered (`source` column value -> ISO 8601 UTC);
@@ -154,14 +166,11 @@ def _timeless(entry: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _source(f: dict[str, Any]) -> SourceFile:
-    return SourceFile(name=f["name"], cid=f["cid"], provider=f.get("provider"))
-
-
 def _pinned(store: ContentStore, path: Path, file: SourceFile) -> dict[str, str | None]:
-    cid = store.put_file(path, cid_version=1, pin=True)
-    if cid != file.cid:
-        raise ValueError(f"{path} changed while it was being registered; register it again")
+    named = [(path, file.cid), *((path.parent / name, cid) for name, cid in file.refs)]  # refs: its images
+    for p, expected in named:
+        if store.put_file(p, cid_version=1, pin=True) != expected:
+            raise ValueError(f"{p} changed while it was being registered; register it again")
     return file.to_json()
 
 
