@@ -20,7 +20,7 @@ from pipelines.settings import load_settings
 from provenance import INGEST, load_record
 
 VERSION = "identity-v1"
-LABELING = {"kind": "image", "field": "pixels", "choices": ["0", "1"]}
+LABELING = {"kind": "image", "field": "image", "choices": ["0", "1"]}
 REGISTERED = "2025-03-01T09:30:00Z"  # the same registration time on both machines
 
 
