@@ -244,29 +244,26 @@ def typed_payload(
 ) -> pa.Table:
     """`table` with its payload column as the contract says (text: `string`; image: `binary` of
     PNG/JPEG bytes), or one error naming the rows of `where` that break it and the fix.
-    `resolve` reads an image path's bytes (None: paths are not allowed here, e.g. `hf:`)."""
+    `resolve` reads an image path's bytes (None: paths are not allowed here, e.g. `hf:`).
+
+    A numeric or list column under kind "text" is feature data (the numeric recipe's), not text:
+    it is left as it is, as is a payload of any other kind."""
     if payload.field not in table.column_names:
         raise DatasetError(
             f"{where} has no payload column {payload.field!r} (the labeling field); "
             f"its columns: {table.column_names}"
         )
     column = table.column(payload.field)
-    if payload.kind == "text":
+    if payload.kind == "text" and _is_text_like(column.type):
         values = pa.array(_texts(column, where, payload.field), pa.string())
     elif payload.kind == "image":
         values = pa.array(_images(column, where, payload.field, resolve), pa.binary())
     else:
-        raise DatasetError(f"payload kind {payload.kind!r} is neither 'text' nor 'image'")
+        return table
     return table.set_column(table.column_names.index(payload.field), payload.field, values)
 
 
 def _texts(column: pa.ChunkedArray, where: str, field: str) -> list[str]:
-    kind = column.type
-    if not (_is_string(kind) or pa.types.is_binary(kind) or pa.types.is_large_binary(kind)):
-        raise DatasetError(
-            f"{where}: text column {field!r} holds {kind}, not text; give the text itself "
-            "(a string column, or quoted text in CSV)"
-        )
     raw = column.cast(pa.large_binary()).to_pylist()  # bytes, whatever the reader checked
     texts: list[str | None] = []
     bad = []
@@ -339,6 +336,11 @@ def image_problem(data: bytes) -> str | None:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         return str(exc) or type(exc).__name__
     return None
+
+
+def _is_text_like(kind: pa.DataType) -> bool:
+    """Strings, or bytes that should be UTF-8 text (what a CSV reader makes of text that is not)."""
+    return _is_string(kind) or pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
 
 
 def _is_string(kind: pa.DataType) -> bool:

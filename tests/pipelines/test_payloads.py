@@ -195,12 +195,6 @@ def _bad(tmp_path: Path, name: str, table: pa.Table | str | bytes) -> str:
             r"row \[1\].*not UTF-8",
         ),
         (
-            "n.parquet",
-            pa.table({"provider": ["p"], "text": [3]}),
-            TEXT,
-            r"text column 'text' holds int64, not text",
-        ),
-        (
             "i.parquet",
             pa.table({"provider": ["p"] * 3, "image": pa.array([draw(1), b"not an image", draw(2)[:40]])}),
             IMAGE,
@@ -262,6 +256,12 @@ def test_images_outside_a_provider_subfolder_are_refused(tmp_path):
     (tmp_path / "data" / "stray.png").write_bytes(draw(4))
     with pytest.raises(DatasetError, match=r"stray\.png\): move each image into the subfolder named after"):
         load_source(str(tmp_path / "data"), payload=IMAGE)
+
+
+def test_numeric_columns_under_kind_text_are_features_left_as_they_are(tmp_path):
+    table = pa.table({"provider": ["p", "p"], "text": [3.5, 4.0], "f1": [[1, 2], [3, 4]]})
+    loaded = load_source(_bad(tmp_path, "n.parquet", table), payload=TEXT)
+    assert loaded.select(["provider", "text", "f1"]) == table
 
 
 def test_image_problem_accepts_png_and_jpeg_only():
