@@ -207,7 +207,7 @@ def test_cli_ingest_registers_a_version_and_rejects_unknown_formats(tmp_path, mo
             "--version",
             "v1",
             "--kind",
-            "text",
+            "image",
             "--field",
             "image",
             "--choices",
@@ -215,6 +215,9 @@ def test_cli_ingest_registers_a_version_and_rejects_unknown_formats(tmp_path, mo
         ],
     )
     assert clash.exit_code == 1 and "already registered" in clash.stderr
+    as_text = runner.invoke(app, ["ingest", str(tmp_path / "data"), "--version", "v2", "--kind", "text",
+                                  "--field", "image", "--choices", "a,b"])  # fmt: skip
+    assert as_text.exit_code == 1 and "'image' is not UTF-8 text" in as_text.stderr  # PNG bytes are not text
 
 
 def test_a_demo_killed_mid_pipeline_completes_on_restart_with_nothing_duplicated(caravan_env, tmp_path):
