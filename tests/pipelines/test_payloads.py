@@ -10,7 +10,6 @@ import json
 import shutil
 from pathlib import Path
 
-import dagster as dg
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -18,16 +17,12 @@ import pytest
 import rfc8785
 from PIL import Image
 
-from pipelines.assets import ingest
-from pipelines.datasets import DatasetError, Payload, image_problem, load_source, to_examples
-from pipelines.resources import DatasetCatalog, resources_for
-from pipelines.settings import load_settings
+from pipelines.datasets import DatasetError, Payload, image_problem, load_source, to_examples, typed_payload
 from storage import BlockStore, cid_for_file, read_parquet
+from tests.pipelines.test_ingest_identity import ingest_stage
 
 IMAGE = Payload("image", "image")
 TEXT = Payload("text", "text")
-VERSION = "images-v1"
-REGISTERED = "2025-03-01T09:30:00Z"
 
 
 def draw(seed: int, fmt: str = "PNG", size: tuple[int, int] = (12, 10)) -> bytes:
@@ -100,35 +95,6 @@ def test_image_columns_of_bytes_and_of_relative_paths_give_the_same_examples(tmp
     assert sorted(by_path["example_id"].to_pylist()) == sorted(image_id(b) for b in blobs)
 
 
-def _ingest(home: Path, source: Path, monkeypatch, labeling: dict) -> dict:
-    """Register `source` under a fresh CARAVAN_HOME and materialize the ingest stage."""
-    monkeypatch.setenv("CARAVAN_HOME", str(home))
-    monkeypatch.delenv("CARAVAN_STORE_DIR", raising=False)
-    settings = load_settings()
-    resources = resources_for(settings)
-    store = resources["store"].client()
-    entry = DatasetCatalog(root=str(settings.catalog_dir)).register(
-        VERSION, str(source), store=store, labeling=labeling, registered_at=REGISTERED
-    )
-    with dg.DagsterInstance.ephemeral() as instance:
-        instance.add_dynamic_partitions("dataset_version", [VERSION])
-        result = dg.materialize(
-            [ingest.raw_dataset, ingest.dataset_snapshot],
-            partition_key=VERSION,
-            instance=instance,
-            resources=resources,
-        )
-    assert result.success
-    snapshot = result.output_for_node("dataset_snapshot")
-    return {
-        "entry": entry,
-        "snapshot": read_parquet(store.get(snapshot["cid"])),
-        "cid": snapshot["cid"],
-        "pins": store.pins(),
-        "catalog": (settings.catalog_dir / f"{VERSION}.json").read_text(),
-    }
-
-
 @pytest.mark.parametrize("layout", ["folder", "paths"])
 def test_the_same_images_from_two_folders_give_the_same_cids_snapshot_and_ids(tmp_path, monkeypatch, layout):
     first = tmp_path / "alice" / "data"
@@ -147,12 +113,13 @@ def test_the_same_images_from_two_folders_give_the_same_cids_snapshot_and_ids(tm
     second = tmp_path / "bob" / "elsewhere"
     shutil.copytree(first, second)
     labeling = {"kind": "image", "field": "image", "choices": ["a", "b"]}
-    a = _ingest(tmp_path / "home-a", source, monkeypatch, labeling)
-    b = _ingest(tmp_path / "home-b", second / source.relative_to(first), monkeypatch, labeling)
-    assert a["cid"] == b["cid"] and a["entry"] == b["entry"] and a["catalog"] == b["catalog"]
+    a = ingest_stage(tmp_path / "home-a", source, monkeypatch, labeling)
+    b = ingest_stage(tmp_path / "home-b", second / source.relative_to(first), monkeypatch, labeling)
+    assert a["snapshot"] == b["snapshot"] and a["entry"] == b["entry"] and a["catalog"] == b["catalog"]
+    assert a["record"].outputs == b["record"].outputs and a["record"].params == b["record"].params
     assert str(tmp_path) not in a["catalog"] and "alice" not in a["catalog"]
     # the snapshot holds the bytes themselves, under ids that hash them
-    snap = a["snapshot"]
+    snap = read_parquet(a["store"].get(a["snapshot"]))
     assert snap.schema.field("image").type == pa.binary()
     distinct = {d for items in images.values() for d in items}
     assert sorted(snap["image"].to_pylist()) == sorted(distinct)
@@ -161,7 +128,7 @@ def test_the_same_images_from_two_folders_give_the_same_cids_snapshot_and_ids(tm
     named = {f["cid"] for f in a["entry"]["sources"]} | {
         r["cid"] for f in a["entry"]["sources"] for r in f.get("refs", [])
     }
-    assert len(named) == (len(distinct) + (layout == "paths")) and named <= a["pins"]
+    assert len(named) == (len(distinct) + (layout == "paths")) and named <= a["store"].pins()
 
 
 def _bad(tmp_path: Path, name: str, table: pa.Table | str | bytes) -> str:
@@ -262,6 +229,18 @@ def test_numeric_columns_under_kind_text_are_features_left_as_they_are(tmp_path)
     table = pa.table({"provider": ["p", "p"], "text": [3.5, 4.0], "f1": [[1, 2], [3, 4]]})
     loaded = load_source(_bad(tmp_path, "n.parquet", table), payload=TEXT)
     assert loaded.select(["provider", "text", "f1"]) == table
+
+
+def test_a_hugging_face_image_column_gives_its_bytes_and_refuses_paths():
+    hf = pa.array(
+        [{"bytes": draw(1), "path": "a.png"}], pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    )
+    table = typed_payload(pa.table({"provider": ["p"], "image": hf}), IMAGE, "hf:x")
+    assert table["image"].to_pylist() == [draw(1)] and table.schema.field("image").type == pa.binary()
+    with pytest.raises(DatasetError, match=r"holds string, not PNG/JPEG file bytes \(binary\); store"):
+        typed_payload(
+            pa.table({"provider": ["p"], "image": ["a.png"]}), IMAGE, "hf:x"
+        )  # no folder to resolve
 
 
 def test_image_problem_accepts_png_and_jpeg_only():
