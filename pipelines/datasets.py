@@ -379,12 +379,13 @@ def _with_provider(table: pa.Table, provider: str | None, source: str) -> pa.Tab
 
 
 def to_examples(
-    table: pa.Table, registered_at: Mapping[str, str] | None = None
+    table: pa.Table, registered_at: Mapping[str | tuple[str, str], str] | None = None
 ) -> tuple[pa.Table, IngestReport]:
     """Add `example_id`, keep one row of each content, and group duplicates for credit.
 
-    `registered_at` maps each row's `source` to when it was registered (ISO 8601 UTC; the
-    catalog's `registered_at`); without it every source counts as registered at the same time.
+    `registered_at` maps each row's (`source`, `provider`), else its `source`, to when it was
+    registered (ISO 8601 UTC; the catalog's `registered_at`); without it every source counts as
+    registered at the same time.
     The row kept for an exact copy is the first-registered source's (ties by provider, then
     source), so the winner does not depend on input order. `report.grouping` holds the
     `example_credit` table (`pipelines.duplicates`): duplicates paid once, to the first registrant.
@@ -406,10 +407,12 @@ def to_examples(
     if registered_at is None:
         times = [""] * len(sources)
     else:
-        unknown = sorted({s for s in sources if s not in registered_at})
+        pairs = zip(sources, out["provider"].to_pylist(), strict=True)
+        found = [registered_at.get((s, p), registered_at.get(s)) for s, p in pairs]
+        unknown = sorted({s for s, t in zip(sources, found, strict=True) if t is None})
         if unknown:
             raise DatasetError(f"no registration time for sources {unknown[:5]}; register them again")
-        times = [registered_at[s] for s in sources]
+        times = found
     out = out.append_column("_registered_at", pa.array(times, pa.string()))
     order = pc.sort_indices(
         out,

@@ -18,6 +18,7 @@ import rfc8785
 from PIL import Image
 
 from pipelines.datasets import DatasetError, Payload, image_problem, load_source, to_examples, typed_payload
+from pipelines.resources import DatasetCatalog
 from storage import BlockStore, cid_for_file, read_parquet
 from tests.pipelines.test_ingest_identity import ingest_stage
 
@@ -302,3 +303,27 @@ def test_cli_ingest_refuses_bad_payloads_registering_nothing(tmp_path, monkeypat
     entry = json.loads((tmp_path / "home" / "datasets" / "i1.json").read_text())
     assert sorted(f["provider"] for f in entry["sources"]) == ["alpha", "alpha", "beta", "beta", "beta"]
     assert entry["labeling"] == {"kind": "image", "field": "image", "choices": ["a", "b"]}
+
+
+def test_a_copied_image_file_is_credited_to_the_provider_who_registered_it_first(tmp_path):
+    """Image files are whole examples: another provider's later copy of one has the same CID, but not
+    its first registrant's time, so the copy earns its copier nothing."""
+    t0, t1 = "2025-03-01T09:30:00Z", "2025-04-01T09:30:00Z"
+    for version in ("v1", "v2"):
+        (tmp_path / version / "alpha").mkdir(parents=True)
+        for i in (0, 1):
+            (tmp_path / version / "alpha" / f"{i}.png").write_bytes(draw(i))
+    (tmp_path / "v2" / "beta").mkdir()
+    (tmp_path / "v2" / "beta" / "mine.png").write_bytes(draw(0))  # a copy of alpha's first image
+    (tmp_path / "v2" / "beta" / "own.png").write_bytes(draw(7))
+    catalog, store = DatasetCatalog(root=str(tmp_path / "catalog")), BlockStore(tmp_path / "blocks")
+    labeling = {"kind": "image", "field": "image", "choices": ["a", "b"]}
+    catalog.register("v1", str(tmp_path / "v1"), store=store, labeling=labeling, registered_at=t0)
+    entry = catalog.register("v2", str(tmp_path / "v2"), store=store, labeling=labeling, registered_at=t1)
+    times = {f["name"]: f["registered_at"] for f in entry["sources"]}
+    assert times == {"alpha/0.png": t0, "alpha/1.png": t0, "beta/mine.png": t1, "beta/own.png": t1}
+    examples, report = to_examples(catalog.load("v2", store), catalog.registered_at("v2"))
+    assert report.duplicates_dropped == 1
+    credit = {(r["example_id"], r["provider"]): r["share"] for r in report.grouping.credit.to_pylist()}
+    assert credit[(image_id(draw(0)), "alpha")] == 1.0 and (image_id(draw(0)), "beta") not in credit
+    assert credit[(image_id(draw(7)), "beta")] == 1.0
