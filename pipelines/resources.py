@@ -17,14 +17,7 @@ import dagster as dg
 import pyarrow as pa
 
 from pipelines.content_io import AssetIndex, ContentStoreIOManager, StoreResource
-from pipelines.datasets import (
-    Payload,
-    SourceFile,
-    load_files,
-    load_source,
-    source_files,
-    validation_examples,
-)
+from pipelines.datasets import Payload, SourceFile, load_files, load_source, source_files, validation_examples
 from pipelines.lineage import LineageResource
 from pipelines.settings import Settings, load_settings
 from provenance import utc_time
