@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import importlib.util
 import io
+import json
 import subprocess
 import sys
 import uuid
@@ -223,3 +224,27 @@ def test_demo_data_reaches_labeled_dataset_through_the_real_label_studio(tmp_pat
         assert shown == row["text"]
     else:
         assert shown == "data:image/png;base64," + base64.b64encode(row["image"]).decode()
+
+
+def test_demo_data_of_image_paths_is_written_with_the_images_bytes(tmp_path, monkeypatch):
+    monkeypatch.setenv("CARAVAN_HOME", str(tmp_path / "home"))
+    (tmp_path / "data" / "pics").mkdir(parents=True)
+    rows, images = [], {}
+    for i in range(6):
+        pixels = np.full((5, 7), 40 * i, dtype=np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="PNG")
+        images[f"pics/{i}.png"] = buf.getvalue()
+        (tmp_path / "data" / f"pics/{i}.png").write_bytes(buf.getvalue())
+        rows.append(
+            {"provider": f"p{i % 2}", "image": f"pics/{i}.png", "truth": "dark" if i < 3 else "light"}
+        )
+    (tmp_path / "data" / "set.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = UserData(tmp_path / "data" / "set.jsonl", "image", "image", ("dark", "light"), "truth")
+    demo = prepare_user_data(load_settings(), data, limit=None)
+    written = pq.read_table(demo.source)
+    assert written.column_names == ["provider", "image"] and written.schema.field("image").type == pa.binary()
+    assert written["image"].to_pylist() == [images[r["image"]] for r in rows]  # bytes, never the paths
+    examples, _ = to_examples(load_source(str(demo.source), payload=demo.payload))
+    truth = {images[r["image"]]: r["truth"] for r in rows}
+    assert {r["example_id"]: truth[r["image"]] for r in examples.to_pylist()} == demo.truth
