@@ -157,6 +157,12 @@ def _bad(tmp_path: Path, name: str, table: pa.Table | str | bytes) -> str:
             r"u\.csv row \[1\] \(counted from 0\): 'text' is not UTF-8 text; re-save the file encoded as UTF",
         ),
         (
+            "u.jsonl",
+            b'{"provider": "p", "text": "ok"}\n{"provider": "p", "text": "caf\xe9"}\n',
+            TEXT,
+            r"u\.jsonl row \[1\] \(counted from 0\): 'text' is not UTF-8",
+        ),
+        (
             "u.parquet",
             pa.table({"provider": ["p", "p"], "text": pa.array([b"ok", b"\xff\xfe"], pa.binary())}),
             TEXT,
