@@ -130,6 +130,9 @@ def test_the_same_images_from_two_folders_give_the_same_cids_snapshot_and_ids(tm
         r["cid"] for f in a["entry"]["sources"] for r in f.get("refs", [])
     }
     assert len(named) == (len(distinct) + (layout == "paths")) and named <= a["store"].pins()
+    # the ingest record names them too: a replay fetches every image by CID
+    recorded = a["record"].params["source_files"]
+    assert {f["cid"] for f in recorded} | {r["cid"] for f in recorded for r in f.get("refs", [])} == named
 
 
 def _bad(tmp_path: Path, name: str, table: pa.Table | str | bytes) -> str:
