@@ -166,7 +166,7 @@ def _image_refs(table_path: Path, payload: Payload) -> tuple[tuple[str, str], ..
         elif not target.is_file():
             missing.append(row)
         else:
-            refs[ref_name(value)] = cid_for_file(target, cid_version=1)
+            refs[_ref_name(value)] = cid_for_file(target, cid_version=1)
     if outside:
         raise DatasetError(
             f"{table_path.name} {_rows(outside)}: image paths lead outside the dataset's folder "
@@ -181,7 +181,7 @@ def _image_refs(table_path: Path, payload: Payload) -> tuple[tuple[str, str], ..
     return tuple(sorted(refs.items()))
 
 
-def ref_name(path: str) -> str:
+def _ref_name(path: str) -> str:
     """How a table's image path is keyed in `SourceFile.refs` (normalized, still relative)."""
     return os.path.normpath(path)
 
@@ -219,7 +219,7 @@ def load_files(
 
 
 def _ref_bytes(refs: Mapping[str, str], path: str, read: Callable[[str], bytes]) -> bytes | None:
-    cid = refs.get(ref_name(path))
+    cid = refs.get(_ref_name(path))
     return None if cid is None else read(cid)
 
 
