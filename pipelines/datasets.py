@@ -142,6 +142,7 @@ def _image_folder(folder: Path, provider: str | None) -> list[tuple[Path, Source
 
 
 def _source_file(path: Path, name: str, provider: str | None, payload: Payload | None) -> SourceFile:
+    """One file by CID (and, for a table of image paths, the images it names)."""
     refs = _image_refs(path, payload) if payload and payload.kind == "image" else ()
     return SourceFile(name, cid_for_file(path, cid_version=1), provider, refs)
 
@@ -219,6 +220,7 @@ def load_files(
 
 
 def _ref_bytes(refs: Mapping[str, str], path: str, read: Callable[[str], bytes]) -> bytes | None:
+    """The bytes of a table's image path, read by the CID it was registered with (None: not registered)."""
     cid = refs.get(_ref_name(path))
     return None if cid is None else read(cid)
 
@@ -264,6 +266,7 @@ def typed_payload(
 
 
 def _texts(column: pa.ChunkedArray, where: str, field: str) -> list[str]:
+    """Each row's text, decoded as UTF-8 (bytes included: a CSV reader keeps invalid text as bytes)."""
     raw = column.cast(pa.large_binary()).to_pylist()  # bytes, whatever the reader checked
     texts: list[str | None] = []
     bad = []
@@ -289,6 +292,7 @@ def _texts(column: pa.ChunkedArray, where: str, field: str) -> list[str]:
 def _images(
     column: pa.ChunkedArray, where: str, field: str, resolve: Callable[[str], bytes | None] | None
 ) -> list[bytes]:
+    """Each row's encoded image: bytes as given, a Hugging Face image's bytes, or a path's file."""
     kind = column.type
     if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
         values = column.to_pylist()
