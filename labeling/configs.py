@@ -46,11 +46,15 @@ class ProjectSpec:
 
 
 def classification_config(kind: str, choices: Sequence[str], field: str) -> str:
-    """Label Studio XML: one object tag (Text or Image) and a single-choice <Choices> on it."""
-    tag = {"text": "Text", "image": "Image"}[kind]
+    """Label Studio XML: one object tag (Text or Image) and a single-choice <Choices> on it.
+
+    An image is drawn without smoothing: scaled to the editor's width, a small image (the demo's
+    8×8 digits) shows its real pixels instead of a blur the browser invented.
+    """
+    tag, extra = {"text": ("Text", ""), "image": ("Image", ' smoothing="false"')}[kind]
     items = "".join(f"<Choice value={quoteattr(c)}/>" for c in choices)
     return (
-        f'<View><{tag} name="{field}" value="${field}"/>'
+        f'<View><{tag} name="{field}" value="${field}"{extra}/>'
         f'<Choices name="{FROM_NAME}" toName="{field}" choice="single" showInline="true">{items}</Choices>'
         "</View>"
     )

@@ -2,6 +2,10 @@
 the whole asset graph, a revenue deposit, one contributor's claim, the auditor's verify, and
 paid predictions of the served model settled as an epoch on chain.
 
+The data is the bundled digits as 8×8 PNGs (an image dataset), or any text or image dataset with
+its true labels in one column (`UserData`): the truth column is dropped before ingest, and reaches
+training only through the simulated annotators' answers in Label Studio.
+
 Every step is idempotent, so a second run (or a run after a crash) reuses what exists: the
 catalog entry, the Label Studio tasks and annotations, the pins, the records and the
 on-chain entries. Only revenue is new each run (a deposit, and the new predictions' epoch).
@@ -9,12 +13,16 @@ on-chain entries. Only revenue is new each run (a deposit, and the new predictio
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import hashlib
+import io
+import json
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -31,13 +39,13 @@ from labeling import (
     simulate_answers,
     simulated_annotators,
 )
-from pipelines.datasets import example_id, load_source, to_examples
-from pipelines.demo_data import write_digits
+from pipelines.datasets import RESERVED, DatasetError, Payload, example_id, load_source, to_examples
+from pipelines.demo_data import FIELD, write_digits
 from pipelines.serve_process import ServeError, ServeProcess, stop_recorded
 from pipelines.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
-VERSION = "digits-v1"
+VERSION = "digits-v2"  # v1 held the digits as lists of numbers; v2 holds them as PNGs
 CHOICES = tuple(str(d) for d in range(10))
 ACCURACIES = (0.95, 0.85, 0.7, 0.55)
 DEPOSIT_WEI = 10**18  # 1 ETH of model revenue
@@ -132,30 +140,134 @@ def write_contributors(path: Path, contributors: list[str]) -> None:
     tmp.replace(path)
 
 
-def prepare_data(settings: Settings, limit: int | None) -> tuple[Path, dict[str, str], Path]:
-    """Digits split across providers; the truth (for simulated labelers) and a small gold set."""
+@dataclass(frozen=True)
+class UserData:
+    """`caravan demo --data`: a dataset with its true labels in `truth_col`, labeled as `kind`."""
+
+    path: Path
+    kind: str
+    field: str
+    choices: tuple[str, ...]
+    truth_col: str
+
+
+@dataclass(frozen=True)
+class DemoData:
+    """A demo dataset as registered: its source, labeling spec, and each example's true label (read
+    only by the simulated annotators), with a few payloads for the paid predictions."""
+
+    version: str
+    source: Path
+    kind: str
+    field: str
+    choices: tuple[str, ...]
+    truth: dict[str, str]  # example id -> true label
+    gold: Path
+    providers: tuple[str, ...]
+    samples: tuple  # payload values (text, or image bytes) to ask the served model about
+
+    @property
+    def labeling(self) -> dict:
+        return {"kind": self.kind, "field": self.field, "choices": list(self.choices)}
+
+    @property
+    def payload(self) -> Payload:
+        return Payload(self.kind, self.field)
+
+
+def prepare_data(settings: Settings, limit: int | None) -> DemoData:
+    """Digits (8×8 PNGs) split across providers; the truth (for simulated labelers) and a small gold set."""
     folder = write_digits(settings.home / "demo" / "digits", limit=limit)
-    truth_table = pq.read_table(folder / "truth" / "labels.parquet").to_pylist()
-    truth = {example_id({"pixels": r["pixels"]}): r["label"] for r in truth_table}
-    gold_path = settings.home / "demo" / "gold.parquet"
-    gold_ids = sorted(truth)[:20]
-    pq.write_table(pa.table({"example_id": gold_ids, "label": [truth[e] for e in gold_ids]}), gold_path)
-    return folder, truth, gold_path
+    truth_rows = pq.read_table(folder / "truth" / "labels.parquet").to_pylist()
+    truth = {example_id({FIELD: r[FIELD]}): r["label"] for r in truth_rows}
+    gold = write_gold(settings.home / "demo" / "gold.parquet", truth)
+    return DemoData(
+        VERSION,
+        folder,
+        "image",
+        FIELD,
+        CHOICES,
+        truth,
+        gold,
+        tuple(sorted(p.stem for p in folder.glob("*.parquet"))),
+        tuple(r[FIELD] for r in truth_rows[:5]),
+    )
 
 
-def label_with_simulated_annotators(
-    client: LabelStudioClient, folder: Path, truth: dict[str, str], spec: ProjectSpec
-) -> int:
+def prepare_user_data(settings: Settings, data: UserData, limit: int | None) -> DemoData:
+    """The user's dataset without its truth column, written once under the demo's home (named by its
+    content, so a rerun registers the same version), and the truth keyed by example id."""
+    payload = Payload(data.kind, data.field)
+    try:
+        table = load_source(str(data.path), payload=payload)
+    except DatasetError as exc:
+        raise DemoError(str(exc)) from None
+    if data.truth_col not in table.column_names or data.truth_col in (*RESERVED, data.field):
+        raise DemoError(
+            f"--truth-col {data.truth_col!r} must name a column of {data.path} other than the payload "
+            f"and {list(RESERVED)}; its columns: {table.column_names}"
+        )
+    if limit is not None:
+        table = table.slice(0, limit)
+    labels = table[data.truth_col].to_pylist()
+    unlabeled = [i for i, v in enumerate(labels) if v is None or str(v) == ""]
+    if unlabeled:
+        raise DemoError(f"{data.path}: rows {unlabeled[:10]} have no true label in {data.truth_col!r}")
+    unknown = sorted({str(v) for v in labels} - set(data.choices))
+    if unknown:
+        raise DemoError(
+            f"true labels {unknown[:10]} in {data.truth_col!r} are not among --choices {list(data.choices)}"
+        )
+    rows = table.drop_columns([data.truth_col, "source"])  # the truth never reaches the pipeline
+    buf = io.BytesIO()
+    pq.write_table(rows, buf)
+    spec = json.dumps({"kind": data.kind, "field": data.field, "choices": list(data.choices)}, sort_keys=True)
+    version = "demo-" + hashlib.sha256(buf.getvalue() + spec.encode()).hexdigest()[:12]
+    source = settings.home / "demo" / version / "data.parquet"
+    source.parent.mkdir(parents=True, exist_ok=True)
+    source.write_bytes(buf.getvalue())
+    payload_cols = [c for c in rows.column_names if c not in RESERVED]
+    ids = [example_id(r) for r in rows.select(payload_cols).to_pylist()]
+    truth = dict(zip(ids, (str(v) for v in labels), strict=True))
+    return DemoData(
+        version,
+        source,
+        data.kind,
+        data.field,
+        data.choices,
+        truth,
+        write_gold(settings.home / "demo" / version / "gold.parquet", truth),
+        tuple(sorted(set(rows["provider"].to_pylist()))),
+        tuple(rows[data.field].to_pylist()[:5]),
+    )
+
+
+def write_gold(path: Path, truth: dict[str, str], n: int = 20) -> Path:
+    """A small gold set (honeypot answers that grade the labelers): the first `n` example ids."""
+    gold_ids = sorted(truth)[:n]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"example_id": gold_ids, "label": [truth[e] for e in gold_ids]}), path)
+    return path
+
+
+def serving_input(kind: str, value: object) -> object:
+    """One payload as `/v1/predict` takes it: text as itself, an image as base64 of its file bytes."""
+    if kind == "image":
+        return {"image_base64": base64.b64encode(value).decode()}  # type: ignore[arg-type]
+    return value
+
+
+def label_with_simulated_annotators(client: LabelStudioClient, data: DemoData, spec: ProjectSpec) -> int:
     """Simulated labelers (real Label Studio users) answer every example; 3 of 4 per example.
 
     Their answers travel with the task import (each annotation with its `completed_by`), the
     fast path measured in DESIGN.md; examples already in the project are left alone.
     """
-    examples, _ = to_examples(load_source(str(folder)))
+    examples, _ = to_examples(load_source(str(data.source), payload=data.payload))
     project = client.ensure_project(spec)
     annotators = simulated_annotators(ACCURACIES)
     users = register(client, annotators)
-    answers = simulate_answers(truth, annotators, CHOICES, per_example=3, seed=7)
+    answers = simulate_answers(data.truth, annotators, data.choices, per_example=3, seed=7)
     return import_with_answers(client, project, examples, answers, users)
 
 
@@ -255,7 +367,7 @@ def serving(settings: Settings, run_id: str) -> Iterator[str]:
         server.stop()
 
 
-def paid_predictions(settings: Settings, run_id: str, rows: list[list[float]]) -> dict:
+def paid_predictions(settings: Settings, run_id: str, rows: Sequence[object]) -> dict:
     """A model user pays for a few predictions; the epoch is settled on chain and one payee claims."""
     import httpx
 
@@ -292,11 +404,11 @@ def run_demo(
     settings: Settings,
     *,
     limit: int | None = None,
+    data: UserData | None = None,
     start_services: bool = True,
     say: Callable[[str], None] = print,
 ) -> dict:
-    """The whole mission on the bundled digits; returns the summary the CLI prints."""
-    from pipelines.resources import DatasetCatalog
+    """The whole mission on the bundled digits (or `data`); returns the summary the CLI prints."""
     from provenance import TRAINING, RunRecords, verify_run
     from storage import read_parquet
 
@@ -307,48 +419,37 @@ def run_demo(
             say(f"stopped `caravan serve` (pid {leftover}) left running by an earlier demo")
         say("services: Label Studio and the anvil chain")
         ensure_services(settings, start=start_services)
-        say("data: digits split across 5 providers")
-        folder, truth, gold = prepare_data(settings, limit)
-        DatasetCatalog(root=str(settings.catalog_dir)).register(
-            VERSION,
-            str(folder),
-            store=_store(settings),
-            labeling={"kind": "image", "field": "pixels", "choices": list(CHOICES)},
-            gold=str(gold),
-        )
-        providers = sorted(p.stem for p in folder.glob("*.parquet"))
-        labelers = [a.email for a in simulated_annotators(ACCURACIES)]
-        write_contributors(settings.contributors_file, [*providers, *labelers])
-        instance = dg.DagsterInstance.get()
-        instance.add_dynamic_partitions("dataset_version", [VERSION])
+        demo = prepare_data(settings, limit) if data is None else prepare_user_data(settings, data, limit)
+        say(f"data: {len(demo.truth)} {demo.kind} examples, {len(demo.providers)} providers ({demo.version})")
+        instance = register_demo_data(settings, demo)
         say("labelers: 4 simulated annotators of known accuracy answer in Label Studio")
         client = LabelStudioClient(settings.labelstudio_url, labelstudio_token())
         spec = ProjectSpec(
-            title=f"{settings.labelstudio_prefix} {VERSION}", kind="image", choices=CHOICES, field="pixels"
+            title=f"{settings.labelstudio_prefix} {demo.version}",
+            kind=demo.kind,
+            choices=demo.choices,
+            field=demo.field,
         )
-        label_with_simulated_annotators(client, folder, truth, spec)
+        label_with_simulated_annotators(client, demo, spec)
         say("pipeline: materializing the asset graph (ingest, labeling, training, review, royalties)")
-        outputs = materialize(settings, instance, VERSION)
+        outputs = materialize(settings, instance, demo.version)
         root = outputs["royalty_root"]
         run_id = root["run_id"]
         chain, store = _clients(settings)
         weights = read_parquet(store.get(root["weights_cid"])).to_pylist()
         records = RunRecords(chain, store)
         measured_against = records.parent(root["head_cid"], TRAINING)[1].params.get("targets")
-        mislabels = review_summary(outputs["label_review"], truth)
+        mislabels = review_summary(outputs["label_review"], demo.truth)
         payee = max(weights, key=lambda r: (r["weight_bps"], r["address"]))["address"]
         say("chain: revenue deposit and one contributor's claim")
         deposit_tx, claim_tx, paid = settle_demo_revenue(settings, run_id, payee)
         say("audit: caravan verify")
         report = verify_run(chain, store, run_id)
         say("serving: paid predictions through `caravan serve`, settled as an epoch on chain")
-        rows = [
-            r["pixels"] for r in pq.read_table(folder / "truth" / "labels.parquet").slice(0, 5).to_pylist()
-        ]
-        served = paid_predictions(settings, run_id, rows)
+        served = paid_predictions(settings, run_id, [serving_input(demo.kind, v) for v in demo.samples])
     return {
         "wall_s": round(time.perf_counter() - t0, 1),
-        "examples": len(truth),
+        "examples": len(demo.truth),
         "annotations": outputs["annotations"],
         "contributors": len(weights),
         "run_id": run_id,
@@ -364,3 +465,17 @@ def run_demo(
         "mislabels": mislabels,
         **served,
     }
+
+
+def register_demo_data(settings: Settings, demo: DemoData) -> dg.DagsterInstance:
+    """The demo's version in the catalog (its files pinned), its contributors, and its partition."""
+    from pipelines.resources import DatasetCatalog
+
+    DatasetCatalog(root=str(settings.catalog_dir)).register(
+        demo.version, str(demo.source), store=_store(settings), labeling=demo.labeling, gold=str(demo.gold)
+    )
+    labelers = [a.email for a in simulated_annotators(ACCURACIES)]
+    write_contributors(settings.contributors_file, [*demo.providers, *labelers])
+    instance = dg.DagsterInstance.get()
+    instance.add_dynamic_partitions("dataset_version", [demo.version])
+    return instance

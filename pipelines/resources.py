@@ -17,7 +17,7 @@ import dagster as dg
 import pyarrow as pa
 
 from pipelines.content_io import AssetIndex, ContentStoreIOManager, StoreResource
-from pipelines.datasets import SourceFile, load_files, load_source, source_files, validation_examples
+from pipelines.datasets import Payload, SourceFile, load_files, load_source, source_files, validation_examples
 from pipelines.lineage import LineageResource
 from pipelines.settings import Settings, load_settings
 from provenance import utc_time
@@ -47,12 +47,14 @@ class DatasetCatalog(dg.ConfigurableResource):
         `validation` is a trusted, held-out set training measures influence against (checked with
         `validation_examples`). Every source file is recorded with its `registered_at` (UTC, whole
         seconds; the files of one call share it; the `registered_at` argument sets it, e.g. when
-        moving a catalog), and a file already registered under any version keeps its earlier time:
-        duplicates are credited to whoever registered first. Registering the same content again
-        (from any folder) is a no-op and keeps the earlier time."""
+        moving a catalog), and a file its provider already registered under any version keeps its
+        earlier time: duplicates are credited to whoever registered first (the same bytes under
+        another provider, e.g. a copied image file, take this call's time). Registering the same
+        content again (from any folder) is a no-op and keeps the earlier time."""
         path = self._path(version)
         hf = source if source.startswith("hf:") else None
-        files = [] if hf else source_files(source, provider=provider)
+        payload = Payload.of(labeling)  # an image column of paths pins the files it names
+        files = [] if hf else source_files(source, provider=provider, payload=payload)
         registered_at = _checked_time(registered_at) if registered_at else utc_time()  # one per call
         first_seen = self._first_registered()
         entry = {
@@ -60,7 +62,7 @@ class DatasetCatalog(dg.ConfigurableResource):
             "sources": [
                 {
                     **_pinned(store, p, f),
-                    "registered_at": min(registered_at, first_seen.get(f.cid, registered_at)),
+                    "registered_at": min(registered_at, first_seen.get((f.cid, f.provider), registered_at)),
                 }
                 for p, f in files
             ],
@@ -69,7 +71,9 @@ class DatasetCatalog(dg.ConfigurableResource):
             "provider": provider,
             "labeling": labeling,
             "gold": _pinned(store, *source_files(gold)[0]) if gold else None,
-            "validation": _pinned(store, *source_files(validation)[0]) if validation else None,
+            "validation": (
+                _pinned(store, *source_files(validation, payload=payload)[0]) if validation else None
+            ),
         }
         if path.exists():
             known = json.loads(path.read_text())
@@ -88,14 +92,15 @@ class DatasetCatalog(dg.ConfigurableResource):
         tmp.replace(path)
         return entry
 
-    def _first_registered(self) -> dict[str, str]:
-        """Each source file's earliest registration time over every registered version, by CID: a
-        file registered before (under any version) keeps its first time."""
-        out: dict[str, str] = {}
+    def _first_registered(self) -> dict[tuple[str, str | None], str]:
+        """Each source file's earliest registration time over every registered version, by CID and
+        provider: a file registered before (under any version) by the same provider keeps its first time."""
+        out: dict[tuple[str, str | None], str] = {}
         for path in sorted(Path(self.root).glob("*.json")) if Path(self.root).is_dir() else []:
             for f in json.loads(path.read_text()).get("sources") or []:
+                key = (f["cid"], f.get("provider"))
                 if f.get("registered_at"):
-                    out[f["cid"]] = min(f["registered_at"], out.get(f["cid"], f["registered_at"]))
+                    out[key] = min(f["registered_at"], out.get(key, f["registered_at"]))
         return out
 
     def validation(self, version: str, dataset: pa.Table, store: ContentStore) -> pa.Table | None:
@@ -104,7 +109,8 @@ class DatasetCatalog(dg.ConfigurableResource):
         entry = json.loads(path.read_text()) if path.exists() else {}
         if not entry.get("validation"):
             return None
-        table = load_files([SourceFile(**{**entry["validation"], "provider": "validation"})], store.get)
+        file = SourceFile.from_json({**entry["validation"], "provider": "validation"})
+        table = load_files([file], store.get, payload=Payload.of(entry.get("labeling")))
         return validation_examples(table, dataset, entry["labeling"]["choices"])
 
     def payload_field(self, version: str) -> str | None:
@@ -117,17 +123,26 @@ class DatasetCatalog(dg.ConfigurableResource):
     def load(self, version: str, store: ContentStore):
         """The registered rows of `version` (pa.Table), read back from the store by CID."""
         entry = self.lookup(version)
+        payload = Payload.of(entry.get("labeling"))  # the payload column checked and typed (text or image)
         if entry["hf"]:
-            return load_source(entry["hf"], provider=entry["provider"])
-        return load_files([_source(f) for f in entry["sources"]], store.get)
+            return load_source(entry["hf"], provider=entry["provider"], payload=payload)
+        return load_files([SourceFile.from_json(f) for f in entry["sources"]], store.get, payload=payload)
 
-    def registered_at(self, version: str) -> dict[str, str]:
-        """When each source of `version` was registered (`source` column value -> ISO 8601 UTC);
-        a version registered before times were kept counts all its sources as registered together."""
+    def registered_at(self, version: str) -> dict:
+        """When each source of `version` was registered (ISO 8601 UTC), by `source` column value and,
+        for a file with its own provider, by (source, provider) too: the same bytes from two
+        providers (copied image files) may have been registered at different times. A version
+        registered before times were kept counts all its sources as registered together."""
         entry = self.lookup(version)
         if entry["hf"]:
             return {entry["hf"]: entry.get("registered_at") or ""}
-        return {f["cid"]: f.get("registered_at") or "" for f in entry["sources"]}
+        out: dict = {}
+        for f in entry["sources"]:
+            when = f.get("registered_at") or ""
+            out[f["cid"]] = min(when, out.get(f["cid"], when))
+            if f.get("provider"):
+                out[(f["cid"], f["provider"])] = when
+        return out
 
     def lookup(self, version: str) -> dict[str, Any]:
         path = self._path(version)
@@ -161,14 +176,11 @@ def _timeless(entry: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _source(f: dict[str, Any]) -> SourceFile:
-    return SourceFile(name=f["name"], cid=f["cid"], provider=f.get("provider"))
-
-
 def _pinned(store: ContentStore, path: Path, file: SourceFile) -> dict[str, str | None]:
-    cid = store.put_file(path, cid_version=1, pin=True)
-    if cid != file.cid:
-        raise ValueError(f"{path} changed while it was being registered; register it again")
+    named = [(path, file.cid), *((path.parent / name, cid) for name, cid in file.refs)]  # refs: its images
+    for p, expected in named:
+        if store.put_file(p, cid_version=1, pin=True) != expected:
+            raise ValueError(f"{p} changed while it was being registered; register it again")
     return file.to_json()
 
 

@@ -41,9 +41,15 @@ def raw_dataset(
         params={
             "hf": entry["hf"],
             "provider": entry["provider"],
-            # each file by name, CID and registration time: a replay needs nothing from other versions
+            # each file by name, CID and registration time (and the image files a table names by
+            # path, its `refs`): a replay needs nothing from other versions
             "source_files": [
-                {"name": f["name"], "cid": f["cid"], "registered_at": f.get("registered_at") or ""}
+                {
+                    "name": f["name"],
+                    "cid": f["cid"],
+                    "registered_at": f.get("registered_at") or "",
+                    **({"refs": f["refs"]} if f.get("refs") else {}),
+                }
                 for f in files
             ],
             **({"registered_at": entry.get("registered_at") or ""} if entry["hf"] else {}),

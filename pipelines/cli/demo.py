@@ -36,15 +36,34 @@ def _royalty_table(weights: list[dict]) -> Table:
 
 
 def demo(
-    limit: Annotated[int | None, typer.Option(help="Use only this many digits (default: all 1,797).")] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Use only this many examples (default: all; the digits are 1,797).")
+    ] = None,
     start_services: Annotated[
         bool,
         typer.Option(
             "--start-services/--no-start-services", help="Start Label Studio and anvil if they are down."
         ),
     ] = True,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Run on this dataset (Parquet/CSV/JSONL with a provider column) instead of the digits; "
+            "needs --kind, --field, --choices and --truth-col."
+        ),
+    ] = None,
+    kind: Annotated[str | None, typer.Option(help="With --data: text or image.")] = None,
+    field: Annotated[str | None, typer.Option(help="With --data: the payload column labelers see.")] = None,
+    choices: Annotated[str | None, typer.Option(help="With --data: comma-separated labels.")] = None,
+    truth_col: Annotated[
+        str | None,
+        typer.Option(
+            help="With --data: the column of true labels. Simulated annotators of known accuracy answer "
+            "from it; it is dropped before ingest, so training sees it only through their answers."
+        ),
+    ] = None,
 ) -> None:
-    """Run the whole mission on the bundled digits and print the royalty table; last line is JSON."""
+    """Run the whole mission on the digits (or --data) and print the royalty table; last line is JSON."""
     from pipelines.demo import DemoError, run_demo
     from pipelines.settings import load_settings, use_dagster_home
 
@@ -53,12 +72,13 @@ def demo(
     from provenance import ProvenanceError
 
     with clean_errors(DemoError, ProvenanceError), console.status("starting") as status:
+        user_data = _user_data(data, kind, field, choices, truth_col)
 
         def say(step: str) -> None:
             status.update(step)
             console.log(step)
 
-        summary = run_demo(settings, limit=limit, start_services=start_services, say=say)
+        summary = run_demo(settings, limit=limit, data=user_data, start_services=start_services, say=say)
     out = Console(width=None if sys.stdout.isatty() else 150)
     out.print(_royalty_table(summary["weights"]))
     if summary["measured_against"] != "validation":
@@ -111,6 +131,29 @@ def demo(
         raise typer.Exit(1)
 
 
+def _user_data(
+    data: Path | None, kind: str | None, field: str | None, choices: str | None, truth_col: str | None
+):
+    """`--data` and its four companions as one `UserData` (None without --data), or one error."""
+    from pipelines.demo import UserData
+
+    given = {"--kind": kind, "--field": field, "--choices": choices, "--truth-col": truth_col}
+    if data is None:
+        if any(v is not None for v in given.values()):
+            raise CaravanError(f"{', '.join(k for k, v in given.items() if v is not None)} need --data FILE")
+        return None
+    missing = [k for k, v in given.items() if not v]
+    if missing:
+        raise CaravanError(
+            f"--data needs {', '.join(missing)} too (e.g. --kind text --field text "
+            "--choices spam,ham --truth-col label)"
+        )
+    labels = tuple(c.strip() for c in choices.split(",") if c.strip())
+    if kind not in ("text", "image") or not labels:
+        raise CaravanError("--kind must be text or image, and --choices must name at least one label")
+    return UserData(data, kind, field, labels, truth_col)
+
+
 def _ls_user() -> str:
     from labeling import LabelStudioServer
 
@@ -118,10 +161,18 @@ def _ls_user() -> str:
 
 
 def ingest(
-    source: Annotated[str, typer.Argument(help="Parquet/CSV/JSONL file, a folder of them, or hf:NAME.")],
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="Parquet/CSV/JSONL file, a folder of them, a folder with one subfolder of PNG/JPEG images "
+            "per provider, or hf:NAME. An image column holds PNG/JPEG bytes or paths relative to its file."
+        ),
+    ],
     version: Annotated[str, typer.Option(help="The dataset version (Dagster partition) to register.")],
     kind: Annotated[str, typer.Option(help="Label Studio project kind: text or image.")],
-    field: Annotated[str, typer.Option(help="Payload column labelers see.")],
+    field: Annotated[
+        str, typer.Option(help="Payload column labelers see (an image folder's images fill this column).")
+    ],
     choices: Annotated[str, typer.Option(help="Comma-separated labels, e.g. 'spam,ham'.")],
     provider: Annotated[
         str | None, typer.Option(help="Provider of a source without a provider column.")
@@ -145,22 +196,20 @@ def ingest(
     """Register a dataset version: the Dagster partition the whole graph runs for."""
     import dagster as dg
 
-    from pipelines.datasets import DatasetError, load_source, to_examples, validation_examples
+    from pipelines.datasets import DatasetError, Payload, load_source, to_examples, validation_examples
     from pipelines.resources import DatasetCatalog, resources_for
     from pipelines.settings import load_settings, use_dagster_home
 
     settings = load_settings()
     labels = [c.strip() for c in choices.split(",") if c.strip()]
     with clean_errors(DatasetError, ValueError):
-        examples, report = to_examples(load_source(source, provider=provider))
-        if field not in examples.column_names:
-            raise CaravanError(
-                f"--field {field!r} is not a column of {source}; columns: {examples.column_names}"
-            )
         if kind not in ("text", "image") or not labels:
             raise CaravanError("--kind must be text or image, and --choices must name at least one label")
+        payload = Payload(kind, field)  # texts and images are checked here, before anything is pinned
+        examples, report = to_examples(load_source(source, provider=provider, payload=payload))
         if validation:
-            validation_examples(load_source(validation, provider="validation"), examples, labels)
+            held_out = load_source(validation, provider="validation", payload=payload)
+            validation_examples(held_out, examples, labels)
         DatasetCatalog(root=str(settings.catalog_dir)).register(
             version,
             source,

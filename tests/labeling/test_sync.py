@@ -91,3 +91,47 @@ def test_project_is_reused_by_title_and_a_conflicting_config_is_refused(client, 
     assert same == project
     with pytest.raises(LabelConfigError, match="exists as text.*pick another title"):
         client.ensure_project(ProjectSpec(project.title, "text", ("yes", "no"), "text"))
+
+
+def test_text_tasks_show_the_exact_text(client, project):
+    texts = ["Le chef a mijoté la sauce. Ça sent bon !", "Two sentences here.\nAnd a second line: 日本語."]
+    examples = pa.table(
+        {"example_id": ["t1", "t2"], "provider": ["p"] * 2, "text": texts, "source": ["tests"] * 2}
+    )
+    assert sync_tasks(client, project, examples).created == 2
+    assert task_texts(client, project) == {"t1": texts[0], "t2": texts[1]}
+
+
+def _drawn(fmt: str, seed: int) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(10, 14, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def test_an_image_bytes_column_shows_as_the_image_itself(client):
+    import base64
+
+    spec = ProjectSpec(f"photos {uuid.uuid4().hex[:8]}", "image", ("cat", "dog"), "image")
+    project = client.ensure_project(spec)
+    assert project.kind == "image" and project.field == "image"
+    images = {"png": _drawn("PNG", 1), "jpg": _drawn("JPEG", 2)}
+    examples = pa.table(
+        {
+            "example_id": list(images),
+            "provider": ["clinic"] * 2,
+            "image": pa.array(list(images.values()), pa.binary()),
+            "source": ["tests"] * 2,
+        }
+    )
+    assert sync_tasks(client, project, examples).created == 2
+    keys, _ = client.task_keys(project.id)
+    for eid, mime in (("png", "image/png"), ("jpg", "image/jpeg")):
+        url = client.sdk.tasks.get(str(keys[eid])).data["image"]
+        head, _, body = url.partition(",")
+        assert head == f"data:{mime};base64" and base64.b64decode(body) == images[eid]  # the bytes, unchanged

@@ -84,7 +84,7 @@ def test_cli_commands_and_anvil_script_write_only_under_caravan_home(places):
 
         write_digits(inputs / "digits", limit=20)
         choices = ",".join(str(d) for d in range(10))
-        _caravan(env, "ingest", inputs / "digits", "--version", "v1", "--kind", "image", "--field", "pixels",
+        _caravan(env, "ingest", inputs / "digits", "--version", "v1", "--kind", "image", "--field", "image",
                  "--choices", choices)  # fmt: skip
     finally:
         _run(env, anvil, "stop")

@@ -85,7 +85,7 @@ def test_dagster_cli_materializes_a_partition_with_the_multiprocess_executor(tmp
             "--kind",
             "image",
             "--field",
-            "pixels",
+            "image",
             "--choices",
             "0,1,2,3,4,5,6,7,8,9",
         ],

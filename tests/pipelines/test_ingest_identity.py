@@ -20,11 +20,11 @@ from pipelines.settings import load_settings
 from provenance import INGEST, load_record
 
 VERSION = "identity-v1"
-LABELING = {"kind": "image", "field": "pixels", "choices": ["0", "1"]}
+LABELING = {"kind": "image", "field": "image", "choices": ["0", "1"]}
 REGISTERED = "2025-03-01T09:30:00Z"  # the same registration time on both machines
 
 
-def _ingest(home, folder, monkeypatch) -> dict:
+def ingest_stage(home, folder, monkeypatch, labeling: dict = LABELING) -> dict:
     """Register `folder` under a fresh CARAVAN_HOME and materialize the ingest stage."""
     monkeypatch.setenv("CARAVAN_HOME", str(home))
     monkeypatch.delenv("CARAVAN_STORE_DIR", raising=False)
@@ -32,7 +32,7 @@ def _ingest(home, folder, monkeypatch) -> dict:
     resources = resources_for(settings)
     store = resources["store"].client()
     entry = DatasetCatalog(root=str(settings.catalog_dir)).register(
-        VERSION, str(folder), store=store, labeling=LABELING, registered_at=REGISTERED
+        VERSION, str(folder), store=store, labeling=labeling, registered_at=REGISTERED
     )
     with dg.DagsterInstance.ephemeral() as instance:
         instance.add_dynamic_partitions("dataset_version", [VERSION])
@@ -46,15 +46,15 @@ def _ingest(home, folder, monkeypatch) -> dict:
     snapshot = result.output_for_node("dataset_snapshot")
     record = load_record(store, resources["lineage"].cid_of(INGEST, VERSION))
     files = (settings.home / "datasets" / f"{VERSION}.json").read_text()
-    return {"entry": entry, "snapshot": snapshot["cid"], "record": record, "catalog": files}
+    return {"entry": entry, "snapshot": snapshot["cid"], "record": record, "catalog": files, "store": store}
 
 
 def test_the_same_files_from_two_folders_give_the_same_cids(tmp_path, monkeypatch) -> None:
     first = write_digits(tmp_path / "alice" / "data", limit=60)
     second = tmp_path / "bob" / "elsewhere" / "data"
     shutil.copytree(first, second)
-    a = _ingest(tmp_path / "home-a", first, monkeypatch)
-    b = _ingest(tmp_path / "home-b", second, monkeypatch)
+    a = ingest_stage(tmp_path / "home-a", first, monkeypatch)
+    b = ingest_stage(tmp_path / "home-b", second, monkeypatch)
     assert a["snapshot"] == b["snapshot"]
     assert a["entry"] == b["entry"] and a["catalog"] == b["catalog"]
     assert a["record"].inputs == b["record"].inputs and a["record"].outputs == b["record"].outputs
@@ -84,8 +84,9 @@ def test_registering_other_content_under_a_known_version_is_refused(tmp_path, mo
     # every file of one call shares one time, UTC whole seconds; the same content keeps the earlier one
     times = {f["registered_at"] for f in entry["sources"]}
     assert len(times) == 1 and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", times.pop())
-    later = catalog.register(VERSION, str(folder), store=store, labeling=LABELING,
-                             registered_at="2999-01-01T00:00:00Z")
+    later = catalog.register(
+        VERSION, str(folder), store=store, labeling=LABELING, registered_at="2999-01-01T00:00:00Z"
+    )
     assert later == entry
     other = write_digits(tmp_path / "other", limit=41)
     with pytest.raises(ValueError, match="already registered for other content"):

@@ -92,7 +92,7 @@ def _flagged_labels_are_stored_and_queued_for_review(settings, mislabels):
     assert mislabels["consensus_wrong"] > 0 and mislabels["flagged_and_wrong"] > 0
     client = LabelStudioClient(settings.labelstudio_url, os.environ["LABEL_STUDIO_USER_TOKEN"])
     project = client.ensure_project(
-        ProjectSpec(f"{settings.labelstudio_prefix} {VERSION}", "image", CHOICES, "pixels")
+        ProjectSpec(f"{settings.labelstudio_prefix} {VERSION}", "image", CHOICES, "image")
     )
     keys, _ = client.task_keys(project.id)
     (tab,) = [int(v.id) for v in client.sdk.views.list(project=project.id) if v.data["title"] == REVIEW_TAB]
@@ -134,11 +134,11 @@ def _sensor_starts_a_sync_only_for_new_annotations(settings):
     assert _sensor_requests(settings) == []
     client = LabelStudioClient(settings.labelstudio_url, os.environ["LABEL_STUDIO_USER_TOKEN"])
     project = client.ensure_project(
-        ProjectSpec(f"{settings.labelstudio_prefix} {VERSION}", "image", CHOICES, "pixels")
+        ProjectSpec(f"{settings.labelstudio_prefix} {VERSION}", "image", CHOICES, "image")
     )
     keys, _ = client.task_keys(project.id)
     labeler = client.ensure_user("late-labeler@tests.caravan.invalid")
-    client.create_annotation(keys[min(keys)], choice_result("3", "pixels"), completed_by=labeler)
+    client.create_annotation(keys[min(keys)], choice_result("3", "image"), completed_by=labeler)
     requests = _sensor_requests(settings)
     assert [r.partition_key for r in requests] == [VERSION]
 
@@ -188,7 +188,7 @@ def test_cli_ingest_registers_a_version_and_rejects_unknown_formats(tmp_path, mo
         "--kind",
         "image",
         "--field",
-        "pixels",
+        "image",
         "--choices",
         ",".join(str(d) for d in range(10)),
     ]
@@ -207,14 +207,17 @@ def test_cli_ingest_registers_a_version_and_rejects_unknown_formats(tmp_path, mo
             "--version",
             "v1",
             "--kind",
-            "text",
+            "image",
             "--field",
-            "pixels",
+            "image",
             "--choices",
             "a,b",
         ],
     )
     assert clash.exit_code == 1 and "already registered" in clash.stderr
+    as_text = runner.invoke(app, ["ingest", str(tmp_path / "data"), "--version", "v2", "--kind", "text",
+                                  "--field", "image", "--choices", "a,b"])  # fmt: skip
+    assert as_text.exit_code == 1 and "'image' is not UTF-8 text" in as_text.stderr  # PNG bytes are not text
 
 
 def test_a_demo_killed_mid_pipeline_completes_on_restart_with_nothing_duplicated(caravan_env, tmp_path):

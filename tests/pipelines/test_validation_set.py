@@ -30,9 +30,13 @@ def _ingest(tmp_path, monkeypatch, validation: pa.Table):
         (pa.table({"text": ["y", "z"], "label": ["pos", "maybe"]}), "not in the label set"),
         (pa.table({"text": pa.array([], pa.string()), "label": pa.array([], pa.string())}), "is empty"),
         (pa.table({"text": ["y", "z"]}), "no 'label' column"),
-        (pa.table({"body": ["y", "z"], "label": ["pos", "neg"]}), "differ from the dataset's"),
+        (pa.table({"body": ["y", "z"], "label": ["pos", "neg"]}), "has no payload column 'text'"),
+        (
+            pa.table({"text": ["y", "z"], "body": ["u", "v"], "label": ["pos", "neg"]}),
+            "differ from the dataset's",
+        ),
     ],
-    ids=["overlaps", "unknown-label", "empty", "no-label", "other-columns"],
+    ids=["overlaps", "unknown-label", "empty", "no-label", "no-payload", "other-columns"],
 )
 def test_a_bad_validation_set_is_refused_and_nothing_is_registered(
     tmp_path, monkeypatch, validation, message

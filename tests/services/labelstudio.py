@@ -22,6 +22,8 @@ class LabelStudioHandle:
     base_url: str
     token: str
     pid: int | None  # None when the server is not ours (given by environment)
+    username: str = ""  # for a browser session (the editor tests); empty when the server is not ours
+    password: str = ""
 
     def client(self, **kwargs):
         from labeling import LabelStudioClient
@@ -46,6 +48,6 @@ def labelstudio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudi
     except LabelStudioNotInstalled as exc:
         pytest.fail(f"{exc} (the labeling tests need the real server)")
     try:
-        yield LabelStudioHandle(server.url, server.token, server.pid)
+        yield LabelStudioHandle(server.url, server.token, server.pid, server.username, server.password)
     finally:
         server.stop()

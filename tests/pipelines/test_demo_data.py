@@ -1,0 +1,250 @@
+"""The demo's data: the digits as 8×8 grayscale PNGs (noise drawn into scanner-noisy's), the seeded text
+generator, `caravan demo --data` (truth dropped before ingest), and both through the real Label Studio
+to consensus labels and the labeled dataset."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import io
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pipelines.datasets import Payload, load_source, to_examples
+from pipelines.demo import (
+    DemoError,
+    UserData,
+    label_with_simulated_annotators,
+    prepare_data,
+    prepare_user_data,
+    register_demo_data,
+    serving_input,
+)
+from pipelines.demo_data import NOISY, PROVIDERS, write_digits
+from pipelines.settings import load_settings
+
+REPO = Path(__file__).resolve().parents[2]
+TOPICS = ("cooking", "science", "sport", "travel")
+
+
+def make_texts_module():
+    spec = importlib.util.spec_from_file_location("make_texts", REPO / "scripts" / "make_texts.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _decoded(data: bytes) -> np.ndarray:
+    image = Image.open(io.BytesIO(data))
+    assert (image.format, image.mode, image.size) == ("PNG", "L", (8, 8))
+    return np.asarray(image, dtype=np.int64).reshape(64)
+
+
+def test_the_digits_are_8x8_grayscale_pngs_with_the_noise_drawn_in(tmp_path):
+    from sklearn.datasets import load_digits
+
+    write_digits(tmp_path / "a")
+    digits = load_digits().data.astype(np.int64)
+    order = np.random.default_rng(0).permutation(len(digits))  # write_digits's draw (seed 0)
+    owner = np.arange(len(order)) % len(PROVIDERS)
+    for p, provider in enumerate(PROVIDERS):
+        table = pq.read_table(tmp_path / "a" / f"{provider}.parquet")
+        assert table.schema.field("image").type == pa.binary() and table.column_names == ["image"]
+        levels = np.stack([_decoded(b) for b in table["image"].to_pylist()])
+        clean = np.rint(digits[order[owner == p]] * 255 / 16)
+        changed = float((levels != clean).mean())
+        if provider in NOISY:  # 60 % replaced by a draw from 17 levels: ~16/17 of those differ
+            assert 0.5 < changed < 0.63, changed
+        else:
+            assert changed == 0.0
+    again = write_digits(tmp_path / "b")
+    for f in (tmp_path / "a").rglob("*.parquet"):
+        assert f.read_bytes() == (again / f.relative_to(tmp_path / "a")).read_bytes()  # same bytes, same CIDs
+
+
+def test_the_digits_demo_keys_its_truth_by_the_images_ids(tmp_path, monkeypatch):
+    monkeypatch.setenv("CARAVAN_HOME", str(tmp_path / "home"))
+    demo = prepare_data(load_settings(), limit=50)
+    examples, _ = to_examples(load_source(str(demo.source), payload=demo.payload))
+    assert sorted(demo.truth) == sorted(examples["example_id"].to_pylist())
+    assert demo.labeling == {"kind": "image", "field": "image", "choices": [str(d) for d in range(10)]}
+    assert demo.providers == tuple(sorted(PROVIDERS)) and set(demo.truth.values()) <= set(
+        demo.labeling["choices"]
+    )
+    sent = serving_input("image", demo.samples[0])
+    assert set(sent) == {"image_base64"} and base64.b64decode(sent["image_base64"]) == demo.samples[0]
+
+
+def test_make_texts_is_seeded_with_four_topics_and_a_noisy_provider(tmp_path):
+    module = make_texts_module()
+    a, b = module.make_texts(400, seed=3), module.make_texts(400, seed=3)
+    assert a == b and a != module.make_texts(400, seed=4)
+    assert a.num_rows == 400 and len(set(a["text"].to_pylist())) == 400
+    assert sorted(set(a["label"].to_pylist())) == list(TOPICS)
+    rows = a.to_pylist()
+    assert {r["provider"] for r in rows} == set(module.PROVIDERS)
+    assert all(2 <= r["text"].count(".") <= 4 for r in rows if r["provider"] not in module.NOISY)
+
+    def on_topic(r) -> float:  # share of a text's words found in its own topic's phrases
+        vocab = {w for ps in module.TOPICS[r["label"]].values() for p in ps for w in p.lower().split()}
+        words = r["text"].lower().replace(".", "").split()
+        return sum(w in vocab for w in words) / len(words)
+
+    clean = np.mean([on_topic(r) for r in rows if r["provider"] not in module.NOISY])
+    noisy = np.mean([on_topic(r) for r in rows if r["provider"] in module.NOISY])
+    assert noisy < 0.5 < clean
+    out = tmp_path / "t.csv"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "make_texts.py"), str(out), "--rows", "30"], check=True
+    )
+    assert done.returncode == 0 and load_source(str(out), payload=Payload("text", "text")).num_rows == 30
+
+
+def _texts(tmp_path: Path, rows: int = 60) -> Path:
+    path = tmp_path / "texts.csv"
+    make_texts_module().write(make_texts_module().make_texts(rows), path)
+    return path
+
+
+def test_demo_data_drops_the_truth_before_ingest_and_keys_it_by_example_id(tmp_path, monkeypatch):
+    monkeypatch.setenv("CARAVAN_HOME", str(tmp_path / "home"))
+    settings = load_settings()
+    source = _texts(tmp_path)
+    data = UserData(source, "text", "text", TOPICS, "label")
+    demo = prepare_user_data(settings, data, limit=None)
+    written = pq.read_table(demo.source)
+    assert "label" not in written.column_names and written.column_names == ["provider", "text"]
+    examples, _ = to_examples(load_source(str(demo.source), payload=demo.payload))
+    original = {r["text"]: r["label"] for r in pa_csv.read_csv(source).to_pylist()}
+    by_id = dict(zip(examples["example_id"].to_pylist(), examples["text"].to_pylist(), strict=True))
+    assert {i: original[t] for i, t in by_id.items()} == demo.truth
+    again = prepare_user_data(settings, data, limit=None)
+    assert again.version == demo.version and again.source.read_bytes() == demo.source.read_bytes()
+    assert prepare_user_data(settings, data, limit=20).version != demo.version
+    assert serving_input("text", demo.samples[0]) == demo.samples[0]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"truth_col": "nope"}, r"--truth-col 'nope' must name a column"),
+        ({"truth_col": "text"}, r"--truth-col 'text' must name a column .* other than the payload"),
+        ({"choices": ("sport", "science")}, r"true labels \['cooking', 'travel'\] .* not among --choices"),
+        ({"field": "body"}, r"no payload column 'body'"),
+    ],
+)
+def test_bad_demo_data_is_refused(tmp_path, monkeypatch, change, message):
+    monkeypatch.setenv("CARAVAN_HOME", str(tmp_path / "home"))
+    base = {
+        "path": _texts(tmp_path),
+        "kind": "text",
+        "field": "text",
+        "choices": TOPICS,
+        "truth_col": "label",
+    }
+    with pytest.raises(DemoError, match=message):
+        prepare_user_data(load_settings(), UserData(**{**base, **change}), limit=None)
+
+
+def test_cli_demo_data_needs_its_companions(tmp_path):
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    runner = CliRunner()
+    lonely = runner.invoke(app, ["demo", "--data", str(tmp_path / "t.csv"), "--kind", "text"])
+    assert lonely.exit_code == 1 and "--data needs --field, --choices, --truth-col too" in lonely.stderr
+    stray = runner.invoke(app, ["demo", "--truth-col", "label"])
+    assert stray.exit_code == 1 and "--truth-col need --data FILE" in stray.stderr
+
+
+@pytest.fixture
+def labeling_env(tmp_path, monkeypatch, labelstudio):
+    monkeypatch.setenv("CARAVAN_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    (tmp_path / "dagster").mkdir()
+    monkeypatch.setenv("CARAVAN_LABELSTUDIO_URL", labelstudio.base_url)
+    monkeypatch.setenv("CARAVAN_LABELSTUDIO_PROJECT_PREFIX", f"caravan-{uuid.uuid4().hex[:8]}")
+    monkeypatch.setenv("LABEL_STUDIO_USER_TOKEN", labelstudio.token)
+    monkeypatch.delenv("CARAVAN_STORE_DIR", raising=False)
+    return load_settings(), labelstudio.client()
+
+
+@pytest.mark.parametrize("kind", ["text", "image"])
+def test_demo_data_reaches_labeled_dataset_through_the_real_label_studio(tmp_path, labeling_env, kind):
+    from labeling import ProjectSpec
+    from pipelines.assets import ingest, labeling
+    from pipelines.resources import resources_for
+
+    settings, client = labeling_env
+    if kind == "text":
+        demo = prepare_user_data(
+            settings, UserData(_texts(tmp_path, 80), "text", "text", TOPICS, "label"), None
+        )
+    else:
+        demo = prepare_data(settings, limit=60)
+    instance = register_demo_data(settings, demo)
+    spec = ProjectSpec(f"{settings.labelstudio_prefix} {demo.version}", demo.kind, demo.choices, demo.field)
+    assert label_with_simulated_annotators(client, demo, spec) == len(demo.truth)
+    assets = [
+        ingest.raw_dataset,
+        ingest.dataset_snapshot,
+        labeling.labeling_tasks,
+        labeling.annotations,
+        labeling.consensus_labels,
+        labeling.labeled_dataset,
+    ]
+    result = dg.materialize(
+        assets, instance=instance, partition_key=demo.version, resources=resources_for(settings)
+    )
+    assert result.success
+    labeled = result.output_for_node("labeled_dataset")
+    assert labeled.num_rows == len(demo.truth) and "label" in labeled.column_names
+    expected = pa.string() if kind == "text" else pa.binary()
+    assert labeled.schema.field(demo.field).type == expected
+    right = sum(demo.truth[r["example_id"]] == r["label"] for r in labeled.to_pylist())
+    assert right / labeled.num_rows > 0.8  # 3 of 4 simulated labelers (0.55-0.95) per example
+    # the payload labelers see is the example's own text, or its image's own bytes
+    project = client.ensure_project(spec)
+    keys, _ = client.task_keys(project.id)
+    row = labeled.to_pylist()[0]
+    shown = client.sdk.tasks.get(str(keys[row["example_id"]])).data[demo.field]
+    if kind == "text":
+        assert shown == row["text"]
+    else:
+        assert shown == "data:image/png;base64," + base64.b64encode(row["image"]).decode()
+
+
+def test_demo_data_of_image_paths_is_written_with_the_images_bytes(tmp_path, monkeypatch):
+    monkeypatch.setenv("CARAVAN_HOME", str(tmp_path / "home"))
+    (tmp_path / "data" / "pics").mkdir(parents=True)
+    rows, images = [], {}
+    for i in range(6):
+        pixels = np.full((5, 7), 40 * i, dtype=np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="PNG")
+        images[f"pics/{i}.png"] = buf.getvalue()
+        (tmp_path / "data" / f"pics/{i}.png").write_bytes(buf.getvalue())
+        rows.append(
+            {"provider": f"p{i % 2}", "image": f"pics/{i}.png", "truth": "dark" if i < 3 else "light"}
+        )
+    (tmp_path / "data" / "set.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = UserData(tmp_path / "data" / "set.jsonl", "image", "image", ("dark", "light"), "truth")
+    demo = prepare_user_data(load_settings(), data, limit=None)
+    written = pq.read_table(demo.source)
+    assert written.column_names == ["provider", "image"] and written.schema.field("image").type == pa.binary()
+    assert written["image"].to_pylist() == [images[r["image"]] for r in rows]  # bytes, never the paths
+    examples, _ = to_examples(load_source(str(demo.source), payload=demo.payload))
+    truth = {images[r["image"]]: r["truth"] for r in rows}
+    assert {r["example_id"]: truth[r["image"]] for r in examples.to_pylist()} == demo.truth
