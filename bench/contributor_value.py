@@ -29,8 +29,10 @@ share, the same for the library's default ``net+credit`` (what the pipeline pays
 ``example_credit`` its ingest makes, ``pipelines.datasets.to_examples``: near-copies grouped and paid
 once to their first registrant), for ``pivotal`` (``net+credit`` with
 ``WeightPolicy(labelers='pivotal')``: each answer paid by how much it moved its example's
-consensus), and for a candidate not in the library ('net' after crediting near-copies to their
-first registrant). The last line is one JSON object: the issue's keys
+consensus), for ``valued`` (the same with ``labelers='valued'``: where the consensus label hurt, a
+push for it costs only the chance that the label it displaced was right), and for a candidate not
+in the library ('net' after crediting near-copies to their first registrant). The last line is
+one JSON object: the issue's keys
 (``spearman``, ``ceiling``, ``faulty_share_bps``, ``default_policy``: ``net+credit``, ``seconds``),
 ``share_gap``, ``candidate`` and ``detection``.
 
@@ -89,6 +91,8 @@ from pipelines.datasets import example_id, to_examples  # noqa: E402
 POLICIES = typing.get_args(typing.get_type_hints(WeightPolicy)["negative"])  # every policy the library has
 LIBRARY = "net+credit"  # what the pipeline pays: 'net' with the ingest's example_credit (copies earn once)
 PIVOTAL = "pivotal"  # net+credit, labelers paid by how much each answer moved its example's consensus
+VALUED = "valued"  # pivotal, each move valued by what the label it displaced was probably worth
+BY_MOVES = (PIVOTAL, VALUED)  # net+credit with labelers=<the name>
 MAX_VALIDATION, MAX_POOL = 300, 1500  # real rows: validation set, then the providers' pool
 PER_EXAMPLE = 3  # answers per example
 EPOCH = datetime(2025, 1, 1, tzinfo=UTC)
@@ -379,12 +383,13 @@ def pay_run(task, world: World, full: Variant, seed: int, owners: np.ndarray, cr
     at = world.examples.column_names.index("provider")
     dedup = world.examples.set_column(at, "provider", pa.array(owners))  # copies credited to the original
     pay = {}
-    for kind in [*POLICIES, LIBRARY, PIVOTAL, "candidate"]:
-        policy = WeightPolicy(negative="net" if kind in (LIBRARY, PIVOTAL, "candidate") else kind,
-                              labelers="pivotal" if kind == PIVOTAL else "agree")
+    for kind in [*POLICIES, LIBRARY, *BY_MOVES, "candidate"]:
+        policy = WeightPolicy(negative="net" if kind in (LIBRARY, *BY_MOVES, "candidate") else kind,
+                              labelers=kind if kind in BY_MOVES else "agree")
         examples = dedup if kind == "candidate" else world.examples
         table = contributor_weights(res.example_attribution, examples, world.annotations, full.consensus,
-                                    addresses, policy, credit=credit if kind in (LIBRARY, PIVOTAL) else None)
+                                    addresses, policy,
+                                    credit=credit if kind in (LIBRARY, *BY_MOVES) else None)
         pay[kind] = dict(zip(table["contributor"].to_pylist(), table["weight_bps"].to_pylist(), strict=True))
     split = ContributorSplit.build(world.examples, world.annotations, full.consensus, addresses)
     aligned = split.scores_vector(res.example_attribution)
@@ -515,11 +520,11 @@ def main() -> None:
     runs = [pay_run(task, world, full, 1000 + args.seed + r, owners, credit) for r in range(args.pay_runs)]
     pay_s = (time.perf_counter() - t0) / args.pay_runs
     pay, signed = runs[0]
-    kinds = [*POLICIES, LIBRARY, PIVOTAL, "candidate"]
+    kinds = [*POLICIES, LIBRARY, *BY_MOVES, "candidate"]
     print(f"  one attributed run: {pay_s:.1f}s (seed {1000 + args.seed}, not one of the truth's seeds); "
           f"{len(runs) - 1} more at other seeds for the pay's own spread")
     print("  contributor        truth x1e3 (mean +- sd)   signed score  "
-          + "  ".join(f"{k:>5} bps" if k not in (LIBRARY, PIVOTAL, "candidate")
+          + "  ".join(f"{k:>5} bps" if k not in (LIBRARY, *BY_MOVES, "candidate")
                       else f"{k:>9}*" for k in kinds))
     for names in roles.values():
         for name in names:
@@ -537,7 +542,9 @@ def main() -> None:
                  f"library default {LIBRARY!r}: 'net' with the ingest's example_credit (the pipeline's pay)"
                  if kind == LIBRARY else
                  f"{PIVOTAL!r}: {LIBRARY!r} with labelers='pivotal' (each answer paid by how much it moved "
-                 "its example's consensus)" if kind == PIVOTAL else f"policy negative={kind!r}")
+                 "its example's consensus)" if kind == PIVOTAL else
+                 f"{VALUED!r}: {LIBRARY!r} with labelers='valued' (each move valued by what the label it "
+                 "displaced was probably worth)" if kind == VALUED else f"policy negative={kind!r}")
         print(f"== {title}", flush=True)
         for role, names in roles.items():
             want = [truth_mean[n] for n in names]
