@@ -323,6 +323,7 @@ def _thumbnail(data: bytes | None) -> np.ndarray | None:
         return None
     try:
         with Image.open(io.BytesIO(data)) as img:
+            img.draft("L", (IMAGE_MAX_SIDE, IMAGE_MAX_SIDE))  # a large JPEG decodes at a fraction of its size
             gray = img.convert("L")
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
         return None
