@@ -155,7 +155,8 @@ def near_groups(
     examples: pa.Table, payload: Sequence[str], fraction: float = NEAR_FRACTION
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Each example's near-duplicate group label, and how it was grouped (the record's ``near``):
-    numeric, text or image payloads by their own distance; anything else each example on its own."""
+    numeric, text or image payloads by their own distance; anything else each example on its own.
+    ``fraction`` scales the numeric and image thresholds (text has its own, ``TEXT_FRACTION``)."""
     n = examples.num_rows
     alone = np.arange(n)
     if n < 3:
