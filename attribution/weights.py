@@ -30,6 +30,17 @@ minus the score under the label it replaced, which the run does not store; for a
 replaced one's harm dominates). An answer that pushed the consensus wrong thus earns a negative
 credit, which ``net`` offsets. Records without ``labelers`` read back as ``'agree'``.
 
+Labelers by the value of what their answers changed (``labelers='valued'``): the same moves, valued
+by what the label an answer displaced was probably worth. Where the consensus label helped (its
+example's credit > 0) it is probably right and the label without the answer probably wrong: one
+unit per posterior moved, as ``'pivotal'``. Where it hurt (credit < 0) it is probably wrong, and so
+is the label it displaced unless that one is the truth: an answer that pushed the wrong label loses
+only the chance ``pi`` that, without it, the consensus would have been right (``pi``: the
+leave-that-answer-out posterior over the other labels, squared and summed, from ``1/(K-1)`` when it
+is flat to 1 when it is sure), and an answer that pulled away from the wrong label earns nothing
+(which way it pulled is unknown). ``'pivotal'`` charged such an answer a whole unit, as if the
+label it displaced were right, and so underpaid the less accurate honest labelers.
+
 Duplicates (``credit``, the ``example_credit`` contract in ``schemas``, made at ingest): an
 example's provider credit goes to the providers the credit table names, with its shares; a
 duplicate group's members each weigh ``1/m``, so the group earns the mean of its members'
@@ -68,14 +79,16 @@ from schemas import ROLES, TOTAL_BPS, WEIGHTS_SCHEMA
 
 from .errors import ContributorError
 
+LABELER_POLICIES = ("agree", "pivotal", "valued")
+
 
 @dataclass(frozen=True)
 class WeightPolicy:
     provider_share_bps: int = 7000
     negative: Literal["clip", "net"] = "net"
     score_digits: int = 8
-    labelers: Literal["agree", "pivotal"] = "agree"
-    label_smoothing: float = 1.0  # 'pivotal': pseudo-count of each confusion-matrix cell and class prior
+    labelers: Literal["agree", "pivotal", "valued"] = "agree"
+    label_smoothing: float = 1.0  # 'pivotal', 'valued': pseudo-count of each confusion cell and class prior
 
     def __post_init__(self) -> None:
         if not 0 <= self.provider_share_bps <= TOTAL_BPS:
@@ -84,8 +97,8 @@ class WeightPolicy:
             raise ValueError(f"negative must be 'clip' or 'net', got {self.negative!r}")
         if not 1 <= self.score_digits <= 15:
             raise ValueError("score_digits must be in 1..15 (float64 holds 15 exact digits)")
-        if self.labelers not in ("agree", "pivotal"):
-            raise ValueError(f"labelers must be 'agree' or 'pivotal', got {self.labelers!r}")
+        if self.labelers not in LABELER_POLICIES:
+            raise ValueError(f"labelers must be one of {LABELER_POLICIES}, got {self.labelers!r}")
         if not (isinstance(self.label_smoothing, int | float) and 0 < self.label_smoothing < math.inf):
             raise ValueError(f"label_smoothing must be a positive number, got {self.label_smoothing!r}")
 
@@ -158,6 +171,8 @@ class ContributorSplit:
     addresses: dict[str, str]  # contributor -> checksummed address
     matrices: dict[str, sparse.csr_matrix]  # role -> [contributors x examples] credit shares
     policy: WeightPolicy
+    # labelers='valued': [labelers x examples] what each labeler's answers lose where the label hurt
+    wrong: sparse.csr_matrix | None = None
     _batch: _BatchPlan = field(init=False, repr=False, compare=False)
     _stacked: sparse.csr_matrix = field(init=False, repr=False, compare=False)  # both roles' rows
     _aligned: tuple[tuple[str, ...], np.ndarray] | None = field(
@@ -203,8 +218,9 @@ class ContributorSplit:
         else:
             provider_entries, weight = _credit_entries(credit, index, [providers[i] for i in order])
             entries = {"provider": provider_entries}
-        if policy.labelers == "pivotal":
-            entries["labeler"] = _pivotal_entries(
+        wrong_entries: list[tuple[str, int, float]] = []
+        if policy.labelers in ("pivotal", "valued"):
+            entries["labeler"], wrong_entries = _pivotal_entries(
                 annotations, consensus, index, weight, policy.label_smoothing
             )
         else:
@@ -220,7 +236,16 @@ class ContributorSplit:
             vals = [v for _, _, v in entries[role]]
             m = sparse.coo_matrix((vals, (rows, cols)), shape=(len(col), len(example_ids)))
             matrices[role] = m.tocsr()
-        return cls(example_ids, contributors, checked, matrices, policy)
+        wrong = None
+        if policy.labelers == "valued":
+            col = {c: j for j, c in enumerate(contributors["labeler"])}
+            m = sparse.coo_matrix(
+                ([v for _, _, v in wrong_entries], ([col[c] for c, _, _ in wrong_entries],
+                                                    [e for _, e, _ in wrong_entries])),
+                shape=(len(col), len(example_ids)),
+            )
+            wrong = m.tocsr()
+        return cls(example_ids, contributors, checked, matrices, policy, wrong)
 
     def scores_vector(self, example_attribution: pa.Table) -> np.ndarray:
         """Scores aligned to ``example_ids`` (examples absent from the table score 0)."""
@@ -271,8 +296,7 @@ class ContributorSplit:
         credit = quantize_columns(scores, self.policy.score_digits)
         if self.policy.negative == "clip":
             credit = np.maximum(credit, 0.0)
-        lab = self._labeler_credit(credit)
-        per_role = [np.maximum(self.matrices[r] @ (lab if r == "labeler" else credit), 0.0) for r in ROLES]
+        per_role = [np.maximum(self._role_scores(r, credit), 0.0) for r in ROLES]
         grid = np.ascontiguousarray(quantize_columns(np.concatenate(per_role), self.policy.score_digits).T)
         return QuerySplits(*self._batch.split_all(grid))
 
@@ -296,26 +320,29 @@ class ContributorSplit:
         credit = quantize(scores, self.policy.score_digits)
         if self.policy.negative == "clip":
             credit = np.maximum(credit, 0.0)
-        if self.policy.labelers == "pivotal":  # the same products, row by row, as the per-role ones
-            both = np.concatenate(
-                [self.matrices["provider"] @ credit, self.matrices["labeler"] @ self._labeler_credit(credit)]
-            )
+        if self.policy.labelers != "agree":  # the same products, row by row, as the per-role ones
+            both = np.concatenate([self._role_scores(r, credit) for r in ROLES])
         else:
             both = self._stacked @ credit
         grid = quantize(np.maximum(both, 0.0), self.policy.score_digits)
         return self._batch.split_one(grid)
 
-    def _labeler_credit(self, credit: np.ndarray) -> np.ndarray:
-        """What a labeler's share of an example is applied to: the example's (quantized) credit, or
-        under ``labelers='pivotal'`` its sign times the largest |credit| (per column: each query's),
-        exact in any summation order. A label flip's value is the score under the consensus label
-        minus the score under the label the example would have had; the second is not in a run's
-        tables, and for a right label it is a wrong label's harm, which outweighs the right label's
-        own score; so each flip counts as one unit, signed by whether the consensus label helped."""
-        if self.policy.labelers != "pivotal":
-            return credit
+    def _role_scores(self, role: str, credit: np.ndarray) -> np.ndarray:
+        """A role's signed scores (rows; per column: each query's) from the examples' quantized credit.
+
+        Providers and ``labelers='agree'`` take their shares of the credit itself. A label flip's
+        value is the score under the consensus label minus the score under the label the example
+        would have had; the second is not in a run's tables, and for a right label it is a wrong
+        label's harm, which outweighs the right label's own score. So ``'pivotal'`` counts each flip
+        as one unit (the largest |credit|, exact in any summation order), signed by whether the
+        consensus label helped; ``'valued'`` counts a unit where it helped, minus its ``wrong``
+        entries' units where it hurt (the module docstring says why)."""
+        if role == "provider" or self.policy.labelers == "agree":
+            return self.matrices[role] @ credit
         top = np.max(np.abs(credit), axis=0) if credit.shape[0] else np.zeros(credit.shape[1:])
-        return np.sign(credit) * top
+        if self.policy.labelers == "pivotal":
+            return self.matrices[role] @ (np.sign(credit) * top)
+        return self.matrices[role] @ ((credit > 0) * top) - self.wrong @ ((credit < 0) * top)
 
     def positions(self, example_ids: list[str]) -> np.ndarray:
         """Where each of ``example_ids`` (scores' order) sits in the split's sorted ``example_ids``
@@ -339,8 +366,7 @@ class ContributorSplit:
         credit = quantize(scores, self.policy.score_digits)
         if self.policy.negative == "clip":
             credit = np.maximum(credit, 0.0)
-        lab = self._labeler_credit(credit)
-        signed = {r: self.matrices[r] @ (lab if r == "labeler" else credit) for r in ROLES}  # < 0: it hurt
+        signed = {r: self._role_scores(r, credit) for r in ROLES}  # < 0: it hurt
         per_role = {r: np.maximum(signed[r], 0.0) for r in ROLES}
         grid = quantize(np.concatenate([per_role[r] for r in ROLES]), self.policy.score_digits)
         ints = dict(zip(ROLES, np.split(grid, [len(per_role["provider"])]), strict=True))
@@ -660,8 +686,10 @@ def _pivotal_entries(
     index: dict[str, int],
     weight: list[float] | None,
     smoothing: float,
-) -> list[tuple[str, int, float]]:
-    """(annotator, example index, share): how much each answer moved its example's consensus.
+) -> tuple[list[tuple[str, int, float]], list[tuple[str, int, float]]]:
+    """(annotator, example index, share): how much each answer moved its example's consensus; and
+    (annotator, example index, loss) for ``labelers='valued'``: the share where it pushed the label
+    (else 0) times ``pi``, the chance that the label without it would have been right.
 
     From the stored tables alone (annotations and the consensus labels): each annotator's
     confusion matrix and the class prior are one Dawid-Skene M-step on the consensus labels,
@@ -676,7 +704,7 @@ def _pivotal_entries(
     behind a harmful (wrong) consensus label earns a negative credit, which ``net`` nets.
     """
     if annotations is None or consensus is None or annotations.num_rows == 0 or consensus.num_rows == 0:
-        return []
+        return [], []
     label_of: dict[str, str] = {}
     for e, label in zip(
         _strings(consensus, "consensus", "example_id"), _strings(consensus, "consensus", "label"), strict=True
@@ -685,7 +713,7 @@ def _pivotal_entries(
             label_of[e] = label
     votes = {k: v for k, v in _latest_votes(annotations).items() if k[0] in index and v is not None}
     if not votes:
-        return []
+        return [], []
     classes = sorted(set(label_of.values()) | set(votes.values()))
     cls = {c: i for i, c in enumerate(classes)}
     people = sorted({w for _, w in votes})
@@ -703,11 +731,12 @@ def _pivotal_entries(
     by_example: dict[str, list[tuple[str, str]]] = {}
     for (e, w), lab in sorted(votes.items()):
         by_example.setdefault(e, []).append((w, lab))
-    out = []
+    out, wrong = [], []
     for e in sorted(by_example):
         answers = by_example[e]
         if e not in label_of:
             out.extend((w, index[e], 0.0) for w, _ in answers)
+            wrong.extend((w, index[e], 0.0) for w, _ in answers)
             continue
         c = cls[label_of[e]]
         terms = np.stack([log_conf[person[w], :, cls[lab]] for w, lab in answers])
@@ -717,13 +746,27 @@ def _pivotal_entries(
         scale = 1.0 if weight is None else weight[index[e]]
         out.extend((w, index[e], round(float(v) * scale, 12) + 0.0)
                    for (w, _), v in zip(answers, shares.tolist(), strict=True))
-    return out
+        chance = [_right_without(row, c) for row in without]
+        wrong.extend((w, index[e], round(max(float(v), 0.0) * pi * scale, 12) + 0.0)
+                     for (w, _), v, pi in zip(answers, shares.tolist(), chance, strict=True))
+    return out, wrong
 
 
 def _posterior(log_odds: np.ndarray, c: int) -> float:
     z = log_odds - log_odds.max()
     p = np.exp(z)
     return float(p[c] / p.sum())
+
+
+def _right_without(log_odds: np.ndarray, c: int) -> float:
+    """The chance that the consensus without an answer is right, given that label ``c`` is wrong:
+    the posterior over the other labels, renormalized, squared and summed (1/(K-1) when flat)."""
+    others = np.delete(log_odds, c)
+    if not len(others):
+        return 0.0
+    z = np.exp(others - others.max())
+    q = z / z.sum()
+    return float((q * q).sum())
 
 
 def _checked_addresses(contributors: list[str], addresses: dict[str, str]) -> dict[str, str]:

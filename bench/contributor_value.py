@@ -1,9 +1,13 @@
 """Royalty splits against the value contributors really added (leave-one-contributor-out).
 
     python bench/contributor_value.py [--data FILE.parquet --label-col L] [--kind tabular] [--seeds N]
+    python bench/contributor_value.py --kind text|image [--seed S] [--seeds N] [--pay-runs N]
 
 From any labeled tabular dataset (scikit-learn's bundled digits by default; nothing is
-downloaded) it builds a small world with known faults:
+downloaded), or with ``--kind text|image`` from synthetic sentences or 32x32 PNGs it makes itself
+(``bench/_common/media_world.py``: the recipes' text transformer / CNN through
+``attribution.train_model``; 1,124 training examples, a few minutes on 2 cores), it builds a small
+world with known faults:
 
 - a declared trusted validation set (held out, true labels): the in-run attribution targets
   and the ground truth's loss;
@@ -29,8 +33,10 @@ share, the same for the library's default ``net+credit`` (what the pipeline pays
 ``example_credit`` its ingest makes, ``pipelines.datasets.to_examples``: near-copies grouped and paid
 once to their first registrant), for ``pivotal`` (``net+credit`` with
 ``WeightPolicy(labelers='pivotal')``: each answer paid by how much it moved its example's
-consensus), and for a candidate not in the library ('net' after crediting near-copies to their
-first registrant). The last line is one JSON object: the issue's keys
+consensus), for ``valued`` (the same with ``labelers='valued'``: where the consensus label hurt, a
+push for it costs only the chance that the label it displaced was right), and for a candidate not
+in the library ('net' after crediting near-copies to their first registrant). The last line is
+one JSON object: the issue's keys
 (``spearman``, ``ceiling``, ``faulty_share_bps``, ``default_policy``: ``net+credit``, ``seconds``),
 ``share_gap``, ``candidate`` and ``detection``.
 
@@ -82,14 +88,21 @@ from attribution import (  # noqa: E402
     train_plain,
     train_with_attribution,
 )
-from bench._common import load, log_p_true  # noqa: E402
+from bench._common import (  # noqa: E402
+    load,
+    log_p_true,
+    media_world,
+)
 from labeling import SimulatedAnnotator, dawid_skene, simulate_answers  # noqa: E402
 from pipelines.datasets import example_id, to_examples  # noqa: E402
 
 POLICIES = typing.get_args(typing.get_type_hints(WeightPolicy)["negative"])  # every policy the library has
 LIBRARY = "net+credit"  # what the pipeline pays: 'net' with the ingest's example_credit (copies earn once)
 PIVOTAL = "pivotal"  # net+credit, labelers paid by how much each answer moved its example's consensus
+VALUED = "valued"  # pivotal, each move valued by what the label it displaced was probably worth
+BY_MOVES = (PIVOTAL, VALUED)  # net+credit with labelers=<the name>
 MAX_VALIDATION, MAX_POOL = 300, 1500  # real rows: validation set, then the providers' pool
+MEDIA_VALIDATION, MEDIA_POOL = 200, 800  # --kind text|image: synthetic rows (a run takes minutes)
 PER_EXAMPLE = 3  # answers per example
 EPOCH = datetime(2025, 1, 1, tzinfo=UTC)
 
@@ -133,8 +146,9 @@ class World:
     classes: list[str]
     examples: pa.Table  # example_id, provider, x (features, raw scale), in registration order
     annotations: pa.Table  # labeling.ANNOTATIONS
-    xv: np.ndarray  # validation features, raw scale
+    xv: np.ndarray  # validation features, raw scale (text/image: empty, the rows are in media)
     yv: list[str]  # validation true labels
+    media: media_world.Media | None = None  # --kind text|image: the recipe's model and encoded rows
 
     @property
     def provider(self) -> np.ndarray:
@@ -215,6 +229,64 @@ def build_world(x: np.ndarray, y: np.ndarray, seed: int) -> World:
                  x[val], [classes[v] for v in y[val]])
 
 
+def build_media_world(kind: str, seed: int) -> World:
+    """The same providers and labelers over synthetic text or image payloads (``media_world``)."""
+    rng = np.random.default_rng(seed)
+    n_val, n_pool = MEDIA_VALIDATION, MEDIA_POOL
+    values, y = media_world.raw_values(kind, n_val + n_pool, seed)
+    classes = [str(c) for c in range(media_world.N_CLASSES)]
+    pool = np.arange(n_val, n_val + n_pool)
+    flood_base = [int(pool[np.flatnonzero(y[pool] == c)[0]]) for c in range(len(classes))][:5]
+    rest = np.setdiff1d(pool, flood_base)
+    rest = rest[rng.permutation(len(rest))]
+    real = {p.name: round(p.share * n_pool) for p in PROVIDERS if p.source == "real"}
+    real[PROVIDERS[0].name] = len(rest) - sum(real.values())
+    corpus = [values[i] for i in rest] if kind == "text" else []
+    payload, truth, owner, start = [], [], [], 0
+    by_name: dict[str, tuple[list, np.ndarray]] = {}
+    seen: set = set()
+
+    def unique(make, k: int) -> list:  # near-copies must not be exact copies of each other
+        out = []
+        while len(out) < k:
+            v = make(len(out))
+            if v not in seen:
+                seen.add(v)
+                out.append(v)
+        return out
+
+    for p in PROVIDERS:
+        if p.name in real:
+            idx = rest[start : start + real[p.name]]
+            start += len(idx)
+            vs = [values[i] for i in idx]
+            vs = media_world.noised(kind, vs, p.noise, rng, corpus) if p.noise else vs
+            ys = y[idx]
+        elif p.source == "copy":
+            base, ys = by_name[p.copy_of]
+            vs = unique(lambda i, base=base: media_world.light_copy(kind, base[i], rng), len(base))
+        elif p.source == "junk":
+            k = max(10, round(p.share * n_pool))
+            vs, ys = media_world.junk(kind, k, rng), rng.integers(0, len(classes), k)
+        else:  # flood
+            k = max(10 * len(flood_base), round(p.share * n_pool))
+            pick = np.resize(np.asarray(flood_base), k)
+            vs = unique(lambda i, pick=pick: media_world.light_copy(kind, values[pick[i]], rng), k)
+            ys = y[pick]
+        seen.update(vs)
+        by_name[p.name] = (vs, ys)
+        payload += vs
+        truth += [classes[v] for v in ys]
+        owner += [p.name] * len(vs)
+    ids = [f"{p}/{i:05d}" for i, p in enumerate(owner)]
+    column = media_world.COLUMN[kind]
+    examples = pa.table({"example_id": ids, "provider": owner,
+                         column: pa.array(payload, pa.string() if kind == "text" else pa.binary())})
+    media = media_world.prepare(kind, payload, list(values[:n_val]), y[:n_val])
+    return World(classes, examples, annotate(dict(zip(ids, truth, strict=True)), classes, seed),
+                 np.zeros((0, 0)), [classes[v] for v in y[:n_val]], media)
+
+
 def annotate(truth: dict[str, str], classes: list[str], seed: int) -> pa.Table:
     """``PER_EXAMPLE`` answers per example from the simulated labelers (``labeling.simulate_answers``)."""
     # the random labeler is "right" with chance 1/c and else uniformly wrong: uniform over all classes
@@ -248,6 +320,7 @@ class Variant:
     y: np.ndarray
     xv: np.ndarray
     yv: np.ndarray
+    media: media_world.Media | None = None  # text/image: x holds row positions in the world's examples
 
 
 def variant(world: World, keep_examples: np.ndarray | None = None, drop_labeler: str | None = None
@@ -260,6 +333,10 @@ def variant(world: World, keep_examples: np.ndarray | None = None, drop_labeler:
         ann = ann.filter(pc.not_equal(ann["annotator"], drop_labeler))
     consensus = dawid_skene(ann).consensus
     label = dict(zip(consensus["example_id"].to_pylist(), consensus["label"].to_pylist(), strict=True))
+    if world.media is not None:
+        keep = np.arange(world.examples.num_rows) if keep_examples is None else np.flatnonzero(keep_examples)
+        y = np.asarray([world.classes.index(label[e]) for e in examples["example_id"].to_pylist()])
+        return Variant(examples, consensus, keep, y, np.zeros((0, 0)), np.asarray([]), world.media)
     enc = InputEncoding.fit(examples, world.classes)
     y = enc.label_indices([label[e] for e in examples["example_id"].to_pylist()])
     return Variant(examples, consensus, enc.transform(examples).astype(np.float32), y,
@@ -267,6 +344,8 @@ def variant(world: World, keep_examples: np.ndarray | None = None, drop_labeler:
 
 
 def val_loss(task: AttributionTask, v: Variant, seed: int) -> float:
+    if v.media is not None:
+        return v.media.val_loss(v.x, v.y, seed)
     return float(-log_p_true(train_plain(task, v.x, v.y, seed=seed), v.xv, v.yv).mean())
 
 
@@ -313,12 +392,17 @@ def rho(a, b) -> float:
 # ---------------------------------------------------------------- candidates (not in the library)
 
 
-def copy_owners(full: Variant, world: World) -> tuple[np.ndarray, np.ndarray]:
+def copy_owners(full: Variant, world: World, credit: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """Each example's first registrant: an example within a quarter of the typical distance of an
     earlier-registered provider's example is a copy, credited to that provider. The typical distance
     is the median, over examples, of the distance to the nearest earlier-registered example (most
     examples are not copies, so the threshold scales with the data, not with digits)."""
     owner = world.provider
+    if full.media is not None:  # no feature space of our own: the ingest's grouping names the owners
+        paid = dict(zip(credit["example_id"].to_pylist(), credit["provider"].to_pylist(), strict=True))
+        first = np.asarray([paid.get(e, o) for e, o in zip(world.examples["example_id"].to_pylist(), owner,
+                                                             strict=True)])
+        return first, first != owner
     order = [p.name for p in PROVIDERS]
     dist, nearest = np.full(len(owner), np.inf), np.arange(len(owner))
     for k, name in enumerate(order[1:], start=1):
@@ -339,11 +423,12 @@ def library_credit(world: World) -> tuple[pa.Table, dict]:
     source registered an hour after the previous one, in ``PROVIDERS`` order): its ``example_credit``
     keyed by the bench's example ids, and how it grouped (the ingest record's ``duplicates``)."""
     owner = world.examples["provider"].to_pylist()
-    raw = pa.table({"x": world.examples["x"], "provider": owner, "source": owner})
+    column = media_world.COLUMN[world.media.kind] if world.media is not None else "x"
+    raw = pa.table({column: world.examples[column], "provider": owner, "source": owner})
     times = {p.name: (EPOCH + timedelta(hours=k)).strftime("%Y-%m-%dT%H:%M:%SZ")
              for k, p in enumerate(PROVIDERS)}
     _, report = to_examples(raw, times)
-    content = [example_id(r) for r in raw.select(["x"]).to_pylist()]
+    content = [example_id(r) for r in raw.select([column]).to_pylist()]
     if len(set(content)) != len(content):
         sys.exit("error: the world holds exact copies; the bench's ids cannot map to content ids")
     bench_id = dict(zip(content, world.examples["example_id"].to_pylist(), strict=True))
@@ -372,19 +457,24 @@ def address(contributor: str) -> str:
 def pay_run(task, world: World, full: Variant, seed: int, owners: np.ndarray, credit: pa.Table):
     """One attributed training run: bps per contributor under every policy, the library's default
     (``LIBRARY``) and the candidate, and the signed score sums (before any floor)."""
-    res = train_with_attribution(task, full.x, full.y, full.examples["example_id"].to_pylist(), full.xv,
-                                 full.yv, seed=seed, with_features=False)
+    ids = full.examples["example_id"].to_pylist()
+    if full.media is not None:
+        res = full.media.attributed(full.x, full.y, ids, seed)
+    else:
+        res = train_with_attribution(task, full.x, full.y, ids, full.xv, full.yv, seed=seed,
+                                     with_features=False)
     names = [p.name for p in PROVIDERS] + [n for n, _, _ in LABELERS]
     addresses = {n: address(n) for n in names}
     at = world.examples.column_names.index("provider")
     dedup = world.examples.set_column(at, "provider", pa.array(owners))  # copies credited to the original
     pay = {}
-    for kind in [*POLICIES, LIBRARY, PIVOTAL, "candidate"]:
-        policy = WeightPolicy(negative="net" if kind in (LIBRARY, PIVOTAL, "candidate") else kind,
-                              labelers="pivotal" if kind == PIVOTAL else "agree")
+    for kind in [*POLICIES, LIBRARY, *BY_MOVES, "candidate"]:
+        policy = WeightPolicy(negative="net" if kind in (LIBRARY, *BY_MOVES, "candidate") else kind,
+                              labelers=kind if kind in BY_MOVES else "agree")
         examples = dedup if kind == "candidate" else world.examples
         table = contributor_weights(res.example_attribution, examples, world.annotations, full.consensus,
-                                    addresses, policy, credit=credit if kind in (LIBRARY, PIVOTAL) else None)
+                                    addresses, policy,
+                                    credit=credit if kind in (LIBRARY, *BY_MOVES) else None)
         pay[kind] = dict(zip(table["contributor"].to_pylist(), table["weight_bps"].to_pylist(), strict=True))
     split = ContributorSplit.build(world.examples, world.annotations, full.consensus, addresses)
     aligned = split.scores_vector(res.example_attribution)
@@ -448,29 +538,12 @@ def detection(owner: np.ndarray, in_group: np.ndarray, near_dup: np.ndarray, out
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", help="Parquet file with numeric feature columns and a label column")
-    ap.add_argument("--label-col", help="name of the label column in --data")
-    ap.add_argument("--kind", choices=("tabular",), default="tabular",
-                    help="only numeric feature columns (tabular) are supported")
-    ap.add_argument("--seeds", type=int, default=4, help="training seeds of the ground truth (>= 4)")
-    ap.add_argument("--pay-runs", type=int, default=4,
-                    help="attributed runs (other seeds) for the pay's own spread; the first one is reported")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the world (split, faults, answers)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (the models are tiny)")
-    args = ap.parse_args()
-    if args.data and not Path(args.data).is_file():
-        sys.exit(f"error: --data {args.data} is not a file")
-    if args.seeds < 2 or args.pay_runs < 1:
-        sys.exit("error: --seeds must be >= 2 (>= 4 for figures) and --pay-runs >= 1")
-    torch.set_num_threads(args.threads)
-    t_start = time.perf_counter()
+def tabular_world(args) -> tuple[World, AttributionTask]:
+    """The world over ``--data`` (or digits) and the MLP task; prints what they are."""
     x, y = load(args.data, args.label_col)
     if len(np.unique(y)) < 3:
         sys.exit("error: the label column needs >= 3 classes (random and adversarial labelers differ)")
     world = build_world(x, y, args.seed)
-    owner = world.provider
     c = len(world.classes)
     task = AttributionTask(
         ModelSpec((x.shape[1], 64, c)),
@@ -486,9 +559,46 @@ def main() -> None:
           "inputs standardized on the training rows (InputEncoding, refitted for every retrain); labels = "
           f"Dawid-Skene consensus of {PER_EXAMPLE} answers per example (refitted for every retrain)",
           flush=True)
+    return world, task
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", help="Parquet file with numeric feature columns and a label column")
+    ap.add_argument("--label-col", help="name of the label column in --data")
+    ap.add_argument("--kind", choices=("tabular", "text", "image"), default="tabular",
+                    help="tabular: numeric features (--data or digits), an MLP; text / image: synthetic "
+                         "sentences / 32x32 PNGs made here, the text-transformer / image-cnn recipes")
+    ap.add_argument("--seeds", type=int, default=4, help="training seeds of the ground truth (>= 4)")
+    ap.add_argument("--pay-runs", type=int, default=4,
+                    help="attributed runs (other seeds) for the pay's own spread; the first one is reported")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the world (split, faults, answers)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (the models are tiny)")
+    args = ap.parse_args()
+    if args.kind != "tabular" and args.data:
+        sys.exit(f"error: --kind {args.kind} makes its own data; --data is for --kind tabular")
+    if args.data and not Path(args.data).is_file():
+        sys.exit(f"error: --data {args.data} is not a file")
+    if args.seeds < 2 or args.pay_runs < 1:
+        sys.exit("error: --seeds must be >= 2 (>= 4 for figures) and --pay-runs >= 1")
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    if args.kind == "tabular":
+        world, task = tabular_world(args)
+    else:
+        world, task = build_media_world(args.kind, args.seed), None
+        media, cfg = world.media, world.media.task.config
+        print(f"data: synthetic {args.kind} ({len(world.yv)} validation rows, true labels; training "
+              f"{world.examples.num_rows} examples, {len(world.classes)} classes); torch threads "
+              f"{torch.get_num_threads()}", flush=True)
+        print(f"model: the {media.task.name} recipe {media.sizes}, SGD lr {cfg.lr} ({cfg.lr_schedule} "
+              f"decay), batch {cfg.batch_size}; labels = Dawid-Skene consensus of {PER_EXAMPLE} answers "
+              "per example (refitted for every retrain)", flush=True)
+    owner = world.provider
     print("providers (in registration order):")
     for p in PROVIDERS:
-        print(f"  {p.name:<9} {int((owner == p.name).sum()):>5} examples  {p.what}{'  [faulty]' * p.faulty}")
+        what = media_world.WHAT.get(p.name, p.what) if world.media else p.what
+        print(f"  {p.name:<9} {int((owner == p.name).sum()):>5} examples  {what}{'  [faulty]' * p.faulty}")
     ann_by = world.annotations["annotator"].to_pylist()
     print("labelers:")
     for name, acc, faulty in LABELERS:
@@ -509,17 +619,17 @@ def main() -> None:
           f"providers {ceil['provider']:.3f}, labelers {ceil['labeler']:.3f}", flush=True)
 
     print("== pay: training with per-step attribution against the validation targets", flush=True)
-    owners, flagged = copy_owners(full, world)
     credit, grouping = library_credit(world)
+    owners, flagged = copy_owners(full, world, credit)
     t0 = time.perf_counter()
     runs = [pay_run(task, world, full, 1000 + args.seed + r, owners, credit) for r in range(args.pay_runs)]
     pay_s = (time.perf_counter() - t0) / args.pay_runs
     pay, signed = runs[0]
-    kinds = [*POLICIES, LIBRARY, PIVOTAL, "candidate"]
+    kinds = [*POLICIES, LIBRARY, *BY_MOVES, "candidate"]
     print(f"  one attributed run: {pay_s:.1f}s (seed {1000 + args.seed}, not one of the truth's seeds); "
           f"{len(runs) - 1} more at other seeds for the pay's own spread")
     print("  contributor        truth x1e3 (mean +- sd)   signed score  "
-          + "  ".join(f"{k:>5} bps" if k not in (LIBRARY, PIVOTAL, "candidate")
+          + "  ".join(f"{k:>5} bps" if k not in (LIBRARY, *BY_MOVES, "candidate")
                       else f"{k:>9}*" for k in kinds))
     for names in roles.values():
         for name in names:
@@ -537,7 +647,9 @@ def main() -> None:
                  f"library default {LIBRARY!r}: 'net' with the ingest's example_credit (the pipeline's pay)"
                  if kind == LIBRARY else
                  f"{PIVOTAL!r}: {LIBRARY!r} with labelers='pivotal' (each answer paid by how much it moved "
-                 "its example's consensus)" if kind == PIVOTAL else f"policy negative={kind!r}")
+                 "its example's consensus)" if kind == PIVOTAL else
+                 f"{VALUED!r}: {LIBRARY!r} with labelers='valued' (each move valued by what the label it "
+                 "displaced was probably worth)" if kind == VALUED else f"policy negative={kind!r}")
         print(f"== {title}", flush=True)
         for role, names in roles.items():
             want = [truth_mean[n] for n in names]
@@ -571,11 +683,16 @@ def main() -> None:
           f"{int(in_group[flood].sum())}/{int(flood.sum())} flooder, "
           f"{int(in_group[rest].sum())}/{int(rest.sum())} other examples; unpaid providers "
           f"{grouping['unpaid_providers']}")
-    print("  candidate: 'net', after crediting each near-copy to its first registrant (nearest example of an "
-          "earlier-registered provider closer than 0.25x the median such distance: "
+    how = ("the ingest's grouping, as text and images have no features of the bench's own" if world.media else
+           "nearest example of an earlier-registered provider closer than 0.25x the median such distance")
+    print(f"  candidate: 'net', after crediting each near-copy to its first registrant ({how}: "
           f"{int(flagged[copies].sum())}/{int(copies.sum())} copycat examples caught, "
           f"{int(flagged[~copies].sum())} other examples flagged)")
-    found = detection(owner, in_group, *datalab_flags(task, full, 1000 + args.seed))
+    if world.media is None:
+        found = detection(owner, in_group, *datalab_flags(task, full, 1000 + args.seed))
+    else:
+        found = {"skipped": "cleanlab Datalab runs on the tabular features only"}
+        print(f"== detection: {found['skipped']}")
     print("== context")
     for role, names in roles.items():
         r = rho([signed.get(n, 0.0) for n in names], [truth_mean[n] for n in names])

@@ -3,16 +3,26 @@ registered them first (the ``example_credit`` contract, ``schemas.CREDIT_SCHEMA`
 
 - Exact copies share an ``example_id`` (the sha256 of the canonical payload). The examples table
   keeps one row of each content: the row of the source registered first (ties by provider name).
-- Near-duplicates, for numeric payloads only (numeric columns and fixed-width lists of numbers,
-  e.g. tabular features or pixel arrays): every payload feature is standardized (centred, divided
-  by its standard deviation over the distinct examples), and two examples closer (Euclidean) than
-  ``NEAR_FRACTION`` of the data's own median nearest-neighbour distance are linked; a group is a
-  connected set of links. The scale is each example's distance to the nearest example of another
-  provider (median over examples), so a provider flooding copies of its own examples cannot shrink
-  it; a known limit: when near-copies and their originals make up more than half of all examples,
-  the median falls to the copies' spacing and most copies go ungrouped.
-  Text and image payloads (strings, bytes, file references) get exact-copy grouping only, until
-  embeddings exist to measure their distance.
+- Near-duplicates, by payload kind; two examples are linked when closer than a threshold and a group
+  is a connected set of links. The threshold scales with the data's own spacing: each example's
+  distance to the nearest example of *another* provider (median over examples), so a provider
+  flooding copies of its own examples cannot shrink it; a known limit: when near-copies and their
+  originals make up more than half of all examples, the median falls to the copies' spacing and most
+  copies go ungrouped.
+  - numeric (numeric columns and fixed-width lists of numbers, e.g. tabular features or pixel
+    arrays): every feature standardized (centred, divided by its standard deviation over the distinct
+    examples), Euclidean distance, linked under ``NEAR_FRACTION`` of the spacing;
+  - text (``string`` columns, joined in name order): lowercased, punctuation dropped, whitespace
+    collapsed, then TF-IDF over character 3-5-grams (scikit-learn); cosine distance, linked under
+    ``TEXT_FRACTION`` of the spacing and never above ``TEXT_MAX_DISTANCE`` (cosine similarity 0.8),
+    so a case, punctuation or one-word edit of a sentence is caught while distinct texts of a dense
+    corpus are not;
+  - image (``binary`` columns of PNG/JPEG bytes): decoded with Pillow to grayscale, shrunk to at
+    most 128 px, a 3x3 median filter (a few changed pixels vanish), then a 16x16 box-filtered
+    thumbnail (JPEG re-compression noise averages out); Euclidean distance on gray levels (one
+    unit for every feature: not standardized), linked under ``NEAR_FRACTION`` of the spacing.
+    Bytes that do not decode are grouped with nothing (counted in the record).
+  Mixed kinds (text beside numbers, say) get exact-copy grouping only.
 - A group of ``m`` distinct examples earns the mean of its members' scores, once: each member's
   credit weighs ``1/m``, all of it paid to the provider(s) of the member(s) registered first.
   Providers whose sources were registered at the same time share equally. Copies therefore
@@ -25,6 +35,8 @@ same credit table bytes, whatever their input order.
 
 from __future__ import annotations
 
+import io
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,9 +44,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from scipy.sparse import coo_matrix
+from PIL import Image, ImageFilter, UnidentifiedImageError
+from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.neighbors import NearestNeighbors
 
 from schemas import CREDIT_SCHEMA
 
@@ -49,7 +64,24 @@ NEAR_METHOD = (
     "distance from an example to the nearest example of another provider are linked; a group is a "
     "connected set of links"
 )
-NOT_NUMERIC = "exact copies only: text/image payloads get near-duplicate grouping once embeddings exist"
+TEXT_FRACTION = 0.5  # of the median nearest-other-provider cosine distance
+TEXT_MAX_DISTANCE = 0.2  # cosine similarity >= 0.8 at the loosest
+TEXT_NGRAMS = (3, 5)
+TEXT_METHOD = (
+    "text payload lowercased, punctuation dropped, whitespace collapsed; TF-IDF (sublinear tf) over "
+    "character n-grams; examples closer (cosine distance) than min(max_distance, fraction x the median "
+    "distance from an example to the nearest example of another provider) are linked; a group is a "
+    "connected set of links"
+)
+IMAGE_SIDE = 16  # thumbnail side, pixels
+IMAGE_MAX_SIDE = 128  # images are shrunk to at most this before the median filter
+IMAGE_METHOD = (
+    "image payload decoded (Pillow) to grayscale, shrunk to at most max_side px, 3x3 median filter, "
+    "box-filtered to a side x side thumbnail; examples closer (euclidean, gray levels) than fraction x the "
+    "median distance from an example to the nearest example of another provider are linked; a group is a "
+    "connected set of links"
+)
+NOT_NUMERIC = "exact copies only"
 
 
 @dataclass(frozen=True)
@@ -92,14 +124,7 @@ def group_duplicates(
     ``claimants[i]`` is example i's earliest registration time and the providers that registered
     its content then (sorted); ``exact`` is (groups, copies, shared) of the exact-copy pass.
     """
-    n = examples.num_rows
-    matrix, why_not = numeric_payload(examples, payload)
-    labels = np.arange(n)
-    if matrix is not None and n >= 3:
-        owner = np.asarray(examples["provider"].to_pylist(), dtype=object).astype(str)
-        labels, near = _near_groups(matrix, owner, fraction)
-    else:
-        near = {"method": "none", "reason": why_not or "fewer than 3 examples"}
+    labels, near = near_groups(examples, payload, fraction)
     members: dict[int, list[int]] = {}
     for i, g in enumerate(labels.tolist()):
         members.setdefault(g, []).append(i)
@@ -124,6 +149,39 @@ def group_duplicates(
         unpaid=tuple(p for p in everyone if p not in paid),
         providers=everyone,
     )
+
+
+def near_groups(
+    examples: pa.Table, payload: Sequence[str], fraction: float = NEAR_FRACTION
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Each example's near-duplicate group label, and how it was grouped (the record's ``near``):
+    numeric, text or image payloads by their own distance; anything else each example on its own.
+    ``fraction`` scales the numeric and image thresholds (text has its own, ``TEXT_FRACTION``)."""
+    n = examples.num_rows
+    alone = np.arange(n)
+    if n < 3:
+        return alone, {"method": "none", "reason": "fewer than 3 examples"}
+    owner = np.asarray(examples["provider"].to_pylist(), dtype=object).astype(str)
+    kind = payload_kind(examples, payload)
+    if kind == "text":
+        return _text_groups(_texts(examples, payload), owner)
+    if kind == "image":
+        return _image_groups(examples, payload, owner, fraction)
+    matrix, why_not = numeric_payload(examples, payload)
+    if matrix is None:
+        return alone, {"method": "none", "reason": why_not}
+    return _near_groups(matrix, owner, fraction)
+
+
+def payload_kind(table: pa.Table, payload: Sequence[str]) -> str:
+    """``text`` when every payload column is a string, ``image`` when every one is binary (PNG/JPEG
+    bytes, the image contract), else ``numeric`` (checked by ``numeric_payload``)."""
+    types = [table.schema.field(name).type for name in payload]
+    if types and all(pa.types.is_string(t) or pa.types.is_large_string(t) for t in types):
+        return "text"
+    if types and all(pa.types.is_binary(t) or pa.types.is_large_binary(t) for t in types):
+        return "image"
+    return "numeric"
 
 
 def numeric_payload(table: pa.Table, payload: Sequence[str]) -> tuple[np.ndarray | None, str | None]:
@@ -160,28 +218,128 @@ def numeric_payload(table: pa.Table, payload: Sequence[str]) -> tuple[np.ndarray
     return x, None
 
 
-def _near_groups(x: np.ndarray, owner: np.ndarray, fraction: float) -> tuple[np.ndarray, dict[str, Any]]:
+def _near_groups(
+    x: np.ndarray, owner: np.ndarray, fraction: float, standardize: bool = True
+) -> tuple[np.ndarray, dict[str, Any]]:
     sd = x.std(axis=0)
-    z = (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+    z = (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0) if standardize else x
     tree = cKDTree(z)
     median = float(np.median(_spacing(z, owner, tree)))
     threshold = fraction * median
     pairs = tree.query_pairs(threshold, output_type="ndarray") if threshold > 0 else np.zeros((0, 2), int)
     if len(pairs):  # strictly closer than the threshold
         pairs = pairs[np.linalg.norm(z[pairs[:, 0]] - z[pairs[:, 1]], axis=1) < threshold]
-    n = len(z)
-    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
-    _, labels = connected_components(graph, directed=False)
-    sizes = np.bincount(labels)
+    labels, near = _components(pairs, len(z))
     return labels, {
         "method": NEAR_METHOD,
         "fraction": fraction,
         "median_nn_distance": _sig(median),
         "threshold": _sig(threshold),
         "features": int(z.shape[1]),
-        "groups": int((sizes > 1).sum()),
-        "copies": int((sizes[sizes > 1] - 1).sum()),
+        **near,
     }
+
+
+def _texts(table: pa.Table, payload: Sequence[str]) -> list[str]:
+    """One text per example: its string columns in name order, a missing value as empty."""
+    columns = [table[name].to_pylist() for name in sorted(payload)]
+    return ["\n".join(v or "" for v in row) for row in zip(*columns, strict=True)]
+
+
+def _normalized(text: str) -> str:
+    """Case, punctuation and spacing are not content."""
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def _text_groups(texts: list[str], owner: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    n = len(texts)
+    vectorizer = TfidfVectorizer(analyzer="char", ngram_range=TEXT_NGRAMS, preprocessor=_normalized,
+                                 sublinear_tf=True, dtype=np.float64)
+    try:
+        x = vectorizer.fit_transform(texts)
+    except ValueError:  # no text long enough for one n-gram
+        return np.arange(n), {"method": "none", "reason": "no text has 3 characters besides punctuation"}
+    median = float(np.median(_spacing_cosine(x, owner)))
+    threshold = min(TEXT_MAX_DISTANCE, TEXT_FRACTION * median)
+    graph = NearestNeighbors(metric="cosine", algorithm="brute").fit(x).radius_neighbors_graph(
+        x, radius=threshold, mode="distance", sort_results=True
+    )
+    links = graph.tocoo()
+    close = links.data < threshold  # strictly closer; stored zeros (identical vectors) stay links
+    pairs = np.column_stack([links.row[close], links.col[close]])
+    labels, near = _components(pairs, n)
+    return labels, {
+        "method": TEXT_METHOD,
+        "analyzer": "char",
+        "ngram_range": list(TEXT_NGRAMS),
+        "fraction": TEXT_FRACTION,
+        "max_distance": TEXT_MAX_DISTANCE,
+        "median_nn_distance": _sig(median),
+        "threshold": _sig(threshold),
+        "features": int(x.shape[1]),
+        **near,
+    }
+
+
+def _spacing_cosine(x: csr_matrix, owner: np.ndarray) -> np.ndarray:
+    """``_spacing`` in cosine distance over sparse rows."""
+    names = np.unique(owner)
+    if len(names) < 2:
+        index = NearestNeighbors(n_neighbors=2, metric="cosine", algorithm="brute").fit(x)
+        return index.kneighbors(x)[0][:, 1]
+    out = np.empty(x.shape[0])
+    for name in names.tolist():
+        mine = owner == name
+        index = NearestNeighbors(n_neighbors=1, metric="cosine", algorithm="brute").fit(x[~mine])
+        out[mine] = index.kneighbors(x[mine])[0][:, 0]
+    return out
+
+
+def _image_groups(
+    table: pa.Table, payload: Sequence[str], owner: np.ndarray, fraction: float
+) -> tuple[np.ndarray, dict[str, Any]]:
+    n = table.num_rows
+    columns = [table[name].to_pylist() for name in sorted(payload)]
+    rows = [[_thumbnail(v) for v in row] for row in zip(*columns, strict=True)]
+    ok = np.array([all(t is not None for t in row) for row in rows])
+    labels = np.arange(n)
+    if ok.sum() < 3:
+        bad = int(n - ok.sum())
+        return labels, {"method": "none", "reason": f"fewer than 3 decodable images ({bad} not PNG/JPEG)"}
+    x = np.array([np.concatenate(row) for row, good in zip(rows, ok, strict=True) if good])
+    sub, near = _near_groups(x, owner[ok], fraction, standardize=False)
+    labels[ok] = np.flatnonzero(ok)[sub]  # distinct labels, none an undecodable row's own
+    return labels, {
+        **near,
+        "method": IMAGE_METHOD,
+        "side": IMAGE_SIDE,
+        "max_side": IMAGE_MAX_SIDE,
+        "undecodable": int(n - ok.sum()),
+    }
+
+
+def _thumbnail(data: bytes | None) -> np.ndarray | None:
+    """The gray levels of a small, denoised thumbnail, or None when the bytes are not an image."""
+    if data is None:
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.draft("L", (IMAGE_MAX_SIDE, IMAGE_MAX_SIDE))  # a large JPEG decodes at a fraction of its size
+            gray = img.convert("L")
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        return None
+    if max(gray.size) > IMAGE_MAX_SIDE:
+        gray = gray.resize((IMAGE_MAX_SIDE, IMAGE_MAX_SIDE), Image.Resampling.BOX)
+    gray = gray.filter(ImageFilter.MedianFilter(3)).resize((IMAGE_SIDE, IMAGE_SIDE), Image.Resampling.BOX)
+    return np.asarray(gray, dtype=np.float64).ravel()
+
+
+def _components(pairs: np.ndarray, n: int) -> tuple[np.ndarray, dict[str, int]]:
+    """Group labels of the connected sets of ``pairs``, and how many groups and copies they make."""
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    sizes = np.bincount(labels)
+    return labels, {"groups": int((sizes > 1).sum()), "copies": int((sizes[sizes > 1] - 1).sum())}
 
 
 def _spacing(z: np.ndarray, owner: np.ndarray, tree: cKDTree) -> np.ndarray:

@@ -33,7 +33,7 @@ class WeightingConfig(dg.Config):
 
     provider_share_bps: int = 7000
     negative: str = "net"  # a contributor whose data or labels hurt the model earns nothing
-    labelers: str = "agree"  # or "pivotal": each answer paid by how much it moved its example's consensus
+    labelers: str = "agree"  # or "pivotal" / "valued" (attribution.WeightPolicy): paid by consensus moved
     label_smoothing: float = 1.0  # "pivotal": pseudo-count of the confusion estimates
 
 

@@ -177,7 +177,7 @@ def split_cases(draw):
         provider_share_bps=draw(st.one_of(st.sampled_from([0, 7000, 10_000]), st.integers(0, 10_000))),
         negative=draw(st.sampled_from(["clip", "net"])),
         score_digits=draw(st.one_of(st.just(8), st.integers(1, 15))),
-        labelers=draw(st.sampled_from(["agree", "pivotal"])),
+        labelers=draw(st.sampled_from(["agree", "pivotal", "valued"])),
     )
     order = draw(st.permutations(range(n)))[: draw(st.integers(1, n))]  # any order, maybe a subset
     n_queries = draw(st.integers(1, 5))
@@ -371,6 +371,8 @@ def test_serving_splits_pay_by_the_credit_table_too():
 # ---------------------------------------------------------------- labelers='pivotal'
 
 PIVOTAL = WeightPolicy(labelers="pivotal")
+VALUED = WeightPolicy(labelers="valued")
+BY_MOVES = pytest.mark.parametrize("policy", [PIVOTAL, VALUED], ids=["pivotal", "valued"])
 
 
 def _pivot_tables(rows):
@@ -391,14 +393,15 @@ def _labeler_pay(tables, policy=PIVOTAL):
             {r["contributor"]: r["score"] for r in out if r["role"] == "labeler"})
 
 
-def test_pivotal_answer_earns_more_than_a_redundant_one():
+@BY_MOVES
+def test_pivotal_answer_earns_more_than_a_redundant_one(policy):
     # c5, c6, c7 always right, together on e0..e9: each answer is redundant (the other two settle
     # the label). c8 always right too, but alone with the constant c9 (no information) on e10..e19:
     # each of its answers decides the label. Same count, same accuracy, same example scores.
     label = ["a", "b"] * 10
     rows = [(1.0, label[i], [("c5", label[i]), ("c6", label[i]), ("c7", label[i])]) for i in range(10)]
     rows += [(1.0, label[i], [("c8", label[i]), ("c9", "a")]) for i in range(10, 20)]
-    pay, _ = _labeler_pay(_pivot_tables(rows))
+    pay, _ = _labeler_pay(_pivot_tables(rows), policy)
     assert pay["c8"] > 3 * pay["c5"] > 0
     assert max(pay[c] for c in ("c5", "c6", "c7")) - min(pay[c] for c in ("c5", "c6", "c7")) <= 1  # rounding
     assert pay["c9"] == 0  # the constant labeler
@@ -407,21 +410,23 @@ def test_pivotal_answer_earns_more_than_a_redundant_one():
     assert agree["c9"] > 0 and agree["c8"] < 3 * agree["c5"]
 
 
-def test_an_answer_that_flipped_consensus_wrong_earns_nothing():
+@BY_MOVES
+def test_an_answer_that_flipped_consensus_wrong_earns_nothing(policy):
     # e0..e7 settled by c5 and c6; on e8 c7's answer alone made the consensus 'b', and the
     # example's score says that label hurt the model: c7 earns 0 bps and its score is negative
     rows = [(1.0, lab, [("c5", lab), ("c6", lab)]) for lab in ["a", "b"] * 4]
     rows.append((-2.0, "b", [("c7", "b")]))
-    pay, score = _labeler_pay(_pivot_tables(rows))
+    pay, score = _labeler_pay(_pivot_tables(rows), policy)
     assert pay["c7"] == 0 and score["c7"] < 0
     assert pay["c5"] + pay["c6"] == 3000
     # the same answer behind a label that helped earns
     rows[-1] = (2.0, "b", [("c7", "b")])
-    pay, score = _labeler_pay(_pivot_tables(rows))
+    pay, score = _labeler_pay(_pivot_tables(rows), policy)
     assert pay["c7"] > 0 and score["c7"] > 0
 
 
-def test_constant_and_random_labelers_earn_about_nothing():
+@BY_MOVES
+def test_constant_and_random_labelers_earn_about_nothing(policy):
     # c5 and c6 right on every example; c7 always answers 'a'; c8 answers independently of the
     # truth (each class's examples get each of the three answers equally often)
     rng = np.random.default_rng(3)
@@ -431,12 +436,13 @@ def test_constant_and_random_labelers_earn_about_nothing():
         rows.append((float(rng.uniform(0.2, 2.0)), lab,
                      [("c5", lab), ("c6", lab), ("c7", "a"), ("c8", "abc"[(i // 3) % 3])]))
     rows += [(1.0, lab, [("c5", lab)]) for lab in labels[:6]]  # c5 alone: pivotal
-    pay, _ = _labeler_pay(_pivot_tables(rows))
+    pay, _ = _labeler_pay(_pivot_tables(rows), policy)
     assert pay["c7"] <= 30 and pay["c8"] <= 30  # of the labelers' 3,000
     assert pay["c5"] > pay["c6"] > 0
 
 
-def test_pivotal_is_deterministic_order_free_and_replayable():
+@BY_MOVES
+def test_pivotal_is_deterministic_order_free_and_replayable(policy):
     rng = np.random.default_rng(0)
     rows = []
     for _ in range(40):
@@ -446,32 +452,69 @@ def test_pivotal_is_deterministic_order_free_and_replayable():
                    if rng.random() < 0.6]
         rows.append((float(rng.normal()), lab, answers))
     tables = _pivot_tables(rows)
-    out = contributor_weights(*tables, ADDR, PIVOTAL)
+    out = contributor_weights(*tables, ADDR, policy)
     assert sum(out["weight_bps"].to_pylist()) == 10_000
-    assert contributor_weights(*tables, ADDR, PIVOTAL).equals(out)
-    assert contributor_weights(*(_permuted(t, 7) for t in tables), ADDR, PIVOTAL).equals(out)
+    assert contributor_weights(*tables, ADDR, policy).equals(out)
+    assert contributor_weights(*(_permuted(t, 7) for t in tables), ADDR, policy).equals(out)
     # the weighting record names the policy; a replay reads it back and gets the same table
     from dataclasses import asdict
 
-    again = WeightPolicy.from_params(asdict(PIVOTAL))
-    assert again == PIVOTAL and contributor_weights(*tables, ADDR, again).equals(out)
+    again = WeightPolicy.from_params(asdict(policy))
+    assert again == policy and contributor_weights(*tables, ADDR, again).equals(out)
 
 
-def test_a_label_changed_later_counts_once_as_its_latest_answer():
+@BY_MOVES
+def test_a_label_changed_later_counts_once_as_its_latest_answer(policy):
     rows = [(1.0, lab, [("c5", lab), ("c6", lab)]) for lab in ["a", "b"] * 4]
     base = _pivot_tables(rows)
     att, ex, ann, con = base
     # c6 first answered e000 wrongly, then corrected it: only the correction counts
     early = pa.table({"annotation_id": [-1], "example_id": ["e000"], "annotator": ["c6"], "label": ["b"]})
     edited = pa.concat_tables([early, ann.select(early.column_names)])
-    assert contributor_weights(att, ex, edited, con, ADDR, PIVOTAL).equals(
-        contributor_weights(att, ex, ann.select(early.column_names), con, ADDR, PIVOTAL))
+    assert contributor_weights(att, ex, edited, con, ADDR, policy).equals(
+        contributor_weights(att, ex, ann.select(early.column_names), con, ADDR, policy))
+
+
+def test_valued_charges_a_wrong_push_only_the_chance_the_displaced_label_was_right():
+    # four balanced classes; e0..e7 settled by c5 and c6 (label helped). On e8..e11 c7's answer
+    # alone sets the label: right on e8..e10 (helped), wrong on e11 (hurt). Without c7 the label
+    # there is the class prior's guess, right by chance 1/3 among the other three labels.
+    labels = ["a", "b", "c", "d"]
+    rows = [(1.0, lab, [("c5", lab), ("c6", lab)]) for lab in labels * 2]
+    rows += [(1.0, lab, [("c7", lab)]) for lab in labels[:3]]
+    rows.append((-1.0, "d", [("c7", "d")]))
+    _, pivotal = _labeler_pay(_pivot_tables(rows), PIVOTAL)
+    pay, valued = _labeler_pay(_pivot_tables(rows), VALUED)
+    assert valued["c5"] == pivotal["c5"] and valued["c6"] == pivotal["c6"]  # where labels helped: same
+    rows[-1] = (0.0, "d", [("c7", "d")])  # e11 neither helped nor hurt: c7's three right answers
+    _, zero = _labeler_pay(_pivot_tables(rows), VALUED)
+    rows[-1] = (1.0, "d", [("c7", "d")])  # had it helped, it would have earned one unit
+    _, helped = _labeler_pay(_pivot_tables(rows), VALUED)
+    unit = helped["c7"] - zero["c7"]
+    assert unit > 0 and pivotal["c7"] - zero["c7"] == pytest.approx(-unit, rel=1e-6)  # pivotal: a whole unit
+    assert valued["c7"] - zero["c7"] == pytest.approx(-unit / 3, rel=1e-6)  # valued: the 1/3 chance
+    assert pay["c7"] > 0
+
+
+def test_valued_pays_nothing_for_pulling_away_from_a_label_that_hurt():
+    # e0..e7 settled by c5 and c6; on e8 they both answered 'b', the label hurt, and c7 answered 'a':
+    # pivotal pays c7 for pulling away from it, valued does not (which way it pulled is unknown)
+    rows = [(1.0, lab, [("c5", lab), ("c6", lab), ("c7", lab)]) for lab in ["a", "b"] * 4]
+    rows.append((-1.0, "b", [("c5", "b"), ("c6", "b"), ("c7", "a")]))
+    _, pivotal = _labeler_pay(_pivot_tables(rows), PIVOTAL)
+    _, valued = _labeler_pay(_pivot_tables(rows), VALUED)
+    rows[-1] = (0.0, *rows[-1][1:])  # e8 neither helped nor hurt
+    _, pivotal_zero = _labeler_pay(_pivot_tables(rows), PIVOTAL)
+    _, valued_zero = _labeler_pay(_pivot_tables(rows), VALUED)
+    assert pivotal["c7"] > pivotal_zero["c7"]
+    assert valued["c7"] == pytest.approx(valued_zero["c7"], rel=1e-9)
 
 
 def test_policy_from_params_reads_old_records_as_agreement():
     assert WeightPolicy.from_params({"provider_share_bps": 7000, "negative": "net"}).labelers == "agree"
     got = WeightPolicy.from_params({"negative": "net", "labelers": "pivotal", "label_smoothing": 0.5})
     assert got.labelers == "pivotal" and got.label_smoothing == 0.5
+    assert WeightPolicy.from_params({"negative": "net", "labelers": "valued"}) == VALUED
     with pytest.raises(ValueError, match="labelers"):
         WeightPolicy(labelers="vote")
     with pytest.raises(ValueError, match="label_smoothing"):

@@ -1,0 +1,263 @@
+"""Near-duplicates of text and image payloads are grouped with their originals and paid once.
+
+A copycat's lightly edited texts (a word swapped, punctuation, case) and jittered images (a few
+pixels changed, re-encoded, JPEG re-compression) fall in their originals' groups, so the copycat earns
+nothing; distinct honest examples of a realistic set are never grouped; a flood of near-copies of a
+provider's own examples gains it nothing; the same bytes give the same grouping; the ingest record
+says how it grouped.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from attribution import contributor_weights
+from pipelines.datasets import example_id, to_examples
+from pipelines.duplicates import IMAGE_METHOD, TEXT_METHOD, near_groups
+from storage import snapshot_parquet
+
+T0, T1 = "2025-01-01T00:00:00Z", "2025-03-01T00:00:00Z"
+HONEST = ("a", "b", "c")
+ADDR = {name: "0x" + f"{i + 1:040x}" for i, name in enumerate([*HONEST, "copycat", "flooder", "lab"])}
+
+# ---------------------------------------------------------------- realistic data, made here
+
+SUBJECTS = ("the battery", "the screen", "the camera", "the keyboard", "this charger", "the speaker",
+            "the case", "the cable", "the headphones", "the monitor", "the mouse", "the printer",
+            "the router", "the watch", "the tablet", "the lens", "the strap", "the remote", "the fan",
+            "the blender", "the kettle", "the vacuum", "the drill", "the lamp", "the backpack")
+OPINIONS = ("works better than I expected", "stopped working after a week", "feels cheap and flimsy",
+            "is solid and well made", "was broken when it arrived", "is far too loud at night",
+            "lasts about two days on a charge", "overheats when I use it for long", "is bright and sharp",
+            "fits perfectly in my bag", "was missing a screw", "is easy to set up",
+            "needed an update before it worked", "is much smaller than the photos suggest",
+            "scratches far too easily", "has a confusing manual", "connects instantly to my phone",
+            "drains the battery quickly", "keeps dropping the connection", "looks great on my desk")
+EXTRAS = ("Delivery took {n} days.", "I paid {n} dollars on sale.", "My {who} uses it every day for {use}.",
+          "Customer service answered within {n} hours.", "I returned the first one after {n} days.",
+          "Compared to my old one it is {cmp}.", "I would give it {n} stars out of ten.",
+          "The {part} came loose after {n} weeks.", "It replaced a {brand} model I had for years.",
+          "Setup took about {n} minutes.")
+WHO = ("wife", "son", "daughter", "friend", "boss", "neighbour", "dad", "mum", "roommate", "teacher")
+USE = ("work", "school", "gaming", "travel", "music", "photos", "video calls", "reading", "cooking")
+CMP = ("lighter", "heavier", "quieter", "much faster", "a bit slower", "cheaper", "sturdier", "nicer")
+PART = ("button", "hinge", "lid", "clip", "handle", "cover", "plug", "wheel")
+BRAND = ("Acme", "Zenith", "Orbit", "Nimbus", "Vertex", "Pioneer", "Summit", "Aurora")
+
+
+def honest_texts(n: int, seed: int) -> list[str]:
+    """Product reviews of 3-5 sentences from a few hundred phrases: distinct reviews share words,
+    phrases and whole sentences, as real ones do, but no two differ by one word only."""
+    rng = np.random.default_rng(seed)
+    out: set[str] = set()
+    while len(out) < n:
+        parts = [f"{rng.choice(SUBJECTS).capitalize()} {rng.choice(OPINIONS)}.",
+                 f"Also {rng.choice(SUBJECTS)} {rng.choice(OPINIONS)}."]
+        for k in rng.choice(len(EXTRAS), int(rng.integers(1, 4)), replace=False):
+            slots = {"n": int(rng.integers(2, 60)), "who": rng.choice(WHO), "use": rng.choice(USE),
+                     "cmp": rng.choice(CMP), "part": rng.choice(PART), "brand": rng.choice(BRAND)}
+            parts.append(EXTRAS[k].format(**slots))
+        rng.shuffle(parts)
+        out.add(" ".join(parts))
+    return sorted(out)
+
+
+def edited(text: str, rng: np.random.Generator) -> str:
+    """A light edit: a word swapped for another, punctuation changed, or the case changed."""
+    words = text.split()
+    kind = int(rng.integers(4))
+    if kind == 0:
+        i = int(rng.integers(len(words)))
+        words[i] = str(rng.choice(["really", "very", "quite", "fine", "good", "bad", "new", "old"]))
+        return " ".join(words)
+    if kind == 1:
+        return text.replace(".", "!").replace(",", "")
+    if kind == 2:
+        return text.lower()
+    return text.upper()
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def honest_images(seed: int) -> list[bytes]:
+    """scikit-learn's handwritten digits as 32x32 RGB PNGs (1,797 distinct images by real writers:
+    many honest pairs look alike)."""
+    digits = load_digits().images
+    order = np.random.default_rng(seed).permutation(len(digits))
+    out = []
+    for i in order:
+        gray = Image.fromarray((digits[i] * 255 / 16).astype(np.uint8))
+        gray = gray.resize((32, 32), Image.Resampling.BILINEAR)
+        out.append(png(np.asarray(gray.convert("RGB"))))
+    return out
+
+
+def jittered(data: bytes, rng: np.random.Generator, pixels: int = 5) -> bytes:
+    """A copycat's copy: a few pixels set to random colours, then re-encoded as JPEG."""
+    img = np.array(Image.open(io.BytesIO(data)).convert("RGB"))
+    for _ in range(pixels):
+        y, x = rng.integers(0, img.shape[0], 2)
+        img[y, x] = rng.integers(0, 256, 3)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "JPEG", quality=int(rng.integers(60, 91)))
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _table(column: str, values: list, provider: str) -> pa.Table:
+    kind = pa.string() if isinstance(values[0], str) else pa.binary()
+    n = len(values)
+    return pa.table({column: pa.array(values, kind), "provider": [provider] * n,
+                     "source": [f"src-{provider}"] * n})
+
+
+def _times(table: pa.Table, late: tuple[str, ...] = ("src-copycat",)) -> dict[str, str]:
+    return {s: (T1 if s in late else T0) for s in set(table["source"].to_pylist())}
+
+
+def _labels(column: str, table: pa.Table) -> dict[str, int]:
+    """Each example's near-duplicate group label, by example id, as ingest groups them."""
+    examples, _ = to_examples(table, _times(table))
+    labels, _ = near_groups(examples, [column])
+    return dict(zip(examples["example_id"].to_pylist(), labels.tolist(), strict=True))
+
+
+def _id(column: str, value) -> str:
+    return example_id({column: value})
+
+
+def _bps(table: pa.Table) -> dict[str, int]:
+    return dict(zip(table["contributor"].to_pylist(), table["weight_bps"].to_pylist(), strict=True))
+
+
+def _world(kind: str, seed: int) -> tuple[str, list, np.random.Generator]:
+    """(column, honest examples, rng): reviews or digit images, split over the honest providers."""
+    rng = np.random.default_rng(seed)
+    if kind == "text":
+        return "text", honest_texts(300, seed), rng
+    return "image", honest_images(seed)[:600], rng
+
+
+def _copy(kind: str, value, rng: np.random.Generator):
+    return edited(value, rng) if kind == "text" else jittered(value, rng)
+
+
+def _honest_table(column: str, honest: list) -> pa.Table:
+    return pa.concat_tables([_table(column, honest[i::3], p) for i, p in enumerate(HONEST)])
+
+
+# ---------------------------------------------------------------- copycats, floods, honest sets
+
+
+@pytest.mark.parametrize("kind,seed", [("text", 0), ("text", 1), ("text", 2), ("image", 0), ("image", 1)])
+def test_a_copycats_light_edits_join_their_originals_and_earn_nothing(kind, seed) -> None:
+    column, honest, rng = _world(kind, seed)
+    originals = honest[1::3][:40]  # b's
+    copies = [_copy(kind, v, rng) for v in originals]
+    table = pa.concat_tables([_honest_table(column, honest), _table(column, copies, "copycat")])
+    labels = _labels(column, table)
+    pairs = zip(copies, originals, strict=True)
+    missed = [c for c, o in pairs if labels[_id(column, c)] != labels[_id(column, o)]]
+    assert not missed, missed[:3]
+    honest_labels = [labels[_id(column, v)] for v in honest]
+    assert len(set(honest_labels)) == len(honest)  # no two distinct honest examples grouped
+    examples, report = to_examples(table, _times(table))
+    assert report.grouping.unpaid == ("copycat",)
+    near = report.grouping.to_params()["near"]
+    assert near["method"] == (TEXT_METHOD if kind == "text" else IMAGE_METHOD)
+    assert near["groups"] == 40 and near["copies"] == 40
+    assert 0 < near["threshold"] < near["median_nn_distance"]
+
+
+@pytest.mark.parametrize("kind", ["text", "image"])
+def test_a_flood_of_near_copies_gains_nothing_and_dilutes_nobody(kind) -> None:
+    column, honest, rng = _world(kind, 7)
+    seeds, honest = honest[:3], honest[3:]  # the flooder's own three examples
+    flood = [_copy(kind, seeds[i % 3], rng) for i in range(120)]  # 40 light copies of each, its own file
+    base = _honest_table(column, honest)
+    without = pa.concat_tables([base, _table(column, seeds, "flooder")])
+    with_flood = pa.concat_tables([without, _table(column, flood, "flooder")])
+    scored = np.concatenate([rng.uniform(-0.5, 1.0, len(honest)), rng.uniform(0.2, 1.0, 3)])
+    values = dict(zip([_id(column, v) for v in [*honest, *seeds]], scored, strict=True))
+    copy_of = {_id(column, c): _id(column, seeds[i % 3]) for i, c in enumerate(flood)}
+
+    def weights(table: pa.Table) -> dict[str, int]:
+        examples, report = to_examples(table, _times(table))
+        ids = examples["example_id"].to_pylist()
+        # a copy scores like its original, as two near-identical examples would
+        scores = [values[e] if e in values else values[copy_of[e]] for e in ids]
+        attribution = pa.table({"example_id": ids, "score": scores, "method": ["inrun_sgd"] * len(ids),
+                                "run_id": ["r"] * len(ids)})
+        credit = report.grouping.credit
+        return _bps(contributor_weights(attribution, examples, None, None, ADDR, credit=credit))
+
+    before, after = weights(without), weights(with_flood)
+    assert before.keys() == after.keys() and before["flooder"] > 0
+    assert all(abs(before[c] - after[c]) <= 1 for c in before), (before, after)
+    labels = _labels(column, with_flood)
+    assert all(labels[c] == labels[o] for c, o in copy_of.items())
+
+
+def test_distinct_texts_that_share_sentences_stay_apart() -> None:
+    """A realistic honest set (reviews sharing phrases and whole sentences) over several seeds: no
+    two distinct reviews are grouped, while exact copies still are."""
+    for seed in range(3, 8):
+        honest = honest_texts(600, seed)
+        table = pa.concat_tables([_honest_table("text", honest), _table("text", honest[:5], "copycat")])
+        _, report = to_examples(table, _times(table))
+        assert report.grouping.near["groups"] == 0, seed
+        assert report.grouping.to_params()["exact"]["copies"] == 5 and report.grouping.unpaid == ("copycat",)
+
+
+# ---------------------------------------------------------------- determinism and odd input
+
+
+@pytest.mark.parametrize("kind", ["text", "image"])
+def test_the_same_bytes_give_the_same_grouping(kind) -> None:
+    column, honest, rng = _world(kind, 9)
+    honest = honest[:150]
+    copies = [_copy(kind, v, rng) for v in honest[:20]]
+    table = pa.concat_tables([_honest_table(column, honest), _table(column, copies, "copycat")])
+    outs = []
+    for order in range(3):
+        shuffled = table.take(np.random.default_rng(order).permutation(table.num_rows))
+        examples, report = to_examples(shuffled, _times(table))
+        credit = snapshot_parquet(report.grouping.credit, sort_by="example_id")
+        outs.append((credit, report.grouping.to_params()))
+    assert outs[0] == outs[1] == outs[2]
+    assert outs[0][1]["near"]["copies"] == 20
+
+
+def test_bytes_that_are_no_image_are_grouped_with_nothing() -> None:
+    _, honest, rng = _world("image", 10)
+    honest = honest[:60]
+    junk = [b"not an image", b"\x89PNG\r\n\x1a\n truncated"]
+    copies = [jittered(v, rng) for v in honest[:5]]
+    table = pa.concat_tables([_honest_table("image", honest), _table("image", junk + copies, "copycat")])
+    labels = _labels("image", table)
+    assert len({labels[_id("image", j)] for j in junk} | {labels[_id("image", v)] for v in honest}) == 62
+    pairs = zip(copies, honest[:5], strict=True)
+    assert all(labels[_id("image", c)] == labels[_id("image", o)] for c, o in pairs)
+    _, report = to_examples(table, _times(table))
+    assert report.grouping.near["undecodable"] == 2 and report.grouping.near["copies"] == 5
+
+
+def test_text_beside_numbers_gets_exact_copies_only() -> None:
+    table = pa.table({"text": ["good", "good", "goods", "bad"], "n": [1, 1, 1, 2],
+                      "provider": ["a", "b", "b", "a"], "source": ["s1", "s2", "s2", "s1"]})
+    examples, report = to_examples(table, {"s1": T0, "s2": T1})
+    near = report.grouping.to_params()["near"]
+    assert near["method"] == "none" and "string" in near["reason"]
+    assert examples.num_rows == 3 and report.grouping.credit.num_rows == 3
