@@ -4,9 +4,14 @@ Hashes one file of deterministic random bytes (512 MiB by default, `--size-mib`)
 dir. Ours and sha256 run interleaved, `--reps` times each, best of each kept, so a neighbour's
 load on the shared cores hits both alike; both read the file the same way (readinto into one
 reused 8 MiB buffer, the page cache warm). `ipfs_cid` (Debian's Go importer, CIDv0) runs on the
-same file and its CID must equal ours. The last line is one JSON object.
+same file and its CID must equal ours.
 
-    .venv/bin/python bench/cid_throughput.py [--size-mib 512] [--reps 3] [--seed 0]
+Then the store path, plaintext against private: the same file put into a fresh embedded
+`BlockStore` as it is (`put_file`), and sealed on the way in (`EncryptedStore.put_file`: AES-SIV
+in 1 MiB segments, streamed), `--store-reps` times each, interleaved, best of each kept; the goal
+is encrypted/plaintext <= 1.5. The last line is one JSON object.
+
+    .venv/bin/python bench/cid_throughput.py [--size-mib 512] [--reps 3] [--store-reps 2] [--seed 0]
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from storage import cid_for_file  # noqa: E402
+from storage import BlockStore, DataKey, EncryptedStore, cid_for_file  # noqa: E402
 from storage.unixfs import READ_SIZE  # noqa: E402
 
 MIB = 1 << 20
@@ -66,10 +71,25 @@ def ipfs_cid(path: Path) -> tuple[float | None, str | None]:
     return seconds, json.loads(out.stdout)["CIDv0"]  # type: ignore[attr-defined]
 
 
+def store_paths(path: Path, tmp: Path, reps: int) -> tuple[float, float]:
+    """Best seconds to put the file into a fresh embedded store: as it is, and sealed."""
+    key = DataKey(bytes(range(64)))  # fixed: the bench is deterministic
+    plain_s, sealed_s = [], []
+    for rep in range(reps):  # interleaved, each into an empty store (no block is skipped as known)
+        for name, times in (("plain", plain_s), ("sealed", sealed_s)):
+            root = tmp / f"store-{name}-{rep}"
+            store = BlockStore(root)
+            target = store if name == "plain" else EncryptedStore(store, [key])
+            times.append(timed(target.put_file, path)[0])
+            shutil.rmtree(root, ignore_errors=True)
+    return min(plain_s), min(sealed_s)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=512)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--store-reps", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     size = args.size_mib * MIB
@@ -86,6 +106,7 @@ def main() -> None:
             sha_s.append(timed(sha256_file, path)[0])
             v1_s.append(timed(cid_for_file, path, cid_version=1)[0])
         oracle_s, oracle_cid = ipfs_cid(path)
+        plain_store_s, sealed_store_s = store_paths(path, tmp, args.store_reps)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -109,10 +130,27 @@ def main() -> None:
         if oracle_cid != cid:
             print(f"error: ipfs_cid gives {oracle_cid} but ours gives {cid}", file=sys.stderr)
             sys.exit(1)
+    plain_store, sealed_store = rate(plain_store_s), rate(sealed_store_s)
+    store_ratio = round(sealed_store_s / plain_store_s, 3)
+    print(f"store path, plaintext (BlockStore.put_file):        {plain_store} MB/s   {plain_store_s:.2f} s")
+    print(f"store path, encrypted (EncryptedStore.put_file):    {sealed_store} MB/s   {sealed_store_s:.2f} s")
+    print(f"ratio encrypted/plaintext time:                     {store_ratio}   (goal <= 1.5)")
     status = Path("/proc/self/status").read_text()
     hwm = next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))
     print(f"peak RSS of this process:    {int(hwm) // 1024} MiB (one {READ_SIZE // MIB} MiB read buffer)")
-    print(json.dumps({"ours_mb_s": ours, "sha256_mb_s": sha, "ratio": ratio, "ipfs_cid_mb_s": oracle}))
+    print(
+        json.dumps(
+            {
+                "ours_mb_s": ours,
+                "sha256_mb_s": sha,
+                "ratio": ratio,
+                "ipfs_cid_mb_s": oracle,
+                "store_plain_mb_s": plain_store,
+                "store_encrypted_mb_s": sealed_store,
+                "store_encrypted_ratio": store_ratio,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ encoded and stored once.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,21 +22,35 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 import rfc8785
+from pydantic import PrivateAttr
 
-from storage import BlockStore, ContentStore, read_parquet, snapshot_parquet
+from storage import BlockStore, ContentStore, KeyringError, read_parquet, snapshot_parquet
 
 KIND_TABLE, KIND_BYTES, KIND_JSON = "arrow-parquet", "bytes", "json"
 
 
 class StoreResource(dg.ConfigurableResource):
-    """The content store: `embedded` blockstore, a `kubo` node, or a `pinning` service."""
+    """The content store: `embedded` blockstore, a `kubo` node, or a `pinning` service.
+
+    With a `keyring_dir` (from the settings), a private dataset version's steps get a store that
+    seals every value under the version's data key (`pipelines.privacy`); the version is the run's
+    partition, or the one `client(version)` names.
+    """
 
     backend: str = "embedded"
     store_dir: str  # from the settings (`resources_for`)
     kubo_url: str = "http://127.0.0.1:5001"
     pinning_url: str = ""
+    keyring_dir: str = ""  # from the settings; empty: every version is public
+    holder_keyfile: str = ""  # a path, never the key: CARAVAN_HOLDER_KEY stays in the environment
+    _version: str | None = PrivateAttr(default=None)
 
-    def client(self) -> ContentStore:
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        run = getattr(context, "run", None)
+        self._version = run.tags.get("dagster/partition") if run is not None else None
+
+    def plain(self) -> ContentStore:
+        """The store itself, sealing nothing (for public values and for auditors)."""
         if self.backend == "embedded":
             return BlockStore(self.store_dir)
         from storage.remote import KuboStore, PinningServiceStore
@@ -45,6 +60,20 @@ class StoreResource(dg.ConfigurableResource):
         if self.backend == "pinning":
             return PinningServiceStore(self.pinning_url, local=BlockStore(self.store_dir))
         raise dg.Failure(f"unknown store backend {self.backend!r}; use embedded, kubo or pinning")
+
+    def client(self, version: str | None = None) -> ContentStore:
+        """The store a step of `version` (default: this run's partition) reads and writes through."""
+        store, version = self.plain(), version or self._version
+        if not self.keyring_dir or version is None:
+            return store
+        from pipelines.privacy import HOLDER_KEYFILE_ENV, Keyrings, holder_key
+        from pipelines.settings import load_settings
+
+        env = {**os.environ, **({HOLDER_KEYFILE_ENV: self.holder_keyfile} if self.holder_keyfile else {})}
+        try:
+            return Keyrings(self.keyring_dir, store).store_for(version, holder_key(load_settings(env), env))
+        except KeyringError as exc:
+            raise dg.Failure(str(exc)) from None
 
 
 def table_bytes(table: pa.Table) -> bytes:
@@ -154,7 +183,7 @@ class ContentStoreIOManager(dg.ConfigurableIOManager):
         if obj is None:
             return
         if not isinstance(obj, StoredValue):
-            obj = store_value(self.store.client(), obj)
+            obj = store_value(self.store.client(self._partition(context)), obj)
         self.index.write(context.asset_key, self._partition(context), {"cid": obj.cid, "kind": obj.kind})
         context.add_output_metadata({"cid": obj.cid, "bytes": obj.size})
 
@@ -165,5 +194,5 @@ class ContentStoreIOManager(dg.ConfigurableIOManager):
                 f"no stored value for {context.asset_key.to_user_string()}: "
                 "materialize the upstream asset first"
             )
-        store: ContentStore = self.store.client()
+        store: ContentStore = self.store.client(self._partition(context))
         return decode(meta["kind"], store.get(meta["cid"]))

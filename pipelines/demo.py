@@ -407,8 +407,11 @@ def run_demo(
     data: UserData | None = None,
     start_services: bool = True,
     say: Callable[[str], None] = print,
+    private: bool = False,
 ) -> dict:
-    """The whole mission on the bundled digits (or `data`); returns the summary the CLI prints."""
+    """The whole mission on the bundled digits (or `data`); returns the summary the CLI prints. A
+    `private` version's values are sealed under a data key for the holder key in reach
+    (`pipelines.privacy`)."""
     from provenance import TRAINING, RunRecords, verify_run
     from storage import read_parquet
 
@@ -421,7 +424,7 @@ def run_demo(
         ensure_services(settings, start=start_services)
         demo = prepare_data(settings, limit) if data is None else prepare_user_data(settings, data, limit)
         say(f"data: {len(demo.truth)} {demo.kind} examples, {len(demo.providers)} providers ({demo.version})")
-        instance = register_demo_data(settings, demo)
+        instance = register_demo_data(settings, demo, private=private)
         say("labelers: 4 simulated annotators of known accuracy answer in Label Studio")
         client = LabelStudioClient(settings.labelstudio_url, labelstudio_token())
         spec = ProjectSpec(
@@ -467,13 +470,16 @@ def run_demo(
     }
 
 
-def register_demo_data(settings: Settings, demo: DemoData) -> dg.DagsterInstance:
-    """The demo's version in the catalog (its files pinned), its contributors, and its partition."""
+def register_demo_data(settings: Settings, demo: DemoData, *, private: bool = False) -> dg.DagsterInstance:
+    """The demo's version in the catalog (its files pinned; sealed first if `private`), its
+    contributors, and its partition."""
+    from pipelines.privacy import registering
     from pipelines.resources import DatasetCatalog
 
-    DatasetCatalog(root=str(settings.catalog_dir)).register(
-        demo.version, str(demo.source), store=_store(settings), labeling=demo.labeling, gold=str(demo.gold)
-    )
+    with registering(settings, _store(settings), demo.version, private) as store:
+        DatasetCatalog(root=str(settings.catalog_dir)).register(
+            demo.version, str(demo.source), store=store, labeling=demo.labeling, gold=str(demo.gold)
+        )
     labelers = [a.email for a in simulated_annotators(ACCURACIES)]
     write_contributors(settings.contributors_file, [*demo.providers, *labelers])
     instance = dg.DagsterInstance.get()

@@ -18,7 +18,7 @@ from typing import Any
 import dagster as dg
 
 from provenance import CodeVersion, Record, code_version, put_stage_record, utc_time
-from storage import ContentStore
+from storage import ContentStore, public_store
 
 AGENT = "caravan-pipeline"
 
@@ -70,7 +70,8 @@ class LineageResource(dg.ConfigurableResource):
         )
         path = self._path(activity, version)
         known = json.loads(path.read_text())["cid"] if path.exists() else None
-        cid = put_stage_record(store, record, previous=known)
+        # records stay public (a private version's records name its ciphertext CIDs)
+        cid = put_stage_record(public_store(store), record, previous=known)
         if cid == known:
             return cid
         path.parent.mkdir(parents=True, exist_ok=True)

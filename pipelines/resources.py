@@ -19,9 +19,10 @@ import pyarrow as pa
 from pipelines.content_io import AssetIndex, ContentStoreIOManager, StoreResource
 from pipelines.datasets import Payload, SourceFile, load_files, load_source, source_files, validation_examples
 from pipelines.lineage import LineageResource
+from pipelines.privacy import holder_keyfile, keyring_dir
 from pipelines.settings import Settings, load_settings
 from provenance import utc_time
-from storage import ContentStore
+from storage import ContentStore, EncryptedStore, cid_for_file
 
 
 class DatasetCatalog(dg.ConfigurableResource):
@@ -52,6 +53,12 @@ class DatasetCatalog(dg.ConfigurableResource):
         another provider, e.g. a copied image file, take this call's time). Registering the same
         content again (from any folder) is a no-op and keeps the earlier time."""
         path = self._path(version)
+        private = isinstance(store, EncryptedStore)
+        if path.exists() and json.loads(path.read_text()).get("private", False) != private:
+            raise ValueError(
+                f"dataset version {version!r} is registered as {'public' if private else 'private'}; "
+                "a version cannot change that: pick a new version name"
+            )
         hf = source if source.startswith("hf:") else None
         payload = Payload.of(labeling)  # an image column of paths pins the files it names
         files = [] if hf else source_files(source, provider=provider, payload=payload)
@@ -74,6 +81,8 @@ class DatasetCatalog(dg.ConfigurableResource):
             "validation": (
                 _pinned(store, *source_files(validation, payload=payload)[0]) if validation else None
             ),
+            # a private version's files are sealed (`store` is an EncryptedStore) and named by ciphertext
+            **({"private": True} if private else {}),
         }
         if path.exists():
             known = json.loads(path.read_text())
@@ -87,6 +96,31 @@ class DatasetCatalog(dg.ConfigurableResource):
             if same:
                 return known
         path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(entry, indent=2))
+        tmp.replace(path)
+        return entry
+
+    def reseal(self, version: str, reader: ContentStore, writer: EncryptedStore) -> dict[str, Any]:
+        """Seal a private version's registered files again under `writer`'s (new) key, after a
+        revocation: the next run re-derives every value from them under that key. The old
+        ciphertexts stay pinned (records on chain name them)."""
+        entry = self.lookup(version)
+
+        def sealed(cid: str) -> str:
+            return writer.put_bytes(reader.get(cid), cid_version=1, pin=True)
+
+        def again(f: dict[str, Any]) -> dict[str, Any]:
+            refs = [{**r, "cid": sealed(r["cid"])} for r in f.get("refs") or ()]
+            return {**f, "cid": sealed(f["cid"]), **({"refs": refs} if refs else {})}
+
+        entry = {
+            **entry,
+            "sources": [again(f) for f in entry["sources"]],
+            "gold": again(entry["gold"]) if entry.get("gold") else None,
+            "validation": again(entry["validation"]) if entry.get("validation") else None,
+        }
+        path = self._path(version)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(entry, indent=2))
         tmp.replace(path)
@@ -177,11 +211,18 @@ def _timeless(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def _pinned(store: ContentStore, path: Path, file: SourceFile) -> dict[str, str | None]:
+    """Pin a source file and the image files it names; a private version's are sealed first and
+    named by their ciphertext's CID (each checked against the plaintext CID it was listed with)."""
+    sealed = isinstance(store, EncryptedStore)
     named = [(path, file.cid), *((path.parent / name, cid) for name, cid in file.refs)]  # refs: its images
+    stored = []
     for p, expected in named:
-        if store.put_file(p, cid_version=1, pin=True) != expected:
+        cid = store.put_file(p, cid_version=1, pin=True)
+        if (cid_for_file(p, cid_version=1) if sealed else cid) != expected:
             raise ValueError(f"{p} changed while it was being registered; register it again")
-    return file.to_json()
+        stored.append(cid)
+    refs = tuple((name, cid) for (name, _), cid in zip(file.refs, stored[1:], strict=True))
+    return SourceFile(file.name, stored[0], file.provider, refs).to_json()
 
 
 class LabelStudioResource(dg.ConfigurableResource):
@@ -246,6 +287,8 @@ def resources_for(settings: Settings | None = None) -> dict[str, Any]:
         store_dir=str(s.store_dir),
         kubo_url=s.kubo_url,
         pinning_url=s.pinning_url,
+        keyring_dir=str(keyring_dir(s)),
+        holder_keyfile=str(holder_keyfile(s)),
     )
     index = AssetIndex(pointer_dir=str(s.pointer_dir))
     return {

@@ -69,7 +69,7 @@ from provenance.activities import (
     TrainingRecord,
     WeightingRecord,
 )
-from provenance.audit import Failure, Findings, TraceNode, VerifyReport, trace, trace_run, verify_run
+from provenance.audit import NO_KEY, Failure, Findings, TraceNode, VerifyReport, trace, trace_run, verify_run
 from provenance.chain import (
     KIND_AMOUNTS,
     KIND_SHARES,
@@ -138,6 +138,7 @@ __all__ = [
     "Distribution",
     "Failure",
     "Findings",
+    "NO_KEY",
     "IngestRecord",
     "InsufficientFunds",
     "LabelingExportRecord",

@@ -7,7 +7,7 @@ it returns every failure, each with a stable `name` (e.g. `content_corrupt`, `ro
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -21,7 +21,20 @@ from provenance.records import Record, cid_version_of
 from provenance.run_records import Anchored, RunEpoch, RunRecords, key_of
 from provenance.weights import ShareLeaves, read_weights, share_leaves
 from schemas import TOTAL_BPS
-from storage import BlockNotFound, ContentStore, CorruptBlock, cid_for_bytes, is_cid
+from storage import (
+    BlockNotFound,
+    ContentStore,
+    CorruptBlock,
+    DataKey,
+    DecryptionError,
+    EncryptedStore,
+    cid_for_bytes,
+    is_cid,
+    is_sealed,
+    open_sealed,
+    public_store,
+    sealed_key_id,
+)
 
 ZERO32 = "0x" + "00" * 32
 
@@ -35,11 +48,17 @@ class Failure:
     detail: str
 
 
+NO_KEY = "SKIP (no key)"
+
+
 @dataclass(kw_only=True)
 class Findings:
-    """What a verification found: every broken check by name. Reports of runs and epochs extend it."""
+    """What a verification found: every broken check by name, and every check it could not make
+    (`skipped`: a private value's plaintext without its key; never counted as passed).
+    Reports of runs and epochs extend it."""
 
     failures: list[Failure] = field(default_factory=list)
+    skipped: list[Failure] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -47,6 +66,9 @@ class Findings:
 
     def fail(self, name: str, subject: str, detail: str) -> None:
         self.failures.append(Failure(name, subject, detail))
+
+    def skip(self, name: str, subject: str, detail: str) -> None:
+        self.skipped.append(Failure(name, subject, detail))
 
     def names(self) -> set[str]:
         return {f.name for f in self.failures}
@@ -64,13 +86,27 @@ class VerifyReport(Findings):
     onchain_root: str | None = None
     records_checked: int = 0
     contents_checked: int = 0
+    contents_opened: int = 0
     proofs_checked: int = 0
 
 
 def verify_run(
-    chain: Chain, store: ContentStore, run_id: str, *, onchain_proofs: bool = True
+    chain: Chain,
+    store: ContentStore,
+    run_id: str,
+    *,
+    onchain_proofs: bool = True,
+    keys: Sequence[DataKey] | None = None,
 ) -> VerifyReport:
-    """Recompute every CID, check parents and on-chain entries, the root and every proof."""
+    """Recompute every CID, check parents and on-chain entries, the root and every proof.
+
+    A private value's CID is its ciphertext's, checked with no key; its plaintext is opened (and
+    authenticated) with `keys` (default: those of `store`, if it is an `EncryptedStore`), and each
+    one no key opens is reported as skipped, never as passed.
+    """
+    if keys is None:
+        keys = store.keys if isinstance(store, EncryptedStore) else ()
+    store = public_store(store)
     key = key_of(run_id)
     report = VerifyReport(run_id, key)
     reader = RunRecords(chain, store)
@@ -96,7 +132,7 @@ def verify_run(
         report.fail(
             "stray_record", cid, "recorded under this run but not in the lineage of its weighting record"
         )
-    _check_contents(store, lineage.values(), report)
+    _check_contents(store, lineage.values(), report, keys)
 
     leaves = _stored_leaves(store, lineage, report)
     if dist is None:
@@ -198,7 +234,9 @@ def _check_onchain_entries(
                 )
 
 
-def _check_contents(store: ContentStore, records: Iterable[Record], report: VerifyReport) -> None:
+def _check_contents(
+    store: ContentStore, records: Iterable[Record], report: VerifyReport, keys: Sequence[DataKey]
+) -> None:
     cids = sorted({c for r in records for c in (*r.inputs.values(), *r.outputs.values())})
     for cid in cids:
         try:
@@ -213,6 +251,22 @@ def _check_contents(store: ContentStore, records: Iterable[Record], report: Veri
             report.fail("content_cid_mismatch", cid, "stored content re-imports to a different CID")
             continue
         report.contents_checked += 1
+        if is_sealed(data):
+            _check_sealed(cid, data, keys, report)
+
+
+def _check_sealed(cid: str, data: bytes, keys: Sequence[DataKey], report: VerifyReport) -> None:
+    """A private value's plaintext: opened and authenticated with its key, or skipped without it."""
+    key_id = sealed_key_id(data)
+    if not any(k.key_id == key_id for k in keys):
+        report.skip(NO_KEY, cid, f"private content (data key {key_id}): its plaintext was not checked")
+        return
+    try:
+        open_sealed(keys, data, what=f"content {cid}")
+    except DecryptionError as exc:
+        report.fail("content_unopenable", cid, str(exc))
+        return
+    report.contents_opened += 1
 
 
 def _stored_leaves(

@@ -6,6 +6,9 @@
     BlockStore(root)                                  the embedded default (root from the caller's settings)
     KuboStore(api_url), PinningServiceStore(...)      real backends over HTTP
     snapshot_parquet(table, *, sort_by) / read_parquet  deterministic Parquet bytes
+    DataKey, EncryptedStore(inner, keys), seal, open_sealed, is_sealed, public_store
+                                                      private values: sealed (AES-SIV) before any store
+    HolderKey, Keyring                                who may read them: data keys wrapped per holder
 
 The snapshot and HTTP names load lazily: pyarrow alone costs ~85 MiB of RSS, and hashing
 or storing a file (`caravan store add`) must stay well under 100 MiB whatever its size.
@@ -18,6 +21,16 @@ from typing import TYPE_CHECKING, Any
 
 from storage.blockstore import STORE_DIR_ENV, BlockStore
 from storage.cids import is_cid, parse_cid
+from storage.encryption import (
+    DataKey,
+    DecryptionError,
+    EncryptedStore,
+    is_sealed,
+    open_sealed,
+    public_store,
+    seal,
+    sealed_key_id,
+)
 from storage.errors import (
     BlockNotFound,
     CarError,
@@ -27,6 +40,7 @@ from storage.errors import (
     StorageError,
     UnreadableFile,
 )
+from storage.keys import HolderKey, Keyring, KeyringError
 from storage.protocol import ContentStore
 from storage.unixfs import CHUNK_SIZE, MAX_LINKS, cid_for_bytes, cid_for_file
 
@@ -57,6 +71,12 @@ __all__ = [
     "CarError",
     "ContentStore",
     "CorruptBlock",
+    "DataKey",
+    "DecryptionError",
+    "EncryptedStore",
+    "HolderKey",
+    "Keyring",
+    "KeyringError",
     "InvalidCID",
     "KuboStore",
     "PinningServiceStore",
@@ -66,7 +86,12 @@ __all__ = [
     "cid_for_bytes",
     "cid_for_file",
     "is_cid",
+    "is_sealed",
+    "open_sealed",
     "parse_cid",
+    "public_store",
     "read_parquet",
+    "seal",
+    "sealed_key_id",
     "snapshot_parquet",
 ]

@@ -29,7 +29,16 @@ from multiformats import CID
 from storage.car import iter_sections, read_header, write_car
 from storage.cids import block_key, block_matches, cid_to_str, parse_cid
 from storage.errors import BlockNotFound, CarError, CorruptBlock, StorageError, UnreadableFile
-from storage.unixfs import BlockSink, Buffer, import_bytes, import_file, iter_dag, iter_file, open_input
+from storage.unixfs import (
+    BlockSink,
+    Buffer,
+    import_bytes,
+    import_file,
+    import_stream,
+    iter_dag,
+    iter_file,
+    open_input,
+)
 
 STORE_DIR_ENV = "CARAVAN_STORE_DIR"
 _SINK_MEMO = 4096  # CIDs remembered per import (~0.5 MiB)
@@ -190,6 +199,14 @@ class BlockStore:
         """Stream a file into the store in bounded memory; return its CID, pinned by default."""
         with self._lock("gc.lock", exclusive=False):
             cid = import_file(path, cid_version, self._sink()).cid_str
+            if pin:
+                self._add_pin(cid)
+        return cid
+
+    def put_stream(self, stream: BinaryIO, *, cid_version: int = 0, pin: bool = True) -> str:
+        """Store a binary stream (e.g. content sealed on the fly) in bounded memory; return its CID."""
+        with self._lock("gc.lock", exclusive=False):
+            cid = import_stream(stream, cid_version, self._sink()).cid_str
             if pin:
                 self._add_pin(cid)
         return cid

@@ -25,7 +25,7 @@ from provenance import (
     publish_run,
     weights_snapshot,
 )
-from storage import read_parquet
+from storage import public_store, read_parquet
 
 
 class WeightingConfig(dg.Config):
@@ -73,7 +73,8 @@ def contributor_weights(
             example_attribution, raw_dataset, annotations, consensus_labels, addresses, policy, credit
         )
         # the weights' own snapshot under CIDv0, as `provenance.store_weights` has always named it
-        stored = store_value(client, table, weights_snapshot(table), cid_version=0)
+        # public even for a private version: the royalty root and every payee's proof derive from it
+        stored = store_value(public_store(client), table, weights_snapshot(table), cid_version=0)
         head = lineage.write(
             client,
             WEIGHTING,
@@ -150,7 +151,7 @@ def provenance_record(
     try:
         records = RunRecords(None, client).lineage(head)
         run_id = records[head].params["run_id"]
-        prov_cid = client.put_bytes(prov_json(records).encode(), cid_version=1, pin=True)
+        prov_cid = public_store(client).put_bytes(prov_json(records).encode(), cid_version=1, pin=True)
     except ProvenanceError as exc:
         raise dg.Failure(str(exc)) from exc
     return dg.Output(

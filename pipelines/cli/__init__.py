@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from pipelines.cli import audit, chain, demo, labels, serve, store
+from pipelines.cli import access, audit, chain, demo, labels, serve, store
 
 app = typer.Typer(
     name="caravan",
@@ -13,5 +13,5 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for _module in (store, audit, chain, demo, serve, labels):
+for _module in (store, audit, chain, demo, serve, labels, access):
     _module.register(app)

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.tree import Tree
 
 from pipelines.cli.errors import clean_errors, finish_report
-from pipelines.cli.options import AsJson, StoreDir, open_chain, open_store
+from pipelines.cli.options import AsJson, StoreDir, open_chain, open_reading_store, open_store
 from storage import BlockStore, StorageError
 
 AsProv = Annotated[bool, typer.Option("--prov", help="Print the lineage's records as W3C PROV-JSON.")]
@@ -76,6 +76,7 @@ class RunAudit:
     run: Any  # provenance.VerifyReport
     epochs: list[tuple[Any, Any]] = field(default_factory=list)  # (provenance.RunEpoch, serving.EpochReport)
     replay: Any = None  # pipelines.replay.ReplayReport
+    skipped_here: list[Any] = field(default_factory=list)  # checks of its own it could not make (no key)
 
     @property
     def failures(self) -> list[Any]:
@@ -93,11 +94,23 @@ class RunAudit:
     def ok(self) -> bool:
         return not self.failures
 
+    @property
+    def skipped(self) -> list[Any]:
+        return list(self.run.skipped) + list(self.skipped_here)
+
     def to_json(self) -> dict[str, Any]:
         epochs = [{**epoch.to_json(), "verify": report.to_json()} for epoch, report in self.epochs]
         failures = [{"name": f.name, "subject": f.subject, "detail": f.detail} for f in self.failures]
+        skipped = [{"name": f.name, "subject": f.subject, "detail": f.detail} for f in self.skipped]
         replay = self.replay.to_json() if self.replay else None
-        return {**self.run.to_json(), "epochs": epochs, "replay": replay, "failures": failures, "ok": self.ok}
+        return {
+            **self.run.to_json(),
+            "epochs": epochs,
+            "replay": replay,
+            "failures": failures,
+            "skipped": skipped,
+            "ok": self.ok,
+        }
 
 
 def verify_command(
@@ -135,19 +148,25 @@ def verify_command(
         from pipelines.cli.serve import epoch_verify
 
         return epoch_verify(run_id, as_json=as_json, store_dir=store_dir)
-    from provenance import ProvenanceError, verify_run
+    from provenance import NO_KEY, Failure, ProvenanceError, verify_run
 
     with clean_errors(ProvenanceError, StorageError):
-        chain, store = open_chain(), open_store(store_dir)
+        # a holder key in reach (CARAVAN_HOLDER_KEY or its key file) opens the private versions it is granted
+        chain, store = open_chain(), open_reading_store(store_dir)
         report = verify_run(chain, store, run_id, onchain_proofs=onchain_proofs)
         summary = (
             f"run {run_id} root {report.onchain_root}; {report.records_checked} records, "
-            f"{report.contents_checked} contents, {report.proofs_checked} proofs checked"
+            f"{report.contents_checked} contents ({report.contents_opened} private opened, "
+            f"{len(report.skipped)} not opened: no key), {report.proofs_checked} proofs checked"
         )
         if epochs or replay:
             report = _with_epochs(chain, store, run_id, report) if epochs else RunAudit(report)
             summary += f"; {len(report.epochs)} serving epoch(s) checked" if epochs else ""
-        if replay and "run_not_found" not in report.run.names():
+        if replay and report.run.skipped:
+            report.skipped_here.append(
+                Failure(NO_KEY, run_id, "replay: retraining needs the private training data's plaintext")
+            )
+        elif replay and "run_not_found" not in report.run.names():
             from pipelines.replay import ReplayRefused, replay_run
 
             with clean_errors(ReplayRefused):

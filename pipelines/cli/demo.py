@@ -192,17 +192,29 @@ def ingest(
             "it, influence is measured against a hash split of the crowd-labeled examples."
         ),
     ] = None,
+    private: Annotated[
+        bool | None,
+        typer.Option(
+            "--private/--public",
+            help="Seal every value of this version (AES-SIV, a data key wrapped for the holder key in "
+            "CARAVAN_HOLDER_KEY or its key file) before it reaches the store; default: private when "
+            "CARAVAN_DEPLOYMENT=prod (its pins are published), public otherwise.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Register a dataset version: the Dagster partition the whole graph runs for."""
     import dagster as dg
 
     from pipelines.datasets import DatasetError, Payload, load_source, to_examples, validation_examples
+    from pipelines.privacy import registering
     from pipelines.resources import DatasetCatalog, resources_for
     from pipelines.settings import load_settings, use_dagster_home
+    from storage import StorageError
 
     settings = load_settings()
     labels = [c.strip() for c in choices.split(",") if c.strip()]
-    with clean_errors(DatasetError, ValueError):
+    with clean_errors(DatasetError, ValueError, StorageError):
         if kind not in ("text", "image") or not labels:
             raise CaravanError("--kind must be text or image, and --choices must name at least one label")
         payload = Payload(kind, field)  # texts and images are checked here, before anything is pinned
@@ -210,15 +222,17 @@ def ingest(
         if validation:
             held_out = load_source(validation, provider="validation", payload=payload)
             validation_examples(held_out, examples, labels)
-        DatasetCatalog(root=str(settings.catalog_dir)).register(
-            version,
-            source,
-            store=resources_for(settings)["store"].client(),  # the files are pinned, named by CID
-            provider=provider,
-            labeling={"kind": kind, "field": field, "choices": labels},
-            gold=gold,
-            validation=validation,
-        )
+        private = settings.deployment == "prod" if private is None else private  # prod pins publish
+        with registering(settings, resources_for(settings)["store"].plain(), version, private) as store:
+            DatasetCatalog(root=str(settings.catalog_dir)).register(
+                version,
+                source,
+                store=store,  # the files are pinned, named by CID (a private version's: sealed first)
+                provider=provider,
+                labeling={"kind": kind, "field": field, "choices": labels},
+                gold=gold,
+                validation=validation,
+            )
     use_dagster_home(settings)
     dg.DagsterInstance.get().add_dynamic_partitions("dataset_version", [version])
     print(

@@ -25,12 +25,15 @@ def clean_errors(*kinds: type[BaseException]) -> Iterator[None]:
 
 
 def finish_report(report, as_json: bool, summary: str) -> None:  # noqa: ANN001 (a provenance Findings)
-    """Print a verification report (JSON, or one `FAIL` line per failure and a verdict); exit 1 unless ok."""
+    """Print a verification report (JSON, or one `FAIL` line per failure, one `SKIP (no key)` line per
+    check that needed a key, and a verdict); exit 1 unless ok."""
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=2))
     else:
         for failure in report.failures:
             typer.echo(f"FAIL {failure.name} {failure.subject}: {failure.detail}")
+        for skip in getattr(report, "skipped", ()):  # checks that needed a key this holder lacks
+            typer.echo(f"{skip.name} {skip.subject}: {skip.detail}")
         verdict = "OK" if report.ok else f"{len(report.failures)} failure(s)"
         typer.echo(f"{verdict}: {summary}")
     if not report.ok:

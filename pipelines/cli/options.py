@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from pipelines.settings import load_settings
-from storage import BlockStore
+from storage import BlockStore, ContentStore
 
 if TYPE_CHECKING:
     from provenance import Chain
@@ -41,6 +41,14 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")
 
 def open_store(store_dir: str | None) -> BlockStore:
     return BlockStore(store_dir or load_settings().store_dir)
+
+
+def open_reading_store(store_dir: str | None) -> ContentStore:
+    """The store, opening every private version the holder key in reach (if any) is granted."""
+    from pipelines.privacy import Keyrings, holder_key, keyring_dir
+
+    settings = load_settings()
+    return Keyrings(keyring_dir(settings), open_store(store_dir)).reading_store(holder_key(settings))
 
 
 def open_ledger(target: str | None) -> Ledger:

@@ -15,7 +15,15 @@ from typing import Annotated
 import typer
 
 from pipelines.cli.errors import clean_errors, finish_report
-from pipelines.cli.options import AsJson, LedgerTarget, StoreDir, open_chain, open_ledger, open_store
+from pipelines.cli.options import (
+    AsJson,
+    LedgerTarget,
+    StoreDir,
+    open_chain,
+    open_ledger,
+    open_reading_store,
+    open_store,
+)
 from provenance import ProvenanceError
 from serving import (
     ServingError,
@@ -61,7 +69,7 @@ def serve(
 
     torch.set_num_threads(threads)
     with clean_errors(*ERRORS):
-        run = load_run(open_chain(), open_store(store_dir), run_id)
+        run = load_run(open_chain(), open_reading_store(store_dir), run_id)  # opens a private model
         ledger = open_ledger(ledger_path)
         app = create_app(
             run,

@@ -1,0 +1,134 @@
+"""`caravan access ...`: who may read a private dataset version.
+
+A holder (the operator, an auditor, a serving host) makes a key pair once (`keygen`: the private
+key goes to a file readable by its owner only, the public key is printed) and hands over the
+public key. A holder already granted a version runs `grant` to wrap the version's data keys for
+it, or `revoke` to drop one: the version then gets a new data key, its registered files are
+sealed again under it, and everything stored from then on is unreadable to the revoked holder.
+The acting holder's key comes from `CARAVAN_HOLDER_KEY` or `CARAVAN_HOLDER_KEYFILE`, never an option.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipelines.cli.errors import CaravanError, clean_errors
+from pipelines.cli.options import StoreDir, open_store
+from storage import EncryptedStore, HolderKey, KeyringError, StorageError
+
+app = typer.Typer(help="Private versions: holder keys, grant and revoke access.", no_args_is_help=True)
+
+Version = Annotated[str, typer.Argument(help="The private dataset version.")]
+Name = Annotated[str, typer.Argument(help="The holder's name (e.g. auditor-acme).")]
+
+
+def _keyrings(store_dir: str | None):  # noqa: ANN202
+    from pipelines.privacy import Keyrings, keyring_dir
+    from pipelines.settings import load_settings
+
+    return Keyrings(keyring_dir(load_settings()), open_store(store_dir))
+
+
+def _keyring(keyrings, version: str):  # noqa: ANN001, ANN202
+    keyring = keyrings.get(version)
+    if keyring is None:
+        raise CaravanError(
+            f"dataset version {version!r} is not private (no keyring); register it with "
+            "`caravan ingest ... --private`"
+        )
+    return keyring
+
+
+def _acting_holder(why: str) -> HolderKey:
+    from pipelines.privacy import require_holder_key
+    from pipelines.settings import load_settings
+
+    return require_holder_key(load_settings(), why)
+
+
+@app.command("keygen")
+def keygen(
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Key file to write (mode 0600); default $CARAVAN_HOLDER_KEYFILE or "
+                     "$CARAVAN_HOME/keys/holder.key. An existing file is never overwritten."),
+    ] = None,
+) -> None:
+    """Make a holder key pair: the private key to a file, the public key printed (hand it over)."""
+    from pipelines.privacy import holder_keyfile, write_keyfile
+    from pipelines.settings import load_settings
+
+    with clean_errors(KeyringError):
+        path = out or holder_keyfile(load_settings())
+        key = HolderKey.generate()
+        write_keyfile(path, key)
+    typer.echo(json.dumps({"public_key": key.public_hex, "key_file": str(path)}))
+
+
+@app.command("grant")
+def grant(
+    version: Version,
+    name: Name,
+    public_key: Annotated[str, typer.Argument(help="The holder's public key (hex, from its `keygen`).")],
+    store_dir: StoreDir = None,
+) -> None:
+    """Give a holder read access: wrap every data key of the version for its public key."""
+    with clean_errors(KeyringError, StorageError):
+        keyrings = _keyrings(store_dir)
+        keyring = _keyring(keyrings, version)
+        if name in keyring.holders():
+            raise CaravanError(f"{name!r} already holds a key of {version!r}; revoke it first to replace it")
+        cid = keyrings.put(keyring.grant(_acting_holder(f"granting access to {version!r}"), name, public_key))
+    typer.echo(json.dumps({"version": version, "granted": name, "keyring_cid": cid}))
+
+
+@app.command("revoke")
+def revoke(version: Version, name: Name, store_dir: StoreDir = None) -> None:
+    """Take a holder's access away: a new data key for the holders left, the version's files sealed
+    again under it, so everything stored from now on is unreadable to the revoked holder."""
+    from pipelines.resources import DatasetCatalog
+    from pipelines.settings import load_settings
+
+    with clean_errors(KeyringError, StorageError):
+        keyrings = _keyrings(store_dir)
+        holder = _acting_holder(f"revoking access to {version!r}")
+        old = _keyring(keyrings, version)
+        reader = EncryptedStore(keyrings.store, old.data_keys(holder))
+        keyring, key = old.revoke(name, holder)
+        # the keyring first: if sealing the files again fails, they stay readable under the old key
+        cid = keyrings.put(keyring)
+        catalog = DatasetCatalog(root=str(load_settings().catalog_dir))
+        entry = catalog.reseal(version, reader, EncryptedStore(keyrings.store, [key]))
+    typer.echo(
+        json.dumps(
+            {
+                "version": version,
+                "revoked": name,
+                "key_id": key.key_id,
+                "keyring_cid": cid,
+                "sources": [f["cid"] for f in entry["sources"]],
+                "next": f"materialize {version!r} again to re-derive its values under the new key",
+            }
+        )
+    )
+
+
+@app.command("show")
+def show(version: Version, store_dir: StoreDir = None) -> None:
+    """The version's holders (name, public key) and its data key ids, current first. No secret."""
+    with clean_errors(KeyringError, StorageError):
+        keyring = _keyring(_keyrings(store_dir), version)
+    typer.echo(
+        json.dumps(
+            {"version": version, "holders": keyring.holders(), "key_ids": [k for k, _ in keyring.keys]},
+            indent=2,
+        )
+    )
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="access")
