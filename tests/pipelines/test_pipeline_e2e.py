@@ -7,10 +7,12 @@ import os
 import threading
 
 import dagster as dg
+import pyarrow.parquet as pq
 import pytest
 
 from labeling import LabelStudioClient, ProjectSpec, choice_result
-from pipelines.demo import CHOICES, VERSION, DemoError, run_demo, single_run
+from pipelines.demo import CHOICES, VERSION, DemoError, run_demo, serving_input, single_run
+from pipelines.demo_data import FIELD
 from pipelines.settings import load_settings
 from provenance import Chain, load_record
 from serving import Ledger
@@ -111,7 +113,10 @@ def _settlement_job_settles_new_receipts(settings, run_id):
     chain, store, ledger = _chain(settings), BlockStore(settings.store_dir), Ledger(settings.ledger_path)
     _, secret = ledger.create_key("late-user", balance=10**15)
     app = create_app(load_run(chain, store, run_id), ledger, price=10**12)
-    paid = TestClient(app).post("/v1/predict", json={"input": [0.0] * 64}, headers={API_KEY_HEADER: secret})
+    digit = pq.read_table(settings.home / "demo" / "digits" / "truth" / "labels.parquet")[FIELD][0].as_py()
+    paid = TestClient(app).post(
+        "/v1/predict", json={"input": serving_input("image", digit)}, headers={API_KEY_HEADER: secret}
+    )
     assert paid.status_code == 200, paid.text
     before = {e.epoch_id for e in ledger.epochs()}
     assert settlement_job.execute_in_process(resources=resources_for(settings)).success
