@@ -81,9 +81,11 @@ from .trak_model import ModelTrakFeatures, model_features
 if TYPE_CHECKING:
     from .encoding import EncodedSplit, InputEncoding, encode_split
     from .payloads import (
+        ImageEncoding,
         PayloadEncoding,
         PayloadSplit,
         RecipeSizes,
+        TextEncoding,
         encode_payload_split,
         encoding_from_json,
         labelled_inputs,
@@ -118,7 +120,9 @@ _LAZY = {
     "model_features_to_bytes": "attribution.serialize",
     "task_model_from_bytes": "attribution.serialize",
     "task_model_to_bytes": "attribution.serialize",
+    "ImageEncoding": "attribution.payloads",
     "PayloadEncoding": "attribution.payloads",
+    "TextEncoding": "attribution.payloads",
     "PayloadSplit": "attribution.payloads",
     "RecipeSizes": "attribution.payloads",
     "encode_payload_split": "attribution.payloads",
@@ -141,8 +145,10 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "LABELS",
+    "ImageEncoding",
     "ModelTrakFeatures",
     "PayloadEncoding",
+    "TextEncoding",
     "PayloadSplit",
     "RecipeSizes",
     "encode_payload_split",

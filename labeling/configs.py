@@ -17,6 +17,9 @@ from labeling.errors import LabelConfigError
 FROM_NAME = "label"  # the <Choices> control every Caravan project uses
 
 
+MAX_TITLE = 50  # Label Studio refuses longer project titles
+
+
 @dataclass(frozen=True)
 class ProjectSpec:
     """What a labeling project shows (`kind` is "text" or "image") and which labels it allows."""
@@ -35,6 +38,11 @@ class ProjectSpec:
             or any(not c for c in self.choices)
         ):
             raise LabelConfigError(f"choices must be distinct non-empty labels, got {list(self.choices)}")
+        if not 0 < len(self.title) <= MAX_TITLE:
+            raise LabelConfigError(
+                f"project title {self.title!r} has {len(self.title)} characters; Label Studio takes 1 to "
+                f"{MAX_TITLE}: shorten CARAVAN_LABELSTUDIO_PROJECT_PREFIX or the dataset version's name"
+            )
         if not self.field.isidentifier():
             raise LabelConfigError(
                 f"field {self.field!r} must be an identifier (it is a $variable in the config)"

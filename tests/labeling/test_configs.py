@@ -23,6 +23,8 @@ def test_config_round_trips_choices_including_awkward_labels():
         ({"choices": ()}, "choices"),
         ({"choices": ("a", "a")}, "distinct"),
         ({"field": "not a name"}, "identifier"),
+        ({"title": "x" * 51}, "51 characters; .* 1 to 50: shorten CARAVAN_LABELSTUDIO_PROJECT_PREFIX"),
+        ({"title": ""}, "has 0 characters"),
     ],
 )
 def test_bad_project_specs_are_named(kwargs, words):

@@ -19,22 +19,6 @@ from serving import Ledger
 from storage import BlockStore
 
 
-@pytest.fixture
-def caravan_env(tmp_path, monkeypatch, labelstudio, anvil):
-    monkeypatch.setenv("CARAVAN_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
-    (tmp_path / "dagster").mkdir()
-    monkeypatch.setenv("CARAVAN_LABELSTUDIO_URL", labelstudio.base_url)
-    monkeypatch.setenv(
-        "CARAVAN_LABELSTUDIO_PROJECT_PREFIX", f"caravan-{tmp_path.name}"
-    )  # one project per test
-    monkeypatch.setenv("LABEL_STUDIO_USER_TOKEN", labelstudio.token)
-    monkeypatch.setenv("CARAVAN_RPC_URL", anvil.rpc_url)
-    monkeypatch.setenv("CARAVAN_PRIVATE_KEY", anvil.dev_keys[0])
-    monkeypatch.delenv("CARAVAN_STORE_DIR", raising=False)
-    return load_settings()
-
-
 def _chain(settings) -> Chain:
     return Chain.from_env({"CARAVAN_RPC_URL": settings.rpc_url, "CARAVAN_CHAIN_DIR": str(settings.chain_dir)})
 

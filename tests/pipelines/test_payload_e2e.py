@@ -1,0 +1,109 @@
+"""A small text set and a small image set through the whole mission, against the real Label Studio and
+anvil: labeled by simulated annotators, trained by their recipes, paid on chain, served with paid and
+settled predictions, verified, replayed by an auditor, and rerun without anything new."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image, ImageDraw
+
+from attribution import PayloadEncoding, TextEncoding, payload_encoding_from_json
+from pipelines.demo import UserData, run_demo
+from pipelines.replay import replay_run
+from provenance import TRAINING, CodeVersion, RunRecords, TrainingRecord, load_record
+from serving import Ledger
+from storage import BlockStore, cid_for_bytes
+from tests.pipelines.test_demo_data import TOPICS, make_texts_module
+from tests.pipelines.test_pipeline_e2e import _chain
+
+CODE = CodeVersion("caravan", "0.1.0", "ef" * 20, False)  # the clean checkout this test stands for
+SHAPES = ("disc", "square", "bar")
+
+
+def _texts(folder: Path, rows: int = 120) -> UserData:
+    path = folder / "texts.csv"
+    make_texts_module().write(make_texts_module().make_texts(rows, seed=3), path)
+    return UserData(path, "text", "text", TOPICS, "label")
+
+
+def _shape(rng: np.random.Generator, shape: str) -> bytes:
+    """A 16×16 grayscale PNG of one shape, drawn with Pillow at a random place and shade."""
+    image = Image.new("L", (16, 16), int(rng.integers(0, 60)))
+    (x, y), r = (int(v) for v in rng.integers(4, 12, size=2)), int(rng.integers(3, 5))
+    box = (x - r, y - r, x + r, y + r)
+    draw, ink = ImageDraw.Draw(image), int(rng.integers(180, 256))
+    if shape == "disc":
+        draw.ellipse(box, fill=ink)
+    elif shape == "square":
+        draw.rectangle(box, fill=ink)
+    else:
+        draw.rectangle((0, y - 1, 15, y + 1), fill=ink)
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def _images(folder: Path, rows: int = 120) -> UserData:
+    rng = np.random.default_rng(5)
+    labels = [SHAPES[i % len(SHAPES)] for i in range(rows)]
+    table = pa.table(
+        {
+            "provider": [f"studio-{i % 3}" for i in range(rows)],
+            "image": pa.array([_shape(rng, s) for s in labels], pa.binary()),
+            "shape": labels,
+        }
+    )
+    path = folder / "shapes.parquet"
+    pq.write_table(table, path)
+    return UserData(path, "image", "image", SHAPES, "shape")
+
+
+@pytest.mark.parametrize("kind", ["text", "image"])
+def test_a_payload_set_is_labeled_trained_paid_served_and_replayed(caravan_env, tmp_path, monkeypatch, kind):
+    settings = caravan_env
+    monkeypatch.setattr("pipelines.lineage.pipeline_code", lambda: CODE)
+    data = _texts(tmp_path) if kind == "text" else _images(tmp_path)
+    first = run_demo(settings, data=data, start_services=False, say=lambda _: None)
+    assert first["verify_ok"], first["failures"]
+    assert first["epoch_verify_ok"] and first["predictions"] == 5 and first["epoch_claim_tx"]
+    assert first["claim_tx"] and first["claimed_wei"] > 0
+    assert sum(r["weight_bps"] for r in first["weights"]) == 10_000
+    assert {r["role"] for r in first["weights"]} == {"provider", "labeler"}
+
+    chain, store = _chain(settings), BlockStore(settings.store_dir)
+    records = RunRecords(chain, store)
+    head = records.head(first["run_id"])
+    _, training = records.parent(head, TRAINING)
+    recipe = {"text": "text-transformer", "image": "image-cnn"}[kind]
+    assert training.params["payload"]["kind"] == kind and training.params["payload"]["recipe"] == recipe
+    # how rows became inputs is stored by CID beside the model, and round-trips from those bytes
+    raw = store.get(training.outputs[TrainingRecord.ENCODING])
+    assert cid_for_bytes(raw, cid_version=1) == training.outputs[TrainingRecord.ENCODING]
+    encoding: PayloadEncoding = payload_encoding_from_json(raw)
+    assert (encoding.kind, encoding.column) == (kind, data.field)
+    if isinstance(encoding, TextEncoding):
+        assert json.loads(encoding.tokenizer)["model"]["type"]  # the tokenizer itself, not a name
+    else:
+        assert (encoding.height, encoding.width, encoding.channels) == (16, 16, 1)
+
+    monkeypatch.setattr("pipelines.replay.pipeline_code", lambda: CODE)
+    replayed = replay_run(chain, store, first["run_id"])
+    assert replayed.ok and replayed.same_platform, [f.__dict__ for f in replayed.failures]
+    assert replayed.replayed_root == replayed.onchain_root
+
+    pins, events = store.pins(), len(chain.recorded_events(first["run_id"]))
+    second = run_demo(settings, data=data, start_services=False, say=lambda _: None)
+    assert (second["run_id"], second["root_tx"]) == (first["run_id"], first["root_tx"])
+    assert second["annotations"] == first["annotations"]  # no new tasks, no new answers
+    assert len(chain.recorded_events(first["run_id"])) == events  # no record sent twice
+    new_pins = store.pins() - pins  # only the rerun's own paid predictions are new
+    epoch = Ledger(settings.ledger_path).epoch(second["epoch_id"])
+    settled = load_record(store, epoch.record_cid).outputs.values()
+    assert new_pins <= {epoch.record_cid, epoch.batch_cid, *settled}
