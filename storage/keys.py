@@ -8,6 +8,8 @@ wrapped copies by holder. The keyring holds no secret: it is stored as plain JSO
 data, and its CID names it.
 
     HolderKey.generate() / HolderKey.from_hex(text)   a holder's private key (repr hides it)
+    key.to_keystore(password) / HolderKey.from_keystore(data, password)
+                                                      the same key in a password-protected JSON keystore
     Keyring.create(version, holders)                  a fresh data key wrapped for each holder
     keyring.grant(holder_key, name, public_hex)       one more wrapped copy of every key
     keyring.revoke(name, holder_key)                  drop a holder; seal new data under a new key
@@ -17,17 +19,27 @@ data, and its CID names it.
 from __future__ import annotations
 
 import base64
+import hmac
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import nacl.utils
 from nacl.exceptions import CryptoError
 from nacl.public import PrivateKey, PublicKey, SealedBox
+from nacl.pwhash import argon2id
+from nacl.secret import Aead
 
 from storage.encryption import DataKey, DecryptionError
 
 KEYRING_FORMAT = "caravan-keyring/1"
 SCHEME = "AES-SIV-512, 1 MiB segments; keys wrapped in X25519 sealed boxes"
+KEYSTORE_FORMAT = "caravan-holder-keystore/1"
+KEYSTORE_KDF = "argon2id"  # libsodium crypto_pwhash (Argon2id v1.3)
+KEYSTORE_CIPHER = "xchacha20poly1305-ietf"  # libsodium AEAD, 24-byte random nonce
+# what a keystore may ask of its reader: a hostile file must not take all memory or time
+KEYSTORE_MAX_OPSLIMIT = 4 * argon2id.OPSLIMIT_SENSITIVE
+KEYSTORE_MAX_MEMLIMIT = argon2id.MEMLIMIT_SENSITIVE  # 1 GiB
 
 
 class KeyringError(DecryptionError):
@@ -63,6 +75,127 @@ class HolderKey:
 
     def __repr__(self) -> str:
         return f"HolderKey(public={self.public_hex})"
+
+    @staticmethod
+    def is_keystore(data: bytes | str) -> bool:
+        """Whether a key file holds a keystore (a JSON object) rather than a hex key."""
+        return (data.encode() if isinstance(data, str) else data).lstrip().startswith(b"{")
+
+    def to_keystore(
+        self,
+        password: str,
+        *,
+        opslimit: int = argon2id.OPSLIMIT_MODERATE,
+        memlimit: int = argon2id.MEMLIMIT_MODERATE,
+    ) -> bytes:
+        """This key sealed under a password, as a JSON keystore that names its public key.
+
+        Argon2id (PyNaCl's `nacl.pwhash.argon2id`, libsodium's memory-hard password hash, the
+        RFC 9106 and OWASP first choice) derives 64 bytes from the password and a random salt: the
+        first 32 key an XChaCha20-Poly1305 AEAD (`nacl.secret.Aead`) that seals the private key with
+        the rest of the document (format, public key, KDF and its parameters) as associated data,
+        the last 32 are stored as a password check, no easier to guess from than the ciphertext,
+        so that a wrong password and an altered file are told apart. Defaults: libsodium's MODERATE
+        cost (256 MiB, 3 passes), the memory cost of the chain's scrypt keystore.
+        """
+        if not password:
+            raise KeyringError("a holder keystore needs a non-empty password")
+        _check_cost(opslimit, memlimit, "the keystore cost")
+        salt = nacl.utils.random(argon2id.SALTBYTES)
+        header = {
+            "format": KEYSTORE_FORMAT,
+            "public_key": self.public_hex,
+            "kdf": {"name": KEYSTORE_KDF, "opslimit": opslimit, "memlimit": memlimit, "salt": salt.hex()},
+            "cipher": KEYSTORE_CIPHER,
+        }
+        key, check = _derive(password, salt, opslimit, memlimit)
+        sealed = Aead(key).encrypt(bytes(self.private), _canonical(header))
+        doc = {**header, "check": check.hex(), "nonce": sealed.nonce.hex()}
+        doc["ciphertext"] = sealed.ciphertext.hex()
+        return json.dumps(doc, sort_keys=True, indent=1).encode() + b"\n"
+
+    @classmethod
+    def from_keystore(
+        cls,
+        data: bytes | str,
+        password: str,
+        *,
+        source: str = "the holder keystore",
+        password_source: str = "the password",
+    ) -> HolderKey:
+        """The key a `to_keystore` document seals. Raises `KeyringError` naming `source` (and
+        `password_source`, never the password) for a malformed file, a wrong password, or altered bytes."""
+        header, salt, check, nonce, ciphertext = _parse_keystore(data, source)
+        kdf = header["kdf"]
+        if not password:
+            raise KeyringError(f"{source} is a password-protected keystore: give {password_source}")
+        key, expected = _derive(password, salt, kdf["opslimit"], kdf["memlimit"])
+        if not hmac.compare_digest(expected, check):
+            raise KeyringError(
+                f"{source} does not open with {password_source}: the password is wrong; "
+                "give the one it was written with"
+            )
+        try:
+            holder = cls(PrivateKey(Aead(key).decrypt(nonce + ciphertext, _canonical(header))))
+        except (CryptoError, ValueError, TypeError):
+            holder = None
+        if holder is None or holder.public_hex != header["public_key"]:
+            raise KeyringError(
+                f"{source} was altered: the password is right but the sealed key or the document around "
+                "it fails authentication; restore the file from a copy"
+            )
+        return holder
+
+
+def _canonical(header: dict[str, Any]) -> bytes:
+    return json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _derive(password: str, salt: bytes, opslimit: int, memlimit: int) -> tuple[bytes, bytes]:
+    """(AEAD key, password check): the two halves of 64 bytes Argon2id derives from the password."""
+    secret = password.encode("utf-8", "surrogateescape")  # an environment value's own bytes
+    out = argon2id.kdf(64, secret, salt, opslimit=opslimit, memlimit=memlimit)
+    return out[:32], out[32:]
+
+
+def _check_cost(opslimit: Any, memlimit: Any, what: str) -> None:
+    ok_ops = type(opslimit) is int and argon2id.OPSLIMIT_MIN <= opslimit <= KEYSTORE_MAX_OPSLIMIT
+    ok_mem = type(memlimit) is int and argon2id.MEMLIMIT_MIN <= memlimit <= KEYSTORE_MAX_MEMLIMIT
+    if not (ok_ops and ok_mem):
+        raise KeyringError(
+            f"{what} is out of range: argon2id opslimit {argon2id.OPSLIMIT_MIN}..{KEYSTORE_MAX_OPSLIMIT}, "
+            f"memlimit {argon2id.MEMLIMIT_MIN}..{KEYSTORE_MAX_MEMLIMIT} bytes"
+        )
+
+
+def _parse_keystore(data: bytes | str, source: str) -> tuple[dict[str, Any], bytes, bytes, bytes, bytes]:
+    """A keystore's authenticated header and its salt, check, nonce and ciphertext (bytes)."""
+    try:
+        doc = json.loads(data)
+        if not isinstance(doc, dict) or doc.get("format") != KEYSTORE_FORMAT:
+            raise ValueError(f"format {doc.get('format') if isinstance(doc, dict) else None!r}")
+        kdf = doc["kdf"]
+        if kdf["name"] != KEYSTORE_KDF or doc["cipher"] != KEYSTORE_CIPHER:
+            raise ValueError(f"kdf {kdf['name']!r}, cipher {doc['cipher']!r}")
+        if len(bytes.fromhex(doc["public_key"])) != 32:
+            raise ValueError("a public key of the wrong length")
+        salt, check = bytes.fromhex(kdf["salt"]), bytes.fromhex(doc["check"])
+        nonce, ciphertext = bytes.fromhex(doc["nonce"]), bytes.fromhex(doc["ciphertext"])
+        if (len(salt), len(check), len(nonce)) != (argon2id.SALTBYTES, 32, Aead.NONCE_SIZE):
+            raise ValueError("salt, check or nonce of the wrong length")
+        header = {
+            "format": doc["format"],
+            "public_key": doc["public_key"],
+            "kdf": {k: kdf[k] for k in ("name", "opslimit", "memlimit", "salt")},
+            "cipher": doc["cipher"],
+        }
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise KeyringError(
+            f"{source} is not a Caravan holder keystore ({exc}); write one with "
+            "`caravan access keygen --password-env NAME`"
+        ) from None
+    _check_cost(header["kdf"]["opslimit"], header["kdf"]["memlimit"], f"the cost {source} asks")
+    return header, salt, check, nonce, ciphertext
 
 
 def public_key(text: str) -> PublicKey:
