@@ -19,7 +19,6 @@ from pipelines.resources import resources_for
 from pipelines.settings import load_settings
 from provenance import CodeVersion
 from storage import BlockStore, DecryptionError, EncryptedStore, HolderKey, is_sealed, read_parquet
-from tests.pipelines.test_pipeline_e2e import caravan_env  # noqa: F401 - the shared fixture
 
 CODE = CodeVersion("caravan", "0.1.0", "cd" * 20, False)  # a clean checkout, so the run can be replayed
 
@@ -49,7 +48,7 @@ def _verify(run_id: str, key: HolderKey | None, *extra: str):
 
 
 @pytest.fixture
-def private_run(caravan_env, monkeypatch):  # noqa: F811
+def private_run(caravan_env, monkeypatch):
     operator = HolderKey.generate()
     monkeypatch.setenv(HOLDER_KEY_ENV, operator.private_hex())
     monkeypatch.setattr("pipelines.lineage.pipeline_code", lambda: CODE)
