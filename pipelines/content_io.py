@@ -70,8 +70,11 @@ class StoreResource(dg.ConfigurableResource):
         from pipelines.settings import load_settings
 
         env = {**os.environ, **({HOLDER_KEYFILE_ENV: self.holder_keyfile} if self.holder_keyfile else {})}
+        keyrings = Keyrings(self.keyring_dir, store)
+        if not keyrings.is_private(version):
+            return store  # no holder key needed (a keystore's password may be absent)
         try:
-            return Keyrings(self.keyring_dir, store).store_for(version, holder_key(load_settings(env), env))
+            return keyrings.store_for(version, holder_key(load_settings(env), env))
         except KeyringError as exc:
             raise dg.Failure(str(exc)) from None
 

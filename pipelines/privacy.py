@@ -5,10 +5,12 @@ stored in the content store, pinned, and named by a pointer file `<keyring_dir>/
 A holder's private key comes from `CARAVAN_HOLDER_KEY` (hex) or the key file
 `CARAVAN_HOLDER_KEYFILE` (default `$CARAVAN_HOME/keys/holder.key`, mode 0600, written by
 `caravan access keygen`), as the chain key comes from `CARAVAN_PRIVATE_KEY` or a keystore; it is
-never put in configuration or logged.
+never put in configuration or logged. The key file holds the key in hex, or a password-protected
+keystore (`HolderKey.to_keystore`, told apart by its content) whose password comes from
+`CARAVAN_HOLDER_KEY_PASSWORD`.
 
     holder_key(settings) / require_holder_key(settings, why)   the holder key in reach, if any
-    Keyrings(keyring_dir, store)                               get / put / for_ingest / is_private
+    Keyrings(keyring_dir, store)                               get / put / for_ingest / is_private / versions
     keyrings.store_for(version, holder)                        what a step writing `version` uses
     keyrings.reading_store(holder)                             opens every version the holder may read
     registering(settings, store, version, private)             the store a version's files are registered with
@@ -17,6 +19,7 @@ never put in configuration or logged.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 from collections.abc import Iterator, Mapping
@@ -27,6 +30,7 @@ from storage import ContentStore, DataKey, EncryptedStore, HolderKey, Keyring, K
 
 HOLDER_KEY_ENV = "CARAVAN_HOLDER_KEY"
 HOLDER_KEYFILE_ENV = "CARAVAN_HOLDER_KEYFILE"
+HOLDER_KEY_PASSWORD_ENV = "CARAVAN_HOLDER_KEY_PASSWORD"
 OPERATOR = "operator"  # the holder name `ingest --private` wraps the first data key for
 
 
@@ -40,7 +44,8 @@ def holder_keyfile(settings: Settings, env: Mapping[str, str] | None = None) -> 
 
 
 def holder_key(settings: Settings, env: Mapping[str, str] | None = None) -> HolderKey | None:
-    """The holder key from `CARAVAN_HOLDER_KEY`, else from the key file if there is one."""
+    """The holder key from `CARAVAN_HOLDER_KEY`, else from the key file if there is one: hex, or a
+    keystore opened with `CARAVAN_HOLDER_KEY_PASSWORD`."""
     env = os.environ if env is None else env
     if env.get(HOLDER_KEY_ENV):
         return HolderKey.from_hex(env[HOLDER_KEY_ENV], source=HOLDER_KEY_ENV)
@@ -51,7 +56,23 @@ def holder_key(settings: Settings, env: Mapping[str, str] | None = None) -> Hold
         raise KeyringError(
             f"the key file {path} is readable by others; `chmod 600 {path}`, and rotate the key if it leaked"
         )
-    return HolderKey.from_hex(path.read_text(), source=f"the key file {path}")
+    data = path.read_bytes()
+    if not HolderKey.is_keystore(data):
+        return HolderKey.from_hex(data.decode(errors="replace"), source=f"the key file {path}")
+    password = env.get(HOLDER_KEY_PASSWORD_ENV)
+    if not password:
+        raise KeyringError(
+            f"the key file {path} is a password-protected keystore: "
+            f"set {HOLDER_KEY_PASSWORD_ENV} to its password"
+        )
+    return _open_keystore(data, password, f"the keystore {path}")
+
+
+@functools.lru_cache(maxsize=4)
+def _open_keystore(data: bytes, password: str, source: str) -> HolderKey:
+    """A keystore opened once per process (Argon2id costs ~0.4 s and 256 MiB; a step asks for the
+    key at every load and store). Refusals are not cached."""
+    return HolderKey.from_keystore(data, password, source=source, password_source=HOLDER_KEY_PASSWORD_ENV)
 
 
 def require_holder_key(settings: Settings, why: str) -> HolderKey:
@@ -64,8 +85,10 @@ def require_holder_key(settings: Settings, why: str) -> HolderKey:
     return key
 
 
-def write_keyfile(path: Path, key: HolderKey) -> None:
-    """Write a holder key file readable by its owner only; never overwrites one."""
+def write_keyfile(path: Path, key: HolderKey, password: str | None = None) -> None:
+    """Write a holder key file readable by its owner only, in hex or, with a password, as a keystore;
+    never overwrites one."""
+    content = key.to_keystore(password) if password is not None else (key.private_hex() + "\n").encode()
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -73,8 +96,8 @@ def write_keyfile(path: Path, key: HolderKey) -> None:
         raise KeyringError(
             f"{path} already holds a key; it was kept (move it away to make a new one)"
         ) from None
-    with os.fdopen(fd, "w") as out:
-        out.write(key.private_hex() + "\n")
+    with os.fdopen(fd, "wb") as out:
+        out.write(content)
 
 
 class Keyrings:
@@ -127,11 +150,15 @@ class Keyrings:
             )
         return EncryptedStore(self.store, keyring.data_keys(holder))
 
+    def versions(self) -> list[str]:
+        """The private versions (those with a keyring), sorted."""
+        return sorted(p.stem for p in self.root.glob("*.json")) if self.root.is_dir() else []
+
     def data_keys(self, holder: HolderKey) -> list[DataKey]:
         """Every data key of every version this holder is granted."""
         keys: list[DataKey] = []
-        for path in sorted(self.root.glob("*.json")) if self.root.is_dir() else []:
-            keyring = self.get(path.stem)
+        for version in self.versions():
+            keyring = self.get(version)
             try:
                 keys.extend(keyring.data_keys(holder) if keyring else [])
             except KeyringError:

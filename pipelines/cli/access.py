@@ -1,16 +1,19 @@
 """`caravan access ...`: who may read a private dataset version.
 
 A holder (the operator, an auditor, a serving host) makes a key pair once (`keygen`: the private
-key goes to a file readable by its owner only, the public key is printed) and hands over the
-public key. A holder already granted a version runs `grant` to wrap the version's data keys for
+key goes to a file readable by its owner only, in hex or, with `--password-env NAME`, as a keystore
+sealed under the password in that environment variable; the public key is printed) and hands over
+the public key. A holder already granted a version runs `grant` to wrap the version's data keys for
 it, or `revoke` to drop one: the version then gets a new data key, its registered files are
 sealed again under it, and everything stored from then on is unreadable to the revoked holder.
-The acting holder's key comes from `CARAVAN_HOLDER_KEY` or `CARAVAN_HOLDER_KEYFILE`, never an option.
+The acting holder's key comes from `CARAVAN_HOLDER_KEY` or `CARAVAN_HOLDER_KEYFILE` (a keystore's
+password from `CARAVAN_HOLDER_KEY_PASSWORD`), never an option.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -57,16 +60,34 @@ def keygen(
         typer.Option(help="Key file to write (mode 0600); default $CARAVAN_HOLDER_KEYFILE or "
                      "$CARAVAN_HOME/keys/holder.key. An existing file is never overwritten."),
     ] = None,
+    password_env: Annotated[
+        str | None,
+        typer.Option("--password-env", metavar="NAME",
+                     help="Write a password-protected keystore (Argon2id) instead of the hex key, its "
+                     "password read from the environment variable NAME (e.g. CARAVAN_HOLDER_KEY_PASSWORD), "
+                     "never from the command line. Readers open it with CARAVAN_HOLDER_KEY_PASSWORD."),
+    ] = None,
 ) -> None:
     """Make a holder key pair: the private key to a file, the public key printed (hand it over)."""
     from pipelines.privacy import holder_keyfile, write_keyfile
     from pipelines.settings import load_settings
 
     with clean_errors(KeyringError):
+        password = None
+        if password_env is not None:
+            password = os.environ.get(password_env)
+            if not password:
+                # the name is not echoed: a password typed there by mistake stays out of the logs
+                raise CaravanError(
+                    "--password-env names an environment variable that is not set or is empty; export the "
+                    "keystore's password in one (e.g. `read -rs CARAVAN_HOLDER_KEY_PASSWORD; export "
+                    "CARAVAN_HOLDER_KEY_PASSWORD`) and give its name, never the password itself"
+                )
         path = out or holder_keyfile(load_settings())
         key = HolderKey.generate()
-        write_keyfile(path, key)
-    typer.echo(json.dumps({"public_key": key.public_hex, "key_file": str(path)}))
+        write_keyfile(path, key, password)
+    kind = "keystore" if password is not None else "hex"
+    typer.echo(json.dumps({"public_key": key.public_hex, "key_file": str(path), "format": kind}))
 
 
 @app.command("grant")

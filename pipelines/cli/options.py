@@ -48,7 +48,8 @@ def open_reading_store(store_dir: str | None) -> ContentStore:
     from pipelines.privacy import Keyrings, holder_key, keyring_dir
 
     settings = load_settings()
-    return Keyrings(keyring_dir(settings), open_store(store_dir)).reading_store(holder_key(settings))
+    keyrings = Keyrings(keyring_dir(settings), open_store(store_dir))
+    return keyrings.reading_store(holder_key(settings) if keyrings.versions() else None)
 
 
 def open_ledger(target: str | None) -> Ledger:
