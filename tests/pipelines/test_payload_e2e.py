@@ -17,11 +17,10 @@ from PIL import Image, ImageDraw
 from attribution import PayloadEncoding, TextEncoding, payload_encoding_from_json
 from pipelines.demo import UserData, run_demo
 from pipelines.replay import replay_run
-from provenance import TRAINING, CodeVersion, RunRecords, TrainingRecord, load_record
+from provenance import TRAINING, Chain, CodeVersion, RunRecords, TrainingRecord, load_record
 from serving import Ledger
 from storage import BlockStore, cid_for_bytes
 from tests.pipelines.test_demo_data import TOPICS, make_texts_module
-from tests.pipelines.test_pipeline_e2e import _chain
 
 CODE = CodeVersion("caravan", "0.1.0", "ef" * 20, False)  # the clean checkout this test stands for
 SHAPES = ("disc", "square", "bar")
@@ -77,7 +76,10 @@ def test_a_payload_set_is_labeled_trained_paid_served_and_replayed(caravan_env, 
     assert sum(r["weight_bps"] for r in first["weights"]) == 10_000
     assert {r["role"] for r in first["weights"]} == {"provider", "labeler"}
 
-    chain, store = _chain(settings), BlockStore(settings.store_dir)
+    chain = Chain.from_env(
+        {"CARAVAN_RPC_URL": settings.rpc_url, "CARAVAN_CHAIN_DIR": str(settings.chain_dir)}
+    )
+    store = BlockStore(settings.store_dir)
     records = RunRecords(chain, store)
     head = records.head(first["run_id"])
     _, training = records.parent(head, TRAINING)
