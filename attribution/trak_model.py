@@ -30,7 +30,10 @@ from .inrun import ModuleTaps, Scored, has_tied_parameters, scored_modules
 from .kernels.projection import Distribution, LayerProjector, layer_projectors
 from .model_task import LABELS, Batch, ModelTask, batch_size_of, take, to_device
 from .task import TrainConfig
+from .trainer import TrainResult
 from .trak import FeatureStore, checkpoint_store, damped_inverse, self_influence
+
+TRAK_VALUE_METHOD = "trak_value"  # example_attribution's method when pay is measured by TRAK
 
 
 @dataclass
@@ -84,6 +87,14 @@ class ModelTrakFeatures:
             total += ck.store.matvec(u.astype(np.float32))
         return total / len(self.checkpoints)
 
+    def mean_scores(self, query_batch: Batch) -> np.ndarray:
+        """``[n_train]``: each training row's score averaged over the query rows, as one matvec per
+        checkpoint with the queries' mean projected gradient (never an ``[n_train, m]`` matrix)."""
+        total = np.zeros(self.n_train)
+        for ck, f in zip(self.checkpoints, self.query_features(query_batch), strict=True):
+            total += ck.store.matvec((ck.kernel_inv @ f.mean(axis=0)).astype(np.float32))
+        return total / len(self.checkpoints)
+
     def self_influence(self) -> np.ndarray:
         """``φ_iᵀ K⁻¹ φ_i`` averaged over checkpoints: high for rows the model must bend to fit."""
         return self_influence(self.checkpoints, self.n_train)
@@ -99,6 +110,22 @@ class ModelTrakFeatures:
         if hasattr(logits, "logits"):  # a Hugging Face ModelOutput
             logits = logits.logits
         return {**batch, LABELS: logits.argmax(-1).to(next(iter(batch.values())).device)}
+
+
+def valued_by_trak(result: TrainResult, features: ModelTrakFeatures, targets: Batch) -> TrainResult:
+    """``result`` with each example's score its TRAK value for the targets (``mean_scores``) and
+    ``method`` TRAK_VALUE_METHOD.
+
+    Why, for pay: summed per-step scores credit every example whose gradient pointed the targets'
+    way while the model was still learning what all examples teach, so high-loss examples (noisy
+    images, scrambled texts) earn most; TRAK linearizes the trained model at its checkpoints, where a
+    group's summed gradient is what the rest of the data does not already supply, and a group that
+    pulls the model from the targets scores low or negative (as leave-one-provider-out retraining
+    finds: the closing notes of issue #14 give the figures)."""
+    return replace(
+        result, scores=features.mean_scores(targets), per_target=None, features=features,
+        method=TRAK_VALUE_METHOD,
+    )
 
 
 def model_features(

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from eth_account import Account
@@ -165,6 +166,7 @@ class DemoData:
     gold: Path
     providers: tuple[str, ...]
     samples: tuple  # payload values (text, or image bytes) to ask the served model about
+    validation: Path | None = None  # trusted, held-out examples (payload, `label`) pay is measured on
 
     @property
     def labeling(self) -> dict:
@@ -176,8 +178,10 @@ class DemoData:
 
 
 def prepare_data(settings: Settings, limit: int | None) -> DemoData:
-    """Digits (8×8 PNGs) split across providers; the truth (for simulated labelers) and a small gold set."""
-    folder = write_digits(settings.home / "demo" / "digits", limit=limit)
+    """Digits (8×8 PNGs) split across providers; the truth (for simulated labelers), a small gold set,
+    and the owner's clean test digits as the version's validation set (what pay is measured on)."""
+    validation = settings.home / "demo" / "validation.parquet"
+    folder = write_digits(settings.home / "demo" / "digits", limit=limit, validation=validation)
     truth_rows = pq.read_table(folder / "truth" / "labels.parquet").to_pylist()
     truth = {example_id({FIELD: r[FIELD]}): r["label"] for r in truth_rows}
     gold = write_gold(settings.home / "demo" / "gold.parquet", truth)
@@ -191,12 +195,15 @@ def prepare_data(settings: Settings, limit: int | None) -> DemoData:
         gold,
         tuple(sorted(p.stem for p in folder.glob("*.parquet"))),
         tuple(r[FIELD] for r in truth_rows[:5]),
+        validation,
     )
 
 
 def prepare_user_data(settings: Settings, data: UserData, limit: int | None) -> DemoData:
     """The user's dataset without its truth column, written once under the demo's home (named by its
-    content, so a rerun registers the same version), and the truth keyed by example id."""
+    content, so a rerun registers the same version), and the truth keyed by example id. A tenth of
+    the examples (chosen by a hash of the example id, so no provider is favoured) is held out with its
+    true labels as the version's validation set: the trusted targets pay is measured on."""
     payload = Payload(data.kind, data.field)
     try:
         table = load_source(str(data.path), payload=payload)
@@ -219,6 +226,14 @@ def prepare_user_data(settings: Settings, data: UserData, limit: int | None) -> 
             f"true labels {unknown[:10]} in {data.truth_col!r} are not among --choices {list(data.choices)}"
         )
     rows = table.drop_columns([data.truth_col, "source"])  # the truth never reaches the pipeline
+    payload_cols = [c for c in rows.column_names if c not in RESERVED]
+    ids = [example_id(r) for r in rows.select(payload_cols).to_pylist()]
+    held = np.array([held_out(i) for i in ids])
+    held &= ~np.isin(ids, np.asarray(ids)[~held])  # a copy of a training example is never a target
+    validation = rows.select(payload_cols).filter(pa.array(held)).append_column(
+        "label", pa.array([str(v) for v, h in zip(labels, held, strict=True) if h], pa.string())
+    )
+    rows = rows.filter(pa.array(~held))
     buf = io.BytesIO()
     pq.write_table(rows, buf)
     spec = json.dumps({"kind": data.kind, "field": data.field, "choices": list(data.choices)}, sort_keys=True)
@@ -226,9 +241,9 @@ def prepare_user_data(settings: Settings, data: UserData, limit: int | None) -> 
     source = settings.home / "demo" / version / "data.parquet"
     source.parent.mkdir(parents=True, exist_ok=True)
     source.write_bytes(buf.getvalue())
-    payload_cols = [c for c in rows.column_names if c not in RESERVED]
-    ids = [example_id(r) for r in rows.select(payload_cols).to_pylist()]
-    truth = dict(zip(ids, (str(v) for v in labels), strict=True))
+    held_path = source.with_name("validation.parquet")
+    pq.write_table(validation, held_path)
+    truth = {i: str(v) for i, v, h in zip(ids, labels, held, strict=True) if not h}
     return DemoData(
         version,
         source,
@@ -239,7 +254,13 @@ def prepare_user_data(settings: Settings, data: UserData, limit: int | None) -> 
         write_gold(settings.home / "demo" / version / "gold.parquet", truth),
         tuple(sorted(set(rows["provider"].to_pylist()))),
         tuple(rows[data.field].to_pylist()[:5]),
+        held_path if validation.num_rows else None,
     )
+
+
+def held_out(example: str, every: int = 10) -> bool:
+    """Whether a user-data demo holds this example out as a validation target (one in `every`)."""
+    return int(hashlib.sha256(example.encode()).hexdigest()[:8], 16) % every == 0
 
 
 def write_gold(path: Path, truth: dict[str, str], n: int = 20) -> Path:
@@ -478,7 +499,12 @@ def register_demo_data(settings: Settings, demo: DemoData, *, private: bool = Fa
 
     with registering(settings, _store(settings), demo.version, private) as store:
         DatasetCatalog(root=str(settings.catalog_dir)).register(
-            demo.version, str(demo.source), store=store, labeling=demo.labeling, gold=str(demo.gold)
+            demo.version,
+            str(demo.source),
+            store=store,
+            labeling=demo.labeling,
+            gold=str(demo.gold),
+            validation=str(demo.validation) if demo.validation else None,
         )
     labelers = [a.email for a in simulated_annotators(ACCURACIES)]
     write_contributors(settings.contributors_file, [*demo.providers, *labelers])

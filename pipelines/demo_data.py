@@ -22,6 +22,7 @@ PROVIDERS = ("clinic-north", "clinic-south", "school-east", "school-west", "scan
 NOISY = {"scanner-noisy": 0.6}  # share of pixels replaced by noise
 FIELD = "image"
 SIDE = 8  # the digits are 8×8
+VALIDATION_DIGITS = 180  # a tenth of the 1,797: the demo's trusted targets
 LEVELS = 16  # their ink levels are 0..16
 
 
@@ -36,15 +37,26 @@ def digit_png(levels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_digits(folder: Path, *, limit: int | None = None, seed: int = 0) -> Path:
-    """Write `<provider>.parquet` files (an `image` column of PNGs) and `truth/labels.parquet`."""
+def write_digits(
+    folder: Path, *, limit: int | None = None, seed: int = 0, validation: Path | None = None
+) -> Path:
+    """Write `<provider>.parquet` files (an `image` column of PNGs) and `truth/labels.parquet`; with
+    `validation`, also the owner's trusted test digits there (`image`, `label`): the last
+    VALIDATION_DIGITS of the draw, clean, never given to a provider."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     pixels = digits.data.astype(np.int64)
     labels = digits.target.astype(np.int64)
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(labels))[:limit]
+    drawn = rng.permutation(len(labels))
+    held = drawn[len(drawn) - VALIDATION_DIGITS :] if validation else drawn[:0]
+    order = drawn[: len(drawn) - len(held)][:limit]
+    if validation:
+        images = pa.array([digit_png(pixels[i]) for i in held], pa.binary())
+        labels_held = pa.array([str(v) for v in labels[held]])
+        validation.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({FIELD: images, "label": labels_held}), validation)
     owner = np.arange(len(order)) % len(PROVIDERS)
 
     folder.mkdir(parents=True, exist_ok=True)

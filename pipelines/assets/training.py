@@ -18,6 +18,7 @@ from attribution import (
     LABELS,
     AttributionError,
     EncodedSplit,
+    ModelTrakFeatures,
     PayloadSplit,
     RecipeSizes,
     TrainConfig,
@@ -32,6 +33,7 @@ from attribution import (
     task_model_to_bytes,
     train_model,
     train_split,
+    valued_by_trak,
 )
 from pipelines.content_io import AssetIndex, StoreResource, store_value
 from pipelines.datasets import DatasetError
@@ -66,6 +68,9 @@ class TrainingConfig(dg.Config):
     # image-cnn: channels per stage; how images of another size than the most common are sized
     channels: list[int] = [16, 32]
     image_resize: str = "squash"
+    # what pays: "auto" is TRAK value for text and image recipes (`attribution.valued_by_trak`: summed
+    # per-step scores overpay high-loss examples there), the per-step in-run scores for the MLP
+    value: str = "auto"
 
     def train_config(self, recipe: str = "mlp") -> TrainConfig:
         """The attribution room's settings for this recipe (the one mapping; sharding reuses it)."""
@@ -161,7 +166,21 @@ def train_labeled(
     payload = encode_payload_split(table, mask, kind=kind, column=column, config=cfg, sizes=config.sizes())
     result = train_model(payload.task, payload.train, payload.example_ids, payload.targets,
                          seed=config.seed, run_id=run_id)
+    if value_method(config, recipe) == "trak":
+        features = model_features(
+            payload.task, result.checkpoints, payload.train, k=config.trak_k, seed=config.seed
+        )
+        result = valued_by_trak(result, features, payload.targets)
     return payload, result
+
+
+def value_method(config: TrainingConfig, recipe: str) -> str:
+    """How example scores for pay are measured: `trak` or `inrun` (see `TrainingConfig.value`)."""
+    if config.value not in ("auto", "trak", "inrun"):
+        raise dg.Failure(f"value {config.value!r} is unknown; use auto, trak or inrun")
+    if config.value == "trak" and recipe == "mlp":
+        raise dg.Failure("value 'trak' is for the text and image recipes; the mlp recipe pays by 'inrun'")
+    return ("inrun" if recipe == "mlp" else "trak") if config.value == "auto" else config.value
 
 
 def training_platform() -> dict[str, str]:
@@ -299,7 +318,7 @@ def trained_outputs(
 ) -> dict[str, bytes | pa.Table]:
     """What the training record names as outputs: model, encoding, scores and TRAK features."""
     if isinstance(split, PayloadSplit):
-        features = model_features(
+        features = result.features if isinstance(result.features, ModelTrakFeatures) else model_features(
             split.task, result.checkpoints, split.train, k=config.trak_k, seed=config.seed
         )
         return {

@@ -21,10 +21,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipelines.datasets import Payload, load_source, to_examples
+from pipelines.datasets import Payload, example_id, load_source, to_examples
 from pipelines.demo import (
     DemoError,
     UserData,
+    held_out,
     label_with_simulated_annotators,
     prepare_data,
     prepare_user_data,
@@ -129,6 +130,11 @@ def test_demo_data_drops_the_truth_before_ingest_and_keys_it_by_example_id(tmp_p
     original = {r["text"]: r["label"] for r in pa_csv.read_csv(source).to_pylist()}
     by_id = dict(zip(examples["example_id"].to_pylist(), examples["text"].to_pylist(), strict=True))
     assert {i: original[t] for i, t in by_id.items()} == demo.truth
+    # a tenth is held out, with its true labels, as the trusted targets; never trained on
+    held = pq.read_table(demo.validation).to_pylist()
+    assert 0.05 < len(held) / len(original) < 0.15 and len(held) + len(demo.truth) == len(original)
+    assert all(original[r["text"]] == r["label"] for r in held)
+    assert not {example_id({"text": r["text"]}) for r in held} & set(demo.truth)
     again = prepare_user_data(settings, data, limit=None)
     assert again.version == demo.version and again.source.read_bytes() == demo.source.read_bytes()
     assert prepare_user_data(settings, data, limit=20).version != demo.version
@@ -244,7 +250,8 @@ def test_demo_data_of_image_paths_is_written_with_the_images_bytes(tmp_path, mon
     demo = prepare_user_data(load_settings(), data, limit=None)
     written = pq.read_table(demo.source)
     assert written.column_names == ["provider", "image"] and written.schema.field("image").type == pa.binary()
-    assert written["image"].to_pylist() == [images[r["image"]] for r in rows]  # bytes, never the paths
+    trained = [images[r["image"]] for r in rows if not held_out(example_id({"image": images[r["image"]]}))]
+    assert written["image"].to_pylist() == trained  # bytes, never the paths
     examples, _ = to_examples(load_source(str(demo.source), payload=demo.payload))
     truth = {images[r["image"]]: r["truth"] for r in rows}
     assert {r["example_id"]: truth[r["image"]] for r in examples.to_pylist()} == demo.truth
