@@ -149,6 +149,7 @@ class World:
     xv: np.ndarray  # validation features, raw scale (text/image: empty, the rows are in media)
     yv: list[str]  # validation true labels
     media: media_world.Media | None = None  # --kind text|image: the recipe's model and encoded rows
+    value: str = "trak"  # --kind text|image: what pay is split by (--value)
 
     @property
     def provider(self) -> np.ndarray:
@@ -459,7 +460,7 @@ def pay_run(task, world: World, full: Variant, seed: int, owners: np.ndarray, cr
     (``LIBRARY``) and the candidate, and the signed score sums (before any floor)."""
     ids = full.examples["example_id"].to_pylist()
     if full.media is not None:
-        res = full.media.attributed(full.x, full.y, ids, seed)
+        res = full.media.attributed(full.x, full.y, ids, seed, value=world.value)
     else:
         res = train_with_attribution(task, full.x, full.y, ids, full.xv, full.yv, seed=seed,
                                      with_features=False)
@@ -574,6 +575,9 @@ def main() -> None:
                     help="attributed runs (other seeds) for the pay's own spread; the first one is reported")
     ap.add_argument("--seed", type=int, default=0, help="seed of the world (split, faults, answers)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the models are tiny)")
+    ap.add_argument("--value", choices=("trak", "inrun"), default="trak",
+                    help="text / image: the scores pay is split by, TRAK value (the pipeline's default for "
+                         "these recipes) or the per-step in-run scores; tabular runs always pay by in-run")
     args = ap.parse_args()
     if args.kind != "tabular" and args.data:
         sys.exit(f"error: --kind {args.kind} makes its own data; --data is for --kind tabular")
@@ -587,6 +591,7 @@ def main() -> None:
         world, task = tabular_world(args)
     else:
         world, task = build_media_world(args.kind, args.seed), None
+        world.value = args.value
         media, cfg = world.media, world.media.task.config
         print(f"data: synthetic {args.kind} ({len(world.yv)} validation rows, true labels; training "
               f"{world.examples.num_rows} examples, {len(world.classes)} classes); torch threads "
@@ -714,6 +719,7 @@ def main() -> None:
         "share_gap": {k: _num(v) for k, v in out_gap.items() if not k.startswith("candidate/")},
         "ceiling": {k: _num(v) for k, v in ceil.items()},
         "faulty_share_bps": {k: v for k, v in faulty_bps.items() if k != "candidate"},
+        "value": world.value if world.media is not None else "inrun",
         "default_policy": LIBRARY,  # what the pipeline pays: WeightPolicy() 'net' with the example_credit
         "seconds": round(seconds, 1),
         "candidate": {"spearman": {r: _num(out_rho[f"candidate/{r}"]) for r in roles},

@@ -23,7 +23,7 @@ from attribution.kernels.explicit import VectorGrads
 from attribution.kernels.projection import LayerProjector, split_budget
 from attribution.model_task import ModelTask, classification_loss
 from attribution.task import TrainConfig
-from attribution.trak_model import model_features
+from attribution.trak_model import TRAK_VALUE_METHOD, model_features, valued_by_trak
 
 from .kernel_models import CASES, Case, ConvNet, SeqLinear, image_batch, seq_batch
 
@@ -134,6 +134,26 @@ def test_one_query_features_equal_the_batched_ones() -> None:
         one = feats.query_features({k: v[row : row + 1] for k, v in queries.items()})
         for a, b in zip(one, batched, strict=True):
             np.testing.assert_allclose(a[0], b[row], rtol=1e-4, atol=1e-7)
+
+
+def test_trak_value_is_the_mean_score_over_the_targets_and_replaces_the_in_run_scores() -> None:
+    case = BY_NAME["tokens"]
+    torch.manual_seed(0)
+    train = case.batch(12, torch.Generator().manual_seed(3))
+    targets = case.batch(5, torch.Generator().manual_seed(4))
+    config = TrainConfig(epochs=2, batch_size=4, n_checkpoints=2)
+    task = ModelTask("tokens", lambda seed: case.build(), config)
+    result = train_model(task, train, [f"e{i}" for i in range(12)], targets, seed=0)
+    feats = model_features(task, result.checkpoints, train, k=40, seed=0)
+    full = feats.scores(targets)  # the [n_train, n_targets] matrix, as serving scores queries
+    scale = float(np.abs(full.mean(1)).max())  # float32 matvecs: equal to 1e-5 of the largest score
+    np.testing.assert_allclose(feats.mean_scores(targets), full.mean(1), rtol=0, atol=1e-5 * scale)
+    valued = valued_by_trak(result, feats, targets)
+    assert valued.method == TRAK_VALUE_METHOD and valued.features is feats and valued.per_target is None
+    np.testing.assert_array_equal(valued.scores, feats.mean_scores(targets))  # deterministic
+    table = valued.example_attribution
+    assert set(table["method"].to_pylist()) == {TRAK_VALUE_METHOD} and table.num_rows == 12
+    assert not np.allclose(valued.scores, result.scores)  # the in-run scores are replaced, not kept
 
 
 def test_projection_scale_keeps_inner_products_unbiased() -> None:

@@ -14,12 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageDraw
 
-from attribution import PayloadEncoding, TextEncoding, payload_encoding_from_json
+from attribution import TRAK_VALUE_METHOD, PayloadEncoding, TextEncoding, payload_encoding_from_json
 from pipelines.demo import UserData, run_demo
 from pipelines.replay import replay_run
 from provenance import TRAINING, Chain, CodeVersion, RunRecords, TrainingRecord, load_record
 from serving import Ledger
-from storage import BlockStore, cid_for_bytes
+from storage import BlockStore, cid_for_bytes, read_parquet
 from tests.pipelines.test_demo_data import TOPICS, make_texts_module
 
 CODE = CodeVersion("caravan", "0.1.0", "ef" * 20, False)  # the clean checkout this test stands for
@@ -95,6 +95,10 @@ def test_a_payload_set_is_labeled_trained_paid_served_and_replayed(caravan_env, 
     else:
         assert (encoding.height, encoding.width, encoding.channels) == (16, 16, 1)
 
+    # pay is split by TRAK value against the demo's trusted validation set (these recipes' default)
+    scores = read_parquet(store.get(training.outputs[TrainingRecord.EXAMPLE_ATTRIBUTION]))
+    assert set(scores["method"].to_pylist()) == {TRAK_VALUE_METHOD}
+    assert TrainingRecord.VALIDATION in training.inputs
     monkeypatch.setattr("pipelines.replay.pipeline_code", lambda: CODE)
     replayed = replay_run(chain, store, first["run_id"])
     assert replayed.ok and replayed.same_platform, [f.__dict__ for f in replayed.failures]
