@@ -32,6 +32,7 @@ from storage.errors import BlockNotFound, CarError, CorruptBlock, StorageError, 
 from storage.unixfs import (
     BlockSink,
     Buffer,
+    ChunkReader,
     import_bytes,
     import_file,
     import_stream,
@@ -42,29 +43,6 @@ from storage.unixfs import (
 
 STORE_DIR_ENV = "CARAVAN_STORE_DIR"
 _SINK_MEMO = 4096  # CIDs remembered per import (~0.5 MiB)
-
-
-class _IterStream(io.RawIOBase):
-    """A read-only file object over an iterator of byte chunks (for `open_stream`)."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._pending = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Buffer) -> int:  # type: ignore[override]
-        while not self._pending:
-            nxt = next(self._chunks, None)
-            if nxt is None:
-                return 0
-            self._pending = memoryview(nxt)
-        out = memoryview(buffer).cast("B")
-        n = min(len(out), len(self._pending))
-        out[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        return n
 
 
 class BlockStore:
@@ -217,7 +195,7 @@ class BlockStore:
 
     def open_stream(self, cid: str) -> BinaryIO:
         """A buffered, read-only file object over a stored file (for large files)."""
-        return io.BufferedReader(_IterStream(self.iter_bytes(cid)), buffer_size=1 << 20)  # type: ignore[return-value]
+        return io.BufferedReader(ChunkReader(self.iter_bytes(cid)), buffer_size=1 << 20)  # type: ignore[return-value]
 
     def get(self, cid: str) -> bytes:
         """A whole file's content; every block is verified."""

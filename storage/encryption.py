@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
 from storage.errors import StorageError, UnreadableFile
 from storage.protocol import ContentStore
-from storage.unixfs import Buffer, open_input
+from storage.unixfs import Buffer, ChunkReader, open_input
 
 MAGIC = b"CRVNSIV1"
 KEY_BYTES = 64  # AES-SIV with AES-256 (two 256-bit halves)
@@ -166,29 +166,6 @@ def _read_segment(source: BinaryIO) -> bytes:
     return data
 
 
-class _SealingReader(io.RawIOBase):
-    """A read-only stream of the sealed form of a plaintext stream (for a streamed store import)."""
-
-    def __init__(self, key: DataKey, source: BinaryIO) -> None:
-        self._parts = iter_sealed(key, iter(lambda: _read_segment(source), b""))
-        self._pending = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Buffer) -> int:  # type: ignore[override]
-        while not self._pending:
-            nxt = next(self._parts, None)
-            if nxt is None:
-                return 0
-            self._pending = memoryview(nxt)
-        out = memoryview(buffer).cast("B")
-        n = min(len(out), len(self._pending))
-        out[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        return n
-
-
 class EncryptedStore:
     """A `ContentStore` whose every put is sealed with `keys[0]` (the version's current data key)
     and whose every get of sealed content is opened with whichever of `keys` sealed it.
@@ -213,7 +190,7 @@ class EncryptedStore:
     def put_file(self, path: str | os.PathLike[str], *, cid_version: int = 0, pin: bool = True) -> str:
         """Seal and store a file in bounded memory (streamed where the store takes a stream)."""
         with open_input(path) as source:
-            stream = _SealingReader(self.keys[0], source)
+            stream = ChunkReader(iter_sealed(self.keys[0], iter(lambda: _read_segment(source), b"")))
             try:
                 put_stream = getattr(self.inner, "put_stream", None)
                 if put_stream is not None:

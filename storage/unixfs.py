@@ -13,6 +13,7 @@ a memoryview of one reusable read buffer, so no chunk is ever copied.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -423,3 +424,27 @@ def check_block(cid: CID, data: Buffer) -> None:
     """Raise CorruptBlock unless `data` hashes to `cid`."""
     if not block_matches(cid, data):
         raise CorruptBlock(f"block {cid_to_str(cid)} fails its hash check; re-add or re-import the original")
+
+
+class ChunkReader(io.RawIOBase):
+    """A read-only file object over an iterator of byte chunks (a stored file read back, content
+    sealed on its way in)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Buffer) -> int:  # type: ignore[override]
+        while not self._pending:
+            nxt = next(self._chunks, None)
+            if nxt is None:
+                return 0
+            self._pending = memoryview(nxt)
+        out = memoryview(buffer).cast("B")
+        n = min(len(out), len(self._pending))
+        out[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n

@@ -120,15 +120,20 @@ def test_one_examples_whole_gradient_projects_as_its_factored_rows(case_name: st
             assert rel_err(got, g.project(proj)[row]) <= 1e-5, (name, row)
 
 
-def test_one_query_features_equal_the_batched_ones() -> None:
+def _trained_tokens(n_queries: int):
+    """A token model trained on 12 rows against `n_queries` targets, and its TRAK features (k=40)."""
     case = BY_NAME["tokens"]
     torch.manual_seed(0)
     train = case.batch(12, torch.Generator().manual_seed(3))
-    queries = case.batch(3, torch.Generator().manual_seed(4))
+    queries = case.batch(n_queries, torch.Generator().manual_seed(4))
     config = TrainConfig(epochs=2, batch_size=4, n_checkpoints=2)
     task = ModelTask("tokens", lambda seed: case.build(), config)
     result = train_model(task, train, [f"e{i}" for i in range(12)], queries, seed=0)
-    feats = model_features(task, result.checkpoints, train, k=40, seed=0)
+    return queries, result, model_features(task, result.checkpoints, train, k=40, seed=0)
+
+
+def test_one_query_features_equal_the_batched_ones() -> None:
+    queries, _, feats = _trained_tokens(3)
     batched = feats.query_features(queries)
     for row in range(3):
         one = feats.query_features({k: v[row : row + 1] for k, v in queries.items()})
@@ -137,14 +142,7 @@ def test_one_query_features_equal_the_batched_ones() -> None:
 
 
 def test_trak_value_is_the_mean_score_over_the_targets_and_replaces_the_in_run_scores() -> None:
-    case = BY_NAME["tokens"]
-    torch.manual_seed(0)
-    train = case.batch(12, torch.Generator().manual_seed(3))
-    targets = case.batch(5, torch.Generator().manual_seed(4))
-    config = TrainConfig(epochs=2, batch_size=4, n_checkpoints=2)
-    task = ModelTask("tokens", lambda seed: case.build(), config)
-    result = train_model(task, train, [f"e{i}" for i in range(12)], targets, seed=0)
-    feats = model_features(task, result.checkpoints, train, k=40, seed=0)
+    targets, result, feats = _trained_tokens(5)
     full = feats.scores(targets)  # the [n_train, n_targets] matrix, as serving scores queries
     scale = float(np.abs(full.mean(1)).max())  # float32 matvecs: equal to 1e-5 of the largest score
     np.testing.assert_allclose(feats.mean_scores(targets), full.mean(1), rtol=0, atol=1e-5 * scale)

@@ -10,7 +10,6 @@ import io
 import json
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import dagster as dg
@@ -173,18 +172,6 @@ def test_cli_demo_data_needs_its_companions(tmp_path):
     assert lonely.exit_code == 1 and "--data needs --field, --choices, --truth-col too" in lonely.stderr
     stray = runner.invoke(app, ["demo", "--truth-col", "label"])
     assert stray.exit_code == 1 and "--truth-col need --data FILE" in stray.stderr
-
-
-@pytest.fixture
-def labeling_env(tmp_path, monkeypatch, labelstudio):
-    monkeypatch.setenv("CARAVAN_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
-    (tmp_path / "dagster").mkdir()
-    monkeypatch.setenv("CARAVAN_LABELSTUDIO_URL", labelstudio.base_url)
-    monkeypatch.setenv("CARAVAN_LABELSTUDIO_PROJECT_PREFIX", f"caravan-{uuid.uuid4().hex[:8]}")
-    monkeypatch.setenv("LABEL_STUDIO_USER_TOKEN", labelstudio.token)
-    monkeypatch.delenv("CARAVAN_STORE_DIR", raising=False)
-    return load_settings(), labelstudio.client()
 
 
 @pytest.mark.parametrize("kind", ["text", "image"])
