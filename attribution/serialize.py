@@ -98,7 +98,7 @@ def features_to_bytes(features) -> bytes:
 
 def features_from_bytes(data: bytes, spec: ModuleSpec | None = None, *, spill_bytes: int = 256 * 2**20):
     """Rebuild ``TrakFeatures`` from ``features_to_bytes`` output (as loaded from a CID)."""
-    from .trak import CheckpointFeatures, FeatureStore, TrakFeatures, frozen_model
+    from .trak import CheckpointFeatures, TrakFeatures, frozen_model
 
     meta = json.loads(_metadata(data, _FEATURES_KEY, "TRAK features"))
     if meta.get("format") != FEATURES_FORMAT:
@@ -114,12 +114,8 @@ def features_from_bytes(data: bytes, spec: ModuleSpec | None = None, *, spill_by
     )
     checkpoints = []
     for j in range(meta["n_checkpoints"]):
-        prefix = f"checkpoint.{j}.state."
-        state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        state, store, kernel_inv = _checkpoint(tensors, j, spill_bytes)
         model, scored = frozen_model(spec, state)
-        store = FeatureStore(spill_bytes)
-        store.append(tensors[f"checkpoint.{j}.features"].numpy())
-        kernel_inv = tensors[f"checkpoint.{j}.kernel_inv"].numpy()
         checkpoints.append(CheckpointFeatures(model, scored, store, kernel_inv))
     return TrakFeatures(spec, Projector(layers, meta["k"], meta["seed"]), checkpoints, meta["n_train"])
 
@@ -172,7 +168,6 @@ def model_features_from_bytes(data: bytes, task: ModelTask, *, spill_bytes: int 
                               ) -> ModelTrakFeatures:
     """``ModelTrakFeatures`` from ``model_features_to_bytes`` output, for ``task`` (the same architecture)."""
     from .kernels.projection import LayerProjector
-    from .trak import FeatureStore
     from .trak_model import ModelCheckpointFeatures, ModelTrakFeatures, frozen_task_model
 
     meta = json.loads(_metadata(data, _MODEL_FEATURES_KEY, "TRAK features"))
@@ -182,13 +177,20 @@ def model_features_from_bytes(data: bytes, task: ModelTask, *, spill_bytes: int 
     tensors = load(data)
     checkpoints = []
     for j in range(meta["n_checkpoints"]):
-        prefix = f"checkpoint.{j}.state."
-        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        state, store, kernel_inv = _checkpoint(tensors, j, spill_bytes)
         model, scored = frozen_task_model(task, state)
-        store = FeatureStore(spill_bytes)
-        store.append(tensors[f"checkpoint.{j}.features"].numpy())
-        kernel_inv = tensors[f"checkpoint.{j}.kernel_inv"].numpy()
         checkpoints.append(ModelCheckpointFeatures(model, scored, store, kernel_inv))
     projectors = [LayerProjector(k, seed, index, dist) for k, seed, index, dist in meta["projectors"]]
     dim = checkpoints[0].kernel_inv.shape[0]
     return ModelTrakFeatures(task, projectors, checkpoints, meta["n_train"], dim)
+
+
+def _checkpoint(tensors: dict[str, torch.Tensor], j: int, spill_bytes: int):
+    """Checkpoint `j`'s stored state dict, its feature store and its kernel inverse."""
+    from .trak import FeatureStore
+
+    prefix = f"checkpoint.{j}.state."
+    state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    store = FeatureStore(spill_bytes)
+    store.append(tensors[f"checkpoint.{j}.features"].numpy())
+    return state, store, tensors[f"checkpoint.{j}.kernel_inv"].numpy()
