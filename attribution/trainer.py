@@ -58,7 +58,7 @@ class TrainResult:
     scores: np.ndarray  # float64 [n_train]: score against the mean target loss
     per_target: np.ndarray | None  # float64 [n_train, n_targets] when config.per_target
     checkpoints: list[dict[str, torch.Tensor]]
-    features: object | None = None  # trak.TrakFeatures
+    features: object | None = None  # trak.TrakFeatures, or trak_model.ModelTrakFeatures (valued_by_trak)
     timings: dict[str, float] = field(default_factory=dict)
     method: str = INRUN_METHOD
 
