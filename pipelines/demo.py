@@ -112,6 +112,20 @@ def ensure_services(settings: Settings, *, start: bool) -> None:
         )
         if done.returncode != 0 or not alive():
             raise DemoError(f"could not start {name} at {url}: {done.stderr.strip() or done.stdout.strip()}")
+    _require_chain_key(settings)
+
+
+def _require_chain_key(settings: Settings) -> None:
+    """The demo signs on chain: with no key in the environment it uses the dev key its own anvil
+    wrote under this home; a chain that answers without one was started under another home."""
+    from provenance import load_account
+
+    if load_account(settings.environ()) is None and not (settings.chain_dir / "anvil.json").is_file():
+        raise DemoError(
+            f"the chain at {settings.rpc_url} answers, but no signing key is in reach: set "
+            f"CARAVAN_PRIVATE_KEY, or stop that chain (it was not started under {settings.home}: "
+            "`make anvil-stop` with the CARAVAN_HOME it was started with) and run the demo again"
+        )
 
 
 @contextlib.contextmanager

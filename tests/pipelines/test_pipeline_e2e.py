@@ -159,6 +159,13 @@ def test_a_service_that_is_down_is_named_with_how_to_start_it(caravan_env, monke
         run_demo(load_settings(), limit=50, start_services=False, say=lambda _: None)
 
 
+def test_a_chain_started_under_another_home_is_named_before_anything_runs(caravan_env, monkeypatch):
+    monkeypatch.delenv("CARAVAN_PRIVATE_KEY")  # the fixture's anvil keeps its dev keys elsewhere
+    with pytest.raises(DemoError, match=r"answers, but no signing key is in reach: set CARAVAN_PRIVATE_KEY"):
+        run_demo(load_settings(), limit=50, start_services=False, say=lambda _: None)
+    assert not (caravan_env.home / "demo").exists()  # refused before any data was written
+
+
 def test_cli_ingest_registers_a_version_and_rejects_unknown_formats(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
