@@ -107,24 +107,31 @@ class EncodedSplit:
     target_ids: list[str]
 
 
-def encode_split(
-    table: pa.Table, is_target: Sequence[bool] | np.ndarray, *, encoding: InputEncoding | None = None
-) -> EncodedSplit:
-    """Split a labeled table (feature columns, ``example_id``, ``label``) by a target mask, keeping row
-    order, and encode both parts: with ``encoding`` as stored beside a trained model, else one fitted
-    on the training rows. ``InputError`` if either part is empty or a label is unknown."""
+def split_rows(table: pa.Table, is_target: Sequence[bool] | np.ndarray) -> tuple[pa.Table, pa.Table]:
+    """(training rows, target rows) of a labeled table by a target mask, keeping row order;
+    ``InputError`` for a mask of the wrong length or a part left empty."""
     mask = np.asarray(is_target, dtype=bool)
     if mask.shape != (table.num_rows,):
         raise InputError(f"the target mask has shape {mask.shape}, the table {table.num_rows} rows")
-    missing = [c for c in ("example_id", "label") if c not in table.column_names]
-    if missing:
-        raise InputError(f"the labeled table lacks column(s) {missing}")
     train, targets = table.filter(pa.array(~mask)), table.filter(pa.array(mask))
     if train.num_rows == 0 or targets.num_rows == 0:
         raise InputError(
             f"{table.num_rows} labeled examples are too few to hold out targets "
             f"({train.num_rows} to train on, {targets.num_rows} targets); label more data"
         )
+    return train, targets
+
+
+def encode_split(
+    table: pa.Table, is_target: Sequence[bool] | np.ndarray, *, encoding: InputEncoding | None = None
+) -> EncodedSplit:
+    """Split a labeled table (feature columns, ``example_id``, ``label``) by a target mask, keeping row
+    order, and encode both parts: with ``encoding`` as stored beside a trained model, else one fitted
+    on the training rows. ``InputError`` if either part is empty or a label is unknown."""
+    missing = [c for c in ("example_id", "label") if c not in table.column_names]
+    if missing:
+        raise InputError(f"the labeled table lacks column(s) {missing}")
+    train, targets = split_rows(table, is_target)
     labels = train["label"].to_pylist()
     enc = encoding or InputEncoding.fit(train, labels)
     return EncodedSplit(

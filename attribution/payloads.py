@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from .encoding import split_rows
 from .errors import InputError
 
 if TYPE_CHECKING:
@@ -263,15 +264,7 @@ def encode_payload_split(
 ) -> PayloadSplit:
     """Split a labeled table (``example_id``, ``label``, the payload ``column``) by a target mask,
     keeping row order; encode both parts with ``encoding``, else one fitted on the training rows."""
-    mask = np.asarray(is_target, dtype=bool)
-    if mask.shape != (table.num_rows,):
-        raise InputError(f"the target mask has shape {mask.shape}, the table {table.num_rows} rows")
-    train, targets = table.filter(pa.array(~mask)), table.filter(pa.array(mask))
-    if train.num_rows == 0 or targets.num_rows == 0:
-        raise InputError(
-            f"{table.num_rows} labeled examples are too few to hold out targets "
-            f"({train.num_rows} to train on, {targets.num_rows} targets); label more data"
-        )
+    train, targets = split_rows(table, is_target)
     enc = encoding or fit_payload_encoding(kind, column, train, train["label"].to_pylist(),
                                            sizes or RecipeSizes())
     x_train, s_train = labelled_inputs(enc, train)

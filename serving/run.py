@@ -105,17 +105,7 @@ class ServedRun:
             labels = probs.argmax(1)
             # every row's per-training-example contributions in one pass (attribute_query, batched)
             contributions = self.features.scores(x, labels) if attribute else None
-        splits = self._query_bps(contributions) if attribute else [None] * len(raw)
-        return [
-            Prediction(
-                label=self.encoding.classes[int(labels[i])],
-                probability=float(probs[i, labels[i]]),
-                input_hash=input_hash(row),
-                bps=self.run_bps if splits[i] is None else splits[i],
-                split=SPLIT_RUN if splits[i] is None else SPLIT_QUERY,
-            )
-            for i, row in enumerate(raw)
-        ]
+        return self._predictions(probs, labels, contributions, [input_hash(row) for row in raw])
 
     def predict_payloads(self, values: list[str] | list[bytes], *, attribute: bool = True
                          ) -> list[Prediction]:
@@ -128,16 +118,23 @@ class ServedRun:
             contributions = (
                 self.features.scores({**batch, LABELS: torch.as_tensor(labels)}) if attribute else None
             )
-        splits = self._query_bps(contributions) if attribute else [None] * len(values)
+        return self._predictions(probs, labels, contributions, [payload_hash(v) for v in values])
+
+    def _predictions(
+        self, probs: np.ndarray, labels: np.ndarray, contributions: np.ndarray | None, hashes: list[str]
+    ) -> list[Prediction]:
+        """One `Prediction` per input: paid by its own attribution where it has one (`contributions`
+        None: unattributed), else by the run's weights."""
+        splits = self._query_bps(contributions) if contributions is not None else [None] * len(hashes)
         return [
             Prediction(
                 label=self.encoding.classes[int(labels[i])],
                 probability=float(probs[i, labels[i]]),
-                input_hash=payload_hash(v),
+                input_hash=hashes[i],
                 bps=self.run_bps if splits[i] is None else splits[i],
                 split=SPLIT_RUN if splits[i] is None else SPLIT_QUERY,
             )
-            for i, v in enumerate(values)
+            for i in range(len(hashes))
         ]
 
     def _query_bps(self, contributions: np.ndarray) -> list[tuple[tuple[str, int], ...] | None]:

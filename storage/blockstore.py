@@ -20,7 +20,7 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -33,6 +33,7 @@ from storage.unixfs import (
     BlockSink,
     Buffer,
     ChunkReader,
+    Link,
     import_bytes,
     import_file,
     import_stream,
@@ -167,24 +168,20 @@ class BlockStore:
 
     def put_bytes(self, data: Buffer, *, cid_version: int = 0, pin: bool = True) -> str:
         """Store bytes as a UnixFS file (Kubo's layout); return its CID, pinned by default."""
-        with self._lock("gc.lock", exclusive=False):
-            cid = import_bytes(data, cid_version, self._sink()).cid_str
-            if pin:
-                self._add_pin(cid)
-        return cid
+        return self._put(lambda sink: import_bytes(data, cid_version, sink), pin)
 
     def put_file(self, path: str | os.PathLike[str], *, cid_version: int = 0, pin: bool = True) -> str:
         """Stream a file into the store in bounded memory; return its CID, pinned by default."""
-        with self._lock("gc.lock", exclusive=False):
-            cid = import_file(path, cid_version, self._sink()).cid_str
-            if pin:
-                self._add_pin(cid)
-        return cid
+        return self._put(lambda sink: import_file(path, cid_version, sink), pin)
 
     def put_stream(self, stream: BinaryIO, *, cid_version: int = 0, pin: bool = True) -> str:
         """Store a binary stream (e.g. content sealed on the fly) in bounded memory; return its CID."""
+        return self._put(lambda sink: import_stream(stream, cid_version, sink), pin)
+
+    def _put(self, importer: Callable[[BlockSink], Link], pin: bool) -> str:
+        """Import under the shared GC lock (a collection never sees a half-written, unpinned file)."""
         with self._lock("gc.lock", exclusive=False):
-            cid = import_stream(stream, cid_version, self._sink()).cid_str
+            cid = importer(self._sink()).cid_str
             if pin:
                 self._add_pin(cid)
         return cid
