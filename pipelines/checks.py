@@ -79,6 +79,33 @@ def weighted_contributors_have_addresses(contributor_weights: pa.Table) -> dg.As
     return dg.AssetCheckResult(passed=not bad, metadata={"without_address": dg.MetadataValue.json(bad)})
 
 
+@dg.asset_check(
+    asset="contributor_weights",
+    description="Some provider's data helped the run's targets. When none did, the providers' share went "
+    "to the labelers: usually the targets are wrong (crowd labels held out, no trusted validation set).",
+)
+def some_provider_helped(contributor_weights: pa.Table) -> dg.AssetCheckResult:
+    return provider_help_check(contributor_weights)
+
+
+def provider_help_check(weights: pa.Table) -> dg.AssetCheckResult:
+    """WARN (never blocking: the split is still valid) when no provider earns anything."""
+    rows = [r for r in weights.to_pylist() if r["role"] == "provider"]
+    paid = sorted(r["contributor"] for r in rows if r["weight_bps"] > 0)
+    return dg.AssetCheckResult(
+        passed=bool(paid) or not rows,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=None if paid or not rows else NO_PROVIDER_HELPED,
+        metadata={"providers_paid": len(paid), "providers": len(rows)},
+    )
+
+
+NO_PROVIDER_HELPED = (
+    "no provider's data helped the targets, so the providers' share went to the labelers; declare a "
+    "trusted validation set (`caravan ingest ... --validation FILE`) and rerun before publishing this split"
+)
+
+
 @dg.asset_check(asset="royalty_root", description="The on-chain root equals the root of the stored weights.")
 def onchain_root_matches(
     royalty_root: dict, store: StoreResource, chain: ChainResource
@@ -91,4 +118,10 @@ def onchain_root_matches(
     )
 
 
-all_checks = [*cid_checks, weights_sum_to_10000, weighted_contributors_have_addresses, onchain_root_matches]
+all_checks = [
+    *cid_checks,
+    weights_sum_to_10000,
+    weighted_contributors_have_addresses,
+    some_provider_helped,
+    onchain_root_matches,
+]

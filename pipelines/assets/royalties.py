@@ -6,6 +6,7 @@ import pyarrow as pa
 from attribution import ContributorError, WeightPolicy
 from attribution import contributor_weights as _weights
 from labeling import LabelingError
+from pipelines.checks import NO_PROVIDER_HELPED
 from pipelines.content_io import AssetIndex, StoredValue, StoreResource, decode, store_value
 from pipelines.lineage import LineageResource, now
 from pipelines.partitions import dataset_versions
@@ -97,6 +98,9 @@ def contributor_weights(
     hurt = [f"{r['contributor']} ({r['role']})" for r in top if r["score"] < 0]
     if hurt:
         context.log.warning(f"unpaid: the data or labels of {', '.join(hurt)} made the model worse")
+    providers_paid = [r["contributor"] for r in top if r["role"] == "provider" and r["weight_bps"] > 0]
+    if not providers_paid:
+        context.log.warning(f"WARNING: {NO_PROVIDER_HELPED}")
     copies = _all_copies(raw_dataset, credit)
     if copies:
         context.log.warning(
@@ -109,6 +113,7 @@ def contributor_weights(
             "record_cid": head,
             "policy": config.negative,
             "hurt_the_model_unpaid": dg.MetadataValue.json(hurt),
+            "providers_paid": len(providers_paid),
             "duplicates_unpaid": dg.MetadataValue.json(copies),
             "duplicates": "paid once, to the first registrant (example_credit)" if credit_cid
             else "each example pays its provider (no example_credit recorded at ingest)",

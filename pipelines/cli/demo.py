@@ -81,6 +81,10 @@ def demo(
         summary = run_demo(settings, limit=limit, data=user_data, start_services=start_services, say=say)
     out = Console(width=None if sys.stdout.isatty() else 150)
     out.print(_royalty_table(summary["weights"]))
+    if not any(r["role"] == "provider" and r["weight_bps"] > 0 for r in summary["weights"]):
+        from pipelines.checks import NO_PROVIDER_HELPED
+
+        out.print(f"[bold red]WARNING:[/] {NO_PROVIDER_HELPED}")
     if summary["measured_against"] != "validation":
         out.print(
             "influence was measured against a hash split of the crowd-labeled examples (no validation "

@@ -51,6 +51,7 @@ def test_definitions_hold_the_flow_its_jobs_checks_and_resources():
     assert ("contributor_weights", "weights_sum_to_10000") in checks
     assert ("contributor_weights", "weighted_contributors_have_addresses") in checks
     assert ("royalty_root", "onchain_root_matches") in checks
+    assert ("contributor_weights", "some_provider_helped") in checks
     for asset in ("raw_dataset", "dataset_snapshot", "labeled_dataset", "trained_model",
                   "example_attribution", "contributor_weights"):
         assert (asset, f"{asset}_cid_verifies") in checks
@@ -128,3 +129,34 @@ def test_a_ledger_url_reaches_dagster_as_an_env_var_never_its_value(monkeypatch,
     assert ledger.path.get_value() == "postgresql://caravan:s3cret@db:5432/caravan"
     monkeypatch.setenv("CARAVAN_LEDGER", "ledger.sqlite")
     assert resources_for(load_settings())["ledger"].path == str(Path.cwd() / "ledger.sqlite")
+
+
+def _weights(rows: list[tuple[str, str, float, int]]):
+    import pyarrow as pa
+
+    from schemas import WEIGHTS_SCHEMA
+
+    return pa.table(
+        [[c for c, *_ in rows], ["0x" + "11" * 20] * len(rows), [r for _, r, *_ in rows],
+         [s for *_, s, _ in rows], [b for *_, b in rows]],
+        schema=WEIGHTS_SCHEMA,
+    )
+
+
+def test_a_split_where_no_provider_helped_warns_and_names_the_fix():
+    """Every provider hurt the targets: the split is valid (labelers take it all) but the check warns."""
+    import dagster as dg
+
+    from pipelines.checks import provider_help_check
+
+    none_helped = provider_help_check(
+        _weights([("p1", "provider", -0.5, 0), ("p2", "provider", -0.1, 0), ("l1", "labeler", 2.0, 10_000)])
+    )
+    assert not none_helped.passed and none_helped.severity == dg.AssetCheckSeverity.WARN
+    assert "--validation" in none_helped.description
+    assert none_helped.metadata["providers_paid"].value == 0
+
+    one_helped = provider_help_check(
+        _weights([("p1", "provider", 0.5, 7000), ("p2", "provider", -0.1, 0), ("l1", "labeler", 2.0, 3000)])
+    )
+    assert one_helped.passed and one_helped.metadata["providers_paid"].value == 1
