@@ -608,7 +608,7 @@ def run(args, log: Callable[[str], None] = print) -> dict:
         left_out.append("loco_spearman: --no-loco")
 
     log("== mislabels (10% of training labels flipped)")
-    mis = mislabel_section(p, args.seed, log)
+    mis, default = mislabel_section(p, args.seed, log)
     minutes = round((time.perf_counter() - t_start) / 60, 2)
     summary = {
         "kind": args.kind,
@@ -619,6 +619,7 @@ def run(args, log: Callable[[str], None] = print) -> dict:
         "anchor": anchor or None,
         "loco_spearman": loco,
         "mislabel_auc": round(min(mis.values()), 4),
+        "mislabel_auc_default": round(default, 4),  # the pipeline's detector
         "mislabel_auc_by_method": {k: round(v, 4) for k, v in mis.items()},
         **cost,
         "seconds": {k: round(v, 2) for k, v in secs.items()},
@@ -656,11 +657,14 @@ def loco_section(p: Prepared, seed: int, log: Callable[[str], None]) -> float:
     return rho
 
 
-def mislabel_section(p: Prepared, seed: int, log: Callable[[str], None]) -> dict[str, float]:
+def mislabel_section(p: Prepared, seed: int, log: Callable[[str], None]) -> tuple[dict[str, float], float]:
     """ROC-AUC of flipped rows against clean ones: the in-run score against the held-out targets'
-    mean loss (a flipped row hurts them: low score) and TRAK self-influence where ours exists."""
+    mean loss (a flipped row hurts them: low score) and TRAK self-influence where ours exists; and
+    the pipeline's own detector (`review_task_labels`: the recipe 5-fold cross-fitted, scored by
+    cleanlab), the figure `mislabel_auc_default` names."""
     from sklearn.metrics import roc_auc_score
 
+    from attribution import review_task_labels
     from attribution.inrun import train_model
 
     rng = np.random.default_rng(seed + 11)
@@ -682,4 +686,9 @@ def mislabel_section(p: Prepared, seed: int, log: Callable[[str], None]) -> dict
         out[f"trak_k512_self/{p.model}"] = float(roc_auc_score(flip, np.asarray(trak[1].self_influence())))
     for key, v in out.items():
         log(f"  mislabel ROC-AUC ({int(flip.sum())} of {n} flipped, {key}): {v:.3f}")
-    return out
+    t0 = time.perf_counter()
+    review, _ = review_task_labels(task, train, c, folds=5, seed=seed)
+    default = float(roc_auc_score(flip, -np.asarray(review.quality)))
+    log(f"  mislabel default detector (review_task_labels: 5-fold {p.model}, cleanlab; "
+        f"{time.perf_counter() - t0:.1f}s): {default:.3f}")
+    return out, default

@@ -23,12 +23,13 @@ def run_lds(*args: str) -> dict:
 
 
 def check_keys(summary: dict, model: str) -> None:
-    for key in ("lds", "anchor", "loco_spearman", "mislabel_auc", "train_s", "train_with_attribution_s",
+    for key in ("lds", "anchor", "loco_spearman", "mislabel_auc", "mislabel_auc_default", "train_s",
+                "train_with_attribution_s",
                 "sizes", "left_out", "minutes"):
         assert key in summary, key
     assert f"inrun_sgd/{model}" in summary["lds"]
     assert all(-1 <= v <= 1 for v in summary["lds"].values())
-    assert 0 <= summary["mislabel_auc"] <= 1
+    assert 0 <= summary["mislabel_auc"] <= 1 and 0 <= summary["mislabel_auc_default"] <= 1
     assert summary["sizes"]["train"] == 40 and summary["sizes"]["targets"] == 8
 
 
