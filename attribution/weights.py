@@ -65,6 +65,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from decimal import Decimal
 from fractions import Fraction
 from functools import cached_property
 from typing import Any, Literal
@@ -121,8 +122,15 @@ def quantize(scores: np.ndarray, digits: int) -> np.ndarray:
     top = float(np.max(np.abs(scores))) if scores.size else 0.0
     if top == 0.0 or not math.isfinite(top):
         return np.zeros_like(scores)
-    unit = 10.0 ** (math.floor(math.log10(top)) - digits + 1)
-    return np.round(scores / unit)
+    return np.round(scores / grid_unit(top, digits))
+
+
+def grid_unit(top: float, digits: int) -> float:
+    """The grid step for ``digits`` significant digits of ``top`` (> 0, finite), from its exact decimal
+    exponent: float ``log10`` rounds 999.99…9 up to 3.0 (a grid ten times coarser) and may differ
+    between C libraries, while ``Decimal`` is exact and the same on every platform."""
+    exponent = Decimal(top).adjusted() - digits + 1
+    return float(Decimal(10) ** exponent)
 
 
 def quantize_columns(scores: np.ndarray, digits: int) -> np.ndarray:
@@ -133,7 +141,7 @@ def quantize_columns(scores: np.ndarray, digits: int) -> np.ndarray:
     if scores.shape[0]:
         for q, top in enumerate(np.max(np.abs(scores), axis=0).tolist()):
             if top != 0.0 and math.isfinite(top):
-                units[q], dead[q] = 10.0 ** (math.floor(math.log10(top)) - digits + 1), False
+                units[q], dead[q] = grid_unit(top, digits), False
     out = np.round(scores / units)
     out[:, dead] = 0.0
     return out

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attribution import ContributorError, ContributorSplit, WeightPolicy, contributor_weights
-from attribution.weights import largest_remainder, quantize
+from attribution.weights import largest_remainder, quantize, quantize_columns
 
 ADDR = {f"c{i}": "0x" + f"{i + 1:040x}" for i in range(12)}
 
@@ -128,6 +128,25 @@ def test_contributor_ties_go_to_the_lowest_address_as_a_number():
 def test_quantize_hides_float_noise():
     a = np.array([1.0, 0.123456789, -0.5])
     assert np.array_equal(quantize(a, 6), quantize(a * (1 + 1e-12), 6))
+
+
+@pytest.mark.parametrize(
+    "top", [np.nextafter(1000.0, 0.0), 1000.0, 9.999999999999999e-4, 0.0123, 7e-30, 3e12]
+)
+def test_quantize_keeps_the_stated_significant_digits_next_to_powers_of_ten(top):
+    """The grid is ``digits`` significant digits of the largest |score|, by its exact decimal
+    exponent (Fraction as reference): just under a power of ten it is not ten times coarser."""
+    from fractions import Fraction
+
+    exponent = 0
+    while Fraction(10) ** (exponent + 1) <= Fraction(top):
+        exponent += 1
+    while Fraction(10) ** exponent > Fraction(top):
+        exponent -= 1
+    q = quantize(np.array([top, -top / 3]), 4)
+    assert 1000 <= abs(q[0]) <= 10_000
+    assert q[0] == round(Fraction(top) / Fraction(10) ** (exponent - 3))
+    assert np.array_equal(quantize_columns(np.array([[top], [-top / 3]]), 4)[:, 0], q)
 
 
 def test_missing_addresses_named_in_one_error():
