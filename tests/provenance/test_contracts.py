@@ -41,6 +41,13 @@ def test_registry_records_once_needs_known_parent_and_role(
     assert [e.record_cid for e in chain.recorded_events()] == [CID_A]
 
 
+def test_the_distributor_weighs_shares_in_the_pipelines_basis_points(chain: Chain) -> None:
+    """The contract's own BPS is the weights table's TOTAL_BPS: one number, on both sides."""
+    from schemas import TOTAL_BPS
+
+    assert chain.distributor.functions.BPS().call() == TOTAL_BPS
+
+
 def test_claims_pay_shares_once_and_keep_dust(chain: Chain, anvil: AnvilService) -> None:
     payees = _payees(3)
     values = [(payees[0], 3333), (payees[1], 3333), (payees[2], 3334)]
