@@ -8,13 +8,14 @@ nothing stored changed.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from pipelines.cli.errors import CaravanError, clean_errors
-from pipelines.cli.options import StoreDir, open_store
-from storage import StorageError
+from pipelines.cli.options import StoreDir, open_reading_store, open_store
+from storage import EncryptedStore, StorageError, is_sealed
 
 
 def _check_version(cid_version: int) -> int:
@@ -40,11 +41,18 @@ def add(
 def get(
     cid: Annotated[str, typer.Argument(help="The CID `caravan store add` printed.")],
     output: Annotated[str | None, typer.Option("-o", "--output", help="Write here, not to stdout.")] = None,
+    raw: Annotated[
+        bool, typer.Option("--raw", help="Write a private version's sealed content as stored (ciphertext).")
+    ] = False,
     store_dir: StoreDir = None,
 ) -> None:
-    """Write a file's bytes to stdout (or -o OUT), every block verified against its CID."""
+    """Write a file's bytes to stdout (or -o OUT), every block verified against its CID. Content of a
+    private dataset version is opened with the holder key in reach (`--raw`: the ciphertext)."""
     with clean_errors(StorageError):
         store = open_store(store_dir)
+        if not raw and is_sealed(next(store.iter_bytes(cid), b"")):
+            _write_whole(_opened(cid, store_dir), output)
+            return
         if output is not None:
             store.get_to(cid, output)  # atomic: no file at all if a block is bad
             return
@@ -54,6 +62,31 @@ def get(
         for chunk in store.iter_bytes(cid):
             out.write(chunk)
         out.flush()
+
+
+def _opened(cid: str, store_dir: str | None) -> bytes:
+    """The plaintext of sealed content, with a data key the holder key in reach is granted."""
+    from pipelines.privacy import HOLDER_KEY_ENV, HOLDER_KEYFILE_ENV
+
+    reader = open_reading_store(store_dir)
+    if not isinstance(reader, EncryptedStore):
+        raise CaravanError(
+            f"{cid} is sealed content of a private dataset version: set {HOLDER_KEY_ENV} or "
+            f"{HOLDER_KEYFILE_ENV} to a holder key granted access to it (`caravan access grant`), "
+            "or pass --raw for the ciphertext"
+        )
+    return reader.get(cid)  # DecryptionError names the grant it needs
+
+
+def _write_whole(data: bytes, output: str | None) -> None:
+    """stdout, or `output` replaced atomically (no file at all if anything fails)."""
+    if output is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    tmp = Path(f"{output}.part")
+    tmp.write_bytes(data)
+    tmp.replace(output)
 
 
 def export_car(

@@ -205,3 +205,33 @@ def test_truncated_car(store_dir: Path, stored: tuple[str, dict], tmp_path: Path
     assert code == 1
     one_error(err, "absent.car", "no such file")
     assert state(store_dir) == before
+
+
+def test_get_opens_a_private_versions_content_with_a_granted_key(store_dir, tmp_path, monkeypatch):
+    """Sealed content comes out as plaintext with a key granted access, as ciphertext with --raw, and
+    without a key (or with one not granted) as one error naming the fix, with no output file left."""
+    from pipelines.privacy import HOLDER_KEY_ENV, Keyrings, keyring_dir
+    from pipelines.settings import load_settings
+    from storage import HolderKey, is_sealed
+
+    monkeypatch.setenv("CARAVAN_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv(HOLDER_KEY_ENV, raising=False)
+    holder = HolderKey.generate()
+    keyrings = Keyrings(keyring_dir(load_settings()), BlockStore(store_dir))
+    sealing, keyring = keyrings.for_ingest("v1", holder)
+    keyrings.put(keyring)
+    cid = sealing.put_bytes(DATA)
+
+    code, out, err = run("get", cid)
+    assert code == 1 and f"{cid} is sealed" in err and "--raw" in err and not out
+    code, out, _ = run("get", cid, "--raw")
+    assert code == 0 and is_sealed(out) and out != DATA
+
+    monkeypatch.setenv(HOLDER_KEY_ENV, HolderKey.generate().private_hex())  # a key never granted
+    code, out, err = run("get", cid, "-o", tmp_path / "out.bin")
+    assert code == 1 and "caravan access grant" in err and not (tmp_path / "out.bin").exists()
+
+    monkeypatch.setenv(HOLDER_KEY_ENV, holder.private_hex())
+    assert run("get", cid) == (0, DATA, "")
+    code, _, _ = run("get", cid, "-o", tmp_path / "out.bin")
+    assert code == 0 and (tmp_path / "out.bin").read_bytes() == DATA
