@@ -73,21 +73,70 @@ def keygen(
     from pipelines.settings import load_settings
 
     with clean_errors(KeyringError):
-        password = None
-        if password_env is not None:
-            password = os.environ.get(password_env)
-            if not password:
-                # the name is not echoed: a password typed there by mistake stays out of the logs
-                raise CaravanError(
-                    "--password-env names an environment variable that is not set or is empty; export the "
-                    "keystore's password in one (e.g. `read -rs CARAVAN_HOLDER_KEY_PASSWORD; export "
-                    "CARAVAN_HOLDER_KEY_PASSWORD`) and give its name, never the password itself"
-                )
+        password = _password(password_env) if password_env is not None else None
         path = out or holder_keyfile(load_settings())
         key = HolderKey.generate()
         write_keyfile(path, key, password)
     kind = "keystore" if password is not None else "hex"
     typer.echo(json.dumps({"public_key": key.public_hex, "key_file": str(path), "format": kind}))
+
+
+@app.command("protect")
+def protect(
+    password_env: Annotated[
+        str,
+        typer.Option("--password-env", metavar="NAME",
+                     help="The environment variable holding the keystore's password (never the password)."),
+    ],
+    keyfile: Annotated[
+        Path | None,
+        typer.Option(help="The hex key file to protect; default $CARAVAN_HOLDER_KEYFILE or "
+                     "$CARAVAN_HOME/keys/holder.key."),
+    ] = None,
+) -> None:
+    """Turn a hex holder key file into a password keystore holding the same key (replaced atomically:
+    the file is the old hex key or the new keystore, never neither)."""
+    from pipelines.privacy import (
+        HOLDER_KEY_PASSWORD_ENV,
+        HOLDER_KEYFILE_ENV,
+        holder_key,
+        holder_keyfile,
+        write_keyfile,
+    )
+    from pipelines.settings import load_settings
+
+    with clean_errors(KeyringError):
+        password = _password(password_env)
+        settings = load_settings()
+        path = (keyfile or holder_keyfile(settings)).absolute()
+        if not path.is_file():
+            raise CaravanError(
+                f"no key file at {path}; `caravan access keygen --password-env NAME` makes a new one"
+            )
+        if HolderKey.is_keystore(path.read_bytes()):
+            raise CaravanError(f"{path} is already a keystore; nothing was changed")
+        key = holder_key(settings, {HOLDER_KEYFILE_ENV: str(path)})  # the 0600 and hex checks
+        staged = path.with_name(path.name + ".keystore")
+        write_keyfile(staged, key, password)
+        reread = holder_key(settings, {HOLDER_KEYFILE_ENV: str(staged), HOLDER_KEY_PASSWORD_ENV: password})
+        if reread is None or reread.public_hex != key.public_hex:
+            staged.unlink()
+            raise CaravanError(f"the keystore for {path} did not open to the same key; nothing was changed")
+        staged.replace(path)
+    typer.echo(json.dumps({"public_key": key.public_hex, "key_file": str(path), "format": "keystore"}))
+
+
+def _password(env_name: str) -> str:
+    """The keystore password from the environment variable named (never from the command line)."""
+    password = os.environ.get(env_name)
+    if not password:
+        # the name is not echoed: a password typed there by mistake stays out of the logs
+        raise CaravanError(
+            "--password-env names an environment variable that is not set or is empty; export the "
+            "keystore's password in one (e.g. `read -rs CARAVAN_HOLDER_KEY_PASSWORD; export "
+            "CARAVAN_HOLDER_KEY_PASSWORD`) and give its name, never the password itself"
+        )
+    return password
 
 
 @app.command("grant")

@@ -117,6 +117,35 @@ def test_keygen_without_a_password_writes_the_hex_file_as_before(home, tmp_path)
     assert HolderKey.from_hex(path.read_text()).public_hex == json.loads(made.stdout)["public_key"]
 
 
+def test_protect_turns_a_hex_key_file_into_a_keystore_of_the_same_key(home, tmp_path) -> None:
+    path = tmp_path / "k.key"
+    runner = CliRunner()
+    assert runner.invoke(app, ["access", "keygen", "--out", str(path)]).exit_code == 0
+    key = HolderKey.from_hex(path.read_text())
+
+    def protect(keyfile: Path, env: dict[str, str]):  # noqa: ANN202
+        args = ["access", "protect", "--password-env", "PW", "--keyfile", str(keyfile)]
+        return runner.invoke(app, args, env=env)
+
+    refused = protect(path, {})
+    assert refused.exit_code == 1 and "--password-env names" in refused.output
+    assert path.read_text().strip() == key.private_hex()  # unchanged
+
+    made = protect(path, {"PW": PASSWORD})
+    assert made.exit_code == 0, made.output
+    said = {"public_key": key.public_hex, "key_file": str(path), "format": "keystore"}
+    assert json.loads(made.stdout) == said
+    data = path.read_bytes()
+    assert HolderKey.is_keystore(data) and key.private_hex().encode() not in data
+    assert oct(path.stat().st_mode & 0o777) == "0o600" and sorted(tmp_path.iterdir()) == [path]
+    assert holder_key(load_settings(), _env(path)).public_hex == key.public_hex
+
+    again = protect(path, {"PW": PASSWORD})
+    assert again.exit_code == 1 and "already a keystore" in again.output and path.read_bytes() == data
+    missing = protect(tmp_path / "none.key", {"PW": PASSWORD})
+    assert missing.exit_code == 1 and "no key file" in missing.output
+
+
 def test_a_keystore_held_key_opens_a_private_version_exactly_as_the_hex_key(home, tmp_path) -> None:
     operator, settings = HolderKey.generate(), load_settings()
     store = BlockStore(settings.store_dir)
