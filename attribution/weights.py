@@ -1,22 +1,22 @@
 """From example scores to contributor royalty weights in basis points.
 
-Policy (``WeightPolicy``, defaults in brackets): the pool splits into a provider share [70 %]
-and a labeler share [30 %]. An example's credit goes to its provider; its labeler credit goes
+Policy (``WeightPolicy``, defaults in brackets): the pool splits into a provider share [70 %] and a
+labeler share [30 %]. An example's credit goes to its provider; its labeler credit goes to its
+annotators by what their answers did [``labelers='valued'``, below], or, with ``labelers='agree'``,
 to the annotators whose label agreed with consensus, ``confidence / n_agreeing`` each (the
 Dawid–Skene posterior of the consensus label, shared equally). With ``net`` [the default],
-negative-influence examples offset the same contributor's positive credit, and a contributor
-whose sum is not positive (its data or labels hurt the model) earns nothing; the table's
-``score`` is that signed sum, so a report can say who hurt. With ``clip`` negative-influence
-examples earn nothing and offset nothing. ``clip`` pays for spread, not only help: a
-contributor whose examples pull both ways (large gradients, e.g. noisy inputs) keeps its
-positive half however much the negative half cancels it, and splitting one example's score
-into parts of opposite sign changes its pay. ``net`` keeps the scores' additivity (on the
-demo's digits, the provider with 60 % noisy pixels, whose removal lowers the held-out loss,
-gets the top share under ``clip`` and the lowest provider share under ``net``).
-Each role's share is split in proportion to the contributors' scores; a role with no
-positive score passes its share to the other.
+negative-influence examples offset the same contributor's positive credit, and a contributor whose
+sum is not positive (its data or labels hurt the model) earns nothing; the table's ``score`` is that
+signed sum, so a report can say who hurt. With ``clip`` negative-influence examples earn nothing and
+offset nothing. ``clip`` pays for spread, not only help: a contributor whose examples pull both ways
+(large gradients, e.g. noisy inputs) keeps its positive half however much the negative half cancels
+it, and splitting one example's score into parts of opposite sign changes its pay. ``net`` keeps the
+scores' additivity (on the demo's digits, the provider with 60 % noisy pixels, whose removal lowers
+the held-out loss, gets the top share under ``clip`` and the lowest provider share under ``net``).
+Each role's share is split in proportion to the contributors' scores; a role with no positive score
+passes its share to the other.
 
-Labelers by pivotal answers (``labelers='pivotal'``; ``'agree'``, above, is the default): each
+Labelers by pivotal answers (``labelers='pivotal'``; ``'agree'`` is the rule above): each
 answer's share of its example is how much it moved the consensus, the posterior of the consensus
 label with every answer minus that without this answer, under confusion matrices and a class
 prior estimated in one Dawid-Skene M-step from the stored consensus labels (``label_smoothing``
@@ -30,7 +30,8 @@ minus the score under the label it replaced, which the run does not store; for a
 replaced one's harm dominates). An answer that pushed the consensus wrong thus earns a negative
 credit, which ``net`` offsets. Records without ``labelers`` read back as ``'agree'``.
 
-Labelers by the value of what their answers changed (``labelers='valued'``): the same moves, valued
+Labelers by the value of what their answers changed (``labelers='valued'``, the default: in the
+benchmark's five worlds it tracks leave-that-labeler-out retraining best): the same moves, valued
 by what the label an answer displaced was probably worth. Where the consensus label helped (its
 example's credit > 0) it is probably right and the label without the answer probably wrong: one
 unit per posterior moved, as ``'pivotal'``. Where it hurt (credit < 0) it is probably wrong, and so
@@ -88,7 +89,7 @@ class WeightPolicy:
     provider_share_bps: int = 7000
     negative: Literal["clip", "net"] = "net"
     score_digits: int = 8
-    labelers: Literal["agree", "pivotal", "valued"] = "agree"
+    labelers: Literal["agree", "pivotal", "valued"] = "valued"
     label_smoothing: float = 1.0  # 'pivotal', 'valued': pseudo-count of each confusion cell and class prior
 
     def __post_init__(self) -> None:

@@ -29,15 +29,15 @@ targets, then ``attribution.contributor_weights`` under each ``WeightPolicy.nega
 Printed per policy: Spearman of pay against the truth (providers, labelers; also over a few
 more attributed runs at other seeds, the pay's own spread), the share gap (total-variation
 distance between pay shares and positive-truth shares), each faulty contributor's rank and
-share, the same for the library's default ``net+credit`` (what the pipeline pays: ``net`` with the
-``example_credit`` its ingest makes, ``pipelines.datasets.to_examples``: near-copies grouped and paid
-once to their first registrant), for ``pivotal`` (``net+credit`` with
+share, the same for ``net+credit`` (``net`` with the ``example_credit`` the pipeline's ingest makes,
+``pipelines.datasets.to_examples``: near-copies grouped and paid once to their first registrant;
+labelers paid by agreement with consensus), for ``pivotal`` (``net+credit`` with
 ``WeightPolicy(labelers='pivotal')``: each answer paid by how much it moved its example's
-consensus), for ``valued`` (the same with ``labelers='valued'``: where the consensus label hurt, a
-push for it costs only the chance that the label it displaced was right), and for a candidate not
-in the library ('net' after crediting near-copies to their first registrant). The last line is
-one JSON object: the issue's keys
-(``spearman``, ``ceiling``, ``faulty_share_bps``, ``default_policy``: ``net+credit``, ``seconds``),
+consensus), for the library's default ``valued`` (what the pipeline pays: the same with
+``labelers='valued'``: where the consensus label hurt, a push for it costs only the chance that the
+label it displaced was right), and for a candidate not in the library ('net' after crediting
+near-copies to their first registrant). The last line is one JSON object: the issue's keys
+(``spearman``, ``ceiling``, ``faulty_share_bps``, ``default_policy``: ``valued``, ``seconds``),
 ``share_gap``, ``candidate`` and ``detection``.
 
 Detection, side by side: the pipeline's duplicate grouping (the ingest's, above) against cleanlab's
@@ -97,10 +97,11 @@ from labeling import SimulatedAnnotator, dawid_skene, simulate_answers  # noqa: 
 from pipelines.datasets import example_id, to_examples  # noqa: E402
 
 POLICIES = typing.get_args(typing.get_type_hints(WeightPolicy)["negative"])  # every policy the library has
-LIBRARY = "net+credit"  # what the pipeline pays: 'net' with the ingest's example_credit (copies earn once)
+LIBRARY = "net+credit"  # 'net' with the ingest's example_credit (copies earn once), labelers by agreement
 PIVOTAL = "pivotal"  # net+credit, labelers paid by how much each answer moved its example's consensus
 VALUED = "valued"  # pivotal, each move valued by what the label it displaced was probably worth
 BY_MOVES = (PIVOTAL, VALUED)  # net+credit with labelers=<the name>
+DEFAULT = VALUED  # what the pipeline pays: WeightPolicy()
 MAX_VALIDATION, MAX_POOL = 300, 1500  # real rows: validation set, then the providers' pool
 MEDIA_VALIDATION, MEDIA_POOL = 200, 800  # --kind text|image: synthetic rows (a run takes minutes)
 PER_EXAMPLE = 3  # answers per example
@@ -649,12 +650,13 @@ def main() -> None:
     out_rho, out_gap, faulty_bps = {}, {}, {}
     for kind in kinds:
         title = ("candidate (not in the library)" if kind == "candidate" else
-                 f"library default {LIBRARY!r}: 'net' with the ingest's example_credit (the pipeline's pay)"
+                 f"{LIBRARY!r}: 'net' with the ingest's example_credit, labelers paid by agreement"
                  if kind == LIBRARY else
                  f"{PIVOTAL!r}: {LIBRARY!r} with labelers='pivotal' (each answer paid by how much it moved "
                  "its example's consensus)" if kind == PIVOTAL else
-                 f"{VALUED!r}: {LIBRARY!r} with labelers='valued' (each move valued by what the label it "
-                 "displaced was probably worth)" if kind == VALUED else f"policy negative={kind!r}")
+                 f"library default {VALUED!r}: {LIBRARY!r} with labelers='valued' (each move valued by what "
+                 "the label it displaced was probably worth; the pipeline's pay)" if kind == VALUED else
+                 f"policy negative={kind!r}")
         print(f"== {title}", flush=True)
         for role, names in roles.items():
             want = [truth_mean[n] for n in names]
@@ -720,7 +722,7 @@ def main() -> None:
         "ceiling": {k: _num(v) for k, v in ceil.items()},
         "faulty_share_bps": {k: v for k, v in faulty_bps.items() if k != "candidate"},
         "value": world.value if world.media is not None else "inrun",
-        "default_policy": LIBRARY,  # what the pipeline pays: WeightPolicy() 'net' with the example_credit
+        "default_policy": DEFAULT,  # what the pipeline pays: WeightPolicy(), with the ingest's example_credit
         "seconds": round(seconds, 1),
         "candidate": {"spearman": {r: _num(out_rho[f"candidate/{r}"]) for r in roles},
                       "share_gap": {r: _num(out_gap[f"candidate/{r}"]) for r in roles},

@@ -34,8 +34,9 @@ class WeightingConfig(dg.Config):
 
     provider_share_bps: int = 7000
     negative: str = "net"  # a contributor whose data or labels hurt the model earns nothing
-    labelers: str = "agree"  # or "pivotal" / "valued" (attribution.WeightPolicy): paid by consensus moved
-    label_smoothing: float = 1.0  # "pivotal": pseudo-count of the confusion estimates
+    # paid by the value of the consensus their answers moved; or "pivotal", or "agree" (agreement)
+    labelers: str = "valued"
+    label_smoothing: float = 1.0  # "pivotal" / "valued": pseudo-count of the confusion estimates
 
 
 @dg.asset(partitions_def=dataset_versions, group_name="royalties", kinds={"arrow"})

@@ -213,6 +213,7 @@ def weight_cases(draw):
         provider_share_bps=draw(st.one_of(st.sampled_from([0, 7000, TOTAL_BPS]), st.integers(0, TOTAL_BPS))),
         negative=draw(st.sampled_from(["clip", "net"])),
         score_digits=draw(st.one_of(st.just(8), st.integers(1, 10 if big else 12))),
+        labelers="agree",  # the reference below pays agreement; moves are tested in test_weights.py
     )
     return scores, providers, votes, dissent, policy
 

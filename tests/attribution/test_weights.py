@@ -14,6 +14,7 @@ from attribution import ContributorError, ContributorSplit, WeightPolicy, contri
 from attribution.weights import largest_remainder, quantize, quantize_columns
 
 ADDR = {f"c{i}": "0x" + f"{i + 1:040x}" for i in range(12)}
+AGREE = WeightPolicy(labelers="agree")  # labelers paid by agreement with consensus (not the default)
 
 
 def _tables(scores, providers, votes):
@@ -68,14 +69,14 @@ def test_weights_sum_order_invariance_and_determinism(case, negative, seed):
 def test_policy_split_and_labeler_credit():
     att, ex, ann, con = _tables([1.0, 3.0, -2.0], ["c0", "c1", "c1"],
                                 [(0, "c5", "a"), (0, "c6", "a"), (1, "c6", "a"), (1, "c7", "b")])
-    out = contributor_weights(att, ex, ann, con, ADDR, WeightPolicy(negative="clip")).to_pylist()
-    got = {(r["role"], r["contributor"]): r["weight_bps"] for r in out}
+    out = contributor_weights(att, ex, ann, con, ADDR, WeightPolicy(negative="clip", labelers="agree"))
+    got = {(r["role"], r["contributor"]): r["weight_bps"] for r in out.to_pylist()}
     # providers 70%: c0 1/4, c1 3/4 (the negative example is clipped)
     assert got[("provider", "c0")] == 1750 and got[("provider", "c1")] == 5250
     # labelers 30%: e0 credit 0.9 split c5/c6, e1 credit 2.7 to c6 (c7 disagreed, listed with 0)
     assert got[("labeler", "c5")] == 375 and got[("labeler", "c6")] == 2625
     assert got[("labeler", "c7")] == 0
-    assert all(r["address"].startswith("0x") for r in out)
+    assert all(r["address"].startswith("0x") for r in out.to_pylist())
 
 
 def test_net_policy_offsets_negative_examples():
@@ -341,7 +342,7 @@ def test_a_group_is_paid_its_mean_once_and_its_labelers_alike():
     att, ex, ann, con = _tables([3.0, 1.0, 2.0], ["c0", "c1", "c2"], [(0, "c5", "a"), (1, "c5", "a"),
                                                                      (2, "c6", "a")])
     credit = _credit([("e000", "c0", 0.5), ("e001", "c0", 0.5), ("e002", "c2", 1.0)])
-    out = {(r["contributor"], r["role"]): r for r in contributor_weights(att, ex, ann, con, ADDR,
+    out = {(r["contributor"], r["role"]): r for r in contributor_weights(att, ex, ann, con, ADDR, AGREE,
                                                                          credit=credit).to_pylist()}
     assert out[("c0", "provider")]["score"] == out[("c2", "provider")]["score"]  # mean of 3 and 1 = 2, once
     assert out[("c1", "provider")]["weight_bps"] == 0 and out[("c1", "provider")]["score"] == 0.0
@@ -373,7 +374,7 @@ def test_serving_splits_pay_by_the_credit_table_too():
                                 [(i, "c5", "a") for i in range(6)])
     credit = _credit([("e000", "c0", 0.5), ("e001", "c0", 0.5)]
                      + [(f"e{i:03d}", p, 1.0) for i, p in ((2, "c2"), (3, "c0"), (4, "c1"), (5, "c2"))])
-    split = ContributorSplit.build(ex, ann, con, ADDR, credit=credit)
+    split = ContributorSplit.build(ex, ann, con, ADDR, AGREE, credit=credit)  # c5 answers alone: agreement
     ids = ex["example_id"].to_pylist()
     contributions = rng.uniform(-0.2, 1.0, size=(6, 5))
     batched = split.split_queries(ids, contributions)
@@ -425,7 +426,7 @@ def test_pivotal_answer_earns_more_than_a_redundant_one(policy):
     assert max(pay[c] for c in ("c5", "c6", "c7")) - min(pay[c] for c in ("c5", "c6", "c7")) <= 1  # rounding
     assert pay["c9"] == 0  # the constant labeler
     # agreement pays the redundant answers as much as the pivotal ones
-    agree, _ = _labeler_pay(_pivot_tables(rows), WeightPolicy())
+    agree, _ = _labeler_pay(_pivot_tables(rows), AGREE)
     assert agree["c9"] > 0 and agree["c8"] < 3 * agree["c5"]
 
 
