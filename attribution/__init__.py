@@ -71,7 +71,7 @@ from .mislabels import (
     review_labels,
     review_task_labels,
 )
-from .model_task import LABELS, ModelTask, classification_loss
+from .model_task import LABELS, ModelTask, classification_loss, model_logits
 from .shards import FeatureShard, ShardMismatchError, combine_shards, shard_bounds, shard_features
 from .task import AttributionTask, ModelSpec, ModuleSpec, TrainConfig
 from .trainer import TrainResult, train_plain, train_split, train_with_attribution
@@ -81,7 +81,9 @@ from .trak_model import TRAK_VALUE_METHOD, ModelTrakFeatures, model_features, va
 if TYPE_CHECKING:
     from .encoding import EncodedSplit, InputEncoding, encode_split
     from .payloads import (
+        HfTextEncoding,
         ImageEncoding,
+        LocalModel,
         PayloadEncoding,
         PayloadSplit,
         RecipeSizes,
@@ -92,6 +94,7 @@ if TYPE_CHECKING:
         payload_encoding_from_json,
         payload_encoding_to_json,
     )
+    from .recipes.hf import HF_TOKENIZER_FILE
     from .serialize import (
         features_from_bytes,
         features_to_bytes,
@@ -121,6 +124,9 @@ _LAZY = {
     "task_model_from_bytes": "attribution.serialize",
     "task_model_to_bytes": "attribution.serialize",
     "ImageEncoding": "attribution.payloads",
+    "HfTextEncoding": "attribution.payloads",
+    "HF_TOKENIZER_FILE": "attribution.recipes.hf",
+    "LocalModel": "attribution.payloads",
     "PayloadEncoding": "attribution.payloads",
     "TextEncoding": "attribution.payloads",
     "PayloadSplit": "attribution.payloads",
@@ -145,7 +151,10 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "LABELS",
+    "HF_TOKENIZER_FILE",
+    "HfTextEncoding",
     "ImageEncoding",
+    "LocalModel",
     "ModelTrakFeatures",
     "TRAK_VALUE_METHOD",
     "PayloadEncoding",
@@ -189,6 +198,7 @@ __all__ = [
     "WeightPolicy",
     "attribute_query",
     "classification_loss",
+    "model_logits",
     "combine_shards",
     "contributor_weights",
     "label_quality",
