@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from attribution import TRAK_VALUE_METHOD, AttributionError, HfTextEncoding, payload_encoding_from_json
-from pipelines.assets import royalties, training
+from pipelines.assets import review, royalties, training
 from pipelines.assets.training import TrainingConfig, recipe_for, stored_local_model, train_labeled
 from pipelines.content_io import store_value
 from pipelines.demo import write_contributors
@@ -192,7 +192,7 @@ def published(tmp_path_factory, anvil: AnvilService, hf_dir: Path):
         (home / "dagster").mkdir()
         upstream = [dg.AssetSpec(a, partitions_def=dataset_versions) for a in _tables()]
         assets = [training.trained_model, royalties.contributor_weights, royalties.provenance_record,
-                  royalties.royalty_root, *upstream]
+                  royalties.royalty_root, review.label_review, *upstream]
         with dg.DagsterInstance.local_temp(str(home / "dagster")) as instance:
             instance.add_dynamic_partitions("dataset_version", [VERSION])
 
@@ -205,6 +205,8 @@ def published(tmp_path_factory, anvil: AnvilService, hf_dir: Path):
 
             result = run({**RUN_CONFIG, "model_dir": str(hf_dir)})
             assert result.success
+            reviewed = result.output_for_node("label_review").value  # cross-fitted from the stored model
+            assert reviewed.num_rows == _labeled().num_rows
             yield {"chain": resources["chain"].client(), "store": client, "model_dir": hf_dir, "home": home,
                    "run_id": result.output_for_node("royalty_root")["run_id"], "materialize": run}
 
