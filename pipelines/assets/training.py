@@ -163,22 +163,29 @@ def run_id_of(labeled_cid: str, config: TrainingConfig, base_model: str | None =
     return hashlib.sha256(f"{labeled_cid}\n{settings}\n{code}{base}".encode()).hexdigest()[:16]
 
 
-def stored_local_model(store: ContentStore, config: TrainingConfig) -> LocalModel:
-    """An hf-local run's model directory, its files stored and pinned by CID (`storage.put_folder`):
-    the record names the file table's CID, never `model_dir`."""
-    if not config.model_dir:
+def checked_model_dir(model_dir: str | None) -> Path:
+    """The hf-local model directory, if it holds what save_pretrained writes for a model and its fast
+    tokenizer; else a failure naming what is missing (checked before anything is stored)."""
+    if not model_dir:
         raise dg.Failure(
             f"recipe {HF_RECIPE!r} needs model_dir: a local directory written by save_pretrained "
             "(config.json, weights, tokenizer.json)"
         )
-    path = Path(config.model_dir)
+    path = Path(model_dir)
     missing = [f for f in ("config.json", HF_TOKENIZER_FILE) if not (path / f).is_file()]
     if not path.is_dir() or missing:
         what = "does not exist" if not path.is_dir() else f"has no {' or '.join(missing)}"
         raise dg.Failure(
-            f"model_dir {config.model_dir!r} {what}: give a local directory where save_pretrained wrote the "
+            f"model_dir {model_dir!r} {what}: give a local directory where save_pretrained wrote the "
             "model and its fast tokenizer (nothing is downloaded)"
         )
+    return path
+
+
+def stored_local_model(store: ContentStore, config: TrainingConfig) -> LocalModel:
+    """An hf-local run's model directory, its files stored and pinned by CID (`storage.put_folder`):
+    the record names the file table's CID, never `model_dir`."""
+    path = checked_model_dir(config.model_dir)
     files, table = put_folder(store, path)
     return LocalModel(path, files, table.cid_of(HF_TOKENIZER_FILE))
 

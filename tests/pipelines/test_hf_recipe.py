@@ -273,3 +273,24 @@ def test_a_bad_model_dir_fails_the_run_with_its_name(published, tmp_path):
     assert not result.success
     (failure,) = [e for e in result.all_events if e.is_step_failure]
     assert "the model's vocabulary holds 20" in str(failure.step_failure_data.error)
+
+
+def test_caravan_demo_refuses_a_bad_model_dir_before_anything_runs(hf_dir, tmp_path, monkeypatch):
+    """`caravan demo --data F --kind text ... --model-dir DIR` runs the mission with recipe hf-local; a
+    directory that cannot be one, or a dataset that is not text, is one `error:` line and exit 1."""
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    monkeypatch.setenv("CARAVAN_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home" / "dagster"))
+    data = ["--data", str(tmp_path / "texts.csv"), "--field", "text", "--choices", "sport,food",
+            "--truth-col", "label", "--no-start-services"]
+    cases = [
+        (["--model-dir", str(hf_dir)], "give it with --data FILE --kind text"),
+        ([*data, "--kind", "image", "--model-dir", str(hf_dir)], "give it with --data FILE --kind text"),
+        ([*data, "--kind", "text", "--model-dir", str(tmp_path / "absent")], "does not exist"),
+    ]
+    for args, error in cases:
+        result = CliRunner().invoke(app, ["demo", *args])
+        assert result.exit_code == 1 and error in result.output, result.output
