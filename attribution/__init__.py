@@ -32,7 +32,11 @@ Public face (other rooms use only these names):
   -> ``PayloadSplit`` (its ``PayloadEncoding``: tokenizer and maximum length, or image policy, fitted on
   the training rows; the recipe's ``ModelTask``; batches), then ``train_model``; ``model_features``
   gives its TRAK features. ``payload_encoding_to_json`` / ``_from_json``, ``task_model_to_bytes`` /
-  ``_from_bytes`` and ``model_features_to_bytes`` / ``_from_bytes`` store them by CID.
+  ``_from_bytes`` and ``model_features_to_bytes`` / ``_from_bytes`` store them by CID. With ``local=``
+  a ``LocalModel`` (a Hugging Face directory and the CIDs of its stored files and ``tokenizer.json``),
+  a text split is encoded by that model's own tokenizer (``HfTextEncoding``, whose stored document
+  names those CIDs; ``.at(LocalModel)`` points a loaded one at the fetched files) and trains it.
+  ``model_logits(model, batch)``: logits of a plain module or of a Hugging Face ModelOutput.
 - ``review_labels(task, X, y, folds=, seed=)`` -> (``LabelReview``, out-of-sample probabilities):
   the pipeline's mislabel detector (cross-fitted probabilities scored by cleanlab's confident
   learning); ``label_quality(labels, pred_probs)`` is its pure scoring part. ``ExactInfluence``
