@@ -32,7 +32,11 @@ Public face (other rooms use only these names):
   -> ``PayloadSplit`` (its ``PayloadEncoding``: tokenizer and maximum length, or image policy, fitted on
   the training rows; the recipe's ``ModelTask``; batches), then ``train_model``; ``model_features``
   gives its TRAK features. ``payload_encoding_to_json`` / ``_from_json``, ``task_model_to_bytes`` /
-  ``_from_bytes`` and ``model_features_to_bytes`` / ``_from_bytes`` store them by CID.
+  ``_from_bytes`` and ``model_features_to_bytes`` / ``_from_bytes`` store them by CID. With ``local=``
+  a ``LocalModel`` (a Hugging Face directory and the CIDs of its stored files and ``tokenizer.json``),
+  a text split is encoded by that model's own tokenizer (``HfTextEncoding``, whose stored document
+  names those CIDs; ``.at(LocalModel)`` points a loaded one at the fetched files) and trains it.
+  ``model_logits(model, batch)``: logits of a plain module or of a Hugging Face ModelOutput.
 - ``review_labels(task, X, y, folds=, seed=)`` -> (``LabelReview``, out-of-sample probabilities):
   the pipeline's mislabel detector (cross-fitted probabilities scored by cleanlab's confident
   learning); ``label_quality(labels, pred_probs)`` is its pure scoring part. ``ExactInfluence``
@@ -71,7 +75,7 @@ from .mislabels import (
     review_labels,
     review_task_labels,
 )
-from .model_task import LABELS, ModelTask, classification_loss
+from .model_task import LABELS, ModelTask, classification_loss, model_logits
 from .shards import FeatureShard, ShardMismatchError, combine_shards, shard_bounds, shard_features
 from .task import AttributionTask, ModelSpec, ModuleSpec, TrainConfig
 from .trainer import TrainResult, train_plain, train_split, train_with_attribution
@@ -81,7 +85,9 @@ from .trak_model import TRAK_VALUE_METHOD, ModelTrakFeatures, model_features, va
 if TYPE_CHECKING:
     from .encoding import EncodedSplit, InputEncoding, encode_split
     from .payloads import (
+        HfTextEncoding,
         ImageEncoding,
+        LocalModel,
         PayloadEncoding,
         PayloadSplit,
         RecipeSizes,
@@ -92,6 +98,7 @@ if TYPE_CHECKING:
         payload_encoding_from_json,
         payload_encoding_to_json,
     )
+    from .recipes.hf import HF_TOKENIZER_FILE
     from .serialize import (
         features_from_bytes,
         features_to_bytes,
@@ -121,6 +128,9 @@ _LAZY = {
     "task_model_from_bytes": "attribution.serialize",
     "task_model_to_bytes": "attribution.serialize",
     "ImageEncoding": "attribution.payloads",
+    "HfTextEncoding": "attribution.payloads",
+    "HF_TOKENIZER_FILE": "attribution.recipes.hf",
+    "LocalModel": "attribution.payloads",
     "PayloadEncoding": "attribution.payloads",
     "TextEncoding": "attribution.payloads",
     "PayloadSplit": "attribution.payloads",
@@ -145,7 +155,10 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "LABELS",
+    "HF_TOKENIZER_FILE",
+    "HfTextEncoding",
     "ImageEncoding",
+    "LocalModel",
     "ModelTrakFeatures",
     "TRAK_VALUE_METHOD",
     "PayloadEncoding",
@@ -189,6 +202,7 @@ __all__ = [
     "WeightPolicy",
     "attribute_query",
     "classification_loss",
+    "model_logits",
     "combine_shards",
     "contributor_weights",
     "label_quality",

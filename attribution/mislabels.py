@@ -24,7 +24,7 @@ import torch
 
 from .errors import InputError
 from .inrun import train_model_plain
-from .model_task import LABELS, Batch, ModelTask, batch_size_of, take
+from .model_task import LABELS, Batch, ModelTask, batch_size_of, model_logits, take
 from .task import AttributionTask
 from .trainer import train_plain
 
@@ -130,8 +130,7 @@ def task_out_of_sample_probs(
         model = train_model_plain(task, take(batch, torch.nonzero(~held).flatten()), seed=seed + k).eval()
         rows = take(batch, torch.nonzero(held).flatten())
         with torch.no_grad():
-            logits = model(**{key: v for key, v in rows.items() if key != LABELS})
-            probs[held.numpy()] = torch.softmax(getattr(logits, "logits", logits).double(), 1).numpy()
+            probs[held.numpy()] = torch.softmax(model_logits(model, rows).double(), 1).numpy()
     return probs
 
 

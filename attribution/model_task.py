@@ -24,14 +24,16 @@ LossFn = Callable[[nn.Module, Batch], torch.Tensor]
 LABELS = "labels"
 
 
+def model_logits(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """``model(**inputs)`` as a logits tensor, every key of ``batch`` but ``labels`` passed by name
+    (a Hugging Face model returns a ModelOutput holding them)."""
+    out = model(**{k: v for k, v in batch.items() if k != LABELS})
+    return getattr(out, "logits", out)
+
+
 def classification_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
-    """Per-example cross-entropy of ``model(**inputs)`` against ``batch["labels"]`` (the default loss:
-    every key but ``labels`` is passed to the model by name)."""
-    inputs = {k: v for k, v in batch.items() if k != LABELS}
-    logits = model(**inputs)
-    if hasattr(logits, "logits"):  # a Hugging Face ModelOutput
-        logits = logits.logits
-    return F.cross_entropy(logits.float(), batch[LABELS], reduction="none")
+    """Per-example cross-entropy of ``model_logits`` against ``batch["labels"]`` (the default loss)."""
+    return F.cross_entropy(model_logits(model, batch).float(), batch[LABELS], reduction="none")
 
 
 @dataclass(frozen=True)

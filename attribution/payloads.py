@@ -2,7 +2,9 @@
 
 A payload encoding is one JSON document, stored by CID beside the model and named in the training
 record: for text the tokenizer's own JSON (trained on the training rows only), the maximum length
-and the truncation rule; for images the decoding policy (size, colour mode, resize rule). With the
+and the truncation rule; for images the decoding policy (size, colour mode, resize rule); for a local
+Hugging Face model (``HfTextEncoding``) the CIDs of its stored files and of its own tokenizer JSON,
+with the maximum length. With the
 class list and the recipe's sizes it rebuilds the model's task, so serving and an auditor turn rows
 into exactly the inputs the model was trained on and need nothing else.
 
@@ -14,11 +16,14 @@ another colour mode converted. Everything else (an empty text, bytes that do not
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -73,6 +78,7 @@ class TextEncoding:
     sizes: RecipeSizes = field(default_factory=RecipeSizes)
     truncation: str = TRUNCATION
     kind = "text"
+    recipe = "text-transformer"
 
     @classmethod
     def fit(
@@ -135,6 +141,7 @@ class ImageEncoding:
     policy_json: str  # attribution.recipes.image.ImagePolicy.to_json()
     sizes: RecipeSizes = field(default_factory=RecipeSizes)
     kind = "image"
+    recipe = "image-cnn"
 
     @classmethod
     def fit(cls, column: str, images: Sequence[object], labels: Sequence[str], sizes: RecipeSizes
@@ -194,14 +201,105 @@ class ImageEncoding:
         }
 
 
-PayloadEncoding = TextEncoding | ImageEncoding
+@dataclass(frozen=True)
+class LocalModel:
+    """A Hugging Face model directory on this machine and the CIDs a run names it by (its stored
+    file table and its tokenizer JSON): records and encodings carry the CIDs, never the path."""
+
+    path: Path
+    files: str  # CID of the directory's file table (storage.FileTable)
+    tokenizer_cid: str  # CID of its tokenizer.json, one of those files
+
+    @cached_property
+    def tokenizer(self):
+        """The directory's own fast tokenizer (loaded once)."""
+        from .recipes.hf import hf_tokenizer
+
+        return hf_tokenizer(self.path)
+
+
+@dataclass(frozen=True)
+class HfTextEncoding:
+    """Text for a local Hugging Face sequence classifier, tokenized by the directory's own tokenizer
+    (never retrained). The stored document names the model's files and its tokenizer JSON by CID;
+    ``at(LocalModel)`` points a loaded encoding at those files fetched to this machine."""
+
+    column: str
+    classes: tuple[str, ...]
+    max_length: int
+    files: str  # CID of the starting model's file table (config, weights, tokenizer files)
+    tokenizer: str  # CID of its tokenizer.json
+    truncation: str = TRUNCATION
+    local: LocalModel | None = field(default=None, compare=False, repr=False)
+    kind = "text"
+    recipe = "hf-local"
+
+    @classmethod
+    def fit(cls, column: str, texts: Sequence[str], labels: Sequence[str], sizes: RecipeSizes,
+            local: LocalModel) -> HfTextEncoding:
+        """The directory checked (a sequence classifier whose vocabulary holds every tokenizer id),
+        and the longest training encoding up to the cap and the model's position table."""
+        from .recipes.hf import check_hf_classifier, hf_max_positions
+
+        _check_texts(column, texts)
+        check_hf_classifier(local.path, local.tokenizer)
+        longest = max(len(ids) for ids in local.tokenizer(list(texts))["input_ids"])
+        cap = min(sizes.max_length, hf_max_positions(local.path) or sizes.max_length)
+        return cls(column, _classes(labels), min(longest, cap), local.files, local.tokenizer_cid, local=local)
+
+    def at(self, local: LocalModel) -> HfTextEncoding:
+        """This encoding with its model's files at ``local`` (which must name the same CIDs)."""
+        if (local.files, local.tokenizer_cid) != (self.files, self.tokenizer):
+            raise InputError(
+                f"the local model is files {local.files} with tokenizer {local.tokenizer_cid}, but the "
+                f"encoding names files {self.files} with tokenizer {self.tokenizer}"
+            )
+        return dataclasses.replace(self, local=local)
+
+    def _local(self) -> LocalModel:
+        if self.local is None:
+            raise InputError(
+                f"the model files {self.files} are not on this machine: fetch them and call .at(LocalModel)"
+            )
+        return self.local
+
+    def task(self, config: TrainConfig) -> ModelTask:
+        from .recipes.hf import hf_classifier_task
+
+        return hf_classifier_task(self._local().path, n_classes=len(self.classes), config=config)
+
+    @property
+    def max_chars(self) -> int:
+        """A generous bound on one input's characters (serving sizes request bodies by it)."""
+        return self.max_length * CHARS_PER_TOKEN
+
+    def inputs(self, values: Sequence[object]) -> tuple[dict[str, torch.Tensor], PayloadStats]:
+        from .recipes.hf import hf_encode_texts
+
+        texts = _check_texts(self.column, values)
+        tok = self._local().tokenizer
+        full = [len(ids) for ids in tok(texts)["input_ids"]]
+        batch = hf_encode_texts(tok, texts, self.max_length)
+        return batch, PayloadStats(len(texts), truncated=sum(n > self.max_length for n in full))
+
+    def to_doc(self) -> dict[str, object]:
+        return {
+            "kind": self.kind, "recipe": self.recipe, "column": self.column, "classes": list(self.classes),
+            "files": self.files, "tokenizer": self.tokenizer, "max_length": self.max_length,
+            "truncation": self.truncation,
+        }
+
+
+PayloadEncoding = TextEncoding | ImageEncoding | HfTextEncoding
 GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
 
 
 def fit_payload_encoding(
-    kind: str, column: str, table: pa.Table, labels: Sequence[str], sizes: RecipeSizes
+    kind: str, column: str, table: pa.Table, labels: Sequence[str], sizes: RecipeSizes,
+    local: LocalModel | None = None,
 ) -> PayloadEncoding:
-    """The encoding for ``kind`` fitted on the training rows of ``table``."""
+    """The encoding for ``kind`` fitted on the training rows of ``table``; with ``local`` (text only),
+    the Hugging Face model's own tokenizer instead of one trained here."""
     if kind not in KINDS:
         raise InputError(f"payload kind must be one of {KINDS}, got {kind!r}")
     if column not in table.column_names:
@@ -209,6 +307,10 @@ def fit_payload_encoding(
             f"the labeled table has no payload column {column!r} (columns: {table.column_names})"
         )
     values = table.column(column).to_pylist()
+    if local is not None:
+        if kind != "text":
+            raise InputError(f"a Hugging Face model directory reads text, not {kind} payloads")
+        return HfTextEncoding.fit(column, values, labels, sizes, local)
     fit = TextEncoding.fit if kind == "text" else ImageEncoding.fit
     return fit(column, values, labels, sizes)
 
@@ -231,14 +333,14 @@ def payload_encoding_from_json(data: bytes | str) -> PayloadEncoding:
     kind = raw.get("kind")
     if kind not in KINDS:
         raise InputError(f"this encoding is for {kind!r} payloads, not text or image")
-    sizes = RecipeSizes(**{**raw["sizes"], "channels": tuple(raw["sizes"]["channels"])})
     classes = tuple(raw["classes"])
+    if kind == "text" and raw.get("truncation") != TRUNCATION:
+        raise InputError(f"text truncation {raw.get('truncation')!r} is not this version's {TRUNCATION!r}")
+    if raw.get("recipe") == HfTextEncoding.recipe:
+        return HfTextEncoding(raw["column"], classes, int(raw["max_length"]), raw["files"], raw["tokenizer"])
+    sizes = RecipeSizes(**{**raw["sizes"], "channels": tuple(raw["sizes"]["channels"])})
     if kind == "text":
         tokenizer = raw["tokenizer"]  # its own JSON, kept as the exact text the model's digest names
-        if raw.get("truncation") != TRUNCATION:
-            raise InputError(
-                f"text truncation {raw.get('truncation')!r} is not this version's {TRUNCATION!r}"
-            )
         return TextEncoding(raw["column"], classes, tokenizer, int(raw["max_length"]), sizes)
     policy = json.dumps(raw["policy"], sort_keys=True, separators=(",", ":"))
     return ImageEncoding(raw["column"], classes, policy, sizes)
@@ -261,12 +363,14 @@ class PayloadSplit:
 def encode_payload_split(
     table: pa.Table, is_target: Sequence[bool] | np.ndarray, *, kind: str, column: str,
     config: TrainConfig, sizes: RecipeSizes | None = None, encoding: PayloadEncoding | None = None,
+    local: LocalModel | None = None,
 ) -> PayloadSplit:
     """Split a labeled table (``example_id``, ``label``, the payload ``column``) by a target mask,
-    keeping row order; encode both parts with ``encoding``, else one fitted on the training rows."""
+    keeping row order; encode both parts with ``encoding``, else one fitted on the training rows
+    (with ``local``: for that Hugging Face model, its own tokenizer)."""
     train, targets = split_rows(table, is_target)
     enc = encoding or fit_payload_encoding(kind, column, train, train["label"].to_pylist(),
-                                           sizes or RecipeSizes())
+                                           sizes or RecipeSizes(), local)
     x_train, s_train = labelled_inputs(enc, train)
     x_targets, s_targets = labelled_inputs(enc, targets)
     stats = PayloadStats(

@@ -28,7 +28,7 @@ from torch import nn
 from .errors import InputError, UnsupportedModelError
 from .inrun import ModuleTaps, Scored, has_tied_parameters, scored_modules
 from .kernels.projection import Distribution, LayerProjector, layer_projectors
-from .model_task import LABELS, Batch, ModelTask, batch_size_of, take, to_device
+from .model_task import LABELS, Batch, ModelTask, batch_size_of, model_logits, take, to_device
 from .task import TrainConfig
 from .trainer import TrainResult
 from .trak import FeatureStore, checkpoint_store, damped_inverse, self_influence
@@ -106,9 +106,7 @@ class ModelTrakFeatures:
         model = self.checkpoints[-1].model
         device = next(model.parameters()).device
         with torch.no_grad():
-            logits = model(**to_device(batch, device))
-        if hasattr(logits, "logits"):  # a Hugging Face ModelOutput
-            logits = logits.logits
+            logits = model_logits(model, to_device(batch, device))
         return {**batch, LABELS: logits.argmax(-1).to(next(iter(batch.values())).device)}
 
 

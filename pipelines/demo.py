@@ -306,8 +306,10 @@ def label_with_simulated_annotators(client: LabelStudioClient, data: DemoData, s
     return import_with_answers(client, project, examples, answers, users)
 
 
-def materialize(settings: Settings, instance: dg.DagsterInstance, version: str) -> dict[str, dict]:
-    """Every asset and check of the graph for one dataset version, in this process; value per asset."""
+def materialize(settings: Settings, instance: dg.DagsterInstance, version: str,
+                training: dict | None = None) -> dict[str, dict]:
+    """Every asset and check of the graph for one dataset version, in this process; value per asset.
+    `training` is `trained_model`'s run config (`TrainingConfig`), e.g. an hf-local recipe."""
     from pipelines.definitions import defs
     from pipelines.resources import resources_for
 
@@ -317,7 +319,7 @@ def materialize(settings: Settings, instance: dg.DagsterInstance, version: str) 
         partition_key=version,
         resources=resources_for(settings),  # these settings, not those at import time
         raise_on_error=False,
-        run_config=QUIET,
+        run_config={**QUIET, "ops": {"trained_model": {"config": training}}} if training else QUIET,
     )
     if not result.success:
         failures = [_root_cause(e) for e in result.all_events if e.is_step_failure]
@@ -443,10 +445,11 @@ def run_demo(
     start_services: bool = True,
     say: Callable[[str], None] = print,
     private: bool = False,
+    training: dict | None = None,
 ) -> dict:
     """The whole mission on the bundled digits (or `data`); returns the summary the CLI prints. A
     `private` version's values are sealed under a data key for the holder key in reach
-    (`pipelines.privacy`)."""
+    (`pipelines.privacy`); `training` configures `trained_model` (`TrainingConfig`)."""
     from provenance import TRAINING, RunRecords, verify_run
     from storage import read_parquet
 
@@ -470,7 +473,7 @@ def run_demo(
         )
         label_with_simulated_annotators(client, demo, spec)
         say("pipeline: materializing the asset graph (ingest, labeling, training, review, royalties)")
-        outputs = materialize(settings, instance, demo.version)
+        outputs = materialize(settings, instance, demo.version, training)
         root = outputs["royalty_root"]
         run_id = root["run_id"]
         chain, store = _clients(settings)

@@ -1,7 +1,8 @@
 """Replay: an auditor retrains a published run and checks its example scores, weights and root.
 
 The auditor fetches what the run's records name (the labeled data, the recipe and seed, the
-tables the split was computed from), retrains with the same code, and compares:
+tables the split was computed from, an hf-local run's starting model by the CIDs of its files),
+retrains with the same code, and compares:
 
 - the example scores: bit for bit where the run was trained on the same torch build and CPU
   architecture (the platform the training record names); elsewhere within the tolerance recorded
@@ -36,6 +37,7 @@ from provenance import (
     read_weights,
     share_leaves,
 )
+from serving import fetch_local_model
 from storage import ContentStore, read_parquet
 
 
@@ -78,9 +80,10 @@ def replay_run(
     config = TrainingConfig(**training.params["config"])
     validation_cid = training.inputs.get(TrainingRecord.VALIDATION)
     validation = read_parquet(store.get(validation_cid)) if validation_cid else None
+    base_cid = training.inputs.get(TrainingRecord.BASE_MODEL)  # an hf-local run's starting model
     _, result = train_labeled(
         labeled, config, run_id=str(training.params["run_id"]), validation=validation,
-        field=training.params.get("field"),
+        field=training.params.get("field"), local=fetch_local_model(store, base_cid) if base_cid else None,
     )
     stored_scores = read_parquet(store.get(training.outputs[TrainingRecord.EXAMPLE_ATTRIBUTION]))
     _compare_scores(stored_scores, result.example_attribution, report)

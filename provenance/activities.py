@@ -55,6 +55,9 @@ class TrainingRecord:
 
     LABELED_DATASET = "labeled_dataset"
     VALIDATION = "validation"  # the declared trusted targets, when the dataset version has them
+    # an hf-local run's starting model: the file table (storage.FileTable) of its config, weights and
+    # tokenizer files, so serving and an auditor rebuild it from CIDs alone
+    BASE_MODEL = "base_model"
     MODEL = "trained_model"
     ENCODING = "model_encoding"
     EXAMPLE_ATTRIBUTION = "example_attribution"

@@ -12,9 +12,12 @@ Public face (pipelines/ uses only these names):
     verify_epoch(chain, store, epoch_id_or_cid) -> EpochReport (.ok, .failures, .names(), .to_json())
     epoch_claim(chain, store, epoch_id, address) -> (TxResult, amount paid)
     split_price(price, [(address, bps)]) -> [(address, amount)]   largest remainder, sums to price
+    with_model_files(store, encoding)           an hf-local run's encoding with its starting model's
+                                                files fetched by CID (fetch_local_model: the folder)
 """
 
 from serving.app import API_KEY_HEADER, create_app
+from serving.base_model import fetch_local_model, with_model_files
 from serving.claims import epoch_claim, epoch_leaf
 from serving.errors import (
     InsufficientBalance,
@@ -52,10 +55,12 @@ __all__ = [
     "create_app",
     "epoch_claim",
     "epoch_leaf",
+    "fetch_local_model",
     "load_run",
     "settle_all",
     "settle_run",
     "split_price",
     "totals_by_address",
     "verify_epoch",
+    "with_model_files",
 ]

@@ -29,6 +29,7 @@ from attribution import (
     features_from_bytes,
     model_features_from_bytes,
     model_from_bytes,
+    model_logits,
     task_model_from_bytes,
 )
 from provenance import (
@@ -40,6 +41,7 @@ from provenance import (
     WeightingRecord,
     share_leaves,
 )
+from serving.base_model import with_model_files
 from serving.errors import RunNotServable
 from serving.fees import merge_bps
 from storage import ContentStore, StorageError, read_parquet
@@ -113,7 +115,7 @@ class ServedRun:
         batch, _ = self.encoding.inputs(values)
         with self._lock:
             with torch.no_grad():
-                probs = torch.softmax(self.model(**batch).double(), dim=1).numpy()
+                probs = torch.softmax(model_logits(self.model, batch).double(), dim=1).numpy()
             labels = probs.argmax(1)
             contributions = (
                 self.features.scores({**batch, LABELS: torch.as_tensor(labels)}) if attribute else None
@@ -183,9 +185,10 @@ def _get(store: ContentStore, cid: str, what: str) -> bytes:
         raise RunNotServable(f"{what} {cid} cannot be read from the content store: {exc}") from None
 
 
-def _model(output) -> tuple[torch.nn.Module, InputEncoding | PayloadEncoding, Any]:
-    """The model, its input encoding and its TRAK features, from the training record's outputs."""
-    encoding = encoding_from_json(output(TrainingRecord.ENCODING))
+def _model(output, store: ContentStore) -> tuple[torch.nn.Module, InputEncoding | PayloadEncoding, Any]:
+    """The model, its input encoding and its TRAK features, from the training record's outputs (and,
+    for an hf-local run, the starting model's files its encoding names by CID)."""
+    encoding = with_model_files(store, encoding_from_json(output(TrainingRecord.ENCODING)))
     if isinstance(encoding, InputEncoding):
         model, _ = model_from_bytes(output(TrainingRecord.MODEL))
         return model, encoding, features_from_bytes(output(TrainingRecord.FEATURES))
@@ -228,7 +231,7 @@ def load_run(chain: Chain, store: ContentStore, run_id: str) -> ServedRun:
         return _get(store, train.outputs[name], name)
 
     try:
-        model, encoding, features = _model(output)
+        model, encoding, features = _model(output, store)
         attribution = read_parquet(output(TrainingRecord.EXAMPLE_ATTRIBUTION))
         examples, annotations, consensus, credit = records.input_tables(head, WeightingRecord.SPLIT_TABLES)
         addresses = dict(zip(weights["contributor"].to_pylist(), weights["address"].to_pylist(), strict=True))

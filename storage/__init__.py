@@ -3,6 +3,8 @@
     cid_for_bytes(data, *, cid_version=0) -> str      the CID `ipfs add` gives these bytes
     cid_for_file(path, *, cid_version=0) -> str       same, streamed in bounded memory
     ContentStore                                      the Protocol every backend implements
+    put_folder(store, folder) / get_folder(store, cid, dest) -> FileTable
+                                                      a folder's files by one CID (a file table)
     BlockStore(root)                                  the embedded default (root from the caller's settings)
     KuboStore(api_url), PinningServiceStore(...)      real backends over HTTP
     snapshot_parquet(table, *, sort_by) / read_parquet  deterministic Parquet bytes
@@ -40,6 +42,7 @@ from storage.errors import (
     StorageError,
     UnreadableFile,
 )
+from storage.files import FileTable, StoredFile, get_folder, put_folder
 from storage.keys import HolderKey, Keyring, KeyringError
 from storage.protocol import ContentStore
 from storage.unixfs import CHUNK_SIZE, MAX_LINKS, cid_for_bytes, cid_for_file
@@ -74,6 +77,7 @@ __all__ = [
     "DataKey",
     "DecryptionError",
     "EncryptedStore",
+    "FileTable",
     "HolderKey",
     "Keyring",
     "KeyringError",
@@ -82,14 +86,17 @@ __all__ = [
     "PinningServiceStore",
     "RemoteError",
     "StorageError",
+    "StoredFile",
     "UnreadableFile",
     "cid_for_bytes",
     "cid_for_file",
+    "get_folder",
     "is_cid",
     "is_sealed",
     "open_sealed",
     "parse_cid",
     "public_store",
+    "put_folder",
     "read_parquet",
     "seal",
     "sealed_key_id",

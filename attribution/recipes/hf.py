@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 ARANGE_POSITIONS = frozenset({"bert", "electra", "albert"})
 # Fine-tuning rate: pretrained weights move little; Adam because SGD at one rate barely trains them.
 HF_CONFIG = TrainConfig(epochs=3, batch_size=16, optimizer="adamw", lr=5e-5)
+HF_TOKENIZER_FILE = "tokenizer.json"  # a fast tokenizer's own JSON (vocabulary, normalizer, post-processor)
 
 
 def hf_classifier_task(model_dir: str | Path, *, n_classes: int | None = None,
@@ -68,10 +69,55 @@ def hf_classifier_task(model_dir: str | Path, *, n_classes: int | None = None,
 
 
 def hf_tokenizer(model_dir: str | Path) -> PreTrainedTokenizerBase:
-    """The tokenizer saved in ``model_dir`` (``AutoTokenizer``, local files only)."""
+    """The fast tokenizer saved in ``model_dir`` (its ``tokenizer.json``; local files only), with a
+    pad token: the directory's own, never retrained, so the model's vocabulary stays its own."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(_local_dir(model_dir)), local_files_only=True)
+    path = _local_dir(model_dir)
+    if not (path / HF_TOKENIZER_FILE).is_file():
+        raise InputError(
+            f"the model directory has no {HF_TOKENIZER_FILE}: save the model's fast tokenizer beside it "
+            "(tokenizer.save_pretrained(model_dir))"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, TypeError) as e:
+        raise InputError(f"the tokenizer in the model directory does not load: {e}") from e
+    if tokenizer.pad_token is None:
+        raise InputError("the directory's tokenizer has no pad token; save it with pad_token set")
+    return tokenizer
+
+
+def check_hf_classifier(model_dir: str | Path, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Refuse, before any training, a directory whose model is no sequence classifier or whose
+    tokenizer gives ids the model's embedding table does not hold."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+
+    try:
+        cfg = AutoConfig.from_pretrained(str(_local_dir(model_dir)), local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise InputError(f"the model directory's config.json does not load: {e}") from e
+    if cfg.model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
+        raise InputError(
+            f"model type {cfg.model_type!r} has no sequence classifier in transformers; give a text "
+            "model with one (e.g. bert, roberta, distilbert)"
+        )
+    n_ids, vocab = len(tokenizer), getattr(cfg, "vocab_size", None)
+    if vocab is not None and n_ids > int(vocab):
+        raise InputError(
+            f"the tokenizer has {n_ids} ids but the model's vocabulary holds {vocab}: they do not match; "
+            "save the tokenizer the model was trained with"
+        )
+
+
+def hf_max_positions(model_dir: str | Path) -> int | None:
+    """The longest input the model's position table holds (``max_position_embeddings``), if it says."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(str(_local_dir(model_dir)), local_files_only=True)
+    value = getattr(cfg, "max_position_embeddings", None)
+    return int(value) if value else None
 
 
 def hf_encode_texts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],

@@ -28,13 +28,14 @@ from attribution import (
 )
 from labeling import LabelingError, request_review
 from pipelines.assets.labeling import project_spec
-from pipelines.assets.training import PAYLOAD_RECIPES, TrainingConfig
+from pipelines.assets.training import TrainingConfig
 from pipelines.content_io import AssetIndex, StoredValue, StoreResource, store_value
 from pipelines.lineage import LineageResource, now
 from pipelines.partitions import dataset_versions
 from pipelines.report import md_table
 from pipelines.resources import DatasetCatalog, LabelStudioResource
 from provenance import LABEL_REVIEW, TRAINING, LabelReviewRecord, RunRecords
+from serving import with_model_files
 
 LABEL_REVIEW_SCHEMA = pa.schema(
     [
@@ -80,7 +81,7 @@ def label_review(
     record = RunRecords(None, client).load(training_cid)
     training = TrainingConfig(**record.params["config"])
     run_id = str(record.params["run_id"])
-    encoding = encoding_from_json(model_encoding)
+    encoding = with_model_files(client, encoding_from_json(model_encoding))
     table = labeled_dataset.sort_by("example_id")
     known = np.isin(np.asarray(table["label"].to_pylist(), dtype=object), list(encoding.classes))
     if not known.all():
@@ -164,7 +165,7 @@ def _cross_fitted(
         review, _ = review_labels(task, encoding.transform(table), y, folds=folds, seed=training.seed)
         return review, y
     batch, _ = labelled_inputs(encoding, table)
-    task = encoding.task(training.train_config(PAYLOAD_RECIPES[encoding.kind]))
+    task = encoding.task(training.train_config(encoding.recipe))
     review, _ = review_task_labels(task, batch, len(encoding.classes), folds=folds, seed=training.seed)
     return review, batch[LABELS].numpy()
 

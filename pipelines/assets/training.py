@@ -7,6 +7,7 @@ but the content and stays the same for every rerun an auditor makes.
 import hashlib
 import json
 import platform
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -15,9 +16,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from attribution import (
+    HF_TOKENIZER_FILE,
     LABELS,
     AttributionError,
     EncodedSplit,
+    LocalModel,
     ModelTrakFeatures,
     PayloadSplit,
     RecipeSizes,
@@ -28,6 +31,7 @@ from attribution import (
     features_to_bytes,
     model_features,
     model_features_to_bytes,
+    model_logits,
     model_to_bytes,
     payload_encoding_to_json,
     task_model_to_bytes,
@@ -42,14 +46,20 @@ from pipelines.partitions import dataset_versions
 from pipelines.report import histogram_md
 from pipelines.resources import DatasetCatalog
 from provenance import CONSENSUS, SNAPSHOT, TRAINING, TrainingRecord
+from storage import ContentStore, StorageError, put_folder
 
 
 class TrainingConfig(dg.Config):
     """The run's recipe. `recipe="auto"` trains what fits the payload (the labeling spec's field):
-    `text-transformer` for a text column, `image-cnn` for image bytes, `mlp` for numeric columns.
+    `text-transformer` for a text column, `image-cnn` for image bytes, `mlp` for numeric columns;
+    `hf-local` fine-tunes the Hugging Face sequence classifier saved in `model_dir` on a text column.
     Settings left `None` take the recipe's defaults (`RECIPE_DEFAULTS`)."""
 
     recipe: str = "auto"
+    # hf-local: a local directory written by save_pretrained (config.json, weights, the fast tokenizer's
+    # tokenizer.json). Its files are stored by CID and the record names them; the path itself is never
+    # recorded (`recorded()`), and nothing is downloaded.
+    model_dir: str | None = None
     hidden: list[int] = [64]
     epochs: int | None = None
     batch_size: int | None = None
@@ -84,6 +94,11 @@ class TrainingConfig(dg.Config):
             trak_k=self.trak_k,
         )
 
+    def recorded(self) -> dict[str, Any]:
+        """The settings as a record names them: everything but the local `model_dir` (a run names its
+        starting model by the CIDs of its files, as sources are named by content, never by path)."""
+        return self.model_dump(exclude={"model_dir"})
+
     def sizes(self) -> RecipeSizes:
         return RecipeSizes(
             vocab_size=self.vocab_size, max_length=self.max_length, d_model=self.d_model,
@@ -98,17 +113,21 @@ RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
     "mlp": {"epochs": 20, "batch_size": 64, "lr": 0.1, "optimizer": "sgd"},
     "text-transformer": {"epochs": 10, "batch_size": 32, "lr": 1e-3, "optimizer": "adamw"},
     "image-cnn": {"epochs": 15, "batch_size": 32, "lr": 3e-3, "optimizer": "adamw"},
+    # a pretrained model moves little: a few epochs at a fine-tuning rate (attribution's HF_CONFIG)
+    "hf-local": {"epochs": 3, "batch_size": 16, "lr": 5e-5, "optimizer": "adamw"},
 }
-PAYLOAD_RECIPES = {"text": "text-transformer", "image": "image-cnn"}
+PAYLOAD_RECIPES = {"text": "text-transformer", "image": "image-cnn"}  # what `auto` picks per payload kind
+HF_RECIPE = "hf-local"
+RECIPE_KINDS = {**{r: k for k, r in PAYLOAD_RECIPES.items()}, HF_RECIPE: "text"}  # the payload each reads
 
 
 def recipe_for(config: TrainingConfig, table: pa.Table, field: str | None) -> tuple[str, str | None]:
     """(recipe, payload column): the configured recipe, or under "auto" the one the payload's type
     calls for (a string column: text; binary: image; otherwise numeric columns and the MLP)."""
-    if config.recipe not in ("auto", "mlp", *PAYLOAD_RECIPES.values()):
-        raise dg.Failure(
-            f"recipe {config.recipe!r} is unknown; use auto, mlp, {', '.join(PAYLOAD_RECIPES.values())}"
-        )
+    if config.recipe not in ("auto", "mlp", *RECIPE_KINDS):
+        raise dg.Failure(f"recipe {config.recipe!r} is unknown; use auto, mlp, {', '.join(RECIPE_KINDS)}")
+    if config.model_dir is not None and config.recipe != HF_RECIPE:
+        raise dg.Failure(f"model_dir is read by recipe {HF_RECIPE!r} only, not {config.recipe!r}")
     kind = None
     if field and field in table.column_names:
         t = table.schema.field(field).type
@@ -118,7 +137,7 @@ def recipe_for(config: TrainingConfig, table: pa.Table, field: str | None) -> tu
         return (PAYLOAD_RECIPES[kind], field) if kind else ("mlp", None)
     if config.recipe == "mlp":
         return "mlp", None
-    wanted = next(k for k, r in PAYLOAD_RECIPES.items() if r == config.recipe)
+    wanted = RECIPE_KINDS[config.recipe]
     if kind != wanted:
         raise dg.Failure(
             f"recipe {config.recipe!r} needs a {wanted} payload column, but the labeling field {field!r} "
@@ -135,21 +154,52 @@ def split_targets(example_ids: list[str], fraction: float) -> np.ndarray:
     return buckets < fraction
 
 
-def run_id_of(labeled_cid: str, config: TrainingConfig) -> str:
-    """The attribution run's id: labeled data, recipe and code, so new labels or code make a new run."""
+def run_id_of(labeled_cid: str, config: TrainingConfig, base_model: str | None = None) -> str:
+    """The attribution run's id: labeled data, recipe, starting model (its file table's CID) and code,
+    so new labels, another model or new code make a new run; a local path never enters it."""
     code = json.dumps(pipeline_code().to_json(), sort_keys=True)
-    return hashlib.sha256(f"{labeled_cid}\n{config.model_dump_json()}\n{code}".encode()).hexdigest()[:16]
+    settings = config.model_dump_json(exclude={"model_dir"})
+    base = f"\n{base_model}" if base_model else ""
+    return hashlib.sha256(f"{labeled_cid}\n{settings}\n{code}{base}".encode()).hexdigest()[:16]
+
+
+def checked_model_dir(model_dir: str | None) -> Path:
+    """The hf-local model directory, if it holds what save_pretrained writes for a model and its fast
+    tokenizer; else a failure naming what is missing (checked before anything is stored)."""
+    if not model_dir:
+        raise dg.Failure(
+            f"recipe {HF_RECIPE!r} needs model_dir: a local directory written by save_pretrained "
+            "(config.json, weights, tokenizer.json)"
+        )
+    path = Path(model_dir)
+    missing = [f for f in ("config.json", HF_TOKENIZER_FILE) if not (path / f).is_file()]
+    if not path.is_dir() or missing:
+        what = "does not exist" if not path.is_dir() else f"has no {' or '.join(missing)}"
+        raise dg.Failure(
+            f"model_dir {model_dir!r} {what}: give a local directory where save_pretrained wrote the "
+            "model and its fast tokenizer (nothing is downloaded)"
+        )
+    return path
+
+
+def stored_local_model(store: ContentStore, config: TrainingConfig) -> LocalModel:
+    """An hf-local run's model directory, its files stored and pinned by CID (`storage.put_folder`):
+    the record names the file table's CID, never `model_dir`."""
+    path = checked_model_dir(config.model_dir)
+    files, table = put_folder(store, path)
+    return LocalModel(path, files, table.cid_of(HF_TOKENIZER_FILE))
 
 
 def train_labeled(
     labeled: pa.Table, config: TrainingConfig, *, run_id: str, validation: pa.Table | None = None,
-    field: str | None = None,
+    field: str | None = None, local: LocalModel | None = None,
 ) -> tuple[EncodedSplit | PayloadSplit, TrainResult]:
     """Split, encode and train with attribution: the one recipe the asset runs and a replay reruns.
 
     Influence is measured against `validation` (trusted labels, never trained on) when the version
     declares one; otherwise against a hash split of the crowd-labeled rows (`split_targets`). Text and
-    image payloads (`field`) train a `ModelTask` recipe; numeric columns the MLP.
+    image payloads (`field`) train a `ModelTask` recipe; numeric columns the MLP. The hf-local recipe
+    starts from `local` (the stored model directory: `stored_local_model`, or fetched by replay).
     """
     table = labeled.sort_by("example_id")
     if validation is None:
@@ -159,11 +209,13 @@ def train_labeled(
         table = pa.concat_tables([table, validation], promote_options="permissive")
     recipe, column = recipe_for(config, table, field)
     cfg = config.train_config(recipe)
+    if (recipe == HF_RECIPE) != (local is not None):
+        raise dg.Failure(f"only recipe {HF_RECIPE!r} starts from a local model, and needs one ({recipe!r})")
     if column is None:
         split = encode_split(table, mask)
         return split, train_split(split, config.hidden, cfg, seed=config.seed, run_id=run_id)
-    kind = next(k for k, r in PAYLOAD_RECIPES.items() if r == recipe)
-    payload = encode_payload_split(table, mask, kind=kind, column=column, config=cfg, sizes=config.sizes())
+    payload = encode_payload_split(table, mask, kind=RECIPE_KINDS[recipe], column=column, config=cfg,
+                                   sizes=config.sizes(), local=local)
     result = train_model(payload.task, payload.train, payload.example_ids, payload.targets,
                          seed=config.seed, run_id=run_id)
     if value_method(config, recipe) == "trak":
@@ -233,11 +285,15 @@ def trained_model(
         validation = catalog.validation(version, labeled_dataset, client)
         if validation is not None:
             inputs[TrainingRecord.VALIDATION] = store_value(client, validation).cid
+        local = stored_local_model(client, config) if config.recipe == HF_RECIPE else None
+        if local is not None:
+            inputs[TrainingRecord.BASE_MODEL] = local.files
+        run_id = run_id_of(data_cid, config, local.files if local else None)
         split, result = train_labeled(
-            labeled_dataset, config, run_id=run_id_of(data_cid, config), validation=validation, field=field
+            labeled_dataset, config, run_id=run_id, validation=validation, field=field, local=local
         )
         outputs = trained_outputs(split, result, config)
-    except (AttributionError, DatasetError) as exc:
+    except (AttributionError, DatasetError, StorageError) as exc:
         raise dg.Failure(str(exc)) from exc
     targets = "validation" if validation is not None else "crowd_hash_split"
     if validation is None:
@@ -267,7 +323,7 @@ def trained_model(
         params={
             "run_id": result.run_id,
             "seed": config.seed,
-            "config": config.model_dump(),
+            "config": config.recorded(),
             "field": field,
             "heldout_accuracy": round(accuracy, 6),
             "targets": targets,
@@ -341,8 +397,7 @@ def heldout_accuracy(split: EncodedSplit | PayloadSplit, result: TrainResult) ->
 
     with torch.no_grad():
         if isinstance(split, PayloadSplit):
-            inputs = {k: v for k, v in split.targets.items() if k != LABELS}
-            pred = result.model(**inputs).argmax(1).numpy()
+            pred = model_logits(result.model, split.targets).argmax(1).numpy()
             return float((pred == split.targets[LABELS].numpy()).mean())
         pred = result.model(torch.as_tensor(split.X_targets, dtype=torch.float32)).argmax(1).numpy()
     return float((pred == split.y_targets).mean())

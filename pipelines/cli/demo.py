@@ -62,6 +62,14 @@ def demo(
             "from it; it is dropped before ingest, so training sees it only through their answers."
         ),
     ] = None,
+    model_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --data --kind text: fine-tune the Hugging Face sequence classifier saved in this "
+            "local directory (recipe hf-local: config.json, weights, tokenizer.json; nothing is "
+            "downloaded). Its files are stored by CID; the path is in no record."
+        ),
+    ] = None,
 ) -> None:
     """Run the whole mission on the digits (or --data) and print the royalty table; last line is JSON."""
     from pipelines.demo import DemoError, run_demo
@@ -73,12 +81,14 @@ def demo(
 
     with clean_errors(DemoError, ProvenanceError), console.status("starting") as status:
         user_data = _user_data(data, kind, field, choices, truth_col)
+        training = _hf_training(model_dir, user_data)
 
         def say(step: str) -> None:
             status.update(step)
             console.log(step)
 
-        summary = run_demo(settings, limit=limit, data=user_data, start_services=start_services, say=say)
+        summary = run_demo(settings, limit=limit, data=user_data, start_services=start_services, say=say,
+                           training=training)
     out = Console(width=None if sys.stdout.isatty() else 150)
     out.print(_royalty_table(summary["weights"]))
     if not any(r["role"] == "provider" and r["weight_bps"] > 0 for r in summary["weights"]):
@@ -156,6 +166,23 @@ def _user_data(
     if kind not in ("text", "image") or not labels:
         raise CaravanError("--kind must be text or image, and --choices must name at least one label")
     return UserData(data, kind, field, labels, truth_col)
+
+
+def _hf_training(model_dir: Path | None, data) -> dict | None:  # noqa: ANN001 (a UserData or None)
+    """`trained_model`'s config for `--model-dir` (None without it), or one error before anything runs."""
+    if model_dir is None:
+        return None
+    import dagster as dg
+
+    from pipelines.assets.training import HF_RECIPE, checked_model_dir
+
+    if data is None or data.kind != "text":
+        raise CaravanError("--model-dir fine-tunes a text classifier: give it with --data FILE --kind text")
+    try:
+        path = checked_model_dir(str(model_dir))
+    except dg.Failure as exc:
+        raise CaravanError(exc.description or str(exc)) from None
+    return {"recipe": HF_RECIPE, "model_dir": str(path.resolve())}
 
 
 def _ls_user() -> str:
