@@ -333,7 +333,7 @@ def main() -> None:
             return
         with (
             ServeProcess(run.run_id, env, price=PRICE) as attr,
-            ServeProcess(run.run_id, env, price=PRICE, extra=("--no-attribution",)) as plain,
+            ServeProcess(run.run_id, env, price=PRICE, extra=("--attribution", "off")) as plain,
         ):
             urls = [attr.url, plain.url]
             run_load(urls, secret, singles, 50)  # warm-up
