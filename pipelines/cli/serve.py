@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from typing import Annotated
 
@@ -123,8 +124,12 @@ def serve(
         uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
     finally:
         if worker is not None:
-            worker.terminate()
-            worker.wait(30)
+            worker.terminate()  # a fill is one transaction: stopping mid-batch loses nothing
+            try:
+                worker.wait(10)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait(10)
 
 
 def attribute(
