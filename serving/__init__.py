@@ -18,6 +18,7 @@ Public face (pipelines/ uses only these names):
     verify_epoch(chain, store, epoch_id_or_cid) -> EpochReport (.ok, .failures, .names(), .to_json())
     epoch_claim(chain, store, epoch_id, address) -> (TxResult, amount paid)
     split_price(price, [(address, bps)]) -> [(address, amount)]   largest remainder, sums to price
+    limit_threads(n)                            torch and BLAS threads of a serving process
 """
 
 from serving.app import API_KEY_HEADER, ATTRIBUTION_MODES, attribution_mode, create_app
@@ -34,7 +35,7 @@ from serving.errors import (
 )
 from serving.fees import split_price, totals_by_address
 from serving.ledger import SPLIT_PENDING, SPLIT_QUERY, SPLIT_RUN, ApiKey, Epoch, Ledger, Receipt
-from serving.run import ServedRun, load_run
+from serving.run import ServedRun, limit_threads, load_run
 from serving.settle import Settlement, settle_all, settle_run
 from serving.verify import EpochReport, verify_epoch
 
@@ -65,6 +66,7 @@ __all__ = [
     "epoch_claim",
     "epoch_leaf",
     "follow",
+    "limit_threads",
     "load_run",
     "settle_all",
     "settle_run",

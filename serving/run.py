@@ -127,6 +127,11 @@ class ServedRun:
         """The (address, bps) of each row of one deferred request (None: the run's weights apply),
         from the inputs and labels its receipts hold: the rows of one request together, the same
         calls the synchronous path makes, so each row gets the bps it would have had then."""
+        return self.query_bps(self.contributions(payloads, labels))
+
+    def contributions(self, payloads: list[bytes], labels: list[str]) -> np.ndarray:
+        """``[n_train, rows]``: each training example's contribution to each stored input's prediction
+        of ``labels`` (``features.scores``, as ``predict`` computes it)."""
         try:
             y = np.asarray([self.encoding.classes.index(label) for label in labels], dtype=np.int64)
         except ValueError:
@@ -134,16 +139,13 @@ class ServedRun:
                 f"a pending receipt's label is not one of the run's classes {self.encoding.classes}"
             ) from None
         if self.kind == "numeric":
-            raw = np.stack([self._row(p) for p in payloads])
-            x = self.encoding.scale(raw)
+            x = self.encoding.scale(np.stack([self._row(p) for p in payloads]))
             with self._lock:
-                contributions = self._numeric_scores(x, y)
-        else:
-            values = [p.decode("utf-8") for p in payloads] if self.kind == "text" else list(payloads)
-            batch, _ = self.encoding.inputs(values)
-            with self._lock:
-                contributions = self._payload_scores(batch, y)
-        return self._query_bps(contributions)
+                return self._numeric_scores(x, y)
+        values = [p.decode("utf-8") for p in payloads] if self.kind == "text" else list(payloads)
+        batch, _ = self.encoding.inputs(values)
+        with self._lock:
+            return self._payload_scores(batch, y)
 
     def _row(self, payload: bytes) -> np.ndarray:
         if len(payload) != 8 * self.n_features:
@@ -166,7 +168,7 @@ class ServedRun:
     ) -> list[Prediction]:
         """One `Prediction` per input: paid by its own attribution where it has one, else by the run's
         weights (`contributions` None: unattributed); pending where `payloads` are given."""
-        splits = self._query_bps(contributions) if contributions is not None else [None] * len(hashes)
+        splits = self.query_bps(contributions) if contributions is not None else [None] * len(hashes)
         return [
             Prediction(
                 label=self.encoding.classes[int(labels[i])],
@@ -179,8 +181,8 @@ class ServedRun:
             for i in range(len(hashes))
         ]
 
-    def _query_bps(self, contributions: np.ndarray) -> list[Bps | None]:
-        """Each row's (address, bps) from its own attribution; None where the run's weights apply
+    def query_bps(self, contributions: np.ndarray) -> list[Bps | None]:
+        """Each column's (address, bps) from its own attribution; None where the run's weights apply
         (no training example helped that prediction, or its scores are not finite)."""
         if contributions.shape[1] == 1:  # a single-input request: no batch machinery
             return [self._one_bps(contributions[:, 0])]
@@ -197,7 +199,7 @@ class ServedRun:
         return out
 
     def _one_bps(self, contributions: np.ndarray) -> Bps | None:
-        """``_query_bps`` of one row: the same (address, bps), through ``ContributorSplit.split_one``."""
+        """``query_bps`` of one row: the same (address, bps), through ``ContributorSplit.split_one``."""
         if not np.isfinite(contributions).all():
             return None
         bps = self.split.split_one(self._positions, contributions)
@@ -206,6 +208,16 @@ class ServedRun:
     def _paid(self, per_address: list[int]) -> Bps:
         """(address, bps) of one prediction's per-address bps, addresses that get nothing left out."""
         return tuple((a, v) for a, v in zip(self._addresses, per_address, strict=True) if v > 0)
+
+
+def limit_threads(threads: int) -> None:
+    """``threads`` for torch and for NumPy's BLAS, which otherwise starts a thread per core: on a
+    loaded machine a small product then waits milliseconds for a descheduled helper thread. Serving,
+    its attribution worker and settlement's drain all compute with `caravan serve --threads`' count."""
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(threads)
+    threadpool_limits(threads, user_api="blas")
 
 
 def row_bytes(row: np.ndarray) -> bytes:

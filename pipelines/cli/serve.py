@@ -34,6 +34,7 @@ from serving import (
     drain,
     epoch_claim,
     follow,
+    limit_threads,
     load_run,
     settle_all,
     verify_epoch,
@@ -44,16 +45,6 @@ ERRORS = (ServingError, ProvenanceError, StorageError)
 Threads = Annotated[
     int, typer.Option(help="torch and BLAS threads per request (and per attribution).", min=1)
 ]
-
-
-def limit_threads(threads: int) -> None:
-    """``threads`` for torch and for NumPy's BLAS, which otherwise starts a thread per core: on a
-    loaded machine a small product then waits milliseconds for a descheduled helper thread."""
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    torch.set_num_threads(threads)
-    threadpool_limits(threads, user_api="blas")
 
 
 def worker_command(run_id: str, threads: int, ledger_path: str | None, store_dir: str | None) -> list[str]:
