@@ -134,7 +134,7 @@ def attribute(
     nice: Annotated[
         int,
         typer.Option(help="With --follow, lower this process's CPU priority by this much.", min=0, max=19),
-    ] = 10,
+    ] = 19,
     threads: Threads = 1,
     ledger_path: LedgerTarget = None,
     store_dir: StoreDir = None,
