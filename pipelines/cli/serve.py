@@ -147,8 +147,8 @@ def attribute(
         if not follow_:
             done = drain(run, ledger)
             typer.echo(
-                f"attributed {done.receipts} receipts of {done.requests} requests in {done.seconds:.2f} s; "
-                f"{ledger.pending_count(run_id)} pending"
+                f"attributed {done.receipts} receipts from {done.requests} request(s) in "
+                f"{done.seconds:.2f} s; {ledger.pending_count(run_id)} pending"
             )
             return
     os.nice(nice)  # requests first: attribution takes what the server leaves of the CPU

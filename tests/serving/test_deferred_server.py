@@ -99,3 +99,23 @@ def test_settle_refuses_or_drains_pending_receipts(world, tmp_path):
     [epoch] = json.loads(done.stdout)
     assert epoch["n_receipts"] == len(seen) == 5 and ledger.pending_count() == 0
     assert verify_epoch(world.chain, world.store, epoch["epoch_id"]).ok
+
+
+def test_caravan_attribute_drains_once(world, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from serving import create_app
+
+    path = tmp_path / "ledger.sqlite"
+    ledger = Ledger(path)
+    _, secret = ledger.create_key("user", balance=10**9)
+    app = create_app(world.served, ledger, price=PRICE, attribution="deferred")  # no worker beside it
+    r = TestClient(app).post(
+        "/v1/predict", json={"inputs": world.run.X_test[:2].tolist()}, headers={API_KEY_HEADER: secret}
+    )
+    assert r.status_code == 200 and ledger.pending_count() == 2
+    out = caravan(world.env, "attribute", world.run.run_id, "--ledger", str(path))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("attributed 2 receipts from 1 request(s)") and ledger.pending_count() == 0
+    again = caravan(world.env, "attribute", world.run.run_id, "--ledger", str(path))
+    assert again.stdout.startswith("attributed 0 receipts")
