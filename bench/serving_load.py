@@ -17,9 +17,20 @@ Sets up its own small attribution run, anvil and content store in a temp dir, th
    (Content-Length declared or chunked, without a key or with one: 401 / 413 before the body is
    read). Prints the normal clients' p50 calm and hostile side by side, the refusals and the
    server's peak RSS growth.
+5. What attribution costs, so a deferred split is not mistaken for a free one: in process, per row,
+   the model's forward pass, the query features (`ServedRun.contributions`: a forward and backward
+   pass per checkpoint plus the projection and products) and the split, each for single inputs and
+   for one batch of 64; the rate at which `drain` attributes pending singles and batched rows; and,
+   beside the HTTP figures, how many receipts the server's worker still had pending when each load
+   ended and how long it took to attribute them.
+Server A serves with `--attribution` (default `auto`: deferred for text and image runs, in the
+request for numeric ones); server B with `--attribution off`.
 Prints figures, then one JSON line: rps, p50_ms, p99_ms (attributed singles),
 attribution_latency_ratio (median over rounds of p50 with / without), settle_100k_s, lost, duplicated,
-calm_p50_ms, hostile_p50_ms, hostile_p50_ratio, hostile_refused, hostile_rss_growth_mb.
+calm_p50_ms, hostile_p50_ms, hostile_p50_ratio, hostile_refused, hostile_rss_growth_mb, attribution
+(A's mode), forward_ms_single|batched, query_features_ms_single|batched, split_ms_single|batched (per
+row, in process), drain_per_s_single|batched (in process), pending_after_singles,
+drain_after_singles_s, pending_after_batches, drain_after_batches_s (the server's worker).
 `--hostile-only` runs section 4 alone (its keys only). `--kind text|image` serves a text or image run
 (the sample run's recipe) instead of the tabular MLP, with the same sections and keys (and `kind`).
 """
@@ -49,7 +60,18 @@ from pipelines.serve_process import ServeProcess  # noqa: E402
 from pipelines.settings import load_settings  # noqa: E402
 from provenance import Chain  # noqa: E402
 from provenance.anvil import AnvilNode  # noqa: E402
-from serving import API_KEY_HEADER, Ledger, Receipt, load_run, settle_run, split_price  # noqa: E402
+from serving import (  # noqa: E402
+    API_KEY_HEADER,
+    Ledger,
+    Receipt,
+    attribution_mode,
+    drain,
+    limit_threads,
+    load_run,
+    settle_run,
+    split_price,
+)
+from serving.ledger import Charge  # noqa: E402
 from serving.sample import build_sample_run  # noqa: E402
 from storage import BlockStore  # noqa: E402
 
@@ -185,6 +207,79 @@ def settle_100k(chain: Chain, store: BlockStore, served, run, home: Path) -> flo
     return elapsed
 
 
+def predict(served, values: list, **kw) -> list:
+    """`ServedRun.predict` for numeric rows, `predict_payloads` for texts or image bytes."""
+    if served.kind == "numeric":
+        return served.predict(np.asarray(values, dtype=np.float64), **kw)
+    return served.predict_payloads(values, **kw)
+
+
+def per_row_ms(fn, rows: int, repeats: int = 3) -> float:
+    """Best of ``repeats`` timings of ``fn()``, in ms per row."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best * 1000 / rows
+
+
+def cost_split(served, values: list, home: Path) -> dict:
+    """In process, one thread (as `caravan serve --threads 1`): ms per row of the forward pass, the query
+    features and the split, for singles and for one batch of BATCH; and `drain`'s rate on pending
+    singles and on one batch."""
+    limit_threads(1)
+    values = values[:BATCH]
+    n = len(values)
+    preds = predict(served, values, defer=True)
+    payloads, labels = [p.payload for p in preds], [p.label for p in preds]
+    contributions = served.contributions(payloads, labels)
+    out = {
+        "forward_ms_single": per_row_ms(lambda: [predict(served, [v], attribute=False) for v in values], n),
+        "forward_ms_batched": per_row_ms(lambda: predict(served, values, attribute=False), n),
+        "query_features_ms_single": per_row_ms(
+            lambda: [served.contributions([p], [lab]) for p, lab in zip(payloads, labels, strict=True)], n
+        ),
+        "query_features_ms_batched": per_row_ms(lambda: served.contributions(payloads, labels), n),
+        "split_ms_single": per_row_ms(
+            lambda: [served.query_bps(contributions[:, i : i + 1]) for i in range(n)], n
+        ),
+        "split_ms_batched": per_row_ms(lambda: served.query_bps(contributions), n),
+    }
+    ledger = Ledger(home / "drain.sqlite", synchronous="NORMAL")
+    key_id, _ = ledger.create_key("drain", balance=BALANCE)
+    items = [Charge(p.input_hash, p.label, p.probability, p.split, (), (), p.payload) for p in preds]
+    for item in items:  # singles: one request each
+        ledger.charge(key_id, served.run_id, served.model_cid, PRICE, [item])
+    out["drain_per_s_single"] = drain(served, ledger).per_s
+    ledger.charge(key_id, served.run_id, served.model_cid, PRICE, items)  # one batched request
+    out["drain_per_s_batched"] = drain(served, ledger).per_s
+    return {k: round(v, 1 if k.startswith("drain") else 4) for k, v in out.items()}
+
+
+def wait_drained(ledger: Ledger, run_id: str, timeout_s: float = 600) -> tuple[int, float]:
+    """(receipts pending now, seconds until the server's worker had attributed them all)."""
+    pending, t0 = ledger.pending_count(run_id), time.perf_counter()
+    while ledger.pending_count(run_id) and time.perf_counter() - t0 < timeout_s:
+        time.sleep(0.05)
+    if ledger.pending_count(run_id):
+        raise SystemExit(f"the attribution worker left {ledger.pending_count(run_id)} receipts pending")
+    return pending, time.perf_counter() - t0
+
+
+def print_costs(costs: dict, drained: dict) -> None:
+    print(f"attribution's cost, in process, one thread, ms per row (single / batch of {BATCH}):")
+    for name in ("forward", "query_features", "split"):
+        print(f"  {name:15s} {costs[f'{name}_ms_single']:.3f} / {costs[f'{name}_ms_batched']:.3f}")
+    print(
+        f"  drain (attribute pending receipts): {costs['drain_per_s_single']:.0f} singles/s, "
+        f"{costs['drain_per_s_batched']:.0f} batched rows/s"
+    )
+    for what in ("singles", "batches"):
+        n, s = drained[f"pending_after_{what}"], drained[f"drain_after_{what}_s"]
+        print(f"  server's worker after the {what} load: {n} receipts pending, attributed {s:.2f} s later")
+
+
 def hostile_body() -> object:
     """HOSTILE_BYTES of an (invalid) JSON body, a chunk at a time: never held whole by the sender."""
     yield b'{"inputs": [[0'
@@ -307,6 +402,8 @@ def main() -> None:
     parser.add_argument("--kind", choices=("tabular", "text", "image"), default="tabular",
                         help="the served run's input: numeric rows (an MLP), texts (the text-transformer "
                         "recipe) or PNGs (the image-cnn recipe)")
+    parser.add_argument("--attribution", choices=("auto", "sync", "deferred"), default="auto",
+                        help="server A's `caravan serve --attribution` (server B: off)")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="caravan-serving-bench-"))
     with AnvilNode(config_path=home / "anvil.json", log_path=home / "anvil.log") as node:
@@ -324,6 +421,8 @@ def main() -> None:
         # ledger's GCRA tolerance is burst x 1 ns = 1 s and a few such requests got a 429
         key_id, secret = Ledger(path).create_key("bench", balance=BALANCE, rate_per_s=1e6, burst=10**9)
         rows = request_inputs(run)
+        costs = cost_split(served, run.X_test.tolist() if run.kind == "numeric" else run.inputs, home)
+        ledger = Ledger(path)
         singles = [{"input": r} for r in rows]
         batches = [{"inputs": rows[:BATCH]}]
         if args.hostile_only:
@@ -332,13 +431,18 @@ def main() -> None:
                 print(json.dumps(print_hostile(hostile_load(attr.url, attr.pid, secret, singles))))
             return
         with (
-            ServeProcess(run.run_id, env, price=PRICE) as attr,
-            ServeProcess(run.run_id, env, price=PRICE, extra=("--no-attribution",)) as plain,
+            ServeProcess(run.run_id, env, price=PRICE, extra=("--attribution", args.attribution)) as attr,
+            ServeProcess(run.run_id, env, price=PRICE, extra=("--attribution", "off")) as plain,
         ):
             urls = [attr.url, plain.url]
             run_load(urls, secret, singles, 50)  # warm-up
+            wait_drained(ledger, run.run_id)
             rounds = rounds_of_singles(urls, secret, singles)
+            drained = dict(zip(("pending_after_singles", "drain_after_singles_s"),
+                               wait_drained(ledger, run.run_id), strict=True))
             batch = run_load(urls, secret, batches, N_BATCH_REQ)
+            drained.update(zip(("pending_after_batches", "drain_after_batches_s"),
+                               wait_drained(ledger, run.run_id), strict=True))
             hostile = hostile_load(attr.url, attr.pid, secret, singles)
         settle_s = settle_100k(chain, store, served, run, home)
         lost, duplicated = kill_under_load(run.run_id, env, key_id, secret, rows)
@@ -378,6 +482,7 @@ def main() -> None:
     print(f"settle an epoch of 100,000 receipts: {settle_s:.2f} s")
     print(f"SIGKILL mid-load and restart: lost {lost}, charged twice {duplicated}")
     hostile_keys = print_hostile(hostile)
+    print_costs(costs, drained)
     print(
         json.dumps(
             {
@@ -390,6 +495,9 @@ def main() -> None:
                 "lost": lost,
                 "duplicated": duplicated,
                 **hostile_keys,
+                "attribution": attribution_mode(args.attribution, served),
+                **costs,
+                **{k: round(v, 3) for k, v in drained.items()},
             }
         )
     )

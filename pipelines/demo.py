@@ -419,6 +419,10 @@ def paid_predictions(settings: Settings, run_id: str, rows: Sequence[object]) ->
             .json()
             for row in rows
         ]
+        # a text or image run's attribution is deferred: its worker fills the receipts' splits
+        deadline = time.monotonic() + 120
+        while ledger.pending_count(run_id) and time.monotonic() < deadline:
+            time.sleep(0.1)
     chain, store = _clients(settings)
     settlement = settle_run(chain, store, ledger, run_id)
     if settlement is None:

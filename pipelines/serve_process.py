@@ -54,6 +54,17 @@ def _die_with_parent() -> Callable[[], None]:
     return arm
 
 
+def start_child(command: Sequence[str], env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """A helper process of this one (`caravan serve`'s attribution worker): it shares this process's
+    output and gets SIGTERM when the thread that started it ends, as a server does from its starter."""
+    return subprocess.Popen(
+        list(command),
+        env=None if env is None else dict(env),
+        stdin=subprocess.DEVNULL,
+        preexec_fn=_die_with_parent(),
+    )
+
+
 def _is_serve_command(cmdline: Sequence[str]) -> bool:
     return list(cmdline[1:4]) == ["-m", "pipelines", "serve"]
 

@@ -6,6 +6,11 @@ headers before any body byte is read (`serving.body_limit.RequestGate`); body wi
 limit (413: from its Content-Length, or while it streams); inputs well-formed (422: JSON, finite
 numbers, feature count, batch size), balance enough (402). Only then is the model run, and the
 receipts are committed before the response is returned.
+
+Attribution (`attribution=`): "sync" computes each prediction's own split inside the request;
+"deferred" answers and charges at once with split "pending", the inputs stored with the receipts in
+the same transaction, and an attribution worker (`serving.deferred`, started beside the server)
+fills each split later, with the same bps; "off" splits every fee by the run's weights.
 """
 
 import base64
@@ -36,7 +41,7 @@ from attribution import InputError
 from serving.body_limit import Refusal, RequestGate, default_max_body_bytes, header
 from serving.errors import InsufficientBalance, LedgerError, RevokedKey, UnknownKey
 from serving.fees import split_price
-from serving.ledger import ApiKey, Charge, Ledger
+from serving.ledger import SPLIT_PENDING, ApiKey, Charge, Ledger
 from serving.run import Prediction, ServedRun
 
 API_KEY_HEADER = "X-API-Key"
@@ -44,6 +49,7 @@ KEY_SCOPE = "caravan.api_key"  # the ApiKey the gate authenticated, in the reque
 PREDICT = "/v1/predict"
 PREDICT_UPLOAD = "/v1/predict/upload"  # image runs: a multipart upload, field `file`
 PAID = (PREDICT, PREDICT_UPLOAD)
+ATTRIBUTION_MODES = ("sync", "deferred", "off")
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 INPUT_DOCS = {
     "numeric": "`{\"input\": [numbers]}` (one row of the model's features) or `{\"inputs\": [[...], ...]}`.",
@@ -83,8 +89,20 @@ def request_model(run: ServedRun, max_batch: int) -> type[BaseModel]:
     return PredictRequest
 
 
-def predict_rows(run: ServedRun, rows: list, attribute: bool) -> list[Prediction]:
+def attribution_mode(requested: str, run: ServedRun) -> str:
+    """``requested`` (one of ATTRIBUTION_MODES), or for "auto": "deferred" for a text or image run,
+    whose attribution (a forward and backward pass per checkpoint) costs several times the prediction,
+    and "sync" for a numeric run, whose attribution is about as cheap as its prediction."""
+    if requested == "auto":
+        return "sync" if run.kind == "numeric" else "deferred"
+    if requested not in ATTRIBUTION_MODES:
+        raise LedgerError(f"attribution must be auto or one of {ATTRIBUTION_MODES}, got {requested!r}")
+    return requested
+
+
+def predict_rows(run: ServedRun, rows: list, attribution: str) -> list[Prediction]:
     """The model's predictions for well-formed rows of the run's kind; 422 for any it cannot take."""
+    attribute, defer = attribution != "off", attribution == "deferred"
     if run.kind == "numeric":
         bad = [i for i, r in enumerate(rows) if len(r) != run.n_features]
         if bad:
@@ -93,7 +111,7 @@ def predict_rows(run: ServedRun, rows: list, attribute: bool) -> list[Prediction
                 f"input rows {bad[:10]} have {len(rows[bad[0]])} features; the model "
                 f"expects {run.n_features} per row",
             )
-        out = run.predict(np.asarray(rows, dtype=np.float64), attribute=attribute)
+        out = run.predict(np.asarray(rows, dtype=np.float64), attribute=attribute, defer=defer)
         overflow = [i for i, p in enumerate(out) if not math.isfinite(p.probability)]
         if overflow:  # finite inputs far outside the training range overflow the float32 model
             raise HTTPException(
@@ -108,7 +126,7 @@ def predict_rows(run: ServedRun, rows: list, attribute: bool) -> list[Prediction
         if blank:
             raise HTTPException(422, f"inputs {blank[:10]} are empty or whitespace only; send text")
     try:
-        return run.predict_payloads(values, attribute=attribute)
+        return run.predict_payloads(values, attribute=attribute, defer=defer)
     except InputError as exc:
         raise HTTPException(422, f"inputs cannot be read as the model's {run.kind}: {exc}") from None
 
@@ -134,8 +152,14 @@ class PredictionOut(BaseModel):
     label: str
     probability: float
     price: int
-    split: str = Field(description="'query': this prediction's own attribution; 'run': the run's weights")
-    top_contributors: list[Contributor]
+    split: str = Field(
+        description="'query': this prediction's own attribution; 'run': the run's weights (no training "
+        "example helped it); 'pending': charged, its own attribution computed after this response "
+        "(GET /v1/receipts/{receipt_id} shows it once filled)"
+    )
+    top_contributors: list[Contributor] = Field(
+        description="the largest shares of the fee; empty while the split is pending"
+    )
 
 
 class PredictResponse(BaseModel):
@@ -164,7 +188,7 @@ class ReceiptOut(BaseModel):
     input_hash: str
     output: dict[str, str | float]
     price: int
-    split: str
+    split: str = Field(description="'query', 'run', or 'pending' (amounts and bps empty until attributed)")
     amounts: list[ReceiptAmount]
     bps: list[ReceiptBps]
     epoch_id: str | None
@@ -180,12 +204,14 @@ def create_app(
     *,
     price: int,
     max_batch: int = 64,
-    attribute: bool = True,
+    attribution: str = "sync",
     top_k: int = 5,
     max_body_bytes: int | None = None,
 ) -> FastAPI:
     """The app; `max_body_bytes` (default `default_max_body_bytes(run.encoding, max_batch)`) bounds a
-    request's body, and is `app.state.max_body_bytes`."""
+    request's body, and is `app.state.max_body_bytes`. `attribution` is one of ATTRIBUTION_MODES or
+    "auto" (`attribution_mode`); "deferred" needs a worker draining the ledger (`serving.deferred`)."""
+    attribution = attribution_mode(attribution, run)
     if price < 1:
         raise LedgerError("the price per prediction must be a positive integer (smallest token unit)")
     if max_body_bytes is None:
@@ -207,6 +233,8 @@ def create_app(
     fees = Counter("caravan_fees_accrued", "fees charged, smallest token unit", registry=registry)
     settled = Gauge("caravan_settled_epochs", "settlement epochs closed (from the ledger)", registry=registry)
     settled.set_function(lambda: sum(e.state == "closed" for e in ledger.epochs()))
+    pending = Gauge("caravan_pending_receipts", "receipts awaiting their attribution", registry=registry)
+    pending.set_function(lambda: ledger.pending_count(run.run_id))
     key_header = APIKeyHeader(
         name=API_KEY_HEADER, auto_error=False, description="API key from `caravan keys create`"
     )
@@ -224,10 +252,18 @@ def create_app(
         title="Caravan pay-per-use inference",
         version="1",
         description=f"Model of attribution run {run.run_id}: each prediction is paid and its fee split "
-        "among the contributors whose data made it. Request bodies over "
-        f"{max_body_bytes} bytes are refused (413; `caravan serve --max-body-bytes`).",
+        "among the contributors whose data made it"
+        + (
+            " (attribution deferred: a prediction answers with split 'pending' and its receipt shows "
+            "the split once computed)"
+            if attribution == "deferred"
+            else ""
+        )
+        + f". Request bodies over {max_body_bytes} bytes are refused (413; "
+        "`caravan serve --max-body-bytes`).",
     )
     app.state.max_body_bytes = max_body_bytes
+    app.state.attribution = attribution
 
     @app.exception_handler(StarletteHTTPException)  # the app's, the gate's 413 and routing's 404/405
     async def http_error(_request: Request, exc: StarletteHTTPException):
@@ -307,11 +343,7 @@ def create_app(
                 f"balance {key.balance} cannot cover {len(rows)} prediction(s) at {price} "
                 "each; top the key up (`caravan keys topup`)",
             )
-        out = predict_rows(run, rows, attribute)
-        items = [
-            Charge(p.input_hash, p.label, p.probability, p.split, p.bps, tuple(split_price(price, p.bps)))
-            for p in out
-        ]
+        items = [_charge(p, price) for p in predict_rows(run, rows, attribution)]
         try:
             charged = ledger.charge(key.key_id, run.run_id, run.model_cid, price, items)
         except InsufficientBalance as exc:
@@ -379,6 +411,12 @@ class Observe:
             await self.app(scope, receive, send_status)
         finally:
             self.record(scope, status, time.perf_counter() - t0)
+
+
+def _charge(p: Prediction, price: int) -> Charge:
+    """What the ledger records of one prediction; a pending one carries its input, no amounts yet."""
+    amounts = () if p.split == SPLIT_PENDING else tuple(split_price(price, p.bps))
+    return Charge(p.input_hash, p.label, p.probability, p.split, p.bps, amounts, p.payload)
 
 
 def _prediction(receipt, run: ServedRun, top_k: int) -> PredictionOut:

@@ -5,9 +5,12 @@ default, or a PostgreSQL database (`postgresql://` URL) for a deployment with se
 processes or hosts. A charge is one transaction: a single conditional UPDATE checks and debits
 the key's balance (on PostgreSQL it also row-locks the key, so concurrent charges queue instead
 of overdrawing), every receipt is inserted, and the commit is durable before the caller answers;
-a refused call changes nothing. Keys are random 256-bit secrets; only their sha256 is stored (a
-fast hash is enough for secrets with that much entropy). Amounts are integers in the token's
-smallest unit, kept below 2**63 (both engines' integer).
+a refused call changes nothing. A charge whose attribution is deferred writes its receipts with
+split "pending" (no amounts yet) and, in the same transaction, the input each prediction was made
+from (`pending_inputs`); `attribute` later fills each such receipt's split once and deletes its
+input in one transaction, and an epoch never takes a pending receipt. Keys are random 256-bit
+secrets; only their sha256 is stored (a fast hash is enough for secrets with that much entropy).
+Amounts are integers in the token's smallest unit, kept below 2**63 (both engines' integer).
 """
 
 from __future__ import annotations
@@ -28,6 +31,11 @@ from serving.ledger_backends import Backend, open_backend
 KEY_PREFIX = "cvn_"
 MAX_AMOUNT = 2**63 - 1
 
+# A receipt's split: how its fee is shared out. The ledger's contract, so it lives here.
+SPLIT_QUERY = "query"  # each prediction's own attribution
+SPLIT_RUN = "run"  # the run's contributor weights (no positive per-prediction attribution)
+SPLIT_PENDING = "pending"  # charged; its own attribution not computed yet (no bps, no amounts)
+
 # SQL both engines accept ({serial} is the one column that differs); BIGINT and DOUBLE PRECISION
 # have SQLite's INTEGER and REAL affinity, so ledgers made before (INTEGER, REAL) read the same.
 SCHEMA = """
@@ -43,6 +51,9 @@ CREATE TABLE IF NOT EXISTS receipts (
   bps TEXT NOT NULL, amounts TEXT NOT NULL, epoch_id TEXT);
 CREATE INDEX IF NOT EXISTS receipts_open ON receipts (run_id, epoch_id);
 CREATE INDEX IF NOT EXISTS receipts_epoch ON receipts (epoch_id);
+CREATE TABLE IF NOT EXISTS pending_inputs (
+  receipt_id TEXT PRIMARY KEY, run_id TEXT NOT NULL, request_id TEXT NOT NULL, payload {blob} NOT NULL);
+CREATE INDEX IF NOT EXISTS pending_run ON pending_inputs (run_id);
 CREATE TABLE IF NOT EXISTS epochs (
   epoch_id TEXT PRIMARY KEY, run_id TEXT NOT NULL, head_cid TEXT NOT NULL, number BIGINT NOT NULL,
   closed_at TEXT NOT NULL, state TEXT NOT NULL, n_receipts BIGINT NOT NULL, total BIGINT NOT NULL,
@@ -109,11 +120,37 @@ class Receipt:
 
 @dataclass(frozen=True)
 class Charge:
-    """One prediction to be paid: what the receipt records."""
+    """One prediction to be paid: what the receipt records. A SPLIT_PENDING charge has no bps or
+    amounts and carries ``payload``, the input its attribution will be computed from (its sha256 is
+    ``input_hash``)."""
 
     input_hash: str
     label: str
     probability: float
+    split: str
+    bps: tuple[tuple[str, int], ...]
+    amounts: tuple[tuple[str, int], ...]
+    payload: bytes | None = None
+
+
+@dataclass(frozen=True)
+class PendingInput:
+    """A receipt awaiting its attribution; ``request_id`` groups the rows charged together, which are
+    attributed together, as the synchronous path would have done."""
+
+    receipt_id: str
+    request_id: str
+    input_hash: str
+    label: str
+    price: int
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class Fill:
+    """A pending receipt's attribution: its final split (SPLIT_QUERY or SPLIT_RUN), bps and amounts."""
+
+    receipt_id: str
     split: str
     bps: tuple[tuple[str, int], ...]
     amounts: tuple[tuple[str, int], ...]
@@ -176,7 +213,7 @@ class Ledger:
         self._b: Backend = open_backend(target, synchronous=synchronous, pool_size=pool_size)
         self.path: Path | None = getattr(self._b, "path", None)  # the SQLite file, None on PostgreSQL
         self._rate_sql = _RATE_SQL.format(greatest=self._b.greatest)
-        self._b.create_schema(SCHEMA.format(serial=self._b.serial))
+        self._b.create_schema(SCHEMA.format(serial=self._b.serial, blob=self._b.blob))
         self._b.create_volatile_schema(RATE_SCHEMA)
         with self._b.transaction() as db:
             db.execute(
@@ -308,7 +345,8 @@ class Ledger:
     def charge(
         self, key_id: str, run_id: str, model_cid: str, price: int, items: Sequence[Charge]
     ) -> Charged:
-        """Debit ``price`` per item and write one receipt each, atomically; nothing on refusal."""
+        """Debit ``price`` per item and write one receipt each, atomically; nothing on refusal. The
+        inputs of SPLIT_PENDING items are stored in the same transaction."""
         _amount("price", price)
         total = price * len(items)
         stamp = now()
@@ -329,8 +367,13 @@ class Ledger:
             for c in items
         ]
         for c in items:
-            if sum(v for _, v in c.amounts) != price:
-                raise LedgerError("a receipt's amounts must sum to its price")
+            _check_charge(c, price)
+        request_id = secrets.token_hex(8)
+        pending = [
+            (r.receipt_id, run_id, request_id, c.payload)
+            for r, c in zip(receipts, items, strict=True)
+            if c.split == SPLIT_PENDING
+        ]
         with self._b.transaction() as db:
             debited = total <= MAX_AMOUNT and _first(
                 db.execute(
@@ -342,6 +385,8 @@ class Ledger:
             if not debited:
                 self._refuse(db, key_id, len(items), price, total)
             _insert_receipts(db, key_id, receipts)
+            if pending:
+                db.executemany("INSERT INTO pending_inputs VALUES (?, ?, ?, ?)", pending)
         return Charged(receipts, debited[0])
 
     def _refuse(self, db: Any, key_id: str, n: int, price: int, total: int) -> None:
@@ -367,6 +412,51 @@ class Ledger:
     def receipt_ids(self) -> list[str]:
         return [r[0] for r in self._all("SELECT receipt_id FROM receipts ORDER BY seq")]
 
+    # ---- deferred attribution ----------------------------------------------------------------
+
+    def pending_count(self, run_id: str | None = None) -> int:
+        """Receipts (of ``run_id``, or of every run) whose attribution is still pending."""
+        if run_id is None:
+            return int(self._one("SELECT COUNT(*) FROM pending_inputs")[0])
+        return int(self._one("SELECT COUNT(*) FROM pending_inputs WHERE run_id=?", (run_id,))[0])
+
+    def pending(self, run_id: str, requests: int = 64) -> list[PendingInput]:
+        """The pending receipts of the oldest ``requests`` requests of ``run_id`` still pending, whole
+        (every row a charge wrote together), in charge order."""
+        rows = self._all(
+            "SELECT p.receipt_id, p.request_id, r.input_hash, r.label, r.price, p.payload "
+            "FROM pending_inputs p JOIN receipts r ON r.receipt_id = p.receipt_id WHERE p.request_id IN ("
+            " SELECT q.request_id FROM pending_inputs q JOIN receipts s ON s.receipt_id = q.receipt_id"
+            " WHERE q.run_id=? GROUP BY q.request_id ORDER BY MIN(s.seq) LIMIT ?) "
+            "ORDER BY r.seq",
+            (run_id, int(requests)),
+        )
+        return [PendingInput(r[0], r[1], r[2], r[3], int(r[4]), bytes(r[5])) for r in rows]
+
+    def attribute(self, fills: Sequence[Fill]) -> int:
+        """Write each pending receipt's split and delete its stored input, in one transaction; a receipt
+        no longer pending (another worker filled it) is left as it is. Returns how many were filled."""
+        for f in fills:
+            if f.split == SPLIT_PENDING or not f.bps:
+                raise LedgerError(f"receipt {f.receipt_id}: a fill needs a final split and its bps")
+        done = 0
+        with self._b.transaction() as db:
+            for f in fills:
+                row = _first(
+                    db.execute(
+                        "UPDATE receipts SET split=?, bps=?, amounts=? "
+                        "WHERE receipt_id=? AND split=? AND epoch_id IS NULL RETURNING price",
+                        (f.split, json.dumps(f.bps), json.dumps(f.amounts), f.receipt_id, SPLIT_PENDING),
+                    )
+                )
+                db.execute("DELETE FROM pending_inputs WHERE receipt_id=?", (f.receipt_id,))
+                if row is None:
+                    continue
+                if sum(v for _, v in f.amounts) != row[0]:
+                    raise LedgerError(f"receipt {f.receipt_id}: amounts must sum to its price {row[0]}")
+                done += 1
+        return done
+
     def fees_accrued(self) -> int:
         return int(self._one("SELECT COALESCE(SUM(price), 0) FROM receipts")[0])
 
@@ -381,11 +471,12 @@ class Ledger:
         return [r[0] for r in rows]
 
     def close_epoch(self, run_id: str, head_cid: str) -> Epoch | None:
-        """The run's unfinished epoch if any, else a new one holding every unsettled receipt.
+        """The run's unfinished epoch if any, else a new one holding every unsettled attributed receipt.
 
         One transaction that runs alone: each receipt lands in exactly one epoch, and the epoch's
         count and total are read after its receipts are claimed, so a charge committed meanwhile
-        goes, whole, to the next one.
+        goes, whole, to the next one. A receipt still pending waits for a later epoch: no epoch ever
+        holds a receipt whose split is not final.
         """
         with self._b.transaction(alone=True) as db:
             unfinished = "SELECT epoch_id FROM epochs WHERE run_id=? AND state != 'closed' ORDER BY number"
@@ -396,7 +487,8 @@ class Ledger:
             ledger_id = _first(db.execute("SELECT value FROM meta WHERE name='ledger_id'"))[0]
             epoch_id = f"{run_id}/epoch-{ledger_id}-{number}"
             db.execute(
-                "UPDATE receipts SET epoch_id=? WHERE run_id=? AND epoch_id IS NULL", (epoch_id, run_id)
+                "UPDATE receipts SET epoch_id=? WHERE run_id=? AND epoch_id IS NULL AND split != ?",
+                (epoch_id, run_id, SPLIT_PENDING),
             )
             n, total = _first(
                 db.execute(
@@ -458,6 +550,15 @@ def _amount(name: str, value: int, *, allow_zero: bool = False) -> None:
         raise LedgerError(
             f"{name} must be an integer in {low}..{MAX_AMOUNT} (smallest token unit), got {value!r}"
         )
+
+
+def _check_charge(c: Charge, price: int) -> None:
+    """A pending charge carries its input and no amounts; any other, amounts summing to the price."""
+    if c.split == SPLIT_PENDING:
+        if c.bps or c.amounts or not c.payload:
+            raise LedgerError("a pending receipt has no bps or amounts yet, and needs its input bytes")
+    elif sum(v for _, v in c.amounts) != price:
+        raise LedgerError("a receipt's amounts must sum to its price")
 
 
 def _first(cursor: Any) -> Sequence | None:

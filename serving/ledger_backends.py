@@ -4,8 +4,8 @@ The ledger's logic (serving/ledger.py) is written once, in SQL both engines acce
 placeholders. A backend only owns what differs: connecting, the transaction envelope (SQLite's
 `BEGIN IMMEDIATE` serializes every writer; PostgreSQL takes row locks, plus an advisory lock for
 the few transactions that must run alone), `volatile()` statements whose commits are not flushed
-(the rate-limit state: one statement, one round trip), the identity column and the name of the
-two-argument max.
+(the rate-limit state: one statement, one round trip), the identity column, the bytes type and the
+name of the two-argument max.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ def redact(url: str) -> str:
 class Backend(Protocol):
     serial: str  # the receipts' sequence column
     greatest: str  # SQL name of max(a, b)
+    blob: str  # the type of a column of bytes
 
     def __str__(self) -> str: ...
     def create_schema(self, script: str) -> None: ...
@@ -60,6 +61,7 @@ class SqliteBackend:
 
     serial = "INTEGER PRIMARY KEY AUTOINCREMENT"
     greatest = "MAX"
+    blob = "BLOB"
 
     def __init__(self, path: str | Path, synchronous: str = "FULL") -> None:
         self.path = Path(path)
@@ -155,6 +157,7 @@ class PostgresBackend:
 
     serial = "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
     greatest = "GREATEST"
+    blob = "BYTEA"
 
     def __init__(self, url: str, pool_size: int = 8) -> None:
         import psycopg

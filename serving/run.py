@@ -42,12 +42,12 @@ from provenance import (
     share_leaves,
 )
 from serving.base_model import with_model_files
-from serving.errors import RunNotServable
+from serving.errors import LedgerError, RunNotServable
 from serving.fees import merge_bps
+from serving.ledger import SPLIT_PENDING, SPLIT_QUERY, SPLIT_RUN
 from storage import ContentStore, StorageError, read_parquet
 
-SPLIT_QUERY = "query"  # each prediction's own attribution
-SPLIT_RUN = "run"  # the run's contributor weights (no per-prediction attribution)
+Bps = tuple[tuple[str, int], ...]  # (address, basis points), sorted by address, sum 10,000
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,9 @@ class Prediction:
     label: str
     probability: float
     input_hash: str
-    bps: tuple[tuple[str, int], ...]  # (address, basis points), sorted by address, sum 10,000
-    split: str  # SPLIT_QUERY, or SPLIT_RUN when the prediction had no positive attribution
+    bps: Bps  # empty while the split is pending
+    split: str  # SPLIT_QUERY; SPLIT_RUN when the prediction had no positive attribution; SPLIT_PENDING
+    payload: bytes | None = None  # SPLIT_PENDING: the input bytes its attribution is computed from
 
 
 @dataclass
@@ -96,8 +97,9 @@ class ServedRun:
         self._row_address[np.arange(len(addresses)), [where[a] for a in addresses]] = 1
         self._positions = self.split.positions(self.example_ids)  # ContributorError: not servable
 
-    def predict(self, raw: np.ndarray, *, attribute: bool = True) -> list[Prediction]:
-        """Predictions for raw feature rows [n, n_features]; InputError for bad rows."""
+    def predict(self, raw: np.ndarray, *, attribute: bool = True, defer: bool = False) -> list[Prediction]:
+        """Predictions for raw feature rows [n, n_features]; InputError for bad rows. ``defer``: each
+        prediction's split is SPLIT_PENDING and carries its row's bytes (``attribute_request`` later)."""
         raw = np.asarray(raw, dtype=np.float64)
         x = self.encoding.scale(raw)
         xt = torch.as_tensor(x, dtype=torch.float32)
@@ -106,41 +108,83 @@ class ServedRun:
                 probs = torch.softmax(self.model(xt), dim=1).numpy()
             labels = probs.argmax(1)
             # every row's per-training-example contributions in one pass (attribute_query, batched)
-            contributions = self.features.scores(x, labels) if attribute else None
-        return self._predictions(probs, labels, contributions, [input_hash(row) for row in raw])
+            contributions = self._numeric_scores(x, labels) if attribute and not defer else None
+        payloads = [row_bytes(row) for row in raw] if defer else None
+        return self._predictions(probs, labels, contributions, [input_hash(row) for row in raw], payloads)
 
-    def predict_payloads(self, values: list[str] | list[bytes], *, attribute: bool = True
-                         ) -> list[Prediction]:
-        """Predictions for texts or image bytes, encoded as in training (InputError names bad ones)."""
+    def predict_payloads(self, values: list[str] | list[bytes], *, attribute: bool = True,
+                         defer: bool = False) -> list[Prediction]:
+        """Predictions for texts or image bytes, encoded as in training (InputError names bad ones);
+        ``defer`` as in ``predict``, the payload being the text's UTF-8 or the image file's bytes."""
         batch, _ = self.encoding.inputs(values)
         with self._lock:
             with torch.no_grad():
                 probs = torch.softmax(model_logits(self.model, batch).double(), dim=1).numpy()
             labels = probs.argmax(1)
-            contributions = (
-                self.features.scores({**batch, LABELS: torch.as_tensor(labels)}) if attribute else None
-            )
-        return self._predictions(probs, labels, contributions, [payload_hash(v) for v in values])
+            contributions = self._payload_scores(batch, labels) if attribute and not defer else None
+        payloads = [value_bytes(v) for v in values] if defer else None
+        return self._predictions(probs, labels, contributions, [payload_hash(v) for v in values], payloads)
+
+    def attribute_request(self, payloads: list[bytes], labels: list[str]) -> list[Bps | None]:
+        """The (address, bps) of each row of one deferred request (None: the run's weights apply),
+        from the inputs and labels its receipts hold: the rows of one request together, the same
+        calls the synchronous path makes, so each row gets the bps it would have had then."""
+        return self.query_bps(self.contributions(payloads, labels))
+
+    def contributions(self, payloads: list[bytes], labels: list[str]) -> np.ndarray:
+        """``[n_train, rows]``: each training example's contribution to each stored input's prediction
+        of ``labels`` (``features.scores``, as ``predict`` computes it)."""
+        try:
+            y = np.asarray([self.encoding.classes.index(label) for label in labels], dtype=np.int64)
+        except ValueError:
+            raise LedgerError(
+                f"a pending receipt's label is not one of the run's classes {self.encoding.classes}"
+            ) from None
+        if self.kind == "numeric":
+            x = self.encoding.scale(np.stack([self._row(p) for p in payloads]))
+            with self._lock:
+                return self._numeric_scores(x, y)
+        values = [p.decode("utf-8") for p in payloads] if self.kind == "text" else list(payloads)
+        batch, _ = self.encoding.inputs(values)
+        with self._lock:
+            return self._payload_scores(batch, y)
+
+    def _row(self, payload: bytes) -> np.ndarray:
+        if len(payload) != 8 * self.n_features:
+            raise LedgerError(f"a pending input holds {len(payload)} bytes, not {self.n_features} float64")
+        return np.frombuffer(payload, dtype="<f8")
+
+    def _numeric_scores(self, x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        return self.features.scores(x, labels)
+
+    def _payload_scores(self, batch: dict[str, torch.Tensor], labels: np.ndarray) -> np.ndarray:
+        return self.features.scores({**batch, LABELS: torch.as_tensor(labels)})
 
     def _predictions(
-        self, probs: np.ndarray, labels: np.ndarray, contributions: np.ndarray | None, hashes: list[str]
+        self,
+        probs: np.ndarray,
+        labels: np.ndarray,
+        contributions: np.ndarray | None,
+        hashes: list[str],
+        payloads: list[bytes] | None = None,
     ) -> list[Prediction]:
-        """One `Prediction` per input: paid by its own attribution where it has one (`contributions`
-        None: unattributed), else by the run's weights."""
-        splits = self._query_bps(contributions) if contributions is not None else [None] * len(hashes)
+        """One `Prediction` per input: paid by its own attribution where it has one, else by the run's
+        weights (`contributions` None: unattributed); pending where `payloads` are given."""
+        splits = self.query_bps(contributions) if contributions is not None else [None] * len(hashes)
         return [
             Prediction(
                 label=self.encoding.classes[int(labels[i])],
                 probability=float(probs[i, labels[i]]),
                 input_hash=hashes[i],
-                bps=self.run_bps if splits[i] is None else splits[i],
-                split=SPLIT_RUN if splits[i] is None else SPLIT_QUERY,
+                bps=() if payloads else self.run_bps if splits[i] is None else splits[i],
+                split=SPLIT_PENDING if payloads else SPLIT_RUN if splits[i] is None else SPLIT_QUERY,
+                payload=payloads[i] if payloads else None,
             )
             for i in range(len(hashes))
         ]
 
-    def _query_bps(self, contributions: np.ndarray) -> list[tuple[tuple[str, int], ...] | None]:
-        """Each row's (address, bps) from its own attribution; None where the run's weights apply
+    def query_bps(self, contributions: np.ndarray) -> list[Bps | None]:
+        """Each column's (address, bps) from its own attribution; None where the run's weights apply
         (no training example helped that prediction, or its scores are not finite)."""
         if contributions.shape[1] == 1:  # a single-input request: no batch machinery
             return [self._one_bps(contributions[:, 0])]
@@ -156,26 +200,46 @@ class ServedRun:
                 out[q] = self._paid(row)
         return out
 
-    def _one_bps(self, contributions: np.ndarray) -> tuple[tuple[str, int], ...] | None:
-        """``_query_bps`` of one row: the same (address, bps), through ``ContributorSplit.split_one``."""
+    def _one_bps(self, contributions: np.ndarray) -> Bps | None:
+        """``query_bps`` of one row: the same (address, bps), through ``ContributorSplit.split_one``."""
         if not np.isfinite(contributions).all():
             return None
         bps = self.split.split_one(self._positions, contributions)
         return None if bps is None else self._paid((bps @ self._row_address).tolist())
 
-    def _paid(self, per_address: list[int]) -> tuple[tuple[str, int], ...]:
+    def _paid(self, per_address: list[int]) -> Bps:
         """(address, bps) of one prediction's per-address bps, addresses that get nothing left out."""
         return tuple((a, v) for a, v in zip(self._addresses, per_address, strict=True) if v > 0)
 
 
+def limit_threads(threads: int) -> None:
+    """``threads`` for torch and for NumPy's BLAS, which otherwise starts a thread per core: on a
+    loaded machine a small product then waits milliseconds for a descheduled helper thread. Serving,
+    its attribution worker and settlement's drain all compute with `caravan serve --threads`' count."""
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(threads)
+    threadpool_limits(threads, user_api="blas")
+
+
+def row_bytes(row: np.ndarray) -> bytes:
+    """The row as little-endian float64: what ``input_hash`` hashes and a pending numeric input holds."""
+    return np.ascontiguousarray(row, dtype="<f8").tobytes()
+
+
+def value_bytes(value: str | bytes) -> bytes:
+    """A text's UTF-8 bytes or an image file's bytes, as received."""
+    return value.encode("utf-8") if isinstance(value, str) else bytes(value)
+
+
 def input_hash(row: np.ndarray) -> str:
     """sha256 of the row as little-endian float64: the same numbers always give the same hash."""
-    return hashlib.sha256(np.ascontiguousarray(row, dtype="<f8").tobytes()).hexdigest()
+    return hashlib.sha256(row_bytes(row)).hexdigest()
 
 
 def payload_hash(value: str | bytes) -> str:
     """sha256 of a text's UTF-8 bytes or of an image file's bytes, as received."""
-    return hashlib.sha256(value.encode("utf-8") if isinstance(value, str) else bytes(value)).hexdigest()
+    return hashlib.sha256(value_bytes(value)).hexdigest()
 
 
 def _get(store: ContentStore, cid: str, what: str) -> bytes:

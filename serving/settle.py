@@ -11,7 +11,9 @@ finishes the same epoch and pays each receipt exactly once:
     closed    funded up to the epoch's revenue: deposit = total - already deposited, journaled
 
 The batch is deterministic Parquet sorted by receipt id; an auditor recomputes every amount
-and the root from it alone (`verify_epoch`).
+and the root from it alone (`verify_epoch`). No epoch holds a receipt whose split is still pending
+(deferred attribution): settling first attributes the run's pending receipts itself (`drain`, the
+server worker's code) or, with ``drain=False``, refuses while any are pending.
 """
 
 from __future__ import annotations
@@ -33,9 +35,11 @@ from provenance import (
     publish_settlement,
     put_record,
 )
+from serving.deferred import drain as drain_pending
 from serving.errors import SettlementError
 from serving.fees import totals_by_address
 from serving.ledger import Epoch, Ledger, Receipt
+from serving.run import load_run
 from storage import ContentStore, snapshot_parquet
 
 AGENT = "caravan-serving"
@@ -111,14 +115,35 @@ def settle_run(
     run_id: str,
     *,
     after_step: Callable[[str], None] | None = None,
+    drain: bool = True,
+    reader: ContentStore | None = None,
 ) -> Settlement | None:
     """Settle the run's unfinished epoch, or close and settle a new one; None if nothing to settle.
 
     The epoch is anchored under the run's weighting record as recorded on chain (its head), where
     an auditor's trace of the run finds it. ``after_step(state)`` runs after each state is saved
-    (tests crash there to prove resumption).
+    (tests crash there to prove resumption). Pending receipts are attributed first (``drain``, the
+    run loaded from ``reader``: a store that opens a private model; default ``store``, which receives
+    the public settlement), or refused (SettlementError).
     """
-    return _settle(chain, store, ledger, run_id, RunRecords(chain, store).head(run_id), after_step)
+    head_cid = RunRecords(chain, store).head(run_id)
+    attribute_pending(chain, reader or store, ledger, run_id, drain=drain)
+    return _settle(chain, store, ledger, run_id, head_cid, after_step)
+
+
+def attribute_pending(chain: Chain, store: ContentStore, ledger: Ledger, run_id: str, *, drain: bool) -> int:
+    """Attribute the run's pending receipts (loading the run as `caravan serve` does); how many were
+    filled here. With ``drain=False``, SettlementError while any are pending."""
+    pending = ledger.pending_count(run_id)
+    if not pending:
+        return 0
+    if not drain:
+        raise SettlementError(
+            f"run {run_id}: {pending} receipt(s) still await their attribution (split 'pending') and no "
+            f"epoch may hold them; attribute them first (`caravan attribute {run_id}`, or keep "
+            "`caravan serve --attribution deferred` running until they are done), or settle with --drain"
+        )
+    return drain_pending(load_run(chain, store, run_id), ledger).receipts
 
 
 def _settle(
@@ -218,15 +243,24 @@ def store_epoch(
     )
 
 
-def settle_all(chain: Chain, store: ContentStore, ledger: Ledger) -> list[Settlement]:
+def settle_all(
+    chain: Chain,
+    store: ContentStore,
+    ledger: Ledger,
+    *,
+    drain: bool = True,
+    reader: ContentStore | None = None,
+) -> list[Settlement]:
     """Settle every run with open receipts, each under its head record on chain (looked up once).
 
     A run gets at most two epochs per call: an unfinished one from a killed settle, then one
     holding the receipts that arrived since (receipts written meanwhile wait for the next call).
+    Pending receipts are attributed first, or refused, as in `settle_run`.
     """
     done = []
     for run_id in ledger.open_runs():
         head_cid = RunRecords(chain, store).head(run_id)
+        attribute_pending(chain, reader or store, ledger, run_id, drain=drain)
         for _ in range(2):
             result = _settle(chain, store, ledger, run_id, head_cid)
             if result is None:

@@ -10,6 +10,9 @@ API key secrets are printed once by `keys create` and stored only as hashes.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from typing import Annotated
 
 import typer
@@ -28,7 +31,10 @@ from provenance import ProvenanceError
 from serving import (
     ServingError,
     create_app,
+    drain,
     epoch_claim,
+    follow,
+    limit_threads,
     load_run,
     settle_all,
     verify_epoch,
@@ -36,6 +42,19 @@ from serving import (
 from storage import StorageError
 
 ERRORS = (ServingError, ProvenanceError, StorageError)
+Threads = Annotated[
+    int, typer.Option(help="torch and BLAS threads per request (and per attribution).", min=1)
+]
+
+
+def worker_command(run_id: str, threads: int, ledger_path: str | None, store_dir: str | None) -> list[str]:
+    """`caravan attribute RUN --follow`: the deferred-attribution worker beside a server."""
+    command = [sys.executable, "-m", "pipelines", "attribute", run_id, "--follow", "--threads", str(threads)]
+    if ledger_path is not None:
+        command += ["--ledger", ledger_path]
+    if store_dir is not None:
+        command += ["--store", store_dir]
+    return command
 
 
 def serve(
@@ -45,13 +64,15 @@ def serve(
     ** 12,
     max_batch: Annotated[int, typer.Option(help="Most inputs in one request.", min=1)] = 64,
     attribution: Annotated[
-        bool,
+        str,
         typer.Option(
-            "--attribution/--no-attribution",
-            help="Split each fee by that prediction's own attribution, or by the run's weights.",
+            help="How each fee is split: 'sync' (each prediction's own attribution, computed in the "
+            "request), 'deferred' (answered and charged at once, split 'pending'; a lower-priority "
+            "worker process computes the same attribution and fills the receipt), 'off' (the run's "
+            "weights), 'auto' (deferred for text and image runs, sync for numeric ones).",
         ),
-    ] = True,
-    threads: Annotated[int, typer.Option(help="torch threads per request.", min=1)] = 1,
+    ] = "auto",
+    threads: Threads = 1,
     max_body_bytes: Annotated[
         int | None,
         typer.Option(
@@ -64,10 +85,11 @@ def serve(
     store_dir: StoreDir = None,
 ) -> None:
     """Serve a published run's model on 127.0.0.1; every prediction is paid and receipted."""
-    import torch
     import uvicorn
 
-    torch.set_num_threads(threads)
+    from pipelines.serve_process import start_child
+
+    limit_threads(threads)
     with clean_errors(*ERRORS):
         run = load_run(open_chain(), open_reading_store(store_dir), run_id)  # opens a private model
         ledger = open_ledger(ledger_path)
@@ -76,34 +98,98 @@ def serve(
             ledger,
             price=price,
             max_batch=max_batch,
-            attribute=attribution,
+            attribution=attribution,
             max_body_bytes=max_body_bytes,
         )
+    mode = app.state.attribution
     typer.echo(
         f"serving run {run_id} (model {run.model_cid}) on http://127.0.0.1:{port}; request bodies "
-        f"up to {app.state.max_body_bytes} bytes (--max-body-bytes)",
+        f"up to {app.state.max_body_bytes} bytes (--max-body-bytes); attribution {mode}",
         err=True,
     )
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    # the worker shares this process's output, and dies with it (even under SIGKILL)
+    worker = None
+    if mode == "deferred":
+        worker = start_child(worker_command(run_id, threads, ledger_path, store_dir))
+    try:
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    finally:
+        if worker is not None:
+            worker.terminate()  # a fill is one transaction: stopping mid-batch loses nothing
+            try:
+                worker.wait(10)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait(10)
+
+
+def attribute(
+    run_id: Annotated[str, typer.Argument(help="The served run whose pending receipts to attribute.")],
+    follow_: Annotated[
+        bool,
+        typer.Option(
+            "--follow", help="Keep attributing receipts as they arrive (the worker `caravan serve` starts)."
+        ),
+    ] = False,
+    nice: Annotated[
+        int,
+        typer.Option(help="With --follow, lower this process's CPU priority by this much.", min=0, max=19),
+    ] = 19,
+    threads: Threads = 1,
+    ledger_path: LedgerTarget = None,
+    store_dir: StoreDir = None,
+) -> None:
+    """Compute the attribution of the run's receipts still pending (deferred) and fill their splits."""
+    limit_threads(threads)
+    with clean_errors(*ERRORS):
+        run = load_run(open_chain(), open_reading_store(store_dir), run_id)
+        ledger = open_ledger(ledger_path)
+        if not follow_:
+            done = drain(run, ledger)
+            typer.echo(
+                f"attributed {done.receipts} receipts from {done.requests} request(s) in "
+                f"{done.seconds:.2f} s; {ledger.pending_count(run_id)} pending"
+            )
+            return
+    os.nice(nice)  # requests first: attribution takes what the server leaves of the CPU
+
+    def report(done) -> None:
+        typer.echo(f"attributed {done.receipts} receipts in {done.seconds:.3f} s", err=True)
+
+    def on_error(exc: ServingError) -> None:
+        typer.echo(f"error: attribution of pending receipts failed, retrying: {exc}", err=True)
+
+    follow(run, ledger, lambda: False, report=report, on_error=on_error)
 
 
 def settle(
     run_id: Annotated[str | None, typer.Option("--run", help="Settle only this run.")] = None,
+    drain_pending: Annotated[
+        bool,
+        typer.Option(
+            "--drain/--no-drain",
+            help="Attribute receipts still pending (deferred) before closing the epoch, loading the run; "
+            "--no-drain refuses while any are pending.",
+        ),
+    ] = True,
     as_json: AsJson = False,
     ledger_path: LedgerTarget = None,
     store_dir: StoreDir = None,
 ) -> None:
     """Close an epoch per run: receipts batch (CID), record, funded root. Safe to rerun after a crash."""
+    limit_threads(1)  # pending receipts are attributed as `caravan serve --threads 1` would have
     with clean_errors(*ERRORS):
         chain, store, ledger = open_chain(need_key=True), open_store(store_dir), open_ledger(ledger_path)
+        # a private run's model opens through the reading store; the settlement itself stays public
+        how = {"drain": drain_pending, "reader": open_reading_store(store_dir) if drain_pending else None}
         if run_id is not None and run_id not in ledger.open_runs():
             done = []
         elif run_id is not None:
             from serving import settle_run
 
-            done = [s for s in (settle_run(chain, store, ledger, run_id),) if s is not None]
+            done = [s for s in (settle_run(chain, store, ledger, run_id, **how),) if s is not None]
         else:
-            done = settle_all(chain, store, ledger)
+            done = settle_all(chain, store, ledger, **how)
     if as_json:
         typer.echo(
             json.dumps([{**s.__dict__, "payouts": [list(p) for p in s.payouts]} for s in done], indent=2)
@@ -214,5 +300,6 @@ def epoch_claim_command(
 def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
     app.command("settle")(settle)
+    app.command("attribute")(attribute)
     app.add_typer(keys_app, name="keys")
     app.add_typer(epoch_app, name="epoch")

@@ -50,8 +50,8 @@ def test_single_input_requests_split_as_the_per_row_reference(world):
         assert p.bps == (served.run_bps if expected is None else expected)
         assert p.split == (SPLIT_RUN if expected is None else SPLIT_QUERY)
     contributions = served.features.scores(x, [served.encoding.classes.index(p.label) for p in singles])
-    batched = served._query_bps(contributions)
-    assert [served._query_bps(contributions[:, i : i + 1])[0] for i in range(len(raw))] == batched
+    batched = served.query_bps(contributions)
+    assert [served.query_bps(contributions[:, i : i + 1])[0] for i in range(len(raw))] == batched
     assert batched == _reference(served, contributions)
 
 
@@ -61,9 +61,9 @@ def test_rows_without_positive_or_finite_scores_take_the_run_weights(world):
     contributions = served.features.scores(x, [0, 1, 2])
     contributions[:, 1] = -np.abs(contributions[:, 1])  # nothing helped this one
     contributions[0, 2] = np.nan
-    got = served._query_bps(contributions)
+    got = served.query_bps(contributions)
     assert got[1] is None and got[2] is None
     assert got[0] == _reference(served, contributions[:, :1])[0]
-    assert served._query_bps(contributions[:, :1]) == got[:1]  # the single-input path
-    assert served._query_bps(contributions[:, 1:2]) == [None]
-    assert served._query_bps(contributions[:, 2:]) == [None]
+    assert served.query_bps(contributions[:, :1]) == got[:1]  # the single-input path
+    assert served.query_bps(contributions[:, 1:2]) == [None]
+    assert served.query_bps(contributions[:, 2:]) == [None]

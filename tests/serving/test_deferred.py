@@ -1,0 +1,148 @@
+"""Deferred attribution: a prediction is answered and charged at once with split "pending", its input
+stored with the receipt; draining fills each split once, with the bps the synchronous path gives;
+no epoch ever holds a pending receipt. On both ledger engines."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from fastapi.testclient import TestClient
+
+from serving import (
+    API_KEY_HEADER,
+    SPLIT_PENDING,
+    Ledger,
+    LedgerError,
+    SettlementError,
+    create_app,
+    drain,
+    load_run,
+    settle_run,
+    verify_epoch,
+)
+from serving.deferred import fills
+from serving.ledger import Charge, Fill
+from serving.sample import build_sample_run
+
+PRICE = 1_000_003
+
+
+@pytest.fixture(scope="module", params=["numeric", "text", "image"])
+def served(request, world):
+    """(inputs as JSON values, the loaded run) of a numeric, a text and an image run."""
+    if request.param == "numeric":
+        return world.run.X_test[:8].tolist(), world.served
+    run = build_sample_run(world.store, world.chain, n=96, seed=5, kind=request.param)
+    values = list(run.inputs[:8])
+    if run.kind == "image":
+        values = [{"image_base64": base64.b64encode(v).decode()} for v in values]
+    return values, load_run(world.chain, world.store, run.run_id)
+
+
+def client(run, ledger: Ledger, attribution: str) -> tuple[TestClient, dict[str, str], str]:
+    key_id, secret = ledger.create_key("user", balance=100 * PRICE)
+    app = create_app(run, ledger, price=PRICE, max_batch=8, attribution=attribution)
+    return TestClient(app), {API_KEY_HEADER: secret}, key_id
+
+
+def paid(client_: TestClient, headers: dict[str, str], body: dict) -> list[dict]:
+    r = client_.post("/v1/predict", json=body, headers=headers)
+    assert r.status_code == 200, r.text
+    return r.json()["predictions"]
+
+
+def receipts(client_: TestClient, headers: dict[str, str], preds: list[dict]) -> list[dict]:
+    return [client_.get(f"/v1/receipts/{p['receipt_id']}", headers=headers).json() for p in preds]
+
+
+def test_a_pending_receipt_is_filled_once(world, target):
+    ledger = Ledger(target)
+    c, headers, key_id = client(world.served, ledger, "deferred")
+    (pred,) = paid(c, headers, {"input": world.run.X_test[0].tolist()})
+    assert pred["split"] == SPLIT_PENDING and pred["top_contributors"] == []
+    (before,) = receipts(c, headers, [pred])
+    assert before["split"] == SPLIT_PENDING and before["amounts"] == [] and before["bps"] == []
+    assert ledger.key(key_id).balance == 99 * PRICE  # charged at once
+    assert ledger.pending_count(world.run.run_id) == 1
+    done = drain(world.served, ledger)
+    assert (done.receipts, done.requests) == (1, 1)
+    (after,) = receipts(c, headers, [pred])
+    assert after["split"] in ("query", "run") and sum(a["amount"] for a in after["amounts"]) == PRICE
+    assert sum(b["bps"] for b in after["bps"]) == 10_000
+    assert ledger.pending_count() == 0 and drain(world.served, ledger).receipts == 0
+    # a second drainer holding the same pending rows fills nothing twice
+    again = [Fill(pred["receipt_id"], "run", world.served.run_bps, ((world.served.run_bps[0][0], PRICE),))]
+    assert ledger.attribute(again) == 0
+    assert receipts(c, headers, [pred]) == [after]
+    ledger.close()
+
+
+def test_deferred_splits_equal_the_synchronous_ones(served, ledger, tmp_path):
+    values, run = served
+    sync = Ledger(tmp_path / "sync.sqlite", synchronous="NORMAL")
+    bodies = [{"input": values[0]}, {"input": values[1]}, {"inputs": values[2:7]}]
+    got = {}
+    for mode, where in (("sync", sync), ("deferred", ledger)):
+        c, headers, _ = client(run, where, mode)
+        preds = [p for body in bodies for p in paid(c, headers, body)]
+        if mode == "deferred":
+            assert {p["split"] for p in preds} == {SPLIT_PENDING}
+            assert drain(run, where).receipts == len(preds) == 7
+        got[mode] = [
+            {k: r[k] for k in ("input_hash", "output", "split", "bps", "amounts")}
+            for r in receipts(c, headers, preds)
+        ]
+    assert got["deferred"] == got["sync"]
+    assert any(r["split"] == "query" for r in got["sync"])
+
+
+def test_a_wrong_input_is_refused_free_and_stores_nothing(served, ledger):
+    values, run = served
+    c, headers, key_id = client(run, ledger, "deferred")
+    wrong = "some text" if run.kind != "text" else [1.0, 2.0]
+    r = c.post("/v1/predict", json={"input": wrong}, headers=headers)
+    assert r.status_code == 422 and "error" in r.json()
+    assert ledger.key(key_id).balance == 100 * PRICE and ledger.receipt_ids() == []
+    assert ledger.pending_count() == 0
+
+
+def test_an_epoch_never_holds_a_pending_receipt(world, target):
+    ledger = Ledger(target)
+    c, headers, _ = client(world.served, ledger, "deferred")
+    paid(c, headers, {"inputs": world.run.X_test[:3].tolist()})
+    head = world.run.head
+    assert ledger.close_epoch(world.run.run_id, head) is None  # only pending receipts: nothing to close
+    with pytest.raises(SettlementError, match="caravan attribute"):
+        settle_run(world.chain, world.store, ledger, world.run.run_id, drain=False)
+    assert ledger.epochs() == [] and ledger.pending_count() == 3
+    settled = settle_run(world.chain, world.store, ledger, world.run.run_id)  # drains first
+    assert settled is not None and settled.n_receipts == 3 and ledger.pending_count() == 0
+    assert settled.total == 3 * PRICE
+    assert verify_epoch(world.chain, world.store, settled.epoch_id).ok
+    ledger.close()
+
+
+def test_a_charge_is_pending_with_its_input_or_final_with_amounts(world, ledger):
+    key_id, _ = ledger.create_key("t", balance=10 * PRICE)
+    args = (key_id, world.run.run_id, world.served.model_cid, PRICE)
+    for bad in (
+        Charge("h" * 64, "a", 0.5, SPLIT_PENDING, (), ()),  # no input
+        Charge("h" * 64, "a", 0.5, SPLIT_PENDING, world.served.run_bps, (), b"x"),  # bps already
+    ):
+        with pytest.raises(LedgerError):
+            ledger.charge(*args, [bad])
+    assert ledger.receipt_ids() == [] and ledger.key(key_id).balance == 10 * PRICE
+    [pred] = world.served.predict(world.run.X_test[:1], defer=True)
+    charged = ledger.charge(*args, [Charge(pred.input_hash, pred.label, pred.probability, pred.split, (), (),
+                                           pred.payload)])
+    [pending] = ledger.pending(world.run.run_id)
+    assert pending.payload == pred.payload and pending.receipt_id == charged.receipts[0].receipt_id
+    [fill] = fills(world.served, [pending])
+    with pytest.raises(LedgerError, match="sum to its price"):  # nothing written: still pending
+        ledger.attribute([Fill(fill.receipt_id, fill.split, fill.bps, ((fill.bps[0][0], 1),))])
+    assert ledger.pending_count() == 1 and ledger.receipt(fill.receipt_id).split == SPLIT_PENDING
+    edited = pending.__class__(**{**pending.__dict__, "payload": pending.payload[:-1] + b"\0"})
+    with pytest.raises(LedgerError, match="does not hash"):
+        fills(world.served, [edited])
+    assert ledger.attribute([fill]) == 1 and ledger.pending(world.run.run_id) == []
