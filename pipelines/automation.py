@@ -82,7 +82,8 @@ def settle_open_epochs(
 ) -> None:
     from serving import settle_all
 
-    done = settle_all(chain.client(), store.client(), ledger.ledger())
+    # pending receipts are attributed first, with the run's model opened if its version is private
+    done = settle_all(chain.client(), store.client(), ledger.ledger(), reader=store.reader())
     for s in done:
         context.log.info(f"settled {s.epoch_id}: {s.n_receipts} receipts, {s.total} wei, root {s.root}")
     context.add_output_metadata({"epochs": dg.MetadataValue.json([s.epoch_id for s in done])})

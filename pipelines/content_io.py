@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import rfc8785
 from pydantic import PrivateAttr
 
-from storage import BlockStore, ContentStore, KeyringError, read_parquet, snapshot_parquet
+from storage import BlockStore, ContentStore, HolderKey, KeyringError, read_parquet, snapshot_parquet
 
 KIND_TABLE, KIND_BYTES, KIND_JSON = "arrow-parquet", "bytes", "json"
 
@@ -66,17 +66,38 @@ class StoreResource(dg.ConfigurableResource):
         store, version = self.plain(), version or self._version
         if not self.keyring_dir or version is None:
             return store
-        from pipelines.privacy import HOLDER_KEYFILE_ENV, Keyrings, holder_key
-        from pipelines.settings import load_settings
+        from pipelines.privacy import Keyrings
 
-        env = {**os.environ, **({HOLDER_KEYFILE_ENV: self.holder_keyfile} if self.holder_keyfile else {})}
         keyrings = Keyrings(self.keyring_dir, store)
         if not keyrings.is_private(version):
             return store  # no holder key needed (a keystore's password may be absent)
         try:
-            return keyrings.store_for(version, holder_key(load_settings(env), env))
+            return keyrings.store_for(version, self._holder())
         except KeyringError as exc:
             raise dg.Failure(str(exc)) from None
+
+    def reader(self) -> ContentStore:
+        """The store opening every private version the holder key in reach is granted, for steps that
+        read across versions (settlement loads a private run's model to attribute pending receipts)."""
+        store = self.plain()
+        if not self.keyring_dir:
+            return store
+        from pipelines.privacy import Keyrings
+
+        keyrings = Keyrings(self.keyring_dir, store)
+        if not keyrings.versions():
+            return store
+        try:
+            return keyrings.reading_store(self._holder())
+        except KeyringError as exc:
+            raise dg.Failure(str(exc)) from None
+
+    def _holder(self) -> HolderKey | None:
+        from pipelines.privacy import HOLDER_KEYFILE_ENV, holder_key
+        from pipelines.settings import load_settings
+
+        env = {**os.environ, **({HOLDER_KEYFILE_ENV: self.holder_keyfile} if self.holder_keyfile else {})}
+        return holder_key(load_settings(env), env)
 
 
 def table_bytes(table: pa.Table) -> bytes:

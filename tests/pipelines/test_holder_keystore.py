@@ -175,3 +175,11 @@ def test_a_keystore_held_key_opens_a_private_version_exactly_as_the_hex_key(home
     )
     with pytest.raises(dg.Failure, match=f"set {HOLDER_KEY_PASSWORD_ENV} to its password"):
         resource.client("v1")
+    # settlement reads across versions: the resource's reader opens v1 with the key in reach
+    with pytest.raises(dg.Failure, match=f"set {HOLDER_KEY_PASSWORD_ENV} to its password"):
+        resource.reader()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(HOLDER_KEY_PASSWORD_ENV, PASSWORD)
+        assert resource.reader().get(cid) == b"provider-7,a private row\n"
+    plain = StoreResource(store_dir=str(settings.store_dir))  # no keyrings: the plain store
+    assert plain.reader().get(cid) == store.get(cid) != b"provider-7,a private row\n"
