@@ -6,11 +6,10 @@ for factored layers, Linear, Conv2d and Embedding, a dense one for thin and expl
 and the layers' parts added, with new matrices at each checkpoint (``kernels.projection``), from one
 ordinary forward/backward pass per chunk of ``config.chunk_rows`` rows. The kernel is TRAK's
 empirical ``ΦᵀΦ`` plus a ridge (``kernel_inverse``: ``n·weight_decay`` for SGD, whose coupled decay
-is the Hessian's own ridge, plus ``config.trak_model_damping`` times its mean nonzero eigenvalue). A
-query's score for
-training row i is ``φ_iᵀ (ΦᵀΦ + λI)⁻¹ φ_q`` averaged over checkpoints, with ``φ_q`` the projected
-gradient of the query's loss at its label (or at the class the last checkpoint predicts): the
-first-order decrease of the query loss from training on i, so positive = helped.
+is the Hessian's own ridge, plus ``config.trak_model_damping`` times its mean nonzero eigenvalue).
+A query's score for training row i is ``φ_iᵀ (ΦᵀΦ + λI)⁻¹ φ_q`` averaged over checkpoints, with
+``φ_q`` the projected gradient of the query's loss at its label (or at the class the last checkpoint
+predicts): the first-order decrease of the query loss from training on i, so positive = helped.
 
 Features are float32 chunks in a ``trak.FeatureStore`` (spilled to ``.npy`` memory maps past
 ``config.spill_bytes``); RAM holds one chunk's factors at a time. The same inputs and seed give the
@@ -238,11 +237,12 @@ def kernel_inverse(gram: torch.Tensor, n: int, cfg: TrainConfig) -> np.ndarray:
     """``(ΦᵀΦ + λI)⁻¹``, ``λ = n·weight_decay`` (SGD only: AdamW's decay is decoupled from the loss)
     ``+ trak_model_damping ·`` the mean nonzero eigenvalue of ``ΦᵀΦ`` (``trace / min(dim, n)``).
 
-    Why so large a ridge: a network stopped after a few epochs has not followed its gradient along the
-    kernel's small eigen-directions, and ``ΦᵀΦ``'s inverse there magnifies the projection's noise; a
-    ridge of about the mean eigenvalue doubled the LDS on both bench models (text 0.40 -> 0.76, image
-    0.24 -> 0.59, fixed seed; 1e-3 of it, the tabular default, left both at the undamped figures). Scaled
-    by the mean nonzero eigenvalue, it means the same at any ``k`` (the rank is ``min(dim, n)``)."""
+    Why so large a ridge: a network stopped after a few epochs has barely moved along the kernel's
+    small eigen-directions, where ``(ΦᵀΦ)⁻¹`` would magnify the projection's noise most. With 1e-3 of
+    the mean diagonal (the tabular default) TRAK was at its undamped LDS; the mean eigenvalue roughly
+    doubled it on both bench models, two data seeds each (the ``trak-fidelity`` notes), near the best of
+    a sweep over 1e-4..1e4 (text peaks at 0.3-1, images at 3-10). Scaled by the mean nonzero
+    eigenvalue (the rank is ``min(dim, n)``), the ridge means the same at any ``k``."""
     wd = cfg.weight_decay if cfg.optimizer == "sgd" else 0.0
     ridge = n * wd + cfg.trak_model_damping * float(gram.diagonal().sum()) / min(len(gram), n)
     return torch.linalg.inv(gram + ridge * torch.eye(len(gram), dtype=torch.float64)).numpy()
