@@ -122,7 +122,7 @@ def features_from_bytes(data: bytes, spec: ModuleSpec | None = None, *, spill_by
 
 _TASK_KEY = "caravan.model_task"
 _MODEL_FEATURES_KEY = "caravan.model_trak_features"
-MODEL_FEATURES_FORMAT = 1
+MODEL_FEATURES_FORMAT = 2
 
 
 def _same_task(stored: str, task: ModelTask, what: str) -> None:
@@ -157,7 +157,8 @@ def model_features_to_bytes(features: ModelTrakFeatures) -> bytes:
     meta = {
         "format": MODEL_FEATURES_FORMAT,
         "task": features.task.to_json(),
-        "projectors": [[p.k, p.seed, p.index, p.distribution] for p in features.projectors],
+        "projectors": [[[p.k, p.seed, p.index, p.distribution, p.checkpoint, p.offset, p.exact]
+                        for p in ck.projectors] for ck in features.checkpoints],
         "n_checkpoints": len(features.checkpoints),
         "n_train": features.n_train,
     }
@@ -179,10 +180,10 @@ def model_features_from_bytes(data: bytes, task: ModelTask, *, spill_bytes: int 
     for j in range(meta["n_checkpoints"]):
         state, store, kernel_inv = _checkpoint(tensors, j, spill_bytes)
         model, scored = frozen_task_model(task, state)
-        checkpoints.append(ModelCheckpointFeatures(model, scored, store, kernel_inv))
-    projectors = [LayerProjector(k, seed, index, dist) for k, seed, index, dist in meta["projectors"]]
+        projectors = [LayerProjector(*row) for row in meta["projectors"][j]]
+        checkpoints.append(ModelCheckpointFeatures(model, scored, projectors, store, kernel_inv))
     dim = checkpoints[0].kernel_inv.shape[0]
-    return ModelTrakFeatures(task, projectors, checkpoints, meta["n_train"], dim)
+    return ModelTrakFeatures(task, checkpoints, meta["n_train"], dim)
 
 
 def _checkpoint(tensors: dict[str, torch.Tensor], j: int, spill_bytes: int):

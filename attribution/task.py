@@ -104,7 +104,10 @@ class TrainConfig:
     approximation (1, the default, is exact) that drops the target rows from most passes.
     ``target_pass="joint"`` lets the target rows ride in the batch's pass (fastest); ``"separate"``
     gives them a pass of their own first, so activations are held for the batch's rows only
-    (peak memory near plain training's, for large models).
+    (peak memory near plain training's, for large models). TRAK's ridge: ``trak_damping`` times the
+    kernel's mean diagonal for the tabular features (``attribution.trak``, models trained to their
+    optimum); ``trak_model_damping`` times its mean nonzero eigenvalue for ``ModelTask`` models
+    (``attribution.trak_model``, networks stopped early: its docstring says why so much more).
     """
 
     epochs: int = 20
@@ -116,6 +119,7 @@ class TrainConfig:
     n_checkpoints: int = 3
     trak_k: int = 512
     trak_damping: float = 1e-3
+    trak_model_damping: float = 1.0
     trak_kernel: Literal["fisher", "empirical"] = "fisher"
     per_target: bool = False
     spill_bytes: int = 256 * 2**20
@@ -176,7 +180,7 @@ class TrainConfig:
         the CPU, and settings added later only when they differ from their defaults, so runs made
         before they existed keep their ids."""
         later = {"adam_betas": (0.9, 0.999), "adam_eps": 1e-8, "precision": "fp32", "target_every": 1,
-                 "target_pass": "joint"}
+                 "target_pass": "joint", "trak_model_damping": 1.0}
         settings = {k: v for k, v in vars(self).items()
                     if k != "device" and not (k in later and v == later[k])}
         device = self.torch_device()

@@ -1,14 +1,15 @@
 """TRAK features for any ``ModelTask``: query-time attribution of one text or image prediction.
 
-At each kept checkpoint every training row's loss gradient is projected to ``k`` dims, layer by
-layer, through the kernels' ``LayerGrads.project`` (a seeded Kronecker-structured projection for
-factored layers, Linear and Conv2d, a dense one for explicit-vector layers; ``kernels.projection``),
-from one ordinary forward/backward pass per chunk of ``config.chunk_rows`` rows. The kernel is
-TRAK's empirical ``ΦᵀΦ`` plus a ridge (``n·weight_decay`` for SGD, whose coupled decay is the
-Hessian's own ridge, plus ``config.trak_damping`` times its mean diagonal). A query's score for
-training row i is ``φ_iᵀ (ΦᵀΦ + λI)⁻¹ φ_q`` averaged over checkpoints, with ``φ_q`` the projected
-gradient of the query's loss at its label (or at the class the last checkpoint predicts): the
-first-order decrease of the query loss from training on i, so positive = helped.
+At each kept checkpoint every training row's loss gradient is projected to ``k`` dims through the
+kernels' ``LayerGrads.project``: every layer to all ``k`` (a seeded Kronecker-structured projection
+for factored layers, Linear, Conv2d and Embedding, a dense one for thin and explicit-vector layers)
+and the layers' parts added, with new matrices at each checkpoint (``kernels.projection``), from one
+ordinary forward/backward pass per chunk of ``config.chunk_rows`` rows. The kernel is TRAK's
+empirical ``ΦᵀΦ`` plus a ridge (``kernel_inverse``: ``n·weight_decay`` for SGD, whose coupled decay
+is the Hessian's own ridge, plus ``config.trak_model_damping`` times its mean nonzero eigenvalue).
+A query's score for training row i is ``φ_iᵀ (ΦᵀΦ + λI)⁻¹ φ_q`` averaged over checkpoints, with
+``φ_q`` the projected gradient of the query's loss at its label (or at the class the last checkpoint
+predicts): the first-order decrease of the query loss from training on i, so positive = helped.
 
 Features are float32 chunks in a ``trak.FeatureStore`` (spilled to ``.npy`` memory maps past
 ``config.spill_bytes``); RAM holds one chunk's factors at a time. The same inputs and seed give the
@@ -27,11 +28,11 @@ from torch import nn
 
 from .errors import InputError, UnsupportedModelError
 from .inrun import ModuleTaps, Scored, has_tied_parameters, scored_modules
-from .kernels.projection import Distribution, LayerProjector, layer_projectors
+from .kernels.projection import Distribution, LayerProjector, add_parts, layer_projectors
 from .model_task import LABELS, Batch, ModelTask, batch_size_of, model_logits, take, to_device
 from .task import TrainConfig
 from .trainer import TrainResult
-from .trak import FeatureStore, checkpoint_store, damped_inverse, self_influence
+from .trak import FeatureStore, checkpoint_store, self_influence
 
 TRAK_VALUE_METHOD = "trak_value"  # example_attribution's method when pay is measured by TRAK
 
@@ -42,16 +43,16 @@ class ModelCheckpointFeatures:
 
     model: nn.Module
     scored: list[Scored]
+    projectors: list[LayerProjector]  # one per scored layer, drawn for this checkpoint
     store: FeatureStore
     kernel_inv: np.ndarray  # float64 [dim, dim]
 
 
 @dataclass
 class ModelTrakFeatures:
-    """What a query needs: the task, the layers' projectors and every checkpoint's features."""
+    """What a query needs: the task and every checkpoint's model, projectors and features."""
 
     task: ModelTask
-    projectors: list[LayerProjector]
     checkpoints: list[ModelCheckpointFeatures]
     n_train: int
     dim: int
@@ -67,11 +68,11 @@ class ModelTrakFeatures:
         cfg = self.task.config
         if batch_size_of("query_batch", batch) == 1:
             return [
-                one_row_features(self.task, c.model, c.scored, self.projectors, batch)[None].double().numpy()
+                one_row_features(self.task, c.model, c.scored, c.projectors, batch)[None].double().numpy()
                 for c in self.checkpoints
             ]
         return [
-            _chunked(self.task, ck.model, ck.scored, self.projectors, batch, cfg).double().numpy()
+            _chunked(self.task, ck.model, ck.scored, ck.projectors, batch, cfg).double().numpy()
             for ck in self.checkpoints
         ]
 
@@ -146,13 +147,11 @@ def model_features(
     k = cfg.trak_k if k is None else k
     if k < 1:
         raise InputError(f"k must be >= 1, got {k}")
-    projectors: list[LayerProjector] = []
     out = []
     for j, state in enumerate(checkpoints):
         model, scored = frozen_task_model(task, state)
-        if not projectors:
-            sizes = [sum(p.numel() for p in s.module.parameters(recurse=False)) for s in scored]
-            projectors = layer_projectors(sizes, k, seed, projection)
+        sizes = [sum(p.numel() for p in s.module.parameters(recurse=False)) for s in scored]
+        projectors = layer_projectors(sizes, k, seed, projection, checkpoint=j)
         store = checkpoint_store(cfg, directory, j)
         gram = None
         for rows in row_chunks(train_batch, cfg.chunk_rows):
@@ -161,8 +160,8 @@ def model_features(
             term = (phi.T @ phi).double()
             gram = term if gram is None else gram.add_(term)
         assert gram is not None
-        out.append(ModelCheckpointFeatures(model, scored, store, kernel_inverse(gram, n, cfg)))
-    return ModelTrakFeatures(task, projectors, out, n, out[0].kernel_inv.shape[0])
+        out.append(ModelCheckpointFeatures(model, scored, projectors, store, kernel_inverse(gram, n, cfg)))
+    return ModelTrakFeatures(task, out, n, out[0].kernel_inv.shape[0])
 
 
 def frozen_task_model(task: ModelTask, state: dict[str, torch.Tensor]) -> tuple[nn.Module, list[Scored]]:
@@ -191,7 +190,7 @@ def projected_grads(
         losses = task.loss(model, to_device(rows, device))
         grads = taps.grads(losses.float().sum(), len(losses))
     parts = [g.project(p) for g, p in zip(grads, projectors, strict=True)]
-    return torch.cat(parts, 1).float().cpu()
+    return add_parts(parts, projectors).float().cpu()
 
 
 def one_row_features(
@@ -214,9 +213,9 @@ def one_row_features(
     grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
     parts, start = [], 0
     for s, ps, projector in zip(scored, per_layer, projectors, strict=True):
-        parts.append(s.kernel.project_gradient(s.module, grads[start : start + len(ps)], projector))
+        parts.append(s.kernel.project_gradient(s.module, grads[start : start + len(ps)], projector)[None])
         start += len(ps)
-    return torch.cat(parts).float().cpu()
+    return add_parts(parts, projectors)[0].float().cpu()
 
 
 def _chunked(task, model, scored, projectors, batch: Batch, cfg: TrainConfig) -> torch.Tensor:
@@ -234,6 +233,14 @@ def row_chunks(batch: Batch, chunk_rows: int) -> Iterator[dict[str, torch.Tensor
 
 def kernel_inverse(gram: torch.Tensor, n: int, cfg: TrainConfig) -> np.ndarray:
     """``(ΦᵀΦ + λI)⁻¹``, ``λ = n·weight_decay`` (SGD only: AdamW's decay is decoupled from the loss)
-    ``+ trak_damping · mean diag(ΦᵀΦ)``."""
+    ``+ trak_model_damping ·`` the mean nonzero eigenvalue of ``ΦᵀΦ`` (``trace / min(dim, n)``).
+
+    Why so large a ridge: a network stopped after a few epochs has barely moved along the kernel's
+    small eigen-directions, where ``(ΦᵀΦ)⁻¹`` would magnify the projection's noise most. With 1e-3 of
+    the mean diagonal (the tabular default) TRAK was at its undamped LDS; the mean eigenvalue roughly
+    doubled it on both bench models, two data seeds each (the ``trak-fidelity`` notes), near the best of
+    a sweep over 1e-4..1e4 (text peaks at 0.3-1, images at 3-10). Scaled by the mean nonzero
+    eigenvalue (the rank is ``min(dim, n)``), the ridge means the same at any ``k``."""
     wd = cfg.weight_decay if cfg.optimizer == "sgd" else 0.0
-    return damped_inverse(gram, n, replace(cfg, weight_decay=wd))
+    ridge = n * wd + cfg.trak_model_damping * float(gram.diagonal().sum()) / min(len(gram), n)
+    return torch.linalg.inv(gram + ridge * torch.eye(len(gram), dtype=torch.float64)).numpy()

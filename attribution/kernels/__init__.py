@@ -64,9 +64,9 @@ class LayerGrads(ABC):
         This default serves layers whose gradients are explicit vectors: ``vectors()`` times a dense
         ``[P, k]`` matrix. Factored layers override it with a Kronecker-structured projection.
         """
-        v = self.vectors().float()
-        p = projector.dense(v.shape[1], v.device)
-        return v if p is None else v @ p
+        from .projection import dense_project
+
+        return dense_project(self.vectors(), projector)
 
     def vectors(self) -> torch.Tensor:
         """``[n, P]``: each row's gradient, its parameters flattened in ``params`` order (explicit layers)."""
@@ -103,14 +103,12 @@ class Kernel(ABC):
         """``[k]`` float32: one example's gradient (per parameter, in ``module.parameters()`` order)
         under this layer's projection, equal to ``LayerGrads.project`` of a one-row pass (tested):
         the fast path for a single query, from one ordinary ``autograd.grad``."""
-        from .projection import matrix_project
+        from .projection import dense_project, matrix_project
 
         matrix = self.gradient_matrix(module, grads)
         if matrix is not None:
             return matrix_project(matrix.float(), projector)
-        v = torch.cat([g.float().flatten() for g in grads])
-        p = projector.dense(v.shape[0], v.device)
-        return v if p is None else v @ p
+        return dense_project(torch.cat([g.flatten() for g in grads])[None], projector)[0]
 
 
 _REGISTRY: list[Kernel] = []

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -22,9 +21,7 @@ from torch import nn
 
 from ..errors import UnsupportedModelError
 from . import Kernel, LayerGrads, register
-
-if TYPE_CHECKING:
-    from .projection import LayerProjector
+from .projection import LayerProjector, dense_project
 
 
 @dataclass
@@ -50,12 +47,16 @@ class EmbeddingGrads(LayerGrads):
 
     def project(self, projector: LayerProjector) -> torch.Tensor:
         """``vec(Σ_t (P_outᵀ e_{id_t})(P_inᵀ b_t)ᵀ)``: the Kronecker projection of ``Σ_t e_{id_t} b_tᵀ``
-        (``[V, d]``), the one-hot side gathered as rows of ``P_out`` rather than multiplied."""
-        p_out, p_in = projector.kron(self.vocab, self.b.shape[-1], self.b.device)
+        (``[V, d]``), the one-hot side gathered as rows of ``P_out`` rather than multiplied; a thin
+        table (``projector.kron`` None) densely, from its materialized rows."""
+        sides = projector.kron(self.vocab, self.b.shape[-1], self.b.device)
+        if sides is None:
+            return dense_project(_materialized(self), projector)
+        p_out, p_in = sides
         b = self.b.float()
         rows = F.one_hot(self.ids, self.vocab).float() if p_out is None else p_out[self.ids]
         cols = b if p_in is None else b @ p_in
-        return torch.einsum("nto,nti->noi", rows, cols).flatten(1)
+        return torch.einsum("nto,nti->noi", rows, cols).flatten(1)[:, : projector.k]
 
     def dot(self, g: Sequence[torch.Tensor]) -> torch.Tensor:
         picked = g[0].float()[self.ids]  # [n, T, d]
