@@ -119,7 +119,7 @@ class TrainConfig:
     n_checkpoints: int = 3
     trak_k: int = 512
     trak_damping: float = 1e-3
-    trak_model_damping: float = 1.0
+    trak_model_damping: float = 0.1
     trak_kernel: Literal["fisher", "empirical"] = "fisher"
     per_target: bool = False
     spill_bytes: int = 256 * 2**20
@@ -180,7 +180,7 @@ class TrainConfig:
         the CPU, and settings added later only when they differ from their defaults, so runs made
         before they existed keep their ids."""
         later = {"adam_betas": (0.9, 0.999), "adam_eps": 1e-8, "precision": "fp32", "target_every": 1,
-                 "target_pass": "joint", "trak_model_damping": 1.0}
+                 "target_pass": "joint", "trak_model_damping": 0.1}
         settings = {k: v for k, v in vars(self).items()
                     if k != "device" and not (k in later and v == later[k])}
         device = self.torch_device()

@@ -237,10 +237,15 @@ def kernel_inverse(gram: torch.Tensor, n: int, cfg: TrainConfig) -> np.ndarray:
 
     Why so large a ridge: a network stopped after a few epochs has barely moved along the kernel's
     small eigen-directions, where ``(ΦᵀΦ)⁻¹`` would magnify the projection's noise most. With 1e-3 of
-    the mean diagonal (the tabular default) TRAK was at its undamped LDS; the mean eigenvalue roughly
-    doubled it on both bench models, two data seeds each (the ``trak-fidelity`` notes), near the best of
-    a sweep over 1e-4..1e4 (text peaks at 0.3-1, images at 3-10). Scaled by the mean nonzero
-    eigenvalue (the rank is ``min(dim, n)``), the ridge means the same at any ``k``."""
+    the mean diagonal (the tabular default) TRAK was at its undamped LDS. Why not larger: the more
+    damped, the nearer TRAK comes to a plain gradient inner product, which pays high-loss (noisy)
+    examples for their large gradients. Measured (stop 22's notes): per-target LDS peaks near 1x
+    (text) and 3-10x (images) of the mean eigenvalue, but at 1x the provider whose 60 % noisy pixels
+    hurt the demo's digits earned the most, while at 0.1x it earns the least, as leave-one-provider-out
+    retraining says; `bench/contributor_value.py` agrees (images: 101 against 449 bps paid to faulty
+    contributors; text: provider Spearman 0.60 against 0.48), at an LDS still well above 1e-3's. Pay
+    is what this ridge decides, so 0.1 is the default. Scaled by the mean nonzero eigenvalue (the rank
+    is ``min(dim, n)``), the ridge means the same at any ``k``."""
     wd = cfg.weight_decay if cfg.optimizer == "sgd" else 0.0
     ridge = n * wd + cfg.trak_model_damping * float(gram.diagonal().sum()) / min(len(gram), n)
     return torch.linalg.inv(gram + ridge * torch.eye(len(gram), dtype=torch.float64)).numpy()
