@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
-from pipelines.settings import load_settings
+from pipelines.settings import Settings, load_settings
 
 
 @pytest.fixture
@@ -29,3 +33,36 @@ def caravan_env(labeling_env, monkeypatch, anvil):
     monkeypatch.setenv("CARAVAN_RPC_URL", anvil.rpc_url)
     monkeypatch.setenv("CARAVAN_PRIVATE_KEY", anvil.dev_keys[0])
     return load_settings()
+
+
+@contextlib.contextmanager
+def stored_upstream(
+    home: Path, rpc_url: str, private_key: str, code, version: str, tables: dict[str, pa.Table]
+) -> Iterator[tuple[Settings, dict]]:
+    """A Caravan home on a real chain whose `version` already has `tables` stored as its upstream
+    assets (raw rows, annotations, consensus, labeled data) and the consensus and snapshot records
+    the training record names as parents; the code version is pinned to `code`, a clean checkout,
+    so the run can be replayed. Yields (settings, resources) inside the patched environment."""
+    from dagster import AssetKey
+
+    from pipelines.content_io import store_value
+    from pipelines.lineage import now
+    from pipelines.resources import resources_for
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CARAVAN_HOME", str(home))
+        mp.setenv("CARAVAN_RPC_URL", rpc_url)
+        mp.setenv("CARAVAN_PRIVATE_KEY", private_key)
+        for name in ("CARAVAN_STORE_DIR", "CARAVAN_CONTRIBUTORS", "CARAVAN_LEDGER", "CARAVAN_KEYSTORE"):
+            mp.delenv(name, raising=False)
+        mp.setattr("pipelines.lineage.pipeline_code", lambda: code)
+        mp.setattr("pipelines.assets.training.pipeline_code", lambda: code)
+        settings = load_settings()
+        resources = resources_for(settings)
+        client = resources["store"].client()
+        for asset, table in tables.items():
+            stored = store_value(client, table)
+            resources["index"].write(AssetKey(asset), version, {"cid": stored.cid, "kind": stored.kind})
+        for parent in ("consensus", "snapshot"):  # the records the training record names as parents
+            resources["lineage"].write(client, parent, version, started=now(), inputs={}, outputs={})
+        yield settings, resources

@@ -20,16 +20,14 @@ import torch
 from attribution import TRAK_VALUE_METHOD, AttributionError, HfTextEncoding, payload_encoding_from_json
 from pipelines.assets import review, royalties, training
 from pipelines.assets.training import TrainingConfig, recipe_for, stored_local_model, train_labeled
-from pipelines.content_io import store_value
 from pipelines.demo import write_contributors
-from pipelines.lineage import now
 from pipelines.partitions import dataset_versions
 from pipelines.replay import replay_run
-from pipelines.resources import DatasetCatalog, resources_for
-from pipelines.settings import load_settings
+from pipelines.resources import DatasetCatalog
 from provenance import TRAINING, CodeVersion, RunRecords, TrainingRecord
 from serving import API_KEY_HEADER, SPLIT_QUERY, Ledger, create_app, load_run
 from storage import BlockStore, FileTable
+from tests.pipelines.conftest import stored_upstream
 from tests.services.anvil import AnvilService
 
 VERSION = "hf-v1"
@@ -167,22 +165,9 @@ def _tables() -> dict[str, pa.Table]:
 def published(tmp_path_factory, anvil: AnvilService, hf_dir: Path):
     """An hf-local run trained and weighted by the pipeline's assets and published on anvil."""
     home = tmp_path_factory.mktemp("caravan")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CARAVAN_HOME", str(home))
-        mp.setenv("CARAVAN_RPC_URL", anvil.rpc_url)
-        mp.setenv("CARAVAN_PRIVATE_KEY", anvil.dev_keys[4])
-        for name in ("CARAVAN_STORE_DIR", "CARAVAN_CONTRIBUTORS", "CARAVAN_LEDGER", "CARAVAN_KEYSTORE"):
-            mp.delenv(name, raising=False)
-        mp.setattr("pipelines.lineage.pipeline_code", lambda: CODE)
-        mp.setattr("pipelines.assets.training.pipeline_code", lambda: CODE)
-        settings = load_settings()
-        resources = resources_for(settings)
+    prepared = stored_upstream(home, anvil.rpc_url, anvil.dev_keys[4], CODE, VERSION, _tables())
+    with prepared as (settings, resources):
         client = resources["store"].client()
-        for asset, table in _tables().items():
-            stored = store_value(client, table)
-            resources["index"].write(dg.AssetKey(asset), VERSION, {"cid": stored.cid, "kind": stored.kind})
-        for parent in ("consensus", "snapshot"):  # the records the training record names as parents
-            resources["lineage"].write(client, parent, VERSION, started=now(), inputs={}, outputs={})
         write_contributors(settings.contributors_file, [*PROVIDERS, *LABELERS])
         pq.write_table(_tables()["raw_dataset"].drop_columns(["example_id"]), home / "data.parquet")
         DatasetCatalog(root=str(home / "datasets")).register(

@@ -24,8 +24,7 @@ from pipelines.demo import write_contributors
 from pipelines.lineage import now
 from pipelines.partitions import dataset_versions
 from pipelines.replay import ReplayRefused, replay_run
-from pipelines.resources import DatasetCatalog, resources_for
-from pipelines.settings import load_settings
+from pipelines.resources import DatasetCatalog
 from provenance import (
     INGEST,
     TRAINING,
@@ -44,6 +43,7 @@ from provenance import (
 )
 from schemas import CREDIT_SCHEMA
 from storage import read_parquet
+from tests.pipelines.conftest import stored_upstream
 from tests.services.anvil import AnvilService
 
 VERSION = "replay-v1"
@@ -97,22 +97,9 @@ def _publish(tmp_path_factory, anvil: AnvilService, *, validation: bool, credit:
     `validation`, its dataset version declares a trusted validation set; with `credit`, its ingest
     record names an `example_credit` that pays p-small's examples to p-big (as if they were copies)."""
     home = tmp_path_factory.mktemp("caravan")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CARAVAN_HOME", str(home))
-        mp.setenv("CARAVAN_RPC_URL", anvil.rpc_url)
-        mp.setenv("CARAVAN_PRIVATE_KEY", anvil.dev_keys[3])
-        for name in ("CARAVAN_STORE_DIR", "CARAVAN_CONTRIBUTORS", "CARAVAN_LEDGER", "CARAVAN_KEYSTORE"):
-            mp.delenv(name, raising=False)
-        mp.setattr("pipelines.lineage.pipeline_code", lambda: CODE)
-        mp.setattr("pipelines.assets.training.pipeline_code", lambda: CODE)
-        settings = load_settings()
-        resources = resources_for(settings)
+    prepared = stored_upstream(home, anvil.rpc_url, anvil.dev_keys[3], CODE, VERSION, _tables())
+    with prepared as (settings, resources):
         client = resources["store"].client()
-        for asset, table in _tables().items():
-            stored = store_value(client, table)
-            resources["index"].write(dg.AssetKey(asset), VERSION, {"cid": stored.cid, "kind": stored.kind})
-        for parent in ("consensus", "snapshot"):  # the records the training record names as parents
-            resources["lineage"].write(client, parent, VERSION, started=now(), inputs={}, outputs={})
         if credit:
             raw = _tables()["raw_dataset"]
             owner = [p if p != "p-small" else "p-big" for p in raw["provider"].to_pylist()]
