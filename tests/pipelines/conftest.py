@@ -66,3 +66,16 @@ def stored_upstream(
         for parent in ("consensus", "snapshot"):  # the records the training record names as parents
             resources["lineage"].write(client, parent, version, started=now(), inputs={}, outputs={})
         yield settings, resources
+
+
+def annotations_table(rows: list[tuple[str, str, str]]) -> pa.Table:
+    """An `annotations` export of (example_id, annotator, label) answers, one timestamp for all."""
+    return pa.table({
+        "annotation_id": [f"{e[:8]}-{w}" for e, w, _ in rows],
+        "example_id": [e for e, _, _ in rows],
+        "annotator": [w for _, w, _ in rows],
+        "label": [lab for _, _, lab in rows],
+        "created_at": ["2026-01-01T00:00:00Z"] * len(rows),
+        "updated_at": ["2026-01-01T00:00:00Z"] * len(rows),
+        "lead_time_s": [3.0] * len(rows),
+    })

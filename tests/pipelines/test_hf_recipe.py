@@ -27,7 +27,7 @@ from pipelines.resources import DatasetCatalog
 from provenance import TRAINING, CodeVersion, RunRecords, TrainingRecord
 from serving import API_KEY_HEADER, SPLIT_QUERY, Ledger, create_app, load_run
 from storage import BlockStore, FileTable
-from tests.pipelines.conftest import stored_upstream
+from tests.pipelines.conftest import annotations_table, stored_upstream
 from tests.services.anvil import AnvilService
 
 VERSION = "hf-v1"
@@ -146,15 +146,7 @@ def _tables() -> dict[str, pa.Table]:
     labeled = _labeled()
     ids, labels = labeled["example_id"].to_pylist(), labeled["label"].to_pylist()
     rows = [(e, who, lab) for e, lab in zip(ids, labels, strict=True) for who in LABELERS]
-    annotations = pa.table({
-        "annotation_id": [f"{e[:8]}-{w}" for e, w, _ in rows],
-        "example_id": [e for e, _, _ in rows],
-        "annotator": [w for _, w, _ in rows],
-        "label": [lab for _, _, lab in rows],
-        "created_at": ["2026-01-01T00:00:00Z"] * len(rows),
-        "updated_at": ["2026-01-01T00:00:00Z"] * len(rows),
-        "lead_time_s": [3.0] * len(rows),
-    })
+    annotations = annotations_table(rows)
     consensus = labeled.select(["example_id", "label", "confidence", "n_votes"])
     raw = labeled.drop_columns(["label", "confidence", "n_votes"])
     return {"raw_dataset": raw, "annotations": annotations, "consensus_labels": consensus,

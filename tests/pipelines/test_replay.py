@@ -43,7 +43,7 @@ from provenance import (
 )
 from schemas import CREDIT_SCHEMA
 from storage import read_parquet
-from tests.pipelines.conftest import stored_upstream
+from tests.pipelines.conftest import annotations_table, stored_upstream
 from tests.services.anvil import AnvilService
 
 VERSION = "replay-v1"
@@ -68,17 +68,7 @@ def _tables(n: int = 150, seed: int = 0) -> dict[str, pa.Table]:
         for i, e in enumerate(ids)
         for k, who in enumerate(LABELERS)
     ]
-    annotations = pa.table(
-        {
-            "annotation_id": [f"{e[:8]}-{w}" for e, w, _ in rows],
-            "example_id": [e for e, _, _ in rows],
-            "annotator": [w for _, w, _ in rows],
-            "label": [lab for _, _, lab in rows],
-            "created_at": ["2026-01-01T00:00:00Z"] * len(rows),
-            "updated_at": ["2026-01-01T00:00:00Z"] * len(rows),
-            "lead_time_s": [3.0] * len(rows),
-        }
-    )
+    annotations = annotations_table(rows)
     labels = [CLASSES[v] for v in y]
     consensus = pa.table({"example_id": ids, "label": labels, "confidence": [0.9] * n, "n_votes": [3] * n})
     labeled = examples.append_column("label", pa.array(labels))
