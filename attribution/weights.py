@@ -127,10 +127,11 @@ def quantize(scores: np.ndarray, digits: int) -> np.ndarray:
 
 
 def grid_unit(top: float, digits: int) -> float:
-    """The grid step for ``digits`` significant digits of ``top`` (> 0, finite), from its exact decimal
-    exponent: float ``log10`` rounds 999.99…9 up to 3.0 (a grid ten times coarser) and may differ
-    between C libraries, while ``Decimal`` is exact and the same on every platform."""
-    exponent = Decimal(top).adjusted() - digits + 1
+    """The grid step for ``digits`` significant digits of ``top`` (> 0, finite), from the decimal
+    exponent of ``top`` as written (its shortest repr, so the float ``1e-07``, just below 10**-7 in
+    binary, counts as 10**-7). Float ``log10`` rounds 999.99…9 up to 3.0 (a grid ten times coarser)
+    and may differ between C libraries; Python's repr is exact and the same on every platform."""
+    exponent = Decimal(repr(top)).adjusted() - digits + 1
     return float(Decimal(10) ** exponent)
 
 

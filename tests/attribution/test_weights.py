@@ -132,17 +132,19 @@ def test_quantize_hides_float_noise():
 
 
 @pytest.mark.parametrize(
-    "top", [np.nextafter(1000.0, 0.0), 1000.0, 9.999999999999999e-4, 0.0123, 7e-30, 3e12]
+    "top", [np.nextafter(1000.0, 0.0), 1000.0, 9.999999999999999e-4, 0.0123, 7e-30, 3e12, 1e-7, 1e-13]
 )
 def test_quantize_keeps_the_stated_significant_digits_next_to_powers_of_ten(top):
-    """The grid is ``digits`` significant digits of the largest |score|, by its exact decimal
-    exponent (Fraction as reference): just under a power of ten it is not ten times coarser."""
+    """The grid is ``digits`` significant digits of the largest |score|, by the decimal exponent of
+    the score as written (Fraction of its shortest repr as reference): just under a power of ten it
+    is not ten times coarser, and the float ``1e-07`` (a hair below 10**-7 in binary) is 10**-7."""
     from fractions import Fraction
 
+    written = Fraction(repr(float(top)))
     exponent = 0
-    while Fraction(10) ** (exponent + 1) <= Fraction(top):
+    while Fraction(10) ** (exponent + 1) <= written:
         exponent += 1
-    while Fraction(10) ** exponent > Fraction(top):
+    while Fraction(10) ** exponent > written:
         exponent -= 1
     q = quantize(np.array([top, -top / 3]), 4)
     assert 1000 <= abs(q[0]) <= 10_000
