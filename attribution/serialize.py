@@ -114,15 +114,16 @@ def features_from_bytes(data: bytes, spec: ModuleSpec | None = None, *, spill_by
     )
     checkpoints = []
     for j in range(meta["n_checkpoints"]):
-        state, store, kernel_inv = _checkpoint(tensors, j, spill_bytes)
+        state, store = _checkpoint(tensors, j, spill_bytes)
         model, scored = frozen_model(spec, state)
+        kernel_inv = tensors[f"checkpoint.{j}.kernel_inv"].numpy()
         checkpoints.append(CheckpointFeatures(model, scored, store, kernel_inv))
     return TrakFeatures(spec, Projector(layers, meta["k"], meta["seed"]), checkpoints, meta["n_train"])
 
 
 _TASK_KEY = "caravan.model_task"
 _MODEL_FEATURES_KEY = "caravan.model_trak_features"
-MODEL_FEATURES_FORMAT = 2
+MODEL_FEATURES_FORMAT = 3  # 3: each layer in its own columns, the kernel inverse by layer blocks
 
 
 def _same_task(stored: str, task: ModelTask, what: str) -> None:
@@ -153,7 +154,8 @@ def model_features_to_bytes(features: ModelTrakFeatures) -> bytes:
         for name, value in ck.model.state_dict().items():
             tensors[f"checkpoint.{j}.state.{name}"] = value.detach().to("cpu", torch.float32).contiguous()
         tensors[f"checkpoint.{j}.features"] = torch.from_numpy(features.features(j))
-        tensors[f"checkpoint.{j}.kernel_inv"] = torch.from_numpy(np.ascontiguousarray(ck.kernel_inv))
+        for b, block in enumerate(ck.kernel_inv.blocks):
+            tensors[f"checkpoint.{j}.kernel_inv.{b}"] = torch.from_numpy(np.ascontiguousarray(block))
     meta = {
         "format": MODEL_FEATURES_FORMAT,
         "task": features.task.to_json(),
@@ -169,7 +171,7 @@ def model_features_from_bytes(data: bytes, task: ModelTask, *, spill_bytes: int 
                               ) -> ModelTrakFeatures:
     """``ModelTrakFeatures`` from ``model_features_to_bytes`` output, for ``task`` (the same architecture)."""
     from .kernels.projection import LayerProjector
-    from .trak_model import ModelCheckpointFeatures, ModelTrakFeatures, frozen_task_model
+    from .trak_model import BlockInverse, ModelCheckpointFeatures, ModelTrakFeatures, frozen_task_model
 
     meta = json.loads(_metadata(data, _MODEL_FEATURES_KEY, "TRAK features"))
     if meta.get("format") != MODEL_FEATURES_FORMAT:
@@ -178,20 +180,21 @@ def model_features_from_bytes(data: bytes, task: ModelTask, *, spill_bytes: int 
     tensors = load(data)
     checkpoints = []
     for j in range(meta["n_checkpoints"]):
-        state, store, kernel_inv = _checkpoint(tensors, j, spill_bytes)
+        state, store = _checkpoint(tensors, j, spill_bytes)
         model, scored = frozen_task_model(task, state)
         projectors = [LayerProjector(*row) for row in meta["projectors"][j]]
+        blocks = [tensors[f"checkpoint.{j}.kernel_inv.{b}"].numpy() for b in range(len(projectors))]
+        kernel_inv = BlockInverse(blocks, [p.offset for p in projectors])
         checkpoints.append(ModelCheckpointFeatures(model, scored, projectors, store, kernel_inv))
-    dim = checkpoints[0].kernel_inv.shape[0]
-    return ModelTrakFeatures(task, checkpoints, meta["n_train"], dim)
+    return ModelTrakFeatures(task, checkpoints, meta["n_train"], checkpoints[0].kernel_inv.shape[0])
 
 
 def _checkpoint(tensors: dict[str, torch.Tensor], j: int, spill_bytes: int):
-    """Checkpoint `j`'s stored state dict, its feature store and its kernel inverse."""
+    """Checkpoint `j`'s stored state dict and its feature store."""
     from .trak import FeatureStore
 
     prefix = f"checkpoint.{j}.state."
     state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     store = FeatureStore(spill_bytes)
     store.append(tensors[f"checkpoint.{j}.features"].numpy())
-    return state, store, tensors[f"checkpoint.{j}.kernel_inv"].numpy()
+    return state, store

@@ -1,15 +1,17 @@
 """TRAK features for any ``ModelTask``: query-time attribution of one text or image prediction.
 
-At each kept checkpoint every training row's loss gradient is projected to ``k`` dims through the
-kernels' ``LayerGrads.project``: every layer to all ``k`` (a seeded Kronecker-structured projection
-for factored layers, Linear, Conv2d and Embedding, a dense one for thin and explicit-vector layers)
-and the layers' parts added, with new matrices at each checkpoint (``kernels.projection``), from one
-ordinary forward/backward pass per chunk of ``config.chunk_rows`` rows. The kernel is TRAK's
-empirical ``ΦᵀΦ`` plus a ridge (``kernel_inverse``: ``n·weight_decay`` for SGD, whose coupled decay
-is the Hessian's own ridge, plus ``config.trak_model_damping`` times its mean nonzero eigenvalue).
-A query's score for training row i is ``φ_iᵀ (ΦᵀΦ + λI)⁻¹ φ_q`` averaged over checkpoints, with
-``φ_q`` the projected gradient of the query's loss at its label (or at the class the last checkpoint
-predicts): the first-order decrease of the query loss from training on i, so positive = helped.
+At each kept checkpoint every training row's loss gradient is projected through the kernels'
+``LayerGrads.project``, each layer into columns of its own: kept exactly when it has at most ``k``
+parameters, else projected to ``k`` dims (a seeded Kronecker-structured projection for factored
+layers, Linear, Conv2d and Embedding, a dense one for thin and explicit-vector layers), with new
+matrices at each checkpoint (``kernels.projection``), from one ordinary forward/backward pass per
+chunk of ``config.chunk_rows`` rows. The kernel is TRAK's empirical ``ΦᵀΦ`` restricted to its
+per-layer blocks (block-diagonal by layer, as Kronfluence's and LoGra's curvature is), each plus a
+ridge (``block_inverse``: ``n·weight_decay`` for SGD, whose coupled decay is the Hessian's own ridge,
+plus ``config.trak_model_damping`` times the block's mean nonzero eigenvalue). A query's score for
+training row i is ``φ_iᵀ K⁻¹ φ_q`` averaged over checkpoints, with ``φ_q`` the projected gradient of
+the query's loss at its label (or at the class the last checkpoint predicts): the first-order
+decrease of the query loss from training on i, so positive = helped.
 
 Features are float32 chunks in a ``trak.FeatureStore`` (spilled to ``.npy`` memory maps past
 ``config.spill_bytes``); RAM holds one chunk's factors at a time. The same inputs and seed give the
@@ -45,7 +47,44 @@ class ModelCheckpointFeatures:
     scored: list[Scored]
     projectors: list[LayerProjector]  # one per scored layer, drawn for this checkpoint
     store: FeatureStore
-    kernel_inv: np.ndarray  # float64 [dim, dim]
+    kernel_inv: BlockInverse
+
+
+@dataclass
+class BlockInverse:
+    """A block-diagonal ``[dim, dim]`` float64 inverse kept as its blocks: one per layer, at the
+    layer's column offset (a dense inverse would be ``Σ k_l`` squared, most of it zeros). ``K @ x``
+    (``x`` ``[dim]`` or ``[dim, m]``) and ``x @ K`` (``x`` ``[n, dim]``) as for the dense matrix."""
+
+    blocks: list[np.ndarray]
+    offsets: list[int]
+    __array_ufunc__ = None  # `ndarray @ BlockInverse` defers to __rmatmul__
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        dim = self.offsets[-1] + len(self.blocks[-1])
+        return dim, dim
+
+    def __matmul__(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        out = np.empty_like(x)
+        for block, o in zip(self.blocks, self.offsets, strict=True):
+            out[o : o + len(block)] = block @ x[o : o + len(block)]
+        return out
+
+    def __rmatmul__(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        out = np.empty_like(x)
+        for block, o in zip(self.blocks, self.offsets, strict=True):
+            out[..., o : o + len(block)] = x[..., o : o + len(block)] @ block
+        return out
+
+    def dense(self) -> np.ndarray:
+        """The whole ``[dim, dim]`` matrix (for tests and small models)."""
+        out = np.zeros(self.shape)
+        for block, o in zip(self.blocks, self.offsets, strict=True):
+            out[o : o + len(block), o : o + len(block)] = block
+        return out
 
 
 @dataclass
@@ -137,9 +176,9 @@ def model_features(
     directory: str | None = None,
     projection: Distribution = "rademacher",
 ) -> ModelTrakFeatures:
-    """Project every training row's gradient at each checkpoint (``k`` dims, default
-    ``config.trak_k``) and invert each checkpoint's kernel. ``checkpoints`` are state dicts
-    (``TrainResult.checkpoints``); ``directory`` receives spilled chunks (a temporary one if None)."""
+    """Project every training row's gradient at each checkpoint (``k`` dims per layer, default
+    ``config.trak_k``) and invert each checkpoint's per-layer kernel blocks. ``checkpoints`` are state
+    dicts (``TrainResult.checkpoints``); ``directory`` receives spilled chunks (a temporary one if None)."""
     cfg = task.config
     if not checkpoints:
         raise InputError("model_features needs at least one checkpoint (TrainResult.checkpoints)")
@@ -153,14 +192,15 @@ def model_features(
         sizes = [sum(p.numel() for p in s.module.parameters(recurse=False)) for s in scored]
         projectors = layer_projectors(sizes, k, seed, projection, checkpoint=j)
         store = checkpoint_store(cfg, directory, j)
-        gram = None
+        grams = [torch.zeros(p.k, p.k, dtype=torch.float64) for p in projectors]
         for rows in row_chunks(train_batch, cfg.chunk_rows):
             phi = projected_grads(task, model, scored, projectors, rows)
             store.append(phi.numpy())
-            term = (phi.T @ phi).double()
-            gram = term if gram is None else gram.add_(term)
-        assert gram is not None
-        out.append(ModelCheckpointFeatures(model, scored, projectors, store, kernel_inverse(gram, n, cfg)))
+            for gram, p in zip(grams, projectors, strict=True):
+                part = phi[:, p.offset : p.offset + p.k]
+                gram.add_((part.T @ part).double())
+        kernel_inv = block_inverse(grams, projectors, n, cfg)
+        out.append(ModelCheckpointFeatures(model, scored, projectors, store, kernel_inv))
     return ModelTrakFeatures(task, out, n, out[0].kernel_inv.shape[0])
 
 
@@ -231,21 +271,28 @@ def row_chunks(batch: Batch, chunk_rows: int) -> Iterator[dict[str, torch.Tensor
         yield take(batch, torch.arange(start, min(start + chunk_rows, n)))
 
 
-def kernel_inverse(gram: torch.Tensor, n: int, cfg: TrainConfig) -> np.ndarray:
-    """``(ΦᵀΦ + λI)⁻¹``, ``λ = n·weight_decay`` (SGD only: AdamW's decay is decoupled from the loss)
-    ``+ trak_model_damping ·`` the mean nonzero eigenvalue of ``ΦᵀΦ`` (``trace / min(dim, n)``).
+def block_inverse(
+    grams: Sequence[torch.Tensor], projectors: Sequence[LayerProjector], n: int, cfg: TrainConfig
+) -> BlockInverse:
+    """Each layer's ``(Φ_lᵀΦ_l + λ_l I)⁻¹``, ``λ_l = n·weight_decay`` (SGD only: AdamW's decay is
+    decoupled from the loss) ``+ trak_model_damping ·`` the mean nonzero eigenvalue of ``Φ_lᵀΦ_l``
+    (``trace / min(k_l, n)``): each layer damped on its own scale, as Kronfluence damps each block.
 
     Why so large a ridge: a network stopped after a few epochs has barely moved along the kernel's
-    small eigen-directions, where ``(ΦᵀΦ)⁻¹`` would magnify the projection's noise most. With 1e-3 of
-    the mean diagonal (the tabular default) TRAK was at its undamped LDS. Why not larger: the more
-    damped, the nearer TRAK comes to a plain gradient inner product, which pays high-loss (noisy)
-    examples for their large gradients. Measured (stop 22's notes): per-target LDS peaks near 1x
-    (text) and 3-10x (images) of the mean eigenvalue, but at 1x the provider whose 60 % noisy pixels
-    hurt the demo's digits earned the most, while at 0.1x it earns the least, as leave-one-provider-out
-    retraining says; `bench/contributor_value.py` agrees (images: 101 against 449 bps paid to faulty
-    contributors; text: provider Spearman 0.60 against 0.48), at an LDS still well above 1e-3's. Pay
-    is what this ridge decides, so 0.1 is the default. Scaled by the mean nonzero eigenvalue (the rank
-    is ``min(dim, n)``), the ridge means the same at any ``k``."""
+    small eigen-directions, where ``(ΦᵀΦ)⁻¹`` would magnify the projection's noise most. Why not larger:
+    the more damped, the nearer TRAK comes to a plain gradient inner product, which pays high-loss
+    (noisy) examples for their large gradients. With one kernel over all layers, stop 22 measured that
+    at 1x the mean eigenvalue the provider whose 60 % noisy pixels hurt the demo's digits earned the
+    most, and at 0.1x the least, as leave-one-provider-out retraining says; per layer, LDS is flat
+    within 0.01 from 0.03x to 0.3x on the bench's transformer and CNN (stop 23). Pay is what this ridge
+    decides, so 0.1 is the default. Scaled by the mean nonzero eigenvalue (the rank is ``min(k_l, n)``),
+    the ridge means the same at any ``k``."""
     wd = cfg.weight_decay if cfg.optimizer == "sgd" else 0.0
-    ridge = n * wd + cfg.trak_model_damping * float(gram.diagonal().sum()) / min(len(gram), n)
-    return torch.linalg.inv(gram + ridge * torch.eye(len(gram), dtype=torch.float64)).numpy()
+    blocks = []
+    for gram in grams:
+        ridge = n * wd + cfg.trak_model_damping * float(gram.diagonal().sum()) / min(len(gram), n)
+        if ridge == 0.0:  # a layer no row's loss moves: it carries no score
+            blocks.append(np.zeros((len(gram), len(gram))))
+            continue
+        blocks.append(torch.linalg.inv(gram + ridge * torch.eye(len(gram), dtype=torch.float64)).numpy())
+    return BlockInverse(blocks, [p.offset for p in projectors])

@@ -2,9 +2,9 @@
 
 The kernels project each row's gradient with ``P_out ⊗ P_in`` (its first ``k`` columns) without
 forming it, or densely for thin layers; the reference forms it with ``vmap(grad)`` and multiplies by
-the explicit matrix, and a checkpoint's features are the layers' parts added. With ``k`` at least the
-parameter count every layer is kept exactly, and the scores must equal the exact kernel form
-``G (GᵀG + λI)⁻¹ G_qᵀ`` from full per-example gradients.
+the explicit matrix, and a checkpoint's features are the layers' parts side by side. With ``k`` at least
+each layer's parameter count every layer is kept exactly, and the scores must equal the exact
+block-diagonal kernel form ``Σ_l G_l (G_lᵀG_l + λ_l I)⁻¹ G_lqᵀ`` from full per-example gradients.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from attribution.kernels.explicit import VectorGrads
 from attribution.kernels.projection import LayerProjector, layer_projectors
 from attribution.model_task import ModelTask, classification_loss
 from attribution.task import TrainConfig
-from attribution.trak_model import TRAK_VALUE_METHOD, model_features, valued_by_trak
+from attribution.trak_model import TRAK_VALUE_METHOD, BlockInverse, model_features, valued_by_trak
 
 from .kernel_models import CASES, Case, ConvNet, SeqLinear, image_batch, seq_batch
 
@@ -66,7 +66,9 @@ def rel_err(got, ref) -> float:
 
 def projection_matrix(proj: LayerProjector, d_out: int, d_in: int) -> torch.Tensor:
     """The explicit ``[d_out·d_in, k]`` matrix of ``proj`` on a ``[d_out, d_in]`` gradient: the Kronecker
-    product's first ``k`` columns, or the dense matrix of a thin layer."""
+    product's first ``k`` columns, the dense matrix of a thin layer, or the identity (kept exactly)."""
+    if proj.exact:
+        return torch.eye(d_out * d_in)
     sides = proj.kron(d_out, d_in)
     if sides is None:
         return proj.dense(d_out * d_in)
@@ -199,15 +201,17 @@ def test_explicit_vector_layers_project_densely_and_others_name_themselves() -> 
         Opaque().project(proj)
 
 
-def test_layers_are_kept_exactly_side_by_side_or_all_projected_to_k() -> None:
-    exact = layer_projectors([49, 49, 24], 122, seed=0)
+def test_each_layer_has_columns_of_its_own_kept_exactly_or_projected_to_k() -> None:
+    exact = layer_projectors([49, 49, 24], 49, seed=0)
     assert [(p.k, p.offset, p.exact) for p in exact] == [(49, 0, True), (49, 49, True), (24, 98, True)]
-    shared = layer_projectors([1000, 10, 30], 100, seed=0, checkpoint=2)
-    assert [(p.k, p.offset, p.exact, p.checkpoint) for p in shared] == [(100, 0, False, 2)] * 3
-    small = shared[1]  # a layer that fits still gets a random matrix when it shares the columns
-    assert small.dense(10).shape == (10, 100)
-    other = layer_projectors([1000, 10, 30], 100, seed=0, checkpoint=1)[1]
-    assert not torch.equal(small.dense(10), other.dense(10))  # new matrices at each checkpoint
+    mixed = layer_projectors([1000, 10, 30], 20, seed=0, checkpoint=2)
+    assert [(p.k, p.offset, p.exact, p.checkpoint) for p in mixed] == [
+        (20, 0, False, 2), (10, 20, True, 2), (20, 30, False, 2)
+    ]
+    assert mixed[1].dense(10) is None  # kept as it is
+    assert mixed[0].dense(1000).shape == (1000, 20)
+    other = layer_projectors([1000, 10, 30], 20, seed=0, checkpoint=1)[0]
+    assert not torch.equal(mixed[0].dense(1000), other.dense(1000))  # new matrices at each checkpoint
 
 
 def _task(case: Case, **cfg) -> ModelTask:
@@ -219,18 +223,30 @@ def _states(task: ModelTask, seeds=(0, 1)) -> list[dict[str, torch.Tensor]]:
     return [task.fresh(s).state_dict() for s in seeds]
 
 
+def by_layer(model: nn.Module, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """Each scored layer's ``[n, P_l]`` per-example gradients (torch.func), its parameters in order."""
+    ref = param_grads(model, batch)
+    return [
+        torch.cat([ref[f"{s.name}.{k}"].flatten(1) for k, _ in s.module.named_parameters(recurse=False)], 1)
+        for s in scored_modules(model)
+    ]
+
+
 def exact_scores(task: ModelTask, states, train, queries) -> np.ndarray:
-    """``G (GᵀG + λI)⁻¹ G_qᵀ`` from full per-example gradients, averaged over checkpoints; ``λ`` the SGD
-    ridge plus ``trak_model_damping`` times the mean nonzero eigenvalue (rank ``min(P, n)``)."""
+    """``Σ_l G_l (G_lᵀG_l + λ_l I)⁻¹ G_lqᵀ`` from full per-example gradients of each layer ``l``, averaged
+    over checkpoints; ``λ_l`` the SGD ridge plus ``trak_model_damping`` times the mean nonzero eigenvalue
+    of the layer's block (rank ``min(P_l, n)``)."""
     cfg, n = task.config, len(train["labels"])
     total = 0.0
     for state in states:
         model = task.fresh(0)
         model.load_state_dict(state)
-        g, gq = flat_grads(model, train).double(), flat_grads(model, queries).double()
-        gram = g.T @ g
-        ridge = n * cfg.weight_decay + cfg.trak_model_damping * float(gram.trace()) / min(len(gram), n)
-        total = total + g @ torch.linalg.solve(gram + ridge * torch.eye(len(gram), dtype=torch.float64), gq.T)
+        for g, gq in zip(by_layer(model, train), by_layer(model, queries), strict=True):
+            g, gq = g.double(), gq.double()
+            gram = g.T @ g
+            ridge = n * cfg.weight_decay + cfg.trak_model_damping * float(gram.trace()) / min(len(gram), n)
+            eye = torch.eye(len(gram), dtype=torch.float64)
+            total = total + g @ torch.linalg.solve(gram + ridge * eye, gq.T)
     return (total / len(states)).numpy()
 
 
@@ -245,7 +261,7 @@ def test_scores_with_k_above_parameter_count_equal_the_exact_kernel_form(
     train, queries = case.batch(30, gen), case.batch(5, gen)
     states = _states(task)
     n_params = sum(p.numel() for p in task.fresh(0).parameters())
-    feats = model_features(task, states, train, k=n_params + 50, seed=0)
+    feats = model_features(task, states, train, k=n_params, seed=0)
     assert feats.dim == n_params  # every layer kept exactly
     got = feats.scores(queries)
     assert got.shape == (30, 5)
@@ -274,7 +290,8 @@ def test_features_are_deterministic_and_spill_to_disk(tmp_path, projection: str)
     one = model_features(task, states, train, k=40, seed=5, projection=projection)
     two = model_features(task, states, train, k=40, seed=5, projection=projection)
     other = model_features(task, states, train, k=40, seed=6, projection=projection)
-    assert one.dim <= 40
+    assert one.dim == sum(p.k for p in one.checkpoints[0].projectors)
+    assert all(p.k <= 40 for p in one.checkpoints[0].projectors)
     for j in range(len(states)):
         assert one.features(j).dtype == np.float32 and one.features(j).shape == (25, one.dim)
         assert one.features(j).tobytes() == two.features(j).tobytes()
@@ -325,19 +342,34 @@ def test_tied_weights_are_refused() -> None:
 
 def test_model_features_are_the_dense_kronecker_projection_of_torch_func_grads() -> None:
     """A wider padded-sequence model, really projected: features are the dense Kronecker projection of
-    the flattened torch.func gradients, layer by layer, in the model's parameter order."""
+    the flattened torch.func gradients, each layer in its own columns, in the model's parameter order."""
     build = lambda: SeqLinear(d=9, h=11, c=4)  # noqa: E731
     task = ModelTask("seq", lambda seed: build(), TrainConfig(chunk_rows=5))
     train = seq_batch(9, 6, 4)(12, torch.Generator().manual_seed(6))
     states = _states(task, (0, 1))
     feats = model_features(task, states, train, k=90, seed=2)
+    assert [p.exact for p in feats.checkpoints[0].projectors] == [False, False, True]  # 110, 121, 48 params
     for j, state in enumerate(states):
         model = task.fresh(0)
         model.load_state_dict(state)
         ref = param_grads(model, train)
-        want = 0
+        want = []
         for s, proj in zip(scored_modules(model), feats.checkpoints[j].projectors, strict=True):
             w = ref[f"{s.name}.weight"]
             full = torch.cat([w, ref[f"{s.name}.bias"][:, :, None]], 2) if f"{s.name}.bias" in ref else w
-            want = want + full.flatten(1) @ projection_matrix(proj, *full.shape[1:])
+            want.append(full.flatten(1) @ projection_matrix(proj, *full.shape[1:]))
+        want = torch.cat(want, 1)
         assert rel_err(feats.features(j), want) <= 1e-5
+
+
+def test_block_inverse_multiplies_as_its_dense_matrix() -> None:
+    """Both sides, vectors and matrices, and an ``ndarray @`` on the left (numpy defers to it)."""
+    rng = np.random.default_rng(0)
+    blocks = [rng.normal(size=(s, s)) for s in (3, 1, 4)]
+    inv = BlockInverse(blocks, [0, 3, 4])
+    dense = inv.dense()
+    assert inv.shape == (8, 8) and np.count_nonzero(dense) == 9 + 1 + 16
+    v, m, rows = rng.normal(size=8), rng.normal(size=(8, 2)), rng.normal(size=(5, 8))
+    np.testing.assert_allclose(inv @ v, dense @ v, rtol=1e-12)
+    np.testing.assert_allclose(inv @ m, dense @ m, rtol=1e-12)
+    np.testing.assert_allclose(rows @ inv, rows @ dense, rtol=1e-12)
