@@ -352,7 +352,7 @@ def main() -> None:
     ap.add_argument("--trak-k", type=int, nargs="+", default=[128, 512],
                     help="projection sizes of TRAK, ours and dattri's (text and image)")
     ap.add_argument("--adamw", action=argparse.BooleanOptionalAction, default=True,
-                    help="text and image: the AdamW run against AdamW retrains")
+                    help="text and image: the AdamW run (in-run and TRAK) against AdamW retrains")
     ap.add_argument("--fixed-seed", action=argparse.BooleanOptionalAction, default=True,
                     help="text and image: also the ground truth retrained with one fixed seed (@fixed_seed)")
     ap.add_argument("--loco", action=argparse.BooleanOptionalAction, default=True,

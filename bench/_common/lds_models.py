@@ -581,6 +581,12 @@ def run(args, log: Callable[[str], None] = print) -> dict:
         target_accuracy[key] = accuracy(res_a.model, pa.targets)
         log(f"  LDS {key:<30} {lds_out[key]:.3f}   ({secs[key]:.1f}s; held-out accuracy "
             f"{target_accuracy[key]:.3f}, retrains {target_accuracy['retrains_adamw']:.3f})")
+        for k in ks if trak_available() else ():  # TRAK at the AdamW run's checkpoints, same truth
+            key, t0 = f"trak_k{k}_adamw/{name}", time.perf_counter()
+            s = our_trak(pa.task, res_a.checkpoints, pa.train, pa.targets, k, args.seed)[0]
+            secs[key] = time.perf_counter() - t0
+            lds_out[key] = round(lds(s, masks, outs_a), 4)
+            log(f"  LDS {key:<30} {lds_out[key]:.3f}   ({secs[key]:.1f}s)")
     else:
         log("  inrun_adamw: left out (--no-adamw)")
         left_out.append("inrun_adamw: --no-adamw")

@@ -148,14 +148,11 @@ def test_one_query_features_equal_the_batched_ones() -> None:
             np.testing.assert_allclose(a[0], b[row], rtol=1e-4, atol=1e-7)
 
 
-def test_trak_value_is_the_mean_score_over_the_targets_and_replaces_the_in_run_scores() -> None:
+def test_trak_value_replaces_the_in_run_scores() -> None:
     targets, result, feats = _trained_tokens(5)
-    full = feats.scores(targets)  # the [n_train, n_targets] matrix, as serving scores queries
-    scale = float(np.abs(full.mean(1)).max())  # float32 matvecs: equal to 1e-5 of the largest score
-    np.testing.assert_allclose(feats.mean_scores(targets), full.mean(1), rtol=0, atol=1e-5 * scale)
     valued = valued_by_trak(result, feats, targets)
     assert valued.method == TRAK_VALUE_METHOD and valued.features is feats and valued.per_target is None
-    np.testing.assert_array_equal(valued.scores, feats.mean_scores(targets))  # deterministic
+    np.testing.assert_array_equal(valued.scores, feats.value_scores(targets))  # deterministic
     table = valued.example_attribution
     assert set(table["method"].to_pylist()) == {TRAK_VALUE_METHOD} and table.num_rows == 12
     assert not np.allclose(valued.scores, result.scores)  # the in-run scores are replaced, not kept
@@ -266,6 +263,36 @@ def test_scores_with_k_above_parameter_count_equal_the_exact_kernel_form(
     got = feats.scores(queries)
     assert got.shape == (30, 5)
     assert rel_err(got, exact_scores(task, states, train, queries)) <= 1e-3
+
+
+def exact_value(task: ModelTask, states, train, targets) -> np.ndarray:
+    """``G (GᵀG + λI)⁻¹ mean(G_q)`` over all parameters at once (one kernel, ``λ`` from its mean nonzero
+    eigenvalue), averaged over checkpoints: TRAK value as pay takes it."""
+    cfg, n = task.config, len(train["labels"])
+    total = 0.0
+    for state in states:
+        model = task.fresh(0)
+        model.load_state_dict(state)
+        g, gq = flat_grads(model, train).double(), flat_grads(model, targets).double()
+        gram = g.T @ g
+        ridge = n * cfg.weight_decay + cfg.trak_model_damping * float(gram.trace()) / min(len(gram), n)
+        total = total + g @ torch.linalg.solve(gram + ridge * torch.eye(len(gram), dtype=torch.float64),
+                                               gq.mean(0))
+    return (total / len(states)).numpy()
+
+
+@pytest.mark.parametrize("case_name", ["seq-linear", "conv2d", "groups"])
+def test_trak_value_with_every_layer_kept_equals_the_one_kernel_form(case_name: str) -> None:
+    case = BY_NAME[case_name]
+    task = _task(case, weight_decay=1e-2)
+    gen = torch.Generator().manual_seed(7)
+    train, targets = case.batch(30, gen), case.batch(6, gen)
+    states = _states(task)
+    feats = model_features(task, states, train, k=sum(p.numel() for p in task.fresh(0).parameters()), seed=0)
+    want = exact_value(task, states, train, targets)
+    assert rel_err(feats.value_scores(targets), want) <= 1e-3
+    blocks = feats.scores(targets).mean(1)  # per-layer kernels: another quantity (why: valued_by_trak)
+    assert rel_err(blocks, want) > 1e-2
 
 
 def test_queries_without_labels_are_scored_at_the_predicted_class() -> None:
