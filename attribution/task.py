@@ -104,10 +104,12 @@ class TrainConfig:
     approximation (1, the default, is exact) that drops the target rows from most passes.
     ``target_pass="joint"`` lets the target rows ride in the batch's pass (fastest); ``"separate"``
     gives them a pass of their own first, so activations are held for the batch's rows only
-    (peak memory near plain training's, for large models). TRAK's ridge: ``trak_damping`` times the
-    kernel's mean diagonal for the tabular features (``attribution.trak``, models trained to their
-    optimum); ``trak_model_damping`` times its mean nonzero eigenvalue for ``ModelTask`` models
-    (``attribution.trak_model``, networks stopped early: its docstring says why so much more).
+    (peak memory near plain training's, for large models). ``trak_k``: TRAK's projection, dims of the
+    whole gradient for the tabular features, of each layer for ``ModelTask`` models. TRAK's ridge:
+    ``trak_damping`` times the kernel's mean diagonal for the tabular features (``attribution.trak``,
+    models trained to their optimum); ``trak_model_damping`` times the mean nonzero eigenvalue of each
+    layer's block for ``ModelTask`` models (``attribution.trak_model``, networks stopped early: its
+    ``block_inverse`` says why so much more).
     """
 
     epochs: int = 20
