@@ -299,10 +299,9 @@ def block_inverse(
     less than 0.01 from 0.03x to 0.3x on the bench's transformer and 0.03 on its CNN (stop 23). Pay's
     kernel (``whole_kernel_solve``) takes the same factor, so 0.1 is the default. Scaled by the mean
     nonzero eigenvalue (the rank is ``min(k_l, n)``), the ridge means the same at any ``k``."""
-    wd = cfg.weight_decay if cfg.optimizer == "sgd" else 0.0
     blocks = []
     for gram in grams:
-        ridge = n * wd + cfg.trak_model_damping * float(gram.diagonal().sum()) / min(len(gram), n)
+        ridge = kernel_ridge(gram, n, cfg)
         if ridge == 0.0:  # a layer no row's loss moves: it carries no score
             blocks.append(np.zeros((len(gram), len(gram))))
             continue
@@ -311,15 +310,22 @@ def block_inverse(
 
 
 def whole_kernel_solve(store: FeatureStore, v: np.ndarray, n: int, cfg: TrainConfig) -> np.ndarray:
-    """``(ΦᵀΦ + λI)⁻¹ v`` over all of a checkpoint's columns at once, ``λ`` as ``block_inverse``'s but
-    from the whole kernel's mean nonzero eigenvalue (``trace / min(dim, n)``)."""
+    """``(ΦᵀΦ + λI)⁻¹ v`` over all of a checkpoint's columns at once, ``λ = kernel_ridge`` of the whole
+    kernel."""
     gram = None
     for chunk in store:
         c = torch.from_numpy(np.asarray(chunk, dtype=np.float32))
         term = (c.T @ c).double()  # float32 products widened, as block_inverse's grams
         gram = term if gram is None else gram.add_(term)
     assert gram is not None
-    wd = cfg.weight_decay if cfg.optimizer == "sgd" else 0.0
-    ridge = n * wd + cfg.trak_model_damping * float(gram.diagonal().sum()) / min(len(gram), n)
     eye = torch.eye(len(gram), dtype=torch.float64)
-    return torch.linalg.solve(gram + ridge * eye, torch.from_numpy(np.asarray(v, dtype=np.float64))).numpy()
+    v64 = torch.from_numpy(np.asarray(v, dtype=np.float64))
+    return torch.linalg.solve(gram + kernel_ridge(gram, n, cfg) * eye, v64).numpy()
+
+
+def kernel_ridge(gram: torch.Tensor, n: int, cfg: TrainConfig) -> float:
+    """``n·weight_decay`` (SGD only: AdamW's decay is decoupled from the loss) ``+ trak_model_damping``
+    times the mean nonzero eigenvalue of ``gram`` (``trace / min(width, n)``): the ridge of a per-layer
+    block and of the whole kernel alike."""
+    wd = cfg.weight_decay if cfg.optimizer == "sgd" else 0.0
+    return n * wd + cfg.trak_model_damping * float(gram.diagonal().sum()) / min(len(gram), n)

@@ -93,7 +93,7 @@ class TrainingConfig(dg.Config):
             lr=self.lr if self.lr is not None else defaults["lr"],
             optimizer=self.optimizer or defaults["optimizer"],
             weight_decay=self.weight_decay,
-            trak_k=self.trak_k or defaults["trak_k"],
+            trak_k=self.trak_k if self.trak_k is not None else defaults["trak_k"],
         )
 
     def recorded(self) -> dict[str, Any]:
