@@ -47,12 +47,13 @@ class LinearGrads(LayerGrads):
     def dot(self, g: Sequence[torch.Tensor]) -> torch.Tensor:
         a, b = self.a, self.b
         w = g[0].to(a.dtype)
+        # In place after the one matmul: a temporary per op would be fresh memory each step.
         if b.shape[-1] <= a.shape[-1]:
             side = a @ w.T  # [n, T, d_out]
             if self.bias:
-                side = side + g[1].to(a.dtype)
-            return (side * b).sum((1, 2), dtype=torch.float32)
-        out = ((b @ w) * a).sum((1, 2), dtype=torch.float32)
+                side.add_(g[1].to(a.dtype))
+            return side.mul_(b).sum((1, 2), dtype=torch.float32)
+        out = (b @ w).mul_(a).sum((1, 2), dtype=torch.float32)
         if self.bias:
             out += (b @ g[1].to(b.dtype)).sum(1, dtype=torch.float32)
         return out

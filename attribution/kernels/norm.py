@@ -20,9 +20,10 @@ from .explicit import VectorGrads
 
 
 def affine_grads(module: nn.Module, xhat: torch.Tensor, b: torch.Tensor) -> VectorGrads:
-    """From ``x̂`` and ``b`` as ``[n, T, D]`` (fp32; T summed, D the parameters' entries)."""
+    """From ``x̂`` and ``b`` as ``[n, T, D]`` (fp32; T summed, D the parameters' entries). ``x̂`` must be
+    the caller's own fresh tensor: it is overwritten (one temporary less per step)."""
     params = tuple(p for p in (module.weight, getattr(module, "bias", None)) if p is not None)
-    parts = [(xhat * b).sum(1)] if module.weight is not None else []
+    parts = [xhat.mul_(b).sum(1)] if module.weight is not None else []
     if getattr(module, "bias", None) is not None:
         parts.append(b.sum(1))
     return VectorGrads(torch.cat(parts, 1), params)

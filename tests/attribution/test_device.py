@@ -154,3 +154,13 @@ def test_overhead_bench_runs_the_model_task_recipes_with_torch_and_numpy_alone(b
     assert doc["sizes"]["batch"] == 4 and doc["sizes"]["targets"] == 2
     assert doc["ratio"] == pytest.approx(doc["attributed_step_s"] / doc["plain_step_s"], rel=1e-3)
     assert doc["adamw"]["ratio"] > 0 and doc["attributed_peak_mb"] > 0
+
+
+def test_overhead_bench_measures_the_reused_target_gradient_on_a_run_that_learns(bare_env):
+    sizes = ["--batch", "8", "--width", "16", "--tokens", "8", "--targets", "2", "--layers", "1"]
+    out = run_bare(bare_env, "bench/attribution_overhead.py", "--model", "text-transformer", "--steps", "2",
+                   "--warmup", "1", *sizes, "--target-every", "2", "--fidelity-epochs", "4")
+    doc = json.loads(out.stdout.strip().splitlines()[-1])
+    assert -1.0 <= doc["fidelity_pearson"] <= 1.0
+    before, after = doc["fidelity_loss"]
+    assert after < before  # the planted class signal is learned: the comparison is over a moving model
