@@ -80,7 +80,13 @@ from .shards import FeatureShard, ShardMismatchError, combine_shards, shard_boun
 from .task import AttributionTask, ModelSpec, ModuleSpec, TrainConfig
 from .trainer import TrainResult, train_plain, train_split, train_with_attribution
 from .trak import TrakFeatures, attribute_query
-from .trak_model import TRAK_VALUE_METHOD, ModelTrakFeatures, model_features, valued_by_trak
+from .trak_model import (
+    TRAK_VALUE_METHOD,
+    ModelTrakFeatures,
+    mlp_valued_by_trak,
+    model_features,
+    valued_by_trak,
+)
 
 if TYPE_CHECKING:
     from .encoding import EncodedSplit, InputEncoding, encode_split
@@ -171,6 +177,7 @@ __all__ = [
     "labelled_inputs",
     "model_features",
     "valued_by_trak",
+    "mlp_valued_by_trak",
     "model_features_from_bytes",
     "model_features_to_bytes",
     "payload_encoding_from_json",

@@ -1,6 +1,7 @@
 """Royalty splits against the value contributors really added (leave-one-contributor-out).
 
     python bench/contributor_value.py [--data FILE.parquet --label-col L] [--kind tabular] [--seeds N]
+        [--value trak|inrun]
     python bench/contributor_value.py --kind text|image [--seed S] [--seeds N] [--pay-runs N]
 
 From any labeled tabular dataset (scikit-learn's bundled digits by default; nothing is
@@ -25,7 +26,9 @@ effect of removing the whole group); the copies' truth is zero. The ceiling is t
 agreement: seeds split in halves, Spearman between the halves' means, averaged over the splits.
 
 The pay under test: one run of ``attribution.train_with_attribution`` against the validation
-targets, then ``attribution.contributor_weights`` under each ``WeightPolicy.negative``.
+targets, each example valued as the pipeline pays (``--value trak``, the default: its TRAK value at the
+run's checkpoints, ``attribution.mlp_valued_by_trak`` / ``valued_by_trak``; ``--value inrun``: the
+per-step scores), then ``attribution.contributor_weights`` under each ``WeightPolicy.negative``.
 Printed per policy: Spearman of pay against the truth (providers, labelers; also over a few
 more attributed runs at other seeds, the pay's own spread), the share gap (total-variation
 distance between pay shares and positive-truth shares), each faulty contributor's rank and
@@ -84,6 +87,7 @@ from attribution import (  # noqa: E402
     TrainConfig,
     WeightPolicy,
     contributor_weights,
+    mlp_valued_by_trak,
     out_of_sample_probs,
     train_plain,
     train_with_attribution,
@@ -150,7 +154,7 @@ class World:
     xv: np.ndarray  # validation features, raw scale (text/image: empty, the rows are in media)
     yv: list[str]  # validation true labels
     media: media_world.Media | None = None  # --kind text|image: the recipe's model and encoded rows
-    value: str = "trak"  # --kind text|image: what pay is split by (--value)
+    value: str = "trak"  # what pay is split by (--value)
 
     @property
     def provider(self) -> np.ndarray:
@@ -465,6 +469,8 @@ def pay_run(task, world: World, full: Variant, seed: int, owners: np.ndarray, cr
     else:
         res = train_with_attribution(task, full.x, full.y, ids, full.xv, full.yv, seed=seed,
                                      with_features=False)
+        if world.value == "trak":  # as the pipeline pays an MLP run
+            res = mlp_valued_by_trak(res, full.x, full.y, full.xv, full.yv, seed=seed)
     names = [p.name for p in PROVIDERS] + [n for n, _, _ in LABELERS]
     addresses = {n: address(n) for n in names}
     at = world.examples.column_names.index("provider")
@@ -576,9 +582,9 @@ def main() -> None:
                     help="attributed runs (other seeds) for the pay's own spread; the first one is reported")
     ap.add_argument("--seed", type=int, default=0, help="seed of the world (split, faults, answers)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the models are tiny)")
-    ap.add_argument("--value", choices=("trak", "inrun"), default="trak",
-                    help="text / image: the scores pay is split by, TRAK value (the pipeline's default for "
-                         "these recipes) or the per-step in-run scores; tabular runs always pay by in-run")
+    ap.add_argument("--value", choices=("trak", "inrun"),
+                    help="the scores pay is split by: TRAK value (the pipeline's default) or the per-step "
+                         "in-run scores")
     args = ap.parse_args()
     if args.kind != "tabular" and args.data:
         sys.exit(f"error: --kind {args.kind} makes its own data; --data is for --kind tabular")
@@ -590,9 +596,10 @@ def main() -> None:
     t_start = time.perf_counter()
     if args.kind == "tabular":
         world, task = tabular_world(args)
+        world.value = args.value or "trak"
     else:
         world, task = build_media_world(args.kind, args.seed), None
-        world.value = args.value
+        world.value = args.value or "trak"
         media, cfg = world.media, world.media.task.config
         print(f"data: synthetic {args.kind} ({len(world.yv)} validation rows, true labels; training "
               f"{world.examples.num_rows} examples, {len(world.classes)} classes); torch threads "
@@ -721,7 +728,7 @@ def main() -> None:
         "share_gap": {k: _num(v) for k, v in out_gap.items() if not k.startswith("candidate/")},
         "ceiling": {k: _num(v) for k, v in ceil.items()},
         "faulty_share_bps": {k: v for k, v in faulty_bps.items() if k != "candidate"},
-        "value": world.value if world.media is not None else "inrun",
+        "value": world.value,
         "default_policy": DEFAULT,  # what the pipeline pays: WeightPolicy(), with the ingest's example_credit
         "seconds": round(seconds, 1),
         "candidate": {"spearman": {r: _num(out_rho[f"candidate/{r}"]) for r in roles},

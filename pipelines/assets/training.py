@@ -29,6 +29,7 @@ from attribution import (
     encode_payload_split,
     encode_split,
     features_to_bytes,
+    mlp_valued_by_trak,
     model_features,
     model_features_to_bytes,
     model_logits,
@@ -80,8 +81,9 @@ class TrainingConfig(dg.Config):
     # image-cnn: channels per stage; how images of another size than the most common are sized
     channels: list[int] = [16, 32]
     image_resize: str = "squash"
-    # what pays: "auto" is TRAK value for text and image recipes (`attribution.valued_by_trak`: summed
-    # per-step scores overpay high-loss examples there), the per-step in-run scores for the MLP
+    # what pays: "auto" (= "trak") is TRAK value (`attribution.valued_by_trak`, `mlp_valued_by_trak`:
+    # summed per-step scores overpay high-loss examples and redundant providers); "inrun" the per-step
+    # scores
     value: str = "auto"
 
     def train_config(self, recipe: str = "mlp") -> TrainConfig:
@@ -217,24 +219,26 @@ def train_labeled(
         raise dg.Failure(f"only recipe {HF_RECIPE!r} starts from a local model, and needs one ({recipe!r})")
     if column is None:
         split = encode_split(table, mask)
-        return split, train_split(split, config.hidden, cfg, seed=config.seed, run_id=run_id)
+        result = train_split(split, config.hidden, cfg, seed=config.seed, run_id=run_id)
+        if value_method(config) == "trak":
+            result = mlp_valued_by_trak(result, split.X, split.y, split.X_targets, split.y_targets,
+                                        seed=config.seed)
+        return split, result
     payload = encode_payload_split(table, mask, kind=RECIPE_KINDS[recipe], column=column, config=cfg,
                                    sizes=config.sizes(), local=local)
     result = train_model(payload.task, payload.train, payload.example_ids, payload.targets,
                          seed=config.seed, run_id=run_id)
-    if value_method(config, recipe) == "trak":
+    if value_method(config) == "trak":
         features = model_features(payload.task, result.checkpoints, payload.train, seed=config.seed)
         result = valued_by_trak(result, features, payload.targets)
     return payload, result
 
 
-def value_method(config: TrainingConfig, recipe: str) -> str:
+def value_method(config: TrainingConfig) -> str:
     """How example scores for pay are measured: `trak` or `inrun` (see `TrainingConfig.value`)."""
     if config.value not in ("auto", "trak", "inrun"):
         raise dg.Failure(f"value {config.value!r} is unknown; use auto, trak or inrun")
-    if config.value == "trak" and recipe == "mlp":
-        raise dg.Failure("value 'trak' is for the text and image recipes; the mlp recipe pays by 'inrun'")
-    return ("inrun" if recipe == "mlp" else "trak") if config.value == "auto" else config.value
+    return "trak" if config.value == "auto" else config.value
 
 
 def training_platform() -> dict[str, str]:

@@ -23,8 +23,18 @@ from attribution.kernels import LayerGrads
 from attribution.kernels.explicit import VectorGrads
 from attribution.kernels.projection import LayerProjector, layer_projectors
 from attribution.model_task import ModelTask, classification_loss
-from attribution.task import TrainConfig
-from attribution.trak_model import TRAK_VALUE_METHOD, BlockInverse, model_features, valued_by_trak
+from attribution.recipes.mlp import mlp_task
+from attribution.task import AttributionTask, ModelSpec, TrainConfig
+from attribution.trainer import train_with_attribution
+from attribution.trak import FeatureStore
+from attribution.trak_model import (
+    TRAK_VALUE_METHOD,
+    BlockInverse,
+    mlp_valued_by_trak,
+    model_features,
+    valued_by_trak,
+    whole_kernel_solve,
+)
 
 from .kernel_models import CASES, Case, ConvNet, SeqLinear, image_batch, seq_batch
 
@@ -400,3 +410,43 @@ def test_block_inverse_multiplies_as_its_dense_matrix() -> None:
     np.testing.assert_allclose(inv @ v, dense @ v, rtol=1e-12)
     np.testing.assert_allclose(inv @ m, dense @ m, rtol=1e-12)
     np.testing.assert_allclose(rows @ inv, rows @ dense, rtol=1e-12)
+
+
+def test_an_mlp_run_valued_by_trak_equals_the_one_kernel_form_and_keeps_its_serving_features() -> None:
+    rng = np.random.default_rng(3)
+    x, xv = rng.normal(size=(40, 5)), rng.normal(size=(7, 5))
+    w = rng.normal(size=(5, 3))
+    y, yv = (x @ w).argmax(1), (xv @ w).argmax(1)
+    cfg = TrainConfig(epochs=3, batch_size=8, lr=0.1, n_checkpoints=2, weight_decay=1e-2, trak_k=64)
+    task = AttributionTask(ModelSpec((5, 6, 3)), cfg)  # layers of 36 and 21 parameters: kept exactly
+    result = train_with_attribution(task, x, y, [f"e{i}" for i in range(40)], xv, yv, seed=0)
+    valued = mlp_valued_by_trak(result, x, y, xv, yv, seed=0)
+    assert valued.method == TRAK_VALUE_METHOD and valued.features is result.features
+    batch = {"features": torch.as_tensor(x, dtype=torch.float32), "labels": torch.as_tensor(y)}
+    targets = {"features": torch.as_tensor(xv, dtype=torch.float32), "labels": torch.as_tensor(yv)}
+    want = exact_value(mlp_task(task.spec, cfg), result.checkpoints, batch, targets)
+    assert rel_err(valued.scores, want) <= 1e-3
+
+
+@pytest.mark.parametrize("optimizer,weight_decay", [("sgd", 1e-2), ("adamw", 0.0)])
+def test_pay_kernel_solved_by_conjugate_gradients_past_the_memory_cap_equals_the_direct_solve(
+    optimizer: str, weight_decay: float
+) -> None:
+    """Rows with structure (a low-rank part, columns of very different scales), in chunks, one on disk."""
+    rng = np.random.default_rng(5)
+    n, width = 90, 60
+    phi = (rng.normal(size=(n, 4)) @ rng.normal(size=(4, width)) + 0.1 * rng.normal(size=(n, width)))
+    phi *= np.logspace(-2, 1, width)
+    store = FeatureStore(spill_bytes=phi[:40].astype(np.float32).nbytes)
+    for rows in (slice(0, 40), slice(40, 75), slice(75, n)):
+        store.append(phi[rows])
+    cfg = TrainConfig(optimizer=optimizer, weight_decay=weight_decay)
+    v = rng.normal(size=width)
+    direct = whole_kernel_solve(store, v, n, cfg)
+    cg = whole_kernel_solve(store, v, n, cfg, max_bytes=width * width * 8 - 1)
+    phi32 = phi.astype(np.float32).astype(np.float64)  # the stored bytes
+    lam = n * weight_decay + cfg.trak_model_damping * float((phi32**2).sum()) / min(width, n)
+    want = np.linalg.solve(phi32.T @ phi32 + lam * np.eye(width), v)
+    assert store.spilled == 2
+    assert rel_err(cg, want) <= 1e-8  # float64 products throughout
+    assert rel_err(direct, want) <= 1e-5  # the kernel's products in float32, widened

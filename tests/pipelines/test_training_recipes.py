@@ -40,15 +40,29 @@ def test_a_recipe_that_does_not_fit_the_payload_is_refused_by_name():
         recipe_for(TrainingConfig(recipe="image-cnn"), _table(pa.array(["a"]), "x"), "x")
 
 
-def test_pay_is_trak_value_for_payload_recipes_and_in_run_for_the_mlp():
-    assert value_method(TrainingConfig(), "text-transformer") == "trak"
-    assert value_method(TrainingConfig(), "image-cnn") == "trak"
-    assert value_method(TrainingConfig(), "mlp") == "inrun"
-    assert value_method(TrainingConfig(value="inrun"), "image-cnn") == "inrun"
-    with pytest.raises(dg.Failure, match="the mlp recipe pays by 'inrun'"):
-        value_method(TrainingConfig(value="trak"), "mlp")
+def test_pay_is_trak_value_unless_in_run_is_asked():
+    assert value_method(TrainingConfig()) == "trak"
+    assert value_method(TrainingConfig(value="trak")) == "trak"
+    assert value_method(TrainingConfig(value="inrun")) == "inrun"
     with pytest.raises(dg.Failure, match="value 'shapley' is unknown"):
-        value_method(TrainingConfig(value="shapley"), "mlp")
+        value_method(TrainingConfig(value="shapley"))
+
+
+def test_a_numeric_run_pays_by_trak_value_and_keeps_its_serving_features():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, size=60)
+    x = rng.normal(0, 2.0, size=(3, 4))[y] + rng.normal(size=(60, 4))
+    ids = [hashlib.sha256(f"{i}".encode()).hexdigest() for i in range(60)]
+    table = pa.table({"example_id": ids, **{f"f{j}": x[:, j] for j in range(4)},
+                      "label": [("a", "b", "c")[v] for v in y]})
+    config = TrainingConfig(epochs=2)
+    split, paid = train_labeled(table, config, run_id="r")
+    _, again = train_labeled(table, config, run_id="r")
+    _, inrun = train_labeled(table, TrainingConfig(epochs=2, value="inrun"), run_id="r")
+    assert set(paid.example_attribution["method"].to_pylist()) == {TRAK_VALUE_METHOD}
+    assert set(inrun.example_attribution["method"].to_pylist()) == {"inrun_sgd"}
+    assert paid.scores.tobytes() == again.scores.tobytes() and not np.allclose(paid.scores, inrun.scores)
+    assert type(paid.features) is type(inrun.features)  # serving's whole-gradient TRAK features
 
 
 def _texts(n: int = 48) -> pa.Table:
