@@ -7,6 +7,11 @@ synchronous path's calls on the same rows, so the same bps) and writes every spl
 deletes the inputs, in one ledger transaction per batch. A fill only applies to a receipt still
 pending, so two drainers (the server's worker and a `caravan settle`) never pay a receipt twice, and
 a drainer killed mid-batch leaves its batch pending, to be attributed again from the same inputs.
+
+A request whose stored inputs cannot be attributed (an input that no longer hashes to its receipt's
+input_hash, a label the run does not know, bytes the run cannot decode) is filled with the run's
+weights, as the synchronous path pays a prediction without a per-prediction split, and named in
+``Drained.fallbacks``: it is paid, and never holds up the receipts behind it.
 """
 
 from __future__ import annotations
@@ -29,27 +34,40 @@ class Drained:
     receipts: int
     requests: int
     seconds: float
+    fallbacks: tuple[str, ...] = ()  # "receipt <id>: <why>", each filled with the run's weights
 
     @property
     def per_s(self) -> float:
         return self.receipts / self.seconds if self.seconds > 0 else 0.0
 
 
-def fills(run: ServedRun, pending: Sequence[PendingInput]) -> list[Fill]:
-    """Each pending receipt's final split, computed request by request from its stored input."""
+def fills(run: ServedRun, pending: Sequence[PendingInput]) -> tuple[list[Fill], list[str]]:
+    """Each pending receipt's final split, computed request by request from its stored input; and a
+    line per receipt of a request that could not be attributed (filled with the run's weights)."""
     groups: dict[str, list[PendingInput]] = {}
     for p in pending:
-        if hashlib.sha256(p.payload).hexdigest() != p.input_hash:
-            raise LedgerError(f"receipt {p.receipt_id}: its stored input does not hash to its input_hash")
         groups.setdefault(p.request_id, []).append(p)
-    out = []
+    out, fallbacks = [], []
     for rows in groups.values():
-        splits = run.attribute_request([p.payload for p in rows], [p.label for p in rows])
+        try:
+            splits = request_splits(run, rows)
+        except (ServingError, ValueError) as exc:  # ValueError: attribution's InputError, bad UTF-8
+            splits = [None] * len(rows)
+            fallbacks += [f"receipt {p.receipt_id}: its request could not be attributed ({exc}); paid by "
+                          "the run's weights" for p in rows]
         for p, bps in zip(rows, splits, strict=True):
             paid = run.run_bps if bps is None else bps
             split = SPLIT_RUN if bps is None else SPLIT_QUERY
             out.append(Fill(p.receipt_id, split, paid, tuple(split_price(p.price, paid))))
-    return out
+    return out, fallbacks
+
+
+def request_splits(run: ServedRun, rows: Sequence[PendingInput]) -> list:
+    """One request's splits from its stored inputs, after checking each against its input_hash."""
+    for p in rows:
+        if hashlib.sha256(p.payload).hexdigest() != p.input_hash:
+            raise LedgerError(f"the stored input of receipt {p.receipt_id} does not hash to its input_hash")
+    return run.attribute_request([p.payload for p in rows], [p.label for p in rows])
 
 
 def drain(run: ServedRun, ledger: Ledger, *, requests: int = 64) -> Drained:
@@ -57,11 +75,14 @@ def drain(run: ServedRun, ledger: Ledger, *, requests: int = 64) -> Drained:
     requests per ledger transaction."""
     t0 = time.perf_counter()
     filled = n_requests = 0
+    fallbacks: list[str] = []
     while True:
         batch = ledger.pending(run.run_id, requests)
         if not batch:
-            return Drained(filled, n_requests, time.perf_counter() - t0)
-        filled += ledger.attribute(fills(run, batch))
+            return Drained(filled, n_requests, time.perf_counter() - t0, tuple(fallbacks))
+        done, failed = fills(run, batch)
+        filled += ledger.attribute(done)
+        fallbacks += failed
         n_requests += len({p.request_id for p in batch})
 
 
@@ -77,7 +98,8 @@ def follow(
     retry_s: float = 5.0,
 ) -> None:
     """`drain` whenever receipts are pending, polling every ``poll_s`` seconds until ``stopped()``:
-    the loop of the server's attribution worker. ``report`` hears of every drain that filled some;
+    the loop of the server's attribution worker. ``report`` hears of every drain that filled some
+    (its ``fallbacks`` included);
     with ``on_error`` a drain that fails is reported and retried after ``retry_s`` (the receipts stay
     pending: settlement refuses or drains them itself), else it raises."""
     while not stopped():

@@ -19,6 +19,7 @@ server worker's code) or, with ``drain=False``, refuses while any are pending.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -43,6 +44,7 @@ from serving.run import load_run
 from storage import ContentStore, snapshot_parquet
 
 AGENT = "caravan-serving"
+log = logging.getLogger(__name__)  # pending receipts paid by the run's weights (Drained.fallbacks)
 STATES = ("open", "stored", "recorded", "published", "closed")
 
 BATCH_SCHEMA = pa.schema(
@@ -143,7 +145,10 @@ def attribute_pending(chain: Chain, store: ContentStore, ledger: Ledger, run_id:
             f"epoch may hold them; attribute them first (`caravan attribute {run_id}`, or keep "
             "`caravan serve --attribution deferred` running until they are done), or settle with --drain"
         )
-    return drain_pending(load_run(chain, store, run_id), ledger).receipts
+    done = drain_pending(load_run(chain, store, run_id), ledger)
+    for line in done.fallbacks:
+        log.warning("run %s: %s", run_id, line)
+    return done.receipts
 
 
 def _settle(

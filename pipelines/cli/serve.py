@@ -150,11 +150,17 @@ def attribute(
                 f"attributed {done.receipts} receipts from {done.requests} request(s) in "
                 f"{done.seconds:.2f} s; {ledger.pending_count(run_id)} pending"
             )
+            for line in done.fallbacks:
+                typer.echo(f"error: {line}", err=True)
+            if done.fallbacks:
+                raise typer.Exit(1)
             return
     os.nice(nice)  # requests first: attribution takes what the server leaves of the CPU
 
     def report(done) -> None:
         typer.echo(f"attributed {done.receipts} receipts in {done.seconds:.3f} s", err=True)
+        for line in done.fallbacks:
+            typer.echo(f"error: {line}", err=True)
 
     def on_error(exc: ServingError) -> None:
         typer.echo(f"error: attribution of pending receipts failed, retrying: {exc}", err=True)

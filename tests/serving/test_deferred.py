@@ -138,11 +138,31 @@ def test_a_charge_is_pending_with_its_input_or_final_with_amounts(world, ledger)
                                            pred.payload)])
     [pending] = ledger.pending(world.run.run_id)
     assert pending.payload == pred.payload and pending.receipt_id == charged.receipts[0].receipt_id
-    [fill] = fills(world.served, [pending])
+    [fill], [] = fills(world.served, [pending])
     with pytest.raises(LedgerError, match="sum to its price"):  # nothing written: still pending
         ledger.attribute([Fill(fill.receipt_id, fill.split, fill.bps, ((fill.bps[0][0], 1),))])
     assert ledger.pending_count() == 1 and ledger.receipt(fill.receipt_id).split == SPLIT_PENDING
     edited = pending.__class__(**{**pending.__dict__, "payload": pending.payload[:-1] + b"\0"})
-    with pytest.raises(LedgerError, match="does not hash"):
-        fills(world.served, [edited])
+    [fallback], [why] = fills(world.served, [edited])  # never attributed from an altered input
+    assert (fallback.split, fallback.bps) == ("run", world.served.run_bps) and "does not hash" in why
     assert ledger.attribute([fill]) == 1 and ledger.pending(world.run.run_id) == []
+
+
+def test_an_input_that_cannot_be_attributed_is_paid_by_the_run_weights_and_holds_up_nothing(world, target):
+    ledger = Ledger(target)
+    key_id, _ = ledger.create_key("t", balance=10 * PRICE)
+    args = (key_id, world.run.run_id, world.served.model_cid, PRICE)
+    preds = world.served.predict(world.run.X_test[:2], defer=True)
+    # the first request's stored label is not one of the run's classes: its attribution fails for good
+    charges = [ledger.charge(*args, [Charge(p.input_hash, label, p.probability, p.split, (), (), p.payload)])
+               for p, label in zip(preds, ["no-such-class", preds[1].label], strict=True)]
+    bad, good = (c.receipts[0].receipt_id for c in charges)
+    done = drain(world.served, ledger, requests=1)  # the bad one alone in the first batch
+    assert (done.receipts, done.requests) == (2, 2) and ledger.pending_count() == 0
+    [why] = done.fallbacks
+    assert why.startswith(f"receipt {bad}:") and "not one of the run's classes" in why
+    assert ledger.receipt(bad).split == "run" and ledger.receipt(bad).bps == world.served.run_bps
+    assert sum(a for _, a in ledger.receipt(bad).amounts) == PRICE
+    [sync] = world.served.predict(world.run.X_test[1:2])  # what the good one is paid, as if synchronous
+    assert (ledger.receipt(good).split, ledger.receipt(good).bps) == (sync.split, sync.bps)
+    ledger.close()

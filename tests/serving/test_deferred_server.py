@@ -119,3 +119,19 @@ def test_caravan_attribute_drains_once(world, tmp_path):
     assert out.stdout.startswith("attributed 2 receipts from 1 request(s)") and ledger.pending_count() == 0
     again = caravan(world.env, "attribute", world.run.run_id, "--ledger", str(path))
     assert again.stdout.startswith("attributed 0 receipts")
+
+
+def test_caravan_attribute_pays_an_unattributable_input_by_the_run_weights_and_exits_nonzero(world, tmp_path):
+    from serving.ledger import Charge
+
+    path = tmp_path / "ledger.sqlite"
+    ledger = Ledger(path)
+    key_id, _ = ledger.create_key("user", balance=10**9)
+    [pred] = world.served.predict(world.run.X_test[:1], defer=True)
+    [receipt] = ledger.charge(key_id, world.run.run_id, world.served.model_cid, PRICE, [
+        Charge(pred.input_hash, "no-such-class", pred.probability, pred.split, (), (), pred.payload)
+    ]).receipts
+    out = caravan(world.env, "attribute", world.run.run_id, "--ledger", str(path))
+    assert out.returncode == 1 and out.stdout.startswith("attributed 1 receipts from 1 request(s)")
+    assert f"error: receipt {receipt.receipt_id}: its request could not be attributed" in out.stderr
+    assert ledger.pending_count() == 0 and ledger.receipt(receipt.receipt_id).split == "run"
