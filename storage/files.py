@@ -87,8 +87,22 @@ def get_folder(store: ContentStore, table_cid: str, dest: str | os.PathLike[str]
     for f in table.files:
         path = root.joinpath(*PurePosixPath(f.name).parts)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(store.get(f.cid))
+        write_file(store, f.cid, path)
     return table
+
+
+def write_file(store: ContentStore, cid: str, path: Path) -> None:
+    """``cid``'s bytes at ``path``, whole or not at all: streamed block by block (each verified) where
+    the store streams (``iter_bytes``), so a model's weights never sit in memory at once."""
+    chunks = store.iter_bytes(cid) if hasattr(store, "iter_bytes") else iter((store.get(cid),))
+    part = path.with_name(path.name + ".part")
+    try:
+        with open(part, "wb") as out:
+            for chunk in chunks:
+                out.write(chunk)
+        os.replace(part, path)
+    finally:
+        part.unlink(missing_ok=True)
 
 
 def _check_name(name: str) -> None:

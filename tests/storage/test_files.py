@@ -51,3 +51,27 @@ def test_bad_folders_and_tables_are_refused(tmp_path):
         FileTable.from_json(b'{"files": []}')
     with pytest.raises(StorageError, match="has no 'x'"):
         FileTable(()).cid_of("x")
+
+
+class NoWholeReads(BlockStore):
+    """A store whose ``get`` refuses anything but small documents (the file table)."""
+
+    def get(self, cid: str) -> bytes:
+        data = super().get(cid)
+        assert len(data) < 10_000, "get_folder read a whole large file into memory"
+        return data
+
+
+def test_a_large_file_is_streamed_block_by_block_and_a_bad_block_writes_nothing(tmp_path):
+    big = bytes(range(256)) * 4096  # 1 MiB: four 256 KiB blocks
+    store = NoWholeReads(tmp_path / "blocks")
+    cid, _ = put_folder(store, _folder(tmp_path / "model", {"weights.bin": big, "config.json": b"{}"}))
+    get_folder(store, cid, tmp_path / "out")
+    assert (tmp_path / "out" / "weights.bin").read_bytes() == big
+    leaf = sorted((store.root / "data").rglob("bafkrei*"), key=lambda p: p.stat().st_size)[-1]
+    good = leaf.read_bytes()
+    leaf.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    with pytest.raises(StorageError):
+        get_folder(store, cid, tmp_path / "again")
+    assert not (tmp_path / "again" / "weights.bin").exists()
+    assert not list((tmp_path / "again").glob("*.part"))
