@@ -248,14 +248,22 @@ def fidelity(args: argparse.Namespace) -> dict:
     both over one run of ``--fidelity-epochs`` epochs at ``FIDELITY_LR``; and that run's train loss
     before and after (the model must move for the comparison to mean anything)."""
     kw = dict(epochs=args.fidelity_epochs, lr=FIDELITY_LR[args.optimizer])
-    approx = run_to_end(setup(args, **kw).attributed())
+    reused = setup(args, **kw)
+    approx = run_to_end(reused.attributed())
     exact = run_to_end(setup(args, target_every=1, **kw).attributed())
-    rows = setup(args, **kw).rows
-    with torch.no_grad():
-        loss = [round(float(exact.task.loss(model, rows).mean()), 4)
-                for model in (exact.task.fresh(0), exact.model)]
     return {"fidelity_pearson": round(float(np.corrcoef(approx.scores, exact.scores)[0, 1]), 5),
-            "fidelity_loss": loss}
+            "fidelity_loss": [train_loss(exact.task, model, reused.rows, args.batch)
+                              for model in (exact.task.fresh(0), exact.model)]}
+
+
+def train_loss(task: ModelTask, model: torch.nn.Module, rows: dict, batch: int, most: int = 256) -> float:
+    """The mean loss over the first ``most`` training rows, ``batch`` at a time (a gpt2-small batch
+    of logits is already gigabytes)."""
+    n = min(most, len(next(iter(rows.values()))))
+    with torch.no_grad():
+        losses = [task.loss(model, {k: v[i : i + batch] for k, v in rows.items()})
+                  for i in range(0, n, batch)]
+    return round(float(torch.cat(losses).mean()), 4)
 
 
 def main(argv: list[str] | None = None) -> None:
