@@ -10,8 +10,9 @@ recipe on 16x16 RGB) are in ``bench/_common/lds_models.py``; without ``--data`` 
 seeded synthetic set of their own. They print LDS (ground truth: retraining with a new seed per
 retrain; ``@fixed_seed``: one seed for all) of in-run SGD and AdamW scores and TRAK, the anchors on
 the same trained model and checkpoints (dattri 0.3.0 TracIn and TRAK, Kronfluence 1.0.1 EK-FAC),
-LOCO, mislabel ROC-AUC and the training cost; what they leave out is printed and listed under
-``left_out``. The tabular kind (the default) is described below.
+LOCO (``loco_spearman``: in-run SGD scores summed per provider; ``loco_spearman_default``: TRAK value,
+what the pipeline pays by), mislabel ROC-AUC and the training cost; what they leave out is printed
+and listed under ``left_out``. The tabular kind (the default) is described below.
 
 Without ``--data`` it uses scikit-learn's bundled digits. Prints, for logistic regression and
 an MLP: LDS (mean Spearman over 300 held-out targets, ground truth from retraining on random

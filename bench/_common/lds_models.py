@@ -606,10 +606,10 @@ def run(args, log: Callable[[str], None] = print) -> dict:
         log("  fixed-seed ground truth: left out (--no-fixed-seed)")
         left_out.append("@fixed_seed: --no-fixed-seed")
 
-    loco = None
+    loco = loco_default = None
     if args.loco:
         log("== contributors (10 providers, 3 with 30% and 3 with 10% flipped labels; one seed)")
-        loco = loco_section(p, args.seed, log)
+        loco, loco_default = loco_section(p, args.seed, log)
     else:
         left_out.append("loco_spearman: --no-loco")
 
@@ -624,6 +624,7 @@ def run(args, log: Callable[[str], None] = print) -> dict:
         "lds": lds_out,
         "anchor": anchor or None,
         "loco_spearman": loco,
+        "loco_spearman_default": loco_default,  # what the pipeline pays by: TRAK value
         "mislabel_auc": round(min(mis.values()), 4),
         "mislabel_auc_default": round(default, 4),  # the pipeline's detector
         "mislabel_auc_by_method": {k: round(v, 4) for k, v in mis.items()},
@@ -635,9 +636,11 @@ def run(args, log: Callable[[str], None] = print) -> dict:
     return summary
 
 
-def loco_section(p: Prepared, seed: int, log: Callable[[str], None]) -> float:
-    """Leave-one-contributor-out: in-run scores summed per provider against the change in mean
-    target loss when the provider's rows are left out (one seed for all retrains)."""
+def loco_section(p: Prepared, seed: int, log: Callable[[str], None]) -> tuple[float, float]:
+    """Leave-one-contributor-out: scores summed per provider against the change in mean target loss
+    when the provider's rows are left out (one seed for all retrains). (in-run SGD, TRAK value: what
+    the pipeline pays, ``valued_by_trak`` at the same run's checkpoints, the task's ``trak_k``)."""
+    from attribution import model_features, valued_by_trak
     from attribution.inrun import train_model, train_model_plain
 
     rng = np.random.default_rng(seed + 7)
@@ -651,16 +654,18 @@ def loco_section(p: Prepared, seed: int, log: Callable[[str], None]) -> float:
     train[LABELS] = torch.as_tensor(np.where(flip, (y + rng.integers(1, c, n)) % c, y))
     task = with_config(p.task, per_target=False)
     res = train_model(task, train, [f"ex{i:05d}" for i in range(n)], p.targets, seed=seed)
+    valued = valued_by_trak(res, model_features(task, res.checkpoints, train, seed=seed), p.targets)
     full = -log_p_true(res.model, p.targets).mean()
-    truth, attributed = [], []
+    truth = []
     for q in range(n_prov):
         keep = torch.as_tensor(np.flatnonzero(owner != q))
         model = train_model_plain(task, take(train, keep), seed=seed)
         truth.append(-log_p_true(model, p.targets).mean() - full)
-        attributed.append(res.scores[owner == q].sum())
-    rho = round(float(spearmanr(attributed, truth)[0]), 4)
-    log(f"  LOCO Spearman (10 providers, inrun_sgd/{p.model}): {rho:.3f}")
-    return rho
+    rhos = []
+    for method, scores in (("inrun_sgd", res.scores), ("trak_value", valued.scores)):
+        rhos.append(round(float(spearmanr([scores[owner == q].sum() for q in range(n_prov)], truth)[0]), 4))
+        log(f"  LOCO Spearman (10 providers, {method}/{p.model}): {rhos[-1]:.3f}")
+    return rhos[0], rhos[1]
 
 
 def mislabel_section(p: Prepared, seed: int, log: Callable[[str], None]) -> tuple[dict[str, float], float]:

@@ -55,6 +55,7 @@ def test_image_tiny_from_parquet(tmp_path):
     check_keys(summary, "cnn")
     assert "inrun_adamw/cnn" in summary["lds"]
     assert summary["anchor"] is None and summary["loco_spearman"] is not None
+    assert -1 <= summary["loco_spearman_default"] <= 1  # TRAK value, what the pipeline pays by
 
 
 def test_synthetic_data_is_seeded_and_decodable():
