@@ -11,7 +11,10 @@ a drainer killed mid-batch leaves its batch pending, to be attributed again from
 A request whose stored inputs cannot be attributed (an input that no longer hashes to its receipt's
 input_hash, a label the run does not know, bytes the run cannot decode) is filled with the run's
 weights, as the synchronous path pays a prediction without a per-prediction split, and named in
-``Drained.fallbacks``: it is paid, and never holds up the receipts behind it.
+``Drained.fallbacks``: it is paid, and never holds up the receipts behind it. A sealed input the
+ledger cannot open (no input key, or another one) is not: the drain stops with an error naming the
+key and fills nothing, since a key misconfigured must not turn per-prediction splits into run splits
+for good.
 """
 
 from __future__ import annotations
@@ -43,7 +46,12 @@ class Drained:
 
 def fills(run: ServedRun, pending: Sequence[PendingInput]) -> tuple[list[Fill], list[str]]:
     """Each pending receipt's final split, computed request by request from its stored input; and a
-    line per receipt of a request that could not be attributed (filled with the run's weights)."""
+    line per receipt of a request that could not be attributed (filled with the run's weights).
+    LedgerError, nothing filled, where a sealed input does not open (the ledger's input key)."""
+    unopened = [p for p in pending if p.problem is not None]
+    if unopened:
+        raise LedgerError(f"receipt {unopened[0].receipt_id}: {unopened[0].problem} ({len(unopened)} stored "
+                          "input(s) unopened; nothing was attributed)")
     groups: dict[str, list[PendingInput]] = {}
     for p in pending:
         groups.setdefault(p.request_id, []).append(p)

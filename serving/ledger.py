@@ -10,7 +10,9 @@ split "pending" (no amounts yet) and, in the same transaction, the input each pr
 from (`pending_inputs`); `attribute` later fills each such receipt's split once and deletes its
 input in one transaction, and an epoch never takes a pending receipt. Keys are random 256-bit
 secrets; only their sha256 is stored (a fast hash is enough for secrets with that much entropy).
-Amounts are integers in the token's smallest unit, kept below 2**63 (both engines' integer).
+Amounts are integers in the token's smallest unit, kept below 2**63 (both engines' integer). Given an
+``input_key`` (32 random bytes; the CLI reads CARAVAN_LEDGER_INPUT_KEY), each stored pending input is
+sealed (XChaCha20-Poly1305, bound to its receipt id), so the database never holds it in the clear.
 """
 
 from __future__ import annotations
@@ -18,18 +20,24 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from nacl.exceptions import CryptoError
+from nacl.secret import Aead
 
 from serving.errors import InsufficientBalance, LedgerError, RevokedKey, UnknownKey
 from serving.ledger_backends import Backend, open_backend
 
 KEY_PREFIX = "cvn_"
 MAX_AMOUNT = 2**63 - 1
+INPUT_KEY_ENV = "CARAVAN_LEDGER_INPUT_KEY"  # 64 hex characters: the key pending inputs are sealed with
+SEALED = b"cvn-sealed/1:"  # a stored input that starts so is nonce + ciphertext
 
 # A receipt's split: how its fee is shared out. The ledger's contract, so it lives here.
 SPLIT_QUERY = "query"  # each prediction's own attribution
@@ -144,6 +152,7 @@ class PendingInput:
     label: str
     price: int
     payload: bytes
+    problem: str | None = None  # why ``payload`` could not be opened (a sealed input, no or wrong key)
 
 
 @dataclass(frozen=True)
@@ -187,6 +196,23 @@ _RECEIPT_COLS = (
 )
 
 
+def input_key_from_env(env: Mapping[str, str] | None = None) -> bytes | None:
+    """The key CARAVAN_LEDGER_INPUT_KEY names (64 hex characters), or None where it is unset."""
+    text = (os.environ if env is None else env).get(INPUT_KEY_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != Aead.KEY_SIZE:
+        raise LedgerError(
+            f"{INPUT_KEY_ENV} must be {2 * Aead.KEY_SIZE} hex characters (32 random bytes: "
+            "`python -c 'import secrets; print(secrets.token_hex(32))'`)"
+        )
+    return key
+
+
 def _api_key(row: Sequence) -> ApiKey:
     return ApiKey(*row[:5], revoked=row[5] is not None)
 
@@ -209,7 +235,11 @@ class Ledger:
     `with`) to return a PostgreSQL pool's connections early; exiting the process also does.
     """
 
-    def __init__(self, target: str | Path, *, synchronous: str = "FULL", pool_size: int = 8) -> None:
+    def __init__(self, target: str | Path, *, synchronous: str = "FULL", pool_size: int = 8,
+                 input_key: bytes | None = None) -> None:
+        if input_key is not None and len(input_key) != Aead.KEY_SIZE:
+            raise LedgerError(f"the ledger's input key must be {Aead.KEY_SIZE} bytes, got {len(input_key)}")
+        self._aead = None if input_key is None else Aead(input_key)
         self._b: Backend = open_backend(target, synchronous=synchronous, pool_size=pool_size)
         self.path: Path | None = getattr(self._b, "path", None)  # the SQLite file, None on PostgreSQL
         self._rate_sql = _RATE_SQL.format(greatest=self._b.greatest)
@@ -370,7 +400,7 @@ class Ledger:
             _check_charge(c, price)
         request_id = secrets.token_hex(8)
         pending = [
-            (r.receipt_id, run_id, request_id, c.payload)
+            (r.receipt_id, run_id, request_id, self._sealed(r.receipt_id, c.payload))
             for r, c in zip(receipts, items, strict=True)
             if c.split == SPLIT_PENDING
         ]
@@ -431,7 +461,29 @@ class Ledger:
             "ORDER BY r.seq",
             (run_id, int(requests)),
         )
-        return [PendingInput(r[0], r[1], r[2], r[3], int(r[4]), bytes(r[5])) for r in rows]
+        return [PendingInput(r[0], r[1], r[2], r[3], int(r[4]), *self._opened(r[0], bytes(r[5])))
+                for r in rows]
+
+    @property
+    def seals_inputs(self) -> bool:
+        """Whether pending inputs are stored sealed (an input key was given)."""
+        return self._aead is not None
+
+    def _sealed(self, receipt_id: str, payload: bytes | None) -> bytes | None:
+        if self._aead is None or payload is None:
+            return payload
+        return SEALED + self._aead.encrypt(payload, receipt_id.encode())
+
+    def _opened(self, receipt_id: str, stored: bytes) -> tuple[bytes, str | None]:
+        """(the input, None), or (b"", why not) for a sealed one this ledger cannot open."""
+        if not stored.startswith(SEALED):
+            return stored, None
+        if self._aead is None:
+            return b"", f"its stored input is sealed; set {INPUT_KEY_ENV} to the key it was sealed with"
+        try:
+            return self._aead.decrypt(stored[len(SEALED):], receipt_id.encode()), None
+        except (CryptoError, ValueError):
+            return b"", f"its stored input does not open with {INPUT_KEY_ENV} (another key, or altered)"
 
     def attribute(self, fills: Sequence[Fill]) -> int:
         """Write each pending receipt's split and delete its stored input, in one transaction; a receipt

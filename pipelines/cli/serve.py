@@ -39,6 +39,7 @@ from serving import (
     settle_all,
     verify_epoch,
 )
+from serving.ledger import INPUT_KEY_ENV
 from storage import StorageError
 
 ERRORS = (ServingError, ProvenanceError, StorageError)
@@ -107,6 +108,12 @@ def serve(
         f"up to {app.state.max_body_bytes} bytes (--max-body-bytes); attribution {mode}",
         err=True,
     )
+    if mode == "deferred" and not ledger.seals_inputs:
+        typer.echo(
+            f"warning: deferred attribution keeps each input in the ledger, in the clear, until it is "
+            f"attributed; set {INPUT_KEY_ENV} (64 hex characters) to seal them",
+            err=True,
+        )
     # the worker shares this process's output, and dies with it (even under SIGKILL)
     worker = None
     if mode == "deferred":

@@ -5,6 +5,7 @@ no epoch ever holds a pending receipt. On both ledger engines."""
 from __future__ import annotations
 
 import base64
+import sqlite3
 
 import pytest
 from fastapi.testclient import TestClient
@@ -166,3 +167,49 @@ def test_an_input_that_cannot_be_attributed_is_paid_by_the_run_weights_and_holds
     [sync] = world.served.predict(world.run.X_test[1:2])  # what the good one is paid, as if synchronous
     assert (ledger.receipt(good).split, ledger.receipt(good).bps) == (sync.split, sync.bps)
     ledger.close()
+
+
+def _stored_inputs(target) -> list[bytes]:
+    """The raw bytes the database holds in pending_inputs (what anyone reading it sees)."""
+    if isinstance(target, str):
+        import psycopg
+
+        with psycopg.connect(target) as db:
+            return [bytes(r[0]) for r in db.execute("SELECT payload FROM pending_inputs").fetchall()]
+    with sqlite3.connect(target) as db:
+        return [bytes(r[0]) for r in db.execute("SELECT payload FROM pending_inputs").fetchall()]
+
+
+def test_pending_inputs_are_sealed_at_rest_with_the_input_key(world, target):
+    key = bytes(range(32))
+    ledger = Ledger(target, input_key=key)
+    key_id, _ = ledger.create_key("t", balance=10 * PRICE)
+    args = (key_id, world.run.run_id, world.served.model_cid, PRICE)
+    preds = world.served.predict(world.run.X_test[:3], defer=True)
+    ledger.charge(*args, [Charge(p.input_hash, p.label, p.probability, p.split, (), (), p.payload)
+                          for p in preds])
+    stored = _stored_inputs(target)
+    assert len(stored) == 3 and not any(p.payload in s for p in preds for s in stored)
+    assert [p.payload for p in ledger.pending(world.run.run_id)] == [p.payload for p in preds]
+    # without the key, or with another, nothing is attributed (no run split for good), and it says why
+    for other in (None, bytes(32)):
+        blind = Ledger(target, input_key=other)
+        with pytest.raises(LedgerError, match="CARAVAN_LEDGER_INPUT_KEY"):
+            drain(world.served, blind)
+        assert blind.pending_count() == 3
+        blind.close()
+    done = drain(world.served, ledger)
+    assert done.receipts == 3 and not done.fallbacks and ledger.pending_count() == 0
+    ledger.close()
+
+
+def test_a_malformed_input_key_is_refused_by_name():
+    from serving.ledger import input_key_from_env
+
+    assert input_key_from_env({}) is None
+    assert input_key_from_env({"CARAVAN_LEDGER_INPUT_KEY": "ab" * 32}) == bytes([0xAB]) * 32
+    for bad in ("ab" * 31, "zz" * 32):
+        with pytest.raises(LedgerError, match="64 hex characters"):
+            input_key_from_env({"CARAVAN_LEDGER_INPUT_KEY": bad})
+    with pytest.raises(LedgerError, match="32 bytes"):
+        Ledger(":memory:", input_key=b"short")

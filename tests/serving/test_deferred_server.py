@@ -135,3 +135,10 @@ def test_caravan_attribute_pays_an_unattributable_input_by_the_run_weights_and_e
     assert out.returncode == 1 and out.stdout.startswith("attributed 1 receipts from 1 request(s)")
     assert f"error: receipt {receipt.receipt_id}: its request could not be attributed" in out.stderr
     assert ledger.pending_count() == 0 and ledger.receipt(receipt.receipt_id).split == "run"
+
+
+def test_caravan_attribute_refuses_a_malformed_input_key_by_name(world, tmp_path):
+    env = {**world.env, "CARAVAN_LEDGER_INPUT_KEY": "not-hex"}
+    out = caravan(env, "attribute", world.run.run_id, "--ledger", str(tmp_path / "ledger.sqlite"))
+    assert out.returncode == 1 and "CARAVAN_LEDGER_INPUT_KEY must be 64 hex characters" in out.stderr
+    assert "not-hex" not in out.stderr  # a secret's value is never echoed
