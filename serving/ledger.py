@@ -37,7 +37,9 @@ from serving.ledger_backends import Backend, open_backend
 KEY_PREFIX = "cvn_"
 MAX_AMOUNT = 2**63 - 1
 INPUT_KEY_ENV = "CARAVAN_LEDGER_INPUT_KEY"  # 64 hex characters: the key pending inputs are sealed with
-SEALED = b"cvn-sealed/1:"  # a stored input that starts so is nonce + ciphertext
+# A stored input is marked: sealed (nonce + ciphertext follow) or in the clear, so an input that itself
+# starts with a marker is never mistaken for one (an unmarked row predates the markers: in the clear).
+SEALED, PLAIN = b"cvn-sealed/1:", b"cvn-plain/1:"
 
 # A receipt's split: how its fee is shared out. The ledger's contract, so it lives here.
 SPLIT_QUERY = "query"  # each prediction's own attribution
@@ -470,12 +472,16 @@ class Ledger:
         return self._aead is not None
 
     def _sealed(self, receipt_id: str, payload: bytes | None) -> bytes | None:
-        if self._aead is None or payload is None:
-            return payload
+        if payload is None:
+            return None
+        if self._aead is None:
+            return PLAIN + payload
         return SEALED + self._aead.encrypt(payload, receipt_id.encode())
 
     def _opened(self, receipt_id: str, stored: bytes) -> tuple[bytes, str | None]:
         """(the input, None), or (b"", why not) for a sealed one this ledger cannot open."""
+        if stored.startswith(PLAIN):
+            return stored[len(PLAIN):], None
         if not stored.startswith(SEALED):
             return stored, None
         if self._aead is None:

@@ -5,6 +5,7 @@ no epoch ever holds a pending receipt. On both ledger engines."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import sqlite3
 
 import pytest
@@ -201,6 +202,15 @@ def test_pending_inputs_are_sealed_at_rest_with_the_input_key(world, target):
     done = drain(world.served, ledger)
     assert done.receipts == 3 and not done.fallbacks and ledger.pending_count() == 0
     ledger.close()
+
+
+def test_an_input_that_looks_sealed_is_kept_as_it_is_without_a_key(world, ledger):
+    key_id, _ = ledger.create_key("t", balance=10 * PRICE)
+    payload = b"cvn-sealed/1:" + bytes(40)  # a user's input may start with the marker
+    charge = Charge(hashlib.sha256(payload).hexdigest(), "x", 0.5, SPLIT_PENDING, (), (), payload)
+    ledger.charge(key_id, world.run.run_id, world.served.model_cid, PRICE, [charge])
+    [pending] = ledger.pending(world.run.run_id)
+    assert (pending.payload, pending.problem) == (payload, None)
 
 
 def test_a_malformed_input_key_is_refused_by_name():
