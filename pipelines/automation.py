@@ -30,7 +30,7 @@ labeling_sync_job = dg.define_asset_job(
 attribution_job = dg.define_asset_job(
     "attribution_run",
     selection=dg.AssetSelection.groups("training", "review", "royalties"),
-    description="Train with in-run attribution, flag likely mislabels for review in Label Studio, "
+    description="Train with attribution, flag likely mislabels for review in Label Studio, "
     "weigh contributors, and publish the royalty root.",
 )
 

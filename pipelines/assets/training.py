@@ -266,7 +266,9 @@ SCORE_RTOL = 1e-4
             kinds={"json"}, description="How rows become model inputs (columns, scale, classes)."
         ),
         TrainingRecord.EXAMPLE_ATTRIBUTION: dg.AssetOut(
-            kinds={"arrow"}, description="Per-example in-run scores measured during training."
+            kinds={"arrow"},
+            description="Per-example scores pay is split by: TRAK value at the run's checkpoints (or the "
+            "per-step in-run scores with value: inrun), method named per row.",
         ),
         TrainingRecord.FEATURES: dg.AssetOut(
             kinds={"ipfs"}, description="Projected checkpoint gradients: attribute any new prediction."
@@ -369,7 +371,7 @@ def trained_model(
             "dagster/row_count": scores.num_rows,
             "positive": int(pc.sum(pc.greater(scores["score"], 0)).as_py() or 0),
             "influence": dg.MetadataValue.md(
-                histogram_md(scores["score"].to_numpy(), "in-run influence per example")
+                histogram_md(scores["score"].to_numpy(), f"{result.method} per example")
             ),
         },
     )
