@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from serving.errors import LedgerError, ServingError
 from serving.fees import split_price
 from serving.ledger import SPLIT_QUERY, SPLIT_RUN, Fill, Ledger, PendingInput
-from serving.run import ServedRun
+from serving.run import Bps, ServedRun
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def fills(run: ServedRun, pending: Sequence[PendingInput]) -> tuple[list[Fill], 
     return out, fallbacks
 
 
-def request_splits(run: ServedRun, rows: Sequence[PendingInput]) -> list:
+def request_splits(run: ServedRun, rows: Sequence[PendingInput]) -> list[Bps | None]:
     """One request's splits from its stored inputs, after checking each against its input_hash."""
     for p in rows:
         if hashlib.sha256(p.payload).hexdigest() != p.input_hash:
