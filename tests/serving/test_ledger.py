@@ -154,7 +154,8 @@ def _charge_many(target: Path | str, key_id: str, seed: int) -> tuple[list[str],
 
 def test_concurrent_charges_never_overdraw_lose_or_duplicate(ledger: Ledger, target):
     key_id, _ = ledger.create_key("shared", balance=BALANCE)
-    with multiprocessing.get_context("fork").Pool(3) as pool:
+    # spawn, not fork: a child forked while the parent's connection-pool threads hold a lock can hang
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
         results = pool.starmap(_charge_many, [(target, key_id, seed) for seed in range(3)])
     charged = [r for got, _ in results for r in got]
     stored = ledger.receipt_ids()
