@@ -34,7 +34,7 @@ from .inrun import ModuleTaps, Scored, has_tied_parameters, scored_modules
 from .kernels.projection import Distribution, LayerProjector, add_parts, layer_projectors
 from .model_task import LABELS, Batch, ModelTask, batch_size_of, model_logits, take, to_device
 from .task import TrainConfig
-from .trainer import TrainResult
+from .trainer import TrainResult, feature_tensor, label_tensor
 from .trak import FeatureStore, checkpoint_store, self_influence
 
 TRAK_VALUE_METHOD = "trak_value"  # example_attribution's method when pay is measured by TRAK
@@ -189,16 +189,16 @@ def mlp_valued_by_trak(result: TrainResult, x: np.ndarray, y: np.ndarray, x_targ
     0.97/0.44/0.83/0.67, and paid the faulty contributors 440/381/167/213 bps against 595/807/510/715."""
     from .recipes.mlp import mlp_task
 
-    spec, cfg = result.task.spec, result.task.config
-    task = mlp_task(spec, cfg)
+    spec = result.task.spec
+    task = mlp_task(spec, result.task.config)
 
-    def batch(xs: np.ndarray, ys: np.ndarray) -> Batch:
-        return {"features": torch.as_tensor(np.asarray(xs), dtype=torch.float32),
-                LABELS: torch.as_tensor(np.asarray(ys), dtype=torch.int64)}
+    def batch(name: str, xs: np.ndarray, ys: np.ndarray) -> Batch:
+        rows = feature_tensor(name, xs, spec.sizes[0])
+        return {"features": rows, LABELS: label_tensor(f"{name} labels", ys, len(rows), spec.sizes[-1])}
 
-    features = model_features(task, result.checkpoints, batch(x, y), seed=seed)
-    return replace(result, scores=features.value_scores(batch(x_targets, y_targets)), per_target=None,
-                   method=TRAK_VALUE_METHOD)
+    features = model_features(task, result.checkpoints, batch("x", x, y), seed=seed)
+    return replace(result, scores=features.value_scores(batch("x_targets", x_targets, y_targets)),
+                   per_target=None, method=TRAK_VALUE_METHOD)
 
 
 def model_features(
