@@ -4,7 +4,16 @@ quality, contributor identities, simulated annotators and a webhook receiver.
 A plain library (no Dagster); Arrow tables in and out (schemas in `labeling.schemas`).
 """
 
-from labeling.aggregate import METHODS, Aggregation, aggregate, annotator_quality, dawid_skene, majority_vote
+from labeling.aggregate import (
+    METHODS,
+    Aggregation,
+    ModelProbs,
+    aggregate,
+    annotator_quality,
+    crowdlab,
+    dawid_skene,
+    majority_vote,
+)
 from labeling.client import LabelStudioClient, Project, RetryPolicy
 from labeling.configs import ProjectSpec, choice_result, classification_config, config_choices, image_data_url
 from labeling.contributors import ContributorsRegistry
@@ -57,6 +66,7 @@ __all__ = [
     "LabelStudioUnavailable",
     "LabelingError",
     "MissingAddressError",
+    "ModelProbs",
     "Project",
     "REVIEW_TAB",
     "ReviewQueue",
@@ -70,6 +80,7 @@ __all__ = [
     "choice_result",
     "classification_config",
     "config_choices",
+    "crowdlab",
     "dawid_skene",
     "existing_annotation_ids",
     "export_annotations",

@@ -37,13 +37,18 @@ class LineageResource(dg.ConfigurableResource):
     def _path(self, activity: str, version: str) -> Path:
         return Path(self.index_dir) / activity / f"{version}.json"
 
-    def cid_of(self, activity: str, version: str) -> str:
+    def latest(self, activity: str, version: str) -> str | None:
+        """The CID of the latest record of `activity` for `version`, if that stage ever ran."""
         path = self._path(activity, version)
-        if not path.exists():
+        return json.loads(path.read_text())["cid"] if path.exists() else None
+
+    def cid_of(self, activity: str, version: str) -> str:
+        cid = self.latest(activity, version)
+        if cid is None:
             raise dg.Failure(
                 f"no {activity} record for dataset version {version!r}: materialize that stage first"
             )
-        return json.loads(path.read_text())["cid"]
+        return cid
 
     def write(
         self,

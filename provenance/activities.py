@@ -46,6 +46,7 @@ class ConsensusRecord:
 
     ANNOTATIONS = "annotations"
     GOLD = "gold"
+    LABEL_REVIEW = "label_review"  # a run's out-of-sample class probabilities, which CROWDLAB weighs
     CONSENSUS = "consensus"
     ANNOTATOR_QUALITY = "annotator_quality"
 

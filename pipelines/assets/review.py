@@ -5,7 +5,9 @@ Studio for more answers.
 example gets class probabilities from a model that never saw it, scored by cleanlab's confident
 learning) and stores one row per example (pinned). `review_queue` asks Label Studio for more answers
 on the flagged tasks (their overlap raised, a "review" tab listing them); the next `annotations`
-export picks the new answers up like any other and consensus folds them in.
+export picks the new answers up like any other and consensus folds them in, by CROWDLAB: each row
+keeps its out-of-sample class probabilities (`class_probs`, in the order of the record's `classes`),
+which the next consensus weighs beside the answers.
 """
 
 from importlib.metadata import version as package_version
@@ -48,6 +50,7 @@ LABEL_REVIEW_SCHEMA = pa.schema(
         ("confidence", pa.float64()),  # the consensus' own confidence and votes, for the reviewer
         ("n_votes", pa.int64()),
         ("run_id", pa.string()),
+        ("class_probs", pa.list_(pa.float64())),  # out-of-sample, in the order of the record's classes
     ]
 )
 
@@ -88,7 +91,7 @@ def label_review(
         context.log.warning(f"{int((~known).sum())} examples carry labels the model never saw; not reviewed")
         table = table.filter(pa.array(known))
     try:
-        review, y = _cross_fitted(encoding, table, training, config.folds)
+        review, y, probs = _cross_fitted(encoding, table, training, config.folds)
     except AttributionError as exc:
         raise dg.Failure(str(exc)) from exc
     rank = np.empty(len(y), dtype=np.int64)
@@ -105,6 +108,7 @@ def label_review(
             "confidence": table["confidence"].cast(pa.float64()),
             "n_votes": table["n_votes"].cast(pa.int64()),
             "run_id": pa.array([run_id] * len(y), pa.string()),
+            "class_probs": pa.array(list(np.asarray(probs, dtype=np.float64)), pa.list_(pa.float64())),
         },
         schema=LABEL_REVIEW_SCHEMA,
     )
@@ -126,6 +130,7 @@ def label_review(
             "seed": training.seed,
             "method": QUALITY_METHOD,
             "cleanlab": package_version("cleanlab"),
+            "classes": [str(c) for c in encoding.classes],
         },
     )
     flagged = int(review.flagged.sum())
@@ -157,17 +162,18 @@ def label_review(
 
 def _cross_fitted(
     encoding, table: pa.Table, training: TrainingConfig, folds: int
-) -> tuple[LabelReview, np.ndarray]:
-    """The run's own recipe cross-fitted on `table`: (review, class indices of its labels)."""
+) -> tuple[LabelReview, np.ndarray, np.ndarray]:
+    """The run's own recipe cross-fitted on `table`: (review, class indices of its labels, the
+    out-of-sample class probabilities)."""
     if isinstance(encoding, InputEncoding):
         task = AttributionTask(encoding.mlp(training.hidden), training.train_config())
         y = encoding.label_indices(table["label"].to_pylist())
-        review, _ = review_labels(task, encoding.transform(table), y, folds=folds, seed=training.seed)
-        return review, y
+        review, probs = review_labels(task, encoding.transform(table), y, folds=folds, seed=training.seed)
+        return review, y, probs
     batch, _ = labelled_inputs(encoding, table)
     task = encoding.task(training.train_config(encoding.recipe))
-    review, _ = review_task_labels(task, batch, len(encoding.classes), folds=folds, seed=training.seed)
-    return review, batch[LABELS].numpy()
+    review, probs = review_task_labels(task, batch, len(encoding.classes), folds=folds, seed=training.seed)
+    return review, batch[LABELS].numpy(), probs
 
 
 @dg.asset(partitions_def=dataset_versions, group_name="review", kinds={"labelstudio"})

@@ -119,8 +119,17 @@ def aggregate(
     annotations: Annotated[str, typer.Argument(help="Annotations Parquet (from `caravan labels export`).")],
     consensus: Annotated[Path, typer.Option(help="Where to write the consensus table.")],
     quality: Annotated[Path, typer.Option(help="Where to write the annotator quality table.")],
-    method: Annotated[str, typer.Option(help="dawid_skene or majority_vote.")] = "dawid_skene",
+    method: Annotated[
+        str, typer.Option(help="dawid_skene, majority_vote, or crowdlab (answers and --probs).")
+    ] = "dawid_skene",
     gold: Annotated[str | None, typer.Option(help="Gold answers Parquet (example_id, label).")] = None,
+    probs: Annotated[
+        str | None,
+        typer.Option(
+            help="For crowdlab: Parquet of out-of-sample class probabilities, example_id and one float "
+            "column per class named by the label (a model that never saw the example: cross-fitted)."
+        ),
+    ] = None,
 ) -> None:
     """Consensus labels and annotator quality."""
     import pyarrow.parquet as pq
@@ -138,12 +147,37 @@ def aggregate(
         gold_table = _read_parquet(gold) if gold else None
         if gold_table is not None and not {"example_id", "label"} <= set(gold_table.column_names):
             raise CaravanError(f"{gold} must have columns example_id and label")
-        result = run(table.cast(ANNOTATIONS), gold_table, method)
+        if (method == "crowdlab") != (probs is not None):
+            raise CaravanError("--probs goes with --method crowdlab, and crowdlab needs --probs")
+        model = _model_probs(probs) if probs else None
+        result = run(table.cast(ANNOTATIONS), gold_table, method, model)
         pq.write_table(result.consensus, consensus)
         pq.write_table(result.quality, quality)
         typer.echo(
             f"{result.consensus.num_rows} consensus labels, {result.quality.num_rows} annotators ({method})"
         )
+
+
+def _model_probs(path: str):
+    """`--probs`: example_id and a float column per class, read as `labeling.ModelProbs`."""
+    import numpy as np
+    import pyarrow.types as pat
+
+    from labeling import ModelProbs
+
+    table = _read_parquet(path)
+    classes = [c for c in table.column_names if c != "example_id"]
+    bad = [c for c in classes if not pat.is_floating(table.schema.field(c).type)]
+    if "example_id" not in table.column_names or not classes or bad:
+        raise CaravanError(
+            f"{path} must have an example_id column and one float column per class"
+            + (f"; not floats: {', '.join(bad)}" if bad else "")
+        )
+    values = np.column_stack([table[c].to_numpy(zero_copy_only=False) for c in classes])
+    try:
+        return ModelProbs(tuple(table["example_id"].to_pylist()), tuple(classes), values)
+    except ValueError as exc:
+        raise CaravanError(f"{path}: {exc}") from None
 
 
 def check_addresses(

@@ -5,13 +5,14 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
 from crowdkit.aggregation import MajorityVote
 from scipy.stats import spearmanr
 
-from labeling import ANNOTATIONS, aggregate, majority_vote, simulate_answers, simulated_annotators
+from labeling import ANNOTATIONS, ModelProbs, aggregate, majority_vote, simulate_answers, simulated_annotators
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 CLASSES = ("a", "b", "c", "d")
@@ -131,3 +132,92 @@ def test_quality_without_gold_or_lead_times_has_nulls_not_zeros():
 def test_unknown_method_is_named():
     with pytest.raises(ValueError, match="unknown aggregation method 'vote'"):
         aggregate(table([("x", "u1", "a")]), method="vote")
+
+
+def model_probs(
+    truth: dict, *, right: float, seed: int, wrong: float = 0.2, ids: list[str] | None = None
+) -> ModelProbs:
+    """A classifier's probabilities: its predicted class gets `right` of the mass, the rest spread
+    evenly; it predicts a wrong class on a `wrong` fraction of the rows."""
+    rng = np.random.default_rng(seed)
+    ids = sorted(truth) if ids is None else ids
+    p = np.full((len(ids), len(CLASSES)), (1 - right) / (len(CLASSES) - 1))
+    for i, e in enumerate(ids):
+        k = CLASSES.index(truth[e])
+        if rng.random() < wrong:
+            k = (k + 1 + int(rng.integers(len(CLASSES) - 1))) % len(CLASSES)
+        p[i, k] = right
+    return ModelProbs(tuple(ids), CLASSES, p)
+
+
+def test_crowdlab_is_cleanlabs_consensus_with_class_names_kept():
+    """Our shaping (annotators as columns, class names to indices and back) against cleanlab called
+    directly on a frame built another way (by pandas pivot)."""
+    from cleanlab.multiannotator import get_label_quality_multiannotator
+
+    truth, _, ann = simulated(n=400, seed=3)
+    probs = model_probs(truth, right=0.7, seed=3)
+    got = aggregate(ann, method="crowdlab", probs=probs)
+    frame = ann.to_pandas().pivot(index="example_id", columns="annotator", values="label")
+    frame = frame.apply(lambda col: col.map({c: k for k, c in enumerate(CLASSES)})).astype(float).sort_index()
+    ref = get_label_quality_multiannotator(frame, probs.probs, calibrate_probs=True, verbose=False)
+    ref = ref["label_quality"]
+    assert got.consensus["example_id"].to_pylist() == list(frame.index)
+    assert got.consensus["label"].to_pylist() == [CLASSES[int(k)] for k in ref["consensus_label"]]
+    assert got.consensus["confidence"].to_pylist() == pytest.approx(list(ref["consensus_quality_score"]))
+    assert got.model_informed == 400 and got.method == "crowdlab"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_crowdlab_with_a_good_model_beats_dawid_skene_and_a_bad_sure_one_costs_little(seed):
+    truth, _, ann = simulated(n=600, seed=seed)
+    ds = accuracy(aggregate(ann, method="dawid_skene").consensus, truth)
+    good = aggregate(ann, method="crowdlab", probs=model_probs(truth, right=0.9, wrong=0.1, seed=seed))
+    assert accuracy(good.consensus, truth) > ds + 0.02
+    # wrong on half the rows yet sure of itself: calibrated against the answers, it barely counts
+    bad = aggregate(ann, method="crowdlab", probs=model_probs(truth, right=0.9, wrong=0.5, seed=seed))
+    assert accuracy(bad.consensus, truth) > ds - 0.02
+
+
+def test_crowdlab_leaves_gold_uncovered_and_unknown_labels_to_dawid_skene():
+    truth, _, ann = simulated(n=300, seed=4)
+    ids = sorted(truth)
+    gold_ids, covered = ids[:20], ids[:250]  # the last 50 arrived after the model's run
+    gold = pa.table({"example_id": gold_ids, "label": [truth[e] for e in gold_ids]})
+    odd = table([(ids[100], "someone", "z")])  # a label the model never saw
+    ann = pa.concat_tables([ann, odd])
+    ds = aggregate(ann, gold=gold).consensus.to_pandas().set_index("example_id")
+    probs = model_probs(truth, right=0.9, seed=4, ids=covered)
+    cl = aggregate(ann, gold=gold, method="crowdlab", probs=probs)
+    got = cl.consensus.to_pandas().set_index("example_id")
+    kept = [*gold_ids, ids[100], *ids[250:]]
+    assert got.loc[kept].equals(ds.loc[kept])
+    assert cl.model_informed == 250 - 20 - 1
+    assert (got.loc[gold_ids, "label"] == pd.Series({e: truth[e] for e in gold_ids})).all()
+
+
+def test_crowdlab_gives_the_same_bytes_for_answers_in_any_order():
+    truth, _, ann = simulated(n=300, seed=11)
+    shuffled = ann.take(pa.array(random.Random(1).sample(range(ann.num_rows), ann.num_rows)))
+    probs = model_probs(truth, right=0.7, seed=11)
+    a, b = aggregate(ann, method="crowdlab", probs=probs), aggregate(shuffled, method="crowdlab", probs=probs)
+    assert a.consensus.equals(b.consensus) and a.quality.equals(b.quality)
+
+
+def test_crowdlab_with_one_answer_per_example_keeps_dawid_skene():
+    ann = table([("x", "u1", "a"), ("y", "u2", "b")])
+    probs = ModelProbs(("x", "y"), CLASSES, np.full((2, 4), 0.25))
+    cl = aggregate(ann, method="crowdlab", probs=probs)
+    assert cl.model_informed == 0 and cl.consensus.equals(aggregate(ann).consensus)
+
+
+def test_crowdlab_needs_probabilities_and_they_must_fit():
+    ann = table([("x", "u1", "a"), ("x", "u2", "a")])
+    with pytest.raises(ValueError, match="needs a model's out-of-sample probabilities"):
+        aggregate(ann, method="crowdlab")
+    with pytest.raises(ValueError, match="needs a model's out-of-sample probabilities"):
+        aggregate(ann, probs=ModelProbs(("x",), CLASSES, np.full((1, 4), 0.25)))
+    with pytest.raises(ValueError, match=r"shape \(1, 3\) do not match 1 examples x 4 classes"):
+        ModelProbs(("x",), CLASSES, np.full((1, 3), 0.25))
+    with pytest.raises(ValueError, match="finite, non-negative"):
+        ModelProbs(("x",), CLASSES, np.array([[0.5, np.nan, 0.25, 0.25]]))

@@ -106,3 +106,42 @@ def test_down_server_and_missing_token_are_named(cli, monkeypatch, tmp_path):
     monkeypatch.delenv("LABEL_STUDIO_USER_TOKEN")  # the local default token, which this server refuses
     r = cli("sync", tmp_path / "ex.parquet", "--project", "p x", "--choices", "a,b")
     assert r.exit_code == 1 and "refused the API token" in r.output and "LABEL_STUDIO_USER_TOKEN" in r.output
+
+
+def test_aggregate_by_crowdlab_reads_class_probabilities_and_names_bad_ones(tmp_path):
+    """No server needed: answers and probabilities from files, CROWDLAB as `labeling.aggregate` does it."""
+    import numpy as np
+
+    from labeling import ModelProbs, aggregate
+    from tests.labeling.test_aggregate import CLASSES, model_probs, simulated
+
+    runner = CliRunner()
+
+    def cli(*args):
+        return runner.invoke(app, ["labels", "aggregate", *map(str, args)])
+
+    truth, _, ann = simulated(n=200, seed=2)
+    pq.write_table(ann, tmp_path / "ann.parquet")
+    probs = model_probs(truth, right=0.9, wrong=0.1, seed=2)
+    columns = {c: probs.probs[:, k] for k, c in enumerate(CLASSES)}
+    wide = pa.table({"example_id": list(probs.example_ids), **columns})
+    pq.write_table(wide, tmp_path / "probs.parquet")
+    out = ["--consensus", tmp_path / "c.parquet", "--quality", tmp_path / "q.parquet"]
+    ok = cli(tmp_path / "ann.parquet", *out, "--method", "crowdlab", "--probs", tmp_path / "probs.parquet")
+    assert ok.exit_code == 0, ok.output
+    expected = aggregate(ann, method="crowdlab", probs=ModelProbs(probs.example_ids, CLASSES, probs.probs))
+    assert pq.read_table(tmp_path / "c.parquet").equals(expected.consensus)
+
+    pq.write_table(wide.drop(["example_id"]), tmp_path / "noid.parquet")
+    pq.write_table(wide.set_column(1, "a", pa.array(["x"] * 200)), tmp_path / "text.parquet")
+    negative = wide.set_column(1, "a", pa.array(-np.ones(200)))
+    pq.write_table(negative, tmp_path / "neg.parquet")
+    for args, words in [
+        (["--method", "crowdlab"], "crowdlab needs --probs"),
+        (["--probs", tmp_path / "probs.parquet"], "--probs goes with --method crowdlab"),
+        (["--method", "crowdlab", "--probs", tmp_path / "noid.parquet"], "must have an example_id column"),
+        (["--method", "crowdlab", "--probs", tmp_path / "text.parquet"], "not floats: a"),
+        (["--method", "crowdlab", "--probs", tmp_path / "neg.parquet"], "finite, non-negative"),
+    ]:
+        r = cli(tmp_path / "ann.parquet", *out, *args)
+        assert r.exit_code == 1 and r.output.startswith("error: ") and words in r.output, r.output

@@ -1,0 +1,171 @@
+"""Consensus after review: the pipeline's own assets (no Label Studio; upstream tables written through
+the content-store IO manager's pointers) train, review, then decide the next consensus by CROWDLAB
+with the review's stored out-of-sample probabilities.
+
+With `method: crowdlab`, a version's first consensus is Dawid-Skene; a rerun on the same annotations
+decides nothing anew (same labels, same CID, even after more reviews); new annotations take the
+latest review, and an auditor recomputes the labels from the stored review and answers alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from labeling import ModelProbs, aggregate
+from pipelines.assets import labeling as labeling_assets
+from pipelines.assets import review, training
+from pipelines.assets.labeling import ConsensusConfig, consensus_method, reviewed_probs
+from pipelines.content_io import store_value
+from pipelines.lineage import now
+from pipelines.partitions import dataset_versions
+from pipelines.resources import DatasetCatalog, resources_for
+from pipelines.settings import load_settings
+from provenance import CONSENSUS, LABEL_REVIEW, LABELING_EXPORT, SNAPSHOT, ConsensusRecord, load_record
+from storage import read_parquet
+from tests.pipelines.conftest import annotations_table
+
+VERSION = "review-v1"
+CLASSES = ("a", "b", "c")
+LABELERS = ("l-good", "l-ok", "l-poor")
+ACCURACY = (0.9, 0.75, 0.55)
+
+
+def _world(n: int = 240, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 2.5, size=(len(CLASSES), 4))
+    y = rng.integers(0, len(CLASSES), size=n)
+    X = centers[y] + rng.normal(0, 1.0, size=(n, 4))
+    ids = [hashlib.sha256(row.tobytes()).hexdigest() for row in X]
+    raw = pa.table({"example_id": ids, **{f"f{j}": X[:, j] for j in range(4)},
+                    "provider": ["p"] * n, "source": ["s"] * n})
+    answers = []
+    for i, e in enumerate(ids):
+        for who, acc in zip(LABELERS, ACCURACY, strict=True):
+            k = y[i] if rng.random() < acc else (y[i] + 1 + rng.integers(2)) % 3
+            answers.append((e, who, CLASSES[k]))
+    return raw, answers, {e: CLASSES[v] for e, v in zip(ids, y, strict=True)}
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("CARAVAN_HOME", str(tmp_path / "home"))
+    for name in ("CARAVAN_STORE_DIR", "CARAVAN_CONTRIBUTORS", "CARAVAN_LEDGER", "CARAVAN_KEYSTORE"):
+        monkeypatch.delenv(name, raising=False)
+    settings = load_settings()
+    resources = resources_for(settings)
+    client = resources["store"].client()
+    raw, answers, truth = _world()
+    pq.write_table(raw.drop(["example_id"]), tmp_path / "data.parquet")
+    DatasetCatalog(root=str(settings.home / "datasets")).register(
+        VERSION, str(tmp_path / "data.parquet"), store=client,
+        labeling={"kind": "text", "field": "f0", "choices": list(CLASSES)},
+    )
+    for activity in (LABELING_EXPORT, SNAPSHOT):  # the parents the consensus and training records name
+        resources["lineage"].write(client, activity, VERSION, started=now(), inputs={}, outputs={})
+    (tmp_path / "dagster").mkdir()
+    with dg.DagsterInstance.local_temp(str(tmp_path / "dagster")) as instance:
+        instance.add_dynamic_partitions("dataset_version", [VERSION])
+        yield {"resources": resources, "client": client, "instance": instance, "raw": raw,
+               "answers": answers, "truth": truth}
+
+
+def _store(home, asset: str, table: pa.Table) -> str:
+    stored = store_value(home["client"], table)
+    home["resources"]["index"].write(dg.AssetKey(asset), VERSION, {"cid": stored.cid, "kind": stored.kind})
+    return stored.cid
+
+
+def _run(home, *assets, method: str = "crowdlab"):
+    upstream = [dg.AssetSpec(a, partitions_def=dataset_versions) for a in ("raw_dataset", "annotations")]
+    config = {
+        "consensus_labels": {"config": {"method": method}},
+        "trained_model": {"config": {"hidden": [16], "epochs": 4, "trak_k": 16}},
+        "label_review": {"config": {"folds": 3}},
+    }
+    names = {a.op.name for a in assets}
+    result = dg.materialize(
+        [*assets, *upstream], partition_key=VERSION, instance=home["instance"], resources=home["resources"],
+        run_config={"ops": {k: v for k, v in config.items() if k in names}},
+    )
+    assert result.success
+    return result
+
+
+def _consensus(home):
+    lineage = home["resources"]["lineage"]
+    record = load_record(home["client"], lineage.cid_of(CONSENSUS, VERSION))
+    return record, read_parquet(home["client"].get(record.outputs[ConsensusRecord.CONSENSUS]))
+
+
+def _accuracy(table: pa.Table, truth: dict) -> float:
+    pairs = zip(table["example_id"].to_pylist(), table["label"].to_pylist(), strict=True)
+    return float(np.mean([truth[e] == lab for e, lab in pairs]))
+
+
+TRAIN_AND_REVIEW = (labeling_assets.consensus_labels, labeling_assets.labeled_dataset,
+                    training.trained_model, review.label_review)
+
+
+def test_consensus_weighs_the_last_review_once_new_answers_arrive(home):
+    _store(home, "raw_dataset", home["raw"])
+    first_answers = _store(home, "annotations", annotations_table(home["answers"]))
+    _run(home, *TRAIN_AND_REVIEW)
+    record, first = _consensus(home)
+    assert record.params["method"] == "dawid_skene" and ConsensusRecord.LABEL_REVIEW not in record.inputs
+
+    # a rerun on the same answers, with a review now stored, decides nothing anew
+    _run(home, labeling_assets.consensus_labels)
+    again, _ = _consensus(home)
+    assert again.outputs == record.outputs and again.params["method"] == "dawid_skene"
+
+    # new answers (a review queue's): CROWDLAB with the latest review's probabilities
+    lineage = home["resources"]["lineage"]
+    review_record = lineage.cid_of(LABEL_REVIEW, VERSION)
+    extra = [(e, "l-late", home["truth"][e]) for e in sorted(home["truth"])[:30]]
+    new_answers = annotations_table([*home["answers"], *extra])
+    assert _store(home, "annotations", new_answers) != first_answers
+    _run(home, labeling_assets.consensus_labels)
+    record, second = _consensus(home)
+    used = reviewed_probs(home["client"], review_record)
+    assert record.params["method"] == "crowdlab" and record.params["model_informed"] == home["raw"].num_rows
+    assert record.inputs[ConsensusRecord.LABEL_REVIEW] == used.table_cid and review_record in record.parents
+    # the auditor's recomputation: stored answers and stored review, nothing else
+    stored_answers = read_parquet(home["client"].get(record.inputs[ConsensusRecord.ANNOTATIONS]))
+    redo = aggregate(stored_answers, method="crowdlab", probs=used.probs).consensus
+    assert redo.equals(second)
+    assert _accuracy(second, home["truth"]) >= _accuracy(first, home["truth"])
+
+    # train and review again on those labels; a rerun on the same answers keeps the review it used
+    _run(home, *TRAIN_AND_REVIEW)
+    assert lineage.cid_of(LABEL_REVIEW, VERSION) != review_record
+    kept, _ = _consensus(home)
+    assert kept.outputs == record.outputs and kept.inputs == record.inputs
+    # the default, Dawid-Skene, weighs no review
+    _run(home, labeling_assets.consensus_labels, method="dawid_skene")
+    plain, _ = _consensus(home)
+    assert plain.params["method"] == "dawid_skene" and ConsensusRecord.LABEL_REVIEW not in plain.inputs
+
+
+def test_a_review_stored_before_it_kept_probabilities_gives_none(home):
+    client, lineage = home["client"], home["resources"]["lineage"]
+    old = pa.table({"example_id": ["x"], "label": ["a"]})
+    cid = lineage.write(client, LABEL_REVIEW, VERSION, started=now(), inputs={},
+                        outputs={"label_review": store_value(client, old).cid}, params={"folds": 5})
+    assert reviewed_probs(client, cid) is None
+
+
+def test_consensus_method_is_crowdlab_only_with_a_review_and_names_unknown_ones():
+    probs = ModelProbs(("x",), CLASSES, np.full((1, 3), 1 / 3))
+    reviewed = labeling_assets.ReviewedProbs(probs, "table", "record")
+    assert consensus_method(ConsensusConfig(), reviewed) == "dawid_skene"
+    assert consensus_method(ConsensusConfig(method="crowdlab"), None) == "dawid_skene"
+    assert consensus_method(ConsensusConfig(method="crowdlab"), reviewed) == "crowdlab"
+    assert consensus_method(ConsensusConfig(method="majority_vote"), reviewed) == "majority_vote"
+    with pytest.raises(dg.Failure, match="'vote' is not one of"):
+        consensus_method(ConsensusConfig(method="vote"), None)
