@@ -5,9 +5,9 @@ Studio for more answers.
 example gets class probabilities from a model that never saw it, scored by cleanlab's confident
 learning) and stores one row per example (pinned). `review_queue` asks Label Studio for more answers
 on the flagged tasks (their overlap raised, a "review" tab listing them); the next `annotations`
-export picks the new answers up like any other and consensus folds them in, by CROWDLAB: each row
-keeps its out-of-sample class probabilities (`class_probs`, in the order of the record's `classes`),
-which the next consensus weighs beside the answers.
+export picks the new answers up like any other and consensus folds them in. Each row keeps its
+out-of-sample class probabilities (`class_probs`, in the order of the record's `classes`), which a
+consensus with `method: crowdlab` weighs beside the answers.
 """
 
 from importlib.metadata import version as package_version
