@@ -43,11 +43,11 @@ near-copies to their first registrant). The last line is one JSON object: the is
 (``spearman``, ``ceiling``, ``faulty_share_bps``, ``default_policy``: ``valued``, ``seconds``),
 ``share_gap``, ``candidate``, ``detection`` and ``consensus``.
 
-``--consensus crowdlab`` (tabular) measures the pipeline after a run was reviewed: the training
-labels, and those of every leave-that-labeler-out retrain, are cleanlab's CROWDLAB consensus
-(``labeling.aggregate(method='crowdlab')``) of the answers kept, weighing out-of-sample
-probabilities held fixed, as the pipeline holds a stored review fixed: the MLP cross-fitted
-(``attribution.review_labels``, 5 folds) on the Dawid-Skene labels of all answers.
+``--consensus crowdlab|dawid_skene_model`` (tabular) measures the pipeline's consensus methods that
+weigh a model, after a run was reviewed: the training labels, and those of every
+leave-that-labeler-out retrain, are ``labeling.aggregate(method=...)`` of the answers kept, with
+out-of-sample probabilities held fixed, as the pipeline holds a stored review fixed: the MLP
+cross-fitted (``attribution.review_labels``, 5 folds) on the Dawid-Skene labels of all answers.
 
 Detection, side by side: the pipeline's duplicate grouping (the ingest's, above) against cleanlab's
 ``Datalab`` (``find_issues`` with the ``near_duplicate`` and ``outlier`` issue types on the encoded
@@ -104,7 +104,7 @@ from bench._common import (  # noqa: E402
     log_p_true,
     media_world,
 )
-from labeling import ModelProbs, SimulatedAnnotator, aggregate, simulate_answers  # noqa: E402
+from labeling import MODEL_METHODS, ModelProbs, SimulatedAnnotator, aggregate, simulate_answers  # noqa: E402
 from pipelines.datasets import example_id, to_examples  # noqa: E402
 
 POLICIES = typing.get_args(typing.get_type_hints(WeightPolicy)["negative"])  # every policy the library has
@@ -162,13 +162,12 @@ class World:
     yv: list[str]  # validation true labels
     media: media_world.Media | None = None  # --kind text|image: the recipe's model and encoded rows
     value: str = "trak"  # what pay is split by (--value)
-    probs: ModelProbs | None = None  # --consensus crowdlab: a review's out-of-sample probabilities
+    method: str = "dawid_skene"  # --consensus
+    probs: ModelProbs | None = None  # a model method's review: out-of-sample probabilities
 
     def consensus(self, annotations: pa.Table) -> pa.Table:
-        """The pipeline's consensus: Dawid-Skene, or CROWDLAB once a review's probabilities exist."""
-        if self.probs is None:
-            return aggregate(annotations).consensus
-        return aggregate(annotations, method="crowdlab", probs=self.probs).consensus
+        """The pipeline's consensus by ``method`` (a model method weighs the review's probabilities)."""
+        return aggregate(annotations, method=self.method, probs=self.probs).consensus
 
     @property
     def provider(self) -> np.ndarray:
@@ -369,7 +368,7 @@ def reviewed(world: World, task: AttributionTask, seed: int) -> ModelProbs:
     v = variant(world)
     _, probs = review_labels(task, v.x, v.y, folds=5, seed=seed)
     accuracy = float((probs.argmax(1) == v.y).mean())
-    print(f"consensus: CROWDLAB with a review's probabilities (the MLP cross-fitted, 5 folds, on the "
+    print(f"consensus: weighs a review's probabilities (the MLP cross-fitted, 5 folds, on the "
           f"Dawid-Skene labels; it agrees with them on {accuracy:.3f})", flush=True)
     classes = tuple(sorted(str(c) for c in world.classes))  # InputEncoding's order, the probs' columns
     return ModelProbs(tuple(v.examples["example_id"].to_pylist()), classes, probs)
@@ -608,17 +607,17 @@ def main() -> None:
                     help="attributed runs (other seeds) for the pay's own spread; the first one is reported")
     ap.add_argument("--seed", type=int, default=0, help="seed of the world (split, faults, answers)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the models are tiny)")
-    ap.add_argument("--consensus", choices=("dawid_skene", "crowdlab"), default="dawid_skene",
-                    help="training labels: Dawid-Skene (a first sync), or CROWDLAB with a review's "
-                         "probabilities (the pipeline after a run was reviewed; tabular)")
+    ap.add_argument("--consensus", choices=("dawid_skene", *MODEL_METHODS), default="dawid_skene",
+                    help="training labels: Dawid-Skene (the pipeline's default), or a method that weighs "
+                         "a review's probabilities (the pipeline after a run was reviewed; tabular)")
     ap.add_argument("--value", choices=("trak", "inrun"),
                     help="the scores pay is split by: TRAK value (the pipeline's default) or the per-step "
                          "in-run scores")
     args = ap.parse_args()
     if args.kind != "tabular" and args.data:
         sys.exit(f"error: --kind {args.kind} makes its own data; --data is for --kind tabular")
-    if args.kind != "tabular" and args.consensus == "crowdlab":
-        sys.exit("error: --consensus crowdlab is measured on --kind tabular only")
+    if args.kind != "tabular" and args.consensus != "dawid_skene":
+        sys.exit(f"error: --consensus {args.consensus} is measured on --kind tabular only")
     if args.data and not Path(args.data).is_file():
         sys.exit(f"error: --data {args.data} is not a file")
     if args.seeds < 2 or args.pay_runs < 1:
@@ -628,8 +627,8 @@ def main() -> None:
     if args.kind == "tabular":
         world, task = tabular_world(args)
         world.value = args.value or "trak"
-        if args.consensus == "crowdlab":
-            world.probs = reviewed(world, task, args.seed)
+        if args.consensus in MODEL_METHODS:
+            world.probs, world.method = reviewed(world, task, args.seed), args.consensus
     else:
         world, task = build_media_world(args.kind, args.seed), None
         world.value = args.value or "trak"

@@ -19,13 +19,15 @@ majority vote and cleanlab's CROWDLAB (``cleanlab.multiannotator.get_label_quali
 on simulated annotators of accuracy 0.95/0.85/0.7/0.55 and a random one (uniform over the
 classes), ``--per-task`` answers per example. CROWDLAB also needs out-of-sample class
 probabilities: a 5-fold cross-validated scikit-learn LogisticRegression on the pixels, trained on
-the majority-vote labels (the labels one has before any consensus model). ``crowdlab_pipeline`` is
-what the pipeline's consensus does once a run was reviewed: ``labeling.aggregate(method='crowdlab')``
-(calibrated) with the review's probabilities, the MLP recipe (the pipeline's defaults) cross-fitted
-by ``attribution.review_labels`` on the Dawid-Skene labels. Printed: consensus accuracy against the
+the majority-vote labels (the labels one has before any consensus model). ``crowdlab_pipeline`` and
+``dawid_skene_model`` are what the pipeline's consensus methods that weigh a model do once a run was
+reviewed: ``labeling.aggregate(method='crowdlab')`` (calibrated) and
+``labeling.aggregate(method='dawid_skene_model')`` (the model as one more annotator), with the
+review's probabilities: the MLP recipe (the pipeline's defaults) cross-fitted by
+``attribution.review_labels`` on the Dawid-Skene labels. Printed: consensus accuracy against the
 true digits, and each method's annotator-quality estimates against the true accuracies (Spearman;
 mean absolute error, which only means something for estimates that are accuracies). The JSON line
-gains ``consensus_accuracy`` (also ``crowdlab_pipeline``), ``annotator_spearman`` and
+gains ``consensus_accuracy`` (also ``crowdlab_pipeline``, ``dawid_skene_model``), ``annotator_spearman`` and
 ``annotator_abs_error`` (keyed ``dawid_skene``, ``crowdlab``, ``majority``).
 """
 
@@ -238,6 +240,7 @@ def consensus_comparison(per_task: int, seed: int) -> dict:
     review = reviewed_probs(x, labels_of(ds), ids, classes, seed)
     pipeline = aggregate(ann, method="crowdlab", probs=review)
     t_review = time.perf_counter() - t0
+    with_model = aggregate(ann, method="dawid_skene_model", probs=review)
 
     def quality_of(agg) -> dict[str, float]:
         q = agg.quality
@@ -252,6 +255,7 @@ def consensus_comparison(per_task: int, seed: int) -> dict:
         "crowdlab": acc_of(cl_labels),
         "majority": acc_of(mv_label),
         "crowdlab_pipeline": acc_of(labels_of(pipeline)),
+        "dawid_skene_model": acc_of(labels_of(with_model)),
     }
     estimates = {
         "dawid_skene": quality_of(ds),
@@ -275,7 +279,8 @@ def consensus_comparison(per_task: int, seed: int) -> dict:
     review_acc = float(np.mean(review.probs.argmax(1) == y))
     print(
         f"  crowdlab_pipeline: the MLP recipe cross-fitted on the Dawid-Skene labels ({t_review:.1f} s; its "
-        f"own accuracy vs truth {review_acc:.4f}), then labeling.aggregate(method='crowdlab')"
+        f"own accuracy vs truth {review_acc:.4f}), then labeling.aggregate(method='crowdlab' and "
+        "'dawid_skene_model')"
     )
     print("  consensus accuracy vs true digits: " + ", ".join(f"{k} {v:.4f}" for k, v in accuracy.items()))
     print("  annotator quality (true accuracy: Dawid-Skene / CROWDLAB / majority agreement):")

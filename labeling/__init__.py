@@ -6,12 +6,15 @@ A plain library (no Dagster); Arrow tables in and out (schemas in `labeling.sche
 
 from labeling.aggregate import (
     METHODS,
+    MODEL_ANNOTATOR,
+    MODEL_METHODS,
     Aggregation,
     ModelProbs,
     aggregate,
     annotator_quality,
     crowdlab,
     dawid_skene,
+    dawid_skene_model,
     majority_vote,
 )
 from labeling.client import LabelStudioClient, Project, RetryPolicy
@@ -50,6 +53,8 @@ from labeling.webhook import WebhookReceiver
 __all__ = [
     "ANNOTATIONS",
     "METHODS",
+    "MODEL_ANNOTATOR",
+    "MODEL_METHODS",
     "ANNOTATOR_QUALITY",
     "CONSENSUS",
     "GOLD",
@@ -82,6 +87,7 @@ __all__ = [
     "config_choices",
     "crowdlab",
     "dawid_skene",
+    "dawid_skene_model",
     "existing_annotation_ids",
     "export_annotations",
     "image_data_url",

@@ -1,23 +1,24 @@
-"""Label aggregation (majority vote, Dawid-Skene, CROWDLAB) and annotator quality. Pure: tables in,
-tables out.
+"""Label aggregation (majority vote, Dawid-Skene, Dawid-Skene with a model, CROWDLAB) and annotator
+quality. Pure: tables in, tables out.
 
 Dawid-Skene is crowd-kit's (the reference implementation, EM over per-annotator confusion
 matrices); CROWDLAB is cleanlab's (``cleanlab.multiannotator``: each answer and a classifier's
 out-of-sample prediction weighed by their estimated quality). This module only shapes their input
 deterministically and reads their estimates.
 
-Why CROWDLAB where a model's out-of-sample probabilities exist: Dawid-Skene sees only the answers,
-so an example whose few answers are wrong stays wrong; CROWDLAB also weighs what a model that never
-saw the example predicts. Its probabilities are first temperature-scaled to the answers
-(``calibrate_probs``), so a model that is sure and wrong cannot outvote them. On digits with five
-simulated annotators (0.95/0.85/0.70/0.55/random, three answers per example) and the pipeline's MLP
-recipe cross-fitted on the Dawid-Skene labels, consensus accuracy is 0.95 against Dawid-Skene's
-0.88 (``bench/labeling_sync.py --consensus-only``); on harder synthetic sets where that model is
-only 0.79-0.87 accurate, 0.94-0.96 against 0.87-0.90; uncalibrated, 0.92-0.94 there (0.99 on
-digits), and a sure model wrong on a fifth of the rows pulled it below Dawid-Skene. Without such
-probabilities (the first sync of a dataset version, before any model) Dawid-Skene is the method.
-The pipeline still defaults to Dawid-Skene, because labelers are paid by what their answers did and
-under CROWDLAB that stops following their answers (``pipelines/assets/labeling.py`` says how).
+Weighing a model (``MODEL_METHODS``): Dawid-Skene sees only the answers, so an example whose few
+answers are wrong stays wrong; a model that never saw the example (cross-fitted) can outvote them.
+``dawid_skene_model`` lets the model vote as one more annotator, its confusion matrix learned by EM
+like anyone's; ``crowdlab`` is CROWDLAB with the probabilities temperature-scaled to the answers
+(``calibrate_probs``: uncalibrated, a sure model wrong on a fifth of the rows pulled it below
+Dawid-Skene). Consensus accuracy with the pipeline's MLP recipe cross-fitted on the Dawid-Skene
+labels, five simulated annotators (0.95/0.85/0.70/0.55/random), three answers per example: digits
+(``bench/labeling_sync.py --consensus-only``) 0.9805 (``dawid_skene_model``), 0.9533 (``crowdlab``)
+against 0.8781 (Dawid-Skene); harder synthetic sets where that model is only 0.79-0.83 accurate,
+0.940-0.948 and 0.935-0.951 against 0.875-0.897. Without probabilities (the first sync of a dataset
+version, before any model) Dawid-Skene is the method. The pipeline defaults to Dawid-Skene: labelers
+are paid by what their answers did, and with a model in the consensus that stops following their
+answers (``pipelines/assets/labeling.py`` says how).
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ from crowdkit.aggregation import DawidSkene
 
 from labeling.schemas import ANNOTATOR_QUALITY, CONSENSUS, GOLD
 
-METHODS = ("majority_vote", "dawid_skene", "crowdlab")
+METHODS = ("majority_vote", "dawid_skene", "dawid_skene_model", "crowdlab")
+MODEL_METHODS = ("dawid_skene_model", "crowdlab")  # weigh a model's out-of-sample probabilities
+MODEL_ANNOTATOR = "model:out-of-sample"  # the model's vote in dawid_skene_model; never a labeler
 
 
 @dataclass(frozen=True)
@@ -222,17 +225,48 @@ def crowdlab(
     return DawidSkeneFit(consensus, fit.accuracy), len(decided)
 
 
+def dawid_skene_model(
+    annotations: pa.Table, probs: ModelProbs, gold: pa.Table | None = None
+) -> tuple[DawidSkeneFit, int]:
+    """Dawid-Skene with the model as one more annotator: (fit, examples the model voted on).
+
+    The model votes its most probable class on each example that ``probs`` covers and a person
+    answered (it never labels an example alone); EM learns its confusion matrix like anyone's, so
+    a model that errs on a class is trusted less there, and leaving a labeler out only removes their
+    answers (no weight moves to the model all at once, as in CROWDLAB). The returned accuracies and
+    vote counts are the people's.
+    """
+    df = votes(annotations)
+    if (df["annotator"] == MODEL_ANNOTATOR).any():
+        raise ValueError(f"an annotator is named {MODEL_ANNOTATOR!r}, the model's own name here; rename them")
+    row = {e: i for i, e in enumerate(probs.example_ids)}
+    ids = sorted(set(df["example_id"]) & row.keys())
+    if not ids:
+        return dawid_skene(annotations, gold), 0
+    best = probs.probs[[row[e] for e in ids]].argmax(axis=1)
+    model = pd.DataFrame(
+        {"example_id": ids, "annotator": MODEL_ANNOTATOR, "label": [probs.classes[k] for k in best]}
+    )
+    both = pa.Table.from_pandas(pd.concat([df, model], ignore_index=True), preserve_index=False)
+    fit = dawid_skene(both, gold)
+    people = df.groupby("example_id", sort=True).size()
+    base = fit.consensus.to_pydict()
+    consensus = _consensus(base["example_id"], base["label"], base["confidence"], people[base["example_id"]])
+    accuracy = {w: a for w, a in fit.accuracy.items() if w != MODEL_ANNOTATOR}
+    return DawidSkeneFit(consensus, accuracy), len(ids)
+
+
 def aggregate(
     annotations: pa.Table,
     gold: pa.Table | None = None,
     method: str = "dawid_skene",
     probs: ModelProbs | None = None,
 ) -> Aggregation:
-    """Consensus labels and annotator quality by one method (``crowdlab`` needs ``probs``)."""
+    """Consensus labels and annotator quality by one method (``MODEL_METHODS`` need ``probs``)."""
     if method not in METHODS:
         raise ValueError(f"unknown aggregation method {method!r}; use one of {METHODS}")
-    if (method == "crowdlab") != (probs is not None):
-        raise ValueError("method 'crowdlab' needs a model's out-of-sample probabilities (probs=), no other")
+    if (method in MODEL_METHODS) != (probs is not None):
+        raise ValueError(f"{' and '.join(MODEL_METHODS)} need a model's out-of-sample probabilities (probs=)")
     if gold is not None:
         gold = gold.select(GOLD.names).cast(GOLD)
     informed = 0
@@ -242,7 +276,8 @@ def aggregate(
         if probs is None:
             fit = dawid_skene(annotations, gold)
         else:
-            fit, informed = crowdlab(annotations, probs, gold)
+            weigh = crowdlab if method == "crowdlab" else dawid_skene_model
+            fit, informed = weigh(annotations, probs, gold)
         consensus, estimated = fit.consensus, fit.accuracy
     quality = annotator_quality(annotations, consensus, estimated, gold)
     return Aggregation(consensus, quality, method, informed)

@@ -4,17 +4,19 @@ The annotation export keeps a cursor beside the annotations table it was applied
 table's CID): if the two ever disagree (a crash between storing one and the other) the
 cursor is dropped and the next export starts over, which merging makes harmless.
 
-Consensus is Dawid-Skene. With `method: crowdlab` it is CROWDLAB (`labeling.crowdlab`) once a run of
-the version has been reviewed: it also weighs the review's out-of-sample class probabilities (the
-run's recipe cross-fitted, so no model saw the example it predicts), and the consensus record names
-that review table as an input, so an auditor recomputes the same labels from stored bytes.
+Consensus is Dawid-Skene. With a method that weighs a model (`dawid_skene_model`: the model as one
+more annotator; `crowdlab`: cleanlab's CROWDLAB) it also weighs, once a run of the version has been
+reviewed, the review's out-of-sample class probabilities (the run's recipe cross-fitted, so no model
+saw the example it predicts); the consensus record names that review table as an input, so an
+auditor recomputes the same labels from stored bytes.
 
-Why not by default: CROWDLAB's labels are more accurate, but labelers are paid by what their answers
-did, and under CROWDLAB that stops following their answers. On digits (`bench/contributor_value.py
---consensus crowdlab`, world seed 1), leaving out either of the two best labelers hands every label
-to the model's prediction, and leaving out the constant labeler hurts the model more than leaving
-out the best one: pay cannot follow such a truth (labeler Spearman -0.7537, against 0.9856 under
-Dawid-Skene).
+Why neither is the default: they label more accurately, but labelers are paid by what their answers
+did, and with a model in the consensus that stops following their answers. On digits
+(`bench/contributor_value.py --consensus crowdlab`, world seed 1), leaving out either of the two best
+labelers hands every label to CROWDLAB's model, and leaving out the constant labeler hurts the model
+more than leaving out the best one (labeler Spearman -0.7537, against 0.9856 under Dawid-Skene);
+with `dawid_skene_model` (seed 3) leaving out the 0.85 labeler helps the model. Labeler pay
+(`attribution.contributor_weights`) does not see the model's votes either.
 """
 
 import json
@@ -30,6 +32,7 @@ import pyarrow.parquet as pq
 from labeling import (
     ANNOTATIONS,
     METHODS,
+    MODEL_METHODS,
     ExportCursor,
     LabelingError,
     ModelProbs,
@@ -179,8 +182,8 @@ def _previous(
 
 
 class ConsensusConfig(dg.Config):
-    # one of labeling.METHODS; "crowdlab" is Dawid-Skene until a run of this version was reviewed (its
-    # label_review holds out-of-sample class probabilities), CROWDLAB from then on
+    # one of labeling.METHODS; a model method ("dawid_skene_model", "crowdlab") is Dawid-Skene until a
+    # run of this version was reviewed (its label_review holds out-of-sample class probabilities)
     method: str = "dawid_skene"
 
 
@@ -232,10 +235,10 @@ def review_for(
 
 
 def consensus_method(config: ConsensusConfig, review: ReviewedProbs | None) -> str:
-    """The method this consensus runs: `crowdlab` is Dawid-Skene until there is a review to weigh."""
+    """The method this consensus runs: a model method is Dawid-Skene until there is a review to weigh."""
     if config.method not in METHODS:
         raise dg.Failure(f"consensus method {config.method!r} is not one of {', '.join(METHODS)}")
-    if config.method == "crowdlab" and review is None:
+    if config.method in MODEL_METHODS and review is None:
         return "dawid_skene"
     return config.method
 
@@ -265,9 +268,10 @@ def consensus_labels(
     client = store.client()
     gold = pq.read_table(pa.BufferReader(client.get(gold_file["cid"]))) if gold_file else None
     annotations_cid = index.cid_of("annotations", version)
-    review = review_for(client, lineage, version, annotations_cid) if config.method == "crowdlab" else None
+    model = config.method in MODEL_METHODS
+    review = review_for(client, lineage, version, annotations_cid) if model else None
     method = consensus_method(config, review)
-    probs = review.probs if method == "crowdlab" else None
+    probs = review.probs if method in MODEL_METHODS else None
     result = _labeling(aggregate)(annotations, gold, method, probs)
     quality = result.quality.sort_by("annotator")
     inputs = {ConsensusRecord.ANNOTATIONS: annotations_cid}

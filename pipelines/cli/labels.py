@@ -120,21 +120,25 @@ def aggregate(
     consensus: Annotated[Path, typer.Option(help="Where to write the consensus table.")],
     quality: Annotated[Path, typer.Option(help="Where to write the annotator quality table.")],
     method: Annotated[
-        str, typer.Option(help="dawid_skene, majority_vote, or crowdlab (answers and --probs).")
+        str,
+        typer.Option(
+            help="dawid_skene, majority_vote, or one that weighs --probs: dawid_skene_model, crowdlab."
+        ),
     ] = "dawid_skene",
     gold: Annotated[str | None, typer.Option(help="Gold answers Parquet (example_id, label).")] = None,
     probs: Annotated[
         str | None,
         typer.Option(
-            help="For crowdlab: Parquet of out-of-sample class probabilities, example_id and one float "
-            "column per class named by the label (a model that never saw the example: cross-fitted)."
+            help="For dawid_skene_model or crowdlab: Parquet of out-of-sample class probabilities, "
+            "example_id and one float column per class named by the label (a model that never saw the "
+            "example: cross-fitted)."
         ),
     ] = None,
 ) -> None:
     """Consensus labels and annotator quality."""
     import pyarrow.parquet as pq
 
-    from labeling import ANNOTATIONS, METHODS
+    from labeling import ANNOTATIONS, METHODS, MODEL_METHODS
     from labeling import aggregate as run
 
     with clean_errors():
@@ -147,8 +151,8 @@ def aggregate(
         gold_table = _read_parquet(gold) if gold else None
         if gold_table is not None and not {"example_id", "label"} <= set(gold_table.column_names):
             raise CaravanError(f"{gold} must have columns example_id and label")
-        if (method == "crowdlab") != (probs is not None):
-            raise CaravanError("--probs goes with --method crowdlab, and crowdlab needs --probs")
+        if (method in MODEL_METHODS) != (probs is not None):
+            raise CaravanError(f"--probs goes with --method {' or '.join(MODEL_METHODS)}, and they need it")
         model = _model_probs(probs) if probs else None
         result = run(table.cast(ANNOTATIONS), gold_table, method, model)
         pq.write_table(result.consensus, consensus)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import warnings
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -12,7 +13,16 @@ import pytest
 from crowdkit.aggregation import MajorityVote
 from scipy.stats import spearmanr
 
-from labeling import ANNOTATIONS, ModelProbs, aggregate, majority_vote, simulate_answers, simulated_annotators
+from labeling import (
+    ANNOTATIONS,
+    MODEL_ANNOTATOR,
+    MODEL_METHODS,
+    ModelProbs,
+    aggregate,
+    majority_vote,
+    simulate_answers,
+    simulated_annotators,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 CLASSES = ("a", "b", "c", "d")
@@ -168,15 +178,40 @@ def test_crowdlab_is_cleanlabs_consensus_with_class_names_kept():
     assert got.model_informed == 400 and got.method == "crowdlab"
 
 
+@pytest.mark.parametrize("method", MODEL_METHODS)
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_crowdlab_with_a_good_model_beats_dawid_skene_and_a_bad_sure_one_costs_little(seed):
+def test_a_good_model_beats_dawid_skene_and_a_bad_sure_one_costs_little(method, seed):
     truth, _, ann = simulated(n=600, seed=seed)
     ds = accuracy(aggregate(ann, method="dawid_skene").consensus, truth)
-    good = aggregate(ann, method="crowdlab", probs=model_probs(truth, right=0.9, wrong=0.1, seed=seed))
+    good = aggregate(ann, method=method, probs=model_probs(truth, right=0.9, wrong=0.1, seed=seed))
     assert accuracy(good.consensus, truth) > ds + 0.02
-    # wrong on half the rows yet sure of itself: calibrated against the answers, it barely counts
-    bad = aggregate(ann, method="crowdlab", probs=model_probs(truth, right=0.9, wrong=0.5, seed=seed))
+    # wrong on half the rows yet sure of itself: calibrated against the answers (CROWDLAB), or its
+    # confusion learned like anyone's (Dawid-Skene), it barely counts
+    bad = aggregate(ann, method=method, probs=model_probs(truth, right=0.9, wrong=0.5, seed=seed))
     assert accuracy(bad.consensus, truth) > ds - 0.02
+
+
+def test_dawid_skene_model_is_crowd_kits_fit_with_the_model_as_one_more_worker():
+    """Against crowd-kit called directly on a frame built by hand; the people's counts and
+    accuracies come back without the model, which never labels an example alone."""
+    from crowdkit.aggregation import DawidSkene
+
+    truth, _, ann = simulated(n=300, seed=6)
+    ids = sorted(truth)
+    probs = model_probs(truth, right=0.8, seed=6)
+    extra = ModelProbs((*probs.example_ids, "unanswered"), CLASSES, np.vstack([probs.probs, [[1, 0, 0, 0]]]))
+    got = aggregate(ann, method="dawid_skene_model", probs=extra)
+    frame = ann.to_pandas()[["example_id", "annotator", "label"]]
+    model = pd.DataFrame({"example_id": ids, "annotator": MODEL_ANNOTATOR,
+                          "label": [CLASSES[k] for k in probs.probs.argmax(1)]})
+    data = pd.concat([frame, model]).rename(columns={"example_id": "task", "annotator": "worker"})
+    with warnings.catch_warnings():  # crowd-kit 1.4 uses pandas idioms pandas 3 deprecates
+        warnings.simplefilter("ignore")
+        ref = DawidSkene(n_iter=100, tol=1e-5).fit(data).labels_.sort_index()
+    assert got.consensus["example_id"].to_pylist() == list(ref.index)  # "unanswered" is not labeled
+    assert got.consensus["label"].to_pylist() == list(ref)
+    assert set(got.consensus["n_votes"].to_pylist()) == {3}
+    assert MODEL_ANNOTATOR not in got.quality["annotator"].to_pylist() and got.model_informed == 300
 
 
 def test_crowdlab_leaves_gold_uncovered_and_unknown_labels_to_dawid_skene():
@@ -213,11 +248,16 @@ def test_crowdlab_with_one_answer_per_example_keeps_dawid_skene():
 
 def test_crowdlab_needs_probabilities_and_they_must_fit():
     ann = table([("x", "u1", "a"), ("x", "u2", "a")])
-    with pytest.raises(ValueError, match="needs a model's out-of-sample probabilities"):
-        aggregate(ann, method="crowdlab")
-    with pytest.raises(ValueError, match="needs a model's out-of-sample probabilities"):
+    for method in MODEL_METHODS:
+        with pytest.raises(ValueError, match="need a model's out-of-sample probabilities"):
+            aggregate(ann, method=method)
+    with pytest.raises(ValueError, match="need a model's out-of-sample probabilities"):
         aggregate(ann, probs=ModelProbs(("x",), CLASSES, np.full((1, 4), 0.25)))
     with pytest.raises(ValueError, match=r"shape \(1, 3\) do not match 1 examples x 4 classes"):
         ModelProbs(("x",), CLASSES, np.full((1, 3), 0.25))
     with pytest.raises(ValueError, match="finite, non-negative"):
         ModelProbs(("x",), CLASSES, np.array([[0.5, np.nan, 0.25, 0.25]]))
+    impostor = table([("x", MODEL_ANNOTATOR, "a"), ("x", "u2", "a")])
+    flat = ModelProbs(("x",), CLASSES, np.full((1, 4), 0.25))
+    with pytest.raises(ValueError, match="the model's own name here"):
+        aggregate(impostor, method="dawid_skene_model", probs=flat)

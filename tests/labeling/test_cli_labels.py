@@ -108,8 +108,9 @@ def test_down_server_and_missing_token_are_named(cli, monkeypatch, tmp_path):
     assert r.exit_code == 1 and "refused the API token" in r.output and "LABEL_STUDIO_USER_TOKEN" in r.output
 
 
-def test_aggregate_by_crowdlab_reads_class_probabilities_and_names_bad_ones(tmp_path):
-    """No server needed: answers and probabilities from files, CROWDLAB as `labeling.aggregate` does it."""
+def test_aggregate_with_a_model_reads_class_probabilities_and_names_bad_ones(tmp_path):
+    """No server needed: answers and probabilities from files, each model method as `labeling.aggregate`
+    does it."""
     import numpy as np
 
     from labeling import ModelProbs, aggregate
@@ -127,18 +128,19 @@ def test_aggregate_by_crowdlab_reads_class_probabilities_and_names_bad_ones(tmp_
     wide = pa.table({"example_id": list(probs.example_ids), **columns})
     pq.write_table(wide, tmp_path / "probs.parquet")
     out = ["--consensus", tmp_path / "c.parquet", "--quality", tmp_path / "q.parquet"]
-    ok = cli(tmp_path / "ann.parquet", *out, "--method", "crowdlab", "--probs", tmp_path / "probs.parquet")
-    assert ok.exit_code == 0, ok.output
-    expected = aggregate(ann, method="crowdlab", probs=ModelProbs(probs.example_ids, CLASSES, probs.probs))
-    assert pq.read_table(tmp_path / "c.parquet").equals(expected.consensus)
+    for method in ("crowdlab", "dawid_skene_model"):
+        ok = cli(tmp_path / "ann.parquet", *out, "--method", method, "--probs", tmp_path / "probs.parquet")
+        assert ok.exit_code == 0, ok.output
+        expected = aggregate(ann, method=method, probs=ModelProbs(probs.example_ids, CLASSES, probs.probs))
+        assert pq.read_table(tmp_path / "c.parquet").equals(expected.consensus)
 
     pq.write_table(wide.drop(["example_id"]), tmp_path / "noid.parquet")
     pq.write_table(wide.set_column(1, "a", pa.array(["x"] * 200)), tmp_path / "text.parquet")
     negative = wide.set_column(1, "a", pa.array(-np.ones(200)))
     pq.write_table(negative, tmp_path / "neg.parquet")
     for args, words in [
-        (["--method", "crowdlab"], "crowdlab needs --probs"),
-        (["--probs", tmp_path / "probs.parquet"], "--probs goes with --method crowdlab"),
+        (["--method", "crowdlab"], "and they need it"),
+        (["--probs", tmp_path / "probs.parquet"], "--probs goes with --method dawid_skene_model or crowdlab"),
         (["--method", "crowdlab", "--probs", tmp_path / "noid.parquet"], "must have an example_id column"),
         (["--method", "crowdlab", "--probs", tmp_path / "text.parquet"], "not floats: a"),
         (["--method", "crowdlab", "--probs", tmp_path / "neg.parquet"], "finite, non-negative"),

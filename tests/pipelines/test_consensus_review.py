@@ -1,10 +1,11 @@
 """Consensus after review: the pipeline's own assets (no Label Studio; upstream tables written through
-the content-store IO manager's pointers) train, review, then decide the next consensus by CROWDLAB
-with the review's stored out-of-sample probabilities.
+the content-store IO manager's pointers) train, review, then decide the next consensus with the
+review's stored out-of-sample probabilities.
 
-With `method: crowdlab`, a version's first consensus is Dawid-Skene; a rerun on the same annotations
-decides nothing anew (same labels, same CID, even after more reviews); new annotations take the
-latest review, and an auditor recomputes the labels from the stored review and answers alone.
+With a method that weighs a model (`dawid_skene_model`, `crowdlab`), a version's first consensus is
+Dawid-Skene; a rerun on the same annotations decides nothing anew (same labels, same CID, even after
+more reviews); new annotations take the latest review, and an auditor recomputes the labels from
+the stored review and answers alone.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from labeling import ModelProbs, aggregate
+from labeling import MODEL_METHODS, ModelProbs, aggregate
 from pipelines.assets import labeling as labeling_assets
 from pipelines.assets import review, training
 from pipelines.assets.labeling import ConsensusConfig, consensus_method, reviewed_probs
@@ -81,7 +82,7 @@ def _store(home, asset: str, table: pa.Table) -> str:
     return stored.cid
 
 
-def _run(home, *assets, method: str = "crowdlab"):
+def _run(home, *assets, method: str):
     upstream = [dg.AssetSpec(a, partitions_def=dataset_versions) for a in ("raw_dataset", "annotations")]
     config = {
         "consensus_labels": {"config": {"method": method}},
@@ -112,15 +113,16 @@ TRAIN_AND_REVIEW = (labeling_assets.consensus_labels, labeling_assets.labeled_da
                     training.trained_model, review.label_review)
 
 
-def test_consensus_weighs_the_last_review_once_new_answers_arrive(home):
+@pytest.mark.parametrize("method", MODEL_METHODS)
+def test_consensus_weighs_the_last_review_once_new_answers_arrive(home, method):
     _store(home, "raw_dataset", home["raw"])
     first_answers = _store(home, "annotations", annotations_table(home["answers"]))
-    _run(home, *TRAIN_AND_REVIEW)
+    _run(home, *TRAIN_AND_REVIEW, method=method)
     record, first = _consensus(home)
     assert record.params["method"] == "dawid_skene" and ConsensusRecord.LABEL_REVIEW not in record.inputs
 
     # a rerun on the same answers, with a review now stored, decides nothing anew
-    _run(home, labeling_assets.consensus_labels)
+    _run(home, labeling_assets.consensus_labels, method=method)
     again, _ = _consensus(home)
     assert again.outputs == record.outputs and again.params["method"] == "dawid_skene"
 
@@ -130,19 +132,19 @@ def test_consensus_weighs_the_last_review_once_new_answers_arrive(home):
     extra = [(e, "l-late", home["truth"][e]) for e in sorted(home["truth"])[:30]]
     new_answers = annotations_table([*home["answers"], *extra])
     assert _store(home, "annotations", new_answers) != first_answers
-    _run(home, labeling_assets.consensus_labels)
+    _run(home, labeling_assets.consensus_labels, method=method)
     record, second = _consensus(home)
     used = reviewed_probs(home["client"], review_record)
-    assert record.params["method"] == "crowdlab" and record.params["model_informed"] == home["raw"].num_rows
+    assert record.params["method"] == method and record.params["model_informed"] == home["raw"].num_rows
     assert record.inputs[ConsensusRecord.LABEL_REVIEW] == used.table_cid and review_record in record.parents
     # the auditor's recomputation: stored answers and stored review, nothing else
     stored_answers = read_parquet(home["client"].get(record.inputs[ConsensusRecord.ANNOTATIONS]))
-    redo = aggregate(stored_answers, method="crowdlab", probs=used.probs).consensus
+    redo = aggregate(stored_answers, method=method, probs=used.probs).consensus
     assert redo.equals(second)
     assert _accuracy(second, home["truth"]) >= _accuracy(first, home["truth"])
 
     # train and review again on those labels; a rerun on the same answers keeps the review it used
-    _run(home, *TRAIN_AND_REVIEW)
+    _run(home, *TRAIN_AND_REVIEW, method=method)
     assert lineage.cid_of(LABEL_REVIEW, VERSION) != review_record
     kept, _ = _consensus(home)
     assert kept.outputs == record.outputs and kept.inputs == record.inputs
@@ -160,12 +162,13 @@ def test_a_review_stored_before_it_kept_probabilities_gives_none(home):
     assert reviewed_probs(client, cid) is None
 
 
-def test_consensus_method_is_crowdlab_only_with_a_review_and_names_unknown_ones():
+def test_a_model_method_runs_only_with_a_review_and_unknown_methods_are_named():
     probs = ModelProbs(("x",), CLASSES, np.full((1, 3), 1 / 3))
     reviewed = labeling_assets.ReviewedProbs(probs, "table", "record")
     assert consensus_method(ConsensusConfig(), reviewed) == "dawid_skene"
-    assert consensus_method(ConsensusConfig(method="crowdlab"), None) == "dawid_skene"
-    assert consensus_method(ConsensusConfig(method="crowdlab"), reviewed) == "crowdlab"
+    for method in MODEL_METHODS:
+        assert consensus_method(ConsensusConfig(method=method), None) == "dawid_skene"
+        assert consensus_method(ConsensusConfig(method=method), reviewed) == method
     assert consensus_method(ConsensusConfig(method="majority_vote"), reviewed) == "majority_vote"
     with pytest.raises(dg.Failure, match="'vote' is not one of"):
         consensus_method(ConsensusConfig(method="vote"), None)
