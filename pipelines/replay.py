@@ -4,6 +4,11 @@ The auditor fetches what the run's records name (the labeled data, the recipe an
 tables the split was computed from, an hf-local run's starting model by the CIDs of its files),
 retrains with the same code, and compares:
 
+- the labels: the consensus the consensus record stores against the consensus recomputed from the
+  answers, gold and label review it names (by the method it names); the labeled data trained on
+  against the snapshot's rows with those labels; and the annotations and consensus the split was
+  computed from against those the consensus record names. Without this a publisher could train and
+  pay on labels of its choosing, every CID and score consistent;
 - the example scores: bit for bit where the run was trained on the same torch build and CPU
   architecture (the platform the training record names); elsewhere within the tolerance recorded
   with the run, at the precision the split used (`score_digits`);
@@ -23,15 +28,23 @@ import numpy as np
 import pyarrow as pa
 
 from attribution import WeightPolicy, contributor_weights
+from labeling import aggregate
+from pipelines.assets.labeling import label_rows, reviewed_probs
 from pipelines.assets.training import SCORE_RTOL, TrainingConfig, train_labeled, training_platform
 from pipelines.lineage import pipeline_code
 from provenance import (
+    CONSENSUS,
+    LABEL_REVIEW,
+    SNAPSHOT,
     TRAINING,
     Chain,
     CodeVersion,
+    ConsensusRecord,
     Findings,
     Record,
+    RecordError,
     RunRecords,
+    SnapshotRecord,
     TrainingRecord,
     WeightingRecord,
     read_weights,
@@ -77,6 +90,7 @@ def replay_run(
     report.same_platform = recorded == training_platform()
     report.score_rtol = 0.0 if report.same_platform else float(training.params.get("score_rtol", SCORE_RTOL))
     labeled = read_parquet(store.get(training.inputs[TrainingRecord.LABELED_DATASET]))
+    _check_labels(records, report.training_cid, head, labeled, report)
     config = TrainingConfig(**training.params["config"])
     validation_cid = training.inputs.get(TrainingRecord.VALIDATION)
     validation = read_parquet(store.get(validation_cid)) if validation_cid else None
@@ -116,6 +130,76 @@ def require_same_code(recorded: CodeVersion, here: CodeVersion) -> None:
         raise ReplayRefused(
             f"the run was trained by commit {recorded.git_commit}, this checkout is {here.describe()}: "
             f"run `git checkout {recorded.git_commit}` in a clean working tree, then replay again"
+        )
+
+
+def _check_labels(
+    records: RunRecords, training_cid: str, head: Record, labeled: pa.Table, report: ReplayReport
+) -> None:
+    """The labels trained on and paid by are the recorded answers' consensus, recomputed."""
+    try:
+        consensus_cid, consensus = records.parent(training_cid, CONSENSUS)
+        _, snapshot = records.parent(training_cid, SNAPSHOT)
+    except RecordError as exc:
+        report.fail("lineage_incomplete", training_cid, str(exc))
+        return
+    if ConsensusRecord.ANNOTATIONS not in consensus.inputs or SnapshotRecord.EXAMPLES not in snapshot.inputs:
+        report.skip("labels_not_replayed", consensus_cid, "the consensus or snapshot record names no inputs")
+        return
+    store = records.store
+    annotations, gold = records.input_tables(consensus, (ConsensusRecord.ANNOTATIONS, ConsensusRecord.GOLD))
+    probs = None
+    if ConsensusRecord.LABEL_REVIEW in consensus.inputs:
+        review_cid, _ = records.parent(consensus_cid, LABEL_REVIEW)
+        probs = reviewed_probs(store, review_cid).probs
+    method = str(consensus.params.get("method", "dawid_skene"))
+    stored = read_parquet(store.get(consensus.outputs[ConsensusRecord.CONSENSUS]))
+    again = aggregate(annotations, gold, method, probs).consensus
+    _compare_consensus(stored, again, consensus_cid, method, report)
+
+    raw = read_parquet(store.get(snapshot.inputs[SnapshotRecord.EXAMPLES]))
+    expected = label_rows(raw, stored)
+    if expected.column_names != labeled.column_names or not expected.cast(labeled.schema).equals(labeled):
+        report.fail(
+            "labeled_data_differs",
+            training_cid,
+            "the labeled data trained on is not the snapshot's rows with the recorded consensus labels",
+        )
+    pay_inputs = {
+        WeightingRecord.ANNOTATIONS: consensus.inputs[ConsensusRecord.ANNOTATIONS],
+        WeightingRecord.CONSENSUS: consensus.outputs[ConsensusRecord.CONSENSUS],
+    }
+    other = [name for name, cid in pay_inputs.items() if head.inputs.get(name) != cid]
+    if other:
+        report.fail(
+            "pay_inputs_differ",
+            report.head_cid or "",
+            f"the split was computed from other {' and '.join(other)} than the trained labels' consensus",
+        )
+
+
+def _compare_consensus(
+    stored: pa.Table, again: pa.Table, cid: str, method: str, report: ReplayReport
+) -> None:
+    """Labels and vote counts exactly; confidences (EM's floats) to 1e-6."""
+
+    def rows(table: pa.Table) -> dict[str, tuple[str, int, float]]:
+        cols = [table[c].to_pylist() for c in ("example_id", "label", "n_votes", "confidence")]
+        return {e: (lab, n, c) for e, lab, n, c in zip(*cols, strict=True)}
+
+    a, b = rows(stored), rows(again)
+
+    def same(e: str) -> bool:
+        x, y = a.get(e), b.get(e)
+        return x is not None and y is not None and x[:2] == y[:2] and abs(x[2] - y[2]) <= 1e-6
+
+    differ = sorted(e for e in a.keys() | b.keys() if not same(e))
+    if differ:
+        report.fail(
+            "consensus_differs",
+            cid,
+            f"{len(differ)} of {len(b)} stored consensus rows differ from the recorded answers' {method} "
+            f"consensus (examples {', '.join(e[:16] for e in differ[:3])})",
         )
 
 

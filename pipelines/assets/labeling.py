@@ -330,17 +330,22 @@ def consensus_labels(
     )
 
 
+def label_rows(raw: pa.Table, consensus: pa.Table) -> pa.Table:
+    """The examples of `raw` that have a consensus label, with its label, confidence and votes, in
+    example_id order: what the model trains on (and what replay derives again)."""
+    # by index, not Table.join: joins refuse list columns such as image pixels
+    position = pc.index_in(raw["example_id"], value_set=consensus["example_id"])
+    table = raw.filter(pc.is_valid(position))
+    labels = consensus.take(pc.drop_null(position))
+    for name in ("label", "confidence", "n_votes"):
+        table = table.append_column(name, labels[name])
+    return table.sort_by("example_id")
+
+
 @dg.asset(partitions_def=dataset_versions, group_name="labeling", kinds={"parquet", "ipfs"})
 def labeled_dataset(raw_dataset: pa.Table, consensus_labels: pa.Table) -> dg.Output[pa.Table]:
     """The examples that have a consensus label, with it: what the model trains on."""
-    # by index, not Table.join: joins refuse list columns such as image pixels
-    position = pc.index_in(raw_dataset["example_id"], value_set=consensus_labels["example_id"])
-    labeled = pc.is_valid(position)
-    table = raw_dataset.filter(labeled)
-    labels = consensus_labels.take(pc.drop_null(position))
-    for name in ("label", "confidence", "n_votes"):
-        table = table.append_column(name, labels[name])
-    table = table.sort_by("example_id")
+    table = label_rows(raw_dataset, consensus_labels)
     return dg.Output(
         table,
         metadata={"dagster/row_count": table.num_rows, "unlabeled": raw_dataset.num_rows - table.num_rows},

@@ -40,14 +40,16 @@ def stored_upstream(
     home: Path, rpc_url: str, private_key: str, code, version: str, tables: dict[str, pa.Table]
 ) -> Iterator[tuple[Settings, dict]]:
     """A Caravan home on a real chain whose `version` already has `tables` stored as its upstream
-    assets (raw rows, annotations, consensus, labeled data) and the consensus and snapshot records
-    the training record names as parents; the code version is pinned to `code`, a clean checkout,
-    so the run can be replayed. Yields (settings, resources) inside the patched environment."""
+    assets (raw rows, annotations, consensus, labeled data: `consistent_labels`) and the consensus
+    and snapshot records the training record names as parents, naming those tables; the code
+    version is pinned to `code`, a clean checkout, so the run can be replayed. Yields (settings,
+    resources) inside the patched environment."""
     from dagster import AssetKey
 
     from pipelines.content_io import store_value
     from pipelines.lineage import now
     from pipelines.resources import resources_for
+    from provenance import CONSENSUS, SNAPSHOT, ConsensusRecord, SnapshotRecord
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CARAVAN_HOME", str(home))
@@ -60,12 +62,31 @@ def stored_upstream(
         settings = load_settings()
         resources = resources_for(settings)
         client = resources["store"].client()
+        cids = {}
         for asset, table in tables.items():
             stored = store_value(client, table)
+            cids[asset] = stored.cid
             resources["index"].write(AssetKey(asset), version, {"cid": stored.cid, "kind": stored.kind})
-        for parent in ("consensus", "snapshot"):  # the records the training record names as parents
-            resources["lineage"].write(client, parent, version, started=now(), inputs={}, outputs={})
+        # the records the training record names as parents, as the labeling stage writes them
+        lineage = resources["lineage"]
+        raw, answers, consensus = cids["raw_dataset"], cids["annotations"], cids["consensus_labels"]
+        lineage.write(client, SNAPSHOT, version, started=now(), inputs={SnapshotRecord.EXAMPLES: raw},
+                      outputs={SnapshotRecord.SNAPSHOT: raw})
+        lineage.write(client, CONSENSUS, version, started=now(),
+                      inputs={ConsensusRecord.ANNOTATIONS: answers},
+                      outputs={ConsensusRecord.CONSENSUS: consensus}, params={"method": "dawid_skene"})
         yield settings, resources
+
+
+def consistent_labels(raw: pa.Table, annotations: pa.Table) -> dict[str, pa.Table]:
+    """`stored_upstream`'s labeling tables as the pipeline derives them: the answers' Dawid-Skene
+    consensus and the raw rows with it (what replay recomputes and compares)."""
+    from labeling import aggregate
+    from pipelines.assets.labeling import label_rows
+
+    consensus = aggregate(annotations).consensus
+    return {"raw_dataset": raw, "annotations": annotations, "consensus_labels": consensus,
+            "labeled_dataset": label_rows(raw, consensus)}
 
 
 def annotations_table(rows: list[tuple[str, str, str]]) -> pa.Table:

@@ -27,7 +27,7 @@ from pipelines.resources import DatasetCatalog
 from provenance import TRAINING, CodeVersion, RunRecords, TrainingRecord
 from serving import API_KEY_HEADER, SPLIT_QUERY, Ledger, create_app, load_run
 from storage import BlockStore, FileTable
-from tests.pipelines.conftest import annotations_table, stored_upstream
+from tests.pipelines.conftest import annotations_table, consistent_labels, stored_upstream
 from tests.services.anvil import AnvilService
 
 VERSION = "hf-v1"
@@ -146,11 +146,8 @@ def _tables() -> dict[str, pa.Table]:
     labeled = _labeled()
     ids, labels = labeled["example_id"].to_pylist(), labeled["label"].to_pylist()
     rows = [(e, who, lab) for e, lab in zip(ids, labels, strict=True) for who in LABELERS]
-    annotations = annotations_table(rows)
-    consensus = labeled.select(["example_id", "label", "confidence", "n_votes"])
     raw = labeled.drop_columns(["label", "confidence", "n_votes"])
-    return {"raw_dataset": raw, "annotations": annotations, "consensus_labels": consensus,
-            "labeled_dataset": labeled}
+    return consistent_labels(raw, annotations_table(rows))
 
 
 @pytest.fixture(scope="module")

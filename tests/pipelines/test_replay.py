@@ -19,6 +19,8 @@ import pytest
 
 from attribution import WeightPolicy, contributor_weights
 from pipelines.assets import royalties, training
+from pipelines.assets.labeling import label_rows
+from pipelines.assets.training import TrainingConfig, train_labeled
 from pipelines.content_io import store_value
 from pipelines.demo import write_contributors
 from pipelines.lineage import now
@@ -26,13 +28,17 @@ from pipelines.partitions import dataset_versions
 from pipelines.replay import ReplayRefused, replay_run
 from pipelines.resources import DatasetCatalog
 from provenance import (
+    CONSENSUS,
     INGEST,
+    SNAPSHOT,
     TRAINING,
     WEIGHTING,
     CodeVersion,
+    ConsensusRecord,
     IngestRecord,
     Record,
     RunRecords,
+    SnapshotRecord,
     TrainingRecord,
     WeightingRecord,
     publish_run,
@@ -43,7 +49,7 @@ from provenance import (
 )
 from schemas import CREDIT_SCHEMA
 from storage import read_parquet
-from tests.pipelines.conftest import annotations_table, stored_upstream
+from tests.pipelines.conftest import annotations_table, consistent_labels, stored_upstream
 from tests.services.anvil import AnvilService
 
 VERSION = "replay-v1"
@@ -68,18 +74,7 @@ def _tables(n: int = 150, seed: int = 0) -> dict[str, pa.Table]:
         for i, e in enumerate(ids)
         for k, who in enumerate(LABELERS)
     ]
-    annotations = annotations_table(rows)
-    labels = [CLASSES[v] for v in y]
-    consensus = pa.table({"example_id": ids, "label": labels, "confidence": [0.9] * n, "n_votes": [3] * n})
-    labeled = examples.append_column("label", pa.array(labels))
-    for name in ("confidence", "n_votes"):
-        labeled = labeled.append_column(name, consensus[name])
-    return {
-        "raw_dataset": examples,
-        "annotations": annotations,
-        "consensus_labels": consensus,
-        "labeled_dataset": labeled.sort_by("example_id"),
-    }
+    return consistent_labels(examples, annotations_table(rows))
 
 
 def _publish(tmp_path_factory, anvil: AnvilService, *, validation: bool, credit: bool = False):
@@ -167,6 +162,7 @@ def test_an_honest_run_replays_bit_for_bit(published) -> None:
     chain, store, run_id = published
     report = replay_run(chain, store, run_id, code=CODE)
     assert report.ok, report.failures
+    assert not report.skipped  # the labels were recomputed from the answers too
     assert report.same_platform and report.max_score_diff == 0.0  # same torch build and CPU: exact
     assert report.replayed_root == report.onchain_root == report.stored_root
 
@@ -196,17 +192,22 @@ def _republish(chain, store, run_id: str, name: str, **change) -> str:
             scores.schema.get_field_index("score"), "score", pa.array(score, pa.float64())
         )
         outputs[TrainingRecord.EXAMPLE_ATTRIBUTION] = store_value(store, scores).cid
-    inputs = dict(train.inputs)
+    inputs, parents = dict(train.inputs), train.parents
+    pay_tables = {}
+    if "labels" in change:  # trained and paid on labels of the publisher's choosing, CIDs consistent
+        inputs, parents, pay_tables, scores = _relabel(store, records, training_cid, train, change["labels"])
+        outputs[TrainingRecord.EXAMPLE_ATTRIBUTION] = store_value(store, scores).cid
     if "validation" in change:  # the record names other targets than those the scores were measured on
         half = read_parquet(store.get(inputs[TrainingRecord.VALIDATION])).slice(0, 30)
         inputs[TrainingRecord.VALIDATION] = store_value(store, half).cid
     new_training = put_record(
-        store, dataclasses.replace(train, inputs=inputs, outputs=outputs, params=params)
+        store, dataclasses.replace(train, inputs=inputs, outputs=outputs, params=params, parents=parents)
     )
     stored = read_weights(store.get(head.outputs[WeightingRecord.WEIGHTS]))
     addresses = dict(zip(stored["contributor"].to_pylist(), stored["address"].to_pylist(), strict=True))
+    head_inputs = {**head.inputs, **pay_tables}
     tables = [
-        read_parquet(store.get(head.inputs[n]))
+        read_parquet(store.get(head_inputs[n]))
         for n in (WeightingRecord.ANNOTATIONS, WeightingRecord.CONSENSUS)
     ]
     weights = contributor_weights(
@@ -227,7 +228,7 @@ def _republish(chain, store, run_id: str, name: str, **change) -> str:
             ended_at=head.ended_at,
             code=head.code,
             inputs={
-                **head.inputs,
+                **head_inputs,
                 WeightingRecord.EXAMPLE_ATTRIBUTION: outputs[TrainingRecord.EXAMPLE_ATTRIBUTION],
             },
             outputs={WeightingRecord.WEIGHTS: store_weights(store, weights)},
@@ -239,15 +240,43 @@ def _republish(chain, store, run_id: str, name: str, **change) -> str:
     return name
 
 
+def _relabel(store, records, training_cid: str, train: Record, where: str):
+    """Labels changed where `where` says (the stored `consensus`, the `labeled` data trained on, or
+    only the consensus the split is computed from, `pay`), then trained on for real, so the scores
+    are what training on those labels gives: (training inputs, parents, weighting inputs, scores)."""
+    consensus_cid, consensus = records.parent(training_cid, CONSENSUS)
+    _, snapshot = records.parent(training_cid, SNAPSHOT)
+    honest = read_parquet(store.get(consensus.outputs[ConsensusRecord.CONSENSUS]))
+    labels = honest["label"].to_pylist()
+    flipped = [CLASSES[(CLASSES.index(v) + 1) % 3] if i < 12 else v for i, v in enumerate(labels)]
+    tampered = honest.set_column(honest.schema.get_field_index("label"), "label", pa.array(flipped))
+    raw = read_parquet(store.get(snapshot.inputs[SnapshotRecord.EXAMPLES]))
+    trained_on = label_rows(raw, honest if where == "pay" else tampered)
+    inputs = {**train.inputs, TrainingRecord.LABELED_DATASET: store_value(store, trained_on).cid}
+    parents, pay = train.parents, {}
+    if where == "consensus":  # a consensus record that claims the tampered labels came from the answers
+        claimed = {**consensus.outputs, ConsensusRecord.CONSENSUS: store_value(store, tampered).cid}
+        record = dataclasses.replace(consensus, outputs=claimed)
+        parents = tuple(put_record(store, record) if p == consensus_cid else p for p in train.parents)
+    if where in ("consensus", "pay"):
+        pay = {WeightingRecord.CONSENSUS: store_value(store, tampered).cid}
+    config = TrainingConfig(**train.params["config"])
+    _, result = train_labeled(trained_on, config, run_id=str(train.params["run_id"]))
+    return inputs, parents, pay, result.example_attribution
+
+
 @pytest.mark.parametrize(
     "change, failure",
     [
+        ({"labels": "consensus"}, "consensus_differs"),
+        ({"labels": "labeled"}, "labeled_data_differs"),
+        ({"labels": "pay"}, "pay_inputs_differ"),
         ({"inflate": "p-small"}, "pay_differs"),
         ({"config": {"lr": 0.05}}, "scores_differ"),
         ({"config": {"seed": 7}}, "scores_differ"),
         ({"pay": True}, "pay_differs"),
     ],
-    ids=["scores", "recipe", "seed", "weights"],
+    ids=["consensus", "labeled-data", "pay-labels", "scores", "recipe", "seed", "weights"],
 )
 def test_a_tampered_run_passes_verify_but_fails_replay(published, change, failure, request) -> None:
     chain, store, run_id = published
@@ -255,6 +284,8 @@ def test_a_tampered_run_passes_verify_but_fails_replay(published, change, failur
     assert verify_run(chain, store, name).ok  # structure, CIDs and root are consistent
     report = replay_run(chain, store, name, code=CODE)
     assert not report.ok and failure in report.names()
+    if "labels" in change:  # trained on the labels it names: only the labels' check sees it
+        assert report.names() == {failure}
     if "inflate" in change:
         (pay,) = [f for f in report.failures if f.name == "pay_differs"]
         assert "p-small (provider" in pay.detail  # the contributors whose pay differs are named
