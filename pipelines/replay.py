@@ -144,7 +144,7 @@ def _check_labels(
         report.fail("lineage_incomplete", training_cid, str(exc))
         return
     if ConsensusRecord.ANNOTATIONS not in consensus.inputs or SnapshotRecord.EXAMPLES not in snapshot.inputs:
-        report.skip("labels_not_replayed", consensus_cid, "the consensus or snapshot record names no inputs")
+        report.skip("SKIP (labels)", consensus_cid, "no inputs named to recompute the labels from")
         return
     store = records.store
     annotations, gold = records.input_tables(consensus, (ConsensusRecord.ANNOTATIONS, ConsensusRecord.GOLD))

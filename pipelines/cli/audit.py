@@ -96,7 +96,8 @@ class RunAudit:
 
     @property
     def skipped(self) -> list[Any]:
-        return list(self.run.skipped) + list(self.skipped_here)
+        replayed = list(self.replay.skipped) if self.replay else []
+        return list(self.run.skipped) + list(self.skipped_here) + replayed
 
     def to_json(self) -> dict[str, Any]:
         epochs = [{**epoch.to_json(), "verify": report.to_json()} for epoch, report in self.epochs]
