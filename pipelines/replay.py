@@ -6,9 +6,10 @@ retrains with the same code, and compares:
 
 - the labels: the consensus the consensus record stores against the consensus recomputed from the
   answers, gold and label review it names (by the method it names); the labeled data trained on
-  against the snapshot's rows with those labels; and the annotations and consensus the split was
-  computed from against those the consensus record names. Without this a publisher could train and
-  pay on labels of its choosing, every CID and score consistent;
+  against the snapshot's rows with those labels; and the examples, example credit, annotations and
+  consensus the split was computed from against those the ingest, snapshot and consensus records
+  name. Without this a publisher could train and pay on labels (or credit) of its choosing, every
+  CID and score consistent;
 - the example scores: bit for bit where the run was trained on the same torch build and CPU
   architecture (the platform the training record names); elsewhere within the tolerance recorded
   with the run, at the precision the split used (`score_digits`);
@@ -34,6 +35,7 @@ from pipelines.assets.training import SCORE_RTOL, TrainingConfig, train_labeled,
 from pipelines.lineage import pipeline_code
 from provenance import (
     CONSENSUS,
+    INGEST,
     LABEL_REVIEW,
     SNAPSHOT,
     TRAINING,
@@ -41,6 +43,7 @@ from provenance import (
     CodeVersion,
     ConsensusRecord,
     Findings,
+    IngestRecord,
     Record,
     RecordError,
     RunRecords,
@@ -165,16 +168,21 @@ def _check_labels(
             training_cid,
             "the labeled data trained on is not the snapshot's rows with the recorded consensus labels",
         )
+    ingest = [records.load(p) for p in snapshot.parents]
+    credit = next((r.outputs.get(IngestRecord.EXAMPLE_CREDIT) for r in ingest if r.activity == INGEST), None)
     pay_inputs = {
+        WeightingRecord.EXAMPLES: snapshot.inputs[SnapshotRecord.EXAMPLES],
         WeightingRecord.ANNOTATIONS: consensus.inputs[ConsensusRecord.ANNOTATIONS],
         WeightingRecord.CONSENSUS: consensus.outputs[ConsensusRecord.CONSENSUS],
+        WeightingRecord.EXAMPLE_CREDIT: credit,
     }
     other = [name for name, cid in pay_inputs.items() if head.inputs.get(name) != cid]
     if other:
         report.fail(
             "pay_inputs_differ",
             report.head_cid or "",
-            f"the split was computed from other {' and '.join(other)} than the trained labels' consensus",
+            f"the split was computed from other {', '.join(other)} than the run's ingest, snapshot and "
+            "consensus records name",
         )
 
 

@@ -37,19 +37,21 @@ def caravan_env(labeling_env, monkeypatch, anvil):
 
 @contextlib.contextmanager
 def stored_upstream(
-    home: Path, rpc_url: str, private_key: str, code, version: str, tables: dict[str, pa.Table]
+    home: Path, rpc_url: str, private_key: str, code, version: str, tables: dict[str, pa.Table],
+    credit: pa.Table | None = None,
 ) -> Iterator[tuple[Settings, dict]]:
     """A Caravan home on a real chain whose `version` already has `tables` stored as its upstream
     assets (raw rows, annotations, consensus, labeled data: `consistent_labels`) and the consensus
     and snapshot records the training record names as parents, naming those tables; the code
-    version is pinned to `code`, a clean checkout, so the run can be replayed. Yields (settings,
-    resources) inside the patched environment."""
+    version is pinned to `code`, a clean checkout, so the run can be replayed; the snapshot's parent
+    is an ingest record naming the rows and `credit` (an `example_credit` table), if given. Yields
+    (settings, resources) inside the patched environment."""
     from dagster import AssetKey
 
     from pipelines.content_io import store_value
     from pipelines.lineage import now
     from pipelines.resources import resources_for
-    from provenance import CONSENSUS, SNAPSHOT, ConsensusRecord, SnapshotRecord
+    from provenance import CONSENSUS, INGEST, SNAPSHOT, ConsensusRecord, IngestRecord, SnapshotRecord
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CARAVAN_HOME", str(home))
@@ -70,8 +72,12 @@ def stored_upstream(
         # the records the training record names as parents, as the labeling stage writes them
         lineage = resources["lineage"]
         raw, answers, consensus = cids["raw_dataset"], cids["annotations"], cids["consensus_labels"]
+        ingested = {IngestRecord.EXAMPLES: raw}
+        if credit is not None:
+            ingested[IngestRecord.EXAMPLE_CREDIT] = store_value(client, credit).cid
+        ingest = lineage.write(client, INGEST, version, started=now(), inputs={}, outputs=ingested)
         lineage.write(client, SNAPSHOT, version, started=now(), inputs={SnapshotRecord.EXAMPLES: raw},
-                      outputs={SnapshotRecord.SNAPSHOT: raw})
+                      outputs={SnapshotRecord.SNAPSHOT: raw}, parents=(ingest,))
         lineage.write(client, CONSENSUS, version, started=now(),
                       inputs={ConsensusRecord.ANNOTATIONS: answers},
                       outputs={ConsensusRecord.CONSENSUS: consensus}, params={"method": "dawid_skene"})

@@ -23,19 +23,16 @@ from pipelines.assets.labeling import label_rows
 from pipelines.assets.training import TrainingConfig, train_labeled
 from pipelines.content_io import store_value
 from pipelines.demo import write_contributors
-from pipelines.lineage import now
 from pipelines.partitions import dataset_versions
 from pipelines.replay import ReplayRefused, replay_run
 from pipelines.resources import DatasetCatalog
 from provenance import (
     CONSENSUS,
-    INGEST,
     SNAPSHOT,
     TRAINING,
     WEIGHTING,
     CodeVersion,
     ConsensusRecord,
-    IngestRecord,
     Record,
     RunRecords,
     SnapshotRecord,
@@ -77,21 +74,23 @@ def _tables(n: int = 150, seed: int = 0) -> dict[str, pa.Table]:
     return consistent_labels(examples, annotations_table(rows))
 
 
+def _credit_to(owner: str, payee: str) -> pa.Table:
+    """An `example_credit` that pays `payee`'s examples to `owner` (as if they were its copies)."""
+    raw = _tables()["raw_dataset"]
+    paid = [owner if p == payee else p for p in raw["provider"].to_pylist()]
+    return pa.table({"example_id": raw["example_id"], "provider": paid, "share": [1.0] * raw.num_rows},
+                    schema=CREDIT_SCHEMA).sort_by("example_id")
+
+
 def _publish(tmp_path_factory, anvil: AnvilService, *, validation: bool, credit: bool = False):
     """A run trained and weighted by the pipeline's assets and published on anvil; with
     `validation`, its dataset version declares a trusted validation set; with `credit`, its ingest
     record names an `example_credit` that pays p-small's examples to p-big (as if they were copies)."""
     home = tmp_path_factory.mktemp("caravan")
-    prepared = stored_upstream(home, anvil.rpc_url, anvil.dev_keys[3], CODE, VERSION, _tables())
+    table = _credit_to("p-big", "p-small") if credit else None
+    prepared = stored_upstream(home, anvil.rpc_url, anvil.dev_keys[3], CODE, VERSION, _tables(), credit=table)
     with prepared as (settings, resources):
         client = resources["store"].client()
-        if credit:
-            raw = _tables()["raw_dataset"]
-            owner = [p if p != "p-small" else "p-big" for p in raw["provider"].to_pylist()]
-            table = pa.table({"example_id": raw["example_id"], "provider": owner,
-                              "share": [1.0] * raw.num_rows}, schema=CREDIT_SCHEMA).sort_by("example_id")
-            resources["lineage"].write(client, INGEST, VERSION, started=now(), inputs={},
-                                       outputs={IngestRecord.EXAMPLE_CREDIT: store_value(client, table).cid})
         write_contributors(settings.contributors_file, [*PROVIDERS, *LABELERS])
         if validation:
             _register_with_validation(home, client)
@@ -197,6 +196,8 @@ def _republish(chain, store, run_id: str, name: str, **change) -> str:
     if "labels" in change:  # trained and paid on labels of the publisher's choosing, CIDs consistent
         inputs, parents, pay_tables, scores = _relabel(store, records, training_cid, train, change["labels"])
         outputs[TrainingRecord.EXAMPLE_ATTRIBUTION] = store_value(store, scores).cid
+    if "credit" in change:  # paid by a credit table the ingest never made
+        pay_tables = {WeightingRecord.EXAMPLE_CREDIT: store_value(store, _credit_to(*change["credit"])).cid}
     if "validation" in change:  # the record names other targets than those the scores were measured on
         half = read_parquet(store.get(inputs[TrainingRecord.VALIDATION])).slice(0, 30)
         inputs[TrainingRecord.VALIDATION] = store_value(store, half).cid
@@ -210,8 +211,10 @@ def _republish(chain, store, run_id: str, name: str, **change) -> str:
         read_parquet(store.get(head_inputs[n]))
         for n in (WeightingRecord.ANNOTATIONS, WeightingRecord.CONSENSUS)
     ]
+    credit = head_inputs.get(WeightingRecord.EXAMPLE_CREDIT)
     weights = contributor_weights(
-        scores, examples, *tables, addresses, WeightPolicy.from_params(head.params["policy"])
+        scores, examples, *tables, addresses, WeightPolicy.from_params(head.params["policy"]),
+        read_parquet(store.get(credit)) if credit else None,
     )
     if "pay" in change:  # the weights table itself edited: two contributors swap their basis points
         bps = weights["weight_bps"].to_pylist()
@@ -271,12 +274,13 @@ def _relabel(store, records, training_cid: str, train: Record, where: str):
         ({"labels": "consensus"}, "consensus_differs"),
         ({"labels": "labeled"}, "labeled_data_differs"),
         ({"labels": "pay"}, "pay_inputs_differ"),
+        ({"credit": ("p-big", "p-noisy")}, "pay_inputs_differ"),
         ({"inflate": "p-small"}, "pay_differs"),
         ({"config": {"lr": 0.05}}, "scores_differ"),
         ({"config": {"seed": 7}}, "scores_differ"),
         ({"pay": True}, "pay_differs"),
     ],
-    ids=["consensus", "labeled-data", "pay-labels", "scores", "recipe", "seed", "weights"],
+    ids=["consensus", "labeled-data", "pay-labels", "credit", "scores", "recipe", "seed", "weights"],
 )
 def test_a_tampered_run_passes_verify_but_fails_replay(published, change, failure, request) -> None:
     chain, store, run_id = published
@@ -284,7 +288,7 @@ def test_a_tampered_run_passes_verify_but_fails_replay(published, change, failur
     assert verify_run(chain, store, name).ok  # structure, CIDs and root are consistent
     report = replay_run(chain, store, name, code=CODE)
     assert not report.ok and failure in report.names()
-    if "labels" in change:  # trained on the labels it names: only the labels' check sees it
+    if "labels" in change or "credit" in change:  # consistent but for its inputs: only that check sees it
         assert report.names() == {failure}
     if "inflate" in change:
         (pay,) = [f for f in report.failures if f.name == "pay_differs"]
