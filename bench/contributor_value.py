@@ -43,11 +43,12 @@ near-copies to their first registrant). The last line is one JSON object: the is
 (``spearman``, ``ceiling``, ``faulty_share_bps``, ``default_policy``: ``valued``, ``seconds``),
 ``share_gap``, ``candidate``, ``detection`` and ``consensus``.
 
-``--consensus crowdlab|dawid_skene_model`` (tabular) measures the pipeline's consensus methods that
+``--consensus crowdlab|dawid_skene_model`` measures the pipeline's consensus methods that
 weigh a model, after a run was reviewed: the training labels, and those of every
 leave-that-labeler-out retrain, are ``labeling.aggregate(method=...)`` of the answers kept, with
-out-of-sample probabilities held fixed, as the pipeline holds a stored review fixed: the MLP
-cross-fitted (``attribution.review_labels``, 5 folds) on the Dawid-Skene labels of all answers.
+out-of-sample probabilities held fixed, as the pipeline holds a stored review fixed: the world's
+model cross-fitted (``attribution.review_labels`` / ``review_task_labels``, 5 folds) on the
+Dawid-Skene labels of all answers.
 
 Detection, side by side: the pipeline's duplicate grouping (the ingest's, above) against cleanlab's
 ``Datalab`` (``find_issues`` with the ``near_duplicate`` and ``outlier`` issue types on the encoded
@@ -96,6 +97,7 @@ from attribution import (  # noqa: E402
     mlp_valued_by_trak,
     out_of_sample_probs,
     review_labels,
+    review_task_labels,
     train_plain,
     train_with_attribution,
 )
@@ -362,15 +364,21 @@ def variant(world: World, keep_examples: np.ndarray | None = None, drop_labeler:
                    enc.scale(world.xv).astype(np.float32), enc.label_indices(world.yv))
 
 
-def reviewed(world: World, task: AttributionTask, seed: int) -> ModelProbs:
-    """What a reviewed run leaves the next consensus: the MLP cross-fitted on the Dawid-Skene labels of
-    every answer, each example's probabilities from a model that never saw it."""
+def reviewed(world: World, task: AttributionTask | None, seed: int) -> ModelProbs:
+    """What a reviewed run leaves the next consensus: the world's model (the MLP, or the text/image
+    recipe) cross-fitted on the Dawid-Skene labels of every answer, each example's probabilities from
+    a model that never saw it."""
     v = variant(world)
-    _, probs = review_labels(task, v.x, v.y, folds=5, seed=seed)
+    if world.media is not None:
+        batch = world.media.batch(v.x, v.y)
+        _, probs = review_task_labels(world.media.task, batch, len(world.classes), folds=5, seed=seed)
+        classes = tuple(world.classes)  # the media labels index the world's classes
+    else:
+        _, probs = review_labels(task, v.x, v.y, folds=5, seed=seed)
+        classes = tuple(sorted(str(c) for c in world.classes))  # InputEncoding's order
     accuracy = float((probs.argmax(1) == v.y).mean())
-    print(f"consensus: weighs a review's probabilities (the MLP cross-fitted, 5 folds, on the "
+    print(f"consensus: weighs a review's probabilities (the model cross-fitted, 5 folds, on the "
           f"Dawid-Skene labels; it agrees with them on {accuracy:.3f})", flush=True)
-    classes = tuple(sorted(str(c) for c in world.classes))  # InputEncoding's order, the probs' columns
     return ModelProbs(tuple(v.examples["example_id"].to_pylist()), classes, probs)
 
 
@@ -590,7 +598,7 @@ def tabular_world(args) -> tuple[World, AttributionTask]:
           f"a retrain converges), batch {cfg.batch_size}, {cfg.epochs} epochs, "
           f"weight decay {cfg.weight_decay}; "
           "inputs standardized on the training rows (InputEncoding, refitted for every retrain); labels = "
-          f"Dawid-Skene consensus of {PER_EXAMPLE} answers per example (refitted for every retrain)",
+          f"{args.consensus} consensus of {PER_EXAMPLE} answers per example (refitted for every retrain)",
           flush=True)
     return world, task
 
@@ -609,15 +617,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the models are tiny)")
     ap.add_argument("--consensus", choices=("dawid_skene", *MODEL_METHODS), default="dawid_skene",
                     help="training labels: Dawid-Skene (the pipeline's default), or a method that weighs "
-                         "a review's probabilities (the pipeline after a run was reviewed; tabular)")
+                         "a review's probabilities (the pipeline after a run was reviewed)")
     ap.add_argument("--value", choices=("trak", "inrun"),
                     help="the scores pay is split by: TRAK value (the pipeline's default) or the per-step "
                          "in-run scores")
     args = ap.parse_args()
     if args.kind != "tabular" and args.data:
         sys.exit(f"error: --kind {args.kind} makes its own data; --data is for --kind tabular")
-    if args.kind != "tabular" and args.consensus != "dawid_skene":
-        sys.exit(f"error: --consensus {args.consensus} is measured on --kind tabular only")
     if args.data and not Path(args.data).is_file():
         sys.exit(f"error: --data {args.data} is not a file")
     if args.seeds < 2 or args.pay_runs < 1:
@@ -632,12 +638,14 @@ def main() -> None:
     else:
         world, task = build_media_world(args.kind, args.seed), None
         world.value = args.value or "trak"
+        if args.consensus in MODEL_METHODS:
+            world.probs, world.method = reviewed(world, task, args.seed), args.consensus
         media, cfg = world.media, world.media.task.config
         print(f"data: synthetic {args.kind} ({len(world.yv)} validation rows, true labels; training "
               f"{world.examples.num_rows} examples, {len(world.classes)} classes); torch threads "
               f"{torch.get_num_threads()}", flush=True)
         print(f"model: the {media.task.name} recipe {media.sizes}, SGD lr {cfg.lr} ({cfg.lr_schedule} "
-              f"decay), batch {cfg.batch_size}; labels = Dawid-Skene consensus of {PER_EXAMPLE} answers "
+              f"decay), batch {cfg.batch_size}; labels = {args.consensus} consensus of {PER_EXAMPLE} answers "
               "per example (refitted for every retrain)", flush=True)
     owner = world.provider
     print("providers (in registration order):")
