@@ -43,13 +43,13 @@ class Aggregation:
     consensus: pa.Table  # CONSENSUS
     quality: pa.Table  # ANNOTATOR_QUALITY
     method: str
-    model_informed: int = 0  # examples whose consensus weighed a model's prediction (CROWDLAB)
+    model_informed: int = 0  # examples whose consensus weighed a model's prediction (MODEL_METHODS)
 
 
 @dataclass(frozen=True)
 class ModelProbs:
     """Class probabilities per example from a model that never saw it (cross-fitted), in the order of
-    ``classes``: what CROWDLAB weighs beside the answers."""
+    ``classes``: what the MODEL_METHODS weigh beside the answers."""
 
     example_ids: tuple[str, ...]
     classes: tuple[str, ...]

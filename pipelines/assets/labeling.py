@@ -56,7 +56,7 @@ from provenance import (
     LabelReviewRecord,
     load_record,
 )
-from storage import ContentStore
+from storage import ContentStore, read_parquet
 
 
 def project_spec(catalog: DatasetCatalog, labelstudio: LabelStudioResource, version: str) -> ProjectSpec:
@@ -176,8 +176,6 @@ def _previous(
     cursor = ExportCursor.from_json(saved["cursor"])
     if saved["table_cid"] != stored["cid"] or cursor.project_id != project_id:
         return ANNOTATIONS.empty_table(), None
-    from storage import read_parquet
-
     return read_parquet(store.client().get(stored["cid"])).cast(ANNOTATIONS), cursor
 
 
@@ -189,7 +187,7 @@ class ConsensusConfig(dg.Config):
 
 @dataclass(frozen=True)
 class ReviewedProbs:
-    """A run's stored label review, read as CROWDLAB's model probabilities."""
+    """A run's stored label review, read as the probabilities a model method weighs."""
 
     probs: ModelProbs
     table_cid: str
@@ -197,12 +195,12 @@ class ReviewedProbs:
 
 
 def reviewed_probs(client: ContentStore, record_cid: str) -> ReviewedProbs | None:
-    """A stored label review read as CROWDLAB's model probabilities (reviews stored before they kept
-    probabilities give none)."""
+    """A stored label review read as the probabilities a model method weighs (reviews stored before
+    they kept probabilities give none)."""
     record = load_record(client, record_cid)
     table_cid = record.outputs[LabelReviewRecord.LABEL_REVIEW]
     classes = record.params.get("classes")
-    table = pq.read_table(pa.BufferReader(client.get(table_cid)))
+    table = read_parquet(client.get(table_cid))
     if classes is None or "class_probs" not in table.column_names:
         return None
     probs = ModelProbs(
@@ -249,7 +247,7 @@ def consensus_method(config: ConsensusConfig, review: ReviewedProbs | None) -> s
     outs={
         "consensus_labels": dg.AssetOut(
             kinds={"arrow"},
-            description="Consensus per example: Dawid–Skene (or CROWDLAB with a run's review).",
+            description="Consensus per example: Dawid–Skene (or, opted in, weighing a run's label review).",
         ),
         "annotator_quality": dg.AssetOut(kinds={"arrow"}, description="Estimated accuracy per annotator."),
     },
