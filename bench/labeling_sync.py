@@ -1,7 +1,8 @@
 """Labeling against a real Label Studio: import, simulated annotation, export, aggregation.
 
     python bench/labeling_sync.py [--tasks 10000] [--annotated 1000] [--per-task 3] [--classes 4] [--seed 0]
-    python bench/labeling_sync.py --consensus-only     # just the consensus comparison, no Label Studio
+    python bench/labeling_sync.py --consensus-only [--data FILE.parquet --label-col L]
+                                                       # just the consensus comparison, no Label Studio
 
 Starts its own Label Studio (temporary data dir, free port) unless CARAVAN_BENCH_LABEL_STUDIO_URL
 and CARAVAN_BENCH_LABEL_STUDIO_TOKEN name one. Four simulated annotators (real users, accuracy
@@ -14,21 +15,23 @@ accuracy against the true labels, and the Spearman correlation between estimated
 annotator accuracy. The last line is one JSON object.
 
 Then, side by side on scikit-learn's bundled digits (1,797 examples, 10 classes; nothing is
-downloaded): the pipeline's consensus (``labeling.aggregate``, Dawid-Skene by crowd-kit),
-majority vote and cleanlab's CROWDLAB (``cleanlab.multiannotator.get_label_quality_multiannotator``)
-on simulated annotators of accuracy 0.95/0.85/0.7/0.55 and a random one (uniform over the
-classes), ``--per-task`` answers per example. CROWDLAB also needs out-of-sample class
-probabilities: a 5-fold cross-validated scikit-learn LogisticRegression on the pixels, trained on
-the majority-vote labels (the labels one has before any consensus model). ``crowdlab_pipeline`` and
-``dawid_skene_model`` are what the pipeline's consensus methods that weigh a model do once a run was
-reviewed: ``labeling.aggregate(method='crowdlab')`` (calibrated) and
+downloaded), or on ``--data`` (numeric feature columns and ``--label-col``): the pipeline's
+consensus (``labeling.aggregate``, Dawid-Skene by crowd-kit), majority vote and cleanlab's CROWDLAB
+(``cleanlab.multiannotator.get_label_quality_multiannotator``) on simulated annotators of accuracy
+0.95/0.85/0.7/0.55 and a random one (uniform over the classes), ``--per-task`` answers per example.
+CROWDLAB also needs out-of-sample class probabilities: a 5-fold cross-validated scikit-learn
+LogisticRegression on the features, trained on the majority-vote labels (the labels one has before
+any consensus model). ``crowdlab_pipeline`` and ``dawid_skene_model`` are what the pipeline's
+consensus methods that weigh a model do once a run was reviewed:
+``labeling.aggregate(method='crowdlab')`` (calibrated) and
 ``labeling.aggregate(method='dawid_skene_model')`` (the model as one more annotator), with the
 review's probabilities: the MLP recipe (the pipeline's defaults) cross-fitted by
 ``attribution.review_labels`` on the Dawid-Skene labels. Printed: consensus accuracy against the
-true digits, and each method's annotator-quality estimates against the true accuracies (Spearman;
+true labels, and each method's annotator-quality estimates against the true accuracies (Spearman;
 mean absolute error, which only means something for estimates that are accuracies). The JSON line
-gains ``consensus_accuracy`` (also ``crowdlab_pipeline``, ``dawid_skene_model``), ``annotator_spearman`` and
-``annotator_abs_error`` (keyed ``dawid_skene``, ``crowdlab``, ``majority``).
+gains ``consensus_accuracy`` (also ``crowdlab_pipeline``, ``dawid_skene_model``),
+``annotator_spearman`` and ``annotator_abs_error`` (keyed ``dawid_skene``, ``crowdlab``,
+``majority``).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._common import load  # noqa: E402
 from labeling import (  # noqa: E402
     LabelStudioClient,
     LabelStudioServer,
@@ -161,19 +165,21 @@ def run(client: LabelStudioClient, args: argparse.Namespace) -> dict:
     }
 
 
-def consensus_comparison(per_task: int, seed: int) -> dict:
+def consensus_comparison(
+    per_task: int, seed: int, data: str | None = None, label_col: str | None = None
+) -> dict:
     """Dawid-Skene (the pipeline's), majority vote and cleanlab's CROWDLAB on simulated annotators of
-    known accuracy over the digits; consensus accuracy and annotator-quality estimates vs the truth."""
+    known accuracy over the digits (or ``data``); consensus accuracy and annotator-quality estimates
+    vs the truth."""
     import warnings
 
     from cleanlab.multiannotator import get_label_quality_multiannotator
-    from sklearn.datasets import load_digits
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    x, y = load_digits(return_X_y=True)
+    x, y = load(data, label_col)
     classes = [str(c) for c in range(int(y.max()) + 1)]
     ids = [f"digit-{i:05d}" for i in range(len(y))]
     truth = {e: classes[v] for e, v in zip(ids, y, strict=True)}
@@ -195,8 +201,9 @@ def consensus_comparison(per_task: int, seed: int) -> dict:
         }
     )
     print(
-        f"== consensus on digits: {len(ids)} examples, {len(classes)} classes, {len(people)} simulated "
-        f"annotators ({', '.join(f'{p.accuracy:.2f}' for p in people)}), {per_task} answers per example"
+        f"== consensus on {data or 'digits'}: {len(ids)} examples, {len(classes)} classes, "
+        f"{len(people)} simulated annotators ({', '.join(f'{p.accuracy:.2f}' for p in people)}), "
+        f"{per_task} answers per example"
     )
     t0 = time.perf_counter()
     ds = aggregate(ann, method="dawid_skene")
@@ -282,7 +289,7 @@ def consensus_comparison(per_task: int, seed: int) -> dict:
         f"own accuracy vs truth {review_acc:.4f}), then labeling.aggregate(method='crowdlab' and "
         "'dawid_skene_model')"
     )
-    print("  consensus accuracy vs true digits: " + ", ".join(f"{k} {v:.4f}" for k, v in accuracy.items()))
+    print("  consensus accuracy vs true labels: " + ", ".join(f"{k} {v:.4f}" for k, v in accuracy.items()))
     print("  annotator quality (true accuracy: Dawid-Skene / CROWDLAB / majority agreement):")
     for p in people:
         print(
@@ -324,6 +331,8 @@ def main() -> None:
     p.add_argument("--per-task", type=int, default=3)
     p.add_argument("--classes", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", help="consensus comparison on this Parquet (numeric features) instead of digits")
+    p.add_argument("--label-col", help="the label column of --data")
     p.add_argument(
         "--consensus-only",
         action="store_true",
@@ -331,7 +340,7 @@ def main() -> None:
     )
     args = p.parse_args()
     if args.consensus_only:
-        print(json.dumps(consensus_comparison(args.per_task, args.seed)))
+        print(json.dumps(consensus_comparison(args.per_task, args.seed, args.data, args.label_col)))
         return
     if not 10 <= args.annotated <= args.tasks:
         p.error("--annotated must be between 10 and --tasks")
