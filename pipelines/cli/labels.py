@@ -154,7 +154,10 @@ def aggregate(
         if (method in MODEL_METHODS) != (probs is not None):
             raise CaravanError(f"--probs goes with --method {' or '.join(MODEL_METHODS)}, and they need it")
         model = _model_probs(probs) if probs else None
-        result = run(table.cast(ANNOTATIONS), gold_table, method, model)
+        try:
+            result = run(table.cast(ANNOTATIONS), gold_table, method, model)
+        except ValueError as exc:  # answers the method cannot take (e.g. an annotator named as the model)
+            raise CaravanError(str(exc)) from None
         pq.write_table(result.consensus, consensus)
         pq.write_table(result.quality, quality)
         typer.echo(

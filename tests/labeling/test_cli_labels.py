@@ -113,7 +113,7 @@ def test_aggregate_with_a_model_reads_class_probabilities_and_names_bad_ones(tmp
     does it."""
     import numpy as np
 
-    from labeling import ModelProbs, aggregate
+    from labeling import MODEL_ANNOTATOR, ModelProbs, aggregate
     from tests.labeling.test_aggregate import CLASSES, model_probs, simulated
 
     runner = CliRunner()
@@ -138,6 +138,9 @@ def test_aggregate_with_a_model_reads_class_probabilities_and_names_bad_ones(tmp
     pq.write_table(wide.set_column(1, "a", pa.array(["x"] * 200)), tmp_path / "text.parquet")
     negative = wide.set_column(1, "a", pa.array(-np.ones(200)))
     pq.write_table(negative, tmp_path / "neg.parquet")
+    at = ann.schema.get_field_index("annotator")
+    impostor = ann.set_column(at, "annotator", pa.array([MODEL_ANNOTATOR] * ann.num_rows))
+    pq.write_table(impostor, tmp_path / "impostor.parquet")
     for args, words in [
         (["--method", "crowdlab"], "and they need it"),
         (["--probs", tmp_path / "probs.parquet"], "--probs goes with --method dawid_skene_model or crowdlab"),
@@ -147,3 +150,6 @@ def test_aggregate_with_a_model_reads_class_probabilities_and_names_bad_ones(tmp
     ]:
         r = cli(tmp_path / "ann.parquet", *out, *args)
         assert r.exit_code == 1 and r.output.startswith("error: ") and words in r.output, r.output
+    model_args = ["--method", "dawid_skene_model", "--probs", tmp_path / "probs.parquet"]
+    r = cli(tmp_path / "impostor.parquet", *out, *model_args)
+    assert r.exit_code == 1 and r.output.startswith("error: ") and "the model's own name" in r.output
