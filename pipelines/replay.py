@@ -143,6 +143,12 @@ def _check_labels(
     try:
         consensus_cid, consensus = records.parent(training_cid, CONSENSUS)
         _, snapshot = records.parent(training_cid, SNAPSHOT)
+        ingest = [r for r in map(records.load, snapshot.parents) if r.activity == INGEST]
+        review_cid = (
+            records.parent(consensus_cid, LABEL_REVIEW)[0]
+            if ConsensusRecord.LABEL_REVIEW in consensus.inputs
+            else None
+        )
     except RecordError as exc:
         report.fail("lineage_incomplete", training_cid, str(exc))
         return
@@ -151,10 +157,11 @@ def _check_labels(
         return
     store = records.store
     annotations, gold = records.input_tables(consensus, (ConsensusRecord.ANNOTATIONS, ConsensusRecord.GOLD))
-    probs = None
-    if ConsensusRecord.LABEL_REVIEW in consensus.inputs:
-        review_cid, _ = records.parent(consensus_cid, LABEL_REVIEW)
-        probs = reviewed_probs(store, review_cid).probs
+    reviewed = reviewed_probs(store, review_cid) if review_cid else None
+    if review_cid and reviewed is None:
+        report.fail("lineage_incomplete", review_cid, "the label review weighed keeps no probabilities")
+        return
+    probs = reviewed.probs if reviewed else None
     method = str(consensus.params.get("method", "dawid_skene"))
     stored = read_parquet(store.get(consensus.outputs[ConsensusRecord.CONSENSUS]))
     again = aggregate(annotations, gold, method, probs).consensus
@@ -168,8 +175,7 @@ def _check_labels(
             training_cid,
             "the labeled data trained on is not the snapshot's rows with the recorded consensus labels",
         )
-    ingest = [records.load(p) for p in snapshot.parents]
-    credit = next((r.outputs.get(IngestRecord.EXAMPLE_CREDIT) for r in ingest if r.activity == INGEST), None)
+    credit = ingest[0].outputs.get(IngestRecord.EXAMPLE_CREDIT) if ingest else None
     pay_inputs = {
         WeightingRecord.EXAMPLES: snapshot.inputs[SnapshotRecord.EXAMPLES],
         WeightingRecord.ANNOTATIONS: consensus.inputs[ConsensusRecord.ANNOTATIONS],

@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from labeling import ModelProbs
 from pipelines.settings import Settings, load_settings
 
 
@@ -38,20 +39,31 @@ def caravan_env(labeling_env, monkeypatch, anvil):
 @contextlib.contextmanager
 def stored_upstream(
     home: Path, rpc_url: str, private_key: str, code, version: str, tables: dict[str, pa.Table],
-    credit: pa.Table | None = None,
+    credit: pa.Table | None = None, review: tuple[str, ModelProbs] | None = None,
 ) -> Iterator[tuple[Settings, dict]]:
     """A Caravan home on a real chain whose `version` already has `tables` stored as its upstream
     assets (raw rows, annotations, consensus, labeled data: `consistent_labels`) and the consensus
     and snapshot records the training record names as parents, naming those tables; the code
     version is pinned to `code`, a clean checkout, so the run can be replayed; the snapshot's parent
-    is an ingest record naming the rows and `credit` (an `example_credit` table), if given. Yields
-    (settings, resources) inside the patched environment."""
+    is an ingest record naming the rows and `credit` (an `example_credit` table), if given; with
+    `review` (method, probabilities), the consensus record names a label review record and table
+    holding them, as a model method's consensus does. Yields (settings, resources) inside the patched
+    environment."""
     from dagster import AssetKey
 
     from pipelines.content_io import store_value
     from pipelines.lineage import now
     from pipelines.resources import resources_for
-    from provenance import CONSENSUS, INGEST, SNAPSHOT, ConsensusRecord, IngestRecord, SnapshotRecord
+    from provenance import (
+        CONSENSUS,
+        INGEST,
+        LABEL_REVIEW,
+        SNAPSHOT,
+        ConsensusRecord,
+        IngestRecord,
+        LabelReviewRecord,
+        SnapshotRecord,
+    )
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CARAVAN_HOME", str(home))
@@ -78,19 +90,31 @@ def stored_upstream(
         ingest = lineage.write(client, INGEST, version, started=now(), inputs={}, outputs=ingested)
         lineage.write(client, SNAPSHOT, version, started=now(), inputs={SnapshotRecord.EXAMPLES: raw},
                       outputs={SnapshotRecord.SNAPSHOT: raw}, parents=(ingest,))
-        lineage.write(client, CONSENSUS, version, started=now(),
-                      inputs={ConsensusRecord.ANNOTATIONS: answers},
-                      outputs={ConsensusRecord.CONSENSUS: consensus}, params={"method": "dawid_skene"})
+        inputs, parents, method = {ConsensusRecord.ANNOTATIONS: answers}, (), "dawid_skene"
+        if review is not None:
+            method, probs = review
+            table = pa.table({"example_id": list(probs.example_ids),
+                              "class_probs": pa.array(list(probs.probs), pa.list_(pa.float64()))})
+            reviewed = inputs[ConsensusRecord.LABEL_REVIEW] = store_value(client, table).cid
+            parents = (lineage.write(client, LABEL_REVIEW, version, started=now(), inputs={},
+                                     outputs={LabelReviewRecord.LABEL_REVIEW: reviewed},
+                                     params={"classes": list(probs.classes)}),)
+        lineage.write(client, CONSENSUS, version, started=now(), inputs=inputs, parents=parents,
+                      outputs={ConsensusRecord.CONSENSUS: consensus}, params={"method": method})
         yield settings, resources
 
 
-def consistent_labels(raw: pa.Table, annotations: pa.Table) -> dict[str, pa.Table]:
-    """`stored_upstream`'s labeling tables as the pipeline derives them: the answers' Dawid-Skene
-    consensus and the raw rows with it (what replay recomputes and compares)."""
+def consistent_labels(
+    raw: pa.Table, annotations: pa.Table, review: tuple[str, ModelProbs] | None = None
+) -> dict[str, pa.Table]:
+    """`stored_upstream`'s labeling tables as the pipeline derives them: the answers' consensus
+    (Dawid-Skene, or `review`'s method with its probabilities) and the raw rows with it (what replay
+    recomputes and compares)."""
     from labeling import aggregate
     from pipelines.assets.labeling import label_rows
 
-    consensus = aggregate(annotations).consensus
+    method, probs = review or ("dawid_skene", None)
+    consensus = aggregate(annotations, method=method, probs=probs).consensus
     return {"raw_dataset": raw, "annotations": annotations, "consensus_labels": consensus,
             "labeled_dataset": label_rows(raw, consensus)}
 

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from attribution import WeightPolicy, contributor_weights
+from labeling import ModelProbs
 from pipelines.assets import royalties, training
 from pipelines.assets.labeling import label_rows
 from pipelines.assets.training import TrainingConfig, train_labeled
@@ -28,11 +29,13 @@ from pipelines.replay import ReplayRefused, replay_run
 from pipelines.resources import DatasetCatalog
 from provenance import (
     CONSENSUS,
+    LABEL_REVIEW,
     SNAPSHOT,
     TRAINING,
     WEIGHTING,
     CodeVersion,
     ConsensusRecord,
+    LabelReviewRecord,
     Record,
     RunRecords,
     SnapshotRecord,
@@ -56,7 +59,7 @@ LABELERS = ("l-good", "l-ok", "l-bad")
 CODE = CodeVersion("caravan", "0.1.0", "ab" * 20, False)  # the clean checkout this test stands for
 
 
-def _tables(n: int = 150, seed: int = 0) -> dict[str, pa.Table]:
+def _tables(n: int = 150, seed: int = 0, review: tuple[str, ModelProbs] | None = None) -> dict[str, pa.Table]:
     rng = np.random.default_rng(seed)
     centers = rng.normal(0, 2.0, size=(len(CLASSES), 4))
     y = rng.integers(0, len(CLASSES), size=n)
@@ -71,7 +74,17 @@ def _tables(n: int = 150, seed: int = 0) -> dict[str, pa.Table]:
         for i, e in enumerate(ids)
         for k, who in enumerate(LABELERS)
     ]
-    return consistent_labels(examples, annotations_table(rows))
+    return consistent_labels(examples, annotations_table(rows), review)
+
+
+def _review() -> tuple[str, ModelProbs]:
+    """A reviewed model's probabilities for `dawid_skene_model`: sure of the Dawid-Skene label, but
+    wrong on every seventh example."""
+    consensus = _tables()["consensus_labels"]
+    probs = np.full((consensus.num_rows, len(CLASSES)), 0.1)
+    for i, label in enumerate(consensus["label"].to_pylist()):
+        probs[i, (CLASSES.index(label) + (i % 7 == 0)) % len(CLASSES)] = 0.8
+    return "dawid_skene_model", ModelProbs(tuple(consensus["example_id"].to_pylist()), CLASSES, probs)
 
 
 def _credit_to(owner: str, payee: str) -> pa.Table:
@@ -82,13 +95,17 @@ def _credit_to(owner: str, payee: str) -> pa.Table:
                     schema=CREDIT_SCHEMA).sort_by("example_id")
 
 
-def _publish(tmp_path_factory, anvil: AnvilService, *, validation: bool, credit: bool = False):
+def _publish(
+    tmp_path_factory, anvil: AnvilService, *, validation: bool, credit: bool = False, model: bool = False
+):
     """A run trained and weighted by the pipeline's assets and published on anvil; with
     `validation`, its dataset version declares a trusted validation set; with `credit`, its ingest
     record names an `example_credit` that pays p-small's examples to p-big (as if they were copies)."""
     home = tmp_path_factory.mktemp("caravan")
     table = _credit_to("p-big", "p-small") if credit else None
-    prepared = stored_upstream(home, anvil.rpc_url, anvil.dev_keys[3], CODE, VERSION, _tables(), credit=table)
+    review = _review() if model else None
+    prepared = stored_upstream(home, anvil.rpc_url, anvil.dev_keys[3], CODE, VERSION, _tables(review=review),
+                               credit=table, review=review)
     with prepared as (settings, resources):
         client = resources["store"].client()
         write_contributors(settings.contributors_file, [*PROVIDERS, *LABELERS])
@@ -134,6 +151,11 @@ def published_with_credit(tmp_path_factory, anvil: AnvilService):
 @pytest.fixture(scope="module")
 def published_with_validation(tmp_path_factory, anvil: AnvilService):
     yield from _publish(tmp_path_factory, anvil, validation=True)
+
+
+@pytest.fixture(scope="module")
+def published_with_model(tmp_path_factory, anvil: AnvilService):
+    yield from _publish(tmp_path_factory, anvil, validation=False, model=True)
 
 
 def _validation_rows(n: int = 60) -> pa.Table:
@@ -360,3 +382,19 @@ def test_a_run_paid_by_its_example_credit_names_it_and_replays(published_with_cr
     assert weights["p-small"]["weight_bps"] == 0 and weights["p-small"]["score"] == 0.0  # all its rows copies
     report = replay_run(chain, store, run_id, code=CODE)  # replay pays by the recorded credit too
     assert report.ok, report.failures
+
+
+def test_a_consensus_that_weighed_a_review_is_recomputed_with_it(published_with_model) -> None:
+    """dawid_skene_model: replay reads the review the consensus record names (the method refuses to
+    run without its probabilities), recomputes the same consensus, and catches tampering."""
+    chain, store, run_id = published_with_model
+    records = RunRecords(chain, store)
+    training_cid, _ = records.parent(records.head(run_id), TRAINING)
+    consensus_cid, consensus = records.parent(training_cid, CONSENSUS)
+    assert consensus.params["method"] == "dawid_skene_model"
+    _, review = records.parent(consensus_cid, LABEL_REVIEW)
+    assert consensus.inputs[ConsensusRecord.LABEL_REVIEW] == review.outputs[LabelReviewRecord.LABEL_REVIEW]
+    report = replay_run(chain, store, run_id, code=CODE)
+    assert report.ok and not report.skipped, report.failures
+    name = _republish(chain, store, run_id, "tampered-model-consensus", labels="consensus")
+    assert replay_run(chain, store, name, code=CODE).names() == {"consensus_differs"}
