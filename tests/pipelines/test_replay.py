@@ -218,6 +218,10 @@ def _republish(chain, store, run_id: str, name: str, **change) -> str:
     if "labels" in change:  # trained and paid on labels of the publisher's choosing, CIDs consistent
         inputs, parents, pay_tables, scores = _relabel(store, records, training_cid, train, change["labels"])
         outputs[TrainingRecord.EXAMPLE_ATTRIBUTION] = store_value(store, scores).cid
+    if "bare_consensus" in change:  # a consensus record that names nothing to recompute from
+        consensus_cid, consensus = records.parent(training_cid, CONSENSUS)
+        bare = put_record(store, dataclasses.replace(consensus, inputs={}))
+        parents = tuple(bare if p == consensus_cid else p for p in train.parents)
     if "credit" in change:  # paid by a credit table the ingest never made
         pay_tables = {WeightingRecord.EXAMPLE_CREDIT: store_value(store, _credit_to(*change["credit"])).cid}
     if "validation" in change:  # the record names other targets than those the scores were measured on
@@ -315,6 +319,13 @@ def test_a_tampered_run_passes_verify_but_fails_replay(published, change, failur
     if "inflate" in change:
         (pay,) = [f for f in report.failures if f.name == "pay_differs"]
         assert "p-small (provider" in pay.detail  # the contributors whose pay differs are named
+
+
+def test_labels_a_run_names_no_inputs_for_are_skipped_and_said(published) -> None:
+    chain, store, run_id = published
+    name = _republish(chain, store, run_id, "bare-consensus", bare_consensus=True)
+    report = replay_run(chain, store, name, code=CODE)
+    assert report.ok and [s.name for s in report.skipped] == ["SKIP (labels)"]
 
 
 def test_replay_refuses_other_code(published) -> None:
