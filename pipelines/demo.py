@@ -409,9 +409,8 @@ def paid_predictions(settings: Settings, run_id: str, rows: Sequence[object]) ->
     import httpx
 
     from serving import API_KEY_HEADER, Ledger, epoch_claim, settle_run, verify_epoch
-    from serving.ledger import input_key_from_env
 
-    ledger = Ledger(settings.ledger_path, input_key=input_key_from_env())
+    ledger = Ledger.from_env(settings.ledger_path)
     _, secret = ledger.create_key("demo-user", balance=10**17)
     with serving(settings, run_id) as url:
         answers = [

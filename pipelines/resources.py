@@ -273,9 +273,8 @@ class LedgerResource(dg.ConfigurableResource):
 
     def ledger(self):
         from serving import Ledger
-        from serving.ledger import input_key_from_env
 
-        return Ledger(self.path, input_key=input_key_from_env())
+        return Ledger.from_env(self.path)
 
 
 def resources_for(settings: Settings | None = None) -> dict[str, Any]:

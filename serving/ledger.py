@@ -237,6 +237,12 @@ class Ledger:
     `with`) to return a PostgreSQL pool's connections early; exiting the process also does.
     """
 
+    @classmethod
+    def from_env(cls, target: str | Path) -> Ledger:
+        """The ledger at ``target``, its pending inputs sealed with CARAVAN_LEDGER_INPUT_KEY where that
+        is set: how every process that stores or drains pending inputs opens it."""
+        return cls(target, input_key=input_key_from_env())
+
     def __init__(self, target: str | Path, *, synchronous: str = "FULL", pool_size: int = 8,
                  input_key: bytes | None = None) -> None:
         if input_key is not None and len(input_key) != Aead.KEY_SIZE:

@@ -56,9 +56,8 @@ def open_ledger(target: str | None) -> Ledger:
     """The ledger the settings (or ``target``) name; pending inputs sealed with CARAVAN_LEDGER_INPUT_KEY
     where it is set."""
     from serving import Ledger
-    from serving.ledger import input_key_from_env
 
-    return Ledger(target or load_settings().ledger_path, input_key=input_key_from_env())
+    return Ledger.from_env(target or load_settings().ledger_path)
 
 
 def open_chain(*, need_key: bool = False) -> Chain:

@@ -223,3 +223,10 @@ def test_a_malformed_input_key_is_refused_by_name():
             input_key_from_env({"CARAVAN_LEDGER_INPUT_KEY": bad})
     with pytest.raises(LedgerError, match="32 bytes"):
         Ledger(":memory:", input_key=b"short")
+
+
+def test_a_ledger_opened_from_the_environment_seals_inputs_when_the_key_is_set(tmp_path, monkeypatch):
+    monkeypatch.delenv("CARAVAN_LEDGER_INPUT_KEY", raising=False)
+    assert not Ledger.from_env(tmp_path / "plain.sqlite").seals_inputs
+    monkeypatch.setenv("CARAVAN_LEDGER_INPUT_KEY", "cd" * 32)
+    assert Ledger.from_env(tmp_path / "sealed.sqlite").seals_inputs
