@@ -244,7 +244,7 @@ def consensus_comparison(
         )
 
     t0 = time.perf_counter()
-    review = reviewed_probs(x, labels_of(ds), ids, classes, seed)
+    review = pipeline_review(x, labels_of(ds), ids, classes, seed)
     pipeline = aggregate(ann, method="crowdlab", probs=review)
     t_review = time.perf_counter() - t0
     with_model = aggregate(ann, method="dawid_skene_model", probs=review)
@@ -283,7 +283,7 @@ def consensus_comparison(
         f"cross-validated probabilities (LogisticRegression, 5 folds, on majority-vote labels; "
         f"its own accuracy vs truth {model_acc:.4f})"
     )
-    review_acc = float(np.mean(review.probs.argmax(1) == y))
+    review_acc = float(np.mean(np.asarray(review.classes)[review.probs.argmax(1)] == np.asarray(classes)[y]))
     print(
         f"  crowdlab_pipeline: the MLP recipe cross-fitted on the Dawid-Skene labels ({t_review:.1f} s; its "
         f"own accuracy vs truth {review_acc:.4f}), then labeling.aggregate(method='crowdlab' and "
@@ -309,19 +309,20 @@ def consensus_comparison(
     }
 
 
-def reviewed_probs(x: np.ndarray, labels: dict[str, str], ids: list[str], classes: list[str], seed: int):
-    """What the pipeline's label review stores: the MLP recipe (the pipeline's defaults) cross-fitted
-    on the consensus labels, inputs standardized as `InputEncoding` does."""
-    from attribution import AttributionTask, ModelSpec, review_labels
+def pipeline_review(x: np.ndarray, labels: dict[str, str], ids: list[str], classes: list[str], seed: int):
+    """What the pipeline's label review stores, as its `_cross_fitted` makes it: inputs encoded by
+    `InputEncoding`, the MLP recipe (the pipeline's defaults) cross-fitted on the consensus labels."""
+    from attribution import AttributionTask, InputEncoding, review_labels
     from labeling import ModelProbs
     from pipelines.assets.training import TrainingConfig
 
     config = TrainingConfig()
-    task = AttributionTask(ModelSpec((x.shape[1], *config.hidden, len(classes))), config.train_config("mlp"))
-    z = ((x - x.mean(0)) / np.where(x.std(0) > 0, x.std(0), 1.0)).astype(np.float32)
-    y = np.array([classes.index(labels[e]) for e in ids])
-    _, probs = review_labels(task, z, y, folds=5, seed=seed)
-    return ModelProbs(tuple(ids), tuple(classes), probs)
+    rows = pa.table({"x": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), x.shape[1])})
+    encoding = InputEncoding.fit(rows, classes)
+    task = AttributionTask(encoding.mlp(config.hidden), config.train_config("mlp"))
+    y = encoding.label_indices([labels[e] for e in ids])
+    _, probs = review_labels(task, encoding.transform(rows), y, folds=5, seed=seed)
+    return ModelProbs(tuple(ids), tuple(encoding.classes), probs)
 
 
 def main() -> None:
