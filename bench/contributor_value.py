@@ -2,13 +2,15 @@
 
     python bench/contributor_value.py [--data FILE.parquet --label-col L] [--kind tabular] [--seeds N]
         [--value trak|inrun]
-    python bench/contributor_value.py --kind text|image [--seed S] [--seeds N] [--pay-runs N]
+    python bench/contributor_value.py --kind text|image [--data FILE.parquet --text-col C | --image-col C
+        --label-col L] [--seed S] [--seeds N] [--pay-runs N]
 
 From any labeled tabular dataset (scikit-learn's bundled digits by default; nothing is
-downloaded), or with ``--kind text|image`` from synthetic sentences or 32x32 PNGs it makes itself
-(``bench/_common/media_world.py``: the recipes' text transformer / CNN through
-``attribution.train_model``; 1,124 training examples, a few minutes on 2 cores), it builds a small
-world with known faults:
+downloaded), or with ``--kind text|image`` from a Parquet file's text or encoded-image column (PNG/JPEG
+bytes, any size: the model squashes them to 16x16) or synthetic sentences or 32x32 PNGs it makes
+itself (``bench/_common/media_world.py``: the recipes' text transformer / CNN through
+``attribution.train_model``; at most 200 validation and 800 pool rows, about 1,100 training examples
+with the faults' own, a few minutes on 2 cores), it builds a small world with known faults:
 
 - a declared trusted validation set (held out, true labels): the in-run attribution targets
   and the ground truth's loss;
@@ -106,6 +108,7 @@ from bench._common import (  # noqa: E402
     log_p_true,
     media_world,
 )
+from bench._common.lds_models import read_columns  # noqa: E402
 from labeling import MODEL_METHODS, ModelProbs, SimulatedAnnotator, aggregate, simulate_answers  # noqa: E402
 from pipelines.datasets import example_id, to_examples  # noqa: E402
 
@@ -250,19 +253,40 @@ def build_world(x: np.ndarray, y: np.ndarray, seed: int) -> World:
                  x[val], [classes[v] for v in y[val]])
 
 
-def build_media_world(kind: str, seed: int) -> World:
-    """The same providers and labelers over synthetic text or image payloads (``media_world``)."""
+def media_rows(kind: str, seed: int, data: tuple[list, np.ndarray] | None) -> tuple[list, np.ndarray, int]:
+    """The world's payloads and true labels, validation rows first, and how many of them are validation:
+    ``data`` (a user's rows: distinct payloads, shuffled by ``seed``, at most ``MEDIA_VALIDATION`` +
+    ``MEDIA_POOL``) or seeded synthetic ones."""
+    if data is None:
+        values, y = media_world.raw_values(kind, MEDIA_VALIDATION + MEDIA_POOL, seed)
+        return values, y, MEDIA_VALIDATION
+    values, y = media_world.distinct(*data)
+    n_val = min(MEDIA_VALIDATION, len(values) // 5)
+    order = np.random.default_rng(seed).permutation(len(values))[: n_val + MEDIA_POOL]
+    if len(order) - n_val < 200:
+        sys.exit(f"error: {len(values)} distinct payloads are too few "
+                 "(need a pool of >= 200 after validation)")
+    return [values[i] for i in order], y[order], n_val
+
+
+def build_media_world(kind: str, seed: int, data: tuple[list, np.ndarray] | None = None) -> World:
+    """The same providers and labelers over text or image payloads (``media_world``): a user's ``data``
+    (payloads, class indices) or synthetic ones."""
     rng = np.random.default_rng(seed)
-    n_val, n_pool = MEDIA_VALIDATION, MEDIA_POOL
-    values, y = media_world.raw_values(kind, n_val + n_pool, seed)
-    classes = [str(c) for c in range(media_world.N_CLASSES)]
+    values, y, n_val = media_rows(kind, seed, data)
+    n_pool = len(values) - n_val
+    classes = [str(c) for c in range(int(y.max()) + 1)]
+    if len(classes) < 3:
+        sys.exit("error: the label column needs >= 3 classes (random and adversarial labelers differ)")
     pool = np.arange(n_val, n_val + n_pool)
-    flood_base = [int(pool[np.flatnonzero(y[pool] == c)[0]]) for c in range(len(classes))][:5]
+    present = [c for c in range(len(classes)) if (y[pool] == c).any()][:5]
+    flood_base = [int(pool[np.flatnonzero(y[pool] == c)[0]]) for c in present]
     rest = np.setdiff1d(pool, flood_base)
     rest = rest[rng.permutation(len(rest))]
     real = {p.name: round(p.share * n_pool) for p in PROVIDERS if p.source == "real"}
     real[PROVIDERS[0].name] = len(rest) - sum(real.values())
     corpus = [values[i] for i in rest] if kind == "text" else []
+    side = media_world.typical_side(kind, values)  # junk images as large as the data's
     payload, truth, owner, start = [], [], [], 0
     by_name: dict[str, tuple[list, np.ndarray]] = {}
     seen: set = set()
@@ -288,7 +312,7 @@ def build_media_world(kind: str, seed: int) -> World:
             vs = unique(lambda i, base=base: media_world.light_copy(kind, base[i], rng), len(base))
         elif p.source == "junk":
             k = max(10, round(p.share * n_pool))
-            vs, ys = media_world.junk(kind, k, rng), rng.integers(0, len(classes), k)
+            vs, ys = media_world.junk(kind, k, rng, side), rng.integers(0, len(classes), k)
         else:  # flood
             k = max(10 * len(flood_base), round(p.share * n_pool))
             pick = np.resize(np.asarray(flood_base), k)
@@ -303,7 +327,7 @@ def build_media_world(kind: str, seed: int) -> World:
     column = media_world.COLUMN[kind]
     examples = pa.table({"example_id": ids, "provider": owner,
                          column: pa.array(payload, pa.string() if kind == "text" else pa.binary())})
-    media = media_world.prepare(kind, payload, list(values[:n_val]), y[:n_val])
+    media = media_world.prepare(kind, payload, list(values[:n_val]), y[:n_val], len(classes))
     return World(classes, examples, annotate(dict(zip(ids, truth, strict=True)), classes, seed),
                  np.zeros((0, 0)), [classes[v] for v in y[:n_val]], media)
 
@@ -621,9 +645,14 @@ def main() -> None:
     ap.add_argument("--value", choices=("trak", "inrun"),
                     help="the scores pay is split by: TRAK value (the pipeline's default) or the per-step "
                          "in-run scores")
+    ap.add_argument("--text-col", help="name of the text column in --data (--kind text)")
+    ap.add_argument("--image-col", help="name of the encoded-image column (PNG/JPEG bytes) in --data "
+                                        "(--kind image)")
     args = ap.parse_args()
-    if args.kind != "tabular" and args.data:
-        sys.exit(f"error: --kind {args.kind} makes its own data; --data is for --kind tabular")
+    payload_col = {"text": args.text_col, "image": args.image_col}
+    for kind, col in payload_col.items():
+        if col and args.kind != kind:
+            sys.exit(f"error: --{kind}-col is for --kind {kind} (got --kind {args.kind})")
     if args.data and not Path(args.data).is_file():
         sys.exit(f"error: --data {args.data} is not a file")
     if args.seeds < 2 or args.pay_runs < 1:
@@ -636,13 +665,15 @@ def main() -> None:
         if args.consensus in MODEL_METHODS:
             world.probs, world.method = reviewed(world, task, args.seed), args.consensus
     else:
-        world, task = build_media_world(args.kind, args.seed), None
+        data = (read_columns(args.data, payload_col[args.kind], args.label_col, args.kind) if args.data
+                else None)
+        world, task = build_media_world(args.kind, args.seed, data), None
         world.value = args.value or "trak"
         if args.consensus in MODEL_METHODS:
             world.probs, world.method = reviewed(world, task, args.seed), args.consensus
         media, cfg = world.media, world.media.task.config
-        print(f"data: synthetic {args.kind} ({len(world.yv)} validation rows, true labels; training "
-              f"{world.examples.num_rows} examples, {len(world.classes)} classes); torch threads "
+        print(f"data: {args.data or 'synthetic'} {args.kind} ({len(world.yv)} validation rows, true labels; "
+              f"training {world.examples.num_rows} examples, {len(world.classes)} classes); torch threads "
               f"{torch.get_num_threads()}", flush=True)
         print(f"model: the {media.task.name} recipe {media.sizes}, SGD lr {cfg.lr} ({cfg.lr_schedule} "
               f"decay), batch {cfg.batch_size}; labels = {args.consensus} consensus of {PER_EXAMPLE} answers "

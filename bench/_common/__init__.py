@@ -29,11 +29,30 @@ def load(data: str | None, label_col: str | None) -> tuple[np.ndarray, np.ndarra
             sys.exit(f"error: --label-col must name a column of {data} (columns: {table.column_names})")
         frame = table.to_pandas()
         labels = frame.pop(label_col)
-        numeric = frame.select_dtypes("number")
+        numeric = frame.select_dtypes(["number", "bool"]).astype(np.float64)
         if numeric.shape[1] == 0:
             sys.exit(f"error: {data} has no numeric feature columns besides {label_col!r}")
-        x, y = numeric.to_numpy(np.float64), np.unique(labels.astype(str), return_inverse=True)[1]
+        labelled = labels.notna().to_numpy()
+        x, y = numeric.to_numpy()[labelled], np.unique(labels[labelled].astype(str), return_inverse=True)[1]
+        x = impute(x, dropped=int((~labelled).sum()))
     return x.astype(np.float64), np.asarray(y, dtype=np.int64)
+
+
+def impute(x: np.ndarray, *, dropped: int = 0) -> np.ndarray:
+    """Missing or infinite features replaced by their column's median (a column with no finite value is
+    dropped), so a real file with gaps trains; says what it did (and how many unlabeled rows were
+    dropped) in one line."""
+    finite = np.isfinite(x)
+    keep = finite.any(axis=0)
+    x, finite = x[:, keep], finite[:, keep]
+    medians = np.array([np.median(col[ok]) for col, ok in zip(x.T, finite.T, strict=True)])
+    filled = int((~finite).sum())
+    x = np.where(finite, x, medians)
+    if filled or dropped or not keep.all():
+        print(f"data: {dropped} rows without a label dropped, {filled} missing or infinite feature values "
+              f"set to their column's median, {int((~keep).sum())} columns without a finite value dropped",
+              flush=True)
+    return x
 
 
 def log_p_true(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -84,6 +84,14 @@ def raw_values(kind: str, n: int, seed: int) -> tuple[list, np.ndarray]:
     return synthetic_images(n, seed, N_CLASSES, size=IMAGE_RAW_SIDE, noise=0.0)
 
 
+def distinct(values: Sequence, labels: np.ndarray) -> tuple[list, np.ndarray]:
+    """The first row of each distinct payload (a user's file may repeat one; the world's ids and the
+    ingest's grouping need every payload once, and a target must never equal a training row)."""
+    seen: set = set()
+    keep = [i for i, v in enumerate(values) if not (v in seen or seen.add(v))]
+    return [values[i] for i in keep], labels[keep]
+
+
 # ---------------------------------------------------------------- faults, as a person would make them
 
 
@@ -102,31 +110,39 @@ def noised(kind: str, values: Sequence, share: float, rng: np.random.Generator,
     return out
 
 
-def junk(kind: str, k: int, rng: np.random.Generator) -> list:
+def junk(kind: str, k: int, rng: np.random.Generator, side: int = IMAGE_RAW_SIDE) -> list:
+    """Word salad of made-up words / ``side``-square uniform-noise images."""
     if kind == "text":
         letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
         return [" ".join("".join(rng.choice(letters, int(rng.integers(3, 9))))
                          for _ in range(int(rng.integers(8, 25)))) for _ in range(k)]
-    side = (IMAGE_RAW_SIDE, IMAGE_RAW_SIDE, 3)
-    return [_png(rng.integers(0, 256, side).astype(np.uint8)) for _ in range(k)]
+    return [_png(rng.integers(0, 256, (side, side, 3)).astype(np.uint8)) for _ in range(k)]
 
 
 def light_copy(kind: str, value, rng: np.random.Generator):
-    """A near-copy: a word swapped, punctuation or case changed / a few pixels changed, JPEG re-encoded."""
+    """A near-copy: a word swapped, punctuation or case changed / a few pixels changed (0.3 % of them, at
+    least one: an edit as light on a user's 8x8 images as on the bench's 32x32 ones), JPEG re-encoded."""
     if kind == "text":
-        words = value.split()
+        words = value.split() or ["so"]
         how = int(rng.integers(3))
         if how == 0:
             words[int(rng.integers(len(words)))] = str(rng.choice(["very", "quite", "really", "so"]))
             return " ".join(words)
         return value.upper() if how == 1 else value.capitalize() + "."
     img = np.array(Image.open(io.BytesIO(value)).convert("RGB"))
-    for _ in range(3):
-        y, x = rng.integers(0, img.shape[0], 2)
+    for _ in range(max(1, round(3 * img.shape[0] * img.shape[1] / 1024))):  # 3 in a 32x32 image's area
+        y, x = rng.integers(0, img.shape[:2])
         img[y, x] = rng.integers(0, 256, 3)
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, "JPEG", quality=int(rng.integers(85, 96)))
     return buf.getvalue()
+
+
+def typical_side(kind: str, values: Sequence) -> int:
+    """The median longer side of the first 50 images (``IMAGE_RAW_SIDE`` for text)."""
+    if kind == "text":
+        return IMAGE_RAW_SIDE
+    return int(np.median([max(Image.open(io.BytesIO(v)).size) for v in values[:50]]))
 
 
 def _png(pixels: np.ndarray) -> bytes:
@@ -138,7 +154,8 @@ def _png(pixels: np.ndarray) -> bytes:
 # ---------------------------------------------------------------- the model
 
 
-def prepare(kind: str, train_values: list, val_values: list, val_labels: np.ndarray) -> Media:
+def prepare(kind: str, train_values: list, val_values: list, val_labels: np.ndarray,
+            n_classes: int = N_CLASSES) -> Media:
     """The recipe's task and the encoded rows; SGD with a linearly decayed rate (as the LDS bench)."""
     if kind == "text":
         from attribution.recipes import text as recipe
@@ -147,7 +164,7 @@ def prepare(kind: str, train_values: list, val_values: list, val_labels: np.ndar
         tokenizer = recipe.load_tokenizer(tok)
         config = TrainConfig(epochs=10, batch_size=32, lr=0.5, lr_schedule="linear", weight_decay=1e-4)
         vocab = tokenizer.get_vocab_size()
-        task = recipe.text_transformer_task(vocab, N_CLASSES, TEXT_MAX_LENGTH, d_model=64, n_layers=2,
+        task = recipe.text_transformer_task(vocab, n_classes, TEXT_MAX_LENGTH, d_model=64, n_layers=2,
                                             n_heads=4, tokenizer=tok, config=config)
         rows = {k: torch.as_tensor(np.asarray(v)) for k, v in recipe.encode_texts(tokenizer, train_values,
                                                                                    TEXT_MAX_LENGTH).items()}
@@ -159,10 +176,11 @@ def prepare(kind: str, train_values: list, val_values: list, val_labels: np.ndar
 
         policy = recipe.ImagePolicy(height=IMAGE_SIDE, width=IMAGE_SIDE, mode="RGB", resize="squash")
         config = TrainConfig(epochs=15, batch_size=32, lr=0.1, lr_schedule="linear", weight_decay=1e-4)
-        task = recipe.image_cnn_task(policy, N_CLASSES, config=config)
+        task = recipe.image_cnn_task(policy, n_classes, config=config)
         rows = {"pixel_values": torch.as_tensor(recipe.decode_images(train_values, policy)).float()}
         val = {"pixel_values": torch.as_tensor(recipe.decode_images(val_values, policy)).float()}
-        sizes = {"image": [3, IMAGE_SIDE, IMAGE_SIDE], "uploaded": IMAGE_RAW_SIDE, "channels": [16, 32],
+        sizes = {"image": [3, IMAGE_SIDE, IMAGE_SIDE], "uploaded": typical_side(kind, train_values),
+                 "channels": [16, 32],
                  "epochs": 15}
     val[LABELS] = torch.as_tensor(val_labels, dtype=torch.int64)
     return Media(kind, task, rows, val, sizes)

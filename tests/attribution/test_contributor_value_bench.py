@@ -1,0 +1,104 @@
+"""bench/contributor_value.py --kind text|image --data: the faulty world is built from a user's rows."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from bench import contributor_value as cv  # noqa: E402
+from bench._common.lds_models import read_columns, synthetic_text  # noqa: E402
+
+
+def grey_pngs(n: int, side: int, seed: int) -> tuple[list[bytes], list[str]]:
+    """Greyscale PNGs of another size and mode than the bench's own, five named classes."""
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for i in range(n):
+        c = i % 5
+        pixels = np.full((side, side), rng.integers(0, 80), np.uint8)  # a smooth, photo-like background
+        pixels[c : c + 3, rng.integers(0, side - 4) :] = rng.integers(150, 256)  # its row: the class
+        buf = io.BytesIO()
+        Image.fromarray(pixels, "L").save(buf, "PNG")
+        images.append(buf.getvalue())
+        labels.append(f"band-{c}")
+    return images, labels
+
+
+def test_image_world_from_a_users_file(tmp_path):
+    images, labels = grey_pngs(400, 12, seed=1)
+    images += images[:20]  # a file may repeat rows: each payload enters the world once
+    labels += labels[:20]
+    path = tmp_path / "bands.parquet"
+    pq.write_table(pa.table({"img": pa.array(images, pa.binary()), "cls": labels}), path)
+
+    world = cv.build_media_world("image", 0, read_columns(str(path), "img", "cls", "image"))
+
+    assert len(world.classes) == 5 and world.media.task.config is not None
+    assert len(world.yv) == 80  # a fifth of the 400 distinct rows
+    payloads = world.examples["image"].to_pylist()
+    assert len(set(payloads)) == len(payloads)  # no exact copies (faults included)
+    owner = world.provider
+    assert (owner == "flooder").sum() >= 50 and (owner == "copycat").sum() == (owner == "prov-b").sum()
+    junk = payloads[int(np.flatnonzero(owner == "junk")[0])]
+    assert Image.open(io.BytesIO(junk)).size == (12, 12)  # junk as large as the data's images
+    assert world.media.sizes["uploaded"] == 12
+    credit, grouping = cv.library_credit(world)  # the ingest's grouping runs on the user's payloads
+    assert credit.num_rows == world.examples.num_rows and grouping["near"]["copies"] > 0
+
+
+def test_text_world_keeps_the_files_classes_and_survives_an_empty_text(tmp_path):
+    texts, y = synthetic_text(300, 5, n_classes=3, noise=0.0)
+    texts[7] = ""  # an empty text can still be copied and flooded
+    path = tmp_path / "texts.parquet"
+    pq.write_table(pa.table({"body": texts, "topic": [["x", "y", "z"][v] for v in y]}), path)
+
+    world = cv.build_media_world("text", 2, read_columns(str(path), "body", "topic", "text"))
+
+    assert world.classes == ["0", "1", "2"]
+    assert set(world.annotations["label"].to_pylist()) <= set(world.classes)
+    assert world.media.rows["input_ids"].shape[0] == world.examples.num_rows
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--kind", "image", "--text-col", "body"], "--text-col is for --kind text"),
+        (["--kind", "text", "--data", "{path}", "--text-col", "nope", "--label-col", "topic"],
+         "--text-col must name a column"),
+        (["--kind", "text", "--data", "{path}", "--text-col", "body", "--label-col", "topic"],
+         "too few"),
+    ],
+)
+def test_bad_media_arguments_are_one_error(tmp_path, args, says):
+    path = tmp_path / "small.parquet"
+    texts, y = synthetic_text(120, 1)
+    pq.write_table(pa.table({"body": texts, "topic": [str(v) for v in y]}), path)
+    out = subprocess.run([sys.executable, "bench/contributor_value.py", *[a.format(path=path) for a in args]],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert says in out.stderr and "Traceback" not in out.stderr
+
+
+def test_tabular_file_with_gaps_loads(tmp_path, capsys):
+    from bench._common import load
+
+    path = tmp_path / "gaps.parquet"
+    pq.write_table(pa.table({
+        "a": [1.0, None, 3.0, float("inf"), 5.0], "flag": [True, False, True, True, False],
+        "name": list("vwxyz"), "empty": pa.array([None] * 5, pa.float64()), "y": ["p", None, "q", "r", "p"],
+    }), path)
+    x, y = load(str(path), "y")
+    np.testing.assert_array_equal(x, [[1.0, 1.0], [3.0, 1.0], [3.0, 1.0], [5.0, 0.0]])  # inf -> median 3
+    np.testing.assert_array_equal(y, [0, 1, 2, 0])
+    assert "1 rows without a label dropped, 1 missing or infinite" in capsys.readouterr().out
