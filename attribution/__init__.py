@@ -105,6 +105,7 @@ if TYPE_CHECKING:
         payload_encoding_to_json,
     )
     from .recipes.hf import HF_TOKENIZER_FILE
+    from .recipes.image import eight_bit
     from .serialize import (
         features_from_bytes,
         features_to_bytes,
@@ -136,6 +137,7 @@ _LAZY = {
     "ImageEncoding": "attribution.payloads",
     "HfTextEncoding": "attribution.payloads",
     "HF_TOKENIZER_FILE": "attribution.recipes.hf",
+    "eight_bit": "attribution.recipes.image",
     "LocalModel": "attribution.payloads",
     "PayloadEncoding": "attribution.payloads",
     "TextEncoding": "attribution.payloads",
@@ -162,6 +164,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "LABELS",
     "HF_TOKENIZER_FILE",
+    "eight_bit",
     "HfTextEncoding",
     "ImageEncoding",
     "LocalModel",

@@ -36,6 +36,7 @@ from .errors import InputError
 if TYPE_CHECKING:
     from .encoding import InputEncoding
 from .model_task import LABELS, ModelTask
+from .recipes.image import SIXTEEN_BIT_MODES
 from .task import TrainConfig
 
 KINDS = ("text", "image")
@@ -291,7 +292,7 @@ class HfTextEncoding:
 
 
 PayloadEncoding = TextEncoding | ImageEncoding | HfTextEncoding
-GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
+GRAY_MODES = frozenset({"1", "L", "LA", "F", *SIXTEEN_BIT_MODES})
 
 
 def fit_payload_encoding(

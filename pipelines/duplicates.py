@@ -51,6 +51,7 @@ from scipy.spatial import cKDTree
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.neighbors import NearestNeighbors
 
+from attribution import eight_bit
 from schemas import CREDIT_SCHEMA
 
 NEAR_FRACTION = 0.25  # of the median nearest-neighbour distance (bench/contributor_value.py's figure)
@@ -325,7 +326,7 @@ def _thumbnail(data: bytes | None) -> np.ndarray | None:
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.draft("L", (IMAGE_MAX_SIDE, IMAGE_MAX_SIDE))  # a large JPEG decodes at a fraction of its size
-            gray = img.convert("L")
+            gray = eight_bit(img).convert("L")  # 16-bit gray levels scaled, not clipped to white
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
         return None
     if max(gray.size) > IMAGE_MAX_SIDE:

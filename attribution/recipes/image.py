@@ -71,8 +71,9 @@ class ImagePolicy:
 def decode_images(images: Sequence[bytes], policy: ImagePolicy) -> torch.Tensor:
     """float32 ``[n, C, H, W]`` pixels in [0, 1] (divided by 255, not normalized per channel).
 
-    Any format Pillow reads (PNG, JPEG, ...). EXIF orientation is applied first, then the image
-    is converted to ``policy.mode`` (alpha dropped), then sized by ``policy.resize``.
+    Any format Pillow reads (PNG, JPEG, ...). EXIF orientation is applied first, 16-bit gray levels
+    are scaled to 8 bits (``eight_bit``), then the image is converted to ``policy.mode`` (alpha
+    dropped), then sized by ``policy.resize``.
     """
     if isinstance(images, bytes | bytearray):
         raise InputError("decode_images takes a sequence of image bytes, got one bytes; wrap it in a list")
@@ -91,13 +92,30 @@ def decode_images(images: Sequence[bytes], policy: ImagePolicy) -> torch.Tensor:
     return torch.from_numpy(stacked).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
 
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # how Pillow opens 16-bit grayscale PNGs
+
+
+def eight_bit(img):
+    """``img`` with 16-bit gray levels scaled to 8 bits (``round(v * 255 / 65535)``, integer arithmetic,
+    values outside 0..65535 clipped); any other image unchanged.
+
+    Why: Pillow's ``convert("L")``/``("RGB")`` of a 16-bit grayscale PNG (medical and scientific images
+    often are) clips every level above 255 to white instead of scaling, so the image would be lost."""
+    from PIL import Image
+
+    if img.mode not in SIXTEEN_BIT_MODES:
+        return img
+    levels = np.clip(np.asarray(img, dtype=np.int64), 0, 65535)
+    return Image.fromarray(((levels * 255 + 32767) // 65535).astype(np.uint8), "L")
+
+
 def _pixels(index: int, data: bytes, policy: ImagePolicy) -> np.ndarray:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
-            img = ImageOps.exif_transpose(img).convert(policy.mode)
+            img = eight_bit(ImageOps.exif_transpose(img)).convert(policy.mode)
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise InputError(
             f"image #{index} cannot be decoded ({e}); give PNG, JPEG or another format Pillow reads"

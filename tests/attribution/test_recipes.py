@@ -209,6 +209,26 @@ def test_decode_png_and_jpeg() -> None:
     assert decode_images([png, gray], ImagePolicy(6, 10, mode="L")).shape == (2, 1, 6, 10)
 
 
+def test_decode_scales_16_bit_grey_levels_instead_of_clipping_them() -> None:
+    """A 16-bit grayscale PNG (as medical and scientific images often are) keeps its picture: each level
+    v becomes round(v * 255 / 65535), where Pillow's own conversion would turn every level above 255
+    white."""
+    from PIL import Image
+
+    levels = np.random.default_rng(4).integers(0, 65536, (6, 10)).astype(np.uint16)
+    levels[0, :3] = [0, 65535, 257]  # the extremes, and one 8-bit step (Pillow alone: white)
+    buf = io.BytesIO()
+    Image.fromarray(levels).save(buf, "PNG")
+    assert Image.open(io.BytesIO(buf.getvalue())).mode.startswith("I;16")
+    expected = np.round(levels.astype(np.float64) * 255 / 65535) / 255  # float reference
+    for mode, channels in (("L", 1), ("RGB", 3)):
+        x = decode_images([buf.getvalue()], ImagePolicy(6, 10, mode=mode))
+        assert x.shape == (1, channels, 6, 10)
+        for c in range(channels):
+            np.testing.assert_allclose(x[0, c].numpy(), expected, atol=1e-7)
+    assert x[0, 0, 0, :3].tolist() == pytest.approx([0.0, 1.0, 1 / 255])
+
+
 def test_decode_refuses_other_sizes_without_a_resize_policy() -> None:
     images = [_image(10, 6, "PNG"), _image(7, 5, "JPEG"), _image(10, 6, "PNG"), _image(12, 6, "PNG")]
     with pytest.raises(InputError, match=r"#1 is 7x5, #3 is 12x6.*resize='squash'"):

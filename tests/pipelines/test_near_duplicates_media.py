@@ -261,3 +261,36 @@ def test_text_beside_numbers_gets_exact_copies_only() -> None:
     near = report.grouping.to_params()["near"]
     assert near["method"] == "none" and "string" in near["reason"]
     assert examples.num_rows == 3 and report.grouping.credit.num_rows == 3
+
+
+def sixteen_bit(data: bytes) -> bytes:
+    """The same picture as a 16-bit grayscale PNG (each 8-bit level v as v * 257)."""
+    gray = np.asarray(Image.open(io.BytesIO(data)).convert("L"), dtype=np.uint16) * 257
+    buf = io.BytesIO()
+    Image.fromarray(gray).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_16_bit_images_group_as_their_8_bit_pictures() -> None:
+    """16-bit grayscale PNGs are grouped by their picture (levels scaled to 8 bits), not clipped white
+    (which made every one of them look alike)."""
+    _, honest, rng = _world("image", 3)
+    honest = honest[:300]
+    copies = [jittered(v, rng) for v in honest[1::3][:20]]
+
+    def partition(convert) -> list[frozenset[int]]:
+        table = pa.concat_tables([_honest_table("image", [convert(v) for v in honest]),
+                                  _table("image", [convert(v) for v in copies], "copycat")])
+        labels = _labels("image", table)
+        rows = [labels[_id("image", convert(v))] for v in [*honest, *copies]]
+        return sorted({frozenset(i for i, g in enumerate(rows) if g == label) for label in rows}, key=min)
+
+    def gray8(data: bytes) -> bytes:
+        buf = io.BytesIO()
+        Image.open(io.BytesIO(data)).convert("L").save(buf, "PNG")
+        return buf.getvalue()
+
+    assert Image.open(io.BytesIO(sixteen_bit(honest[0]))).mode.startswith("I;16")
+    groups = partition(sixteen_bit)
+    assert groups == partition(gray8)
+    assert sum(len(g) > 1 for g in groups) == 20  # each copy with its original, nothing else
