@@ -11,7 +11,8 @@ Public face (other rooms use only these names):
   (``classification_loss`` by default); ``train_model(task, train, example_ids, targets, seed=)`` ->
   ``TrainResult``, trained with SGD or AdamW and scored through the optimizer's own update, one
   kernel per layer type (``attribution.kernels``); ``train_model_plain`` is the same training
-  without attribution.
+  without attribution; ``train_trak_valued`` trains plainly, keeps the checkpoints and scores each
+  example by its TRAK value there (``valued_by_trak``: what pay reads; no per-step scores computed).
 - ``encode_split(labeled_table, is_target)`` -> ``EncodedSplit`` (the ``InputEncoding`` fitted on
   the training rows; X, y, ids of training rows and of targets); ``train_split(split, hidden,
   config, seed=...)`` trains an MLP on it with attribution.
@@ -85,6 +86,7 @@ from .trak_model import (
     ModelTrakFeatures,
     mlp_valued_by_trak,
     model_features,
+    train_trak_valued,
     valued_by_trak,
 )
 
@@ -181,6 +183,7 @@ __all__ = [
     "model_features",
     "valued_by_trak",
     "mlp_valued_by_trak",
+    "train_trak_valued",
     "model_features_from_bytes",
     "model_features_to_bytes",
     "payload_encoding_from_json",

@@ -183,6 +183,25 @@ def plain_steps(task: AttributionTask, X: object, y: object, *, seed: int) -> It
         yield model
 
 
+def checkpointed(
+    steps: Iterator[nn.Module], n_rows: int, cfg: TrainConfig
+) -> tuple[nn.Module, list[dict[str, torch.Tensor]], float]:
+    """Drive plain training steps (``plain_steps``, ``inrun.plain_model_steps``) to the end, keeping the
+    checkpoints an attributed run keeps (``checkpoint_epochs``, as CPU copies): the trained model (on
+    the CPU), the checkpoints and the seconds it took."""
+    keep = set(checkpoint_epochs(cfg.epochs, cfg.n_checkpoints))
+    steps_per_epoch = -(-n_rows // cfg.batch_size)
+    checkpoints: list[dict[str, torch.Tensor]] = []
+    model = None
+    t0 = time.perf_counter()
+    for step, model in enumerate(steps):
+        if (step + 1) % steps_per_epoch == 0 and (step + 1) // steps_per_epoch - 1 in keep:
+            checkpoints.append({k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
+    if model is None:
+        raise InputError("training took no step (no rows or no epochs)")
+    return model.cpu(), checkpoints, time.perf_counter() - t0
+
+
 def train_plain(task: AttributionTask, X: object, y: object, *, seed: int) -> nn.Module:
     """The same training without attribution (reference for cost and for retraining); the model
     comes back on the CPU whatever ``task.config.device``."""

@@ -201,6 +201,27 @@ def mlp_valued_by_trak(result: TrainResult, x: np.ndarray, y: np.ndarray, x_targ
                    per_target=None, method=TRAK_VALUE_METHOD)
 
 
+def train_trak_valued(
+    task: ModelTask, train: Batch, example_ids: Sequence[str], targets: Batch, *, seed: int,
+    run_id: str | None = None,
+) -> TrainResult:
+    """Train ``task`` plainly, keeping the checkpoints, and value every example by TRAK against the
+    targets (``valued_by_trak``): the run pay reads, without the per-step in-run scores it would
+    discard (``train_model`` computes them, at about 1.5x a plain step). Inputs are checked as
+    ``train_model`` checks them."""
+    from .inrun import plain_model_steps, validate
+    from .trainer import checkpointed, run_id_for
+
+    n, _ = validate(task, train, example_ids, targets)
+    model, checkpoints, train_s = checkpointed(plain_model_steps(task, train, seed=seed), n, task.config)
+    result = TrainResult(
+        model=model, task=task, run_id=run_id or run_id_for(task, example_ids, seed),
+        example_ids=list(example_ids), scores=np.zeros(n), per_target=None, checkpoints=checkpoints,
+        timings={"train_s": train_s},
+    )
+    return valued_by_trak(result, model_features(task, checkpoints, train, seed=seed), targets)
+
+
 def model_features(
     task: ModelTask,
     checkpoints: Sequence[dict[str, torch.Tensor]],

@@ -35,13 +35,12 @@ from attribution import (
     encode_payload_split,
     encode_split,
     features_to_bytes,
-    model_features,
     model_features_to_bytes,
     model_to_bytes,
     payload_encoding_to_json,
     task_model_to_bytes,
-    train_model,
     train_split,
+    train_trak_valued,
 )
 from provenance import (
     CONSENSUS,
@@ -275,12 +274,12 @@ def _payload_training(store, labeled, is_target, kind, seed, run_id) -> tuple[di
     """A text or image run's training outputs (its recipe, small), run id and example scores."""
     split = encode_payload_split(labeled, is_target, kind=kind, column=kind, config=PAYLOAD_CONFIG,
                                  sizes=PAYLOAD_SIZES)
-    result = train_model(split.task, split.train, split.example_ids, split.targets, seed=seed, run_id=run_id)
-    features = model_features(split.task, result.checkpoints, split.train, seed=seed)
+    result = train_trak_valued(split.task, split.train, split.example_ids, split.targets, seed=seed,
+                               run_id=run_id)  # as the pipeline trains a recipe paid by TRAK value
     attribution = result.example_attribution
     outputs = {
         TrainingRecord.ENCODING: _put_bytes(store, payload_encoding_to_json(split.encoding)),
-        TrainingRecord.FEATURES: _put_bytes(store, model_features_to_bytes(features)),
+        TrainingRecord.FEATURES: _put_bytes(store, model_features_to_bytes(result.features)),
         TrainingRecord.MODEL: _put_bytes(store, task_model_to_bytes(result.model, split.task)),
         TrainingRecord.EXAMPLE_ATTRIBUTION: _put_table(store, attribution, "example_id"),
     }

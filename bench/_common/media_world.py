@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from attribution import ModelTask, TrainConfig, model_features, train_model, train_model_plain, valued_by_trak
+from attribution import ModelTask, TrainConfig, train_model, train_model_plain, train_trak_valued
 from attribution.model_task import LABELS, take
 
 from .lds_models import IMAGE_SIDE, TEXT_MAX_LENGTH, TEXT_VOCAB, synthetic_images, synthetic_text
@@ -68,13 +68,10 @@ class Media:
         self, keep: np.ndarray, labels: np.ndarray, example_ids: list[str], seed: int, value: str = "trak"
     ):
         """One attributed run; `value="trak"` scores the examples as the pipeline pays these recipes
-        (``attribution.valued_by_trak`` at the run's checkpoints), "inrun" by the per-step scores."""
-        batch = self.batch(keep, labels)
-        result = train_model(self.task, batch, example_ids, self.val, seed=seed)
-        if value == "inrun":
-            return result
-        features = model_features(self.task, result.checkpoints, batch, seed=seed)
-        return valued_by_trak(result, features, self.val)
+        (``attribution.train_trak_valued``: plain training, TRAK value at its checkpoints), "inrun" by
+        the per-step scores (``train_model``)."""
+        train = train_trak_valued if value == "trak" else train_model
+        return train(self.task, self.batch(keep, labels), example_ids, self.val, seed=seed)
 
 
 def raw_values(kind: str, n: int, seed: int) -> tuple[list, np.ndarray]:

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from attribution.errors import UnsupportedModelError
-from attribution.inrun import ModuleTaps, scored_modules, train_model
+from attribution.errors import InputError, UnsupportedModelError
+from attribution.inrun import ModuleTaps, scored_modules, train_model, train_model_plain
 from attribution.kernels import LayerGrads
 from attribution.kernels.explicit import VectorGrads
 from attribution.kernels.projection import LayerProjector, layer_projectors
@@ -32,6 +32,7 @@ from attribution.trak_model import (
     BlockInverse,
     mlp_valued_by_trak,
     model_features,
+    train_trak_valued,
     valued_by_trak,
     whole_kernel_solve,
 )
@@ -166,6 +167,31 @@ def test_trak_value_replaces_the_in_run_scores() -> None:
     table = valued.example_attribution
     assert set(table["method"].to_pylist()) == {TRAK_VALUE_METHOD} and table.num_rows == 12
     assert not np.allclose(valued.scores, result.scores)  # the in-run scores are replaced, not kept
+
+
+@pytest.mark.parametrize("case_name", ["seq-linear", "conv2d"])
+def test_a_run_paid_by_trak_value_trains_plainly_and_values_its_checkpoints(case_name: str) -> None:
+    """``train_trak_valued`` trains exactly as plain training does (the same model, bit for bit), keeps
+    the checkpoints an attributed run keeps, and scores by TRAK value at them; inputs ``train_model``
+    refuses it refuses alike."""
+    case = BY_NAME[case_name]
+    task = _task(case, epochs=3, batch_size=8, n_checkpoints=2, lr=0.05)
+    gen = torch.Generator().manual_seed(5)
+    train, targets = case.batch(20, gen), case.batch(4, gen)
+    ids = [f"e{i}" for i in range(20)]
+    run = train_trak_valued(task, train, ids, targets, seed=3)
+    plain = train_model_plain(task, train, seed=3)
+    for a, b in zip(run.model.state_dict().values(), plain.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    attributed = train_model(task, train, ids, targets, seed=3)
+    assert len(run.checkpoints) == len(attributed.checkpoints) == 2
+    assert run.method == TRAK_VALUE_METHOD and run.per_target is None and run.timings["train_s"] > 0
+    np.testing.assert_array_equal(run.scores, model_features(task, run.checkpoints, train, seed=3)
+                                  .value_scores(targets))
+    for a, b in zip(run.checkpoints[-1].values(), plain.state_dict().values(), strict=True):
+        assert torch.equal(a, b)  # the last checkpoint is the trained model
+    with pytest.raises(InputError, match="targets must be held out"):
+        train_trak_valued(task, train, ids, {k: v[:2] for k, v in train.items()}, seed=3)
 
 
 @pytest.mark.parametrize("distribution", ["rademacher", "gaussian"])
