@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +103,23 @@ def test_tabular_file_with_gaps_loads(tmp_path, capsys):
     np.testing.assert_array_equal(x, [[1.0, 1.0], [3.0, 1.0], [3.0, 1.0], [5.0, 0.0]])  # inf -> median 3
     np.testing.assert_array_equal(y, [0, 1, 2, 0])
     assert "1 rows without a label dropped, 1 missing or infinite" in capsys.readouterr().out
+
+
+def test_a_tabular_run_on_a_users_file_prints_the_issues_keys(tmp_path):
+    """The whole bench at its smallest (2 truth seeds, 1 pay run) on a small file of the user's: the last
+    line is one JSON object with the keys the royalty issue names."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 400)
+    x = rng.normal(0, 2.0, (3, 6))[y] + rng.normal(size=(400, 6))
+    path = tmp_path / "small.parquet"
+    pq.write_table(pa.table({**{f"f{j}": x[:, j] for j in range(6)}, "y": [f"c{v}" for v in y]}), path)
+    args = ["--data", str(path), "--label-col", "y", "--seeds", "2", "--pay-runs", "1"]
+    out = subprocess.run([sys.executable, "bench/contributor_value.py", *args], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["default_policy"] == "valued" and summary["seconds"] > 0
+    for policy in ("clip", "net", "valued"):
+        for role in ("provider", "labeler"):
+            assert -1 <= summary["spearman"][f"{policy}/{role}"] <= 1
+        assert 0 <= summary["faulty_share_bps"][policy] <= 10_000
