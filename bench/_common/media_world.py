@@ -38,7 +38,7 @@ WHAT = {  # the providers' faults, as made here (the bench's PROVIDERS describe 
     "prov-d": "honest, 25% of words / pixels noisy",
     "noisy": "60% of words / pixels replaced by random words / noise",
     "junk": "off-distribution: made-up words / noise images, arbitrary labels",
-    "copycat": "prov-b's examples lightly edited (a word, case, a full stop / 3 pixels, JPEG)",
+    "copycat": "prov-b's examples lightly edited (a word, case, a full stop / 0.3% of pixels, JPEG)",
     "flooder": "5 examples, each lightly edited into many near-copies",
 }
 
