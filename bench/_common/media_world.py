@@ -1,6 +1,7 @@
 """``bench/contributor_value.py --kind text|image``: the same world of faulty providers with text or
-image payloads, trained with the recipes' models (``attribution.recipes``) through
-``attribution.train_model`` (attributed) and ``train_model_plain`` (the ground truth's retrains).
+image payloads (synthetic, or a user's file), trained with the recipes' models (``attribution.recipes``):
+``attribution.train_trak_valued`` as the pipeline pays (``train_model`` for ``--value inrun``) and
+``train_model_plain`` (the ground truth's retrains).
 
 The payloads are made here (``lds_models.synthetic_text`` / ``synthetic_images``, no label noise: the
 labelers add it), and the faults are made the way a person would make them:
@@ -177,7 +178,6 @@ def prepare(kind: str, train_values: list, val_values: list, val_labels: np.ndar
         rows = {"pixel_values": torch.as_tensor(recipe.decode_images(train_values, policy)).float()}
         val = {"pixel_values": torch.as_tensor(recipe.decode_images(val_values, policy)).float()}
         sizes = {"image": [3, IMAGE_SIDE, IMAGE_SIDE], "uploaded": typical_side(kind, train_values),
-                 "channels": [16, 32],
-                 "epochs": 15}
+                 "channels": [16, 32], "epochs": 15}
     val[LABELS] = torch.as_tensor(val_labels, dtype=torch.int64)
     return Media(kind, task, rows, val, sizes)
