@@ -108,8 +108,12 @@ def noised(kind: str, values: Sequence, share: float, rng: np.random.Generator,
     return out
 
 
+JUNK_MAX_SIDE = 256  # noise images of a photo's size would cost memory; the model sees 16x16 of any
+
+
 def junk(kind: str, k: int, rng: np.random.Generator, side: int = IMAGE_RAW_SIDE) -> list:
-    """Word salad of made-up words / ``side``-square uniform-noise images."""
+    """Word salad of made-up words / ``side``-square uniform-noise images (at most ``JUNK_MAX_SIDE``)."""
+    side = min(side, JUNK_MAX_SIDE)
     if kind == "text":
         letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
         return [" ".join("".join(rng.choice(letters, int(rng.integers(3, 9))))
