@@ -662,16 +662,10 @@ def main() -> None:
     t_start = time.perf_counter()
     if args.kind == "tabular":
         world, task = tabular_world(args)
-        world.value = args.value or "trak"
-        if args.consensus in MODEL_METHODS:
-            world.probs, world.method = reviewed(world, task, args.seed), args.consensus
     else:
         data = (read_columns(args.data, payload_col[args.kind], args.label_col, args.kind) if args.data
                 else None)
         world, task = build_media_world(args.kind, args.seed, data), None
-        world.value = args.value or "trak"
-        if args.consensus in MODEL_METHODS:
-            world.probs, world.method = reviewed(world, task, args.seed), args.consensus
         media, cfg = world.media, world.media.task.config
         print(f"data: {args.data or 'synthetic'} {args.kind} ({len(world.yv)} validation rows, true labels; "
               f"training {world.examples.num_rows} examples, {len(world.classes)} classes); torch threads "
@@ -679,6 +673,9 @@ def main() -> None:
         print(f"model: the {media.task.name} recipe {media.sizes}, SGD lr {cfg.lr} ({cfg.lr_schedule} "
               f"decay), batch {cfg.batch_size}; labels = {args.consensus} consensus of {PER_EXAMPLE} answers "
               "per example (refitted for every retrain)", flush=True)
+    world.value = args.value or "trak"
+    if args.consensus in MODEL_METHODS:
+        world.probs, world.method = reviewed(world, task, args.seed), args.consensus
     owner = world.provider
     print("providers (in registration order):")
     for p in PROVIDERS:
