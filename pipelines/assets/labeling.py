@@ -27,7 +27,6 @@ import dagster as dg
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from labeling import (
     ANNOTATIONS,
@@ -264,7 +263,7 @@ def consensus_labels(
     started, version = now(), context.partition_key
     gold_file = catalog.lookup(version).get("gold")  # pinned when the version was registered
     client = store.client()
-    gold = pq.read_table(pa.BufferReader(client.get(gold_file["cid"]))) if gold_file else None
+    gold = read_parquet(client.get(gold_file["cid"])) if gold_file else None
     annotations_cid = index.cid_of("annotations", version)
     model = config.method in MODEL_METHODS
     review = review_for(client, lineage, version, annotations_cid) if model else None

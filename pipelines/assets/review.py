@@ -7,7 +7,7 @@ learning) and stores one row per example (pinned). `review_queue` asks Label Stu
 on the flagged tasks (their overlap raised, a "review" tab listing them); the next `annotations`
 export picks the new answers up like any other and consensus folds them in. Each row keeps its
 out-of-sample class probabilities (`class_probs`, in the order of the record's `classes`), which a
-consensus with `method: crowdlab` weighs beside the answers.
+consensus with a model method (`dawid_skene_model`, `crowdlab`) weighs beside the answers.
 """
 
 from importlib.metadata import version as package_version
