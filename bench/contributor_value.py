@@ -630,7 +630,8 @@ def tabular_world(args) -> tuple[World, AttributionTask]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", help="Parquet file with numeric feature columns and a label column")
+    ap.add_argument("--data", help="Parquet file: numeric feature columns (tabular), a text column (text) or "
+                                   "an encoded-image column (image), and a label column")
     ap.add_argument("--label-col", help="name of the label column in --data")
     ap.add_argument("--kind", choices=("tabular", "text", "image"), default="tabular",
                     help="tabular: numeric features (--data or digits), an MLP; text / image: synthetic "
