@@ -21,6 +21,10 @@ Public face (other rooms use only these names):
   ground floor it shares with ``provenance``); ``ContributorSplit`` applies the same policy per query.
   Both take ``credit=`` (the ``example_credit`` table, ``schemas.CREDIT_SCHEMA``, made at ingest):
   duplicates paid once, to their first registrant(s); without it each example pays its ``provider``.
+- ``provider_groups(example_ids, providers, credit)`` and ``mlp_left_out`` / ``model_left_out`` ->
+  the ``LEFT_OUT_SCHEMA`` table: each provider's value as the target-loss rise when the run's recipe
+  retrains without the examples it is paid for (``left_out_values`` drives any training function);
+  ``contributor_weights(..., left_out=table)`` pays providers by it (``WeightPolicy.providers``).
 - ``attribute_query(result.features, x)`` -> per-training-example contributions to one
   prediction; ``ContributorSplit.split_query(example_ids, contributions)`` -> its fee split.
 - ``model_to_bytes(model, spec)`` / ``model_from_bytes(data)``: deterministic safetensors bytes.
@@ -92,6 +96,7 @@ from .trak_model import (
 
 if TYPE_CHECKING:
     from .encoding import EncodedSplit, InputEncoding, encode_split
+    from .left_out import LEFT_OUT_SCHEMA, left_out_values, mlp_left_out, model_left_out, provider_groups
     from .payloads import (
         HfTextEncoding,
         ImageEncoding,
@@ -150,6 +155,11 @@ _LAZY = {
     "encoding_from_json": "attribution.payloads",
     "payload_encoding_from_json": "attribution.payloads",
     "payload_encoding_to_json": "attribution.payloads",
+    "LEFT_OUT_SCHEMA": "attribution.left_out",
+    "left_out_values": "attribution.left_out",
+    "mlp_left_out": "attribution.left_out",
+    "model_left_out": "attribution.left_out",
+    "provider_groups": "attribution.left_out",
     "ContributorSplit": "attribution.weights",
     "WeightPolicy": "attribution.weights",
     "contributor_weights": "attribution.weights",
@@ -164,6 +174,11 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "LEFT_OUT_SCHEMA",
+    "left_out_values",
+    "mlp_left_out",
+    "model_left_out",
+    "provider_groups",
     "LABELS",
     "HF_TOKENIZER_FILE",
     "eight_bit",

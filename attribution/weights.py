@@ -82,6 +82,7 @@ from schemas import ROLES, TOTAL_BPS, WEIGHTS_SCHEMA
 from .errors import ContributorError
 
 LABELER_POLICIES = ("agree", "pivotal", "valued")
+PROVIDER_POLICIES = ("left_out", "scores")
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,9 @@ class WeightPolicy:
     score_digits: int = 8
     labelers: Literal["agree", "pivotal", "valued"] = "valued"
     label_smoothing: float = 1.0  # 'pivotal', 'valued': pseudo-count of each confusion cell and class prior
+    # a run's providers: by their left-out retraining value ('left_out', given a `left_out` table), or
+    # by their examples' summed scores ('scores'; a prediction's fee is always split by its scores)
+    providers: Literal["left_out", "scores"] = "left_out"
 
     def __post_init__(self) -> None:
         if not 0 <= self.provider_share_bps <= TOTAL_BPS:
@@ -103,6 +107,8 @@ class WeightPolicy:
             raise ValueError(f"labelers must be one of {LABELER_POLICIES}, got {self.labelers!r}")
         if not (isinstance(self.label_smoothing, int | float) and 0 < self.label_smoothing < math.inf):
             raise ValueError(f"label_smoothing must be a positive number, got {self.label_smoothing!r}")
+        if self.providers not in PROVIDER_POLICIES:
+            raise ValueError(f"providers must be one of {PROVIDER_POLICIES}, got {self.providers!r}")
 
     def share(self, role: str) -> int:
         return self.provider_share_bps if role == "provider" else TOTAL_BPS - self.provider_share_bps
@@ -111,9 +117,11 @@ class WeightPolicy:
     def from_params(cls, raw: Mapping[str, Any]) -> WeightPolicy:
         """The policy a weighting record's `policy` parameter names (unknown keys are other settings).
 
-        A record without ``labelers`` predates the field: its labelers were paid by agreement."""
+        A record without ``labelers`` predates the field: its labelers were paid by agreement; one
+        without ``providers`` paid its providers by their summed scores."""
         params = {f.name: raw[f.name] for f in fields(cls) if f.name in raw}
         params.setdefault("labelers", "agree")
+        params.setdefault("providers", "scores")
         return cls(**params)
 
 
@@ -273,9 +281,16 @@ class ContributorSplit:
         out[[index[e] for e in ids]] = values
         return out
 
-    def weights(self, example_attribution: pa.Table) -> pa.Table:
-        """The ``contributor_weights`` table for one run's (or one prediction's) scores."""
-        return self.weights_from_scores(self.scores_vector(example_attribution))
+    def weights(self, example_attribution: pa.Table, left_out: pa.Table | None = None) -> pa.Table:
+        """The ``contributor_weights`` table for one run's (or one prediction's) scores; with
+        ``left_out`` (``attribution.LEFT_OUT_SCHEMA``) and ``providers='left_out'`` the providers'
+        share goes by their left-out values instead of their examples' scores."""
+        values = None
+        if left_out is not None and self.policy.providers == "left_out":
+            from .left_out import provider_values
+
+            values = provider_values(left_out)
+        return self.weights_from_scores(self.scores_vector(example_attribution), values)
 
     def split_query(self, example_ids: list[str], contributions: np.ndarray) -> pa.Table:
         """Basis points of one prediction's fee, from ``attribute_query``'s per-example output."""
@@ -372,13 +387,23 @@ class ContributorSplit:
         self._aligned = (key, positions)
         return positions
 
-    def weights_from_scores(self, scores: np.ndarray) -> pa.Table:
-        credit = quantize(scores, self.policy.score_digits)
+    def weights_from_scores(self, scores: np.ndarray, provider_values: Mapping[str, float] | None = None
+                            ) -> pa.Table:
+        """``provider_values`` (provider -> left-out value; absent: 0) replace the providers' summed
+        scores; each role is then quantized on its own, the two being in different units."""
+        digits = self.policy.score_digits
+        credit = quantize(scores, digits)
         if self.policy.negative == "clip":
             credit = np.maximum(credit, 0.0)
         signed = {r: self._role_scores(r, credit) for r in ROLES}  # < 0: it hurt
+        if provider_values is not None:
+            signed["provider"] = quantize(
+                np.array([provider_values.get(c, 0.0) for c in self.contributors["provider"]]), digits)
         per_role = {r: np.maximum(signed[r], 0.0) for r in ROLES}
-        grid = quantize(np.concatenate([per_role[r] for r in ROLES]), self.policy.score_digits)
+        if provider_values is None:
+            grid = quantize(np.concatenate([per_role[r] for r in ROLES]), digits)
+        else:
+            grid = np.concatenate([quantize(per_role[r], digits) for r in ROLES])
         ints = dict(zip(ROLES, np.split(grid, [len(per_role["provider"])]), strict=True))
         totals = {r: int(ints[r].sum()) for r in ROLES}
         if not any(totals.values()):
@@ -800,8 +825,11 @@ def contributor_weights(
     addresses: dict[str, str],
     policy: WeightPolicy | None = None,
     credit: pa.Table | None = None,
+    left_out: pa.Table | None = None,
 ) -> pa.Table:
     """The ``contributor_weights`` table (contributor, address, role, score, weight_bps); with
-    ``credit`` (``example_credit``) duplicates are paid once, to their first registrant(s)."""
+    ``credit`` (``example_credit``) duplicates are paid once, to their first registrant(s); with
+    ``left_out`` (the run's ``LEFT_OUT_SCHEMA`` table) providers are paid by their left-out values
+    (``WeightPolicy.providers``, the default)."""
     split = ContributorSplit.build(examples, annotations, consensus, addresses, policy, credit)
-    return split.weights(example_attribution)
+    return split.weights(example_attribution, left_out)

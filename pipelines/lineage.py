@@ -17,7 +17,16 @@ from typing import Any
 
 import dagster as dg
 
-from provenance import CodeVersion, Record, code_version, put_stage_record, utc_time
+from provenance import (
+    INGEST,
+    CodeVersion,
+    IngestRecord,
+    Record,
+    code_version,
+    load_record,
+    put_stage_record,
+    utc_time,
+)
 from storage import ContentStore, public_store
 
 AGENT = "caravan-pipeline"
@@ -49,6 +58,12 @@ class LineageResource(dg.ConfigurableResource):
                 f"no {activity} record for dataset version {version!r}: materialize that stage first"
             )
         return cid
+
+    def credit_cid(self, store: ContentStore, version: str) -> str | None:
+        """The `example_credit` the version's ingest record names (None: the examples came without an
+        ingest record, or were ingested before credit existed: each example then pays its provider)."""
+        ingest = self.latest(INGEST, version)
+        return load_record(store, ingest).outputs.get(IngestRecord.EXAMPLE_CREDIT) if ingest else None
 
     def write(
         self,

@@ -31,7 +31,13 @@ import pyarrow as pa
 from attribution import WeightPolicy, contributor_weights
 from labeling import aggregate
 from pipelines.assets.labeling import label_rows, reviewed_probs
-from pipelines.assets.training import SCORE_RTOL, TrainingConfig, train_labeled, training_platform
+from pipelines.assets.training import (
+    SCORE_RTOL,
+    TrainingConfig,
+    provider_value,
+    train_labeled,
+    training_platform,
+)
 from pipelines.lineage import pipeline_code
 from provenance import (
     CONSENSUS,
@@ -98,15 +104,16 @@ def replay_run(
     validation_cid = training.inputs.get(TrainingRecord.VALIDATION)
     validation = read_parquet(store.get(validation_cid)) if validation_cid else None
     base_cid = training.inputs.get(TrainingRecord.BASE_MODEL)  # an hf-local run's starting model
-    _, result = train_labeled(
+    split, result = train_labeled(
         labeled, config, run_id=str(training.params["run_id"]), validation=validation,
         field=training.params.get("field"), local=fetch_local_model(store, base_cid) if base_cid else None,
     )
     stored_scores = read_parquet(store.get(training.outputs[TrainingRecord.EXAMPLE_ATTRIBUTION]))
     _compare_scores(stored_scores, result.example_attribution, report)
+    left_out = _replayed_provider_value(records, head, training, split, labeled, result, config, report)
 
     stored = read_weights(store.get(head.outputs[WeightingRecord.WEIGHTS]))
-    replayed = _weights(records, head, result.example_attribution, stored)
+    replayed = _weights(records, head, result.example_attribution, stored, left_out)
     _compare_weights(stored, replayed, report)
     report.stored_root = share_leaves(stored).root
     report.replayed_root = share_leaves(replayed).root
@@ -238,12 +245,49 @@ def _compare_scores(stored: pa.Table, replayed: pa.Table, report: ReplayReport) 
         )
 
 
-def _weights(records: RunRecords, head: Record, scores: pa.Table, stored: pa.Table) -> pa.Table:
-    """The weights the replayed scores give, from the tables and policy the head record names."""
+def _replayed_provider_value(
+    records: RunRecords, head: Record, training: Record, split, labeled: pa.Table, result, config,
+    report: ReplayReport,
+) -> pa.Table | None:
+    """The providers' left-out values retrained again, checked against the stored ones (as scores are:
+    bit for bit on the same platform, else within the recorded tolerance of the largest |value|)."""
+    cid = head.inputs.get(WeightingRecord.PROVIDER_VALUE)
+    if cid is None:
+        return None
+    if cid != training.outputs.get(TrainingRecord.PROVIDER_VALUE):
+        report.fail("pay_inputs_differ", report.head_cid or "",
+                    "the split was computed from other provider values than the training record names")
+    (credit,) = records.input_tables(head, (WeightingRecord.EXAMPLE_CREDIT,))
+    again = provider_value(split, labeled, result, config, credit)
+    stored = read_parquet(records.store.get(cid))
+    a, b = _values(stored), _values(again)
+    top = max((abs(v) for v in b.values()), default=0.0)
+    allowed = (report.score_rtol or 0.0) * top
+    differ = sorted(p for p in a.keys() | b.keys() if p not in a or p not in b or abs(a[p] - b[p]) > allowed)
+    if differ:
+        report.fail(
+            "provider_values_differ", report.training_cid or "",
+            f"stored left-out values of {', '.join(differ)} differ from the replay "
+            f"({', '.join(f'{p}: {a.get(p)} stored, {b.get(p)} replayed' for p in differ[:5])})",
+        )
+    return again
+
+
+def _values(table: pa.Table | None) -> dict[str, float]:
+    if table is None:
+        return {}
+    return dict(zip(table["provider"].to_pylist(), table["value"].to_pylist(), strict=True))
+
+
+def _weights(
+    records: RunRecords, head: Record, scores: pa.Table, stored: pa.Table, left_out: pa.Table | None
+) -> pa.Table:
+    """The weights the replayed scores (and provider values) give, from the tables and policy the head
+    record names."""
     examples, annotations, consensus, credit = records.input_tables(head, WeightingRecord.SPLIT_TABLES)
     addresses = dict(zip(stored["contributor"].to_pylist(), stored["address"].to_pylist(), strict=True))
     policy = WeightPolicy.from_params(head.params.get("policy") or {})
-    return contributor_weights(scores, examples, annotations, consensus, addresses, policy, credit)
+    return contributor_weights(scores, examples, annotations, consensus, addresses, policy, credit, left_out)
 
 
 def _compare_weights(stored: pa.Table, replayed: pa.Table, report: ReplayReport) -> None:

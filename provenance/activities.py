@@ -64,6 +64,8 @@ class TrainingRecord:
     EXAMPLE_ATTRIBUTION = "example_attribution"
     FEATURES = "trak_features"
     OUTPUTS = (MODEL, ENCODING, EXAMPLE_ATTRIBUTION, FEATURES)
+    # optional: each provider's value by retraining without it (absent: too many providers to retrain)
+    PROVIDER_VALUE = "provider_value"
 
 
 class LabelReviewRecord:
@@ -82,6 +84,7 @@ class WeightingRecord:
     ANNOTATIONS = "annotations"
     CONSENSUS = "consensus"
     EXAMPLE_CREDIT = "example_credit"  # optional: absent, each example pays its `provider` column
+    PROVIDER_VALUE = "provider_value"  # optional: absent, providers are paid by their summed scores
     INPUTS = (EXAMPLE_ATTRIBUTION, EXAMPLES, ANNOTATIONS, CONSENSUS)
     # what the split is computed from, in `ContributorSplit.build`'s order (credit may be absent)
     SPLIT_TABLES = (EXAMPLES, ANNOTATIONS, CONSENSUS, EXAMPLE_CREDIT)

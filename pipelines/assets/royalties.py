@@ -14,12 +14,11 @@ from pipelines.report import bar_md, md_table
 from pipelines.resources import ChainResource, ContributorsResource
 from provenance import (
     CONSENSUS,
-    INGEST,
     TRAINING,
     WEIGHTING,
-    IngestRecord,
     ProvenanceError,
     RunRecords,
+    TrainingRecord,
     WeightingRecord,
     load_record,
     prov_json,
@@ -37,6 +36,9 @@ class WeightingConfig(dg.Config):
     # paid by the value of the consensus their answers moved; or "pivotal", or "agree" (agreement)
     labelers: str = "valued"
     label_smoothing: float = 1.0  # "pivotal" / "valued": pseudo-count of the confusion estimates
+    # providers by their value when the run retrains without each (the training record's
+    # provider_value), or "scores": by their examples' summed scores (also where the run has none)
+    providers: str = "left_out"
 
 
 @dg.asset(partitions_def=dataset_versions, group_name="royalties", kinds={"arrow"})
@@ -61,18 +63,19 @@ def contributor_weights(
     started, version = now(), context.partition_key
     client = store.client()
     try:
-        policy = WeightPolicy(
-            provider_share_bps=config.provider_share_bps,
-            negative=config.negative,
-            labelers=config.labelers,
-            label_smoothing=config.label_smoothing,
-        )
+        training = load_record(client, lineage.cid_of(TRAINING, version))
+        value_cid = (training.outputs.get(TrainingRecord.PROVIDER_VALUE)
+                     if config.providers == "left_out" else None)
+        applied = config.model_copy(update={"providers": "left_out" if value_cid else "scores"})
+        policy = WeightPolicy(**applied.model_dump())
+        left_out = read_parquet(client.get(value_cid)) if value_cid else None
         people = set(raw_dataset["provider"].to_pylist()) | set(annotations["annotator"].to_pylist())
         addresses = contributors.registry().require(people)
-        credit_cid = _credit_cid(client, lineage, version)
+        credit_cid = lineage.credit_cid(client, version)
         credit = read_parquet(client.get(credit_cid)) if credit_cid else None
         table = _weights(
-            example_attribution, raw_dataset, annotations, consensus_labels, addresses, policy, credit
+            example_attribution, raw_dataset, annotations, consensus_labels, addresses, policy, credit,
+            left_out,
         )
         # the weights' own snapshot under CIDv0, as `provenance.store_weights` has always named it
         # public even for a private version: the royalty root and every payee's proof derive from it
@@ -88,10 +91,11 @@ def contributor_weights(
                 WeightingRecord.ANNOTATIONS: index.cid_of("annotations", version),
                 WeightingRecord.CONSENSUS: index.cid_of("consensus_labels", version),
                 **({WeightingRecord.EXAMPLE_CREDIT: credit_cid} if credit_cid else {}),
+                **({WeightingRecord.PROVIDER_VALUE: value_cid} if value_cid else {}),
             },
             outputs={WeightingRecord.WEIGHTS: stored.cid},
             parents=(lineage.cid_of(TRAINING, version), lineage.cid_of(CONSENSUS, version)),
-            params={"run_id": example_attribution["run_id"][0].as_py(), "policy": config.model_dump()},
+            params={"run_id": example_attribution["run_id"][0].as_py(), "policy": applied.model_dump()},
         )
     except (ContributorError, LabelingError, ProvenanceError, ValueError) as exc:
         raise dg.Failure(str(exc)) from exc
@@ -113,6 +117,7 @@ def contributor_weights(
         metadata={
             "record_cid": head,
             "policy": config.negative,
+            "providers_paid_by": "left-out retraining" if value_cid else "summed example scores",
             "hurt_the_model_unpaid": dg.MetadataValue.json(hurt),
             "providers_paid": len(providers_paid),
             "duplicates_unpaid": dg.MetadataValue.json(copies),
@@ -217,16 +222,6 @@ def royalty_root(
             ),
         },
     )
-
-
-def _credit_cid(store, lineage: LineageResource, version: str) -> str | None:
-    """The `example_credit` the version's ingest record names (None: the examples came without an
-    ingest record, or were ingested before credit existed: each example then pays its provider)."""
-    try:
-        ingest = lineage.cid_of(INGEST, version)
-    except dg.Failure:
-        return None
-    return load_record(store, ingest).outputs.get(IngestRecord.EXAMPLE_CREDIT)
 
 
 def _all_copies(examples: pa.Table, credit: pa.Table | None) -> list[str]:

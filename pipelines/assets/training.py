@@ -29,12 +29,15 @@ from attribution import (
     encode_payload_split,
     encode_split,
     features_to_bytes,
+    mlp_left_out,
     mlp_valued_by_trak,
     model_features,
     model_features_to_bytes,
+    model_left_out,
     model_logits,
     model_to_bytes,
     payload_encoding_to_json,
+    provider_groups,
     task_model_to_bytes,
     train_model,
     train_split,
@@ -44,10 +47,10 @@ from pipelines.content_io import AssetIndex, StoreResource, store_value
 from pipelines.datasets import DatasetError
 from pipelines.lineage import LineageResource, now, pipeline_code
 from pipelines.partitions import dataset_versions
-from pipelines.report import histogram_md
+from pipelines.report import histogram_md, md_table
 from pipelines.resources import DatasetCatalog
 from provenance import CONSENSUS, SNAPSHOT, TRAINING, TrainingRecord
-from storage import ContentStore, StorageError, put_folder
+from storage import ContentStore, StorageError, put_folder, read_parquet
 
 
 class TrainingConfig(dg.Config):
@@ -85,6 +88,10 @@ class TrainingConfig(dg.Config):
     # summed per-step scores overpay high-loss examples and redundant providers); "inrun" the per-step
     # scores
     value: str = "auto"
+    # providers are valued by retraining without each one (`attribution.model_left_out`: one plain
+    # training per provider) when there are at most this many; beyond it, or at 0, by their examples'
+    # summed scores (the weighting record says which)
+    left_out_max: int = 32
 
     def train_config(self, recipe: str = "mlp") -> TrainConfig:
         """The attribution room's settings for this recipe (the one mapping; sharding reuses it)."""
@@ -234,6 +241,25 @@ def train_labeled(
                           seed=config.seed, run_id=run_id)
 
 
+def provider_value(
+    split: EncodedSplit | PayloadSplit, labeled: pa.Table, result: TrainResult, config: TrainingConfig,
+    credit: pa.Table | None,
+) -> pa.Table | None:
+    """Each provider's value by retraining without the training rows it is paid for (`credit`: the
+    ingest's duplicate grouping), the run's recipe and seed: the `LEFT_OUT_SCHEMA` table, or None where
+    the run has more providers than `config.left_out_max` (pay then goes by summed scores)."""
+    provider_of = dict(zip(labeled["example_id"].to_pylist(), labeled["provider"].to_pylist(), strict=True))
+    groups = provider_groups(split.example_ids, [provider_of[e] for e in split.example_ids], credit)
+    if config.left_out_max < 0:
+        raise dg.Failure(f"left_out_max must be >= 0, got {config.left_out_max}")
+    if len(groups) > config.left_out_max:
+        return None
+    if isinstance(split, PayloadSplit):
+        return model_left_out(split.task, split.train, split.targets, groups, seed=config.seed)
+    return mlp_left_out(result.task, split.X, split.y, split.X_targets, split.y_targets, groups,
+                        seed=config.seed)
+
+
 def value_method(config: TrainingConfig) -> str:
     """How example scores for pay are measured: `trak` or `inrun` (see `TrainingConfig.value`)."""
     if config.value not in ("auto", "trak", "inrun"):
@@ -301,6 +327,11 @@ def trained_model(
             labeled_dataset, config, run_id=run_id, validation=validation, field=field, local=local
         )
         outputs = trained_outputs(split, result, config)
+        credit_cid = lineage.credit_cid(client, version)
+        credit = read_parquet(client.get(credit_cid)) if credit_cid else None
+        values = provider_value(split, labeled_dataset, result, config, credit)
+        if values is not None:
+            outputs[TrainingRecord.PROVIDER_VALUE] = values
     except (AttributionError, DatasetError, StorageError) as exc:
         raise dg.Failure(str(exc)) from exc
     targets = "validation" if validation is not None else "crowd_hash_split"
@@ -308,6 +339,11 @@ def trained_model(
         context.log.warning(
             "no validation set declared: influence is measured against a hash split of the crowd-labeled "
             "examples (declare one with `caravan ingest ... --validation FILE`)"
+        )
+    if values is None:
+        context.log.warning(
+            f"more providers than left_out_max ({config.left_out_max}): providers are paid by their "
+            "examples' summed scores, not by retraining without each"
         )
     n_train, n_targets = len(split.example_ids), len(split.target_ids)
     scores = result.example_attribution
@@ -373,7 +409,19 @@ def trained_model(
             "influence": dg.MetadataValue.md(
                 histogram_md(scores["score"].to_numpy(), f"{result.method} per example")
             ),
+            **({"provider_value": dg.MetadataValue.md(provider_value_md(values))} if values is not None
+               else {}),
         },
+    )
+
+
+def provider_value_md(values: pa.Table) -> str:
+    """The left-out table as Markdown: what each provider's data did to the target loss."""
+    rows = sorted(values.to_pylist(), key=lambda r: (-r["value"], r["provider"]))
+    return md_table(
+        ["provider", "examples left out", "target loss without", "value (> 0: helped)"],
+        [(r["provider"], r["examples_left_out"], f"{r['loss_without']:.5f}", f"{r['value']:+.5f}")
+         for r in rows],
     )
 
 

@@ -1,0 +1,161 @@
+"""Provider value by leaving each provider out: groups, the retraining driver, and pay by it."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attribution import (
+    LEFT_OUT_SCHEMA,
+    AttributionTask,
+    ContributorError,
+    ModelSpec,
+    ModelTask,
+    TrainConfig,
+    WeightPolicy,
+    contributor_weights,
+    left_out_values,
+    mlp_left_out,
+    model_left_out,
+    provider_groups,
+    train_model_plain,
+    train_plain,
+)
+
+from .test_weights import ADDR, _credit, _tables
+
+
+def test_groups_follow_the_credit_table_copies_count_for_their_first_registrant():
+    ids = ["e0", "e1", "e2", "e3", "e4"]
+    providers = ["c0", "c1", "c1", "c2", "c3"]
+    # e1 copies e0 (c0 first): both paid to c0; e3 is shared by c2 and c3 (same registration time)
+    credit = _credit([("e0", "c0", 1.0), ("e1", "c0", 1.0), ("e2", "c1", 1.0), ("e3", "c2", 0.5),
+                      ("e3", "c3", 0.5)])
+    groups = provider_groups(ids, providers, credit)
+    assert {p: np.flatnonzero(m).tolist() for p, m in groups.items()} == {
+        "c0": [0, 1], "c1": [2], "c2": [3], "c3": [3, 4]}  # e4 is not in credit: its own provider's
+    plain = provider_groups(ids, providers)
+    assert {p: np.flatnonzero(m).tolist() for p, m in plain.items()} == {
+        "c0": [0], "c1": [1, 2], "c2": [3], "c3": [4]}
+
+
+def test_the_driver_retrains_once_per_nonempty_group_and_values_the_loss_rise():
+    calls = []
+
+    def loss_without(keep):
+        calls.append(keep.copy())
+        return 1.0 + 0.1 * (~keep).sum() - 0.5 * (not keep[0])  # leaving row 0 out lowers the loss
+
+    groups = {"b": np.array([False, True, True]), "a": np.array([True, False, False]),
+              "empty": np.zeros(3, bool)}
+    table = left_out_values(loss_without, groups)
+    assert table.schema == LEFT_OUT_SCHEMA
+    rows = {r["provider"]: r for r in table.to_pylist()}
+    assert rows["a"]["value"] == pytest.approx(0.1 - 0.5) and rows["b"]["value"] == pytest.approx(0.2)
+    assert rows["empty"] == {"provider": "empty", "examples_left_out": 0, "loss_without": 1.0,
+                             "loss_with": 1.0, "value": 0.0}
+    assert len(calls) == 3 and calls[0].all()  # the full run, then a and b; the empty group trains nothing
+
+
+def _blobs(n, seed):
+    g = np.random.default_rng(seed)
+    y = g.integers(0, 3, n)
+    x = g.normal(size=(n, 4)) + np.eye(3, 4)[y] * 2.5
+    return x.astype(np.float32), y
+
+
+def test_mlp_values_are_the_retrained_target_loss_rise():
+    x, y = _blobs(90, 0)
+    xt, yt = _blobs(30, 1)
+    task = AttributionTask(ModelSpec((4, 8, 3)), TrainConfig(epochs=3, batch_size=16, lr=0.1))
+    groups = {"p": np.arange(90) < 30, "all": np.ones(90, bool)}
+    table = mlp_left_out(task, x, y, xt, yt, groups, seed=5)
+
+    def loss(model):
+        with torch.no_grad():
+            return float(F.cross_entropy(model(torch.as_tensor(xt)), torch.as_tensor(yt)))
+
+    full = loss(train_plain(task, x, y, seed=5))
+    rows = {r["provider"]: r for r in table.to_pylist()}
+    assert rows["p"]["loss_with"] == full
+    assert rows["p"]["value"] == loss(train_plain(task, x[30:], y[30:], seed=5)) - full
+    assert rows["all"]["loss_without"] == loss(task.spec.build(5))  # nothing left: the untrained model
+    assert mlp_left_out(task, x, y, xt, yt, groups, seed=5).equals(table)  # deterministic
+
+
+class _Tokens(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(12, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, input_ids):
+        return self.head(self.emb(input_ids).mean(1))
+
+
+def test_a_model_task_is_valued_by_its_own_loss_on_the_targets():
+    task = ModelTask("tokens", lambda s: _Tokens(), TrainConfig(epochs=2, batch_size=8, lr=0.05,
+                                                                 optimizer="adamw"))
+    g = torch.Generator().manual_seed(0)
+    train = {"input_ids": torch.randint(0, 12, (40, 5), generator=g), "labels": torch.randint(0, 3, (40,),
+                                                                                              generator=g)}
+    targets = {"input_ids": torch.randint(0, 12, (10, 5), generator=g), "labels": torch.randint(0, 3, (10,),
+                                                                                                generator=g)}
+    groups = {"p": np.arange(40) % 4 == 0, "q": np.arange(40) % 4 != 0}
+    table = model_left_out(task, train, targets, groups, seed=2)
+    keep = torch.as_tensor(np.flatnonzero(~groups["p"]))
+    model = train_model_plain(task, {k: v[keep] for k, v in train.items()}, seed=2).eval()
+    with torch.no_grad():
+        expected = float(task.loss(model, targets).float().mean())
+    assert table.filter(pa.compute.equal(table["provider"], "p"))["loss_without"][0].as_py() == expected
+
+
+def _left_out(values):
+    return pa.table({"provider": list(values), "examples_left_out": [1] * len(values),
+                     "loss_without": [1.0 + v for v in values.values()], "loss_with": [1.0] * len(values),
+                     "value": list(values.values())}, schema=LEFT_OUT_SCHEMA)
+
+
+def test_providers_are_paid_by_their_left_out_values_and_a_harmful_one_earns_nothing():
+    # by their examples' scores c1 would earn most; by retraining it hurts and c0 helps twice as much as c2
+    tables = _tables([1.0, 5.0, 1.0], ["c0", "c1", "c2"], [(0, "c5", "a"), (1, "c6", "a")])
+    values = {"c0": 0.02, "c1": -0.01, "c2": 0.01}
+    policy = WeightPolicy(labelers="agree")
+    out = contributor_weights(*tables, ADDR, policy, left_out=_left_out(values))
+    got = {(r["role"], r["contributor"]): r for r in out.to_pylist()}
+    quotas = [Fraction(7000 * 2, 3), Fraction(7000, 3)]
+    assert [got[("provider", c)]["weight_bps"] for c in ("c0", "c2")] == [round(q) for q in quotas]
+    assert got[("provider", "c1")]["weight_bps"] == 0 and got[("provider", "c1")]["score"] < 0
+    assert sum(r["weight_bps"] for r in out.to_pylist()) == 10_000
+    scores = WeightPolicy(labelers="agree", providers="scores")
+    by_scores = contributor_weights(*tables, ADDR, scores, left_out=_left_out(values))
+    assert by_scores.equals(contributor_weights(*tables, ADDR, scores))
+    assert {r["contributor"]: r["weight_bps"] for r in by_scores.to_pylist()}["c1"] > 3500  # scores: top
+    # the labelers' share is split as before
+    assert [r for r in out.to_pylist() if r["role"] == "labeler"] == [
+        r for r in by_scores.to_pylist() if r["role"] == "labeler"]
+
+
+def test_a_record_without_providers_paid_by_scores():
+    assert WeightPolicy.from_params({"negative": "net"}).providers == "scores"
+    assert WeightPolicy().providers == "left_out"
+    with pytest.raises(ValueError, match="providers must be one of"):
+        WeightPolicy(providers="shapley")
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"c0": float("nan"), "c1": 0.1}, "NaN or inf"),
+])
+def test_a_bad_left_out_table_is_refused(bad, match):
+    tables = _tables([1.0, 2.0], ["c0", "c1"], [])
+    with pytest.raises(ContributorError, match=match):
+        contributor_weights(*tables, ADDR, left_out=_left_out(bad))
+    twice = pa.concat_tables([_left_out({"c0": 0.1}), _left_out({"c0": 0.2})])
+    with pytest.raises(ContributorError, match="twice"):
+        contributor_weights(*tables, ADDR, left_out=twice)
