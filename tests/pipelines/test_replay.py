@@ -21,7 +21,7 @@ from attribution import WeightPolicy, contributor_weights
 from labeling import ModelProbs
 from pipelines.assets import royalties, training
 from pipelines.assets.labeling import label_rows
-from pipelines.assets.training import TrainingConfig, train_labeled
+from pipelines.assets.training import TrainingConfig, provider_value, train_labeled
 from pipelines.content_io import store_value
 from pipelines.demo import write_contributors
 from pipelines.partitions import dataset_versions
@@ -227,6 +227,23 @@ def _republish(chain, store, run_id: str, name: str, **change) -> str:
     if "validation" in change:  # the record names other targets than those the scores were measured on
         half = read_parquet(store.get(inputs[TrainingRecord.VALIDATION])).slice(0, 30)
         inputs[TrainingRecord.VALIDATION] = store_value(store, half).cid
+    credit = {**head.inputs, **pay_tables}.get(WeightingRecord.EXAMPLE_CREDIT)
+    credit = read_parquet(store.get(credit)) if credit else None
+    if "labels" in change or "credit" in change:  # provider values retrained as the publisher's pay needs
+        labeled = read_parquet(store.get(inputs[TrainingRecord.LABELED_DATASET]))
+        config = TrainingConfig(**params["config"])
+        split, result = train_labeled(labeled, config, run_id=str(params["run_id"]))
+        value_cid = store_value(store, provider_value(split, labeled, result, config, credit)).cid
+        outputs[TrainingRecord.PROVIDER_VALUE] = pay_tables[WeightingRecord.PROVIDER_VALUE] = value_cid
+    left_out = read_parquet(store.get(outputs[TrainingRecord.PROVIDER_VALUE]))
+    if "value" in change:  # one provider's left-out value inflated, CIDs consistent
+        names, values = left_out["provider"].to_pylist(), left_out["value"].to_pylist()
+        values = [abs(v) * 10 + 1.0 if p == change["value"] else v
+                  for p, v in zip(names, values, strict=True)]
+        left_out = left_out.set_column(left_out.schema.get_field_index("value"), "value",
+                                       pa.array(values, pa.float64()))
+        outputs[TrainingRecord.PROVIDER_VALUE] = pay_tables[WeightingRecord.PROVIDER_VALUE] = store_value(
+            store, left_out).cid
     new_training = put_record(
         store, dataclasses.replace(train, inputs=inputs, outputs=outputs, params=params, parents=parents)
     )
@@ -237,10 +254,9 @@ def _republish(chain, store, run_id: str, name: str, **change) -> str:
         read_parquet(store.get(head_inputs[n]))
         for n in (WeightingRecord.ANNOTATIONS, WeightingRecord.CONSENSUS)
     ]
-    credit = head_inputs.get(WeightingRecord.EXAMPLE_CREDIT)
     weights = contributor_weights(
-        scores, examples, *tables, addresses, WeightPolicy.from_params(head.params["policy"]),
-        read_parquet(store.get(credit)) if credit else None,
+        scores, examples, *tables, addresses, WeightPolicy.from_params(head.params["policy"]), credit,
+        left_out,
     )
     if "pay" in change:  # the weights table itself edited: two contributors swap their basis points
         bps = weights["weight_bps"].to_pylist()
@@ -301,12 +317,14 @@ def _relabel(store, records, training_cid: str, train: Record, where: str):
         ({"labels": "labeled"}, "labeled_data_differs"),
         ({"labels": "pay"}, "pay_inputs_differ"),
         ({"credit": ("p-big", "p-noisy")}, "pay_inputs_differ"),
-        ({"inflate": "p-small"}, "pay_differs"),
+        ({"inflate": "p-small"}, "scores_differ"),
+        ({"value": "p-small"}, "provider_values_differ"),
         ({"config": {"lr": 0.05}}, "scores_differ"),
         ({"config": {"seed": 7}}, "scores_differ"),
         ({"pay": True}, "pay_differs"),
     ],
-    ids=["consensus", "labeled-data", "pay-labels", "credit", "scores", "recipe", "seed", "weights"],
+    ids=["consensus", "labeled-data", "pay-labels", "credit", "scores", "provider-values", "recipe", "seed",
+         "weights"],
 )
 def test_a_tampered_run_passes_verify_but_fails_replay(published, change, failure, request) -> None:
     chain, store, run_id = published
@@ -316,9 +334,10 @@ def test_a_tampered_run_passes_verify_but_fails_replay(published, change, failur
     assert not report.ok and failure in report.names()
     if "labels" in change or "credit" in change:  # consistent but for its inputs: only that check sees it
         assert report.names() == {failure}
-    if "inflate" in change:
+    if "value" in change:
         (pay,) = [f for f in report.failures if f.name == "pay_differs"]
         assert "p-small (provider" in pay.detail  # the contributors whose pay differs are named
+        assert report.names() == {"provider_values_differ", "pay_differs", "root_differs"}
 
 
 def test_labels_a_run_names_no_inputs_for_are_skipped_and_said(published) -> None:
@@ -339,7 +358,8 @@ def test_replay_refuses_other_code(published) -> None:
 
 def test_verify_replay_on_the_command_line(published, monkeypatch) -> None:
     """`caravan verify RUN --replay`: refuses other code naming the commit, passes an honest run,
-    and prints one FAIL line naming the contributors whose pay a tampered run changed."""
+    and prints one FAIL line naming the contributors whose pay a tampered run changed (its providers'
+    left-out values inflated); inflated example scores fail it too."""
     from typer.testing import CliRunner
 
     from pipelines.cli import app
@@ -352,11 +372,16 @@ def test_verify_replay_on_the_command_line(published, monkeypatch) -> None:
     honest = runner.invoke(app, ["verify", run_id, "--replay"])
     assert honest.exit_code == 0, honest.output
     assert "OK:" in honest.output and "replayed in" in honest.output
-    name = _republish(chain, store, run_id, "tampered-cli", inflate="p-small")
+    name = _republish(chain, store, run_id, "tampered-cli", value="p-small")  # its pay is inflated
     tampered = runner.invoke(app, ["verify", name, "--replay"])
     assert tampered.exit_code == 1
     pay = [line for line in tampered.output.splitlines() if line.startswith("FAIL pay_differs")]
     assert len(pay) == 1 and "p-small (provider" in pay[0]
+    # inflated example scores no longer move a provider's pay, but fail the replay all the same
+    name = _republish(chain, store, run_id, "tampered-cli-scores", inflate="p-small")
+    tampered = runner.invoke(app, ["verify", name, "--replay"])
+    assert tampered.exit_code == 1
+    assert [line for line in tampered.output.splitlines() if line.startswith("FAIL scores_differ")]
 
 
 def test_a_declared_validation_set_is_what_influence_is_measured_against(published_with_validation) -> None:
