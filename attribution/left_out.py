@@ -13,7 +13,11 @@ summed TRAK value reached 0.57-0.96.
 A provider's group is every training example it is paid for: with ``credit`` (the ingest's
 ``example_credit``) a duplicate group counts for the provider(s) it pays, so a copycat's group is
 empty (value 0, nothing retrained) and the original's group holds the copies too, as the
-first-registered rule pays them. ``value = loss without the group - loss with every example``
+first-registered rule pays them. Leaving a group out also recomputes the consensus labels of the
+rest from their answers alone (``relabel``): a provider's examples shape how much each labeler is
+trusted, and on the bench's digits world, leaving one provider out moved 103 of 1,568 other labels,
+which turned its value from +25.7 to -4.4 (x1e-3), as the truth has it.
+``value = loss without the group - loss with every example``
 (> 0: the group helped). Leaving out every example evaluates the untrained model (``seed``'s
 initial weights). Retrains use the run's recipe and seed, so an auditor's replay gets the same
 values (bit for bit on the same torch build and CPU).
@@ -32,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ContributorError
-from .model_task import Batch, ModelTask, take
+from .model_task import LABELS, Batch, ModelTask, take
 from .task import AttributionTask
 from .trainer import plain_steps
 
@@ -84,16 +88,21 @@ def left_out_values(
     return pa.table([list(c) for c in columns], schema=LEFT_OUT_SCHEMA)
 
 
+Relabel = Callable[[np.ndarray], np.ndarray]  # kept rows (mask) -> their labels (class indices)
+
+
 def mlp_left_out(
     task: AttributionTask, X: np.ndarray, y: np.ndarray, X_targets: np.ndarray, y_targets: np.ndarray,
-    groups: Mapping[str, np.ndarray], *, seed: int,
+    groups: Mapping[str, np.ndarray], *, seed: int, relabel: Relabel | None = None,
 ) -> pa.Table:
-    """``left_out_values`` for the MLP: plain SGD training (``train_plain``'s), mean target cross-entropy."""
+    """``left_out_values`` for the MLP: plain SGD training (``train_plain``'s), mean target cross-entropy.
+    ``relabel(keep)`` gives the kept rows' labels (``y[keep]`` without it): the consensus of their
+    answers alone, since a provider's examples also shape how every labeler is weighed."""
     xt = torch.as_tensor(np.asarray(X_targets, dtype=np.float32))
     yt = torch.as_tensor(np.asarray(y_targets, dtype=np.int64))
 
     def loss_without(keep: np.ndarray) -> float:
-        rows = (np.asarray(X)[keep], np.asarray(y)[keep])
+        rows = (np.asarray(X)[keep], relabel(keep) if relabel else np.asarray(y)[keep])
         model = _trained(plain_steps(task, *rows, seed=seed) if keep.any() else iter(()),
                          lambda: task.spec.build(seed))
         with torch.no_grad():
@@ -103,14 +112,17 @@ def mlp_left_out(
 
 
 def model_left_out(
-    task: ModelTask, train: Batch, targets: Batch, groups: Mapping[str, np.ndarray], *, seed: int
+    task: ModelTask, train: Batch, targets: Batch, groups: Mapping[str, np.ndarray], *, seed: int,
+    relabel: Relabel | None = None,
 ) -> pa.Table:
     """``left_out_values`` for a ``ModelTask`` recipe: plain training (``train_model_plain``'s), the
-    task's mean loss on the targets."""
+    task's mean loss on the targets; ``relabel`` as in ``mlp_left_out``."""
     from .inrun import plain_model_steps
 
     def loss_without(keep: np.ndarray) -> float:
         rows = take(train, torch.as_tensor(np.flatnonzero(keep)))
+        if relabel is not None:
+            rows[LABELS] = torch.as_tensor(np.asarray(relabel(keep), dtype=np.int64))
         model = _trained(plain_model_steps(task, rows, seed=seed) if keep.any() else iter(()),
                          lambda: task.fresh(seed))
         with torch.no_grad():

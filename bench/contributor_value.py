@@ -97,8 +97,11 @@ from attribution import (  # noqa: E402
     TrainConfig,
     WeightPolicy,
     contributor_weights,
+    mlp_left_out,
     mlp_valued_by_trak,
+    model_left_out,
     out_of_sample_probs,
+    provider_groups,
     review_labels,
     review_task_labels,
     train_plain,
@@ -519,8 +522,10 @@ def address(contributor: str) -> str:
 
 
 def pay_run(task, world: World, full: Variant, seed: int, owners: np.ndarray, credit: pa.Table):
-    """One attributed training run: bps per contributor under every policy, the library's default
-    (``LIBRARY``) and the candidate, and the signed score sums (before any floor)."""
+    """One attributed training run and one retrain without each provider's credited examples
+    (``attribution.provider_groups``, ``mlp_left_out`` / ``model_left_out``, the same seed): bps per
+    contributor under every policy, the library's default (``DEFAULT``, providers paid by their
+    left-out values) and the candidate; the signed score sums (before any floor); the left-out values."""
     ids = full.examples["example_id"].to_pylist()
     if full.media is not None:
         res = full.media.attributed(full.x, full.y, ids, seed, value=world.value)
@@ -529,6 +534,16 @@ def pay_run(task, world: World, full: Variant, seed: int, owners: np.ndarray, cr
                                      with_features=False)
         if world.value == "trak":  # as the pipeline pays an MLP run
             res = mlp_valued_by_trak(res, full.x, full.y, full.xv, full.yv, seed=seed)
+    groups = provider_groups(ids, full.examples["provider"].to_pylist(), credit)
+
+    def relabel(keep: np.ndarray) -> np.ndarray:  # the consensus of the kept examples' answers, refitted
+        return variant(world, keep_examples=keep).y
+
+    if full.media is not None:
+        left_out = model_left_out(full.media.task, full.media.batch(full.x, full.y), full.media.val, groups,
+                                  seed=seed, relabel=relabel)
+    else:
+        left_out = mlp_left_out(task, full.x, full.y, full.xv, full.yv, groups, seed=seed, relabel=relabel)
     names = [p.name for p in PROVIDERS] + [n for n, _, _ in LABELERS]
     addresses = {n: address(n) for n in names}
     at = world.examples.column_names.index("provider")
@@ -536,18 +551,21 @@ def pay_run(task, world: World, full: Variant, seed: int, owners: np.ndarray, cr
     pay = {}
     for kind in [*POLICIES, LIBRARY, *BY_MOVES, "candidate"]:
         policy = WeightPolicy(negative="net" if kind in (LIBRARY, *BY_MOVES, "candidate") else kind,
-                              labelers=kind if kind in BY_MOVES else "agree")
+                              labelers=kind if kind in BY_MOVES else "agree",
+                              providers="left_out" if kind == DEFAULT else "scores")
         examples = dedup if kind == "candidate" else world.examples
         table = contributor_weights(res.example_attribution, examples, world.annotations, full.consensus,
                                     addresses, policy,
-                                    credit=credit if kind in (LIBRARY, *BY_MOVES) else None)
+                                    credit=credit if kind in (LIBRARY, *BY_MOVES) else None,
+                                    left_out=left_out)
         pay[kind] = dict(zip(table["contributor"].to_pylist(), table["weight_bps"].to_pylist(), strict=True))
     split = ContributorSplit.build(world.examples, world.annotations, full.consensus, addresses)
     aligned = split.scores_vector(res.example_attribution)
     signed = {}
     for role in ("provider", "labeler"):
         signed.update(zip(split.contributors[role], (split.matrices[role] @ aligned).tolist(), strict=True))
-    return pay, signed
+    values = dict(zip(left_out["provider"].to_pylist(), left_out["value"].to_pylist(), strict=True))
+    return pay, signed, values
 
 
 def datalab_flags(task: AttributionTask, full: Variant, seed: int) -> tuple[np.ndarray, ...]:
@@ -707,18 +725,19 @@ def main() -> None:
     t0 = time.perf_counter()
     runs = [pay_run(task, world, full, 1000 + args.seed + r, owners, credit) for r in range(args.pay_runs)]
     pay_s = (time.perf_counter() - t0) / args.pay_runs
-    pay, signed = runs[0]
+    pay, signed, left = runs[0]
     kinds = [*POLICIES, LIBRARY, *BY_MOVES, "candidate"]
     print(f"  one attributed run: {pay_s:.1f}s (seed {1000 + args.seed}, not one of the truth's seeds); "
           f"{len(runs) - 1} more at other seeds for the pay's own spread")
-    print("  contributor        truth x1e3 (mean +- sd)   signed score  "
+    print("  contributor        truth x1e3 (mean +- sd)   left-out x1e3   signed score  "
           + "  ".join(f"{k:>5} bps" if k not in (LIBRARY, *BY_MOVES, "candidate")
                       else f"{k:>9}*" for k in kinds))
     for names in roles.values():
         for name in names:
             t = truth[name] * 1e3
+            lo = f"{left[name] * 1e3:>+13.2f}" if name in left else " " * 13
             print(f"  {name:<16}{'!' if name in FAULTY else ' '} {t.mean():>+10.2f} +- {t.std():>6.2f}"
-                  f"        {signed.get(name, 0.0):>+11.4f}  " + "  ".join(f"{pay[k].get(name, 0):>9}"
+                  f"   {lo}        {signed.get(name, 0.0):>+11.4f}  " + "  ".join(f"{pay[k].get(name, 0):>9}"
                                                                           for k in kinds))
     print("  (! faulty; truth = validation-loss rise without it, > 0: it helped; signed score = the sum of "
           "its credit shares of the example scores, before any floor; * net+credit, candidate: see their "
@@ -737,8 +756,8 @@ def main() -> None:
         print(f"== {title}", flush=True)
         for role, names in roles.items():
             want = [truth_mean[n] for n in names]
-            rhos = [rho([p[kind].get(n, 0) for n in names], want) for p, _ in runs]
-            gaps = [share_gap(p[kind], truth_mean, names) for p, _ in runs]
+            rhos = [rho([p[kind].get(n, 0) for n in names], want) for p, *_ in runs]
+            gaps = [share_gap(p[kind], truth_mean, names) for p, *_ in runs]
             out_rho[f"{kind}/{role}"], out_gap[f"{kind}/{role}"] = rhos[0], gaps[0]
             spread = (f"; over {len(runs)} runs: mean {np.nanmean(rhos):+.3f}, min {np.nanmin(rhos):+.3f}"
                       * (len(runs) > 1))
@@ -750,7 +769,7 @@ def main() -> None:
                     bps = pay[kind].get(name, 0)
                     place = 1 + sum(pay[kind].get(m, 0) > bps for m in names)
                     print(f"  faulty {role:<8} {name:<15} rank {place}/{len(names)}  {bps:>5} bps")
-        shares = [sum(p[kind].get(n, 0) for n in FAULTY) for p, _ in runs]
+        shares = [sum(p[kind].get(n, 0) for n in FAULTY) for p, *_ in runs]
         faulty_bps[kind] = int(shares[0])
         print(f"  faulty contributors' total share: {shares[0]} bps of 10000"
               + f" (over {len(runs)} runs: {min(shares)}..{max(shares)})" * (len(runs) > 1))

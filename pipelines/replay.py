@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from attribution import WeightPolicy, contributor_weights
 from labeling import aggregate
-from pipelines.assets.labeling import label_rows, reviewed_probs
+from pipelines.assets.labeling import label_rows, recount, reviewed_probs
 from pipelines.assets.training import (
     SCORE_RTOL,
     TrainingConfig,
@@ -258,7 +258,8 @@ def _replayed_provider_value(
         report.fail("pay_inputs_differ", report.head_cid or "",
                     "the split was computed from other provider values than the training record names")
     (credit,) = records.input_tables(head, (WeightingRecord.EXAMPLE_CREDIT,))
-    again = provider_value(split, labeled, result, config, credit)
+    consensus_cid, _ = records.parent(report.training_cid or "", CONSENSUS)
+    again = provider_value(split, labeled, result, config, credit, recount(records.store, consensus_cid))
     stored = read_parquet(records.store.get(cid))
     a, b = _values(stored), _values(again)
     top = max((abs(v) for v in b.values()), default=0.0)

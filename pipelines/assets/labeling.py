@@ -20,6 +20,7 @@ with `dawid_skene_model` (seed 3) leaving out the 0.85 labeler helps the model. 
 """
 
 import json
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -208,6 +209,29 @@ def reviewed_probs(client: ContentStore, record_cid: str) -> ReviewedProbs | Non
         np.asarray(table["class_probs"].to_pylist(), dtype=np.float64).reshape(table.num_rows, len(classes)),
     )
     return ReviewedProbs(probs, table_cid, record_cid)
+
+
+def recount(client: ContentStore, consensus_cid: str) -> Callable[[Collection[str]], pa.Table] | None:
+    """The recorded consensus recomputed without the answers on some examples (same method, gold and
+    review): what leaving a provider's examples out does to the labels of the rest, which a retrain
+    without that provider trains on (`pipelines.assets.training.provider_value`). None where the
+    record names no answers to recompute from."""
+    record = load_record(client, consensus_cid)
+    if ConsensusRecord.ANNOTATIONS not in record.inputs:
+        return None
+    annotations = read_parquet(client.get(record.inputs[ConsensusRecord.ANNOTATIONS]))
+    gold_cid = record.inputs.get(ConsensusRecord.GOLD)
+    gold = read_parquet(client.get(gold_cid)) if gold_cid else None
+    review = next((p for p in record.parents if load_record(client, p).activity == LABEL_REVIEW), None)
+    reviewed = reviewed_probs(client, review) if review else None
+    method = str(record.params.get("method", "dawid_skene"))
+
+    def without(dropped: Collection[str]) -> pa.Table:
+        gone = pc.is_in(annotations["example_id"], pa.array(sorted(dropped), pa.string()))
+        kept = annotations.filter(pc.invert(gone))
+        return aggregate(kept, gold, method, reviewed.probs if reviewed else None).consensus
+
+    return without
 
 
 def review_for(

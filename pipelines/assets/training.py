@@ -7,6 +7,7 @@ but the content and stays the same for every rerun an auditor makes.
 import hashlib
 import json
 import platform
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ from attribution import (
     train_split,
     train_trak_valued,
 )
+from pipelines.assets.labeling import recount
 from pipelines.content_io import AssetIndex, StoreResource, store_value
 from pipelines.datasets import DatasetError
 from pipelines.lineage import LineageResource, now, pipeline_code
@@ -243,21 +245,34 @@ def train_labeled(
 
 def provider_value(
     split: EncodedSplit | PayloadSplit, labeled: pa.Table, result: TrainResult, config: TrainingConfig,
-    credit: pa.Table | None,
+    credit: pa.Table | None, recount: Callable[[Collection[str]], pa.Table] | None = None,
 ) -> pa.Table | None:
     """Each provider's value by retraining without the training rows it is paid for (`credit`: the
-    ingest's duplicate grouping), the run's recipe and seed: the `LEFT_OUT_SCHEMA` table, or None where
-    the run has more providers than `config.left_out_max` (pay then goes by summed scores)."""
-    provider_of = dict(zip(labeled["example_id"].to_pylist(), labeled["provider"].to_pylist(), strict=True))
-    groups = provider_groups(split.example_ids, [provider_of[e] for e in split.example_ids], credit)
+    ingest's duplicate grouping), the run's recipe and seed, the rest labeled by their consensus
+    recomputed without the left-out examples' answers (`recount`, `pipelines.assets.labeling.recount`;
+    without it the recorded labels): the `LEFT_OUT_SCHEMA` table, or None where the run has more
+    providers than `config.left_out_max` (pay then goes by summed scores)."""
+    ids = split.example_ids
+    row = {e: i for i, e in enumerate(labeled["example_id"].to_pylist())}
+    providers, recorded = labeled["provider"].to_pylist(), labeled["label"].to_pylist()
+    groups = provider_groups(ids, [providers[row[e]] for e in ids], credit)
     if config.left_out_max < 0:
         raise dg.Failure(f"left_out_max must be >= 0, got {config.left_out_max}")
     if len(groups) > config.left_out_max:
         return None
+    index = {str(c): i for i, c in enumerate(split.encoding.classes)}
+
+    def relabel(keep: np.ndarray) -> np.ndarray:  # a label outside the run's classes keeps the recorded one
+        label = dict(zip(*recount([e for e, k in zip(ids, keep, strict=True) if not k]).select(
+            ["example_id", "label"]).to_pydict().values(), strict=True))
+        kept = [e for e, k in zip(ids, keep, strict=True) if k]
+        return np.asarray([index.get(str(label.get(e)), index[str(recorded[row[e]])]) for e in kept])
+
+    again = relabel if recount is not None else None
     if isinstance(split, PayloadSplit):
-        return model_left_out(split.task, split.train, split.targets, groups, seed=config.seed)
+        return model_left_out(split.task, split.train, split.targets, groups, seed=config.seed, relabel=again)
     return mlp_left_out(result.task, split.X, split.y, split.X_targets, split.y_targets, groups,
-                        seed=config.seed)
+                        seed=config.seed, relabel=again)
 
 
 def value_method(config: TrainingConfig) -> str:
@@ -329,7 +344,8 @@ def trained_model(
         outputs = trained_outputs(split, result, config)
         credit_cid = lineage.credit_cid(client, version)
         credit = read_parquet(client.get(credit_cid)) if credit_cid else None
-        values = provider_value(split, labeled_dataset, result, config, credit)
+        values = provider_value(split, labeled_dataset, result, config, credit,
+                                recount(client, lineage.cid_of(CONSENSUS, version)))
         if values is not None:
             outputs[TrainingRecord.PROVIDER_VALUE] = values
     except (AttributionError, DatasetError, StorageError) as exc:

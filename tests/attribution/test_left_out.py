@@ -88,6 +88,15 @@ def test_mlp_values_are_the_retrained_target_loss_rise():
     assert rows["all"]["loss_without"] == loss(task.spec.build(5))  # nothing left: the untrained model
     assert mlp_left_out(task, x, y, xt, yt, groups, seed=5).equals(table)  # deterministic
 
+    # leaving p out, the rest is labeled by `relabel` (the consensus of their answers alone)
+    def relabel(keep):
+        return (y[keep] + (~keep).any()) % 3  # labels move only when something is left out
+
+    again = mlp_left_out(task, x, y, xt, yt, groups, seed=5, relabel=relabel)
+    again = {r["provider"]: r for r in again.to_pylist()}
+    assert again["p"]["loss_with"] == full
+    assert again["p"]["loss_without"] == loss(train_plain(task, x[30:], (y[30:] + 1) % 3, seed=5))
+
 
 class _Tokens(nn.Module):
     def __init__(self):

@@ -20,7 +20,7 @@ import pytest
 from attribution import WeightPolicy, contributor_weights
 from labeling import ModelProbs
 from pipelines.assets import royalties, training
-from pipelines.assets.labeling import label_rows
+from pipelines.assets.labeling import label_rows, recount
 from pipelines.assets.training import TrainingConfig, provider_value, train_labeled
 from pipelines.content_io import store_value
 from pipelines.demo import write_contributors
@@ -233,7 +233,9 @@ def _republish(chain, store, run_id: str, name: str, **change) -> str:
         labeled = read_parquet(store.get(inputs[TrainingRecord.LABELED_DATASET]))
         config = TrainingConfig(**params["config"])
         split, result = train_labeled(labeled, config, run_id=str(params["run_id"]))
-        value_cid = store_value(store, provider_value(split, labeled, result, config, credit)).cid
+        consensus_cid = next(p for p in parents if records.load(p).activity == CONSENSUS)
+        values = provider_value(split, labeled, result, config, credit, recount(store, consensus_cid))
+        value_cid = store_value(store, values).cid
         outputs[TrainingRecord.PROVIDER_VALUE] = pay_tables[WeightingRecord.PROVIDER_VALUE] = value_cid
     left_out = read_parquet(store.get(outputs[TrainingRecord.PROVIDER_VALUE]))
     if "value" in change:  # one provider's left-out value inflated, CIDs consistent
