@@ -418,6 +418,17 @@ def test_a_run_paid_by_its_example_credit_names_it_and_replays(published_with_cr
     table = read_weights(store.get(head.outputs[WeightingRecord.WEIGHTS]))
     weights = {r["contributor"]: r for r in table.to_pylist()}
     assert weights["p-small"]["weight_bps"] == 0 and weights["p-small"]["score"] == 0.0  # all its rows copies
+    # providers are paid by leaving each out: p-small's group is empty (nothing retrained, value 0),
+    # p-big's holds p-small's rows as well
+    assert head.params["policy"]["providers"] == "left_out"
+    values = {r["provider"]: r for r in read_parquet(store.get(head.inputs[WeightingRecord.PROVIDER_VALUE]))
+              .to_pylist()}
+    assert values["p-small"]["examples_left_out"] == 0 and values["p-small"]["value"] == 0.0
+    raw = _tables()["raw_dataset"]
+    small = raw["provider"].to_pylist().count("p-small")
+    assert values["p-big"]["examples_left_out"] >= small  # (training rows only: targets stay)
+    _, train = records.parent(records.head(run_id), TRAINING)
+    assert train.outputs[TrainingRecord.PROVIDER_VALUE] == head.inputs[WeightingRecord.PROVIDER_VALUE]
     report = replay_run(chain, store, run_id, code=CODE)  # replay pays by the recorded credit too
     assert report.ok, report.failures
 
@@ -436,3 +447,16 @@ def test_a_consensus_that_weighed_a_review_is_recomputed_with_it(published_with_
     assert report.ok and not report.skipped, report.failures
     name = _republish(chain, store, run_id, "tampered-model-consensus", labels="consensus")
     assert replay_run(chain, store, name, code=CODE).names() == {"consensus_differs"}
+
+
+def test_a_run_with_more_providers_than_left_out_max_pays_them_by_their_scores() -> None:
+    labeled = _tables()["labeled_dataset"]
+    config = TrainingConfig(hidden=[16], epochs=3, trak_k=32, left_out_max=len(PROVIDERS) - 1)
+    split, result = train_labeled(labeled, config, run_id="r")
+    assert provider_value(split, labeled, result, config, None) is None
+    config = config.model_copy(update={"left_out_max": len(PROVIDERS)})
+    values = provider_value(split, labeled, result, config, None)
+    assert sorted(values["provider"].to_pylist()) == sorted(PROVIDERS)
+    assert provider_value(split, labeled, result, config, None).equals(values)  # deterministic
+    with pytest.raises(dg.Failure, match="left_out_max must be >= 0"):
+        provider_value(split, labeled, result, config.model_copy(update={"left_out_max": -1}), None)
