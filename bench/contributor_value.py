@@ -41,7 +41,10 @@ labelers paid by agreement with consensus), for ``pivotal`` (``net+credit`` with
 ``WeightPolicy(labelers='pivotal')``: each answer paid by how much it moved its example's
 consensus), for the library's default ``valued`` (what the pipeline pays: the same with
 ``labelers='valued'``: where the consensus label hurt, a push for it costs only the chance that the
-label it displaced was right), and for a candidate not in the library ('net' after crediting
+label it displaced was right; and providers paid by leaving each out, ``providers='left_out'``: one
+retrain per provider without the examples it is credited for, the rest labeled by their consensus
+refitted without the left-out answers, with the pay run's seed; the table's ``left-out`` column), and
+for a candidate not in the library ('net' after crediting
 near-copies to their first registrant). The last line is one JSON object: the issue's keys
 (``spearman``, ``ceiling``, ``faulty_share_bps``, ``default_policy``: ``valued``, ``seconds``),
 ``share_gap``, ``candidate``, ``detection`` and ``consensus``.
@@ -121,7 +124,7 @@ LIBRARY = "net+credit"  # 'net' with the ingest's example_credit (copies earn on
 PIVOTAL = "pivotal"  # net+credit, labelers paid by how much each answer moved its example's consensus
 VALUED = "valued"  # pivotal, each move valued by what the label it displaced was probably worth
 BY_MOVES = (PIVOTAL, VALUED)  # net+credit with labelers=<the name>
-DEFAULT = VALUED  # what the pipeline pays: WeightPolicy()
+DEFAULT = VALUED  # what the pipeline pays: WeightPolicy() (providers by their left-out values)
 MAX_VALIDATION, MAX_POOL = 300, 1500  # real rows: validation set, then the providers' pool
 MEDIA_VALIDATION, MEDIA_POOL = 200, 800  # --kind text|image: synthetic rows (a run takes minutes)
 PER_EXAMPLE = 3  # answers per example

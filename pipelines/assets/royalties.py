@@ -66,7 +66,8 @@ def contributor_weights(
         training = load_record(client, lineage.cid_of(TRAINING, version))
         value_cid = (training.outputs.get(TrainingRecord.PROVIDER_VALUE)
                      if config.providers == "left_out" else None)
-        applied = config.model_copy(update={"providers": "left_out" if value_cid else "scores"})
+        falls_back = config.providers == "left_out" and not value_cid  # more providers than left_out_max
+        applied = config.model_copy(update={"providers": "scores"}) if falls_back else config
         policy = WeightPolicy(**applied.model_dump())
         left_out = read_parquet(client.get(value_cid)) if value_cid else None
         people = set(raw_dataset["provider"].to_pylist()) | set(annotations["annotator"].to_pylist())

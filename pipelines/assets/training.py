@@ -245,13 +245,14 @@ def train_labeled(
 
 def provider_value(
     split: EncodedSplit | PayloadSplit, labeled: pa.Table, result: TrainResult, config: TrainingConfig,
-    credit: pa.Table | None, recount: Callable[[Collection[str]], pa.Table] | None = None,
+    credit: pa.Table | None, consensus_without: Callable[[Collection[str]], pa.Table] | None = None,
 ) -> pa.Table | None:
     """Each provider's value by retraining without the training rows it is paid for (`credit`: the
     ingest's duplicate grouping), the run's recipe and seed, the rest labeled by their consensus
-    recomputed without the left-out examples' answers (`recount`, `pipelines.assets.labeling.recount`;
-    without it the recorded labels): the `LEFT_OUT_SCHEMA` table, or None where the run has more
-    providers than `config.left_out_max` (pay then goes by summed scores)."""
+    recomputed without the left-out examples' answers (`consensus_without`, from
+    `pipelines.assets.labeling.recount`; without it the recorded labels): the `LEFT_OUT_SCHEMA` table,
+    or None where the run has more providers than `config.left_out_max` (pay then goes by summed
+    scores)."""
     ids = split.example_ids
     row = {e: i for i, e in enumerate(labeled["example_id"].to_pylist())}
     providers, recorded = labeled["provider"].to_pylist(), labeled["label"].to_pylist()
@@ -263,12 +264,12 @@ def provider_value(
     index = {str(c): i for i, c in enumerate(split.encoding.classes)}
 
     def relabel(keep: np.ndarray) -> np.ndarray:  # a label outside the run's classes keeps the recorded one
-        label = dict(zip(*recount([e for e, k in zip(ids, keep, strict=True) if not k]).select(
-            ["example_id", "label"]).to_pydict().values(), strict=True))
+        consensus = consensus_without([e for e, k in zip(ids, keep, strict=True) if not k])
+        label = dict(zip(consensus["example_id"].to_pylist(), consensus["label"].to_pylist(), strict=True))
         kept = [e for e, k in zip(ids, keep, strict=True) if k]
         return np.asarray([index.get(str(label.get(e)), index[str(recorded[row[e]])]) for e in kept])
 
-    again = relabel if recount is not None else None
+    again = relabel if consensus_without is not None else None
     if isinstance(split, PayloadSplit):
         return model_left_out(split.task, split.train, split.targets, groups, seed=config.seed, relabel=again)
     return mlp_left_out(result.task, split.X, split.y, split.X_targets, split.y_targets, groups,
