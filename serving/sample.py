@@ -164,7 +164,7 @@ def build_sample_run(
         outputs, run_id, attribution = _numeric_training(store, labeled, is_target, seed, train, run_id, rng)
     else:
         outputs, run_id, attribution = _payload_training(store, labeled, is_target, kind, seed, run_id)
-    policy = WeightPolicy()
+    policy = WeightPolicy(providers="scores")  # the sample does not retrain without each provider
     weights = contributor_weights(attribution, examples, annotations, consensus, addresses, policy)
 
     snapshot_cid = _put_table(store, examples, "example_id")
