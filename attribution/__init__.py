@@ -96,7 +96,14 @@ from .trak_model import (
 
 if TYPE_CHECKING:
     from .encoding import EncodedSplit, InputEncoding, encode_split
-    from .left_out import LEFT_OUT_SCHEMA, left_out_values, mlp_left_out, model_left_out, provider_groups
+    from .left_out import (
+        LEFT_OUT_RUNS,
+        LEFT_OUT_SCHEMA,
+        left_out_values,
+        mlp_left_out,
+        model_left_out,
+        provider_groups,
+    )
     from .payloads import (
         HfTextEncoding,
         ImageEncoding,
@@ -155,6 +162,7 @@ _LAZY = {
     "encoding_from_json": "attribution.payloads",
     "payload_encoding_from_json": "attribution.payloads",
     "payload_encoding_to_json": "attribution.payloads",
+    "LEFT_OUT_RUNS": "attribution.left_out",
     "LEFT_OUT_SCHEMA": "attribution.left_out",
     "left_out_values": "attribution.left_out",
     "mlp_left_out": "attribution.left_out",
@@ -174,6 +182,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "LEFT_OUT_RUNS",
     "LEFT_OUT_SCHEMA",
     "left_out_values",
     "mlp_left_out",

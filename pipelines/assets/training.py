@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from attribution import (
     HF_TOKENIZER_FILE,
     LABELS,
+    LEFT_OUT_RUNS,
     AttributionError,
     EncodedSplit,
     LocalModel,
@@ -94,6 +95,7 @@ class TrainingConfig(dg.Config):
     # training per provider) when there are at most this many; beyond it, or at 0, by their examples'
     # summed scores (the weighting record says which)
     left_out_max: int = 32
+    left_out_runs: int = LEFT_OUT_RUNS  # seeds each provider is left out with (its value is the mean)
 
     def train_config(self, recipe: str = "mlp") -> TrainConfig:
         """The attribution room's settings for this recipe (the one mapping; sharding reuses it)."""
@@ -271,9 +273,10 @@ def provider_value(
 
     again = relabel if consensus_without is not None else None
     if isinstance(split, PayloadSplit):
-        return model_left_out(split.task, split.train, split.targets, groups, seed=config.seed, relabel=again)
+        return model_left_out(split.task, split.train, split.targets, groups, seed=config.seed,
+                              runs=config.left_out_runs, relabel=again)
     return mlp_left_out(result.task, split.X, split.y, split.X_targets, split.y_targets, groups,
-                        seed=config.seed, relabel=again)
+                        seed=config.seed, runs=config.left_out_runs, relabel=again)
 
 
 def value_method(config: TrainingConfig) -> str:

@@ -48,19 +48,24 @@ def test_groups_follow_the_credit_table_copies_count_for_their_first_registrant(
 def test_the_driver_retrains_once_per_nonempty_group_and_values_the_loss_rise():
     calls = []
 
-    def loss_without(keep):
-        calls.append(keep.copy())
-        return 1.0 + 0.1 * (~keep).sum() - 0.5 * (not keep[0])  # leaving row 0 out lowers the loss
+    def loss_without(keep, seed):
+        calls.append((keep.copy(), seed))
+        # leaving row 0 out lowers the loss; seed 8 adds 0.2 to every loss, and 0.1 more without row 1
+        return 1.0 + 0.1 * (~keep).sum() - 0.5 * (not keep[0]) + (seed == 8) * (0.2 + 0.1 * (not keep[1]))
 
     groups = {"b": np.array([False, True, True]), "a": np.array([True, False, False]),
               "empty": np.zeros(3, bool)}
-    table = left_out_values(loss_without, groups)
+    table = left_out_values(loss_without, groups, [7])
     assert table.schema == LEFT_OUT_SCHEMA
     rows = {r["provider"]: r for r in table.to_pylist()}
     assert rows["a"]["value"] == pytest.approx(0.1 - 0.5) and rows["b"]["value"] == pytest.approx(0.2)
     assert rows["empty"] == {"provider": "empty", "examples_left_out": 0, "loss_without": 1.0,
                              "loss_with": 1.0, "value": 0.0}
-    assert len(calls) == 3 and calls[0].all()  # the full run, then a and b; the empty group trains nothing
+    assert len(calls) == 3 and calls[0][0].all()  # the full run, then a and b; the empty group trains nothing
+    # over two seeds: the mean of each seed's difference
+    rows = {r["provider"]: r for r in left_out_values(loss_without, groups, [7, 8]).to_pylist()}
+    assert rows["b"]["value"] == pytest.approx(0.2 + 0.1 / 2) and rows["b"]["loss_with"] == pytest.approx(1.1)
+    assert [seed for _, seed in calls[3:]] == [7, 8, 7, 8, 7, 8]
 
 
 def _blobs(n, seed):
@@ -75,7 +80,7 @@ def test_mlp_values_are_the_retrained_target_loss_rise():
     xt, yt = _blobs(30, 1)
     task = AttributionTask(ModelSpec((4, 8, 3)), TrainConfig(epochs=3, batch_size=16, lr=0.1))
     groups = {"p": np.arange(90) < 30, "all": np.ones(90, bool)}
-    table = mlp_left_out(task, x, y, xt, yt, groups, seed=5)
+    table = mlp_left_out(task, x, y, xt, yt, groups, seed=5, runs=1)
 
     def loss(model):
         with torch.no_grad():
@@ -86,13 +91,17 @@ def test_mlp_values_are_the_retrained_target_loss_rise():
     assert rows["p"]["loss_with"] == full
     assert rows["p"]["value"] == loss(train_plain(task, x[30:], y[30:], seed=5)) - full
     assert rows["all"]["loss_without"] == loss(task.spec.build(5))  # nothing left: the untrained model
-    assert mlp_left_out(task, x, y, xt, yt, groups, seed=5).equals(table)  # deterministic
+    assert mlp_left_out(task, x, y, xt, yt, groups, seed=5, runs=1).equals(table)  # deterministic
+    two = {r["provider"]: r for r in mlp_left_out(task, x, y, xt, yt, groups, seed=5, runs=2).to_pylist()}
+    without = [loss(train_plain(task, x[30:], y[30:], seed=s)) for s in (5, 6)]
+    with_all = [full, loss(train_plain(task, x, y, seed=6))]
+    assert two["p"]["value"] == pytest.approx(np.mean(without) - np.mean(with_all))
 
     # leaving p out, the rest is labeled by `relabel` (the consensus of their answers alone)
     def relabel(keep):
         return (y[keep] + (~keep).any()) % 3  # labels move only when something is left out
 
-    again = mlp_left_out(task, x, y, xt, yt, groups, seed=5, relabel=relabel)
+    again = mlp_left_out(task, x, y, xt, yt, groups, seed=5, runs=1, relabel=relabel)
     again = {r["provider"]: r for r in again.to_pylist()}
     assert again["p"]["loss_with"] == full
     assert again["p"]["loss_without"] == loss(train_plain(task, x[30:], (y[30:] + 1) % 3, seed=5))
@@ -117,7 +126,7 @@ def test_a_model_task_is_valued_by_its_own_loss_on_the_targets():
     targets = {"input_ids": torch.randint(0, 12, (10, 5), generator=g), "labels": torch.randint(0, 3, (10,),
                                                                                                 generator=g)}
     groups = {"p": np.arange(40) % 4 == 0, "q": np.arange(40) % 4 != 0}
-    table = model_left_out(task, train, targets, groups, seed=2)
+    table = model_left_out(task, train, targets, groups, seed=2, runs=1)
     keep = torch.as_tensor(np.flatnonzero(~groups["p"]))
     model = train_model_plain(task, {k: v[keep] for k, v in train.items()}, seed=2).eval()
     with torch.no_grad():
