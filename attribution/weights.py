@@ -387,18 +387,24 @@ class ContributorSplit:
         self._aligned = (key, positions)
         return positions
 
-    def weights_from_scores(self, scores: np.ndarray, provider_values: Mapping[str, float] | None = None
-                            ) -> pa.Table:
-        """``provider_values`` (provider -> left-out value; absent: 0) replace the providers' summed
-        scores; each role is then quantized on its own, the two being in different units."""
+    def weights_from_scores(
+        self, scores: np.ndarray, provider_values: Mapping[str, tuple[float, float, int]] | None = None
+    ) -> pa.Table:
+        """``provider_values`` (provider -> left-out value, its standard error, examples left out; absent:
+        0) replace the providers' summed scores, shrunk toward what those scores predict by the
+        retrains' noise (``left_out.shrunk_values``); each role is then quantized on its own, the two
+        being in different units."""
         digits = self.policy.score_digits
         credit = quantize(scores, digits)
         if self.policy.negative == "clip":
             credit = np.maximum(credit, 0.0)
         signed = {r: self._role_scores(r, credit) for r in ROLES}  # < 0: it hurt
         if provider_values is not None:
-            signed["provider"] = quantize(
-                np.array([provider_values.get(c, 0.0) for c in self.contributors["provider"]]), digits)
+            from .left_out import shrunk_values
+
+            rows = [provider_values.get(c, (0.0, 0.0, 0)) for c in self.contributors["provider"]]
+            v, se, n = (np.array([r[k] for r in rows]) for k in range(3))
+            signed["provider"] = quantize(shrunk_values(v, se, signed["provider"], n > 0), digits)
         per_role = {r: np.maximum(signed[r], 0.0) for r in ROLES}
         if provider_values is None:
             grid = quantize(np.concatenate([per_role[r] for r in ROLES]), digits)

@@ -262,9 +262,12 @@ def _replayed_provider_value(
     again = provider_value(split, labeled, result, config, credit, recount(records.store, consensus_cid))
     stored = read_parquet(records.store.get(cid))
     a, b = _values(stored), _values(again)
-    top = max((abs(v) for v in b.values()), default=0.0)
+    top = max((abs(x) for pair in b.values() for x in pair), default=0.0)
     allowed = (report.score_rtol or 0.0) * top
-    differ = sorted(p for p in a.keys() | b.keys() if p not in a or p not in b or abs(a[p] - b[p]) > allowed)
+    def off(p: str) -> bool:
+        return p not in a or p not in b or max(abs(x - y) for x, y in zip(a[p], b[p], strict=True)) > allowed
+
+    differ = sorted(filter(off, a.keys() | b.keys()))
     if differ:
         report.fail(
             "provider_values_differ", report.training_cid or "",
@@ -274,10 +277,12 @@ def _replayed_provider_value(
     return again
 
 
-def _values(table: pa.Table | None) -> dict[str, float]:
+def _values(table: pa.Table | None) -> dict[str, tuple[float, float]]:
+    """provider -> (value, value_se): both move pay."""
     if table is None:
         return {}
-    return dict(zip(table["provider"].to_pylist(), table["value"].to_pylist(), strict=True))
+    pairs = zip(table["value"].to_pylist(), table["value_se"].to_pylist(), strict=True)
+    return dict(zip(table["provider"].to_pylist(), pairs, strict=True))
 
 
 def _weights(

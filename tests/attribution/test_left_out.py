@@ -27,6 +27,7 @@ from attribution import (
     train_model_plain,
     train_plain,
 )
+from attribution.left_out import shrunk_values
 
 from .test_weights import ADDR, _credit, _tables
 
@@ -60,11 +61,12 @@ def test_the_driver_retrains_once_per_nonempty_group_and_values_the_loss_rise():
     rows = {r["provider"]: r for r in table.to_pylist()}
     assert rows["a"]["value"] == pytest.approx(0.1 - 0.5) and rows["b"]["value"] == pytest.approx(0.2)
     assert rows["empty"] == {"provider": "empty", "examples_left_out": 0, "loss_without": 1.0,
-                             "loss_with": 1.0, "value": 0.0}
+                             "loss_with": 1.0, "value": 0.0, "value_se": 0.0}
     assert len(calls) == 3 and calls[0][0].all()  # the full run, then a and b; the empty group trains nothing
     # over two seeds: the mean of each seed's difference
     rows = {r["provider"]: r for r in left_out_values(loss_without, groups, [7, 8]).to_pylist()}
     assert rows["b"]["value"] == pytest.approx(0.2 + 0.1 / 2) and rows["b"]["loss_with"] == pytest.approx(1.1)
+    assert rows["b"]["value_se"] == pytest.approx(np.std([0.2, 0.3], ddof=1) / np.sqrt(2))
     assert [seed for _, seed in calls[3:]] == [7, 8, 7, 8, 7, 8]
 
 
@@ -134,10 +136,28 @@ def test_a_model_task_is_valued_by_its_own_loss_on_the_targets():
     assert table.filter(pa.compute.equal(table["provider"], "p"))["loss_without"][0].as_py() == expected
 
 
-def _left_out(values):
+def _left_out(values, se=None):
     return pa.table({"provider": list(values), "examples_left_out": [1] * len(values),
                      "loss_without": [1.0 + v for v in values.values()], "loss_with": [1.0] * len(values),
-                     "value": list(values.values())}, schema=LEFT_OUT_SCHEMA)
+                     "value": list(values.values()), "value_se": se or [0.0] * len(values)},
+                    schema=LEFT_OUT_SCHEMA)
+
+
+def test_noisy_left_out_values_are_shrunk_toward_what_the_scores_predict():
+    x = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 9.0])
+    v = np.array([0.9, 2.3, 2.8, 4.4, 4.6, 0.0])
+    fitted = np.array([True] * 5 + [False])  # the last left nothing out: kept as it is
+    assert np.array_equal(shrunk_values(v, np.zeros(6), x, fitted), v)  # one run: no noise known
+    b, a = np.polyfit(x[:5], v[:5], 1)  # the independent reference line
+    pure = shrunk_values(v, np.full(6, 10.0), x, fitted)  # noise dwarfs the spread: the line
+    assert np.allclose(pure[:5], a + b * x[:5]) and pure[5] == 0.0
+    clear = shrunk_values(v, np.full(6, 1e-4), x, fitted)  # values far clear of their noise: kept
+    assert np.allclose(clear, v, atol=1e-3)
+    se = np.full(6, 0.2)
+    tau2 = max(0.0, np.sum((v[:5] - (a + b * x[:5])) ** 2) / 3 - 0.04)
+    w = tau2 / (tau2 + 0.04)
+    assert np.allclose(shrunk_values(v, se, x, fitted)[:5], a + b * x[:5] + w * (v[:5] - a - b * x[:5]))
+    assert np.array_equal(shrunk_values(v[:2], se[:2], x[:2], fitted[:2]), v[:2])  # < 3 providers
 
 
 def test_providers_are_paid_by_their_left_out_values_and_a_harmful_one_earns_nothing():
