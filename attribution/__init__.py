@@ -23,8 +23,10 @@ Public face (other rooms use only these names):
   duplicates paid once, to their first registrant(s); without it each example pays its ``provider``.
 - ``provider_groups(example_ids, providers, credit)`` and ``mlp_left_out`` / ``model_left_out`` ->
   the ``LEFT_OUT_SCHEMA`` table: each provider's value as the target-loss rise when the run's recipe
-  retrains without the examples it is paid for (``left_out_values`` drives any training function);
-  ``contributor_weights(..., left_out=table)`` pays providers by it (``WeightPolicy.providers``).
+  retrains without the examples it is paid for (``LEFT_OUT_RUNS`` seeds, the rest relabeled by their
+  own answers; ``left_out_values`` drives any training function); ``contributor_weights(...,
+  left_out=table)`` pays providers by it (``WeightPolicy.providers``), each value shrunk toward what
+  its examples' scores predict by its seeds' noise.
 - ``attribute_query(result.features, x)`` -> per-training-example contributions to one
   prediction; ``ContributorSplit.split_query(example_ids, contributions)`` -> its fee split.
 - ``model_to_bytes(model, spec)`` / ``model_from_bytes(data)``: deterministic safetensors bytes.

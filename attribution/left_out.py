@@ -3,24 +3,27 @@
 Why: a provider's pay should be what its data did for the model, and the question a royalty answers
 is a group's, not an example's. Summed first-order example scores (in-run or TRAK) miss what a whole
 group does together: redundancy with other providers (removing one of two similar providers costs
-little), noisy inputs that regularize, mislabeled rows that only hurt in bulk. Retraining without
-the group measures it directly, at the cost of one plain training per provider, which is why the
-pipeline does it only up to a recorded number of providers (``TrainingConfig.left_out_max``) and
-falls back to the summed scores beyond it. On ``bench/contributor_value.py``'s tabular worlds, one
-retrain per provider agreed with the 4-seed leave-one-out truth at Spearman 0.84-0.95, where
-summed TRAK value reached 0.57-0.96.
+little), noisy inputs that regularize, mislabeled rows that only hurt in bulk, and how its examples
+shape which labelers the consensus trusts. Retraining without the group measures it directly, at
+the cost of ``runs`` plain trainings per provider, which is why the pipeline does it only up to a
+recorded number of providers (``TrainingConfig.left_out_max``) and pays by the summed scores beyond
+it. Figures against ``bench/contributor_value.py``'s leave-one-out truth are in the README.
 
 A provider's group is every training example it is paid for: with ``credit`` (the ingest's
 ``example_credit``) a duplicate group counts for the provider(s) it pays, so a copycat's group is
 empty (value 0, nothing retrained) and the original's group holds the copies too, as the
 first-registered rule pays them. Leaving a group out also recomputes the consensus labels of the
-rest from their answers alone (``relabel``): a provider's examples shape how much each labeler is
-trusted, and on the bench's digits world, leaving one provider out moved 103 of 1,568 other labels,
-which turned its value from +25.7 to -4.4 (x1e-3), as the truth has it.
-``value = loss without the group - loss with every example``
-(> 0: the group helped). Leaving out every example evaluates the untrained model (``seed``'s
-initial weights). Retrains use the run's recipe and seed, so an auditor's replay gets the same
-values (bit for bit on the same torch build and CPU).
+rest from their answers alone (``relabel``): on the bench's digits world, leaving one provider out
+moved 103 of 1,568 other labels, which turned its value from +25.7 to -4.4 (x1e-3), as the truth
+has it.
+
+``value`` is the mean, over ``runs`` seeds (``seed``, ``seed + 1``, ...), of the target-loss rise
+without the group (> 0: it helped), ``value_se`` its standard error. One retrain carries its seed's
+noise, on the demo's CNN as large as the gaps between five equal-sized providers, so pay
+(``shrunk_values``) shrinks each value toward what its examples' summed scores predict, as far as
+that noise explains the providers' spread. Leaving out every example evaluates the untrained model.
+Retrains use the run's recipe and seeds, so an auditor's replay gets the same values (bit for bit on
+the same torch build and CPU).
 """
 
 from __future__ import annotations
