@@ -45,7 +45,8 @@ label it displaced was right; and providers paid by leaving each out, ``provider
 ``attribution.LEFT_OUT_RUNS`` retrains per provider without the examples it is credited for, the rest
 labeled by their consensus refitted without the left-out answers, from the pay run's seed; the
 table's ``left-out`` column, before pay shrinks it by its seeds' noise), and for a candidate not in
-the library ('net' after crediting near-copies to their first registrant). The last line is one JSON object: the issue's keys
+the library ('net' after crediting near-copies to their first registrant). The last line is one
+JSON object: the issue's keys
 (``spearman``, ``ceiling``, ``faulty_share_bps``, ``default_policy``: ``valued``, ``seconds``),
 ``share_gap``, ``candidate``, ``detection`` and ``consensus``.
 
