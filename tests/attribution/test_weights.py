@@ -536,7 +536,11 @@ def test_policy_from_params_reads_old_records_as_agreement():
     assert WeightPolicy.from_params({"provider_share_bps": 7000, "negative": "net"}).labelers == "agree"
     got = WeightPolicy.from_params({"negative": "net", "labelers": "pivotal", "label_smoothing": 0.5})
     assert got.labelers == "pivotal" and got.label_smoothing == 0.5
-    assert WeightPolicy.from_params({"negative": "net", "labelers": "valued"}) == VALUED
+    # a record before `providers` paid its providers by their summed scores
+    assert WeightPolicy.from_params({"negative": "net", "labelers": "valued"}) == WeightPolicy(
+        labelers="valued", providers="scores")
+    now = {"negative": "net", "labelers": "valued", "providers": "left_out"}
+    assert WeightPolicy.from_params(now) == VALUED
     with pytest.raises(ValueError, match="labelers"):
         WeightPolicy(labelers="vote")
     with pytest.raises(ValueError, match="label_smoothing"):
