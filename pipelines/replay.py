@@ -23,13 +23,13 @@ Replay refuses code other than the code that trained the run: it names the commi
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
 from attribution import WeightPolicy, contributor_weights
-from labeling import aggregate
 from pipelines.assets.labeling import label_rows, recount, reviewed_probs
 from pipelines.assets.training import (
     SCORE_RTOL,
@@ -99,7 +99,7 @@ def replay_run(
     report.same_platform = recorded == training_platform()
     report.score_rtol = 0.0 if report.same_platform else float(training.params.get("score_rtol", SCORE_RTOL))
     labeled = read_parquet(store.get(training.inputs[TrainingRecord.LABELED_DATASET]))
-    _check_labels(records, report.training_cid, head, labeled, report)
+    consensus_without = _check_labels(records, report.training_cid, head, labeled, report)
     config = TrainingConfig(**training.params["config"])
     validation_cid = training.inputs.get(TrainingRecord.VALIDATION)
     validation = read_parquet(store.get(validation_cid)) if validation_cid else None
@@ -110,7 +110,9 @@ def replay_run(
     )
     stored_scores = read_parquet(store.get(training.outputs[TrainingRecord.EXAMPLE_ATTRIBUTION]))
     _compare_scores(stored_scores, result.example_attribution, report)
-    left_out = _replayed_provider_value(records, head, training, split, labeled, result, config, report)
+    left_out = _replayed_provider_value(
+        records, head, training, split, labeled, result, config, consensus_without, report
+    )
 
     stored = read_weights(store.get(head.outputs[WeightingRecord.WEIGHTS]))
     replayed = _weights(records, head, result.example_attribution, stored, left_out)
@@ -145,8 +147,10 @@ def require_same_code(recorded: CodeVersion, here: CodeVersion) -> None:
 
 def _check_labels(
     records: RunRecords, training_cid: str, head: Record, labeled: pa.Table, report: ReplayReport
-) -> None:
-    """The labels trained on and paid by are the recorded answers' consensus, recomputed."""
+) -> Callable[[Collection[str]], pa.Table] | None:
+    """The labels trained on and paid by are the recorded answers' consensus, recomputed. Returns that
+    recomputation (`recount`), which the providers' left-out retrains relabel by; None where the
+    lineage names no answers."""
     try:
         consensus_cid, consensus = records.parent(training_cid, CONSENSUS)
         _, snapshot = records.parent(training_cid, SNAPSHOT)
@@ -158,21 +162,18 @@ def _check_labels(
         )
     except RecordError as exc:
         report.fail("lineage_incomplete", training_cid, str(exc))
-        return
-    if ConsensusRecord.ANNOTATIONS not in consensus.inputs or SnapshotRecord.EXAMPLES not in snapshot.inputs:
-        report.skip("SKIP (labels)", consensus_cid, "no inputs named to recompute the labels from")
-        return
+        return None
     store = records.store
-    annotations, gold = records.input_tables(consensus, (ConsensusRecord.ANNOTATIONS, ConsensusRecord.GOLD))
-    reviewed = reviewed_probs(store, review_cid) if review_cid else None
-    if review_cid and reviewed is None:
+    without = recount(store, consensus_cid)  # None: the record names no answers
+    if without is None or SnapshotRecord.EXAMPLES not in snapshot.inputs:
+        report.skip("SKIP (labels)", consensus_cid, "no inputs named to recompute the labels from")
+        return without
+    if review_cid and reviewed_probs(store, review_cid) is None:
         report.fail("lineage_incomplete", review_cid, "the label review weighed keeps no probabilities")
-        return
-    probs = reviewed.probs if reviewed else None
+        return without
     method = str(consensus.params.get("method", "dawid_skene"))
     stored = read_parquet(store.get(consensus.outputs[ConsensusRecord.CONSENSUS]))
-    again = aggregate(annotations, gold, method, probs).consensus
-    _compare_consensus(stored, again, consensus_cid, method, report)
+    _compare_consensus(stored, without(()), consensus_cid, method, report)
 
     raw = read_parquet(store.get(snapshot.inputs[SnapshotRecord.EXAMPLES]))
     expected = label_rows(raw, stored)
@@ -197,6 +198,7 @@ def _check_labels(
             f"the split was computed from other {', '.join(other)} than the run's ingest, snapshot and "
             "consensus records name",
         )
+    return without
 
 
 def _compare_consensus(
@@ -247,7 +249,7 @@ def _compare_scores(stored: pa.Table, replayed: pa.Table, report: ReplayReport) 
 
 def _replayed_provider_value(
     records: RunRecords, head: Record, training: Record, split, labeled: pa.Table, result, config,
-    report: ReplayReport,
+    consensus_without: Callable[[Collection[str]], pa.Table] | None, report: ReplayReport,
 ) -> pa.Table | None:
     """The providers' left-out values retrained again, checked against the stored ones (as scores are:
     bit for bit on the same platform, else within the recorded tolerance of the largest |value|)."""
@@ -258,12 +260,12 @@ def _replayed_provider_value(
         report.fail("pay_inputs_differ", report.head_cid or "",
                     "the split was computed from other provider values than the training record names")
     (credit,) = records.input_tables(head, (WeightingRecord.EXAMPLE_CREDIT,))
-    consensus_cid, _ = records.parent(report.training_cid or "", CONSENSUS)
-    again = provider_value(split, labeled, result, config, credit, recount(records.store, consensus_cid))
+    again = provider_value(split, labeled, result, config, credit, consensus_without)
     stored = read_parquet(records.store.get(cid))
     a, b = _values(stored), _values(again)
     top = max((abs(x) for pair in b.values() for x in pair), default=0.0)
     allowed = (report.score_rtol or 0.0) * top
+
     def off(p: str) -> bool:
         return p not in a or p not in b or max(abs(x - y) for x, y in zip(a[p], b[p], strict=True)) > allowed
 
