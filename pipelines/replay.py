@@ -10,8 +10,9 @@ retrains with the same code, and compares:
   consensus the split was computed from against those the ingest, snapshot and consensus records
   name. Without this a publisher could train and pay on labels (or credit) of its choosing, every
   CID and score consistent;
-- the example scores: bit for bit where the run was trained on the same torch build and CPU
-  architecture (the platform the training record names); elsewhere within the tolerance recorded
+- the example scores: bit for bit where the run was trained on the same torch build, CPU
+  architecture and CPU capability (the platform the training record names; replay runs torch with the
+  run's own thread count, whatever this machine's cores); elsewhere within the tolerance recorded
   with the run, at the precision the split used (`score_digits`);
 - the weights recomputed from the replayed scores, contributor by contributor, against the stored
   weights table (basis points identical on every platform);
@@ -23,11 +24,13 @@ Replay refuses code other than the code that trained the run: it names the commi
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from attribution import WeightPolicy, contributor_weights
 from pipelines.assets.labeling import label_rows, recount, reviewed_probs
@@ -95,8 +98,47 @@ def replay_run(
     report.code = training.code.describe()
     require_same_code(training.code, code or pipeline_code())
 
-    recorded = training.params.get("platform")
-    report.same_platform = recorded == training_platform()
+    recorded = training.params.get("platform") or {}
+    with recorded_threads(recorded.get("threads")):
+        _retrain(records, head, training, recorded, report)
+    dist = chain.distribution(run_id)
+    report.onchain_root = dist.root if dist else None
+    if report.replayed_root != report.onchain_root:
+        report.fail(
+            "root_differs",
+            run_id,
+            f"the replayed weights give root {report.replayed_root}, the chain holds {report.onchain_root}",
+        )
+    report.replay_s = round(time.perf_counter() - t0, 3)
+    return report
+
+
+@contextmanager
+def recorded_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to the one the run trained with (as its platform records it),
+    then restored: float reductions are split by thread, so an auditor's machine with other cores
+    would round differently. A count above this machine's cores is slower, not different."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def same_platform(recorded: Mapping[str, object], here: Mapping[str, object]) -> bool:
+    """Whether every property the run recorded of its platform holds here (a record from before a
+    property was recorded is compared on those it has)."""
+    return bool(recorded) and all(here.get(k) == v for k, v in recorded.items())
+
+
+def _retrain(
+    records: RunRecords, head: Record, training: Record, recorded: Mapping, report: ReplayReport
+) -> None:
+    """Retrain the run, compare its scores, provider values and weights, and set the replayed root."""
+    store = records.store
+    report.same_platform = same_platform(recorded, training_platform())
     report.score_rtol = 0.0 if report.same_platform else float(training.params.get("score_rtol", SCORE_RTOL))
     labeled = read_parquet(store.get(training.inputs[TrainingRecord.LABELED_DATASET]))
     consensus_without = _check_labels(records, report.training_cid, head, labeled, report)
@@ -119,16 +161,6 @@ def replay_run(
     _compare_weights(stored, replayed, report)
     report.stored_root = share_leaves(stored).root
     report.replayed_root = share_leaves(replayed).root
-    dist = chain.distribution(run_id)
-    report.onchain_root = dist.root if dist else None
-    if report.replayed_root != report.onchain_root:
-        report.fail(
-            "root_differs",
-            run_id,
-            f"the replayed weights give root {report.replayed_root}, the chain holds {report.onchain_root}",
-        )
-    report.replay_s = round(time.perf_counter() - t0, 3)
-    return report
 
 
 def require_same_code(recorded: CodeVersion, here: CodeVersion) -> None:

@@ -286,11 +286,20 @@ def value_method(config: TrainingConfig) -> str:
     return "trak" if config.value == "auto" else config.value
 
 
-def training_platform() -> dict[str, str]:
-    """What a bit-for-bit replay must match: the torch build, the CPU architecture and the device."""
+def training_platform() -> dict[str, str | int]:
+    """What a bit-for-bit replay must match: the torch build, the CPU architecture, the kernels torch
+    dispatches to on it (its CPU capability: AVX2 and AVX512 kernels round differently), the device, and
+    torch's intra-op thread count. Reductions are split by thread, so another count rounds differently
+    (the image recipe's convolutions do); replay sets the recorded count (`replay.recorded_threads`)."""
     import torch
 
-    return {"torch": torch.__version__, "machine": platform.machine(), "device": "cpu"}
+    return {
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "device": "cpu",
+    }
 
 
 # Replayed on another platform (torch build, CPU), float32 training may round differently: scores are

@@ -16,16 +16,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from attribution import WeightPolicy, contributor_weights
 from labeling import ModelProbs
 from pipelines.assets import royalties, training
 from pipelines.assets.labeling import label_rows, recount
-from pipelines.assets.training import TrainingConfig, provider_value, train_labeled
+from pipelines.assets.training import TrainingConfig, provider_value, train_labeled, training_platform
 from pipelines.content_io import store_value
 from pipelines.demo import write_contributors
 from pipelines.partitions import dataset_versions
-from pipelines.replay import ReplayRefused, replay_run
+from pipelines.replay import ReplayRefused, recorded_threads, replay_run, same_platform
 from pipelines.resources import DatasetCatalog
 from provenance import (
     CONSENSUS,
@@ -347,6 +348,24 @@ def test_labels_a_run_names_no_inputs_for_are_skipped_and_said(published) -> Non
     name = _republish(chain, store, run_id, "bare-consensus", bare_consensus=True)
     report = replay_run(chain, store, name, code=CODE)
     assert report.ok and [s.name for s in report.skipped] == ["SKIP (labels)"]
+
+
+def test_the_platform_names_what_rounds_differently_and_replay_uses_the_runs_threads(published) -> None:
+    here = training_platform()
+    assert here["threads"] == torch.get_num_threads()
+    assert here["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert same_platform(here, here)
+    assert not same_platform({**here, "cpu_capability": "ANOTHER"}, here)  # other kernels: tolerance
+    assert not same_platform({}, here)  # nothing recorded: nothing to be bit for bit with
+    old = {k: here[k] for k in ("torch", "machine", "device")}  # a record from before threads were kept
+    assert same_platform(old, here)
+    chain, store, run_id = published
+    recorded = RunRecords(chain, store).parent(RunRecords(chain, store).head(run_id), TRAINING)[1]
+    assert recorded.params["platform"] == here
+    before = torch.get_num_threads()
+    with recorded_threads(before + 1):
+        assert torch.get_num_threads() == before + 1
+    assert torch.get_num_threads() == before  # restored
 
 
 def test_replay_refuses_other_code(published) -> None:
