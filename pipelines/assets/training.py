@@ -287,10 +287,12 @@ def value_method(config: TrainingConfig) -> str:
 
 
 def training_platform() -> dict[str, str | int]:
-    """What a bit-for-bit replay must match: the torch build, the CPU architecture, the kernels torch
-    dispatches to on it (its CPU capability: AVX2 and AVX512 kernels round differently), the device, and
-    torch's intra-op thread count. Reductions are split by thread, so another count rounds differently
-    (the image recipe's convolutions do); replay sets the recorded count (`replay.recorded_threads`)."""
+    """What a bit-for-bit replay must match: the torch build, the CPU architecture, the vector kernels
+    ATen dispatches to on it (its CPU capability: the unvectorized DEFAULT rounded the image recipe's
+    training differently from AVX2/AVX512), the device, and torch's intra-op thread count. Reductions
+    are split by thread, so another count rounds differently (the image recipe's convolutions do);
+    replay sets the recorded count (`replay.recorded_threads`). Not recorded: oneDNN picks its own ISA
+    from the CPU (`ONEDNN_MAX_CPU_ISA=AVX2` also changed those bits on an AVX512 machine)."""
     import torch
 
     return {
