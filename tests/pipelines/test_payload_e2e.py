@@ -16,6 +16,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from attribution import TRAK_VALUE_METHOD, PayloadEncoding, TextEncoding, payload_encoding_from_json
+from pipelines.assets.training import training_platform
 from pipelines.demo import UserData, run_demo
 from pipelines.replay import replay_run
 from provenance import TRAINING, Chain, CodeVersion, RunRecords, TrainingRecord, load_record
@@ -112,6 +113,16 @@ def test_a_payload_set_is_labeled_trained_paid_served_and_replayed(caravan_env, 
     assert replayed.ok and replayed.same_platform, [f.__dict__ for f in replayed.failures]
     assert replayed.max_score_diff == 0.0  # bit for bit
     assert replayed.replayed_root == replayed.onchain_root
+    if kind == "image":  # another platform rounds differently: within the spread of two replays there
+        here = training_platform()
+        monkeypatch.setattr("pipelines.replay.training_platform", lambda: {**here, "cpu_capability": "OTHER"})
+        torch.set_num_threads(1 if threads > 1 else threads + 1)  # the first replay rounds unlike the run
+        try:
+            elsewhere = replay_run(chain, store, first["run_id"])
+        finally:
+            torch.set_num_threads(threads)
+        assert elsewhere.ok and not elsewhere.same_platform, [f.__dict__ for f in elsewhere.failures]
+        assert elsewhere.max_score_diff > 0.0 and elsewhere.score_rtol > 0.0  # it did round differently
 
     pins, events = store.pins(), len(chain.recorded_events(first["run_id"]))
     second = run_demo(settings, data=data, start_services=False, say=lambda _: None)

@@ -26,7 +26,15 @@ from pipelines.assets.training import TrainingConfig, provider_value, train_labe
 from pipelines.content_io import store_value
 from pipelines.demo import write_contributors
 from pipelines.partitions import dataset_versions
-from pipelines.replay import ReplayRefused, recorded_threads, replay_run, same_platform
+from pipelines.replay import (
+    SPREAD_FACTOR,
+    Band,
+    Replayed,
+    ReplayRefused,
+    recorded_threads,
+    replay_run,
+    same_platform,
+)
 from pipelines.resources import DatasetCatalog
 from provenance import (
     CONSENSUS,
@@ -366,6 +374,26 @@ def test_the_platform_names_what_rounds_differently_and_replay_uses_the_runs_thr
     with recorded_threads(before + 1):
         assert torch.get_num_threads() == before + 1
     assert torch.get_num_threads() == before  # restored
+
+
+def _replayed(scores: list[float], value: float, bps: list[int]) -> Replayed:
+    ids = [f"e{i}" for i in range(len(scores))]
+    weights = pa.table({"contributor": ["a", "b"], "role": ["provider", "labeler"], "weight_bps": bps})
+    values = pa.table({"provider": ["a"], "value": [value], "value_se": [0.001]})
+    return Replayed(pa.table({"example_id": ids, "score": scores}), values, weights)
+
+
+def test_another_platforms_band_is_the_spread_of_two_replays_here_times_the_factor() -> None:
+    first = _replayed([0.002, -0.001, 0.0005], 0.030, [6000, 4000])
+    assert Band.between(first, None, 1e-4) == Band()  # the same platform: exact
+    second = _replayed([0.00201, -0.001, 0.0005], 0.032, [5990, 4010])
+    band = Band.between(first, second, 1e-4)
+    assert band.score == pytest.approx(SPREAD_FACTOR * 1e-5) and band.bps == SPREAD_FACTOR * 10
+    assert band.value == pytest.approx(SPREAD_FACTOR * 0.002)
+    assert band.score_rtol == pytest.approx(band.score / 0.002)
+    # a machine whose two replays agree bit for bit allows the recorded tolerance, and no bps
+    assert Band.between(first, first, 1e-4) == Band(score=1e-4 * 0.002, value=1e-4 * 0.030, bps=0,
+                                                    score_rtol=1e-4)
 
 
 def test_replay_refuses_other_code(published) -> None:
