@@ -363,6 +363,16 @@ def split_rows(n: int, n_train: int, n_targets: int, seed: int) -> tuple[np.ndar
     return order[:n_train], order[n_train : n_train + n_targets]
 
 
+def held_out(p: Prepared, te: np.ndarray) -> tuple[np.ndarray, int]:
+    """``te`` without the target rows whose encoded inputs equal a training row's (training checks that
+    targets are held out), and how many were left out."""
+    from attribution.inrun import row_keys
+
+    seen = set(row_keys(p.train))
+    keep = np.array([k not in seen for k in row_keys(p.targets)], dtype=bool)
+    return te[keep], int((~keep).sum())
+
+
 def landed(module: str) -> bool:
     """Whether ``attribution/<module>.py`` is in this tree (an editable install elsewhere does not count)."""
     import attribution
@@ -480,6 +490,9 @@ def run(args, log: Callable[[str], None] = print) -> dict:
         sys.exit("error: the label column holds one class only")
     tr, te = split_rows(len(labels), args.train, args.targets, args.seed)
     p = prepare(args.kind, values, labels, tr, te, "sgd")
+    te, dropped = held_out(p, te)
+    if dropped:  # a user's data may repeat rows (or texts equal up to the encoded length)
+        p = prepare(args.kind, values, labels, tr, te, "sgd")
     name, n, nv = p.model, len(tr), len(te)
     ids = [f"ex{i:05d}" for i in range(n)]
     sizes = {"train": n, "targets": nv, "retrains": args.retrains, "classes": int(labels.max()) + 1,
@@ -487,6 +500,8 @@ def run(args, log: Callable[[str], None] = print) -> dict:
              "sgd_lr": p.task.config.lr, "lr_schedule": p.task.config.lr_schedule, **p.sizes}
     log(f"data: {source}; model {name} ({p.task.name}); sizes {sizes}; "
         f"torch threads {torch.get_num_threads()}")
+    if dropped:
+        log(f"  {dropped} drawn target rows left out: their encoded inputs equal a training row's")
     lds_out: dict[str, float] = {}
     anchor: dict[str, dict[str, float]] = {}
     secs: dict[str, float] = {}

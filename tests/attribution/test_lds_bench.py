@@ -58,6 +58,20 @@ def test_image_tiny_from_parquet(tmp_path):
     assert -1 <= summary["loco_spearman_default"] <= 1  # TRAK value, what the pipeline pays by
 
 
+def test_a_users_text_with_repeated_rows_keeps_its_targets_held_out(tmp_path):
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    sys.path.insert(0, str(ROOT))
+    from bench._common.lds_models import synthetic_text
+
+    texts, labels = synthetic_text(30, seed=4)
+    path = tmp_path / "texts.parquet"  # every text twice: a drawn target often repeats a training row
+    pq.write_table(pa.table({"body": texts * 2, "topic": [f"t{v}" for v in labels] * 2}), path)
+    summary = run_lds("--kind", "text", "--data", str(path), "--text-col", "body", "--label-col", "topic",
+                      *TINY, "--no-anchor", "--no-fixed-seed", "--no-adamw", "--no-loco")
+    assert 0 < summary["sizes"]["targets"] < 8  # the repeats were left out of the targets, and said
+    assert all(-1 <= v <= 1 for v in summary["lds"].values())
+
+
 def test_synthetic_data_is_seeded_and_decodable():
     sys.path.insert(0, str(ROOT))
     from PIL import Image
