@@ -110,16 +110,17 @@ def replay_run(
         report.same_platform = same_platform(recorded, training_platform())
     labeled = read_parquet(store.get(training.inputs[TrainingRecord.LABELED_DATASET]))
     consensus_without = _check_labels(records, report.training_cid, head, labeled, report)
+    stored = read_weights(store.get(head.outputs[WeightingRecord.WEIGHTS]))
     if report.same_platform:
         with recorded_threads(threads):
-            first = _retrain(records, head, training, labeled, consensus_without)
+            first = _retrain(records, head, training, labeled, stored, consensus_without)
         second = None
     else:  # twice, at two thread counts of this machine: how far its own rounding moves the run
         here = torch.get_num_threads()
         with recorded_threads(here):
-            first = _retrain(records, head, training, labeled, consensus_without)
+            first = _retrain(records, head, training, labeled, stored, consensus_without)
         with recorded_threads(here + 1):
-            second = _retrain(records, head, training, labeled, consensus_without)
+            second = _retrain(records, head, training, labeled, stored, consensus_without)
     band = Band.between(first, second, float(training.params.get("score_rtol", SCORE_RTOL)))
     report.score_rtol = 0.0 if report.same_platform else band.score_rtol
     report.bps_tolerance = band.bps
@@ -128,7 +129,6 @@ def replay_run(
     _compare_scores(stored_scores, first.scores, band.score, report)
     if first.provider_value is not None:
         _compare_provider_values(records, head, training, first.provider_value, band.value, report)
-    stored = read_weights(store.get(head.outputs[WeightingRecord.WEIGHTS]))
     _compare_weights(stored, first.weights, band.bps, report)
     report.stored_root = share_leaves(stored).root
     report.replayed_root = share_leaves(first.weights).root
@@ -178,10 +178,11 @@ class Replayed:
 
 
 def _retrain(
-    records: RunRecords, head: Record, training: Record, labeled: pa.Table,
+    records: RunRecords, head: Record, training: Record, labeled: pa.Table, stored: pa.Table,
     consensus_without: Callable[[Collection[str]], pa.Table] | None,
 ) -> Replayed:
-    """Retrain the run from its records; its providers' left-out values too where its pay used them."""
+    """Retrain the run from its records; its providers' left-out values too where its pay used them,
+    and the weights they give (to the addresses of the ``stored`` weights)."""
     store = records.store
     config = TrainingConfig(**training.params["config"])
     validation_cid = training.inputs.get(TrainingRecord.VALIDATION)
@@ -195,7 +196,6 @@ def _retrain(
     if WeightingRecord.PROVIDER_VALUE in head.inputs:
         (credit,) = records.input_tables(head, (WeightingRecord.EXAMPLE_CREDIT,))
         left_out = provider_value(split, labeled, result, config, credit, consensus_without)
-    stored = read_weights(store.get(head.outputs[WeightingRecord.WEIGHTS]))
     weights = _weights(records, head, result.example_attribution, stored, left_out)
     return Replayed(result.example_attribution, left_out, weights)
 

@@ -305,8 +305,8 @@ def training_platform() -> dict[str, str | int]:
 
 
 # Replayed on another platform (torch build, CPU), float32 training may round differently: scores are
-# then accepted within this fraction of the largest |score| (recorded with the run), and the basis
-# points must still be identical.
+# then accepted within this fraction of the largest |score| (recorded with the run), or within the wider
+# spread the auditor's own two replays show (`replay.Band`, where training amplifies the rounding).
 SCORE_RTOL = 1e-4
 
 
