@@ -12,9 +12,9 @@ retrains with the same code, and compares:
   CID and score consistent;
 - the example scores, the providers' left-out values and the weights recomputed from them,
   contributor by contributor, and the root of the replayed weights against the on-chain root: bit
-  for bit where the run was trained on the same torch build, CPU architecture and CPU capability
-  (the platform the training record names; replay runs torch with the run's own thread count,
-  whatever this machine's cores).
+  for bit where the run was trained on the same torch build, CPU architecture, CPU capability and
+  vector flags (the platform the training record names; replay runs torch with the run's own thread
+  count, whatever this machine's cores).
 - Elsewhere, training amplifies any last-bit difference: the demo's image run replayed under ATen's
   unvectorized kernels moved scores by up to 1.9e-4 (the largest is 2e-3) and pay by up to 75 bps.
   So the run is retrained twice, at two thread counts of this machine, and what is stored may differ

@@ -22,7 +22,13 @@ from attribution import WeightPolicy, contributor_weights
 from labeling import ModelProbs
 from pipelines.assets import royalties, training
 from pipelines.assets.labeling import label_rows, recount
-from pipelines.assets.training import TrainingConfig, provider_value, train_labeled, training_platform
+from pipelines.assets.training import (
+    TrainingConfig,
+    cpu_vector_flags,
+    provider_value,
+    train_labeled,
+    training_platform,
+)
 from pipelines.content_io import store_value
 from pipelines.demo import write_contributors
 from pipelines.partitions import dataset_versions
@@ -364,6 +370,10 @@ def test_the_platform_names_what_rounds_differently_and_replay_uses_the_runs_thr
     assert here["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert same_platform(here, here)
     assert not same_platform({**here, "cpu_capability": "ANOTHER"}, here)  # other kernels: tolerance
+    assert not same_platform({**here, "cpu_flags": "avx"}, here)  # another CPU family: oneDNN differs
+    cpuinfo = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma avx avx512f amx_tile ssse3\nbogomips\t: 1\n"
+    assert cpu_vector_flags(cpuinfo) == "amx_tile avx avx2 avx512f fma"  # what oneDNN picks its ISA by
+    assert cpu_vector_flags("processor\t: 0\n") == ""
     assert not same_platform({}, here)  # nothing recorded: nothing to be bit for bit with
     old = {k: here[k] for k in ("torch", "machine", "device")}  # a record from before threads were kept
     assert same_platform(old, here)
