@@ -357,6 +357,29 @@ def test_a_tampered_run_passes_verify_but_fails_replay(published, change, failur
         assert report.names() == {"provider_values_differ", "pay_differs", "root_differs"}
 
 
+@pytest.mark.parametrize(
+    "change, failure",
+    [({}, None), ({"inflate": "p-small"}, "scores_differ"), ({"value": "p-small"}, "provider_values_differ")],
+    ids=["honest", "scores", "provider-values"],
+)
+def test_on_another_platform_an_honest_run_passes_and_a_tampered_one_fails(
+    published, monkeypatch, change, failure, request
+) -> None:
+    chain, store, run_id = published
+    name = run_id
+    if change:
+        name = _republish(chain, store, run_id, f"elsewhere-{request.node.callspec.id}", **change)
+    here = training_platform()
+    monkeypatch.setattr("pipelines.replay.training_platform", lambda: {**here, "cpu_capability": "OTHER"})
+    report = replay_run(chain, store, name, code=CODE)  # retrained twice, at two thread counts
+    assert not report.same_platform
+    if failure is None:
+        assert report.ok, report.failures
+        assert report.bps_tolerance == 0 and report.replayed_root == report.onchain_root  # the MLP: no spread
+    else:
+        assert failure in report.names()
+
+
 def test_labels_a_run_names_no_inputs_for_are_skipped_and_said(published) -> None:
     chain, store, run_id = published
     name = _republish(chain, store, run_id, "bare-consensus", bare_consensus=True)
