@@ -105,21 +105,17 @@ def replay_run(
     require_same_code(training.code, code or pipeline_code())
 
     recorded = training.params.get("platform") or {}
-    threads = recorded.get("threads")
-    with recorded_threads(threads):
-        report.same_platform = same_platform(recorded, training_platform())
+    report.same_platform = same_platform(recorded, training_platform())
     labeled = read_parquet(store.get(training.inputs[TrainingRecord.LABELED_DATASET]))
     consensus_without = _check_labels(records, report.training_cid, head, labeled, report)
     stored = read_weights(store.get(head.outputs[WeightingRecord.WEIGHTS]))
     if report.same_platform:
-        with recorded_threads(threads):
+        with recorded_threads(recorded.get("threads")):
             first = _retrain(records, head, training, labeled, stored, consensus_without)
         second = None
     else:  # twice, at two thread counts of this machine: how far its own rounding moves the run
-        here = torch.get_num_threads()
-        with recorded_threads(here):
-            first = _retrain(records, head, training, labeled, stored, consensus_without)
-        with recorded_threads(here + 1):
+        first = _retrain(records, head, training, labeled, stored, consensus_without)
+        with recorded_threads(torch.get_num_threads() + 1):
             second = _retrain(records, head, training, labeled, stored, consensus_without)
     band = Band.between(first, second, float(training.params.get("score_rtol", SCORE_RTOL)))
     report.score_rtol = 0.0 if report.same_platform else band.score_rtol
@@ -164,8 +160,9 @@ def recorded_threads(threads: int | None) -> Iterator[None]:
 
 def same_platform(recorded: Mapping[str, object], here: Mapping[str, object]) -> bool:
     """Whether every property the run recorded of its platform holds here (a record from before a
-    property was recorded is compared on those it has)."""
-    return bool(recorded) and all(here.get(k) == v for k, v in recorded.items())
+    property was recorded is compared on those it has). The thread count is not compared: replay sets
+    the recorded one (`recorded_threads`)."""
+    return bool(recorded) and all(here.get(k) == v for k, v in recorded.items() if k != "threads")
 
 
 @dataclass(frozen=True)
@@ -221,7 +218,7 @@ class Band:
     def between(cls, first: Replayed, second: Replayed | None, rtol: float) -> Band:
         if second is None:
             return cls()
-        a, b = _aligned_scores(first.scores, second.scores)
+        _, a, b = _aligned_scores(first.scores, second.scores)
         top = float(np.max(np.abs(a))) if a.size else 0.0
         score = max(rtol * top, SPREAD_FACTOR * float(np.max(np.abs(a - b), initial=0.0)))
         va, vb = _values(first.provider_value), _values(second.provider_value)
@@ -234,10 +231,11 @@ class Band:
                    bps=SPREAD_FACTOR * bps, score_rtol=score / top if top else rtol)
 
 
-def _aligned_scores(first: pa.Table, second: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+def _aligned_scores(first: pa.Table, second: pa.Table) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``first``'s example ids and both tables' scores in that order (NaN where ``second`` lacks one)."""
     got = dict(zip(second["example_id"].to_pylist(), second["score"].to_pylist(), strict=True))
     ids = first["example_id"].to_pylist()
-    return (first["score"].to_numpy(zero_copy_only=False).astype(np.float64),
+    return (ids, first["score"].to_numpy(zero_copy_only=False).astype(np.float64),
             np.asarray([got.get(e, np.nan) for e in ids], dtype=np.float64))
 
 
@@ -337,13 +335,10 @@ def _compare_consensus(
 
 
 def _compare_scores(stored: pa.Table, replayed: pa.Table, allowed: float, report: ReplayReport) -> None:
-    got = dict(zip(replayed["example_id"].to_pylist(), replayed["score"].to_numpy(), strict=True))
-    ids = stored["example_id"].to_pylist()
-    if sorted(ids) != sorted(got):
+    if sorted(stored["example_id"].to_pylist()) != sorted(replayed["example_id"].to_pylist()):
         report.fail("examples_differ", report.training_cid or "", "the stored scores name other examples")
         return
-    a = stored["score"].to_numpy(zero_copy_only=False).astype(np.float64)
-    b = np.asarray([got[e] for e in ids], dtype=np.float64)
+    ids, a, b = _aligned_scores(stored, replayed)
     diff = np.abs(a - b)
     report.max_score_diff = float(diff.max()) if diff.size else 0.0
     if report.max_score_diff > allowed:

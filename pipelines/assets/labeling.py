@@ -222,9 +222,10 @@ def recount(client: ContentStore, consensus_cid: str) -> Callable[[Collection[st
     annotations = read_parquet(client.get(record.inputs[ConsensusRecord.ANNOTATIONS]))
     gold_cid = record.inputs.get(ConsensusRecord.GOLD)
     gold = read_parquet(client.get(gold_cid)) if gold_cid else None
-    review = next((p for p in record.parents if load_record(client, p).activity == LABEL_REVIEW), None
-                  ) if ConsensusRecord.LABEL_REVIEW in record.inputs else None
-    reviewed = reviewed_probs(client, review) if review else None
+    reviewed = None
+    if ConsensusRecord.LABEL_REVIEW in record.inputs:  # a review the consensus weighed, by its record
+        review = next((p for p in record.parents if load_record(client, p).activity == LABEL_REVIEW), None)
+        reviewed = reviewed_probs(client, review) if review else None
     method = str(record.params.get("method", "dawid_skene"))
 
     def without(dropped: Collection[str]) -> pa.Table:
