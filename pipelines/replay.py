@@ -15,13 +15,17 @@ retrains with the same code, and compares:
   for bit where the run was trained on the same torch build, CPU architecture, CPU capability and
   vector flags (the platform the training record names; replay runs torch with the run's own thread
   count, whatever this machine's cores).
+- On another CPU that has the run's instruction sets, a process started with the pins of the run's
+  kernels (`compute_platform.run_kernels`; `caravan verify --replay` restarts itself with them) runs
+  what the run ran: the first retrain is checked bit for bit, and only if it differs (another CPU's
+  caches may still change a kernel's blocking) does replay fall back to the band below.
 - Elsewhere, training amplifies any last-bit difference: the demo's image run replayed under ATen's
   unvectorized kernels moved scores by up to 1.9e-4 (the largest is 2e-3) and pay by up to 75 bps.
   So the run is retrained twice, at two thread counts of this machine, and what is stored may differ
   from the first replay by up to ``SPREAD_FACTOR`` times the spread between the two (at least the
   score tolerance recorded with the run); the stored weights' root must then be the one on chain. A
   change smaller than this machine's own rounding cannot be told from rounding: replay on the
-  recorded platform for a bit-for-bit check.
+  recorded platform, or a CPU that runs its kernels, for a bit-for-bit check.
 
 Replay refuses code other than the code that trained the run: it names the commit to check out.
 """
@@ -39,13 +43,8 @@ import torch
 
 from attribution import WeightPolicy, contributor_weights
 from pipelines.assets.labeling import label_rows, recount, reviewed_probs
-from pipelines.assets.training import (
-    SCORE_RTOL,
-    TrainingConfig,
-    provider_value,
-    train_labeled,
-    training_platform,
-)
+from pipelines.assets.training import SCORE_RTOL, TrainingConfig, provider_value, train_labeled
+from pipelines.compute_platform import can_run, kernel_pins, run_kernels, training_platform
 from pipelines.lineage import pipeline_code
 from provenance import (
     CONSENSUS,
@@ -82,6 +81,8 @@ class ReplayReport(Findings):
     training_cid: str | None = None
     code: str | None = None
     same_platform: bool | None = None
+    run_kernels: bool = False  # another CPU, running the kernels the run trained on (their pins)
+    bit_exact: bool | None = None  # checked bit for bit (else within the band)
     score_rtol: float | None = None
     max_score_diff: float | None = None
     bps_tolerance: int = 0  # another platform: pay may differ by this much (the rounding spread here)
@@ -105,26 +106,27 @@ def replay_run(
     require_same_code(training.code, code or pipeline_code())
 
     recorded = training.params.get("platform") or {}
-    report.same_platform = same_platform(recorded, training_platform())
+    here = training_platform()
+    report.same_platform = same_platform(recorded, here)
+    report.run_kernels = not report.same_platform and on_run_kernels(recorded, here)
     labeled = read_parquet(store.get(training.inputs[TrainingRecord.LABELED_DATASET]))
     consensus_without = _check_labels(records, report.training_cid, head, labeled, report)
     stored = read_weights(store.get(head.outputs[WeightingRecord.WEIGHTS]))
-    if report.same_platform:
-        with recorded_threads(recorded.get("threads")):
-            first = _retrain(records, head, training, labeled, stored, consensus_without)
-        second = None
-    else:  # twice, at two thread counts of this machine: how far its own rounding moves the run
-        first = _retrain(records, head, training, labeled, stored, consensus_without)
-        with recorded_threads(torch.get_num_threads() + 1):
-            second = _retrain(records, head, training, labeled, stored, consensus_without)
+    stored_scores = read_parquet(store.get(training.outputs[TrainingRecord.EXAMPLE_ATTRIBUTION]))
+    value_cid = head.inputs.get(WeightingRecord.PROVIDER_VALUE)
+    stored_values = read_parquet(store.get(value_cid)) if value_cid else None
+
+    first, second = _retrains(
+        recorded, report, lambda: _retrain(records, head, training, labeled, stored, consensus_without),
+        lambda replayed: _identical(replayed, stored_scores, stored_values, stored),
+    )
     band = Band.between(first, second, float(training.params.get("score_rtol", SCORE_RTOL)))
-    report.score_rtol = 0.0 if report.same_platform else band.score_rtol
+    report.score_rtol = band.score_rtol
     report.bps_tolerance = band.bps
 
-    stored_scores = read_parquet(store.get(training.outputs[TrainingRecord.EXAMPLE_ATTRIBUTION]))
     _compare_scores(stored_scores, first.scores, band.score, report)
     if first.provider_value is not None:
-        _compare_provider_values(records, head, training, first.provider_value, band.value, report)
+        _compare_provider_values(head, training, stored_values, first.provider_value, band.value, report)
     _compare_weights(stored, first.weights, band.bps, report)
     report.stored_root = share_leaves(stored).root
     report.replayed_root = share_leaves(first.weights).root
@@ -142,6 +144,25 @@ def replay_run(
         )
     report.replay_s = round(time.perf_counter() - t0, 3)
     return report
+
+
+def _retrains(
+    recorded: Mapping[str, object], report: ReplayReport, retrain: Callable[[], Replayed],
+    identical: Callable[[Replayed], bool],
+) -> tuple[Replayed, Replayed | None]:
+    """The first retrain, at the run's thread count where this process runs the run's kernels, and a
+    second at another thread count where that one is not to be checked bit for bit. The same platform
+    is bit for bit or fails; on the run's kernels another CPU may still round differently (a kernel's
+    blocking by its caches), and then, as elsewhere, the second retrain shows how far this machine's
+    own rounding moves the run (`Band`)."""
+    exactly = report.same_platform or report.run_kernels
+    with recorded_threads(recorded.get("threads") if exactly else None):
+        first = retrain()
+        report.bit_exact = bool(report.same_platform or (report.run_kernels and identical(first)))
+        if report.bit_exact:
+            return first, None
+        with recorded_threads(torch.get_num_threads() + 1):
+            return first, retrain()
 
 
 @contextmanager
@@ -163,6 +184,43 @@ def same_platform(recorded: Mapping[str, object], here: Mapping[str, object]) ->
     property was recorded is compared on those it has). The thread count is not compared: replay sets
     the recorded one (`recorded_threads`)."""
     return bool(recorded) and all(here.get(k) == v for k, v in recorded.items() if k != "threads")
+
+
+_BUILD = ("torch", "machine", "device")  # what no kernel pin can stand in for
+
+
+def on_run_kernels(recorded: Mapping[str, object], here: Mapping[str, object]) -> bool:
+    """Whether this process, on another CPU, runs the kernels the run trained on: the same torch build,
+    machine and device, and started with the pins that select the run's kernels (`run_kernels`)."""
+    kernels = run_kernels(recorded)
+    same = all(here.get(k) == recorded.get(k) for k in (*_BUILD, "cpu_capability"))
+    return kernels is not None and same and here.get("kernel_pins") == kernels
+
+
+def replay_kernels(chain: Chain, store: ContentStore, run_id: str) -> dict[str, str] | None:
+    """The kernel pins to start a replay of ``run_id`` with, so that this CPU runs the run's own
+    kernels; None where this process already does (or is the run's platform), or where this CPU lacks
+    their instruction sets or the run's torch build and machine. Pins act only in a process started
+    with them (each library reads its pin once, when first used): `caravan verify --replay` restarts
+    itself with them."""
+    records = RunRecords(chain, store)
+    _, training = records.parent(records.head(run_id), TRAINING)
+    recorded = training.params.get("platform") or {}
+    here = training_platform()
+    kernels = run_kernels(recorded)
+    if kernels is None or same_platform(recorded, here) or kernel_pins() == kernels:
+        return None
+    same = all(here.get(k) == recorded.get(k) for k in _BUILD)
+    return kernels if same and can_run(kernels, str(here.get("cpu_flags", ""))) else None
+
+
+def _identical(replayed: Replayed, scores: pa.Table, values: pa.Table | None, weights: pa.Table) -> bool:
+    """Whether a replay gave the stored example scores, provider values and weights bit for bit."""
+    ids, a, b = _aligned_scores(scores, replayed.scores)
+    return (
+        len(ids) == replayed.scores.num_rows and np.array_equal(a, b)
+        and _values(values) == _values(replayed.provider_value) and _bps(weights) == _bps(replayed.weights)
+    )
 
 
 @dataclass(frozen=True)
@@ -352,15 +410,14 @@ def _compare_scores(stored: pa.Table, replayed: pa.Table, allowed: float, report
 
 
 def _compare_provider_values(
-    records: RunRecords, head: Record, training: Record, again: pa.Table, allowed: float, report: ReplayReport
+    head: Record, training: Record, stored: pa.Table | None, again: pa.Table, allowed: float,
+    report: ReplayReport,
 ) -> None:
     """The providers' left-out values retrained again against the stored ones (as scores are: bit for
     bit on the same platform, else within the band)."""
-    cid = head.inputs[WeightingRecord.PROVIDER_VALUE]
-    if cid != training.outputs.get(TrainingRecord.PROVIDER_VALUE):
+    if head.inputs.get(WeightingRecord.PROVIDER_VALUE) != training.outputs.get(TrainingRecord.PROVIDER_VALUE):
         report.fail("pay_inputs_differ", report.head_cid or "",
                     "the split was computed from other provider values than the training record names")
-    stored = read_parquet(records.store.get(cid))
     a, b = _values(stored), _values(again)
 
     def off(p: str) -> bool:

@@ -6,8 +6,6 @@ but the content and stays the same for every rerun an auditor makes.
 
 import hashlib
 import json
-import platform
-import re
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
@@ -47,6 +45,7 @@ from attribution import (
     train_trak_valued,
 )
 from pipelines.assets.labeling import recount
+from pipelines.compute_platform import training_platform
 from pipelines.content_io import AssetIndex, StoreResource, store_value
 from pipelines.datasets import DatasetError
 from pipelines.lineage import LineageResource, now, pipeline_code
@@ -285,42 +284,6 @@ def value_method(config: TrainingConfig) -> str:
     if config.value not in ("auto", "trak", "inrun"):
         raise dg.Failure(f"value {config.value!r} is unknown; use auto, trak or inrun")
     return "trak" if config.value == "auto" else config.value
-
-
-def training_platform() -> dict[str, str | int]:
-    """What a bit-for-bit replay must match: the torch build, the CPU architecture, the vector kernels
-    ATen dispatches to on it (its CPU capability: the unvectorized DEFAULT rounded the image recipe's
-    training differently from AVX2/AVX512), the CPU's vector flags (oneDNN picks its own ISA from them:
-    `ONEDNN_MAX_CPU_ISA=AVX2` also changed those bits on an AVX512 machine), the device, and torch's
-    intra-op thread count. Reductions are split by thread, so another count rounds differently (the
-    image recipe's convolutions do); replay sets the recorded count (`replay.recorded_threads`)."""
-    import torch
-
-    return {
-        "torch": torch.__version__,
-        "machine": platform.machine(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_flags": cpu_vector_flags(),
-        "threads": torch.get_num_threads(),
-        "device": "cpu",
-    }
-
-
-_VECTOR_FLAG = re.compile(r"(fma|avx\w*|amx\w*)")
-
-
-def cpu_vector_flags(cpuinfo: str | None = None) -> str:
-    """The CPU's vector-instruction flags (fma, avx*, amx*) sorted and space-joined, from ``cpuinfo``
-    (Linux's /proc/cpuinfo by default); "" where the system does not say."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return ""
-    for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
-            return " ".join(sorted(f for f in line.partition(":")[2].split() if _VECTOR_FLAG.fullmatch(f)))
-    return ""
 
 
 # Replayed on another platform (torch build, CPU), float32 training may round differently: scores are

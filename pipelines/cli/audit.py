@@ -11,6 +11,8 @@ from __future__ import annotations
 
 # provenance (web3) is imported inside the commands: it costs ~0.8 s, which `caravan store` need not pay.
 import json
+import os
+import sys
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -139,6 +141,15 @@ def verify_command(
             "commit that trained it) and check its example scores, weights and root.",
         ),
     ] = False,
+    native_kernels: Annotated[
+        bool,
+        typer.Option(
+            "--native-kernels",
+            help="Replay on this CPU's own kernels. By default a run trained on another CPU whose "
+            "instruction sets this one has is replayed under that CPU's kernels (the command restarts "
+            "itself with ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA and MKL_CBWR set), bit for bit.",
+        ),
+    ] = False,
     store_dir: StoreDir = None,
 ) -> None:
     """Recompute every CID, check parents, on-chain entries, the royalty root and every proof.
@@ -154,6 +165,8 @@ def verify_command(
     with clean_errors(ProvenanceError, StorageError):
         # a holder key in reach (CARAVAN_HOLDER_KEY or its key file) opens the private versions it is granted
         chain, store = open_chain(), open_reading_store(store_dir)
+        if replay and not native_kernels:
+            _restart_on_run_kernels(chain, store, run_id)
         report = verify_run(chain, store, run_id, onchain_proofs=onchain_proofs)
         summary = (
             f"run {run_id} root {report.onchain_root}; {report.records_checked} records, "
@@ -174,11 +187,30 @@ def verify_command(
                 report.replay = again = replay_run(chain, store, run_id)
             where = (
                 "same platform" if again.same_platform
+                else "the run's CPU kernels, bit for bit" if again.bit_exact
                 else f"another platform: allowed {SPREAD_FACTOR}x the spread of two replays here, scores "
                 f"within {again.score_rtol:.3g} of the largest, pay within {again.bps_tolerance} bps"
             )
             summary += f"; replayed in {again.replay_s:.1f} s ({where}, score diff {again.max_score_diff})"
     finish_report(report, as_json, summary)
+
+
+def _restart_on_run_kernels(chain: Any, store: BlockStore, run_id: str) -> None:
+    """Start this command again under the kernel pins of the run's CPU, where this one can run them
+    and does not yet (`replay.replay_kernels`): each library reads its pin only when first used."""
+    from pipelines.replay import replay_kernels
+    from provenance import ProvenanceError
+
+    try:
+        kernels = replay_kernels(chain, store, run_id)
+    except (ProvenanceError, StorageError):  # verify_run names what is missing
+        return
+    if kernels:
+        pins = " ".join(f"{k}={v}" for k, v in kernels.items())
+        typer.echo(f"replay: restarting on the run's CPU kernels ({pins})", err=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, sys.orig_argv, {**os.environ, **kernels})
 
 
 def _with_epochs(chain: Any, store: BlockStore, run_id: str, run_report: Any) -> RunAudit:

@@ -16,7 +16,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from attribution import TRAK_VALUE_METHOD, PayloadEncoding, TextEncoding, payload_encoding_from_json
-from pipelines.assets.training import training_platform
+from pipelines.compute_platform import training_platform
 from pipelines.demo import UserData, run_demo
 from pipelines.replay import replay_run
 from provenance import TRAINING, Chain, CodeVersion, RunRecords, TrainingRecord, load_record

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
+import subprocess
+import sys
 
 import dagster as dg
 import numpy as np
@@ -22,13 +25,8 @@ from attribution import WeightPolicy, contributor_weights
 from labeling import ModelProbs
 from pipelines.assets import royalties, training
 from pipelines.assets.labeling import label_rows, recount
-from pipelines.assets.training import (
-    TrainingConfig,
-    cpu_vector_flags,
-    provider_value,
-    train_labeled,
-    training_platform,
-)
+from pipelines.assets.training import TrainingConfig, provider_value, train_labeled
+from pipelines.compute_platform import cpu_vector_flags, run_kernels, training_platform
 from pipelines.content_io import store_value
 from pipelines.demo import write_contributors
 from pipelines.partitions import dataset_versions
@@ -378,6 +376,61 @@ def test_on_another_platform_an_honest_run_passes_and_a_tampered_one_fails(
         assert report.bps_tolerance == 0 and report.replayed_root == report.onchain_root  # the MLP: no spread
     else:
         assert failure in report.names()
+
+
+@pytest.mark.parametrize("tampered", [False, True], ids=["honest", "scores"])
+def test_another_cpu_running_the_runs_kernels_replays_bit_for_bit(published, monkeypatch, tampered) -> None:
+    """An auditor's CPU with other vector flags, started with the pins of the run's kernels: an honest
+    run replays bit for bit (one retrain, no band); a tampered one falls back to the band and fails."""
+    chain, store, run_id = published
+    name = _republish(chain, store, run_id, "kernels-scores", inflate="p-small") if tampered else run_id
+    records = RunRecords(chain, store)
+    recorded = records.parent(records.head(name), TRAINING)[1].params["platform"]
+    here = training_platform()
+    newer = {**here, "cpu_flags": f"{here['cpu_flags']} amx_newer", "kernel_pins": run_kernels(recorded)}
+    monkeypatch.setattr("pipelines.replay.training_platform", lambda: newer)
+    report = replay_run(chain, store, name, code=CODE)
+    assert not report.same_platform and report.run_kernels
+    if tampered:
+        assert not report.bit_exact and "scores_differ" in report.names()
+    else:
+        assert report.ok, report.failures
+        assert report.bit_exact and report.max_score_diff == 0.0
+        assert report.score_rtol == 0.0 and report.bps_tolerance == 0
+
+
+def _caravan(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """The `caravan` command in a process of its own, its code version pinned to the test's clean one
+    (kept when the command restarts itself: `sys.orig_argv` holds this wrapper)."""
+    wrapper = (
+        "import pipelines.replay as r; from provenance import CodeVersion; "
+        f"r.pipeline_code = lambda: CodeVersion(*{dataclasses.astuple(CODE)!r}); "
+        "from pipelines.cli import app; app(prog_name='caravan')"
+    )
+    return subprocess.run([sys.executable, "-c", wrapper, *args], env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.skipif("avx512f" not in cpu_vector_flags().split(), reason="needs a CPU above AVX2")
+def test_verify_replay_restarts_on_the_runs_cpu_kernels(published) -> None:
+    """An auditor whose process runs other kernels (here pinned to AVX2 on this AVX-512 CPU, as an
+    older CPU would): `verify --replay` restarts itself on the run's kernels and checks bit for bit;
+    with `--native-kernels` it replays on its own and allows the band."""
+    chain, store, run_id = published
+    avx2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
+    kernels = " ".join(f"{k}={v}" for k, v in run_kernels(training_platform()).items())
+    again = _caravan("verify", run_id, "--replay", env=avx2)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"restarting on the run's CPU kernels ({kernels})" in again.stderr
+    assert "the run's CPU kernels, bit for bit" in again.stdout and "score diff 0.0" in again.stdout
+    native = _caravan("verify", run_id, "--replay", "--native-kernels", env=avx2)
+    assert native.returncode == 0 and "restarting" not in native.stderr
+    assert "another platform: allowed" in native.stdout
+    assert "score diff 0.0" not in native.stdout  # AVX2 rounds this MLP differently
+    name = _republish(chain, store, run_id, "kernels-cli-scores", inflate="p-small")
+    tampered = _caravan("verify", name, "--replay", env=avx2)
+    assert tampered.returncode == 1 and "restarting on the run's CPU kernels" in tampered.stderr
+    assert [line for line in tampered.stdout.splitlines() if line.startswith("FAIL scores_differ")]
 
 
 def test_labels_a_run_names_no_inputs_for_are_skipped_and_said(published) -> None:

@@ -1,0 +1,88 @@
+"""The CPU kernels a run trained on, and the pins that select them again on another CPU."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pipelines.compute_platform import (
+    KERNEL_ENV,
+    can_run,
+    cpu_vector_flags,
+    kernel_pins,
+    run_kernels,
+    training_platform,
+)
+
+AVX2_CPU = "avx avx2 fma"
+AVX512_CPU = "avx avx2 avx512bw avx512cd avx512dq avx512f avx512vl avx512_vnni fma"
+
+
+def _record(flags: str, capability: str = "AVX2", **pins: str) -> dict[str, object]:
+    return {"torch": "2.13.0", "machine": "x86_64", "cpu_capability": capability, "cpu_flags": flags,
+            "kernel_pins": pins, "threads": 2, "device": "cpu"}
+
+
+def test_a_runs_kernels_are_its_pins_or_else_the_highest_its_cpu_allows() -> None:
+    assert run_kernels(_record(AVX2_CPU)) == {
+        "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
+    assert run_kernels(_record(AVX512_CPU, "AVX512")) == {
+        "ATEN_CPU_CAPABILITY": "avx512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI", "MKL_CBWR": "AVX512_E1"}
+    # pinned lower: the pins; pinned above the CPU: its own level; oneDNN reads either case
+    lower = _record(AVX512_CPU, "AVX2", ONEDNN_MAX_CPU_ISA="avx2", MKL_CBWR="AVX2")
+    assert run_kernels(lower) == run_kernels(_record(AVX2_CPU))
+    above = _record(AVX2_CPU, ONEDNN_MAX_CPU_ISA="AVX512_CORE_AMX", MKL_CBWR="AVX512")
+    assert run_kernels(above) == run_kernels(_record(AVX2_CPU))
+    # a pin MKL ignores (lower case) or these tables do not know: the CPU's own level
+    assert run_kernels(_record(AVX512_CPU, "AVX512", MKL_CBWR="avx2"))["MKL_CBWR"] == "AVX512_E1"
+    assert run_kernels(_record(AVX512_CPU, "AVX512", MKL_CBWR="AVX2,STRICT"))["MKL_CBWR"] == "AVX512_E1"
+    assert run_kernels({"torch": "2.13.0", "machine": "x86_64"}) is None  # recorded before flags were
+    assert run_kernels(_record("")) is None
+
+
+def test_a_cpu_runs_pinned_kernels_only_where_it_has_their_instruction_sets() -> None:
+    assert can_run(run_kernels(_record(AVX2_CPU)), AVX512_CPU)  # a newer CPU runs an older one's
+    assert not can_run(run_kernels(_record(AVX512_CPU, "AVX512")), AVX2_CPU)
+    assert not can_run({"MKL_CBWR": "AVX512_E9"}, AVX512_CPU)  # unknown level: no
+
+
+def test_the_pins_of_this_process_are_recorded_as_set() -> None:
+    env = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "PATH": "/bin", "ONEDNN_MAX_CPU_ISA": ""}
+    assert kernel_pins(env) == {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"}
+    assert training_platform()["kernel_pins"] == kernel_pins()
+
+
+# 20 SGD steps of a small CNN (oneDNN's convolutions) and an MLP (MKL's matmuls), their weights hashed.
+_TRAIN = """
+import hashlib, torch
+from torch import nn
+torch.manual_seed(0); torch.set_num_threads(1)
+g = torch.Generator().manual_seed(1)
+x, y = torch.randn(32, 3, 12, 12, generator=g), torch.randint(0, 10, (32,), generator=g)
+model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(800, 64), nn.GELU(),
+                      nn.Linear(64, 10))
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+for _ in range(20):
+    opt.zero_grad(); nn.functional.cross_entropy(model(x), y).backward(); opt.step()
+print(hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest())
+"""
+
+
+def _trained_bits(pins: dict[str, str]) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in KERNEL_ENV}
+    out = subprocess.run([sys.executable, "-c", _TRAIN], env={**env, **pins}, capture_output=True, text=True,
+                         check=True, timeout=300)
+    return out.stdout.strip()
+
+
+@pytest.mark.skipif(not cpu_vector_flags(), reason="the CPU's flags are not readable here")
+def test_the_pins_derived_from_this_cpus_flags_give_its_unpinned_bits() -> None:
+    """What lets an auditor replay an unpinned run: the levels derived from its CPU's flags are the
+    ones each library picked by itself. (A level lower than the CPU's changes the bits.)"""
+    natural = _trained_bits({})
+    assert _trained_bits(run_kernels(training_platform())) == natural
+    if "avx512f" in cpu_vector_flags().split():
+        assert _trained_bits(run_kernels(_record(AVX2_CPU))) != natural
