@@ -210,7 +210,10 @@ def _restart_on_run_kernels(chain: Any, store: BlockStore, run_id: str) -> None:
         typer.echo(f"replay: restarting on the run's CPU kernels ({pins})", err=True)
         sys.stdout.flush()
         sys.stderr.flush()
-        os.execve(sys.executable, sys.orig_argv, {**os.environ, **kernels})
+        try:
+            os.execve(sys.executable, sys.orig_argv, {**os.environ, **kernels})
+        except OSError as exc:  # replay goes on here, on this CPU's own kernels
+            typer.echo(f"replay: could not restart ({exc}); replaying on this CPU's own kernels", err=True)
 
 
 def _with_epochs(chain: Any, store: BlockStore, run_id: str, run_report: Any) -> RunAudit:
