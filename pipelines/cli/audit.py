@@ -189,7 +189,8 @@ def verify_command(
                 "same platform" if again.same_platform
                 else "the run's CPU kernels, bit for bit" if again.bit_exact
                 else f"another platform: allowed {SPREAD_FACTOR}x the spread of two replays here, scores "
-                f"within {again.score_rtol:.3g} of the largest, pay within {again.bps_tolerance} bps"
+                f"within {again.score_rtol:.3g} of the largest; pay follows from the stored scores and "
+                f"values, {again.max_bps_diff} bps at most from the replay's"
             )
             summary += f"; replayed in {again.replay_s:.1f} s ({where}, score diff {again.max_score_diff})"
     finish_report(report, as_json, summary)

@@ -357,8 +357,9 @@ def test_a_tampered_run_passes_verify_but_fails_replay(published, change, failur
 
 @pytest.mark.parametrize(
     "change, failure",
-    [({}, None), ({"inflate": "p-small"}, "scores_differ"), ({"value": "p-small"}, "provider_values_differ")],
-    ids=["honest", "scores", "provider-values"],
+    [({}, None), ({"inflate": "p-small"}, "scores_differ"), ({"value": "p-small"}, "provider_values_differ"),
+     ({"pay": True}, "pay_differs")],
+    ids=["honest", "scores", "provider-values", "weights"],
 )
 def test_on_another_platform_an_honest_run_passes_and_a_tampered_one_fails(
     published, monkeypatch, change, failure, request
@@ -373,7 +374,7 @@ def test_on_another_platform_an_honest_run_passes_and_a_tampered_one_fails(
     assert not report.same_platform
     if failure is None:
         assert report.ok, report.failures
-        assert report.bps_tolerance == 0 and report.replayed_root == report.onchain_root  # the MLP: no spread
+        assert report.max_bps_diff == 0 and report.replayed_root == report.onchain_root  # the MLP: same pay
     else:
         assert failure in report.names()
 
@@ -396,7 +397,7 @@ def test_another_cpu_running_the_runs_kernels_replays_bit_for_bit(published, mon
     else:
         assert report.ok, report.failures
         assert report.bit_exact and report.max_score_diff == 0.0
-        assert report.score_rtol == 0.0 and report.bps_tolerance == 0
+        assert report.score_rtol == 0.0 and report.max_bps_diff == 0
 
 
 def _caravan(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -474,12 +475,11 @@ def test_another_platforms_band_is_the_spread_of_two_replays_here_times_the_fact
     assert Band.between(first, None, 1e-4) == Band()  # the same platform: exact
     second = _replayed([0.00201, -0.001, 0.0005], 0.032, [5990, 4010])
     band = Band.between(first, second, 1e-4)
-    assert band.score == pytest.approx(SPREAD_FACTOR * 1e-5) and band.bps == SPREAD_FACTOR * 10
+    assert band.score == pytest.approx(SPREAD_FACTOR * 1e-5)
     assert band.value == pytest.approx(SPREAD_FACTOR * 0.002)
     assert band.score_rtol == pytest.approx(band.score / 0.002)
-    # a machine whose two replays agree bit for bit allows the recorded tolerance, and no bps
-    assert Band.between(first, first, 1e-4) == Band(score=1e-4 * 0.002, value=1e-4 * 0.030, bps=0,
-                                                    score_rtol=1e-4)
+    # a machine whose two replays agree bit for bit allows the recorded tolerance
+    assert Band.between(first, first, 1e-4) == Band(score=1e-4 * 0.002, value=1e-4 * 0.030, score_rtol=1e-4)
 
 
 def test_replay_refuses_other_code(published) -> None:
