@@ -197,7 +197,10 @@ def recorded_threads(threads: int | None) -> Iterator[None]:
 def same_platform(recorded: Mapping[str, object], here: Mapping[str, object]) -> bool:
     """Whether every property the run recorded of its platform holds here (a record from before a
     property was recorded is compared on those it has). The thread count is not compared: replay sets
-    the recorded one (`recorded_threads`)."""
+    the recorded one (`recorded_threads`). A record with vector flags but no kernel pins is from before
+    pins were recorded, when the pipeline set none: it ran unpinned."""
+    if "cpu_flags" in recorded and "kernel_pins" not in recorded:
+        recorded = {**recorded, "kernel_pins": {}}
     return bool(recorded) and all(here.get(k) == v for k, v in recorded.items() if k != "threads")
 
 

@@ -454,6 +454,9 @@ def test_the_platform_names_what_rounds_differently_and_replay_uses_the_runs_thr
     assert not same_platform({}, here)  # nothing recorded: nothing to be bit for bit with
     old = {k: here[k] for k in ("torch", "machine", "device")}  # a record from before threads were kept
     assert same_platform(old, here)
+    unpinned = {k: v for k, v in here.items() if k != "kernel_pins"}  # from before pins were kept
+    assert same_platform(unpinned, here)
+    assert not same_platform(unpinned, {**here, "kernel_pins": {"MKL_CBWR": "AVX2"}})  # it ran unpinned
     chain, store, run_id = published
     recorded = RunRecords(chain, store).parent(RunRecords(chain, store).head(run_id), TRAINING)[1]
     assert recorded.params["platform"] == here
