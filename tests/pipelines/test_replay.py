@@ -522,6 +522,24 @@ def test_verify_replay_on_the_command_line(published, monkeypatch) -> None:
     assert [line for line in tampered.output.splitlines() if line.startswith("FAIL scores_differ")]
 
 
+def test_a_restart_that_fails_says_so_and_replays_here(published, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    def refused(*_args) -> None:
+        raise PermissionError("exec refused")
+
+    chain, store, run_id = published
+    monkeypatch.setattr("pipelines.replay.pipeline_code", lambda: CODE)
+    monkeypatch.setattr("pipelines.replay.replay_kernels", lambda *_: {"MKL_CBWR": "AVX2"})
+    monkeypatch.setattr("os.execve", refused)
+    result = CliRunner().invoke(app, ["verify", run_id, "--replay"])
+    assert result.exit_code == 0, result.output
+    assert "could not restart (exec refused); replaying on this CPU's own kernels" in result.output
+    assert "same platform" in result.output
+
+
 def test_a_declared_validation_set_is_what_influence_is_measured_against(published_with_validation) -> None:
     chain, store, run_id = published_with_validation
     records = RunRecords(chain, store)
