@@ -58,6 +58,7 @@ from provenance import (
     Chain,
     CodeVersion,
     ConsensusRecord,
+    Distribution,
     Findings,
     IngestRecord,
     Record,
@@ -129,30 +130,35 @@ def replay_run(
     _compare_scores(stored_scores, first.scores, band.score, report)
     if first.provider_value is not None:
         _compare_provider_values(head, training, stored_values, first.provider_value, band.value, report)
-    # within a band the replayed bps move with the rounding: the stored split must follow from the stored
-    # scores and values (checked within the band above) exactly
-    if report.bit_exact:
-        _compare_weights(stored, first.weights, "replayed bps", report)
-    else:
-        recomputed = _weights(records, head, stored_scores, stored, stored_values)
-        _compare_weights(stored, recomputed, "bps from the stored scores and values", report)
-    a, b = _bps(stored), _bps(first.weights)
+    expected = first.weights if report.bit_exact else _weights(
+        records, head, stored_scores, stored, stored_values)
+    _check_pay(stored, expected, first.weights, chain.distribution(run_id), report)
+    report.replay_s = round(time.perf_counter() - t0, 3)
+    return report
+
+
+def _check_pay(
+    stored: pa.Table, expected: pa.Table, replayed: pa.Table, dist: Distribution | None, report: ReplayReport
+) -> None:
+    """The stored weights against the ``expected`` ones and their root against the chain's. Bit for bit,
+    ``expected`` is the replay's split. Within a band, the replay's bps and root move with its rounding,
+    so the stored split must follow exactly from the stored scores and values (checked within the band)
+    and the stored root be the one on chain."""
+    how = "replayed bps" if report.bit_exact else "bps from the stored scores and values"
+    _compare_weights(stored, expected, how, report)
+    a, b = _bps(stored), _bps(replayed)
     report.max_bps_diff = max((abs(a.get(k, 0) - b.get(k, 0)) for k in a.keys() | b.keys()), default=0)
     report.stored_root = share_leaves(stored).root
-    report.replayed_root = share_leaves(first.weights).root
-    dist = chain.distribution(run_id)
+    report.replayed_root = share_leaves(replayed).root
     report.onchain_root = dist.root if dist else None
-    # within a band the replayed root moves with the bps: the stored weights' root must be on chain
     root = report.replayed_root if report.bit_exact else report.stored_root
     if root != report.onchain_root:
         report.fail(
             "root_differs",
-            run_id,
+            report.run_id,
             f"the {'replayed' if report.bit_exact else 'stored'} weights give root {root}, the chain holds "
             f"{report.onchain_root}",
         )
-    report.replay_s = round(time.perf_counter() - t0, 3)
-    return report
 
 
 def _retrains(
