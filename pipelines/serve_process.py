@@ -11,6 +11,7 @@ line and start time), never anything else.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -46,6 +47,10 @@ def _die_with_parent() -> Callable[[], None]:
     libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 
     def arm() -> None:
+        # An ignored SIGTERM survives exec, and would void the death signal: a parent that ignores it
+        # (pytest does between Dagster runs) left its server's worker running after the server died.
+        with contextlib.suppress(ValueError, OSError):
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if libc is not None:
             libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
         if os.getppid() != parent:  # the parent died between fork and prctl

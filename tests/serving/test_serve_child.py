@@ -104,3 +104,22 @@ def test_the_next_demo_stops_a_recorded_server_and_nothing_else(world, tmp_path)
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_a_child_dies_with_its_parent_even_where_the_parent_ignores_sigterm():
+    """The death signal is SIGTERM, and an ignored signal survives exec: a child of a process that
+    ignores it (pytest does between Dagster runs) must have it back, or it outlives its parent."""
+    from pipelines.serve_process import start_child
+
+    before = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        child = start_child([sys.executable, "-c", "import time; time.sleep(60)"])
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    try:
+        status = Path(f"/proc/{child.pid}/status").read_text()
+        ignored = int(next(line for line in status.splitlines() if line.startswith("SigIgn")).split()[1], 16)
+        assert not ignored & (1 << (signal.SIGTERM - 1))
+    finally:
+        child.kill()
+        child.wait()
