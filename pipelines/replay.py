@@ -47,7 +47,7 @@ import torch
 from attribution import WeightPolicy, contributor_weights
 from pipelines.assets.labeling import label_rows, recount, reviewed_probs
 from pipelines.assets.training import SCORE_RTOL, TrainingConfig, provider_value, train_labeled
-from pipelines.compute_platform import can_run, kernel_pins, run_kernels, training_platform
+from pipelines.compute_platform import can_run, run_kernels, training_platform
 from pipelines.lineage import pipeline_code
 from provenance import (
     CONSENSUS,
@@ -232,7 +232,7 @@ def replay_kernels(chain: Chain, store: ContentStore, run_id: str) -> dict[str, 
     recorded = training.params.get("platform") or {}
     here = training_platform()
     kernels = run_kernels(recorded)
-    if kernels is None or same_platform(recorded, here) or kernel_pins() == kernels:
+    if kernels is None or same_platform(recorded, here) or here.get("kernel_pins") == kernels:
         return None
     same = all(here.get(k) == recorded.get(k) for k in _BUILD)
     return kernels if same and can_run(kernels, str(here.get("cpu_flags", ""))) else None
