@@ -289,6 +289,15 @@ class StepScorer:
         if self.joint is not None:
             add_target(self.targets, s, g.rows(slice(self.nb, None)), self.joint)
             g = g.rows(slice(0, self.nb))
+        if self.at_once(s, g):
+            if self.cfg.optimizer == "sgd":  # the rate: known before the sum, so fused per chunk
+                sums, part = g.summed_and_dot([self.targets.sums[id(p)] * self.lr for p in g.params])
+            else:
+                sums, part = g.summed_and_dot(lambda sums: self.weigh(g.params, sums))
+            _add_sums(self.grad, g.params, sums)
+            self.owners.update({id(p): 0 for p in g.params})
+            self.add(part)
+            return
         _add_sums(self.grad, g.params, g.summed())
         self.waiting.append((s, g))
         for p in g.params:
@@ -303,8 +312,23 @@ class StepScorer:
             (ready if done else waiting).append((s, g))
         self.waiting = waiting  # by identity: comparing the tuples would compare their tensors
         for s, g in ready:
-            part = self.score(s, g)
-            self.total = part if self.total is None else self.total.add_(part)
+            self.add(self.score(s, g))
+
+    def add(self, part: torch.Tensor) -> None:
+        self.total = part if self.total is None else self.total.add_(part)
+
+    def at_once(self, s: Scored, g: LayerGrads) -> bool:
+        """Whether the module is summed and scored in one go (``summed_and_dot``): its parameters are
+        its own (a tied one waits for its other modules) and it is scored against the summed target
+        gradient (not per target, not by its Gram form)."""
+        t = self.targets
+        return (t.rows is None and s.name not in t.factored
+                and all(self.owners[id(p)] == 1 for p in g.params))
+
+    def weigh(self, params: Sequence[nn.Parameter], sums: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """``P ⊙ G`` for parameters whose complete batch gradients are ``sums``."""
+        return [self.targets.sums[id(p)] * preconditioner(self.opt, self.cfg, self.lr, p, s / self.nb)
+                for p, s in zip(params, sums, strict=True)]
 
     def preconditioner(self, p: nn.Parameter) -> torch.Tensor | float:
         """``preconditioner`` for ``p``'s complete batch gradient, formed once per step (a tied

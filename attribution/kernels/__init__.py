@@ -5,15 +5,15 @@ forward hook kept, and the gradient of the loss with respect to the module's out
 returns ``LayerGrads``: the per-example gradients of the rows of that pass, kept factored. The
 driver asks them only three things: the summed gradient (the update, and the target gradient),
 the inner product of every row's gradient with a given parameter-shaped tensor (the summed-target
-form, exact for any preconditioner), and pairwise inner products between two row sets (the Gram
-form). Each kernel picks the cheapest exact way for its shapes; none forms a per-example gradient
-it does not need.
+form, exact for any preconditioner; ``summed_and_dot`` asks for both at once), and pairwise inner
+products between two row sets (the Gram form). Each kernel picks the cheapest exact way for its
+shapes; none forms a per-example gradient it does not need.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -23,6 +23,9 @@ from ..errors import UnsupportedModelError
 
 if TYPE_CHECKING:
     from .projection import LayerProjector
+
+# What a row's gradient is dotted with: the tensors, or how to make them from the summed gradient.
+Weigh = Sequence[torch.Tensor] | Callable[[list[torch.Tensor]], Sequence[torch.Tensor]]
 
 
 class LayerGrads(ABC):
@@ -45,6 +48,13 @@ class LayerGrads(ABC):
     @abstractmethod
     def dot(self, g: Sequence[torch.Tensor]) -> torch.Tensor:
         """``[n]``: ``⟨g_i, g⟩`` for each row, ``g`` parameter-shaped (one tensor per parameter)."""
+
+    def summed_and_dot(self, g: Weigh) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """``summed()`` and ``dot(g)`` in one go: ``g`` parameter-shaped, or made from the sum by
+        ``g(summed)`` (Adam's preconditioner needs the complete batch gradient first). A kernel may
+        form each row's gradient once for both (cheaper than two products over the tokens)."""
+        summed = self.summed()
+        return summed, self.dot(g(summed) if callable(g) else g)
 
     @abstractmethod
     def gram(self, other: LayerGrads) -> torch.Tensor:
@@ -142,4 +152,4 @@ from . import embedding as _embedding  # noqa: E402,F401
 from . import linear as _linear  # noqa: E402,F401
 from . import norm as _norm  # noqa: E402,F401
 
-__all__ = ["Kernel", "LayerGrads", "as_rows", "kernel_for", "register"]
+__all__ = ["Kernel", "LayerGrads", "Weigh", "as_rows", "kernel_for", "register"]

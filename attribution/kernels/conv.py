@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UnsupportedModelError
-from . import Kernel, LayerGrads, register
+from . import Kernel, LayerGrads, Weigh, register
 from .linear import LinearGrads, gram_cost, weight_matrix
 from .projection import LayerProjector
 
@@ -61,7 +61,22 @@ class ConvGrads(LayerGrads):
         return out
 
     def dot(self, g: Sequence[torch.Tensor]) -> torch.Tensor:
-        return self.linear().dot([g[0].reshape(g[0].shape[0], -1), *g[1:]])
+        return self.linear().dot(self._unfolded(g))
+
+    def summed_and_dot(self, g: Weigh) -> tuple[list[torch.Tensor], torch.Tensor]:
+        shape = self.params[0].shape
+        if callable(g):
+            weigh = g
+            g = lambda sums: self._unfolded(weigh([sums[0].reshape(shape), *sums[1:]]))  # noqa: E731
+        else:
+            g = self._unfolded(g)
+        sums, dots = self.linear().summed_and_dot(g)
+        return [sums[0].reshape(shape), *sums[1:]], dots
+
+    @staticmethod
+    def _unfolded(g: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Parameter-shaped tensors in ``LinearGrads``' layout: the weight as ``[C_out, C_in·kh·kw]``."""
+        return [g[0].reshape(g[0].shape[0], -1), *g[1:]]
 
     def gram(self, other: LayerGrads) -> torch.Tensor:
         assert isinstance(other, ConvGrads)

@@ -3,6 +3,8 @@
 Tokens (every position of the middle dims) are summed inside an example. Padded tokens need no
 mask: a model that masks them gives them a zero output gradient, so they add nothing.
 - summed-target form: ``⟨g_i, G⟩ = Σ_t b_tᵀ G a_t (+ b_t·g_bias)``, one matmul on the narrower side;
+  beside the summed gradient, when tokens are many, each row's gradient is formed once instead
+  (``summed_and_dot``: one product over the tokens where the sum and the dot take two);
 - Gram form: ``⟨g_i, g_j⟩ = Σ_{t,s} (a_t·a_s + 1)(b_t·b_s)``, cheap when tokens are few;
 - materialized: ``[n, d_out, d_in]`` per-example gradients, cheap when the layer is small;
 - projected: ``vec((B P_out)ᵀ ([A, 1] P_in))`` with a seeded Kronecker-structured projection.
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import Kernel, LayerGrads, as_rows, register
+from . import Kernel, LayerGrads, Weigh, as_rows, register
 from .projection import LayerProjector, kron_project
 
 
@@ -58,6 +60,35 @@ class LinearGrads(LayerGrads):
             out += (b @ g[1].to(b.dtype)).sum(1, dtype=torch.float32)
         return out
 
+    def summed_and_dot(self, g: Weigh) -> tuple[list[torch.Tensor], torch.Tensor]:
+        n, t, d_in = self.a.shape
+        d_out = self.b.shape[-1]
+        fixed = not callable(g)
+        if not materializing_pays(t, d_in * d_out, n, self.a, fixed):
+            return super().summed_and_dot(g)
+        cap = _CHUNK_BYTES.get(self.a.device.type)
+        chunk = n if cap is None else max(1, cap // (d_in * d_out * self.a.element_size()))
+        like = {"device": self.a.device}
+        rows = torch.empty((min(chunk, n) if fixed else n, d_out, d_in), dtype=self.a.dtype, **like)
+        total = torch.zeros((d_out, d_in), dtype=torch.float32, **like)
+        dots = torch.empty(n, dtype=torch.float32, **like)
+        w = g[0].flatten().float() if fixed else None
+        for start in range(0, n, chunk):
+            sl = slice(start, min(start + chunk, n))
+            p = rows[: sl.stop - start] if fixed else rows[sl]
+            torch.bmm(self.b[sl].transpose(1, 2), self.a[sl], out=p)
+            total.add_(p.sum(0, dtype=torch.float32))
+            if fixed:  # the dot while the chunk is still in cache
+                torch.mv(p.flatten(1).float(), w, out=dots[sl])
+        bias = self.b.sum(1, dtype=torch.float32) if self.bias else None  # [n, d_out]
+        summed = [total] if bias is None else [total, bias.sum(0)]
+        if not fixed:
+            g = g(summed)
+            torch.mv(rows.flatten(1).float(), g[0].flatten().float(), out=dots)
+        if bias is not None:
+            dots.addmv_(bias, g[1].float())
+        return summed, dots
+
     def gram(self, other: LayerGrads) -> torch.Tensor:
         assert isinstance(other, LinearGrads)
         materialized, token_pairs = gram_costs(*self.a.shape, self.b.shape[-1], len(other), other.a.shape[1])
@@ -78,6 +109,28 @@ class LinearGrads(LayerGrads):
 
     def project(self, projector: LayerProjector) -> torch.Tensor:
         return kron_project(self.a, self.b, self.bias, projector)
+
+
+# Per device type: the matmul multiply-adds that writing one float of a materialized gradient and
+# reading it back cost (per-example gradients pay when an example has more tokens than this), and
+# the bytes of gradients formed at a time (CPU: about a core's L2, so the sum and the dot read them
+# hot). CPU measured on this project's 2-core machine (break-even 24-32 tokens at d=128x512); CUDA
+# from an H200's compute-to-bandwidth ratio, not measured. Absent: never materialize.
+_PASS_COST = {"cpu": 32, "cuda": 128}
+_CHUNK_BYTES = {"cpu": 4 << 20}
+_KEPT_BYTES = 256 << 20  # gradients kept whole when the dot must wait for the sum (AdamW)
+
+
+def materializing_pays(t: int, per_row: int, n: int, like: torch.Tensor, fixed: bool) -> bool:
+    """Whether ``summed_and_dot`` should form each row's ``per_row``-element gradient: ``t`` tokens
+    per row make the two products over tokens dearer than one plus a pass over the gradients, one
+    row's gradient fits a chunk, and (when the dot waits for the sum) all ``n`` fit ``_KEPT_BYTES``."""
+    device = like.device.type
+    cost = _PASS_COST.get(device)
+    row_bytes = per_row * like.element_size()
+    if cost is None or t <= cost or row_bytes > _CHUNK_BYTES.get(device, row_bytes):
+        return False
+    return fixed or n * row_bytes <= _KEPT_BYTES
 
 
 def gram_costs(n: int, t: int, d_in: int, d_out: int, n_other: int, t_other: int) -> tuple[int, int]:

@@ -39,6 +39,7 @@ class Case:
     build: Callable[[], nn.Module]
     batch: Callable[[int, torch.Generator], dict[str, torch.Tensor]]
     tied: bool = False  # parameters shared by modules: the driver then never uses a Gram form
+    long: bool = False  # a layer sees enough tokens that ``summed_and_dot`` materializes its rows
 
 
 def seq_batch(d: int, t: int, c: int) -> Callable[[int, torch.Generator], dict[str, torch.Tensor]]:
@@ -169,12 +170,15 @@ class Groups(nn.Module):
 
 CASES = [
     Case("seq-linear", SeqLinear, seq_batch(6, 5, 3)),
+    # more tokens than ``linear._PASS_COST["cpu"]``: rows' gradients are formed for ``summed_and_dot``
+    Case("seq-linear-long", SeqLinear, seq_batch(6, 40, 3), long=True),
     Case("mlp", Mlp, flat_batch(5, 3)),
     Case("tokens", Tokens, token_batch(50, 6, 3)),
     Case("tied", Tied, token_batch(11, 5, 11), tied=True),
     Case("groups", Groups, flat_batch(5, 3)),
     Case("conv2d", ConvNet, image_batch(2, 7, 6, 3)),
     Case("conv2d-reflect", lambda: ConvNet(padding_mode="reflect"), image_batch(2, 7, 6, 3)),
+    Case("conv2d-large", ConvNet, image_batch(2, 14, 12, 3), long=True),  # 42 output positions
 ]
 
 

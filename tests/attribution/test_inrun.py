@@ -29,7 +29,7 @@ from .kernel_models import SeqLinear, seq_batch, step_scores
 SEQ = seq_batch(6, 5, 3)
 
 
-def _warm(optimizer: str, steps: int = 15, lr: float = 3e-3):
+def _warm(optimizer: str, steps: int = 15, lr: float = 3e-3, seq=SEQ):
     """A seq model and its optimizer after some steps (Adam's second moments then hold history)."""
     torch.manual_seed(0)
     model = SeqLinear()
@@ -37,7 +37,7 @@ def _warm(optimizer: str, steps: int = 15, lr: float = 3e-3):
     opt = make_optimizer(list(model.parameters()), cfg)
     gen = torch.Generator().manual_seed(1)
     for _ in range(steps):
-        loss = classification_loss(model, SEQ(16, gen)).mean()
+        loss = classification_loss(model, seq(16, gen)).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -79,11 +79,14 @@ def _our_step_scores(model, opt, cfg, batch: dict, targets: dict) -> np.ndarray:
 
 
 @pytest.mark.parametrize("optimizer,floor", [("sgd", 0.99), ("adamw", 0.95)])
-def test_step_scores_match_exact_one_step_removal(optimizer: str, floor: float) -> None:
+@pytest.mark.parametrize("tokens", [5, 40], ids=["short", "rows-materialized"])
+def test_step_scores_match_exact_one_step_removal(optimizer: str, floor: float, tokens: int) -> None:
     """Removing example i from step t's batch and taking the same step changes the target loss by
-    (nearly) the score: the optimizer's own preconditioned direction, with its state at that step."""
-    model, opt, cfg, gen = _warm(optimizer, lr=0.05 if optimizer == "sgd" else 3e-3)
-    batch, targets = SEQ(24, gen), SEQ(5, gen)
+    (nearly) the score: the optimizer's own preconditioned direction, with its state at that step
+    (with sequences long enough that the kernels form each row's gradient as well)."""
+    seq = seq_batch(6, tokens, 3)
+    model, opt, cfg, gen = _warm(optimizer, lr=0.05 if optimizer == "sgd" else 3e-3, seq=seq)
+    batch, targets = seq(24, gen), seq(5, gen)
     full = _step_without(model, opt, cfg, batch, targets, None)
     exact = np.array([_step_without(model, opt, cfg, batch, targets, i) - full for i in range(24)])
     ours = _our_step_scores(model, opt, cfg, batch, targets)
@@ -108,15 +111,16 @@ def _seq_task(optimizer: str, **extra) -> ModelTask:
     return ModelTask("seq-linear", lambda seed: SeqLinear(), cfg)
 
 
-def _seq_data(n: int = 30, nv: int = 4):
+def _seq_data(n: int = 30, nv: int = 4, seq=SEQ):
     gen = torch.Generator().manual_seed(5)
-    return SEQ(n, gen), [f"e{i}" for i in range(n)], SEQ(nv, gen)
+    return seq(n, gen), [f"e{i}" for i in range(n)], seq(nv, gen)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
-def test_attributed_training_trains_the_same_model(optimizer: str) -> None:
+@pytest.mark.parametrize("tokens", [5, 40], ids=["short", "rows-materialized"])
+def test_attributed_training_trains_the_same_model(optimizer: str, tokens: int) -> None:
     task = _seq_task(optimizer)
-    train, ids, targets = _seq_data()
+    train, ids, targets = _seq_data(seq=seq_batch(6, tokens, 3))
     result = train_model(task, train, ids, targets, seed=3)
     plain = list(plain_model_steps(task, train, seed=3))[-1]
     for (k, got), ref in zip(result.model.state_dict().items(), plain.state_dict().values(), strict=True):

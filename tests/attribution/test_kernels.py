@@ -13,6 +13,7 @@ from torch.func import functional_call, grad, vmap
 from attribution.errors import UnsupportedModelError
 from attribution.inrun import ModuleTaps, has_tied_parameters, scored_modules
 from attribution.kernels import kernel_for
+from attribution.kernels import linear as linear_kernel
 from attribution.model_task import classification_loss, concat
 
 from .kernel_models import CASES, Case, param_sums, step_scores
@@ -107,6 +108,48 @@ def test_preconditioned_scores_and_summed_gradient_match_torch_func(case: Case) 
     assert rel_err(got_sum, g_train.sum(0)) <= 1e-5
 
 
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("known", [True, False], ids=["sgd-fused", "adam-after-sum"])
+def test_summed_and_dot_match_torch_func(case: Case, known: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each module's batch sum and ``⟨g_i, P ⊙ Σ_v g_v⟩`` in one go: with the weighting known up front
+    (SGD) or made from the sum (Adam), and where rows' gradients are formed, in chunks of 3 rows."""
+    model, train, targets = _data(case, 4)
+    gen = torch.Generator().manual_seed(5)
+    named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
+    pre = {id(p): torch.rand(p.shape, generator=gen) + 0.5 for _, p in named}
+    g_train, g_targets = per_example_grads(model, train), per_example_grads(model, targets)
+    ref = g_train @ (torch.cat([pre[id(p)].flatten() for _, p in named]) * g_targets.sum(0))
+    tr, tv = kernel_parts(model, train, targets)
+    target_sums = param_sums(tv)
+    widest = max(p.numel() for _, p in named)
+    monkeypatch.setitem(linear_kernel._CHUNK_BYTES, "cpu", 3 * widest * 4)
+    decided, pays = [], linear_kernel.materializing_pays
+
+    def spy(*args: object) -> bool:
+        decided.append(pays(*args))
+        return decided[-1]
+
+    monkeypatch.setattr(linear_kernel, "materializing_pays", spy)
+    sums, total, seen = {}, torch.zeros(N_TRAIN), []
+    for g in tr:
+        weighted = [target_sums[id(p)] * pre[id(p)] for p in g.params]
+
+        def from_sum(s: list[torch.Tensor], weighted: list[torch.Tensor] = weighted) -> list[torch.Tensor]:
+            seen[:] = s
+            return weighted
+
+        got_sums, dots = g.summed_and_dot(weighted if known else from_sum)
+        if not known:  # the weighting was made from this module's own complete sum
+            assert all(torch.equal(a.reshape(b.shape), b) for a, b in zip(seen, got_sums, strict=True))
+        for p, part in zip(g.params, got_sums, strict=True):
+            sums[id(p)] = part if id(p) not in sums else sums[id(p)] + part
+        total += dots
+    assert any(decided) == case.long
+    assert rel_err(total, ref) <= 1e-4
+    got_sum = torch.cat([sums[id(p)].flatten() for _, p in named])
+    assert rel_err(got_sum, g_train.sum(0)) <= 1e-5
+
+
 # ---------------------------------------------------------------- single modules, by autograd row by row
 
 
@@ -124,6 +167,22 @@ def loop_grads(module: torch.nn.Module, x: torch.Tensor, b: torch.Tensor) -> tor
 def module_grads(module: torch.nn.Module, x: torch.Tensor, b: torch.Tensor):
     kernel = kernel_for("m", module)
     return kernel.grads(module, kernel.keep(module, (x,), {}), b)
+
+
+@pytest.mark.parametrize("known", [True, False], ids=["sgd-fused", "adam-after-sum"])
+def test_bf16_rows_formed_for_summed_and_dot_follow_fp32(known: bool) -> None:
+    """Under autocast (bf16 inputs and output gradients) the formed rows' sums and dots are fp32 and
+    follow the fp32 ones as closely as bf16 inputs allow."""
+    gen = torch.Generator().manual_seed(0)
+    linear = torch.nn.Linear(16, 12)
+    x, b = torch.randn(5, 48, 16, generator=gen), torch.randn(5, 48, 12, generator=gen)
+    w = [torch.randn(12, 16, generator=gen), torch.randn(12, generator=gen)]
+    ref = loop_grads(linear, x, b)
+    g = module_grads(linear, x.bfloat16(), b.bfloat16())
+    sums, dots = g.summed_and_dot(w if known else lambda s: w)
+    assert dots.dtype == sums[0].dtype == torch.float32
+    assert rel_err(dots, ref @ torch.cat([w[0].flatten(), w[1]])) <= 1e-2
+    assert rel_err(torch.cat([sums[0].flatten(), sums[1]]), ref.sum(0)) <= 1e-2
 
 
 def test_sparse_embedding_is_the_dense_one() -> None:
