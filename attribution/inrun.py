@@ -18,6 +18,7 @@ is torch's own optimizer step on the summed gradient: training is the same as wi
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from collections import deque
@@ -293,7 +294,7 @@ class StepScorer:
             if self.cfg.optimizer == "sgd":  # the rate: known before the sum, so fused per chunk
                 sums, part = g.summed_and_dot([self.targets.sums[id(p)] * self.lr for p in g.params])
             else:
-                sums, part = g.summed_and_dot(lambda sums: self.weigh(g.params, sums))
+                sums, part = g.summed_and_dot(functools.partial(self.weigh, g.params))
             _add_sums(self.grad, g.params, sums)
             self.owners.update({id(p): 0 for p in g.params})
             self.add(part)

@@ -65,13 +65,15 @@ class ConvGrads(LayerGrads):
 
     def summed_and_dot(self, g: Weigh) -> tuple[list[torch.Tensor], torch.Tensor]:
         shape = self.params[0].shape
-        if callable(g):
-            weigh = g
-            g = lambda sums: self._unfolded(weigh([sums[0].reshape(shape), *sums[1:]]))  # noqa: E731
-        else:
-            g = self._unfolded(g)
-        sums, dots = self.linear().summed_and_dot(g)
-        return [sums[0].reshape(shape), *sums[1:]], dots
+
+        def folded(sums: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+            return [sums[0].reshape(shape), *sums[1:]]
+
+        def from_sum(sums: list[torch.Tensor]) -> list[torch.Tensor]:
+            return self._unfolded(g(folded(sums)))
+
+        sums, dots = self.linear().summed_and_dot(from_sum if callable(g) else self._unfolded(g))
+        return folded(sums), dots
 
     @staticmethod
     def _unfolded(g: Sequence[torch.Tensor]) -> list[torch.Tensor]:
