@@ -3,7 +3,7 @@
     python bench/attribution_overhead.py --model mlp|text-transformer|image-cnn|gpt2-small
         [--device auto|cpu|cuda] [--optimizer sgd|adamw] [--precision fp32|bf16] [--steps N]
         [--batch B] [--width W] [--targets T] [--tokens L] [--layers N] [--compare-adamw]
-        [--target-every K] [--fidelity-epochs E] [--target-pass joint|separate]
+        [--target-every K] [--fidelity-epochs E] [--target-pass joint|separate] [--pass-cost N]
 
 A plain step (the model's own optimizer on autograd's gradients) and an attributed step (the
 targets ride in the same pass, per-layer kernels, scores accumulated on the device) of the same
@@ -30,6 +30,9 @@ over the same rows at a rate where the model fits the rows' planted class signal
 the train loss before and after is printed as ``fidelity_loss``), since a model that barely moves
 keeps its target gradient nearly constant and would flatter the reuse. ``--target-pass separate`` gives the
 target rows a pass of their own (peak memory near plain training's) instead of riding in the batch's.
+``--pass-cost N`` sets the device's token count above which Linear and Conv2d layers form each
+example's gradient once for the update and the score (``attribution.kernels.linear.PASS_COST``; the
+JSON says which was used): to measure where that pays on a new device.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attribution import AttributionError, AttributionTask, ModelSpec, TrainConfig  # noqa: E402
 from attribution.inrun import model_steps, plain_model_steps  # noqa: E402
+from attribution.kernels import linear as kernels_linear  # noqa: E402
 from attribution.model_task import ModelTask  # noqa: E402
 from attribution.trainer import attributed_steps, plain_steps, run_to_end  # noqa: E402
 from bench._common import lockstep  # noqa: E402
@@ -92,6 +96,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                     help="epochs of the run whose scores compare --target-every K with exact (K > 1)")
     ap.add_argument("--target-pass", choices=["joint", "separate"], default="joint",
                     help="targets in the batch's pass, or in their own (less memory)")
+    ap.add_argument("--pass-cost", type=int, help="tokens per example above which layers form each example's "
+                    "gradient (attribution.kernels.linear.PASS_COST of the device; 0: always, a large "
+                    "number: never)")
     ap.add_argument("--peak", choices=["plain", "attributed"], help=argparse.SUPPRESS)  # the child's role
     args = ap.parse_args(argv)
     cpu_only = args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available())
@@ -274,6 +281,8 @@ def main(argv: list[str] | None = None) -> None:
         device = run.config.torch_device()
     except AttributionError as e:
         sys.exit(f"error: {e}")
+    if args.pass_cost is not None:
+        kernels_linear.PASS_COST[device.type] = args.pass_cost
     if args.peak:
         peak_child(args)
         return
@@ -291,7 +300,8 @@ def main(argv: list[str] | None = None) -> None:
         "model": args.model,
         "device": device.type,
         "optimizer": args.optimizer,
-        **({} if args.model == "mlp" else {"target_pass": args.target_pass}),
+        **({} if args.model == "mlp" else {"target_pass": args.target_pass,
+                                            "pass_cost": kernels_linear.PASS_COST.get(device.type)}),
         "sizes": run.sizes,
         "plain_step_s": round(p, 9),  # ns: a tiny step keeps its ratio to the attributed one
         "attributed_step_s": round(a, 9),

@@ -115,8 +115,9 @@ class LinearGrads(LayerGrads):
 # reading it back cost (per-example gradients pay when an example has more tokens than this), and
 # the bytes of gradients formed at a time (CPU: about a core's L2, so the sum and the dot read them
 # hot). CPU measured on this project's 2-core machine (break-even 24-32 tokens at d=128x512); CUDA
-# from an H200's compute-to-bandwidth ratio, not measured. Absent: never materialize.
-_PASS_COST = {"cpu": 32, "cuda": 128}
+# from an H200's compute-to-bandwidth ratio, not measured (``bench/attribution_overhead.py
+# --pass-cost`` overrides it to measure). Absent: never materialize.
+PASS_COST = {"cpu": 32, "cuda": 128}
 _CHUNK_BYTES = {"cpu": 4 << 20}
 _KEPT_BYTES = 256 << 20  # gradients kept whole when the dot must wait for the sum (AdamW)
 
@@ -126,7 +127,7 @@ def materializing_pays(t: int, per_row: int, n: int, like: torch.Tensor, fixed: 
     per row make the two products over tokens dearer than one plus a pass over the gradients, one
     row's gradient fits a chunk, and (when the dot waits for the sum) all ``n`` fit ``_KEPT_BYTES``."""
     device = like.device.type
-    cost = _PASS_COST.get(device)
+    cost = PASS_COST.get(device)
     row_bytes = per_row * like.element_size()
     if cost is None or t <= cost or row_bytes > _CHUNK_BYTES.get(device, row_bytes):
         return False

@@ -170,7 +170,7 @@ class Groups(nn.Module):
 
 CASES = [
     Case("seq-linear", SeqLinear, seq_batch(6, 5, 3)),
-    # more tokens than ``linear._PASS_COST["cpu"]``: rows' gradients are formed for ``summed_and_dot``
+    # more tokens than ``linear.PASS_COST["cpu"]``: rows' gradients are formed for ``summed_and_dot``
     Case("seq-linear-long", SeqLinear, seq_batch(6, 40, 3), long=True),
     Case("mlp", Mlp, flat_batch(5, 3)),
     Case("tokens", Tokens, token_batch(50, 6, 3)),

@@ -146,11 +146,13 @@ def test_overhead_bench_runs_with_torch_and_numpy_alone(bare_env):
     ("image-cnn", ["--batch", "4", "--width", "8", "--targets", "2"]),
 ])
 def test_overhead_bench_runs_the_model_task_recipes_with_torch_and_numpy_alone(bare_env, model, sizes):
-    steps = ["--steps", "2", "--warmup", "1", "--target-pass", "separate"]
+    """(``--pass-cost 0``: layers form every example's gradient, whatever its tokens.)"""
+    steps = ["--steps", "2", "--warmup", "1", "--target-pass", "separate", "--pass-cost", "0"]
     out = run_bare(bare_env, "bench/attribution_overhead.py", "--model", model, *steps, *sizes,
                    "--compare-adamw")
     doc = json.loads(out.stdout.strip().splitlines()[-1])
     assert doc["model"] == model and doc["optimizer"] == "sgd" and doc["target_pass"] == "separate"
+    assert doc["pass_cost"] == 0
     assert doc["sizes"]["batch"] == 4 and doc["sizes"]["targets"] == 2
     assert doc["ratio"] == pytest.approx(doc["attributed_step_s"] / doc["plain_step_s"], rel=1e-3)
     assert doc["adamw"]["ratio"] > 0 and doc["attributed_peak_mb"] > 0
