@@ -21,12 +21,13 @@ Public face (other rooms use only these names):
   ground floor it shares with ``provenance``); ``ContributorSplit`` applies the same policy per query.
   Both take ``credit=`` (the ``example_credit`` table, ``schemas.CREDIT_SCHEMA``, made at ingest):
   duplicates paid once, to their first registrant(s); without it each example pays its ``provider``.
-- ``provider_groups(example_ids, providers, credit)`` and ``mlp_left_out`` / ``model_left_out`` ->
-  the ``LEFT_OUT_SCHEMA`` table: each provider's value as the target-loss rise when the run's recipe
-  retrains without the examples it is paid for (``LEFT_OUT_RUNS`` seeds, the rest relabeled by their
-  own answers; ``left_out_values`` drives any training function); ``contributor_weights(...,
-  left_out=table)`` pays providers by it (``WeightPolicy.providers``), each value shrunk toward what
-  its examples' scores predict by its seeds' noise.
+- ``provider_groups(example_ids, providers, credit)``, ``distinct_rows(example_ids, credit)`` and
+  ``mlp_left_out`` / ``model_left_out`` -> the ``LEFT_OUT_SCHEMA`` table: each provider's value as the
+  target-loss rise when the run's recipe retrains without the examples it is paid for, its copies
+  beyond one per duplicate group counted only where they hurt (``LEFT_OUT_RUNS`` seeds, the rest
+  relabeled by their own answers; ``left_out_values`` drives any training function);
+  ``contributor_weights(..., left_out=table)`` pays providers by it (``WeightPolicy.providers``),
+  each value shrunk toward what its examples' scores predict by its seeds' noise.
 - ``attribute_query(result.features, x)`` -> per-training-example contributions to one
   prediction; ``ContributorSplit.split_query(example_ids, contributions)`` -> its fee split.
 - ``model_to_bytes(model, spec)`` / ``model_from_bytes(data)``: deterministic safetensors bytes.
@@ -101,6 +102,7 @@ if TYPE_CHECKING:
     from .left_out import (
         LEFT_OUT_RUNS,
         LEFT_OUT_SCHEMA,
+        distinct_rows,
         left_out_values,
         mlp_left_out,
         model_left_out,
@@ -166,6 +168,7 @@ _LAZY = {
     "payload_encoding_to_json": "attribution.payloads",
     "LEFT_OUT_RUNS": "attribution.left_out",
     "LEFT_OUT_SCHEMA": "attribution.left_out",
+    "distinct_rows": "attribution.left_out",
     "left_out_values": "attribution.left_out",
     "mlp_left_out": "attribution.left_out",
     "model_left_out": "attribution.left_out",
@@ -186,6 +189,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "LEFT_OUT_RUNS",
     "LEFT_OUT_SCHEMA",
+    "distinct_rows",
     "left_out_values",
     "mlp_left_out",
     "model_left_out",

@@ -12,10 +12,16 @@ it. Figures against ``bench/contributor_value.py``'s leave-one-out truth are in 
 A provider's group is every training example it is paid for: with ``credit`` (the ingest's
 ``example_credit``) a duplicate group counts for the provider(s) it pays, so a copycat's group is
 empty (value 0, nothing retrained) and the original's group holds the copies too, as the
-first-registered rule pays them. Leaving a group out also recomputes the consensus labels of the
-rest from their answers alone (``relabel``): on the bench's digits world, leaving one provider out
-moved 103 of 1,568 other labels, which turned its value from +25.7 to -4.4 (x1e-3), as the truth
-has it.
+first-registered rule pays them. Copies never raise a value: where a provider's group holds more
+than one member of a duplicate group (``distinct_rows``), one more retrain per seed keeps its
+representatives and drops only the extra copies, which splits its value into its distinct examples'
+and the copies' (``copies_value``); the copies count only when they hurt. So a provider who floods
+near-copies of its own examples is paid at most what the examples alone earn (on the bench's
+digits-as-images world such a flood of 5 images was otherwise valued above an honest provider's 150),
+and a flood that hurts the model still costs it. Leaving a group out also recomputes the consensus
+labels of the rest from their answers alone (``relabel``): on the bench's digits world, leaving one
+provider out moved 103 of 1,568 other labels, which turned its value from +25.7 to -4.4 (x1e-3), as
+the truth has it.
 
 ``value`` is the mean, over ``runs`` seeds (``seed``, ``seed + 1``, ...), of the target-loss rise
 without the group (> 0: it helped), ``value_se`` its standard error. One retrain carries its seed's
@@ -51,6 +57,8 @@ LEFT_OUT_SCHEMA = pa.schema(
         ("loss_with", pa.float64()),
         ("value", pa.float64()),  # loss_without - loss_with: > 0, the provider's data helped
         ("value_se", pa.float64()),  # the standard error of value over the runs' seeds (0: one run)
+        # the value of its rows beyond one per duplicate group, given the rest (0: none); in value only if < 0
+        ("copies_value", pa.float64()),
     ]
 )
 # Seeds each group is retrained with (its value is the mean): one retrain's value carries its seed's
@@ -82,23 +90,50 @@ def provider_groups(
     return groups
 
 
+def distinct_rows(example_ids: Sequence[str], credit: pa.Table | None = None) -> np.ndarray:
+    """One row per duplicate group (a boolean mask over ``example_ids``): each group's
+    ``representative`` (``credit``'s column: its first-registered member) and every example that
+    ``credit`` does not list; the rows it leaves unmarked are copies. Without ``credit``, every row."""
+    keep = np.ones(len(example_ids), dtype=bool)
+    if credit is None:
+        return keep
+    if "representative" not in credit.column_names:
+        raise ContributorError("example_credit has no 'representative' column (each example's duplicate "
+                               "group's first-registered member); re-ingest the dataset version to make one")
+    stand_in = dict(zip(credit["example_id"].to_pylist(), credit["representative"].to_pylist(), strict=True))
+    for i, e in enumerate(example_ids):
+        keep[i] = stand_in.get(e, e) == e
+    return keep
+
+
 def left_out_values(
-    loss_without: Callable[[np.ndarray, int], float], groups: Mapping[str, np.ndarray], seeds: Sequence[int]
+    loss_without: Callable[[np.ndarray, int], float], groups: Mapping[str, np.ndarray], seeds: Sequence[int],
+    distinct: np.ndarray | None = None,
 ) -> pa.Table:
     """The ``LEFT_OUT_SCHEMA`` table: ``loss_without(keep, seed)`` trains on the rows ``keep`` marks and
-    returns the target loss; per seed it runs once with every row and once per non-empty group, in
-    provider order. Losses and values are means over ``seeds`` (one retrain's value carries its seed's
-    noise: on the demo's CNN a provider's value moved by about 0.04 between seeds)."""
+    returns the target loss; per seed it runs once with every row, once without each non-empty group
+    (in provider order) and, where a group holds rows that ``distinct`` does not mark (copies beyond
+    their duplicate group's representative), once without those rows only. A value is the mean over
+    ``seeds`` of the loss rise without the group, less what its copies added where they helped (one
+    retrain's value carries its seed's noise: on the demo's CNN a provider's value moved by about 0.04
+    between seeds)."""
     n = len(next(iter(groups.values()))) if groups else 0
     every = np.ones(n, dtype=bool)
+    single = every if distinct is None else np.asarray(distinct, dtype=bool)
+    if len(single) != n:
+        raise InputError(f"distinct marks {len(single)} rows; the groups have {n}")
     full = np.array([loss_without(every, s) for s in seeds])
     rows = []
     for name in sorted(groups):
         mask = np.asarray(groups[name], dtype=bool)
         loss = np.array([loss_without(~mask, s) for s in seeds]) if mask.any() else full
-        diff = loss - full
+        copies = mask & ~single
+        # per seed: the loss rise without the whole group = its distinct rows' + its copies'
+        added = np.array([loss_without(~copies, s) for s in seeds]) - full if copies.any() else 0 * full
+        diff = loss - full - (added if added.mean() > 0 else 0.0)  # copies that helped earn nothing
         se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
-        rows.append((name, int(mask.sum()), float(loss.mean()), float(full.mean()), float(diff.mean()), se))
+        rows.append((name, int(mask.sum()), float(loss.mean()), float(full.mean()), float(diff.mean()), se,
+                     float(added.mean())))
     columns = list(zip(*rows, strict=True)) if rows else [[] for _ in LEFT_OUT_SCHEMA]
     return pa.table([list(c) for c in columns], schema=LEFT_OUT_SCHEMA)
 
@@ -109,10 +144,10 @@ Relabel = Callable[[np.ndarray], np.ndarray]  # kept rows (mask) -> their labels
 def mlp_left_out(
     task: AttributionTask, X: np.ndarray, y: np.ndarray, X_targets: np.ndarray, y_targets: np.ndarray,
     groups: Mapping[str, np.ndarray], *, seed: int, runs: int = LEFT_OUT_RUNS,
-    relabel: Relabel | None = None,
+    relabel: Relabel | None = None, distinct: np.ndarray | None = None,
 ) -> pa.Table:
     """``left_out_values`` for the MLP: plain SGD training (``train_plain``'s) with seeds ``seed``,
-    ``seed + 1``, ... (``runs`` of them), mean target cross-entropy.
+    ``seed + 1``, ... (``runs`` of them), mean target cross-entropy; ``distinct`` as there.
     ``relabel(keep)`` gives the kept rows' labels (``y[keep]`` without it): the consensus of their
     answers alone, since a provider's examples also shape how every labeler is weighed."""
     xt = torch.as_tensor(np.asarray(X_targets, dtype=np.float32))
@@ -127,15 +162,15 @@ def mlp_left_out(
         with torch.no_grad():
             return float(F.cross_entropy(model(xt), yt))
 
-    return left_out_values(loss_without, groups, _seeds(seed, runs))
+    return left_out_values(loss_without, groups, _seeds(seed, runs), distinct)
 
 
 def model_left_out(
     task: ModelTask, train: Batch, targets: Batch, groups: Mapping[str, np.ndarray], *, seed: int,
-    runs: int = LEFT_OUT_RUNS, relabel: Relabel | None = None,
+    runs: int = LEFT_OUT_RUNS, relabel: Relabel | None = None, distinct: np.ndarray | None = None,
 ) -> pa.Table:
     """``left_out_values`` for a ``ModelTask`` recipe: plain training (``train_model_plain``'s), the
-    task's mean loss on the targets; ``runs`` and ``relabel`` as in ``mlp_left_out``."""
+    task's mean loss on the targets; ``runs``, ``relabel`` and ``distinct`` as in ``mlp_left_out``."""
     from .inrun import plain_model_steps
 
     labels = _labels_by_mask(relabel)
@@ -149,7 +184,7 @@ def model_left_out(
         with torch.no_grad():
             return float(task.loss(model, targets).float().mean())
 
-    return left_out_values(loss_without, groups, _seeds(seed, runs))
+    return left_out_values(loss_without, groups, _seeds(seed, runs), distinct)
 
 
 def _labels_by_mask(relabel: Relabel | None) -> Relabel:

@@ -42,8 +42,9 @@ labelers paid by agreement with consensus), for ``pivotal`` (``net+credit`` with
 consensus), for the library's default ``valued`` (what the pipeline pays: the same with
 ``labelers='valued'``: where the consensus label hurt, a push for it costs only the chance that the
 label it displaced was right; and providers paid by leaving each out, ``providers='left_out'``:
-``attribution.LEFT_OUT_RUNS`` retrains per provider without the examples it is credited for, the rest
-labeled by their consensus refitted without the left-out answers, from the pay run's seed; the
+``attribution.LEFT_OUT_RUNS`` retrains per provider without the examples it is credited for (its
+copies beyond one per duplicate group counted only where they hurt), the rest labeled by their
+consensus refitted without the left-out answers, from the pay run's seed; the
 table's ``left-out`` column, before pay shrinks it by its seeds' noise), and for a candidate not in
 the library ('net' after crediting near-copies to their first registrant). The last line is one
 JSON object: the issue's keys
@@ -101,6 +102,7 @@ from attribution import (  # noqa: E402
     TrainConfig,
     WeightPolicy,
     contributor_weights,
+    distinct_rows,
     mlp_left_out,
     mlp_valued_by_trak,
     model_left_out,
@@ -504,8 +506,10 @@ def library_credit(world: World) -> tuple[pa.Table, dict]:
         sys.exit("error: the world holds exact copies; the bench's ids cannot map to content ids")
     bench_id = dict(zip(content, world.examples["example_id"].to_pylist(), strict=True))
     credit = report.grouping.credit
-    ids = pa.array([bench_id[e] for e in credit["example_id"].to_pylist()], pa.string())
-    return credit.set_column(0, "example_id", ids), report.grouping.to_params()
+    for name in ("example_id", "representative"):
+        ids = pa.array([bench_id[e] for e in credit[name].to_pylist()], pa.string())
+        credit = credit.set_column(credit.column_names.index(name), name, ids)
+    return credit, report.grouping.to_params()
 
 
 def share_gap(pay: dict[str, int], truth: dict[str, float], names: list[str]) -> float:
@@ -527,7 +531,8 @@ def address(contributor: str) -> str:
 
 def pay_run(task, world: World, full: Variant, seed: int, owners: np.ndarray, credit: pa.Table):
     """One attributed training run and one retrain without each provider's credited examples
-    (``attribution.provider_groups``, ``mlp_left_out`` / ``model_left_out``, the same seed): bps per
+    (``attribution.provider_groups``, ``mlp_left_out`` / ``model_left_out`` on ``distinct_rows``, the
+    same seed): bps per
     contributor under every policy, the library's default (``DEFAULT``, providers paid by their
     left-out values) and the candidate; the signed score sums (before any floor); the left-out values."""
     ids = full.examples["example_id"].to_pylist()
@@ -539,15 +544,17 @@ def pay_run(task, world: World, full: Variant, seed: int, owners: np.ndarray, cr
         if world.value == "trak":  # as the pipeline pays an MLP run
             res = mlp_valued_by_trak(res, full.x, full.y, full.xv, full.yv, seed=seed)
     groups = provider_groups(ids, full.examples["provider"].to_pylist(), credit)
+    distinct = distinct_rows(ids, credit)  # the retrains take one member of each duplicate group
 
     def relabel(keep: np.ndarray) -> np.ndarray:  # the consensus of the kept examples' answers, refitted
         return variant(world, keep_examples=keep).y
 
     if full.media is not None:
         left_out = model_left_out(full.media.task, full.media.batch(full.x, full.y), full.media.val, groups,
-                                  seed=seed, relabel=relabel)
+                                  seed=seed, relabel=relabel, distinct=distinct)
     else:
-        left_out = mlp_left_out(task, full.x, full.y, full.xv, full.yv, groups, seed=seed, relabel=relabel)
+        left_out = mlp_left_out(task, full.x, full.y, full.xv, full.yv, groups, seed=seed, relabel=relabel,
+                                distinct=distinct)
     names = [p.name for p in PROVIDERS] + [n for n, _, _ in LABELERS]
     addresses = {n: address(n) for n in names}
     at = world.examples.column_names.index("provider")

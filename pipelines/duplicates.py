@@ -27,7 +27,9 @@ registered them first (the ``example_credit`` contract, ``schemas.CREDIT_SCHEMA`
   credit weighs ``1/m``, all of it paid to the provider(s) of the member(s) registered first.
   Providers whose sources were registered at the same time share equally. Copies therefore
   gain their provider nothing and dilute nobody; a provider whose every example duplicates an
-  earlier-registered one earns nothing as a provider (listed in ``Grouping.unpaid``).
+  earlier-registered one earns nothing as a provider (listed in ``Grouping.unpaid``). The group's
+  first-registered member (ties: the smallest ``example_id``) is its ``representative``: valuing a
+  provider by retraining, its copies beyond the representatives count only where they hurt.
 
 Pure logic (Arrow in, Arrow out), deterministic: the same rows and registration times give the
 same credit table bytes, whatever their input order.
@@ -130,14 +132,15 @@ def group_duplicates(
     for i, g in enumerate(labels.tolist()):
         members.setdefault(g, []).append(i)
     ids = examples["example_id"].to_pylist()
-    rows: list[tuple[str, str, float]] = []
+    rows: list[tuple[str, str, float, str]] = []
     for group in members.values():
         first = min(claimants[i][0] for i in group)
         payees = sorted({p for i in group if claimants[i][0] == first for p in claimants[i][1]})
         share = 1.0 / (len(group) * len(payees))
-        rows.extend((ids[i], p, share) for i in group for p in payees)
+        representative = min(ids[i] for i in group if claimants[i][0] == first)
+        rows.extend((ids[i], p, share, representative) for i in group for p in payees)
     rows.sort()
-    columns = [list(c) for c in zip(*rows, strict=True)] if rows else [[], [], []]
+    columns = [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in CREDIT_SCHEMA]
     credit = pa.table(columns, schema=CREDIT_SCHEMA)
     paid = set(pc.unique(credit["provider"]).to_pylist())
     everyone = tuple(sorted(set(providers)))

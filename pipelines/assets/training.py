@@ -27,6 +27,7 @@ from attribution import (
     RecipeSizes,
     TrainConfig,
     TrainResult,
+    distinct_rows,
     encode_payload_split,
     encode_split,
     features_to_bytes,
@@ -92,8 +93,8 @@ class TrainingConfig(dg.Config):
     # scores
     value: str = "auto"
     # providers are valued by retraining without each one (`attribution.model_left_out`: one plain
-    # training per provider) when there are at most this many; beyond it, or at 0, by their examples'
-    # summed scores (the weighting record says which)
+    # training per provider, one more for one with copies) when there are at most this many; beyond it,
+    # or at 0, by their examples' summed scores (the weighting record says which)
     left_out_max: int = 32
     left_out_runs: int = LEFT_OUT_RUNS  # seeds each provider is left out with (its value is the mean)
 
@@ -250,7 +251,8 @@ def provider_value(
     credit: pa.Table | None, consensus_without: Callable[[Collection[str]], pa.Table] | None = None,
 ) -> pa.Table | None:
     """Each provider's value by retraining without the training rows it is paid for (`credit`: the
-    ingest's duplicate grouping), the run's recipe and seed, the rest labeled by their consensus
+    ingest's duplicate grouping; copies beyond a group's representative count only where they hurt),
+    the run's recipe and seed, the rest labeled by their consensus
     recomputed without the left-out examples' answers (`consensus_without`, from
     `pipelines.assets.labeling.recount`; without it the recorded labels): the `LEFT_OUT_SCHEMA` table,
     or None where the run has more providers than `config.left_out_max` (pay then goes by summed
@@ -259,6 +261,7 @@ def provider_value(
     row = {e: i for i, e in enumerate(labeled["example_id"].to_pylist())}
     providers, recorded = labeled["provider"].to_pylist(), labeled["label"].to_pylist()
     groups = provider_groups(ids, [providers[row[e]] for e in ids], credit)
+    distinct = distinct_rows(ids, credit)
     if config.left_out_max < 0:
         raise dg.Failure(f"left_out_max must be >= 0, got {config.left_out_max}")
     if len(groups) > config.left_out_max:
@@ -274,9 +277,9 @@ def provider_value(
     again = relabel if consensus_without is not None else None
     if isinstance(split, PayloadSplit):
         return model_left_out(split.task, split.train, split.targets, groups, seed=config.seed,
-                              runs=config.left_out_runs, relabel=again)
+                              runs=config.left_out_runs, relabel=again, distinct=distinct)
     return mlp_left_out(result.task, split.X, split.y, split.X_targets, split.y_targets, groups,
-                        seed=config.seed, runs=config.left_out_runs, relabel=again)
+                        seed=config.seed, runs=config.left_out_runs, relabel=again, distinct=distinct)
 
 
 def value_method(config: TrainingConfig) -> str:
@@ -432,9 +435,10 @@ def provider_value_md(values: pa.Table) -> str:
     """The left-out table as Markdown: what each provider's data did to the target loss."""
     rows = sorted(values.to_pylist(), key=lambda r: (-r["value"], r["provider"]))
     return md_table(
-        ["provider", "examples left out", "target loss without", "value (> 0: helped)"],
-        [(r["provider"], r["examples_left_out"], f"{r['loss_without']:.5f}", f"{r['value']:+.5f}")
-         for r in rows],
+        ["provider", "examples left out", "target loss without", "value (> 0: helped)",
+         "its copies' value (counted if < 0)"],
+        [(r["provider"], r["examples_left_out"], f"{r['loss_without']:.5f}", f"{r['value']:+.5f}",
+          f"{r['copies_value']:+.5f}") for r in rows],
     )
 
 

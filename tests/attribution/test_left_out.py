@@ -15,11 +15,13 @@ from attribution import (
     LEFT_OUT_SCHEMA,
     AttributionTask,
     ContributorError,
+    InputError,
     ModelSpec,
     ModelTask,
     TrainConfig,
     WeightPolicy,
     contributor_weights,
+    distinct_rows,
     left_out_values,
     mlp_left_out,
     model_left_out,
@@ -46,6 +48,35 @@ def test_groups_follow_the_credit_table_copies_count_for_their_first_registrant(
         "c0": [0], "c1": [1, 2], "c2": [3], "c3": [4]}
 
 
+def test_copies_beyond_a_groups_representative_count_only_where_they_hurt():
+    ids = ["e0", "e1", "e2", "e3", "e4"]
+    credit = _credit([("e0", "c0", 0.5), ("e1", "c0", 0.5), ("e2", "c1", 1.0), ("e3", "c2", 1.0)])
+    credit = credit.append_column("representative", pa.array(["e1", "e1", "e2", "e3"]))
+    distinct = distinct_rows(ids, credit)
+    assert distinct.tolist() == [False, True, True, True, True]  # e0 copies e1; e4 is not in credit
+    assert distinct_rows(ids).all()
+    with pytest.raises(ContributorError, match="representative"):
+        distinct_rows(ids, credit.drop_columns(["representative"]))
+    groups = {"c0": np.array([1, 1, 0, 0, 0], bool), "c1": np.array([0, 0, 1, 0, 0], bool)}
+    for copy_effect in (-0.3, 0.2):  # the loss without the copy e0: lower (it hurt) or higher (it helped)
+        kept = []
+
+        def loss_without(keep, seed, effect=copy_effect, kept=kept):
+            kept.append(keep.tolist())
+            return 1.0 + 0.5 * (not keep[1]) + 0.1 * (not keep[2]) + effect * (not keep[0])
+
+        rows = {r["provider"]: r for r in left_out_values(loss_without, groups, [0], distinct).to_pylist()}
+        # the full run, c0 left out, c0's copy alone left out, c1 left out (no copies: no extra run)
+        assert kept == [[True] * 5, [False, False, True, True, True], [False, True, True, True, True],
+                        [True, True, False, True, True]]
+        assert rows["c0"]["copies_value"] == pytest.approx(copy_effect)
+        assert rows["c0"]["value"] == pytest.approx(0.5 + min(copy_effect, 0.0))
+        assert rows["c0"]["examples_left_out"] == 2
+        assert rows["c1"]["value"] == pytest.approx(0.1) and rows["c1"]["copies_value"] == 0.0
+    with pytest.raises(InputError, match="distinct marks 4 rows"):
+        left_out_values(lambda keep, s: 1.0, groups, [0], np.ones(4, bool))
+
+
 def test_the_driver_retrains_once_per_nonempty_group_and_values_the_loss_rise():
     calls = []
 
@@ -61,7 +92,7 @@ def test_the_driver_retrains_once_per_nonempty_group_and_values_the_loss_rise():
     rows = {r["provider"]: r for r in table.to_pylist()}
     assert rows["a"]["value"] == pytest.approx(0.1 - 0.5) and rows["b"]["value"] == pytest.approx(0.2)
     assert rows["empty"] == {"provider": "empty", "examples_left_out": 0, "loss_without": 1.0,
-                             "loss_with": 1.0, "value": 0.0, "value_se": 0.0}
+                             "loss_with": 1.0, "value": 0.0, "value_se": 0.0, "copies_value": 0.0}
     assert len(calls) == 3 and calls[0][0].all()  # the full run, then a and b; the empty group trains nothing
     # over two seeds: the mean of each seed's difference
     rows = {r["provider"]: r for r in left_out_values(loss_without, groups, [7, 8]).to_pylist()}
@@ -139,8 +170,8 @@ def test_a_model_task_is_valued_by_its_own_loss_on_the_targets():
 def _left_out(values, se=None):
     return pa.table({"provider": list(values), "examples_left_out": [1] * len(values),
                      "loss_without": [1.0 + v for v in values.values()], "loss_with": [1.0] * len(values),
-                     "value": list(values.values()), "value_se": se or [0.0] * len(values)},
-                    schema=LEFT_OUT_SCHEMA)
+                     "value": list(values.values()), "value_se": se or [0.0] * len(values),
+                     "copies_value": [0.0] * len(values)}, schema=LEFT_OUT_SCHEMA)
 
 
 def test_noisy_left_out_values_are_shrunk_toward_what_the_scores_predict():

@@ -19,7 +19,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from attribution import contributor_weights
+from attribution import (
+    AttributionTask,
+    ModelSpec,
+    TrainConfig,
+    contributor_weights,
+    distinct_rows,
+    mlp_left_out,
+    provider_groups,
+)
 from pipelines.datasets import example_id, to_examples
 from schemas import CREDIT_SCHEMA, TOTAL_BPS
 from storage import snapshot_parquet
@@ -210,9 +218,59 @@ def test_a_near_duplicate_flood_gains_nothing_and_dilutes_nobody() -> None:
     # without the credit table the same flood would have paid: the test can fail
     plain = weights(with_flood, use_credit=False)
     assert plain["flooder"] > before["flooder"] + 100
-    _, report = to_examples(with_flood, _times(with_flood))
+    examples, report = to_examples(with_flood, _times(with_flood))
     near = report.grouping.to_params()["near"]
     assert near["groups"] == 3 and near["copies"] == 120
+    # one registration time: each group's representative is its member with the smallest example_id
+    credit = report.grouping.credit.to_pylist()
+    groups: dict[str, list[str]] = {}
+    for r in credit:
+        groups.setdefault(r["representative"], []).append(r["example_id"])
+    assert sorted(len(m) for m in groups.values()) == [1] * 90 + [41] * 3
+    assert all(rep == min(members) for rep, members in groups.items())
+    assert distinct_rows(examples["example_id"].to_pylist(), report.grouping.credit).sum() == 93
+
+
+@pytest.mark.parametrize("world,mislabeled", [(0, False), (1, False), (0, True), (1, True)])
+def test_a_flood_never_raises_its_providers_left_out_value(world, mislabeled) -> None:
+    """The default pay values providers by retraining without them (`attribution.mlp_left_out`). A
+    later file of near-copies of the flooder's own examples counts only where it hurts: with the flood
+    the flooder's value is its examples' value without the flood, bit for bit (the copies helped), or
+    lower by what they cost (mislabeled copies)."""
+    rng = np.random.default_rng(6 + world)
+    honest = _honest(rng)
+    seeds = rng.normal(size=(3, 6))
+    pick = np.resize(np.arange(3), 60)
+    flood = seeds[pick] + rng.normal(size=(60, 6)) * 1e-3
+    base = [_rows(x, p) for p, x in honest.items()] + [_rows(seeds, "flooder")]
+    TIMES.update({"src-flood": T1})
+    without = pa.concat_tables(base)
+    with_flood = pa.concat_tables([*base, _rows(flood, "flooder", "src-flood")])
+    signal = rng.normal(size=6)
+    task = AttributionTask(ModelSpec((6, 8, 2)), TrainConfig(epochs=4, batch_size=16, lr=0.1))
+    xt = rng.normal(size=(40, 6)).astype(np.float32)
+    yt = (xt @ signal > 0).astype(np.int64)
+
+    def left_out(table: pa.Table, dedupe: bool = True) -> dict[str, dict]:
+        examples, report = to_examples(table, _times(table))
+        ids = examples["example_id"].to_pylist()
+        x = np.asarray(examples["f"].to_pylist(), dtype=np.float32)
+        credit = report.grouping.credit
+        groups = provider_groups(ids, examples["provider"].to_pylist(), credit)
+        y = (x @ signal > 0) ^ (mislabeled & (np.asarray(examples["provider"].to_pylist()) == "flooder"))
+        out = mlp_left_out(task, x, y.astype(np.int64), xt, yt, groups, seed=3, runs=2,
+                           distinct=distinct_rows(ids, credit) if dedupe else None)
+        return {r["provider"]: r for r in out.to_pylist()}
+
+    before, after = left_out(without)["flooder"], left_out(with_flood)["flooder"]
+    assert before["copies_value"] == 0.0 and after["examples_left_out"] == 63
+    if mislabeled:  # the copies hurt: the flooder bears it
+        assert after["copies_value"] < 0
+        assert after["value"] == pytest.approx(before["value"] + after["copies_value"], abs=1e-12)
+    else:  # they helped: not paid for, the examples' own value stays
+        assert after["copies_value"] > 0 and after["value"] == before["value"]
+    counted = left_out(with_flood, dedupe=False)["flooder"]  # without the grouping every copy counts
+    assert counted["value"] == pytest.approx(before["value"] + after["copies_value"], abs=1e-12)
 
 
 def test_a_copycat_of_another_providers_examples_earns_nothing() -> None:
@@ -237,6 +295,8 @@ def test_a_copycat_of_another_providers_examples_earns_nothing() -> None:
     assert report.grouping.to_params()["unpaid_providers"] == ["copycat"]
     kept = dict(zip(examples["example_id"].to_pylist(), examples["provider"].to_pylist(), strict=True))
     assert {kept[e] for e in _ids(_rows(honest["a"][:5], "a"))} == {"a"}  # exact copies: the first's row
+    stand_in = dict(zip(credit["example_id"].to_pylist(), credit["representative"].to_pylist(), strict=True))
+    assert all(stand_in[c] == o for c, o in copies_of.items())  # b's originals, registered first
 
 
 def _weights_of(table: pa.Table, score) -> pa.Table:

@@ -104,8 +104,8 @@ def _credit_to(owner: str, payee: str) -> pa.Table:
     """An `example_credit` that pays `payee`'s examples to `owner` (as if they were its copies)."""
     raw = _tables()["raw_dataset"]
     paid = [owner if p == payee else p for p in raw["provider"].to_pylist()]
-    return pa.table({"example_id": raw["example_id"], "provider": paid, "share": [1.0] * raw.num_rows},
-                    schema=CREDIT_SCHEMA).sort_by("example_id")
+    return pa.table({"example_id": raw["example_id"], "provider": paid, "share": [1.0] * raw.num_rows,
+                     "representative": raw["example_id"]}, schema=CREDIT_SCHEMA).sort_by("example_id")
 
 
 def _publish(
