@@ -27,6 +27,11 @@ recomputed), retrain, and take the change of the validation loss, averaged over 
 training seeds. A near-duplicate group's truth goes to the first-registered original (the
 effect of removing the whole group); the copies' truth is zero. The ceiling is the truth's own
 agreement: seeds split in halves, Spearman between the halves' means, averaged over the splits.
+Pay follows "copies earn once" further than that truth does (a provider's copies beyond one per
+group count only where they hurt, ``attribution.left_out``), so providers are also compared with the
+truth with copies once: where leaving out only a provider's extra copies (the copycat's rows for the
+provider it copies, the flooder's beyond one per flooded example) raised the loss, that rise is
+taken off its truth (``spearman_copies_once`` in the JSON; one more retrain per seed and provider).
 
 The pay under test: one run of ``attribution.train_with_attribution`` against the validation
 targets, each example valued as the pipeline pays (``--value trak``, the default: its TRAK value at the
@@ -49,7 +54,7 @@ table's ``left-out`` column, before pay shrinks it by its seeds' noise), and for
 the library ('net' after crediting near-copies to their first registrant). The last line is one
 JSON object: the issue's keys
 (``spearman``, ``ceiling``, ``faulty_share_bps``, ``default_policy``: ``valued``, ``seconds``),
-``share_gap``, ``candidate``, ``detection`` and ``consensus``.
+``spearman_copies_once``, ``share_gap``, ``candidate``, ``detection`` and ``consensus``.
 
 ``--consensus crowdlab|dawid_skene_model`` measures the pipeline's consensus methods that
 weigh a model, after a run was reviewed: the training labels, and those of every
@@ -179,6 +184,9 @@ class World:
     value: str = "trak"  # what pay is split by (--value)
     method: str = "dawid_skene"  # --consensus
     probs: ModelProbs | None = None  # a model method's review: out-of-sample probabilities
+    # provider -> its content's extra copies by construction (the copycat's rows for the provider it
+    # copies; the flooder's rows beyond one per flooded example): the copies-once truth drops them
+    copies: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     def consensus(self, annotations: pa.Table) -> pa.Table:
         """The pipeline's consensus by ``method`` (a model method weighs the review's probabilities)."""
@@ -252,6 +260,7 @@ def build_world(x: np.ndarray, y: np.ndarray, seed: int) -> World:
         owner += [p.name] * len(xs)
     feats = np.vstack(rows)
     ids = [f"{p}/{i:05d}" for i, p in enumerate(owner)]
+    copies = known_copies(np.asarray(owner), len(flood_base))
     examples = pa.table(
         {
             "example_id": ids,
@@ -260,7 +269,16 @@ def build_world(x: np.ndarray, y: np.ndarray, seed: int) -> World:
         }
     )
     return World(classes, examples, annotate(dict(zip(ids, truth, strict=True)), classes, seed),
-                 x[val], [classes[v] for v in y[val]])
+                 x[val], [classes[v] for v in y[val]], copies=copies)
+
+
+def known_copies(owner: np.ndarray, flooded: int) -> dict[str, np.ndarray]:
+    """Each provider's extra copies by construction: the copycat's rows count for the provider they
+    copy; the flooder's rows cycle through ``flooded`` examples, so its rows after the first cycle."""
+    out = {p.copy_of: owner == p.name for p in PROVIDERS if p.copy_of}
+    flood = np.flatnonzero(owner == "flooder")
+    out["flooder"] = np.isin(np.arange(len(owner)), flood[flooded:])
+    return out
 
 
 def media_rows(kind: str, seed: int, data: tuple[list, np.ndarray] | None) -> tuple[list, np.ndarray, int]:
@@ -339,7 +357,8 @@ def build_media_world(kind: str, seed: int, data: tuple[list, np.ndarray] | None
                          column: pa.array(payload, pa.string() if kind == "text" else pa.binary())})
     media = media_world.prepare(kind, payload, list(values[:n_val]), y[:n_val], len(classes))
     return World(classes, examples, annotate(dict(zip(ids, truth, strict=True)), classes, seed),
-                 np.zeros((0, 0)), [classes[v] for v in y[:n_val]], media)
+                 np.zeros((0, 0)), [classes[v] for v in y[:n_val]], media,
+                 copies=known_copies(np.asarray(owner), len(flood_base)))
 
 
 def annotate(truth: dict[str, str], classes: list[str], seed: int) -> pa.Table:
@@ -424,9 +443,11 @@ def val_loss(task: AttributionTask, v: Variant, seed: int) -> float:
 
 def ground_truth(
     world: World, task: AttributionTask, seeds: list[int]
-) -> tuple[dict[str, np.ndarray], Variant, int]:
-    """Per contributor, the validation-loss increase when it is left out, one value per seed; the
-    full variant, and how many models were trained."""
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], Variant, int]:
+    """Per contributor, the validation-loss increase when it is left out, one value per seed (a
+    near-duplicate group's whole effect for its original's provider); the same with copies once
+    (where a provider's extra copies lowered the loss, their part taken off: what pay follows,
+    ``attribution.left_out``); the full variant, and how many models were trained."""
     owner = world.provider
     full = variant(world)
     drops: dict[str, Variant] = {}
@@ -436,13 +457,18 @@ def ground_truth(
             drops[p.name] = variant(world, keep_examples=~np.isin(owner, group))
     for name, _, _ in LABELERS:
         drops[name] = variant(world, drop_labeler=name)
+    copies = {p: variant(world, keep_examples=~m) for p, m in world.copies.items() if m.any()}
     truth = {c: np.zeros(len(seeds)) for c in [p.name for p in PROVIDERS] + [n for n, _, _ in LABELERS]}
+    added = {p: np.zeros(len(seeds)) for p in copies}
     for k, s in enumerate(seeds):
         base = val_loss(task, full, s)
         for c, v in drops.items():
             truth[c][k] = val_loss(task, v, s) - base
+        for c, v in copies.items():
+            added[c][k] = val_loss(task, v, s) - base
         print(f"  seed {s}: full-data validation loss {base:.4f}", flush=True)
-    return truth, full, len(seeds) * (1 + len(drops))
+    once = {c: v - added[c] if c in added and added[c].mean() > 0 else v for c, v in truth.items()}
+    return truth, once, full, len(seeds) * (1 + len(drops) + len(copies))
 
 
 def ceiling(truth: dict[str, np.ndarray], names: list[str]) -> float:
@@ -722,11 +748,12 @@ def main() -> None:
     seeds = list(range(1, args.seeds + 1))
     print(f"== ground truth: leave one contributor out, {args.seeds} training seeds", flush=True)
     t0 = time.perf_counter()
-    truth, full, retrains = ground_truth(world, task, seeds)
+    truth, once, full, retrains = ground_truth(world, task, seeds)
     truth_s = time.perf_counter() - t0
     roles = {"provider": [p.name for p in PROVIDERS], "labeler": [n for n, _, _ in LABELERS]}
     ceil = {role: ceiling(truth, names) for role, names in roles.items()}
     truth_mean = {k: float(v.mean()) for k, v in truth.items()}
+    once_mean = {k: float(v.mean()) for k, v in once.items()}
     print(f"  {retrains} retrains in {truth_s:.1f}s; ceiling (Spearman between seed halves): "
           f"providers {ceil['provider']:.3f}, labelers {ceil['labeler']:.3f}", flush=True)
 
@@ -754,7 +781,7 @@ def main() -> None:
           "its credit shares of the example scores, before any floor; * net+credit, candidate: see their "
           "sections)")
 
-    out_rho, out_gap, faulty_bps = {}, {}, {}
+    out_rho, out_gap, faulty_bps, out_once = {}, {}, {}, {}
     for kind in kinds:
         title = ("candidate (not in the library)" if kind == "candidate" else
                  f"{LIBRARY!r}: 'net' with the ingest's example_credit, labelers paid by agreement"
@@ -774,6 +801,10 @@ def main() -> None:
                       * (len(runs) > 1))
             print(f"  {role + 's':<9} Spearman pay vs truth {rhos[0]:+.3f} "
                   f"(ceiling {ceil[role]:.3f}{spread}); share gap {gaps[0]:.3f}")
+            if role == "provider":
+                out_once[kind] = rho([pay[kind].get(n, 0) for n in names], [once_mean[n] for n in names])
+                print(f"            vs the truth with copies once (copies that helped count for nobody): "
+                      f"{out_once[kind]:+.3f}")
         for role, names in roles.items():
             for name in names:
                 if name in FAULTY:
@@ -827,6 +858,7 @@ def main() -> None:
         "spearman": {k: _num(v) for k, v in out_rho.items() if not k.startswith("candidate/")},
         "share_gap": {k: _num(v) for k, v in out_gap.items() if not k.startswith("candidate/")},
         "ceiling": {k: _num(v) for k, v in ceil.items()},
+        "spearman_copies_once": {f"{k}/provider": _num(v) for k, v in out_once.items() if k != "candidate"},
         "faulty_share_bps": {k: v for k, v in faulty_bps.items() if k != "candidate"},
         "value": world.value,
         "default_policy": DEFAULT,  # what the pipeline pays: WeightPolicy(), with the ingest's example_credit

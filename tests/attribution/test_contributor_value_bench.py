@@ -122,4 +122,5 @@ def test_a_tabular_run_on_a_users_file_prints_the_issues_keys(tmp_path):
     for policy in ("clip", "net", "valued"):
         for role in ("provider", "labeler"):
             assert -1 <= summary["spearman"][f"{policy}/{role}"] <= 1
+        assert -1 <= summary["spearman_copies_once"][f"{policy}/provider"] <= 1
         assert 0 <= summary["faulty_share_bps"][policy] <= 10_000
