@@ -73,8 +73,8 @@ outlier detection, so its outlier figures are null. ``detection`` in the JSON li
 
 Model: an MLP (one hidden layer of 64) trained by SGD with a linearly decayed rate, so a
 retrain converges and the leave-one-out differences are not SGD noise. At most 300 validation
-and 1,500 pool rows of the data are used, so the default run takes well under a minute on
-2 cores (about 60 small retrains and 4 attributed runs).
+and 1,500 pool rows of the data are used, so the default run takes about 3 minutes on 2 cores
+(136 small retrains for the truth; 4 attributed runs, each with its 66 left-out retrains).
 """
 
 from __future__ import annotations
@@ -691,7 +691,9 @@ def main() -> None:
     ap.add_argument("--kind", choices=("tabular", "text", "image"), default="tabular",
                     help="tabular: numeric features (--data or digits), an MLP; text / image: synthetic "
                          "sentences / 32x32 PNGs made here, the text-transformer / image-cnn recipes")
-    ap.add_argument("--seeds", type=int, default=4, help="training seeds of the ground truth (>= 4)")
+    ap.add_argument("--seeds", type=int, default=8,
+                    help="training seeds of the ground truth (>= 4; at 4 the digits world of seed 1 agreed "
+                         "with itself at 0.84 and pay with it at 0.78, at 8 at 0.89 and 0.92)")
     ap.add_argument("--pay-runs", type=int, default=4,
                     help="attributed runs (other seeds) for the pay's own spread; the first one is reported")
     ap.add_argument("--seed", type=int, default=0, help="seed of the world (split, faults, answers)")
