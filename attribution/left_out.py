@@ -129,7 +129,9 @@ def left_out_values(
         loss = np.array([loss_without(~mask, s) for s in seeds]) if mask.any() else full
         copies = mask & ~single
         # per seed: the loss rise without the whole group = its distinct rows' + its copies'
-        added = np.array([loss_without(~copies, s) for s in seeds]) - full if copies.any() else 0 * full
+        added = np.zeros_like(full)
+        if copies.any():
+            added = np.array([loss_without(~copies, s) for s in seeds]) - full
         diff = loss - full - (added if added.mean() > 0 else 0.0)  # copies that helped earn nothing
         se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
         rows.append((name, int(mask.sum()), float(loss.mean()), float(full.mean()), float(diff.mean()), se,
