@@ -453,12 +453,13 @@ def _compare_provider_values(
         )
 
 
-def _values(table: pa.Table | None) -> dict[str, tuple[float, float]]:
-    """provider -> (value, value_se): both move pay."""
+def _values(table: pa.Table | None) -> dict[str, tuple[float, ...]]:
+    """provider -> (value, value_se, copies_value): the first two move pay, the last says how much of
+    a provider's value its copies were (an auditor reads it)."""
     if table is None:
         return {}
-    pairs = zip(table["value"].to_pylist(), table["value_se"].to_pylist(), strict=True)
-    return dict(zip(table["provider"].to_pylist(), pairs, strict=True))
+    columns = [table[c].to_pylist() for c in ("value", "value_se", "copies_value")]
+    return dict(zip(table["provider"].to_pylist(), zip(*columns, strict=True), strict=True))
 
 
 def _weights(

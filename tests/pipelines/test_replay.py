@@ -251,11 +251,12 @@ def _republish(chain, store, run_id: str, name: str, **change) -> str:
         value_cid = store_value(store, values).cid
         outputs[TrainingRecord.PROVIDER_VALUE] = pay_tables[WeightingRecord.PROVIDER_VALUE] = value_cid
     left_out = read_parquet(store.get(outputs[TrainingRecord.PROVIDER_VALUE]))
-    if "value" in change:  # one provider's left-out value inflated, CIDs consistent
-        names, values = left_out["provider"].to_pylist(), left_out["value"].to_pylist()
-        values = [abs(v) * 10 + 1.0 if p == change["value"] else v
-                  for p, v in zip(names, values, strict=True)]
-        left_out = left_out.set_column(left_out.schema.get_field_index("value"), "value",
+    for key, column in (("value", "value"), ("copies", "copies_value")):
+        if key not in change:  # one provider's left-out value (or its copies' part) inflated, CIDs consistent
+            continue
+        names, values = left_out["provider"].to_pylist(), left_out[column].to_pylist()
+        values = [abs(v) * 10 + 1.0 if p == change[key] else v for p, v in zip(names, values, strict=True)]
+        left_out = left_out.set_column(left_out.schema.get_field_index(column), column,
                                        pa.array(values, pa.float64()))
         outputs[TrainingRecord.PROVIDER_VALUE] = pay_tables[WeightingRecord.PROVIDER_VALUE] = store_value(
             store, left_out).cid
@@ -334,12 +335,13 @@ def _relabel(store, records, training_cid: str, train: Record, where: str):
         ({"credit": ("p-big", "p-noisy")}, "pay_inputs_differ"),
         ({"inflate": "p-small"}, "scores_differ"),
         ({"value": "p-small"}, "provider_values_differ"),
+        ({"copies": "p-small"}, "provider_values_differ"),
         ({"config": {"lr": 0.05}}, "scores_differ"),
         ({"config": {"seed": 7}}, "scores_differ"),
         ({"pay": True}, "pay_differs"),
     ],
-    ids=["consensus", "labeled-data", "pay-labels", "credit", "scores", "provider-values", "recipe", "seed",
-         "weights"],
+    ids=["consensus", "labeled-data", "pay-labels", "credit", "scores", "provider-values", "copies-value",
+         "recipe", "seed", "weights"],
 )
 def test_a_tampered_run_passes_verify_but_fails_replay(published, change, failure, request) -> None:
     chain, store, run_id = published
@@ -347,8 +349,8 @@ def test_a_tampered_run_passes_verify_but_fails_replay(published, change, failur
     assert verify_run(chain, store, name).ok  # structure, CIDs and root are consistent
     report = replay_run(chain, store, name, code=CODE)
     assert not report.ok and failure in report.names()
-    if "labels" in change or "credit" in change:  # consistent but for its inputs: only that check sees it
-        assert report.names() == {failure}
+    if "labels" in change or "credit" in change or "copies" in change:  # only that check sees it
+        assert report.names() == {failure}  # (copies_value moves no pay: what an auditor reads)
     if "value" in change:
         (pay,) = [f for f in report.failures if f.name == "pay_differs"]
         assert "p-small (provider" in pay.detail  # the contributors whose pay differs are named
@@ -469,7 +471,7 @@ def test_the_platform_names_what_rounds_differently_and_replay_uses_the_runs_thr
 def _replayed(scores: list[float], value: float, bps: list[int]) -> Replayed:
     ids = [f"e{i}" for i in range(len(scores))]
     weights = pa.table({"contributor": ["a", "b"], "role": ["provider", "labeler"], "weight_bps": bps})
-    values = pa.table({"provider": ["a"], "value": [value], "value_se": [0.001]})
+    values = pa.table({"provider": ["a"], "value": [value], "value_se": [0.001], "copies_value": [0.0]})
     return Replayed(pa.table({"example_id": ids, "score": scores}), values, weights)
 
 
