@@ -557,10 +557,10 @@ def address(contributor: str) -> str:
 
 def pay_run(task, world: World, full: Variant, seed: int, owners: np.ndarray, credit: pa.Table):
     """One attributed training run and one retrain without each provider's credited examples
-    (``attribution.provider_groups``, ``mlp_left_out`` / ``model_left_out`` on ``distinct_rows``, the
-    same seed): bps per
-    contributor under every policy, the library's default (``DEFAULT``, providers paid by their
-    left-out values) and the candidate; the signed score sums (before any floor); the left-out values."""
+    (``attribution.provider_groups``, ``mlp_left_out`` / ``model_left_out`` with ``distinct_rows``, the
+    same seed): bps per contributor under every policy, the library's default (``DEFAULT``, providers
+    paid by their left-out values) and the candidate; the signed score sums (before any floor); the
+    left-out values."""
     ids = full.examples["example_id"].to_pylist()
     if full.media is not None:
         res = full.media.attributed(full.x, full.y, ids, seed, value=world.value)
@@ -570,7 +570,7 @@ def pay_run(task, world: World, full: Variant, seed: int, owners: np.ndarray, cr
         if world.value == "trak":  # as the pipeline pays an MLP run
             res = mlp_valued_by_trak(res, full.x, full.y, full.xv, full.yv, seed=seed)
     groups = provider_groups(ids, full.examples["provider"].to_pylist(), credit)
-    distinct = distinct_rows(ids, credit)  # the retrains take one member of each duplicate group
+    distinct = distinct_rows(ids, credit)  # copies beyond a group's representative count only if they hurt
 
     def relabel(keep: np.ndarray) -> np.ndarray:  # the consensus of the kept examples' answers, refitted
         return variant(world, keep_examples=keep).y
