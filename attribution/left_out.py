@@ -17,7 +17,7 @@ than one member of a duplicate group (``distinct_rows``), one more retrain per s
 representatives and drops only the extra copies, which splits its value into its distinct examples'
 and the copies' (``copies_value``); the copies count only when they hurt. So a provider who floods
 near-copies of its own examples is paid at most what the examples alone earn (on the bench's
-digits-as-images world such a flood of 5 images was otherwise valued above an honest provider's 150),
+digits-as-images world such a flood of 5 images was otherwise valued above an honest provider's 80),
 and a flood that hurts the model still costs it. Leaving a group out also recomputes the consensus
 labels of the rest from their answers alone (``relabel``): on the bench's digits world, leaving one
 provider out moved 103 of 1,568 other labels, which turned its value from +25.7 to -4.4 (x1e-3), as
