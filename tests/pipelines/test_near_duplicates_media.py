@@ -102,14 +102,24 @@ def honest_images(seed: int) -> list[bytes]:
     return out
 
 
-def jittered(data: bytes, rng: np.random.Generator, pixels: int = 5) -> bytes:
+def small_images(seed: int) -> list[bytes]:
+    """The same digits at their own size, 8x8 gray PNGs: one changed pixel is 1/64 of the picture and
+    the strokes are a pixel wide, so a filter that smooths copies smooths the digits away too."""
+    digits = load_digits().images
+    order = np.random.default_rng(seed).permutation(len(digits))
+    return [png((digits[i] * 255 / 16).round().astype(np.uint8)) for i in order]
+
+
+def jittered(
+    data: bytes, rng: np.random.Generator, pixels: int = 5, quality: tuple[int, int] = (60, 91)
+) -> bytes:
     """A copycat's copy: a few pixels set to random colours, then re-encoded as JPEG."""
     img = np.array(Image.open(io.BytesIO(data)).convert("RGB"))
     for _ in range(pixels):
         y, x = rng.integers(0, img.shape[0], 2)
         img[y, x] = rng.integers(0, 256, 3)
     buf = io.BytesIO()
-    Image.fromarray(img).save(buf, "JPEG", quality=int(rng.integers(60, 91)))
+    Image.fromarray(img).save(buf, "JPEG", quality=int(rng.integers(*quality)))
     return buf.getvalue()
 
 
@@ -147,11 +157,15 @@ def _world(kind: str, seed: int) -> tuple[str, list, np.random.Generator]:
     rng = np.random.default_rng(seed)
     if kind == "text":
         return "text", honest_texts(300, seed), rng
-    return "image", honest_images(seed)[:600], rng
+    return "image", (small_images(seed) if kind == "image8" else honest_images(seed))[:600], rng
 
 
 def _copy(kind: str, value, rng: np.random.Generator):
-    return edited(value, rng) if kind == "text" else jittered(value, rng)
+    if kind == "text":
+        return edited(value, rng)
+    if kind == "image8":  # one pixel, and a light re-encode: JPEG at 60 redraws a whole 8x8 digit
+        return jittered(value, rng, pixels=1, quality=(85, 96))
+    return jittered(value, rng)
 
 
 def _honest_table(column: str, honest: list) -> pa.Table:
@@ -161,7 +175,10 @@ def _honest_table(column: str, honest: list) -> pa.Table:
 # ---------------------------------------------------------------- copycats, floods, honest sets
 
 
-@pytest.mark.parametrize("kind,seed", [("text", 0), ("text", 1), ("text", 2), ("image", 0), ("image", 1)])
+@pytest.mark.parametrize(
+    "kind,seed",
+    [("text", 0), ("text", 1), ("text", 2), ("image", 0), ("image", 1), ("image8", 0), ("image8", 1)],
+)
 def test_a_copycats_light_edits_join_their_originals_and_earn_nothing(kind, seed) -> None:
     column, honest, rng = _world(kind, seed)
     originals = honest[1::3][:40]  # b's
@@ -181,7 +198,7 @@ def test_a_copycats_light_edits_join_their_originals_and_earn_nothing(kind, seed
     assert 0 < near["threshold"] < near["median_nn_distance"]
 
 
-@pytest.mark.parametrize("kind", ["text", "image"])
+@pytest.mark.parametrize("kind", ["text", "image", "image8"])
 def test_a_flood_of_near_copies_gains_nothing_and_dilutes_nobody(kind) -> None:
     column, honest, rng = _world(kind, 7)
     seeds, honest = honest[:3], honest[3:]  # the flooder's own three examples
@@ -294,3 +311,37 @@ def test_16_bit_images_group_as_their_8_bit_pictures() -> None:
     groups = partition(sixteen_bit)
     assert groups == partition(gray8)
     assert sum(len(g) > 1 for g in groups) == 20  # each copy with its original, nothing else
+
+
+def test_the_candidate_search_links_what_a_search_over_all_pairs_links() -> None:
+    """Each image is compared with its nearest few by the untrimmed distance only; over every pair
+    (thumbnails and the trimmed distance recomputed here by sorting), the same groups form."""
+    column, honest, rng = _world("image8", 11)
+    honest = honest[:450]
+    copies = [_copy("image8", v, rng) for v in honest[1::3][:30]]
+    flood = [_copy("image8", honest[0], rng) for _ in range(25)]
+    table = pa.concat_tables([_honest_table(column, honest), _table(column, copies, "copycat"),
+                              _table(column, flood, "flooder")])
+    examples, _ = to_examples(table, _times(table))
+    labels, near = near_groups(examples, [column])
+    small = [Image.open(io.BytesIO(v)).convert("L").resize((16, 16), Image.Resampling.BOX)
+             for v in examples[column].to_pylist()]
+    thumbs = np.array([np.asarray(t, dtype=np.float64).ravel() for t in small])
+    drop = int(thumbs.shape[1] * near["trim"])
+    parent = list(range(len(thumbs)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for i in range(len(thumbs)):
+        sq = np.sort((thumbs[i + 1 :] - thumbs[i]) ** 2, axis=1)
+        for j in np.flatnonzero(np.sqrt(sq[:, : sq.shape[1] - drop].sum(axis=1)) < near["threshold"]) + i + 1:
+            parent[root(int(j))] = root(i)
+
+    def partition(of) -> set[frozenset[int]]:
+        return {frozenset(np.flatnonzero(np.asarray(of) == g).tolist()) for g in set(of)}
+
+    assert partition([root(i) for i in range(len(thumbs))]) == partition(labels.tolist())
+    assert near["groups"] == 31 and near["copies"] == 30 + 25  # copies with originals, the flood with a's
