@@ -19,7 +19,9 @@ import fcntl
 import hashlib
 import io
 import json
+import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -306,6 +308,20 @@ def label_with_simulated_annotators(client: LabelStudioClient, data: DemoData, s
     return import_with_answers(client, project, examples, answers, users)
 
 
+@contextlib.contextmanager
+def sigterm_kept() -> Iterator[None]:
+    """Restore SIGTERM's handler on the way out. Dagster's in-process execution maps SIGTERM to
+    SIGINT's handler and leaves it so (``dagster._utils.interrupts``); a process started in the
+    background ignores SIGINT, so after one run it ignored SIGTERM too, and so did every process it
+    started later (an ignored signal survives exec): `kill` and `timeout` could no longer stop them."""
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if before is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, before)
+
+
 def materialize(settings: Settings, instance: dg.DagsterInstance, version: str,
                 training: dict | None = None) -> dict[str, dict]:
     """Every asset and check of the graph for one dataset version, in this process; value per asset.
@@ -313,14 +329,15 @@ def materialize(settings: Settings, instance: dg.DagsterInstance, version: str,
     from pipelines.definitions import defs
     from pipelines.resources import resources_for
 
-    result = dg.materialize(
-        [*defs.assets, *defs.asset_checks],
-        instance=instance,
-        partition_key=version,
-        resources=resources_for(settings),  # these settings, not those at import time
-        raise_on_error=False,
-        run_config={**QUIET, "ops": {"trained_model": {"config": training}}} if training else QUIET,
-    )
+    with sigterm_kept():
+        result = dg.materialize(
+            [*defs.assets, *defs.asset_checks],
+            instance=instance,
+            partition_key=version,
+            resources=resources_for(settings),  # these settings, not those at import time
+            raise_on_error=False,
+            run_config={**QUIET, "ops": {"trained_model": {"config": training}}} if training else QUIET,
+        )
     if not result.success:
         failures = [_root_cause(e) for e in result.all_events if e.is_step_failure]
         raise DemoError(f"the pipeline failed: {failures[0] if failures else 'see the Dagster run logs'}")

@@ -48,7 +48,8 @@ def _die_with_parent() -> Callable[[], None]:
 
     def arm() -> None:
         # An ignored SIGTERM survives exec, and would void the death signal: a parent that ignores it
-        # (pytest does between Dagster runs) left its server's worker running after the server died.
+        # (one started in the background that ran Dagster: pipelines.demo.sigterm_kept) left its
+        # server's worker running after the server died.
         with contextlib.suppress(ValueError, OSError):
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if libc is not None:
