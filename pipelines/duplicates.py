@@ -229,11 +229,9 @@ def numeric_payload(table: pa.Table, payload: Sequence[str]) -> tuple[np.ndarray
     return x, None
 
 
-def _near_groups(
-    x: np.ndarray, owner: np.ndarray, fraction: float, standardize: bool = True
-) -> tuple[np.ndarray, dict[str, Any]]:
+def _near_groups(x: np.ndarray, owner: np.ndarray, fraction: float) -> tuple[np.ndarray, dict[str, Any]]:
     sd = x.std(axis=0)
-    z = (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0) if standardize else x
+    z = (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
     tree = cKDTree(z)
     median = float(np.median(_spacing(z, owner, tree)))
     threshold = fraction * median
@@ -390,7 +388,7 @@ def _trimmed_neighbours(x: np.ndarray, owner: np.ndarray) -> tuple[np.ndarray, n
             other = near
         i, j = np.nonzero(near | other)
         d = _trimmed(x[rows[i]], x[j])
-        spacing[rows] = np.full(len(rows), np.inf)
+        spacing[rows] = np.inf
         np.minimum.at(spacing, rows[i[other[i, j]]], d[other[i, j]])
         keep = near[i, j]
         pairs.append(np.column_stack([rows[i[keep]], j[keep]]))
