@@ -82,7 +82,7 @@ TEXT_METHOD = (
 )
 IMAGE_SIDE = 16  # thumbnail side, pixels
 IMAGE_MAX_SIDE = 128  # images are shrunk to at most this before the thumbnail
-IMAGE_TRIM = 0.05  # the share of thumbnail pixels a near-copy may differ in anywhere (a stamp, say)
+IMAGE_TRIM = 0.02  # the share of thumbnail pixels a near-copy may differ in anywhere (a stamp, say)
 IMAGE_CANDIDATES = 16  # each image's nearest by the untrimmed distance, checked by the trimmed one
 IMAGE_METHOD = (
     "image payload decoded (Pillow) to grayscale, shrunk to at most max_side px, box-filtered to a side x "
