@@ -11,16 +11,7 @@ import pyarrow as pa
 import pytest
 
 from labeling import ModelProbs
-from pipelines.demo import sigterm_kept
 from pipelines.settings import Settings, load_settings
-
-
-@pytest.fixture(autouse=True)
-def _sigterm_after_dagster() -> Iterator[None]:
-    """Every test here that runs Dagster in this process would leave SIGTERM as SIGINT's handler
-    (ignored, where pytest runs in the background), for every later test and every child it starts."""
-    with sigterm_kept():
-        yield
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import random
+import signal
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -155,7 +156,10 @@ def _charge_many(target: Path | str, key_id: str, seed: int) -> tuple[list[str],
 def test_concurrent_charges_never_overdraw_lose_or_duplicate(ledger: Ledger, target):
     key_id, _ = ledger.create_key("shared", balance=BALANCE)
     # spawn, not fork: a child forked while the parent's connection-pool threads hold a lock can hang.
-    with multiprocessing.get_context("spawn").Pool(3) as pool:
+    # The workers take SIGTERM's default whatever this process has (an ignored signal survives exec,
+    # and the pool's terminate() at the end would then wait forever: tests/conftest.py says when).
+    restore = (signal.SIGTERM, signal.SIG_DFL)
+    with multiprocessing.get_context("spawn").Pool(3, initializer=signal.signal, initargs=restore) as pool:
         results = pool.starmap(_charge_many, [(target, key_id, seed) for seed in range(3)])
     charged = [r for got, _ in results for r in got]
     stored = ledger.receipt_ids()
