@@ -239,14 +239,15 @@ def _near_groups(x: np.ndarray, owner: np.ndarray, fraction: float) -> tuple[np.
     if len(pairs):  # strictly closer than the threshold
         pairs = pairs[np.linalg.norm(z[pairs[:, 0]] - z[pairs[:, 1]], axis=1) < threshold]
     labels, near = _components(pairs, len(z))
-    return labels, {
-        "method": NEAR_METHOD,
-        "fraction": fraction,
-        "median_nn_distance": _sig(median),
-        "threshold": _sig(threshold),
-        "features": int(z.shape[1]),
-        **near,
-    }
+    return labels, _near_record(NEAR_METHOD, fraction, median, threshold, int(z.shape[1]), near)
+
+
+def _near_record(method: str, fraction: float, median: float, threshold: float, features: int,
+                 counts: dict[str, int], **details: Any) -> dict[str, Any]:
+    """The record's ``near``: how examples were linked (``details``: the kind's own settings), and
+    the groups and copies that made (``counts``, from ``_components``)."""
+    return {"method": method, "fraction": fraction, "median_nn_distance": _sig(median),
+            "threshold": _sig(threshold), "features": features, **counts, **details}
 
 
 def _texts(table: pa.Table, payload: Sequence[str]) -> list[str]:
@@ -277,17 +278,9 @@ def _text_groups(texts: list[str], owner: np.ndarray) -> tuple[np.ndarray, dict[
     close = links.data < threshold  # strictly closer; stored zeros (identical vectors) stay links
     pairs = np.column_stack([links.row[close], links.col[close]])
     labels, near = _components(pairs, n)
-    return labels, {
-        "method": TEXT_METHOD,
-        "analyzer": "char",
-        "ngram_range": list(TEXT_NGRAMS),
-        "fraction": TEXT_FRACTION,
-        "max_distance": TEXT_MAX_DISTANCE,
-        "median_nn_distance": _sig(median),
-        "threshold": _sig(threshold),
-        "features": int(x.shape[1]),
-        **near,
-    }
+    return labels, _near_record(TEXT_METHOD, TEXT_FRACTION, median, threshold, int(x.shape[1]), near,
+                                analyzer="char", ngram_range=list(TEXT_NGRAMS),
+                                max_distance=TEXT_MAX_DISTANCE)
 
 
 def _spacing_cosine(x: csr_matrix, owner: np.ndarray) -> np.ndarray:
@@ -321,19 +314,9 @@ def _image_groups(
     threshold = fraction * median
     sub, near = _components(pairs[dist < threshold], len(x))
     labels[ok] = np.flatnonzero(ok)[sub]  # distinct labels, none an undecodable row's own
-    return labels, {
-        "method": IMAGE_METHOD,
-        "fraction": fraction,
-        "median_nn_distance": _sig(median),
-        "threshold": _sig(threshold),
-        "features": int(x.shape[1]),
-        **near,
-        "side": IMAGE_SIDE,
-        "max_side": IMAGE_MAX_SIDE,
-        "trim": IMAGE_TRIM,
-        "candidates": IMAGE_CANDIDATES,
-        "undecodable": int(n - ok.sum()),
-    }
+    return labels, _near_record(IMAGE_METHOD, fraction, median, threshold, int(x.shape[1]), near,
+                                side=IMAGE_SIDE, max_side=IMAGE_MAX_SIDE, trim=IMAGE_TRIM,
+                                candidates=IMAGE_CANDIDATES, undecodable=int(n - ok.sum()))
 
 
 def _thumbnail(data: bytes | None) -> np.ndarray | None:

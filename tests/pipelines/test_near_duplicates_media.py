@@ -89,25 +89,24 @@ def png(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def honest_images(seed: int) -> list[bytes]:
-    """scikit-learn's handwritten digits as 32x32 RGB PNGs (1,797 distinct images by real writers:
-    many honest pairs look alike)."""
+def _digit_pictures(seed: int) -> list[Image.Image]:
+    """scikit-learn's handwritten digits (1,797 distinct images by real writers: many honest pairs look
+    alike) as 8x8 gray pictures, in a seeded order."""
     digits = load_digits().images
     order = np.random.default_rng(seed).permutation(len(digits))
-    out = []
-    for i in order:
-        gray = Image.fromarray((digits[i] * 255 / 16).astype(np.uint8))
-        gray = gray.resize((32, 32), Image.Resampling.BILINEAR)
-        out.append(png(np.asarray(gray.convert("RGB"))))
-    return out
+    return [Image.fromarray((digits[i] * 255 / 16).astype(np.uint8)) for i in order]
+
+
+def honest_images(seed: int) -> list[bytes]:
+    """The digits as 32x32 RGB PNGs."""
+    return [png(np.asarray(g.resize((32, 32), Image.Resampling.BILINEAR).convert("RGB")))
+            for g in _digit_pictures(seed)]
 
 
 def small_images(seed: int) -> list[bytes]:
-    """The same digits at their own size, 8x8 gray PNGs: one changed pixel is 1/64 of the picture and
-    the strokes are a pixel wide, so a filter that smooths copies smooths the digits away too."""
-    digits = load_digits().images
-    order = np.random.default_rng(seed).permutation(len(digits))
-    return [png((digits[i] * 255 / 16).round().astype(np.uint8)) for i in order]
+    """The digits at their own size, 8x8 gray PNGs: one changed pixel is 1/64 of the picture and the
+    strokes are a pixel wide, so a filter that smooths copies smooths the digits away too."""
+    return [png(np.asarray(g)) for g in _digit_pictures(seed)]
 
 
 def jittered(

@@ -13,7 +13,7 @@ import pytest
 
 RUN = textwrap.dedent(
     """
-    import signal, subprocess, sys
+    import contextlib, signal, subprocess, sys
     import dagster as dg
     from pipelines.demo import sigterm_kept
 
@@ -21,7 +21,7 @@ RUN = textwrap.dedent(
     def one() -> int:
         return 1
 
-    with sigterm_kept() if sys.argv[1] == "kept" else open("/dev/null"):
+    with sigterm_kept() if sys.argv[1] == "kept" else contextlib.nullcontext():
         assert dg.materialize([one]).success
     print(signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
