@@ -20,7 +20,9 @@ faults:
   provider's examples lightly perturbed), a flooder (many near-identical easy examples);
 - labelers of accuracy 0.95 / 0.85 / 0.70, a random one, a constant one and an adversarial one
   (a uniformly random wrong answer); three answers per example, Dawid–Skene consensus
-  (``labeling.dawid_skene``) gives the training labels, as in the pipeline.
+  (``labeling.dawid_skene``) gives the training labels, as in the pipeline. With two classes the
+  adversarial labeler always answers the other class, and the flood has one easy example per class:
+  Dawid–Skene learns to read such a labeler backwards, so the truth finds it helps, and the bench says so.
 
 Ground truth: leave one contributor out (a provider's examples; a labeler's answers, consensus
 recomputed), retrain, and take the change of the validation loss, averaged over ``--seeds``
@@ -54,7 +56,10 @@ table's ``left-out`` column, before pay shrinks it by its seeds' noise), and for
 the library ('net' after crediting near-copies to their first registrant). The last line is one
 JSON object: the issue's keys
 (``spearman``, ``ceiling``, ``faulty_share_bps``, ``default_policy``: ``valued``, ``seconds``),
-``spearman_copies_once``, ``share_gap``, ``candidate``, ``detection`` and ``consensus``.
+``spearman_copies_once``, ``share_gap``, ``faulty_share_bps_by_truth``, ``candidate``, ``detection`` and
+``consensus``. ``faulty_share_bps_by_truth`` is what paying by the truth itself (the default's 70/30, in
+proportion to each contributor's positive truth) gives the faulty contributors: the floor of the faulty
+goal in that world, since a policy that tracks a truth in which a faulty contributor helped pays it.
 
 ``--consensus crowdlab|dawid_skene_model`` measures the pipeline's consensus methods that
 weigh a model, after a run was reviewed: the training labels, and those of every
@@ -126,6 +131,7 @@ from bench._common import (  # noqa: E402
 from bench._common.lds_models import read_columns  # noqa: E402
 from labeling import MODEL_METHODS, ModelProbs, SimulatedAnnotator, aggregate, simulate_answers  # noqa: E402
 from pipelines.datasets import example_id, to_examples  # noqa: E402
+from schemas import TOTAL_BPS  # noqa: E402
 
 POLICIES = typing.get_args(typing.get_type_hints(WeightPolicy)["negative"])  # every policy the library has
 LIBRARY = "net+credit"  # 'net' with the ingest's example_credit (copies earn once), labelers by agreement
@@ -304,8 +310,6 @@ def build_media_world(kind: str, seed: int, data: tuple[list, np.ndarray] | None
     values, y, n_val = media_rows(kind, seed, data)
     n_pool = len(values) - n_val
     classes = [str(c) for c in range(int(y.max()) + 1)]
-    if len(classes) < 3:
-        sys.exit("error: the label column needs >= 3 classes (random and adversarial labelers differ)")
     pool = np.arange(n_val, n_val + n_pool)
     present = [c for c in range(len(classes)) if (y[pool] == c).any()][:5]
     flood_base = [int(pool[np.flatnonzero(y[pool] == c)[0]]) for c in present]
@@ -548,6 +552,19 @@ def share_gap(pay: dict[str, int], truth: dict[str, float], names: list[str]) ->
     return float(0.5 * np.abs(p / p.sum() - t / t.sum()).sum())
 
 
+def truth_pay(truth: dict[str, float], roles: dict[str, list[str]]) -> dict[str, float]:
+    """What paying by the truth itself gives each contributor, in bps: each role's share (the default
+    policy's 70/30, passed on where a role has no positive truth) in proportion to its positive truth.
+    Its faulty share is the floor of the faulty goal in this world: where the truth says a faulty
+    contributor helped, a policy that tracks the truth pays it."""
+    positive = {r: {n: max(truth[n], 0.0) for n in names} for r, names in roles.items()}
+    total = {r: sum(v.values()) for r, v in positive.items()}
+    share = {r: WeightPolicy().share(r) for r in roles}
+    if not all(total.values()):
+        share = {r: TOTAL_BPS * (total[r] > 0) for r in roles}
+    return {n: share[r] * v / total[r] for r, vs in positive.items() if total[r] for n, v in vs.items()}
+
+
 # ---------------------------------------------------------------- the benchmark
 
 
@@ -662,8 +679,6 @@ def detection(owner: np.ndarray, in_group: np.ndarray, near_dup: np.ndarray, out
 def tabular_world(args) -> tuple[World, AttributionTask]:
     """The world over ``--data`` (or digits) and the MLP task; prints what they are."""
     x, y = load(args.data, args.label_col)
-    if len(np.unique(y)) < 3:
-        sys.exit("error: the label column needs >= 3 classes (random and adversarial labelers differ)")
     world = build_world(x, y, args.seed)
     c = len(world.classes)
     task = AttributionTask(
@@ -746,6 +761,9 @@ def main() -> None:
                 if name == "lab-constant" else "a uniformly random wrong answer" if acc == 0
                 else f"accuracy {acc:.2f}")
         print(f"  {name:<15} {ann_by.count(name):>5} answers  {what}{'  [faulty]' * faulty}")
+    if len(world.classes) == 2:
+        print("  (2 classes: the adversarial labeler always answers the other class, so Dawid-Skene can read "
+              "its answers backwards; the flood has one easy example per class)")
 
     seeds = list(range(1, args.seeds + 1))
     print(f"== ground truth: leave one contributor out, {args.seeds} training seeds", flush=True)
@@ -758,6 +776,10 @@ def main() -> None:
     once_mean = {k: float(v.mean()) for k, v in once.items()}
     print(f"  {retrains} retrains in {truth_s:.1f}s; ceiling (Spearman between seed halves): "
           f"providers {ceil['provider']:.3f}, labelers {ceil['labeler']:.3f}", flush=True)
+    by_truth = {k: round(sum(truth_pay(t, roles).get(n, 0.0) for n in FAULTY)) for k, t in
+                (("truth", truth_mean), ("copies_once", once_mean))}
+    print(f"  paid by the truth itself (70/30, in proportion to positive truth), the faulty contributors "
+          f"would get {by_truth['truth']} bps ({by_truth['copies_once']} by the truth with copies once)")
 
     print("== pay: training with per-step attribution against the validation targets", flush=True)
     credit, grouping = library_credit(world)
@@ -862,6 +884,7 @@ def main() -> None:
         "ceiling": {k: _num(v) for k, v in ceil.items()},
         "spearman_copies_once": {f"{k}/provider": _num(v) for k, v in out_once.items() if k != "candidate"},
         "faulty_share_bps": {k: v for k, v in faulty_bps.items() if k != "candidate"},
+        "faulty_share_bps_by_truth": by_truth,
         "value": world.value,
         "default_policy": DEFAULT,  # what the pipeline pays: WeightPolicy(), with the ingest's example_credit
         "seconds": round(seconds, 1),

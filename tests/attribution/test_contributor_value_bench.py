@@ -58,15 +58,16 @@ def test_image_world_from_a_users_file(tmp_path):
     assert credit.num_rows == world.examples.num_rows and grouping["near"]["copies"] > 0
 
 
-def test_text_world_keeps_the_files_classes_and_survives_an_empty_text(tmp_path):
-    texts, y = synthetic_text(300, 5, n_classes=3, noise=0.0)
+@pytest.mark.parametrize("classes", [3, 2])
+def test_text_world_keeps_the_files_classes_and_survives_an_empty_text(tmp_path, classes):
+    texts, y = synthetic_text(300, 5, n_classes=classes, noise=0.0)
     texts[7] = ""  # an empty text can still be copied and flooded
     path = tmp_path / "texts.parquet"
     pq.write_table(pa.table({"body": texts, "topic": [["x", "y", "z"][v] for v in y]}), path)
 
     world = cv.build_media_world("text", 2, read_columns(str(path), "body", "topic", "text"))
 
-    assert world.classes == ["0", "1", "2"]
+    assert world.classes == ["0", "1", "2"][:classes]
     assert set(world.annotations["label"].to_pylist()) <= set(world.classes)
     assert world.media.rows["input_ids"].shape[0] == world.examples.num_rows
 
@@ -105,12 +106,14 @@ def test_tabular_file_with_gaps_loads(tmp_path, capsys):
     assert "1 rows without a label dropped, 1 missing or infinite" in capsys.readouterr().out
 
 
-def test_a_tabular_run_on_a_users_file_prints_the_issues_keys(tmp_path):
+@pytest.mark.parametrize("classes", [3, 2])
+def test_a_tabular_run_on_a_users_file_prints_the_issues_keys(tmp_path, classes):
     """The whole bench at its smallest (2 truth seeds, 1 pay run) on a small file of the user's: the last
-    line is one JSON object with the keys the royalty issue names."""
+    line is one JSON object with the keys the royalty issue names. Two classes are a world too (the
+    adversarial labeler then always answers the other class, and the bench says so)."""
     rng = np.random.default_rng(0)
-    y = rng.integers(0, 3, 400)
-    x = rng.normal(0, 2.0, (3, 6))[y] + rng.normal(size=(400, 6))
+    y = rng.integers(0, classes, 400)
+    x = rng.normal(0, 2.0, (classes, 6))[y] + rng.normal(size=(400, 6))
     path = tmp_path / "small.parquet"
     pq.write_table(pa.table({**{f"f{j}": x[:, j] for j in range(6)}, "y": [f"c{v}" for v in y]}), path)
     args = ["--data", str(path), "--label-col", "y", "--seeds", "2", "--pay-runs", "1"]
@@ -124,3 +127,16 @@ def test_a_tabular_run_on_a_users_file_prints_the_issues_keys(tmp_path):
             assert -1 <= summary["spearman"][f"{policy}/{role}"] <= 1
         assert -1 <= summary["spearman_copies_once"][f"{policy}/provider"] <= 1
         assert 0 <= summary["faulty_share_bps"][policy] <= 10_000
+    assert set(summary["faulty_share_bps_by_truth"]) == {"truth", "copies_once"}
+    assert all(0 <= v <= 10_000 for v in summary["faulty_share_bps_by_truth"].values())
+    said = "2 classes: the adversarial labeler always answers the other class" in out.stdout
+    assert said == (classes == 2)
+
+
+def test_truth_pay_splits_each_roles_share_by_its_positive_truth():
+    roles = {"provider": ["p1", "p2", "p3"], "labeler": ["l1", "l2"]}
+    truth = {"p1": 3.0, "p2": 1.0, "p3": -2.0, "l1": 0.5, "l2": 0.5}
+    assert cv.truth_pay(truth, roles) == {"p1": 5250.0, "p2": 1750.0, "p3": 0.0, "l1": 1500.0, "l2": 1500.0}
+    # a role with no positive truth passes its share to the other, as the pay does
+    truth.update(l1=-1.0, l2=0.0)
+    assert cv.truth_pay(truth, roles) == {"p1": 7500.0, "p2": 2500.0, "p3": 0.0}
