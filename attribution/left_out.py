@@ -18,7 +18,8 @@ representatives and drops only the extra copies, which splits its value into its
 and the copies' (``copies_value``); the copies count only when they hurt. So a provider who floods
 near-copies of its own examples is paid at most what the examples alone earn (on the bench's
 digits-as-images world such a flood of 5 images was otherwise valued above an honest provider's 80),
-and a flood that hurts the model still costs it. Leaving a group out also recomputes the consensus
+and a flood that hurts the model still costs it (``WeightPolicy(copies='group')`` pays the whole group's
+effect instead, ``provider_values``). Leaving a group out also recomputes the consensus
 labels of the rest from their answers alone (``relabel``): on the bench's digits world, leaving one
 provider out moved 103 of 1,568 other labels, which turned its value from +25.7 to -4.4 (x1e-3), as
 the truth has it.
@@ -215,13 +216,20 @@ def _trained(steps: Iterator[nn.Module], fresh: Callable[[], nn.Module]) -> nn.M
     return (last[0] if last else fresh()).cpu().eval()
 
 
-def provider_values(table: pa.Table) -> dict[str, tuple[float, float, int]]:
+def provider_values(table: pa.Table, copies: str = "once") -> dict[str, tuple[float, float, int]]:
     """provider -> (value, value_se, examples_left_out), from a ``LEFT_OUT_SCHEMA`` table (what
-    ``contributor_weights`` pays by)."""
+    ``contributor_weights`` pays by). ``copies='group'`` (``WeightPolicy.copies``) takes the whole
+    group's effect instead, ``loss_without - loss_with``: ``value`` plus its copies' value where they
+    helped (with ``value_se`` as its error, the seeds' noise of the copies-free part)."""
+    if copies not in ("once", "group"):
+        raise ContributorError(f"copies must be 'once' or 'group', got {copies!r}")
     missing = [c for c in LEFT_OUT_SCHEMA.names if c not in table.column_names]
     if missing:
         raise ContributorError(f"a left-out table needs columns {LEFT_OUT_SCHEMA.names}; missing {missing}")
     values = table["value"].to_numpy(zero_copy_only=False).astype(np.float64)
+    if copies == "group":
+        values = np.subtract(*(table[c].to_numpy(zero_copy_only=False).astype(np.float64)
+                               for c in ("loss_without", "loss_with")))
     se = table["value_se"].to_numpy(zero_copy_only=False).astype(np.float64)
     if not (np.isfinite(values).all() and np.isfinite(se).all()) or (se < 0).any():
         raise ContributorError("a left-out table holds NaN or inf values (or a negative value_se)")

@@ -47,7 +47,10 @@ example's provider credit goes to the providers the credit table names, with its
 duplicate group's members each weigh ``1/m``, so the group earns the mean of its members'
 scores once (copies add nothing and dilute nobody), paid to the provider(s) who registered the
 group first (equal shares for sources registered at the same time); its labelers' credit is
-scaled by the same weight. Without ``credit`` each example pays its ``provider`` column.
+scaled by the same weight. Without ``credit`` each example pays its ``provider`` column. Paid by
+left-out values, a provider's copies beyond one per group count only where they hurt (``copies='once'``,
+the default: flooding gains nothing); ``copies='group'`` pays the group's whole left-out effect, copies
+that help included, as ``bench/contributor_value.py``'s truth counts it.
 
 Determinism for auditors: example scores are rounded to ``score_digits`` significant digits
 (relative to the largest) before anything else, so tiny float differences (1 vs 2 torch
@@ -83,6 +86,7 @@ from .errors import ContributorError
 
 LABELER_POLICIES = ("agree", "pivotal", "valued")
 PROVIDER_POLICIES = ("left_out", "scores")
+COPIES_POLICIES = ("once", "group")
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,10 @@ class WeightPolicy:
     # a run's providers: by their left-out retraining value ('left_out', given a `left_out` table), or
     # by their examples' summed scores ('scores'; a prediction's fee is always split by its scores)
     providers: Literal["left_out", "scores"] = "left_out"
+    # 'left_out' providers' duplicate groups: their copies beyond one per group count only where they hurt
+    # ('once': flooding gains nothing), or a group's whole left-out effect goes to its first registrant
+    # ('group': the royalty issue's ground truth, where copies that help raise the original's value)
+    copies: Literal["once", "group"] = "once"
 
     def __post_init__(self) -> None:
         if not 0 <= self.provider_share_bps <= TOTAL_BPS:
@@ -109,6 +117,8 @@ class WeightPolicy:
             raise ValueError(f"label_smoothing must be a positive number, got {self.label_smoothing!r}")
         if self.providers not in PROVIDER_POLICIES:
             raise ValueError(f"providers must be one of {PROVIDER_POLICIES}, got {self.providers!r}")
+        if self.copies not in COPIES_POLICIES:
+            raise ValueError(f"copies must be one of {COPIES_POLICIES}, got {self.copies!r}")
 
     def share(self, role: str) -> int:
         return self.provider_share_bps if role == "provider" else TOTAL_BPS - self.provider_share_bps
@@ -289,7 +299,7 @@ class ContributorSplit:
         if left_out is not None and self.policy.providers == "left_out":
             from .left_out import provider_values
 
-            values = provider_values(left_out)
+            values = provider_values(left_out, copies=self.policy.copies)
         return self.weights_from_scores(self.scores_vector(example_attribution), values)
 
     def split_query(self, example_ids: list[str], contributions: np.ndarray) -> pa.Table:

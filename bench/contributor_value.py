@@ -52,7 +52,9 @@ label it displaced was right; and providers paid by leaving each out, ``provider
 ``attribution.LEFT_OUT_RUNS`` retrains per provider without the examples it is credited for (its
 copies beyond one per duplicate group counted only where they hurt), the rest labeled by their
 consensus refitted without the left-out answers, from the pay run's seed; the
-table's ``left-out`` column, before pay shrinks it by its seeds' noise), and for a candidate not in
+table's ``left-out`` column, before pay shrinks it by its seeds' noise), for ``grouped`` (the default
+with ``WeightPolicy(copies='group')``: a duplicate group's whole left-out effect to its first
+registrant, as the truth above counts it, copies that help included) and for a candidate not in
 the library ('net' after crediting near-copies to their first registrant). The last line is one
 JSON object: the issue's keys
 (``spearman``, ``ceiling``, ``faulty_share_bps``, ``default_policy``: ``valued``, ``seconds``),
@@ -139,6 +141,9 @@ PIVOTAL = "pivotal"  # net+credit, labelers paid by how much each answer moved i
 VALUED = "valued"  # pivotal, each move valued by what the label it displaced was probably worth
 BY_MOVES = (PIVOTAL, VALUED)  # net+credit with labelers=<the name>
 DEFAULT = VALUED  # what the pipeline pays: WeightPolicy() (providers by their left-out values)
+GROUPED = "grouped"  # the default with copies='group': a duplicate group's whole effect to its original
+KINDS = (*POLICIES, LIBRARY, *BY_MOVES, GROUPED, "candidate")  # every pay the bench prints, in order
+CREDITED = (LIBRARY, *BY_MOVES, GROUPED)  # the kinds paid through the ingest's example_credit
 MAX_VALIDATION, MAX_POOL = 300, 1500  # real rows: validation set, then the providers' pool
 MEDIA_VALIDATION, MEDIA_POOL = 200, 800  # --kind text|image: synthetic rows (a run takes minutes)
 PER_EXAMPLE = 3  # answers per example
@@ -603,14 +608,10 @@ def pay_run(task, world: World, full: Variant, seed: int, owners: np.ndarray, cr
     at = world.examples.column_names.index("provider")
     dedup = world.examples.set_column(at, "provider", pa.array(owners))  # copies credited to the original
     pay = {}
-    for kind in [*POLICIES, LIBRARY, *BY_MOVES, "candidate"]:
-        policy = WeightPolicy(negative="net" if kind in (LIBRARY, *BY_MOVES, "candidate") else kind,
-                              labelers=kind if kind in BY_MOVES else "agree",
-                              providers="left_out" if kind == DEFAULT else "scores")
+    for kind in KINDS:
         examples = dedup if kind == "candidate" else world.examples
         table = contributor_weights(res.example_attribution, examples, world.annotations, full.consensus,
-                                    addresses, policy,
-                                    credit=credit if kind in (LIBRARY, *BY_MOVES) else None,
+                                    addresses, policy_of(kind), credit=credit if kind in CREDITED else None,
                                     left_out=left_out)
         pay[kind] = dict(zip(table["contributor"].to_pylist(), table["weight_bps"].to_pylist(), strict=True))
     split = ContributorSplit.build(world.examples, world.annotations, full.consensus, addresses)
@@ -620,6 +621,17 @@ def pay_run(task, world: World, full: Variant, seed: int, owners: np.ndarray, cr
         signed.update(zip(split.contributors[role], (split.matrices[role] @ aligned).tolist(), strict=True))
     values = dict(zip(left_out["provider"].to_pylist(), left_out["value"].to_pylist(), strict=True))
     return pay, signed, values
+
+
+def policy_of(kind: str) -> WeightPolicy:
+    """The ``WeightPolicy`` each printed pay stands for."""
+    if kind in POLICIES:
+        return WeightPolicy(negative=kind, labelers="agree", providers="scores")
+    if kind in (LIBRARY, "candidate"):
+        return WeightPolicy(labelers="agree", providers="scores")
+    if kind == GROUPED:
+        return WeightPolicy(copies="group")
+    return WeightPolicy(labelers=kind, providers="left_out" if kind == DEFAULT else "scores")
 
 
 def datalab_flags(task: AttributionTask, full: Variant, seed: int) -> tuple[np.ndarray, ...]:
@@ -788,11 +800,11 @@ def main() -> None:
     runs = [pay_run(task, world, full, 1000 + args.seed + r, owners, credit) for r in range(args.pay_runs)]
     pay_s = (time.perf_counter() - t0) / args.pay_runs
     pay, signed, left = runs[0]
-    kinds = [*POLICIES, LIBRARY, *BY_MOVES, "candidate"]
+    kinds = list(KINDS)
     print(f"  one attributed run: {pay_s:.1f}s (seed {1000 + args.seed}, not one of the truth's seeds); "
           f"{len(runs) - 1} more at other seeds for the pay's own spread")
     print("  contributor        truth x1e3 (mean +- sd)   left-out x1e3   signed score  "
-          + "  ".join(f"{k:>5} bps" if k not in (LIBRARY, *BY_MOVES, "candidate")
+          + "  ".join(f"{k:>5} bps" if k not in (*CREDITED, "candidate")
                       else f"{k:>9}*" for k in kinds))
     for names in roles.values():
         for name in names:
@@ -814,6 +826,9 @@ def main() -> None:
                  "its example's consensus)" if kind == PIVOTAL else
                  f"library default {VALUED!r}: {LIBRARY!r} with labelers='valued' (each move valued by what "
                  "the label it displaced was probably worth; the pipeline's pay)" if kind == VALUED else
+                 f"{GROUPED!r}: {VALUED!r} with copies='group' (a duplicate group's whole left-out effect to "
+                 "its first registrant, as this truth counts it, so copies that help pay their original)"
+                 if kind == GROUPED else
                  f"policy negative={kind!r}")
         print(f"== {title}", flush=True)
         for role, names in roles.items():

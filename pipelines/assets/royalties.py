@@ -39,6 +39,9 @@ class WeightingConfig(dg.Config):
     # providers by their value when the run retrains without each (the training record's
     # provider_value), or "scores": by their examples' summed scores (also where the run has none)
     providers: str = "left_out"
+    # a duplicate group's copies: beyond one per group counted only where they hurt ("once": flooding
+    # gains nothing), or "group": the group's whole left-out effect to its first registrant
+    copies: str = "once"
 
 
 @dg.asset(partitions_def=dataset_versions, group_name="royalties", kinds={"arrow"})

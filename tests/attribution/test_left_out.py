@@ -228,3 +228,21 @@ def test_a_bad_left_out_table_is_refused(bad, match):
     twice = pa.concat_tables([_left_out({"c0": 0.1}), _left_out({"c0": 0.2})])
     with pytest.raises(ContributorError, match="twice"):
         contributor_weights(*tables, ADDR, left_out=twice)
+
+
+def test_copies_group_pays_a_groups_whole_left_out_effect():
+    """'once' (the default) pays a provider its distinct rows' value; 'group' the loss rise without its
+    whole credited group, its copies' help included (the royalty issue's ground truth)."""
+    tables = _tables([1.0, 1.0, 1.0], ["c0", "c1", "c2"], [])
+    table = _left_out({"c0": 0.01, "c1": 0.01, "c2": 0.02})
+    # c0's copies (say a copycat's, credited to it) lowered the loss by 0.03 more: 'once' leaves that out
+    table = table.set_column(2, "loss_without", pa.array([1.04, 1.01, 1.02]))
+    table = table.set_column(6, "copies_value", pa.array([0.03, 0.0, 0.0]))
+    bps = {p: {r["contributor"]: r["weight_bps"] for r in contributor_weights(
+        *tables, ADDR, WeightPolicy(labelers="agree", copies=p), left_out=table).to_pylist()}
+        for p in ("once", "group")}
+    assert [bps["once"][c] for c in ("c0", "c1", "c2")] == [2500, 2500, 5000]
+    assert [bps["group"][c] for c in ("c0", "c1", "c2")] == [round(10_000 * v / 7) for v in (4, 1, 2)]
+    assert WeightPolicy.from_params({"negative": "net"}).copies == "once"  # records before the field
+    with pytest.raises(ValueError, match="copies must be one of"):
+        WeightPolicy(copies="all")
