@@ -2,7 +2,17 @@
 quality. Pure: tables in, tables out.
 
 Dawid-Skene is crowd-kit's (the reference implementation, EM over per-annotator confusion
-matrices); CROWDLAB is cleanlab's (``cleanlab.multiannotator``: each answer and a classifier's
+matrices), with each confusion cell smoothed by ``DS_SMOOTHING`` pseudo-counts in every M-step (the
+maximum a posteriori fit under a uniform Dirichlet prior; ``smoothing=0`` is crowd-kit's own fit).
+crowd-kit floors an unseen cell at 1e-10, so with many classes and few answers per annotator a
+(true class, answer) pair that happens to be unseen vetoes that class outright: on the royalty
+bench's 12-class world (about 90 answers per annotator and true class, spread over 11 wrong
+answers by its random and adversarial labelers) consensus accuracy went from 0.796 / 0.814 to
+0.802 / 0.819 (world seeds 0, 1), and on its digits world from 0.809 / 0.819 to 0.812 / 0.823. It
+is also the model labeler pay assumes (``attribution.WeightPolicy.label_smoothing``, the same
+pseudo-count): without it, that world's truth found the adversarial labeler's answers harmful
+where pay, under the smoothed model, found them informative (labeler Spearman 0.771; with it 0.943
+and 1.0). CROWDLAB is cleanlab's (``cleanlab.multiannotator``: each answer and a classifier's
 out-of-sample prediction weighed by their estimated quality). This module only shapes their input
 deterministically and reads their estimates.
 
@@ -35,6 +45,7 @@ from crowdkit.aggregation import DawidSkene
 from labeling.schemas import ANNOTATOR_QUALITY, CONSENSUS, GOLD
 
 METHODS = ("majority_vote", "dawid_skene", "dawid_skene_model", "crowdlab")
+DS_SMOOTHING = 1.0  # pseudo-counts added to every confusion cell in each Dawid-Skene M-step
 MODEL_METHODS = ("dawid_skene_model", "crowdlab")  # weigh a model's out-of-sample probabilities
 MODEL_ANNOTATOR = "model:out-of-sample"  # the model's vote in dawid_skene_model; never a labeler
 
@@ -97,10 +108,28 @@ class DawidSkeneFit:
     accuracy: dict[str, float]  # annotator -> sum_k prior_k * P(says k | truth k)
 
 
+class _SmoothedDawidSkene(DawidSkene):
+    """crowd-kit's Dawid-Skene whose M-step adds ``smoothing`` to every (annotator, answer, true class)
+    count, the annotator's unseen answers included, before each row is normalized."""
+
+    smoothing: float = DS_SMOOTHING
+
+    def _m_step(self, data, probas, initial_error=None, initial_error_strategy=None):
+        counts = data.join(probas, on="task").drop(columns=["task"]).groupby(["worker", "label"]).sum()
+        cells = pd.MultiIndex.from_product([sorted(data["worker"].unique()), list(probas.columns)],
+                                           names=["worker", "label"])
+        counts = counts.reindex(index=cells, columns=probas.columns, fill_value=0.0) + self.smoothing
+        return counts / counts.groupby("worker", sort=False).sum()
+
+
 def dawid_skene(
-    annotations: pa.Table, gold: pa.Table | None = None, *, n_iter: int = 100, tol: float = 1e-5
+    annotations: pa.Table, gold: pa.Table | None = None, *, n_iter: int = 100, tol: float = 1e-5,
+    smoothing: float = DS_SMOOTHING,
 ) -> DawidSkeneFit:
-    """Dawid-Skene by EM; gold answers (if any) are fixed as known truths during the fit."""
+    """Dawid-Skene by EM; gold answers (if any) are fixed as known truths during the fit; each
+    confusion cell gets ``smoothing`` pseudo-counts (0: crowd-kit's fit as it is)."""
+    if not (smoothing >= 0 and np.isfinite(smoothing)):
+        raise ValueError(f"smoothing must be a finite number >= 0, got {smoothing!r}")
     df = votes(annotations)
     if df.empty:
         return DawidSkeneFit(CONSENSUS.empty_table(), {})
@@ -113,7 +142,12 @@ def dawid_skene(
             truth = pd.Series(g["label"].to_numpy(), index=g["example_id"].to_numpy())
     with warnings.catch_warnings():  # crowd-kit 1.4 uses pandas idioms pandas 3 deprecates
         warnings.filterwarnings("ignore", module=r"crowdkit\.")
-        model = DawidSkene(n_iter=n_iter, tol=tol).fit(data, true_labels=truth)
+        if smoothing:
+            model = _SmoothedDawidSkene(n_iter=n_iter, tol=tol)
+            model.smoothing = float(smoothing)
+        else:
+            model = DawidSkene(n_iter=n_iter, tol=tol)
+        model.fit(data, true_labels=truth)
     probas = model.probas_.sort_index().reindex(sorted(model.probas_.columns), axis=1)
     best = probas.to_numpy().argmax(axis=1)
     labels = probas.columns.to_numpy()[best]

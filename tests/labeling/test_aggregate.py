@@ -19,6 +19,7 @@ from labeling import (
     MODEL_METHODS,
     ModelProbs,
     aggregate,
+    dawid_skene,
     majority_vote,
     simulate_answers,
     simulated_annotators,
@@ -191,27 +192,84 @@ def test_a_good_model_beats_dawid_skene_and_a_bad_sure_one_costs_little(method, 
     assert accuracy(bad.consensus, truth) > ds - 0.02
 
 
-def test_dawid_skene_model_is_crowd_kits_fit_with_the_model_as_one_more_worker():
-    """Against crowd-kit called directly on a frame built by hand; the people's counts and
-    accuracies come back without the model, which never labels an example alone."""
-    from crowdkit.aggregation import DawidSkene
-
+def test_dawid_skene_model_is_the_dawid_skene_fit_with_the_model_as_one_more_worker():
+    """Against ``dawid_skene`` on a table built by hand (which is checked against crowd-kit and an
+    independent EM below); the people's counts and accuracies come back without the model, which
+    never labels an example alone."""
     truth, _, ann = simulated(n=300, seed=6)
     ids = sorted(truth)
     probs = model_probs(truth, right=0.8, seed=6)
     extra = ModelProbs((*probs.example_ids, "unanswered"), CLASSES, np.vstack([probs.probs, [[1, 0, 0, 0]]]))
     got = aggregate(ann, method="dawid_skene_model", probs=extra)
-    frame = ann.to_pandas()[["example_id", "annotator", "label"]]
-    model = pd.DataFrame({"example_id": ids, "annotator": MODEL_ANNOTATOR,
-                          "label": [CLASSES[k] for k in probs.probs.argmax(1)]})
-    data = pd.concat([frame, model]).rename(columns={"example_id": "task", "annotator": "worker"})
-    with warnings.catch_warnings():  # crowd-kit 1.4 uses pandas idioms pandas 3 deprecates
-        warnings.simplefilter("ignore")
-        ref = DawidSkene(n_iter=100, tol=1e-5).fit(data).labels_.sort_index()
-    assert got.consensus["example_id"].to_pylist() == list(ref.index)  # "unanswered" is not labeled
-    assert got.consensus["label"].to_pylist() == list(ref)
+    rows = [(r["example_id"], r["annotator"], r["label"]) for r in ann.to_pylist()]
+    rows += [(e, MODEL_ANNOTATOR, CLASSES[k]) for e, k in zip(ids, probs.probs.argmax(1), strict=True)]
+    ref = dawid_skene(table(rows)).consensus
+    assert got.consensus["example_id"].to_pylist() == ref["example_id"].to_pylist()  # not "unanswered"
+    assert got.consensus["label"].to_pylist() == ref["label"].to_pylist()
     assert set(got.consensus["n_votes"].to_pylist()) == {3}
     assert MODEL_ANNOTATOR not in got.quality["annotator"].to_pylist() and got.model_informed == 300
+
+
+def _smoothed_em(ann: pa.Table, smoothing: float, iters: int = 500) -> dict[str, tuple[str, float]]:
+    """An independent Dawid-Skene in NumPy: majority-vote start, M-step with ``smoothing`` pseudo-counts
+    per confusion cell, E-step; example -> (label, posterior of it)."""
+    rows = ann.select(["example_id", "annotator", "label"]).to_pylist()
+    ex = sorted({r["example_id"] for r in rows})
+    who = sorted({r["annotator"] for r in rows})
+    lab = sorted({r["label"] for r in rows})
+    e_i, w_i, l_i = ({v: i for i, v in enumerate(x)} for x in (ex, who, lab))
+    e = np.array([e_i[r["example_id"]] for r in rows])
+    w = np.array([w_i[r["annotator"]] for r in rows])
+    j = np.array([l_i[r["label"]] for r in rows])
+    k = len(lab)
+    post = np.zeros((len(ex), k))
+    np.add.at(post, (e, j), 1.0)
+    post /= post.sum(1, keepdims=True)
+    for _ in range(iters):
+        prior = np.clip(post.mean(0), 1e-10, None)
+        counts = np.zeros((len(who), k, k))  # [annotator, true, answered]
+        np.add.at(counts, (w, slice(None), j), post[e])
+        conf = (counts + smoothing) / (counts + smoothing).sum(2, keepdims=True)
+        logp = np.log(prior) + np.zeros((len(ex), k))
+        np.add.at(logp, e, np.log(conf[w, :, j]))
+        post = np.exp(logp - logp.max(1, keepdims=True))
+        post /= post.sum(1, keepdims=True)
+    return {x: (lab[int(post[i].argmax())], float(post[i].max())) for i, x in enumerate(ex)}
+
+
+def test_smoothed_dawid_skene_is_the_map_fit_and_zero_smoothing_is_crowd_kits():
+    from crowdkit.aggregation import DawidSkene
+
+    truth, _, ann = simulated(n=300, seed=3)
+    got = dawid_skene(ann, n_iter=500, tol=1e-12).consensus
+    ref = _smoothed_em(ann, 1.0)
+    ids = got["example_id"].to_pylist()
+    assert got["label"].to_pylist() == [ref[x][0] for x in ids]
+    np.testing.assert_allclose(got["confidence"].to_numpy(), [ref[x][1] for x in ids], atol=1e-6)
+    data = ann.to_pandas()[["example_id", "annotator", "label"]].rename(
+        columns={"example_id": "task", "annotator": "worker"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = DawidSkene(n_iter=100, tol=1e-5).fit(data).labels_.sort_index()
+    assert dawid_skene(ann, smoothing=0.0).consensus["label"].to_pylist() == list(plain)
+    with pytest.raises(ValueError, match="smoothing"):
+        dawid_skene(ann, smoothing=-1.0)
+
+
+def test_smoothing_keeps_an_unseen_answer_from_vetoing_a_class():
+    """Many classes, few answers per annotator and class: unsmoothed, a (true class, answer) pair that
+    happens to be unseen rules that class out (crowd-kit floors it at 1e-10); smoothed, it does not."""
+    classes = tuple(f"k{i:02d}" for i in range(12))
+    people = simulated_annotators((0.95, 0.85, 0.7, 1 / 12))
+    gains = []
+    for seed in range(4):
+        rng = random.Random(seed)
+        truth = {f"e{i:04d}": rng.choice(classes) for i in range(600)}
+        answers = simulate_answers(truth, people, classes, per_example=3, seed=seed)
+        ann = table([(a.example_id, a.annotator.email, a.label) for a in answers])
+        gains.append(accuracy(dawid_skene(ann).consensus, truth)
+                     - accuracy(dawid_skene(ann, smoothing=0.0).consensus, truth))
+    assert np.mean(gains) > 0 and min(gains) >= 0, gains
 
 
 def test_crowdlab_leaves_gold_uncovered_and_unknown_labels_to_dawid_skene():

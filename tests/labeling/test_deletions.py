@@ -65,7 +65,9 @@ def test_deleted_annotation_and_task_leave_the_table_and_consensus(client, proje
     first = export_annotations(client, project)
     table = merge_annotations(ANNOTATIONS.empty_table(), first)
     assert table.num_rows == 7 and first.removed_from(table) == []
-    before = aggregate(table)
+    # majority vote: on three examples Dawid-Skene's smoothed confusions still know almost nothing
+    # of the labeler with one answer, so its vote would hardly count; what is checked here is the flow
+    before = aggregate(table, method="majority_vote")
     assert votes(before.consensus)["ex00000"] == ("dog", 3) and "ex00001" in votes(before.consensus)
     n_before = credits(before.quality)
 
@@ -87,7 +89,7 @@ def test_deleted_annotation_and_task_leave_the_table_and_consensus(client, proje
     labels = dict(zip(merged["annotation_id"].to_pylist(), merged["label"].to_pylist(), strict=True))
     assert labels[kept[1]] == "dog"
 
-    after = aggregate(merged)
+    after = aggregate(merged, method="majority_vote")
     assert votes(after.consensus)["ex00000"] == ("cat", 1)  # recomputed without the deleted votes
     assert "ex00001" not in votes(after.consensus)
     n_after = credits(after.quality)
