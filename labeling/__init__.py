@@ -5,6 +5,7 @@ A plain library (no Dagster); Arrow tables in and out (schemas in `labeling.sche
 """
 
 from labeling.aggregate import (
+    DS_SMOOTHING,
     METHODS,
     MODEL_ANNOTATOR,
     MODEL_METHODS,
@@ -52,6 +53,7 @@ from labeling.webhook import WebhookReceiver
 
 __all__ = [
     "ANNOTATIONS",
+    "DS_SMOOTHING",
     "METHODS",
     "MODEL_ANNOTATOR",
     "MODEL_METHODS",
