@@ -113,7 +113,9 @@ class _SmoothedDawidSkene(DawidSkene):
     """crowd-kit's Dawid-Skene whose M-step adds ``smoothing`` to every (annotator, answer, true class)
     count, the annotator's unseen answers included, before each row is normalized."""
 
-    smoothing: float = DS_SMOOTHING
+    def __init__(self, smoothing: float, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.smoothing = smoothing
 
     def _m_step(self, data, probas, initial_error=None, initial_error_strategy=None):
         counts = data.join(probas, on="task").drop(columns=["task"]).groupby(["worker", "label"]).sum()
@@ -143,12 +145,8 @@ def dawid_skene(
             truth = pd.Series(g["label"].to_numpy(), index=g["example_id"].to_numpy())
     with warnings.catch_warnings():  # crowd-kit 1.4 uses pandas idioms pandas 3 deprecates
         warnings.filterwarnings("ignore", module=r"crowdkit\.")
-        if smoothing:
-            model = _SmoothedDawidSkene(n_iter=n_iter, tol=tol)
-            model.smoothing = float(smoothing)
-        else:
-            model = DawidSkene(n_iter=n_iter, tol=tol)
-        model.fit(data, true_labels=truth)
+        model = (_SmoothedDawidSkene(float(smoothing), n_iter=n_iter, tol=tol) if smoothing
+                 else DawidSkene(n_iter=n_iter, tol=tol)).fit(data, true_labels=truth)
     probas = model.probas_.sort_index().reindex(sorted(model.probas_.columns), axis=1)
     best = probas.to_numpy().argmax(axis=1)
     labels = probas.columns.to_numpy()[best]
