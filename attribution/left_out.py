@@ -221,8 +221,10 @@ def provider_values(table: pa.Table, copies: str = "once") -> dict[str, tuple[fl
     ``contributor_weights`` pays by). ``copies='group'`` (``WeightPolicy.copies``) takes the whole
     group's effect instead, ``loss_without - loss_with``: ``value`` plus its copies' value where they
     helped (with ``value_se`` as its error, the seeds' noise of the copies-free part)."""
-    if copies not in ("once", "group"):
-        raise ContributorError(f"copies must be 'once' or 'group', got {copies!r}")
+    from .weights import COPIES_POLICIES
+
+    if copies not in COPIES_POLICIES:
+        raise ContributorError(f"copies must be one of {COPIES_POLICIES}, got {copies!r}")
     missing = [c for c in LEFT_OUT_SCHEMA.names if c not in table.column_names]
     if missing:
         raise ContributorError(f"a left-out table needs columns {LEFT_OUT_SCHEMA.names}; missing {missing}")
