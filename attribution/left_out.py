@@ -228,11 +228,12 @@ def provider_values(table: pa.Table, copies: str = "once") -> dict[str, tuple[fl
     missing = [c for c in LEFT_OUT_SCHEMA.names if c not in table.column_names]
     if missing:
         raise ContributorError(f"a left-out table needs columns {LEFT_OUT_SCHEMA.names}; missing {missing}")
-    values = table["value"].to_numpy(zero_copy_only=False).astype(np.float64)
-    if copies == "group":
-        values = np.subtract(*(table[c].to_numpy(zero_copy_only=False).astype(np.float64)
-                               for c in ("loss_without", "loss_with")))
-    se = table["value_se"].to_numpy(zero_copy_only=False).astype(np.float64)
+
+    def column(name: str) -> np.ndarray:
+        return table[name].to_numpy(zero_copy_only=False).astype(np.float64)
+
+    values = column("loss_without") - column("loss_with") if copies == "group" else column("value")
+    se = column("value_se")
     if not (np.isfinite(values).all() and np.isfinite(se).all()) or (se < 0).any():
         raise ContributorError("a left-out table holds NaN or inf values (or a negative value_se)")
     names = table["provider"].to_pylist()
