@@ -62,6 +62,8 @@ JSON object: the issue's keys
 ``consensus``. ``faulty_share_bps_by_truth`` is what paying by the truth itself (the default's 70/30, in
 proportion to each contributor's positive truth) gives the faulty contributors: the floor of the faulty
 goal in that world, since a policy that tracks a truth in which a faulty contributor helped pays it.
+``spearman_by_truth`` is that pay's Spearman against the truth, per role: what a pay that gives every
+harmful contributor nothing can reach, since it ties them all at zero where the truth ranks them.
 
 ``--consensus crowdlab|dawid_skene_model`` measures the pipeline's consensus methods that
 weigh a model, after a run was reviewed: the training labels, and those of every
@@ -570,6 +572,15 @@ def truth_pay(truth: dict[str, float], roles: dict[str, list[str]]) -> dict[str,
     return {n: share[r] * v / total[r] for r, vs in positive.items() if total[r] for n, v in vs.items()}
 
 
+def truth_reach(truth: dict[str, float], roles: dict[str, list[str]]) -> dict[str, float]:
+    """Per role, the Spearman of the truth's own pay (``truth_pay``) against the truth: the most a pay
+    can reach that gives every contributor who did no good nothing, as it ties them all at zero where
+    the truth still ranks them."""
+    own = truth_pay(truth, roles)
+    return {role: rho([own.get(n, 0.0) for n in names], [truth[n] for n in names])
+            for role, names in roles.items()}
+
+
 # ---------------------------------------------------------------- the benchmark
 
 
@@ -790,8 +801,11 @@ def main() -> None:
           f"providers {ceil['provider']:.3f}, labelers {ceil['labeler']:.3f}", flush=True)
     by_truth = {k: round(sum(truth_pay(t, roles).get(n, 0.0) for n in FAULTY)) for k, t in
                 (("truth", truth_mean), ("copies_once", once_mean))}
+    reach = truth_reach(truth_mean, roles)
     print(f"  paid by the truth itself (70/30, in proportion to positive truth), the faulty contributors "
-          f"would get {by_truth['truth']} bps ({by_truth['copies_once']} by the truth with copies once)")
+          f"would get {by_truth['truth']} bps ({by_truth['copies_once']} by the truth with copies once); "
+          f"that pay's Spearman vs the truth (what a pay that gives harm nothing can reach, its zeros tied): "
+          f"providers {reach['provider']:+.3f}, labelers {reach['labeler']:+.3f}")
 
     print("== pay: training with per-step attribution against the validation targets", flush=True)
     credit, grouping = library_credit(world)
@@ -900,6 +914,7 @@ def main() -> None:
         "spearman_copies_once": {f"{k}/provider": _num(v) for k, v in out_once.items() if k != "candidate"},
         "faulty_share_bps": {k: v for k, v in faulty_bps.items() if k != "candidate"},
         "faulty_share_bps_by_truth": by_truth,
+        "spearman_by_truth": {role: _num(v) for role, v in reach.items()},
         "value": world.value,
         "default_policy": DEFAULT,  # what the pipeline pays: WeightPolicy(), with the ingest's example_credit
         "seconds": round(seconds, 1),

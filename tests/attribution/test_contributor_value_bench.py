@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from scipy.stats import spearmanr
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -129,6 +130,8 @@ def test_a_tabular_run_on_a_users_file_prints_the_issues_keys(tmp_path, classes)
         assert 0 <= summary["faulty_share_bps"][policy] <= 10_000
     assert set(summary["faulty_share_bps_by_truth"]) == {"truth", "copies_once"}
     assert all(0 <= v <= 10_000 for v in summary["faulty_share_bps_by_truth"].values())
+    assert set(summary["spearman_by_truth"]) == {"provider", "labeler"}
+    assert all(v is None or -1 <= v <= 1 for v in summary["spearman_by_truth"].values())
     said = "2 classes: the adversarial labeler always answers the other class" in out.stdout
     assert said == (classes == 2)
 
@@ -140,3 +143,14 @@ def test_truth_pay_splits_each_roles_share_by_its_positive_truth():
     # a role with no positive truth passes its share to the other, as the pay does
     truth.update(l1=-1.0, l2=0.0)
     assert cv.truth_pay(truth, roles) == {"p1": 7500.0, "p2": 2500.0, "p3": 0.0}
+
+
+def test_truth_reach_ties_every_contributor_who_did_no_good_at_zero():
+    """Four providers, two of whom hurt: the truth's own pay ranks the helpful two as the truth does and
+    ties the harmful two at zero, so it reaches the Spearman of (0, 0, 1, 2) against (-2, -1, 1, 2)."""
+    roles = {"provider": ["p1", "p2", "p3", "p4"], "labeler": ["l1", "l2", "l3"]}
+    truth = {"p1": -2.0, "p2": -1.0, "p3": 1.0, "p4": 2.0, "l1": 3.0, "l2": 2.0, "l3": 1.0}
+    reach = cv.truth_reach(truth, roles)
+    assert reach["provider"] == pytest.approx(spearmanr([0.0, 0.0, 1.0, 2.0], [-2, -1, 1, 2])[0])
+    assert reach["provider"] < 1.0
+    assert reach["labeler"] == pytest.approx(1.0)  # no harm among them: the truth's pay ranks as the truth
