@@ -57,6 +57,7 @@ class Aggregation:
     quality: pa.Table  # ANNOTATOR_QUALITY
     method: str
     model_informed: int = 0  # examples whose consensus weighed a model's prediction (MODEL_METHODS)
+    smoothing: float | None = None  # Dawid-Skene's pseudo-count per confusion cell; None: majority vote
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,8 @@ class _SmoothedDawidSkene(DawidSkene):
         self.smoothing = smoothing
 
     def _m_step(self, data, probas, initial_error=None, initial_error_strategy=None):
+        if initial_error is not None:  # crowd-kit's warm start; nothing here passes one
+            raise NotImplementedError("the smoothed Dawid-Skene takes no initial_error")
         counts = data.join(probas, on="task").drop(columns=["task"]).groupby(["worker", "label"]).sum()
         cells = pd.MultiIndex.from_product([sorted(data["worker"].unique()), list(probas.columns)],
                                            names=["worker", "label"])
@@ -207,7 +210,7 @@ def annotator_quality(
 
 
 def crowdlab(
-    annotations: pa.Table, probs: ModelProbs, gold: pa.Table | None = None
+    annotations: pa.Table, probs: ModelProbs, gold: pa.Table | None = None, smoothing: float = DS_SMOOTHING
 ) -> tuple[DawidSkeneFit, int]:
     """CROWDLAB consensus where the model has a prediction, Dawid-Skene elsewhere: (fit, number of
     examples CROWDLAB decided).
@@ -221,7 +224,7 @@ def crowdlab(
     """
     from cleanlab.multiannotator import get_label_quality_multiannotator
 
-    fit = dawid_skene(annotations, gold)
+    fit = dawid_skene(annotations, gold, smoothing=smoothing)
     df = votes(annotations)
     gold_ids = set() if gold is None else set(gold.column("example_id").to_pylist())
     row = {e: i for i, e in enumerate(probs.example_ids)}
@@ -260,7 +263,7 @@ def crowdlab(
 
 
 def dawid_skene_model(
-    annotations: pa.Table, probs: ModelProbs, gold: pa.Table | None = None
+    annotations: pa.Table, probs: ModelProbs, gold: pa.Table | None = None, smoothing: float = DS_SMOOTHING
 ) -> tuple[DawidSkeneFit, int]:
     """Dawid-Skene with the model as one more annotator: (fit, examples the model voted on).
 
@@ -276,13 +279,13 @@ def dawid_skene_model(
     row = {e: i for i, e in enumerate(probs.example_ids)}
     ids = sorted(set(df["example_id"]) & row.keys())
     if not ids:
-        return dawid_skene(annotations, gold), 0
+        return dawid_skene(annotations, gold, smoothing=smoothing), 0
     best = probs.probs[[row[e] for e in ids]].argmax(axis=1)
     model = pd.DataFrame(
         {"example_id": ids, "annotator": MODEL_ANNOTATOR, "label": [probs.classes[k] for k in best]}
     )
     both = pa.Table.from_pandas(pd.concat([df, model], ignore_index=True), preserve_index=False)
-    fit = dawid_skene(both, gold)
+    fit = dawid_skene(both, gold, smoothing=smoothing)
     people = df.groupby("example_id", sort=True).size()
     base = fit.consensus.to_pydict()
     consensus = _consensus(base["example_id"], base["label"], base["confidence"], people[base["example_id"]])
@@ -295,8 +298,10 @@ def aggregate(
     gold: pa.Table | None = None,
     method: str = "dawid_skene",
     probs: ModelProbs | None = None,
+    smoothing: float = DS_SMOOTHING,
 ) -> Aggregation:
-    """Consensus labels and annotator quality by one method (``MODEL_METHODS`` need ``probs``)."""
+    """Consensus labels and annotator quality by one method (``MODEL_METHODS`` need ``probs``); every
+    method but majority vote fits Dawid-Skene with ``smoothing`` pseudo-counts per confusion cell."""
     if method not in METHODS:
         raise ValueError(f"unknown aggregation method {method!r}; use one of {METHODS}")
     if (method in MODEL_METHODS) != (probs is not None):
@@ -308,13 +313,13 @@ def aggregate(
         consensus, estimated = majority_vote(annotations), None
     else:
         if probs is None:
-            fit = dawid_skene(annotations, gold)
+            fit = dawid_skene(annotations, gold, smoothing=smoothing)
         else:
             weigh = crowdlab if method == "crowdlab" else dawid_skene_model
-            fit, informed = weigh(annotations, probs, gold)
+            fit, informed = weigh(annotations, probs, gold, smoothing)
         consensus, estimated = fit.consensus, fit.accuracy
     quality = annotator_quality(annotations, consensus, estimated, gold)
-    return Aggregation(consensus, quality, method, informed)
+    return Aggregation(consensus, quality, method, informed, None if method == "majority_vote" else smoothing)
 
 
 def _consensus(ids, labels, confidence, n_votes) -> pa.Table:

@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 
 from labeling import (
     ANNOTATIONS,
+    DS_SMOOTHING,
     METHODS,
     MODEL_METHODS,
     ExportCursor,
@@ -183,6 +184,9 @@ class ConsensusConfig(dg.Config):
     # one of labeling.METHODS; a model method ("dawid_skene_model", "crowdlab") is Dawid-Skene until a
     # run of this version was reviewed (its label_review holds out-of-sample class probabilities)
     method: str = "dawid_skene"
+    # pseudo-counts added to every Dawid-Skene confusion cell (0: crowd-kit's fit, where a (true class,
+    # answer) pair an annotator never gave rules that class out); recorded, so replay refits the same
+    smoothing: float = DS_SMOOTHING
 
 
 @dataclass(frozen=True)
@@ -227,11 +231,13 @@ def recount(client: ContentStore, consensus_cid: str) -> Callable[[Collection[st
         review = next((p for p in record.parents if load_record(client, p).activity == LABEL_REVIEW), None)
         reviewed = reviewed_probs(client, review) if review else None
     method = str(record.params.get("method", "dawid_skene"))
+    recorded = record.params.get("smoothing")  # not recorded before it was a setting
+    smoothing = DS_SMOOTHING if recorded is None else float(recorded)
 
     def without(dropped: Collection[str]) -> pa.Table:
         gone = pc.is_in(annotations["example_id"], pa.array(sorted(dropped), pa.string()))
         kept = annotations.filter(pc.invert(gone))
-        return aggregate(kept, gold, method, reviewed.probs if reviewed else None).consensus
+        return aggregate(kept, gold, method, reviewed.probs if reviewed else None, smoothing).consensus
 
     return without
 
@@ -258,9 +264,15 @@ def review_for(
 
 
 def consensus_method(config: ConsensusConfig, review: ReviewedProbs | None) -> str:
-    """The method this consensus runs: a model method is Dawid-Skene until there is a review to weigh."""
+    """The method this consensus runs, once the config is checked: a model method is Dawid-Skene until
+    there is a review to weigh."""
     if config.method not in METHODS:
         raise dg.Failure(f"consensus method {config.method!r} is not one of {', '.join(METHODS)}")
+    if not (isinstance(config.smoothing, int | float) and 0 <= config.smoothing < float("inf")):
+        raise dg.Failure(
+            f"consensus smoothing must be a finite number >= 0 (pseudo-counts per confusion cell; 0: "
+            f"crowd-kit's own fit), got {config.smoothing!r}"
+        )
     if config.method in MODEL_METHODS and review is None:
         return "dawid_skene"
     return config.method
@@ -295,7 +307,7 @@ def consensus_labels(
     review = review_for(client, lineage, version, annotations_cid) if model else None
     method = consensus_method(config, review)
     probs = review.probs if method in MODEL_METHODS else None
-    result = _labeling(aggregate)(annotations, gold, method, probs)
+    result = _labeling(aggregate)(annotations, gold, method, probs, config.smoothing)
     quality = result.quality.sort_by("annotator")
     inputs = {ConsensusRecord.ANNOTATIONS: annotations_cid}
     parents = (lineage.cid_of(LABELING_EXPORT, version),)
@@ -316,7 +328,11 @@ def consensus_labels(
             ConsensusRecord.ANNOTATOR_QUALITY: quality_stored.cid,
         },
         parents=parents,
-        params={"method": result.method, "model_informed": result.model_informed},
+        params={
+            "method": result.method,
+            "model_informed": result.model_informed,
+            "smoothing": result.smoothing,
+        },
     )
     yield dg.Output(
         consensus,

@@ -272,6 +272,20 @@ def test_smoothing_keeps_an_unseen_answer_from_vetoing_a_class():
     assert np.mean(gains) > 0 and min(gains) >= 0, gains
 
 
+def test_every_dawid_skene_method_fits_with_the_smoothing_it_is_given_and_says_which():
+    truth, _, ann = simulated(n=300, seed=3)
+    probs = model_probs(truth, right=0.9, seed=3)
+    for method in ("dawid_skene", *MODEL_METHODS):
+        given = probs if method in MODEL_METHODS else None
+        plain, default = aggregate(ann, None, method, given, 0.0), aggregate(ann, None, method, given)
+        assert (plain.smoothing, default.smoothing) == (0.0, 1.0)
+        # the fit's posteriors differ (CROWDLAB decides every example here; its accuracies are the fit's)
+        same = plain.consensus.equals(default.consensus) and plain.quality.equals(default.quality)
+        assert not same, method
+    assert aggregate(ann, method="majority_vote").smoothing is None
+    assert aggregate(ann, smoothing=0.0).consensus.equals(dawid_skene(ann, smoothing=0.0).consensus)
+
+
 def test_crowdlab_leaves_gold_uncovered_and_unknown_labels_to_dawid_skene():
     truth, _, ann = simulated(n=300, seed=4)
     ids = sorted(truth)

@@ -133,6 +133,8 @@ def test_aggregate_with_a_model_reads_class_probabilities_and_names_bad_ones(tmp
         assert ok.exit_code == 0, ok.output
         expected = aggregate(ann, method=method, probs=ModelProbs(probs.example_ids, CLASSES, probs.probs))
         assert pq.read_table(tmp_path / "c.parquet").equals(expected.consensus)
+    assert cli(tmp_path / "ann.parquet", *out, "--smoothing", "0").exit_code == 0  # crowd-kit's own fit
+    assert pq.read_table(tmp_path / "c.parquet").equals(aggregate(ann, smoothing=0.0).consensus)
 
     pq.write_table(wide.drop(["example_id"]), tmp_path / "noid.parquet")
     pq.write_table(wide.set_column(1, "a", pa.array(["x"] * 200)), tmp_path / "text.parquet")
@@ -147,6 +149,7 @@ def test_aggregate_with_a_model_reads_class_probabilities_and_names_bad_ones(tmp
         (["--method", "crowdlab", "--probs", tmp_path / "noid.parquet"], "must have an example_id column"),
         (["--method", "crowdlab", "--probs", tmp_path / "text.parquet"], "not floats: a"),
         (["--method", "crowdlab", "--probs", tmp_path / "neg.parquet"], "finite, non-negative"),
+        (["--smoothing", "-1"], "smoothing must be a finite number >= 0"),
     ]:
         r = cli(tmp_path / "ann.parquet", *out, *args)
         assert r.exit_code == 1 and r.output.startswith("error: ") and words in r.output, r.output

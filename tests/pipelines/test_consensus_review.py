@@ -21,7 +21,7 @@ import pytest
 from labeling import MODEL_METHODS, ModelProbs, aggregate
 from pipelines.assets import labeling as labeling_assets
 from pipelines.assets import review, training
-from pipelines.assets.labeling import ConsensusConfig, consensus_method, reviewed_probs
+from pipelines.assets.labeling import ConsensusConfig, consensus_method, recount, reviewed_probs
 from pipelines.content_io import store_value
 from pipelines.lineage import now
 from pipelines.partitions import dataset_versions
@@ -82,10 +82,10 @@ def _store(home, asset: str, table: pa.Table) -> str:
     return stored.cid
 
 
-def _run(home, *assets, method: str):
+def _run(home, *assets, method: str, **consensus):
     upstream = [dg.AssetSpec(a, partitions_def=dataset_versions) for a in ("raw_dataset", "annotations")]
     config = {
-        "consensus_labels": {"config": {"method": method}},
+        "consensus_labels": {"config": {"method": method, **consensus}},
         "trained_model": {"config": {"hidden": [16], "epochs": 4, "trak_k": 16}},
         "label_review": {"config": {"folds": 3}},
     }
@@ -172,3 +172,22 @@ def test_a_model_method_runs_only_with_a_review_and_unknown_methods_are_named():
     assert consensus_method(ConsensusConfig(method="majority_vote"), reviewed) == "majority_vote"
     with pytest.raises(dg.Failure, match="'vote' is not one of"):
         consensus_method(ConsensusConfig(method="vote"), None)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(dg.Failure, match="consensus smoothing must be a finite number >= 0"):
+            consensus_method(ConsensusConfig(smoothing=bad), None)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 2.5])
+def test_the_consensus_records_its_smoothing_and_recount_refits_with_it(home, smoothing):
+    """A consensus fitted with a non-default pseudo-count says so in its record, and what replay and the
+    providers' left-out retrains recompute from that record is that fit, not the default's."""
+    _store(home, "raw_dataset", home["raw"])
+    table = annotations_table(home["answers"])
+    _store(home, "annotations", table)
+    _run(home, labeling_assets.consensus_labels, method="dawid_skene", smoothing=smoothing)
+    record, stored = _consensus(home)
+    assert record.params["smoothing"] == smoothing
+    assert stored.equals(aggregate(table, smoothing=smoothing).consensus)
+    assert not stored.equals(aggregate(table).consensus)  # the default's fit differs (its confidences)
+    cid = home["resources"]["lineage"].cid_of(CONSENSUS, VERSION)
+    assert recount(home["client"], cid)(set()).equals(stored)
