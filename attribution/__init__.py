@@ -45,8 +45,9 @@ Public face (other rooms use only these names):
   a text split is encoded by that model's own tokenizer (``HfTextEncoding``, whose stored document
   names those CIDs; ``.at(LocalModel)`` points a loaded one at the fetched files) and trains it.
   ``model_logits(model, batch)``: logits of a plain module or of a Hugging Face ModelOutput.
-- ``review_labels(task, X, y, folds=, seed=)`` -> (``LabelReview``, out-of-sample probabilities):
-  the pipeline's mislabel detector (cross-fitted probabilities scored by cleanlab's confident
+- ``review_labels(task, X, y, folds=, seed=, forest=True)`` -> (``LabelReview``, out-of-sample
+  probabilities): the pipeline's mislabel detector on tabular features (the recipe's cross-fitted
+  probabilities averaged with a random forest's, ``forest_probs``, scored by cleanlab's confident
   learning); ``label_quality(labels, pred_probs)`` is its pure scoring part. ``ExactInfluence``
   (logistic regression) and ``TrakFeatures.self_influence`` rank likely mislabeled examples too,
   less well (bench/attribution_lds.py).
@@ -78,6 +79,7 @@ from .inrun import train_model, train_model_plain
 from .mislabels import (
     QUALITY_METHOD,
     LabelReview,
+    forest_probs,
     label_quality,
     out_of_sample_probs,
     review_labels,
@@ -250,6 +252,7 @@ __all__ = [
     "contributor_weights",
     "label_quality",
     "largest_remainder",
+    "forest_probs",
     "out_of_sample_probs",
     "review_labels",
     "encode_split",

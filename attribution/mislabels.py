@@ -13,6 +13,19 @@ detector: digits 0.993 / 0.997 against 0.997; breast cancer 0.981 / 0.993 agains
 4-class tabular set (make_classification, class_sep 1) 0.818 / 0.871 against 0.887. Self-influence
 needs the model to have memorized a flipped label to see it; an out-of-sample model only needs to
 disagree with it. The pure scoring part is ``label_quality`` (probabilities in, scores and flags out).
+
+Why a forest beside the recipe on tabular features: the detector is only as good as its out-of-sample
+probabilities, and a random forest (scikit-learn, default settings) errs on other rows than an MLP,
+so their average doubts a wrong label more often than either alone. Measured the same way (ROC-AUC,
+MLP recipe alone / forest alone / averaged; split seeds 0, 1, 2): digits 0.997 / 0.997 / 0.998,
+0.996 / 0.998 / 0.998, 0.997 / 0.997 / 0.998; breast cancer 0.996 / 0.995 / 0.997, 0.984 / 0.982 /
+0.986, 0.996 / 0.994 / 0.996; a 6-class make_classification table (class_sep 1, 2 clusters per
+class) 0.850 / 0.867 / 0.873, 0.812 / 0.840 / 0.833, 0.869 / 0.913 / 0.905; a 12-class one 0.967 /
+0.972 / 0.974, 0.962 / 0.961 / 0.968, 0.976 / 0.978 / 0.983; an imbalanced 5-class one with 100
+features 0.910 / 0.900 / 0.923, 0.888 / 0.869 / 0.896, 0.879 / 0.891 / 0.904; the Gaussian mixture
+of ``scripts/gaussian_mixture.py`` 0.989 / 0.987 / 0.992, 0.989 / 0.984 / 0.993, 0.990 / 0.985 /
+0.993; wine 1.0 throughout. The average is never below the recipe alone. Text and images keep their
+recipe alone (``review_task_labels``): a forest cannot read token ids or pixels as features.
 """
 
 from __future__ import annotations
@@ -107,11 +120,35 @@ def out_of_sample_probs(
     return probs
 
 
+def forest_probs(X: object, y: object, n_classes: int, *, folds: int = 5, seed: int = 0) -> np.ndarray:
+    """``out_of_sample_probs`` of scikit-learn's random forest (its default settings, fold ``k``'s
+    forest seeded ``seed + k``) on the same folds: a class the other folds lack gets probability 0."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    x = np.asarray(X, dtype=np.float32)
+    labels = np.asarray(y, dtype=np.int64)
+    n = len(x)
+    if folds < 2 or n < folds:
+        raise InputError(f"cross-fitting needs 2 folds or more and a row per fold ({n} rows, {folds} folds)")
+    fold = fold_of(n, folds, seed)
+    probs = np.zeros((n, n_classes), dtype=np.float64)
+    for k in range(folds):
+        held = fold == k
+        forest = RandomForestClassifier(random_state=seed + k, n_jobs=1).fit(x[~held], labels[~held])
+        probs[np.ix_(held, forest.classes_)] = forest.predict_proba(x[held])
+    return probs
+
+
 def review_labels(
-    task: AttributionTask, X: object, y: object, *, folds: int = 5, seed: int = 0
+    task: AttributionTask, X: object, y: object, *, folds: int = 5, seed: int = 0, forest: bool = True
 ) -> tuple[LabelReview, np.ndarray]:
-    """The pipeline's detector: ``task``'s recipe cross-fitted, scored by ``label_quality``."""
+    """The pipeline's detector on tabular features: ``task``'s recipe cross-fitted and, with ``forest``,
+    averaged with a random forest's out-of-sample probabilities (``forest_probs``); scored by
+    ``label_quality``. A second model family errs elsewhere than the recipe, so a label both doubt is
+    more likely wrong than one the recipe alone doubts (see the module's figures)."""
     probs = out_of_sample_probs(task, X, y, folds=folds, seed=seed)
+    if forest:
+        probs = (probs + forest_probs(X, y, task.n_classes, folds=folds, seed=seed)) / 2
     return label_quality(y, probs), probs
 
 

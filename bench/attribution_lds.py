@@ -19,8 +19,10 @@ an MLP: LDS (mean Spearman over 300 held-out targets, ground truth from retraini
 50 % subsets; target output = log-probability of the true class) of in-run scores, TRAK at
 k = 128/512/2048 and exact influence (logistic regression); the dattri 0.3.0 anchor on the
 same split and trained models; contributor-level leave-one-contributor-out Spearman;
-mislabel-detection ROC-AUC of self-influence and of the pipeline's detector (cleanlab's scores on
-5-fold cross-fitted probabilities, each recipe side by side: ``mislabel_auc_default``); and the
+mislabel-detection ROC-AUC of self-influence, of cleanlab's scores on 5-fold cross-fitted
+probabilities of each recipe and of a random forest, side by side, and of the pipeline's detector
+(``attribution.review_labels``: the MLP's and the forest's probabilities averaged, scored by
+cleanlab's self_confidence: ``mislabel_auc_default``); and the
 cost of per-step attribution on an MLP 64->1024->1024->10 (20,000 examples, batch 512, 64
 targets, 3 epochs). The last line is one JSON object.
 """
@@ -52,8 +54,9 @@ from attribution import (  # noqa: E402
     ModelSpec,
     TrainConfig,
     attribute_query,
-    label_quality,
+    forest_probs,
     out_of_sample_probs,
+    review_labels,
     train_plain,
     train_with_attribution,
 )
@@ -261,16 +264,21 @@ def mislabel_section(x, y, xv, yv, seed: int) -> dict[str, float]:
 
 
 def mislabel_detectors(x, y_noisy, flip, seed: int) -> dict:
-    """cleanlab on cross-fitted (5-fold) probabilities of each recipe, side by side; the pipeline's
-    detector (``attribution.review_labels``) is the MLP recipe with cleanlab's self_confidence."""
+    """cleanlab on cross-fitted (5-fold) probabilities of each recipe and of a random forest, side by
+    side; then the pipeline's detector (``attribution.review_labels``: the MLP recipe's and the
+    forest's probabilities averaged, scored by cleanlab's self_confidence)."""
     from cleanlab.rank import get_label_quality_scores
 
     c = int(y_noisy.max()) + 1
     out: dict = {"cleanlab": {}}
-    for name, task in tasks(x.shape[1], c).items():
-        task = dataclasses.replace(task, config=dataclasses.replace(task.config, per_target=False))
+    models = {name: dataclasses.replace(task, config=dataclasses.replace(task.config, per_target=False))
+              for name, task in tasks(x.shape[1], c).items()}
+    for name in (*models, "forest"):
         t0 = time.perf_counter()
-        probs = out_of_sample_probs(task, x, y_noisy, folds=5, seed=seed)
+        if name == "forest":
+            probs = forest_probs(x, y_noisy, c, folds=5, seed=seed)
+        else:
+            probs = out_of_sample_probs(models[name], x, y_noisy, folds=5, seed=seed)
         secs = time.perf_counter() - t0
         for method in ("self_confidence", "normalized_margin", "confidence_weighted_entropy"):
             q = get_label_quality_scores(y_noisy, probs, method=method)
@@ -278,15 +286,16 @@ def mislabel_detectors(x, y_noisy, flip, seed: int) -> dict:
             out["cleanlab"][f"{method}/{name}"] = round(auc, 4)
             print(f"  mislabel ROC-AUC (10% flipped, cleanlab {method}, 5-fold {name}, {secs:.1f}s): "
                   f"{auc:.3f}", flush=True)
-        if name == "mlp":  # the pipeline's detector: its recipe is an MLP
-            review = label_quality(y_noisy, probs)
-            out["default"] = float(roc_auc_score(flip, -review.quality))
-            hit = int((review.flagged & flip).sum())
-            out["flags"] = {"flagged": int(review.flagged.sum()), "flipped": int(flip.sum()),
-                            "precision": round(hit / max(int(review.flagged.sum()), 1), 4),
-                            "recall": round(hit / max(int(flip.sum()), 1), 4)}
-            print(f"  mislabel default detector (review_labels: 5-fold mlp, cleanlab {QUALITY_METHOD}): "
-                  f"ROC-AUC {out['default']:.3f}; find_label_issues flags {out['flags']}", flush=True)
+    # the pipeline's detector: the MLP recipe's probabilities averaged with the forest's
+    review, _ = review_labels(models["mlp"], x, y_noisy, folds=5, seed=seed)
+    out["default"] = float(roc_auc_score(flip, -review.quality))
+    hit = int((review.flagged & flip).sum())
+    out["flags"] = {"flagged": int(review.flagged.sum()), "flipped": int(flip.sum()),
+                    "precision": round(hit / max(int(review.flagged.sum()), 1), 4),
+                    "recall": round(hit / max(int(flip.sum()), 1), 4)}
+    print(f"  mislabel default detector (review_labels: 5-fold mlp and forest averaged, cleanlab "
+          f"{QUALITY_METHOD}): ROC-AUC {out['default']:.3f}; find_label_issues flags {out['flags']}",
+          flush=True)
     return out
 
 

@@ -3,7 +3,8 @@ Studio for more answers.
 
 `label_review` cross-fits the run's own recipe (`attribution.review_labels`: every consensus-labeled
 example gets class probabilities from a model that never saw it, scored by cleanlab's confident
-learning) and stores one row per example (pinned). `review_queue` asks Label Studio for more answers
+learning; on tabular features averaged with a random forest's, cross-fitted on the same folds) and
+stores one row per example (pinned). `review_queue` asks Label Studio for more answers
 on the flagged tasks (their overlap raised, a "review" tab listing them); the next `annotations`
 export picks the new answers up like any other and consensus folds them in. Each row keeps its
 out-of-sample class probabilities (`class_probs`, in the order of the record's `classes`), which a
@@ -58,6 +59,9 @@ LABEL_REVIEW_SCHEMA = pa.schema(
 class ReviewConfig(dg.Config):
     folds: int = 5
     top: int = 20  # suspects listed in the run's report
+    # tabular runs: average the recipe's out-of-sample probabilities with a random forest's (scikit-learn,
+    # same folds); text and image runs have no features a forest can read, so their recipe decides alone
+    forest: bool = True
 
 
 class QueueConfig(dg.Config):
@@ -91,7 +95,7 @@ def label_review(
         context.log.warning(f"{int((~known).sum())} examples carry labels the model never saw; not reviewed")
         table = table.filter(pa.array(known))
     try:
-        review, y, probs = _cross_fitted(encoding, table, training, config.folds)
+        review, y, probs, models = _cross_fitted(encoding, table, training, config)
     except AttributionError as exc:
         raise dg.Failure(str(exc)) from exc
     rank = np.empty(len(y), dtype=np.int64)
@@ -129,7 +133,9 @@ def label_review(
             "folds": config.folds,
             "seed": training.seed,
             "method": QUALITY_METHOD,
+            "models": models,
             "cleanlab": package_version("cleanlab"),
+            **({"scikit-learn": package_version("scikit-learn")} if "forest" in models else {}),
             "classes": [str(c) for c in encoding.classes],
         },
     )
@@ -145,7 +151,7 @@ def label_review(
             "flagged": flagged,
             "flagged_fraction": round(flagged / max(len(y), 1), 4),
             "detector": f"cleanlab {QUALITY_METHOD} + find_label_issues on {config.folds}-fold cross-fitted "
-            "probabilities of the run's recipe",
+            f"probabilities of {' and '.join(models)}" + " (averaged)" * (len(models) > 1),
             "top_suspects": dg.MetadataValue.md(
                 md_table(
                     ["rank", "example_id", "label", "suggested", "quality", "flagged", "votes", "confidence"],
@@ -161,19 +167,22 @@ def label_review(
 
 
 def _cross_fitted(
-    encoding, table: pa.Table, training: TrainingConfig, folds: int
-) -> tuple[LabelReview, np.ndarray, np.ndarray]:
-    """The run's own recipe cross-fitted on `table`: (review, class indices of its labels, the
-    out-of-sample class probabilities)."""
+    encoding, table: pa.Table, training: TrainingConfig, config: ReviewConfig
+) -> tuple[LabelReview, np.ndarray, np.ndarray, list[str]]:
+    """The run's own recipe (and, on tabular features, a forest) cross-fitted on `table`: (review,
+    class indices of its labels, the out-of-sample class probabilities, the models averaged)."""
     if isinstance(encoding, InputEncoding):
         task = AttributionTask(encoding.mlp(training.hidden), training.train_config())
         y = encoding.label_indices(table["label"].to_pylist())
-        review, probs = review_labels(task, encoding.transform(table), y, folds=folds, seed=training.seed)
-        return review, y, probs
+        review, probs = review_labels(
+            task, encoding.transform(table), y, folds=config.folds, seed=training.seed, forest=config.forest
+        )
+        return review, y, probs, ["recipe", "forest"] if config.forest else ["recipe"]
     batch, _ = labelled_inputs(encoding, table)
     task = encoding.task(training.train_config(encoding.recipe))
-    review, probs = review_task_labels(task, batch, len(encoding.classes), folds=folds, seed=training.seed)
-    return review, batch[LABELS].numpy(), probs
+    n_classes = len(encoding.classes)
+    review, probs = review_task_labels(task, batch, n_classes, folds=config.folds, seed=training.seed)
+    return review, batch[LABELS].numpy(), probs, ["recipe"]
 
 
 @dg.asset(partitions_def=dataset_versions, group_name="review", kinds={"labelstudio"})

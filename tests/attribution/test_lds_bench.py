@@ -83,3 +83,12 @@ def test_synthetic_data_is_seeded_and_decodable():
     assert len(texts) == 200 and set(np.unique(labels)) == {0, 1, 2, 3}
     images, _ = synthetic_images(5, 1, size=16)
     assert Image.open(io.BytesIO(images[0])).size == (16, 16)
+
+
+def test_tabular_mislabels_only_sets_the_forest_beside_each_recipe():
+    summary = run_lds("--mislabels-only", "--train", "300", "--targets", "50")
+    scores = summary["mislabel_auc_cleanlab"]
+    assert {"self_confidence/mlp", "self_confidence/logreg", "self_confidence/forest"} <= set(scores)
+    assert all(0 <= v <= 1 for v in scores.values())
+    assert summary["mislabel_auc_default"] > 0.9  # digits: the pipeline's detector finds flipped labels
+    assert summary["mislabel_flags"]["flipped"] > 0

@@ -5,7 +5,17 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from attribution import AttributionTask, InputError, ModelSpec, TrainConfig, label_quality, review_labels
+from attribution import (
+    AttributionTask,
+    InputError,
+    ModelSpec,
+    TrainConfig,
+    forest_probs,
+    label_quality,
+    out_of_sample_probs,
+    review_labels,
+)
+from attribution.mislabels import fold_of
 
 
 def blobs(n: int = 600, c: int = 4, d: int = 8, rate: float = 0.1, seed: int = 0):
@@ -59,3 +69,30 @@ def test_label_quality_is_pure_and_checks_its_input():
         label_quality(labels, probs[:5])
     with pytest.raises(InputError):
         label_quality(np.array([0, 3]), np.full((2, 3), 1 / 3))
+
+
+def test_the_detector_averages_the_recipe_and_a_forest_each_cross_fitted():
+    x, noisy, _ = blobs(n=300)
+    _, both = review_labels(task(), x, noisy, folds=3, seed=1)
+    _, recipe = review_labels(task(), x, noisy, folds=3, seed=1, forest=False)
+    np.testing.assert_array_equal(recipe, out_of_sample_probs(task(), x, noisy, folds=3, seed=1))
+    np.testing.assert_allclose(both, (recipe + forest_probs(x, noisy, 4, folds=3, seed=1)) / 2)
+
+
+def test_forest_probs_predict_each_fold_from_the_others_only():
+    """Each fold's rows are predicted by scikit-learn's forest fitted on the other folds (fold k's seeded
+    seed + k); a class the other folds lack (class 4, one row) gets probability 0 in its row."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    x, noisy, _ = blobs(n=200, c=4)
+    x, noisy = np.vstack([x, x[:1] + 50]), np.append(noisy, 4)
+    got = forest_probs(x, noisy, 5, folds=4, seed=3)
+    fold = fold_of(len(x), 4, 3)
+    for k in range(4):
+        held = fold == k
+        forest = RandomForestClassifier(random_state=3 + k).fit(x[~held], noisy[~held])
+        np.testing.assert_allclose(got[np.ix_(held, forest.classes_)], forest.predict_proba(x[held]))
+    assert got[-1, 4] == 0.0 and np.allclose(got.sum(1), 1.0)
+    assert np.array_equal(got, forest_probs(x, noisy, 5, folds=4, seed=3))
+    with pytest.raises(InputError, match="cross-fitting needs 2 folds"):
+        forest_probs(x[:3], noisy[:3], 5, folds=4)
