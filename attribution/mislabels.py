@@ -93,6 +93,8 @@ def label_quality(labels: object, pred_probs: object, *, method: str = QUALITY_M
 
 def fold_of(n: int, folds: int, seed: int) -> np.ndarray:
     """Each row's fold (0..folds-1): a seeded permutation cut into near-equal parts."""
+    if folds < 2 or n < folds:
+        raise InputError(f"cross-fitting needs 2 folds or more and a row per fold ({n} rows, {folds} folds)")
     order = np.random.default_rng(seed).permutation(n)
     out = np.empty(n, dtype=np.int64)
     out[order] = np.arange(n) % folds
@@ -104,13 +106,9 @@ def out_of_sample_probs(
 ) -> np.ndarray:
     """Class probabilities ``[n, classes]`` for every row from a model trained (``train_plain``, the
     task's recipe) on the other folds only. Deterministic for a given seed."""
-    x = np.asarray(X, dtype=np.float32)
-    labels = np.asarray(y, dtype=np.int64)
-    n = len(x)
-    if folds < 2 or n < folds:
-        raise InputError(f"cross-fitting needs 2 folds or more and a row per fold ({n} rows, {folds} folds)")
-    fold = fold_of(n, folds, seed)
-    probs = np.zeros((n, task.n_classes), dtype=np.float64)
+    x, labels = np.asarray(X, dtype=np.float32), np.asarray(y, dtype=np.int64)
+    fold = fold_of(len(x), folds, seed)
+    probs = np.zeros((len(x), task.n_classes), dtype=np.float64)
     for k in range(folds):
         held = fold == k
         model = train_plain(task, x[~held], labels[~held], seed=seed + k)
@@ -125,13 +123,9 @@ def forest_probs(X: object, y: object, n_classes: int, *, folds: int = 5, seed: 
     forest seeded ``seed + k``) on the same folds: a class the other folds lack gets probability 0."""
     from sklearn.ensemble import RandomForestClassifier
 
-    x = np.asarray(X, dtype=np.float32)
-    labels = np.asarray(y, dtype=np.int64)
-    n = len(x)
-    if folds < 2 or n < folds:
-        raise InputError(f"cross-fitting needs 2 folds or more and a row per fold ({n} rows, {folds} folds)")
-    fold = fold_of(n, folds, seed)
-    probs = np.zeros((n, n_classes), dtype=np.float64)
+    x, labels = np.asarray(X, dtype=np.float32), np.asarray(y, dtype=np.int64)
+    fold = fold_of(len(x), folds, seed)
+    probs = np.zeros((len(x), n_classes), dtype=np.float64)
     for k in range(folds):
         held = fold == k
         forest = RandomForestClassifier(random_state=seed + k, n_jobs=1).fit(x[~held], labels[~held])
@@ -158,8 +152,6 @@ def task_out_of_sample_probs(
     """``out_of_sample_probs`` for any ``ModelTask``: ``batch`` (with ``labels``) cross-fitted with
     the task's own training (``train_model_plain``), each fold's rows predicted by the others' model."""
     n = batch_size_of("batch", batch)
-    if folds < 2 or n < folds:
-        raise InputError(f"cross-fitting needs 2 folds or more and a row per fold ({n} rows, {folds} folds)")
     fold = torch.as_tensor(fold_of(n, folds, seed))
     probs = np.zeros((n, n_classes), dtype=np.float64)
     for k in range(folds):
