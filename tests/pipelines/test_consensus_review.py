@@ -120,6 +120,9 @@ def test_consensus_weighs_the_last_review_once_new_answers_arrive(home, method):
     _run(home, *TRAIN_AND_REVIEW, method=method)
     record, first = _consensus(home)
     assert record.params["method"] == "dawid_skene" and ConsensusRecord.LABEL_REVIEW not in record.inputs
+    review_record = load_record(home["client"], home["resources"]["lineage"].cid_of(LABEL_REVIEW, VERSION))
+    assert review_record.params["models"] == ["recipe", "forest"]  # numeric features: a forest beside the MLP
+    assert review_record.params["scikit-learn"]
 
     # a rerun on the same answers, with a review now stored, decides nothing anew
     _run(home, labeling_assets.consensus_labels, method=method)
