@@ -130,14 +130,22 @@ class _SmoothedDawidSkene(DawidSkene):
         return counts / counts.groupby("worker", sort=False).sum()
 
 
+def check_smoothing(smoothing: float) -> None:
+    """Dawid-Skene's pseudo-count must be a finite number >= 0 (0: crowd-kit's fit as it is)."""
+    if not (isinstance(smoothing, int | float) and smoothing >= 0 and np.isfinite(smoothing)):
+        raise ValueError(
+            f"consensus smoothing must be a finite number >= 0 (pseudo-counts per confusion cell; 0: "
+            f"crowd-kit's own fit), got {smoothing!r}"
+        )
+
+
 def dawid_skene(
     annotations: pa.Table, gold: pa.Table | None = None, *, n_iter: int = 100, tol: float = 1e-5,
     smoothing: float = DS_SMOOTHING,
 ) -> DawidSkeneFit:
     """Dawid-Skene by EM; gold answers (if any) are fixed as known truths during the fit; each
     confusion cell gets ``smoothing`` pseudo-counts (0: crowd-kit's fit as it is)."""
-    if not (smoothing >= 0 and np.isfinite(smoothing)):
-        raise ValueError(f"smoothing must be a finite number >= 0, got {smoothing!r}")
+    check_smoothing(smoothing)
     df = votes(annotations)
     if df.empty:
         return DawidSkeneFit(CONSENSUS.empty_table(), {})

@@ -39,6 +39,7 @@ from labeling import (
     ModelProbs,
     ProjectSpec,
     aggregate,
+    check_smoothing,
     export_annotations,
     merge_annotations,
     sync_tasks,
@@ -268,11 +269,10 @@ def consensus_method(config: ConsensusConfig, review: ReviewedProbs | None) -> s
     there is a review to weigh."""
     if config.method not in METHODS:
         raise dg.Failure(f"consensus method {config.method!r} is not one of {', '.join(METHODS)}")
-    if not (isinstance(config.smoothing, int | float) and 0 <= config.smoothing < float("inf")):
-        raise dg.Failure(
-            f"consensus smoothing must be a finite number >= 0 (pseudo-counts per confusion cell; 0: "
-            f"crowd-kit's own fit), got {config.smoothing!r}"
-        )
+    try:
+        check_smoothing(config.smoothing)
+    except ValueError as exc:
+        raise dg.Failure(str(exc)) from None
     if config.method in MODEL_METHODS and review is None:
         return "dawid_skene"
     return config.method
