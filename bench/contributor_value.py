@@ -148,6 +148,9 @@ KINDS = (*POLICIES, LIBRARY, *BY_MOVES, GROUPED, "candidate")  # every pay the b
 CREDITED = (LIBRARY, *BY_MOVES, GROUPED)  # the kinds paid through the ingest's example_credit
 MAX_VALIDATION, MAX_POOL = 300, 1500  # real rows: validation set, then the providers' pool
 MEDIA_VALIDATION, MEDIA_POOL = 200, 800  # --kind text|image: synthetic rows (a run takes minutes)
+# The fewest pool rows a world is built from: the tiny provider (5 %) then still holds 5 examples. A
+# small world's truth is noisier; its ceiling (the truth's agreement across seeds) says how much.
+MIN_POOL = 100
 PER_EXAMPLE = 3  # answers per example
 EPOCH = datetime(2025, 1, 1, tzinfo=UTC)
 
@@ -227,8 +230,8 @@ def build_world(x: np.ndarray, y: np.ndarray, seed: int) -> World:
     order = rng.permutation(len(x))
     n_val = min(MAX_VALIDATION, len(x) // 5)
     val, pool = order[:n_val], order[n_val : n_val + MAX_POOL]
-    if len(pool) < 200:
-        sys.exit(f"error: {len(x)} distinct rows are too few (need a pool of >= 200 after validation)")
+    if len(pool) < MIN_POOL:
+        sys.exit(f"error: {len(x)} distinct rows are too few (need a pool of >= {MIN_POOL} after validation)")
     lo, hi, sd = x[pool].min(0), x[pool].max(0), x[pool].std(0)  # a constant column stays constant
 
     def noised(rows: np.ndarray, share: float) -> np.ndarray:
@@ -304,9 +307,9 @@ def media_rows(kind: str, seed: int, data: tuple[list, np.ndarray] | None) -> tu
     values, y = media_world.distinct(*data)
     n_val = min(MEDIA_VALIDATION, len(values) // 5)
     order = np.random.default_rng(seed).permutation(len(values))[: n_val + MEDIA_POOL]
-    if len(order) - n_val < 200:
+    if len(order) - n_val < MIN_POOL:
         sys.exit(f"error: {len(values)} distinct payloads are too few "
-                 "(need a pool of >= 200 after validation)")
+                 f"(need a pool of >= {MIN_POOL} after validation)")
     return [values[i] for i in order], y[order], n_val
 
 

@@ -136,6 +136,20 @@ def test_a_tabular_run_on_a_users_file_prints_the_issues_keys(tmp_path, classes)
     assert said == (classes == 2)
 
 
+def test_a_table_as_small_as_wine_is_a_world_and_a_smaller_one_is_refused():
+    """178 rows (scikit-learn's wine) leave a pool of 143: every provider and labeler of the world has
+    examples. Below ``MIN_POOL`` the bench says so in one line instead of building a world of empties."""
+    from sklearn.datasets import load_wine
+
+    x, y = load_wine(return_X_y=True)
+    world = cv.build_world(x, y, seed=0)
+    assert len(world.yv) == 35 and set(world.provider) == {p.name for p in cv.PROVIDERS}
+    assert min(np.unique(world.provider, return_counts=True)[1]) >= 5
+    assert set(world.annotations["annotator"].to_pylist()) == {n for n, *_ in cv.LABELERS}
+    with pytest.raises(SystemExit, match=f"need a pool of >= {cv.MIN_POOL}"):
+        cv.build_world(x[:120], y[:120], seed=0)
+
+
 def test_truth_pay_splits_each_roles_share_by_its_positive_truth():
     roles = {"provider": ["p1", "p2", "p3"], "labeler": ["l1", "l2"]}
     truth = {"p1": 3.0, "p2": 1.0, "p3": -2.0, "l1": 0.5, "l2": 0.5}
