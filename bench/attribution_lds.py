@@ -382,8 +382,6 @@ def main() -> None:
     N_TRAIN, N_TARGETS = args.train or N_TRAIN, args.targets or N_TARGETS
     args.retrains = args.retrains or 100
     x, y = load(args.data, args.label_col)
-    if len(np.unique(y)) < 2:
-        sys.exit("error: the label column holds one class only")
     torch.manual_seed(args.seed)
     print(f"data: {args.data or 'sklearn digits'}: {len(x)} rows, {x.shape[1]} features, "
           f"{y.max() + 1} classes; torch threads {torch.get_num_threads()}", flush=True)

@@ -33,9 +33,26 @@ def load(data: str | None, label_col: str | None) -> tuple[np.ndarray, np.ndarra
         if numeric.shape[1] == 0:
             sys.exit(f"error: {data} has no numeric feature columns besides {label_col!r}")
         labelled = labels.notna().to_numpy()
-        x, y = numeric.to_numpy()[labelled], np.unique(labels[labelled].astype(str), return_inverse=True)[1]
+        x, y = numeric.to_numpy()[labelled], class_indices(labels[labelled].astype(str), label_col)
         x = impute(x, dropped=int((~labelled).sum()))
     return x.astype(np.float64), np.asarray(y, dtype=np.int64)
+
+
+MIN_ROWS_PER_CLASS = 5  # on average: fewer, and the column is an identifier or a continuous target
+
+
+def class_indices(labels, label_col: str | None) -> np.ndarray:
+    """Each label's class index (classes in sorted order), or one error line: these benches measure
+    classifiers, so the column must hold two classes or more, and not one per row or so (a regression
+    target or an id column is binned or chosen again by the user, never guessed at here)."""
+    names, y = np.unique(np.asarray(labels, dtype=str), return_inverse=True)
+    if len(names) < 2:
+        sys.exit(f"error: --label-col {label_col} holds one class only; a classifier needs two or more")
+    if len(names) * MIN_ROWS_PER_CLASS > len(y):
+        sys.exit(f"error: --label-col {label_col} holds {len(names)} distinct values in {len(y)} rows (fewer "
+                 f"than {MIN_ROWS_PER_CLASS} rows per class): these benches need class labels; bin a "
+                 "continuous target into classes, or name the class column")
+    return y.astype(np.int64)
 
 
 def impute(x: np.ndarray, *, dropped: int = 0) -> np.ndarray:

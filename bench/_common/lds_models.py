@@ -27,6 +27,8 @@ from torch import nn
 from attribution.model_task import LABELS, ModelTask, take
 from attribution.task import TrainConfig
 
+from . import class_indices
+
 Batch = Mapping[str, torch.Tensor]
 
 # ---------------------------------------------------------------- synthetic data
@@ -128,12 +130,11 @@ def read_columns(path: str, value_col: str | None, label_col: str | None,
             sys.exit(f"error: {flag} must name a column of {path} (columns: {names})")
     table = pq.read_table(path, columns=[value_col, label_col])
     values = table.column(value_col).to_pylist()
-    labels = np.unique(np.asarray([str(v) for v in table.column(label_col).to_pylist()]),
-                       return_inverse=True)[1]
+    labels = np.asarray([str(v) for v in table.column(label_col).to_pylist()])
     if what == "image":
         values = [v["bytes"] if isinstance(v, dict) else v for v in values]  # HF datasets' Image struct
     keep = [i for i, v in enumerate(values) if v is not None]
-    return [values[i] for i in keep], labels[keep].astype(np.int64)
+    return [values[i] for i in keep], class_indices(labels[keep], label_col)
 
 
 # ---------------------------------------------------------------- outputs, ground truth, metrics
@@ -486,8 +487,6 @@ def run(args, log: Callable[[str], None] = print) -> dict:
 
     t_start = time.perf_counter()
     values, labels, source = load_kind(args)
-    if len(np.unique(labels)) < 2:
-        sys.exit("error: the label column holds one class only")
     tr, te = split_rows(len(labels), args.train, args.targets, args.seed)
     p = prepare(args.kind, values, labels, tr, te, "sgd")
     te, dropped = held_out(p, te)

@@ -97,14 +97,32 @@ def test_tabular_file_with_gaps_loads(tmp_path, capsys):
     from bench._common import load
 
     path = tmp_path / "gaps.parquet"
+    rows = 5  # the five rows below, repeated: a class label needs a few rows (class_indices)
     pq.write_table(pa.table({
-        "a": [1.0, None, 3.0, float("inf"), 5.0], "flag": [True, False, True, True, False],
-        "name": list("vwxyz"), "empty": pa.array([None] * 5, pa.float64()), "y": ["p", None, "q", "r", "p"],
+        "a": [1.0, None, 3.0, float("inf"), 5.0] * rows, "flag": [True, False, True, True, False] * rows,
+        "name": list("vwxyz") * rows, "empty": pa.array([None] * 5 * rows, pa.float64()),
+        "y": ["p", None, "q", "r", "p"] * rows,
     }), path)
     x, y = load(str(path), "y")
-    np.testing.assert_array_equal(x, [[1.0, 1.0], [3.0, 1.0], [3.0, 1.0], [5.0, 0.0]])  # inf -> median 3
-    np.testing.assert_array_equal(y, [0, 1, 2, 0])
-    assert "1 rows without a label dropped, 1 missing or infinite" in capsys.readouterr().out
+    np.testing.assert_array_equal(x, [[1.0, 1.0], [3.0, 1.0], [3.0, 1.0], [5.0, 0.0]] * rows)  # inf: 3
+    np.testing.assert_array_equal(y, [0, 1, 2, 0] * rows)
+    assert f"{rows} rows without a label dropped, {rows} missing or infinite" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("y", "says"), [
+    (np.linspace(0.0, 1.0, 60), "holds 60 distinct values in 60 rows"),  # a regression target
+    (np.zeros(60), "holds one class only"),
+])
+def test_a_label_column_that_is_no_classes_is_one_error(tmp_path, y, says):
+    """Both readers (numeric features; a text or image column) refuse it in one line, before a world or
+    a model is built: a continuous target read as 60 classes would train on nonsense."""
+    from bench._common import load
+
+    path = tmp_path / "target.parquet"
+    pq.write_table(pa.table({"a": np.arange(60.0), "body": ["w"] * 60, "y": y}), path)
+    for read in (lambda: load(str(path), "y"), lambda: read_columns(str(path), "body", "y", "text")):
+        with pytest.raises(SystemExit, match=says):
+            read()
 
 
 @pytest.mark.parametrize("classes", [3, 2])
