@@ -907,6 +907,10 @@ def main() -> None:
     print("  share gap = total-variation distance between a role's pay shares and its positive truth's "
           "shares (0 best, 1 worst)")
 
+    print(f"== the issue's goals for the default ({DEFAULT!r})")
+    goals = goal_lines(out_rho, faulty_bps[DEFAULT], ceil, reach, by_truth["truth"])
+    for line, met in goals.values():
+        print(f"  {'met   ' if met else 'MISSED'} {line}")
     seconds = time.perf_counter() - t_start
     print(f"== time: ground truth {truth_s:.1f}s, attributed runs {pay_s * len(runs):.1f}s, "
           f"total {seconds:.1f}s")
@@ -926,8 +930,29 @@ def main() -> None:
                       "faulty_share_bps": faulty_bps["candidate"]},
         "detection": found,
         "consensus": args.consensus,
+        "goals_met": {k: met for k, (_, met) in goals.items()},
     }
     print(json.dumps(summary))
+
+
+GOAL_SPEARMAN, GOAL_FAULTY_BPS = 0.8, 200  # the royalty issue's goals for the default policy
+
+
+def goal_lines(spearman: dict[str, float], faulty_bps: int, ceil: dict[str, float], reach: dict[str, float],
+               faulty_by_truth: int) -> dict[str, tuple[str, bool]]:
+    """Each goal of the default policy, its line and whether it is met. Beside each, what bounds it: the
+    truth's agreement with itself across seeds (``ceil``), what paying by the truth itself reaches
+    (``reach``) and would pay the faulty contributors, so a miss that the truth forces reads as such."""
+    out = {}
+    for role in ("provider", "labeler"):
+        r = spearman[f"{DEFAULT}/{role}"]
+        out[role] = (f"{role}s: Spearman pay vs truth {r:+.3f} >= {GOAL_SPEARMAN} (the truth's own ceiling "
+                     f"{ceil[role]:.3f}; its own pay reaches {reach[role]:+.3f})",
+                     bool(np.isfinite(r) and r >= GOAL_SPEARMAN))
+    forced = ": the goal asks to pay them below what they did" * (faulty_by_truth > GOAL_FAULTY_BPS)
+    out["faulty"] = (f"faulty contributors together: {faulty_bps} bps <= {GOAL_FAULTY_BPS} (the truth itself "
+                     f"would pay them {faulty_by_truth}{forced})", faulty_bps <= GOAL_FAULTY_BPS)
+    return out
 
 
 def _num(v: float) -> float | None:

@@ -150,6 +150,8 @@ def test_a_tabular_run_on_a_users_file_prints_the_issues_keys(tmp_path, classes)
     assert all(0 <= v <= 10_000 for v in summary["faulty_share_bps_by_truth"].values())
     assert set(summary["spearman_by_truth"]) == {"provider", "labeler"}
     assert all(v is None or -1 <= v <= 1 for v in summary["spearman_by_truth"].values())
+    assert set(summary["goals_met"]) == {"provider", "labeler", "faulty"}
+    assert summary["goals_met"]["faulty"] == (summary["faulty_share_bps"]["valued"] <= 200)
     said = "2 classes: the adversarial labeler always answers the other class" in out.stdout
     assert said == (classes == 2)
 
@@ -186,3 +188,15 @@ def test_truth_reach_ties_every_contributor_who_did_no_good_at_zero():
     assert reach["provider"] == pytest.approx(spearmanr([0.0, 0.0, 1.0, 2.0], [-2, -1, 1, 2])[0])
     assert reach["provider"] < 1.0
     assert reach["labeler"] == pytest.approx(1.0)  # no harm among them: the truth's pay ranks as the truth
+
+
+def test_the_goal_lines_say_met_or_missed_and_what_bounds_each():
+    spearman = {"valued/provider": 0.82, "valued/labeler": float("nan")}
+    ceil, reach = {"provider": 0.9, "labeler": 1.0}, {"provider": 0.98, "labeler": 0.9}
+    goals = cv.goal_lines(spearman, 570, ceil, reach, 583)
+    assert goals["provider"][1] and not goals["labeler"][1]  # no Spearman (a tie everywhere) is no goal met
+    assert not goals["faulty"][1] and "would pay them 583: the goal asks" in goals["faulty"][0]
+    assert "ceiling 0.900; its own pay reaches +0.980" in goals["provider"][0]
+    assert cv.goal_lines(spearman, 200, {"provider": 1, "labeler": 1}, {"provider": 1, "labeler": 1},
+                         100)["faulty"] == ("faulty contributors together: 200 bps <= 200 (the truth itself "
+                                            "would pay them 100)", True)
