@@ -724,7 +724,10 @@ def tabular_world(args) -> tuple[World, AttributionTask]:
     return world, task
 
 
-def main() -> None:
+ROLES = {"provider": [p.name for p in PROVIDERS], "labeler": [n for n, _, _ in LABELERS]}
+
+
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", help="Parquet file: numeric feature columns (tabular), a text column (text) or "
                                    "an encoded-image column (image), and a label column")
@@ -749,32 +752,34 @@ def main() -> None:
     ap.add_argument("--image-col", help="name of the encoded-image column (PNG/JPEG bytes) in --data "
                                         "(--kind image)")
     args = ap.parse_args()
-    payload_col = {"text": args.text_col, "image": args.image_col}
-    for kind, col in payload_col.items():
+    for kind, col in {"text": args.text_col, "image": args.image_col}.items():
         if col and args.kind != kind:
             sys.exit(f"error: --{kind}-col is for --kind {kind} (got --kind {args.kind})")
     if args.data and not Path(args.data).is_file():
         sys.exit(f"error: --data {args.data} is not a file")
     if args.seeds < 2 or args.pay_runs < 1:
         sys.exit("error: --seeds must be >= 2 (>= 4 for figures) and --pay-runs >= 1")
-    torch.set_num_threads(args.threads)
-    t_start = time.perf_counter()
-    if args.kind == "tabular":
-        world, task = tabular_world(args)
-    else:
-        data = (read_columns(args.data, payload_col[args.kind], args.label_col, args.kind) if args.data
-                else None)
-        world, task = build_media_world(args.kind, args.seed, data), None
-        media, cfg = world.media, world.media.task.config
-        print(f"data: {args.data or 'synthetic'} {args.kind} ({len(world.yv)} validation rows, true labels; "
-              f"training {world.examples.num_rows} examples, {len(world.classes)} classes); torch threads "
-              f"{torch.get_num_threads()}", flush=True)
-        print(f"model: the {media.task.name} recipe {media.sizes}, SGD lr {cfg.lr} ({cfg.lr_schedule} "
-              f"decay), batch {cfg.batch_size}; labels = {args.consensus} consensus of {PER_EXAMPLE} answers "
-              "per example (refitted for every retrain)", flush=True)
-    world.value = args.value or "trak"
-    if args.consensus in MODEL_METHODS:
-        world.probs, world.method = reviewed(world, task, args.seed), args.consensus
+    return args
+
+
+def payload_world(args) -> tuple[World, None]:
+    """The world over ``--data``'s texts or images (or synthetic ones); prints what they are. Its task is
+    the recipe the world carries (``world.media``)."""
+    col = args.text_col if args.kind == "text" else args.image_col
+    data = read_columns(args.data, col, args.label_col, args.kind) if args.data else None
+    world = build_media_world(args.kind, args.seed, data)
+    media, cfg = world.media, world.media.task.config
+    print(f"data: {args.data or 'synthetic'} {args.kind} ({len(world.yv)} validation rows, true labels; "
+          f"training {world.examples.num_rows} examples, {len(world.classes)} classes); torch threads "
+          f"{torch.get_num_threads()}", flush=True)
+    print(f"model: the {media.task.name} recipe {media.sizes}, SGD lr {cfg.lr} ({cfg.lr_schedule} "
+          f"decay), batch {cfg.batch_size}; labels = {args.consensus} consensus of {PER_EXAMPLE} answers "
+          "per example (refitted for every retrain)", flush=True)
+    return world, None
+
+
+def describe(world: World) -> None:
+    """Every provider and labeler: its size, what it does and whether it is faulty."""
     owner = world.provider
     print("providers (in registration order):")
     for p in PROVIDERS:
@@ -791,86 +796,118 @@ def main() -> None:
         print("  (2 classes: the adversarial labeler always answers the other class, so Dawid-Skene can read "
               "its answers backwards; the flood has one easy example per class)")
 
-    seeds = list(range(1, args.seeds + 1))
-    print(f"== ground truth: leave one contributor out, {args.seeds} training seeds", flush=True)
+
+@dataclasses.dataclass
+class Truth:
+    """The leave-one-contributor-out truth and what bounds any pay measured against it."""
+
+    per_seed: dict[str, np.ndarray]  # contributor -> validation-loss rise without it, per seed
+    mean: dict[str, float]
+    once: dict[str, float]  # the same with copies once (copies that helped count for nobody)
+    full: Variant  # the world with every contributor
+    ceiling: dict[str, float]  # role -> Spearman between seed halves
+    reach: dict[str, float]  # role -> Spearman of the truth's own pay against the truth
+    faulty_bps: dict[str, int]  # what the truth itself (and with copies once) pays the faulty
+    seconds: float
+
+
+def truth_section(world: World, task: AttributionTask | None, n_seeds: int) -> Truth:
+    print(f"== ground truth: leave one contributor out, {n_seeds} training seeds", flush=True)
     t0 = time.perf_counter()
-    truth, once, full, retrains = ground_truth(world, task, seeds)
-    truth_s = time.perf_counter() - t0
-    roles = {"provider": [p.name for p in PROVIDERS], "labeler": [n for n, _, _ in LABELERS]}
-    ceil = {role: ceiling(truth, names) for role, names in roles.items()}
-    truth_mean = {k: float(v.mean()) for k, v in truth.items()}
+    per_seed, once, full, retrains = ground_truth(world, task, list(range(1, n_seeds + 1)))
+    seconds = time.perf_counter() - t0
+    ceil = {role: ceiling(per_seed, names) for role, names in ROLES.items()}
+    mean = {k: float(v.mean()) for k, v in per_seed.items()}
     once_mean = {k: float(v.mean()) for k, v in once.items()}
-    print(f"  {retrains} retrains in {truth_s:.1f}s; ceiling (Spearman between seed halves): "
+    print(f"  {retrains} retrains in {seconds:.1f}s; ceiling (Spearman between seed halves): "
           f"providers {ceil['provider']:.3f}, labelers {ceil['labeler']:.3f}", flush=True)
-    by_truth = {k: round(sum(truth_pay(t, roles).get(n, 0.0) for n in FAULTY)) for k, t in
-                (("truth", truth_mean), ("copies_once", once_mean))}
-    reach = truth_reach(truth_mean, roles)
+    by_truth = {k: round(sum(truth_pay(t, ROLES).get(n, 0.0) for n in FAULTY)) for k, t in
+                (("truth", mean), ("copies_once", once_mean))}
+    reach = truth_reach(mean, ROLES)
     print(f"  paid by the truth itself (70/30, in proportion to positive truth), the faulty contributors "
           f"would get {by_truth['truth']} bps ({by_truth['copies_once']} by the truth with copies once); "
           f"that pay's Spearman vs the truth (what a pay that gives harm nothing can reach, its zeros tied): "
           f"providers {reach['provider']:+.3f}, labelers {reach['labeler']:+.3f}")
+    return Truth(per_seed, mean, once_mean, full, ceil, reach, by_truth, seconds)
 
-    print("== pay: training with per-step attribution against the validation targets", flush=True)
-    credit, grouping = library_credit(world)
-    owners, flagged = copy_owners(full, world, credit)
-    t0 = time.perf_counter()
-    runs = [pay_run(task, world, full, 1000 + args.seed + r, owners, credit) for r in range(args.pay_runs)]
-    pay_s = (time.perf_counter() - t0) / args.pay_runs
-    pay, signed, left = runs[0]
-    kinds = list(KINDS)
-    print(f"  one attributed run: {pay_s:.1f}s (seed {1000 + args.seed}, not one of the truth's seeds); "
-          f"{len(runs) - 1} more at other seeds for the pay's own spread")
+
+def pay_table(truth: Truth, pay: dict, signed: dict, left: dict) -> None:
+    """Each contributor's truth beside every kind of pay (the first attributed run)."""
     print("  contributor        truth x1e3 (mean +- sd)   left-out x1e3   signed score  "
           + "  ".join(f"{k:>5} bps" if k not in (*CREDITED, "candidate")
-                      else f"{k:>9}*" for k in kinds))
-    for names in roles.values():
+                      else f"{k:>9}*" for k in KINDS))
+    for names in ROLES.values():
         for name in names:
-            t = truth[name] * 1e3
+            t = truth.per_seed[name] * 1e3
             lo = f"{left[name] * 1e3:>+13.2f}" if name in left else " " * 13
             print(f"  {name:<16}{'!' if name in FAULTY else ' '} {t.mean():>+10.2f} +- {t.std():>6.2f}"
                   f"   {lo}        {signed.get(name, 0.0):>+11.4f}  " + "  ".join(f"{pay[k].get(name, 0):>9}"
-                                                                          for k in kinds))
+                                                                          for k in KINDS))
     print("  (! faulty; truth = validation-loss rise without it, > 0: it helped; signed score = the sum of "
           "its credit shares of the example scores, before any floor; * net+credit, candidate: see their "
           "sections)")
 
-    out_rho, out_gap, faulty_bps, out_once = {}, {}, {}, {}
-    for kind in kinds:
-        title = ("candidate (not in the library)" if kind == "candidate" else
-                 f"{LIBRARY!r}: 'net' with the ingest's example_credit, labelers paid by agreement"
-                 if kind == LIBRARY else
-                 f"{PIVOTAL!r}: {LIBRARY!r} with labelers='pivotal' (each answer paid by how much it moved "
-                 "its example's consensus)" if kind == PIVOTAL else
-                 f"library default {VALUED!r}: {LIBRARY!r} with labelers='valued' (each move valued by what "
-                 "the label it displaced was probably worth; the pipeline's pay)" if kind == VALUED else
-                 f"{GROUPED!r}: {VALUED!r} with copies='group' (a duplicate group's whole left-out effect to "
-                 "its first registrant, as this truth counts it, so copies that help pay their original)"
-                 if kind == GROUPED else
-                 f"policy negative={kind!r}")
-        print(f"== {title}", flush=True)
-        for role, names in roles.items():
-            want = [truth_mean[n] for n in names]
-            rhos = [rho([p[kind].get(n, 0) for n in names], want) for p, *_ in runs]
-            gaps = [share_gap(p[kind], truth_mean, names) for p, *_ in runs]
-            out_rho[f"{kind}/{role}"], out_gap[f"{kind}/{role}"] = rhos[0], gaps[0]
-            spread = (f"; over {len(runs)} runs: mean {np.nanmean(rhos):+.3f}, min {np.nanmin(rhos):+.3f}"
-                      * (len(runs) > 1))
-            print(f"  {role + 's':<9} Spearman pay vs truth {rhos[0]:+.3f} "
-                  f"(ceiling {ceil[role]:.3f}{spread}); share gap {gaps[0]:.3f}")
-            if role == "provider":
-                out_once[kind] = rho([pay[kind].get(n, 0) for n in names], [once_mean[n] for n in names])
-                print(f"            vs the truth with copies once (copies that helped count for nobody): "
-                      f"{out_once[kind]:+.3f}")
-        for role, names in roles.items():
-            for name in names:
-                if name in FAULTY:
-                    bps = pay[kind].get(name, 0)
-                    place = 1 + sum(pay[kind].get(m, 0) > bps for m in names)
-                    print(f"  faulty {role:<8} {name:<15} rank {place}/{len(names)}  {bps:>5} bps")
-        shares = [sum(p[kind].get(n, 0) for n in FAULTY) for p, *_ in runs]
-        faulty_bps[kind] = int(shares[0])
-        print(f"  faulty contributors' total share: {shares[0]} bps of 10000"
-              + f" (over {len(runs)} runs: {min(shares)}..{max(shares)})" * (len(runs) > 1))
+
+def title_of(kind: str) -> str:
+    if kind == "candidate":
+        return "candidate (not in the library)"
+    if kind == LIBRARY:
+        return f"{LIBRARY!r}: 'net' with the ingest's example_credit, labelers paid by agreement"
+    if kind == PIVOTAL:
+        return (f"{PIVOTAL!r}: {LIBRARY!r} with labelers='pivotal' (each answer paid by how much it moved "
+                "its example's consensus)")
+    if kind == VALUED:
+        return (f"library default {VALUED!r}: {LIBRARY!r} with labelers='valued' (each move valued by what "
+                "the label it displaced was probably worth; the pipeline's pay)")
+    if kind == GROUPED:
+        return (f"{GROUPED!r}: {VALUED!r} with copies='group' (a duplicate group's whole left-out effect to "
+                "its first registrant, as this truth counts it, so copies that help pay their original)")
+    return f"policy negative={kind!r}"
+
+
+@dataclasses.dataclass
+class PolicyFigures:
+    spearman: dict[str, float]  # "<kind>/<role>" -> first run's Spearman of pay vs truth
+    share_gap: dict[str, float]
+    spearman_once: dict[str, float]  # kind -> providers' Spearman vs the truth with copies once
+    faulty_bps: dict[str, int]  # kind -> the faulty contributors' total share (first run)
+
+
+def policy_section(kind: str, runs: list, truth: Truth, out: PolicyFigures) -> None:
+    """One kind of pay against the truth: Spearman per role (and its spread over the runs), the share gap,
+    each faulty contributor's rank and share, and their total."""
+    print(f"== {title_of(kind)}", flush=True)
+    pay = runs[0][0]
+    for role, names in ROLES.items():
+        want = [truth.mean[n] for n in names]
+        rhos = [rho([p[kind].get(n, 0) for n in names], want) for p, *_ in runs]
+        gaps = [share_gap(p[kind], truth.mean, names) for p, *_ in runs]
+        out.spearman[f"{kind}/{role}"], out.share_gap[f"{kind}/{role}"] = rhos[0], gaps[0]
+        spread = (f"; over {len(runs)} runs: mean {np.nanmean(rhos):+.3f}, min {np.nanmin(rhos):+.3f}"
+                  * (len(runs) > 1))
+        print(f"  {role + 's':<9} Spearman pay vs truth {rhos[0]:+.3f} "
+              f"(ceiling {truth.ceiling[role]:.3f}{spread}); share gap {gaps[0]:.3f}")
+        if role == "provider":
+            once = rho([pay[kind].get(n, 0) for n in names], [truth.once[n] for n in names])
+            out.spearman_once[kind] = once
+            print(f"            vs the truth with copies once (copies that helped count for nobody): "
+                  f"{out.spearman_once[kind]:+.3f}")
+    for role, names in ROLES.items():
+        for name in names:
+            if name in FAULTY:
+                bps = pay[kind].get(name, 0)
+                place = 1 + sum(pay[kind].get(m, 0) > bps for m in names)
+                print(f"  faulty {role:<8} {name:<15} rank {place}/{len(names)}  {bps:>5} bps")
+    shares = [sum(p[kind].get(n, 0) for n in FAULTY) for p, *_ in runs]
+    out.faulty_bps[kind] = int(shares[0])
+    print(f"  faulty contributors' total share: {shares[0]} bps of 10000"
+          + f" (over {len(runs)} runs: {min(shares)}..{max(shares)})" * (len(runs) > 1))
+
+
+def grouping_lines(world: World, credit: pa.Table, grouping: dict, flagged: np.ndarray) -> np.ndarray:
+    """How the ingest's grouping and the candidate's credited the copies; returns which examples the
+    ingest put in a group."""
+    owner = world.provider
     copies = owner == "copycat"
     near = grouping["near"]
     grouped = set(credit.filter(pc.less(credit["share"], 1.0))["example_id"].to_pylist())
@@ -889,45 +926,79 @@ def main() -> None:
     print(f"  candidate: 'net', after crediting each near-copy to its first registrant ({how}: "
           f"{int(flagged[copies].sum())}/{int(copies.sum())} copycat examples caught, "
           f"{int(flagged[~copies].sum())} other examples flagged)")
-    if world.media is None:
-        found = detection(owner, in_group, *datalab_flags(task, full, 1000 + args.seed))
-    else:
-        found = {"skipped": "cleanlab Datalab runs on the tabular features only"}
-        print(f"== detection: {found['skipped']}")
+    return in_group
+
+
+def context_lines(pay: dict, signed: dict, truth: Truth) -> None:
     print("== context")
-    for role, names in roles.items():
-        r = rho([signed.get(n, 0.0) for n in names], [truth_mean[n] for n in names])
+    for role, names in ROLES.items():
+        r = rho([signed.get(n, 0.0) for n in names], [truth.mean[n] for n in names])
         print(f"  signed score sums (no floor), {role}s: Spearman vs truth {r:+.3f}")
-    everyone = [n for names in roles.values() for n in names]
+    everyone = [n for names in ROLES.values() for n in names]
     split = WeightPolicy().provider_share_bps // 100
     print(f"  all {len(everyone)} contributors together (tests the fixed {split}/{100 - split} "
           "provider/labeler split): Spearman pay vs truth " + ", ".join(
-              f"{k} {rho([pay[k].get(n, 0) for n in everyone], [truth_mean[n] for n in everyone]):+.3f}"
-              for k in kinds))
+              f"{k} {rho([pay[k].get(n, 0) for n in everyone], [truth.mean[n] for n in everyone]):+.3f}"
+              for k in KINDS))
     print("  share gap = total-variation distance between a role's pay shares and its positive truth's "
           "shares (0 best, 1 worst)")
 
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    world, task = tabular_world(args) if args.kind == "tabular" else payload_world(args)
+    world.value = args.value or "trak"
+    if args.consensus in MODEL_METHODS:
+        world.probs, world.method = reviewed(world, task, args.seed), args.consensus
+    describe(world)
+    truth = truth_section(world, task, args.seeds)
+
+    print("== pay: training with per-step attribution against the validation targets", flush=True)
+    credit, grouping = library_credit(world)
+    owners, flagged = copy_owners(truth.full, world, credit)
+    t0 = time.perf_counter()
+    seeds = [1000 + args.seed + r for r in range(args.pay_runs)]
+    runs = [pay_run(task, world, truth.full, seed, owners, credit) for seed in seeds]
+    pay_s = (time.perf_counter() - t0) / args.pay_runs
+    print(f"  one attributed run: {pay_s:.1f}s (seed {1000 + args.seed}, not one of the truth's seeds); "
+          f"{len(runs) - 1} more at other seeds for the pay's own spread")
+    pay, signed, left = runs[0]
+    pay_table(truth, pay, signed, left)
+
+    figures = PolicyFigures({}, {}, {}, {})
+    for kind in KINDS:
+        policy_section(kind, runs, truth, figures)
+    in_group = grouping_lines(world, credit, grouping, flagged)
+    if world.media is None:
+        found = detection(world.provider, in_group, *datalab_flags(task, truth.full, 1000 + args.seed))
+    else:
+        found = {"skipped": "cleanlab Datalab runs on the tabular features only"}
+        print(f"== detection: {found['skipped']}")
+    context_lines(pay, signed, truth)
     print(f"== the issue's goals for the default ({DEFAULT!r})")
-    goals = goal_lines(out_rho, faulty_bps[DEFAULT], ceil, reach, by_truth["truth"])
+    goals = goal_lines(figures.spearman, figures.faulty_bps[DEFAULT], truth.ceiling, truth.reach,
+                       truth.faulty_bps["truth"])
     for line, met in goals.values():
         print(f"  {'met   ' if met else 'MISSED'} {line}")
     seconds = time.perf_counter() - t_start
-    print(f"== time: ground truth {truth_s:.1f}s, attributed runs {pay_s * len(runs):.1f}s, "
+    print(f"== time: ground truth {truth.seconds:.1f}s, attributed runs {pay_s * len(runs):.1f}s, "
           f"total {seconds:.1f}s")
     summary = {
-        "spearman": {k: _num(v) for k, v in out_rho.items() if not k.startswith("candidate/")},
-        "share_gap": {k: _num(v) for k, v in out_gap.items() if not k.startswith("candidate/")},
-        "ceiling": {k: _num(v) for k, v in ceil.items()},
-        "spearman_copies_once": {f"{k}/provider": _num(v) for k, v in out_once.items() if k != "candidate"},
-        "faulty_share_bps": {k: v for k, v in faulty_bps.items() if k != "candidate"},
-        "faulty_share_bps_by_truth": by_truth,
-        "spearman_by_truth": {role: _num(v) for role, v in reach.items()},
+        "spearman": _ours(figures.spearman),
+        "share_gap": _ours(figures.share_gap),
+        "ceiling": {k: _num(v) for k, v in truth.ceiling.items()},
+        "spearman_copies_once": {f"{k}/provider": v for k, v in _ours(figures.spearman_once).items()},
+        "faulty_share_bps": {k: v for k, v in figures.faulty_bps.items() if k != "candidate"},
+        "faulty_share_bps_by_truth": truth.faulty_bps,
+        "spearman_by_truth": {role: _num(v) for role, v in truth.reach.items()},
         "value": world.value,
         "default_policy": DEFAULT,  # what the pipeline pays: WeightPolicy(), with the ingest's example_credit
         "seconds": round(seconds, 1),
-        "candidate": {"spearman": {r: _num(out_rho[f"candidate/{r}"]) for r in roles},
-                      "share_gap": {r: _num(out_gap[f"candidate/{r}"]) for r in roles},
-                      "faulty_share_bps": faulty_bps["candidate"]},
+        "candidate": {"spearman": {r: _num(figures.spearman[f"candidate/{r}"]) for r in ROLES},
+                      "share_gap": {r: _num(figures.share_gap[f"candidate/{r}"]) for r in ROLES},
+                      "faulty_share_bps": figures.faulty_bps["candidate"]},
         "detection": found,
         "consensus": args.consensus,
         "goals_met": {k: met for k, (_, met) in goals.items()},
@@ -953,6 +1024,11 @@ def goal_lines(spearman: dict[str, float], faulty_bps: int, ceil: dict[str, floa
     out["faulty"] = (f"faulty contributors together: {faulty_bps} bps <= {GOAL_FAULTY_BPS} (the truth itself "
                      f"would pay them {faulty_by_truth}{forced})", faulty_bps <= GOAL_FAULTY_BPS)
     return out
+
+
+def _ours(figures: dict[str, float]) -> dict[str, float | None]:
+    """The library's figures for the JSON line (the candidate has its own entry)."""
+    return {k: _num(v) for k, v in figures.items() if not k.startswith("candidate")}
 
 
 def _num(v: float) -> float | None:
