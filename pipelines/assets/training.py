@@ -6,7 +6,7 @@ but the content and stays the same for every rerun an auditor makes.
 
 import hashlib
 import json
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ from attribution import (
 )
 from pipelines.assets.labeling import recount
 from pipelines.compute_platform import training_platform
-from pipelines.content_io import AssetIndex, StoreResource, store_value
+from pipelines.content_io import AssetIndex, StoredValue, StoreResource, store_value
 from pipelines.datasets import DatasetError
 from pipelines.lineage import LineageResource, now, pipeline_code
 from pipelines.partitions import dataset_versions
@@ -361,17 +361,14 @@ def trained_model(
             f"more providers than left_out_max ({config.left_out_max}): providers are paid by their "
             "examples' summed scores, not by retraining without each"
         )
-    n_train, n_targets = len(split.example_ids), len(split.target_ids)
-    scores = result.example_attribution
     accuracy = heldout_accuracy(split, result)
-    context.log.info(f"run {result.run_id}: {n_train} examples, held-out accuracy {accuracy:.3f}")
+    context.log.info(f"run {result.run_id}: {len(split.example_ids)} examples, held-out accuracy "
+                     f"{accuracy:.3f}")
     stored = {name: store_value(client, value) for name, value in outputs.items()}
-    payload = {}
-    if isinstance(split, PayloadSplit):
-        payload = {"payload": {"kind": split.encoding.kind, "field": field, "recipe": split.task.name,
-                               **split.stats.to_params()}}
-        if split.stats.truncated or split.stats.resized or split.stats.converted:
-            context.log.warning(f"recorded input policies applied: {split.stats.to_params()}")
+    payload = payload_params(split, field)
+    stats = split.stats if isinstance(split, PayloadSplit) else None
+    if stats is not None and (stats.truncated or stats.resized or stats.converted):
+        context.log.warning(f"recorded input policies applied: {stats.to_params()}")
     record = lineage.write(
         client,
         TRAINING,
@@ -392,14 +389,40 @@ def trained_model(
             **payload,
         },
     )
+    yield from training_outputs(stored, split, result, values, record=record, accuracy=accuracy,
+                                targets=targets)
+
+
+def payload_params(split: EncodedSplit | PayloadSplit, field: str | None) -> dict[str, Any]:
+    """A text or image run's recorded input handling (its kind, field, recipe and what the input
+    policies did); nothing for numeric features."""
+    if not isinstance(split, PayloadSplit):
+        return {}
+    return {"payload": {"kind": split.encoding.kind, "field": field, "recipe": split.task.name,
+                        **split.stats.to_params()}}
+
+
+def training_outputs(
+    stored: dict[str, StoredValue],
+    split: EncodedSplit | PayloadSplit,
+    result: TrainResult,
+    values: pa.Table | None,
+    *,
+    record: str,
+    accuracy: float,
+    targets: str,
+) -> Iterator[dg.Output]:
+    """The training stage's four outputs (each already stored: the IO manager writes the pointer), with
+    the metadata the Dagster UI shows."""
+    scores = result.example_attribution
     yield dg.Output(
         stored[TrainingRecord.MODEL],
         output_name=TrainingRecord.MODEL,
         metadata={
             "run_id": result.run_id,
             "record_cid": record,
-            "train_examples": n_train,
-            "targets": n_targets,
+            "train_examples": len(split.example_ids),
+            "targets": len(split.target_ids),
             "heldout_accuracy": float(accuracy),
             "measured_against": targets,
             "train_s": float(result.timings.get("train_s", 0.0)),
