@@ -11,6 +11,7 @@ out-of-sample class probabilities (`class_probs`, in the order of the record's `
 consensus with a model method (`dawid_skene_model`, `crowdlab`) weighs beside the answers.
 """
 
+from collections.abc import Sequence
 from importlib.metadata import version as package_version
 
 import dagster as dg
@@ -98,24 +99,7 @@ def label_review(
         review, y, probs, models = _cross_fitted(encoding, table, training, config)
     except AttributionError as exc:
         raise dg.Failure(str(exc)) from exc
-    rank = np.empty(len(y), dtype=np.int64)
-    rank[review.ranked()] = np.arange(1, len(y) + 1)
-    classes = np.asarray(encoding.classes, dtype=object)
-    out = pa.table(
-        {
-            "example_id": table["example_id"],
-            "label": pa.array([str(v) for v in table["label"].to_pylist()], pa.string()),
-            "suggested": pa.array(classes[review.suggested].tolist(), pa.string()),
-            "quality": pa.array(review.quality, pa.float64()),
-            "flagged": pa.array(review.flagged, pa.bool_()),
-            "rank": pa.array(rank, pa.int64()),
-            "confidence": table["confidence"].cast(pa.float64()),
-            "n_votes": table["n_votes"].cast(pa.int64()),
-            "run_id": pa.array([run_id] * len(y), pa.string()),
-            "class_probs": pa.array(list(np.asarray(probs, dtype=np.float64)), pa.list_(pa.float64())),
-        },
-        schema=LABEL_REVIEW_SCHEMA,
-    )
+    out = review_table(table, review, probs, encoding.classes, run_id)
     stored = store_value(client, out)
     written = lineage.write(
         client,
@@ -140,7 +124,6 @@ def label_review(
         },
     )
     flagged = int(review.flagged.sum())
-    top = out.sort_by("rank").slice(0, config.top).to_pylist()
     context.log.info(f"run {run_id}: {flagged} of {len(y)} consensus labels flagged as likely wrong")
     return dg.Output(
         stored,
@@ -152,17 +135,42 @@ def label_review(
             "flagged_fraction": round(flagged / max(len(y), 1), 4),
             "detector": f"cleanlab {QUALITY_METHOD} + find_label_issues on {config.folds}-fold cross-fitted "
             f"probabilities of {' and '.join(models)}" + " (averaged)" * (len(models) > 1),
-            "top_suspects": dg.MetadataValue.md(
-                md_table(
-                    ["rank", "example_id", "label", "suggested", "quality", "flagged", "votes", "confidence"],
-                    [
-                        [r["rank"], r["example_id"][:12], r["label"], r["suggested"], f"{r['quality']:.3f}",
-                         "yes" if r["flagged"] else "", r["n_votes"], f"{r['confidence']:.2f}"]
-                        for r in top
-                    ],
-                )
-            ),
+            "top_suspects": dg.MetadataValue.md(suspects_md(out.sort_by("rank").slice(0, config.top))),
         },
+    )
+
+
+def review_table(
+    table: pa.Table, review: LabelReview, probs: np.ndarray, classes: Sequence[str], run_id: str
+) -> pa.Table:
+    """The `label_review` contract: each reviewed example's label, the class the out-of-sample model
+    prefers, its quality, flag and rank (1 = most suspect), its consensus and class probabilities."""
+    n = table.num_rows
+    rank = np.empty(n, dtype=np.int64)
+    rank[review.ranked()] = np.arange(1, n + 1)
+    return pa.table(
+        {
+            "example_id": table["example_id"],
+            "label": pa.array([str(v) for v in table["label"].to_pylist()], pa.string()),
+            "suggested": pa.array(np.asarray(classes, dtype=object)[review.suggested].tolist(), pa.string()),
+            "quality": pa.array(review.quality, pa.float64()),
+            "flagged": pa.array(review.flagged, pa.bool_()),
+            "rank": pa.array(rank, pa.int64()),
+            "confidence": table["confidence"].cast(pa.float64()),
+            "n_votes": table["n_votes"].cast(pa.int64()),
+            "run_id": pa.array([run_id] * n, pa.string()),
+            "class_probs": pa.array(list(np.asarray(probs, dtype=np.float64)), pa.list_(pa.float64())),
+        },
+        schema=LABEL_REVIEW_SCHEMA,
+    )
+
+
+def suspects_md(top: pa.Table) -> str:
+    """The most suspect labels as the Dagster UI shows them."""
+    return md_table(
+        ["rank", "example_id", "label", "suggested", "quality", "flagged", "votes", "confidence"],
+        [[r["rank"], r["example_id"][:12], r["label"], r["suggested"], f"{r['quality']:.3f}",
+          "yes" if r["flagged"] else "", r["n_votes"], f"{r['confidence']:.2f}"] for r in top.to_pylist()],
     )
 
 
