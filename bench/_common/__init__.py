@@ -41,7 +41,7 @@ def load(data: str | None, label_col: str | None) -> tuple[np.ndarray, np.ndarra
 MIN_ROWS_PER_CLASS = 5  # on average: fewer, and the column is an identifier or a continuous target
 
 
-def class_indices(labels, label_col: str | None) -> np.ndarray:
+def class_indices(labels: object, label_col: str | None) -> np.ndarray:
     """Each label's class index (classes in sorted order), or one error line: these benches measure
     classifiers, so the column must hold two classes or more, and not one per row or so (a regression
     target or an id column is binned or chosen again by the user, never guessed at here)."""
