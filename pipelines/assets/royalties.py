@@ -5,7 +5,7 @@ import pyarrow as pa
 
 from attribution import ContributorError, WeightPolicy
 from attribution import contributor_weights as _weights
-from labeling import LabelingError
+from labeling import DS_SMOOTHING, LabelingError
 from pipelines.checks import NO_PROVIDER_HELPED
 from pipelines.content_io import AssetIndex, StoredValue, StoreResource, decode, store_value
 from pipelines.lineage import LineageResource, now
@@ -35,13 +35,30 @@ class WeightingConfig(dg.Config):
     negative: str = "net"  # a contributor whose data or labels hurt the model earns nothing
     # paid by the value of the consensus their answers moved; or "pivotal", or "agree" (agreement)
     labelers: str = "valued"
-    label_smoothing: float = 1.0  # "pivotal" / "valued": pseudo-count of the confusion estimates
+    # "pivotal" / "valued": pseudo-count of the confusion estimates answers are read under; None: the
+    # consensus's own (its record's smoothing), so pay reads each answer under the model that counted it
+    label_smoothing: float | None = None
     # providers by their value when the run retrains without each (the training record's
     # provider_value), or "scores": by their examples' summed scores (also where the run has none)
     providers: str = "left_out"
     # a duplicate group's copies: beyond one per group counted only where they hurt ("once": flooding
     # gains nothing), or "group": the group's whole left-out effect to its first registrant
     copies: str = "once"
+
+
+def applied_policy(config: WeightingConfig, has_left_out: bool, consensus_smoothing: float | None
+                   ) -> WeightingConfig:
+    """The policy as applied, and as the weighting record keeps it for replay: `providers: scores` where
+    the run has no left-out values (more providers than `left_out_max`), and an unset label smoothing
+    resolved to the consensus's own. A consensus without one (majority vote, a record from before it was
+    recorded) or with none at all (0, crowd-kit's own fit) leaves `labeling.DS_SMOOTHING`: pay's M-step
+    needs a positive count, or one unseen confusion would make an answer's move infinite."""
+    update: dict[str, object] = {}
+    if config.providers == "left_out" and not has_left_out:
+        update["providers"] = "scores"
+    if config.label_smoothing is None:
+        update["label_smoothing"] = float(consensus_smoothing) if consensus_smoothing else DS_SMOOTHING
+    return config.model_copy(update=update)
 
 
 @dg.asset(partitions_def=dataset_versions, group_name="royalties", kinds={"arrow"})
@@ -69,8 +86,8 @@ def contributor_weights(
         training = load_record(client, lineage.cid_of(TRAINING, version))
         value_cid = (training.outputs.get(TrainingRecord.PROVIDER_VALUE)
                      if config.providers == "left_out" else None)
-        falls_back = config.providers == "left_out" and not value_cid  # more providers than left_out_max
-        applied = config.model_copy(update={"providers": "scores"}) if falls_back else config
+        consensus = load_record(client, lineage.cid_of(CONSENSUS, version))
+        applied = applied_policy(config, bool(value_cid), consensus.params.get("smoothing"))
         policy = WeightPolicy(**applied.model_dump())
         left_out = read_parquet(client.get(value_cid)) if value_cid else None
         people = set(raw_dataset["provider"].to_pylist()) | set(annotations["annotator"].to_pylist())

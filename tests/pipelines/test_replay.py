@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from attribution import WeightPolicy, contributor_weights
-from labeling import ModelProbs
+from labeling import DS_SMOOTHING, ModelProbs
 from pipelines.assets import royalties, training
 from pipelines.assets.labeling import label_rows, recount
 from pipelines.assets.training import TrainingConfig, provider_value, train_labeled
@@ -577,6 +577,7 @@ def test_a_run_paid_by_its_example_credit_names_it_and_replays(published_with_cr
     # providers are paid by leaving each out: p-small's group is empty (nothing retrained, value 0),
     # p-big's holds p-small's rows as well
     assert head.params["policy"]["providers"] == "left_out"
+    assert head.params["policy"]["label_smoothing"] == DS_SMOOTHING  # the consensus's (its record names none)
     values = {r["provider"]: r for r in read_parquet(store.get(head.inputs[WeightingRecord.PROVIDER_VALUE]))
               .to_pylist()}
     assert values["p-small"]["examples_left_out"] == 0 and values["p-small"]["value"] == 0.0
