@@ -891,7 +891,7 @@ def policy_section(kind: str, runs: list, truth: Truth, out: PolicyFigures) -> N
             once = rho([pay[kind].get(n, 0) for n in names], [truth.once[n] for n in names])
             out.spearman_once[kind] = once
             print(f"            vs the truth with copies once (copies that helped count for nobody): "
-                  f"{out.spearman_once[kind]:+.3f}")
+                  f"{once:+.3f}")
     for role, names in ROLES.items():
         for name in names:
             if name in FAULTY:
@@ -962,7 +962,7 @@ def main() -> None:
     seeds = [1000 + args.seed + r for r in range(args.pay_runs)]
     runs = [pay_run(task, world, truth.full, seed, owners, credit) for seed in seeds]
     pay_s = (time.perf_counter() - t0) / args.pay_runs
-    print(f"  one attributed run: {pay_s:.1f}s (seed {1000 + args.seed}, not one of the truth's seeds); "
+    print(f"  one attributed run: {pay_s:.1f}s (seed {seeds[0]}, not one of the truth's seeds); "
           f"{len(runs) - 1} more at other seeds for the pay's own spread")
     pay, signed, left = runs[0]
     pay_table(truth, pay, signed, left)
@@ -972,7 +972,7 @@ def main() -> None:
         policy_section(kind, runs, truth, figures)
     in_group = grouping_lines(world, credit, grouping, flagged)
     if world.media is None:
-        found = detection(world.provider, in_group, *datalab_flags(task, truth.full, 1000 + args.seed))
+        found = detection(world.provider, in_group, *datalab_flags(task, truth.full, seeds[0]))
     else:
         found = {"skipped": "cleanlab Datalab runs on the tabular features only"}
         print(f"== detection: {found['skipped']}")
