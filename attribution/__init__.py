@@ -45,10 +45,12 @@ Public face (other rooms use only these names):
   a text split is encoded by that model's own tokenizer (``HfTextEncoding``, whose stored document
   names those CIDs; ``.at(LocalModel)`` points a loaded one at the fetched files) and trains it.
   ``model_logits(model, batch)``: logits of a plain module or of a Hugging Face ModelOutput.
-- ``review_labels(task, X, y, folds=, seed=, forest=True)`` -> (``LabelReview``, out-of-sample
-  probabilities): the pipeline's mislabel detector on tabular features (the recipe's cross-fitted
-  probabilities averaged with a random forest's, ``forest_probs``, scored by cleanlab's confident
-  learning); ``label_quality(labels, pred_probs)`` is its pure scoring part. ``ExactInfluence``
+- ``review_labels(task, X, y, folds=, seed=, forest=True, trusted=None)`` -> (``LabelReview``,
+  out-of-sample probabilities): the pipeline's mislabel detector on tabular features (the recipe's
+  cross-fitted probabilities averaged with a random forest's, ``forest_probs``, scored by cleanlab's
+  confident learning; ``trusted`` = (X, y) of a validation set every fold trains on too);
+  ``review_task_labels`` is the same for any ``ModelTask``; ``label_quality(labels, pred_probs)`` is
+  their pure scoring part. ``ExactInfluence``
   (logistic regression) and ``TrakFeatures.self_influence`` rank likely mislabeled examples too,
   less well (bench/attribution_lds.py).
 

@@ -434,14 +434,15 @@ def variant(world: World, keep_examples: np.ndarray | None = None, drop_labeler:
 def reviewed(world: World, task: AttributionTask | None, seed: int) -> ModelProbs:
     """What a reviewed run leaves the next consensus: the world's model (the MLP, or the text/image
     recipe) cross-fitted on the Dawid-Skene labels of every answer, each example's probabilities from
-    a model that never saw it."""
+    a model that never saw it (and saw the validation set, as the pipeline's review does)."""
     v = variant(world)
     if world.media is not None:
         batch = world.media.batch(v.x, v.y)
-        _, probs = review_task_labels(world.media.task, batch, len(world.classes), folds=5, seed=seed)
+        _, probs = review_task_labels(world.media.task, batch, len(world.classes), folds=5, seed=seed,
+                                      trusted=world.media.val)
         classes = tuple(world.classes)  # the media labels index the world's classes
     else:
-        _, probs = review_labels(task, v.x, v.y, folds=5, seed=seed)
+        _, probs = review_labels(task, v.x, v.y, folds=5, seed=seed, trusted=(v.xv, v.yv))
         classes = tuple(sorted(str(c) for c in world.classes))  # InputEncoding's order
     accuracy = float((probs.argmax(1) == v.y).mean())
     print(f"consensus: weighs a review's probabilities (the model cross-fitted, 5 folds, on the "

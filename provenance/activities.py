@@ -73,6 +73,8 @@ class LabelReviewRecord:
 
     LABELED_DATASET = "labeled_dataset"
     ENCODING = "model_encoding"
+    # the training's validation set, when it has one: every fold's models train on it too
+    VALIDATION = "validation"
     LABEL_REVIEW = "label_review"
 
 

@@ -3,8 +3,9 @@ Studio for more answers.
 
 `label_review` cross-fits the run's own recipe (`attribution.review_labels`: every consensus-labeled
 example gets class probabilities from a model that never saw it, scored by cleanlab's confident
-learning; on tabular features averaged with a random forest's, cross-fitted on the same folds) and
-stores one row per example (pinned). `review_queue` asks Label Studio for more answers
+learning; on tabular features averaged with a random forest's, cross-fitted on the same folds; where
+the version declares a validation set, every fold's models train on it too) and stores one row per
+example (pinned). `review_queue` asks Label Studio for more answers
 on the flagged tasks (their overlap raised, a "review" tab listing them); the next `annotations`
 export picks the new answers up like any other and consensus folds them in. Each row keeps its
 out-of-sample class probabilities (`class_probs`, in the order of the record's `classes`), which a
@@ -38,8 +39,9 @@ from pipelines.lineage import LineageResource, now
 from pipelines.partitions import dataset_versions
 from pipelines.report import md_table
 from pipelines.resources import DatasetCatalog, LabelStudioResource
-from provenance import LABEL_REVIEW, TRAINING, LabelReviewRecord, RunRecords
+from provenance import LABEL_REVIEW, TRAINING, LabelReviewRecord, RunRecords, TrainingRecord
 from serving import with_model_files
+from storage import read_parquet
 
 LABEL_REVIEW_SCHEMA = pa.schema(
     [
@@ -91,12 +93,14 @@ def label_review(
     run_id = str(record.params["run_id"])
     encoding = with_model_files(client, encoding_from_json(model_encoding))
     table = labeled_dataset.sort_by("example_id")
-    known = np.isin(np.asarray(table["label"].to_pylist(), dtype=object), list(encoding.classes))
+    known = _known(table, encoding.classes)
     if not known.all():
         context.log.warning(f"{int((~known).sum())} examples carry labels the model never saw; not reviewed")
         table = table.filter(pa.array(known))
+    validation_cid = record.inputs.get(TrainingRecord.VALIDATION)
+    trusted = _validation_rows(client, validation_cid, encoding.classes) if validation_cid else None
     try:
-        review, y, probs, models = _cross_fitted(encoding, table, training, config)
+        review, y, probs, models = _cross_fitted(encoding, table, training, config, trusted)
     except AttributionError as exc:
         raise dg.Failure(str(exc)) from exc
     out = review_table(table, review, probs, encoding.classes, run_id)
@@ -109,6 +113,7 @@ def label_review(
         inputs={
             LabelReviewRecord.LABELED_DATASET: index.cid_of("labeled_dataset", version),
             LabelReviewRecord.ENCODING: index.cid_of("model_encoding", version),
+            **({LabelReviewRecord.VALIDATION: validation_cid} if validation_cid else {}),
         },
         outputs={LabelReviewRecord.LABEL_REVIEW: stored.cid},
         parents=(training_cid,),
@@ -118,6 +123,7 @@ def label_review(
             "seed": training.seed,
             "method": QUALITY_METHOD,
             "models": models,
+            "trusted_rows": trusted.num_rows if trusted is not None else 0,  # validation rows trained on
             "cleanlab": package_version("cleanlab"),
             **({"scikit-learn": package_version("scikit-learn")} if "forest" in models else {}),
             "classes": [str(c) for c in encoding.classes],
@@ -134,7 +140,8 @@ def label_review(
             "flagged": flagged,
             "flagged_fraction": round(flagged / max(len(y), 1), 4),
             "detector": f"cleanlab {QUALITY_METHOD} + find_label_issues on {config.folds}-fold cross-fitted "
-            f"probabilities of {' and '.join(models)}" + " (averaged)" * (len(models) > 1),
+            f"probabilities of {' and '.join(models)}" + " (averaged)" * (len(models) > 1)
+            + (f", every fold also trained on {trusted.num_rows} validation examples" if trusted else ""),
             "top_suspects": dg.MetadataValue.md(suspects_md(out.sort_by("rank").slice(0, config.top))),
         },
     )
@@ -174,22 +181,45 @@ def suspects_md(top: pa.Table) -> str:
     )
 
 
+def _known(table: pa.Table, classes: Sequence[str]) -> np.ndarray:
+    """Which rows carry a label the model was trained to predict."""
+    return np.isin(np.asarray([str(v) for v in table["label"].to_pylist()], dtype=object), list(classes))
+
+
+def _validation_rows(client, cid: str, classes: Sequence[str]) -> pa.Table | None:
+    """The training's validation set (by its CID in the training record), rows of a class the model
+    predicts; None if no row is left."""
+    table = read_parquet(client.get(cid))
+    table = table.filter(pa.array(_known(table, classes)))
+    return table if table.num_rows else None
+
+
 def _cross_fitted(
-    encoding, table: pa.Table, training: TrainingConfig, config: ReviewConfig
+    encoding, table: pa.Table, training: TrainingConfig, config: ReviewConfig, trusted: pa.Table | None
 ) -> tuple[LabelReview, np.ndarray, np.ndarray, list[str]]:
-    """The run's own recipe (and, on tabular features, a forest) cross-fitted on `table`: (review,
-    class indices of its labels, the out-of-sample class probabilities, the models averaged)."""
+    """The run's own recipe (and, on tabular features, a forest) cross-fitted on `table`, every fold
+    trained on the `trusted` examples too (the version's validation set: labels we trust, never
+    reviewed): (review, class indices of its labels, the out-of-sample class probabilities, the models
+    averaged). On hard tables the trusted rows lifted the detector's ROC-AUC by 0.01-0.05 (see
+    `attribution.mislabels`)."""
     if isinstance(encoding, InputEncoding):
         task = AttributionTask(encoding.mlp(training.hidden), training.train_config())
         y = encoding.label_indices(table["label"].to_pylist())
+        rows = None
+        if trusted is not None:
+            rows = (encoding.transform(trusted), encoding.label_indices(trusted["label"].to_pylist()))
         review, probs = review_labels(
-            task, encoding.transform(table), y, folds=config.folds, seed=training.seed, forest=config.forest
+            task, encoding.transform(table), y, folds=config.folds, seed=training.seed, forest=config.forest,
+            trusted=rows,
         )
         return review, y, probs, ["recipe", "forest"] if config.forest else ["recipe"]
     batch, _ = labelled_inputs(encoding, table)
+    rows = labelled_inputs(encoding, trusted)[0] if trusted is not None else None
     task = encoding.task(training.train_config(encoding.recipe))
     n_classes = len(encoding.classes)
-    review, probs = review_task_labels(task, batch, n_classes, folds=config.folds, seed=training.seed)
+    review, probs = review_task_labels(
+        task, batch, n_classes, folds=config.folds, seed=training.seed, trusted=rows
+    )
     return review, batch[LABELS].numpy(), probs, ["recipe"]
 
 

@@ -23,13 +23,14 @@ def run_lds(*args: str) -> dict:
 
 
 def check_keys(summary: dict, model: str) -> None:
-    for key in ("lds", "anchor", "loco_spearman", "mislabel_auc", "mislabel_auc_default", "train_s",
-                "train_with_attribution_s",
+    for key in ("lds", "anchor", "loco_spearman", "mislabel_auc", "mislabel_auc_default",
+                "mislabel_auc_default_without_validation", "train_s", "train_with_attribution_s",
                 "sizes", "left_out", "minutes"):
         assert key in summary, key
     assert f"inrun_sgd/{model}" in summary["lds"]
     assert all(-1 <= v <= 1 for v in summary["lds"].values())
     assert 0 <= summary["mislabel_auc"] <= 1 and 0 <= summary["mislabel_auc_default"] <= 1
+    assert 0 <= summary["mislabel_auc_default_without_validation"] <= 1
     assert summary["sizes"]["train"] == 40 and summary["sizes"]["targets"] == 8
 
 
@@ -91,4 +92,5 @@ def test_tabular_mislabels_only_sets_the_forest_beside_each_recipe():
     assert {"self_confidence/mlp", "self_confidence/logreg", "self_confidence/forest"} <= set(scores)
     assert all(0 <= v <= 1 for v in scores.values())
     assert summary["mislabel_auc_default"] > 0.9  # digits: the pipeline's detector finds flipped labels
+    assert summary["mislabel_auc_default_without_validation"] > 0.9  # ... with or without trusted targets
     assert summary["mislabel_flags"]["flipped"] > 0

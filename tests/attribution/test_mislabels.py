@@ -96,3 +96,61 @@ def test_forest_probs_predict_each_fold_from_the_others_only():
     assert np.array_equal(got, forest_probs(x, noisy, 5, folds=4, seed=3))
     with pytest.raises(InputError, match="cross-fitting needs 2 folds"):
         forest_probs(x[:3], noisy[:3], 5, folds=4)
+
+
+def test_trusted_rows_train_every_fold_and_are_never_scored():
+    """With `trusted` (a validation set's rows, labels we trust), each fold's recipe and forest train on
+    the other folds' rows and then the trusted ones; only the rows under review get probabilities. The
+    reference is the plain cross-fit loop written out with `train_plain` and scikit-learn."""
+    import torch
+    from sklearn.ensemble import RandomForestClassifier
+
+    from attribution import train_plain
+
+    x, noisy, _ = blobs(n=240, c=4, seed=2)
+    xt, yt, _ = blobs(n=80, c=4, rate=0.0, seed=2)  # the same centers, clean labels
+    xt, yt = xt[-40:], yt[-40:]
+    review, both = review_labels(task(), x, noisy, folds=3, seed=1, trusted=(xt, yt))
+    assert both.shape == (240, 4) and review.quality.shape == (240,)
+    fold = fold_of(len(x), 3, 1)
+    recipe, forest = np.zeros((240, 4)), np.zeros((240, 4))
+    for k in range(3):
+        held = fold == k
+        rows_x, rows_y = np.concatenate([x[~held], xt]), np.concatenate([noisy[~held], yt])
+        model = train_plain(task(), rows_x, rows_y, seed=1 + k)
+        with torch.no_grad():
+            recipe[held] = torch.softmax(model(torch.as_tensor(x[held])).double(), 1).numpy()
+        fitted = RandomForestClassifier(random_state=1 + k, n_jobs=1).fit(rows_x, rows_y)
+        forest[np.ix_(held, fitted.classes_)] = fitted.predict_proba(x[held])
+    got = out_of_sample_probs(task(), x, noisy, folds=3, seed=1, trusted=(xt, yt))
+    np.testing.assert_array_equal(got, recipe)
+    np.testing.assert_allclose(both, (recipe + forest) / 2)
+    # the trusted rows change what the models learned (else they were not trained on)
+    assert not np.allclose(both, review_labels(task(), x, noisy, folds=3, seed=1)[1])
+
+
+def test_a_class_only_the_trusted_rows_hold_can_be_suggested():
+    """Every row under review labeled 0 or 1, but a cluster whose true class is 2: the labels alone
+    cannot name class 2, trusted rows of it can (the forest gives it probability, the suggestion follows)."""
+    rng = np.random.default_rng(0)
+    centers = np.repeat([[-4, 0], [4, 0], [0, 8]], [60, 60, 30], axis=0)
+    x = centers + rng.normal(0, 1, (150, 2))
+    y = np.array([0] * 60 + [1] * 60 + [0, 1] * 15)
+    xt = rng.normal([0, 8], 1, (90, 2)).astype(np.float32)
+    without = forest_probs(x, y, 3, folds=3, seed=0)
+    with_trusted = forest_probs(x, y, 3, folds=3, seed=0, trusted=(xt, np.full(90, 2)))
+    assert (without[:, 2] == 0).all()
+    assert (with_trusted[120:].argmax(1) == 2).mean() > 0.8
+    assert (with_trusted[:120].argmax(1) == y[:120]).all()  # the labeled clusters keep their classes
+
+
+@pytest.mark.parametrize(
+    "trusted",
+    [(np.zeros((5, 3), np.float32), np.zeros(5)), (np.zeros((5, 8), np.float32), np.zeros(4)),
+     (np.zeros(8, np.float32), np.zeros(1))],
+    ids=["other-width", "labels-per-row", "not-a-table"],
+)
+def test_trusted_rows_unlike_the_rows_under_review_are_one_error(trusted):
+    x, noisy, _ = blobs(n=60)
+    with pytest.raises(InputError, match="trusted rows of shape .* do not match the 8 features"):
+        review_labels(task(), x, noisy, folds=3, seed=0, trusted=trusted)

@@ -189,3 +189,29 @@ def test_cross_fitted_review_flags_flipped_image_labels():
     from sklearn.metrics import roc_auc_score
 
     assert roc_auc_score(flipped, 1 - review.quality) > 0.9
+
+
+def test_cross_fitted_review_trains_every_fold_on_a_trusted_batch_too():
+    """`trusted` (a validation set's batch) joins each fold's training rows and is never scored: the
+    reference is the loop written out with `train_model_plain` on the other folds' rows plus it."""
+    from attribution import train_model_plain
+    from attribution.mislabels import fold_of
+    from attribution.model_task import concat, model_logits, take
+
+    imgs, y = images(60, seed=4)
+    enc = ImageEncoding.fit("image", imgs, y, RecipeSizes(channels=(4, 8)))
+    batch, _ = enc.inputs(imgs[:40])
+    batch[LABELS] = torch.as_tensor([int(v) for v in y[:40]])
+    trusted, _ = enc.inputs(imgs[40:])
+    trusted[LABELS] = torch.as_tensor([int(v) for v in y[40:]])
+    task = enc.task(TrainConfig(epochs=2, batch_size=16, optimizer="adamw", lr=1e-2))
+    _, probs = review_task_labels(task, batch, 2, folds=2, seed=5, trusted=trusted)
+    fold = torch.as_tensor(fold_of(40, 2, 5))
+    for k in range(2):
+        held = fold == k
+        rows = concat(take(batch, torch.nonzero(~held).flatten()), trusted)
+        model = train_model_plain(task, rows, seed=5 + k).eval()
+        with torch.no_grad():
+            want = torch.softmax(model_logits(model, take(batch, torch.nonzero(held).flatten())).double(), 1)
+        np.testing.assert_array_equal(probs[held.numpy()], want.numpy())
+    assert not np.allclose(probs, review_task_labels(task, batch, 2, folds=2, seed=5)[1])

@@ -66,7 +66,7 @@ def _flagged_labels_are_stored_and_queued_for_review(settings, mislabels):
     review = read_parquet(store.get(cid))
     assert review.num_rows == 160 and cid in store.pins()
     from pipelines.resources import resources_for
-    from provenance import LABEL_REVIEW, TRAINING, LabelReviewRecord
+    from provenance import LABEL_REVIEW, TRAINING, LabelReviewRecord, TrainingRecord
 
     lineage = resources_for(settings)["lineage"]
     record = load_record(store, lineage.cid_of(LABEL_REVIEW, VERSION))  # the auditor's view of it
@@ -74,6 +74,12 @@ def _flagged_labels_are_stored_and_queued_for_review(settings, mislabels):
     assert record.parents == (lineage.cid_of(TRAINING, VERSION),)
     # PNG images: the CNN recipe decides alone (a forest has no features to read)
     assert record.params["models"] == ["recipe"] and "scikit-learn" not in record.params
+    # every fold also trained on the demo's trusted validation set, which is never itself reviewed
+    validation_cid = load_record(store, lineage.cid_of(TRAINING, VERSION)).inputs[TrainingRecord.VALIDATION]
+    assert record.inputs[LabelReviewRecord.VALIDATION] == validation_cid
+    validation = read_parquet(store.get(validation_cid))
+    assert record.params["trusted_rows"] == validation.num_rows > 0
+    assert not set(validation["example_id"].to_pylist()) & set(review["example_id"].to_pylist())
     flagged = [r["example_id"] for r in review.to_pylist() if r["flagged"]]
     assert mislabels["flagged"] == len(flagged) == mislabels["sent_for_review"]
     # with labelers of accuracy 0.55-0.95 some consensus labels are wrong, and flags find them
