@@ -47,10 +47,11 @@ Public face (other rooms use only these names):
   ``model_logits(model, batch)``: logits of a plain module or of a Hugging Face ModelOutput.
 - ``review_labels(task, X, y, folds=, seed=, forest=True, trusted=None)`` -> (``LabelReview``,
   out-of-sample probabilities): the pipeline's mislabel detector on tabular features (the recipe's
-  cross-fitted probabilities averaged with a random forest's, ``forest_probs``, scored by cleanlab's
-  confident learning; ``trusted`` = (X, y) of a validation set every fold trains on too);
-  ``review_task_labels`` is the same for any ``ModelTask``; ``label_quality(labels, pred_probs)`` is
-  their pure scoring part. ``ExactInfluence``
+  cross-fitted probabilities mixed with a random forest's, ``forest_probs``, by ``mixture_weight``,
+  scored by cleanlab's confident learning; ``trusted`` = (X, y) of a validation set every fold trains
+  on too); ``review_task_labels`` is the same for any ``ModelTask`` (``bag_of_tokens=True``: a text
+  recipe mixed with ``token_probs``); ``label_quality(labels, pred_probs)`` is their pure scoring
+  part. ``ExactInfluence``
   (logistic regression) and ``TrakFeatures.self_influence`` rank likely mislabeled examples too,
   less well (bench/attribution_lds.py).
 
@@ -83,9 +84,11 @@ from .mislabels import (
     LabelReview,
     forest_probs,
     label_quality,
+    mixture_weight,
     out_of_sample_probs,
     review_labels,
     review_task_labels,
+    token_probs,
 )
 from .model_task import LABELS, ModelTask, classification_loss, model_logits
 from .shards import FeatureShard, ShardMismatchError, combine_shards, shard_bounds, shard_features
@@ -255,8 +258,10 @@ __all__ = [
     "label_quality",
     "largest_remainder",
     "forest_probs",
+    "mixture_weight",
     "out_of_sample_probs",
     "review_labels",
+    "token_probs",
     "encode_split",
     "features_from_bytes",
     "features_to_bytes",

@@ -47,9 +47,11 @@ digits and breast cancer (171 targets) by 0 to +0.008, never lower.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse
 import torch
 
 from .errors import InputError
@@ -70,6 +72,7 @@ class LabelReview:
     quality: np.ndarray  # float64 [n]
     flagged: np.ndarray  # bool [n]
     suggested: np.ndarray  # int64 [n]: argmax of the out-of-sample probabilities
+    recipe_weight: float = 1.0  # the recipe's share of the probabilities scored (the rest: a second model)
 
     def ranked(self) -> np.ndarray:
         """Row indices, most suspect first (ties by row order, so the ranking is deterministic)."""
@@ -190,15 +193,36 @@ def review_labels(
     trusted: Trusted | None = None,
 ) -> tuple[LabelReview, np.ndarray]:
     """The pipeline's detector on tabular features: ``task``'s recipe cross-fitted and, with ``forest``,
-    averaged with a random forest's out-of-sample probabilities (``forest_probs``); scored by
-    ``label_quality``. A second model family errs elsewhere than the recipe, so a label both doubt is
-    more likely wrong than one the recipe alone doubts (see the module's figures). ``trusted`` = (X, y)
-    of rows whose labels are trusted (a declared validation set): every fold's models train on them
-    too, and they are never scored."""
+    mixed with a random forest's out-of-sample probabilities (``forest_probs``) by ``mixture_weight``;
+    scored by ``label_quality``. A second model family errs elsewhere than the recipe, so a label both
+    doubt is more likely wrong than one the recipe alone doubts (see the module's figures). ``trusted``
+    = (X, y) of rows whose labels are trusted (a declared validation set): every fold's models train on
+    them too, and they are never scored."""
     probs = out_of_sample_probs(task, X, y, folds=folds, seed=seed, trusted=trusted)
-    if forest:
-        probs = (probs + forest_probs(X, y, task.n_classes, folds=folds, seed=seed, trusted=trusted)) / 2
-    return label_quality(y, probs), probs
+    if not forest:
+        return label_quality(y, probs), probs
+    other = forest_probs(X, y, task.n_classes, folds=folds, seed=seed, trusted=trusted)
+    return _mixed(y, probs, other)
+
+
+def mixture_weight(labels: object, first: object, second: object, *, steps: int = 20) -> float:
+    """The weight ``w`` of ``first`` in ``w * first + (1 - w) * second`` (two models' out-of-sample
+    class probabilities) that best predicts the given ``labels`` (least log-loss; ``w`` on a grid of
+    ``steps + 1`` points, so the choice is exact and reproducible). A model blind to what decides the
+    class (bag-of-tokens where word order does) gets weight 0 instead of diluting the other: averaging
+    such a pair halved the gain of the better one or lost to it outright (the module's figures)."""
+    y = np.asarray(labels, dtype=np.int64)
+    rows = np.arange(len(y))
+    a, b = np.asarray(first, dtype=np.float64)[rows, y], np.asarray(second, dtype=np.float64)[rows, y]
+    grid = np.linspace(0.0, 1.0, steps + 1)
+    loss = [-np.log(np.clip(w * a + (1 - w) * b, 1e-12, None)).mean() for w in grid]
+    return float(grid[int(np.argmin(loss))])
+
+
+def _mixed(y: object, recipe: np.ndarray, other: np.ndarray) -> tuple[LabelReview, np.ndarray]:
+    w = mixture_weight(y, recipe, other)
+    probs = w * recipe + (1 - w) * other
+    return dataclasses.replace(label_quality(y, probs), recipe_weight=w), probs
 
 
 def task_out_of_sample_probs(
@@ -224,11 +248,62 @@ def task_out_of_sample_probs(
     return probs
 
 
+def token_probs(
+    batch: Batch, n_classes: int, *, folds: int = 5, seed: int = 0, trusted: Batch | None = None
+) -> np.ndarray:
+    """``out_of_sample_probs`` of a bag-of-tokens model on a text batch (``input_ids`` and
+    ``attention_mask``, the recipe's own tokens): TF-IDF weighted token counts and scikit-learn's
+    logistic regression, on the same folds, the ``trusted`` batch in every fold's training too. A
+    linear model of which words occur is the classic strong baseline on small text sets, where a
+    transformer trained from scratch is weak (see the module's figures)."""
+    from sklearn.feature_extraction.text import TfidfTransformer
+    from sklearn.linear_model import LogisticRegression
+
+    parts = [batch] if trusted is None else [batch, trusted]
+    width = 1 + max(int(_token_ids(b)[0].max(initial=0)) for b in parts)
+    counts = _token_counts(batch, width)
+    labels = batch[LABELS].numpy()
+    fold = fold_of(counts.shape[0], folds, seed)
+    probs = np.zeros((counts.shape[0], n_classes), dtype=np.float64)
+    for k in range(folds):
+        held = fold == k
+        rows, rows_y = counts[~held], labels[~held]
+        if trusted is not None:
+            rows = scipy.sparse.vstack([rows, _token_counts(trusted, width)], format="csr")
+            rows_y = np.concatenate([rows_y, trusted[LABELS].numpy()])
+        tfidf = TfidfTransformer().fit(rows)
+        model = LogisticRegression(max_iter=2000).fit(tfidf.transform(rows), rows_y)
+        probs[np.ix_(held, model.classes_)] = model.predict_proba(tfidf.transform(counts[held]))
+    return probs
+
+
+def _token_ids(batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+    if "input_ids" not in batch or "attention_mask" not in batch:
+        raise InputError(
+            f"a bag-of-tokens model reads input_ids and attention_mask (a text batch); this one holds "
+            f"{sorted(batch)}"
+        )
+    return batch["input_ids"].numpy(), batch["attention_mask"].numpy() > 0
+
+
+def _token_counts(batch: Batch, width: int) -> scipy.sparse.csr_matrix:
+    """Rows x token ids (``width`` columns): how often each token occurs among a row's unmasked positions."""
+    ids, mask = _token_ids(batch)
+    rows = np.nonzero(mask)[0]
+    counts = scipy.sparse.csr_matrix((np.ones(len(rows)), (rows, ids[mask])), shape=(ids.shape[0], width))
+    counts.sum_duplicates()
+    return counts
+
+
 def review_task_labels(
     task: ModelTask, batch: Batch, n_classes: int, *, folds: int = 5, seed: int = 0,
-    trusted: Batch | None = None,
+    trusted: Batch | None = None, bag_of_tokens: bool = False,
 ) -> tuple[LabelReview, np.ndarray]:
     """``review_labels`` for any ``ModelTask`` (text and image recipes): cross-fitted (with the
-    ``trusted`` batch in every fold's training, where given), then scored."""
+    ``trusted`` batch in every fold's training, where given), then scored. With ``bag_of_tokens`` (a
+    text batch) the recipe's probabilities are mixed with ``token_probs`` by ``mixture_weight``."""
     probs = task_out_of_sample_probs(task, batch, n_classes, folds=folds, seed=seed, trusted=trusted)
-    return label_quality(batch[LABELS].numpy(), probs), probs
+    labels = batch[LABELS].numpy()
+    if not bag_of_tokens:
+        return label_quality(labels, probs), probs
+    return _mixed(labels, probs, token_probs(batch, n_classes, folds=folds, seed=seed, trusted=trusted))

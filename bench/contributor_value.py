@@ -439,7 +439,7 @@ def reviewed(world: World, task: AttributionTask | None, seed: int) -> ModelProb
     if world.media is not None:
         batch = world.media.batch(v.x, v.y)
         _, probs = review_task_labels(world.media.task, batch, len(world.classes), folds=5, seed=seed,
-                                      trusted=world.media.val)
+                                      trusted=world.media.val, bag_of_tokens=world.media.kind == "text")
         classes = tuple(world.classes)  # the media labels index the world's classes
     else:
         _, probs = review_labels(task, v.x, v.y, folds=5, seed=seed, trusted=(v.xv, v.yv))

@@ -688,10 +688,11 @@ def mislabel_section(
 ) -> tuple[dict[str, float], tuple[float, float]]:
     """ROC-AUC of flipped rows against clean ones: the in-run score against the held-out targets'
     mean loss (a flipped row hurts them: low score) and TRAK self-influence where ours exists; and
-    the pipeline's own detector (`review_task_labels`: the recipe 5-fold cross-fitted, every fold also
-    trained on the targets, whose labels are trusted as a declared validation set's; scored by
-    cleanlab), the figure `mislabel_auc_default` names (and without the targets, as a version without a
-    validation set: `mislabel_auc_default_without_validation`)."""
+    the pipeline's own detector (`review_task_labels`: the recipe 5-fold cross-fitted, a text recipe
+    mixed with a bag-of-tokens model, every fold also trained on the targets, whose labels are trusted
+    as a declared validation set's; scored by cleanlab), the figure `mislabel_auc_default` names (and
+    without the targets, as a version without a validation set:
+    `mislabel_auc_default_without_validation`)."""
     from sklearn.metrics import roc_auc_score
 
     from attribution import review_task_labels
@@ -716,12 +717,20 @@ def mislabel_section(
         out[f"trak_k512_self/{p.model}"] = float(roc_auc_score(flip, np.asarray(trak[1].self_influence())))
     for key, v in out.items():
         log(f"  mislabel ROC-AUC ({int(flip.sum())} of {n} flipped, {key}): {v:.3f}")
-    alone, _ = review_task_labels(task, train, c, folds=5, seed=seed)
+    tokens = p.model == "transformer"  # the pipeline mixes a text recipe with a bag-of-tokens model
+    alone, _ = review_task_labels(task, train, c, folds=5, seed=seed, bag_of_tokens=tokens)
     without = float(roc_auc_score(flip, -np.asarray(alone.quality)))
     t0 = time.perf_counter()
-    review, _ = review_task_labels(task, train, c, folds=5, seed=seed, trusted=p.targets)
+    review, _ = review_task_labels(task, train, c, folds=5, seed=seed, trusted=p.targets,
+                                   bag_of_tokens=tokens)
+    secs = time.perf_counter() - t0
     default = float(roc_auc_score(flip, -np.asarray(review.quality)))
-    log(f"  mislabel default detector (review_task_labels: 5-fold {p.model}, cleanlab, every fold also "
-        f"trained on the {len(p.targets[LABELS])} targets, trusted labels as a declared validation set's; "
-        f"{time.perf_counter() - t0:.1f}s): {default:.3f}; without a validation set {without:.3f}")
+    mixed = ""
+    if tokens:
+        recipe, _ = review_task_labels(task, train, c, folds=5, seed=seed, trusted=p.targets)
+        mixed = (f"mixed with a bag-of-tokens model, recipe weight {review.recipe_weight:.2f} (the recipe "
+                 f"alone {roc_auc_score(flip, -np.asarray(recipe.quality)):.3f}), ")
+    log(f"  mislabel default detector (review_task_labels: 5-fold {p.model}, {mixed}cleanlab, every fold "
+        f"also trained on the {len(p.targets[LABELS])} targets, trusted labels as a declared validation "
+        f"set's; {secs:.1f}s): {default:.3f}; without a validation set {without:.3f}")
     return out, (default, without)

@@ -3,13 +3,14 @@ Studio for more answers.
 
 `label_review` cross-fits the run's own recipe (`attribution.review_labels`: every consensus-labeled
 example gets class probabilities from a model that never saw it, scored by cleanlab's confident
-learning; on tabular features averaged with a random forest's, cross-fitted on the same folds; where
-the version declares a validation set, every fold's models train on it too) and stores one row per
-example (pinned). `review_queue` asks Label Studio for more answers
-on the flagged tasks (their overlap raised, a "review" tab listing them); the next `annotations`
-export picks the new answers up like any other and consensus folds them in. Each row keeps its
-out-of-sample class probabilities (`class_probs`, in the order of the record's `classes`), which a
-consensus with a model method (`dawid_skene_model`, `crowdlab`) weighs beside the answers.
+learning; mixed with a second model family where one reads the payload: a random forest on tabular
+features, a bag-of-tokens model on text, cross-fitted on the same folds; where the version declares a
+validation set, every fold's models train on it too) and stores one row per example (pinned).
+`review_queue` asks Label Studio for more answers on the flagged tasks (their overlap raised, a
+"review" tab listing them); the next `annotations` export picks the new answers up like any other and
+consensus folds them in. Each row keeps its out-of-sample class probabilities (`class_probs`, in the
+order of the record's `classes`), which a consensus with a model method (`dawid_skene_model`,
+`crowdlab`) weighs beside the answers.
 """
 
 from collections.abc import Sequence
@@ -62,9 +63,12 @@ LABEL_REVIEW_SCHEMA = pa.schema(
 class ReviewConfig(dg.Config):
     folds: int = 5
     top: int = 20  # suspects listed in the run's report
-    # tabular runs: average the recipe's out-of-sample probabilities with a random forest's (scikit-learn,
-    # same folds); text and image runs have no features a forest can read, so their recipe decides alone
+    # tabular runs: mix the recipe's out-of-sample probabilities with a random forest's (scikit-learn,
+    # same folds, by the weight that best predicts the labels)
     forest: bool = True
+    # text runs: the same with a bag-of-tokens model (TF-IDF logistic regression on the recipe's tokens);
+    # image runs' recipe decides alone (a forest on raw pixels did no better)
+    bag_of_tokens: bool = True
 
 
 class QueueConfig(dg.Config):
@@ -123,9 +127,10 @@ def label_review(
             "seed": training.seed,
             "method": QUALITY_METHOD,
             "models": models,
+            "recipe_weight": review.recipe_weight,  # the recipe's share of the mixture (1.0: alone)
             "trusted_rows": trusted.num_rows if trusted is not None else 0,  # validation rows trained on
             "cleanlab": package_version("cleanlab"),
-            **({"scikit-learn": package_version("scikit-learn")} if "forest" in models else {}),
+            **({"scikit-learn": package_version("scikit-learn")} if len(models) > 1 else {}),
             "classes": [str(c) for c in encoding.classes],
         },
     )
@@ -139,7 +144,7 @@ def label_review(
             "dagster/row_count": out.num_rows,
             "flagged": flagged,
             "flagged_fraction": round(flagged / max(len(y), 1), 4),
-            "detector": _detector_text(config.folds, models, trusted),
+            "detector": _detector_text(config.folds, models, review.recipe_weight, trusted),
             "top_suspects": dg.MetadataValue.md(suspects_md(out.sort_by("rank").slice(0, config.top))),
         },
     )
@@ -179,9 +184,11 @@ def suspects_md(top: pa.Table) -> str:
     )
 
 
-def _detector_text(folds: int, models: Sequence[str], trusted: pa.Table | None) -> str:
+def _detector_text(folds: int, models: Sequence[str], weight: float, trusted: pa.Table | None) -> str:
     text = f"cleanlab {QUALITY_METHOD} + find_label_issues on {folds}-fold cross-fitted probabilities of "
-    text += " and ".join(models) + " (averaged)" * (len(models) > 1)
+    text += " and ".join(models)
+    if len(models) > 1:
+        text += f" (mixed {weight:.2f} / {1 - weight:.2f} by the log-loss of the labels)"
     if trusted is not None:
         text += f", every fold also trained on {trusted.num_rows} validation examples"
     return text
@@ -203,11 +210,12 @@ def _validation_rows(client, cid: str, classes: Sequence[str]) -> pa.Table | Non
 def _cross_fitted(
     encoding, table: pa.Table, training: TrainingConfig, config: ReviewConfig, trusted: pa.Table | None
 ) -> tuple[LabelReview, np.ndarray, np.ndarray, list[str]]:
-    """The run's own recipe (and, on tabular features, a forest) cross-fitted on `table`, every fold
-    trained on the `trusted` examples too (the version's validation set: labels we trust, never
-    reviewed): (review, class indices of its labels, the out-of-sample class probabilities, the models
-    averaged). On hard tables the trusted rows lifted the detector's ROC-AUC by up to 0.045 (see
-    `attribution.mislabels`)."""
+    """The run's own recipe cross-fitted on `table` and, where one reads the payload, a second model
+    family (a forest on tabular features, a bag-of-tokens model on text) mixed in by the weight that
+    best predicts the labels; every fold trained on the `trusted` examples too (the version's
+    validation set: labels we trust, never reviewed). Returns (review, class indices of its labels,
+    the out-of-sample class probabilities, the models mixed). See `attribution.mislabels` for what each
+    part measured."""
     if isinstance(encoding, InputEncoding):
         task = AttributionTask(encoding.mlp(training.hidden), training.train_config())
         y = encoding.label_indices(table["label"].to_pylist())
@@ -222,11 +230,12 @@ def _cross_fitted(
     batch, _ = labelled_inputs(encoding, table)
     rows = labelled_inputs(encoding, trusted)[0] if trusted is not None else None
     task = encoding.task(training.train_config(encoding.recipe))
-    n_classes = len(encoding.classes)
+    tokens = config.bag_of_tokens and encoding.kind == "text"
     review, probs = review_task_labels(
-        task, batch, n_classes, folds=config.folds, seed=training.seed, trusted=rows
+        task, batch, len(encoding.classes), folds=config.folds, seed=training.seed, trusted=rows,
+        bag_of_tokens=tokens,
     )
-    return review, batch[LABELS].numpy(), probs, ["recipe"]
+    return review, batch[LABELS].numpy(), probs, ["recipe", "bag_of_tokens"] if tokens else ["recipe"]
 
 
 @dg.asset(partitions_def=dataset_versions, group_name="review", kinds={"labelstudio"})

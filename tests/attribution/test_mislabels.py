@@ -12,6 +12,7 @@ from attribution import (
     TrainConfig,
     forest_probs,
     label_quality,
+    mixture_weight,
     out_of_sample_probs,
     review_labels,
 )
@@ -71,12 +72,45 @@ def test_label_quality_is_pure_and_checks_its_input():
         label_quality(np.array([0, 3]), np.full((2, 3), 1 / 3))
 
 
-def test_the_detector_averages_the_recipe_and_a_forest_each_cross_fitted():
+def test_the_detector_mixes_the_recipe_and_a_forest_by_the_fitted_weight():
     x, noisy, _ = blobs(n=300)
-    _, both = review_labels(task(), x, noisy, folds=3, seed=1)
-    _, recipe = review_labels(task(), x, noisy, folds=3, seed=1, forest=False)
+    review, both = review_labels(task(), x, noisy, folds=3, seed=1)
+    alone, recipe = review_labels(task(), x, noisy, folds=3, seed=1, forest=False)
     np.testing.assert_array_equal(recipe, out_of_sample_probs(task(), x, noisy, folds=3, seed=1))
-    np.testing.assert_allclose(both, (recipe + forest_probs(x, noisy, 4, folds=3, seed=1)) / 2)
+    forest = forest_probs(x, noisy, 4, folds=3, seed=1)
+    w = mixture_weight(noisy, recipe, forest)
+    assert review.recipe_weight == w and alone.recipe_weight == 1.0
+    np.testing.assert_allclose(both, w * recipe + (1 - w) * forest)
+
+
+def _probs_that_know(y: np.ndarray, c: int, right: float, rng) -> np.ndarray:
+    """Class probabilities that give the given label `right` on 90 % of rows, noise elsewhere."""
+    p = rng.dirichlet(np.ones(c), len(y))
+    knows = rng.random(len(y)) < 0.9
+    p[knows] = (1 - right) / (c - 1)
+    p[knows, y[knows]] = right
+    return p
+
+
+def test_mixture_weight_is_the_least_log_loss_on_its_grid():
+    """Against scipy's bounded scalar minimizer of the same log-loss: within the grid's half step; a
+    model blind to the labels (uniform noise) gets little weight, whichever side it is on."""
+    from scipy.optimize import minimize_scalar
+
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 5, 2000)
+    good, fair = _probs_that_know(y, 5, 0.8, rng), _probs_that_know(y, 5, 0.5, rng)
+    blind = rng.dirichlet(np.ones(5), len(y))
+    rows = np.arange(len(y))
+    for a, b in ((good, fair), (fair, good), (good, blind)):
+        def loss(w, a=a, b=b):
+            return -np.log(w * a[rows, y] + (1 - w) * b[rows, y]).mean()
+
+        ref = minimize_scalar(loss, bounds=(0.0, 1.0), method="bounded", options={"xatol": 1e-6}).x
+        got = mixture_weight(y, a, b)
+        assert abs(got - ref) <= 0.025 + 1e-6, (got, ref)
+        assert loss(got) <= min(loss(w) for w in np.linspace(0, 1, 21)) + 1e-12
+    assert mixture_weight(y, good, blind) >= 0.9 and mixture_weight(y, blind, good) <= 0.1
 
 
 def test_forest_probs_predict_each_fold_from_the_others_only():
@@ -124,7 +158,9 @@ def test_trusted_rows_train_every_fold_and_are_never_scored():
         forest[np.ix_(held, fitted.classes_)] = fitted.predict_proba(x[held])
     got = out_of_sample_probs(task(), x, noisy, folds=3, seed=1, trusted=(xt, yt))
     np.testing.assert_array_equal(got, recipe)
-    np.testing.assert_allclose(both, (recipe + forest) / 2)
+    w = mixture_weight(noisy, recipe, forest)
+    assert review.recipe_weight == w
+    np.testing.assert_allclose(both, w * recipe + (1 - w) * forest)
     # the trusted rows change what the models learned (else they were not trained on)
     assert not np.allclose(both, review_labels(task(), x, noisy, folds=3, seed=1)[1])
 

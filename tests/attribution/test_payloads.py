@@ -7,6 +7,7 @@ import io
 import numpy as np
 import pyarrow as pa
 import pytest
+import scipy.sparse
 import torch
 from PIL import Image
 
@@ -18,6 +19,7 @@ from attribution import (
     TrainConfig,
     encode_payload_split,
     encoding_from_json,
+    mixture_weight,
     model_features,
     model_features_from_bytes,
     model_features_to_bytes,
@@ -26,9 +28,10 @@ from attribution import (
     review_task_labels,
     task_model_from_bytes,
     task_model_to_bytes,
+    token_probs,
     train_model,
 )
-from attribution.payloads import ImageEncoding, TextEncoding
+from attribution.payloads import ImageEncoding, TextEncoding, label_indices
 from attribution.recipes.text import load_tokenizer
 
 WORDS = {"a": "sun bright warm beach summer", "b": "rain cold wet storm winter", "c": "code bug test deploy"}
@@ -215,3 +218,57 @@ def test_cross_fitted_review_trains_every_fold_on_a_trusted_batch_too():
             want = torch.softmax(model_logits(model, take(batch, torch.nonzero(held).flatten())).double(), 1)
         np.testing.assert_array_equal(probs[held.numpy()], want.numpy())
     assert not np.allclose(probs, review_task_labels(task, batch, 2, folds=2, seed=5)[1])
+
+
+def _text_batch(n: int, seed: int):
+    t, y = texts(n, seed=seed)
+    enc = TextEncoding.fit("text", t, y, RecipeSizes(vocab_size=60))
+    batch, _ = enc.inputs(t)
+    batch[LABELS] = torch.as_tensor(label_indices(enc.classes, y))
+    return enc, batch
+
+
+def test_token_probs_match_scikit_learn_on_the_tokens_as_words():
+    """The reference writes each row's unmasked token ids as words and runs scikit-learn's own
+    CountVectorizer, TfidfTransformer and LogisticRegression per fold, the trusted rows in each."""
+    from sklearn.feature_extraction.text import CountVectorizer, TfidfTransformer
+    from sklearn.linear_model import LogisticRegression
+
+    from attribution.mislabels import fold_of
+
+    _, batch = _text_batch(90, seed=1)
+    trusted = {k: v[60:] for k, v in batch.items()}
+    batch = {k: v[:60] for k, v in batch.items()}
+    got = token_probs(batch, 3, folds=3, seed=2, trusted=trusted)
+
+    def words(b):
+        return [" ".join(str(int(t)) for t, m in zip(ids, mask, strict=True) if m)
+                for ids, mask in zip(b["input_ids"], b["attention_mask"], strict=True)]
+
+    vectorizer = CountVectorizer(token_pattern=r"\S+").fit(words(batch) + words(trusted))
+    counts, extra = vectorizer.transform(words(batch)), vectorizer.transform(words(trusted))
+    y, extra_y = batch[LABELS].numpy(), trusted[LABELS].numpy()
+    fold = fold_of(60, 3, 2)
+    for k in range(3):
+        held = fold == k
+        rows = scipy.sparse.vstack([counts[~held], extra])
+        tfidf = TfidfTransformer().fit(rows)
+        model = LogisticRegression(max_iter=2000).fit(tfidf.transform(rows), np.r_[y[~held], extra_y])
+        np.testing.assert_allclose(got[held], model.predict_proba(tfidf.transform(counts[held])), atol=1e-4)
+
+
+def test_a_text_review_mixes_the_recipe_with_a_bag_of_tokens_and_an_image_batch_has_none():
+    enc, batch = _text_batch(60, seed=2)
+    task = enc.task(CONFIG)
+    review, probs = review_task_labels(task, batch, 3, folds=3, seed=0, bag_of_tokens=True)
+    _, recipe = review_task_labels(task, batch, 3, folds=3, seed=0)
+    tokens = token_probs(batch, 3, folds=3, seed=0)
+    w = mixture_weight(batch[LABELS].numpy(), recipe, tokens)
+    assert review.recipe_weight == w
+    np.testing.assert_allclose(probs, w * recipe + (1 - w) * tokens)
+    imgs, y = images(20, seed=1)
+    image_enc = ImageEncoding.fit("image", imgs, y, RecipeSizes(channels=(4, 8)))
+    image_batch, _ = image_enc.inputs(imgs)
+    image_batch[LABELS] = torch.as_tensor([int(v) for v in y])
+    with pytest.raises(InputError, match="bag-of-tokens model reads input_ids and attention_mask"):
+        review_task_labels(image_enc.task(CONFIG), image_batch, 2, folds=2, seed=0, bag_of_tokens=True)

@@ -27,7 +27,15 @@ from pipelines.lineage import now
 from pipelines.partitions import dataset_versions
 from pipelines.resources import DatasetCatalog, resources_for
 from pipelines.settings import load_settings
-from provenance import CONSENSUS, LABEL_REVIEW, LABELING_EXPORT, SNAPSHOT, ConsensusRecord, load_record
+from provenance import (
+    CONSENSUS,
+    LABEL_REVIEW,
+    LABELING_EXPORT,
+    SNAPSHOT,
+    ConsensusRecord,
+    LabelReviewRecord,
+    load_record,
+)
 from storage import read_parquet
 from tests.pipelines.conftest import annotations_table
 
@@ -122,6 +130,9 @@ def test_consensus_weighs_the_last_review_once_new_answers_arrive(home, method):
     assert record.params["method"] == "dawid_skene" and ConsensusRecord.LABEL_REVIEW not in record.inputs
     review_record = load_record(home["client"], home["resources"]["lineage"].cid_of(LABEL_REVIEW, VERSION))
     assert review_record.params["models"] == ["recipe", "forest"]  # numeric features: a forest beside the MLP
+    assert 0.0 <= review_record.params["recipe_weight"] <= 1.0
+    assert review_record.params["trusted_rows"] == 0  # no validation set declared: nothing trusted
+    assert LabelReviewRecord.VALIDATION not in review_record.inputs
     assert review_record.params["scikit-learn"]
 
     # a rerun on the same answers, with a review now stored, decides nothing anew

@@ -24,7 +24,7 @@ from pipelines.demo import write_contributors
 from pipelines.partitions import dataset_versions
 from pipelines.replay import replay_run
 from pipelines.resources import DatasetCatalog
-from provenance import TRAINING, CodeVersion, RunRecords, TrainingRecord
+from provenance import LABEL_REVIEW, TRAINING, CodeVersion, RunRecords, TrainingRecord, load_record
 from serving import API_KEY_HEADER, SPLIT_QUERY, Ledger, create_app, load_run
 from storage import BlockStore, FileTable
 from tests.pipelines.conftest import annotations_table, consistent_labels, stored_upstream
@@ -181,6 +181,10 @@ def published(tmp_path_factory, anvil: AnvilService, hf_dir: Path):
             assert result.success
             reviewed = result.output_for_node("label_review").value  # cross-fitted from the stored model
             assert reviewed.num_rows == _labeled().num_rows
+            review_record = load_record(client, resources["lineage"].cid_of(LABEL_REVIEW, VERSION))
+            assert review_record.params["models"] == ["recipe", "bag_of_tokens"]  # text: its tokens beside it
+            assert 0.0 <= review_record.params["recipe_weight"] <= 1.0
+            assert review_record.params["scikit-learn"]
             yield {"chain": resources["chain"].client(), "store": client, "model_dir": hf_dir, "home": home,
                    "run_id": result.output_for_node("royalty_root")["run_id"], "materialize": run}
 
