@@ -190,3 +190,11 @@ def test_trusted_rows_unlike_the_rows_under_review_are_one_error(trusted):
     x, noisy, _ = blobs(n=60)
     with pytest.raises(InputError, match="trusted rows of shape .* do not match the 8 features"):
         review_labels(task(), x, noisy, folds=3, seed=0, trusted=trusted)
+
+
+def test_mixture_weight_names_tables_that_do_not_fit():
+    good = np.full((4, 3), 1 / 3)
+    for labels, second in ((np.array([0, 1, 2, 0]), good[:3]), (np.array([0, 1, 3, 0]), good),
+                           (np.array([], dtype=int), good[:0])):
+        with pytest.raises(InputError, match="mixture_weight needs two"):
+            mixture_weight(labels, good[: len(labels)] if len(labels) else good[:0], second)

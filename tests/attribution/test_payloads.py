@@ -272,3 +272,10 @@ def test_a_text_review_mixes_the_recipe_with_a_bag_of_tokens_and_an_image_batch_
     image_batch[LABELS] = torch.as_tensor([int(v) for v in y])
     with pytest.raises(InputError, match="bag-of-tokens model reads input_ids and attention_mask"):
         review_task_labels(image_enc.task(CONFIG), image_batch, 2, folds=2, seed=0, bag_of_tokens=True)
+
+
+def test_token_probs_of_a_fold_that_learns_one_class_give_it_all():
+    _, batch = _text_batch(12, seed=3)
+    batch[LABELS] = torch.zeros(12, dtype=torch.int64)
+    probs = token_probs(batch, 3, folds=2, seed=0)
+    assert (probs[:, 0] == 1.0).all() and (probs[:, 1:] == 0.0).all()
