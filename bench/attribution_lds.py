@@ -21,12 +21,11 @@ k = 128/512/2048 and exact influence (logistic regression); the dattri 0.3.0 anc
 same split and trained models; contributor-level leave-one-contributor-out Spearman;
 mislabel-detection ROC-AUC of self-influence, of cleanlab's scores on 5-fold cross-fitted
 probabilities of each recipe and of a random forest, side by side, and of the pipeline's detector
-(``attribution.review_labels``: the MLP's and the forest's probabilities averaged, scored by
-cleanlab's self_confidence, every fold also trained on the held-out targets, whose labels are
-trusted as a declared validation set's are: ``mislabel_auc_default``; without them:
-``mislabel_auc_default_without_validation``); and the
-cost of per-step attribution on an MLP 64->1024->1024->10 (20,000 examples, batch 512, 64
-targets, 3 epochs). The last line is one JSON object.
+(``attribution.review_labels``: the MLP's and the forest's probabilities mixed by
+``mixture_weight``, scored by cleanlab's self_confidence, every fold also trained on the held-out
+targets, whose labels are trusted as a declared validation set's are: ``mislabel_auc_default``;
+without them: ``mislabel_auc_default_without_validation``); and the cost of per-step attribution on
+an MLP 64->1024->1024->10 (20,000 examples, batch 512, 64 targets, 3 epochs). The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -268,9 +267,10 @@ def mislabel_section(x, y, xv, yv, seed: int) -> dict[str, float]:
 def mislabel_detectors(x, y_noisy, flip, seed: int, trusted) -> dict:
     """cleanlab on cross-fitted (5-fold) probabilities of each recipe and of a random forest, side by
     side; then the pipeline's detector (``attribution.review_labels``: the MLP recipe's and the
-    forest's probabilities averaged, scored by cleanlab's self_confidence). The held-out targets carry
-    true labels, as a declared validation set does, so the default trains every fold on them too
-    (``trusted``), as the pipeline does with one; the figure without them is printed beside it."""
+    forest's probabilities mixed by ``mixture_weight``, scored by cleanlab's self_confidence). The
+    held-out targets carry true labels, as a declared validation set does, so the default trains every
+    fold on them too (``trusted``), as the pipeline does with one; the figure without them is printed
+    beside it."""
     from cleanlab.rank import get_label_quality_scores
 
     c = int(y_noisy.max()) + 1
@@ -290,7 +290,7 @@ def mislabel_detectors(x, y_noisy, flip, seed: int, trusted) -> dict:
             out["cleanlab"][f"{method}/{name}"] = round(auc, 4)
             print(f"  mislabel ROC-AUC (10% flipped, cleanlab {method}, 5-fold {name}, {secs:.1f}s): "
                   f"{auc:.3f}", flush=True)
-    # the pipeline's detector: the MLP recipe's probabilities averaged with the forest's
+    # the pipeline's detector: the MLP recipe's probabilities mixed with the forest's
     alone, _ = review_labels(models["mlp"], x, y_noisy, folds=5, seed=seed)
     out["without_validation"] = round(float(roc_auc_score(flip, -alone.quality)), 4)
     review, _ = review_labels(models["mlp"], x, y_noisy, folds=5, seed=seed, trusted=trusted)
@@ -299,8 +299,9 @@ def mislabel_detectors(x, y_noisy, flip, seed: int, trusted) -> dict:
     out["flags"] = {"flagged": int(review.flagged.sum()), "flipped": int(flip.sum()),
                     "precision": round(hit / max(int(review.flagged.sum()), 1), 4),
                     "recall": round(hit / max(int(flip.sum()), 1), 4)}
-    print(f"  mislabel default detector (review_labels: 5-fold mlp and forest averaged, cleanlab "
-          f"{QUALITY_METHOD}; each fold also trains on the {len(trusted[1])} targets, trusted labels as a "
+    print(f"  mislabel default detector (review_labels: 5-fold mlp and forest mixed, recipe weight "
+          f"{review.recipe_weight:.2f}, cleanlab {QUALITY_METHOD}; each fold also trains on the "
+          f"{len(trusted[1])} targets, trusted labels as a "
           f"declared validation set): ROC-AUC {out['default']:.3f}; find_label_issues flags {out['flags']}; "
           f"without a validation set {out['without_validation']:.3f}", flush=True)
     return out
