@@ -25,7 +25,8 @@ probabilities of each recipe and of a random forest, side by side, and of the pi
 ``mixture_weight``, scored by cleanlab's self_confidence, every fold also trained on the held-out
 targets, whose labels are trusted as a declared validation set's are: ``mislabel_auc_default``;
 without them: ``mislabel_auc_default_without_validation``); and the cost of per-step attribution on
-an MLP 64->1024->1024->10 (20,000 examples, batch 512, 64 targets, 3 epochs). The last line is one JSON object.
+an MLP 64->1024->1024->10 (20,000 examples, batch 512, 64 targets, 3 epochs). The last line is one
+JSON object.
 """
 
 from __future__ import annotations
