@@ -233,7 +233,7 @@ def mixture_weight(labels: object, first: object, second: object, *, steps: int 
                          f"got {p.shape}, {q.shape} and {len(y)} labels")
     rows = np.arange(len(y))
     a, b = p[rows, y], q[rows, y]
-    grid = np.linspace(0.0, 1.0, steps + 1)
+    grid = np.arange(steps + 1) / steps  # i / steps exactly rounded: 0.85, not 0.8500000000000001
     loss = [-np.log(np.clip(w * a + (1 - w) * b, 1e-12, None)).mean() for w in grid]
     return float(grid[int(np.argmin(loss))])
 
