@@ -25,8 +25,8 @@ any consensus model). ``crowdlab_pipeline`` and ``dawid_skene_model`` are what t
 consensus methods that weigh a model do once a run was reviewed:
 ``labeling.aggregate(method='crowdlab')`` (calibrated) and
 ``labeling.aggregate(method='dawid_skene_model')`` (the model as one more annotator), with the
-review's probabilities: the MLP recipe (the pipeline's defaults) and a random forest cross-fitted by
-``attribution.review_labels`` on the Dawid-Skene labels. Printed: consensus accuracy against the
+review's probabilities: the MLP recipe (the pipeline's defaults) and a random forest, cross-fitted
+and mixed by ``attribution.review_labels`` on the Dawid-Skene labels. Printed: consensus accuracy against the
 true labels, and each method's annotator-quality estimates against the true accuracies (Spearman;
 mean absolute error, which only means something for estimates that are accuracies). The JSON line
 gains ``consensus_accuracy`` (also ``crowdlab_pipeline``, ``dawid_skene_model``),
