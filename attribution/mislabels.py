@@ -63,9 +63,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.sparse
 import torch
 
 from .errors import InputError
@@ -73,6 +73,9 @@ from .inrun import train_model_plain
 from .model_task import LABELS, Batch, ModelTask, batch_size_of, concat, model_logits, take
 from .task import AttributionTask
 from .trainer import train_plain
+
+if TYPE_CHECKING:  # imported where used: importing attribution needs torch and numpy alone
+    import scipy.sparse
 
 QUALITY_METHOD = "self_confidence"
 Trusted = tuple[object, object]  # (X, y): rows whose labels are trusted, trained on, never scored
@@ -275,6 +278,7 @@ def token_probs(
     logistic regression, on the same folds, the ``trusted`` batch in every fold's training too. A
     linear model of which words occur is the classic strong baseline on small text sets, where a
     transformer trained from scratch is weak (see the module's figures)."""
+    import scipy.sparse
     from sklearn.feature_extraction.text import TfidfTransformer
     from sklearn.linear_model import LogisticRegression
 
@@ -310,6 +314,8 @@ def _token_ids(batch: Batch) -> tuple[np.ndarray, np.ndarray]:
 
 def _token_counts(batch: Batch, width: int) -> scipy.sparse.csr_matrix:
     """Rows x token ids (``width`` columns): how often each token occurs among a row's unmasked positions."""
+    import scipy.sparse
+
     ids, mask = _token_ids(batch)
     rows = np.nonzero(mask)[0]
     counts = scipy.sparse.csr_matrix((np.ones(len(rows)), (rows, ids[mask])), shape=(ids.shape[0], width))
