@@ -32,8 +32,10 @@ from provenance import (
     LABEL_REVIEW,
     LABELING_EXPORT,
     SNAPSHOT,
+    TRAINING,
     ConsensusRecord,
     LabelReviewRecord,
+    TrainingRecord,
     load_record,
 )
 from storage import read_parquet
@@ -61,8 +63,16 @@ def _world(n: int = 240, seed: int = 0):
     return raw, answers, {e: CLASSES[v] for e, v in zip(ids, y, strict=True)}
 
 
+def _validation(raw: pa.Table, truth: dict, n: int = 60) -> pa.Table:
+    """Trusted rows of the same classes: jittered copies of the first `n` examples with their true labels."""
+    rows, rng = raw.slice(0, n), np.random.default_rng(9)
+    jittered = {f"f{j}": pa.array(rows[f"f{j}"].to_numpy() + rng.normal(0, 0.3, n)) for j in range(4)}
+    return pa.table({**jittered, "label": [truth[e] for e in rows["example_id"].to_pylist()]})
+
+
 @pytest.fixture
-def home(tmp_path, monkeypatch):
+def home(tmp_path, monkeypatch, request):
+    """A registered version (with a declared validation set where the test's parameter says so)."""
     monkeypatch.setenv("CARAVAN_HOME", str(tmp_path / "home"))
     for name in ("CARAVAN_STORE_DIR", "CARAVAN_CONTRIBUTORS", "CARAVAN_LEDGER", "CARAVAN_KEYSTORE"):
         monkeypatch.delenv(name, raising=False)
@@ -71,9 +81,13 @@ def home(tmp_path, monkeypatch):
     client = resources["store"].client()
     raw, answers, truth = _world()
     pq.write_table(raw.drop(["example_id"]), tmp_path / "data.parquet")
+    validation = None
+    if getattr(request, "param", False):
+        validation = str(tmp_path / "validation.parquet")
+        pq.write_table(_validation(raw, truth), validation)
     DatasetCatalog(root=str(settings.home / "datasets")).register(
         VERSION, str(tmp_path / "data.parquet"), store=client,
-        labeling={"kind": "text", "field": "f0", "choices": list(CLASSES)},
+        labeling={"kind": "text", "field": "f0", "choices": list(CLASSES)}, validation=validation,
     )
     for activity in (LABELING_EXPORT, SNAPSHOT):  # the parents the consensus and training records name
         resources["lineage"].write(client, activity, VERSION, started=now(), inputs={}, outputs={})
@@ -205,3 +219,17 @@ def test_the_consensus_records_its_smoothing_and_recount_refits_with_it(home, sm
     assert not stored.equals(aggregate(table).consensus)  # the default's fit differs (its confidences)
     cid = home["resources"]["lineage"].cid_of(CONSENSUS, VERSION)
     assert recount(home["client"], cid)(set()).equals(stored)
+
+
+@pytest.mark.parametrize("home", [True], indirect=True, ids=["validation"])
+def test_a_declared_validation_set_trains_every_fold_of_the_review_and_is_never_reviewed(home):
+    _store(home, "raw_dataset", home["raw"])
+    _store(home, "annotations", annotations_table(home["answers"]))
+    _run(home, *TRAIN_AND_REVIEW, method="dawid_skene")
+    lineage = home["resources"]["lineage"]
+    record = load_record(home["client"], lineage.cid_of(LABEL_REVIEW, VERSION))
+    training_record = load_record(home["client"], lineage.cid_of(TRAINING, VERSION))
+    assert record.inputs[LabelReviewRecord.VALIDATION] == training_record.inputs[TrainingRecord.VALIDATION]
+    assert record.params["trusted_rows"] == 60 and record.params["models"] == ["recipe", "forest"]
+    reviewed = read_parquet(home["client"].get(record.outputs[LabelReviewRecord.LABEL_REVIEW]))
+    assert sorted(reviewed["example_id"].to_pylist()) == sorted(home["raw"]["example_id"].to_pylist())
