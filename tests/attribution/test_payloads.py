@@ -30,7 +30,10 @@ from attribution import (
     task_model_to_bytes,
     token_probs,
     train_model,
+    train_model_plain,
 )
+from attribution.mislabels import fold_of
+from attribution.model_task import concat, model_logits, take
 from attribution.payloads import ImageEncoding, TextEncoding, label_indices
 from attribution.recipes.text import load_tokenizer
 
@@ -197,10 +200,6 @@ def test_cross_fitted_review_flags_flipped_image_labels():
 def test_cross_fitted_review_trains_every_fold_on_a_trusted_batch_too():
     """`trusted` (a validation set's batch) joins each fold's training rows and is never scored: the
     reference is the loop written out with `train_model_plain` on the other folds' rows plus it."""
-    from attribution import train_model_plain
-    from attribution.mislabels import fold_of
-    from attribution.model_task import concat, model_logits, take
-
     imgs, y = images(60, seed=4)
     enc = ImageEncoding.fit("image", imgs, y, RecipeSizes(channels=(4, 8)))
     batch, _ = enc.inputs(imgs[:40])
@@ -233,8 +232,6 @@ def test_token_probs_match_scikit_learn_on_the_tokens_as_words():
     CountVectorizer, TfidfTransformer and LogisticRegression per fold, the trusted rows in each."""
     from sklearn.feature_extraction.text import CountVectorizer, TfidfTransformer
     from sklearn.linear_model import LogisticRegression
-
-    from attribution.mislabels import fold_of
 
     _, batch = _text_batch(90, seed=1)
     trusted = {k: v[60:] for k, v in batch.items()}
