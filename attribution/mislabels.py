@@ -287,14 +287,15 @@ def token_probs(
     width = 1 + max(int(_token_ids(b)[0].max(initial=0)) for b in parts)
     counts = _token_counts(batch, width)
     labels = batch[LABELS].numpy()
+    extra = None if trusted is None else (_token_counts(trusted, width), trusted[LABELS].numpy())
     fold = fold_of(counts.shape[0], folds, seed)
     probs = np.zeros((counts.shape[0], n_classes), dtype=np.float64)
     for k in range(folds):
         held = fold == k
         rows, rows_y = counts[~held], labels[~held]
-        if trusted is not None:
-            rows = scipy.sparse.vstack([rows, _token_counts(trusted, width)], format="csr")
-            rows_y = np.concatenate([rows_y, trusted[LABELS].numpy()])
+        if extra is not None:
+            rows = scipy.sparse.vstack([rows, extra[0]], format="csr")
+            rows_y = np.concatenate([rows_y, extra[1]])
         if len(np.unique(rows_y)) < 2:  # one class to learn: it is all a model could say
             probs[held, rows_y[0]] = 1.0
             continue
