@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -32,7 +33,7 @@ from .errors import InputError, UnsupportedModelError
 from .kernels import Kernel, LayerGrads, kernel_for
 from .model_task import Batch, ModelTask, batch_size_of, concat, take, to_device
 from .task import TrainConfig
-from .trainer import TrainResult, batches, checkpoint_epochs, run_id_for, run_to_end
+from .trainer import TrainResult, batches, checkpoint_epochs, kept_rows, run_id_for, run_to_end
 
 # Normalizations that mix the examples of a batch: a per-example gradient is then undefined.
 _BATCH_COUPLED = (nn.modules.batchnorm._BatchNorm, nn.SyncBatchNorm)
@@ -509,8 +510,12 @@ def train_model(
     return run_to_end(model_steps(task, train, example_ids, targets, seed=seed, run_id=run_id))
 
 
-def plain_model_steps(task: ModelTask, train: Batch, *, seed: int) -> Iterator[nn.Module]:
-    """The same training without attribution, one step at a time (reference for cost and retraining)."""
+def plain_model_steps(
+    task: ModelTask, train: Batch, *, seed: int, keep: np.ndarray | None = None,
+    keys: np.ndarray | None = None,
+) -> Iterator[nn.Module]:
+    """The same training without attribution, one step at a time (reference for cost and retraining).
+    ``keep`` trains on those rows only, ``keys`` orders them (``trainer.batches``)."""
     cfg = task.config
     device = cfg.torch_device()
     n = batch_size_of("train", train)
@@ -518,8 +523,8 @@ def plain_model_steps(task: ModelTask, train: Batch, *, seed: int) -> Iterator[n
     model = task.fresh(seed).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, cfg)
-    total = cfg.epochs * -(-n // cfg.batch_size)
-    for step, (_, idx) in enumerate(batches(n, cfg.batch_size, cfg.epochs, seed)):
+    total = cfg.epochs * -(-kept_rows(n, keep) // cfg.batch_size)
+    for step, (_, idx) in enumerate(batches(n, cfg.batch_size, cfg.epochs, seed, keep, keys)):
         opt.param_groups[0]["lr"] = cfg.lr_at(step, total)
         with _autocast(cfg, device):
             loss = task.loss(model, take(train_dev, idx.to(device))).float().mean()

@@ -148,13 +148,59 @@ def validate(
 # ---------------------------------------------------------------- training
 
 
-def batches(n: int, batch_size: int, epochs: int, seed: int) -> Iterator[tuple[int, torch.Tensor]]:
-    """(epoch, indices) of every step: a seeded permutation per epoch, the last batch may be short."""
+def batches(
+    n: int, batch_size: int, epochs: int, seed: int, keep: np.ndarray | None = None,
+    keys: np.ndarray | None = None,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """(epoch, indices) of every step: a seeded permutation per epoch, the last batch may be short.
+
+    ``keys`` (one uint64 per row, ``row_keys``) draws each epoch's order from the rows themselves: by a
+    seeded hash of each key, so the order of any set of rows is that of any larger set with the others
+    skipped. ``keep`` (a boolean mask over the ``n`` rows) trains on its rows only, in the order the
+    full run visits them. Either way each epoch is a uniform permutation of the rows trained on, so a
+    retrain without some rows is distributed as one on the rest alone, but it shares the full run's
+    randomness (common random numbers): the loss difference between the two measures the rows, not a
+    reshuffle of the others (``left_out``)."""
     gen = torch.Generator().manual_seed(seed)
+    mask = None if keep is None else torch.as_tensor(_mask_of(keep, n))
+    if keys is not None and np.shape(keys) != (n,):
+        raise InputError(f"keys must hold one key per training row ({n}), got shape {np.shape(keys)}")
     for epoch in range(epochs):
-        perm = torch.randperm(n, generator=gen)
-        for start in range(0, n, batch_size):
+        perm = torch.randperm(n, generator=gen) if keys is None else _keyed_order(keys, seed, epoch)
+        if mask is not None:
+            perm = perm[mask[perm]]
+        for start in range(0, len(perm), batch_size):
             yield epoch, perm[start : start + batch_size]
+
+
+def row_keys(example_ids: Sequence[str]) -> np.ndarray:
+    """Each row's ``batches`` key: the first 8 bytes of the sha256 of its example id (uint64)."""
+    return np.array([int.from_bytes(hashlib.sha256(e.encode()).digest()[:8], "big") for e in example_ids],
+                    dtype=np.uint64)
+
+
+def _keyed_order(keys: np.ndarray, seed: int, epoch: int) -> torch.Tensor:
+    """The rows sorted by a splitmix64 hash of their key mixed with the seed and epoch's salt."""
+    salt = np.uint64(int.from_bytes(hashlib.sha256(f"{seed}:{epoch}".encode()).digest()[:8], "big"))
+    with np.errstate(over="ignore"):
+        z = np.asarray(keys, dtype=np.uint64) ^ salt
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z ^= z >> np.uint64(31)
+    return torch.as_tensor(np.argsort(z, kind="stable"))
+
+
+def _mask_of(keep: np.ndarray, n: int) -> np.ndarray:
+    keep = np.asarray(keep)
+    if keep.dtype != np.bool_ or keep.shape != (n,):
+        raise InputError(f"keep must be a boolean mask over the {n} training rows, got {keep.dtype} "
+                         f"{keep.shape}")
+    return keep
+
+
+def kept_rows(n: int, keep: np.ndarray | None) -> int:
+    """How many rows a training with ``keep`` (``batches``' mask; None: all ``n``) visits per epoch."""
+    return n if keep is None else int(_mask_of(keep, n).sum())
 
 
 def checkpoint_epochs(epochs: int, n_checkpoints: int) -> list[int]:
@@ -163,17 +209,21 @@ def checkpoint_epochs(epochs: int, n_checkpoints: int) -> list[int]:
     return sorted({int(round(epochs * (j + 1) / n)) - 1 for j in range(n)})
 
 
-def plain_steps(task: AttributionTask, X: object, y: object, *, seed: int) -> Iterator[nn.Module]:
+def plain_steps(
+    task: AttributionTask, X: object, y: object, *, seed: int, keep: np.ndarray | None = None,
+    keys: np.ndarray | None = None,
+) -> Iterator[nn.Module]:
     """``train_plain`` one optimizer step at a time (yields the model after each step), so a
-    benchmark can interleave it step by step with ``attributed_steps`` under the same load."""
+    benchmark can interleave it step by step with ``attributed_steps`` under the same load.
+    ``keep`` trains on those rows only, ``keys`` orders them (``batches``)."""
     cfg = task.config
     device = cfg.torch_device()
     x = torch.as_tensor(np.asarray(X, dtype=np.float32)).to(device)
     yt = torch.as_tensor(np.asarray(y, dtype=np.int64)).to(device)
     model = task.spec.build(seed).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total = cfg.epochs * -(-len(x) // cfg.batch_size)
-    for step, (_, idx) in enumerate(batches(len(x), cfg.batch_size, cfg.epochs, seed)):
+    total = cfg.epochs * -(-kept_rows(len(x), keep) // cfg.batch_size)
+    for step, (_, idx) in enumerate(batches(len(x), cfg.batch_size, cfg.epochs, seed, keep, keys)):
         opt.param_groups[0]["lr"] = cfg.lr_at(step, total)
         idx = idx.to(device)
         loss = F.cross_entropy(model(x[idx]), yt[idx])

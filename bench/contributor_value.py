@@ -614,10 +614,10 @@ def pay_run(task, world: World, full: Variant, seed: int, owners: np.ndarray, cr
 
     if full.media is not None:
         left_out = model_left_out(full.media.task, full.media.batch(full.x, full.y), full.media.val, groups,
-                                  seed=seed, relabel=relabel, distinct=distinct)
+                                  seed=seed, relabel=relabel, distinct=distinct, example_ids=ids)
     else:
         left_out = mlp_left_out(task, full.x, full.y, full.xv, full.yv, groups, seed=seed, relabel=relabel,
-                                distinct=distinct)
+                                distinct=distinct, example_ids=ids)
     names = [p.name for p in PROVIDERS] + [n for n, _, _ in LABELERS]
     addresses = {n: address(n) for n in names}
     at = world.examples.column_names.index("provider")

@@ -277,9 +277,10 @@ def provider_value(
     again = relabel if consensus_without is not None else None
     if isinstance(split, PayloadSplit):
         return model_left_out(split.task, split.train, split.targets, groups, seed=config.seed,
-                              runs=config.left_out_runs, relabel=again, distinct=distinct)
+                              runs=config.left_out_runs, relabel=again, distinct=distinct, example_ids=ids)
     return mlp_left_out(result.task, split.X, split.y, split.X_targets, split.y_targets, groups,
-                        seed=config.seed, runs=config.left_out_runs, relabel=again, distinct=distinct)
+                        seed=config.seed, runs=config.left_out_runs, relabel=again, distinct=distinct,
+                        example_ids=ids)
 
 
 def value_method(config: TrainingConfig) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from fractions import Fraction
 
 import numpy as np
@@ -26,10 +27,11 @@ from attribution import (
     mlp_left_out,
     model_left_out,
     provider_groups,
-    train_model_plain,
     train_plain,
 )
+from attribution.inrun import plain_model_steps
 from attribution.left_out import shrunk_values
+from attribution.trainer import plain_steps, row_keys
 
 from .test_weights import ADDR, _credit, _tables
 
@@ -119,14 +121,17 @@ def test_mlp_values_are_the_retrained_target_loss_rise():
         with torch.no_grad():
             return float(F.cross_entropy(model(torch.as_tensor(xt)), torch.as_tensor(yt)))
 
+    def without_p(labels, s):  # trained on the rows p did not give, in the full run's order
+        return loss(deque(plain_steps(task, x, labels, seed=s, keep=~groups["p"]), maxlen=1)[0])
+
     full = loss(train_plain(task, x, y, seed=5))
     rows = {r["provider"]: r for r in table.to_pylist()}
     assert rows["p"]["loss_with"] == full
-    assert rows["p"]["value"] == loss(train_plain(task, x[30:], y[30:], seed=5)) - full
+    assert rows["p"]["value"] == without_p(y, 5) - full
     assert rows["all"]["loss_without"] == loss(task.spec.build(5))  # nothing left: the untrained model
     assert mlp_left_out(task, x, y, xt, yt, groups, seed=5, runs=1).equals(table)  # deterministic
     two = {r["provider"]: r for r in mlp_left_out(task, x, y, xt, yt, groups, seed=5, runs=2).to_pylist()}
-    without = [loss(train_plain(task, x[30:], y[30:], seed=s)) for s in (5, 6)]
+    without = [without_p(y, s) for s in (5, 6)]
     with_all = [full, loss(train_plain(task, x, y, seed=6))]
     assert two["p"]["value"] == pytest.approx(np.mean(without) - np.mean(with_all))
 
@@ -137,7 +142,7 @@ def test_mlp_values_are_the_retrained_target_loss_rise():
     again = mlp_left_out(task, x, y, xt, yt, groups, seed=5, runs=1, relabel=relabel)
     again = {r["provider"]: r for r in again.to_pylist()}
     assert again["p"]["loss_with"] == full
-    assert again["p"]["loss_without"] == loss(train_plain(task, x[30:], (y[30:] + 1) % 3, seed=5))
+    assert again["p"]["loss_without"] == without_p(np.r_[y[:30], (y[30:] + 1) % 3], 5)
 
 
 class _Tokens(nn.Module):
@@ -160,11 +165,20 @@ def test_a_model_task_is_valued_by_its_own_loss_on_the_targets():
                                                                                                 generator=g)}
     groups = {"p": np.arange(40) % 4 == 0, "q": np.arange(40) % 4 != 0}
     table = model_left_out(task, train, targets, groups, seed=2, runs=1)
-    keep = torch.as_tensor(np.flatnonzero(~groups["p"]))
-    model = train_model_plain(task, {k: v[keep] for k, v in train.items()}, seed=2).eval()
-    with torch.no_grad():
-        expected = float(task.loss(model, targets).float().mean())
-    assert table.filter(pa.compute.equal(table["provider"], "p"))["loss_without"][0].as_py() == expected
+    def without_p(**order) -> float:
+        model = deque(plain_model_steps(task, train, seed=2, keep=~groups["p"], **order), maxlen=1)[0].eval()
+        with torch.no_grad():
+            return float(task.loss(model, targets).float().mean())
+
+    def loss_without_p(table: pa.Table) -> float:
+        return table.filter(pa.compute.equal(table["provider"], "p"))["loss_without"][0].as_py()
+
+    assert loss_without_p(table) == without_p()
+    ids = [f"row-{i}" for i in range(40)]  # each epoch ordered by the rows' ids
+    by_ids = model_left_out(task, train, targets, groups, seed=2, runs=1, example_ids=ids)
+    assert loss_without_p(by_ids) == without_p(keys=row_keys(ids)) != loss_without_p(table)
+    with pytest.raises(InputError, match="example_ids name 3 rows"):
+        model_left_out(task, train, targets, groups, seed=2, runs=1, example_ids=ids[:3])
 
 
 def _left_out(values, se=None):

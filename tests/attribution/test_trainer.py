@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import numpy as np
 import pyarrow as pa
@@ -128,3 +129,44 @@ def test_step_generators_yield_once_per_step_and_return_the_run(data, mlp_task):
         next(gen)
     whole = train_with_attribution(mlp_task, x, y, ids, xv, yv, seed=2, with_features=False)
     np.testing.assert_array_equal(done.value.value.scores, whole.scores)
+
+
+def test_a_masked_run_visits_the_kept_rows_in_the_full_runs_order():
+    from attribution.trainer import batches
+
+    keep = np.arange(11) % 3 != 1
+    full = list(batches(11, 4, 2, seed=7))
+    masked = list(batches(11, 4, 2, seed=7, keep=keep))
+    assert [(e, i.tolist()) for e, i in batches(11, 4, 2, seed=7, keep=np.ones(11, bool))] == \
+        [(e, i.tolist()) for e, i in full]
+    for epoch in (0, 1):
+        order = [int(i) for e, idx in full if e == epoch for i in idx]  # the full run's epoch
+        seen = [int(i) for e, idx in masked if e == epoch for i in idx]
+        assert seen == [i for i in order if keep[i]]
+    assert [len(i) for _, i in masked] == [4, 3] * 2  # 7 kept rows per epoch, in batches of 4
+    with pytest.raises(InputError, match="boolean mask over the 11"):
+        next(batches(11, 4, 1, seed=7, keep=np.arange(11)))
+
+
+def test_keyed_batches_order_any_set_of_rows_as_any_larger_set_does():
+    from attribution.trainer import batches, row_keys
+
+    ids = [f"ex-{i}" for i in range(40)]
+    keys = row_keys(ids)
+    assert keys.dtype == np.uint64 and row_keys(ids[:3]).tolist() == [
+        int.from_bytes(hashlib.sha256(e.encode()).digest()[:8], "big") for e in ids[:3]]
+
+    def order(rows, seed, epoch=0):  # one epoch of a run on `rows`, as example ids
+        steps = batches(len(rows), 64, epoch + 1, seed, keys=row_keys(rows))
+        return [rows[i] for e, idx in steps if e == epoch for i in idx.tolist()]
+
+    some = ids[5:30:2]
+    assert sorted(order(ids, 1)) == sorted(ids)
+    assert order(some, 1) == [e for e in order(ids, 1) if e in some]  # a subset keeps the full order
+    assert order(some[::-1], 1) == order(some, 1)  # whatever order the rows come in
+    assert order(ids, 1) != order(ids, 2) and order(ids, 1, 0) != order(ids, 1, 1)  # each seed, epoch anew
+    keep = np.isin(ids, some)
+    masked = [ids[i] for _, idx in batches(40, 64, 1, 1, keep=keep, keys=keys) for i in idx.tolist()]
+    assert masked == order(some, 1)
+    with pytest.raises(InputError, match="one key per training row"):
+        next(batches(40, 8, 1, 1, keys=keys[:3]))
