@@ -267,6 +267,20 @@ def provider_values(table: pa.Table, copies: str = "once") -> dict[str, tuple[fl
     return {p: (float(v), float(e), int(c)) for p, v, e, c in zip(names, values, se, counts, strict=True)}
 
 
+# how many standard errors a left-out value must stand from zero to say its provider helped or hurt
+NOISE_Z = 2.0
+
+
+def values_within_noise(table: pa.Table, z: float = NOISE_Z) -> list[str]:
+    """The retrained providers of a ``LEFT_OUT_SCHEMA`` table whose value is within ``z`` standard
+    errors of zero (a provider left out with nothing, or with one run, is never listed): their retrains
+    cannot tell whether their data helped. Pay then follows what their summed scores predict
+    (``shrunk_values``) rather than the value; a report names them, and more ``runs`` separates them."""
+    rows = table.to_pylist()
+    return sorted(r["provider"] for r in rows
+                  if r["examples_left_out"] > 0 and r["value_se"] > 0 and abs(r["value"]) < z * r["value_se"])
+
+
 def shrunk_values(
     values: np.ndarray, se: np.ndarray, covariate: np.ndarray, fitted: np.ndarray
 ) -> np.ndarray:

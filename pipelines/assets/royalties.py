@@ -3,7 +3,7 @@
 import dagster as dg
 import pyarrow as pa
 
-from attribution import ContributorError, WeightPolicy
+from attribution import NOISE_Z, ContributorError, WeightPolicy, values_within_noise
 from attribution import contributor_weights as _weights
 from labeling import DS_SMOOTHING, LabelingError
 from pipelines.checks import NO_PROVIDER_HELPED
@@ -124,6 +124,13 @@ def contributor_weights(
     hurt = [f"{r['contributor']} ({r['role']})" for r in top if r["score"] < 0]
     if hurt:
         context.log.warning(f"unpaid: the data or labels of {', '.join(hurt)} made the model worse")
+    unclear = values_within_noise(left_out) if left_out is not None else []
+    if unclear:
+        context.log.warning(
+            f"the left-out values of {', '.join(unclear)} are within {NOISE_Z:g} standard errors of zero: "
+            "their retrains cannot tell whether their data helped, so their pay leans on what their summed "
+            "scores predict; raise TrainingConfig.left_out_runs to separate them"
+        )
     providers_paid = [r["contributor"] for r in top if r["role"] == "provider" and r["weight_bps"] > 0]
     if not providers_paid:
         context.log.warning(f"WARNING: {NO_PROVIDER_HELPED}")
@@ -140,6 +147,7 @@ def contributor_weights(
             "policy": config.negative,
             "providers_paid_by": "left-out retraining" if value_cid else "summed example scores",
             "hurt_the_model_unpaid": dg.MetadataValue.json(hurt),
+            "provider_values_within_noise": dg.MetadataValue.json(unclear),
             "providers_paid": len(providers_paid),
             "duplicates_unpaid": dg.MetadataValue.json(copies),
             "duplicates": "paid once, to the first registrant (example_credit)" if credit_cid

@@ -28,6 +28,7 @@ from attribution import (
     model_left_out,
     provider_groups,
     train_plain,
+    values_within_noise,
 )
 from attribution.inrun import plain_model_steps
 from attribution.left_out import shrunk_values
@@ -260,3 +261,13 @@ def test_copies_group_pays_a_groups_whole_left_out_effect():
     assert WeightPolicy.from_params({"negative": "net"}).copies == "once"  # records before the field
     with pytest.raises(ValueError, match="copies must be one of"):
         WeightPolicy(copies="all")
+
+
+def test_values_within_their_noise_are_named():
+    table = pa.table({"provider": ["clear", "noisy", "hurt", "one-run", "copycat"],
+                      "examples_left_out": [10, 10, 10, 10, 0], "loss_without": [1.0] * 5,
+                      "loss_with": [1.0] * 5, "value": [0.05, 0.05, -0.09, 0.001, 0.0],
+                      "value_se": [0.02, 0.03, 0.04, 0.0, 0.01], "copies_value": [0.0] * 5},
+                     schema=LEFT_OUT_SCHEMA)
+    assert values_within_noise(table) == ["noisy"]  # 0.05 < 2 x 0.03; 0.09 and 0.05 stand clear at 2 se
+    assert values_within_noise(table, z=3.0) == ["clear", "hurt", "noisy"]
