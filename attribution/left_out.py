@@ -275,8 +275,9 @@ NOISE_Z = 2.0
 def values_within_noise(table: pa.Table, z: float = NOISE_Z) -> list[str]:
     """The retrained providers of a ``LEFT_OUT_SCHEMA`` table whose value is within ``z`` standard
     errors of zero (a provider left out with nothing, or with one run, is never listed): their retrains
-    cannot tell whether their data helped. Pay then follows what their summed scores predict
-    (``shrunk_values``) rather than the value; a report names them, and more ``runs`` separates them."""
+    cannot tell whether their data helped. Their pay then leans on what their summed scores predict
+    (``shrunk_values``) as far as the noise explains the providers' spread; a report names them, and
+    more ``runs`` separate them."""
     rows = table.to_pylist()
     return sorted(r["provider"] for r in rows
                   if r["examples_left_out"] > 0 and r["value_se"] > 0 and abs(r["value"]) < z * r["value_se"])
