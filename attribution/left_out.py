@@ -166,14 +166,16 @@ def mlp_left_out(
     larger version; without them, the full retrain's permutation with the left-out rows skipped."""
     xt = torch.as_tensor(np.asarray(X_targets, dtype=np.float32))
     yt = torch.as_tensor(np.asarray(y_targets, dtype=np.int64))
-    keys = _keys(example_ids, len(y))
+    x_all, y_all = np.asarray(X, dtype=np.float32), np.asarray(y, dtype=np.int64)  # converted once
+    keys = _keys(example_ids, len(y_all))
     labels = _labels_by_mask(relabel)
 
     def loss_without(keep: np.ndarray, s: int) -> float:
-        y_kept = np.array(y, dtype=np.int64)
+        y_kept = y_all
         if relabel is not None:
+            y_kept = y_all.copy()
             y_kept[keep] = labels(keep)
-        steps = plain_steps(task, X, y_kept, seed=s, keep=keep, keys=keys) if keep.any() else iter(())
+        steps = plain_steps(task, x_all, y_kept, seed=s, keep=keep, keys=keys) if keep.any() else iter(())
         model = _trained(steps, lambda: task.spec.build(s))
         with torch.no_grad():
             return float(F.cross_entropy(model(xt), yt))
