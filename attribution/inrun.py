@@ -23,6 +23,7 @@ import hashlib
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,7 +34,16 @@ from .errors import InputError, UnsupportedModelError
 from .kernels import Kernel, LayerGrads, kernel_for
 from .model_task import Batch, ModelTask, batch_size_of, concat, take, to_device
 from .task import TrainConfig
-from .trainer import TrainResult, batches, checkpoint_epochs, kept_rows, run_id_for, run_to_end
+from .trainer import (
+    EarlyStop,
+    TrainResult,
+    batches,
+    checkpoint_epochs,
+    cpu_state,
+    kept_rows,
+    run_id_for,
+    run_to_end,
+)
 
 # Normalizations that mix the examples of a batch: a per-example gradient is then undefined.
 _BATCH_COUPLED = (nn.modules.batchnorm._BatchNorm, nn.SyncBatchNorm)
@@ -100,6 +110,15 @@ class ModuleTaps:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """No hook runs inside: for forward passes that are not attributed (an epoch's target loss)."""
+        self.__exit__()
+        try:
+            yield
+        finally:
+            self.__enter__()
 
     def _hook(self, s: Scored):
         def on_output_grad(b: torch.Tensor) -> None:
@@ -460,6 +479,7 @@ def model_steps(
     scores = torch.zeros((n, nv) if cfg.per_target else (n,), dtype=torch.float64, device=device)
     keep = set(checkpoint_epochs(cfg.epochs, cfg.n_checkpoints))
     checkpoints: list[dict[str, torch.Tensor]] = []
+    stop = EarlyStop(cfg) if cfg.patience is not None else None
     steps_per_epoch = -(-n // cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     t0 = time.perf_counter()
@@ -477,10 +497,18 @@ def model_steps(
             s, target = attributed_step(taps, model, task, opt, take(train_dev, idx_dev), against,
                                         lr=cfg.lr_at(step, total), params=params, gram=gram)
             scores.index_add_(0, idx_dev, s.to(torch.float64))
-            if epoch in keep and (step + 1) % steps_per_epoch == 0:
-                state = model.state_dict()
-                checkpoints.append({k: v.detach().to("cpu", copy=True) for k, v in state.items()})
+            ended, done = (step + 1) % steps_per_epoch == 0, False
+            if ended and stop is not None:
+                with taps.paused():
+                    done = stop.ended(model, target_loss(task, model, targets_dev), scores)
+            elif ended and epoch in keep:
+                checkpoints.append(cpu_state(model))
             yield
+            if done:
+                break
+    if stop is not None:
+        scores, checkpoints = stop.scores, stop.checkpoints()
+        stop.restore(model)
     for p in params:
         p.grad = None
     train_s = time.perf_counter() - t0
@@ -512,18 +540,26 @@ def train_model(
 
 def plain_model_steps(
     task: ModelTask, train: Batch, *, seed: int, keep: np.ndarray | None = None,
-    keys: np.ndarray | None = None,
-) -> Iterator[nn.Module]:
+    keys: np.ndarray | None = None, targets: Batch | None = None,
+) -> Generator[nn.Module, None, EarlyStop | None]:
     """The same training without attribution, one step at a time (reference for cost and retraining).
-    ``keep`` trains on those rows only, ``keys`` orders them (``trainer.batches``)."""
+    ``keep`` trains on those rows only, ``keys`` orders them (``trainer.batches``). A config with
+    ``patience`` stops early on ``targets``' mean loss: the model is then left at its best epoch's
+    state and the generator returns its ``EarlyStop`` (``trainer.checkpointed`` reads its checkpoints)."""
     cfg = task.config
+    if cfg.patience is not None and targets is None:
+        raise InputError(f"TrainConfig.patience={cfg.patience} stops at the best epoch on the targets' loss; "
+                         "pass targets= (the batch the run is measured on), or set patience=None")
     device = cfg.torch_device()
     n = batch_size_of("train", train)
     train_dev = to_device(train, device)
+    targets_dev = None if targets is None else to_device(targets, device)
     model = task.fresh(seed).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, cfg)
-    total = cfg.epochs * -(-kept_rows(n, keep) // cfg.batch_size)
+    stop = EarlyStop(cfg) if cfg.patience is not None else None
+    steps_per_epoch = -(-kept_rows(n, keep) // cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
     for step, (_, idx) in enumerate(batches(n, cfg.batch_size, cfg.epochs, seed, keep, keys)):
         opt.param_groups[0]["lr"] = cfg.lr_at(step, total)
         with _autocast(cfg, device):
@@ -531,9 +567,28 @@ def plain_model_steps(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        done = stop is not None and (step + 1) % steps_per_epoch == 0 and stop.ended(
+            model, target_loss(task, model, targets_dev))
         yield model
+        if done:
+            break
+    if stop is not None:
+        stop.restore(model)
+    return stop
 
 
-def train_model_plain(task: ModelTask, train: Batch, *, seed: int) -> nn.Module:
-    """``plain_model_steps`` to the end; the model comes back on the CPU."""
-    return deque(plain_model_steps(task, train, seed=seed), maxlen=1)[0].cpu()
+def target_loss(task: ModelTask, model: nn.Module, targets: Batch) -> float:
+    """The model's mean loss on ``targets`` in eval mode (what ``TrainConfig.patience`` watches)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), _autocast(task.config, next(iter(targets.values())).device):
+            return float(task.loss(model, targets).float().mean())
+    finally:
+        model.train(was_training)
+
+
+def train_model_plain(task: ModelTask, train: Batch, *, seed: int, targets: Batch | None = None) -> nn.Module:
+    """``plain_model_steps`` to the end (``targets``: where the config stops early); the model comes back
+    on the CPU."""
+    return deque(plain_model_steps(task, train, seed=seed, targets=targets), maxlen=1)[0].cpu()

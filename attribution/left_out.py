@@ -201,7 +201,9 @@ def model_left_out(
         if relabel is not None:
             rows[LABELS] = train[LABELS].clone()
             rows[LABELS][torch.as_tensor(keep)] = torch.as_tensor(np.asarray(labels(keep), dtype=np.int64))
-        steps = plain_model_steps(task, rows, seed=s, keep=keep, keys=keys) if keep.any() else iter(())
+        steps = iter(())
+        if keep.any():
+            steps = plain_model_steps(task, rows, seed=s, keep=keep, keys=keys, targets=targets)
         model = _trained(steps, lambda: task.fresh(s))
         with torch.no_grad():
             return float(task.loss(model, targets).float().mean())

@@ -254,7 +254,10 @@ def task_out_of_sample_probs(
 ) -> np.ndarray:
     """``out_of_sample_probs`` for any ``ModelTask``: ``batch`` (with ``labels``) cross-fitted with
     the task's own training (``train_model_plain``), each fold's rows predicted by the others' model,
-    trained on the ``trusted`` batch (with ``labels``) too where given."""
+    trained on the ``trusted`` batch (with ``labels``) too where given. Every epoch is trained (no
+    ``patience``): the only rows a fold's model could stop on are those it predicts, whose labels are
+    the ones in question."""
+    task = dataclasses.replace(task, config=dataclasses.replace(task.config, patience=None))
     n = batch_size_of("batch", batch)
     if trusted is not None:
         batch_size_of("trusted", trusted)

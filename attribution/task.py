@@ -109,7 +109,11 @@ class TrainConfig:
     ``trak_damping`` times the kernel's mean diagonal for the tabular features (``attribution.trak``,
     models trained to their optimum); ``trak_model_damping`` times the mean nonzero eigenvalue of each
     layer's block for ``ModelTask`` models (``attribution.trak_model``, networks stopped early: its
-    ``block_inverse`` says why so much more).
+    ``block_inverse`` says why so much more). ``patience`` (``ModelTask`` runs) stops early: the mean
+    target loss is measured after every epoch, training ends once ``patience`` epochs pass without a
+    new lowest, and the run is that of its best epoch (model, scores, checkpoints), so ``epochs`` is a
+    ceiling. A fixed count overtrains: removing data then shortens training and lowers the target
+    loss, and every contributor looks harmful (``trainer.EarlyStop``).
     """
 
     epochs: int = 20
@@ -132,6 +136,7 @@ class TrainConfig:
     precision: Literal["fp32", "bf16"] = "fp32"
     target_every: int = 1
     target_pass: Literal["joint", "separate"] = "joint"
+    patience: int | None = None
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adamw"):
@@ -154,6 +159,9 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "n_checkpoints", "trak_k", "chunk_rows", "target_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"TrainConfig.patience must be >= 1 epoch (None: train every epoch), got "
+                             f"{self.patience}")
         if self.lr_schedule not in ("constant", "linear"):
             raise ValueError(
                 f"TrainConfig.lr_schedule must be 'constant' or 'linear', got {self.lr_schedule!r}"
@@ -182,7 +190,7 @@ class TrainConfig:
         the CPU, and settings added later only when they differ from their defaults, so runs made
         before they existed keep their ids."""
         later = {"adam_betas": (0.9, 0.999), "adam_eps": 1e-8, "precision": "fp32", "target_every": 1,
-                 "target_pass": "joint", "trak_model_damping": 0.1}
+                 "target_pass": "joint", "trak_model_damping": 0.1, "patience": None}
         settings = {k: v for k, v in vars(self).items()
                     if k != "device" and not (k in later and v == later[k])}
         device = self.torch_device()

@@ -136,6 +136,7 @@ def validate(
             f"{len(overlap)} target rows (e.g. {overlap[:5]}) also appear in the training set; "
             "targets must be held out"
         )
+    fixed_epochs(task.config)
     if task.config.optimizer != "sgd":
         raise UnsupportedOptimizerError(
             f"the MLP driver trains with SGD only, got optimizer {task.config.optimizer!r}; train an "
@@ -143,6 +144,15 @@ def validate(
         )
     scored_layers(task.spec.build(0))
     return x, y, xv, yv
+
+
+def fixed_epochs(cfg: TrainConfig) -> None:
+    """The MLP driver trains every epoch: it refuses ``patience`` rather than ignore it."""
+    if cfg.patience is not None:
+        raise InputError(
+            f"the MLP driver trains a fixed number of epochs, got patience={cfg.patience}; stop early "
+            "through attribution.ModelTask (train_model), or set patience=None"
+        )
 
 
 # ---------------------------------------------------------------- training
@@ -217,6 +227,7 @@ def plain_steps(
     benchmark can interleave it step by step with ``attributed_steps`` under the same load.
     ``keep`` trains on those rows only, ``keys`` orders them (``batches``)."""
     cfg = task.config
+    fixed_epochs(cfg)
     device = cfg.torch_device()
     x = torch.as_tensor(np.asarray(X, dtype=np.float32)).to(device)
     yt = torch.as_tensor(np.asarray(y, dtype=np.int64)).to(device)
@@ -233,20 +244,69 @@ def plain_steps(
         yield model
 
 
+def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A checkpoint: a CPU copy of the model's state dict."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+class EarlyStop:
+    """``TrainConfig.patience``: the mean target loss after each epoch; ``ended`` says when training
+    stops (``patience`` epochs without a new lowest), and the run is that of its best epoch (the first
+    lowest): ``restore`` loads its state, ``checkpoints`` are those ``checkpoint_epochs`` picks among the
+    epochs up to it, ``scores`` the attributed scores as they stood then. Every epoch's state is held
+    (CPU copies) until the end: meant for the recipes' small models, not for fine-tuning large ones."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        if cfg.patience is None:
+            raise ValueError("EarlyStop needs TrainConfig.patience")
+        self.patience, self.n_checkpoints = cfg.patience, cfg.n_checkpoints
+        self.losses: list[float] = []
+        self.states: list[dict[str, torch.Tensor]] = []
+        self.scores: torch.Tensor | None = None
+
+    @property
+    def best(self) -> int:
+        """The best epoch so far (0-based); a NaN loss never is."""
+        return int(np.argmin(np.nan_to_num(self.losses, nan=np.inf)))
+
+    def ended(self, model: nn.Module, target_loss: float, scores: torch.Tensor | None = None) -> bool:
+        """Record an epoch's end: its state, its target loss and (attributed runs) the scores so far."""
+        self.states.append(cpu_state(model))
+        self.losses.append(target_loss)
+        if self.best == len(self.losses) - 1 and scores is not None:
+            self.scores = scores.clone()
+        return len(self.losses) - 1 - self.best >= self.patience
+
+    def restore(self, model: nn.Module) -> nn.Module:
+        model.load_state_dict(self.states[self.best])
+        return model
+
+    def checkpoints(self) -> list[dict[str, torch.Tensor]]:
+        return [self.states[e] for e in checkpoint_epochs(self.best + 1, self.n_checkpoints)]
+
+
 def checkpointed(
-    steps: Iterator[nn.Module], n_rows: int, cfg: TrainConfig
+    steps: Generator[nn.Module, None, EarlyStop | None], n_rows: int, cfg: TrainConfig
 ) -> tuple[nn.Module, list[dict[str, torch.Tensor]], float]:
     """Drive plain training steps (``plain_steps``, ``inrun.plain_model_steps``) to the end, keeping the
-    checkpoints an attributed run keeps (``checkpoint_epochs``, as CPU copies): the trained model (on
-    the CPU), the checkpoints and the seconds it took."""
+    checkpoints an attributed run keeps (``checkpoint_epochs``, as CPU copies; those of the best epochs
+    where the steps stopped early and return their ``EarlyStop``): the trained model (on the CPU), the
+    checkpoints and the seconds it took."""
     keep = set(checkpoint_epochs(cfg.epochs, cfg.n_checkpoints))
     steps_per_epoch = -(-n_rows // cfg.batch_size)
     checkpoints: list[dict[str, torch.Tensor]] = []
-    model = None
+    model, step = None, 0
     t0 = time.perf_counter()
-    for step, model in enumerate(steps):
-        if (step + 1) % steps_per_epoch == 0 and (step + 1) // steps_per_epoch - 1 in keep:
-            checkpoints.append({k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
+    while True:
+        try:
+            model = next(steps)
+        except StopIteration as done:
+            if done.value is not None:
+                checkpoints = done.value.checkpoints()
+            break
+        step += 1
+        if step % steps_per_epoch == 0 and step // steps_per_epoch - 1 in keep and cfg.patience is None:
+            checkpoints.append(cpu_state(model))
     if model is None:
         raise InputError("training took no step (no rows or no epochs)")
     return model.cpu(), checkpoints, time.perf_counter() - t0
@@ -384,8 +444,7 @@ def attributed_steps(
             scores.index_add_(0, idx, s.to("cpu", torch.float64), alpha=lr / (1.0 if cfg.per_target else nv))
             _sgd_update(layers, facts, nb, lr, cfg.weight_decay)
             if epoch in keep and (step + 1) % steps_per_epoch == 0:
-                state = model.state_dict()
-                checkpoints.append({k: v.detach().to("cpu", copy=True) for k, v in state.items()})
+                checkpoints.append(cpu_state(model))
             yield
     train_s = time.perf_counter() - t0
     model.cpu()

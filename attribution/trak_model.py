@@ -213,7 +213,8 @@ def train_trak_valued(
     from .trainer import checkpointed, run_id_for
 
     n, _ = validate(task, train, example_ids, targets)
-    model, checkpoints, train_s = checkpointed(plain_model_steps(task, train, seed=seed), n, task.config)
+    model, checkpoints, train_s = checkpointed(plain_model_steps(task, train, seed=seed, targets=targets), n,
+                                           task.config)
     result = TrainResult(
         model=model, task=task, run_id=run_id or run_id_for(task, example_ids, seed),
         example_ids=list(example_ids), scores=np.zeros(n), per_target=None, checkpoints=checkpoints,

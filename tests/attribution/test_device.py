@@ -101,10 +101,11 @@ def test_auto_without_cuda_is_the_cpu_run(monkeypatch, mlp_task, data):
 
 def test_cpu_run_id_is_unchanged_by_the_device_field(mlp_task):
     """The id is the pre-device formula on the CPU (stored runs keep their ids); so are fields added
-    later (Adam's, precision, target reuse, the model TRAK's ridge) while they keep their defaults."""
+    later (Adam's, precision, target reuse, the model TRAK's ridge, early stopping) while they keep their
+    defaults."""
     ids = ["a", "b"]
     later = {"device", "adam_betas", "adam_eps", "precision", "target_every", "target_pass",
-             "trak_model_damping"}
+             "trak_model_damping", "patience"}
     settings = {k: v for k, v in vars(mlp_task.config).items() if k not in later}
     h = hashlib.sha256()
     h.update(mlp_task.spec.to_json().encode())

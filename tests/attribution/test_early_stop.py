@@ -1,0 +1,121 @@
+"""Early stopping (``TrainConfig.patience``): a run is the same training, written out here epoch by
+epoch, taken to its best epoch on the targets; the driver that cannot stop early refuses it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attribution import (
+    AttributionTask,
+    ModelSpec,
+    TrainConfig,
+    model_left_out,
+    train_model,
+    train_trak_valued,
+    train_with_attribution,
+)
+from attribution.errors import InputError
+from attribution.inrun import plain_model_steps
+from attribution.recipes.mlp import mlp_task
+from attribution.trainer import run_id_for
+
+SPEC = ModelSpec((5, 64, 3))
+# AdamW at a rate that memorizes the flipped labels: the target loss falls for a few epochs, then rises
+FIXED = TrainConfig(epochs=15, batch_size=10, lr=1e-2, optimizer="adamw", weight_decay=0.0, n_checkpoints=2,
+                    trak_k=16)
+PATIENCE = 2
+N, STEPS_PER_EPOCH = 60, 6  # batches of 10
+
+
+def _blobs(n: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    y = rng.integers(0, 3, n)
+    x = rng.normal(size=(n, 5)) + np.eye(3, 5)[y] * 1.5
+    return {"features": torch.tensor(x, dtype=torch.float32), "labels": torch.tensor(y)}
+
+
+def _world():
+    rng = np.random.default_rng(0)
+    train, targets = _blobs(N, rng), _blobs(30, rng)
+    flip = rng.random(N) < 0.3
+    train["labels"][torch.tensor(flip)] = torch.tensor(rng.integers(0, 3, int(flip.sum())))
+    return train, [f"e{i}" for i in range(N)], targets
+
+
+def _task(**changes) -> object:
+    return mlp_task(SPEC, dataclasses.replace(FIXED, **changes))
+
+
+def _curve(train, targets, seed: int, keep: np.ndarray | None = None):
+    """Every epoch's target loss (cross-entropy computed here) and state, training the fixed epochs
+    (on the rows ``keep`` marks)."""
+    losses, states = [], []
+    per_epoch = -(-(N if keep is None else int(keep.sum())) // FIXED.batch_size)
+    for step, model in enumerate(plain_model_steps(_task(), train, seed=seed, keep=keep)):
+        if (step + 1) % per_epoch == 0:
+            with torch.no_grad():
+                losses.append(float(F.cross_entropy(model(targets["features"]), targets["labels"])))
+            states.append({k: v.clone() for k, v in model.state_dict().items()})
+    return losses, states
+
+
+def _same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_plain_training_stops_patience_epochs_after_its_best_and_keeps_the_best():
+    train, _, targets = _world()
+    losses, states = _curve(train, targets, seed=1)
+    best = int(np.argmin(losses))
+    assert 0 < best < FIXED.epochs - PATIENCE - 1  # the world rises after a dip: stopping saves epochs
+    models = list(plain_model_steps(_task(patience=PATIENCE), train, seed=1, targets=targets))
+    assert len(models) == (best + PATIENCE + 1) * STEPS_PER_EPOCH
+    assert _same_state(models[-1].state_dict(), states[best])
+
+
+def test_an_attributed_run_is_the_fixed_run_to_its_best_epoch():
+    """Scores, model and checkpoints (in-run and TRAK-valued) are those of a run of best + 1 epochs."""
+    train, ids, targets = _world()
+    best = int(np.argmin(_curve(train, targets, seed=0)[0]))
+    short = _task(epochs=best + 1)
+    for fit in (train_model, train_trak_valued):
+        stopped = fit(_task(patience=PATIENCE), train, ids, targets, seed=0)
+        fixed = fit(short, train, ids, targets, seed=0)
+        assert np.array_equal(stopped.scores, fixed.scores)
+        assert _same_state(stopped.model.state_dict(), fixed.model.state_dict())
+        assert len(stopped.checkpoints) == len(fixed.checkpoints) == min(2, best + 1)
+        assert all(_same_state(a, b) for a, b in zip(stopped.checkpoints, fixed.checkpoints, strict=True))
+
+
+def test_left_out_retrains_each_stop_at_their_own_best_epoch():
+    train, _, targets = _world()
+    group = np.zeros(N, dtype=bool)
+    group[:20] = True
+    table = model_left_out(_task(patience=PATIENCE), train, targets, {"p": group}, seed=3, runs=2)
+    with_all = np.mean([min(_curve(train, targets, s)[0]) for s in (3, 4)])
+    without = np.mean([min(_curve(train, targets, s, keep=~group)[0]) for s in (3, 4)])
+    row = table.to_pylist()[0]
+    assert row["loss_with"] == pytest.approx(with_all, abs=1e-6)
+    assert row["loss_without"] == pytest.approx(without, abs=1e-6)
+
+
+def test_patience_is_named_in_the_run_id_only_when_set():
+    ids = ["a", "b"]
+    assert "patience" not in FIXED.run_settings()
+    assert run_id_for(_task(), ids, 0) != run_id_for(_task(patience=PATIENCE), ids, 0)
+
+
+def test_early_stopping_refusals():
+    train, ids, targets = _world()
+    with pytest.raises(ValueError, match="patience must be >= 1"):
+        TrainConfig(patience=0)
+    with pytest.raises(InputError, match="pass targets="):
+        next(plain_model_steps(_task(patience=PATIENCE), train, seed=0))
+    mlp = AttributionTask(SPEC, TrainConfig(patience=PATIENCE))
+    x, y = train["features"].numpy(), train["labels"].numpy()
+    with pytest.raises(InputError, match="fixed number of epochs"):
+        train_with_attribution(mlp, x, y, ids, targets["features"].numpy(), targets["labels"].numpy(), seed=0)
