@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from attribution import ModelTask, TrainConfig, train_model, train_model_plain, train_trak_valued
+from attribution import ModelTask, train_model, train_model_plain, train_trak_valued
 from attribution.model_task import LABELS, take
 
 from .lds_models import IMAGE_SIDE, TEXT_MAX_LENGTH, TEXT_VOCAB, synthetic_images, synthetic_text
@@ -60,7 +60,7 @@ class Media:
         return out
 
     def val_loss(self, keep: np.ndarray, labels: np.ndarray, seed: int) -> float:
-        model = train_model_plain(self.task, self.batch(keep, labels), seed=seed)
+        model = train_model_plain(self.task, self.batch(keep, labels), seed=seed, targets=self.val)
         model.eval()
         with torch.no_grad():
             return float(self.task.loss(model, self.val).float().mean())
@@ -158,13 +158,16 @@ def _png(pixels: np.ndarray) -> bytes:
 
 def prepare(kind: str, train_values: list, val_values: list, val_labels: np.ndarray,
             n_classes: int = N_CLASSES) -> Media:
-    """The recipe's task and the encoded rows; SGD with a linearly decayed rate (as the LDS bench)."""
+    """The recipe's task and the encoded rows, trained as the pipeline trains the recipe (its
+    ``TrainingConfig`` defaults: AdamW; the transformer stops early on the validation set)."""
+    from pipelines.assets.training import PAYLOAD_RECIPES, TrainingConfig
+
+    config = TrainingConfig().train_config(PAYLOAD_RECIPES[kind])
     if kind == "text":
         from attribution.recipes import text as recipe
 
         tok = recipe.train_tokenizer(train_values, vocab_size=TEXT_VOCAB)
         tokenizer = recipe.load_tokenizer(tok)
-        config = TrainConfig(epochs=10, batch_size=32, lr=0.5, lr_schedule="linear", weight_decay=1e-4)
         vocab = tokenizer.get_vocab_size()
         task = recipe.text_transformer_task(vocab, n_classes, TEXT_MAX_LENGTH, d_model=64, n_layers=2,
                                             n_heads=4, tokenizer=tok, config=config)
@@ -172,16 +175,16 @@ def prepare(kind: str, train_values: list, val_values: list, val_labels: np.ndar
                                                                                    TEXT_MAX_LENGTH).items()}
         val = {k: torch.as_tensor(np.asarray(v)) for k, v in recipe.encode_texts(tokenizer, val_values,
                                                                                   TEXT_MAX_LENGTH).items()}
-        sizes = {"vocab": vocab, "max_length": TEXT_MAX_LENGTH, "d_model": 64, "layers": 2, "epochs": 10}
+        sizes = {"vocab": vocab, "max_length": TEXT_MAX_LENGTH, "d_model": 64, "layers": 2,
+                 "epochs": config.epochs, "patience": config.patience, "optimizer": config.optimizer}
     else:
         from attribution.recipes import image as recipe
 
         policy = recipe.ImagePolicy(height=IMAGE_SIDE, width=IMAGE_SIDE, mode="RGB", resize="squash")
-        config = TrainConfig(epochs=15, batch_size=32, lr=0.1, lr_schedule="linear", weight_decay=1e-4)
         task = recipe.image_cnn_task(policy, n_classes, config=config)
         rows = {"pixel_values": torch.as_tensor(recipe.decode_images(train_values, policy)).float()}
         val = {"pixel_values": torch.as_tensor(recipe.decode_images(val_values, policy)).float()}
         sizes = {"image": [3, IMAGE_SIDE, IMAGE_SIDE], "uploaded": typical_side(kind, train_values),
-                 "channels": [16, 32], "epochs": 15}
+                 "channels": [16, 32], "epochs": config.epochs, "optimizer": config.optimizer}
     val[LABELS] = torch.as_tensor(val_labels, dtype=torch.int64)
     return Media(kind, task, rows, val, sizes)
