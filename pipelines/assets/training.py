@@ -155,6 +155,8 @@ def recipe_for(config: TrainingConfig, table: pa.Table, field: str | None) -> tu
         raise dg.Failure(f"recipe {config.recipe!r} is unknown; use auto, mlp, {', '.join(RECIPE_KINDS)}")
     if config.model_dir is not None and config.recipe != HF_RECIPE:
         raise dg.Failure(f"model_dir is read by recipe {HF_RECIPE!r} only, not {config.recipe!r}")
+    if config.patience is not None and config.patience < 0:
+        raise dg.Failure(f"patience must be >= 0 epochs (0: train every epoch), got {config.patience}")
     kind = None
     if field and field in table.column_names:
         t = table.schema.field(field).type
@@ -238,6 +240,9 @@ def train_labeled(
         mask = np.r_[np.zeros(table.num_rows, bool), np.ones(validation.num_rows, bool)]
         table = pa.concat_tables([table, validation], promote_options="permissive")
     recipe, column = recipe_for(config, table, field)
+    if recipe == "mlp" and config.patience:
+        raise dg.Failure(f"patience ({config.patience}) stops the text and image recipes early; the mlp "
+                         "recipe trains every epoch: set patience to 0 or unset, and choose its epochs")
     cfg = config.train_config(recipe)
     if (recipe == HF_RECIPE) != (local is not None):
         raise dg.Failure(f"only recipe {HF_RECIPE!r} starts from a local model, and needs one ({recipe!r})")

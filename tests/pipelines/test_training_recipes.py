@@ -82,3 +82,15 @@ def test_a_text_run_pays_by_trak_value_and_is_the_same_bytes_twice():
     _, inrun = train_labeled(_texts(), TrainingConfig(**{**config.model_dump(), "value": "inrun"}),
                              run_id="r", field="text")
     assert set(inrun.example_attribution["method"].to_pylist()) == {"inrun_adamw"}
+
+
+def test_the_transformer_stops_early_by_default_and_the_mlp_refuses_to():
+    assert TrainingConfig().train_config("text-transformer").patience == 2
+    assert TrainingConfig(patience=0).train_config("text-transformer").patience is None
+    assert TrainingConfig(patience=3).train_config("image-cnn").patience == 3
+    assert TrainingConfig().train_config("mlp").patience is None
+    with pytest.raises(dg.Failure, match="patience must be >= 0 epochs"):
+        recipe_for(TrainingConfig(patience=-1), _table(pa.array(["a"]), "x"), "x")
+    numeric = pa.table({"example_id": ["a", "b"], "f": [0.0, 1.0], "label": ["x", "y"]})
+    with pytest.raises(dg.Failure, match="the mlp recipe trains every epoch"):
+        train_labeled(numeric, TrainingConfig(patience=2), run_id="r")
