@@ -526,6 +526,7 @@ def model_steps(
         checkpoints=checkpoints,
         timings={"train_s": train_s},
         method=METHODS[cfg.optimizer],
+        epochs=cfg.epochs if stop is None else stop.best + 1,
     )
 
 

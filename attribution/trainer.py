@@ -61,6 +61,7 @@ class TrainResult:
     features: object | None = None  # trak.TrakFeatures, or trak_model.ModelTrakFeatures (valued_by_trak)
     timings: dict[str, float] = field(default_factory=dict)
     method: str = INRUN_METHOD
+    epochs: int | None = None  # epochs the model trained: the best epoch's count where it stopped early
 
     @property
     def example_attribution(self) -> pa.Table:
@@ -287,29 +288,29 @@ class EarlyStop:
 
 def checkpointed(
     steps: Generator[nn.Module, None, EarlyStop | None], n_rows: int, cfg: TrainConfig
-) -> tuple[nn.Module, list[dict[str, torch.Tensor]], float]:
+) -> tuple[nn.Module, list[dict[str, torch.Tensor]], float, int]:
     """Drive plain training steps (``plain_steps``, ``inrun.plain_model_steps``) to the end, keeping the
     checkpoints an attributed run keeps (``checkpoint_epochs``, as CPU copies; those of the best epochs
     where the steps stopped early and return their ``EarlyStop``): the trained model (on the CPU), the
-    checkpoints and the seconds it took."""
+    checkpoints, the seconds it took and the epochs the model trained."""
     keep = set(checkpoint_epochs(cfg.epochs, cfg.n_checkpoints))
     steps_per_epoch = -(-n_rows // cfg.batch_size)
     checkpoints: list[dict[str, torch.Tensor]] = []
-    model, step = None, 0
+    model, step, epochs = None, 0, cfg.epochs
     t0 = time.perf_counter()
     while True:
         try:
             model = next(steps)
         except StopIteration as done:
             if done.value is not None:
-                checkpoints = done.value.checkpoints()
+                checkpoints, epochs = done.value.checkpoints(), done.value.best + 1
             break
         step += 1
         if step % steps_per_epoch == 0 and step // steps_per_epoch - 1 in keep and cfg.patience is None:
             checkpoints.append(cpu_state(model))
     if model is None:
         raise InputError("training took no step (no rows or no epochs)")
-    return model.cpu(), checkpoints, time.perf_counter() - t0
+    return model.cpu(), checkpoints, time.perf_counter() - t0, epochs
 
 
 def train_plain(task: AttributionTask, X: object, y: object, *, seed: int) -> nn.Module:
@@ -461,6 +462,7 @@ def attributed_steps(
         per_target=per_target,
         checkpoints=checkpoints,
         timings={"train_s": train_s},
+        epochs=cfg.epochs,
     )
     if with_features:
         from .trak import build_features

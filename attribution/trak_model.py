@@ -213,12 +213,12 @@ def train_trak_valued(
     from .trainer import checkpointed, run_id_for
 
     n, _ = validate(task, train, example_ids, targets)
-    model, checkpoints, train_s = checkpointed(plain_model_steps(task, train, seed=seed, targets=targets), n,
-                                           task.config)
+    steps = plain_model_steps(task, train, seed=seed, targets=targets)
+    model, checkpoints, train_s, epochs = checkpointed(steps, n, task.config)
     result = TrainResult(
         model=model, task=task, run_id=run_id or run_id_for(task, example_ids, seed),
         example_ids=list(example_ids), scores=np.zeros(n), per_target=None, checkpoints=checkpoints,
-        timings={"train_s": train_s},
+        timings={"train_s": train_s}, epochs=epochs,
     )
     return valued_by_trak(result, model_features(task, checkpoints, train, seed=seed), targets)
 

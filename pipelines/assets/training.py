@@ -441,6 +441,7 @@ def training_outputs(
             "heldout_accuracy": float(accuracy),
             "measured_against": targets,
             "train_s": float(result.timings.get("train_s", 0.0)),
+            "epochs_trained": result.epochs,
         },
     )
     yield dg.Output(

@@ -86,6 +86,7 @@ def test_an_attributed_run_is_the_fixed_run_to_its_best_epoch():
         stopped = fit(_task(patience=PATIENCE), train, ids, targets, seed=0)
         fixed = fit(short, train, ids, targets, seed=0)
         assert np.array_equal(stopped.scores, fixed.scores)
+        assert stopped.epochs == fixed.epochs == best + 1
         assert _same_state(stopped.model.state_dict(), fixed.model.state_dict())
         assert len(stopped.checkpoints) == len(fixed.checkpoints) == min(2, best + 1)
         assert all(_same_state(a, b) for a, b in zip(stopped.checkpoints, fixed.checkpoints, strict=True))
