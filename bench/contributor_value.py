@@ -773,9 +773,11 @@ def payload_world(args) -> tuple[World, None]:
     print(f"data: {args.data or 'synthetic'} {args.kind} ({len(world.yv)} validation rows, true labels; "
           f"training {world.examples.num_rows} examples, {len(world.classes)} classes); torch threads "
           f"{torch.get_num_threads()}", flush=True)
-    print(f"model: the {media.task.name} recipe {media.sizes}, SGD lr {cfg.lr} ({cfg.lr_schedule} "
-          f"decay), batch {cfg.batch_size}; labels = {args.consensus} consensus of {PER_EXAMPLE} answers "
-          "per example (refitted for every retrain)", flush=True)
+    stop = f", stops {cfg.patience} epochs after its best" if cfg.patience else ""
+    print(f"model: the {media.task.name} recipe {media.sizes} as the pipeline trains it: {cfg.optimizer} lr "
+          f"{cfg.lr} ({cfg.lr_schedule}), batch {cfg.batch_size}, at most {cfg.epochs} epochs{stop}; labels "
+          f"= {args.consensus} consensus of {PER_EXAMPLE} answers per example (refitted for every retrain)",
+          flush=True)
     return world, None
 
 

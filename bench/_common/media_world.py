@@ -175,8 +175,7 @@ def prepare(kind: str, train_values: list, val_values: list, val_labels: np.ndar
                                                                                    TEXT_MAX_LENGTH).items()}
         val = {k: torch.as_tensor(np.asarray(v)) for k, v in recipe.encode_texts(tokenizer, val_values,
                                                                                   TEXT_MAX_LENGTH).items()}
-        sizes = {"vocab": vocab, "max_length": TEXT_MAX_LENGTH, "d_model": 64, "layers": 2,
-                 "epochs": config.epochs, "patience": config.patience, "optimizer": config.optimizer}
+        sizes = {"vocab": vocab, "max_length": TEXT_MAX_LENGTH, "d_model": 64, "layers": 2}
     else:
         from attribution.recipes import image as recipe
 
@@ -185,6 +184,6 @@ def prepare(kind: str, train_values: list, val_values: list, val_labels: np.ndar
         rows = {"pixel_values": torch.as_tensor(recipe.decode_images(train_values, policy)).float()}
         val = {"pixel_values": torch.as_tensor(recipe.decode_images(val_values, policy)).float()}
         sizes = {"image": [3, IMAGE_SIDE, IMAGE_SIDE], "uploaded": typical_side(kind, train_values),
-                 "channels": [16, 32], "epochs": config.epochs, "optimizer": config.optimizer}
+                 "channels": [16, 32]}
     val[LABELS] = torch.as_tensor(val_labels, dtype=torch.int64)
     return Media(kind, task, rows, val, sizes)
