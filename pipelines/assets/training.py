@@ -72,6 +72,7 @@ class TrainingConfig(dg.Config):
     epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
+    lr_schedule: str | None = None  # "constant" or "linear" (to zero over `epochs`); None: the recipe's
     optimizer: str | None = None
     weight_decay: float = 1e-4
     # stop once this many epochs pass without a lower target loss, keeping the best epoch (`epochs` is then
@@ -108,6 +109,7 @@ class TrainingConfig(dg.Config):
             epochs=self.epochs or defaults["epochs"],
             batch_size=self.batch_size or defaults["batch_size"],
             lr=self.lr if self.lr is not None else defaults["lr"],
+            lr_schedule=self.lr_schedule or defaults["lr_schedule"],
             optimizer=self.optimizer or defaults["optimizer"],
             weight_decay=self.weight_decay,
             trak_k=self.trak_k if self.trak_k is not None else defaults["trak_k"],
@@ -134,14 +136,15 @@ class TrainingConfig(dg.Config):
 # transformer stops early (patience 2 of at most 10 epochs): on the text demo its target loss was lowest
 # after 3-4 epochs and rose by 0.2 over the next 6, which made every provider's left-out value negative.
 RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "mlp": {"epochs": 20, "batch_size": 64, "lr": 0.1, "optimizer": "sgd", "trak_k": 256, "patience": None},
-    "text-transformer": {"epochs": 10, "batch_size": 32, "lr": 1e-3, "optimizer": "adamw", "trak_k": 128,
-                         "patience": 2},
-    "image-cnn": {"epochs": 15, "batch_size": 32, "lr": 3e-3, "optimizer": "adamw", "trak_k": 128,
-                  "patience": None},
+    "mlp": dict(epochs=20, batch_size=64, lr=0.1, lr_schedule="constant", optimizer="sgd", trak_k=256,
+                patience=None),
+    "text-transformer": dict(epochs=10, batch_size=32, lr=1e-3, lr_schedule="constant", optimizer="adamw",
+                             trak_k=128, patience=2),
+    "image-cnn": dict(epochs=15, batch_size=32, lr=3e-3, lr_schedule="constant", optimizer="adamw",
+                      trak_k=128, patience=None),
     # a pretrained model moves little: a few epochs at a fine-tuning rate (attribution's HF_CONFIG)
-    "hf-local": {"epochs": 3, "batch_size": 16, "lr": 5e-5, "optimizer": "adamw", "trak_k": 128,
-                 "patience": None},
+    "hf-local": dict(epochs=3, batch_size=16, lr=5e-5, lr_schedule="constant", optimizer="adamw", trak_k=128,
+                     patience=None),
 }
 PAYLOAD_RECIPES = {"text": "text-transformer", "image": "image-cnn"}  # what `auto` picks per payload kind
 HF_RECIPE = "hf-local"
