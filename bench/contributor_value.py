@@ -8,8 +8,9 @@
 From any labeled tabular dataset (scikit-learn's bundled digits by default; nothing is
 downloaded), or with ``--kind text|image`` from a Parquet file's text or encoded-image column (PNG/JPEG
 bytes, any size: the model squashes them to 16x16) or synthetic sentences or 32x32 PNGs it makes
-itself (``bench/_common/media_world.py``: the recipes' text transformer / CNN, paid as the pipeline
-pays them, ``attribution.train_trak_valued``; at most 200 validation and 800 pool rows, about 1,100
+itself (``bench/_common/media_world.py``: the recipes' text transformer / CNN, trained with the
+pipeline's own settings for them (``RECIPE_DEFAULTS``: AdamW; the transformer stops early) and paid
+as the pipeline pays them, ``attribution.train_trak_valued``; at most 200 validation and 800 pool rows, about 1,100
 training examples with the faults' own, a few minutes on 2 cores), it builds a small world with known
 faults:
 
@@ -80,7 +81,7 @@ false flags among the honest providers (the copied originals counted apart: they
 partners, not false flags), and junk (and noisy) examples flagged as outliers. The pipeline has no
 outlier detection, so its outlier figures are null. ``detection`` in the JSON line holds the counts.
 
-Model: an MLP (one hidden layer of 64) trained by SGD with a linearly decayed rate, so a
+Model (tabular): an MLP (one hidden layer of 64) trained by SGD with a linearly decayed rate, so a
 retrain converges and the leave-one-out differences are not SGD noise. At most 300 validation
 and 1,500 pool rows of the data are used, so the default run takes about 3 minutes on 2 cores
 (136 small retrains for the truth; 4 attributed runs, each with its 66 left-out retrains).

@@ -158,6 +158,8 @@ def recipe_for(config: TrainingConfig, table: pa.Table, field: str | None) -> tu
         raise dg.Failure(f"recipe {config.recipe!r} is unknown; use auto, mlp, {', '.join(RECIPE_KINDS)}")
     if config.model_dir is not None and config.recipe != HF_RECIPE:
         raise dg.Failure(f"model_dir is read by recipe {HF_RECIPE!r} only, not {config.recipe!r}")
+    if config.lr_schedule not in (None, "constant", "linear"):
+        raise dg.Failure(f"lr_schedule {config.lr_schedule!r} is unknown; use constant or linear (to zero)")
     if config.patience is not None and config.patience < 0:
         raise dg.Failure(f"patience must be >= 0 epochs (0: train every epoch), got {config.patience}")
     kind = None

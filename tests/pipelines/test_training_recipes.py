@@ -90,6 +90,8 @@ def test_the_transformer_stops_early_by_default_and_the_mlp_refuses_to():
     assert TrainingConfig(patience=3).train_config("image-cnn").patience == 3
     assert TrainingConfig().train_config("mlp").patience is None
     assert TrainingConfig(lr_schedule="linear").train_config("image-cnn").lr_schedule == "linear"
+    with pytest.raises(dg.Failure, match="lr_schedule 'cosine' is unknown"):
+        recipe_for(TrainingConfig(lr_schedule="cosine"), _table(pa.array(["a"]), "x"), "x")
     with pytest.raises(dg.Failure, match="patience must be >= 0 epochs"):
         recipe_for(TrainingConfig(patience=-1), _table(pa.array(["a"]), "x"), "x")
     numeric = pa.table({"example_id": ["a", "b"], "f": [0.0, 1.0], "label": ["x", "y"]})
