@@ -28,7 +28,9 @@ Mode = Literal["RGB", "L"]
 # crop: scale the shorter side to cover it, then cut the centre.
 Resize = Literal["none", "squash", "crop"]
 FILTER = "bilinear"  # the one resampling filter, recorded in the policy's JSON
-IMAGE_CONFIG = TrainConfig(epochs=10, batch_size=32, optimizer="adamw", lr=1e-3)
+# AdamW with its rate decayed to zero: at a constant rate the last epochs' noise outweighed what most
+# providers' data did (the royalty bench's image world: its truth agreed with itself at 0.26, 0.90 decayed).
+IMAGE_CONFIG = TrainConfig(epochs=10, batch_size=32, optimizer="adamw", lr=1e-3, lr_schedule="linear")
 
 
 @dataclass(frozen=True)

@@ -140,7 +140,7 @@ RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
                 patience=None),
     "text-transformer": dict(epochs=10, batch_size=32, lr=1e-3, lr_schedule="constant", optimizer="adamw",
                              trak_k=128, patience=2),
-    "image-cnn": dict(epochs=15, batch_size=32, lr=3e-3, lr_schedule="constant", optimizer="adamw",
+    "image-cnn": dict(epochs=15, batch_size=32, lr=3e-3, lr_schedule="linear", optimizer="adamw",
                       trak_k=128, patience=None),
     # a pretrained model moves little: a few epochs at a fine-tuning rate (attribution's HF_CONFIG)
     "hf-local": dict(epochs=3, batch_size=16, lr=5e-5, lr_schedule="constant", optimizer="adamw", trak_k=128,
