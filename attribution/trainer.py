@@ -293,7 +293,8 @@ def checkpointed(
     checkpoints an attributed run keeps (``checkpoint_epochs``, as CPU copies; those of the best epochs
     where the steps stopped early and return their ``EarlyStop``): the trained model (on the CPU), the
     checkpoints, the seconds it took and the epochs the model trained."""
-    keep = set(checkpoint_epochs(cfg.epochs, cfg.n_checkpoints))
+    # where the steps stop early, their EarlyStop holds every epoch's state: none is copied here
+    keep = set(checkpoint_epochs(cfg.epochs, cfg.n_checkpoints)) if cfg.patience is None else set()
     steps_per_epoch = -(-n_rows // cfg.batch_size)
     checkpoints: list[dict[str, torch.Tensor]] = []
     model, step, epochs = None, 0, cfg.epochs
@@ -306,7 +307,7 @@ def checkpointed(
                 checkpoints, epochs = done.value.checkpoints(), done.value.best + 1
             break
         step += 1
-        if step % steps_per_epoch == 0 and step // steps_per_epoch - 1 in keep and cfg.patience is None:
+        if step % steps_per_epoch == 0 and step // steps_per_epoch - 1 in keep:
             checkpoints.append(cpu_state(model))
     if model is None:
         raise InputError("training took no step (no rows or no epochs)")
