@@ -166,6 +166,10 @@ class UserData:
     field: str
     choices: tuple[str, ...]
     truth_col: str
+    # Where pay is measured (the validation set): the owner's own file of held-out rows (payload and
+    # `truth_col`), or a tenth of the `trusted` providers' rows (every provider's when none is named).
+    validation: Path | None = None
+    trusted: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -217,38 +221,29 @@ def prepare_data(settings: Settings, limit: int | None) -> DemoData:
 
 def prepare_user_data(settings: Settings, data: UserData, limit: int | None) -> DemoData:
     """The user's dataset without its truth column, written once under the demo's home (named by its
-    content, so a rerun registers the same version), and the truth keyed by example id. A tenth of
-    the examples (chosen by a hash of the example id, so no provider is favoured) is held out with its
-    true labels as the version's validation set: the trusted targets pay is measured on."""
+    content, so a rerun registers the same version), and the truth keyed by example id.
+
+    The validation set (the trusted targets pay is measured on, with their true labels) is the owner's
+    file (`data.validation`), or else a tenth of the rows of the `trusted` providers, chosen by a hash of
+    the example id, held out of training (of every provider's rows when none is named). Why it matters:
+    value is measured against the validation rows' distribution, so holding out a noisy provider's rows
+    pays that provider for teaching the model its own noise (the text demo paid `forum-noisy` most so)."""
     payload = Payload(data.kind, data.field)
-    try:
-        table = load_source(str(data.path), payload=payload)
-    except DatasetError as exc:
-        raise DemoError(str(exc)) from None
-    if data.truth_col not in table.column_names or data.truth_col in (*RESERVED, data.field):
-        raise DemoError(
-            f"--truth-col {data.truth_col!r} must name a column of {data.path} other than the payload "
-            f"and {list(RESERVED)}; its columns: {table.column_names}"
-        )
+    table = _user_table(data.path, payload, data)
     if limit is not None:
         table = table.slice(0, limit)
-    labels = table[data.truth_col].to_pylist()
-    unlabeled = [i for i, v in enumerate(labels) if v is None or str(v) == ""]
-    if unlabeled:
-        raise DemoError(f"{data.path}: rows {unlabeled[:10]} have no true label in {data.truth_col!r}")
-    unknown = sorted({str(v) for v in labels} - set(data.choices))
-    if unknown:
-        raise DemoError(
-            f"true labels {unknown[:10]} in {data.truth_col!r} are not among --choices {list(data.choices)}"
-        )
+    labels = [str(v) for v in table[data.truth_col].to_pylist()]
     rows = table.drop_columns([data.truth_col, "source"])  # the truth never reaches the pipeline
     payload_cols = [c for c in rows.column_names if c not in RESERVED]
     ids = [example_id(r) for r in rows.select(payload_cols).to_pylist()]
-    held = np.array([held_out(i) for i in ids])
-    held &= ~np.isin(ids, np.asarray(ids)[~held])  # a copy of a training example is never a target
-    validation = rows.select(payload_cols).filter(pa.array(held)).append_column(
-        "label", pa.array([str(v) for v, h in zip(labels, held, strict=True) if h], pa.string())
-    )
+    if data.validation is not None:
+        held = np.zeros(len(ids), dtype=bool)
+        validation = _owner_validation(data, payload, payload_cols, ids)
+    else:
+        held = _held_rows(ids, rows["provider"].to_pylist(), data.trusted)
+        validation = rows.select(payload_cols).filter(pa.array(held)).append_column(
+            "label", pa.array([v for v, h in zip(labels, held, strict=True) if h], pa.string())
+        )
     rows = rows.filter(pa.array(~held))
     buf = io.BytesIO()
     pq.write_table(rows, buf)
@@ -259,7 +254,7 @@ def prepare_user_data(settings: Settings, data: UserData, limit: int | None) -> 
     source.write_bytes(buf.getvalue())
     held_path = source.with_name("validation.parquet")
     pq.write_table(validation, held_path)
-    truth = {i: str(v) for i, v, h in zip(ids, labels, held, strict=True) if not h}
+    truth = {i: v for i, v, h in zip(ids, labels, held, strict=True) if not h}
     return DemoData(
         version,
         source,
@@ -272,6 +267,82 @@ def prepare_user_data(settings: Settings, data: UserData, limit: int | None) -> 
         tuple(rows[data.field].to_pylist()[:5]),
         held_path if validation.num_rows else None,
     )
+
+
+def _user_table(path: Path, payload: Payload, data: UserData, provider: str | None = None) -> pa.Table:
+    """A `--data` (or `--validation`) file read as a source, refused unless every row has a true label
+    in `data.truth_col` among `data.choices`."""
+    try:
+        table = load_source(str(path), payload=payload, provider=provider)
+    except DatasetError as exc:
+        raise DemoError(str(exc)) from None
+    if data.truth_col not in table.column_names or data.truth_col in (*RESERVED, data.field):
+        raise DemoError(
+            f"--truth-col {data.truth_col!r} must name a column of {path} other than the payload "
+            f"and {list(RESERVED)}; its columns: {table.column_names}"
+        )
+    labels = table[data.truth_col].to_pylist()
+    unlabeled = [i for i, v in enumerate(labels) if v is None or str(v) == ""]
+    if unlabeled:
+        raise DemoError(f"{path}: rows {unlabeled[:10]} have no true label in {data.truth_col!r}")
+    unknown = sorted({str(v) for v in labels} - set(data.choices))
+    if unknown:
+        raise DemoError(
+            f"{path}: true labels {unknown[:10]} in {data.truth_col!r} are not among --choices "
+            f"{list(data.choices)}"
+        )
+    return table
+
+
+def _held_rows(ids: list[str], providers: list[str], trusted: Sequence[str]) -> np.ndarray:
+    """Which rows a `--data` demo holds out as validation targets: a tenth (`held_out`) of the trusted
+    providers' rows (every provider's when none is named), never a copy of a row it trains on."""
+    unknown = sorted(set(trusted) - set(providers))
+    if unknown:
+        raise DemoError(f"--trusted names {unknown} but the data's providers are {sorted(set(providers))}")
+    candidate = np.isin(providers, list(trusted)) if trusted else np.ones(len(ids), dtype=bool)
+    held = candidate & np.array([held_out(i) for i in ids], dtype=bool)
+    held &= ~np.isin(ids, np.asarray(ids)[~held])  # a copy of a training example is never a target
+    if trusted and not held.any():
+        raise DemoError(
+            f"the trusted providers {sorted(trusted)} hold too few rows for a validation tenth "
+            f"({int(candidate.sum())} rows): name more of them, or give --validation FILE"
+        )
+    return held
+
+
+def _owner_validation(data: UserData, payload: Payload, payload_cols: list[str], ids: list[str]) -> pa.Table:
+    """The owner's `--validation` file as the demo's validation set (payload columns, `label`),
+    refused as `caravan ingest --validation` refuses one (`validation_examples`): empty, other payload
+    columns than the data's, or sharing an example with it."""
+    from pipelines.datasets import validation_examples
+
+    table = _user_table(data.validation, payload, data, provider="validation")
+    kept = [c for c in table.column_names if c not in (*RESERVED, data.truth_col)]
+    if "label" in kept:
+        raise DemoError(f"--validation {data.validation}: its true labels are in {data.truth_col!r} "
+                        "(--truth-col); rename or drop its other column 'label'")
+    labels = pa.array([str(v) for v in table[data.truth_col].to_pylist()], pa.string())
+    table = table.select(kept).append_column("label", labels)
+    dataset = pa.table({"example_id": ids, **{c: pa.nulls(len(ids)) for c in payload_cols}})
+    try:
+        validation_examples(table, dataset, data.choices)
+    except DatasetError as exc:
+        raise DemoError(f"--validation {data.validation}: {exc}") from None
+    return table.select([*payload_cols, "label"])
+
+
+def validation_line(demo: DemoData, data: UserData | None) -> str:
+    """Where the demo measures pay, for its log: what its validation set holds and where it came from."""
+    n = pq.read_metadata(demo.validation).num_rows if demo.validation else 0
+    if data is None:
+        return f"validation: the owner's {n} clean test digits (pay is measured on them)"
+    if data.validation is not None:
+        return f"validation: the {n} examples of {data.validation.name} (pay is measured on them)"
+    if data.trusted:
+        return f"validation: {n} held-out examples of {', '.join(data.trusted)} (pay is measured on them)"
+    return (f"validation: {n} held-out examples, a tenth of every provider's (--trusted PROVIDERS or "
+            "--validation FILE measures pay on the data the model will serve instead)")
 
 
 def held_out(example: str, every: int = 10) -> bool:
@@ -483,6 +554,7 @@ def run_demo(
         ensure_services(settings, start=start_services)
         demo = prepare_data(settings, limit) if data is None else prepare_user_data(settings, data, limit)
         say(f"data: {len(demo.truth)} {demo.kind} examples, {len(demo.providers)} providers ({demo.version})")
+        say(validation_line(demo, data))
         instance = register_demo_data(settings, demo, private=private)
         say("labelers: 4 simulated annotators of known accuracy answer in Label Studio")
         client = LabelStudioClient(settings.labelstudio_url, labelstudio_token())

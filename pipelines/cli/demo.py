@@ -62,6 +62,21 @@ def demo(
             "from it; it is dropped before ingest, so training sees it only through their answers."
         ),
     ] = None,
+    validation: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --data: the owner's held-out examples (the payload column and --truth-col, none of "
+            "them in --data) that pay is measured on. Default: a tenth of --trusted's rows."
+        ),
+    ] = None,
+    trusted: Annotated[
+        str | None,
+        typer.Option(
+            help="With --data: comma-separated providers whose data is what the model will serve; a tenth "
+            "of their rows is held out as the validation set pay is measured on (default: every "
+            "provider's, which pays a noisy provider for teaching the model its own noise)."
+        ),
+    ] = None,
     model_dir: Annotated[
         Path | None,
         typer.Option(
@@ -80,7 +95,7 @@ def demo(
     from provenance import ProvenanceError
 
     with clean_errors(DemoError, ProvenanceError), console.status("starting") as status:
-        user_data = _user_data(data, kind, field, choices, truth_col)
+        user_data = _user_data(data, kind, field, choices, truth_col, validation, trusted)
         training = _hf_training(model_dir, user_data)
 
         def say(step: str) -> None:
@@ -146,16 +161,22 @@ def demo(
 
 
 def _user_data(
-    data: Path | None, kind: str | None, field: str | None, choices: str | None, truth_col: str | None
+    data: Path | None, kind: str | None, field: str | None, choices: str | None, truth_col: str | None,
+    validation: Path | None = None, trusted: str | None = None,
 ):
-    """`--data` and its four companions as one `UserData` (None without --data), or one error."""
+    """`--data` and its companions as one `UserData` (None without --data), or one error."""
     from pipelines.demo import UserData
 
     given = {"--kind": kind, "--field": field, "--choices": choices, "--truth-col": truth_col}
+    optional = {"--validation": validation, "--trusted": trusted}
     if data is None:
-        if any(v is not None for v in given.values()):
-            raise CaravanError(f"{', '.join(k for k, v in given.items() if v is not None)} need --data FILE")
+        stray = [k for k, v in {**given, **optional}.items() if v is not None]
+        if stray:
+            raise CaravanError(f"{', '.join(stray)} need --data FILE")
         return None
+    if validation is not None and trusted is not None:
+        raise CaravanError("give --validation FILE or --trusted PROVIDERS, not both: a validation file "
+                           "replaces the held-out tenth")
     missing = [k for k, v in given.items() if not v]
     if missing:
         raise CaravanError(
@@ -165,7 +186,10 @@ def _user_data(
     labels = tuple(c.strip() for c in choices.split(",") if c.strip())
     if kind not in ("text", "image") or not labels:
         raise CaravanError("--kind must be text or image, and --choices must name at least one label")
-    return UserData(data, kind, field, labels, truth_col)
+    names = tuple(sorted({t.strip() for t in (trusted or "").split(",") if t.strip()}))
+    if trusted is not None and not names:
+        raise CaravanError("--trusted must name at least one provider of --data (comma-separated)")
+    return UserData(data, kind, field, labels, truth_col, validation, names)
 
 
 def _hf_training(model_dir: Path | None, data) -> dict | None:  # noqa: ANN001 (a UserData or None)

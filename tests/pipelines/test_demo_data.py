@@ -140,6 +140,74 @@ def test_demo_data_drops_the_truth_before_ingest_and_keys_it_by_example_id(tmp_p
     assert serving_input("text", demo.samples[0]) == demo.samples[0]
 
 
+def test_demo_data_holds_out_only_the_trusted_providers_rows(tmp_path, monkeypatch):
+    monkeypatch.setenv("CARAVAN_HOME", str(tmp_path / "home"))
+    source = _texts(tmp_path, 400)
+    original = pa_csv.read_csv(source).to_pylist()
+    trusted = ("newsroom-a", "blog-c")
+    data = UserData(source, "text", "text", TOPICS, "label", trusted=trusted)
+    demo = prepare_user_data(load_settings(), data, limit=None)
+    held = pq.read_table(demo.validation).to_pylist()
+    by_text = {r["text"]: r for r in original}
+    assert {by_text[r["text"]]["provider"] for r in held} == set(trusted)
+    assert all(by_text[r["text"]]["label"] == r["label"] for r in held)
+    # exactly the hash tenth of the trusted rows: the same rows every provider's tenth would pick among them
+    expected = {
+        r["text"] for r in original if r["provider"] in trusted and held_out(example_id({"text": r["text"]}))
+    }
+    assert {r["text"] for r in held} == expected and len(held) + len(demo.truth) == len(original)
+    assert set(pq.read_table(demo.source)["provider"].to_pylist()) == {r["provider"] for r in original}
+
+
+def test_demo_data_measures_pay_on_the_owners_validation_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("CARAVAN_HOME", str(tmp_path / "home"))
+    module = make_texts_module()
+    source = _texts(tmp_path, 60)
+    owner = tmp_path / "owner.parquet"
+    rows = module.make_texts(90, seed=7).drop_columns(["provider"]).slice(60)
+    pq.write_table(rows, owner)
+    data = UserData(source, "text", "text", TOPICS, "label", owner)
+    demo = prepare_user_data(load_settings(), data, limit=None)
+    assert len(demo.truth) == 60  # nothing of --data is held out
+    held = pq.read_table(demo.validation)
+    assert held.column_names == ["text", "label"]
+    assert held.to_pylist() == rows.select(["text", "label"]).to_pylist()
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        (lambda data: data.slice(0, 0), r"empty"),
+        (lambda data: data.slice(0, 5), r"5 validation examples are also in the dataset"),
+        (lambda data: data.set_column(2, "label", pa.array(["opera"] * data.num_rows)),
+         r"true labels \['opera'\] in 'label' are not among --choices"),
+        (lambda data: data.append_column("note", pa.array(["x"] * data.num_rows)),
+         r"validation payload columns \['text', 'note'\] differ from the dataset's \['text'\]"),
+    ],
+)
+def test_a_bad_validation_file_is_refused(tmp_path, monkeypatch, rows, message):
+    monkeypatch.setenv("CARAVAN_HOME", str(tmp_path / "home"))
+    source = _texts(tmp_path, 60)
+    owner = tmp_path / "owner.parquet"
+    pq.write_table(rows(pa_csv.read_csv(source)), owner)
+    with pytest.raises(DemoError, match=message):
+        prepare_user_data(load_settings(), UserData(source, "text", "text", TOPICS, "label", owner), None)
+
+
+@pytest.mark.parametrize(
+    "trusted, message",
+    [
+        (("newsroom-a", "nobody"), r"--trusted names \['nobody'\] but the data's providers are"),
+        (("newsroom-a",), r"the trusted providers \['newsroom-a'\] hold too few rows"),
+    ],
+)
+def test_bad_trusted_providers_are_refused(tmp_path, monkeypatch, trusted, message):
+    monkeypatch.setenv("CARAVAN_HOME", str(tmp_path / "home"))
+    data = UserData(_texts(tmp_path, 12), "text", "text", TOPICS, "label", trusted=trusted)
+    with pytest.raises(DemoError, match=message):
+        prepare_user_data(load_settings(), data, limit=None)
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -172,6 +240,14 @@ def test_cli_demo_data_needs_its_companions(tmp_path):
     assert lonely.exit_code == 1 and "--data needs --field, --choices, --truth-col too" in lonely.stderr
     stray = runner.invoke(app, ["demo", "--truth-col", "label"])
     assert stray.exit_code == 1 and "--truth-col need --data FILE" in stray.stderr
+    stray = runner.invoke(app, ["demo", "--trusted", "a"])
+    assert stray.exit_code == 1 and "--trusted need --data FILE" in stray.stderr
+    full = ["demo", "--data", str(tmp_path / "t.csv"), "--kind", "text", "--field", "text"]
+    full += ["--choices", "a,b", "--truth-col", "label"]
+    both = runner.invoke(app, [*full, "--trusted", "a", "--validation", str(tmp_path / "v.csv")])
+    assert both.exit_code == 1 and "give --validation FILE or --trusted PROVIDERS, not both" in both.stderr
+    empty = runner.invoke(app, [*full, "--trusted", " , "])
+    assert empty.exit_code == 1 and "--trusted must name at least one provider" in empty.stderr
 
 
 @pytest.mark.parametrize("kind", ["text", "image"])
