@@ -226,8 +226,8 @@ def prepare_user_data(settings: Settings, data: UserData, limit: int | None) -> 
     The validation set (the trusted targets pay is measured on, with their true labels) is the owner's
     file (`data.validation`), or else a tenth of the rows of the `trusted` providers, chosen by a hash of
     the example id, held out of training (of every provider's rows when none is named). Why it matters:
-    value is measured against the validation rows' distribution, so holding out a noisy provider's rows
-    pays that provider for teaching the model its own noise (the text demo paid `forum-noisy` most so)."""
+    value is measured on the validation rows, so rows held out of a noisy provider value whatever teaches
+    the model that noise, which may be only that provider's own data."""
     payload = Payload(data.kind, data.field)
     table = _user_table(data.path, payload, data)
     if limit is not None:

@@ -74,7 +74,7 @@ def demo(
         typer.Option(
             help="With --data: comma-separated providers whose data is what the model will serve; a tenth "
             "of their rows is held out as the validation set pay is measured on (default: every "
-            "provider's, which pays a noisy provider for teaching the model its own noise)."
+            "provider's, noisy ones' too, which values whatever teaches the model their noise)."
         ),
     ] = None,
     model_dir: Annotated[

@@ -31,7 +31,8 @@ SHAPES = ("disc", "square", "bar")
 def _texts(folder: Path, rows: int = 120) -> UserData:
     path = folder / "texts.csv"
     make_texts_module().write(make_texts_module().make_texts(rows, seed=3), path)
-    return UserData(path, "text", "text", TOPICS, "label")
+    # the validation tenth comes from three of the five providers' rows (not forum-noisy's)
+    return UserData(path, "text", "text", TOPICS, "label", trusted=("blog-c", "newsroom-a", "newsroom-b"))
 
 
 def _shape(rng: np.random.Generator, shape: str) -> bytes:
@@ -51,19 +52,23 @@ def _shape(rng: np.random.Generator, shape: str) -> bytes:
     return out.getvalue()
 
 
-def _images(folder: Path, rows: int = 120) -> UserData:
-    rng = np.random.default_rng(5)
+def _shapes(rng: np.random.Generator, rows: int) -> pa.Table:
     labels = [SHAPES[i % len(SHAPES)] for i in range(rows)]
-    table = pa.table(
+    return pa.table(
         {
             "provider": [f"studio-{i % 3}" for i in range(rows)],
             "image": pa.array([_shape(rng, s) for s in labels], pa.binary()),
             "shape": labels,
         }
     )
-    path = folder / "shapes.parquet"
-    pq.write_table(table, path)
-    return UserData(path, "image", "image", SHAPES, "shape")
+
+
+def _images(folder: Path, rows: int = 120) -> UserData:
+    """Shapes from three studios, and the owner's own 24 held-out shapes as the validation set."""
+    path, owner = folder / "shapes.parquet", folder / "owner.parquet"
+    pq.write_table(_shapes(np.random.default_rng(5), rows), path)
+    pq.write_table(_shapes(np.random.default_rng(6), 24).drop_columns(["provider"]), owner)
+    return UserData(path, "image", "image", SHAPES, "shape", validation=owner)
 
 
 @pytest.mark.parametrize("kind", ["text", "image"])
@@ -71,8 +76,14 @@ def test_a_payload_set_is_labeled_trained_paid_served_and_replayed(caravan_env, 
     settings = caravan_env
     monkeypatch.setattr("pipelines.lineage.pipeline_code", lambda: CODE)
     data = _texts(tmp_path) if kind == "text" else _images(tmp_path)
-    first = run_demo(settings, data=data, start_services=False, say=lambda _: None)
+    said: list[str] = []
+    first = run_demo(settings, data=data, start_services=False, say=said.append)
     assert first["verify_ok"], first["failures"]
+    where = next(line for line in said if line.startswith("validation: "))
+    if kind == "text":
+        assert "held-out examples of blog-c, newsroom-a, newsroom-b" in where, where
+    else:
+        assert where == "validation: the 24 examples of owner.parquet (pay is measured on them)", where
     assert first["epoch_verify_ok"] and first["predictions"] == 5 and first["epoch_claim_tx"]
     assert first["claim_tx"] and first["claimed_wei"] > 0
     assert sum(r["weight_bps"] for r in first["weights"]) == 10_000
@@ -101,6 +112,12 @@ def test_a_payload_set_is_labeled_trained_paid_served_and_replayed(caravan_env, 
     scores = read_parquet(store.get(training.outputs[TrainingRecord.EXAMPLE_ATTRIBUTION]))
     assert set(scores["method"].to_pylist()) == {TRAK_VALUE_METHOD}
     assert TrainingRecord.VALIDATION in training.inputs
+    validation = read_parquet(store.get(training.inputs[TrainingRecord.VALIDATION]))
+    if kind == "image":  # the owner's file, as given: its images and their true labels
+        owner = pq.read_table(data.validation)
+        given = zip(owner["image"].to_pylist(), owner["shape"].to_pylist(), strict=True)
+        held = zip(validation["image"].to_pylist(), validation["label"].to_pylist(), strict=True)
+        assert sorted(held) == sorted(given)
     monkeypatch.setattr("pipelines.replay.pipeline_code", lambda: CODE)
     # The auditor's machine runs torch with another thread count (its cores): float reductions split
     # by thread round differently (the image recipe's convolutions do), so replay uses the run's own.
