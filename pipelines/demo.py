@@ -550,11 +550,12 @@ def run_demo(
         leftover = stop_recorded(serve_pid_file(settings))
         if leftover is not None:
             say(f"stopped `caravan serve` (pid {leftover}) left running by an earlier demo")
-        say("services: Label Studio and the anvil chain")
-        ensure_services(settings, start=start_services)
+        # the data first: bad input is refused before minutes of starting services
         demo = prepare_data(settings, limit) if data is None else prepare_user_data(settings, data, limit)
         say(f"data: {len(demo.truth)} {demo.kind} examples, {len(demo.providers)} providers ({demo.version})")
         say(validation_line(demo, data))
+        say("services: Label Studio and the anvil chain")
+        ensure_services(settings, start=start_services)
         instance = register_demo_data(settings, demo, private=private)
         say("labelers: 4 simulated annotators of known accuracy answer in Label Studio")
         client = LabelStudioClient(settings.labelstudio_url, labelstudio_token())

@@ -250,6 +250,24 @@ def test_cli_demo_data_needs_its_companions(tmp_path):
     assert empty.exit_code == 1 and "--trusted must name at least one provider" in empty.stderr
 
 
+def test_cli_demo_refuses_bad_data_before_starting_any_service(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    # nothing listens on these ports: the input error must come first, and alone
+    monkeypatch.setenv("CARAVAN_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CARAVAN_LABELSTUDIO_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("CARAVAN_RPC_URL", "http://127.0.0.1:9")
+    args = ["demo", "--no-start-services", "--data", str(_texts(tmp_path)), "--kind", "text"]
+    args += ["--field", "text"]
+    args += ["--choices", ",".join(TOPICS), "--truth-col", "label", "--trusted", "newsroom-a,nobody"]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 1, refused.output
+    assert "--trusted names ['nobody'] but the data's providers are" in refused.stderr
+    assert "Label Studio" not in refused.stderr and "anvil" not in refused.stderr
+
+
 @pytest.mark.parametrize("kind", ["text", "image"])
 def test_demo_data_reaches_labeled_dataset_through_the_real_label_studio(tmp_path, labeling_env, kind):
     from labeling import ProjectSpec
