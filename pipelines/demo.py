@@ -219,9 +219,25 @@ def prepare_data(settings: Settings, limit: int | None) -> DemoData:
     )
 
 
+@dataclass(frozen=True)
+class UserSplit:
+    """A `--data` file read and checked, nothing written yet: the rows to train on (truth dropped),
+    the validation set (payload columns, `label`) and the trained rows' truth by example id."""
+
+    rows: pa.Table
+    validation: pa.Table
+    truth: dict[str, str]
+
+
 def prepare_user_data(settings: Settings, data: UserData, limit: int | None) -> DemoData:
     """The user's dataset without its truth column, written once under the demo's home (named by its
-    content, so a rerun registers the same version), and the truth keyed by example id.
+    content, so a rerun registers the same version), and the truth keyed by example id."""
+    return write_user_data(settings, data, split_user_data(data, limit))
+
+
+def split_user_data(data: UserData, limit: int | None) -> UserSplit:
+    """Read and check `data` (the first `limit` rows), writing nothing: a bad file is refused before the
+    demo starts anything.
 
     The validation set (the trusted targets pay is measured on, with their true labels) is the owner's
     file (`data.validation`), or else a tenth of the rows of the `trusted` providers, chosen by a hash of
@@ -244,28 +260,32 @@ def prepare_user_data(settings: Settings, data: UserData, limit: int | None) -> 
         validation = rows.select(payload_cols).filter(pa.array(held)).append_column(
             "label", pa.array([v for v, h in zip(labels, held, strict=True) if h], pa.string())
         )
-    rows = rows.filter(pa.array(~held))
+    truth = {i: v for i, v, h in zip(ids, labels, held, strict=True) if not h}
+    return UserSplit(rows.filter(pa.array(~held)), validation, truth)
+
+
+def write_user_data(settings: Settings, data: UserData, split: UserSplit) -> DemoData:
+    """Write a checked split under the demo's home, its version named by the training rows' content."""
     buf = io.BytesIO()
-    pq.write_table(rows, buf)
+    pq.write_table(split.rows, buf)
     spec = json.dumps({"kind": data.kind, "field": data.field, "choices": list(data.choices)}, sort_keys=True)
     version = "demo-" + hashlib.sha256(buf.getvalue() + spec.encode()).hexdigest()[:12]
     source = settings.home / "demo" / version / "data.parquet"
     source.parent.mkdir(parents=True, exist_ok=True)
     source.write_bytes(buf.getvalue())
     held_path = source.with_name("validation.parquet")
-    pq.write_table(validation, held_path)
-    truth = {i: v for i, v, h in zip(ids, labels, held, strict=True) if not h}
+    pq.write_table(split.validation, held_path)
     return DemoData(
         version,
         source,
         data.kind,
         data.field,
         data.choices,
-        truth,
-        write_gold(settings.home / "demo" / version / "gold.parquet", truth),
-        tuple(sorted(set(rows["provider"].to_pylist()))),
-        tuple(rows[data.field].to_pylist()[:5]),
-        held_path if validation.num_rows else None,
+        split.truth,
+        write_gold(settings.home / "demo" / version / "gold.parquet", split.truth),
+        tuple(sorted(set(split.rows["provider"].to_pylist()))),
+        tuple(split.rows[data.field].to_pylist()[:5]),
+        held_path if split.validation.num_rows else None,
     )
 
 
@@ -550,12 +570,12 @@ def run_demo(
         leftover = stop_recorded(serve_pid_file(settings))
         if leftover is not None:
             say(f"stopped `caravan serve` (pid {leftover}) left running by an earlier demo")
-        # the data first: bad input is refused before minutes of starting services
-        demo = prepare_data(settings, limit) if data is None else prepare_user_data(settings, data, limit)
-        say(f"data: {len(demo.truth)} {demo.kind} examples, {len(demo.providers)} providers ({demo.version})")
-        say(validation_line(demo, data))
+        split = None if data is None else split_user_data(data, limit)  # bad input: refused before services
         say("services: Label Studio and the anvil chain")
         ensure_services(settings, start=start_services)
+        demo = prepare_data(settings, limit) if split is None else write_user_data(settings, data, split)
+        say(f"data: {len(demo.truth)} {demo.kind} examples, {len(demo.providers)} providers ({demo.version})")
+        say(validation_line(demo, data))
         instance = register_demo_data(settings, demo, private=private)
         say("labelers: 4 simulated annotators of known accuracy answer in Label Studio")
         client = LabelStudioClient(settings.labelstudio_url, labelstudio_token())

@@ -257,6 +257,7 @@ def test_cli_demo_refuses_bad_data_before_starting_any_service(tmp_path, monkeyp
 
     # nothing listens on these ports: the input error must come first, and alone
     monkeypatch.setenv("CARAVAN_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))  # the CLI would set it for good
     monkeypatch.setenv("CARAVAN_LABELSTUDIO_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("CARAVAN_RPC_URL", "http://127.0.0.1:9")
     args = ["demo", "--no-start-services", "--data", str(_texts(tmp_path)), "--kind", "text"]
