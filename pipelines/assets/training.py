@@ -8,7 +8,7 @@ import hashlib
 import json
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 import dagster as dg
 import numpy as np
@@ -149,6 +149,7 @@ RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
     "hf-local": dict(epochs=3, batch_size=16, lr=5e-5, lr_schedule="constant", optimizer="adamw", trak_k=128,
                      patience=None),
 }
+LR_SCHEDULES = get_args(get_type_hints(TrainConfig)["lr_schedule"])  # the attribution room's, named once
 PAYLOAD_RECIPES = {"text": "text-transformer", "image": "image-cnn"}  # what `auto` picks per payload kind
 HF_RECIPE = "hf-local"
 RECIPE_KINDS = {**{r: k for k, r in PAYLOAD_RECIPES.items()}, HF_RECIPE: "text"}  # the payload each reads
@@ -161,8 +162,9 @@ def recipe_for(config: TrainingConfig, table: pa.Table, field: str | None) -> tu
         raise dg.Failure(f"recipe {config.recipe!r} is unknown; use auto, mlp, {', '.join(RECIPE_KINDS)}")
     if config.model_dir is not None and config.recipe != HF_RECIPE:
         raise dg.Failure(f"model_dir is read by recipe {HF_RECIPE!r} only, not {config.recipe!r}")
-    if config.lr_schedule not in (None, "constant", "linear"):
-        raise dg.Failure(f"lr_schedule {config.lr_schedule!r} is unknown; use constant or linear (to zero)")
+    if config.lr_schedule is not None and config.lr_schedule not in LR_SCHEDULES:
+        raise dg.Failure(f"lr_schedule {config.lr_schedule!r} is unknown; use {' or '.join(LR_SCHEDULES)} "
+                         "(linear: to zero over the epochs)")
     if config.patience is not None and config.patience < 0:
         raise dg.Failure(f"patience must be >= 0 epochs (0: train every epoch), got {config.patience}")
     kind = None
