@@ -57,7 +57,9 @@ Public face (other rooms use only these names):
 
 Recipes (``attribution.recipes.text``, ``.image``, ``.hf``, ``.mlp``) give ready ``ModelTask``s: a
 BPE tokenizer and small transformer, an image policy and small CNN, a local Hugging Face
-classifier; each submodule loads tokenizers, Pillow or transformers only when called.
+classifier; each submodule loads tokenizers, Pillow or transformers only when called. Each names its
+default training (``MLP_CONFIG``, ``TEXT_CONFIG``, ``IMAGE_CONFIG``, ``HF_CONFIG``), the one the pipeline
+trains with unless a run says otherwise.
 
 Training (``attribution.task``, ``attribution.trainer``, ``attribution.trak``) needs torch and numpy
 only; ``TrainConfig(device="auto" | "cpu" | "cuda")`` picks where it runs. The table, bytes and
@@ -131,8 +133,10 @@ if TYPE_CHECKING:
         payload_encoding_from_json,
         payload_encoding_to_json,
     )
-    from .recipes.hf import HF_TOKENIZER_FILE
-    from .recipes.image import eight_bit
+    from .recipes.hf import HF_CONFIG, HF_TOKENIZER_FILE
+    from .recipes.image import IMAGE_CONFIG, eight_bit
+    from .recipes.mlp import MLP_CONFIG
+    from .recipes.text import TEXT_CONFIG
     from .serialize import (
         features_from_bytes,
         features_to_bytes,
@@ -165,6 +169,10 @@ _LAZY = {
     "HfTextEncoding": "attribution.payloads",
     "HF_TOKENIZER_FILE": "attribution.recipes.hf",
     "eight_bit": "attribution.recipes.image",
+    "HF_CONFIG": "attribution.recipes.hf",
+    "IMAGE_CONFIG": "attribution.recipes.image",
+    "MLP_CONFIG": "attribution.recipes.mlp",
+    "TEXT_CONFIG": "attribution.recipes.text",
     "LocalModel": "attribution.payloads",
     "PayloadEncoding": "attribution.payloads",
     "TextEncoding": "attribution.payloads",
@@ -210,6 +218,10 @@ __all__ = [
     "LABELS",
     "HF_TOKENIZER_FILE",
     "eight_bit",
+    "HF_CONFIG",
+    "IMAGE_CONFIG",
+    "MLP_CONFIG",
+    "TEXT_CONFIG",
     "HfTextEncoding",
     "ImageEncoding",
     "LocalModel",

@@ -9,10 +9,10 @@ From any labeled tabular dataset (scikit-learn's bundled digits by default; noth
 downloaded), or with ``--kind text|image`` from a Parquet file's text or encoded-image column (PNG/JPEG
 bytes, any size: the model squashes them to 16x16) or synthetic sentences or 32x32 PNGs it makes
 itself (``bench/_common/media_world.py``: the recipes' text transformer / CNN, trained with the
-pipeline's own settings for them (``RECIPE_DEFAULTS``: AdamW; the transformer stops early) and paid
-as the pipeline pays them, ``attribution.train_trak_valued``; at most 200 validation and 800 pool
-rows, about 1,100 training examples with the faults' own, a few minutes on 2 cores), it builds a
-small world with known faults:
+pipeline's own settings for them (the recipes' ``TEXT_CONFIG`` / ``IMAGE_CONFIG``: AdamW; the
+transformer stops early) and paid as the pipeline pays them, ``attribution.train_trak_valued``; at
+most 200 validation and 800 pool rows, about 1,100 training examples with the faults' own, a few
+minutes on 2 cores), it builds a small world with known faults:
 
 - a declared trusted validation set (held out, true labels): the in-run attribution targets
   and the ground truth's loss;

@@ -10,6 +10,10 @@ from torch import nn
 from ..model_task import ModelTask
 from ..task import ModelSpec, TrainConfig
 
+# SGD, whose update is lr * gradient, at TrainConfig's defaults; TRAK: 256 dims of the whole gradient
+# (tabular features, ``attribution.trak``). The pipeline's default (one home).
+MLP_CONFIG = TrainConfig(trak_k=256)
+
 
 class FeatureMLP(nn.Sequential):
     """``ModelSpec``'s ``nn.Sequential`` whose forward takes the batch key ``features``; the same
@@ -27,4 +31,4 @@ def mlp_task(spec: ModelSpec, config: TrainConfig | None = None) -> ModelTask:
         return FeatureMLP(*spec.build(seed))
 
     recipe = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(spec).items()}
-    return ModelTask(name="mlp", build=build, config=config or TrainConfig(), recipe=recipe)
+    return ModelTask(name="mlp", build=build, config=config or MLP_CONFIG, recipe=recipe)

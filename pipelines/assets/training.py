@@ -4,6 +4,7 @@ Held-out targets are chosen by example id (a hash bucket), so the split depends 
 but the content and stays the same for every rerun an auditor makes.
 """
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable, Collection, Iterator
@@ -16,9 +17,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from attribution import (
+    HF_CONFIG,
     HF_TOKENIZER_FILE,
+    IMAGE_CONFIG,
     LABELS,
     LEFT_OUT_RUNS,
+    MLP_CONFIG,
+    TEXT_CONFIG,
     AttributionError,
     EncodedSplit,
     LocalModel,
@@ -61,7 +66,8 @@ class TrainingConfig(dg.Config):
     """The run's recipe. `recipe="auto"` trains what fits the payload (the labeling spec's field):
     `text-transformer` for a text column, `image-cnn` for image bytes, `mlp` for numeric columns;
     `hf-local` fine-tunes the Hugging Face sequence classifier saved in `model_dir` on a text column.
-    Settings left `None` take the recipe's defaults (`RECIPE_DEFAULTS`)."""
+    Settings left `None` take the recipe's own defaults (`RECIPE_DEFAULTS`: attribution's `MLP_CONFIG`,
+    `TEXT_CONFIG`, `IMAGE_CONFIG`, `HF_CONFIG`)."""
 
     recipe: str = "auto"
     # hf-local: a local directory written by save_pretrained (config.json, weights, the fast tokenizer's
@@ -105,15 +111,16 @@ class TrainingConfig(dg.Config):
     def train_config(self, recipe: str = "mlp") -> TrainConfig:
         """The attribution room's settings for this recipe (the one mapping; sharding reuses it)."""
         defaults = RECIPE_DEFAULTS[recipe]
-        return TrainConfig(
-            epochs=self.epochs or defaults["epochs"],
-            batch_size=self.batch_size or defaults["batch_size"],
-            lr=self.lr if self.lr is not None else defaults["lr"],
-            lr_schedule=self.lr_schedule or defaults["lr_schedule"],
-            optimizer=self.optimizer or defaults["optimizer"],
+        return dataclasses.replace(
+            defaults,
+            epochs=self.epochs or defaults.epochs,
+            batch_size=self.batch_size or defaults.batch_size,
+            lr=self.lr if self.lr is not None else defaults.lr,
+            lr_schedule=self.lr_schedule or defaults.lr_schedule,
+            optimizer=self.optimizer or defaults.optimizer,
             weight_decay=self.weight_decay,
-            trak_k=self.trak_k if self.trak_k is not None else defaults["trak_k"],
-            patience=(self.patience if self.patience is not None else defaults["patience"]) or None,
+            trak_k=self.trak_k if self.trak_k is not None else defaults.trak_k,
+            patience=(self.patience if self.patience is not None else defaults.patience) or None,
         )
 
     def recorded(self) -> dict[str, Any]:
@@ -129,25 +136,13 @@ class TrainingConfig(dg.Config):
         )
 
 
-# SGD for the MLP (its update is lr * gradient); AdamW for transformers and conv nets, which plain SGD
-# at one rate barely moves in a few epochs (both scored through the optimizer's own update). TRAK: 256
-# dims of the MLP's gradient; 128 per layer for the others (attribution.trak_model), where the bench's
-# transformer and CNN came within 0.01 LDS of 256 per layer at half the bytes (stop 23's notes). AdamW's
-# rate decays linearly to zero, and the transformer stops early (patience 2 of at most 10 epochs): on the
-# text demo its target loss was lowest after 3-4 epochs and, at a constant rate, 0.2 higher by the 10th,
-# which made every provider's left-out value negative. Both make a retrain's outcome reproducible: in the
+# Each recipe's defaults are its own (attribution.recipes: SGD for the MLP, AdamW decayed to zero for the
+# transformer and the conv net, the transformer stopping early, a fine-tuning rate for a pretrained model;
+# each says why beside it). Decayed rates and early stopping make a retrain's outcome reproducible: in the
 # royalty bench's worlds the providers' truth agreed with itself across seeds at 0.26 (image) and 0.32
-# (text) trained as before, at 0.90 and 0.80 now.
-RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "mlp": dict(epochs=20, batch_size=64, lr=0.1, lr_schedule="constant", optimizer="sgd", trak_k=256,
-                patience=None),
-    "text-transformer": dict(epochs=10, batch_size=32, lr=1e-3, lr_schedule="linear", optimizer="adamw",
-                             trak_k=128, patience=2),
-    "image-cnn": dict(epochs=15, batch_size=32, lr=3e-3, lr_schedule="linear", optimizer="adamw",
-                      trak_k=128, patience=None),
-    # a pretrained model moves little: a few epochs at a fine-tuning rate (attribution's HF_CONFIG)
-    "hf-local": dict(epochs=3, batch_size=16, lr=5e-5, lr_schedule="constant", optimizer="adamw", trak_k=128,
-                     patience=None),
+# (text) trained at a constant rate, at 0.90 and 0.80 now.
+RECIPE_DEFAULTS: dict[str, TrainConfig] = {
+    "mlp": MLP_CONFIG, "text-transformer": TEXT_CONFIG, "image-cnn": IMAGE_CONFIG, "hf-local": HF_CONFIG,
 }
 LR_SCHEDULES = get_args(get_type_hints(TrainConfig)["lr_schedule"])  # the attribution room's, named once
 PAYLOAD_RECIPES = {"text": "text-transformer", "image": "image-cnn"}  # what `auto` picks per payload kind

@@ -3,6 +3,7 @@ run is the same bytes twice (what replay relies on)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import dagster as dg
@@ -10,8 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from attribution import TRAK_VALUE_METHOD
-from pipelines.assets.training import TrainingConfig, recipe_for, train_labeled, value_method
+from attribution import HF_CONFIG, IMAGE_CONFIG, MLP_CONFIG, TEXT_CONFIG, TRAK_VALUE_METHOD, TrainConfig
+from pipelines.assets.training import RECIPE_DEFAULTS, TrainingConfig, recipe_for, train_labeled, value_method
 
 WORDS = {"sport": "match goal team coach league", "food": "soup bread oven salt recipe"}
 
@@ -82,6 +83,27 @@ def test_a_text_run_pays_by_trak_value_and_is_the_same_bytes_twice():
     _, inrun = train_labeled(_texts(), TrainingConfig(**{**config.model_dump(), "value": "inrun"}),
                              run_id="r", field="text")
     assert set(inrun.example_attribution["method"].to_pylist()) == {"inrun_adamw"}
+
+
+@pytest.mark.parametrize(
+    "recipe, library, settings",
+    [
+        ("mlp", MLP_CONFIG, dict(epochs=20, batch_size=64, lr=0.1, lr_schedule="constant", optimizer="sgd",
+                                 trak_k=256, patience=None)),
+        ("text-transformer", TEXT_CONFIG, dict(epochs=10, batch_size=32, lr=1e-3, lr_schedule="linear",
+                                               optimizer="adamw", trak_k=128, patience=2)),
+        ("image-cnn", IMAGE_CONFIG, dict(epochs=15, batch_size=32, lr=3e-3, lr_schedule="linear",
+                                         optimizer="adamw", trak_k=128, patience=None)),
+        ("hf-local", HF_CONFIG, dict(epochs=3, batch_size=16, lr=5e-5, lr_schedule="constant",
+                                     optimizer="adamw", trak_k=128, patience=None)),
+    ],
+)
+def test_a_run_left_at_its_defaults_trains_as_the_recipe_itself_does(recipe, library, settings):
+    """One home: the pipeline's defaults are the attribution recipe's own config, and they are what
+    recorded runs were trained with (a change here changes what replay retrains)."""
+    assert RECIPE_DEFAULTS[recipe] is library
+    assert TrainingConfig().train_config(recipe) == dataclasses.replace(library, weight_decay=1e-4)
+    assert TrainingConfig().train_config(recipe) == TrainConfig(weight_decay=1e-4, **settings)
 
 
 def test_the_transformer_stops_early_by_default_and_the_mlp_refuses_to():
