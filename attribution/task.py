@@ -113,7 +113,8 @@ class TrainConfig:
     target loss is measured after every epoch, training ends once ``patience`` epochs pass without a
     new lowest, and the run is that of its best epoch (model, scores, checkpoints), so ``epochs`` is a
     ceiling. A fixed count overtrains: removing data then shortens training and lowers the target
-    loss, and every contributor looks harmful (``trainer.EarlyStop``).
+    loss, and every contributor looks harmful (``trainer.EarlyStop``). ``spill_bytes``: what TRAK's
+    feature rows and early stopping's epoch states may hold in RAM; past it they go to temporary files.
     """
 
     epochs: int = 20

@@ -10,10 +10,12 @@ attribution costs only the target rows and the ghost products.
 from __future__ import annotations
 
 import hashlib
+import tempfile
 import time
 from collections import deque
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -254,16 +256,23 @@ class EarlyStop:
     """``TrainConfig.patience``: the mean target loss after each epoch; ``ended`` says when training
     stops (``patience`` epochs without a new lowest), and the run is that of its best epoch (the first
     lowest): ``restore`` loads its state, ``checkpoints`` are those ``checkpoint_epochs`` picks among the
-    epochs up to it, ``scores`` the attributed scores as they stood then. Every epoch's state is held
-    (CPU copies) until the end: meant for the recipes' small models, not for fine-tuning large ones."""
+    epochs up to it, ``scores`` the attributed scores as they stood then.
+
+    Every epoch's state is kept to the end, since any epoch up to a later best may become a checkpoint
+    (holding only the last ``patience`` fails after a chain of new bests). States are CPU copies up to
+    ``TrainConfig.spill_bytes``; past it each goes to a file of a temporary directory (``torch.save``,
+    read back bit for bit), removed with this object, so a large fine-tune holds at most ``spill_bytes``
+    of epoch states in RAM, and then only the checkpoints it keeps."""
 
     def __init__(self, cfg: TrainConfig) -> None:
         if cfg.patience is None:
             raise ValueError("EarlyStop needs TrainConfig.patience")
-        self.patience, self.n_checkpoints = cfg.patience, cfg.n_checkpoints
+        self.patience, self.n_checkpoints, self.spill_bytes = cfg.patience, cfg.n_checkpoints, cfg.spill_bytes
         self.losses: list[float] = []
-        self.states: list[dict[str, torch.Tensor]] = []
+        self.states: list[dict[str, torch.Tensor] | Path] = []  # a Path: spilled to disk
         self.scores: torch.Tensor | None = None
+        self._held_bytes = 0
+        self._spill_dir: tempfile.TemporaryDirectory | None = None
 
     @property
     def best(self) -> int:
@@ -272,18 +281,39 @@ class EarlyStop:
 
     def ended(self, model: nn.Module, target_loss: float, scores: torch.Tensor | None = None) -> bool:
         """Record an epoch's end: its state, its target loss and (attributed runs) the scores so far."""
-        self.states.append(cpu_state(model))
+        self.states.append(self._kept(cpu_state(model)))
         self.losses.append(target_loss)
         if self.best == len(self.losses) - 1 and scores is not None:
             self.scores = scores.clone()
         return len(self.losses) - 1 - self.best >= self.patience
 
+    def state(self, epoch: int) -> dict[str, torch.Tensor]:
+        """Epoch ``epoch``'s state (0-based), read back from disk where it was spilled."""
+        kept = self.states[epoch]
+        return torch.load(kept, weights_only=True) if isinstance(kept, Path) else kept
+
+    @property
+    def spilled(self) -> int:
+        """How many epoch states live on disk."""
+        return sum(isinstance(s, Path) for s in self.states)
+
     def restore(self, model: nn.Module) -> nn.Module:
-        model.load_state_dict(self.states[self.best])
+        model.load_state_dict(self.state(self.best))
         return model
 
     def checkpoints(self) -> list[dict[str, torch.Tensor]]:
-        return [self.states[e] for e in checkpoint_epochs(self.best + 1, self.n_checkpoints)]
+        return [self.state(e) for e in checkpoint_epochs(self.best + 1, self.n_checkpoints)]
+
+    def _kept(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | Path:
+        size = sum(t.numel() * t.element_size() for t in state.values())
+        if self._held_bytes + size <= self.spill_bytes:
+            self._held_bytes += size
+            return state
+        if self._spill_dir is None:
+            self._spill_dir = tempfile.TemporaryDirectory(prefix="caravan-epochs-")
+        path = Path(self._spill_dir.name) / f"epoch{len(self.states):05d}.pt"
+        torch.save(state, path)
+        return path
 
 
 def checkpointed(

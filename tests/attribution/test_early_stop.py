@@ -22,7 +22,7 @@ from attribution import (
 from attribution.errors import InputError
 from attribution.inrun import plain_model_steps
 from attribution.recipes.mlp import mlp_task
-from attribution.trainer import run_id_for
+from attribution.trainer import EarlyStop, run_id_for
 
 SPEC = ModelSpec((5, 64, 3))
 # AdamW at a rate that memorizes the flipped labels: the target loss falls for a few epochs, then rises
@@ -90,6 +90,31 @@ def test_an_attributed_run_is_the_fixed_run_to_its_best_epoch():
         assert _same_state(stopped.model.state_dict(), fixed.model.state_dict())
         assert len(stopped.checkpoints) == len(fixed.checkpoints) == min(2, best + 1)
         assert all(_same_state(a, b) for a, b in zip(stopped.checkpoints, fixed.checkpoints, strict=True))
+
+
+def test_epoch_states_past_spill_bytes_go_to_disk_and_change_nothing():
+    """A run whose epoch states do not fit ``spill_bytes`` keeps them on disk: the same model, scores and
+    checkpoints bit for bit, at most ``spill_bytes`` of states in RAM, and the files gone with the run."""
+    train, ids, targets = _world()
+    state_bytes = sum(t.numel() * t.element_size() for t in _task().fresh(0).state_dict().values())
+    for fit in (train_model, train_trak_valued):
+        held = fit(_task(patience=PATIENCE), train, ids, targets, seed=0)
+        spilled = fit(_task(patience=PATIENCE, spill_bytes=2 * state_bytes), train, ids, targets, seed=0)
+        assert np.array_equal(held.scores, spilled.scores)
+        assert _same_state(held.model.state_dict(), spilled.model.state_dict())
+        assert all(_same_state(a, b) for a, b in zip(held.checkpoints, spilled.checkpoints, strict=True))
+    stop = EarlyStop(_task(patience=PATIENCE, spill_bytes=2 * state_bytes).config)
+    models = [_task().fresh(seed) for seed in range(4)]
+    for model, loss in zip(models, [3.0, 2.0, 1.0, 1.5], strict=True):
+        assert not stop.ended(model, loss)
+    assert (stop.spilled, stop.best) == (2, 2)
+    assert sum(isinstance(s, dict) for s in stop.states) == 2  # the first two: 2 * state_bytes in RAM
+    assert all(_same_state(stop.state(e), m.state_dict()) for e, m in enumerate(models))
+    assert _same_state(stop.restore(_task().fresh(9)).state_dict(), models[2].state_dict())
+    files = [s for s in stop.states if not isinstance(s, dict)]
+    assert all(f.exists() for f in files)
+    del stop
+    assert not any(f.exists() for f in files)
 
 
 def test_left_out_retrains_each_stop_at_their_own_best_epoch():
