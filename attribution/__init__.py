@@ -45,13 +45,14 @@ Public face (other rooms use only these names):
   a text split is encoded by that model's own tokenizer (``HfTextEncoding``, whose stored document
   names those CIDs; ``.at(LocalModel)`` points a loaded one at the fetched files) and trains it.
   ``model_logits(model, batch)``: logits of a plain module or of a Hugging Face ModelOutput.
-- ``review_labels(task, X, y, folds=, seed=, forest=True, trusted=None)`` -> (``LabelReview``,
-  out-of-sample probabilities): the pipeline's mislabel detector on tabular features (the recipe's
-  cross-fitted probabilities mixed with a random forest's, ``forest_probs``, by ``mixture_weight``,
-  scored by cleanlab's confident learning; ``trusted`` = (X, y) of a validation set every fold trains
-  on too); ``review_task_labels`` is the same for any ``ModelTask`` (``bag_of_tokens=True``: a text
-  recipe mixed with ``token_probs``); ``label_quality(labels, pred_probs)`` is their pure scoring
-  part. ``ExactInfluence``
+- ``review_labels(task, X, y, folds=, seed=, forest=True, trusted=None, confidence=None)`` ->
+  (``LabelReview``, out-of-sample probabilities): the pipeline's mislabel detector on tabular
+  features (the recipe's cross-fitted probabilities mixed with a random forest's, ``forest_probs``,
+  by ``mixture_weight``, scored by cleanlab's confident learning; ``trusted`` = (X, y) of a
+  validation set every fold trains on too); ``review_task_labels`` is the same for any ``ModelTask``
+  (``bag_of_tokens=True``: a text recipe mixed with ``token_probs``); ``confidence`` = the crowd
+  consensus's confidence in each label, weighed in by ``with_votes`` (Bayes' rule, model and crowd);
+  ``label_quality(labels, pred_probs)`` is their pure scoring part. ``ExactInfluence``
   (logistic regression) and ``TrakFeatures.self_influence`` rank likely mislabeled examples too,
   less well (bench/attribution_lds.py).
 
@@ -91,6 +92,7 @@ from .mislabels import (
     review_labels,
     review_task_labels,
     token_probs,
+    with_votes,
 )
 from .model_task import LABELS, ModelTask, classification_loss, model_logits
 from .shards import FeatureShard, ShardMismatchError, combine_shards, shard_bounds, shard_features
@@ -234,6 +236,7 @@ __all__ = [
     "encode_payload_split",
     "encoding_from_json",
     "review_task_labels",
+    "with_votes",
     "labelled_inputs",
     "model_features",
     "valued_by_trak",

@@ -81,6 +81,12 @@ false flags among the honest providers (the copied originals counted apart: they
 partners, not false flags), and junk (and noisy) examples flagged as outliers. The pipeline has no
 outlier detection, so its outlier figures are null. ``detection`` in the JSON line holds the counts.
 
+Likely mislabels: the pipeline's review (``label_review``: the world's model cross-fitted, 5 folds,
+the validation set trained on; mixed with a forest on tabular features or a bag-of-tokens model on
+text; a Dawid-Skene consensus's confidence weighed in, ``attribution.with_votes``) scored against the
+consensus labels that are wrong: ROC-AUC, beside the models alone and the confidence alone, and how
+many of its flags are wrong labels (``mislabels`` in the JSON).
+
 Model (tabular): an MLP (one hidden layer of 64) trained by SGD with a linearly decayed rate, so a
 retrain converges and the leave-one-out differences are not SGD noise. At most 300 validation
 and 1,500 pool rows of the data are used, so the default run takes about 3 minutes on 2 cores
@@ -106,6 +112,7 @@ import pyarrow.compute as pc
 import torch
 from scipy.spatial import cKDTree
 from scipy.stats import spearmanr
+from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -118,6 +125,7 @@ from attribution import (  # noqa: E402
     WeightPolicy,
     contributor_weights,
     distinct_rows,
+    label_quality,
     mlp_left_out,
     mlp_valued_by_trak,
     model_left_out,
@@ -204,6 +212,7 @@ class World:
     # provider -> its content's extra copies by construction (the copycat's rows for the provider it
     # copies; the flooder's rows beyond one per flooded example): the copies-once truth drops them
     copies: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    truth: dict[str, str] = dataclasses.field(default_factory=dict)  # example -> its true label
 
     def consensus(self, annotations: pa.Table) -> pa.Table:
         """The pipeline's consensus by ``method`` (a model method weighs the review's probabilities)."""
@@ -285,8 +294,9 @@ def build_world(x: np.ndarray, y: np.ndarray, seed: int) -> World:
             "x": pa.FixedSizeListArray.from_arrays(pa.array(feats.ravel()), feats.shape[1]),
         }
     )
-    return World(classes, examples, annotate(dict(zip(ids, truth, strict=True)), classes, seed),
-                 x[val], [classes[v] for v in y[val]], copies=copies)
+    true = dict(zip(ids, truth, strict=True))
+    return World(classes, examples, annotate(true, classes, seed), x[val], [classes[v] for v in y[val]],
+                 copies=copies, truth=true)
 
 
 def known_copies(owner: np.ndarray, flooded: int) -> dict[str, np.ndarray]:
@@ -371,9 +381,10 @@ def build_media_world(kind: str, seed: int, data: tuple[list, np.ndarray] | None
     examples = pa.table({"example_id": ids, "provider": owner,
                          column: pa.array(payload, pa.string() if kind == "text" else pa.binary())})
     media = media_world.prepare(kind, payload, list(values[:n_val]), y[:n_val], len(classes))
-    return World(classes, examples, annotate(dict(zip(ids, truth, strict=True)), classes, seed),
-                 np.zeros((0, 0)), [classes[v] for v in y[:n_val]], media,
-                 copies=known_copies(np.asarray(owner), len(flood_base)))
+    true = dict(zip(ids, truth, strict=True))
+    return World(classes, examples, annotate(true, classes, seed), np.zeros((0, 0)),
+                 [classes[v] for v in y[:n_val]], media,
+                 copies=known_copies(np.asarray(owner), len(flood_base)), truth=true)
 
 
 def annotate(truth: dict[str, str], classes: list[str], seed: int) -> pa.Table:
@@ -449,6 +460,43 @@ def reviewed(world: World, task: AttributionTask | None, seed: int) -> ModelProb
     print(f"consensus: weighs a review's probabilities (the model cross-fitted, 5 folds, on the "
           f"Dawid-Skene labels; it agrees with them on {accuracy:.3f})", flush=True)
     return ModelProbs(tuple(v.examples["example_id"].to_pylist()), classes, probs)
+
+
+def review_section(world: World, task: AttributionTask | None, full: Variant, seed: int) -> dict:
+    """The pipeline's review (``label_review``) of the consensus labels against the wrong ones: the
+    world's model cross-fitted (5 folds, the validation set trained on), its mixture with a forest or
+    a bag-of-tokens model, and, for a Dawid-Skene consensus, each label's confidence weighed in
+    (``attribution.with_votes``); beside it the models alone and the confidence alone."""
+    ids = full.examples["example_id"].to_pylist()
+    cons = full.consensus.to_pydict()
+    conf_of = dict(zip(cons["example_id"], cons["confidence"], strict=True))
+    label = dict(zip(cons["example_id"], cons["label"], strict=True))
+    conf = np.asarray([conf_of[e] for e in ids])
+    wrong = np.asarray([label[e] != world.truth[e] for e in ids])
+    weigh = conf if world.method == "dawid_skene" else None  # as the pipeline: a model method's has one
+    if world.media is not None:
+        batch = world.media.batch(full.x, full.y)
+        review, probs = review_task_labels(world.media.task, batch, len(world.classes), folds=5, seed=seed,
+                                           trusted=world.media.val, bag_of_tokens=world.media.kind == "text",
+                                           confidence=weigh)
+    else:
+        review, probs = review_labels(task, full.x, full.y, folds=5, seed=seed, trusted=(full.xv, full.yv),
+                                      confidence=weigh)
+    alone = label_quality(full.y, probs)
+    out = {"wrong": int(wrong.sum()), "examples": len(ids), "votes_weighed": weigh is not None}
+    if 0 < wrong.sum() < len(ids):
+        out |= {"auc": round(float(roc_auc_score(wrong, -review.quality)), 4),
+                "auc_models_alone": round(float(roc_auc_score(wrong, -alone.quality)), 4),
+                "auc_confidence_alone": round(float(roc_auc_score(wrong, -conf)), 4)}
+    out |= {"flagged": int(review.flagged.sum()), "flagged_wrong": int((review.flagged & wrong).sum()),
+            "flagged_wrong_models_alone": int((alone.flagged & wrong).sum())}
+    how = "votes weighed in" if weigh is not None else "models alone"
+    print(f"== likely mislabels (the pipeline's review, {how}): ROC-AUC {out.get('auc')} of the "
+          f"{out['wrong']} wrong consensus labels among {out['examples']} (the models alone "
+          f"{out.get('auc_models_alone')}, the confidence alone {out.get('auc_confidence_alone')}); flagged "
+          f"{out['flagged']}, {out['flagged_wrong']} of them wrong (the models alone: "
+          f"{out['flagged_wrong_models_alone']})", flush=True)
+    return out
 
 
 def val_loss(task: AttributionTask, v: Variant, seed: int) -> float:
@@ -981,6 +1029,7 @@ def main() -> None:
         found = {"skipped": "cleanlab Datalab runs on the tabular features only"}
         print(f"== detection: {found['skipped']}")
     context_lines(pay, signed, truth)
+    mislabels = review_section(world, task, truth.full, args.seed)
     print(f"== the issue's goals for the default ({DEFAULT!r})")
     goals = goal_lines(figures.spearman, figures.faulty_bps[DEFAULT], truth.ceiling, truth.reach,
                        truth.faulty_bps["truth"])
@@ -1004,6 +1053,7 @@ def main() -> None:
                       "share_gap": {r: _num(figures.share_gap[f"candidate/{r}"]) for r in ROLES},
                       "faulty_share_bps": figures.faulty_bps["candidate"]},
         "detection": found,
+        "mislabels": mislabels,
         "consensus": args.consensus,
         "goals_met": {k: met for k, (_, met) in goals.items()},
     }

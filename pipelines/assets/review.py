@@ -5,7 +5,8 @@ Studio for more answers.
 example gets class probabilities from a model that never saw it, scored by cleanlab's confident
 learning; mixed with a second model family where one reads the payload: a random forest on tabular
 features, a bag-of-tokens model on text, cross-fitted on the same folds; where the version declares a
-validation set, every fold's models train on it too) and stores one row per example (pinned).
+validation set, every fold's models train on it too; where the labels are a Dawid-Skene consensus,
+each label's confidence is weighed in, `attribution.with_votes`) and stores one row per example (pinned).
 `review_queue` asks Label Studio for more answers on the flagged tasks (their overlap raised, a
 "review" tab listing them); the next `annotations` export picks the new answers up like any other and
 consensus folds them in. Each row keeps its out-of-sample class probabilities (`class_probs`, in the
@@ -44,12 +45,13 @@ from provenance import LABEL_REVIEW, TRAINING, LabelReviewRecord, RunRecords, Tr
 from serving import with_model_files
 from storage import read_parquet
 
+VOTES_METHOD = "dawid_skene"  # the consensus whose confidence is a posterior of the answers alone
 LABEL_REVIEW_SCHEMA = pa.schema(
     [
         ("example_id", pa.string()),
         ("label", pa.string()),  # the consensus label under review
         ("suggested", pa.string()),  # the class the out-of-sample model prefers
-        ("quality", pa.float64()),  # cleanlab's label-quality score in [0, 1]; low = likely wrong
+        ("quality", pa.float64()),  # cleanlab's label-quality score in [0, 1] (votes weighed in); low = wrong
         ("flagged", pa.bool_()),  # cleanlab's find_label_issues
         ("rank", pa.int64()),  # 1 = most suspect
         ("confidence", pa.float64()),  # the consensus' own confidence and votes, for the reviewer
@@ -69,6 +71,10 @@ class ReviewConfig(dg.Config):
     # text runs: the same with a bag-of-tokens model (TF-IDF logistic regression on the recipe's tokens);
     # image runs' recipe decides alone (a forest on raw pixels did no better)
     bag_of_tokens: bool = True
+    # weigh each label's Dawid-Skene confidence (the crowd's answers) in with the models' probabilities
+    # (attribution.with_votes, Bayes' rule); consensus of another method (majority vote's share of
+    # votes is no posterior; a model method's already weighs a model) is scored by the models alone
+    votes: bool = True
 
 
 class QueueConfig(dg.Config):
@@ -92,7 +98,8 @@ def label_review(
     started, version = now(), context.partition_key
     client = store.client()
     training_cid = lineage.cid_of(TRAINING, version)
-    record = RunRecords(None, client).load(training_cid)
+    records = RunRecords(None, client)
+    record = records.load(training_cid)
     training = TrainingConfig(**record.params["config"])
     run_id = str(record.params["run_id"])
     encoding = with_model_files(client, encoding_from_json(model_encoding))
@@ -103,8 +110,10 @@ def label_review(
         table = table.filter(pa.array(known))
     validation_cid = record.inputs.get(TrainingRecord.VALIDATION)
     trusted = _validation_rows(client, validation_cid, encoding.classes) if validation_cid else None
+    votes = config.votes and records.load(record.parents[0]).params.get("method") == VOTES_METHOD
+    confidence = table["confidence"].to_numpy() if votes else None
     try:
-        review, y, probs, models = _cross_fitted(encoding, table, training, config, trusted)
+        review, y, probs, models = _cross_fitted(encoding, table, training, config, trusted, confidence)
     except AttributionError as exc:
         raise dg.Failure(str(exc)) from exc
     out = review_table(table, review, probs, encoding.classes, run_id)
@@ -127,6 +136,7 @@ def label_review(
             "seed": training.seed,
             "method": QUALITY_METHOD,
             "models": models,
+            "votes": VOTES_METHOD if votes else None,  # whose confidence was weighed in (with_votes)
             "recipe_weight": review.recipe_weight,  # the recipe's share of the mixture (1.0: alone)
             "trusted_rows": trusted.num_rows if trusted is not None else 0,  # validation rows trained on
             "cleanlab": package_version("cleanlab"),
@@ -144,7 +154,7 @@ def label_review(
             "dagster/row_count": out.num_rows,
             "flagged": flagged,
             "flagged_fraction": round(flagged / max(len(y), 1), 4),
-            "detector": _detector_text(config.folds, models, review.recipe_weight, trusted),
+            "detector": _detector_text(config.folds, models, review.recipe_weight, trusted, votes),
             "top_suspects": dg.MetadataValue.md(suspects_md(out.sort_by("rank").slice(0, config.top))),
         },
     )
@@ -184,13 +194,17 @@ def suspects_md(top: pa.Table) -> str:
     )
 
 
-def _detector_text(folds: int, models: Sequence[str], weight: float, trusted: pa.Table | None) -> str:
+def _detector_text(
+    folds: int, models: Sequence[str], weight: float, trusted: pa.Table | None, votes: bool = False
+) -> str:
     text = f"cleanlab {QUALITY_METHOD} + find_label_issues on {folds}-fold cross-fitted probabilities of "
     text += " and ".join(models)
     if len(models) > 1:
         text += f" (mixed {weight:.2f} / {1 - weight:.2f} by the log-loss of the labels)"
     if trusted is not None:
         text += f", every fold also trained on {trusted.num_rows} validation examples"
+    if votes:
+        text += ", ranked with the Dawid-Skene consensus' confidence weighed in (Bayes' rule)"
     return text
 
 
@@ -208,12 +222,14 @@ def _validation_rows(client, cid: str, classes: Sequence[str]) -> pa.Table | Non
 
 
 def _cross_fitted(
-    encoding, table: pa.Table, training: TrainingConfig, config: ReviewConfig, trusted: pa.Table | None
+    encoding, table: pa.Table, training: TrainingConfig, config: ReviewConfig, trusted: pa.Table | None,
+    confidence: np.ndarray | None = None,
 ) -> tuple[LabelReview, np.ndarray, np.ndarray, list[str]]:
     """The run's own recipe cross-fitted on `table` and, where one reads the payload, a second model
     family (a forest on tabular features, a bag-of-tokens model on text) mixed in by the weight that
     best predicts the labels; every fold trained on the `trusted` examples too (the version's
-    validation set: labels we trust, never reviewed). Returns (review, class indices of its labels,
+    validation set: labels we trust, never reviewed), scored with the crowd's `confidence` where given.
+    Returns (review, class indices of its labels,
     the out-of-sample class probabilities, the models mixed). See `attribution.mislabels` for what each
     part measured."""
     if isinstance(encoding, InputEncoding):
@@ -224,7 +240,7 @@ def _cross_fitted(
             rows = (encoding.transform(trusted), encoding.label_indices(trusted["label"].to_pylist()))
         review, probs = review_labels(
             task, encoding.transform(table), y, folds=config.folds, seed=training.seed, forest=config.forest,
-            trusted=rows,
+            trusted=rows, confidence=confidence,
         )
         return review, y, probs, ["recipe", "forest"] if config.forest else ["recipe"]
     batch, _ = labelled_inputs(encoding, table)
@@ -233,7 +249,7 @@ def _cross_fitted(
     tokens = config.bag_of_tokens and encoding.kind == "text"
     review, probs = review_task_labels(
         task, batch, len(encoding.classes), folds=config.folds, seed=training.seed, trusted=rows,
-        bag_of_tokens=tokens,
+        bag_of_tokens=tokens, confidence=confidence,
     )
     return review, batch[LABELS].numpy(), probs, ["recipe", "bag_of_tokens"] if tokens else ["recipe"]
 

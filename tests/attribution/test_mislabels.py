@@ -15,6 +15,7 @@ from attribution import (
     mixture_weight,
     out_of_sample_probs,
     review_labels,
+    with_votes,
 )
 from attribution.mislabels import fold_of
 
@@ -198,3 +199,38 @@ def test_mixture_weight_names_tables_that_do_not_fit():
                            (np.array([], dtype=int), good[:0])):
         with pytest.raises(InputError, match="mixture_weight needs two"):
             mixture_weight(labels, good[: len(labels)] if len(labels) else good[:0], second)
+
+
+def test_with_votes_is_bayes_rule_of_the_model_and_the_crowd():
+    rng = np.random.default_rng(3)
+    probs = rng.dirichlet(np.ones(4), 50)
+    labels, conf = rng.integers(0, 4, 50), rng.uniform(0, 1, 50)
+    got = with_votes(probs, labels, conf)
+    for i in range(50):  # the reference: P(c | model, crowd) ∝ P_model(c) · P(crowd says label | c)
+        crowd = [conf[i] if c == labels[i] else (1 - conf[i]) / 3 for c in range(4)]
+        joint = [probs[i, c] * crowd[c] for c in range(4)]
+        assert np.allclose(got[i], np.asarray(joint) / sum(joint), rtol=1e-5)
+    # a crowd that says nothing (confidence 1/classes) leaves the model's probabilities as they are
+    assert np.allclose(with_votes(probs, labels, np.full(50, 0.25)), probs)
+    with pytest.raises(InputError, match="n confidences"):
+        with_votes(probs, labels, conf[:10])
+    with pytest.raises(InputError, match=r"lie in \[0, 1\]"):
+        with_votes(probs, labels, conf * 2)
+
+
+def test_the_crowds_confidence_reorders_the_review_and_keeps_the_models_count_and_suggestion():
+    """Wrong labels the crowd was unsure of rise; the number flagged (cleanlab's estimate from the
+    models), the suggestions and the probabilities stay the models'."""
+    x, noisy, flip = blobs(n=400, seed=4)
+    rng = np.random.default_rng(5)
+    x = (x + rng.normal(0, 3, x.shape)).astype(np.float32)  # overlapping classes: the model alone errs
+    conf = np.where(flip, rng.uniform(0.4, 0.9, len(x)), rng.uniform(0.6, 1.0, len(x)))
+    alone, probs = review_labels(task(), x, noisy, folds=3, seed=0)
+    weighed, again = review_labels(task(), x, noisy, folds=3, seed=0, confidence=conf)
+    assert np.array_equal(probs, again)
+    assert weighed.flagged.sum() == alone.flagged.sum()
+    assert np.array_equal(weighed.suggested, alone.suggested)
+    assert np.allclose(weighed.quality, with_votes(probs, noisy, conf)[np.arange(len(x)), noisy])
+    assert set(np.flatnonzero(weighed.flagged)) == set(weighed.ranked()[: weighed.flagged.sum()])
+    before, after = roc_auc_score(flip, -alone.quality), roc_auc_score(flip, -weighed.quality)
+    assert after > before, (before, after)

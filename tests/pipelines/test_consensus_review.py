@@ -148,6 +148,7 @@ def test_consensus_weighs_the_last_review_once_new_answers_arrive(home, method):
     assert review_record.params["trusted_rows"] == 0  # no validation set declared: nothing trusted
     assert LabelReviewRecord.VALIDATION not in review_record.inputs
     assert review_record.params["scikit-learn"]
+    assert review_record.params["votes"] == "dawid_skene"  # its labels' confidence is weighed in
 
     # a rerun on the same answers, with a review now stored, decides nothing anew
     _run(home, labeling_assets.consensus_labels, method=method)
@@ -174,6 +175,8 @@ def test_consensus_weighs_the_last_review_once_new_answers_arrive(home, method):
     # train and review again on those labels; a rerun on the same answers keeps the review it used
     _run(home, *TRAIN_AND_REVIEW, method=method)
     assert lineage.cid_of(LABEL_REVIEW, VERSION) != review_record
+    # labels that already weighed a model: the models alone score them (no model counted twice)
+    assert load_record(home["client"], lineage.cid_of(LABEL_REVIEW, VERSION)).params["votes"] is None
     kept, _ = _consensus(home)
     assert kept.outputs == record.outputs and kept.inputs == record.inputs
     # the default, Dawid-Skene, weighs no review
