@@ -41,7 +41,7 @@ from pipelines.lineage import LineageResource, now
 from pipelines.partitions import dataset_versions
 from pipelines.report import md_table
 from pipelines.resources import DatasetCatalog, LabelStudioResource
-from provenance import LABEL_REVIEW, TRAINING, LabelReviewRecord, RunRecords, TrainingRecord
+from provenance import CONSENSUS, LABEL_REVIEW, TRAINING, LabelReviewRecord, RunRecords, TrainingRecord
 from serving import with_model_files
 from storage import read_parquet
 
@@ -52,7 +52,7 @@ LABEL_REVIEW_SCHEMA = pa.schema(
         ("label", pa.string()),  # the consensus label under review
         ("suggested", pa.string()),  # the class the out-of-sample model prefers
         ("quality", pa.float64()),  # cleanlab's label-quality score in [0, 1] (votes weighed in); low = wrong
-        ("flagged", pa.bool_()),  # cleanlab's find_label_issues
+        ("flagged", pa.bool_()),  # as many as cleanlab's find_label_issues flags, the lowest quality
         ("rank", pa.int64()),  # 1 = most suspect
         ("confidence", pa.float64()),  # the consensus' own confidence and votes, for the reviewer
         ("n_votes", pa.int64()),
@@ -110,7 +110,7 @@ def label_review(
         table = table.filter(pa.array(known))
     validation_cid = record.inputs.get(TrainingRecord.VALIDATION)
     trusted = _validation_rows(client, validation_cid, encoding.classes) if validation_cid else None
-    votes = config.votes and records.load(record.parents[0]).params.get("method") == VOTES_METHOD
+    votes = config.votes and _consensus_method(records, record.parents) == VOTES_METHOD
     confidence = table["confidence"].to_numpy() if votes else None
     try:
         review, y, probs, models = _cross_fitted(encoding, table, training, config, trusted, confidence)
@@ -208,6 +208,15 @@ def _detector_text(
     return text
 
 
+def _consensus_method(records: RunRecords, parents: Sequence[str]) -> str | None:
+    """The method of the consensus whose labels the run trained on (the training record's parent)."""
+    for cid in parents:
+        parent = records.load(cid)
+        if parent.activity == CONSENSUS:
+            return parent.params.get("method")
+    return None
+
+
 def _known(table: pa.Table, classes: Sequence[str]) -> np.ndarray:
     """Which rows carry a label the model was trained to predict."""
     return np.isin(np.asarray([str(v) for v in table["label"].to_pylist()], dtype=object), list(classes))
@@ -229,9 +238,8 @@ def _cross_fitted(
     family (a forest on tabular features, a bag-of-tokens model on text) mixed in by the weight that
     best predicts the labels; every fold trained on the `trusted` examples too (the version's
     validation set: labels we trust, never reviewed), scored with the crowd's `confidence` where given.
-    Returns (review, class indices of its labels,
-    the out-of-sample class probabilities, the models mixed). See `attribution.mislabels` for what each
-    part measured."""
+    Returns (review, class indices of its labels, the out-of-sample class probabilities, the models
+    mixed). See `attribution.mislabels` for what each part measured."""
     if isinstance(encoding, InputEncoding):
         task = AttributionTask(encoding.mlp(training.hidden), training.train_config())
         y = encoding.label_indices(table["label"].to_pylist())
