@@ -152,6 +152,10 @@ def test_a_tabular_run_on_a_users_file_prints_the_issues_keys(tmp_path, classes)
     assert all(v is None or -1 <= v <= 1 for v in summary["spearman_by_truth"].values())
     assert set(summary["goals_met"]) == {"provider", "labeler", "faulty"}
     assert summary["goals_met"]["faulty"] == (summary["faulty_share_bps"]["valued"] <= 200)
+    mislabels = summary["mislabels"]  # the review of the consensus labels, the crowd's confidence weighed in
+    assert mislabels["votes_weighed"] and 0 < mislabels["wrong"] < mislabels["examples"]
+    assert all(0 <= mislabels[k] <= 1 for k in ("auc", "auc_models_alone", "auc_confidence_alone"))
+    assert 0 <= mislabels["flagged_wrong"] <= mislabels["flagged"] <= mislabels["examples"]
     said = "2 classes: the adversarial labeler always answers the other class" in out.stdout
     assert said == (classes == 2)
 
