@@ -29,16 +29,56 @@ def load(data: str | None, label_col: str | None) -> tuple[np.ndarray, np.ndarra
             sys.exit(f"error: --label-col must name a column of {data} (columns: {table.column_names})")
         frame = table.to_pandas()
         labels = frame.pop(label_col)
-        numeric = frame.select_dtypes(["number", "bool"]).astype(np.float64)
-        if numeric.shape[1] == 0:
-            sys.exit(f"error: {data} has no numeric feature columns besides {label_col!r}")
         labelled = labels.notna().to_numpy()
-        x, y = numeric.to_numpy()[labelled], class_indices(labels[labelled].astype(str), label_col)
+        x = features(frame[labelled].reset_index(drop=True))
+        if x.shape[1] == 0:
+            sys.exit(f"error: {data} has no feature columns besides {label_col!r} (numbers, lists of numbers "
+                     f"or categories of at most {MAX_CATEGORIES} values)")
+        y = class_indices(labels[labelled].astype(str), label_col)
         x = impute(x, dropped=int((~labelled).sum()))
     return x.astype(np.float64), np.asarray(y, dtype=np.int64)
 
 
 MIN_ROWS_PER_CLASS = 5  # on average: fewer, and the column is an identifier or a continuous target
+MAX_CATEGORIES = 32  # distinct values of a non-numeric column one-hot encoded; more: an id or free text
+
+
+def features(frame) -> np.ndarray:
+    """The feature matrix of a table's columns (a pandas frame, the label column removed), so a user's
+    real table trains on what decides its class, not only on its numbers: numeric and boolean columns
+    as they are (missing values NaN, for ``impute``); fixed-length lists of numbers (an embedding) one
+    feature per position; a column of other values (strings, categories) with at most
+    ``MAX_CATEGORIES`` distinct values and ``MIN_ROWS_PER_CLASS`` rows per value on average one-hot
+    encoded, values in sorted order (a missing value: all zeros); anything else (ids, free text,
+    ragged lists) left out. Says in one line what it encoded and what it left out."""
+    parts, encoded, left_out = [], [], []
+    for name in frame.columns:
+        col = frame[name]
+        if col.dtype.kind in "biuf":
+            parts.append(col.to_numpy(dtype=np.float64, na_value=np.nan)[:, None])
+            continue
+        present = col[col.notna()]
+        if len(present) and all(isinstance(v, list | tuple | np.ndarray) for v in present):
+            widths = {len(v) for v in present}
+            numbers = len(widths) == 1 and all(np.asarray(v).dtype.kind in "biuf" for v in present)
+            if numbers and present.size == col.size:
+                parts.append(np.stack([np.asarray(v, dtype=np.float64) for v in col]))
+                encoded.append(f"{name} ({widths.pop()} numbers)")
+            else:
+                left_out.append(name)
+            continue
+        values = sorted({str(v) for v in present})
+        if not values or len(values) > MAX_CATEGORIES or len(values) * MIN_ROWS_PER_CLASS > len(col):
+            left_out.append(name)
+            continue
+        text = col.where(col.isna(), col.astype(str)).to_numpy(dtype=object)
+        parts.append(np.stack([(text == v).astype(np.float64) for v in values], axis=1))
+        encoded.append(f"{name} ({len(values)} categories)")
+    if encoded or left_out:
+        print(f"data: encoded {', '.join(encoded) or 'nothing'} as features; left out "
+              f"{', '.join(map(str, left_out)) or 'nothing'} (not numbers, lists of numbers of one length, "
+              f"or at most {MAX_CATEGORIES} categories with {MIN_ROWS_PER_CLASS}+ rows each)", flush=True)
+    return np.hstack(parts) if parts else np.zeros((len(frame), 0))
 
 
 def class_indices(labels: object, label_col: str | None) -> np.ndarray:

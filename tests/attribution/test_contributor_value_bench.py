@@ -100,13 +100,37 @@ def test_tabular_file_with_gaps_loads(tmp_path, capsys):
     rows = 5  # the five rows below, repeated: a class label needs a few rows (class_indices)
     pq.write_table(pa.table({
         "a": [1.0, None, 3.0, float("inf"), 5.0] * rows, "flag": [True, False, True, True, False] * rows,
-        "name": list("vwxyz") * rows, "empty": pa.array([None] * 5 * rows, pa.float64()),
+        "name": [f"n{i}" for i in range(5 * rows)], "empty": pa.array([None] * 5 * rows, pa.float64()),
         "y": ["p", None, "q", "r", "p"] * rows,
     }), path)
     x, y = load(str(path), "y")
     np.testing.assert_array_equal(x, [[1.0, 1.0], [3.0, 1.0], [3.0, 1.0], [5.0, 0.0]] * rows)  # inf: 3
     np.testing.assert_array_equal(y, [0, 1, 2, 0] * rows)
     assert f"{rows} rows without a label dropped, {rows} missing or infinite" in capsys.readouterr().out
+
+
+def test_categories_and_embeddings_of_a_users_table_become_features(tmp_path, capsys):
+    """A real table's class often hangs on a category (a region, a device) or an embedding column: they are
+    encoded (one-hot in sorted order, missing: zeros; one feature per list position), and an id column is
+    left out by name, rather than every non-number dropped unsaid."""
+    from bench._common import load
+
+    n = 40
+    path = tmp_path / "mixed.parquet"
+    pq.write_table(pa.table({
+        "x": np.arange(n, dtype=np.float64),
+        "region": pa.array(["north", "south", None, "east"] * (n // 4)).dictionary_encode(),
+        "emb": [[float(i), -float(i)] for i in range(n)],
+        "row_id": [f"id-{i}" for i in range(n)],
+        "y": ["a", "b"] * (n // 2),
+    }), path)
+    x, y = load(str(path), "y")
+    region = np.tile([[0, 1, 0], [0, 0, 1], [0, 0, 0], [1, 0, 0]], (n // 4, 1))  # east, north, south
+    expected = np.hstack([np.arange(n)[:, None], region, np.c_[np.arange(n), -np.arange(n)]])
+    np.testing.assert_array_equal(x, expected)
+    np.testing.assert_array_equal(y, [0, 1] * (n // 2))
+    said = capsys.readouterr().out
+    assert "region (3 categories), emb (2 numbers)" in said and "left out row_id" in said
 
 
 @pytest.mark.parametrize(("y", "says"), [
