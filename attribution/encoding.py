@@ -61,6 +61,11 @@ class InputEncoding:
         classes = tuple(sorted({str(v) for v in labels}))
         return cls(tuple(usable), widths, tuple(mean.tolist()), tuple(std.tolist()), classes)
 
+    def left_out(self, table: pa.Table) -> list[str]:
+        """The payload columns of ``table`` that are not features (strings, ragged lists): the model
+        never sees them, which a data engineer must be told rather than find out from its accuracy."""
+        return [c for c in table.column_names if c not in NON_FEATURES and c not in self.columns]
+
     def transform(self, table: pa.Table) -> np.ndarray:
         missing = [c for c in self.columns if c not in table.column_names]
         if missing:

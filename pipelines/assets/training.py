@@ -371,6 +371,10 @@ def trained_model(
     except (AttributionError, DatasetError, StorageError) as exc:
         raise dg.Failure(str(exc)) from exc
     targets = "validation" if validation is not None else "crowd_hash_split"
+    ignored = split.encoding.left_out(labeled_dataset) if isinstance(split, EncodedSplit) else []
+    if ignored:
+        context.log.warning(f"columns {ignored} are not numbers or fixed-length number lists, so the model "
+                            "never sees them: encode them as numbers before ingest if they matter")
     if validation is None:
         context.log.warning(
             "no validation set declared: influence is measured against a hash split of the crowd-labeled "

@@ -32,6 +32,7 @@ def test_fit_standardizes_numeric_columns_and_survives_json():
     assert again == enc and again.to_json() == enc.to_json()
     np.testing.assert_array_equal(again.transform(table), x)
     np.testing.assert_array_equal(enc.label_indices(["c", "a"]), [2, 0])
+    assert enc.left_out(table) == ["text"]  # the one payload column the model never sees
 
 
 def test_constant_feature_does_not_divide_by_zero():
