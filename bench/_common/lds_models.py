@@ -130,11 +130,12 @@ def read_columns(path: str, value_col: str | None, label_col: str | None,
             sys.exit(f"error: {flag} must name a column of {path} (columns: {names})")
     table = pq.read_table(path, columns=[value_col, label_col])
     values = table.column(value_col).to_pylist()
-    labels = np.asarray([str(v) for v in table.column(label_col).to_pylist()])
+    labels = table.column(label_col).to_pylist()
     if what == "image":
         values = [v["bytes"] if isinstance(v, dict) else v for v in values]  # HF datasets' Image struct
-    keep = [i for i, v in enumerate(values) if v is not None]
-    return [values[i] for i in keep], class_indices(labels[keep], label_col)
+    # a row without a value or a label is left out (a missing label is no class "None")
+    keep = [i for i, (v, y) in enumerate(zip(values, labels, strict=True)) if v is not None and y is not None]
+    return [values[i] for i in keep], class_indices([str(labels[i]) for i in keep], label_col)
 
 
 # ---------------------------------------------------------------- outputs, ground truth, metrics

@@ -73,6 +73,17 @@ def test_text_world_keeps_the_files_classes_and_survives_an_empty_text(tmp_path,
     assert world.media.rows["input_ids"].shape[0] == world.examples.num_rows
 
 
+def test_a_media_row_without_a_label_or_a_value_is_left_out(tmp_path):
+    """Not read as a class "None" (a world with one class too many) nor as an empty payload."""
+    path = tmp_path / "gaps.parquet"
+    body = ["a b", None, "c d", "e f", "g h"] * 4
+    topic = ["x", "y", None, "y", "x"] * 4
+    pq.write_table(pa.table({"body": body, "topic": topic}), path)
+    values, y = read_columns(str(path), "body", "topic", "text")
+    assert values == ["a b", "e f", "g h"] * 4
+    np.testing.assert_array_equal(y, [0, 1, 0] * 4)
+
+
 @pytest.mark.parametrize(
     ("args", "says"),
     [
