@@ -20,7 +20,8 @@ Labelers by pivotal answers (``labelers='pivotal'``; ``'agree'`` is the rule abo
 answer's share of its example is how much it moved the consensus, the posterior of the consensus
 label with every answer minus that without this answer, under confusion matrices and a class
 prior estimated in one Dawid-Skene M-step from the stored consensus labels (``label_smoothing``
-pseudo-counts, as the consensus's own Dawid-Skene smooths its cells, ``labeling.DS_SMOOTHING``) and
+pseudo-counts, as the consensus's own Dawid-Skene smooths its cells: the pipeline reads them from
+the consensus record, ``labeling.auto_smoothing`` unless set) and
 held fixed: leaving a labeler out removes one answer per example, so this is
 the leave-that-labeler-out consensus, computed from the run's tables. A pivotal answer takes a
 large share, a redundant one a small one, an answer against the consensus a negative one, an

@@ -97,6 +97,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -142,7 +143,15 @@ from bench._common import (  # noqa: E402
     media_world,
 )
 from bench._common.lds_models import read_columns  # noqa: E402
-from labeling import MODEL_METHODS, ModelProbs, SimulatedAnnotator, aggregate, simulate_answers  # noqa: E402
+from labeling import (  # noqa: E402
+    DS_SMOOTHING,
+    MODEL_METHODS,
+    ModelProbs,
+    SimulatedAnnotator,
+    aggregate,
+    auto_smoothing,
+    simulate_answers,
+)
 from pipelines.datasets import example_id, to_examples  # noqa: E402
 from schemas import TOTAL_BPS  # noqa: E402
 
@@ -214,9 +223,16 @@ class World:
     copies: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     truth: dict[str, str] = dataclasses.field(default_factory=dict)  # example -> its true label
 
+    @functools.cached_property
+    def smoothing(self) -> float:
+        """Dawid-Skene's pseudo-count per confusion cell, fixed by every answer as the pipeline's
+        consensus record fixes it: its recounts without some answers and labeler pay use the same."""
+        return auto_smoothing(self.annotations)
+
     def consensus(self, annotations: pa.Table) -> pa.Table:
         """The pipeline's consensus by ``method`` (a model method weighs the review's probabilities)."""
-        return aggregate(annotations, method=self.method, probs=self.probs).consensus
+        return aggregate(annotations, method=self.method, probs=self.probs,
+                         smoothing=self.smoothing).consensus
 
     @property
     def provider(self) -> np.ndarray:
@@ -675,7 +691,8 @@ def pay_run(task, world: World, full: Variant, seed: int, owners: np.ndarray, cr
     for kind in KINDS:
         examples = dedup if kind == "candidate" else world.examples
         table = contributor_weights(res.example_attribution, examples, world.annotations, full.consensus,
-                                    addresses, policy_of(kind), credit=credit if kind in CREDITED else None,
+                                    addresses, policy_of(kind, world.smoothing),
+                                    credit=credit if kind in CREDITED else None,
                                     left_out=left_out)
         pay[kind] = dict(zip(table["contributor"].to_pylist(), table["weight_bps"].to_pylist(), strict=True))
     split = ContributorSplit.build(world.examples, world.annotations, full.consensus, addresses)
@@ -687,15 +704,17 @@ def pay_run(task, world: World, full: Variant, seed: int, owners: np.ndarray, cr
     return pay, signed, values
 
 
-def policy_of(kind: str) -> WeightPolicy:
-    """The ``WeightPolicy`` each printed pay stands for."""
+def policy_of(kind: str, smoothing: float = DS_SMOOTHING) -> WeightPolicy:
+    """The ``WeightPolicy`` each printed pay stands for; labelers' answers read under the consensus's
+    ``smoothing``, as the pipeline's weighting reads the consensus record's."""
     if kind in POLICIES:
-        return WeightPolicy(negative=kind, labelers="agree", providers="scores")
+        return WeightPolicy(negative=kind, labelers="agree", providers="scores", label_smoothing=smoothing)
     if kind in (LIBRARY, "candidate"):
-        return WeightPolicy(labelers="agree", providers="scores")
+        return WeightPolicy(labelers="agree", providers="scores", label_smoothing=smoothing)
     if kind == GROUPED:
-        return WeightPolicy(copies="group")
-    return WeightPolicy(labelers=kind, providers="left_out" if kind == DEFAULT else "scores")
+        return WeightPolicy(copies="group", label_smoothing=smoothing)
+    return WeightPolicy(labelers=kind, providers="left_out" if kind == DEFAULT else "scores",
+                        label_smoothing=smoothing)
 
 
 def datalab_flags(task: AttributionTask, full: Variant, seed: int) -> tuple[np.ndarray, ...]:

@@ -186,8 +186,10 @@ class ConsensusConfig(dg.Config):
     # run of this version was reviewed (its label_review holds out-of-sample class probabilities)
     method: str = "dawid_skene"
     # pseudo-counts added to every Dawid-Skene confusion cell (0: crowd-kit's fit, where a (true class,
-    # answer) pair an annotator never gave rules that class out); recorded, so replay refits the same
-    smoothing: float = DS_SMOOTHING
+    # answer) pair an annotator never gave rules that class out; None: labeling.auto_smoothing, at most
+    # DS_SMOOTHING, fewer where the label set is large for the answers); the value used is recorded, so
+    # replay and the left-out recounts refit with the same
+    smoothing: float | None = None
 
 
 @dataclass(frozen=True)
@@ -270,7 +272,8 @@ def consensus_method(config: ConsensusConfig, review: ReviewedProbs | None) -> s
     if config.method not in METHODS:
         raise dg.Failure(f"consensus method {config.method!r} is not one of {', '.join(METHODS)}")
     try:
-        check_smoothing(config.smoothing)
+        if config.smoothing is not None:
+            check_smoothing(config.smoothing)
     except ValueError as exc:
         raise dg.Failure(str(exc)) from None
     if config.method in MODEL_METHODS and review is None:

@@ -137,15 +137,16 @@ def aggregate(
     smoothing: Annotated[
         float | None,
         typer.Option(
-            help="Pseudo-counts added to every Dawid-Skene confusion cell (default: labeling.DS_SMOOTHING, "
-            "1; 0 is crowd-kit's own fit, where an answer an annotator never gave for a class rules it out)."
+            help="Pseudo-counts added to every Dawid-Skene confusion cell (default: labeling.auto_smoothing, "
+            "1 or fewer where the label set is large for the answers; 0 is crowd-kit's own fit, where an "
+            "answer an annotator never gave for a class rules it out)."
         ),
     ] = None,
 ) -> None:
     """Consensus labels and annotator quality."""
     import pyarrow.parquet as pq
 
-    from labeling import ANNOTATIONS, DS_SMOOTHING, METHODS, MODEL_METHODS
+    from labeling import ANNOTATIONS, METHODS, MODEL_METHODS
     from labeling import aggregate as run
 
     with clean_errors():
@@ -162,8 +163,7 @@ def aggregate(
             raise CaravanError(f"--probs goes with --method {' or '.join(MODEL_METHODS)}, and they need it")
         model = _model_probs(probs) if probs else None
         try:
-            result = run(table.cast(ANNOTATIONS), gold_table, method, model,
-                         DS_SMOOTHING if smoothing is None else smoothing)
+            result = run(table.cast(ANNOTATIONS), gold_table, method, model, smoothing)
         except ValueError as exc:  # answers the method cannot take (e.g. an annotator named as the model)
             raise CaravanError(str(exc)) from None
         pq.write_table(result.consensus, consensus)

@@ -19,6 +19,7 @@ from labeling import (
     MODEL_METHODS,
     ModelProbs,
     aggregate,
+    auto_smoothing,
     dawid_skene,
     majority_vote,
     simulate_answers,
@@ -270,6 +271,25 @@ def test_smoothing_keeps_an_unseen_answer_from_vetoing_a_class():
         gains.append(accuracy(dawid_skene(ann).consensus, truth)
                      - accuracy(dawid_skene(ann, smoothing=0.0).consensus, truth))
     assert np.mean(gains) > 0 and min(gains) >= 0, gains
+
+
+def test_a_large_label_set_gets_fewer_pseudo_counts_than_one_per_cell():
+    """30 classes, 450 answers per annotator: one pseudo-count per cell puts 30 in each confusion row
+    against 15 answers, every annotator looks like chance and the consensus falls apart; the default
+    (``auto_smoothing``: a row's pseudo-counts at most a quarter of its answers) keeps it above the
+    unsmoothed fit's."""
+    classes = tuple(f"k{i:02d}" for i in range(30))
+    for seed in range(3):
+        rng = random.Random(seed)
+        truth = {f"e{i:04d}": rng.choice(classes) for i in range(600)}
+        people = simulated_annotators((0.95, 0.85, 0.7, 1 / 30))
+        answers = simulate_answers(truth, people, classes, per_example=3, seed=seed)
+        ann = table([(a.example_id, a.annotator.email, a.label) for a in answers])
+        auto = aggregate(ann)
+        assert auto.smoothing == auto_smoothing(ann) == pytest.approx(0.25 * (1800 / 4) / 30**2)
+        one, none = aggregate(ann, smoothing=1.0), aggregate(ann, smoothing=0.0)
+        got = accuracy(auto.consensus, truth)
+        assert got > accuracy(one.consensus, truth) + 0.05 and got >= accuracy(none.consensus, truth), seed
 
 
 def test_every_dawid_skene_method_fits_with_the_smoothing_it_is_given_and_says_which():
