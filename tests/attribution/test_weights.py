@@ -434,9 +434,10 @@ def test_pivotal_answer_earns_more_than_a_redundant_one(policy):
 
 @BY_MOVES
 def test_an_answer_that_flipped_consensus_wrong_earns_nothing(policy):
-    # e0..e7 settled by c5 and c6; on e8 c7's answer alone made the consensus 'b', and the
-    # example's score says that label hurt the model: c7 earns 0 bps and its score is negative
-    rows = [(1.0, lab, [("c5", lab), ("c6", lab)]) for lab in ["a", "b"] * 4]
+    # e0..e7 settled by c5 and c6 (c7 agreeing: its answers there say it is reliable); on e8 c7's
+    # answer alone made the consensus 'b', and the example's score says that label hurt the model:
+    # c7 earns 0 bps and its score is negative
+    rows = [(1.0, lab, [("c5", lab), ("c6", lab), ("c7", lab)]) for lab in ["a", "b"] * 4]
     rows.append((-2.0, "b", [("c7", "b")]))
     pay, score = _labeler_pay(_pivot_tables(rows), policy)
     assert pay["c7"] == 0 and score["c7"] < 0
@@ -461,6 +462,70 @@ def test_constant_and_random_labelers_earn_about_nothing(policy):
     pay, _ = _labeler_pay(_pivot_tables(rows), policy)
     assert pay["c7"] <= 30 and pay["c8"] <= 30  # of the labelers' 3,000
     assert pay["c5"] > pay["c6"] > 0
+
+
+def _shares_by_refit(rows, smoothing: float = 1.0) -> dict[tuple[str, int], float]:
+    """Each answer's pivotal share computed the long way: for every answer, the M-step counted again
+    without that one answer, its labeler's confusion read from the rest (the posterior of the consensus
+    label with all the example's answers minus without this one)."""
+    classes = sorted({r[1] for r in rows} | {lab for r in rows for _, lab in r[2]})
+    k = len(classes)
+    prior = np.array([sum(r[1] == c for r in rows) for c in classes], dtype=float)
+    log_prior = np.log((prior + smoothing) / (prior.sum() + smoothing * k))
+
+    def log_conf(who: str, skip: tuple[int, str] | None) -> np.ndarray:
+        m = np.zeros((k, k))
+        for i, r in enumerate(rows):
+            for w, lab in r[2]:
+                if w == who and (i, w) != skip:
+                    m[classes.index(r[1]), classes.index(lab)] += 1.0
+        return np.log((m + smoothing) / (m.sum(1, keepdims=True) + smoothing * k))
+
+    def post(z: np.ndarray, c: int) -> float:
+        p = np.exp(z - z.max())
+        return float(p[c] / p.sum())
+
+    out = {}
+    for i, (_, label, answers) in enumerate(rows):
+        c = classes.index(label)
+        terms = [log_conf(w, (i, w))[:, classes.index(lab)] for w, lab in answers]
+        full = log_prior + sum(terms)
+        for (w, _), t in zip(answers, terms, strict=True):
+            out[(w, i)] = post(full, c) - post(full - t, c)
+    return out
+
+
+def test_each_answer_is_read_under_its_labelers_other_answers():
+    """The shares equal an M-step refitted without each answer in turn; so a labeler with one answer
+    moves nothing (nothing else says whether it can be trusted), and one answering at random over many
+    classes earns nothing for the few answers that happen to agree (counted in, they vouched for
+    themselves)."""
+    rng = np.random.default_rng(5)
+    rows = []
+    for _ in range(30):
+        lab = str(rng.choice(list("abcd")))
+        answers = [(w, lab if rng.random() < acc else str(rng.choice(list("abcd"))))
+                   for w, acc in (("c5", 0.9), ("c6", 0.7), ("c7", 0.3)) if rng.random() < 0.8]
+        rows.append((1.0, lab, answers))
+    rows.append((1.0, "a", [("c5", "a"), ("c8", "a")]))  # c8 answers once
+    att, ex, ann, con = _pivot_tables(rows)
+    split = ContributorSplit.build(ex, ann, con, ADDR, PIVOTAL)
+    m = split.matrices["labeler"].toarray()
+    ref = _shares_by_refit(rows)
+    for (w, i), v in ref.items():
+        assert m[split.contributors["labeler"].index(w), i] == pytest.approx(v, abs=1e-9), (w, i)
+    assert m[split.contributors["labeler"].index("c8")].sum() == 0.0
+
+    classes = [f"k{j:02d}" for j in range(30)]
+    rows = []
+    for _ in range(600):
+        lab = str(rng.choice(classes))
+        answers = [("c5", lab if rng.random() < 0.95 else str(rng.choice(classes))),
+                   ("c6", lab if rng.random() < 0.8 else str(rng.choice(classes))),
+                   ("c7", str(rng.choice(classes)))]  # c7 answers at random
+        rows.append((1.0, lab, answers))
+    pay, _ = _labeler_pay(_pivot_tables(rows), VALUED)
+    assert pay["c7"] <= 15 < pay["c6"] < pay["c5"]  # of the labelers' 3,000 bps
 
 
 @BY_MOVES
