@@ -144,7 +144,6 @@ from bench._common import (  # noqa: E402
 )
 from bench._common.lds_models import read_columns  # noqa: E402
 from labeling import (  # noqa: E402
-    DS_SMOOTHING,
     MODEL_METHODS,
     ModelProbs,
     SimulatedAnnotator,
@@ -704,17 +703,18 @@ def pay_run(task, world: World, full: Variant, seed: int, owners: np.ndarray, cr
     return pay, signed, values
 
 
-def policy_of(kind: str, smoothing: float = DS_SMOOTHING) -> WeightPolicy:
+def policy_of(kind: str, smoothing: float) -> WeightPolicy:
     """The ``WeightPolicy`` each printed pay stands for; labelers' answers read under the consensus's
     ``smoothing``, as the pipeline's weighting reads the consensus record's."""
     if kind in POLICIES:
-        return WeightPolicy(negative=kind, labelers="agree", providers="scores", label_smoothing=smoothing)
-    if kind in (LIBRARY, "candidate"):
-        return WeightPolicy(labelers="agree", providers="scores", label_smoothing=smoothing)
-    if kind == GROUPED:
-        return WeightPolicy(copies="group", label_smoothing=smoothing)
-    return WeightPolicy(labelers=kind, providers="left_out" if kind == DEFAULT else "scores",
-                        label_smoothing=smoothing)
+        policy = WeightPolicy(negative=kind, labelers="agree", providers="scores")
+    elif kind in (LIBRARY, "candidate"):
+        policy = WeightPolicy(labelers="agree", providers="scores")
+    elif kind == GROUPED:
+        policy = WeightPolicy(copies="group")
+    else:
+        policy = WeightPolicy(labelers=kind, providers="left_out" if kind == DEFAULT else "scores")
+    return dataclasses.replace(policy, label_smoothing=smoothing)
 
 
 def datalab_flags(task: AttributionTask, full: Variant, seed: int) -> tuple[np.ndarray, ...]:
