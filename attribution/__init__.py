@@ -14,7 +14,8 @@ Public face (other rooms use only these names):
   without attribution; ``train_trak_valued`` trains plainly, keeps the checkpoints and scores each
   example by its TRAK value there (``valued_by_trak``: what pay reads; no per-step scores computed).
 - ``encode_split(labeled_table, is_target)`` -> ``EncodedSplit`` (the ``InputEncoding`` fitted on
-  the training rows; X, y, ids of training rows and of targets); ``train_split(split, hidden,
+  the training rows: numbers, number lists and categories of at most ``MAX_CATEGORIES`` values, a
+  missing number the training mean; X, y, ids of training rows and of targets); ``train_split(split, hidden,
   config, seed=...)`` trains an MLP on it with attribution.
 - ``contributor_weights(example_attribution, examples, annotations, consensus, addresses)``
   -> ``contributor_weights`` table (its schema, roles and ``TOTAL_BPS`` live in ``schemas``, the
@@ -109,7 +110,7 @@ from .trak_model import (
 )
 
 if TYPE_CHECKING:
-    from .encoding import EncodedSplit, InputEncoding, encode_split
+    from .encoding import MAX_CATEGORIES, EncodedSplit, InputEncoding, encode_split
     from .left_out import (
         LEFT_OUT_RUNS,
         LEFT_OUT_SCHEMA,
@@ -158,6 +159,7 @@ _LAZY = {
     "EXAMPLE_ATTRIBUTION_SCHEMA": "attribution.trainer",
     "EncodedSplit": "attribution.encoding",
     "InputEncoding": "attribution.encoding",
+    "MAX_CATEGORIES": "attribution.encoding",
     "encode_split": "attribution.encoding",
     "features_from_bytes": "attribution.serialize",
     "features_to_bytes": "attribution.serialize",
@@ -258,6 +260,7 @@ __all__ = [
     "ExactInfluence",
     "FeatureShard",
     "InputEncoding",
+    "MAX_CATEGORIES",
     "InputError",
     "LabelReview",
     "QUALITY_METHOD",

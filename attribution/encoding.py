@@ -2,16 +2,26 @@
 
 The encoding is a small JSON document stored beside the model (its CID is in the run's
 record), so a served model turns a request into exactly the inputs it was trained on.
-Numeric scalar columns and fixed-length numeric list columns become feature columns, in
-column order; features are standardized with the training set's mean and deviation.
+Feature columns, in column order:
+
+- a numeric or boolean column: one feature; a fixed-length list of numbers (an embedding): one
+  feature per position;
+- a column of strings with at most ``MAX_CATEGORIES`` distinct values and ``MIN_ROWS_PER_CATEGORY``
+  rows per value on average: one-hot, values in sorted order (a missing value, or one training never
+  saw, is all zeros);
+- anything else (ids, free text, ragged lists) is left out, and ``left_out`` names it.
+
+Features are standardized with the training rows' mean and deviation. A missing number (null or
+NaN) is taken as the training mean, so it enters the model as 0: a table with gaps trains and
+serves with nothing stored beyond the mean the scaling already holds.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -22,6 +32,8 @@ if TYPE_CHECKING:
     from .task import ModelSpec
 
 NON_FEATURES = frozenset({"example_id", "provider", "source", "label", "confidence", "n_votes"})
+MAX_CATEGORIES = 32  # more distinct strings than this is an id or free text, not a category
+MIN_ROWS_PER_CATEGORY = 5  # ... and so are values with fewer rows than this each on average
 
 
 @dataclass(frozen=True)
@@ -31,6 +43,9 @@ class InputEncoding:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     classes: tuple[str, ...]
+    # (column, its values in sorted order) for each one-hot column; () for a table of numbers only,
+    # whose JSON then has no such key, so the encodings of earlier runs read and hash as they did
+    categories: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def n_features(self) -> int:
@@ -47,32 +62,70 @@ class InputEncoding:
     def fit(cls, table: pa.Table, labels: Sequence[str]) -> InputEncoding:
         """Feature columns of ``table`` and their scale; ``labels`` give the sorted class list."""
         columns = [c for c in table.column_names if c not in NON_FEATURES]
-        usable = [c for c in columns if _is_numeric(table.schema.field(c).type)]
+        categories = {c: v for c in columns if (v := _categories(table.column(c))) is not None}
+        usable = [c for c in columns if c in categories or _is_numbers(table.column(c))]
         if not usable:
             raise InputError(
-                f"no numeric feature column among {columns}; the model needs numbers "
-                "(scalar columns or fixed-length numeric lists)"
+                f"no feature column among {columns}; the model needs numbers (scalar columns or "
+                f"fixed-length numeric lists) or categories (at most {MAX_CATEGORIES} distinct strings)"
             )
-        widths = tuple(_width(table, c) for c in usable)  # checks list lengths before stacking
-        raw = _matrix(table, usable)
-        mean = raw.mean(axis=0)
-        std = raw.std(axis=0)
+        widths = tuple(len(categories[c]) if c in categories else _width(table, c) for c in usable)
+        one_hot = tuple((c, categories[c]) for c in usable if c in categories)
+        raw = _matrix(table, usable, dict(one_hot))
+        mean = np.nanmean(raw, axis=0)  # every column has a number (_is_numbers), so no all-NaN mean
+        std = np.where(np.isnan(raw), mean, raw).std(axis=0)  # of the features as the model sees them
         std[std == 0] = 1.0
         classes = tuple(sorted({str(v) for v in labels}))
-        return cls(tuple(usable), widths, tuple(mean.tolist()), tuple(std.tolist()), classes)
+        return cls(tuple(usable), widths, tuple(mean.tolist()), tuple(std.tolist()), classes, one_hot)
 
     def left_out(self, table: pa.Table) -> list[str]:
-        """The payload columns of ``table`` that are not features (strings, ragged lists): the model
-        never sees them, which a data engineer must be told rather than find out from its accuracy."""
+        """The payload columns of ``table`` that are not features (free text, ids, ragged lists): the
+        model never sees them, which a data engineer must be told rather than find out from its accuracy."""
         return [c for c in table.column_names if c not in NON_FEATURES and c not in self.columns]
 
     def transform(self, table: pa.Table) -> np.ndarray:
+        return self.scale(self.raw(table))
+
+    def raw(self, table: pa.Table) -> np.ndarray:
+        """``table``'s features before scaling (categories one-hot), a missing number the training mean:
+        the row a served prediction hashes and a pending one stores."""
         missing = [c for c in self.columns if c not in table.column_names]
         if missing:
             raise InputError(
                 f"input lacks feature columns {missing}; the model was trained on {list(self.columns)}"
             )
-        return self.scale(_matrix(table, list(self.columns)))
+        raw = _matrix(table, list(self.columns), dict(self.categories), self.widths)
+        gaps = np.isnan(raw)
+        return np.where(gaps, np.asarray(self.mean), raw) if gaps.any() else raw
+
+    def raw_records(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """``raw`` of inputs sent as named fields (``{column: value}``, a category as its string, a
+        missing value null); ``InputError`` naming a field the model does not know or one left out."""
+        fields = set(self.columns)
+        for i, record in enumerate(records):
+            unknown, absent = sorted(record.keys() - fields), [c for c in self.columns if c not in record]
+            if unknown or absent:
+                raise InputError(
+                    f"input {i}: " + "; ".join(
+                        ([f"unknown fields {unknown[:10]}"] if unknown else [])
+                        + ([f"lacks fields {absent[:10]} (send null for a missing value)"] if absent else []))
+                    + f"; the model's fields are {list(self.columns)}"
+                )
+        one_hot = dict(self.categories)
+        arrays = {}
+        for column, width in zip(self.columns, self.widths, strict=True):
+            values = [record[column] for record in records]
+            if column in one_hot:
+                arrays[column] = pa.array([_category_text(v) for v in values], pa.string())
+                continue
+            kind = pa.float64() if all(v is None or not isinstance(v, list) for v in values) else (
+                pa.list_(pa.float64()))
+            try:
+                arrays[column] = pa.array(values, kind)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+                raise InputError(f"field {column!r} takes {'a number' if width == 1 else f'{width} numbers'}"
+                                 f"{'' if width == 1 else ' (a list)'} or null") from None
+        return self.raw(pa.table(arrays))
 
     def scale(self, raw: np.ndarray) -> np.ndarray:
         raw = np.asarray(raw, dtype=np.float64)
@@ -90,12 +143,17 @@ class InputEncoding:
         return np.array([index[str(v)] for v in labels], dtype=np.int64)
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
+        doc = asdict(self)
+        doc["categories"] = {c: list(v) for c, v in self.categories}
+        if not self.categories:
+            del doc["categories"]
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, data: bytes | str) -> InputEncoding:
         raw = json.loads(data)
-        return cls(**{k: tuple(v) for k, v in raw.items()})
+        categories = tuple((c, tuple(v)) for c, v in raw.pop("categories", {}).items())
+        return cls(**{k: tuple(v) for k, v in raw.items()}, categories=categories)
 
 
 @dataclass(frozen=True)
@@ -160,25 +218,95 @@ def _is_numeric(t: pa.DataType) -> bool:
     return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
 
 
+def _is_numbers(col: pa.ChunkedArray) -> bool:
+    """A numeric (or list of numbers) column with at least one value: an all-missing one says nothing."""
+    if not _is_numeric(col.type):
+        return False
+    values = pa.compute.list_flatten(col) if _is_list(col.type) else col
+    if not pa.types.is_floating(values.type):
+        return values.null_count < len(values)
+    return bool(pa.compute.any(pa.compute.invert(pa.compute.is_nan(values))).as_py())  # nulls skipped
+
+
+def _is_text(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _categories(col: pa.ChunkedArray) -> tuple[str, ...] | None:
+    """A string column's values, sorted, if it reads as a category (see the module's docstring)."""
+    if not _is_text(col.type):
+        return None
+    values = sorted(v for v in set(_strings(col)) if v is not None)
+    if not values or len(values) > MAX_CATEGORIES or len(values) * MIN_ROWS_PER_CATEGORY > len(col):
+        return None
+    return tuple(values)
+
+
+def _strings(col: pa.ChunkedArray) -> list[str | None]:
+    try:
+        return col.cast(pa.string()).to_pylist()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return [None if v is None else str(v) for v in col.to_pylist()]
+
+
 def _width(table: pa.Table, column: str) -> int:
     col = table.column(column)
     if not _is_list(col.type):
         return 1
-    lengths = set(pa.compute.list_value_length(col).to_pylist())
-    if len(lengths) != 1 or None in lengths:
+    lengths = set(pa.compute.list_value_length(col).to_pylist()) - {None}  # a null row is a gap
+    if len(lengths) != 1:
         raise InputError(
-            f"list column {column!r} has rows of different lengths {sorted(x for x in lengths if x)}; "
+            f"list column {column!r} has rows of different lengths {sorted(lengths)}; "
             "features need one fixed length"
         )
     return lengths.pop()
 
 
-def _matrix(table: pa.Table, columns: Sequence[str]) -> np.ndarray:
+def _matrix(table: pa.Table, columns: Sequence[str], categories: Mapping[str, tuple[str, ...]],
+            widths: Sequence[int] | None = None) -> np.ndarray:
+    """The raw features, categories one-hot, a missing number NaN; ``InputError`` naming a column that
+    does not hold what the encoding reads from it (or not ``widths`` numbers per row, where given)."""
     parts = []
-    for c in columns:
-        col = table.column(c).combine_chunks()
-        if _is_list(col.type):
-            parts.append(np.asarray(col.to_pylist(), dtype=np.float64).reshape(len(col), -1))
-        else:
-            parts.append(np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)[:, None])
+    for i, c in enumerate(columns):
+        col = table.column(c)
+        if widths is not None and c not in categories and col.null_count == len(col):  # a request's null
+            parts.append(np.full((len(col), widths[i]), np.nan))
+            continue
+        try:
+            parts.append(_one_hot(_strings(col), categories[c]) if c in categories else _numbers(col))
+        except (ValueError, TypeError, pa.ArrowInvalid):
+            raise InputError(f"column {c!r} ({col.type}) cannot be read as the model's feature "
+                             f"{'categories' if c in categories else 'numbers'}") from None
+    if widths is not None:
+        for c, part, w in zip(columns, parts, widths, strict=True):
+            if part.shape[1] != w:
+                raise InputError(f"column {c!r} holds {part.shape[1]} values per row; the model takes {w}")
     return np.hstack(parts)
+
+
+def _numbers(col: pa.ChunkedArray) -> np.ndarray:
+    if not _is_list(col.type):
+        return np.asarray(col.combine_chunks().to_numpy(zero_copy_only=False), dtype=np.float64)[:, None]
+    rows = col.to_pylist()
+    width = max(len(r) for r in rows if r is not None)
+    if any(r is not None and len(r) != width for r in rows):
+        raise ValueError("rows of different lengths")
+    return np.asarray([[np.nan] * width if r is None else r for r in rows], dtype=np.float64)
+
+
+def _category_text(value: Any) -> str | None:
+    """A category sent as a JSON value: a whole number (a code such as 10115) reads as its digits."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return None if value is None else str(value)
+
+
+def _one_hot(values: list[str | None], known: tuple[str, ...]) -> np.ndarray:
+    index = {v: j for j, v in enumerate(known)}
+    out = np.zeros((len(values), len(known)))
+    rows = [(i, index[v]) for i, v in enumerate(values) if v in index]
+    if rows:
+        out[tuple(np.array(rows).T)] = 1.0
+    return out

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -498,6 +499,11 @@ def _jsonable(value):
         return value.hex()
     if isinstance(value, float) and value.is_integer():
         return int(value)  # 1.0 and 1 are the same content, whichever reader parsed it
+    if isinstance(value, float) and math.isnan(value):
+        return None  # a missing number, whether its reader made it NaN or null
+    if isinstance(value, float) and math.isinf(value):
+        raise DatasetError(f"a payload holds an infinite number ({value}); content ids need finite numbers: "
+                           "replace it, or leave the cell empty if the value is missing")
     return value
 
 

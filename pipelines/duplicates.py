@@ -9,9 +9,11 @@ registered them first (the ``example_credit`` contract, ``schemas.CREDIT_SCHEMA`
   flooding copies of its own examples cannot shrink it; a known limit: when near-copies and their
   originals make up more than half of all examples, the median falls to the copies' spacing and most
   copies go ungrouped.
-  - numeric (numeric columns and fixed-width lists of numbers, e.g. tabular features or pixel
-    arrays): every feature standardized (centred, divided by its standard deviation over the distinct
-    examples), Euclidean distance, linked under ``NEAR_FRACTION`` of the spacing;
+  - numeric (numeric columns, fixed-width lists of numbers and categories, e.g. tabular features or
+    pixel arrays, read as a numeric run's model reads them, ``InputEncoding``: categories one-hot, a
+    missing number its column's mean): every feature standardized (centred, divided by its standard
+    deviation over the distinct examples), Euclidean distance, linked under ``NEAR_FRACTION`` of the
+    spacing;
   - text (``string`` columns, joined in name order): lowercased, punctuation dropped, whitespace
     collapsed, then TF-IDF over character 3-5-grams (scikit-learn); cosine distance, linked under
     ``TEXT_FRACTION`` of the spacing and never above ``TEXT_MAX_DISTANCE`` (cosine similarity 0.8),
@@ -26,7 +28,7 @@ registered them first (the ``example_credit`` contract, ``schemas.CREDIT_SCHEMA`
     now all); linked under ``NEAR_FRACTION`` of the spacing, each image checked against its
     ``IMAGE_CANDIDATES`` nearest by the untrimmed distance. Bytes that do not decode are grouped
     with nothing (counted in the record).
-  Mixed kinds (text beside numbers, say) get exact-copy grouping only.
+  Mixed kinds (free text beside numbers, say) get exact-copy grouping only.
 - A group of ``m`` distinct examples earns the mean of its members' scores, once: each member's
   credit weighs ``1/m``, all of it paid to the provider(s) of the member(s) registered first.
   Providers whose sources were registered at the same time share equally. Copies therefore
@@ -57,7 +59,7 @@ from scipy.spatial import cKDTree
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.neighbors import NearestNeighbors
 
-from attribution import eight_bit
+from attribution import InputEncoding, InputError, eight_bit
 from schemas import CREDIT_SCHEMA
 
 NEAR_FRACTION = 0.25  # of the median nearest-neighbour distance (bench/contributor_value.py's figure)
@@ -196,36 +198,21 @@ def payload_kind(table: pa.Table, payload: Sequence[str]) -> str:
 
 
 def numeric_payload(table: pa.Table, payload: Sequence[str]) -> tuple[np.ndarray | None, str | None]:
-    """The payload as a float64 matrix (columns by name; a fixed-width list column gives one feature
-    per position), or None and why not (a text, bytes or ragged column, or a missing value)."""
-    parts = []
-    for name in sorted(payload):
-        col = table[name].combine_chunks()
-        t = col.type
-        if col.null_count:
-            return None, f"column {name!r} has missing values; {NOT_NUMERIC}"
-        if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
-            parts.append(np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)[:, None])
-            continue
-        if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
-            v = t.value_type
-            if not (pa.types.is_integer(v) or pa.types.is_floating(v) or pa.types.is_boolean(v)):
-                return None, f"column {name!r} holds lists of {v}; {NOT_NUMERIC}"
-            lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
-            if len(lengths) and (lengths.min() != lengths.max() or lengths.min() == 0):
-                return None, f"column {name!r} holds lists of different lengths; {NOT_NUMERIC}"
-            flat = pc.list_flatten(col)
-            if flat.null_count:
-                return None, f"column {name!r} has missing values; {NOT_NUMERIC}"
-            width = int(lengths[0]) if len(lengths) else 0
-            parts.append(np.asarray(flat.to_numpy(zero_copy_only=False), dtype=np.float64).reshape(-1, width))
-            continue
-        return None, f"column {name!r} is {t}; {NOT_NUMERIC}"
-    if not parts:
-        return None, "no payload column"
-    x = np.hstack(parts)
+    """The payload as a numeric run's model reads it (``InputEncoding``, before scaling: numbers, one
+    feature per position of a fixed-length list, categories one-hot, a missing number its column's
+    mean), or None and why not (a column the model would not see: free text, bytes, ragged lists)."""
+    columns = table.select(list(payload))
+    try:
+        encoding = InputEncoding.fit(columns, ["-"])
+    except InputError as exc:
+        return None, f"{exc}; {NOT_NUMERIC}"
+    unread = encoding.left_out(columns)
+    if unread:
+        named = ", ".join(f"{c!r} ({columns.schema.field(c).type})" for c in unread)
+        return None, f"{named}: neither numbers, number lists nor a few categories; {NOT_NUMERIC}"
+    x = encoding.raw(columns)
     if not np.isfinite(x).all():
-        return None, f"the payload holds NaN or inf; {NOT_NUMERIC}"
+        return None, f"the payload holds inf; {NOT_NUMERIC}"
     return x, None
 
 

@@ -51,8 +51,13 @@ PREDICT_UPLOAD = "/v1/predict/upload"  # image runs: a multipart upload, field `
 PAID = (PREDICT, PREDICT_UPLOAD)
 ATTRIBUTION_MODES = ("sync", "deferred", "off")
 Finite = Annotated[float, Field(allow_inf_nan=False)]
+# one numeric input by its training table's columns: a number, a list (an embedding), a category, or null
+Named = dict[str, Finite | str | list[Finite] | None]
 INPUT_DOCS = {
-    "numeric": "`{\"input\": [numbers]}` (one row of the model's features) or `{\"inputs\": [[...], ...]}`.",
+    "numeric": "`{\"input\": {\"column\": value, ...}}` (one input by the training table's feature "
+    "columns: a number, a list of numbers, a category as its string, null for a missing value) or "
+    "`{\"input\": [numbers]}` (the model's raw features, categories one-hot); a batch as "
+    "`{\"inputs\": [...]}`, all in one form.",
     "text": "`{\"input\": \"some text\"}` or `{\"inputs\": [\"text\", ...]}`; texts longer than the "
     "model's maximum length keep their first tokens, as in training.",
     "image": "`{\"input\": {\"image_base64\": \"...\"}}` (PNG or JPEG file bytes, base64) or "
@@ -67,7 +72,8 @@ class ImageIn(BaseModel):
 
 def request_model(run: ServedRun, max_batch: int) -> type[BaseModel]:
     """The `/v1/predict` body for the run's kind of input: numbers, a text, or an image."""
-    item = {"numeric": list[Finite], "text": Annotated[str, Field(min_length=1)], "image": ImageIn}[run.kind]
+    item = {"numeric": list[Finite] | Named, "text": Annotated[str, Field(min_length=1)],
+            "image": ImageIn}[run.kind]
 
     class PredictRequest(BaseModel):
         """One input (`input`) or a batch (`inputs`)."""
@@ -104,6 +110,7 @@ def predict_rows(run: ServedRun, rows: list, attribution: str) -> list[Predictio
     """The model's predictions for well-formed rows of the run's kind; 422 for any it cannot take."""
     attribute, defer = attribution != "off", attribution == "deferred"
     if run.kind == "numeric":
+        rows = feature_rows(run, rows)
         bad = [i for i, r in enumerate(rows) if len(r) != run.n_features]
         if bad:
             raise HTTPException(
@@ -129,6 +136,20 @@ def predict_rows(run: ServedRun, rows: list, attribution: str) -> list[Predictio
         return run.predict_payloads(values, attribute=attribute, defer=defer)
     except InputError as exc:
         raise HTTPException(422, f"inputs cannot be read as the model's {run.kind}: {exc}") from None
+
+
+def feature_rows(run: ServedRun, rows: list) -> list:
+    """Numeric inputs as the model's raw feature rows: inputs sent by named fields encoded as training
+    encoded its table (categories one-hot, a missing number the training mean); 422 naming a bad one."""
+    named = sum(isinstance(r, dict) for r in rows)
+    if not named:
+        return rows
+    if named < len(rows):
+        raise HTTPException(422, "send every input of a batch in one form: all named fields or all lists")
+    try:
+        return run.encoding.raw_records(rows).tolist()
+    except InputError as exc:
+        raise HTTPException(422, str(exc)) from None
 
 
 def image_bytes(index: int, item: "ImageIn | bytes") -> bytes:

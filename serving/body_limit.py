@@ -18,6 +18,7 @@ The default limit is sized from the run (`default_max_body_bytes`)::
     max_body_bytes = max_batch * input_bytes(run's input) + JSON_OVERHEAD
 
     input_bytes, numeric:  n_features * NUMBER_BYTES + ROW_BYTES
+                           + per field (its name and longest category) * TEXT_CHAR_BYTES + FIELD_BYTES
                  text:     max_length characters * TEXT_CHAR_BYTES + ROW_BYTES
                  image:    ceil(height * width * channels * IMAGE_BYTES_PER_VALUE) + ROW_BYTES
 
@@ -45,6 +46,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 NUMBER_BYTES = 64
 # One input's own framing: brackets or quotes, its separator, its indentation, a key if any.
 ROW_BYTES = 64
+# One named field's own framing: its name's quotes, the colon, a category's quotes, separator, indentation.
+FIELD_BYTES = 16
 # One character of text: UTF-8 takes at most 4 bytes, JSON's \uXXXX escape (json.dumps' default for
 # every non-ASCII character) 6.
 TEXT_CHAR_BYTES = 6
@@ -57,9 +60,11 @@ JSON_OVERHEAD = 16 * 1024
 LIMIT_OPTION = "caravan serve --max-body-bytes"
 
 
-def numeric_input_bytes(n_features: int) -> int:
-    """The most bytes one row of `n_features` numbers takes in a JSON body."""
-    return n_features * NUMBER_BYTES + ROW_BYTES
+def numeric_input_bytes(n_features: int, fields: dict[str, int] | None = None) -> int:
+    """The most bytes one row of `n_features` numbers takes in a JSON body, sent as a list or by its
+    named `fields` (name -> characters of its longest value's text, 0 for numbers)."""
+    named = sum((len(name) + text) * TEXT_CHAR_BYTES + FIELD_BYTES for name, text in (fields or {}).items())
+    return n_features * NUMBER_BYTES + ROW_BYTES + named
 
 
 def text_input_bytes(max_length: int) -> int:
@@ -80,15 +85,17 @@ def input_bytes(encoding: Any) -> int:
 
     The hook for the kinds of input a run may have: a text encoding names `max_chars` or `max_length`
     (characters), an image one `height`, `width` and `channels` (as `attribution.payloads`'
-    `ImageEncoding` does); anything else is numeric rows of `n_features` numbers
-    (`attribution.encoding.InputEncoding`)."""
+    `ImageEncoding` does); anything else is numeric rows of `n_features` numbers, or its `columns` by
+    name (`attribution.encoding.InputEncoding`)."""
     if getattr(encoding, "max_chars", None) is not None:  # a text run's bound (tokens x characters)
         return text_input_bytes(int(encoding.max_chars))
     if getattr(encoding, "max_length", None) is not None:
         return text_input_bytes(int(encoding.max_length))
     if all(getattr(encoding, a, None) is not None for a in ("height", "width", "channels")):
         return image_input_bytes(int(encoding.height), int(encoding.width), int(encoding.channels))
-    return numeric_input_bytes(int(encoding.n_features))
+    longest = {c: max(map(len, values)) for c, values in getattr(encoding, "categories", ())}
+    fields = {c: longest.get(c, 0) for c in getattr(encoding, "columns", ())}
+    return numeric_input_bytes(int(encoding.n_features), fields)
 
 
 def default_max_body_bytes(encoding: Any, max_batch: int) -> int:

@@ -10,13 +10,17 @@ import time
 from collections.abc import Callable, Generator
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
 
+from attribution import MAX_CATEGORIES, InputEncoding, InputError
+
 
 def load(data: str | None, label_col: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """Features (float64) and class indices of ``data`` (a Parquet file; numeric feature columns
-    and ``label_col``), or of scikit-learn's bundled digits when ``data`` is None."""
+    """Features (float64) and class indices of ``data`` (a Parquet file: its feature columns, encoded
+    by ``features``, and ``label_col``), or of scikit-learn's bundled digits when ``data`` is None."""
     if data is None:
         from sklearn.datasets import load_digits
 
@@ -27,58 +31,43 @@ def load(data: str | None, label_col: str | None) -> tuple[np.ndarray, np.ndarra
         table = pq.read_table(data)
         if label_col is None or label_col not in table.column_names:
             sys.exit(f"error: --label-col must name a column of {data} (columns: {table.column_names})")
-        frame = table.to_pandas()
-        labels = frame.pop(label_col)
-        labelled = labels.notna().to_numpy()
-        x = features(frame[labelled].reset_index(drop=True))
+        labels = table[label_col]
+        labelled = pc.is_valid(labels)
+        if pa.types.is_floating(labels.type):
+            labelled = pc.and_(labelled, pc.invert(pc.is_nan(labels)))
+        rows = table.filter(labelled)
+        x = features(rows.drop_columns([label_col]))
         if x.shape[1] == 0:
             sys.exit(f"error: {data} has no feature columns besides {label_col!r} (numbers, lists of numbers "
                      f"or categories of at most {MAX_CATEGORIES} values)")
-        y = class_indices(labels[labelled].astype(str), label_col)
-        x = impute(x, dropped=int((~labelled).sum()))
+        y = class_indices([str(v) for v in rows[label_col].to_pylist()], label_col)
+        x = impute(x, dropped=table.num_rows - rows.num_rows)
     return x.astype(np.float64), np.asarray(y, dtype=np.int64)
 
 
 MIN_ROWS_PER_CLASS = 5  # on average: fewer, and the column is an identifier or a continuous target
-MAX_CATEGORIES = 32  # distinct values of a non-numeric column one-hot encoded; more: an id or free text
 
 
-def features(frame) -> np.ndarray:
-    """The feature matrix of a table's columns (a pandas frame, the label column removed), so a user's
-    real table trains on what decides its class, not only on its numbers: numeric and boolean columns
-    as they are (missing values NaN, for ``impute``); fixed-length lists of numbers (an embedding) one
-    feature per position; a column of other values (strings, categories) with at most
-    ``MAX_CATEGORIES`` distinct values and ``MIN_ROWS_PER_CLASS`` rows per value on average one-hot
-    encoded, values in sorted order (a missing value: all zeros); anything else (ids, free text,
-    ragged lists) left out. Says in one line what it encoded and what it left out."""
-    parts, encoded, left_out = [], [], []
-    for name in frame.columns:
-        col = frame[name]
-        if col.dtype.kind in "biuf":
-            parts.append(col.to_numpy(dtype=np.float64, na_value=np.nan)[:, None])
-            continue
-        present = col[col.notna()]
-        if len(present) and all(isinstance(v, list | tuple | np.ndarray) for v in present):
-            widths = {len(v) for v in present}
-            numbers = len(widths) == 1 and all(np.asarray(v).dtype.kind in "biuf" for v in present)
-            if numbers and present.size == col.size:
-                parts.append(np.stack([np.asarray(v, dtype=np.float64) for v in col]))
-                encoded.append(f"{name} ({widths.pop()} numbers)")
-            else:
-                left_out.append(name)
-            continue
-        values = sorted({str(v) for v in present})
-        if not values or len(values) > MAX_CATEGORIES or len(values) * MIN_ROWS_PER_CLASS > len(col):
-            left_out.append(name)
-            continue
-        text = col.where(col.isna(), col.astype(str)).to_numpy(dtype=object)
-        parts.append(np.stack([(text == v).astype(np.float64) for v in values], axis=1))
-        encoded.append(f"{name} ({len(values)} categories)")
-    if encoded or left_out:
-        print(f"data: encoded {', '.join(encoded) or 'nothing'} as features; left out "
-              f"{', '.join(map(str, left_out)) or 'nothing'} (not numbers, lists of numbers of one length, "
-              f"or at most {MAX_CATEGORIES} categories with {MIN_ROWS_PER_CLASS}+ rows each)", flush=True)
-    return np.hstack(parts) if parts else np.zeros((len(frame), 0))
+def features(table) -> np.ndarray:
+    """The feature matrix of a table's columns (an Arrow table, the label column removed), encoded as a
+    numeric pipeline run encodes its own (``attribution.InputEncoding``), so a user's real table trains
+    on what decides its class, not only on its numbers: numbers as they are, a fixed-length list of
+    numbers (an embedding) one feature per position, a column of at most ``MAX_CATEGORIES`` strings
+    one-hot (a missing value: all zeros), a missing number its column's mean; ids, free text and ragged
+    lists left out. Says in one line what it encoded and what it left out."""
+    try:
+        enc = InputEncoding.fit(table, ["-"])
+    except InputError:
+        return np.zeros((table.num_rows, 0))
+    categories = dict(enc.categories)
+    encoded = [f"{c} ({len(categories[c])} categories)" if c in categories else f"{c} ({w} numbers)"
+               for c, w in zip(enc.columns, enc.widths, strict=True) if c in categories or w > 1]
+    left_out, gaps = enc.left_out(table), sum(table[c].null_count for c in enc.columns)
+    if encoded or left_out or gaps:
+        print(f"data: encoded {', '.join(encoded) or 'nothing'} as features; {gaps} missing values set to "
+              f"their column's mean; left out {', '.join(map(str, left_out)) or 'nothing'} (not numbers, "
+              f"lists of numbers of one length, or a few categories: at most {MAX_CATEGORIES})", flush=True)
+    return enc.raw(table)
 
 
 def class_indices(labels: object, label_col: str | None) -> np.ndarray:

@@ -22,6 +22,7 @@ from attribution import (
     IMAGE_CONFIG,
     LABELS,
     LEFT_OUT_RUNS,
+    MAX_CATEGORIES,
     MLP_CONFIG,
     TEXT_CONFIG,
     AttributionError,
@@ -373,8 +374,9 @@ def trained_model(
     targets = "validation" if validation is not None else "crowd_hash_split"
     ignored = split.encoding.left_out(labeled_dataset) if isinstance(split, EncodedSplit) else []
     if ignored:
-        context.log.warning(f"columns {ignored} are not numbers or fixed-length number lists, so the model "
-                            "never sees them: encode them as numbers before ingest if they matter")
+        context.log.warning(f"columns {ignored} are not numbers, fixed-length number lists or categories "
+                            f"(at most {MAX_CATEGORIES} distinct strings), so the model never sees them: "
+                            "encode them as numbers before ingest if they matter")
     if validation is None:
         context.log.warning(
             "no validation set declared: influence is measured against a hash split of the crowd-labeled "

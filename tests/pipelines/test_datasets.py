@@ -28,6 +28,19 @@ def test_csv_and_parquet_give_same_ids(tmp_path):
     assert a["example_id"].to_pylist() == b["example_id"].to_pylist()
 
 
+def test_a_gap_is_the_same_content_from_csv_and_parquet_and_infinity_is_named(tmp_path):
+    """An empty CSV cell (null) and a NaN written by NumPy are the same missing value, so the same id; an
+    infinite number has no canonical JSON and is refused by name rather than crashing ingest."""
+    (tmp_path / "d.csv").write_text("n,m,provider\n3,,p\n")
+    pq.write_table(pa.table({"n": [3.0], "m": [float("nan")], "provider": ["p"]}), tmp_path / "d.parquet")
+    a, _ = to_examples(load_source(str(tmp_path / "d.csv")))
+    b, _ = to_examples(load_source(str(tmp_path / "d.parquet")))
+    assert a["example_id"].to_pylist() == b["example_id"].to_pylist()
+    pq.write_table(pa.table({"n": [float("inf")], "provider": ["p"]}), tmp_path / "inf.parquet")
+    with pytest.raises(DatasetError, match="infinite number"):
+        to_examples(load_source(str(tmp_path / "inf.parquet")))
+
+
 def test_folder_gives_one_provider_per_file(tmp_path):
     write_digits(tmp_path, limit=50)
     examples, report = to_examples(load_source(str(tmp_path)))

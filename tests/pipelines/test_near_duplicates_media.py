@@ -344,3 +344,32 @@ def test_the_candidate_search_links_what_a_search_over_all_pairs_links() -> None
 
     assert partition([root(i) for i in range(len(thumbs))]) == partition(labels.tolist())
     assert near["groups"] == 31 and near["copies"] == 30 + 25  # copies with originals, the flood with a's
+
+
+def test_a_tabular_copy_is_grouped_through_its_categories_and_gaps() -> None:
+    """Categories and missing numbers are read as a numeric run's model reads them (one-hot, the mean):
+    a lightly edited copy with a gap joins its original, the same numbers in another city do not."""
+    rng = np.random.default_rng(0)
+    n = 180
+    x, y = rng.normal(size=n), rng.normal(size=n)
+    y[::10] = np.nan
+    city = rng.choice(["lima", "oslo", "rome"], n).tolist()
+    owner = [("a", "b", "c")[i % 3] for i in range(n)]
+    copied = [i for i in range(0, n, 3)][:12]  # a's rows, some with a gap (0, 30, ...)
+    other = {"lima": "oslo", "oslo": "rome", "rome": "lima"}
+    rows = {
+        "x": [*x, *(x[copied] + 1e-4), *x[copied]],
+        "y": [*y, *y[copied], *y[copied]],
+        "city": [*city, *(city[i] for i in copied), *(other[city[i]] for i in copied)],
+        "provider": [*owner, *["copycat"] * 12, *["mover"] * 12],
+    }
+    table = pa.table({**rows, "source": [f"src-{p}" for p in rows["provider"]]})
+    examples, report = to_examples(table, _times(table, late=("src-copycat", "src-mover")))
+    labels, near = near_groups(examples, ["x", "y", "city"])
+    assert near["method"] != "none" and near["features"] == 5  # x, y and three cities
+    group = dict(zip(examples["example_id"].to_pylist(), labels.tolist(), strict=True))
+    values = zip(rows["x"], rows["y"], rows["city"], strict=True)
+    table_ids = [example_id({"x": a, "y": b, "city": c}) for a, b, c in values]
+    originals, copies, moved = table_ids[:n], table_ids[n:n + 12], table_ids[n + 12:]
+    assert all(group[copies[k]] == group[originals[i]] for k, i in enumerate(copied))
+    assert all(group[moved[k]] != group[originals[i]] for k, i in enumerate(copied))

@@ -10,6 +10,7 @@ import dagster as dg
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 
 from attribution import HF_CONFIG, IMAGE_CONFIG, MLP_CONFIG, TEXT_CONFIG, TRAK_VALUE_METHOD, TrainConfig
 from pipelines.assets.training import RECIPE_DEFAULTS, TrainingConfig, recipe_for, train_labeled, value_method
@@ -64,6 +65,24 @@ def test_a_numeric_run_pays_by_trak_value_and_keeps_its_serving_features():
     assert set(inrun.example_attribution["method"].to_pylist()) == {"inrun_sgd"}
     assert paid.scores.tobytes() == again.scores.tobytes() and not np.allclose(paid.scores, inrun.scores)
     assert type(paid.features) is type(inrun.features)  # serving's whole-gradient TRAK features
+
+
+def test_a_numeric_run_learns_its_categories_and_trains_over_gaps():
+    """The class is the city (a string column) alone, the numbers noise with gaps: a model that left the
+    city out, or a run that refused the gaps, could not predict the held-out rows."""
+    rng = np.random.default_rng(1)
+    n = 160
+    city = rng.choice(["lima", "oslo", "rome"], n)
+    noise = rng.normal(size=n)
+    noise[::7] = np.nan
+    ids = [hashlib.sha256(f"{i}".encode()).hexdigest() for i in range(n)]
+    table = pa.table({"example_id": ids, "city": city, "noise": noise, "more_noise": rng.normal(size=n),
+                      "label": np.where(city == "oslo", "b", "a").tolist()})
+    split, result = train_labeled(table, TrainingConfig(epochs=20), run_id="r")
+    assert split.encoding.categories == (("city", ("lima", "oslo", "rome")),)
+    with torch.no_grad():
+        predicted = result.model(torch.as_tensor(split.X_targets, dtype=torch.float32)).argmax(1).numpy()
+    assert len(split.y_targets) >= 20 and (predicted == split.y_targets).all()
 
 
 def _texts(n: int = 48) -> pa.Table:

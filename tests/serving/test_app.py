@@ -75,6 +75,36 @@ def test_bad_input_is_refused_free(client, ledger, body, status, message):
     assert nothing_charged(ledger, key_id, 100 * PRICE)
 
 
+def test_inputs_by_named_fields_are_the_rows_they_name(world, client, ledger):
+    """An input sent by its training columns is charged, hashed and answered as the same row of numbers;
+    a missing value (null) is the training mean; a bad field is refused, naming it, and nothing charged."""
+    columns, rows = world.served.encoding.columns, world.run.X_test[:3].tolist()
+    named = [dict(zip(columns, r, strict=True)) for r in rows]
+    key_id, headers = key(ledger)
+
+    def receipts(body: dict) -> list[tuple]:
+        r = client.post("/v1/predict", json=body, headers=headers)
+        assert r.status_code == 200, r.text
+        ids = [p["receipt_id"] for p in r.json()["predictions"]]
+        out = [client.get(f"/v1/receipts/{i}", headers=headers).json() for i in ids]
+        return [(o["input_hash"], o["output"]["label"], o["bps"]) for o in out]
+
+    assert receipts({"inputs": named}) == receipts({"inputs": rows})
+    mean = dict(zip(columns, world.served.encoding.mean, strict=True))
+    gap = receipts({"input": {**named[0], columns[0]: None}})
+    assert gap == receipts({"input": list({**named[0], columns[0]: mean[columns[0]]}.values())})
+    balance = ledger.key(key_id).balance
+    for body, message in [
+        ({"input": {columns[0]: 1.0}}, f"lacks fields {list(columns[1:])}"),
+        ({"input": {**named[0], "zz": 1.0}}, "unknown fields ['zz']"),
+        ({"input": {**named[0], columns[1]: "x"}}, f"field '{columns[1]}' takes a number"),
+        ({"inputs": [named[0], rows[1]]}, "in one form"),
+    ]:
+        r = client.post("/v1/predict", json=body, headers=headers)
+        assert r.status_code == 422 and message in r.json()["error"], r.text
+    assert ledger.key(key_id).balance == balance
+
+
 def test_keys_and_balance_refusals(world, client, ledger):
     row = {"input": world.run.X_test[0].tolist()}
     assert client.post("/v1/predict", json=row).status_code == 401

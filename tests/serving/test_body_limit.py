@@ -226,7 +226,7 @@ def test_the_limit_is_in_the_log_the_schema_and_overridable(server, world, ledge
     assert r.status_code == 413 and "limit of 1000 bytes" in r.json()["error"]
     assert ledger.key(key_id).balance == BALANCE and ledger.receipt_ids() == []
     assert create_app(world.served, ledger, price=PRICE, max_batch=8).state.max_body_bytes == (
-        8 * numeric_input_bytes(6) + JSON_OVERHEAD
+        8 * numeric_input_bytes(6, {f"f{j}": 0 for j in range(6)}) + JSON_OVERHEAD  # by number or by name
     )
 
 
@@ -240,7 +240,12 @@ def test_the_default_limit_formula():
     class Image:
         height, width, channels = 32, 32, 3
 
+    class Named(Numeric):
+        columns = ("age", "city")
+        categories = (("city", ("Lima", "Ulaanbaatar")),)
+
     assert input_bytes(Numeric()) == numeric_input_bytes(6) == 6 * 64 + 64
+    assert input_bytes(Named()) == 6 * 64 + 64 + (3 * 6 + 16) + ((4 + 11) * 6 + 16)
     assert input_bytes(Text()) == text_input_bytes(512) == 512 * 6 + 64
     assert input_bytes(Image()) == image_input_bytes(32, 32, 3) == 32 * 32 * 3 * 3 // 2 + 64
     assert default_max_body_bytes(Numeric(), 64) == 64 * (6 * 64 + 64) + JSON_OVERHEAD
