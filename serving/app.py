@@ -66,6 +66,17 @@ INPUT_DOCS = {
 }
 
 
+def input_docs(run: ServedRun) -> str:
+    """What `/v1/predict` takes, for the run's kind; for a numeric run also its own fields, so the
+    OpenAPI page says what to send by name."""
+    if run.kind != "numeric":
+        return INPUT_DOCS[run.kind]
+    one_hot = dict(run.encoding.categories)
+    fields = [f"`{c}` ({'|'.join(one_hot[c]) if c in one_hot else 'a number' if w == 1 else f'{w} numbers'})"
+              for c, w in zip(run.encoding.columns, run.encoding.widths, strict=True)]
+    return f"{INPUT_DOCS['numeric']} This run's fields: {', '.join(fields)}."
+
+
 class ImageIn(BaseModel):
     image_base64: str = Field(min_length=1, description="the image file's bytes (PNG, JPEG), base64")
 
@@ -381,7 +392,7 @@ def create_app(
             predictions=[_prediction(r, run, top_k) for r in charged.receipts],
         )
 
-    @app.post(PREDICT, response_model=PredictResponse, responses=errors, description=INPUT_DOCS[run.kind])
+    @app.post(PREDICT, response_model=PredictResponse, responses=errors, description=input_docs(run))
     def predict(body: PredictRequest, key: Annotated[ApiKey, Depends(api_key)]) -> PredictResponse:
         # key and rate were checked by the gate, before the body was read
         return paid(body.rows(), key)

@@ -93,6 +93,8 @@ def test_inputs_by_named_fields_are_the_rows_they_name(world, client, ledger):
     mean = dict(zip(columns, world.served.encoding.mean, strict=True))
     gap = receipts({"input": {**named[0], columns[0]: None}})
     assert gap == receipts({"input": list({**named[0], columns[0]: mean[columns[0]]}.values())})
+    description = client.get("/openapi.json").json()["paths"]["/v1/predict"]["post"]["description"]
+    assert "This run's fields: " + ", ".join(f"`{c}` (a number)" for c in columns) in description
     balance = ledger.key(key_id).balance
     for body, message in [
         ({"input": {columns[0]: 1.0}}, f"lacks fields {list(columns[1:])}"),
