@@ -59,8 +59,9 @@ class InputEncoding:
         return ModelSpec((self.n_features, *hidden, len(self.classes)))
 
     @classmethod
-    def fit(cls, table: pa.Table, labels: Sequence[str]) -> InputEncoding:
-        """Feature columns of ``table`` and their scale; ``labels`` give the sorted class list."""
+    def fit(cls, table: pa.Table, labels: Sequence[str] = ()) -> InputEncoding:
+        """Feature columns of ``table`` and their scale; ``labels`` give the sorted class list (none
+        where only the features are wanted: ingest's near-duplicates, the benches' loader)."""
         columns = [c for c in table.column_names if c not in NON_FEATURES]
         categories = {c: v for c in columns if (v := _categories(table.column(c))) is not None}
         usable = [c for c in columns if c in categories or _is_numbers(table.column(c))]

@@ -203,7 +203,7 @@ def numeric_payload(table: pa.Table, payload: Sequence[str]) -> tuple[np.ndarray
     mean), or None and why not (a column the model would not see: free text, bytes, ragged lists)."""
     columns = table.select(list(payload))
     try:
-        encoding = InputEncoding.fit(columns, ["-"])
+        encoding = InputEncoding.fit(columns)
     except InputError as exc:
         return None, f"{exc}; {NOT_NUMERIC}"
     unread = encoding.left_out(columns)

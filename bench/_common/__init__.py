@@ -56,7 +56,7 @@ def features(table) -> np.ndarray:
     one-hot (a missing value: all zeros), a missing number its column's mean; ids, free text and ragged
     lists left out. Says in one line what it encoded and what it left out."""
     try:
-        enc = InputEncoding.fit(table, ["-"])
+        enc = InputEncoding.fit(table)
     except InputError:
         return np.zeros((table.num_rows, 0))
     categories = dict(enc.categories)
