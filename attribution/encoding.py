@@ -239,7 +239,10 @@ def _categories(col: pa.ChunkedArray) -> tuple[str, ...] | None:
     """A string column's values, sorted, if it reads as a category (see the module's docstring)."""
     if not _is_text(col.type):
         return None
-    values = sorted(v for v in set(_strings(col)) if v is not None)
+    distinct = pa.compute.unique(col.cast(pa.string()))  # a long free-text column is never listed whole
+    if len(distinct) > MAX_CATEGORIES + 1:  # (+1: the null)
+        return None
+    values = sorted(v for v in distinct.to_pylist() if v is not None)
     if not values or len(values) > MAX_CATEGORIES or len(values) * MIN_ROWS_PER_CATEGORY > len(col):
         return None
     return tuple(values)
