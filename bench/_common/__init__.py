@@ -10,12 +10,8 @@ import time
 from collections.abc import Callable, Generator
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
-
-from attribution import MAX_CATEGORIES, InputEncoding, InputError
 
 
 def load(data: str | None, label_col: str | None) -> tuple[np.ndarray, np.ndarray]:
@@ -26,7 +22,11 @@ def load(data: str | None, label_col: str | None) -> tuple[np.ndarray, np.ndarra
 
         x, y = load_digits(return_X_y=True)
     else:
+        import pyarrow as pa
+        import pyarrow.compute as pc
         import pyarrow.parquet as pq
+
+        from attribution import MAX_CATEGORIES
 
         table = pq.read_table(data)
         if label_col is None or label_col not in table.column_names:
@@ -55,6 +55,9 @@ def features(table) -> np.ndarray:
     numbers (an embedding) one feature per position, a column of at most ``MAX_CATEGORIES`` strings
     one-hot (a missing value: all zeros), a missing number its column's mean; ids, free text and ragged
     lists left out. Says in one line what it encoded and what it left out."""
+    from attribution import MAX_CATEGORIES, InputEncoding, InputError  # pyarrow: not in the GPU bench's
+    # torch-and-numpy-only environment, which imports this package for its other helpers
+
     try:
         enc = InputEncoding.fit(table)
     except InputError:
