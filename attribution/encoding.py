@@ -101,15 +101,15 @@ class InputEncoding:
 
     def raw_records(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """``raw`` of inputs sent as named fields (``{column: value}``, a category as its string, a
-        missing value null); ``InputError`` naming a field the model does not know or one left out."""
-        fields = set(self.columns)
+        missing value null). A field the model does not read is ignored, as training left it out (a
+        whole row may be sent); ``InputError`` naming any of the model's fields an input lacks."""
         for i, record in enumerate(records):
-            unknown, absent = sorted(record.keys() - fields), [c for c in self.columns if c not in record]
-            if unknown or absent:
+            absent = [c for c in self.columns if c not in record]
+            if absent:
+                unknown = sorted(set(record) - set(self.columns))
                 raise InputError(
-                    f"input {i}: " + "; ".join(
-                        ([f"unknown fields {unknown[:10]}"] if unknown else [])
-                        + ([f"lacks fields {absent[:10]} (send null for a missing value)"] if absent else []))
+                    f"input {i} lacks fields {absent[:10]} (send null for a missing value)"
+                    + (f", and has {unknown[:10]}, which the model does not read" if unknown else "")
                     + f"; the model's fields are {list(self.columns)}"
                 )
         one_hot = dict(self.categories)

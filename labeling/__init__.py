@@ -21,7 +21,14 @@ from labeling.aggregate import (
     majority_vote,
 )
 from labeling.client import LabelStudioClient, Project, RetryPolicy
-from labeling.configs import ProjectSpec, choice_result, classification_config, config_choices, image_data_url
+from labeling.configs import (
+    PROJECT_KINDS,
+    ProjectSpec,
+    choice_result,
+    classification_config,
+    config_choices,
+    image_data_url,
+)
 from labeling.contributors import ContributorsRegistry
 from labeling.errors import (
     ContributorsError,
@@ -87,6 +94,7 @@ __all__ = [
     "aggregate",
     "auto_smoothing",
     "annotator_quality",
+    "PROJECT_KINDS",
     "check_smoothing",
     "choice_result",
     "classification_config",

@@ -25,7 +25,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from labeling.configs import ProjectSpec, config_choices
+from labeling.configs import OBJECT_TAGS, ProjectSpec, config_choices
 from labeling.errors import LabelConfigError, LabelStudioRequestError, LabelStudioUnavailable
 
 T = TypeVar("T")
@@ -47,7 +47,7 @@ class RetryPolicy:
 class Project:
     id: int
     title: str
-    kind: str  # "text" | "image"
+    kind: str  # "text" | "image" | "table"
     field: str
     choices: tuple[str, ...]
 
@@ -419,9 +419,9 @@ def _object_field(label_config: str) -> tuple[str, str]:
 
     for node in ET.fromstring(label_config).iter():
         value = node.get("value") or ""
-        if node.tag in ("Text", "Image") and value.startswith("$"):
+        if node.tag in OBJECT_TAGS.values() and value.startswith("$"):
             return node.tag.lower(), value[1:]
-    raise LabelConfigError("labeling config has no <Text> or <Image> object with a $variable")
+    raise LabelConfigError(f"labeling config has no {'/'.join(OBJECT_TAGS.values())} object with a $variable")
 
 
 def _describe(exc: BaseException | None) -> str:

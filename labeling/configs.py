@@ -1,6 +1,8 @@
-"""Labeling configs for text and image classification, and how a payload becomes task data.
+"""Labeling configs for text, image and table classification, and how a payload becomes task data.
 
-Images reach Label Studio inline as data URLs, so no storage needs to be shared with it.
+Images reach Label Studio inline as data URLs, so no storage needs to be shared with it. A table
+project shows each example's row (its columns but the ids, as Label Studio's <Table> of name and value)
+under the project's `field`, a task data key rather than a column.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from xml.sax.saxutils import quoteattr
 from labeling.errors import LabelConfigError
 
 FROM_NAME = "label"  # the <Choices> control every Caravan project uses
+PROJECT_KINDS = ("text", "image", "table")
+OBJECT_TAGS = {"text": "Text", "image": "Image", "table": "Table"}
 
 
 MAX_TITLE = 50  # Label Studio refuses longer project titles
@@ -22,16 +26,16 @@ MAX_TITLE = 50  # Label Studio refuses longer project titles
 
 @dataclass(frozen=True)
 class ProjectSpec:
-    """What a labeling project shows (`kind` is "text" or "image") and which labels it allows."""
+    """What a labeling project shows (`kind`: "text", "image" or "table") and which labels it allows."""
 
     title: str
     kind: str
     choices: tuple[str, ...]
-    field: str  # the examples' payload column shown to labelers (and the task data key)
+    field: str  # the task data key labelers see: the payload column (a table project: the whole row)
 
     def __post_init__(self) -> None:
-        if self.kind not in ("text", "image"):
-            raise LabelConfigError(f"project kind must be 'text' or 'image', not {self.kind!r}")
+        if self.kind not in PROJECT_KINDS:
+            raise LabelConfigError(f"project kind must be {', '.join(PROJECT_KINDS)}, not {self.kind!r}")
         if (
             not self.choices
             or len(set(self.choices)) != len(self.choices)
@@ -54,12 +58,12 @@ class ProjectSpec:
 
 
 def classification_config(kind: str, choices: Sequence[str], field: str) -> str:
-    """Label Studio XML: one object tag (Text or Image) and a single-choice <Choices> on it.
+    """Label Studio XML: one object tag (Text, Image or Table) and a single-choice <Choices> on it.
 
     An image is drawn without smoothing: scaled to the editor's width, a small image (the demo's
     8×8 digits) shows its real pixels instead of a blur the browser invented.
     """
-    tag, extra = {"text": ("Text", ""), "image": ("Image", ' smoothing="false"')}[kind]
+    tag, extra = OBJECT_TAGS[kind], ' smoothing="false"' if kind == "image" else ""
     items = "".join(f"<Choice value={quoteattr(c)}/>" for c in choices)
     return (
         f'<View><{tag} name="{field}" value="${field}"{extra}/>'

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from labeling.client import LabelStudioClient, Project
 from labeling.configs import choice_result
-from labeling.sync import check_examples, task_data
+from labeling.sync import check_examples, task_rows
 
 SIM_DOMAIN = "simulated.caravan.invalid"
 
@@ -111,7 +111,7 @@ def import_with_answers(
 ) -> int:
     """Fast path: create the examples' tasks already carrying their simulated annotations (each with
     its `completed_by`). Examples already in the project are left alone; returns tasks created."""
-    ids = check_examples(examples, project.field)
+    ids = check_examples(examples, project)
     present, _ = client.task_keys(project.id)
     by_example: dict[str, list[dict]] = {}
     for a in answers:
@@ -124,13 +124,9 @@ def import_with_answers(
             }
         )
     todo = [i for i, eid in enumerate(ids) if eid not in present]
-    rows = examples.select(["example_id", "provider", project.field]).take(todo).to_pylist() if todo else []
     tasks = [
-        {
-            "data": task_data(r, project.kind, project.field),
-            "annotations": by_example.get(r["example_id"], []),
-        }
-        for r in rows
+        {"data": data, "annotations": by_example.get(data["example_id"], [])}
+        for data in task_rows(examples, project, todo)
     ]
     created = 0
     for start in range(0, len(tasks), batch_size):

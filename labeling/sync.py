@@ -7,7 +7,9 @@ and never touches an existing one.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -26,13 +28,32 @@ class SyncReport:
     foreign_tasks: int  # tasks without an example_id (made by hand in Label Studio); left alone
 
 
-def check_examples(examples: pa.Table, field: str) -> list[str]:
+def shown_columns(examples: pa.Table, kind: str, field: str) -> list[str]:
+    """The columns a task shows: the payload column `field`, or for a table project every column of the
+    row but the ids (`EXAMPLES_REQUIRED`) and a label."""
+    if kind == "table":
+        return [c for c in examples.column_names if c not in (*EXAMPLES_REQUIRED, "label")]
+    return [field]
+
+
+def task_rows(examples: pa.Table, project: Project, rows: Sequence[int]) -> list[dict]:
+    """The task data of `examples`' `rows` (by index), as `project` shows them."""
+    if not rows:
+        return []
+    columns = ["example_id", "provider", *shown_columns(examples, project.kind, project.field)]
+    picked = examples.select(columns).take(list(rows)).to_pylist()
+    return [task_data(r, project.kind, project.field) for r in picked]
+
+
+def check_examples(examples: pa.Table, project: Project) -> list[str]:
     """The example ids, after checking the table can become tasks (else one error naming the problem)."""
-    missing = [c for c in (*EXAMPLES_REQUIRED, field) if c not in examples.column_names]
-    if missing:
+    shown = shown_columns(examples, project.kind, project.field)
+    missing = [c for c in (*EXAMPLES_REQUIRED, *shown) if c not in examples.column_names]
+    if missing or not shown:
         raise InvalidExamplesError(
-            f"examples table lacks column(s) {missing} (has {examples.column_names}); the project shows "
-            f"${field}, and every examples table needs {list(EXAMPLES_REQUIRED)}"
+            f"examples table lacks column(s) {missing or 'to show'} (has {examples.column_names}); the "
+            f"project shows {f'${project.field}' if project.kind != 'table' else 'each row'}, and every "
+            f"examples table needs {list(EXAMPLES_REQUIRED)}"
         )
     ids = examples.column("example_id").to_pylist()
     empty = [i for i, v in enumerate(ids) if not isinstance(v, str) or not v]
@@ -52,6 +73,9 @@ def check_examples(examples: pa.Table, field: str) -> list[str]:
 
 
 def task_data(row: dict, project_kind: str, field: str) -> dict:
+    if project_kind == "table":  # the row's values by column name (JSON has no NaN: a gap is null)
+        shown = {k: _cell(v) for k, v in row.items() if k not in ("example_id", "provider")}
+        return {"example_id": row["example_id"], "provider": row["provider"], field: shown}
     value = row[field]
     if project_kind == "image":
         value = image_data_url(value)
@@ -62,23 +86,23 @@ def task_data(row: dict, project_kind: str, field: str) -> dict:
     return {"example_id": row["example_id"], "provider": row["provider"], field: value}
 
 
+def _cell(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, bytes):
+        return f"({len(value)} bytes)"
+    return value
+
+
 def sync_tasks(
     client: LabelStudioClient, project: Project, examples: pa.Table, *, batch_size: int = 5000
 ) -> SyncReport:
     """Create a task for each example not yet in the project; return what was done."""
-    ids = check_examples(examples, project.field)
+    ids = check_examples(examples, project)
     present, foreign = client.task_keys(project.id)
     todo = [i for i, eid in enumerate(ids) if eid not in present]
-    cols = ["example_id", "provider", project.field]
     # Build every task before the first request, so a bad row stops the sync before anything is written.
-    tasks = (
-        [
-            {"data": task_data(r, project.kind, project.field)}
-            for r in examples.select(cols).take(todo).to_pylist()
-        ]
-        if todo
-        else []
-    )
+    tasks = [{"data": data} for data in task_rows(examples, project, todo)]
     created = 0
     for start in range(0, len(tasks), batch_size):
         created += client.import_tasks(project.id, tasks[start : start + batch_size])

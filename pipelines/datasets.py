@@ -55,7 +55,7 @@ class DatasetError(ValueError):
 class Payload:
     """Which column labelers see and what it holds: the catalog's labeling spec (`kind`, `field`)."""
 
-    kind: str  # "text" | "image"
+    kind: str  # "text" | "image" | "table" (labelers see the row; `field` is then no column)
     field: str
 
     @classmethod
@@ -250,7 +250,9 @@ def typed_payload(
     `resolve` reads an image path's bytes (None: paths are not allowed here, e.g. `hf:`).
 
     A numeric or list column under kind "text" is feature data (the numeric recipe's), not text:
-    it is left as it is, as is a payload of any other kind."""
+    it is left as it is, as is a payload of any other kind. A table payload is the row itself."""
+    if payload.kind == "table":
+        return table
     if payload.field not in table.column_names:
         raise DatasetError(
             f"{where} has no payload column {payload.field!r} (the labeling field); "

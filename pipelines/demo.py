@@ -2,7 +2,7 @@
 the whole asset graph, a revenue deposit, one contributor's claim, the auditor's verify, and
 paid predictions of the served model settled as an epoch on chain.
 
-The data is the bundled digits as 8×8 PNGs (an image dataset), or any text or image dataset with
+The data is the bundled digits as 8×8 PNGs (an image dataset), or any text, image or table dataset with
 its true labels in one column (`UserData`): the truth column is dropped before ingest, and reaches
 training only through the simulated annotators' answers in Label Studio.
 
@@ -19,6 +19,7 @@ import fcntl
 import hashlib
 import io
 import json
+import math
 import signal
 import subprocess
 import threading
@@ -185,7 +186,7 @@ class DemoData:
     truth: dict[str, str]  # example id -> true label
     gold: Path
     providers: tuple[str, ...]
-    samples: tuple  # payload values (text, or image bytes) to ask the served model about
+    samples: tuple  # payload values (text, image bytes, a table's row by column) to ask the model about
     validation: Path | None = None  # trusted, held-out examples (payload, `label`) pay is measured on
 
     @property
@@ -284,9 +285,17 @@ def write_user_data(settings: Settings, data: UserData, split: UserSplit) -> Dem
         split.truth,
         write_gold(settings.home / "demo" / version / "gold.parquet", split.truth),
         tuple(sorted(set(split.rows["provider"].to_pylist()))),
-        tuple(split.rows[data.field].to_pylist()[:5]),
+        _samples(split.rows, data.kind, data.field),
         held_path if split.validation.num_rows else None,
     )
+
+
+def _samples(rows: pa.Table, kind: str, field: str) -> tuple:
+    """The first 5 payloads to ask the served model about: a table's rows by column (as a caller sends
+    them, named fields), else the payload column's values."""
+    if kind == "table":
+        return tuple(rows.select([c for c in rows.column_names if c not in RESERVED]).slice(0, 5).to_pylist())
+    return tuple(rows[field].to_pylist()[:5])
 
 
 def _user_table(path: Path, payload: Payload, data: UserData, provider: str | None = None) -> pa.Table:
@@ -379,9 +388,12 @@ def write_gold(path: Path, truth: dict[str, str], n: int = 20) -> Path:
 
 
 def serving_input(kind: str, value: object) -> object:
-    """One payload as `/v1/predict` takes it: text as itself, an image as base64 of its file bytes."""
+    """One payload as `/v1/predict` takes it: text as itself, an image as base64 of its file bytes, a
+    table's row as its named fields."""
     if kind == "image":
         return {"image_base64": base64.b64encode(value).decode()}  # type: ignore[arg-type]
+    if kind == "table":  # JSON has no NaN: a missing number is null
+        return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in value.items()}  # type: ignore[union-attr]
     return value
 
 

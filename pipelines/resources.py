@@ -157,7 +157,7 @@ class DatasetCatalog(dg.ConfigurableResource):
     def load(self, version: str, store: ContentStore):
         """The registered rows of `version` (pa.Table), read back from the store by CID."""
         entry = self.lookup(version)
-        payload = Payload.of(entry.get("labeling"))  # the payload column checked and typed (text or image)
+        payload = Payload.of(entry.get("labeling"))  # the payload column checked and typed (text, image)
         if entry["hf"]:
             return load_source(entry["hf"], provider=entry["provider"], payload=payload)
         return load_files([SourceFile.from_json(f) for f in entry["sources"]], store.get, payload=payload)

@@ -52,8 +52,9 @@ def demo(
             "needs --kind, --field, --choices and --truth-col."
         ),
     ] = None,
-    kind: Annotated[str | None, typer.Option(help="With --data: text or image.")] = None,
-    field: Annotated[str | None, typer.Option(help="With --data: the payload column labelers see.")] = None,
+    kind: Annotated[str | None, typer.Option(help="With --data: text, image or table.")] = None,
+    field: Annotated[str | None, typer.Option(
+        help="With --data: the payload column labelers see (a table: the name its rows show under).")] = None,
     choices: Annotated[str | None, typer.Option(help="With --data: comma-separated labels.")] = None,
     truth_col: Annotated[
         str | None,
@@ -184,8 +185,11 @@ def _user_data(
             "--choices spam,ham --truth-col label)"
         )
     labels = tuple(c.strip() for c in choices.split(",") if c.strip())
-    if kind not in ("text", "image") or not labels:
-        raise CaravanError("--kind must be text or image, and --choices must name at least one label")
+    from labeling import PROJECT_KINDS
+
+    if kind not in PROJECT_KINDS or not labels:
+        raise CaravanError(f"--kind must be one of {', '.join(PROJECT_KINDS)}, and --choices must name at "
+                           "least one label")
     names = tuple(sorted({t.strip() for t in (trusted or "").split(",") if t.strip()}))
     if trusted is not None and not names:
         raise CaravanError("--trusted must name at least one provider of --data (comma-separated)")
@@ -224,9 +228,12 @@ def ingest(
         ),
     ],
     version: Annotated[str, typer.Option(help="The dataset version (Dagster partition) to register.")],
-    kind: Annotated[str, typer.Option(help="Label Studio project kind: text or image.")],
+    kind: Annotated[str, typer.Option(
+        help="Label Studio project kind: text, image, or table (labelers see each row's columns, and the "
+        "model trains on them: numbers, number lists, categories).")],
     field: Annotated[
-        str, typer.Option(help="Payload column labelers see (an image folder's images fill this column).")
+        str, typer.Option(help="Payload column labelers see (an image folder's images fill this column); "
+                          "for a table, the name the row is shown under, e.g. 'row'.")
     ],
     choices: Annotated[str, typer.Option(help="Comma-separated labels, e.g. 'spam,ham'.")],
     provider: Annotated[
@@ -261,6 +268,7 @@ def ingest(
     """Register a dataset version: the Dagster partition the whole graph runs for."""
     import dagster as dg
 
+    from labeling import PROJECT_KINDS
     from pipelines.datasets import DatasetError, Payload, load_source, to_examples, validation_examples
     from pipelines.privacy import registering
     from pipelines.resources import DatasetCatalog, resources_for
@@ -270,8 +278,9 @@ def ingest(
     settings = load_settings()
     labels = [c.strip() for c in choices.split(",") if c.strip()]
     with clean_errors(DatasetError, ValueError, StorageError):
-        if kind not in ("text", "image") or not labels:
-            raise CaravanError("--kind must be text or image, and --choices must name at least one label")
+        if kind not in PROJECT_KINDS or not labels:
+            raise CaravanError(f"--kind must be one of {', '.join(PROJECT_KINDS)}, and --choices must "
+                               "name at least one label")
         payload = Payload(kind, field)  # texts and images are checked here, before anything is pinned
         examples, report = to_examples(load_source(source, provider=provider, payload=payload))
         if validation:

@@ -57,7 +57,7 @@ def sync(
         str, typer.Argument(help="Parquet `examples` table (example_id, provider, source, ...).")
     ],
     project: Title,
-    kind: Annotated[str, typer.Option(help="text or image.")] = "text",
+    kind: Annotated[str, typer.Option(help="text, image or table (the row shown under --field).")] = "text",
     field: Annotated[str, typer.Option(help="Payload column shown to labelers.")] = "text",
     choices: Annotated[str, typer.Option(help="Comma-separated labels.")] = "",
     url: Url = None,

@@ -140,3 +140,20 @@ def test_the_editor_shows_the_task_text_itself(labelstudio, client, tmp_path):
         tmp_path / "profile",
     )  # fmt: skip
     assert shown is True
+
+
+@needs_browser
+def test_the_editor_shows_the_rows_columns_and_values(labelstudio, client, tmp_path):
+    """A table project: the labeler reads each column's name beside its value, the row's own."""
+    if not labelstudio.password:
+        pytest.skip("a Label Studio given by environment: no login for a browser")
+    city = f"oslo-{uuid.uuid4().hex[:6]}"
+    examples = pa.table({"example_id": ["r1"], "provider": ["p"], "source": ["t"], "tenure_months": [27.0],
+                         "city": [city]})
+    spec = ProjectSpec(f"editor {uuid.uuid4().hex[:8]}", "table", ("churn", "stay"), "row")
+    cells = "[...document.querySelectorAll('td')].map(c => c.innerText.trim())"
+    shown = _open_task(
+        labelstudio, client, spec, examples,
+        f"(c => c.includes({json.dumps(city)}) && c)({cells})", tmp_path / "profile",
+    )  # fmt: skip
+    assert shown and {"city", city, "tenure_months", "27"} <= set(shown)

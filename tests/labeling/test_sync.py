@@ -86,6 +86,28 @@ def test_image_project_gets_digits_as_inline_png_data_urls(client):
     assert data["pixels"].startswith("data:image/png;base64,") and data["provider"] == "clinic"
 
 
+def test_table_project_shows_each_rows_columns_and_is_read_back_as_a_table(client):
+    """A tabular dataset is labeled from its rows: Label Studio accepts the <Table> config and stores each
+    row's values by column (a gap as null: JSON has no NaN), never the ids, source or a label."""
+    spec = ProjectSpec(f"rows {uuid.uuid4().hex[:8]}", "table", ("churn", "stay"), "row")
+    assert '<Table name="row" value="$row"/>' in spec.label_config
+    project = client.ensure_project(spec)
+    assert (project.kind, project.field) == ("table", "row")
+    assert client.ensure_project(spec).id == project.id  # read back from the server as the same spec
+    examples = pa.table({
+        "example_id": ["r1", "r2"], "provider": ["bank"] * 2, "source": ["s"] * 2,
+        "age": [41.0, float("nan")], "city": ["oslo", None], "emb": [[0.5, 1.5], [2.0, 3.0]],
+    })
+    assert sync_tasks(client, project, examples).created == 2
+    keys, _ = client.task_keys(project.id)
+    data = client.sdk.tasks.get(str(keys["r2"])).data
+    assert data["row"] == {"age": None, "city": None, "emb": [2.0, 3.0]} and data["provider"] == "bank"
+    first = client.sdk.tasks.get(str(keys["r1"])).data["row"]
+    assert first == {"age": 41.0, "city": "oslo", "emb": [0.5, 1.5]}
+    with pytest.raises(InvalidExamplesError, match="to show"):
+        sync_tasks(client, project, examples.select(["example_id", "provider", "source"]))
+
+
 def test_project_is_reused_by_title_and_a_conflicting_config_is_refused(client, project):
     same = client.ensure_project(ProjectSpec(project.title, "text", CHOICES, "text"))
     assert same == project

@@ -71,6 +71,18 @@ def _images(folder: Path, rows: int = 120) -> UserData:
     return UserData(path, "image", "image", SHAPES, "shape", validation=owner)
 
 
+def replayed_elsewhere(chain: Chain, store: BlockStore, run_id: str):
+    """The auditor's replay on a machine running torch with another thread count (its cores): float
+    reductions split by thread round differently (the image recipe's convolutions do), so replay must
+    use the run's own."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if threads > 1 else 2)
+    try:
+        return replay_run(chain, store, run_id)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("kind", ["text", "image"])
 def test_a_payload_set_is_labeled_trained_paid_served_and_replayed(caravan_env, tmp_path, monkeypatch, kind):
     settings = caravan_env
@@ -119,19 +131,12 @@ def test_a_payload_set_is_labeled_trained_paid_served_and_replayed(caravan_env, 
         held = zip(validation["image"].to_pylist(), validation["label"].to_pylist(), strict=True)
         assert sorted(held) == sorted(given)
     monkeypatch.setattr("pipelines.replay.pipeline_code", lambda: CODE)
-    # The auditor's machine runs torch with another thread count (its cores): float reductions split
-    # by thread round differently (the image recipe's convolutions do), so replay uses the run's own.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1 if threads > 1 else 2)
-    try:
-        replayed = replay_run(chain, store, first["run_id"])
-    finally:
-        torch.set_num_threads(threads)
+    replayed = replayed_elsewhere(chain, store, first["run_id"])
     assert replayed.ok and replayed.same_platform, [f.__dict__ for f in replayed.failures]
     assert replayed.max_score_diff == 0.0  # bit for bit
     assert replayed.replayed_root == replayed.onchain_root
     if kind == "image":  # another platform rounds differently: within the spread of two replays there
-        here = training_platform()
+        here, threads = training_platform(), torch.get_num_threads()
         monkeypatch.setattr("pipelines.replay.training_platform", lambda: {**here, "cpu_capability": "OTHER"})
         torch.set_num_threads(1 if threads > 1 else threads + 1)  # the first replay rounds unlike the run
         try:

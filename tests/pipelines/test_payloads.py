@@ -336,3 +336,24 @@ def test_a_copied_image_file_is_credited_to_the_provider_who_registered_it_first
     credit = {(r["example_id"], r["provider"]): r["share"] for r in report.grouping.credit.to_pylist()}
     assert credit[(image_id(draw(0)), "alpha")] == 1.0 and (image_id(draw(0)), "beta") not in credit
     assert credit[(image_id(draw(7)), "beta")] == 1.0
+
+
+def test_cli_ingest_registers_a_table_shown_as_rows_and_names_the_kinds(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from pipelines.assets.training import TrainingConfig, recipe_for
+    from pipelines.cli import app
+
+    monkeypatch.setenv("CARAVAN_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    (tmp_path / "t.csv").write_text("provider,plan,tenure\np,basic,3\np,pro,\nq,basic,40\n")
+    args = ["ingest", str(tmp_path / "t.csv"), "--version", "t1", "--field", "row", "--choices", "churn,stay"]
+    bad = CliRunner().invoke(app, [*args, "--kind", "audio"])
+    assert bad.exit_code == 1 and "--kind must be one of text, image, table" in bad.stderr
+    ok = CliRunner().invoke(app, [*args, "--kind", "table"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout.strip().splitlines()[-1])["examples"] == 3  # a gap is content too
+    entry = json.loads((tmp_path / "home" / "datasets" / "t1.json").read_text())
+    assert entry["labeling"] == {"kind": "table", "field": "row", "choices": ["churn", "stay"]}
+    table = load_source(str(tmp_path / "t.csv"), payload=Payload("table", "row"))
+    assert recipe_for(TrainingConfig(), table, "row") == ("mlp", None)  # the row's columns train an MLP

@@ -90,6 +90,7 @@ def test_inputs_by_named_fields_are_the_rows_they_name(world, client, ledger):
         return [(o["input_hash"], o["output"]["label"], o["bps"]) for o in out]
 
     assert receipts({"inputs": named}) == receipts({"inputs": rows})
+    assert receipts({"input": {**named[0], "customer": "c-17"}}) == receipts({"input": rows[0]})  # not read
     mean = dict(zip(columns, world.served.encoding.mean, strict=True))
     gap = receipts({"input": {**named[0], columns[0]: None}})
     assert gap == receipts({"input": list({**named[0], columns[0]: mean[columns[0]]}.values())})
@@ -98,7 +99,8 @@ def test_inputs_by_named_fields_are_the_rows_they_name(world, client, ledger):
     balance = ledger.key(key_id).balance
     for body, message in [
         ({"input": {columns[0]: 1.0}}, f"lacks fields {list(columns[1:])}"),
-        ({"input": {**named[0], "zz": 1.0}}, "unknown fields ['zz']"),
+        ({"input": {"zz": 1.0}}, f"lacks fields {list(columns)} (send null for a missing value), and has "
+                                   "['zz']"),
         ({"input": {**named[0], columns[1]: "x"}}, f"field '{columns[1]}' takes a number"),
         ({"inputs": [named[0], rows[1]]}, "in one form"),
     ]:
