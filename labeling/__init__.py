@@ -28,6 +28,7 @@ from labeling.configs import (
     classification_config,
     config_choices,
     image_data_url,
+    labeling_record,
 )
 from labeling.contributors import ContributorsRegistry
 from labeling.errors import (
@@ -98,6 +99,7 @@ __all__ = [
     "check_smoothing",
     "choice_result",
     "classification_config",
+    "labeling_record",
     "config_choices",
     "crowdlab",
     "dawid_skene",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -50,6 +50,7 @@ class Project:
     kind: str  # "text" | "image" | "table"
     field: str
     choices: tuple[str, ...]
+    show: tuple[str, ...] = ()  # a table's columns as the caller's spec picks them (no config holds them)
 
 
 def _transient(exc: BaseException) -> bool:
@@ -142,7 +143,7 @@ class LabelStudioClient:
                     f"{list(project.choices)} on ${project.field}, not {spec.kind} {list(spec.choices)} "
                     f"on ${spec.field}; pick another title"
                 )
-            return project
+            return replace(project, show=spec.show)
         created = self.call(
             f"creating project {spec.title!r}",
             lambda: self.sdk.projects.create(
@@ -151,7 +152,8 @@ class LabelStudioClient:
             retry=False,
         )
         return Project(
-            id=created.id, title=spec.title, kind=spec.kind, field=spec.field, choices=spec.choices
+            id=created.id, title=spec.title, kind=spec.kind, field=spec.field, choices=spec.choices,
+            show=spec.show,
         )
 
     def find_project(self, title: str) -> Project | None:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import base64
 import io
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from xml.sax.saxutils import quoteattr
 
 from labeling.errors import LabelConfigError
+from labeling.schemas import EXAMPLES_REQUIRED
 
 FROM_NAME = "label"  # the <Choices> control every Caravan project uses
 PROJECT_KINDS = ("text", "image", "table")
@@ -32,6 +33,15 @@ class ProjectSpec:
     kind: str
     choices: tuple[str, ...]
     field: str  # the task data key labelers see: the payload column (a table project: the whole row)
+    # A table project's columns labelers see, in this order (empty: every column but the ids): a provider's
+    # row may hold what labelers should not read, such as a customer id or a name.
+    show: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, title: str, labeling: Mapping) -> ProjectSpec:
+        """The spec a dataset version's `labeling_record` names, under `title`."""
+        return cls(title, labeling["kind"], tuple(labeling["choices"]), labeling["field"],
+                   tuple(labeling.get("show") or ()))
 
     def __post_init__(self) -> None:
         if self.kind not in PROJECT_KINDS:
@@ -51,10 +61,32 @@ class ProjectSpec:
             raise LabelConfigError(
                 f"field {self.field!r} must be an identifier (it is a $variable in the config)"
             )
+        check_show(self.kind, self.show)
 
     @property
     def label_config(self) -> str:
         return classification_config(self.kind, self.choices, self.field)
+
+
+def labeling_record(kind: str, field: str, choices: Sequence[str], show: Sequence[str] = ()) -> dict:
+    """A dataset version's labeling spec as its catalog entry records it (read by `ProjectSpec.of`);
+    `show` only when given, so a record without it keeps its bytes."""
+    check_show(kind, show)
+    return {"kind": kind, "field": field, "choices": list(choices), **({"show": list(show)} if show else {})}
+
+
+def check_show(kind: str, show: Sequence[str]) -> None:
+    """`show` picks a table project's columns: distinct names, none of them an id or the label."""
+    if not show:
+        return
+    if kind != "table":
+        raise LabelConfigError(f"shown columns pick a table's columns; a {kind} project shows its field")
+    hidden = [c for c in show if c in (*EXAMPLES_REQUIRED, "label") or not c]
+    if hidden or len(set(show)) != len(show):
+        raise LabelConfigError(
+            f"shown columns must be distinct data columns, got {list(show)}: the ids "
+            f"{list(EXAMPLES_REQUIRED)} and the label are never shown"
+        )
 
 
 def classification_config(kind: str, choices: Sequence[str], field: str) -> str:

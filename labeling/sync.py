@@ -28,32 +28,34 @@ class SyncReport:
     foreign_tasks: int  # tasks without an example_id (made by hand in Label Studio); left alone
 
 
-def shown_columns(examples: pa.Table, kind: str, field: str) -> list[str]:
-    """The columns a task shows: the payload column `field`, or for a table project every column of the
-    row but the ids (`EXAMPLES_REQUIRED`) and a label."""
-    if kind == "table":
-        return [c for c in examples.column_names if c not in (*EXAMPLES_REQUIRED, "label")]
-    return [field]
+def shown_columns(examples: pa.Table, project: Project) -> list[str]:
+    """The columns a task shows: the payload column `field`, or for a table project the columns it
+    picked (`show`), else every column of the row but the ids (`EXAMPLES_REQUIRED`) and a label."""
+    if project.kind != "table":
+        return [project.field]
+    return list(project.show) or [c for c in examples.column_names if c not in (*EXAMPLES_REQUIRED, "label")]
 
 
 def task_rows(examples: pa.Table, project: Project, rows: Sequence[int]) -> list[dict]:
     """The task data of `examples`' `rows` (by index), as `project` shows them."""
     if not rows:
         return []
-    columns = ["example_id", "provider", *shown_columns(examples, project.kind, project.field)]
+    columns = ["example_id", "provider", *shown_columns(examples, project)]
     picked = examples.select(columns).take(list(rows)).to_pylist()
     return [task_data(r, project.kind, project.field) for r in picked]
 
 
 def check_examples(examples: pa.Table, project: Project) -> list[str]:
     """The example ids, after checking the table can become tasks (else one error naming the problem)."""
-    shown = shown_columns(examples, project.kind, project.field)
+    shown = shown_columns(examples, project)
     missing = [c for c in (*EXAMPLES_REQUIRED, *shown) if c not in examples.column_names]
     if missing or not shown:
+        what = f"${project.field}"
+        if project.kind == "table":
+            what = f"the columns {list(project.show)}" if project.show else "each row"
         raise InvalidExamplesError(
             f"examples table lacks column(s) {missing or 'to show'} (has {examples.column_names}); the "
-            f"project shows {f'${project.field}' if project.kind != 'table' else 'each row'}, and every "
-            f"examples table needs {list(EXAMPLES_REQUIRED)}"
+            f"project shows {what}, and every examples table needs {list(EXAMPLES_REQUIRED)}"
         )
     ids = examples.column("example_id").to_pylist()
     empty = [i for i, v in enumerate(ids) if not isinstance(v, str) or not v]

@@ -38,6 +38,7 @@ from labeling import (
     LabelStudioClient,
     ProjectSpec,
     import_with_answers,
+    labeling_record,
     labelstudio_token,
     register,
     simulate_answers,
@@ -171,6 +172,11 @@ class UserData:
     # `truth_col`), or a tenth of the `trusted` providers' rows (every provider's when none is named).
     validation: Path | None = None
     trusted: tuple[str, ...] = ()
+    show: tuple[str, ...] = ()  # a table's columns labelers see (default: every column but the ids)
+
+    @property
+    def labeling(self) -> dict:
+        return labeling_record(self.kind, self.field, self.choices, self.show)
 
 
 @dataclass(frozen=True)
@@ -188,10 +194,11 @@ class DemoData:
     providers: tuple[str, ...]
     samples: tuple  # payload values (text, image bytes, a table's row by column) to ask the model about
     validation: Path | None = None  # trusted, held-out examples (payload, `label`) pay is measured on
+    show: tuple[str, ...] = ()  # a table's columns labelers see (default: every column but the ids)
 
     @property
     def labeling(self) -> dict:
-        return {"kind": self.kind, "field": self.field, "choices": list(self.choices)}
+        return labeling_record(self.kind, self.field, self.choices, self.show)
 
     @property
     def payload(self) -> Payload:
@@ -247,6 +254,10 @@ def split_user_data(data: UserData, limit: int | None) -> UserSplit:
     the model that noise, which may be only that provider's own data."""
     payload = Payload(data.kind, data.field)
     table = _user_table(data.path, payload, data)
+    hidden = [c for c in data.show if c not in table.column_names or c == data.truth_col]
+    if hidden:
+        raise DemoError(f"--show {hidden} must name columns of {data.path} other than --truth-col; its "
+                        f"columns: {table.column_names}")
     if limit is not None:
         table = table.slice(0, limit)
     labels = [str(v) for v in table[data.truth_col].to_pylist()]
@@ -269,7 +280,7 @@ def write_user_data(settings: Settings, data: UserData, split: UserSplit) -> Dem
     """Write a checked split under the demo's home, its version named by the training rows' content."""
     buf = io.BytesIO()
     pq.write_table(split.rows, buf)
-    spec = json.dumps({"kind": data.kind, "field": data.field, "choices": list(data.choices)}, sort_keys=True)
+    spec = json.dumps(data.labeling, sort_keys=True)
     version = "demo-" + hashlib.sha256(buf.getvalue() + spec.encode()).hexdigest()[:12]
     source = settings.home / "demo" / version / "data.parquet"
     source.parent.mkdir(parents=True, exist_ok=True)
@@ -287,6 +298,7 @@ def write_user_data(settings: Settings, data: UserData, split: UserSplit) -> Dem
         tuple(sorted(set(split.rows["provider"].to_pylist()))),
         _samples(split.rows, data.kind, data.field),
         held_path if split.validation.num_rows else None,
+        data.show,
     )
 
 
@@ -591,12 +603,7 @@ def run_demo(
         instance = register_demo_data(settings, demo, private=private)
         say("labelers: 4 simulated annotators of known accuracy answer in Label Studio")
         client = LabelStudioClient(settings.labelstudio_url, labelstudio_token())
-        spec = ProjectSpec(
-            title=f"{settings.labelstudio_prefix} {demo.version}",
-            kind=demo.kind,
-            choices=demo.choices,
-            field=demo.field,
-        )
+        spec = ProjectSpec.of(f"{settings.labelstudio_prefix} {demo.version}", demo.labeling)
         label_with_simulated_annotators(client, demo, spec)
         say("pipeline: materializing the asset graph (ingest, labeling, training, review, royalties)")
         outputs = materialize(settings, instance, demo.version, training)

@@ -62,13 +62,7 @@ from storage import ContentStore, read_parquet
 
 
 def project_spec(catalog: DatasetCatalog, labelstudio: LabelStudioResource, version: str) -> ProjectSpec:
-    spec = catalog.lookup(version)["labeling"]
-    return ProjectSpec(
-        title=f"{labelstudio.project_prefix} {version}",
-        kind=spec["kind"],
-        choices=tuple(spec["choices"]),
-        field=spec["field"],
-    )
+    return ProjectSpec.of(f"{labelstudio.project_prefix} {version}", catalog.lookup(version)["labeling"])
 
 
 def _labeling(fn):

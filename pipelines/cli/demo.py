@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines.cli.errors import CaravanError, clean_errors
+from pipelines.cli.options import Shown, names
 
 console = Console(stderr=True)
 
@@ -56,6 +57,7 @@ def demo(
     field: Annotated[str | None, typer.Option(
         help="With --data: the payload column labelers see (a table: the name its rows show under).")] = None,
     choices: Annotated[str | None, typer.Option(help="With --data: comma-separated labels.")] = None,
+    show: Shown = None,
     truth_col: Annotated[
         str | None,
         typer.Option(
@@ -96,7 +98,7 @@ def demo(
     from provenance import ProvenanceError
 
     with clean_errors(DemoError, ProvenanceError), console.status("starting") as status:
-        user_data = _user_data(data, kind, field, choices, truth_col, validation, trusted)
+        user_data = _user_data(data, kind, field, choices, truth_col, validation, trusted, show)
         training = _hf_training(model_dir, user_data)
 
         def say(step: str) -> None:
@@ -163,13 +165,14 @@ def demo(
 
 def _user_data(
     data: Path | None, kind: str | None, field: str | None, choices: str | None, truth_col: str | None,
-    validation: Path | None = None, trusted: str | None = None,
+    validation: Path | None = None, trusted: str | None = None, show: str | None = None,
 ):
     """`--data` and its companions as one `UserData` (None without --data), or one error."""
+    from labeling import LabelConfigError, labeling_record
     from pipelines.demo import UserData
 
     given = {"--kind": kind, "--field": field, "--choices": choices, "--truth-col": truth_col}
-    optional = {"--validation": validation, "--trusted": trusted}
+    optional = {"--validation": validation, "--trusted": trusted, "--show": show}
     if data is None:
         stray = [k for k, v in {**given, **optional}.items() if v is not None]
         if stray:
@@ -184,16 +187,20 @@ def _user_data(
             f"--data needs {', '.join(missing)} too (e.g. --kind text --field text "
             "--choices spam,ham --truth-col label)"
         )
-    labels = tuple(c.strip() for c in choices.split(",") if c.strip())
+    labels = names(choices)
     from labeling import PROJECT_KINDS
 
     if kind not in PROJECT_KINDS or not labels:
         raise CaravanError(f"--kind must be one of {', '.join(PROJECT_KINDS)}, and --choices must name at "
                            "least one label")
-    names = tuple(sorted({t.strip() for t in (trusted or "").split(",") if t.strip()}))
-    if trusted is not None and not names:
+    providers = tuple(sorted(set(names(trusted))))
+    if trusted is not None and not providers:
         raise CaravanError("--trusted must name at least one provider of --data (comma-separated)")
-    return UserData(data, kind, field, labels, truth_col, validation, names)
+    try:
+        labeling_record(kind, field, labels, names(show))
+    except LabelConfigError as exc:
+        raise CaravanError(f"--show: {exc}") from None
+    return UserData(data, kind, field, labels, truth_col, validation, providers, names(show))
 
 
 def _hf_training(model_dir: Path | None, data) -> dict | None:  # noqa: ANN001 (a UserData or None)
@@ -236,6 +243,7 @@ def ingest(
                           "for a table, the name the row is shown under, e.g. 'row'.")
     ],
     choices: Annotated[str, typer.Option(help="Comma-separated labels, e.g. 'spam,ham'.")],
+    show: Shown = None,
     provider: Annotated[
         str | None, typer.Option(help="Provider of a source without a provider column.")
     ] = None,
@@ -268,7 +276,7 @@ def ingest(
     """Register a dataset version: the Dagster partition the whole graph runs for."""
     import dagster as dg
 
-    from labeling import PROJECT_KINDS
+    from labeling import PROJECT_KINDS, LabelConfigError, labeling_record
     from pipelines.datasets import DatasetError, Payload, load_source, to_examples, validation_examples
     from pipelines.privacy import registering
     from pipelines.resources import DatasetCatalog, resources_for
@@ -276,13 +284,18 @@ def ingest(
     from storage import StorageError
 
     settings = load_settings()
-    labels = [c.strip() for c in choices.split(",") if c.strip()]
-    with clean_errors(DatasetError, ValueError, StorageError):
+    labels = names(choices)
+    with clean_errors(DatasetError, ValueError, StorageError, LabelConfigError):
         if kind not in PROJECT_KINDS or not labels:
             raise CaravanError(f"--kind must be one of {', '.join(PROJECT_KINDS)}, and --choices must "
                                "name at least one label")
+        labeling = labeling_record(kind, field, labels, names(show))
         payload = Payload(kind, field)  # texts and images are checked here, before anything is pinned
         examples, report = to_examples(load_source(source, provider=provider, payload=payload))
+        unknown = [c for c in names(show) if c not in examples.column_names]
+        if unknown:
+            raise CaravanError(f"--show names {unknown}, not columns of {source}; its columns: "
+                               f"{[c for c in examples.column_names if c not in ('example_id', 'source')]}")
         if validation:
             held_out = load_source(validation, provider="validation", payload=payload)
             validation_examples(held_out, examples, labels)
@@ -293,7 +306,7 @@ def ingest(
                 source,
                 store=store,  # the files are pinned, named by CID (a private version's: sealed first)
                 provider=provider,
-                labeling={"kind": kind, "field": field, "choices": labels},
+                labeling=labeling,
                 gold=gold,
                 validation=validation,
             )

@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from pipelines.cli.errors import CaravanError, clean_errors
+from pipelines.cli.options import Shown, names
 from pipelines.settings import load_settings
 
 Url = Annotated[
@@ -60,6 +61,7 @@ def sync(
     kind: Annotated[str, typer.Option(help="text, image or table (the row shown under --field).")] = "text",
     field: Annotated[str, typer.Option(help="Payload column shown to labelers.")] = "text",
     choices: Annotated[str, typer.Option(help="Comma-separated labels.")] = "",
+    show: Shown = None,
     url: Url = None,
 ) -> None:
     """Create one task per example not yet in the project (idempotent; nothing existing is touched)."""
@@ -67,9 +69,8 @@ def sync(
 
     with clean_errors(LabelingError):
         table = _read_parquet(examples)
-        labels = tuple(c.strip() for c in choices.split(",") if c.strip())
         client = _client(url)
-        proj = client.ensure_project(ProjectSpec(project, kind, labels, field))
+        proj = client.ensure_project(ProjectSpec(project, kind, names(choices), field, names(show)))
         r = sync_tasks(client, proj, table)
         typer.echo(
             f"project {proj.id}: {r.created} created, {r.already_present} already present, "

@@ -37,6 +37,21 @@ LedgerTarget = Annotated[
     ),
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
+Shown = Annotated[
+    str | None,
+    typer.Option(
+        "--show",
+        help="With --kind table: the comma-separated columns labelers see, in this order (default: every "
+        "column but the ids); keep out what labelers should not read, e.g. a name. The model still "
+        "trains on every column.",
+        show_default=False,
+    ),
+]
+
+
+def names(text: str | None) -> tuple[str, ...]:
+    """A comma-separated option's names, blanks dropped."""
+    return tuple(n.strip() for n in (text or "").split(",") if n.strip())
 
 
 def open_store(store_dir: str | None) -> BlockStore:

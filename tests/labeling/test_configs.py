@@ -8,7 +8,7 @@ import io
 import pytest
 from PIL import Image
 
-from labeling import LabelConfigError, ProjectSpec, config_choices, image_data_url
+from labeling import LabelConfigError, ProjectSpec, config_choices, image_data_url, labeling_record
 
 
 def test_config_round_trips_choices_including_awkward_labels():
@@ -25,12 +25,29 @@ def test_config_round_trips_choices_including_awkward_labels():
         ({"field": "not a name"}, "identifier"),
         ({"title": "x" * 51}, "51 characters; .* 1 to 50: shorten CARAVAN_LABELSTUDIO_PROJECT_PREFIX"),
         ({"title": ""}, "has 0 characters"),
+        ({"show": ("age",)}, "a text project shows its field"),
+        ({"kind": "table", "show": ("age", "example_id")}, "ids .* are never shown"),
+        ({"kind": "table", "show": ("age", "label")}, "never shown"),
+        ({"kind": "table", "show": ("age", "age")}, "distinct"),
     ],
 )
 def test_bad_project_specs_are_named(kwargs, words):
     args = {"title": "t", "kind": "text", "choices": ("a", "b"), "field": "text", **kwargs}
     with pytest.raises(LabelConfigError, match=words):
         ProjectSpec(**args)
+
+
+def test_a_labeling_record_names_its_shown_columns_only_when_it_has_them():
+    """A version's record keeps its old bytes without `show`, and reads back as the same spec."""
+    plain = labeling_record("table", "row", ("churn", "stay"))
+    assert plain == {"kind": "table", "field": "row", "choices": ["churn", "stay"]}
+    picked = labeling_record("table", "row", ("churn", "stay"), ("tenure", "plan"))
+    assert picked["show"] == ["tenure", "plan"]
+    spec = ProjectSpec.of("t", picked)
+    assert spec == ProjectSpec("t", "table", ("churn", "stay"), "row", ("tenure", "plan"))
+    assert ProjectSpec.of("t", plain).show == ()
+    with pytest.raises(LabelConfigError, match="text project"):
+        labeling_record("text", "text", ("a",), ("x",))
 
 
 def test_config_without_caravan_choices_is_refused():

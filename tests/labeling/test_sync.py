@@ -108,6 +108,25 @@ def test_table_project_shows_each_rows_columns_and_is_read_back_as_a_table(clien
         sync_tasks(client, project, examples.select(["example_id", "provider", "source"]))
 
 
+def test_a_table_project_shows_only_the_columns_it_picks(client):
+    """`show` keeps what labelers should not read (a customer's name) out of the tasks entirely: Label
+    Studio never receives it. The same title with the same labels is the same project."""
+    spec = ProjectSpec(f"rows {uuid.uuid4().hex[:8]}", "table", ("churn", "stay"), "row", ("plan", "age"))
+    project = client.ensure_project(spec)
+    assert project.show == ("plan", "age") and client.ensure_project(spec) == project
+    examples = pa.table({
+        "example_id": ["r1"], "provider": ["bank"], "source": ["s"],
+        "name": ["Ada Lovelace"], "age": [36.0], "plan": ["pro"],
+    })
+    assert sync_tasks(client, project, examples).created == 1
+    keys, _ = client.task_keys(project.id)
+    data = client.sdk.tasks.get(str(keys["r1"])).data
+    assert data["row"] == {"plan": "pro", "age": 36.0} and "Ada Lovelace" not in str(data)
+    lacking = r"lacks column\(s\) \['plan'\].*shows the columns \['plan', 'age'\]"
+    with pytest.raises(InvalidExamplesError, match=lacking):
+        sync_tasks(client, project, examples.drop_columns(["plan"]))
+
+
 def test_project_is_reused_by_title_and_a_conflicting_config_is_refused(client, project):
     same = client.ensure_project(ProjectSpec(project.title, "text", CHOICES, "text"))
     assert same == project

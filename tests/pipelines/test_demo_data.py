@@ -208,6 +208,9 @@ def test_bad_trusted_providers_are_refused(tmp_path, monkeypatch, trusted, messa
         prepare_user_data(load_settings(), data, limit=None)
 
 
+ROWS = {"kind": "table", "field": "row"}
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -215,6 +218,8 @@ def test_bad_trusted_providers_are_refused(tmp_path, monkeypatch, trusted, messa
         ({"truth_col": "text"}, r"--truth-col 'text' must name a column .* other than the payload"),
         ({"choices": ("sport", "science")}, r"true labels \['cooking', 'travel'\] .* not among --choices"),
         ({"field": "body"}, r"no payload column 'body'"),
+        ({**ROWS, "show": ("text", "label")}, r"--show \['label'\] must name columns"),
+        ({**ROWS, "show": ("txt",)}, r"--show \['txt'\] must name columns .* its columns"),
     ],
 )
 def test_bad_demo_data_is_refused(tmp_path, monkeypatch, change, message):
@@ -248,6 +253,8 @@ def test_cli_demo_data_needs_its_companions(tmp_path):
     assert both.exit_code == 1 and "give --validation FILE or --trusted PROVIDERS, not both" in both.stderr
     empty = runner.invoke(app, [*full, "--trusted", " , "])
     assert empty.exit_code == 1 and "--trusted must name at least one provider" in empty.stderr
+    shown = runner.invoke(app, [*full, "--show", "text"])
+    assert shown.exit_code == 1 and "--show: shown columns pick a table's columns" in shown.stderr
 
 
 def test_cli_demo_refuses_bad_data_before_starting_any_service(tmp_path, monkeypatch):

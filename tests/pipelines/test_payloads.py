@@ -357,3 +357,14 @@ def test_cli_ingest_registers_a_table_shown_as_rows_and_names_the_kinds(tmp_path
     assert entry["labeling"] == {"kind": "table", "field": "row", "choices": ["churn", "stay"]}
     table = load_source(str(tmp_path / "t.csv"), payload=Payload("table", "row"))
     assert recipe_for(TrainingConfig(), table, "row") == ("mlp", None)  # the row's columns train an MLP
+
+    for show, words in (("plan,fee", "--show names ['fee'], not columns of"), ("provider", "ids")):
+        refused = CliRunner().invoke(app, [*args, "--kind", "table", "--version", "t2", "--show", show])
+        assert refused.exit_code == 1 and words in refused.stderr, refused.output
+    text = CliRunner().invoke(app, [*args, "--kind", "text", "--version", "t2", "--show", "plan"])
+    assert text.exit_code == 1 and "a text project shows its field" in text.stderr
+    assert not (tmp_path / "home" / "datasets" / "t2.json").exists()  # nothing registered
+    shown = CliRunner().invoke(app, [*args, "--kind", "table", "--version", "t2", "--show", "tenure, plan"])
+    assert shown.exit_code == 0, shown.output
+    entry = json.loads((tmp_path / "home" / "datasets" / "t2.json").read_text())
+    assert entry["labeling"]["show"] == ["tenure", "plan"]

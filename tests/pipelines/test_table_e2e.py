@@ -4,11 +4,14 @@ chain, served by named fields with paid predictions, verified and replayed bit f
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from attribution import InputEncoding, encoding_from_json
+from labeling import LabelStudioClient, labelstudio_token
 from pipelines.demo import UserData, run_demo
 from provenance import TRAINING, Chain, RunRecords, TrainingRecord
 from storage import BlockStore
@@ -27,7 +30,7 @@ def _customers(rows: int = 150, seed: int = 4) -> pa.Table:
     shown[rng.random(rows) < 0.1] = np.nan  # a tenth of the tenures were never recorded
     return pa.table({
         "provider": [("bank-north", "bank-south", "telco")[i % 3] for i in range(rows)],
-        "customer": [f"c-{seed}-{i:05d}" for i in range(rows)],  # an id: shown to labelers, never a feature
+        "customer": [f"c-{seed}-{i:05d}" for i in range(rows)],  # an id: kept from labelers, never a feature
         "plan": plan.tolist(),
         "region": [None if i % 13 == 0 else ("east", "west")[i % 2] for i in range(rows)],
         "tenure_months": shown.tolist(),
@@ -36,18 +39,30 @@ def _customers(rows: int = 150, seed: int = 4) -> pa.Table:
     })
 
 
+def _task_rows(settings) -> list[dict]:
+    """The rows the demo's Label Studio project shows, as the server holds them."""
+    (entry,) = [json.loads(p.read_text()) for p in settings.catalog_dir.glob("demo-*.json")]
+    client = LabelStudioClient(settings.labelstudio_url, labelstudio_token())
+    project = client.find_project(f"{settings.labelstudio_prefix} {entry['version']}")
+    tasks = client.sdk.tasks.list(project=project.id, fields="task_only", include="id,data", page_size=500)
+    return [t.data["row"] for t in tasks]
+
+
 def test_a_table_is_labeled_trained_on_its_categories_paid_served_and_replayed(caravan_env, tmp_path,
                                                                                monkeypatch):
     settings = caravan_env
     monkeypatch.setattr("pipelines.lineage.pipeline_code", lambda: CODE)
     path = tmp_path / "customers.parquet"
     pq.write_table(_customers(), path)
-    data = UserData(path, "table", "row", ("churn", "stay"), "truth")
+    shown = ("plan", "tenure_months", "region", "monthly_fee")  # never the customer's id
+    data = UserData(path, "table", "row", ("churn", "stay"), "truth", show=shown)
     first = run_demo(settings, data=data, start_services=False, say=lambda _: None)
     assert first["verify_ok"], first["failures"]
     assert first["epoch_verify_ok"] and first["predictions"] == 5  # asked by named fields, each paid
     assert sum(r["weight_bps"] for r in first["weights"]) == 10_000
     assert {r["role"] for r in first["weights"]} == {"provider", "labeler"}
+    rows = _task_rows(settings)  # what labelers saw: the rows trained on, held-out validation rows not
+    assert len(rows) >= 120 and {tuple(row) for row in rows} == {shown}
 
     env = {"CARAVAN_RPC_URL": settings.rpc_url, "CARAVAN_CHAIN_DIR": str(settings.chain_dir)}
     chain = Chain.from_env(env)
