@@ -128,6 +128,16 @@ class InputEncoding:
                                  f"{'' if width == 1 else ' (a list)'} or null") from None
         return self.raw(pa.table(arrays))
 
+    def unseen(self, records: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+        """Per input sent as named fields, each category whose value training never saw: it reads as
+        none of the known values (all zeros), so the caller should learn the model answered without it."""
+        known = {column: set(values) for column, values in self.categories}
+        return [
+            {c: text for c, values in known.items()
+             if (text := _category_text(record.get(c))) is not None and text not in values}
+            for record in records
+        ]
+
     def scale(self, raw: np.ndarray) -> np.ndarray:
         raw = np.asarray(raw, dtype=np.float64)
         if raw.ndim != 2 or raw.shape[1] != self.n_features:

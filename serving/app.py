@@ -163,6 +163,13 @@ def feature_rows(run: ServedRun, rows: list) -> list:
         raise HTTPException(422, str(exc)) from None
 
 
+def unseen_fields(run: ServedRun, rows: list) -> list[dict[str, str]]:
+    """Per input, the categories sent by name that training never saw (empty for any other input)."""
+    if run.kind == "numeric" and rows and isinstance(rows[0], dict):
+        return run.encoding.unseen(rows)
+    return [{} for _ in rows]
+
+
 def image_bytes(index: int, item: "ImageIn | bytes") -> bytes:
     if isinstance(item, bytes):
         return item
@@ -191,6 +198,11 @@ class PredictionOut(BaseModel):
     )
     top_contributors: list[Contributor] = Field(
         description="the largest shares of the fee; empty while the split is pending"
+    )
+    unseen: dict[str, str] = Field(
+        default_factory=dict,
+        description="fields sent by name whose category training never saw (field: value): the model read "
+        "them as none of its known values, so it answered without them",
     )
 
 
@@ -376,6 +388,7 @@ def create_app(
                 "each; top the key up (`caravan keys topup`)",
             )
         items = [_charge(p, price) for p in predict_rows(run, rows, attribution)]
+        unseen = unseen_fields(run, rows)  # after the rows were read: a bad one was refused by name
         try:
             charged = ledger.charge(key.key_id, run.run_id, run.model_cid, price, items)
         except InsufficientBalance as exc:
@@ -389,7 +402,9 @@ def create_app(
             model_cid=run.model_cid,
             price_charged=cost,
             balance=charged.balance,
-            predictions=[_prediction(r, run, top_k) for r in charged.receipts],
+            predictions=[
+                _prediction(r, run, top_k, new) for r, new in zip(charged.receipts, unseen, strict=True)
+            ],
         )
 
     @app.post(PREDICT, response_model=PredictResponse, responses=errors, description=input_docs(run))
@@ -451,7 +466,7 @@ def _charge(p: Prediction, price: int) -> Charge:
     return Charge(p.input_hash, p.label, p.probability, p.split, p.bps, amounts, p.payload)
 
 
-def _prediction(receipt, run: ServedRun, top_k: int) -> PredictionOut:
+def _prediction(receipt, run: ServedRun, top_k: int, unseen: dict[str, str]) -> PredictionOut:
     top = sorted(receipt.amounts, key=lambda t: (-t[1], t[0]))[:top_k]
     return PredictionOut(
         receipt_id=receipt.receipt_id,
@@ -464,4 +479,5 @@ def _prediction(receipt, run: ServedRun, top_k: int) -> PredictionOut:
             for a, v in top
             if v > 0
         ],
+        unseen=unseen,
     )

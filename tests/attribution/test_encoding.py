@@ -168,6 +168,18 @@ def test_named_fields_encode_as_the_table_does():
         enc.raw_records([{**records[0], "age": "old"}])
 
 
+def test_a_category_training_never_saw_is_named():
+    """A new city reads as none of the known ones (all zeros): the caller is told which field it was."""
+    table = _mixed()
+    enc = InputEncoding.fit(table, table["label"].to_pylist())
+    record = {c: table[c][0].as_py() for c in enc.columns}
+    seen, new, gap = {**record, "city": "oslo"}, {**record, "city": "Oslo"}, {**record, "city": None}
+    assert enc.unseen([seen, new, gap]) == [{}, {"city": "Oslo"}, {}]
+    np.testing.assert_array_equal(enc.raw_records([new]), enc.raw_records([gap]))
+    numbers = InputEncoding.fit(table.drop_columns(["city"]), table["label"].to_pylist())
+    assert numbers.unseen([record]) == [{}]
+
+
 def test_a_column_with_no_value_is_left_out_and_a_missing_embedding_is_its_mean():
     table = _mixed().append_column("empty", pa.array([None] * 60, pa.float64()))
     table = table.append_column("nans", pa.array([float("nan")] * 60))

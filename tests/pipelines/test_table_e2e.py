@@ -48,6 +48,20 @@ def _task_rows(settings) -> list[dict]:
     return [t.data["row"] for t in tasks]
 
 
+def _asked(chain, store, run_id: str, tmp_path, inputs: list[dict]) -> list[dict]:
+    """The `unseen` fields of each answer the served run gives to `inputs` sent by name."""
+    from fastapi.testclient import TestClient
+
+    from serving import API_KEY_HEADER, Ledger, create_app, load_run
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    _, secret = ledger.create_key("tests", balance=10**18)
+    client = TestClient(create_app(load_run(chain, store, run_id), ledger, price=10**12))
+    r = client.post("/v1/predict", json={"inputs": inputs}, headers={API_KEY_HEADER: secret})
+    assert r.status_code == 200, r.text
+    return [p["unseen"] for p in r.json()["predictions"]]
+
+
 def test_a_table_is_labeled_trained_on_its_categories_paid_served_and_replayed(caravan_env, tmp_path,
                                                                                monkeypatch):
     settings = caravan_env
@@ -73,6 +87,10 @@ def test_a_table_is_labeled_trained_on_its_categories_paid_served_and_replayed(c
     assert isinstance(encoding, InputEncoding)
     assert set(encoding.columns) == {"plan", "region", "tenure_months", "monthly_fee"}  # the id left out
     assert dict(encoding.categories) == {"plan": PLANS, "region": ("east", "west")}
+    assert _asked(chain, store, first["run_id"], tmp_path, [  # a plan training never saw is named
+        {"plan": "basic", "region": "east", "tenure_months": 3.0, "monthly_fee": 20.0},
+        {"plan": "enterprise", "region": None, "tenure_months": None, "monthly_fee": 20.0},
+    ]) == [{}, {"plan": "enterprise"}]
 
     monkeypatch.setattr("pipelines.replay.pipeline_code", lambda: CODE)
     replayed = replayed_elsewhere(chain, store, first["run_id"])  # the gaps' NaN compare equal

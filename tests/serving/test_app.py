@@ -86,6 +86,7 @@ def test_inputs_by_named_fields_are_the_rows_they_name(world, client, ledger):
         r = client.post("/v1/predict", json=body, headers=headers)
         assert r.status_code == 200, r.text
         ids = [p["receipt_id"] for p in r.json()["predictions"]]
+        assert all(p["unseen"] == {} for p in r.json()["predictions"])  # numbers only: nothing unseen
         out = [client.get(f"/v1/receipts/{i}", headers=headers).json() for i in ids]
         return [(o["input_hash"], o["output"]["label"], o["bps"]) for o in out]
 
