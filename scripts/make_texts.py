@@ -106,15 +106,16 @@ def write(table: pa.Table, path: Path) -> None:
         raise SystemExit(f"{path}: write .csv or .parquet")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(make=make_texts, rows: int = 2000, doc: str = __doc__) -> None:
+    """The command line of a seeded generator `make(rows, seed)` (this one's, or `make_table.py`'s)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="the .csv or .parquet file to write")
-    parser.add_argument("--rows", type=int, default=2000)
+    parser.add_argument("--rows", type=int, default=rows)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.rows < 1:
         raise SystemExit("--rows must be at least 1")
-    write(make_texts(args.rows, args.seed), args.out)
+    write(make(args.rows, args.seed), args.out)
     print(args.out)
 
 

@@ -38,11 +38,16 @@ REPO = Path(__file__).resolve().parents[2]
 TOPICS = ("cooking", "science", "sport", "travel")
 
 
-def make_texts_module():
-    spec = importlib.util.spec_from_file_location("make_texts", REPO / "scripts" / "make_texts.py")
+def script_module(name: str):
+    """A generator of scripts/ as a module (`make_texts`, `make_table`)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def make_texts_module():
+    return script_module("make_texts")
 
 
 def _decoded(data: bytes) -> np.ndarray:
@@ -84,6 +89,31 @@ def test_the_digits_demo_keys_its_truth_by_the_images_ids(tmp_path, monkeypatch)
     )
     sent = serving_input("image", demo.samples[0])
     assert set(sent) == {"image_base64"} and base64.b64decode(sent["image_base64"]) == demo.samples[0]
+
+
+def test_make_table_is_seeded_learnable_and_garbles_the_noisy_providers_rows(tmp_path):
+    module = script_module("make_table")
+    a = module.make_table(600, seed=3)
+
+    def same(x: pa.Table, y: pa.Table) -> bool:  # pandas holds NaN equal to NaN
+        return x.to_pandas().equals(y.to_pandas())
+
+    assert same(a, module.make_table(600, seed=3)) and not same(a, module.make_table(600, seed=4))
+    assert set(a.column_names) == {"provider", "customer", "name", *module.SHOWN, "label"}
+    assert {r["provider"] for r in a.to_pylist()} == set(module.PROVIDERS)
+    tenure = np.array(a["tenure_months"].to_pylist(), dtype=float)
+    assert 0.05 < np.isnan(tenure).mean() < 0.15  # gaps, as a real export has them
+    plan, label = np.array(a["plan"].to_pylist()), np.array(a["label"].to_pylist())
+    recorded = ~np.isnan(tenure)
+    truth = np.where(module.churns(plan, tenure), "churn", "stay")
+    noisy = np.array(a["provider"].to_pylist()) == "crm-noisy"
+    clean_agree = (truth == label)[recorded & ~noisy].mean()
+    noisy_agree = (truth == label)[recorded & noisy].mean()
+    assert clean_agree == 1.0 and noisy_agree < 0.85  # the rule holds on clean rows, not on garbled ones
+    out = tmp_path / "c.parquet"
+    script = REPO / "scripts" / "make_table.py"
+    subprocess.run([sys.executable, str(script), str(out), "--rows", "30"], check=True, capture_output=True)
+    assert same(pq.read_table(out), module.make_table(30))
 
 
 def test_make_texts_is_seeded_with_four_topics_and_a_noisy_provider(tmp_path):

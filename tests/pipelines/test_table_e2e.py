@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -15,28 +14,16 @@ from labeling import LabelStudioClient, labelstudio_token
 from pipelines.demo import UserData, run_demo
 from provenance import TRAINING, Chain, RunRecords, TrainingRecord
 from storage import BlockStore
+from tests.pipelines.test_demo_data import script_module
 from tests.pipelines.test_payload_e2e import CODE, replayed_elsewhere
 
-PLANS = ("basic", "family", "pro")
+TABLE = script_module("make_table")
 
 
 def _customers(rows: int = 150, seed: int = 4) -> pa.Table:
-    """Churn hangs on the plan (a category) and on tenure (a number with gaps); an id rides along."""
-    rng = np.random.default_rng(seed)
-    plan = rng.choice(PLANS, rows)
-    tenure = rng.gamma(2.0, 12.0, rows)
-    churn = (plan == "basic") & (tenure < 24) | (plan == "pro") & (tenure < 6)
-    shown = tenure.copy()
-    shown[rng.random(rows) < 0.1] = np.nan  # a tenth of the tenures were never recorded
-    return pa.table({
-        "provider": [("bank-north", "bank-south", "telco")[i % 3] for i in range(rows)],
-        "customer": [f"c-{seed}-{i:05d}" for i in range(rows)],  # an id: kept from labelers, never a feature
-        "plan": plan.tolist(),
-        "region": [None if i % 13 == 0 else ("east", "west")[i % 2] for i in range(rows)],
-        "tenure_months": shown.tolist(),
-        "monthly_fee": rng.normal(30, 8, rows).round(2).tolist(),
-        "truth": np.where(churn, "churn", "stay").tolist(),
-    })
+    """The bundled customer table (churn hangs on the plan, a category, and on tenure, a number with
+    gaps; a customer id and a name ride along), from three clean providers."""
+    return TABLE.make_table(rows, seed, providers=("bank-north", "bank-south", "telco"))
 
 
 def _task_rows(settings) -> list[dict]:
@@ -68,8 +55,8 @@ def test_a_table_is_labeled_trained_on_its_categories_paid_served_and_replayed(c
     monkeypatch.setattr("pipelines.lineage.pipeline_code", lambda: CODE)
     path = tmp_path / "customers.parquet"
     pq.write_table(_customers(), path)
-    shown = ("plan", "tenure_months", "region", "monthly_fee")  # never the customer's id
-    data = UserData(path, "table", "row", ("churn", "stay"), "truth", show=shown)
+    shown = ("plan", "tenure_months", "region", "monthly_fee")  # never the customer's id or name
+    data = UserData(path, "table", "row", ("churn", "stay"), "label", show=shown)
     first = run_demo(settings, data=data, start_services=False, say=lambda _: None)
     assert first["verify_ok"], first["failures"]
     assert first["epoch_verify_ok"] and first["predictions"] == 5  # asked by named fields, each paid
@@ -85,8 +72,8 @@ def test_a_table_is_labeled_trained_on_its_categories_paid_served_and_replayed(c
     _, training = records.parent(records.head(first["run_id"]), TRAINING)
     encoding = encoding_from_json(store.get(training.outputs[TrainingRecord.ENCODING]))
     assert isinstance(encoding, InputEncoding)
-    assert set(encoding.columns) == {"plan", "region", "tenure_months", "monthly_fee"}  # the id left out
-    assert dict(encoding.categories) == {"plan": PLANS, "region": ("east", "west")}
+    assert set(encoding.columns) == set(shown)  # the id and the name left out
+    assert dict(encoding.categories) == {"plan": TABLE.PLANS, "region": TABLE.REGIONS}
     assert _asked(chain, store, first["run_id"], tmp_path, [  # a plan training never saw is named
         {"plan": "basic", "region": "east", "tenure_months": 3.0, "monthly_fee": 20.0},
         {"plan": "enterprise", "region": None, "tenure_months": None, "monthly_fee": 20.0},
