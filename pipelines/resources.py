@@ -88,10 +88,12 @@ class DatasetCatalog(dg.ConfigurableResource):
             known = json.loads(path.read_text())
             same = _timeless(known) == _timeless(entry)  # identical content keeps its earlier time
             if "sources" in known and not same:  # an entry without `sources` named a local path
+                differs = sorted(k for k in {*known, *entry} if k != "registered_at"
+                                 and _timeless(known).get(k) != _timeless(entry).get(k))
                 raise ValueError(
-                    f"dataset version {version!r} is already registered for other content "
-                    f"({[s['name'] for s in known['sources']] or known['hf']}); "
-                    "pick a new version name for different data"
+                    f"dataset version {version!r} is already registered with other {', '.join(differs)} "
+                    f"({[s['name'] for s in known['sources']] or known['hf']}, labeled as "
+                    f"{known.get('labeling')}); pick a new version name for different data or labeling"
                 )
             if same:
                 return known

@@ -89,5 +89,8 @@ def test_registering_other_content_under_a_known_version_is_refused(tmp_path, mo
     )
     assert later == entry
     other = write_digits(tmp_path / "other", limit=41)
-    with pytest.raises(ValueError, match="already registered for other content"):
+    with pytest.raises(ValueError, match="already registered with other sources"):
         catalog.register(VERSION, str(other), store=store, labeling=LABELING)
+    relabeled = {**LABELING, "choices": [*LABELING["choices"], "other"]}
+    with pytest.raises(ValueError, match=r"already registered with other labeling .*pick a new version name"):
+        catalog.register(VERSION, str(folder), store=store, labeling=relabeled)
