@@ -192,6 +192,11 @@ class LabelStudioClient:
                 orphans.append(t.id)
         return keys, orphans
 
+    def task_data(self, task_id: int) -> dict[str, Any]:
+        """One task's data, as the server holds it."""
+        task = self.call(f"reading task {task_id}", lambda: self.sdk.tasks.get(str(task_id)))
+        return dict(task.data or {})
+
     def import_tasks(self, project_id: int, tasks: list[dict]) -> int:
         """Create tasks (each may carry `annotations`); one request, one transaction, never retried."""
         if not tasks:

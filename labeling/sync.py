@@ -74,6 +74,23 @@ def check_examples(examples: pa.Table, project: Project) -> list[str]:
     return ids
 
 
+def check_shown_as_before(
+    client: LabelStudioClient, project: Project, examples: pa.Table, present: dict[str, int]
+) -> None:
+    """A table project's new tasks show the columns its existing ones do (one is read to tell): a sync
+    with another `show` would leave labelers two kinds of task, and never edits the old ones."""
+    if project.kind != "table" or not present:
+        return
+    before = sorted(client.task_data(min(present.values())).get(project.field) or {})
+    now = shown_columns(examples, project)
+    if before != sorted(now):
+        raise InvalidExamplesError(
+            f"project {project.title!r} shows the columns {before} in its {len(present)} task(s); this sync "
+            f"would show {now}: show the same columns (--show {','.join(before)}) or label in a new project; "
+            "nothing was synced"
+        )
+
+
 def task_data(row: dict, project_kind: str, field: str) -> dict:
     if project_kind == "table":  # the row's values by column name (JSON has no NaN: a gap is null)
         shown = {k: _cell(v) for k, v in row.items() if k not in ("example_id", "provider")}
@@ -102,6 +119,7 @@ def sync_tasks(
     """Create a task for each example not yet in the project; return what was done."""
     ids = check_examples(examples, project)
     present, foreign = client.task_keys(project.id)
+    check_shown_as_before(client, project, examples, present)
     todo = [i for i, eid in enumerate(ids) if eid not in present]
     # Build every task before the first request, so a bad row stops the sync before anything is written.
     tasks = [{"data": data} for data in task_rows(examples, project, todo)]

@@ -125,6 +125,13 @@ def test_a_table_project_shows_only_the_columns_it_picks(client):
     lacking = r"lacks column\(s\) \['plan'\].*shows the columns \['plan', 'age'\]"
     with pytest.raises(InvalidExamplesError, match=lacking):
         sync_tasks(client, project, examples.drop_columns(["plan"]))
+    more = pa.concat_tables([examples, examples]).set_column(0, "example_id", pa.array(["r1", "r2"]))
+    every = client.ensure_project(ProjectSpec(spec.title, "table", ("churn", "stay"), "row"))  # no show
+    with pytest.raises(InvalidExamplesError, match=r"shows the columns \['age', 'plan'\] in its 1 task.*"
+                       r"would show \['name', 'age', 'plan'\].*--show age,plan"):
+        sync_tasks(client, every, more)
+    assert client.task_keys(project.id)[0].keys() == {"r1"}  # nothing synced
+    assert sync_tasks(client, project, more).created == 1  # the same columns: the new row joins
 
 
 def test_project_is_reused_by_title_and_a_conflicting_config_is_refused(client, project):
