@@ -24,6 +24,7 @@ from labeling.client import LabelStudioClient, Project, RetryPolicy
 from labeling.configs import (
     PROJECT_KINDS,
     ProjectSpec,
+    check_show,
     choice_result,
     classification_config,
     config_choices,
@@ -96,6 +97,7 @@ __all__ = [
     "auto_smoothing",
     "annotator_quality",
     "PROJECT_KINDS",
+    "check_show",
     "check_smoothing",
     "choice_result",
     "classification_config",

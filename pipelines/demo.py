@@ -35,8 +35,10 @@ import pyarrow.parquet as pq
 from eth_account import Account
 
 from labeling import (
+    LabelConfigError,
     LabelStudioClient,
     ProjectSpec,
+    check_show,
     import_with_answers,
     labeling_record,
     labelstudio_token,
@@ -173,6 +175,12 @@ class UserData:
     validation: Path | None = None
     trusted: tuple[str, ...] = ()
     show: tuple[str, ...] = ()  # a table's columns labelers see (default: every column but the ids)
+
+    def __post_init__(self) -> None:
+        try:
+            check_show(self.kind, self.show)
+        except LabelConfigError as exc:
+            raise DemoError(f"--show: {exc}") from None
 
     @property
     def labeling(self) -> dict:

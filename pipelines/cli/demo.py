@@ -168,7 +168,6 @@ def _user_data(
     validation: Path | None = None, trusted: str | None = None, show: str | None = None,
 ):
     """`--data` and its companions as one `UserData` (None without --data), or one error."""
-    from labeling import LabelConfigError, labeling_record
     from pipelines.demo import UserData
 
     given = {"--kind": kind, "--field": field, "--choices": choices, "--truth-col": truth_col}
@@ -196,10 +195,6 @@ def _user_data(
     providers = tuple(sorted(set(names(trusted))))
     if trusted is not None and not providers:
         raise CaravanError("--trusted must name at least one provider of --data (comma-separated)")
-    try:
-        labeling_record(kind, field, labels, names(show))
-    except LabelConfigError as exc:
-        raise CaravanError(f"--show: {exc}") from None
     return UserData(data, kind, field, labels, truth_col, validation, providers, names(show))
 
 

@@ -248,7 +248,7 @@ ROWS = {"kind": "table", "field": "row"}
         ({"truth_col": "text"}, r"--truth-col 'text' must name a column .* other than the payload"),
         ({"choices": ("sport", "science")}, r"true labels \['cooking', 'travel'\] .* not among --choices"),
         ({"field": "body"}, r"no payload column 'body'"),
-        ({**ROWS, "show": ("text", "label")}, r"--show \['label'\] must name columns"),
+        ({**ROWS, "show": ("text", "label")}, r"--show: shown columns must be .* the label are never shown"),
         ({**ROWS, "show": ("txt",)}, r"--show \['txt'\] must name columns .* its columns"),
     ],
 )
