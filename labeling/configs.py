@@ -20,6 +20,7 @@ from labeling.schemas import EXAMPLES_REQUIRED
 FROM_NAME = "label"  # the <Choices> control every Caravan project uses
 PROJECT_KINDS = ("text", "image", "table")
 OBJECT_TAGS = {"text": "Text", "image": "Image", "table": "Table"}
+NEVER_SHOWN = (*EXAMPLES_REQUIRED, "label")  # a table task's row holds neither the ids nor a label
 
 
 MAX_TITLE = 50  # Label Studio refuses longer project titles
@@ -81,7 +82,7 @@ def check_show(kind: str, show: Sequence[str]) -> None:
         return
     if kind != "table":
         raise LabelConfigError(f"shown columns pick a table's columns; a {kind} project shows its field")
-    hidden = [c for c in show if c in (*EXAMPLES_REQUIRED, "label") or not c]
+    hidden = [c for c in show if c in NEVER_SHOWN or not c]
     if hidden or len(set(show)) != len(show):
         raise LabelConfigError(
             f"shown columns must be distinct data columns, got {list(show)}: the ids "

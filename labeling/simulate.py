@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from labeling.client import LabelStudioClient, Project
 from labeling.configs import choice_result
-from labeling.sync import check_examples, check_shown_as_before, task_rows
+from labeling.sync import existing_tasks, task_rows
 
 SIM_DOMAIN = "simulated.caravan.invalid"
 
@@ -111,9 +111,7 @@ def import_with_answers(
 ) -> int:
     """Fast path: create the examples' tasks already carrying their simulated annotations (each with
     its `completed_by`). Examples already in the project are left alone; returns tasks created."""
-    ids = check_examples(examples, project)
-    present, _ = client.task_keys(project.id)
-    check_shown_as_before(client, project, examples, present)
+    ids, present, _ = existing_tasks(client, project, examples)
     by_example: dict[str, list[dict]] = {}
     for a in answers:
         by_example.setdefault(a.example_id, []).append(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from labeling.client import LabelStudioClient, Project
-from labeling.configs import image_data_url
+from labeling.configs import NEVER_SHOWN, image_data_url
 from labeling.errors import InvalidExamplesError
 from labeling.schemas import EXAMPLES_REQUIRED
 
@@ -30,10 +30,10 @@ class SyncReport:
 
 def shown_columns(examples: pa.Table, project: Project) -> list[str]:
     """The columns a task shows: the payload column `field`, or for a table project the columns it
-    picked (`show`), else every column of the row but the ids (`EXAMPLES_REQUIRED`) and a label."""
+    picked (`show`), else every column of the row but the ids and a label (`NEVER_SHOWN`)."""
     if project.kind != "table":
         return [project.field]
-    return list(project.show) or [c for c in examples.column_names if c not in (*EXAMPLES_REQUIRED, "label")]
+    return list(project.show) or [c for c in examples.column_names if c not in NEVER_SHOWN]
 
 
 def task_rows(examples: pa.Table, project: Project, rows: Sequence[int]) -> list[dict]:
@@ -74,13 +74,24 @@ def check_examples(examples: pa.Table, project: Project) -> list[str]:
     return ids
 
 
-def check_shown_as_before(
+def existing_tasks(
+    client: LabelStudioClient, project: Project, examples: pa.Table
+) -> tuple[list[str], dict[str, int], list[int]]:
+    """The checked example ids (``check_examples``), and the project's tasks by example id and those
+    without one (``task_keys``), after checking a table project's new tasks would show what its
+    existing ones do: what every import into a project reads first."""
+    ids = check_examples(examples, project)
+    present, foreign = client.task_keys(project.id)
+    if project.kind == "table" and present:
+        _check_shown_as_before(client, project, examples, present)
+    return ids, present, foreign
+
+
+def _check_shown_as_before(
     client: LabelStudioClient, project: Project, examples: pa.Table, present: dict[str, int]
 ) -> None:
     """A table project's new tasks show the columns its existing ones do (one is read to tell): a sync
     with another `show` would leave labelers two kinds of task, and never edits the old ones."""
-    if project.kind != "table" or not present:
-        return
     before = sorted(client.task_data(min(present.values())).get(project.field) or {})
     now = shown_columns(examples, project)
     if before != sorted(now):
@@ -117,9 +128,7 @@ def sync_tasks(
     client: LabelStudioClient, project: Project, examples: pa.Table, *, batch_size: int = 5000
 ) -> SyncReport:
     """Create a task for each example not yet in the project; return what was done."""
-    ids = check_examples(examples, project)
-    present, foreign = client.task_keys(project.id)
-    check_shown_as_before(client, project, examples, present)
+    ids, present, foreign = existing_tasks(client, project, examples)
     todo = [i for i, eid in enumerate(ids) if eid not in present]
     # Build every task before the first request, so a bad row stops the sync before anything is written.
     tasks = [{"data": data} for data in task_rows(examples, project, todo)]

@@ -86,10 +86,10 @@ class DatasetCatalog(dg.ConfigurableResource):
         }
         if path.exists():
             known = json.loads(path.read_text())
-            same = _timeless(known) == _timeless(entry)  # identical content keeps its earlier time
+            was, now = _timeless(known), _timeless(entry)
+            same = was == now  # identical content keeps its earlier time
             if "sources" in known and not same:  # an entry without `sources` named a local path
-                differs = sorted(k for k in {*known, *entry} if k != "registered_at"
-                                 and _timeless(known).get(k) != _timeless(entry).get(k))
+                differs = sorted(k for k in {*was, *now} if was.get(k) != now.get(k))
                 raise ValueError(
                     f"dataset version {version!r} is already registered with other {', '.join(differs)} "
                     f"({[s['name'] for s in known['sources']] or known['hf']}, labeled as "
