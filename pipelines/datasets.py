@@ -386,13 +386,15 @@ def _with_provider(table: pa.Table, provider: str | None, source: str) -> pa.Tab
 
 
 def to_examples(
-    table: pa.Table, registered_at: Mapping[str | tuple[str, str], str] | None = None
+    table: pa.Table, registered_at: Mapping[str | tuple[str, str], str] | None = None,
+    labeled: Payload | None = None,
 ) -> tuple[pa.Table, IngestReport]:
     """Add `example_id`, keep one row of each content, and group duplicates for credit.
 
     `registered_at` maps each row's (`source`, `provider`), else its `source`, to when it was
     registered (ISO 8601 UTC; the catalog's `registered_at`); without it every source counts as
-    registered at the same time.
+    registered at the same time. `labeled` (the labeling spec) says what the model reads, which
+    near-duplicates are judged on (`pipelines.duplicates.near_groups`).
     The row kept for an exact copy is the first-registered source's (ties by provider, then
     source), so the winner does not depend on input order. `report.grouping` holds the
     `example_credit` table (`pipelines.duplicates`): duplicates paid once, to the first registrant.
@@ -447,6 +449,7 @@ def to_examples(
         payload,
         out["provider"].to_pylist(),
         (exact_groups, table.num_rows - deduped.num_rows, shared),
+        labeled=(labeled.kind, labeled.field) if labeled else None,
     )
     report = IngestReport(
         rows_in=table.num_rows,

@@ -13,7 +13,14 @@ registered them first (the ``example_credit`` contract, ``schemas.CREDIT_SCHEMA`
     pixel arrays, read as a numeric run's model reads them, ``InputEncoding``: categories one-hot, a
     missing number its column's mean): every feature standardized (centred, divided by its standard
     deviation over the distinct examples), Euclidean distance, linked under ``NEAR_FRACTION`` of the
-    spacing;
+    spacing and, where examples are few-featured, under a share of their own local scale (their
+    distance to the ``LOCAL_K``-th nearest example of another provider). In few dimensions honest
+    neighbours are as close as light copies: the share is the one at which an honest example would be
+    linked with chance ``HONEST_LINK`` were the data locally uniform in the dimension it shows
+    (``local_dimension``), so high-dimensional data keeps the spacing rule alone while a table of two
+    or three numbers links exact and near-exact copies only (there, the spacing rule alone linked
+    many honest neighbours, and copies jittered by a few % of a feature's deviation cannot be told
+    from them);
   - text (``string`` columns, joined in name order): lowercased, punctuation dropped, whitespace
     collapsed, then TF-IDF over character 3-5-grams (scikit-learn); cosine distance, linked under
     ``TEXT_FRACTION`` of the spacing and never above ``TEXT_MAX_DISTANCE`` (cosine similarity 0.8),
@@ -28,7 +35,8 @@ registered them first (the ``example_credit`` contract, ``schemas.CREDIT_SCHEMA`
     now all); linked under ``NEAR_FRACTION`` of the spacing, each image checked against its
     ``IMAGE_CANDIDATES`` nearest by the untrimmed distance. Bytes that do not decode are grouped
     with nothing (counted in the record).
-  Mixed kinds (free text beside numbers, say) get exact-copy grouping only.
+  Mixed kinds (free text beside numbers, say) get exact-copy grouping only, unless the labeling spec
+  says what the model reads: a text or image project's field, a table project's features.
 - A group of ``m`` distinct examples earns the mean of its members' scores, once: each member's
   credit weighs ``1/m``, all of it paid to the provider(s) of the member(s) registered first.
   Providers whose sources were registered at the same time share equally. Copies therefore
@@ -63,6 +71,8 @@ from attribution import InputEncoding, InputError, eight_bit
 from schemas import CREDIT_SCHEMA
 
 NEAR_FRACTION = 0.25  # of the median nearest-neighbour distance (bench/contributor_value.py's figure)
+LOCAL_K = 10  # numeric: the neighbours that give an example's local scale and the data's dimension
+HONEST_LINK = 1e-3  # numeric: the chance an honest example is linked, were the data locally uniform
 RULE = (
     "a duplicate group earns the mean of its members' scores, once, paid to the provider(s) of its "
     "first-registered member(s); sources registered at the same time share equally"
@@ -70,8 +80,11 @@ RULE = (
 EXACT_METHOD = "same example_id (sha256 of the canonical payload)"
 NEAR_METHOD = (
     "numeric payload, each feature standardized; examples closer (euclidean) than fraction x the median "
-    "distance from an example to the nearest example of another provider are linked; a group is a "
-    "connected set of links"
+    "distance from an example to the nearest example of another provider, and than local_ratio x the "
+    "distance from either to its local_k-th nearest example of another provider, are linked, where "
+    "local_ratio = (honest_link / (local_k - 1)) ** (1 / dimension) and dimension is the median over "
+    "examples of the maximum-likelihood (Levina-Bickel) estimate from those distances, the nearest "
+    "censored; a group is a connected set of links"
 )
 TEXT_FRACTION = 0.5  # of the median nearest-other-provider cosine distance
 TEXT_MAX_DISTANCE = 0.2  # cosine similarity >= 0.8 at the loosest
@@ -130,13 +143,15 @@ def group_duplicates(
     providers: Sequence[str],
     exact: tuple[int, int, int],
     fraction: float = NEAR_FRACTION,
+    labeled: tuple[str, str] | None = None,
 ) -> Grouping:
     """The credit table of deduplicated ``examples`` (sorted by ``example_id``).
 
     ``claimants[i]`` is example i's earliest registration time and the providers that registered
-    its content then (sorted); ``exact`` is (groups, copies, shared) of the exact-copy pass.
+    its content then (sorted); ``exact`` is (groups, copies, shared) of the exact-copy pass;
+    ``labeled`` the labeling spec's (kind, field), which says what the model reads (``near_groups``).
     """
-    labels, near = near_groups(examples, payload, fraction)
+    labels, near = near_groups(examples, payload, fraction, labeled)
     members: dict[int, list[int]] = {}
     for i, g in enumerate(labels.tolist()):
         members.setdefault(g, []).append(i)
@@ -165,25 +180,37 @@ def group_duplicates(
 
 
 def near_groups(
-    examples: pa.Table, payload: Sequence[str], fraction: float = NEAR_FRACTION
+    examples: pa.Table, payload: Sequence[str], fraction: float = NEAR_FRACTION,
+    labeled: tuple[str, str] | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Each example's near-duplicate group label, and how it was grouped (the record's ``near``):
     numeric, text or image payloads by their own distance; anything else each example on its own.
-    ``fraction`` scales the numeric and image thresholds (text has its own, ``TEXT_FRACTION``)."""
+    ``fraction`` scales the numeric and image thresholds (text has its own, ``TEXT_FRACTION``).
+
+    ``labeled`` (the labeling spec's kind and field) narrows the payload to what the model trains on,
+    since a copy is a copy of that: a text or image project's ``field`` alone, a table project's
+    features (its ids, names and free text left out, as the MLP leaves them out), so a copied row
+    under a new id is still caught. The record's ``columns`` then names what was compared."""
     n = examples.num_rows
     alone = np.arange(n)
     if n < 3:
         return alone, {"method": "none", "reason": "fewer than 3 examples"}
     owner = np.asarray(examples["provider"].to_pylist(), dtype=object).astype(str)
-    kind = payload_kind(examples, payload)
+    project, field = labeled or (None, None)
+    read = [field] if project in ("text", "image") and field in payload else list(payload)
+    kind = payload_kind(examples, read)
     if kind == "text":
-        return _text_groups(_texts(examples, payload), owner)
-    if kind == "image":
-        return _image_groups(examples, payload, owner, fraction)
-    matrix, why_not = numeric_payload(examples, payload)
-    if matrix is None:
-        return alone, {"method": "none", "reason": why_not}
-    return _near_groups(matrix, owner, fraction)
+        labels, near = _text_groups(_texts(examples, read), owner)
+    elif kind == "image":
+        labels, near = _image_groups(examples, read, owner, fraction)
+    else:
+        matrix, why_not, read = numeric_payload(examples, read, features_only=project == "table")
+        if matrix is None:
+            return alone, {"method": "none", "reason": why_not}
+        labels, near = _near_groups(matrix, owner, fraction)
+    if sorted(read) != sorted(payload):  # absent otherwise: a record that read everything keeps its bytes
+        near["columns"] = sorted(read)
+    return labels, near
 
 
 def payload_kind(table: pa.Table, payload: Sequence[str]) -> str:
@@ -197,36 +224,65 @@ def payload_kind(table: pa.Table, payload: Sequence[str]) -> str:
     return "numeric"
 
 
-def numeric_payload(table: pa.Table, payload: Sequence[str]) -> tuple[np.ndarray | None, str | None]:
+def numeric_payload(
+    table: pa.Table, payload: Sequence[str], features_only: bool = False
+) -> tuple[np.ndarray | None, str | None, list[str]]:
     """The payload as a numeric run's model reads it (``InputEncoding``, before scaling: numbers, one
     feature per position of a fixed-length list, categories one-hot, a missing number its column's
-    mean), or None and why not (a column the model would not see: free text, bytes, ragged lists)."""
+    mean), or None and why not, and the columns read. A column the model would not see (free text,
+    bytes, ragged lists) is left out with ``features_only`` (a table project, whose model is that
+    MLP), else it makes the payload not numeric: another recipe may read it."""
     columns = table.select(list(payload))
     try:
         encoding = InputEncoding.fit(columns)
     except InputError as exc:
-        return None, f"{exc}; {NOT_NUMERIC}"
+        return None, f"{exc}; {NOT_NUMERIC}", list(payload)
     unread = encoding.left_out(columns)
-    if unread:
+    if unread and not features_only:
         named = ", ".join(f"{c!r} ({columns.schema.field(c).type})" for c in unread)
-        return None, f"{named}: neither numbers, number lists nor a few categories; {NOT_NUMERIC}"
+        why = f"{named}: neither numbers, number lists nor a few categories; {NOT_NUMERIC}"
+        return None, why, list(payload)
     x = encoding.raw(columns)
     if not np.isfinite(x).all():
-        return None, f"the payload holds inf; {NOT_NUMERIC}"
-    return x, None
+        return None, f"the payload holds inf; {NOT_NUMERIC}", list(payload)
+    return x, None, list(encoding.columns)
 
 
 def _near_groups(x: np.ndarray, owner: np.ndarray, fraction: float) -> tuple[np.ndarray, dict[str, Any]]:
     sd = x.std(axis=0)
     z = (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
     tree = cKDTree(z)
-    median = float(np.median(_spacing(z, owner, tree)))
+    others = _neighbours(z, owner)
+    median = float(np.median(others[:, 0]))
     threshold = fraction * median
     pairs = tree.query_pairs(threshold, output_type="ndarray") if threshold > 0 else np.zeros((0, 2), int)
-    if len(pairs):  # strictly closer than the threshold
-        pairs = pairs[np.linalg.norm(z[pairs[:, 0]] - z[pairs[:, 1]], axis=1) < threshold]
-    labels, near = _components(pairs, len(z))
-    return labels, _near_record(NEAR_METHOD, fraction, median, threshold, int(z.shape[1]), near)
+    dist = np.linalg.norm(z[pairs[:, 0]] - z[pairs[:, 1]], axis=1)
+    dimension = local_dimension(others)
+    ratio = (HONEST_LINK / (LOCAL_K - 1)) ** (1.0 / dimension) if dimension > 0 else 1.0
+    scale = others[:, -1]  # an example's distance to its LOCAL_K-th nearest example of another provider
+    local = ratio * np.minimum(scale[pairs[:, 0]], scale[pairs[:, 1]])
+    labels, near = _components(pairs[(dist < threshold) & (dist < local)], len(z))  # strictly closer
+    return labels, _near_record(NEAR_METHOD, fraction, median, threshold, int(z.shape[1]), near,
+                                local_k=LOCAL_K, dimension=_sig(dimension), honest_link=HONEST_LINK,
+                                local_ratio=_sig(ratio))
+
+
+def local_dimension(neighbours: np.ndarray) -> float:
+    """The data's dimension where examples meet, 0 when it cannot be told: each example's maximum-
+    likelihood estimate from its nearest distances (Levina and Bickel), the median over examples.
+
+    The nearest distance is censored (known only to lie below the second), since a copy's is its
+    original; examples with a zero distance among the rest (repeated values) are left out. With
+    ``n`` distances below the farthest, an example's log-ratios sum to a Gamma(n, dimension) draw,
+    whose median is about (n - 1/3) / dimension: the estimate is median-unbiased."""
+    far, near = neighbours[:, -1:], neighbours[:, 1:-1]
+    usable = (near[:, 0] > 0) & np.isfinite(far[:, 0])
+    n = near.shape[1]
+    if n < 2 or not usable.any():
+        return 0.0
+    logs = np.log(far[usable] / near[usable])
+    total = logs.sum(axis=1) + logs[:, 0]  # the censored nearest counts as the second
+    return float(np.median((n - 1 / 3) / np.maximum(total, np.finfo(float).tiny)))
 
 
 def _near_record(method: str, fraction: float, median: float, threshold: float, features: int,
@@ -271,7 +327,7 @@ def _text_groups(texts: list[str], owner: np.ndarray) -> tuple[np.ndarray, dict[
 
 
 def _spacing_cosine(x: csr_matrix, owner: np.ndarray) -> np.ndarray:
-    """``_spacing`` in cosine distance over sparse rows."""
+    """The nearest of ``_neighbours``, in cosine distance over sparse rows."""
     names = np.unique(owner)
     if len(names) < 2:
         index = NearestNeighbors(n_neighbors=2, metric="cosine", algorithm="brute").fit(x)
@@ -333,8 +389,9 @@ def _trimmed(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _trimmed_neighbours(x: np.ndarray, owner: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Candidate pairs (i, j): j among i's ``IMAGE_CANDIDATES`` nearest by the untrimmed distance (ties
-    at the last place all kept), with their trimmed distances; and each image's spacing (``_spacing``):
-    the trimmed distance to the nearest of its candidates among the other providers' images.
+    at the last place all kept), with their trimmed distances; and each image's spacing (as the nearest
+    of ``_neighbours``): the trimmed distance to the nearest of its candidates among the other
+    providers' images.
 
     Squared distances come from one matrix product per block of rows: on whole gray levels every sum
     is a whole number below 2**53, so they are exact whatever the BLAS, and the candidates the same on
@@ -374,16 +431,17 @@ def _components(pairs: np.ndarray, n: int) -> tuple[np.ndarray, dict[str, int]]:
     return labels, {"groups": int((sizes > 1).sum()), "copies": int((sizes[sizes > 1] - 1).sum())}
 
 
-def _spacing(z: np.ndarray, owner: np.ndarray, tree: cKDTree) -> np.ndarray:
-    """Each example's distance to the nearest example of another provider (with one provider: to
-    the nearest other example). A provider's copies of its own examples do not shrink the scale."""
+def _neighbours(z: np.ndarray, owner: np.ndarray, k: int = LOCAL_K) -> np.ndarray:
+    """Each example's distances to its ``k`` nearest examples of *other* providers (with one provider:
+    of the others), inf where there are fewer. A provider's copies of its own examples do not shrink
+    them."""
     names = np.unique(owner)
     if len(names) < 2:
-        return tree.query(z, k=2)[0][:, 1]
-    out = np.empty(len(z))
+        return cKDTree(z).query(z, k=k + 1)[0][:, 1:]
+    out = np.empty((len(z), k))
     for name in names.tolist():
         mine = owner == name
-        out[mine] = cKDTree(z[~mine]).query(z[mine])[0]
+        out[mine] = cKDTree(z[~mine]).query(z[mine], k=k)[0].reshape(-1, k)
     return out
 
 

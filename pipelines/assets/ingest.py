@@ -5,7 +5,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.content_io import AssetIndex, StoredValue, StoreResource, store_value
-from pipelines.datasets import DatasetError, to_examples
+from pipelines.datasets import DatasetError, Payload, to_examples
 from pipelines.lineage import LineageResource, now
 from pipelines.partitions import dataset_versions
 from pipelines.report import md_table
@@ -23,7 +23,8 @@ def raw_dataset(
     entry = catalog.lookup(version)
     client = store.client()
     try:
-        examples, report = to_examples(catalog.load(version, client), catalog.registered_at(version))
+        examples, report = to_examples(catalog.load(version, client), catalog.registered_at(version),
+                                       Payload.of(entry.get("labeling")))
     except DatasetError as exc:
         raise dg.Failure(str(exc)) from exc
     grouping = report.grouping

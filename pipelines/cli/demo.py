@@ -286,7 +286,8 @@ def ingest(
                                "name at least one label")
         labeling = labeling_record(kind, field, labels, names(show))
         payload = Payload(kind, field)  # texts and images are checked here, before anything is pinned
-        examples, report = to_examples(load_source(source, provider=provider, payload=payload))
+        table = load_source(source, provider=provider, payload=payload)
+        examples, report = to_examples(table, labeled=payload)
         unknown = [c for c in names(show) if c not in examples.column_names]
         if unknown:
             raise CaravanError(f"--show names {unknown}, not columns of {source}; its columns: "

@@ -18,6 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from scipy.spatial.distance import pdist
+from sklearn.neighbors import NearestNeighbors
 
 from attribution import (
     AttributionTask,
@@ -28,7 +30,8 @@ from attribution import (
     mlp_left_out,
     provider_groups,
 )
-from pipelines.datasets import example_id, to_examples
+from pipelines.datasets import Payload, example_id, to_examples
+from pipelines.duplicates import LOCAL_K, local_dimension
 from schemas import CREDIT_SCHEMA, TOTAL_BPS
 from storage import snapshot_parquet
 
@@ -339,18 +342,21 @@ def test_the_ingest_record_states_the_grouping_and_each_files_time(tmp_path, mon
     first, second = tmp_path / "v1", tmp_path / "v2"
     first.mkdir()
     second.mkdir()
+    def with_ids(rows: pa.Table, provider: str) -> pa.Table:  # an id the model never reads
+        ids = [f"{provider}-{i}" for i in range(rows.num_rows)]
+        return rows.drop(["provider", "source"]).append_column("customer", pa.array(ids))
+
     for p, x in honest.items():
         for folder in (first, second):
-            pq.write_table(_rows(x, p).drop(["provider", "source"]), folder / f"{p}.parquet")
-    pq.write_table(_rows(honest["b"] + 1e-3, "copycat").drop(["provider", "source"]),
-                   second / "copycat.parquet")
+            pq.write_table(with_ids(_rows(x, p), p), folder / f"{p}.parquet")
+    pq.write_table(with_ids(_rows(honest["b"] + 1e-3, "copycat"), "copycat"), second / "copycat.parquet")
     monkeypatch.setenv("CARAVAN_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("CARAVAN_STORE_DIR", raising=False)
     settings = load_settings()
     resources = resources_for(settings)
     store = resources["store"].client()
     catalog = DatasetCatalog(root=str(settings.catalog_dir))
-    labeling = {"kind": "tabular", "field": "f", "choices": ["x", "y"]}
+    labeling = {"kind": "table", "field": "row", "choices": ["x", "y"]}  # so the ids are left out
     catalog.register("v1", str(first), store=store, labeling=labeling, registered_at=T0)
     entry = catalog.register("v2", str(second), store=store, labeling=labeling, registered_at=T1)
     times = {f["name"]: f["registered_at"] for f in entry["sources"]}
@@ -367,6 +373,7 @@ def test_the_ingest_record_states_the_grouping_and_each_files_time(tmp_path, mon
     dup = record.params["duplicates"]
     assert dup["near"]["groups"] == 30 and dup["near"]["copies"] == 30 and dup["near"]["fraction"] == 0.25
     assert dup["near"]["threshold"] > 0 and "standardized" in dup["near"]["method"]
+    assert dup["near"]["columns"] == ["f"] and dup["near"]["dimension"] > 3
     assert dup["exact"]["copies"] == 0 and dup["unpaid_providers"] == ["copycat"]
     assert "first-registered" in dup["rule"]
     credit = read_parquet(store.get(record.outputs[IngestRecord.EXAMPLE_CREDIT]))
@@ -374,3 +381,46 @@ def test_the_ingest_record_states_the_grouping_and_each_files_time(tmp_path, mon
     assert result.asset_materializations_for_node("raw_dataset")[0].metadata[
         "unpaid_duplicate_providers"
     ].value == ["copycat"]
+
+
+@pytest.mark.parametrize("dim", [1, 2, 3, 5, 8])
+def test_the_dimension_estimate_is_the_datas_own(dim) -> None:
+    """Levina and Bickel's estimate, from distances found by scikit-learn's exact search, recovers the
+    dimension of Gaussian points on a d-dimensional plane turned into 12 coordinates."""
+    rng = np.random.default_rng(dim)
+    basis = np.linalg.qr(rng.normal(size=(12, 12)))[0][:dim]
+    points = rng.normal(size=(3000, dim)) @ basis
+    distances = NearestNeighbors(n_neighbors=LOCAL_K + 1).fit(points).kneighbors(points)[0][:, 1:]
+    assert local_dimension(distances) == pytest.approx(dim, rel=0.1)
+    assert local_dimension(np.zeros((50, LOCAL_K))) == 0.0  # every example repeated: cannot be told
+
+
+def test_few_features_link_copies_but_not_honest_neighbours() -> None:
+    """Two numbers per example: honest neighbours are as close as lightly jittered copies, so the
+    spacing rule alone would link many of them. The local rule links copies under a new id (same
+    numbers) and leaves honest examples alone; the record states the dimension it saw."""
+    rng = np.random.default_rng(11)
+    centres = rng.normal(0, 4, (6, 2))
+    honest = centres[rng.integers(0, 6, 1500)] + rng.normal(size=(1500, 2))  # clumpy, as real data is
+    copied = honest[:120]
+    table = pa.table({
+        "id": [f"r{i}" for i in range(1620)],
+        "x": [*honest[:, 0], *copied[:, 0]], "y": [*honest[:, 1], *copied[:, 1]],
+        "provider": [*(("a", "b", "c")[i % 3] for i in range(1500)), *["copycat"] * 120],
+    })
+    table = table.append_column("source", pa.array([f"src-{p}" for p in table["provider"].to_pylist()]))
+    TIMES["src-copycat"] = T1
+    examples, report = to_examples(table, _times(table), Payload("table", "row"))
+    near = report.grouping.near
+    assert near["columns"] == ["x", "y"] and near["dimension"] == pytest.approx(2, rel=0.25)
+    assert report.grouping.unpaid == ("copycat",)  # every copy found, under its new id
+    credit = report.grouping.credit.to_pandas()
+    grouped = set(credit.loc[credit["share"] < 1, "example_id"])
+    owner = dict(zip(examples["example_id"].to_pylist(), examples["provider"].to_pylist(), strict=True))
+    honest_grouped = [e for e in grouped if owner[e] != "copycat"]
+    originals = {example_id({"id": f"r{i}", "x": float(x), "y": float(y)}) for i, (x, y) in enumerate(copied)}
+    assert originals <= set(honest_grouped)
+    others = [e for e in honest_grouped if e not in originals]
+    z = (honest - honest.mean(0)) / honest.std(0)
+    spacing_rule = int((pdist(z) < near["threshold"]).sum())  # honest pairs the spacing rule alone links
+    assert len(others) <= 5 and spacing_rule > 30  # under 0.4 % of honest examples; spacing rule: 44 pairs

@@ -1,4 +1,4 @@
-"""Near-duplicates of text and image payloads are grouped with their originals and paid once.
+"""Near-duplicates of text, image and table payloads are grouped with their originals and paid once.
 
 A copycat's lightly edited texts (a word swapped, punctuation, case) and jittered images (a few
 pixels changed, re-encoded, JPEG re-compression) fall in their originals' groups, so the copycat earns
@@ -18,7 +18,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from attribution import contributor_weights
-from pipelines.datasets import example_id, to_examples
+from pipelines.datasets import Payload, example_id, to_examples
 from pipelines.duplicates import IMAGE_METHOD, TEXT_METHOD, near_groups
 from storage import snapshot_parquet
 
@@ -373,3 +373,64 @@ def test_a_tabular_copy_is_grouped_through_its_categories_and_gaps() -> None:
     originals, copies, moved = table_ids[:n], table_ids[n:n + 12], table_ids[n + 12:]
     assert all(group[copies[k]] == group[originals[i]] for k, i in enumerate(copied))
     assert all(group[moved[k]] != group[originals[i]] for k, i in enumerate(copied))
+
+
+def test_a_table_project_groups_copies_under_new_ids_by_the_features_its_model_reads() -> None:
+    """A customer table's id and name are not what the MLP learns from (it leaves them out), so a
+    copycat's rows under fresh ids and names, lightly edited, are copies of the originals' features:
+    a table project groups them and the copycat earns nothing. Without the labeling spec the id makes
+    the payload not numeric and only exact copies are grouped, so the copycat would be paid."""
+    rng = np.random.default_rng(3)
+    n = 150
+    rows = {"customer": [f"C{i:05d}" for i in range(n)], "name": [f"Customer {i}" for i in range(n)],
+            "fee": rng.normal(50, 10, n).round(2), "tenure": rng.integers(1, 72, n).astype(float),
+            "age": rng.integers(18, 90, n).astype(float), "data_gb": rng.gamma(2.0, 3.0, n).round(1),
+            "calls": rng.poisson(30, n).astype(float),
+            "plan": rng.choice(["basic", "plus", "pro"], n).tolist()}
+    owner = [HONEST[i % 3] for i in range(n)]
+    copied = list(range(0, 60, 3))  # a's rows
+    table = pa.table({
+        "customer": [*rows["customer"], *(f"X{i:05d}" for i in copied)],
+        "name": [*rows["name"], *(f"Client {i}" for i in copied)],
+        "fee": [*rows["fee"], *(rows["fee"][copied] + 0.01)],
+        "tenure": [*rows["tenure"], *rows["tenure"][copied]],
+        "plan": [*rows["plan"], *(rows["plan"][i] for i in copied)],
+        **{c: [*rows[c], *rows[c][copied]] for c in ("age", "data_gb", "calls")},
+        "provider": [*owner, *["copycat"] * len(copied)],
+    })
+    table = table.append_column("source", pa.array([f"src-{p}" for p in table["provider"].to_pylist()]))
+
+    _, plain = to_examples(table, _times(table))
+    assert plain.grouping.near["method"] == "none" and "'customer'" in plain.grouping.near["reason"]
+    assert "copycat" not in plain.grouping.unpaid
+
+    examples, report = to_examples(table, _times(table), Payload("table", "row"))
+    near = report.grouping.near
+    assert near["columns"] == ["age", "calls", "data_gb", "fee", "plan", "tenure"] and near["features"] == 8
+    assert near["groups"] == len(copied) and near["copies"] == len(copied)
+    assert report.grouping.unpaid == ("copycat",)
+    credit = report.grouping.credit.to_pandas()
+    by_id = dict(zip(examples["example_id"].to_pylist(), examples["customer"].to_pylist(), strict=True))
+    copies = credit[credit["example_id"].map(by_id).str.startswith("X")]
+    assert set(copies["provider"]) == {"a"} and np.allclose(copies["share"], 0.5)
+
+
+def test_a_text_project_groups_by_its_field_beside_other_columns() -> None:
+    """A review's star count beside its text makes the payload mixed (exact copies only); a text
+    project's model reads the text field alone, so an edited review copied with other stars joins it."""
+    rng = np.random.default_rng(4)
+    texts = honest_texts(90, seed=4)
+    copied = list(range(0, 30, 3))
+    stars = rng.integers(1, 6, len(texts)).tolist()
+    table = pa.table({
+        "review": [*texts, *(edited(texts[i], rng) for i in copied)],
+        "stars": [*stars, *((stars[i] % 5) + 1 for i in copied)],
+        "provider": [*(HONEST[i % 3] for i in range(len(texts))), *["copycat"] * len(copied)],
+    })
+    table = table.append_column("source", pa.array([f"src-{p}" for p in table["provider"].to_pylist()]))
+    _, plain = to_examples(table, _times(table))
+    assert plain.grouping.near["method"] == "none"
+    _, report = to_examples(table, _times(table), Payload("text", "review"))
+    near = report.grouping.near
+    assert near["method"] == TEXT_METHOD and near["columns"] == ["review"]
+    assert near["copies"] == len(copied) and report.grouping.unpaid == ("copycat",)
