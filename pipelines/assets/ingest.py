@@ -75,6 +75,7 @@ def raw_dataset(
             "duplicates_dropped": report.duplicates_dropped,
             "near_duplicates": (
                 f"{near['copies']} copies in {near['groups']} groups (threshold {near['threshold']})"
+                + (f", compared on {', '.join(near['columns'])}" if "columns" in near else "")
                 if near["method"] != "none" else near["reason"]
             ),
             "unpaid_duplicate_providers": dg.MetadataValue.json(list(grouping.unpaid)),

@@ -378,9 +378,10 @@ def test_the_ingest_record_states_the_grouping_and_each_files_time(tmp_path, mon
     assert "first-registered" in dup["rule"]
     credit = read_parquet(store.get(record.outputs[IngestRecord.EXAMPLE_CREDIT]))
     assert credit.schema == CREDIT_SCHEMA and "copycat" not in credit["provider"].to_pylist()
-    assert result.asset_materializations_for_node("raw_dataset")[0].metadata[
-        "unpaid_duplicate_providers"
-    ].value == ["copycat"]
+    metadata = result.asset_materializations_for_node("raw_dataset")[0].metadata
+    assert metadata["unpaid_duplicate_providers"].value == ["copycat"]
+    said = f"30 copies in 30 groups (threshold {dup['near']['threshold']}), compared on f"
+    assert metadata["near_duplicates"].value == said
 
 
 @pytest.mark.parametrize("dim", [1, 2, 3, 5, 8])
