@@ -985,8 +985,11 @@ def grouping_lines(world: World, credit: pa.Table, grouping: dict, flagged: np.n
     in_group = np.isin(world.examples["example_id"].to_pylist(), sorted(grouped))
     flood, copied = owner == "flooder", np.isin(owner, [p.copy_of for p in PROVIDERS if p.copy_of])
     rest = ~copies & ~flood & ~copied
+    local = (f", dimension {near['dimension']}, local ratio {near['local_ratio']}"
+             if "dimension" in near else "")
     print(f"  {LIBRARY}: the pipeline's ingest grouping ({near['method']}; fraction {near.get('fraction')}, "
-          f"threshold {near.get('threshold')}): {near.get('groups')} groups, {near.get('copies')} copies; "
+          f"threshold {near.get('threshold')}{local}): {near.get('groups')} groups, "
+          f"{near.get('copies')} copies; "
           f"grouped: {int(in_group[copies].sum())}/{int(copies.sum())} copycat, "
           f"{int(in_group[copied].sum())}/{int(copied.sum())} of the originals it copied, "
           f"{int(in_group[flood].sum())}/{int(flood.sum())} flooder, "
