@@ -415,22 +415,24 @@ def test_a_table_project_groups_copies_under_new_ids_by_the_features_its_model_r
     assert set(copies["provider"]) == {"a"} and np.allclose(copies["share"], 0.5)
 
 
-def test_a_text_project_groups_by_its_field_beside_other_columns() -> None:
-    """A review's star count beside its text makes the payload mixed (exact copies only); a text
-    project's model reads the text field alone, so an edited review copied with other stars joins it."""
-    rng = np.random.default_rng(4)
-    texts = honest_texts(90, seed=4)
-    copied = list(range(0, 30, 3))
-    stars = rng.integers(1, 6, len(texts)).tolist()
+@pytest.mark.parametrize("kind", ["text", "image"])
+def test_a_text_or_image_project_groups_by_its_field_beside_other_columns(kind) -> None:
+    """A number beside the payload (a review's stars, a photo's exposure) makes it mixed, so exact
+    copies only; a text or image project's model reads its field alone, so a copy of the field with
+    another number beside it joins its original."""
+    column, honest, rng = _world(kind, 4)
+    honest = honest[:150]
+    copied = list(range(0, 60, 3))
+    side = rng.integers(1, 6, len(honest)).tolist()
     table = pa.table({
-        "review": [*texts, *(edited(texts[i], rng) for i in copied)],
-        "stars": [*stars, *((stars[i] % 5) + 1 for i in copied)],
-        "provider": [*(HONEST[i % 3] for i in range(len(texts))), *["copycat"] * len(copied)],
+        column: [*honest, *(_copy(kind, honest[i], rng) for i in copied)],
+        "side": [*side, *((side[i] % 5) + 1 for i in copied)],
+        "provider": [*(HONEST[i % 3] for i in range(len(honest))), *["copycat"] * len(copied)],
     })
     table = table.append_column("source", pa.array([f"src-{p}" for p in table["provider"].to_pylist()]))
     _, plain = to_examples(table, _times(table))
     assert plain.grouping.near["method"] == "none"
-    _, report = to_examples(table, _times(table), Payload("text", "review"))
+    _, report = to_examples(table, _times(table), Payload(kind, column))
     near = report.grouping.near
-    assert near["method"] == TEXT_METHOD and near["columns"] == ["review"]
+    assert near["method"] == (TEXT_METHOD if kind == "text" else IMAGE_METHOD) and near["columns"] == [column]
     assert near["copies"] == len(copied) and report.grouping.unpaid == ("copycat",)
