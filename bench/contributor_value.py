@@ -18,7 +18,8 @@ minutes on 2 cores), it builds a small world with known faults:
   and the ground truth's loss;
 - providers: five honest ones of different sizes and quality, one with noisy inputs (60 % of
   the features replaced by noise), one with off-distribution junk, a copycat (another
-  provider's examples lightly perturbed), a flooder (many near-identical easy examples);
+  provider's examples lightly perturbed: numbers jittered, categories and 0/1 flags kept, as a copy
+  of a table would), a flooder (many near-identical easy examples, jittered the same way);
 - labelers of accuracy 0.95 / 0.85 / 0.70, a random one, a constant one and an adversarial one
   (a uniformly random wrong answer); three answers per example, Dawid–Skene consensus
   (``labeling.dawid_skene``) gives the training labels, as in the pipeline. With two classes the
@@ -192,7 +193,8 @@ PROVIDERS = (
     Provider("prov-e", "honest, tiny", False, share=0.05),
     Provider("noisy", "60% of features replaced by noise", True, share=0.14, noise=0.60),
     Provider("junk", "off-distribution: uniform noise, arbitrary labels", True, "junk", share=0.08),
-    Provider("copycat", "prov-b's examples, jittered 5% of a feature's sd", True, "copy", copy_of="prov-b"),
+    Provider("copycat", "prov-b's examples, numbers jittered 5% of their sd (categories kept)", True, "copy",
+             copy_of="prov-b"),
     Provider("flooder", "5 easy examples, each jittered into many near-copies", True, "flood", share=0.15),
 )
 LABELERS = (  # (name, accuracy, faulty); the constant one always answers the first class
@@ -263,8 +265,11 @@ def build_world(x: np.ndarray, y: np.ndarray, seed: int) -> World:
         mask = rng.random(rows.shape) < share
         return np.where(mask, rng.uniform(lo, hi, rows.shape), rows)
 
+    # one-hot categories and yes/no flags (every value 0 or 1): a copy of a table keeps them as they are
+    moved = np.where(np.isin(x[pool], (0.0, 1.0)).all(axis=0), 0.0, sd)
+
     def jitter(rows: np.ndarray, scale: float) -> np.ndarray:
-        return rows + rng.normal(0.0, 1.0, rows.shape) * scale * sd
+        return rows + rng.normal(0.0, 1.0, rows.shape) * scale * moved
 
     # Flood seeds: the most central pool row of five classes (easy examples), taken out first.
     z = (x[pool] - x[pool].mean(0)) / np.where(sd > 0, sd, 1.0)
