@@ -121,6 +121,14 @@ class Grouping:
     unpaid: tuple[str, ...]  # providers credited with nothing: every example of theirs is a copy
     providers: tuple[str, ...] = field(default=())  # every provider in the input
 
+    def near_summary(self) -> str:
+        """One line on the near-duplicates (the ingest asset's metadata, `caravan ingest`'s output)."""
+        near = self.near
+        if near["method"] == "none":
+            return near["reason"]
+        compared = f", compared on {', '.join(near['columns'])}" if "columns" in near else ""
+        return f"{near['copies']} copies in {near['groups']} groups (threshold {near['threshold']}){compared}"
+
     def to_params(self) -> dict[str, Any]:
         """The ingest record's ``duplicates`` parameter."""
         return {

@@ -63,7 +63,6 @@ def raw_dataset(
             f"providers credited with nothing, every example of theirs duplicating an earlier-registered "
             f"one: {', '.join(grouping.unpaid)}"
         )
-    near = grouping.near
     return dg.Output(
         stored,
         metadata={
@@ -73,11 +72,7 @@ def raw_dataset(
             "rows_in": report.rows_in,
             "dagster/row_count": report.examples,
             "duplicates_dropped": report.duplicates_dropped,
-            "near_duplicates": (
-                f"{near['copies']} copies in {near['groups']} groups (threshold {near['threshold']})"
-                + (f", compared on {', '.join(near['columns'])}" if "columns" in near else "")
-                if near["method"] != "none" else near["reason"]
-            ),
+            "near_duplicates": grouping.near_summary(),
             "unpaid_duplicate_providers": dg.MetadataValue.json(list(grouping.unpaid)),
             "providers": report.providers,
         },

@@ -315,6 +315,7 @@ def ingest(
                 "examples": report.examples,
                 "providers": report.providers,
                 "duplicates_dropped": report.duplicates_dropped,
+                "near_duplicates": report.grouping.near_summary(),
             }
         )
     )

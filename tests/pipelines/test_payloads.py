@@ -303,12 +303,9 @@ def test_cli_ingest_refuses_bad_payloads_registering_nothing(tmp_path, monkeypat
         ],
     )
     assert ok.exit_code == 0, ok.output
-    assert json.loads(ok.stdout.strip().splitlines()[-1]) == {
-        "version": "i1",
-        "examples": 4,
-        "providers": 2,
-        "duplicates_dropped": 1,
-    }
+    said = json.loads(ok.stdout.strip().splitlines()[-1])
+    assert said.pop("near_duplicates").startswith("0 copies in 0 groups (threshold ")
+    assert said == {"version": "i1", "examples": 4, "providers": 2, "duplicates_dropped": 1}
     entry = json.loads((tmp_path / "home" / "datasets" / "i1.json").read_text())
     assert sorted(f["provider"] for f in entry["sources"]) == ["alpha", "alpha", "beta", "beta", "beta"]
     assert entry["labeling"] == {"kind": "image", "field": "image", "choices": ["a", "b"]}
@@ -346,13 +343,16 @@ def test_cli_ingest_registers_a_table_shown_as_rows_and_names_the_kinds(tmp_path
 
     monkeypatch.setenv("CARAVAN_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
-    (tmp_path / "t.csv").write_text("provider,plan,tenure\np,basic,3\np,pro,\nq,basic,40\n")
+    (tmp_path / "t.csv").write_text("provider,customer,plan,tenure\np,c1,basic,3\np,c2,pro,\nq,c3,basic,40\n")
     args = ["ingest", str(tmp_path / "t.csv"), "--version", "t1", "--field", "row", "--choices", "churn,stay"]
     bad = CliRunner().invoke(app, [*args, "--kind", "audio"])
     assert bad.exit_code == 1 and "--kind must be one of text, image, table" in bad.stderr
     ok = CliRunner().invoke(app, [*args, "--kind", "table"])
     assert ok.exit_code == 0, ok.output
-    assert json.loads(ok.stdout.strip().splitlines()[-1])["examples"] == 3  # a gap is content too
+    said = json.loads(ok.stdout.strip().splitlines()[-1])
+    assert said["examples"] == 3  # a gap is content too
+    # as the MLP reads them: the id is no feature, nor is the plan in 3 rows (too few per category)
+    assert said["near_duplicates"].endswith("compared on tenure")
     entry = json.loads((tmp_path / "home" / "datasets" / "t1.json").read_text())
     assert entry["labeling"] == {"kind": "table", "field": "row", "choices": ["churn", "stay"]}
     table = load_source(str(tmp_path / "t.csv"), payload=Payload("table", "row"))
