@@ -423,7 +423,7 @@ def label_with_simulated_annotators(client: LabelStudioClient, data: DemoData, s
     Their answers travel with the task import (each annotation with its `completed_by`), the
     fast path measured in DESIGN.md; examples already in the project are left alone.
     """
-    examples, _ = to_examples(load_source(str(data.source), payload=data.payload), labeled=data.payload)
+    examples, _ = to_examples(load_source(str(data.source), payload=data.payload))
     project = client.ensure_project(spec)
     annotators = simulated_annotators(ACCURACIES)
     users = register(client, annotators)

@@ -260,7 +260,7 @@ def _near_groups(x: np.ndarray, owner: np.ndarray, fraction: float) -> tuple[np.
     sd = x.std(axis=0)
     z = (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
     tree = cKDTree(z)
-    others = _neighbours(z, owner)
+    others = _neighbours(z, owner, tree)
     median = float(np.median(others[:, 0]))
     threshold = fraction * median
     pairs = tree.query_pairs(threshold, output_type="ndarray") if threshold > 0 else np.zeros((0, 2), int)
@@ -439,13 +439,13 @@ def _components(pairs: np.ndarray, n: int) -> tuple[np.ndarray, dict[str, int]]:
     return labels, {"groups": int((sizes > 1).sum()), "copies": int((sizes[sizes > 1] - 1).sum())}
 
 
-def _neighbours(z: np.ndarray, owner: np.ndarray, k: int = LOCAL_K) -> np.ndarray:
+def _neighbours(z: np.ndarray, owner: np.ndarray, tree: cKDTree, k: int = LOCAL_K) -> np.ndarray:
     """Each example's distances to its ``k`` nearest examples of *other* providers (with one provider:
-    of the others), inf where there are fewer. A provider's copies of its own examples do not shrink
-    them."""
+    of the others, from ``tree``, all of ``z``), inf where there are fewer. A provider's copies of its
+    own examples do not shrink them."""
     names = np.unique(owner)
     if len(names) < 2:
-        return cKDTree(z).query(z, k=k + 1)[0][:, 1:]
+        return tree.query(z, k=k + 1)[0][:, 1:]
     out = np.empty((len(z), k))
     for name in names.tolist():
         mine = owner == name
