@@ -27,6 +27,19 @@ _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, 
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 
 
+def exact_cuda_fp32() -> None:
+    """fp32 on CUDA as the CPU computes it, and repeatable: no TF32 (cuDNN rounds a convolution's fp32
+    inputs to 10-bit mantissas by default) and cuDNN's deterministic algorithms, chosen without
+    benchmarking. Set for the whole process, as torch's flags are: a run on a GPU then repeats bit for
+    bit there (the image recipe did on an H200; the text recipe's embedding gradients, summed by
+    atomics, moved by ~1e-8) and a CPU replay starts from the same arithmetic (bench/replay_devices.py).
+    ``precision="bf16"`` runs autocast itself and is not affected."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A feed-forward classifier that can be rebuilt from bytes (logistic regression: no hidden layer)."""
@@ -174,10 +187,11 @@ class TrainConfig:
 
     def torch_device(self) -> torch.device:
         """The device training runs on; ``cuda`` on a machine without one is a ``DeviceUnavailableError``
-        (the trainer asks before any training starts)."""
+        (the trainer asks before any training starts). On CUDA, fp32 is kept exact (`exact_cuda_fp32`)."""
         if self.device == "cpu":
             return torch.device("cpu")
         if torch.cuda.is_available():
+            exact_cuda_fp32()
             return torch.device("cuda")
         if self.device == "auto":
             return torch.device("cpu")

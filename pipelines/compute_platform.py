@@ -47,16 +47,17 @@ _ATEN = (("AVX512", _AVX512), ("AVX2", _AVX2), ("DEFAULT", frozenset()))
 _LEVELS = {"ATEN_CPU_CAPABILITY": _ATEN, "ONEDNN_MAX_CPU_ISA": _ONEDNN, "MKL_CBWR": _MKL}
 
 
-def training_platform() -> dict[str, object]:
+def training_platform(device: str = "cpu") -> dict[str, object]:
     """What a bit-for-bit replay must match: the torch build, the CPU architecture, the vector kernels
     ATen dispatches to on it (its CPU capability: the unvectorized DEFAULT rounded the image recipe's
     training differently from AVX2/AVX512), the CPU's vector flags (oneDNN and MKL pick their own
     levels by them), the kernel pins set in this process's environment, the device, and torch's
     intra-op thread count. Reductions are split by thread, so another count rounds differently (the
-    image recipe's convolutions do); replay sets the recorded count (`replay.recorded_threads`)."""
+    image recipe's convolutions do); replay sets the recorded count (`replay.recorded_threads`). A run on
+    ``device="cuda"`` adds the GPU, the CUDA and cuDNN versions (`gpu_platform`)."""
     import torch
 
-    return {
+    platform_ = {
         "torch": torch.__version__,
         "machine": platform.machine(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -65,6 +66,15 @@ def training_platform() -> dict[str, object]:
         "threads": torch.get_num_threads(),
         "device": "cpu",
     }
+    return platform_ if device == "cpu" else {**platform_, "device": device, **gpu_platform()}
+
+
+def gpu_platform() -> dict[str, object]:
+    """The GPU a CUDA run trained on, and the CUDA and cuDNN builds torch runs it with."""
+    import torch
+
+    return {"gpu": torch.cuda.get_device_name(), "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version()}
 
 
 _VECTOR_FLAG = re.compile(r"(fma|avx\w*|amx\w*)")

@@ -30,6 +30,10 @@ retrains with the same code, and compares:
   machine's own rounding cannot be told from rounding: replay on the recorded platform, or a CPU that
   runs its kernels, for a bit-for-bit check.
 
+- A run trained on a GPU (`TrainingConfig.device`) is retrained on this machine's GPU: bit for bit
+  where the first retrain repeats it (the same GPU, torch, CUDA and cuDNN: the image recipe did on an
+  H200), else within the band of two retrains there. Without a GPU replay refuses (`replay_platform`).
+
 Replay refuses code other than the code that trained the run: it names the commit to check out.
 """
 
@@ -111,7 +115,7 @@ def replay_run(
     require_same_code(training.code, code or pipeline_code())
 
     recorded = training.params.get("platform") or {}
-    here = training_platform()
+    here = replay_platform(recorded)
     report.same_platform = same_platform(recorded, here)
     report.run_kernels = not report.same_platform and on_run_kernels(recorded, here)
     labeled = read_parquet(store.get(training.inputs[TrainingRecord.LABELED_DATASET]))
@@ -171,14 +175,33 @@ def _retrains(
     is bit for bit or fails; on the run's kernels another CPU may still round differently (a kernel's
     blocking by its caches), and then, as elsewhere, the second retrain shows how far this machine's
     own rounding moves the run (`Band`)."""
+    on_gpu = recorded.get("device", "cpu") != "cpu"
     exactly = report.same_platform or report.run_kernels
     with recorded_threads(recorded.get("threads") if exactly else None):
         first = retrain()
-        report.bit_exact = bool(report.same_platform or (report.run_kernels and identical(first)))
+        report.bit_exact = bool(report.same_platform and not on_gpu) or bool(exactly and identical(first))
         if report.bit_exact:
             return first, None
         with recorded_threads(_other_count(torch.get_num_threads())):
             return first, retrain()
+
+
+def replay_platform(recorded: Mapping[str, object]) -> dict[str, object]:
+    """This machine's platform as the run's retrains would see it: the CPU's, or for a run trained on a
+    GPU this machine's GPU, which replay retrains on. A GPU run is refused on a machine without one: on
+    the CPU its retrains land further from it than this machine's own rounding spreads a replay
+    (`bench/replay_devices.py`: the image recipe's left-out values 5.6x that spread, so an honest run
+    could fail)."""
+    device = str(recorded.get("device", "cpu"))
+    if device == "cpu":
+        return training_platform()
+    if not torch.cuda.is_available():
+        raise ReplayRefused(
+            f"the run trained on {device} ({recorded.get('gpu')}, CUDA {recorded.get('cuda')}, torch "
+            f"{recorded.get('torch')}): replay it on a machine where torch sees a CUDA GPU (on the same GPU "
+            "and torch build a convolutional run repeats bit for bit); this machine has none"
+        )
+    return training_platform(device)
 
 
 def _other_count(threads: int) -> int:

@@ -26,6 +26,7 @@ from attribution import (
     MLP_CONFIG,
     TEXT_CONFIG,
     AttributionError,
+    DeviceUnavailableError,
     EncodedSplit,
     LocalModel,
     ModelTrakFeatures,
@@ -108,6 +109,9 @@ class TrainingConfig(dg.Config):
     # or at 0, by their examples' summed scores (the weighting record says which)
     left_out_max: int = 32
     left_out_runs: int = LEFT_OUT_RUNS  # seeds each provider is left out with (its value is the mean)
+    # where every training of the run runs: "cpu", "cuda" (a GPU; refused where torch sees none) or "auto"
+    # (the GPU where there is one). Records name the device it resolved to, and the GPU
+    device: str = "cpu"
 
     def train_config(self, recipe: str = "mlp") -> TrainConfig:
         """The attribution room's settings for this recipe (the one mapping; sharding reuses it)."""
@@ -122,7 +126,21 @@ class TrainingConfig(dg.Config):
             weight_decay=self.weight_decay,
             trak_k=self.trak_k if self.trak_k is not None else defaults.trak_k,
             patience=(self.patience if self.patience is not None else defaults.patience) or None,
+            device=self.device,
         )
+
+    def on_device(self) -> "TrainingConfig":
+        """This config with `device` resolved ("auto" to "cuda" or "cpu"), so that the run id and the
+        record name where it trained; one error before training where the device is unknown or absent."""
+        if self.device not in DEVICES:
+            raise dg.Failure(f"device {self.device!r} is unknown; use one of {', '.join(DEVICES)}")
+        try:
+            device = TrainConfig(device=self.device).torch_device().type
+        except DeviceUnavailableError as exc:
+            raise dg.Failure(f"device {self.device!r} needs a GPU, but torch sees no CUDA device here "
+                             "(torch.cuda.is_available() is False): use 'auto' (the GPU where there is one) "
+                             "or 'cpu'") from exc
+        return self.model_copy(update={"device": device})
 
     def recorded(self) -> dict[str, Any]:
         """The settings as a record names them: everything but the local `model_dir` (a run names its
@@ -146,6 +164,7 @@ RECIPE_DEFAULTS: dict[str, TrainConfig] = {
     "mlp": MLP_CONFIG, "text-transformer": TEXT_CONFIG, "image-cnn": IMAGE_CONFIG, "hf-local": HF_CONFIG,
 }
 LR_SCHEDULES = get_args(get_type_hints(TrainConfig)["lr_schedule"])  # the attribution room's, named once
+DEVICES = get_args(get_type_hints(TrainConfig)["device"])
 PAYLOAD_RECIPES = {"text": "text-transformer", "image": "image-cnn"}  # what `auto` picks per payload kind
 HF_RECIPE = "hf-local"
 RECIPE_KINDS = {**{r: k for k, r in PAYLOAD_RECIPES.items()}, HF_RECIPE: "text"}  # the payload each reads
@@ -346,7 +365,7 @@ def trained_model(
     index: AssetIndex,
     lineage: LineageResource,
 ):
-    started, version = now(), context.partition_key
+    started, version, config = now(), context.partition_key, config.on_device()
     client = store.client()
     data_cid = index.cid_of("labeled_dataset", version)
     inputs = {TrainingRecord.LABELED_DATASET: data_cid}
@@ -410,7 +429,7 @@ def trained_model(
             "field": field,
             "heldout_accuracy": round(accuracy, 6),
             "targets": targets,
-            "platform": training_platform(),
+            "platform": training_platform(config.device),
             "score_rtol": SCORE_RTOL,
             **payload,
         },

@@ -88,6 +88,12 @@ def demo(
             "downloaded). Its files are stored by CID; the path is in no record."
         ),
     ] = None,
+    device: Annotated[
+        str,
+        typer.Option(help="Where the model trains: cpu, cuda (a GPU; refused where torch sees none) or "
+                     "auto (the GPU where there is one). The training record names the GPU; replay "
+                     "retrains there."),
+    ] = "cpu",
 ) -> None:
     """Run the whole mission on the digits (or --data) and print the royalty table; last line is JSON."""
     from pipelines.demo import DemoError, run_demo
@@ -99,7 +105,7 @@ def demo(
 
     with clean_errors(DemoError, ProvenanceError), console.status("starting") as status:
         user_data = _user_data(data, kind, field, choices, truth_col, validation, trusted, show)
-        training = _hf_training(model_dir, user_data)
+        training = _training(model_dir, user_data, device)
 
         def say(step: str) -> None:
             status.update(step)
@@ -196,6 +202,22 @@ def _user_data(
     if trusted is not None and not providers:
         raise CaravanError("--trusted must name at least one provider of --data (comma-separated)")
     return UserData(data, kind, field, labels, truth_col, validation, providers, names(show))
+
+
+def _training(model_dir: Path | None, data, device: str) -> dict | None:  # noqa: ANN001 (a UserData or None)
+    """`trained_model`'s config for `--model-dir` and `--device` (None for the defaults), or one error
+    before anything runs."""
+    import dagster as dg
+
+    from pipelines.assets.training import TrainingConfig
+
+    try:
+        TrainingConfig(device=device).on_device()
+    except dg.Failure as exc:
+        raise CaravanError(f"--device: {exc.description or exc}") from None
+    hf = _hf_training(model_dir, data)
+    config = {**(hf or {}), **({"device": device} if device != "cpu" else {})}
+    return config or None
 
 
 def _hf_training(model_dir: Path | None, data) -> dict | None:  # noqa: ANN001 (a UserData or None)

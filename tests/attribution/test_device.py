@@ -130,6 +130,30 @@ def test_cuda_run_matches_the_cpu_run(mlp_task, data):
     assert next(plain.parameters()).device.type == "cpu"
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cuda_run_keeps_fp32_exact_and_repeats_bit_for_bit():
+    """A conv net's run on CUDA, twice: the same scores bit for bit (cuDNN's deterministic kernels), fp32
+    without TF32; what lets replay check a GPU run on the same GPU exactly."""
+    from attribution import train_trak_valued
+    from attribution.model_task import LABELS
+    from attribution.recipes.image import IMAGE_CONFIG, ImagePolicy, image_cnn_task
+
+    g = torch.Generator().manual_seed(0)
+
+    def batch(n: int) -> dict[str, torch.Tensor]:
+        pixels = torch.rand(n, 3, 16, 16, generator=g)
+        return {"pixel_values": pixels, LABELS: torch.randint(0, 3, (n,), generator=g)}
+
+    train, targets = batch(96), batch(12)
+    config = replace(IMAGE_CONFIG, epochs=2, device="cuda")
+    task = image_cnn_task(ImagePolicy(height=16, width=16, mode="RGB", resize="squash"), 3, config=config)
+    ids = [f"e{i}" for i in range(96)]
+    first, again = (train_trak_valued(task, train, ids, targets, seed=0) for _ in range(2))
+    assert first.scores.tobytes() == again.scores.tobytes() and np.abs(first.scores).max() > 0
+    assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+
+
 def test_overhead_bench_runs_with_torch_and_numpy_alone(bare_env):
     sizes = ["--steps", "3", "--warmup", "1", "--batch", "32", "--width", "16", "--targets", "4"]
     out = run_bare(bare_env, "bench/attribution_overhead.py", "--model", "mlp", *sizes)

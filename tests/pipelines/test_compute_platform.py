@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from pipelines.compute_platform import (
     KERNEL_ENV,
@@ -86,3 +87,11 @@ def test_the_pins_derived_from_this_cpus_flags_give_its_unpinned_bits() -> None:
     assert _trained_bits(run_kernels(training_platform())) == natural
     if "avx512f" in cpu_vector_flags().split():
         assert _trained_bits(run_kernels(_record(AVX2_CPU))) != natural
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cuda_run_records_its_gpu_beside_the_cpu() -> None:
+    cpu, gpu = training_platform(), training_platform("cuda")
+    assert gpu == {**cpu, "device": "cuda", "gpu": torch.cuda.get_device_name(), "cuda": torch.version.cuda,
+                   "cudnn": torch.backends.cudnn.version()}
+    assert cpu["device"] == "cpu" and "gpu" not in cpu

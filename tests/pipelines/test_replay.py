@@ -36,6 +36,7 @@ from pipelines.replay import (
     Replayed,
     ReplayRefused,
     recorded_threads,
+    replay_platform,
     replay_run,
     same_platform,
 )
@@ -494,6 +495,18 @@ def test_replay_refuses_other_code(published) -> None:
         replay_run(chain, store, run_id, code=other)
     with pytest.raises(ReplayRefused, match="clean working tree"):
         replay_run(chain, store, run_id, code=dataclasses.replace(CODE, dirty=True))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_a_gpu_run_is_refused_where_there_is_no_gpu_to_retrain_it_on() -> None:
+    """A run trained on CUDA is retrained on a GPU: on a CPU-only machine replay names the GPU it needs
+    instead of failing an honest run by the CPU's rounding; a CPU run is replayed on this CPU."""
+    gpu = {**training_platform(), "device": "cuda", "gpu": "NVIDIA H200", "cuda": "13.0", "cudnn": 91900}
+    with pytest.raises(ReplayRefused, match=r"trained on cuda \(NVIDIA H200, CUDA 13\.0, torch .*a machine "
+                                            r"where torch sees a CUDA GPU"):
+        replay_platform(gpu)
+    assert replay_platform(training_platform()) == training_platform()
+    assert replay_platform({}) == training_platform()  # a record from before platforms were recorded
 
 
 def test_verify_replay_on_the_command_line(published, monkeypatch) -> None:

@@ -13,7 +13,14 @@ import pytest
 import torch
 
 from attribution import HF_CONFIG, IMAGE_CONFIG, MLP_CONFIG, TEXT_CONFIG, TRAK_VALUE_METHOD, TrainConfig
-from pipelines.assets.training import RECIPE_DEFAULTS, TrainingConfig, recipe_for, train_labeled, value_method
+from pipelines.assets.training import (
+    RECIPE_DEFAULTS,
+    TrainingConfig,
+    recipe_for,
+    run_id_of,
+    train_labeled,
+    value_method,
+)
 
 WORDS = {"sport": "match goal team coach league", "food": "soup bread oven salt recipe"}
 
@@ -138,3 +145,22 @@ def test_the_transformer_stops_early_by_default_and_the_mlp_refuses_to():
     numeric = pa.table({"example_id": ["a", "b"], "f": [0.0, 1.0], "label": ["x", "y"]})
     with pytest.raises(dg.Failure, match="the mlp recipe trains every epoch"):
         train_labeled(numeric, TrainingConfig(patience=2), run_id="r")
+
+
+def test_the_device_is_resolved_before_training_so_the_run_id_and_record_name_it():
+    here = "cuda" if torch.cuda.is_available() else "cpu"
+    auto = TrainingConfig(device="auto").on_device()
+    assert auto.device == here and auto.train_config("image-cnn").device == here
+    assert TrainingConfig().on_device().device == "cpu"
+    assert TrainingConfig().train_config("mlp").device == "cpu"
+    if here == "cpu":  # "auto" that ran on the CPU is the CPU run, id and all
+        assert run_id_of("bafy", auto) == run_id_of("bafy", TrainingConfig())
+    with pytest.raises(dg.Failure, match="device 'tpu' is unknown; use one of auto, cpu, cuda"):
+        TrainingConfig(device="tpu").on_device()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_cuda_on_a_machine_without_one_is_refused_before_training():
+    with pytest.raises(dg.Failure, match="device 'cuda' needs a GPU, but torch sees no CUDA device here.*"
+                                         "use 'auto'"):
+        TrainingConfig(device="cuda").on_device()

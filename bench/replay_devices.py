@@ -1,0 +1,126 @@
+"""How far a run trained on another device lands from a CPU replay, against the band replay allows.
+
+    python bench/replay_devices.py [--kind image|text|both] [--train N] [--providers P] [--runs R]
+
+``caravan verify --replay`` checks a run trained elsewhere (another CPU, a GPU) within a band: the
+recorded score tolerance, or ``SPREAD_FACTOR`` (3) times the spread between two replays of its own
+at two thread counts (``pipelines.replay.Band``). This bench measures what that band must hold, for
+the pipeline's text and image recipes at their pipeline defaults (``TEXT_CONFIG``, ``IMAGE_CONFIG``:
+AdamW, decayed rate, the transformer stopping early), on synthetic data split among providers:
+
+- two CPU runs at two thread counts (the replay's spread), the examples' TRAK value (what pay reads)
+  and each provider's left-out value (``model_left_out``, ``--runs`` seeds);
+- on a machine with CUDA, the same run on the GPU twice, as attribution trains there (fp32 kept
+  exact: ``attribution.task.exact_cuda_fp32``), to see whether a GPU run repeats bit for bit.
+
+Each GPU run's largest score and value gap from the first CPU run is printed beside the CPU spread,
+as a ratio: at most ``SPREAD_FACTOR`` and the band holds it. Needs torch, numpy, pyarrow, Pillow and
+tokenizers (what the attribution room needs), not the pipeline. The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from attribution import model_left_out, train_trak_valued  # noqa: E402
+from attribution.model_task import LABELS, take  # noqa: E402
+from bench._common.lds_models import synthetic_images, synthetic_text  # noqa: E402
+
+# The pipeline's sizes for these recipes (pipelines.assets.training.TrainingConfig's defaults).
+TEXT_SIZES = dict(vocab_size=2000, max_length=128, d_model=64, n_layers=2, n_heads=4)
+IMAGE_SIDE, CHANNELS = 16, (16, 32)
+
+
+def task_and_rows(kind: str, n: int, n_val: int, seed: int):
+    """The recipe's task at the pipeline's defaults, its encoded training rows and validation batch."""
+    if kind == "text":
+        from attribution.recipes import text as recipe
+
+        values, labels = synthetic_text(n + n_val, seed)
+        tok = recipe.train_tokenizer(values[:n], vocab_size=TEXT_SIZES["vocab_size"])
+        tokenizer = recipe.load_tokenizer(tok)
+        task = recipe.text_transformer_task(tokenizer.get_vocab_size(), 4, TEXT_SIZES["max_length"],
+                                            d_model=TEXT_SIZES["d_model"], n_layers=TEXT_SIZES["n_layers"],
+                                            n_heads=TEXT_SIZES["n_heads"], tokenizer=tok)
+        rows = dict(recipe.encode_texts(tokenizer, values, TEXT_SIZES["max_length"]))
+    else:
+        from attribution.recipes import image as recipe
+
+        values, labels = synthetic_images(n + n_val, seed, size=IMAGE_SIDE)
+        policy = recipe.ImagePolicy(height=IMAGE_SIDE, width=IMAGE_SIDE, mode="RGB", resize="squash")
+        task = recipe.image_cnn_task(policy, 4, channels=CHANNELS)
+        rows = {"pixel_values": torch.as_tensor(recipe.decode_images(values, policy)).float()}
+    rows = {k: torch.as_tensor(np.asarray(v)) for k, v in rows.items()}
+    rows[LABELS] = torch.as_tensor(labels, dtype=torch.int64)
+    return task, take(rows, torch.arange(n)), take(rows, torch.arange(n, n + n_val))
+
+
+def one_run(task, train, val, groups, ids, runs: int, device: str, threads: int) -> dict:
+    """Scores and left-out values of one run of ``task`` on ``device`` at ``threads`` CPU threads."""
+    import dataclasses
+
+    torch.set_num_threads(threads)
+    on = dataclasses.replace(task, config=dataclasses.replace(task.config, device=device))
+    start = time.perf_counter()
+    result = train_trak_valued(on, train, ids, val, seed=0)
+    values = model_left_out(on, train, val, groups, seed=0, runs=runs).sort_by("provider")["value"]
+    return {"scores": np.asarray(result.scores, dtype=np.float64),
+            "values": values.to_numpy().astype(np.float64), "s": time.perf_counter() - start}
+
+
+def gap(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.max(np.abs(a - b), initial=0.0))
+
+
+def measure(kind: str, n: int, n_providers: int, runs: int) -> dict:
+    task, train, val = task_and_rows(kind, n, max(n // 5, 50), seed=0)
+    ids = [f"{kind}-{i:05d}" for i in range(n)]
+    owner = np.arange(n) % n_providers
+    groups = {f"prov-{p}": owner == p for p in range(n_providers)}
+    threads = torch.get_num_threads()
+    counts = [threads, max(1, threads // 2)]
+    cpu = [one_run(task, train, val, groups, ids, runs, "cpu", t) for t in counts]
+    torch.set_num_threads(threads)
+    keys = ("score", "value")
+    top = {k: float(np.max(np.abs(cpu[0][k + "s"]))) for k in keys}
+    spread = {k: gap(cpu[0][k + "s"], cpu[1][k + "s"]) for k in keys}
+    out: dict = {"train": n, "providers": n_providers, "runs": runs, "threads": counts, "top": top,
+                 "cpu_spread": spread, "cpu_s": round(cpu[0]["s"], 2)}
+    if torch.cuda.is_available():
+        gpu = [one_run(task, train, val, groups, ids, runs, "cuda", threads) for _ in range(2)]
+        g = {k: gap(gpu[0][k + "s"], cpu[0][k + "s"]) for k in keys}
+        out["cuda"] = {"gap": g, "gap_over_spread": {k: round(g[k] / spread[k], 2) if spread[k] else None
+                                                     for k in keys}, "s": round(gpu[0]["s"], 2)}
+        out["cuda_repeat_gap"] = {k: gap(gpu[0][k + "s"], gpu[1][k + "s"]) for k in keys}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--kind", choices=["image", "text", "both"], default="both")
+    ap.add_argument("--train", type=int, default=600)
+    ap.add_argument("--providers", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=2, help="seeds each provider is left out with")
+    args = ap.parse_args()
+    start = time.perf_counter()
+    kinds = ["image", "text"] if args.kind == "both" else [args.kind]
+    doc = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+           "torch": torch.__version__}
+    for kind in kinds:
+        doc[kind] = measure(kind, args.train, args.providers, args.runs)
+        print(kind, json.dumps(doc[kind]), file=sys.stderr, flush=True)
+    doc["seconds"] = round(time.perf_counter() - start, 1)
+    print(json.dumps(doc))
+
+
+if __name__ == "__main__":
+    main()
