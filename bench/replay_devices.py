@@ -13,8 +13,12 @@ AdamW, decayed rate, the transformer stopping early), on synthetic data split am
 - on a machine with CUDA, the same run on the GPU twice, as attribution trains there (fp32 kept
   exact: ``attribution.task.exact_cuda_fp32``), to see whether a GPU run repeats bit for bit.
 
-Each GPU run's largest score and value gap from the first CPU run is printed beside the CPU spread,
-as a ratio: at most ``SPREAD_FACTOR`` and the band holds it. Needs torch, numpy, pyarrow, Pillow and
+- with ``--against FILE``, the first CPU run of another invocation saved there (``--save FILE``), for
+  a CPU run on other kernels: run once with ``--save``, then again under a kernel pin (for instance
+  ``ATEN_CPU_CAPABILITY=avx2``) or on another machine with ``--against``.
+
+Each GPU (or saved) run's largest score and value gap from the first CPU run is printed beside the CPU
+spread, as a ratio: at most ``SPREAD_FACTOR`` and the band holds it. Needs torch, numpy, pyarrow, Pillow and
 tokenizers (what the attribution room needs), not the pipeline. The last line is one JSON object.
 """
 
@@ -81,7 +85,13 @@ def gap(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a - b), initial=0.0))
 
 
-def measure(kind: str, n: int, n_providers: int, runs: int) -> dict:
+def beside(run: dict, cpu: dict, spread: dict) -> dict:
+    """``run``'s largest gaps from ``cpu``, and each over the CPU's own spread."""
+    g = {k: gap(run[k + "s"], cpu[k + "s"]) for k in spread}
+    return {"gap": g, "gap_over_spread": {k: round(g[k] / spread[k], 2) if spread[k] else None for k in g}}
+
+
+def measure(kind: str, n: int, n_providers: int, runs: int, saved: dict | None = None) -> dict:
     task, train, val = task_and_rows(kind, n, max(n // 5, 50), seed=0)
     ids = [f"{kind}-{i:05d}" for i in range(n)]
     owner = np.arange(n) % n_providers
@@ -97,10 +107,11 @@ def measure(kind: str, n: int, n_providers: int, runs: int) -> dict:
                  "cpu_spread": spread, "cpu_s": round(cpu[0]["s"], 2)}
     if torch.cuda.is_available():
         gpu = [one_run(task, train, val, groups, ids, runs, "cuda", threads) for _ in range(2)]
-        g = {k: gap(gpu[0][k + "s"], cpu[0][k + "s"]) for k in keys}
-        out["cuda"] = {"gap": g, "gap_over_spread": {k: round(g[k] / spread[k], 2) if spread[k] else None
-                                                     for k in keys}, "s": round(gpu[0]["s"], 2)}
+        out["cuda"] = {**beside(gpu[0], cpu[0], spread), "s": round(gpu[0]["s"], 2)}
         out["cuda_repeat_gap"] = {k: gap(gpu[0][k + "s"], gpu[1][k + "s"]) for k in keys}
+    if saved is not None:
+        out["saved"] = beside({k + "s": saved[f"{kind}_{k}s"] for k in keys}, cpu[0], spread)
+    out["first_cpu_run"] = cpu[0]
     return out
 
 
@@ -110,14 +121,22 @@ def main() -> None:
     ap.add_argument("--train", type=int, default=600)
     ap.add_argument("--providers", type=int, default=3)
     ap.add_argument("--runs", type=int, default=2, help="seeds each provider is left out with")
+    ap.add_argument("--save", type=Path, help="write the first CPU run's scores and values here (.npz)")
+    ap.add_argument("--against", type=Path, help="compare with a run saved by --save")
     args = ap.parse_args()
+    saved = dict(np.load(args.against)) if args.against else None
     start = time.perf_counter()
     kinds = ["image", "text"] if args.kind == "both" else [args.kind]
     doc = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
            "torch": torch.__version__}
+    runs = {}
     for kind in kinds:
-        doc[kind] = measure(kind, args.train, args.providers, args.runs)
+        doc[kind] = measure(kind, args.train, args.providers, args.runs, saved)
+        first = doc[kind].pop("first_cpu_run")
+        runs.update({f"{kind}_{k}": first[k] for k in ("scores", "values")})
         print(kind, json.dumps(doc[kind]), file=sys.stderr, flush=True)
+    if args.save:
+        np.savez(args.save, **runs)
     doc["seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps(doc))
 
