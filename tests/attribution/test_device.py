@@ -154,6 +154,65 @@ def test_a_cuda_run_keeps_fp32_exact_and_repeats_bit_for_bit():
     assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
 
 
+DEVICES = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+
+
+def _pipeline_path(kind: str, device: str) -> tuple[np.ndarray, np.ndarray]:
+    """What the training asset runs, through attribution's public face: encode the table, train and
+    value by TRAK (the MLP through its own driver), leave each provider out. Scores and values."""
+    import pyarrow as pa
+
+    from attribution import (
+        IMAGE_CONFIG,
+        MLP_CONFIG,
+        encode_payload_split,
+        encode_split,
+        mlp_left_out,
+        mlp_valued_by_trak,
+        model_left_out,
+        train_split,
+        train_trak_valued,
+    )
+
+    rng = np.random.default_rng(0)
+    n = 90
+    y = rng.integers(0, 3, n)
+    ids = [f"{i:064x}" for i in range(n)]
+    is_target = np.arange(n) % 6 == 0
+    groups = {p: np.arange(n - int(is_target.sum())) % 3 == i for i, p in enumerate("abc")}
+    if kind == "mlp":
+        x = rng.normal(size=(n, 4)) + y[:, None]
+        table = pa.table({"example_id": ids, **{f"f{j}": x[:, j] for j in range(4)}, "label": y.astype(str)})
+        split = encode_split(table, is_target)
+        config = replace(MLP_CONFIG, epochs=3, device=device)
+        trained = train_split(split, [8], config, seed=0)
+        result = mlp_valued_by_trak(trained, split.X, split.y, split.X_targets, split.y_targets, seed=0)
+        values = mlp_left_out(result.task, split.X, split.y, split.X_targets, split.y_targets, groups, seed=0,
+                              runs=1)
+    else:
+        from bench._common.lds_models import synthetic_images
+
+        images, y = synthetic_images(n, 0, n_classes=3)
+        table = pa.table({"example_id": ids, "image": images, "label": y.astype(str)})
+        split = encode_payload_split(table, is_target, kind="image", column="image",
+                                     config=replace(IMAGE_CONFIG, epochs=2, device=device))
+        result = train_trak_valued(split.task, split.train, split.example_ids, split.targets, seed=0)
+        values = model_left_out(split.task, split.train, split.targets, groups, seed=0, runs=1)
+    assert all(p.device.type == "cpu" for p in result.model.parameters())  # stored and served from the CPU
+    return result.scores, values.sort_by("provider")["value"].to_numpy()
+
+
+@pytest.mark.parametrize("kind", ["mlp", "image"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_training_assets_path_runs_on_each_device_alike(kind, device):
+    scores, values = _pipeline_path(kind, device)
+    assert np.isfinite(scores).all() and np.abs(scores).max() > 0 and np.isfinite(values).all()
+    if device != "cpu":
+        cpu_scores, cpu_values = _pipeline_path(kind, "cpu")
+        np.testing.assert_allclose(scores, cpu_scores, atol=1e-2 * np.abs(cpu_scores).max())
+        np.testing.assert_allclose(values, cpu_values, atol=1e-2 * np.abs(cpu_values).max())
+
+
 def test_overhead_bench_runs_with_torch_and_numpy_alone(bare_env):
     sizes = ["--steps", "3", "--warmup", "1", "--batch", "32", "--width", "16", "--targets", "4"]
     out = run_bare(bare_env, "bench/attribution_overhead.py", "--model", "mlp", *sizes)
