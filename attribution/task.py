@@ -7,6 +7,7 @@ dattri's ``AttributionTask``; the methods never see Dagster or any other room.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Literal
@@ -29,15 +30,20 @@ _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 
 def exact_cuda_fp32() -> None:
     """fp32 on CUDA as the CPU computes it, and repeatable: no TF32 (cuDNN rounds a convolution's fp32
-    inputs to 10-bit mantissas by default) and cuDNN's deterministic algorithms, chosen without
-    benchmarking. Set for the whole process, as torch's flags are: a run on a GPU then repeats bit for
-    bit there (the image recipe did on an H200; the text recipe's embedding gradients, summed by
-    atomics, moved by ~1e-8) and a CPU replay starts from the same arithmetic (bench/replay_devices.py).
-    ``precision="bf16"`` runs autocast itself and is not affected."""
+    inputs to 10-bit mantissas by default), cuDNN's deterministic algorithms chosen without benchmarking,
+    and torch's deterministic kernels where it has them (an embedding's gradient is otherwise summed by
+    atomics, in any order: the text recipe moved by ~1e-8 between two runs on an H200; ops without one
+    warn), attention by its plain kernel (the memory-efficient one sums its gradient in any order).
+    cuBLAS needs its workspace fixed for that, before its first call. Set for the whole process,
+    as torch's flags are: a run on a GPU then repeats bit for bit there and a CPU replay starts from the
+    same arithmetic (bench/replay_devices.py). ``precision="bf16"`` autocasts as it would."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
+    torch.backends.cuda.enable_mem_efficient_sdp(False)
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 @dataclass(frozen=True)

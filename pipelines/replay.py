@@ -31,8 +31,9 @@ retrains with the same code, and compares:
   runs its kernels, for a bit-for-bit check.
 
 - A run trained on a GPU (`TrainingConfig.device`) is retrained on this machine's GPU: bit for bit
-  where the first retrain repeats it (the same GPU, torch, CUDA and cuDNN: the image recipe did on an
-  H200), else within the band of two retrains there. Without a GPU replay refuses (`replay_platform`).
+  where the first retrain repeats it (the same GPU, torch, CUDA and cuDNN: the image and text recipes
+  did on an H200), else within the band of two retrains there. Without a GPU replay refuses
+  (`replay_platform`).
 
 Replay refuses code other than the code that trained the run: it names the commit to check out.
 """
@@ -199,7 +200,7 @@ def replay_platform(recorded: Mapping[str, object]) -> dict[str, object]:
         raise ReplayRefused(
             f"the run trained on {device} ({recorded.get('gpu')}, CUDA {recorded.get('cuda')}, torch "
             f"{recorded.get('torch')}): replay it on a machine where torch sees a CUDA GPU (on the same GPU "
-            "and torch build a convolutional run repeats bit for bit); this machine has none"
+            "and torch build the recipes' runs repeat bit for bit); this machine has none"
         )
     return training_platform(device)
 

@@ -131,27 +131,28 @@ def test_cuda_run_matches_the_cpu_run(mlp_task, data):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_a_cuda_run_keeps_fp32_exact_and_repeats_bit_for_bit():
-    """A conv net's run on CUDA, twice: the same scores bit for bit (cuDNN's deterministic kernels), fp32
-    without TF32; what lets replay check a GPU run on the same GPU exactly."""
-    from attribution import train_trak_valued
-    from attribution.model_task import LABELS
-    from attribution.recipes.image import IMAGE_CONFIG, ImagePolicy, image_cnn_task
+@pytest.mark.parametrize("kind", ["image", "text"])
+def test_a_cuda_run_keeps_fp32_exact_and_repeats_bit_for_bit(kind):
+    """A conv net's and a transformer's run on CUDA, twice: the same scores bit for bit (deterministic
+    cuDNN and embedding gradients), fp32 without TF32; what lets replay check a GPU run on the same GPU
+    exactly."""
+    import pyarrow as pa
 
-    g = torch.Generator().manual_seed(0)
+    from attribution import IMAGE_CONFIG, TEXT_CONFIG, encode_payload_split, train_trak_valued
+    from bench._common.lds_models import synthetic_images, synthetic_text
 
-    def batch(n: int) -> dict[str, torch.Tensor]:
-        pixels = torch.rand(n, 3, 16, 16, generator=g)
-        return {"pixel_values": pixels, LABELS: torch.randint(0, 3, (n,), generator=g)}
-
-    train, targets = batch(96), batch(12)
-    config = replace(IMAGE_CONFIG, epochs=2, device="cuda")
-    task = image_cnn_task(ImagePolicy(height=16, width=16, mode="RGB", resize="squash"), 3, config=config)
-    ids = [f"e{i}" for i in range(96)]
-    first, again = (train_trak_valued(task, train, ids, targets, seed=0) for _ in range(2))
+    n = 96
+    values, y = synthetic_images(n, 0, n_classes=3) if kind == "image" else synthetic_text(n, 0, n_classes=3)
+    table = pa.table({"example_id": [f"{i:064x}" for i in range(n)], "x": values, "label": y.astype(str)})
+    config = replace(IMAGE_CONFIG if kind == "image" else TEXT_CONFIG, epochs=2, device="cuda")
+    split = encode_payload_split(table, np.arange(n) % 8 == 0, kind=kind, column="x", config=config)
+    first, again = (train_trak_valued(split.task, split.train, split.example_ids, split.targets, seed=0)
+                    for _ in range(2))
     assert first.scores.tobytes() == again.scores.tobytes() and np.abs(first.scores).max() > 0
     assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
     assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    assert torch.are_deterministic_algorithms_enabled()
+    assert not torch.backends.cuda.mem_efficient_sdp_enabled()
 
 
 DEVICES = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
