@@ -33,7 +33,7 @@ from torch import nn
 from .errors import InputError, UnsupportedModelError
 from .kernels import Kernel, LayerGrads, kernel_for
 from .model_task import Batch, ModelTask, batch_size_of, concat, take, to_device
-from .task import TrainConfig
+from .task import TrainConfig, starting_weights
 from .trainer import (
     EarlyStop,
     TrainResult,
@@ -469,7 +469,7 @@ def model_steps(
     device = cfg.torch_device()
     n, nv = validate(task, train, example_ids, targets)
     train_dev, targets_dev = to_device(train, device), to_device(targets, device)
-    model = task.fresh(seed).to(device)
+    model = starting_weights(task.fresh(seed)).to(device)
     scored = scored_modules(model)
     params = [p for s in scored for p in s.module.parameters(recurse=False)]
     params = list({id(p): p for p in params}.values())
@@ -555,7 +555,7 @@ def plain_model_steps(
     n = batch_size_of("train", train)
     train_dev = to_device(train, device)
     targets_dev = None if targets is None else to_device(targets, device)
-    model = task.fresh(seed).to(device)
+    model = starting_weights(task.fresh(seed)).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, cfg)
     stop = EarlyStop(cfg) if cfg.patience is not None else None

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -44,6 +46,36 @@ def exact_cuda_fp32() -> None:
     torch.backends.cudnn.benchmark = False
     torch.backends.cuda.enable_mem_efficient_sdp(False)
     torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+_NUDGE: ContextVar[int | None] = ContextVar("start_nudge", default=None)
+
+
+@contextmanager
+def nudged_start(salt: int) -> Iterator[None]:
+    """Every model trained inside this block starts one unit in the last place off its seeded weights,
+    each weight up or down as drawn from ``salt``: the last-bit difference another platform's rounding
+    makes, at every weight. Replay's second retrain runs so, to see how far training carries such a
+    difference on the auditor's machine (its band); another thread count alone left runs of small
+    models almost untouched (bench/replay_devices.py)."""
+    token = _NUDGE.set(salt)
+    try:
+        yield
+    finally:
+        _NUDGE.reset(token)
+
+
+def starting_weights(model: nn.Module) -> nn.Module:
+    """``model`` as training starts it: nudged inside ``nudged_start``, else as built."""
+    salt = _NUDGE.get()
+    if salt is None:
+        return model
+    g = torch.Generator().manual_seed(salt)
+    with torch.no_grad():
+        for p in model.parameters():
+            up = torch.randint(0, 2, p.shape, generator=g, dtype=torch.bool)
+            p.copy_(torch.nextafter(p, torch.where(up, torch.inf, -torch.inf).to(p.dtype)))
+    return model
 
 
 @dataclass(frozen=True)

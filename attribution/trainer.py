@@ -25,7 +25,7 @@ from torch import nn
 
 from . import ghost
 from .errors import InputError, UnsupportedOptimizerError
-from .task import AttributionTask, TrainConfig, scored_layers
+from .task import AttributionTask, TrainConfig, scored_layers, starting_weights
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -234,7 +234,7 @@ def plain_steps(
     device = cfg.torch_device()
     x = torch.as_tensor(np.asarray(X, dtype=np.float32)).to(device)
     yt = torch.as_tensor(np.asarray(y, dtype=np.int64)).to(device)
-    model = task.spec.build(seed).to(device)
+    model = starting_weights(task.spec.build(seed)).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.epochs * -(-kept_rows(len(x), keep) // cfg.batch_size)
     for step, (_, idx) in enumerate(batches(len(x), cfg.batch_size, cfg.epochs, seed, keep, keys)):
@@ -448,7 +448,7 @@ def attributed_steps(
     device = cfg.torch_device()
     x, y, xv, yv = validate(task, X_train, y_train, example_ids, X_targets, y_targets)
     x_dev, y_dev, xv, yv = x.to(device), y.to(device), xv.to(device), yv.to(device)
-    model = task.spec.build(seed).to(device)
+    model = starting_weights(task.spec.build(seed)).to(device)
     layers = scored_layers(model)
     for p in model.parameters():
         p.requires_grad_(False)

@@ -8,8 +8,9 @@ at two thread counts (``pipelines.replay.Band``). This bench measures what that 
 the pipeline's text and image recipes at their pipeline defaults (``TEXT_CONFIG``, ``IMAGE_CONFIG``:
 AdamW, decayed rate, the transformer stopping early), on synthetic data split among providers:
 
-- two CPU runs at two thread counts (the replay's spread), the examples' TRAK value (what pay reads)
-  and each provider's left-out value (``model_left_out``, ``--runs`` seeds);
+- two CPU runs as replay makes them (the replay's spread): the second at another thread count and
+  with its starting weights one last bit off (``attribution.nudged_start``); the examples' TRAK value
+  (what pay reads) and each provider's left-out value (``model_left_out``, ``--runs`` seeds);
 - on a machine with CUDA, the same run on the GPU twice, as attribution trains there (fp32 kept
   exact: ``attribution.task.exact_cuda_fp32``), to see whether a GPU run repeats bit for bit.
 
@@ -25,6 +26,7 @@ tokenizers (what the attribution room needs), not the pipeline. The last line is
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -35,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from attribution import model_left_out, train_trak_valued  # noqa: E402
+from attribution import model_left_out, nudged_start, train_trak_valued  # noqa: E402
 from attribution.model_task import LABELS, take  # noqa: E402
 from bench._common.lds_models import synthetic_images, synthetic_text  # noqa: E402
 
@@ -68,15 +70,18 @@ def task_and_rows(kind: str, n: int, n_val: int, seed: int):
     return task, take(rows, torch.arange(n)), take(rows, torch.arange(n, n + n_val))
 
 
-def one_run(task, train, val, groups, ids, runs: int, device: str, threads: int) -> dict:
-    """Scores and left-out values of one run of ``task`` on ``device`` at ``threads`` CPU threads."""
+def one_run(task, train, val, groups, ids, runs: int, device: str, threads: int,
+            nudge: int | None = None) -> dict:
+    """Scores and left-out values of one run of ``task`` on ``device`` at ``threads`` CPU threads (its
+    starting weights nudged by ``nudge``'s salt, as replay's second retrain)."""
     import dataclasses
 
     torch.set_num_threads(threads)
     on = dataclasses.replace(task, config=dataclasses.replace(task.config, device=device))
     start = time.perf_counter()
-    result = train_trak_valued(on, train, ids, val, seed=0)
-    values = model_left_out(on, train, val, groups, seed=0, runs=runs).sort_by("provider")["value"]
+    with nudged_start(nudge) if nudge is not None else contextlib.nullcontext():
+        result = train_trak_valued(on, train, ids, val, seed=0)
+        values = model_left_out(on, train, val, groups, seed=0, runs=runs).sort_by("provider")["value"]
     return {"scores": np.asarray(result.scores, dtype=np.float64),
             "values": values.to_numpy().astype(np.float64), "s": time.perf_counter() - start}
 
@@ -98,7 +103,8 @@ def measure(kind: str, n: int, n_providers: int, runs: int, saved: dict | None =
     groups = {f"prov-{p}": owner == p for p in range(n_providers)}
     threads = torch.get_num_threads()
     counts = [threads, max(1, threads // 2)]
-    cpu = [one_run(task, train, val, groups, ids, runs, "cpu", t) for t in counts]
+    cpu = [one_run(task, train, val, groups, ids, runs, "cpu", counts[0]),
+           one_run(task, train, val, groups, ids, runs, "cpu", counts[1], nudge=1)]  # replay's NUDGE_SALT
     torch.set_num_threads(threads)
     keys = ("score", "value")
     top = {k: float(np.max(np.abs(cpu[0][k + "s"]))) for k in keys}

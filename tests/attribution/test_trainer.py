@@ -170,3 +170,39 @@ def test_keyed_batches_order_any_set_of_rows_as_any_larger_set_does():
     assert masked == order(some, 1)
     with pytest.raises(InputError, match="one key per training row"):
         next(batches(40, 8, 1, 1, keys=keys[:3]))
+
+
+def test_a_nudged_start_is_one_last_bit_off_every_weight_and_leaks_nowhere(data, mlp_task):
+    """Replay's second retrain: every starting weight one unit in the last place up or down (the same
+    ones for the same salt), so the run moves as another platform's rounding would move it; outside the
+    block runs are bit for bit what they were."""
+    from attribution import nudged_start, train_model_plain
+    from attribution.model_task import LABELS
+    from attribution.recipes.image import IMAGE_CONFIG, ImagePolicy, image_cnn_task
+    from attribution.task import starting_weights
+
+    x, y, ids, xv, yv = data
+    built = mlp_task.spec.build(0)
+    with nudged_start(1):
+        nudged = starting_weights(mlp_task.spec.build(0))
+        again = starting_weights(mlp_task.spec.build(0))
+        moved = train_with_attribution(mlp_task, x, y, ids, xv, yv, seed=0)
+    for a, b, c in zip(built.parameters(), nudged.parameters(), again.parameters(), strict=True):
+        up, down = torch.nextafter(a, torch.tensor(np.inf)), torch.nextafter(a, torch.tensor(-np.inf))
+        assert ((b == up) | (b == down)).all() and (b == up).any() and (b == down).any()
+        assert torch.equal(b, c)
+    plain, same = (train_with_attribution(mlp_task, x, y, ids, xv, yv, seed=0) for _ in range(2))
+    assert plain.scores.tobytes() != moved.scores.tobytes()
+    assert plain.scores.tobytes() == same.scores.tobytes()
+    np.testing.assert_allclose(moved.scores, plain.scores, atol=1e-2 * np.abs(plain.scores).max())
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.rand(32, 3, 8, 8, generator=g)
+    batch = {"pixel_values": pixels, LABELS: torch.randint(0, 2, (32,), generator=g)}
+    config = dataclasses.replace(IMAGE_CONFIG, epochs=1)
+    task = image_cnn_task(ImagePolicy(height=8, width=8), 2, config=config)
+    first = train_model_plain(task, batch, seed=0).state_dict()
+    with nudged_start(1):
+        off = train_model_plain(task, batch, seed=0).state_dict()
+    assert any(not torch.equal(first[k], off[k]) for k in first)
+    after = train_model_plain(task, batch, seed=0).state_dict()
+    assert all(torch.equal(first[k], after[k]) for k in first)
