@@ -56,8 +56,8 @@ def nudged_start(salt: int) -> Iterator[None]:
     """Every model trained inside this block starts one unit in the last place off its seeded weights,
     each weight up or down as drawn from ``salt``: the last-bit difference another platform's rounding
     makes, at every weight. Replay's second retrain runs so, to see how far training carries such a
-    difference on the auditor's machine (its band); another thread count alone left runs of small
-    models almost untouched (bench/replay_devices.py)."""
+    difference on the auditor's machine (its band): another thread count alone repeats a run bit for
+    bit on a GPU's deterministic kernels, and the MLP's on the CPU (its reductions are not split)."""
     token = _NUDGE.set(salt)
     try:
         yield

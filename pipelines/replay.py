@@ -22,8 +22,8 @@ retrains with the same code, and compares:
 - Elsewhere, training amplifies any last-bit difference: the demo's image run replayed under ATen's
   unvectorized kernels moved scores by up to 1.9e-4 (the largest is 2e-3) and pay by up to 75 bps.
   So the run is retrained twice on this machine, the second time at another thread count and with
-  its starting weights one last bit off (`attribution.nudged_start`: a thread count alone can leave a
-  small model's run almost untouched, and the band too narrow for an honest run), and the stored
+  its starting weights one last bit off (`attribution.nudged_start`: a thread count alone repeats a
+  run on a GPU's deterministic kernels, or a small model's, and leaves no band), and the stored
   scores and provider values may differ from the first replay by up to ``SPREAD_FACTOR`` times the
   spread between the two (at least the score tolerance recorded with the run). Pay is arithmetic on those
   tables, the same on any machine: the stored weights must be exactly what the stored scores and
