@@ -164,3 +164,19 @@ def test_cuda_on_a_machine_without_one_is_refused_before_training():
     with pytest.raises(dg.Failure, match="device 'cuda' needs a GPU, but torch sees no CUDA device here.*"
                                          "use 'auto'"):
         TrainingConfig(device="cuda").on_device()
+
+
+def test_caravan_demo_refuses_a_device_it_cannot_train_on_before_anything_runs(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    monkeypatch.setenv("CARAVAN_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home" / "dagster"))
+    cases = [("tpu", "--device: device 'tpu' is unknown; use one of auto, cpu, cuda")]
+    if not torch.cuda.is_available():
+        cases.append(("cuda", "--device: device 'cuda' needs a GPU, but torch sees no CUDA device here"))
+    for device, error in cases:
+        result = CliRunner().invoke(app, ["demo", "--device", device, "--no-start-services"])
+        assert result.exit_code == 1 and error in " ".join(result.output.split()), result.output
+    assert not (tmp_path / "home" / "blocks").exists()  # nothing was stored
