@@ -38,7 +38,8 @@ def exact_cuda_fp32() -> None:
     warn), attention by its plain kernel (the memory-efficient one sums its gradient in any order).
     cuBLAS needs its workspace fixed for that, before its first call. Set for the whole process,
     as torch's flags are: a run on a GPU then repeats bit for bit there and a CPU replay starts from the
-    same arithmetic (bench/replay_devices.py). ``precision="bf16"`` autocasts as it would."""
+    same arithmetic (bench/replay_devices.py). A ``precision="bf16"`` run, which trades exactness for
+    speed, is left to torch's defaults."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -229,7 +230,8 @@ class TrainConfig:
         if self.device == "cpu":
             return torch.device("cpu")
         if torch.cuda.is_available():
-            exact_cuda_fp32()
+            if self.precision == "fp32":
+                exact_cuda_fp32()
             return torch.device("cuda")
         if self.device == "auto":
             return torch.device("cpu")
