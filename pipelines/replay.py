@@ -458,7 +458,8 @@ def _compare_scores(stored: pa.Table, replayed: pa.Table, allowed: float, report
             "scores_differ",
             report.training_cid or "",
             f"{int((diff > allowed).sum())} of {len(ids)} stored example scores differ from the replay "
-            f"(largest {report.max_score_diff:.3g} at example {worst[:16]}, allowed {allowed:.3g})",
+            f"(largest {report.max_score_diff:.3g} at example {worst[:16]}, allowed {allowed:.3g})"
+            + _band(report),
         )
 
 
@@ -481,8 +482,18 @@ def _compare_provider_values(
         report.fail(
             "provider_values_differ", report.training_cid or "",
             f"stored left-out values of {', '.join(differ)} differ from the replay "
-            f"({', '.join(f'{p}: {a.get(p)} stored, {b.get(p)} replayed' for p in differ[:5])})",
+            f"({', '.join(f'{p}: {a.get(p)} stored, {b.get(p)} replayed' for p in differ[:5])})"
+            + _band(report),
         )
+
+
+def _band(report: ReplayReport) -> str:
+    """What a difference beyond the band says, where the replay was not bit for bit: rounding on another
+    platform has carried an honest run further than this machine's two retrains spread (README)."""
+    if report.bit_exact:
+        return ""
+    return ("; beyond this machine's rounding band, which another platform's rounding has exceeded for an "
+            "honest run: replay on the run's platform or CPU kernels to be sure")
 
 
 def _values(table: pa.Table | None) -> dict[str, tuple[float, ...]]:

@@ -186,7 +186,7 @@ def verify_command(
             with clean_errors(ReplayRefused):
                 report.replay = again = replay_run(chain, store, run_id)
             where = (
-                "same platform" if again.same_platform
+                "same platform" if again.same_platform and again.bit_exact
                 else "the run's CPU kernels, bit for bit" if again.bit_exact
                 else f"another platform: allowed {SPREAD_FACTOR}x the spread of two replays here, scores "
                 f"within {again.score_rtol:.3g} of the largest; pay follows from the stored scores and "

@@ -350,6 +350,7 @@ def test_a_tampered_run_passes_verify_but_fails_replay(published, change, failur
     assert verify_run(chain, store, name).ok  # structure, CIDs and root are consistent
     report = replay_run(chain, store, name, code=CODE)
     assert not report.ok and failure in report.names()
+    assert not any("rounding band" in f.detail for f in report.failures)  # bit for bit here: no doubt
     if "labels" in change or "credit" in change or "copies" in change:  # only that check sees it
         assert report.names() == {failure}  # (copies_value moves no pay: what an auditor reads)
     if "value" in change:
@@ -380,6 +381,10 @@ def test_on_another_platform_an_honest_run_passes_and_a_tampered_one_fails(
         assert report.max_bps_diff == 0 and report.replayed_root == report.onchain_root  # the MLP: same pay
     else:
         assert failure in report.names()
+        (found,) = [f for f in report.failures if f.name == failure]
+        if failure != "pay_differs":  # a band's verdict says what decides it
+            assert "beyond this machine's rounding band" in found.detail
+            assert found.detail.endswith("replay on the run's platform or CPU kernels to be sure")
 
 
 @pytest.mark.parametrize("tampered", [False, True], ids=["honest", "scores"])
