@@ -3,8 +3,9 @@
     python bench/replay_devices.py [--kind image|text|both] [--train N] [--providers P] [--runs R]
 
 ``caravan verify --replay`` checks a run trained elsewhere (another CPU, a GPU) within a band: the
-recorded score tolerance, or ``SPREAD_FACTOR`` (3) times the spread between two replays of its own
-at two thread counts (``pipelines.replay.Band``). This bench measures what that band must hold, for
+recorded score tolerance, or ``SPREAD_FACTOR`` (3) times the spread between two retrains of its own,
+the second at another thread count and nudged (``pipelines.replay.Band``). This bench measures what
+that band must hold, for
 the pipeline's text and image recipes at their pipeline defaults (``TEXT_CONFIG``, ``IMAGE_CONFIG``:
 AdamW, decayed rate, the transformer stopping early), on synthetic data split among providers:
 
@@ -12,8 +13,7 @@ AdamW, decayed rate, the transformer stopping early), on synthetic data split am
   with its starting weights one last bit off (``attribution.nudged_start``); the examples' TRAK value
   (what pay reads) and each provider's left-out value (``model_left_out``, ``--runs`` seeds);
 - on a machine with CUDA, the same run on the GPU twice, as attribution trains there (fp32 kept
-  exact: ``attribution.task.exact_cuda_fp32``), to see whether a GPU run repeats bit for bit.
-
+  exact: ``attribution.task.exact_cuda_fp32``), to see whether a GPU run repeats bit for bit;
 - with ``--against FILE``, the first CPU run of another invocation saved there (``--save FILE``), for
   a CPU run on other kernels: run once with ``--save``, then again under a kernel pin (for instance
   ``ATEN_CPU_CAPABILITY=avx2``) or on another machine with ``--against``.
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import sys
 import time
@@ -37,13 +38,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from attribution import model_left_out, nudged_start, train_trak_valued  # noqa: E402
+from attribution import RecipeSizes, model_left_out, nudged_start, train_trak_valued  # noqa: E402
 from attribution.model_task import LABELS, take  # noqa: E402
 from bench._common.lds_models import synthetic_images, synthetic_text  # noqa: E402
 
-# The pipeline's sizes for these recipes (pipelines.assets.training.TrainingConfig's defaults).
-TEXT_SIZES = dict(vocab_size=2000, max_length=128, d_model=64, n_layers=2, n_heads=4)
-IMAGE_SIDE, CHANNELS = 16, (16, 32)
+SIZES = RecipeSizes()  # the recipes' sizes as the pipeline trains them unless a run says otherwise
+IMAGE_SIDE = 16
 
 
 def task_and_rows(kind: str, n: int, n_val: int, seed: int):
@@ -52,18 +52,18 @@ def task_and_rows(kind: str, n: int, n_val: int, seed: int):
         from attribution.recipes import text as recipe
 
         values, labels = synthetic_text(n + n_val, seed)
-        tok = recipe.train_tokenizer(values[:n], vocab_size=TEXT_SIZES["vocab_size"])
+        tok = recipe.train_tokenizer(values[:n], vocab_size=SIZES.vocab_size)
         tokenizer = recipe.load_tokenizer(tok)
-        task = recipe.text_transformer_task(tokenizer.get_vocab_size(), 4, TEXT_SIZES["max_length"],
-                                            d_model=TEXT_SIZES["d_model"], n_layers=TEXT_SIZES["n_layers"],
-                                            n_heads=TEXT_SIZES["n_heads"], tokenizer=tok)
-        rows = dict(recipe.encode_texts(tokenizer, values, TEXT_SIZES["max_length"]))
+        task = recipe.text_transformer_task(tokenizer.get_vocab_size(), 4, SIZES.max_length,
+                                            d_model=SIZES.d_model, n_layers=SIZES.n_layers,
+                                            n_heads=SIZES.n_heads, tokenizer=tok)
+        rows = dict(recipe.encode_texts(tokenizer, values, SIZES.max_length))
     else:
         from attribution.recipes import image as recipe
 
         values, labels = synthetic_images(n + n_val, seed, size=IMAGE_SIDE)
         policy = recipe.ImagePolicy(height=IMAGE_SIDE, width=IMAGE_SIDE, mode="RGB", resize="squash")
-        task = recipe.image_cnn_task(policy, 4, channels=CHANNELS)
+        task = recipe.image_cnn_task(policy, 4, channels=SIZES.channels)
         rows = {"pixel_values": torch.as_tensor(recipe.decode_images(values, policy)).float()}
     rows = {k: torch.as_tensor(np.asarray(v)) for k, v in rows.items()}
     rows[LABELS] = torch.as_tensor(labels, dtype=torch.int64)
@@ -74,8 +74,6 @@ def one_run(task, train, val, groups, ids, runs: int, device: str, threads: int,
             nudge: int | None = None) -> dict:
     """Scores and left-out values of one run of ``task`` on ``device`` at ``threads`` CPU threads (its
     starting weights nudged by ``nudge``'s salt, as replay's second retrain)."""
-    import dataclasses
-
     torch.set_num_threads(threads)
     on = dataclasses.replace(task, config=dataclasses.replace(task.config, device=device))
     start = time.perf_counter()
