@@ -18,9 +18,12 @@ registered them first (the ``example_credit`` contract, ``schemas.CREDIT_SCHEMA`
     neighbours are as close as light copies: the share is the one at which an honest example would be
     linked with chance ``HONEST_LINK`` were the data locally uniform in the dimension it shows
     (``local_dimension``), so high-dimensional data keeps the spacing rule alone while a table of two
-    or three numbers links exact and near-exact copies only (there, the spacing rule alone linked
-    many honest neighbours, and copies jittered by a few % of a feature's deviation cannot be told
-    from them);
+    or three numbers links, one example at a time, exact and near-exact copies only (there, the
+    spacing rule alone linked many honest neighbours, and one copy jittered by a few % of a feature's
+    deviation cannot be told from them). A copier's many copies can: where one provider's examples
+    and another's are each other's nearest, at a small local ratio, far more often than the rest of
+    the data's are, the two copy one another, and their closest mutual pairs are linked
+    (``_copying_links``; the record's ``copying_pairs`` names each pair and its links);
   - text (``string`` columns, joined in name order): lowercased, punctuation dropped, whitespace
     collapsed, then TF-IDF over character 3-5-grams (scikit-learn); cosine distance, linked under
     ``TEXT_FRACTION`` of the spacing and never above ``TEXT_MAX_DISTANCE`` (cosine similarity 0.8),
@@ -64,6 +67,7 @@ from PIL import Image, UnidentifiedImageError
 from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
+from scipy.stats import fisher_exact
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.neighbors import NearestNeighbors
 
@@ -73,6 +77,8 @@ from schemas import CREDIT_SCHEMA
 NEAR_FRACTION = 0.25  # of the median nearest-neighbour distance (bench/contributor_value.py's figure)
 LOCAL_K = 10  # numeric: the neighbours that give an example's local scale and the data's dimension
 HONEST_LINK = 1e-3  # numeric: the chance an honest example is linked, were the data locally uniform
+COPYING_LEVEL = 1e-3  # numeric: the chance that a pair of honest providers is taken for a copying one
+COPYING_CHANCES = (1e-3, 1e-2, 1e-1)  # numeric: the chances at which a pair's close matches are counted
 RULE = (
     "a duplicate group earns the mean of its members' scores, once, paid to the provider(s) of its "
     "first-registered member(s); sources registered at the same time share equally"
@@ -84,7 +90,14 @@ NEAR_METHOD = (
     "distance from either to its local_k-th nearest example of another provider, are linked, where "
     "local_ratio = (honest_link / (local_k - 1)) ** (1 / dimension) and dimension is the median over "
     "examples of the maximum-likelihood (Levina-Bickel) estimate from those distances, the nearest "
-    "censored; a group is a connected set of links"
+    "censored; besides, an example's chance is that of an honest example having an example of another "
+    "provider as close, relative to its local_k-th, were the data locally uniform in that dimension, and "
+    "two providers copy one another where, in both directions, the examples whose nearest example of "
+    "another provider is the other's, and mutually so, have small chances more often than the other "
+    "examples have (one-sided Fisher test at each of copying_chances, Bonferroni over pairs and chances, "
+    "level copying_level): their mutual nearest pairs are then linked up to the chance that leaves the "
+    "fewest examples expected misassigned, the other examples' chances standing for honest ones; a group "
+    "is a connected set of links"
 )
 TEXT_FRACTION = 0.5  # of the median nearest-other-provider cosine distance
 TEXT_MAX_DISTANCE = 0.2  # cosine similarity >= 0.8 at the loosest
@@ -260,7 +273,7 @@ def _near_groups(x: np.ndarray, owner: np.ndarray, fraction: float) -> tuple[np.
     sd = x.std(axis=0)
     z = (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
     tree = cKDTree(z)
-    others = _neighbours(z, owner, tree)
+    others, nearest = _neighbours(z, owner, tree)
     median = float(np.median(others[:, 0]))
     threshold = fraction * median
     pairs = tree.query_pairs(threshold, output_type="ndarray") if threshold > 0 else np.zeros((0, 2), int)
@@ -269,10 +282,108 @@ def _near_groups(x: np.ndarray, owner: np.ndarray, fraction: float) -> tuple[np.
     ratio = (HONEST_LINK / (LOCAL_K - 1)) ** (1.0 / dimension) if dimension > 0 else 1.0
     scale = others[:, -1]  # an example's distance to its LOCAL_K-th nearest example of another provider
     local = ratio * np.minimum(scale[pairs[:, 0]], scale[pairs[:, 1]])
-    labels, near = _components(pairs[(dist < threshold) & (dist < local)], len(z))  # strictly closer
+    copied, copying = _copying_links(z, owner, nearest, _chances(others, dimension))
+    links = np.vstack([pairs[(dist < threshold) & (dist < local)], copied])  # strictly closer
+    labels, near = _components(links, len(z))
     return labels, _near_record(NEAR_METHOD, fraction, median, threshold, int(z.shape[1]), near,
                                 local_k=LOCAL_K, dimension=_sig(dimension), honest_link=HONEST_LINK,
-                                local_ratio=_sig(ratio))
+                                local_ratio=_sig(ratio), copying_level=COPYING_LEVEL,
+                                copying_chances=list(COPYING_CHANCES), copying_pairs=copying)
+
+
+def _chances(others: np.ndarray, dimension: float) -> np.ndarray:
+    """Each example's chance, were it honest and the data locally uniform in ``dimension``, that an
+    example of another provider is as close as its nearest, relative to its distance to the ``LOCAL_K``-th
+    (``others``' last column): ``(d1 / dk) ** dimension`` is then the least of ``k - 1`` uniform draws. A
+    copy's chance is small, but in few dimensions so is many an honest example's: alone it links only
+    what ``HONEST_LINK`` allows; across a pair of providers (``_copying_links``) it adds up. 1 where the
+    data shows no dimension or the scale is unknown, 0 for an exact copy."""
+    d1, scale = others[:, 0], others[:, -1]
+    if dimension <= 0:
+        return np.ones(len(d1))
+    usable = np.isfinite(scale) & (scale > 0)
+    ratio = np.divide(d1, scale, out=np.ones_like(d1), where=usable)
+    ratio[d1 == 0] = 0.0
+    return 1.0 - (1.0 - np.minimum(ratio, 1.0) ** dimension) ** (others.shape[1] - 1)
+
+
+def _copying_links(
+    z: np.ndarray, owner: np.ndarray, nearest: np.ndarray, chance: np.ndarray
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Links between the examples of providers that copy one another, and the record of each such pair.
+
+    In two or three dimensions a copy jittered by a few % is no closer to its original than many an
+    honest neighbour, so no example can be linked on its own (``HONEST_LINK``); but a copier's examples
+    sit that close to one provider's far more often than anyone's do. Each example is a candidate of
+    the pair (its provider, the provider of its nearest example of another provider), counted where the
+    two are each other's nearest across the pair (a copy and its original are; a flood of copies of one
+    example counts once). A pair copies where its candidates have small ``chance`` more often than the
+    rest of the examples (a one-sided Fisher test at each of ``COPYING_CHANCES``, Bonferroni over pairs
+    and chances, at ``COPYING_LEVEL``), in both directions, since a copy relation shows from both sides
+    and a few ties with one neighbour do not. Its candidates are then linked up to the chance that
+    leaves the fewest examples expected misassigned (copies left out plus honest ones linked), the rest's
+    chances standing for honest ones: what the data's own clumps and ties make of the uniform model is
+    in that reference too."""
+    names, code = np.unique(owner, return_inverse=True)
+    p = np.where(_mutual(z, code, nearest), chance, 1.0)
+    pair = code * len(names) + code[nearest]
+    keys = np.unique(pair).tolist()
+    tests = len(keys) * len(COPYING_CHANCES)
+    back = {k: (k % len(names)) * len(names) + k // len(names) for k in keys}
+    evidence = {k: _pair_evidence(p, pair == k, (pair != k) & (pair != back[k])) for k in keys}
+    copying = [k for k in keys if max(evidence[k], evidence.get(back[k], 1.0)) * tests < COPYING_LEVEL]
+    found: dict[tuple[int, int], set[tuple[int, int]]] = {}
+    for k in copying:
+        matched = _matched(p, pair == k, (pair != k) & (pair != back[k]))
+        ends = tuple(sorted((k // len(names), k % len(names))))
+        found.setdefault(ends, set()).update(tuple(sorted((int(i), int(nearest[i])))) for i in matched)
+    links = sorted(link for both in found.values() for link in both)
+    record = [{"providers": [str(names[a]), str(names[b])], "links": len(found[ends])}
+              for ends in sorted(found) for a, b in [ends]]
+    return np.asarray(links, dtype=np.int64).reshape(-1, 2), record
+
+
+def _mutual(z: np.ndarray, code: np.ndarray, nearest: np.ndarray) -> np.ndarray:
+    """Whether each example is the nearest, among its own provider's examples, to its nearest example of
+    another provider."""
+    out = np.zeros(len(z), dtype=bool)
+    for c in np.unique(code).tolist():
+        mine = np.flatnonzero(code == c)
+        back = cKDTree(z[mine]).query(z[nearest[mine]], k=1)[1]
+        out[mine] = mine[back] == mine
+    return out
+
+
+def _pair_evidence(p: np.ndarray, inside: np.ndarray, rest: np.ndarray) -> float:
+    """The least one-sided Fisher p-value, over ``COPYING_CHANCES``, that the pair's candidates
+    (``inside``) have chances under it more often than the ``rest``; 1 where either is empty."""
+    if not inside.any() or not rest.any():
+        return 1.0
+    best = 1.0
+    for t in COPYING_CHANCES:
+        a, c = int((p[inside] < t).sum()), int((p[rest] < t).sum())
+        table = [[a, int(inside.sum()) - a], [c, int(rest.sum()) - c]]
+        best = min(best, float(fisher_exact(table, alternative="greater").pvalue))
+    return best
+
+
+def _matched(p: np.ndarray, inside: np.ndarray, rest: np.ndarray) -> np.ndarray:
+    """A copying pair's candidates to link: those of the smallest chances, as many as leave the fewest
+    examples expected misassigned. Linking every candidate under a chance ``t`` misassigns the honest
+    ones among them, ``pi0 * n * F(t)`` expected (``F`` the rest's share under ``t``; ``pi0`` the pair's
+    honest share, Storey's estimate from its chances above 1/2), and leaves out the copies above it: the
+    count to minimise is ``2 * pi0 * n * F(t) - (candidates under t)``, up to a constant."""
+    n = int(inside.sum())
+    candidates = np.flatnonzero(inside & (p < 1.0))
+    order = candidates[np.argsort(p[candidates], kind="stable")]
+    reference = np.sort(p[rest])
+    share = np.searchsorted(reference, p[order], side="right") / len(reference)
+    above = 1.0 - np.searchsorted(reference, 0.5, side="right") / len(reference)
+    pi0 = min(1.0, float((p[inside] > 0.5).sum()) / (n * above)) if above > 0 else 1.0
+    gain = np.arange(1, len(order) + 1) - 2.0 * pi0 * n * share
+    if not len(order) or gain.max() <= 0:
+        return order[:0]
+    return order[: int(np.argmax(gain)) + 1]
 
 
 def local_dimension(neighbours: np.ndarray) -> float:
@@ -439,18 +550,24 @@ def _components(pairs: np.ndarray, n: int) -> tuple[np.ndarray, dict[str, int]]:
     return labels, {"groups": int((sizes > 1).sum()), "copies": int((sizes[sizes > 1] - 1).sum())}
 
 
-def _neighbours(z: np.ndarray, owner: np.ndarray, tree: cKDTree, k: int = LOCAL_K) -> np.ndarray:
+def _neighbours(
+    z: np.ndarray, owner: np.ndarray, tree: cKDTree, k: int = LOCAL_K
+) -> tuple[np.ndarray, np.ndarray]:
     """Each example's distances to its ``k`` nearest examples of *other* providers (with one provider:
-    of the others, from ``tree``, all of ``z``), inf where there are fewer. A provider's copies of its
-    own examples do not shrink them."""
+    of the others, from ``tree``, all of ``z``), inf where there are fewer, and the index of the nearest.
+    A provider's copies of its own examples do not shrink them."""
     names = np.unique(owner)
     if len(names) < 2:
-        return tree.query(z, k=k + 1)[0][:, 1:]
-    out = np.empty((len(z), k))
+        d, j = tree.query(z, k=k + 1)
+        return d[:, 1:], j[:, 1]
+    out, nearest = np.empty((len(z), k)), np.empty(len(z), dtype=np.int64)
     for name in names.tolist():
-        mine = owner == name
-        out[mine] = cKDTree(z[~mine]).query(z[mine], k=k)[0].reshape(-1, k)
-    return out
+        mine = np.flatnonzero(owner == name)
+        theirs = np.flatnonzero(owner != name)
+        d, j = cKDTree(z[theirs]).query(z[mine], k=k)
+        out[mine] = d.reshape(-1, k)
+        nearest[mine] = theirs[np.asarray(j).reshape(-1, k)[:, 0]]
+    return out, nearest
 
 
 def _sig(v: float) -> float:
