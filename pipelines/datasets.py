@@ -449,7 +449,7 @@ def to_examples(
         payload,
         out["provider"].to_pylist(),
         (exact_groups, table.num_rows - deduped.num_rows, shared),
-        labeled=(labeled.kind, labeled.field) if labeled else None,
+        labeled=labeled,
     )
     report = IngestReport(
         rows_in=table.num_rows,

@@ -58,7 +58,7 @@ import io
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -73,6 +73,9 @@ from sklearn.neighbors import NearestNeighbors
 
 from attribution import InputEncoding, InputError, eight_bit
 from schemas import CREDIT_SCHEMA
+
+if TYPE_CHECKING:  # datasets imports this module to group what it loads
+    from pipelines.datasets import Payload
 
 NEAR_FRACTION = 0.25  # of the median nearest-neighbour distance (bench/contributor_value.py's figure)
 LOCAL_K = 10  # numeric: the neighbours that give an example's local scale and the data's dimension
@@ -164,13 +167,13 @@ def group_duplicates(
     providers: Sequence[str],
     exact: tuple[int, int, int],
     fraction: float = NEAR_FRACTION,
-    labeled: tuple[str, str] | None = None,
+    labeled: Payload | None = None,
 ) -> Grouping:
     """The credit table of deduplicated ``examples`` (sorted by ``example_id``).
 
     ``claimants[i]`` is example i's earliest registration time and the providers that registered
     its content then (sorted); ``exact`` is (groups, copies, shared) of the exact-copy pass;
-    ``labeled`` the labeling spec's (kind, field), which says what the model reads (``near_groups``).
+    ``labeled`` the labeling spec, which says what the model reads (``near_groups``).
     """
     labels, near = near_groups(examples, payload, fraction, labeled)
     members: dict[int, list[int]] = {}
@@ -202,13 +205,13 @@ def group_duplicates(
 
 def near_groups(
     examples: pa.Table, payload: Sequence[str], fraction: float = NEAR_FRACTION,
-    labeled: tuple[str, str] | None = None,
+    labeled: Payload | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Each example's near-duplicate group label, and how it was grouped (the record's ``near``):
     numeric, text or image payloads by their own distance; anything else each example on its own.
     ``fraction`` scales the numeric and image thresholds (text has its own, ``TEXT_FRACTION``).
 
-    ``labeled`` (the labeling spec's kind and field) narrows the payload to what the model trains on,
+    ``labeled`` (the labeling spec) narrows the payload to what the model trains on,
     since a copy is a copy of that: a text or image project's ``field`` alone, a table project's
     features (its ids, names and free text left out, as the MLP leaves them out), so a copied row
     under a new id is still caught. The record's ``columns`` then names what was compared."""
@@ -217,7 +220,7 @@ def near_groups(
     if n < 3:
         return alone, {"method": "none", "reason": "fewer than 3 examples"}
     owner = np.asarray(examples["provider"].to_pylist(), dtype=object).astype(str)
-    project, field = labeled or (None, None)
+    project, field = (labeled.kind, labeled.field) if labeled else (None, None)
     read = [field] if project in ("text", "image") and field in payload else list(payload)
     kind = payload_kind(examples, read)
     if kind == "text":
