@@ -29,8 +29,8 @@ Public face (other rooms use only these names):
   relabeled by their own answers; ``left_out_values`` drives any training function);
   ``contributor_weights(..., left_out=table)`` pays providers by it (``WeightPolicy.providers``),
   each value shrunk toward what its examples' scores predict by its seeds' noise.
-- ``nudged_start(salt)``: every model trained inside starts one last bit off its seeded weights
-  (replay's second retrain measures how far training carries another platform's rounding).
+- ``nudged_steps(salt)``: every optimizer step inside leaves each weight one last bit off (replay's
+  second retrain measures how far training carries another platform's rounding).
 - ``attribute_query(result.features, x)`` -> per-training-example contributions to one
   prediction; ``ContributorSplit.split_query(example_ids, contributions)`` -> its fee split.
 - ``model_to_bytes(model, spec)`` / ``model_from_bytes(data)``: deterministic safetensors bytes.
@@ -99,7 +99,7 @@ from .mislabels import (
 )
 from .model_task import LABELS, ModelTask, classification_loss, model_logits
 from .shards import FeatureShard, ShardMismatchError, combine_shards, shard_bounds, shard_features
-from .task import AttributionTask, ModelSpec, ModuleSpec, TrainConfig, nudged_start
+from .task import AttributionTask, ModelSpec, ModuleSpec, TrainConfig, nudged_steps
 from .trainer import TrainResult, train_plain, train_split, train_with_attribution
 from .trak import TrakFeatures, attribute_query
 from .trak_model import (
@@ -285,7 +285,7 @@ __all__ = [
     "largest_remainder",
     "forest_probs",
     "mixture_weight",
-    "nudged_start",
+    "nudged_steps",
     "out_of_sample_probs",
     "review_labels",
     "token_probs",

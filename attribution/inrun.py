@@ -33,7 +33,7 @@ from torch import nn
 from .errors import InputError, UnsupportedModelError
 from .kernels import Kernel, LayerGrads, kernel_for
 from .model_task import Batch, ModelTask, batch_size_of, concat, take, to_device
-from .task import TrainConfig, starting_weights
+from .task import TrainConfig, last_bits
 from .trainer import (
     EarlyStop,
     TrainResult,
@@ -469,7 +469,7 @@ def model_steps(
     device = cfg.torch_device()
     n, nv = validate(task, train, example_ids, targets)
     train_dev, targets_dev = to_device(train, device), to_device(targets, device)
-    model = starting_weights(task.fresh(seed)).to(device)
+    model = task.fresh(seed).to(device)
     scored = scored_modules(model)
     params = [p for s in scored for p in s.module.parameters(recurse=False)]
     params = list({id(p): p for p in params}.values())
@@ -496,6 +496,7 @@ def model_steps(
             idx_dev = idx.to(device)
             s, target = attributed_step(taps, model, task, opt, take(train_dev, idx_dev), against,
                                         lr=cfg.lr_at(step, total), params=params, gram=gram)
+            last_bits(params, step)
             scores.index_add_(0, idx_dev, s.to(torch.float64))
             ended, done = (step + 1) % steps_per_epoch == 0, False
             if ended and stop is not None:
@@ -555,7 +556,7 @@ def plain_model_steps(
     n = batch_size_of("train", train)
     train_dev = to_device(train, device)
     targets_dev = None if targets is None else to_device(targets, device)
-    model = starting_weights(task.fresh(seed)).to(device)
+    model = task.fresh(seed).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, cfg)
     stop = EarlyStop(cfg) if cfg.patience is not None else None
@@ -568,6 +569,7 @@ def plain_model_steps(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        last_bits(params, step)
         done = stop is not None and (step + 1) % steps_per_epoch == 0 and stop.ended(
             model, target_loss(task, model, targets_dev))
         yield model

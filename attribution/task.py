@@ -6,9 +6,10 @@ dattri's ``AttributionTask``; the methods never see Dagster or any other room.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
@@ -49,16 +50,24 @@ def exact_cuda_fp32() -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-_NUDGE: ContextVar[int | None] = ContextVar("start_nudge", default=None)
+_NUDGE: ContextVar[int | None] = ContextVar("step_nudge", default=None)
 
 
 @contextmanager
-def nudged_start(salt: int) -> Iterator[None]:
-    """Every model trained inside this block starts one unit in the last place off its seeded weights,
-    each weight up or down as drawn from ``salt``: the last-bit difference another platform's rounding
-    makes, at every weight. Replay's second retrain runs so, to see how far training carries such a
-    difference on the auditor's machine (its band): another thread count alone repeats a run bit for
-    bit on a GPU's deterministic kernels, and the MLP's on the CPU (its reductions are not split)."""
+def nudged_steps(salt: int) -> Iterator[None]:
+    """Inside this block every training step leaves each weight it trains one unit in the last place up
+    or down, as drawn from ``salt`` and the step's number (``last_bits``, which every training loop
+    calls): the last-bit differences another platform's rounding makes, at every weight and at every
+    step. Replay's second retrain runs so, to see how far training carries such differences on the
+    auditor's machine (its band): another thread count alone repeats a run bit for bit on a GPU's
+    deterministic kernels, and the MLP's on the CPU (its reductions are not split). Nudged at the start
+    alone, how far a run moved varied tenfold with the salt (on ATen's unvectorized kernels the image
+    recipe's largest score moved by 3.5e-5 to 6.0e-4 over five salts), so one sample could not bound
+    another platform's rounding (a run on its AVX-512 kernels landed up to 3.6x such a spread away);
+    nudged at every step, as that rounding is, over six salts on each kernel set the other set's run
+    landed at most 1.5x the spread away (the left-out values, means of few retrains: 3.0x, from 4.0x)
+    (``bench/replay_devices.py``). The block is this thread's (a context variable): training elsewhere
+    is untouched."""
     token = _NUDGE.set(salt)
     try:
         yield
@@ -66,17 +75,22 @@ def nudged_start(salt: int) -> Iterator[None]:
         _NUDGE.reset(token)
 
 
-def starting_weights(model: nn.Module) -> nn.Module:
-    """``model`` as training starts it: nudged inside ``nudged_start``, else as built."""
+def last_bits(params: Iterable[nn.Parameter], step: int) -> None:
+    """After training step ``step``: inside ``nudged_steps``, each of ``params`` one unit in the last
+    place up or down; elsewhere nothing."""
     salt = _NUDGE.get()
     if salt is None:
-        return model
-    g = torch.Generator().manual_seed(salt)
+        return
+    # the CPU generator keeps 32 bits of a seed: hashed, so no two (salt, step) pairs share one by design
+    seed = int.from_bytes(hashlib.blake2b(f"{salt}:{step}".encode(), digest_size=4).digest(), "little")
+    generators: dict[torch.device, torch.Generator] = {}
     with torch.no_grad():
-        for p in model.parameters():
-            up = torch.randint(0, 2, p.shape, generator=g, dtype=torch.bool)
+        for p in params:
+            if p.device not in generators:
+                generators[p.device] = torch.Generator(p.device).manual_seed(seed)
+            g = generators[p.device]
+            up = torch.randint(0, 2, p.shape, generator=g, device=p.device, dtype=torch.bool)
             p.copy_(torch.nextafter(p, torch.where(up, torch.inf, -torch.inf).to(p.dtype)))
-    return model
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from torch import nn
 
 from . import ghost
 from .errors import InputError, UnsupportedOptimizerError
-from .task import AttributionTask, TrainConfig, scored_layers, starting_weights
+from .task import AttributionTask, TrainConfig, last_bits, scored_layers
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -234,7 +234,7 @@ def plain_steps(
     device = cfg.torch_device()
     x = torch.as_tensor(np.asarray(X, dtype=np.float32)).to(device)
     yt = torch.as_tensor(np.asarray(y, dtype=np.int64)).to(device)
-    model = starting_weights(task.spec.build(seed)).to(device)
+    model = task.spec.build(seed).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.epochs * -(-kept_rows(len(x), keep) // cfg.batch_size)
     for step, (_, idx) in enumerate(batches(len(x), cfg.batch_size, cfg.epochs, seed, keep, keys)):
@@ -244,6 +244,7 @@ def plain_steps(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        last_bits(model.parameters(), step)
         yield model
 
 
@@ -448,7 +449,7 @@ def attributed_steps(
     device = cfg.torch_device()
     x, y, xv, yv = validate(task, X_train, y_train, example_ids, X_targets, y_targets)
     x_dev, y_dev, xv, yv = x.to(device), y.to(device), xv.to(device), yv.to(device)
-    model = starting_weights(task.spec.build(seed)).to(device)
+    model = task.spec.build(seed).to(device)
     layers = scored_layers(model)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -475,6 +476,7 @@ def attributed_steps(
             lr = cfg.lr_at(step, total)
             scores.index_add_(0, idx, s.to("cpu", torch.float64), alpha=lr / (1.0 if cfg.per_target else nv))
             _sgd_update(layers, facts, nb, lr, cfg.weight_decay)
+            last_bits(model.parameters(), step)
             if epoch in keep and (step + 1) % steps_per_epoch == 0:
                 checkpoints.append(cpu_state(model))
             yield

@@ -10,10 +10,13 @@ the pipeline's text and image recipes at their pipeline defaults (``TEXT_CONFIG`
 AdamW, decayed rate, the transformer stopping early), on synthetic data split among providers:
 
 - two CPU runs as replay makes them (the replay's spread): the second at another thread count and
-  with its starting weights one last bit off (``attribution.nudged_start``); the examples' TRAK value
-  (what pay reads) and each provider's left-out value (``model_left_out``, ``--runs`` seeds);
+  with every weight one last bit off after every step (``attribution.nudged_steps``); the examples'
+  TRAK value (what pay reads) and each provider's left-out value (``model_left_out``, ``--runs``
+  seeds);
 - on a machine with CUDA, the same run on the GPU twice, as attribution trains there (fp32 kept
-  exact: ``attribution.task.exact_cuda_fp32``), to see whether a GPU run repeats bit for bit;
+  exact: ``attribution.task.exact_cuda_fp32``), to see whether a GPU run repeats bit for bit, and a
+  third nudged as replay's second retrain there (``cuda_spread``: the band of a replay on that GPU,
+  and ``cpu_on_cuda``: how far the first CPU run lands from the GPU's, over it);
 - with ``--against FILE``, the first CPU run of another invocation saved there (``--save FILE``), for
   a CPU run on other kernels: run once with ``--save``, then again under a kernel pin (for instance
   ``ATEN_CPU_CAPABILITY=avx2``) or on another machine with ``--against``.
@@ -38,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from attribution import RecipeSizes, model_left_out, nudged_start, train_trak_valued  # noqa: E402
+from attribution import RecipeSizes, model_left_out, nudged_steps, train_trak_valued  # noqa: E402
 from attribution.model_task import LABELS, take  # noqa: E402
 from bench._common.lds_models import synthetic_images, synthetic_text  # noqa: E402
 
@@ -73,11 +76,11 @@ def task_and_rows(kind: str, n: int, n_val: int, seed: int):
 def one_run(task, train, val, groups, ids, runs: int, device: str, threads: int,
             nudge: int | None = None) -> dict:
     """Scores and left-out values of one run of ``task`` on ``device`` at ``threads`` CPU threads (its
-    starting weights nudged by ``nudge``'s salt, as replay's second retrain)."""
+    weights nudged at every step by ``nudge``'s salt, as replay's second retrain)."""
     torch.set_num_threads(threads)
     on = dataclasses.replace(task, config=dataclasses.replace(task.config, device=device))
     start = time.perf_counter()
-    with nudged_start(nudge) if nudge is not None else contextlib.nullcontext():
+    with nudged_steps(nudge) if nudge is not None else contextlib.nullcontext():
         result = train_trak_valued(on, train, ids, val, seed=0)
         values = model_left_out(on, train, val, groups, seed=0, runs=runs).sort_by("provider")["value"]
     return {"scores": np.asarray(result.scores, dtype=np.float64),
@@ -110,9 +113,13 @@ def measure(kind: str, n: int, n_providers: int, runs: int, saved: dict | None =
     out: dict = {"train": n, "providers": n_providers, "runs": runs, "threads": counts, "top": top,
                  "cpu_spread": spread, "cpu_s": round(cpu[0]["s"], 2)}
     if torch.cuda.is_available():
-        gpu = [one_run(task, train, val, groups, ids, runs, "cuda", threads) for _ in range(2)]
+        gpu = [one_run(task, train, val, groups, ids, runs, "cuda", threads, nudge=nudge)
+               for nudge in (None, None, 1)]
         out["cuda"] = {**beside(gpu[0], cpu[0], spread), "s": round(gpu[0]["s"], 2)}
         out["cuda_repeat_gap"] = {k: gap(gpu[0][k + "s"], gpu[1][k + "s"]) for k in keys}
+        # the band a replay on this GPU allows (its second retrain nudged), and where the CPU run lands in it
+        out["cuda_spread"] = {k: gap(gpu[0][k + "s"], gpu[2][k + "s"]) for k in keys}
+        out["cpu_on_cuda"] = beside(cpu[0], gpu[0], out["cuda_spread"])["gap_over_spread"]
     if saved is not None:
         out["saved"] = beside({k + "s": saved[f"{kind}_{k}s"] for k in keys}, cpu[0], spread)
     out["first_cpu_run"] = cpu[0]

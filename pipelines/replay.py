@@ -22,8 +22,9 @@ retrains with the same code, and compares:
 - Elsewhere, training amplifies any last-bit difference: the demo's image run replayed under ATen's
   unvectorized kernels moved scores by up to 1.9e-4 (the largest is 2e-3) and pay by up to 75 bps.
   So the run is retrained twice on this machine, the second time at another thread count and with
-  its starting weights one last bit off (`attribution.nudged_start`: a thread count alone repeats a
-  run on a GPU's deterministic kernels, or a small model's, and leaves no band), and the stored
+  every weight one last bit off after every step, as another platform's rounding leaves it
+  (`attribution.nudged_steps`: a thread count alone repeats a run on a GPU's deterministic kernels,
+  or a small model's, and leaves no band), and the stored
   scores and provider values may differ from the first replay by up to ``SPREAD_FACTOR`` times the
   spread between the two (at least the score tolerance recorded with the run). Pay is arithmetic on those
   tables, the same on any machine: the stored weights must be exactly what the stored scores and
@@ -52,7 +53,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from attribution import WeightPolicy, contributor_weights, nudged_start
+from attribution import WeightPolicy, contributor_weights, nudged_steps
 from pipelines.assets.labeling import label_rows, recount, reviewed_probs
 from pipelines.assets.training import SCORE_RTOL, TrainingConfig, provider_value, train_labeled
 from pipelines.compute_platform import can_run, run_kernels, training_platform
@@ -174,8 +175,8 @@ def _retrains(
     identical: Callable[[Replayed], bool],
 ) -> tuple[Replayed, Replayed | None]:
     """The first retrain, at the run's thread count where this process runs the run's kernels, and a
-    second where that one is not to be checked bit for bit: at another thread count, every starting
-    weight one last bit off (`nudged_start`), as another platform's rounding would leave it. The same
+    second where that one is not to be checked bit for bit: at another thread count, every weight one
+    last bit off after every step (`nudged_steps`), as another platform's rounding leaves it. The same
     platform is bit for bit or fails; on the run's kernels another CPU may still round differently (a
     kernel's blocking by its caches), and then, as elsewhere, the second retrain shows how far training
     on this machine carries a last-bit difference (`Band`). A GPU's deterministic kernels repeat a run
@@ -187,7 +188,7 @@ def _retrains(
         report.bit_exact = bool(report.same_platform and not on_gpu) or bool(exactly and identical(first))
         if report.bit_exact:
             return first, None
-        with recorded_threads(_other_count(torch.get_num_threads())), nudged_start(NUDGE_SALT):
+        with recorded_threads(_other_count(torch.get_num_threads())), nudged_steps(NUDGE_SALT):
             return first, retrain()
 
 
@@ -209,7 +210,7 @@ def replay_platform(recorded: Mapping[str, object]) -> dict[str, object]:
     return training_platform(device)
 
 
-NUDGE_SALT = 1  # the second retrain's last-bit nudge of the starting weights (fixed: replay is repeatable)
+NUDGE_SALT = 1  # the second retrain's last-bit nudges at every step (fixed: replay is repeatable)
 
 
 def _other_count(threads: int) -> int:

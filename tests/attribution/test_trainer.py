@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 
@@ -172,36 +173,61 @@ def test_keyed_batches_order_any_set_of_rows_as_any_larger_set_does():
         next(batches(40, 8, 1, 1, keys=keys[:3]))
 
 
-def test_a_nudged_start_is_one_last_bit_off_every_weight_and_leaks_nowhere(data, mlp_task):
-    """Replay's second retrain: every starting weight one unit in the last place up or down (the same
-    ones for the same salt), so the run moves as another platform's rounding would move it; outside the
-    block runs are bit for bit what they were."""
-    from attribution import nudged_start, train_model_plain
+def _one_step(salt: int | None = None, in_thread: bool = False) -> list[torch.Tensor]:
+    """A linear layer's weights after one SGD step and ``last_bits`` (inside ``nudged_steps(salt)``
+    unless None; ``last_bits`` called from another thread where ``in_thread``)."""
+    import threading
+
+    from attribution import nudged_steps
+    from attribution.task import last_bits
+
+    layer = nn.Linear(5, 3)
+    with torch.no_grad():
+        for i, p in enumerate(layer.parameters()):
+            p.copy_(torch.linspace(-1, 1, p.numel()).reshape(p.shape) + i)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    layer(torch.ones(4, 5)).square().sum().backward()
+    opt.step()
+    with nudged_steps(salt) if salt is not None else contextlib.nullcontext():
+        if in_thread:
+            worker = threading.Thread(target=last_bits, args=(list(layer.parameters()), 0))
+            worker.start()
+            worker.join()
+        else:
+            last_bits(layer.parameters(), 0)
+    return [p.detach().clone() for p in layer.parameters()]
+
+
+def test_nudged_steps_leave_every_weight_one_last_bit_off_and_leak_nowhere(data, mlp_task):
+    """Replay's second retrain: after every optimizer step inside the block each weight is one unit in
+    the last place up or down from where the step put it (the same ones for the same salt), as another
+    platform's rounding would leave it; steps outside the block, or in another thread during it, and
+    runs after it are bit for bit what they were."""
+    from attribution import nudged_steps, train_model_plain
     from attribution.model_task import LABELS
     from attribution.recipes.image import IMAGE_CONFIG, ImagePolicy, image_cnn_task
-    from attribution.task import starting_weights
 
-    x, y, ids, xv, yv = data
-    built = mlp_task.spec.build(0)
-    with nudged_start(1):
-        nudged = starting_weights(mlp_task.spec.build(0))
-        again = starting_weights(mlp_task.spec.build(0))
-        moved = train_with_attribution(mlp_task, x, y, ids, xv, yv, seed=0)
-    for a, b, c in zip(built.parameters(), nudged.parameters(), again.parameters(), strict=True):
+    plain, nudged, again = _one_step(), _one_step(1), _one_step(1)
+    for a, b, c in zip(plain, nudged, again, strict=True):
         up, down = torch.nextafter(a, torch.tensor(np.inf)), torch.nextafter(a, torch.tensor(-np.inf))
         assert ((b == up) | (b == down)).all() and (b == up).any() and (b == down).any()
         assert torch.equal(b, c)
-    plain, same = (train_with_attribution(mlp_task, x, y, ids, xv, yv, seed=0) for _ in range(2))
-    assert plain.scores.tobytes() != moved.scores.tobytes()
-    assert plain.scores.tobytes() == same.scores.tobytes()
-    np.testing.assert_allclose(moved.scores, plain.scores, atol=1e-2 * np.abs(plain.scores).max())
+    assert any(not torch.equal(b, c) for b, c in zip(nudged, _one_step(2), strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(plain, _one_step(1, in_thread=True), strict=True))
+    x, y, ids, xv, yv = data
+    with nudged_steps(1):
+        moved = train_with_attribution(mlp_task, x, y, ids, xv, yv, seed=0)
+    run, same = (train_with_attribution(mlp_task, x, y, ids, xv, yv, seed=0) for _ in range(2))
+    assert run.scores.tobytes() != moved.scores.tobytes()
+    assert run.scores.tobytes() == same.scores.tobytes()
+    np.testing.assert_allclose(moved.scores, run.scores, atol=1e-2 * np.abs(run.scores).max())
     g = torch.Generator().manual_seed(0)
     pixels = torch.rand(32, 3, 8, 8, generator=g)
     batch = {"pixel_values": pixels, LABELS: torch.randint(0, 2, (32,), generator=g)}
     config = dataclasses.replace(IMAGE_CONFIG, epochs=1)
     task = image_cnn_task(ImagePolicy(height=8, width=8), 2, config=config)
     first = train_model_plain(task, batch, seed=0).state_dict()
-    with nudged_start(1):
+    with nudged_steps(1):
         off = train_model_plain(task, batch, seed=0).state_dict()
     assert any(not torch.equal(first[k], off[k]) for k in first)
     after = train_model_plain(task, batch, seed=0).state_dict()
