@@ -329,16 +329,16 @@ def _copying_links(
     in that reference too."""
     names, code = np.unique(owner, return_inverse=True)
     p = np.where(_mutual(z, code, nearest), chance, 1.0)
-    pair = code * len(names) + code[nearest]
-    keys = np.unique(pair).tolist()
+    keys, pair = np.unique(code * len(names) + code[nearest], return_inverse=True)
+    swapped = (keys % len(names)) * len(names) + keys // len(names)  # the pair seen from the other side
+    back = np.minimum(np.searchsorted(keys, swapped), len(keys) - 1)
+    back[keys[back] != swapped] = -1  # seen from one side only
+    evidence = _pair_evidence(p, pair, back)
     tests = len(keys) * len(COPYING_CHANCES)
-    back = {k: (k % len(names)) * len(names) + k // len(names) for k in keys}
-    evidence = {k: _pair_evidence(p, pair == k, (pair != k) & (pair != back[k])) for k in keys}
-    copying = [k for k in keys if max(evidence[k], evidence.get(back[k], 1.0)) * tests < COPYING_LEVEL]
     found: dict[tuple[int, int], set[tuple[int, int]]] = {}
-    for k in copying:
+    for k in np.flatnonzero((back >= 0) & (np.maximum(evidence, evidence[back]) * tests < COPYING_LEVEL)):
         matched = _matched(p, pair == k, (pair != k) & (pair != back[k]))
-        ends = tuple(sorted((k // len(names), k % len(names))))
+        ends = tuple(sorted(divmod(int(keys[k]), len(names))))
         found.setdefault(ends, set()).update(tuple(sorted((int(i), int(nearest[i])))) for i in matched)
     links = sorted(link for both in found.values() for link in both)
     record = [{"providers": [str(names[a]), str(names[b])], "links": len(found[ends])}
@@ -357,16 +357,19 @@ def _mutual(z: np.ndarray, code: np.ndarray, nearest: np.ndarray) -> np.ndarray:
     return out
 
 
-def _pair_evidence(p: np.ndarray, inside: np.ndarray, rest: np.ndarray) -> float:
-    """The least one-sided Fisher p-value, over ``COPYING_CHANCES``, that the pair's candidates
-    (``inside``) have chances under it more often than the ``rest``; 1 where either is empty."""
-    if not inside.any() or not rest.any():
-        return 1.0
-    best = 1.0
+def _pair_evidence(p: np.ndarray, pair: np.ndarray, back: np.ndarray) -> np.ndarray:
+    """Per pair, the least one-sided Fisher p-value, over ``COPYING_CHANCES``, that its candidates (the
+    examples ``pair`` names it for) have chances under it more often than the rest (every other example
+    but those of the pair seen from the other side, ``back``); 1 where either is empty."""
+    sizes = np.bincount(pair)
+    rest = len(p) - sizes - np.where(back >= 0, sizes[back], 0)
+    best = np.ones(len(sizes))
     for t in COPYING_CHANCES:
-        a, c = int((p[inside] < t).sum()), int((p[rest] < t).sum())
-        table = [[a, int(inside.sum()) - a], [c, int(rest.sum()) - c]]
-        best = min(best, float(fisher_exact(table, alternative="greater").pvalue))
+        under = np.bincount(pair, weights=p < t, minlength=len(sizes)).astype(np.int64)
+        others = int(under.sum()) - under - np.where(back >= 0, under[back], 0)
+        for k in np.flatnonzero((rest > 0) & (under * rest > others * sizes)):  # else no excess: p >= 1/2
+            table = [[under[k], sizes[k] - under[k]], [others[k], rest[k] - others[k]]]
+            best[k] = min(best[k], float(fisher_exact(table, alternative="greater").pvalue))
     return best
 
 
