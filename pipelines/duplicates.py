@@ -143,7 +143,10 @@ class Grouping:
         if near["method"] == "none":
             return near["reason"]
         compared = f", compared on {', '.join(near['columns'])}" if "columns" in near else ""
-        return f"{near['copies']} copies in {near['groups']} groups (threshold {near['threshold']}){compared}"
+        pairs = "".join(f"; {' and '.join(p['providers'])} copy one another ({p['links']} links)"
+                        for p in near.get("copying_pairs", []))
+        groups = f"{near['copies']} copies in {near['groups']} groups (threshold {near['threshold']})"
+        return groups + compared + pairs
 
     def to_params(self) -> dict[str, Any]:
         """The ingest record's ``duplicates`` parameter."""

@@ -380,7 +380,9 @@ def test_the_ingest_record_states_the_grouping_and_each_files_time(tmp_path, mon
     assert credit.schema == CREDIT_SCHEMA and "copycat" not in credit["provider"].to_pylist()
     metadata = result.asset_materializations_for_node("raw_dataset")[0].metadata
     assert metadata["unpaid_duplicate_providers"].value == ["copycat"]
-    said = f"30 copies in 30 groups (threshold {dup['near']['threshold']}), compared on f"
+    assert dup["near"]["copying_pairs"] == [{"providers": ["b", "copycat"], "links": 30}]
+    said = (f"30 copies in 30 groups (threshold {dup['near']['threshold']}), compared on f; "
+            "b and copycat copy one another (30 links)")
     assert metadata["near_duplicates"].value == said
 
 
@@ -461,6 +463,9 @@ def test_a_copier_in_few_dimensions_is_found_as_a_pair(seed) -> None:
     near = report.grouping.near
     assert near["dimension"] < 3.5
     assert [p["providers"] for p in near["copying_pairs"]] == [["b", "copycat"]]
+    links = near["copying_pairs"][0]["links"]
+    assert report.grouping.near_summary().endswith(f"compared on plan, x, y; b and copycat copy one another "
+                                                   f"({links} links)")
     credit = report.grouping.credit.to_pandas()
     paid = credit.groupby("example_id")["provider"].agg(set).to_dict()
     by_id = {r["id"]: r["example_id"] for r in examples.select(["id", "example_id"]).to_pylist()}
