@@ -992,6 +992,8 @@ def grouping_lines(world: World, credit: pa.Table, grouping: dict, flagged: np.n
     rest = ~copies & ~flood & ~copied
     local = (f", dimension {near['dimension']}, local ratio {near['local_ratio']}"
              if "dimension" in near else "")
+    local += "".join(f", {' and '.join(p['providers'])} copy one another ({p['links']} links)"
+                     for p in near.get("copying_pairs", []))
     print(f"  {LIBRARY}: the pipeline's ingest grouping ({near['method']}; fraction {near.get('fraction')}, "
           f"threshold {near.get('threshold')}{local}): {near.get('groups')} groups, "
           f"{near.get('copies')} copies; "

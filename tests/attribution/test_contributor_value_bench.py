@@ -193,6 +193,7 @@ def test_a_tabular_run_on_a_users_file_prints_the_issues_keys(tmp_path, classes)
     assert 0 <= mislabels["flagged_wrong"] <= mislabels["flagged"] <= mislabels["examples"]
     said = "2 classes: the adversarial labeler always answers the other class" in out.stdout
     assert said == (classes == 2)
+    assert "copycat and prov-b copy one another" in out.stdout  # the ingest's grouping found the pair
 
 
 def test_a_table_as_small_as_wine_is_a_world_and_a_smaller_one_is_refused():
