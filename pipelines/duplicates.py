@@ -410,7 +410,8 @@ def local_dimension(neighbours: np.ndarray) -> float:
         return 0.0
     logs = np.log(far[usable] / near[usable])
     total = logs.sum(axis=1) + logs[:, 0]  # the censored nearest counts as the second
-    return float(np.median((n - 1 / 3) / np.maximum(total, np.finfo(float).tiny)))
+    with np.errstate(over="ignore"):  # all distances equal: an unbounded estimate, for the median
+        return float(np.median((n - 1 / 3) / np.maximum(total, np.finfo(float).tiny)))
 
 
 def _near_record(method: str, fraction: float, median: float, threshold: float, features: int,
