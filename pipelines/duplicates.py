@@ -96,11 +96,12 @@ NEAR_METHOD = (
     "censored; besides, an example's chance is that of an honest example having an example of another "
     "provider as close, relative to its local_k-th, were the data locally uniform in that dimension, and "
     "two providers copy one another where, in both directions, the examples whose nearest example of "
-    "another provider is the other's, and mutually so, have small chances more often than the other "
-    "examples have (one-sided Fisher test at each of copying_chances, Bonferroni over pairs and chances, "
-    "level copying_level): their mutual nearest pairs are then linked up to the chance that leaves the "
-    "fewest examples expected misassigned, the other examples' chances standing for honest ones; a group "
-    "is a connected set of links"
+    "another provider is the other's, and mutually so, have small chances more often than the examples "
+    "of pairs not found copying have (one-sided Fisher test at each of copying_chances, Bonferroni over "
+    "pairs and chances, level copying_level, repeated until no more pairs are found): their mutual "
+    "nearest pairs are then linked up to the chance that leaves the fewest examples expected misassigned, "
+    "the chances of the examples of pairs not found copying standing for honest ones; a group is a "
+    "connected set of links"
 )
 TEXT_FRACTION = 0.5  # of the median nearest-other-provider cosine distance
 TEXT_MAX_DISTANCE = 0.2  # cosine similarity >= 0.8 at the loosest
@@ -326,7 +327,9 @@ def _copying_links(
     example counts once). A pair copies where its candidates have small ``chance`` more often than the
     rest of the examples (a one-sided Fisher test at each of ``COPYING_CHANCES``, Bonferroni over pairs
     and chances, at ``COPYING_LEVEL``), in both directions, since a copy relation shows from both sides
-    and a few ties with one neighbour do not. Its candidates are then linked up to the chance that
+    and a few ties with one neighbour do not; the rest leaves out the pairs found, and the others are
+    tested again until no more are (a copier of two providers: each pair's matches would otherwise
+    swell the other's reference). Its candidates are then linked up to the chance that
     leaves the fewest examples expected misassigned (copies left out plus honest ones linked), the rest's
     chances standing for honest ones: what the data's own clumps and ties make of the uniform model is
     in that reference too."""
@@ -336,11 +339,18 @@ def _copying_links(
     swapped = (keys % len(names)) * len(names) + keys // len(names)  # the pair seen from the other side
     back = np.minimum(np.searchsorted(keys, swapped), len(keys) - 1)
     back[keys[back] != swapped] = -1  # seen from one side only
-    evidence = _pair_evidence(p, pair, back)
     tests = len(keys) * len(COPYING_CHANCES)
+    copying = np.zeros(len(keys), dtype=bool)  # pairs found to copy, seen from both sides
+    while True:  # a copier's candidates would swell the reference another copier is tested against
+        evidence = _pair_evidence(p, pair, back, copying)
+        now = (back >= 0) & (np.maximum(evidence, evidence[back]) * tests < COPYING_LEVEL)
+        if not (now & ~copying).any():
+            break
+        copying |= now
+    honest = ~copying[pair]
     found: dict[tuple[int, int], set[tuple[int, int]]] = {}
-    for k in np.flatnonzero((back >= 0) & (np.maximum(evidence, evidence[back]) * tests < COPYING_LEVEL)):
-        matched = _matched(p, pair == k, (pair != k) & (pair != back[k]))
+    for k in np.flatnonzero(copying):
+        matched = _matched(p, pair == k, honest)
         ends = tuple(sorted(divmod(int(keys[k]), len(names))))
         found.setdefault(ends, set()).update(tuple(sorted((int(i), int(nearest[i])))) for i in matched)
     links = sorted(link for both in found.values() for link in both)
@@ -360,17 +370,19 @@ def _mutual(z: np.ndarray, code: np.ndarray, nearest: np.ndarray) -> np.ndarray:
     return out
 
 
-def _pair_evidence(p: np.ndarray, pair: np.ndarray, back: np.ndarray) -> np.ndarray:
-    """Per pair, the least one-sided Fisher p-value, over ``COPYING_CHANCES``, that its candidates (the
-    examples ``pair`` names it for) have chances under it more often than the rest (every other example
-    but those of the pair seen from the other side, ``back``); 1 where either is empty."""
-    sizes = np.bincount(pair)
-    rest = len(p) - sizes - np.where(back >= 0, sizes[back], 0)
-    best = np.ones(len(sizes))
+def _pair_evidence(p: np.ndarray, pair: np.ndarray, back: np.ndarray, copying: np.ndarray) -> np.ndarray:
+    """Per pair not yet found ``copying``, the least one-sided Fisher p-value, over ``COPYING_CHANCES``,
+    that its candidates (the examples ``pair`` names it for) have chances under it more often than the
+    rest (the examples of every other pair not found copying, but those of the pair seen from the other
+    side, ``back``); 1 where either is empty, 0 for the pairs found."""
+    sizes = np.bincount(pair, minlength=len(copying))
+    free = ~copying
+    rest = int(sizes[free].sum()) - sizes - np.where(back >= 0, sizes[back], 0)
+    best = np.where(copying, 0.0, 1.0)
     for t in COPYING_CHANCES:
-        under = np.bincount(pair, weights=p < t, minlength=len(sizes)).astype(np.int64)
-        others = int(under.sum()) - under - np.where(back >= 0, under[back], 0)
-        for k in np.flatnonzero((rest > 0) & (under * rest > others * sizes)):  # else no excess: p >= 1/2
+        under = np.bincount(pair, weights=p < t, minlength=len(copying)).astype(np.int64)
+        others = int(under[free].sum()) - under - np.where(back >= 0, under[back], 0)
+        for k in np.flatnonzero(free & (rest > 0) & (under * rest > others * sizes)):  # else p >= 1/2
             table = [[under[k], sizes[k] - under[k]], [others[k], rest[k] - others[k]]]
             best[k] = min(best[k], float(fisher_exact(table, alternative="greater").pvalue))
     return best
@@ -380,14 +392,18 @@ def _matched(p: np.ndarray, inside: np.ndarray, rest: np.ndarray) -> np.ndarray:
     """A copying pair's candidates to link: those of the smallest chances, as many as leave the fewest
     examples expected misassigned. Linking every candidate under a chance ``t`` misassigns the honest
     ones among them, ``pi0 * n * F(t)`` expected (``F`` the rest's share under ``t``; ``pi0`` the pair's
-    honest share, Storey's estimate from its chances above 1/2), and leaves out the copies above it: the
-    count to minimise is ``2 * pi0 * n * F(t) - (candidates under t)``, up to a constant."""
+    honest share, Storey's estimate from its chances above 1/2; with no rest, the chance itself), and
+    leaves out the copies above it: the count to minimise is ``2 * pi0 * n * F(t) - (candidates under
+    t)``, up to a constant."""
     n = int(inside.sum())
     candidates = np.flatnonzero(inside & (p < 1.0))
     order = candidates[np.argsort(p[candidates], kind="stable")]
     reference = np.sort(p[rest])
-    share = np.searchsorted(reference, p[order], side="right") / len(reference)
-    above = 1.0 - np.searchsorted(reference, 0.5, side="right") / len(reference)
+    if len(reference):
+        share = np.searchsorted(reference, p[order], side="right") / len(reference)
+        above = 1.0 - np.searchsorted(reference, 0.5, side="right") / len(reference)
+    else:  # every pair copies: the uniform model's own shares
+        share, above = p[order], 0.5
     pi0 = min(1.0, float((p[inside] > 0.5).sum()) / (n * above)) if above > 0 else 1.0
     gain = np.arange(1, len(order) + 1) - 2.0 * pi0 * n * share
     if not len(order) or gain.max() <= 0:

@@ -481,6 +481,27 @@ def test_a_copier_in_few_dimensions_is_found_as_a_pair(seed) -> None:
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_copier_of_two_providers_is_found_with_each(seed) -> None:
+    """Half the copies from one provider, half from another: each pair is found, the one copier's
+    matches to the other kept out of the honest reference each pair is tested against."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 4, (6, 2))
+    honest = {p: _clumpy(rng, n, centres) for p, n in (("a", 700), ("b", 400), ("c", 250), ("d", 120))}
+    copied = np.vstack([honest["b"][:150], honest["c"][:150]])
+    jittered = copied + rng.normal(size=copied.shape) * 0.01 * np.vstack(list(honest.values())).std(0)
+    table = _few_feature_table({**honest, "copycat": jittered})
+    examples, report = to_examples(table, _times(table), Payload("table", "row"))
+    pairs = report.grouping.near["copying_pairs"]
+    assert [p["providers"] for p in pairs] == [["b", "copycat"], ["c", "copycat"]]
+    credit = report.grouping.credit.to_pandas()
+    paid = credit.groupby("example_id")["provider"].agg(set).to_dict()
+    by_id = {r["id"]: r["example_id"] for r in examples.select(["id", "example_id"]).to_pylist()}
+    start = sum(len(x) for x in honest.values())
+    sources = [paid[by_id[f"r{start + i}"]] for i in range(len(jittered))]
+    assert sum(s == {"b"} for s in sources[:150]) >= 112 and sum(s == {"c"} for s in sources[150:]) >= 112
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
 def test_honest_providers_in_few_dimensions_are_no_copying_pair(seed) -> None:
     """Providers sampling the same clumpy two-number data, one of them on a coarse grid (ties), and a
     flood of near-copies of five rows: no pair of providers is taken for a copier and its source, and the
