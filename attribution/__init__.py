@@ -29,7 +29,7 @@ Public face (other rooms use only these names):
   relabeled by their own answers; ``left_out_values`` drives any training function);
   ``contributor_weights(..., left_out=table)`` pays providers by it (``WeightPolicy.providers``),
   each value shrunk toward what its examples' scores predict by its seeds' noise.
-- ``nudged_steps(salt)``: every optimizer step inside leaves each weight one last bit off (replay's
+- ``nudged_steps(salt)``: every training step inside leaves each weight one last bit off (replay's
   second retrain measures how far training carries another platform's rounding).
 - ``attribute_query(result.features, x)`` -> per-training-example contributions to one
   prediction; ``ContributorSplit.split_query(example_ids, contributions)`` -> its fee split.
