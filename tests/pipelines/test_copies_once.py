@@ -444,36 +444,44 @@ def _few_feature_table(parts: dict[str, np.ndarray]) -> pa.Table:
     return table.append_column("source", pa.array([f"src-{p}" for p in names]))
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_a_copier_in_few_dimensions_is_found_as_a_pair(seed) -> None:
-    """Two numbers per example: copies jittered by 1 % of a feature's deviation (about a third of the
-    spacing between honest neighbours) are no closer to their originals than many honest neighbours are
-    to each other, so few copies can be linked on their own; but the copier's examples sit that close
-    to one provider's far more often than anyone's do. The pair is found, the
-    copies are credited to the provider they copy, and neither the copier's own rows nor the honest
-    providers' are taken for copies."""
+def _copier_in_few_dimensions(seed: int, taken: dict[str, int], own: int = 0):
+    """Clumpy two-number rows of four honest providers, and a copier ("copycat", registered last) of
+    the first ``taken[p]`` rows of each provider p, jittered by 1 % of a feature's deviation (about a
+    third of the spacing between honest neighbours), then ``own`` rows of its own. Returns the examples,
+    the ingest report and each copier row's payees, in order."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(0, 4, (6, 2))
     honest = {p: _clumpy(rng, n, centres) for p, n in (("a", 700), ("b", 400), ("c", 250), ("d", 120))}
-    copied = honest["b"][:300]
-    jittered = copied + rng.normal(size=copied.shape) * 0.01 * np.vstack(list(honest.values())).std(0)
-    own = _clumpy(rng, 100, centres)  # the copier also brings rows of its own
-    table = _few_feature_table({**honest, "copycat": np.vstack([jittered, own])})
+    copied = np.vstack([honest[p][:k] for p, k in taken.items()])
+    rows = [copied + rng.normal(size=copied.shape) * 0.01 * np.vstack(list(honest.values())).std(0)]
+    if own:
+        rows.append(_clumpy(rng, own, centres))
+    table = _few_feature_table({**honest, "copycat": np.vstack(rows)})
     examples, report = to_examples(table, _times(table), Payload("table", "row"))
+    paid = report.grouping.credit.to_pandas().groupby("example_id")["provider"].agg(set).to_dict()
+    by_id = {r["id"]: r["example_id"] for r in examples.select(["id", "example_id"]).to_pylist()}
+    start = sum(len(x) for x in honest.values())
+    return examples, report, [paid[by_id[f"r{start + i}"]] for i in range(len(copied) + own)]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_copier_in_few_dimensions_is_found_as_a_pair(seed) -> None:
+    """Two numbers per example: copies jittered by 1 % of a feature's deviation are no closer to their
+    originals than many honest neighbours are to each other, so few copies can be linked on their own;
+    but the copier's examples sit that close to one provider's far more often than anyone's do. The pair
+    is found, the copies are credited to the provider they copy, and neither the copier's own rows nor
+    the honest providers' are taken for copies."""
+    examples, report, payees = _copier_in_few_dimensions(seed, {"b": 300}, own=100)
     near = report.grouping.near
     assert near["dimension"] < 3.5
     assert [p["providers"] for p in near["copying_pairs"]] == [["b", "copycat"]]
     links = near["copying_pairs"][0]["links"]
     assert report.grouping.near_summary().endswith(f"compared on plan, x, y; b and copycat copy one another "
                                                    f"({links} links)")
+    copies, owns = payees[:300], payees[300:]
+    assert sum(s == {"b"} for s in copies) >= 0.8 * len(copies)  # credited to the original's provider
+    assert sum(s == {"copycat"} for s in owns) >= 0.9 * len(owns)  # its own rows stay its own
     credit = report.grouping.credit.to_pandas()
-    paid = credit.groupby("example_id")["provider"].agg(set).to_dict()
-    by_id = {r["id"]: r["example_id"] for r in examples.select(["id", "example_id"]).to_pylist()}
-    start = sum(len(x) for x in honest.values())
-    copies = [by_id[f"r{start + i}"] for i in range(len(jittered))]
-    owns = [by_id[f"r{start + len(jittered) + i}"] for i in range(len(own))]
-    assert sum(paid[e] == {"b"} for e in copies) >= 0.8 * len(copies)  # credited to the original's provider
-    assert sum(paid[e] == {"copycat"} for e in owns) >= 0.9 * len(owns)  # its own rows stay its own
     grouped = set(credit.loc[credit["share"] < 1, "example_id"])
     strangers = [e for p in ("a", "c", "d") for e, o in zip(examples["example_id"].to_pylist(),
                  examples["provider"].to_pylist(), strict=True) if o == p and e in grouped]
@@ -484,20 +492,9 @@ def test_a_copier_in_few_dimensions_is_found_as_a_pair(seed) -> None:
 def test_a_copier_of_two_providers_is_found_with_each(seed) -> None:
     """Half the copies from one provider, half from another: each pair is found, the one copier's
     matches to the other kept out of the honest reference each pair is tested against."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(0, 4, (6, 2))
-    honest = {p: _clumpy(rng, n, centres) for p, n in (("a", 700), ("b", 400), ("c", 250), ("d", 120))}
-    copied = np.vstack([honest["b"][:150], honest["c"][:150]])
-    jittered = copied + rng.normal(size=copied.shape) * 0.01 * np.vstack(list(honest.values())).std(0)
-    table = _few_feature_table({**honest, "copycat": jittered})
-    examples, report = to_examples(table, _times(table), Payload("table", "row"))
+    _, report, sources = _copier_in_few_dimensions(seed, {"b": 150, "c": 150})
     pairs = report.grouping.near["copying_pairs"]
     assert [p["providers"] for p in pairs] == [["b", "copycat"], ["c", "copycat"]]
-    credit = report.grouping.credit.to_pandas()
-    paid = credit.groupby("example_id")["provider"].agg(set).to_dict()
-    by_id = {r["id"]: r["example_id"] for r in examples.select(["id", "example_id"]).to_pylist()}
-    start = sum(len(x) for x in honest.values())
-    sources = [paid[by_id[f"r{start + i}"]] for i in range(len(jittered))]
     assert sum(s == {"b"} for s in sources[:150]) >= 112 and sum(s == {"c"} for s in sources[150:]) >= 112
 
 
