@@ -20,18 +20,17 @@ retrains with the same code, and compares:
   what the run ran: the first retrain is checked bit for bit, and only if it differs (another CPU's
   caches may still change a kernel's blocking) does replay fall back to the band below.
 - Elsewhere, training amplifies any last-bit difference: the demo's image run replayed under ATen's
-  unvectorized kernels moved scores by up to 1.9e-4 (the largest is 2e-3) and pay by up to 75 bps.
+  unvectorized kernels moved scores by up to 4.5e-4 (the largest is 2e-3) and pay by up to 111 bps.
   So the run is retrained twice on this machine, the second time at another thread count and with
   every weight one last bit off after every step, as another platform's rounding leaves it
   (`attribution.nudged_steps`: a thread count alone repeats a run on a GPU's deterministic kernels,
-  or a small model's, and leaves no band), and the stored
-  scores and provider values may differ from the first replay by up to ``SPREAD_FACTOR`` times the
-  spread between the two (at least the score tolerance recorded with the run). Pay is arithmetic on those
-  tables, the same on any machine: the stored weights must be exactly what the stored scores and
-  values give (the replay's own bps move with its rounding: by up to 38 bps on the demo's image run
-  from AVX2 to AVX-512 kernels), and their root the one on chain. A change smaller than this
-  machine's own rounding cannot be told from rounding: replay on the recorded platform, or a CPU that
-  runs its kernels, for a bit-for-bit check.
+  or a small model's, and leaves no band), and the stored scores and provider values may differ from
+  the first replay by up to ``SPREAD_FACTOR`` times the spread between the two (at least the score
+  tolerance recorded with the run). Pay is arithmetic on those tables, the same on any machine: the
+  stored weights must be exactly what the stored scores and values give (the replay's own bps move
+  with its rounding: by up to 38 bps on the demo's image run from AVX2 to AVX-512 kernels), and their
+  root the one on chain. A change smaller than this machine's own rounding cannot be told from
+  rounding: replay on the recorded platform, or a CPU that runs its kernels, for a bit-for-bit check.
 
 - A run trained on a GPU (`TrainingConfig.device`) is retrained on this machine's GPU: bit for bit
   where the first retrain repeats it (the same GPU, torch, CUDA and cuDNN: the image and text recipes
