@@ -28,7 +28,8 @@ Public face (other rooms use only these names):
   beyond one per duplicate group counted only where they hurt (``LEFT_OUT_RUNS`` seeds, the rest
   relabeled by their own answers; ``left_out_values`` drives any training function);
   ``contributor_weights(..., left_out=table)`` pays providers by it (``WeightPolicy.providers``),
-  each value shrunk toward what its examples' scores predict by its seeds' noise.
+  each value shrunk toward what its examples' scores predict by its seeds' noise; ``value_noise(a, b)``
+  is how far rounding moves one retrain's value, from two retrains of the same run (replay's band).
 - ``nudged_steps(salt)``: every training step inside leaves each weight one last bit off (replay's
   second retrain measures how far training carries another platform's rounding).
 - ``attribute_query(result.features, x)`` -> per-training-example contributions to one
@@ -122,6 +123,7 @@ if TYPE_CHECKING:
         mlp_left_out,
         model_left_out,
         provider_groups,
+        value_noise,
         values_within_noise,
     )
     from .payloads import (
@@ -197,6 +199,7 @@ _LAZY = {
     "mlp_left_out": "attribution.left_out",
     "model_left_out": "attribution.left_out",
     "provider_groups": "attribution.left_out",
+    "value_noise": "attribution.left_out",
     "values_within_noise": "attribution.left_out",
     "ContributorSplit": "attribution.weights",
     "WeightPolicy": "attribution.weights",
@@ -220,6 +223,7 @@ __all__ = [
     "mlp_left_out",
     "model_left_out",
     "provider_groups",
+    "value_noise",
     "values_within_noise",
     "LABELS",
     "HF_TOKENIZER_FILE",

@@ -67,6 +67,7 @@ LEFT_OUT_SCHEMA = pa.schema(
         ("value_se", pa.float64()),  # the standard error of value over the runs' seeds (0: one run)
         # the value of its rows beyond one per duplicate group, given the rest (0: none); in value only if < 0
         ("copies_value", pa.float64()),
+        ("value_runs", pa.list_(pa.float64())),  # value at each seed, in seed order: value is their mean
     ]
 )
 # Seeds each group is retrained with (its value is the mean): one retrain's value carries its seed's
@@ -143,7 +144,7 @@ def left_out_values(
         diff = loss - full - (added if added.mean() > 0 else 0.0)  # copies that helped earn nothing
         se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
         rows.append((name, int(mask.sum()), float(loss.mean()), float(full.mean()), float(diff.mean()), se,
-                     float(added.mean())))
+                     float(added.mean()), [float(d) for d in diff]))
     columns = list(zip(*rows, strict=True)) if rows else [[] for _ in LEFT_OUT_SCHEMA]
     return pa.table([list(c) for c in columns], schema=LEFT_OUT_SCHEMA)
 
@@ -270,6 +271,27 @@ def provider_values(table: pa.Table, copies: str = "once") -> dict[str, tuple[fl
         raise ContributorError("a left-out table lists a provider twice")
     counts = table["examples_left_out"].to_pylist()
     return {p: (float(v), float(e), int(c)) for p, v, e, c in zip(names, values, se, counts, strict=True)}
+
+
+def value_noise(first: pa.Table, second: pa.Table) -> tuple[float, int]:
+    """How far rounding moves one retrain's left-out value, from two ``LEFT_OUT_SCHEMA`` tables of the
+    same run retrained twice (replay's second retrain rounds otherwise): the root mean square of their
+    per-seed value differences (``value_runs``) over the providers both retrained (one that left nothing
+    out is not retrained, so its zeros would understate it); and the seeds a value is the mean of (its
+    own noise is the first over the root of the second). Pooled over providers and seeds, it is far
+    steadier than the largest of a few means' differences: over 12 nudged replays of the image recipe
+    (3 providers, 6 seeds) it ranged 1.9-fold where that largest difference ranged 5.4-fold
+    (bench/replay_devices.py). (0.0, 1) where no provider was retrained."""
+    def runs(table: pa.Table) -> dict[str, list[float]]:
+        rows = zip(table["provider"].to_pylist(), table["examples_left_out"].to_pylist(),
+                   table["value_runs"].to_pylist(), strict=True)
+        return {p: r for p, n, r in rows if n > 0}
+
+    ra, rb = runs(first), runs(second)
+    diffs = [x - y for p in sorted(ra.keys() & rb.keys()) for x, y in zip(ra[p], rb[p], strict=True)]
+    if not diffs:
+        return 0.0, 1
+    return float(np.sqrt(np.mean(np.square(diffs)))), len(next(iter(ra.values())))
 
 
 # how many standard errors a left-out value must stand from zero to say its provider helped or hurt

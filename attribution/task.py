@@ -65,9 +65,9 @@ def nudged_steps(salt: int) -> Iterator[None]:
     recipe's largest score moved by 3.5e-5 to 6.0e-4 over five salts), so one sample could not bound
     another platform's rounding (a run on its AVX-512 kernels landed up to 3.6x such a spread away);
     nudged at every step, as that rounding is, over six salts on each kernel set the other set's run
-    landed at most 1.5x the spread away (the left-out values, means of few retrains: 3.0x, from 4.0x)
-    (``bench/replay_devices.py``). The block is this thread's (a context variable): training elsewhere
-    is untouched."""
+    landed at most 1.5x the spread away (the left-out values, means of few retrains: 3.0x, from 4.0x;
+    against their pooled noise, ``value_noise``, at most 1.4 standard errors) (``bench/replay_devices.py``).
+    The block is this thread's (a context variable): training elsewhere is untouched."""
     token = _NUDGE.set(salt)
     try:
         yield

@@ -2,10 +2,11 @@
 
     python bench/replay_devices.py [--kind image|text|both] [--train N] [--providers P] [--runs R]
 
-``caravan verify --replay`` checks a run trained elsewhere (another CPU, a GPU) within a band: the
-recorded score tolerance, or ``SPREAD_FACTOR`` (3) times the spread between two retrains of its own,
-the second at another thread count and nudged (``pipelines.replay.Band``). This bench measures what
-that band must hold, for
+``caravan verify --replay`` checks a run trained elsewhere (another CPU, a GPU) within a band made of
+two retrains of its own, the second at another thread count and nudged (``pipelines.replay.Band``): the
+recorded score tolerance, or ``SPREAD_FACTOR`` (3) times the largest score gap between the two, and
+``VALUE_SIGMAS`` (5) standard errors of a left-out value's rounding noise (``attribution.value_noise``
+over every seed's pair of retrains). This bench measures what that band must hold, for
 the pipeline's text and image recipes at their pipeline defaults (``TEXT_CONFIG``, ``IMAGE_CONFIG``:
 AdamW, decayed rate, the transformer stopping early), on synthetic data split among providers:
 
@@ -22,7 +23,8 @@ AdamW, decayed rate, the transformer stopping early), on synthetic data split am
   ``ATEN_CPU_CAPABILITY=avx2``) or on another machine with ``--against``.
 
 Each GPU (or saved) run's largest score and value gap from the first CPU run is printed beside the CPU
-spread, as a ratio: at most ``SPREAD_FACTOR`` and the band holds it. Needs torch, numpy, pyarrow, Pillow and
+spread (``cpu_spread``: the largest score gap, a value's standard error), as a ratio: the band holds it
+at most ``SPREAD_FACTOR`` for scores and ``VALUE_SIGMAS`` for values. Needs torch, numpy, pyarrow, Pillow and
 tokenizers (what the attribution room needs), not the pipeline. The last line is one JSON object.
 """
 
@@ -41,7 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from attribution import RecipeSizes, model_left_out, nudged_steps, train_trak_valued  # noqa: E402
+from attribution import RecipeSizes, model_left_out, nudged_steps, train_trak_valued, value_noise  # noqa: E402
 from attribution.model_task import LABELS, take  # noqa: E402
 from bench._common.lds_models import synthetic_images, synthetic_text  # noqa: E402
 
@@ -82,19 +84,26 @@ def one_run(task, train, val, groups, ids, runs: int, device: str, threads: int,
     start = time.perf_counter()
     with nudged_steps(nudge) if nudge is not None else contextlib.nullcontext():
         result = train_trak_valued(on, train, ids, val, seed=0)
-        values = model_left_out(on, train, val, groups, seed=0, runs=runs).sort_by("provider")["value"]
-    return {"scores": np.asarray(result.scores, dtype=np.float64),
-            "values": values.to_numpy().astype(np.float64), "s": time.perf_counter() - start}
+        table = model_left_out(on, train, val, groups, seed=0, runs=runs).sort_by("provider")
+    return {"scores": np.asarray(result.scores, dtype=np.float64), "table": table,
+            "values": table["value"].to_numpy().astype(np.float64), "s": time.perf_counter() - start}
 
 
 def gap(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a - b), initial=0.0))
 
 
-def beside(run: dict, cpu: dict, spread: dict) -> dict:
-    """``run``'s largest gaps from ``cpu``, and each over the CPU's own spread."""
-    g = {k: gap(run[k + "s"], cpu[k + "s"]) for k in spread}
-    return {"gap": g, "gap_over_spread": {k: round(g[k] / spread[k], 2) if spread[k] else None for k in g}}
+def spread(first: dict, second: dict) -> dict:
+    """What replay's band is made of, from two runs: the largest score gap, and the standard error of a
+    left-out value's rounding noise (``value_noise`` over the root of the seeds)."""
+    noise, runs = value_noise(first["table"], second["table"])
+    return {"score": gap(first["scores"], second["scores"]), "value": noise / np.sqrt(runs)}
+
+
+def beside(run: dict, cpu: dict, own: dict) -> dict:
+    """``run``'s largest gaps from ``cpu``, and each over the CPU's ``own`` spread."""
+    g = {k: gap(run[k + "s"], cpu[k + "s"]) for k in own}
+    return {"gap": g, "gap_over_spread": {k: round(g[k] / own[k], 2) if own[k] else None for k in g}}
 
 
 def measure(kind: str, n: int, n_providers: int, runs: int, saved: dict | None = None) -> dict:
@@ -109,19 +118,19 @@ def measure(kind: str, n: int, n_providers: int, runs: int, saved: dict | None =
     torch.set_num_threads(threads)
     keys = ("score", "value")
     top = {k: float(np.max(np.abs(cpu[0][k + "s"]))) for k in keys}
-    spread = {k: gap(cpu[0][k + "s"], cpu[1][k + "s"]) for k in keys}
+    here = spread(cpu[0], cpu[1])
     out: dict = {"train": n, "providers": n_providers, "runs": runs, "threads": counts, "top": top,
-                 "cpu_spread": spread, "cpu_s": round(cpu[0]["s"], 2)}
+                 "cpu_spread": here, "cpu_s": round(cpu[0]["s"], 2)}
     if torch.cuda.is_available():
         gpu = [one_run(task, train, val, groups, ids, runs, "cuda", threads, nudge=nudge)
                for nudge in (None, None, 1)]
-        out["cuda"] = {**beside(gpu[0], cpu[0], spread), "s": round(gpu[0]["s"], 2)}
+        out["cuda"] = {**beside(gpu[0], cpu[0], here), "s": round(gpu[0]["s"], 2)}
         out["cuda_repeat_gap"] = {k: gap(gpu[0][k + "s"], gpu[1][k + "s"]) for k in keys}
         # the band a replay on this GPU allows (its second retrain nudged), and where the CPU run lands in it
-        out["cuda_spread"] = {k: gap(gpu[0][k + "s"], gpu[2][k + "s"]) for k in keys}
+        out["cuda_spread"] = spread(gpu[0], gpu[2])
         out["cpu_on_cuda"] = beside(cpu[0], gpu[0], out["cuda_spread"])["gap_over_spread"]
     if saved is not None:
-        out["saved"] = beside({k + "s": saved[f"{kind}_{k}s"] for k in keys}, cpu[0], spread)
+        out["saved"] = beside({k + "s": saved[f"{kind}_{k}s"] for k in keys}, cpu[0], here)
     out["first_cpu_run"] = cpu[0]
     return out
 

@@ -181,18 +181,12 @@ def verify_command(
                 Failure(NO_KEY, run_id, "replay: retraining needs the private training data's plaintext")
             )
         elif replay and "run_not_found" not in report.run.names():
-            from pipelines.replay import SPREAD_FACTOR, ReplayRefused, replay_run
+            from pipelines.replay import ReplayRefused, replay_run
 
             with clean_errors(ReplayRefused):
                 report.replay = again = replay_run(chain, store, run_id)
-            where = (
-                "same platform" if again.same_platform and again.bit_exact
-                else "the run's CPU kernels, bit for bit" if again.bit_exact
-                else f"another platform: allowed {SPREAD_FACTOR}x the spread of two replays here, scores "
-                f"within {again.score_rtol:.3g} of the largest; pay follows from the stored scores and "
-                f"values, {again.max_bps_diff} bps at most from the replay's"
-            )
-            summary += f"; replayed in {again.replay_s:.1f} s ({where}, score diff {again.max_score_diff})"
+            summary += (f"; replayed in {again.replay_s:.1f} s ({again.where()}, score diff "
+                        f"{again.max_score_diff})")
     finish_report(report, as_json, summary)
 
 

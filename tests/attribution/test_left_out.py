@@ -28,6 +28,7 @@ from attribution import (
     model_left_out,
     provider_groups,
     train_plain,
+    value_noise,
     values_within_noise,
 )
 from attribution.inrun import plain_model_steps
@@ -95,13 +96,30 @@ def test_the_driver_retrains_once_per_nonempty_group_and_values_the_loss_rise():
     rows = {r["provider"]: r for r in table.to_pylist()}
     assert rows["a"]["value"] == pytest.approx(0.1 - 0.5) and rows["b"]["value"] == pytest.approx(0.2)
     assert rows["empty"] == {"provider": "empty", "examples_left_out": 0, "loss_without": 1.0,
-                             "loss_with": 1.0, "value": 0.0, "value_se": 0.0, "copies_value": 0.0}
+                             "loss_with": 1.0, "value": 0.0, "value_se": 0.0, "copies_value": 0.0,
+                             "value_runs": [0.0]}
     assert len(calls) == 3 and calls[0][0].all()  # the full run, then a and b; the empty group trains nothing
     # over two seeds: the mean of each seed's difference
     rows = {r["provider"]: r for r in left_out_values(loss_without, groups, [7, 8]).to_pylist()}
     assert rows["b"]["value"] == pytest.approx(0.2 + 0.1 / 2) and rows["b"]["loss_with"] == pytest.approx(1.1)
     assert rows["b"]["value_se"] == pytest.approx(np.std([0.2, 0.3], ddof=1) / np.sqrt(2))
+    assert rows["b"]["value_runs"] == pytest.approx([0.2, 0.3])  # each seed's, in seed order
     assert [seed for _, seed in calls[3:]] == [7, 8, 7, 8, 7, 8]
+
+
+def test_value_noise_pools_every_retrained_providers_seeds():
+    def retrain(shift: float, bump: float) -> pa.Table:  # the same world, each seed's loss moved by rounding
+        return left_out_values(lambda keep, s: 1.0 + 0.1 * (~keep).sum() + (s == 1) * shift * keep[0]
+                               + (s == 2) * bump * (not keep[2]), groups, [1, 2])
+
+    groups = {"a": np.array([1, 0, 0], bool), "b": np.array([0, 1, 1], bool), "none": np.zeros(3, bool)}
+    # seed 1: the full run and b's move by 0.003, a's does not; seed 2: b's alone moves by 0.004
+    diffs = {"a": [-0.003, 0.0], "b": [0.0, 0.004]}  # first minus second, per seed ("none": not retrained)
+    noise, runs = value_noise(retrain(0.003, 0.004), retrain(0.0, 0.0))
+    assert runs == 2 and noise == pytest.approx(np.sqrt(np.mean(np.square([*diffs["a"], *diffs["b"]]))))
+    assert value_noise(retrain(0.0, 0.0), retrain(0.0, 0.0)) == (0.0, 2)
+    untrained = left_out_values(lambda keep, s: 1.0, {"none": np.zeros(2, bool)}, [1])
+    assert value_noise(untrained, untrained) == (0.0, 1)  # no provider retrained: no noise to measure
 
 
 def _blobs(n, seed):
@@ -186,7 +204,8 @@ def _left_out(values, se=None):
     return pa.table({"provider": list(values), "examples_left_out": [1] * len(values),
                      "loss_without": [1.0 + v for v in values.values()], "loss_with": [1.0] * len(values),
                      "value": list(values.values()), "value_se": se or [0.0] * len(values),
-                     "copies_value": [0.0] * len(values)}, schema=LEFT_OUT_SCHEMA)
+                     "copies_value": [0.0] * len(values), "value_runs": [[v] for v in values.values()]},
+                    schema=LEFT_OUT_SCHEMA)
 
 
 def test_noisy_left_out_values_are_shrunk_toward_what_the_scores_predict():
@@ -267,7 +286,8 @@ def test_values_within_their_noise_are_named():
     table = pa.table({"provider": ["clear", "noisy", "hurt", "one-run", "copycat"],
                       "examples_left_out": [10, 10, 10, 10, 0], "loss_without": [1.0] * 5,
                       "loss_with": [1.0] * 5, "value": [0.05, 0.05, -0.09, 0.001, 0.0],
-                      "value_se": [0.02, 0.03, 0.04, 0.0, 0.01], "copies_value": [0.0] * 5},
+                      "value_se": [0.02, 0.03, 0.04, 0.0, 0.01], "copies_value": [0.0] * 5,
+                      "value_runs": [[0.05], [0.05], [-0.09], [0.001], [0.0]]},
                      schema=LEFT_OUT_SCHEMA)
     assert values_within_noise(table) == ["noisy"]  # 0.05 < 2 x 0.03; 0.09 and 0.05 stand clear at 2 se
     assert values_within_noise(table, z=3.0) == ["clear", "hurt", "noisy"]

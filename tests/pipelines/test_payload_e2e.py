@@ -145,6 +145,7 @@ def test_a_payload_set_is_labeled_trained_paid_served_and_replayed(caravan_env, 
             torch.set_num_threads(threads)
         assert elsewhere.ok and not elsewhere.same_platform, [f.__dict__ for f in elsewhere.failures]
         assert elsewhere.max_score_diff > 0.0 and elsewhere.score_rtol > 0.0  # it did round differently
+        assert 0.0 < elsewhere.max_value_diff <= elsewhere.value_band  # left-out values too, within theirs
 
     pins, events = store.pins(), len(chain.recorded_events(first["run_id"]))
     second = run_demo(settings, data=data, start_services=False, say=lambda _: None)

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from attribution import WeightPolicy, contributor_weights
+from attribution import WeightPolicy, contributor_weights, value_noise
 from labeling import DS_SMOOTHING, ModelProbs
 from pipelines.assets import royalties, training
 from pipelines.assets.labeling import label_rows, recount
@@ -32,6 +32,7 @@ from pipelines.demo import write_contributors
 from pipelines.partitions import dataset_versions
 from pipelines.replay import (
     SPREAD_FACTOR,
+    VALUE_SIGMAS,
     Band,
     Replayed,
     ReplayRefused,
@@ -202,6 +203,11 @@ def test_an_honest_run_replays_bit_for_bit(published) -> None:
     assert report.replayed_root == report.onchain_root == report.stored_root
 
 
+def _inflated(value: float | list[float]) -> float | list[float]:
+    """A stored value (or each seed's) made larger, as a publisher favouring a provider would."""
+    return [abs(v) * 10 + 1.0 for v in value] if isinstance(value, list) else abs(value) * 10 + 1.0
+
+
 def _republish(chain, store, run_id: str, name: str, **change) -> str:
     """Copy the run under a new id with one thing changed, every CID and the root kept consistent."""
     records = RunRecords(chain, store)
@@ -252,13 +258,13 @@ def _republish(chain, store, run_id: str, name: str, **change) -> str:
         value_cid = store_value(store, values).cid
         outputs[TrainingRecord.PROVIDER_VALUE] = pay_tables[WeightingRecord.PROVIDER_VALUE] = value_cid
     left_out = read_parquet(store.get(outputs[TrainingRecord.PROVIDER_VALUE]))
-    for key, column in (("value", "value"), ("copies", "copies_value")):
-        if key not in change:  # one provider's left-out value (or its copies' part) inflated, CIDs consistent
+    for key, column in (("value", "value"), ("copies", "copies_value"), ("runs", "value_runs")):
+        if key not in change:  # one provider's value (its copies' part, its seeds') inflated, CIDs consistent
             continue
         names, values = left_out["provider"].to_pylist(), left_out[column].to_pylist()
-        values = [abs(v) * 10 + 1.0 if p == change[key] else v for p, v in zip(names, values, strict=True)]
+        values = [_inflated(v) if p == change[key] else v for p, v in zip(names, values, strict=True)]
         left_out = left_out.set_column(left_out.schema.get_field_index(column), column,
-                                       pa.array(values, pa.float64()))
+                                       pa.array(values, left_out.schema.field(column).type))
         outputs[TrainingRecord.PROVIDER_VALUE] = pay_tables[WeightingRecord.PROVIDER_VALUE] = store_value(
             store, left_out).cid
     new_training = put_record(
@@ -337,12 +343,13 @@ def _relabel(store, records, training_cid: str, train: Record, where: str):
         ({"inflate": "p-small"}, "scores_differ"),
         ({"value": "p-small"}, "provider_values_differ"),
         ({"copies": "p-small"}, "provider_values_differ"),
+        ({"runs": "p-small"}, "provider_values_differ"),
         ({"config": {"lr": 0.05}}, "scores_differ"),
         ({"config": {"seed": 7}}, "scores_differ"),
         ({"pay": True}, "pay_differs"),
     ],
     ids=["consensus", "labeled-data", "pay-labels", "credit", "scores", "provider-values", "copies-value",
-         "recipe", "seed", "weights"],
+         "seeds-values", "recipe", "seed", "weights"],
 )
 def test_a_tampered_run_passes_verify_but_fails_replay(published, change, failure, request) -> None:
     chain, store, run_id = published
@@ -351,8 +358,8 @@ def test_a_tampered_run_passes_verify_but_fails_replay(published, change, failur
     report = replay_run(chain, store, name, code=CODE)
     assert not report.ok and failure in report.names()
     assert not any("rounding band" in f.detail for f in report.failures)  # bit for bit here: no doubt
-    if "labels" in change or "credit" in change or "copies" in change:  # only that check sees it
-        assert report.names() == {failure}  # (copies_value moves no pay: what an auditor reads)
+    if {"labels", "credit", "copies", "runs"} & change.keys():  # only that check sees it
+        assert report.names() == {failure}  # (copies_value, value_runs move no pay: what an auditor reads)
     if "value" in change:
         (pay,) = [f for f in report.failures if f.name == "pay_differs"]
         assert "p-small (provider" in pay.detail  # the contributors whose pay differs are named
@@ -434,7 +441,7 @@ def test_verify_replay_restarts_on_the_runs_cpu_kernels(published) -> None:
     assert "the run's CPU kernels, bit for bit" in again.stdout and "score diff 0.0" in again.stdout
     native = _caravan("verify", run_id, "--replay", "--native-kernels", env=avx2)
     assert native.returncode == 0 and "restarting" not in native.stderr
-    assert "another platform: allowed" in native.stdout
+    assert "another platform: allowed" in native.stdout and "provider values within" in native.stdout
     assert "score diff 0.0" not in native.stdout  # AVX2 rounds this MLP differently
     name = _republish(chain, store, run_id, "kernels-cli-scores", inflate="p-small")
     tampered = _caravan("verify", name, "--replay", env=avx2)
@@ -474,23 +481,37 @@ def test_the_platform_names_what_rounds_differently_and_replay_uses_the_runs_thr
     assert torch.get_num_threads() == before  # restored
 
 
-def _replayed(scores: list[float], value: float, bps: list[int]) -> Replayed:
+def _replayed(scores: list[float], runs: dict[str, list[float]], bps: list[int]) -> Replayed:
+    """A replay's tables: example scores, each provider's left-out value at each seed (all zero: a
+    provider that left nothing out) and its mean, and weights."""
     ids = [f"e{i}" for i in range(len(scores))]
     weights = pa.table({"contributor": ["a", "b"], "role": ["provider", "labeler"], "weight_bps": bps})
-    values = pa.table({"provider": ["a"], "value": [value], "value_se": [0.001], "copies_value": [0.0]})
+    values = pa.table({
+        "provider": list(runs), "examples_left_out": [int(any(r)) * 10 for r in runs.values()],
+        "value": [float(np.mean(r)) for r in runs.values()],
+        "value_se": [float(np.std(r, ddof=1) / np.sqrt(len(r))) for r in runs.values()],
+        "copies_value": [0.0] * len(runs), "value_runs": list(runs.values()),
+    })
     return Replayed(pa.table({"example_id": ids, "score": scores}), values, weights)
 
 
 def test_another_platforms_band_is_the_spread_of_two_replays_here_times_the_factor() -> None:
-    first = _replayed([0.002, -0.001, 0.0005], 0.030, [6000, 4000])
+    first = _replayed([0.002, -0.001, 0.0005], {"a": [0.030, 0.034], "b": [0.010, 0.006], "c": [0.0, 0.0]},
+                      [6000, 4000])
     assert Band.between(first, None, 1e-4) == Band()  # the same platform: exact
-    second = _replayed([0.00201, -0.001, 0.0005], 0.032, [5990, 4010])
+    second = _replayed([0.00201, -0.001, 0.0005], {"a": [0.031, 0.032], "b": [0.012, 0.006], "c": [0.0, 0.0]},
+                       [5990, 4010])
     band = Band.between(first, second, 1e-4)
     assert band.score == pytest.approx(SPREAD_FACTOR * 1e-5)
-    assert band.value == pytest.approx(SPREAD_FACTOR * 0.002)
     assert band.score_rtol == pytest.approx(band.score / 0.002)
-    # a machine whose two replays agree bit for bit allows the recorded tolerance
-    assert Band.between(first, first, 1e-4) == Band(score=1e-4 * 0.002, value=1e-4 * 0.030, score_rtol=1e-4)
+    # per-seed differences -0.001, 0.002 (a) and -0.002, 0 (b): root mean square 0.0015 in one retrain, c
+    # (nothing left out, nothing retrained) not counted; a value is the mean of 2 seeds
+    assert value_noise(first.provider_value, second.provider_value) == (pytest.approx(0.0015), 2)
+    assert band.run_value == pytest.approx(VALUE_SIGMAS * 0.0015)
+    assert band.value == pytest.approx(VALUE_SIGMAS * 0.0015 / np.sqrt(2))
+    # a machine whose two replays agree bit for bit allows the recorded tolerance (of the largest value: a's)
+    assert Band.between(first, first, 1e-4) == Band(score=1e-4 * 0.002, value=1e-4 * 0.032,
+                                                    run_value=1e-4 * 0.032, score_rtol=1e-4)
 
 
 def test_replay_refuses_other_code(published) -> None:
