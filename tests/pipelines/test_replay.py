@@ -32,6 +32,7 @@ from pipelines.demo import write_contributors
 from pipelines.partitions import dataset_versions
 from pipelines.replay import (
     SPREAD_FACTOR,
+    SUM_SIGMAS,
     VALUE_SIGMAS,
     Band,
     Replayed,
@@ -219,19 +220,14 @@ def _republish(chain, store, run_id: str, name: str, **change) -> str:
     if "config" in change:
         params["config"] = {**params["config"], **change["config"]}
     examples = read_parquet(store.get(head.inputs[WeightingRecord.EXAMPLES]))
-    if "inflate" in change:  # one provider's examples scored ten times higher
-        mine = set(
-            examples.filter(pa.compute.equal(examples["provider"], change["inflate"]))[
-                "example_id"
-            ].to_pylist()
-        )
-        score = [
-            s * 10 if e in mine else s
-            for e, s in zip(scores["example_id"].to_pylist(), scores["score"].to_pylist(), strict=True)
-        ]
-        scores = scores.set_column(
-            scores.schema.get_field_index("score"), "score", pa.array(score, pa.float64())
-        )
+    if "inflate" in change or "shift" in change:  # one provider's scores ten times higher, or each a little
+        provider, shift = change["shift"] if "shift" in change else (change["inflate"], None)
+        mine = pa.compute.is_in(scores["example_id"], value_set=examples.filter(
+            pa.compute.equal(examples["provider"], provider))["example_id"])
+        score = scores["score"]
+        raised = pa.compute.multiply(score, 10.0) if shift is None else pa.compute.add(score, shift)
+        scores = scores.set_column(scores.schema.get_field_index("score"), "score",
+                                   pa.compute.if_else(mine, raised, scores["score"]))
         outputs[TrainingRecord.EXAMPLE_ATTRIBUTION] = store_value(store, scores).cid
     inputs, parents = dict(train.inputs), train.parents
     pay_tables = {}
@@ -394,6 +390,26 @@ def test_on_another_platform_an_honest_run_passes_and_a_tampered_one_fails(
             assert found.detail.endswith("replay on the run's platform or CPU kernels to be sure")
 
 
+def test_on_another_platform_a_small_shift_of_one_providers_scores_fails_by_their_sum(published, monkeypatch):
+    """Each score moved by half the per-score band passes that band; their sum is far beyond its own."""
+    chain, store, run_id = published
+    here = training_platform()
+    monkeypatch.setattr("pipelines.replay.training_platform", lambda: {**here, "cpu_capability": "OTHER"})
+    honest = replay_run(chain, store, run_id, code=CODE)
+    assert honest.ok and not honest.bit_exact, honest.failures
+    records = RunRecords(chain, store)
+    training = records.parent(records.head(run_id), TRAINING)[1]
+    scores = read_parquet(store.get(training.outputs[TrainingRecord.EXAMPLE_ATTRIBUTION]))["score"].to_numpy()
+    shift = honest.score_rtol * float(np.abs(scores).max()) / 2
+    name = _republish(chain, store, run_id, "elsewhere-shifted", shift=("p-small", shift))
+    assert verify_run(chain, store, name).ok
+    report = replay_run(chain, store, name, code=CODE)
+    assert report.names() == {"score_sums_differ"}  # every score within its band, the pay consistent
+    (found,) = report.failures
+    assert "p-small:" in found.detail and "p-big" not in found.detail
+    assert found.detail.endswith("replay on the run's platform or CPU kernels to be sure")
+
+
 @pytest.mark.parametrize("tampered", [False, True], ids=["honest", "scores"])
 def test_another_cpu_running_the_runs_kernels_replays_bit_for_bit(published, monkeypatch, tampered) -> None:
     """An auditor's CPU with other vector flags, started with the pins of the run's kernels: an honest
@@ -510,8 +526,11 @@ def test_another_platforms_band_is_the_spread_of_two_replays_here_times_the_fact
     assert band.run_value == pytest.approx(VALUE_SIGMAS * 0.0015)
     assert band.value == pytest.approx(VALUE_SIGMAS * 0.0015 / np.sqrt(2))
     # a machine whose two replays agree bit for bit allows the recorded tolerance (of the largest value: a's)
+    # a provider's summed scores: the scores' root mean square gap (1e-5 / sqrt(3)) per root of its examples
+    assert band.score_sum(4) == pytest.approx(SUM_SIGMAS * 1e-5 / np.sqrt(3) * 2)
     assert Band.between(first, first, 1e-4) == Band(score=1e-4 * 0.002, value=1e-4 * 0.032,
-                                                    run_value=1e-4 * 0.032, score_rtol=1e-4)
+                                                    run_value=1e-4 * 0.032, score_rtol=1e-4,
+                                                    sum_unit=1e-4 * 0.002)
 
 
 def test_replay_refuses_other_code(published) -> None:
