@@ -99,6 +99,7 @@ class ReplayReport(Findings):
     bit_exact: bool | None = None  # checked bit for bit (else within the band)
     score_rtol: float | None = None
     max_score_diff: float | None = None
+    sums_used: float | None = None  # the largest provider score-sum gap over what the band allows it
     value_band: float | None = None  # what a stored provider value may differ by (0: bit for bit)
     max_value_diff: float | None = None  # the most a stored provider value differs from the replay's
     max_bps_diff: int | None = None  # the most a contributor's stored pay differs from the replay's
@@ -114,8 +115,9 @@ class ReplayReport(Findings):
         values = "" if self.max_value_diff is None else (
             f", provider values within {self.value_band:.3g} ({VALUE_SIGMAS} standard errors of their "
             f"rounding noise; value diff {self.max_value_diff:.3g})")
+        sums = "" if self.sums_used is None else f", providers' score sums at {self.sums_used:.2f} of theirs"
         return (f"another platform: allowed {SPREAD_FACTOR}x the spread of two replays here, scores within "
-                f"{self.score_rtol:.3g} of the largest{values}; pay follows from the stored scores and "
+                f"{self.score_rtol:.3g} of the largest{sums}{values}; pay follows from the stored scores and "
                 f"values, {self.max_bps_diff} bps at most from the replay's")
 
 
@@ -513,10 +515,11 @@ def _compare_score_sums(
         return  # other examples: `examples_differ` said so
     provider = dict(zip(labeled["example_id"].to_pylist(), labeled["provider"].to_pylist(), strict=True))
     owners = np.asarray([str(provider.get(e)) for e in ids])
-    differ = []
+    differ, report.sums_used = [], 0.0
     for p in sorted(set(owners.tolist())):
         mine = owners == p
         gap, allowed = abs(float(a[mine].sum() - b[mine].sum())), band.score_sum(int(mine.sum()))
+        report.sums_used = max(report.sums_used, gap / allowed if allowed else np.inf if gap else 0.0)
         if gap > allowed:
             differ.append(f"{p}: {int(mine.sum())} scores {gap:.3g} apart in sum, allowed {allowed:.3g}")
     if differ:

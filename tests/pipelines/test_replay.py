@@ -397,6 +397,7 @@ def test_on_another_platform_a_small_shift_of_one_providers_scores_fails_by_thei
     monkeypatch.setattr("pipelines.replay.training_platform", lambda: {**here, "cpu_capability": "OTHER"})
     honest = replay_run(chain, store, run_id, code=CODE)
     assert honest.ok and not honest.bit_exact, honest.failures
+    assert 0.0 <= honest.sums_used <= 1.0
     records = RunRecords(chain, store)
     training = records.parent(records.head(run_id), TRAINING)[1]
     scores = read_parquet(store.get(training.outputs[TrainingRecord.EXAMPLE_ATTRIBUTION]))["score"].to_numpy()
@@ -405,6 +406,7 @@ def test_on_another_platform_a_small_shift_of_one_providers_scores_fails_by_thei
     assert verify_run(chain, store, name).ok
     report = replay_run(chain, store, name, code=CODE)
     assert report.names() == {"score_sums_differ"}  # every score within its band, the pay consistent
+    assert report.sums_used > 1.0 and report.max_score_diff <= report.score_rtol * float(np.abs(scores).max())
     (found,) = report.failures
     assert "p-small:" in found.detail and "p-big" not in found.detail
     assert found.detail.endswith("replay on the run's platform or CPU kernels to be sure")
