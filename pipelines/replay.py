@@ -26,13 +26,15 @@ retrains with the same code, and compares:
   (`attribution.nudged_steps`: a thread count alone repeats a run on a GPU's deterministic kernels,
   or a small model's, and leaves no band), and the stored scores may differ from the first replay by
   up to ``SPREAD_FACTOR`` times the largest gap between the two (at least the score tolerance recorded
-  with the run), the provider values by up to ``VALUE_SIGMAS`` standard errors of their rounding noise
-  (``attribution.value_noise``, from every seed's pair of retrains). Pay is arithmetic on those
-  tables, the same on any machine: the stored weights must be exactly what the stored scores and
-  values give (the replay's own bps move with its rounding: by up to 38 bps on the demo's image run
-  from AVX2 to AVX-512 kernels), and their root the one on chain. A change smaller than this machine's
-  own rounding cannot be told from rounding: replay on the recorded platform, or a CPU that runs its
-  kernels, for a bit-for-bit check.
+  with the run), each provider's summed scores by ``SUM_SIGMAS`` times the root of its examples times
+  the two's root mean square score gap (a shift of all of one provider's scores, each within the
+  per-score band, moves its sum as many times), and the provider values by up to ``VALUE_SIGMAS``
+  standard errors of their rounding noise (``attribution.value_noise``, from every seed's pair of
+  retrains). Pay is arithmetic on those tables, the same on any machine: the stored weights must be
+  exactly what the stored scores and values give (the replay's own bps move with its rounding: by up
+  to 38 bps on the demo's image run from AVX2 to AVX-512 kernels), and their root the one on chain. A
+  change smaller than this machine's own rounding cannot be told from rounding: replay on the recorded
+  platform, or a CPU that runs its kernels, for a bit-for-bit check.
 
 - A run trained on a GPU (`TrainingConfig.device`) is retrained on this machine's GPU: bit for bit
   where the first retrain repeats it (the same GPU, torch, CUDA and cuDNN: the image and text recipes
