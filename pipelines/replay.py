@@ -26,9 +26,9 @@ retrains with the same code, and compares:
   (`attribution.nudged_steps`: a thread count alone repeats a run on a GPU's deterministic kernels,
   or a small model's, and leaves no band), and the stored scores may differ from the first replay by
   up to ``SPREAD_FACTOR`` times the largest gap between the two (at least the score tolerance recorded
-  with the run), each provider's summed scores by ``SUM_SIGMAS`` times the root of its examples times
+  with the run), each provider's n summed scores by ``SUM_SIGMAS`` x sqrt(n) + ``SUM_DRIFT`` x n times
   the two's root mean square score gap (a shift of all of one provider's scores, each within the
-  per-score band, moves its sum as many times), and the provider values by up to ``VALUE_SIGMAS``
+  per-score band, moves its sum n times), and the provider values by up to ``VALUE_SIGMAS``
   standard errors of their rounding noise (``attribution.value_noise``, from every seed's pair of
   retrains). Pay is arithmetic on those tables, the same on any machine: the stored weights must be
   exactly what the stored scores and values give (the replay's own bps move with its rounding: by up
@@ -345,10 +345,14 @@ SPREAD_FACTOR = 3
 # the spread of the means put the same honest runs up to 4.3x the factor's band, which would fail them.
 VALUE_SIGMAS = 5
 # Pay sums a provider's example scores, and a shift of every one of them, each within the per-score
-# band, moves the sum by as many times the shift: each provider's sum may differ from the replay's by this
-# many times the root of its examples times the root mean square of two replays' score gaps here. Four
-# runs of the image recipe on other kernels and thread counts landed at most 1.4 such units away.
+# band, moves the sum by as many times the shift. Rounding moves a sum of n scores by about sqrt(n) times
+# their root mean square gap where the gaps are independent, and by n times their mean where they drift
+# together: a provider's sum may differ from the replay's by SUM_SIGMAS x sqrt(n) + SUM_DRIFT x n times
+# the root mean square of two replays' score gaps here. Runs of the image and text recipes on ATen's
+# other kernels and thread counts landed at most 1.4 sqrt(n) units from an AVX-512 run (200 scores a
+# provider); their gaps' mean was at most 0.13 of their root mean square (a provider's, 0.2).
 SUM_SIGMAS = 5
+SUM_DRIFT = 0.5
 
 
 @dataclass(frozen=True)
@@ -358,16 +362,19 @@ class Band:
     ``SPREAD_FACTOR`` times the spread of two replays here, per left-out value (and its standard error
     and copies' value) ``VALUE_SIGMAS`` standard errors of its rounding noise (``value_noise``), per
     seed's value ``VALUE_SIGMAS`` times that noise in one retrain, and per provider's summed scores
-    ``SUM_SIGMAS`` times the root of its examples times the two replays' root mean square score gap."""
+    ``SUM_SIGMAS`` x sqrt(n) + ``SUM_DRIFT`` x n times the two replays' root mean square score gap."""
 
     score: float = 0.0
     value: float = 0.0
     run_value: float = 0.0
     score_rtol: float = 0.0
-    sum_unit: float = 0.0  # a provider's summed scores may differ by this times the root of its examples
+    score_noise: float = 0.0  # the root mean square score gap of two replays here
+    sum_floor: float = 0.0  # the recorded tolerance of a summed score, per root of the scores summed
 
     def score_sum(self, examples: int) -> float:
-        return self.sum_unit * float(np.sqrt(examples))
+        """What a provider's ``examples`` scores may differ by in sum."""
+        root = float(np.sqrt(examples))
+        return max(self.sum_floor * root, self.score_noise * (SUM_SIGMAS * root + SUM_DRIFT * examples))
 
     @classmethod
     def between(cls, first: Replayed, second: Replayed | None, rtol: float) -> Band:
@@ -382,7 +389,7 @@ class Band:
         floor = rtol * max((abs(x) for v in _values(first.provider_value).values() for x in v), default=0.0)
         return cls(score=score, value=max(floor, VALUE_SIGMAS * spread / np.sqrt(runs)),
                    run_value=max(floor, VALUE_SIGMAS * spread), score_rtol=score / top if top else rtol,
-                   sum_unit=max(rtol * top, SUM_SIGMAS * noise))
+                   score_noise=noise, sum_floor=rtol * top)
 
 
 def _aligned_scores(first: pa.Table, second: pa.Table) -> tuple[list[str], np.ndarray, np.ndarray]:

@@ -32,6 +32,7 @@ from pipelines.demo import write_contributors
 from pipelines.partitions import dataset_versions
 from pipelines.replay import (
     SPREAD_FACTOR,
+    SUM_DRIFT,
     SUM_SIGMAS,
     VALUE_SIGMAS,
     Band,
@@ -528,11 +529,14 @@ def test_another_platforms_band_is_the_spread_of_two_replays_here_times_the_fact
     assert band.run_value == pytest.approx(VALUE_SIGMAS * 0.0015)
     assert band.value == pytest.approx(VALUE_SIGMAS * 0.0015 / np.sqrt(2))
     # a machine whose two replays agree bit for bit allows the recorded tolerance (of the largest value: a's)
-    # a provider's summed scores: the scores' root mean square gap (1e-5 / sqrt(3)) per root of its examples
-    assert band.score_sum(4) == pytest.approx(SUM_SIGMAS * 1e-5 / np.sqrt(3) * 2)
+    # n summed scores: (5 sqrt(n) + 0.5 n) x the scores' root mean square gap (1e-5 / sqrt(3)), at least
+    # the recorded tolerance of the largest score (2e-7) x sqrt(n)
+    assert band.score_noise == pytest.approx(1e-5 / np.sqrt(3))
+    assert band.score_sum(4) == pytest.approx((SUM_SIGMAS * 2 + SUM_DRIFT * 4) * 1e-5 / np.sqrt(3))
+    assert Band(score_noise=1e-9, sum_floor=2e-7).score_sum(4) == pytest.approx(4e-7)
     assert Band.between(first, first, 1e-4) == Band(score=1e-4 * 0.002, value=1e-4 * 0.032,
                                                     run_value=1e-4 * 0.032, score_rtol=1e-4,
-                                                    sum_unit=1e-4 * 0.002)
+                                                    sum_floor=1e-4 * 0.002)
 
 
 def test_replay_refuses_other_code(published) -> None:
