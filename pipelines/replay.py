@@ -26,15 +26,16 @@ retrains with the same code, and compares:
   (`attribution.nudged_steps`: a thread count alone repeats a run on a GPU's deterministic kernels,
   or a small model's, and leaves no band), and the stored scores may differ from the first replay by
   up to ``SPREAD_FACTOR`` times the largest gap between the two (at least the score tolerance recorded
-  with the run), each provider's n summed scores by ``SUM_SIGMAS`` x sqrt(n) + ``SUM_DRIFT`` x n times
-  the two's root mean square score gap (a shift of all of one provider's scores, each within the
-  per-score band, moves its sum n times), and the provider values by up to ``VALUE_SIGMAS``
-  standard errors of their rounding noise (``attribution.value_noise``, from every seed's pair of
-  retrains). Pay is arithmetic on those tables, the same on any machine: the stored weights must be
-  exactly what the stored scores and values give (the replay's own bps move with its rounding: by up
-  to 38 bps on the demo's image run from AVX2 to AVX-512 kernels), and their root the one on chain. A
-  change smaller than this machine's own rounding cannot be told from rounding: replay on the recorded
-  platform, or a CPU that runs its kernels, for a bit-for-bit check.
+  with the run), each contributor's n summed scores (a provider's examples, a labeler's answered ones)
+  by ``SUM_SIGMAS`` x sqrt(n) + ``SUM_DRIFT`` x n times the two's root mean square score gap (a shift
+  of all of one provider's scores, each within the per-score band, moves its sum n times), and the
+  provider values by up to ``VALUE_SIGMAS`` standard errors of their rounding noise
+  (``attribution.value_noise``, from every seed's pair of retrains). Pay is arithmetic on those
+  tables, the same on any machine: the stored weights must be exactly what the stored scores and
+  values give (the replay's own bps move with its rounding: by up to 38 bps on the demo's image run
+  from AVX2 to AVX-512 kernels), and their root the one on chain. A change smaller than this machine's
+  own rounding cannot be told from rounding: replay on the recorded platform, or a CPU that runs its
+  kernels, for a bit-for-bit check.
 
 - A run trained on a GPU (`TrainingConfig.device`) is retrained on this machine's GPU: bit for bit
   where the first retrain repeats it (the same GPU, torch, CUDA and cuDNN: the image and text recipes
@@ -101,7 +102,7 @@ class ReplayReport(Findings):
     bit_exact: bool | None = None  # checked bit for bit (else within the band)
     score_rtol: float | None = None
     max_score_diff: float | None = None
-    sums_used: float | None = None  # the largest provider score-sum gap over what the band allows it
+    sums_used: float | None = None  # the largest contributor's score-sum gap over what the band allows it
     value_band: float | None = None  # what a stored provider value may differ by (0: bit for bit)
     max_value_diff: float | None = None  # the most a stored provider value differs from the replay's
     max_bps_diff: int | None = None  # the most a contributor's stored pay differs from the replay's
@@ -117,7 +118,7 @@ class ReplayReport(Findings):
         values = "" if self.max_value_diff is None else (
             f", provider values within {self.value_band:.3g} ({VALUE_SIGMAS} standard errors of their "
             f"rounding noise; value diff {self.max_value_diff:.3g})")
-        sums = "" if self.sums_used is None else f", providers' score sums at {self.sums_used:.2f} of theirs"
+        sums = "" if self.sums_used is None else f", score sums at {self.sums_used:.2f} of theirs"
         return (f"another platform: allowed {SPREAD_FACTOR}x the spread of two replays here, scores within "
                 f"{self.score_rtol:.3g} of the largest{sums}{values}; pay follows from the stored scores and "
                 f"values, {self.max_bps_diff} bps at most from the replay's")
@@ -156,7 +157,9 @@ def replay_run(
 
     _compare_scores(stored_scores, first.scores, band.score, report)
     if not report.bit_exact:
-        _compare_score_sums(stored_scores, first.scores, labeled, band, report)
+        (answers,) = records.input_tables(head, (WeightingRecord.ANNOTATIONS,))
+        whose = _contributor_examples(labeled, answers)
+        _compare_score_sums(stored_scores, first.scores, whose, band, report)
     if first.provider_value is not None:
         _compare_provider_values(head, training, stored_values, first.provider_value, band, report)
     expected = first.weights if report.bit_exact else _weights(
@@ -344,13 +347,13 @@ SPREAD_FACTOR = 3
 # runs landed at most 3.2 of them from the first replay, and runs on other CPU kernels 1.4; three times
 # the spread of the means put the same honest runs up to 4.3x the factor's band, which would fail them.
 VALUE_SIGMAS = 5
-# Pay sums a provider's example scores, and a shift of every one of them, each within the per-score
-# band, moves the sum by as many times the shift. Rounding moves a sum of n scores by about sqrt(n) times
-# their root mean square gap where the gaps are independent, and by n times their mean where they drift
-# together: a provider's sum may differ from the replay's by SUM_SIGMAS x sqrt(n) + SUM_DRIFT x n times
-# the root mean square of two replays' score gaps here. Runs of the image and text recipes on ATen's
-# other kernels and thread counts landed at most 1.4 sqrt(n) units from an AVX-512 run (200 scores a
-# provider); their gaps' mean was at most 0.13 of their root mean square (a provider's, 0.2).
+# Pay sums a contributor's example scores (a provider's examples, a labeler's answered ones), and a shift
+# of every one of them, each within the per-score band, moves the sum as many times. Rounding moves a sum
+# of n scores by about sqrt(n) times their root mean square gap where the gaps are independent, and by n
+# times their mean where they drift together: a sum may differ from the replay's by SUM_SIGMAS x sqrt(n)
+# + SUM_DRIFT x n times the root mean square of two replays' score gaps here. Runs of the image and text
+# recipes on ATen's other kernels and thread counts landed at most 1.4 sqrt(n) units from an AVX-512 run
+# (200 scores a provider); their gaps' mean was at most 0.13 of their root mean square (a provider's, 0.2).
 SUM_SIGMAS = 5
 SUM_DRIFT = 0.5
 
@@ -361,7 +364,7 @@ class Band:
     recorded score tolerance (of the largest score or value), or where wider: per score
     ``SPREAD_FACTOR`` times the spread of two replays here, per left-out value (and its standard error
     and copies' value) ``VALUE_SIGMAS`` standard errors of its rounding noise (``value_noise``), per
-    seed's value ``VALUE_SIGMAS`` times that noise in one retrain, and per provider's summed scores
+    seed's value ``VALUE_SIGMAS`` times that noise in one retrain, and per contributor's summed scores
     ``SUM_SIGMAS`` x sqrt(n) + ``SUM_DRIFT`` x n times the two replays' root mean square score gap."""
 
     score: float = 0.0
@@ -513,28 +516,41 @@ def _compare_scores(stored: pa.Table, replayed: pa.Table, allowed: float, report
         )
 
 
+def _contributor_examples(labeled: pa.Table, annotations: pa.Table) -> dict[str, set[str]]:
+    """Each contributor's examples, as the sums are checked: a provider's (the labeled data names them)
+    and a labeler's (those they answered), keyed as pay's failures name them ("name (role)")."""
+    out: dict[str, set[str]] = {}
+    for table, column, role in ((labeled, "provider", "provider"), (annotations, "annotator", "labeler")):
+        for e, who in zip(table["example_id"].to_pylist(), table[column].to_pylist(), strict=True):
+            out.setdefault(f"{who} ({role})", set()).add(e)
+    return out
+
+
 def _compare_score_sums(
-    stored: pa.Table, replayed: pa.Table, labeled: pa.Table, band: Band, report: ReplayReport
+    stored: pa.Table, replayed: pa.Table, contributors: Mapping[str, set[str]], band: Band,
+    report: ReplayReport,
 ) -> None:
-    """Each provider's summed example scores against the replay's, within the band of a sum of that many
-    scores (``SUM_SIGMAS``): on a recipe that carries rounding far, the per-score band is wide (the demo's
-    CNN: 0.66 of the largest score), and a shift of every score of one provider within it would pass."""
+    """Each contributor's summed example scores (a provider's examples, a labeler's answered ones)
+    against the replay's, within the band of a sum of that many scores (``SUM_SIGMAS``, ``SUM_DRIFT``):
+    on a recipe that carries rounding far, the per-score band is wide (the demo's CNN: 0.66 of the
+    largest score), and a shift of every score of one provider within it would pass."""
     ids, a, b = _aligned_scores(stored, replayed)
     if np.isnan(b).any():
         return  # other examples: `examples_differ` said so
-    provider = dict(zip(labeled["example_id"].to_pylist(), labeled["provider"].to_pylist(), strict=True))
-    owners = np.asarray([str(provider.get(e)) for e in ids])
+    index = {e: i for i, e in enumerate(ids)}
     differ, report.sums_used = [], 0.0
-    for p in sorted(set(owners.tolist())):
-        mine = owners == p
-        gap, allowed = abs(float(a[mine].sum() - b[mine].sum())), band.score_sum(int(mine.sum()))
+    for who in sorted(contributors):
+        rows = np.sort(np.fromiter((index[e] for e in contributors[who] if e in index), dtype=np.int64))
+        if not rows.size:
+            continue
+        gap, allowed = abs(float(a[rows].sum() - b[rows].sum())), band.score_sum(rows.size)
         report.sums_used = max(report.sums_used, gap / allowed if allowed else np.inf if gap else 0.0)
         if gap > allowed:
-            differ.append(f"{p}: {int(mine.sum())} scores {gap:.3g} apart in sum, allowed {allowed:.3g}")
+            differ.append(f"{who}: {rows.size} scores {gap:.3g} apart in sum, allowed {allowed:.3g}")
     if differ:
         report.fail("score_sums_differ", report.training_cid or "",
-                    f"the stored example scores of {len(differ)} provider(s) sum otherwise than the replay's "
-                    f"({'; '.join(differ[:5])})" + _band(report))
+                    f"the stored example scores of {len(differ)} contributor(s) sum otherwise than the "
+                    f"replay's ({'; '.join(differ[:5])})" + _band(report))
 
 
 def _compare_provider_values(

@@ -409,7 +409,7 @@ def test_on_another_platform_a_small_shift_of_one_providers_scores_fails_by_thei
     assert report.names() == {"score_sums_differ"}  # every score within its band, the pay consistent
     assert report.sums_used > 1.0 and report.max_score_diff <= report.score_rtol * float(np.abs(scores).max())
     (found,) = report.failures
-    assert "p-small:" in found.detail and "p-big" not in found.detail
+    assert "p-small (provider):" in found.detail and "p-big (provider)" not in found.detail
     assert found.detail.endswith("replay on the run's platform or CPU kernels to be sure")
 
 
