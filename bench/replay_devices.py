@@ -23,8 +23,10 @@ AdamW, decayed rate, the transformer stopping early), on synthetic data split am
   ``ATEN_CPU_CAPABILITY=avx2``) or on another machine with ``--against``.
 
 Each GPU (or saved) run's largest score and value gap from the first CPU run is printed beside the CPU
-spread (``cpu_spread``: the largest score gap, a value's standard error), as a ratio: the band holds it
-at most ``SPREAD_FACTOR`` for scores and ``VALUE_SIGMAS`` for values. Needs torch, numpy, pyarrow, Pillow and
+spread (``cpu_spread``: the largest score gap, a value's standard error, the scores' root mean square
+gap), as a ratio: the band holds it at most ``SPREAD_FACTOR`` for scores, ``VALUE_SIGMAS`` for values,
+and for a provider's summed scores over the root of their number (``score_sum``) ``SUM_SIGMAS`` plus
+``SUM_DRIFT`` times that root. Needs torch, numpy, pyarrow, Pillow and
 tokenizers (what the attribution room needs), not the pipeline. The last line is one JSON object.
 """
 
@@ -94,15 +96,26 @@ def gap(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def spread(first: dict, second: dict) -> dict:
-    """What replay's band is made of, from two runs: the largest score gap, and the standard error of a
-    left-out value's rounding noise (``value_noise`` over the root of the seeds)."""
+    """What replay's band is made of, from two runs: the largest score gap, the standard error of a
+    left-out value's rounding noise (``value_noise`` over the root of the seeds), and the scores' root mean
+    square gap (a provider's summed scores are allowed multiples of it per root of their number)."""
     noise, runs = value_noise(first["table"], second["table"])
-    return {"score": gap(first["scores"], second["scores"]), "value": noise / np.sqrt(runs)}
+    d = first["scores"] - second["scores"]
+    return {"score": gap(first["scores"], second["scores"]), "value": noise / np.sqrt(runs),
+            "score_sum": float(np.sqrt(np.mean(d ** 2))) if d.size else 0.0}
 
 
-def beside(run: dict, cpu: dict, own: dict) -> dict:
+def sum_gap(a: np.ndarray, b: np.ndarray, owner: np.ndarray) -> float:
+    """The largest gap of a provider's summed scores, over the root of its number of scores."""
+    d = a - b
+    return max((abs(float(d[owner == p].sum())) / np.sqrt((owner == p).sum()) for p in np.unique(owner)),
+               default=0.0)
+
+
+def beside(run: dict, cpu: dict, own: dict, owner: np.ndarray) -> dict:
     """``run``'s largest gaps from ``cpu``, and each over the CPU's ``own`` spread."""
-    g = {k: gap(run[k + "s"], cpu[k + "s"]) for k in own}
+    g = {k: gap(run[k + "s"], cpu[k + "s"]) for k in ("score", "value")}
+    g["score_sum"] = sum_gap(run["scores"], cpu["scores"], owner)
     return {"gap": g, "gap_over_spread": {k: round(g[k] / own[k], 2) if own[k] else None for k in g}}
 
 
@@ -124,13 +137,13 @@ def measure(kind: str, n: int, n_providers: int, runs: int, saved: dict | None =
     if torch.cuda.is_available():
         gpu = [one_run(task, train, val, groups, ids, runs, "cuda", threads, nudge=nudge)
                for nudge in (None, None, 1)]
-        out["cuda"] = {**beside(gpu[0], cpu[0], here), "s": round(gpu[0]["s"], 2)}
+        out["cuda"] = {**beside(gpu[0], cpu[0], here, owner), "s": round(gpu[0]["s"], 2)}
         out["cuda_repeat_gap"] = {k: gap(gpu[0][k + "s"], gpu[1][k + "s"]) for k in keys}
         # the band a replay on this GPU allows (its second retrain nudged), and where the CPU run lands in it
         out["cuda_spread"] = spread(gpu[0], gpu[2])
-        out["cpu_on_cuda"] = beside(cpu[0], gpu[0], out["cuda_spread"])["gap_over_spread"]
+        out["cpu_on_cuda"] = beside(cpu[0], gpu[0], out["cuda_spread"], owner)["gap_over_spread"]
     if saved is not None:
-        out["saved"] = beside({k + "s": saved[f"{kind}_{k}s"] for k in keys}, cpu[0], here)
+        out["saved"] = beside({k + "s": saved[f"{kind}_{k}s"] for k in keys}, cpu[0], here, owner)
     out["first_cpu_run"] = cpu[0]
     return out
 
