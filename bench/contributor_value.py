@@ -153,6 +153,7 @@ from labeling import (  # noqa: E402
     simulate_answers,
 )
 from pipelines.datasets import example_id, to_examples  # noqa: E402
+from pipelines.duplicates import copying_pairs  # noqa: E402
 from schemas import TOTAL_BPS  # noqa: E402
 
 POLICIES = typing.get_args(typing.get_type_hints(WeightPolicy)["negative"])  # every policy the library has
@@ -992,8 +993,7 @@ def grouping_lines(world: World, credit: pa.Table, grouping: dict, flagged: np.n
     rest = ~copies & ~flood & ~copied
     local = (f", dimension {near['dimension']}, local ratio {near['local_ratio']}"
              if "dimension" in near else "")
-    local += "".join(f", {' and '.join(p['providers'])} copy one another ({p['links']} links)"
-                     for p in near.get("copying_pairs", []))
+    local += "".join(f", {pair}" for pair in copying_pairs(near))
     print(f"  {LIBRARY}: the pipeline's ingest grouping ({near['method']}; fraction {near.get('fraction')}, "
           f"threshold {near.get('threshold')}{local}): {near.get('groups')} groups, "
           f"{near.get('copies')} copies; "

@@ -144,8 +144,7 @@ class Grouping:
         if near["method"] == "none":
             return near["reason"]
         compared = f", compared on {', '.join(near['columns'])}" if "columns" in near else ""
-        pairs = "".join(f"; {' and '.join(p['providers'])} copy one another ({p['links']} links)"
-                        for p in near.get("copying_pairs", []))
+        pairs = "".join(f"; {pair}" for pair in copying_pairs(near))
         groups = f"{near['copies']} copies in {near['groups']} groups (threshold {near['threshold']})"
         return groups + compared + pairs
 
@@ -162,6 +161,12 @@ class Grouping:
             "near": self.near,
             "unpaid_providers": list(self.unpaid),
         }
+
+
+def copying_pairs(near: dict[str, Any]) -> list[str]:
+    """The providers a grouping's record (``near``) found copying one another, each pair as read aloud."""
+    return [f"{' and '.join(p['providers'])} copy one another ({p['links']} links)"
+            for p in near.get("copying_pairs", [])]
 
 
 def group_duplicates(
