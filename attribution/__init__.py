@@ -52,7 +52,8 @@ Public face (other rooms use only these names):
 - ``review_labels(task, X, y, folds=, seed=, forest=True, trusted=None, confidence=None)`` ->
   (``LabelReview``, out-of-sample probabilities): the pipeline's mislabel detector on tabular
   features (the recipe's cross-fitted probabilities mixed with a random forest's, ``forest_probs``,
-  by ``mixture_weight``, scored by cleanlab's confident learning; ``trusted`` = (X, y) of a
+  by ``mixture_weight``, the recipe trained for the length whose mixture fits the labels best,
+  ``fitted_length``, scored by cleanlab's confident learning; ``trusted`` = (X, y) of a
   validation set every fold trains on too); ``review_task_labels`` is the same for any ``ModelTask``
   (``bag_of_tokens=True``: a text recipe mixed with ``token_probs``); ``confidence`` = the crowd
   consensus's confidence in each label, weighed in by ``with_votes`` (Bayes' rule, model and crowd);
@@ -89,6 +90,7 @@ from .inrun import train_model, train_model_plain
 from .mislabels import (
     QUALITY_METHOD,
     LabelReview,
+    fitted_length,
     forest_probs,
     label_quality,
     mixture_weight,
@@ -288,6 +290,7 @@ __all__ = [
     "label_quality",
     "largest_remainder",
     "forest_probs",
+    "fitted_length",
     "mixture_weight",
     "nudged_steps",
     "out_of_sample_probs",

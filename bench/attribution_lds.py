@@ -300,8 +300,9 @@ def mislabel_detectors(x, y_noisy, flip, seed: int, trusted) -> dict:
     out["flags"] = {"flagged": int(review.flagged.sum()), "flipped": int(flip.sum()),
                     "precision": round(hit / max(int(review.flagged.sum()), 1), 4),
                     "recall": round(hit / max(int(flip.sum()), 1), 4)}
-    print(f"  mislabel default detector (review_labels: 5-fold mlp and forest mixed, recipe weight "
-          f"{review.recipe_weight:.2f}, cleanlab {QUALITY_METHOD}; each fold also trains on the "
+    print(f"  mislabel default detector (review_labels: 5-fold mlp ({review.epochs} epochs, the length that "
+          f"fit the labels best) and forest mixed, recipe weight {review.recipe_weight:.2f}, cleanlab "
+          f"{QUALITY_METHOD}; each fold also trains on the "
           f"{len(trusted[1])} targets, trusted labels as a "
           f"declared validation set): ROC-AUC {out['default']:.3f}; find_label_issues flags {out['flags']}; "
           f"without a validation set {out['without_validation']:.3f}", flush=True)

@@ -138,6 +138,7 @@ def label_review(
             "models": models,
             "votes": VOTES_METHOD if votes else None,  # whose confidence was weighed in (with_votes)
             "recipe_weight": review.recipe_weight,  # the recipe's share of the mixture (1.0: alone)
+            "recipe_epochs": review.epochs,  # the recipe's cross-fitted length (None: the run's own epochs)
             "trusted_rows": trusted.num_rows if trusted is not None else 0,  # validation rows trained on
             "cleanlab": package_version("cleanlab"),
             **({"scikit-learn": package_version("scikit-learn")} if len(models) > 1 else {}),
@@ -154,7 +155,7 @@ def label_review(
             "dagster/row_count": out.num_rows,
             "flagged": flagged,
             "flagged_fraction": round(flagged / max(len(y), 1), 4),
-            "detector": _detector_text(config.folds, models, review.recipe_weight, trusted, votes),
+            "detector": _detector_text(config.folds, models, review, trusted, votes),
             "top_suspects": dg.MetadataValue.md(suspects_md(out.sort_by("rank").slice(0, config.top))),
         },
     )
@@ -195,11 +196,14 @@ def suspects_md(top: pa.Table) -> str:
 
 
 def _detector_text(
-    folds: int, models: Sequence[str], weight: float, trusted: pa.Table | None, votes: bool = False
+    folds: int, models: Sequence[str], review: LabelReview, trusted: pa.Table | None, votes: bool = False
 ) -> str:
     text = f"cleanlab {QUALITY_METHOD} + find_label_issues on {folds}-fold cross-fitted probabilities of "
     text += " and ".join(models)
+    if review.epochs is not None:
+        text += f" (the recipe trained {review.epochs} epochs, the length that fit the labels best)"
     if len(models) > 1:
+        weight = review.recipe_weight
         text += f" (mixed {weight:.2f} / {1 - weight:.2f} by the log-loss of the labels)"
     if trusted is not None:
         text += f", every fold also trained on {trusted.num_rows} validation examples"

@@ -10,6 +10,7 @@ from attribution import (
     InputError,
     ModelSpec,
     TrainConfig,
+    fitted_length,
     forest_probs,
     label_quality,
     mixture_weight,
@@ -75,13 +76,51 @@ def test_label_quality_is_pure_and_checks_its_input():
 
 def test_the_detector_mixes_the_recipe_and_a_forest_by_the_fitted_weight():
     x, noisy, _ = blobs(n=300)
-    review, both = review_labels(task(), x, noisy, folds=3, seed=1)
-    alone, recipe = review_labels(task(), x, noisy, folds=3, seed=1, forest=False)
+    review, both = review_labels(task(), x, noisy, folds=3, seed=1, epoch_factors=(1,))
+    alone, recipe = review_labels(task(), x, noisy, folds=3, seed=1, forest=False, epoch_factors=(1,))
     np.testing.assert_array_equal(recipe, out_of_sample_probs(task(), x, noisy, folds=3, seed=1))
     forest = forest_probs(x, noisy, 4, folds=3, seed=1)
     w = mixture_weight(noisy, recipe, forest)
     assert review.recipe_weight == w and alone.recipe_weight == 1.0
+    assert review.epochs == alone.epochs == 10
     np.testing.assert_allclose(both, w * recipe + (1 - w) * forest)
+
+
+def test_the_detector_keeps_the_training_length_whose_mixture_fits_the_labels_best():
+    """Each length is the recipe cross-fitted for that many epochs (``out_of_sample_probs`` of the task
+    with its epochs replaced); the one kept has the least log-loss of the given labels once mixed, and
+    the review scores exactly that mixture."""
+    import dataclasses
+
+    x, noisy, _ = blobs(n=300, seed=3)
+    review, probs = review_labels(task(), x, noisy, folds=3, seed=1)
+    forest = forest_probs(x, noisy, 4, folds=3, seed=1)
+    rows = np.arange(len(noisy))
+    losses = {}
+    for epochs in (10, 20, 40):
+        longer = dataclasses.replace(task(), config=dataclasses.replace(task().config, epochs=epochs))
+        recipe = out_of_sample_probs(longer, x, noisy, folds=3, seed=1)
+        w = mixture_weight(noisy, recipe, forest)
+        mixed = w * recipe + (1 - w) * forest
+        losses[epochs] = (-np.log(mixed[rows, noisy]).mean(), w, mixed)
+    kept = min(losses, key=lambda e: losses[e][0])
+    assert review.epochs == kept and review.recipe_weight == losses[kept][1]
+    np.testing.assert_allclose(probs, losses[kept][2])
+    assert review.quality.tolist() == label_quality(noisy, probs).quality.tolist()
+
+
+def test_fitted_length_is_pure_and_prefers_the_shorter_on_a_tie():
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 3, 500)
+    good, fair = _probs_that_know(y, 3, 0.8, rng), _probs_that_know(y, 3, 0.5, rng)
+    assert fitted_length(y, {40: good, 20: fair})[:1] == (40,)
+    assert fitted_length(y, {40: fair, 20: good})[0] == 20
+    epochs, probs, w = fitted_length(y, {20: good, 10: good})
+    assert epochs == 10 and w == 1.0 and probs is good
+    with pytest.raises(InputError, match="at least one"):
+        fitted_length(y, {})
+    with pytest.raises(InputError, match="epoch_factors"):
+        review_labels(task(), *blobs(n=60)[:2], folds=3, epoch_factors=(0.5, 1))
 
 
 def _probs_that_know(y: np.ndarray, c: int, right: float, rng) -> np.ndarray:
