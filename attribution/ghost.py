@@ -10,6 +10,8 @@ The math here is pure; ``LayerTaps`` is the only part that touches a module.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -77,6 +79,18 @@ class LayerTaps:
         inner = [t.output for t in self.taps if t.output is not out]
         got = iter(torch.autograd.grad(out, inner, grad_out) if inner else ())
         return [grad_out if t.output is out else next(got) for t in self.taps]
+
+
+@contextmanager
+def hooks_paused(taps: LayerTaps | AbstractContextManager) -> Iterator[None]:
+    """No hook of ``taps`` runs inside (``LayerTaps``, ``inrun.ModuleTaps``: taps that register their
+    hooks on entry and remove them on exit): for forward passes that are not attributed, such as an
+    epoch's target loss."""
+    taps.__exit__(None, None, None)
+    try:
+        yield
+    finally:
+        taps.__enter__()
 
 
 def logit_grads(

@@ -22,8 +22,7 @@ import functools
 import hashlib
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 
 from .errors import InputError, UnsupportedModelError
+from .ghost import hooks_paused
 from .kernels import Kernel, LayerGrads, kernel_for
 from .model_task import Batch, ModelTask, batch_size_of, concat, take, to_device
 from .task import TrainConfig, last_bits
@@ -110,15 +110,6 @@ class ModuleTaps:
         for h in self._handles:
             h.remove()
         self._handles.clear()
-
-    @contextmanager
-    def paused(self) -> Iterator[None]:
-        """No hook runs inside: for forward passes that are not attributed (an epoch's target loss)."""
-        self.__exit__()
-        try:
-            yield
-        finally:
-            self.__enter__()
 
     def _hook(self, s: Scored):
         def on_output_grad(b: torch.Tensor) -> None:
@@ -500,7 +491,7 @@ def model_steps(
             scores.index_add_(0, idx_dev, s.to(torch.float64))
             ended, done = (step + 1) % steps_per_epoch == 0, False
             if ended and stop is not None:
-                with taps.paused():
+                with hooks_paused(taps):
                     done = stop.ended(model, target_loss(task, model, targets_dev), scores)
             elif ended and epoch in keep:
                 checkpoints.append(cpu_state(model))

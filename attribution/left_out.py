@@ -158,8 +158,9 @@ def mlp_left_out(
     relabel: Relabel | None = None, distinct: np.ndarray | None = None,
     example_ids: Sequence[str] | None = None,
 ) -> pa.Table:
-    """``left_out_values`` for the MLP: plain SGD training (``train_plain``'s) with seeds ``seed``,
-    ``seed + 1``, ... (``runs`` of them), mean target cross-entropy; ``distinct`` as there.
+    """``left_out_values`` for the MLP: plain SGD training (``train_plain``'s, stopped early on the
+    targets where the config has ``patience``) with seeds ``seed``, ``seed + 1``, ... (``runs`` of
+    them), mean target cross-entropy; ``distinct`` as there.
     ``relabel(keep)`` gives the kept rows' labels (``y[keep]`` without it): the consensus of their
     answers alone, since a provider's examples also shape how every labeler is weighed.
     ``example_ids`` (the rows') order every retrain by a seeded hash of each id (``trainer.batches``),
@@ -176,7 +177,9 @@ def mlp_left_out(
         if relabel is not None:
             y_kept = y_all.copy()
             y_kept[keep] = labels(keep)
-        steps = plain_steps(task, x_all, y_kept, seed=s, keep=keep, keys=keys) if keep.any() else iter(())
+        steps = iter(())
+        if keep.any():
+            steps = plain_steps(task, x_all, y_kept, seed=s, keep=keep, keys=keys, targets=(xt, yt))
         model = _trained(steps, lambda: task.spec.build(s))
         with torch.no_grad():
             return float(F.cross_entropy(model(xt), yt))

@@ -194,11 +194,13 @@ def out_of_sample_probs(
 ) -> np.ndarray:
     """Class probabilities ``[n, classes]`` for every row from a model trained (``train_plain``, the
     task's recipe) on the other folds only, and on the ``trusted`` rows where given (see
-    ``review_labels``). Deterministic for a given seed."""
+    ``review_labels``). Every epoch is trained (no ``patience``), as ``task_out_of_sample_probs``
+    says why. Deterministic for a given seed."""
     x, labels = np.asarray(X, dtype=np.float32), np.asarray(y, dtype=np.int64)
     xt, yt = _trusted_rows(trusted, x.shape[1])
     fold = fold_of(len(x), folds, seed)
     probs = np.zeros((len(x), task.n_classes), dtype=np.float64)
+    task = dataclasses.replace(task, config=dataclasses.replace(task.config, patience=None))
     for k in range(folds):
         held = fold == k
         model = train_plain(task, *_fold_rows(x, labels, ~held, xt, yt), seed=seed + k)

@@ -175,7 +175,7 @@ class TrainConfig:
     ``trak_damping`` times the kernel's mean diagonal for the tabular features (``attribution.trak``,
     models trained to their optimum); ``trak_model_damping`` times the mean nonzero eigenvalue of each
     layer's block for ``ModelTask`` models (``attribution.trak_model``, networks stopped early: its
-    ``block_inverse`` says why so much more). ``patience`` (``ModelTask`` runs) stops early: the mean
+    ``block_inverse`` says why so much more). ``patience`` (any recipe, the MLP's too) stops early: the mean
     target loss is measured after every epoch, training ends once ``patience`` epochs pass without a
     new lowest, and the run is that of its best epoch (model, scores, checkpoints), so ``epochs`` is a
     ceiling. A fixed count overtrains: removing data then shortens training and lowers the target

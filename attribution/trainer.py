@@ -139,7 +139,6 @@ def validate(
             f"{len(overlap)} target rows (e.g. {overlap[:5]}) also appear in the training set; "
             "targets must be held out"
         )
-    fixed_epochs(task.config)
     if task.config.optimizer != "sgd":
         raise UnsupportedOptimizerError(
             f"the MLP driver trains with SGD only, got optimizer {task.config.optimizer!r}; train an "
@@ -147,15 +146,6 @@ def validate(
         )
     scored_layers(task.spec.build(0))
     return x, y, xv, yv
-
-
-def fixed_epochs(cfg: TrainConfig) -> None:
-    """The MLP driver trains every epoch: it refuses ``patience`` rather than ignore it."""
-    if cfg.patience is not None:
-        raise InputError(
-            f"the MLP driver trains a fixed number of epochs, got patience={cfg.patience}; stop early "
-            "through attribution.ModelTask (train_model), or set patience=None"
-        )
 
 
 # ---------------------------------------------------------------- training
@@ -224,19 +214,23 @@ def checkpoint_epochs(epochs: int, n_checkpoints: int) -> list[int]:
 
 def plain_steps(
     task: AttributionTask, X: object, y: object, *, seed: int, keep: np.ndarray | None = None,
-    keys: np.ndarray | None = None,
-) -> Iterator[nn.Module]:
+    keys: np.ndarray | None = None, targets: tuple[object, object] | None = None,
+) -> Generator[nn.Module, None, EarlyStop | None]:
     """``train_plain`` one optimizer step at a time (yields the model after each step), so a
     benchmark can interleave it step by step with ``attributed_steps`` under the same load.
-    ``keep`` trains on those rows only, ``keys`` orders them (``batches``)."""
+    ``keep`` trains on those rows only, ``keys`` orders them (``batches``). A config with
+    ``patience`` stops early on the mean cross-entropy of ``targets`` (X, y): the model is then left
+    at its best epoch's state and the generator returns its ``EarlyStop``."""
     cfg = task.config
-    fixed_epochs(cfg)
+    stop, watched = _early_stop(cfg, targets, task.n_features, task.n_classes)
     device = cfg.torch_device()
     x = torch.as_tensor(np.asarray(X, dtype=np.float32)).to(device)
     yt = torch.as_tensor(np.asarray(y, dtype=np.int64)).to(device)
+    xv, yv = (None, None) if watched is None else (watched[0].to(device), watched[1].to(device))
     model = task.spec.build(seed).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total = cfg.epochs * -(-kept_rows(len(x), keep) // cfg.batch_size)
+    steps_per_epoch = -(-kept_rows(len(x), keep) // cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
     for step, (_, idx) in enumerate(batches(len(x), cfg.batch_size, cfg.epochs, seed, keep, keys)):
         opt.param_groups[0]["lr"] = cfg.lr_at(step, total)
         idx = idx.to(device)
@@ -245,7 +239,33 @@ def plain_steps(
         loss.backward()
         opt.step()
         last_bits(model.parameters(), step)
+        done = stop is not None and (step + 1) % steps_per_epoch == 0 and stop.ended(
+            model, _target_loss(model, xv, yv))
         yield model
+        if done:
+            break
+    if stop is not None:
+        stop.restore(model)
+    return stop
+
+
+def _early_stop(
+    cfg: TrainConfig, targets: tuple[object, object] | None, n_features: int, n_classes: int
+) -> tuple[EarlyStop | None, tuple[torch.Tensor, torch.Tensor] | None]:
+    """``TrainConfig.patience``'s ``EarlyStop`` and the targets it watches (None, None: every epoch)."""
+    if cfg.patience is None:
+        return None, None
+    if targets is None:
+        raise InputError(f"TrainConfig.patience={cfg.patience} stops at the best epoch on the targets' loss; "
+                         "pass targets= (the rows the run is measured on), or set patience=None")
+    xv = feature_tensor("X_targets", targets[0], n_features)
+    return EarlyStop(cfg), (xv, label_tensor("y_targets", targets[1], xv.shape[0], n_classes))
+
+
+def _target_loss(model: nn.Module, xv: torch.Tensor, yv: torch.Tensor) -> float:
+    """The MLP's mean cross-entropy on the targets (what ``TrainConfig.patience`` watches)."""
+    with torch.no_grad():
+        return float(F.cross_entropy(model(xv), yv))
 
 
 def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -345,10 +365,12 @@ def checkpointed(
     return model.cpu(), checkpoints, time.perf_counter() - t0, epochs
 
 
-def train_plain(task: AttributionTask, X: object, y: object, *, seed: int) -> nn.Module:
-    """The same training without attribution (reference for cost and for retraining); the model
-    comes back on the CPU whatever ``task.config.device``."""
-    return deque(plain_steps(task, X, y, seed=seed), maxlen=1)[0].cpu()
+def train_plain(
+    task: AttributionTask, X: object, y: object, *, seed: int, targets: tuple[object, object] | None = None
+) -> nn.Module:
+    """The same training without attribution (reference for cost and for retraining; ``targets``: where
+    the config stops early); the model comes back on the CPU whatever ``task.config.device``."""
+    return deque(plain_steps(task, X, y, seed=seed, targets=targets), maxlen=1)[0].cpu()
 
 
 def _layer_scores(
@@ -457,6 +479,7 @@ def attributed_steps(
     scores = torch.zeros((n, nv) if cfg.per_target else (n,), dtype=torch.float64)
     keep = set(checkpoint_epochs(cfg.epochs, cfg.n_checkpoints))
     checkpoints: list[dict[str, torch.Tensor]] = []
+    stop = EarlyStop(cfg) if cfg.patience is not None else None
     steps_per_epoch = -(-n // cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     buffers: dict[int, _Rows] = {}
@@ -477,9 +500,18 @@ def attributed_steps(
             scores.index_add_(0, idx, s.to("cpu", torch.float64), alpha=lr / (1.0 if cfg.per_target else nv))
             _sgd_update(layers, facts, nb, lr, cfg.weight_decay)
             last_bits(model.parameters(), step)
-            if epoch in keep and (step + 1) % steps_per_epoch == 0:
+            ended, done = (step + 1) % steps_per_epoch == 0, False
+            if ended and stop is not None:
+                with ghost.hooks_paused(taps):
+                    done = stop.ended(model, _target_loss(model, xv, yv), scores)
+            elif ended and epoch in keep:
                 checkpoints.append(cpu_state(model))
             yield
+            if done:
+                break
+    if stop is not None:
+        scores, checkpoints = stop.scores, stop.checkpoints()
+        stop.restore(model)
     train_s = time.perf_counter() - t0
     model.cpu()
     for p in model.parameters():
@@ -495,7 +527,7 @@ def attributed_steps(
         per_target=per_target,
         checkpoints=checkpoints,
         timings={"train_s": train_s},
-        epochs=cfg.epochs,
+        epochs=cfg.epochs if stop is None else stop.best + 1,
     )
     if with_features:
         from .trak import build_features

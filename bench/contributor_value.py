@@ -523,7 +523,8 @@ def review_section(world: World, task: AttributionTask | None, full: Variant, se
 def val_loss(task: AttributionTask, v: Variant, seed: int) -> float:
     if v.media is not None:
         return v.media.val_loss(v.x, v.y, seed)
-    return float(-log_p_true(train_plain(task, v.x, v.y, seed=seed), v.xv, v.yv).mean())
+    model = train_plain(task, v.x, v.y, seed=seed, targets=(v.xv, v.yv))  # targets: where it stops early
+    return float(-log_p_true(model, v.xv, v.yv).mean())
 
 
 def ground_truth(
@@ -784,14 +785,16 @@ def tabular_world(args) -> tuple[World, AttributionTask]:
     c = len(world.classes)
     task = AttributionTask(
         ModelSpec((x.shape[1], 64, c)),
-        TrainConfig(epochs=20, batch_size=64, lr=0.1, lr_schedule="linear", weight_decay=1e-4),
+        TrainConfig(epochs=20, batch_size=64, lr=0.1, lr_schedule="linear", weight_decay=1e-4,
+                    patience=args.patience or None),
     )
     cfg = task.config
+    stop = f" at most, stopping {cfg.patience} epochs after its best validation loss" if cfg.patience else ""
     print(f"data: {args.data or 'sklearn digits'}: {len(x)} rows, {x.shape[1]} features, {c} classes; "
           f"validation {len(world.xv)} held-out rows (true labels); training {world.examples.num_rows} "
           f"examples; torch threads {torch.get_num_threads()}", flush=True)
     print(f"model: MLP {x.shape[1]}->64->{c} (ReLU), SGD lr {cfg.lr} ({cfg.lr_schedule} decay to 0, so "
-          f"a retrain converges), batch {cfg.batch_size}, {cfg.epochs} epochs, "
+          f"a retrain converges), batch {cfg.batch_size}, {cfg.epochs} epochs{stop}, "
           f"weight decay {cfg.weight_decay}; "
           "inputs standardized on the training rows (InputEncoding, refitted for every retrain); labels = "
           f"{args.consensus} consensus of {PER_EXAMPLE} answers per example (refitted for every retrain)",
@@ -816,6 +819,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--pay-runs", type=int, default=4,
                     help="attributed runs (other seeds) for the pay's own spread; the first one is reported")
     ap.add_argument("--seed", type=int, default=0, help="seed of the world (split, faults, answers)")
+    ap.add_argument("--patience", type=int, default=0,
+                    help="tabular: the MLP stops this many epochs after its lowest validation loss and keeps "
+                         "that epoch, in every run and retrain (0: trains every epoch)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the models are tiny)")
     ap.add_argument("--consensus", choices=("dawid_skene", *MODEL_METHODS), default="dawid_skene",
                     help="training labels: Dawid-Skene (the pipeline's default), or a method that weighs "

@@ -265,9 +265,6 @@ def train_labeled(
         mask = np.r_[np.zeros(table.num_rows, bool), np.ones(validation.num_rows, bool)]
         table = pa.concat_tables([table, validation], promote_options="permissive")
     recipe, column = recipe_for(config, table, field)
-    if recipe == "mlp" and config.patience:
-        raise dg.Failure(f"patience ({config.patience}) stops the text and image recipes early; the mlp "
-                         "recipe trains every epoch: set patience to 0 or unset, and choose its epochs")
     cfg = config.train_config(recipe)
     if (recipe == HF_RECIPE) != (local is not None):
         raise dg.Failure(f"only recipe {HF_RECIPE!r} starts from a local model, and needs one ({recipe!r})")

@@ -1,5 +1,5 @@
 """Early stopping (``TrainConfig.patience``): a run is the same training, written out here epoch by
-epoch, taken to its best epoch on the targets; the driver that cannot stop early refuses it."""
+epoch, taken to its best epoch on the targets; for ``ModelTask`` recipes and for the MLP driver."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from attribution import (
     AttributionTask,
     ModelSpec,
     TrainConfig,
+    mlp_left_out,
     model_left_out,
     train_model,
     train_trak_valued,
@@ -22,7 +23,7 @@ from attribution import (
 from attribution.errors import InputError
 from attribution.inrun import plain_model_steps
 from attribution.recipes.mlp import mlp_task
-from attribution.trainer import EarlyStop, run_id_for
+from attribution.trainer import EarlyStop, plain_steps, run_id_for, train_plain
 
 SPEC = ModelSpec((5, 64, 3))
 # AdamW at a rate that memorizes the flipped labels: the target loss falls for a few epochs, then rises
@@ -141,7 +142,78 @@ def test_early_stopping_refusals():
         TrainConfig(patience=0)
     with pytest.raises(InputError, match="pass targets="):
         next(plain_model_steps(_task(patience=PATIENCE), train, seed=0))
-    mlp = AttributionTask(SPEC, TrainConfig(patience=PATIENCE))
-    x, y = train["features"].numpy(), train["labels"].numpy()
-    with pytest.raises(InputError, match="fixed number of epochs"):
-        train_with_attribution(mlp, x, y, ids, targets["features"].numpy(), targets["labels"].numpy(), seed=0)
+    with pytest.raises(InputError, match="pass targets="):
+        next(plain_steps(_mlp(patience=PATIENCE), train["features"].numpy(), train["labels"].numpy(), seed=0))
+
+
+# ---------------------------------------------------------------- the MLP driver (SGD, per-step scores)
+
+# SGD at a rate that memorizes the flipped labels of ``_world``: the target loss dips, then rises
+MLP_FIXED = TrainConfig(epochs=15, batch_size=10, lr=0.2, n_checkpoints=2, trak_k=16)
+
+
+def _mlp(**changes) -> AttributionTask:
+    return AttributionTask(SPEC, dataclasses.replace(MLP_FIXED, **changes))
+
+
+def _arrays(batch: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+    return batch["features"].numpy(), batch["labels"].numpy()
+
+
+def _mlp_curve(x, y, xv, yv, seed: int, keep: np.ndarray | None = None) -> tuple[list[float], list[dict]]:
+    """The MLP driver's plain training for the fixed epochs: every epoch's target cross-entropy
+    (computed here) and state."""
+    losses, states = [], []
+    per_epoch = -(-(N if keep is None else int(keep.sum())) // MLP_FIXED.batch_size)
+    for step, model in enumerate(plain_steps(_mlp(), x, y, seed=seed, keep=keep)):
+        if (step + 1) % per_epoch == 0:
+            with torch.no_grad():
+                losses.append(float(F.cross_entropy(model(torch.as_tensor(xv)), torch.as_tensor(yv))))
+            states.append({k: v.clone() for k, v in model.state_dict().items()})
+    return losses, states
+
+
+def _best_when_stopped(losses: list[float]) -> int:
+    """The best epoch as training with ``PATIENCE`` sees it: the lowest loss up to the first epoch that
+    comes ``PATIENCE`` epochs after it (the lowest of all where none does)."""
+    for end in range(len(losses)):
+        best = int(np.argmin(losses[: end + 1]))
+        if end - best >= PATIENCE:
+            return best
+    return int(np.argmin(losses))
+
+
+def test_the_mlp_driver_stops_early_at_its_best_epoch():
+    """Plain training stops ``patience`` epochs after the best target loss and keeps that epoch's state;
+    an attributed run (per-step scores, checkpoints, TRAK features) is the fixed run of best + 1 epochs
+    bit for bit (a constant rate: its first epochs are the longer run's)."""
+    train, ids, targets = _world()
+    (x, y), (xv, yv) = _arrays(train), _arrays(targets)
+    losses, states = _mlp_curve(x, y, xv, yv, seed=0)
+    best = _best_when_stopped(losses)
+    assert 0 < best < MLP_FIXED.epochs - PATIENCE - 1  # the world rises after a dip: stopping saves epochs
+    models = list(plain_steps(_mlp(patience=PATIENCE), x, y, seed=0, targets=(xv, yv)))
+    assert len(models) == (best + PATIENCE + 1) * STEPS_PER_EPOCH
+    assert _same_state(models[-1].state_dict(), states[best])
+    assert _same_state(train_plain(_mlp(patience=PATIENCE), x, y, seed=0, targets=(xv, yv)).state_dict(),
+                       states[best])
+    stopped = train_with_attribution(_mlp(patience=PATIENCE), x, y, ids, xv, yv, seed=0)
+    fixed = train_with_attribution(_mlp(epochs=best + 1), x, y, ids, xv, yv, seed=0)
+    assert stopped.epochs == fixed.epochs == best + 1
+    assert np.array_equal(stopped.scores, fixed.scores)
+    assert _same_state(stopped.model.state_dict(), fixed.model.state_dict())
+    assert all(_same_state(a, b) for a, b in zip(stopped.checkpoints, fixed.checkpoints, strict=True))
+    assert np.array_equal(stopped.features.self_influence(), fixed.features.self_influence())
+
+
+def test_mlp_left_out_retrains_each_stop_at_their_own_best_epoch():
+    train, _, targets = _world()
+    (x, y), (xv, yv) = _arrays(train), _arrays(targets)
+    group = np.zeros(N, dtype=bool)
+    group[:20] = True
+    table = mlp_left_out(_mlp(patience=PATIENCE), x, y, xv, yv, {"p": group}, seed=3, runs=2)
+    row = table.to_pylist()[0]
+    for key, keep in (("loss_with", None), ("loss_without", ~group)):
+        curves = [_mlp_curve(x, y, xv, yv, s, keep)[0] for s in (3, 4)]
+        expected = np.mean([c[_best_when_stopped(c)] for c in curves])
+        assert row[key] == pytest.approx(expected, abs=1e-6)

@@ -132,19 +132,28 @@ def test_a_run_left_at_its_defaults_trains_as_the_recipe_itself_does(recipe, lib
     assert TrainingConfig().train_config(recipe) == TrainConfig(weight_decay=1e-4, **settings)
 
 
-def test_the_transformer_stops_early_by_default_and_the_mlp_refuses_to():
+def test_the_transformer_stops_early_by_default_and_the_mlp_when_asked():
     assert TrainingConfig().train_config("text-transformer").patience == 2
     assert TrainingConfig(patience=0).train_config("text-transformer").patience is None
     assert TrainingConfig(patience=3).train_config("image-cnn").patience == 3
     assert TrainingConfig().train_config("mlp").patience is None
+    assert TrainingConfig(patience=2).train_config("mlp").patience == 2
     assert TrainingConfig(lr_schedule="linear").train_config("image-cnn").lr_schedule == "linear"
     with pytest.raises(dg.Failure, match="lr_schedule 'cosine' is unknown"):
         recipe_for(TrainingConfig(lr_schedule="cosine"), _table(pa.array(["a"]), "x"), "x")
     with pytest.raises(dg.Failure, match="patience must be >= 0 epochs"):
         recipe_for(TrainingConfig(patience=-1), _table(pa.array(["a"]), "x"), "x")
-    numeric = pa.table({"example_id": ["a", "b"], "f": [0.0, 1.0], "label": ["x", "y"]})
-    with pytest.raises(dg.Failure, match="the mlp recipe trains every epoch"):
-        train_labeled(numeric, TrainingConfig(patience=2), run_id="r")
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 200)
+    numeric = pa.table({"example_id": [hashlib.sha256(f"{i}".encode()).hexdigest() for i in range(200)],
+                        "f": rng.normal(size=200) + labels, "label": [["x", "y"][v] for v in labels]})
+    # a rate that overshoots: the target loss is lowest early, so the run stops there
+    config = TrainingConfig(patience=2, epochs=30, lr=2.0, value="inrun")
+    _, stopped = train_labeled(numeric, config, run_id="r")
+    _, fixed = train_labeled(numeric, config.model_copy(update={"patience": 0, "epochs": stopped.epochs}),
+                             run_id="r")
+    assert stopped.epochs < 30 - 2
+    assert np.array_equal(stopped.scores, fixed.scores)
 
 
 def test_the_device_is_resolved_before_training_so_the_run_id_and_record_name_it():
