@@ -403,9 +403,15 @@ def trained_model(
             f"more providers than left_out_max ({config.left_out_max}): providers are paid by their "
             "examples' summed scores, not by retraining without each"
         )
-    accuracy = heldout_accuracy(split, result)
+    accuracy, loss, prior = heldout_fit(split, result)
     context.log.info(f"run {result.run_id}: {len(split.example_ids)} examples, held-out accuracy "
-                     f"{accuracy:.3f}")
+                     f"{accuracy:.3f}, target loss {loss:.4f}")
+    if loss > prior:
+        context.log.warning(
+            f"the model predicts its targets worse than the training labels' frequencies do (target loss "
+            f"{loss:.4f} against {prior:.4f}): it has overfit, and its example scores and provider values "
+            "measure noise more than data; set patience (stop at the best epoch) or train fewer epochs"
+        )
     stored = {name: store_value(client, value) for name, value in outputs.items()}
     payload = payload_params(split, field)
     stats = split.stats if isinstance(split, PayloadSplit) else None
@@ -425,6 +431,8 @@ def trained_model(
             "config": config.recorded(),
             "field": field,
             "heldout_accuracy": round(accuracy, 6),
+            "target_loss": round(loss, 6),
+            "prior_loss": round(prior, 6),  # the training labels' frequencies, as a model: a floor to beat
             "targets": targets,
             "platform": training_platform(config.device),
             "score_rtol": SCORE_RTOL,
@@ -432,7 +440,7 @@ def trained_model(
         },
     )
     yield from training_outputs(stored, split, result, values, record=record, accuracy=accuracy,
-                                targets=targets)
+                                targets=targets, loss=(loss, prior))
 
 
 def payload_params(split: EncodedSplit | PayloadSplit, field: str | None) -> dict[str, Any]:
@@ -453,6 +461,7 @@ def training_outputs(
     record: str,
     accuracy: float,
     targets: str,
+    loss: tuple[float, float],
 ) -> Iterator[dg.Output]:
     """The training stage's four outputs (each already stored: the IO manager writes the pointer), with
     the metadata the Dagster UI shows."""
@@ -466,6 +475,8 @@ def training_outputs(
             "train_examples": len(split.example_ids),
             "targets": len(split.target_ids),
             "heldout_accuracy": float(accuracy),
+            "target_loss": loss[0],
+            "prior_loss": loss[1],
             "measured_against": targets,
             "train_s": float(result.timings.get("train_s", 0.0)),
             "epochs_trained": result.epochs,
@@ -530,13 +541,22 @@ def trained_outputs(
     }
 
 
-def heldout_accuracy(split: EncodedSplit | PayloadSplit, result: TrainResult) -> float:
-    """The trained model's accuracy on the targets (reported; pay never depends on it)."""
+def heldout_fit(split: EncodedSplit | PayloadSplit, result: TrainResult) -> tuple[float, float, float]:
+    """The trained model on the targets: (accuracy, mean cross-entropy, the cross-entropy of predicting
+    every target by the training labels' frequencies, each class counted once more so none is zero).
+    Reported; pay never depends on them."""
     import torch
+    import torch.nn.functional as F
 
     with torch.no_grad():
         if isinstance(split, PayloadSplit):
-            pred = model_logits(result.model, split.targets).argmax(1).numpy()
-            return float((pred == split.targets[LABELS].numpy()).mean())
-        pred = result.model(torch.as_tensor(split.X_targets, dtype=torch.float32)).argmax(1).numpy()
-    return float((pred == split.y_targets).mean())
+            logits, labels = model_logits(result.model, split.targets), split.targets[LABELS]
+            trained = split.train[LABELS].numpy()
+        else:
+            logits = result.model(torch.as_tensor(split.X_targets, dtype=torch.float32))
+            labels, trained = torch.as_tensor(split.y_targets, dtype=torch.int64), split.y
+        logits = logits.double()
+        loss = float(F.cross_entropy(logits, labels))
+    counts = np.bincount(trained, minlength=logits.shape[1]) + 1.0
+    prior = float(-np.log(counts / counts.sum())[labels.numpy()].mean())
+    return float((logits.argmax(1) == labels).double().mean()), loss, prior

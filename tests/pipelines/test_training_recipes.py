@@ -16,6 +16,7 @@ from attribution import HF_CONFIG, IMAGE_CONFIG, MLP_CONFIG, TEXT_CONFIG, TRAK_V
 from pipelines.assets.training import (
     RECIPE_DEFAULTS,
     TrainingConfig,
+    heldout_fit,
     recipe_for,
     run_id_of,
     train_labeled,
@@ -72,6 +73,35 @@ def test_a_numeric_run_pays_by_trak_value_and_keeps_its_serving_features():
     assert set(inrun.example_attribution["method"].to_pylist()) == {"inrun_sgd"}
     assert paid.scores.tobytes() == again.scores.tobytes() and not np.allclose(paid.scores, inrun.scores)
     assert type(paid.features) is type(inrun.features)  # serving's whole-gradient TRAK features
+
+
+def test_the_held_out_fit_tells_a_model_that_learned_from_one_that_overfit_noise():
+    """Accuracy and cross-entropy on the targets against scikit-learn's, and the floor to beat: the
+    training labels' frequencies (each class counted once more) as a model. Labels that the features
+    decide are predicted below the floor; pure noise, trained hard, above it (the run warns then)."""
+    from sklearn.metrics import accuracy_score, log_loss
+
+    rng = np.random.default_rng(3)
+    n, d = 300, 40
+    ids = [hashlib.sha256(f"{i}".encode()).hexdigest() for i in range(n)]
+    x = rng.normal(size=(n, d))
+    for labels, config, learned in (
+        ((x[:, 0] > 0).astype(int), TrainingConfig(epochs=5), True),
+        (rng.integers(0, 2, n), TrainingConfig(epochs=60, lr=0.5, hidden=[128]), False),
+    ):
+        table = pa.table({"example_id": ids, **{f"f{j}": x[:, j] for j in range(d)},
+                          "label": [("a", "b")[v] for v in labels]})
+        split, result = train_labeled(table, config, run_id="r")
+        accuracy, loss, prior = heldout_fit(split, result)
+        with torch.no_grad():
+            logits = result.model(torch.as_tensor(split.X_targets, dtype=torch.float32))
+            probs = torch.softmax(logits.double(), 1).numpy()
+        assert accuracy == pytest.approx(accuracy_score(split.y_targets, probs.argmax(1)))
+        assert loss == pytest.approx(log_loss(split.y_targets, probs, labels=[0, 1]), rel=1e-9)
+        counts = np.bincount(split.y, minlength=2) + 1
+        floor = np.tile(counts / counts.sum(), (len(split.y_targets), 1))
+        assert prior == pytest.approx(log_loss(split.y_targets, floor, labels=[0, 1]), rel=1e-9)
+        assert (loss < prior) is learned, (loss, prior)
 
 
 def test_a_numeric_run_learns_its_categories_and_trains_over_gaps():
