@@ -301,9 +301,10 @@ def fitted_length(
     probabilities, the recipe's weight). Pure.
 
     Why: the recipe's epochs are set for the paid run, and on hard tables they leave a cross-fitted
-    model short of what the rows can teach it. Measured with ``bench/attribution_lds.py``'s mislabel
-    section (10 % flipped, 300 trusted targets, split seeds 0 / 1 / 2), ROC-AUC at the recipe's 20
-    epochs and at the fitted length (the pipeline's MLP recipe; forest mixed in): a 4-class
+    model short of what the rows can teach it. Measured as ``bench/attribution_lds.py``'s mislabel
+    section measures (10 % flipped, 300 trusted targets, split seeds 0 / 1 / 2) but with the pipeline's
+    MLP recipe (20 epochs at a constant rate) and the forest mixed in, ROC-AUC at 20 epochs and at the
+    fitted length: a 4-class
     make_classification table (3 clusters per class, class_sep 0.8) 0.854 / 0.836 / 0.838 to 0.865 /
     0.858 / 0.856; an 8-class one 0.909 / 0.883 / 0.869 to 0.929 / 0.920 / 0.896; 40 classes 0.849 /
     0.871 / 0.866 to 0.877 / 0.881 / 0.882; digits 0.999 / 0.998 / 0.999 unchanged (it keeps 20); a
