@@ -198,10 +198,11 @@ def suspects_md(top: pa.Table) -> str:
 def _detector_text(
     folds: int, models: Sequence[str], review: LabelReview, trusted: pa.Table | None, votes: bool = False
 ) -> str:
+    names = list(models)
+    if review.epochs is not None:  # the recipe comes first
+        names[0] += f" ({review.epochs} epochs, the length that fit the labels best)"
     text = f"cleanlab {QUALITY_METHOD} + find_label_issues on {folds}-fold cross-fitted probabilities of "
-    text += " and ".join(models)
-    if review.epochs is not None:
-        text += f" (the recipe trained {review.epochs} epochs, the length that fit the labels best)"
+    text += " and ".join(names)
     if len(models) > 1:
         weight = review.recipe_weight
         text += f" (mixed {weight:.2f} / {1 - weight:.2f} by the log-loss of the labels)"

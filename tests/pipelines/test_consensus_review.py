@@ -145,6 +145,7 @@ def test_consensus_weighs_the_last_review_once_new_answers_arrive(home, method):
     review_record = load_record(home["client"], home["resources"]["lineage"].cid_of(LABEL_REVIEW, VERSION))
     assert review_record.params["models"] == ["recipe", "forest"]  # numeric features: a forest beside the MLP
     assert 0.0 <= review_record.params["recipe_weight"] <= 1.0
+    assert review_record.params["recipe_epochs"] in (4, 8, 16)  # the run's 4 epochs times 1, 2 or 4
     assert review_record.params["trusted_rows"] == 0  # no validation set declared: nothing trusted
     assert LabelReviewRecord.VALIDATION not in review_record.inputs
     assert review_record.params["scikit-learn"]
