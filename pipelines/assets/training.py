@@ -430,6 +430,7 @@ def trained_model(
             "seed": config.seed,
             "config": config.recorded(),
             "field": field,
+            "epochs_trained": result.epochs,  # the best epoch's count where the run stopped early
             "heldout_accuracy": round(accuracy, 6),
             "target_loss": round(loss, 6),
             "prior_loss": round(prior, 6),  # the training labels' frequencies, as a model: a floor to beat

@@ -113,11 +113,13 @@ def _credit_to(owner: str, payee: str) -> pa.Table:
 
 
 def _publish(
-    tmp_path_factory, anvil: AnvilService, *, validation: bool, credit: bool = False, model: bool = False
+    tmp_path_factory, anvil: AnvilService, *, validation: bool, credit: bool = False, model: bool = False,
+    train: dict | None = None,
 ):
     """A run trained and weighted by the pipeline's assets and published on anvil; with
     `validation`, its dataset version declares a trusted validation set; with `credit`, its ingest
-    record names an `example_credit` that pays p-small's examples to p-big (as if they were copies)."""
+    record names an `example_credit` that pays p-small's examples to p-big (as if they were copies);
+    `train` overrides the training config."""
     home = tmp_path_factory.mktemp("caravan")
     table = _credit_to("p-big", "p-small") if credit else None
     review = _review() if model else None
@@ -145,7 +147,8 @@ def _publish(
                 resources=resources,
                 run_config={
                     "ops": {
-                        "trained_model": {"config": {"hidden": [16], "epochs": 3, "trak_k": 32}},
+                        "trained_model": {"config": {"hidden": [16], "epochs": 3, "trak_k": 32,
+                                                     **(train or {})}},
                         "contributor_weights": {"config": {"negative": "net"}},
                     }
                 },
@@ -173,6 +176,13 @@ def published_with_validation(tmp_path_factory, anvil: AnvilService):
 @pytest.fixture(scope="module")
 def published_with_model(tmp_path_factory, anvil: AnvilService):
     yield from _publish(tmp_path_factory, anvil, validation=False, model=True)
+
+
+@pytest.fixture(scope="module")
+def published_stopped_early(tmp_path_factory, anvil: AnvilService):
+    # a rate that overshoots, so the run stops early (at its 4th epoch of 8 here), its left-out retrains too
+    stops = {"epochs": 8, "lr": 2.0, "patience": 1}
+    yield from _publish(tmp_path_factory, anvil, validation=False, train=stops)
 
 
 def _validation_rows(n: int = 60) -> pa.Table:
@@ -203,6 +213,19 @@ def test_an_honest_run_replays_bit_for_bit(published) -> None:
     assert not report.skipped  # the labels were recomputed from the answers too
     assert report.same_platform and report.max_score_diff == 0.0  # same torch build and CPU: exact
     assert report.replayed_root == report.onchain_root == report.stored_root
+
+
+def test_an_mlp_run_that_stopped_early_replays_here_and_elsewhere(published_stopped_early, monkeypatch):
+    chain, store, run_id = published_stopped_early
+    records = RunRecords(chain, store)
+    training = records.parent(records.head(run_id), TRAINING)[1]
+    assert training.params["config"]["patience"] == 1 and training.params["epochs_trained"] < 8
+    report = replay_run(chain, store, run_id, code=CODE)
+    assert report.ok and report.same_platform and report.max_score_diff == 0.0, report.failures
+    here = training_platform()
+    monkeypatch.setattr("pipelines.replay.training_platform", lambda: {**here, "cpu_capability": "OTHER"})
+    elsewhere = replay_run(chain, store, run_id, code=CODE)
+    assert elsewhere.ok and not elsewhere.same_platform, elsewhere.failures
 
 
 def _inflated(value: float | list[float]) -> float | list[float]:
