@@ -543,12 +543,14 @@ def trained_outputs(
 
 
 def heldout_fit(split: EncodedSplit | PayloadSplit, result: TrainResult) -> tuple[float, float, float]:
-    """The trained model on the targets: (accuracy, mean cross-entropy, the cross-entropy of predicting
-    every target by the training labels' frequencies, each class counted once more so none is zero).
-    Reported; pay never depends on them."""
+    """The trained model on the targets, in eval mode (no dropout: the record's figures repeat): (accuracy,
+    mean cross-entropy, the cross-entropy of predicting every target by the training labels' frequencies,
+    each class counted once more so none is zero). Reported; pay never depends on them."""
     import torch
     import torch.nn.functional as F
 
+    was_training = result.model.training
+    result.model.eval()
     with torch.no_grad():
         if isinstance(split, PayloadSplit):
             logits, labels = model_logits(result.model, split.targets), split.targets[LABELS]
@@ -558,6 +560,7 @@ def heldout_fit(split: EncodedSplit | PayloadSplit, result: TrainResult) -> tupl
             labels, trained = torch.as_tensor(split.y_targets, dtype=torch.int64), split.y
         logits = logits.double()
         loss = float(F.cross_entropy(logits, labels))
+    result.model.train(was_training)
     counts = np.bincount(trained, minlength=logits.shape[1]) + 1.0
     prior = float(-np.log(counts / counts.sum())[labels.numpy()].mean())
     return float((logits.argmax(1) == labels).double().mean()), loss, prior
