@@ -178,13 +178,6 @@ def published_with_model(tmp_path_factory, anvil: AnvilService):
     yield from _publish(tmp_path_factory, anvil, validation=False, model=True)
 
 
-@pytest.fixture(scope="module")
-def published_stopped_early(tmp_path_factory, anvil: AnvilService):
-    # a rate that overshoots, so the run stops early (at its 4th epoch of 8 here), its left-out retrains too
-    stops = {"epochs": 8, "lr": 2.0, "patience": 1}
-    yield from _publish(tmp_path_factory, anvil, validation=False, train=stops)
-
-
 def _validation_rows(n: int = 60) -> pa.Table:
     """Held-out rows of the same classes (another draw: disjoint from the training rows)."""
     rows = _tables(n=n, seed=0)["labeled_dataset"]  # the same centers ...
@@ -213,19 +206,6 @@ def test_an_honest_run_replays_bit_for_bit(published) -> None:
     assert not report.skipped  # the labels were recomputed from the answers too
     assert report.same_platform and report.max_score_diff == 0.0  # same torch build and CPU: exact
     assert report.replayed_root == report.onchain_root == report.stored_root
-
-
-def test_an_mlp_run_that_stopped_early_replays_here_and_elsewhere(published_stopped_early, monkeypatch):
-    chain, store, run_id = published_stopped_early
-    records = RunRecords(chain, store)
-    training = records.parent(records.head(run_id), TRAINING)[1]
-    assert training.params["config"]["patience"] == 1 and training.params["epochs_trained"] < 8
-    report = replay_run(chain, store, run_id, code=CODE)
-    assert report.ok and report.same_platform and report.max_score_diff == 0.0, report.failures
-    here = training_platform()
-    monkeypatch.setattr("pipelines.replay.training_platform", lambda: {**here, "cpu_capability": "OTHER"})
-    elsewhere = replay_run(chain, store, run_id, code=CODE)
-    assert elsewhere.ok and not elsewhere.same_platform, elsewhere.failures
 
 
 def _inflated(value: float | list[float]) -> float | list[float]:
@@ -704,3 +684,23 @@ def test_a_run_with_more_providers_than_left_out_max_pays_them_by_their_scores()
     assert provider_value(split, labeled, result, config, None).equals(values)  # deterministic
     with pytest.raises(dg.Failure, match="left_out_max must be >= 0"):
         provider_value(split, labeled, result, config.model_copy(update={"left_out_max": -1}), None)
+
+
+@pytest.fixture  # its own environment (CARAVAN_HOME, ...) only while its test runs
+def published_stopped_early(tmp_path_factory, anvil: AnvilService):
+    # a rate that overshoots, so the run stops early (at its 4th epoch of 8 here), its left-out retrains too
+    stops = {"epochs": 8, "lr": 2.0, "patience": 1}
+    yield from _publish(tmp_path_factory, anvil, validation=False, train=stops)
+
+
+def test_an_mlp_run_that_stopped_early_replays_here_and_elsewhere(published_stopped_early, monkeypatch):
+    chain, store, run_id = published_stopped_early
+    records = RunRecords(chain, store)
+    training = records.parent(records.head(run_id), TRAINING)[1]
+    assert training.params["config"]["patience"] == 1 and training.params["epochs_trained"] < 8
+    report = replay_run(chain, store, run_id, code=CODE)
+    assert report.ok and report.same_platform and report.max_score_diff == 0.0, report.failures
+    here = training_platform()
+    monkeypatch.setattr("pipelines.replay.training_platform", lambda: {**here, "cpu_capability": "OTHER"})
+    elsewhere = replay_run(chain, store, run_id, code=CODE)
+    assert elsewhere.ok and not elsewhere.same_platform, elsewhere.failures
