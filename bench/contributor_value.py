@@ -706,7 +706,7 @@ def pay_run(task, world: World, full: Variant, seed: int, owners: np.ndarray, cr
     signed = {}
     for role in ("provider", "labeler"):
         signed.update(zip(split.contributors[role], (split.matrices[role] @ aligned).tolist(), strict=True))
-    values = dict(zip(left_out["provider"].to_pylist(), left_out["value"].to_pylist(), strict=True))
+    values = {r["provider"]: (r["value"], r["copies_value"]) for r in left_out.to_pylist()}
     return pay, signed, values
 
 
@@ -916,19 +916,23 @@ def truth_section(world: World, task: AttributionTask | None, n_seeds: int) -> T
 
 def pay_table(truth: Truth, pay: dict, signed: dict, left: dict) -> None:
     """Each contributor's truth beside every kind of pay (the first attributed run)."""
-    print("  contributor        truth x1e3 (mean +- sd)   left-out x1e3   signed score  "
+    print("  contributor        truth x1e3 (mean +- sd)   left-out x1e3  copies x1e3   signed score  "
           + "  ".join(f"{k:>5} bps" if k not in (*CREDITED, "candidate")
                       else f"{k:>9}*" for k in KINDS))
     for names in ROLES.values():
         for name in names:
             t = truth.per_seed[name] * 1e3
-            lo = f"{left[name] * 1e3:>+13.2f}" if name in left else " " * 13
+            lo = " " * 26
+            if name in left:
+                value, copies = left[name]
+                lo = f"{value * 1e3:>+13.2f}{copies * 1e3:>+13.2f}"
             print(f"  {name:<16}{'!' if name in FAULTY else ' '} {t.mean():>+10.2f} +- {t.std():>6.2f}"
                   f"   {lo}        {signed.get(name, 0.0):>+11.4f}  " + "  ".join(f"{pay[k].get(name, 0):>9}"
                                                                           for k in KINDS))
-    print("  (! faulty; truth = validation-loss rise without it, > 0: it helped; signed score = the sum of "
-          "its credit shares of the example scores, before any floor; * net+credit, candidate: see their "
-          "sections)")
+    print("  (! faulty; truth = validation-loss rise without it, > 0: it helped; left-out = the pay run's "
+          "value, less its copies' where they helped; copies = the rise without its credited copies alone; "
+          "signed score = the sum of its credit shares of the example scores, before any floor; "
+          "* net+credit, candidate: see their sections)")
 
 
 def title_of(kind: str) -> str:
