@@ -40,6 +40,7 @@ from .trainer import (
     batches,
     checkpoint_epochs,
     cpu_state,
+    early_stop,
     kept_rows,
     run_id_for,
     run_to_end,
@@ -470,7 +471,7 @@ def model_steps(
     scores = torch.zeros((n, nv) if cfg.per_target else (n,), dtype=torch.float64, device=device)
     keep = set(checkpoint_epochs(cfg.epochs, cfg.n_checkpoints))
     checkpoints: list[dict[str, torch.Tensor]] = []
-    stop = EarlyStop(cfg) if cfg.patience is not None else None
+    stop = early_stop(cfg, targets)
     steps_per_epoch = -(-n // cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     t0 = time.perf_counter()
@@ -540,9 +541,7 @@ def plain_model_steps(
     ``patience`` stops early on ``targets``' mean loss: the model is then left at its best epoch's
     state and the generator returns its ``EarlyStop`` (``trainer.checkpointed`` reads its checkpoints)."""
     cfg = task.config
-    if cfg.patience is not None and targets is None:
-        raise InputError(f"TrainConfig.patience={cfg.patience} stops at the best epoch on the targets' loss; "
-                         "pass targets= (the batch the run is measured on), or set patience=None")
+    stop = early_stop(cfg, targets)
     device = cfg.torch_device()
     n = batch_size_of("train", train)
     train_dev = to_device(train, device)
@@ -550,7 +549,6 @@ def plain_model_steps(
     model = task.fresh(seed).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, cfg)
-    stop = EarlyStop(cfg) if cfg.patience is not None else None
     steps_per_epoch = -(-kept_rows(n, keep) // cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     for step, (_, idx) in enumerate(batches(n, cfg.batch_size, cfg.epochs, seed, keep, keys)):

@@ -200,7 +200,7 @@ def out_of_sample_probs(
     xt, yt = _trusted_rows(trusted, x.shape[1])
     fold = fold_of(len(x), folds, seed)
     probs = np.zeros((len(x), task.n_classes), dtype=np.float64)
-    task = dataclasses.replace(task, config=dataclasses.replace(task.config, patience=None))
+    task = _configured(task, patience=None)
     for k in range(folds):
         held = fold == k
         model = train_plain(task, *_fold_rows(x, labels, ~held, xt, yt), seed=seed + k)
@@ -273,7 +273,7 @@ def review_labels(
     mixture best predicts the given labels is kept (``fitted_length``; ``LabelReview.epochs`` says
     which)."""
     candidates = {
-        e: out_of_sample_probs(_for_epochs(task, e), X, y, folds=folds, seed=seed, trusted=trusted)
+        e: out_of_sample_probs(_configured(task, epochs=e), X, y, folds=folds, seed=seed, trusted=trusted)
         for e in _lengths(task.config.epochs, epoch_factors)
     }
     other = forest_probs(X, y, task.n_classes, folds=folds, seed=seed, trusted=trusted) if forest else None
@@ -288,8 +288,9 @@ def _lengths(epochs: int, factors: Sequence[int]) -> list[int]:
     return sorted({epochs * int(f) for f in factors})
 
 
-def _for_epochs(task: AttributionTask, epochs: int) -> AttributionTask:
-    return dataclasses.replace(task, config=dataclasses.replace(task.config, epochs=epochs))
+def _configured(task: AttributionTask | ModelTask, **changes) -> AttributionTask | ModelTask:
+    """``task`` with its ``TrainConfig`` changed (``epochs=``, ``patience=``)."""
+    return dataclasses.replace(task, config=dataclasses.replace(task.config, **changes))
 
 
 def fitted_length(
@@ -374,7 +375,7 @@ def task_out_of_sample_probs(
     trained on the ``trusted`` batch (with ``labels``) too where given. Every epoch is trained (no
     ``patience``): the only rows a fold's model could stop on are those it predicts, whose labels are
     the ones in question."""
-    task = dataclasses.replace(task, config=dataclasses.replace(task.config, patience=None))
+    task = _configured(task, patience=None)
     n = batch_size_of("batch", batch)
     if trusted is not None:
         batch_size_of("trusted", trusted)

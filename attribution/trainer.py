@@ -222,11 +222,13 @@ def plain_steps(
     ``patience`` stops early on the mean cross-entropy of ``targets`` (X, y): the model is then left
     at its best epoch's state and the generator returns its ``EarlyStop``."""
     cfg = task.config
-    stop, watched = _early_stop(cfg, targets, task.n_features, task.n_classes)
+    stop = early_stop(cfg, targets)
     device = cfg.torch_device()
     x = torch.as_tensor(np.asarray(X, dtype=np.float32)).to(device)
     yt = torch.as_tensor(np.asarray(y, dtype=np.int64)).to(device)
-    xv, yv = (None, None) if watched is None else (watched[0].to(device), watched[1].to(device))
+    if stop is not None:
+        xv = feature_tensor("X_targets", targets[0], task.n_features).to(device)
+        yv = label_tensor("y_targets", targets[1], xv.shape[0], task.n_classes).to(device)
     model = task.spec.build(seed).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = -(-kept_rows(len(x), keep) // cfg.batch_size)
@@ -249,17 +251,15 @@ def plain_steps(
     return stop
 
 
-def _early_stop(
-    cfg: TrainConfig, targets: tuple[object, object] | None, n_features: int, n_classes: int
-) -> tuple[EarlyStop | None, tuple[torch.Tensor, torch.Tensor] | None]:
-    """``TrainConfig.patience``'s ``EarlyStop`` and the targets it watches (None, None: every epoch)."""
+def early_stop(cfg: TrainConfig, targets: object | None) -> EarlyStop | None:
+    """``TrainConfig.patience``'s ``EarlyStop`` for a training (None: every epoch), refused where
+    there are no ``targets`` to watch."""
     if cfg.patience is None:
-        return None, None
+        return None
     if targets is None:
         raise InputError(f"TrainConfig.patience={cfg.patience} stops at the best epoch on the targets' loss; "
                          "pass targets= (the rows the run is measured on), or set patience=None")
-    xv = feature_tensor("X_targets", targets[0], n_features)
-    return EarlyStop(cfg), (xv, label_tensor("y_targets", targets[1], xv.shape[0], n_classes))
+    return EarlyStop(cfg)
 
 
 def _target_loss(model: nn.Module, xv: torch.Tensor, yv: torch.Tensor) -> float:
@@ -479,7 +479,7 @@ def attributed_steps(
     scores = torch.zeros((n, nv) if cfg.per_target else (n,), dtype=torch.float64)
     keep = set(checkpoint_epochs(cfg.epochs, cfg.n_checkpoints))
     checkpoints: list[dict[str, torch.Tensor]] = []
-    stop = EarlyStop(cfg) if cfg.patience is not None else None
+    stop = early_stop(cfg, xv)
     steps_per_epoch = -(-n // cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     buffers: dict[int, _Rows] = {}
