@@ -119,6 +119,7 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attribution import (  # noqa: E402
+    MLP_CONFIG,
     AttributionTask,
     ContributorSplit,
     InputEncoding,
@@ -819,9 +820,10 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--pay-runs", type=int, default=4,
                     help="attributed runs (other seeds) for the pay's own spread; the first one is reported")
     ap.add_argument("--seed", type=int, default=0, help="seed of the world (split, faults, answers)")
-    ap.add_argument("--patience", type=int, default=0,
+    ap.add_argument("--patience", type=int, default=MLP_CONFIG.patience,
                     help="tabular: the MLP stops this many epochs after its lowest validation loss and keeps "
-                         "that epoch, in every run and retrain (0: trains every epoch)")
+                         "that epoch, in every run and retrain (default: the pipeline's MLP recipe's, "
+                         f"{MLP_CONFIG.patience}; 0: trains every epoch)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the models are tiny)")
     ap.add_argument("--consensus", choices=("dawid_skene", *MODEL_METHODS), default="dawid_skene",
                     help="training labels: Dawid-Skene (the pipeline's default), or a method that weighs "

@@ -145,7 +145,7 @@ def test_a_text_run_pays_by_trak_value_and_is_the_same_bytes_twice():
     "recipe, library, settings",
     [
         ("mlp", MLP_CONFIG, dict(epochs=20, batch_size=64, lr=0.1, lr_schedule="constant", optimizer="sgd",
-                                 trak_k=256, patience=None)),
+                                 trak_k=256, patience=5)),
         ("text-transformer", TEXT_CONFIG, dict(epochs=10, batch_size=32, lr=1e-3, lr_schedule="linear",
                                                optimizer="adamw", trak_k=128, patience=2)),
         ("image-cnn", IMAGE_CONFIG, dict(epochs=15, batch_size=32, lr=3e-3, lr_schedule="linear",
@@ -162,11 +162,12 @@ def test_a_run_left_at_its_defaults_trains_as_the_recipe_itself_does(recipe, lib
     assert TrainingConfig().train_config(recipe) == TrainConfig(weight_decay=1e-4, **settings)
 
 
-def test_the_transformer_stops_early_by_default_and_the_mlp_when_asked():
+def test_the_transformer_and_the_mlp_stop_early_by_default():
     assert TrainingConfig().train_config("text-transformer").patience == 2
     assert TrainingConfig(patience=0).train_config("text-transformer").patience is None
     assert TrainingConfig(patience=3).train_config("image-cnn").patience == 3
-    assert TrainingConfig().train_config("mlp").patience is None
+    assert TrainingConfig().train_config("mlp").patience == 5
+    assert TrainingConfig(patience=0).train_config("mlp").patience is None
     assert TrainingConfig(patience=2).train_config("mlp").patience == 2
     assert TrainingConfig(lr_schedule="linear").train_config("image-cnn").lr_schedule == "linear"
     with pytest.raises(dg.Failure, match="lr_schedule 'cosine' is unknown"):
