@@ -121,6 +121,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from attribution import (  # noqa: E402
     MLP_CONFIG,
     AttributionTask,
+    ContributorError,
     ContributorSplit,
     InputEncoding,
     ModelSpec,
@@ -697,10 +698,15 @@ def pay_run(task, world: World, full: Variant, seed: int, owners: np.ndarray, cr
     pay = {}
     for kind in KINDS:
         examples = dedup if kind == "candidate" else world.examples
-        table = contributor_weights(res.example_attribution, examples, world.annotations, full.consensus,
-                                    addresses, policy_of(kind, world.smoothing),
-                                    credit=credit if kind in CREDITED else None,
-                                    left_out=left_out)
+        try:
+            table = contributor_weights(res.example_attribution, examples, world.annotations, full.consensus,
+                                        addresses, policy_of(kind, world.smoothing),
+                                        credit=credit if kind in CREDITED else None,
+                                        left_out=left_out)
+        except ContributorError as e:  # a model that overfit can leave no one a positive score: no split
+            print(f"  {kind!r} pays nobody at seed {seed}: {e}", flush=True)
+            pay[kind] = {}
+            continue
         pay[kind] = dict(zip(table["contributor"].to_pylist(), table["weight_bps"].to_pylist(), strict=True))
     split = ContributorSplit.build(world.examples, world.annotations, full.consensus, addresses)
     aligned = split.scores_vector(res.example_attribution)
@@ -972,8 +978,9 @@ def policy_section(kind: str, runs: list, truth: Truth, out: PolicyFigures) -> N
         rhos = [rho([p[kind].get(n, 0) for n in names], want) for p, *_ in runs]
         gaps = [share_gap(p[kind], truth.mean, names) for p, *_ in runs]
         out.spearman[f"{kind}/{role}"], out.share_gap[f"{kind}/{role}"] = rhos[0], gaps[0]
-        spread = (f"; over {len(runs)} runs: mean {np.nanmean(rhos):+.3f}, min {np.nanmin(rhos):+.3f}"
-                  * (len(runs) > 1))
+        some = [r for r in rhos if np.isfinite(r)]  # none where every run paid the role alike (or nobody)
+        spread = (f"; over {len(runs)} runs: mean {np.mean(some):+.3f}, min {np.min(some):+.3f}"
+                  if len(runs) > 1 and some else "")
         print(f"  {role + 's':<9} Spearman pay vs truth {rhos[0]:+.3f} "
               f"(ceiling {truth.ceiling[role]:.3f}{spread}); share gap {gaps[0]:.3f}")
         if role == "provider":

@@ -196,6 +196,40 @@ def test_a_tabular_run_on_a_users_file_prints_the_issues_keys(tmp_path, classes)
     assert "copycat and prov-b copy one another" in out.stdout  # the ingest's grouping found the pair
 
 
+def test_a_policy_that_pays_nobody_is_said_and_the_others_still_print(tmp_path):
+    """A model that overfit can leave no contributor a positive score (the MLP trained every epoch at a
+    constant rate on a 300-feature table did): that policy's pay is empty, the bench says so, and its
+    figures are null or zero beside the others'. The bench runs in its own process, with
+    ``contributor_weights`` refusing the clip policy as such a run does."""
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 400)
+    x = rng.normal(0, 2.0, (3, 6))[y] + rng.normal(size=(400, 6))
+    path = tmp_path / "small.parquet"
+    pq.write_table(pa.table({**{f"f{j}": x[:, j] for j in range(6)}, "y": [f"c{v}" for v in y]}), path)
+    runner = tmp_path / "refusing.py"
+    runner.write_text(
+        "import runpy, sys\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "import attribution\n"
+        "real = attribution.contributor_weights\n"
+        "def weights(*args, **kwargs):\n"
+        "    if args[5].negative == 'clip':\n"
+        "        raise attribution.ContributorError('no contributor has a positive attribution score')\n"
+        "    return real(*args, **kwargs)\n"
+        "attribution.contributor_weights = weights\n"
+        "sys.argv = ['bench/contributor_value.py', *sys.argv[1:]]\n"
+        "runpy.run_path('bench/contributor_value.py', run_name='__main__')\n")
+    args = ["--data", str(path), "--label-col", "y", "--seeds", "2", "--pay-runs", "2"]
+    out = subprocess.run([sys.executable, str(runner), *args], cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "'clip' pays nobody at seed 1000: no contributor has a positive attribution score" in out.stdout
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["spearman"]["clip/provider"] is None and summary["faulty_share_bps"]["clip"] == 0
+    assert -1 <= summary["spearman"]["valued/provider"] <= 1
+    assert "RuntimeWarning" not in out.stderr
+
+
 def test_a_table_as_small_as_wine_is_a_world_and_a_smaller_one_is_refused():
     """178 rows (scikit-learn's wine) leave a pool of 143: every provider and labeler of the world has
     examples. Below ``MIN_POOL`` the bench says so in one line instead of building a world of empties."""
