@@ -435,7 +435,11 @@ class ContributorSplit:
         ints = dict(zip(ROLES, np.split(grid, [len(per_role["provider"])]), strict=True))
         totals = {r: int(ints[r].sum()) for r in ROLES}
         if not any(totals.values()):
-            raise ContributorError("no contributor has a positive attribution score; nothing to split")
+            raise ContributorError(
+                "no contributor has a positive attribution score; nothing to split: every contributor's data "
+                "and labels made the model worse on its targets, as they do where the model overfit (its "
+                "training record's target_loss above prior_loss); retrain stopping early (patience) or for "
+                "fewer epochs")
         shares = {r: self.policy.share(r) for r in ROLES}
         for r, other in (ROLES, ROLES[::-1]):
             if totals[r] == 0:
