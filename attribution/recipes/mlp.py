@@ -14,8 +14,8 @@ from ..task import ModelSpec, TrainConfig
 # (tabular features, ``attribution.trak``). It stops early (patience 5 of at most 20 epochs): at a
 # constant rate a wide table overfits, and then every contributor looks harmful (on the royalty bench's
 # 300-feature table, 1,200 rows, the validation loss ended at 2.06 against ln 5 = 1.61 for the class
-# frequencies, and no contributor had a positive score to split by; stopped, 1.55 and provider pay
-# against the truth +0.740). The pipeline's default (one home).
+# frequencies, every provider's left-out value was negative and providers were paid nothing; stopped,
+# 1.55 and provider pay against the truth +0.740). The pipeline's default (one home).
 MLP_CONFIG = TrainConfig(trak_k=256, patience=5)
 
 
