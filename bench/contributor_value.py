@@ -89,8 +89,10 @@ consensus labels that are wrong: ROC-AUC, beside the models alone and the confid
 many of its flags are wrong labels (``mislabels`` in the JSON).
 
 Model (tabular): an MLP (one hidden layer of 64) trained by SGD with a linearly decayed rate, so a
-retrain converges and the leave-one-out differences are not SGD noise. At most 300 validation
-and 1,500 pool rows of the data are used, so the default run takes about 3 minutes on 2 cores
+retrain converges and the leave-one-out differences are not SGD noise, for at most 20 epochs,
+stopping ``--patience`` epochs after its lowest validation loss as the pipeline's MLP recipe does
+(``MLP_CONFIG``: a wide table overfits otherwise, and every provider then looks harmful). At most 300
+validation and 1,500 pool rows of the data are used, so the default run takes about 3 minutes on 2 cores
 (136 small retrains for the truth; 4 attributed runs, each with its 66 left-out retrains).
 """
 
