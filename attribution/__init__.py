@@ -28,8 +28,11 @@ Public face (other rooms use only these names):
   beyond one per duplicate group counted only where they hurt (``LEFT_OUT_RUNS`` seeds, the rest
   relabeled by their own answers; ``left_out_values`` drives any training function);
   ``contributor_weights(..., left_out=table)`` pays providers by it (``WeightPolicy.providers``),
-  each value shrunk toward what its examples' scores predict by its seeds' noise; ``value_noise(a, b)``
-  is how far rounding moves one retrain's value, from two retrains of the same run (replay's band).
+  each value shrunk toward what its examples' scores predict by its seeds' noise; with ``labelers=``
+  (each labeler's relabeling of every row) the table has a ``labeler`` row each, what retraining on the
+  consensus without its answers did, which ``WeightPolicy(labelers='left_out')`` pays by;
+  ``value_noise(a, b)`` is how far rounding moves one retrain's value, from two retrains of the same run
+  (replay's band).
 - ``nudged_steps(salt)``: every training step inside leaves each weight one last bit off (replay's
   second retrain measures how far training carries another platform's rounding).
 - ``attribute_query(result.features, x)`` -> per-training-example contributions to one

@@ -1,4 +1,5 @@
-"""Provider value by leaving each provider out: retrain without its examples, measure the target loss.
+"""Contributor value by leaving each out: retrain without a provider's examples, or on the consensus
+refitted without a labeler's answers, and measure the target loss.
 
 Why: a provider's pay should be what its data did for the model, and the question a royalty answers
 is a group's, not an example's. Summed first-order example scores (in-run or TRAK) miss what a whole
@@ -38,6 +39,14 @@ large as the gaps between five equal-sized providers, so pay
 that noise explains the providers' spread. Leaving out every example evaluates the untrained model.
 Retrains use the run's recipe and seeds, so an auditor's replay gets the same values (bit for bit on
 the same torch build and CPU).
+
+A labeler is left out the way the royalty bench's truth leaves it out (``labelers``): its answers
+dropped, the consensus refitted from the rest, the run retrained on those labels (rows left with no
+answer are left out), one retrain per seed; a labeler whose absence changes no label is not retrained
+and is worth exactly 0. Its row sits beside the providers' (``role``), so replay checks it alike. Paid
+by it (``WeightPolicy(labelers='left_out')``), labeler pay follows that truth where the moves of
+``'valued'`` miss what a labeler does to the whole fit (bench figures in the README), at one plain
+training per labeler and seed.
 """
 
 from __future__ import annotations
@@ -59,11 +68,14 @@ from .trainer import plain_steps, row_keys
 
 LEFT_OUT_SCHEMA = pa.schema(
     [
-        ("provider", pa.string()),
+        ("contributor", pa.string()),
+        ("role", pa.string()),  # "provider": its examples left out; "labeler": its answers left out
+        # the training rows the retrain does without (a provider's) or relabels or does without (a
+        # labeler's: those whose consensus label changes without its answers, or that have none left)
         ("examples_left_out", pa.int64()),
         ("loss_without", pa.float64()),
         ("loss_with", pa.float64()),
-        ("value", pa.float64()),  # loss_without - loss_with: > 0, the provider's data helped
+        ("value", pa.float64()),  # loss_without - loss_with: > 0, the contributor's data or labels helped
         ("value_se", pa.float64()),  # the standard error of value over the runs' seeds (0: one run)
         # the value of its rows beyond one per duplicate group, given the rest (0: none); in value only if < 0
         ("copies_value", pa.float64()),
@@ -115,52 +127,74 @@ def distinct_rows(example_ids: Sequence[str], credit: pa.Table | None = None) ->
     return keep
 
 
+Relabel = Callable[[np.ndarray], np.ndarray]  # kept rows (mask) -> their labels (class indices)
+# (kept rows, seed, every row's labels or None: the providers' relabel) -> the retrained model's target loss
+LossWithout = Callable[[np.ndarray, int, np.ndarray | None], float]
+
+
 def left_out_values(
-    loss_without: Callable[[np.ndarray, int], float], groups: Mapping[str, np.ndarray], seeds: Sequence[int],
-    distinct: np.ndarray | None = None,
+    loss_without: LossWithout, groups: Mapping[str, np.ndarray], seeds: Sequence[int],
+    distinct: np.ndarray | None = None, labelers: Mapping[str, np.ndarray] | None = None,
+    labels: np.ndarray | None = None,
 ) -> pa.Table:
-    """The ``LEFT_OUT_SCHEMA`` table: ``loss_without(keep, seed)`` trains on the rows ``keep`` marks and
-    returns the target loss; per seed it runs once with every row, once without each non-empty group
-    (in provider order) and, where a group holds rows that ``distinct`` does not mark (copies beyond
+    """The ``LEFT_OUT_SCHEMA`` table: ``loss_without(keep, seed, relabeled)`` trains on the rows ``keep``
+    marks and returns the target loss; per seed it runs once with every row, once without each non-empty
+    group (in provider order) and, where a group holds rows that ``distinct`` does not mark (copies beyond
     their duplicate group's representative), once without those rows only. A value is the mean over
     ``seeds`` of the loss rise without the group, less what its copies added where they helped (one
     retrain's value carries its seed's noise: on the demo's CNN a provider's value moved by about 0.04
-    between seeds)."""
+    between seeds).
+
+    ``labelers`` (labeler -> every row's label without its answers, -1 where the row has no answer left)
+    adds a ``labeler`` row each: the loss rise when the run retrains on those labels, without the rows
+    left unlabeled, beside the run's own ``labels``. A labeler whose absence changes no row's label is not
+    retrained: its value is exactly 0, as a retrain on the same rows and labels would have it."""
     n = len(next(iter(groups.values()))) if groups else 0
     every = np.ones(n, dtype=bool)
     single = every if distinct is None else np.asarray(distinct, dtype=bool)
     if len(single) != n:
         raise InputError(f"distinct marks {len(single)} rows; the groups have {n}")
-    full = np.array([loss_without(every, s) for s in seeds])
+    full = np.array([loss_without(every, s, None) for s in seeds])
     rows = []
     for name in sorted(groups):
         mask = np.asarray(groups[name], dtype=bool)
-        loss = np.array([loss_without(~mask, s) for s in seeds]) if mask.any() else full
+        loss = np.array([loss_without(~mask, s, None) for s in seeds]) if mask.any() else full
         copies = mask & ~single
         # per seed: the loss rise without the whole group = its distinct rows' + its copies'
         added = np.zeros_like(full)
         if copies.any():
-            added = np.array([loss_without(~copies, s) for s in seeds]) - full
+            added = np.array([loss_without(~copies, s, None) for s in seeds]) - full
         diff = loss - full - (added if added.mean() > 0 else 0.0)  # copies that helped earn nothing
-        se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
-        rows.append((name, int(mask.sum()), float(loss.mean()), float(full.mean()), float(diff.mean()), se,
-                     float(added.mean()), [float(d) for d in diff]))
+        rows.append(_row(name, "provider", int(mask.sum()), loss, full, diff, float(added.mean())))
+    for name in sorted(labelers or {}):
+        relabeled = np.asarray(labelers[name], dtype=np.int64)
+        if labels is None or len(relabeled) != n or len(labels) != n:
+            raise InputError(f"labeler {name!r}'s labels and the run's labels must name each of the {n} rows")
+        changed = int((relabeled != np.asarray(labels)).sum())
+        keep = relabeled >= 0
+        loss = np.array([loss_without(keep, s, relabeled) for s in seeds]) if changed else full
+        rows.append(_row(name, "labeler", changed, loss, full, loss - full, 0.0))
     columns = list(zip(*rows, strict=True)) if rows else [[] for _ in LEFT_OUT_SCHEMA]
     return pa.table([list(c) for c in columns], schema=LEFT_OUT_SCHEMA)
 
 
-Relabel = Callable[[np.ndarray], np.ndarray]  # kept rows (mask) -> their labels (class indices)
+def _row(name: str, role: str, left_out: int, loss: np.ndarray, full: np.ndarray, diff: np.ndarray,
+         copies: float) -> tuple:
+    se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
+    return (name, role, left_out, float(loss.mean()), float(full.mean()), float(diff.mean()), se, copies,
+            [float(d) for d in diff])
 
 
 def mlp_left_out(
     task: AttributionTask, X: np.ndarray, y: np.ndarray, X_targets: np.ndarray, y_targets: np.ndarray,
     groups: Mapping[str, np.ndarray], *, seed: int, runs: int = LEFT_OUT_RUNS,
     relabel: Relabel | None = None, distinct: np.ndarray | None = None,
-    example_ids: Sequence[str] | None = None,
+    example_ids: Sequence[str] | None = None, labelers: Mapping[str, np.ndarray] | None = None,
 ) -> pa.Table:
     """``left_out_values`` for the MLP: plain SGD training (``train_plain``'s, stopped early on the
     targets where the config has ``patience``) with seeds ``seed``, ``seed + 1``, ... (``runs`` of
-    them), mean target cross-entropy; ``distinct`` as there.
+    them), mean target cross-entropy; ``distinct`` and ``labelers`` (each labeler's relabeling of every
+    row, the run's labels being ``y``) as there.
     ``relabel(keep)`` gives the kept rows' labels (``y[keep]`` without it): the consensus of their
     answers alone, since a provider's examples also shape how every labeler is weighed.
     ``example_ids`` (the rows') order every retrain by a seeded hash of each id (``trainer.batches``),
@@ -172,9 +206,11 @@ def mlp_left_out(
     keys = _keys(example_ids, len(y_all))
     labels = _labels_by_mask(relabel)
 
-    def loss_without(keep: np.ndarray, s: int) -> float:
+    def loss_without(keep: np.ndarray, s: int, relabeled: np.ndarray | None) -> float:
         y_kept = y_all
-        if relabel is not None:
+        if relabeled is not None:
+            y_kept = relabeled
+        elif relabel is not None:
             y_kept = y_all.copy()
             y_kept[keep] = labels(keep)
         steps = iter(())
@@ -184,25 +220,27 @@ def mlp_left_out(
         with torch.no_grad():
             return float(F.cross_entropy(model(xt), yt))
 
-    return left_out_values(loss_without, groups, _seeds(seed, runs), distinct)
+    return left_out_values(loss_without, groups, _seeds(seed, runs), distinct, labelers, y_all)
 
 
 def model_left_out(
     task: ModelTask, train: Batch, targets: Batch, groups: Mapping[str, np.ndarray], *, seed: int,
     runs: int = LEFT_OUT_RUNS, relabel: Relabel | None = None, distinct: np.ndarray | None = None,
-    example_ids: Sequence[str] | None = None,
+    example_ids: Sequence[str] | None = None, labelers: Mapping[str, np.ndarray] | None = None,
 ) -> pa.Table:
     """``left_out_values`` for a ``ModelTask`` recipe: plain training (``train_model_plain``'s), the
-    task's mean loss on the targets; ``runs``, ``relabel``, ``distinct`` and ``example_ids`` as in
-    ``mlp_left_out``."""
+    task's mean loss on the targets; ``runs``, ``relabel``, ``distinct``, ``example_ids`` and
+    ``labelers`` as in ``mlp_left_out``."""
     from .inrun import plain_model_steps
 
     keys = _keys(example_ids, len(train[LABELS]))
     labels = _labels_by_mask(relabel)
 
-    def loss_without(keep: np.ndarray, s: int) -> float:
+    def loss_without(keep: np.ndarray, s: int, relabeled: np.ndarray | None) -> float:
         rows = dict(train)
-        if relabel is not None:
+        if relabeled is not None:
+            rows[LABELS] = torch.as_tensor(relabeled, dtype=torch.int64)
+        elif relabel is not None:
             rows[LABELS] = train[LABELS].clone()
             rows[LABELS][torch.as_tensor(keep)] = torch.as_tensor(np.asarray(labels(keep), dtype=np.int64))
         steps = iter(())
@@ -212,7 +250,8 @@ def model_left_out(
         with torch.no_grad():
             return float(task.loss(model, targets).float().mean())
 
-    return left_out_values(loss_without, groups, _seeds(seed, runs), distinct)
+    return left_out_values(loss_without, groups, _seeds(seed, runs), distinct, labelers,
+                           train[LABELS].numpy())
 
 
 def _keys(example_ids: Sequence[str] | None, n: int) -> np.ndarray | None:
@@ -250,28 +289,39 @@ def _trained(steps: Iterator[nn.Module], fresh: Callable[[], nn.Module]) -> nn.M
 
 
 def provider_values(table: pa.Table, copies: str = "once") -> dict[str, tuple[float, float, int]]:
-    """provider -> (value, value_se, examples_left_out), from a ``LEFT_OUT_SCHEMA`` table (what
-    ``contributor_weights`` pays by). ``copies='group'`` (``WeightPolicy.copies``) takes the whole
+    """provider -> (value, value_se, examples_left_out), from a ``LEFT_OUT_SCHEMA`` table's provider rows
+    (what ``contributor_weights`` pays by). ``copies='group'`` (``WeightPolicy.copies``) takes the whole
     group's effect instead, ``loss_without - loss_with``: ``value`` plus its copies' value where they
     helped (with ``value_se`` as its error, the seeds' noise of the copies-free part)."""
     from .weights import COPIES_POLICIES
 
     if copies not in COPIES_POLICIES:
         raise ContributorError(f"copies must be one of {COPIES_POLICIES}, got {copies!r}")
+    return _role_values(table, "provider", copies == "group")
+
+
+def labeler_values(table: pa.Table) -> dict[str, tuple[float, float, int]]:
+    """labeler -> (value, value_se, examples_left_out), from a ``LEFT_OUT_SCHEMA`` table's labeler rows
+    (empty where the run retrained no labeler)."""
+    return _role_values(table, "labeler", False)
+
+
+def _role_values(table: pa.Table, role: str, whole: bool) -> dict[str, tuple[float, float, int]]:
     missing = [c for c in LEFT_OUT_SCHEMA.names if c not in table.column_names]
     if missing:
         raise ContributorError(f"a left-out table needs columns {LEFT_OUT_SCHEMA.names}; missing {missing}")
+    table = table.filter(pc.equal(table["role"], role))
 
     def column(name: str) -> np.ndarray:
         return table[name].to_numpy(zero_copy_only=False).astype(np.float64)
 
-    values = column("loss_without") - column("loss_with") if copies == "group" else column("value")
+    values = column("loss_without") - column("loss_with") if whole else column("value")
     se = column("value_se")
     if not (np.isfinite(values).all() and np.isfinite(se).all()) or (se < 0).any():
         raise ContributorError("a left-out table holds NaN or inf values (or a negative value_se)")
-    names = table["provider"].to_pylist()
+    names = table["contributor"].to_pylist()
     if len(set(names)) != len(names):
-        raise ContributorError("a left-out table lists a provider twice")
+        raise ContributorError(f"a left-out table lists a {role} twice")
     counts = table["examples_left_out"].to_pylist()
     return {p: (float(v), float(e), int(c)) for p, v, e, c in zip(names, values, se, counts, strict=True)}
 
@@ -279,16 +329,16 @@ def provider_values(table: pa.Table, copies: str = "once") -> dict[str, tuple[fl
 def value_noise(first: pa.Table, second: pa.Table) -> tuple[float, int]:
     """How far rounding moves one retrain's left-out value, from two ``LEFT_OUT_SCHEMA`` tables of the
     same run retrained twice (replay's second retrain rounds otherwise): the root mean square of their
-    per-seed value differences (``value_runs``) over the providers both retrained (one that left nothing
-    out is not retrained, so its zeros would understate it); and the seeds a value is the mean of (its
+    per-seed value differences (``value_runs``) over the contributors both retrained (one that left
+    nothing out is not retrained, so its zeros would understate it); and the seeds a value is the mean of (its
     own noise is the first over the root of the second). Pooled over providers and seeds, it is far
     steadier than the largest of a few means' differences: over 12 nudged replays of the image recipe
     (3 providers, 6 seeds) it ranged 1.9-fold where that largest difference ranged 5.4-fold
     (bench/replay_devices.py). (0.0, 1) where no provider was retrained."""
-    def runs(table: pa.Table) -> dict[str, list[float]]:
-        rows = zip(table["provider"].to_pylist(), table["examples_left_out"].to_pylist(),
-                   table["value_runs"].to_pylist(), strict=True)
-        return {p: r for p, n, r in rows if n > 0}
+    def runs(table: pa.Table) -> dict[tuple[str, str], list[float]]:
+        rows = zip(table["role"].to_pylist(), table["contributor"].to_pylist(),
+                   table["examples_left_out"].to_pylist(), table["value_runs"].to_pylist(), strict=True)
+        return {(role, c): r for role, c, n, r in rows if n > 0}
 
     ra, rb = runs(first), runs(second)
     diffs = [x - y for p in sorted(ra.keys() & rb.keys()) for x, y in zip(ra[p], rb[p], strict=True)]
@@ -302,13 +352,13 @@ NOISE_Z = 2.0
 
 
 def values_within_noise(table: pa.Table, z: float = NOISE_Z) -> list[str]:
-    """The retrained providers of a ``LEFT_OUT_SCHEMA`` table whose value is within ``z`` standard
-    errors of zero (a provider left out with nothing, or with one run, is never listed): their retrains
-    cannot tell whether their data helped. Their pay then leans on what their summed scores predict
-    (``shrunk_values``) as far as the noise explains the providers' spread; a report names them, and
-    more ``runs`` separate them."""
+    """The retrained contributors of a ``LEFT_OUT_SCHEMA`` table whose value is within ``z`` standard
+    errors of zero (one left out with nothing, or with one run, is never listed): their retrains cannot
+    tell whether their data or labels helped. Their pay then leans on what their scores predict
+    (``shrunk_values``) as far as the noise explains their role's spread; a report names them, and more
+    ``runs`` separate them."""
     rows = table.to_pylist()
-    return sorted(r["provider"] for r in rows
+    return sorted(r["contributor"] for r in rows
                   if r["examples_left_out"] > 0 and r["value_se"] > 0 and abs(r["value"]) < z * r["value_se"])
 
 

@@ -42,6 +42,12 @@ minus the score under the label it replaced, which the run does not store; for a
 replaced one's harm dominates). An answer that pushed the consensus wrong thus earns a negative
 credit, which ``net`` offsets. Records without ``labelers`` read back as ``'agree'``.
 
+Labelers by their left-out value (``labelers='left_out'``, with a ``left_out`` table that has labeler
+rows, ``attribution.left_out``): each labeler's target-loss rise when the run retrains on the
+consensus refitted without its answers, shrunk toward what ``'valued'`` pays by its seeds' noise as
+the providers' values are (``shrunk_values``); a labeler whose absence hurt nothing earns nothing.
+Without labeler rows it pays as ``'valued'``.
+
 Labelers by the value of what their answers changed (``labelers='valued'``, the default: in the
 benchmark's five worlds it tracks leave-that-labeler-out retraining best): the same moves, valued
 by what the label an answer displaced was probably worth. Where the consensus label helped (its
@@ -96,9 +102,11 @@ from schemas import ROLES, TOTAL_BPS, WEIGHTS_SCHEMA
 
 from .errors import ContributorError
 
-LABELER_POLICIES = ("agree", "pivotal", "valued")
+LABELER_POLICIES = ("agree", "pivotal", "valued", "left_out")
 PROVIDER_POLICIES = ("left_out", "scores")
 COPIES_POLICIES = ("once", "group")
+MOVES = ("pivotal", "valued", "left_out")  # labeler policies that read each answer's move of its consensus
+VALUED = ("valued", "left_out")  # ... valued by what the displaced label was worth ('left_out': its prior)
 
 
 @dataclass(frozen=True)
@@ -106,8 +114,11 @@ class WeightPolicy:
     provider_share_bps: int = 7000
     negative: Literal["clip", "net"] = "net"
     score_digits: int = 8
-    labelers: Literal["agree", "pivotal", "valued"] = "valued"
-    label_smoothing: float = 1.0  # 'pivotal', 'valued': pseudo-count of each confusion cell and class prior
+    # a run's labelers: by the value of the consensus their answers moved ('valued'), by their left-out
+    # retraining value ('left_out', given a `left_out` table with labeler rows, shrunk toward what 'valued'
+    # pays; without one, as 'valued'), by those moves at one unit each ('pivotal') or by agreement ('agree')
+    labelers: Literal["agree", "pivotal", "valued", "left_out"] = "valued"
+    label_smoothing: float = 1.0  # 'pivotal', 'valued', 'left_out': each confusion cell's pseudo-count
     # a run's providers: by their left-out retraining value ('left_out', given a `left_out` table), or
     # by their examples' summed scores ('scores'; a prediction's fee is always split by its scores)
     providers: Literal["left_out", "scores"] = "left_out"
@@ -259,7 +270,7 @@ class ContributorSplit:
             provider_entries, weight = _credit_entries(credit, index, [providers[i] for i in order])
             entries = {"provider": provider_entries}
         wrong_entries: list[tuple[str, int, float]] = []
-        if policy.labelers in ("pivotal", "valued"):
+        if policy.labelers in MOVES:
             entries["labeler"], wrong_entries = _pivotal_entries(
                 annotations, consensus, index, weight, policy.label_smoothing
             )
@@ -277,7 +288,7 @@ class ContributorSplit:
             m = sparse.coo_matrix((vals, (rows, cols)), shape=(len(col), len(example_ids)))
             matrices[role] = m.tocsr()
         wrong = None
-        if policy.labelers == "valued":
+        if policy.labelers in VALUED:
             col = {c: j for j, c in enumerate(contributors["labeler"])}
             m = sparse.coo_matrix(
                 ([v for _, _, v in wrong_entries], ([col[c] for c, _, _ in wrong_entries],
@@ -306,13 +317,18 @@ class ContributorSplit:
     def weights(self, example_attribution: pa.Table, left_out: pa.Table | None = None) -> pa.Table:
         """The ``contributor_weights`` table for one run's (or one prediction's) scores; with
         ``left_out`` (``attribution.LEFT_OUT_SCHEMA``) and ``providers='left_out'`` the providers'
-        share goes by their left-out values instead of their examples' scores."""
-        values = None
+        share goes by their left-out values instead of their examples' scores, and with
+        ``labelers='left_out'`` the labelers' by theirs (where the table has labeler rows)."""
+        values = labelers = None
         if left_out is not None and self.policy.providers == "left_out":
             from .left_out import provider_values
 
             values = provider_values(left_out, copies=self.policy.copies)
-        return self.weights_from_scores(self.scores_vector(example_attribution), values)
+        if left_out is not None and self.policy.labelers == "left_out":
+            from .left_out import labeler_values
+
+            labelers = labeler_values(left_out) or None  # none retrained: as 'valued'
+        return self.weights_from_scores(self.scores_vector(example_attribution), values, labelers)
 
     def split_query(self, example_ids: list[str], contributions: np.ndarray) -> pa.Table:
         """Basis points of one prediction's fee, from ``attribute_query``'s per-example output."""
@@ -389,7 +405,7 @@ class ContributorSplit:
         top = np.max(np.abs(credit), axis=0) if credit.shape[0] else np.zeros(credit.shape[1:])
         if self.policy.labelers == "pivotal":
             return self.matrices[role] @ (np.sign(credit) * top)
-        return self.matrices[role] @ ((credit > 0) * top) - self.wrong @ ((credit < 0) * top)
+        return self.matrices[role] @ ((credit > 0) * top) - self.wrong @ ((credit < 0) * top)  # valued
 
     def positions(self, example_ids: list[str]) -> np.ndarray:
         """Where each of ``example_ids`` (scores' order) sits in the split's sorted ``example_ids``
@@ -410,25 +426,29 @@ class ContributorSplit:
         return positions
 
     def weights_from_scores(
-        self, scores: np.ndarray, provider_values: Mapping[str, tuple[float, float, int]] | None = None
+        self, scores: np.ndarray, provider_values: Mapping[str, tuple[float, float, int]] | None = None,
+        labeler_values: Mapping[str, tuple[float, float, int]] | None = None,
     ) -> pa.Table:
         """``provider_values`` (provider -> left-out value, its standard error, examples left out; absent:
         0) replace the providers' summed scores, shrunk toward what those scores predict by the
-        retrains' noise (``left_out.shrunk_values``); each role is then quantized on its own, the two
-        being in different units."""
+        retrains' noise (``left_out.shrunk_values``); ``labeler_values`` the labelers' scores alike, shrunk
+        toward what their moves predict. A role paid by left-out values is quantized on its own, the
+        values and the scores being in different units."""
         digits = self.policy.score_digits
         credit = quantize(scores, digits)
         if self.policy.negative == "clip":
             credit = np.maximum(credit, 0.0)
         signed = {r: self._role_scores(r, credit) for r in ROLES}  # < 0: it hurt
-        if provider_values is not None:
-            from .left_out import shrunk_values
+        retrained = {"provider": provider_values, "labeler": labeler_values}
+        for role, values in retrained.items():
+            if values is not None:
+                from .left_out import shrunk_values
 
-            rows = [provider_values.get(c, (0.0, 0.0, 0)) for c in self.contributors["provider"]]
-            v, se, n = (np.array([r[k] for r in rows]) for k in range(3))
-            signed["provider"] = quantize(shrunk_values(v, se, signed["provider"], n > 0), digits)
+                rows = [values.get(c, (0.0, 0.0, 0)) for c in self.contributors[role]]
+                v, se, n = (np.array([r[k] for r in rows]) for k in range(3))
+                signed[role] = quantize(shrunk_values(v, se, signed[role], n > 0), digits)
         per_role = {r: np.maximum(signed[r], 0.0) for r in ROLES}
-        if provider_values is None:
+        if provider_values is None and labeler_values is None:
             grid = quantize(np.concatenate([per_role[r] for r in ROLES]), digits)
         else:
             grid = np.concatenate([quantize(per_role[r], digits) for r in ROLES])

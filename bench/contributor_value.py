@@ -54,7 +54,10 @@ label it displaced was right; and providers paid by leaving each out, ``provider
 ``attribution.LEFT_OUT_RUNS`` retrains per provider without the examples it is credited for (its
 copies beyond one per duplicate group counted only where they hurt), the rest labeled by their
 consensus refitted without the left-out answers, from the pay run's seed; the
-table's ``left-out`` column, before pay shrinks it by its seeds' noise), for ``grouped`` (the default
+table's ``left-out`` column, before pay shrinks it by its seeds' noise), for ``left_out`` (the default
+with ``labelers='left_out'``, the pipeline's opt-in ``TrainingConfig.left_out_labelers``: each labeler
+by ``attribution.LEFT_OUT_RUNS`` retrains on the consensus refitted without its answers, the table's
+``left-out`` column for labelers), for ``grouped`` (the default
 with ``WeightPolicy(copies='group')``: a duplicate group's whole left-out effect to its first
 registrant, as the truth above counts it, copies that help included) and for a candidate not in
 the library ('net' after crediting near-copies to their first registrant). The last line is one
@@ -88,9 +91,10 @@ text; a Dawid-Skene consensus's confidence weighed in, ``attribution.with_votes`
 consensus labels that are wrong: ROC-AUC, beside the models alone and the confidence alone, and how
 many of its flags are wrong labels (``mislabels`` in the JSON).
 
-Model (tabular): an MLP (one hidden layer of 64) trained by SGD with a linearly decayed rate, so a
-retrain converges and the leave-one-out differences are not SGD noise, for at most 20 epochs,
-stopping ``--patience`` epochs after its lowest validation loss as the pipeline's MLP recipe does
+Model (tabular): the pipeline's MLP recipe as a default run trains it (``TrainingConfig().train_config
+("mlp")``, so the bench measures what the pipeline pays by and cannot drift from it): one hidden layer
+of 64, SGD with a linearly decayed rate, so a retrain converges and the leave-one-out differences are
+not SGD noise, for at most 20 epochs, stopping ``--patience`` epochs after its lowest validation loss
 (``MLP_CONFIG``: a wide table overfits otherwise, and every provider then looks harmful). At most 300
 validation and 1,500 pool rows of the data are used, so the default run takes about 3 minutes on 2 cores
 (136 small retrains for the truth; 4 attributed runs, each with its 66 left-out retrains).
@@ -127,7 +131,6 @@ from attribution import (  # noqa: E402
     ContributorSplit,
     InputEncoding,
     ModelSpec,
-    TrainConfig,
     WeightPolicy,
     contributor_weights,
     distinct_rows,
@@ -156,6 +159,7 @@ from labeling import (  # noqa: E402
     auto_smoothing,
     simulate_answers,
 )
+from pipelines.assets.training import TrainingConfig  # noqa: E402
 from pipelines.datasets import example_id, to_examples  # noqa: E402
 from pipelines.duplicates import copying_pairs  # noqa: E402
 from schemas import TOTAL_BPS  # noqa: E402
@@ -164,7 +168,8 @@ POLICIES = typing.get_args(typing.get_type_hints(WeightPolicy)["negative"])  # e
 LIBRARY = "net+credit"  # 'net' with the ingest's example_credit (copies earn once), labelers by agreement
 PIVOTAL = "pivotal"  # net+credit, labelers paid by how much each answer moved its example's consensus
 VALUED = "valued"  # pivotal, each move valued by what the label it displaced was probably worth
-BY_MOVES = (PIVOTAL, VALUED)  # net+credit with labelers=<the name>
+LEFT_OUT = "left_out"  # valued, each labeler by retraining without its answers (shrunk toward its moves)
+BY_MOVES = (PIVOTAL, VALUED, LEFT_OUT)  # net+credit with labelers=<the name>
 DEFAULT = VALUED  # what the pipeline pays: WeightPolicy() (providers by their left-out values)
 GROUPED = "grouped"  # the default with copies='group': a duplicate group's whole effect to its original
 KINDS = (*POLICIES, LIBRARY, *BY_MOVES, GROUPED, "candidate")  # every pay the bench prints, in order
@@ -687,12 +692,15 @@ def pay_run(task, world: World, full: Variant, seed: int, owners: np.ndarray, cr
     def relabel(keep: np.ndarray) -> np.ndarray:  # the consensus of the kept examples' answers, refitted
         return variant(world, keep_examples=keep).y
 
+    # each labeler: every example's consensus without its answers (three answers each: none is left bare)
+    labelers = {name: variant(world, drop_labeler=name).y for name, _, _ in LABELERS}
     if full.media is not None:
         left_out = model_left_out(full.media.task, full.media.batch(full.x, full.y), full.media.val, groups,
-                                  seed=seed, relabel=relabel, distinct=distinct, example_ids=ids)
+                                  seed=seed, relabel=relabel, distinct=distinct, example_ids=ids,
+                                  labelers=labelers)
     else:
         left_out = mlp_left_out(task, full.x, full.y, full.xv, full.yv, groups, seed=seed, relabel=relabel,
-                                distinct=distinct, example_ids=ids)
+                                distinct=distinct, example_ids=ids, labelers=labelers)
     names = [p.name for p in PROVIDERS] + [n for n, _, _ in LABELERS]
     addresses = {n: address(n) for n in names}
     at = world.examples.column_names.index("provider")
@@ -715,7 +723,7 @@ def pay_run(task, world: World, full: Variant, seed: int, owners: np.ndarray, cr
     signed = {}
     for role in ("provider", "labeler"):
         signed.update(zip(split.contributors[role], (split.matrices[role] @ aligned).tolist(), strict=True))
-    values = {r["provider"]: (r["value"], r["copies_value"]) for r in left_out.to_pylist()}
+    values = {r["contributor"]: (r["value"], r["copies_value"]) for r in left_out.to_pylist()}
     return pay, signed, values
 
 
@@ -729,7 +737,7 @@ def policy_of(kind: str, smoothing: float) -> WeightPolicy:
     elif kind == GROUPED:
         policy = WeightPolicy(copies="group")
     else:
-        policy = WeightPolicy(labelers=kind, providers="left_out" if kind == DEFAULT else "scores")
+        policy = WeightPolicy(labelers=kind, providers="left_out" if kind in (VALUED, LEFT_OUT) else "scores")
     return dataclasses.replace(policy, label_smoothing=smoothing)
 
 
@@ -792,19 +800,16 @@ def tabular_world(args) -> tuple[World, AttributionTask]:
     x, y = load(args.data, args.label_col)
     world = build_world(x, y, args.seed)
     c = len(world.classes)
-    task = AttributionTask(
-        ModelSpec((x.shape[1], 64, c)),
-        TrainConfig(epochs=20, batch_size=64, lr=0.1, lr_schedule="linear", weight_decay=1e-4,
-                    patience=args.patience or None),
-    )
+    training = TrainingConfig(patience=args.patience)  # the pipeline's run config, its patience the bench's
+    task = AttributionTask(ModelSpec((x.shape[1], *training.hidden, c)), training.train_config("mlp"))
     cfg = task.config
     stop = f" at most, stopping {cfg.patience} epochs after its best validation loss" if cfg.patience else ""
     print(f"data: {args.data or 'sklearn digits'}: {len(x)} rows, {x.shape[1]} features, {c} classes; "
           f"validation {len(world.xv)} held-out rows (true labels); training {world.examples.num_rows} "
           f"examples; torch threads {torch.get_num_threads()}", flush=True)
-    print(f"model: MLP {x.shape[1]}->64->{c} (ReLU), SGD lr {cfg.lr} ({cfg.lr_schedule} decay to 0, so "
-          f"a retrain converges), batch {cfg.batch_size}, {cfg.epochs} epochs{stop}, "
-          f"weight decay {cfg.weight_decay}; "
+    print(f"model: the pipeline's MLP recipe, {x.shape[1]}->{'->'.join(map(str, training.hidden))}->{c} "
+          f"(ReLU), SGD lr {cfg.lr} ({cfg.lr_schedule}), batch {cfg.batch_size}, {cfg.epochs} epochs{stop}, "
+          f"weight decay {cfg.weight_decay}, TRAK {cfg.trak_k} dims; "
           "inputs standardized on the training rows (InputEncoding, refitted for every retrain); labels = "
           f"{args.consensus} consensus of {PER_EXAMPLE} answers per example (refitted for every retrain)",
           flush=True)
@@ -956,6 +961,10 @@ def title_of(kind: str) -> str:
     if kind == VALUED:
         return (f"library default {VALUED!r}: {LIBRARY!r} with labelers='valued' (each move valued by what "
                 "the label it displaced was probably worth; the pipeline's pay)")
+    if kind == LEFT_OUT:
+        return (f"{LEFT_OUT!r}: {VALUED!r} with labelers='left_out' (each labeler by retraining without its "
+                "answers, consensus refitted, shrunk toward what 'valued' pays by its seeds' noise; the "
+                "pipeline's opt-in, TrainingConfig.left_out_labelers)")
     if kind == GROUPED:
         return (f"{GROUPED!r}: {VALUED!r} with copies='group' (a duplicate group's whole left-out effect to "
                 "its first registrant, as this truth counts it, so copies that help pay their original)")

@@ -48,7 +48,7 @@ Replay refuses code other than the code that trained the run: it names the commi
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -58,8 +58,8 @@ import pyarrow.compute as pc
 import torch
 
 from attribution import WeightPolicy, contributor_weights, nudged_steps, value_noise
-from pipelines.assets.labeling import label_rows, recount, reviewed_probs
-from pipelines.assets.training import SCORE_RTOL, TrainingConfig, provider_value, train_labeled
+from pipelines.assets.labeling import Recount, label_rows, recount, reviewed_probs
+from pipelines.assets.training import SCORE_RTOL, TrainingConfig, left_out_value, train_labeled
 from pipelines.compute_platform import can_run, run_kernels, training_platform
 from pipelines.lineage import pipeline_code
 from provenance import (
@@ -316,9 +316,9 @@ class Replayed:
 
 def _retrain(
     records: RunRecords, head: Record, training: Record, labeled: pa.Table, stored: pa.Table,
-    consensus_without: Callable[[Collection[str]], pa.Table] | None,
+    consensus_without: Recount | None,
 ) -> Replayed:
-    """Retrain the run from its records; its providers' left-out values too where its pay used them,
+    """Retrain the run from its records; its contributors' left-out values too where its pay used them,
     and the weights they give (to the addresses of the ``stored`` weights)."""
     store = records.store
     config = TrainingConfig(**training.params["config"])
@@ -332,7 +332,7 @@ def _retrain(
     left_out = None
     if WeightingRecord.PROVIDER_VALUE in head.inputs:
         (credit,) = records.input_tables(head, (WeightingRecord.EXAMPLE_CREDIT,))
-        left_out = provider_value(split, labeled, result, config, credit, consensus_without)
+        left_out = left_out_value(split, labeled, result, config, credit, consensus_without)
     weights = _weights(records, head, result.example_attribution, stored, left_out)
     return Replayed(result.example_attribution, left_out, weights)
 
@@ -419,10 +419,10 @@ def require_same_code(recorded: CodeVersion, here: CodeVersion) -> None:
 
 def _check_labels(
     records: RunRecords, training_cid: str, head: Record, labeled: pa.Table, report: ReplayReport
-) -> Callable[[Collection[str]], pa.Table] | None:
+) -> Recount | None:
     """The labels trained on and paid by are the recorded answers' consensus, recomputed. Returns that
-    recomputation (`recount`), which the providers' left-out retrains relabel by; None where the
-    lineage names no answers."""
+    recomputation (`recount`), which the left-out retrains relabel by; None where the lineage names no
+    answers."""
     try:
         consensus_cid, consensus = records.parent(training_cid, CONSENSUS)
         _, snapshot = records.parent(training_cid, SNAPSHOT)
@@ -557,7 +557,7 @@ def _compare_provider_values(
     head: Record, training: Record, stored: pa.Table | None, again: pa.Table, band: Band,
     report: ReplayReport,
 ) -> None:
-    """The providers' left-out values (and each seed's) retrained again against the stored ones (as
+    """The contributors' left-out values (and each seed's) retrained again against the stored ones (as
     scores are: bit for bit on the same platform, else within the band)."""
     if head.inputs.get(WeightingRecord.PROVIDER_VALUE) != training.outputs.get(TrainingRecord.PROVIDER_VALUE):
         report.fail("pay_inputs_differ", report.head_cid or "",
@@ -593,19 +593,25 @@ def _band(report: ReplayReport) -> str:
 
 
 def _values(table: pa.Table | None) -> dict[str, tuple[float, ...]]:
-    """provider -> (value, value_se, copies_value): the first two move pay, the last says how much of
-    a provider's value its copies were (an auditor reads it)."""
+    """"contributor (role)" -> (value, value_se, copies_value): the first two move pay, the last says how
+    much of a provider's value its copies were (an auditor reads it)."""
     if table is None:
         return {}
     columns = [table[c].to_pylist() for c in ("value", "value_se", "copies_value")]
-    return dict(zip(table["provider"].to_pylist(), zip(*columns, strict=True), strict=True))
+    return dict(zip(_who(table), zip(*columns, strict=True), strict=True))
 
 
 def _value_runs(table: pa.Table | None) -> dict[str, tuple[float, ...]]:
-    """provider -> its value at each seed (``value_runs``, whose mean is its value)."""
+    """"contributor (role)" -> its value at each seed (``value_runs``, whose mean is its value)."""
     if table is None:
         return {}
-    return dict(zip(table["provider"].to_pylist(), map(tuple, table["value_runs"].to_pylist()), strict=True))
+    return dict(zip(_who(table), map(tuple, table["value_runs"].to_pylist()), strict=True))
+
+
+def _who(table: pa.Table) -> list[str]:
+    """Each left-out row's contributor and role: one name may provide and label."""
+    names, roles = table["contributor"].to_pylist(), table["role"].to_pylist()
+    return [f"{c} ({r})" for c, r in zip(names, roles, strict=True)]
 
 
 def _weights(

@@ -20,7 +20,7 @@ with `dawid_skene_model` (seed 3) leaving out the 0.85 labeler helps the model. 
 """
 
 import json
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -212,11 +212,34 @@ def reviewed_probs(client: ContentStore, record_cid: str) -> ReviewedProbs | Non
     return ReviewedProbs(probs, table_cid, record_cid)
 
 
-def recount(client: ContentStore, consensus_cid: str) -> Callable[[Collection[str]], pa.Table] | None:
-    """The recorded consensus recomputed without the answers on some examples (same method, gold and
-    review): what leaving a provider's examples out does to the labels of the rest, which a retrain
-    without that provider trains on (`pipelines.assets.training.provider_value`). None where the
-    record names no answers to recompute from."""
+@dataclass(frozen=True)
+class Recount:
+    """The recorded consensus recomputed without some answers (same method, gold and review): called with
+    examples, without the answers on them (what leaving a provider's examples out does to the labels of
+    the rest); ``labeler=``, without that annotator's answers too (what its labels did). The left-out
+    retrains train on these labels (`pipelines.assets.training.provider_value`)."""
+
+    annotations: pa.Table
+    gold: pa.Table | None
+    method: str
+    reviewed: ModelProbs | None
+    smoothing: float
+
+    @property
+    def labelers(self) -> list[str]:
+        """Every annotator whose answers the consensus counted, sorted."""
+        return sorted(set(self.annotations["annotator"].to_pylist()))
+
+    def __call__(self, dropped: Collection[str], labeler: str | None = None) -> pa.Table:
+        gone = pc.is_in(self.annotations["example_id"], pa.array(sorted(dropped), pa.string()))
+        if labeler is not None:
+            gone = pc.or_(gone, pc.equal(self.annotations["annotator"], labeler))
+        kept = self.annotations.filter(pc.invert(gone))
+        return aggregate(kept, self.gold, self.method, self.reviewed, self.smoothing).consensus
+
+
+def recount(client: ContentStore, consensus_cid: str) -> Recount | None:
+    """The consensus record's `Recount`; None where the record names no answers to recompute from."""
     record = load_record(client, consensus_cid)
     if ConsensusRecord.ANNOTATIONS not in record.inputs:
         return None
@@ -227,16 +250,10 @@ def recount(client: ContentStore, consensus_cid: str) -> Callable[[Collection[st
     if ConsensusRecord.LABEL_REVIEW in record.inputs:  # a review the consensus weighed, by its record
         review = next((p for p in record.parents if load_record(client, p).activity == LABEL_REVIEW), None)
         reviewed = reviewed_probs(client, review) if review else None
-    method = str(record.params.get("method", "dawid_skene"))
     recorded = record.params.get("smoothing")  # not recorded before it was a setting
     smoothing = DS_SMOOTHING if recorded is None else float(recorded)
-
-    def without(dropped: Collection[str]) -> pa.Table:
-        gone = pc.is_in(annotations["example_id"], pa.array(sorted(dropped), pa.string()))
-        kept = annotations.filter(pc.invert(gone))
-        return aggregate(kept, gold, method, reviewed.probs if reviewed else None, smoothing).consensus
-
-    return without
+    return Recount(annotations, gold, str(record.params.get("method", "dawid_skene")),
+                   reviewed.probs if reviewed else None, smoothing)
 
 
 def review_for(

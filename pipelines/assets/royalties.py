@@ -1,5 +1,7 @@
 """Royalty stage: example scores become contributor weights, the run's head record, and its on-chain root."""
 
+from collections.abc import Collection
+
 import dagster as dg
 import pyarrow as pa
 
@@ -33,10 +35,14 @@ class WeightingConfig(dg.Config):
 
     provider_share_bps: int = 7000
     negative: str = "net"  # a contributor whose data or labels hurt the model earns nothing
-    # paid by the value of the consensus their answers moved; or "pivotal", or "agree" (agreement)
+    # labelers by the value of the consensus their answers moved; "left_out": by their value when the run
+    # retrained without each one's answers (`TrainingConfig.left_out_labelers`; the training record's
+    # provider_value table, its labeler rows), shrunk toward what "valued" pays (as "valued" where the
+    # run retrained no labeler); or "pivotal", or "agree" (agreement)
     labelers: str = "valued"
-    # "pivotal" / "valued": pseudo-count of the confusion estimates answers are read under; None: the
-    # consensus's own (its record's smoothing), so pay reads each answer under the model that counted it
+    # "pivotal" / "valued" / "left_out": pseudo-count of the confusion estimates answers are read under;
+    # None: the consensus's own (its record's smoothing), so pay reads each answer under the model that
+    # counted it
     label_smoothing: float | None = None
     # providers by their value when the run retrains without each (the training record's
     # provider_value), or "scores": by their examples' summed scores (also where the run has none)
@@ -46,16 +52,20 @@ class WeightingConfig(dg.Config):
     copies: str = "once"
 
 
-def applied_policy(config: WeightingConfig, has_left_out: bool, consensus_smoothing: float | None
+def applied_policy(config: WeightingConfig, retrained: Collection[str], consensus_smoothing: float | None
                    ) -> WeightingConfig:
     """The policy as applied, and as the weighting record keeps it for replay: `providers: scores` where
-    the run has no left-out values (more providers than `left_out_max`), and an unset label smoothing
+    the run has no providers' left-out values (more providers than `left_out_max`), `labelers: valued`
+    where it has no labelers' (`retrained`: the roles its left-out table has rows of), and an unset label
+    smoothing
     resolved to the consensus's own. A consensus without one (majority vote, a record from before it was
     recorded) or with none at all (0, crowd-kit's own fit) leaves `labeling.DS_SMOOTHING`: pay's M-step
     needs a positive count, or one unseen confusion would make an answer's move infinite."""
     update: dict[str, object] = {}
-    if config.providers == "left_out" and not has_left_out:
+    if config.providers == "left_out" and "provider" not in retrained:
         update["providers"] = "scores"
+    if config.labelers == "left_out" and "labeler" not in retrained:
+        update["labelers"] = "valued"
     if config.label_smoothing is None:
         update["label_smoothing"] = float(consensus_smoothing) if consensus_smoothing else DS_SMOOTHING
     return config.model_copy(update=update)
@@ -85,11 +95,12 @@ def contributor_weights(
     try:
         training = load_record(client, lineage.cid_of(TRAINING, version))
         value_cid = (training.outputs.get(TrainingRecord.PROVIDER_VALUE)
-                     if config.providers == "left_out" else None)
-        consensus = load_record(client, lineage.cid_of(CONSENSUS, version))
-        applied = applied_policy(config, bool(value_cid), consensus.params.get("smoothing"))
-        policy = WeightPolicy(**applied.model_dump())
+                     if "left_out" in (config.providers, config.labelers) else None)
         left_out = read_parquet(client.get(value_cid)) if value_cid else None
+        retrained = set(left_out["role"].to_pylist()) if left_out is not None else set()
+        consensus = load_record(client, lineage.cid_of(CONSENSUS, version))
+        applied = applied_policy(config, retrained, consensus.params.get("smoothing"))
+        policy = WeightPolicy(**applied.model_dump())
         people = set(raw_dataset["provider"].to_pylist()) | set(annotations["annotator"].to_pylist())
         addresses = contributors.registry().require(people)
         credit_cid = lineage.credit_cid(client, version)
@@ -128,8 +139,8 @@ def contributor_weights(
     if unclear:
         context.log.warning(
             f"the left-out values of {', '.join(unclear)} are within {NOISE_Z:g} standard errors of zero: "
-            "their retrains cannot tell whether their data helped, so their pay leans on what their summed "
-            "scores predict; raise TrainingConfig.left_out_runs to separate them"
+            "their retrains cannot tell whether their data or labels helped, so their pay leans on what "
+            "their scores predict; raise TrainingConfig.left_out_runs to separate them"
         )
     providers_paid = [r["contributor"] for r in top if r["role"] == "provider" and r["weight_bps"] > 0]
     if not providers_paid:

@@ -7,7 +7,7 @@ but the content and stays the same for every rerun an auditor makes.
 import dataclasses
 import hashlib
 import json
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
@@ -52,7 +52,7 @@ from attribution import (
     train_split,
     train_trak_valued,
 )
-from pipelines.assets.labeling import recount
+from pipelines.assets.labeling import Recount, recount
 from pipelines.compute_platform import training_platform
 from pipelines.content_io import AssetIndex, StoredValue, StoreResource, store_value
 from pipelines.datasets import DatasetError
@@ -109,6 +109,9 @@ class TrainingConfig(dg.Config):
     # or at 0, by their examples' summed scores (the weighting record says which)
     left_out_max: int = 32
     left_out_runs: int = LEFT_OUT_RUNS  # seeds each provider is left out with (its value is the mean)
+    # labelers too, up to left_out_max of them: one retrain per labeler and seed on the consensus refitted
+    # without its answers (`WeightingConfig.labelers: left_out` pays by them)
+    left_out_labelers: bool = False
     # where every training of the run runs: "cpu", "cuda" (a GPU; refused where torch sees none) or "auto"
     # (the GPU where there is one). Records name the device it resolved to, and the GPU
     device: str = "cpu"
@@ -282,15 +285,17 @@ def train_labeled(
                           seed=config.seed, run_id=run_id)
 
 
-def provider_value(
+def left_out_value(
     split: EncodedSplit | PayloadSplit, labeled: pa.Table, result: TrainResult, config: TrainingConfig,
-    credit: pa.Table | None, consensus_without: Callable[[Collection[str]], pa.Table] | None = None,
+    credit: pa.Table | None, consensus_without: Recount | None = None,
 ) -> pa.Table | None:
     """Each provider's value by retraining without the training rows it is paid for (`credit`: the
     ingest's duplicate grouping; copies beyond a group's representative count only where they hurt),
-    the run's recipe and seed, the rest labeled by their consensus
-    recomputed without the left-out examples' answers (`consensus_without`, from
-    `pipelines.assets.labeling.recount`; without it the recorded labels): the `LEFT_OUT_SCHEMA` table,
+    the run's recipe and seed, the rest labeled by their consensus recomputed without the left-out
+    examples' answers (`consensus_without`, from `pipelines.assets.labeling.recount`; without it the
+    recorded labels); and, with `config.left_out_labelers` and `consensus_without`, each labeler's by
+    retraining on the consensus recomputed without its answers (rows left with none are left out), as
+    the royalty bench's truth measures it, up to `left_out_max` labelers. The `LEFT_OUT_SCHEMA` table,
     or None where the run has more providers than `config.left_out_max` (pay then goes by summed
     scores)."""
     ids = split.example_ids
@@ -304,19 +309,31 @@ def provider_value(
         return None
     index = {str(c): i for i, c in enumerate(split.encoding.classes)}
 
-    def relabel(keep: np.ndarray) -> np.ndarray:  # a label outside the run's classes keeps the recorded one
-        consensus = consensus_without([e for e, k in zip(ids, keep, strict=True) if not k])
+    def labels_of(consensus: pa.Table, rows: list[str], missing: int | None) -> np.ndarray:
+        """`rows`' labels in `consensus`: a label outside the run's classes keeps the recorded one, a row
+        without a consensus label is `missing` (None: its recorded label)."""
         label = dict(zip(consensus["example_id"].to_pylist(), consensus["label"].to_pylist(), strict=True))
-        kept = [e for e, k in zip(ids, keep, strict=True) if k]
-        return np.asarray([index.get(str(label.get(e)), index[str(recorded[row[e]])]) for e in kept])
+        recorded_index = [index[str(recorded[row[e]])] for e in rows]
+        return np.asarray([index.get(str(label[e]), r) if e in label else (r if missing is None else missing)
+                           for e, r in zip(rows, recorded_index, strict=True)])
+
+    def relabel(keep: np.ndarray) -> np.ndarray:
+        consensus = consensus_without([e for e, k in zip(ids, keep, strict=True) if not k])
+        return labels_of(consensus, [e for e, k in zip(ids, keep, strict=True) if k], None)
 
     again = relabel if consensus_without is not None else None
+    labelers = None
+    if (config.left_out_labelers and consensus_without is not None
+            and len(consensus_without.labelers) <= config.left_out_max):
+        labelers = {a: labels_of(consensus_without((), labeler=a), ids, -1)
+                    for a in consensus_without.labelers}
     if isinstance(split, PayloadSplit):
         return model_left_out(split.task, split.train, split.targets, groups, seed=config.seed,
-                              runs=config.left_out_runs, relabel=again, distinct=distinct, example_ids=ids)
+                              runs=config.left_out_runs, relabel=again, distinct=distinct, example_ids=ids,
+                              labelers=labelers)
     return mlp_left_out(result.task, split.X, split.y, split.X_targets, split.y_targets, groups,
                         seed=config.seed, runs=config.left_out_runs, relabel=again, distinct=distinct,
-                        example_ids=ids)
+                        example_ids=ids, labelers=labelers)
 
 
 def value_method(config: TrainingConfig) -> str:
@@ -381,7 +398,7 @@ def trained_model(
         outputs = trained_outputs(split, result, config)
         credit_cid = lineage.credit_cid(client, version)
         credit = read_parquet(client.get(credit_cid)) if credit_cid else None
-        values = provider_value(split, labeled_dataset, result, config, credit,
+        values = left_out_value(split, labeled_dataset, result, config, credit,
                                 recount(client, lineage.cid_of(CONSENSUS, version)))
         if values is not None:
             outputs[TrainingRecord.PROVIDER_VALUE] = values
@@ -510,13 +527,14 @@ def training_outputs(
 
 
 def provider_value_md(values: pa.Table) -> str:
-    """The left-out table as Markdown: what each provider's data did to the target loss."""
-    rows = sorted(values.to_pylist(), key=lambda r: (-r["value"], r["provider"]))
+    """The left-out table as Markdown: what each provider's data and each labeler's answers did to the
+    target loss (a labeler's rows: those relabeled or left unlabeled without its answers)."""
+    rows = sorted(values.to_pylist(), key=lambda r: (r["role"] != "provider", -r["value"], r["contributor"]))
     return md_table(
-        ["provider", "examples left out", "target loss without", "value (> 0: helped)",
-         "its copies' value (counted if < 0)"],
-        [(r["provider"], r["examples_left_out"], f"{r['loss_without']:.5f}", f"{r['value']:+.5f}",
-          f"{r['copies_value']:+.5f}") for r in rows],
+        ["contributor", "role", "examples left out or relabeled", "target loss without",
+         "value (> 0: helped)", "its copies' value (counted if < 0)"],
+        [(r["contributor"], r["role"], r["examples_left_out"], f"{r['loss_without']:.5f}",
+          f"{r['value']:+.5f}", f"{r['copies_value']:+.5f}") for r in rows],
     )
 
 

@@ -176,7 +176,7 @@ def test_a_tabular_run_on_a_users_file_prints_the_issues_keys(tmp_path, classes)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary["default_policy"] == "valued" and summary["seconds"] > 0
-    for policy in ("clip", "net", "valued"):
+    for policy in ("clip", "net", "valued", "left_out"):
         for role in ("provider", "labeler"):
             assert -1 <= summary["spearman"][f"{policy}/{role}"] <= 1
         assert -1 <= summary["spearman_copies_once"][f"{policy}/provider"] <= 1

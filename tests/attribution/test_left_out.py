@@ -65,11 +65,11 @@ def test_copies_beyond_a_groups_representative_count_only_where_they_hurt():
     for copy_effect in (-0.3, 0.2):  # the loss without the copy e0: lower (it hurt) or higher (it helped)
         kept = []
 
-        def loss_without(keep, seed, effect=copy_effect, kept=kept):
+        def loss_without(keep, seed, relabeled, effect=copy_effect, kept=kept):
             kept.append(keep.tolist())
             return 1.0 + 0.5 * (not keep[1]) + 0.1 * (not keep[2]) + effect * (not keep[0])
 
-        rows = {r["provider"]: r for r in left_out_values(loss_without, groups, [0], distinct).to_pylist()}
+        rows = {r["contributor"]: r for r in left_out_values(loss_without, groups, [0], distinct).to_pylist()}
         # the full run, c0 left out, c0's copy alone left out, c1 left out (no copies: no extra run)
         assert kept == [[True] * 5, [False, False, True, True, True], [False, True, True, True, True],
                         [True, True, False, True, True]]
@@ -78,13 +78,13 @@ def test_copies_beyond_a_groups_representative_count_only_where_they_hurt():
         assert rows["c0"]["examples_left_out"] == 2
         assert rows["c1"]["value"] == pytest.approx(0.1) and rows["c1"]["copies_value"] == 0.0
     with pytest.raises(InputError, match="distinct marks 4 rows"):
-        left_out_values(lambda keep, s: 1.0, groups, [0], np.ones(4, bool))
+        left_out_values(lambda keep, s, relabeled: 1.0, groups, [0], np.ones(4, bool))
 
 
 def test_the_driver_retrains_once_per_nonempty_group_and_values_the_loss_rise():
     calls = []
 
-    def loss_without(keep, seed):
+    def loss_without(keep, seed, relabeled):
         calls.append((keep.copy(), seed))
         # leaving row 0 out lowers the loss; seed 8 adds 0.2 to every loss, and 0.1 more without row 1
         return 1.0 + 0.1 * (~keep).sum() - 0.5 * (not keep[0]) + (seed == 8) * (0.2 + 0.1 * (not keep[1]))
@@ -93,23 +93,71 @@ def test_the_driver_retrains_once_per_nonempty_group_and_values_the_loss_rise():
               "empty": np.zeros(3, bool)}
     table = left_out_values(loss_without, groups, [7])
     assert table.schema == LEFT_OUT_SCHEMA
-    rows = {r["provider"]: r for r in table.to_pylist()}
+    rows = {r["contributor"]: r for r in table.to_pylist()}
     assert rows["a"]["value"] == pytest.approx(0.1 - 0.5) and rows["b"]["value"] == pytest.approx(0.2)
-    assert rows["empty"] == {"provider": "empty", "examples_left_out": 0, "loss_without": 1.0,
+    assert rows["empty"] == {"contributor": "empty", "role": "provider", "examples_left_out": 0,
+                             "loss_without": 1.0,
                              "loss_with": 1.0, "value": 0.0, "value_se": 0.0, "copies_value": 0.0,
                              "value_runs": [0.0]}
     assert len(calls) == 3 and calls[0][0].all()  # the full run, then a and b; the empty group trains nothing
     # over two seeds: the mean of each seed's difference
-    rows = {r["provider"]: r for r in left_out_values(loss_without, groups, [7, 8]).to_pylist()}
+    rows = {r["contributor"]: r for r in left_out_values(loss_without, groups, [7, 8]).to_pylist()}
     assert rows["b"]["value"] == pytest.approx(0.2 + 0.1 / 2) and rows["b"]["loss_with"] == pytest.approx(1.1)
     assert rows["b"]["value_se"] == pytest.approx(np.std([0.2, 0.3], ddof=1) / np.sqrt(2))
     assert rows["b"]["value_runs"] == pytest.approx([0.2, 0.3])  # each seed's, in seed order
     assert [seed for _, seed in calls[3:]] == [7, 8, 7, 8, 7, 8]
 
 
+def test_a_labeler_is_valued_by_retraining_on_the_labels_without_its_answers():
+    """Each labeler row: the rows its absence relabels are retrained on their new labels, rows left with
+    no answer (-1) are left out, and a labeler whose absence changes no label is not retrained (0)."""
+    calls = []
+
+    def loss_without(keep, seed, relabeled):
+        calls.append((keep.tolist(), None if relabeled is None else relabeled.tolist()))
+        return 1.0 + 0.2 * (relabeled is not None and relabeled[0] != 0) + 0.05 * (~keep).sum()
+
+    groups = {"p": np.array([0, 0, 1], bool)}
+    labels = np.array([0, 1, 1])
+    labelers = {"flips": np.array([2, 1, 1]), "bare": np.array([0, -1, 1]), "same": labels.copy()}
+    table = left_out_values(loss_without, groups, [3], labelers=labelers, labels=labels)
+    rows = {(r["role"], r["contributor"]): r for r in table.to_pylist()}
+    assert [(r["role"], r["contributor"]) for r in table.to_pylist()] == [
+        ("provider", "p"), ("labeler", "bare"), ("labeler", "flips"), ("labeler", "same")]
+    assert rows["labeler", "flips"]["value"] == pytest.approx(0.2)  # row 0 relabeled: the loss rose
+    assert rows["labeler", "flips"]["examples_left_out"] == 1
+    assert rows["labeler", "bare"]["value"] == pytest.approx(0.05)  # row 1 lost its only answer
+    assert rows["labeler", "same"] == {**rows["labeler", "same"], "value": 0.0, "examples_left_out": 0,
+                                       "loss_without": 1.0, "value_runs": [0.0]}
+    assert calls == [([True] * 3, None), ([True, True, False], None), ([True, False, True], [0, -1, 1]),
+                     ([True] * 3, [2, 1, 1])]  # "same" trains nothing
+    with pytest.raises(InputError, match="labeler 'short'"):
+        left_out_values(loss_without, groups, [3], labelers={"short": np.array([0, 1])}, labels=labels)
+
+
+def test_an_mlp_labeler_value_is_a_plain_retrain_on_its_relabeling():
+    x, y = _blobs(60, 2)
+    xt, yt = _blobs(20, 3)
+    task = AttributionTask(ModelSpec((4, 8, 3)), TrainConfig(epochs=3, batch_size=16, lr=0.1))
+    relabeled = y.copy()
+    relabeled[:10] = (y[:10] + 1) % 3
+    relabeled[10:15] = -1  # left with no answer: not trained on
+    table = mlp_left_out(task, x, y, xt, yt, {"p": np.zeros(60, bool)}, seed=4, runs=1,
+                         labelers={"l": relabeled})
+    row = table.filter(pa.compute.equal(table["role"], "labeler")).to_pylist()[0]
+
+    def loss(model):
+        with torch.no_grad():
+            return float(F.cross_entropy(model(torch.as_tensor(xt)), torch.as_tensor(yt)))
+
+    alone = loss(deque(plain_steps(task, x, relabeled, seed=4, keep=relabeled >= 0), maxlen=1)[0])
+    assert row["contributor"] == "l" and row["examples_left_out"] == 15
+    assert row["loss_without"] == alone and row["value"] == alone - loss(train_plain(task, x, y, seed=4))
+
+
 def test_value_noise_pools_every_retrained_providers_seeds():
     def retrain(shift: float, bump: float) -> pa.Table:  # the same world, each seed's loss moved by rounding
-        return left_out_values(lambda keep, s: 1.0 + 0.1 * (~keep).sum() + (s == 1) * shift * keep[0]
+        return left_out_values(lambda keep, s, _: 1.0 + 0.1 * (~keep).sum() + (s == 1) * shift * keep[0]
                                + (s == 2) * bump * (not keep[2]), groups, [1, 2])
 
     groups = {"a": np.array([1, 0, 0], bool), "b": np.array([0, 1, 1], bool), "none": np.zeros(3, bool)}
@@ -118,7 +166,7 @@ def test_value_noise_pools_every_retrained_providers_seeds():
     noise, runs = value_noise(retrain(0.003, 0.004), retrain(0.0, 0.0))
     assert runs == 2 and noise == pytest.approx(np.sqrt(np.mean(np.square([*diffs["a"], *diffs["b"]]))))
     assert value_noise(retrain(0.0, 0.0), retrain(0.0, 0.0)) == (0.0, 2)
-    untrained = left_out_values(lambda keep, s: 1.0, {"none": np.zeros(2, bool)}, [1])
+    untrained = left_out_values(lambda keep, s, relabeled: 1.0, {"none": np.zeros(2, bool)}, [1])
     assert value_noise(untrained, untrained) == (0.0, 1)  # no provider retrained: no noise to measure
 
 
@@ -144,12 +192,12 @@ def test_mlp_values_are_the_retrained_target_loss_rise():
         return loss(deque(plain_steps(task, x, labels, seed=s, keep=~groups["p"]), maxlen=1)[0])
 
     full = loss(train_plain(task, x, y, seed=5))
-    rows = {r["provider"]: r for r in table.to_pylist()}
+    rows = {r["contributor"]: r for r in table.to_pylist()}
     assert rows["p"]["loss_with"] == full
     assert rows["p"]["value"] == without_p(y, 5) - full
     assert rows["all"]["loss_without"] == loss(task.spec.build(5))  # nothing left: the untrained model
     assert mlp_left_out(task, x, y, xt, yt, groups, seed=5, runs=1).equals(table)  # deterministic
-    two = {r["provider"]: r for r in mlp_left_out(task, x, y, xt, yt, groups, seed=5, runs=2).to_pylist()}
+    two = {r["contributor"]: r for r in mlp_left_out(task, x, y, xt, yt, groups, seed=5, runs=2).to_pylist()}
     without = [without_p(y, s) for s in (5, 6)]
     with_all = [full, loss(train_plain(task, x, y, seed=6))]
     assert two["p"]["value"] == pytest.approx(np.mean(without) - np.mean(with_all))
@@ -159,7 +207,7 @@ def test_mlp_values_are_the_retrained_target_loss_rise():
         return (y[keep] + (~keep).any()) % 3  # labels move only when something is left out
 
     again = mlp_left_out(task, x, y, xt, yt, groups, seed=5, runs=1, relabel=relabel)
-    again = {r["provider"]: r for r in again.to_pylist()}
+    again = {r["contributor"]: r for r in again.to_pylist()}
     assert again["p"]["loss_with"] == full
     assert again["p"]["loss_without"] == without_p(np.r_[y[:30], (y[30:] + 1) % 3], 5)
 
@@ -190,7 +238,7 @@ def test_a_model_task_is_valued_by_its_own_loss_on_the_targets():
             return float(task.loss(model, targets).float().mean())
 
     def loss_without_p(table: pa.Table) -> float:
-        return table.filter(pa.compute.equal(table["provider"], "p"))["loss_without"][0].as_py()
+        return table.filter(pa.compute.equal(table["contributor"], "p"))["loss_without"][0].as_py()
 
     assert loss_without_p(table) == without_p()
     ids = [f"row-{i}" for i in range(40)]  # each epoch ordered by the rows' ids
@@ -201,7 +249,8 @@ def test_a_model_task_is_valued_by_its_own_loss_on_the_targets():
 
 
 def _left_out(values, se=None):
-    return pa.table({"provider": list(values), "examples_left_out": [1] * len(values),
+    return pa.table({"contributor": list(values), "role": ["provider"] * len(values),
+                     "examples_left_out": [1] * len(values),
                      "loss_without": [1.0 + v for v in values.values()], "loss_with": [1.0] * len(values),
                      "value": list(values.values()), "value_se": se or [0.0] * len(values),
                      "copies_value": [0.0] * len(values), "value_runs": [[v] for v in values.values()]},
@@ -245,6 +294,30 @@ def test_providers_are_paid_by_their_left_out_values_and_a_harmful_one_earns_not
         r for r in by_scores.to_pylist() if r["role"] == "labeler"]
 
 
+def test_labelers_are_paid_by_their_left_out_values_where_the_table_has_them():
+    # c5's answers are every label c6 agrees with; by retraining, c6's absence cost twice what c5's did
+    votes = [(0, "c5", "a"), (0, "c6", "a"), (1, "c6", "a"), (2, "c7", "a")]
+    tables = _tables([1.0, 2.0, 1.0], ["c0", "c1", "c2"], votes)
+    labelers = _left_out({"c5": 0.01, "c6": 0.02, "c7": -0.01})
+    labelers = labelers.set_column(1, "role", pa.array(["labeler"] * 3))
+    table = pa.concat_tables([_left_out({"c0": 0.01, "c1": 0.01, "c2": 0.02}), labelers])
+    policy = WeightPolicy(labelers="left_out")
+    out = contributor_weights(*tables, ADDR, policy, left_out=table)
+    out = {r["contributor"]: r for r in out.to_pylist()}
+    quotas = [Fraction(3000, 3), Fraction(3000 * 2, 3)]
+    assert [out[c]["weight_bps"] for c in ("c5", "c6")] == [round(q) for q in quotas]
+    assert out["c7"]["weight_bps"] == 0 and out["c7"]["score"] < 0  # its answers hurt: nothing
+    assert [out[c]["weight_bps"] for c in ("c0", "c1", "c2")] == [1750, 1750, 3500]
+    # without labeler rows (too many labelers to retrain) they are paid as 'valued' pays them
+    providers_only = _left_out({"c0": 0.01, "c1": 0.01, "c2": 0.02})
+    assert contributor_weights(*tables, ADDR, policy, left_out=providers_only).equals(
+        contributor_weights(*tables, ADDR, left_out=providers_only))
+    assert WeightPolicy().labelers == "valued"  # the default: what their answers moved (README says why)
+    assert not contributor_weights(*tables, ADDR, left_out=table).equals(
+        contributor_weights(*tables, ADDR, policy, left_out=table))
+    assert WeightPolicy.from_params({"negative": "net"}).labelers == "agree"  # records before the field
+
+
 def test_a_record_without_providers_paid_by_scores():
     assert WeightPolicy.from_params({"negative": "net"}).providers == "scores"
     assert WeightPolicy().providers == "left_out"
@@ -270,8 +343,8 @@ def test_copies_group_pays_a_groups_whole_left_out_effect():
     tables = _tables([1.0, 1.0, 1.0], ["c0", "c1", "c2"], [])
     table = _left_out({"c0": 0.01, "c1": 0.01, "c2": 0.02})
     # c0's copies (say a copycat's, credited to it) lowered the loss by 0.03 more: 'once' leaves that out
-    table = table.set_column(2, "loss_without", pa.array([1.04, 1.01, 1.02]))
-    table = table.set_column(6, "copies_value", pa.array([0.03, 0.0, 0.0]))
+    table = table.set_column(3, "loss_without", pa.array([1.04, 1.01, 1.02]))
+    table = table.set_column(7, "copies_value", pa.array([0.03, 0.0, 0.0]))
     bps = {p: {r["contributor"]: r["weight_bps"] for r in contributor_weights(
         *tables, ADDR, WeightPolicy(labelers="agree", copies=p), left_out=table).to_pylist()}
         for p in ("once", "group")}
@@ -283,8 +356,9 @@ def test_copies_group_pays_a_groups_whole_left_out_effect():
 
 
 def test_values_within_their_noise_are_named():
-    table = pa.table({"provider": ["clear", "noisy", "hurt", "one-run", "copycat"],
-                      "examples_left_out": [10, 10, 10, 10, 0], "loss_without": [1.0] * 5,
+    table = pa.table({"contributor": ["clear", "noisy", "hurt", "one-run", "copycat"],
+                      "role": ["provider"] * 5, "examples_left_out": [10, 10, 10, 10, 0],
+                      "loss_without": [1.0] * 5,
                       "loss_with": [1.0] * 5, "value": [0.05, 0.05, -0.09, 0.001, 0.0],
                       "value_se": [0.02, 0.03, 0.04, 0.0, 0.01], "copies_value": [0.0] * 5,
                       "value_runs": [[0.05], [0.05], [-0.09], [0.001], [0.0]]},

@@ -263,7 +263,7 @@ def test_a_flood_never_raises_its_providers_left_out_value(world, mislabeled) ->
         y = (x @ signal > 0) ^ (mislabeled & (np.asarray(examples["provider"].to_pylist()) == "flooder"))
         out = mlp_left_out(task, x, y.astype(np.int64), xt, yt, groups, seed=3, runs=2,
                            distinct=distinct_rows(ids, credit) if dedupe else None, example_ids=ids)
-        return {r["provider"]: r for r in out.to_pylist()}
+        return {r["contributor"]: r for r in out.to_pylist()}
 
     before, after = left_out(without)["flooder"], left_out(with_flood)["flooder"]
     assert before["copies_value"] == 0.0 and after["examples_left_out"] == 63

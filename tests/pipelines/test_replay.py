@@ -24,8 +24,8 @@ import torch
 from attribution import WeightPolicy, contributor_weights, value_noise
 from labeling import DS_SMOOTHING, ModelProbs
 from pipelines.assets import royalties, training
-from pipelines.assets.labeling import label_rows, recount
-from pipelines.assets.training import TrainingConfig, provider_value, train_labeled
+from pipelines.assets.labeling import Recount, label_rows, recount
+from pipelines.assets.training import TrainingConfig, left_out_value, train_labeled
 from pipelines.compute_platform import cpu_vector_flags, run_kernels, training_platform
 from pipelines.content_io import store_value
 from pipelines.demo import write_contributors
@@ -116,7 +116,9 @@ def _publish(
     tmp_path_factory, anvil: AnvilService, *, validation: bool, credit: bool = False, model: bool = False,
     train: dict | None = None,
 ):
-    """A run trained and weighted by the pipeline's assets and published on anvil; with
+    """A run trained and weighted by the pipeline's assets and published on anvil, its labelers paid by
+    their left-out values (`left_out_labelers`, the opt-in policy; the default's path is the same less
+    the labeler rows, as a run without answers to recount has it); with
     `validation`, its dataset version declares a trusted validation set; with `credit`, its ingest
     record names an `example_credit` that pays p-small's examples to p-big (as if they were copies);
     `train` overrides the training config."""
@@ -148,8 +150,8 @@ def _publish(
                 run_config={
                     "ops": {
                         "trained_model": {"config": {"hidden": [16], "epochs": 3, "trak_k": 32,
-                                                     **(train or {})}},
-                        "contributor_weights": {"config": {"negative": "net"}},
+                                                     "left_out_labelers": True, **(train or {})}},
+                        "contributor_weights": {"config": {"negative": "net", "labelers": "left_out"}},
                     }
                 },
             )
@@ -254,14 +256,18 @@ def _republish(chain, store, run_id: str, name: str, **change) -> str:
         config = TrainingConfig(**params["config"])
         split, result = train_labeled(labeled, config, run_id=str(params["run_id"]))
         consensus_cid = next(p for p in parents if records.load(p).activity == CONSENSUS)
-        values = provider_value(split, labeled, result, config, credit, recount(store, consensus_cid))
+        values = left_out_value(split, labeled, result, config, credit, recount(store, consensus_cid))
         value_cid = store_value(store, values).cid
         outputs[TrainingRecord.PROVIDER_VALUE] = pay_tables[WeightingRecord.PROVIDER_VALUE] = value_cid
     left_out = read_parquet(store.get(outputs[TrainingRecord.PROVIDER_VALUE]))
+    if "bare_consensus" in change:  # with no answers to recount, the run would have retrained no labeler
+        left_out = left_out.filter(pa.compute.equal(left_out["role"], "provider"))
+        outputs[TrainingRecord.PROVIDER_VALUE] = pay_tables[WeightingRecord.PROVIDER_VALUE] = store_value(
+            store, left_out).cid
     for key, column in (("value", "value"), ("copies", "copies_value"), ("runs", "value_runs")):
         if key not in change:  # one provider's value (its copies' part, its seeds') inflated, CIDs consistent
             continue
-        names, values = left_out["provider"].to_pylist(), left_out[column].to_pylist()
+        names, values = left_out["contributor"].to_pylist(), left_out[column].to_pylist()
         values = [_inflated(v) if p == change[key] else v for p, v in zip(names, values, strict=True)]
         left_out = left_out.set_column(left_out.schema.get_field_index(column), column,
                                        pa.array(values, left_out.schema.field(column).type))
@@ -342,14 +348,15 @@ def _relabel(store, records, training_cid: str, train: Record, where: str):
         ({"credit": ("p-big", "p-noisy")}, "pay_inputs_differ"),
         ({"inflate": "p-small"}, "scores_differ"),
         ({"value": "p-small"}, "provider_values_differ"),
+        ({"value": "l-ok"}, "provider_values_differ"),
         ({"copies": "p-small"}, "provider_values_differ"),
         ({"runs": "p-small"}, "provider_values_differ"),
         ({"config": {"lr": 0.05}}, "scores_differ"),
         ({"config": {"seed": 7}}, "scores_differ"),
         ({"pay": True}, "pay_differs"),
     ],
-    ids=["consensus", "labeled-data", "pay-labels", "credit", "scores", "provider-values", "copies-value",
-         "seeds-values", "recipe", "seed", "weights"],
+    ids=["consensus", "labeled-data", "pay-labels", "credit", "scores", "provider-values", "labeler-values",
+         "copies-value", "seeds-values", "recipe", "seed", "weights"],
 )
 def test_a_tampered_run_passes_verify_but_fails_replay(published, change, failure, request) -> None:
     chain, store, run_id = published
@@ -362,7 +369,8 @@ def test_a_tampered_run_passes_verify_but_fails_replay(published, change, failur
         assert report.names() == {failure}  # (copies_value, value_runs move no pay: what an auditor reads)
     if "value" in change:
         (pay,) = [f for f in report.failures if f.name == "pay_differs"]
-        assert "p-small (provider" in pay.detail  # the contributors whose pay differs are named
+        role = "provider" if change["value"] in PROVIDERS else "labeler"
+        assert f"{change['value']} ({role}" in pay.detail  # the contributors whose pay differs are named
         assert report.names() == {"provider_values_differ", "pay_differs", "root_differs"}
 
 
@@ -509,7 +517,8 @@ def _replayed(scores: list[float], runs: dict[str, list[float]], bps: list[int])
     ids = [f"e{i}" for i in range(len(scores))]
     weights = pa.table({"contributor": ["a", "b"], "role": ["provider", "labeler"], "weight_bps": bps})
     values = pa.table({
-        "provider": list(runs), "examples_left_out": [int(any(r)) * 10 for r in runs.values()],
+        "contributor": list(runs), "role": ["provider"] * len(runs),
+        "examples_left_out": [int(any(r)) * 10 for r in runs.values()],
         "value": [float(np.mean(r)) for r in runs.values()],
         "value_se": [float(np.std(r, ddof=1) / np.sqrt(len(r))) for r in runs.values()],
         "copies_value": [0.0] * len(runs), "value_runs": list(runs.values()),
@@ -645,12 +654,16 @@ def test_a_run_paid_by_its_example_credit_names_it_and_replays(published_with_cr
     # p-big's holds p-small's rows as well
     assert head.params["policy"]["providers"] == "left_out"
     assert head.params["policy"]["label_smoothing"] == DS_SMOOTHING  # the consensus's (its record names none)
-    values = {r["provider"]: r for r in read_parquet(store.get(head.inputs[WeightingRecord.PROVIDER_VALUE]))
-              .to_pylist()}
-    assert values["p-small"]["examples_left_out"] == 0 and values["p-small"]["value"] == 0.0
+    values = {(r["role"], r["contributor"]): r for r in read_parquet(
+        store.get(head.inputs[WeightingRecord.PROVIDER_VALUE])).to_pylist()}
+    # labelers too: each retrained on the consensus refitted without its answers
+    assert head.params["policy"]["labelers"] == "left_out"
+    assert {c for r, c in values if r == "labeler"} == set(LABELERS)
+    small_value = values["provider", "p-small"]
+    assert small_value["examples_left_out"] == 0 and small_value["value"] == 0.0
     raw = _tables()["raw_dataset"]
     small = raw["provider"].to_pylist().count("p-small")
-    assert values["p-big"]["examples_left_out"] >= small  # (training rows only: targets stay)
+    assert values["provider", "p-big"]["examples_left_out"] >= small  # (training rows only: targets stay)
     _, train = records.parent(records.head(run_id), TRAINING)
     assert train.outputs[TrainingRecord.PROVIDER_VALUE] == head.inputs[WeightingRecord.PROVIDER_VALUE]
     report = replay_run(chain, store, run_id, code=CODE)  # replay pays by the recorded credit too
@@ -677,13 +690,22 @@ def test_a_run_with_more_providers_than_left_out_max_pays_them_by_their_scores()
     labeled = _tables()["labeled_dataset"]
     config = TrainingConfig(hidden=[16], epochs=3, trak_k=32, left_out_max=len(PROVIDERS) - 1)
     split, result = train_labeled(labeled, config, run_id="r")
-    assert provider_value(split, labeled, result, config, None) is None
+    assert left_out_value(split, labeled, result, config, None) is None
     config = config.model_copy(update={"left_out_max": len(PROVIDERS)})
-    values = provider_value(split, labeled, result, config, None)
-    assert sorted(values["provider"].to_pylist()) == sorted(PROVIDERS)
-    assert provider_value(split, labeled, result, config, None).equals(values)  # deterministic
+    values = left_out_value(split, labeled, result, config, None)
+    assert sorted(values["contributor"].to_pylist()) == sorted(PROVIDERS)  # no answers recounted: no labeler
+    assert left_out_value(split, labeled, result, config, None).equals(values)  # deterministic
     with pytest.raises(dg.Failure, match="left_out_max must be >= 0"):
-        provider_value(split, labeled, result, config.model_copy(update={"left_out_max": -1}), None)
+        left_out_value(split, labeled, result, config.model_copy(update={"left_out_max": -1}), None)
+    # labelers are retrained only where the run config opts in
+    answers = Recount(_tables()["annotations"], None, "dawid_skene", None, DS_SMOOTHING)
+    assert answers.labelers == sorted(LABELERS)
+    roles = left_out_value(split, labeled, result, config, None, answers)["role"].to_pylist()
+    assert roles == ["provider"] * len(PROVIDERS)
+    both = left_out_value(split, labeled, result, config.model_copy(update={"left_out_labelers": True}),
+                          None, answers)
+    labelers = both.filter(pa.compute.equal(both["role"], "labeler"))
+    assert labelers["contributor"].to_pylist() == sorted(LABELERS)
 
 
 @pytest.fixture  # its own environment (CARAVAN_HOME, ...) only while its test runs

@@ -144,7 +144,7 @@ def test_a_text_run_pays_by_trak_value_and_is_the_same_bytes_twice():
 @pytest.mark.parametrize(
     "recipe, library, settings",
     [
-        ("mlp", MLP_CONFIG, dict(epochs=20, batch_size=64, lr=0.1, lr_schedule="constant", optimizer="sgd",
+        ("mlp", MLP_CONFIG, dict(epochs=20, batch_size=64, lr=0.1, lr_schedule="linear", optimizer="sgd",
                                  trak_k=256, patience=5)),
         ("text-transformer", TEXT_CONFIG, dict(epochs=10, batch_size=32, lr=1e-3, lr_schedule="linear",
                                                optimizer="adamw", trak_k=128, patience=2)),
@@ -178,8 +178,9 @@ def test_the_transformer_and_the_mlp_stop_early_by_default():
     labels = rng.integers(0, 2, 200)
     numeric = pa.table({"example_id": [hashlib.sha256(f"{i}".encode()).hexdigest() for i in range(200)],
                         "f": rng.normal(size=200) + labels, "label": [["x", "y"][v] for v in labels]})
-    # a rate that overshoots: the target loss is lowest early, so the run stops there
-    config = TrainingConfig(patience=2, epochs=30, lr=2.0, value="inrun")
+    # a rate that overshoots: the target loss is lowest early, so the run stops there (constant, so that a
+    # run of the stop's length takes the same steps: a linear rate decays over the ceiling's epochs)
+    config = TrainingConfig(patience=2, epochs=30, lr=2.0, lr_schedule="constant", value="inrun")
     _, stopped = train_labeled(numeric, config, run_id="r")
     _, fixed = train_labeled(numeric, config.model_copy(update={"patience": 0, "epochs": stopped.epochs}),
                              run_id="r")
