@@ -420,6 +420,12 @@ def trained_model(
             f"more providers than left_out_max ({config.left_out_max}): providers are paid by their "
             "examples' summed scores, not by retraining without each"
         )
+    elif config.left_out_labelers and "labeler" not in values["role"].to_pylist():
+        context.log.warning(
+            f"left_out_labelers: no labeler was retrained (more labelers than left_out_max, "
+            f"{config.left_out_max}, or a consensus record that names no answers): labelers are paid by "
+            "what their answers moved"
+        )
     accuracy, loss, prior = heldout_fit(split, result)
     context.log.info(f"run {result.run_id}: {len(split.example_ids)} examples, held-out accuracy "
                      f"{accuracy:.3f}, target loss {loss:.4f}")

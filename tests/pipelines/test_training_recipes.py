@@ -145,7 +145,7 @@ def test_a_text_run_pays_by_trak_value_and_is_the_same_bytes_twice():
     "recipe, library, settings",
     [
         ("mlp", MLP_CONFIG, dict(epochs=20, batch_size=64, lr=0.1, lr_schedule="linear", optimizer="sgd",
-                                 trak_k=256, patience=5)),
+                                 trak_k=512, patience=5)),
         ("text-transformer", TEXT_CONFIG, dict(epochs=10, batch_size=32, lr=1e-3, lr_schedule="linear",
                                                optimizer="adamw", trak_k=128, patience=2)),
         ("image-cnn", IMAGE_CONFIG, dict(epochs=15, batch_size=32, lr=3e-3, lr_schedule="linear",
