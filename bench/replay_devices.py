@@ -86,7 +86,7 @@ def one_run(task, train, val, groups, ids, runs: int, device: str, threads: int,
     start = time.perf_counter()
     with nudged_steps(nudge) if nudge is not None else contextlib.nullcontext():
         result = train_trak_valued(on, train, ids, val, seed=0)
-        table = model_left_out(on, train, val, groups, seed=0, runs=runs).sort_by("provider")
+        table = model_left_out(on, train, val, groups, seed=0, runs=runs).sort_by("contributor")
     return {"scores": np.asarray(result.scores, dtype=np.float64), "table": table,
             "values": table["value"].to_numpy().astype(np.float64), "s": time.perf_counter() - start}
 

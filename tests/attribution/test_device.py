@@ -200,7 +200,7 @@ def _pipeline_path(kind: str, device: str) -> tuple[np.ndarray, np.ndarray]:
         result = train_trak_valued(split.task, split.train, split.example_ids, split.targets, seed=0)
         values = model_left_out(split.task, split.train, split.targets, groups, seed=0, runs=1)
     assert all(p.device.type == "cpu" for p in result.model.parameters())  # stored and served from the CPU
-    return result.scores, values.sort_by("provider")["value"].to_numpy()
+    return result.scores, values.sort_by("contributor")["value"].to_numpy()
 
 
 @pytest.mark.parametrize("kind", ["mlp", "image"])
