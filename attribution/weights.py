@@ -439,11 +439,11 @@ class ContributorSplit:
         if self.policy.negative == "clip":
             credit = np.maximum(credit, 0.0)
         signed = {r: self._role_scores(r, credit) for r in ROLES}  # < 0: it hurt
+        from .left_out import shrunk_values
+
         retrained = {"provider": provider_values, "labeler": labeler_values}
         for role, values in retrained.items():
             if values is not None:
-                from .left_out import shrunk_values
-
                 rows = [values.get(c, (0.0, 0.0, 0)) for c in self.contributors[role]]
                 v, se, n = (np.array([r[k] for r in rows]) for k in range(3))
                 signed[role] = quantize(shrunk_values(v, se, signed[role], n > 0), digits)

@@ -217,7 +217,7 @@ class Recount:
     """The recorded consensus recomputed without some answers (same method, gold and review): called with
     examples, without the answers on them (what leaving a provider's examples out does to the labels of
     the rest); ``labeler=``, without that annotator's answers too (what its labels did). The left-out
-    retrains train on these labels (`pipelines.assets.training.provider_value`)."""
+    retrains train on these labels (`pipelines.assets.training.left_out_value`)."""
 
     annotations: pa.Table
     gold: pa.Table | None
