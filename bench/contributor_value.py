@@ -233,6 +233,7 @@ class World:
     # copies; the flooder's rows beyond one per flooded example): the copies-once truth drops them
     copies: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     truth: dict[str, str] = dataclasses.field(default_factory=dict)  # example -> its true label
+    _without_labeler: dict[str, Variant] = dataclasses.field(default_factory=dict, repr=False)
 
     @functools.cached_property
     def smoothing(self) -> float:
@@ -248,6 +249,13 @@ class World:
     @property
     def provider(self) -> np.ndarray:
         return np.asarray(self.examples["provider"].to_pylist())
+
+    def without_labeler(self, name: str) -> Variant:
+        """Every example, labeled by the consensus refitted without ``name``'s answers: built once, for
+        the truth and for every pay run's labeler retrains."""
+        if name not in self._without_labeler:
+            self._without_labeler[name] = variant(self, drop_labeler=name)
+        return self._without_labeler[name]
 
 
 # ---------------------------------------------------------------- the world
@@ -551,7 +559,7 @@ def ground_truth(
             group = [p.name] + [q.name for q in PROVIDERS if q.copy_of == p.name]
             drops[p.name] = variant(world, keep_examples=~np.isin(owner, group))
     for name, _, _ in LABELERS:
-        drops[name] = variant(world, drop_labeler=name)
+        drops[name] = world.without_labeler(name)
     copies = {p: variant(world, keep_examples=~m) for p, m in world.copies.items() if m.any()}
     truth = {c: np.zeros(len(seeds)) for c in [p.name for p in PROVIDERS] + [n for n, _, _ in LABELERS]}
     added = {p: np.zeros(len(seeds)) for p in copies}
@@ -693,7 +701,7 @@ def pay_run(task, world: World, full: Variant, seed: int, owners: np.ndarray, cr
         return variant(world, keep_examples=keep).y
 
     # each labeler: every example's consensus without its answers (three answers each: none is left bare)
-    labelers = {name: variant(world, drop_labeler=name).y for name, _, _ in LABELERS}
+    labelers = {name: world.without_labeler(name).y for name, _, _ in LABELERS}
     if full.media is not None:
         left_out = model_left_out(full.media.task, full.media.batch(full.x, full.y), full.media.val, groups,
                                   seed=seed, relabel=relabel, distinct=distinct, example_ids=ids,

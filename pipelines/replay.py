@@ -145,7 +145,7 @@ def replay_run(
     consensus_without = _check_labels(records, report.training_cid, head, labeled, report)
     stored = read_weights(store.get(head.outputs[WeightingRecord.WEIGHTS]))
     stored_scores = read_parquet(store.get(training.outputs[TrainingRecord.EXAMPLE_ATTRIBUTION]))
-    value_cid = head.inputs.get(WeightingRecord.PROVIDER_VALUE)
+    value_cid = head.inputs.get(WeightingRecord.LEFT_OUT_VALUE)
     stored_values = read_parquet(store.get(value_cid)) if value_cid else None
 
     first, second = _retrains(
@@ -160,8 +160,8 @@ def replay_run(
         (answers,) = records.input_tables(head, (WeightingRecord.ANNOTATIONS,))
         whose = _contributor_examples(labeled, answers)
         _compare_score_sums(stored_scores, first.scores, whose, band, report)
-    if first.provider_value is not None:
-        _compare_provider_values(head, training, stored_values, first.provider_value, band, report)
+    if first.left_out_value is not None:
+        _compare_left_out_values(head, training, stored_values, first.left_out_value, band, report)
     expected = first.weights if report.bit_exact else _weights(
         records, head, stored_scores, stored, stored_values)
     _check_pay(stored, expected, first.weights, chain.distribution(run_id), report)
@@ -299,8 +299,8 @@ def _identical(replayed: Replayed, scores: pa.Table, values: pa.Table | None, we
     ids, a, b = _aligned_scores(scores, replayed.scores)
     return (
         len(ids) == replayed.scores.num_rows and np.array_equal(a, b)
-        and _values(values) == _values(replayed.provider_value)
-        and _value_runs(values) == _value_runs(replayed.provider_value)
+        and _values(values) == _values(replayed.left_out_value)
+        and _value_runs(values) == _value_runs(replayed.left_out_value)
         and _bps(weights) == _bps(replayed.weights)
     )
 
@@ -310,7 +310,7 @@ class Replayed:
     """One retraining of the run: its example scores, provider values (where pay used them), weights."""
 
     scores: pa.Table
-    provider_value: pa.Table | None
+    left_out_value: pa.Table | None
     weights: pa.Table
 
 
@@ -330,7 +330,7 @@ def _retrain(
         field=training.params.get("field"), local=fetch_local_model(store, base_cid) if base_cid else None,
     )
     left_out = None
-    if WeightingRecord.PROVIDER_VALUE in head.inputs:
+    if WeightingRecord.LEFT_OUT_VALUE in head.inputs:
         (credit,) = records.input_tables(head, (WeightingRecord.EXAMPLE_CREDIT,))
         left_out = left_out_value(split, labeled, result, config, credit, consensus_without)
     weights = _weights(records, head, result.example_attribution, stored, left_out)
@@ -387,9 +387,9 @@ class Band:
         top = float(np.max(np.abs(a))) if a.size else 0.0
         score = max(rtol * top, SPREAD_FACTOR * float(np.max(np.abs(a - b), initial=0.0)))
         noise = float(np.sqrt(np.mean((a - b) ** 2))) if a.size else 0.0
-        values = first.provider_value, second.provider_value
+        values = first.left_out_value, second.left_out_value
         spread, runs = value_noise(*values) if None not in values else (0.0, 1)
-        floor = rtol * max((abs(x) for v in _values(first.provider_value).values() for x in v), default=0.0)
+        floor = rtol * max((abs(x) for v in _values(first.left_out_value).values() for x in v), default=0.0)
         return cls(score=score, value=max(floor, VALUE_SIGMAS * spread / np.sqrt(runs)),
                    run_value=max(floor, VALUE_SIGMAS * spread), score_rtol=score / top if top else rtol,
                    score_noise=noise, sum_floor=rtol * top)
@@ -553,13 +553,13 @@ def _compare_score_sums(
                     f"replay's ({'; '.join(differ[:5])})" + _band(report))
 
 
-def _compare_provider_values(
+def _compare_left_out_values(
     head: Record, training: Record, stored: pa.Table | None, again: pa.Table, band: Band,
     report: ReplayReport,
 ) -> None:
     """The contributors' left-out values (and each seed's) retrained again against the stored ones (as
     scores are: bit for bit on the same platform, else within the band)."""
-    if head.inputs.get(WeightingRecord.PROVIDER_VALUE) != training.outputs.get(TrainingRecord.PROVIDER_VALUE):
+    if head.inputs.get(WeightingRecord.LEFT_OUT_VALUE) != training.outputs.get(TrainingRecord.LEFT_OUT_VALUE):
         report.fail("pay_inputs_differ", report.head_cid or "",
                     "the split was computed from other provider values than the training record names")
     a, b = _values(stored), _values(again)
@@ -576,7 +576,7 @@ def _compare_provider_values(
     differ = sorted(filter(off, a.keys() | b.keys()))
     if differ:
         report.fail(
-            "provider_values_differ", report.training_cid or "",
+            "left_out_values_differ", report.training_cid or "",
             f"stored left-out values of {', '.join(differ)} differ from the replay "
             f"({', '.join(f'{p}: {a.get(p)} stored, {b.get(p)} replayed' for p in differ[:5])})"
             + _band(report),

@@ -64,8 +64,9 @@ class TrainingRecord:
     EXAMPLE_ATTRIBUTION = "example_attribution"
     FEATURES = "trak_features"
     OUTPUTS = (MODEL, ENCODING, EXAMPLE_ATTRIBUTION, FEATURES)
-    # optional: each provider's value by retraining without it (absent: too many providers to retrain)
-    PROVIDER_VALUE = "provider_value"
+    # optional: each provider's value by retraining without it, and each labeler's where the run retrained
+    # without its answers (`attribution.LEFT_OUT_SCHEMA`, a `role` column; absent: too many to retrain)
+    LEFT_OUT_VALUE = "left_out_value"
 
 
 class LabelReviewRecord:
@@ -86,7 +87,7 @@ class WeightingRecord:
     ANNOTATIONS = "annotations"
     CONSENSUS = "consensus"
     EXAMPLE_CREDIT = "example_credit"  # optional: absent, each example pays its `provider` column
-    PROVIDER_VALUE = "provider_value"  # optional: absent, providers are paid by their summed scores
+    LEFT_OUT_VALUE = "left_out_value"  # optional: absent, contributors are paid by their summed scores
     INPUTS = (EXAMPLE_ATTRIBUTION, EXAMPLES, ANNOTATIONS, CONSENSUS)
     # what the split is computed from, in `ContributorSplit.build`'s order (credit may be absent)
     SPLIT_TABLES = (EXAMPLES, ANNOTATIONS, CONSENSUS, EXAMPLE_CREDIT)

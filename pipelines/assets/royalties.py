@@ -37,7 +37,7 @@ class WeightingConfig(dg.Config):
     negative: str = "net"  # a contributor whose data or labels hurt the model earns nothing
     # labelers by the value of the consensus their answers moved; "left_out": by their value when the run
     # retrained without each one's answers (`TrainingConfig.left_out_labelers`; the training record's
-    # provider_value table, its labeler rows), shrunk toward what "valued" pays (as "valued" where the
+    # left_out_value table, its labeler rows), shrunk toward what "valued" pays (as "valued" where the
     # run retrained no labeler); or "pivotal", or "agree" (agreement)
     labelers: str = "valued"
     # "pivotal" / "valued" / "left_out": pseudo-count of the confusion estimates answers are read under;
@@ -45,7 +45,7 @@ class WeightingConfig(dg.Config):
     # counted it
     label_smoothing: float | None = None
     # providers by their value when the run retrains without each (the training record's
-    # provider_value), or "scores": by their examples' summed scores (also where the run has none)
+    # left_out_value), or "scores": by their examples' summed scores (also where the run has none)
     providers: str = "left_out"
     # a duplicate group's copies: beyond one per group counted only where they hurt ("once": flooding
     # gains nothing), or "group": the group's whole left-out effect to its first registrant
@@ -94,7 +94,7 @@ def contributor_weights(
     client = store.client()
     try:
         training = load_record(client, lineage.cid_of(TRAINING, version))
-        value_cid = (training.outputs.get(TrainingRecord.PROVIDER_VALUE)
+        value_cid = (training.outputs.get(TrainingRecord.LEFT_OUT_VALUE)
                      if "left_out" in (config.providers, config.labelers) else None)
         left_out = read_parquet(client.get(value_cid)) if value_cid else None
         retrained = set(left_out["role"].to_pylist()) if left_out is not None else set()
@@ -123,7 +123,7 @@ def contributor_weights(
                 WeightingRecord.ANNOTATIONS: index.cid_of("annotations", version),
                 WeightingRecord.CONSENSUS: index.cid_of("consensus_labels", version),
                 **({WeightingRecord.EXAMPLE_CREDIT: credit_cid} if credit_cid else {}),
-                **({WeightingRecord.PROVIDER_VALUE: value_cid} if value_cid else {}),
+                **({WeightingRecord.LEFT_OUT_VALUE: value_cid} if value_cid else {}),
             },
             outputs={WeightingRecord.WEIGHTS: stored.cid},
             parents=(lineage.cid_of(TRAINING, version), lineage.cid_of(CONSENSUS, version)),
@@ -158,7 +158,7 @@ def contributor_weights(
             "policy": config.negative,
             "providers_paid_by": "left-out retraining" if value_cid else "summed example scores",
             "hurt_the_model_unpaid": dg.MetadataValue.json(hurt),
-            "provider_values_within_noise": dg.MetadataValue.json(unclear),
+            "left_out_values_within_noise": dg.MetadataValue.json(unclear),
             "providers_paid": len(providers_paid),
             "duplicates_unpaid": dg.MetadataValue.json(copies),
             "duplicates": "paid once, to the first registrant (example_credit)" if credit_cid

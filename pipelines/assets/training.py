@@ -401,7 +401,7 @@ def trained_model(
         values = left_out_value(split, labeled_dataset, result, config, credit,
                                 recount(client, lineage.cid_of(CONSENSUS, version)))
         if values is not None:
-            outputs[TrainingRecord.PROVIDER_VALUE] = values
+            outputs[TrainingRecord.LEFT_OUT_VALUE] = values
     except (AttributionError, DatasetError, StorageError) as exc:
         raise dg.Failure(str(exc)) from exc
     targets = "validation" if validation is not None else "crowd_hash_split"
@@ -526,13 +526,13 @@ def training_outputs(
             "influence": dg.MetadataValue.md(
                 histogram_md(scores["score"].to_numpy(), f"{result.method} per example")
             ),
-            **({"provider_value": dg.MetadataValue.md(provider_value_md(values))} if values is not None
+            **({"left_out_value": dg.MetadataValue.md(left_out_value_md(values))} if values is not None
                else {}),
         },
     )
 
 
-def provider_value_md(values: pa.Table) -> str:
+def left_out_value_md(values: pa.Table) -> str:
     """The left-out table as Markdown: what each provider's data and each labeler's answers did to the
     target loss (a labeler's rows: those relabeled or left unlabeled without its answers)."""
     rows = sorted(values.to_pylist(), key=lambda r: (r["role"] != "provider", -r["value"], r["contributor"]))

@@ -258,11 +258,11 @@ def _republish(chain, store, run_id: str, name: str, **change) -> str:
         consensus_cid = next(p for p in parents if records.load(p).activity == CONSENSUS)
         values = left_out_value(split, labeled, result, config, credit, recount(store, consensus_cid))
         value_cid = store_value(store, values).cid
-        outputs[TrainingRecord.PROVIDER_VALUE] = pay_tables[WeightingRecord.PROVIDER_VALUE] = value_cid
-    left_out = read_parquet(store.get(outputs[TrainingRecord.PROVIDER_VALUE]))
+        outputs[TrainingRecord.LEFT_OUT_VALUE] = pay_tables[WeightingRecord.LEFT_OUT_VALUE] = value_cid
+    left_out = read_parquet(store.get(outputs[TrainingRecord.LEFT_OUT_VALUE]))
     if "bare_consensus" in change:  # with no answers to recount, the run would have retrained no labeler
         left_out = left_out.filter(pa.compute.equal(left_out["role"], "provider"))
-        outputs[TrainingRecord.PROVIDER_VALUE] = pay_tables[WeightingRecord.PROVIDER_VALUE] = store_value(
+        outputs[TrainingRecord.LEFT_OUT_VALUE] = pay_tables[WeightingRecord.LEFT_OUT_VALUE] = store_value(
             store, left_out).cid
     for key, column in (("value", "value"), ("copies", "copies_value"), ("runs", "value_runs")):
         if key not in change:  # one provider's value (its copies' part, its seeds') inflated, CIDs consistent
@@ -271,7 +271,7 @@ def _republish(chain, store, run_id: str, name: str, **change) -> str:
         values = [_inflated(v) if p == change[key] else v for p, v in zip(names, values, strict=True)]
         left_out = left_out.set_column(left_out.schema.get_field_index(column), column,
                                        pa.array(values, left_out.schema.field(column).type))
-        outputs[TrainingRecord.PROVIDER_VALUE] = pay_tables[WeightingRecord.PROVIDER_VALUE] = store_value(
+        outputs[TrainingRecord.LEFT_OUT_VALUE] = pay_tables[WeightingRecord.LEFT_OUT_VALUE] = store_value(
             store, left_out).cid
     new_training = put_record(
         store, dataclasses.replace(train, inputs=inputs, outputs=outputs, params=params, parents=parents)
@@ -347,10 +347,10 @@ def _relabel(store, records, training_cid: str, train: Record, where: str):
         ({"labels": "pay"}, "pay_inputs_differ"),
         ({"credit": ("p-big", "p-noisy")}, "pay_inputs_differ"),
         ({"inflate": "p-small"}, "scores_differ"),
-        ({"value": "p-small"}, "provider_values_differ"),
-        ({"value": "l-ok"}, "provider_values_differ"),
-        ({"copies": "p-small"}, "provider_values_differ"),
-        ({"runs": "p-small"}, "provider_values_differ"),
+        ({"value": "p-small"}, "left_out_values_differ"),
+        ({"value": "l-ok"}, "left_out_values_differ"),
+        ({"copies": "p-small"}, "left_out_values_differ"),
+        ({"runs": "p-small"}, "left_out_values_differ"),
         ({"config": {"lr": 0.05}}, "scores_differ"),
         ({"config": {"seed": 7}}, "scores_differ"),
         ({"pay": True}, "pay_differs"),
@@ -371,12 +371,12 @@ def test_a_tampered_run_passes_verify_but_fails_replay(published, change, failur
         (pay,) = [f for f in report.failures if f.name == "pay_differs"]
         role = "provider" if change["value"] in PROVIDERS else "labeler"
         assert f"{change['value']} ({role}" in pay.detail  # the contributors whose pay differs are named
-        assert report.names() == {"provider_values_differ", "pay_differs", "root_differs"}
+        assert report.names() == {"left_out_values_differ", "pay_differs", "root_differs"}
 
 
 @pytest.mark.parametrize(
     "change, failure",
-    [({}, None), ({"inflate": "p-small"}, "scores_differ"), ({"value": "p-small"}, "provider_values_differ"),
+    [({}, None), ({"inflate": "p-small"}, "scores_differ"), ({"value": "p-small"}, "left_out_values_differ"),
      ({"pay": True}, "pay_differs")],
     ids=["honest", "scores", "provider-values", "weights"],
 )
@@ -537,7 +537,7 @@ def test_another_platforms_band_is_the_spread_of_two_replays_here_times_the_fact
     assert band.score_rtol == pytest.approx(band.score / 0.002)
     # per-seed differences -0.001, 0.002 (a) and -0.002, 0 (b): root mean square 0.0015 in one retrain, c
     # (nothing left out, nothing retrained) not counted; a value is the mean of 2 seeds
-    assert value_noise(first.provider_value, second.provider_value) == (pytest.approx(0.0015), 2)
+    assert value_noise(first.left_out_value, second.left_out_value) == (pytest.approx(0.0015), 2)
     assert band.run_value == pytest.approx(VALUE_SIGMAS * 0.0015)
     assert band.value == pytest.approx(VALUE_SIGMAS * 0.0015 / np.sqrt(2))
     # a machine whose two replays agree bit for bit allows the recorded tolerance (of the largest value: a's)
@@ -655,7 +655,7 @@ def test_a_run_paid_by_its_example_credit_names_it_and_replays(published_with_cr
     assert head.params["policy"]["providers"] == "left_out"
     assert head.params["policy"]["label_smoothing"] == DS_SMOOTHING  # the consensus's (its record names none)
     values = {(r["role"], r["contributor"]): r for r in read_parquet(
-        store.get(head.inputs[WeightingRecord.PROVIDER_VALUE])).to_pylist()}
+        store.get(head.inputs[WeightingRecord.LEFT_OUT_VALUE])).to_pylist()}
     # labelers too: each retrained on the consensus refitted without its answers
     assert head.params["policy"]["labelers"] == "left_out"
     assert {c for r, c in values if r == "labeler"} == set(LABELERS)
@@ -665,7 +665,7 @@ def test_a_run_paid_by_its_example_credit_names_it_and_replays(published_with_cr
     small = raw["provider"].to_pylist().count("p-small")
     assert values["provider", "p-big"]["examples_left_out"] >= small  # (training rows only: targets stay)
     _, train = records.parent(records.head(run_id), TRAINING)
-    assert train.outputs[TrainingRecord.PROVIDER_VALUE] == head.inputs[WeightingRecord.PROVIDER_VALUE]
+    assert train.outputs[TrainingRecord.LEFT_OUT_VALUE] == head.inputs[WeightingRecord.LEFT_OUT_VALUE]
     report = replay_run(chain, store, run_id, code=CODE)  # replay pays by the recorded credit too
     assert report.ok, report.failures
 
