@@ -53,9 +53,6 @@ class ContributorsRegistry:
             out[cid] = _checksummed(str(addr).strip(), cid, source)
         return cls(out, source)
 
-    def address_of(self, contributor: str) -> str:
-        return self.require([contributor])[contributor]
-
     def require(self, contributors: Iterable[str]) -> dict[str, str]:
         """Addresses of all these contributors, or one error naming every one that has none."""
         wanted = sorted(set(contributors))

@@ -20,7 +20,6 @@ import httpx
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_VENV = REPO_ROOT / ".venv-labelstudio"
-INSTALL_SCRIPT = REPO_ROOT / "scripts" / "labelstudio.sh"
 TOKEN_ENV = "LABEL_STUDIO_USER_TOKEN"
 # The local admin's token when TOKEN_ENV is unset: scripts/labelstudio.sh and LabelStudioServer start
 # Label Studio with it, so a local server works with nothing exported. Never use it on a shared server.
@@ -49,14 +48,6 @@ def labelstudio_token(env: Mapping[str, str] | None = None) -> str:
     A server that refuses the token answers 401, which the client names with this variable.
     """
     return (os.environ if env is None else env).get(TOKEN_ENV) or DEV_TOKEN
-
-
-def install_label_studio(venv: Path = DEFAULT_VENV) -> None:
-    """Install Label Studio into its own venv through the project script (idempotent, stamped)."""
-    if (venv / ".installed").exists():
-        return
-    env = {**os.environ, "LS_VENV": str(venv)}
-    subprocess.run(["bash", str(INSTALL_SCRIPT), "install"], check=True, env=env)
 
 
 @dataclass

@@ -677,12 +677,6 @@ class Chain:
         paid = self.distributor.events.Claimed().process_receipt(receipt, errors=DISCARD)
         return result, sum(int(e["args"]["amount"]) for e in paid)
 
-    def verify_leaf(self, run_id: str, account: str, weight: int, proof: list[str]) -> bool:
-        fn = self.distributor.functions.verifyLeaf(
-            run_key(run_id), checked_address(account), weight, [bytes.fromhex(p[2:]) for p in proof]
-        )
-        return bool(self._call("verifyLeaf", fn))
-
     # ---- reading transactions -------------------------------------------------------------
 
     def events_of(self, tx_hash: str) -> list[tuple[str, dict[str, Any]]]:

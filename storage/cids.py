@@ -51,11 +51,6 @@ def cid_bytes_to_str(raw: bytes) -> str:
     return cid_to_str(CID.decode(raw))
 
 
-def digest_of(cid: CID) -> bytes:
-    """The raw 32-byte sha2-256 digest a block's bytes must hash to."""
-    return cid.raw_digest
-
-
 def block_key(cid: CID) -> str:
     """A stable file name for a block: its CIDv1 base32 form (a CIDv0 names the same dag-pb block)."""
     return str(cid.set(version=1, base="base32")) if cid.version == 0 else str(cid.set(base="base32"))

@@ -21,7 +21,7 @@ from typing import BinaryIO
 
 from multiformats import CID
 
-from storage.cids import DAG_PB, RAW, block_matches, cid_bytes_to_str, cid_to_str, make_cid_bytes, parse_cid
+from storage.cids import DAG_PB, RAW, cid_bytes_to_str, cid_to_str, make_cid_bytes, parse_cid
 from storage.errors import CorruptBlock, StorageError, UnreadableFile
 
 CHUNK_SIZE = 262_144
@@ -418,12 +418,6 @@ def iter_dag(root: str | CID, fetch: Fetch, *, load_raw: bool = True,
             except (ValueError, StorageError) as exc:
                 raise _corrupt(cid, str(exc)) from None
             stack.extend(reversed(links))
-
-
-def check_block(cid: CID, data: Buffer) -> None:
-    """Raise CorruptBlock unless `data` hashes to `cid`."""
-    if not block_matches(cid, data):
-        raise CorruptBlock(f"block {cid_to_str(cid)} fails its hash check; re-add or re-import the original")
 
 
 class ChunkReader(io.RawIOBase):
