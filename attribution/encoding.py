@@ -38,6 +38,10 @@ MIN_ROWS_PER_CATEGORY = 5  # ... and so are values with fewer rows than this eac
 
 @dataclass(frozen=True)
 class InputEncoding:
+    """The numeric encoding of an MLP run: its feature columns and their widths, the training rows' mean
+    and deviation per feature, the sorted classes and the one-hot columns' values. Stored as JSON beside
+    the model, so serving encodes a request as training encoded its rows."""
+
     columns: tuple[str, ...]
     widths: tuple[int, ...]
     mean: tuple[float, ...]

@@ -351,6 +351,8 @@ class StepScorer:
         return self.pre[id(p)]
 
     def score(self, s: Scored, g: LayerGrads) -> torch.Tensor:
+        """This module's part of the rows' scores, ``[nb]`` (summed over targets) or ``[nb, n_targets]``: by
+        its Gram form against the factored target rows (SGD), else ``⟨g_i, P ⊙ G⟩`` per parameter."""
         t = self.targets
         if s.name in t.factored:  # SGD: the preconditioner is the scalar lr
             gram = g.gram(t.factored[s.name]).mul_(self.lr)

@@ -72,6 +72,9 @@ class PayloadStats:
 
 @dataclass(frozen=True)
 class TextEncoding:
+    """Text for the ``text-transformer`` recipe: a BPE tokenizer trained on the training texts (its JSON
+    kept verbatim), the maximum length in tokens and the class list; stored as one JSON document."""
+
     column: str
     classes: tuple[str, ...]
     tokenizer: str  # the tokenizers JSON (train_tokenizer's bytes, decoded)
@@ -95,6 +98,7 @@ class TextEncoding:
         return cls(column, _classes(labels), data.decode("utf-8"), longest, sizes)
 
     def task(self, config: TrainConfig) -> ModelTask:
+        """The recipe's text transformer for ``config``, sized by ``sizes`` and the tokenizer's vocabulary."""
         from .recipes.text import text_transformer_task
 
         s = self.sizes
@@ -114,6 +118,8 @@ class TextEncoding:
         return int(self._tokenizer().get_vocab_size())
 
     def inputs(self, values: Sequence[object]) -> tuple[dict[str, torch.Tensor], PayloadStats]:
+        """``input_ids`` and ``attention_mask`` of ``values`` (no labels), cut to ``max_length`` tokens, and
+        how many were cut; an ``InputError`` naming rows that are not non-empty text."""
         from .recipes.text import encode_texts
 
         texts = _check_texts(self.column, values)
@@ -137,6 +143,9 @@ class TextEncoding:
 
 @dataclass(frozen=True)
 class ImageEncoding:
+    """Images for the ``image-cnn`` recipe: the decoding policy fitted on the training images
+    (``ImagePolicy`` as JSON) and the class list; stored as one JSON document."""
+
     column: str
     classes: tuple[str, ...]
     policy_json: str  # attribution.recipes.image.ImagePolicy.to_json()
@@ -183,6 +192,8 @@ class ImageEncoding:
         return image_cnn_task(self.policy, len(self.classes), channels=self.sizes.channels, config=config)
 
     def inputs(self, values: Sequence[object]) -> tuple[dict[str, torch.Tensor], PayloadStats]:
+        """``pixel_values`` of ``values`` (no labels) decoded under the policy, and how many images were
+        resized or converted; an ``InputError`` naming rows that are not image bytes."""
         from .recipes.image import decode_images
 
         policy = self.policy
@@ -275,6 +286,8 @@ class HfTextEncoding:
         return self.max_length * CHARS_PER_TOKEN
 
     def inputs(self, values: Sequence[object]) -> tuple[dict[str, torch.Tensor], PayloadStats]:
+        """``input_ids`` and ``attention_mask`` of ``values`` (no labels) by the model's own tokenizer, cut
+        to ``max_length`` tokens, and how many were cut; the files must be here (``at``)."""
         from .recipes.hf import hf_encode_texts
 
         texts = _check_texts(self.column, values)
@@ -330,6 +343,8 @@ def encoding_from_json(data: bytes | str) -> InputEncoding | PayloadEncoding:
 
 
 def payload_encoding_from_json(data: bytes | str) -> PayloadEncoding:
+    """The text or image encoding ``payload_encoding_to_json`` wrote (a Hugging Face one not yet pointed
+    ``at`` its files); an ``InputError`` for another kind or truncation rule."""
     raw = json.loads(data)
     kind = raw.get("kind")
     if kind not in KINDS:

@@ -27,6 +27,8 @@ class LayerProjection:
     r: torch.Tensor | None  # [d_in (+1 for bias), k_in]; None = identity; unused for vectors
 
     def dim(self, module: nn.Module) -> int:
+        """The width of ``module``'s features: ``k_out·k_in`` for a Linear (a bias is one more input), the
+        vector's projected length otherwise. ``Projector.dim`` sums it over the layers."""
         if isinstance(module, nn.Linear):
             k_out = module.out_features if self.q is None else self.q.shape[1]
             d_in = module.in_features + (module.bias is not None)
@@ -59,6 +61,8 @@ class Projector:
 
     @classmethod
     def build(cls, modules: list[nn.Module], k: int, seed: int) -> Projector:
+        """Projections of the scored ``modules``, ``k`` split evenly over them, each drawn from ``(seed, layer
+        index)``; a side (or a whole layer) that fits its share is kept exact."""
         out = []
         for i, (m, k_l) in enumerate(zip(modules, _split(k, len(modules)), strict=True)):
             gen = torch.Generator().manual_seed(seed * 1_000_003 + i)

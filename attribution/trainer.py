@@ -67,6 +67,8 @@ class TrainResult:
 
     @property
     def example_attribution(self) -> pa.Table:
+        """One row per training example (``example_id``, ``score``, ``method``, ``run_id``): the table
+        ``contributor_weights`` turns into royalty weights."""
         import pyarrow as pa
 
         n = len(self.example_ids)

@@ -41,6 +41,8 @@ class FeatureStore:
     _in_memory: int = 0
 
     def append(self, chunk: np.ndarray) -> None:
+        """Add rows as a float32 chunk: in memory while the total stays within ``spill_bytes``, else saved
+        as a ``.npy`` in ``directory`` (a fresh temporary one at the first spill) and kept as a memory map."""
         chunk = np.ascontiguousarray(chunk, dtype=np.float32)
         if self._in_memory + chunk.nbytes <= self.spill_bytes:
             self.chunks.append(chunk)
@@ -150,6 +152,8 @@ class SequentialPlan:
 
     @classmethod
     def of(cls, model: nn.Module, layers: list[nn.Module], projector: Projector) -> SequentialPlan | None:
+        """The plan for ``model`` with its scored ``layers`` under ``projector``; None unless the model is a
+        flat ``nn.Sequential`` of distinct, non-inplace ``_PLAIN`` modules (each LayerNorm over one dim)."""
         if type(model) is not nn.Sequential:
             return None
         mods = tuple(model)

@@ -111,6 +111,10 @@ VALUED = ("valued", "left_out")  # ... valued by what the displaced label was wo
 
 @dataclass(frozen=True)
 class WeightPolicy:
+    """How scores become royalty weights (the module docstring's policy): the provider share, the sign
+    rule, the score grid and how labelers and providers are valued. A weighting record's ``policy``
+    parameter holds its fields, which ``from_params`` reads back."""
+
     provider_share_bps: int = 7000
     negative: Literal["clip", "net"] = "net"
     score_digits: int = 8
@@ -507,6 +511,7 @@ class _BatchPlan:
 
     @classmethod
     def of(cls, split: ContributorSplit) -> _BatchPlan:
+        """The plan for ``split``'s contributors and role shares (``ContributorSplit`` makes it once)."""
         entries = [(c, split.addresses[c], r) for r in ROLES for c in split.contributors[r]]
         tiebreak = [(a.lower(), r, c) for c, a, r in entries]
         tierank = np.empty(len(entries), dtype=np.int64)

@@ -350,6 +350,8 @@ class LabelStudioClient:
         lead_time_s: float | None = None,
         was_cancelled: bool = False,
     ) -> int:
+        """Annotate a task as user `completed_by` (how simulated labelers answer); the annotation id.
+        Not retried, so a call that timed out after it reached the server never annotates twice."""
         a = self.call(
             f"annotating task {task_id}",
             lambda: self.sdk.annotations.create(
@@ -377,6 +379,8 @@ class LabelStudioClient:
             "ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "TASKS_DELETED"
         ),
     ) -> int:
+        """Have the project POST these events, with their payload, to `url` (a `WebhookReceiver`); the
+        webhook's id. Not retried, so the webhook is never registered twice."""
         hook = self.call(
             f"adding a webhook to project {project_id}",
             lambda: self.sdk.webhooks.create(

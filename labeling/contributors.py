@@ -21,11 +21,15 @@ from labeling.errors import ContributorsError, MissingAddressError
 
 @dataclass(frozen=True)
 class ContributorsRegistry:
+    """The registry read from `source`: every contributor id with its checksummed address. The pipeline
+    and `caravan labels check-addresses` load it and look contributors up (`require`)."""
+
     addresses: Mapping[str, str]  # contributor id -> checksummed address
     source: str = "<memory>"
 
     @classmethod
     def load(cls, path: str | Path) -> ContributorsRegistry:
+        """The registry in `path`: CSV (`.csv`) or YAML; ContributorsError naming what is wrong."""
         path = Path(path)
         if not path.exists():
             raise ContributorsError(
@@ -38,6 +42,8 @@ class ContributorsRegistry:
 
     @classmethod
     def from_pairs(cls, pairs: Iterable[tuple[str, str]], source: str = "<memory>") -> ContributorsRegistry:
+        """A registry of (contributor id, address) pairs, each address checked and checksummed; an empty
+        id, a repeated one or a bad address is a ContributorsError naming `source`."""
         out: dict[str, str] = {}
         for n, (cid, addr) in enumerate(pairs, start=1):
             cid = str(cid).strip()

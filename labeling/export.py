@@ -90,6 +90,7 @@ class ExportCursor:
     existing_digest: str | None = None  # digest of the annotation ids that existed at the export
 
     def to_json(self) -> str:
+        """The cursor as JSON text, saved by the caller beside the table it belongs to."""
         return json.dumps(
             {
                 "project_id": self.project_id,
@@ -103,6 +104,7 @@ class ExportCursor:
 
     @classmethod
     def from_json(cls, text: str) -> ExportCursor:
+        """The cursor `to_json` wrote, to start the next export from."""
         d = json.loads(text)
         return cls(
             project_id=int(d["project_id"]),

@@ -103,6 +103,8 @@ def _check_shown_as_before(
 
 
 def task_data(row: dict, project_kind: str, field: str) -> dict:
+    """One task's `data`: the row's `example_id` and `provider`, and under `field` what labelers see (a
+    table row's shown values by column, an image as a data URL, or the text); a non-string text is refused."""
     if project_kind == "table":  # the row's values by column name (JSON has no NaN: a gap is null)
         shown = {k: _cell(v) for k, v in row.items() if k not in ("example_id", "provider")}
         return {"example_id": row["example_id"], "provider": row["provider"], field: shown}

@@ -80,6 +80,8 @@ def daily_attribution(context: dg.ScheduleEvaluationContext):
 def settle_open_epochs(
     context: dg.OpExecutionContext, store: StoreResource, chain: ChainResource, ledger: LedgerResource
 ) -> None:
+    """Settle every served run with open receipts (`serving.settle_all`) and log each epoch closed;
+    the op's `description` above, not this docstring, is what the Dagster UI shows."""
     from serving import settle_all
 
     # pending receipts are attributed first, with the run's model opened if its version is private

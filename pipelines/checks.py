@@ -70,6 +70,7 @@ def weights_sum_to_10000(contributor_weights: pa.Table) -> dg.AssetCheckResult:
     description="Every weighted contributor has a checksummed, non-zero EVM address.",
 )
 def weighted_contributors_have_addresses(contributor_weights: pa.Table) -> dg.AssetCheckResult:
+    """Fails, naming them, on contributors with pay but no usable address: they could not claim it."""
     bad = [
         r["contributor"]
         for r in contributor_weights.to_pylist()
@@ -110,6 +111,8 @@ NO_PROVIDER_HELPED = (
 def onchain_root_matches(
     royalty_root: dict, store: StoreResource, chain: ChainResource
 ) -> dg.AssetCheckResult:
+    """The root recomputed from the weights `royalty_root` names against the run's distribution on
+    chain (`-` in the metadata when none is published)."""
     leaves = share_leaves(read_weights(store.client().get(royalty_root["weights_cid"])))
     dist = chain.client().distribution(royalty_root["run_id"])
     onchain = dist.root if dist else None

@@ -212,6 +212,8 @@ class ContentStoreIOManager(dg.ConfigurableIOManager):
         context.add_output_metadata({"cid": obj.cid, "bytes": obj.size})
 
     def load_input(self, context: dg.InputContext) -> Any:
+        """The upstream asset's latest stored value (per the `index`), fetched by CID through the
+        partition's store (a private version's opens it) and decoded by its recorded kind."""
         meta = self.index.stored(context.asset_key, self._partition(context))
         if meta is None:
             raise dg.Failure(

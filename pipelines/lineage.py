@@ -77,6 +77,8 @@ class LineageResource(dg.ConfigurableResource):
         parents: tuple[str, ...] = (),
         params: Mapping[str, Any] | None = None,
     ) -> str:
+        """Record the stage's run of `activity` on `version` (public, pinned) and index it as the latest;
+        returns its CID, the previous record's where nothing but the times differs."""
         record = Record(
             activity=activity,
             agent=AGENT,

@@ -76,6 +76,8 @@ def _open_keystore(data: bytes, password: str, source: str) -> HolderKey:
 
 
 def require_holder_key(settings: Settings, why: str) -> HolderKey:
+    """The holder key (`holder_key`), or a `KeyringError` saying that `why` (what asks for it, e.g.
+    "granting access to 'v1'") needs one and where to put it."""
     key = holder_key(settings)
     if key is None:
         raise KeyringError(

@@ -93,6 +93,9 @@ class ReplayRefused(ValueError):
 
 @dataclass
 class ReplayReport(Findings):
+    """What `replay_run` found retraining a published run: its failures, the band it allowed and the
+    roots compared (stored, replayed, on chain); `caravan verify --replay` prints and nests it."""
+
     run_id: str
     head_cid: str | None = None
     training_cid: str | None = None
@@ -381,6 +384,8 @@ class Band:
 
     @classmethod
     def between(cls, first: Replayed, second: Replayed | None, rtol: float) -> Band:
+        """The band from two retrains here with the run's recorded score tolerance ``rtol``; no second
+        retrain (a bit-for-bit replay) allows nothing."""
         if second is None:
             return cls()
         _, a, b = _aligned_scores(first.scores, second.scores)

@@ -181,6 +181,8 @@ class DatasetCatalog(dg.ConfigurableResource):
         return out
 
     def lookup(self, version: str) -> dict[str, Any]:
+        """The catalog entry of `version` as `register` wrote it; a `dg.Failure` naming the
+        `caravan ingest` command to run if the version is not registered."""
         path = self._path(version)
         if not path.exists():
             raise dg.Failure(
@@ -234,6 +236,7 @@ class LabelStudioResource(dg.ConfigurableResource):
     project_prefix: str = "caravan"  # projects are titled "<prefix> <dataset version>"
 
     def client(self):
+        """A `LabelStudioClient` for `url`, authenticated with the token from the environment."""
         from labeling import LabelStudioClient, labelstudio_token
 
         return LabelStudioClient(self.url, labelstudio_token())

@@ -29,6 +29,9 @@ DEFAULT_HOME = ".caravan"
 
 @dataclass(frozen=True)
 class Settings:
+    """Every Caravan setting, resolved (`load_settings`): one field per `CARAVAN_*` variable
+    (`ENV_NAMES`), read by the resources (`resources_for`), the CLI and the service scripts."""
+
     home: Path
     deployment: str
     store_dir: Path

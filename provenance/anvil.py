@@ -72,6 +72,8 @@ class AnvilNode:
         return self._process is not None and self._process.poll() is None
 
     def start(self, timeout_s: float = 30.0) -> AnvilNode:
+        """Start anvil (on a free port unless `port` is set) and wait until it answers RPC (and has written
+        `config_path`); ChainError if it exits or stays silent past `timeout_s`. A running node is kept."""
         if self.running:
             return self
         self.port = self.port or free_port()

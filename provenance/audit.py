@@ -79,6 +79,9 @@ class Findings:
 
 @dataclass
 class VerifyReport(Findings):
+    """What `verify_run` found: the run's failures, the stored and on-chain roots, and how many records,
+    contents (CIDs rehashed, private plaintexts opened) and proofs it checked; `caravan verify` prints it."""
+
     run_id: str
     run_key: str
     head_cid: str | None = None
@@ -324,6 +327,7 @@ class TraceNode:
     children: list[TraceNode] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
+        """The node and its children as nested JSON (`caravan trace --json`)."""
         return {
             "kind": self.kind,
             "id": self.id,

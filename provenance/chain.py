@@ -379,6 +379,8 @@ class Chain:
         return results
 
     def contract(self, name: str) -> Contract:
+        """The deployed contract `name` at its recorded address (cached); NotDeployed, naming the fix,
+        where none is recorded for this chain or its code is not there."""
         if name not in self._contracts:
             entry = self.deployments().get("contracts", {}).get(name)
             if not entry:
@@ -545,6 +547,8 @@ class Chain:
                 )
 
     def grant_publisher(self, address: str) -> list[TxResult]:
+        """Grant `address` PUBLISHER_ROLE on both contracts (the admin's key sends it); one result per
+        contract, skipped where it already holds the role."""
         who = checked_address(address)
         out = []
         for name in CONTRACTS:

@@ -73,6 +73,8 @@ class StandardMerkleTree:
     def of(
         cls, values: Sequence[Sequence[Any]], leaf_types: Sequence[str] = SHARE_LEAF
     ) -> StandardMerkleTree:
+        """Build the tree of `values` (at least one), as `StandardMerkleTree.of` in the JS library does:
+        each leaf normalized (addresses checksummed), leaves sorted by hash; `values` keep input order."""
         if not values:
             raise ProvenanceError("a Merkle tree needs at least one leaf")
         types = tuple(leaf_types)

@@ -118,6 +118,7 @@ class Record:
         _validate(self)
 
     def to_json(self) -> dict[str, Any]:
+        """The record as a JSON document, tagged with `SCHEMA`: what `canonical_bytes` encodes."""
         return {
             "schema": SCHEMA,
             "activity": self.activity,
@@ -142,6 +143,8 @@ class Record:
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> Record:
+        """The record a `to_json` document holds (validated); RecordError for another schema or a
+        missing or mistyped field."""
         if not isinstance(doc, Mapping) or doc.get("schema") != SCHEMA:
             raise RecordError(f"not a Caravan provenance record (expected schema {SCHEMA!r})")
         try:

@@ -55,6 +55,8 @@ def store_weights(store: ContentStore, table: pa.Table) -> str:
 
 
 def head_weights(store: ContentStore, head_cid: str, head: Record) -> tuple[str, ShareLeaves]:
+    """The weights table's CID a run's head (weighting) record names, and its Merkle leaves; RecordError
+    for a head of another activity, WeightsError for weights that are unreadable or invalid."""
     if head.activity != WEIGHTING:
         raise RecordError(
             f"record {head_cid} is a {head.activity!r} record; a run's head is its weighting record"

@@ -82,6 +82,8 @@ def read_weights(data: bytes) -> pa.Table:
 
 
 def check_address(where: str, address: object) -> None:
+    """Refuse (WeightsError, prefixed with `where`) anything but a non-zero, EIP-55 checksummed EVM
+    address: the only kind a payout leaf may name."""
     if not isinstance(address, str) or not is_hex_address(address):
         raise WeightsError(f"{where}: address {address!r} is not a 20-byte hex EVM address")
     if address.lower() == ZERO_ADDRESS:

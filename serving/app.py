@@ -187,6 +187,9 @@ class Contributor(BaseModel):
 
 
 class PredictionOut(BaseModel):
+    """One paid prediction: its label and probability, the receipt that records it, and the largest
+    shares of its fee."""
+
     receipt_id: str
     label: str
     probability: float
@@ -225,6 +228,9 @@ class ReceiptBps(BaseModel):
 
 
 class ReceiptOut(BaseModel):
+    """A receipt as the ledger holds it: the prediction paid for, its price and how the price is split
+    (amounts in the token's smallest unit); ``epoch_id`` once a settlement epoch holds it."""
+
     receipt_id: str
     created_at: str
     run_id: str

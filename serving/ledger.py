@@ -99,6 +99,10 @@ class ApiKey:
 
 @dataclass(frozen=True)
 class Receipt:
+    """One paid prediction as the ledger stores it: price, split, and per-address bps and amounts in the
+    token's smallest unit (both empty while the split is pending); ``epoch_id`` once an epoch holds it.
+    Settling batches these (`serving.settle.batch_table`); the API serves them (`to_json`)."""
+
     receipt_id: str
     created_at: str
     run_id: str
@@ -113,6 +117,7 @@ class Receipt:
     epoch_id: str | None = None
 
     def to_json(self) -> dict:
+        """The receipt as `GET /v1/receipts/{receipt_id}` answers it (`ReceiptOut`'s fields)."""
         return {
             "receipt_id": self.receipt_id,
             "created_at": self.created_at,
@@ -177,6 +182,10 @@ class Charged:
 
 @dataclass(frozen=True)
 class Epoch:
+    """A settlement epoch as the ledger stores it: its run, the head record it is anchored under, its
+    receipts' count and total, and its settle state (`serving.settle.STATES`); ``batch_cid``,
+    ``record_cid`` and ``root`` are None until the "stored" step saves them."""
+
     epoch_id: str
     run_id: str
     head_cid: str
@@ -311,6 +320,7 @@ class Ledger:
         return [_api_key(r) for r in self._all(f"SELECT {_KEY_COLS} FROM keys ORDER BY created_at, key_id")]
 
     def authenticate(self, secret: str) -> ApiKey:
+        """The key whose secret this is (looked up by its hash); UnknownKey, or RevokedKey if revoked."""
         row = self._one(f"SELECT {_KEY_COLS} FROM keys WHERE key_hash=?", (hash_key(secret),))
         if row is None:
             raise UnknownKey("unknown API key: send the secret `caravan keys create` printed")
@@ -328,6 +338,8 @@ class Ledger:
                 raise UnknownKey(f"no API key {key_id!r} in {self._b}")  # already revoked: a no-op
 
     def topup(self, key_id: str, amount: int) -> int:
+        """Add ``amount`` (smallest token unit) to the key's balance; returns the new balance. LedgerError
+        where it would pass MAX_AMOUNT, UnknownKey for no such key."""
         _amount("amount", amount)
         with self._b.transaction() as db:
             row = _first(
@@ -583,6 +595,8 @@ class Ledger:
         return [Epoch(*r) for r in self._all("SELECT * FROM epochs ORDER BY number")]
 
     def update_epoch(self, epoch_id: str, **fields: str | None) -> Epoch:
+        """Save an epoch's ``state``, ``batch_cid``, ``record_cid`` or ``root`` (no other field may change)
+        and return it as now stored: how settling saves each step before the next starts."""
         allowed = {"state", "batch_cid", "record_cid", "root"}
         if not fields.keys() <= allowed:
             raise LedgerError(f"epoch fields {sorted(fields.keys() - allowed)} cannot change")

@@ -43,6 +43,9 @@ def redact(url: str) -> str:
 
 
 class Backend(Protocol):
+    """What the ledger needs of an engine (`SqliteBackend`, `PostgresBackend`; `open_backend` picks one):
+    connections and transactions that take `?` placeholders, and the SQL that differs between them."""
+
     serial: str  # the receipts' sequence column
     greatest: str  # SQL name of max(a, b)
     blob: str  # the type of a column of bytes
@@ -104,6 +107,7 @@ class SqliteBackend:
 
     @contextmanager
     def transaction(self, *, alone: bool = False) -> Iterator[sqlite3.Connection]:
+        """`BEGIN IMMEDIATE` on the thread's connection: committed on exit, rolled back on any exception."""
         db = self._db()  # every write transaction already runs alone here
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -205,6 +209,8 @@ class PostgresBackend:
 
     @contextmanager
     def transaction(self, *, alone: bool = False) -> Iterator[_PgConnection]:
+        """A pooled connection in one transaction, committed durably on exit (rolled back on an exception);
+        ``alone`` also takes the advisory lock, so such transactions run one at a time."""
         with self._pool.connection() as conn, conn.transaction():
             if alone:
                 conn.execute(

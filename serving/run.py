@@ -62,6 +62,10 @@ class Prediction:
 
 @dataclass
 class ServedRun:
+    """A run as `load_run` loads it for the server and the deferred-attribution worker: its model,
+    input encoding and TRAK features, the contributor split that turns a prediction's attribution into
+    bps, and ``run_bps``, the run's weights, paid when a prediction has no positive attribution."""
+
     run_id: str
     head_cid: str
     model_cid: str

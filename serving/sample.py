@@ -77,6 +77,9 @@ PAYLOAD_SIZES = RecipeSizes(vocab_size=80, d_model=32, n_layers=1, channels=(4, 
 
 @dataclass(frozen=True)
 class SampleRun:
+    """A stored sample run, as `build_sample_run` returns it: its record CIDs, the contributors'
+    weights, addresses and throwaway keys, and the inputs the tests and benches send to serve it."""
+
     run_id: str
     records: dict[str, str]  # activity -> record CID, parents first
     raw_cid: str  # the raw CSV the ingest record read

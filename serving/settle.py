@@ -69,6 +69,9 @@ PAYOUTS_SCHEMA = pa.schema([("address", pa.string()), ("amount", pa.int64())])
 
 @dataclass(frozen=True)
 class Settlement:
+    """What `settle_run` settled: the epoch, its receipt count and total, the CIDs of its receipts batch
+    and settlement record, the payouts' Merkle root and the per-address payouts it was funded for."""
+
     epoch_id: str
     run_id: str
     n_receipts: int

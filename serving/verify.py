@@ -28,6 +28,9 @@ from storage import ContentStore, StorageError, is_cid, read_parquet
 
 @dataclass
 class EpochReport(Findings):
+    """What `verify_epoch` found for one epoch: its failures, the CIDs it read, the receipt count,
+    total and root the batch gives, and the chain's root, funding and claims (None where unread)."""
+
     epoch_id: str | None
     record_cid: str | None = None
     batch_cid: str | None = None

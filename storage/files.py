@@ -49,6 +49,7 @@ class FileTable:
 
     @classmethod
     def from_json(cls, data: bytes) -> FileTable:
+        """The table ``to_json`` wrote; ``StorageError`` for any other bytes or a name outside the folder."""
         try:
             doc = json.loads(data)
             if doc.get("format") != FILE_TABLE_FORMAT:

@@ -58,6 +58,8 @@ class HolderKey:
 
     @classmethod
     def from_hex(cls, text: str, *, source: str = "the holder key") -> HolderKey:
+        """The key from 64 hex characters (``0x`` and whitespace allowed); ``KeyringError`` naming
+        ``source`` (where the text came from) otherwise."""
         try:
             raw = bytes.fromhex(text.strip().removeprefix("0x"))
             return cls(PrivateKey(raw))
@@ -300,6 +302,7 @@ class Keyring:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Keyring:
+        """The keyring ``to_bytes`` wrote; ``KeyringError`` for anything else."""
         try:
             doc = json.loads(data)
             if doc.get("format") != KEYRING_FORMAT:

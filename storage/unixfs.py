@@ -432,6 +432,8 @@ class ChunkReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Buffer) -> int:  # type: ignore[override]
+        """Copy the next bytes, up to ``len(buffer)`` and never past the current chunk, into ``buffer``;
+        returns how many (0 once the chunks are exhausted)."""
         while not self._pending:
             nxt = next(self._chunks, None)
             if nxt is None:

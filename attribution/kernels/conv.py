@@ -64,6 +64,8 @@ class ConvGrads(LayerGrads):
         return self.linear().dot(self._unfolded(g))
 
     def summed_and_dot(self, g: Weigh) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """``LinearGrads.summed_and_dot`` on the patches: ``g`` unfolded to ``[C_out, C_in·kh·kw]``, the
+        sums folded back to the weight's shape (a callable ``g`` is given the folded sums)."""
         shape = self.params[0].shape
 
         def folded(sums: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -128,9 +130,12 @@ def patches(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 
 
 class Conv2dKernel(Kernel):
+    """``nn.Conv2d`` (``groups=1``): keeps the input; ``ConvGrads`` has one token per output position."""
+
     types = (nn.Conv2d,)
 
     def check(self, name: str, module: nn.Module) -> None:
+        """Refuse grouped and depthwise convolutions (``groups != 1``): no kernel for them yet."""
         assert isinstance(module, nn.Conv2d)
         if module.groups != 1:
             raise UnsupportedModelError(

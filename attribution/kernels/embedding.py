@@ -26,6 +26,11 @@ from .projection import LayerProjector, dense_project
 
 @dataclass
 class EmbeddingGrads(LayerGrads):
+    """An Embedding layer's per-example gradients, kept factored: each token's id and output gradient.
+
+    Made by ``EmbeddingKernel.grads``, which zeroes ``b`` at ``padding_idx`` tokens.
+    """
+
     ids: torch.Tensor  # [n, T] int64
     b: torch.Tensor  # [n, T, d], zero at padding_idx tokens
     params: tuple[nn.Parameter, ...]
@@ -63,6 +68,8 @@ class EmbeddingGrads(LayerGrads):
         return (picked * self.b).sum((1, 2), dtype=torch.float32)
 
     def gram(self, other: LayerGrads) -> torch.Tensor:
+        """``[n, m]`` by the cheaper form: materialized ``[n, V·d]`` gradients, or token pairs
+        ``Σ_{t,s} [id_t = id_s] (b_t·b_s)``."""
         assert isinstance(other, EmbeddingGrads)
         n, t, d = self.b.shape
         m, s = other.ids.shape
@@ -94,9 +101,13 @@ def _materialized(g: EmbeddingGrads) -> torch.Tensor:
 
 
 class EmbeddingKernel(Kernel):
+    """``nn.Embedding``: keeps the ids as ``[n, T]`` int64 and returns ``EmbeddingGrads``."""
+
     types = (nn.Embedding,)
 
     def check(self, name: str, module: nn.Module) -> None:
+        """Refuse ``max_norm`` and ``scale_grad_by_freq``: under either, per-example gradients are not
+        those of the batch."""
         assert isinstance(module, nn.Embedding)
         why = None
         if module.max_norm is not None:

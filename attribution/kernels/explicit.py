@@ -19,6 +19,8 @@ from . import LayerGrads
 
 @dataclass
 class VectorGrads(LayerGrads):
+    """Per-example gradients as explicit ``[n, P]`` vectors (made by the norm kernels' ``affine_grads``)."""
+
     v: torch.Tensor  # [n, P]: the parameters of ``params`` flattened and concatenated in order
     params: tuple[nn.Parameter, ...]
 

@@ -24,6 +24,11 @@ from .projection import LayerProjector, kron_project
 
 @dataclass
 class LinearGrads(LayerGrads):
+    """A Linear layer's per-example gradients, kept factored: each token's input and output gradient.
+
+    Made by ``LinearKernel.grads``, and by ``ConvGrads.linear`` on patches; a bias is ``params[1]``.
+    """
+
     a: torch.Tensor  # [n, T, d_in]
     b: torch.Tensor  # [n, T, d_out]
     params: tuple[nn.Parameter, ...]
@@ -47,6 +52,8 @@ class LinearGrads(LayerGrads):
         return out
 
     def dot(self, g: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``[n]`` fp32: ``Σ_t b_tᵀ G a_t (+ b_t·g_bias)`` per row, one matmul into the narrower of
+        ``d_in`` and ``d_out`` (``g`` cast to the gradients' dtype)."""
         a, b = self.a, self.b
         w = g[0].to(a.dtype)
         # In place after the one matmul: a temporary per op would be fresh memory each step.
@@ -61,6 +68,9 @@ class LinearGrads(LayerGrads):
         return out
 
     def summed_and_dot(self, g: Weigh) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Where ``materializing_pays``, forms each row's ``[d_out, d_in]`` gradient once for both the sum
+        and the dot (in cache-sized chunks when ``g`` is given; all rows kept when ``g`` waits for the sum);
+        otherwise the face's two products over the tokens."""
         n, t, d_in = self.a.shape
         d_out = self.b.shape[-1]
         fixed = not callable(g)
@@ -90,6 +100,8 @@ class LinearGrads(LayerGrads):
         return summed, dots
 
     def gram(self, other: LayerGrads) -> torch.Tensor:
+        """``[n, m]`` by the cheaper of ``gram_costs``' forms: materialized gradients, or token pairs
+        ``Σ_{t,s} (a_t·a_s + 1)(b_t·b_s)`` (the ``+ 1`` only with a bias)."""
         assert isinstance(other, LinearGrads)
         materialized, token_pairs = gram_costs(*self.a.shape, self.b.shape[-1], len(other), other.a.shape[1])
         if materialized <= token_pairs:
@@ -152,6 +164,8 @@ def _materialized(g: LinearGrads) -> torch.Tensor:
 
 
 class LinearKernel(Kernel):
+    """``nn.Linear``: keeps the input as ``[n, T, d_in]`` rows and returns ``LinearGrads``."""
+
     types = (nn.Linear,)
 
     def keep(self, module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:

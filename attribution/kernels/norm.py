@@ -58,6 +58,7 @@ class RMSNormKernel(_Norm):
     types = (nn.RMSNorm,)
 
     def grads(self, module: nn.Module, kept: object, grad_output: torch.Tensor) -> VectorGrads:
+        """``affine_grads`` of ``x̂`` recomputed in fp32 by ``F.rms_norm``, ``eps=None`` resolved as above."""
         assert isinstance(module, nn.RMSNorm) and isinstance(kept, torch.Tensor)
         eps = module.eps
         if eps is None:

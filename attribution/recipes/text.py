@@ -152,6 +152,8 @@ class TextTransformer(nn.Module):
         self.head = nn.Linear(d_model, n_classes)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Logits ``[n, classes]``; an ``InputError`` for inputs the model cannot read (shapes, a length past
+        the position table, ids outside the vocabulary, a row with no unmasked token)."""
         self._check_inputs(input_ids, attention_mask)
         n, length = input_ids.shape
         # Expanded to [n, L]: the position table must see one row per example to be scored.

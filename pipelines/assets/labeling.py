@@ -176,6 +176,9 @@ def _previous(
 
 
 class ConsensusConfig(dg.Config):
+    """How `consensus_labels` decides each example's label from the crowd's answers: the method and
+    its Dawid-Skene smoothing (both recorded, so replay recomputes the same labels)."""
+
     # one of labeling.METHODS; a model method ("dawid_skene_model", "crowdlab") is Dawid-Skene until a
     # run of this version was reviewed (its label_review holds out-of-sample class probabilities)
     method: str = "dawid_skene"
@@ -312,6 +315,8 @@ def consensus_labels(
     index: AssetIndex,
     lineage: LineageResource,
 ):
+    """Each example's consensus label from the annotations (graded on the version's gold, if any) and
+    each annotator's estimated accuracy, recorded as the consensus stage."""
     started, version = now(), context.partition_key
     gold_file = catalog.lookup(version).get("gold")  # pinned when the version was registered
     client = store.client()

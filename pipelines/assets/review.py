@@ -63,6 +63,9 @@ LABEL_REVIEW_SCHEMA = pa.schema(
 
 
 class ReviewConfig(dg.Config):
+    """How `label_review` scores each label: cross-fitted folds, the models mixed in with the recipe,
+    whether the crowd's votes are weighed in, and how many suspects the report lists."""
+
     folds: int = 5
     top: int = 20  # suspects listed in the run's report
     # tabular runs: mix the recipe's out-of-sample probabilities with a random forest's (scikit-learn,

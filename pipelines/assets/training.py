@@ -379,6 +379,9 @@ def trained_model(
     index: AssetIndex,
     lineage: LineageResource,
 ):
+    """Train the run's recipe on the labeled dataset with attribution, and record it: model, encoding,
+    per-example scores and features, plus the left-out values of the providers (and labelers) retrained
+    without."""
     started, version, config = now(), context.partition_key, config.on_device()
     client = store.client()
     data_cid = index.cid_of("labeled_dataset", version)

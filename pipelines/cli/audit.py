@@ -82,6 +82,7 @@ class RunAudit:
 
     @property
     def failures(self) -> list[Any]:
+        """The run's and the replay's failures, then each epoch's, its detail prefixed with the epoch."""
         from provenance import Failure
 
         out = list(self.run.failures) + (list(self.replay.failures) if self.replay else [])
@@ -102,6 +103,8 @@ class RunAudit:
         return list(self.run.skipped) + list(self.skipped_here) + replayed
 
     def to_json(self) -> dict[str, Any]:
+        """The run's own report (`--json`) with each epoch's and the replay's nested, and every failure
+        and skipped check of all of them at the top."""
         epochs = [{**epoch.to_json(), "verify": report.to_json()} for epoch, report in self.epochs]
         failures = [{"name": f.name, "subject": f.subject, "detail": f.detail} for f in self.failures]
         skipped = [{"name": f.name, "subject": f.subject, "detail": f.detail} for f in self.skipped]

@@ -212,6 +212,7 @@ def check_addresses(
 
 
 def register(app: typer.Typer) -> None:
+    """Add the `caravan labels` group (sync, export, aggregate, check-addresses) to the root app."""
     labels_app = typer.Typer(
         help="Labeling in Label Studio: tasks, annotations, consensus.", no_args_is_help=True
     )

@@ -230,6 +230,7 @@ def keys_create(
     burst: Annotated[int, typer.Option(help="Requests allowed at once.", min=1)] = 100,
     ledger_path: LedgerTarget = None,
 ) -> None:
+    """Create an API key and print its secret once (only its hash is kept); requests send it as X-API-Key."""
     with clean_errors(*ERRORS):
         ledger = open_ledger(ledger_path)
         key_id, secret = ledger.create_key(name, balance=balance, rate_per_s=rate, burst=burst)
@@ -239,6 +240,7 @@ def keys_create(
 
 @keys_app.command("list")
 def keys_list(as_json: AsJson = False, ledger_path: LedgerTarget = None) -> None:
+    """List the API keys: id, name, balance, rate limit, and whether revoked (never their secrets)."""
     with clean_errors(*ERRORS):
         keys = open_ledger(ledger_path).keys()
     if as_json:
@@ -257,6 +259,7 @@ def keys_topup(
     amount: Annotated[int, typer.Argument(help="Amount to add, smallest token unit.")],
     ledger_path: LedgerTarget = None,
 ) -> None:
+    """Add AMOUNT to the key's prepaid balance and print the new balance."""
     with clean_errors(*ERRORS):
         balance = open_ledger(ledger_path).topup(key_id, amount)
     typer.echo(f"key {key_id} balance {balance}")
@@ -264,6 +267,7 @@ def keys_topup(
 
 @keys_app.command("revoke")
 def keys_revoke(key_id: Annotated[str, typer.Argument()], ledger_path: LedgerTarget = None) -> None:
+    """Revoke KEY_ID: its requests are refused from now on; its receipts and balance are kept."""
     with clean_errors(*ERRORS):
         open_ledger(ledger_path).revoke(key_id)
     typer.echo(f"key {key_id} revoked")
@@ -274,6 +278,7 @@ epoch_app = typer.Typer(help="Settlement epochs: list, verify, claim.", no_args_
 
 @epoch_app.command("list")
 def epoch_list(as_json: AsJson = False, ledger_path: LedgerTarget = None) -> None:
+    """List the ledger's settlement epochs: state, receipt count, total and Merkle root of each."""
     with clean_errors(*ERRORS):
         epochs = open_ledger(ledger_path).epochs()
     if as_json:
@@ -305,6 +310,7 @@ def epoch_claim_command(
     address: Annotated[str, typer.Argument(help="The payee (anyone may submit; funds go to it).")],
     store_dir: StoreDir = None,
 ) -> None:
+    """Claim everything ADDRESS is owed in the epoch on chain (needs a chain key; the funds go to ADDRESS)."""
     with clean_errors(*ERRORS):
         tx, paid = epoch_claim(open_chain(need_key=True), open_store(store_dir), epoch_id, address)
     typer.echo(f"claimed {paid} wei for {address} in {epoch_id} (tx {tx.tx_hash})")
