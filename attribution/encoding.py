@@ -143,6 +143,8 @@ class InputEncoding:
         ]
 
     def scale(self, raw: np.ndarray) -> np.ndarray:
+        """``raw`` features standardized by the training mean and deviation (float64 [n, n_features]);
+        an ``InputError`` for another width or a NaN or inf (``raw()`` has already filled missing numbers)."""
         raw = np.asarray(raw, dtype=np.float64)
         if raw.ndim != 2 or raw.shape[1] != self.n_features:
             raise InputError(f"expected {self.n_features} features per input, got shape {raw.shape}")
@@ -151,6 +153,8 @@ class InputEncoding:
         return (raw - np.asarray(self.mean)) / np.asarray(self.std)
 
     def label_indices(self, labels: Sequence[str]) -> np.ndarray:
+        """Each label's int64 index in ``classes``, compared as strings; an ``InputError`` names labels
+        outside the set."""
         index = {c: i for i, c in enumerate(self.classes)}
         unknown = sorted({str(v) for v in labels} - index.keys())
         if unknown:
@@ -158,6 +162,8 @@ class InputEncoding:
         return np.array([index[str(v)] for v in labels], dtype=np.int64)
 
     def to_json(self) -> bytes:
+        """Canonical JSON bytes (sorted keys, no spaces), stored by CID in the training record; no
+        ``categories`` key for a table of numbers only, so earlier runs' encodings hash as they did."""
         doc = asdict(self)
         doc["categories"] = {c: list(v) for c, v in self.categories}
         if not self.categories:
@@ -166,6 +172,7 @@ class InputEncoding:
 
     @classmethod
     def from_json(cls, data: bytes | str) -> InputEncoding:
+        """The encoding ``to_json`` wrote: an equal one, which writes the same bytes again."""
         raw = json.loads(data)
         categories = tuple((c, tuple(v)) for c, v in raw.pop("categories", {}).items())
         return cls(**{k: tuple(v) for k, v in raw.items()}, categories=categories)

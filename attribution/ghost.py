@@ -139,6 +139,7 @@ class Factors:
     v: torch.Tensor | None = None
 
     def rows(self, sl: slice) -> Factors:
+        """The factors of the rows ``sl`` only (a batch's training rows or its target rows)."""
         if self.v is not None:
             return Factors(None, None, False, self.v[sl])
         return Factors(self.a[sl], self.b[sl], self.bias, None)
@@ -235,6 +236,8 @@ def summed_dots(train: Factors, targets: Factors, form: Form) -> torch.Tensor:
 
 
 def layer_dims(module: nn.Module) -> tuple[int, int]:
+    """``(d_in, d_out)`` for ``cheaper_form``: a Linear's input (plus one for the bias) and output widths;
+    ``(1, 1)`` for a LayerNorm, whose explicit vectors have one form only."""
     if isinstance(module, nn.Linear):
         return module.in_features + 1, module.out_features
     return 1, 1  # LayerNorm: explicit vectors, form irrelevant

@@ -173,6 +173,8 @@ class ModuleTaps:
 
 
 def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """``cfg.optimizer``'s torch optimizer over ``params`` (AdamW or plain SGD, with ``cfg.weight_decay``);
+    the attributed and the plain training loops share it, and set the scheduled rate every step."""
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps,
                                  weight_decay=cfg.weight_decay)

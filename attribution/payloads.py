@@ -134,6 +134,8 @@ class TextEncoding:
         return load_tokenizer(self.tokenizer.encode("utf-8"))
 
     def to_doc(self) -> dict[str, object]:
+        """The stored document, the tokenizer's JSON as its exact text; ``payload_encoding_to_json`` makes
+        it canonical bytes and ``payload_encoding_from_json`` reads it back."""
         return {
             "kind": self.kind, "column": self.column, "classes": list(self.classes),
             "tokenizer": self.tokenizer, "max_length": self.max_length,
@@ -170,6 +172,7 @@ class ImageEncoding:
 
     @property
     def policy(self):
+        """The ``ImagePolicy`` parsed from ``policy_json`` (afresh on each access)."""
         from .recipes.image import ImagePolicy
 
         return ImagePolicy.from_json(self.policy_json)
@@ -187,6 +190,7 @@ class ImageEncoding:
         return self.policy.channels
 
     def task(self, config: TrainConfig) -> ModelTask:
+        """The recipe's ``SmallCNN`` for ``config``, on images decoded under ``policy``."""
         from .recipes.image import image_cnn_task
 
         return image_cnn_task(self.policy, len(self.classes), channels=self.sizes.channels, config=config)
@@ -207,6 +211,7 @@ class ImageEncoding:
         )
 
     def to_doc(self) -> dict[str, object]:
+        """The stored document, the policy nested as an object (read back as canonical JSON text)."""
         return {
             "kind": self.kind, "column": self.column, "classes": list(self.classes),
             "policy": json.loads(self.policy_json), "sizes": _sizes_doc(self.sizes),
@@ -276,6 +281,7 @@ class HfTextEncoding:
         return self.local
 
     def task(self, config: TrainConfig) -> ModelTask:
+        """The local model as a sequence classifier, one output per class; its files must be here (``at``)."""
         from .recipes.hf import hf_classifier_task
 
         return hf_classifier_task(self._local().path, n_classes=len(self.classes), config=config)
@@ -297,6 +303,8 @@ class HfTextEncoding:
         return batch, PayloadStats(len(texts), truncated=sum(n > self.max_length for n in full))
 
     def to_doc(self) -> dict[str, object]:
+        """The stored document: the model's files and tokenizer by CID, never the local path; its
+        ``recipe`` is what tells it apart from a ``TextEncoding`` when read back."""
         return {
             "kind": self.kind, "recipe": self.recipe, "column": self.column, "classes": list(self.classes),
             "files": self.files, "tokenizer": self.tokenizer, "max_length": self.max_length,
@@ -409,6 +417,8 @@ def labelled_inputs(
 
 
 def label_indices(classes: Sequence[str], labels: Sequence[object]) -> np.ndarray:
+    """Each label's int64 index in ``classes``, compared as strings; an ``InputError`` names labels outside
+    the set."""
     index = {c: i for i, c in enumerate(classes)}
     unknown = sorted({str(v) for v in labels} - index.keys())
     if unknown:

@@ -145,6 +145,7 @@ class ModuleSpec:
         return (self.n_features, self.n_classes)
 
     def build(self, seed: int) -> nn.Module:
+        """Fresh ``factory()`` model with weights drawn from ``seed`` (the global CPU RNG left as it was)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return self.factory()

@@ -425,6 +425,8 @@ class _Rows:
 
     @classmethod
     def of(cls, nb: int, xv: torch.Tensor, yv: torch.Tensor) -> _Rows:
+        """Buffers for ``nb`` batch rows (empty until ``fill``) followed by the targets ``xv``, ``yv``,
+        on their device; the trainer keeps one per batch size (the last batch may be short)."""
         n, device = nb + len(xv), xv.device
         x = torch.empty((n, xv.shape[1]), dtype=xv.dtype, device=device)
         y = torch.empty(n, dtype=yv.dtype, device=device)

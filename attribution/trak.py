@@ -70,6 +70,8 @@ class FeatureStore:
 
 @dataclass
 class CheckpointFeatures:
+    """One checkpoint: its frozen model, scored layers, projected training features, damped kernel inverse."""
+
     model: nn.Module
     layers: list[nn.Module]
     store: FeatureStore
@@ -93,6 +95,8 @@ class TrakFeatures:
     def target_features(
         self, ck: CheckpointFeatures, x: torch.Tensor, y: torch.Tensor, plan: SequentialPlan | None = None
     ) -> np.ndarray:
+        """[n, dim] float64 projected gradients of ``-log p_y(x)`` at checkpoint ``ck``: through ``plan``
+        (numpy) for flat inputs when given, else the hooked autograd path; the two agree to float32."""
         if plan is not None and x.dim() == 2:
             return plan.features(x.numpy(), y.numpy())
         return _projected_grads(ck.model, ck.layers, self.projector, x, y).numpy().astype(np.float64)

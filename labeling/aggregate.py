@@ -59,6 +59,9 @@ MODEL_ANNOTATOR = "model:out-of-sample"  # the model's vote in dawid_skene_model
 
 @dataclass(frozen=True)
 class Aggregation:
+    """What ``aggregate`` returns: the consensus labels, each annotator's estimated quality, and how they
+    were found (the method, and the smoothing it used, so a refit can use the same)."""
+
     consensus: pa.Table  # CONSENSUS
     quality: pa.Table  # ANNOTATOR_QUALITY
     method: str

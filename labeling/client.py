@@ -45,6 +45,9 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class Project:
+    """A Label Studio project as Caravan reads it: its id and title, what it shows (`kind`, the task data
+    key `field`) and the labels it allows (`choices`)."""
+
     id: int
     title: str
     kind: str  # "text" | "image" | "table"
@@ -166,6 +169,8 @@ class LabelStudioClient:
         return self.project(ids[0]) if ids else None
 
     def project(self, project_id: int) -> Project:
+        """Project `project_id`, its kind, field and choices read from its labeling config (`show` left empty:
+        no config holds it); `LabelConfigError` for a config that is not a Caravan one."""
         p = self.call(f"reading project {project_id}", lambda: self.sdk.projects.get(id=project_id))
         kind, field = _object_field(p.label_config or "")
         return Project(
@@ -366,6 +371,7 @@ class LabelStudioClient:
         return int(a.id)
 
     def update_annotation(self, annotation_id: int, result: list[dict]) -> None:
+        """Replace an annotation's `result` (a changed answer); retried, as setting it twice is harmless."""
         self.call(
             f"updating annotation {annotation_id}",
             lambda: self.sdk.annotations.update(annotation_id, result=result),

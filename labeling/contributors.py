@@ -68,6 +68,7 @@ class ContributorsRegistry:
         return {c: self.addresses[c] for c in wanted}
 
     def write_csv(self, path: str | Path) -> None:
+        """Write the registry to `path` as the CSV `load` reads: `contributor,address`, sorted by id."""
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["contributor", "address"])

@@ -21,6 +21,8 @@ REVIEW_TAB = "review"
 
 @dataclass(frozen=True)
 class ReviewQueue:
+    """What `request_review` did: the Data Manager tab listing the flagged tasks, and which were sent back."""
+
     view_id: int  # the project's "review" tab
     task_ids: list[int]  # the tasks it lists, in the order given
     raised: int  # tasks whose overlap was raised by this call

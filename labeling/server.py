@@ -117,6 +117,7 @@ class LabelStudioServer:
         }
 
     def healthy(self) -> bool:
+        """Whether ``/health`` answers 200 within 2 s (False if down or unreachable); ``start`` polls it."""
         try:
             return httpx.get(f"{self.url}/health", timeout=2.0).status_code == 200
         except httpx.HTTPError:

@@ -23,6 +23,8 @@ SIM_DOMAIN = "simulated.caravan.invalid"
 
 @dataclass(frozen=True)
 class SimulatedAnnotator:
+    """A synthetic labeler, right with probability `accuracy`; `email` names its Label Studio user."""
+
     name: str
     accuracy: float
 
@@ -33,6 +35,8 @@ class SimulatedAnnotator:
 
 @dataclass(frozen=True)
 class SimulatedAnswer:
+    """One drawn answer to submit: who gave an example which label, and the seconds taken (`lead_time_s`)."""
+
     example_id: str
     annotator: SimulatedAnnotator
     label: str

@@ -22,6 +22,8 @@ from labeling.schemas import EXAMPLES_REQUIRED
 
 @dataclass(frozen=True)
 class SyncReport:
+    """What `sync_tasks` did, counted in tasks: created, already present, and the project's total after."""
+
     created: int
     already_present: int
     tasks_in_project: int

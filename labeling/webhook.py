@@ -73,6 +73,7 @@ class WebhookReceiver:
         return 200
 
     def start(self) -> WebhookReceiver:
+        """Serve on a daemon thread (the port is already bound, so `url` is final); returns self."""
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="caravan-webhook", daemon=True
         )
@@ -80,6 +81,7 @@ class WebhookReceiver:
         return self
 
     def stop(self) -> None:
+        """Stop serving and free the port; only after `start` (before it, the shutdown waits forever)."""
         self._server.shutdown()
         self._server.server_close()
         if self._thread:

@@ -56,6 +56,7 @@ cid_checks = [_cid_check(a) for a in CONTENT_ASSETS]
     description=f"Integer basis points, all rows summing to exactly {TOTAL_BPS:,}.",
 )
 def weights_sum_to_10000(contributor_weights: pa.Table) -> dg.AssetCheckResult:
+    """Fails on a total other than `TOTAL_BPS` or on any negative weight: the payees' shares must be whole."""
     bps = contributor_weights["weight_bps"].to_pylist()
     total = sum(bps)
     return dg.AssetCheckResult(

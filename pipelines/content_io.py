@@ -120,12 +120,14 @@ def table_bytes(table: pa.Table) -> bytes:
 
 
 def kind_of(value: Any) -> str:
+    """How `value` is stored: an Arrow table as Parquet, bytes as they are, anything else as JSON."""
     if isinstance(value, pa.Table):
         return KIND_TABLE
     return KIND_BYTES if isinstance(value, bytes | bytearray) else KIND_JSON
 
 
 def encode(value: Any) -> tuple[str, bytes]:
+    """`value`'s kind and deterministic bytes (sorted Parquet, the bytes, or canonical JSON, RFC 8785)."""
     kind = kind_of(value)
     if kind == KIND_TABLE:
         return kind, table_bytes(value)
@@ -152,6 +154,7 @@ def store_value(
 
 
 def decode(kind: str, data: bytes) -> Any:
+    """The value `encode` made `data` from, read back by its recorded `kind`."""
     if kind == KIND_TABLE:
         return read_parquet(data)
     if kind == KIND_BYTES:
@@ -180,6 +183,7 @@ class AssetIndex(dg.ConfigurableResource):
         return meta["cid"]
 
     def write(self, key: dg.AssetKey, partition: str | None, meta: dict[str, str]) -> None:
+        """Point (asset, partition) at `meta` (`{"cid", "kind"}`), replacing the file atomically."""
         path = self.path(key, partition)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -204,6 +208,8 @@ class ContentStoreIOManager(dg.ConfigurableIOManager):
         return context.asset_partition_key if context.has_asset_partitions else None
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+        """Store `obj` pinned, unless its step already did (a `StoredValue`), and point the `index` at
+        its CID; a `None` output stores nothing."""
         if obj is None:
             return
         if not isinstance(obj, StoredValue):

@@ -77,6 +77,7 @@ class SourceFile:
     refs: tuple[tuple[str, str], ...] = ()
 
     def to_json(self) -> dict:
+        """The file as a catalog entry's `sources` item lists it (`from_json` reads it back)."""
         out: dict = {"name": self.name, "cid": self.cid, "provider": self.provider}
         if self.refs:  # absent when empty: entries registered before refs existed stay the same
             out["refs"] = [{"name": n, "cid": c} for n, c in self.refs]
@@ -90,6 +91,9 @@ class SourceFile:
 
 @dataclass(frozen=True)
 class IngestReport:
+    """What `to_examples` did: rows read, examples kept, exact copies dropped, providers left; the
+    ingest asset reports it as metadata."""
+
     rows_in: int
     examples: int
     duplicates_dropped: int

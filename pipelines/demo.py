@@ -154,6 +154,7 @@ def demo_address(contributor: str) -> str:
 
 
 def write_contributors(path: Path, contributors: list[str]) -> None:
+    """Write a YAML contributors registry mapping each id to its `demo_address` (replaced atomically)."""
     lines = [f'"{c}": "{demo_address(c)}"' for c in sorted(contributors)]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

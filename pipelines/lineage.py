@@ -52,6 +52,7 @@ class LineageResource(dg.ConfigurableResource):
         return json.loads(path.read_text())["cid"] if path.exists() else None
 
     def cid_of(self, activity: str, version: str) -> str:
+        """The `latest` record's CID, for a step that needs that stage to have run (a Failure otherwise)."""
         cid = self.latest(activity, version)
         if cid is None:
             raise dg.Failure(

@@ -116,6 +116,7 @@ class Keyrings:
         return self._pointer(version).is_file()
 
     def get(self, version: str) -> Keyring | None:
+        """The keyring `version` points at, loaded from the store; None for a public version."""
         path = self._pointer(version)
         if not path.is_file():
             return None

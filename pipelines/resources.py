@@ -248,6 +248,7 @@ class ContributorsResource(dg.ConfigurableResource):
     path: str  # from the settings (`resources_for`)
 
     def registry(self):
+        """The `ContributorsRegistry` loaded from `path` (ContributorsError if it is missing or invalid)."""
         from labeling import ContributorsRegistry
 
         return ContributorsRegistry.load(self.path)
@@ -261,6 +262,8 @@ class ChainResource(dg.ConfigurableResource):
     auto_deploy: bool = True  # local chains only; a real chain's contracts are deployed on purpose
 
     def client(self):
+        """A `Chain` on `rpc_url` with its deployments in `chain_dir`; with `auto_deploy`, missing contracts
+        are deployed first."""
         from provenance import Chain
 
         chain = Chain.from_env(
@@ -277,6 +280,7 @@ class LedgerResource(dg.ConfigurableResource):
     path: str  # from the settings (`resources_for`)
 
     def ledger(self):
+        """The `Ledger` at `path`, opened as every process opens it (`Ledger.from_env`)."""
         from serving import Ledger
 
         return Ledger.from_env(self.path)

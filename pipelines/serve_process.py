@@ -36,6 +36,7 @@ class ServeError(RuntimeError):
 
 
 def free_port() -> int:
+    """A port on 127.0.0.1 the kernel just handed out (free now, not reserved until the server binds it)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

@@ -62,6 +62,8 @@ class ShardRun:
 
 @dataclass(frozen=True)
 class ShardRows:
+    """One shard's training rows (features, labels, example ids); ``start`` is its first row's index."""
+
     start: int
     X: np.ndarray
     y: np.ndarray

@@ -35,6 +35,7 @@ def free_port() -> int:
 
 
 def anvil_binary() -> Path:
+    """The anvil executable: `CARAVAN_ANVIL_BIN`, else the one `npm ci` installs (ChainError if absent)."""
     path = Path(os.environ.get(ANVIL_BIN_ENV) or DEFAULT_BINARY)
     if not path.is_file():
         raise ChainError(

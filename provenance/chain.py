@@ -339,6 +339,8 @@ class Chain:
         return self.chain_dir / f"pending-{self.chain_id}.json"
 
     def deployments(self) -> dict[str, Any]:
+        """This chain's deployments file (each contract's address, tx and block under "contracts"), `{}`
+        before the first deploy; ChainError if it is not JSON."""
         try:
             return json.loads(self.deployments_path.read_text())
         except FileNotFoundError:
@@ -610,6 +612,7 @@ class Chain:
     # ---- distributor ----------------------------------------------------------------------
 
     def distribution(self, run_id: str) -> Distribution | None:
+        """The run's distributor entry as stored on chain, or None where its root was never published."""
         root, kind, token, total, deposited, claimed = self._call(
             "distributionOf", self.distributor.functions.distributionOf(run_key(run_id))
         )

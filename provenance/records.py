@@ -50,6 +50,7 @@ class CodeVersion:
     dirty: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """The record's `code` field; `dirty` only when known, so older records keep their bytes."""
         doc: dict[str, Any] = {"package": self.package, "version": self.version}
         doc["git_commit"] = self.git_commit
         if self.dirty is not None:
@@ -133,6 +134,7 @@ class Record:
         }
 
     def canonical_bytes(self) -> bytes:
+        """The RFC 8785 bytes of `to_json`: what is stored and hashed to the record's CID."""
         try:
             return rfc8785.dumps(self.to_json())
         except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
@@ -199,6 +201,7 @@ def load_record(store: ContentStore, cid: str) -> Record:
 
 
 def cid_version_of(cid: str) -> int:
+    """The CID's version (0 or 1), which its bytes are rehashed under; RecordError if it is no CID."""
     try:
         return _parse_cid(cid).version
     except (InvalidCID, ValueError, TypeError) as exc:

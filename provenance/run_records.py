@@ -242,6 +242,7 @@ class RunRecords:
 
     @property
     def chain(self) -> Chain:
+        """The chain this reader was built with; ChainError for a store-only reader (`chain` None)."""
         if self._chain is None:
             raise ChainError("this question needs the chain: build RunRecords(chain, store)")
         return self._chain

@@ -137,6 +137,7 @@ class Share:
 
 
 def shares(leaves: ShareLeaves) -> list[Share]:
+    """Every payee's `Share`, with the Merkle proof a claim submits, in the tree's leaf order."""
     return [
         Share(address, bps, tuple(leaves.tree.proof(i)))
         for i, (address, bps) in enumerate(leaves.tree.values)

@@ -171,6 +171,7 @@ def unseen_fields(run: ServedRun, rows: list) -> list[dict[str, str]]:
 
 
 def image_bytes(index: int, item: "ImageIn | bytes") -> bytes:
+    """Image input `index`'s file bytes: an upload's as received, a JSON one's base64 decoded (else 422)."""
     if isinstance(item, bytes):
         return item
     try:
@@ -180,6 +181,8 @@ def image_bytes(index: int, item: "ImageIn | bytes") -> bytes:
 
 
 class Contributor(BaseModel):
+    """One address paid from a prediction's fee: its share and amount, and the contributor ids behind it."""
+
     address: str
     contributors: str = Field(description="contributor ids behind this address")
     share: float = Field(description="fraction of this prediction's fee")
@@ -210,6 +213,9 @@ class PredictionOut(BaseModel):
 
 
 class PredictResponse(BaseModel):
+    """A paid prediction call: the run and model that answered, the total charged and the key's balance
+    right after it (both in the token's smallest unit), and one prediction per input, in order."""
+
     run_id: str
     model_cid: str
     price_charged: int

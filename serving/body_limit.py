@@ -104,6 +104,7 @@ def default_max_body_bytes(encoding: Any, max_batch: int) -> int:
 
 
 def too_large_message(limit: int) -> str:
+    """The 413's error text for a body over `limit` bytes: what to do, and the option that raises it."""
     return (
         f"request body over this server's limit of {limit} bytes (the largest batch it accepts); "
         f"send fewer inputs per request, or raise the limit with `{LIMIT_OPTION}`"
@@ -119,6 +120,9 @@ class BodyTooLarge(HTTPException):
 
 @dataclass(frozen=True)
 class Refusal:
+    """A request refused before its body is read: the HTTP status, the JSON `error` text, and extra headers
+    (a 429's `Retry-After`)."""
+
     status: int
     error: str
     headers: dict[str, str] = field(default_factory=dict)

@@ -89,6 +89,9 @@ def hash_key(secret: str) -> str:
 
 @dataclass(frozen=True)
 class ApiKey:
+    """An API key as the ledger stores it, never its secret: ``balance`` in the token's smallest unit as of
+    the lookup (a charge re-checks it), and its GCRA rate limit (``rate_per_s``, ``burst``)."""
+
     key_id: str
     name: str
     balance: int
@@ -311,6 +314,7 @@ class Ledger:
         return key_id, secret
 
     def key(self, key_id: str) -> ApiKey:
+        """The key with this id, revoked or not; UnknownKey where there is none."""
         row = self._one(f"SELECT {_KEY_COLS} FROM keys WHERE key_id=?", (key_id,))
         if row is None:
             raise UnknownKey(f"no API key {key_id!r} in {self._b}; list keys with `caravan keys list`")
@@ -330,6 +334,8 @@ class Ledger:
         return key
 
     def revoke(self, key_id: str) -> None:
+        """Mark the key revoked, so it authenticates and charges no more; revoking it again is a no-op.
+        UnknownKey for no such key."""
         with self._b.transaction() as db:
             revoked = db.execute(
                 "UPDATE keys SET revoked_at=? WHERE key_id=? AND revoked_at IS NULL", (now(), key_id)
@@ -606,6 +612,7 @@ class Ledger:
             return self._epoch(db, epoch_id)
 
     def epoch_receipts(self, epoch_id: str) -> list[Receipt]:
+        """The receipts this epoch holds, by receipt id: what settling batches and totals per address."""
         rows = self._all(
             f"SELECT {_RECEIPT_COLS} FROM receipts WHERE epoch_id=? ORDER BY receipt_id", (epoch_id,)
         )

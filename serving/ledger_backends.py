@@ -119,11 +119,13 @@ class SqliteBackend:
 
     @contextmanager
     def volatile(self) -> Iterator[sqlite3.Connection]:
+        """The thread's connection to the rate-limit file (`<ledger>-rates`, `synchronous=OFF`)."""
         # A file of its own, never fsynced: SQLite has one writer per file, so sharing the ledger's
         # would queue every rate update behind the charges' flushes.
         yield self._rates_db()
 
     def close(self) -> None:
+        """Close the calling thread's connections (ledger and rates file); the next use reopens them."""
         for name in ("db", "rates"):
             db = getattr(self._local, name, None)
             if db is not None:
@@ -146,6 +148,7 @@ class _PgConnection:
         return self.conn.execute(_pg(sql), params)
 
     def executemany(self, sql: str, rows: Sequence[Sequence]) -> Any:
+        """Run `sql` once per row of parameters, as `sqlite3`'s `executemany` does; returns the cursor."""
         cur = self.conn.cursor()
         cur.executemany(_pg(sql), rows)
         return cur

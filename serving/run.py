@@ -52,6 +52,9 @@ Bps = tuple[tuple[str, int], ...]  # (address, basis points), sorted by address,
 
 @dataclass(frozen=True)
 class Prediction:
+    """One input's predicted label and probability, its sha256 and the bps its fee is split by: what the
+    server charges as one receipt (`serving.app._charge`)."""
+
     label: str
     probability: float
     input_hash: str

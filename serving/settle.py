@@ -104,6 +104,7 @@ def batch_table(epoch_id: str, receipts: Sequence[Receipt]) -> pa.Table:
 
 
 def payouts_table(payouts: Sequence[tuple[str, int]]) -> pa.Table:
+    """An epoch's per-address totals (smallest token unit) as Arrow: the settlement record's payouts."""
     return pa.table(
         {"address": [a for a, _ in payouts], "amount": [v for _, v in payouts]}, schema=PAYOUTS_SCHEMA
     )

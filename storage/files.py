@@ -21,6 +21,8 @@ FILE_TABLE_FORMAT = "caravan.file-table/1"
 
 @dataclass(frozen=True)
 class StoredFile:
+    """One row of a file table: the file's name in the folder, its own CID, and its size in bytes."""
+
     name: str  # relative POSIX path inside the folder
     cid: str
     size: int

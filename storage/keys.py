@@ -201,6 +201,7 @@ def _parse_keystore(data: bytes | str, source: str) -> tuple[dict[str, Any], byt
 
 
 def public_key(text: str) -> PublicKey:
+    """A holder's X25519 public key from its 64 hex characters (`0x` allowed); `KeyringError` otherwise."""
     try:
         return PublicKey(bytes.fromhex(text.strip().removeprefix("0x")))
     except (ValueError, TypeError):
@@ -215,6 +216,7 @@ def wrap(key: DataKey, public_hex: str) -> str:
 
 
 def unwrap(wrapped: str, holder: HolderKey) -> DataKey:
+    """The data key `wrap` sealed, opened with the holder's private key; `KeyringError` if it won't open."""
     try:
         return DataKey(SealedBox(holder.private).decrypt(base64.b64decode(wrapped)))
     except (CryptoError, ValueError):
@@ -290,6 +292,7 @@ class Keyring:
         return Keyring(self.version, ((key.key_id, _wrapped_for(key, left)), *rest)), key
 
     def to_json(self) -> dict[str, Any]:
+        """The JSON `to_bytes` writes: format, scheme, version, and each key's wrapped copies by holder."""
         return {
             "format": KEYRING_FORMAT,
             "scheme": SCHEME,

@@ -289,12 +289,15 @@ class PinningServiceStore:
             time.sleep(poll)
 
     def put_bytes(self, data: Buffer, *, cid_version: int = 0, pin: bool = True) -> str:
+        """Store bytes in `local` (always pinned there) and, with `pin`, ask the service to pin the CID;
+        return the CID without waiting for the service (`wait_pinned`)."""
         cid = self.local.put_bytes(data, cid_version=cid_version, pin=True)
         if pin:
             self.pin(cid)
         return cid
 
     def put_file(self, path: str | os.PathLike[str], *, cid_version: int = 0, pin: bool = True) -> str:
+        """`put_bytes` for a file, streamed into `local` in bounded memory."""
         cid = self.local.put_file(path, cid_version=cid_version, pin=True)
         if pin:
             self.pin(cid)

@@ -242,6 +242,8 @@ def cid_for_file(path: str | os.PathLike[str], *, cid_version: int = 0) -> str:
 
 @dataclass(frozen=True, slots=True)
 class PBLink:
+    """One link of a dag-pb node: the child's CID as binary, its name, and its cumulative size in bytes."""
+
     cid: bytes
     name: str | None
     tsize: int | None
@@ -255,6 +257,9 @@ class PBNode:
 
 @dataclass(frozen=True, slots=True)
 class UnixFSData:
+    """A decoded UnixFS `Data` message: its type (`UNIXFS_FILE`, ...), inline bytes, the file's size, and
+    each child link's file bytes, in link order."""
+
     type: int
     data: bytes
     filesize: int | None

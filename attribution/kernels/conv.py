@@ -56,6 +56,8 @@ class ConvGrads(LayerGrads):
         return ConvGrads(self.x[sl], self.b[sl], self.module, self.params, linear)
 
     def summed(self) -> list[torch.Tensor]:
+        """``LinearGrads.summed`` on the patches, the weight's sum folded back to
+        ``[C_out, C_in, kh, kw]``."""
         out = self.linear().summed()
         out[0] = out[0].reshape(self.params[0].shape)
         return out
@@ -149,6 +151,8 @@ class Conv2dKernel(Kernel):
         return x.detach()
 
     def grads(self, module: nn.Module, kept: object, grad_output: torch.Tensor) -> ConvGrads:
+        """``ConvGrads`` with the output gradient as ``[n, L, C_out]`` tokens and the input in its dtype;
+        an unbatched input is one row. Patches wait for first use."""
         assert isinstance(module, nn.Conv2d) and isinstance(kept, torch.Tensor)
         x = kept if kept.dim() == 4 else kept.unsqueeze(0)  # an unbatched [C, H, W] input: one row
         b = grad_output.reshape(x.shape[0], module.out_channels, -1).transpose(1, 2)

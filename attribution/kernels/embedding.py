@@ -46,6 +46,7 @@ class EmbeddingGrads(LayerGrads):
         return EmbeddingGrads(self.ids[sl], self.b[sl], self.params)
 
     def summed(self) -> list[torch.Tensor]:
+        """``[num_embeddings, d]`` fp32: each token's ``b`` row added into its id's row (``index_add``)."""
         d = self.b.shape[-1]
         out = torch.zeros(self.vocab, d, dtype=torch.float32, device=self.b.device)
         return [out.index_add_(0, self.ids.flatten(), self.b.reshape(-1, d).float())]
@@ -125,6 +126,7 @@ class EmbeddingKernel(Kernel):
         return ids.reshape(ids.shape[0], -1).long()
 
     def grads(self, module: nn.Module, kept: object, grad_output: torch.Tensor) -> EmbeddingGrads:
+        """``EmbeddingGrads`` with the output gradient as ``[n, T, d]``, zeroed at ``padding_idx`` tokens."""
         assert isinstance(module, nn.Embedding) and isinstance(kept, torch.Tensor)
         b = grad_output.reshape(kept.shape[0], kept.shape[1], -1)
         if module.padding_idx is not None:

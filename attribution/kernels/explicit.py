@@ -34,6 +34,7 @@ class VectorGrads(LayerGrads):
         return self.v
 
     def summed(self) -> list[torch.Tensor]:
+        """The column sums of ``v`` (fp32), split and reshaped back into one tensor per parameter."""
         total = self.v.sum(0, dtype=torch.float32)
         parts = total.split([p.numel() for p in self.params])
         return [s.reshape(p.shape) for s, p in zip(parts, self.params, strict=True)]

@@ -44,6 +44,8 @@ class LinearGrads(LayerGrads):
         return LinearGrads(self.a[sl], self.b[sl], self.params)
 
     def summed(self) -> list[torch.Tensor]:
+        """``Σ_i Σ_t b_t a_tᵀ`` (and ``Σ b_t`` for a bias), returned as fp32: every row's tokens in one
+        matmul."""
         a = self.a.reshape(-1, self.a.shape[-1])
         b = self.b.reshape(-1, self.b.shape[-1])
         out = [(b.T @ a).float()]
@@ -172,6 +174,8 @@ class LinearKernel(Kernel):
         return as_rows(args[0].detach())
 
     def grads(self, module: nn.Module, kept: object, grad_output: torch.Tensor) -> LinearGrads:
+        """``LinearGrads`` from the kept ``[n, T, d_in]`` input and the output gradient as ``[n, T, d_out]``
+        rows, both in the gradient's dtype."""
         params = (module.weight,) if module.bias is None else (module.weight, module.bias)
         b = as_rows(grad_output)
         # Under autocast an fp32 input (after a LayerNorm) meets a bf16 output gradient: use the

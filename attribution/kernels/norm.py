@@ -45,6 +45,8 @@ class LayerNormKernel(_Norm):
     types = (nn.LayerNorm,)
 
     def grads(self, module: nn.Module, kept: object, grad_output: torch.Tensor) -> VectorGrads:
+        """``affine_grads`` of ``x̂`` recomputed in fp32 by ``F.layer_norm`` over the flattened
+        ``normalized_shape``."""
         assert isinstance(module, nn.LayerNorm) and isinstance(kept, torch.Tensor)
         d = math.prod(module.normalized_shape)
         xhat = F.layer_norm(_rows(kept, d), (d,), None, None, module.eps)
@@ -75,6 +77,8 @@ class GroupNormKernel(_Norm):
     types = (nn.GroupNorm,)
 
     def grads(self, module: nn.Module, kept: object, grad_output: torch.Tensor) -> VectorGrads:
+        """``affine_grads`` of ``x̂`` recomputed in fp32 by ``F.group_norm``: spatial positions are the
+        summed tokens, channels the entries."""
         assert isinstance(module, nn.GroupNorm) and isinstance(kept, torch.Tensor)
         n, c = kept.shape[:2]
         xhat = F.group_norm(kept.float(), module.num_groups, None, None, module.eps).reshape(n, c, -1)

@@ -66,6 +66,8 @@ class ImagePolicy:
 
     @classmethod
     def from_json(cls, text: str) -> ImagePolicy:
+        """The policy ``to_json`` wrote; an ``InputError`` if it names a resize filter other than this
+        version's ``FILTER`` (a document without one reads as this version's)."""
         raw = json.loads(text)
         if raw.get("filter", FILTER) != FILTER:
             raise InputError(
@@ -158,6 +160,7 @@ class SmallCNN(nn.Module):
         self.head = nn.Linear(prev, n_classes)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Logits ``[n, classes]``; an ``InputError`` for pixels that are not ``[n, in_channels, H, W]``."""
         if pixel_values.dim() != 4 or pixel_values.shape[1] != self.in_channels:
             raise InputError(
                 f"pixel_values must be [n, {self.in_channels}, H, W], got {tuple(pixel_values.shape)}; "

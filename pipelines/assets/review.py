@@ -81,6 +81,9 @@ class ReviewConfig(dg.Config):
 
 
 class QueueConfig(dg.Config):
+    """How `review_queue` sends flagged examples back for answers: how many more per task, the cap on
+    answers per task, and how many tasks one run sends."""
+
     extra_answers: int = 2  # answers asked for beyond those a flagged task has
     max_overlap: int = 9  # never ask for more answers than this per task
     max_tasks: int = 500  # the most suspect flagged examples first; the rest wait for the next run

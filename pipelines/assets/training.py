@@ -151,6 +151,7 @@ class TrainingConfig(dg.Config):
         return self.model_dump(exclude={"model_dir"})
 
     def sizes(self) -> RecipeSizes:
+        """The text and image recipes' model sizes from this config, for encoding a payload run."""
         return RecipeSizes(
             vocab_size=self.vocab_size, max_length=self.max_length, d_model=self.d_model,
             n_layers=self.n_layers, n_heads=self.n_heads, channels=tuple(self.channels),

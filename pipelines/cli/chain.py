@@ -70,6 +70,7 @@ def grant(address: Annotated[str, typer.Argument(help="EIP-55 address to make a 
 
 
 def register(app: typer.Typer) -> None:
+    """Add the `caravan chain` group (deploy, status, grant) to the root app."""
     chain_app = typer.Typer(help="Caravan's contracts on the configured EVM chain.", no_args_is_help=True)
     chain_app.command("deploy")(deploy)
     chain_app.command("status")(status)

@@ -317,6 +317,7 @@ def epoch_claim_command(
 
 
 def register(app: typer.Typer) -> None:
+    """Add `caravan serve`, `settle` and `attribute` and the `keys` and `epoch` groups to the root app."""
     app.command("serve")(serve)
     app.command("settle")(settle)
     app.command("attribute")(attribute)

@@ -155,6 +155,8 @@ def gc(store_dir: StoreDir = None) -> None:
 
 
 def register(app: typer.Typer) -> None:
+    """Add the `caravan store` group (add, get, export-car, import-car, verify, pin, unpin, ls, gc) to the
+    root app."""
     store_app = typer.Typer(help="The content store (embedded blockstore by default).", no_args_is_help=True)
     for command in (add, get, export_car, import_car, verify, pin, unpin, ls, gc):
         store_app.command(name=command.__name__.replace("_", "-"))(command)
