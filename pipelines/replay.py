@@ -29,7 +29,7 @@ retrains with the same code, and compares:
   with the run), each contributor's n summed scores (a provider's examples, a labeler's answered ones)
   by ``SUM_SIGMAS`` x sqrt(n) + ``SUM_DRIFT`` x n times the two's root mean square score gap (a shift
   of all of one provider's scores, each within the per-score band, moves its sum n times), and the
-  provider values by up to ``VALUE_SIGMAS`` standard errors of their rounding noise
+  left-out values by up to ``VALUE_SIGMAS`` standard errors of their rounding noise
   (``attribution.value_noise``, from every seed's pair of retrains). Pay is arithmetic on those
   tables, the same on any machine: the stored weights must be exactly what the stored scores and
   values give (the replay's own bps move with its rounding: by up to 38 bps on the demo's image run
@@ -119,7 +119,7 @@ class ReplayReport(Findings):
         if self.bit_exact:
             return "same platform" if self.same_platform else "the run's CPU kernels, bit for bit"
         values = "" if self.max_value_diff is None else (
-            f", provider values within {self.value_band:.3g} ({VALUE_SIGMAS} standard errors of their "
+            f", left-out values within {self.value_band:.3g} ({VALUE_SIGMAS} standard errors of their "
             f"rounding noise; value diff {self.max_value_diff:.3g})")
         sums = "" if self.sums_used is None else f", score sums at {self.sums_used:.2f} of theirs"
         return (f"another platform: allowed {SPREAD_FACTOR}x the spread of two replays here, scores within "
@@ -298,7 +298,7 @@ def replay_kernels(chain: Chain, store: ContentStore, run_id: str) -> dict[str, 
 
 
 def _identical(replayed: Replayed, scores: pa.Table, values: pa.Table | None, weights: pa.Table) -> bool:
-    """Whether a replay gave the stored example scores, provider values and weights bit for bit."""
+    """Whether a replay gave the stored example scores, left-out values and weights bit for bit."""
     ids, a, b = _aligned_scores(scores, replayed.scores)
     return (
         len(ids) == replayed.scores.num_rows and np.array_equal(a, b)
@@ -310,7 +310,7 @@ def _identical(replayed: Replayed, scores: pa.Table, values: pa.Table | None, we
 
 @dataclass(frozen=True)
 class Replayed:
-    """One retraining of the run: its example scores, provider values (where pay used them), weights."""
+    """One retraining of the run: its example scores, left-out values (where pay used them), weights."""
 
     scores: pa.Table
     left_out_value: pa.Table | None
@@ -566,7 +566,7 @@ def _compare_left_out_values(
     scores are: bit for bit on the same platform, else within the band)."""
     if head.inputs.get(WeightingRecord.LEFT_OUT_VALUE) != training.outputs.get(TrainingRecord.LEFT_OUT_VALUE):
         report.fail("pay_inputs_differ", report.head_cid or "",
-                    "the split was computed from other provider values than the training record names")
+                    "the split was computed from other left-out values than the training record names")
     a, b = _values(stored), _values(again)
     ra, rb = _value_runs(stored), _value_runs(again)
     report.max_value_diff = max((abs(a[p][0] - b[p][0]) for p in a.keys() & b.keys()), default=0.0)
@@ -622,7 +622,7 @@ def _who(table: pa.Table) -> list[str]:
 def _weights(
     records: RunRecords, head: Record, scores: pa.Table, stored: pa.Table, left_out: pa.Table | None
 ) -> pa.Table:
-    """The weights the replayed scores (and provider values) give, from the tables and policy the head
+    """The weights the replayed scores (and left-out values) give, from the tables and policy the head
     record names."""
     examples, annotations, consensus, credit = records.input_tables(head, WeightingRecord.SPLIT_TABLES)
     addresses = dict(zip(stored["contributor"].to_pylist(), stored["address"].to_pylist(), strict=True))

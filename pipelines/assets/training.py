@@ -436,7 +436,7 @@ def trained_model(
     if loss > prior:
         context.log.warning(
             f"the model predicts its targets worse than the training labels' frequencies do (target loss "
-            f"{loss:.4f} against {prior:.4f}): it has overfit, and its example scores and provider values "
+            f"{loss:.4f} against {prior:.4f}): it has overfit, and its example scores and left-out values "
             "measure noise more than data; set patience (stop at the best epoch) or train fewer epochs"
         )
     stored = {name: store_value(client, value) for name, value in outputs.items()}

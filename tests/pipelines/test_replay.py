@@ -251,7 +251,7 @@ def _republish(chain, store, run_id: str, name: str, **change) -> str:
         inputs[TrainingRecord.VALIDATION] = store_value(store, half).cid
     credit = {**head.inputs, **pay_tables}.get(WeightingRecord.EXAMPLE_CREDIT)
     credit = read_parquet(store.get(credit)) if credit else None
-    if "labels" in change or "credit" in change:  # provider values retrained as the publisher's pay needs
+    if "labels" in change or "credit" in change:  # left-out values retrained as the publisher's pay needs
         labeled = read_parquet(store.get(inputs[TrainingRecord.LABELED_DATASET]))
         config = TrainingConfig(**params["config"])
         split, result = train_labeled(labeled, config, run_id=str(params["run_id"]))
@@ -471,7 +471,7 @@ def test_verify_replay_restarts_on_the_runs_cpu_kernels(published) -> None:
     assert "the run's CPU kernels, bit for bit" in again.stdout and "score diff 0.0" in again.stdout
     native = _caravan("verify", run_id, "--replay", "--native-kernels", env=avx2)
     assert native.returncode == 0 and "restarting" not in native.stderr
-    assert "another platform: allowed" in native.stdout and "provider values within" in native.stdout
+    assert "another platform: allowed" in native.stdout and "left-out values within" in native.stdout
     assert "score diff 0.0" not in native.stdout  # AVX2 rounds this MLP differently
     name = _republish(chain, store, run_id, "kernels-cli-scores", inflate="p-small")
     tampered = _caravan("verify", name, "--replay", env=avx2)
