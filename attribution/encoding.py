@@ -53,6 +53,7 @@ class InputEncoding:
 
     @property
     def n_features(self) -> int:
+        """The model's input width: ``widths`` summed (a one-hot column counts each of its values)."""
         return sum(self.widths)
 
     def mlp(self, hidden: Sequence[int]) -> ModelSpec:
@@ -89,6 +90,7 @@ class InputEncoding:
         return [c for c in table.column_names if c not in NON_FEATURES and c not in self.columns]
 
     def transform(self, table: pa.Table) -> np.ndarray:
+        """float64 ``[n, n_features]`` model inputs: ``scale`` of ``raw``, at training and serving alike."""
         return self.scale(self.raw(table))
 
     def raw(self, table: pa.Table) -> np.ndarray:

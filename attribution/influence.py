@@ -69,6 +69,7 @@ class ExactInfluence:
 
     @classmethod
     def fit(cls, model: nn.Module, x: object, y: object, weight_decay: float) -> ExactInfluence:
+        """Inverts the exact ``hessian`` (float64) and keeps the training rows' gradients, for every query."""
         h = hessian(model, x, weight_decay)
         return cls(model, per_example_grads(model, x, y), np.linalg.inv(h))
 
@@ -78,4 +79,5 @@ class ExactInfluence:
         return self.train_grads @ (self.h_inv @ gv.T) / len(self.train_grads)
 
     def self_influence(self) -> np.ndarray:
+        """``[n_train]`` float64 ``g_iᵀ H⁻¹ g_i`` (not divided by n): high flags a likely mislabeled row."""
         return np.einsum("nd,nd->n", self.train_grads @ self.h_inv, self.train_grads)

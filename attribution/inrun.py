@@ -330,6 +330,7 @@ class StepScorer:
             self.add(self.score(s, g))
 
     def add(self, part: torch.Tensor) -> None:
+        """Sum a module's part into ``total``: the first part is kept as given, later ones added in place."""
         self.total = part if self.total is None else self.total.add_(part)
 
     def at_once(self, s: Scored, g: LayerGrads) -> bool:

@@ -60,6 +60,7 @@ class ModelTask:
             return self.build(seed)
 
     def to_json(self) -> str:
+        """Canonical JSON of ``name`` and ``recipe`` (not the callables): the architecture in run ids."""
         doc = {"module": self.name, "recipe": dict(self.recipe)}
         return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
@@ -78,6 +79,7 @@ def batch_size_of(name: str, batch: Batch) -> int:
 
 
 def take(batch: Batch, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The rows ``idx`` of every tensor in ``batch``, as a new dict."""
     return {k: v[idx] for k, v in batch.items()}
 
 
@@ -97,4 +99,5 @@ def concat(first: Batch, second: Batch) -> dict[str, torch.Tensor]:
 
 
 def to_device(batch: Batch, device: torch.device) -> dict[str, torch.Tensor]:
+    """``batch`` as a new dict, each tensor moved to ``device`` (one already there is not copied)."""
     return {k: v.to(device) for k, v in batch.items()}

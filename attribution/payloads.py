@@ -67,6 +67,7 @@ class PayloadStats:
     converted: int = 0  # images of another colour mode
 
     def to_params(self) -> dict[str, int]:
+        """The counts as a plain dict: the training record's ``payload`` params and its log warning."""
         return asdict(self)
 
 
@@ -115,6 +116,7 @@ class TextEncoding:
 
     @property
     def vocab_size(self) -> int:
+        """The stored tokenizer's vocabulary size (parsed on each access): the model's embedding rows."""
         return int(self._tokenizer().get_vocab_size())
 
     def inputs(self, values: Sequence[object]) -> tuple[dict[str, torch.Tensor], PayloadStats]:
@@ -179,14 +181,17 @@ class ImageEncoding:
 
     @property
     def height(self) -> int:
+        """Pixel rows of every decoded image (``policy.height``); serving sizes request bodies by it."""
         return self.policy.height
 
     @property
     def width(self) -> int:
+        """Pixel columns of every decoded image (``policy.width``); serving sizes request bodies by it."""
         return self.policy.width
 
     @property
     def channels(self) -> int:
+        """3 for RGB, 1 for grayscale (``policy.channels``); serving sizes request bodies by it."""
         return self.policy.channels
 
     def task(self, config: TrainConfig) -> ModelTask:

@@ -83,6 +83,7 @@ class Projector:
         return cls(tuple(out), k, seed)
 
     def dim(self, modules: list[nn.Module]) -> int:
+        """Columns of ``project``'s features for ``modules``: each ``LayerProjection.dim``, summed."""
         return sum(p.dim(m) for p, m in zip(self.layers, modules, strict=True))
 
     def project(self, facts: list[Factors]) -> torch.Tensor:

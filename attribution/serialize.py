@@ -55,6 +55,7 @@ def _spec(text: str, given: ModuleSpec | None) -> ModelSpec | ModuleSpec:
 
 
 def model_to_bytes(model: nn.Module, spec: ModelSpec | ModuleSpec) -> bytes:
+    """The state dict as fp32 safetensors bytes, ``spec``'s JSON in the metadata for ``model_from_bytes``."""
     tensors = {k: v.detach().to(torch.float32).contiguous() for k, v in model.state_dict().items()}
     return save(tensors, metadata={_SPEC_KEY: spec.to_json()})
 

@@ -59,6 +59,7 @@ class FeatureShard:
 
     @property
     def stop(self) -> int:
+        """The row after this shard's last (exclusive): the next shard's ``start`` when shards tile."""
         return self.start + len(self.example_ids)
 
 

@@ -118,10 +118,12 @@ class ModelSpec:
             return nn.Sequential(*layers)
 
     def to_json(self) -> str:
+        """Canonical JSON (sorted keys, no spaces): one spec, one text, in run ids and model bytes."""
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> ModelSpec:
+        """The spec ``to_json`` wrote, ``sizes`` a tuple again."""
         raw = json.loads(text)
         return cls(sizes=tuple(raw["sizes"]), activation=raw["activation"], layer_norm=raw["layer_norm"])
 
@@ -142,6 +144,7 @@ class ModuleSpec:
 
     @property
     def sizes(self) -> tuple[int, int]:
+        """``(n_features, n_classes)``: the two ends of a ``ModelSpec``'s ``sizes``, which callers read."""
         return (self.n_features, self.n_classes)
 
     def build(self, seed: int) -> nn.Module:
@@ -151,6 +154,7 @@ class ModuleSpec:
             return self.factory()
 
     def to_json(self) -> str:
+        """Canonical JSON of ``name`` and ``sizes`` (not ``factory``): the architecture in run ids."""
         doc = {"module": self.name, "sizes": list(self.sizes)}
         return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
@@ -284,10 +288,12 @@ class AttributionTask:
 
     @property
     def n_classes(self) -> int:
+        """The model's output width, ``spec.sizes[-1]``: labels are class indices below it."""
         return self.spec.sizes[-1]
 
     @property
     def n_features(self) -> int:
+        """The width of each input row the model takes, ``spec.sizes[0]``."""
         return self.spec.sizes[0]
 
 

@@ -321,10 +321,12 @@ class EarlyStop:
         return sum(isinstance(s, Path) for s in self.states)
 
     def restore(self, model: nn.Module) -> nn.Module:
+        """Load the best epoch's state into ``model`` and return it: the run ends as of that epoch."""
         model.load_state_dict(self.state(self.best))
         return model
 
     def checkpoints(self) -> list[dict[str, torch.Tensor]]:
+        """The states of the ``checkpoint_epochs`` up to the best (the last of them), read back if spilled."""
         return [self.state(e) for e in checkpoint_epochs(self.best + 1, self.n_checkpoints)]
 
     def _kept(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | Path:

@@ -59,6 +59,7 @@ class FeatureStore:
 
     @property
     def spilled(self) -> int:
+        """How many chunks live on disk as ``.npy`` memory maps."""
         return sum(isinstance(c, np.memmap) for c in self.chunks)
 
     def matvec(self, u: np.ndarray) -> np.ndarray:

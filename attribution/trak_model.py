@@ -63,6 +63,7 @@ class BlockInverse:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """``(dim, dim)`` as for the dense matrix, ``dim`` the last block's offset plus its size."""
         dim = self.offsets[-1] + len(self.blocks[-1])
         return dim, dim
 

@@ -148,6 +148,7 @@ class WeightPolicy:
             raise ValueError(f"copies must be one of {COPIES_POLICIES}, got {self.copies!r}")
 
     def share(self, role: str) -> int:
+        """``role``'s basis points of ``TOTAL_BPS``: ``provider_share_bps``, or the rest for labelers."""
         return self.provider_share_bps if role == "provider" else TOTAL_BPS - self.provider_share_bps
 
     @classmethod

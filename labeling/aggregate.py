@@ -115,6 +115,8 @@ def majority_vote(annotations: pa.Table) -> pa.Table:
 
 @dataclass(frozen=True)
 class DawidSkeneFit:
+    """A fitted consensus (a ``CONSENSUS`` table) and each annotator's estimated accuracy, by name."""
+
     consensus: pa.Table
     accuracy: dict[str, float]  # annotator -> sum_k prior_k * P(says k | truth k)
 

@@ -66,6 +66,7 @@ class ProjectSpec:
 
     @property
     def label_config(self) -> str:
+        """The Label Studio XML the project is created with (`classification_config`)."""
         return classification_config(self.kind, self.choices, self.field)
 
 

@@ -130,6 +130,7 @@ class AnnotationExport:
 
     @property
     def n_skipped(self) -> int:
+        """How many annotations were left out of `table`, all reasons together (`skipped` counts each)."""
         return sum(self.skipped.values())
 
     def removed_from(self, previous: pa.Table) -> list[int]:

@@ -50,4 +50,5 @@ GOLD = pa.schema(
 
 
 def empty(schema: pa.Schema) -> pa.Table:
+    """A table of `schema` with no rows, every column typed as the contract says."""
     return schema.empty_table()

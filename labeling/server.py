@@ -77,14 +77,17 @@ class LabelStudioServer:
 
     @property
     def url(self) -> str:
+        """The base URL, no trailing slash; with ``port`` 0, final once ``start`` has picked a port."""
         return f"http://127.0.0.1:{self.port}"
 
     @property
     def pid(self) -> int | None:
+        """The process id, also its group's (``stop`` signals that); None before ``start``, after ``stop``."""
         return self._proc.pid if self._proc else None
 
     @property
     def log_path(self) -> Path:
+        """Where the server's output goes, appended to across starts: ``labelstudio.log`` in ``data_dir``."""
         return Path(self.data_dir) / "labelstudio.log"
 
     def _executable(self) -> Path:

@@ -30,6 +30,7 @@ class SimulatedAnnotator:
 
     @property
     def email(self) -> str:
+        """`name` at an `.invalid` domain, which never takes mail: the annotator its annotations name."""
         return f"{self.name}@{SIM_DOMAIN}"
 
 

@@ -52,6 +52,7 @@ class WebhookReceiver:
 
     @property
     def url(self) -> str:
+        """Where Label Studio should POST (`add_webhook`): the bound host and port, known before `start`."""
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}/"
 

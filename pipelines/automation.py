@@ -93,6 +93,7 @@ def settle_open_epochs(
 
 @dg.job(description="Settle the serving ledger's open receipts on chain (idempotent; safe to rerun).")
 def settlement_job():
+    """`settle_open_epochs` alone, run every hour by `hourly_settlement` once that schedule is turned on."""
     settle_open_epochs()
 
 

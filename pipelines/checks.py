@@ -87,6 +87,7 @@ def weighted_contributors_have_addresses(contributor_weights: pa.Table) -> dg.As
     "to the labelers: usually the targets are wrong (crowd labels held out, no trusted validation set).",
 )
 def some_provider_helped(contributor_weights: pa.Table) -> dg.AssetCheckResult:
+    """Warns, never blocking, when no provider is paid (`provider_help_check`, which tests call directly)."""
     return provider_help_check(contributor_weights)
 
 

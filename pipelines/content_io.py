@@ -46,6 +46,7 @@ class StoreResource(dg.ConfigurableResource):
     _version: str | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Keep the run's partition (its dataset version): the version `client()` serves by default."""
         run = getattr(context, "run", None)
         self._version = run.tags.get("dagster/partition") if run is not None else None
 
@@ -168,6 +169,7 @@ class AssetIndex(dg.ConfigurableResource):
     pointer_dir: str  # from the settings (`resources_for`)
 
     def path(self, key: dg.AssetKey, partition: str | None) -> Path:
+        """The pointer file of (asset, partition): a folder per key part, `__all__.json` if unpartitioned."""
         return Path(self.pointer_dir) / "/".join(key.path) / f"{partition or '__all__'}.json"
 
     def stored(self, asset: str | dg.AssetKey, partition: str | None) -> dict[str, str] | None:

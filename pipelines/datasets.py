@@ -60,6 +60,7 @@ class Payload:
 
     @classmethod
     def of(cls, labeling: Mapping | None) -> Payload | None:
+        """The payload a catalog entry's `labeling` spec names; None for an entry without one."""
         return cls(labeling["kind"], labeling["field"]) if labeling else None
 
 
@@ -85,6 +86,7 @@ class SourceFile:
 
     @classmethod
     def from_json(cls, raw: Mapping) -> SourceFile:
+        """The file a catalog `sources` item (`to_json`) describes; an item without `refs` names none."""
         refs = tuple((r["name"], r["cid"]) for r in raw.get("refs") or ())
         return cls(name=raw["name"], cid=raw["cid"], provider=raw.get("provider"), refs=refs)
 
@@ -496,6 +498,7 @@ def validation_examples(table: pa.Table, dataset: pa.Table, choices: Sequence[st
 
 
 def example_id(payload: dict) -> str:
+    """sha256 hex of `payload`'s RFC 8785 JSON (bytes as hex, 1.0 as 1, NaN as null): one id per content."""
     return hashlib.sha256(rfc8785.dumps(_jsonable(payload))).hexdigest()
 
 

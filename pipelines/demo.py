@@ -77,6 +77,7 @@ def _answers(url: str, path: str = "/health", payload: bytes | None = None) -> b
 
 
 def chain_answers(rpc_url: str) -> bool:
+    """True when the node at `rpc_url` answers a JSON-RPC `eth_chainId` request (HTTP success within 2 s)."""
     return _answers(rpc_url, payload=b'{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}')
 
 
@@ -185,6 +186,7 @@ class UserData:
 
     @property
     def labeling(self) -> dict:
+        """The labeling spec as the catalog records it (`labeling_record`); hashed into the version name."""
         return labeling_record(self.kind, self.field, self.choices, self.show)
 
 
@@ -207,10 +209,12 @@ class DemoData:
 
     @property
     def labeling(self) -> dict:
+        """The labeling spec the version is registered with and its Label Studio project is made from."""
         return labeling_record(self.kind, self.field, self.choices, self.show)
 
     @property
     def payload(self) -> Payload:
+        """The payload contract the source is loaded with to make the Label Studio tasks (`load_source`)."""
         return Payload(self.kind, self.field)
 
 
@@ -525,6 +529,7 @@ def settle_demo_revenue(settings: Settings, run_id: str, payee: str) -> tuple[st
 
 
 def serve_pid_file(settings: Settings) -> Path:
+    """Where the demo's `caravan serve` records itself, so the next demo stops one left running."""
     return settings.home / "serve.pid"
 
 

@@ -105,4 +105,5 @@ class LineageResource(dg.ConfigurableResource):
 
 
 def now() -> dt.datetime:
+    """The current time, timezone-aware UTC: a stage's `started` for its record (`LineageResource.write`)."""
     return dt.datetime.now(dt.UTC)

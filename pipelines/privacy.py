@@ -35,10 +35,12 @@ OPERATOR = "operator"  # the holder name `ingest --private` wraps the first data
 
 
 def keyring_dir(settings: Settings) -> Path:
+    """Where private versions' keyring pointer files live (the `Keyrings` root): `$CARAVAN_HOME/keyrings`."""
     return settings.home / "keyrings"
 
 
 def holder_keyfile(settings: Settings, env: Mapping[str, str] | None = None) -> Path:
+    """The key file (which may not exist): `CARAVAN_HOLDER_KEYFILE`, else `$CARAVAN_HOME/keys/holder.key`."""
     env = os.environ if env is None else env
     return Path(env.get(HOLDER_KEYFILE_ENV) or settings.home / "keys" / "holder.key").absolute()
 
@@ -113,6 +115,7 @@ class Keyrings:
         return self.root / f"{version}.json"
 
     def is_private(self, version: str) -> bool:
+        """Whether `version` has a keyring pointer file (its values are sealed); reads no key and no store."""
         return self._pointer(version).is_file()
 
     def get(self, version: str) -> Keyring | None:

@@ -145,6 +145,7 @@ class ServeProcess:
 
     @property
     def pid(self) -> int | None:
+        """The child's process id once spawned (it may have exited since); None before `spawn`."""
         return self.proc.pid if self.proc else None
 
     def spawn(self) -> ServeProcess:
@@ -192,6 +193,7 @@ class ServeProcess:
             time.sleep(0.1)
 
     def start(self, timeout_s: float = 60.0) -> ServeProcess:
+        """`spawn` then `wait_ready`: the server answering /healthz, or ServeError with the child stopped."""
         return self.spawn().wait_ready(timeout_s)
 
     def kill(self, sig: int = signal.SIGKILL, timeout_s: float = 30.0) -> None:

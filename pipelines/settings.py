@@ -49,14 +49,17 @@ class Settings:
 
     @property
     def pointer_dir(self) -> Path:
+        """Where `AssetIndex` keeps each asset's latest-CID pointer files and the stages' small state."""
         return self.home / "assets"
 
     @property
     def catalog_dir(self) -> Path:
+        """Where `DatasetCatalog` keeps each dataset version's entry (its source files by CID)."""
         return self.home / "datasets"
 
     @property
     def lineage_dir(self) -> Path:
+        """Where `LineageResource` indexes each stage's latest provenance record per dataset version."""
         return self.home / "lineage"
 
     def environ(self, base: Mapping[str, str] | None = None) -> dict[str, str]:

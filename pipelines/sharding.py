@@ -43,6 +43,8 @@ SCORE_RTOL = 1e-3  # of the largest |score|: float32 rounding is ~1e-6, a wrong 
 
 
 class ShardingConfig(dg.Config):
+    """``plan_shards``'s config: the dataset ``version`` whose stored run to recompute, in how many shards."""
+
     version: str
     n_shards: int = 2
 
@@ -174,6 +176,7 @@ def combine_features(
     "to the stored ones (config: version, n_shards)."
 )
 def sharded_features():
+    """``plan_shards`` fans out a ``compute_shard`` step per shard; ``combine_features`` joins them."""
     run, shards = plan_shards()
     combine_features(run, shards.map(lambda rows: compute_shard(run, rows)).collect())
 

@@ -59,6 +59,7 @@ class AnvilNode:
 
     @property
     def rpc_url(self) -> str:
+        """The node's JSON-RPC URL on 127.0.0.1 (port 0 until `start` picks a free one)."""
         return f"http://127.0.0.1:{self.port}"
 
     @property
@@ -70,6 +71,7 @@ class AnvilNode:
 
     @property
     def running(self) -> bool:
+        """Whether the anvil process this node started is still alive (one started elsewhere is not seen)."""
         return self._process is not None and self._process.poll() is None
 
     def start(self, timeout_s: float = 30.0) -> AnvilNode:

@@ -62,18 +62,23 @@ class Findings:
 
     @property
     def ok(self) -> bool:
+        """True when no check failed; skipped checks do not count against it (nor as passed)."""
         return not self.failures
 
     def fail(self, name: str, subject: str, detail: str) -> None:
+        """Record a broken check under its stable `name`; the findings are then not `ok`."""
         self.failures.append(Failure(name, subject, detail))
 
     def skip(self, name: str, subject: str, detail: str) -> None:
+        """Record a check that could not be made (e.g. no key for a private value); `ok` is unaffected."""
         self.skipped.append(Failure(name, subject, detail))
 
     def names(self) -> set[str]:
+        """The failed checks' names, to test for one (`"run_not_found" in report.names()`)."""
         return {f.name for f in self.failures}
 
     def to_json(self) -> dict[str, Any]:
+        """Every field as plain JSON (each failure a dict) plus `ok`: the body of a report's `--json`."""
         return {**asdict(self), "ok": self.ok}
 
 

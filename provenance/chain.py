@@ -262,6 +262,7 @@ class Chain:
 
     @property
     def address(self) -> str | None:
+        """The signing account's address; None for a read-only client (no key configured)."""
         return self.account.address if self.account else None
 
     def _rpc(self, what: str, fn: Callable[[], T]) -> T:
@@ -332,10 +333,12 @@ class Chain:
 
     @property
     def deployments_path(self) -> Path:
+        """`deployments-<chain id>.json` in the chain dir: written by `deploy`, read by `contract`."""
         return self.chain_dir / f"deployments-{self.chain_id}.json"
 
     @property
     def journal_path(self) -> Path:
+        """`pending-<chain id>.json` in the chain dir: unconfirmed actions' tx hashes, awaited on restart."""
         return self.chain_dir / f"pending-{self.chain_id}.json"
 
     def deployments(self) -> dict[str, Any]:
@@ -402,10 +405,12 @@ class Chain:
 
     @property
     def registry(self) -> Contract:
+        """The deployed ProvenanceRegistry (records anchored per run); NotDeployed if none is live here."""
         return self.contract(REGISTRY)
 
     @property
     def distributor(self) -> Contract:
+        """The deployed RoyaltyDistributor (roots, deposits, claims); NotDeployed if none is live here."""
         return self.contract(DISTRIBUTOR)
 
     # ---- sending --------------------------------------------------------------------------
@@ -535,6 +540,7 @@ class Chain:
     # ---- roles ----------------------------------------------------------------------------
 
     def is_publisher(self, address: str, contract: str = REGISTRY) -> bool:
+        """Whether `address` holds PUBLISHER_ROLE on `contract` (the registry unless named)."""
         c = self.contract(contract)
         return bool(self._call("hasRole", c.functions.hasRole(PUBLISHER_ROLE, to_checksum_address(address))))
 
@@ -576,6 +582,7 @@ class Chain:
         }
 
     def is_recorded(self, record_cid: str) -> bool:
+        """Whether the registry holds `record_cid`, under any run (`entry_of` says which)."""
         return bool(self._call("isRecorded", self.registry.functions.isRecorded(record_cid)))
 
     def record(self, record_cid: str, parent_cid: str, run_id: str) -> TxResult:
@@ -671,6 +678,7 @@ class Chain:
         return [approve, deposit]
 
     def claimable(self, run_id: str, account: str, weight: int) -> int:
+        """What `claim` would pay now for the leaf (`account`, `weight`), proof unchecked; 0 if none."""
         fn = self.distributor.functions.claimable(run_key(run_id), checked_address(account), weight)
         return int(self._call("claimable", fn))
 

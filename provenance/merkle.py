@@ -94,10 +94,12 @@ class StandardMerkleTree:
 
     @property
     def root(self) -> str:
+        """The root as 0x-hex, as the JS library's `tree.root` and the distributor give it."""
         return "0x" + self.tree[0].hex()
 
     @property
     def root_bytes(self) -> bytes:
+        """The root as 32 raw bytes (a `bytes32`)."""
         return self.tree[0]
 
     def proof(self, index: int) -> list[str]:
@@ -111,6 +113,7 @@ class StandardMerkleTree:
         return proof
 
     def proofs(self) -> list[list[str]]:
+        """Every value's proof, in `values` (input) order: `proofs()[i] == proof(i)`."""
         return [self.proof(i) for i in range(len(self.values))]
 
     def dump(self) -> dict[str, Any]:

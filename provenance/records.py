@@ -58,6 +58,7 @@ class CodeVersion:
         return doc
 
     def describe(self) -> str:
+        """One line for messages and reports: `package==version@commit`, flagged when the tree was dirty."""
         commit = self.git_commit or "no commit"
         return f"{self.package}=={self.version}@{commit}" + (" (dirty working tree)" if self.dirty else "")
 
@@ -141,6 +142,7 @@ class Record:
             raise RecordError(f"record params of {self.activity!r} are not canonical JSON: {exc}") from None
 
     def cid(self, cid_version: int = 0) -> str:
+        """The CID `put_record` stores the record under (CIDv0 by default), computed without storing it."""
         return cid_for_bytes(self.canonical_bytes(), cid_version=cid_version)
 
     @classmethod
@@ -262,6 +264,7 @@ def to_prov(records: Mapping[str, Record]) -> ProvDocument:
 
 
 def prov_json(records: Mapping[str, Record]) -> str:
+    """The records (by CID) as W3C PROV-JSON text: what `caravan trace --prov` prints and each run stores."""
     return to_prov(records).serialize(format="json")
 
 
@@ -315,4 +318,5 @@ def _check_parents(parents: Sequence[str]) -> None:
 
 
 def records_by_cid(store: ContentStore, cids: Iterable[str]) -> dict[str, Record]:
+    """Each CID's record, loaded and checked by `load_record`: the mapping `prov_json` takes."""
     return {cid: load_record(store, cid) for cid in cids}

@@ -59,6 +59,7 @@ class Anchored:
 
     @property
     def cid(self) -> str:
+        """The record's CID as the registry event names it (known even when the record cannot be read)."""
         return self.event.record_cid
 
 
@@ -278,6 +279,7 @@ class RunEpoch:
     error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """The epoch's fields as a dict: a trace node's details, each epoch of `verify --epochs --json`."""
         return asdict(self)
 
 
@@ -294,5 +296,6 @@ def run_epochs(chain: Chain, store: ContentStore, run_id: str) -> list[RunEpoch]
 
 
 def records_by_cid(store: ContentStore, cids: Iterable[str]) -> dict[str, Record]:
+    """Each CID's record through one `RunRecords` reader (each loaded and checked once)."""
     reader = RunRecords(None, store)
     return {cid: reader.load(cid) for cid in cids}

@@ -42,10 +42,12 @@ class RunPublication:
 
     @property
     def gas_used(self) -> int:
+        """Gas paid by its transactions; an action skipped (already on chain) counts 0."""
         return sum(t.gas_used for t in self.transactions)
 
     @property
     def sent(self) -> int:
+        """How many transactions it sent; 0 when everything was already on chain."""
         return sum(not t.skipped for t in self.transactions)
 
 

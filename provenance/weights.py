@@ -32,6 +32,7 @@ class ShareLeaves:
 
     @property
     def root(self) -> str:
+        """The tree's 0x-hex root: what a run publishes and auditors recompute from the stored weights."""
         return self.tree.root
 
 
@@ -67,6 +68,7 @@ def validate_weights(table: pa.Table) -> list[tuple[str, int]]:
 
 
 def share_leaves(table: pa.Table) -> ShareLeaves:
+    """The table's payout leaves (validated, summed per address) and their tree; WeightsError if invalid."""
     leaves = validate_weights(table)
     return ShareLeaves(tuple(leaves), StandardMerkleTree.of(leaves, SHARE_LEAF))
 
@@ -78,6 +80,7 @@ def weights_snapshot(table: pa.Table) -> bytes:
 
 
 def read_weights(data: bytes) -> pa.Table:
+    """A weights table read back from its stored Parquet bytes, unvalidated (`share_leaves` checks it)."""
     return read_parquet(data)
 
 

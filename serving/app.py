@@ -78,6 +78,8 @@ def input_docs(run: ServedRun) -> str:
 
 
 class ImageIn(BaseModel):
+    """One image input: a PNG or JPEG file's bytes, base64-encoded, decoded as in training."""
+
     image_base64: str = Field(min_length=1, description="the image file's bytes (PNG, JPEG), base64")
 
 
@@ -224,11 +226,15 @@ class PredictResponse(BaseModel):
 
 
 class ReceiptAmount(BaseModel):
+    """One address's part of the receipt's price in the token's smallest unit; the parts sum to the price."""
+
     address: str
     amount: int
 
 
 class ReceiptBps(BaseModel):
+    """One address's share of the receipt's price in basis points; the shares sum to 10,000."""
+
     address: str
     bps: int
 
@@ -251,6 +257,8 @@ class ReceiptOut(BaseModel):
 
 
 class ErrorOut(BaseModel):
+    """A refused request: `error` says what is wrong and how to fix it; nothing was charged."""
+
     error: str
 
 

@@ -41,6 +41,7 @@ class Drained:
 
     @property
     def per_s(self) -> float:
+        """Receipts filled per second (0.0 if no time passed): the drain rate the load benchmark reports."""
         return self.receipts / self.seconds if self.seconds > 0 else 0.0
 
 

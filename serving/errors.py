@@ -16,15 +16,15 @@ class LedgerError(ServingError):
 
 
 class UnknownKey(LedgerError):
-    pass
+    """No API key has this id or this secret; the API answers 401."""
 
 
 class RevokedKey(LedgerError):
-    pass
+    """The API key was revoked (`caravan keys revoke`): no more calls or charges; the API answers 403."""
 
 
 class InsufficientBalance(LedgerError):
-    pass
+    """The key's balance cannot cover the charge, so nothing was charged; the API answers 402."""
 
 
 class SettlementError(ServingError):

@@ -80,10 +80,12 @@ _RATE_SQL = "UPDATE rate_buckets SET tat = {greatest}(tat, ?) + ? WHERE key_id=?
 
 
 def now() -> str:
+    """The time in UTC, ISO 8601 to the microsecond with a Z: the stamp keys and receipts are stored with."""
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def hash_key(secret: str) -> str:
+    """A key secret's sha256, hex: all the ledger stores of it, and what `authenticate` looks keys up by."""
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
@@ -281,6 +283,7 @@ class Ledger:
         self.close()
 
     def close(self) -> None:
+        """Close the connections: PostgreSQL's pool for good, this thread's SQLite ones until next use."""
         self._b.close()
 
     def _one(self, sql: str, params: Sequence = ()) -> Sequence | None:
@@ -293,6 +296,7 @@ class Ledger:
 
     @property
     def ledger_id(self) -> str:
+        """A random id drawn when the ledger was created, the same in every process; epoch ids carry it."""
         return self._one("SELECT value FROM meta WHERE name='ledger_id'")[0]
 
     # ---- keys -------------------------------------------------------------------------------
@@ -321,6 +325,7 @@ class Ledger:
         return _api_key(row)
 
     def keys(self) -> list[ApiKey]:
+        """Every key, revoked ones included, oldest first: what `caravan keys list` shows."""
         return [_api_key(r) for r in self._all(f"SELECT {_KEY_COLS} FROM keys ORDER BY created_at, key_id")]
 
     def authenticate(self, secret: str) -> ApiKey:
@@ -458,14 +463,17 @@ class Ledger:
         )
 
     def receipt(self, receipt_id: str) -> Receipt | None:
+        """The receipt with this id, or None; any key's, so the API also checks `receipt_owner`."""
         row = self._one(f"SELECT {_RECEIPT_COLS} FROM receipts WHERE receipt_id=?", (receipt_id,))
         return None if row is None else _receipt(row)
 
     def receipt_owner(self, receipt_id: str) -> str | None:
+        """The id of the key that paid for this receipt, or None: the API shows a receipt only to that key."""
         row = self._one("SELECT key_id FROM receipts WHERE receipt_id=?", (receipt_id,))
         return None if row is None else row[0]
 
     def receipt_ids(self) -> list[str]:
+        """Every receipt's id in charge order: how tests and the crash benchmark check that none was lost."""
         return [r[0] for r in self._all("SELECT receipt_id FROM receipts ORDER BY seq")]
 
     # ---- deferred attribution ----------------------------------------------------------------
@@ -540,6 +548,7 @@ class Ledger:
         return done
 
     def fees_accrued(self) -> int:
+        """The sum of every receipt's price, settled or not, in the token's smallest unit."""
         return int(self._one("SELECT COALESCE(SUM(price), 0) FROM receipts")[0])
 
     # ---- epochs -----------------------------------------------------------------------------
@@ -594,10 +603,12 @@ class Ledger:
         return Epoch(*row)
 
     def epoch(self, epoch_id: str) -> Epoch:
+        """The epoch with this id as now stored; LedgerError where there is none."""
         with self._b.connection() as db:
             return self._epoch(db, epoch_id)
 
     def epochs(self) -> list[Epoch]:
+        """Every settlement epoch of every run, closed or not, in number order."""
         return [Epoch(*r) for r in self._all("SELECT * FROM epochs ORDER BY number")]
 
     def update_epoch(self, epoch_id: str, **fields: str | None) -> Epoch:

@@ -26,6 +26,7 @@ _ALONE_LOCK = 0x43617261  # pg_advisory_xact_lock id of transactions that must r
 
 
 def is_postgres_url(target: str | Path) -> bool:
+    """Whether ``target`` is a `postgresql://` or `postgres://` URL (a Path never is): a PostgreSQL ledger."""
     return isinstance(target, str) and urlsplit(target).scheme in POSTGRES_SCHEMES
 
 
@@ -96,13 +97,16 @@ class SqliteBackend:
         return db
 
     def create_schema(self, script: str) -> None:
+        """Run ``script``, several statements at once, on the ledger file."""
         self._db().executescript(script)
 
     def create_volatile_schema(self, script: str) -> None:
+        """Run ``script`` on the rate-limit file (`<ledger>-rates`), the tables `volatile()` writes."""
         self._rates_db().executescript(script)
 
     @contextmanager
     def connection(self) -> Iterator[sqlite3.Connection]:
+        """The calling thread's connection to the ledger file, for reads (autocommit: no transaction held)."""
         yield self._db()
 
     @contextmanager
@@ -145,6 +149,7 @@ class _PgConnection:
         self.conn = conn
 
     def execute(self, sql: str, params: Sequence = ()) -> Any:
+        """Run ``sql``, its `?` placeholders made psycopg's `%s`; returns the cursor, as `sqlite3` does."""
         return self.conn.execute(_pg(sql), params)
 
     def executemany(self, sql: str, rows: Sequence[Sequence]) -> Any:
@@ -200,6 +205,7 @@ class PostgresBackend:
         return self._shown
 
     def create_schema(self, script: str) -> None:
+        """Run ``script`` (several statements) in a transaction that runs alone; the rate tables too."""
         with self.transaction(alone=True) as db:  # concurrent CREATE IF NOT EXISTS can collide
             db.conn.execute(script)
 
@@ -207,6 +213,7 @@ class PostgresBackend:
 
     @contextmanager
     def connection(self) -> Iterator[_PgConnection]:
+        """A pooled connection in autocommit, back in the pool on exit: for reads, and as `volatile()`."""
         with self._pool.connection() as conn:
             yield _PgConnection(conn)
 
@@ -227,6 +234,7 @@ class PostgresBackend:
     volatile = connection  # pooled sessions already commit without waiting for the flush
 
     def close(self) -> None:
+        """Close the pool and every connection in it; this backend cannot be used afterwards."""
         self._pool.close()
 
 

@@ -93,6 +93,7 @@ class ServedRun:
 
     @property
     def n_features(self) -> int:
+        """Numbers per raw input row of a numeric run (categories one-hot): the width `predict` takes."""
         return self.encoding.n_features
 
     def __post_init__(self) -> None:

@@ -62,6 +62,7 @@ class DataKey:
 
     @classmethod
     def generate(cls) -> DataKey:
+        """A fresh random key, for a new dataset version or the one a revocation starts (`storage.keys`)."""
         return cls(AESSIV.generate_key(KEY_BYTES * 8))
 
     @property
@@ -185,6 +186,7 @@ class EncryptedStore:
         return f"EncryptedStore({self.inner!r}, key {self.keys[0].key_id})"
 
     def put_bytes(self, data: Buffer, *, cid_version: int = 0, pin: bool = True) -> str:
+        """Seal `data` with `keys[0]` and store it; returns the ciphertext's CID."""
         return self.inner.put_bytes(seal(self.keys[0], data), cid_version=cid_version, pin=pin)
 
     def put_file(self, path: str | os.PathLike[str], *, cid_version: int = 0, pin: bool = True) -> str:
@@ -211,19 +213,24 @@ class EncryptedStore:
                 os.unlink(tmp)
 
     def get(self, cid: str) -> bytes:
+        """The content at `cid`, opened with whichever of `keys` sealed it; unsealed content as stored."""
         data = self.inner.get(cid)
         return open_sealed(self.keys, data, what=f"content {cid}") if is_sealed(data) else data
 
     def has(self, cid: str) -> bool:
+        """Whether the inner store holds `cid`; needs no key, as every CID is that of the stored bytes."""
         return self.inner.has(cid)
 
     def pin(self, cid: str) -> None:
+        """Pin `cid` in the inner store (for sealed content, its ciphertext: no key needed)."""
         self.inner.pin(cid)
 
     def unpin(self, cid: str) -> None:
+        """Unpin `cid` in the inner store; no key needed."""
         self.inner.unpin(cid)
 
     def pins(self) -> set[str]:
+        """The inner store's pinned CIDs, sealed content and public values alike."""
         return self.inner.pins()
 
 

@@ -35,6 +35,7 @@ class FileTable:
     files: tuple[StoredFile, ...]
 
     def names(self) -> list[str]:
+        """Each file's relative POSIX path inside the folder, in the table's (sorted) order."""
         return [f.name for f in self.files]
 
     def cid_of(self, name: str) -> str:

@@ -54,6 +54,7 @@ class HolderKey:
 
     @classmethod
     def generate(cls) -> HolderKey:
+        """A new random key pair, as `caravan access keygen` makes one."""
         return cls(PrivateKey.generate())
 
     @classmethod
@@ -70,9 +71,11 @@ class HolderKey:
 
     @property
     def public_hex(self) -> str:
+        """The public key as 64 hex characters: what a holder hands over to be granted access."""
         return bytes(self.private.public_key).hex()
 
     def private_hex(self) -> str:
+        """The private key as 64 hex characters, as `from_hex` reads it: a key file without a password."""
         return bytes(self.private).hex()
 
     def __repr__(self) -> str:
@@ -240,6 +243,7 @@ class Keyring:
 
     @property
     def current(self) -> str:
+        """The key id of the current data key, the one new data is sealed with."""
         return self.keys[0][0]
 
     def holders(self) -> dict[str, str]:
@@ -301,6 +305,7 @@ class Keyring:
         }
 
     def to_bytes(self) -> bytes:
+        """`to_json` as key-sorted JSON: the bytes stored, so an unchanged keyring keeps its CID."""
         return json.dumps(self.to_json(), sort_keys=True, indent=1).encode() + b"\n"
 
     @classmethod

@@ -70,6 +70,7 @@ class KuboStore:
         return f"KuboStore({self.api_url!r})"
 
     def close(self) -> None:
+        """Close the HTTP client and its connections; the store cannot be used afterwards."""
         self._client.close()
 
     def __enter__(self) -> KuboStore:
@@ -146,6 +147,7 @@ class KuboStore:
         return iter_file(cid, self.get_block)
 
     def get(self, cid: str) -> bytes:
+        """A file's whole content, every block rehashed here (`iter_bytes`), not trusted from Kubo's `cat`."""
         return b"".join(self.iter_bytes(cid))
 
     def cat(self, cid: str) -> bytes:
@@ -161,6 +163,7 @@ class KuboStore:
         return True
 
     def pin(self, cid: str) -> None:
+        """Pin `cid` recursively on the node (the whole DAG under it), so its garbage collection keeps it."""
         self._post("pin/add", params={"arg": cid_to_str(parse_cid(cid)), "recursive": "true"})
 
     def unpin(self, cid: str) -> None:
@@ -171,6 +174,7 @@ class KuboStore:
                 self._post("pin/rm", params={"arg": pinned, "recursive": "true"})
 
     def pins(self) -> set[str]:
+        """The CIDs pinned recursively on the node, as Kubo lists them (direct and indirect pins left out)."""
         keys = self._post("pin/ls", params={"type": "recursive"}).json().get("Keys") or {}
         return set(keys)
 
@@ -233,6 +237,7 @@ class PinningServiceStore:
         return f"PinningServiceStore({self.endpoint!r}, local={self.local!r})"
 
     def close(self) -> None:
+        """Close the HTTP client to the service (`local` stays open); no pin call goes out afterwards."""
         self._client.close()
 
     def __enter__(self) -> PinningServiceStore:
@@ -304,9 +309,11 @@ class PinningServiceStore:
         return cid
 
     def get(self, cid: str) -> bytes:
+        """The content as read from `local`, where the bytes are: the service only manages pins."""
         return self.local.get(cid)
 
     def has(self, cid: str) -> bool:
+        """Whether `local` holds `cid`; the service is not asked."""
         return self.local.has(cid)
 
     def pin(self, cid: str, *, name: str | None = None) -> None:
@@ -327,4 +334,5 @@ class PinningServiceStore:
             self._call("DELETE", f"/pins/{status['requestid']}")
 
     def pins(self) -> set[str]:
+        """The CIDs with an active pin request at the service: queued, pinning or pinned."""
         return {s["pin"]["cid"] for s in self._statuses()}

@@ -66,6 +66,7 @@ class Link:
 
     @property
     def cid_str(self) -> str:
+        """The CID as Kubo prints it: base58btc `Qm...` for CIDv0, base32 `baf...` for CIDv1."""
         return cid_bytes_to_str(self.cid)
 
 
@@ -251,6 +252,8 @@ class PBLink:
 
 @dataclass(frozen=True, slots=True)
 class PBNode:
+    """A decoded dag-pb node: its links in block order, and its `Data` field (None where it has none)."""
+
     links: tuple[PBLink, ...]
     data: bytes | None
 
@@ -434,6 +437,7 @@ class ChunkReader(io.RawIOBase):
         self._pending = memoryview(b"")
 
     def readable(self) -> bool:
+        """Always True: `io.BufferedReader` only wraps a raw file that says it is readable."""
         return True
 
     def readinto(self, buffer: Buffer) -> int:  # type: ignore[override]

@@ -125,6 +125,7 @@ _REGISTRY: list[Kernel] = []
 
 
 def register(kernel: Kernel) -> Kernel:
+    """Add ``kernel`` to those ``kernel_for`` tries in order (the first match wins); returns it."""
     _REGISTRY.append(kernel)
     return kernel
 

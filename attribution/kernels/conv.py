@@ -52,6 +52,7 @@ class ConvGrads(LayerGrads):
         return self.x.shape[0]
 
     def rows(self, sl: slice) -> ConvGrads:
+        """Rows ``sl`` of the input and output gradient, and of the patches if already unfolded."""
         linear = None if self._linear is None else self._linear.rows(sl)
         return ConvGrads(self.x[sl], self.b[sl], self.module, self.params, linear)
 
@@ -63,6 +64,7 @@ class ConvGrads(LayerGrads):
         return out
 
     def dot(self, g: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``LinearGrads.dot`` on the patches, ``g``'s weight unfolded to ``[C_out, C_in·kh·kw]``."""
         return self.linear().dot(self._unfolded(g))
 
     def summed_and_dot(self, g: Weigh) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -85,6 +87,7 @@ class ConvGrads(LayerGrads):
         return [g[0].reshape(g[0].shape[0], -1), *g[1:]]
 
     def gram(self, other: LayerGrads) -> torch.Tensor:
+        """``LinearGrads.gram`` between both sides' patches (``other`` from the same layer)."""
         assert isinstance(other, ConvGrads)
         return self.linear().gram(other.linear())
 
@@ -93,13 +96,16 @@ class ConvGrads(LayerGrads):
         return self.x.shape[0], self.b.shape[1], w[0].numel(), w.shape[0]
 
     def gram_cost(self, n_other: int) -> float:
+        """``LinearGrads``' Gram cost for the patches' shape, reckoned without unfolding them."""
         return gram_cost(*self._shape(), n_other)
 
     def dot_cost(self) -> float:
+        """``n · L · C_in·kh·kw · C_out``: ``LinearGrads.dot_cost`` of the patches, not unfolded."""
         n, t, d_in, d_out = self._shape()
         return float(n * t * d_in * d_out)
 
     def project(self, projector: LayerProjector) -> torch.Tensor:
+        """``LinearGrads.project`` on the patches (Kronecker-structured, ``[n, k]`` fp32)."""
         return self.linear().project(projector)
 
 
@@ -147,6 +153,7 @@ class Conv2dKernel(Kernel):
             )
 
     def keep(self, module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
+        """The input (positional or ``input=``), detached, not unfolded: patches cost ``kh·kw ×`` more."""
         x = args[0] if args else kwargs["input"]
         return x.detach()
 
@@ -160,6 +167,7 @@ class Conv2dKernel(Kernel):
         return ConvGrads(x.to(b.dtype), b, module, params)  # autocast: see LinearKernel.grads
 
     def gradient_matrix(self, module: nn.Module, grads: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``weight_matrix``: the weight unfolded to ``[C_out, C_in·kh·kw]``, the bias a last column."""
         return weight_matrix(grads)  # [C_out, C_in·kh·kw (+1)]: the unfolded patches' order
 
 

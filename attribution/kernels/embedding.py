@@ -37,12 +37,14 @@ class EmbeddingGrads(LayerGrads):
 
     @property
     def vocab(self) -> int:
+        """``num_embeddings``: ``V``, the rows of the ``[V, d]`` weight."""
         return self.params[0].shape[0]
 
     def __len__(self) -> int:
         return self.ids.shape[0]
 
     def rows(self, sl: slice) -> EmbeddingGrads:
+        """Rows ``sl`` of the ids and output gradients, with the same parameter."""
         return EmbeddingGrads(self.ids[sl], self.b[sl], self.params)
 
     def summed(self) -> list[torch.Tensor]:
@@ -65,6 +67,7 @@ class EmbeddingGrads(LayerGrads):
         return torch.einsum("nto,nti->noi", rows, cols).flatten(1)[:, : projector.k]
 
     def dot(self, g: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``[n]`` fp32: ``Σ_t b_t · G[id_t]``, ``G``'s rows gathered by id (no one-hot)."""
         picked = g[0].float()[self.ids]  # [n, T, d]
         return (picked * self.b).sum((1, 2), dtype=torch.float32)
 
@@ -81,10 +84,12 @@ class EmbeddingGrads(LayerGrads):
         return (bb * same).sum((2, 3))
 
     def gram_cost(self, n_other: int) -> float:
+        """Multiply-adds of the cheaper ``gram`` form, ``other`` assumed to have as many tokens per row."""
         n, t, d = self.b.shape
         return float(min(_materialized_cost(self, n_other), n * n_other * t * t * d))
 
     def dot_cost(self) -> float:
+        """``n · T · d``: the gather-and-multiply of ``dot``."""
         return float(self.b.numel())
 
 
@@ -122,6 +127,7 @@ class EmbeddingKernel(Kernel):
             )
 
     def keep(self, module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
+        """The ids, detached, as ``[n, T]`` int64 (every position after the first dim a token)."""
         ids = args[0].detach()
         return ids.reshape(ids.shape[0], -1).long()
 
@@ -134,6 +140,7 @@ class EmbeddingKernel(Kernel):
         return EmbeddingGrads(kept, b, (module.weight,))
 
     def gradient_matrix(self, module: nn.Module, grads: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The weight's gradient as is: ``[V, d]``, the one-hot side first, as ``project`` factors it."""
         return grads[0]  # [V, d]: the one-hot side first, as EmbeddingGrads.project factors it
 
 

@@ -28,9 +28,11 @@ class VectorGrads(LayerGrads):
         return self.v.shape[0]
 
     def rows(self, sl: slice) -> VectorGrads:
+        """Rows ``sl`` of ``v`` (a view), with the same parameters."""
         return VectorGrads(self.v[sl], self.params)
 
     def vectors(self) -> torch.Tensor:
+        """``v`` itself, for the face's dense ``project`` and another ``VectorGrads``' ``gram``."""
         return self.v
 
     def summed(self) -> list[torch.Tensor]:
@@ -40,14 +42,18 @@ class VectorGrads(LayerGrads):
         return [s.reshape(p.shape) for s, p in zip(parts, self.params, strict=True)]
 
     def dot(self, g: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``[n]`` fp32: ``v`` times ``g`` flattened and concatenated in ``params`` order (one matvec)."""
         flat = torch.cat([t.reshape(-1).float() for t in g])
         return self.v.float() @ flat
 
     def gram(self, other: LayerGrads) -> torch.Tensor:
+        """``[n, m]`` fp32: ``v`` times ``other``'s explicit vectors, transposed (one matmul)."""
         return self.v.float() @ other.vectors().float().T
 
     def gram_cost(self, n_other: int) -> float:
+        """``n · n_other · P``: the one matmul of ``gram``."""
         return float(self.v.shape[0] * n_other * self.v.shape[1])
 
     def dot_cost(self) -> float:
+        """``n · P``: the one matvec of ``dot``."""
         return float(self.v.numel())

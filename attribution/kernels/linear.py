@@ -35,12 +35,14 @@ class LinearGrads(LayerGrads):
 
     @property
     def bias(self) -> bool:
+        """Whether ``params`` holds a bias: then each input row acts as if a one were appended."""
         return len(self.params) == 2
 
     def __len__(self) -> int:
         return self.a.shape[0]
 
     def rows(self, sl: slice) -> LinearGrads:
+        """Rows ``sl`` of the inputs and output gradients, with the same parameters."""
         return LinearGrads(self.a[sl], self.b[sl], self.params)
 
     def summed(self) -> list[torch.Tensor]:
@@ -115,13 +117,16 @@ class LinearGrads(LayerGrads):
         return (ga * gb).sum((2, 3))
 
     def gram_cost(self, n_other: int) -> float:
+        """Multiply-adds of the cheaper ``gram`` form, ``other`` assumed to have as many tokens per row."""
         return gram_cost(*self.a.shape, self.b.shape[-1], n_other)
 
     def dot_cost(self) -> float:
+        """``n · T · d_in · d_out``: the one matmul of ``dot`` (the bias term left out)."""
         n, t, d_in = self.a.shape
         return float(n * t * d_in * self.b.shape[-1])
 
     def project(self, projector: LayerProjector) -> torch.Tensor:
+        """``kron_project`` of the tokens' factors: no row's ``[d_out, d_in]`` gradient is formed."""
         return kron_project(self.a, self.b, self.bias, projector)
 
 
@@ -171,6 +176,7 @@ class LinearKernel(Kernel):
     types = (nn.Linear,)
 
     def keep(self, module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
+        """The input, detached, as ``[n, T, d_in]`` rows in its own dtype (``grads`` casts it)."""
         return as_rows(args[0].detach())
 
     def grads(self, module: nn.Module, kept: object, grad_output: torch.Tensor) -> LinearGrads:
@@ -183,6 +189,7 @@ class LinearKernel(Kernel):
         return LinearGrads(kept.to(b.dtype), b, params)
 
     def gradient_matrix(self, module: nn.Module, grads: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``weight_matrix``: ``[d_out, d_in (+1)]``, the layout ``LinearGrads.project`` factors."""
         return weight_matrix(grads)
 
 

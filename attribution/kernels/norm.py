@@ -36,6 +36,7 @@ def _rows(t: torch.Tensor, d: int) -> torch.Tensor:
 
 class _Norm(Kernel):
     def keep(self, module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
+        """The input, detached: ``grads`` recomputes ``x̂`` from it in fp32."""
         return args[0].detach()
 
 

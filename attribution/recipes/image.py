@@ -56,12 +56,15 @@ class ImagePolicy:
 
     @property
     def channels(self) -> int:
+        """3 for ``RGB``, 1 for ``L``: the decoded pixels' channels and the CNN's input channels."""
         return 3 if self.mode == "RGB" else 1
 
     def to_dict(self) -> dict[str, object]:
+        """The fields plus this version's resize ``FILTER``: the policy as recorded in the task's recipe."""
         return {**asdict(self), "filter": FILTER}
 
     def to_json(self) -> str:
+        """Canonical JSON of ``to_dict`` (sorted keys, no spaces), stored as ``ImageEncoding.policy_json``."""
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
     @classmethod

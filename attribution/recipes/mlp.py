@@ -30,6 +30,7 @@ class FeatureMLP(nn.Sequential):
     state_dict keys as the plain Sequential, so weights move between the two unchanged."""
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """``[n, n_classes]`` logits of float ``[n, d]`` features: the Sequential's forward, by key."""
         return super().forward(features)
 
 

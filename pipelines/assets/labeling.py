@@ -62,6 +62,7 @@ from storage import ContentStore, read_parquet
 
 
 def project_spec(catalog: DatasetCatalog, labelstudio: LabelStudioResource, version: str) -> ProjectSpec:
+    """The version's Label Studio project: titled `<prefix> <version>`, set up by its catalog labeling."""
     return ProjectSpec.of(f"{labelstudio.project_prefix} {version}", catalog.lookup(version)["labeling"])
 
 
@@ -159,6 +160,7 @@ def annotations(
 
 
 def cursor_path(index: AssetIndex, version: str) -> Path:
+    """The version's saved export cursor (and the annotations CID it goes with); the sensor reads it too."""
     return index.state_path("annotation_cursor", version)
 
 

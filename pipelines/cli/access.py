@@ -201,4 +201,5 @@ def show(version: Version, store_dir: StoreDir = None) -> None:
 
 
 def register(root: typer.Typer) -> None:
+    """Add the `caravan access` group (keygen, protect, grant, revoke, show) to the root app."""
     root.add_typer(app, name="access")

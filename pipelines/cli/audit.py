@@ -95,10 +95,12 @@ class RunAudit:
 
     @property
     def ok(self) -> bool:
+        """True when no check failed: the run's, the replay's or any epoch's (skipped checks aside)."""
         return not self.failures
 
     @property
     def skipped(self) -> list[Any]:
+        """Checks not made: the run's, then this command's own (no key), then the replay's."""
         replayed = list(self.replay.skipped) if self.replay else []
         return list(self.run.skipped) + list(self.skipped_here) + replayed
 
@@ -227,5 +229,6 @@ def _with_epochs(chain: Any, store: BlockStore, run_id: str, run_report: Any) ->
 
 
 def register(app: typer.Typer) -> None:
+    """Add `caravan trace` and `caravan verify` to the root app."""
     app.command("trace")(trace_command)
     app.command("verify")(verify_command)

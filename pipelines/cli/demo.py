@@ -344,5 +344,6 @@ def ingest(
 
 
 def register(app: typer.Typer) -> None:
+    """Add `caravan demo` and `caravan ingest` to the root app."""
     app.command()(demo)
     app.command()(ingest)

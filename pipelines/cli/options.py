@@ -55,6 +55,7 @@ def names(text: str | None) -> tuple[str, ...]:
 
 
 def open_store(store_dir: str | None) -> BlockStore:
+    """The embedded blockstore at `--store` (else the settings' `store_dir`); private values stay sealed."""
     return BlockStore(store_dir or load_settings().store_dir)
 
 
