@@ -87,7 +87,8 @@ class WeightingRecord:
     ANNOTATIONS = "annotations"
     CONSENSUS = "consensus"
     EXAMPLE_CREDIT = "example_credit"  # optional: absent, each example pays its `provider` column
-    LEFT_OUT_VALUE = "left_out_value"  # optional: absent, contributors are paid by their summed scores
+    # optional: absent, providers are paid by their summed scores and labelers as 'valued' pays them
+    LEFT_OUT_VALUE = "left_out_value"
     INPUTS = (EXAMPLE_ATTRIBUTION, EXAMPLES, ANNOTATIONS, CONSENSUS)
     # what the split is computed from, in `ContributorSplit.build`'s order (credit may be absent)
     SPLIT_TABLES = (EXAMPLES, ANNOTATIONS, CONSENSUS, EXAMPLE_CREDIT)
