@@ -410,7 +410,8 @@ class ContributorSplit:
         top = np.max(np.abs(credit), axis=0) if credit.shape[0] else np.zeros(credit.shape[1:])
         if self.policy.labelers == "pivotal":
             return self.matrices[role] @ (np.sign(credit) * top)
-        return self.matrices[role] @ ((credit > 0) * top) - self.wrong @ ((credit < 0) * top)  # VALUED
+        # VALUED: 'valued', and the prior that 'left_out' shrinks its labelers' retrained values toward
+        return self.matrices[role] @ ((credit > 0) * top) - self.wrong @ ((credit < 0) * top)
 
     def positions(self, example_ids: list[str]) -> np.ndarray:
         """Where each of ``example_ids`` (scores' order) sits in the split's sorted ``example_ids``
