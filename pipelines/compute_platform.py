@@ -18,7 +18,8 @@ from __future__ import annotations
 import os
 import platform
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR")
@@ -53,7 +54,7 @@ def training_platform(device: str = "cpu") -> dict[str, object]:
     training differently from AVX2/AVX512), the CPU's vector flags (oneDNN and MKL pick their own
     levels by them), the kernel pins set in this process's environment, the device, and torch's
     intra-op thread count. Reductions are split by thread, so another count rounds differently (the
-    image recipe's convolutions do); replay sets the recorded count (`replay.recorded_threads`). A run on
+    image recipe's convolutions do); the run trains and replay retrains under ``pinned_threads``. A run on
     ``device="cuda"`` adds the GPU, the CUDA and cuDNN versions (`gpu_platform`)."""
     import torch
 
@@ -68,6 +69,26 @@ def training_platform(device: str = "cpu") -> dict[str, object]:
     }
     return platform_ if device == "cpu" else {**platform_, "device": device, **gpu_platform()}
 
+
+
+@contextmanager
+def pinned_threads(threads: int | None = None) -> Iterator[None]:
+    """torch's intra-op thread count set explicitly, to ``threads`` (a run's recorded count) or, where
+    None, the count it has, and restored after. Float reductions are split by thread, so another count
+    rounds differently: a matmul whose inner dimension MKL splits among threads (a weight's gradient,
+    summed over a batch) changed its bits from 2 threads to 1 here. Set explicitly, the count also
+    reaches MKL as a fixed one: torch passes it on, and MKL's dynamic threading (on by default,
+    ``MKL_DYNAMIC``, free to use fewer threads than asked at run time) stops, as Intel's conditions for
+    run-to-run reproducibility ask. A run trains so and replay retrains so, under the same settings. A
+    count above this machine's cores is slower, not different."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(threads or before))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 def gpu_platform() -> dict[str, object]:
     """The GPU a CUDA run trained on, and the CUDA and cuDNN builds torch runs it with."""

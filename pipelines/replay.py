@@ -48,8 +48,7 @@ Replay refuses code other than the code that trained the run: it names the commi
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,7 +59,7 @@ import torch
 from attribution import WeightPolicy, contributor_weights, nudged_steps, value_noise
 from pipelines.assets.labeling import Recount, label_rows, recount, reviewed_probs
 from pipelines.assets.training import SCORE_RTOL, TrainingConfig, left_out_value, train_labeled
-from pipelines.compute_platform import can_run, run_kernels, training_platform
+from pipelines.compute_platform import can_run, pinned_threads, run_kernels, training_platform
 from pipelines.lineage import pipeline_code
 from provenance import (
     CONSENSUS,
@@ -209,12 +208,12 @@ def _retrains(
     at any thread count: there the nudge alone moves it."""
     on_gpu = recorded.get("device", "cpu") != "cpu"
     exactly = report.same_platform or report.run_kernels
-    with recorded_threads(recorded.get("threads") if exactly else None):
+    with pinned_threads(recorded.get("threads") if exactly else None):
         first = retrain()
         report.bit_exact = bool(report.same_platform and not on_gpu) or bool(exactly and identical(first))
         if report.bit_exact:
             return first, None
-        with recorded_threads(_other_count(torch.get_num_threads())), nudged_steps(NUDGE_SALT):
+        with pinned_threads(_other_count(torch.get_num_threads())), nudged_steps(NUDGE_SALT):
             return first, retrain()
 
 
@@ -245,24 +244,10 @@ def _other_count(threads: int) -> int:
     return threads - 1 if threads > 1 else threads + 1
 
 
-@contextmanager
-def recorded_threads(threads: int | None) -> Iterator[None]:
-    """torch's intra-op thread count set to ``threads`` (the run's own, as its platform records it),
-    then restored: float reductions are split by thread, so an auditor's machine with other cores
-    would round differently. A count above this machine's cores is slower, not different."""
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(int(threads))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def same_platform(recorded: Mapping[str, object], here: Mapping[str, object]) -> bool:
     """Whether every property the run recorded of its platform holds here (a record from before a
     property was recorded is compared on those it has). The thread count is not compared: replay sets
-    the recorded one (`recorded_threads`). A record with vector flags but no kernel pins is from before
+    the recorded one (`pinned_threads`). A record with vector flags but no kernel pins is from before
     pins were recorded, when the pipeline set none: it ran unpinned."""
     if "cpu_flags" in recorded and "kernel_pins" not in recorded:
         recorded = {**recorded, "kernel_pins": {}}

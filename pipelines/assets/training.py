@@ -53,7 +53,7 @@ from attribution import (
     train_trak_valued,
 )
 from pipelines.assets.labeling import Recount, recount
-from pipelines.compute_platform import training_platform
+from pipelines.compute_platform import pinned_threads, training_platform
 from pipelines.content_io import AssetIndex, StoredValue, StoreResource, store_value
 from pipelines.datasets import DatasetError
 from pipelines.lineage import LineageResource, now, pipeline_code
@@ -396,14 +396,15 @@ def trained_model(
         if local is not None:
             inputs[TrainingRecord.BASE_MODEL] = local.files
         run_id = run_id_of(data_cid, config, local.files if local else None)
-        split, result = train_labeled(
-            labeled_dataset, config, run_id=run_id, validation=validation, field=field, local=local
-        )
-        outputs = trained_outputs(split, result, config)
         credit_cid = lineage.credit_cid(client, version)
         credit = read_parquet(client.get(credit_cid)) if credit_cid else None
-        values = left_out_value(split, labeled_dataset, result, config, credit,
-                                recount(client, lineage.cid_of(CONSENSUS, version)))
+        with pinned_threads():  # as replay retrains: the count set explicitly, MKL's fixed with it
+            split, result = train_labeled(
+                labeled_dataset, config, run_id=run_id, validation=validation, field=field, local=local
+            )
+            outputs = trained_outputs(split, result, config)
+            values = left_out_value(split, labeled_dataset, result, config, credit,
+                                    recount(client, lineage.cid_of(CONSENSUS, version)))
         if values is not None:
             outputs[TrainingRecord.LEFT_OUT_VALUE] = values
     except (AttributionError, DatasetError, StorageError) as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from pipelines.compute_platform import (
     can_run,
     cpu_vector_flags,
     kernel_pins,
+    pinned_threads,
     run_kernels,
     training_platform,
 )
@@ -87,6 +89,38 @@ def test_the_pins_derived_from_this_cpus_flags_give_its_unpinned_bits() -> None:
     assert _trained_bits(run_kernels(training_platform())) == natural
     if "avx512f" in cpu_vector_flags().split():
         assert _trained_bits(run_kernels(_record(AVX2_CPU))) != natural
+
+
+# MKL's dynamic-threading flag, read from the MKL that torch links into libtorch_cpu (an internal symbol:
+# "absent" where this build has none), in a fresh process before and inside `pinned_threads`.
+_MKL_DYNAMIC = """
+import ctypes, torch
+from pipelines.compute_platform import pinned_threads
+lib = ctypes.CDLL(torch.__file__.replace("__init__.py", "lib/libtorch_cpu.so"))
+dynamic = getattr(lib, "mkl_serv_get_dynamic", None)
+if dynamic is None:
+    print("absent")
+else:
+    before = dynamic()
+    with pinned_threads():
+        print(before, dynamic())
+"""
+
+
+def test_pinned_threads_sets_the_count_and_stops_mkls_dynamic_threading() -> None:
+    """A run trains under `pinned_threads` as its replay does: the count set and then restored, and MKL,
+    which by default may use fewer threads than asked (and a matmul split among fewer threads rounds
+    otherwise), held to it."""
+    before = torch.get_num_threads()
+    with pinned_threads(before + 1):
+        assert torch.get_num_threads() == before + 1
+    assert torch.get_num_threads() == before  # restored
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", _MKL_DYNAMIC], cwd=root, capture_output=True, text=True,
+                         check=True, timeout=120).stdout.split()
+    if out == ["absent"] or not torch.backends.mkl.is_available():
+        pytest.skip("this torch build exposes no MKL dynamic-threading flag")
+    assert out[1] == "0", out  # fixed inside (dynamic before, "1", unless MKL_DYNAMIC=FALSE is set)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
