@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 import rfc8785
 
 from pipelines.duplicates import Grouping, group_duplicates
-from storage import cid_for_file
+from storage import arrow_stream, cid_for_file
 
 SUFFIX_READERS = {
     ".parquet": pq.read_table,
@@ -218,7 +218,8 @@ def load_files(
     column = payload.field if payload else IMAGE_FIELD
     tables = []
     for f in files:
-        table = _with_provider(_read_file(f.name, read(f.cid), column), f.provider, f.cid)
+        table = _with_provider(_read_file(f.name, read(f.cid), column), f.provider, f.cid,
+                               f"{f.name} ({f.cid})")
         if payload:
             refs = dict(f.refs)
             table = typed_payload(table, payload, f.name, lambda p, refs=refs: _ref_bytes(refs, p, read))
@@ -243,7 +244,7 @@ def _read_file(name: str, data: bytes, image_column: str = IMAGE_FIELD) -> pa.Ta
             f"use one of {', '.join(sorted(SUFFIX_READERS))}, a folder of images, or hf:NAME"
         )
     try:
-        return reader(io.BytesIO(data))
+        return reader(arrow_stream(data))
     except (pa.ArrowInvalid, OSError) as exc:
         raise DatasetError(f"cannot read {name} as {suffix[1:]}: {exc}") from exc
 
@@ -378,12 +379,15 @@ def _load_hf(name: str) -> pa.Table:
     return ds.data.table
 
 
-def _with_provider(table: pa.Table, provider: str | None, source: str) -> pa.Table:
+def _with_provider(table: pa.Table, provider: str | None, source: str, where: str | None = None) -> pa.Table:
+    """``table`` with its ``provider`` (the given one where it has no column) and ``source`` columns;
+    ``where`` names it in the error (``source``, a CID, where not given)."""
     if "provider" not in table.column_names:
         if provider is None:
             raise DatasetError(
-                f"{source} has no 'provider' column; add one or pass a provider "
-                "(--provider NAME, or one file per provider in a folder)"
+                f"{where or source} has no 'provider' column (whose rows are whose, for the royalty "
+                "split); add one, give a folder with one file per provider, or name the provider of "
+                "the whole file (`caravan ingest --provider NAME`)"
             )
         table = table.append_column("provider", pa.array([provider] * table.num_rows, pa.string()))
     if "source" not in table.column_names:

@@ -8,6 +8,7 @@
     BlockStore(root)                                  the embedded default (root from the caller's settings)
     KuboStore(api_url), PinningServiceStore(...)      real backends over HTTP
     snapshot_parquet(table, *, sort_by) / read_parquet  deterministic Parquet bytes
+    arrow_stream(data)                                bytes as an Arrow-owned stream (for its readers)
     DataKey, EncryptedStore(inner, keys), seal, open_sealed, is_sealed, public_store
                                                       private values: sealed (AES-SIV) before any store
     HolderKey, Keyring                                who may read them: data keys wrapped per holder
@@ -49,11 +50,12 @@ from storage.unixfs import CHUNK_SIZE, MAX_LINKS, cid_for_bytes, cid_for_file
 
 if TYPE_CHECKING:
     from storage.remote import KuboStore, PinningServiceStore
-    from storage.snapshot import read_parquet, snapshot_parquet
+    from storage.snapshot import arrow_stream, read_parquet, snapshot_parquet
 
 _LAZY = {
     "KuboStore": "storage.remote",
     "PinningServiceStore": "storage.remote",
+    "arrow_stream": "storage.snapshot",
     "read_parquet": "storage.snapshot",
     "snapshot_parquet": "storage.snapshot",
 }
@@ -88,6 +90,7 @@ __all__ = [
     "StorageError",
     "StoredFile",
     "UnreadableFile",
+    "arrow_stream",
     "cid_for_bytes",
     "cid_for_file",
     "get_folder",

@@ -52,7 +52,7 @@ def test_folder_gives_one_provider_per_file(tmp_path):
     "name, content, message",
     [
         ("d.xlsx", "x", "unknown dataset format"),
-        ("d.csv", "text\nhello\n", "no 'provider' column"),
+        ("d.csv", "text\nhello\n", r"d\.csv \(baf\w+\) has no 'provider' column"),
         ("d.jsonl", "{not json", "cannot read"),
     ],
 )

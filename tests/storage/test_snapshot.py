@@ -9,7 +9,7 @@ import sys
 import pyarrow as pa
 import pytest
 
-from storage import cid_for_bytes, read_parquet, snapshot_parquet
+from storage import arrow_stream, cid_for_bytes, read_parquet, snapshot_parquet
 from tests.storage.conftest import REPO
 
 # Builds the same 3,000 rows in an order (and chunking) chosen by argv[1], prints the snapshot's CID.
@@ -70,3 +70,20 @@ def test_ties_in_the_sort_column_are_broken_by_the_other_columns() -> None:
 def test_a_missing_sort_column_is_named() -> None:
     with pytest.raises(KeyError, match="example_id"):
         snapshot_parquet(pa.table({"id": [1]}))
+
+
+def test_arrow_stream_holds_a_copy_and_no_python_object():
+    """What keeps a reader's worker thread from needing the GIL to let its source go (at exit it cannot):
+    the stream's bytes are the same, and the Python bytes are not referenced by it, as
+    ``pa.BufferReader(data)`` references them."""
+    data = bytes(range(256)) * 10
+    before = sys.getrefcount(data)
+    stream = arrow_stream(data)
+    assert sys.getrefcount(data) == before
+    wrapped = pa.BufferReader(data)
+    assert sys.getrefcount(data) > before  # the reference arrow_stream avoids
+    assert stream.read() == data == wrapped.read()
+    table = pa.table({"example_id": ["b", "a"], "x": [2, 1]})
+    assert read_parquet(snapshot_parquet(table)).to_pylist() == [{"example_id": "a", "x": 1},
+                                                                 {"example_id": "b", "x": 2}]
+    assert arrow_stream(b"").read() == b""
