@@ -491,7 +491,7 @@ def validation_examples(table: pa.Table, dataset: pa.Table, choices: Sequence[st
     if unknown:
         raise DatasetError(f"validation labels {unknown[:5]} are not in the label set {list(choices)}")
     ids = [example_id(r) for r in table.select(payload).to_pylist()]
-    overlap = sorted(set(ids) & set(dataset["example_id"].to_pylist()))
+    overlap = sorted(set(ids) & _trained_ids(dataset, expected))
     if overlap:
         raise DatasetError(
             f"{len(overlap)} validation examples are also in the dataset (e.g. {overlap[0][:16]}): "
@@ -499,6 +499,16 @@ def validation_examples(table: pa.Table, dataset: pa.Table, choices: Sequence[st
         )
     out = table.select(sorted(payload)).add_column(0, "example_id", pa.array(ids, pa.string()))
     return out.append_column("label", pa.array(labels, pa.string())).sort_by("example_id")
+
+
+def _trained_ids(dataset: pa.Table, payload: Sequence[str]) -> set[str]:
+    """The dataset's example ids, and where they cover more than ``payload`` (a source with labels of
+    its own: a ``label`` column is content there) its rows' ids over ``payload`` alone, as a validation
+    example's is computed: the same text is then the same example on both sides."""
+    ids = set(dataset["example_id"].to_pylist())
+    if sorted(payload) == sorted(c for c in dataset.column_names if c not in RESERVED):
+        return ids
+    return ids | {example_id(r) for r in dataset.select(list(payload)).to_pylist()}
 
 
 def example_id(payload: dict) -> str:
