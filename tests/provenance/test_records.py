@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from prov.model import ProvDocument
@@ -122,6 +123,15 @@ def test_code_version_flags_a_dirty_working_tree(tmp_path, store: BlockStore) ->
     git("checkout", "m.py")
     (tmp_path / "new.py").write_text("y = 1\n")  # an untracked, not ignored file is code too
     assert code_version(repo=tmp_path).dirty is True
+    (tmp_path / "new.py").unlink()
+    # the project's own ignores keep its environments out, symlinked ones too (a clone sharing a venv)
+    (tmp_path / ".gitignore").write_text((Path(__file__).resolve().parents[2] / ".gitignore").read_text())
+    git("add", ".gitignore")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "two")
+    for name in (".venv", ".venv-labelstudio", "node_modules"):
+        (tmp_path / name).symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / ".caravan").mkdir()
+    assert code_version(repo=tmp_path).dirty is False
 
     dirty = _record(code=CodeVersion("caravan", "0.1.0", clean.git_commit, True))
     assert load_record(store, store.put_bytes(dirty.canonical_bytes())).code.dirty is True
