@@ -70,7 +70,6 @@ def training_platform(device: str = "cpu") -> dict[str, object]:
     return platform_ if device == "cpu" else {**platform_, "device": device, **gpu_platform()}
 
 
-
 @contextmanager
 def pinned_threads(threads: int | None = None) -> Iterator[None]:
     """torch's intra-op thread count set explicitly, to ``threads`` (a run's recorded count) or, where
@@ -89,6 +88,7 @@ def pinned_threads(threads: int | None = None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
 
 def gpu_platform() -> dict[str, object]:
     """The GPU a CUDA run trained on, and the CUDA and cuDNN builds torch runs it with."""
