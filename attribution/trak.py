@@ -100,7 +100,7 @@ class TrakFeatures:
         (numpy) for flat inputs when given, else the hooked autograd path; the two agree to float32."""
         if plan is not None and x.dim() == 2:
             return plan.features(x.numpy(), y.numpy())
-        return _projected_grads(ck.model, ck.layers, self.projector, x, y).numpy().astype(np.float64)
+        return projected_grads(ck.model, ck.layers, self.projector, x, y).numpy().astype(np.float64)
 
     def scores(self, X_targets: object, y_targets: object | None = None) -> np.ndarray:
         """[n_train, n_targets]: contributions to each target's log-probability of ``y``.
@@ -146,7 +146,7 @@ class SequentialPlan:
 
     A query is one or a few rows: there hooks, module calls, the autograd engine and torch's
     per-op dispatch (each op releases and retakes the GIL, which stalls under a server's
-    threads) cost more than the arithmetic. Same math as ``_projected_grads`` + ``project``
+    threads) cost more than the arithmetic. Same math as ``projected_grads`` + ``project``
     (forward, output gradients ``B`` backwards, ``(b Q) ⊗ ([a, 1] R)``) in float32, so equal to
     float32 precision; any other model keeps the hooked autograd path. Layers: Linear,
     LayerNorm (one trailing dim), ReLU, Tanh, GELU, Identity.
@@ -304,7 +304,7 @@ def _factors(model: nn.Module, layers: list[nn.Module], x: torch.Tensor, weights
         return [ghost.layer_factors(t, b) for t, b in zip(taps.taps, grads, strict=True)]
 
 
-def _projected_grads(model, layers, projector: Projector, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def projected_grads(model, layers, projector: Projector, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Projected per-example gradients of the loss ``-log p_y(x)``."""
     facts = _factors(model, layers, x, lambda logp: -logp.gather(1, y[:, None]).sum())
     return projector.project(facts)
@@ -329,7 +329,7 @@ def chunk_terms(
     """One chunk of training rows at one checkpoint: their projected gradients (float32) and their
     float64 share of the kernel's Gram matrix. ``build_features`` adds the shares in chunk order and
     shards (``shards.py``) compute the very same ones, so both give the same bytes."""
-    phi = _projected_grads(model, layers, projector, x, y)
+    phi = projected_grads(model, layers, projector, x, y)
     rows = _fisher_rows(model, layers, projector, x) if kernel == "fisher" else phi
     return phi, (rows.T @ rows).double()
 

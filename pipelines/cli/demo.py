@@ -17,7 +17,7 @@ from pipelines.cli.options import Shown, names
 console = Console(stderr=True)
 
 
-def _royalty_table(weights: list[dict]) -> Table:
+def royalty_table(weights: list[dict]) -> Table:
     """Every contributor's pay; one whose data or labels made the model worse (a negative net
     score, under the default policy) is marked: it is paid nothing."""
     table = Table(title="Royalty split of the run (basis points of every deposit)")
@@ -114,7 +114,7 @@ def demo(
         summary = run_demo(settings, limit=limit, data=user_data, start_services=start_services, say=say,
                            training=training)
     out = Console(width=None if sys.stdout.isatty() else 150)
-    out.print(_royalty_table(summary["weights"]))
+    out.print(royalty_table(summary["weights"]))
     if not any(r["role"] == "provider" and r["weight_bps"] > 0 for r in summary["weights"]):
         from pipelines.checks import NO_PROVIDER_HELPED
 

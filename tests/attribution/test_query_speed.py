@@ -15,7 +15,7 @@ from torch import nn
 from attribution import attribute_query, features_from_bytes, features_to_bytes
 from attribution.projector import Projector
 from attribution.task import AttributionTask, ModelSpec, ModuleSpec, TrainConfig
-from attribution.trak import SequentialPlan, TrakFeatures, _projected_grads, build_features
+from attribution.trak import SequentialPlan, TrakFeatures, build_features, projected_grads
 
 from .conftest import blobs
 
@@ -25,7 +25,7 @@ def previous_scores(f: TrakFeatures, X: np.ndarray, y: np.ndarray) -> np.ndarray
     x, yt = torch.as_tensor(X), torch.as_tensor(y)
     total = np.zeros((f.n_train, len(x)))
     for ck in f.checkpoints:
-        phi = _projected_grads(ck.model, ck.layers, f.projector, x, yt).numpy().astype(np.float64)
+        phi = projected_grads(ck.model, ck.layers, f.projector, x, yt).numpy().astype(np.float64)
         total += ck.store.matvec((ck.kernel_inv @ phi.T).astype(np.float32))
     return total / len(f.checkpoints)
 
