@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from attribution.task import AttributionTask, ModelSpec, TrainConfig
+
+ADDR = {f"c{i}": "0x" + f"{i + 1:040x}" for i in range(12)}  # contributor c<i>'s address
 
 
 def blobs(n: int, d: int, c: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -29,3 +32,25 @@ def mlp_task():
     cfg = TrainConfig(epochs=3, batch_size=32, lr=0.2, weight_decay=1e-3, n_checkpoints=2, trak_k=64,
                       lr_schedule="linear")
     return AttributionTask(ModelSpec((5, 8, 6, 3), layer_norm=True), cfg)
+
+
+def pay_tables(scores, providers, votes):
+    """The four tables contributor_weights reads (scores, examples, answers, consensus) for examples
+    e000.. with these scores and providers, and ``votes`` as (example index, annotator, label)."""
+    n = len(scores)
+    ids = [f"e{i:03d}" for i in range(n)]
+    attribution = pa.table({"example_id": ids, "score": np.asarray(scores, dtype=np.float64),
+                            "method": ["inrun_sgd"] * n, "run_id": ["r"] * n})
+    examples = pa.table({"example_id": ids, "provider": providers})
+    ann_rows = [(ids[e], who, lab) for e, who, lab in votes]
+    annotations = pa.table({"annotation_id": [str(i) for i in range(len(ann_rows))],
+                            "example_id": [r[0] for r in ann_rows], "annotator": [r[1] for r in ann_rows],
+                            "label": [r[2] for r in ann_rows]})
+    consensus = pa.table({"example_id": ids, "label": ["a"] * n, "confidence": [0.9] * n, "n_votes": [2] * n})
+    return attribution, examples, annotations, consensus
+
+
+def credit_table(rows):
+    """A credit table from (example_id, provider, share) rows."""
+    return pa.table({"example_id": [r[0] for r in rows], "provider": [r[1] for r in rows],
+                     "share": [float(r[2]) for r in rows]})

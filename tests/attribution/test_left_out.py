@@ -35,14 +35,14 @@ from attribution.inrun import plain_model_steps
 from attribution.left_out import shrunk_values
 from attribution.trainer import plain_steps, row_keys
 
-from .test_weights import ADDR, _credit, _tables
+from .conftest import ADDR, credit_table, pay_tables
 
 
 def test_groups_follow_the_credit_table_copies_count_for_their_first_registrant():
     ids = ["e0", "e1", "e2", "e3", "e4"]
     providers = ["c0", "c1", "c1", "c2", "c3"]
     # e1 copies e0 (c0 first): both paid to c0; e3 is shared by c2 and c3 (same registration time)
-    credit = _credit([("e0", "c0", 1.0), ("e1", "c0", 1.0), ("e2", "c1", 1.0), ("e3", "c2", 0.5),
+    credit = credit_table([("e0", "c0", 1.0), ("e1", "c0", 1.0), ("e2", "c1", 1.0), ("e3", "c2", 0.5),
                       ("e3", "c3", 0.5)])
     groups = provider_groups(ids, providers, credit)
     assert {p: np.flatnonzero(m).tolist() for p, m in groups.items()} == {
@@ -54,7 +54,7 @@ def test_groups_follow_the_credit_table_copies_count_for_their_first_registrant(
 
 def test_copies_beyond_a_groups_representative_count_only_where_they_hurt():
     ids = ["e0", "e1", "e2", "e3", "e4"]
-    credit = _credit([("e0", "c0", 0.5), ("e1", "c0", 0.5), ("e2", "c1", 1.0), ("e3", "c2", 1.0)])
+    credit = credit_table([("e0", "c0", 0.5), ("e1", "c0", 0.5), ("e2", "c1", 1.0), ("e3", "c2", 1.0)])
     credit = credit.append_column("representative", pa.array(["e1", "e1", "e2", "e3"]))
     distinct = distinct_rows(ids, credit)
     assert distinct.tolist() == [False, True, True, True, True]  # e0 copies e1; e4 is not in credit
@@ -276,7 +276,7 @@ def test_noisy_left_out_values_are_shrunk_toward_what_the_scores_predict():
 
 def test_providers_are_paid_by_their_left_out_values_and_a_harmful_one_earns_nothing():
     # by their examples' scores c1 would earn most; by retraining it hurts and c0 helps twice as much as c2
-    tables = _tables([1.0, 5.0, 1.0], ["c0", "c1", "c2"], [(0, "c5", "a"), (1, "c6", "a")])
+    tables = pay_tables([1.0, 5.0, 1.0], ["c0", "c1", "c2"], [(0, "c5", "a"), (1, "c6", "a")])
     values = {"c0": 0.02, "c1": -0.01, "c2": 0.01}
     policy = WeightPolicy(labelers="agree")
     out = contributor_weights(*tables, ADDR, policy, left_out=_left_out(values))
@@ -297,7 +297,7 @@ def test_providers_are_paid_by_their_left_out_values_and_a_harmful_one_earns_not
 def test_labelers_are_paid_by_their_left_out_values_where_the_table_has_them():
     # c5's answers are every label c6 agrees with; by retraining, c6's absence cost twice what c5's did
     votes = [(0, "c5", "a"), (0, "c6", "a"), (1, "c6", "a"), (2, "c7", "a")]
-    tables = _tables([1.0, 2.0, 1.0], ["c0", "c1", "c2"], votes)
+    tables = pay_tables([1.0, 2.0, 1.0], ["c0", "c1", "c2"], votes)
     labelers = _left_out({"c5": 0.01, "c6": 0.02, "c7": -0.01})
     labelers = labelers.set_column(1, "role", pa.array(["labeler"] * 3))
     table = pa.concat_tables([_left_out({"c0": 0.01, "c1": 0.01, "c2": 0.02}), labelers])
@@ -329,7 +329,7 @@ def test_a_record_without_providers_paid_by_scores():
     ({"c0": float("nan"), "c1": 0.1}, "NaN or inf"),
 ])
 def test_a_bad_left_out_table_is_refused(bad, match):
-    tables = _tables([1.0, 2.0], ["c0", "c1"], [])
+    tables = pay_tables([1.0, 2.0], ["c0", "c1"], [])
     with pytest.raises(ContributorError, match=match):
         contributor_weights(*tables, ADDR, left_out=_left_out(bad))
     twice = pa.concat_tables([_left_out({"c0": 0.1}), _left_out({"c0": 0.2})])
@@ -340,7 +340,7 @@ def test_a_bad_left_out_table_is_refused(bad, match):
 def test_copies_group_pays_a_groups_whole_left_out_effect():
     """'once' (the default) pays a provider its distinct rows' value; 'group' the loss rise without its
     whole credited group, its copies' help included (the royalty issue's ground truth)."""
-    tables = _tables([1.0, 1.0, 1.0], ["c0", "c1", "c2"], [])
+    tables = pay_tables([1.0, 1.0, 1.0], ["c0", "c1", "c2"], [])
     table = _left_out({"c0": 0.01, "c1": 0.01, "c2": 0.02})
     # c0's copies (say a copycat's, credited to it) lowered the loss by 0.03 more: 'once' leaves that out
     table = table.set_column(3, "loss_without", pa.array([1.04, 1.01, 1.02]))

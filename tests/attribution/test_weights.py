@@ -13,22 +13,10 @@ from hypothesis import strategies as st
 from attribution import ContributorError, ContributorSplit, WeightPolicy, contributor_weights
 from attribution.weights import largest_remainder, quantize, quantize_columns
 
-ADDR = {f"c{i}": "0x" + f"{i + 1:040x}" for i in range(12)}
+from .conftest import ADDR, credit_table, pay_tables
+
 AGREE = WeightPolicy(labelers="agree")  # labelers paid by agreement with consensus (not the default)
 
-
-def _tables(scores, providers, votes):
-    n = len(scores)
-    ids = [f"e{i:03d}" for i in range(n)]
-    attribution = pa.table({"example_id": ids, "score": np.asarray(scores, dtype=np.float64),
-                            "method": ["inrun_sgd"] * n, "run_id": ["r"] * n})
-    examples = pa.table({"example_id": ids, "provider": providers})
-    ann_rows = [(ids[e], who, lab) for e, who, lab in votes]
-    annotations = pa.table({"annotation_id": [str(i) for i in range(len(ann_rows))],
-                            "example_id": [r[0] for r in ann_rows], "annotator": [r[1] for r in ann_rows],
-                            "label": [r[2] for r in ann_rows]})
-    consensus = pa.table({"example_id": ids, "label": ["a"] * n, "confidence": [0.9] * n, "n_votes": [2] * n})
-    return attribution, examples, annotations, consensus
 
 
 example_sets = st.integers(1, 25).flatmap(
@@ -50,7 +38,7 @@ def _permuted(table: pa.Table, seed: int) -> pa.Table:
 def test_weights_sum_order_invariance_and_determinism(case, negative, seed):
     scores, providers, votes = case
     policy = WeightPolicy(negative=negative)
-    tables = _tables(scores, providers, votes)
+    tables = pay_tables(scores, providers, votes)
     try:
         out = contributor_weights(*tables, ADDR, policy)
     except ContributorError:  # 'net' may leave every contributor at or below zero
@@ -67,7 +55,7 @@ def test_weights_sum_order_invariance_and_determinism(case, negative, seed):
 
 
 def test_policy_split_and_labeler_credit():
-    att, ex, ann, con = _tables([1.0, 3.0, -2.0], ["c0", "c1", "c1"],
+    att, ex, ann, con = pay_tables([1.0, 3.0, -2.0], ["c0", "c1", "c1"],
                                 [(0, "c5", "a"), (0, "c6", "a"), (1, "c6", "a"), (1, "c7", "b")])
     out = contributor_weights(att, ex, ann, con, ADDR, WeightPolicy(negative="clip", labelers="agree"))
     got = {(r["role"], r["contributor"]): r["weight_bps"] for r in out.to_pylist()}
@@ -80,7 +68,7 @@ def test_policy_split_and_labeler_credit():
 
 
 def test_net_policy_offsets_negative_examples():
-    att, ex, ann, con = _tables([1.0, 3.0, -2.0], ["c0", "c1", "c1"], [])
+    att, ex, ann, con = pay_tables([1.0, 3.0, -2.0], ["c0", "c1", "c1"], [])
     out = contributor_weights(att, ex, ann, con, ADDR, WeightPolicy(negative="net")).to_pylist()
     got = {r["contributor"]: r["weight_bps"] for r in out}
     assert got == {"c0": 5000, "c1": 5000}  # no labelers: providers take the whole pool
@@ -91,7 +79,7 @@ def test_clip_pays_spread_net_pays_help():
     # net it earns nothing; clip drops its negatives first and hands it 3/4 of the pool
     steady = [1.0] * 10
     spread = [6.0, -6.5] * 5
-    tables = _tables(steady + spread, ["c0"] * 10 + ["c1"] * 10, [])
+    tables = pay_tables(steady + spread, ["c0"] * 10 + ["c1"] * 10, [])
     net = contributor_weights(*tables, ADDR, WeightPolicy(negative="net")).to_pylist()
     assert {r["contributor"]: r["weight_bps"] for r in net} == {"c0": 10_000, "c1": 0}
     clipped = contributor_weights(*tables, ADDR, WeightPolicy(negative="clip")).to_pylist()
@@ -104,7 +92,7 @@ def test_clip_pays_spread_net_pays_help():
 
 def test_net_is_additive_over_examples_clip_is_not():
     # one example of score 3, or two of 5 and -2 from the same contributor: the same help
-    one, two = _tables([1.0, 3.0], ["c0", "c1"], []), _tables([1.0, 5.0, -2.0], ["c0", "c1", "c1"], [])
+    one, two = pay_tables([1.0, 3.0], ["c0", "c1"], []), pay_tables([1.0, 5.0, -2.0], ["c0", "c1", "c1"], [])
     net = WeightPolicy(negative="net")
     assert contributor_weights(*one, ADDR, net)["weight_bps"].to_pylist() == [2500, 7500]
     assert contributor_weights(*two, ADDR, net)["weight_bps"].to_pylist() == [2500, 7500]
@@ -120,7 +108,7 @@ def test_largest_remainder_ties_broken_by_address():
 def test_contributor_ties_go_to_the_lowest_address_as_a_number():
     # checksummed, 0xA3A3.. sorts before 0xa2A2.. as a string; as numbers 0xa2.. is lower
     addr = {"c0": "0x" + "a3" * 20, "c1": "0x" + "a2" * 20, "c2": "0x" + "ff" * 20}
-    att, ex, ann, con = _tables([1.0, 1.0, 1.0], ["c0", "c1", "c2"], [])
+    att, ex, ann, con = pay_tables([1.0, 1.0, 1.0], ["c0", "c1", "c2"], [])
     out = contributor_weights(att, ex, ann, con, addr).to_pylist()
     assert min(r["address"] for r in out).startswith("0xA3")  # the trap: string order of checksums
     assert {r["contributor"]: r["weight_bps"] for r in out} == {"c0": 3333, "c1": 3334, "c2": 3333}
@@ -153,22 +141,22 @@ def test_quantize_keeps_the_stated_significant_digits_next_to_powers_of_ten(top)
 
 
 def test_missing_addresses_named_in_one_error():
-    att, ex, ann, con = _tables([1.0, 2.0], ["c0", "c1"], [(0, "c5", "a")])
+    att, ex, ann, con = pay_tables([1.0, 2.0], ["c0", "c1"], [(0, "c5", "a")])
     with pytest.raises(ContributorError, match="c1, c5"):
         contributor_weights(att, ex, ann, con, {"c0": ADDR["c0"]})
 
 
 def test_examples_without_provider_and_unknown_examples():
-    att, ex, ann, con = _tables([1.0, 2.0], ["c0", ""], [])
+    att, ex, ann, con = pay_tables([1.0, 2.0], ["c0", ""], [])
     with pytest.raises(ContributorError, match="no provider.*e001"):
         contributor_weights(att, ex, ann, con, ADDR)
-    att, ex, ann, con = _tables([1.0, 2.0], ["c0", "c1"], [])
+    att, ex, ann, con = pay_tables([1.0, 2.0], ["c0", "c1"], [])
     with pytest.raises(ContributorError, match="not in the examples table"):
         contributor_weights(att, ex.slice(0, 1), ann, con, ADDR)
 
 
 def test_all_negative_scores_is_a_clear_error():
-    att, ex, ann, con = _tables([-1.0, -2.0], ["c0", "c1"], [])
+    att, ex, ann, con = pay_tables([-1.0, -2.0], ["c0", "c1"], [])
     with pytest.raises(ContributorError, match="nothing to split: .* retrain stopping early \\(patience\\)"):
         contributor_weights(att, ex, ann, con, ADDR)
 
@@ -295,7 +283,7 @@ def test_split_queries_orders_float_equal_remainders_exactly():
 
 
 def test_split_queries_refuses_bad_input_by_name():
-    att, ex, ann, con = _tables([1.0, 2.0], ["c0", "c1"], [])
+    att, ex, ann, con = pay_tables([1.0, 2.0], ["c0", "c1"], [])
     split = ContributorSplit.build(ex, ann, con, ADDR)
     with pytest.raises(ContributorError, match=r"queries \[1\] hold NaN"):
         split.split_queries(["e000", "e001"], np.array([[1.0, np.nan], [1.0, 1.0]]))
@@ -317,18 +305,13 @@ def test_split_queries_refuses_bad_input_by_name():
 # ---------------------------------------------------------------- example_credit (duplicates paid once)
 
 
-def _credit(rows):
-    return pa.table({"example_id": [r[0] for r in rows], "provider": [r[1] for r in rows],
-                     "share": [float(r[2]) for r in rows]})
-
-
 @settings(max_examples=40, deadline=None)
 @given(example_sets, st.sampled_from(["clip", "net"]))
 def test_a_credit_table_that_pays_each_provider_its_own_examples_changes_nothing(case, negative):
     scores, providers, votes = case
-    tables = _tables(scores, providers, votes)
+    tables = pay_tables(scores, providers, votes)
     ids = tables[1]["example_id"].to_pylist()
-    identity = _credit([(e, p, 1.0) for e, p in zip(ids, providers, strict=True)])
+    identity = credit_table([(e, p, 1.0) for e, p in zip(ids, providers, strict=True)])
     policy = WeightPolicy(negative=negative)
     try:
         plain = contributor_weights(*tables, ADDR, policy)
@@ -341,9 +324,9 @@ def test_a_credit_table_that_pays_each_provider_its_own_examples_changes_nothing
 
 def test_a_group_is_paid_its_mean_once_and_its_labelers_alike():
     # e000 and e001 are one group (c0 registered first, c1 copied): each weighs 1/2, paid to c0
-    att, ex, ann, con = _tables([3.0, 1.0, 2.0], ["c0", "c1", "c2"], [(0, "c5", "a"), (1, "c5", "a"),
+    att, ex, ann, con = pay_tables([3.0, 1.0, 2.0], ["c0", "c1", "c2"], [(0, "c5", "a"), (1, "c5", "a"),
                                                                      (2, "c6", "a")])
-    credit = _credit([("e000", "c0", 0.5), ("e001", "c0", 0.5), ("e002", "c2", 1.0)])
+    credit = credit_table([("e000", "c0", 0.5), ("e001", "c0", 0.5), ("e002", "c2", 1.0)])
     out = {(r["contributor"], r["role"]): r for r in contributor_weights(att, ex, ann, con, ADDR, AGREE,
                                                                          credit=credit).to_pylist()}
     assert out[("c0", "provider")]["score"] == out[("c2", "provider")]["score"]  # mean of 3 and 1 = 2, once
@@ -363,18 +346,18 @@ def test_a_group_is_paid_its_mean_once_and_its_labelers_alike():
     ],
 )
 def test_a_bad_credit_table_is_refused_with_its_reason(rows, match):
-    tables = _tables([1.0, 2.0, 3.0], ["c0", "c1", "c0"], [])
+    tables = pay_tables([1.0, 2.0, 3.0], ["c0", "c1", "c0"], [])
     with pytest.raises(ContributorError, match=match):
-        contributor_weights(*tables, ADDR, credit=_credit(rows))
+        contributor_weights(*tables, ADDR, credit=credit_table(rows))
 
 
 def test_serving_splits_pay_by_the_credit_table_too():
     # one prediction's fee: the batched, single and per-row paths agree under a credit table, and a
     # copy's contribution goes to its first registrant (c1 copied c0's e000: e001 pays c0)
     rng = np.random.default_rng(4)
-    att, ex, ann, con = _tables(list(rng.uniform(0.1, 1, 6)), ["c0", "c1", "c2", "c0", "c1", "c2"],
+    att, ex, ann, con = pay_tables(list(rng.uniform(0.1, 1, 6)), ["c0", "c1", "c2", "c0", "c1", "c2"],
                                 [(i, "c5", "a") for i in range(6)])
-    credit = _credit([("e000", "c0", 0.5), ("e001", "c0", 0.5)]
+    credit = credit_table([("e000", "c0", 0.5), ("e001", "c0", 0.5)]
                      + [(f"e{i:03d}", p, 1.0) for i, p in ((2, "c2"), (3, "c0"), (4, "c1"), (5, "c2"))])
     split = ContributorSplit.build(ex, ann, con, ADDR, AGREE, credit=credit)  # c5 answers alone: agreement
     ids = ex["example_id"].to_pylist()
