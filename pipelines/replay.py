@@ -10,6 +10,9 @@ retrains with the same code, and compares:
   consensus the split was computed from against those the ingest, snapshot and consensus records
   name. Without this a publisher could train and pay on labels (or credit) of its choosing, every
   CID and score consistent;
+- where the replay is bit for bit, the trained model and its TRAK features (what serving loads, and
+  splits each prediction's fee by) against those the training record names: a publisher could
+  otherwise serve, and pay predictions by, a model other than the one its scores were measured on;
 - the example scores, the providers' left-out values and the weights recomputed from them,
   contributor by contributor, and the root of the replayed weights against the on-chain root: bit
   for bit where the run was trained on the same torch build, CPU architecture, CPU capability and
@@ -58,7 +61,13 @@ import torch
 
 from attribution import WeightPolicy, contributor_weights, nudged_steps, value_noise
 from pipelines.assets.labeling import Recount, label_rows, recount, reviewed_probs
-from pipelines.assets.training import SCORE_RTOL, TrainingConfig, left_out_value, train_labeled
+from pipelines.assets.training import (
+    SCORE_RTOL,
+    TrainingConfig,
+    left_out_value,
+    train_labeled,
+    trained_outputs,
+)
 from pipelines.compute_platform import can_run, pinned_threads, run_kernels, training_platform
 from pipelines.lineage import pipeline_code
 from provenance import (
@@ -123,7 +132,8 @@ class ReplayReport(Findings):
         sums = "" if self.sums_used is None else f", score sums at {self.sums_used:.2f} of theirs"
         return (f"another platform: allowed {SPREAD_FACTOR}x the spread of two replays here, scores within "
                 f"{self.score_rtol:.3g} of the largest{sums}{values}; pay follows from the stored scores and "
-                f"values, {self.max_bps_diff} bps at most from the replay's")
+                f"values, {self.max_bps_diff} bps at most from the replay's; model and features not "
+                "compared (bit for bit only)")
 
 
 def replay_run(
@@ -147,16 +157,18 @@ def replay_run(
     consensus_without = _check_labels(records, report.training_cid, head, labeled, report)
     stored = read_weights(store.get(head.outputs[WeightingRecord.WEIGHTS]))
     stored_scores = read_parquet(store.get(training.outputs[TrainingRecord.EXAMPLE_ATTRIBUTION]))
+    served = {name: store.get(training.outputs[name]) for name in SERVED}
     value_cid = head.inputs.get(WeightingRecord.LEFT_OUT_VALUE)
     stored_values = read_parquet(store.get(value_cid)) if value_cid else None
 
     first, second = _retrains(
         recorded, report, lambda: _retrain(records, head, training, labeled, stored, consensus_without),
-        lambda replayed: _identical(replayed, stored_scores, stored_values, stored),
+        lambda replayed: _identical(replayed, stored_scores, stored_values, stored, served),
     )
     band = Band.between(first, second, float(training.params.get("score_rtol", SCORE_RTOL)))
     report.score_rtol, report.value_band = band.score_rtol, band.value
 
+    _compare_outputs(training, served, first, report)
     _compare_scores(stored_scores, first.scores, band.score, report)
     if not report.bit_exact:
         (answers,) = records.input_tables(head, (WeightingRecord.ANNOTATIONS,))
@@ -282,11 +294,14 @@ def replay_kernels(chain: Chain, store: ContentStore, run_id: str) -> dict[str, 
     return kernels if same and can_run(kernels, str(here.get("cpu_flags", ""))) else None
 
 
-def _identical(replayed: Replayed, scores: pa.Table, values: pa.Table | None, weights: pa.Table) -> bool:
-    """Whether a replay gave the stored example scores, left-out values and weights bit for bit."""
+def _identical(replayed: Replayed, scores: pa.Table, values: pa.Table | None, weights: pa.Table,
+               served: Mapping[str, bytes]) -> bool:
+    """Whether a replay gave the stored model, features, example scores, left-out values and weights bit
+    for bit."""
     ids, a, b = _aligned_scores(scores, replayed.scores)
     return (
         len(ids) == replayed.scores.num_rows and np.array_equal(a, b)
+        and all(replayed.outputs[n] == served[n] for n in SERVED)
         and _values(values) == _values(replayed.left_out_value)
         and _value_runs(values) == _value_runs(replayed.left_out_value)
         and _bps(weights) == _bps(replayed.weights)
@@ -295,11 +310,13 @@ def _identical(replayed: Replayed, scores: pa.Table, values: pa.Table | None, we
 
 @dataclass(frozen=True)
 class Replayed:
-    """One retraining of the run: its example scores, left-out values (where pay used them), weights."""
+    """One retraining of the run: its example scores, left-out values (where pay used them), weights, and
+    its model and TRAK features as the training record stores them (``SERVED``: safetensors bytes)."""
 
     scores: pa.Table
     left_out_value: pa.Table | None
     weights: pa.Table
+    outputs: Mapping[str, bytes]
 
 
 def _retrain(
@@ -322,7 +339,51 @@ def _retrain(
         (credit,) = records.input_tables(head, (WeightingRecord.EXAMPLE_CREDIT,))
         left_out = left_out_value(split, labeled, result, config, credit, consensus_without)
     weights = _weights(records, head, result.example_attribution, stored, left_out)
-    return Replayed(result.example_attribution, left_out, weights)
+    outputs = trained_outputs(split, result, config)
+    return Replayed(result.example_attribution, left_out, weights, {n: outputs[n] for n in SERVED})
+
+
+# The training outputs serving loads: the model, and the features each prediction's fee is split by.
+SERVED = (TrainingRecord.MODEL, TrainingRecord.FEATURES)
+
+
+def _compare_outputs(
+    training: Record, stored: Mapping[str, bytes], first: Replayed, report: ReplayReport
+) -> None:
+    """The stored model and features against the replay's, where the replay is bit for bit: the same
+    bytes. Elsewhere they are not compared: a tensor moves further than the scores made from it (the
+    text recipe trained on AVX2 kernels moved weights by 6.4x, its checkpoints' by 10x, their gap
+    between two replays on AVX-512, and up to 1.8e-3 of a tensor's largest entry), so no band would
+    hold an honest run; replay on the run's platform or CPU kernels checks them."""
+    if not report.bit_exact:
+        return
+    for name in SERVED:
+        if stored[name] == first.outputs[name]:
+            continue
+        gaps = _tensor_gaps(stored[name], first.outputs[name])
+        what = f"the stored {name.replace('_', ' ')} ({training.outputs[name]}) is not the replay's"
+        if gaps is None:
+            detail = f"{what}: it holds other tensors"
+        else:
+            over = sorted((k for k in gaps if gaps[k] > 0), key=lambda k: -gaps[k])
+            detail = (f"{what}: {len(over)} of {len(gaps)} tensors differ (largest {gaps[over[0]]:.3g} at "
+                      f"{over[0]})" if over else f"{what}: its metadata differs")
+        report.fail("model_differs", report.training_cid or "", detail)
+
+
+def _tensor_gaps(a: bytes, b: bytes) -> dict[str, float] | None:
+    """Each tensor's largest absolute gap between two safetensors files; None where they hold other names
+    or shapes (or either is not one)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        ta, tb = load(a), load(b)
+    except SafetensorError:
+        return None
+    if ta.keys() != tb.keys() or any(ta[k].shape != tb[k].shape for k in ta):
+        return None
+    return {k: float((ta[k].double() - tb[k].double()).abs().max()) if ta[k].numel() else 0.0 for k in ta}
 
 
 # Another platform's rounding moves a retrained run about as far as this machine's own rounding does

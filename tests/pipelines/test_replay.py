@@ -25,7 +25,7 @@ from attribution import WeightPolicy, contributor_weights, value_noise
 from labeling import DS_SMOOTHING, ModelProbs
 from pipelines.assets import royalties, training
 from pipelines.assets.labeling import Recount, label_rows, recount
-from pipelines.assets.training import TrainingConfig, left_out_value, train_labeled
+from pipelines.assets.training import TrainingConfig, left_out_value, train_labeled, trained_outputs
 from pipelines.compute_platform import cpu_vector_flags, run_kernels, training_platform
 from pipelines.content_io import store_value
 from pipelines.demo import write_contributors
@@ -237,8 +237,10 @@ def _republish(chain, store, run_id: str, name: str, **change) -> str:
     inputs, parents = dict(train.inputs), train.parents
     pay_tables = {}
     if "labels" in change:  # trained and paid on labels of the publisher's choosing, CIDs consistent
-        inputs, parents, pay_tables, scores = _relabel(store, records, training_cid, train, change["labels"])
-        outputs[TrainingRecord.EXAMPLE_ATTRIBUTION] = store_value(store, scores).cid
+        inputs, parents, pay_tables, trained = _relabel(store, records, training_cid, train, change["labels"])
+        scores = trained[TrainingRecord.EXAMPLE_ATTRIBUTION]
+        for output in (TrainingRecord.EXAMPLE_ATTRIBUTION, TrainingRecord.MODEL, TrainingRecord.FEATURES):
+            outputs[output] = store_value(store, trained[output]).cid
     if "bare_consensus" in change:  # a consensus record that names nothing to recompute from
         consensus_cid, consensus = records.parent(training_cid, CONSENSUS)
         bare = put_record(store, dataclasses.replace(consensus, inputs={}))
@@ -248,6 +250,12 @@ def _republish(chain, store, run_id: str, name: str, **change) -> str:
     if "validation" in change:  # the record names other targets than those the scores were measured on
         half = read_parquet(store.get(inputs[TrainingRecord.VALIDATION])).slice(0, 30)
         inputs[TrainingRecord.VALIDATION] = store_value(store, half).cid
+    if "served" in change:  # a model (or features) other than the one the scores were measured on
+        labeled = read_parquet(store.get(inputs[TrainingRecord.LABELED_DATASET]))
+        config = TrainingConfig(**{**params["config"], "seed": 7})
+        split, result = train_labeled(labeled, config, run_id=str(params["run_id"]))
+        other = trained_outputs(split, result, config)[change["served"]]
+        outputs[change["served"]] = store_value(store, other).cid
     credit = {**head.inputs, **pay_tables}.get(WeightingRecord.EXAMPLE_CREDIT)
     credit = read_parquet(store.get(credit)) if credit else None
     if "labels" in change or "credit" in change:  # left-out values retrained as the publisher's pay needs
@@ -316,7 +324,8 @@ def _republish(chain, store, run_id: str, name: str, **change) -> str:
 def _relabel(store, records, training_cid: str, train: Record, where: str):
     """Labels changed where `where` says (the stored `consensus`, the `labeled` data trained on, or
     only the consensus the split is computed from, `pay`), then trained on for real, so the scores
-    are what training on those labels gives: (training inputs, parents, weighting inputs, scores)."""
+    are what training on those labels gives: (training inputs, parents, weighting inputs, its outputs:
+    model, features and scores all its own)."""
     consensus_cid, consensus = records.parent(training_cid, CONSENSUS)
     _, snapshot = records.parent(training_cid, SNAPSHOT)
     honest = read_parquet(store.get(consensus.outputs[ConsensusRecord.CONSENSUS]))
@@ -334,8 +343,8 @@ def _relabel(store, records, training_cid: str, train: Record, where: str):
     if where in ("consensus", "pay"):
         pay = {WeightingRecord.CONSENSUS: store_value(store, tampered).cid}
     config = TrainingConfig(**train.params["config"])
-    _, result = train_labeled(trained_on, config, run_id=str(train.params["run_id"]))
-    return inputs, parents, pay, result.example_attribution
+    split, result = train_labeled(trained_on, config, run_id=str(train.params["run_id"]))
+    return inputs, parents, pay, trained_outputs(split, result, config)
 
 
 @pytest.mark.parametrize(
@@ -353,9 +362,11 @@ def _relabel(store, records, training_cid: str, train: Record, where: str):
         ({"config": {"lr": 0.05}}, "scores_differ"),
         ({"config": {"seed": 7}}, "scores_differ"),
         ({"pay": True}, "pay_differs"),
+        ({"served": TrainingRecord.MODEL}, "model_differs"),
+        ({"served": TrainingRecord.FEATURES}, "model_differs"),
     ],
     ids=["consensus", "labeled-data", "pay-labels", "credit", "scores", "provider-values", "labeler-values",
-         "copies-value", "seeds-values", "recipe", "seed", "weights"],
+         "copies-value", "seeds-values", "recipe", "seed", "weights", "model", "features"],
 )
 def test_a_tampered_run_passes_verify_but_fails_replay(published, change, failure, request) -> None:
     chain, store, run_id = published
@@ -364,8 +375,12 @@ def test_a_tampered_run_passes_verify_but_fails_replay(published, change, failur
     report = replay_run(chain, store, name, code=CODE)
     assert not report.ok and failure in report.names()
     assert not any("rounding band" in f.detail for f in report.failures)  # bit for bit here: no doubt
-    if {"labels", "credit", "copies", "runs"} & change.keys():  # only that check sees it
+    if {"labels", "credit", "copies", "runs", "served"} & change.keys():  # only that check sees it
         assert report.names() == {failure}  # (copies_value, value_runs move no pay: what an auditor reads)
+    if "served" in change:  # the substituted file named, and how far it is from the replay's
+        (served,) = report.failures
+        assert f"the stored {change['served'].replace('_', ' ')} (" in served.detail
+        assert "tensors differ (largest" in served.detail
     if "value" in change:
         (pay,) = [f for f in report.failures if f.name == "pay_differs"]
         role = "provider" if change["value"] in PROVIDERS else "labeler"
@@ -469,7 +484,7 @@ def test_verify_replay_restarts_on_the_runs_cpu_kernels(published) -> None:
     assert f"restarting on the run's CPU kernels ({kernels})" in again.stderr
     assert "the run's CPU kernels, bit for bit" in again.stdout and "score diff 0.0" in again.stdout
     native = _caravan("verify", run_id, "--replay", "--native-kernels", env=avx2)
-    assert native.returncode == 0 and "restarting" not in native.stderr
+    assert native.returncode == 0 and "restarting" not in native.stderr, native.stdout
     assert "another platform: allowed" in native.stdout and "left-out values within" in native.stdout
     assert "score diff 0.0" not in native.stdout  # AVX2 rounds this MLP differently
     name = _republish(chain, store, run_id, "kernels-cli-scores", inflate="p-small")
@@ -518,7 +533,7 @@ def _replayed(scores: list[float], runs: dict[str, list[float]], bps: list[int])
         "value_se": [float(np.std(r, ddof=1) / np.sqrt(len(r))) for r in runs.values()],
         "copies_value": [0.0] * len(runs), "value_runs": list(runs.values()),
     })
-    return Replayed(pa.table({"example_id": ids, "score": scores}), values, weights)
+    return Replayed(pa.table({"example_id": ids, "score": scores}), values, weights, {})
 
 
 def test_another_platforms_band_is_the_spread_of_two_replays_here_times_the_factor() -> None:
