@@ -162,7 +162,8 @@ def replay_run(
     stored_values = read_parquet(store.get(value_cid)) if value_cid else None
 
     first, second = _retrains(
-        recorded, report, lambda: _retrain(records, head, training, labeled, stored, consensus_without),
+        recorded, report,
+        lambda served: _retrain(records, head, training, labeled, stored, consensus_without, served=served),
         lambda replayed: _identical(replayed, stored_scores, stored_values, stored, served),
     )
     band = Band.between(first, second, float(training.params.get("score_rtol", SCORE_RTOL)))
@@ -208,7 +209,7 @@ def _check_pay(
 
 
 def _retrains(
-    recorded: Mapping[str, object], report: ReplayReport, retrain: Callable[[], Replayed],
+    recorded: Mapping[str, object], report: ReplayReport, retrain: Callable[[bool], Replayed],
     identical: Callable[[Replayed], bool],
 ) -> tuple[Replayed, Replayed | None]:
     """The first retrain, at the run's thread count where this process runs the run's kernels, and a
@@ -221,12 +222,12 @@ def _retrains(
     on_gpu = recorded.get("device", "cpu") != "cpu"
     exactly = report.same_platform or report.run_kernels
     with pinned_threads(recorded.get("threads") if exactly else None):
-        first = retrain()
+        first = retrain(exactly)  # its model and features are compared only where it may be bit for bit
         report.bit_exact = bool(report.same_platform and not on_gpu) or bool(exactly and identical(first))
         if report.bit_exact:
             return first, None
         with pinned_threads(_other_count(torch.get_num_threads())), nudged_steps(NUDGE_SALT):
-            return first, retrain()
+            return first, retrain(False)
 
 
 def replay_platform(recorded: Mapping[str, object]) -> dict[str, object]:
@@ -311,7 +312,8 @@ def _identical(replayed: Replayed, scores: pa.Table, values: pa.Table | None, we
 @dataclass(frozen=True)
 class Replayed:
     """One retraining of the run: its example scores, left-out values (where pay used them), weights, and
-    its model and TRAK features as the training record stores them (``SERVED``: safetensors bytes)."""
+    where asked its model and TRAK features as the training record stores them (``SERVED``: safetensors
+    bytes; empty otherwise)."""
 
     scores: pa.Table
     left_out_value: pa.Table | None
@@ -321,10 +323,11 @@ class Replayed:
 
 def _retrain(
     records: RunRecords, head: Record, training: Record, labeled: pa.Table, stored: pa.Table,
-    consensus_without: Recount | None,
+    consensus_without: Recount | None, *, served: bool,
 ) -> Replayed:
     """Retrain the run from its records; its contributors' left-out values too where its pay used them,
-    and the weights they give (to the addresses of the ``stored`` weights)."""
+    and the weights they give (to the addresses of the ``stored`` weights); with ``served``, its model
+    and features serialized as the record stores them (the rest of the time they are never compared)."""
     store = records.store
     config = TrainingConfig(**training.params["config"])
     validation_cid = training.inputs.get(TrainingRecord.VALIDATION)
@@ -339,8 +342,9 @@ def _retrain(
         (credit,) = records.input_tables(head, (WeightingRecord.EXAMPLE_CREDIT,))
         left_out = left_out_value(split, labeled, result, config, credit, consensus_without)
     weights = _weights(records, head, result.example_attribution, stored, left_out)
-    outputs = trained_outputs(split, result, config)
-    return Replayed(result.example_attribution, left_out, weights, {n: outputs[n] for n in SERVED})
+    outputs = trained_outputs(split, result, config) if served else {}
+    kept = {name: outputs[name] for name in SERVED if name in outputs}
+    return Replayed(result.example_attribution, left_out, weights, kept)
 
 
 # The training outputs serving loads: the model, and the features each prediction's fee is split by.
