@@ -106,7 +106,7 @@ from .mislabels import (
 from .model_task import LABELS, ModelTask, classification_loss, model_logits
 from .shards import FeatureShard, ShardMismatchError, combine_shards, shard_bounds, shard_features
 from .task import AttributionTask, ModelSpec, ModuleSpec, TrainConfig, nudged_steps
-from .trainer import TrainResult, train_plain, train_split, train_with_attribution
+from .trainer import TrainResult, checkpoint_features, train_plain, train_split, train_with_attribution
 from .trak import TrakFeatures, attribute_query
 from .trak_model import (
     TRAK_VALUE_METHOD,
@@ -310,5 +310,6 @@ __all__ = [
     "train_model_plain",
     "train_plain",
     "train_split",
+    "checkpoint_features",
     "train_with_attribution",
 ]

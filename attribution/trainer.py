@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
     from .encoding import EncodedSplit
     from .model_task import ModelTask
+    from .trak import TrakFeatures
 
 INRUN_METHOD = "inrun_sgd"
 
@@ -542,6 +543,20 @@ def attributed_steps(
         result.features = build_features(task, checkpoints, x, y, seed=seed, directory=feature_dir)
         result.timings["features_s"] = time.perf_counter() - t1
     return result
+
+
+def checkpoint_features(
+    task: AttributionTask, checkpoints: list[dict[str, torch.Tensor]], X_train: object, y_train: object, *,
+    seed: int,
+) -> TrakFeatures:
+    """The TRAK features ``train_with_attribution`` builds at the end of a run, from ``checkpoints`` given
+    (a stored run's): what the run's features are, recomputed without training (replay checks a run's
+    stored features so where it cannot retrain bit for bit)."""
+    from .trak import build_features
+
+    x = feature_tensor("X_train", X_train, task.n_features)
+    y = label_tensor("y_train", y_train, x.shape[0], task.n_classes)
+    return build_features(task, checkpoints, x, y, seed=seed)
 
 
 def train_with_attribution(

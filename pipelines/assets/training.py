@@ -4,6 +4,7 @@ Held-out targets are chosen by example id (a hash bucket), so the split depends 
 but the content and stays the same for every rerun an auditor makes.
 """
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -34,6 +35,7 @@ from attribution import (
     RecipeSizes,
     TrainConfig,
     TrainResult,
+    checkpoint_features,
     distinct_rows,
     encode_payload_split,
     encode_split,
@@ -51,6 +53,7 @@ from attribution import (
     train_model,
     train_split,
     train_trak_valued,
+    valued_by_trak,
 )
 from pipelines.assets.labeling import Recount, recount
 from pipelines.compute_platform import pinned_threads, training_platform
@@ -284,6 +287,30 @@ def train_labeled(
     train = train_trak_valued if value_method(config) == "trak" else train_model
     return payload, train(payload.task, payload.train, payload.example_ids, payload.targets,
                           seed=config.seed, run_id=run_id)
+
+
+def revalued(
+    split: EncodedSplit | PayloadSplit, result: TrainResult, config: TrainingConfig,
+    checkpoints: list[dict[str, Any]],
+) -> TrainResult:
+    """``result`` as ``checkpoints`` (a stored run's, in order) make it, without training: the model is the
+    last of them, the TRAK features are built from them, and TRAK-valued scores are those features' value
+    for the targets, as `train_labeled` makes all three from its own checkpoints (in-run scores, summed
+    over the steps, stay the replay's). Off the run's platform replay checks a stored model and features
+    so: evaluation rounds differently there too, but training no longer amplifies it."""
+    model = copy.deepcopy(result.model)
+    model.load_state_dict(checkpoints[-1])
+    base = dataclasses.replace(result, model=model, checkpoints=list(checkpoints))
+    trak = value_method(config) == "trak"
+    if isinstance(split, PayloadSplit):
+        features = model_features(split.task, checkpoints, split.train, seed=config.seed)
+        return valued_by_trak(base, features, split.targets) if trak else dataclasses.replace(
+            base, features=features)
+    base = dataclasses.replace(
+        base, features=checkpoint_features(result.task, checkpoints, split.X, split.y, seed=config.seed))
+    if not trak:
+        return base
+    return mlp_valued_by_trak(base, split.X, split.y, split.X_targets, split.y_targets, seed=config.seed)
 
 
 def left_out_value(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from safetensors.torch import load, save
 
 from attribution import WeightPolicy, contributor_weights, value_noise
 from labeling import DS_SMOOTHING, ModelProbs
@@ -250,12 +252,17 @@ def _republish(chain, store, run_id: str, name: str, **change) -> str:
     if "validation" in change:  # the record names other targets than those the scores were measured on
         half = read_parquet(store.get(inputs[TrainingRecord.VALIDATION])).slice(0, 30)
         inputs[TrainingRecord.VALIDATION] = store_value(store, half).cid
-    if "served" in change:  # a model (or features) other than the one the scores were measured on
+    if "served" in change:  # a model (or features, or both) other than the one the scores were measured on
         labeled = read_parquet(store.get(inputs[TrainingRecord.LABELED_DATASET]))
         config = TrainingConfig(**{**params["config"], "seed": 7})
         split, result = train_labeled(labeled, config, run_id=str(params["run_id"]))
-        other = trained_outputs(split, result, config)[change["served"]]
-        outputs[change["served"]] = store_value(store, other).cid
+        for served in np.atleast_1d(change["served"]).tolist():
+            outputs[served] = store_value(store, trained_outputs(split, result, config)[served]).cid
+    if "kernel" in change:  # the features' kernel inverses scaled (what splits each prediction's fee)
+        features = store.get(outputs[TrainingRecord.FEATURES])
+        tensors = {k: v * change["kernel"] if ".kernel_inv" in k else v for k, v in load(features).items()}
+        metadata = json.loads(features[8 : 8 + int.from_bytes(features[:8], "little")])["__metadata__"]
+        outputs[TrainingRecord.FEATURES] = store_value(store, save(tensors, metadata=metadata)).cid
     credit = {**head.inputs, **pay_tables}.get(WeightingRecord.EXAMPLE_CREDIT)
     credit = read_parquet(store.get(credit)) if credit else None
     if "labels" in change or "credit" in change:  # left-out values retrained as the publisher's pay needs
@@ -386,6 +393,29 @@ def test_a_tampered_run_passes_verify_but_fails_replay(published, change, failur
         role = "provider" if change["value"] in PROVIDERS else "labeler"
         assert f"{change['value']} ({role}" in pay.detail  # the contributors whose pay differs are named
         assert report.names() == {"left_out_values_differ", "pay_differs", "root_differs"}
+
+
+@pytest.mark.parametrize(
+    "change, detail",
+    [({"served": TrainingRecord.MODEL}, "is not the last checkpoint of the stored features"),
+     ({"served": TrainingRecord.FEATURES}, "is not the last checkpoint of the stored features"),
+     ({"served": (TrainingRecord.MODEL, TrainingRecord.FEATURES)}, "give example scores up to"),
+     ({"kernel": 1.5}, "is not what their checkpoints give here")],
+    ids=["model", "features", "model-and-features", "kernel"],
+)
+def test_on_another_platform_a_model_or_features_other_than_the_scores_were_measured_on_fail(
+    published, monkeypatch, change, detail, request
+) -> None:
+    """Off the run's platform the model and features are checked through the stored checkpoints: a model
+    that is not the features' last checkpoint, features their checkpoints do not give, or checkpoints
+    (model and features substituted together) whose scores are not the stored ones."""
+    chain, store, run_id = published
+    name = _republish(chain, store, run_id, f"elsewhere-served-{request.node.callspec.id}", **change)
+    here = training_platform()
+    monkeypatch.setattr("pipelines.replay.training_platform", lambda: {**here, "cpu_capability": "OTHER"})
+    report = replay_run(chain, store, name, code=CODE)
+    assert not report.same_platform and report.names() == {"model_differs"}, report.failures
+    assert any(detail in f.detail for f in report.failures)
 
 
 @pytest.mark.parametrize(
