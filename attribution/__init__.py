@@ -156,8 +156,10 @@ if TYPE_CHECKING:
         model_features_to_bytes,
         model_from_bytes,
         model_to_bytes,
+        safetensors_metadata,
         task_model_from_bytes,
         task_model_to_bytes,
+        tensors_digest,
     )
     from .trainer import EXAMPLE_ATTRIBUTION_SCHEMA
     from .weights import ContributorSplit, WeightPolicy, contributor_weights, largest_remainder
@@ -178,6 +180,8 @@ _LAZY = {
     "model_features_to_bytes": "attribution.serialize",
     "task_model_from_bytes": "attribution.serialize",
     "task_model_to_bytes": "attribution.serialize",
+    "safetensors_metadata": "attribution.serialize",
+    "tensors_digest": "attribution.serialize",
     "ImageEncoding": "attribution.payloads",
     "HfTextEncoding": "attribution.payloads",
     "HF_TOKENIZER_FILE": "attribution.recipes.hf",
@@ -260,6 +264,8 @@ __all__ = [
     "payload_encoding_from_json",
     "payload_encoding_to_json",
     "task_model_from_bytes",
+    "safetensors_metadata",
+    "tensors_digest",
     "task_model_to_bytes",
     "EXAMPLE_ATTRIBUTION_SCHEMA",
     "AttributionError",

@@ -7,8 +7,10 @@ canonical JSON, so the header's bytes never depend on a hash map's iteration ord
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -33,11 +35,36 @@ def _canonical(obj: object) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
-def _metadata(data: bytes, key: str, what: str) -> str:
+def safetensors_metadata(data: bytes) -> dict[str, str]:
+    """A safetensors file's ``__metadata__`` (its header: an 8-byte little-endian length, then JSON);
+    ValueError where ``data`` is not one."""
     try:
         (n,) = struct.unpack("<Q", data[:8])
-        return json.loads(data[8 : 8 + n])["__metadata__"][key]
-    except (struct.error, ValueError, KeyError, TypeError) as err:
+        return dict(json.loads(data[8 : 8 + n]).get("__metadata__") or {})
+    except (struct.error, ValueError, TypeError, AttributeError) as err:
+        raise ValueError(f"not a safetensors file: {err}") from err
+
+
+def tensors_digest(named: Mapping[str, torch.Tensor | np.ndarray]) -> str:
+    """The sha256 (hex) of named tensors: each name, dtype, shape and bytes, in name order. A training
+    record names its encoded inputs, initial weights and checkpoints by it, so that a replay which parts
+    from the run says where."""
+    h = hashlib.sha256()
+    for name in sorted(named):
+        value = named[name]
+        if isinstance(value, torch.Tensor):  # bfloat16 has no numpy type: its bits, as int16
+            value = value.detach().cpu()
+            value = value.view(torch.int16) if value.dtype == torch.bfloat16 else value
+        a = value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+        h.update(json.dumps([name, a.dtype.str, list(a.shape)]).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def _metadata(data: bytes, key: str, what: str) -> str:
+    try:
+        return safetensors_metadata(data)[key]
+    except (ValueError, KeyError) as err:
         raise AttributionError(
             f"not a Caravan {what} file (safetensors with {key!r} metadata): {err}"
         ) from err

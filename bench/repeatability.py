@@ -10,7 +10,9 @@ twenty trainings repeated. This bench hunts such a run: it trains the recipe's a
 times, each in a fresh Python process (as the pipeline's first training of a process is), with ``L``
 busy processes beside it (a machine that ingests, labels or serves while it trains), and compares
 their digests: inputs (recipe with its tokenizer, rows), initial weights, each checkpoint, the final
-weights and the scores. Runs that differ are told apart by the first digest where they part.
+weights and the scores (``attribution.tensors_digest``, as a training record names its inputs, initial
+weights and checkpoints, to 12 digits). Runs that differ are told apart by the first digest where they
+part.
 Environment variables reach the children unchanged, so a kernel setting is tried by setting it
 (``MKL_DYNAMIC=FALSE python bench/repeatability.py ...``). The last line is one JSON object:
 ``{"kind", "runs", "distinct": {digest: count of distinct values}, "first_split", "seconds"}``.
@@ -31,17 +33,11 @@ ROOT = Path(__file__).resolve().parents[1]
 DIGESTS = ("recipe", "rows", "initial", "checkpoints", "model", "scores")
 
 
-def digest(*arrays) -> str:
-    """The first 12 hex digits of the sha256 of the arrays' bytes, in order."""
-    h = hashlib.sha256()
-    for a in arrays:
-        h.update(a.tobytes())
-    return h.hexdigest()[:12]
+def digest(named: dict) -> str:
+    """The first 12 hex digits of ``attribution.tensors_digest`` (what training records name them by)."""
+    from attribution import tensors_digest
 
-
-def state_digest(state: dict) -> str:
-    """Digest of a state dict's tensors, by name."""
-    return digest(*(state[k].detach().cpu().contiguous().numpy() for k in sorted(state)))
+    return tensors_digest(named)[:12]
 
 
 def child(kind: str, n: int, threads: int) -> dict:
@@ -57,16 +53,15 @@ def child(kind: str, n: int, threads: int) -> dict:
         torch.set_num_threads(threads)
     start = time.perf_counter()
     task, train, val = task_and_rows(kind, n, max(n // 5, 50), seed=0)
-    named = {**train, **{f"val.{k}": v for k, v in val.items()}}
-    rows = [named[k].contiguous().numpy() for k in sorted(named)]
+    rows = {**{f"train.{k}": v for k, v in train.items()}, **{f"targets.{k}": v for k, v in val.items()}}
     result = train_trak_valued(task, train, [f"{kind}-{i:05d}" for i in range(n)], val, seed=0)
     return {
         "recipe": hashlib.sha256(task.to_json().encode()).hexdigest()[:12],
-        "rows": digest(*rows),
-        "initial": state_digest(task.fresh(0).state_dict()),
-        "checkpoints": [state_digest(c) for c in result.checkpoints],
-        "model": state_digest(result.model.state_dict()),
-        "scores": digest(np.asarray(result.scores, dtype=np.float64)),
+        "rows": digest(rows),
+        "initial": digest(task.fresh(0).state_dict()),
+        "checkpoints": [digest(c) for c in result.checkpoints],
+        "model": digest(result.model.state_dict()),
+        "scores": digest({"scores": np.asarray(result.scores, dtype=np.float64)}),
         "threads": torch.get_num_threads(),
         "s": round(time.perf_counter() - start, 1),
     }

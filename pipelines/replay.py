@@ -52,7 +52,6 @@ Replay refuses code other than the code that trained the run: it names the commi
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -62,7 +61,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from attribution import WeightPolicy, contributor_weights, nudged_steps, value_noise
+from attribution import WeightPolicy, contributor_weights, nudged_steps, safetensors_metadata, value_noise
 from pipelines.assets.labeling import Recount, label_rows, recount, reviewed_probs
 from pipelines.assets.training import (
     SCORE_RTOL,
@@ -71,6 +70,7 @@ from pipelines.assets.training import (
     revalued,
     train_labeled,
     trained_outputs,
+    training_digests,
     value_method,
 )
 from pipelines.compute_platform import can_run, pinned_threads, run_kernels, training_platform
@@ -126,9 +126,26 @@ class ReplayReport(Findings):
     replayed_root: str | None = None
     onchain_root: str | None = None
     replay_s: float = 0.0
+    # where the first retrain parted from the run (`parted_at`): "inputs", "initial weights", "checkpoint
+    # j", "" where its inputs, initial weights and every checkpoint are the run's; None where unrecorded
+    parted_at: str | None = None
 
     def where(self) -> str:
-        """Where the replay ran and what it allowed (a line of `caravan verify --replay`)."""
+        """Where the replay ran and what it allowed (a line of `caravan verify --replay`), and where it
+        parted from the run's training, unless it repeated the run bit for bit."""
+        return self._where() + ("" if self.ok and self.bit_exact else self.parting())
+
+    def parting(self) -> str:
+        """Where the first retrain parted from the run (`parted_at`), as the replay line says it."""
+        if self.parted_at is None:
+            return ""
+        if not self.parted_at:
+            return "; its training repeated the run's (inputs, initial weights and checkpoints)"
+        same = self.parted_at.startswith("checkpoint")
+        return (f"; its training parted from the run's at {self.parted_at}"
+                + (" (its inputs and initial weights are the run's)" if same else ""))
+
+    def _where(self) -> str:
         if self.bit_exact:
             return "same platform" if self.same_platform else "the run's CPU kernels, bit for bit"
         values = "" if self.max_value_diff is None else (
@@ -172,6 +189,7 @@ def replay_run(
             records, head, training, labeled, stored, consensus_without, first=first, exactly=exactly),
         lambda replayed: _identical(replayed, stored_scores, stored_values, stored, served),
     )
+    report.parted_at = parted_at(training.params.get("digests"), first.digests)
     band = Band.between(first, second, float(training.params.get("score_rtol", SCORE_RTOL)))
     report.score_rtol, report.value_band = band.score_rtol, band.value
 
@@ -191,6 +209,23 @@ def replay_run(
     _check_pay(stored, expected, first.weights, chain.distribution(run_id), report)
     report.replay_s = round(time.perf_counter() - t0, 3)
     return report
+
+
+def parted_at(recorded: Mapping[str, object] | None, replayed: Mapping[str, object] | None) -> str | None:
+    """The first of the run's recorded digests (`training_digests`) the replay's differ at: "inputs" (the
+    encoded rows and targets), "initial weights" or "checkpoint j"; "" where all agree (the run and its
+    replay parted after training, if at all); None where the record has none (a run from before they
+    were recorded)."""
+    if not recorded or not replayed:
+        return None
+    for key, what in (("inputs", "inputs"), ("initial", "initial weights")):
+        if recorded.get(key) != replayed.get(key):
+            return what
+    ours, theirs = list(recorded.get("checkpoints") or []), list(replayed.get("checkpoints") or [])
+    for j in range(max(len(ours), len(theirs))):
+        if j >= len(ours) or j >= len(theirs) or ours[j] != theirs[j]:
+            return f"checkpoint {j}"
+    return ""
 
 
 def _check_pay(
@@ -330,6 +365,7 @@ class Replayed:
     weights: pa.Table
     outputs: Mapping[str, bytes]
     revalue: Callable[[list[dict[str, torch.Tensor]]], Mapping[str, bytes | pa.Table]] | None = None
+    digests: Mapping[str, object] | None = None  # the first retrain's `training_digests`
 
 
 def _retrain(
@@ -360,7 +396,10 @@ def _retrain(
     def revalue(checkpoints: list[dict[str, torch.Tensor]]) -> Mapping[str, bytes | pa.Table]:
         return trained_outputs(split, revalued(split, result, config, checkpoints), config)
 
-    return Replayed(result.example_attribution, left_out, weights, kept, revalue if first else None)
+    if not first:
+        return Replayed(result.example_attribution, left_out, weights, kept)
+    return Replayed(result.example_attribution, left_out, weights, kept, revalue,
+                    training_digests(split, result, config))
 
 
 # The training outputs serving loads: the model, and the features each prediction's fee is split by.
@@ -452,18 +491,12 @@ def _compare_file(
         detail = f"{what}: it holds other tensors"
     else:
         over = sorted((k for k in gaps if gaps[k] > rtol), key=lambda k: -gaps[k])
-        if not over and _metadata(stored) == _metadata(theirs):
+        if not over and safetensors_metadata(stored) == safetensors_metadata(theirs):
             return
         scale = f" of its largest entry, beyond {rtol:g}" if rtol else ""
         detail = (f"{what}: {len(over)} of {len(gaps)} tensors differ (largest {gaps[over[0]]:.3g}{scale} at "
                   f"{over[0]})" if over else f"{what}: its metadata differs")
     report.fail("model_differs", report.training_cid or "", detail)
-
-
-def _metadata(data: bytes) -> object:
-    """A safetensors file's ``__metadata__`` (its header: an 8-byte little-endian length, then JSON)."""
-    size = int.from_bytes(data[:8], "little")
-    return json.loads(data[8 : 8 + size]).get("__metadata__")
 
 
 def _tensor_gaps(a: bytes, b: bytes, *, relative: bool = False) -> dict[str, float] | None:

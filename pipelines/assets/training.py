@@ -50,6 +50,7 @@ from attribution import (
     payload_encoding_to_json,
     provider_groups,
     task_model_to_bytes,
+    tensors_digest,
     train_model,
     train_split,
     train_trak_valued,
@@ -313,6 +314,23 @@ def revalued(
     return mlp_valued_by_trak(base, split.X, split.y, split.X_targets, split.y_targets, seed=config.seed)
 
 
+def training_digests(
+    split: EncodedSplit | PayloadSplit, result: TrainResult, config: TrainingConfig
+) -> dict[str, Any]:
+    """What the run trained from and through, by digest (`tensors_digest`): its encoded inputs (training
+    rows, targets and their labels), its initial weights and each checkpoint. Recorded with the run; a
+    replay compares its own and says where it parted from the run (`replay.parted_at`)."""
+    if isinstance(split, PayloadSplit):
+        inputs = {**{f"train.{k}": v for k, v in split.train.items()},
+                  **{f"targets.{k}": v for k, v in split.targets.items()}}
+        initial = split.task.fresh(config.seed).state_dict()
+    else:
+        inputs = {"X": split.X, "y": split.y, "X_targets": split.X_targets, "y_targets": split.y_targets}
+        initial = result.task.spec.build(config.seed).state_dict()
+    return {"inputs": tensors_digest(inputs), "initial": tensors_digest(initial),
+            "checkpoints": [tensors_digest(c) for c in result.checkpoints]}
+
+
 def left_out_value(
     split: EncodedSplit | PayloadSplit, labeled: pa.Table, result: TrainResult, config: TrainingConfig,
     credit: pa.Table | None, consensus_without: Recount | None = None,
@@ -492,6 +510,7 @@ def trained_model(
             "targets": targets,
             "platform": training_platform(config.device),
             "score_rtol": SCORE_RTOL,
+            "digests": training_digests(split, result, config),
             **payload,
         },
     )

@@ -13,10 +13,13 @@ import torch
 
 from attribution import (
     AttributionError,
+    ModelSpec,
     attribute_query,
     features_from_bytes,
     features_to_bytes,
     model_to_bytes,
+    safetensors_metadata,
+    tensors_digest,
     train_with_attribution,
 )
 
@@ -72,3 +75,25 @@ def test_foreign_bytes_are_one_named_error(data, mlp_task):
         features_from_bytes(model_to_bytes(res.model, mlp_task.spec))
     with pytest.raises(AttributionError, match="not a Caravan TRAK features file"):
         features_from_bytes(b"garbage")
+
+
+def test_a_digest_names_tensors_by_name_dtype_shape_and_bytes() -> None:
+    """`tensors_digest` is the sha256 of each name, dtype, shape and bytes in name order: the same for
+    torch and numpy views of one array and for any insertion order, and moved by any of the four."""
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    digest = tensors_digest({"w": a, "b": np.zeros(2, np.int64)})
+    assert digest == tensors_digest({"b": torch.zeros(2, dtype=torch.int64), "w": torch.from_numpy(a)})
+    h = hashlib.sha256()  # the format, written out independently
+    for name, arr in (("b", np.zeros(2, np.int64)), ("w", a)):
+        h.update(f'["{name}", "{arr.dtype.str}", {list(arr.shape)}]'.encode())
+        h.update(arr.tobytes())
+    assert digest == h.hexdigest()
+    b = np.zeros(2, np.int64)
+    for other in ({"v": a, "b": b}, {"w": a.astype(np.float64), "b": b}, {"w": a.reshape(3, 2), "b": b},
+                  {"w": a + 1, "b": b}):
+        assert tensors_digest(other) != digest
+    assert tensors_digest({"w": torch.ones(2, dtype=torch.bfloat16)}) != tensors_digest({"w": torch.ones(2)})
+    spec = ModelSpec((2, 2))
+    assert spec.to_json() in safetensors_metadata(model_to_bytes(spec.build(0), spec)).values()
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        safetensors_metadata(b"\x05\x00\x00\x00\x00\x00\x00\x00nope!")

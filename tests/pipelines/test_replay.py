@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load, save
 
-from attribution import WeightPolicy, contributor_weights, value_noise
+from attribution import WeightPolicy, contributor_weights, safetensors_metadata, tensors_digest, value_noise
 from labeling import DS_SMOOTHING, ModelProbs
 from pipelines.assets import royalties, training
 from pipelines.assets.labeling import Recount, label_rows, recount
@@ -43,6 +42,7 @@ from pipelines.replay import (
     replay_platform,
     replay_run,
     same_platform,
+    stored_checkpoints,
 )
 from pipelines.resources import DatasetCatalog
 from provenance import (
@@ -209,6 +209,12 @@ def test_an_honest_run_replays_bit_for_bit(published) -> None:
     assert not report.skipped  # the labels were recomputed from the answers too
     assert report.same_platform and report.max_score_diff == 0.0  # same torch build and CPU: exact
     assert report.replayed_root == report.onchain_root == report.stored_root
+    # the record names what the run trained from and through; the replay's training repeated every one
+    _, training = RunRecords(chain, store).parent(report.head_cid, TRAINING)
+    digests = training.params["digests"]
+    features = store.get(training.outputs[TrainingRecord.FEATURES])
+    assert [tensors_digest(c) for c in stored_checkpoints(features)] == digests["checkpoints"]
+    assert report.parted_at == "" and "parted" not in report.where()
 
 
 def _inflated(value: float | list[float]) -> float | list[float]:
@@ -261,8 +267,8 @@ def _republish(chain, store, run_id: str, name: str, **change) -> str:
     if "kernel" in change:  # the features' kernel inverses scaled (what splits each prediction's fee)
         features = store.get(outputs[TrainingRecord.FEATURES])
         tensors = {k: v * change["kernel"] if ".kernel_inv" in k else v for k, v in load(features).items()}
-        metadata = json.loads(features[8 : 8 + int.from_bytes(features[:8], "little")])["__metadata__"]
-        outputs[TrainingRecord.FEATURES] = store_value(store, save(tensors, metadata=metadata)).cid
+        outputs[TrainingRecord.FEATURES] = store_value(
+            store, save(tensors, metadata=safetensors_metadata(features))).cid
     credit = {**head.inputs, **pay_tables}.get(WeightingRecord.EXAMPLE_CREDIT)
     credit = read_parquet(store.get(credit)) if credit else None
     if "labels" in change or "credit" in change:  # left-out values retrained as the publisher's pay needs
@@ -382,6 +388,11 @@ def test_a_tampered_run_passes_verify_but_fails_replay(published, change, failur
     report = replay_run(chain, store, name, code=CODE)
     assert not report.ok and failure in report.names()
     assert not any("rounding band" in f.detail for f in report.failures)  # bit for bit here: no doubt
+    # where the replay's training parted from the run's (the record keeps the honest run's digests)
+    parted = {"consensus": "inputs", "labeled-data": "inputs", "recipe": "checkpoint 0",
+              "seed": "initial weights"}
+    assert report.parted_at == parted.get(request.node.callspec.id, "")
+    assert report.parting() in report.where()
     if {"labels", "credit", "copies", "runs", "served"} & change.keys():  # only that check sees it
         assert report.names() == {failure}  # (copies_value, value_runs move no pay: what an auditor reads)
     if "served" in change:  # the substituted file named, and how far it is from the replay's
