@@ -129,6 +129,10 @@ class ReplayReport(Findings):
     # where the first retrain parted from the run (`parted_at`): "inputs", "initial weights", "checkpoint
     # j", "" where its inputs, initial weights and every checkpoint are the run's; None where unrecorded
     parted_at: str | None = None
+    # off the run's platform: the stored features' largest gap from what their checkpoints give here (of a
+    # tensor's largest entry), and the largest gap of the scores those checkpoints give from the stored ones
+    feature_gap: float | None = None
+    checkpoint_score_diff: float | None = None
 
     def where(self) -> str:
         """Where the replay ran and what it allowed (a line of `caravan verify --replay`), and where it
@@ -154,8 +158,15 @@ class ReplayReport(Findings):
         sums = "" if self.sums_used is None else f", score sums at {self.sums_used:.2f} of theirs"
         return (f"another platform: allowed {SPREAD_FACTOR}x the spread of two replays here, scores within "
                 f"{self.score_rtol:.3g} of the largest{sums}{values}; pay follows from the stored scores and "
-                f"values, {self.max_bps_diff} bps at most from the replay's; the model and features checked "
-                "through the scores their checkpoints give here")
+                f"values, {self.max_bps_diff} bps at most from the replay's; {self._served()}")
+
+    def _served(self) -> str:
+        if self.feature_gap is None:
+            return "the model and features checked through their checkpoints"
+        scores = "" if self.checkpoint_score_diff is None else (
+            f", the scores they give within {self.checkpoint_score_diff:.3g} of the stored")
+        return (f"the model the features' last checkpoint, the features within {self.feature_gap:.3g} of "
+                f"what their checkpoints give here ({FEATURE_RTOL:g} allowed){scores}")
 
 
 def replay_run(
@@ -443,12 +454,14 @@ def _check_served_elsewhere(
     outputs = first.revalue(checkpoints)
     _compare_file(training, TrainingRecord.MODEL, stored[TrainingRecord.MODEL], outputs[TrainingRecord.MODEL],
                   "the last checkpoint of the stored features", report)
-    _compare_file(training, TrainingRecord.FEATURES, stored[TrainingRecord.FEATURES],
-                  outputs[TrainingRecord.FEATURES], "what their checkpoints give here", report, FEATURE_RTOL)
+    report.feature_gap = _compare_file(
+        training, TrainingRecord.FEATURES, stored[TrainingRecord.FEATURES], outputs[TrainingRecord.FEATURES],
+        "what their checkpoints give here", report, FEATURE_RTOL)
     if value_method(TrainingConfig(**training.params["config"])) != "trak":
         return  # in-run scores are summed over every step: no checkpoint gives them
     _, a, b = _aligned_scores(stored_scores, outputs[TrainingRecord.EXAMPLE_ATTRIBUTION])
     gap = float(np.max(np.abs(a - b), initial=0.0)) if not np.isnan(b).any() else float("inf")
+    report.checkpoint_score_diff = gap
     if gap > band.score:
         report.fail(
             "model_differs", report.training_cid or "",
@@ -479,24 +492,27 @@ def stored_checkpoints(features: bytes) -> list[dict[str, torch.Tensor]]:
 def _compare_file(
     training: Record, name: str, stored: bytes, theirs: bytes, whose: str, report: ReplayReport,
     rtol: float = 0.0,
-) -> None:
+) -> float | None:
     """A stored output against ``theirs``: the same bytes, or with ``rtol`` the same names, shapes and
     metadata and every tensor within ``rtol`` of its largest entry; else one ``model_differs`` naming
-    the stored CID and the tensors that differ."""
+    the stored CID and the tensors that differ. The largest gap (of a tensor's largest entry where
+    ``rtol``), None where the files hold other tensors."""
     if stored == theirs:
-        return
+        return 0.0
     gaps = _tensor_gaps(stored, theirs, relative=rtol > 0)
+    largest = max(gaps.values(), default=0.0) if gaps is not None else None
     what = f"the stored {name.replace('_', ' ')} ({training.outputs[name]}) is not {whose}"
     if gaps is None:
         detail = f"{what}: it holds other tensors"
     else:
         over = sorted((k for k in gaps if gaps[k] > rtol), key=lambda k: -gaps[k])
         if not over and safetensors_metadata(stored) == safetensors_metadata(theirs):
-            return
+            return largest
         scale = f" of its largest entry, beyond {rtol:g}" if rtol else ""
         detail = (f"{what}: {len(over)} of {len(gaps)} tensors differ (largest {gaps[over[0]]:.3g}{scale} at "
                   f"{over[0]})" if over else f"{what}: its metadata differs")
     report.fail("model_differs", report.training_cid or "", detail)
+    return largest
 
 
 def _tensor_gaps(a: bytes, b: bytes, *, relative: bool = False) -> dict[str, float] | None:

@@ -32,6 +32,7 @@ from pipelines.content_io import store_value
 from pipelines.demo import write_contributors
 from pipelines.partitions import dataset_versions
 from pipelines.replay import (
+    FEATURE_RTOL,
     SPREAD_FACTOR,
     SUM_DRIFT,
     SUM_SIGMAS,
@@ -449,6 +450,10 @@ def test_on_another_platform_an_honest_run_passes_and_a_tampered_one_fails(
     if failure is None:
         assert report.ok, report.failures
         assert report.max_bps_diff == 0 and report.replayed_root == report.onchain_root  # the MLP: same pay
+        # the served files checked through the stored checkpoints: on this CPU (another only by name) they
+        # give the stored features and scores exactly, as training made them from the same checkpoints
+        assert report.feature_gap == 0.0 < FEATURE_RTOL and report.checkpoint_score_diff == 0.0
+        assert "the features within 0 of what their checkpoints give here" in report.where()
     else:
         assert failure in report.names()
         (found,) = [f for f in report.failures if f.name == failure]
