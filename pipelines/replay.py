@@ -403,12 +403,12 @@ def _retrain(
     weights = _weights(records, head, result.example_attribution, stored, left_out)
     outputs = trained_outputs(split, result, config) if exactly else {}
     kept = {name: outputs[name] for name in SERVED if name in outputs}
+    if not first:
+        return Replayed(result.example_attribution, left_out, weights, kept)
 
     def revalue(checkpoints: list[dict[str, torch.Tensor]]) -> Mapping[str, bytes | pa.Table]:
         return trained_outputs(split, revalued(split, result, config, checkpoints), config)
 
-    if not first:
-        return Replayed(result.example_attribution, left_out, weights, kept)
     return Replayed(result.example_attribution, left_out, weights, kept, revalue,
                     training_digests(split, result, config))
 
@@ -447,11 +447,16 @@ def _check_served_elsewhere(
     the ones the stored scores were measured on fail one of the three."""
     cid = training.outputs[TrainingRecord.FEATURES]
     checkpoints = stored_checkpoints(stored[TrainingRecord.FEATURES])
-    if not checkpoints or first.revalue is None:
-        report.fail("model_differs", report.training_cid or "",
-                    f"the stored features ({cid}) hold no checkpoints to check the model and scores by")
+    assert first.revalue is not None  # the first retrain's
+    reason = ""
+    try:
+        outputs = first.revalue(checkpoints) if checkpoints else None
+    except (RuntimeError, ValueError, KeyError) as exc:  # load_state_dict: other names or shapes
+        outputs, reason = None, f" ({str(exc).splitlines()[0]})"
+    if outputs is None:
+        report.fail("model_differs", report.training_cid or "", f"the stored features ({cid}) hold no "
+                    f"checkpoints of the run's model to check the model and scores by{reason}")
         return
-    outputs = first.revalue(checkpoints)
     _compare_file(training, TrainingRecord.MODEL, stored[TrainingRecord.MODEL], outputs[TrainingRecord.MODEL],
                   "the last checkpoint of the stored features", report)
     report.feature_gap = _compare_file(

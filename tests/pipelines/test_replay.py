@@ -265,9 +265,12 @@ def _republish(chain, store, run_id: str, name: str, **change) -> str:
         split, result = train_labeled(labeled, config, run_id=str(params["run_id"]))
         for served in np.atleast_1d(change["served"]).tolist():
             outputs[served] = store_value(store, trained_outputs(split, result, config)[served]).cid
-    if "kernel" in change:  # the features' kernel inverses scaled (what splits each prediction's fee)
-        features = store.get(outputs[TrainingRecord.FEATURES])
-        tensors = {k: v * change["kernel"] if ".kernel_inv" in k else v for k, v in load(features).items()}
+    if "kernel" in change or "rename" in change:  # the features' kernel inverses scaled (what splits each
+        features = store.get(outputs[TrainingRecord.FEATURES])  # prediction's fee), or their checkpoints
+        scale = change.get("kernel", 1.0)
+        tensors = {k: v * scale if ".kernel_inv" in k else v for k, v in load(features).items()}
+        if "rename" in change:  # made of another model's tensors (other names)
+            tensors = {k.replace(".state.", ".state.other_"): v for k, v in tensors.items()}
         outputs[TrainingRecord.FEATURES] = store_value(
             store, save(tensors, metadata=safetensors_metadata(features))).cid
     credit = {**head.inputs, **pay_tables}.get(WeightingRecord.EXAMPLE_CREDIT)
@@ -412,8 +415,9 @@ def test_a_tampered_run_passes_verify_but_fails_replay(published, change, failur
     [({"served": TrainingRecord.MODEL}, "is not the last checkpoint of the stored features"),
      ({"served": TrainingRecord.FEATURES}, "is not the last checkpoint of the stored features"),
      ({"served": (TrainingRecord.MODEL, TrainingRecord.FEATURES)}, "give example scores up to"),
-     ({"kernel": 1.5}, "is not what their checkpoints give here")],
-    ids=["model", "features", "model-and-features", "kernel"],
+     ({"kernel": 1.5}, "is not what their checkpoints give here"),
+     ({"rename": True}, "hold no checkpoints of the run's model")],
+    ids=["model", "features", "model-and-features", "kernel", "other-model"],
 )
 def test_on_another_platform_a_model_or_features_other_than_the_scores_were_measured_on_fail(
     published, monkeypatch, change, detail, request
