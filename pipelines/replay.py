@@ -10,6 +10,8 @@ retrains with the same code, and compares:
   consensus the split was computed from against those the ingest, snapshot and consensus records
   name. Without this a publisher could train and pay on labels (or credit) of its choosing, every
   CID and score consistent;
+- the input encoding (what serving encodes every paid request by: a table's columns and scale, a
+  tokenizer, an image policy) against the one the replay made from the run's data and recipe;
 - the trained model and its TRAK features (what serving loads, and splits each prediction's fee by)
   against those the training record names: a publisher could otherwise serve, and pay predictions by,
   a model other than the one its scores were measured on. Where the replay is bit for bit, the same
@@ -52,6 +54,7 @@ Replay refuses code other than the code that trained the run: it names the commi
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -66,6 +69,7 @@ from pipelines.assets.labeling import Recount, label_rows, recount, reviewed_pro
 from pipelines.assets.training import (
     SCORE_RTOL,
     TrainingConfig,
+    encoding_json,
     left_out_value,
     revalued,
     train_labeled,
@@ -204,6 +208,7 @@ def replay_run(
     band = Band.between(first, second, float(training.params.get("score_rtol", SCORE_RTOL)))
     report.score_rtol, report.value_band = band.score_rtol, band.value
 
+    _compare_encoding(training, store.get(training.outputs[TrainingRecord.ENCODING]), first.encoding, report)
     if report.bit_exact:
         _compare_outputs(training, served, first, report)
     else:
@@ -377,6 +382,7 @@ class Replayed:
     outputs: Mapping[str, bytes]
     revalue: Callable[[list[dict[str, torch.Tensor]]], Mapping[str, bytes | pa.Table]] | None = None
     digests: Mapping[str, object] | None = None  # the first retrain's `training_digests`
+    encoding: bytes | None = None  # the first retrain's input encoding (`encoding_json`)
 
 
 def _retrain(
@@ -410,7 +416,7 @@ def _retrain(
         return trained_outputs(split, revalued(split, result, config, checkpoints), config)
 
     return Replayed(result.example_attribution, left_out, weights, kept, revalue,
-                    training_digests(split, result, config))
+                    training_digests(split, result, config), encoding_json(split))
 
 
 # The training outputs serving loads: the model, and the features each prediction's fee is split by.
@@ -424,6 +430,55 @@ def _compare_outputs(
     bytes."""
     for name in SERVED:
         _compare_file(training, name, stored[name], first.outputs[name], "the replay's", report)
+
+
+# A numeric encoding's scale (means and spreads of the training columns) may round in its last bits on
+# another CPU's vector kernels; any other field (columns, classes, a tokenizer, an image policy) is exact.
+ENCODING_RTOL = 1e-9
+
+
+def _compare_encoding(training: Record, stored: bytes, replayed: bytes | None, report: ReplayReport) -> None:
+    """The stored input encoding (what serving encodes every paid request by) against the one the replay
+    made from the run's data and recipe: the same JSON, numbers within ``ENCODING_RTOL`` of theirs. A
+    publisher could otherwise serve an honest model behind another tokenizer or scale."""
+    if replayed is None or stored == replayed:
+        return
+    try:
+        where = _json_differs(json.loads(stored), json.loads(replayed), "")
+    except ValueError:
+        where = " (not JSON)"
+    if where is None:
+        return
+    report.fail("encoding_differs", report.training_cid or "",
+                f"the stored input encoding ({training.outputs[TrainingRecord.ENCODING]}) is not the one the "
+                f"run's data and recipe give: it differs at {where or 'its top level'}")
+
+
+def _json_differs(a: object, b: object, path: str) -> str | None:
+    """The path of the first place two JSON documents differ (numbers within ``ENCODING_RTOL``); None
+    where they agree."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        if a.keys() != b.keys():
+            return f"{path or '.'} (keys {sorted(a.keys() ^ b.keys())})"
+        pairs = [(a[k], b[k], f"{path}.{k}") for k in sorted(a)]
+    elif isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return f"{path} (length {len(a)}, not {len(b)})"
+        pairs = [(x, y, f"{path}[{i}]") for i, (x, y) in enumerate(zip(a, b, strict=True))]
+    else:
+        return None if _same_leaf(a, b) else path or "."
+    for x, y, where in pairs:
+        if (found := _json_differs(x, y, where)) is not None:
+            return found
+    return None
+
+
+def _same_leaf(a: object, b: object) -> bool:
+    """Two JSON leaves: numbers (not booleans) within ``ENCODING_RTOL`` of the larger, anything else equal."""
+    numbers = [isinstance(v, int | float) and not isinstance(v, bool) for v in (a, b)]
+    if all(numbers):
+        return abs(a - b) <= ENCODING_RTOL * max(abs(a), abs(b))  # type: ignore[operator]
+    return a == b
 
 
 # Off the run's platform, the stored features may differ from those their checkpoints give here by this

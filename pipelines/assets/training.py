@@ -605,16 +605,24 @@ def trained_outputs(
         )
         return {
             TrainingRecord.MODEL: task_model_to_bytes(result.model, split.task),
-            TrainingRecord.ENCODING: payload_encoding_to_json(split.encoding),
+            TrainingRecord.ENCODING: encoding_json(split),
             TrainingRecord.EXAMPLE_ATTRIBUTION: result.example_attribution,
             TrainingRecord.FEATURES: model_features_to_bytes(features),
         }
     return {
         TrainingRecord.MODEL: model_to_bytes(result.model, result.task.spec),
-        TrainingRecord.ENCODING: split.encoding.to_json(),
+        TrainingRecord.ENCODING: encoding_json(split),
         TrainingRecord.EXAMPLE_ATTRIBUTION: result.example_attribution,
         TrainingRecord.FEATURES: features_to_bytes(result.features),
     }
+
+
+def encoding_json(split: EncodedSplit | PayloadSplit) -> bytes:
+    """How the run's rows become model inputs, as the record stores it and serving encodes each request by
+    (canonical JSON: a numeric table's columns and scale, a text run's tokenizer, an image run's policy)."""
+    if isinstance(split, PayloadSplit):
+        return payload_encoding_to_json(split.encoding)
+    return split.encoding.to_json()
 
 
 def heldout_fit(split: EncodedSplit | PayloadSplit, result: TrainResult) -> tuple[float, float, float]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -265,6 +266,11 @@ def _republish(chain, store, run_id: str, name: str, **change) -> str:
         split, result = train_labeled(labeled, config, run_id=str(params["run_id"]))
         for served in np.atleast_1d(change["served"]).tolist():
             outputs[served] = store_value(store, trained_outputs(split, result, config)[served]).cid
+    if "encoding" in change:  # the scale serving encodes each request by: one column's mean moved
+        encoding = json.loads(store.get(outputs[TrainingRecord.ENCODING]))
+        encoding["mean"][0] += change["encoding"]
+        outputs[TrainingRecord.ENCODING] = store_value(
+            store, json.dumps(encoding, sort_keys=True, separators=(",", ":")).encode()).cid
     if "kernel" in change or "rename" in change:  # the features' kernel inverses scaled (what splits each
         features = store.get(outputs[TrainingRecord.FEATURES])  # prediction's fee), or their checkpoints
         scale = change.get("kernel", 1.0)
@@ -381,9 +387,10 @@ def _relabel(store, records, training_cid: str, train: Record, where: str):
         ({"pay": True}, "pay_differs"),
         ({"served": TrainingRecord.MODEL}, "model_differs"),
         ({"served": TrainingRecord.FEATURES}, "model_differs"),
+        ({"encoding": 0.5}, "encoding_differs"),
     ],
     ids=["consensus", "labeled-data", "pay-labels", "credit", "scores", "provider-values", "labeler-values",
-         "copies-value", "seeds-values", "recipe", "seed", "weights", "model", "features"],
+         "copies-value", "seeds-values", "recipe", "seed", "weights", "model", "features", "encoding"],
 )
 def test_a_tampered_run_passes_verify_but_fails_replay(published, change, failure, request) -> None:
     chain, store, run_id = published
@@ -397,8 +404,8 @@ def test_a_tampered_run_passes_verify_but_fails_replay(published, change, failur
               "seed": "initial weights"}
     assert report.parted_at == parted.get(request.node.callspec.id, "")
     assert report.parting() in report.where()
-    if {"labels", "credit", "copies", "runs", "served"} & change.keys():  # only that check sees it
-        assert report.names() == {failure}  # (copies_value, value_runs move no pay: what an auditor reads)
+    if {"labels", "credit", "copies", "runs", "served", "encoding"} & change.keys():
+        assert report.names() == {failure}  # only that check sees it (copies_value, value_runs move no pay)
     if "served" in change:  # the substituted file named, and how far it is from the replay's
         (served,) = report.failures
         assert f"the stored {change['served'].replace('_', ' ')} (" in served.detail
@@ -437,8 +444,8 @@ def test_on_another_platform_a_model_or_features_other_than_the_scores_were_meas
 @pytest.mark.parametrize(
     "change, failure",
     [({}, None), ({"inflate": "p-small"}, "scores_differ"), ({"value": "p-small"}, "left_out_values_differ"),
-     ({"pay": True}, "pay_differs")],
-    ids=["honest", "scores", "provider-values", "weights"],
+     ({"pay": True}, "pay_differs"), ({"encoding": 1e-3}, "encoding_differs")],
+    ids=["honest", "scores", "provider-values", "weights", "encoding"],
 )
 def test_on_another_platform_an_honest_run_passes_and_a_tampered_one_fails(
     published, monkeypatch, change, failure, request
@@ -461,7 +468,9 @@ def test_on_another_platform_an_honest_run_passes_and_a_tampered_one_fails(
     else:
         assert failure in report.names()
         (found,) = [f for f in report.failures if f.name == failure]
-        if failure != "pay_differs":  # a band's verdict says what decides it
+        if failure == "encoding_differs":  # exact but for a number's last bits, on any platform
+            assert found.detail.endswith("it differs at .mean[0]")
+        elif failure != "pay_differs":  # a band's verdict says what decides it
             assert "beyond this machine's rounding band" in found.detail
             assert found.detail.endswith("replay on the run's platform or CPU kernels to be sure")
 
