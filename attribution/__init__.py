@@ -150,6 +150,7 @@ if TYPE_CHECKING:
     from .recipes.mlp import MLP_CONFIG
     from .recipes.text import TEXT_CONFIG
     from .serialize import (
+        checkpoints_of_features,
         features_from_bytes,
         features_to_bytes,
         model_features_from_bytes,
@@ -159,6 +160,7 @@ if TYPE_CHECKING:
         safetensors_metadata,
         task_model_from_bytes,
         task_model_to_bytes,
+        tensor_gaps,
         tensors_digest,
     )
     from .trainer import EXAMPLE_ATTRIBUTION_SCHEMA
@@ -182,6 +184,8 @@ _LAZY = {
     "task_model_to_bytes": "attribution.serialize",
     "safetensors_metadata": "attribution.serialize",
     "tensors_digest": "attribution.serialize",
+    "tensor_gaps": "attribution.serialize",
+    "checkpoints_of_features": "attribution.serialize",
     "ImageEncoding": "attribution.payloads",
     "HfTextEncoding": "attribution.payloads",
     "HF_TOKENIZER_FILE": "attribution.recipes.hf",
@@ -266,6 +270,8 @@ __all__ = [
     "task_model_from_bytes",
     "safetensors_metadata",
     "tensors_digest",
+    "tensor_gaps",
+    "checkpoints_of_features",
     "task_model_to_bytes",
     "EXAMPLE_ATTRIBUTION_SCHEMA",
     "AttributionError",

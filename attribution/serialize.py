@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load, save
 from torch import nn
 
@@ -59,6 +60,37 @@ def tensors_digest(named: Mapping[str, torch.Tensor | np.ndarray]) -> str:
         h.update(json.dumps([name, a.dtype.str, list(a.shape)]).encode())
         h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()
+
+
+def checkpoints_of_features(data: bytes) -> list[dict[str, torch.Tensor]]:
+    """The checkpoints' state dicts a features file holds (``features_to_bytes``,
+    ``model_features_to_bytes``: ``checkpoint.{j}.state.{name}``), in order; none where ``data`` is not a
+    safetensors file. Replay checks a stored model and features through them."""
+    try:
+        tensors = load(data)
+    except SafetensorError:
+        return []
+    states: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        head, j, kind, *name = key.split(".", 3)
+        if head == "checkpoint" and kind == "state" and j.isdigit() and name:
+            states.setdefault(int(j), {})[name[0]] = value
+    return [states[j] for j in sorted(states)] if sorted(states) == list(range(len(states))) else []
+
+
+def tensor_gaps(a: bytes, b: bytes, *, relative: bool = False) -> dict[str, float] | None:
+    """Each tensor's largest absolute gap between two safetensors files (``relative``: over ``a``'s largest
+    entry); None where they hold other names or shapes (or either is not one)."""
+    try:
+        ta, tb = load(a), load(b)
+    except SafetensorError:
+        return None
+    if ta.keys() != tb.keys() or any(ta[k].shape != tb[k].shape for k in ta):
+        return None
+    gaps = {k: float((ta[k].double() - tb[k].double()).abs().max()) if ta[k].numel() else 0.0 for k in ta}
+    if relative:
+        gaps = {k: g / (float(ta[k].double().abs().max()) or 1.0) if g else 0.0 for k, g in gaps.items()}
+    return gaps
 
 
 def _metadata(data: bytes, key: str, what: str) -> str:

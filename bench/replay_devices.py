@@ -20,7 +20,9 @@ AdamW, decayed rate, the transformer stopping early), on synthetic data split am
   and ``cpu_on_cuda``: how far the first CPU run lands from the GPU's, over it);
 - with ``--against FILE``, the first CPU run of another invocation saved there (``--save FILE``), for
   a CPU run on other kernels: run once with ``--save``, then again under a kernel pin (for instance
-  ``ATEN_CPU_CAPABILITY=avx2``) or on another machine with ``--against``.
+  ``ATEN_CPU_CAPABILITY=avx2``) or on another machine with ``--against`` It also evaluates that run's
+  stored checkpoints here without training (``saved_evaluated_here``), as replay checks a run's stored
+  model and features off its platform: how far evaluation alone moves the features and the scores.
 
 Each GPU (or saved) run's largest score and value gap from the first CPU run is printed beside the CPU
 spread (``cpu_spread``: the largest score gap, a value's standard error, the scores' root mean square
@@ -45,7 +47,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from attribution import RecipeSizes, model_left_out, nudged_steps, train_trak_valued, value_noise  # noqa: E402
+from attribution import (  # noqa: E402
+    RecipeSizes,
+    checkpoints_of_features,
+    model_features,
+    model_features_to_bytes,
+    model_left_out,
+    nudged_steps,
+    tensor_gaps,
+    train_trak_valued,
+    value_noise,
+)
 from attribution.model_task import LABELS, take  # noqa: E402
 from bench._common.lds_models import synthetic_images, synthetic_text  # noqa: E402
 
@@ -79,8 +91,9 @@ def task_and_rows(kind: str, n: int, n_val: int, seed: int):
 
 def one_run(task, train, val, groups, ids, runs: int, device: str, threads: int,
             nudge: int | None = None) -> dict:
-    """Scores and left-out values of one run of ``task`` on ``device`` at ``threads`` CPU threads (its
-    weights nudged at every step by ``nudge``'s salt, as replay's second retrain)."""
+    """Scores, left-out values and TRAK features (as the training record stores them) of one run of
+    ``task`` on ``device`` at ``threads`` CPU threads (its weights nudged at every step by ``nudge``'s
+    salt, as replay's second retrain)."""
     torch.set_num_threads(threads)
     on = dataclasses.replace(task, config=dataclasses.replace(task.config, device=device))
     start = time.perf_counter()
@@ -88,7 +101,21 @@ def one_run(task, train, val, groups, ids, runs: int, device: str, threads: int,
         result = train_trak_valued(on, train, ids, val, seed=0)
         table = model_left_out(on, train, val, groups, seed=0, runs=runs).sort_by("contributor")
     return {"scores": np.asarray(result.scores, dtype=np.float64), "table": table,
-            "values": table["value"].to_numpy().astype(np.float64), "s": time.perf_counter() - start}
+            "values": table["value"].to_numpy().astype(np.float64), "s": time.perf_counter() - start,
+            "features": model_features_to_bytes(result.features)}
+
+
+def evaluated_here(task, train, val, features: bytes, scores: np.ndarray) -> dict:
+    """What replay off the run's platform checks a stored run's features by: the features its stored
+    checkpoints give on this machine, without training (``checkpoints_of_features``, ``model_features``),
+    their largest gap from the stored ones (of each tensor's largest entry; replay allows
+    ``FEATURE_RTOL``, 1e-2), and the largest gap of the scores they give from the stored scores (of the
+    largest stored score; replay allows the score band)."""
+    recomputed = model_features(task, checkpoints_of_features(features), train, seed=0)
+    gaps = tensor_gaps(features, model_features_to_bytes(recomputed), relative=True)
+    top = float(np.max(np.abs(scores))) or 1.0
+    return {"features": max(gaps.values(), default=0.0) if gaps is not None else None,
+            "scores_of_top": gap(recomputed.value_scores(val), scores) / top}
 
 
 def gap(a: np.ndarray, b: np.ndarray) -> float:
@@ -144,6 +171,8 @@ def measure(kind: str, n: int, n_providers: int, runs: int, saved: dict | None =
         out["cpu_on_cuda"] = beside(cpu[0], gpu[0], out["cuda_spread"], owner)["gap_over_spread"]
     if saved is not None:
         out["saved"] = beside({k + "s": saved[f"{kind}_{k}s"] for k in keys}, cpu[0], here, owner)
+        out["saved_evaluated_here"] = evaluated_here(task, train, val, saved[f"{kind}_features"].tobytes(),
+                                                     saved[f"{kind}_scores"])
     out["first_cpu_run"] = cpu[0]
     return out
 
@@ -167,6 +196,7 @@ def main() -> None:
         doc[kind] = measure(kind, args.train, args.providers, args.runs, saved)
         first = doc[kind].pop("first_cpu_run")
         runs.update({f"{kind}_{k}": first[k] for k in ("scores", "values")})
+        runs[f"{kind}_features"] = np.frombuffer(first["features"], dtype=np.uint8)
         print(kind, json.dumps(doc[kind]), file=sys.stderr, flush=True)
     if args.save:
         np.savez(args.save, **runs)

@@ -64,7 +64,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from attribution import WeightPolicy, contributor_weights, nudged_steps, safetensors_metadata, value_noise
+from attribution import (
+    WeightPolicy,
+    checkpoints_of_features,
+    contributor_weights,
+    nudged_steps,
+    safetensors_metadata,
+    tensor_gaps,
+    value_noise,
+)
 from pipelines.assets.labeling import Recount, label_rows, recount, reviewed_probs
 from pipelines.assets.training import (
     SCORE_RTOL,
@@ -501,7 +509,7 @@ def _check_served_elsewhere(
     within the band the stored scores are held to against the replay. A model or features other than
     the ones the stored scores were measured on fail one of the three."""
     cid = training.outputs[TrainingRecord.FEATURES]
-    checkpoints = stored_checkpoints(stored[TrainingRecord.FEATURES])
+    checkpoints = checkpoints_of_features(stored[TrainingRecord.FEATURES])
     assert first.revalue is not None  # the first retrain's
     reason = ""
     try:
@@ -531,24 +539,6 @@ def _check_served_elsewhere(
         )
 
 
-def stored_checkpoints(features: bytes) -> list[dict[str, torch.Tensor]]:
-    """The checkpoint state dicts a stored features file holds (``checkpoint.{j}.state.{name}``), in
-    order; none where it is not a safetensors file."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
-    try:
-        tensors = load(features)
-    except SafetensorError:
-        return []
-    states: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        head, j, kind, *name = key.split(".", 3)
-        if head == "checkpoint" and kind == "state" and j.isdigit() and name:
-            states.setdefault(int(j), {})[name[0]] = value
-    return [states[j] for j in sorted(states)] if sorted(states) == list(range(len(states))) else []
-
-
 def _compare_file(
     training: Record, name: str, stored: bytes, theirs: bytes, whose: str, report: ReplayReport,
     rtol: float = 0.0,
@@ -559,7 +549,7 @@ def _compare_file(
     ``rtol``), None where the files hold other tensors."""
     if stored == theirs:
         return 0.0
-    gaps = _tensor_gaps(stored, theirs, relative=rtol > 0)
+    gaps = tensor_gaps(stored, theirs, relative=rtol > 0)
     largest = max(gaps.values(), default=0.0) if gaps is not None else None
     what = f"the stored {name.replace('_', ' ')} ({training.outputs[name]}) is not {whose}"
     if gaps is None:
@@ -573,24 +563,6 @@ def _compare_file(
                   f"{over[0]})" if over else f"{what}: its metadata differs")
     report.fail("model_differs", report.training_cid or "", detail)
     return largest
-
-
-def _tensor_gaps(a: bytes, b: bytes, *, relative: bool = False) -> dict[str, float] | None:
-    """Each tensor's largest absolute gap between two safetensors files (``relative``: over ``a``'s largest
-    entry); None where they hold other names or shapes (or either is not one)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
-    try:
-        ta, tb = load(a), load(b)
-    except SafetensorError:
-        return None
-    if ta.keys() != tb.keys() or any(ta[k].shape != tb[k].shape for k in ta):
-        return None
-    gaps = {k: float((ta[k].double() - tb[k].double()).abs().max()) if ta[k].numel() else 0.0 for k in ta}
-    if relative:
-        gaps = {k: g / (float(ta[k].double().abs().max()) or 1.0) if g else 0.0 for k, g in gaps.items()}
-    return gaps
 
 
 # Another platform's rounding moves a retrained run about as far as this machine's own rounding does

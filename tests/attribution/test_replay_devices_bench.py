@@ -1,5 +1,6 @@
 """bench/replay_devices.py at tiny sizes: it runs end to end, and a run saved by one invocation lands
-exactly on the next one's first CPU run (same build, same kernels), so the gap it prints is real."""
+exactly on the next one's first CPU run (same build, same kernels), so the gap it prints is real; its
+checkpoints, evaluated anew, give its features and scores exactly."""
 
 from __future__ import annotations
 
@@ -26,3 +27,5 @@ def test_the_bench_prints_the_spread_and_a_saved_run_lands_on_it(tmp_path):
     again = run_bench("--against", str(saved))["image"]
     assert again["saved"]["gap"] == {"score": 0.0, "value": 0.0, "score_sum": 0.0}
     assert again["top"] == first["top"] and again["cpu_spread"] == first["cpu_spread"]
+    # its stored checkpoints, evaluated here without training, give its features and scores exactly
+    assert again["saved_evaluated_here"] == {"features": 0.0, "scores_of_top": 0.0}

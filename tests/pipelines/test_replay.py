@@ -23,7 +23,14 @@ import pytest
 import torch
 from safetensors.torch import load, save
 
-from attribution import WeightPolicy, contributor_weights, safetensors_metadata, tensors_digest, value_noise
+from attribution import (
+    WeightPolicy,
+    checkpoints_of_features,
+    contributor_weights,
+    safetensors_metadata,
+    tensors_digest,
+    value_noise,
+)
 from labeling import DS_SMOOTHING, ModelProbs
 from pipelines.assets import royalties, training
 from pipelines.assets.labeling import Recount, label_rows, recount
@@ -44,7 +51,6 @@ from pipelines.replay import (
     replay_platform,
     replay_run,
     same_platform,
-    stored_checkpoints,
 )
 from pipelines.resources import DatasetCatalog
 from provenance import (
@@ -215,7 +221,7 @@ def test_an_honest_run_replays_bit_for_bit(published) -> None:
     _, training = RunRecords(chain, store).parent(report.head_cid, TRAINING)
     digests = training.params["digests"]
     features = store.get(training.outputs[TrainingRecord.FEATURES])
-    assert [tensors_digest(c) for c in stored_checkpoints(features)] == digests["checkpoints"]
+    assert [tensors_digest(c) for c in checkpoints_of_features(features)] == digests["checkpoints"]
     assert report.parted_at == "" and "parted" not in report.where()
 
 
