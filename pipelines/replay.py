@@ -217,14 +217,15 @@ def replay_run(
     report.score_rtol, report.value_band = band.score_rtol, band.value
 
     _compare_encoding(training, store.get(training.outputs[TrainingRecord.ENCODING]), first.encoding, report)
+    whose = None
     if report.bit_exact:
         _compare_outputs(training, served, first, report)
     else:
-        _check_served_elsewhere(training, served, stored_scores, first, band, report)
-    _compare_scores(stored_scores, first.scores, band.score, report)
-    if not report.bit_exact:
         (answers,) = records.input_tables(head, (WeightingRecord.ANNOTATIONS,))
         whose = _contributor_examples(labeled, answers)
+        _check_served_elsewhere(training, served, stored_scores, first, band, whose, report)
+    _compare_scores(stored_scores, first.scores, band.score, report)
+    if whose is not None:
         _compare_score_sums(stored_scores, first.scores, whose, band, report)
     if first.left_out_value is not None:
         _compare_left_out_values(head, training, stored_values, first.left_out_value, band, report)
@@ -499,15 +500,16 @@ FEATURE_RTOL = 1e-2
 
 def _check_served_elsewhere(
     training: Record, stored: Mapping[str, bytes], stored_scores: pa.Table, first: Replayed, band: Band,
-    report: ReplayReport,
+    contributors: Mapping[str, set[str]], report: ReplayReport,
 ) -> None:
     """Off the run's platform, where training's rounding keeps the stored model and features from being
     compared to the replay's (the text recipe's weights moved 6.4x the gap between two replays), they are
     checked through the scores they made: the stored model must be the last checkpoint the stored
     features hold, bit for bit; the features what those checkpoints give here (``FEATURE_RTOL``: only
     evaluation rounds differently); and, where pay reads TRAK value, the scores those checkpoints give
-    within the band the stored scores are held to against the replay. A model or features other than
-    the ones the stored scores were measured on fail one of the three."""
+    within the band the stored scores are held to, of the replay's, score by score and each
+    contributor's sum. A model or features other than the ones the run trained fail one of the three
+    (stored scores of the publisher's choosing fail their own checks)."""
     cid = training.outputs[TrainingRecord.FEATURES]
     checkpoints = checkpoints_of_features(stored[TrainingRecord.FEATURES])
     assert first.revalue is not None  # the first retrain's
@@ -527,16 +529,24 @@ def _check_served_elsewhere(
         "what their checkpoints give here", report, FEATURE_RTOL)
     if value_method(TrainingConfig(**training.params["config"])) != "trak":
         return  # in-run scores are summed over every step: no checkpoint gives them
-    _, a, b = _aligned_scores(stored_scores, outputs[TrainingRecord.EXAMPLE_ATTRIBUTION])
-    gap = float(np.max(np.abs(a - b), initial=0.0)) if not np.isnan(b).any() else float("inf")
-    report.checkpoint_score_diff = gap
-    if gap > band.score:
+    given = outputs[TrainingRecord.EXAMPLE_ATTRIBUTION]
+    report.checkpoint_score_diff = _largest_gap(stored_scores, given)  # evaluation's rounding alone
+    gap = _largest_gap(first.scores, given)
+    sums, _ = _sums_beyond(first.scores, given, contributors, band)
+    if gap > band.score or sums:
+        apart = f"up to {gap:.3g} a score" if gap > band.score else "; ".join(sums[:5])
         report.fail(
             "model_differs", report.training_cid or "",
-            f"the stored features' checkpoints ({cid}) give example scores up to {gap:.3g} from the stored "
-            f"ones, beyond this machine's rounding band ({band.score:.3g}): the model and features served "
-            "are not the ones the scores were measured on",
+            f"the stored features' checkpoints ({cid}) give example scores beyond this machine's rounding "
+            f"band of the replay's ({apart}; allowed {band.score:.3g} a score): the model and features "
+            "served are not the ones the run trained",
         )
+
+
+def _largest_gap(scores: pa.Table, other: pa.Table) -> float:
+    """The largest gap between two score tables, example by example (infinite where ``other`` lacks one)."""
+    _, a, b = _aligned_scores(scores, other)
+    return float(np.max(np.abs(a - b), initial=0.0)) if not np.isnan(b).any() else float("inf")
 
 
 def _compare_file(
@@ -764,23 +774,33 @@ def _compare_score_sums(
     against the replay's, within the band of a sum of that many scores (``SUM_SIGMAS``, ``SUM_DRIFT``):
     on a recipe that carries rounding far, the per-score band is wide (the demo's CNN: 0.66 of the
     largest score), and a shift of every score of one provider within it would pass."""
-    ids, a, b = _aligned_scores(stored, replayed)
+    differ, report.sums_used = _sums_beyond(stored, replayed, contributors, band)
+    if differ:
+        report.fail("score_sums_differ", report.training_cid or "",
+                    f"the stored example scores of {len(differ)} contributor(s) sum otherwise than the "
+                    f"replay's ({'; '.join(differ[:5])})" + _band(report))
+
+
+def _sums_beyond(
+    stored: pa.Table, other: pa.Table, contributors: Mapping[str, set[str]], band: Band
+) -> tuple[list[str], float | None]:
+    """The contributors whose summed scores in ``other`` are beyond the band of the stored ones' sums
+    (said as a line each), and the largest gap over what the band allows; none (and None) where
+    ``other`` scores other examples (`examples_differ` says so)."""
+    ids, a, b = _aligned_scores(stored, other)
     if np.isnan(b).any():
-        return  # other examples: `examples_differ` said so
+        return [], None
     index = {e: i for i, e in enumerate(ids)}
-    differ, report.sums_used = [], 0.0
+    differ, used = [], 0.0
     for who in sorted(contributors):
         rows = np.sort(np.fromiter((index[e] for e in contributors[who] if e in index), dtype=np.int64))
         if not rows.size:
             continue
         gap, allowed = abs(float(a[rows].sum() - b[rows].sum())), band.score_sum(rows.size)
-        report.sums_used = max(report.sums_used, gap / allowed if allowed else np.inf if gap else 0.0)
+        used = max(used, gap / allowed if allowed else np.inf if gap else 0.0)
         if gap > allowed:
             differ.append(f"{who}: {rows.size} scores {gap:.3g} apart in sum, allowed {allowed:.3g}")
-    if differ:
-        report.fail("score_sums_differ", report.training_cid or "",
-                    f"the stored example scores of {len(differ)} contributor(s) sum otherwise than the "
-                    f"replay's ({'; '.join(differ[:5])})" + _band(report))
+    return differ, used
 
 
 def _compare_left_out_values(

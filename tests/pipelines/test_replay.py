@@ -427,7 +427,7 @@ def test_a_tampered_run_passes_verify_but_fails_replay(published, change, failur
     "change, detail",
     [({"served": TrainingRecord.MODEL}, "is not the last checkpoint of the stored features"),
      ({"served": TrainingRecord.FEATURES}, "is not the last checkpoint of the stored features"),
-     ({"served": (TrainingRecord.MODEL, TrainingRecord.FEATURES)}, "give example scores up to"),
+     ({"served": (TrainingRecord.MODEL, TrainingRecord.FEATURES)}, "give example scores beyond this machine"),
      ({"kernel": 1.5}, "is not what their checkpoints give here"),
      ({"rename": True}, "hold no checkpoints of the run's model")],
     ids=["model", "features", "model-and-features", "kernel", "other-model"],
