@@ -72,9 +72,9 @@ def checkpoints_of_features(data: bytes) -> list[dict[str, torch.Tensor]]:
         return []
     states: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
-        head, j, kind, *name = key.split(".", 3)
-        if head == "checkpoint" and kind == "state" and j.isdigit() and name:
-            states.setdefault(int(j), {})[name[0]] = value
+        parts = key.split(".", 3)
+        if len(parts) == 4 and parts[0] == "checkpoint" and parts[2] == "state" and parts[1].isdigit():
+            states.setdefault(int(parts[1]), {})[parts[3]] = value
     return [states[j] for j in sorted(states)] if sorted(states) == list(range(len(states))) else []
 
 

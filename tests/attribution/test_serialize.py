@@ -15,10 +15,12 @@ from attribution import (
     AttributionError,
     ModelSpec,
     attribute_query,
+    checkpoints_of_features,
     features_from_bytes,
     features_to_bytes,
     model_to_bytes,
     safetensors_metadata,
+    tensor_gaps,
     tensors_digest,
     train_with_attribution,
 )
@@ -97,3 +99,21 @@ def test_a_digest_names_tensors_by_name_dtype_shape_and_bytes() -> None:
     assert spec.to_json() in safetensors_metadata(model_to_bytes(spec.build(0), spec)).values()
     with pytest.raises(ValueError, match="not a safetensors file"):
         safetensors_metadata(b"\x05\x00\x00\x00\x00\x00\x00\x00nope!")
+
+
+def test_a_features_files_checkpoints_are_read_back_in_order_and_garbage_gives_none() -> None:
+    """`checkpoints_of_features` returns the state dicts ``checkpoint.{j}.state.{name}`` hold, j = 0, 1, ...;
+    bytes that are no safetensors file, other keys or a gap in the numbering give none."""
+    from safetensors.torch import save
+
+    one, two = {"w": torch.ones(2), "b.x": torch.zeros(1)}, {"w": torch.full((2,), 2.0), "b.x": torch.ones(1)}
+    tensors = {f"checkpoint.{j}.state.{k}": v for j, s in enumerate((one, two)) for k, v in s.items()}
+    others = {"x": torch.zeros(1), "checkpoint.0.features": torch.ones(3)}  # not state: left out
+    got = checkpoints_of_features(save({**tensors, **others}))
+    assert [sorted(s) for s in got] == [["b.x", "w"], ["b.x", "w"]]
+    assert torch.equal(got[1]["w"], two["w"]) and torch.equal(got[0]["b.x"], one["b.x"])
+    assert checkpoints_of_features(b"garbage") == []
+    assert checkpoints_of_features(save({"checkpoint.1.state.w": torch.ones(1)})) == []  # no checkpoint 0
+    a, b = save({"a": torch.tensor([2.0, 4.0])}), save({"a": torch.tensor([2.0, 3.0])})
+    gaps = tensor_gaps(a, b, relative=True)
+    assert gaps == {"a": 0.25} and tensor_gaps(b"garbage", b"garbage") is None
