@@ -437,7 +437,7 @@ def test_on_another_platform_a_model_or_features_other_than_the_scores_were_meas
 ) -> None:
     """Off the run's platform the model and features are checked through the stored checkpoints: a model
     that is not the features' last checkpoint, features their checkpoints do not give, or checkpoints
-    (model and features substituted together) whose scores are not the stored ones."""
+    (model and features substituted together) whose scores fall outside the replay's band."""
     chain, store, run_id = published
     name = _republish(chain, store, run_id, f"elsewhere-served-{request.node.callspec.id}", **change)
     here = training_platform()
