@@ -20,7 +20,7 @@ AdamW, decayed rate, the transformer stopping early), on synthetic data split am
   and ``cpu_on_cuda``: how far the first CPU run lands from the GPU's, over it);
 - with ``--against FILE``, the first CPU run of another invocation saved there (``--save FILE``), for
   a CPU run on other kernels: run once with ``--save``, then again under a kernel pin (for instance
-  ``ATEN_CPU_CAPABILITY=avx2``) or on another machine with ``--against`` It also evaluates that run's
+  ``ATEN_CPU_CAPABILITY=avx2``) or on another machine with ``--against``. It also evaluates that run's
   stored checkpoints here without training (``saved_evaluated_here``), as replay checks a run's stored
   model and features off its platform: how far evaluation alone moves the features and the scores.
 
@@ -91,9 +91,8 @@ def task_and_rows(kind: str, n: int, n_val: int, seed: int):
 
 def one_run(task, train, val, groups, ids, runs: int, device: str, threads: int,
             nudge: int | None = None) -> dict:
-    """Scores, left-out values and TRAK features (as the training record stores them) of one run of
-    ``task`` on ``device`` at ``threads`` CPU threads (its weights nudged at every step by ``nudge``'s
-    salt, as replay's second retrain)."""
+    """Scores, left-out values and TRAK features of one run of ``task`` on ``device`` at ``threads`` CPU
+    threads (its weights nudged at every step by ``nudge``'s salt, as replay's second retrain)."""
     torch.set_num_threads(threads)
     on = dataclasses.replace(task, config=dataclasses.replace(task.config, device=device))
     start = time.perf_counter()
@@ -102,7 +101,7 @@ def one_run(task, train, val, groups, ids, runs: int, device: str, threads: int,
         table = model_left_out(on, train, val, groups, seed=0, runs=runs).sort_by("contributor")
     return {"scores": np.asarray(result.scores, dtype=np.float64), "table": table,
             "values": table["value"].to_numpy().astype(np.float64), "s": time.perf_counter() - start,
-            "features": model_features_to_bytes(result.features)}
+            "features": result.features}
 
 
 def evaluated_here(task, train, val, features: bytes, scores: np.ndarray) -> dict:
@@ -196,7 +195,9 @@ def main() -> None:
         doc[kind] = measure(kind, args.train, args.providers, args.runs, saved)
         first = doc[kind].pop("first_cpu_run")
         runs.update({f"{kind}_{k}": first[k] for k in ("scores", "values")})
-        runs[f"{kind}_features"] = np.frombuffer(first["features"], dtype=np.uint8)
+        if args.save:  # the features as the training record stores them
+            features = model_features_to_bytes(first["features"])
+            runs[f"{kind}_features"] = np.frombuffer(features, dtype=np.uint8)
         print(kind, json.dumps(doc[kind]), file=sys.stderr, flush=True)
     if args.save:
         np.savez(args.save, **runs)

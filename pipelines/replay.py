@@ -58,6 +58,7 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from itertools import zip_longest
 
 import numpy as np
 import pyarrow as pa
@@ -246,11 +247,8 @@ def parted_at(recorded: Mapping[str, object] | None, replayed: Mapping[str, obje
     for key, what in (("inputs", "inputs"), ("initial", "initial weights")):
         if recorded.get(key) != replayed.get(key):
             return what
-    ours, theirs = list(recorded.get("checkpoints") or []), list(replayed.get("checkpoints") or [])
-    for j in range(max(len(ours), len(theirs))):
-        if j >= len(ours) or j >= len(theirs) or ours[j] != theirs[j]:
-            return f"checkpoint {j}"
-    return ""
+    pairs = zip_longest(recorded.get("checkpoints") or [], replayed.get("checkpoints") or [])
+    return next((f"checkpoint {j}" for j, (ours, theirs) in enumerate(pairs) if ours != theirs), "")
 
 
 def _check_pay(
