@@ -22,7 +22,8 @@ AdamW, decayed rate, the transformer stopping early), on synthetic data split am
   a CPU run on other kernels: run once with ``--save``, then again under a kernel pin (for instance
   ``ATEN_CPU_CAPABILITY=avx2``) or on another machine with ``--against``. It also evaluates that run's
   stored checkpoints here without training (``saved_evaluated_here``), as replay checks a run's stored
-  model and features off its platform: how far evaluation alone moves the features and the scores.
+  model, features and scores off its platform: how far evaluation alone moves the features, the scores
+  and a provider's summed scores.
 
 Each GPU (or saved) run's largest score and value gap from the first CPU run is printed beside the CPU
 spread (``cpu_spread``: the largest score gap, a value's standard error, the scores' root mean square
@@ -104,17 +105,20 @@ def one_run(task, train, val, groups, ids, runs: int, device: str, threads: int,
             "features": result.features}
 
 
-def evaluated_here(task, train, val, features: bytes, scores: np.ndarray) -> dict:
-    """What replay off the run's platform checks a stored run's features by: the features its stored
-    checkpoints give on this machine, without training (``checkpoints_of_features``, ``model_features``),
-    their largest gap from the stored ones (of each tensor's largest entry; replay allows
-    ``FEATURE_RTOL``, 1e-2), and the largest gap of the scores they give from the stored scores (of the
-    largest stored score; replay allows the score band)."""
+def evaluated_here(task, train, val, features: bytes, scores: np.ndarray, owner: np.ndarray) -> dict:
+    """What replay off the run's platform checks a stored run's features and scores by: the features its
+    stored checkpoints give on this machine, without training (``checkpoints_of_features``,
+    ``model_features``), their largest gap from the stored ones (of each tensor's largest entry; replay
+    allows ``FEATURE_RTOL``, 1e-2), and the largest gap of the scores they give from the stored scores
+    and of a provider's sum over the root of its number (both of the largest stored score; replay allows
+    ``CHECKPOINT_SCORE_RTOL``, 5e-2, for each)."""
     recomputed = model_features(task, checkpoints_of_features(features), train, seed=0)
     gaps = tensor_gaps(features, model_features_to_bytes(recomputed), relative=True)
+    given = recomputed.value_scores(val)
     top = float(np.max(np.abs(scores))) or 1.0
     return {"features": max(gaps.values(), default=0.0) if gaps is not None else None,
-            "scores_of_top": gap(recomputed.value_scores(val), scores) / top}
+            "scores_of_top": gap(given, scores) / top,
+            "score_sums_of_top": sum_gap(given, scores, owner) / top}
 
 
 def gap(a: np.ndarray, b: np.ndarray) -> float:
@@ -171,7 +175,7 @@ def measure(kind: str, n: int, n_providers: int, runs: int, saved: dict | None =
     if saved is not None:
         out["saved"] = beside({k + "s": saved[f"{kind}_{k}s"] for k in keys}, cpu[0], here, owner)
         out["saved_evaluated_here"] = evaluated_here(task, train, val, saved[f"{kind}_features"].tobytes(),
-                                                     saved[f"{kind}_scores"])
+                                                     saved[f"{kind}_scores"], owner)
     out["first_cpu_run"] = cpu[0]
     return out
 

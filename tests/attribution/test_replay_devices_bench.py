@@ -28,4 +28,4 @@ def test_the_bench_prints_the_spread_and_a_saved_run_lands_on_it(tmp_path):
     assert again["saved"]["gap"] == {"score": 0.0, "value": 0.0, "score_sum": 0.0}
     assert again["top"] == first["top"] and again["cpu_spread"] == first["cpu_spread"]
     # its stored checkpoints, evaluated here without training, give its features and scores exactly
-    assert again["saved_evaluated_here"] == {"features": 0.0, "scores_of_top": 0.0}
+    assert again["saved_evaluated_here"] == {"features": 0.0, "scores_of_top": 0.0, "score_sums_of_top": 0.0}

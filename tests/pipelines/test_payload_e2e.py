@@ -148,6 +148,7 @@ def test_a_payload_set_is_labeled_trained_paid_served_and_replayed(caravan_env, 
         assert 0.0 < elsewhere.max_value_diff <= elsewhere.value_band  # left-out values too, within theirs
         # the served model and features checked through the stored checkpoints, evaluated here
         assert elsewhere.feature_gap is not None and elsewhere.checkpoint_score_diff is not None
+        assert elsewhere.checkpoint_score_diff <= elsewhere.checkpoint_score_allowed  # the scores are theirs
 
     pins, events = store.pins(), len(chain.recorded_events(first["run_id"]))
     second = run_demo(settings, data=data, start_services=False, say=lambda _: None)

@@ -34,12 +34,19 @@ from attribution import (
 from labeling import DS_SMOOTHING, ModelProbs
 from pipelines.assets import royalties, training
 from pipelines.assets.labeling import Recount, label_rows, recount
-from pipelines.assets.training import TrainingConfig, left_out_value, train_labeled, trained_outputs
+from pipelines.assets.training import (
+    TrainingConfig,
+    left_out_value,
+    revalued,
+    train_labeled,
+    trained_outputs,
+)
 from pipelines.compute_platform import cpu_vector_flags, run_kernels, training_platform
 from pipelines.content_io import store_value
 from pipelines.demo import write_contributors
 from pipelines.partitions import dataset_versions
 from pipelines.replay import (
+    CHECKPOINT_SCORE_RTOL,
     FEATURE_RTOL,
     SPREAD_FACTOR,
     SUM_DRIFT,
@@ -240,11 +247,16 @@ def _republish(chain, store, run_id: str, name: str, **change) -> str:
     scores = read_parquet(store.get(outputs[TrainingRecord.EXAMPLE_ATTRIBUTION]))
     if "config" in change:
         params["config"] = {**params["config"], **change["config"]}
+    if "score_rtol" in change:  # a looser tolerance recorded with the run than the pipeline records
+        params["score_rtol"] = change["score_rtol"]
     examples = read_parquet(store.get(head.inputs[WeightingRecord.EXAMPLES]))
-    if "inflate" in change or "shift" in change:  # one provider's scores ten times higher, or each a little
-        provider, shift = change["shift"] if "shift" in change else (change["inflate"], None)
-        mine = pa.compute.is_in(scores["example_id"], value_set=examples.filter(
-            pa.compute.equal(examples["provider"], provider))["example_id"])
+    if {"inflate", "shift", "shift_one"} & change.keys():  # one provider's scores ten times higher, or
+        # each a little, or its first one a little
+        provider, shift = change.get("shift") or change.get("shift_one") or (change["inflate"], None)
+        theirs = examples.filter(pa.compute.equal(examples["provider"], provider))["example_id"]
+        if "shift_one" in change:  # the first that is scored (not a target)
+            theirs = pa.array(sorted(set(theirs.to_pylist()) & set(scores["example_id"].to_pylist()))[:1])
+        mine = pa.compute.is_in(scores["example_id"], value_set=theirs)
         score = scores["score"]
         raised = pa.compute.multiply(score, 10.0) if shift is None else pa.compute.add(score, shift)
         scores = scores.set_column(scores.schema.get_field_index("score"), "score",
@@ -266,12 +278,14 @@ def _republish(chain, store, run_id: str, name: str, **change) -> str:
     if "validation" in change:  # the record names other targets than those the scores were measured on
         half = read_parquet(store.get(inputs[TrainingRecord.VALIDATION])).slice(0, 30)
         inputs[TrainingRecord.VALIDATION] = store_value(store, half).cid
-    if "served" in change:  # a model (or features, or both) other than the one the scores were measured on
-        labeled = read_parquet(store.get(inputs[TrainingRecord.LABELED_DATASET]))
-        config = TrainingConfig(**{**params["config"], "seed": 7})
-        split, result = train_labeled(labeled, config, run_id=str(params["run_id"]))
+    if "served" in change:  # a model (or features, or both) other than the one the scores were measured on:
+        labeled = read_parquet(store.get(inputs[TrainingRecord.LABELED_DATASET]))  # trained from another
+        config = TrainingConfig(**params["config"])  # seed, its features projected as the run's are
+        seven = TrainingConfig(**{**params["config"], "seed": 7})
+        split, result = train_labeled(labeled, seven, run_id=str(params["run_id"]))
+        other = trained_outputs(split, revalued(split, result, config, result.checkpoints), config)
         for served in np.atleast_1d(change["served"]).tolist():
-            outputs[served] = store_value(store, trained_outputs(split, result, config)[served]).cid
+            outputs[served] = store_value(store, other[served]).cid
     if "encoding" in change:  # the scale serving encodes each request by: one column's mean moved
         encoding = json.loads(store.get(outputs[TrainingRecord.ENCODING]))
         encoding["mean"][0] += change["encoding"]
@@ -444,7 +458,7 @@ def test_on_another_platform_a_model_or_features_other_than_the_scores_were_meas
     monkeypatch.setattr("pipelines.replay.training_platform", lambda: {**here, "cpu_capability": "OTHER"})
     report = replay_run(chain, store, name, code=CODE)
     assert not report.same_platform and report.names() == {"model_differs"}, report.failures
-    assert any(detail in f.detail for f in report.failures)
+    assert any(detail in f.detail for f in report.failures), report.failures
 
 
 @pytest.mark.parametrize(
@@ -501,6 +515,34 @@ def test_on_another_platform_a_small_shift_of_one_providers_scores_fails_by_thei
     (found,) = report.failures
     assert "p-small (provider):" in found.detail and "p-big (provider)" not in found.detail
     assert found.detail.endswith("replay on the run's platform or CPU kernels to be sure")
+
+
+def test_on_another_platform_scores_other_than_the_stored_models_fail_within_a_loose_tolerance(
+    published, monkeypatch
+) -> None:
+    """A run that records a loose score tolerance widens the replay's band; one score raised within it
+    passes the band but is not what the stored checkpoints give (evaluation rounds far finer)."""
+    chain, store, run_id = published
+    here = training_platform()
+    monkeypatch.setattr("pipelines.replay.training_platform", lambda: {**here, "cpu_capability": "OTHER"})
+    records = RunRecords(chain, store)
+    training = records.parent(records.head(run_id), TRAINING)[1]
+    scores = read_parquet(store.get(training.outputs[TrainingRecord.EXAMPLE_ATTRIBUTION]))["score"].to_numpy()
+    top = float(np.abs(scores).max())
+    name = _republish(chain, store, run_id, "elsewhere-loose", score_rtol=0.5,
+                      shift_one=("p-small", 4 * CHECKPOINT_SCORE_RTOL * top))
+    assert verify_run(chain, store, name).ok
+    report = replay_run(chain, store, name, code=CODE)
+    assert report.names() == {"scores_not_the_models"}, report.failures  # within the band, pay consistent
+    assert report.checkpoint_score_diff == pytest.approx(4 * report.checkpoint_score_allowed, rel=1e-6)
+    (found,) = report.failures
+    assert "up to" in found.detail and "not what the stored features' checkpoints give here" in found.detail
+    shifted = _republish(chain, store, run_id, "elsewhere-loose-sum", score_rtol=0.5,
+                         shift=("p-small", CHECKPOINT_SCORE_RTOL * top / 2))  # each score within both
+    report = replay_run(chain, store, shifted, code=CODE)
+    assert report.names() == {"scores_not_the_models"}, report.failures
+    (found,) = report.failures
+    assert "p-small (provider):" in found.detail and "p-big (provider)" not in found.detail
 
 
 @pytest.mark.parametrize("tampered", [False, True], ids=["honest", "scores"])
