@@ -218,7 +218,8 @@ def replay_run(
         lambda replayed: _identical(replayed, stored_scores, stored_values, stored, served),
     )
     report.parted_at = parted_at(training.params.get("digests"), first.digests)
-    band = Band.between(first, second, float(training.params.get("score_rtol", SCORE_RTOL)))
+    _check_tolerance(training, report)
+    band = Band.between(first, second, SCORE_RTOL)
     report.score_rtol, report.value_band = band.score_rtol, band.value
 
     _compare_encoding(training, store.get(training.outputs[TrainingRecord.ENCODING]), first.encoding, report)
@@ -253,6 +254,17 @@ def parted_at(recorded: Mapping[str, object] | None, replayed: Mapping[str, obje
             return what
     pairs = zip_longest(recorded.get("checkpoints") or [], replayed.get("checkpoints") or [])
     return next((f"checkpoint {j}" for j, (ours, theirs) in enumerate(pairs) if ours != theirs), "")
+
+
+def _check_tolerance(training: Record, report: ReplayReport) -> None:
+    """The score tolerance recorded with the run must be the one its code records (``SCORE_RTOL``, the
+    floor of the band off its platform): a looser one, written by anyone but that code, would widen the
+    band for scores and for the checkpoints of the model served. The band uses the code's."""
+    recorded = training.params.get("score_rtol", SCORE_RTOL)  # runs from before it was recorded: the code's
+    if recorded != SCORE_RTOL:
+        report.fail("tolerance_differs", report.training_cid or "",
+                    f"the training record allows scores within {recorded} of the largest; the code that "
+                    f"trained it records {SCORE_RTOL}, so the record was not written by it")
 
 
 def _check_pay(
