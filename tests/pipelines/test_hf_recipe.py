@@ -20,6 +20,7 @@ import torch
 from attribution import TRAK_VALUE_METHOD, AttributionError, HfTextEncoding, payload_encoding_from_json
 from pipelines.assets import review, royalties, training
 from pipelines.assets.training import TrainingConfig, recipe_for, stored_local_model, train_labeled
+from pipelines.compute_platform import training_platform
 from pipelines.demo import write_contributors
 from pipelines.partitions import dataset_versions
 from pipelines.replay import replay_run
@@ -241,6 +242,18 @@ def test_an_hf_run_replays_bit_for_bit_from_its_stored_model(published, monkeypa
     monkeypatch.setattr("pipelines.replay.pipeline_code", lambda: CODE)
     shown = CliRunner().invoke(app, ["verify", published["run_id"], "--replay"])
     assert shown.exit_code == 0 and "OK:" in shown.output, shown.output
+
+
+def test_an_hf_run_replays_on_another_platform_through_its_stored_checkpoints(published, monkeypatch):
+    """Off the run's platform the model, features and scores of an hf-local run are checked through the
+    checkpoints its features store, evaluated from the stored base model: here (another platform only
+    by name) they give exactly what training stored."""
+    here = training_platform()
+    monkeypatch.setattr("pipelines.replay.training_platform", lambda: {**here, "cpu_capability": "OTHER"})
+    report = replay_run(published["chain"], published["store"], published["run_id"], code=CODE)
+    assert report.ok and not report.same_platform, [f.__dict__ for f in report.failures]
+    assert report.feature_gap == 0.0 and report.checkpoint_score_diff == 0.0
+    assert report.checkpoint_score_allowed > 0.0
 
 
 def test_a_bad_model_dir_fails_the_run_with_its_name(published, tmp_path):
