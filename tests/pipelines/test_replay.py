@@ -279,8 +279,9 @@ def _republish(chain, store, run_id: str, name: str, **change) -> str:
         half = read_parquet(store.get(inputs[TrainingRecord.VALIDATION])).slice(0, 30)
         inputs[TrainingRecord.VALIDATION] = store_value(store, half).cid
     if "served" in change:  # a model (or features, or both) other than the one the scores were measured on:
-        labeled = read_parquet(store.get(inputs[TrainingRecord.LABELED_DATASET]))  # trained from another
-        config = TrainingConfig(**params["config"])  # seed, its features projected as the run's are
+        # trained from another seed, its features projected as the run's are
+        labeled = read_parquet(store.get(inputs[TrainingRecord.LABELED_DATASET]))
+        config = TrainingConfig(**params["config"])
         seven = TrainingConfig(**{**params["config"], "seed": 7})
         split, result = train_labeled(labeled, seven, run_id=str(params["run_id"]))
         other = trained_outputs(split, revalued(split, result, config, result.checkpoints), config)
