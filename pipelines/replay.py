@@ -557,22 +557,18 @@ def _check_served_elsewhere(
         return  # the served files are not their checkpoints (said), or in-run scores no checkpoint gives
     given = outputs[TrainingRecord.EXAMPLE_ATTRIBUTION]
     report.checkpoint_score_diff = _largest_gap(stored_scores, given)
-    gap = _largest_gap(first.scores, given)
-    sums, _ = _sums_beyond(first.scores, given, contributors, band)
-    if gap > band.score or sums:
-        apart = f"up to {gap:.3g} a score" if gap > band.score else "; ".join(sums[:5])
+    if apart := _apart(first.scores, given, contributors, band):
         report.fail(
             "model_differs", report.training_cid or "",
             f"the stored features' checkpoints ({cid}) give example scores beyond this machine's rounding "
-            f"band of the replay's ({apart}; allowed {band.score:.3g} a score): the model and features "
-            "served are not the ones the run trained",
+            f"band of the replay's ({apart}): the model and features served are not the ones the run trained",
         )
         return  # the stored scores are then not theirs either
-    _compare_scores_to_checkpoints(stored_scores, given, report.checkpoint_score_diff, contributors, report)
+    _compare_scores_to_checkpoints(stored_scores, given, contributors, report)
 
 
 def _compare_scores_to_checkpoints(
-    stored: pa.Table, given: pa.Table, gap: float, contributors: Mapping[str, set[str]], report: ReplayReport
+    stored: pa.Table, given: pa.Table, contributors: Mapping[str, set[str]], report: ReplayReport
 ) -> None:
     """The stored example scores against those the stored checkpoints give here, within evaluation's
     rounding (``CHECKPOINT_SCORE_RTOL``) score by score and each contributor's sum: scores a publisher
@@ -580,14 +576,21 @@ def _compare_scores_to_checkpoints(
     theirs = given["score"].to_numpy(zero_copy_only=False).astype(np.float64)
     allowed = CHECKPOINT_SCORE_RTOL * float(np.max(np.abs(theirs), initial=0.0))
     report.checkpoint_score_allowed = allowed
-    sums, _ = _sums_beyond(stored, given, contributors, Band(score=allowed, sum_floor=allowed))
-    if gap > allowed or sums:
-        apart = f"up to {gap:.3g} a score, allowed {allowed:.3g}" if gap > allowed else "; ".join(sums[:5])
+    if apart := _apart(stored, given, contributors, Band(score=allowed, sum_floor=allowed)):
         report.fail(
             "scores_not_the_models", report.training_cid or "",
             f"the stored example scores are not what the stored features' checkpoints give here ({apart}; "
             f"evaluation rounds within {CHECKPOINT_SCORE_RTOL:g} of the largest score on other kernels)",
         )
+
+
+def _apart(scores: pa.Table, other: pa.Table, contributors: Mapping[str, set[str]], band: Band) -> str:
+    """How ``other``'s scores lie beyond ``band`` of ``scores``: the largest gap, where a score is
+    beyond it, else the contributors whose sums are (``_sums_beyond``); "" where they lie within it."""
+    gap = _largest_gap(scores, other)
+    if gap > band.score:
+        return f"up to {gap:.3g} a score, allowed {band.score:.3g}"
+    return "; ".join(_sums_beyond(scores, other, contributors, band)[0][:5])
 
 
 def _largest_gap(scores: pa.Table, other: pa.Table) -> float:
