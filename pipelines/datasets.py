@@ -395,6 +395,19 @@ def _with_provider(table: pa.Table, provider: str | None, source: str, where: st
     return table
 
 
+def registration_times(sources: Sequence[Mapping]) -> dict:
+    """When each source file was registered, as `to_examples` reads it (`registered_at`): by file CID
+    (the earliest, where providers registered the same bytes) and, for a file with its own provider, by
+    (CID, provider). `sources`: a catalog entry's `sources` items, or an ingest record's `source_files`."""
+    out: dict = {}
+    for f in sources:
+        when = f.get("registered_at") or ""
+        out[f["cid"]] = min(when, out.get(f["cid"], when))
+        if f.get("provider"):
+            out[(f["cid"], f["provider"])] = when
+    return out
+
+
 def to_examples(
     table: pa.Table, registered_at: Mapping[str | tuple[str, str], str] | None = None,
     labeled: Payload | None = None,

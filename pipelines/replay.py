@@ -10,6 +10,9 @@ retrains with the same code, and compares:
   consensus the split was computed from against those the ingest, snapshot and consensus records
   name. Without this a publisher could train and pay on labels (or credit) of its choosing, every
   CID and score consistent;
+- the examples and their credit against what this code makes of the source files the ingest record
+  names (`check_ingest`): else examples could be moved between providers, or copies credited to their
+  copier, with every later record consistent;
 - the input encoding (what serving encodes every paid request by: a table's columns and scale, a
   tokenizer, an image policy) against the one the replay made from the run's data and recipe;
 - the trained model and its TRAK features (what serving loads, and splits each prediction's fee by)
@@ -87,6 +90,7 @@ from pipelines.assets.training import (
     value_method,
 )
 from pipelines.compute_platform import can_run, pinned_threads, run_kernels, training_platform
+from pipelines.datasets import DatasetError, Payload, SourceFile, load_files, registration_times, to_examples
 from pipelines.lineage import pipeline_code
 from provenance import (
     CONSENSUS,
@@ -715,8 +719,9 @@ def _check_labels(
     answers."""
     try:
         consensus_cid, consensus = records.parent(training_cid, CONSENSUS)
-        _, snapshot = records.parent(training_cid, SNAPSHOT)
-        ingest = [r for r in map(records.load, snapshot.parents) if r.activity == INGEST]
+        snapshot_cid, snapshot = records.parent(training_cid, SNAPSHOT)
+        ingest = [(c, r) for c, r in zip(snapshot.parents, map(records.load, snapshot.parents), strict=True)
+                  if r.activity == INGEST]
         review_cid = (
             records.parent(consensus_cid, LABEL_REVIEW)[0]
             if ConsensusRecord.LABEL_REVIEW in consensus.inputs
@@ -726,6 +731,11 @@ def _check_labels(
         report.fail("lineage_incomplete", training_cid, str(exc))
         return None
     store = records.store
+    examples_cid = snapshot.inputs.get(SnapshotRecord.EXAMPLES)
+    if not ingest or examples_cid != ingest[0][1].outputs.get(IngestRecord.EXAMPLES):
+        report.fail("ingest_differs", snapshot_cid, "the snapshot's examples are not those its ingest made")
+    else:
+        check_ingest(store, *ingest[0], report)
     without = recount(store, consensus_cid)  # None: the record names no answers
     if without is None or SnapshotRecord.EXAMPLES not in snapshot.inputs:
         report.skip("SKIP (labels)", consensus_cid, "no inputs named to recompute the labels from")
@@ -745,7 +755,7 @@ def _check_labels(
             training_cid,
             "the labeled data trained on is not the snapshot's rows with the recorded consensus labels",
         )
-    credit = ingest[0].outputs.get(IngestRecord.EXAMPLE_CREDIT) if ingest else None
+    credit = ingest[0][1].outputs.get(IngestRecord.EXAMPLE_CREDIT) if ingest else None
     pay_inputs = {
         WeightingRecord.EXAMPLES: snapshot.inputs[SnapshotRecord.EXAMPLES],
         WeightingRecord.ANNOTATIONS: consensus.inputs[ConsensusRecord.ANNOTATIONS],
@@ -761,6 +771,55 @@ def _check_labels(
             "consensus records name",
         )
     return without
+
+
+def check_ingest(store: ContentStore, cid: str, ingest: Record, report: Findings) -> None:
+    """The examples and their credit are what this code makes of the source files the ingest record
+    names (`to_examples`, by the files' CIDs, providers and registration times): without it a publisher
+    could move examples from one provider to another, or credit another's copies to itself, and pay by
+    that under consistent CIDs, every later check passing. A record that names no source files (a hub
+    dataset, or one recorded before records named what this needs) is skipped and said."""
+    files, params = ingest.params.get("source_files") or [], ingest.params
+    if params.get("hf") or not files or "labeling" not in params:
+        why = "a hub dataset, which replay does not download" if params.get("hf") else (
+            "the ingest record names no source files and labeling spec to make its examples from")
+        report.skip("SKIP (ingest)", cid, why)
+        return
+    payload = Payload.of(params["labeling"])
+    try:
+        rows = load_files([SourceFile.from_json(f) for f in files], store.get, payload=payload)
+        examples, made = to_examples(rows, registration_times(files), payload)
+    except DatasetError as exc:
+        report.fail("ingest_differs", cid, f"its source files make no examples here: {exc}")
+        return
+    stored = read_parquet(store.get(ingest.outputs[IngestRecord.EXAMPLES]))
+    if stored.column_names != examples.column_names or not _same_rows(stored, examples):
+        report.fail("ingest_differs", cid, "its examples are not what its source files make: "
+                    + _credited_elsewhere(stored, examples, "provider"))
+    credit_cid = ingest.outputs.get(IngestRecord.EXAMPLE_CREDIT)
+    credit = read_parquet(store.get(credit_cid)) if credit_cid else None
+    if credit is None or credit.column_names != made.grouping.credit.column_names or not _same_rows(
+            credit, made.grouping.credit):
+        report.fail("ingest_differs", cid, "its example credit is not the duplicate grouping its examples "
+                    "make: " + ("none recorded" if credit is None else _credited_elsewhere(
+                        credit, made.grouping.credit, "provider", "share")))
+
+
+def _credited_elsewhere(stored: pa.Table, made: pa.Table, *columns: str) -> str:
+    """Whose examples a stored table credits otherwise than the one made again (by ``columns``)."""
+
+    def rows(table: pa.Table) -> dict[str, set[tuple]]:
+        out: dict[str, set[tuple]] = {}
+        for r in table.select(["example_id", *columns]).to_pylist():
+            out.setdefault(r["example_id"], set()).add(tuple(r[c] for c in columns))
+        return out
+
+    a, b = rows(stored), rows(made)
+    moved = {e for e in a.keys() | b.keys() if a.get(e) != b.get(e)}
+    who = sorted({str(row[0]) for e in moved for row in a.get(e, set()) | b.get(e, set())})
+    if not moved:
+        return "the same rows, other values"
+    return f"{len(moved)} examples differ, credited to {', '.join(who[:8])}"
 
 
 def _compare_consensus(

@@ -17,7 +17,15 @@ import dagster as dg
 import pyarrow as pa
 
 from pipelines.content_io import AssetIndex, ContentStoreIOManager, StoreResource
-from pipelines.datasets import Payload, SourceFile, load_files, load_source, source_files, validation_examples
+from pipelines.datasets import (
+    Payload,
+    SourceFile,
+    load_files,
+    load_source,
+    registration_times,
+    source_files,
+    validation_examples,
+)
 from pipelines.lineage import LineageResource
 from pipelines.privacy import holder_keyfile, keyring_dir
 from pipelines.settings import Settings, load_settings
@@ -172,13 +180,7 @@ class DatasetCatalog(dg.ConfigurableResource):
         entry = self.lookup(version)
         if entry["hf"]:
             return {entry["hf"]: entry.get("registered_at") or ""}
-        out: dict = {}
-        for f in entry["sources"]:
-            when = f.get("registered_at") or ""
-            out[f["cid"]] = min(when, out.get(f["cid"], when))
-            if f.get("provider"):
-                out[(f["cid"], f["provider"])] = when
-        return out
+        return registration_times(entry["sources"])
 
     def lookup(self, version: str) -> dict[str, Any]:
         """The catalog entry of `version` as `register` wrote it; a `dg.Failure` naming the

@@ -1,5 +1,7 @@
 """Ingest stage: a registered source becomes content-hashed `examples`, and their pinned snapshot."""
 
+import dataclasses
+
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -22,9 +24,9 @@ def raw_dataset(
     started, version = now(), context.partition_key
     entry = catalog.lookup(version)
     client = store.client()
+    payload = Payload.of(entry.get("labeling"))
     try:
-        examples, report = to_examples(catalog.load(version, client), catalog.registered_at(version),
-                                       Payload.of(entry.get("labeling")))
+        examples, report = to_examples(catalog.load(version, client), catalog.registered_at(version), payload)
     except DatasetError as exc:
         raise dg.Failure(str(exc)) from exc
     grouping = report.grouping
@@ -42,17 +44,20 @@ def raw_dataset(
         params={
             "hf": entry["hf"],
             "provider": entry["provider"],
-            # each file by name, CID and registration time (and the image files a table names by
-            # path, its `refs`): a replay needs nothing from other versions
+            # each file by name, CID, provider and registration time (and the image files a table
+            # names by path, its `refs`), and what labelers read: a replay re-derives the examples and
+            # their credit from them alone (`pipelines.replay.check_ingest`)
             "source_files": [
                 {
                     "name": f["name"],
                     "cid": f["cid"],
+                    **({"provider": f["provider"]} if f.get("provider") else {}),
                     "registered_at": f.get("registered_at") or "",
                     **({"refs": f["refs"]} if f.get("refs") else {}),
                 }
                 for f in files
             ],
+            "labeling": dataclasses.asdict(payload) if payload else None,
             **({"registered_at": entry.get("registered_at") or ""} if entry["hf"] else {}),
             "duplicates_dropped": report.duplicates_dropped,
             "duplicates": grouping.to_params(),

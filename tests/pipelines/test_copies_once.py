@@ -330,12 +330,14 @@ def pq_bytes(table: pa.Table) -> bytes:
 # ---------------------------------------------------------------- the ingest record
 
 
-def test_the_ingest_record_states_the_grouping_and_each_files_time(tmp_path, monkeypatch) -> None:
+def _ingested(tmp_path, monkeypatch):
+    """Version v2 (three honest providers, registered at T0 as v1, and a copycat of b's rows at T1)
+    through the ingest asset: (its catalog entry, the materialization, its ingest record's CID and the
+    record, the store)."""
     from pipelines.assets import ingest
     from pipelines.resources import DatasetCatalog, resources_for
     from pipelines.settings import load_settings
-    from provenance import INGEST, IngestRecord, load_record
-    from storage import read_parquet
+    from provenance import INGEST, load_record
 
     rng = np.random.default_rng(11)
     honest = _honest(rng)
@@ -359,17 +361,28 @@ def test_the_ingest_record_states_the_grouping_and_each_files_time(tmp_path, mon
     labeling = {"kind": "table", "field": "row", "choices": ["x", "y"]}  # so the ids are left out
     catalog.register("v1", str(first), store=store, labeling=labeling, registered_at=T0)
     entry = catalog.register("v2", str(second), store=store, labeling=labeling, registered_at=T1)
-    times = {f["name"]: f["registered_at"] for f in entry["sources"]}
-    assert times == {"a.parquet": T0, "b.parquet": T0, "c.parquet": T0, "copycat.parquet": T1}
     with dg.DagsterInstance.ephemeral() as instance:
         instance.add_dynamic_partitions("dataset_version", ["v2"])
         result = dg.materialize([ingest.raw_dataset], partition_key="v2", instance=instance,
                                 resources=resources)
     assert result.success
-    record = load_record(store, resources["lineage"].cid_of(INGEST, "v2"))
+    cid = resources["lineage"].cid_of(INGEST, "v2")
+    return entry, result, cid, load_record(store, cid), store
+
+
+def test_the_ingest_record_states_the_grouping_and_each_files_time(tmp_path, monkeypatch) -> None:
+    from provenance import IngestRecord
+    from storage import read_parquet
+
+    entry, result, _, record, store = _ingested(tmp_path, monkeypatch)
+    times = {f["name"]: f["registered_at"] for f in entry["sources"]}
+    assert times == {"a.parquet": T0, "b.parquet": T0, "c.parquet": T0, "copycat.parquet": T1}
+    # each file by name, CID, provider and time, and what labelers read: what a replay makes them from
     assert record.params["source_files"] == [
-        {"name": f["name"], "cid": f["cid"], "registered_at": times[f["name"]]} for f in entry["sources"]
+        {"name": f["name"], "cid": f["cid"], "provider": f["provider"], "registered_at": times[f["name"]]}
+        for f in entry["sources"]
     ]
+    assert record.params["labeling"] == {"kind": "table", "field": "row"}
     dup = record.params["duplicates"]
     assert dup["near"]["groups"] == 30 and dup["near"]["copies"] == 30 and dup["near"]["fraction"] == 0.25
     assert dup["near"]["threshold"] > 0 and "standardized" in dup["near"]["method"]
@@ -384,6 +397,53 @@ def test_the_ingest_record_states_the_grouping_and_each_files_time(tmp_path, mon
     said = (f"30 copies in 30 groups (threshold {dup['near']['threshold']}), compared on f; "
             "b and copycat copy one another (30 links)")
     assert metadata["near_duplicates"].value == said
+
+
+def test_replay_makes_the_examples_and_their_credit_again_from_the_source_files(tmp_path, monkeypatch):
+    """`pipelines.replay.check_ingest`: an honest ingest is what its source files make; examples moved to
+    another provider, or copies credited to their copier, stored under consistent CIDs, are not."""
+    import dataclasses
+
+    from pipelines.content_io import store_value
+    from pipelines.replay import check_ingest
+    from provenance import Findings, IngestRecord
+    from storage import read_parquet
+
+    _, _, cid, record, store = _ingested(tmp_path, monkeypatch)
+
+    def checked(forged) -> Findings:
+        found = Findings()
+        check_ingest(store, cid, forged, found)
+        return found
+
+    honest = checked(record)
+    assert honest.ok and not honest.skipped, honest.failures
+    examples = read_parquet(store.get(record.outputs[IngestRecord.EXAMPLES]))
+    a_rows = [i for i, p in enumerate(examples["provider"].to_pylist()) if p == "a"][:5]
+    moved = examples["provider"].to_pylist()
+    for i in a_rows:
+        moved[i] = "c"
+    credit = read_parquet(store.get(record.outputs[IngestRecord.EXAMPLE_CREDIT]))
+    copied = {e for e, r in zip(credit["example_id"].to_pylist(), credit["representative"].to_pylist(),
+                                strict=True) if e != r}  # the copycat's rows, credited to b
+    paid = [("copycat" if e in copied else p) for e, p in zip(credit["example_id"].to_pylist(),
+                                                             credit["provider"].to_pylist(), strict=True)]
+    forgeries = {
+        IngestRecord.EXAMPLES: (examples.set_column(examples.schema.get_field_index("provider"), "provider",
+                                                    pa.array(moved)), "5 examples differ, credited to a, c"),
+        IngestRecord.EXAMPLE_CREDIT: (credit.set_column(credit.schema.get_field_index("provider"), "provider",
+                                                        pa.array(paid)),
+                                      f"{len(copied)} examples differ, credited to b, copycat"),
+    }
+    for output, (table, said) in forgeries.items():
+        found = checked(dataclasses.replace(record, outputs={**record.outputs,
+                                                             output: store_value(store, table).cid}))
+        assert found.names() == {"ingest_differs"} and len(found.failures) == 1, found.failures
+        assert said in found.failures[0].detail
+    # a record that names no source files (a hub dataset's, or one from before) is skipped and said
+    bare = dataclasses.replace(record, params={k: v for k, v in record.params.items() if k != "source_files"})
+    found = checked(bare)
+    assert found.ok and [s.name for s in found.skipped] == ["SKIP (ingest)"]
 
 
 @pytest.mark.parametrize("dim", [1, 2, 3, 5, 8])

@@ -59,9 +59,10 @@ def test_the_same_files_from_two_folders_give_the_same_cids(tmp_path, monkeypatc
     assert a["entry"] == b["entry"] and a["catalog"] == b["catalog"]
     assert a["record"].inputs == b["record"].inputs and a["record"].outputs == b["record"].outputs
     assert a["record"].params == b["record"].params
-    # each source file by name, CID and registration time: a replay needs no other version
+    # each source file by name, CID, provider and registration time: a replay needs no other version
     assert a["record"].params["source_files"] == [
-        {"name": f["name"], "cid": f["cid"], "registered_at": REGISTERED} for f in a["entry"]["sources"]
+        {"name": f["name"], "cid": f["cid"], "provider": f["provider"], "registered_at": REGISTERED}
+        for f in a["entry"]["sources"]
     ]
     for published in (a["catalog"], json.dumps(a["record"].to_json())):
         assert str(tmp_path) not in published and "alice" not in published  # no local path anywhere

@@ -18,7 +18,9 @@ import rfc8785
 from PIL import Image
 
 from pipelines.datasets import DatasetError, Payload, image_problem, load_source, to_examples, typed_payload
+from pipelines.replay import check_ingest
 from pipelines.resources import DatasetCatalog
+from provenance import Findings
 from storage import BlockStore, cid_for_file, read_parquet
 from tests.pipelines.test_ingest_identity import ingest_stage
 
@@ -133,6 +135,10 @@ def test_the_same_images_from_two_folders_give_the_same_cids_snapshot_and_ids(tm
     # the ingest record names them too: a replay fetches every image by CID
     recorded = a["record"].params["source_files"]
     assert {f["cid"] for f in recorded} | {r["cid"] for f in recorded for r in f.get("refs", [])} == named
+    # ... and a replay makes the same examples and credit from them (`pipelines.replay.check_ingest`)
+    remade = Findings()
+    check_ingest(b["store"], "ingest", b["record"], remade)
+    assert remade.ok and not remade.skipped, remade.failures
 
 
 def _bad(tmp_path: Path, name: str, table: pa.Table | str | bytes) -> str:
