@@ -90,7 +90,15 @@ from pipelines.assets.training import (
     value_method,
 )
 from pipelines.compute_platform import can_run, pinned_threads, run_kernels, training_platform
-from pipelines.datasets import DatasetError, Payload, SourceFile, load_files, registration_times, to_examples
+from pipelines.datasets import (
+    DatasetError,
+    Payload,
+    SourceFile,
+    load_files,
+    registration_times,
+    to_examples,
+    validation_examples,
+)
 from pipelines.lineage import pipeline_code
 from provenance import (
     CONSENSUS,
@@ -736,6 +744,9 @@ def _check_labels(
         report.fail("ingest_differs", snapshot_cid, "the snapshot's examples are not those its ingest made")
     else:
         check_ingest(store, *ingest[0], report)
+        targets = records.load(training_cid).inputs.get(TrainingRecord.VALIDATION)
+        gold = consensus.inputs.get(ConsensusRecord.GOLD)
+        check_declared(store, *ingest[0], labeled, targets, gold, report)
     without = recount(store, consensus_cid)  # None: the record names no answers
     if without is None or SnapshotRecord.EXAMPLES not in snapshot.inputs:
         report.skip("SKIP (labels)", consensus_cid, "no inputs named to recompute the labels from")
@@ -803,6 +814,44 @@ def check_ingest(store: ContentStore, cid: str, ingest: Record, report: Findings
         report.fail("ingest_differs", cid, "its example credit is not the duplicate grouping its examples "
                     "make: " + ("none recorded" if credit is None else _credited_elsewhere(
                         credit, made.grouping.credit, "provider", "share")))
+
+
+def check_declared(
+    store: ContentStore, cid: str, ingest: Record, labeled: pa.Table, validation_cid: str | None,
+    gold_cid: str | None, report: Findings,
+) -> None:
+    """The validation set the run measured influence against (`validation_cid`, the training record's)
+    is the one its dataset version declared at registration, made again from the file the ingest record
+    names, and the gold its consensus graded labelers on (`gold_cid`) is the declared gold file: else a
+    publisher could pick targets that favour a provider, or gold that favours a labeler, and train and
+    pay on them, every CID consistent. A record from before records named them is not checked here
+    (`check_ingest` says so)."""
+    params = ingest.params
+    if "validation" not in params:
+        return
+    declared, labeling = params["validation"], params.get("labeling") or {}
+    if declared is None and validation_cid is not None:
+        report.fail("validation_differs", cid, "the run measured influence against a validation set its "
+                    "version never declared")
+    elif declared is not None and validation_cid is None:
+        report.fail("validation_differs", cid, "its version declares a validation set the run did not "
+                    "measure influence against")
+    elif declared is not None:
+        file = SourceFile.from_json({**declared, "provider": "validation"})
+        why = ""
+        try:
+            made = validation_examples(load_files([file], store.get, payload=Payload.of(labeling)), labeled,
+                                       labeling.get("choices") or [])
+        except DatasetError as exc:
+            made, why = None, f": {exc}"
+        stored = read_parquet(store.get(validation_cid))
+        if made is None or made.column_names != stored.column_names or not _same_rows(stored, made):
+            report.fail("validation_differs", cid, "the validation set the run measured influence against is "
+                        f"not the one its version declared ({declared['name']}, {declared['cid']}){why}")
+    gold = (params.get("gold") or {}).get("cid")
+    if gold != gold_cid:
+        report.fail("gold_differs", cid, "the consensus graded its labelers on other gold than its version "
+                    f"declared ({gold or 'none'})")
 
 
 def _credited_elsewhere(stored: pa.Table, made: pa.Table, *columns: str) -> str:

@@ -1,7 +1,5 @@
 """Ingest stage: a registered source becomes content-hashed `examples`, and their pinned snapshot."""
 
-import dataclasses
-
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -57,7 +55,11 @@ def raw_dataset(
                 }
                 for f in files
             ],
-            "labeling": dataclasses.asdict(payload) if payload else None,
+            # what the version declared at registration, before any label or training: the labeling spec,
+            # and the validation set influence is measured against and the gold labelers are graded on
+            "labeling": entry.get("labeling"),
+            "validation": entry.get("validation"),
+            "gold": entry.get("gold"),
             **({"registered_at": entry.get("registered_at") or ""} if entry["hf"] else {}),
             "duplicates_dropped": report.duplicates_dropped,
             "duplicates": grouping.to_params(),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
+from types import SimpleNamespace
 
 import dagster as dg
 import numpy as np
@@ -330,10 +331,10 @@ def pq_bytes(table: pa.Table) -> bytes:
 # ---------------------------------------------------------------- the ingest record
 
 
-def _ingested(tmp_path, monkeypatch):
-    """Version v2 (three honest providers, registered at T0 as v1, and a copycat of b's rows at T1)
-    through the ingest asset: (its catalog entry, the materialization, its ingest record's CID and the
-    record, the store)."""
+def _ingested(tmp_path, monkeypatch) -> SimpleNamespace:
+    """Version v2 (three honest providers, registered at T0 as v1, and a copycat of b's rows at T1; a
+    validation set and gold declared) through the ingest asset: its catalog entry, the materialization
+    (`result`), its ingest record's CID and the record, the store and the catalog."""
     from pipelines.assets import ingest
     from pipelines.resources import DatasetCatalog, resources_for
     from pipelines.settings import load_settings
@@ -352,6 +353,10 @@ def _ingested(tmp_path, monkeypatch):
         for folder in (first, second):
             pq.write_table(with_ids(_rows(x, p), p), folder / f"{p}.parquet")
     pq.write_table(with_ids(_rows(honest["b"] + 1e-3, "copycat"), "copycat"), second / "copycat.parquet")
+    held_out = with_ids(_rows(rng.normal(size=(20, honest["a"].shape[1])), "held"), "held")
+    validation, gold = tmp_path / "validation.parquet", tmp_path / "gold.parquet"
+    pq.write_table(held_out.append_column("label", pa.array(["x", "y"] * 10)), validation)
+    pq.write_table(pa.table({"example_id": ["e"], "label": ["x"]}), gold)
     monkeypatch.setenv("CARAVAN_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("CARAVAN_STORE_DIR", raising=False)
     settings = load_settings()
@@ -360,21 +365,24 @@ def _ingested(tmp_path, monkeypatch):
     catalog = DatasetCatalog(root=str(settings.catalog_dir))
     labeling = {"kind": "table", "field": "row", "choices": ["x", "y"]}  # so the ids are left out
     catalog.register("v1", str(first), store=store, labeling=labeling, registered_at=T0)
-    entry = catalog.register("v2", str(second), store=store, labeling=labeling, registered_at=T1)
+    entry = catalog.register("v2", str(second), store=store, labeling=labeling, registered_at=T1,
+                             validation=str(validation), gold=str(gold))
     with dg.DagsterInstance.ephemeral() as instance:
         instance.add_dynamic_partitions("dataset_version", ["v2"])
         result = dg.materialize([ingest.raw_dataset], partition_key="v2", instance=instance,
                                 resources=resources)
     assert result.success
     cid = resources["lineage"].cid_of(INGEST, "v2")
-    return entry, result, cid, load_record(store, cid), store
+    return SimpleNamespace(entry=entry, result=result, cid=cid, record=load_record(store, cid), store=store,
+                           catalog=catalog)
 
 
 def test_the_ingest_record_states_the_grouping_and_each_files_time(tmp_path, monkeypatch) -> None:
     from provenance import IngestRecord
     from storage import read_parquet
 
-    entry, result, _, record, store = _ingested(tmp_path, monkeypatch)
+    v2 = _ingested(tmp_path, monkeypatch)
+    entry, result, record, store = v2.entry, v2.result, v2.record, v2.store
     times = {f["name"]: f["registered_at"] for f in entry["sources"]}
     assert times == {"a.parquet": T0, "b.parquet": T0, "c.parquet": T0, "copycat.parquet": T1}
     # each file by name, CID, provider and time, and what labelers read: what a replay makes them from
@@ -382,7 +390,8 @@ def test_the_ingest_record_states_the_grouping_and_each_files_time(tmp_path, mon
         {"name": f["name"], "cid": f["cid"], "provider": f["provider"], "registered_at": times[f["name"]]}
         for f in entry["sources"]
     ]
-    assert record.params["labeling"] == {"kind": "table", "field": "row"}
+    assert record.params["labeling"] == entry["labeling"]  # and what the version declared with them
+    assert record.params["validation"] == entry["validation"] and record.params["gold"] == entry["gold"]
     dup = record.params["duplicates"]
     assert dup["near"]["groups"] == 30 and dup["near"]["copies"] == 30 and dup["near"]["fraction"] == 0.25
     assert dup["near"]["threshold"] > 0 and "standardized" in dup["near"]["method"]
@@ -409,7 +418,8 @@ def test_replay_makes_the_examples_and_their_credit_again_from_the_source_files(
     from provenance import Findings, IngestRecord
     from storage import read_parquet
 
-    _, _, cid, record, store = _ingested(tmp_path, monkeypatch)
+    v2 = _ingested(tmp_path, monkeypatch)
+    cid, record, store = v2.cid, v2.record, v2.store
 
     def checked(forged) -> Findings:
         found = Findings()
@@ -444,6 +454,39 @@ def test_replay_makes_the_examples_and_their_credit_again_from_the_source_files(
     bare = dataclasses.replace(record, params={k: v for k, v in record.params.items() if k != "source_files"})
     found = checked(bare)
     assert found.ok and [s.name for s in found.skipped] == ["SKIP (ingest)"]
+
+
+def test_replay_holds_the_validation_set_and_gold_to_those_the_version_declared(tmp_path, monkeypatch):
+    """`pipelines.replay.check_declared`: influence measured against the declared validation set (made
+    again from its file) and labelers graded on the declared gold pass; any other, or none, fails."""
+    import dataclasses
+
+    from pipelines.content_io import store_value
+    from pipelines.replay import check_declared
+    from provenance import Findings, IngestRecord
+    from storage import read_parquet
+
+    v2 = _ingested(tmp_path, monkeypatch)
+    examples = read_parquet(v2.store.get(v2.record.outputs[IngestRecord.EXAMPLES]))
+    labeled = examples.append_column("label", pa.array(["x"] * examples.num_rows))
+    declared = v2.catalog.validation("v2", labeled, v2.store)  # what training measures against
+    honest, gold = store_value(v2.store, declared).cid, v2.entry["gold"]["cid"]
+    other = store_value(v2.store, declared.slice(0, 12)).cid  # targets of the publisher's choosing
+
+    def checked(validation, graded, record=v2.record) -> set[str]:
+        found = Findings()
+        check_declared(v2.store, v2.cid, record, labeled, validation, graded, found)
+        assert not found.skipped
+        return found.names()
+
+    assert checked(honest, gold) == set()
+    assert checked(other, gold) == {"validation_differs"}
+    assert checked(None, gold) == {"validation_differs"}  # the declared set left out
+    assert checked(honest, v2.entry["validation"]["cid"]) == {"gold_differs"}
+    assert checked(honest, None) == {"gold_differs"}
+    undeclared = dataclasses.replace(v2.record, params={**v2.record.params, "validation": None, "gold": None})
+    assert checked(None, None, undeclared) == set()
+    assert checked(honest, None, undeclared) == {"validation_differs"}  # targets the version never declared
 
 
 @pytest.mark.parametrize("dim", [1, 2, 3, 5, 8])

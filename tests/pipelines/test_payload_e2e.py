@@ -133,6 +133,7 @@ def test_a_payload_set_is_labeled_trained_paid_served_and_replayed(caravan_env, 
     monkeypatch.setattr("pipelines.replay.pipeline_code", lambda: CODE)
     replayed = replayed_elsewhere(chain, store, first["run_id"])
     assert replayed.ok and replayed.same_platform, [f.__dict__ for f in replayed.failures]
+    assert not replayed.skipped  # the examples, credit and validation set made again from the sources too
     assert replayed.max_score_diff == 0.0  # bit for bit
     assert replayed.replayed_root == replayed.onchain_root
     if kind == "image":  # another platform rounds differently: within the spread of two replays there
