@@ -11,8 +11,9 @@ retrains with the same code, and compares:
   name. Without this a publisher could train and pay on labels (or credit) of its choosing, every
   CID and score consistent;
 - the examples and their credit against what this code makes of the source files the ingest record
-  names (`check_ingest`): else examples could be moved between providers, or copies credited to their
-  copier, with every later record consistent;
+  names (`check_ingest`), and the validation set and gold against those the version declared
+  (`check_declared`): else examples could be moved between providers, copies credited to their copier,
+  or targets picked to favour a provider, with every later record consistent;
 - the input encoding (what serving encodes every paid request by: a table's columns and scale, a
   tokenizer, an image policy) against the one the replay made from the run's data and recipe;
 - the trained model and its TRAK features (what serving loads, and splits each prediction's fee by)
