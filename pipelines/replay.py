@@ -11,7 +11,8 @@ retrains with the same code, and compares:
   name. Without this a publisher could train and pay on labels (or credit) of its choosing, every
   CID and score consistent;
 - the examples and their credit against what this code makes of the source files the ingest record
-  names (`check_ingest`), and the validation set and gold against those the version declared
+  names (`check_ingest`; the pinned snapshot must hold them, `check_snapshot`), and the validation set
+  and gold against those the version declared
   (`check_declared`): else examples could be moved between providers, copies credited to their copier,
   or targets picked to favour a provider, with every later record consistent;
 - the input encoding (what serving encodes every paid request by: a table's columns and scale, a
@@ -123,7 +124,7 @@ from provenance import (
     share_leaves,
 )
 from serving import fetch_local_model
-from storage import ContentStore, read_parquet
+from storage import ContentStore, read_parquet, snapshot_parquet
 
 
 class ReplayRefused(ValueError):
@@ -744,7 +745,8 @@ def _check_labels(
     if not ingest or examples_cid != ingest[0][1].outputs.get(IngestRecord.EXAMPLES):
         report.fail("ingest_differs", snapshot_cid, "the snapshot's examples are not those its ingest made")
     else:
-        check_ingest(store, *ingest[0], report)
+        if check_ingest(store, *ingest[0], report):
+            check_snapshot(store, snapshot_cid, snapshot, report)
         targets = records.load(training_cid).inputs.get(TrainingRecord.VALIDATION)
         gold = consensus.inputs.get(ConsensusRecord.GOLD)
         check_declared(store, *ingest[0], labeled, targets, gold, report)
@@ -785,25 +787,25 @@ def _check_labels(
     return without
 
 
-def check_ingest(store: ContentStore, cid: str, ingest: Record, report: Findings) -> None:
+def check_ingest(store: ContentStore, cid: str, ingest: Record, report: Findings) -> bool:
     """The examples and their credit are what this code makes of the source files the ingest record
     names (`to_examples`, by the files' CIDs, providers and registration times): without it a publisher
     could move examples from one provider to another, or credit another's copies to itself, and pay by
     that under consistent CIDs, every later check passing. A record that names no source files (a hub
-    dataset, or one recorded before records named what this needs) is skipped and said."""
+    dataset, or one recorded before records named what this needs) is skipped and said (False)."""
     files, params = ingest.params.get("source_files") or [], ingest.params
     if params.get("hf") or not files or "labeling" not in params:
         why = "a hub dataset, which replay does not download" if params.get("hf") else (
             "the ingest record names no source files and labeling spec to make its examples from")
         report.skip("SKIP (ingest)", cid, why)
-        return
+        return False
     payload = Payload.of(params["labeling"])
     try:
         rows = load_files([SourceFile.from_json(f) for f in files], store.get, payload=payload)
         examples, made = to_examples(rows, registration_times(files), payload)
     except DatasetError as exc:
         report.fail("ingest_differs", cid, f"its source files make no examples here: {exc}")
-        return
+        return True
     stored = read_parquet(store.get(ingest.outputs[IngestRecord.EXAMPLES]))
     if stored.column_names != examples.column_names or not _same_rows(stored, examples):
         report.fail("ingest_differs", cid, "its examples are not what its source files make: "
@@ -815,6 +817,16 @@ def check_ingest(store: ContentStore, cid: str, ingest: Record, report: Findings
         report.fail("ingest_differs", cid, "its example credit is not the duplicate grouping its examples "
                     "make: " + ("none recorded" if credit is None else _credited_elsewhere(
                         credit, made.grouping.credit, "provider", "share")))
+    return True
+
+
+def check_snapshot(store: ContentStore, cid: str, snapshot: Record, report: Findings) -> None:
+    """The version's pinned snapshot (what names and publishes the dataset version) holds the examples its
+    record names, as `dataset_snapshot` writes them: else an auditor tracing a payout to the data would
+    read other rows than were trained on and paid by."""
+    examples = read_parquet(store.get(snapshot.inputs[SnapshotRecord.EXAMPLES]))
+    if store.get(snapshot.outputs[SnapshotRecord.SNAPSHOT]) != snapshot_parquet(examples):
+        report.fail("ingest_differs", cid, "the pinned snapshot does not hold the examples its record names")
 
 
 def check_declared(

@@ -338,7 +338,7 @@ def _ingested(tmp_path, monkeypatch) -> SimpleNamespace:
     from pipelines.assets import ingest
     from pipelines.resources import DatasetCatalog, resources_for
     from pipelines.settings import load_settings
-    from provenance import INGEST, load_record
+    from provenance import INGEST, SNAPSHOT, load_record
 
     rng = np.random.default_rng(11)
     honest = _honest(rng)
@@ -369,12 +369,12 @@ def _ingested(tmp_path, monkeypatch) -> SimpleNamespace:
                              validation=str(validation), gold=str(gold))
     with dg.DagsterInstance.ephemeral() as instance:
         instance.add_dynamic_partitions("dataset_version", ["v2"])
-        result = dg.materialize([ingest.raw_dataset], partition_key="v2", instance=instance,
-                                resources=resources)
+        result = dg.materialize([ingest.raw_dataset, ingest.dataset_snapshot], partition_key="v2",
+                                instance=instance, resources=resources)
     assert result.success
-    cid = resources["lineage"].cid_of(INGEST, "v2")
+    cid, snapshot = (resources["lineage"].cid_of(activity, "v2") for activity in (INGEST, SNAPSHOT))
     return SimpleNamespace(entry=entry, result=result, cid=cid, record=load_record(store, cid), store=store,
-                           catalog=catalog)
+                           catalog=catalog, snapshot=(snapshot, load_record(store, snapshot)))
 
 
 def test_the_ingest_record_states_the_grouping_and_each_files_time(tmp_path, monkeypatch) -> None:
@@ -414,8 +414,8 @@ def test_replay_makes_the_examples_and_their_credit_again_from_the_source_files(
     import dataclasses
 
     from pipelines.content_io import store_value
-    from pipelines.replay import check_ingest
-    from provenance import Findings, IngestRecord
+    from pipelines.replay import check_ingest, check_snapshot
+    from provenance import Findings, IngestRecord, SnapshotRecord
     from storage import read_parquet
 
     v2 = _ingested(tmp_path, monkeypatch)
@@ -454,6 +454,14 @@ def test_replay_makes_the_examples_and_their_credit_again_from_the_source_files(
     bare = dataclasses.replace(record, params={k: v for k, v in record.params.items() if k != "source_files"})
     found = checked(bare)
     assert found.ok and [s.name for s in found.skipped] == ["SKIP (ingest)"]
+    # the pinned snapshot holds the examples its record names (`check_snapshot`), and a forged one does not
+    snapshot_cid, snapshot = v2.snapshot
+    for pinned, names in ((snapshot, set()), (dataclasses.replace(snapshot, outputs={
+            SnapshotRecord.SNAPSHOT: store.put_bytes(snapshot_parquet(examples.slice(1)), cid_version=1)}),
+            {"ingest_differs"})):
+        found = Findings()
+        check_snapshot(store, snapshot_cid, pinned, found)
+        assert found.names() == names
 
 
 def test_replay_holds_the_validation_set_and_gold_to_those_the_version_declared(tmp_path, monkeypatch):
