@@ -368,6 +368,17 @@ def _rows(rows: Sequence[int]) -> str:
     return f"row{'s' if len(rows) > 1 else ''} [{shown}{more}] (counted from 0)"
 
 
+def hub_table(source: str) -> pa.Table:
+    """The rows of a Hugging Face dataset source (`hf:NAME`, its train split), read offline from the
+    local cache: registration pins them as a source file, so no later step reads the hub."""
+    return _load_hf(source.removeprefix("hf:"))
+
+
+def hub_file_name(source: str) -> str:
+    """The file name a pinned hub dataset is recorded under (its reader picked by the suffix)."""
+    return source.removeprefix("hf:").strip("/").replace("/", "__") + ".parquet"
+
+
 def _load_hf(name: str) -> pa.Table:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     import datasets  # local: importing `datasets` is slow and only this path needs it

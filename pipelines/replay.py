@@ -794,10 +794,10 @@ def check_ingest(store: ContentStore, cid: str, ingest: Record, report: Findings
     that under consistent CIDs, every later check passing. A record that names no source files (a hub
     dataset, or one recorded before records named what this needs) is skipped and said (False)."""
     files, params = ingest.params.get("source_files") or [], ingest.params
-    if params.get("hf") or not files or "labeling" not in params:
-        why = "a hub dataset, which replay does not download" if params.get("hf") else (
-            "the ingest record names no source files and labeling spec to make its examples from")
-        report.skip("SKIP (ingest)", cid, why)
+    if not files or "labeling" not in params:
+        report.skip("SKIP (ingest)", cid, "the ingest record names no source files and labeling spec to "
+                    "make its examples from (a record from before they were named, or a hub dataset "
+                    "registered before its rows were pinned)")
         return False
     payload = Payload.of(params["labeling"])
     try:

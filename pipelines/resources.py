@@ -16,10 +16,12 @@ from typing import Any
 import dagster as dg
 import pyarrow as pa
 
-from pipelines.content_io import AssetIndex, ContentStoreIOManager, StoreResource
+from pipelines.content_io import AssetIndex, ContentStoreIOManager, StoreResource, table_bytes
 from pipelines.datasets import (
     Payload,
     SourceFile,
+    hub_file_name,
+    hub_table,
     load_files,
     load_source,
     registration_times,
@@ -30,7 +32,7 @@ from pipelines.lineage import LineageResource
 from pipelines.privacy import holder_keyfile, keyring_dir
 from pipelines.settings import Settings, load_settings
 from provenance import utc_time
-from storage import ContentStore, EncryptedStore, cid_for_file
+from storage import ContentStore, EncryptedStore, cid_for_bytes, cid_for_file
 
 
 class DatasetCatalog(dg.ConfigurableResource):
@@ -59,7 +61,9 @@ class DatasetCatalog(dg.ConfigurableResource):
         moving a catalog), and a file its provider already registered under any version keeps its
         earlier time: duplicates are credited to whoever registered first (the same bytes under
         another provider, e.g. a copied image file, take this call's time). Registering the same
-        content again (from any folder) is a no-op and keeps the earlier time."""
+        content again (from any folder) is a no-op and keeps the earlier time. A hub dataset
+        (`hf:NAME`) is read here, once, offline from the local cache, and pinned as one Parquet source
+        file: the version is those rows, whatever the hub serves later."""
         path = self._path(version)
         private = isinstance(store, EncryptedStore)
         if path.exists() and json.loads(path.read_text()).get("private", False) != private:
@@ -69,17 +73,18 @@ class DatasetCatalog(dg.ConfigurableResource):
             )
         hf = source if source.startswith("hf:") else None
         payload = Payload.of(labeling)  # an image column of paths pins the files it names
-        files = [] if hf else source_files(source, provider=provider, payload=payload)
         registered_at = _checked_time(registered_at) if registered_at else utc_time()  # one per call
         first_seen = self._first_registered()
+        if hf:  # the hub's rows, pinned now: no later step reads the hub
+            pinned = [_pinned_hub(store, hf, provider)]
+        else:
+            files = source_files(source, provider=provider, payload=payload)
+            pinned = [((f.cid, f.provider), _pinned(store, p, f)) for p, f in files]
         entry = {
             "version": version,
-            "sources": [
-                {
-                    **_pinned(store, p, f),
-                    "registered_at": min(registered_at, first_seen.get((f.cid, f.provider), registered_at)),
-                }
-                for p, f in files
+            "sources": [  # a file registered before (same content and provider) keeps its first time
+                {**item, "registered_at": min(registered_at, first_seen.get(key, registered_at))}
+                for key, item in pinned
             ],
             "hf": hf,
             "registered_at": registered_at,
@@ -168,7 +173,7 @@ class DatasetCatalog(dg.ConfigurableResource):
         """The registered rows of `version` (pa.Table), read back from the store by CID."""
         entry = self.lookup(version)
         payload = Payload.of(entry.get("labeling"))  # the payload column checked and typed (text, image)
-        if entry["hf"]:
+        if entry["hf"] and not entry["sources"]:  # registered before hub rows were pinned
             return load_source(entry["hf"], provider=entry["provider"], payload=payload)
         return load_files([SourceFile.from_json(f) for f in entry["sources"]], store.get, payload=payload)
 
@@ -178,7 +183,7 @@ class DatasetCatalog(dg.ConfigurableResource):
         providers (copied image files) may have been registered at different times. A version
         registered before times were kept counts all its sources as registered together."""
         entry = self.lookup(version)
-        if entry["hf"]:
+        if entry["hf"] and not entry["sources"]:  # registered before hub rows were pinned
             return {entry["hf"]: entry.get("registered_at") or ""}
         return registration_times(entry["sources"])
 
@@ -214,6 +219,16 @@ def _timeless(entry: dict[str, Any]) -> dict[str, Any]:
     if isinstance(out.get("sources"), list):
         out["sources"] = [{k: v for k, v in f.items() if k != "registered_at"} for f in out["sources"]]
     return out
+
+
+def _pinned_hub(store: ContentStore, source: str, provider: str | None) -> tuple[tuple, dict[str, Any]]:
+    """A hub dataset's rows (`hf:NAME`), pinned as one Parquet source file (sealed for a private
+    version): ingest and every replay read the rows the version was registered with, whatever the hub
+    serves later, and nothing reads the hub after registration. Returns (its content's CID and provider,
+    its catalog item)."""
+    data = table_bytes(hub_table(source))
+    item = SourceFile(hub_file_name(source), store.put_bytes(data, cid_version=1, pin=True), provider)
+    return (cid_for_bytes(data, cid_version=1), provider), item.to_json()
 
 
 def _pinned(store: ContentStore, path: Path, file: SourceFile) -> dict[str, str | None]:

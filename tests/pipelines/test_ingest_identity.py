@@ -95,3 +95,34 @@ def test_registering_other_content_under_a_known_version_is_refused(tmp_path, mo
     relabeled = {**LABELING, "choices": [*LABELING["choices"], "other"]}
     with pytest.raises(ValueError, match=r"already registered with other labeling .*pick a new version name"):
         catalog.register(VERSION, str(folder), store=store, labeling=relabeled)
+
+
+def test_a_hub_dataset_is_pinned_when_registered_and_never_read_again(tmp_path, monkeypatch) -> None:
+    """`hf:NAME` is read once, at registration (offline, from the local cache; here a local dataset folder,
+    which `datasets` loads as it loads a cached hub dataset), and pinned as one Parquet source file:
+    ingest and replay read the pinned rows, so the version is those rows whatever the hub serves later."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.replay import check_ingest
+    from provenance import Findings, IngestRecord
+    from storage import read_parquet
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    texts = [f"review number {i}" for i in range(12)]
+    pq.write_table(pa.table({"text": texts, "provider": ["shop-a", "shop-b"] * 6}), hub / "train.parquet")
+    labeling = {"kind": "text", "field": "text", "choices": ["good", "bad"]}
+    a = ingest_stage(tmp_path / "home", f"hf:{hub}", monkeypatch, labeling)
+    (source,) = a["entry"]["sources"]
+    assert source["name"].endswith(".parquet") and source["cid"] in a["store"].pins()
+    assert [f["cid"] for f in a["record"].params["source_files"]] == [source["cid"]]
+    shutil.rmtree(hub)  # the hub, and its cache, gone
+    shutil.rmtree(tmp_path / "hf-home")
+    remade = Findings()
+    check_ingest(a["store"], "ingest", a["record"], remade)  # a replay makes them from the pinned rows
+    assert remade.ok and not remade.skipped, remade.failures
+    examples = read_parquet(a["store"].get(a["record"].outputs[IngestRecord.EXAMPLES]))
+    assert sorted(examples["text"].to_pylist()) == sorted(texts)
+    assert set(examples["provider"].to_pylist()) == {"shop-a", "shop-b"}
