@@ -5,7 +5,8 @@ tables the split was computed from, an hf-local run's starting model by the CIDs
 retrains with the same code, and compares:
 
 - the labels: the consensus the consensus record stores against the consensus recomputed from the
-  answers, gold and label review it names (by the method it names); the labeled data trained on
+  answers, gold and label review it names (by the method it names; the review itself cross-fitted
+  again, `check_review`, on the reviewed run's platform); the labeled data trained on
   against the snapshot's rows with those labels; and the examples, example credit, annotations and
   consensus the split was computed from against those the ingest, snapshot and consensus records
   name. Without this a publisher could train and pay on labels (or credit) of its choosing, every
@@ -80,6 +81,7 @@ from attribution import (
     value_noise,
 )
 from pipelines.assets.labeling import Recount, label_rows, recount, reviewed_probs
+from pipelines.assets.review import review_config, reviewed
 from pipelines.assets.training import (
     SCORE_RTOL,
     TrainingConfig,
@@ -114,6 +116,7 @@ from provenance import (
     Distribution,
     Findings,
     IngestRecord,
+    LabelReviewRecord,
     Record,
     RecordError,
     RunRecords,
@@ -757,6 +760,8 @@ def _check_labels(
     if review_cid and reviewed_probs(store, review_cid) is None:
         report.fail("lineage_incomplete", review_cid, "the label review weighed keeps no probabilities")
         return without
+    if review_cid:
+        check_review(records, review_cid, records.load(review_cid), report)
     method = str(consensus.params.get("method", "dawid_skene"))
     stored = read_parquet(store.get(consensus.outputs[ConsensusRecord.CONSENSUS]))
     _compare_consensus(stored, without(()), consensus_cid, method, report)
@@ -791,8 +796,9 @@ def check_ingest(store: ContentStore, cid: str, ingest: Record, report: Findings
     """The examples and their credit are what this code makes of the source files the ingest record
     names (`to_examples`, by the files' CIDs, providers and registration times): without it a publisher
     could move examples from one provider to another, or credit another's copies to itself, and pay by
-    that under consistent CIDs, every later check passing. A record that names no source files (a hub
-    dataset, or one recorded before records named what this needs) is skipped and said (False)."""
+    that under consistent CIDs, every later check passing. A record that names no source files (one
+    from before records named them, or a hub dataset's registered before its rows were pinned) is skipped
+    and said (False)."""
     files, params = ingest.params.get("source_files") or [], ingest.params
     if not files or "labeling" not in params:
         report.skip("SKIP (ingest)", cid, "the ingest record names no source files and labeling spec to "
@@ -865,6 +871,34 @@ def check_declared(
     if gold != gold_cid:
         report.fail("gold_differs", cid, "the consensus graded its labelers on other gold than its version "
                     f"declared ({gold or 'none'})")
+
+
+def check_review(records: RunRecords, cid: str, review: Record, report: Findings) -> None:
+    """The label review a model-method consensus weighed is what the reviewed run's recipe gives its
+    labeled data, cross-fitted again (`pipelines.assets.review.reviewed`, with the settings the record
+    names): else a publisher could weigh probabilities of its choosing into the consensus, and train and
+    pay on the labels they make, every CID consistent. Compared bit for bit, so on the reviewed run's
+    platform only (cross-fitting trains, and no band bounds its rounding); elsewhere skipped and said."""
+    runs = [r for r in map(records.load, review.parents) if r.activity == TRAINING]
+    if LabelReviewRecord.LABELED_DATASET not in review.inputs or not runs:
+        report.skip("SKIP (review)", cid, "the label review record names no labeled data and run to make it "
+                    "again from")
+        return
+    recorded = runs[0].params.get("platform") or {}
+    if not same_platform(recorded, replay_platform(recorded)):
+        report.skip("SKIP (review)", cid, "made on another platform than this one: its cross-fitted "
+                    "probabilities are compared bit for bit only")
+        return
+    store = records.store
+    labeled = read_parquet(store.get(review.inputs[LabelReviewRecord.LABELED_DATASET]))
+    made = reviewed(records, runs[0], labeled, store.get(review.inputs[LabelReviewRecord.ENCODING]),
+                    review_config(review.params)).table
+    stored = read_parquet(store.get(review.outputs[LabelReviewRecord.LABEL_REVIEW]))
+    if stored.column_names != made.column_names or not _same_rows(stored, made):
+        differ = sum(a != b for a, b in zip(stored.to_pylist(), made.to_pylist(), strict=False)) + abs(
+            stored.num_rows - made.num_rows)
+        report.fail("review_differs", cid, f"the label review the consensus weighed is not what the reviewed "
+                    f"run's recipe gives its labeled data ({differ} of {made.num_rows} rows differ)")
 
 
 def _credited_elsewhere(stored: pa.Table, made: pa.Table, *columns: str) -> str:

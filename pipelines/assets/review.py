@@ -14,8 +14,10 @@ order of the record's `classes`), which a consensus with a model method (`dawid_
 `crowdlab`) weighs beside the answers.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from importlib.metadata import version as package_version
+from typing import Any
 
 import dagster as dg
 import numpy as np
@@ -36,12 +38,21 @@ from attribution import (
 from labeling import LabelingError, request_review
 from pipelines.assets.labeling import project_spec
 from pipelines.assets.training import TrainingConfig
+from pipelines.compute_platform import pinned_threads
 from pipelines.content_io import AssetIndex, StoredValue, StoreResource, store_value
 from pipelines.lineage import LineageResource, now
 from pipelines.partitions import dataset_versions
 from pipelines.report import md_table
 from pipelines.resources import DatasetCatalog, LabelStudioResource
-from provenance import CONSENSUS, LABEL_REVIEW, TRAINING, LabelReviewRecord, RunRecords, TrainingRecord
+from provenance import (
+    CONSENSUS,
+    LABEL_REVIEW,
+    TRAINING,
+    LabelReviewRecord,
+    Record,
+    RunRecords,
+    TrainingRecord,
+)
 from serving import with_model_files
 from storage import read_parquet
 
@@ -106,24 +117,15 @@ def label_review(
     training_cid = lineage.cid_of(TRAINING, version)
     records = RunRecords(None, client)
     record = records.load(training_cid)
-    training = TrainingConfig(**record.params["config"])
-    run_id = str(record.params["run_id"])
-    encoding = with_model_files(client, encoding_from_json(model_encoding))
-    table = labeled_dataset.sort_by("example_id")
-    known = _known(table, encoding.classes)
-    if not known.all():
-        context.log.warning(f"{int((~known).sum())} examples carry labels the model never saw; not reviewed")
-        table = table.filter(pa.array(known))
-    validation_cid = record.inputs.get(TrainingRecord.VALIDATION)
-    trusted = _validation_rows(client, validation_cid, encoding.classes) if validation_cid else None
-    votes = config.votes and _consensus_method(records, record.parents) == VOTES_METHOD
-    confidence = table["confidence"].to_numpy() if votes else None
     try:
-        review, y, probs, models = _cross_fitted(encoding, table, training, config, trusted, confidence)
+        made = reviewed(records, record, labeled_dataset, model_encoding, config)
     except AttributionError as exc:
         raise dg.Failure(str(exc)) from exc
-    out = review_table(table, review, probs, encoding.classes, run_id)
-    stored = store_value(client, out)
+    if made.unknown:
+        context.log.warning(f"{made.unknown} examples carry labels the model never saw; not reviewed")
+    review, run_id = made.review, str(record.params["run_id"])
+    validation_cid = record.inputs.get(TrainingRecord.VALIDATION)
+    stored = store_value(client, made.table)
     written = lineage.write(
         client,
         LABEL_REVIEW,
@@ -139,32 +141,79 @@ def label_review(
         params={
             "run_id": run_id,
             "folds": config.folds,
-            "seed": training.seed,
+            "seed": TrainingConfig(**record.params["config"]).seed,
             "method": QUALITY_METHOD,
-            "models": models,
-            "votes": VOTES_METHOD if votes else None,  # whose confidence was weighed in (with_votes)
+            "models": made.models,
+            "votes": VOTES_METHOD if made.votes else None,  # whose confidence was weighed in (with_votes)
             "recipe_weight": review.recipe_weight,  # the recipe's share of the mixture (1.0: alone)
             "recipe_epochs": review.epochs,  # the recipe's cross-fitted length (None: the run's own epochs)
-            "trusted_rows": trusted.num_rows if trusted is not None else 0,  # validation rows trained on
+            # the validation rows every fold trained on
+            "trusted_rows": made.trusted.num_rows if made.trusted is not None else 0,
             "cleanlab": package_version("cleanlab"),
-            **({"scikit-learn": package_version("scikit-learn")} if len(models) > 1 else {}),
-            "classes": [str(c) for c in encoding.classes],
+            **({"scikit-learn": package_version("scikit-learn")} if len(made.models) > 1 else {}),
+            "classes": made.classes,
         },
     )
-    flagged = int(review.flagged.sum())
-    context.log.info(f"run {run_id}: {flagged} of {len(y)} consensus labels flagged as likely wrong")
+    flagged, n = int(review.flagged.sum()), made.table.num_rows
+    context.log.info(f"run {run_id}: {flagged} of {n} consensus labels flagged as likely wrong")
     return dg.Output(
         stored,
         metadata={
             "run_id": run_id,
             "record_cid": written,
-            "dagster/row_count": out.num_rows,
+            "dagster/row_count": n,
             "flagged": flagged,
-            "flagged_fraction": round(flagged / max(len(y), 1), 4),
-            "detector": _detector_text(config.folds, models, review, trusted, votes),
-            "top_suspects": dg.MetadataValue.md(suspects_md(out.sort_by("rank").slice(0, config.top))),
+            "flagged_fraction": round(flagged / max(n, 1), 4),
+            "detector": _detector_text(config.folds, made.models, review, made.trusted, made.votes),
+            "top_suspects": dg.MetadataValue.md(suspects_md(made.table.sort_by("rank").slice(0, config.top))),
         },
     )
+
+
+@dataclass(frozen=True)
+class Reviewed:
+    """What `reviewed` made of a run's labeled data: the `label_review` table and how it was made."""
+
+    table: pa.Table  # the label_review contract (`review_table`)
+    review: LabelReview
+    classes: list[str]  # the model's classes, the order of `class_probs`
+    models: list[str]  # the models mixed ("recipe", then "forest" or "bag_of_tokens")
+    trusted: pa.Table | None  # the validation rows every fold also trained on
+    votes: bool  # the Dawid-Skene consensus' confidence weighed in
+    unknown: int  # examples left out: labels the model never saw
+
+
+def reviewed(
+    records: RunRecords, training: Record, labeled_dataset: pa.Table, model_encoding: bytes,
+    config: ReviewConfig,
+) -> Reviewed:
+    """The label review of the run `training` records (its recipe cross-fitted on its labeled data, under
+    its thread count): what `label_review` stores, and what a replay makes again to check a stored one
+    (`pipelines.replay`)."""
+    client = records.store
+    encoding = with_model_files(client, encoding_from_json(model_encoding))
+    table = labeled_dataset.sort_by("example_id")
+    known = _known(table, encoding.classes)
+    table = table.filter(pa.array(known))
+    validation_cid = training.inputs.get(TrainingRecord.VALIDATION)
+    trusted = _validation_rows(client, validation_cid, encoding.classes) if validation_cid else None
+    votes = config.votes and _consensus_method(records, training.parents) == VOTES_METHOD
+    confidence = table["confidence"].to_numpy() if votes else None
+    threads = (training.params.get("platform") or {}).get("threads")
+    with pinned_threads(threads):
+        review, _, probs, models = _cross_fitted(encoding, table, TrainingConfig(**training.params["config"]),
+                                                 config, trusted, confidence)
+    out = review_table(table, review, probs, encoding.classes, str(training.params["run_id"]))
+    classes = [str(c) for c in encoding.classes]
+    return Reviewed(out, review, classes, models, trusted, votes, int((~known).sum()))
+
+
+def review_config(params: Mapping[str, Any]) -> ReviewConfig:
+    """The review settings a label review record's `params` say it was made with (its models, folds and
+    whether votes were weighed in)."""
+    models = params.get("models") or ["recipe"]
+    return ReviewConfig(folds=int(params["folds"]), forest="forest" in models,
+                        bag_of_tokens="bag_of_tokens" in models, votes=params.get("votes") is not None)
 
 
 def review_table(

@@ -10,6 +10,7 @@ the stored review and answers alone.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import dagster as dg
@@ -25,6 +26,7 @@ from pipelines.assets.labeling import ConsensusConfig, consensus_method, recount
 from pipelines.content_io import store_value
 from pipelines.lineage import now
 from pipelines.partitions import dataset_versions
+from pipelines.replay import check_review
 from pipelines.resources import DatasetCatalog, resources_for
 from pipelines.settings import load_settings
 from provenance import (
@@ -34,7 +36,9 @@ from provenance import (
     SNAPSHOT,
     TRAINING,
     ConsensusRecord,
+    Findings,
     LabelReviewRecord,
+    RunRecords,
     TrainingRecord,
     load_record,
 )
@@ -184,6 +188,36 @@ def test_consensus_weighs_the_last_review_once_new_answers_arrive(home, method):
     _run(home, labeling_assets.consensus_labels, method="dawid_skene")
     plain, _ = _consensus(home)
     assert plain.params["method"] == "dawid_skene" and ConsensusRecord.LABEL_REVIEW not in plain.inputs
+
+
+def test_replay_makes_the_review_again_and_fails_a_forged_one(home):
+    """`pipelines.replay.check_review`: a stored review is what its run's recipe gives the run's labeled
+    data, cross-fitted again bit for bit; one with other probabilities (which a model-method consensus
+    would weigh), stored under consistent CIDs, is not."""
+    client = home["client"]
+    _store(home, "raw_dataset", home["raw"])
+    _store(home, "annotations", annotations_table(home["answers"]))
+    _run(home, *TRAIN_AND_REVIEW, method="crowdlab")
+    records = RunRecords(None, client)
+    cid = home["resources"]["lineage"].cid_of(LABEL_REVIEW, VERSION)
+    record = records.load(cid)
+
+    def checked(review) -> Findings:
+        found = Findings()
+        check_review(records, cid, review, found)
+        return found
+
+    honest = checked(record)
+    assert honest.ok and not honest.skipped, honest.failures
+    stored = read_parquet(client.get(record.outputs[LabelReviewRecord.LABEL_REVIEW]))
+    probs = stored["class_probs"].to_pylist()
+    probs[0] = probs[0][::-1]  # one example's probabilities turned round
+    table = stored.set_column(stored.schema.get_field_index("class_probs"), "class_probs",
+                              pa.array(probs, pa.list_(pa.float64())))
+    found = checked(dataclasses.replace(record, outputs={
+        LabelReviewRecord.LABEL_REVIEW: store_value(client, table).cid}))
+    assert found.names() == {"review_differs"}
+    assert f"1 of {stored.num_rows} rows differ" in found.failures[0].detail
 
 
 def test_a_review_stored_before_it_kept_probabilities_gives_none(home):
