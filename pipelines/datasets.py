@@ -201,7 +201,7 @@ def load_source(source: str, *, provider: str | None = None, payload: Payload | 
     A table without a `provider` column takes `provider` (or, for a folder, the file stem).
     """
     if source.startswith("hf:"):
-        table = _with_provider(_load_hf(source[3:]), provider, source)
+        table = _with_provider(hub_table(source), provider, source)
         return typed_payload(table, payload, source) if payload else table
     files = source_files(source, provider=provider, payload=payload)
     paths = {f.cid: path for path, f in files}
@@ -371,23 +371,20 @@ def _rows(rows: Sequence[int]) -> str:
 def hub_table(source: str) -> pa.Table:
     """The rows of a Hugging Face dataset source (`hf:NAME`, its train split), read offline from the
     local cache: registration pins them as a source file, so no later step reads the hub."""
-    return _load_hf(source.removeprefix("hf:"))
-
-
-def hub_file_name(source: str) -> str:
-    """The file name a pinned hub dataset is recorded under (its reader picked by the suffix)."""
-    return source.removeprefix("hf:").strip("/").replace("/", "__") + ".parquet"
-
-
-def _load_hf(name: str) -> pa.Table:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     import datasets  # local: importing `datasets` is slow and only this path needs it
 
+    name = source.removeprefix("hf:")
     try:
         ds = datasets.load_dataset(name, split="train")
     except Exception as exc:  # datasets raises many kinds; all mean "cannot load this name"
         raise DatasetError(f"cannot load Hugging Face dataset {name!r} offline: {exc}") from exc
     return ds.data.table
+
+
+def hub_file_name(source: str) -> str:
+    """The file name a pinned hub dataset is recorded under (its reader picked by the suffix)."""
+    return source.removeprefix("hf:").strip("/").replace("/", "__") + ".parquet"
 
 
 def _with_provider(table: pa.Table, provider: str | None, source: str, where: str | None = None) -> pa.Table:
