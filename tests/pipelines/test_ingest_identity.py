@@ -101,6 +101,7 @@ def test_a_hub_dataset_is_pinned_when_registered_and_never_read_again(tmp_path, 
     """`hf:NAME` is read once, at registration (offline, from the local cache; here a local dataset folder,
     which `datasets` loads as it loads a cached hub dataset), and pinned as one Parquet source file:
     ingest and replay read the pinned rows, so the version is those rows whatever the hub serves later."""
+    import datasets.config  # its cache paths are fixed at import: set the one a load reads
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -108,7 +109,7 @@ def test_a_hub_dataset_is_pinned_when_registered_and_never_read_again(tmp_path, 
     from provenance import Findings, IngestRecord
     from storage import read_parquet
 
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
     hub = tmp_path / "hub"
     hub.mkdir()
     texts = [f"review number {i}" for i in range(12)]
@@ -119,7 +120,7 @@ def test_a_hub_dataset_is_pinned_when_registered_and_never_read_again(tmp_path, 
     assert source["name"].endswith(".parquet") and source["cid"] in a["store"].pins()
     assert [f["cid"] for f in a["record"].params["source_files"]] == [source["cid"]]
     shutil.rmtree(hub)  # the hub, and its cache, gone
-    shutil.rmtree(tmp_path / "hf-home")
+    shutil.rmtree(tmp_path / "hf-cache")
     remade = Findings()
     check_ingest(a["store"], "ingest", a["record"], remade)  # a replay makes them from the pinned rows
     assert remade.ok and not remade.skipped, remade.failures
