@@ -745,11 +745,12 @@ def _check_labels(
         return None
     store = records.store
     examples_cid = snapshot.inputs.get(SnapshotRecord.EXAMPLES)
+    raw = read_parquet(store.get(examples_cid)) if examples_cid else None  # the examples trained and paid on
     if not ingest or examples_cid != ingest[0][1].outputs.get(IngestRecord.EXAMPLES):
         report.fail("ingest_differs", snapshot_cid, "the snapshot's examples are not those its ingest made")
     else:
         if check_ingest(store, *ingest[0], report):
-            check_snapshot(store, snapshot_cid, snapshot, report)
+            check_snapshot(store, snapshot_cid, snapshot, raw, report)
         targets = records.load(training_cid).inputs.get(TrainingRecord.VALIDATION)
         gold = consensus.inputs.get(ConsensusRecord.GOLD)
         check_declared(store, *ingest[0], labeled, targets, gold, report)
@@ -766,9 +767,8 @@ def _check_labels(
     stored = read_parquet(store.get(consensus.outputs[ConsensusRecord.CONSENSUS]))
     _compare_consensus(stored, without(()), consensus_cid, method, report)
 
-    raw = read_parquet(store.get(snapshot.inputs[SnapshotRecord.EXAMPLES]))
     expected = label_rows(raw, stored)
-    if expected.column_names != labeled.column_names or not _same_rows(expected, labeled):
+    if not _same_rows(expected, labeled):
         report.fail(
             "labeled_data_differs",
             training_cid,
@@ -813,24 +813,24 @@ def check_ingest(store: ContentStore, cid: str, ingest: Record, report: Findings
         report.fail("ingest_differs", cid, f"its source files make no examples here: {exc}")
         return True
     stored = read_parquet(store.get(ingest.outputs[IngestRecord.EXAMPLES]))
-    if stored.column_names != examples.column_names or not _same_rows(stored, examples):
+    if not _same_rows(stored, examples):
         report.fail("ingest_differs", cid, "its examples are not what its source files make: "
                     + _credited_elsewhere(stored, examples, "provider"))
     credit_cid = ingest.outputs.get(IngestRecord.EXAMPLE_CREDIT)
     credit = read_parquet(store.get(credit_cid)) if credit_cid else None
-    if credit is None or credit.column_names != made.grouping.credit.column_names or not _same_rows(
-            credit, made.grouping.credit):
+    if credit is None or not _same_rows(credit, made.grouping.credit):
         report.fail("ingest_differs", cid, "its example credit is not the duplicate grouping its examples "
                     "make: " + ("none recorded" if credit is None else _credited_elsewhere(
                         credit, made.grouping.credit, "provider", "share")))
     return True
 
 
-def check_snapshot(store: ContentStore, cid: str, snapshot: Record, report: Findings) -> None:
+def check_snapshot(
+    store: ContentStore, cid: str, snapshot: Record, examples: pa.Table, report: Findings
+) -> None:
     """The version's pinned snapshot (what names and publishes the dataset version) holds the examples its
-    record names, as `dataset_snapshot` writes them: else an auditor tracing a payout to the data would
-    read other rows than were trained on and paid by."""
-    examples = read_parquet(store.get(snapshot.inputs[SnapshotRecord.EXAMPLES]))
+    record names (`examples`, read by the caller), as `dataset_snapshot` writes them: else an auditor
+    tracing a payout to the data would read other rows than were trained on and paid by."""
     if store.get(snapshot.outputs[SnapshotRecord.SNAPSHOT]) != snapshot_parquet(examples):
         report.fail("ingest_differs", cid, "the pinned snapshot does not hold the examples its record names")
 
@@ -864,7 +864,7 @@ def check_declared(
         except DatasetError as exc:
             made, why = None, f": {exc}"
         stored = read_parquet(store.get(validation_cid))
-        if made is None or made.column_names != stored.column_names or not _same_rows(stored, made):
+        if made is None or not _same_rows(stored, made):
             report.fail("validation_differs", cid, "the validation set the run measured influence against is "
                         f"not the one its version declared ({declared['name']}, {declared['cid']}){why}")
     gold = (params.get("gold") or {}).get("cid")
@@ -894,7 +894,7 @@ def check_review(records: RunRecords, cid: str, review: Record, report: Findings
     made = reviewed(records, runs[0], labeled, store.get(review.inputs[LabelReviewRecord.ENCODING]),
                     review_config(review.params)).table
     stored = read_parquet(store.get(review.outputs[LabelReviewRecord.LABEL_REVIEW]))
-    if stored.column_names != made.column_names or not _same_rows(stored, made):
+    if not _same_rows(stored, made):
         differ = sum(a != b for a, b in zip(stored.to_pylist(), made.to_pylist(), strict=False)) + abs(
             stored.num_rows - made.num_rows)
         report.fail("review_differs", cid, f"the label review the consensus weighed is not what the reviewed "
@@ -1095,9 +1095,9 @@ def _compare_weights(stored: pa.Table, expected: pa.Table, how: str, report: Rep
 
 
 def _same_rows(a: pa.Table, b: pa.Table) -> bool:
-    """``a`` (cast to ``b``'s types) equals ``b``, a missing number (NaN) equal to itself: Arrow holds
-    NaN != NaN, so a table with a gap would never equal its own replay."""
-    return _nan_as_null(a.cast(b.schema)).equals(_nan_as_null(b))
+    """``a`` has ``b``'s columns and (cast to ``b``'s types) equals it, a missing number (NaN) equal to
+    itself: Arrow holds NaN != NaN, so a table with a gap would never equal its own replay."""
+    return a.column_names == b.column_names and _nan_as_null(a.cast(b.schema)).equals(_nan_as_null(b))
 
 
 def _nan_as_null(table: pa.Table) -> pa.Table:

@@ -223,7 +223,7 @@ def test_an_honest_run_replays_bit_for_bit(published) -> None:
     report = replay_run(chain, store, run_id, code=CODE)
     assert report.ok, report.failures
     # the labels were recomputed from the answers too; this fixture's ingest record names no source files
-    # to make the examples from (a real ingest's are: test_copies_once, test_private_version)
+    # to make the examples from (a real ingest's are: test_replay_ingest, test_private_version)
     assert [s.name for s in report.skipped] == [UNSOURCED]
     assert report.same_platform and report.max_score_diff == 0.0  # same torch build and CPU: exact
     assert report.replayed_root == report.onchain_root == report.stored_root

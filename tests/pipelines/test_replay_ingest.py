@@ -61,7 +61,7 @@ def test_replay_makes_the_examples_and_their_credit_again_from_the_source_files(
             SnapshotRecord.SNAPSHOT: store.put_bytes(snapshot_parquet(examples.slice(1)), cid_version=1)}),
             {"ingest_differs"})):
         found = Findings()
-        check_snapshot(store, snapshot_cid, pinned, found)
+        check_snapshot(store, snapshot_cid, pinned, examples, found)
         assert found.names() == names
 
 
