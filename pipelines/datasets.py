@@ -404,12 +404,16 @@ def _with_provider(table: pa.Table, provider: str | None, source: str, where: st
 
 
 def registration_times(sources: Sequence[Mapping]) -> dict:
-    """When each source file was registered, as `to_examples` reads it (`registered_at`): by file CID
-    (the earliest, where providers registered the same bytes) and, for a file with its own provider, by
-    (CID, provider). `sources`: a catalog entry's `sources` items, or an ingest record's `source_files`."""
+    """When each source file was registered, as `to_examples` orders them: by file CID (the earliest,
+    where providers registered the same bytes) and, for a file with its own provider, by (CID, provider).
+    `sources`: a catalog entry's `sources` items, or an ingest record's `source_files`.
+
+    A file its provider claimed on chain (`claimed_by`) ranks before every file dated by the operator's
+    clock alone, and among claimed files the chain's time decides: an operator cannot date its own
+    copy before a claim it does not control."""
     out: dict = {}
     for f in sources:
-        when = f.get("registered_at") or ""
+        when = ("0 " if f.get("claimed_by") else "1 ") + (f.get("registered_at") or "")
         out[f["cid"]] = min(when, out.get(f["cid"], when))
         if f.get("provider"):
             out[(f["cid"], f["provider"])] = when
@@ -423,8 +427,8 @@ def to_examples(
     """Add `example_id`, keep one row of each content, and group duplicates for credit.
 
     `registered_at` maps each row's (`source`, `provider`), else its `source`, to when it was
-    registered (ISO 8601 UTC; the catalog's `registered_at`); without it every source counts as
-    registered at the same time. `labeled` (the labeling spec) says what the model reads, which
+    registered (`registration_times`: sorting them orders the sources); without it every source
+    counts as registered at the same time. `labeled` (the labeling spec) says what the model reads, which
     near-duplicates are judged on (`pipelines.duplicates.near_groups`).
     The row kept for an exact copy is the first-registered source's (ties by provider, then
     source), so the winner does not depend on input order. `report.grouping` holds the

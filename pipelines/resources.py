@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,7 @@ from pipelines.datasets import (
 from pipelines.lineage import LineageResource
 from pipelines.privacy import holder_keyfile, keyring_dir
 from pipelines.settings import Settings, load_settings
-from provenance import utc_time
+from provenance import Chain, utc_time
 from storage import ContentStore, EncryptedStore, cid_for_bytes, cid_for_file
 
 
@@ -52,6 +54,7 @@ class DatasetCatalog(dg.ConfigurableResource):
         gold: str | None = None,
         validation: str | None = None,
         registered_at: str | None = None,
+        claims: ClaimLookup | None = None,
     ) -> dict[str, Any]:
         """Pin the source's files and record the version once; `labeling` is the project spec
         (kind, field, choices). `gold` grades labelers (honeypot answers on training examples);
@@ -63,7 +66,13 @@ class DatasetCatalog(dg.ConfigurableResource):
         another provider, e.g. a copied image file, take this call's time). Registering the same
         content again (from any folder) is a no-op and keeps the earlier time. A hub dataset
         (`hf:NAME`) is read here, once, offline from the local cache, and pinned as one Parquet source
-        file: the version is those rows, whatever the hub serves later."""
+        file: the version is those rows, whatever the hub serves later.
+
+        With `claims` (the chain and the providers' addresses), a file its provider claimed on chain
+        (`caravan claim`) by the time it is registered takes that claim's time and `claimed_by`, and
+        a file someone else claimed first is refused (`provenance.claims.claim_problems`): what
+        `caravan verify` holds the ingest record to. A private version's files are named by
+        ciphertext, which no provider claims: they are not looked up."""
         path = self._path(version)
         private = isinstance(store, EncryptedStore)
         if path.exists() and json.loads(path.read_text()).get("private", False) != private:
@@ -80,12 +89,15 @@ class DatasetCatalog(dg.ConfigurableResource):
         else:
             files = source_files(source, provider=provider, payload=payload)
             pinned = [((f.cid, f.provider), _pinned(store, p, f)) for p, f in files]
+        sources = [  # a file registered before (same content and provider) keeps its first time
+            {**item, "registered_at": min(registered_at, first_seen.get(key, registered_at))}
+            for key, item in pinned
+        ]
+        if claims is not None and not private:
+            sources = claims.dated(sources)
         entry = {
             "version": version,
-            "sources": [  # a file registered before (same content and provider) keeps its first time
-                {**item, "registered_at": min(registered_at, first_seen.get(key, registered_at))}
-                for key, item in pinned
-            ],
+            "sources": sources,
             "hf": hf,
             "registered_at": registered_at,
             "provider": provider,
@@ -211,6 +223,37 @@ def _checked_time(text: str) -> str:
     except ValueError:
         raise ValueError(f"registered_at {text!r} is not UTC whole seconds (2025-01-31T12:00:00Z)") from None
     return utc_time(moment)
+
+
+@dataclass(frozen=True)
+class ClaimLookup:
+    """The chain's source claims, and the providers' payout addresses (the contributors registry), for
+    dating a version's files at registration (`DatasetCatalog.register`)."""
+
+    chain: Chain
+    addresses: Mapping[str, str]
+
+    def dated(self, sources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each file its provider's address claimed by the time it was registered, dated by that claim
+        (`claimed_by`); a ValueError naming every file the chain says belongs to someone else."""
+        from provenance.claims import claim_problems, honoured, source_claims
+
+        on_chain = source_claims(self.chain, [f["cid"] for f in sources])
+        out = []
+        for f in sources:
+            address = self.addresses.get(f.get("provider") or "")
+            when = honoured(on_chain.get(f["cid"], {}), address, f["registered_at"])
+            out.append({**f, "registered_at": when, "claimed_by": address} if when else f)
+        problems = claim_problems(out, on_chain, self.addresses)
+        if problems:
+            names = {f["cid"]: f["name"] for f in out}
+            raise ValueError(
+                "source files claimed on chain by another address than their provider's: "
+                + "; ".join(f"{names[cid]} ({cid}): {why}" for cid, why in problems)
+                + ". Register each under the provider who claimed it, or give that provider the claiming "
+                "address in the contributors registry"
+            )
+        return out
 
 
 def _timeless(entry: dict[str, Any]) -> dict[str, Any]:

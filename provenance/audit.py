@@ -7,14 +7,16 @@ it returns every failure, each with a stable `name` (e.g. `content_corrupt`, `ro
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import pyarrow as pa
 from eth_hash.auto import keccak
 
-from provenance.activities import SETTLEMENT, WEIGHTING, WeightingRecord
+from provenance.activities import INGEST, SETTLEMENT, WEIGHTING, WeightingRecord
 from provenance.chain import KIND_AMOUNTS, KIND_SHARES, Chain, RecordedEvent, run_key
+from provenance.claims import claim_problems, source_claims
 from provenance.errors import ChainError, RecordError, WeightsError
 from provenance.merkle import SHARE_LEAF, verify_proof
 from provenance.records import Record, cid_version_of
@@ -96,6 +98,8 @@ class VerifyReport(Findings):
     contents_checked: int = 0
     contents_opened: int = 0
     proofs_checked: int = 0
+    sources_checked: int = 0  # source files the ingest records name, held to the claims on chain
+    sources_claimed: int = 0  # of them, those dated and paid by their provider's own claim
 
 
 def verify_run(
@@ -142,7 +146,9 @@ def verify_run(
         )
     _check_contents(store, lineage.values(), report, keys)
 
-    leaves = _stored_leaves(store, lineage, report)
+    weights = _stored_weights(store, lineage, report)
+    leaves = _leaves(weights, lineage, report)
+    _check_claims(chain, lineage, weights, report)
     if dist is None:
         report.fail("root_missing", run_id, "no royalty distribution on chain for this run")
     else:
@@ -277,21 +283,48 @@ def _check_sealed(cid: str, data: bytes, keys: Sequence[DataKey], report: Verify
     report.contents_opened += 1
 
 
-def _stored_leaves(
-    store: ContentStore, lineage: dict[str, Record], report: VerifyReport
-) -> ShareLeaves | None:
+def _stored_weights(store: ContentStore, lineage: dict[str, Record], report: VerifyReport) -> pa.Table | None:
+    """The weights table the head record names, or None (a named failure) where it cannot be read."""
     if report.head_cid is None or report.head_cid not in lineage:
         return None
     weights_cid = lineage[report.head_cid].outputs[WeightingRecord.WEIGHTS]
     try:
-        return share_leaves(read_weights(store.get(weights_cid)))
+        return read_weights(store.get(weights_cid))
     except (BlockNotFound, CorruptBlock) as exc:
         report.fail("weights_unreadable", weights_cid, str(exc))
-    except WeightsError as exc:
-        report.fail("weights_invalid", weights_cid, str(exc))
     except Exception as exc:  # noqa: BLE001 - not Parquet at all: still a named failure
         report.fail("weights_unreadable", weights_cid, f"{type(exc).__name__}: {exc}")
     return None
+
+
+def _leaves(weights: pa.Table | None, lineage: dict[str, Record], report: VerifyReport) -> ShareLeaves | None:
+    """The stored weights' payout leaves, or None (`weights_invalid`) where they break their contract."""
+    if weights is None or report.head_cid is None:
+        return None
+    try:
+        return share_leaves(weights)
+    except WeightsError as exc:
+        report.fail("weights_invalid", lineage[report.head_cid].outputs[WeightingRecord.WEIGHTS], str(exc))
+    return None
+
+
+def _check_claims(
+    chain: Chain, lineage: dict[str, Record], weights: pa.Table | None, report: VerifyReport
+) -> None:
+    """Each source file the run's ingest records name, against the claims made of it on chain: how it
+    was dated, and whom its data pays (`provenance.claims.claim_problems`)."""
+    ingests = [r for r in lineage.values() if r.activity == INGEST]
+    sources = [f for r in ingests for f in r.params.get("source_files") or () if isinstance(f, Mapping)]
+    if not sources:
+        return
+    paid: dict[str, str] = {}
+    if weights is not None:
+        rows = weights.select(["contributor", "address", "role"]).to_pylist()
+        paid = {r["contributor"]: r["address"] for r in rows if r["role"] == "provider"}
+    for cid, why in claim_problems(sources, source_claims(chain, [f["cid"] for f in sources]), paid):
+        report.fail("claim_differs", cid, why)
+    report.sources_checked += len(sources)
+    report.sources_claimed += sum(bool(f.get("claimed_by")) for f in sources)
 
 
 def _check_proofs(

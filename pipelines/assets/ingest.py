@@ -42,8 +42,9 @@ def raw_dataset(
         params={
             "hf": entry["hf"],
             "provider": entry["provider"],
-            # each file by name, CID, provider and registration time (and the image files a table
-            # names by path, its `refs`), and what labelers read: a replay re-derives the examples and
+            # each file by name, CID, provider and registration time (the claim's, where its provider
+            # claimed it on chain: `claimed_by`; and the image files a table names by path, its `refs`),
+            # and what labelers read: a replay re-derives the examples and
             # their credit from them alone (`pipelines.replay.check_ingest`)
             "source_files": [
                 {
@@ -51,6 +52,7 @@ def raw_dataset(
                     "cid": f["cid"],
                     **({"provider": f["provider"]} if f.get("provider") else {}),
                     "registered_at": f.get("registered_at") or "",
+                    **({"claimed_by": f["claimed_by"]} if f.get("claimed_by") else {}),
                     **({"refs": f["refs"]} if f.get("refs") else {}),
                 }
                 for f in files

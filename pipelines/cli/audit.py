@@ -176,7 +176,9 @@ def verify_command(
         summary = (
             f"run {run_id} root {report.onchain_root}; {report.records_checked} records, "
             f"{report.contents_checked} contents ({report.contents_opened} private opened, "
-            f"{len(report.skipped)} not opened: no key), {report.proofs_checked} proofs checked"
+            f"{len(report.skipped)} not opened: no key), {report.proofs_checked} proofs checked; "
+            f"{report.sources_claimed} of {report.sources_checked} source files dated by their "
+            "provider's claim on chain"
         )
         if epochs or replay:
             report = _with_epochs(chain, store, run_id, report) if epochs else RunAudit(report)

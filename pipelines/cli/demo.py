@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines.cli.errors import CaravanError, clean_errors
-from pipelines.cli.options import Shown, names
+from pipelines.cli.options import Shown, names, open_chain
 
 console = Console(stderr=True)
 
@@ -289,6 +289,17 @@ def ingest(
             show_default=False,
         ),
     ] = None,
+    claims: Annotated[
+        bool | None,
+        typer.Option(
+            "--claims/--no-claims",
+            help="Date each file its provider claimed on chain (`caravan claim`, from the address the "
+            "contributors registry gives it) by that claim, and refuse a file someone else claimed: "
+            "what `caravan verify` holds the run to. Default: on where Caravan's contracts were "
+            "deployed (the chain dir holds a deployments file).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Register a dataset version: the Dagster partition the whole graph runs for."""
     import dagster as dg
@@ -298,11 +309,12 @@ def ingest(
     from pipelines.privacy import registering
     from pipelines.resources import DatasetCatalog, resources_for
     from pipelines.settings import load_settings, use_dagster_home
+    from provenance import ProvenanceError
     from storage import StorageError
 
     settings = load_settings()
     labels = names(choices)
-    with clean_errors(DatasetError, ValueError, StorageError, LabelConfigError):
+    with clean_errors(DatasetError, ValueError, StorageError, LabelConfigError, ProvenanceError):
         if kind not in PROJECT_KINDS or not labels:
             raise CaravanError(f"--kind must be one of {', '.join(PROJECT_KINDS)}, and --choices must "
                                "name at least one label")
@@ -318,6 +330,7 @@ def ingest(
             held_out = load_source(validation, provider="validation", payload=payload)
             validation_examples(held_out, examples, labels)
         private = settings.deployment == "prod" if private is None else private  # prod pins publish
+        claims = _deployed(settings) if claims is None else claims
         with registering(settings, resources_for(settings)["store"].plain(), version, private) as store:
             DatasetCatalog(root=str(settings.catalog_dir)).register(
                 version,
@@ -327,6 +340,7 @@ def ingest(
                 labeling=labeling,
                 gold=gold,
                 validation=validation,
+                claims=_claim_lookup(settings) if claims else None,
             )
     use_dagster_home(settings)
     dg.DagsterInstance.get().add_dynamic_partitions("dataset_version", [version])
@@ -343,7 +357,48 @@ def ingest(
     )
 
 
+def _deployed(settings) -> bool:
+    """Whether Caravan's contracts were deployed from here: ingest then honours source claims."""
+    return any(settings.chain_dir.glob("deployments-*.json"))
+
+
+def _claim_lookup(settings):
+    """The chain and the providers' addresses (the contributors registry, where there is one)."""
+    from labeling import ContributorsRegistry
+    from pipelines.resources import ClaimLookup
+
+    path = settings.contributors_file
+    addresses = ContributorsRegistry.load(path).addresses if path.exists() else {}
+    return ClaimLookup(open_chain(), addresses)
+
+
+def claim(
+    sources: Annotated[
+        list[str], typer.Argument(help="Files or folders you will hand to a Caravan operator, as `caravan "
+                                       "ingest` reads them.")
+    ],
+) -> None:
+    """Claim your source files on chain, from your own key, before you hand them over: the chain dates
+    them, and whoever ingests them must pay you, at this address, for them."""
+    from pipelines.datasets import DatasetError, source_files
+    from provenance import ProvenanceError
+    from provenance.claims import claim_sources, claim_time, source_claims
+
+    with clean_errors(DatasetError, ProvenanceError):
+        files = [f for s in sources for _, f in source_files(s)]
+        chain = open_chain(need_key=True)
+        result = claim_sources(chain, [f.cid for f in files])
+        found = source_claims(chain, [f.cid for f in files])
+    print(json.dumps({
+        "claimant": chain.address,
+        "tx": result.tx_hash,
+        "files": [{"name": f.name, "cid": f.cid, "claimed_at": claim_time(found[f.cid][chain.address])}
+                  for f in files],
+    }))
+
+
 def register(app: typer.Typer) -> None:
-    """Add `caravan demo` and `caravan ingest` to the root app."""
+    """Add `caravan demo`, `caravan ingest` and `caravan claim` to the root app."""
     app.command()(demo)
     app.command()(ingest)
+    app.command()(claim)

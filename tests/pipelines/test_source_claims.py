@@ -1,0 +1,121 @@
+"""A provider claims its files on chain (`caravan claim`, from its own key) before handing them over;
+`caravan ingest` dates each claimed file by its claim and refuses a file someone else claimed; a
+claimed file ranks before any file the operator dated, so its copies are credited to it."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from eth_account import Account
+from typer.testing import CliRunner
+
+from pipelines.cli import app
+from pipelines.datasets import example_id, registration_times, to_examples
+from provenance.chain import Chain
+from tests.services.anvil import AnvilService
+
+T0, T1 = "2025-01-01T00:00:00Z", "2025-02-01T00:00:00Z"
+INGEST = ["--kind", "table", "--field", "row", "--choices", "x,y"]
+
+
+def _rows(provider: str, values: list[float]) -> pa.Table:
+    return pa.table({"f": values, "provider": [provider] * len(values)})
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch, anvil: AnvilService):
+    """A Caravan home whose chain dir holds a deployment on the real anvil (so ingest honours claims),
+    and two providers' files; the clinic's address is anvil's dev account 1."""
+    monkeypatch.setenv("CARAVAN_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    (tmp_path / "dagster").mkdir()
+    monkeypatch.delenv("CARAVAN_STORE_DIR", raising=False)
+    monkeypatch.delenv("CARAVAN_CHAIN_DIR", raising=False)
+    monkeypatch.setenv("CARAVAN_RPC_URL", anvil.rpc_url)
+    admin = Account.from_key(anvil.dev_keys[0])
+    chain = Chain(anvil.rpc_url, account=admin, chain_dir=tmp_path / "home" / "chain")
+    chain.deploy()
+    data = tmp_path / "data"
+    data.mkdir()
+    pq.write_table(_rows("clinic", [1.0, 2.0, 3.0]), data / "clinic.parquet")
+    pq.write_table(_rows("lab", [4.0, 5.0]), data / "lab.parquet")
+    clinic, lab = Account.from_key(anvil.dev_keys[1]).address, Account.from_key(anvil.dev_keys[2]).address
+    (tmp_path / "home" / "contributors.yaml").write_text(f'clinic: "{clinic}"\nlab: "{lab}"\n')
+    return data, chain, {"clinic": anvil.dev_keys[1], "other": anvil.dev_keys[3]}
+
+
+def _invoke(monkeypatch, key: str | None, *args: str):
+    if key is None:
+        monkeypatch.delenv("CARAVAN_PRIVATE_KEY", raising=False)
+    else:
+        monkeypatch.setenv("CARAVAN_PRIVATE_KEY", key)
+    return CliRunner().invoke(app, list(args))
+
+
+def _entry(tmp_path, version: str) -> dict:
+    return json.loads((tmp_path / "home" / "datasets" / f"{version}.json").read_text())
+
+
+def test_ingest_dates_a_claimed_file_by_its_claim(home, tmp_path, monkeypatch) -> None:
+    data, chain, keys = home
+    claimed = _invoke(monkeypatch, keys["clinic"], "claim", str(data / "clinic.parquet"))
+    assert claimed.exit_code == 0, claimed.output
+    out = json.loads(claimed.stdout)
+    clinic = Account.from_key(keys["clinic"]).address
+    [file] = out["files"]
+    assert out["claimant"] == clinic and file["name"] == "clinic.parquet"
+    assert file["claimed_at"] <= _utc_now(chain)
+
+    ok = _invoke(monkeypatch, None, "ingest", str(data), "--version", "v1", *INGEST)
+    assert ok.exit_code == 0, ok.output
+    sources = {f["name"]: f for f in _entry(tmp_path, "v1")["sources"]}
+    assert sources["clinic.parquet"]["claimed_by"] == clinic
+    assert sources["clinic.parquet"]["registered_at"] == file["claimed_at"]
+    assert "claimed_by" not in sources["lab.parquet"]  # not claimed: dated by the operator's clock
+    assert sources["lab.parquet"]["registered_at"] >= file["claimed_at"]
+    # without --claims the chain is not read and the file is dated by the operator: a new version
+    plain = _invoke(monkeypatch, None, "ingest", str(data), "--version", "v2", "--no-claims", *INGEST)
+    assert plain.exit_code == 0 and "claimed_by" not in json.dumps(_entry(tmp_path, "v2"))
+
+
+def test_ingest_refuses_a_file_someone_else_claimed(home, tmp_path, monkeypatch) -> None:
+    data, _, keys = home
+    assert _invoke(monkeypatch, keys["other"], "claim", str(data / "lab.parquet")).exit_code == 0
+    refused = _invoke(monkeypatch, None, "ingest", str(data), "--version", "v1", *INGEST)
+    other = Account.from_key(keys["other"]).address
+    assert refused.exit_code == 1
+    assert "lab.parquet" in refused.stderr and other in refused.stderr and "'lab'" in refused.stderr
+    assert not (tmp_path / "home" / "datasets" / "v1.json").exists()  # nothing registered
+
+
+def test_claim_names_a_missing_file_and_needs_a_key(home, tmp_path, monkeypatch) -> None:
+    data, _, keys = home
+    missing = _invoke(monkeypatch, keys["clinic"], "claim", str(data / "nope.parquet"))
+    assert missing.exit_code == 1 and "does not exist" in missing.stderr
+    keyless = _invoke(monkeypatch, None, "claim", str(data / "clinic.parquet"))
+    assert keyless.exit_code == 1 and "CARAVAN_PRIVATE_KEY" in keyless.stderr, keyless.output
+
+
+def test_a_claimed_file_ranks_before_every_file_the_operator_dated() -> None:
+    rows = pa.concat_tables([
+        _rows("reseller", [1.0, 2.0]).append_column("source", pa.array(["r", "r"])),
+        _rows("clinic", [1.0, 9.0]).append_column("source", pa.array(["c", "c"])),
+    ])
+    dated = [{"cid": "r", "provider": "reseller", "registered_at": T0},  # earlier, by the operator's word
+             {"cid": "c", "provider": "clinic", "registered_at": T1, "claimed_by": "0x" + "1" * 40}]
+    examples, _ = to_examples(rows, registration_times(dated))
+    owner = dict(zip(examples["example_id"].to_pylist(), examples["provider"].to_pylist(), strict=True))
+    assert owner[example_id({"f": 1.0})] == "clinic"
+    unclaimed = [{**f, "claimed_by": None} for f in dated]
+    examples, _ = to_examples(rows, registration_times(unclaimed))
+    owner = dict(zip(examples["example_id"].to_pylist(), examples["provider"].to_pylist(), strict=True))
+    assert owner[example_id({"f": 1.0})] == "reseller"
+
+
+def _utc_now(chain: Chain) -> str:
+    from provenance.claims import claim_time
+
+    return claim_time(chain.w3.eth.get_block("latest")["timestamp"])

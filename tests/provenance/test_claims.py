@@ -1,0 +1,124 @@
+"""Source claims on a real anvil: the seal (against web3's own packed keccak), the registry's first
+claim per address, the scan that finds every claimant of a file, the rule an ingest record is held
+to (`claim_problems`), and `verify_run` failing a run whose ingest record ignores a claim."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from eth_account import Account
+from web3 import Web3
+
+from provenance.activities import INGEST
+from provenance.audit import verify_run
+from provenance.chain import Chain
+from provenance.claims import claim_problems, claim_sources, claim_time, source_claims, source_seal
+from provenance.errors import ChainError
+from provenance.records import load_record, put_record, topological_order
+from provenance.runs import publish_run
+from serving.sample import SampleRun
+from storage import BlockStore, cid_for_bytes
+from tests.services.anvil import AnvilService
+
+FILE_A, FILE_B = cid_for_bytes(b"clinic rows\n", cid_version=1), cid_for_bytes(b"other rows\n", cid_version=1)
+
+
+def _as(anvil: AnvilService, chain: Chain, key: str) -> Chain:
+    """The same deployment, sending from `key` (funded, as a provider pays its own gas)."""
+    account = Account.from_key(key)
+    chain.w3.provider.make_request("anvil_setBalance", [account.address, hex(10**18)])
+    return Chain(anvil.rpc_url, account=account, chain_dir=chain.chain_dir)
+
+
+def test_the_seal_is_the_packed_keccak_of_domain_cid_and_claimant() -> None:
+    who = Account.create().address
+    expected = Web3.solidity_keccak(["bytes", "string", "address"], [b"caravan/source/", FILE_A, who])
+    assert source_seal(FILE_A, who) == bytes(expected)
+    assert source_seal(FILE_A, who) != source_seal(FILE_B, who)
+
+
+def test_a_claim_is_dated_once_and_names_its_file_only_for_its_sender(
+    chain: Chain, anvil: AnvilService
+) -> None:
+    alice = _as(anvil, chain, anvil.dev_keys[1])
+    first = claim_sources(alice, [FILE_A, FILE_B])
+    assert not first.skipped
+    when = chain.w3.eth.get_block(first.block)["timestamp"]
+    mine = {alice.address: when}
+    assert source_claims(chain, [FILE_A, FILE_B]) == {FILE_A: mine, FILE_B: mine}
+    assert claim_sources(alice, [FILE_B, FILE_A]).skipped  # claimed before: nothing sent, time kept
+
+    # a watcher who copies alice's seal into its own claim gets a claim of no file at all
+    mallory = _as(anvil, chain, anvil.dev_keys[2])
+    seal = source_seal(FILE_A, alice.address)
+    copied = mallory.send("copy", mallory.registry.functions.claimSources([seal]))
+    assert not copied[0].skipped
+    # the same bytes claimed later by another address: both claims are on chain, each with its time
+    bob = _as(anvil, chain, anvil.dev_keys[3])
+    later = claim_sources(bob, [FILE_A])
+    found = source_claims(chain, [FILE_A])[FILE_A]
+    assert set(found) == {alice.address, bob.address}
+    assert found[bob.address] == chain.w3.eth.get_block(later.block)["timestamp"] >= when
+
+    with pytest.raises(ChainError, match="no files to claim"):
+        claim_sources(alice, [])
+
+
+def test_claim_problems_hold_a_record_to_the_claims_made_before_it() -> None:
+    a, b = Account.create().address, Account.create().address
+    t = 1_780_000_000
+    claims = {FILE_A: {a: t}}
+    paid = {"clinic": a, "reseller": b}
+
+    def item(provider: str, when: int, **extra: str) -> dict:
+        return {"cid": FILE_A, "provider": provider, "registered_at": claim_time(when), **extra}
+
+    assert claim_problems([item("clinic", t, claimed_by=a)], claims, paid) == []
+    assert claim_problems([item("clinic", t - 5)], claims, paid) == []  # taken before the claim
+    assert claim_problems([item("reseller", t - 5)], claims, paid) == []
+    # the clinic's own claim dated by the operator's clock instead
+    assert "operator's clock" in claim_problems([item("clinic", t + 60)], claims, paid)[0][1]
+    # the clinic's file credited to a reseller: refused, unless the record credits the claim as well
+    [(cid, why)] = claim_problems([item("reseller", t + 60)], claims, paid)
+    assert cid == FILE_A and a in why and "'reseller'" in why and b in why
+    assert claim_problems([item("reseller", t + 60), item("clinic", t, claimed_by=a)], claims, paid) == []
+    # a claim recorded at another time, or by an address the chain does not know, or paid elsewhere
+    assert "the chain says" in claim_problems([item("clinic", t - 1, claimed_by=a)], claims, paid)[0][1]
+    assert "never" in claim_problems([item("clinic", t, claimed_by=b)], claims, paid)[0][1]
+    assert "is paid at" in claim_problems([item("clinic", t, claimed_by=a)], claims, {"clinic": b})[0][1]
+
+
+def _with_ingest_sources(store: BlockStore, sample: SampleRun, sources: list[dict]) -> str:
+    """The sample run's lineage again, its ingest record naming `sources` (every descendant re-put so
+    the parents still hash): the new head's CID."""
+    old = {cid: load_record(store, cid) for cid in sample.records.values()}
+    new: dict[str, str] = {}
+    for cid in topological_order(old):
+        record = old[cid]
+        params = {**record.params, "source_files": sources} if record.activity == INGEST else record.params
+        parents = tuple(new[p] for p in record.parents)
+        new[cid] = put_record(store, dataclasses.replace(record, params=params, parents=parents))
+    return new[sample.head]
+
+
+def test_verify_fails_a_run_whose_ingest_ignores_its_providers_claim(
+    chain: Chain, anvil: AnvilService, store: BlockStore, sample_run: SampleRun
+) -> None:
+    weights = sample_run.weights.to_pylist()
+    provider = next(r for r in weights if r["role"] == "provider")
+    clinic = _as(anvil, chain, sample_run.keys[provider["address"]])
+    when = chain.w3.eth.get_block(claim_sources(clinic, [sample_run.raw_cid]).block)["timestamp"]
+    file = {"name": "synthetic.csv", "cid": sample_run.raw_cid, "provider": provider["contributor"]}
+
+    honest = {**file, "registered_at": claim_time(when), "claimed_by": clinic.address}
+    publish_run(chain, store, "claimed", _with_ingest_sources(store, sample_run, [honest]))
+    report = verify_run(chain, store, "claimed")
+    assert report.ok, report.failures
+    assert (report.sources_claimed, report.sources_checked) == (1, 1)
+
+    operator_dated = {**file, "registered_at": claim_time(when + 3600)}
+    publish_run(chain, store, "unclaimed", _with_ingest_sources(store, sample_run, [operator_dated]))
+    report = verify_run(chain, store, "unclaimed")
+    assert [(f.name, f.subject) for f in report.failures] == [("claim_differs", sample_run.raw_cid)]
+    assert clinic.address in report.failures[0].detail
