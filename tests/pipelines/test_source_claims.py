@@ -18,7 +18,7 @@ from provenance.chain import Chain
 from tests.services.anvil import AnvilService
 
 T0, T1 = "2025-01-01T00:00:00Z", "2025-02-01T00:00:00Z"
-INGEST = ["--kind", "table", "--field", "row", "--choices", "x,y"]
+TABLE_ARGS = ["--kind", "table", "--field", "row", "--choices", "x,y"]
 
 
 def _rows(provider: str, values: list[float]) -> pa.Table:
@@ -69,22 +69,26 @@ def test_ingest_dates_a_claimed_file_by_its_claim(home, tmp_path, monkeypatch) -
     assert out["claimant"] == clinic and file["name"] == "clinic.parquet"
     assert file["claimed_at"] <= _utc_now(chain)
 
-    ok = _invoke(monkeypatch, None, "ingest", str(data), "--version", "v1", *INGEST)
+    ok = _invoke(monkeypatch, None, "ingest", str(data), "--version", "v1", *TABLE_ARGS)
     assert ok.exit_code == 0, ok.output
     sources = {f["name"]: f for f in _entry(tmp_path, "v1")["sources"]}
     assert sources["clinic.parquet"]["claimed_by"] == clinic
     assert sources["clinic.parquet"]["registered_at"] == file["claimed_at"]
     assert "claimed_by" not in sources["lab.parquet"]  # not claimed: dated by the operator's clock
     assert sources["lab.parquet"]["registered_at"] >= file["claimed_at"]
+    # the ingest record carries the claim, and the claimed file's rows win their copies (none here)
+    record = _ingested("v1")
+    files = {f["name"]: f for f in record.params["source_files"]}
+    assert files["clinic.parquet"]["claimed_by"] == clinic and "claimed_by" not in files["lab.parquet"]
     # without --claims the chain is not read and the file is dated by the operator: a new version
-    plain = _invoke(monkeypatch, None, "ingest", str(data), "--version", "v2", "--no-claims", *INGEST)
+    plain = _invoke(monkeypatch, None, "ingest", str(data), "--version", "v2", "--no-claims", *TABLE_ARGS)
     assert plain.exit_code == 0 and "claimed_by" not in json.dumps(_entry(tmp_path, "v2"))
 
 
 def test_ingest_refuses_a_file_someone_else_claimed(home, tmp_path, monkeypatch) -> None:
     data, _, keys = home
     assert _invoke(monkeypatch, keys["other"], "claim", str(data / "lab.parquet")).exit_code == 0
-    refused = _invoke(monkeypatch, None, "ingest", str(data), "--version", "v1", *INGEST)
+    refused = _invoke(monkeypatch, None, "ingest", str(data), "--version", "v1", *TABLE_ARGS)
     other = Account.from_key(keys["other"]).address
     assert refused.exit_code == 1
     assert "lab.parquet" in refused.stderr and other in refused.stderr and "'lab'" in refused.stderr
@@ -115,7 +119,37 @@ def test_a_claimed_file_ranks_before_every_file_the_operator_dated() -> None:
     assert owner[example_id({"f": 1.0})] == "reseller"
 
 
+def _ingested(version: str):
+    """The ingest record of `version`, materialized in this home (the raw_dataset asset)."""
+    import dagster as dg
+
+    from pipelines.assets import ingest
+    from pipelines.resources import resources_for
+    from pipelines.settings import load_settings
+    from provenance import INGEST, load_record
+
+    resources = resources_for(load_settings())
+    with dg.DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions("dataset_version", [version])
+        result = dg.materialize([ingest.raw_dataset], partition_key=version, instance=instance,
+                                resources=resources)
+    assert result.success
+    store = resources["store"].client()
+    return load_record(store, resources["lineage"].cid_of(INGEST, version))
+
+
 def _utc_now(chain: Chain) -> str:
     from provenance.claims import claim_time
 
     return claim_time(chain.w3.eth.get_block("latest")["timestamp"])
+
+
+def test_weighting_refuses_to_pay_a_provider_elsewhere_than_its_claim() -> None:
+    import dagster as dg
+
+    from pipelines.assets.royalties import require_claimed_addresses
+
+    a, b = "0x" + "a" * 40, "0x" + "b" * 40
+    require_claimed_addresses({"clinic": a, "lab": b}, {"clinic": a})
+    with pytest.raises(dg.Failure, match=f"clinic claimed from {b}, the registry gives {a}"):
+        require_claimed_addresses({"clinic": a, "lab": b}, {"clinic": b})
