@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from eth_account import Account
+from eth_account.signers.local import LocalAccount
 
 from labeling import (
     LabelConfigError,
@@ -149,9 +150,15 @@ def single_run(lock_path: Path) -> Iterator[None]:
         yield
 
 
+def demo_account(contributor: str) -> LocalAccount:
+    """A demo contributor's account: a key derived from its id, which signs only a demo provider's
+    source claims on the local chain."""
+    return Account.from_key(hashlib.sha256(f"caravan-demo:{contributor}".encode()).digest())
+
+
 def demo_address(contributor: str) -> str:
-    """A pseudonymous address for a demo contributor: a key derived from its id, never used to sign."""
-    return Account.from_key(hashlib.sha256(f"caravan-demo:{contributor}".encode()).digest()).address
+    """A pseudonymous address for a demo contributor (`demo_account`'s)."""
+    return demo_account(contributor).address
 
 
 def write_contributors(path: Path, contributors: list[str]) -> None:
@@ -647,6 +654,7 @@ def run_demo(
         "claimed_wei": paid,
         "payee": payee,
         "verify_ok": report.ok,
+        "sources_claimed": f"{report.sources_claimed} of {report.sources_checked}",
         "failures": [f.__dict__ for f in report.failures],
         "weights": weights,
         "measured_against": measured_against,
@@ -655,12 +663,41 @@ def run_demo(
     }
 
 
-def register_demo_data(settings: Settings, demo: DemoData, *, private: bool = False) -> dg.DagsterInstance:
+def claim_demo_sources(settings: Settings, demo: DemoData):
+    """Each demo provider claims its files on chain from its own key, as `caravan claim` does, before
+    the operator registers them (the local chain's faucet pays its gas); the `ClaimLookup` that dates
+    them at registration."""
+    from pipelines.datasets import source_files
+    from pipelines.resources import ClaimLookup
+    from provenance import Chain
+    from provenance.anvil import ANVIL_CHAIN_ID
+    from provenance.claims import claim_sources
+
+    chain, _ = _clients(settings)
+    if chain.chain_id != ANVIL_CHAIN_ID:
+        return None  # no faucet: on another chain the providers claim with `caravan claim` themselves
+    files: dict[str, list[str]] = {}
+    for _, f in source_files(str(demo.source), payload=Payload.of(demo.labeling)):
+        files.setdefault(f.provider or "", []).append(f.cid)
+    for provider, cids in sorted(files.items()):
+        account = demo_account(provider)
+        chain.w3.provider.make_request("anvil_setBalance", [account.address, hex(10**18)])
+        claim_sources(Chain(chain.rpc_url, account=account, chain_dir=chain.chain_dir), cids)
+    return ClaimLookup(chain, {p: demo_address(p) for p in demo.providers})
+
+
+def register_demo_data(
+    settings: Settings, demo: DemoData, *, private: bool = False, claim: bool = True
+) -> dg.DagsterInstance:
     """The demo's version in the catalog (its files pinned; sealed first if `private`), its
-    contributors, and its partition."""
+    contributors, and its partition; with `claim` (a chain running), each provider first claims its
+    files on chain (`claim_demo_sources`)."""
     from pipelines.privacy import registering
     from pipelines.resources import DatasetCatalog
 
+    labelers = [a.email for a in simulated_annotators(ACCURACIES)]
+    write_contributors(settings.contributors_file, [*demo.providers, *labelers])
+    claims = claim_demo_sources(settings, demo) if claim and not private else None  # private: by ciphertext
     with registering(settings, _store(settings), demo.version, private) as store:
         DatasetCatalog(root=str(settings.catalog_dir)).register(
             demo.version,
@@ -669,9 +706,8 @@ def register_demo_data(settings: Settings, demo: DemoData, *, private: bool = Fa
             labeling=demo.labeling,
             gold=str(demo.gold),
             validation=str(demo.validation) if demo.validation else None,
+            claims=claims,
         )
-    labelers = [a.email for a in simulated_annotators(ACCURACIES)]
-    write_contributors(settings.contributors_file, [*demo.providers, *labelers])
     instance = dg.DagsterInstance.get()
     instance.add_dynamic_partitions("dataset_version", [demo.version])
     return instance

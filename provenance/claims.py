@@ -7,7 +7,7 @@ sent to the registry's `claimSources`: the chain's clock dates it, the sender is
 file's pay must go to, and the seal names no file until the file is published (nor any file of
 another sender's, so a claim copied from the mempool gains nothing).
 
-    claim_sources(chain, cids)              the provider, with its own key: one transaction
+    claim_sources(chain, cids)              the provider, with its own key: a transaction per 400 files
     claims = source_claims(chain, cids)     {cid: {claimant: unix time}}, every claim made on chain
     problems = claim_problems(sources, claims, paid)   what an ingest record gets wrong about them
 """
@@ -25,6 +25,7 @@ from provenance.errors import ChainError
 from provenance.records import utc_time
 
 SEAL_DOMAIN = b"caravan/source/"
+SEALS_PER_TX = 400  # a new seal costs about 25k gas (a slot and an event): 10M gas a transaction
 
 
 def source_seal(cid: str, claimant: str) -> bytes:
@@ -38,9 +39,10 @@ def claim_time(seconds: int) -> str:
     return utc_time(dt.datetime.fromtimestamp(seconds, dt.UTC))
 
 
-def claim_sources(chain: Chain, cids: Sequence[str]) -> TxResult:
-    """Claim these files (by CID) from the chain's account: one transaction for those it has not
-    claimed before (skipped when none is new; a claim keeps its first time)."""
+def claim_sources(chain: Chain, cids: Sequence[str], *, per_tx: int = SEALS_PER_TX) -> list[TxResult]:
+    """Claim these files (by CID) from the chain's account: the ones it has not claimed before, `per_tx`
+    seals a transaction (a block's gas holds about a thousand); one skipped result when none is new
+    (a claim keeps its first time)."""
     if not cids:
         raise ChainError("no files to claim: give the source files you will hand over")
     account = chain.address
@@ -49,10 +51,11 @@ def claim_sources(chain: Chain, cids: Sequence[str]) -> TxResult:
     seals = [source_seal(c, account) for c in sorted(set(cids))]
     known = chain.batch_call([chain.registry.functions.claimedAt(account, s) for s in seals])
     new = [s for s, t in zip(seals, known, strict=True) if t == 0]
-    action = "claim:" + keccak(b"".join(seals)).hex()
     if not new:
-        return TxResult(action, None, 0, None, True)
-    return chain.send(action, chain.registry.functions.claimSources(new))[0]
+        return [TxResult("claim:" + keccak(b"".join(seals)).hex(), None, 0, None, True)]
+    batches = [new[i : i + per_tx] for i in range(0, len(new), per_tx)]
+    return [chain.send("claim:" + keccak(b"".join(b)).hex(), chain.registry.functions.claimSources(b))[0]
+            for b in batches]
 
 
 def source_claims(chain: Chain, cids: Iterable[str]) -> dict[str, dict[str, int]]:

@@ -387,11 +387,11 @@ def claim(
     with clean_errors(DatasetError, ProvenanceError):
         files = [f for s in sources for _, f in source_files(s)]
         chain = open_chain(need_key=True)
-        result = claim_sources(chain, [f.cid for f in files])
+        sent = claim_sources(chain, [f.cid for f in files])
         found = source_claims(chain, [f.cid for f in files])
     print(json.dumps({
         "claimant": chain.address,
-        "tx": result.tx_hash,
+        "txs": [t.tx_hash for t in sent if not t.skipped],
         "files": [{"name": f.name, "cid": f.cid, "claimed_at": claim_time(found[f.cid][chain.address])}
                   for f in files],
     }))

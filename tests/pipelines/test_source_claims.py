@@ -66,7 +66,7 @@ def test_ingest_dates_a_claimed_file_by_its_claim(home, tmp_path, monkeypatch) -
     out = json.loads(claimed.stdout)
     clinic = Account.from_key(keys["clinic"]).address
     [file] = out["files"]
-    assert out["claimant"] == clinic and file["name"] == "clinic.parquet"
+    assert out["claimant"] == clinic and file["name"] == "clinic.parquet" and len(out["txs"]) == 1
     assert file["claimed_at"] <= _utc_now(chain)
 
     ok = _invoke(monkeypatch, None, "ingest", str(data), "--version", "v1", *TABLE_ARGS)

@@ -42,12 +42,13 @@ def test_a_claim_is_dated_once_and_names_its_file_only_for_its_sender(
     chain: Chain, anvil: AnvilService
 ) -> None:
     alice = _as(anvil, chain, anvil.dev_keys[1])
-    first = claim_sources(alice, [FILE_A, FILE_B])
+    [first] = claim_sources(alice, [FILE_A, FILE_B])
     assert not first.skipped
     when = chain.w3.eth.get_block(first.block)["timestamp"]
     mine = {alice.address: when}
     assert source_claims(chain, [FILE_A, FILE_B]) == {FILE_A: mine, FILE_B: mine}
-    assert claim_sources(alice, [FILE_B, FILE_A]).skipped  # claimed before: nothing sent, time kept
+    [again] = claim_sources(alice, [FILE_B, FILE_A])
+    assert again.skipped  # claimed before: nothing sent, time kept
 
     # a watcher who copies alice's seal into its own claim gets a claim of no file at all
     mallory = _as(anvil, chain, anvil.dev_keys[2])
@@ -56,10 +57,18 @@ def test_a_claim_is_dated_once_and_names_its_file_only_for_its_sender(
     assert not copied[0].skipped
     # the same bytes claimed later by another address: both claims are on chain, each with its time
     bob = _as(anvil, chain, anvil.dev_keys[3])
-    later = claim_sources(bob, [FILE_A])
+    [later] = claim_sources(bob, [FILE_A])
     found = source_claims(chain, [FILE_A])[FILE_A]
     assert set(found) == {alice.address, bob.address}
     assert found[bob.address] == chain.w3.eth.get_block(later.block)["timestamp"] >= when
+
+    # many files: a transaction per `per_tx` seals, each claim dated by its own block
+    many = [cid_for_bytes(f"row {i}\n".encode(), cid_version=1) for i in range(5)]
+    sent = claim_sources(bob, [*many, FILE_A], per_tx=2)
+    assert len(sent) == 3 and not any(t.skipped for t in sent)  # FILE_A was bob's already
+    found = source_claims(chain, many)
+    times = {chain.w3.eth.get_block(t.block)["timestamp"] for t in sent}
+    assert set(found) == set(many) and {c[bob.address] for c in found.values()} <= times
 
     with pytest.raises(ChainError, match="no files to claim"):
         claim_sources(alice, [])
@@ -108,7 +117,8 @@ def test_verify_fails_a_run_whose_ingest_ignores_its_providers_claim(
     weights = sample_run.weights.to_pylist()
     provider = next(r for r in weights if r["role"] == "provider")
     clinic = _as(anvil, chain, sample_run.keys[provider["address"]])
-    when = chain.w3.eth.get_block(claim_sources(clinic, [sample_run.raw_cid]).block)["timestamp"]
+    [claimed] = claim_sources(clinic, [sample_run.raw_cid])
+    when = chain.w3.eth.get_block(claimed.block)["timestamp"]
     file = {"name": "synthetic.csv", "cid": sample_run.raw_cid, "provider": provider["contributor"]}
 
     honest = {**file, "registered_at": claim_time(when), "claimed_by": clinic.address}
