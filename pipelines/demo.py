@@ -669,9 +669,8 @@ def claim_demo_sources(settings: Settings, demo: DemoData):
     them at registration."""
     from pipelines.datasets import source_files
     from pipelines.resources import ClaimLookup
-    from provenance import Chain
+    from provenance import Chain, claim_sources
     from provenance.anvil import ANVIL_CHAIN_ID
-    from provenance.claims import claim_sources
 
     chain, _ = _clients(settings)
     if chain.chain_id != ANVIL_CHAIN_ID:

@@ -236,7 +236,7 @@ class ClaimLookup:
     def dated(self, sources: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Each file its provider's address claimed by the time it was registered, dated by that claim
         (`claimed_by`); a ValueError naming every file the chain says belongs to someone else."""
-        from provenance.claims import claim_problems, honoured, source_claims
+        from provenance import claim_problems, honoured, source_claims
 
         on_chain = source_claims(self.chain, [f["cid"] for f in sources])
         out = []

@@ -35,6 +35,11 @@ The face the pipeline uses (one Dagster asset per step; nothing here imports dag
     records.of_activity(epoch_id, SETTLEMENT)       # CIDs of readable records of one activity under a key
     records.epochs(run_id)                          # [RunEpoch] (also `run_epochs(chain, store, run_id)`)
 
+    # 4b. source claims: a provider dates its files on chain from its own key (`caravan claim`);
+    #     ingest dates each claimed file by its claim, publish_run and verify_run hold the run to them
+    claim_sources(provider_chain, cids)     # -> [TxResult]
+    source_claims(chain, cids)              # {cid: {claimant: unix time}}
+
     # 5. audit
     report = verify_run(chain, store, run_id)       # .ok, .failures: [Failure(name, subject, detail)]
     tree = trace(chain, store, cid_or_run_id_or_tx_hash)        # TraceNode; .to_json()
@@ -42,8 +47,8 @@ The face the pipeline uses (one Dagster asset per step; nothing here imports dag
     prov_json(records_by_cid(store, cids))          # W3C PROV-JSON for auditors
 
 Errors are `ProvenanceError` subclasses whose message says what is wrong and how to fix it:
-RecordError, MissingParent, WeightsError, ChainError, RpcUnreachable, WrongChain, NotDeployed,
-TransactionError, UnauthorizedPublisher, AlreadyPublished, InsufficientFunds.
+RecordError, MissingParent, WeightsError, ClaimConflict, ChainError, RpcUnreachable, WrongChain,
+NotDeployed, TransactionError, UnauthorizedPublisher, AlreadyPublished, InsufficientFunds.
 
 Settlements of absolute amounts (e.g. a serving epoch): `publish_settlement(chain, epoch_id,
 [(address, amount), ...])` creates a root (kind KIND_AMOUNTS) funded up to the sum; its tree is
@@ -80,9 +85,11 @@ from provenance.chain import (
     load_account,
     run_key,
 )
+from provenance.claims import claim_problems, claim_sources, claim_time, honoured, source_claims, source_seal
 from provenance.errors import (
     AlreadyPublished,
     ChainError,
+    ClaimConflict,
     InsufficientFunds,
     MissingParent,
     NotDeployed,
@@ -133,6 +140,7 @@ __all__ = [
     "Anchored",
     "Chain",
     "ChainError",
+    "ClaimConflict",
     "CodeVersion",
     "ConsensusRecord",
     "Distribution",
@@ -192,4 +200,10 @@ __all__ = [
     "weights_snapshot",
     "verify_proof",
     "verify_run",
+    "claim_problems",
+    "claim_sources",
+    "claim_time",
+    "honoured",
+    "source_claims",
+    "source_seal",
 ]

@@ -7,16 +7,16 @@ it returns every failure, each with a stable `name` (e.g. `content_corrupt`, `ro
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pyarrow as pa
 from eth_hash.auto import keccak
 
-from provenance.activities import INGEST, SETTLEMENT, WEIGHTING, WeightingRecord
+from provenance.activities import SETTLEMENT, WEIGHTING, WeightingRecord
 from provenance.chain import KIND_AMOUNTS, KIND_SHARES, Chain, RecordedEvent, run_key
-from provenance.claims import claim_problems, source_claims
+from provenance.claims import run_claim_problems
 from provenance.errors import ChainError, RecordError, WeightsError
 from provenance.merkle import SHARE_LEAF, verify_proof
 from provenance.records import Record, cid_version_of
@@ -312,19 +312,12 @@ def _check_claims(
     chain: Chain, lineage: dict[str, Record], weights: pa.Table | None, report: VerifyReport
 ) -> None:
     """Each source file the run's ingest records name, against the claims made of it on chain: how it
-    was dated, and whom its data pays (`provenance.claims.claim_problems`)."""
-    ingests = [r for r in lineage.values() if r.activity == INGEST]
-    sources = [f for r in ingests for f in r.params.get("source_files") or () if isinstance(f, Mapping)]
-    if not sources:
-        return
-    paid: dict[str, str] = {}
-    if weights is not None:
-        rows = weights.select(["contributor", "address", "role"]).to_pylist()
-        paid = {r["contributor"]: r["address"] for r in rows if r["role"] == "provider"}
-    for cid, why in claim_problems(sources, source_claims(chain, [f["cid"] for f in sources]), paid):
+    was dated, and whom its data pays (`provenance.claims.run_claim_problems`)."""
+    problems, files = run_claim_problems(chain, lineage, weights)
+    for cid, why in problems:
         report.fail("claim_differs", cid, why)
-    report.sources_checked += len(sources)
-    report.sources_claimed += sum(bool(f.get("claimed_by")) for f in sources)
+    report.sources_checked += len(files)
+    report.sources_claimed += sum(bool(f.get("claimed_by")) for f in files)
 
 
 def _check_proofs(

@@ -10,6 +10,7 @@ another sender's, so a claim copied from the mempool gains nothing).
     claim_sources(chain, cids)              the provider, with its own key: a transaction per 400 files
     claims = source_claims(chain, cids)     {cid: {claimant: unix time}}, every claim made on chain
     problems = claim_problems(sources, claims, paid)   what an ingest record gets wrong about them
+    problems, files = run_claim_problems(chain, lineage, weights)   the same for a run, as anchored
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 
+import pyarrow as pa
 from eth_hash.auto import keccak
 from eth_utils import to_checksum_address
 
+from provenance.activities import INGEST
 from provenance.chain import Chain, TxResult, checked_address
 from provenance.errors import ChainError
-from provenance.records import utc_time
+from provenance.records import Record, utc_time
 
 SEAL_DOMAIN = b"caravan/source/"
 SEALS_PER_TX = 400  # a new seal costs about 25k gas (a slot and an event): 10M gas a transaction
@@ -58,12 +61,16 @@ def claim_sources(chain: Chain, cids: Sequence[str], *, per_tx: int = SEALS_PER_
             for b in batches]
 
 
-def source_claims(chain: Chain, cids: Iterable[str]) -> dict[str, dict[str, int]]:
-    """Every claim on chain of each of these files: {cid: {claimant address: unix time}} (a file no
-    one claimed is absent). Seals are opaque, so each claimant's seal of every CID is recomputed and
-    looked up among that claimant's `SourceClaimed` events (one eth_getLogs)."""
+def source_claims(
+    chain: Chain, cids: Iterable[str], *, before_block: int | None = None
+) -> dict[str, dict[str, int]]:
+    """Every claim on chain of each of these files (made in a block before `before_block`, if given):
+    {cid: {claimant address: unix time}} (a file no one claimed is absent). Seals are opaque, so each
+    claimant's seal of every CID is recomputed and looked up among its `SourceClaimed` events (one
+    eth_getLogs)."""
     by_claimant: dict[str, dict[bytes, int]] = {}
-    for log in chain.logs(chain.registry.events.SourceClaimed):
+    logs = chain.logs(chain.registry.events.SourceClaimed)
+    for log in (g for g in logs if before_block is None or int(g["blockNumber"]) < before_block):
         args = log["args"]
         by_claimant.setdefault(to_checksum_address(args["claimant"]), {})[bytes(args["seal"])] = int(
             args["claimedAt"]
@@ -85,37 +92,67 @@ def honoured(claims: Mapping[str, int], address: str | None, registered_at: str)
 
 
 def claim_problems(
-    sources: Sequence[Mapping], claims: Mapping[str, Mapping[str, int]], paid: Mapping[str, str]
+    sources: Sequence[Mapping],
+    claims: Mapping[str, Mapping[str, int]],
+    paid: Mapping[str, str],
 ) -> list[tuple[str, str]]:
     """What an ingest record's `source_files` get wrong about the claims on chain, as (CID, why).
 
-    `paid`: each provider's payout address in the run's weights. A file recorded as claimed
-    (`claimed_by`) must be claimed on chain by that address at its `registered_at`, and its provider
-    paid there. A file recorded as unclaimed must have no claim made by its `registered_at`: not by
-    its provider's address (the record would have dated it by the operator's clock), and not by
-    anyone else unless the record credits that claimant with the same file (a copy, which earns
-    nothing beside its claimed original).
+    `paid`: each provider's payout address (the run's weights; the registry before there are any).
+    A file recorded as claimed (`claimed_by`) must be claimed on chain by that address at its
+    `registered_at`, and its provider paid there. A file recorded as unclaimed must not have been
+    claimed by its provider's address by its `registered_at` (the record would date it by the
+    operator's clock instead of the claim). And a file someone claimed must pay a claimant: its
+    provider's address is one, or the record credits one with the same file (a copy earns nothing
+    beside its original). `claims`: those made before the record was anchored on chain (all so far,
+    before it is). A claim made after the operator dated a file orders nothing, so an operator may
+    date a file before a claim it never saw; none made before the record was anchored lets its pay
+    go elsewhere.
     """
-    claimed_by = {(f["cid"], f["claimed_by"]) for f in sources if f.get("claimed_by")}
+    credited = {(f["cid"], f.get("claimed_by") or paid.get(f.get("provider") or "")) for f in sources}
     out = []
     for f in sources:
         cid, when, who = f["cid"], f.get("registered_at") or "", f.get("claimed_by")
-        on_chain, address = claims.get(cid, {}), paid.get(f.get("provider") or "")
+        on_chain, provider = claims.get(cid, {}), f.get("provider")
+        address = paid.get(provider or "")
         if who:
             if who not in on_chain or claim_time(on_chain[who]) != when:
                 seen = claim_time(on_chain[who]) if who in on_chain else "never"
                 out.append((cid, f"recorded as claimed by {who} at {when}; the chain says {seen}"))
             elif address is not None and address != who:
-                provider = f.get("provider")
                 out.append((cid, f"claimed by {who}, but its provider {provider!r} is paid at {address}"))
             continue
-        early = {a: t for a, t in on_chain.items() if claim_time(t) <= when}
-        if address in early:
-            out.append((cid, f"its provider's address {address} claimed it at {claim_time(early[address])}, "
-                             "but the record dates it by the operator's clock"))
-        elif early and not any((cid, a) in claimed_by for a in early):
-            first = min(early, key=lambda a: (early[a], a))
-            out.append((cid, f"claimed by {first} at {claim_time(early[first])} before it was registered, "
-                             f"yet credited to {f.get('provider')!r}"
-                             + (f" (paid at {address})" if address else "")))
+        if address in on_chain and claim_time(on_chain[address]) <= when:
+            at = claim_time(on_chain[address])
+            out.append((cid, f"its provider's address {address} claimed it at {at}, but the record dates it "
+                             "by the operator's clock"))
+            continue
+        if on_chain and address not in on_chain and not any((cid, a) in credited for a in on_chain):
+            first = min(on_chain, key=lambda a: (on_chain[a], a))
+            out.append((cid, f"claimed on chain by {first} at {claim_time(on_chain[first])}, yet credited to "
+                             f"{provider!r}" + (f" (paid at {address})" if address else " (no address)")))
     return out
+
+
+def run_claim_problems(
+    chain: Chain, lineage: Mapping[str, Record], weights: pa.Table | None
+) -> tuple[list[tuple[str, str]], list[Mapping]]:
+    """The claim problems of a run (`claim_problems` over its ingest records' files, each provider paid
+    where `weights` pays it), each record held to the claims made in blocks before the one that
+    anchored it (every claim so far, before it is anchored), and the files checked: what `publish_run`
+    refuses and `verify_run` fails."""
+    paid: dict[str, str] = {}
+    if weights is not None:
+        rows = weights.select(["contributor", "address", "role"]).to_pylist()
+        paid = {r["contributor"]: r["address"] for r in rows if r["role"] == "provider"}
+    problems: list[tuple[str, str]] = []
+    checked: list[Mapping] = []
+    for cid, record in sorted(lineage.items()):
+        files = [f for f in record.params.get("source_files") or () if isinstance(f, Mapping)]
+        if record.activity != INGEST or not files:
+            continue
+        entry = chain.entry_of(cid)  # None: not anchored yet, so every claim so far counts
+        claims = source_claims(chain, [f["cid"] for f in files], before_block=entry and entry["block"])
+        problems += claim_problems(files, claims, paid)
+        checked += files
+    return problems, checked

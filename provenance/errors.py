@@ -19,6 +19,10 @@ class WeightsError(ProvenanceError):
     """A contributor_weights table breaks its contract (addresses, basis points)."""
 
 
+class ClaimConflict(ProvenanceError):
+    """A run's source files are dated or paid against their providers' claims on chain."""
+
+
 class ChainError(ProvenanceError):
     """The chain cannot be used: missing key, missing deployment, bad configuration."""
 

@@ -17,7 +17,8 @@ import pyarrow as pa
 
 from provenance.activities import WEIGHTING, WeightingRecord
 from provenance.chain import KIND_AMOUNTS, Chain, TxResult, run_key
-from provenance.errors import AlreadyPublished, InsufficientFunds, RecordError, WeightsError
+from provenance.claims import run_claim_problems
+from provenance.errors import AlreadyPublished, ClaimConflict, InsufficientFunds, RecordError, WeightsError
 from provenance.merkle import SHARE_LEAF, StandardMerkleTree
 from provenance.records import Record, topological_order
 from provenance.run_records import RunRecords
@@ -56,27 +57,46 @@ def store_weights(store: ContentStore, table: pa.Table) -> str:
     return store.put_bytes(weights_snapshot(table), pin=True)
 
 
-def head_weights(store: ContentStore, head_cid: str, head: Record) -> tuple[str, ShareLeaves]:
-    """The weights table's CID a run's head (weighting) record names, and its Merkle leaves; RecordError
-    for a head of another activity, WeightsError for weights that are unreadable or invalid."""
+def head_table(store: ContentStore, head_cid: str, head: Record) -> tuple[str, pa.Table]:
+    """The weights table a run's head (weighting) record names, and its CID; RecordError for a head of
+    another activity, WeightsError for a table that cannot be read."""
     if head.activity != WEIGHTING:
         raise RecordError(
             f"record {head_cid} is a {head.activity!r} record; a run's head is its weighting record"
         )
     weights_cid = head.outputs[WeightingRecord.WEIGHTS]
     try:
-        table = read_weights(store.get(weights_cid))
+        return weights_cid, read_weights(store.get(weights_cid))
     except (BlockNotFound, CorruptBlock) as exc:
         raise WeightsError(f"weights table {weights_cid} of record {head_cid} is unreadable: {exc}") from None
+
+
+def head_weights(store: ContentStore, head_cid: str, head: Record) -> tuple[str, ShareLeaves]:
+    """The weights table's CID a run's head record names, and its Merkle leaves (`head_table`; a
+    WeightsError for weights that break their contract)."""
+    weights_cid, table = head_table(store, head_cid, head)
     return weights_cid, share_leaves(table)
+
+
+def _refuse_broken_claims(chain: Chain, lineage: dict[str, Record], weights: pa.Table) -> None:
+    """Refuse, before anything is sent, a run whose files `verify_run` would fail against their claims."""
+    problems, _ = run_claim_problems(chain, lineage, weights)
+    if problems:
+        raise ClaimConflict(
+            "the run's source files break their providers' claims on chain (nothing was sent): "
+            + "; ".join(f"{cid}: {why}" for cid, why in problems)
+            + ". Pay each provider at its claiming address (the contributors registry) and rerun the run"
+        )
 
 
 def publish_run(chain: Chain, store: ContentStore, run_id: str, head_cid: str) -> RunPublication:
     """Anchor the lineage of `head_cid` and its royalty root under `run_id`, once (idempotent)."""
     reader = RunRecords(chain, store)
     lineage = reader.lineage(head_cid)
-    weights_cid, leaves = head_weights(store, head_cid, lineage[head_cid])
+    weights_cid, table = head_table(store, head_cid, lineage[head_cid])
+    leaves = share_leaves(table)
     chain.require_publisher()
+    _refuse_broken_claims(chain, lineage, table)
     key = "0x" + run_key(run_id).hex()
 
     to_record: list[str] = []

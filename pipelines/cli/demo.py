@@ -381,8 +381,7 @@ def claim(
     """Claim your source files on chain, from your own key, before you hand them over: the chain dates
     them, and whoever ingests them must pay you, at this address, for them."""
     from pipelines.datasets import DatasetError, source_files
-    from provenance import ProvenanceError
-    from provenance.claims import claim_sources, claim_time, source_claims
+    from provenance import ProvenanceError, claim_sources, claim_time, source_claims
 
     with clean_errors(DatasetError, ProvenanceError):
         files = [f for s in sources for _, f in source_files(s)]

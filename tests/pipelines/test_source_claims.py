@@ -139,7 +139,7 @@ def _ingested(version: str):
 
 
 def _utc_now(chain: Chain) -> str:
-    from provenance.claims import claim_time
+    from provenance import claim_time
 
     return claim_time(chain.w3.eth.get_block("latest")["timestamp"])
 

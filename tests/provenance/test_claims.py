@@ -1,6 +1,7 @@
 """Source claims on a real anvil: the seal (against web3's own packed keccak), the registry's first
 claim per address, the scan that finds every claimant of a file, the rule an ingest record is held
-to (`claim_problems`), and `verify_run` failing a run whose ingest record ignores a claim."""
+to (`claim_problems`), and `publish_run` refusing, `verify_run` failing, a run whose ingest record
+ignores a claim."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from provenance.activities import INGEST
 from provenance.audit import verify_run
 from provenance.chain import Chain
 from provenance.claims import claim_problems, claim_sources, claim_time, source_claims, source_seal
-from provenance.errors import ChainError
+from provenance.errors import ChainError, ClaimConflict
 from provenance.records import load_record, put_record, topological_order
 from provenance.runs import publish_run
 from serving.sample import SampleRun
@@ -69,6 +70,7 @@ def test_a_claim_is_dated_once_and_names_its_file_only_for_its_sender(
     found = source_claims(chain, many)
     times = {chain.w3.eth.get_block(t.block)["timestamp"] for t in sent}
     assert set(found) == set(many) and {c[bob.address] for c in found.values()} <= times
+    assert source_claims(chain, many, before_block=sent[1].block) == {c: found[c] for c in sorted(many)[:2]}
 
     with pytest.raises(ChainError, match="no files to claim"):
         claim_sources(alice, [])
@@ -85,12 +87,13 @@ def test_claim_problems_hold_a_record_to_the_claims_made_before_it() -> None:
 
     assert claim_problems([item("clinic", t, claimed_by=a)], claims, paid) == []
     assert claim_problems([item("clinic", t - 5)], claims, paid) == []  # taken before the claim
-    assert claim_problems([item("reseller", t - 5)], claims, paid) == []
     # the clinic's own claim dated by the operator's clock instead
     assert "operator's clock" in claim_problems([item("clinic", t + 60)], claims, paid)[0][1]
-    # the clinic's file credited to a reseller: refused, unless the record credits the claim as well
-    [(cid, why)] = claim_problems([item("reseller", t + 60)], claims, paid)
-    assert cid == FILE_A and a in why and "'reseller'" in why and b in why
+    # the clinic's file credited to a reseller: refused, before or after the claim, unless the record
+    # credits the claim as well (a claim made after the record was anchored is not among `claims`)
+    for when in (t - 5, t + 60):
+        [(cid, why)] = claim_problems([item("reseller", when)], claims, paid)
+        assert cid == FILE_A and a in why and "'reseller'" in why and b in why
     assert claim_problems([item("reseller", t + 60), item("clinic", t, claimed_by=a)], claims, paid) == []
     # a claim recorded at another time, or by an address the chain does not know, or paid elsewhere
     assert "the chain says" in claim_problems([item("clinic", t - 1, claimed_by=a)], claims, paid)[0][1]
@@ -111,8 +114,9 @@ def _with_ingest_sources(store: BlockStore, sample: SampleRun, sources: list[dic
     return new[sample.head]
 
 
-def test_verify_fails_a_run_whose_ingest_ignores_its_providers_claim(
-    chain: Chain, anvil: AnvilService, store: BlockStore, sample_run: SampleRun
+def test_publish_refuses_and_verify_fails_a_run_whose_ingest_ignores_its_providers_claim(
+    chain: Chain, anvil: AnvilService, store: BlockStore, sample_run: SampleRun,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     weights = sample_run.weights.to_pylist()
     provider = next(r for r in weights if r["role"] == "provider")
@@ -127,8 +131,23 @@ def test_verify_fails_a_run_whose_ingest_ignores_its_providers_claim(
     assert report.ok, report.failures
     assert (report.sources_claimed, report.sources_checked) == (1, 1)
 
+    # a file claimed by someone else only after the run was anchored binds nothing of the run's
+    later = {"name": "more.csv", "cid": FILE_B, "provider": provider["contributor"],
+             "registered_at": claim_time(when)}
+    publish_run(chain, store, "before", _with_ingest_sources(store, sample_run, [later]))
+    claim_sources(_as(anvil, chain, anvil.dev_keys[4]), [FILE_B])
+    assert verify_run(chain, store, "before").ok
+
+    # the operator dates the clinic's claimed file by its own clock: publish refuses, sending nothing
     operator_dated = {**file, "registered_at": claim_time(when + 3600)}
-    publish_run(chain, store, "unclaimed", _with_ingest_sources(store, sample_run, [operator_dated]))
+    head = _with_ingest_sources(store, sample_run, [operator_dated])
+    sent = chain.block_number()
+    with pytest.raises(ClaimConflict, match="operator's clock"):
+        publish_run(chain, store, "unclaimed", head)
+    assert chain.block_number() == sent
+    # and a run anchored anyway (by a publisher with other code) fails verify
+    monkeypatch.setattr("provenance.runs.run_claim_problems", lambda *_: ([], []))
+    publish_run(chain, store, "unclaimed", head)
     report = verify_run(chain, store, "unclaimed")
     assert [(f.name, f.subject) for f in report.failures] == [("claim_differs", sample_run.raw_cid)]
     assert clinic.address in report.failures[0].detail
