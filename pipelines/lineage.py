@@ -66,16 +66,6 @@ class LineageResource(dg.ConfigurableResource):
         ingest = self.latest(INGEST, version)
         return load_record(store, ingest).outputs.get(IngestRecord.EXAMPLE_CREDIT) if ingest else None
 
-    def claimed_addresses(self, store: ContentStore, version: str) -> dict[str, str]:
-        """Each provider whose files the version's ingest record dates by an on-chain claim, with the
-        address that claimed them: the only address `caravan verify` lets its data pay."""
-        ingest = self.latest(INGEST, version)
-        if ingest is None:
-            return {}
-        files = load_record(store, ingest).params.get("source_files") or []
-        return {f["provider"]: f["claimed_by"] for f in files
-                if isinstance(f, dict) and f.get("claimed_by") and f.get("provider")}
-
     def write(
         self,
         store: ContentStore,

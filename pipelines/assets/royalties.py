@@ -71,19 +71,6 @@ def applied_policy(config: WeightingConfig, retrained: Collection[str], consensu
     return config.model_copy(update=update)
 
 
-def require_claimed_addresses(addresses: dict[str, str], claimed: dict[str, str]) -> None:
-    """Refuse, before anything is stored or published, to pay a provider elsewhere than the address
-    that claimed its files on chain (`provenance.claims`): `caravan verify` would fail the run."""
-    moved = sorted((p, a) for p, a in claimed.items() if p in addresses and addresses[p] != a)
-    if moved:
-        said = "; ".join(f"{p} claimed from {a}, the registry gives {addresses[p]}" for p, a in moved)
-        raise dg.Failure(
-            f"providers claimed their files on chain from another address than the contributors registry "
-            f"gives them: {said}. Set each to its claiming address in the registry (its claim binds its "
-            "data's pay there)"
-        )
-
-
 @dg.asset(partitions_def=dataset_versions, group_name="royalties", kinds={"arrow"})
 def contributor_weights(
     context: dg.AssetExecutionContext,
@@ -116,7 +103,6 @@ def contributor_weights(
         policy = WeightPolicy(**applied.model_dump())
         people = set(raw_dataset["provider"].to_pylist()) | set(annotations["annotator"].to_pylist())
         addresses = contributors.registry().require(people)
-        require_claimed_addresses(addresses, lineage.claimed_addresses(client, version))
         credit_cid = lineage.credit_cid(client, version)
         credit = read_parquet(client.get(credit_cid)) if credit_cid else None
         table = _weights(
