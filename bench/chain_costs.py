@@ -6,6 +6,8 @@ Starts its own anvil (from the npm package, on a free 127.0.0.1 port, fresh stat
 - gas of a claim in runs of 10, 1,000 and 100,000 leaves (grows with the proof, log2 n); the
   figure is a steady-state claim (not the run's first, which also pays to initialise counters);
 - the naive design, one pushed transfer per contributor, for 100 contributors;
+- gas of a provider's source claim of 1 and of 400 files, and the time to find every claimant of
+  `--files` files among `--claimants` claimants on chain (what ingest, publish and verify scan);
 - the wall time of `caravan verify <run>` (a fresh process, as an auditor runs it) on a run of
   `--examples` examples (100,000) and `--contributors` contributors (1,000; a quarter of them
   labelers), goal < 10 s; the same check in-process is printed beside it. The run is
@@ -13,6 +15,7 @@ Starts its own anvil (from the npm package, on a free 127.0.0.1 port, fresh stat
 The last line is one JSON object.
 
     .venv/bin/python bench/chain_costs.py [--examples 100000] [--contributors 1000] [--seed 0]
+        [--claimants 200] [--files 2000]
 """
 
 from __future__ import annotations
@@ -34,7 +37,14 @@ import numpy as np  # noqa: E402
 from eth_account import Account  # noqa: E402
 
 from attribution import largest_remainder  # noqa: E402
-from provenance import Chain, StandardMerkleTree, publish_run, verify_run  # noqa: E402
+from provenance import (  # noqa: E402
+    Chain,
+    StandardMerkleTree,
+    claim_sources,
+    publish_run,
+    source_claims,
+    verify_run,
+)
 from provenance.anvil import AnvilNode  # noqa: E402
 from provenance.chain import artifact  # noqa: E402
 from schemas import TOTAL_BPS  # noqa: E402
@@ -96,11 +106,43 @@ def push_gas(chain: Chain, rng: random.Random, n: int = 100) -> int:
     return chain.send("push", pusher.functions.push(recipients, amounts), value=sum(amounts))[0].gas_used
 
 
+def source_claim_costs(
+    chain: Chain, node: AnvilNode, rng: random.Random, claimants: int, files: int
+) -> tuple[dict[str, int], float]:
+    """Gas of a provider's claim of 1 and of 400 files (one transaction), and the seconds `source_claims`
+    takes to find every claimant of `files` files with `claimants` addresses on chain, each having
+    claimed one of them (the scan recomputes every claimant's seal of every file)."""
+    cids = [f"bafkrei{rng.getrandbits(256):064x}" for _ in range(max(files, 400))]
+    gas = {}
+    for n in (1, 400):
+        [sent] = claim_sources(_funded(chain, node, Account.create()), cids[:n])
+        gas[str(n)] = sent.gas_used
+    for i in range(claimants - 2):
+        claim_sources(_funded(chain, node, Account.create()), [cids[i % files]])
+    t0 = time.perf_counter()
+    found = source_claims(chain, cids[:files])
+    scan = round(time.perf_counter() - t0, 2)
+    print(
+        f"source claims: {gas['1']} gas for one file, {gas['400']} for 400 in one transaction "
+        f"({gas['400'] / 400:.0f} a file); every claimant of {files} files among {claimants} claimants "
+        f"({len(found)} files claimed) found in {scan} s"
+    )
+    return gas, scan
+
+
+def _funded(chain: Chain, node: AnvilNode, account) -> Chain:
+    """`account` on `chain`'s deployment, given gas money by anvil."""
+    chain.w3.provider.make_request("anvil_setBalance", [account.address, hex(10**18)])
+    return Chain(node.rpc_url, account=account, chain_dir=chain.chain_dir)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=100_000)
     parser.add_argument("--contributors", type=int, default=1_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--claimants", type=int, default=200, help="addresses with source claims on chain")
+    parser.add_argument("--files", type=int, default=2_000, help="source files whose claimants are found")
     args = parser.parse_args()
     rng = random.Random(args.seed)
 
@@ -118,11 +160,12 @@ def main() -> None:
                 "bench-records",
             )
             print(f"one record: {child.gas_used} gas with a parent, {first.gas_used} gas for a root record")
-            root_gas, claim_gas, _ = root_and_claim_gas(chain, rng)
+            claim_gas, scan = source_claim_costs(chain, node, rng, args.claimants, args.files)
+            root_gas, share_claim_gas, _ = root_and_claim_gas(chain, rng)
             push = push_gas(chain, rng)
             print(
                 f"naive push of one transfer per contributor, 100 contributors: {push} gas "
-                f"({push / claim_gas['1000']:.1f}x one claim at n=1000, paid by the payer at once)"
+                f"({push / share_claim_gas['1000']:.1f}x one claim at n=1000, paid by the payer at once)"
             )
 
             store = BlockStore(tmp / "blocks", fsync=False)
@@ -173,9 +216,11 @@ def main() -> None:
             {
                 "record_gas": child.gas_used,
                 "root_gas": root_gas,
-                "claim_gas": claim_gas,
+                "claim_gas": share_claim_gas,
                 "verify_s": verify_s,
                 "push_gas_100": push,
+                "source_claim_gas": claim_gas,
+                "source_claims_scan_s": scan,
             }
         )
     )

@@ -34,7 +34,11 @@ SEALS_PER_TX = 400  # a new seal costs about 25k gas (a slot and an event): 10M 
 def source_seal(cid: str, claimant: str) -> bytes:
     """keccak256(abi.encodePacked("caravan/source/", cid, claimant)): what a claim of `cid` by
     `claimant` sends, and what an auditor who holds the file recomputes for each claimant on chain."""
-    return keccak(SEAL_DOMAIN + cid.encode() + bytes.fromhex(checked_address(claimant)[2:]))
+    return _seal(SEAL_DOMAIN + cid.encode(), bytes.fromhex(checked_address(claimant)[2:]))
+
+
+def _seal(domain_cid: bytes, claimant: bytes) -> bytes:
+    return keccak(domain_cid + claimant)
 
 
 def claim_time(seconds: int) -> str:
@@ -76,9 +80,11 @@ def source_claims(
             args["claimedAt"]
         )
     out: dict[str, dict[str, int]] = {}
+    claimants = [(a, bytes.fromhex(a[2:]), seals) for a, seals in sorted(by_claimant.items())]
     for cid in sorted(set(cids)):
-        for claimant, seals in sorted(by_claimant.items()):
-            when = seals.get(source_seal(cid, claimant))
+        prefix = SEAL_DOMAIN + cid.encode()
+        for claimant, raw, seals in claimants:
+            when = seals.get(_seal(prefix, raw))
             if when is not None:
                 out.setdefault(cid, {})[claimant] = when
     return out
