@@ -3,9 +3,10 @@
 Why: a run credits an exactly or nearly copied example to whoever registered it first, and pays
 each provider at the address the operator's registry gives. Both are the operator's word unless
 the provider said so first, where the operator cannot rewrite it. A claim is a seal (`source_seal`)
-sent to the registry's `claimSources`: the chain's clock dates it, the sender is the address the
-file's pay must go to, and the seal names no file until the file is published (nor any file of
-another sender's, so a claim copied from the mempool gains nothing).
+sent to the registry's `claimSources` with its file's bucket (`source_bucket`, 16 bits that name no
+file): the chain's clock dates it, the sender is the address the file's pay must go to, and the
+seal names no file until the file is published (nor any file of another sender's, so a claim copied
+from the mempool gains nothing).
 
     claim_sources(chain, cids)              the provider, with its own key: a transaction per 400 files
     claims = source_claims(chain, cids)     {cid: {claimant: unix time}}, every claim made on chain
@@ -28,6 +29,7 @@ from provenance.errors import ChainError
 from provenance.records import Record, utc_time
 
 SEAL_DOMAIN = b"caravan/source/"
+BUCKET_DOMAIN = b"caravan/source-bucket/"
 SEALS_PER_TX = 400  # a new seal costs about 25k gas (a slot and an event): 10M gas a transaction
 
 
@@ -39,6 +41,12 @@ def source_seal(cid: str, claimant: str) -> bytes:
 
 def _seal(domain_cid: bytes, claimant: bytes) -> bytes:
     return keccak(domain_cid + claimant)
+
+
+def source_bucket(cid: str) -> int:
+    """The first two bytes of keccak256(abi.encodePacked("caravan/source-bucket/", cid)): sent beside a
+    claim's seal, they tell no one the file, and an auditor tests only the claims in a file's bucket."""
+    return int.from_bytes(keccak(BUCKET_DOMAIN + cid.encode())[:2], "big")
 
 
 def claim_time(seconds: int) -> str:
@@ -55,36 +63,41 @@ def claim_sources(chain: Chain, cids: Sequence[str], *, per_tx: int = SEALS_PER_
     account = chain.address
     if account is None:
         raise ChainError("claiming needs the provider's own key: set CARAVAN_PRIVATE_KEY or CARAVAN_KEYSTORE")
-    seals = [source_seal(c, account) for c in sorted(set(cids))]
+    files = sorted(set(cids))
+    seals = [source_seal(c, account) for c in files]
     known = chain.batch_call([chain.registry.functions.claimedAt(account, s) for s in seals])
-    new = [s for s, t in zip(seals, known, strict=True) if t == 0]
+    new = [(s, source_bucket(c)) for c, s, t in zip(files, seals, known, strict=True) if t == 0]
     if not new:
         return [TxResult("claim:" + keccak(b"".join(seals)).hex(), None, 0, None, True)]
-    batches = [new[i : i + per_tx] for i in range(0, len(new), per_tx)]
-    return [chain.send("claim:" + keccak(b"".join(b)).hex(), chain.registry.functions.claimSources(b))[0]
-            for b in batches]
+    out = []
+    for batch in (new[i : i + per_tx] for i in range(0, len(new), per_tx)):
+        batch_seals, buckets = [s for s, _ in batch], [b for _, b in batch]
+        action = "claim:" + keccak(b"".join(batch_seals)).hex()
+        out.append(chain.send(action, chain.registry.functions.claimSources(batch_seals, buckets))[0])
+    return out
 
 
 def source_claims(
     chain: Chain, cids: Iterable[str], *, before_block: int | None = None
 ) -> dict[str, dict[str, int]]:
     """Every claim on chain of each of these files (made in a block before `before_block`, if given):
-    {cid: {claimant address: unix time}} (a file no one claimed is absent). Seals are opaque, so each
-    claimant's seal of every CID is recomputed and looked up among its `SourceClaimed` events (one
-    eth_getLogs)."""
-    by_claimant: dict[str, dict[bytes, int]] = {}
-    logs = chain.logs(chain.registry.events.SourceClaimed)
-    for log in (g for g in logs if before_block is None or int(g["blockNumber"]) < before_block):
+    {cid: {claimant address: unix time}} (a file no one claimed is absent). Seals are opaque, so the
+    seal of each file by each claimant in its bucket (`source_bucket`) is recomputed and looked up
+    among the `SourceClaimed` events (one eth_getLogs)."""
+    buckets: dict[int, dict[str, dict[bytes, int]]] = {}  # bucket -> claimant -> seal -> time
+    for log in chain.logs(chain.registry.events.SourceClaimed):
+        if before_block is not None and int(log["blockNumber"]) >= before_block:
+            continue
         args = log["args"]
-        by_claimant.setdefault(to_checksum_address(args["claimant"]), {})[bytes(args["seal"])] = int(
+        claimant = to_checksum_address(args["claimant"])
+        buckets.setdefault(int(args["bucket"]), {}).setdefault(claimant, {})[bytes(args["seal"])] = int(
             args["claimedAt"]
         )
     out: dict[str, dict[str, int]] = {}
-    claimants = [(a, bytes.fromhex(a[2:]), seals) for a, seals in sorted(by_claimant.items())]
     for cid in sorted(set(cids)):
         prefix = SEAL_DOMAIN + cid.encode()
-        for claimant, raw, seals in claimants:
-            when = seals.get(_seal(prefix, raw))
+        for claimant, seals in sorted(buckets.get(source_bucket(cid), {}).items()):
+            when = seals.get(_seal(prefix, bytes.fromhex(claimant[2:])))
             if when is not None:
                 out.setdefault(cid, {})[claimant] = when
     return out

@@ -14,8 +14,15 @@ from web3 import Web3
 from provenance.activities import INGEST
 from provenance.audit import verify_run
 from provenance.chain import Chain
-from provenance.claims import claim_problems, claim_sources, claim_time, source_claims, source_seal
-from provenance.errors import ChainError, ClaimConflict
+from provenance.claims import (
+    claim_problems,
+    claim_sources,
+    claim_time,
+    source_bucket,
+    source_claims,
+    source_seal,
+)
+from provenance.errors import ChainError, ClaimConflict, TransactionError
 from provenance.records import load_record, put_record, topological_order
 from provenance.runs import publish_run
 from serving.sample import SampleRun
@@ -37,6 +44,8 @@ def test_the_seal_is_the_packed_keccak_of_domain_cid_and_claimant() -> None:
     expected = Web3.solidity_keccak(["bytes", "string", "address"], [b"caravan/source/", FILE_A, who])
     assert source_seal(FILE_A, who) == bytes(expected)
     assert source_seal(FILE_A, who) != source_seal(FILE_B, who)
+    bucket = Web3.solidity_keccak(["bytes", "string"], [b"caravan/source-bucket/", FILE_A])[:2]
+    assert source_bucket(FILE_A) == int.from_bytes(bucket, "big") < 2**16
 
 
 def test_a_claim_is_dated_once_and_names_its_file_only_for_its_sender(
@@ -53,8 +62,8 @@ def test_a_claim_is_dated_once_and_names_its_file_only_for_its_sender(
 
     # a watcher who copies alice's seal into its own claim gets a claim of no file at all
     mallory = _as(anvil, chain, anvil.dev_keys[2])
-    seal = source_seal(FILE_A, alice.address)
-    copied = mallory.send("copy", mallory.registry.functions.claimSources([seal]))
+    seal, bucket = source_seal(FILE_A, alice.address), source_bucket(FILE_A)
+    copied = mallory.send("copy", mallory.registry.functions.claimSources([seal], [bucket]))
     assert not copied[0].skipped
     # the same bytes claimed later by another address: both claims are on chain, each with its time
     bob = _as(anvil, chain, anvil.dev_keys[3])
@@ -71,6 +80,14 @@ def test_a_claim_is_dated_once_and_names_its_file_only_for_its_sender(
     times = {chain.w3.eth.get_block(t.block)["timestamp"] for t in sent}
     assert set(found) == set(many) and {c[bob.address] for c in found.values()} <= times
     assert source_claims(chain, many, before_block=sent[1].block) == {c: found[c] for c in sorted(many)[:2]}
+
+    # a claim in another bucket than its file's is not found (it only hides its own sender's claim)
+    hidden = _as(anvil, chain, anvil.dev_keys[5])
+    hidden.send("hide", hidden.registry.functions.claimSources([source_seal(FILE_B, hidden.address)],
+                                                               [source_bucket(FILE_B) ^ 1]))
+    assert hidden.address not in source_claims(chain, [FILE_B])[FILE_B]
+    with pytest.raises(TransactionError, match="BucketsMismatch"):
+        alice.send("mismatch", alice.registry.functions.claimSources([seal], []))
 
     with pytest.raises(ChainError, match="no files to claim"):
         claim_sources(alice, [])
