@@ -118,15 +118,16 @@ def claim_problems(
     """What an ingest record's `source_files` get wrong about the claims on chain, as (CID, why).
 
     `paid`: each provider's payout address (the run's weights; the registry before there are any).
-    A file recorded as claimed (`claimed_by`) must be claimed on chain by that address at its
-    `registered_at`, and its provider paid there. A file recorded as unclaimed must not have been
-    claimed by its provider's address by its `registered_at` (the record would date it by the
-    operator's clock instead of the claim). And a file someone claimed must pay a claimant: its
-    provider's address is one, or the record credits one with the same file (a copy earns nothing
-    beside its original). `claims`: those made before the record was anchored on chain (all so far,
-    before it is). A claim made after the operator dated a file orders nothing, so an operator may
-    date a file before a claim it never saw; none made before the record was anchored lets its pay
-    go elsewhere.
+    `claims`: those made before the record was anchored on chain (all so far, before it is).
+    - A file recorded as claimed (`claimed_by`) is claimed on chain by that address at its
+      `registered_at`, and its provider is paid there.
+    - A file recorded as unclaimed was not claimed by its provider's address by its `registered_at`
+      (else the record dates it by the operator's clock instead of the claim).
+    - A claimed file pays its first claimant (those of the earliest claim, where several claimed it
+      at once): its provider's address is one, or the record credits one with the same file, and the
+      copy earns nothing beside it. So the first registrant is the chain's to say, whenever the
+      operator dated a file: a claim made after that orders nothing among unclaimed files, but none
+      made before the record was anchored lets the file's pay go elsewhere.
     """
     credited = {(f["cid"], f.get("claimed_by") or paid.get(f.get("provider") or "")) for f in sources}
     out = []
@@ -134,22 +135,21 @@ def claim_problems(
         cid, when, who = f["cid"], f.get("registered_at") or "", f.get("claimed_by")
         on_chain, provider = claims.get(cid, {}), f.get("provider")
         address = paid.get(provider or "")
-        if who:
-            if who not in on_chain or claim_time(on_chain[who]) != when:
-                seen = claim_time(on_chain[who]) if who in on_chain else "never"
-                out.append((cid, f"recorded as claimed by {who} at {when}; the chain says {seen}"))
-            elif address is not None and address != who:
-                out.append((cid, f"claimed by {who}, but its provider {provider!r} is paid at {address}"))
-            continue
-        if address in on_chain and claim_time(on_chain[address]) <= when:
+        if who and (who not in on_chain or claim_time(on_chain[who]) != when):
+            seen = claim_time(on_chain[who]) if who in on_chain else "never"
+            out.append((cid, f"recorded as claimed by {who} at {when}; the chain says {seen}"))
+        elif who and address is not None and address != who:
+            out.append((cid, f"claimed by {who}, but its provider {provider!r} is paid at {address}"))
+        elif not who and address in on_chain and claim_time(on_chain[address]) <= when:
             at = claim_time(on_chain[address])
             out.append((cid, f"its provider's address {address} claimed it at {at}, but the record dates it "
                              "by the operator's clock"))
-            continue
-        if on_chain and address not in on_chain and not any((cid, a) in credited for a in on_chain):
-            first = min(on_chain, key=lambda a: (on_chain[a], a))
-            out.append((cid, f"claimed on chain by {first} at {claim_time(on_chain[first])}, yet credited to "
-                             f"{provider!r}" + (f" (paid at {address})" if address else " (no address)")))
+        elif on_chain:
+            first = min(on_chain.values())
+            firsts = sorted(a for a, t in on_chain.items() if t == first)
+            if (who or address) not in firsts and not any((cid, a) in credited for a in firsts):
+                out.append((cid, f"claimed first by {firsts[0]} at {claim_time(first)}, yet credited to "
+                                 f"{provider!r}" + (f" (paid at {address})" if address else " (no address)")))
     return out
 
 

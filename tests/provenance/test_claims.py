@@ -112,6 +112,14 @@ def test_claim_problems_hold_a_record_to_the_claims_made_before_it() -> None:
         [(cid, why)] = claim_problems([item("reseller", when)], claims, paid)
         assert cid == FILE_A and a in why and "'reseller'" in why and b in why
     assert claim_problems([item("reseller", t + 60), item("clinic", t, claimed_by=a)], claims, paid) == []
+    # the reseller claimed the clinic's file too, later: the first claimant is still the one paid
+    later = {FILE_A: {a: t, b: t + 10}}
+    [(_, why)] = claim_problems([item("reseller", t + 10, claimed_by=b)], later, paid)
+    assert why.startswith(f"claimed first by {a}")
+    both = [item("reseller", t + 10, claimed_by=b), item("clinic", t, claimed_by=a)]
+    assert claim_problems(both, later, paid) == []
+    # claimed at once (one block): both are first, and share it
+    assert claim_problems([item("reseller", t, claimed_by=b)], {FILE_A: {a: t, b: t}}, paid) == []
     # a claim recorded at another time, or by an address the chain does not know, or paid elsewhere
     assert "the chain says" in claim_problems([item("clinic", t - 1, claimed_by=a)], claims, paid)[0][1]
     assert "never" in claim_problems([item("clinic", t, claimed_by=b)], claims, paid)[0][1]
