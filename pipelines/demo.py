@@ -677,7 +677,8 @@ def claim_demo_sources(settings: Settings, demo: DemoData):
         return None  # no faucet: on another chain the providers claim with `caravan claim` themselves
     files: dict[str, list[str]] = {}
     for _, f in source_files(str(demo.source), payload=Payload.of(demo.labeling)):
-        files.setdefault(f.provider or "", []).append(f.cid)
+        if f.provider:  # a table of several providers' rows (`--data`) is no one provider's to claim
+            files.setdefault(f.provider, []).append(f.cid)
     for provider, cids in sorted(files.items()):
         account = demo_account(provider)
         chain.w3.provider.make_request("anvil_setBalance", [account.address, hex(10**18)])

@@ -148,8 +148,10 @@ def claim_problems(
             first = min(on_chain.values())
             firsts = sorted(a for a, t in on_chain.items() if t == first)
             if (who or address) not in firsts and not any((cid, a) in credited for a in firsts):
+                whom = f"{provider!r}" if provider else "the providers its rows name"
+                paid_at = f" (paid at {address})" if address else ""
                 out.append((cid, f"claimed first by {firsts[0]} at {claim_time(first)}, yet credited to "
-                                 f"{provider!r}" + (f" (paid at {address})" if address else " (no address)")))
+                                 f"{whom}{paid_at}"))
     return out
 
 
