@@ -248,7 +248,7 @@ class ClaimLookup:
         if problems:
             names = {f["cid"]: f["name"] for f in out}
             raise ValueError(
-                "source files claimed on chain by another address than their provider's: "
+                "source files claimed on chain first by another address than their provider's: "
                 + "; ".join(f"{names[cid]} ({cid}): {why}" for cid, why in problems)
                 + ". Register each under the provider who claimed it, or give that provider the claiming "
                 "address in the contributors registry"

@@ -148,7 +148,7 @@ def verify_run(
 
     weights = _stored_weights(store, lineage, report)
     leaves = _leaves(weights, lineage, report)
-    _check_claims(chain, lineage, weights, report)
+    _check_claims(chain, lineage, weights if leaves is not None else None, report)  # valid weights only
     if dist is None:
         report.fail("root_missing", run_id, "no royalty distribution on chain for this run")
     else:
