@@ -158,6 +158,7 @@ def demo(
         "root_tx",
         "claim_tx",
         "verify_ok",
+        "sources_claimed",
         "predictions",
         "epoch_id",
         "epoch_claim_tx",
