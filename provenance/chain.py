@@ -1,4 +1,4 @@
-"""The chain client: web3.py against any JSON-RPC endpoint, for Caravan's two contracts.
+"""The chain client: web3.py against any JSON-RPC endpoint, for Caravan's three contracts.
 
 Why it is more than `contract.functions.x().transact()`:
 - every state-changing call is checked against chain state first (callers skip what is already
@@ -72,7 +72,9 @@ DEFAULT_RPC_URL = "http://127.0.0.1:8545"
 ARTIFACTS = Path(__file__).with_name("contracts") / "artifacts"
 REGISTRY = "ProvenanceRegistry"
 DISTRIBUTOR = "RoyaltyDistributor"
-CONTRACTS = (REGISTRY, DISTRIBUTOR)
+CLAIMS = "SourceClaims"
+PUBLISHING = (REGISTRY, DISTRIBUTOR)  # the contracts only a publisher (PUBLISHER_ROLE) writes to
+CONTRACTS = (*PUBLISHING, CLAIMS)  # SourceClaims: anyone claims, no roles, no admin
 PUBLISHER_ROLE = keccak(b"PUBLISHER_ROLE")
 ZERO_ADDRESS = "0x" + "0" * 40
 KIND_SHARES, KIND_AMOUNTS = 1, 2
@@ -370,12 +372,13 @@ class Chain:
                 results[name] = TxResult(f"deploy:{name}", entry.get("tx_hash"), 0, entry.get("block"), True)
                 continue
             factory = self.w3.eth.contract(abi=artifact(name)["abi"], bytecode=artifact(name)["bytecode"])
-            result, receipt = self.send(f"deploy:{name}", factory.constructor(admin))
+            args = (admin,) if name in PUBLISHING else ()
+            result, receipt = self.send(f"deploy:{name}", factory.constructor(*args))
             known.setdefault("contracts", {})[name] = {
                 "address": receipt["contractAddress"],
                 "tx_hash": result.tx_hash,
                 "block": result.block,
-                "admin": admin,
+                **({"admin": admin} if args else {}),
             }
             known["chain_id"] = self.chain_id
             _write_json(self.deployments_path, known)
@@ -407,6 +410,11 @@ class Chain:
     def registry(self) -> Contract:
         """The deployed ProvenanceRegistry (records anchored per run); NotDeployed if none is live here."""
         return self.contract(REGISTRY)
+
+    @property
+    def claims(self) -> Contract:
+        """The deployed SourceClaims (providers' claims of their files); NotDeployed if none is live here."""
+        return self.contract(CLAIMS)
 
     @property
     def distributor(self) -> Contract:
@@ -545,9 +553,10 @@ class Chain:
         return bool(self._call("hasRole", c.functions.hasRole(PUBLISHER_ROLE, to_checksum_address(address))))
 
     def require_publisher(self) -> None:
-        """Refuse early (before anything is sent) if the account may not publish on both contracts."""
+        """Refuse early (before anything is sent) if the account may not publish on the registry and the
+        distributor."""
         sender = self._need_account().address
-        for name in CONTRACTS:
+        for name in PUBLISHING:
             if not self.is_publisher(sender, name):
                 raise UnauthorizedPublisher(
                     f"account {sender} lacks PUBLISHER_ROLE on {name} at {self.contract(name).address}: "
@@ -555,11 +564,11 @@ class Chain:
                 )
 
     def grant_publisher(self, address: str) -> list[TxResult]:
-        """Grant `address` PUBLISHER_ROLE on both contracts (the admin's key sends it); one result per
-        contract, skipped where it already holds the role."""
+        """Grant `address` PUBLISHER_ROLE on the registry and distributor (the admin's key sends it); one
+        result per contract, skipped where it already holds the role."""
         who = checked_address(address)
         out = []
-        for name in CONTRACTS:
+        for name in PUBLISHING:
             action = f"grant:{name}:{who}"
             if self.is_publisher(who, name):
                 out.append(TxResult(action, None, 0, None, True))

@@ -3,10 +3,10 @@
 Why: a run credits an exactly or nearly copied example to whoever registered it first, and pays
 each provider at the address the operator's registry gives. Both are the operator's word unless
 the provider said so first, where the operator cannot rewrite it. A claim is a seal (`source_seal`)
-sent to the registry's `claimSources` with its file's bucket (`source_bucket`, 16 bits that name no
-file): the chain's clock dates it, the sender is the address the file's pay must go to, and the
-seal names no file until the file is published (nor any file of another sender's, so a claim copied
-from the mempool gains nothing).
+sent to the SourceClaims contract's `claimSources` with its file's bucket (`source_bucket`, 16 bits
+that name no file): the chain's clock dates it, the sender is the address the file's pay must go
+to, and the seal names no file until the file is published (nor any file of another sender's, so a
+claim copied from the mempool gains nothing).
 
     claim_sources(chain, cids)              the provider, with its own key: a transaction per 400 files
     claims = source_claims(chain, cids)     {cid: {claimant: unix time}}, every claim made on chain
@@ -65,7 +65,7 @@ def claim_sources(chain: Chain, cids: Sequence[str], *, per_tx: int = SEALS_PER_
         raise ChainError("claiming needs the provider's own key: set CARAVAN_PRIVATE_KEY or CARAVAN_KEYSTORE")
     files = sorted(set(cids))
     seals = [source_seal(c, account) for c in files]
-    known = chain.batch_call([chain.registry.functions.claimedAt(account, s) for s in seals])
+    known = chain.batch_call([chain.claims.functions.claimedAt(account, s) for s in seals])
     new = [(s, source_bucket(c)) for c, s, t in zip(files, seals, known, strict=True) if t == 0]
     if not new:
         return [TxResult("claim:" + keccak(b"".join(seals)).hex(), None, 0, None, True)]
@@ -73,7 +73,7 @@ def claim_sources(chain: Chain, cids: Sequence[str], *, per_tx: int = SEALS_PER_
     for batch in (new[i : i + per_tx] for i in range(0, len(new), per_tx)):
         batch_seals, buckets = [s for s, _ in batch], [b for _, b in batch]
         action = "claim:" + keccak(b"".join(batch_seals)).hex()
-        out.append(chain.send(action, chain.registry.functions.claimSources(batch_seals, buckets))[0])
+        out.append(chain.send(action, chain.claims.functions.claimSources(batch_seals, buckets))[0])
     return out
 
 
@@ -85,7 +85,7 @@ def source_claims(
     seal of each file by each claimant in its bucket (`source_bucket`) is recomputed and looked up
     among the `SourceClaimed` events (one eth_getLogs)."""
     buckets: dict[int, dict[str, dict[bytes, int]]] = {}  # bucket -> claimant -> seal -> time
-    for log in chain.logs(chain.registry.events.SourceClaimed):
+    for log in chain.logs(chain.claims.events.SourceClaimed):
         if before_block is not None and int(log["blockNumber"]) >= before_block:
             continue
         args = log["args"]

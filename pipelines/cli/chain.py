@@ -18,7 +18,8 @@ from pipelines.cli.options import open_chain
 
 
 def deploy() -> None:
-    """Deploy the registry and distributor where missing (idempotent); print addresses and gas."""
+    """Deploy the registry, distributor and source claims where missing (idempotent); print addresses
+    and gas."""
     from provenance import ProvenanceError
 
     with clean_errors(ProvenanceError):
@@ -61,7 +62,7 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 
 
 def grant(address: Annotated[str, typer.Argument(help="EIP-55 address to make a publisher.")]) -> None:
-    """Give an address PUBLISHER_ROLE on both contracts (the admin's key signs)."""
+    """Give an address PUBLISHER_ROLE on the registry and distributor (the admin's key signs)."""
     from provenance import ProvenanceError
 
     with clean_errors(ProvenanceError):

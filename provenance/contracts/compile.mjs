@@ -20,6 +20,7 @@ const SOURCES = [
   "testing/TestToken.sol",
   "testing/ReentrantClaimer.sol",
   "testing/NaivePusher.sol",
+  "SourceClaims.sol",
 ];
 
 const SETTINGS = {

@@ -1,4 +1,4 @@
-"""Source claims on a real anvil: the seal (against web3's own packed keccak), the registry's first
+"""Source claims on a real anvil: the seal (against web3's own packed keccak), the contract's first
 claim per address, the scan that finds every claimant of a file, the rule an ingest record is held
 to (`claim_problems`), and `publish_run` refusing, `verify_run` failing, a run whose ingest record
 ignores a claim."""
@@ -48,6 +48,24 @@ def test_the_seal_is_the_packed_keccak_of_domain_cid_and_claimant() -> None:
     assert source_bucket(FILE_A) == int.from_bytes(bucket, "big") < 2**16
 
 
+def test_claims_deploy_beside_a_deployment_that_had_none(anvil: AnvilService, tmp_path) -> None:
+    """A chain deployed before SourceClaims existed keeps its registry and distributor (runs anchored
+    there stay verifiable): deploy adds only the claims contract."""
+    import json
+
+    from provenance.chain import CLAIMS, DISTRIBUTOR, REGISTRY
+
+    admin = Account.from_key(anvil.dev_keys[0])
+    chain = Chain(anvil.rpc_url, account=admin, chain_dir=tmp_path / "chain")
+    first = chain.deploy()
+    known = json.loads(chain.deployments_path.read_text())
+    del known["contracts"][CLAIMS]  # as written before the contract existed
+    chain.deployments_path.write_text(json.dumps(known))
+    again = Chain(anvil.rpc_url, account=admin, chain_dir=tmp_path / "chain").deploy()
+    assert again[REGISTRY].skipped and again[DISTRIBUTOR].skipped and not again[CLAIMS].skipped
+    assert again[REGISTRY].tx_hash == first[REGISTRY].tx_hash
+
+
 def test_a_claim_is_dated_once_and_names_its_file_only_for_its_sender(
     chain: Chain, anvil: AnvilService
 ) -> None:
@@ -63,7 +81,7 @@ def test_a_claim_is_dated_once_and_names_its_file_only_for_its_sender(
     # a watcher who copies alice's seal into its own claim gets a claim of no file at all
     mallory = _as(anvil, chain, anvil.dev_keys[2])
     seal, bucket = source_seal(FILE_A, alice.address), source_bucket(FILE_A)
-    copied = mallory.send("copy", mallory.registry.functions.claimSources([seal], [bucket]))
+    copied = mallory.send("copy", mallory.claims.functions.claimSources([seal], [bucket]))
     assert not copied[0].skipped
     # the same bytes claimed later by another address: both claims are on chain, each with its time
     bob = _as(anvil, chain, anvil.dev_keys[3])
@@ -83,11 +101,11 @@ def test_a_claim_is_dated_once_and_names_its_file_only_for_its_sender(
 
     # a claim in another bucket than its file's is not found (it only hides its own sender's claim)
     hidden = _as(anvil, chain, anvil.dev_keys[5])
-    hidden.send("hide", hidden.registry.functions.claimSources([source_seal(FILE_B, hidden.address)],
+    hidden.send("hide", hidden.claims.functions.claimSources([source_seal(FILE_B, hidden.address)],
                                                                [source_bucket(FILE_B) ^ 1]))
     assert hidden.address not in source_claims(chain, [FILE_B])[FILE_B]
     with pytest.raises(TransactionError, match="BucketsMismatch"):
-        alice.send("mismatch", alice.registry.functions.claimSources([seal], []))
+        alice.send("mismatch", alice.claims.functions.claimSources([seal], []))
 
     with pytest.raises(ChainError, match="no files to claim"):
         claim_sources(alice, [])
