@@ -7,14 +7,14 @@ it returns every failure, each with a stable `name` (e.g. `content_corrupt`, `ro
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pyarrow as pa
 from eth_hash.auto import keccak
 
-from provenance.activities import SETTLEMENT, WEIGHTING, WeightingRecord
+from provenance.activities import INGEST, SETTLEMENT, WEIGHTING, WeightingRecord
 from provenance.chain import KIND_AMOUNTS, KIND_SHARES, Chain, RecordedEvent, run_key
 from provenance.claims import run_claim_problems
 from provenance.errors import ChainError, RecordError, WeightsError
@@ -452,13 +452,26 @@ def _record_tree(reader: RunRecords, cid: str, seen: set[str]) -> TraceNode:
         "" if entry else " NOT ON CHAIN"
     )
     node = TraceNode("record", cid, label, details)
+    sources = {f["cid"]: f for f in record.params.get("source_files") or () if isinstance(f, Mapping)}
     for name, data_cid in sorted(record.inputs.items()):
+        source = sources.get(data_cid) if record.activity == INGEST else None
+        said = f" ({_source_said(source)})" if source else ""
+        extra = {"source": source} if source else {}
         node.children.append(
-            TraceNode("data", data_cid, f"{name}: {data_cid}", {"role": "input", "name": name})
+            TraceNode("data", data_cid, f"{name}: {data_cid}{said}", {"role": "input", "name": name, **extra})
         )
     for parent in record.parents:
         node.children.append(_record_tree(reader, parent, seen))
     return node
+
+
+def _source_said(source: Mapping[str, Any]) -> str:
+    """Whose a source file is and who dated it: its provider's claim on chain, or the operator's clock."""
+    who = f"provider {source['provider']}" if source.get("provider") else "providers in its rows"
+    when = source.get("registered_at") or "?"
+    dated = (f"claimed by {source['claimed_by']} at {when}" if source.get("claimed_by")
+             else f"registered at {when} by the operator's clock")
+    return f"{source.get('name', '?')}, {who}, {dated}"
 
 
 def _trace_tx(reader: RunRecords, tx_hash: str, events: list[tuple[str, dict[str, Any]]]) -> TraceNode:

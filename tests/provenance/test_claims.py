@@ -12,7 +12,7 @@ from eth_account import Account
 from web3 import Web3
 
 from provenance.activities import INGEST
-from provenance.audit import verify_run
+from provenance.audit import TraceNode, trace, verify_run
 from provenance.chain import Chain
 from provenance.claims import (
     claim_problems,
@@ -144,6 +144,10 @@ def test_claim_problems_hold_a_record_to_the_claims_made_before_it() -> None:
     assert "is paid at" in claim_problems([item("clinic", t, claimed_by=a)], claims, {"clinic": b})[0][1]
 
 
+def _walk(node: TraceNode) -> list[TraceNode]:
+    return [node, *(n for child in node.children for n in _walk(child))]
+
+
 def _with_ingest_sources(store: BlockStore, sample: SampleRun, sources: list[dict]) -> str:
     """The sample run's lineage again, its ingest record naming `sources` (every descendant re-put so
     the parents still hash): the new head's CID."""
@@ -173,6 +177,10 @@ def test_publish_refuses_and_verify_fails_a_run_whose_ingest_ignores_its_provide
     report = verify_run(chain, store, "claimed")
     assert report.ok, report.failures
     assert (report.sources_claimed, report.sources_checked) == (1, 1)
+    # the trace says whose each source file is, and who dated it
+    [source] = [n for n in _walk(trace(chain, store, "claimed")) if n.id == sample_run.raw_cid]
+    said = f"provider {provider['contributor']}, claimed by {clinic.address} at {honest['registered_at']}"
+    assert f"synthetic.csv, {said}" in source.label and source.details["source"] == honest
 
     # a file claimed by someone else only after the run was anchored binds nothing of the run's
     later = {"name": "more.csv", "cid": FILE_B, "provider": provider["contributor"],
