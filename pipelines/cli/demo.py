@@ -367,10 +367,15 @@ def _claim_lookup(settings):
     """The chain and the providers' addresses (the contributors registry, where there is one)."""
     from labeling import ContributorsRegistry
     from pipelines.resources import ClaimLookup
+    from provenance.errors import RpcUnreachable
 
     path = settings.contributors_file
     addresses = ContributorsRegistry.load(path).addresses if path.exists() else {}
-    return ClaimLookup(open_chain(), addresses)
+    try:
+        return ClaimLookup(open_chain(), addresses)
+    except RpcUnreachable as exc:
+        raise CaravanError(f"{exc}; ingest reads the providers' source claims there (`caravan claim`): start "
+                           "it, or pass --no-claims to date every file by this machine's clock") from None
 
 
 def claim(

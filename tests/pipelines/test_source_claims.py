@@ -143,3 +143,13 @@ def _utc_now(chain: Chain) -> str:
 
     return claim_time(chain.w3.eth.get_block("latest")["timestamp"])
 
+
+
+def test_ingest_names_no_claims_when_the_chain_it_deployed_to_is_down(home, tmp_path, monkeypatch) -> None:
+    from provenance.anvil import free_port
+
+    data, _, _ = home
+    monkeypatch.setenv("CARAVAN_RPC_URL", f"http://127.0.0.1:{free_port()}")
+    down = _invoke(monkeypatch, None, "ingest", str(data), "--version", "v1", *TABLE_ARGS)
+    assert down.exit_code == 1 and "--no-claims" in down.stderr and "did not answer" in down.stderr
+    assert not (tmp_path / "home" / "datasets" / "v1.json").exists()
