@@ -16,7 +16,7 @@ from eth_hash.auto import keccak
 
 from provenance.activities import INGEST, SETTLEMENT, WEIGHTING, WeightingRecord
 from provenance.chain import KIND_AMOUNTS, KIND_SHARES, Chain, RecordedEvent, run_key
-from provenance.claims import run_claim_problems
+from provenance.claims import claims_deployed, run_claim_problems
 from provenance.errors import ChainError, RecordError, WeightsError
 from provenance.merkle import SHARE_LEAF, verify_proof
 from provenance.records import Record, cid_version_of
@@ -100,6 +100,7 @@ class VerifyReport(Findings):
     proofs_checked: int = 0
     sources_checked: int = 0  # source files the ingest records name, held to the claims on chain
     sources_claimed: int = 0  # of them, those dated and paid by their provider's own claim
+    claims_deployed: bool = True  # False: no SourceClaims contract on this chain, no claim to hold them to
 
 
 def verify_run(
@@ -314,6 +315,7 @@ def _check_claims(
     """Each source file the run's ingest records name, against the claims made of it on chain: how it
     was dated, and whom its data pays (`provenance.claims.run_claim_problems`)."""
     problems, files = run_claim_problems(chain, lineage, weights)
+    report.claims_deployed = claims_deployed(chain)
     for cid, why in problems:
         report.fail("claim_differs", cid, why)
     report.sources_checked += len(files)

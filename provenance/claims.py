@@ -25,7 +25,7 @@ from eth_utils import to_checksum_address
 
 from provenance.activities import INGEST
 from provenance.chain import Chain, TxResult, checked_address
-from provenance.errors import ChainError
+from provenance.errors import ChainError, NotDeployed
 from provenance.records import Record, utc_time
 
 SEAL_DOMAIN = b"caravan/source/"
@@ -77,13 +77,25 @@ def claim_sources(chain: Chain, cids: Sequence[str], *, per_tx: int = SEALS_PER_
     return out
 
 
+def claims_deployed(chain: Chain) -> bool:
+    """Whether this chain has the SourceClaims contract (a deployment made before it existed has not:
+    nothing was claimed there, and its runs publish and verify as before)."""
+    try:
+        return chain.claims is not None
+    except NotDeployed:
+        return False
+
+
 def source_claims(
     chain: Chain, cids: Iterable[str], *, before_block: int | None = None
 ) -> dict[str, dict[str, int]]:
     """Every claim on chain of each of these files (made in a block before `before_block`, if given):
-    {cid: {claimant address: unix time}} (a file no one claimed is absent). Seals are opaque, so the
+    {cid: {claimant address: unix time}} (a file no one claimed is absent; none at all where the
+    chain has no SourceClaims contract, `claims_deployed`). Seals are opaque, so the
     seal of each file by each claimant in its bucket (`source_bucket`) is recomputed and looked up
     among the `SourceClaimed` events (one eth_getLogs)."""
+    if not claims_deployed(chain):
+        return {}
     buckets: dict[int, dict[str, dict[bytes, int]]] = {}  # bucket -> claimant -> seal -> time
     for log in chain.logs(chain.claims.events.SourceClaimed):
         if before_block is not None and int(log["blockNumber"]) >= before_block:

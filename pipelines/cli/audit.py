@@ -177,8 +177,9 @@ def verify_command(
             f"run {run_id} root {report.onchain_root}; {report.records_checked} records, "
             f"{report.contents_checked} contents ({report.contents_opened} private opened, "
             f"{len(report.skipped)} not opened: no key), {report.proofs_checked} proofs checked; "
-            f"{report.sources_claimed} of {report.sources_checked} source files dated by their "
-            "provider's claim on chain"
+            + (f"{report.sources_claimed} of {report.sources_checked} source files dated by their provider's "
+               "claim on chain" if report.claims_deployed else "no SourceClaims contract on this chain: "
+               "no source claim to hold the files to")
         )
         if epochs or replay:
             report = _with_epochs(chain, store, run_id, report) if epochs else RunAudit(report)

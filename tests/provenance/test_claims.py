@@ -66,6 +66,29 @@ def test_claims_deploy_beside_a_deployment_that_had_none(anvil: AnvilService, tm
     assert again[REGISTRY].tx_hash == first[REGISTRY].tx_hash
 
 
+def test_a_chain_without_the_claims_contract_publishes_and_verifies_as_before(
+    anvil: AnvilService, tmp_path, store: BlockStore, sample_run: SampleRun
+) -> None:
+    """A deployment made before SourceClaims existed (a real chain deploys on purpose): nothing was
+    claimed there, so runs publish and verify as before, and verify says no claim held the files."""
+    import json
+
+    from provenance.chain import CLAIMS
+
+    admin = Account.from_key(anvil.dev_keys[0])
+    chain = Chain(anvil.rpc_url, account=admin, chain_dir=tmp_path / "old")
+    chain.deploy()
+    known = json.loads(chain.deployments_path.read_text())
+    del known["contracts"][CLAIMS]
+    chain.deployments_path.write_text(json.dumps(known))
+    old = Chain(anvil.rpc_url, account=admin, chain_dir=tmp_path / "old")
+    file = {"name": "synthetic.csv", "cid": sample_run.raw_cid, "provider": "provider-0",
+            "registered_at": "2026-01-01T00:00:00Z"}
+    publish_run(old, store, "old", _with_ingest_sources(store, sample_run, [file]))
+    report = verify_run(old, store, "old")
+    assert report.ok and not report.claims_deployed and report.sources_checked == 1
+
+
 def test_a_claim_is_dated_once_and_names_its_file_only_for_its_sender(
     chain: Chain, anvil: AnvilService
 ) -> None:
