@@ -1,4 +1,5 @@
-"""`caravan chain deploy|status|grant`: the contracts on the configured chain.
+"""`caravan chain deploy|status|grant`: the contracts on the configured chain; `caravan claim`: a
+provider's claim of its source files there, sent with its own key.
 
 Configured by the settings (`CARAVAN_RPC_URL`, `CARAVAN_CHAIN_DIR`, default `$CARAVAN_HOME/chain`)
 and `CARAVAN_PRIVATE_KEY` (or `CARAVAN_KEYSTORE` + `CARAVAN_KEYSTORE_PASSWORD`), `CARAVAN_CHAIN_ID`;
@@ -70,10 +71,36 @@ def grant(address: Annotated[str, typer.Argument(help="EIP-55 address to make a 
             typer.echo(f"{result.action}: {'already granted' if result.skipped else result.tx_hash}")
 
 
+def claim(
+    sources: Annotated[
+        list[str], typer.Argument(help="Files or folders you will hand to a Caravan operator, as `caravan "
+                                       "ingest` reads them.")
+    ],
+) -> None:
+    """Claim your source files on chain, from your own key, before you hand them over: the chain dates
+    them, and whoever ingests them must pay you, at this address, for them."""
+    from pipelines.datasets import DatasetError, source_files
+    from provenance import ProvenanceError, claim_sources, claim_time, source_claims
+
+    with clean_errors(DatasetError, ProvenanceError):
+        files = [f for s in sources for _, f in source_files(s)]
+        chain = open_chain(need_key=True)
+        sent = claim_sources(chain, [f.cid for f in files])
+        found = source_claims(chain, [f.cid for f in files])
+    print(json.dumps({
+        "claimant": chain.address,
+        "txs": [t.tx_hash for t in sent if not t.skipped],
+        "files": [{"name": f.name, "cid": f.cid, "claimed_at": claim_time(found[f.cid][chain.address])}
+                  for f in files],
+    }))
+
+
 def register(app: typer.Typer) -> None:
-    """Add the `caravan chain` group (deploy, status, grant) to the root app."""
+    """Add the `caravan chain` group (deploy, status, grant) and `caravan claim` (a provider's) to the
+    root app."""
     chain_app = typer.Typer(help="Caravan's contracts on the configured EVM chain.", no_args_is_help=True)
     chain_app.command("deploy")(deploy)
     chain_app.command("status")(status)
     chain_app.command("grant")(grant)
     app.add_typer(chain_app, name="chain")
+    app.command()(claim)

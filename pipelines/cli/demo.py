@@ -378,32 +378,7 @@ def _claim_lookup(settings):
                            "it, or pass --no-claims to date every file by this machine's clock") from None
 
 
-def claim(
-    sources: Annotated[
-        list[str], typer.Argument(help="Files or folders you will hand to a Caravan operator, as `caravan "
-                                       "ingest` reads them.")
-    ],
-) -> None:
-    """Claim your source files on chain, from your own key, before you hand them over: the chain dates
-    them, and whoever ingests them must pay you, at this address, for them."""
-    from pipelines.datasets import DatasetError, source_files
-    from provenance import ProvenanceError, claim_sources, claim_time, source_claims
-
-    with clean_errors(DatasetError, ProvenanceError):
-        files = [f for s in sources for _, f in source_files(s)]
-        chain = open_chain(need_key=True)
-        sent = claim_sources(chain, [f.cid for f in files])
-        found = source_claims(chain, [f.cid for f in files])
-    print(json.dumps({
-        "claimant": chain.address,
-        "txs": [t.tx_hash for t in sent if not t.skipped],
-        "files": [{"name": f.name, "cid": f.cid, "claimed_at": claim_time(found[f.cid][chain.address])}
-                  for f in files],
-    }))
-
-
 def register(app: typer.Typer) -> None:
-    """Add `caravan demo`, `caravan ingest` and `caravan claim` to the root app."""
+    """Add `caravan demo` and `caravan ingest` to the root app."""
     app.command()(demo)
     app.command()(ingest)
-    app.command()(claim)
