@@ -45,7 +45,7 @@ from provenance import (  # noqa: E402
     source_claims,
     verify_run,
 )
-from provenance.anvil import AnvilNode  # noqa: E402
+from provenance.anvil import AnvilNode, funded  # noqa: E402
 from provenance.chain import artifact  # noqa: E402
 from schemas import TOTAL_BPS  # noqa: E402
 from serving.sample import build_sample_run  # noqa: E402
@@ -107,7 +107,7 @@ def push_gas(chain: Chain, rng: random.Random, n: int = 100) -> int:
 
 
 def source_claim_costs(
-    chain: Chain, node: AnvilNode, rng: random.Random, claimants: int, files: int
+    chain: Chain, rng: random.Random, claimants: int, files: int
 ) -> tuple[dict[str, int], float]:
     """Gas of a provider's claim of 1 and of 400 files (one transaction), and the seconds `source_claims`
     takes to find every claimant of `files` files with `claimants` addresses on chain, each having
@@ -115,10 +115,10 @@ def source_claim_costs(
     cids = [f"bafkrei{rng.getrandbits(256):064x}" for _ in range(max(files, 400))]
     gas = {}
     for n in (1, 400):
-        [sent] = claim_sources(_funded(chain, node, Account.create()), cids[:n])
+        [sent] = claim_sources(funded(chain, Account.create()), cids[:n])
         gas[str(n)] = sent.gas_used
     for i in range(claimants - 2):
-        claim_sources(_funded(chain, node, Account.create()), [cids[i % files]])
+        claim_sources(funded(chain, Account.create()), [cids[i % files]])
     t0 = time.perf_counter()
     found = source_claims(chain, cids[:files])
     scan = round(time.perf_counter() - t0, 2)
@@ -128,12 +128,6 @@ def source_claim_costs(
         f"({len(found)} files claimed) found in {scan} s"
     )
     return gas, scan
-
-
-def _funded(chain: Chain, node: AnvilNode, account) -> Chain:
-    """`account` on `chain`'s deployment, given gas money by anvil."""
-    chain.w3.provider.make_request("anvil_setBalance", [account.address, hex(10**18)])
-    return Chain(node.rpc_url, account=account, chain_dir=chain.chain_dir)
 
 
 def main() -> None:
@@ -160,7 +154,7 @@ def main() -> None:
                 "bench-records",
             )
             print(f"one record: {child.gas_used} gas with a parent, {first.gas_used} gas for a root record")
-            claim_gas, scan = source_claim_costs(chain, node, rng, args.claimants, args.files)
+            claim_gas, scan = source_claim_costs(chain, rng, args.claimants, args.files)
             root_gas, share_claim_gas, _ = root_and_claim_gas(chain, rng)
             push = push_gas(chain, rng)
             print(

@@ -669,8 +669,8 @@ def claim_demo_sources(settings: Settings, demo: DemoData):
     them at registration."""
     from pipelines.datasets import source_files
     from pipelines.resources import ClaimLookup
-    from provenance import Chain, claim_sources
-    from provenance.anvil import ANVIL_CHAIN_ID
+    from provenance import claim_sources
+    from provenance.anvil import ANVIL_CHAIN_ID, funded
 
     chain, _ = _clients(settings)
     if chain.chain_id != ANVIL_CHAIN_ID:
@@ -680,9 +680,7 @@ def claim_demo_sources(settings: Settings, demo: DemoData):
         if f.provider:  # a table of several providers' rows (`--data`) is no one provider's to claim
             files.setdefault(f.provider, []).append(f.cid)
     for provider, cids in sorted(files.items()):
-        account = demo_account(provider)
-        chain.w3.provider.make_request("anvil_setBalance", [account.address, hex(10**18)])
-        claim_sources(Chain(chain.rpc_url, account=account, chain_dir=chain.chain_dir), cids)
+        claim_sources(funded(chain, demo_account(provider)), cids)
     return ClaimLookup(chain, {p: demo_address(p) for p in demo.providers})
 
 

@@ -18,8 +18,14 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from provenance.errors import ChainError
+
+if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
+
+    from provenance.chain import Chain
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ANVIL_BIN_ENV = "CARAVAN_ANVIL_BIN"
@@ -149,6 +155,15 @@ def read_dev_keys(config_path: Path) -> list[str]:
     except (OSError, ValueError, KeyError) as exc:
         raise ChainError(f"cannot read anvil's dev accounts from {config_path}: {exc}") from None
     return [str(k) for k in keys]
+
+
+def funded(chain: Chain, account: LocalAccount, wei: int = 10**18) -> Chain:
+    """`chain`'s deployment, sending from `account`, which anvil gives `wei` first (`anvil_setBalance`, a
+    local chain's faucet): how the demo, tests and benches act as a provider who pays its own gas."""
+    from provenance.chain import Chain  # chain imports this module
+
+    chain.w3.provider.make_request("anvil_setBalance", [account.address, hex(wei)])
+    return Chain(chain.rpc_url, account=account, chain_dir=chain.chain_dir)
 
 
 def _answers(url: str) -> bool:

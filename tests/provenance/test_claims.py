@@ -12,6 +12,7 @@ from eth_account import Account
 from web3 import Web3
 
 from provenance.activities import INGEST
+from provenance.anvil import funded
 from provenance.audit import TraceNode, trace, verify_run
 from provenance.chain import Chain
 from provenance.claims import (
@@ -30,13 +31,6 @@ from storage import BlockStore, cid_for_bytes
 from tests.services.anvil import AnvilService
 
 FILE_A, FILE_B = cid_for_bytes(b"clinic rows\n", cid_version=1), cid_for_bytes(b"other rows\n", cid_version=1)
-
-
-def _as(anvil: AnvilService, chain: Chain, key: str) -> Chain:
-    """The same deployment, sending from `key` (funded, as a provider pays its own gas)."""
-    account = Account.from_key(key)
-    chain.w3.provider.make_request("anvil_setBalance", [account.address, hex(10**18)])
-    return Chain(anvil.rpc_url, account=account, chain_dir=chain.chain_dir)
 
 
 def test_the_seal_is_the_packed_keccak_of_domain_cid_and_claimant() -> None:
@@ -92,7 +86,7 @@ def test_a_chain_without_the_claims_contract_publishes_and_verifies_as_before(
 def test_a_claim_is_dated_once_and_names_its_file_only_for_its_sender(
     chain: Chain, anvil: AnvilService
 ) -> None:
-    alice = _as(anvil, chain, anvil.dev_keys[1])
+    alice = funded(chain, Account.from_key(anvil.dev_keys[1]))
     [first] = claim_sources(alice, [FILE_A, FILE_B])
     assert not first.skipped
     when = chain.w3.eth.get_block(first.block)["timestamp"]
@@ -102,12 +96,12 @@ def test_a_claim_is_dated_once_and_names_its_file_only_for_its_sender(
     assert again.skipped  # claimed before: nothing sent, time kept
 
     # a watcher who copies alice's seal into its own claim gets a claim of no file at all
-    mallory = _as(anvil, chain, anvil.dev_keys[2])
+    mallory = funded(chain, Account.from_key(anvil.dev_keys[2]))
     seal, bucket = source_seal(FILE_A, alice.address), source_bucket(FILE_A)
     copied = mallory.send("copy", mallory.claims.functions.claimSources([seal], [bucket]))
     assert not copied[0].skipped
     # the same bytes claimed later by another address: both claims are on chain, each with its time
-    bob = _as(anvil, chain, anvil.dev_keys[3])
+    bob = funded(chain, Account.from_key(anvil.dev_keys[3]))
     [later] = claim_sources(bob, [FILE_A])
     found = source_claims(chain, [FILE_A])[FILE_A]
     assert set(found) == {alice.address, bob.address}
@@ -123,7 +117,7 @@ def test_a_claim_is_dated_once_and_names_its_file_only_for_its_sender(
     assert source_claims(chain, many, before_block=sent[1].block) == {c: found[c] for c in sorted(many)[:2]}
 
     # a claim in another bucket than its file's is not found (it only hides its own sender's claim)
-    hidden = _as(anvil, chain, anvil.dev_keys[5])
+    hidden = funded(chain, Account.from_key(anvil.dev_keys[5]))
     hidden.send("hide", hidden.claims.functions.claimSources([source_seal(FILE_B, hidden.address)],
                                                                [source_bucket(FILE_B) ^ 1]))
     assert hidden.address not in source_claims(chain, [FILE_B])[FILE_B]
@@ -190,7 +184,7 @@ def test_publish_refuses_and_verify_fails_a_run_whose_ingest_ignores_its_provide
 ) -> None:
     weights = sample_run.weights.to_pylist()
     provider = next(r for r in weights if r["role"] == "provider")
-    clinic = _as(anvil, chain, sample_run.keys[provider["address"]])
+    clinic = funded(chain, Account.from_key(sample_run.keys[provider["address"]]))
     [claimed] = claim_sources(clinic, [sample_run.raw_cid])
     when = chain.w3.eth.get_block(claimed.block)["timestamp"]
     file = {"name": "synthetic.csv", "cid": sample_run.raw_cid, "provider": provider["contributor"]}
@@ -209,7 +203,7 @@ def test_publish_refuses_and_verify_fails_a_run_whose_ingest_ignores_its_provide
     later = {"name": "more.csv", "cid": FILE_B, "provider": provider["contributor"],
              "registered_at": claim_time(when)}
     publish_run(chain, store, "before", _with_ingest_sources(store, sample_run, [later]))
-    claim_sources(_as(anvil, chain, anvil.dev_keys[4]), [FILE_B])
+    claim_sources(funded(chain, Account.from_key(anvil.dev_keys[4])), [FILE_B])
     assert verify_run(chain, store, "before").ok
 
     # the operator dates the clinic's claimed file by its own clock: publish refuses, sending nothing
