@@ -3,15 +3,17 @@
     python bench/replay_devices.py [--kind image|text|both] [--train N] [--providers P] [--runs R]
 
 ``caravan verify --replay`` checks a run trained elsewhere (another CPU, a GPU) within a band made of
-two retrains of its own, the second at another thread count and nudged (``pipelines.replay.Band``): the
-recorded score tolerance, or ``SPREAD_FACTOR`` (3) times the largest score gap between the two, and
-``VALUE_SIGMAS`` (5) standard errors of a left-out value's rounding noise (``attribution.value_noise``
-over every seed's pair of retrains). This bench measures what that band must hold, for
-the pipeline's text and image recipes at their pipeline defaults (``TEXT_CONFIG``, ``IMAGE_CONFIG``:
-AdamW, decayed rate, the transformer stopping early), on synthetic data split among providers:
+two retrains of its own, side by side on half the cores each, the second nudged
+(``pipelines.replay.Band``): the recorded score tolerance, or ``SPREAD_FACTOR`` (3) times the largest
+score gap between the two, and ``VALUE_SIGMAS`` (5) standard errors of a left-out value's rounding
+noise (``attribution.value_noise`` over every seed's pair of retrains). This bench measures what that
+band must hold, for the pipeline's text and image recipes at their pipeline defaults (``TEXT_CONFIG``,
+``IMAGE_CONFIG``: AdamW, decayed rate, the transformer stopping early), on synthetic data split among
+providers:
 
-- two CPU runs as replay makes them (the replay's spread): the second at another thread count and
-  with every weight one last bit off after every step (``attribution.nudged_steps``); the examples'
+- two CPU runs as replay makes them (the replay's spread), each at half the threads (one after the
+  other here), the second with every weight one last bit off after every step
+  (``attribution.nudged_steps``); the examples'
   TRAK value (what pay reads) and each provider's left-out value (``model_left_out``, ``--runs``
   seeds);
 - on a machine with CUDA, the same run on the GPU twice, as attribution trains there (fp32 kept
@@ -155,7 +157,7 @@ def measure(kind: str, n: int, n_providers: int, runs: int, saved: dict | None =
     owner = np.arange(n) % n_providers
     groups = {f"prov-{p}": owner == p for p in range(n_providers)}
     threads = torch.get_num_threads()
-    counts = [threads, max(1, threads // 2)]
+    counts = [threads - threads // 2, max(1, threads // 2)]  # replay's side-by-side retrains
     cpu = [one_run(task, train, val, groups, ids, runs, "cpu", counts[0]),
            one_run(task, train, val, groups, ids, runs, "cpu", counts[1], nudge=1)]  # replay's NUDGE_SALT
     torch.set_num_threads(threads)

@@ -34,8 +34,8 @@ retrains with the same code, and compares:
   caches may still change a kernel's blocking) does replay fall back to the band below.
 - Elsewhere, training amplifies any last-bit difference: the demo's image run replayed under ATen's
   unvectorized kernels moved scores by up to 4.5e-4 (the largest is 2e-3) and pay by up to 111 bps.
-  So the run is retrained twice on this machine, the second time at another thread count and with
-  every weight one last bit off after every step, as another platform's rounding leaves it
+  So the run is retrained twice on this machine, side by side (each on half its cores), the second
+  with every weight one last bit off after every step, as another platform's rounding leaves it
   (`attribution.nudged_steps`: a thread count alone repeats a run on a GPU's deterministic kernels,
   or a small model's, and leaves no band), and the stored scores may differ from the first replay by
   up to ``SPREAD_FACTOR`` times the largest gap between the two (at least the score tolerance recorded
@@ -61,6 +61,7 @@ Replay refuses code other than the code that trained the run: it names the commi
 from __future__ import annotations
 
 import json
+import multiprocessing
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -72,6 +73,10 @@ import pyarrow.compute as pc
 import torch
 
 from attribution import (
+    EncodedSplit,
+    LocalModel,
+    PayloadSplit,
+    TrainResult,
     WeightPolicy,
     checkpoints_of_features,
     contributor_weights,
@@ -228,10 +233,10 @@ def replay_run(
     value_cid = head.inputs.get(WeightingRecord.LEFT_OUT_VALUE)
     stored_values = read_parquet(store.get(value_cid)) if value_cid else None
 
+    inputs = _retrain_inputs(records, head, training, labeled, consensus_without)
     first, second = _retrains(
-        recorded, report,
-        lambda first, exactly: _retrain(
-            records, head, training, labeled, stored, consensus_without, first=first, exactly=exactly),
+        recorded, report, inputs,
+        lambda exactly: _retrain(records, head, inputs, stored, exactly=exactly),
         lambda replayed: _identical(replayed, stored_scores, stored_values, stored, served),
     )
     report.parted_at = parted_at(training.params.get("digests"), first.digests)
@@ -309,25 +314,46 @@ def _check_pay(
 
 
 def _retrains(
-    recorded: Mapping[str, object], report: ReplayReport, retrain: Callable[[bool, bool], Replayed],
-    identical: Callable[[Replayed], bool],
-) -> tuple[Replayed, Replayed | None]:
+    recorded: Mapping[str, object], report: ReplayReport, inputs: RetrainInputs,
+    retrain: Callable[[bool], Replayed], identical: Callable[[Replayed], bool],
+) -> tuple[Replayed, Retrained | None]:
     """The first retrain, at the run's thread count where this process runs the run's kernels, and a
-    second where that one is not to be checked bit for bit: at another thread count, every weight one
-    last bit off after every step (`nudged_steps`), as another platform's rounding leaves it. The same
-    platform is bit for bit or fails; on the run's kernels another CPU may still round differently (a
-    kernel's blocking by its caches), and then, as elsewhere, the second retrain shows how far training
-    on this machine carries a last-bit difference (`Band`). A GPU's deterministic kernels repeat a run
-    at any thread count: there the nudge alone moves it."""
+    second where that one is not to be checked bit for bit: every weight one last bit off after every
+    step (`nudged_steps`), as another platform's rounding leaves it. The same platform is bit for bit
+    or fails; on the run's kernels another CPU may still round differently (a kernel's blocking by its
+    caches), and then, as elsewhere, the second retrain shows how far training on this machine carries a
+    last-bit difference (`Band`). Off the run's platform and kernels on a CPU the two run side by side
+    (`_side_by_side`); else one after the other, the second at another thread count. A GPU's
+    deterministic kernels repeat a run at any thread count: there the nudge alone moves it."""
     on_gpu = recorded.get("device", "cpu") != "cpu"
     exactly = report.same_platform or report.run_kernels
+    cores = torch.get_num_threads()
+    if not exactly and not on_gpu and cores > 1:
+        report.bit_exact = False
+        return _side_by_side(retrain, inputs, cores)
     with pinned_threads(recorded.get("threads") if exactly else None):
-        first = retrain(True, exactly)  # its model and features are serialized where it may be bit for bit
+        first = retrain(exactly)  # its model and features are serialized where it may be bit for bit
         report.bit_exact = bool(report.same_platform and not on_gpu) or bool(exactly and identical(first))
         if report.bit_exact:
             return first, None
-        with pinned_threads(_other_count(torch.get_num_threads())), nudged_steps(NUDGE_SALT):
-            return first, retrain(False, False)
+        return first, band_retrain(inputs, _other_count(torch.get_num_threads()))
+
+
+def _side_by_side(
+    retrain: Callable[[bool], Replayed], inputs: RetrainInputs, cores: int
+) -> tuple[Replayed, Retrained]:
+    """The two retrains of a replay off the run's platform at once, each on its share of this machine's
+    ``cores``: the band's (`band_retrain`) in a spawned process, the first here. Where neither is
+    checked bit for bit nothing ties them to a thread count, and one after the other they took 2.2x the
+    digits demo's training (the left-out retrains, most of it, run 1.24x faster on 2 threads than on 1).
+    Nudged at every step, the MLP's band is the nudge's alone at any thread count (its reductions are
+    not split), and the recipes' spread barely moves with it (`bench/replay_devices.py`)."""
+    context = multiprocessing.get_context("spawn")  # a fork would copy torch's thread pools mid-use
+    with context.Pool(1) as pool:  # closing it ends the band's retrain if this one raises
+        second = pool.apply_async(band_retrain, (inputs, cores // 2))
+        with pinned_threads(cores - cores // 2):
+            first = retrain(False)
+        return first, second.get()
 
 
 def replay_platform(recorded: Mapping[str, object]) -> dict[str, object]:
@@ -410,47 +436,86 @@ def _identical(replayed: Replayed, scores: pa.Table, values: pa.Table | None, we
 
 
 @dataclass(frozen=True)
-class Replayed:
-    """One retraining of the run: its example scores, left-out values (where pay used them), weights, and
-    where asked its model and TRAK features as the training record stores them (``SERVED``: safetensors
-    bytes; empty otherwise). The first retrain's ``revalue`` gives the training outputs that given
-    checkpoints (the stored run's) make without training (`revalued`, serialized as the record has them)."""
+class Retrained:
+    """One retraining of the run: its example scores and left-out values (where pay used them), what the
+    band compares two retrains by."""
 
     scores: pa.Table
     left_out_value: pa.Table | None
+
+
+@dataclass(frozen=True)
+class Replayed(Retrained):
+    """The first retraining of the run: also the weights it gives, where asked its model and TRAK
+    features as the training record stores them (``SERVED``: safetensors bytes; empty otherwise), its
+    ``revalue``, the training outputs that given checkpoints (the stored run's) make without training
+    (`revalued`, serialized as the record has them), its `training_digests` and input encoding."""
+
     weights: pa.Table
     outputs: Mapping[str, bytes]
-    revalue: Callable[[list[dict[str, torch.Tensor]]], Mapping[str, bytes | pa.Table]] | None = None
-    digests: Mapping[str, object] | None = None  # the first retrain's `training_digests`
-    encoding: bytes | None = None  # the first retrain's input encoding (`encoding_json`)
+    revalue: Callable[[list[dict[str, torch.Tensor]]], Mapping[str, bytes | pa.Table]]
+    digests: Mapping[str, object]
+    encoding: bytes
 
 
-def _retrain(
-    records: RunRecords, head: Record, training: Record, labeled: pa.Table, stored: pa.Table,
-    consensus_without: Recount | None, *, first: bool, exactly: bool,
-) -> Replayed:
-    """Retrain the run from its records; its contributors' left-out values too where its pay used them,
-    and the weights they give (to the addresses of the ``stored`` weights); ``exactly``, its model and
-    features serialized as the record stores them (compared bit for bit); the ``first`` retrain also
-    recomputes the outputs of the stored checkpoints on demand (``Replayed.revalue``)."""
+@dataclass(frozen=True)
+class RetrainInputs:
+    """What a retrain reads, fetched from the run's records: plain values that a spawned process can
+    retrain from (`band_retrain`)."""
+
+    labeled: pa.Table
+    config: TrainingConfig
+    run_id: str
+    validation: pa.Table | None
+    field: str | None
+    local: LocalModel | None  # an hf-local run's starting model
+    left_out: bool  # whether the run's pay used left-out values (retrained here too)
+    credit: pa.Table | None  # the duplicate grouping they were made with, where recorded
+    consensus_without: Recount | None
+
+
+def _retrain_inputs(
+    records: RunRecords, head: Record, training: Record, labeled: pa.Table, consensus_without: Recount | None
+) -> RetrainInputs:
     store = records.store
-    config = TrainingConfig(**training.params["config"])
     validation_cid = training.inputs.get(TrainingRecord.VALIDATION)
-    validation = read_parquet(store.get(validation_cid)) if validation_cid else None
-    base_cid = training.inputs.get(TrainingRecord.BASE_MODEL)  # an hf-local run's starting model
-    split, result = train_labeled(
-        labeled, config, run_id=str(training.params["run_id"]), validation=validation,
-        field=training.params.get("field"), local=fetch_local_model(store, base_cid) if base_cid else None,
+    base_cid = training.inputs.get(TrainingRecord.BASE_MODEL)
+    (credit,) = records.input_tables(head, (WeightingRecord.EXAMPLE_CREDIT,))
+    return RetrainInputs(
+        labeled, TrainingConfig(**training.params["config"]), str(training.params["run_id"]),
+        read_parquet(store.get(validation_cid)) if validation_cid else None, training.params.get("field"),
+        fetch_local_model(store, base_cid) if base_cid else None,
+        WeightingRecord.LEFT_OUT_VALUE in head.inputs, credit, consensus_without,
     )
-    left_out = None
-    if WeightingRecord.LEFT_OUT_VALUE in head.inputs:
-        (credit,) = records.input_tables(head, (WeightingRecord.EXAMPLE_CREDIT,))
-        left_out = left_out_value(split, labeled, result, config, credit, consensus_without)
+
+
+def _trained(inputs: RetrainInputs) -> tuple[EncodedSplit | PayloadSplit, TrainResult, pa.Table | None]:
+    """The run trained again from ``inputs``, and its contributors' left-out values where pay used them."""
+    split, result = train_labeled(inputs.labeled, inputs.config, run_id=inputs.run_id,
+                                  validation=inputs.validation, field=inputs.field, local=inputs.local)
+    left_out = None if not inputs.left_out else left_out_value(
+        split, inputs.labeled, result, inputs.config, inputs.credit, inputs.consensus_without)
+    return split, result, left_out
+
+
+def band_retrain(inputs: RetrainInputs, threads: int) -> Retrained:
+    """The band's retrain: at ``threads`` threads, every weight one last bit off after every step."""
+    with pinned_threads(threads), nudged_steps(NUDGE_SALT):
+        _, result, left_out = _trained(inputs)
+    return Retrained(result.example_attribution, left_out)
+
+
+def _retrain(records: RunRecords, head: Record, inputs: RetrainInputs, stored: pa.Table, *,
+             exactly: bool) -> Replayed:
+    """The first retrain: its example scores, left-out values and the weights they give (to the
+    addresses of the ``stored`` weights); ``exactly``, its model and features serialized as the record
+    stores them (compared bit for bit); and the outputs of the stored checkpoints on demand
+    (``Replayed.revalue``)."""
+    split, result, left_out = _trained(inputs)
+    config = inputs.config
     weights = _weights(records, head, result.example_attribution, stored, left_out)
     outputs = trained_outputs(split, result, config) if exactly else {}
     kept = {name: outputs[name] for name in SERVED if name in outputs}
-    if not first:
-        return Replayed(result.example_attribution, left_out, weights, kept)
 
     def revalue(checkpoints: list[dict[str, torch.Tensor]]) -> Mapping[str, bytes | pa.Table]:
         return trained_outputs(split, revalued(split, result, config, checkpoints), config)
@@ -554,7 +619,6 @@ def _check_served_elsewhere(
     (``_compare_scores_to_checkpoints``)."""
     cid = training.outputs[TrainingRecord.FEATURES]
     checkpoints = checkpoints_of_features(stored[TrainingRecord.FEATURES])
-    assert first.revalue is not None  # the first retrain's
     reason = ""
     try:
         outputs = first.revalue(checkpoints) if checkpoints else None
@@ -643,7 +707,7 @@ def _compare_file(
 
 
 # Another platform's rounding moves a retrained run about as far as this machine's own rounding does
-# at another thread count (training amplifies any last-bit difference alike), so the stored run may
+# after a last-bit nudge (training amplifies any last-bit difference alike), so the stored run may
 # differ from the replay by up to this many times the spread between two replays here.
 SPREAD_FACTOR = 3
 # A provider's left-out value is a mean over seeds, so few providers give few spreads of it: the band of
@@ -685,7 +749,7 @@ class Band:
         return max(self.sum_floor * root, self.score_noise * (SUM_SIGMAS * root + SUM_DRIFT * examples))
 
     @classmethod
-    def between(cls, first: Replayed, second: Replayed | None, rtol: float) -> Band:
+    def between(cls, first: Retrained, second: Retrained | None, rtol: float) -> Band:
         """The band from two retrains here with the run's recorded score tolerance ``rtol``; no second
         retrain (a bit-for-bit replay) allows nothing."""
         if second is None:

@@ -53,8 +53,8 @@ from pipelines.replay import (
     SUM_SIGMAS,
     VALUE_SIGMAS,
     Band,
-    Replayed,
     ReplayRefused,
+    Retrained,
     replay_platform,
     replay_run,
     same_platform,
@@ -482,7 +482,7 @@ def test_on_another_platform_an_honest_run_passes_and_a_tampered_one_fails(
         name = _republish(chain, store, run_id, f"elsewhere-{request.node.callspec.id}", **change)
     here = training_platform()
     monkeypatch.setattr("pipelines.replay.training_platform", lambda: {**here, "cpu_capability": "OTHER"})
-    report = replay_run(chain, store, name, code=CODE)  # retrained twice, at two thread counts
+    report = replay_run(chain, store, name, code=CODE)  # retrained twice, side by side
     assert not report.same_platform
     if failure is None:
         assert report.ok, report.failures
@@ -499,6 +499,35 @@ def test_on_another_platform_an_honest_run_passes_and_a_tampered_one_fails(
         elif failure != "pay_differs":  # a band's verdict says what decides it
             assert "beyond this machine's rounding band" in found.detail
             assert found.detail.endswith("replay on the run's platform or CPU kernels to be sure")
+
+
+def test_the_band_retrain_in_a_process_of_its_own_is_the_one_made_here(published, monkeypatch) -> None:
+    """Off the run's platform the band's retrain runs beside the first, in a spawned process (on 2 cores
+    or more), else after it here. The MLP's reductions are split by no thread count, so both ways give
+    the same retrains: the process of its own retrains what this one would, nudged as this one would."""
+    chain, store, run_id = published
+    here = training_platform()
+    monkeypatch.setattr("pipelines.replay.training_platform", lambda: {**here, "cpu_capability": "OTHER"})
+    retrains: list[tuple[Retrained, Retrained]] = []
+    between = Band.between.__func__
+
+    def kept(cls, first, second, rtol):
+        retrains.append((first, second))
+        return between(cls, first, second, rtol)
+
+    monkeypatch.setattr("pipelines.replay.Band.between", classmethod(kept))
+    threads = torch.get_num_threads()
+    try:
+        for count in (2, 1):  # side by side, then one after the other
+            torch.set_num_threads(count)
+            assert replay_run(chain, store, run_id, code=CODE).ok
+    finally:
+        torch.set_num_threads(threads)
+    (first, band), (first_again, band_again) = retrains
+    assert first.scores.equals(first_again.scores) and band.scores.equals(band_again.scores)
+    assert band.left_out_value.equals(band_again.left_out_value)
+    assert not band.scores.equals(first.scores)  # nudged
+    assert not band.left_out_value.equals(first.left_out_value)
 
 
 def test_on_another_platform_a_small_shift_of_one_providers_scores_fails_by_their_sum(published, monkeypatch):
@@ -639,11 +668,10 @@ def test_the_platform_names_what_rounds_differently_and_replay_uses_the_runs_thr
     assert recorded.params["platform"] == here
 
 
-def _replayed(scores: list[float], runs: dict[str, list[float]], bps: list[int]) -> Replayed:
-    """A replay's tables: example scores, each provider's left-out value at each seed (all zero: a
-    provider that left nothing out) and its mean, and weights."""
+def _replayed(scores: list[float], runs: dict[str, list[float]]) -> Retrained:
+    """A retrain's tables: example scores, and each provider's left-out value at each seed (all zero: a
+    provider that left nothing out) and its mean."""
     ids = [f"e{i}" for i in range(len(scores))]
-    weights = pa.table({"contributor": ["a", "b"], "role": ["provider", "labeler"], "weight_bps": bps})
     values = pa.table({
         "contributor": list(runs), "role": ["provider"] * len(runs),
         "examples_left_out": [int(any(r)) * 10 for r in runs.values()],
@@ -651,15 +679,13 @@ def _replayed(scores: list[float], runs: dict[str, list[float]], bps: list[int])
         "value_se": [float(np.std(r, ddof=1) / np.sqrt(len(r))) for r in runs.values()],
         "copies_value": [0.0] * len(runs), "value_runs": list(runs.values()),
     })
-    return Replayed(pa.table({"example_id": ids, "score": scores}), values, weights, {})
+    return Retrained(pa.table({"example_id": ids, "score": scores}), values)
 
 
 def test_another_platforms_band_is_the_spread_of_two_replays_here_times_the_factor() -> None:
-    first = _replayed([0.002, -0.001, 0.0005], {"a": [0.030, 0.034], "b": [0.010, 0.006], "c": [0.0, 0.0]},
-                      [6000, 4000])
+    first = _replayed([0.002, -0.001, 0.0005], {"a": [0.030, 0.034], "b": [0.010, 0.006], "c": [0.0, 0.0]})
     assert Band.between(first, None, 1e-4) == Band()  # the same platform: exact
-    second = _replayed([0.00201, -0.001, 0.0005], {"a": [0.031, 0.032], "b": [0.012, 0.006], "c": [0.0, 0.0]},
-                       [5990, 4010])
+    second = _replayed([0.00201, -0.001, 0.0005], {"a": [0.031, 0.032], "b": [0.012, 0.006], "c": [0.0, 0.0]})
     band = Band.between(first, second, 1e-4)
     assert band.score == pytest.approx(SPREAD_FACTOR * 1e-5)
     assert band.score_rtol == pytest.approx(band.score / 0.002)
