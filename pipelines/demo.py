@@ -695,7 +695,7 @@ def register_demo_data(
 
     labelers = [a.email for a in simulated_annotators(ACCURACIES)]
     write_contributors(settings.contributors_file, [*demo.providers, *labelers])
-    claims = claim_demo_sources(settings, demo) if claim and not private else None  # private: by ciphertext
+    claims = claim_demo_sources(settings, demo) if claim else None  # a private version's: by plaintext
     with registering(settings, _store(settings), demo.version, private) as store:
         DatasetCatalog(root=str(settings.catalog_dir)).register(
             demo.version,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,7 +72,8 @@ class DatasetCatalog(dg.ConfigurableResource):
         (`caravan claim`) by the time it is registered takes that claim's time and `claimed_by`, and
         a file someone else claimed first is refused (`provenance.claims.claim_problems`): what
         `caravan verify` holds the ingest record to. A private version's files are named by
-        ciphertext, which no provider claims: they are not looked up."""
+        ciphertext: their providers claim the plaintext files, so each is looked up by its plaintext's
+        CID."""
         path = self._path(version)
         private = isinstance(store, EncryptedStore)
         if path.exists() and json.loads(path.read_text()).get("private", False) != private:
@@ -93,8 +94,8 @@ class DatasetCatalog(dg.ConfigurableResource):
             {**item, "registered_at": min(registered_at, first_seen.get(key, registered_at))}
             for key, item in pinned
         ]
-        if claims is not None and not private:
-            sources = claims.dated(sources)
+        if claims is not None:
+            sources = claims.dated(sources, [plaintext for (plaintext, _), _ in pinned])
         entry = {
             "version": version,
             "sources": sources,
@@ -115,10 +116,15 @@ class DatasetCatalog(dg.ConfigurableResource):
             same = was == now  # identical content keeps its earlier time
             if "sources" in known and not same:  # an entry without `sources` named a local path
                 differs = sorted(k for k in {*was, *now} if was.get(k) != now.get(k))
+                claims = ""
+                if _unclaimed(was) == _unclaimed(now):
+                    claims = (": the same files, but the chain's claims of them are not those they were "
+                              "registered with (a reset chain, or another, holds other claims)")
                 raise ValueError(
                     f"dataset version {version!r} is already registered with other {', '.join(differs)} "
                     f"({[s['name'] for s in known['sources']] or known['hf']}, labeled as "
-                    f"{known.get('labeling')}); pick a new version name for different data or labeling"
+                    f"{known.get('labeling')}){claims}; pick a new version name for different data, "
+                    "labeling or claims"
                 )
             if same:
                 return known
@@ -233,18 +239,20 @@ class ClaimLookup:
     chain: Chain
     addresses: Mapping[str, str]
 
-    def dated(self, sources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def dated(self, sources: list[dict[str, Any]], plaintexts: Sequence[str]) -> list[dict[str, Any]]:
         """Each file its provider's address claimed by the time it was registered, dated by that claim
-        (`claimed_by`); a ValueError naming every file the chain says belongs to someone else."""
+        (`claimed_by`); a ValueError naming every file the chain says belongs to someone else.
+        `plaintexts`: each file's plaintext CID, what its provider claimed (a sealed file's differs)."""
         from provenance import claim_problems, honoured, source_claims
 
-        on_chain = source_claims(self.chain, [f["cid"] for f in sources])
+        on_chain = source_claims(self.chain, plaintexts)
         out = []
-        for f in sources:
+        for f, plaintext in zip(sources, plaintexts, strict=True):
             address = self.addresses.get(f.get("provider") or "")
-            when = honoured(on_chain.get(f["cid"], {}), address, f["registered_at"])
+            when = honoured(on_chain.get(plaintext, {}), address, f["registered_at"])
             out.append({**f, "registered_at": when, "claimed_by": address} if when else f)
-        problems = claim_problems(out, on_chain, self.addresses)
+        named = [{**f, "claimed_as": p} for f, p in zip(out, plaintexts, strict=True)]
+        problems = claim_problems(named, on_chain, self.addresses)
         if problems:
             names = {f["cid"]: f["name"] for f in out}
             raise ValueError(
@@ -254,6 +262,11 @@ class ClaimLookup:
                 "address in the contributors registry"
             )
         return out
+
+
+def _unclaimed(entry: dict[str, Any]) -> dict[str, Any]:
+    """A timeless catalog entry without its files' claims (`claimed_by`)."""
+    return {**entry, "sources": [{k: v for k, v in f.items() if k != "claimed_by"} for f in entry["sources"]]}
 
 
 def _timeless(entry: dict[str, Any]) -> dict[str, Any]:

@@ -14,9 +14,9 @@ from typing import Any
 import pyarrow as pa
 from eth_hash.auto import keccak
 
-from provenance.activities import INGEST, SETTLEMENT, WEIGHTING, WeightingRecord
+from provenance.activities import SETTLEMENT, WEIGHTING, WeightingRecord
 from provenance.chain import KIND_AMOUNTS, KIND_SHARES, Chain, RecordedEvent, run_key
-from provenance.claims import claims_deployed, run_claim_problems
+from provenance.claims import claims_deployed, plaintext_cid, run_claim_problems, source_files
 from provenance.errors import ChainError, RecordError, WeightsError
 from provenance.merkle import SHARE_LEAF, verify_proof
 from provenance.records import Record, cid_version_of
@@ -33,7 +33,6 @@ from storage import (
     cid_for_bytes,
     is_cid,
     is_sealed,
-    open_sealed,
     public_store,
     sealed_key_id,
 )
@@ -100,6 +99,7 @@ class VerifyReport(Findings):
     proofs_checked: int = 0
     sources_checked: int = 0  # source files the ingest records name, held to the claims on chain
     sources_claimed: int = 0  # of them, those dated and paid by their provider's own claim
+    sources_unopened: int = 0  # sealed (private) source files no key opened: their claims not checked
     claims_deployed: bool = True  # False: no SourceClaims contract on this chain, no claim to hold them to
 
 
@@ -145,11 +145,11 @@ def verify_run(
         report.fail(
             "stray_record", cid, "recorded under this run but not in the lineage of its weighting record"
         )
-    _check_contents(store, lineage.values(), report, keys)
+    sealed = _check_contents(store, lineage.values(), report, keys)
 
     weights = _stored_weights(store, lineage, report)
     leaves = _leaves(weights, lineage, report)
-    _check_claims(chain, lineage, weights if leaves is not None else None, report)  # valid weights only
+    _check_claims(chain, lineage, weights if leaves is not None else None, sealed, report)  # valid weights
     if dist is None:
         report.fail("root_missing", run_id, "no royalty distribution on chain for this run")
     else:
@@ -251,7 +251,10 @@ def _check_onchain_entries(
 
 def _check_contents(
     store: ContentStore, records: Iterable[Record], report: VerifyReport, keys: Sequence[DataKey]
-) -> None:
+) -> dict[str, str | None]:
+    """Each content the records name, rehashed (a private one opened where a key is in reach); returns
+    each sealed one's plaintext CID (None: not opened)."""
+    sealed: dict[str, str | None] = {}
     cids = sorted({c for r in records for c in (*r.inputs.values(), *r.outputs.values())})
     for cid in cids:
         try:
@@ -267,21 +270,24 @@ def _check_contents(
             continue
         report.contents_checked += 1
         if is_sealed(data):
-            _check_sealed(cid, data, keys, report)
+            sealed[cid] = _check_sealed(cid, data, keys, report)
+    return sealed
 
 
-def _check_sealed(cid: str, data: bytes, keys: Sequence[DataKey], report: VerifyReport) -> None:
-    """A private value's plaintext: opened and authenticated with its key, or skipped without it."""
-    key_id = sealed_key_id(data)
-    if not any(k.key_id == key_id for k in keys):
-        report.skip(NO_KEY, cid, f"private content (data key {key_id}): its plaintext was not checked")
-        return
+def _check_sealed(cid: str, data: bytes, keys: Sequence[DataKey], report: VerifyReport) -> str | None:
+    """A private value's plaintext, opened and authenticated with its key (its CID returned), or skipped
+    without it."""
     try:
-        open_sealed(keys, data, what=f"content {cid}")
+        plaintext = plaintext_cid(data, keys, what=f"content {cid}")
     except DecryptionError as exc:
         report.fail("content_unopenable", cid, str(exc))
-        return
+        return None
+    if plaintext is None:
+        report.skip(NO_KEY, cid, f"private content (data key {sealed_key_id(data)}): its plaintext was not "
+                                 "checked, nor its provider's claims where it is a source file")
+        return None
     report.contents_opened += 1
+    return plaintext
 
 
 def _stored_weights(store: ContentStore, lineage: dict[str, Record], report: VerifyReport) -> pa.Table | None:
@@ -310,15 +316,19 @@ def _leaves(weights: pa.Table | None, lineage: dict[str, Record], report: Verify
 
 
 def _check_claims(
-    chain: Chain, lineage: dict[str, Record], weights: pa.Table | None, report: VerifyReport
+    chain: Chain, lineage: dict[str, Record], weights: pa.Table | None, sealed: Mapping[str, str | None],
+    report: VerifyReport,
 ) -> None:
-    """Each source file the run's ingest records name, against the claims made of it on chain: how it
-    was dated, and whom its data pays (`provenance.claims.run_claim_problems`)."""
-    problems, files = run_claim_problems(chain, lineage, weights)
+    """Each source file the run's ingest records name, against the claims made of it on chain (a sealed
+    one's, of its plaintext where opened): how it was dated, and whom its data pays
+    (`provenance.claims.run_claim_problems`)."""
+    problems, files = run_claim_problems(chain, lineage, weights, sealed)
     report.claims_deployed = claims_deployed(chain)
     for cid, why in problems:
         report.fail("claim_differs", cid, why)
     report.sources_checked += len(files)
+    named = [f["cid"] for record in lineage.values() for f in source_files(record)]
+    report.sources_unopened += sum(cid in sealed and sealed[cid] is None for cid in named)
     report.sources_claimed += sum(bool(f.get("claimed_by")) for f in files)
 
 
@@ -454,9 +464,9 @@ def _record_tree(reader: RunRecords, cid: str, seen: set[str]) -> TraceNode:
         "" if entry else " NOT ON CHAIN"
     )
     node = TraceNode("record", cid, label, details)
-    sources = {f["cid"]: f for f in record.params.get("source_files") or () if isinstance(f, Mapping)}
+    sources = {f["cid"]: f for f in source_files(record)}
     for name, data_cid in sorted(record.inputs.items()):
-        source = sources.get(data_cid) if record.activity == INGEST else None
+        source = sources.get(data_cid)
         said = f" ({_source_said(source)})" if source else ""
         extra = {"source": source} if source else {}
         node.children.append(

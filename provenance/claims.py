@@ -11,7 +11,11 @@ claim copied from the mempool gains nothing).
     claim_sources(chain, cids)              the provider, with its own key: a transaction per 400 files
     claims = source_claims(chain, cids)     {cid: {claimant: unix time}}, every claim made on chain
     problems = claim_problems(sources, claims, paid)   what an ingest record gets wrong about them
-    problems, files = run_claim_problems(chain, lineage, weights)   the same for a run, as anchored
+    problems, files = run_claim_problems(chain, lineage, weights, sealed)   the same for a run, as anchored
+
+A private version's files are stored sealed, named by their ciphertext's CID, which no provider
+claims: its provider claims the plaintext file, and each sealed file is held to the claims of its
+plaintext's CID (`sealed_sources`, or the audit's opened contents) where a key opens it.
 """
 
 from __future__ import annotations
@@ -27,6 +31,16 @@ from provenance.activities import INGEST
 from provenance.chain import Chain, TxResult, checked_address
 from provenance.errors import ChainError, NotDeployed
 from provenance.records import Record, utc_time
+from storage import (
+    ContentStore,
+    DataKey,
+    EncryptedStore,
+    cid_for_bytes,
+    is_sealed,
+    open_sealed,
+    public_store,
+    sealed_key_id,
+)
 
 SEAL_DOMAIN = b"caravan/source/"
 BUCKET_DOMAIN = b"caravan/source-bucket/"
@@ -130,7 +144,8 @@ def claim_problems(
     """What an ingest record's `source_files` get wrong about the claims on chain, as (CID, why).
 
     `paid`: each provider's payout address (the run's weights; the registry before there are any).
-    `claims`: those made before the record was anchored on chain (all so far, before it is).
+    `claims`: those made before the record was anchored on chain (all so far, before it is), by the
+    CID each file is claimed as: its own, or a sealed file's `claimed_as` (its plaintext's).
     - A file recorded as claimed (`claimed_by`) is claimed on chain by that address at its
       `registered_at`, and its provider is paid there.
     - A file recorded as unclaimed was not claimed by its provider's address by its `registered_at`
@@ -141,11 +156,14 @@ def claim_problems(
       operator dated a file: a claim made after that orders nothing among unclaimed files, but none
       made before the record was anchored lets the file's pay go elsewhere.
     """
-    credited = {(f["cid"], f.get("claimed_by") or paid.get(f.get("provider") or "")) for f in sources}
+    def claimed_as(f: Mapping) -> str:
+        return f.get("claimed_as") or f["cid"]
+
+    credited = {(claimed_as(f), f.get("claimed_by") or paid.get(f.get("provider") or "")) for f in sources}
     out = []
     for f in sources:
         cid, when, who = f["cid"], f.get("registered_at") or "", f.get("claimed_by")
-        on_chain, provider = claims.get(cid, {}), f.get("provider")
+        on_chain, provider = claims.get(claimed_as(f), {}), f.get("provider")
         address = paid.get(provider or "")
         if who and (who not in on_chain or claim_time(on_chain[who]) != when):
             seen = claim_time(on_chain[who]) if who in on_chain else "never"
@@ -159,7 +177,7 @@ def claim_problems(
         elif on_chain:
             first = min(on_chain.values())
             firsts = sorted(a for a, t in on_chain.items() if t == first)
-            if (who or address) not in firsts and not any((cid, a) in credited for a in firsts):
+            if (who or address) not in firsts and not any((claimed_as(f), a) in credited for a in firsts):
                 whom = f"{provider!r}" if provider else "the providers its rows name"
                 paid_at = f" (paid at {address})" if address else ""
                 out.append((cid, f"claimed first by {firsts[0]} at {claim_time(first)}, yet credited to "
@@ -168,12 +186,15 @@ def claim_problems(
 
 
 def run_claim_problems(
-    chain: Chain, lineage: Mapping[str, Record], weights: pa.Table | None
+    chain: Chain, lineage: Mapping[str, Record], weights: pa.Table | None,
+    sealed: Mapping[str, str | None] | None = None,
 ) -> tuple[list[tuple[str, str]], list[Mapping]]:
     """The claim problems of a run (`claim_problems` over its ingest records' files, each provider paid
     where `weights` pays it), each record held to the claims made in blocks before the one that
     anchored it (every claim so far, before it is anchored), and the files checked: what `publish_run`
-    refuses and `verify_run` fails."""
+    refuses and `verify_run` fails. `sealed`: each sealed (private) file's plaintext CID, what its
+    provider claimed, or None where no key opened it: such a file is not checked."""
+    sealed = sealed or {}
     paid: dict[str, str] = {}
     if weights is not None:
         rows = weights.select(["contributor", "address", "role"]).to_pylist()
@@ -181,11 +202,43 @@ def run_claim_problems(
     problems: list[tuple[str, str]] = []
     checked: list[Mapping] = []
     for cid, record in sorted(lineage.items()):
-        files = [f for f in record.params.get("source_files") or () if isinstance(f, Mapping)]
-        if record.activity != INGEST or not files:
+        files = [{**f, "claimed_as": sealed[f["cid"]]} if f["cid"] in sealed else f
+                 for f in source_files(record)]
+        files = [f for f in files if f.get("claimed_as", f["cid"])]  # a sealed file no key opened: unchecked
+        if not files:
             continue
         entry = chain.entry_of(cid)  # None: not anchored yet, so every claim so far counts
-        claims = source_claims(chain, [f["cid"] for f in files], before_block=entry and entry["block"])
+        named = [f.get("claimed_as") or f["cid"] for f in files]
+        claims = source_claims(chain, named, before_block=entry and entry["block"])
         problems += claim_problems(files, claims, paid)
         checked += files
     return problems, checked
+
+
+def plaintext_cid(data: bytes, keys: Sequence[DataKey], *, what: str = "content") -> str | None:
+    """A sealed value's plaintext CID (v1, as `caravan claim` names the file), opened with whichever of
+    `keys` sealed it; None where none did. Raises `storage.DecryptionError` where that key fails it."""
+    if not any(k.key_id == sealed_key_id(data) for k in keys):
+        return None
+    return cid_for_bytes(open_sealed(keys, data, what=what), cid_version=1)
+
+
+def sealed_sources(store: ContentStore, lineage: Mapping[str, Record]) -> dict[str, str | None]:
+    """Each sealed source file the run's ingest records name: its plaintext's CID, opened with the keys
+    `store` holds (an `EncryptedStore`: a private run's publisher), or None. A store without keys opens
+    nothing, so nothing is read: its runs' files are taken as public."""
+    if not isinstance(store, EncryptedStore):
+        return {}
+    plain, out = public_store(store), {}
+    for record in lineage.values():
+        for f in source_files(record):
+            data = plain.get(f["cid"])
+            if is_sealed(data):
+                out[f["cid"]] = plaintext_cid(data, store.keys, what=f"source file {f['cid']}")
+    return out
+
+
+def source_files(record: Record) -> list[Mapping]:
+    """The source files an ingest record names (none for another record)."""
+    files = record.params.get("source_files") or () if record.activity == INGEST else ()
+    return [f for f in files if isinstance(f, Mapping)]

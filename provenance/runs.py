@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from provenance.activities import WEIGHTING, WeightingRecord
 from provenance.chain import KIND_AMOUNTS, Chain, TxResult, run_key
-from provenance.claims import run_claim_problems
+from provenance.claims import run_claim_problems, sealed_sources
 from provenance.errors import AlreadyPublished, ClaimConflict, InsufficientFunds, RecordError, WeightsError
 from provenance.merkle import SHARE_LEAF, StandardMerkleTree
 from provenance.records import Record, topological_order
@@ -78,9 +78,12 @@ def head_weights(store: ContentStore, head_cid: str, head: Record) -> tuple[str,
     return weights_cid, share_leaves(table)
 
 
-def _refuse_broken_claims(chain: Chain, lineage: dict[str, Record], weights: pa.Table) -> None:
-    """Refuse, before anything is sent, a run whose files `verify_run` would fail against their claims."""
-    problems, _ = run_claim_problems(chain, lineage, weights)
+def _refuse_broken_claims(
+    chain: Chain, store: ContentStore, lineage: dict[str, Record], weights: pa.Table
+) -> None:
+    """Refuse, before anything is sent, a run whose files `verify_run` would fail against their claims
+    (a private run's sealed files by their plaintext, where `store` holds the keys that open them)."""
+    problems, _ = run_claim_problems(chain, lineage, weights, sealed_sources(store, lineage))
     if problems:
         raise ClaimConflict(
             "the run's source files break their providers' claims on chain (nothing was sent): "
@@ -96,7 +99,7 @@ def publish_run(chain: Chain, store: ContentStore, run_id: str, head_cid: str) -
     weights_cid, table = head_table(store, head_cid, lineage[head_cid])
     leaves = share_leaves(table)
     chain.require_publisher()
-    _refuse_broken_claims(chain, lineage, table)
+    _refuse_broken_claims(chain, store, lineage, table)
     key = "0x" + run_key(run_id).hex()
 
     to_record: list[str] = []

@@ -63,6 +63,9 @@ def test_a_private_version_end_to_end(private_run, tmp_path, monkeypatch):
     run_id, store = summary["run_id"], BlockStore(settings.store_dir)
     catalog = json.loads((settings.catalog_dir / f"{VERSION}.json").read_text())
     assert catalog["private"] is True
+    # each provider claimed its plaintext file on chain: the sealed files are dated by those claims
+    files = len(catalog["sources"])
+    assert files > 1 and all(f.get("claimed_by") for f in catalog["sources"])
 
     # pinned blocks, fetched without the key, hold no plaintext: no source bytes, no example id
     keys = Keyrings(keyring_dir(settings), store).get(VERSION).data_keys(operator)
@@ -84,12 +87,15 @@ def test_a_private_version_end_to_end(private_run, tmp_path, monkeypatch):
     skips = [line for line in bare.output.splitlines() if line.startswith("SKIP (no key)")]
     assert len(skips) > 3 and "0 private opened" in bare.output
     assert any(line.startswith(f"SKIP (no key) {run_id}: replay") for line in skips)
+    assert f"0 of 0 source files dated by their provider's claim on chain ({files} private source files " \
+           "not held to their claims: no key)" in bare.output
     # with the operator's key: every private value opened, and the replay re-derives scores and root
     monkeypatch.setattr("pipelines.replay.pipeline_code", lambda: CODE)
     keyed = _verify(run_id, operator, "--replay")
     assert keyed.exit_code == 0, keyed.output
     assert "SKIP" not in keyed.output and "replayed in" in keyed.output
     assert f"{len(skips) - 1} private opened" in keyed.output
+    assert f"{files} of {files} source files dated by their provider's claim on chain;" in keyed.output
 
     # the same input twice gives the same CIDs
     ok, again, _ = _snapshot(settings)

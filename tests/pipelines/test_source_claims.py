@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from pipelines.cli import app
 from pipelines.datasets import example_id, registration_times, to_examples
 from provenance.chain import Chain
+from storage import cid_for_file
 from tests.services.anvil import AnvilService
 
 T0, T1 = "2025-01-01T00:00:00Z", "2025-02-01T00:00:00Z"
@@ -80,19 +81,34 @@ def test_ingest_dates_a_claimed_file_by_its_claim(home, tmp_path, monkeypatch) -
     record = _ingested("v1")
     files = {f["name"]: f for f in record.params["source_files"]}
     assert files["clinic.parquet"]["claimed_by"] == clinic and "claimed_by" not in files["lab.parquet"]
+    # the same files where the chain holds no claim of them (a reset chain; here unread): not v1 again
+    reset = _invoke(monkeypatch, None, "ingest", str(data), "--version", "v1", "--no-claims", *TABLE_ARGS)
+    assert reset.exit_code == 1 and "the same files, but the chain's claims of them" in reset.stderr
     # without --claims the chain is not read and the file is dated by the operator: a new version
     plain = _invoke(monkeypatch, None, "ingest", str(data), "--version", "v2", "--no-claims", *TABLE_ARGS)
     assert plain.exit_code == 0 and "claimed_by" not in json.dumps(_entry(tmp_path, "v2"))
 
 
-def test_ingest_refuses_a_file_someone_else_claimed(home, tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("side", ["--public", "--private"])
+def test_ingest_refuses_a_file_someone_else_claimed(home, tmp_path, monkeypatch, side) -> None:
+    """A private version's files are sealed and named by their ciphertext: they are looked up by the
+    plaintext CID their providers claim, and refused alike."""
     data, _, keys = home
     assert _invoke(monkeypatch, keys["other"], "claim", str(data / "lab.parquet")).exit_code == 0
-    refused = _invoke(monkeypatch, None, "ingest", str(data), "--version", "v1", *TABLE_ARGS)
+    if side == "--private":
+        assert _invoke(monkeypatch, None, "access", "keygen").exit_code == 0  # the operator's holder key
+    refused = _invoke(monkeypatch, None, "ingest", str(data), "--version", "v1", side, *TABLE_ARGS)
     other = Account.from_key(keys["other"]).address
-    assert refused.exit_code == 1
+    assert refused.exit_code == 1, refused.output
     assert "lab.parquet" in refused.stderr and other in refused.stderr and "'lab'" in refused.stderr
     assert not (tmp_path / "home" / "datasets" / "v1.json").exists()  # nothing registered
+    assert _invoke(monkeypatch, keys["clinic"], "claim", str(data / "clinic.parquet")).exit_code == 0
+    (data / "lab.parquet").unlink()  # the clinic's file alone: dated by its provider's claim
+    ok = _invoke(monkeypatch, None, "ingest", str(data), "--version", "v2", side, *TABLE_ARGS)
+    assert ok.exit_code == 0, ok.output
+    [clinic] = _entry(tmp_path, "v2")["sources"]
+    assert clinic["claimed_by"] == Account.from_key(keys["clinic"]).address
+    assert (clinic["cid"] == cid_for_file(data / "clinic.parquet", cid_version=1)) == (side == "--public")
 
 
 def test_claim_names_a_missing_file_and_needs_a_key(home, tmp_path, monkeypatch) -> None:

@@ -11,7 +11,7 @@ import pytest
 from eth_account import Account
 from web3 import Web3
 
-from provenance.activities import INGEST
+from provenance.activities import INGEST, IngestRecord
 from provenance.anvil import funded
 from provenance.audit import TraceNode, trace, verify_run
 from provenance.chain import Chain
@@ -27,7 +27,7 @@ from provenance.errors import ChainError, ClaimConflict, TransactionError
 from provenance.records import load_record, put_record, topological_order
 from provenance.runs import publish_run
 from serving.sample import SampleRun
-from storage import BlockStore, cid_for_bytes
+from storage import BlockStore, DataKey, EncryptedStore, cid_for_bytes
 from tests.services.anvil import AnvilService
 
 FILE_A, FILE_B = cid_for_bytes(b"clinic rows\n", cid_version=1), cid_for_bytes(b"other rows\n", cid_version=1)
@@ -165,16 +165,24 @@ def _walk(node: TraceNode) -> list[TraceNode]:
     return [node, *(n for child in node.children for n in _walk(child))]
 
 
-def _with_ingest_sources(store: BlockStore, sample: SampleRun, sources: list[dict]) -> str:
-    """The sample run's lineage again, its ingest record naming `sources` (every descendant re-put so
-    the parents still hash): the new head's CID."""
+def _with_ingest_sources(
+    store: BlockStore, sample: SampleRun, sources: list[dict], *, inputs: bool = False
+) -> str:
+    """The sample run's lineage again, its ingest record naming `sources` (and, with `inputs`, reading
+    them, as the ingest asset's do; every descendant re-put so the parents still hash): the new head's
+    CID."""
     old = {cid: load_record(store, cid) for cid in sample.records.values()}
     new: dict[str, str] = {}
     for cid in topological_order(old):
         record = old[cid]
-        params = {**record.params, "source_files": sources} if record.activity == INGEST else record.params
+        changed = {}
+        if record.activity == INGEST:
+            changed["params"] = {**record.params, "source_files": sources}
+            if inputs:
+                prefix = IngestRecord.SOURCE_PREFIX
+                changed["inputs"] = {f"{prefix}{i}": f["cid"] for i, f in enumerate(sources)}
         parents = tuple(new[p] for p in record.parents)
-        new[cid] = put_record(store, dataclasses.replace(record, params=params, parents=parents))
+        new[cid] = put_record(store, dataclasses.replace(record, parents=parents, **changed))
     return new[sample.head]
 
 
@@ -219,3 +227,43 @@ def test_publish_refuses_and_verify_fails_a_run_whose_ingest_ignores_its_provide
     report = verify_run(chain, store, "unclaimed")
     assert [(f.name, f.subject) for f in report.failures] == [("claim_differs", sample_run.raw_cid)]
     assert clinic.address in report.failures[0].detail
+
+
+def test_a_private_file_is_held_to_the_claims_of_its_plaintext_where_a_key_opens_it(
+    chain: Chain, store: BlockStore, sample_run: SampleRun,
+) -> None:
+    """A private version's file is stored sealed, named by its ciphertext, which no one claims: its
+    provider claims the plaintext (as `caravan claim` names the file it holds), and publish and verify
+    hold the sealed file to that claim with a key that opens it, and say they could not without one."""
+    keys = [DataKey.generate()]
+    plaintext = b"clinic's private rows\n"
+    sealed_cid = EncryptedStore(store, keys).put_bytes(plaintext, cid_version=1)
+    plaintext_cid = cid_for_bytes(plaintext, cid_version=1)
+    assert sealed_cid != plaintext_cid
+    weights = sample_run.weights.to_pylist()
+    provider = next(r for r in weights if r["role"] == "provider")
+    clinic = funded(chain, Account.from_key(sample_run.keys[provider["address"]]))
+    [claimed] = claim_sources(clinic, [plaintext_cid])
+    when = claim_time(chain.w3.eth.get_block(claimed.block)["timestamp"])
+    file = {"name": "clinic.parquet", "cid": sealed_cid, "provider": provider["contributor"]}
+    keyed = EncryptedStore(store, keys)  # the private run's publisher holds the version's keys
+
+    claimed_file = {**file, "registered_at": when, "claimed_by": clinic.address}
+    honest = _with_ingest_sources(store, sample_run, [claimed_file], inputs=True)
+    publish_run(chain, keyed, "private", honest)
+    opened = verify_run(chain, store, "private", keys=keys)
+    assert opened.ok, opened.failures
+    assert (opened.sources_claimed, opened.sources_checked, opened.sources_unopened) == (1, 1, 0)
+    bare = verify_run(chain, store, "private")  # no key: passes, the file not counted as checked
+    assert bare.ok and (bare.sources_claimed, bare.sources_checked, bare.sources_unopened) == (0, 0, 1)
+    assert any(s.subject == sealed_cid and "nor its provider's claims" in s.detail for s in bare.skipped)
+
+    # the operator dates the claimed plaintext's sealed file by its own clock
+    later = claim_time(chain.w3.eth.get_block(claimed.block)["timestamp"] + 3600)
+    operator_dated = _with_ingest_sources(store, sample_run, [{**file, "registered_at": later}], inputs=True)
+    with pytest.raises(ClaimConflict, match="operator's clock"):
+        publish_run(chain, keyed, "dated", operator_dated)
+    publish_run(chain, store, "dated", operator_dated)  # a publisher without the keys cannot tell
+    failed = verify_run(chain, store, "dated", keys=keys)
+    assert [(f.name, f.subject) for f in failed.failures] == [("claim_differs", sealed_cid)]
+    assert verify_run(chain, store, "dated").ok  # without a key it cannot be told either: said, not passed
