@@ -15,12 +15,17 @@ tables below do not know) only costs the bit-for-bit check: replay then falls ba
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import platform
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR")
 
@@ -88,6 +93,52 @@ def pinned_threads(threads: int | None = None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@contextmanager
+def spawned(fn: Callable[..., T], *args: object) -> Iterator[Callable[[], T]]:
+    """``fn(*args)`` in a spawned process (its own torch thread pools; a forked one would copy this
+    process's mid-use) while the block runs here. The block gets a call that waits for the result: the
+    process's exception raised again here, and a process that ended without a result (killed for
+    memory, say) a ChildProcessError naming its exit code, where a process pool would wait forever.
+    Leaving the block ends the process."""
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_send_result, args=(send, fn, args), daemon=True)
+    process.start()
+    send.close()  # this end is the child's: its exit closes the pipe
+
+    def result() -> T:
+        try:
+            kind, value = receive.recv()
+        except EOFError:
+            process.join()
+            raise ChildProcessError(f"{fn.__name__}, in a process of its own, ended without a result "
+                                    f"(exit code {process.exitcode})") from None
+        if kind == "error":
+            raise value
+        return value
+
+    try:
+        yield result
+    finally:
+        if process.is_alive():
+            process.terminate()
+        process.join()
+        receive.close()
+
+
+def _send_result(send: Connection, fn: Callable[..., object], args: tuple[object, ...]) -> None:
+    try:
+        out: tuple[str, object] = ("value", fn(*args))
+    except BaseException as exc:  # noqa: BLE001 - raised again in the parent
+        out = ("error", exc)
+    try:
+        send.send(out)
+    except Exception:  # noqa: BLE001 - an exception that does not pickle: its text
+        send.send(("error", RuntimeError(f"{type(out[1]).__name__}: {out[1]}")))
+    finally:
+        send.close()
 
 
 def gpu_platform() -> dict[str, object]:

@@ -61,7 +61,6 @@ Replay refuses code other than the code that trained the run: it names the commi
 from __future__ import annotations
 
 import json
-import multiprocessing
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -98,7 +97,7 @@ from pipelines.assets.training import (
     training_digests,
     value_method,
 )
-from pipelines.compute_platform import can_run, pinned_threads, run_kernels, training_platform
+from pipelines.compute_platform import can_run, pinned_threads, run_kernels, spawned, training_platform
 from pipelines.datasets import (
     DatasetError,
     Payload,
@@ -348,12 +347,10 @@ def _side_by_side(
     digits demo's training (the left-out retrains, most of it, run 1.24x faster on 2 threads than on 1).
     Nudged at every step, the MLP's band is the nudge's alone at any thread count (its reductions are
     not split), and the recipes' spread barely moves with it (`bench/replay_devices.py`)."""
-    context = multiprocessing.get_context("spawn")  # a fork would copy torch's thread pools mid-use
-    with context.Pool(1) as pool:  # closing it ends the band's retrain if this one raises
-        second = pool.apply_async(band_retrain, (inputs, cores // 2))
+    with spawned(band_retrain, inputs, cores // 2) as second:  # ended if this retrain raises
         with pinned_threads(cores - cores // 2):
             first = retrain(False)
-        return first, second.get()
+        return first, second()
 
 
 def replay_platform(recorded: Mapping[str, object]) -> dict[str, object]:

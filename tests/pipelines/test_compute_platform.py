@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from pipelines.compute_platform import (
     kernel_pins,
     pinned_threads,
     run_kernels,
+    spawned,
     training_platform,
 )
 
@@ -129,3 +131,35 @@ def test_a_cuda_run_records_its_gpu_beside_the_cpu() -> None:
     assert gpu == {**cpu, "device": "cuda", "gpu": torch.cuda.get_device_name(), "cuda": torch.version.cuda,
                    "cudnn": torch.backends.cudnn.version()}
     assert cpu["device"] == "cpu" and "gpu" not in cpu
+
+
+def _threads_and_pid(threads: int) -> tuple[int, int]:
+    torch.set_num_threads(threads)
+    return torch.get_num_threads(), os.getpid()
+
+
+def _refuse(why: str) -> None:
+    raise ValueError(why)
+
+
+def _die(code: int) -> None:
+    os._exit(code)  # as a process killed for memory ends: no result, no exception
+
+
+def _sleep(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def test_a_spawned_call_returns_here_raises_here_and_never_waits_on_a_dead_process() -> None:
+    """Replay's band retrain runs beside the first this way (`pipelines.replay`)."""
+    with spawned(_threads_and_pid, 1) as result:
+        threads, pid = result()
+    assert threads == 1 and pid != os.getpid()
+    with spawned(_refuse, "no such label") as result, pytest.raises(ValueError, match="no such label"):
+        result()
+    with spawned(_die, 3) as result, pytest.raises(ChildProcessError, match=r"_die.*exit code 3"):
+        result()
+    start = time.perf_counter()
+    with pytest.raises(KeyError), spawned(_sleep, 600):  # leaving the block ends the process
+        raise KeyError("the first retrain failed")
+    assert time.perf_counter() - start < 60
