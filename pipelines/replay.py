@@ -335,19 +335,22 @@ def _retrains(
         report.bit_exact = bool(report.same_platform and not on_gpu) or bool(exactly and identical(first))
         if report.bit_exact:
             return first, None
-        return first, band_retrain(inputs, _other_count(torch.get_num_threads()))
+        return first, _band_retrain(inputs, _other_count(torch.get_num_threads()))
 
 
 def _side_by_side(
     retrain: Callable[[bool], Replayed], inputs: RetrainInputs, cores: int
 ) -> tuple[Replayed, Retrained]:
     """The two retrains of a replay off the run's platform at once, each on its share of this machine's
-    ``cores``: the band's (`band_retrain`) in a spawned process, the first here. Where neither is
-    checked bit for bit nothing ties them to a thread count, and one after the other they took 2.2x the
-    digits demo's training (the left-out retrains, most of it, run 1.24x faster on 2 threads than on 1).
+    ``cores``: the band's (`_band_retrain`) in a spawned process, the first here. Where neither is
+    checked bit for bit nothing ties them to a thread count. One after the other (the second at another
+    count) they took 2.2x the digits demo's training, side by side 1.25x; the text demo's 2.0x side by
+    side (a transformer gains more from a second thread than the MLP's left-out retrains, 1.24x here).
     Nudged at every step, the MLP's band is the nudge's alone at any thread count (its reductions are
-    not split), and the recipes' spread barely moves with it (`bench/replay_devices.py`)."""
-    with spawned(band_retrain, inputs, cores // 2) as second:  # ended if this retrain raises
+    not split), and the recipes' barely moves with it: an AVX2 run against an AVX-512 one landed 1.06x /
+    1.11x (text scores / values) and 0.21x / 0.95x (image) the spread of two one-thread retrains, 1.13x /
+    2.6x and 0.21x / 0.13x that of a two- and a one-thread retrain (`bench/replay_devices.py`)."""
+    with spawned(_band_retrain, inputs, cores // 2) as second:  # ended if this retrain raises
         with pinned_threads(cores - cores // 2):
             first = retrain(False)
         return first, second()
@@ -458,7 +461,7 @@ class Replayed(Retrained):
 @dataclass(frozen=True)
 class RetrainInputs:
     """What a retrain reads, fetched from the run's records: plain values that a spawned process can
-    retrain from (`band_retrain`)."""
+    retrain from (`_band_retrain`)."""
 
     labeled: pa.Table
     config: TrainingConfig
@@ -495,7 +498,7 @@ def _trained(inputs: RetrainInputs) -> tuple[EncodedSplit | PayloadSplit, TrainR
     return split, result, left_out
 
 
-def band_retrain(inputs: RetrainInputs, threads: int) -> Retrained:
+def _band_retrain(inputs: RetrainInputs, threads: int) -> Retrained:
     """The band's retrain: at ``threads`` threads, every weight one last bit off after every step."""
     with pinned_threads(threads), nudged_steps(NUDGE_SALT):
         _, result, left_out = _trained(inputs)
