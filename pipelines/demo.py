@@ -522,6 +522,14 @@ def _clients(settings: Settings):
     return chain, _store(settings)
 
 
+def _operator_store(settings: Settings, version: str):
+    """The content store as the demo's operator reads `version`: a private one's values opened with the
+    holder key in reach, so its verify checks their plaintexts and its files' claims too."""
+    from pipelines.resources import resources_for
+
+    return resources_for(settings)["store"].client(version)
+
+
 def settle_demo_revenue(settings: Settings, run_id: str, payee: str) -> tuple[str, str | None, int]:
     """Deposit one invoice of revenue for the run and claim `payee`'s share of what is claimable."""
     from provenance import claim_share, share_of
@@ -639,7 +647,7 @@ def run_demo(
         say("chain: revenue deposit and one contributor's claim")
         deposit_tx, claim_tx, paid = settle_demo_revenue(settings, run_id, payee)
         say("audit: caravan verify")
-        report = verify_run(chain, store, run_id)
+        report = verify_run(chain, _operator_store(settings, demo.version), run_id)
         say("serving: paid predictions through `caravan serve`, settled as an epoch on chain")
         served = paid_predictions(settings, run_id, [serving_input(demo.kind, v) for v in demo.samples])
     return {

@@ -66,6 +66,7 @@ def test_a_private_version_end_to_end(private_run, tmp_path, monkeypatch):
     # each provider claimed its plaintext file on chain: the sealed files are dated by those claims
     files = len(catalog["sources"])
     assert files > 1 and all(f.get("claimed_by") for f in catalog["sources"])
+    assert summary["sources_claimed"] == f"{files} of {files}"  # the demo's operator verifies with its key
 
     # pinned blocks, fetched without the key, hold no plaintext: no source bytes, no example id
     keys = Keyrings(keyring_dir(settings), store).get(VERSION).data_keys(operator)
