@@ -176,8 +176,10 @@ def measure(kind: str, n: int, n_providers: int, runs: int, saved: dict | None =
         out["cpu_on_cuda"] = beside(cpu[0], gpu[0], out["cuda_spread"], owner)["gap_over_spread"]
     if saved is not None:
         out["saved"] = beside({k + "s": saved[f"{kind}_{k}s"] for k in keys}, cpu[0], here, owner)
+        torch.set_num_threads(counts[0])  # the saved run's own count: evaluation alone changes nothing else
         out["saved_evaluated_here"] = evaluated_here(task, train, val, saved[f"{kind}_features"].tobytes(),
                                                      saved[f"{kind}_scores"], owner)
+        torch.set_num_threads(threads)
     out["first_cpu_run"] = cpu[0]
     return out
 
