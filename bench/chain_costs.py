@@ -111,7 +111,7 @@ def source_claim_costs(
 ) -> tuple[dict[str, int], float]:
     """Gas of a provider's claim of 1 and of 400 files (one transaction), and the seconds `source_claims`
     takes to find every claimant of `files` files with `claimants` addresses on chain, each having
-    claimed one of them (the scan recomputes every claimant's seal of every file)."""
+    claimed one of them (the scan recomputes the seal of each file by each claimant in its bucket)."""
     cids = [f"bafkrei{rng.getrandbits(256):064x}" for _ in range(max(files, 400))]
     gas = {}
     for n in (1, 400):

@@ -7,7 +7,7 @@ it returns every failure, each with a stable `name` (e.g. `content_corrupt`, `ro
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -16,7 +16,7 @@ from eth_hash.auto import keccak
 
 from provenance.activities import SETTLEMENT, WEIGHTING, WeightingRecord
 from provenance.chain import KIND_AMOUNTS, KIND_SHARES, Chain, RecordedEvent, run_key
-from provenance.claims import claims_deployed, plaintext_cid, run_claim_problems, source_files
+from provenance.claims import claims_deployed, run_claim_problems, source_files
 from provenance.errors import ChainError, RecordError, WeightsError
 from provenance.merkle import SHARE_LEAF, verify_proof
 from provenance.records import Record, cid_version_of
@@ -33,6 +33,7 @@ from storage import (
     cid_for_bytes,
     is_cid,
     is_sealed,
+    open_sealed,
     public_store,
     sealed_key_id,
 )
@@ -145,7 +146,8 @@ def verify_run(
         report.fail(
             "stray_record", cid, "recorded under this run but not in the lineage of its weighting record"
         )
-    sealed = _check_contents(store, lineage.values(), report, keys)
+    sources = {f["cid"] for record in lineage.values() for f in source_files(record)}
+    sealed = _check_contents(store, lineage.values(), report, keys, sources)
 
     weights = _stored_weights(store, lineage, report)
     leaves = _leaves(weights, lineage, report)
@@ -250,10 +252,11 @@ def _check_onchain_entries(
 
 
 def _check_contents(
-    store: ContentStore, records: Iterable[Record], report: VerifyReport, keys: Sequence[DataKey]
+    store: ContentStore, records: Iterable[Record], report: VerifyReport, keys: Sequence[DataKey],
+    sources: Collection[str],
 ) -> dict[str, str | None]:
     """Each content the records name, rehashed (a private one opened where a key is in reach); returns
-    each sealed one's plaintext CID (None: not opened)."""
+    each sealed source file's plaintext CID, what its provider claimed (None: not opened)."""
     sealed: dict[str, str | None] = {}
     cids = sorted({c for r in records for c in (*r.inputs.values(), *r.outputs.values())})
     for cid in cids:
@@ -270,21 +273,23 @@ def _check_contents(
             continue
         report.contents_checked += 1
         if is_sealed(data):
-            sealed[cid] = _check_sealed(cid, data, keys, report)
+            plaintext = _check_sealed(cid, data, keys, report)
+            if cid in sources:
+                sealed[cid] = None if plaintext is None else cid_for_bytes(plaintext, cid_version=1)
     return sealed
 
 
-def _check_sealed(cid: str, data: bytes, keys: Sequence[DataKey], report: VerifyReport) -> str | None:
-    """A private value's plaintext, opened and authenticated with its key (its CID returned), or skipped
-    without it."""
+def _check_sealed(cid: str, data: bytes, keys: Sequence[DataKey], report: VerifyReport) -> bytes | None:
+    """A private value's plaintext, opened and authenticated with its key, or skipped without it."""
+    key_id = sealed_key_id(data)
+    if not any(k.key_id == key_id for k in keys):
+        report.skip(NO_KEY, cid, f"private content (data key {key_id}): its plaintext was not checked, nor "
+                                 "its provider's claims where it is a source file")
+        return None
     try:
-        plaintext = plaintext_cid(data, keys, what=f"content {cid}")
+        plaintext = open_sealed(keys, data, what=f"content {cid}")
     except DecryptionError as exc:
         report.fail("content_unopenable", cid, str(exc))
-        return None
-    if plaintext is None:
-        report.skip(NO_KEY, cid, f"private content (data key {sealed_key_id(data)}): its plaintext was not "
-                                 "checked, nor its provider's claims where it is a source file")
         return None
     report.contents_opened += 1
     return plaintext
@@ -327,8 +332,7 @@ def _check_claims(
     for cid, why in problems:
         report.fail("claim_differs", cid, why)
     report.sources_checked += len(files)
-    named = [f["cid"] for record in lineage.values() for f in source_files(record)]
-    report.sources_unopened += sum(cid in sealed and sealed[cid] is None for cid in named)
+    report.sources_unopened += sum(plaintext is None for plaintext in sealed.values())
     report.sources_claimed += sum(bool(f.get("claimed_by")) for f in files)
 
 

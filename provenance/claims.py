@@ -33,7 +33,6 @@ from provenance.errors import ChainError, NotDeployed
 from provenance.records import Record, utc_time
 from storage import (
     ContentStore,
-    DataKey,
     EncryptedStore,
     cid_for_bytes,
     is_sealed,
@@ -156,14 +155,11 @@ def claim_problems(
       operator dated a file: a claim made after that orders nothing among unclaimed files, but none
       made before the record was anchored lets the file's pay go elsewhere.
     """
-    def claimed_as(f: Mapping) -> str:
-        return f.get("claimed_as") or f["cid"]
-
-    credited = {(claimed_as(f), f.get("claimed_by") or paid.get(f.get("provider") or "")) for f in sources}
+    credited = {(_claimed_as(f), f.get("claimed_by") or paid.get(f.get("provider") or "")) for f in sources}
     out = []
     for f in sources:
         cid, when, who = f["cid"], f.get("registered_at") or "", f.get("claimed_by")
-        on_chain, provider = claims.get(claimed_as(f), {}), f.get("provider")
+        on_chain, provider = claims.get(_claimed_as(f), {}), f.get("provider")
         address = paid.get(provider or "")
         if who and (who not in on_chain or claim_time(on_chain[who]) != when):
             seen = claim_time(on_chain[who]) if who in on_chain else "never"
@@ -177,12 +173,17 @@ def claim_problems(
         elif on_chain:
             first = min(on_chain.values())
             firsts = sorted(a for a, t in on_chain.items() if t == first)
-            if (who or address) not in firsts and not any((claimed_as(f), a) in credited for a in firsts):
+            if (who or address) not in firsts and not any((_claimed_as(f), a) in credited for a in firsts):
                 whom = f"{provider!r}" if provider else "the providers its rows name"
                 paid_at = f" (paid at {address})" if address else ""
                 out.append((cid, f"claimed first by {firsts[0]} at {claim_time(first)}, yet credited to "
                                  f"{whom}{paid_at}"))
     return out
+
+
+def _claimed_as(source: Mapping) -> str:
+    """The CID a source file is claimed by: its own, or a sealed file's plaintext's (`claimed_as`)."""
+    return source.get("claimed_as") or source["cid"]
 
 
 def run_claim_problems(
@@ -208,33 +209,29 @@ def run_claim_problems(
         if not files:
             continue
         entry = chain.entry_of(cid)  # None: not anchored yet, so every claim so far counts
-        named = [f.get("claimed_as") or f["cid"] for f in files]
-        claims = source_claims(chain, named, before_block=entry and entry["block"])
+        claims = source_claims(chain, map(_claimed_as, files), before_block=entry and entry["block"])
         problems += claim_problems(files, claims, paid)
         checked += files
     return problems, checked
 
 
-def plaintext_cid(data: bytes, keys: Sequence[DataKey], *, what: str = "content") -> str | None:
-    """A sealed value's plaintext CID (v1, as `caravan claim` names the file), opened with whichever of
-    `keys` sealed it; None where none did. Raises `storage.DecryptionError` where that key fails it."""
-    if not any(k.key_id == sealed_key_id(data) for k in keys):
-        return None
-    return cid_for_bytes(open_sealed(keys, data, what=what), cid_version=1)
-
-
 def sealed_sources(store: ContentStore, lineage: Mapping[str, Record]) -> dict[str, str | None]:
-    """Each sealed source file the run's ingest records name: its plaintext's CID, opened with the keys
-    `store` holds (an `EncryptedStore`: a private run's publisher), or None. A store without keys opens
-    nothing, so nothing is read: its runs' files are taken as public."""
+    """Each sealed source file the run's ingest records name: its plaintext's CID (v1, as `caravan claim`
+    names the file), opened with the keys `store` holds (an `EncryptedStore`: a private run's
+    publisher), or None where none of them sealed it (a key that fails it raises DecryptionError). A
+    store without keys opens nothing, so nothing is read: its runs' files are taken as public."""
     if not isinstance(store, EncryptedStore):
         return {}
     plain, out = public_store(store), {}
     for record in lineage.values():
         for f in source_files(record):
             data = plain.get(f["cid"])
-            if is_sealed(data):
-                out[f["cid"]] = plaintext_cid(data, store.keys, what=f"source file {f['cid']}")
+            if not is_sealed(data):
+                continue
+            out[f["cid"]] = None
+            if any(k.key_id == sealed_key_id(data) for k in store.keys):
+                plaintext = open_sealed(store.keys, data, what=f"source file {f['cid']}")
+                out[f["cid"]] = cid_for_bytes(plaintext, cid_version=1)
     return out
 
 
