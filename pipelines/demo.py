@@ -686,7 +686,7 @@ def claim_demo_sources(settings: Settings, demo: DemoData):
     files: dict[str, list[str]] = {}
     for _, f in source_files(str(demo.source), payload=Payload.of(demo.labeling)):
         if f.provider:  # a table of several providers' rows (`--data`) is no one provider's to claim
-            files.setdefault(f.provider, []).append(f.cid)
+            files.setdefault(f.provider, []).extend([f.cid, *(cid for _, cid in f.refs)])  # and its images
     for provider, cids in sorted(files.items()):
         claim_sources(funded(chain, demo_account(provider)), cids)
     return ClaimLookup(chain, {p: demo_address(p) for p in demo.providers})

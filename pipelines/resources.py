@@ -87,15 +87,17 @@ class DatasetCatalog(dg.ConfigurableResource):
         first_seen = self._first_registered()
         if hf:  # the hub's rows, pinned now: no later step reads the hub
             pinned = [_pinned_hub(store, hf, provider)]
+            plaintexts = [(pinned[0][0][0],)]
         else:
             files = source_files(source, provider=provider, payload=payload)
             pinned = [((f.cid, f.provider), _pinned(store, p, f)) for p, f in files]
+            plaintexts = [(f.cid, *(cid for _, cid in f.refs)) for _, f in files]  # what providers claim
         sources = [  # a file registered before (same content and provider) keeps its first time
             {**item, "registered_at": min(registered_at, first_seen.get(key, registered_at))}
             for key, item in pinned
         ]
         if claims is not None:
-            sources = claims.dated(sources, [plaintext for (plaintext, _), _ in pinned])
+            sources = claims.dated(sources, plaintexts)
         entry = {
             "version": version,
             "sources": sources,
@@ -239,19 +241,23 @@ class ClaimLookup:
     chain: Chain
     addresses: Mapping[str, str]
 
-    def dated(self, sources: list[dict[str, Any]], plaintexts: Sequence[str]) -> list[dict[str, Any]]:
+    def dated(
+        self, sources: list[dict[str, Any]], plaintexts: Sequence[Sequence[str]]
+    ) -> list[dict[str, Any]]:
         """Each file its provider's address claimed by the time it was registered, dated by that claim
-        (`claimed_by`); a ValueError naming every file the chain says belongs to someone else.
-        `plaintexts`: each file's plaintext CID, what its provider claimed (a sealed file's differs)."""
-        from provenance import claim_problems, honoured, source_claims
+        (`claimed_by`; a table of image paths, by the latest of its own and its images' claims, where
+        that address claimed them all: `provenance.file_claims`); a ValueError naming every file the
+        chain says belongs to someone else. `plaintexts`: each file's plaintext CID, then its images',
+        what its provider claimed (a sealed file's differ)."""
+        from provenance import claim_problems, file_claims, honoured, source_claims, with_claimed_as
 
-        on_chain = source_claims(self.chain, plaintexts)
-        out = []
+        on_chain = source_claims(self.chain, [c for p in plaintexts for c in p])
+        out, named = [], []
         for f, plaintext in zip(sources, plaintexts, strict=True):
             address = self.addresses.get(f.get("provider") or "")
-            when = honoured(on_chain.get(plaintext, {}), address, f["registered_at"])
+            when = honoured(file_claims(with_claimed_as(f, plaintext), on_chain), address, f["registered_at"])
             out.append({**f, "registered_at": when, "claimed_by": address} if when else f)
-        named = [{**f, "claimed_as": p} for f, p in zip(out, plaintexts, strict=True)]
+            named.append(with_claimed_as(out[-1], plaintext))
         problems = claim_problems(named, on_chain, self.addresses)
         if problems:
             names = {f["cid"]: f["name"] for f in out}

@@ -85,7 +85,16 @@ from provenance.chain import (
     load_account,
     run_key,
 )
-from provenance.claims import claim_problems, claim_sources, claim_time, honoured, source_claims, source_seal
+from provenance.claims import (
+    claim_problems,
+    claim_sources,
+    claim_time,
+    file_claims,
+    honoured,
+    source_claims,
+    source_seal,
+    with_claimed_as,
+)
 from provenance.errors import (
     AlreadyPublished,
     ChainError,
@@ -203,7 +212,9 @@ __all__ = [
     "claim_problems",
     "claim_sources",
     "claim_time",
+    "file_claims",
     "honoured",
     "source_claims",
     "source_seal",
+    "with_claimed_as",
 ]

@@ -16,7 +16,7 @@ from eth_hash.auto import keccak
 
 from provenance.activities import SETTLEMENT, WEIGHTING, WeightingRecord
 from provenance.chain import KIND_AMOUNTS, KIND_SHARES, Chain, RecordedEvent, run_key
-from provenance.claims import claims_deployed, run_claim_problems, source_files
+from provenance.claims import claims_deployed, members, run_claim_problems, source_files
 from provenance.errors import ChainError, RecordError, WeightsError
 from provenance.merkle import SHARE_LEAF, verify_proof
 from provenance.records import Record, cid_version_of
@@ -146,8 +146,10 @@ def verify_run(
         report.fail(
             "stray_record", cid, "recorded under this run but not in the lineage of its weighting record"
         )
-    sources = {f["cid"] for record in lineage.values() for f in source_files(record)}
-    sealed = _check_contents(store, lineage.values(), report, keys, sources)
+    files = [f for record in lineage.values() for f in source_files(record)]
+    sources = {m["cid"] for f in files for m in members(f)}
+    images = {m["cid"] for f in files for m in members(f)[1:]}  # a table's, named by path: no record's input
+    sealed = _check_contents(store, lineage.values(), report, keys, sources, images)
 
     weights = _stored_weights(store, lineage, report)
     leaves = _leaves(weights, lineage, report)
@@ -253,12 +255,13 @@ def _check_onchain_entries(
 
 def _check_contents(
     store: ContentStore, records: Iterable[Record], report: VerifyReport, keys: Sequence[DataKey],
-    sources: Collection[str],
+    sources: Collection[str], images: Collection[str],
 ) -> dict[str, str | None]:
-    """Each content the records name, rehashed (a private one opened where a key is in reach); returns
-    each sealed source file's plaintext CID, what its provider claimed (None: not opened)."""
+    """Each content the records name, and the `images` a table of paths names, rehashed (a private one
+    opened where a key is in reach); returns each sealed one of the `sources`' plaintext CID, what its
+    provider claimed (None: not opened)."""
     sealed: dict[str, str | None] = {}
-    cids = sorted({c for r in records for c in (*r.inputs.values(), *r.outputs.values())})
+    cids = sorted({c for r in records for c in (*r.inputs.values(), *r.outputs.values())} | set(images))
     for cid in cids:
         try:
             data = store.get(cid)

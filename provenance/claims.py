@@ -16,6 +16,12 @@ claim copied from the mempool gains nothing).
 A private version's files are stored sealed, named by their ciphertext's CID, which no provider
 claims: its provider claims the plaintext file, and each sealed file is held to the claims of its
 plaintext's CID (`sealed_sources`, or the audit's opened contents) where a key opens it.
+
+A table that names image files by path (its `refs`) is claimed with them (`caravan claim
+--image-field`): its own bytes hold the paths, not the images, so a claim of the table alone would
+date images that could be put behind its paths later. It is dated by its provider's claims only where
+they cover the table and every image it names (`file_claims`), and each image is held to the claims
+made of it as a file of its own is.
 """
 
 from __future__ import annotations
@@ -135,6 +141,15 @@ def honoured(claims: Mapping[str, int], address: str | None, registered_at: str)
     return claim_time(when) if when is not None and claim_time(when) <= registered_at else None
 
 
+def file_claims(source: Mapping, claims: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
+    """Who claimed a source file whole, and when: each address that claimed the file and every image
+    it names by path (`refs`), at the latest of those claims ({address: unix time}). `claims` is keyed
+    by the CID each is claimed as (`with_claimed_as`)."""
+    parts = [claims.get(_claimed_as(m), {}) for m in members(source)]
+    whole = set(parts[0]).intersection(*parts[1:])
+    return {a: max(p[a] for p in parts) for a in sorted(whole)}
+
+
 def claim_problems(
     sources: Sequence[Mapping],
     claims: Mapping[str, Mapping[str, int]],
@@ -144,46 +159,84 @@ def claim_problems(
 
     `paid`: each provider's payout address (the run's weights; the registry before there are any).
     `claims`: those made before the record was anchored on chain (all so far, before it is), by the
-    CID each file is claimed as: its own, or a sealed file's `claimed_as` (its plaintext's).
+    CID each file is claimed as: its own, or a sealed file's `claimed_as` (its plaintext's). A table
+    of image paths counts as claimed by an address that claimed it and every image it names, at the
+    latest of those claims (`file_claims`).
     - A file recorded as claimed (`claimed_by`) is claimed on chain by that address at its
       `registered_at`, and its provider is paid there.
     - A file recorded as unclaimed was not claimed by its provider's address by its `registered_at`
       (else the record dates it by the operator's clock instead of the claim).
-    - A claimed file pays its first claimant (those of the earliest claim, where several claimed it
-      at once): its provider's address is one, or the record credits one with the same file, and the
-      copy earns nothing beside it. So the first registrant is the chain's to say, whenever the
-      operator dated a file: a claim made after that orders nothing among unclaimed files, but none
-      made before the record was anchored lets the file's pay go elsewhere.
+    - A claimed file, or image a table names, pays its first claimant (those of the earliest claim,
+      where several claimed it at once): its provider's address is one, or the record credits one
+      with the same file, and the copy earns nothing beside it. So the first registrant is the chain's
+      to say, whenever the operator dated a file: a claim made after that orders nothing among
+      unclaimed files, but none made before the record was anchored lets the file's pay go elsewhere.
     """
-    credited = {(_claimed_as(f), f.get("claimed_by") or paid.get(f.get("provider") or "")) for f in sources}
+    credited = {(_claimed_as(m), f.get("claimed_by") or paid.get(f.get("provider") or ""))
+                for f in sources for m in members(f)}
     out = []
     for f in sources:
         cid, when, who = f["cid"], f.get("registered_at") or "", f.get("claimed_by")
-        on_chain, provider = claims.get(_claimed_as(f), {}), f.get("provider")
+        on_chain, provider = file_claims(f, claims), f.get("provider")
         address = paid.get(provider or "")
+        whole = " with every image it names" if f.get("refs") else ""
         if who and (who not in on_chain or claim_time(on_chain[who]) != when):
             seen = claim_time(on_chain[who]) if who in on_chain else "never"
-            out.append((cid, f"recorded as claimed by {who} at {when}; the chain says {seen}"))
+            out.append((cid, f"recorded as claimed{whole} by {who} at {when}; the chain says {seen}"))
         elif who and address is not None and address != who:
             out.append((cid, f"claimed by {who}, but its provider {provider!r} is paid at {address}"))
         elif not who and address in on_chain and claim_time(on_chain[address]) <= when:
             at = claim_time(on_chain[address])
-            out.append((cid, f"its provider's address {address} claimed it at {at}, but the record dates it "
-                             "by the operator's clock"))
-        elif on_chain:
-            first = min(on_chain.values())
-            firsts = sorted(a for a, t in on_chain.items() if t == first)
-            if (who or address) not in firsts and not any((_claimed_as(f), a) in credited for a in firsts):
-                whom = f"{provider!r}" if provider else "the providers its rows name"
-                paid_at = f" (paid at {address})" if address else ""
-                out.append((cid, f"claimed first by {firsts[0]} at {claim_time(first)}, yet credited to "
-                                 f"{whom}{paid_at}"))
+            out.append((cid, f"its provider's address {address} claimed it{whole} at {at}, but the record "
+                             "dates it by the operator's clock"))
+        else:
+            out += [(cid, why) for why in _claimed_first_elsewhere(f, who, address, claims, credited)]
     return out
 
 
-def _claimed_as(source: Mapping) -> str:
-    """The CID a source file is claimed by: its own, or a sealed file's plaintext's (`claimed_as`)."""
-    return source.get("claimed_as") or source["cid"]
+def _claimed_first_elsewhere(
+    source: Mapping, who: str | None, address: str | None, claims: Mapping[str, Mapping[str, int]],
+    credited: set[tuple[str, str]],
+) -> list[str]:
+    """Why `source` (or an image it names) is someone else's: each member first claimed by addresses
+    neither its claimant (`who`, else its provider's `address`) nor credited with the same file
+    elsewhere in the record."""
+    out = []
+    for m in members(source):
+        on_chain = claims.get(_claimed_as(m), {})
+        if not on_chain:
+            continue
+        first = min(on_chain.values())
+        firsts = sorted(a for a, t in on_chain.items() if t == first)
+        if (who or address) in firsts or any((_claimed_as(m), a) in credited for a in firsts):
+            continue
+        provider = source.get("provider")
+        whom = f"{provider!r}" if provider else "the providers its rows name"
+        paid_at = f" (paid at {address})" if address else ""
+        what = f"its image {m['name']!r} " if m is not source else ""
+        at = claim_time(first)
+        out.append(f"{what}claimed first by {firsts[0]} at {at}, yet credited to {whom}{paid_at}")
+    return out
+
+
+def members(source: Mapping) -> list[Mapping]:
+    """A source file and the image files it names by path (`refs`): what its provider claims."""
+    return [source, *(source.get("refs") or ())]
+
+
+def with_claimed_as(source: Mapping, plaintexts: Sequence[str | None]) -> dict:
+    """`source` with the CID each member is claimed as (`claimed_as`): `plaintexts`, the file's then its
+    refs' in order (a sealed member's plaintext CID; None where no key opened it)."""
+    refs = source.get("refs")
+    out = {**source, "claimed_as": plaintexts[0]}
+    if refs:
+        out["refs"] = [{**r, "claimed_as": c} for r, c in zip(refs, plaintexts[1:], strict=True)]
+    return out
+
+
+def _claimed_as(member: Mapping) -> str:
+    """The CID a source file or image is claimed by: its own, or a sealed one's plaintext's (`claimed_as`)."""
+    return member.get("claimed_as") or member["cid"]
 
 
 def run_claim_problems(
@@ -193,8 +246,9 @@ def run_claim_problems(
     """The claim problems of a run (`claim_problems` over its ingest records' files, each provider paid
     where `weights` pays it), each record held to the claims made in blocks before the one that
     anchored it (every claim so far, before it is anchored), and the files checked: what `publish_run`
-    refuses and `verify_run` fails. `sealed`: each sealed (private) file's plaintext CID, what its
-    provider claimed, or None where no key opened it: such a file is not checked."""
+    refuses and `verify_run` fails. `sealed`: each sealed (private) file's plaintext CID (and each
+    sealed image's a table names), what its provider claimed, or None where no key opened it: such a
+    file is not checked."""
     sealed = sealed or {}
     paid: dict[str, str] = {}
     if weights is not None:
@@ -203,35 +257,37 @@ def run_claim_problems(
     problems: list[tuple[str, str]] = []
     checked: list[Mapping] = []
     for cid, record in sorted(lineage.items()):
-        files = [{**f, "claimed_as": sealed[f["cid"]]} if f["cid"] in sealed else f
+        files = [with_claimed_as(f, [sealed.get(m["cid"], m["cid"]) for m in members(f)])
                  for f in source_files(record)]
-        files = [f for f in files if f.get("claimed_as", f["cid"])]  # a sealed file no key opened: unchecked
+        files = [f for f in files if all(m["claimed_as"] for m in members(f))]  # sealed, no key: unchecked
         if not files:
             continue
         entry = chain.entry_of(cid)  # None: not anchored yet, so every claim so far counts
-        claims = source_claims(chain, map(_claimed_as, files), before_block=entry and entry["block"])
+        claimed = (_claimed_as(m) for f in files for m in members(f))
+        claims = source_claims(chain, claimed, before_block=entry and entry["block"])
         problems += claim_problems(files, claims, paid)
         checked += files
     return problems, checked
 
 
 def sealed_sources(store: ContentStore, lineage: Mapping[str, Record]) -> dict[str, str | None]:
-    """Each sealed source file the run's ingest records name: its plaintext's CID (v1, as `caravan claim`
-    names the file), opened with the keys `store` holds (an `EncryptedStore`: a private run's
-    publisher), or None where none of them sealed it (a key that fails it raises DecryptionError). A
-    store without keys opens nothing, so nothing is read: its runs' files are taken as public."""
+    """Each sealed source file (or image a table names) the run's ingest records name: its plaintext's
+    CID (v1, as `caravan claim` names the file), opened with the keys `store` holds (an
+    `EncryptedStore`: a private run's publisher), or None where none of them sealed it (a key that
+    fails it raises DecryptionError). A store without keys opens nothing, so nothing is read: its runs'
+    files are taken as public."""
     if not isinstance(store, EncryptedStore):
         return {}
     plain, out = public_store(store), {}
-    for record in lineage.values():
-        for f in source_files(record):
-            data = plain.get(f["cid"])
-            if not is_sealed(data):
-                continue
-            out[f["cid"]] = None
-            if any(k.key_id == sealed_key_id(data) for k in store.keys):
-                plaintext = open_sealed(store.keys, data, what=f"source file {f['cid']}")
-                out[f["cid"]] = cid_for_bytes(plaintext, cid_version=1)
+    files = [f for record in lineage.values() for f in source_files(record)]
+    for cid in sorted({m["cid"] for f in files for m in members(f)}):
+        data = plain.get(cid)
+        if not is_sealed(data):
+            continue
+        out[cid] = None
+        if any(k.key_id == sealed_key_id(data) for k in store.keys):
+            plaintext = open_sealed(store.keys, data, what=f"source file {cid}")
+            out[cid] = cid_for_bytes(plaintext, cid_version=1)
     return out
 
 
@@ -239,3 +295,4 @@ def source_files(record: Record) -> list[Mapping]:
     """The source files an ingest record names (none for another record)."""
     files = record.params.get("source_files") or () if record.activity == INGEST else ()
     return [f for f in files if isinstance(f, Mapping)]
+

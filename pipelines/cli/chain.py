@@ -76,21 +76,33 @@ def claim(
         list[str], typer.Argument(help="Files or folders you will hand to a Caravan operator, as `caravan "
                                        "ingest` reads them.")
     ],
+    image_field: Annotated[
+        str | None,
+        typer.Option(help="A table's column of image paths (as `caravan ingest --kind image --field` names "
+                          "it): claim the images it names with it. A table's bytes hold the paths, not the "
+                          "images, so it is dated by your claims only where they cover every image too."),
+    ] = None,
 ) -> None:
     """Claim your source files on chain, from your own key, before you hand them over: the chain dates
     them, and whoever ingests them must pay you, at this address, for them."""
-    from pipelines.datasets import DatasetError, source_files
+    from pipelines.datasets import DatasetError, Payload, source_files
     from provenance import ProvenanceError, claim_sources, claim_time, source_claims
 
+    payload = Payload("image", image_field) if image_field else None
     with clean_errors(DatasetError, ProvenanceError):
-        files = [f for s in sources for _, f in source_files(s)]
+        files = [f for s in sources for _, f in source_files(s, payload=payload)]
+        cids = [c for f in files for c in (f.cid, *(cid for _, cid in f.refs))]
         chain = open_chain(need_key=True)
-        sent = claim_sources(chain, [f.cid for f in files])
-        found = source_claims(chain, [f.cid for f in files])
+        sent = claim_sources(chain, cids)
+        found = source_claims(chain, cids)
+
+    def claimed(name: str, cid: str) -> dict:
+        return {"name": name, "cid": cid, "claimed_at": claim_time(found[cid][chain.address])}
+
     print(json.dumps({
         "claimant": chain.address,
         "txs": [t.tx_hash for t in sent if not t.skipped],
-        "files": [{"name": f.name, "cid": f.cid, "claimed_at": claim_time(found[f.cid][chain.address])}
+        "files": [{**claimed(f.name, f.cid), **({"images": [claimed(*r) for r in f.refs]} if f.refs else {})}
                   for f in files],
     }))
 

@@ -1,10 +1,12 @@
 """A provider claims its files on chain (`caravan claim`, from its own key) before handing them over;
 `caravan ingest` dates each claimed file by its claim and refuses a file someone else claimed; a
-claimed file ranks before any file the operator dated, so its copies are credited to it."""
+claimed file ranks before any file the operator dated, so its copies are credited to it; a table of
+image paths is dated by claims that cover its images too."""
 
 from __future__ import annotations
 
 import json
+import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,6 +18,7 @@ from pipelines.cli import app
 from pipelines.datasets import example_id, registration_times, to_examples
 from provenance.chain import Chain
 from storage import cid_for_file
+from tests.pipelines.test_payloads import draw
 from tests.services.anvil import AnvilService
 
 T0, T1 = "2025-01-01T00:00:00Z", "2025-02-01T00:00:00Z"
@@ -109,6 +112,66 @@ def test_ingest_refuses_a_file_someone_else_claimed(home, tmp_path, monkeypatch,
     [clinic] = _entry(tmp_path, "v2")["sources"]
     assert clinic["claimed_by"] == Account.from_key(keys["clinic"]).address
     assert (clinic["cid"] == cid_for_file(data / "clinic.parquet", cid_version=1)) == (side == "--public")
+
+
+@pytest.mark.parametrize("side", ["--public", "--private"])
+def test_a_table_of_image_paths_is_dated_by_claims_that_cover_its_images(
+    home, tmp_path, monkeypatch, side
+) -> None:
+    """A table's bytes hold its images' paths, not the images: claimed alone, it dates nothing (images
+    could be put behind its paths later); `caravan claim --image-field` claims them with it, and ingest
+    dates it by the latest of those claims; an image someone else claimed first is refused, by name. A
+    private version's table and images are looked up by the plaintext CIDs their provider claimed."""
+    _, chain, keys = home
+    folder = tmp_path / "scans"
+    (folder / "img").mkdir(parents=True)
+    for i in range(3):
+        (folder / "img" / f"{i}.png").write_bytes(draw(i))
+
+    def table(n: int) -> None:
+        paths = [f"img/{i}.png" for i in range(n)]
+        pq.write_table(pa.table({"image": paths, "provider": ["clinic"] * n}), folder / "clinic.parquet")
+
+    def ingest(version: str):
+        _next_second(chain)
+        return _invoke(monkeypatch, None, "ingest", str(folder), "--version", version, side,
+                       "--kind", "image", "--field", "image", "--choices", "x,y")
+
+    table(2)
+    if side == "--private":
+        assert _invoke(monkeypatch, None, "access", "keygen").exit_code == 0
+    alone = _invoke(monkeypatch, keys["clinic"], "claim", str(folder))
+    assert alone.exit_code == 0 and "images" not in alone.stdout, alone.output
+    ok = ingest("v1")
+    assert ok.exit_code == 0, ok.output
+    [entry] = _entry(tmp_path, "v1")["sources"]
+    assert "claimed_by" not in entry and [r["name"] for r in entry["refs"]] == ["img/0.png", "img/1.png"]
+
+    both = _invoke(monkeypatch, keys["clinic"], "claim", str(folder), "--image-field", "image")
+    assert both.exit_code == 0, both.output
+    out = json.loads(both.stdout)
+    [file] = out["files"]
+    assert [i["name"] for i in file["images"]] == ["img/0.png", "img/1.png"] and len(out["txs"]) == 1
+    assert file["claimed_at"] == json.loads(alone.stdout)["files"][0]["claimed_at"]  # a claim keeps its time
+    assert ingest("v2").exit_code == 0
+    [entry] = _entry(tmp_path, "v2")["sources"]
+    assert entry["claimed_by"] == Account.from_key(keys["clinic"]).address
+    assert entry["registered_at"] == max(i["claimed_at"] for i in file["images"]) > file["claimed_at"]
+
+    table(3)  # a third image, which someone else claimed first
+    assert _invoke(monkeypatch, keys["other"], "claim", str(folder / "img" / "2.png")).exit_code == 0
+    _next_second(chain)  # else both claims may land in one second, and share being first
+    assert _invoke(monkeypatch, keys["clinic"], "claim", str(folder), "--image-field", "image").exit_code == 0
+    refused = ingest("v3")
+    other = Account.from_key(keys["other"]).address
+    assert refused.exit_code == 1 and f"its image 'img/2.png' claimed first by {other}" in refused.stderr
+    assert not (tmp_path / "home" / "datasets" / "v3.json").exists()
+
+
+def _next_second(chain: Chain) -> None:
+    """Wait until the clock is past the latest block's second: the next block is dated later, and a
+    registration now comes after every claim made so far."""
+    time.sleep(max(0.0, chain.w3.eth.get_block("latest")["timestamp"] + 1 - time.time()))
 
 
 def test_claim_names_a_missing_file_and_needs_a_key(home, tmp_path, monkeypatch) -> None:

@@ -6,6 +6,7 @@ ignores a claim."""
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 from eth_account import Account
@@ -19,9 +20,11 @@ from provenance.claims import (
     claim_problems,
     claim_sources,
     claim_time,
+    file_claims,
     source_bucket,
     source_claims,
     source_seal,
+    with_claimed_as,
 )
 from provenance.errors import ChainError, ClaimConflict, TransactionError
 from provenance.records import load_record, put_record, topological_order
@@ -31,6 +34,7 @@ from storage import BlockStore, DataKey, EncryptedStore, cid_for_bytes
 from tests.services.anvil import AnvilService
 
 FILE_A, FILE_B = cid_for_bytes(b"clinic rows\n", cid_version=1), cid_for_bytes(b"other rows\n", cid_version=1)
+IMAGE = cid_for_bytes(b"\x89PNG a scan\n", cid_version=1)
 
 
 def test_the_seal_is_the_packed_keccak_of_domain_cid_and_claimant() -> None:
@@ -161,6 +165,40 @@ def test_claim_problems_hold_a_record_to_the_claims_made_before_it() -> None:
     assert "is paid at" in claim_problems([item("clinic", t, claimed_by=a)], claims, {"clinic": b})[0][1]
 
 
+def test_a_table_of_image_paths_counts_as_claimed_only_with_every_image_it_names() -> None:
+    """Its bytes hold the paths, not the images: its claim is the latest of its own and its images', by
+    an address that claimed them all, and each image pays its first claimant as a file of its own does."""
+    a, b = Account.create().address, Account.create().address
+    t = 1_780_000_000
+    paid = {"clinic": a, "reseller": b}
+
+    def table(when: int, **extra: str) -> dict:
+        return {"name": "scans.csv", "cid": FILE_A, "provider": "clinic", "registered_at": claim_time(when),
+                "refs": [{"name": "img/1.png", "cid": IMAGE}], **extra}
+
+    whole = {FILE_A: {a: t}, IMAGE: {a: t + 10}}
+    assert file_claims(table(t), whole) == {a: t + 10}
+    assert claim_problems([table(t + 10, claimed_by=a)], whole, paid) == []
+    [(cid, why)] = claim_problems([table(t, claimed_by=a)], whole, paid)  # dated by the table's claim alone
+    assert cid == FILE_A and "with every image it names" in why and claim_time(t + 10) in why
+    assert "operator's clock" in claim_problems([table(t + 60)], whole, paid)[0][1]
+    # the table claimed alone dates nothing: registered by the operator's clock, as it should be
+    alone = {FILE_A: {a: t}}
+    assert file_claims(table(t), alone) == {} and claim_problems([table(t + 60)], alone, paid) == []
+    assert "the chain says never" in claim_problems([table(t, claimed_by=a)], alone, paid)[0][1]
+    # an image the reseller claimed first is the reseller's, unless the record credits it there too
+    taken = {FILE_A: {a: t}, IMAGE: {b: t - 5, a: t}}
+    [(cid, why)] = claim_problems([table(t, claimed_by=a)], taken, paid)
+    assert cid == FILE_A and why.startswith(f"its image 'img/1.png' claimed first by {b}")
+    image = {"name": "1.png", "cid": IMAGE, "provider": "reseller", "registered_at": claim_time(t - 5),
+             "claimed_by": b}
+    assert claim_problems([table(t, claimed_by=a), image], taken, paid) == []
+    # a private table's members are held to the claims of their plaintexts
+    sealed = {**table(t + 10, claimed_by=a), "cid": "sealed", "refs": [{"name": "img/1.png", "cid": "x"}]}
+    named = with_claimed_as(sealed, [FILE_A, IMAGE])
+    assert file_claims(named, whole) == {a: t + 10} and claim_problems([named], whole, paid) == []
+
+
 def _walk(node: TraceNode) -> list[TraceNode]:
     return [node, *(n for child in node.children for n in _walk(child))]
 
@@ -227,6 +265,46 @@ def test_publish_refuses_and_verify_fails_a_run_whose_ingest_ignores_its_provide
     report = verify_run(chain, store, "unclaimed")
     assert [(f.name, f.subject) for f in report.failures] == [("claim_differs", sample_run.raw_cid)]
     assert clinic.address in report.failures[0].detail
+
+
+def test_publish_and_verify_hold_the_images_a_table_names_to_their_claims(
+    chain: Chain, anvil: AnvilService, store: BlockStore, sample_run: SampleRun,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A table's images are no record's input: verify rehashes them from the store, and holds each to
+    the claims made of it (one someone else claimed first fails the run, by name)."""
+    weights = sample_run.weights.to_pylist()
+    provider = next(r for r in weights if r["role"] == "provider")
+    clinic = funded(chain, Account.from_key(sample_run.keys[provider["address"]]))
+    own, taken = store.put_bytes(b"scan one\n", cid_version=1), store.put_bytes(b"scan two\n", cid_version=1)
+    claim_sources(funded(chain, Account.from_key(anvil.dev_keys[4])), [taken])  # someone else's, first
+    time.sleep(max(0.0, chain.w3.eth.get_block("latest")["timestamp"] + 1 - time.time()))  # a later second
+    [claimed] = claim_sources(clinic, [sample_run.raw_cid, own, taken])
+    when = claim_time(chain.w3.eth.get_block(claimed.block)["timestamp"])
+
+    def table(*images: str) -> dict:
+        return {"name": "scans.csv", "cid": sample_run.raw_cid, "provider": provider["contributor"],
+                "registered_at": when, "claimed_by": clinic.address,
+                "refs": [{"name": f"img/{i}.png", "cid": c} for i, c in enumerate(images)]}
+
+    publish_run(chain, store, "own", _with_ingest_sources(store, sample_run, [table(own)]))
+    report = verify_run(chain, store, "own")
+    assert report.ok, report.failures
+    assert (report.sources_claimed, report.sources_checked) == (1, 1)
+
+    head = _with_ingest_sources(store, sample_run, [table(own, taken)])
+    with pytest.raises(ClaimConflict, match="its image 'img/1.png' claimed first by"):
+        publish_run(chain, store, "taken", head)
+    monkeypatch.setattr("provenance.runs.run_claim_problems", lambda *_: ([], []))  # another publisher's code
+    publish_run(chain, store, "taken", head)
+    failed = verify_run(chain, store, "taken")
+    assert [(f.name, f.subject) for f in failed.failures] == [("claim_differs", sample_run.raw_cid)]
+    assert "img/1.png" in failed.failures[0].detail
+
+    missing = cid_for_bytes(b"never stored\n", cid_version=1)
+    publish_run(chain, store, "missing", _with_ingest_sources(store, sample_run, [table(own, missing)]))
+    names = {(f.name, f.subject) for f in verify_run(chain, store, "missing").failures}
+    assert ("content_missing", missing) in names
 
 
 def test_a_private_file_is_held_to_the_claims_of_its_plaintext_where_a_key_opens_it(
