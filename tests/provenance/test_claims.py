@@ -345,3 +345,36 @@ def test_a_private_file_is_held_to_the_claims_of_its_plaintext_where_a_key_opens
     failed = verify_run(chain, store, "dated", keys=keys)
     assert [(f.name, f.subject) for f in failed.failures] == [("claim_differs", sealed_cid)]
     assert verify_run(chain, store, "dated").ok  # without a key it cannot be told either: said, not passed
+
+
+def test_a_private_table_s_images_are_held_to_the_claims_of_their_plaintexts(
+    chain: Chain, store: BlockStore, sample_run: SampleRun,
+) -> None:
+    """A private table's images are sealed too: publish and verify open each with the version's keys
+    and hold it to the claims of its plaintext, as the table is; without a key neither is checked."""
+    keys = [DataKey.generate()]
+    sealing = EncryptedStore(store, keys)
+    table, image = b"image\nimg/0.png\n", b"\x89PNG a private scan\n"
+    sealed_table, sealed_image = (sealing.put_bytes(b, cid_version=1) for b in (table, image))
+    plain_table, plain_image = (cid_for_bytes(b, cid_version=1) for b in (table, image))
+    weights = sample_run.weights.to_pylist()
+    provider = next(r for r in weights if r["role"] == "provider")
+    clinic = funded(chain, Account.from_key(sample_run.keys[provider["address"]]))
+    [claimed] = claim_sources(clinic, [plain_table])
+    file = {"name": "scans.csv", "cid": sealed_table, "provider": provider["contributor"],
+            "registered_at": claim_time(chain.w3.eth.get_block(claimed.block)["timestamp"]),
+            "claimed_by": clinic.address, "refs": [{"name": "img/0.png", "cid": sealed_image}]}
+    head = _with_ingest_sources(store, sample_run, [file], inputs=True)
+    with pytest.raises(ClaimConflict, match="with every image it names"):  # its image was not claimed
+        publish_run(chain, sealing, "private-scans", head)
+
+    time.sleep(max(0.0, chain.w3.eth.get_block("latest")["timestamp"] + 1 - time.time()))  # a later second
+    [claimed] = claim_sources(clinic, [plain_image])
+    dated = {**file, "registered_at": claim_time(chain.w3.eth.get_block(claimed.block)["timestamp"])}
+    head = _with_ingest_sources(store, sample_run, [dated], inputs=True)
+    publish_run(chain, sealing, "private-scans", head)
+    opened = verify_run(chain, store, "private-scans", keys=keys)
+    assert opened.ok, opened.failures
+    assert (opened.sources_claimed, opened.sources_checked, opened.sources_unopened) == (1, 1, 0)
+    bare = verify_run(chain, store, "private-scans")
+    assert bare.ok and (bare.sources_claimed, bare.sources_checked, bare.sources_unopened) == (0, 0, 2)
