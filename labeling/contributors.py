@@ -67,15 +67,6 @@ class ContributorsRegistry:
             raise MissingAddressError(missing, self.source)
         return {c: self.addresses[c] for c in wanted}
 
-    def write_csv(self, path: str | Path) -> None:
-        """Write the registry to `path` as the CSV `load` reads: `contributor,address`, sorted by id."""
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["contributor", "address"])
-        for cid in sorted(self.addresses):
-            w.writerow([cid, self.addresses[cid]])
-        Path(path).write_text(buf.getvalue())
-
 
 def _checksummed(addr: str, cid: str, source: str) -> str:
     if not is_address(addr) or not addr.startswith("0x") or len(addr) != 42:
