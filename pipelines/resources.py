@@ -73,7 +73,8 @@ class DatasetCatalog(dg.ConfigurableResource):
         a file someone else claimed first is refused (`provenance.claims.claim_problems`): what
         `caravan verify` holds the ingest record to. A private version's files are named by
         ciphertext: their providers claim the plaintext files, so each is looked up by its plaintext's
-        CID."""
+        CID. Where the chain holds the operator's key, the registration itself is dated on chain, and
+        a file no claim dates takes that time, not this call's (`ClaimLookup.dated`)."""
         path = self._path(version)
         private = isinstance(store, EncryptedStore)
         if path.exists() and json.loads(path.read_text()).get("private", False) != private:
@@ -248,15 +249,37 @@ class ClaimLookup:
         (`claimed_by`; a table of image paths, by the latest of its own and its images' claims, where
         that address claimed them all: `provenance.file_claims`); a ValueError naming every file the
         chain says belongs to someone else. `plaintexts`: each file's plaintext CID, then its images',
-        what its provider claimed (a sealed file's differ)."""
-        from provenance import claim_problems, file_claims, honoured, source_claims, with_claimed_as
+        what its provider claimed (a sealed file's differ).
 
+        Where the chain holds the operator's key, each file's registration is dated on chain first
+        (`provenance.date_registrations`, a file registered before keeping its first time): that is its
+        registration time, not this machine's clock, and a file no claim dates keeps it, with
+        `dated_by` (the operator's address), so the operator cannot date a file before it held it."""
+        from provenance import (
+            claim_problems,
+            claim_time,
+            claims_deployed,
+            date_registrations,
+            file_claims,
+            honoured,
+            source_claims,
+            with_claimed_as,
+        )
+
+        registered: dict[tuple[str, str | None], int] = {}
+        if self.chain.address is not None and claims_deployed(self.chain):
+            registered = date_registrations(self.chain, [(f["cid"], f.get("provider")) for f in sources])
         on_chain = source_claims(self.chain, [c for p in plaintexts for c in p])
         out, named = [], []
         for f, plaintext in zip(sources, plaintexts, strict=True):
             address = self.addresses.get(f.get("provider") or "")
-            when = honoured(file_claims(with_claimed_as(f, plaintext), on_chain), address, f["registered_at"])
-            out.append({**f, "registered_at": when, "claimed_by": address} if when else f)
+            first = registered.get((f["cid"], f.get("provider")))
+            at = claim_time(first) if first else f["registered_at"]
+            when = honoured(file_claims(with_claimed_as(f, plaintext), on_chain), address, at)
+            if when:
+                out.append({**f, "registered_at": when, "claimed_by": address})
+            else:
+                out.append({**f, "registered_at": at, "dated_by": self.chain.address} if first else f)
             named.append(with_claimed_as(out[-1], plaintext))
         problems = claim_problems(named, on_chain, self.addresses)
         if problems:

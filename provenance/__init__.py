@@ -39,6 +39,7 @@ The face the pipeline uses (one Dagster asset per step; nothing here imports dag
     #     ingest dates each claimed file by its claim, publish_run and verify_run hold the run to them
     claim_sources(provider_chain, cids)     # -> [TxResult]
     source_claims(chain, cids)              # {cid: {claimant: unix time}}
+    date_registrations(operator_chain, [(cid, provider)])   # {(cid, provider): unix time}, dated on chain
 
     # 5. audit
     report = verify_run(chain, store, run_id)       # .ok, .failures: [Failure(name, subject, detail)]
@@ -89,6 +90,8 @@ from provenance.claims import (
     claim_problems,
     claim_sources,
     claim_time,
+    claims_deployed,
+    date_registrations,
     file_claims,
     honoured,
     source_claims,
@@ -212,6 +215,8 @@ __all__ = [
     "claim_problems",
     "claim_sources",
     "claim_time",
+    "claims_deployed",
+    "date_registrations",
     "file_claims",
     "honoured",
     "source_claims",

@@ -100,6 +100,7 @@ class VerifyReport(Findings):
     proofs_checked: int = 0
     sources_checked: int = 0  # source files the ingest records name, held to the claims on chain
     sources_claimed: int = 0  # of them, those dated and paid by their provider's own claim
+    sources_registered: int = 0  # of them, those the operator dated by its registration on chain
     sources_unopened: int = 0  # sealed (private) source files no key opened: their claims not checked
     claims_deployed: bool = True  # False: no SourceClaims contract on this chain, no claim to hold them to
 
@@ -337,6 +338,7 @@ def _check_claims(
     report.sources_checked += len(files)
     report.sources_unopened += sum(plaintext is None for plaintext in sealed.values())
     report.sources_claimed += sum(bool(f.get("claimed_by")) for f in files)
+    report.sources_registered += sum(bool(f.get("dated_by")) for f in files)
 
 
 def _check_proofs(
@@ -488,8 +490,12 @@ def _source_said(source: Mapping[str, Any]) -> str:
     """Whose a source file is and who dated it: its provider's claim on chain, or the operator's clock."""
     who = f"provider {source['provider']}" if source.get("provider") else "providers in its rows"
     when = source.get("registered_at") or "?"
-    dated = (f"claimed by {source['claimed_by']} at {when}" if source.get("claimed_by")
-             else f"registered at {when} by the operator's clock")
+    if source.get("claimed_by"):
+        dated = f"claimed by {source['claimed_by']} at {when}"
+    elif source.get("dated_by"):
+        dated = f"registered by {source['dated_by']} at {when}, dated on chain"
+    else:
+        dated = f"registered at {when} by the operator's clock"
     return f"{source.get('name', '?')}, {who}, {dated}"
 
 

@@ -12,6 +12,11 @@ claim copied from the mempool gains nothing).
     claims = source_claims(chain, cids)     {cid: {claimant: unix time}}, every claim made on chain
     problems = claim_problems(sources, claims, paid)   what an ingest record gets wrong about them
     problems, files = run_claim_problems(chain, lineage, weights, sealed)   the same for a run, as anchored
+    date_registrations(chain, [(cid, provider)])   the operator, with its key: {(cid, provider): unix time}
+
+The operator dates its own registrations the same way (`registration_seal`, another domain, so a
+registration claims nothing): a file no claim dates takes its registration's time on chain
+(`dated_by`), which the operator cannot set earlier than it held the file.
 
 A private version's files are stored sealed, named by their ciphertext's CID, which no provider
 claims: its provider claims the plaintext file, and each sealed file is held to the claims of its
@@ -49,6 +54,7 @@ from storage import (
 
 SEAL_DOMAIN = b"caravan/source/"
 BUCKET_DOMAIN = b"caravan/source-bucket/"
+REGISTRATION_DOMAIN = b"caravan/registered/"
 SEALS_PER_TX = 400  # a new seal costs about 25k gas (a slot and an event): 10M gas a transaction
 
 
@@ -68,6 +74,15 @@ def source_bucket(cid: str) -> int:
     return int.from_bytes(keccak(BUCKET_DOMAIN + cid.encode())[:2], "big")
 
 
+def registration_seal(cid: str, provider: str | None, operator: str) -> bytes:
+    """keccak256(abi.encodePacked("caravan/registered/", cid, "/", provider, operator)): what an operator
+    sends when it registers a provider's file (`date_registrations`). No claim (`source_claims`
+    recomputes claims' seals only): the chain's clock dates the registration, so the operator cannot
+    date a file earlier than it held it, and the order of files no provider claimed is the chain's."""
+    named = REGISTRATION_DOMAIN + cid.encode() + b"/" + (provider or "").encode()
+    return _seal(named, bytes.fromhex(checked_address(operator)[2:]))
+
+
 def claim_time(seconds: int) -> str:
     """A claim's block timestamp as a registration time (`provenance.utc_time`'s format)."""
     return utc_time(dt.datetime.fromtimestamp(seconds, dt.UTC))
@@ -79,15 +94,42 @@ def claim_sources(chain: Chain, cids: Sequence[str], *, per_tx: int = SEALS_PER_
     (a claim keeps its first time)."""
     if not cids:
         raise ChainError("no files to claim: give the source files you will hand over")
-    account = chain.address
-    if account is None:
-        raise ChainError("claiming needs the provider's own key: set CARAVAN_PRIVATE_KEY or CARAVAN_KEYSTORE")
+    account = _account(chain, "claiming needs the provider's own key")
     files = sorted(set(cids))
-    seals = [source_seal(c, account) for c in files]
-    known = chain.batch_call([chain.claims.functions.claimedAt(account, s) for s in seals])
-    new = [(s, source_bucket(c)) for c, s, t in zip(files, seals, known, strict=True) if t == 0]
+    return _send_seals(chain, [(source_seal(c, account), source_bucket(c)) for c in files], per_tx)
+
+
+def date_registrations(
+    chain: Chain, files: Sequence[tuple[str, str | None]], *, per_tx: int = SEALS_PER_TX
+) -> dict[tuple[str, str | None], int]:
+    """Date these (CID, provider) registrations on chain from the chain's account (the operator's): each
+    one's first registration seal (`registration_seal`), sent where it has none; their unix times."""
+    account = _account(chain, "dating registrations needs the operator's key")
+    keys = sorted(set(files), key=lambda k: (k[0], k[1] or ""))
+    seals = [(registration_seal(c, p, account), source_bucket(c)) for c, p in keys]
+    _send_seals(chain, seals, per_tx)
+    return dict(zip(keys, registration_times(chain, [(c, p, account) for c, p in keys]), strict=True))
+
+
+def registration_times(chain: Chain, registrations: Sequence[tuple[str, str | None, str]]) -> list[int]:
+    """When each (CID, provider, operator) registration was first dated on chain (0: never)."""
+    calls = [chain.claims.functions.claimedAt(o, registration_seal(c, p, o)) for c, p, o in registrations]
+    return [int(t) for t in chain.batch_call(calls)]
+
+
+def _account(chain: Chain, why: str) -> str:
+    if chain.address is None:
+        raise ChainError(f"{why}: set CARAVAN_PRIVATE_KEY or CARAVAN_KEYSTORE")
+    return chain.address
+
+
+def _send_seals(chain: Chain, seals: Sequence[tuple[bytes, int]], per_tx: int) -> list[TxResult]:
+    """`claimSources` for the seals the chain's account has not sent before, `per_tx` a transaction; one
+    skipped result when none is new."""
+    known = chain.batch_call([chain.claims.functions.claimedAt(chain.address, s) for s, _ in seals])
+    new = [(s, b) for (s, b), t in zip(seals, known, strict=True) if t == 0]
     if not new:
-        return [TxResult("claim:" + keccak(b"".join(seals)).hex(), None, 0, None, True)]
+        return [TxResult("claim:" + keccak(b"".join(s for s, _ in seals)).hex(), None, 0, None, True)]
     out = []
     for batch in (new[i : i + per_tx] for i in range(0, len(new), per_tx)):
         batch_seals, buckets = [s for s, _ in batch], [b for _, b in batch]
@@ -219,6 +261,24 @@ def _claimed_first_elsewhere(
     return out
 
 
+def registration_problems(
+    sources: Sequence[Mapping], registered: Mapping[tuple[str, str | None, str], int]
+) -> list[tuple[str, str]]:
+    """Each file recorded as registered on chain (`dated_by`: the operator's address) that the chain did not
+    first date at its `registered_at`: `registered` maps (CID, provider, operator) to that first time."""
+    out = []
+    for f in sources:
+        operator, when = f.get("dated_by"), f.get("registered_at") or ""
+        if not operator:
+            continue
+        first = registered.get((f["cid"], f.get("provider"), operator), 0)
+        seen = claim_time(first) if first else "never"
+        if seen != when:
+            out.append((f["cid"], f"recorded as registered by {operator} at {when}; the chain dates that "
+                                  f"registration {seen}"))
+    return out
+
+
 def members(source: Mapping) -> list[Mapping]:
     """A source file and the image files it names by path (`refs`): what its provider claims."""
     return [source, *(source.get("refs") or ())]
@@ -246,9 +306,10 @@ def run_claim_problems(
     """The claim problems of a run (`claim_problems` over its ingest records' files, each provider paid
     where `weights` pays it), each record held to the claims made in blocks before the one that
     anchored it (every claim so far, before it is anchored), and the files checked: what `publish_run`
-    refuses and `verify_run` fails. `sealed`: each sealed (private) file's plaintext CID (and each
-    sealed image's a table names), what its provider claimed, or None where no key opened it: such a
-    file is not checked."""
+    refuses and `verify_run` fails; a file the operator dated by its registration on chain (`dated_by`)
+    is held to that registration's time (`registration_problems`). `sealed`: each sealed (private)
+    file's plaintext CID (and each sealed image's a table names), what its provider claimed, or None
+    where no key opened it: such a file is not checked against claims."""
     sealed = sealed or {}
     paid: dict[str, str] = {}
     if weights is not None:
@@ -257,8 +318,12 @@ def run_claim_problems(
     problems: list[tuple[str, str]] = []
     checked: list[Mapping] = []
     for cid, record in sorted(lineage.items()):
-        files = [with_claimed_as(f, [sealed.get(m["cid"], m["cid"]) for m in members(f)])
-                 for f in source_files(record)]
+        sources = source_files(record)
+        dated = [(f["cid"], f.get("provider"), f["dated_by"]) for f in sources if f.get("dated_by")]
+        if dated:  # the operator's registrations, by the stored CID: no key needed
+            times = registration_times(chain, dated) if claims_deployed(chain) else [0] * len(dated)
+            problems += registration_problems(sources, dict(zip(dated, times, strict=True)))
+        files = [with_claimed_as(f, [sealed.get(m["cid"], m["cid"]) for m in members(f)]) for f in sources]
         files = [f for f in files if all(m["claimed_as"] for m in members(f))]  # sealed, no key: unchecked
         if not files:
             continue

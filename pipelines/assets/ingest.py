@@ -43,7 +43,8 @@ def raw_dataset(
             "hf": entry["hf"],
             "provider": entry["provider"],
             # each file by name, CID, provider and registration time (the claim's, where its provider
-            # claimed it on chain: `claimed_by`; and the image files a table names by path, its `refs`),
+            # claimed it on chain: `claimed_by`; else the operator's registration on chain, `dated_by`,
+            # where it held a key; and the image files a table names by path, its `refs`),
             # and what labelers read: a replay re-derives the examples and
             # their credit from them alone (`pipelines.replay.check_ingest`)
             "source_files": [
@@ -53,6 +54,7 @@ def raw_dataset(
                     **({"provider": f["provider"]} if f.get("provider") else {}),
                     "registered_at": f.get("registered_at") or "",
                     **({"claimed_by": f["claimed_by"]} if f.get("claimed_by") else {}),
+                    **({"dated_by": f["dated_by"]} if f.get("dated_by") else {}),
                     **({"refs": f["refs"]} if f.get("refs") else {}),
                 }
                 for f in files

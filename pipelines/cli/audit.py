@@ -180,6 +180,8 @@ def verify_command(
             + (f"{report.sources_claimed} of {report.sources_checked} source files dated by their provider's "
                "claim on chain" if report.claims_deployed else "no SourceClaims contract on this chain: "
                "no source claim to hold the files to")
+            + (f", {report.sources_registered} by their registration on chain" if report.sources_registered
+               else "")
             + (f" ({report.sources_unopened} private source files not held to their claims: no key)"
                if report.sources_unopened else "")
         )

@@ -48,7 +48,8 @@ def home(tmp_path, monkeypatch, anvil: AnvilService):
     pq.write_table(_rows("lab", [4.0, 5.0]), data / "lab.parquet")
     clinic, lab = Account.from_key(anvil.dev_keys[1]).address, Account.from_key(anvil.dev_keys[2]).address
     (tmp_path / "home" / "contributors.yaml").write_text(f'clinic: "{clinic}"\nlab: "{lab}"\n')
-    return data, chain, {"clinic": anvil.dev_keys[1], "other": anvil.dev_keys[3]}
+    keys = {"clinic": anvil.dev_keys[1], "other": anvil.dev_keys[3], "operator": anvil.dev_keys[0]}
+    return data, chain, keys
 
 
 def _invoke(monkeypatch, key: str | None, *args: str):
@@ -90,6 +91,33 @@ def test_ingest_dates_a_claimed_file_by_its_claim(home, tmp_path, monkeypatch) -
     # without --claims the chain is not read and the file is dated by the operator: a new version
     plain = _invoke(monkeypatch, None, "ingest", str(data), "--version", "v2", "--no-claims", *TABLE_ARGS)
     assert plain.exit_code == 0 and "claimed_by" not in json.dumps(_entry(tmp_path, "v2"))
+
+
+def test_an_operator_with_a_key_dates_each_registration_on_chain(home, tmp_path, monkeypatch) -> None:
+    """Ingest with the operator's key dates every file's registration on chain: a file no claim dates
+    takes that time and `dated_by` (not this machine's clock), and keeps it when registered again."""
+    from provenance.claims import claim_time, registration_times
+
+    data, chain, keys = home
+    assert _invoke(monkeypatch, keys["clinic"], "claim", str(data / "clinic.parquet")).exit_code == 0
+    _next_second(chain)
+    ok = _invoke(monkeypatch, keys["operator"], "ingest", str(data), "--version", "v1", *TABLE_ARGS)
+    assert ok.exit_code == 0, ok.output
+    operator = Account.from_key(keys["operator"]).address
+    sources = {f["name"]: f for f in _entry(tmp_path, "v1")["sources"]}
+    assert sources["clinic.parquet"]["claimed_by"] == Account.from_key(keys["clinic"]).address
+    assert "dated_by" not in sources["clinic.parquet"]  # its provider's claim dates it
+    lab = sources["lab.parquet"]
+    [registered] = registration_times(chain, [(lab["cid"], "lab", operator)])
+    assert lab["dated_by"] == operator and lab["registered_at"] == claim_time(registered)
+    recorded = {f["name"]: f for f in _ingested("v1").params["source_files"]}
+    assert recorded["lab.parquet"]["dated_by"] == operator
+
+    _next_second(chain)  # the same files again, later: the chain's first registration stands
+    v2 = _invoke(monkeypatch, keys["operator"], "ingest", str(data), "--version", "v2", *TABLE_ARGS)
+    assert v2.exit_code == 0, v2.output
+    again = {f["name"]: f for f in _entry(tmp_path, "v2")["sources"]}
+    assert again["lab.parquet"]["registered_at"] == lab["registered_at"]
 
 
 @pytest.mark.parametrize("side", ["--public", "--private"])

@@ -20,6 +20,7 @@ from provenance.claims import (
     claim_problems,
     claim_sources,
     claim_time,
+    date_registrations,
     file_claims,
     source_bucket,
     source_claims,
@@ -378,3 +379,35 @@ def test_a_private_table_s_images_are_held_to_the_claims_of_their_plaintexts(
     assert (opened.sources_claimed, opened.sources_checked, opened.sources_unopened) == (1, 1, 0)
     bare = verify_run(chain, store, "private-scans")
     assert bare.ok and (bare.sources_claimed, bare.sources_checked, bare.sources_unopened) == (0, 0, 2)
+
+
+def test_the_operator_dates_a_registration_on_chain_once_and_verify_holds_the_record_to_it(
+    chain: Chain, store: BlockStore, sample_run: SampleRun,
+) -> None:
+    """A file no provider claimed is dated by the operator's registration on chain (`dated_by`): sent
+    once per (file, provider), a second registration keeps the first time, no claim is made of it, and a
+    record that dates the file earlier (the operator's clock) fails verify."""
+    weights = sample_run.weights.to_pylist()
+    provider = next(r for r in weights if r["role"] == "provider")["contributor"]
+    first = date_registrations(chain, [(FILE_B, provider)])
+    time.sleep(max(0.0, chain.w3.eth.get_block("latest")["timestamp"] + 1 - time.time()))  # a later second
+    again = date_registrations(chain, [(FILE_B, provider), (FILE_B, "reseller")])
+    assert again[(FILE_B, provider)] == first[(FILE_B, provider)] < again[(FILE_B, "reseller")]
+    assert source_claims(chain, [FILE_B]) == {}  # a registration claims nothing
+
+    file = {"name": "more.csv", "cid": FILE_B, "provider": provider, "dated_by": chain.address,
+            "registered_at": claim_time(first[(FILE_B, provider)])}
+    assert store.put_bytes(b"other rows\n", cid_version=1) == FILE_B
+    publish_run(chain, store, "registered", _with_ingest_sources(store, sample_run, [file], inputs=True))
+    report = verify_run(chain, store, "registered")
+    assert report.ok, report.failures
+    assert (report.sources_checked, report.sources_claimed, report.sources_registered) == (1, 0, 1)
+    [source] = [n for n in _walk(trace(chain, store, "registered")) if n.details.get("source")]
+    assert f"registered by {chain.address} at {file['registered_at']}, dated on chain" in source.label
+
+    backdated = {**file, "registered_at": claim_time(first[(FILE_B, provider)] - 3600)}
+    with pytest.raises(ClaimConflict, match="the chain dates that registration"):
+        publish_run(chain, store, "backdated", _with_ingest_sources(store, sample_run, [backdated]))
+    stranger = {**file, "dated_by": Account.create().address}
+    with pytest.raises(ClaimConflict, match="the chain dates that registration never"):
+        publish_run(chain, store, "stranger", _with_ingest_sources(store, sample_run, [stranger]))
