@@ -10,11 +10,12 @@ from __future__ import annotations
 
 # provenance (web3) is imported inside the commands, as in pipelines/cli/audit.py.
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from pipelines.cli.errors import clean_errors
+from pipelines.cli.errors import CaravanError, clean_errors
 from pipelines.cli.options import open_chain
 
 
@@ -85,12 +86,19 @@ def claim(
 ) -> None:
     """Claim your source files on chain, from your own key, before you hand them over: the chain dates
     them, and whoever ingests them must pay you, at this address, for them."""
-    from pipelines.datasets import DatasetError, Payload, source_files
+    from pipelines.datasets import IMAGE_SUFFIXES, DatasetError, Payload, source_files
     from provenance import ProvenanceError, claim_sources, claim_time, source_claims
 
     payload = Payload("image", image_field) if image_field else None
     with clean_errors(DatasetError, ProvenanceError):
         files = [f for s in sources for _, f in source_files(s, payload=payload)]
+        tables = [f for f in files if Path(f.name).suffix.lower() not in IMAGE_SUFFIXES]
+        pathless = [f.name for f in tables if payload and not f.refs]
+        if pathless:
+            raise CaravanError(
+                f"--image-field {image_field}: {', '.join(pathless)} name no image file by path in a column "
+                f"{image_field!r}; give the column of image paths, or leave the option out for a table that "
+                "holds its images itself")
         cids = [c for f in files for c in (f.cid, *(cid for _, cid in f.refs))]
         chain = open_chain(need_key=True)
         sent = claim_sources(chain, cids)

@@ -168,6 +168,8 @@ def test_a_table_of_image_paths_is_dated_by_claims_that_cover_its_images(
     table(2)
     if side == "--private":
         assert _invoke(monkeypatch, None, "access", "keygen").exit_code == 0
+    typo = _invoke(monkeypatch, keys["clinic"], "claim", str(folder), "--image-field", "picture")
+    assert typo.exit_code == 1 and "name no image file by path in a column 'picture'" in typo.stderr
     alone = _invoke(monkeypatch, keys["clinic"], "claim", str(folder))
     assert alone.exit_code == 0 and "images" not in alone.stdout, alone.output
     ok = ingest("v1")
