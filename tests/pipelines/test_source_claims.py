@@ -153,48 +153,49 @@ def test_a_table_of_image_paths_is_dated_by_claims_that_cover_its_images(
     _, chain, keys = home
     folder = tmp_path / "scans"
     (folder / "img").mkdir(parents=True)
-    for i in range(3):
+    for i in range(4):
         (folder / "img" / f"{i}.png").write_bytes(draw(i))
 
-    def table(n: int) -> None:
-        paths = [f"img/{i}.png" for i in range(n)]
-        pq.write_table(pa.table({"image": paths, "provider": ["clinic"] * n}), folder / "clinic.parquet")
+    def table(*images: int) -> None:  # each table a new file: a file registered before keeps its time
+        paths = [f"img/{i}.png" for i in images]
+        rows = pa.table({"image": paths, "provider": ["clinic"] * len(paths)})
+        pq.write_table(rows, folder / "clinic.parquet")
 
     def ingest(version: str):
         _next_second(chain)
         return _invoke(monkeypatch, None, "ingest", str(folder), "--version", version, side,
                        "--kind", "image", "--field", "image", "--choices", "x,y")
 
-    table(2)
+    table(0, 1)
     if side == "--private":
         assert _invoke(monkeypatch, None, "access", "keygen").exit_code == 0
     typo = _invoke(monkeypatch, keys["clinic"], "claim", str(folder), "--image-field", "picture")
     assert typo.exit_code == 1 and "name no image file by path in a column 'picture'" in typo.stderr
-    alone = _invoke(monkeypatch, keys["clinic"], "claim", str(folder))
-    assert alone.exit_code == 0 and "images" not in alone.stdout, alone.output
-    ok = ingest("v1")
-    assert ok.exit_code == 0, ok.output
-    [entry] = _entry(tmp_path, "v1")["sources"]
-    assert "claimed_by" not in entry and [r["name"] for r in entry["refs"]] == ["img/0.png", "img/1.png"]
-
     both = _invoke(monkeypatch, keys["clinic"], "claim", str(folder), "--image-field", "image")
     assert both.exit_code == 0, both.output
     out = json.loads(both.stdout)
     [file] = out["files"]
     assert [i["name"] for i in file["images"]] == ["img/0.png", "img/1.png"] and len(out["txs"]) == 1
-    assert file["claimed_at"] == json.loads(alone.stdout)["files"][0]["claimed_at"]  # a claim keeps its time
-    assert ingest("v2").exit_code == 0
-    [entry] = _entry(tmp_path, "v2")["sources"]
+    assert ingest("v1").exit_code == 0
+    [entry] = _entry(tmp_path, "v1")["sources"]
     assert entry["claimed_by"] == Account.from_key(keys["clinic"]).address
-    assert entry["registered_at"] == max(i["claimed_at"] for i in file["images"]) > file["claimed_at"]
+    assert entry["registered_at"] == max(i["claimed_at"] for i in [file, *file["images"]])
 
-    table(3)  # a third image, which someone else claimed first
-    assert _invoke(monkeypatch, keys["other"], "claim", str(folder / "img" / "2.png")).exit_code == 0
+    table(2)  # a table claimed alone: its image is not, so ingest dates it by the operator's clock
+    alone = _invoke(monkeypatch, keys["clinic"], "claim", str(folder))
+    assert alone.exit_code == 0 and "images" not in alone.stdout, alone.output
+    ok = ingest("v2")
+    assert ok.exit_code == 0, ok.output
+    [entry] = _entry(tmp_path, "v2")["sources"]
+    assert "claimed_by" not in entry and [r["name"] for r in entry["refs"]] == ["img/2.png"]
+
+    table(0, 3)  # an image someone else claimed first
+    assert _invoke(monkeypatch, keys["other"], "claim", str(folder / "img" / "3.png")).exit_code == 0
     _next_second(chain)  # else both claims may land in one second, and share being first
     assert _invoke(monkeypatch, keys["clinic"], "claim", str(folder), "--image-field", "image").exit_code == 0
     refused = ingest("v3")
     other = Account.from_key(keys["other"]).address
-    assert refused.exit_code == 1 and f"its image 'img/2.png' claimed first by {other}" in refused.stderr
+    assert refused.exit_code == 1 and f"its image 'img/3.png' claimed first by {other}" in refused.stderr
     assert not (tmp_path / "home" / "datasets" / "v3.json").exists()
 
 
