@@ -16,7 +16,7 @@ from eth_hash.auto import keccak
 
 from provenance.activities import SETTLEMENT, WEIGHTING, WeightingRecord
 from provenance.chain import KIND_AMOUNTS, KIND_SHARES, Chain, RecordedEvent, run_key
-from provenance.claims import claims_deployed, members, run_claim_problems, source_files
+from provenance.claims import claims_deployed, run_claim_problems, source_cids, source_files
 from provenance.errors import ChainError, RecordError, WeightsError
 from provenance.merkle import SHARE_LEAF, verify_proof
 from provenance.records import Record, cid_version_of
@@ -147,9 +147,7 @@ def verify_run(
         report.fail(
             "stray_record", cid, "recorded under this run but not in the lineage of its weighting record"
         )
-    files = [f for record in lineage.values() for f in source_files(record)]
-    sources = {m["cid"] for f in files for m in members(f)}
-    images = {m["cid"] for f in files for m in members(f)[1:]}  # a table's, named by path: no record's input
+    sources, images = source_cids(lineage), source_cids(lineage, images_only=True)
     sealed = _check_contents(store, lineage.values(), report, keys, sources, images)
 
     weights = _stored_weights(store, lineage, report)

@@ -344,8 +344,7 @@ def sealed_sources(store: ContentStore, lineage: Mapping[str, Record]) -> dict[s
     if not isinstance(store, EncryptedStore):
         return {}
     plain, out = public_store(store), {}
-    files = [f for record in lineage.values() for f in source_files(record)]
-    for cid in sorted({m["cid"] for f in files for m in members(f)}):
+    for cid in sorted(source_cids(lineage)):
         data = plain.get(cid)
         if not is_sealed(data):
             continue
@@ -354,6 +353,12 @@ def sealed_sources(store: ContentStore, lineage: Mapping[str, Record]) -> dict[s
             plaintext = open_sealed(store.keys, data, what=f"source file {cid}")
             out[cid] = cid_for_bytes(plaintext, cid_version=1)
     return out
+
+
+def source_cids(lineage: Mapping[str, Record], *, images_only: bool = False) -> set[str]:
+    """Every source file and image a table names, by the CID stored, over a run's ingest records (with
+    `images_only`, the images alone: no record names them as inputs)."""
+    return {m["cid"] for r in lineage.values() for f in source_files(r) for m in members(f)[images_only:]}
 
 
 def source_files(record: Record) -> list[Mapping]:
