@@ -1,5 +1,6 @@
-"""Labeling: Label Studio client, task sync, annotation export, label aggregation, annotator
-quality, contributor identities, simulated annotators and a webhook receiver.
+"""Labeling: Label Studio client, task sync, annotation export (and an auditor's reconciliation of a
+stored export with Label Studio), label aggregation, annotator quality, contributor identities,
+simulated annotators and a webhook receiver.
 
 A plain library (no Dagster); Arrow tables in and out (schemas in `labeling.schemas`).
 """
@@ -44,10 +45,13 @@ from labeling.errors import (
 from labeling.export import (
     AnnotationExport,
     ExportCursor,
+    LiveAnnotations,
     existing_annotation_ids,
     export_annotations,
+    live_annotations,
     merge_annotations,
 )
+from labeling.reconcile import Mismatch, Reconciliation, reconcile
 from labeling.review import REVIEW_TAB, ReviewQueue, request_review, review_overlap
 from labeling.schemas import ANNOTATIONS, ANNOTATOR_QUALITY, CONSENSUS, GOLD
 from labeling.server import LabelStudioServer, labelstudio_token
@@ -83,12 +87,15 @@ __all__ = [
     "LabelStudioServer",
     "LabelStudioUnavailable",
     "LabelingError",
+    "LiveAnnotations",
+    "Mismatch",
     "MissingAddressError",
     "ModelProbs",
     "Project",
     "REVIEW_TAB",
     "ReviewQueue",
     "ProjectSpec",
+    "Reconciliation",
     "RetryPolicy",
     "SimulatedAnnotator",
     "SyncReport",
@@ -111,8 +118,10 @@ __all__ = [
     "image_data_url",
     "import_with_answers",
     "labelstudio_token",
+    "live_annotations",
     "majority_vote",
     "merge_annotations",
+    "reconcile",
     "register",
     "request_review",
     "review_overlap",

@@ -241,12 +241,15 @@ class LabelStudioClient:
 
         return self.call(f"{what} of project {project_id}", fetch)
 
-    def annotated_tasks(self, project_id: int, ids: list[int] | None = None) -> list[dict]:
-        """Annotated (or skipped) tasks with all their annotations: all of them, or those in `ids`."""
+    def annotated_tasks(
+        self, project_id: int, ids: list[int] | None = None, *, every: bool = False
+    ) -> list[dict]:
+        """Annotated (or skipped) tasks with all their annotations: all of them, or those in `ids`. With
+        `every`, each task of the project, read without the per-task counters the filters rely on."""
         chunks = [None] if ids is None else [ids[i : i + PAGE] for i in range(0, len(ids), PAGE)]
         out: dict[int, dict] = {}
         for chunk in chunks:
-            for query in annotated_queries(None):
+            for query in [{"ordering": ["tasks:id"]}] if every else annotated_queries(None):
                 if chunk is not None:
                     query["selectedItems"] = {"all": False, "included": chunk}
 

@@ -305,6 +305,36 @@ def merge_annotations(previous: pa.Table, export: AnnotationExport) -> pa.Table:
     return merged.take(pc.sort_indices(merged, [("annotation_id", "ascending")]))
 
 
+@dataclass(frozen=True)
+class LiveAnnotations:
+    """Every annotation of a project as Label Studio holds it now: those an export takes (`table`,
+    normalized as `export_annotations` does), and by id why each other one is left out, with its
+    `updated_at` (`left_out`)."""
+
+    table: pa.Table
+    left_out: dict[int, tuple[str, datetime]]
+
+
+def live_annotations(
+    client: LabelStudioClient, project: Project, *, known_examples: set[str] | None = None
+) -> LiveAnnotations:
+    """Every annotation of `project` now, read from each of its tasks (not only those Label Studio's
+    per-task counters call annotated): what an auditor holds a stored table to (`labeling.reconcile`)."""
+    users = client.users()
+    rows: list[dict] = []
+    left_out: dict[int, tuple[str, datetime]] = {}
+    for task in client.annotated_tasks(project.id, every=True):
+        example_id = (task.get("data") or {}).get("example_id")
+        for a in task.get("annotations") or []:
+            row, reason = _normalize(a, example_id, project, users, known_examples)
+            if reason:
+                left_out[int(a["id"])] = (reason, _ts(a["updated_at"]))
+            else:
+                rows.append(row)
+    rows.sort(key=lambda r: r["annotation_id"])
+    return LiveAnnotations(pa.Table.from_pylist(rows, schema=ANNOTATIONS), left_out)
+
+
 def _normalize(
     a: dict, example_id: object, project: Project, users: dict[int, str], known: set[str] | None
 ) -> tuple[dict | None, str | None]:

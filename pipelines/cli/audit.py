@@ -21,7 +21,14 @@ from rich.console import Console
 from rich.tree import Tree
 
 from pipelines.cli.errors import clean_errors, finish_report
-from pipelines.cli.options import AsJson, StoreDir, open_chain, open_reading_store, open_store
+from pipelines.cli.options import (
+    AsJson,
+    StoreDir,
+    open_chain,
+    open_labelstudio,
+    open_reading_store,
+    open_store,
+)
 from storage import BlockStore, StorageError
 
 AsProv = Annotated[bool, typer.Option("--prov", help="Print the lineage's records as W3C PROV-JSON.")]
@@ -78,14 +85,17 @@ class RunAudit:
     run: Any  # provenance.VerifyReport
     epochs: list[tuple[Any, Any]] = field(default_factory=list)  # (provenance.RunEpoch, serving.EpochReport)
     replay: Any = None  # pipelines.replay.ReplayReport
+    labels: Any = None  # pipelines.annotations_audit.AnnotationsAudit
     skipped_here: list[Any] = field(default_factory=list)  # checks of its own it could not make (no key)
 
     @property
     def failures(self) -> list[Any]:
-        """The run's and the replay's failures, then each epoch's, its detail prefixed with the epoch."""
+        """The run's, the replay's and the answers' failures, then each epoch's, its detail prefixed with
+        the epoch."""
         from provenance import Failure
 
         out = list(self.run.failures) + (list(self.replay.failures) if self.replay else [])
+        out += list(self.labels.failures) if self.labels else []
         for epoch, report in self.epochs:
             if epoch.error and epoch.epoch_id:  # unreadable records are named by verify_epoch itself
                 out.append(Failure("epoch_not_of_run", epoch.record_cid, epoch.error))
@@ -100,9 +110,10 @@ class RunAudit:
 
     @property
     def skipped(self) -> list[Any]:
-        """Checks not made: the run's, then this command's own (no key), then the replay's."""
+        """Checks not made: the run's, then this command's own (no key), then the replay's, the answers'."""
         replayed = list(self.replay.skipped) if self.replay else []
-        return list(self.run.skipped) + list(self.skipped_here) + replayed
+        labels = list(self.labels.skipped) if self.labels else []
+        return list(self.run.skipped) + list(self.skipped_here) + replayed + labels
 
     def to_json(self) -> dict[str, Any]:
         """The run's own report (`--json`) with each epoch's and the replay's nested, and every failure
@@ -115,6 +126,7 @@ class RunAudit:
             **self.run.to_json(),
             "epochs": epochs,
             "replay": replay,
+            "labels": self.labels.to_json() if self.labels else None,
             "failures": failures,
             "skipped": skipped,
             "ok": self.ok,
@@ -155,6 +167,15 @@ def verify_command(
             "itself with ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA and MKL_CBWR set), bit for bit.",
         ),
     ] = False,
+    label_studio: Annotated[
+        bool,
+        typer.Option(
+            "--label-studio",
+            help="Also hold the answers the run was labeled and paid by to the Label Studio project they "
+            "were exported from ($CARAVAN_LABELSTUDIO_URL; token LABEL_STUDIO_USER_TOKEN): each stored "
+            "answer must be the one Label Studio holds, and none it held at the export left out.",
+        ),
+    ] = False,
     store_dir: StoreDir = None,
 ) -> None:
     """Recompute every CID, check parents, on-chain entries, the royalty root and every proof.
@@ -185,9 +206,20 @@ def verify_command(
             + (f" ({report.sources_unopened} private source files not held to their claims: no key)"
                if report.sources_unopened else "")
         )
-        if epochs or replay:
+        if epochs or replay or label_studio:
             report = _with_epochs(chain, store, run_id, report) if epochs else RunAudit(report)
             summary += f"; {len(report.epochs)} serving epoch(s) checked" if epochs else ""
+        if label_studio and report.run.skipped:
+            report.skipped_here.append(
+                Failure(NO_KEY, run_id, "label studio: the answers of a private version need its key")
+            )
+        elif label_studio and "run_not_found" not in report.run.names():
+            from labeling import LabelingError
+            from pipelines.annotations_audit import audit_annotations
+
+            with clean_errors(LabelingError):
+                report.labels = audit_annotations(chain, store, run_id, open_labelstudio())
+            summary += f"; {report.labels.summary()}"
         if replay and report.run.skipped:
             report.skipped_here.append(
                 Failure(NO_KEY, run_id, "replay: retraining needs the private training data's plaintext")

@@ -16,8 +16,7 @@ from typing import Annotated
 import typer
 
 from pipelines.cli.errors import CaravanError, clean_errors
-from pipelines.cli.options import Shown, names
-from pipelines.settings import load_settings
+from pipelines.cli.options import Shown, names, open_labelstudio
 
 Url = Annotated[
     str | None,
@@ -28,12 +27,6 @@ Url = Annotated[
     ),
 ]
 Title = Annotated[str, typer.Option("--project", help="Label Studio project title.")]
-
-
-def _client(url: str | None):
-    from labeling import LabelStudioClient, labelstudio_token
-
-    return LabelStudioClient(url or load_settings().labelstudio_url, labelstudio_token())
 
 
 def _read_parquet(path: str):
@@ -69,7 +62,7 @@ def sync(
 
     with clean_errors(LabelingError):
         table = _read_parquet(examples)
-        client = _client(url)
+        client = open_labelstudio(url)
         proj = client.ensure_project(ProjectSpec(project, kind, names(choices), field, names(show)))
         r = sync_tasks(client, proj, table)
         typer.echo(
@@ -89,7 +82,7 @@ def export(
     from labeling import ANNOTATIONS, ExportCursor, LabelingError, export_annotations, merge_annotations
 
     with clean_errors(LabelingError):
-        client = _client(url)
+        client = open_labelstudio(url)
         proj = client.find_project(project)
         if proj is None:
             raise CaravanError(f"no Label Studio project titled {project!r}; run `caravan labels sync` first")

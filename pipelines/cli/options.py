@@ -15,6 +15,7 @@ from pipelines.settings import load_settings
 from storage import BlockStore, ContentStore
 
 if TYPE_CHECKING:
+    from labeling import LabelStudioClient
     from provenance import Chain
     from serving import Ledger
 
@@ -74,6 +75,14 @@ def open_ledger(target: str | None) -> Ledger:
     from serving import Ledger
 
     return Ledger.from_env(target or load_settings().ledger_path)
+
+
+def open_labelstudio(url: str | None = None) -> LabelStudioClient:
+    """Label Studio at `url`, else the settings' `CARAVAN_LABELSTUDIO_URL`; its API token from
+    `labeling.labelstudio_token` (never printed)."""
+    from labeling import LabelStudioClient, labelstudio_token
+
+    return LabelStudioClient(url or load_settings().labelstudio_url, labelstudio_token())
 
 
 def open_chain(*, need_key: bool = False) -> Chain:

@@ -1,0 +1,97 @@
+"""`caravan verify RUN --label-studio`: the answers a run was labeled and paid by, held to Label Studio.
+
+Replay recomputes the consensus from the stored answers, and verify rehashes them, but neither can
+tell whether they are the answers the labelers gave. This check reads the Label Studio project the
+run's labeling export names (its record's `project_id`) with the auditor's own token, and reconciles
+the stored table with it (`labeling.reconcile`): the lineage names the export (the consensus
+record's parent), its start time and the examples it was made for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from labeling import LabelStudioClient, Mismatch, Reconciliation, live_annotations, reconcile
+from provenance import (
+    CONSENSUS,
+    LABELING_EXPORT,
+    TRAINING,
+    Chain,
+    ConsensusRecord,
+    Findings,
+    LabelingExportRecord,
+    RecordError,
+    RunRecords,
+)
+from storage import ContentStore, read_parquet
+
+SHOWN = 5  # answers named per failure line; the count says how many in all
+
+
+@dataclass
+class AnnotationsAudit(Findings):
+    """What `audit_annotations` found: failures by kind, and how many answers matched or were edited
+    in Label Studio after the export (their labels not checkable)."""
+
+    export_cid: str = ""
+    project_id: int | None = None
+    matched: int = 0
+    edited_since: int = 0
+
+    def summary(self) -> str:
+        """The clause `caravan verify` adds to its verdict line."""
+        edited = f", {self.edited_since} edited there since the export" if self.edited_since else ""
+        return f"{self.matched} answers as Label Studio project {self.project_id} holds them{edited}"
+
+
+def audit_annotations(
+    chain: Chain, store: ContentStore, run_id: str, client: LabelStudioClient
+) -> AnnotationsAudit:
+    """Reconcile the answers run `run_id` was labeled by with its Label Studio project."""
+    report = AnnotationsAudit()
+    records = RunRecords(chain, store)
+    try:
+        training_cid, _ = records.parent(records.head(run_id), TRAINING)
+        consensus_cid, consensus = records.parent(training_cid, CONSENSUS)
+        report.export_cid, export = records.parent(consensus_cid, LABELING_EXPORT)
+    except RecordError as exc:
+        report.fail("lineage_incomplete", run_id, f"{exc}: no labeling export to hold the answers to")
+        return report
+    answers = consensus.inputs.get(ConsensusRecord.ANNOTATIONS)
+    if answers is None or answers != export.outputs.get(LabelingExportRecord.ANNOTATIONS):
+        report.fail("lineage_incomplete", consensus_cid, "the consensus names no answers, or not those its "
+                    "labeling export made")
+        return report
+    report.project_id = int(export.params["project_id"])
+    examples = read_parquet(store.get(export.inputs[LabelingExportRecord.SNAPSHOT]))
+    project = client.project(report.project_id)
+    live = live_annotations(client, project, known_examples=set(examples.column("example_id").to_pylist()))
+    found = reconcile(read_parquet(store.get(answers)), live, datetime.fromisoformat(export.started_at))
+    _report(found, report)
+    return report
+
+
+def _report(found: Reconciliation, report: AnnotationsAudit) -> None:
+    report.matched, report.edited_since = found.matched, len(found.edited_since)
+    where = f"Label Studio project {report.project_id}"
+    for name, mismatches, what in (
+        ("annotation_differs", found.differ, f"stored answer(s) differ from {where}'s"),
+        ("annotation_omitted", found.omitted, f"answer(s) {where} held before the export were left out"),
+        ("annotation_gone", found.gone, f"stored answer(s) are not in {where} (deleted there since the "
+                                        "export, or never made)"),
+    ):
+        if mismatches:
+            report.fail(name, report.export_cid, _line(mismatches, what))
+    if found.edited_since:
+        report.skip("SKIP (edited since)", report.export_cid,
+                    f"{len(found.edited_since)} answer(s) were edited in {where} after the export: their "
+                    "labels cannot be checked against it")
+
+
+def _line(mismatches: tuple[Mismatch, ...], what: str) -> str:
+    """One failure's detail: how many, the labelers whose pay they move, and the first few answers."""
+    who = sorted({m.annotator for m in mismatches})
+    shown = "; ".join(f"annotation {m.annotation_id} ({m.annotator}): {m.detail}" for m in mismatches[:SHOWN])
+    more = f"; and {len(mismatches) - SHOWN} more" if len(mismatches) > SHOWN else ""
+    return f"{len(mismatches)} {what}, paying labelers {', '.join(who)}: {shown}{more}"
