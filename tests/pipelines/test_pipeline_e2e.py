@@ -54,6 +54,7 @@ def test_demo_runs_end_to_end_and_a_rerun_duplicates_nothing(caravan_env):
     assert first["epoch_verify_ok"] and first["predictions"] == 5 and first["epoch_claim_tx"]
     _sensor_starts_a_sync_only_for_new_annotations(settings)
     _settlement_job_settles_new_receipts(settings, first["run_id"])
+    _verify_holds_the_answers_to_label_studio(settings, first["run_id"])
 
 
 def _flagged_labels_are_stored_and_queued_for_review(settings, mislabels):
@@ -259,3 +260,32 @@ def test_a_demo_killed_mid_pipeline_completes_on_restart_with_nothing_duplicated
     head = RunRecords(chain, store).head(done["run_id"])  # exactly one weighting record on chain
     recorded = [e.record_cid for e in chain.recorded_events(done["run_id"])]
     assert len(recorded) == len(set(recorded)) == 6 and head in recorded
+
+
+def _verify_holds_the_answers_to_label_studio(settings, run_id):
+    """`caravan verify RUN --label-studio` passes on the demo's answers (an answer given since the export,
+    by the sensor's step above, is not missed), says which were edited since, and fails for one deleted."""
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    def verify() -> tuple[int, str]:
+        result = CliRunner().invoke(app, ["verify", run_id, "--label-studio"])
+        return result.exit_code, result.stdout
+
+    code, out = verify()
+    assert code == 0 and "; 480 answers as Label Studio project " in out, out
+    client = LabelStudioClient(settings.labelstudio_url, os.environ["LABEL_STUDIO_USER_TOKEN"])
+    project = client.ensure_project(
+        ProjectSpec(f"{settings.labelstudio_prefix} {VERSION}", "image", CHOICES, "image")
+    )
+    first, second = client.annotated_tasks(project.id)[0]["annotations"][:2]
+    client.update_annotation(first["id"], choice_result("7", "image"))
+    code, out = verify()
+    assert code == 0 and "479 answers as Label Studio project" in out and "1 edited there since" in out, out
+    assert "SKIP (edited since)" in out
+    client.sdk.annotations.delete(id=second["id"])
+    code, out = verify()
+    (line,) = [x for x in out.splitlines() if x.startswith("FAIL")]
+    assert code == 1 and line.startswith("FAIL annotation_gone ") and "1 stored answer(s) are not in" in line
+    assert f"annotation {second['id']} (" in line
