@@ -615,6 +615,7 @@ def run_demo(
     """The whole mission on the bundled digits (or `data`); returns the summary the CLI prints. A
     `private` version's values are sealed under a data key for the holder key in reach
     (`pipelines.privacy`); `training` configures `trained_model` (`TrainingConfig`)."""
+    from pipelines.annotations_audit import audit_annotations
     from provenance import TRAINING, RunRecords, verify_run
     from storage import read_parquet
 
@@ -646,8 +647,10 @@ def run_demo(
         payee = max(weights, key=lambda r: (r["weight_bps"], r["address"]))["address"]
         say("chain: revenue deposit and one contributor's claim")
         deposit_tx, claim_tx, paid = settle_demo_revenue(settings, run_id, payee)
-        say("audit: caravan verify")
-        report = verify_run(chain, _operator_store(settings, demo.version), run_id)
+        say("audit: caravan verify --label-studio")
+        audited = _operator_store(settings, demo.version)
+        report = verify_run(chain, audited, run_id)
+        answers = audit_annotations(chain, audited, run_id, client)
         say("serving: paid predictions through `caravan serve`, settled as an epoch on chain")
         served = paid_predictions(settings, run_id, [serving_input(demo.kind, v) for v in demo.samples])
     return {
@@ -661,9 +664,10 @@ def run_demo(
         "claim_tx": claim_tx,
         "claimed_wei": paid,
         "payee": payee,
-        "verify_ok": report.ok,
+        "verify_ok": report.ok and answers.ok,
         "sources_claimed": f"{report.sources_claimed} of {report.sources_checked}",
-        "failures": [f.__dict__ for f in report.failures],
+        "answers_as_in_label_studio": f"{answers.matched} of {outputs['annotations']}",
+        "failures": [f.__dict__ for f in [*report.failures, *answers.failures]],
         "weights": weights,
         "measured_against": measured_against,
         "mislabels": mislabels,

@@ -67,6 +67,7 @@ def test_a_private_version_end_to_end(private_run, tmp_path, monkeypatch):
     files = len(catalog["sources"])
     assert files > 1 and all(f.get("claimed_by") for f in catalog["sources"])
     assert summary["sources_claimed"] == f"{files} of {files}"  # the demo's operator verifies with its key
+    assert summary["answers_as_in_label_studio"] == "360 of 360"
 
     # pinned blocks, fetched without the key, hold no plaintext: no source bytes, no example id
     keys = Keyrings(keyring_dir(settings), store).get(VERSION).data_keys(operator)
@@ -83,19 +84,21 @@ def test_a_private_version_end_to_end(private_run, tmp_path, monkeypatch):
     assert not [n for n in needles if any(n in b for b in blocks)]
 
     # verify without a key: every structural check passes, each private value is SKIP (no key), not passed
-    bare = _verify(run_id, None, "--replay")
+    bare = _verify(run_id, None, "--replay", "--label-studio")
     assert bare.exit_code == 0, bare.output
     skips = [line for line in bare.output.splitlines() if line.startswith("SKIP (no key)")]
-    assert len(skips) > 3 and "0 private opened" in bare.output
+    assert len(skips) > 4 and "0 private opened" in bare.output
     assert any(line.startswith(f"SKIP (no key) {run_id}: replay") for line in skips)
+    assert any(line.startswith(f"SKIP (no key) {run_id}: label studio") for line in skips)
     assert f"0 of 0 source files dated by their provider's claim on chain ({files} private source files " \
            "not held to their claims: no key)" in bare.output
     # with the operator's key: every private value opened, and the replay re-derives scores and root
     monkeypatch.setattr("pipelines.replay.pipeline_code", lambda: CODE)
-    keyed = _verify(run_id, operator, "--replay")
+    keyed = _verify(run_id, operator, "--replay", "--label-studio")
     assert keyed.exit_code == 0, keyed.output
     assert "SKIP" not in keyed.output and "replayed in" in keyed.output
-    assert f"{len(skips) - 1} private opened" in keyed.output
+    assert f"{len(skips) - 2} private opened" in keyed.output
+    assert "; 360 answers as Label Studio project " in keyed.output  # the sealed answers, opened
     assert f"{files} of {files} source files dated by their provider's claim on chain;" in keyed.output
 
     # the same input twice gives the same CIDs
