@@ -13,11 +13,13 @@ the answers Label Studio holds now (`labeling.live_annotations`), by annotation 
   time, which an edit cannot change; its label then is not checkable (`edited_since`);
 - an answer Label Studio held, valid, before the export must be stored (`omitted`);
 - a stored answer Label Studio no longer holds is `gone`: deleted there since, or never made. Label
-  Studio keeps no trace of a deletion, so the check cannot tell the two apart and does not pass it.
+  Studio keeps no trace of a deletion, so the check cannot tell the two apart and does not pass it;
+- an answer is stored once (twice, it would count twice in the consensus).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -61,15 +63,21 @@ def reconcile(
     """Hold `stored` (an `annotations` table exported at `exported_at`) to `live`, answer by answer."""
     cutoff = exported_at - slack
     now = {r["annotation_id"]: r for r in live.table.to_pylist()}
-    matched, differ, gone, edited = 0, [], [], []
+    times = Counter(stored.column("annotation_id").to_pylist())
+    matched, differ, gone, edited, seen = 0, [], [], [], set()
     for row in stored.to_pylist():
         aid, who = row["annotation_id"], row["annotator"]
-        if aid in now:
-            detail = _compare(row, now[aid], cutoff)
-            if detail == "edited":
-                edited.append(aid)
-            elif detail:
+        if aid in seen:
+            continue
+        seen.add(aid)
+        if times[aid] > 1:  # one answer counted twice in the consensus
+            differ.append(Mismatch(aid, who, f"stored {times[aid]} times"))
+        elif aid in now:
+            detail, later = _compare(row, now[aid], cutoff)
+            if detail:
                 differ.append(Mismatch(aid, who, detail))
+            elif later:
+                edited.append(aid)
             else:
                 matched += 1
         elif aid in live.left_out:
@@ -81,26 +89,21 @@ def reconcile(
                                                  "before the export"))
         else:
             gone.append(Mismatch(aid, who, "not in Label Studio"))
-    stored_ids = set(stored.column("annotation_id").to_pylist())
     omitted = [Mismatch(aid, r["annotator"], f"held since {r['updated_at'].isoformat()}")
-               for aid, r in now.items() if aid not in stored_ids and r["updated_at"] <= cutoff]
+               for aid, r in now.items() if aid not in times and r["updated_at"] <= cutoff]
     return Reconciliation(matched, tuple(differ), tuple(omitted), tuple(gone), tuple(edited))
 
 
-def _compare(stored: dict, live: dict, cutoff: datetime) -> str | None:
-    """None where the answers agree, "edited" where Label Studio's is a later edit than the export,
-    else what differs."""
-    fields = _FIELDS
-    if live["updated_at"] != stored["updated_at"]:
-        if live["updated_at"] < stored["updated_at"] or live["updated_at"] <= cutoff:
-            return (f"stored as updated at {stored['updated_at'].isoformat()}, while Label Studio's version "
-                    f"is of {live['updated_at'].isoformat()}, which the export would have read")
-        fields = _FIXED
+def _compare(stored: dict, live: dict, cutoff: datetime) -> tuple[str | None, bool]:
+    """What differs between the two versions of one answer (None: nothing), and whether Label Studio's
+    is an edit made after the export (then only what an edit leaves as it was is compared)."""
+    later = live["updated_at"] != stored["updated_at"]
+    if later and (live["updated_at"] < stored["updated_at"] or live["updated_at"] <= cutoff):
+        return (f"stored as updated at {stored['updated_at'].isoformat()}, while Label Studio's version is "
+                f"of {live['updated_at'].isoformat()}, which the export would have read"), later
     wrong = [f"{k} {_shown(stored[k])} stored, {_shown(live[k])} in Label Studio"
-             for k in fields if stored[k] != live[k]]
-    if wrong:
-        return "; ".join(wrong)
-    return None if fields is _FIELDS else "edited"
+             for k in (_FIXED if later else _FIELDS) if stored[k] != live[k]]
+    return "; ".join(wrong) or None, later
 
 
 def _shown(value: object) -> str:

@@ -64,7 +64,10 @@ def test_each_kind_of_mismatch_is_named_by_answer_and_labeler():
     # 4 was left out (a labeler's answer dropped); 9 and 10 were never in Label Studio
     assert [(m.annotation_id, m.annotator) for m in found.omitted] == [(4, "c@x")]
     assert [(m.annotation_id, m.annotator) for m in found.gone] == [(9, "b@x"), (10, "c@x")]
-    # a stored version newer than Label Studio's, or older than one the export would have read
+    # one answer stored twice (its vote would count twice); a stored version newer than Label Studio's,
+    # or older than one the export would have read
+    twice = reconcile(answers((1, "e1", "a@x", "cat", before), (1, "e1", "a@x", "cat", before)), live, at)
+    assert [(m.annotation_id, m.detail) for m in twice.differ] == [(1, "stored 2 times")]
     newer = reconcile(answers((1, "e1", "a@x", "cat", after)), live, at).differ[0].detail
     assert newer.startswith("stored as updated at 2026-01-01T01:05:00")
     older = reconcile(answers((4, "e2", "c@x", "cat", T0)), live, at).differ[0].detail
