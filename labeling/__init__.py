@@ -63,7 +63,7 @@ from labeling.simulate import (
     simulated_annotators,
     submit_answers,
 )
-from labeling.sync import SyncReport, sync_tasks
+from labeling.sync import SyncReport, shown_otherwise, sync_tasks, task_data
 from labeling.webhook import WebhookReceiver
 
 __all__ = [
@@ -125,8 +125,10 @@ __all__ = [
     "register",
     "request_review",
     "review_overlap",
+    "shown_otherwise",
     "simulate_answers",
     "simulated_annotators",
     "submit_answers",
     "sync_tasks",
+    "task_data",
 ]

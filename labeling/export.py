@@ -309,10 +309,11 @@ def merge_annotations(previous: pa.Table, export: AnnotationExport) -> pa.Table:
 class LiveAnnotations:
     """Every annotation of a project as Label Studio holds it now: those an export takes (`table`,
     normalized as `export_annotations` does), and by id why each other one is left out, with its
-    `updated_at` (`left_out`)."""
+    `updated_at` (`left_out`); and what each task shows labelers, by example id (`shown`)."""
 
     table: pa.Table
     left_out: dict[int, tuple[str, datetime]]
+    shown: dict[str, dict] = field(default_factory=dict)
 
 
 def live_annotations(
@@ -323,8 +324,11 @@ def live_annotations(
     users = client.users()
     rows: list[dict] = []
     left_out: dict[int, tuple[str, datetime]] = {}
+    shown: dict[str, dict] = {}
     for task in client.annotated_tasks(project.id, every=True):
         example_id = (task.get("data") or {}).get("example_id")
+        if isinstance(example_id, str):
+            shown[example_id] = task["data"]
         for a in task.get("annotations") or []:
             row, reason = _normalize(a, example_id, project, users, known_examples)
             if reason:
@@ -332,7 +336,7 @@ def live_annotations(
             else:
                 rows.append(row)
     rows.sort(key=lambda r: r["annotation_id"])
-    return LiveAnnotations(pa.Table.from_pylist(rows, schema=ANNOTATIONS), left_out)
+    return LiveAnnotations(pa.Table.from_pylist(rows, schema=ANNOTATIONS), left_out, shown)
 
 
 def _normalize(

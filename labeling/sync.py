@@ -7,9 +7,11 @@ and never touches an existing one.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -118,6 +120,32 @@ def task_data(row: dict, project_kind: str, field: str) -> dict:
             f"example {row['example_id']}: text field {field!r} is {type(value).__name__}, not a string"
         )
     return {"example_id": row["example_id"], "provider": row["provider"], field: value}
+
+
+def shown_otherwise(examples: pa.Table, project: Project, shown: Mapping[str, dict]) -> list[str]:
+    """The ids of the examples whose Label Studio task (`shown`: each task's data by example id) shows
+    labelers other data than `examples` holds for them, as `sync_tasks` would show it: the answers to
+    such a task label data the run did not train on. A table task is compared on the columns it shows
+    (a project's `--show` is in no config); a task of an example not in `examples` is not compared."""
+    ids = examples.column("example_id").to_pylist()
+    rows = [i for i, e in enumerate(ids) if e in shown]
+    out = []
+    for data in task_rows(examples, dataclasses.replace(project, show=()), rows):
+        live = shown[data["example_id"]]
+        if project.kind == "table" and isinstance(live.get(project.field), dict):
+            row = data[project.field]
+            data = {**data, project.field: {k: row.get(k, _ABSENT) for k in live[project.field]}}
+        if _as_json(data) != _as_json({k: live.get(k) for k in data}):
+            out.append(data["example_id"])
+    return out
+
+
+_ABSENT = "(not a column of the example)"
+
+
+def _as_json(value: object) -> object:
+    """`value` as the JSON Label Studio keeps it (a tuple a list, a float that is whole stays a float)."""
+    return json.loads(json.dumps(value, default=str))
 
 
 def _cell(value: object) -> object:

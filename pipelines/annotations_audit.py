@@ -1,9 +1,10 @@
 """`caravan verify RUN --label-studio`: the answers a run was labeled and paid by, held to Label Studio.
 
 Replay recomputes the consensus from the stored answers, and verify rehashes them, but neither can
-tell whether they are the answers the labelers gave. This check reads the Label Studio project the
-run's labeling export names (its record's `project_id`) with the auditor's own token, and reconciles
-the stored table with it (`labeling.reconcile`): the lineage names the export (the consensus
+tell whether they are the answers the labelers gave, to the data the run trained on. This check reads
+the Label Studio project the run's labeling export names (its record's `project_id`) with the
+auditor's own token, reconciles the stored table with it (`labeling.reconcile`), and holds each task
+to the example it shows (`labeling.shown_otherwise`): the lineage names the export (the consensus
 record's parent), its start time and the examples it was made for.
 """
 
@@ -12,17 +13,32 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from labeling import LabelStudioClient, Mismatch, Reconciliation, live_annotations, reconcile
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from labeling import (
+    LabelStudioClient,
+    LiveAnnotations,
+    Mismatch,
+    Project,
+    Reconciliation,
+    live_annotations,
+    reconcile,
+    shown_otherwise,
+)
 from provenance import (
     CONSENSUS,
     LABELING_EXPORT,
+    SNAPSHOT,
     TRAINING,
     Chain,
     ConsensusRecord,
     Findings,
     LabelingExportRecord,
+    Record,
     RecordError,
     RunRecords,
+    SnapshotRecord,
 )
 from storage import ContentStore, read_parquet
 
@@ -31,18 +47,21 @@ SHOWN = 5  # answers named per failure line; the count says how many in all
 
 @dataclass
 class AnnotationsAudit(Findings):
-    """What `audit_annotations` found: failures by kind, and how many answers matched or were edited
-    in Label Studio after the export (their labels not checkable)."""
+    """What `audit_annotations` found: failures by kind, how many answers matched or were edited in
+    Label Studio after the export (their labels not checkable), and how many tasks were compared with
+    the examples they show."""
 
     export_cid: str = ""
     project_id: int | None = None
     matched: int = 0
     edited_since: int = 0
+    tasks_checked: int = 0
 
     def summary(self) -> str:
         """The clause `caravan verify` adds to its verdict line."""
         edited = f", {self.edited_since} edited there since the export" if self.edited_since else ""
-        return f"{self.matched} answers as Label Studio project {self.project_id} holds them{edited}"
+        return (f"{self.matched} answers as Label Studio project {self.project_id} holds them{edited}, "
+                f"on {self.tasks_checked} tasks checked against the data trained on")
 
 
 def audit_annotations(
@@ -55,6 +74,7 @@ def audit_annotations(
         training_cid, _ = records.parent(records.head(run_id), TRAINING)
         consensus_cid, consensus = records.parent(training_cid, CONSENSUS)
         report.export_cid, export = records.parent(consensus_cid, LABELING_EXPORT)
+        trained_on = records.parent(training_cid, SNAPSHOT)[1].outputs.get(SnapshotRecord.SNAPSHOT)
     except RecordError as exc:
         report.fail("lineage_incomplete", run_id, f"{exc}: no labeling export to hold the answers to")
         return report
@@ -63,12 +83,26 @@ def audit_annotations(
         report.fail("lineage_incomplete", consensus_cid, "the consensus names no answers, or not those its "
                     "labeling export made")
         return report
+    if export.inputs.get(LabelingExportRecord.SNAPSHOT) != trained_on:
+        report.fail("lineage_incomplete", report.export_cid, "the labeling export was made for another "
+                    "snapshot than the one the run trained on")
+        return report
+    return audit_export(export, read_parquet(store.get(answers)), read_parquet(store.get(trained_on)), client,
+                        report)
+
+
+def audit_export(
+    export: Record, stored: pa.Table, examples: pa.Table, client: LabelStudioClient,
+    report: AnnotationsAudit | None = None,
+) -> AnnotationsAudit:
+    """The answers a labeling export stored (`stored`), and the tasks of the examples it was made for,
+    held to the Label Studio project its record names, as they stood at its start."""
+    report = report or AnnotationsAudit()
     report.project_id = int(export.params["project_id"])
-    examples = read_parquet(store.get(export.inputs[LabelingExportRecord.SNAPSHOT]))
     project = client.project(report.project_id)
     live = live_annotations(client, project, known_examples=set(examples.column("example_id").to_pylist()))
-    found = reconcile(read_parquet(store.get(answers)), live, datetime.fromisoformat(export.started_at))
-    _report(found, report)
+    _report(reconcile(stored, live, datetime.fromisoformat(export.started_at)), report)
+    _report_shown(examples, project, live, stored, report)
     return report
 
 
@@ -87,6 +121,22 @@ def _report(found: Reconciliation, report: AnnotationsAudit) -> None:
         report.skip("SKIP (edited since)", report.export_cid,
                     f"{len(found.edited_since)} answer(s) were edited in {where} after the export: their "
                     "labels cannot be checked against it")
+
+
+def _report_shown(examples: pa.Table, project: Project, live: LiveAnnotations, stored: pa.Table,
+                  report: AnnotationsAudit) -> None:
+    """`task_differs`: tasks that show labelers other data than the examples trained on, with the
+    labelers whose stored answers label them."""
+    report.tasks_checked = len(set(examples.column("example_id").to_pylist()) & live.shown.keys())
+    differ = shown_otherwise(examples, project, live.shown)
+    if not differ:
+        return
+    answered = stored.filter(pc.is_in(stored["example_id"], pa.array(differ, pa.string())))
+    who = sorted(set(answered["annotator"].to_pylist()))
+    report.fail("task_differs", report.export_cid,
+                f"{len(differ)} task(s) of Label Studio project {report.project_id} show labelers other data "
+                f"than the examples the run trained on, answered by {', '.join(who) or 'no one'}: examples "
+                f"{', '.join(differ[:SHOWN])}{' ...' if len(differ) > SHOWN else ''}")
 
 
 def _line(mismatches: tuple[Mismatch, ...], what: str) -> str:

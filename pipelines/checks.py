@@ -4,11 +4,20 @@ import dagster as dg
 import pyarrow as pa
 from eth_utils import is_checksum_address
 
+from pipelines.annotations_audit import audit_export
 from pipelines.content_io import AssetIndex, StoreResource
-from pipelines.resources import ChainResource
-from provenance import TrainingRecord, read_weights, share_leaves
+from pipelines.lineage import LineageResource
+from pipelines.resources import ChainResource, LabelStudioResource
+from provenance import (
+    LABELING_EXPORT,
+    LabelingExportRecord,
+    TrainingRecord,
+    load_record,
+    read_weights,
+    share_leaves,
+)
 from schemas import TOTAL_BPS
-from storage import StorageError
+from storage import StorageError, read_parquet
 
 CONTENT_ASSETS = (
     "raw_dataset",
@@ -123,8 +132,39 @@ def onchain_root_matches(
     )
 
 
+@dg.asset_check(
+    asset="annotations",
+    blocking=True,
+    description="The answers stored are those the Label Studio project holds (none differs, was left out "
+    "or is gone) and its tasks show the examples synced, as `caravan verify --label-studio` holds a run's: "
+    "a split published on other answers could never be taken back. An answer deleted in Label Studio "
+    "between the export and this check fails it; syncing again drops it.",
+)
+def annotations_match_label_studio(
+    context: dg.AssetCheckExecutionContext,
+    store: StoreResource,
+    lineage: LineageResource,
+    labelstudio: LabelStudioResource,
+) -> dg.AssetCheckResult:
+    """The labeling export just made, reconciled with Label Studio (`pipelines.annotations_audit`)."""
+    version = context.partition_key
+    client = store.client(version)  # a private version's answers open with its key
+    export = load_record(client, lineage.cid_of(LABELING_EXPORT, version))
+    stored = read_parquet(client.get(export.outputs[LabelingExportRecord.ANNOTATIONS]))
+    examples = read_parquet(client.get(export.inputs[LabelingExportRecord.SNAPSHOT]))
+    found = audit_export(export, stored, examples, labelstudio.client())
+    failures = {f.name: f.detail for f in found.failures}
+    return dg.AssetCheckResult(
+        passed=found.ok,
+        description="; ".join(f"{name}: {detail}" for name, detail in failures.items()) or None,
+        metadata={"matched": found.matched, "edited_since": found.edited_since,
+                  "tasks_checked": found.tasks_checked, "failures": dg.MetadataValue.json(sorted(failures))},
+    )
+
+
 all_checks = [
     *cid_checks,
+    annotations_match_label_studio,
     weights_sum_to_10000,
     weighted_contributors_have_addresses,
     some_provider_helped,

@@ -11,14 +11,17 @@ import pytest
 from labeling import (
     ANNOTATIONS,
     LiveAnnotations,
+    Project,
     choice_result,
     export_annotations,
     live_annotations,
     merge_annotations,
     reconcile,
     register,
+    shown_otherwise,
     simulated_annotators,
     sync_tasks,
+    task_data,
 )
 from tests.labeling.conftest import text_examples
 
@@ -74,6 +77,25 @@ def test_each_kind_of_mismatch_is_named_by_answer_and_labeler():
     assert "2026-01-01T00:05:00+00:00, which the export would have read" in older
 
 
+def test_a_task_that_shows_other_data_than_its_example_is_named():
+    rows = pa.table({"example_id": ["e1", "e2", "e3"], "provider": ["p", "p", "q"], "source": ["s"] * 3,
+                     "text": ["a cat", "a dog", "a bird"], "age": [3, None, 5], "city": ["x", "y", "z"]})
+    text = Project(1, "t", "text", "text", ("cat", "dog"))
+    shown = {r["example_id"]: task_data(r, "text", "text") for r in rows.to_pylist()}
+    assert shown_otherwise(rows, text, shown) == []
+    assert shown_otherwise(rows, text, {**shown, "e2": {**shown["e2"], "text": "a cat"}}) == ["e2"]
+    assert shown_otherwise(rows, text, {**shown, "e3": {**shown["e3"], "provider": "p"}}) == ["e3"]
+    assert shown_otherwise(rows, text, {"e9": shown["e1"]}) == []  # no example of the run: not compared
+    # a table task, synced with `--show age`: compared on the columns it shows, gaps as JSON nulls
+    table = Project(2, "t", "table", "row", ("cat", "dog"))
+    only_age = {r["example_id"]: {"example_id": r["example_id"], "provider": r["provider"],
+                                  "row": {"age": r["age"]}} for r in rows.to_pylist()}
+    assert shown_otherwise(rows, table, only_age) == []
+    moved = {**only_age, "e1": {**only_age["e1"], "row": {"age": 4}},
+             "e2": {**only_age["e2"], "row": {"zip": 1}}}
+    assert shown_otherwise(rows, table, moved) == ["e1", "e2"]
+
+
 @pytest.fixture(scope="module")
 def labelers(client):
     annotators = simulated_annotators([0.9, 0.8, 0.7], prefix="sim-reconcile")
@@ -104,6 +126,15 @@ def test_a_real_export_reconciles_and_each_tampering_fails(client, project, labe
 
     found = check(stored)
     assert found.ok and found.matched == 4 and found.edited_since == ()
+    examples = text_examples(3)
+    shown = live_annotations(client, project, known_examples=known).shown
+    assert sorted(shown) == sorted(known) and shown_otherwise(examples, project, shown) == []
+    # trained on other text than labelers were shown, or shown other text than was trained on
+    swapped = examples.set_column(2, "text", pa.array(["text ex00000", "text ex00002", "text ex00002"]))
+    assert shown_otherwise(swapped, project, shown) == ["ex00001"]
+    client.sdk.tasks.update(id=str(keys["ex00000"]), data={**shown["ex00000"], "text": "something else"})
+    shown = live_annotations(client, project, known_examples=known).shown
+    assert shown_otherwise(examples, project, shown) == ["ex00000"]
 
     rows = stored.to_pylist()
     relabeled = pa.Table.from_pylist([{**r, "label": "bird"} if r["annotation_id"] == ids[1] else r

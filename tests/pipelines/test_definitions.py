@@ -57,6 +57,8 @@ def test_definitions_hold_the_flow_its_jobs_checks_and_resources():
         assert (asset, f"{asset}_cid_verifies") in checks
     blocking = {k.name for k in graph.asset_check_keys if graph.get_check_spec(k).blocking}
     assert {"weights_sum_to_10000", "weighted_contributors_have_addresses"} <= blocking
+    assert ("annotations", "annotations_match_label_studio") in checks  # before any split is made of them
+    assert "annotations_match_label_studio" in blocking
 
 
 def test_cli_help_lists_store():

@@ -276,6 +276,7 @@ def _verify_holds_the_answers_to_label_studio(settings, run_id):
 
     code, out = verify()
     assert code == 0 and "; 480 answers as Label Studio project " in out, out
+    assert "holds them, on 160 tasks checked against the data trained on" in out
     client = LabelStudioClient(settings.labelstudio_url, os.environ["LABEL_STUDIO_USER_TOKEN"])
     project = client.ensure_project(
         ProjectSpec(f"{settings.labelstudio_prefix} {VERSION}", "image", CHOICES, "image")
