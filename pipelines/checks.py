@@ -146,8 +146,14 @@ def annotations_match_label_studio(
     lineage: LineageResource,
     labelstudio: LabelStudioResource,
 ) -> dg.AssetCheckResult:
-    """The labeling export just made, reconciled with Label Studio (`pipelines.annotations_audit`)."""
-    version = context.partition_key
+    """The labeling export just made, reconciled with Label Studio (`export_check`, which tests call)."""
+    return export_check(context.partition_key, store, lineage, labelstudio)
+
+
+def export_check(
+    version: str, store: StoreResource, lineage: LineageResource, labelstudio: LabelStudioResource
+) -> dg.AssetCheckResult:
+    """The version's latest labeling export reconciled with Label Studio (`pipelines.annotations_audit`)."""
     client = store.client(version)  # a private version's answers open with its key
     export = load_record(client, lineage.cid_of(LABELING_EXPORT, version))
     stored = read_parquet(client.get(export.outputs[LabelingExportRecord.ANNOTATIONS]))

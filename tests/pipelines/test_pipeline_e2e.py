@@ -291,3 +291,16 @@ def _verify_holds_the_answers_to_label_studio(settings, run_id):
     (line,) = [x for x in out.splitlines() if x.startswith("FAIL")]
     assert code == 1 and line.startswith("FAIL annotation_gone ") and "1 stored answer(s) are not in" in line
     assert f"annotation {second['id']} (" in line
+    # the pipeline's own check of the stored export now fails the same way (and would block a split)
+    (evaluation,) = _annotations_check(settings)
+    assert not evaluation.passed and evaluation.description.startswith("annotation_gone: 1 stored answer(s)")
+    assert evaluation.metadata["matched"].value == 478 and evaluation.metadata["edited_since"].value == 1
+
+
+def _annotations_check(settings) -> list:
+    """`annotations_match_label_studio`'s evaluation of the demo's version, as the pipeline runs it."""
+    from pipelines.checks import export_check
+    from pipelines.resources import resources_for
+
+    resources = resources_for(settings)
+    return [export_check(VERSION, resources["store"], resources["lineage"], resources["labelstudio"])]
