@@ -96,7 +96,7 @@ def claim_sources(chain: Chain, cids: Sequence[str], *, per_tx: int = SEALS_PER_
         raise ChainError("no files to claim: give the source files you will hand over")
     account = _account(chain, "claiming needs the provider's own key")
     files = sorted(set(cids))
-    return _send_seals(chain, [(source_seal(c, account), source_bucket(c)) for c in files], per_tx)
+    return _send_seals(chain, [(source_seal(c, account), source_bucket(c)) for c in files], per_tx)[0]
 
 
 def date_registrations(
@@ -107,8 +107,10 @@ def date_registrations(
     account = _account(chain, "dating registrations needs the operator's key")
     keys = sorted(set(files), key=lambda k: (k[0], k[1] or ""))
     seals = [(registration_seal(c, p, account), source_bucket(c)) for c, p in keys]
-    _send_seals(chain, seals, per_tx)
-    return dict(zip(keys, registration_times(chain, [(c, p, account) for c, p in keys]), strict=True))
+    known = _send_seals(chain, seals, per_tx)[1]
+    sent = [k for k, t in zip(keys, known, strict=True) if t == 0]  # dated by the blocks just made
+    times = dict(zip(sent, registration_times(chain, [(c, p, account) for c, p in sent]), strict=True))
+    return {k: t or times[k] for k, t in zip(keys, known, strict=True)}
 
 
 def registration_times(chain: Chain, registrations: Sequence[tuple[str, str | None, str]]) -> list[int]:
@@ -123,19 +125,22 @@ def _account(chain: Chain, why: str) -> str:
     return chain.address
 
 
-def _send_seals(chain: Chain, seals: Sequence[tuple[bytes, int]], per_tx: int) -> list[TxResult]:
-    """`claimSources` for the seals the chain's account has not sent before, `per_tx` a transaction; one
-    skipped result when none is new."""
-    known = chain.batch_call([chain.claims.functions.claimedAt(chain.address, s) for s, _ in seals])
+def _send_seals(
+    chain: Chain, seals: Sequence[tuple[bytes, int]], per_tx: int
+) -> tuple[list[TxResult], list[int]]:
+    """`claimSources` for the seals the chain's account has not sent before, `per_tx` a transaction (one
+    skipped result when none is new); and each seal's time before (0: sent now)."""
+    known = [int(t) for t in chain.batch_call([chain.claims.functions.claimedAt(chain.address, s)
+                                               for s, _ in seals])]
     new = [(s, b) for (s, b), t in zip(seals, known, strict=True) if t == 0]
     if not new:
-        return [TxResult("claim:" + keccak(b"".join(s for s, _ in seals)).hex(), None, 0, None, True)]
+        return [TxResult("claim:" + keccak(b"".join(s for s, _ in seals)).hex(), None, 0, None, True)], known
     out = []
     for batch in (new[i : i + per_tx] for i in range(0, len(new), per_tx)):
         batch_seals, buckets = [s for s, _ in batch], [b for _, b in batch]
         action = "claim:" + keccak(b"".join(batch_seals)).hex()
         out.append(chain.send(action, chain.claims.functions.claimSources(batch_seals, buckets))[0])
-    return out
+    return out, known
 
 
 def claims_deployed(chain: Chain) -> bool:
