@@ -144,7 +144,7 @@ _ABSENT = "(not a column of the example)"
 
 
 def _as_json(value: object) -> object:
-    """`value` as the JSON Label Studio keeps it (a tuple a list, a float that is whole stays a float)."""
+    """`value` as Label Studio's JSON gives it back: tuples as lists, other values JSON lacks as text."""
     return json.loads(json.dumps(value, default=str))
 
 

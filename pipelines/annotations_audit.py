@@ -101,12 +101,12 @@ def audit_export(
     report.project_id = int(export.params["project_id"])
     project = client.project(report.project_id)
     live = live_annotations(client, project, known_examples=set(examples.column("example_id").to_pylist()))
-    _report(reconcile(stored, live, datetime.fromisoformat(export.started_at)), report)
+    _report_answers(reconcile(stored, live, datetime.fromisoformat(export.started_at)), report)
     _report_shown(examples, project, live, stored, report)
     return report
 
 
-def _report(found: Reconciliation, report: AnnotationsAudit) -> None:
+def _report_answers(found: Reconciliation, report: AnnotationsAudit) -> None:
     report.matched, report.edited_since = found.matched, len(found.edited_since)
     where = f"Label Studio project {report.project_id}"
     for name, mismatches, what in (
