@@ -270,13 +270,15 @@ def _verify_holds_the_answers_to_label_studio(settings, run_id):
 
     from pipelines.cli import app
 
-    def verify() -> tuple[int, str]:
-        result = CliRunner().invoke(app, ["verify", run_id, "--label-studio"])
+    def verify(*extra: str) -> tuple[int, str]:
+        result = CliRunner().invoke(app, ["verify", run_id, "--label-studio", *extra])
         return result.exit_code, result.stdout
 
     code, out = verify()
     assert code == 0 and "; 480 answers as Label Studio project " in out, out
     assert "holds them, on 160 tasks checked against the data trained on" in out
+    labels = json.loads(verify("--json")[1])["labels"]
+    assert (labels["matched"], labels["tasks_checked"], labels["ok"]) == (480, 160, True)
     client = LabelStudioClient(settings.labelstudio_url, os.environ["LABEL_STUDIO_USER_TOKEN"])
     project = client.ensure_project(
         ProjectSpec(f"{settings.labelstudio_prefix} {VERSION}", "image", CHOICES, "image")
