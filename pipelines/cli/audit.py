@@ -4,7 +4,8 @@ Chain, deployments and content from the settings (`CARAVAN_HOME`, `CARAVAN_RPC_U
 needed, `CARAVAN_CHAIN_DIR`, `CARAVAN_STORE_DIR`), or content from `--store`. `verify` exits 0 only
 if every check holds and otherwise prints one `FAIL <name> <subject>: <detail>` line per failure
 and exits 1. A run's trace lists its settled serving epochs; `verify RUN --epochs` also checks each
-of them with serving's `verify_epoch`.
+of them with serving's `verify_epoch`. `verify RUN --label-studio` also holds the run's answers, and
+the tasks they answer, to its Label Studio project (`pipelines.annotations_audit`).
 """
 
 from __future__ import annotations
@@ -173,7 +174,8 @@ def verify_command(
             "--label-studio",
             help="Also hold the answers the run was labeled and paid by to the Label Studio project they "
             "were exported from ($CARAVAN_LABELSTUDIO_URL; token LABEL_STUDIO_USER_TOKEN): each stored "
-            "answer must be the one Label Studio holds, and none it held at the export left out.",
+            "answer must be the one Label Studio holds, none it held at the export left out, and each task "
+            "must show the example the run trained on.",
         ),
     ] = False,
     store_dir: StoreDir = None,
