@@ -317,15 +317,17 @@ class LiveAnnotations:
 
 
 def live_annotations(
-    client: LabelStudioClient, project: Project, *, known_examples: set[str] | None = None
+    client: LabelStudioClient, project: Project, *, known_examples: set[str] | None = None,
+    tasks: list[int] | None = None,
 ) -> LiveAnnotations:
-    """Every annotation of `project` now, read from each of its tasks (not only those Label Studio's
-    per-task counters call annotated): what an auditor holds a stored table to (`labeling.reconcile`)."""
+    """Every annotation of `project` now (or of its `tasks`, by id), read from each task (not only those
+    Label Studio's per-task counters call annotated): what an auditor holds a stored table to
+    (`labeling.reconcile`)."""
     users = client.users()
     rows: list[dict] = []
     left_out: dict[int, tuple[str, datetime]] = {}
     shown: dict[str, dict] = {}
-    for task in client.annotated_tasks(project.id, every=True):
+    for task in client.annotated_tasks(project.id, tasks, every=True):
         example_id = (task.get("data") or {}).get("example_id")
         if isinstance(example_id, str):
             shown[example_id] = task["data"]

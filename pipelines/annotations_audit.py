@@ -10,6 +10,7 @@ record's parent), its start time and the examples it was made for.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -56,12 +57,14 @@ class AnnotationsAudit(Findings):
     matched: int = 0
     edited_since: int = 0
     tasks_checked: int = 0
+    sampled: bool = False  # a random sample of the tasks, not all (`audit_export`'s `sample`)
 
     def summary(self) -> str:
         """The clause `caravan verify` adds to its verdict line."""
         edited = f", {self.edited_since} edited there since the export" if self.edited_since else ""
+        sampled = " (a random sample)" if self.sampled else ""
         return (f"{self.matched} answers as Label Studio project {self.project_id} holds them{edited}, "
-                f"on {self.tasks_checked} tasks checked against the data trained on")
+                f"on {self.tasks_checked} tasks{sampled} checked against the data trained on")
 
 
 def audit_annotations(
@@ -93,14 +96,25 @@ def audit_annotations(
 
 def audit_export(
     export: Record, stored: pa.Table, examples: pa.Table, client: LabelStudioClient,
-    report: AnnotationsAudit | None = None,
+    report: AnnotationsAudit | None = None, *, sample: int | None = None,
 ) -> AnnotationsAudit:
     """The answers a labeling export stored (`stored`), and the tasks of the examples it was made for,
-    held to the Label Studio project its record names, as they stood at its start."""
+    held to the Label Studio project its record names, as they stood at its start: every task, or with
+    `sample` at most that many, drawn at random (seeded by the export's time) with their answers."""
     report = report or AnnotationsAudit()
     report.project_id = int(export.params["project_id"])
     project = client.project(report.project_id)
-    live = live_annotations(client, project, known_examples=set(examples.column("example_id").to_pylist()))
+    known = set(examples.column("example_id").to_pylist())
+    tasks = None
+    if sample is not None:
+        keys = {e: t for e, t in client.task_keys(project.id)[0].items() if e in known}
+        if len(keys) > sample:
+            picked = random.Random(export.started_at).sample(sorted(keys), sample)
+            tasks, known = sorted(keys[e] for e in picked), set(picked)
+            stored, examples = (t.filter(pc.is_in(t["example_id"], pa.array(picked, pa.string())))
+                                for t in (stored, examples))
+            report.sampled = True
+    live = live_annotations(client, project, known_examples=known, tasks=tasks)
     _report_answers(reconcile(stored, live, datetime.fromisoformat(export.started_at)), report)
     _report_shown(examples, project, live, stored, report)
     return report

@@ -277,6 +277,10 @@ def _verify_holds_the_answers_to_label_studio(settings, run_id):
     code, out = verify()
     assert code == 0 and "; 480 answers as Label Studio project " in out, out
     assert "holds them, on 160 tasks checked against the data trained on" in out
+    # the pipeline's check reads a random sample of a large project's tasks, with their answers
+    (sampled,) = _annotations_check(settings, sample=40)
+    assert sampled.passed and sampled.metadata["sampled"].value is True
+    assert sampled.metadata["tasks_checked"].value == 40 and sampled.metadata["matched"].value == 120
     labels = json.loads(verify("--json")[1])["labels"]
     assert (labels["matched"], labels["tasks_checked"], labels["ok"]) == (480, 160, True)
     client = LabelStudioClient(settings.labelstudio_url, os.environ["LABEL_STUDIO_USER_TOKEN"])
@@ -299,10 +303,10 @@ def _verify_holds_the_answers_to_label_studio(settings, run_id):
     assert evaluation.metadata["matched"].value == 478 and evaluation.metadata["edited_since"].value == 1
 
 
-def _annotations_check(settings) -> list:
+def _annotations_check(settings, **kw) -> list:
     """`annotations_match_label_studio`'s evaluation of the demo's version, as the pipeline runs it."""
     from pipelines.checks import export_check
     from pipelines.resources import resources_for
 
     resources = resources_for(settings)
-    return [export_check(VERSION, resources["store"], resources["lineage"], resources["labelstudio"])]
+    return [export_check(VERSION, resources["store"], resources["lineage"], resources["labelstudio"], **kw)]
