@@ -235,17 +235,26 @@ def export_annotations(
 def existing_annotation_ids(
     client: LabelStudioClient, project_id: int, *, annotated_only: bool = True
 ) -> frozenset[int]:
-    """The id of every annotation of the project now (skipped ones included), from a light task
-    listing: ids and `annotations_ids` only. `annotated_only` lists just the tasks whose counters
-    say they hold annotations (cheap when most tasks have none); otherwise every task, so the
-    answer rests on the annotations themselves alone. A task whose id list Label Studio cut at
-    its column limit, or that lists fewer ids than its counters, is read on its own."""
+    """The id of every annotation of the project now (skipped ones included): `annotation_ids_by_task`
+    merged. `annotated_only` lists just the tasks whose counters say they hold annotations (cheap when
+    most tasks have none); otherwise every task, so the answer rests on the annotations themselves alone."""
+    by_task = annotation_ids_by_task(client, project_id, annotated_only=annotated_only)
+    return frozenset().union(*by_task.values())
+
+
+def annotation_ids_by_task(
+    client: LabelStudioClient, project_id: int, *, annotated_only: bool = True
+) -> dict[int, frozenset[int]]:
+    """Task id -> the ids of its annotations now (skipped ones included), from a light task listing:
+    ids and `annotations_ids` only, no task data. With `annotated_only`, only the tasks whose counters
+    say they hold annotations; otherwise every task of the project. A task whose id list Label Studio
+    cut at its column limit, or that lists fewer ids than its counters, is read on its own."""
     hidden = {"explore": _DM_HIDDEN, "labeling": _DM_HIDDEN}
     if annotated_only:
         queries = [{**q, "hiddenColumns": hidden} for q in annotated_queries(None)]
     else:
         queries = [{"hiddenColumns": hidden, "ordering": ["tasks:id"]}]
-    ids: set[int] = set()
+    ids: dict[int, frozenset[int]] = {}
     for query in queries:
 
         def fetch(query: dict = query) -> list[tuple[int, str, int]]:
@@ -269,8 +278,8 @@ def existing_annotation_ids(
             found = {int(i) for i in re.findall(r"\d+", listed)}
             if len(listed) >= DM_CHAR_LIMIT or len(found) < count:
                 found = _task_annotation_ids(client, task_id)
-            ids |= found
-    return frozenset(ids)
+            ids[task_id] = frozenset(found)
+    return ids
 
 
 def _task_annotation_ids(client: LabelStudioClient, task_id: int) -> set[int]:

@@ -23,6 +23,7 @@ from labeling import (
     Mismatch,
     Project,
     Reconciliation,
+    annotation_ids_by_task,
     live_annotations,
     reconcile,
     shown_otherwise,
@@ -100,24 +101,54 @@ def audit_export(
 ) -> AnnotationsAudit:
     """The answers a labeling export stored (`stored`), and the tasks of the examples it was made for,
     held to the Label Studio project its record names, as they stood at its start: every task, or with
-    `sample` at most that many, drawn at random (seeded by the export's time) with their answers."""
+    `sample` at most that many (`_drawn`), drawn at random (seeded by the export's time) with their
+    answers, and every stored answer the project no longer holds."""
     report = report or AnnotationsAudit()
     report.project_id = int(export.params["project_id"])
     project = client.project(report.project_id)
     known = set(examples.column("example_id").to_pylist())
-    tasks = None
-    if sample is not None:
-        keys = {e: t for e, t in client.task_keys(project.id)[0].items() if e in known}
-        if len(keys) > sample:
-            picked = random.Random(export.started_at).sample(sorted(keys), sample)
-            tasks, known = sorted(keys[e] for e in picked), set(picked)
-            stored, examples = (t.filter(pc.is_in(t["example_id"], pa.array(picked, pa.string())))
-                                for t in (stored, examples))
-            report.sampled = True
-    live = live_annotations(client, project, known_examples=known, tasks=tasks)
+    by_task = None if sample is None else annotation_ids_by_task(client, project.id, annotated_only=False)
+    if by_task is None or len(by_task) <= sample:
+        live = live_annotations(client, project, known_examples=known)
+    else:
+        drawn = set(random.Random(export.started_at).sample(sorted(by_task), sample))
+        live, stored = _drawn(client, project, known, stored, by_task, drawn)
+        examples = examples.filter(pc.is_in(examples["example_id"], _strings(live.shown)))
+        report.sampled = True
     _report_answers(reconcile(stored, live, datetime.fromisoformat(export.started_at)), report)
     _report_shown(examples, project, live, stored, report)
     return report
+
+
+def _drawn(
+    client: LabelStudioClient, project: Project, known: set[str], stored: pa.Table,
+    by_task: dict[int, frozenset[int]], drawn: set[int],
+) -> tuple[LiveAnnotations, pa.Table]:
+    """The `drawn` tasks of the light listing `by_task` (task id -> its answers' ids), read whole, and the
+    stored answers to hold to them: those of the examples they show, those the project holds on them,
+    and every stored answer the project holds nowhere (deleted since, alone or with its task, or never
+    made: `gone`, drawn or not). A stored answer of a drawn example that the project holds on a task not
+    drawn is read from that task too (that answer alone), so that it is compared rather than called gone."""
+    live = live_annotations(client, project, known_examples=known, tasks=sorted(drawn))
+    task_of = {a: t for t, ids in by_task.items() for a in ids}
+    ids = stored["annotation_id"]
+    on_drawn = pa.array(sorted(a for t in drawn for a in by_task[t]), pa.int64())
+    nowhere = pc.invert(pc.is_in(ids, pa.array(sorted(task_of), pa.int64())))
+    picked = stored.filter(pc.or_(pc.or_(pc.is_in(stored["example_id"], _strings(live.shown)),
+                                         pc.is_in(ids, on_drawn)), nowhere))
+    elsewhere = sorted({task_of[a] for a in picked["annotation_id"].to_pylist() if a in task_of} - drawn)
+    if not elsewhere:
+        return live, picked
+    more = live_annotations(client, project, known_examples=known, tasks=elsewhere)
+    wanted = set(picked["annotation_id"].to_pylist())
+    table = pa.concat_tables([live.table, more.table.filter(pc.is_in(more.table["annotation_id"],
+                                                                     pa.array(sorted(wanted), pa.int64())))])
+    left_out = {**live.left_out, **{a: v for a, v in more.left_out.items() if a in wanted}}
+    return LiveAnnotations(table, left_out, live.shown), picked
+
+
+def _strings(values) -> pa.Array:
+    return pa.array(sorted(values), pa.string())
 
 
 def _report_answers(found: Reconciliation, report: AnnotationsAudit) -> None:

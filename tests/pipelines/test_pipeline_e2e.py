@@ -301,6 +301,8 @@ def _verify_holds_the_answers_to_label_studio(settings, run_id):
     (evaluation,) = _annotations_check(settings)
     assert not evaluation.passed and evaluation.description.startswith("annotation_gone: 1 stored answer(s)")
     assert evaluation.metadata["matched"].value == 478 and evaluation.metadata["edited_since"].value == 1
+    (drawn,) = _annotations_check(settings, sample=1)  # it fails the sampled check, drawn or not
+    assert not drawn.passed and drawn.description.startswith("annotation_gone: 1 stored answer(s)")
 
 
 def _annotations_check(settings, **kw) -> list:
