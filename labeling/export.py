@@ -127,6 +127,7 @@ class AnnotationExport:
     withdrawn: list[int] = field(default_factory=list)  # ids now skipped/invalid: drop earlier versions
     existing: frozenset[int] | None = None  # every annotation id on the server; None: not checked
     previous_digest: str | None = None  # the cursor's `existing_digest` this export started from
+    after: str | None = None  # it took the answers updated after this time (DM format); None: all of them
 
     @property
     def n_skipped(self) -> int:
@@ -185,7 +186,7 @@ def export_annotations(
     users = client.users() if tasks else {}
     seen = set(cursor.seen)
     rows: list[dict] = []
-    out = AnnotationExport(table=ANNOTATIONS.empty_table(), cursor=cursor)
+    out = AnnotationExport(table=ANNOTATIONS.empty_table(), cursor=cursor, after=after)
     versions: list[tuple[int, str]] = []
     task_versions = {*seen_tasks, *listed.items()}
     for task in tasks:

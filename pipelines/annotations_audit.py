@@ -111,13 +111,32 @@ def audit_export(
     if by_task is None or len(by_task) <= sample:
         live = live_annotations(client, project, known_examples=known)
     else:
-        drawn = set(random.Random(export.started_at).sample(sorted(by_task), sample))
-        live, stored = _drawn(client, project, known, stored, by_task, drawn)
+        live, stored = _drawn(client, project, known, stored, by_task, _draw(export, stored, by_task, sample))
         examples = examples.filter(pc.is_in(examples["example_id"], _strings(live.shown)))
         report.sampled = True
     _report_answers(reconcile(stored, live, datetime.fromisoformat(export.started_at)), report)
     _report_shown(examples, project, live, stored, report)
     return report
+
+
+def _draw(export: Record, stored: pa.Table, by_task: dict[int, frozenset[int]], sample: int) -> set[int]:
+    """`sample` of the tasks in `by_task`, drawn at random (seeded by the export's time), first from those
+    holding the answers an incremental export took (updated after its `changed_after`): its new and
+    changed answers are where a sync errs. After a full export (or where the record does not say), from
+    all alike."""
+    rng, after = random.Random(export.started_at), export.params.get("changed_after")
+    if after is None:
+        return set(rng.sample(sorted(by_task), sample))
+    since = pa.scalar(datetime.fromisoformat(after), stored.schema.field("updated_at").type)
+    taken, task_of = stored.filter(pc.greater(stored["updated_at"], since)), _task_of(by_task)
+    first = sorted({task_of[a] for a in taken["annotation_id"].to_pylist() if a in task_of})
+    if len(first) >= sample:
+        return set(rng.sample(first, sample))
+    return {*first, *rng.sample(sorted(by_task.keys() - set(first)), sample - len(first))}
+
+
+def _task_of(by_task: dict[int, frozenset[int]]) -> dict[int, int]:
+    return {a: t for t, ids in by_task.items() for a in ids}
 
 
 def _drawn(
@@ -130,7 +149,7 @@ def _drawn(
     made: `gone`, drawn or not). A stored answer of a drawn example that the project holds on a task not
     drawn is read from that task too (that answer alone), so that it is compared rather than called gone."""
     live = live_annotations(client, project, known_examples=known, tasks=sorted(drawn))
-    task_of = {a: t for t, ids in by_task.items() for a in ids}
+    task_of = _task_of(by_task)
     ids = stored["annotation_id"]
     on_drawn = pa.array(sorted(a for t in drawn for a in by_task[t]), pa.int64())
     nowhere = pc.invert(pc.is_in(ids, pa.array(sorted(task_of), pa.int64())))

@@ -144,7 +144,10 @@ def annotations(
         inputs={LabelingExportRecord.SNAPSHOT: dataset_snapshot["cid"]},
         outputs={LabelingExportRecord.ANNOTATIONS: stored.cid},
         parents=(dataset_snapshot["record_cid"],),
-        params={"project_id": project.id, "skipped": skipped, "removed": removed},
+        # it took the answers updated after `changed_after` (None: all), which the check draws first
+        params={
+            "project_id": project.id, "skipped": skipped, "removed": removed, "changed_after": export.after
+        },
     )
     return dg.Output(
         stored,

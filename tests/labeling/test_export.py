@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from labeling import (
@@ -44,7 +46,7 @@ def test_export_is_incremental_and_an_update_replaces_the_earlier_version(client
     ]
 
     first = export_annotations(client, project)
-    assert first.table.schema == ANNOTATIONS and first.n_skipped == 0
+    assert first.table.schema == ANNOTATIONS and first.n_skipped == 0 and first.after is None
     rows = {r["annotation_id"]: r for r in first.table.to_pylist()}
     assert sorted(rows) == sorted(ids)
     assert rows[ids[0]]["annotator"] == annotators[0].email and rows[ids[0]]["label"] == "cat"
@@ -58,6 +60,8 @@ def test_export_is_incremental_and_an_update_replaces_the_earlier_version(client
     new_id = annotate(client, project, "ex00002", "dog", u[0])
     changed = export_annotations(client, project, nothing.cursor)
     assert sorted(changed.table["annotation_id"].to_pylist()) == sorted([ids[1], new_id])
+    after = datetime.fromisoformat(changed.after)  # what it took is what was updated after its cutoff
+    assert after < min(changed.table["updated_at"].to_pylist()) and after < datetime.now(UTC)
     table = merge_annotations(table, changed)
     labels = dict(zip(table["annotation_id"].to_pylist(), table["label"].to_pylist(), strict=True))
     assert table.num_rows == 4 and labels[ids[1]] == "cat"  # replaced, not duplicated

@@ -91,3 +91,18 @@ def test_a_sample_names_tampering_in_its_draw_and_gone_answers_anywhere(exported
         assert "1 stored answer(s) are not in" in found.failures[0].detail
         assert "annotation 1000000000 (" in found.failures[0].detail
 
+
+def test_a_sample_draws_first_the_tasks_of_the_answers_the_export_took(exported):
+    client, _, examples, stored, record = exported
+    *_, before, last = sorted(stored.to_pylist(), key=lambda r: r["updated_at"])
+    relabeled = _rows(stored, {last["annotation_id"]: {"label": "cat" if last["label"] != "cat" else "dog"}})
+    # an incremental export that took only the last answer: drawn 1 task of 12, it is that answer's each time
+    took_last = dataclasses.replace(record, params={**record.params, "changed_after": before["updated_at"]
+                                                    .isoformat()})
+    for k in range(6):
+        found = audit_export(_at(took_last, k), relabeled, examples, client, sample=1)
+        assert [f.name for f in found.failures] == ["annotation_differs"], found.failures
+        assert f"annotation {last['annotation_id']} (" in found.failures[0].detail
+    # a full export (or a record that does not say) draws from every task alike
+    drawn = [audit_export(_at(record, k), relabeled, examples, client, sample=1).ok for k in range(6)]
+    assert drawn.count(True) >= 3
