@@ -11,6 +11,7 @@ record's parent), its start time and the examples it was made for.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -97,12 +98,13 @@ def audit_annotations(
 
 def audit_export(
     export: Record, stored: pa.Table, examples: pa.Table, client: LabelStudioClient,
-    report: AnnotationsAudit | None = None, *, sample: int | None = None,
+    report: AnnotationsAudit | None = None, *, sample: int | None = None, taken_after: str | None = None,
 ) -> AnnotationsAudit:
     """The answers a labeling export stored (`stored`), and the tasks of the examples it was made for,
     held to the Label Studio project its record names, as they stood at its start: every task, or with
-    `sample` at most that many (`_drawn`), drawn at random (seeded by the export's time) with their
-    answers, and every stored answer the project no longer holds."""
+    `sample` at most that many (`_draw`), with their answers, and every stored answer the project no
+    longer holds (`_drawn`). `taken_after`: the export took the answers updated after it (an incremental
+    sync's cutoff), whose tasks are drawn first."""
     report = report or AnnotationsAudit()
     report.project_id = int(export.params["project_id"])
     project = client.project(report.project_id)
@@ -111,7 +113,8 @@ def audit_export(
     if by_task is None or len(by_task) <= sample:
         live = live_annotations(client, project, known_examples=known)
     else:
-        live, stored = _drawn(client, project, known, stored, by_task, _draw(export, stored, by_task, sample))
+        drawn = _draw(export, stored, by_task, sample, taken_after)
+        live, stored = _drawn(client, project, known, stored, by_task, drawn)
         examples = examples.filter(pc.is_in(examples["example_id"], _strings(live.shown)))
         report.sampled = True
     _report_answers(reconcile(stored, live, datetime.fromisoformat(export.started_at)), report)
@@ -119,12 +122,13 @@ def audit_export(
     return report
 
 
-def _draw(export: Record, stored: pa.Table, by_task: dict[int, frozenset[int]], sample: int) -> set[int]:
+def _draw(
+    export: Record, stored: pa.Table, by_task: dict[int, frozenset[int]], sample: int, after: str | None
+) -> set[int]:
     """`sample` of the tasks in `by_task`, drawn at random (seeded by the export's time), first from those
-    holding the answers an incremental export took (updated after its `changed_after`): its new and
-    changed answers are where a sync errs. After a full export (or where the record does not say), from
-    all alike."""
-    rng, after = random.Random(export.started_at), export.params.get("changed_after")
+    holding the answers an incremental export took (updated `after` its cutoff): its new and changed
+    answers are where a sync errs. After a full export (`after` None), from all alike."""
+    rng = random.Random(export.started_at)
     if after is None:
         return set(rng.sample(sorted(by_task), sample))
     since = pa.scalar(datetime.fromisoformat(after), stored.schema.field("updated_at").type)
@@ -166,7 +170,7 @@ def _drawn(
     return LiveAnnotations(table, left_out, live.shown), picked
 
 
-def _strings(values) -> pa.Array:
+def _strings(values: Iterable[str]) -> pa.Array:
     return pa.array(sorted(values), pa.string())
 
 

@@ -5,6 +5,7 @@ import pyarrow as pa
 from eth_utils import is_checksum_address
 
 from pipelines.annotations_audit import audit_export
+from pipelines.assets.labeling import taken_after
 from pipelines.content_io import AssetIndex, StoreResource
 from pipelines.lineage import LineageResource
 from pipelines.resources import ChainResource, LabelStudioResource
@@ -154,14 +155,15 @@ def annotations_match_label_studio(
     store: StoreResource,
     lineage: LineageResource,
     labelstudio: LabelStudioResource,
+    index: AssetIndex,
 ) -> dg.AssetCheckResult:
     """The labeling export just made, reconciled with Label Studio (`export_check`, which tests call)."""
-    return export_check(context.partition_key, store, lineage, labelstudio)
+    return export_check(context.partition_key, store, lineage, labelstudio, index)
 
 
 def export_check(
     version: str, store: StoreResource, lineage: LineageResource, labelstudio: LabelStudioResource,
-    sample: int = CHECKED_TASKS,
+    index: AssetIndex, sample: int = CHECKED_TASKS,
 ) -> dg.AssetCheckResult:
     """The version's latest labeling export reconciled with Label Studio (`pipelines.annotations_audit`),
     on at most `sample` of its tasks."""
@@ -169,7 +171,8 @@ def export_check(
     export = load_record(client, lineage.cid_of(LABELING_EXPORT, version))
     stored = read_parquet(client.get(export.outputs[LabelingExportRecord.ANNOTATIONS]))
     examples = read_parquet(client.get(export.inputs[LabelingExportRecord.SNAPSHOT]))
-    found = audit_export(export, stored, examples, labelstudio.client(), sample=sample)
+    taken = taken_after(index, version, export.outputs[LabelingExportRecord.ANNOTATIONS])
+    found = audit_export(export, stored, examples, labelstudio.client(), sample=sample, taken_after=taken)
     failures = {f.name: f.detail for f in found.failures}
     return dg.AssetCheckResult(
         passed=found.ok,

@@ -129,8 +129,8 @@ def annotations(
     table = merge_annotations(previous, export)
     client = store.client()
     stored = store_value(client, table)
-    cursor_path(index, version).write_text(
-        json.dumps({"table_cid": stored.cid, "cursor": export.cursor.to_json()})
+    cursor_path(index, version).write_text(  # with the answers this sync took, which its check draws first
+        json.dumps({"table_cid": stored.cid, "cursor": export.cursor.to_json(), "taken_after": export.after})
     )
     skipped = dict(sorted(export.skipped.items()))
     context.log.info(
@@ -144,10 +144,7 @@ def annotations(
         inputs={LabelingExportRecord.SNAPSHOT: dataset_snapshot["cid"]},
         outputs={LabelingExportRecord.ANNOTATIONS: stored.cid},
         parents=(dataset_snapshot["record_cid"],),
-        # it took the answers updated after `changed_after` (None: all), which the check draws first
-        params={
-            "project_id": project.id, "skipped": skipped, "removed": removed, "changed_after": export.after
-        },
+        params={"project_id": project.id, "skipped": skipped, "removed": removed},
     )
     return dg.Output(
         stored,
@@ -165,6 +162,14 @@ def annotations(
 def cursor_path(index: AssetIndex, version: str) -> Path:
     """The version's saved export cursor (and the annotations CID it goes with); the sensor reads it too."""
     return index.state_path("annotation_cursor", version)
+
+
+def taken_after(index: AssetIndex, version: str, table_cid: str) -> str | None:
+    """The time after which the sync that stored annotations table `table_cid` took the answers updated
+    (DM format); None after a full export, or where the saved cursor belongs to another table."""
+    path = cursor_path(index, version)
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    return saved.get("taken_after") if saved.get("table_cid") == table_cid else None
 
 
 def _previous(

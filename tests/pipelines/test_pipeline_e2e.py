@@ -311,4 +311,5 @@ def _annotations_check(settings, **kw) -> list:
     from pipelines.resources import resources_for
 
     resources = resources_for(settings)
-    return [export_check(VERSION, resources["store"], resources["lineage"], resources["labelstudio"], **kw)]
+    used = (resources[r] for r in ("store", "lineage", "labelstudio", "index"))
+    return [export_check(VERSION, *used, **kw)]
