@@ -56,11 +56,11 @@ Public face (other rooms use only these names):
   (``LabelReview``, out-of-sample probabilities): the pipeline's mislabel detector on tabular
   features (the recipe's cross-fitted probabilities mixed with a random forest's, ``forest_probs``,
   by ``mixture_weight``, the recipe trained for the length whose mixture fits the labels best,
-  ``fitted_length``, scored by cleanlab's confident learning; ``trusted`` = (X, y) of a
-  validation set every fold trains on too); ``review_task_labels`` is the same for any ``ModelTask``
-  (``bag_of_tokens=True``: a text recipe mixed with ``token_probs``); ``confidence`` = the crowd
-  consensus's confidence in each label, weighed in by ``with_votes`` (Bayes' rule, model and crowd);
-  ``label_quality(labels, pred_probs)`` is their pure scoring part. ``ExactInfluence``
+  ``fitted_length``, and averaged over ``RECIPE_SEEDS`` model seeds, scored by cleanlab's confident
+  learning; ``trusted`` = (X, y) of a validation set every fold trains on too); ``review_task_labels``
+  is the same for any ``ModelTask`` (``bag_of_tokens=True``: a text recipe mixed with ``token_probs``);
+  ``confidence`` = the crowd consensus's confidence in each label, weighed in by ``with_votes`` (Bayes'
+  rule, model and crowd); ``label_quality(labels, pred_probs)`` is their pure scoring part. ``ExactInfluence``
   (logistic regression) and ``TrakFeatures.self_influence`` rank likely mislabeled examples too,
   less well (bench/attribution_lds.py).
 
@@ -92,6 +92,7 @@ from .influence import ExactInfluence
 from .inrun import train_model, train_model_plain
 from .mislabels import (
     QUALITY_METHOD,
+    RECIPE_SEEDS,
     LabelReview,
     fitted_length,
     forest_probs,
@@ -287,6 +288,7 @@ __all__ = [
     "InputError",
     "LabelReview",
     "QUALITY_METHOD",
+    "RECIPE_SEEDS",
     "ModelSpec",
     "ModelTask",
     "ModuleSpec",

@@ -26,6 +26,7 @@ import pyarrow as pa
 from attribution import (
     LABELS,
     QUALITY_METHOD,
+    RECIPE_SEEDS,
     AttributionError,
     AttributionTask,
     InputEncoding,
@@ -255,7 +256,8 @@ def _detector_text(
 ) -> str:
     names = list(models)
     if review.epochs is not None:  # the recipe comes first
-        names[0] += f" ({review.epochs} epochs, the length that fit the labels best)"
+        names[0] += f" ({review.epochs} epochs, the length that fit the labels best; {RECIPE_SEEDS} seeds"
+        names[0] += " averaged)"
     text = f"cleanlab {QUALITY_METHOD} + find_label_issues on {folds}-fold cross-fitted probabilities of "
     text += " and ".join(names)
     if len(models) > 1:

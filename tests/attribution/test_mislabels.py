@@ -18,7 +18,7 @@ from attribution import (
     review_labels,
     with_votes,
 )
-from attribution.mislabels import fold_of
+from attribution.mislabels import RECIPE_SEEDS, SEED_STRIDE, fold_of
 
 
 def blobs(n: int = 600, c: int = 4, d: int = 8, rate: float = 0.1, seed: int = 0):
@@ -75,10 +75,17 @@ def test_label_quality_is_pure_and_checks_its_input():
 
 
 def test_the_detector_mixes_the_recipe_and_a_forest_by_the_fitted_weight():
+    """The recipe's probabilities are its cross-fits under RECIPE_SEEDS model seeds (same folds), averaged."""
     x, noisy, _ = blobs(n=300)
     review, both = review_labels(task(), x, noisy, folds=3, seed=1, epoch_factors=(1,))
     alone, recipe = review_labels(task(), x, noisy, folds=3, seed=1, forest=False, epoch_factors=(1,))
-    np.testing.assert_array_equal(recipe, out_of_sample_probs(task(), x, noisy, folds=3, seed=1))
+    seeds = [out_of_sample_probs(task(), x, noisy, folds=3, seed=1, model_seed=SEED_STRIDE * j)
+             for j in range(RECIPE_SEEDS)]
+    assert RECIPE_SEEDS == 2 and not np.array_equal(*seeds)
+    np.testing.assert_array_equal(recipe, np.mean(seeds, axis=0))
+    _, first = review_labels(task(), x, noisy, folds=3, seed=1, forest=False, epoch_factors=(1,),
+                             recipe_seeds=1)
+    np.testing.assert_array_equal(first, seeds[0])
     forest = forest_probs(x, noisy, 4, folds=3, seed=1)
     w = mixture_weight(noisy, recipe, forest)
     assert review.recipe_weight == w and alone.recipe_weight == 1.0
@@ -93,7 +100,7 @@ def test_the_detector_keeps_the_training_length_whose_mixture_fits_the_labels_be
     import dataclasses
 
     x, noisy, _ = blobs(n=300, seed=3)
-    review, probs = review_labels(task(), x, noisy, folds=3, seed=1)
+    review, probs = review_labels(task(), x, noisy, folds=3, seed=1, recipe_seeds=1)
     forest = forest_probs(x, noisy, 4, folds=3, seed=1)
     rows = np.arange(len(noisy))
     losses = {}
@@ -121,6 +128,8 @@ def test_fitted_length_is_pure_and_prefers_the_shorter_on_a_tie():
         fitted_length(y, {})
     with pytest.raises(InputError, match="epoch_factors"):
         review_labels(task(), *blobs(n=60)[:2], folds=3, epoch_factors=(0.5, 1))
+    with pytest.raises(InputError, match="recipe_seeds must be 1 or more"):
+        review_labels(task(), *blobs(n=60)[:2], folds=3, recipe_seeds=0)
 
 
 def _probs_that_know(y: np.ndarray, c: int, right: float, rng) -> np.ndarray:
@@ -155,7 +164,8 @@ def test_mixture_weight_is_the_least_log_loss_on_its_grid():
 
 def test_forest_probs_predict_each_fold_from_the_others_only():
     """Each fold's rows are predicted by scikit-learn's forest fitted on the other folds (fold k's seeded
-    seed + k); a class the other folds lack (class 4, one row) gets probability 0 in its row."""
+    seed + k, half the features tried at each split); a class the other folds lack (class 4, one row)
+    gets probability 0 in its row."""
     from sklearn.ensemble import RandomForestClassifier
 
     x, noisy, _ = blobs(n=200, c=4)
@@ -164,7 +174,7 @@ def test_forest_probs_predict_each_fold_from_the_others_only():
     fold = fold_of(len(x), 4, 3)
     for k in range(4):
         held = fold == k
-        forest = RandomForestClassifier(random_state=3 + k).fit(x[~held], noisy[~held])
+        forest = RandomForestClassifier(random_state=3 + k, max_features=0.5).fit(x[~held], noisy[~held])
         np.testing.assert_allclose(got[np.ix_(held, forest.classes_)], forest.predict_proba(x[held]))
     assert got[-1, 4] == 0.0 and np.allclose(got.sum(1), 1.0)
     assert np.array_equal(got, forest_probs(x, noisy, 5, folds=4, seed=3))
@@ -184,7 +194,7 @@ def test_trusted_rows_train_every_fold_and_are_never_scored():
     x, noisy, _ = blobs(n=240, c=4, seed=2)
     xt, yt, _ = blobs(n=80, c=4, rate=0.0, seed=2)  # the same centers, clean labels
     xt, yt = xt[-40:], yt[-40:]
-    review, both = review_labels(task(), x, noisy, folds=3, seed=1, trusted=(xt, yt))
+    review, both = review_labels(task(), x, noisy, folds=3, seed=1, trusted=(xt, yt), recipe_seeds=1)
     assert both.shape == (240, 4) and review.quality.shape == (240,)
     fold = fold_of(len(x), 3, 1)
     recipe, forest = np.zeros((240, 4)), np.zeros((240, 4))
@@ -194,7 +204,7 @@ def test_trusted_rows_train_every_fold_and_are_never_scored():
         model = train_plain(task(), rows_x, rows_y, seed=1 + k)
         with torch.no_grad():
             recipe[held] = torch.softmax(model(torch.as_tensor(x[held])).double(), 1).numpy()
-        fitted = RandomForestClassifier(random_state=1 + k, n_jobs=1).fit(rows_x, rows_y)
+        fitted = RandomForestClassifier(random_state=1 + k, n_jobs=1, max_features=0.5).fit(rows_x, rows_y)
         forest[np.ix_(held, fitted.classes_)] = fitted.predict_proba(x[held])
     got = out_of_sample_probs(task(), x, noisy, folds=3, seed=1, trusted=(xt, yt))
     np.testing.assert_array_equal(got, recipe)
