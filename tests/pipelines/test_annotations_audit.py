@@ -55,6 +55,13 @@ def _rows(table: pa.Table, changed: dict[int, dict]) -> pa.Table:
                                 schema=ANNOTATIONS)
 
 
+def _at(record: Record, seconds: int) -> Record:
+    """The export `record` started at a fixed time after its answers, plus `seconds`: the draw it seeds is
+    the same on every run (it depends on the time and the number of tasks alone)."""
+    at = utc_time(LATER + timedelta(seconds=seconds))
+    return dataclasses.replace(record, started_at=at, ended_at=at)
+
+
 def test_a_sample_reads_that_many_tasks_and_their_answers(exported):
     client, _, examples, stored, record = exported
     whole = audit_export(record, stored, examples, client)
@@ -62,13 +69,6 @@ def test_a_sample_reads_that_many_tasks_and_their_answers(exported):
     assert audit_export(record, stored, examples, client, sample=TASKS).sampled is False  # all of them
     drawn = audit_export(record, stored, examples, client, sample=3)
     assert drawn.ok and (drawn.matched, drawn.tasks_checked, drawn.sampled) == (6, 3, True)
-
-
-def _at(record: Record, seconds: int) -> Record:
-    """The export `record` started at a fixed time after its answers, plus `seconds`: the draw it seeds is
-    the same on every run (it depends on the time and the number of tasks alone)."""
-    at = utc_time(LATER + timedelta(seconds=seconds))
-    return dataclasses.replace(record, started_at=at, ended_at=at)
 
 
 def test_a_sample_names_tampering_in_its_draw_and_gone_answers_anywhere(exported):
