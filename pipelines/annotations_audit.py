@@ -113,8 +113,9 @@ def audit_export(
     if by_task is None or len(by_task) <= sample:
         live = live_annotations(client, project, known_examples=known)
     else:
-        drawn = _draw(export, stored, by_task, sample, taken_after)
-        live, stored = _drawn(client, project, known, stored, by_task, drawn)
+        task_of = {a: t for t, ids in by_task.items() for a in ids}  # every answer's task
+        drawn = _draw(export, stored, sorted(by_task), task_of, sample, taken_after)
+        live, stored = _drawn(client, project, known, stored, task_of, drawn)
         examples = examples.filter(pc.is_in(examples["example_id"], _strings(live.shown)))
         report.sampled = True
     _report_answers(reconcile(stored, live, datetime.fromisoformat(export.started_at)), report)
@@ -123,47 +124,45 @@ def audit_export(
 
 
 def _draw(
-    export: Record, stored: pa.Table, by_task: dict[int, frozenset[int]], sample: int, after: str | None
+    export: Record, stored: pa.Table, tasks: list[int], task_of: dict[int, int], sample: int,
+    after: str | None,
 ) -> set[int]:
-    """`sample` of the tasks in `by_task`, drawn at random (seeded by the export's time), first from those
-    holding the answers an incremental export took (updated `after` its cutoff): its new and changed
-    answers are where a sync errs. After a full export (`after` None), from all alike."""
+    """`sample` of the project's `tasks`, drawn at random (seeded by the export's time), first from those
+    holding (`task_of`: each answer's task) the answers an incremental export took (updated `after` its
+    cutoff): its new and changed answers are where a sync errs. After a full export (`after` None), from
+    all alike."""
     rng = random.Random(export.started_at)
     if after is None:
-        return set(rng.sample(sorted(by_task), sample))
+        return set(rng.sample(tasks, sample))
     since = pa.scalar(datetime.fromisoformat(after), stored.schema.field("updated_at").type)
-    taken, task_of = stored.filter(pc.greater(stored["updated_at"], since)), _task_of(by_task)
+    taken = stored.filter(pc.greater(stored["updated_at"], since))
     first = sorted({task_of[a] for a in taken["annotation_id"].to_pylist() if a in task_of})
     if len(first) >= sample:
         return set(rng.sample(first, sample))
-    return {*first, *rng.sample(sorted(by_task.keys() - set(first)), sample - len(first))}
-
-
-def _task_of(by_task: dict[int, frozenset[int]]) -> dict[int, int]:
-    return {a: t for t, ids in by_task.items() for a in ids}
+    return {*first, *rng.sample(sorted(set(tasks) - set(first)), sample - len(first))}
 
 
 def _drawn(
     client: LabelStudioClient, project: Project, known: set[str], stored: pa.Table,
-    by_task: dict[int, frozenset[int]], drawn: set[int],
+    task_of: dict[int, int], drawn: set[int],
 ) -> tuple[LiveAnnotations, pa.Table]:
-    """The `drawn` tasks of the light listing `by_task` (task id -> its answers' ids), read whole, and the
-    stored answers to hold to them: those of the examples they show, those the project holds on them,
-    and every stored answer the project holds nowhere (deleted since, alone or with its task, or never
-    made: `gone`, drawn or not). A stored answer of a drawn example that the project holds on a task not
-    drawn is read from that task too (that answer alone), so that it is compared rather than called gone."""
+    """The `drawn` tasks read whole, and the stored answers to hold to them (`task_of`: each answer the
+    project holds, by id, and its task): those of the examples they show, those the project holds on
+    them, and every stored answer the project holds nowhere (deleted since, alone or with its task, or
+    never made: `gone`, drawn or not). A stored answer of a drawn example that the project holds on a task
+    not drawn is read from that task too (that answer alone), so that it is compared rather than called
+    gone."""
     live = live_annotations(client, project, known_examples=known, tasks=sorted(drawn))
-    task_of = _task_of(by_task)
     ids = stored["annotation_id"]
-    on_drawn = pa.array(sorted(a for t in drawn for a in by_task[t]), pa.int64())
+    on_drawn = pa.array(sorted(a for a, t in task_of.items() if t in drawn), pa.int64())
     nowhere = pc.invert(pc.is_in(ids, pa.array(sorted(task_of), pa.int64())))
     picked = stored.filter(pc.or_(pc.or_(pc.is_in(stored["example_id"], _strings(live.shown)),
                                          pc.is_in(ids, on_drawn)), nowhere))
-    elsewhere = sorted({task_of[a] for a in picked["annotation_id"].to_pylist() if a in task_of} - drawn)
+    wanted = set(picked["annotation_id"].to_pylist())
+    elsewhere = sorted({task_of[a] for a in wanted if a in task_of} - drawn)
     if not elsewhere:
         return live, picked
     more = live_annotations(client, project, known_examples=known, tasks=elsewhere)
-    wanted = set(picked["annotation_id"].to_pylist())
     table = pa.concat_tables([live.table, more.table.filter(pc.is_in(more.table["annotation_id"],
                                                                      pa.array(sorted(wanted), pa.int64())))])
     left_out = {**live.left_out, **{a: v for a, v in more.left_out.items() if a in wanted}}

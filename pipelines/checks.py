@@ -169,9 +169,10 @@ def export_check(
     on at most `sample` of its tasks."""
     client = store.client(version)  # a private version's answers open with its key
     export = load_record(client, lineage.cid_of(LABELING_EXPORT, version))
-    stored = read_parquet(client.get(export.outputs[LabelingExportRecord.ANNOTATIONS]))
+    answers = export.outputs[LabelingExportRecord.ANNOTATIONS]
+    stored = read_parquet(client.get(answers))
     examples = read_parquet(client.get(export.inputs[LabelingExportRecord.SNAPSHOT]))
-    taken = taken_after(index, version, export.outputs[LabelingExportRecord.ANNOTATIONS])
+    taken = taken_after(index, version, answers)
     found = audit_export(export, stored, examples, labelstudio.client(), sample=sample, taken_after=taken)
     failures = {f.name: f.detail for f in found.failures}
     return dg.AssetCheckResult(

@@ -167,20 +167,24 @@ def cursor_path(index: AssetIndex, version: str) -> Path:
 def taken_after(index: AssetIndex, version: str, table_cid: str) -> str | None:
     """The time after which the sync that stored annotations table `table_cid` took the answers updated
     (DM format); None after a full export, or where the saved cursor belongs to another table."""
+    return _saved(index, version, table_cid).get("taken_after")
+
+
+def _saved(index: AssetIndex, version: str, table_cid: str) -> dict:
+    """What the sync that stored annotations table `table_cid` saved beside it; empty where the saved
+    cursor is missing or belongs to another table."""
     path = cursor_path(index, version)
     saved = json.loads(path.read_text()) if path.exists() else {}
-    return saved.get("taken_after") if saved.get("table_cid") == table_cid else None
+    return saved if saved.get("table_cid") == table_cid else {}
 
 
 def _previous(
     index: AssetIndex, store: StoreResource, version: str, project_id: int
 ) -> tuple[pa.Table, ExportCursor | None]:
-    stored, path = index.stored("annotations", version), cursor_path(index, version)
-    if stored is None or not path.exists():
-        return ANNOTATIONS.empty_table(), None
-    saved = json.loads(path.read_text())
-    cursor = ExportCursor.from_json(saved["cursor"])
-    if saved["table_cid"] != stored["cid"] or cursor.project_id != project_id:
+    stored = index.stored("annotations", version)
+    saved = _saved(index, version, stored["cid"]) if stored is not None else {}
+    cursor = ExportCursor.from_json(saved["cursor"]) if saved else None
+    if cursor is None or cursor.project_id != project_id:
         return ANNOTATIONS.empty_table(), None
     return read_parquet(store.client().get(stored["cid"])).cast(ANNOTATIONS), cursor
 
