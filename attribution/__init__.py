@@ -54,7 +54,7 @@ Public face (other rooms use only these names):
   ``model_logits(model, batch)``: logits of a plain module or of a Hugging Face ModelOutput.
 - ``review_labels(task, X, y, folds=, seed=, forest=True, trusted=None, confidence=None)`` ->
   (``LabelReview``, out-of-sample probabilities): the pipeline's mislabel detector on tabular
-  features (the recipe's cross-fitted probabilities mixed with a random forest's, ``forest_probs``,
+  features (the recipe's cross-fitted probabilities mixed with a forest's (extra trees), ``forest_probs``,
   by ``mixture_weight``, the recipe trained for the length whose mixture fits the labels best,
   ``fitted_length``, and averaged over ``RECIPE_SEEDS`` model seeds, scored by cleanlab's confident
   learning; ``trusted`` = (X, y) of a validation set every fold trains on too); ``review_task_labels``

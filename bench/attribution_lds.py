@@ -20,8 +20,8 @@ an MLP: LDS (mean Spearman over 300 held-out targets, ground truth from retraini
 k = 128/512/2048 and exact influence (logistic regression); the dattri 0.3.0 anchor on the
 same split and trained models; contributor-level leave-one-contributor-out Spearman;
 mislabel-detection ROC-AUC of self-influence, of cleanlab's scores on 5-fold cross-fitted
-probabilities of each recipe and of a random forest, side by side, and of the pipeline's detector
-(``attribution.review_labels``: the MLP's and the forest's probabilities mixed by
+probabilities of each recipe and of the pipeline's forest (extra trees), side by side, and of the
+pipeline's detector (``attribution.review_labels``: the MLP's and the forest's probabilities mixed by
 ``mixture_weight``, scored by cleanlab's self_confidence, every fold also trained on the held-out
 targets, whose labels are trusted as a declared validation set's are: ``mislabel_auc_default``;
 without them: ``mislabel_auc_default_without_validation``); and the cost of per-step attribution on
@@ -266,8 +266,8 @@ def mislabel_section(x, y, xv, yv, seed: int) -> dict[str, float]:
 
 
 def mislabel_detectors(x, y_noisy, flip, seed: int, trusted) -> dict:
-    """cleanlab on cross-fitted (5-fold) probabilities of each recipe and of a random forest, side by
-    side; then the pipeline's detector (``attribution.review_labels``: the MLP recipe's and the
+    """cleanlab on cross-fitted (5-fold) probabilities of each recipe and of a forest (extra trees), side
+    by side; then the pipeline's detector (``attribution.review_labels``: the MLP recipe's and the
     forest's probabilities mixed by ``mixture_weight``, scored by cleanlab's self_confidence). The
     held-out targets carry true labels, as a declared validation set does, so the default trains every
     fold on them too (``trusted``), as the pipeline does with one; the figure without them is printed

@@ -25,7 +25,7 @@ any consensus model). ``crowdlab_pipeline`` and ``dawid_skene_model`` are what t
 consensus methods that weigh a model do once a run was reviewed:
 ``labeling.aggregate(method='crowdlab')`` (calibrated) and
 ``labeling.aggregate(method='dawid_skene_model')`` (the model as one more annotator), with the
-review's probabilities: the MLP recipe (the pipeline's defaults) and a random forest, cross-fitted
+review's probabilities: the MLP recipe (the pipeline's defaults) and a forest (extra trees), cross-fitted
 and mixed by ``attribution.review_labels`` on the Dawid-Skene labels. Printed: consensus accuracy against the
 true labels, and each method's annotator-quality estimates against the true accuracies (Spearman;
 mean absolute error, which only means something for estimates that are accuracies). The JSON line
@@ -285,7 +285,7 @@ def consensus_comparison(
     )
     review_acc = float(np.mean(np.asarray(review.classes)[review.probs.argmax(1)] == np.asarray(classes)[y]))
     print(
-        f"  crowdlab_pipeline: the pipeline's review (MLP recipe and random forest) cross-fitted on the "
+        f"  crowdlab_pipeline: the pipeline's review (MLP recipe and extra trees) cross-fitted on the "
         f"Dawid-Skene labels ({t_review:.1f} s; its "
         f"own accuracy vs truth {review_acc:.4f}), then labeling.aggregate(method='crowdlab' and "
         "'dawid_skene_model')"
@@ -312,7 +312,7 @@ def consensus_comparison(
 
 def pipeline_review(x: np.ndarray, labels: dict[str, str], ids: list[str], classes: list[str], seed: int):
     """What the pipeline's label review stores, as its `_cross_fitted` makes it: inputs encoded by
-    `InputEncoding`, the MLP recipe (the pipeline's defaults) and a random forest cross-fitted on the
+    `InputEncoding`, the MLP recipe (the pipeline's defaults) and a forest (extra trees) cross-fitted on the
     consensus labels."""
     from attribution import AttributionTask, InputEncoding, review_labels
     from labeling import ModelProbs

@@ -3,7 +3,7 @@ Studio for more answers.
 
 `label_review` cross-fits the run's own recipe (`attribution.review_labels`: every consensus-labeled
 example gets class probabilities from a model that never saw it, scored by cleanlab's confident
-learning; mixed with a second model family where one reads the payload: a random forest on tabular
+learning; mixed with a second model family where one reads the payload: a forest (extra trees) on tabular
 features, a bag-of-tokens model on text, cross-fitted on the same folds; where the version declares a
 validation set, every fold's models train on it too; where the labels are a Dawid-Skene consensus,
 each label's confidence is weighed in, `attribution.with_votes`) and stores one row per example (pinned).
@@ -80,7 +80,7 @@ class ReviewConfig(dg.Config):
 
     folds: int = 5
     top: int = 20  # suspects listed in the run's report
-    # tabular runs: mix the recipe's out-of-sample probabilities with a random forest's (scikit-learn,
+    # tabular runs: mix the recipe's out-of-sample probabilities with a forest's (scikit-learn's extra trees,
     # same folds, by the weight that best predicts the labels)
     forest: bool = True
     # text runs: the same with a bag-of-tokens model (TF-IDF logistic regression on the recipe's tokens);
