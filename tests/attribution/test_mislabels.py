@@ -164,8 +164,8 @@ def test_mixture_weight_is_the_least_log_loss_on_its_grid():
 
 def test_forest_probs_predict_each_fold_from_the_others_only():
     """Each fold's rows are predicted by scikit-learn's extra trees fitted on the other folds (fold k's
-    seeded seed + k, every feature drawn from at each split); a class the other folds lack (class 4, one row)
-    gets probability 0 in its row."""
+    seeded seed + k, 300 trees drawing from every feature at each split); a class the other folds lack
+    (class 4, one row) gets probability 0 in its row."""
     from sklearn.ensemble import ExtraTreesClassifier
 
     x, noisy, _ = blobs(n=200, c=4)
@@ -174,7 +174,8 @@ def test_forest_probs_predict_each_fold_from_the_others_only():
     fold = fold_of(len(x), 4, 3)
     for k in range(4):
         held = fold == k
-        forest = ExtraTreesClassifier(random_state=3 + k, max_features=1.0).fit(x[~held], noisy[~held])
+        forest = ExtraTreesClassifier(n_estimators=300, random_state=3 + k, max_features=1.0)
+        forest.fit(x[~held], noisy[~held])
         np.testing.assert_allclose(got[np.ix_(held, forest.classes_)], forest.predict_proba(x[held]))
     assert got[-1, 4] == 0.0 and np.allclose(got.sum(1), 1.0)
     assert np.array_equal(got, forest_probs(x, noisy, 5, folds=4, seed=3))
@@ -204,7 +205,8 @@ def test_trusted_rows_train_every_fold_and_are_never_scored():
         model = train_plain(task(), rows_x, rows_y, seed=1 + k)
         with torch.no_grad():
             recipe[held] = torch.softmax(model(torch.as_tensor(x[held])).double(), 1).numpy()
-        fitted = ExtraTreesClassifier(random_state=1 + k, n_jobs=1, max_features=1.0).fit(rows_x, rows_y)
+        fitted = ExtraTreesClassifier(n_estimators=300, random_state=1 + k, max_features=1.0)
+        fitted.fit(rows_x, rows_y)
         forest[np.ix_(held, fitted.classes_)] = fitted.predict_proba(x[held])
     got = out_of_sample_probs(task(), x, noisy, folds=3, seed=1, trusted=(xt, yt))
     np.testing.assert_array_equal(got, recipe)
