@@ -162,21 +162,35 @@ def test_mixture_weight_is_the_least_log_loss_on_its_grid():
     assert mixture_weight(y, good, blind) >= 0.9 and mixture_weight(y, blind, good) <= 0.1
 
 
-def test_forest_probs_predict_each_fold_from_the_others_only():
-    """Each fold's rows are predicted by scikit-learn's extra trees fitted on the other folds (fold k's
-    seeded seed + k, 300 trees drawing from every feature at each split); a class the other folds lack
-    (class 4, one row) gets probability 0 in its row."""
+def extra_trees(rows_x, rows_y, x, n_classes, seed, batches=(100, 100, 100)):
+    """The reference forest: scikit-learn's extra trees drawing from every feature at each split, grown in
+    batches of the given sizes (the j-th seeded seed + 1000 j), their probabilities averaged by size."""
     from sklearn.ensemble import ExtraTreesClassifier
 
+    out = np.zeros((len(x), n_classes))
+    for j, size in enumerate(batches):
+        forest = ExtraTreesClassifier(n_estimators=size, max_features=1.0, random_state=seed + 1000 * j)
+        forest.fit(rows_x, rows_y)
+        out[:, forest.classes_] += forest.predict_proba(x) * size / sum(batches)
+    return out
+
+
+@pytest.mark.parametrize(("trees", "batches"), [(300, (100, 100, 100)), (250, (100, 100, 50))])
+def test_forest_probs_predict_each_fold_from_the_others_only(monkeypatch, trees, batches):
+    """Each fold's rows are predicted by extra trees fitted on the other folds (fold k's seeded seed + k),
+    300 of them grown 100 at a time (a last batch smaller where the count is not a multiple); a class the
+    other folds lack (class 4, one row) gets probability 0 in its row."""
+    import attribution.mislabels as mislabels
+
+    monkeypatch.setattr(mislabels, "FOREST_TREES", trees)
     x, noisy, _ = blobs(n=200, c=4)
     x, noisy = np.vstack([x, x[:1] + 50]), np.append(noisy, 4)
     got = forest_probs(x, noisy, 5, folds=4, seed=3)
     fold = fold_of(len(x), 4, 3)
     for k in range(4):
         held = fold == k
-        forest = ExtraTreesClassifier(n_estimators=300, random_state=3 + k, max_features=1.0)
-        forest.fit(x[~held], noisy[~held])
-        np.testing.assert_allclose(got[np.ix_(held, forest.classes_)], forest.predict_proba(x[held]))
+        want = extra_trees(x[~held], noisy[~held], x[held], 5, 3 + k, batches)
+        np.testing.assert_allclose(got[held], want, rtol=1e-12, atol=1e-15)
     assert got[-1, 4] == 0.0 and np.allclose(got.sum(1), 1.0)
     assert np.array_equal(got, forest_probs(x, noisy, 5, folds=4, seed=3))
     with pytest.raises(InputError, match="cross-fitting needs 2 folds"):
@@ -188,7 +202,6 @@ def test_trusted_rows_train_every_fold_and_are_never_scored():
     the other folds' rows and then the trusted ones; only the rows under review get probabilities. The
     reference is the plain cross-fit loop written out with `train_plain` and scikit-learn."""
     import torch
-    from sklearn.ensemble import ExtraTreesClassifier
 
     from attribution import train_plain
 
@@ -205,9 +218,7 @@ def test_trusted_rows_train_every_fold_and_are_never_scored():
         model = train_plain(task(), rows_x, rows_y, seed=1 + k)
         with torch.no_grad():
             recipe[held] = torch.softmax(model(torch.as_tensor(x[held])).double(), 1).numpy()
-        fitted = ExtraTreesClassifier(n_estimators=300, random_state=1 + k, max_features=1.0)
-        fitted.fit(rows_x, rows_y)
-        forest[np.ix_(held, fitted.classes_)] = fitted.predict_proba(x[held])
+        forest[held] = extra_trees(rows_x, rows_y, x[held], 4, 1 + k)
     got = out_of_sample_probs(task(), x, noisy, folds=3, seed=1, trusted=(xt, yt))
     np.testing.assert_array_equal(got, recipe)
     w = mixture_weight(noisy, recipe, forest)
