@@ -256,8 +256,8 @@ def _detector_text(
 ) -> str:
     names = list(models)
     if review.epochs is not None:  # the recipe comes first
-        names[0] += f" ({review.epochs} epochs, the length that fit the labels best; {RECIPE_SEEDS} seeds"
-        names[0] += " averaged)"
+        names[0] += (f" ({review.epochs} epochs, the length that fit the labels best; {RECIPE_SEEDS} seeds "
+                     "averaged)")
     text = f"cleanlab {QUALITY_METHOD} + find_label_issues on {folds}-fold cross-fitted probabilities of "
     text += " and ".join(names)
     if len(models) > 1:
