@@ -60,7 +60,8 @@ Public face (other rooms use only these names):
   learning; ``trusted`` = (X, y) of a validation set every fold trains on too); ``review_task_labels``
   is the same for any ``ModelTask`` (``bag_of_tokens=True``: a text recipe mixed with ``token_probs``);
   ``confidence`` = the crowd consensus's confidence in each label, weighed in by ``with_votes`` (Bayes'
-  rule, model and crowd); ``label_quality(labels, pred_probs)`` is their pure scoring part. ``ExactInfluence``
+  rule, model and crowd); ``label_quality(labels, pred_probs, confidence=)`` is their pure scoring part
+  (a stored review's flags, quality and ranks follow from its probabilities alone). ``ExactInfluence``
   (logistic regression) and ``TrakFeatures.self_influence`` rank likely mislabeled examples too,
   less well (bench/attribution_lds.py).
 

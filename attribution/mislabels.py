@@ -164,12 +164,30 @@ class LabelReview:
         return np.lexsort((np.arange(len(self.quality)), self.quality))
 
 
-def label_quality(labels: object, pred_probs: object, *, method: str = QUALITY_METHOD) -> LabelReview:
-    """Score given labels against out-of-sample class probabilities ``[n, classes]``.
+def label_quality(
+    labels: object, pred_probs: object, *, confidence: object | None = None, method: str = QUALITY_METHOD
+) -> LabelReview:
+    """Score given labels against out-of-sample class probabilities ``[n, classes]``; with the crowd's
+    ``confidence`` in each label (a consensus posterior), the quality and the order are those of
+    ``with_votes`` while the number flagged and the suggestion stay the models' (a Dawid-Skene posterior
+    is sure of most labels, so confident learning on the weighed probabilities estimated a fraction of
+    the noise: 65 flags for 394 wrong labels on the royalty bench's digits world at seed 0, 21 for 167
+    on its images, where the models alone raised 398 and 159).
 
     Pure: no training, no I/O. Rows of ``pred_probs`` are renormalized to sum to one; classes
-    absent from ``labels`` are allowed (cleanlab's flags then cover the classes present).
+    absent from ``labels`` are allowed (cleanlab's flags then cover the classes present). So a stored
+    review's flags, quality and ranks can be recomputed from its stored probabilities alone.
     """
+    review = _label_quality(labels, pred_probs, method)
+    if confidence is None:
+        return review
+    weighed = _label_quality(labels, with_votes(pred_probs, labels, confidence), method)
+    flagged = np.zeros(len(weighed.quality), dtype=bool)
+    flagged[weighed.ranked()[: int(review.flagged.sum())]] = True
+    return dataclasses.replace(review, quality=weighed.quality, flagged=flagged)
+
+
+def _label_quality(labels: object, pred_probs: object, method: str) -> LabelReview:
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
@@ -351,7 +369,8 @@ def review_labels(
                                     model_seed=SEED_STRIDE * j) for j in range(1, recipe_seeds)]
         recipe = np.mean([candidates[epochs], *more], axis=0)
         probs, w = (recipe, 1.0) if other is None else _mixed(y, recipe, other)
-    return dataclasses.replace(_scored(y, probs, confidence, w), epochs=epochs), probs
+    review = label_quality(y, probs, confidence=confidence)
+    return dataclasses.replace(review, recipe_weight=w, epochs=epochs), probs
 
 
 def _lengths(epochs: int, factors: Sequence[int]) -> list[int]:
@@ -422,21 +441,6 @@ def _mixed(y: object, recipe: np.ndarray, other: np.ndarray) -> tuple[np.ndarray
     """The two models' probabilities mixed by ``mixture_weight``, and the recipe's weight."""
     w = mixture_weight(y, recipe, other)
     return w * recipe + (1 - w) * other, w
-
-
-def _scored(y: object, probs: np.ndarray, confidence: object | None, weight: float = 1.0) -> LabelReview:
-    """``label_quality`` of the models' ``probs``; with the crowd's ``confidence``, the quality and the
-    order are those of ``with_votes`` while the number flagged and the suggestion stay the models' (a
-    Dawid-Skene posterior is sure of most labels, so confident learning on the weighed probabilities
-    estimated a fraction of the noise: 65 flags for 394 wrong labels on the royalty bench's digits world
-    at seed 0, 21 for 167 on its images, where the models alone raised 398 and 159)."""
-    review = dataclasses.replace(label_quality(y, probs), recipe_weight=weight)
-    if confidence is None:
-        return review
-    weighed = label_quality(y, with_votes(probs, y, confidence))
-    flagged = np.zeros(len(weighed.quality), dtype=bool)
-    flagged[weighed.ranked()[: int(review.flagged.sum())]] = True
-    return dataclasses.replace(review, quality=weighed.quality, flagged=flagged)
 
 
 def task_out_of_sample_probs(
@@ -530,9 +534,8 @@ def review_task_labels(
     if bag_of_tokens:
         _token_ids(batch)  # a batch without tokens fails here, before any training
     probs = task_out_of_sample_probs(task, batch, n_classes, folds=folds, seed=seed, trusted=trusted)
-    labels = batch[LABELS].numpy()
+    labels, w = batch[LABELS].numpy(), 1.0
     if bag_of_tokens:
         other = token_probs(batch, n_classes, folds=folds, seed=seed, trusted=trusted)
         probs, w = _mixed(labels, probs, other)
-        return _scored(labels, probs, confidence, w), probs
-    return _scored(labels, probs, confidence), probs
+    return dataclasses.replace(label_quality(labels, probs, confidence=confidence), recipe_weight=w), probs

@@ -32,6 +32,7 @@ from attribution import (
     InputEncoding,
     LabelReview,
     encoding_from_json,
+    label_quality,
     labelled_inputs,
     review_labels,
     review_task_labels,
@@ -207,6 +208,19 @@ def reviewed(
     out = review_table(table, review, probs, encoding.classes, str(training.params["run_id"]))
     classes = [str(c) for c in encoding.classes]
     return Reviewed(out, review, classes, models, trusted, votes, int((~known).sum()))
+
+
+def rescored(made: Reviewed, probs: np.ndarray) -> pa.Table:
+    """`made`'s label review with other class probabilities `probs` (in its rows and classes): the
+    suggestion, quality, flag and rank they give, scored as `reviewed` scores them (the crowd's confidence
+    weighed in where `made` weighed it). Replay holds a stored review's columns to this where its
+    probabilities may differ from the replay's by rounding (another platform)."""
+    table = made.table
+    index = {c: i for i, c in enumerate(made.classes)}
+    y = np.asarray([index[v] for v in table["label"].to_pylist()], dtype=np.int64)
+    confidence = table["confidence"].to_numpy() if made.votes else None
+    run_id = table["run_id"][0].as_py() if table.num_rows else ""
+    return review_table(table, label_quality(y, probs, confidence=confidence), probs, made.classes, run_id)
 
 
 def review_config(params: Mapping[str, Any]) -> ReviewConfig:

@@ -294,5 +294,9 @@ def test_the_crowds_confidence_reorders_the_review_and_keeps_the_models_count_an
     assert np.array_equal(weighed.suggested, alone.suggested)
     assert np.allclose(weighed.quality, with_votes(probs, noisy, conf)[np.arange(len(x)), noisy])
     assert set(np.flatnonzero(weighed.flagged)) == set(weighed.ranked()[: weighed.flagged.sum()])
+    # the pure part alone gives the review again from its probabilities (what replay recomputes)
+    pure = label_quality(noisy, probs, confidence=conf)
+    for field in ("quality", "flagged", "suggested"):
+        assert np.array_equal(getattr(pure, field), getattr(weighed, field)), field
     before, after = roc_auc_score(flip, -alone.quality), roc_auc_score(flip, -weighed.quality)
     assert after > before, (before, after)

@@ -190,34 +190,96 @@ def test_consensus_weighs_the_last_review_once_new_answers_arrive(home, method):
     assert plain.params["method"] == "dawid_skene" and ConsensusRecord.LABEL_REVIEW not in plain.inputs
 
 
+def _reviewed_run(home, method: str = "crowdlab"):
+    """Train and review under `method`; the records, the review's CID and record, and a call that makes
+    the review again here (`review.reviewed`)."""
+    client = home["client"]
+    _store(home, "raw_dataset", home["raw"])
+    _store(home, "annotations", annotations_table(home["answers"]))
+    _run(home, *TRAIN_AND_REVIEW, method=method)
+    records = RunRecords(None, client)
+    cid = home["resources"]["lineage"].cid_of(LABEL_REVIEW, VERSION)
+    record = records.load(cid)
+    run = next(r for r in map(records.load, record.parents) if r.activity == TRAINING)
+    labeled = read_parquet(client.get(record.inputs[LabelReviewRecord.LABELED_DATASET]))
+    encoding = client.get(record.inputs[LabelReviewRecord.ENCODING])
+    return records, cid, record, lambda: review.reviewed(records, run, labeled, encoding,
+                                                         review.review_config(record.params))
+
+
+def _checked(records: RunRecords, cid: str, record, table: pa.Table | None = None) -> Findings:
+    """`check_review` of the review `record`, or of one storing `table` instead under consistent CIDs."""
+    if table is not None:
+        record = dataclasses.replace(record, outputs={
+            LabelReviewRecord.LABEL_REVIEW: store_value(records.store, table).cid})
+    found = Findings()
+    check_review(records, cid, record, found)
+    return found
+
+
+def _with_probs(table: pa.Table, probs) -> pa.Table:
+    return table.set_column(table.schema.get_field_index("class_probs"), "class_probs",
+                            pa.array([list(map(float, p)) for p in probs], pa.list_(pa.float64())))
+
+
 def test_replay_makes_the_review_again_and_fails_a_forged_one(home):
     """`pipelines.replay.check_review`: a stored review is what its run's recipe gives the run's labeled
     data, cross-fitted again bit for bit; one with other probabilities (which a model-method consensus
     would weigh), stored under consistent CIDs, is not."""
-    client = home["client"]
-    _store(home, "raw_dataset", home["raw"])
-    _store(home, "annotations", annotations_table(home["answers"]))
-    _run(home, *TRAIN_AND_REVIEW, method="crowdlab")
-    records = RunRecords(None, client)
-    cid = home["resources"]["lineage"].cid_of(LABEL_REVIEW, VERSION)
-    record = records.load(cid)
-
-    def checked(review) -> Findings:
-        found = Findings()
-        check_review(records, cid, review, found)
-        return found
-
-    honest = checked(record)
+    records, cid, record, _ = _reviewed_run(home)
+    honest = _checked(records, cid, record)
     assert honest.ok and not honest.skipped, honest.failures
-    stored = read_parquet(client.get(record.outputs[LabelReviewRecord.LABEL_REVIEW]))
+    stored = read_parquet(records.store.get(record.outputs[LabelReviewRecord.LABEL_REVIEW]))
     probs = stored["class_probs"].to_pylist()
     probs[0] = probs[0][::-1]  # one example's probabilities turned round
-    table = stored.set_column(stored.schema.get_field_index("class_probs"), "class_probs",
-                              pa.array(probs, pa.list_(pa.float64())))
-    found = checked(dataclasses.replace(record, outputs={
-        LabelReviewRecord.LABEL_REVIEW: store_value(client, table).cid}))
+    found = _checked(records, cid, record, _with_probs(stored, probs))
     assert found.names() == {"review_differs"}
     assert f"1 of {stored.num_rows} rows differ" in found.failures[0].detail
+
+
+def test_off_its_platform_a_review_is_held_to_the_band_of_two_cross_fits(home, monkeypatch):
+    """Off the reviewed run's platform a cross-fit's rounding cannot be told apart, so the stored class
+    probabilities may differ from the replay's by up to SPREAD_FACTOR times the gap between two
+    cross-fits here (the second nudged a last bit at every step), and its flags, quality and ranks must
+    be what those probabilities give (`review.rescored`). A review consistent with probabilities moved
+    further, or with flags its probabilities do not give, fails; on the run's own platform a
+    rounding-sized change fails too."""
+    from attribution import nudged_steps
+    from pipelines.compute_platform import training_platform
+    from pipelines.replay import NUDGE_SALT, SPREAD_FACTOR
+
+    records, cid, record, make = _reviewed_run(home, method="dawid_skene_model")
+    made = make()
+    ours = np.asarray(made.table["class_probs"].to_pylist())
+    with nudged_steps(NUDGE_SALT):
+        again = np.asarray(make().table["class_probs"].to_pylist())
+    spread = np.abs(again - ours).max()
+    assert spread > 0  # the nudge moves the cross-fit, as another platform's rounding does
+    rounded = ours + np.random.default_rng(0).uniform(-spread, spread, ours.shape)  # within the band
+    rounded /= rounded.sum(1, keepdims=True)
+    far = ours.copy()
+    far[0] = far[0][::-1]  # one example's probabilities turned round
+    unflagged = review.rescored(made, ours)
+    unflagged = unflagged.set_column(unflagged.schema.get_field_index("flagged"), "flagged",
+                                     pa.array([False] * unflagged.num_rows))
+    assert review.rescored(made, ours).equals(made.table)  # the pure part gives the review again
+    assert made.table["flagged"].to_pylist().count(True) > 0
+
+    here = training_platform()
+    monkeypatch.setattr("pipelines.replay.training_platform", lambda: {**here, "cpu_capability": "OTHER"})
+    honest = _checked(records, cid, record)
+    assert honest.ok and not honest.skipped, honest.failures
+    assert _checked(records, cid, record, review.rescored(made, rounded)).ok
+    found = _checked(records, cid, record, review.rescored(made, far))
+    assert found.names() == {"review_differs"}
+    assert f"beyond the {SPREAD_FACTOR * spread:.3g} allowed" in found.failures[0].detail
+    found = _checked(records, cid, record, unflagged)
+    assert found.names() == {"review_differs"}
+    assert "not what its own class probabilities give" in found.failures[0].detail
+    found = _checked(records, cid, record, _with_probs(made.table, ours[:, :2]))
+    assert found.names() == {"review_differs"} and "not 3 per example" in found.failures[0].detail
+    monkeypatch.undo()
+    assert _checked(records, cid, record, review.rescored(made, rounded)).names() == {"review_differs"}
 
 
 def test_a_review_stored_before_it_kept_probabilities_gives_none(home):
