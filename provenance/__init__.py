@@ -40,6 +40,9 @@ The face the pipeline uses (one Dagster asset per step; nothing here imports dag
     claim_sources(provider_chain, cids)     # -> [TxResult]
     source_claims(chain, cids)              # {cid: {claimant: unix time}}
     date_registrations(operator_chain, [(cid, provider)])   # {(cid, provider): unix time}, dated on chain
+    # 4c. answer claims: a labeler dates its answers on chain from its own key (`caravan claim-answers`);
+    #     publish_run and verify_run hold the answers a run pays by to them
+    claim_answers(labeler_chain, [(example_id, label)])     # -> [TxResult]
 
     # 5. audit
     report = verify_run(chain, store, run_id)       # .ok, .failures: [Failure(name, subject, detail)]
@@ -75,6 +78,7 @@ from provenance.activities import (
     TrainingRecord,
     WeightingRecord,
 )
+from provenance.answer_claims import AnswerCheck, answer_problems, answer_seal, claim_answers
 from provenance.audit import NO_KEY, Failure, Findings, TraceNode, VerifyReport, trace, trace_run, verify_run
 from provenance.chain import (
     KIND_AMOUNTS,
@@ -152,6 +156,7 @@ __all__ = [
     "Anchored",
     "Chain",
     "ChainError",
+    "AnswerCheck",
     "ClaimConflict",
     "CodeVersion",
     "ConsensusRecord",
@@ -212,6 +217,9 @@ __all__ = [
     "weights_snapshot",
     "verify_proof",
     "verify_run",
+    "answer_problems",
+    "answer_seal",
+    "claim_answers",
     "claim_problems",
     "claim_sources",
     "claim_time",

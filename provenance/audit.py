@@ -7,7 +7,7 @@ it returns every failure, each with a stable `name` (e.g. `content_corrupt`, `ro
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -15,6 +15,7 @@ import pyarrow as pa
 from eth_hash.auto import keccak
 
 from provenance.activities import SETTLEMENT, WEIGHTING, WeightingRecord
+from provenance.answer_claims import run_answer_problems
 from provenance.chain import KIND_AMOUNTS, KIND_SHARES, Chain, RecordedEvent, run_key
 from provenance.claims import claims_deployed, run_claim_problems, source_cids, source_files
 from provenance.errors import ChainError, RecordError, WeightsError
@@ -35,6 +36,7 @@ from storage import (
     is_sealed,
     open_sealed,
     public_store,
+    read_parquet,
     sealed_key_id,
 )
 
@@ -102,6 +104,9 @@ class VerifyReport(Findings):
     sources_claimed: int = 0  # of them, those dated and paid by their provider's own claim
     sources_registered: int = 0  # of them, those the operator dated by its registration on chain
     sources_unopened: int = 0  # sealed (private) source files no key opened: their claims not checked
+    answers_checked: int = 0  # answers held to their labelers' claims on chain (`caravan claim-answers`)
+    answer_labelers: int = 0  # the labelers who claimed them
+    answers_unopened: bool = False  # the run's answers or examples are sealed and no key opened them
     claims_deployed: bool = True  # False: no SourceClaims contract on this chain, no claim to hold them to
 
 
@@ -153,6 +158,8 @@ def verify_run(
     weights = _stored_weights(store, lineage, report)
     leaves = _leaves(weights, lineage, report)
     _check_claims(chain, lineage, weights if leaves is not None else None, sealed, report)  # valid weights
+    _check_answer_claims(chain, lineage, weights if leaves is not None else None, _table_reader(store, keys),
+                         report)
     if dist is None:
         report.fail("root_missing", run_id, "no royalty distribution on chain for this run")
     else:
@@ -337,6 +344,38 @@ def _check_claims(
     report.sources_unopened += sum(plaintext is None for plaintext in sealed.values())
     report.sources_claimed += sum(bool(f.get("claimed_by")) for f in files)
     report.sources_registered += sum(bool(f.get("dated_by")) for f in files)
+
+
+def _check_answer_claims(
+    chain: Chain, lineage: dict[str, Record], weights: pa.Table | None,
+    read: Callable[[str], pa.Table | None], report: VerifyReport,
+) -> None:
+    """The answers the run pays its labelers by, against the answers each claimed on chain
+    (`provenance.answer_claims.run_answer_problems`)."""
+    check = run_answer_problems(chain, lineage, weights, read)
+    if check is None:
+        report.answers_unopened = True
+        return
+    for labeler, why in check.problems:
+        report.fail("answer_claim_differs", labeler, why)
+    report.answers_checked, report.answer_labelers = check.answers, check.labelers
+
+
+def _table_reader(store: ContentStore, keys: Sequence[DataKey]) -> Callable[[str], pa.Table | None]:
+    """A content's table by CID, a sealed one opened with `keys`; None where it cannot be read or opened
+    (`_check_contents` has named why)."""
+    def read(cid: str) -> pa.Table | None:
+        try:
+            data = store.get(cid)
+            if is_sealed(data):
+                if not any(k.key_id == sealed_key_id(data) for k in keys):
+                    return None
+                data = open_sealed(keys, data, what=f"content {cid}")
+            return read_parquet(data)
+        except (BlockNotFound, CorruptBlock, DecryptionError):
+            return None
+
+    return read
 
 
 def _check_proofs(

@@ -94,9 +94,9 @@ def claim_sources(chain: Chain, cids: Sequence[str], *, per_tx: int = SEALS_PER_
     (a claim keeps its first time)."""
     if not cids:
         raise ChainError("no files to claim: give the source files you will hand over")
-    account = _account(chain, "claiming needs the provider's own key")
+    account = sending_account(chain, "claiming needs the provider's own key")
     files = sorted(set(cids))
-    return _send_seals(chain, [(source_seal(c, account), source_bucket(c)) for c in files], per_tx)[0]
+    return send_seals(chain, [(source_seal(c, account), source_bucket(c)) for c in files], per_tx)[0]
 
 
 def date_registrations(
@@ -104,10 +104,10 @@ def date_registrations(
 ) -> dict[tuple[str, str | None], int]:
     """Date these (CID, provider) registrations on chain from the chain's account (the operator's): each
     one's first registration seal (`registration_seal`), sent where it has none; their unix times."""
-    account = _account(chain, "dating registrations needs the operator's key")
+    account = sending_account(chain, "dating registrations needs the operator's key")
     keys = sorted(set(files), key=lambda k: (k[0], k[1] or ""))
     seals = [(registration_seal(c, p, account), source_bucket(c)) for c, p in keys]
-    known = _send_seals(chain, seals, per_tx)[1]
+    known = send_seals(chain, seals, per_tx)[1]
     sent = [k for k, t in zip(keys, known, strict=True) if t == 0]  # dated by the blocks just made
     times = dict(zip(sent, registration_times(chain, [(c, p, account) for c, p in sent]), strict=True))
     return {k: t or times[k] for k, t in zip(keys, known, strict=True)}
@@ -119,17 +119,18 @@ def registration_times(chain: Chain, registrations: Sequence[tuple[str, str | No
     return [int(t) for t in chain.batch_call(calls)]
 
 
-def _account(chain: Chain, why: str) -> str:
+def sending_account(chain: Chain, why: str) -> str:
+    """The address `chain` sends from (its key's), or a ChainError saying `why` it needs one."""
     if chain.address is None:
         raise ChainError(f"{why}: set CARAVAN_PRIVATE_KEY or CARAVAN_KEYSTORE")
     return chain.address
 
 
-def _send_seals(
+def send_seals(
     chain: Chain, seals: Sequence[tuple[bytes, int]], per_tx: int
 ) -> tuple[list[TxResult], list[int]]:
-    """`claimSources` for the seals the chain's account has not sent before, `per_tx` a transaction (one
-    skipped result when none is new); and each seal's time before (0: sent now)."""
+    """`claimSources` for the seals (with their buckets) the chain's account has not sent before, `per_tx`
+    a transaction (one skipped result when none is new); and each seal's time before (0: sent now)."""
     known = [int(t) for t in chain.batch_call([chain.claims.functions.claimedAt(chain.address, s)
                                                for s, _ in seals])]
     new = [(s, b) for (s, b), t in zip(seals, known, strict=True) if t == 0]

@@ -207,6 +207,10 @@ def verify_command(
                else "")
             + (f" ({report.sources_unopened} private source files not held to their claims: no key)"
                if report.sources_unopened else "")
+            + (f"; {report.answers_checked} answers held to their {report.answer_labelers} labelers' claims"
+               if report.answer_labelers else "")
+            + ("; the run's answers are private: not held to their labelers' claims (no key)"
+               if report.answers_unopened else "")
         )
         if epochs or replay or label_studio:
             report = _with_epochs(chain, store, run_id, report) if epochs else RunAudit(report)

@@ -1,5 +1,6 @@
 """`caravan chain deploy|status|grant`: the contracts on the configured chain; `caravan claim`: a
-provider's claim of its source files there, sent with its own key.
+provider's claim of its source files there, and `caravan claim-answers` a labeler's of its answers,
+each sent with its own key.
 
 Configured by the settings (`CARAVAN_RPC_URL`, `CARAVAN_CHAIN_DIR`, default `$CARAVAN_HOME/chain`)
 and `CARAVAN_PRIVATE_KEY` (or `CARAVAN_KEYSTORE` + `CARAVAN_KEYSTORE_PASSWORD`), `CARAVAN_CHAIN_ID`;
@@ -115,12 +116,72 @@ def claim(
     }))
 
 
+def claim_answers(
+    answers: Annotated[
+        Path, typer.Argument(help="A table (.parquet, .csv, .jsonl) of your answers: an `example_id` and a "
+                                  "`label` column, as Label Studio's tasks name the example (its data's "
+                                  "`example_id`) and you chose the label.")
+    ],
+    annotator: Annotated[
+        str | None,
+        typer.Option(help="Keep only this annotator's rows (an `annotator` column, as the annotations "
+                          "table names labelers); needed where the table holds several annotators' answers."),
+    ] = None,
+) -> None:
+    """Claim your answers on chain, from your own key: the chain dates each one, and a run that pays you
+    by answers you did not give, or leaves out one you claimed before its answers were exported, fails
+    `caravan verify` (and its publisher's `publish_run` refuses it)."""
+    import provenance
+
+    with clean_errors(provenance.ProvenanceError):
+        pairs = answer_pairs(answers, annotator)
+        chain = open_chain(need_key=True)
+        sent = provenance.claim_answers(chain, pairs)
+    print(json.dumps({"labeler": chain.address, "answers": len(pairs),
+                      "txs": [t.tx_hash for t in sent if not t.skipped]}))
+
+
+def answer_pairs(path: Path, annotator: str | None) -> list[tuple[str, str]]:
+    """The distinct (example_id, label) pairs of a labeler's answers table; a CaravanError naming what is
+    wrong with it."""
+    from pipelines.datasets import SUFFIX_READERS
+
+    reader = SUFFIX_READERS.get(path.suffix.lower())
+    if reader is None or not path.is_file():
+        raise CaravanError(f"{path}: not a file of answers ({', '.join(sorted(SUFFIX_READERS))}); export "
+                           "yours from Label Studio as a table of `example_id` and `label`")
+    try:
+        table = reader(path)
+    except Exception as exc:  # noqa: BLE001 - any reader's failure is the same bad input
+        raise CaravanError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
+    missing = [c for c in ("example_id", "label") if c not in table.column_names]
+    if missing:
+        names = ", ".join(table.column_names)
+        raise CaravanError(f"{path}: no {' or '.join(missing)} column (columns: {names})")
+    rows = table.to_pylist()
+    if "annotator" in table.column_names:
+        names = sorted({str(r["annotator"]) for r in rows})
+        if annotator is None and len(names) > 1:
+            raise CaravanError(f"{path} holds the answers of {len(names)} annotators; name yours with "
+                               "--annotator")
+        rows = [r for r in rows if annotator is None or r["annotator"] == annotator]
+    elif annotator is not None:
+        raise CaravanError(f"--annotator {annotator}: {path} has no `annotator` column; leave the option out")
+    bad = [r for r in rows if not r["example_id"] or r["label"] is None or str(r["label"]) == ""]
+    if bad:
+        raise CaravanError(f"{path}: {len(bad)} rows lack an example_id or a label; remove or fill them")
+    if not rows:
+        raise CaravanError(f"{path}: no answers" + (f" of {annotator!r}" if annotator else ""))
+    return sorted({(str(r["example_id"]), str(r["label"])) for r in rows})
+
+
 def register(app: typer.Typer) -> None:
-    """Add the `caravan chain` group (deploy, status, grant) and `caravan claim` (a provider's) to the
-    root app."""
+    """Add the `caravan chain` group (deploy, status, grant), `caravan claim` (a provider's) and `caravan
+    claim-answers` (a labeler's) to the root app."""
     chain_app = typer.Typer(help="Caravan's contracts on the configured EVM chain.", no_args_is_help=True)
     chain_app.command("deploy")(deploy)
     chain_app.command("status")(status)
     chain_app.command("grant")(grant)
     app.add_typer(chain_app, name="chain")
     app.command()(claim)
+    app.command("claim-answers")(claim_answers)

@@ -1,0 +1,185 @@
+"""Answer claims: a labeler dates its answers on chain, from its own address, so that the operator
+cannot edit, invent or drop them unseen.
+
+Why: a labeler's pay follows its answers, and those are the operator's word: Label Studio's database,
+which the operator runs (`caravan verify --label-studio` holds a run to that database, no further). A
+labeler who claims its answers (`caravan claim-answers`) sends, for each, a seal (`answer_seal`) to the
+SourceClaims contract with a 16-bit bucket of its example (`answer_bucket`); the chain dates it. A
+seal names no example or label to anyone who cannot guess both, and the same seal sent from another
+address seals nothing of this one's. A run is held to them (`answer_problems`) for each labeler whose
+paid address claimed an answer on one of the run's examples:
+
+- every answer the run credits to it is one it claimed (in a block before the run's head record was
+  anchored): an edited or invented answer fails;
+- every example it claimed an answer on by the time its answers were exported (the labeling export
+  record's end) holds an answer of its in the run: a dropped answer fails.
+
+A labeler who claims nothing is held to nothing: its answers stay the operator's word.
+
+    claim_answers(chain, [(example_id, label)])    the labeler, with its own key: a transaction per 400
+    claims = answer_claims(chain, addresses)       {address: {bucket: {seal: unix time}}}
+    check = answer_problems(answers, paid, claims, examples, choices, exported_at)   pure
+    check = run_answer_problems(chain, lineage, weights, read)   the same for a run, as anchored
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+from eth_hash.auto import keccak
+from eth_utils import to_checksum_address
+
+from provenance.activities import INGEST, LABELING_EXPORT, WEIGHTING, LabelingExportRecord, WeightingRecord
+from provenance.chain import Chain, TxResult, checked_address
+from provenance.claims import SEALS_PER_TX, claim_time, claims_deployed, send_seals, sending_account
+from provenance.errors import ChainError
+from provenance.records import Record
+
+ANSWER_DOMAIN = b"caravan/answer/"
+ANSWER_BUCKET_DOMAIN = b"caravan/answer-bucket/"
+
+
+def answer_seal(example_id: str, label: str, labeler: str) -> bytes:
+    """keccak256(abi.encodePacked("caravan/answer/", keccak256(example_id), keccak256(label), labeler)):
+    what a claim of answering `label` on `example_id` sends. Each part hashed on its own, so no example
+    id and label run into another pair's."""
+    address = bytes.fromhex(checked_address(labeler)[2:])
+    return keccak(ANSWER_DOMAIN + keccak(example_id.encode()) + keccak(label.encode()) + address)
+
+
+def answer_bucket(example_id: str) -> int:
+    """The first two bytes of keccak256("caravan/answer-bucket/" ‖ example_id): an auditor tests only a
+    labeler's seals in an example's bucket."""
+    return int.from_bytes(keccak(ANSWER_BUCKET_DOMAIN + example_id.encode())[:2], "big")
+
+
+def claim_answers(
+    chain: Chain, answers: Sequence[tuple[str, str]], *, per_tx: int = SEALS_PER_TX
+) -> list[TxResult]:
+    """Claim these (example id, label) answers from the chain's account (the labeler's): those it has not
+    claimed before, `per_tx` seals a transaction; one skipped result when none is new."""
+    if not answers:
+        raise ChainError("no answers to claim: give the (example_id, label) pairs you answered")
+    account = sending_account(chain, "claiming answers needs the labeler's own key")
+    pairs = sorted(set(answers))
+    return send_seals(chain, [(answer_seal(e, c, account), answer_bucket(e)) for e, c in pairs], per_tx)[0]
+
+
+def answer_claims(
+    chain: Chain, addresses: Iterable[str], *, before_block: int | None = None
+) -> dict[str, dict[int, dict[bytes, int]]]:
+    """Every seal each of these addresses sent to the SourceClaims contract (in a block before
+    `before_block`, if given), by bucket: {address: {bucket: {seal: unix time}}}. Seals are opaque
+    (a provider's file claims are among them), so `answer_problems` recomputes the ones it looks for."""
+    wanted = {to_checksum_address(a) for a in addresses}
+    if not wanted or not claims_deployed(chain):
+        return {}
+    out: dict[str, dict[int, dict[bytes, int]]] = {}
+    for log in chain.logs(chain.claims.events.SourceClaimed, argument_filters={"claimant": sorted(wanted)}):
+        if before_block is not None and int(log["blockNumber"]) >= before_block:
+            continue
+        args = log["args"]
+        bucket = out.setdefault(to_checksum_address(args["claimant"]), {}).setdefault(int(args["bucket"]), {})
+        bucket.setdefault(bytes(args["seal"]), int(args["claimedAt"]))
+    return out
+
+
+@dataclass
+class AnswerCheck:
+    """What holding a run's answers to their labelers' claims found."""
+
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (labeler, why)
+    labelers: int = 0  # labelers held to their claims
+    answers: int = 0  # answers held to them
+
+
+def answer_problems(
+    answers: Sequence[Mapping],
+    paid: Mapping[str, str],
+    claims: Mapping[str, Mapping[int, Mapping[bytes, int]]],
+    examples: Sequence[str],
+    choices: Sequence[str],
+    exported_at: str | None,
+) -> AnswerCheck:
+    """Hold `answers` (rows with `example_id`, `annotator`, `label`) to the claims of each labeler paid
+    at an address (`paid`: labeler -> address) that claimed an answer on one of `examples` (`claims`,
+    from `answer_claims`; `choices`, the labels it could claim). Pure. `exported_at`: when the answers
+    were exported (a claim made later may answer after it); None holds no example to a claim."""
+    buckets = {e: answer_bucket(e) for e in examples}
+    check = AnswerCheck()
+    for labeler, address in sorted(paid.items()):
+        claimed = _claimed(claims.get(address) or {}, buckets, choices, address)
+        if not claimed:
+            continue
+        mine = [a for a in answers if a["annotator"] == labeler]
+        check.labelers += 1
+        check.answers += len(mine)
+        for a in mine:
+            if a["label"] not in claimed.get(a["example_id"], {}):
+                theirs = ", ".join(sorted(claimed.get(a["example_id"], {}))) or "nothing"
+                check.problems.append((labeler, f"its answer on example {a['example_id']} is recorded as "
+                                                f"{a['label']!r}, but {address} claimed {theirs} there"))
+        answered = {a["example_id"] for a in mine}
+        for e, labels in sorted(claimed.items()):
+            first = claim_time(min(labels.values()))
+            if e not in answered and exported_at is not None and first <= exported_at:
+                check.problems.append((labeler, f"{address} claimed an answer on example {e} at {first}, "
+                                                f"before its answers were exported ({exported_at}), but the "
+                                                "run holds none of its answers there"))
+    return check
+
+
+def _claimed(
+    seals: Mapping[int, Mapping[bytes, int]], buckets: Mapping[str, int], choices: Sequence[str], address: str
+) -> dict[str, dict[str, int]]:
+    """The answers `address` claimed among the examples (`buckets`: each one's bucket), as
+    {example: {label: unix time}}."""
+    out: dict[str, dict[str, int]] = {}
+    for e, b in buckets.items():
+        if b not in seals:
+            continue
+        for c in choices:
+            when = seals[b].get(answer_seal(e, c, address))
+            if when is not None:
+                out.setdefault(e, {})[c] = when
+    return out
+
+
+def run_answer_problems(
+    chain: Chain, lineage: Mapping[str, Record], weights: pa.Table | None,
+    read: Callable[[str], pa.Table | None],
+) -> AnswerCheck | None:
+    """`answer_problems` of a run: the answers and examples its head record pays by (`read` gives a table
+    by CID, None where it is sealed and no key opens it: then None, nothing checked), each labeler at
+    the address `weights` pays it, held to the claims made before the head was anchored (every claim so
+    far, before it is) and, for dropped answers, to those made by the end of the labeling export that
+    made those answers."""
+    heads = [(cid, r) for cid, r in lineage.items() if r.activity == WEIGHTING]
+    if weights is None or len(heads) != 1 or not claims_deployed(chain):
+        return AnswerCheck()
+    head_cid, head = heads[0]
+    rows = weights.select(["contributor", "address", "role"]).to_pylist()
+    paid = {r["contributor"]: r["address"] for r in rows if r["role"] == "labeler"}
+    annotations_cid = head.inputs.get(WeightingRecord.ANNOTATIONS)
+    if not paid or annotations_cid is None:
+        return AnswerCheck()
+    answers, examples = read(annotations_cid), read(head.inputs[WeightingRecord.EXAMPLES])
+    if answers is None or examples is None:
+        return None
+    entry = chain.entry_of(head_cid)
+    claims = answer_claims(chain, paid.values(), before_block=entry and entry["block"])
+    exports = [r.ended_at for r in lineage.values() if r.activity == LABELING_EXPORT
+               and r.outputs.get(LabelingExportRecord.ANNOTATIONS) == annotations_cid]
+    return answer_problems(answers.select(["example_id", "annotator", "label"]).to_pylist(), paid, claims,
+                           examples["example_id"].to_pylist(), _choices(lineage, answers),
+                           exports[0] if exports else None)
+
+
+def _choices(lineage: Mapping[str, Record], answers: pa.Table) -> list[str]:
+    """The labels a labeler could answer: the labeling spec's choices its ingest record declares, and any
+    label recorded beside them."""
+    declared = [c for r in lineage.values() if r.activity == INGEST
+                for c in ((r.params.get("labeling") or {}).get("choices") or ())]
+    return sorted({*map(str, declared), *map(str, answers["label"].to_pylist())})
