@@ -118,14 +118,14 @@ def claim(
 
 def claim_answers(
     answers: Annotated[
-        Path, typer.Argument(help="A table (.parquet, .csv, .jsonl) of your answers: an `example_id` and a "
-                                  "`label` column, as Label Studio's tasks name the example (its data's "
-                                  "`example_id`) and you chose the label.")
+        Path, typer.Argument(help="A table (.csv, .parquet, .jsonl) of your answers with an `example_id` and "
+                                  "a `label` column: the project's CSV export from Label Studio (Export, "
+                                  "CSV) is one.")
     ],
     annotator: Annotated[
         str | None,
-        typer.Option(help="Keep only this annotator's rows (an `annotator` column, as the annotations "
-                          "table names labelers); needed where the table holds several annotators' answers."),
+        typer.Option(help="Keep only this annotator's rows (its `annotator` column: in Label Studio's export "
+                          "your user id); needed where the table holds several annotators' answers."),
     ] = None,
 ) -> None:
     """Claim your answers on chain, from your own key: the chain dates each one, and a run that pays you
@@ -164,7 +164,7 @@ def answer_pairs(path: Path, annotator: str | None) -> list[tuple[str, str]]:
         if annotator is None and len(names) > 1:
             raise CaravanError(f"{path} holds the answers of {len(names)} annotators; name yours with "
                                "--annotator")
-        rows = [r for r in rows if annotator is None or r["annotator"] == annotator]
+        rows = [r for r in rows if annotator is None or str(r["annotator"]) == annotator]
     elif annotator is not None:
         raise CaravanError(f"--annotator {annotator}: {path} has no `annotator` column; leave the option out")
     bad = [r for r in rows if not r["example_id"] or r["label"] is None or str(r["label"]) == ""]

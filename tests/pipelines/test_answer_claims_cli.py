@@ -67,3 +67,33 @@ def test_a_table_that_is_not_a_labelers_answers_is_refused(chain: Chain, tmp_pat
     assert chain.block_number() == blocks
     missing = CliRunner().invoke(app, ["claim-answers", str(tmp_path / "none.parquet")])
     assert missing.exit_code != 0 and "not a file of answers" in missing.output
+
+
+def test_label_studios_csv_export_is_a_labelers_answers(chain: Chain, anvil: AnvilService, labelstudio,
+                                                        tmp_path) -> None:
+    """The project's CSV export (every annotator's answers; `annotator` is the user id) claims exactly the
+    answers of the user named, as the pipeline's export reads them."""
+    import urllib.request
+
+    from labeling import ProjectSpec, choice_result, register, simulated_annotators, sync_tasks
+
+    client = labelstudio.client()
+    project = client.ensure_project(ProjectSpec(f"claims {tmp_path.name}", "text", ("cat", "dog"), "text"))
+    ids = [f"ex{i}" for i in range(3)]
+    sync_tasks(client, project, pa.table({"example_id": ids, "provider": ["p"] * 3, "text": ["a", "b", "c"],
+                                          "source": ["s"] * 3}))
+    users = list(register(client, simulated_annotators([0.9, 0.8], prefix="sim-claims")).values())
+    keys, _ = client.task_keys(project.id)
+    given = [(ids[0], "cat", users[0]), (ids[1], "dog", users[0]), (ids[1], "cat", users[1])]
+    for e, label, user in given:
+        client.create_annotation(keys[e], choice_result(label, project.field), completed_by=user)
+    url = f"{labelstudio.base_url}/api/projects/{project.id}/export?exportType=CSV"
+    request = urllib.request.Request(url, headers={"Authorization": f"Token {labelstudio.token}"})
+    export = tmp_path / "export.csv"
+    export.write_bytes(urllib.request.urlopen(request).read())
+
+    run = CliRunner().invoke(app, ["claim-answers", str(export), "--annotator", str(users[0])])
+    assert run.exit_code == 0, run.output
+    labeler = Account.from_key(anvil.dev_keys[5]).address
+    seals = {s for bucket in answer_claims(chain, [labeler])[labeler].values() for s in bucket}
+    assert seals == {answer_seal(e, label, labeler) for e, label, user in given if user == users[0]}
