@@ -58,6 +58,7 @@ from labeling.schemas import ANNOTATIONS, ANNOTATOR_QUALITY, CONSENSUS, GOLD
 from labeling.server import LabelStudioServer, labelstudio_token
 from labeling.simulate import (
     SimulatedAnnotator,
+    SimulatedAnswer,
     import_with_answers,
     register,
     simulate_answers,
@@ -99,6 +100,7 @@ __all__ = [
     "Reconciliation",
     "RetryPolicy",
     "SimulatedAnnotator",
+    "SimulatedAnswer",
     "SyncReport",
     "WebhookReceiver",
     "aggregate",

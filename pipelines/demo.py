@@ -39,6 +39,7 @@ from labeling import (
     LabelConfigError,
     LabelStudioClient,
     ProjectSpec,
+    SimulatedAnswer,
     check_show,
     import_with_answers,
     labeling_record,
@@ -437,10 +438,32 @@ def label_with_simulated_annotators(client: LabelStudioClient, data: DemoData, s
     """
     examples, _ = to_examples(load_source(str(data.source), payload=data.payload))
     project = client.ensure_project(spec)
-    annotators = simulated_annotators(ACCURACIES)
-    users = register(client, annotators)
-    answers = simulate_answers(data.truth, annotators, data.choices, per_example=3, seed=7)
-    return import_with_answers(client, project, examples, answers, users)
+    users = register(client, simulated_annotators(ACCURACIES))
+    return import_with_answers(client, project, examples, demo_answers(data), users)
+
+
+def demo_answers(data: DemoData) -> list[SimulatedAnswer]:
+    """The simulated labelers' answers: 3 of the 4 per example, drawn with a fixed seed (a rerun draws the
+    same)."""
+    return simulate_answers(data.truth, simulated_annotators(ACCURACIES), data.choices, per_example=3, seed=7)
+
+
+def claim_demo_answers(settings: Settings, data: DemoData) -> int:
+    """Each simulated labeler claims its answers on chain from its own key, as `caravan claim-answers`
+    does, before the operator exports them (the local chain's faucet pays its gas), so the run's answers
+    are held to them; how many answers were claimed (none off a local chain)."""
+    from provenance import claim_answers
+    from provenance.anvil import ANVIL_CHAIN_ID, funded
+
+    chain, _ = _clients(settings)
+    if chain.chain_id != ANVIL_CHAIN_ID:
+        return 0  # no faucet: on another chain the labelers claim with `caravan claim-answers` themselves
+    answers: dict[str, list[tuple[str, str]]] = {}
+    for a in demo_answers(data):
+        answers.setdefault(a.annotator.email, []).append((a.example_id, a.label))
+    for labeler, pairs in sorted(answers.items()):
+        claim_answers(funded(chain, demo_account(labeler)), pairs)
+    return sum(map(len, answers.values()))
 
 
 @contextlib.contextmanager
@@ -635,6 +658,8 @@ def run_demo(
         client = LabelStudioClient(settings.labelstudio_url, labelstudio_token())
         spec = ProjectSpec.of(f"{settings.labelstudio_prefix} {demo.version}", demo.labeling)
         label_with_simulated_annotators(client, demo, spec)
+        if claim_demo_answers(settings, demo):
+            say("labelers: each claims its answers on chain from its own key")
         say("pipeline: materializing the asset graph (ingest, labeling, training, review, royalties)")
         outputs = materialize(settings, instance, demo.version, training)
         root = outputs["royalty_root"]
@@ -666,6 +691,7 @@ def run_demo(
         "payee": payee,
         "verify_ok": report.ok and answers.ok,
         "sources_claimed": f"{report.sources_claimed} of {report.sources_checked}",
+        "answers_claimed": f"{report.answers_checked} of {outputs['annotations']}",
         "answers_as_in_label_studio": f"{answers.matched} of {outputs['annotations']}",
         "failures": [f.__dict__ for f in [*report.failures, *answers.failures]],
         "weights": weights,

@@ -159,6 +159,7 @@ def demo(
         "claim_tx",
         "verify_ok",
         "sources_claimed",
+        "answers_claimed",
         "answers_as_in_label_studio",
         "predictions",
         "epoch_id",

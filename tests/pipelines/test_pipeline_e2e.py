@@ -29,6 +29,7 @@ def test_demo_runs_end_to_end_and_a_rerun_duplicates_nothing(caravan_env):
     assert first["verify_ok"], first["failures"]
     assert first["sources_claimed"] == "5 of 5"  # each provider claimed its file before registration
     assert first["answers_as_in_label_studio"] == "480 of 480"
+    assert first["answers_claimed"] == "480 of 480"  # each labeler claimed its answers before the export
     assert first["examples"] == 160 and first["annotations"] == 160 * 3
     assert sum(r["weight_bps"] for r in first["weights"]) == 10_000
     assert {r["role"] for r in first["weights"]} == {"provider", "labeler"}

@@ -68,6 +68,7 @@ def test_a_private_version_end_to_end(private_run, tmp_path, monkeypatch):
     assert files > 1 and all(f.get("claimed_by") for f in catalog["sources"])
     assert summary["sources_claimed"] == f"{files} of {files}"  # the demo's operator verifies with its key
     assert summary["answers_as_in_label_studio"] == "360 of 360"
+    assert summary["answers_claimed"] == "360 of 360"  # each labeler's claims hold the sealed answers
 
     # pinned blocks, fetched without the key, hold no plaintext: no source bytes, no example id
     keys = Keyrings(keyring_dir(settings), store).get(VERSION).data_keys(operator)
@@ -92,6 +93,7 @@ def test_a_private_version_end_to_end(private_run, tmp_path, monkeypatch):
     assert any(line.startswith(f"SKIP (no key) {run_id}: label studio") for line in skips)
     assert f"0 of 0 source files dated by their provider's claim on chain ({files} private source files " \
            "not held to their claims: no key)" in bare.output
+    assert "the run's answers are private: not held to their labelers' claims (no key)" in bare.output
     # with the operator's key: every private value opened, and the replay re-derives scores and root
     monkeypatch.setattr("pipelines.replay.pipeline_code", lambda: CODE)
     keyed = _verify(run_id, operator, "--replay", "--label-studio")
@@ -100,6 +102,7 @@ def test_a_private_version_end_to_end(private_run, tmp_path, monkeypatch):
     assert f"{len(skips) - 2} private opened" in keyed.output
     assert "; 360 answers as Label Studio project " in keyed.output  # the sealed answers, opened
     assert f"{files} of {files} source files dated by their provider's claim on chain;" in keyed.output
+    assert "; 360 answers held to their 4 labelers' claims" in keyed.output
 
     # the same input twice gives the same CIDs
     ok, again, _ = _snapshot(settings)
