@@ -10,7 +10,8 @@ address seals nothing of this one's. A run is held to them (`answer_problems`) f
 paid address claimed an answer on one of the run's examples:
 
 - every answer the run credits to it is one it claimed (in a block before the run's head record was
-  anchored): an edited or invented answer fails;
+  anchored): an edited or invented answer fails, and so does one it gave but has not claimed yet (a
+  labeler that claims its answers claims all it gives);
 - every example it claimed an answer on by the time its answers were exported (the labeling export
   record's end) holds an answer of its in the run: a dropped answer fails.
 
@@ -39,6 +40,7 @@ from provenance.records import Record
 
 ANSWER_DOMAIN = b"caravan/answer/"
 ANSWER_BUCKET_DOMAIN = b"caravan/answer-bucket/"
+SHOWN = 3  # examples named in a problem, at most
 
 
 def answer_seal(example_id: str, label: str, labeler: str) -> bytes:
@@ -108,27 +110,38 @@ def answer_problems(
     from `answer_claims`; `choices`, the labels it could claim). Pure. `exported_at`: when the answers
     were exported (a claim made later may answer after it); None holds no example to a claim."""
     buckets = {e: answer_bucket(e) for e in examples}
+    by_labeler: dict[str, list[Mapping]] = {}
+    for a in answers:
+        by_labeler.setdefault(a["annotator"], []).append(a)
     check = AnswerCheck()
     for labeler, address in sorted(paid.items()):
         claimed = _claimed(claims.get(address) or {}, buckets, choices, address)
         if not claimed:
             continue
-        mine = [a for a in answers if a["annotator"] == labeler]
+        mine = by_labeler.get(labeler, [])
         check.labelers += 1
         check.answers += len(mine)
-        for a in mine:
-            if a["label"] not in claimed.get(a["example_id"], {}):
-                theirs = ", ".join(sorted(claimed.get(a["example_id"], {}))) or "nothing"
-                check.problems.append((labeler, f"its answer on example {a['example_id']} is recorded as "
-                                                f"{a['label']!r}, but {address} claimed {theirs} there"))
+        unclaimed = [a for a in mine if a["label"] not in claimed.get(a["example_id"], {})]
+        if unclaimed:
+            shown = "; ".join(f"example {a['example_id']} recorded as {a['label']!r}, claimed as "
+                              f"{', '.join(sorted(claimed.get(a['example_id'], {}))) or 'nothing'}"
+                              for a in unclaimed[:SHOWN])
+            check.problems.append((labeler, f"{len(unclaimed)} of its {len(mine)} answers in the run are not "
+                                            f"ones {address} claimed ({shown}{_more(unclaimed)})"))
         answered = {a["example_id"] for a in mine}
-        for e, labels in sorted(claimed.items()):
-            first = claim_time(min(labels.values()))
-            if e not in answered and exported_at is not None and first <= exported_at:
-                check.problems.append((labeler, f"{address} claimed an answer on example {e} at {first}, "
-                                                f"before its answers were exported ({exported_at}), but the "
-                                                "run holds none of its answers there"))
+        dropped = sorted(e for e, labels in claimed.items() if e not in answered and exported_at is not None
+                         and claim_time(min(labels.values())) <= exported_at)
+        if dropped:
+            some = f"{len(dropped)} example" + ("s" if len(dropped) > 1 else "")
+            shown = f"{', '.join(dropped[:SHOWN])}{_more(dropped)}"
+            check.problems.append((labeler, f"{address} claimed answers on {some} before its answers were "
+                                            f"exported ({exported_at}), but the run holds none of its "
+                                            f"answers there ({shown})"))
     return check
+
+
+def _more(items: Sequence) -> str:
+    return f", and {len(items) - SHOWN} more" if len(items) > SHOWN else ""
 
 
 def _claimed(

@@ -96,7 +96,8 @@ def _refuse_broken_claims(
         raise ClaimConflict(
             "the run's answers break their labelers' claims on chain (nothing was sent): "
             + "; ".join(f"{who}: {why}" for who, why in answers.problems)
-            + ". Export the labelers' answers from Label Studio again and rerun the run"
+            + ". Ask each labeler named to claim the answers it gave (`caravan claim-answers`), or leave out "
+            "those it did not give, and rerun the run"
         )
 
 
