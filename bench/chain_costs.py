@@ -8,14 +8,17 @@ Starts its own anvil (from the npm package, on a free 127.0.0.1 port, fresh stat
 - the naive design, one pushed transfer per contributor, for 100 contributors;
 - gas of a provider's source claim of 1 and of 400 files, and the time to find every claimant of
   `--files` files among `--claimants` claimants on chain (what ingest, publish and verify scan);
+- gas of a labeler's answer claim of 400 answers (one transaction);
 - the wall time of `caravan verify <run>` (a fresh process, as an auditor runs it) on a run of
   `--examples` examples (100,000) and `--contributors` contributors (1,000; a quarter of them
-  labelers), goal < 10 s; the same check in-process is printed beside it. The run is
-  `serving.sample`'s (the pipeline's six records), untrained: its example scores are random.
+  labelers), `--answer-claimants` of those labelers (25) having claimed all their answers, goal
+  < 10 s; the same check in-process is printed beside it, and the answer check alone
+  (`run_answer_problems`). The run is `serving.sample`'s (the pipeline's six records), untrained:
+  its example scores are random.
 The last line is one JSON object.
 
     .venv/bin/python bench/chain_costs.py [--examples 100000] [--contributors 1000] [--seed 0]
-        [--claimants 200] [--files 2000]
+        [--claimants 200] [--files 2000] [--answer-claimants 25]
 """
 
 from __future__ import annotations
@@ -39,17 +42,22 @@ from eth_account import Account  # noqa: E402
 from attribution import largest_remainder  # noqa: E402
 from provenance import (  # noqa: E402
     Chain,
+    RunRecords,
     StandardMerkleTree,
+    WeightingRecord,
+    claim_answers,
     claim_sources,
+    load_record,
     publish_run,
     source_claims,
     verify_run,
 )
+from provenance.answer_claims import run_answer_problems  # noqa: E402
 from provenance.anvil import AnvilNode, funded  # noqa: E402
 from provenance.chain import artifact  # noqa: E402
 from schemas import TOTAL_BPS  # noqa: E402
 from serving.sample import build_sample_run  # noqa: E402
-from storage import BlockStore  # noqa: E402
+from storage import BlockStore, read_parquet  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CARAVAN = Path(sys.executable).parent / "caravan"
@@ -130,6 +138,22 @@ def source_claim_costs(
     return gas, scan
 
 
+def claim_labelers_answers(chain: Chain, store: BlockStore, sample, labelers: int) -> tuple[int, int]:
+    """The first `labelers` labelers of the sample run claim every answer of theirs, each from its own
+    key (the sample's throwaway keys): the gas of a transaction of 400 answers, and the answers claimed."""
+    annotations = read_parquet(store.get(load_record(store, sample.head).inputs[WeightingRecord.ANNOTATIONS]))
+    rows = annotations.select(["example_id", "annotator", "label"]).to_pylist()
+    names = sorted({r["annotator"] for r in rows})[:labelers]
+    gas, claimed = 0, 0
+    for name in names:
+        pairs = [(r["example_id"], r["label"]) for r in rows if r["annotator"] == name]
+        account = Account.from_key(sample.keys[sample.addresses[name]])
+        sent = claim_answers(funded(chain, account), pairs)
+        gas = gas or next((t.gas_used for t in sent if len(pairs) >= 400), 0)
+        claimed += len(pairs)
+    return gas, claimed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=100_000)
@@ -137,6 +161,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--claimants", type=int, default=200, help="addresses with source claims on chain")
     parser.add_argument("--files", type=int, default=2_000, help="source files whose claimants are found")
+    parser.add_argument("--answer-claimants", type=int, default=25,
+                        help="labelers of the verified run who claimed all their answers on chain")
     args = parser.parse_args()
     rng = random.Random(args.seed)
 
@@ -165,15 +191,17 @@ def main() -> None:
             store = BlockStore(tmp / "blocks", fsync=False)
             t0 = time.perf_counter()
             labelers = max(1, args.contributors // 4)
-            head = build_sample_run(
+            sample = build_sample_run(
                 store,
                 n=args.examples,
                 providers=args.contributors - labelers,
                 labelers=labelers,
                 seed=args.seed,
                 train=False,
-            ).head
+            )
+            head = sample.head
             built_s = time.perf_counter() - t0
+            answer_gas, claimed = claim_labelers_answers(chain, store, sample, args.answer_claimants)
             publication = publish_run(chain, store, "bench-run", head)
             print(
                 f"run of {args.examples} examples, {args.contributors} contributors: "
@@ -204,6 +232,14 @@ def main() -> None:
                 f"verify_run in-process: {in_process:.2f} s (ok={report.ok}); "
                 "the rest is interpreter start-up and imports"
             )
+            t0 = time.perf_counter()
+            lineage = RunRecords(chain, store).lineage(head)
+            check = run_answer_problems(chain, lineage, sample.weights, lambda c: read_parquet(store.get(c)))
+            answers_s = round(time.perf_counter() - t0, 2)
+            print(f"answer claims: {answer_gas} gas for 400 answers in one transaction "
+                  f"({answer_gas / 400:.0f} an answer); {check.answers} answers of {check.labelers} labelers "
+                  f"({claimed} claimed) held to their claims in {answers_s} s "
+                  f"(problems: {len(check.problems)})")
 
     print(
         json.dumps(
@@ -215,6 +251,8 @@ def main() -> None:
                 "push_gas_100": push,
                 "source_claim_gas": claim_gas,
                 "source_claims_scan_s": scan,
+                "answer_claim_gas_400": answer_gas,
+                "answer_check_s": answers_s,
             }
         )
     )

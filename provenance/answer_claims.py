@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from eth_hash.auto import keccak
 from eth_utils import to_checksum_address
 
@@ -47,8 +48,15 @@ def answer_seal(example_id: str, label: str, labeler: str) -> bytes:
     """keccak256(abi.encodePacked("caravan/answer/", keccak256(example_id), keccak256(label), labeler)):
     what a claim of answering `label` on `example_id` sends. Each part hashed on its own, so no example
     id and label run into another pair's."""
-    address = bytes.fromhex(checked_address(labeler)[2:])
-    return keccak(ANSWER_DOMAIN + keccak(example_id.encode()) + keccak(label.encode()) + address)
+    return _seal(keccak(example_id.encode()), keccak(label.encode()), _address_bytes(labeler))
+
+
+def _seal(example_hash: bytes, label_hash: bytes, address: bytes) -> bytes:
+    return keccak(ANSWER_DOMAIN + example_hash + label_hash + address)
+
+
+def _address_bytes(address: str) -> bytes:
+    return bytes.fromhex(checked_address(address)[2:])
 
 
 def answer_bucket(example_id: str) -> int:
@@ -69,22 +77,28 @@ def claim_answers(
     return send_seals(chain, [(answer_seal(e, c, account), answer_bucket(e)) for e, c in pairs], per_tx)[0]
 
 
+# SourceClaimed(address indexed claimant, bytes32 indexed seal, uint16 indexed bucket, uint64 claimedAt)
+CLAIMED_TOPIC = keccak(b"SourceClaimed(address,bytes32,uint16,uint64)")
+
+
 def answer_claims(
     chain: Chain, addresses: Iterable[str], *, before_block: int | None = None
 ) -> dict[str, dict[int, dict[bytes, int]]]:
     """Every seal each of these addresses sent to the SourceClaims contract (in a block before
     `before_block`, if given), by bucket: {address: {bucket: {seal: unix time}}}. Seals are opaque
-    (a provider's file claims are among them), so `answer_problems` recomputes the ones it looks for."""
-    wanted = {to_checksum_address(a) for a in addresses}
+    (a provider's file claims are among them), so `answer_problems` recomputes the ones it looks for.
+    One eth_getLogs, read from the event's topics (claimant, seal, bucket) and data (its time)."""
+    wanted = sorted({to_checksum_address(a) for a in addresses})
     if not wanted or not claims_deployed(chain):
         return {}
+    padded = {"0x" + bytes(12).hex() + a[2:].lower(): a for a in wanted}
     out: dict[str, dict[int, dict[bytes, int]]] = {}
-    for log in chain.logs(chain.claims.events.SourceClaimed, argument_filters={"claimant": sorted(wanted)}):
-        if before_block is not None and int(log["blockNumber"]) >= before_block:
+    for log in chain.raw_logs(chain.claims.address, ["0x" + CLAIMED_TOPIC.hex(), sorted(padded)]):
+        if before_block is not None and int(log["blockNumber"], 16) >= before_block:
             continue
-        args = log["args"]
-        bucket = out.setdefault(to_checksum_address(args["claimant"]), {}).setdefault(int(args["bucket"]), {})
-        bucket.setdefault(bytes(args["seal"]), int(args["claimedAt"]))
+        _, claimant, seal, bucket = log["topics"]
+        sent = out.setdefault(padded[claimant.lower()], {}).setdefault(int(bucket, 16), {})
+        sent.setdefault(bytes.fromhex(seal[2:]), int(log["data"], 16))  # a seal's first claim is its time
     return out
 
 
@@ -109,13 +123,17 @@ def answer_problems(
     at an address (`paid`: labeler -> address) that claimed an answer on one of `examples` (`claims`,
     from `answer_claims`; `choices`, the labels it could claim). Pure. `exported_at`: when the answers
     were exported (a claim made later may answer after it); None holds no example to a claim."""
-    buckets = {e: answer_bucket(e) for e in examples}
+    held = {labeler: address for labeler, address in paid.items() if claims.get(address)}
+    in_bucket: dict[int, list[str]] = {}
+    for e in examples if held else ():
+        in_bucket.setdefault(answer_bucket(e), []).append(e)
     by_labeler: dict[str, list[Mapping]] = {}
     for a in answers:
-        by_labeler.setdefault(a["annotator"], []).append(a)
+        if a["annotator"] in held:
+            by_labeler.setdefault(a["annotator"], []).append(a)
     check = AnswerCheck()
-    for labeler, address in sorted(paid.items()):
-        claimed = _claimed(claims.get(address) or {}, buckets, choices, address)
+    for labeler, address in sorted(held.items()):
+        claimed = _claimed(claims[address], in_bucket, choices, address)
         if not claimed:
             continue
         mine = by_labeler.get(labeler, [])
@@ -145,18 +163,20 @@ def _more(items: Sequence) -> str:
 
 
 def _claimed(
-    seals: Mapping[int, Mapping[bytes, int]], buckets: Mapping[str, int], choices: Sequence[str], address: str
+    seals: Mapping[int, Mapping[bytes, int]], in_bucket: Mapping[int, Sequence[str]], choices: Sequence[str],
+    address: str,
 ) -> dict[str, dict[str, int]]:
-    """The answers `address` claimed among the examples (`buckets`: each one's bucket), as
-    {example: {label: unix time}}."""
+    """The answers `address` claimed (its `seals` by bucket) among the examples (`in_bucket`: those of
+    each bucket), as {example: {label: unix time}}: only the buckets it sent seals in are searched."""
+    who, labels = _address_bytes(address), [(c, keccak(c.encode())) for c in choices]
     out: dict[str, dict[str, int]] = {}
-    for e, b in buckets.items():
-        if b not in seals:
-            continue
-        for c in choices:
-            when = seals[b].get(answer_seal(e, c, address))
-            if when is not None:
-                out.setdefault(e, {})[c] = when
+    for b, sent in seals.items():
+        for e in in_bucket.get(b, ()):
+            example = keccak(e.encode())
+            for c, label in labels:
+                when = sent.get(_seal(example, label, who))
+                if when is not None:
+                    out.setdefault(e, {})[c] = when
     return out
 
 
@@ -178,14 +198,18 @@ def run_answer_problems(
     annotations_cid = head.inputs.get(WeightingRecord.ANNOTATIONS)
     if not paid or annotations_cid is None:
         return AnswerCheck()
+    entry = chain.entry_of(head_cid)
+    claims = answer_claims(chain, paid.values(), before_block=entry and entry["block"])
+    claiming = sorted(labeler for labeler, address in paid.items() if claims.get(address))
+    if not claiming:  # nothing to hold the answers to: the tables need not be read
+        return AnswerCheck()
     answers, examples = read(annotations_cid), read(head.inputs[WeightingRecord.EXAMPLES])
     if answers is None or examples is None:
         return None
-    entry = chain.entry_of(head_cid)
-    claims = answer_claims(chain, paid.values(), before_block=entry and entry["block"])
+    theirs = answers.filter(pc.is_in(answers["annotator"], pa.array(claiming)))
     exports = [r.ended_at for r in lineage.values() if r.activity == LABELING_EXPORT
                and r.outputs.get(LabelingExportRecord.ANNOTATIONS) == annotations_cid]
-    return answer_problems(answers.select(["example_id", "annotator", "label"]).to_pylist(), paid, claims,
+    return answer_problems(theirs.select(["example_id", "annotator", "label"]).to_pylist(), paid, claims,
                            examples["example_id"].to_pylist(), _choices(lineage, answers),
                            exports[0] if exports else None)
 
@@ -195,4 +219,4 @@ def _choices(lineage: Mapping[str, Record], answers: pa.Table) -> list[str]:
     label recorded beside them."""
     declared = [c for r in lineage.values() if r.activity == INGEST
                 for c in ((r.params.get("labeling") or {}).get("choices") or ())]
-    return sorted({*map(str, declared), *map(str, answers["label"].to_pylist())})
+    return sorted({*map(str, declared), *map(str, pc.unique(answers["label"]).to_pylist())})
