@@ -42,6 +42,8 @@ from provenance.records import Record
 ANSWER_DOMAIN = b"caravan/answer/"
 ANSWER_BUCKET_DOMAIN = b"caravan/answer-bucket/"
 SHOWN = 3  # examples named in a problem, at most
+# SourceClaimed(address indexed claimant, bytes32 indexed seal, uint16 indexed bucket, uint64 claimedAt)
+CLAIMED_TOPIC = keccak(b"SourceClaimed(address,bytes32,uint16,uint64)")
 
 
 def answer_seal(example_id: str, label: str, labeler: str) -> bytes:
@@ -75,10 +77,6 @@ def claim_answers(
     account = sending_account(chain, "claiming answers needs the labeler's own key")
     pairs = sorted(set(answers))
     return send_seals(chain, [(answer_seal(e, c, account), answer_bucket(e)) for e, c in pairs], per_tx)[0]
-
-
-# SourceClaimed(address indexed claimant, bytes32 indexed seal, uint16 indexed bucket, uint64 claimedAt)
-CLAIMED_TOPIC = keccak(b"SourceClaimed(address,bytes32,uint16,uint64)")
 
 
 def answer_claims(
