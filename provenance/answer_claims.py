@@ -120,62 +120,92 @@ def answer_problems(
     """Hold `answers` (rows with `example_id`, `annotator`, `label`) to the claims of each labeler paid
     at an address (`paid`: labeler -> address) that claimed an answer on one of `examples` (`claims`,
     from `answer_claims`; `choices`, the labels it could claim). Pure. `exported_at`: when the answers
-    were exported (a claim made later may answer after it); None holds no example to a claim."""
-    held = {labeler: address for labeler, address in paid.items() if claims.get(address)}
-    in_bucket: dict[int, list[str]] = {}
-    for e in examples if held else ():
-        in_bucket.setdefault(answer_bucket(e), []).append(e)
+    were exported (a claim made later may answer after it); None holds no example to a claim.
+
+    Each recorded answer's seal is looked up first; only where a labeler's claims hold seals no recorded
+    answer accounts for (a dropped answer, an earlier label, another dataset's) are the examples searched
+    for them, in those seals' buckets alone."""
+    seals = _Seals(examples, choices)
     by_labeler: dict[str, list[Mapping]] = {}
     for a in answers:
-        if a["annotator"] in held:
-            by_labeler.setdefault(a["annotator"], []).append(a)
+        by_labeler.setdefault(a["annotator"], []).append(a)
     check = AnswerCheck()
-    for labeler, address in sorted(held.items()):
-        claimed = _claimed(claims[address], in_bucket, choices, address)
-        if not claimed:
-            continue
-        mine = by_labeler.get(labeler, [])
-        check.labelers += 1
-        check.answers += len(mine)
-        unclaimed = [a for a in mine if a["label"] not in claimed.get(a["example_id"], {})]
-        if unclaimed:
-            shown = "; ".join(f"example {a['example_id']} recorded as {a['label']!r}, claimed as "
-                              f"{', '.join(sorted(claimed.get(a['example_id'], {}))) or 'nothing'}"
-                              for a in unclaimed[:SHOWN])
-            check.problems.append((labeler, f"{len(unclaimed)} of its {len(mine)} answers in the run are not "
-                                            f"ones {address} claimed ({shown}{_more(unclaimed)})"))
-        answered = {a["example_id"] for a in mine}
-        dropped = sorted(e for e, labels in claimed.items() if e not in answered and exported_at is not None
-                         and claim_time(min(labels.values())) <= exported_at)
-        if dropped:
-            some = f"{len(dropped)} example" + ("s" if len(dropped) > 1 else "")
-            shown = f"{', '.join(dropped[:SHOWN])}{_more(dropped)}"
-            check.problems.append((labeler, f"{address} claimed answers on {some} before its answers were "
-                                            f"exported ({exported_at}), but the run holds none of its "
-                                            f"answers there ({shown})"))
+    for labeler, address in sorted(paid.items()):
+        if claims.get(address):
+            _hold(labeler, address, by_labeler.get(labeler, []), claims[address], seals, exported_at, check)
     return check
+
+
+class _Seals:
+    """The seals of answers on a run's examples, their hashes and buckets computed once."""
+
+    def __init__(self, examples: Sequence[str], choices: Sequence[str]) -> None:
+        self.examples, self.labels = examples, {c: keccak(c.encode()) for c in choices}
+        self._hashes: dict[str, bytes] = {}
+        self._in_bucket: dict[int, list[str]] | None = None
+
+    def of(self, example: str, label: str, who: bytes) -> tuple[int, bytes]:
+        """An answer's bucket and seal by the labeler at address bytes `who`."""
+        if example not in self._hashes:
+            self._hashes[example] = keccak(example.encode())
+        label_hash = self.labels.get(label) or keccak(label.encode())
+        return answer_bucket(example), _seal(self._hashes[example], label_hash, who)
+
+    def claimed_in(self, spare: Mapping[int, Mapping[bytes, int]], who: bytes) -> dict[str, dict[str, int]]:
+        """The answers among `spare` seals (by bucket) on the run's examples: {example: {label: time}}."""
+        if self._in_bucket is None:
+            self._in_bucket = {}
+            for e in self.examples:
+                self._in_bucket.setdefault(answer_bucket(e), []).append(e)
+        out: dict[str, dict[str, int]] = {}
+        for b, sent in spare.items():
+            for e in self._in_bucket.get(b, ()):
+                for c in self.labels:
+                    when = sent.get(self.of(e, c, who)[1])
+                    if when is not None:
+                        out.setdefault(e, {})[c] = when
+        return out
+
+
+def _hold(
+    labeler: str, address: str, mine: Sequence[Mapping], seals: Mapping[int, Mapping[bytes, int]],
+    known: _Seals, exported_at: str | None, check: AnswerCheck,
+) -> None:
+    """`answer_problems` for one labeler with claims on chain: its recorded answers `mine`, its `seals`."""
+    who = _address_bytes(address)
+    matched: set[bytes] = set()
+    unclaimed = []
+    for a in mine:
+        bucket, seal = known.of(a["example_id"], a["label"], who)
+        if seal in seals.get(bucket, {}):
+            matched.add(seal)
+        else:
+            unclaimed.append(a)
+    spare = {b: {s: t for s, t in sent.items() if s not in matched} for b, sent in seals.items()}
+    others = known.claimed_in({b: sent for b, sent in spare.items() if sent}, who)
+    if not matched and not others:
+        return  # its claims are of no example of this run's: it is not held to them
+    check.labelers += 1
+    check.answers += len(mine)
+    if unclaimed:
+        shown = "; ".join(f"example {a['example_id']} recorded as {a['label']!r}, claimed as "
+                          f"{', '.join(sorted(others.get(a['example_id'], {}))) or 'nothing'}"
+                          for a in unclaimed[:SHOWN])
+        check.problems.append((labeler, f"{len(unclaimed)} of its {len(mine)} answers in the run are not "
+                                        f"ones {address} claimed ({shown}{_more(unclaimed)})"))
+    answered = {a["example_id"] for a in mine}
+    dropped = sorted(e for e, labels in others.items() if e not in answered and exported_at is not None
+                     and claim_time(min(labels.values())) <= exported_at)
+    if dropped:
+        some = f"{len(dropped)} example" + ("s" if len(dropped) > 1 else "")
+        shown = f"{', '.join(dropped[:SHOWN])}{_more(dropped)}"
+        check.problems.append((labeler, f"{address} claimed answers on {some} before its answers were "
+                                        f"exported ({exported_at}), but the run holds none of its "
+                                        f"answers there ({shown})"))
 
 
 def _more(items: Sequence) -> str:
     return f", and {len(items) - SHOWN} more" if len(items) > SHOWN else ""
-
-
-def _claimed(
-    seals: Mapping[int, Mapping[bytes, int]], in_bucket: Mapping[int, Sequence[str]], choices: Sequence[str],
-    address: str,
-) -> dict[str, dict[str, int]]:
-    """The answers `address` claimed (its `seals` by bucket) among the examples (`in_bucket`: those of
-    each bucket), as {example: {label: unix time}}: only the buckets it sent seals in are searched."""
-    who, labels = _address_bytes(address), [(c, keccak(c.encode())) for c in choices]
-    out: dict[str, dict[str, int]] = {}
-    for b, sent in seals.items():
-        for e in in_bucket.get(b, ()):
-            example = keccak(e.encode())
-            for c, label in labels:
-                when = sent.get(_seal(example, label, who))
-                if when is not None:
-                    out.setdefault(e, {})[c] = when
-    return out
 
 
 def run_answer_problems(

@@ -72,6 +72,10 @@ def test_answers_are_held_to_the_claims_of_their_labeler() -> None:
     assert f"{ann} claimed answers on 1 example before" in why and f"none of its answers there ({E1})" in why
     # a claim made after the export may answer after it: no example is held to it
     assert answer_problems(dropped, paid, claims, [E1, E2], ["cat", "dog"], claim_time(t - 1)).problems == []
+    # bob's claims are of another dataset's examples only: his answers here are not held to them
+    elsewhere = {**claims, **_claims(other, {("d" * 64, "cat"): t})}
+    check = answer_problems(answers, paid, elsewhere, [E1, E2], ["cat", "dog"], exported)
+    assert (check.problems, check.labelers) == ([], 1)
     # an answer changed and claimed again: either claimed label is the labeler's
     both = {**claims[ann]}
     both.setdefault(answer_bucket(E1), {})[answer_seal(E1, "dog", ann)] = t + 50
