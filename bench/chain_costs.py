@@ -52,7 +52,7 @@ from provenance import (  # noqa: E402
     source_claims,
     verify_run,
 )
-from provenance.answer_claims import run_answer_problems  # noqa: E402
+from provenance.answer_claims import run_answer_problems, table_reader  # noqa: E402
 from provenance.anvil import AnvilNode, funded  # noqa: E402
 from provenance.chain import artifact  # noqa: E402
 from schemas import TOTAL_BPS  # noqa: E402
@@ -234,7 +234,7 @@ def main() -> None:
             )
             t0 = time.perf_counter()
             lineage = RunRecords(chain, store).lineage(head)
-            check = run_answer_problems(chain, lineage, sample.weights, lambda c: read_parquet(store.get(c)))
+            check = run_answer_problems(chain, lineage, sample.weights, table_reader(store))
             answers_s = round(time.perf_counter() - t0, 2)
             print(f"answer claims: {answer_gas} gas for 400 answers in one transaction "
                   f"({answer_gas / 400:.0f} an answer); {check.answers} answers of {check.labelers} labelers "

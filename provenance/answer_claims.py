@@ -20,7 +20,7 @@ A labeler who claims nothing is held to nothing: its answers stay the operator's
     claim_answers(chain, [(example_id, label)])    the labeler, with its own key: a transaction per 400
     claims = answer_claims(chain, addresses)       {address: {bucket: {seal: unix time}}}
     check = answer_problems(answers, paid, claims, examples, choices, exported_at)   pure
-    check = run_answer_problems(chain, lineage, weights, read)   the same for a run, as anchored
+    check = run_answer_problems(chain, lineage, weights, table_reader(store, keys))   a run's, as anchored
 """
 
 from __future__ import annotations
@@ -38,6 +38,16 @@ from provenance.chain import Chain, TxResult, checked_address
 from provenance.claims import SEALS_PER_TX, claim_time, claims_deployed, send_seals, sending_account
 from provenance.errors import ChainError
 from provenance.records import Record
+from storage import (
+    BlockNotFound,
+    ContentStore,
+    CorruptBlock,
+    DataKey,
+    DecryptionError,
+    is_sealed,
+    open_sealed,
+    read_parquet,
+)
 
 ANSWER_DOMAIN = b"caravan/answer/"
 ANSWER_BUCKET_DOMAIN = b"caravan/answer-bucket/"
@@ -240,6 +250,21 @@ def run_answer_problems(
     return answer_problems(theirs.select(["example_id", "annotator", "label"]).to_pylist(), paid, claims,
                            examples["example_id"].to_pylist(), _choices(lineage, answers),
                            exports[0] if exports else None)
+
+
+def table_reader(store: ContentStore, keys: Sequence[DataKey] = ()) -> Callable[[str], pa.Table | None]:
+    """A content's table by CID, as `run_answer_problems` reads the run's: a sealed one opened with
+    `keys` (or by `store` itself, an EncryptedStore); None where none in reach opens it, or it cannot be
+    read (the auditor's content check names why)."""
+
+    def read(cid: str) -> pa.Table | None:
+        try:
+            data = store.get(cid)
+            return read_parquet(open_sealed(keys, data, what=f"content {cid}") if is_sealed(data) else data)
+        except (BlockNotFound, CorruptBlock, DecryptionError):
+            return None
+
+    return read
 
 
 def _choices(lineage: Mapping[str, Record], answers: pa.Table) -> list[str]:

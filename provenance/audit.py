@@ -15,7 +15,7 @@ import pyarrow as pa
 from eth_hash.auto import keccak
 
 from provenance.activities import SETTLEMENT, WEIGHTING, WeightingRecord
-from provenance.answer_claims import run_answer_problems
+from provenance.answer_claims import run_answer_problems, table_reader
 from provenance.chain import KIND_AMOUNTS, KIND_SHARES, Chain, RecordedEvent, run_key
 from provenance.claims import claims_deployed, run_claim_problems, source_cids, source_files
 from provenance.errors import ChainError, RecordError, WeightsError
@@ -36,7 +36,6 @@ from storage import (
     is_sealed,
     open_sealed,
     public_store,
-    read_parquet,
     sealed_key_id,
 )
 
@@ -158,7 +157,7 @@ def verify_run(
     weights = _stored_weights(store, lineage, report)
     leaves = _leaves(weights, lineage, report)
     _check_claims(chain, lineage, weights if leaves is not None else None, sealed, report)  # valid weights
-    _check_answer_claims(chain, lineage, weights if leaves is not None else None, _table_reader(store, keys),
+    _check_answer_claims(chain, lineage, weights if leaves is not None else None, table_reader(store, keys),
                          report)
     if dist is None:
         report.fail("root_missing", run_id, "no royalty distribution on chain for this run")
@@ -359,23 +358,6 @@ def _check_answer_claims(
     for labeler, why in check.problems:
         report.fail("answer_claim_differs", labeler, why)
     report.answers_checked, report.answer_labelers = check.answers, check.labelers
-
-
-def _table_reader(store: ContentStore, keys: Sequence[DataKey]) -> Callable[[str], pa.Table | None]:
-    """A content's table by CID, a sealed one opened with `keys`; None where it cannot be read or opened
-    (`_check_contents` has named why)."""
-    def read(cid: str) -> pa.Table | None:
-        try:
-            data = store.get(cid)
-            if is_sealed(data):
-                if not any(k.key_id == sealed_key_id(data) for k in keys):
-                    return None
-                data = open_sealed(keys, data, what=f"content {cid}")
-            return read_parquet(data)
-        except (BlockNotFound, CorruptBlock, DecryptionError):
-            return None
-
-    return read
 
 
 def _check_proofs(

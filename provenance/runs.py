@@ -10,13 +10,13 @@ so bad input records nothing; a crash half-way is finished by calling `publish_r
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
 
 from provenance.activities import WEIGHTING, WeightingRecord
-from provenance.answer_claims import run_answer_problems
+from provenance.answer_claims import run_answer_problems, table_reader
 from provenance.chain import KIND_AMOUNTS, Chain, TxResult, run_key
 from provenance.claims import run_claim_problems, sealed_sources
 from provenance.errors import AlreadyPublished, ClaimConflict, InsufficientFunds, RecordError, WeightsError
@@ -24,7 +24,7 @@ from provenance.merkle import SHARE_LEAF, StandardMerkleTree
 from provenance.records import Record, topological_order
 from provenance.run_records import RunRecords
 from provenance.weights import ShareLeaves, check_address, read_weights, share_leaves, weights_snapshot
-from storage import BlockNotFound, ContentStore, CorruptBlock, DecryptionError, read_parquet
+from storage import BlockNotFound, ContentStore, CorruptBlock
 
 # Upper bounds for the funds check before sending (measured: a record ~80-120k, a root ~100k).
 RECORD_GAS_BOUND = 200_000
@@ -91,7 +91,7 @@ def _refuse_broken_claims(
             + "; ".join(f"{cid}: {why}" for cid, why in problems)
             + ". Pay each provider at its claiming address (the contributors registry) and rerun the run"
         )
-    answers = run_answer_problems(chain, lineage, weights, _opened_table(store))
+    answers = run_answer_problems(chain, lineage, weights, table_reader(store))
     if answers is not None and answers.problems:
         raise ClaimConflict(
             "the run's answers break their labelers' claims on chain (nothing was sent): "
@@ -99,18 +99,6 @@ def _refuse_broken_claims(
             + ". Ask each labeler named to claim the answers it gave (`caravan claim-answers`), or leave out "
             "those it did not give, and rerun the run"
         )
-
-
-def _opened_table(store: ContentStore) -> Callable[[str], pa.Table | None]:
-    """A content's table by CID, opened where `store` holds its key (None where it holds none)."""
-
-    def read(cid: str) -> pa.Table | None:
-        try:
-            return read_parquet(store.get(cid))
-        except DecryptionError:
-            return None
-
-    return read
 
 
 def publish_run(chain: Chain, store: ContentStore, run_id: str, head_cid: str) -> RunPublication:
