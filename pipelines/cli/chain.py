@@ -134,16 +134,16 @@ def claim_answers(
     import provenance
 
     with clean_errors(provenance.ProvenanceError):
-        pairs = answer_pairs(answers, annotator)
+        pairs, skipped = answer_pairs(answers, annotator)
         chain = open_chain(need_key=True)
         sent = provenance.claim_answers(chain, pairs)
-    print(json.dumps({"labeler": chain.address, "answers": len(pairs),
+    print(json.dumps({"labeler": chain.address, "answers": len(pairs), "skipped_tasks": skipped,
                       "txs": [t.tx_hash for t in sent if not t.skipped]}))
 
 
-def answer_pairs(path: Path, annotator: str | None) -> list[tuple[str, str]]:
-    """The distinct (example_id, label) pairs of a labeler's answers table; a CaravanError naming what is
-    wrong with it."""
+def answer_pairs(path: Path, annotator: str | None) -> tuple[list[tuple[str, str]], int]:
+    """The distinct (example_id, label) pairs of a labeler's answers table, and how many of its rows have
+    no label (skipped tasks, not answers); a CaravanError naming what is wrong with it."""
     from pipelines.datasets import SUFFIX_READERS
 
     reader = SUFFIX_READERS.get(path.suffix.lower())
@@ -167,12 +167,13 @@ def answer_pairs(path: Path, annotator: str | None) -> list[tuple[str, str]]:
         rows = [r for r in rows if annotator is None or str(r["annotator"]) == annotator]
     elif annotator is not None:
         raise CaravanError(f"--annotator {annotator}: {path} has no `annotator` column; leave the option out")
-    bad = [r for r in rows if not r["example_id"] or r["label"] is None or str(r["label"]) == ""]
+    bad = [r for r in rows if not r["example_id"]]
     if bad:
-        raise CaravanError(f"{path}: {len(bad)} rows lack an example_id or a label; remove or fill them")
-    if not rows:
+        raise CaravanError(f"{path}: {len(bad)} rows lack an example_id; remove or fill them")
+    answered = [r for r in rows if r["label"] is not None and str(r["label"]) != ""]  # else a skipped task
+    if not answered:
         raise CaravanError(f"{path}: no answers" + (f" of {annotator!r}" if annotator else ""))
-    return sorted({(str(r["example_id"]), str(r["label"])) for r in rows})
+    return sorted({(str(r["example_id"]), str(r["label"])) for r in answered}), len(rows) - len(answered)
 
 
 def register(app: typer.Typer) -> None:

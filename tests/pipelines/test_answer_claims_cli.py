@@ -16,8 +16,9 @@ from provenance.answer_claims import answer_bucket, answer_claims, answer_seal
 from provenance.chain import Chain
 from tests.services.anvil import AnvilService
 
-ANSWERS = pa.table({"example_id": ["e1", "e2", "e3", "e1"], "annotator": ["ann", "ann", "bob", "ann"],
-                    "label": ["cat", "dog", "cat", "cat"]})
+ANSWERS = pa.table({"example_id": ["e1", "e2", "e3", "e1", "e4"],
+                    "annotator": ["ann", "ann", "bob", "ann", "ann"],
+                    "label": ["cat", "dog", "cat", "cat", ""]})  # e4: a task ann skipped
 
 
 @pytest.fixture
@@ -39,7 +40,8 @@ def test_a_labeler_claims_its_answers_once(chain: Chain, anvil: AnvilService, tm
     assert run.exit_code == 0, run.output
     out = json.loads(run.output)
     labeler = Account.from_key(anvil.dev_keys[5]).address
-    assert out["labeler"] == labeler and out["answers"] == 2 and len(out["txs"]) == 1
+    assert out["labeler"] == labeler and out["answers"] == 2 and out["skipped_tasks"] == 1
+    assert len(out["txs"]) == 1
     seals = answer_claims(chain, [labeler])[labeler]
     for e, label in (("e1", "cat"), ("e2", "dog")):
         assert answer_seal(e, label, labeler) in seals[answer_bucket(e)]
@@ -56,6 +58,7 @@ def test_a_labeler_claims_its_answers_once(chain: Chain, anvil: AnvilService, tm
         (ANSWERS, ["--annotator", "cy"], "no answers of 'cy'"),
         (ANSWERS.drop_columns(["annotator"]), ["--annotator", "ann"], "has no `annotator` column"),
         (pa.table({"example_id": ["e1", None], "label": ["cat", "dog"]}), [], "1 rows lack an example_id"),
+        (pa.table({"example_id": ["e1"], "label": [""]}), [], "no answers"),
     ],
 )
 def test_a_table_that_is_not_a_labelers_answers_is_refused(chain: Chain, tmp_path, table, args, said) -> None:
