@@ -31,11 +31,17 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 from eth_hash.auto import keccak
-from eth_utils import to_checksum_address
 
 from provenance.activities import INGEST, LABELING_EXPORT, WEIGHTING, LabelingExportRecord, WeightingRecord
 from provenance.chain import Chain, TxResult, checked_address
-from provenance.claims import SEALS_PER_TX, claim_time, claims_deployed, send_seals, sending_account
+from provenance.claims import (
+    SEALS_PER_TX,
+    claim_time,
+    claimed_seals,
+    claims_deployed,
+    send_seals,
+    sending_account,
+)
 from provenance.errors import ChainError
 from provenance.records import Record
 from storage import (
@@ -52,8 +58,6 @@ from storage import (
 ANSWER_DOMAIN = b"caravan/answer/"
 ANSWER_BUCKET_DOMAIN = b"caravan/answer-bucket/"
 SHOWN = 3  # examples named in a problem, at most
-# SourceClaimed(address indexed claimant, bytes32 indexed seal, uint16 indexed bucket, uint64 claimedAt)
-CLAIMED_TOPIC = keccak(b"SourceClaimed(address,bytes32,uint16,uint64)")
 
 
 def answer_seal(example_id: str, label: str, labeler: str) -> bytes:
@@ -93,21 +97,10 @@ def answer_claims(
     chain: Chain, addresses: Iterable[str], *, before_block: int | None = None
 ) -> dict[str, dict[int, dict[bytes, int]]]:
     """Every seal each of these addresses sent to the SourceClaims contract (in a block before
-    `before_block`, if given), by bucket: {address: {bucket: {seal: unix time}}}. Seals are opaque
-    (a provider's file claims are among them), so `answer_problems` recomputes the ones it looks for.
-    One eth_getLogs, read from the event's topics (claimant, seal, bucket) and data (its time)."""
-    wanted = sorted({to_checksum_address(a) for a in addresses})
-    if not wanted or not claims_deployed(chain):
-        return {}
-    padded = {"0x" + bytes(12).hex() + a[2:].lower(): a for a in wanted}
-    out: dict[str, dict[int, dict[bytes, int]]] = {}
-    for log in chain.raw_logs(chain.claims.address, ["0x" + CLAIMED_TOPIC.hex(), sorted(padded)]):
-        if before_block is not None and int(log["blockNumber"], 16) >= before_block:
-            continue
-        _, claimant, seal, bucket = log["topics"]
-        sent = out.setdefault(padded[claimant.lower()], {}).setdefault(int(bucket, 16), {})
-        sent.setdefault(bytes.fromhex(seal[2:]), int(log["data"], 16))  # a seal's first claim is its time
-    return out
+    `before_block`, if given), by bucket: {address: {bucket: {seal: unix time}}} (`claimed_seals`).
+    Seals are opaque (a provider's file claims are among them), so `answer_problems` recomputes the
+    ones it looks for."""
+    return claimed_seals(chain, list(addresses), before_block=before_block)
 
 
 @dataclass
