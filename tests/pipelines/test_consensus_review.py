@@ -266,19 +266,19 @@ def test_off_its_platform_a_review_is_held_to_the_band_of_two_cross_fits(home, m
     assert made.table["flagged"].to_pylist().count(True) > 0
 
     here = training_platform()
-    monkeypatch.setattr("pipelines.replay.training_platform", lambda: {**here, "cpu_capability": "OTHER"})
-    honest = _checked(records, cid, record)
-    assert honest.ok and not honest.skipped, honest.failures
-    assert _checked(records, cid, record, review.rescored(made, rounded)).ok
-    found = _checked(records, cid, record, review.rescored(made, far))
-    assert found.names() == {"review_differs"}
-    assert f"beyond the {SPREAD_FACTOR * spread:.3g} allowed" in found.failures[0].detail
-    found = _checked(records, cid, record, unflagged)
-    assert found.names() == {"review_differs"}
-    assert "not what its own class probabilities give" in found.failures[0].detail
-    found = _checked(records, cid, record, _with_probs(made.table, ours[:, :2]))
-    assert found.names() == {"review_differs"} and "not 3 per example" in found.failures[0].detail
-    monkeypatch.undo()
+    with monkeypatch.context() as elsewhere:
+        elsewhere.setattr("pipelines.replay.training_platform", lambda: {**here, "cpu_capability": "OTHER"})
+        honest = _checked(records, cid, record)
+        assert honest.ok and not honest.skipped, honest.failures
+        assert _checked(records, cid, record, review.rescored(made, rounded)).ok
+        found = _checked(records, cid, record, review.rescored(made, far))
+        assert found.names() == {"review_differs"}
+        assert f"beyond the {SPREAD_FACTOR * spread:.3g} allowed" in found.failures[0].detail
+        found = _checked(records, cid, record, unflagged)
+        assert found.names() == {"review_differs"}
+        assert "not what its own class probabilities give" in found.failures[0].detail
+        found = _checked(records, cid, record, _with_probs(made.table, ours[:, :2]))
+        assert found.names() == {"review_differs"} and "not 3 per example" in found.failures[0].detail
     assert _checked(records, cid, record, review.rescored(made, rounded)).names() == {"review_differs"}
 
 
