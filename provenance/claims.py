@@ -191,12 +191,15 @@ def source_claims(
     chain has no SourceClaims contract, `claims_deployed`). Seals are opaque, so the seal of each file
     by each claimant with a seal in its bucket (`source_bucket`) is recomputed and looked up
     (`claimed_seals`)."""
-    seals = claimed_seals(chain, before_block=before_block)
+    in_bucket: dict[int, list[tuple[str, dict[bytes, int]]]] = {}  # bucket -> (claimant, its seals there)
+    for claimant, by_bucket in sorted(claimed_seals(chain, before_block=before_block).items()):
+        for bucket, sent in by_bucket.items():
+            in_bucket.setdefault(bucket, []).append((claimant, sent))
     out: dict[str, dict[str, int]] = {}
     for cid in sorted(set(cids)):
-        prefix, bucket = SEAL_DOMAIN + cid.encode(), source_bucket(cid)
-        for claimant, by_bucket in sorted(seals.items()):
-            when = by_bucket.get(bucket, {}).get(_seal(prefix, bytes.fromhex(claimant[2:])))
+        prefix = SEAL_DOMAIN + cid.encode()
+        for claimant, sent in in_bucket.get(source_bucket(cid), ()):
+            when = sent.get(_seal(prefix, bytes.fromhex(claimant[2:])))
             if when is not None:
                 out.setdefault(cid, {})[claimant] = when
     return out
