@@ -187,13 +187,15 @@ def label_quality(
     review = _label_quality(labels, pred_probs, method)
     if confidence is None:
         return review
-    weighed = _label_quality(labels, with_votes(pred_probs, labels, confidence), method)
+    weighed = _label_quality(labels, with_votes(pred_probs, labels, confidence), method, flag=False)
     flagged = np.zeros(len(weighed.quality), dtype=bool)
     flagged[weighed.ranked()[: int(review.flagged.sum())]] = True
     return dataclasses.replace(review, quality=weighed.quality, flagged=flagged)
 
 
-def _label_quality(labels: object, pred_probs: object, method: str) -> LabelReview:
+def _label_quality(labels: object, pred_probs: object, method: str, *, flag: bool = True) -> LabelReview:
+    """``label_quality`` without the crowd; with ``flag`` False none is flagged (the weighed scores keep
+    the models' flags, so cleanlab's flagging of them would be thrown away)."""
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
@@ -209,7 +211,7 @@ def _label_quality(labels: object, pred_probs: object, method: str) -> LabelRevi
     p = p / p.sum(1, keepdims=True)
     quality = np.asarray(get_label_quality_scores(y, p, method=method), dtype=np.float64)
     present = np.unique(y)
-    if len(present) < 2:
+    if len(present) < 2 or not flag:
         flagged = np.zeros(len(y), dtype=bool)
     else:
         # cleanlab wants labels 0..K-1 all present: restrict to the classes that occur.
