@@ -18,14 +18,14 @@ paid address claimed an answer on one of the run's examples:
 A labeler who claims nothing is held to nothing: its answers stay the operator's word.
 
     claim_answers(chain, [(example_id, label)])    the labeler, with its own key: a transaction per 400
-    claims = answer_claims(chain, addresses)       {address: {bucket: {seal: unix time}}}
+    claims = claimed_seals(chain, addresses)       {address: {bucket: {seal: unix time}}}
     check = answer_problems(answers, paid, claims, examples, choices, exported_at)   pure
     check = run_answer_problems(chain, lineage, weights, table_reader(store, keys))   a run's, as anchored
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -93,16 +93,6 @@ def claim_answers(
     return send_seals(chain, [(answer_seal(e, c, account), answer_bucket(e)) for e, c in pairs], per_tx)[0]
 
 
-def answer_claims(
-    chain: Chain, addresses: Iterable[str], *, before_block: int | None = None
-) -> dict[str, dict[int, dict[bytes, int]]]:
-    """Every seal each of these addresses sent to the SourceClaims contract (in a block before
-    `before_block`, if given), by bucket: {address: {bucket: {seal: unix time}}} (`claimed_seals`).
-    Seals are opaque (a provider's file claims are among them), so `answer_problems` recomputes the
-    ones it looks for."""
-    return claimed_seals(chain, list(addresses), before_block=before_block)
-
-
 @dataclass
 class AnswerCheck:
     """What holding a run's answers to their labelers' claims found."""
@@ -122,8 +112,8 @@ def answer_problems(
 ) -> AnswerCheck:
     """Hold `answers` (rows with `example_id`, `annotator`, `label`) to the claims of each labeler paid
     at an address (`paid`: labeler -> address) that claimed an answer on one of `examples` (`claims`,
-    from `answer_claims`; `choices`, the labels it could claim). Pure. `exported_at`: when the answers
-    were exported (a claim made later may answer after it); None holds no example to a claim.
+    from `claims.claimed_seals`; `choices`, the labels it could claim). Pure. `exported_at`: when the
+    answers were exported (a claim made later may answer after it); None holds no example to a claim.
 
     Each recorded answer's seal is looked up first; only where a labeler's claims hold seals no recorded
     answer accounts for (a dropped answer, an earlier label, another dataset's) are the examples searched
@@ -144,22 +134,25 @@ class _Seals:
 
     def __init__(self, examples: Sequence[str], choices: Sequence[str]) -> None:
         self.examples, self.labels = examples, {c: keccak(c.encode()) for c in choices}
-        self._hashes: dict[str, bytes] = {}
+        self._hashed: dict[str, tuple[int, bytes]] = {}  # example -> its bucket and keccak256
         self._in_bucket: dict[int, list[str]] | None = None
 
     def of(self, example: str, label: str, who: bytes) -> tuple[int, bytes]:
         """An answer's bucket and seal by the labeler at address bytes `who`."""
-        if example not in self._hashes:
-            self._hashes[example] = keccak(example.encode())
-        label_hash = self.labels.get(label) or keccak(label.encode())
-        return answer_bucket(example), _seal(self._hashes[example], label_hash, who)
+        bucket, example_hash = self._hashes(example)
+        return bucket, _seal(example_hash, self.labels.get(label) or keccak(label.encode()), who)
+
+    def _hashes(self, example: str) -> tuple[int, bytes]:
+        if example not in self._hashed:
+            self._hashed[example] = answer_bucket(example), keccak(example.encode())
+        return self._hashed[example]
 
     def claimed_in(self, spare: Mapping[int, Mapping[bytes, int]], who: bytes) -> dict[str, dict[str, int]]:
         """The answers among `spare` seals (by bucket) on the run's examples: {example: {label: time}}."""
         if self._in_bucket is None:
             self._in_bucket = {}
             for e in self.examples:
-                self._in_bucket.setdefault(answer_bucket(e), []).append(e)
+                self._in_bucket.setdefault(self._hashes(e)[0], []).append(e)
         out: dict[str, dict[str, int]] = {}
         for b, sent in spare.items():
             for e in self._in_bucket.get(b, ()):
@@ -230,7 +223,7 @@ def run_answer_problems(
     if not paid or annotations_cid is None:
         return AnswerCheck()
     entry = chain.entry_of(head_cid)
-    claims = answer_claims(chain, paid.values(), before_block=entry and entry["block"])
+    claims = claimed_seals(chain, list(paid.values()), before_block=entry and entry["block"])
     claiming = sorted(labeler for labeler, address in paid.items() if claims.get(address))
     if not claiming:  # nothing to hold the answers to: the tables need not be read
         return AnswerCheck()

@@ -324,7 +324,7 @@ class Chain:
         """The logs a contract at `address` emitted from `from_block` to the head whose topics match
         `topics` (eth_getLogs' filter: a hex topic, a list of alternatives, or None for any), oldest
         first, as the node sends them (hex strings): where thousands are read, web3's formatting and ABI
-        decoding of each cost seconds more than the call (`answer_claims`: 12,000 logs)."""
+        decoding of each cost seconds more than the call (`claims.claimed_seals`: 12,000 logs)."""
         query = {"address": address, "topics": list(topics), "fromBlock": hex(from_block),
                  "toBlock": "latest"}
         reply = self._rpc("eth_getLogs", lambda: self.w3.provider.make_request("eth_getLogs", [query]))

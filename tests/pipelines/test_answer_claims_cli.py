@@ -12,8 +12,9 @@ from eth_account import Account
 from typer.testing import CliRunner
 
 from pipelines.cli import app
-from provenance.answer_claims import answer_bucket, answer_claims, answer_seal
+from provenance.answer_claims import answer_bucket, answer_seal
 from provenance.chain import Chain
+from provenance.claims import claimed_seals
 from tests.services.anvil import AnvilService
 
 ANSWERS = pa.table({"example_id": ["e1", "e2", "e3", "e1", "e4"],
@@ -42,7 +43,7 @@ def test_a_labeler_claims_its_answers_once(chain: Chain, anvil: AnvilService, tm
     labeler = Account.from_key(anvil.dev_keys[5]).address
     assert out["labeler"] == labeler and out["answers"] == 2 and out["skipped_tasks"] == 1
     assert len(out["txs"]) == 1
-    seals = answer_claims(chain, [labeler])[labeler]
+    seals = claimed_seals(chain, [labeler])[labeler]
     for e, label in (("e1", "cat"), ("e2", "dog")):
         assert answer_seal(e, label, labeler) in seals[answer_bucket(e)]
     assert not any(answer_seal("e3", "cat", labeler) in s for s in seals.values())  # bob's, not claimed
@@ -98,5 +99,5 @@ def test_label_studios_csv_export_is_a_labelers_answers(chain: Chain, anvil: Anv
     run = CliRunner().invoke(app, ["claim-answers", str(export), "--annotator", str(users[0])])
     assert run.exit_code == 0, run.output
     labeler = Account.from_key(anvil.dev_keys[5]).address
-    seals = {s for bucket in answer_claims(chain, [labeler])[labeler].values() for s in bucket}
+    seals = {s for bucket in claimed_seals(chain, [labeler])[labeler].values() for s in bucket}
     assert seals == {answer_seal(e, label, labeler) for e, label, user in given if user == users[0]}

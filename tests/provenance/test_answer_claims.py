@@ -13,11 +13,11 @@ from eth_hash.auto import keccak
 from web3 import Web3
 
 from provenance.activities import CONSENSUS, LABELING_EXPORT, WEIGHTING
-from provenance.answer_claims import answer_bucket, answer_claims, answer_problems, answer_seal, claim_answers
+from provenance.answer_claims import answer_bucket, answer_problems, answer_seal, claim_answers
 from provenance.anvil import funded
 from provenance.audit import verify_run
 from provenance.chain import Chain
-from provenance.claims import claim_time
+from provenance.claims import claim_time, claimed_seals
 from provenance.errors import ChainError, ClaimConflict
 from provenance.records import load_record, put_record, topological_order
 from provenance.runs import publish_run
@@ -115,7 +115,7 @@ def test_publish_refuses_and_verify_fails_a_run_that_edits_or_drops_a_claimed_an
         claim_answers(ann, [])
     [sent] = claim_answers(ann, mine)
     assert not sent.skipped and claim_answers(ann, mine)[0].skipped  # a claim keeps its first time
-    assert sum(map(len, answer_claims(chain, [labeler])[labeler].values())) == len(set(mine))
+    assert sum(map(len, claimed_seals(chain, [labeler])[labeler].values())) == len(set(mine))
     when = claim_time(chain.w3.eth.get_block(sent.block)["timestamp"])
 
     honest = _republished(store, sample_run, exported_at=when)
