@@ -1,18 +1,25 @@
 """Asset checks: what an auditor would check first, run after every materialization."""
 
+from pathlib import Path
+
 import dagster as dg
 import pyarrow as pa
+import pyarrow.compute as pc
 from eth_utils import is_checksum_address
 
 from pipelines.annotations_audit import audit_export
 from pipelines.assets.labeling import taken_after
 from pipelines.content_io import AssetIndex, StoreResource
 from pipelines.lineage import LineageResource
-from pipelines.resources import ChainResource, LabelStudioResource
+from pipelines.resources import ChainResource, ContributorsResource, LabelStudioResource
 from provenance import (
+    INGEST,
     LABELING_EXPORT,
+    ChainError,
     LabelingExportRecord,
     TrainingRecord,
+    declared_choices,
+    export_answer_problems,
     load_record,
     read_weights,
     share_leaves,
@@ -167,12 +174,8 @@ def export_check(
 ) -> dg.AssetCheckResult:
     """The version's latest labeling export reconciled with Label Studio (`pipelines.annotations_audit`),
     on at most `sample` of its tasks."""
-    client = store.client(version)  # a private version's answers open with its key
-    export = load_record(client, lineage.cid_of(LABELING_EXPORT, version))
-    answers = export.outputs[LabelingExportRecord.ANNOTATIONS]
-    stored = read_parquet(client.get(answers))
-    examples = read_parquet(client.get(export.inputs[LabelingExportRecord.SNAPSHOT]))
-    taken = taken_after(index, version, answers)
+    _, export, stored, examples = _latest_export(store, lineage, version)
+    taken = taken_after(index, version, export.outputs[LabelingExportRecord.ANNOTATIONS])
     found = audit_export(export, stored, examples, labelstudio.client(), sample=sample, taken_after=taken)
     failures = {f.name: f.detail for f in found.failures}
     return dg.AssetCheckResult(
@@ -183,9 +186,74 @@ def export_check(
     )
 
 
+def _latest_export(store: StoreResource, lineage: LineageResource, version: str):
+    """The version's latest labeling export record, its stored answers and examples (a private version's
+    opened with its key), and the store client they were read from."""
+    client = store.client(version)
+    export = load_record(client, lineage.cid_of(LABELING_EXPORT, version))
+    answers = read_parquet(client.get(export.outputs[LabelingExportRecord.ANNOTATIONS]))
+    return client, export, answers, read_parquet(client.get(export.inputs[LabelingExportRecord.SNAPSHOT]))
+
+
+@dg.asset_check(
+    asset="annotations",
+    blocking=True,
+    description="Each labeler that claims its answers on chain (`caravan claim-answers`) finds them in the "
+    "export as it claimed them: none edited, invented or not yet claimed, and none it claimed before the "
+    "export left out. Publishing a split holds its answers to the same claims and would refuse it: "
+    "checked here, no model is trained on answers that could not be paid by. Labelers who claim nothing, "
+    "and a chain Caravan's contracts were never deployed on from here, leave nothing to check.",
+)
+def answers_match_their_claims(
+    context: dg.AssetCheckExecutionContext,
+    store: StoreResource,
+    lineage: LineageResource,
+    contributors: ContributorsResource,
+    chain: ChainResource,
+) -> dg.AssetCheckResult:
+    """The labeling export just made, held to its labelers' claims (`claims_check`, which tests call)."""
+    return claims_check(context.partition_key, store, lineage, contributors, chain)
+
+
+def claims_check(
+    version: str, store: StoreResource, lineage: LineageResource, contributors: ContributorsResource,
+    chain: ChainResource,
+) -> dg.AssetCheckResult:
+    """The version's latest labeling export held to the answer claims so far of each of its labelers with
+    an address in the contributors registry (`provenance.export_answer_problems`)."""
+    try:
+        on_chain = chain.deployed()
+        if on_chain is None:
+            return _claims_result([], 0, 0, "no contracts were deployed from here: no claims to hold to")
+        client, export, answers, examples = _latest_export(store, lineage, version)
+        registry = contributors.registry().addresses if Path(contributors.path).exists() else {}
+        paid = {a: registry[a] for a in pc.unique(answers["annotator"]).to_pylist() if a in registry}
+        ingest = lineage.latest(INGEST, version)
+        choices = declared_choices([load_record(client, ingest)] if ingest else [])
+        found = export_answer_problems(on_chain, answers, examples, paid, choices, export.ended_at)
+    except ChainError as exc:  # the chain named is not reachable, or not the one deployed on
+        return _claims_result([("chain", f"{exc}; the answers cannot be held to their claims")], 0, 0)
+    return _claims_result(found.problems, found.labelers, found.answers)
+
+
+def _claims_result(
+    problems: list[tuple[str, str]], labelers: int, answers: int, note: str | None = None
+) -> dg.AssetCheckResult:
+    description = "; ".join(f"{who}: {why}" for who, why in problems) + (
+        ". Ask each labeler named to claim the answers it gave (`caravan claim-answers`), or sync again"
+        if problems and labelers else "")
+    return dg.AssetCheckResult(
+        passed=not problems,
+        description=description or note,
+        metadata={"labelers_held": labelers, "answers_held": answers,
+                  "labelers_failing": dg.MetadataValue.json(sorted({who for who, _ in problems}))},
+    )
+
+
 all_checks = [
     *cid_checks,
     annotations_match_label_studio,
+    answers_match_their_claims,
     weights_sum_to_10000,
     weighted_contributors_have_addresses,
     some_provider_helped,

@@ -366,14 +366,22 @@ class ChainResource(dg.ConfigurableResource):
     def client(self):
         """A `Chain` on `rpc_url` with its deployments in `chain_dir`; with `auto_deploy`, missing contracts
         are deployed first."""
-        from provenance import Chain
-
-        chain = Chain.from_env(
-            {**os.environ, "CARAVAN_RPC_URL": self.rpc_url, "CARAVAN_CHAIN_DIR": self.chain_dir}
-        )
+        chain = self._chain()
         if self.auto_deploy:
             chain.deploy()  # idempotent: contracts already at the recorded addresses are kept
         return chain
+
+    def deployed(self):
+        """The `Chain`, where Caravan's contracts were deployed from here (a deployments file in
+        `chain_dir`), deploying nothing; None where none were: there is nothing on chain to read."""
+        return self._chain() if any(Path(self.chain_dir).glob("deployments-*.json")) else None
+
+    def _chain(self):
+        from provenance import Chain
+
+        return Chain.from_env(
+            {**os.environ, "CARAVAN_RPC_URL": self.rpc_url, "CARAVAN_CHAIN_DIR": self.chain_dir}
+        )
 
 
 class LedgerResource(dg.ConfigurableResource):

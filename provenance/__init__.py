@@ -78,7 +78,14 @@ from provenance.activities import (
     TrainingRecord,
     WeightingRecord,
 )
-from provenance.answer_claims import AnswerCheck, answer_problems, answer_seal, claim_answers
+from provenance.answer_claims import (
+    AnswerCheck,
+    answer_problems,
+    answer_seal,
+    claim_answers,
+    declared_choices,
+    export_answer_problems,
+)
 from provenance.audit import NO_KEY, Failure, Findings, TraceNode, VerifyReport, trace, trace_run, verify_run
 from provenance.chain import (
     KIND_AMOUNTS,
@@ -225,6 +232,8 @@ __all__ = [
     "claim_time",
     "claims_deployed",
     "date_registrations",
+    "declared_choices",
+    "export_answer_problems",
     "file_claims",
     "honoured",
     "source_claims",

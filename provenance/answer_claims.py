@@ -21,11 +21,12 @@ A labeler who claims nothing is held to nothing: its answers stay the operator's
     claims = claimed_seals(chain, addresses)       {address: {bucket: {seal: unix time}}}
     check = answer_problems(answers, paid, claims, examples, choices, exported_at)   pure
     check = run_answer_problems(chain, lineage, weights, table_reader(store, keys))   a run's, as anchored
+    check = export_answer_problems(chain, answers, examples, paid, choices, exported_at)   an export's
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -224,18 +225,44 @@ def run_answer_problems(
         return AnswerCheck()
     entry = chain.entry_of(head_cid)
     claims = claimed_seals(chain, list(paid.values()), before_block=entry and entry["block"])
-    claiming = sorted(labeler for labeler, address in paid.items() if claims.get(address))
-    if not claiming:  # nothing to hold the answers to: the tables need not be read
+    if not any(claims.get(address) for address in paid.values()):  # nothing to hold them to: left unread
         return AnswerCheck()
     answers, examples = read(annotations_cid), read(head.inputs[WeightingRecord.EXAMPLES])
     if answers is None or examples is None:
         return None
-    theirs = answers.filter(pc.is_in(answers["annotator"], pa.array(claiming)))
     exports = [r.ended_at for r in lineage.values() if r.activity == LABELING_EXPORT
                and r.outputs.get(LabelingExportRecord.ANNOTATIONS) == annotations_cid]
+    return _held(answers, examples, paid, claims, declared_choices(lineage.values()),
+                 exports[0] if exports else None)
+
+
+def export_answer_problems(
+    chain: Chain, answers: pa.Table, examples: pa.Table, paid: Mapping[str, str], choices: Sequence[str],
+    exported_at: str,
+) -> AnswerCheck:
+    """`answer_problems` of a labeling export, before anything is trained on it: its `answers` on
+    `examples`, each labeler at its payout address (`paid`), held to every claim made so far. An answer
+    its labeler has not claimed yet fails here as it would at publishing (a claiming labeler claims all
+    it gives), so a conflict shows at the sync, not after the training. Nothing to check where the
+    chain has no SourceClaims contract."""
+    if not paid or not claims_deployed(chain):
+        return AnswerCheck()
+    claims = claimed_seals(chain, sorted(set(paid.values())))
+    return _held(answers, examples, paid, claims, choices, exported_at)
+
+
+def _held(
+    answers: pa.Table, examples: pa.Table, paid: Mapping[str, str],
+    claims: Mapping[str, Mapping[int, Mapping[bytes, int]]], choices: Sequence[str], exported_at: str | None,
+) -> AnswerCheck:
+    """`answer_problems` on the tables, reading only the answers of labelers with claims."""
+    claiming = sorted(labeler for labeler, address in paid.items() if claims.get(address))
+    if not claiming:
+        return AnswerCheck()
+    theirs = answers.filter(pc.is_in(answers["annotator"], pa.array(claiming)))
+    labels = sorted({*map(str, choices), *map(str, pc.unique(answers["label"]).to_pylist())})
     return answer_problems(theirs.select(["example_id", "annotator", "label"]).to_pylist(), paid, claims,
-                           examples["example_id"].to_pylist(), _choices(lineage, answers),
-                           exports[0] if exports else None)
+                           examples["example_id"].to_pylist(), labels, exported_at)
 
 
 def table_reader(store: ContentStore, keys: Sequence[DataKey] = ()) -> Callable[[str], pa.Table | None]:
@@ -253,9 +280,8 @@ def table_reader(store: ContentStore, keys: Sequence[DataKey] = ()) -> Callable[
     return read
 
 
-def _choices(lineage: Mapping[str, Record], answers: pa.Table) -> list[str]:
-    """The labels a labeler could answer: the labeling spec's choices its ingest record declares, and any
-    label recorded beside them."""
-    declared = [c for r in lineage.values() if r.activity == INGEST
-                for c in ((r.params.get("labeling") or {}).get("choices") or ())]
-    return sorted({*map(str, declared), *map(str, pc.unique(answers["label"]).to_pylist())})
+def declared_choices(records: Iterable[Record]) -> list[str]:
+    """The labels the labeling spec of these records' ingest declares: those a labeler could answer
+    (with any label recorded beside them, which `_held` adds)."""
+    return sorted({str(c) for r in records if r.activity == INGEST
+                   for c in ((r.params.get("labeling") or {}).get("choices") or ())})

@@ -59,6 +59,8 @@ def test_definitions_hold_the_flow_its_jobs_checks_and_resources():
     assert {"weights_sum_to_10000", "weighted_contributors_have_addresses"} <= blocking
     assert ("annotations", "annotations_match_label_studio") in checks  # before any split is made of them
     assert "annotations_match_label_studio" in blocking
+    assert ("annotations", "answers_match_their_claims") in checks  # held to their labelers' claims
+    assert "answers_match_their_claims" in blocking
 
 
 def test_cli_help_lists_store():

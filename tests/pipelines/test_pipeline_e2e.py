@@ -35,6 +35,8 @@ def test_demo_runs_end_to_end_and_a_rerun_duplicates_nothing(caravan_env):
     assert {r["role"] for r in first["weights"]} == {"provider", "labeler"}
     assert first["claim_tx"] and first["claimed_wei"] > 0
     _flagged_labels_are_stored_and_queued_for_review(settings, first["mislabels"])
+    _answers_are_held_to_their_labelers_claims(settings, [r["contributor"] for r in first["weights"]
+                                                          if r["role"] == "labeler"])
 
     chain = _chain(settings)
     records = chain.recorded_events(first["run_id"])
@@ -129,6 +131,34 @@ def _sensor_requests(settings) -> list:
 
     with dg.build_sensor_context(instance=dg.DagsterInstance.get(), resources=resources_for(settings)) as ctx:
         return list(annotation_sensor(ctx) or [])
+
+
+def _answers_are_held_to_their_labelers_claims(settings, labelers):
+    """`answers_match_their_claims` (blocking: the demo trained, so it passed) holds each of the demo's
+    labelers to its claims; paid at another labeler's address, each fails; with no contracts deployed
+    from here, nothing is held."""
+    from labeling import ContributorsRegistry
+    from pipelines.checks import claims_check
+    from pipelines.resources import ChainResource, ContributorsResource, resources_for
+
+    resources = resources_for(settings)
+    store, lineage, chain = resources["store"], resources["lineage"], resources["chain"]
+    held = claims_check(VERSION, store, lineage, resources["contributors"], chain)
+    assert held.passed, held.description
+    assert (held.metadata["labelers_held"].value, held.metadata["answers_held"].value) == (4, 480)
+    addresses = ContributorsRegistry.load(settings.contributors_file).addresses
+    swapped = settings.home / "swapped-labelers.csv"  # each labeler paid at the next one's address
+    swapped.write_text("contributor,address\n" + "".join(
+        f"{who},{addresses[labelers[(i + 1) % len(labelers)]]}\n" for i, who in enumerate(labelers)))
+    wrong = claims_check(VERSION, store, lineage, ContributorsResource(path=str(swapped)), chain)
+    assert not wrong.passed and wrong.metadata["labelers_failing"].value == sorted(labelers)
+    assert "answers in the run are not ones" in wrong.description
+    assert "claimed answers on" in wrong.description  # and the other labeler's answers are left out
+    assert wrong.description.endswith("(`caravan claim-answers`), or sync again")
+    elsewhere = ChainResource(rpc_url=settings.rpc_url, chain_dir=str(settings.home / "no-deployments"))
+    unheld = claims_check(VERSION, store, lineage, resources["contributors"], elsewhere)
+    assert unheld.passed and unheld.metadata["labelers_held"].value == 0
+    assert unheld.description.startswith("no contracts were deployed from here")
 
 
 def _sensor_starts_a_sync_only_for_new_annotations(settings):
