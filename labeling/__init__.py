@@ -49,6 +49,7 @@ from labeling.export import (
     annotation_ids_by_task,
     existing_annotation_ids,
     export_annotations,
+    exported_answers,
     live_annotations,
     merge_annotations,
 )
@@ -119,6 +120,7 @@ __all__ = [
     "annotation_ids_by_task",
     "existing_annotation_ids",
     "export_annotations",
+    "exported_answers",
     "image_data_url",
     "import_with_answers",
     "labelstudio_token",

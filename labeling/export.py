@@ -380,6 +380,25 @@ def _normalize(
     }, None
 
 
+def exported_answers(items: object) -> list[dict]:
+    """The answers in a project's JSON export from Label Studio (Export, JSON: a list of tasks, each with
+    its `data` and `annotations`), as rows of `example_id`, `annotator` (the user id, as in the CSV
+    export) and `label` (None for a skipped task or a result that is not one choice). A ValueError
+    names what is not such an export."""
+    if not isinstance(items, list):
+        raise ValueError("not a Label Studio JSON export (a list of tasks)")
+    rows = []
+    for n, task in enumerate(items, start=1):
+        if not isinstance(task, dict) or not isinstance(task.get("data"), dict) or not isinstance(
+                task.get("annotations"), list):
+            raise ValueError(f"item {n} is not a task with `data` and `annotations` (Label Studio's JSON "
+                             "export holds only such)")
+        rows += [{"example_id": task["data"].get("example_id"), "annotator": str(a.get("completed_by")),
+                  "label": None if a.get("was_cancelled") else _choice(a.get("result"))}
+                 for a in task["annotations"]]
+    return rows
+
+
 def _choice(result: object) -> str | None:
     """The single chosen label of a result, or None when it is not exactly one choice."""
     if not isinstance(result, list):

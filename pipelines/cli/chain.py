@@ -119,8 +119,8 @@ def claim(
 def claim_answers(
     answers: Annotated[
         Path, typer.Argument(help="A table (.csv, .parquet, .jsonl) of your answers with an `example_id` and "
-                                  "a `label` column: the project's CSV export from Label Studio (Export, "
-                                  "CSV) is one.")
+                                  "a `label` column, such as the project's CSV export from Label Studio "
+                                  "(Export, CSV), or its JSON export (Export, JSON).")
     ],
     annotator: Annotated[
         str | None,
@@ -144,16 +144,7 @@ def claim_answers(
 def answer_pairs(path: Path, annotator: str | None) -> tuple[list[tuple[str, str]], int]:
     """The distinct (example_id, label) pairs of a labeler's answers table, and how many of its rows have
     no label (skipped tasks, not answers); a CaravanError naming what is wrong with it."""
-    from pipelines.datasets import SUFFIX_READERS
-
-    reader = SUFFIX_READERS.get(path.suffix.lower())
-    if reader is None or not path.is_file():
-        raise CaravanError(f"{path}: not a file of answers ({', '.join(sorted(SUFFIX_READERS))}); export "
-                           "yours from Label Studio as a table of `example_id` and `label`")
-    try:
-        table = reader(path)
-    except Exception as exc:  # noqa: BLE001 - any reader's failure is the same bad input
-        raise CaravanError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
+    table = _answers_table(path)
     missing = [c for c in ("example_id", "label") if c not in table.column_names]
     if missing:
         names = ", ".join(table.column_names)
@@ -174,6 +165,29 @@ def answer_pairs(path: Path, annotator: str | None) -> tuple[list[tuple[str, str
     if not answered:
         raise CaravanError(f"{path}: no answers" + (f" of {annotator!r}" if annotator else ""))
     return sorted({(str(r["example_id"]), str(r["label"])) for r in answered}), len(rows) - len(answered)
+
+
+def _answers_table(path: Path):
+    """The table in `path`; a `.json` file holding a list, read as Label Studio's JSON export."""
+    import pyarrow as pa
+
+    from labeling import exported_answers
+    from pipelines.datasets import SUFFIX_READERS
+
+    reader = SUFFIX_READERS.get(path.suffix.lower())
+    if reader is None or not path.is_file():
+        raise CaravanError(f"{path}: not a file of answers ({', '.join(sorted(SUFFIX_READERS))}); export "
+                           "yours from Label Studio (Export, CSV or JSON)")
+    try:
+        with path.open("rb") as f:
+            export = path.suffix.lower() == ".json" and f.read(4096).lstrip()[:1] == b"["
+        if export:
+            names = ("example_id", "annotator", "label")
+            rows = exported_answers(json.loads(path.read_bytes()))
+            return pa.Table.from_pylist(rows, schema=pa.schema([(n, pa.string()) for n in names]))
+        return reader(path)
+    except Exception as exc:  # noqa: BLE001 - any reader's failure is the same bad input
+        raise CaravanError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
 
 
 def register(app: typer.Typer) -> None:

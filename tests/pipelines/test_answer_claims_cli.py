@@ -73,10 +73,24 @@ def test_a_table_that_is_not_a_labelers_answers_is_refused(chain: Chain, tmp_pat
     assert missing.exit_code != 0 and "not a file of answers" in missing.output
 
 
-def test_label_studios_csv_export_is_a_labelers_answers(chain: Chain, anvil: AnvilService, labelstudio,
-                                                        tmp_path) -> None:
-    """The project's CSV export (every annotator's answers; `annotator` is the user id) claims exactly the
-    answers of the user named, as the pipeline's export reads them."""
+def test_a_json_list_that_is_not_label_studios_export_is_refused(chain: Chain, tmp_path) -> None:
+    path = tmp_path / "answers.json"
+    for text, said in (('[{"id": 1, "data": {"example_id": "e1"}}]', "item 1 is not a task with `data` and "
+                                                                     "`annotations`"),
+                       ("[1, 2", "unreadable (JSONDecodeError")):
+        path.write_text(text)
+        blocks = chain.block_number()
+        run = CliRunner().invoke(app, ["claim-answers", str(path)])
+        assert run.exit_code != 0 and said in run.output, run.output
+        assert chain.block_number() == blocks
+
+
+@pytest.mark.parametrize("kind", ["CSV", "JSON"])
+def test_label_studios_export_is_a_labelers_answers(chain: Chain, anvil: AnvilService, labelstudio,
+                                                    tmp_path, kind) -> None:
+    """The project's CSV or JSON export (every annotator's answers; the annotator is the user id; the
+    JSON's skipped task, an answer without label) claims exactly the answers of the user named, as the
+    pipeline's export reads them."""
     import urllib.request
 
     from labeling import ProjectSpec, choice_result, register, simulated_annotators, sync_tasks
@@ -91,13 +105,16 @@ def test_label_studios_csv_export_is_a_labelers_answers(chain: Chain, anvil: Anv
     given = [(ids[0], "cat", users[0]), (ids[1], "dog", users[0]), (ids[1], "cat", users[1])]
     for e, label, user in given:
         client.create_annotation(keys[e], choice_result(label, project.field), completed_by=user)
-    url = f"{labelstudio.base_url}/api/projects/{project.id}/export?exportType=CSV"
+    client.create_annotation(keys[ids[2]], [], completed_by=users[0], was_cancelled=True)  # skipped
+    url = f"{labelstudio.base_url}/api/projects/{project.id}/export?exportType={kind}"
     request = urllib.request.Request(url, headers={"Authorization": f"Token {labelstudio.token}"})
-    export = tmp_path / "export.csv"
+    export = tmp_path / f"export.{kind.lower()}"
     export.write_bytes(urllib.request.urlopen(request).read())
 
     run = CliRunner().invoke(app, ["claim-answers", str(export), "--annotator", str(users[0])])
     assert run.exit_code == 0, run.output
+    skipped = 1 if kind == "JSON" else 0  # the CSV export leaves a skipped task out
+    assert (json.loads(run.output)["answers"], json.loads(run.output)["skipped_tasks"]) == (2, skipped)
     labeler = Account.from_key(anvil.dev_keys[5]).address
     seals = {s for bucket in claimed_seals(chain, [labeler])[labeler].values() for s in bucket}
     assert seals == {answer_seal(e, label, labeler) for e, label, user in given if user == users[0]}
