@@ -7,6 +7,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from eth_utils import is_checksum_address
 
+from labeling import ContributorsError
 from pipelines.annotations_audit import audit_export
 from pipelines.assets.labeling import taken_after
 from pipelines.content_io import AssetIndex, StoreResource
@@ -231,8 +232,8 @@ def claims_check(
         ingest = lineage.latest(INGEST, version)
         choices = declared_choices([load_record(client, ingest)] if ingest else [])
         found = export_answer_problems(on_chain, answers, examples, paid, choices, export.ended_at)
-    except ChainError as exc:  # the chain named is not reachable, or not the one deployed on
-        return _claims_result([("chain", f"{exc}; the answers cannot be held to their claims")], 0, 0)
+    except (ChainError, ContributorsError) as exc:  # the chain is unreachable, or the registry unreadable
+        return _claims_result([("setup", f"{exc}; the answers cannot be held to their claims")], 0, 0)
     return _claims_result(found.problems, found.labelers, found.answers)
 
 

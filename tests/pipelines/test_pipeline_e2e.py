@@ -155,6 +155,11 @@ def _answers_are_held_to_their_labelers_claims(settings, labelers):
     assert "answers in the run are not ones" in wrong.description
     assert "claimed answers on" in wrong.description  # and the other labeler's answers are left out
     assert wrong.description.endswith("(`caravan claim-answers`), or sync again")
+    unreadable = settings.home / "unreadable-registry.csv"
+    unreadable.write_text("who,where\n")
+    broken = claims_check(VERSION, store, lineage, ContributorsResource(path=str(unreadable)), chain)
+    assert not broken.passed and broken.description.startswith("setup: ")
+    assert "CSV header must be `contributor,address`" in broken.description
     elsewhere = ChainResource(rpc_url=settings.rpc_url, chain_dir=str(settings.home / "no-deployments"))
     unheld = claims_check(VERSION, store, lineage, resources["contributors"], elsewhere)
     assert unheld.passed and unheld.metadata["labelers_held"].value == 0
