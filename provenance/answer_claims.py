@@ -150,6 +150,8 @@ class _Seals:
 
     def claimed_in(self, spare: Mapping[int, Mapping[bytes, int]], who: bytes) -> dict[str, dict[str, int]]:
         """The answers among `spare` seals (by bucket) on the run's examples: {example: {label: time}}."""
+        if not spare:
+            return {}  # every seal is a recorded answer's: no example need be hashed
         if self._in_bucket is None:
             self._in_bucket = {}
             for e in self.examples:

@@ -11,7 +11,7 @@ import pytest
 from eth_account import Account
 
 from provenance.anvil import AnvilNode, free_port
-from provenance.chain import Chain, load_account, write_keystore
+from provenance.chain import Chain, load_account, run_key, write_keystore
 from provenance.errors import (
     AlreadyPublished,
     ChainError,
@@ -25,6 +25,7 @@ from provenance.errors import (
 )
 from provenance.records import Record, load_record, put_record
 from provenance.runs import publish_run
+from provenance.weights import share_leaves
 from serving.sample import CODE, SampleRun
 from storage import BlockStore, snapshot_parquet
 from tests.services.anvil import AnvilService
@@ -54,6 +55,25 @@ def test_publish_is_idempotent_and_verifiable(chain: Chain, store: BlockStore, s
     again = publish_run(chain, store, "run-1", sample_run.head)
     assert again.sent == 0 and again.root == first.root
     assert sorted(e.record_cid for e in chain.recorded_events("run-1")) == sorted(sample_run.records.values())
+
+
+def test_batch_calls_answer_as_web3s_own_calls_do(
+    chain: Chain, store: BlockStore, sample_run: SampleRun
+) -> None:
+    """`batch_call` encodes and decodes with eth_abi itself: held to web3's one call at a time, for bool,
+    uint and bytes32[] arguments, across batches, a wrong leaf among them."""
+    publish_run(chain, store, "run-1", sample_run.head)
+    tree = share_leaves(sample_run.weights).tree
+    verify, key = chain.distributor.functions.verifyLeaf, run_key("run-1")
+    calls = [verify(key, address, bps + (i == 1), [bytes.fromhex(p[2:]) for p in tree.proof(i)])
+             for i, (address, bps) in enumerate(tree.values[:3])]
+    calls += [chain.distributor.functions.claimedOf(key, tree.values[0][0], tree.values[0][1]),
+              chain.registry.functions.isRecorded(sample_run.records["weighting"]),
+              chain.registry.functions.isRecorded("bafynotrecorded"),
+              chain.claims.functions.claimedAt(tree.values[0][0], b"\x01" * 32)]
+    expected = [c.call() for c in calls]
+    assert expected[:3] == [True, False, True] and expected[4:6] == [True, False]
+    assert chain.batch_call(calls) == chain.batch_call(calls, size=2) == expected
 
 
 def test_a_second_weighting_record_for_a_published_run_is_refused(
