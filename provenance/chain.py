@@ -342,9 +342,10 @@ class Chain:
             chunk = calls[start : start + size]
             requests = [("eth_call", [{"to": c.address, "data": _calldata(c)}, "latest"]) for c in chunk]
             replies = self._rpc("batch eth_call", lambda r=requests: self.w3.provider.make_batch_request(r))
-            if isinstance(replies, dict):  # the whole batch refused
-                raise ChainError(f"batch eth_call failed on {redact_url(self.rpc_url)}: "
-                                 f"{replies.get('error')}")
+            if isinstance(replies, dict) or len(replies) != len(chunk):  # the batch refused, or cut short
+                why = replies.get("error") if isinstance(replies, dict) else f"{len(replies)} answers"
+                raise ChainError(f"a batch of {len(chunk)} eth_calls failed on {redact_url(self.rpc_url)}: "
+                                 f"{why}")
             for call, reply in zip(chunk, sorted(replies, key=lambda x: x["id"]), strict=True):
                 if "error" in reply:
                     raise ChainError(f"eth_call {call.fn_name} failed on {redact_url(self.rpc_url)}: "
@@ -837,6 +838,8 @@ def _returned(call: Any, data: str) -> Any:
     """A call's return data decoded as web3 gives it: the value itself where there is one, addresses
     checksummed."""
     types = [o["type"] for o in call.abi["outputs"]]
+    if types and data in ("0x", ""):
+        raise ChainError(f"{call.fn_name} at {call.address} returned nothing: no contract is deployed there")
     values = [to_checksum_address(v) if t == "address" else v
               for t, v in zip(types, eth_abi.decode(types, bytes.fromhex(data[2:])), strict=True)]
     return values[0] if len(values) == 1 else values

@@ -156,7 +156,7 @@ def _answers_are_held_to_their_labelers_claims(settings, labelers):
     assert "claimed answers on" in wrong.description  # and the other labeler's answers are left out
     assert wrong.description.endswith("(`caravan claim-answers`), or sync again")
     unreadable = settings.home / "unreadable-registry.csv"
-    unreadable.write_text("who,where\n")
+    unreadable.write_text("who,where\nsim-1,0x0\n")
     broken = claims_check(VERSION, store, lineage, ContributorsResource(path=str(unreadable)), chain)
     assert not broken.passed and broken.description.startswith("setup: ")
     assert "CSV header must be `contributor,address`" in broken.description

@@ -74,6 +74,9 @@ def test_batch_calls_answer_as_web3s_own_calls_do(
     expected = [c.call() for c in calls]
     assert expected[:3] == [True, False, True] and expected[4:6] == [True, False]
     assert chain.batch_call(calls) == chain.batch_call(calls, size=2) == expected
+    nowhere = chain.w3.eth.contract(address=Account.create().address, abi=chain.claims.abi)
+    with pytest.raises(ChainError, match="claimedAt at 0x.* returned nothing: no contract is deployed there"):
+        chain.batch_call([*calls, nowhere.functions.claimedAt(tree.values[0][0], b"\x01" * 32)])
 
 
 def test_a_second_weighting_record_for_a_published_run_is_refused(
