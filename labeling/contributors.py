@@ -84,10 +84,10 @@ def _checksummed(addr: str, cid: str, source: str) -> str:
 
 
 def _read_csv(text: str, path: Path) -> list[tuple[str, str]]:
-    rows = list(csv.DictReader(io.StringIO(text)))
-    if rows and not {"contributor", "address"} <= set(rows[0]):
-        raise ContributorsError(f"{path}: CSV header must be `contributor,address`, got {list(rows[0])}")
-    return [(r["contributor"] or "", r["address"] or "") for r in rows]
+    reader = csv.DictReader(io.StringIO(text))
+    if reader.fieldnames is not None and not {"contributor", "address"} <= set(reader.fieldnames):
+        raise ContributorsError(f"{path}: CSV header must be `contributor,address`, got {reader.fieldnames}")
+    return [(r["contributor"] or "", r["address"] or "") for r in reader]
 
 
 def _read_yaml(text: str, path: Path) -> list[tuple[str, str]]:

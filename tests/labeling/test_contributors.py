@@ -36,6 +36,7 @@ def test_every_contributor_without_address_is_named_in_one_error(tmp_path):
         (f"contributor,address\nann,{A[:3]}{A[3:].swapcase()}\n", "checksum"),  # mixed case, wrong checksum
         (f"contributor,address\nann,{A}\nann,{B}\n", "listed twice"),
         (f"who,address\nann,{A}\n", "header"),
+        ("who,where\n", "header"),  # a header alone is a registry, and must be the right one
         (f"contributor,address\n,{A}\n", "empty contributor id"),
     ],
 )
