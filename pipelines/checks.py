@@ -16,6 +16,7 @@ from pipelines.resources import ChainResource, ContributorsResource, LabelStudio
 from provenance import (
     INGEST,
     LABELING_EXPORT,
+    AnswerCheck,
     ChainError,
     LabelingExportRecord,
     TrainingRecord,
@@ -225,7 +226,7 @@ def claims_check(
     try:
         on_chain = chain.deployed()
         if on_chain is None:
-            return _claims_result([], 0, 0, "no contracts were deployed from here: no claims to hold to")
+            return _claims_result(AnswerCheck(), "no contracts were deployed from here: no claims to hold to")
         client, export, answers, examples = _latest_export(store, lineage, version)
         registry = contributors.registry().addresses if Path(contributors.path).exists() else {}
         paid = {a: registry[a] for a in pc.unique(answers["annotator"]).to_pylist() if a in registry}
@@ -233,21 +234,23 @@ def claims_check(
         choices = declared_choices([load_record(client, ingest)] if ingest else [])
         found = export_answer_problems(on_chain, answers, examples, paid, choices, export.ended_at)
     except (ChainError, ContributorsError) as exc:  # the chain is unreachable, or the registry unreadable
-        return _claims_result([("setup", f"{exc}; the answers cannot be held to their claims")], 0, 0)
-    return _claims_result(found.problems, found.labelers, found.answers)
+        return _claims_result(AnswerCheck(), f"{exc}; the answers cannot be held to their claims",
+                              failed=True)
+    return _claims_result(found)
 
 
 def _claims_result(
-    problems: list[tuple[str, str]], labelers: int, answers: int, note: str | None = None
+    found: AnswerCheck, note: str | None = None, *, failed: bool = False
 ) -> dg.AssetCheckResult:
-    description = "; ".join(f"{who}: {why}" for who, why in problems) + (
-        ". Ask each labeler named to claim the answers it gave (`caravan claim-answers`), or sync again"
-        if problems and labelers else "")
+    """The check's result: `found`'s problems with what to do about them, else `note`."""
+    if found.problems:
+        note = "; ".join(f"{who}: {why}" for who, why in found.problems) + (
+            ". Ask each labeler named to claim the answers it gave (`caravan claim-answers`), or sync again")
     return dg.AssetCheckResult(
-        passed=not problems,
-        description=description or note,
-        metadata={"labelers_held": labelers, "answers_held": answers,
-                  "labelers_failing": dg.MetadataValue.json(sorted({who for who, _ in problems}))},
+        passed=not (failed or found.problems),
+        description=note,
+        metadata={"labelers_held": found.labelers, "answers_held": found.answers,
+                  "labelers_failing": dg.MetadataValue.json(sorted({who for who, _ in found.problems}))},
     )
 
 

@@ -283,7 +283,7 @@ def table_reader(store: ContentStore, keys: Sequence[DataKey] = ()) -> Callable[
 
 
 def declared_choices(records: Iterable[Record]) -> list[str]:
-    """The labels the labeling spec of these records' ingest declares: those a labeler could answer
-    (with any label recorded beside them, which `_held` adds)."""
+    """The labels the labeling spec of these records' ingest declares: those a labeler could answer (the
+    checks add any label recorded beside them)."""
     return sorted({str(c) for r in records if r.activity == INGEST
                    for c in ((r.params.get("labeling") or {}).get("choices") or ())})

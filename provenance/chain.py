@@ -35,6 +35,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_hash.auto import keccak
 from eth_utils import function_signature_to_4byte_selector, is_checksum_address, to_checksum_address
+from eth_utils.abi import get_abi_input_types, get_abi_output_types
 from tenacity import Retrying as _Retrying
 from tenacity import retry_if_exception_type, stop_after_attempt, wait_exponential
 from web3 import HTTPProvider, Web3
@@ -830,14 +831,14 @@ def _revert_error(action: str, exc: Exception) -> TransactionError:
 
 def _calldata(call: Any) -> str:
     """A web3 contract function call's calldata: its selector and eth_abi-encoded arguments."""
-    arguments = eth_abi.encode([i["type"] for i in call.abi["inputs"]], call.args)
+    arguments = eth_abi.encode(get_abi_input_types(call.abi), call.args)
     return "0x" + (function_signature_to_4byte_selector(call.signature) + arguments).hex()
 
 
 def _returned(call: Any, data: str) -> Any:
     """A call's return data decoded as web3 gives it: the value itself where there is one, addresses
     checksummed."""
-    types = [o["type"] for o in call.abi["outputs"]]
+    types = get_abi_output_types(call.abi)
     if types and data in ("0x", ""):
         raise ChainError(f"{call.fn_name} at {call.address} returned nothing: no contract is deployed there")
     values = [to_checksum_address(v) if t == "address" else v
