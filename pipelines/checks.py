@@ -201,10 +201,11 @@ def _latest_export(store: StoreResource, lineage: LineageResource, version: str)
     asset="annotations",
     blocking=True,
     description="Each labeler that claims its answers on chain (`caravan claim-answers`) finds them in the "
-    "export as it claimed them: none edited, invented or not yet claimed, and none it claimed before the "
-    "export left out. Publishing a split holds its answers to the same claims and would refuse it: "
-    "checked here, no model is trained on answers that could not be paid by. Labelers who claim nothing, "
-    "and a chain Caravan's contracts were never deployed on from here, leave nothing to check.",
+    "export as it claimed them, as publishing the split will hold them. An answer it claimed before the "
+    "export, left out of it, blocks training on the export (sync again). An answer not claimed as recorded "
+    "(not yet claimed, or changed since) warns: publishing refuses the run until its labeler claims it, "
+    "which needs no retraining. Labelers who claim nothing, and a chain Caravan's contracts were never "
+    "deployed on from here, leave nothing to check.",
 )
 def answers_match_their_claims(
     context: dg.AssetCheckExecutionContext,
@@ -227,31 +228,43 @@ def claims_check(
         on_chain = chain.deployed()
         if on_chain is None:
             return _claims_result(AnswerCheck(), "no contracts were deployed from here: no claims to hold to")
+        if not Path(contributors.path).exists():
+            return _claims_result(AnswerCheck(), "no contributors registry: no labeler's address is known")
         client, export, answers, examples = _latest_export(store, lineage, version)
-        registry = contributors.registry().addresses if Path(contributors.path).exists() else {}
+        registry = contributors.registry().addresses
         paid = {a: registry[a] for a in pc.unique(answers["annotator"]).to_pylist() if a in registry}
         ingest = lineage.latest(INGEST, version)
         choices = declared_choices([load_record(client, ingest)] if ingest else [])
         found = export_answer_problems(on_chain, answers, examples, paid, choices, export.ended_at)
     except (ChainError, ContributorsError) as exc:  # the chain is unreachable, or the registry unreadable
-        return _claims_result(AnswerCheck(), f"{exc}; the answers cannot be held to their claims",
-                              failed=True)
+        return _claims_result(AnswerCheck(), f"{exc}; the answers could not be held to their claims "
+                                             "(publishing the split will hold them)", failed=True)
     return _claims_result(found)
 
 
 def _claims_result(
     found: AnswerCheck, note: str | None = None, *, failed: bool = False
 ) -> dg.AssetCheckResult:
-    """The check's result: `found`'s problems with what to do about them, else `note`."""
-    if found.problems:
-        note = "; ".join(f"{who}: {why}" for who, why in found.problems) + (
-            ". Ask each labeler named to claim the answers it gave (`caravan claim-answers`), or sync again")
+    """The check's result: `found`'s problems with what to do about them, else `note`. Only answers left
+    out of the export block (ERROR): the rest, and a check that could not run, warn."""
+    if found.dropped:
+        note = (_problems(found) + ". Sync again, so that the export holds the answers they claimed, "
+                "and ask each to claim every answer it gave (`caravan claim-answers`)")
+    elif found.problems:
+        note = (_problems(found) + ". Publishing the split will refuse it until each labeler named claims "
+                "the answers it gave (`caravan claim-answers`), or they are left out")
     return dg.AssetCheckResult(
         passed=not (failed or found.problems),
+        severity=dg.AssetCheckSeverity.ERROR if found.dropped else dg.AssetCheckSeverity.WARN,
         description=note,
         metadata={"labelers_held": found.labelers, "answers_held": found.answers,
-                  "labelers_failing": dg.MetadataValue.json(sorted({who for who, _ in found.problems}))},
+                  "labelers_failing": dg.MetadataValue.json(sorted({who for who, _ in found.problems})),
+                  "labelers_left_out": dg.MetadataValue.json(sorted(found.dropped))},
     )
+
+
+def _problems(found: AnswerCheck) -> str:
+    return "; ".join(f"{who}: {why}" for who, why in found.problems)
 
 
 all_checks = [

@@ -101,6 +101,7 @@ class AnswerCheck:
     problems: list[tuple[str, str]] = field(default_factory=list)  # (labeler, why)
     labelers: int = 0  # labelers held to their claims
     answers: int = 0  # answers held to them
+    dropped: list[str] = field(default_factory=list)  # labelers with claimed answers left out
 
 
 def answer_problems(
@@ -196,6 +197,7 @@ def _hold(
     dropped = sorted(e for e, labels in others.items() if e not in answered and exported_at is not None
                      and claim_time(min(labels.values())) <= exported_at)
     if dropped:
+        check.dropped.append(labeler)
         some = f"{len(dropped)} example" + ("s" if len(dropped) > 1 else "")
         shown = f"{', '.join(dropped[:SHOWN])}{_more(dropped)}"
         check.problems.append((labeler, f"{address} claimed answers on {some} before its answers were "

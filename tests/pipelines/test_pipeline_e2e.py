@@ -35,8 +35,8 @@ def test_demo_runs_end_to_end_and_a_rerun_duplicates_nothing(caravan_env):
     assert {r["role"] for r in first["weights"]} == {"provider", "labeler"}
     assert first["claim_tx"] and first["claimed_wei"] > 0
     _flagged_labels_are_stored_and_queued_for_review(settings, first["mislabels"])
-    _answers_are_held_to_their_labelers_claims(settings, [r["contributor"] for r in first["weights"]
-                                                          if r["role"] == "labeler"])
+    _answers_are_held_to_their_labelers_claims(settings, sorted(r["contributor"] for r in first["weights"]
+                                                                 if r["role"] == "labeler"))
 
     chain = _chain(settings)
     records = chain.recorded_events(first["run_id"])
@@ -135,11 +135,19 @@ def _sensor_requests(settings) -> list:
 
 def _answers_are_held_to_their_labelers_claims(settings, labelers):
     """`answers_match_their_claims` (blocking: the demo trained, so it passed) holds each of the demo's
-    labelers to its claims; paid at another labeler's address, each fails; with no contracts deployed
-    from here, nothing is held."""
+    labelers to its claims. Paid at another labeler's address, each fails, and blocks (ERROR): that
+    address claimed answers the export left out. Paid at an address whose one claim came after the export,
+    a labeler's unclaimed answers warn (publishing would refuse them; a claim needs no retraining). An
+    unreadable registry warns; with no contracts deployed from here, nothing is held."""
+    from eth_account import Account
+
     from labeling import ContributorsRegistry
     from pipelines.checks import claims_check
+    from pipelines.content_io import AssetIndex
     from pipelines.resources import ChainResource, ContributorsResource, resources_for
+    from provenance import claim_answers
+    from provenance.anvil import funded
+    from storage import read_parquet
 
     resources = resources_for(settings)
     store, lineage, chain = resources["store"], resources["lineage"], resources["chain"]
@@ -147,18 +155,34 @@ def _answers_are_held_to_their_labelers_claims(settings, labelers):
     assert held.passed, held.description
     assert (held.metadata["labelers_held"].value, held.metadata["answers_held"].value) == (4, 480)
     addresses = ContributorsRegistry.load(settings.contributors_file).addresses
-    swapped = settings.home / "swapped-labelers.csv"  # each labeler paid at the next one's address
-    swapped.write_text("contributor,address\n" + "".join(
-        f"{who},{addresses[labelers[(i + 1) % len(labelers)]]}\n" for i, who in enumerate(labelers)))
-    wrong = claims_check(VERSION, store, lineage, ContributorsResource(path=str(swapped)), chain)
-    assert not wrong.passed and wrong.metadata["labelers_failing"].value == sorted(labelers)
+
+    def check_paying(pays: dict[str, str]):
+        registry = settings.home / "registry-under-test.csv"
+        registry.write_text("contributor,address\n" + "".join(f"{who},{a}\n" for who, a in pays.items()))
+        return claims_check(VERSION, store, lineage, ContributorsResource(path=str(registry)), chain)
+
+    wrong = check_paying({who: addresses[labelers[(i + 1) % 4]] for i, who in enumerate(labelers)})
+    assert not wrong.passed and wrong.severity == dg.AssetCheckSeverity.ERROR
+    assert wrong.metadata["labelers_failing"].value == wrong.metadata["labelers_left_out"].value == labelers
     assert "answers in the run are not ones" in wrong.description
-    assert "claimed answers on" in wrong.description  # and the other labeler's answers are left out
-    assert wrong.description.endswith("(`caravan claim-answers`), or sync again")
+    assert "claimed answers on" in wrong.description and "Sync again" in wrong.description
+
+    answers = read_parquet(BlockStore(settings.store_dir).get(
+        AssetIndex(pointer_dir=str(settings.pointer_dir)).cid_of("annotations", VERSION)))
+    mine = next(r for r in answers.to_pylist() if r["annotator"] == labelers[0])
+    late = Account.create()  # claims one answer now, after the export, with another label
+    claim_answers(funded(_chain(settings), late), [(mine["example_id"], next(c for c in CHOICES
+                                                                              if c != mine["label"]))])
+    pending = check_paying({**{who: addresses[who] for who in labelers}, labelers[0]: late.address})
+    assert not pending.passed and pending.severity == dg.AssetCheckSeverity.WARN
+    assert pending.metadata["labelers_failing"].value == [labelers[0]]
+    assert pending.metadata["labelers_left_out"].value == []
+    assert "Publishing the split will refuse it" in pending.description
+
     unreadable = settings.home / "unreadable-registry.csv"
-    unreadable.write_text("who,where\nsim-1,0x0\n")
+    unreadable.write_text("who,where\n")
     broken = claims_check(VERSION, store, lineage, ContributorsResource(path=str(unreadable)), chain)
-    assert not broken.passed and broken.metadata["labelers_failing"].value == []
+    assert not broken.passed and broken.severity == dg.AssetCheckSeverity.WARN
     assert "CSV header must be `contributor,address`" in broken.description
     elsewhere = ChainResource(rpc_url=settings.rpc_url, chain_dir=str(settings.home / "no-deployments"))
     unheld = claims_check(VERSION, store, lineage, resources["contributors"], elsewhere)

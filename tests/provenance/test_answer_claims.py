@@ -67,9 +67,12 @@ def test_answers_are_held_to_the_claims_of_their_labeler() -> None:
     invented = [*answers, {"example_id": e3, "annotator": "ann", "label": "cat"}]
     [(_, why)] = answer_problems(invented, paid, claims, [E1, E2, e3], ["cat", "dog"], exported).problems
     assert f"example {e3} recorded as 'cat', claimed as nothing" in why
+    assert answer_problems(edited, paid, claims, [E1, E2], ["cat", "dog"], exported).dropped == []
     dropped = answers[1:]
-    [(_, why)] = answer_problems(dropped, paid, claims, [E1, E2], ["cat", "dog"], exported).problems
+    left_out = answer_problems(dropped, paid, claims, [E1, E2], ["cat", "dog"], exported)
+    [(_, why)] = left_out.problems
     assert f"{ann} claimed answers on 1 example before" in why and f"none of its answers there ({E1})" in why
+    assert left_out.dropped == ["ann"]
     # a claim made after the export may answer after it: no example is held to it
     assert answer_problems(dropped, paid, claims, [E1, E2], ["cat", "dog"], claim_time(t - 1)).problems == []
     # bob's claims are of another dataset's examples only: his answers here are not held to them
