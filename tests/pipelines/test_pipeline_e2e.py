@@ -138,7 +138,7 @@ def _answers_are_held_to_their_labelers_claims(settings, labelers):
     labelers to its claims. Paid at another labeler's address, each fails, and blocks (ERROR): that
     address claimed answers the export left out. Paid at an address whose one claim came after the export,
     a labeler's unclaimed answers warn (publishing would refuse them; a claim needs no retraining). An
-    unreadable registry warns; with no contracts deployed from here, nothing is held."""
+    unreadable registry warns; with no registry, or no contracts deployed from here, nothing is held."""
     from eth_account import Account
 
     from labeling import ContributorsRegistry
@@ -184,6 +184,9 @@ def _answers_are_held_to_their_labelers_claims(settings, labelers):
     broken = claims_check(VERSION, store, lineage, ContributorsResource(path=str(unreadable)), chain)
     assert not broken.passed and broken.severity == dg.AssetCheckSeverity.WARN
     assert "CSV header must be `contributor,address`" in broken.description
+    nowhere = ContributorsResource(path=str(settings.home / "no-registry.csv"))
+    unknown = claims_check(VERSION, store, lineage, nowhere, chain)
+    assert unknown.passed and unknown.description == "no contributors registry: no labeler's address is known"
     elsewhere = ChainResource(rpc_url=settings.rpc_url, chain_dir=str(settings.home / "no-deployments"))
     unheld = claims_check(VERSION, store, lineage, resources["contributors"], elsewhere)
     assert unheld.passed and unheld.metadata["labelers_held"].value == 0
