@@ -374,7 +374,9 @@ class ChainResource(dg.ConfigurableResource):
     def deployed(self):
         """The `Chain`, where Caravan's contracts were deployed from here (a deployments file in
         `chain_dir`), deploying nothing; None where none were: there is nothing on chain to read."""
-        return self._chain() if any(Path(self.chain_dir).glob("deployments-*.json")) else None
+        from provenance import deployed_from
+
+        return self._chain() if deployed_from(self.chain_dir) else None
 
     def _chain(self):
         from provenance import Chain

@@ -94,6 +94,7 @@ from provenance.chain import (
     Distribution,
     RecordedEvent,
     TxResult,
+    deployed_from,
     load_account,
     run_key,
 )
@@ -233,6 +234,7 @@ __all__ = [
     "claims_deployed",
     "date_registrations",
     "declared_choices",
+    "deployed_from",
     "export_answer_problems",
     "file_claims",
     "honoured",

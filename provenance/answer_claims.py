@@ -181,8 +181,9 @@ def _hold(
             matched.add(seal)
         else:
             unclaimed.append(a)
-    spare = {b: {s: t for s, t in sent.items() if s not in matched} for b, sent in seals.items()}
-    others = known.claimed_in({b: sent for b, sent in spare.items() if sent}, who)
+    spare = {b: rest for b, sent in seals.items()  # seals no recorded answer accounts for, by bucket
+             if (rest := {s: t for s, t in sent.items() if s not in matched})}
+    others = known.claimed_in(spare, who)
     if not matched and not others:
         return  # its claims are of no example of this run's: it is not held to them
     check.labelers += 1

@@ -359,7 +359,7 @@ class Chain:
     @property
     def deployments_path(self) -> Path:
         """`deployments-<chain id>.json` in the chain dir: written by `deploy`, read by `contract`."""
-        return self.chain_dir / f"deployments-{self.chain_id}.json"
+        return self.chain_dir / DEPLOYMENTS_FILE.format(self.chain_id)
 
     @property
     def journal_path(self) -> Path:
@@ -827,6 +827,15 @@ def _revert_error(action: str, exc: Exception) -> TransactionError:
     if reason.startswith(("AlreadyRecorded", "DistributionExists")):
         return AlreadyPublished(f"{action}: {reason}")
     return TransactionError(f"{action}: the contract refused it: {reason}")
+
+
+DEPLOYMENTS_FILE = "deployments-{}.json"  # in the chain dir, one per chain id
+
+
+def deployed_from(chain_dir: str | Path) -> bool:
+    """Whether Caravan's contracts were deployed from this chain dir (a deployments file, of any chain, in
+    it): known without asking a node, so what reads the chain only where they were asks none otherwise."""
+    return any(Path(chain_dir).glob(DEPLOYMENTS_FILE.format("*")))
 
 
 def _calldata(call: Any) -> str:

@@ -179,12 +179,12 @@ def _answers_table(path: Path):
         raise CaravanError(f"{path}: not a file of answers ({', '.join(sorted(SUFFIX_READERS))}); export "
                            "yours from Label Studio (Export, CSV or JSON)")
     try:
-        with path.open("rb") as f:
-            export = path.suffix.lower() == ".json" and f.read(4096).lstrip()[:1] == b"["
-        if export:
-            names = ("example_id", "annotator", "label")
-            rows = exported_answers(json.loads(path.read_bytes()))
-            return pa.Table.from_pylist(rows, schema=pa.schema([(n, pa.string()) for n in names]))
+        if path.suffix.lower() == ".json":
+            data = path.read_bytes()
+            if data.lstrip()[:1] == b"[":  # a list: Label Studio's JSON export
+                rows = exported_answers(json.loads(data))
+                names = ("example_id", "annotator", "label")
+                return pa.Table.from_pylist(rows, schema=pa.schema([(n, pa.string()) for n in names]))
         return reader(path)
     except Exception as exc:  # noqa: BLE001 - any reader's failure is the same bad input
         raise CaravanError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None

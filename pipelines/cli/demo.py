@@ -362,7 +362,9 @@ def ingest(
 
 def _deployed(settings) -> bool:
     """Whether Caravan's contracts were deployed from here: ingest then honours source claims."""
-    return any(settings.chain_dir.glob("deployments-*.json"))
+    from provenance import deployed_from
+
+    return deployed_from(settings.chain_dir)
 
 
 def _claim_lookup(settings):
