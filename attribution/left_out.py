@@ -8,7 +8,7 @@ little), noisy inputs that regularize, mislabeled rows that only hurt in bulk, a
 shape which labelers the consensus trusts. Retraining without the group measures it directly, at
 the cost of ``runs`` plain trainings per provider, which is why the pipeline does it only up to a
 recorded number of providers (``TrainingConfig.left_out_max``) and pays by the summed scores beyond
-it. Figures against ``bench/contributor_value.py``'s leave-one-out truth are in the README.
+it. Figures against ``bench/contributor_value.py``'s leave-one-out truth are in `docs/royalties.md`.
 
 A provider's group is every training example it is paid for: with ``credit`` (the ingest's
 ``example_credit``) a duplicate group counts for the provider(s) it pays, so a copycat's group is
@@ -45,7 +45,7 @@ dropped, the consensus refitted from the rest, the run retrained on those labels
 answer are left out), one retrain per seed; a labeler whose absence changes no label is not retrained
 and is worth exactly 0. Its row sits beside the providers' (``role``), so replay checks it alike. Paid
 by it (``WeightPolicy(labelers='left_out')``), labeler pay follows that truth where the moves of
-``'valued'`` miss what a labeler does to the whole fit (bench figures in the README), at one plain
+``'valued'`` miss what a labeler does to the whole fit (bench figures in `docs/royalties.md`), at one plain
 training per labeler and seed.
 """
 

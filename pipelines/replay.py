@@ -983,7 +983,7 @@ def _review_outside_band(stored: pa.Table, made: Reviewed, nudged: Reviewed) -> 
     the largest gap between two cross-fits here, the second with every step's weights one last bit off
     (as the retrains' band); and its other columns what those probabilities give (`rescored`). Reviews
     under ATen's AVX2 and unvectorized kernels landed at most 0.89 of that gap from an AVX-512 one (the
-    image recipe; the MLP, forest and text recipes at most 0.26), with the same flags (README)."""
+    image recipe; the MLP, forest and text recipes at most 0.26), with the same flags (`docs/replay.md`)."""
     keys = list(REVIEW_KEYS)
     if stored.column_names != made.table.column_names or not _same_rows(stored.select(keys),
                                                                          made.table.select(keys)):
@@ -1141,7 +1141,7 @@ def _compare_left_out_values(
 
 def _band(report: ReplayReport) -> str:
     """What a difference beyond the band says, where the replay was not bit for bit: rounding on another
-    platform has carried an honest run further than this machine's two retrains spread (README)."""
+    platform has carried an honest run further than this machine's two retrains spread (`docs/replay.md`)."""
     if report.bit_exact:
         return ""
     return ("; beyond this machine's rounding band, which another platform's rounding has exceeded for an "

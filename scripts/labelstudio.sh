@@ -11,7 +11,7 @@
 #   reads it)  LABEL_STUDIO_DATA_DIR ($CARAVAN_HOME/labelstudio: its database, media, pid and log)
 #   LABEL_STUDIO_USERNAME / LABEL_STUDIO_PASSWORD / LABEL_STUDIO_USER_TOKEN: the admin account
 #   and its API token, created at first start with no browser.
-#   For PostgreSQL set DJANGO_DB=default and POSTGRE_NAME/USER/PASSWORD/HOST/PORT (see README).
+#   For PostgreSQL set DJANGO_DB=default and POSTGRE_NAME/USER/PASSWORD/HOST/PORT (see docs/labeling.md).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"

@@ -312,7 +312,7 @@ def test_labelers_are_paid_by_their_left_out_values_where_the_table_has_them():
     providers_only = _left_out({"c0": 0.01, "c1": 0.01, "c2": 0.02})
     assert contributor_weights(*tables, ADDR, policy, left_out=providers_only).equals(
         contributor_weights(*tables, ADDR, left_out=providers_only))
-    assert WeightPolicy().labelers == "valued"  # the default: what their answers moved (README says why)
+    assert WeightPolicy().labelers == "valued"  # the default (docs/royalties.md says why)
     assert not contributor_weights(*tables, ADDR, left_out=table).equals(
         contributor_weights(*tables, ADDR, policy, left_out=table))
     assert WeightPolicy.from_params({"negative": "net"}).labelers == "agree"  # records before the field
