@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 
 from labeling import ModelProbs
+from pipelines.compute_platform import training_platform
 from pipelines.settings import Settings, load_settings
 
 
@@ -34,6 +35,13 @@ def caravan_env(labeling_env, monkeypatch, anvil):
     monkeypatch.setenv("CARAVAN_RPC_URL", anvil.rpc_url)
     monkeypatch.setenv("CARAVAN_PRIVATE_KEY", anvil.dev_keys[0])
     return load_settings()
+
+
+def replay_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replay as on another CPU (its CPU capability differs from the run's): off the run's platform it
+    retrains twice, side by side, and holds the run to the band of the two."""
+    elsewhere = {**training_platform(), "cpu_capability": "OTHER"}
+    monkeypatch.setattr("pipelines.replay.platform.training_platform", lambda: elsewhere)
 
 
 @contextlib.contextmanager

@@ -43,7 +43,7 @@ from provenance import (
     load_record,
 )
 from storage import read_parquet
-from tests.pipelines.conftest import annotations_table
+from tests.pipelines.conftest import annotations_table, replay_elsewhere
 
 VERSION = "review-v1"
 CLASSES = ("a", "b", "c")
@@ -245,7 +245,6 @@ def test_off_its_platform_a_review_is_held_to_the_band_of_two_cross_fits(home, m
     further, or with flags its probabilities do not give, fails; on the run's own platform a
     rounding-sized change fails too."""
     from attribution import nudged_steps
-    from pipelines.compute_platform import training_platform
     from pipelines.replay import NUDGE_SALT, SPREAD_FACTOR
 
     records, cid, record, make = _reviewed_run(home, method="dawid_skene_model")
@@ -265,9 +264,8 @@ def test_off_its_platform_a_review_is_held_to_the_band_of_two_cross_fits(home, m
     assert review.rescored(made, ours).equals(made.table)  # the pure part gives the review again
     assert made.table["flagged"].to_pylist().count(True) > 0
 
-    here = training_platform()
     with monkeypatch.context() as elsewhere:
-        elsewhere.setattr("pipelines.replay.training_platform", lambda: {**here, "cpu_capability": "OTHER"})
+        replay_elsewhere(elsewhere)
         honest = _checked(records, cid, record)
         assert honest.ok and not honest.skipped, honest.failures
         assert _checked(records, cid, record, review.rescored(made, rounded)).ok

@@ -20,7 +20,6 @@ import torch
 from attribution import TRAK_VALUE_METHOD, AttributionError, HfTextEncoding, payload_encoding_from_json
 from pipelines.assets import review, royalties, training
 from pipelines.assets.training import TrainingConfig, recipe_for, stored_local_model, train_labeled
-from pipelines.compute_platform import training_platform
 from pipelines.demo import write_contributors
 from pipelines.partitions import dataset_versions
 from pipelines.replay import replay_run
@@ -28,7 +27,12 @@ from pipelines.resources import DatasetCatalog
 from provenance import LABEL_REVIEW, TRAINING, CodeVersion, RunRecords, TrainingRecord, load_record
 from serving import API_KEY_HEADER, SPLIT_QUERY, Ledger, create_app, load_run
 from storage import BlockStore, FileTable
-from tests.pipelines.conftest import annotations_table, consistent_labels, stored_upstream
+from tests.pipelines.conftest import (
+    annotations_table,
+    consistent_labels,
+    replay_elsewhere,
+    stored_upstream,
+)
 from tests.services.anvil import AnvilService
 
 VERSION = "hf-v1"
@@ -239,7 +243,7 @@ def test_an_hf_run_replays_bit_for_bit_from_its_stored_model(published, monkeypa
     report = replay_run(published["chain"], published["store"], published["run_id"], code=CODE)
     assert report.ok and report.same_platform, [f.__dict__ for f in report.failures]
     assert report.max_score_diff == 0.0 and report.replayed_root == report.onchain_root
-    monkeypatch.setattr("pipelines.replay.pipeline_code", lambda: CODE)
+    monkeypatch.setattr("pipelines.replay.run.pipeline_code", lambda: CODE)
     shown = CliRunner().invoke(app, ["verify", published["run_id"], "--replay"])
     assert shown.exit_code == 0 and "OK:" in shown.output, shown.output
 
@@ -248,8 +252,7 @@ def test_an_hf_run_replays_on_another_platform_through_its_stored_checkpoints(pu
     """Off the run's platform the model, features and scores of an hf-local run are checked through the
     checkpoints its features store, evaluated from the stored base model: here (another platform only
     by name) they give exactly what training stored."""
-    here = training_platform()
-    monkeypatch.setattr("pipelines.replay.training_platform", lambda: {**here, "cpu_capability": "OTHER"})
+    replay_elsewhere(monkeypatch)
     report = replay_run(published["chain"], published["store"], published["run_id"], code=CODE)
     assert report.ok and not report.same_platform, [f.__dict__ for f in report.failures]
     assert report.feature_gap == 0.0 and report.checkpoint_score_diff == 0.0

@@ -16,12 +16,12 @@ import torch
 from PIL import Image, ImageDraw
 
 from attribution import TRAK_VALUE_METHOD, PayloadEncoding, TextEncoding, payload_encoding_from_json
-from pipelines.compute_platform import training_platform
 from pipelines.demo import UserData, run_demo
 from pipelines.replay import replay_run
 from provenance import TRAINING, Chain, CodeVersion, RunRecords, TrainingRecord, load_record
 from serving import Ledger
 from storage import BlockStore, cid_for_bytes, read_parquet
+from tests.pipelines.conftest import replay_elsewhere
 from tests.pipelines.test_demo_data import TOPICS, make_texts_module
 
 CODE = CodeVersion("caravan", "0.1.0", "ef" * 20, False)  # the clean checkout this test stands for
@@ -130,15 +130,15 @@ def test_a_payload_set_is_labeled_trained_paid_served_and_replayed(caravan_env, 
         given = zip(owner["image"].to_pylist(), owner["shape"].to_pylist(), strict=True)
         held = zip(validation["image"].to_pylist(), validation["label"].to_pylist(), strict=True)
         assert sorted(held) == sorted(given)
-    monkeypatch.setattr("pipelines.replay.pipeline_code", lambda: CODE)
+    monkeypatch.setattr("pipelines.replay.run.pipeline_code", lambda: CODE)
     replayed = replayed_elsewhere(chain, store, first["run_id"])
     assert replayed.ok and replayed.same_platform, [f.__dict__ for f in replayed.failures]
     assert not replayed.skipped  # the examples, credit and validation set made again from the sources too
     assert replayed.max_score_diff == 0.0  # bit for bit
     assert replayed.replayed_root == replayed.onchain_root
     if kind == "image":  # another platform rounds differently: within the spread of two replays there
-        here, threads = training_platform(), torch.get_num_threads()
-        monkeypatch.setattr("pipelines.replay.training_platform", lambda: {**here, "cpu_capability": "OTHER"})
+        threads = torch.get_num_threads()
+        replay_elsewhere(monkeypatch)
         # side by side, the first replay on half the threads rounds unlike the run
         torch.set_num_threads(threads if threads > 1 else 3)
         try:

@@ -95,7 +95,7 @@ def test_a_private_version_end_to_end(private_run, tmp_path, monkeypatch):
            "not held to their claims: no key)" in bare.output
     assert "the run's answers are private: not held to their labelers' claims (no key)" in bare.output
     # with the operator's key: every private value opened, and the replay re-derives scores and root
-    monkeypatch.setattr("pipelines.replay.pipeline_code", lambda: CODE)
+    monkeypatch.setattr("pipelines.replay.run.pipeline_code", lambda: CODE)
     keyed = _verify(run_id, operator, "--replay", "--label-studio")
     assert keyed.exit_code == 0, keyed.output
     assert "SKIP" not in keyed.output and "replayed in" in keyed.output

@@ -82,7 +82,12 @@ from provenance import (
 )
 from schemas import CREDIT_SCHEMA
 from storage import read_parquet
-from tests.pipelines.conftest import annotations_table, consistent_labels, stored_upstream
+from tests.pipelines.conftest import (
+    annotations_table,
+    consistent_labels,
+    replay_elsewhere,
+    stored_upstream,
+)
 from tests.services.anvil import AnvilService
 
 VERSION = "replay-v1"
@@ -460,8 +465,7 @@ def test_on_another_platform_a_model_or_features_other_than_the_scores_were_meas
     (model and features substituted together) whose scores fall outside the replay's band."""
     chain, store, run_id = published
     name = _republish(chain, store, run_id, f"elsewhere-served-{request.node.callspec.id}", **change)
-    here = training_platform()
-    monkeypatch.setattr("pipelines.replay.training_platform", lambda: {**here, "cpu_capability": "OTHER"})
+    replay_elsewhere(monkeypatch)
     report = replay_run(chain, store, name, code=CODE)
     assert not report.same_platform and report.names() == {"model_differs"}, report.failures
     assert any(detail in f.detail for f in report.failures), report.failures
@@ -480,8 +484,7 @@ def test_on_another_platform_an_honest_run_passes_and_a_tampered_one_fails(
     name = run_id
     if change:
         name = _republish(chain, store, run_id, f"elsewhere-{request.node.callspec.id}", **change)
-    here = training_platform()
-    monkeypatch.setattr("pipelines.replay.training_platform", lambda: {**here, "cpu_capability": "OTHER"})
+    replay_elsewhere(monkeypatch)
     report = replay_run(chain, store, name, code=CODE)  # retrained twice, side by side
     assert not report.same_platform
     if failure is None:
@@ -506,8 +509,7 @@ def test_the_band_retrain_in_a_process_of_its_own_is_the_one_made_here(published
     or more), else after it here. The MLP's reductions are split by no thread count, so both ways give
     the same retrains: the process of its own retrains what this one would, nudged as this one would."""
     chain, store, run_id = published
-    here = training_platform()
-    monkeypatch.setattr("pipelines.replay.training_platform", lambda: {**here, "cpu_capability": "OTHER"})
+    replay_elsewhere(monkeypatch)
     retrains: list[tuple[Retrained, Retrained]] = []
     between = Band.between.__func__
 
@@ -533,8 +535,7 @@ def test_the_band_retrain_in_a_process_of_its_own_is_the_one_made_here(published
 def test_on_another_platform_a_small_shift_of_one_providers_scores_fails_by_their_sum(published, monkeypatch):
     """Each score moved by half the per-score band passes that band; their sum is far beyond its own."""
     chain, store, run_id = published
-    here = training_platform()
-    monkeypatch.setattr("pipelines.replay.training_platform", lambda: {**here, "cpu_capability": "OTHER"})
+    replay_elsewhere(monkeypatch)
     honest = replay_run(chain, store, run_id, code=CODE)
     assert honest.ok and not honest.bit_exact, honest.failures
     assert 0.0 <= honest.sums_used <= 1.0
@@ -559,8 +560,7 @@ def test_on_another_platform_scores_other_than_the_stored_models_fail_within_a_w
     digits demo's CNN): one score raised within it, or each of a provider's a little, passes the band but
     is not what the stored checkpoints give (evaluation rounds far finer)."""
     chain, store, run_id = published
-    here = training_platform()
-    monkeypatch.setattr("pipelines.replay.training_platform", lambda: {**here, "cpu_capability": "OTHER"})
+    replay_elsewhere(monkeypatch)
     between = Band.between.__func__
     monkeypatch.setattr("pipelines.replay.Band.between",
                         classmethod(lambda cls, first, second, _: between(cls, first, second, 0.5)))
@@ -595,7 +595,7 @@ def test_another_cpu_running_the_runs_kernels_replays_bit_for_bit(published, mon
     recorded = records.parent(records.head(name), TRAINING)[1].params["platform"]
     here = training_platform()
     newer = {**here, "cpu_flags": f"{here['cpu_flags']} amx_newer", "kernel_pins": run_kernels(recorded)}
-    monkeypatch.setattr("pipelines.replay.training_platform", lambda: newer)
+    monkeypatch.setattr("pipelines.replay.platform.training_platform", lambda: newer)
     report = replay_run(chain, store, name, code=CODE)
     assert not report.same_platform and report.run_kernels
     if tampered:
@@ -610,7 +610,7 @@ def _caravan(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     """The `caravan` command in a process of its own, its code version pinned to the test's clean one
     (kept when the command restarts itself: `sys.orig_argv` holds this wrapper)."""
     wrapper = (
-        "import pipelines.replay as r; from provenance import CodeVersion; "
+        "import pipelines.replay.run as r; from provenance import CodeVersion; "
         f"r.pipeline_code = lambda: CodeVersion(*{dataclasses.astuple(CODE)!r}); "
         "from pipelines.cli import app; app(prog_name='caravan')"
     )
@@ -738,7 +738,7 @@ def test_verify_replay_on_the_command_line(published, monkeypatch) -> None:
     runner = CliRunner()
     refused = runner.invoke(app, ["verify", run_id, "--replay"])  # this checkout is not commit abab...
     assert refused.exit_code == 1 and f"git checkout {CODE.git_commit}" in refused.output
-    monkeypatch.setattr("pipelines.replay.pipeline_code", lambda: CODE)
+    monkeypatch.setattr("pipelines.replay.run.pipeline_code", lambda: CODE)
     honest = runner.invoke(app, ["verify", run_id, "--replay"])
     assert honest.exit_code == 0, honest.output
     assert "OK:" in honest.output and "replayed in" in honest.output
@@ -763,7 +763,7 @@ def test_a_restart_that_fails_says_so_and_replays_here(published, monkeypatch) -
         raise PermissionError("exec refused")
 
     chain, store, run_id = published
-    monkeypatch.setattr("pipelines.replay.pipeline_code", lambda: CODE)
+    monkeypatch.setattr("pipelines.replay.run.pipeline_code", lambda: CODE)
     monkeypatch.setattr("pipelines.replay.replay_kernels", lambda *_: {"MKL_CBWR": "AVX2"})
     monkeypatch.setattr("os.execve", refused)
     result = CliRunner().invoke(app, ["verify", run_id, "--replay"])
@@ -877,7 +877,6 @@ def test_an_mlp_run_that_stopped_early_replays_here_and_elsewhere(published_stop
     assert training.params["config"]["patience"] == 1 and training.params["epochs_trained"] < 8
     report = replay_run(chain, store, run_id, code=CODE)
     assert report.ok and report.same_platform and report.max_score_diff == 0.0, report.failures
-    here = training_platform()
-    monkeypatch.setattr("pipelines.replay.training_platform", lambda: {**here, "cpu_capability": "OTHER"})
+    replay_elsewhere(monkeypatch)
     elsewhere = replay_run(chain, store, run_id, code=CODE)
     assert elsewhere.ok and not elsewhere.same_platform, elsewhere.failures

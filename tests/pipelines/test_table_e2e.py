@@ -79,7 +79,7 @@ def test_a_table_is_labeled_trained_on_its_categories_paid_served_and_replayed(c
         {"plan": "enterprise", "region": None, "tenure_months": None, "monthly_fee": 20.0},
     ]) == [{}, {"plan": "enterprise"}]
 
-    monkeypatch.setattr("pipelines.replay.pipeline_code", lambda: CODE)
+    monkeypatch.setattr("pipelines.replay.run.pipeline_code", lambda: CODE)
     replayed = replayed_elsewhere(chain, store, first["run_id"])  # the gaps' NaN compare equal
     assert replayed.ok and replayed.same_platform, [f.__dict__ for f in replayed.failures]
     assert replayed.max_score_diff == 0.0 and replayed.replayed_root == replayed.onchain_root
