@@ -96,7 +96,8 @@ def demo(
     ] = "cpu",
 ) -> None:
     """Run the whole mission on the digits (or --data) and print the royalty table; last line is JSON."""
-    from pipelines.demo import DemoError, run_demo
+    from pipelines.demo import run_demo
+    from pipelines.demo_data import DemoError
     from pipelines.settings import load_settings, use_dagster_home
 
     settings = load_settings()
@@ -177,7 +178,7 @@ def _user_data(
     validation: Path | None = None, trusted: str | None = None, show: str | None = None,
 ):
     """`--data` and its companions as one `UserData` (None without --data), or one error."""
-    from pipelines.demo import UserData
+    from pipelines.demo_data import UserData
 
     given = {"--kind": kind, "--field": field, "--choices": choices, "--truth-col": truth_col}
     optional = {"--validation": validation, "--trusted": trusted, "--show": show}

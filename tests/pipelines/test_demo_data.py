@@ -21,17 +21,17 @@ import pytest
 from PIL import Image
 
 from pipelines.datasets import Payload, example_id, load_source, to_examples
-from pipelines.demo import (
+from pipelines.demo import label_with_simulated_annotators, register_demo_data, serving_input
+from pipelines.demo_data import (
+    NOISY,
+    PROVIDERS,
     DemoError,
     UserData,
     held_out,
-    label_with_simulated_annotators,
     prepare_data,
     prepare_user_data,
-    register_demo_data,
-    serving_input,
+    write_digits,
 )
-from pipelines.demo_data import NOISY, PROVIDERS, write_digits
 from pipelines.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[2]

@@ -16,7 +16,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from attribution import TRAK_VALUE_METHOD, PayloadEncoding, TextEncoding, payload_encoding_from_json
-from pipelines.demo import UserData, run_demo
+from pipelines.demo import run_demo
+from pipelines.demo_data import UserData
 from pipelines.replay import replay_run
 from provenance import TRAINING, Chain, CodeVersion, RunRecords, TrainingRecord, load_record
 from serving import Ledger

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from labeling import LabelStudioClient, ProjectSpec, choice_result
-from pipelines.demo import CHOICES, VERSION, DemoError, run_demo, serving_input, single_run
-from pipelines.demo_data import FIELD
+from pipelines.demo import run_demo, serving_input, single_run
+from pipelines.demo_data import CHOICES, FIELD, VERSION, DemoError
 from pipelines.settings import load_settings
 from provenance import Chain, load_record
 from serving import Ledger

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from pipelines.assets.ingest import dataset_snapshot, raw_dataset
 from pipelines.cli import app
-from pipelines.demo import VERSION, run_demo
+from pipelines.demo import run_demo
+from pipelines.demo_data import VERSION
 from pipelines.privacy import HOLDER_KEY_ENV, Keyrings, keyring_dir
 from pipelines.resources import resources_for
 from pipelines.settings import load_settings

@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 
 from attribution import InputEncoding, encoding_from_json
 from labeling import LabelStudioClient, labelstudio_token
-from pipelines.demo import UserData, run_demo
+from pipelines.demo import run_demo
+from pipelines.demo_data import UserData
 from provenance import TRAINING, Chain, RunRecords, TrainingRecord
 from storage import BlockStore
 from tests.pipelines.test_demo_data import script_module
