@@ -73,24 +73,15 @@ from pipelines.replay.band import (
     Band,
 )
 from pipelines.replay.inputs import check_declared, check_ingest, check_review, check_snapshot
-from pipelines.replay.outputs import CHECKPOINT_SCORE_RTOL, ENCODING_RTOL, FEATURE_RTOL, SERVED
-from pipelines.replay.platform import (
-    ReplayRefused,
-    on_run_kernels,
-    replay_kernels,
-    replay_platform,
-    require_same_code,
-    same_platform,
-)
+from pipelines.replay.outputs import CHECKPOINT_SCORE_RTOL, FEATURE_RTOL
+from pipelines.replay.platform import ReplayRefused, replay_kernels, replay_platform, same_platform
 from pipelines.replay.report import ReplayReport
-from pipelines.replay.run import Replayed, Retrained, parted_at, replay_run
+from pipelines.replay.run import Retrained, parted_at, replay_run
 
 __all__ = [
     "CHECKPOINT_SCORE_RTOL",
-    "ENCODING_RTOL",
     "FEATURE_RTOL",
     "NUDGE_SALT",
-    "SERVED",
     "SPREAD_FACTOR",
     "SUM_DRIFT",
     "SUM_SIGMAS",
@@ -98,17 +89,14 @@ __all__ = [
     "Band",
     "ReplayRefused",
     "ReplayReport",
-    "Replayed",
     "Retrained",
     "check_declared",
     "check_ingest",
     "check_review",
     "check_snapshot",
-    "on_run_kernels",
     "parted_at",
     "replay_kernels",
     "replay_platform",
     "replay_run",
-    "require_same_code",
     "same_platform",
 ]
