@@ -7,7 +7,7 @@ contributors. The quotas come from an exact reference written here in ``fraction
 - ``largest_remainder(quotas, tiebreak)`` splits quotas it is handed: the reference quotas are
   ``TOTAL_BPS * s_i / sum(s)`` of non-negative float scores read as exact rationals.
 - ``contributor_weights`` (and serving's ``ContributorSplit.split_one``) are defined to split
-  the scores' grid, not the raw scores (``attribution/weights.py``): one huge score and many
+  the scores' grid, not the raw scores (``attribution/weights/basis_points.py``): one huge score and many
   tiny ones is a case where the two differ by more than 1 bps. The reference follows that
   definition:
 

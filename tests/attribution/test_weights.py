@@ -248,7 +248,7 @@ def test_split_one_equals_the_batched_split_and_the_reference(case):
 def test_split_queries_beyond_int64_takes_the_exact_path(monkeypatch):
     # 15 digits and credits near the top of the grid: quotas overflow int64 and totals pass 2**53,
     # so the batched split falls back to Fractions; it must still agree with the reference
-    import attribution.weights as weights_module
+    import attribution.weights.basis_points as basis_points
 
     n = 40
     ids = [f"e{i:03d}" for i in range(n)]
@@ -257,8 +257,8 @@ def test_split_queries_beyond_int64_takes_the_exact_path(monkeypatch):
                                    WeightPolicy(score_digits=15))
     contributions = np.random.default_rng(0).uniform(2.38, 2.49, size=(n, 3))
     calls = []
-    exact = weights_module.largest_remainder
-    monkeypatch.setattr(weights_module, "largest_remainder", lambda *a: calls.append(1) or exact(*a))
+    exact = basis_points.largest_remainder
+    monkeypatch.setattr(basis_points, "largest_remainder", lambda *a: calls.append(1) or exact(*a))
     got = split.split_queries(ids, contributions)
     assert len(calls) == 3
     ones = [split.split_one(split.positions(ids), contributions[:, q]) for q in range(3)]
@@ -271,10 +271,10 @@ def test_split_queries_beyond_int64_takes_the_exact_path(monkeypatch):
 def test_split_queries_orders_float_equal_remainders_exactly():
     # 1 - 1/d and 1 - 1/(d + 1) are the same float but not the same number: the larger must win
     # although its tie rank is worse
-    from attribution.weights import _BatchPlan
+    from attribution.weights.basis_points import BatchPlan
 
     d = 2**40
-    plan = _BatchPlan(1, {"provider": 5000, "labeler": 5000}, np.array([0, 1, 2]), np.arange(3), [], [])
+    plan = BatchPlan(1, {"provider": 5000, "labeler": 5000}, np.array([0, 1, 2]), np.arange(3), [], [])
     rem = np.array([d - 1, d, 0], dtype=np.int64)
     den = np.array([d, d + 1, 7], dtype=np.int64)
     assert rem[0] / den[0] == rem[1] / den[1]
