@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench import contributor_value as cv  # noqa: E402
+from bench._common import royalty_world  # noqa: E402
 from bench._common.lds_models import read_columns, synthetic_text  # noqa: E402
 
 
@@ -44,7 +45,7 @@ def test_image_world_from_a_users_file(tmp_path):
     path = tmp_path / "bands.parquet"
     pq.write_table(pa.table({"img": pa.array(images, pa.binary()), "cls": labels}), path)
 
-    world = cv.build_media_world("image", 0, read_columns(str(path), "img", "cls", "image"))
+    world = royalty_world.build_media_world("image", 0, read_columns(str(path), "img", "cls", "image"))
 
     assert len(world.classes) == 5 and world.media.task.config is not None
     assert len(world.yv) == 80  # a fifth of the 400 distinct rows
@@ -66,7 +67,7 @@ def test_text_world_keeps_the_files_classes_and_survives_an_empty_text(tmp_path,
     path = tmp_path / "texts.parquet"
     pq.write_table(pa.table({"body": texts, "topic": [["x", "y", "z"][v] for v in y]}), path)
 
-    world = cv.build_media_world("text", 2, read_columns(str(path), "body", "topic", "text"))
+    world = royalty_world.build_media_world("text", 2, read_columns(str(path), "body", "topic", "text"))
 
     assert world.classes == ["0", "1", "2"][:classes]
     assert set(world.annotations["label"].to_pylist()) <= set(world.classes)
@@ -236,12 +237,12 @@ def test_a_table_as_small_as_wine_is_a_world_and_a_smaller_one_is_refused():
     from sklearn.datasets import load_wine
 
     x, y = load_wine(return_X_y=True)
-    world = cv.build_world(x, y, seed=0)
-    assert len(world.yv) == 35 and set(world.provider) == {p.name for p in cv.PROVIDERS}
+    world = royalty_world.build_world(x, y, seed=0)
+    assert len(world.yv) == 35 and set(world.provider) == {p.name for p in royalty_world.PROVIDERS}
     assert min(np.unique(world.provider, return_counts=True)[1]) >= 5
-    assert set(world.annotations["annotator"].to_pylist()) == {n for n, *_ in cv.LABELERS}
-    with pytest.raises(SystemExit, match=f"need a pool of >= {cv.MIN_POOL}"):
-        cv.build_world(x[:120], y[:120], seed=0)
+    assert set(world.annotations["annotator"].to_pylist()) == {n for n, *_ in royalty_world.LABELERS}
+    with pytest.raises(SystemExit, match=f"need a pool of >= {royalty_world.MIN_POOL}"):
+        royalty_world.build_world(x[:120], y[:120], seed=0)
 
 
 def test_truth_pay_splits_each_roles_share_by_its_positive_truth():
