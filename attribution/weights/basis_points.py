@@ -30,34 +30,49 @@ if TYPE_CHECKING:
     from .split import ContributorSplit
 
 
+# Below float64's normal range a power of ten keeps fewer digits, down to 0: scores and grid are
+# both lifted by this exact power of two there, so a grid of tiny scores keeps every digit.
+LIFT = 600
+
+
 def quantize(scores: np.ndarray, digits: int) -> np.ndarray:
     """Integers (as float64) on a grid of ``digits`` significant digits of the largest |score|."""
     scores = np.asarray(scores, dtype=np.float64)
     top = float(np.max(np.abs(scores))) if scores.size else 0.0
     if top == 0.0 or not math.isfinite(top):
         return np.zeros_like(scores)
-    return np.round(scores / grid_unit(top, digits))
+    unit, lift = grid_unit(top, digits)
+    return np.round(scores * lift / unit)
 
 
-def grid_unit(top: float, digits: int) -> float:
+def grid_unit(top: float, digits: int) -> tuple[float, float]:
     """The grid step for ``digits`` significant digits of ``top`` (> 0, finite), from the decimal
     exponent of ``top`` as written (its shortest repr, so the float ``1e-07``, just below 10**-7 in
     binary, counts as 10**-7). Float ``log10`` rounds 999.99…9 up to 3.0 (a grid ten times coarser)
-    and may differ between C libraries; Python's repr is exact and the same on every platform."""
-    exponent = Decimal(repr(top)).adjusted() - digits + 1
-    return float(Decimal(10) ** exponent)
+    and may differ between C libraries; Python's repr is exact and the same on every platform.
+
+    Returned as (step, lift): scores go on the grid as ``scores * lift / step``. ``lift`` is 1.0
+    (and so changes no bit) unless the step falls below the normal range, where it is 2**LIFT and
+    the step is lifted by as much."""
+    step = Decimal(10) ** (Decimal(repr(top)).adjusted() - digits + 1)
+    if step >= _SMALLEST_NORMAL:
+        return float(step), 1.0
+    return float(step * 2**LIFT), float(2**LIFT)
+
+
+_SMALLEST_NORMAL = Decimal(float(np.finfo(np.float64).tiny))
 
 
 def quantize_columns(scores: np.ndarray, digits: int) -> np.ndarray:
     """``quantize`` applied to each column of a 2-D array on its own (bit for bit the same)."""
     scores = np.asarray(scores, dtype=np.float64)
-    units = np.ones(scores.shape[1])
+    units, lifts = np.ones(scores.shape[1]), np.ones(scores.shape[1])
     dead = np.ones(scores.shape[1], dtype=bool)
     if scores.shape[0]:
         for q, top in enumerate(np.max(np.abs(scores), axis=0).tolist()):
             if top != 0.0 and math.isfinite(top):
-                units[q], dead[q] = grid_unit(top, digits), False
-    out = np.round(scores / units)
+                (units[q], lifts[q]), dead[q] = grid_unit(top, digits), False
+    out = np.round(scores * lifts / units)
     out[:, dead] = 0.0
     return out
 

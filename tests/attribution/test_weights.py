@@ -119,13 +119,17 @@ def test_quantize_hides_float_noise():
     assert np.array_equal(quantize(a, 6), quantize(a * (1 + 1e-12), 6))
 
 
+@pytest.mark.filterwarnings("error")  # no division by a grid step that underflowed to 0
 @pytest.mark.parametrize(
-    "top", [np.nextafter(1000.0, 0.0), 1000.0, 9.999999999999999e-4, 0.0123, 7e-30, 3e12, 1e-7, 1e-13]
+    "top",
+    [np.nextafter(1000.0, 0.0), 1000.0, 9.999999999999999e-4, 0.0123, 7e-30, 3e12, 1e-7, 1e-13,
+     1.7e308, 3e-306, 5e-310, 1e-320, 5e-324],
 )
 def test_quantize_keeps_the_stated_significant_digits_next_to_powers_of_ten(top):
     """The grid is ``digits`` significant digits of the largest |score|, by the decimal exponent of
     the score as written (Fraction of its shortest repr as reference): just under a power of ten it
-    is not ten times coarser, and the float ``1e-07`` (a hair below 10**-7 in binary) is 10**-7."""
+    is not ten times coarser, and the float ``1e-07`` (a hair below 10**-7 in binary) is 10**-7.
+    Below float64's normal range (a step of 10**-309 and less) it keeps every digit as well."""
     from fractions import Fraction
 
     written = Fraction(repr(float(top)))
