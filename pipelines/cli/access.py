@@ -94,8 +94,9 @@ def protect(
                      "$CARAVAN_HOME/keys/holder.key."),
     ] = None,
 ) -> None:
-    """Turn a hex holder key file into a password keystore holding the same key (replaced atomically:
-    the file is the old hex key or the new keystore, never neither)."""
+    """Turn a hex holder key file into a password keystore holding the same key.
+
+    The file is replaced atomically: it is the old hex key or the new keystore, never neither."""
     from pipelines.privacy import (
         HOLDER_KEY_PASSWORD_ENV,
         HOLDER_KEYFILE_ENV,
@@ -158,8 +159,10 @@ def grant(
 
 @app.command("revoke")
 def revoke(version: Version, name: Name, store_dir: StoreDir = None) -> None:
-    """Take a holder's access away: a new data key for the holders left, the version's files sealed
-    again under it, so everything stored from now on is unreadable to the revoked holder."""
+    """Take a holder's access away: a new data key for the holders left.
+
+    The version's files are sealed again under it, so everything stored from now on is unreadable to the
+    revoked holder."""
     from pipelines.resources import DatasetCatalog
     from pipelines.settings import load_settings
 

@@ -21,8 +21,9 @@ from pipelines.cli.options import open_chain
 
 
 def deploy() -> None:
-    """Deploy the registry, distributor and source claims where missing (idempotent); print addresses
-    and gas."""
+    """Deploy the registry, distributor and source claims where missing (idempotent).
+
+    Prints each contract's address, the gas of those deployed now, and the deployments file."""
     from provenance import ProvenanceError
 
     with clean_errors(ProvenanceError):
@@ -85,8 +86,9 @@ def claim(
                           "images, so it is dated by your claims only where they cover every image too."),
     ] = None,
 ) -> None:
-    """Claim your source files on chain, from your own key, before you hand them over: the chain dates
-    them, and whoever ingests them must pay you, at this address, for them."""
+    """Claim your source files on chain, from your own key, before you hand them over.
+
+    The chain dates them, and whoever ingests them must pay you, at this address, for them."""
     from pipelines.datasets import IMAGE_SUFFIXES, DatasetError, Payload, source_files
     from provenance import ProvenanceError, claim_sources, claim_time, source_claims
 
@@ -128,9 +130,11 @@ def claim_answers(
                           "your user id); needed where the table holds several annotators' answers."),
     ] = None,
 ) -> None:
-    """Claim your answers on chain, from your own key: the chain dates each one, and a run that pays you
-    by answers you did not give, or leaves out one you claimed before its answers were exported, fails
-    `caravan verify` (and its publisher's `publish_run` refuses it)."""
+    """Claim your answers on chain, from your own key, before they are exported.
+
+    The chain dates each one, and a run that pays you by answers you did not give, or leaves out one you
+    claimed before its answers were exported, fails `caravan verify` (and its publisher's `publish_run`
+    refuses it)."""
     import provenance
 
     with clean_errors(provenance.ProvenanceError):

@@ -46,8 +46,10 @@ def get(
     ] = False,
     store_dir: StoreDir = None,
 ) -> None:
-    """Write a file's bytes to stdout (or -o OUT), every block verified against its CID. Content of a
-    private dataset version is opened with the holder key in reach (`--raw`: the ciphertext)."""
+    """Write a file's bytes to stdout (or -o OUT), every block verified against its CID.
+
+    Content of a private dataset version is opened with the holder key in reach (`--raw`: the
+    ciphertext)."""
     with clean_errors(StorageError):
         store = open_store(store_dir)
         if not raw and is_sealed(next(store.iter_bytes(cid), b"")):

@@ -70,6 +70,23 @@ def test_cli_help_lists_store():
     assert "store" in out
 
 
+def test_every_command_says_what_it_does_in_one_paragraph_line():
+    """A command list shows the first paragraph of each command's help and keeps its line breaks: a
+    summary broken over two source lines reads "...the chain dates" / "them, ..." there."""
+    import typer.main
+
+    from pipelines.cli import app
+
+    def commands(group, prefix=""):
+        for name, cmd in group.commands.items():
+            inner = getattr(cmd, "commands", None)
+            yield from commands(cmd, f"{prefix}{name} ") if inner else [(prefix + name, cmd)]
+
+    broken = [name for name, cmd in commands(typer.main.get_command(app))
+              if "\n" in (cmd.help or "").strip().split("\n\n")[0]]
+    assert not broken, f"commands whose summary spans lines: {broken}"
+
+
 def test_dagster_cli_materializes_a_partition_with_the_multiprocess_executor(tmp_path):
     """`dagster asset materialize` loads the definitions; its default executor runs each step in a process."""
     import os
