@@ -15,7 +15,6 @@ fills each split later, with the same bps; "off" splits every fee by the run's w
 
 import base64
 import binascii
-import math
 import time
 from typing import Annotated
 
@@ -131,15 +130,10 @@ def predict_rows(run: ServedRun, rows: list, attribution: str) -> list[Predictio
                 f"input rows {bad[:10]} have {len(rows[bad[0]])} features; the model "
                 f"expects {run.n_features} per row",
             )
-        out = run.predict(np.asarray(rows, dtype=np.float64), attribute=attribute, defer=defer)
-        overflow = [i for i, p in enumerate(out) if not math.isfinite(p.probability)]
-        if overflow:  # finite inputs far outside the training range overflow the float32 model
-            raise HTTPException(
-                422,
-                f"input rows {overflow[:10]} are too large for the model (its output is not finite); "
-                "send values on the scale of the training data",
-            )
-        return out
+        try:
+            return run.predict(np.asarray(rows, dtype=np.float64), attribute=attribute, defer=defer)
+        except InputError as exc:
+            raise HTTPException(422, str(exc)) from None
     values = [image_bytes(i, r) for i, r in enumerate(rows)] if run.kind == "image" else rows
     if run.kind == "text":
         blank = [i for i, r in enumerate(rows) if not r.strip()]

@@ -22,6 +22,7 @@ from attribution import (
     ContributorError,
     ContributorSplit,
     InputEncoding,
+    InputError,
     PayloadEncoding,
     TrainConfig,
     WeightPolicy,
@@ -106,14 +107,19 @@ class ServedRun:
         self._positions = self.split.positions(self.example_ids)  # ContributorError: not servable
 
     def predict(self, raw: np.ndarray, *, attribute: bool = True, defer: bool = False) -> list[Prediction]:
-        """Predictions for raw feature rows [n, n_features]; InputError for bad rows. ``defer``: each
-        prediction's split is SPLIT_PENDING and carries its row's bytes (``attribute_request`` later)."""
+        """Predictions for raw feature rows [n, n_features]; InputError for bad rows (refused before any
+        attribution runs: rows the model overflows on, say). ``defer``: each prediction's split is
+        SPLIT_PENDING and carries its row's bytes (``attribute_request`` later)."""
         raw = np.asarray(raw, dtype=np.float64)
         x = self.encoding.scale(raw)
         xt = torch.as_tensor(x, dtype=torch.float32)
         with self._lock:
             with torch.no_grad():
                 probs = torch.softmax(self.model(xt), dim=1).numpy()
+            overflow = np.flatnonzero(~np.isfinite(probs).all(axis=1)).tolist()
+            if overflow:  # finite inputs far outside the training range overflow the float32 model
+                raise InputError(f"input rows {overflow[:10]} are too large for the model (its output is not "
+                                 "finite); send values on the scale of the training data")
             labels = probs.argmax(1)
             # every row's per-training-example contributions in one pass (attribute_query, batched)
             contributions = self._numeric_scores(x, labels) if attribute and not defer else None
