@@ -368,7 +368,7 @@ def whole_kernel_solve(store: FeatureStore, v: np.ndarray, n: int, cfg: TrainCon
         return cg_solve(store, v, n, cfg)
     gram = None
     for chunk in store:
-        c = torch.from_numpy(np.asarray(chunk, dtype=np.float32))
+        c = torch.from_numpy(np.array(chunk, dtype=np.float32))  # a copy: a spilled chunk is read-only
         term = (c.T @ c).double()  # float32 products widened, as block_inverse's grams
         gram = term if gram is None else gram.add_(term)
     assert gram is not None
