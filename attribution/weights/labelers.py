@@ -1,52 +1,51 @@
 """A labeler's credit per example: by agreement with consensus, or by how far each answer moved it.
 
 Labelers by agreement (``labelers='agree'``): an example's labeler credit goes to the annotators
-whose label agreed with consensus, ``confidence / n_agreeing`` each (the Dawid–Skene posterior of the
-consensus label, shared equally).
+whose label agreed with consensus, ``confidence / n_agreeing`` each (the Dawid–Skene posterior of
+the consensus label, shared equally).
 
-Labelers by pivotal answers (``labelers='pivotal'``): each
-answer's share of its example is how much it moved the consensus, the posterior of the consensus
-label with every answer minus that without this answer, under confusion matrices and a class
-prior estimated in one Dawid-Skene M-step from the stored consensus labels (``label_smoothing``
-pseudo-counts, as the consensus's own Dawid-Skene smooths its cells: the pipeline reads them from
-the consensus record, ``labeling.auto_smoothing`` unless set) and
-held fixed, each answer read under its labeler's other answers (its own left out of the count, so
-an answer that agrees with the consensus cannot vouch for itself: counted in, a random labeler's
-few lucky agreements per class were paid like an informative labeler's, 143 of the labelers' 3,000
-bps in a 30-class test). Leaving a labeler out removes one answer per example, so this is the
-leave-that-labeler-out consensus, computed from the run's tables. Against the royalty bench's
-leave-that-labeler-out truth (first pay run / mean of four), counted in -> left out: digits 0.986 /
-0.989 -> 0.941 / 0.952, 12 classes 0.771 / 0.743 -> 0.941 / 0.909, 20 classes 0.943 / 0.971 -> 0.880
-/ 0.926, 40 classes 0.771 / 0.810 -> 0.941 / 0.941, wine 1.000 / 0.968 -> 0.986 / 0.945, two tables of
-2 classes unchanged. The moves are in the faulty labelers' pay: the random labeler's is now 0 in
-every world and the constant one's at most 5 bps, the adversarial one's 0 but on wine and the 2-class
-tables, where its answers say much (the other label) and the truth agrees; where 3 to 40 classes leave
-them near zero, the truth puts them on either side of it. A pivotal answer takes a
-large share, a redundant one a small one, an answer against the consensus a negative one, an
-uninformative one (a constant labeler's; a random one's on average) about none. The share is
-applied to the sign of the example's credit times the largest |credit|: one unit per flip, plus
-when the consensus label helped, minus when it hurt (a flip's value is the score under the label
-minus the score under the label it replaced, which the run does not store; for a right label the
-replaced one's harm dominates). An answer that pushed the consensus wrong thus earns a negative
-credit, which ``net`` offsets. Records without ``labelers`` read back as ``'agree'``.
-
-Labelers by their left-out value (``labelers='left_out'``, with a ``left_out`` table that has labeler
-rows, ``attribution.left_out``): each labeler's target-loss rise when the run retrains on the
-consensus refitted without its answers, shrunk toward what ``'valued'`` pays by its seeds' noise as
-the providers' values are (``shrunk_values``); a labeler whose absence hurt nothing earns nothing.
-Without labeler rows it pays as ``'valued'``.
+Labelers by pivotal answers (``labelers='pivotal'``): each answer's share of its example is how much
+it moved the consensus, the posterior of the consensus label with every answer minus that without
+this answer, under confusion matrices and a class prior estimated in one Dawid-Skene M-step from the
+stored consensus labels (``label_smoothing`` pseudo-counts, as the consensus's own Dawid-Skene
+smooths its cells: the pipeline reads them from the consensus record, ``labeling.auto_smoothing``
+unless set) and held fixed, each answer read under its labeler's other answers (its own left out of
+the count, so an answer that agrees with the consensus cannot vouch for itself: counted in, a random
+labeler's few lucky agreements per class were paid like an informative labeler's, 143 of the
+labelers' 3,000 bps in a 30-class test). Leaving a labeler out removes one answer per example, so
+this is the leave-that-labeler-out consensus, computed from the run's tables. Against the royalty
+bench's leave-that-labeler-out truth (first pay run / mean of four), counted in -> left out: digits
+0.986 / 0.989 -> 0.941 / 0.952, 12 classes 0.771 / 0.743 -> 0.941 / 0.909, 20 classes 0.943 / 0.971
+-> 0.880 / 0.926, 40 classes 0.771 / 0.810 -> 0.941 / 0.941, wine 1.000 / 0.968 -> 0.986 / 0.945,
+two tables of 2 classes unchanged. The moves are in the faulty labelers' pay: the random labeler's
+is now 0 in every world and the constant one's at most 5 bps, the adversarial one's 0 but on wine
+and the 2-class tables, where its answers say much (the other label) and the truth agrees; where 3
+to 40 classes leave them near zero, the truth puts them on either side of it. A pivotal answer takes
+a large share, a redundant one a small one, an answer against the consensus a negative one, an
+uninformative one (a constant labeler's; a random one's on average) about none. The share is applied
+to the sign of the example's credit times the largest |credit|: one unit per flip, plus when the
+consensus label helped, minus when it hurt (a flip's value is the score under the label minus the
+score under the label it replaced, which the run does not store; for a right label the replaced
+one's harm dominates). An answer that pushed the consensus wrong thus earns a negative credit, which
+``net`` offsets. Records without ``labelers`` read back as ``'agree'``.
 
 Labelers by the value of what their answers changed (``labelers='valued'``, the default: in the
-benchmark's five worlds it tracks leave-that-labeler-out retraining best): the same moves, valued
-by what the label an answer displaced was probably worth. Where the consensus label helped (its
-example's credit > 0) it is probably right and the label without the answer probably wrong: one
-unit per posterior moved, as ``'pivotal'``. Where it hurt (credit < 0) it is probably wrong, and so
-is the label it displaced unless that one is the truth: an answer that pushed the wrong label loses
+benchmark's five worlds it tracks leave-that-labeler-out retraining best): the same moves, valued by
+what the label an answer displaced was probably worth. Where the consensus label helped (its
+example's credit > 0) it is probably right and the label without the answer probably wrong: one unit
+per posterior moved, as ``'pivotal'``. Where it hurt (credit < 0) it is probably wrong, and so is
+the label it displaced unless that one is the truth: an answer that pushed the wrong label loses
 only the chance ``pi`` that, without it, the consensus would have been right (``pi``: the
 leave-that-answer-out posterior over the other labels, squared and summed, from ``1/(K-1)`` when it
 is flat to 1 when it is sure), and an answer that pulled away from the wrong label earns nothing
-(which way it pulled is unknown). ``'pivotal'`` charged such an answer a whole unit, as if the
-label it displaced were right, and so underpaid the less accurate honest labelers.
+(which way it pulled is unknown). ``'pivotal'`` charged such an answer a whole unit, as if the label
+it displaced were right, and so underpaid the less accurate honest labelers.
+
+Labelers by their left-out value (``labelers='left_out'``, with a ``left_out`` table that has
+labeler rows, ``attribution.left_out``): each labeler's target-loss rise when the run retrains on
+the consensus refitted without its answers, shrunk toward what ``'valued'`` pays by its seeds' noise
+as the providers' values are (``shrunk_values``); a labeler whose absence hurt nothing earns
+nothing. Without labeler rows it pays as ``'valued'``.
 """
 
 from __future__ import annotations
