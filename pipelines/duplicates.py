@@ -6,9 +6,13 @@ registered them first (the ``example_credit`` contract, ``schemas.CREDIT_SCHEMA`
 - Near-duplicates, by payload kind; two examples are linked when closer than a threshold and a group
   is a connected set of links. The threshold scales with the data's own spacing: each example's
   distance to the nearest example of *another* provider (median over examples), so a provider
-  flooding copies of its own examples cannot shrink it; a known limit: when near-copies and their
-  originals make up more than half of all examples, the median falls to the copies' spacing and most
-  copies go ungrouped.
+  flooding copies of its own examples cannot shrink it, and beyond any clump (``spacing``: a
+  neighbour closer than the link fraction of the next is a copy or an original, skipped), so a copier
+  cannot either: when it copied as many examples as the honest providers hold, copies and originals
+  were most of the data, the median fell to the copies' own distance and no copy was linked. A known
+  limit remains in few dimensions (about five numbers): there such a copier's copies are as close as
+  many honest neighbours, and the test that finds a copying pair of providers (below) measures them
+  against a reference the copies make most of, so most of them still go ungrouped.
   - numeric (numeric columns, fixed-width lists of numbers and categories, e.g. tabular features or
     pixel arrays, read as a numeric run's model reads them, ``InputEncoding``: categories one-hot, a
     missing number its column's mean): every feature standardized (centred, divided by its standard
@@ -89,19 +93,20 @@ RULE = (
 EXACT_METHOD = "same example_id (sha256 of the canonical payload)"
 NEAR_METHOD = (
     "numeric payload, each feature standardized; examples closer (euclidean) than fraction x the median "
-    "distance from an example to the nearest example of another provider, and than local_ratio x the "
-    "distance from either to its local_k-th nearest example of another provider, are linked, where "
-    "local_ratio = (honest_link / (local_k - 1)) ** (1 / dimension) and dimension is the median over "
-    "examples of the maximum-likelihood (Levina-Bickel) estimate from those distances, the nearest "
-    "censored; besides, an example's chance is that of an honest example having an example of another "
-    "provider as close, relative to its local_k-th, were the data locally uniform in that dimension, and "
-    "two providers copy one another where, in both directions, the examples whose nearest example of "
-    "another provider is the other's, and mutually so, have small chances more often than the examples "
-    "of pairs not found copying have (one-sided Fisher test at each of copying_chances, Bonferroni over "
-    "pairs and chances, level copying_level, repeated until no more pairs are found): their mutual "
-    "nearest pairs are then linked up to the chance that leaves the fewest examples expected misassigned, "
-    "the chances of the examples of pairs not found copying standing for honest ones; a group is a "
-    "connected set of links"
+    "distance from an example to the nearest example of another provider (the nearest beyond any clump: "
+    "a neighbour closer than fraction x the next is a copy, skipped with those before it), and than "
+    "local_ratio x the distance from either to its local_k-th nearest example of another provider, are "
+    "linked, where local_ratio = (honest_link / (local_k - 1)) ** (1 / dimension) and dimension is the "
+    "median over examples of the maximum-likelihood (Levina-Bickel) estimate from those distances, the "
+    "nearest censored; besides, an example's chance is that of an honest example having an example of "
+    "another provider as close, relative to its local_k-th, were the data locally uniform in that "
+    "dimension, and two providers copy one another where, in both directions, the examples whose "
+    "nearest example of another provider is the other's, and mutually so, have small chances more often "
+    "than the examples of pairs not found copying have (one-sided Fisher test at each of "
+    "copying_chances, Bonferroni over pairs and chances, level copying_level, repeated until no more "
+    "pairs are found): their mutual nearest pairs are then linked up to the chance that leaves the "
+    "fewest examples expected misassigned, the chances of the examples of pairs not found copying "
+    "standing for honest ones; a group is a connected set of links"
 )
 TEXT_FRACTION = 0.5  # of the median nearest-other-provider cosine distance
 TEXT_MAX_DISTANCE = 0.2  # cosine similarity >= 0.8 at the loosest
@@ -109,19 +114,21 @@ TEXT_NGRAMS = (3, 5)
 TEXT_METHOD = (
     "text payload lowercased, punctuation dropped, whitespace collapsed; TF-IDF (sublinear tf) over "
     "character n-grams; examples closer (cosine distance) than min(max_distance, fraction x the median "
-    "distance from an example to the nearest example of another provider) are linked; a group is a "
-    "connected set of links"
+    "distance from an example to the nearest example of another provider, the nearest beyond any clump: "
+    "a neighbour closer than fraction x the next is a copy, skipped with those before it) are linked; a "
+    "group is a connected set of links"
 )
 IMAGE_SIDE = 16  # thumbnail side, pixels
 IMAGE_MAX_SIDE = 128  # images are shrunk to at most this before the thumbnail
 IMAGE_TRIM = 0.02  # the share of thumbnail pixels a near-copy may differ in anywhere (a stamp, say)
 IMAGE_CANDIDATES = 16  # each image's nearest by the untrimmed distance, checked by the trimmed one
 IMAGE_METHOD = (
-    "image payload decoded (Pillow) to grayscale, shrunk to at most max_side px, box-filtered to a side x "
-    "side thumbnail; the distance is euclidean on gray levels over all but the trim share of pixels that "
-    "differ most; each image is checked against its candidates nearest by the untrimmed distance; examples "
-    "closer than fraction x the median distance from an example to the nearest example of another provider "
-    "are linked; a group is a connected set of links"
+    "image payload decoded (Pillow) to grayscale, shrunk to at most max_side px, box-filtered to a side "
+    "x side thumbnail; the distance is euclidean on gray levels over all but the trim share of pixels "
+    "that differ most; each image is checked against its candidates nearest by the untrimmed distance; "
+    "examples closer than fraction x the median distance from an example to the nearest example of "
+    "another provider (the nearest beyond any clump: a neighbour closer than fraction x the next is a "
+    "copy, skipped with those before it) are linked; a group is a connected set of links"
 )
 NOT_NUMERIC = "exact copies only"
 
@@ -286,7 +293,7 @@ def _near_groups(x: np.ndarray, owner: np.ndarray, fraction: float) -> tuple[np.
     z = (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
     tree = cKDTree(z)
     others, nearest = _neighbours(z, owner, tree)
-    median = float(np.median(others[:, 0]))
+    median = float(np.median(spacing(others, fraction)))
     threshold = fraction * median
     pairs = tree.query_pairs(threshold, output_type="ndarray") if threshold > 0 else np.zeros((0, 2), int)
     dist = np.linalg.norm(z[pairs[:, 0]] - z[pairs[:, 1]], axis=1)
@@ -301,6 +308,26 @@ def _near_groups(x: np.ndarray, owner: np.ndarray, fraction: float) -> tuple[np.
                                 local_k=LOCAL_K, dimension=_sig(dimension), honest_link=HONEST_LINK,
                                 local_ratio=_sig(ratio), copying_level=COPYING_LEVEL,
                                 copying_chances=list(COPYING_CHANCES), copying_pairs=copying)
+
+
+def spacing(neighbours: np.ndarray, fraction: float) -> np.ndarray:
+    """Each example's spacing from its distances to its nearest examples of other providers (ascending,
+    a row each): the nearest that is not a clump's. A neighbour closer than ``fraction`` of the next one
+    is a near-copy (or the original of one), as the link threshold will judge it, so the clump it makes
+    is skipped and the spacing is the distance to the first example beyond it. Honest neighbours are
+    rarely that much closer than the next (the chance is about ``fraction ** dimension``), so honest
+    data keeps its nearest; but without the skip a copier who copied as many examples as the honest
+    providers hold made copies and originals most of the data, the median spacing shrank to the copies'
+    own, and no copy was linked. Exact copies (distance 0) are clumps too; a row whose every neighbour
+    is in one clump keeps the last distance."""
+    d = np.asarray(neighbours, dtype=np.float64)
+    if d.shape[1] < 2:
+        return d[:, 0].copy()
+    nxt = d[:, 1:]
+    clump = (d[:, :-1] < fraction * nxt) & np.isfinite(nxt)
+    first = np.argmin(clump, axis=1)  # the first neighbour not closer than fraction of the next
+    first[clump.all(axis=1)] = d.shape[1] - 1
+    return d[np.arange(len(d)), first]
 
 
 def _chances(others: np.ndarray, dimension: float) -> np.ndarray:
@@ -462,7 +489,7 @@ def _text_groups(texts: list[str], owner: np.ndarray) -> tuple[np.ndarray, dict[
         x = vectorizer.fit_transform(texts)
     except ValueError:  # no text long enough for one n-gram
         return np.arange(n), {"method": "none", "reason": "no text has 3 characters besides punctuation"}
-    median = float(np.median(_spacing_cosine(x, owner)))
+    median = float(np.median(spacing(_others_cosine(x, owner), TEXT_FRACTION)))
     threshold = min(TEXT_MAX_DISTANCE, TEXT_FRACTION * median)
     graph = NearestNeighbors(metric="cosine", algorithm="brute").fit(x).radius_neighbors_graph(
         x, radius=threshold, mode="distance", sort_results=True
@@ -476,17 +503,20 @@ def _text_groups(texts: list[str], owner: np.ndarray) -> tuple[np.ndarray, dict[
                                 max_distance=TEXT_MAX_DISTANCE)
 
 
-def _spacing_cosine(x: csr_matrix, owner: np.ndarray) -> np.ndarray:
-    """The nearest of ``_neighbours``, in cosine distance over sparse rows."""
+def _others_cosine(x: csr_matrix, owner: np.ndarray, k: int = LOCAL_K) -> np.ndarray:
+    """``_neighbours``' distances, in cosine distance over sparse rows (ascending, inf where fewer)."""
     names = np.unique(owner)
+    out = np.full((x.shape[0], k), np.inf)
     if len(names) < 2:
-        index = NearestNeighbors(n_neighbors=2, metric="cosine", algorithm="brute").fit(x)
-        return index.kneighbors(x)[0][:, 1]
-    out = np.empty(x.shape[0])
+        m = min(k + 1, x.shape[0])
+        index = NearestNeighbors(n_neighbors=m, metric="cosine", algorithm="brute").fit(x)
+        out[:, : m - 1] = index.kneighbors(x)[0][:, 1:]
+        return out
     for name in names.tolist():
         mine = owner == name
-        index = NearestNeighbors(n_neighbors=1, metric="cosine", algorithm="brute").fit(x[~mine])
-        out[mine] = index.kneighbors(x[mine])[0][:, 0]
+        m = min(k, int((~mine).sum()))
+        index = NearestNeighbors(n_neighbors=m, metric="cosine", algorithm="brute").fit(x[~mine])
+        out[mine, :m] = index.kneighbors(x[mine])[0]
     return out
 
 
@@ -502,8 +532,8 @@ def _image_groups(
         bad = int(n - ok.sum())
         return labels, {"method": "none", "reason": f"fewer than 3 decodable images ({bad} not PNG/JPEG)"}
     x = np.array([np.concatenate(row) for row, good in zip(rows, ok, strict=True) if good])
-    pairs, dist, spacing = _trimmed_neighbours(x, owner[ok])
-    median = float(np.median(spacing))
+    pairs, dist, others = _trimmed_neighbours(x, owner[ok])
+    median = float(np.median(spacing(others, fraction)))
     threshold = fraction * median
     sub, near = _components(pairs[dist < threshold], len(x))
     labels[ok] = np.flatnonzero(ok)[sub]  # distinct labels, none an undecodable row's own
@@ -539,9 +569,9 @@ def _trimmed(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _trimmed_neighbours(x: np.ndarray, owner: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Candidate pairs (i, j): j among i's ``IMAGE_CANDIDATES`` nearest by the untrimmed distance (ties
-    at the last place all kept), with their trimmed distances; and each image's spacing (as the nearest
-    of ``_neighbours``): the trimmed distance to the nearest of its candidates among the other
-    providers' images.
+    at the last place all kept), with their trimmed distances; and each image's trimmed distances to its
+    candidates among the other providers' images, ascending, at most ``IMAGE_CANDIDATES`` (inf where
+    fewer): ``_neighbours`` for images, of which ``spacing`` takes the nearest beyond any clump.
 
     Squared distances come from one matrix product per block of rows: on whole gray levels every sum
     is a whole number below 2**53, so they are exact whatever the BLAS, and the candidates the same on
@@ -550,7 +580,7 @@ def _trimmed_neighbours(x: np.ndarray, owner: np.ndarray) -> tuple[np.ndarray, n
     k = min(IMAGE_CANDIDATES, n - 1)
     code = np.unique(owner, return_inverse=True)[1]
     norms = (x * x).sum(axis=1)
-    pairs, dists, spacing = [], [], np.empty(n)
+    pairs, dists, others = [], [], np.full((n, k), np.inf)
     step = max(1, 2**23 // n)  # rows per block: a block's distances take at most 64 MiB
     for first in range(0, n, step):
         rows = np.arange(first, min(first + step, n))
@@ -565,12 +595,16 @@ def _trimmed_neighbours(x: np.ndarray, owner: np.ndarray) -> tuple[np.ndarray, n
             other = near
         i, j = np.nonzero(near | other)
         d = _trimmed(x[rows[i]], x[j])
-        spacing[rows] = np.inf
-        np.minimum.at(spacing, rows[i[other[i, j]]], d[other[i, j]])
+        mine, theirs = i[other[i, j]], d[other[i, j]]
+        order = np.lexsort((theirs, mine))  # by row, then trimmed distance
+        mine, theirs = mine[order], theirs[order]
+        rank = np.arange(len(mine)) - np.searchsorted(mine, mine)  # each distance's place in its row
+        first = rank < k  # ties at the last place may add candidates beyond k
+        others[rows[mine[first]], rank[first]] = theirs[first]
         keep = near[i, j]
         pairs.append(np.column_stack([rows[i[keep]], j[keep]]))
         dists.append(d[keep])
-    return np.concatenate(pairs), np.concatenate(dists), spacing
+    return np.concatenate(pairs), np.concatenate(dists), others
 
 
 def _components(pairs: np.ndarray, n: int) -> tuple[np.ndarray, dict[str, int]]:

@@ -197,6 +197,23 @@ def test_a_copycats_light_edits_join_their_originals_and_earn_nothing(kind, seed
     assert 0 < near["threshold"] < near["median_nn_distance"]
 
 
+@pytest.mark.parametrize("kind", ["text", "image"])
+def test_a_copycat_of_every_example_still_joins_each_original(kind) -> None:
+    """Light edits of every honest example make copies and originals all of the data: the median
+    distance to another provider's nearest example fell to the copies' own (image copies: none linked;
+    text: only those that normalize to their original) until each example's clump was skipped."""
+    column, honest, rng = _world(kind, 3)
+    copies = [_copy(kind, v, rng) for v in honest]
+    table = pa.concat_tables([_honest_table(column, honest), _table(column, copies, "copycat")])
+    labels = _labels(column, table)
+    pairs = zip(copies, honest, strict=True)
+    missed = [c for c, o in pairs if labels[_id(column, c)] != labels[_id(column, o)]]
+    assert len(missed) <= 0.02 * len(copies), (len(missed), missed[:3])
+    assert len({labels[_id(column, v)] for v in honest}) == len(honest)  # no two honest examples grouped
+    _, report = to_examples(table, _times(table))
+    assert report.grouping.unpaid == ("copycat",)
+
+
 @pytest.mark.parametrize("kind", ["text", "image", "image8"])
 def test_a_flood_of_near_copies_gains_nothing_and_dilutes_nobody(kind) -> None:
     column, honest, rng = _world(kind, 7)
