@@ -328,6 +328,10 @@ def test_a_copycat_of_everyone_cannot_shrink_the_spacing_its_copies_are_judged_b
     assert report.grouping.unpaid == ("copycat",)
     near, honest_near = report.grouping.near, alone.grouping.near
     assert abs(near["threshold"] / honest_near["threshold"] - 1) < 0.15, (near, honest_near)
+    copies_of = {c: original_ids[i] for c, i in zip(copy_ids, picked.tolist(), strict=True)}
+    score = _score_by_content(originals, rng.uniform(-0.5, 1.0, len(originals)), copies_of, seed=seed)
+    before, after = _bps(_weights_of(pa.concat_tables(base), score)), _bps(_weights_of(table, score))
+    assert after["copycat"] == 0 and all(abs(before[c] - after[c]) <= 1 for c in before), (before, after)
 
 
 def test_spacing_skips_a_clump_and_keeps_an_honest_nearest() -> None:
