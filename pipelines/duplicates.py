@@ -9,9 +9,12 @@ registered them first (the ``example_credit`` contract, ``schemas.CREDIT_SCHEMA`
   flooding copies of its own examples cannot shrink it, and beyond any clump (``spacing``: a
   neighbour closer than the link fraction of the next is a copy or an original, skipped), so a copier
   cannot either: when it copied as many examples as the honest providers hold, copies and originals
-  were most of the data, the median fell to the copies' own distance and no copy was linked. A known
-  limit remains in few dimensions (about five numbers): there such a copier's copies are as close as
-  many honest neighbours, and the test that finds a copying pair of providers (below) measures them
+  were most of the data, the median fell to the copies' own distance and no copy was linked. Known
+  limits: two or more copiers who each copy the same examples make clumps of several copies, whose
+  nearest neighbours are all one another (the spacing skips a neighbour only where the next is far
+  beyond it, and the dimension estimate below reads the clump as the data's own), so they still go
+  ungrouped; and in few dimensions (about five numbers) a single copier's copies are as close as many
+  honest neighbours, and the test that finds a copying pair of providers (below) measures them
   against a reference the copies make most of, so most of them still go ungrouped.
   - numeric (numeric columns, fixed-width lists of numbers and categories, e.g. tabular features or
     pixel arrays, read as a numeric run's model reads them, ``InputEncoding``: categories one-hot, a
