@@ -11,8 +11,9 @@ bytes, any size: the model squashes them to 16x16) or synthetic sentences or 32x
 itself (``bench/_common/media_world.py``: the recipes' text transformer / CNN, trained with the
 pipeline's own settings for them (the recipes' ``TEXT_CONFIG`` / ``IMAGE_CONFIG``: AdamW; the
 transformer stops early) and paid as the pipeline pays them, ``attribution.train_trak_valued``; at
-most 200 validation and 800 pool rows, about 1,100 training examples with the faults' own, a few
-minutes on 2 cores), it builds a small world with known faults (``bench/_common/royalty_world.py``):
+most 200 validation and 800 pool rows, about 1,100 training examples with the faults' own: about 15
+(images) or 35 minutes (texts) on 2 cores), it builds a small world with known faults
+(``bench/_common/royalty_world.py``):
 
 - a declared trusted validation set (held out, true labels): the in-run attribution targets
   and the ground truth's loss;
