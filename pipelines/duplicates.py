@@ -602,8 +602,8 @@ def _trimmed_neighbours(x: np.ndarray, owner: np.ndarray) -> tuple[np.ndarray, n
         order = np.lexsort((theirs, mine))  # by row, then trimmed distance
         mine, theirs = mine[order], theirs[order]
         rank = np.arange(len(mine)) - np.searchsorted(mine, mine)  # each distance's place in its row
-        first = rank < k  # ties at the last place may add candidates beyond k
-        others[rows[mine[first]], rank[first]] = theirs[first]
+        within = rank < k  # ties at the last place may add candidates beyond k
+        others[rows[mine[within]], rank[within]] = theirs[within]
         keep = near[i, j]
         pairs.append(np.column_stack([rows[i[keep]], j[keep]]))
         dists.append(d[keep])
