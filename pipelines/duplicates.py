@@ -9,13 +9,13 @@ registered them first (the ``example_credit`` contract, ``schemas.CREDIT_SCHEMA`
   flooding copies of its own examples cannot shrink it, and beyond any clump (``spacing``: a
   neighbour closer than the link fraction of the next is a copy or an original, skipped), so a copier
   cannot either: when it copied as many examples as the honest providers hold, copies and originals
-  were most of the data, the median fell to the copies' own distance and no copy was linked. Known
-  limits: two or more copiers who each copy the same examples make clumps of several copies, whose
-  nearest neighbours are all one another (the spacing skips a neighbour only where the next is far
-  beyond it, and the dimension estimate below reads the clump as the data's own), so they still go
-  ungrouped; and in few dimensions (about five numbers) a single copier's copies are as close as many
-  honest neighbours, and the test that finds a copying pair of providers (below) measures them
-  against a reference the copies make most of, so most of them still go ungrouped.
+  were most of the data, the median fell to the copies' own distance and no copy was linked. A clump
+  holds up to ``CLUMP_MAX`` neighbours, so two or three copiers who each copy the same examples are
+  skipped too, and the dimension estimate below leaves clumps out as well (read as the data's own,
+  they made its dimension near zero and no copy was close enough to link). A known limit remains in
+  few dimensions (about five numbers): there a majority copier's copies are as close as many honest
+  neighbours, and the test that finds a copying pair of providers (below) measures them against a
+  reference the copies make most of, so about half of them still go ungrouped.
   - numeric (numeric columns, fixed-width lists of numbers and categories, e.g. tabular features or
     pixel arrays, read as a numeric run's model reads them, ``InputEncoding``: categories one-hot, a
     missing number its column's mean): every feature standardized (centred, divided by its standard
@@ -89,6 +89,7 @@ LOCAL_K = 10  # numeric: the neighbours that give an example's local scale and t
 HONEST_LINK = 1e-3  # numeric: the chance an honest example is linked, were the data locally uniform
 COPYING_LEVEL = 1e-3  # numeric: the chance that a pair of honest providers is taken for a copying one
 COPYING_CHANCES = (1e-3, 1e-2, 1e-1)  # numeric: the chances at which a pair's close matches are counted
+CLUMP_MAX = 3  # the most neighbours a clump holds: copies of one example by as many providers
 RULE = (
     "a duplicate group earns the mean of its members' scores, once, paid to the provider(s) of its "
     "first-registered member(s); sources registered at the same time share equally"
@@ -96,20 +97,20 @@ RULE = (
 EXACT_METHOD = "same example_id (sha256 of the canonical payload)"
 NEAR_METHOD = (
     "numeric payload, each feature standardized; examples closer (euclidean) than fraction x the median "
-    "distance from an example to the nearest example of another provider (the nearest beyond any clump: "
-    "a neighbour closer than fraction x the next is a copy, skipped with those before it), and than "
-    "local_ratio x the distance from either to its local_k-th nearest example of another provider, are "
-    "linked, where local_ratio = (honest_link / (local_k - 1)) ** (1 / dimension) and dimension is the "
-    "median over examples of the maximum-likelihood (Levina-Bickel) estimate from those distances, the "
-    "nearest censored; besides, an example's chance is that of an honest example having an example of "
-    "another provider as close, relative to its local_k-th, were the data locally uniform in that "
-    "dimension, and two providers copy one another where, in both directions, the examples whose "
-    "nearest example of another provider is the other's, and mutually so, have small chances more often "
-    "than the examples of pairs not found copying have (one-sided Fisher test at each of "
-    "copying_chances, Bonferroni over pairs and chances, level copying_level, repeated until no more "
-    "pairs are found): their mutual nearest pairs are then linked up to the chance that leaves the "
-    "fewest examples expected misassigned, the chances of the examples of pairs not found copying "
-    "standing for honest ones; a group is a connected set of links"
+    "distance from an example to the nearest example of another provider (the nearest beyond its clump: "
+    "the neighbours before the last jump, among the first four, to one more than 1 / fraction times as "
+    "far are copies of one example), and than local_ratio x the distance from either to its local_k-th "
+    "nearest example of another provider, are linked, where local_ratio = (honest_link / (local_k - 1)) "
+    "** (1 / dimension) and dimension is the median over examples of the maximum-likelihood "
+    "(Levina-Bickel) estimate from those distances, the nearest censored; besides, an example's chance "
+    "is that of an honest example having an example of another provider as close, relative to its "
+    "local_k-th, were the data locally uniform in that dimension, and two providers copy one another "
+    "where, in both directions, the examples whose nearest example of another provider is the other's, "
+    "and mutually so, have small chances more often than the examples of pairs not found copying have "
+    "(one-sided Fisher test at each of copying_chances, Bonferroni over pairs and chances, level "
+    "copying_level, repeated until no more pairs are found): their mutual nearest pairs are then linked "
+    "up to the chance that leaves the fewest examples expected misassigned, the chances of the examples "
+    "of pairs not found copying standing for honest ones; a group is a connected set of links"
 )
 TEXT_FRACTION = 0.5  # of the median nearest-other-provider cosine distance
 TEXT_MAX_DISTANCE = 0.2  # cosine similarity >= 0.8 at the loosest
@@ -117,9 +118,9 @@ TEXT_NGRAMS = (3, 5)
 TEXT_METHOD = (
     "text payload lowercased, punctuation dropped, whitespace collapsed; TF-IDF (sublinear tf) over "
     "character n-grams; examples closer (cosine distance) than min(max_distance, fraction x the median "
-    "distance from an example to the nearest example of another provider, the nearest beyond any clump: "
-    "a neighbour closer than fraction x the next is a copy, skipped with those before it) are linked; a "
-    "group is a connected set of links"
+    "distance from an example to the nearest example of another provider, the nearest beyond its clump: "
+    "the neighbours before the last jump, among the first four, to one more than 1 / fraction times as "
+    "far are copies of one example) are linked; a group is a connected set of links"
 )
 IMAGE_SIDE = 16  # thumbnail side, pixels
 IMAGE_MAX_SIDE = 128  # images are shrunk to at most this before the thumbnail
@@ -130,8 +131,9 @@ IMAGE_METHOD = (
     "x side thumbnail; the distance is euclidean on gray levels over all but the trim share of pixels "
     "that differ most; each image is checked against its candidates nearest by the untrimmed distance; "
     "examples closer than fraction x the median distance from an example to the nearest example of "
-    "another provider (the nearest beyond any clump: a neighbour closer than fraction x the next is a "
-    "copy, skipped with those before it) are linked; a group is a connected set of links"
+    "another provider (the nearest beyond its clump: the neighbours before the last jump, among the "
+    "first four, to one more than 1 / fraction times as far are copies of one example) are linked; a "
+    "group is a connected set of links"
 )
 NOT_NUMERIC = "exact copies only"
 
@@ -300,7 +302,7 @@ def _near_groups(x: np.ndarray, owner: np.ndarray, fraction: float) -> tuple[np.
     threshold = fraction * median
     pairs = tree.query_pairs(threshold, output_type="ndarray") if threshold > 0 else np.zeros((0, 2), int)
     dist = np.linalg.norm(z[pairs[:, 0]] - z[pairs[:, 1]], axis=1)
-    dimension = local_dimension(others)
+    dimension = local_dimension(others, clump_sizes(others, fraction))
     ratio = (HONEST_LINK / (LOCAL_K - 1)) ** (1.0 / dimension) if dimension > 0 else 1.0
     scale = others[:, -1]  # an example's distance to its LOCAL_K-th nearest example of another provider
     local = ratio * np.minimum(scale[pairs[:, 0]], scale[pairs[:, 1]])
@@ -313,24 +315,31 @@ def _near_groups(x: np.ndarray, owner: np.ndarray, fraction: float) -> tuple[np.
                                 copying_chances=list(COPYING_CHANCES), copying_pairs=copying)
 
 
-def spacing(neighbours: np.ndarray, fraction: float) -> np.ndarray:
-    """Each example's spacing from its distances to its nearest examples of other providers (ascending,
-    a row each): the nearest that is not a clump's. A neighbour closer than ``fraction`` of the next one
-    is a near-copy (or the original of one), as the link threshold will judge it, so the clump it makes
-    is skipped and the spacing is the distance to the first example beyond it. Honest neighbours are
-    rarely that much closer than the next (the chance is about ``fraction ** dimension``), so honest
-    data keeps its nearest; but without the skip a copier who copied as many examples as the honest
-    providers hold made copies and originals most of the data, the median spacing shrank to the copies'
-    own, and no copy was linked. Exact copies (distance 0) are clumps too; a row whose every neighbour
-    is in one clump keeps the last distance."""
+def clump_sizes(neighbours: np.ndarray, fraction: float) -> np.ndarray:
+    """How many of each example's nearest examples of other providers (ascending, a row each) make its
+    clump: those before the last jump, among the first ``CLUMP_MAX`` + 1, from a neighbour to one more
+    than 1 / ``fraction`` times as far. A neighbour that much closer than the next is a near-copy (or
+    the original of one), as the link threshold will judge it; copies of one example by several
+    providers are all that close to each other, so the clump ends at the last such jump, not the first.
+    Honest neighbours are rarely that much closer than the next (the chance is about ``fraction **
+    dimension``). Exact copies (distance 0) are clumps too; inf (fewer neighbours) never ends one."""
     d = np.asarray(neighbours, dtype=np.float64)
-    if d.shape[1] < 2:
-        return d[:, 0].copy()
-    nxt = d[:, 1:]
-    clump = (d[:, :-1] < fraction * nxt) & np.isfinite(nxt)
-    first = np.argmin(clump, axis=1)  # the first neighbour not closer than fraction of the next
-    first[clump.all(axis=1)] = d.shape[1] - 1
-    return d[np.arange(len(d)), first]
+    most = min(CLUMP_MAX, d.shape[1] - 1)
+    if most < 1:
+        return np.zeros(len(d), dtype=np.int64)
+    nxt = d[:, 1 : most + 1]
+    jump = (d[:, :most] < fraction * nxt) & np.isfinite(nxt)  # jump[:, j]: from neighbour j to j + 1
+    last = most - np.argmax(jump[:, ::-1], axis=1)  # one past the last jump
+    return np.where(jump.any(axis=1), last, 0)
+
+
+def spacing(neighbours: np.ndarray, fraction: float) -> np.ndarray:
+    """Each example's spacing: its distance to the nearest example of another provider beyond its
+    clump (``clump_sizes``). Without the skip a copier who copied as many examples as the honest
+    providers hold made copies and originals most of the data, the median spacing shrank to the
+    copies' own, and no copy was linked; honest data keeps its nearest."""
+    d = np.asarray(neighbours, dtype=np.float64)
+    return d[np.arange(len(d)), clump_sizes(d, fraction)]
 
 
 def _chances(others: np.ndarray, dimension: float) -> np.ndarray:
@@ -446,23 +455,34 @@ def _matched(p: np.ndarray, inside: np.ndarray, rest: np.ndarray) -> np.ndarray:
     return order[: int(np.argmax(gain)) + 1]
 
 
-def local_dimension(neighbours: np.ndarray) -> float:
+def local_dimension(neighbours: np.ndarray, clumps: np.ndarray | None = None) -> float:
     """The data's dimension where examples meet, 0 when it cannot be told: each example's maximum-
     likelihood estimate from its nearest distances (Levina and Bickel), the median over examples.
 
     The nearest distance is censored (known only to lie below the second), since a copy's is its
     original; examples with a zero distance among the rest (repeated values) are left out. With
     ``n`` distances below the farthest, an example's log-ratios sum to a Gamma(n, dimension) draw,
-    whose median is about (n - 1/3) / dimension: the estimate is median-unbiased."""
-    far, near = neighbours[:, -1:], neighbours[:, 1:-1]
-    usable = (near[:, 0] > 0) & np.isfinite(far[:, 0])
-    n = near.shape[1]
-    if n < 2 or not usable.any():
+    whose median is about (n - 1/3) / dimension: the estimate is median-unbiased. ``clumps``
+    (``clump_sizes``): each example's clump is left out first, so copies of one example by several
+    providers read as one neighbour, not as a dimension near zero."""
+    d = np.asarray(neighbours, dtype=np.float64)
+    if clumps is not None and np.any(clumps):
+        at = np.arange(d.shape[1])[None, :] + np.asarray(clumps)[:, None]
+        d = np.where(at < d.shape[1], np.take_along_axis(d, np.minimum(at, d.shape[1] - 1), axis=1), np.nan)
+    cut = d.shape[1] - (0 if clumps is None else np.asarray(clumps))  # each row's usable columns
+    cut = np.broadcast_to(cut, (len(d),))
+    far = d[np.arange(len(d)), cut - 1][:, None]
+    near = d[:, 1:-1]
+    count = np.clip(cut - 2, 0, None)  # distances below the farthest, the nearest left out
+    inside = np.arange(near.shape[1])[None, :] < count[:, None]
+    usable = (count >= 2) & (near[:, 0] > 0) & np.isfinite(far[:, 0])
+    if not usable.any():
         return 0.0
-    logs = np.log(far[usable] / near[usable])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.where(inside, np.log(far / near), 0.0)[usable]
     total = logs.sum(axis=1) + logs[:, 0]  # the censored nearest counts as the second
     with np.errstate(over="ignore"):  # all distances equal: an unbounded estimate, for the median
-        return float(np.median((n - 1 / 3) / np.maximum(total, np.finfo(float).tiny)))
+        return float(np.median((count[usable] - 1 / 3) / np.maximum(total, np.finfo(float).tiny)))
 
 
 def _near_record(method: str, fraction: float, median: float, threshold: float, features: int,

@@ -38,7 +38,7 @@ from storage import snapshot_parquet
 
 T0, T1, T2 = "2025-01-01T00:00:00Z", "2025-02-01T00:00:00Z", "2025-03-01T00:00:00Z"
 ADDR = {name: "0x" + f"{i + 1:040x}" for i, name in enumerate(
-    ["a", "b", "c", "d", "flooder", "copycat", "lab1", "lab2"]
+    ["a", "b", "c", "d", "flooder", "copycat", "lab1", "lab2", "copycat-2"]
 )}
 
 
@@ -303,35 +303,42 @@ def test_a_copycat_of_another_providers_examples_earns_nothing() -> None:
     assert all(stand_in[c] == o for c, o in copies_of.items())  # b's originals, registered first
 
 
-@pytest.mark.parametrize("seed,per_honest", [(0, 1.0), (1, 1.0), (2, 1.5)])
-def test_a_copycat_of_everyone_cannot_shrink_the_spacing_its_copies_are_judged_by(seed, per_honest) -> None:
-    """A copier who copies as many examples as the honest providers hold (1.5: some of them twice) makes
-    copies and originals most of the data. Judged by the median distance to another provider's nearest
-    example, the threshold shrank to the copies' own and none was linked; skipping each example's clump
-    (``spacing``), every copy joins its original, no two honest examples are grouped, and the threshold
-    is the one the honest data gives without the copier."""
+@pytest.mark.parametrize("seed,per_honest,copiers", [(0, 1.0, 1), (1, 1.0, 1), (2, 1.5, 1), (3, 2.0, 2)])
+def test_a_copycat_of_everyone_cannot_shrink_the_spacing_its_copies_are_judged_by(seed, per_honest,
+                                                                                   copiers) -> None:
+    """A copier who copies as many examples as the honest providers hold (1.5: some of them twice; or two
+    copiers who each copy every example) makes copies and originals most of the data. Judged by the
+    median distance to another provider's nearest example, the threshold shrank to the copies' own and
+    none was linked; skipping each example's clump (``spacing``, and for the dimension estimate), every
+    copy joins its original, no two honest examples are grouped, and the threshold is the one the honest
+    data gives without the copier."""
     rng = np.random.default_rng(seed)
     honest = {p: rng.normal(size=(150, 20)) for p in ("a", "b", "c")}
     originals = np.vstack(list(honest.values()))
-    picked = rng.choice(len(originals), round(per_honest * len(originals)), replace=per_honest > 1)
+    if copiers == 1:
+        picked = rng.choice(len(originals), round(per_honest * len(originals)), replace=per_honest > 1)
+    else:
+        picked = np.tile(np.arange(len(originals)), copiers)
     copies = originals[picked] + rng.normal(size=(len(picked), 20)) * 0.05
-    TIMES.update({"src-copycat": T2})
     base = [_rows(x, p) for p, x in honest.items()]
     _, alone = to_examples(pa.concat_tables(base), _times(pa.concat_tables(base)))
-    table = pa.concat_tables([*base, _rows(copies, "copycat")])
+    names = ("copycat", "copycat-2")[:copiers]  # two copiers: each copies every example once
+    TIMES.update({f"src-{name}": T2 for name in names})
+    share = np.array_split(np.arange(len(copies)), copiers)
+    table = pa.concat_tables([*base, *[_rows(copies[i], name) for name, i in zip(names, share, strict=True)]])
     examples, report = to_examples(table, _times(table))
     group = dict(zip(report.grouping.credit["example_id"].to_pylist(),
                      report.grouping.credit["representative"].to_pylist(), strict=True))
     original_ids, copy_ids = _ids(_rows(originals, "x")), _ids(_rows(copies, "x"))
     assert all(group[c] == original_ids[i] for c, i in zip(copy_ids, picked.tolist(), strict=True))
     assert len({group[e] for e in original_ids}) == len(original_ids)  # honest examples stay apart
-    assert report.grouping.unpaid == ("copycat",)
+    assert report.grouping.unpaid == names
     near, honest_near = report.grouping.near, alone.grouping.near
     assert abs(near["threshold"] / honest_near["threshold"] - 1) < 0.15, (near, honest_near)
     copies_of = {c: original_ids[i] for c, i in zip(copy_ids, picked.tolist(), strict=True)}
     score = _score_by_content(originals, rng.uniform(-0.5, 1.0, len(originals)), copies_of, seed=seed)
     before, after = _bps(_weights_of(pa.concat_tables(base), score)), _bps(_weights_of(table, score))
-    assert after["copycat"] == 0 and all(abs(before[c] - after[c]) <= 1 for c in before), (before, after)
+    assert all(after[n] == 0 for n in names) and all(abs(before[c] - after[c]) <= 1 for c in before)
 
 
 def test_spacing_skips_a_clump_and_keeps_an_honest_nearest() -> None:
@@ -340,11 +347,12 @@ def test_spacing_skips_a_clump_and_keeps_an_honest_nearest() -> None:
         [1.0, 1.1, 1.2, 1.3],  # honest: its nearest
         [0.01, 1.0, 1.1, 1.2],  # a copy's original (or the copy): the next one
         [0.0, 0.01, 1.0, 1.1],  # an exact copy and a near one: beyond both
-        [0.0, 0.0, 0.0, 0.0],  # nothing beyond the clump: the last
+        [0.01, 0.014, 1.0, 1.1],  # two copiers' copies of one example, each as close: beyond both
+        [0.0, 0.0, 0.0, 0.0],  # all at one point, no jump: its nearest
         [0.2, np.inf, np.inf, np.inf],  # one example of another provider: it
         [f * 1.0, 1.0, 2.0, 3.0],  # exactly fraction of the next: no clump (strictly closer only)
     ])
-    assert spacing(rows, f).tolist() == [1.0, 1.0, 1.0, 0.0, 0.2, f]
+    assert spacing(rows, f).tolist() == [1.0, 1.0, 1.0, 1.0, 0.0, 0.2, f]
     assert spacing(rows[:, :1], f).tolist() == rows[:, 0].tolist()
 
 
