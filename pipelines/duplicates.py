@@ -298,11 +298,12 @@ def _near_groups(x: np.ndarray, owner: np.ndarray, fraction: float) -> tuple[np.
     z = (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
     tree = cKDTree(z)
     others, nearest = _neighbours(z, owner, tree)
-    median = float(np.median(spacing(others, fraction)))
+    clumps = clump_sizes(others, fraction)
+    median = float(np.median(spacing(others, clumps)))
     threshold = fraction * median
     pairs = tree.query_pairs(threshold, output_type="ndarray") if threshold > 0 else np.zeros((0, 2), int)
     dist = np.linalg.norm(z[pairs[:, 0]] - z[pairs[:, 1]], axis=1)
-    dimension = local_dimension(others, clump_sizes(others, fraction))
+    dimension = local_dimension(others, clumps)
     ratio = (HONEST_LINK / (LOCAL_K - 1)) ** (1.0 / dimension) if dimension > 0 else 1.0
     scale = others[:, -1]  # an example's distance to its LOCAL_K-th nearest example of another provider
     local = ratio * np.minimum(scale[pairs[:, 0]], scale[pairs[:, 1]])
@@ -333,13 +334,12 @@ def clump_sizes(neighbours: np.ndarray, fraction: float) -> np.ndarray:
     return np.where(jump.any(axis=1), last, 0)
 
 
-def spacing(neighbours: np.ndarray, fraction: float) -> np.ndarray:
+def spacing(neighbours: np.ndarray, clumps: np.ndarray) -> np.ndarray:
     """Each example's spacing: its distance to the nearest example of another provider beyond its
-    clump (``clump_sizes``). Without the skip a copier who copied as many examples as the honest
-    providers hold made copies and originals most of the data, the median spacing shrank to the
-    copies' own, and no copy was linked; honest data keeps its nearest."""
-    d = np.asarray(neighbours, dtype=np.float64)
-    return d[np.arange(len(d)), clump_sizes(d, fraction)]
+    clump (``clumps``, from ``clump_sizes``). Without the skip a copier who copied as many examples as
+    the honest providers hold made copies and originals most of the data, the median spacing shrank to
+    the copies' own, and no copy was linked; honest data keeps its nearest."""
+    return np.asarray(neighbours, dtype=np.float64)[np.arange(len(clumps)), clumps]
 
 
 def _chances(others: np.ndarray, dimension: float) -> np.ndarray:
@@ -466,11 +466,11 @@ def local_dimension(neighbours: np.ndarray, clumps: np.ndarray | None = None) ->
     (``clump_sizes``): each example's clump is left out first, so copies of one example by several
     providers read as one neighbour, not as a dimension near zero."""
     d = np.asarray(neighbours, dtype=np.float64)
-    if clumps is not None and np.any(clumps):
-        at = np.arange(d.shape[1])[None, :] + np.asarray(clumps)[:, None]
+    clumps = np.zeros(len(d), dtype=np.int64) if clumps is None else np.asarray(clumps)
+    if clumps.any():  # each row shifted left past its clump
+        at = np.arange(d.shape[1])[None, :] + clumps[:, None]
         d = np.where(at < d.shape[1], np.take_along_axis(d, np.minimum(at, d.shape[1] - 1), axis=1), np.nan)
-    cut = d.shape[1] - (0 if clumps is None else np.asarray(clumps))  # each row's usable columns
-    cut = np.broadcast_to(cut, (len(d),))
+    cut = d.shape[1] - clumps  # each row's usable columns
     far = d[np.arange(len(d)), cut - 1][:, None]
     near = d[:, 1:-1]
     count = np.clip(cut - 2, 0, None)  # distances below the farthest, the nearest left out
@@ -512,7 +512,8 @@ def _text_groups(texts: list[str], owner: np.ndarray) -> tuple[np.ndarray, dict[
         x = vectorizer.fit_transform(texts)
     except ValueError:  # no text long enough for one n-gram
         return np.arange(n), {"method": "none", "reason": "no text has 3 characters besides punctuation"}
-    median = float(np.median(spacing(_others_cosine(x, owner), TEXT_FRACTION)))
+    others = _others_cosine(x, owner)
+    median = float(np.median(spacing(others, clump_sizes(others, TEXT_FRACTION))))
     threshold = min(TEXT_MAX_DISTANCE, TEXT_FRACTION * median)
     graph = NearestNeighbors(metric="cosine", algorithm="brute").fit(x).radius_neighbors_graph(
         x, radius=threshold, mode="distance", sort_results=True
@@ -556,7 +557,7 @@ def _image_groups(
         return labels, {"method": "none", "reason": f"fewer than 3 decodable images ({bad} not PNG/JPEG)"}
     x = np.array([np.concatenate(row) for row, good in zip(rows, ok, strict=True) if good])
     pairs, dist, others = _trimmed_neighbours(x, owner[ok])
-    median = float(np.median(spacing(others, fraction)))
+    median = float(np.median(spacing(others, clump_sizes(others, fraction))))
     threshold = fraction * median
     sub, near = _components(pairs[dist < threshold], len(x))
     labels[ok] = np.flatnonzero(ok)[sub]  # distinct labels, none an undecodable row's own

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 # Below float64's normal range a power of ten keeps fewer digits, down to 0: scores and grid are
 # both lifted by this exact power of two there, so a grid of tiny scores keeps every digit.
 LIFT = 600
+_SMALLEST_NORMAL = Decimal(float(np.finfo(np.float64).tiny))
 
 
 def quantize(scores: np.ndarray, digits: int) -> np.ndarray:
@@ -58,9 +59,6 @@ def grid_unit(top: float, digits: int) -> tuple[float, float]:
     if step >= _SMALLEST_NORMAL:
         return float(step), 1.0
     return float(step * 2**LIFT), float(2**LIFT)
-
-
-_SMALLEST_NORMAL = Decimal(float(np.finfo(np.float64).tiny))
 
 
 def quantize_columns(scores: np.ndarray, digits: int) -> np.ndarray:

@@ -32,7 +32,7 @@ from attribution import (
     provider_groups,
 )
 from pipelines.datasets import Payload, example_id, to_examples
-from pipelines.duplicates import LOCAL_K, NEAR_FRACTION, local_dimension, spacing
+from pipelines.duplicates import LOCAL_K, NEAR_FRACTION, clump_sizes, local_dimension, spacing
 from schemas import CREDIT_SCHEMA, TOTAL_BPS
 from storage import snapshot_parquet
 
@@ -352,8 +352,8 @@ def test_spacing_skips_a_clump_and_keeps_an_honest_nearest() -> None:
         [0.2, np.inf, np.inf, np.inf],  # one example of another provider: it
         [f * 1.0, 1.0, 2.0, 3.0],  # exactly fraction of the next: no clump (strictly closer only)
     ])
-    assert spacing(rows, f).tolist() == [1.0, 1.0, 1.0, 1.0, 0.0, 0.2, f]
-    assert spacing(rows[:, :1], f).tolist() == rows[:, 0].tolist()
+    assert spacing(rows, clump_sizes(rows, f)).tolist() == [1.0, 1.0, 1.0, 1.0, 0.0, 0.2, f]
+    assert spacing(rows[:, :1], clump_sizes(rows[:, :1], f)).tolist() == rows[:, 0].tolist()
 
 
 def _weights_of(table: pa.Table, score) -> pa.Table:
