@@ -41,12 +41,14 @@ from eth_account import Account  # noqa: E402
 
 from attribution import largest_remainder  # noqa: E402
 from provenance import (  # noqa: E402
+    LABELING_EXPORT,
     Chain,
     RunRecords,
     StandardMerkleTree,
     WeightingRecord,
     claim_answers,
     claim_sources,
+    date_export,
     load_record,
     publish_run,
     source_claims,
@@ -151,6 +153,7 @@ def claim_labelers_answers(chain: Chain, store: BlockStore, sample, labelers: in
         sent = claim_answers(funded(chain, account), pairs)
         gas = gas or next((t.gas_used for t in sent if len(pairs) >= 400), 0)
         claimed += len(pairs)
+    date_export(chain, sample.records[LABELING_EXPORT])  # the operator's export, dated after the claims
     return gas, claimed
 
 

@@ -202,9 +202,10 @@ def _latest_export(store: StoreResource, lineage: LineageResource, version: str)
     blocking=True,
     description="Each labeler that claims its answers on chain (`caravan claim-answers`) finds them in the "
     "export as it claimed them, as publishing the split will hold them. An answer it claimed before the "
-    "export, left out of it, blocks training on the export (sync again). An answer not claimed as recorded "
-    "(not yet claimed, or changed since) warns: publishing refuses the run until its labeler claims it, "
-    "which needs no retraining. Labelers who claim nothing, and a chain Caravan's contracts were never "
+    "export was dated on chain, left out of it, blocks training on the export (sync again). An answer not "
+    "claimed as recorded (not yet claimed, or changed since) warns: publishing refuses the run until its "
+    "labeler claims it, which needs no retraining; so does an export the operator's key did not date. "
+    "Labelers who claim nothing, and a chain Caravan's contracts were never "
     "deployed on from here, leave nothing to check.",
 )
 def answers_match_their_claims(
@@ -235,7 +236,8 @@ def claims_check(
         paid = {a: registry[a] for a in pc.unique(answers["annotator"]).to_pylist() if a in registry}
         ingest = lineage.latest(INGEST, version)
         choices = declared_choices([load_record(client, ingest)] if ingest else [])
-        found = export_answer_problems(on_chain, answers, examples, paid, choices, export.ended_at)
+        exported = (lineage.cid_of(LABELING_EXPORT, version), export)
+        found = export_answer_problems(on_chain, answers, examples, paid, choices, exported)
     except (ChainError, ContributorsError) as exc:  # the chain is unreachable, or the registry unreadable
         return _claims_result(AnswerCheck(), f"{exc}; the answers could not be held to their claims "
                                              "(publishing the split will hold them)", failed=True)
@@ -253,8 +255,13 @@ def _claims_result(
     elif found.problems:
         note = (_problems(found) + ". Publishing the split will refuse it until each labeler named claims "
                 "the answers it gave (`caravan claim-answers`), or they are left out")
+    if found.undated:
+        undated = [f"{cid}: {why}" for cid, why in found.undated]
+        note = "; ".join([note, *undated] if found.problems else undated) + (
+            ". Publishing the split will refuse it: materialize `annotations` again with the publisher's key "
+            "(CARAVAN_PRIVATE_KEY or CARAVAN_KEYSTORE), which dates the export as it is made")
     return dg.AssetCheckResult(
-        passed=not (failed or found.problems),
+        passed=not (failed or found.problems or found.undated),
         severity=dg.AssetCheckSeverity.ERROR if found.dropped else dg.AssetCheckSeverity.WARN,
         description=note,
         metadata={"labelers_held": found.labelers, "answers_held": found.answers,

@@ -83,8 +83,10 @@ from provenance.answer_claims import (
     answer_problems,
     answer_seal,
     claim_answers,
+    date_export,
     declared_choices,
     export_answer_problems,
+    export_time,
 )
 from provenance.audit import NO_KEY, Failure, Findings, TraceNode, VerifyReport, trace, trace_run, verify_run
 from provenance.chain import (
@@ -233,9 +235,11 @@ __all__ = [
     "claim_time",
     "claims_deployed",
     "date_registrations",
+    "date_export",
     "declared_choices",
     "deployed_from",
     "export_answer_problems",
+    "export_time",
     "file_claims",
     "honoured",
     "source_claims",

@@ -12,16 +12,21 @@ paid address claimed an answer on one of the run's examples:
 - every answer the run credits to it is one it claimed (in a block before the run's head record was
   anchored): an edited or invented answer fails, and so does one it gave but has not claimed yet (a
   labeler that claims its answers claims all it gives);
-- every example it claimed an answer on by the time its answers were exported (the labeling export
-  record's end) holds an answer of its in the run: a dropped answer fails.
+- every example it claimed an answer on by the time its answers were exported holds an answer of its
+  in the run: a dropped answer fails. That time is the chain's: the operator dates each labeling
+  export record on chain as it writes it (`date_export`, an `export_seal` sent from the address that
+  publishes the run), not the record's own `ended_at`, which the operator writes: a backdated export
+  would escape the rule for every claim made since. A run whose labelers are held and whose export
+  the publisher never dated fails (`AnswerCheck.undated`).
 
 A labeler who claims nothing is held to nothing: its answers stay the operator's word.
 
     claim_answers(chain, [(example_id, label)])    the labeler, with its own key: a transaction per 400
     claims = claimed_seals(chain, addresses)       {address: {bucket: {seal: unix time}}}
+    date_export(chain, record_cid)                 the operator, as it writes a labeling export record
     check = answer_problems(answers, paid, claims, examples, choices, exported_at)   pure
     check = run_answer_problems(chain, lineage, weights, table_reader(store, keys))   a run's, as anchored
-    check = export_answer_problems(chain, answers, examples, paid, choices, exported_at)   an export's
+    check = export_answer_problems(chain, answers, examples, paid, choices, export)   an export's
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ from storage import (
 
 ANSWER_DOMAIN = b"caravan/answer/"
 ANSWER_BUCKET_DOMAIN = b"caravan/answer-bucket/"
+EXPORT_DOMAIN = b"caravan/exported/"
 SHOWN = 3  # examples named in a problem, at most
 
 
@@ -82,6 +88,28 @@ def answer_bucket(example_id: str) -> int:
     return int.from_bytes(keccak(ANSWER_BUCKET_DOMAIN + example_id.encode())[:2], "big")
 
 
+def export_seal(record_cid: str, operator: str) -> bytes:
+    """keccak256(abi.encodePacked("caravan/exported/", record CID, operator)): what the operator sends to
+    date a labeling export record (`date_export`). No claim of anyone's: the chain's clock says when the
+    record, and so the answers it names, existed."""
+    return keccak(EXPORT_DOMAIN + record_cid.encode() + _address_bytes(operator))
+
+
+def date_export(chain: Chain, record_cid: str) -> int:
+    """Date a labeling export record on chain from the chain's account (the operator's, which publishes
+    the run): its `export_seal`, sent unless sent before; its unix time (the first)."""
+    account = sending_account(chain, "dating a labeling export needs the operator's key")
+    _, [known] = send_seals(chain, [(export_seal(record_cid, account), answer_bucket(record_cid))],
+                            SEALS_PER_TX)
+    return known or export_time(chain, record_cid, account)
+
+
+def export_time(chain: Chain, record_cid: str, operator: str) -> int:
+    """When `operator` dated the labeling export record `record_cid` on chain (0: never)."""
+    [when] = chain.batch_call([chain.claims.functions.claimedAt(operator, export_seal(record_cid, operator))])
+    return int(when)
+
+
 def claim_answers(
     chain: Chain, answers: Sequence[tuple[str, str]], *, per_tx: int = SEALS_PER_TX
 ) -> list[TxResult]:
@@ -102,6 +130,7 @@ class AnswerCheck:
     labelers: int = 0  # labelers held to their claims
     answers: int = 0  # answers held to them
     dropped: list[str] = field(default_factory=list)  # labelers with claimed answers left out
+    undated: list[tuple[str, str]] = field(default_factory=list)  # (export record CID, why): `_undated`
 
 
 def answer_problems(
@@ -235,25 +264,48 @@ def run_answer_problems(
     answers, examples = read(annotations_cid), read(head.inputs[WeightingRecord.EXAMPLES])
     if answers is None or examples is None:
         return None
-    exports = [r.ended_at for r in lineage.values() if r.activity == LABELING_EXPORT
-               and r.outputs.get(LabelingExportRecord.ANNOTATIONS) == annotations_cid]
-    return _held(answers, examples, paid, claims, declared_choices(lineage.values()),
-                 exports[0] if exports else None)
+    exports = sorted(cid for cid, r in lineage.items() if r.activity == LABELING_EXPORT
+                     and r.outputs.get(LabelingExportRecord.ANNOTATIONS) == annotations_cid)
+    publisher = entry["publisher"] if entry else sending_account(chain, "publishing needs its key")
+    dated = export_time(chain, exports[0], publisher) if exports else 0
+    check = _held(answers, examples, paid, claims, declared_choices(lineage.values()),
+                  claim_time(dated) if dated else None)
+    if exports and not dated:
+        _undated(check, exports[0], publisher)
+    return check
 
 
 def export_answer_problems(
     chain: Chain, answers: pa.Table, examples: pa.Table, paid: Mapping[str, str], choices: Sequence[str],
-    exported_at: str,
+    export: tuple[str, Record],
 ) -> AnswerCheck:
-    """`answer_problems` of a labeling export, before anything is trained on it: its `answers` on
-    `examples`, each labeler at its payout address (`paid`), held to every claim made so far. An answer
-    its labeler has not claimed yet fails here as it would at publishing (a claiming labeler claims all
-    it gives), so a conflict shows at the sync, not after the training. Nothing to check where the
-    chain has no SourceClaims contract."""
+    """`answer_problems` of a labeling export (its record CID and record), before anything is trained on
+    it: its `answers` on `examples`, each labeler at its payout address (`paid`), held to every claim
+    made so far, and for dropped answers to those made by the time the chain's account (the operator's)
+    dated the export (`date_export`; undated: by the record's end, and `AnswerCheck.undated` says that
+    publishing will refuse it). An answer its labeler has not claimed yet fails here as it would at
+    publishing (a claiming labeler claims all it gives), so a conflict shows at the sync, not after the
+    training. Nothing to check where the chain has no SourceClaims contract."""
     if not paid or not claims_deployed(chain):
         return AnswerCheck()
     claims = claimed_seals(chain, sorted(set(paid.values())))
-    return _held(answers, examples, paid, claims, choices, exported_at)
+    cid, record = export
+    dated = export_time(chain, cid, chain.address) if chain.address else 0
+    check = _held(answers, examples, paid, claims, choices, claim_time(dated) if dated else record.ended_at)
+    if not dated:
+        _undated(check, cid, chain.address)
+    return check
+
+
+def _undated(check: AnswerCheck, export_cid: str, publisher: str | None) -> None:
+    """Where `check` holds labelers to their claims, note that the publisher never dated the labeling
+    export `export_cid` on chain: its end is then the operator's word, which a backdated record moves
+    before the claims of the answers it drops, so no run is paid by it."""
+    if check.labelers:
+        by = f"by the publisher {publisher}" if publisher else "(this chain client has no key)"
+        check.undated.append((export_cid, f"the labeling export record was not dated on chain {by}, so "
+                                          "when its answers were exported is the operator's word and its "
+                                          "labelers' claims cannot be held to it"))
 
 
 def _held(

@@ -357,6 +357,8 @@ def _check_answer_claims(
         return
     for labeler, why in check.problems:
         report.fail("answer_claim_differs", labeler, why)
+    for export, why in check.undated:
+        report.fail("export_undated", export, why)
     report.answers_checked, report.answer_labelers = check.answers, check.labelers
 
 

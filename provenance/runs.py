@@ -92,12 +92,13 @@ def _refuse_broken_claims(
             + ". Pay each provider at its claiming address (the contributors registry) and rerun the run"
         )
     answers = run_answer_problems(chain, lineage, weights, table_reader(store))
-    if answers is not None and answers.problems:
+    if answers is not None and (answers.problems or answers.undated):
         raise ClaimConflict(
             "the run's answers break their labelers' claims on chain (nothing was sent): "
-            + "; ".join(f"{who}: {why}" for who, why in answers.problems)
+            + "; ".join(f"{who}: {why}" for who, why in answers.problems + answers.undated)
             + ". Ask each labeler named to claim the answers it gave (`caravan claim-answers`), or leave out "
-            "those it did not give, and rerun the run"
+            "those it did not give; date each labeling export as it is made (the pipeline's `annotations` "
+            "asset does, with the publisher's key); and rerun the run"
         )
 
 

@@ -58,6 +58,8 @@ from provenance import (
     SnapshotRecord,
     TrainingRecord,
     WeightingRecord,
+    claims_deployed,
+    date_export,
     publish_run,
     put_record,
     store_weights,
@@ -239,6 +241,8 @@ def build_sample_run(
         )
         records[activity] = put_record(store, record)
     if chain is not None:
+        if claims_deployed(chain):  # as the pipeline's `annotations` asset dates each export it writes
+            date_export(chain, records[LABELING_EXPORT])
         publish_run(chain, store, run_id, records[WEIGHTING])
     X_test = centers[rng.integers(0, len(CLASSES), size=64)] + rng.normal(0, 1.0, size=(64, n_features))
     keys = {a.address: "0x" + bytes(a.key).hex() for a in accounts.values()}

@@ -48,7 +48,7 @@ from pipelines.content_io import AssetIndex, StoredValue, StoreResource, store_v
 from pipelines.lineage import LineageResource, now
 from pipelines.partitions import dataset_versions
 from pipelines.report import md_table
-from pipelines.resources import DatasetCatalog, LabelStudioResource
+from pipelines.resources import ChainResource, DatasetCatalog, LabelStudioResource
 from provenance import (
     CONSENSUS,
     LABEL_REVIEW,
@@ -56,6 +56,9 @@ from provenance import (
     ConsensusRecord,
     LabelingExportRecord,
     LabelReviewRecord,
+    claim_time,
+    claims_deployed,
+    date_export,
     load_record,
 )
 from storage import ContentStore, read_parquet
@@ -115,9 +118,11 @@ def annotations(
     store: StoreResource,
     index: AssetIndex,
     lineage: LineageResource,
+    chain: ChainResource,
 ) -> dg.Output[StoredValue]:
     """Every submitted annotation with its annotator, pulled incrementally since the last sync; those
-    deleted in Label Studio since (or whose task was) leave it, giving a new snapshot CID."""
+    deleted in Label Studio since (or whose task was) leave it, giving a new snapshot CID. The export
+    record is dated on chain as it is written (`dated_export`)."""
     started, version = now(), context.partition_key
     client = labelstudio.client()
     project = _labeling(client.ensure_project)(project_spec(catalog, labelstudio, version))
@@ -146,10 +151,12 @@ def annotations(
         parents=(dataset_snapshot["record_cid"],),
         params={"project_id": project.id, "skipped": skipped, "removed": removed},
     )
+    dated = dated_export(chain, record)
     return dg.Output(
         stored,
         metadata={
             "record_cid": record,
+            "dated_on_chain": claim_time(dated) if dated else "not dated (no contracts or no key here)",
             "dagster/row_count": table.num_rows,
             "new_or_changed": export.table.num_rows,
             "skipped": dg.MetadataValue.json(skipped),
@@ -157,6 +164,18 @@ def annotations(
             "annotators": len(pc.unique(table["annotator"])),
         },
     )
+
+
+def dated_export(chain: ChainResource, record_cid: str) -> int | None:
+    """Date a labeling export record on chain (`provenance.date_export`; its unix time) where Caravan's
+    contracts were deployed from here and the chain holds the operator's key; None elsewhere. Why: a
+    labeler's answers claimed before their export must be in it, and the chain's clock, not the
+    record's own `ended_at`, says when that was (a run whose claiming labelers' export is undated fails
+    `caravan verify`, `provenance.answer_claims`)."""
+    on_chain = chain.deployed()
+    if on_chain is None or on_chain.address is None or not claims_deployed(on_chain):
+        return None
+    return date_export(on_chain, record_cid)
 
 
 def cursor_path(index: AssetIndex, version: str) -> Path:

@@ -179,6 +179,13 @@ def _answers_are_held_to_their_labelers_claims(settings, labelers):
     assert pending.metadata["labelers_left_out"].value == []
     assert "Publishing the split will refuse it" in pending.description
 
+    with pytest.MonkeyPatch.context() as m:  # a client without the operator's key finds no dating of its own
+        m.delenv("CARAVAN_PRIVATE_KEY")
+        keyless = claims_check(VERSION, store, lineage, resources["contributors"], chain)
+    assert not keyless.passed and keyless.severity == dg.AssetCheckSeverity.WARN
+    assert "was not dated on chain (this chain client has no key)" in keyless.description
+    assert "Publishing the split will refuse it" in keyless.description
+
     unreadable = settings.home / "unreadable-registry.csv"
     unreadable.write_text("who,where\n")
     broken = claims_check(VERSION, store, lineage, ContributorsResource(path=str(unreadable)), chain)

@@ -13,7 +13,15 @@ from eth_hash.auto import keccak
 from web3 import Web3
 
 from provenance.activities import CONSENSUS, LABELING_EXPORT, WEIGHTING
-from provenance.answer_claims import answer_bucket, answer_problems, answer_seal, claim_answers
+from provenance.answer_claims import (
+    answer_bucket,
+    answer_problems,
+    answer_seal,
+    claim_answers,
+    date_export,
+    export_seal,
+    export_time,
+)
 from provenance.anvil import funded
 from provenance.audit import verify_run
 from provenance.chain import Chain
@@ -86,9 +94,10 @@ def test_answers_are_held_to_the_claims_of_their_labeler() -> None:
 
 
 def _republished(store: BlockStore, sample: SampleRun, annotations: pa.Table | None = None,
-                 exported_at: str | None = None) -> str:
+                 exported_at: str | None = None, dated_by: Chain | None = None) -> str:
     """The sample run's lineage again with another annotations table (named by the labeling export,
-    the consensus and the head alike) or export time; every descendant re-put: the new head's CID."""
+    the consensus and the head alike) or export time; every descendant re-put: the new head's CID. With
+    `dated_by`, its account dates the new export record on chain, as the pipeline's operator does."""
     old_cid = load_record(store, sample.head).inputs["annotations"]
     new_cid = old_cid if annotations is None else store.put_bytes(
         snapshot_parquet(annotations, sort_by="annotation_id"), cid_version=1, pin=True)
@@ -103,6 +112,8 @@ def _republished(store: BlockStore, sample: SampleRun, annotations: pa.Table | N
         elif record.activity in (CONSENSUS, WEIGHTING):
             changes["inputs"] = {**record.inputs, "annotations": new_cid}
         new[cid] = put_record(store, dataclasses.replace(record, **changes))
+        if record.activity == LABELING_EXPORT and dated_by is not None:
+            date_export(dated_by, new[cid])
     return new[sample.head]
 
 
@@ -121,7 +132,7 @@ def test_publish_refuses_and_verify_fails_a_run_that_edits_or_drops_a_claimed_an
     assert sum(map(len, claimed_seals(chain, [labeler])[labeler].values())) == len(set(mine))
     when = claim_time(chain.w3.eth.get_block(sent.block)["timestamp"])
 
-    honest = _republished(store, sample_run, exported_at=when)
+    honest = _republished(store, sample_run, exported_at=when, dated_by=chain)
     publish_run(chain, store, "answers-honest", honest)
     report = verify_run(chain, store, "answers-honest")
     assert report.ok, report.failures
@@ -133,7 +144,8 @@ def test_publish_refuses_and_verify_fails_a_run_that_edits_or_drops_a_claimed_an
     dropped = rows[:i] + rows[i + 1:]
     for name, table, why in (("edited", edited, "1 of its 60 answers in the run are not ones"),
                               ("dropped", dropped, "holds none of its answers there")):
-        head = _republished(store, sample_run, pa.Table.from_pylist(table, schema=annotations.schema), when)
+        head = _republished(store, sample_run, pa.Table.from_pylist(table, schema=annotations.schema), when,
+                            chain)
         blocks = chain.block_number()
         with pytest.raises(ClaimConflict, match="labeler-0: .*" + why):
             publish_run(chain, store, f"answers-{name}", head)
@@ -149,3 +161,54 @@ def test_publish_refuses_and_verify_fails_a_run_that_edits_or_drops_a_claimed_an
     other = sample_run.addresses["labeler-1"]
     claim_answers(funded(chain, Account.from_key(sample_run.keys[other])), [(rows[0]["example_id"], "zzz")])
     assert verify_run(chain, store, "answers-honest").ok
+
+
+def test_the_export_is_dated_by_the_chain_not_by_its_record(
+    chain: Chain, store: BlockStore, sample_run: SampleRun, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An operator who drops a claimed answer and backdates its export record's end to before the claim
+    is still held to it: the dropped-answer rule reads when the publisher dated the export on chain. An
+    export the publisher never dated (or that another address dated) fails instead."""
+    operator = chain.address
+    assert export_seal("bafyexport", operator) == bytes(Web3.solidity_keccak(
+        ["bytes", "string", "address"], [b"caravan/exported/", "bafyexport", operator]))
+    annotations = read_parquet(store.get(load_record(store, sample_run.head).inputs["annotations"]))
+    rows = annotations.to_pylist()
+    labeler = sample_run.addresses["labeler-0"]
+    claim_answers(funded(chain, Account.from_key(sample_run.keys[labeler])),
+                  [(r["example_id"], r["label"]) for r in rows if r["annotator"] == "labeler-0"])
+    i = next(k for k, r in enumerate(rows) if r["annotator"] == "labeler-0")
+    dropped = pa.Table.from_pylist(rows[:i] + rows[i + 1:], schema=annotations.schema)
+
+    stated = load_record(store, _export_of(store, sample_run.head)).ended_at
+    assert stated < claim_time(chain.w3.eth.get_block("latest")["timestamp"])  # long before the claims
+    backdated = _republished(store, sample_run, dropped, stated, chain)
+    with pytest.raises(ClaimConflict, match="labeler-0: .*before its answers were exported .*holds none"):
+        publish_run(chain, store, "export-backdated", backdated)
+
+    stranger = funded(chain, Account.create())
+    undated = _republished(store, sample_run, dropped, stated.replace(":00Z", ":01Z"), stranger)
+    export = _export_of(store, undated)
+    assert export_time(chain, export, stranger.address) > 0 == export_time(chain, export, operator)
+    blocks = chain.block_number()
+    with pytest.raises(ClaimConflict, match=f"{export}: the labeling export record was not dated on chain "
+                                            f"by the publisher {operator}"):
+        publish_run(chain, store, "export-undated", undated)
+    assert chain.block_number() == blocks  # nothing sent
+    with monkeypatch.context() as m:  # anchored anyway, by a publisher with other code
+        m.setattr("provenance.runs.run_answer_problems", lambda *_: None)
+        publish_run(chain, store, "export-undated", undated)
+    report = verify_run(chain, store, "export-undated")
+    assert [(f.name, f.subject) for f in report.failures] == [("export_undated", export)]
+
+
+def _export_of(store: BlockStore, head: str) -> str:
+    """The CID of the labeling export record in the lineage of record `head`."""
+    todo = [head]
+    while todo:
+        cid = todo.pop()
+        record = load_record(store, cid)
+        if record.activity == LABELING_EXPORT:
+            return cid
+        todo.extend(record.parents)
+    raise AssertionError(f"no labeling export behind {head}")
