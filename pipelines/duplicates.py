@@ -10,9 +10,11 @@ registered them first (the ``example_credit`` contract, ``schemas.CREDIT_SCHEMA`
   neighbour closer than the link fraction of the next is a copy or an original, skipped), so a copier
   cannot either: when it copied as many examples as the honest providers hold, copies and originals
   were most of the data, the median fell to the copies' own distance and no copy was linked. A clump
-  holds up to ``CLUMP_MAX`` neighbours, so two or three copiers who each copy the same examples are
-  skipped too, and the dimension estimate below leaves clumps out as well (read as the data's own,
-  they made its dimension near zero and no copy was close enough to link). A known limit remains in
+  holds up to ``CLUMP_MAX`` neighbours, so up to 15 copiers who each copy the same examples are
+  skipped too (with a window of three, four copiers got no copy grouped: a copier splitting itself in
+  four accounts was paid like an honest provider), and the local scale and dimension estimate below
+  are read beyond each clump as well (read as the data's own, they made its dimension near zero and
+  no copy was close enough to link). A known limit remains in
   few dimensions (about five numbers): there a majority copier's copies are as close as many honest
   neighbours, and the test that finds a copying pair of providers (below) measures them against a
   reference the copies make most of, so about half of them still go ungrouped.
@@ -89,7 +91,7 @@ LOCAL_K = 10  # numeric: the neighbours that give an example's local scale and t
 HONEST_LINK = 1e-3  # numeric: the chance an honest example is linked, were the data locally uniform
 COPYING_LEVEL = 1e-3  # numeric: the chance that a pair of honest providers is taken for a copying one
 COPYING_CHANCES = (1e-3, 1e-2, 1e-1)  # numeric: the chances at which a pair's close matches are counted
-CLUMP_MAX = 3  # the most neighbours a clump holds: copies of one example by as many providers
+CLUMP_MAX = 15  # the most neighbours a clump holds: copies of one example by as many providers
 RULE = (
     "a duplicate group earns the mean of its members' scores, once, paid to the provider(s) of its "
     "first-registered member(s); sources registered at the same time share equally"
@@ -98,7 +100,7 @@ EXACT_METHOD = "same example_id (sha256 of the canonical payload)"
 NEAR_METHOD = (
     "numeric payload, each feature standardized; examples closer (euclidean) than fraction x the median "
     "distance from an example to the nearest example of another provider (the nearest beyond its clump: "
-    "the neighbours before the last jump, among the first four, to one more than 1 / fraction times as "
+    "the neighbours before the last jump, among the first sixteen, to one more than 1 / fraction times as "
     "far are copies of one example), and than local_ratio x the distance from either to its local_k-th "
     "nearest example of another provider, are linked, where local_ratio = (honest_link / (local_k - 1)) "
     "** (1 / dimension) and dimension is the median over examples of the maximum-likelihood "
@@ -119,20 +121,20 @@ TEXT_METHOD = (
     "text payload lowercased, punctuation dropped, whitespace collapsed; TF-IDF (sublinear tf) over "
     "character n-grams; examples closer (cosine distance) than min(max_distance, fraction x the median "
     "distance from an example to the nearest example of another provider, the nearest beyond its clump: "
-    "the neighbours before the last jump, among the first four, to one more than 1 / fraction times as "
+    "the neighbours before the last jump, among the first sixteen, to one more than 1 / fraction times as "
     "far are copies of one example) are linked; a group is a connected set of links"
 )
 IMAGE_SIDE = 16  # thumbnail side, pixels
 IMAGE_MAX_SIDE = 128  # images are shrunk to at most this before the thumbnail
 IMAGE_TRIM = 0.02  # the share of thumbnail pixels a near-copy may differ in anywhere (a stamp, say)
-IMAGE_CANDIDATES = 16  # each image's nearest by the untrimmed distance, checked by the trimmed one
+IMAGE_CANDIDATES = CLUMP_MAX + 1  # each image's nearest by the untrimmed distance, checked by the trimmed
 IMAGE_METHOD = (
     "image payload decoded (Pillow) to grayscale, shrunk to at most max_side px, box-filtered to a side "
     "x side thumbnail; the distance is euclidean on gray levels over all but the trim share of pixels "
     "that differ most; each image is checked against its candidates nearest by the untrimmed distance; "
     "examples closer than fraction x the median distance from an example to the nearest example of "
     "another provider (the nearest beyond its clump: the neighbours before the last jump, among the "
-    "first four, to one more than 1 / fraction times as far are copies of one example) are linked; a "
+    "first sixteen, to one more than 1 / fraction times as far are copies of one example) are linked; a "
     "group is a connected set of links"
 )
 NOT_NUMERIC = "exact copies only"
@@ -297,17 +299,18 @@ def _near_groups(x: np.ndarray, owner: np.ndarray, fraction: float) -> tuple[np.
     sd = x.std(axis=0)
     z = (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
     tree = cKDTree(z)
-    others, nearest = _neighbours(z, owner, tree)
+    others, nearest = _neighbours(z, owner, tree, LOCAL_K + CLUMP_MAX)
     clumps = clump_sizes(others, fraction)
-    median = float(np.median(spacing(others, clumps)))
+    beyond = past_clumps(others, clumps, LOCAL_K)
+    median = float(np.median(beyond[:, 0]))
     threshold = fraction * median
     pairs = tree.query_pairs(threshold, output_type="ndarray") if threshold > 0 else np.zeros((0, 2), int)
     dist = np.linalg.norm(z[pairs[:, 0]] - z[pairs[:, 1]], axis=1)
-    dimension = local_dimension(others, clumps)
+    dimension = local_dimension(beyond)
     ratio = (HONEST_LINK / (LOCAL_K - 1)) ** (1.0 / dimension) if dimension > 0 else 1.0
-    scale = others[:, -1]  # an example's distance to its LOCAL_K-th nearest example of another provider
+    scale = beyond[:, -1]  # an example's distance to its LOCAL_K-th nearest example of another provider
     local = ratio * np.minimum(scale[pairs[:, 0]], scale[pairs[:, 1]])
-    copied, copying = _copying_links(z, owner, nearest, _chances(others, dimension))
+    copied, copying = _copying_links(z, owner, nearest, _chances(others[:, 0], scale, dimension))
     links = np.vstack([pairs[(dist < threshold) & (dist < local)], copied])  # strictly closer
     labels, near = _components(links, len(z))
     return labels, _near_record(NEAR_METHOD, fraction, median, threshold, int(z.shape[1]), near,
@@ -339,23 +342,32 @@ def spacing(neighbours: np.ndarray, clumps: np.ndarray) -> np.ndarray:
     clump (``clumps``, from ``clump_sizes``). Without the skip a copier who copied as many examples as
     the honest providers hold made copies and originals most of the data, the median spacing shrank to
     the copies' own, and no copy was linked; honest data keeps its nearest."""
-    return np.asarray(neighbours, dtype=np.float64)[np.arange(len(clumps)), clumps]
+    return past_clumps(neighbours, clumps, 1)[:, 0]
 
 
-def _chances(others: np.ndarray, dimension: float) -> np.ndarray:
+def past_clumps(neighbours: np.ndarray, clumps: np.ndarray, k: int) -> np.ndarray:
+    """Each example's ``k`` nearest distances to examples of other providers beyond its clump (``clumps``,
+    from ``clump_sizes``; inf where fewer): its clump's copies read as one neighbour, not as the data's
+    own scale or dimension."""
+    d = np.asarray(neighbours, dtype=np.float64)
+    at = np.arange(k)[None, :] + np.asarray(clumps)[:, None]
+    return np.where(at < d.shape[1], np.take_along_axis(d, np.minimum(at, d.shape[1] - 1), axis=1), np.inf)
+
+
+def _chances(d1: np.ndarray, scale: np.ndarray, dimension: float) -> np.ndarray:
     """Each example's chance, were it honest and the data locally uniform in ``dimension``, that an
-    example of another provider is as close as its nearest, relative to its distance to the ``LOCAL_K``-th
-    (``others``' last column): ``(d1 / dk) ** dimension`` is then the least of ``k - 1`` uniform draws. A
+    example of another provider is as close as its nearest (``d1``), relative to its distance to the
+    ``LOCAL_K``-th beyond its clump (``scale``): ``(d1 / dk) ** dimension`` is then the least of ``k - 1``
+    uniform draws. A
     copy's chance is small, but in few dimensions so is many an honest example's: alone it links only
     what ``HONEST_LINK`` allows; across a pair of providers (``_copying_links``) it adds up. 1 where the
     data shows no dimension or the scale is unknown, 0 for an exact copy."""
-    d1, scale = others[:, 0], others[:, -1]
     if dimension <= 0:
         return np.ones(len(d1))
     usable = np.isfinite(scale) & (scale > 0)
     ratio = np.divide(d1, scale, out=np.ones_like(d1), where=usable)
     ratio[d1 == 0] = 0.0
-    return 1.0 - (1.0 - np.minimum(ratio, 1.0) ** dimension) ** (others.shape[1] - 1)
+    return 1.0 - (1.0 - np.minimum(ratio, 1.0) ** dimension) ** (LOCAL_K - 1)
 
 
 def _copying_links(
@@ -512,7 +524,7 @@ def _text_groups(texts: list[str], owner: np.ndarray) -> tuple[np.ndarray, dict[
         x = vectorizer.fit_transform(texts)
     except ValueError:  # no text long enough for one n-gram
         return np.arange(n), {"method": "none", "reason": "no text has 3 characters besides punctuation"}
-    others = _others_cosine(x, owner)
+    others = _others_cosine(x, owner, CLUMP_MAX + 1)
     median = float(np.median(spacing(others, clump_sizes(others, TEXT_FRACTION))))
     threshold = min(TEXT_MAX_DISTANCE, TEXT_FRACTION * median)
     graph = NearestNeighbors(metric="cosine", algorithm="brute").fit(x).radius_neighbors_graph(
@@ -527,7 +539,7 @@ def _text_groups(texts: list[str], owner: np.ndarray) -> tuple[np.ndarray, dict[
                                 max_distance=TEXT_MAX_DISTANCE)
 
 
-def _others_cosine(x: csr_matrix, owner: np.ndarray, k: int = LOCAL_K) -> np.ndarray:
+def _others_cosine(x: csr_matrix, owner: np.ndarray, k: int) -> np.ndarray:
     """``_neighbours``' distances, in cosine distance over sparse rows (ascending, inf where fewer)."""
     names = np.unique(owner)
     out = np.full((x.shape[0], k), np.inf)
@@ -654,8 +666,10 @@ def _neighbours(
         mine = np.flatnonzero(owner == name)
         theirs = np.flatnonzero(owner != name)
         d, j = cKDTree(z[theirs]).query(z[mine], k=k)
-        out[mine] = d.reshape(-1, k)
-        nearest[mine] = theirs[np.asarray(j).reshape(-1, k)[:, 0]]
+        d, j = d.reshape(-1, k), np.asarray(j).reshape(-1, k)
+        out[mine] = d
+        # of examples equally near (a copy and its original), the first: the tree's order depends on k
+        nearest[mine] = theirs[np.where(d == d[:, :1], j, len(theirs)).min(axis=1)]
     return out, nearest
 
 

@@ -38,7 +38,7 @@ from storage import snapshot_parquet
 
 T0, T1, T2 = "2025-01-01T00:00:00Z", "2025-02-01T00:00:00Z", "2025-03-01T00:00:00Z"
 ADDR = {name: "0x" + f"{i + 1:040x}" for i, name in enumerate(
-    ["a", "b", "c", "d", "flooder", "copycat", "lab1", "lab2", "copycat-2"]
+    ["a", "b", "c", "d", "flooder", "copycat", "lab1", "lab2", *[f"copycat-{i}" for i in range(2, 9)]]
 )}
 
 
@@ -303,15 +303,17 @@ def test_a_copycat_of_another_providers_examples_earns_nothing() -> None:
     assert all(stand_in[c] == o for c, o in copies_of.items())  # b's originals, registered first
 
 
-@pytest.mark.parametrize("seed,per_honest,copiers", [(0, 1.0, 1), (1, 1.0, 1), (2, 1.5, 1), (3, 2.0, 2)])
+@pytest.mark.parametrize("seed,per_honest,copiers",
+                         [(0, 1.0, 1), (1, 1.0, 1), (2, 1.5, 1), (3, 2.0, 2), (4, 4.0, 4), (5, 8.0, 8)])
 def test_a_copycat_of_everyone_cannot_shrink_the_spacing_its_copies_are_judged_by(seed, per_honest,
                                                                                    copiers) -> None:
-    """A copier who copies as many examples as the honest providers hold (1.5: some of them twice; or two
-    copiers who each copy every example) makes copies and originals most of the data. Judged by the
-    median distance to another provider's nearest example, the threshold shrank to the copies' own and
-    none was linked; skipping each example's clump (``spacing``, and for the dimension estimate), every
-    copy joins its original, no two honest examples are grouped, and the threshold is the one the honest
-    data gives without the copier."""
+    """A copier who copies as many examples as the honest providers hold (1.5: some of them twice; or two,
+    four or eight copiers who each copy every example: one copier in several accounts) makes copies and
+    originals most of the data. Judged by the median distance to another provider's nearest example, the
+    threshold shrank to the copies' own and none was linked (with a clump window of three, four copiers
+    still did that); skipping each example's clump (``spacing``, and for the local scale and dimension
+    estimate), every copy joins its original, no two honest examples are grouped, and the threshold is
+    the one the honest data gives without the copier."""
     rng = np.random.default_rng(seed)
     honest = {p: rng.normal(size=(150, 20)) for p in ("a", "b", "c")}
     originals = np.vstack(list(honest.values()))
@@ -322,7 +324,7 @@ def test_a_copycat_of_everyone_cannot_shrink_the_spacing_its_copies_are_judged_b
     copies = originals[picked] + rng.normal(size=(len(picked), 20)) * 0.05
     base = [_rows(x, p) for p, x in honest.items()]
     _, alone = to_examples(pa.concat_tables(base), _times(pa.concat_tables(base)))
-    names = ("copycat", "copycat-2")[:copiers]  # two copiers: each copies every example once
+    names = ("copycat", *[f"copycat-{i}" for i in range(2, copiers + 1)])  # each copies every example once
     TIMES.update({f"src-{name}": T2 for name in names})
     share = np.array_split(np.arange(len(copies)), copiers)
     table = pa.concat_tables([*base, *[_rows(copies[i], name) for name, i in zip(names, share, strict=True)]])
