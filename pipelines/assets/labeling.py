@@ -53,6 +53,7 @@ from provenance import (
     CONSENSUS,
     LABEL_REVIEW,
     LABELING_EXPORT,
+    ChainError,
     ConsensusRecord,
     LabelingExportRecord,
     LabelReviewRecord,
@@ -151,12 +152,12 @@ def annotations(
         parents=(dataset_snapshot["record_cid"],),
         params={"project_id": project.id, "skipped": skipped, "removed": removed},
     )
-    dated = dated_export(chain, record)
+    dated = dated_export(chain, record, context.log)
     return dg.Output(
         stored,
         metadata={
             "record_cid": record,
-            "dated_on_chain": claim_time(dated) if dated else "not dated (no contracts or no key here)",
+            "dated_on_chain": dated,
             "dagster/row_count": table.num_rows,
             "new_or_changed": export.table.num_rows,
             "skipped": dg.MetadataValue.json(skipped),
@@ -166,16 +167,21 @@ def annotations(
     )
 
 
-def dated_export(chain: ChainResource, record_cid: str) -> int | None:
-    """Date a labeling export record on chain (`provenance.date_export`; its unix time) where Caravan's
-    contracts were deployed from here and the chain holds the operator's key; None elsewhere. Why: a
+def dated_export(chain: ChainResource, record_cid: str, log: dg.DagsterLogManager) -> str:
+    """Date a labeling export record on chain (`provenance.date_export`) where Caravan's contracts were
+    deployed from here and the chain holds the operator's key: when, or why it was not. Why: a
     labeler's answers claimed before their export must be in it, and the chain's clock, not the
     record's own `ended_at`, says when that was (a run whose claiming labelers' export is undated fails
-    `caravan verify`, `provenance.answer_claims`)."""
-    on_chain = chain.deployed()
-    if on_chain is None or on_chain.address is None or not claims_deployed(on_chain):
-        return None
-    return date_export(on_chain, record_cid)
+    `caravan verify`, `provenance.answer_claims`). An unreachable chain leaves the sync undated rather
+    than failed: its check warns, and publishing a run of it is refused until a later sync is dated."""
+    try:
+        on_chain = chain.deployed()
+        if on_chain is None or on_chain.address is None or not claims_deployed(on_chain):
+            return "not dated: no contracts deployed from here, or no operator key"
+        return claim_time(date_export(on_chain, record_cid))
+    except ChainError as exc:
+        log.warning(f"labeling export record {record_cid} not dated on chain: {exc}")
+        return f"not dated: {exc}"
 
 
 def cursor_path(index: AssetIndex, version: str) -> Path:
