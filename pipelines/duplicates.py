@@ -11,10 +11,9 @@ registered them first (the ``example_credit`` contract, ``schemas.CREDIT_SCHEMA`
   cannot either: when it copied as many examples as the honest providers hold, copies and originals
   were most of the data, the median fell to the copies' own distance and no copy was linked. A clump
   holds up to ``CLUMP_MAX`` neighbours, so up to 15 copiers who each copy the same examples are
-  skipped too (with a window of three, four copiers got no copy grouped: a copier splitting itself in
-  four accounts was paid like an honest provider), and the local scale and dimension estimate below
-  are read beyond each clump as well (read as the data's own, they made its dimension near zero and
-  no copy was close enough to link). A known limit remains in
+  skipped too (with a window of three, a copier split into four accounts had no copy grouped), and
+  the local scale and dimension estimate below are read beyond each clump as well (read as the data's
+  own, they made its dimension near zero and no copy was close enough to link). A known limit remains in
   few dimensions (about five numbers): there a majority copier's copies are as close as many honest
   neighbours, and the test that finds a copying pair of providers (below) measures them against a
   reference the copies make most of, so about half of them still go ungrouped.
@@ -358,10 +357,9 @@ def _chances(d1: np.ndarray, scale: np.ndarray, dimension: float) -> np.ndarray:
     """Each example's chance, were it honest and the data locally uniform in ``dimension``, that an
     example of another provider is as close as its nearest (``d1``), relative to its distance to the
     ``LOCAL_K``-th beyond its clump (``scale``): ``(d1 / dk) ** dimension`` is then the least of ``k - 1``
-    uniform draws. A
-    copy's chance is small, but in few dimensions so is many an honest example's: alone it links only
-    what ``HONEST_LINK`` allows; across a pair of providers (``_copying_links``) it adds up. 1 where the
-    data shows no dimension or the scale is unknown, 0 for an exact copy."""
+    uniform draws. A copy's chance is small, but in few dimensions so is many an honest example's: alone
+    it links only what ``HONEST_LINK`` allows; across a pair of providers (``_copying_links``) it adds
+    up. 1 where the data shows no dimension or the scale is unknown, 0 for an exact copy."""
     if dimension <= 0:
         return np.ones(len(d1))
     usable = np.isfinite(scale) & (scale > 0)
@@ -467,34 +465,27 @@ def _matched(p: np.ndarray, inside: np.ndarray, rest: np.ndarray) -> np.ndarray:
     return order[: int(np.argmax(gain)) + 1]
 
 
-def local_dimension(neighbours: np.ndarray, clumps: np.ndarray | None = None) -> float:
+def local_dimension(neighbours: np.ndarray) -> float:
     """The data's dimension where examples meet, 0 when it cannot be told: each example's maximum-
     likelihood estimate from its nearest distances (Levina and Bickel), the median over examples.
 
     The nearest distance is censored (known only to lie below the second), since a copy's is its
     original; examples with a zero distance among the rest (repeated values) are left out. With
     ``n`` distances below the farthest, an example's log-ratios sum to a Gamma(n, dimension) draw,
-    whose median is about (n - 1/3) / dimension: the estimate is median-unbiased. ``clumps``
-    (``clump_sizes``): each example's clump is left out first, so copies of one example by several
-    providers read as one neighbour, not as a dimension near zero."""
+    whose median is about (n - 1/3) / dimension: the estimate is median-unbiased. Given each
+    example's distances past its clump (``past_clumps``), copies of one example by several providers
+    read as one neighbour, not as a dimension near zero."""
     d = np.asarray(neighbours, dtype=np.float64)
-    clumps = np.zeros(len(d), dtype=np.int64) if clumps is None else np.asarray(clumps)
-    if clumps.any():  # each row shifted left past its clump
-        at = np.arange(d.shape[1])[None, :] + clumps[:, None]
-        d = np.where(at < d.shape[1], np.take_along_axis(d, np.minimum(at, d.shape[1] - 1), axis=1), np.nan)
-    cut = d.shape[1] - clumps  # each row's usable columns
-    far = d[np.arange(len(d)), cut - 1][:, None]
-    near = d[:, 1:-1]
-    count = np.clip(cut - 2, 0, None)  # distances below the farthest, the nearest left out
-    inside = np.arange(near.shape[1])[None, :] < count[:, None]
-    usable = (count >= 2) & (near[:, 0] > 0) & np.isfinite(far[:, 0])
+    count = d.shape[1] - 2  # distances below the farthest, the nearest left out
+    far, near = d[:, -1:], d[:, 1:-1]
+    usable = (near[:, 0] > 0) & np.isfinite(far[:, 0]) if count >= 2 else np.zeros(len(d), dtype=bool)
     if not usable.any():
         return 0.0
     with np.errstate(divide="ignore", invalid="ignore"):
-        logs = np.where(inside, np.log(far / near), 0.0)[usable]
+        logs = np.log(far / near)[usable]
     total = logs.sum(axis=1) + logs[:, 0]  # the censored nearest counts as the second
     with np.errstate(over="ignore"):  # all distances equal: an unbounded estimate, for the median
-        return float(np.median((count[usable] - 1 / 3) / np.maximum(total, np.finfo(float).tiny)))
+        return float(np.median((count - 1 / 3) / np.maximum(total, np.finfo(float).tiny)))
 
 
 def _near_record(method: str, fraction: float, median: float, threshold: float, features: int,
@@ -651,9 +642,7 @@ def _components(pairs: np.ndarray, n: int) -> tuple[np.ndarray, dict[str, int]]:
     return labels, {"groups": int((sizes > 1).sum()), "copies": int((sizes[sizes > 1] - 1).sum())}
 
 
-def _neighbours(
-    z: np.ndarray, owner: np.ndarray, tree: cKDTree, k: int = LOCAL_K
-) -> tuple[np.ndarray, np.ndarray]:
+def _neighbours(z: np.ndarray, owner: np.ndarray, tree: cKDTree, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Each example's distances to its ``k`` nearest examples of *other* providers (with one provider:
     of the others, from ``tree``, all of ``z``), inf where there are fewer, and the index of the nearest.
     A provider's copies of its own examples do not shrink them."""
