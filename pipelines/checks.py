@@ -1,5 +1,6 @@
 """Asset checks: what an auditor would check first, run after every materialization."""
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -27,7 +28,7 @@ from provenance import (
     share_leaves,
 )
 from schemas import TOTAL_BPS
-from storage import StorageError, read_parquet
+from storage import ContentStore, StorageError, read_parquet
 
 CONTENT_ASSETS = (
     "raw_dataset",
@@ -176,9 +177,10 @@ def export_check(
 ) -> dg.AssetCheckResult:
     """The version's latest labeling export reconciled with Label Studio (`pipelines.annotations_audit`),
     on at most `sample` of its tasks."""
-    _, export, stored, examples = _latest_export(store, lineage, version)
-    taken = taken_after(index, version, export.outputs[LabelingExportRecord.ANNOTATIONS])
-    found = audit_export(export, stored, examples, labelstudio.client(), sample=sample, taken_after=taken)
+    export = _latest_export(store, lineage, version)
+    taken = taken_after(index, version, export.record.outputs[LabelingExportRecord.ANNOTATIONS])
+    found = audit_export(export.record, export.answers, export.examples, labelstudio.client(), sample=sample,
+                         taken_after=taken)
     failures = {f.name: f.detail for f in found.failures}
     return dg.AssetCheckResult(
         passed=found.ok,
@@ -188,13 +190,25 @@ def export_check(
     )
 
 
-def _latest_export(store: StoreResource, lineage: LineageResource, version: str):
-    """The version's latest labeling export record, its stored answers and examples (a private version's
-    opened with its key), and the store client they were read from."""
+@dataclass(frozen=True)
+class _Export:
+    """A version's latest labeling export: its CID and record, its stored answers and examples (a private
+    version's opened with its key), and the store client they were read from."""
+
+    client: ContentStore
+    cid: str
+    record: LabelingExportRecord
+    answers: pa.Table
+    examples: pa.Table
+
+
+def _latest_export(store: StoreResource, lineage: LineageResource, version: str) -> _Export:
     client = store.client(version)
-    export = load_record(client, lineage.cid_of(LABELING_EXPORT, version))
+    cid = lineage.cid_of(LABELING_EXPORT, version)
+    export = load_record(client, cid)
     answers = read_parquet(client.get(export.outputs[LabelingExportRecord.ANNOTATIONS]))
-    return client, export, answers, read_parquet(client.get(export.inputs[LabelingExportRecord.SNAPSHOT]))
+    examples = read_parquet(client.get(export.inputs[LabelingExportRecord.SNAPSHOT]))
+    return _Export(client, cid, export, answers, examples)
 
 
 @dg.asset_check(
@@ -231,13 +245,13 @@ def claims_check(
             return _claims_result(AnswerCheck(), "no contracts were deployed from here: no claims to hold to")
         if not Path(contributors.path).exists():
             return _claims_result(AnswerCheck(), "no contributors registry: no labeler's address is known")
-        client, export, answers, examples = _latest_export(store, lineage, version)
+        export = _latest_export(store, lineage, version)
         registry = contributors.registry().addresses
-        paid = {a: registry[a] for a in pc.unique(answers["annotator"]).to_pylist() if a in registry}
+        paid = {a: registry[a] for a in pc.unique(export.answers["annotator"]).to_pylist() if a in registry}
         ingest = lineage.latest(INGEST, version)
-        choices = declared_choices([load_record(client, ingest)] if ingest else [])
-        exported = (lineage.cid_of(LABELING_EXPORT, version), export)
-        found = export_answer_problems(on_chain, answers, examples, paid, choices, exported)
+        choices = declared_choices([load_record(export.client, ingest)] if ingest else [])
+        found = export_answer_problems(on_chain, export.answers, export.examples, paid, choices,
+                                       (export.cid, export.record))
     except (ChainError, ContributorsError) as exc:  # the chain is unreachable, or the registry unreadable
         return _claims_result(AnswerCheck(), f"{exc}; the answers could not be held to their claims "
                                              "(publishing the split will hold them)", failed=True)
