@@ -13,10 +13,13 @@ registered them first (the ``example_credit`` contract, ``schemas.CREDIT_SCHEMA`
   holds up to ``CLUMP_MAX`` neighbours, so up to 15 copiers who each copy the same examples are
   skipped too (with a window of three, a copier split into four accounts had no copy grouped), and
   the local scale and dimension estimate below are read beyond each clump as well (read as the data's
-  own, they made its dimension near zero and no copy was close enough to link). A known limit remains in
-  few dimensions (about five numbers): there a majority copier's copies are as close as many honest
-  neighbours, and the test that finds a copying pair of providers (below) measures them against a
-  reference the copies make most of, so about half of them still go ungrouped.
+  own, they made its dimension near zero and no copy was close enough to link). In few dimensions a
+  clump's copies are not four times nearer than the next honest neighbour, but several within half of
+  it are as rare there: a jump rare in the dimension read beyond any clump (``clump_dimension``) ends a
+  clump too. A known limit remains in few dimensions (about five numbers): there a single majority
+  copier's copies are as close as many honest neighbours, and the test that finds a copying pair of
+  providers (below) measures them against a reference the copies make most of, so about half of them
+  still go ungrouped.
   - numeric (numeric columns, fixed-width lists of numbers and categories, e.g. tabular features or
     pixel arrays, read as a numeric run's model reads them, ``InputEncoding``: categories one-hot, a
     missing number its column's mean): every feature standardized (centred, divided by its standard
@@ -75,7 +78,7 @@ from PIL import Image, UnidentifiedImageError
 from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
-from scipy.stats import fisher_exact
+from scipy.stats import beta, fisher_exact
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.neighbors import NearestNeighbors
 
@@ -99,8 +102,12 @@ EXACT_METHOD = "same example_id (sha256 of the canonical payload)"
 NEAR_METHOD = (
     "numeric payload, each feature standardized; examples closer (euclidean) than fraction x the median "
     "distance from an example to the nearest example of another provider (the nearest beyond its clump: "
-    "the neighbours before the last jump, among the first sixteen, to one more than 1 / fraction times as "
-    "far are copies of one example), and than local_ratio x the distance from either to its local_k-th "
+    "the neighbours before the last jump, among the first sixteen, are copies of one example, a jump "
+    "from the j-th neighbour being to one more than 1 / fraction times as far or, where those j (ties "
+    "once) are nearer than the example's nearest of its own provider, a ratio r of the j-th to the next "
+    "with r ** (j x clump_dimension) < honest_link / 15, clump_dimension being the median-unbiased "
+    "estimate from each example's 16th and farthest distances under their Beta(16, 9) law), and than "
+    "local_ratio x the distance from either to its local_k-th "
     "nearest example of another provider, are linked, where local_ratio = (honest_link / (local_k - 1)) "
     "** (1 / dimension) and dimension is the median over examples of the maximum-likelihood "
     "(Levina-Bickel) estimate from those distances, the nearest censored; besides, an example's chance "
@@ -299,7 +306,8 @@ def _near_groups(x: np.ndarray, owner: np.ndarray, fraction: float) -> tuple[np.
     z = (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
     tree = cKDTree(z)
     others, nearest = _neighbours(z, owner, tree, LOCAL_K + CLUMP_MAX)
-    clumps = clump_sizes(others, fraction)
+    far = clump_dimension(others)
+    clumps = clump_sizes(others, fraction, far, _own_nearest(z, owner))
     beyond = past_clumps(others, clumps, LOCAL_K)
     median = float(np.median(beyond[:, 0]))
     threshold = fraction * median
@@ -313,27 +321,67 @@ def _near_groups(x: np.ndarray, owner: np.ndarray, fraction: float) -> tuple[np.
     links = np.vstack([pairs[(dist < threshold) & (dist < local)], copied])  # strictly closer
     labels, near = _components(links, len(z))
     return labels, _near_record(NEAR_METHOD, fraction, median, threshold, int(z.shape[1]), near,
-                                local_k=LOCAL_K, dimension=_sig(dimension), honest_link=HONEST_LINK,
+                                local_k=LOCAL_K, clump_dimension=_sig(far), dimension=_sig(dimension),
+                                honest_link=HONEST_LINK,
                                 local_ratio=_sig(ratio), copying_level=COPYING_LEVEL,
                                 copying_chances=list(COPYING_CHANCES), copying_pairs=copying)
 
 
-def clump_sizes(neighbours: np.ndarray, fraction: float) -> np.ndarray:
+def clump_sizes(
+    neighbours: np.ndarray, fraction: float, dimension: float = 0.0, own: np.ndarray | None = None
+) -> np.ndarray:
     """How many of each example's nearest examples of other providers (ascending, a row each) make its
-    clump: those before the last jump, among the first ``CLUMP_MAX`` + 1, from a neighbour to one more
-    than 1 / ``fraction`` times as far. A neighbour that much closer than the next is a near-copy (or
-    the original of one), as the link threshold will judge it; copies of one example by several
-    providers are all that close to each other, so the clump ends at the last such jump, not the first.
-    Honest neighbours are rarely that much closer than the next (the chance is about ``fraction **
-    dimension``). Exact copies (distance 0) are clumps too; inf (fewer neighbours) never ends one."""
+    clump: those before the last jump, among the first ``CLUMP_MAX`` + 1. A jump is from a neighbour to
+    one more than 1 / ``fraction`` times as far; or, given the ``dimension`` the data shows beyond any
+    clump (``clump_dimension``) and each example's distance to the nearest example of its ``own``
+    provider, one that is rare in that dimension and nearer than that: were the data locally uniform,
+    an honest example's j nearest (ties counted once) lie within a ratio r of the next with chance
+    r ** (j * dimension), and a jump is one under ``HONEST_LINK`` / ``CLUMP_MAX``. In few dimensions the
+    fixed ratio alone missed copies (five numbers, three copiers of every example jittered by 5 % of
+    each deviation: no clump, no copy grouped), as honest neighbours are not four times closer than
+    the next either, while three within half of the next are as rare there as one within a quarter.
+    Other providers' copies of an example are nearer to it than anything of its own provider; a
+    category's edge, past which no example lies, leaves its own provider's examples as near as the
+    rest, so it makes no clump (without that, a two-number table with a category had clumps of 11 and
+    doubled its honest links). A neighbour that much closer than the next is a near-copy (or the
+    original of one); copies of one example by several providers are all that close to each other, so
+    the clump ends at the last such jump, not the first. Exact copies (distance 0) are clumps too; inf
+    (fewer neighbours) never ends one."""
     d = np.asarray(neighbours, dtype=np.float64)
     most = min(CLUMP_MAX, d.shape[1] - 1)
     if most < 1:
         return np.zeros(len(d), dtype=np.int64)
-    nxt = d[:, 1 : most + 1]
-    jump = (d[:, :most] < fraction * nxt) & np.isfinite(nxt)  # jump[:, j]: from neighbour j to j + 1
+    near, nxt = d[:, :most], d[:, 1 : most + 1]
+    jump = near < fraction * nxt  # jump[:, j]: from neighbour j to j + 1
+    if dimension > 0 and own is not None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(nxt > 0, near / nxt, 1.0)
+        distinct = np.cumsum(np.diff(near, axis=1, prepend=-1.0) > 0, axis=1)
+        rare = ratio ** (distinct * dimension) < HONEST_LINK / CLUMP_MAX
+        jump |= rare & (near < np.asarray(own, dtype=np.float64)[:, None])
+    jump &= np.isfinite(nxt)
     last = most - np.argmax(jump[:, ::-1], axis=1)  # one past the last jump
     return np.where(jump.any(axis=1), last, 0)
+
+
+def clump_dimension(neighbours: np.ndarray) -> float:
+    """The dimension the data shows beyond any clump, 0 when it cannot be told: from each example's
+    distances to its (``CLUMP_MAX`` + 1)-th and farthest (the k-th) nearest examples of other providers,
+    which no clump of up to ``CLUMP_MAX`` copies reaches. Were the data locally uniform in dimension D,
+    (d_c / d_k) ** D would be a Beta(c, k - c) draw: the median over examples of log(d_k / d_c), set
+    against that law's median, is a median-unbiased estimate. Copies of the neighbours themselves
+    bunch those distances a little and make it lower, never near zero as ``local_dimension`` over the
+    nearest ones would be before their clumps are known."""
+    d = np.asarray(neighbours, dtype=np.float64)
+    c, k = CLUMP_MAX + 1, d.shape[1]
+    if k <= c:
+        return 0.0
+    first, last = d[:, c - 1], d[:, -1]
+    usable = (first > 0) & np.isfinite(last)
+    if not usable.any():
+        return 0.0
+    spread = float(np.median(np.log(last[usable] / first[usable])))
+    return -float(np.log(beta(c, k - c).median())) / spread if spread > 0 else 0.0
 
 
 def spacing(neighbours: np.ndarray, clumps: np.ndarray) -> np.ndarray:
@@ -660,6 +708,16 @@ def _neighbours(z: np.ndarray, owner: np.ndarray, tree: cKDTree, k: int) -> tupl
         # of examples equally near (a copy and its original), the first: the tree's order depends on k
         nearest[mine] = theirs[np.where(d == d[:, :1], j, len(theirs)).min(axis=1)]
     return out, nearest
+
+
+def _own_nearest(z: np.ndarray, owner: np.ndarray) -> np.ndarray:
+    """Each example's distance to the nearest other example of its own provider (inf where it has none)."""
+    out = np.full(len(z), np.inf)
+    for name in np.unique(owner).tolist():
+        mine = np.flatnonzero(owner == name)
+        if len(mine) > 1:
+            out[mine] = cKDTree(z[mine]).query(z[mine], k=2)[0][:, 1]
+    return out
 
 
 def _sig(v: float) -> float:
