@@ -10,8 +10,9 @@ registered them first (the ``example_credit`` contract, ``schemas.CREDIT_SCHEMA`
   neighbour closer than the link fraction of the next is a copy or an original, skipped), so a copier
   cannot either: when it copied as many examples as the honest providers hold, copies and originals
   were most of the data, the median fell to the copies' own distance and no copy was linked. A clump
-  holds up to ``CLUMP_MAX`` neighbours, so up to 15 copiers who each copy the same examples are
-  skipped too (with a window of three, a copier split into four accounts had no copy grouped), and
+  holds up to one fewer neighbours than there are providers (``clump_window``: 15 to 63), so as many
+  copiers who each copy the same examples are skipped too (with a window of three, a copier split
+  into four accounts had no copy grouped; with one of 15, into sixteen), and
   the local scale and dimension estimate below are read beyond each clump as well (read as the data's
   own, they made its dimension near zero and no copy was close enough to link). In few dimensions a
   clump's copies are not four times nearer than the next honest neighbour, but several within half of
@@ -47,7 +48,7 @@ registered them first (the ``example_credit`` contract, ``schemas.CREDIT_SCHEMA`
     few changed pixels or a small stamp stays close at any size (a 3x3 median filter, used before,
     smeared one changed pixel of an 8x8 digit over its strokes: 60 of 144 such copies were caught,
     now all); linked under ``NEAR_FRACTION`` of the spacing, each image checked against its
-    ``IMAGE_CANDIDATES`` nearest by the untrimmed distance. Bytes that do not decode are grouped
+    ``clump_window`` + 1 nearest by the untrimmed distance. Bytes that do not decode are grouped
     with nothing (counted in the record).
   Mixed kinds (free text beside numbers, say) get exact-copy grouping only, unless the labeling spec
   says what the model reads: a text or image project's field, a table project's features.
@@ -93,7 +94,8 @@ LOCAL_K = 10  # numeric: the neighbours that give an example's local scale and t
 HONEST_LINK = 1e-3  # numeric: the chance an honest example is linked, were the data locally uniform
 COPYING_LEVEL = 1e-3  # numeric: the chance that a pair of honest providers is taken for a copying one
 COPYING_CHANCES = (1e-3, 1e-2, 1e-1)  # numeric: the chances at which a pair's close matches are counted
-CLUMP_MAX = 15  # the most neighbours a clump holds: copies of one example by as many providers
+CLUMP_MAX = 15  # the most neighbours a clump holds at least: copies of one example by as many providers
+CLUMP_CAP = 63  # ... and at most, however many providers could have copied one example (clump_window)
 RULE = (
     "a duplicate group earns the mean of its members' scores, once, paid to the provider(s) of its "
     "first-registered member(s); sources registered at the same time share equally"
@@ -102,11 +104,13 @@ EXACT_METHOD = "same example_id (sha256 of the canonical payload)"
 NEAR_METHOD = (
     "numeric payload, each feature standardized; examples closer (euclidean) than fraction x the median "
     "distance from an example to the nearest example of another provider (the nearest beyond its clump: "
-    "the neighbours before the last jump, among the first sixteen, are copies of one example, a jump "
-    "from the j-th neighbour being to one more than 1 / fraction times as far or, where those j (ties "
-    "once) are nearer than the example's nearest of its own provider, a ratio r of the j-th to the next "
-    "with r ** (j x clump_dimension) < honest_link / 15, clump_dimension being the median-unbiased "
-    "estimate from each example's 16th and farthest distances under their Beta(16, 9) law), and than "
+    "the neighbours before the last jump, among the first clump_window + 1, are copies of one example, "
+    "clump_window being one fewer than the providers, at least 15 and at most 63, and a jump from the "
+    "j-th neighbour being to one more than 1 / fraction times as far or, where those j (ties once) are "
+    "nearer than the example's nearest of its own provider, a ratio r of the j-th to the next with r ** "
+    "(j x clump_dimension) < honest_link / clump_window, clump_dimension being the median-unbiased "
+    "estimate from each example's (clump_window + 1)-th and (clump_window + local_k)-th distances under "
+    "their Beta law), and than "
     "local_ratio x the distance from either to its local_k-th "
     "nearest example of another provider, are linked, where local_ratio = (honest_link / (local_k - 1)) "
     "** (1 / dimension) and dimension is the median over examples of the maximum-likelihood "
@@ -127,21 +131,21 @@ TEXT_METHOD = (
     "text payload lowercased, punctuation dropped, whitespace collapsed; TF-IDF (sublinear tf) over "
     "character n-grams; examples closer (cosine distance) than min(max_distance, fraction x the median "
     "distance from an example to the nearest example of another provider, the nearest beyond its clump: "
-    "the neighbours before the last jump, among the first sixteen, to one more than 1 / fraction times as "
-    "far are copies of one example) are linked; a group is a connected set of links"
+    "the neighbours before the last jump, among the first clump_window + 1 (one fewer than the providers, "
+    "15 to 63), to one more than 1 / fraction times as far are copies of one example) are linked; a "
+    "group is a connected set of links"
 )
 IMAGE_SIDE = 16  # thumbnail side, pixels
 IMAGE_MAX_SIDE = 128  # images are shrunk to at most this before the thumbnail
 IMAGE_TRIM = 0.02  # the share of thumbnail pixels a near-copy may differ in anywhere (a stamp, say)
-IMAGE_CANDIDATES = CLUMP_MAX + 1  # each image's nearest by the untrimmed distance, checked by the trimmed
 IMAGE_METHOD = (
     "image payload decoded (Pillow) to grayscale, shrunk to at most max_side px, box-filtered to a side "
     "x side thumbnail; the distance is euclidean on gray levels over all but the trim share of pixels "
     "that differ most; each image is checked against its candidates nearest by the untrimmed distance; "
     "examples closer than fraction x the median distance from an example to the nearest example of "
     "another provider (the nearest beyond its clump: the neighbours before the last jump, among the "
-    "first sixteen, to one more than 1 / fraction times as far are copies of one example) are linked; a "
-    "group is a connected set of links"
+    "first candidates, one more than the providers less one, 15 to 63, to one more than 1 / fraction "
+    "times as far are copies of one example) are linked; a group is a connected set of links"
 )
 NOT_NUMERIC = "exact copies only"
 
@@ -305,9 +309,10 @@ def _near_groups(x: np.ndarray, owner: np.ndarray, fraction: float) -> tuple[np.
     sd = x.std(axis=0)
     z = (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
     tree = cKDTree(z)
-    others, nearest = _neighbours(z, owner, tree, LOCAL_K + CLUMP_MAX)
-    far = clump_dimension(others)
-    clumps = clump_sizes(others, fraction, far, _own_nearest(z, owner))
+    window = clump_window(owner)
+    others, nearest = _neighbours(z, owner, tree, LOCAL_K + window)
+    far = clump_dimension(others, window)
+    clumps = clump_sizes(others, fraction, far, _own_nearest(z, owner), window)
     beyond = past_clumps(others, clumps, LOCAL_K)
     median = float(np.median(beyond[:, 0]))
     threshold = fraction * median
@@ -321,34 +326,36 @@ def _near_groups(x: np.ndarray, owner: np.ndarray, fraction: float) -> tuple[np.
     links = np.vstack([pairs[(dist < threshold) & (dist < local)], copied])  # strictly closer
     labels, near = _components(links, len(z))
     return labels, _near_record(NEAR_METHOD, fraction, median, threshold, int(z.shape[1]), near,
-                                local_k=LOCAL_K, clump_dimension=_sig(far), dimension=_sig(dimension),
+                                local_k=LOCAL_K, clump_window=window, clump_dimension=_sig(far),
+                                dimension=_sig(dimension),
                                 honest_link=HONEST_LINK,
                                 local_ratio=_sig(ratio), copying_level=COPYING_LEVEL,
                                 copying_chances=list(COPYING_CHANCES), copying_pairs=copying)
 
 
 def clump_sizes(
-    neighbours: np.ndarray, fraction: float, dimension: float = 0.0, own: np.ndarray | None = None
+    neighbours: np.ndarray, fraction: float, dimension: float = 0.0, own: np.ndarray | None = None,
+    window: int = CLUMP_MAX,
 ) -> np.ndarray:
     """How many of each example's nearest examples of other providers (ascending, a row each) make its
-    clump: those before the last jump, among the first ``CLUMP_MAX`` + 1. A jump is from a neighbour to
-    one more than 1 / ``fraction`` times as far; or, given the ``dimension`` the data shows beyond any
-    clump (``clump_dimension``) and each example's distance to the nearest example of its ``own``
-    provider, one that is rare in that dimension and nearer than that: were the data locally uniform,
-    an honest example's j nearest (ties counted once) lie within a ratio r of the next with chance
-    r ** (j * dimension), and a jump is one under ``HONEST_LINK`` / ``CLUMP_MAX``. In few dimensions the
-    fixed ratio alone missed copies (five numbers, three copiers of every example jittered by 5 % of
-    each deviation: no clump, no copy grouped), as honest neighbours are not four times closer than
-    the next either, while three within half of the next are as rare there as one within a quarter.
-    Other providers' copies of an example are nearer to it than anything of its own provider; a
-    category's edge, past which no example lies, leaves its own provider's examples as near as the
-    rest, so it makes no clump (without that, a two-number table with a category had clumps of 11 and
-    doubled its honest links). A neighbour that much closer than the next is a near-copy (or the
-    original of one); copies of one example by several providers are all that close to each other, so
-    the clump ends at the last such jump, not the first. Exact copies (distance 0) are clumps too; inf
-    (fewer neighbours) never ends one."""
+    clump: those before the last jump, among the first ``window`` + 1 (``clump_window``). A neighbour
+    that much closer than the next is a near-copy (or the original of one); copies of one example by
+    several providers are all that close to each other, so the clump ends at the last jump, not the
+    first. A jump is to one more than 1 / ``fraction`` times as far; or, given the ``dimension`` the
+    data shows beyond any clump (``clump_dimension``) and each example's distance to the nearest
+    example of its ``own`` provider, one rare in that dimension from neighbours nearer than that: were
+    the data locally uniform, an honest example's j nearest (ties counted once) would lie within a
+    ratio r of the next with chance r ** (j * dimension), and a jump is one under ``HONEST_LINK`` / the
+    window. In few dimensions the fixed ratio alone missed copies (five numbers, three copiers of every
+    example jittered by 5 % of each deviation: no clump, no copy grouped), as honest neighbours are not
+    four times closer than the next either, while three within half of the next are as rare there as
+    one within a quarter. Other providers' copies of an example are nearer to it than anything of its
+    own provider; a category's edge, past which no example lies, leaves its own provider's examples as
+    near as the rest, so it makes no clump (without that, a two-number table with a category had
+    clumps of 11 and doubled its honest links). Exact copies (distance 0) are clumps too; inf (fewer
+    neighbours) never ends one."""
     d = np.asarray(neighbours, dtype=np.float64)
-    most = min(CLUMP_MAX, d.shape[1] - 1)
+    most = min(window, d.shape[1] - 1)
     if most < 1:
         return np.zeros(len(d), dtype=np.int64)
     near, nxt = d[:, :most], d[:, 1 : most + 1]
@@ -357,23 +364,31 @@ def clump_sizes(
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = np.where(nxt > 0, near / nxt, 1.0)
         distinct = np.cumsum(np.diff(near, axis=1, prepend=-1.0) > 0, axis=1)
-        rare = ratio ** (distinct * dimension) < HONEST_LINK / CLUMP_MAX
+        rare = ratio ** (distinct * dimension) < HONEST_LINK / most
         jump |= rare & (near < np.asarray(own, dtype=np.float64)[:, None])
     jump &= np.isfinite(nxt)
     last = most - np.argmax(jump[:, ::-1], axis=1)  # one past the last jump
     return np.where(jump.any(axis=1), last, 0)
 
 
-def clump_dimension(neighbours: np.ndarray) -> float:
+def clump_window(owner: np.ndarray) -> int:
+    """The most neighbours a clump may hold: one fewer than the providers, since copies of one example by
+    other providers are each another provider's (``CLUMP_MAX`` at least, for a copier who copied one
+    example more than once; ``CLUMP_CAP`` at most, which bounds the search). With a fixed window of 15,
+    sixteen copiers of every example made no clump and none of their copies was grouped."""
+    return int(min(max(CLUMP_MAX, len(np.unique(owner)) - 1), CLUMP_CAP))
+
+
+def clump_dimension(neighbours: np.ndarray, window: int = CLUMP_MAX) -> float:
     """The dimension the data shows beyond any clump, 0 when it cannot be told: from each example's
-    distances to its (``CLUMP_MAX`` + 1)-th and farthest (the k-th) nearest examples of other providers,
-    which no clump of up to ``CLUMP_MAX`` copies reaches. Were the data locally uniform in dimension D,
+    distances to its (``window`` + 1)-th and farthest (the k-th) nearest examples of other providers,
+    which no clump of up to ``window`` copies reaches. Were the data locally uniform in dimension D,
     (d_c / d_k) ** D would be a Beta(c, k - c) draw: the median over examples of log(d_k / d_c), set
     against that law's median, is a median-unbiased estimate. Copies of the neighbours themselves
     bunch those distances a little and make it lower, never near zero as ``local_dimension`` over the
     nearest ones would be before their clumps are known."""
     d = np.asarray(neighbours, dtype=np.float64)
-    c, k = CLUMP_MAX + 1, d.shape[1]
+    c, k = window + 1, d.shape[1]
     if k <= c:
         return 0.0
     first, last = d[:, c - 1], d[:, -1]
@@ -563,8 +578,9 @@ def _text_groups(texts: list[str], owner: np.ndarray) -> tuple[np.ndarray, dict[
         x = vectorizer.fit_transform(texts)
     except ValueError:  # no text long enough for one n-gram
         return np.arange(n), {"method": "none", "reason": "no text has 3 characters besides punctuation"}
-    others = _others_cosine(x, owner, CLUMP_MAX + 1)
-    median = float(np.median(spacing(others, clump_sizes(others, TEXT_FRACTION))))
+    window = clump_window(owner)
+    others = _others_cosine(x, owner, window + 1)
+    median = float(np.median(spacing(others, clump_sizes(others, TEXT_FRACTION, window=window))))
     threshold = min(TEXT_MAX_DISTANCE, TEXT_FRACTION * median)
     graph = NearestNeighbors(metric="cosine", algorithm="brute").fit(x).radius_neighbors_graph(
         x, radius=threshold, mode="distance", sort_results=True
@@ -575,7 +591,7 @@ def _text_groups(texts: list[str], owner: np.ndarray) -> tuple[np.ndarray, dict[
     labels, near = _components(pairs, n)
     return labels, _near_record(TEXT_METHOD, TEXT_FRACTION, median, threshold, int(x.shape[1]), near,
                                 analyzer="char", ngram_range=list(TEXT_NGRAMS),
-                                max_distance=TEXT_MAX_DISTANCE)
+                                max_distance=TEXT_MAX_DISTANCE, clump_window=window)
 
 
 def _others_cosine(x: csr_matrix, owner: np.ndarray, k: int) -> np.ndarray:
@@ -607,14 +623,15 @@ def _image_groups(
         bad = int(n - ok.sum())
         return labels, {"method": "none", "reason": f"fewer than 3 decodable images ({bad} not PNG/JPEG)"}
     x = np.array([np.concatenate(row) for row, good in zip(rows, ok, strict=True) if good])
-    pairs, dist, others = _trimmed_neighbours(x, owner[ok])
-    median = float(np.median(spacing(others, clump_sizes(others, fraction))))
+    window = clump_window(owner[ok])
+    pairs, dist, others = _trimmed_neighbours(x, owner[ok], window + 1)
+    median = float(np.median(spacing(others, clump_sizes(others, fraction, window=window))))
     threshold = fraction * median
     sub, near = _components(pairs[dist < threshold], len(x))
     labels[ok] = np.flatnonzero(ok)[sub]  # distinct labels, none an undecodable row's own
     return labels, _near_record(IMAGE_METHOD, fraction, median, threshold, int(x.shape[1]), near,
                                 side=IMAGE_SIDE, max_side=IMAGE_MAX_SIDE, trim=IMAGE_TRIM,
-                                candidates=IMAGE_CANDIDATES, undecodable=int(n - ok.sum()))
+                                candidates=window + 1, undecodable=int(n - ok.sum()))
 
 
 def _thumbnail(data: bytes | None) -> np.ndarray | None:
@@ -642,17 +659,19 @@ def _trimmed(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sqrt(np.partition(sq, keep - 1, axis=-1)[..., :keep].sum(axis=-1))
 
 
-def _trimmed_neighbours(x: np.ndarray, owner: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Candidate pairs (i, j): j among i's ``IMAGE_CANDIDATES`` nearest by the untrimmed distance (ties
+def _trimmed_neighbours(
+    x: np.ndarray, owner: np.ndarray, candidates: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidate pairs (i, j): j among i's ``candidates`` nearest by the untrimmed distance (ties
     at the last place all kept), with their trimmed distances; and each image's trimmed distances to its
-    candidates among the other providers' images, ascending, at most ``IMAGE_CANDIDATES`` (inf where
+    candidates among the other providers' images, ascending, at most ``candidates`` (inf where
     fewer): ``_neighbours`` for images, of which ``spacing`` takes the nearest beyond any clump.
 
     Squared distances come from one matrix product per block of rows: on whole gray levels every sum
     is a whole number below 2**53, so they are exact whatever the BLAS, and the candidates the same on
     any machine (k-d trees, exact too, search by brute force at 256 dimensions: 10x slower at 10,000)."""
     n = len(x)
-    k = min(IMAGE_CANDIDATES, n - 1)
+    k = min(candidates, n - 1)
     code = np.unique(owner, return_inverse=True)[1]
     norms = (x * x).sum(axis=1)
     pairs, dists, others = [], [], np.full((n, k), np.inf)

@@ -33,11 +33,13 @@ from attribution import (
 )
 from pipelines.datasets import Payload, example_id, to_examples
 from pipelines.duplicates import (
+    CLUMP_CAP,
     CLUMP_MAX,
     LOCAL_K,
     NEAR_FRACTION,
     clump_dimension,
     clump_sizes,
+    clump_window,
     local_dimension,
     spacing,
 )
@@ -46,7 +48,7 @@ from storage import snapshot_parquet
 
 T0, T1, T2 = "2025-01-01T00:00:00Z", "2025-02-01T00:00:00Z", "2025-03-01T00:00:00Z"
 ADDR = {name: "0x" + f"{i + 1:040x}" for i, name in enumerate(
-    ["a", "b", "c", "d", "flooder", "copycat", "lab1", "lab2", *[f"copycat-{i}" for i in range(2, 9)]]
+    ["a", "b", "c", "d", "flooder", "copycat", "lab1", "lab2", *[f"copycat-{i}" for i in range(2, 21)]]
 )}
 
 
@@ -312,14 +314,16 @@ def test_a_copycat_of_another_providers_examples_earns_nothing() -> None:
 
 
 @pytest.mark.parametrize("seed,per_honest,copiers",
-                         [(0, 1.0, 1), (1, 1.0, 1), (2, 1.5, 1), (3, 2.0, 2), (4, 4.0, 4), (5, 8.0, 8)])
+                         [(0, 1.0, 1), (1, 1.0, 1), (2, 1.5, 1), (3, 2.0, 2), (4, 4.0, 4), (5, 8.0, 8),
+                          (6, 20.0, 20)])
 def test_a_copycat_of_everyone_cannot_shrink_the_spacing_its_copies_are_judged_by(seed, per_honest,
                                                                                    copiers) -> None:
     """A copier who copies as many examples as the honest providers hold (1.5: some of them twice; or two,
     four or eight copiers who each copy every example: one copier in several accounts) makes copies and
     originals most of the data. Judged by the median distance to another provider's nearest example, the
     threshold shrank to the copies' own and none was linked (with a clump window of three, four copiers
-    still did that); skipping each example's clump (``spacing``, and for the local scale and dimension
+    still did that; with one of fifteen, twenty: the window is now one fewer than the providers);
+    skipping each example's clump (``spacing``, and for the local scale and dimension
     estimate), every copy joins its original, no two honest examples are grouped, and the threshold is
     the one the honest data gives without the copier."""
     rng = np.random.default_rng(seed)
@@ -342,7 +346,7 @@ def test_a_copycat_of_everyone_cannot_shrink_the_spacing_its_copies_are_judged_b
     original_ids, copy_ids = _ids(_rows(originals, "x")), _ids(_rows(copies, "x"))
     assert all(group[c] == original_ids[i] for c, i in zip(copy_ids, picked.tolist(), strict=True))
     assert len({group[e] for e in original_ids}) == len(original_ids)  # honest examples stay apart
-    assert report.grouping.unpaid == names
+    assert report.grouping.unpaid == tuple(sorted(names))
     near, honest_near = report.grouping.near, alone.grouping.near
     assert abs(near["threshold"] / honest_near["threshold"] - 1) < 0.15, (near, honest_near)
     copies_of = {c: original_ids[i] for c, i in zip(copy_ids, picked.tolist(), strict=True)}
@@ -374,6 +378,14 @@ def test_copiers_of_every_example_in_five_numbers_are_grouped(seed, copiers) -> 
     joined = [group[c] == o for x in copies for c, o in zip(_ids(_rows(x, "x")), original_ids, strict=True)]
     assert np.mean(joined) >= 0.95
     assert len(original_ids) - len({group[e] for e in original_ids}) <= 2
+
+
+def test_a_clump_may_hold_a_copy_by_every_other_provider() -> None:
+    """The window is one fewer than the providers, from CLUMP_MAX (a copier may copy one example more
+    than once) to CLUMP_CAP (which bounds the search)."""
+    assert clump_window(np.array(["a", "b", "a"])) == CLUMP_MAX
+    assert clump_window(np.array([f"p{i % 30}" for i in range(90)])) == 29
+    assert clump_window(np.array([f"p{i}" for i in range(500)])) == CLUMP_CAP
 
 
 @pytest.mark.parametrize("dim", [1, 2, 5, 10])

@@ -199,12 +199,15 @@ def test_a_copycats_light_edits_join_their_originals_and_earn_nothing(kind, seed
     assert 0 < near["threshold"] < near["median_nn_distance"]
 
 
-@pytest.mark.parametrize("kind,copiers", [("text", 1), ("image", 1), ("text", 4), ("image", 4)])
+@pytest.mark.parametrize("kind,copiers", [("text", 1), ("image", 1), ("text", 4), ("image", 4), ("text", 16),
+                                          ("image", 16)])
 def test_a_copycat_of_every_example_still_joins_each_original(kind, copiers) -> None:
     """Light edits of every honest example make copies and originals all of the data: the median
     distance to another provider's nearest example fell to the copies' own (image copies: none linked;
     text: only those that normalize to their original) until each example's clump was skipped; four
-    copiers of every example (one copier in four accounts) did it again while a clump held three."""
+    copiers of every example (one copier in four accounts) did it again while a clump held three, and
+    sixteen while it held fifteen (texts 17 %, images none), before it held one fewer than the
+    providers."""
     column, honest, rng = _world(kind, 3)
     names = [f"copycat-{i}" for i in range(1, copiers + 1)]
     copies = {name: [_copy(kind, v, rng) for v in honest] for name in names}
@@ -216,7 +219,7 @@ def test_a_copycat_of_every_example_still_joins_each_original(kind, copiers) -> 
     assert len(missed) <= 0.02 * len(pairs), (len(missed), missed[:3])
     assert len({labels[_id(column, v)] for v in honest}) == len(honest)  # no two honest examples grouped
     _, report = to_examples(table, _times(table))
-    assert report.grouping.unpaid == tuple(names)
+    assert report.grouping.unpaid == tuple(sorted(names))
 
 
 @pytest.mark.parametrize("kind", ["text", "image", "image8"])
