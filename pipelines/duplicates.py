@@ -131,9 +131,9 @@ TEXT_METHOD = (
     "text payload lowercased, punctuation dropped, whitespace collapsed; TF-IDF (sublinear tf) over "
     "character n-grams; examples closer (cosine distance) than min(max_distance, fraction x the median "
     "distance from an example to the nearest example of another provider, the nearest beyond its clump: "
-    "the neighbours before the last jump, among the first clump_window + 1 (one fewer than the providers, "
-    "15 to 63), to one more than 1 / fraction times as far are copies of one example) are linked; a "
-    "group is a connected set of links"
+    "the neighbours before the last jump, among the first clump_window + 1 (as many as the providers, 16 "
+    "to 64), to one more than 1 / fraction times as far are copies of one example) are linked; a group "
+    "is a connected set of links"
 )
 IMAGE_SIDE = 16  # thumbnail side, pixels
 IMAGE_MAX_SIDE = 128  # images are shrunk to at most this before the thumbnail
@@ -144,8 +144,8 @@ IMAGE_METHOD = (
     "that differ most; each image is checked against its candidates nearest by the untrimmed distance; "
     "examples closer than fraction x the median distance from an example to the nearest example of "
     "another provider (the nearest beyond its clump: the neighbours before the last jump, among the "
-    "first candidates, one more than the providers less one, 15 to 63, to one more than 1 / fraction "
-    "times as far are copies of one example) are linked; a group is a connected set of links"
+    "first candidates (as many as the providers, 16 to 64), to one more than 1 / fraction times as far "
+    "are copies of one example) are linked; a group is a connected set of links"
 )
 NOT_NUMERIC = "exact copies only"
 
@@ -327,10 +327,9 @@ def _near_groups(x: np.ndarray, owner: np.ndarray, fraction: float) -> tuple[np.
     labels, near = _components(links, len(z))
     return labels, _near_record(NEAR_METHOD, fraction, median, threshold, int(z.shape[1]), near,
                                 local_k=LOCAL_K, clump_window=window, clump_dimension=_sig(far),
-                                dimension=_sig(dimension),
-                                honest_link=HONEST_LINK,
-                                local_ratio=_sig(ratio), copying_level=COPYING_LEVEL,
-                                copying_chances=list(COPYING_CHANCES), copying_pairs=copying)
+                                dimension=_sig(dimension), honest_link=HONEST_LINK, local_ratio=_sig(ratio),
+                                copying_level=COPYING_LEVEL, copying_chances=list(COPYING_CHANCES),
+                                copying_pairs=copying)
 
 
 def clump_sizes(
