@@ -312,7 +312,8 @@ def _near_groups(x: np.ndarray, owner: np.ndarray, fraction: float) -> tuple[np.
     window = clump_window(owner)
     others, nearest = _neighbours(z, owner, tree, LOCAL_K + window)
     far = clump_dimension(others, window)
-    clumps = clump_sizes(others, fraction, far, _own_nearest(z, owner), window)
+    own, mutual = _own_side(z, owner, nearest)
+    clumps = clump_sizes(others, fraction, far, own, window)
     beyond = past_clumps(others, clumps, LOCAL_K)
     median = float(np.median(beyond[:, 0]))
     threshold = fraction * median
@@ -322,7 +323,7 @@ def _near_groups(x: np.ndarray, owner: np.ndarray, fraction: float) -> tuple[np.
     ratio = (HONEST_LINK / (LOCAL_K - 1)) ** (1.0 / dimension) if dimension > 0 else 1.0
     scale = beyond[:, -1]  # an example's distance to its LOCAL_K-th nearest example of another provider
     local = ratio * np.minimum(scale[pairs[:, 0]], scale[pairs[:, 1]])
-    copied, copying = _copying_links(z, owner, nearest, _chances(others[:, 0], scale, dimension))
+    copied, copying = _copying_links(owner, nearest, mutual, _chances(others[:, 0], scale, dimension))
     links = np.vstack([pairs[(dist < threshold) & (dist < local)], copied])  # strictly closer
     labels, near = _components(links, len(z))
     return labels, _near_record(NEAR_METHOD, fraction, median, threshold, int(z.shape[1]), near,
@@ -431,26 +432,26 @@ def _chances(d1: np.ndarray, scale: np.ndarray, dimension: float) -> np.ndarray:
 
 
 def _copying_links(
-    z: np.ndarray, owner: np.ndarray, nearest: np.ndarray, chance: np.ndarray
+    owner: np.ndarray, nearest: np.ndarray, mutual: np.ndarray, chance: np.ndarray
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Links between the examples of providers that copy one another, and the record of each such pair.
 
     In two or three dimensions a copy jittered by a few % is no closer to its original than many an
     honest neighbour, so no example can be linked on its own (``HONEST_LINK``); but a copier's examples
-    sit that close to one provider's far more often than anyone's do. Each example is a candidate of
-    the pair (its provider, the provider of its nearest example of another provider), counted where the
-    two are each other's nearest across the pair (a copy and its original are; a flood of copies of one
-    example counts once). A pair copies where its candidates have small ``chance`` more often than the
-    rest of the examples (a one-sided Fisher test at each of ``COPYING_CHANCES``, Bonferroni over pairs
-    and chances, at ``COPYING_LEVEL``), in both directions, since a copy relation shows from both sides
-    and a few ties with one neighbour do not; the rest leaves out the pairs found, and the others are
-    tested again until no more are (a copier of two providers: each pair's matches would otherwise
-    swell the other's reference). Its candidates are then linked up to the chance that
-    leaves the fewest examples expected misassigned (copies left out plus honest ones linked), the rest's
-    chances standing for honest ones: what the data's own clumps and ties make of the uniform model is
-    in that reference too."""
+    sit that close to one provider's far more often than anyone's do. Each example is a candidate of the
+    pair (its provider, the provider of its nearest example of another provider), counted where the two
+    are each other's nearest across the pair (``mutual``, from ``_own_side``: a copy and its original
+    are; a flood of copies of one example counts once). A pair copies where its candidates have small
+    ``chance`` more often than the rest of the examples (a one-sided Fisher test at each of
+    ``COPYING_CHANCES``, Bonferroni over pairs and chances, at ``COPYING_LEVEL``), in both directions,
+    since a copy relation shows from both sides and a few ties with one neighbour do not; the rest leaves
+    out the pairs found, and the others are tested again until no more are (a copier of two providers:
+    each pair's matches would otherwise swell the other's reference). Its candidates are then linked up
+    to the chance that leaves the fewest examples expected misassigned (copies left out plus honest ones
+    linked), the rest's chances standing for honest ones: what the data's own clumps and ties make of the
+    uniform model is in that reference too."""
     names, code = np.unique(owner, return_inverse=True)
-    p = np.where(_mutual(z, code, nearest), chance, 1.0)
+    p = np.where(mutual, chance, 1.0)
     keys, pair = np.unique(code * len(names) + code[nearest], return_inverse=True)
     swapped = (keys % len(names)) * len(names) + keys // len(names)  # the pair seen from the other side
     back = np.minimum(np.searchsorted(keys, swapped), len(keys) - 1)
@@ -473,17 +474,6 @@ def _copying_links(
     record = [{"providers": [str(names[a]), str(names[b])], "links": len(found[ends])}
               for ends in sorted(found) for a, b in [ends]]
     return np.asarray(links, dtype=np.int64).reshape(-1, 2), record
-
-
-def _mutual(z: np.ndarray, code: np.ndarray, nearest: np.ndarray) -> np.ndarray:
-    """Whether each example is the nearest, among its own provider's examples, to its nearest example of
-    another provider."""
-    out = np.zeros(len(z), dtype=bool)
-    for c in np.unique(code).tolist():
-        mine = np.flatnonzero(code == c)
-        back = cKDTree(z[mine]).query(z[nearest[mine]], k=1)[1]
-        out[mine] = mine[back] == mine
-    return out
 
 
 def _pair_evidence(p: np.ndarray, pair: np.ndarray, back: np.ndarray, copying: np.ndarray) -> np.ndarray:
@@ -728,14 +718,18 @@ def _neighbours(z: np.ndarray, owner: np.ndarray, tree: cKDTree, k: int) -> tupl
     return out, nearest
 
 
-def _own_nearest(z: np.ndarray, owner: np.ndarray) -> np.ndarray:
-    """Each example's distance to the nearest other example of its own provider (inf where it has none)."""
-    out = np.full(len(z), np.inf)
+def _own_side(z: np.ndarray, owner: np.ndarray, nearest: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What each example's own provider holds, from one tree per provider: the distance to its nearest
+    other example of that provider (inf where it has none), and whether the example is the one of that
+    provider nearest to its own ``nearest`` example of another provider."""
+    distance, mutual = np.full(len(z), np.inf), np.zeros(len(z), dtype=bool)
     for name in np.unique(owner).tolist():
         mine = np.flatnonzero(owner == name)
+        tree = cKDTree(z[mine])
         if len(mine) > 1:
-            out[mine] = cKDTree(z[mine]).query(z[mine], k=2)[0][:, 1]
-    return out
+            distance[mine] = tree.query(z[mine], k=2)[0][:, 1]
+        mutual[mine] = mine[tree.query(z[nearest[mine]], k=1)[1]] == mine
+    return distance, mutual
 
 
 def _sig(v: float) -> float:
