@@ -173,19 +173,24 @@ def kernel_pins(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     return {k: env[k] for k in KERNEL_ENV if env.get(k)}
 
 
-def run_kernels(recorded: Mapping[str, object]) -> dict[str, str] | None:
+def run_kernels(recorded: Mapping[str, object], flags: str | None = None) -> dict[str, str] | None:
     """The pins that select the kernels a run trained on (its ``training_platform``), spelled as each
     library reads them: ATen's recorded capability, and for oneDNN and MKL the level its CPU's flags
-    allow, capped by the run's own pin where it set a known one. None for a record that names no
-    capability or flags (from before they were recorded)."""
-    capability, flags = recorded.get("cpu_capability"), recorded.get("cpu_flags")
-    if not isinstance(capability, str) or not isinstance(flags, str) or not flags:
+    allow, capped by the run's own pin where it set a known one. On a CPU whose vector ``flags`` are
+    the run's, oneDNN and MKL pick the run's levels by themselves, and only the run's own pins of theirs
+    are set: MKL's CBWR mode, once set to any branch, changed a matrix-vector product's bits from the
+    unpinned ones on an AMD EPYC (an unpinned run replayed under ``MKL_CBWR=AVX512_E1`` was not bit for
+    bit). None for a record that names no capability or flags (from before they were recorded)."""
+    capability, recorded_flags = recorded.get("cpu_capability"), recorded.get("cpu_flags")
+    if not isinstance(capability, str) or not isinstance(recorded_flags, str) or not recorded_flags:
         return None
     pinned = recorded.get("kernel_pins")
     pins = pinned if isinstance(pinned, Mapping) else {}
-    have = set(flags.split())
+    have = set(recorded_flags.split())
     kernels = {"ATEN_CPU_CAPABILITY": capability.lower()}
     for name in ("ONEDNN_MAX_CPU_ISA", "MKL_CBWR"):
+        if flags == recorded_flags and not pins.get(name):
+            continue  # the library's own pick on these flags is the run's
         levels = [level for level, _ in _LEVELS[name]]
         allowed = levels.index(_highest(_LEVELS[name], have))
         pin = str(pins.get(name) or "")

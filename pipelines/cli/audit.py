@@ -243,6 +243,7 @@ def verify_command(
 def _restart_on_run_kernels(chain: Any, store: BlockStore, run_id: str) -> None:
     """Start this command again under the kernel pins of the run's CPU, where this one can run them
     and does not yet (`replay.replay_kernels`): each library reads its pin only when first used."""
+    from pipelines.compute_platform import KERNEL_ENV
     from pipelines.replay import replay_kernels
     from provenance import ProvenanceError
 
@@ -256,7 +257,8 @@ def _restart_on_run_kernels(chain: Any, store: BlockStore, run_id: str) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         try:
-            os.execve(sys.executable, sys.orig_argv, {**os.environ, **kernels})
+            others = {k: v for k, v in os.environ.items() if k not in KERNEL_ENV}  # a pin the run had not
+            os.execve(sys.executable, sys.orig_argv, {**others, **kernels})
         except OSError as exc:  # replay goes on here, on this CPU's own kernels
             typer.echo(f"replay: could not restart ({exc}); replaying on this CPU's own kernels", err=True)
 

@@ -55,7 +55,7 @@ _BUILD = ("torch", "machine", "device")  # what no kernel pin can stand in for
 def on_run_kernels(recorded: Mapping[str, object], here: Mapping[str, object]) -> bool:
     """Whether this process, on another CPU, runs the kernels the run trained on: the same torch build,
     machine and device, and started with the pins that select the run's kernels (`run_kernels`)."""
-    kernels = run_kernels(recorded)
+    kernels = run_kernels(recorded, str(here.get("cpu_flags", "")))
     same = all(here.get(k) == recorded.get(k) for k in (*_BUILD, "cpu_capability"))
     return kernels is not None and same and here.get("kernel_pins") == kernels
 
@@ -70,7 +70,7 @@ def replay_kernels(chain: Chain, store: ContentStore, run_id: str) -> dict[str, 
     _, training = records.parent(records.head(run_id), TRAINING)
     recorded = training.params.get("platform") or {}
     here = training_platform()
-    kernels = run_kernels(recorded)
+    kernels = run_kernels(recorded, str(here.get("cpu_flags", "")))
     if kernels is None or same_platform(recorded, here) or here.get("kernel_pins") == kernels:
         return None
     same = all(here.get(k) == recorded.get(k) for k in _BUILD)

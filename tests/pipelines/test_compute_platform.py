@@ -48,6 +48,40 @@ def test_a_runs_kernels_are_its_pins_or_else_the_highest_its_cpu_allows() -> Non
     assert run_kernels(_record("")) is None
 
 
+def test_on_the_runs_own_cpu_flags_only_the_runs_own_pins_are_set() -> None:
+    """oneDNN and MKL pick their levels by the CPU's flags: where they are the run's, an unpinned run's
+    are left unset (MKL's CBWR mode, set to any branch, rounds a matrix-vector product otherwise on an
+    AMD EPYC), a pinned run's kept; ATen's capability is always set, over any pin of the auditor's."""
+    unpinned = _record(AVX512_CPU, "AVX512")
+    assert run_kernels(unpinned, AVX512_CPU) == {"ATEN_CPU_CAPABILITY": "avx512"}
+    assert run_kernels(unpinned, f"{AVX512_CPU} amx_tile") == run_kernels(unpinned)  # another CPU: as before
+    pinned = _record(AVX512_CPU, "AVX2", ONEDNN_MAX_CPU_ISA="avx2", MKL_CBWR="AVX2")
+    assert run_kernels(pinned, AVX512_CPU) == run_kernels(pinned)
+
+
+@pytest.mark.skipif(not cpu_vector_flags(), reason="the CPU's flags are not readable here")
+def test_an_unpinned_run_on_this_cpu_keeps_its_bits_under_the_replays_pins() -> None:
+    """A matrix-vector product (MKL's sgemv), unpinned and under the pins a replay on this CPU starts
+    with: the same bits."""
+    here = training_platform()
+    assert _mv_bits(run_kernels(here, cpu_vector_flags())) == _mv_bits({})
+
+
+_MV = """
+import hashlib, torch
+torch.manual_seed(0)
+m, v = torch.randn(512, 3000), torch.randn(3000)
+print(hashlib.sha256((m @ v).numpy().tobytes()).hexdigest())
+"""
+
+
+def _mv_bits(pins: dict[str, str]) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in KERNEL_ENV}
+    out = subprocess.run([sys.executable, "-c", _MV], env={**env, **pins}, capture_output=True, text=True,
+                         check=True, timeout=120)
+    return out.stdout.strip()
+
+
 def test_a_cpu_runs_pinned_kernels_only_where_it_has_their_instruction_sets() -> None:
     assert can_run(run_kernels(_record(AVX2_CPU)), AVX512_CPU)  # a newer CPU runs an older one's
     assert not can_run(run_kernels(_record(AVX512_CPU, "AVX512")), AVX2_CPU)

@@ -625,15 +625,15 @@ def test_verify_replay_restarts_on_the_runs_cpu_kernels(published) -> None:
     with `--native-kernels` it replays on its own and allows the band."""
     chain, store, run_id = published
     avx2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
-    kernels = " ".join(f"{k}={v}" for k, v in run_kernels(training_platform()).items())
+    kernels = " ".join(f"{k}={v}" for k, v in run_kernels(training_platform(), cpu_vector_flags()).items())
     again = _caravan("verify", run_id, "--replay", env=avx2)
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"restarting on the run's CPU kernels ({kernels})" in again.stderr
     assert "the run's CPU kernels, bit for bit" in again.stdout and "score diff 0.0" in again.stdout
     native = _caravan("verify", run_id, "--replay", "--native-kernels", env=avx2)
     assert native.returncode == 0 and "restarting" not in native.stderr, native.stdout
+    # (whether AVX2 kernels round this MLP otherwise depends on the CPU: on an AMD EPYC they did not)
     assert "another platform: allowed" in native.stdout and "left-out values within" in native.stdout
-    assert "score diff 0.0" not in native.stdout  # AVX2 rounds this MLP differently
     name = _republish(chain, store, run_id, "kernels-cli-scores", inflate="p-small")
     tampered = _caravan("verify", name, "--replay", env=avx2)
     assert tampered.returncode == 1 and "restarting on the run's CPU kernels" in tampered.stderr
