@@ -125,8 +125,8 @@ NEAR_METHOD = (
     "(one-sided Fisher test at each of copying_chances, Bonferroni over pairs and chances, level "
     "copying_level, repeated until no more pairs are found; pairs for which the same test gives under "
     "suspect_level both ways are left out of those examples, unless they hold most of them): their "
-    "mutual nearest pairs are then linked "
-    "up to the chance that leaves the fewest examples expected misassigned, the chances of the examples "
+    "mutual nearest pairs are then linked up to the chance that leaves the fewest examples expected "
+    "misassigned, the chances of the examples "
     "of pairs not found copying standing for honest ones; a group is a connected set of links"
 )
 TEXT_FRACTION = 0.5  # of the median nearest-other-provider cosine distance
@@ -508,9 +508,9 @@ def _suspects(p: np.ndarray, pair: np.ndarray, back: np.ndarray, copying: np.nda
     ``SUSPECT_LEVEL``, both ways: left out of the reference the pairs are tested against, unless they hold
     most of its examples (the reference is the honest majority's). A copier of a share of every provider's
     rows makes a pair with each, and each swelled the reference of the others: copying a fifth of four
-    providers' rows (two numbers, twenty seeds), none of its pairs was found in five seeds and 55 % of its
-    copies were grouped; now one, and 71 %. Without the majority rule, three honest providers beside a
-    flood were taken for copying pairs (2 worlds of 200), their reference left to the flood alone."""
+    providers' rows (two numbers, twenty seeds), under 5 % of its copies were grouped in five seeds (55 %
+    on average); now in one (71 %). Without the majority rule, three honest providers beside a flood were
+    taken for copying pairs (2 worlds of 200), their reference left to the flood alone."""
     first = _pair_evidence(p, pair, back, copying, np.zeros_like(copying))
     suspect = (back >= 0) & ~copying & (np.maximum(first, first[back]) < SUSPECT_LEVEL)
     held = np.bincount(pair, minlength=len(copying))

@@ -257,7 +257,7 @@ def _restart_on_run_kernels(chain: Any, store: BlockStore, run_id: str) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         try:
-            others = {k: v for k, v in os.environ.items() if k not in KERNEL_ENV}  # a pin the run had not
+            others = {k: v for k, v in os.environ.items() if k not in KERNEL_ENV}  # its own pins go
             os.execve(sys.executable, sys.orig_argv, {**others, **kernels})
         except OSError as exc:  # replay goes on here, on this CPU's own kernels
             typer.echo(f"replay: could not restart ({exc}); replaying on this CPU's own kernels", err=True)
