@@ -466,7 +466,10 @@ def _copying_links(
     tests = len(keys) * len(COPYING_CHANCES)
     copying = np.zeros(len(keys), dtype=bool)  # pairs found to copy, seen from both sides
     while True:  # a copier's candidates would swell the reference another copier is tested against
-        evidence = _pair_evidence(p, pair, back, copying, _suspects(p, pair, back, copying))
+        evidence = _pair_evidence(p, pair, back, copying, np.zeros_like(copying))
+        suspect = _suspects(evidence, pair, back, copying)
+        if suspect.any():  # else the reference is the one just tested against
+            evidence = _pair_evidence(p, pair, back, copying, suspect)
         now = (back >= 0) & (np.maximum(evidence, evidence[back]) * tests < COPYING_LEVEL)
         if not (now & ~copying).any():
             break
@@ -503,16 +506,16 @@ def _pair_evidence(
     return best
 
 
-def _suspects(p: np.ndarray, pair: np.ndarray, back: np.ndarray, copying: np.ndarray) -> np.ndarray:
-    """The pairs not found ``copying`` whose candidates' chances are small more often than the rest's at
-    ``SUSPECT_LEVEL``, both ways: left out of the reference the pairs are tested against, unless they hold
-    most of its examples (the reference is the honest majority's). A copier of a share of every provider's
-    rows makes a pair with each, and each swelled the reference of the others: copying a fifth of four
-    providers' rows (two numbers, twenty seeds), under 5 % of its copies were grouped in five seeds (55 %
-    on average); now in one (71 %). Without the majority rule, three honest providers beside a flood were
-    taken for copying pairs (2 worlds of 200), their reference left to the flood alone."""
-    first = _pair_evidence(p, pair, back, copying, np.zeros_like(copying))
-    suspect = (back >= 0) & ~copying & (np.maximum(first, first[back]) < SUSPECT_LEVEL)
+def _suspects(evidence: np.ndarray, pair: np.ndarray, back: np.ndarray, copying: np.ndarray) -> np.ndarray:
+    """The pairs not found ``copying`` whose ``evidence`` against the whole rest (``_pair_evidence`` with
+    no suspects) is under ``SUSPECT_LEVEL`` both ways: left out of the reference the pairs are tested
+    against, unless they hold most of its examples (the reference is the honest majority's). A copier of
+    a share of every provider's rows makes a pair with each, and each swelled the reference of the
+    others: copying a fifth of four providers' rows (two numbers, twenty seeds), under 5 % of its copies
+    were grouped in five seeds (55 % on average); now in one (71 %). Without the majority rule, three
+    honest providers beside a flood were taken for copying pairs (2 worlds of 200), their reference left
+    to the flood alone."""
+    suspect = (back >= 0) & ~copying & (np.maximum(evidence, evidence[back]) < SUSPECT_LEVEL)
     held = np.bincount(pair, minlength=len(copying))
     return suspect if 2 * held[suspect].sum() <= held[~copying].sum() else np.zeros_like(suspect)
 

@@ -59,29 +59,6 @@ def test_on_the_runs_own_cpu_flags_only_the_runs_own_pins_are_set() -> None:
     assert run_kernels(pinned, AVX512_CPU) == run_kernels(pinned)
 
 
-@pytest.mark.skipif(not cpu_vector_flags(), reason="the CPU's flags are not readable here")
-def test_an_unpinned_run_on_this_cpu_keeps_its_bits_under_the_replays_pins() -> None:
-    """A matrix-vector product (MKL's sgemv), unpinned and under the pins a replay on this CPU starts
-    with: the same bits."""
-    here = training_platform()
-    assert _mv_bits(run_kernels(here, cpu_vector_flags())) == _mv_bits({})
-
-
-_MV = """
-import hashlib, torch
-torch.manual_seed(0)
-m, v = torch.randn(512, 3000), torch.randn(3000)
-print(hashlib.sha256((m @ v).numpy().tobytes()).hexdigest())
-"""
-
-
-def _mv_bits(pins: dict[str, str]) -> str:
-    env = {k: v for k, v in os.environ.items() if k not in KERNEL_ENV}
-    out = subprocess.run([sys.executable, "-c", _MV], env={**env, **pins}, capture_output=True, text=True,
-                         check=True, timeout=120)
-    return out.stdout.strip()
-
-
 def test_a_cpu_runs_pinned_kernels_only_where_it_has_their_instruction_sets() -> None:
     assert can_run(run_kernels(_record(AVX2_CPU)), AVX512_CPU)  # a newer CPU runs an older one's
     assert not can_run(run_kernels(_record(AVX512_CPU, "AVX512")), AVX2_CPU)
@@ -110,9 +87,19 @@ print(hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parame
 """
 
 
-def _trained_bits(pins: dict[str, str]) -> str:
+# a matrix-vector product (MKL's sgemv), hashed
+_MV = """
+import hashlib, torch
+torch.manual_seed(0)
+m, v = torch.randn(512, 3000), torch.randn(3000)
+print(hashlib.sha256((m @ v).numpy().tobytes()).hexdigest())
+"""
+
+
+def _bits(script: str, pins: dict[str, str]) -> str:
+    """What ``script`` prints in a fresh process started with ``pins`` in place of any kernel pins here."""
     env = {k: v for k, v in os.environ.items() if k not in KERNEL_ENV}
-    out = subprocess.run([sys.executable, "-c", _TRAIN], env={**env, **pins}, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", script], env={**env, **pins}, capture_output=True, text=True,
                          check=True, timeout=300)
     return out.stdout.strip()
 
@@ -121,10 +108,18 @@ def _trained_bits(pins: dict[str, str]) -> str:
 def test_the_pins_derived_from_this_cpus_flags_give_its_unpinned_bits() -> None:
     """What lets an auditor replay an unpinned run: the levels derived from its CPU's flags are the
     ones each library picked by itself. (A level lower than the CPU's changes the bits.)"""
-    natural = _trained_bits({})
-    assert _trained_bits(run_kernels(training_platform())) == natural
+    natural = _bits(_TRAIN, {})
+    assert _bits(_TRAIN, run_kernels(training_platform())) == natural
     if "avx512f" in cpu_vector_flags().split():
-        assert _trained_bits(run_kernels(_record(AVX2_CPU))) != natural
+        assert _bits(_TRAIN, run_kernels(_record(AVX2_CPU))) != natural
+
+
+@pytest.mark.skipif(not cpu_vector_flags(), reason="the CPU's flags are not readable here")
+def test_an_unpinned_run_on_this_cpu_keeps_its_bits_under_the_replays_pins() -> None:
+    """A matrix-vector product (MKL's sgemv), unpinned and under the pins a replay on this CPU starts
+    with: the same bits."""
+    here = training_platform()
+    assert _bits(_MV, run_kernels(here, cpu_vector_flags())) == _bits(_MV, {})
 
 
 # MKL's dynamic-threading flag, read from the MKL that torch links into libtorch_cpu (an internal symbol:
