@@ -33,8 +33,9 @@ Public face (other rooms use only these names):
   consensus without its answers did, which ``WeightPolicy(labelers='left_out')`` pays by;
   ``value_noise(a, b)`` is how far rounding moves one retrain's value, from two retrains of the same run
   (replay's band).
-- ``nudged_steps(salt)``: every training step inside leaves each weight one last bit off (replay's
-  second retrain measures how far training carries another platform's rounding).
+- ``nudged_steps(salt)``: every training step inside leaves each weight a last bit off
+  (``nudge_units(config)`` units: one under SGD, 256 under AdamW), so replay's second retrain measures
+  how far training carries another platform's rounding.
 - ``attribute_query(result.features, x)`` -> per-training-example contributions to one
   prediction; ``ContributorSplit.split_query(example_ids, contributions)`` -> its fee split.
 - ``model_to_bytes(model, spec)`` / ``model_from_bytes(data)``: deterministic safetensors bytes.
@@ -107,7 +108,7 @@ from .mislabels import (
 )
 from .model_task import LABELS, ModelTask, classification_loss, model_logits
 from .shards import FeatureShard, ShardMismatchError, combine_shards, shard_bounds, shard_features
-from .task import AttributionTask, ModelSpec, ModuleSpec, TrainConfig, nudged_steps
+from .task import AttributionTask, ModelSpec, ModuleSpec, TrainConfig, nudge_units, nudged_steps
 from .trainer import TrainResult, checkpoint_features, train_plain, train_split, train_with_attribution
 from .trak import TrakFeatures, attribute_query
 from .trak_model import (
@@ -310,6 +311,7 @@ __all__ = [
     "forest_probs",
     "fitted_length",
     "mixture_weight",
+    "nudge_units",
     "nudged_steps",
     "out_of_sample_probs",
     "review_labels",

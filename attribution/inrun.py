@@ -33,7 +33,7 @@ from .errors import InputError, UnsupportedModelError
 from .ghost import hooks_paused
 from .kernels import Kernel, LayerGrads, kernel_for
 from .model_task import Batch, ModelTask, batch_size_of, concat, take, to_device
-from .task import TrainConfig, last_bits
+from .task import TrainConfig, last_bits, nudge_units
 from .trainer import (
     EarlyStop,
     TrainResult,
@@ -472,7 +472,7 @@ def model_steps(
     params = list({id(p): p for p in params}.values())
     for p in model.parameters():
         p.requires_grad_(False)
-    opt = make_optimizer(params, cfg)
+    opt, units = make_optimizer(params, cfg), nudge_units(cfg)
     scores = torch.zeros((n, nv) if cfg.per_target else (n,), dtype=torch.float64, device=device)
     keep = set(checkpoint_epochs(cfg.epochs, cfg.n_checkpoints))
     checkpoints: list[dict[str, torch.Tensor]] = []
@@ -493,7 +493,7 @@ def model_steps(
             idx_dev = idx.to(device)
             s, target = attributed_step(taps, model, task, opt, take(train_dev, idx_dev), against,
                                         lr=cfg.lr_at(step, total), params=params, gram=gram)
-            last_bits(params, step)
+            last_bits(params, step, units)
             scores.index_add_(0, idx_dev, s.to(torch.float64))
             ended, done = (step + 1) % steps_per_epoch == 0, False
             if ended and stop is not None:
@@ -553,7 +553,7 @@ def plain_model_steps(
     targets_dev = None if targets is None else to_device(targets, device)
     model = task.fresh(seed).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = make_optimizer(params, cfg)
+    opt, units = make_optimizer(params, cfg), nudge_units(cfg)
     steps_per_epoch = -(-kept_rows(n, keep) // cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     for step, (_, idx) in enumerate(batches(n, cfg.batch_size, cfg.epochs, seed, keep, keys)):
@@ -563,7 +563,7 @@ def plain_model_steps(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        last_bits(params, step)
+        last_bits(params, step, units)
         done = stop is not None and (step + 1) % steps_per_epoch == 0 and stop.ended(
             model, target_loss(task, model, targets_dev))
         yield model

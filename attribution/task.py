@@ -53,20 +53,25 @@ def exact_cuda_fp32() -> None:
 _NUDGE: ContextVar[int | None] = ContextVar("step_nudge", default=None)
 
 
+# How many units in the last place a nudge moves a weight trained by AdamW (``nudge_units``).
+ADAMW_NUDGE_UNITS = 256
+
+
 @contextmanager
 def nudged_steps(salt: int) -> Iterator[None]:
-    """Inside this block every training step leaves each weight it trains one unit in the last place up
-    or down, as drawn from ``salt`` and the step's number (``last_bits``, which every training loop
-    calls): the last-bit differences another platform's rounding makes, at every weight and at every
-    step. Replay's second retrain runs so, to see how far training carries such differences on the
-    auditor's machine (its band): another thread count alone repeats a run bit for bit on a GPU's
-    deterministic kernels, and the MLP's on the CPU (its reductions are not split). Nudged at the start
-    alone, how far a run moved varied tenfold with the salt (on ATen's unvectorized kernels the image
-    recipe's largest score moved by 3.5e-5 to 6.0e-4 over five salts), so one sample could not bound
-    another platform's rounding (a run on its AVX-512 kernels landed up to 3.6x such a spread away);
-    nudged at every step, as that rounding is, over six salts on each kernel set the other set's run
-    landed at most 1.5x the spread away (the left-out values, means of few retrains: 3.0x, from 4.0x;
-    against their pooled noise, ``value_noise``, at most 1.4 standard errors) (``bench/replay_devices.py``).
+    """Inside this block every training step leaves each weight it trains some units in the last place
+    up or down (``nudge_units``: one under SGD, more under AdamW), as drawn from ``salt`` and the step's
+    number (``last_bits``, which every training loop calls): the last-bit differences another
+    platform's rounding makes, at every weight and at every step. Replay's second retrain runs so, to
+    see how far training carries such differences on the auditor's machine (its band): another thread
+    count alone repeats a run bit for bit on a GPU's deterministic kernels, and the MLP's on the CPU
+    (its reductions are not split). Nudged at the start alone, how far a run moved varied tenfold with
+    the salt (on ATen's unvectorized kernels the image recipe's largest score moved by 3.5e-5 to 6.0e-4
+    over five salts), so one sample could not bound another platform's rounding (a run on its AVX-512
+    kernels landed up to 3.6x such a spread away); nudged one unit at every step, as that rounding is,
+    over six salts on each kernel set the other set's run landed at most 1.5x the spread away (the
+    left-out values, means of few retrains: 3.0x, from 4.0x; against their pooled noise,
+    ``value_noise``, at most 1.4 standard errors) (``bench/replay_devices.py``, before ``nudge_units``).
     The block is this thread's (a context variable): training elsewhere is untouched."""
     token = _NUDGE.set(salt)
     try:
@@ -75,9 +80,27 @@ def nudged_steps(salt: int) -> Iterator[None]:
         _NUDGE.reset(token)
 
 
-def last_bits(params: Iterable[nn.Parameter], step: int) -> None:
-    """After training step ``step``: inside ``nudged_steps``, each of ``params`` one unit in the last
-    place up or down; elsewhere nothing."""
+def nudge_units(config: TrainConfig) -> int:
+    """How many units in the last place ``nudged_steps`` moves each weight of a run trained under
+    ``config`` by, at every step: one under SGD, ``ADAMW_NUDGE_UNITS`` under AdamW. SGD's update follows
+    the gradient, so a difference carries in proportion to its size and one unit is what another
+    platform's rounding leaves. AdamW's does not (m / sqrt(v)): a gradient near zero, whose sign
+    rounding decides, moves its weight by the learning rate either way, so a run parts from another only
+    where such a choice (or a ReLU's, a max-pool's) flips, and by how far that flip carries, not by how
+    large the difference was. One unit then left the band to chance: on the end-to-end test's 120
+    grayscale shapes (image recipe, 12 data seeds) a two-thread run landed 1.5e-3 to 2e-1 of the largest
+    score from a one-thread one in 10 seeds, while single-unit nudges stayed within rounding (under 1e-4
+    of it) in 9 of 24 salts, and replay's band (3x the gap one salt left) fell short of the two-thread
+    run in 4 of 12 seeds. At 256 units every salt parts and stands where the spread stops growing (4096
+    units moved runs as far), and the band held the two-thread run in all 12 seeds (scores, sums, values,
+    each seed's value), at the price of a wider band: ``docs/replay.md``, "One unit is not enough under
+    AdamW"."""
+    return ADAMW_NUDGE_UNITS if config.optimizer == "adamw" else 1
+
+
+def last_bits(params: Iterable[nn.Parameter], step: int, units: int = 1) -> None:
+    """After training step ``step``: inside ``nudged_steps``, each of ``params`` ``units`` units in the
+    last place (its own, exactly) up or down; elsewhere nothing."""
     salt = _NUDGE.get()
     if salt is None:
         return
@@ -90,7 +113,8 @@ def last_bits(params: Iterable[nn.Parameter], step: int) -> None:
                 generators[p.device] = torch.Generator(p.device).manual_seed(seed)
             g = generators[p.device]
             up = torch.randint(0, 2, p.shape, generator=g, device=p.device, dtype=torch.bool)
-            p.copy_(torch.nextafter(p, torch.where(up, torch.inf, -torch.inf).to(p.dtype)))
+            toward = torch.nextafter(p, torch.where(up, torch.inf, -torch.inf).to(p.dtype))
+            p.copy_(toward if units == 1 else p + (toward - p) * units)
 
 
 @dataclass(frozen=True)

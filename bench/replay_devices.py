@@ -12,8 +12,8 @@ band must hold, for the pipeline's text and image recipes at their pipeline defa
 providers:
 
 - two CPU runs as replay makes them (the replay's spread), each at half the threads (one after the
-  other here), the second with every weight one last bit off after every step
-  (``attribution.nudged_steps``); the examples'
+  other here), the second with every weight a last bit off after every step
+  (``attribution.nudged_steps``: ``nudge_units``, 256 units under these recipes' AdamW); the examples'
   TRAK value (what pay reads) and each provider's left-out value (``model_left_out``, ``--runs``
   seeds);
 - on a machine with CUDA, the same run on the GPU twice, as attribution trains there (fp32 kept

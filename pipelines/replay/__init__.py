@@ -36,7 +36,8 @@ retrains with the same code, and compares:
 - Elsewhere, training amplifies any last-bit difference: the demo's image run replayed under ATen's
   unvectorized kernels moved scores by up to 4.5e-4 (the largest is 2e-3) and pay by up to 111 bps.
   So the run is retrained twice on this machine, side by side (each on half its cores), the second
-  with every weight one last bit off after every step, as another platform's rounding leaves it
+  with every weight a last bit off after every step (256 units under AdamW, whose runs part only
+  where rounding flips a choice: `attribution.nudge_units`), as another platform's rounding leaves it
   (`attribution.nudged_steps`: a thread count alone repeats a run on a GPU's deterministic kernels,
   or a small model's, and leaves no band), and the stored scores may differ from the first replay by
   up to ``SPREAD_FACTOR`` times the largest gap between the two (at least the score tolerance recorded

@@ -241,10 +241,11 @@ REVIEW_KEYS = ("example_id", "label", "confidence", "n_votes", "run_id")  # what
 def _review_outside_band(stored: pa.Table, made: Reviewed, nudged: Reviewed) -> str | None:
     """Why a stored review made on another platform is not the replay's up to rounding, or None. Its
     rows, labels and votes must be the replay's; its class probabilities within ``SPREAD_FACTOR`` times
-    the largest gap between two cross-fits here, the second with every step's weights one last bit off
-    (as the retrains' band); and its other columns what those probabilities give (`rescored`). Reviews
-    under ATen's AVX2 and unvectorized kernels landed at most 0.89 of that gap from an AVX-512 one (the
-    image recipe; the MLP, forest and text recipes at most 0.26), with the same flags (`docs/replay.md`)."""
+    the largest gap between two cross-fits here, the second with every step's weights a last bit off
+    (`nudge_units`, as the retrains' band); and its other columns what those probabilities give
+    (`rescored`). Reviews under ATen's AVX2 and unvectorized kernels landed at most 0.89 of that gap from
+    an AVX-512 one (the image recipe; the MLP, forest and text recipes at most 0.26), with the same
+    flags, nudged one unit (`docs/replay.md`)."""
     keys = list(REVIEW_KEYS)
     if stored.column_names != made.table.column_names or not same_rows(stored.select(keys),
                                                                          made.table.select(keys)):

@@ -172,13 +172,13 @@ def _retrains(
     retrain: Callable[[bool], Replayed], identical: Callable[[Replayed], bool],
 ) -> tuple[Replayed, Retrained | None]:
     """The first retrain, at the run's thread count where this process runs the run's kernels, and a
-    second where that one is not to be checked bit for bit: every weight one last bit off after every
-    step (`nudged_steps`), as another platform's rounding leaves it. The same platform is bit for bit
-    or fails; on the run's kernels another CPU may still round differently (a kernel's blocking by its
-    caches), and then, as elsewhere, the second retrain shows how far training on this machine carries a
-    last-bit difference (`Band`). Off the run's platform and kernels on a CPU the two run side by side
-    (`_side_by_side`); else one after the other, the second at another thread count. A GPU's
-    deterministic kernels repeat a run at any thread count: there the nudge alone moves it."""
+    second where that one is not to be checked bit for bit: every weight a last bit off after every
+    step (`nudged_steps`, `nudge_units`), as another platform's rounding leaves it. The same platform
+    is bit for bit or fails; on the run's kernels another CPU may still round differently (a kernel's
+    blocking by its caches), and then, as elsewhere, the second retrain shows how far training on this
+    machine carries a last-bit difference (`Band`). Off the run's platform and kernels on a CPU the two
+    run side by side (`_side_by_side`); else one after the other, the second at another thread count. A
+    GPU's deterministic kernels repeat a run at any thread count: there the nudge alone moves it."""
     on_gpu = recorded.get("device", "cpu") != "cpu"
     exactly = report.same_platform or report.run_kernels
     cores = torch.get_num_threads()
@@ -295,7 +295,7 @@ def _trained(inputs: RetrainInputs) -> tuple[EncodedSplit | PayloadSplit, TrainR
 
 
 def _band_retrain(inputs: RetrainInputs, threads: int) -> Retrained:
-    """The band's retrain: at ``threads`` threads, every weight one last bit off after every step."""
+    """The band's retrain: at ``threads`` threads, every weight a last bit off after every step."""
     with pinned_threads(threads), nudged_steps(NUDGE_SALT):
         _, result, left_out = _trained(inputs)
     return Retrained(result.example_attribution, left_out)

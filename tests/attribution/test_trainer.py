@@ -173,9 +173,9 @@ def test_keyed_batches_order_any_set_of_rows_as_any_larger_set_does():
         next(batches(40, 8, 1, 1, keys=keys[:3]))
 
 
-def _one_step(salt: int | None = None, in_thread: bool = False) -> list[torch.Tensor]:
-    """A linear layer's weights after one SGD step and ``last_bits`` (inside ``nudged_steps(salt)``
-    unless None; ``last_bits`` called from another thread where ``in_thread``)."""
+def _one_step(salt: int | None = None, in_thread: bool = False, units: int = 1) -> list[torch.Tensor]:
+    """A linear layer's weights after one SGD step and ``last_bits`` of ``units`` (inside
+    ``nudged_steps(salt)`` unless None; ``last_bits`` called from another thread where ``in_thread``)."""
     import threading
 
     from attribution import nudged_steps
@@ -190,11 +190,11 @@ def _one_step(salt: int | None = None, in_thread: bool = False) -> list[torch.Te
     opt.step()
     with nudged_steps(salt) if salt is not None else contextlib.nullcontext():
         if in_thread:
-            worker = threading.Thread(target=last_bits, args=(list(layer.parameters()), 0))
+            worker = threading.Thread(target=last_bits, args=(list(layer.parameters()), 0, units))
             worker.start()
             worker.join()
         else:
-            last_bits(layer.parameters(), 0)
+            last_bits(layer.parameters(), 0, units)
     return [p.detach().clone() for p in layer.parameters()]
 
 
@@ -232,3 +232,22 @@ def test_nudged_steps_leave_every_weight_one_last_bit_off_and_leak_nowhere(data,
     assert any(not torch.equal(first[k], off[k]) for k in first)
     after = train_model_plain(task, batch, seed=0).state_dict()
     assert all(torch.equal(first[k], after[k]) for k in first)
+
+
+def test_under_adamw_a_nudge_moves_each_weight_more_units_the_same_way():
+    """AdamW's runs part only where rounding flips a choice (its update does not follow the gradient's
+    size), so replay nudges them harder: one unit under SGD (the MLP), ``ADAMW_NUDGE_UNITS`` under AdamW
+    (the image, text and hub recipes), each weight moved that many of its own units in the last place
+    (numpy's, the reference) the way one unit would have moved it, and nothing outside the block."""
+    from attribution import HF_CONFIG, IMAGE_CONFIG, MLP_CONFIG, TEXT_CONFIG, nudge_units
+    from attribution.task import ADAMW_NUDGE_UNITS
+
+    assert nudge_units(MLP_CONFIG) == 1 < ADAMW_NUDGE_UNITS
+    assert {nudge_units(c) for c in (IMAGE_CONFIG, TEXT_CONFIG, HF_CONFIG)} == {ADAMW_NUDGE_UNITS}
+    plain, one, more = _one_step(), _one_step(1), _one_step(1, units=ADAMW_NUDGE_UNITS)
+    for a, b, c in zip(plain, one, more, strict=True):
+        x = a.numpy()
+        up, down = (torch.from_numpy((x + (np.nextafter(x, np.float32(way)) - x) * ADAMW_NUDGE_UNITS)
+                                     .astype(np.float32)) for way in (np.inf, -np.inf))
+        assert torch.equal(torch.where(b > a, up, down), c)
+    assert all(torch.equal(a, b) for a, b in zip(plain, _one_step(units=ADAMW_NUDGE_UNITS), strict=True))
