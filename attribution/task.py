@@ -113,8 +113,8 @@ def last_bits(params: Iterable[nn.Parameter], step: int, units: int = 1) -> None
                 generators[p.device] = torch.Generator(p.device).manual_seed(seed)
             g = generators[p.device]
             up = torch.randint(0, 2, p.shape, generator=g, device=p.device, dtype=torch.bool)
-            toward = torch.nextafter(p, torch.where(up, torch.inf, -torch.inf).to(p.dtype))
-            p.copy_(toward if units == 1 else p + (toward - p) * units)
+            unit = torch.nextafter(p, torch.where(up, torch.inf, -torch.inf).to(p.dtype)) - p  # exact
+            p.add_(unit * units)
 
 
 @dataclass(frozen=True)
