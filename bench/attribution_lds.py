@@ -40,6 +40,9 @@ import sys
 import time
 from pathlib import Path
 
+# dattri's progress bars would bury the figures; tqdm reads this when first imported (torch imports it)
+os.environ.setdefault("TQDM_DISABLE", "1")
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -47,7 +50,6 @@ from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("TQDM_DISABLE", "1")  # dattri's progress bars would bury the figures
 
 from attribution import (  # noqa: E402
     QUALITY_METHOD,

@@ -19,6 +19,7 @@ def run_lds(*args: str) -> dict:
     out = subprocess.run([sys.executable, "bench/attribution_lds.py", *args], cwd=ROOT, capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
+    assert "it/s]" not in out.stderr  # the anchors' progress bars stay off: they buried the figures
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -94,3 +95,20 @@ def test_tabular_mislabels_only_sets_the_forest_beside_each_recipe():
     assert summary["mislabel_auc_default"] > 0.9  # digits: the pipeline's detector finds flipped labels
     assert summary["mislabel_auc_default_without_validation"] > 0.9  # ... with or without trusted targets
     assert summary["mislabel_flags"]["flipped"] > 0
+
+
+def test_a_users_table_runs_with_its_anchors_and_no_progress_bars(tmp_path):
+    """The tabular kind on a user's Parquet file (string labels, a category column), dattri's anchors
+    beside our methods: its figures print, and the anchors' progress bars (tqdm, first imported by
+    torch, before the bench could turn them off) no longer bury them."""
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 3, 200)
+    x = rng.normal(size=(200, 4)) + y[:, None]
+    path = tmp_path / "table.parquet"
+    pq.write_table(pa.table({**{f"f{i}": x[:, i] for i in range(4)}, "shop": rng.choice(["n", "s"], 200),
+                             "grade": np.array(["low", "mid", "high"])[y]}), path)
+    summary = run_lds("--data", str(path), "--label-col", "grade", "--retrains", "4", "--cost-repeats", "1")
+    assert {"inrun/logreg", "inrun/mlp", "trak_k512/mlp"} <= set(summary["lds"])
+    assert "dattri_tracin/mlp" in summary["anchor"], summary["left_out"]
+    assert 0 <= summary["mislabel_auc_default"] <= 1
