@@ -99,6 +99,7 @@ COPYING_CHANCES = (1e-3, 1e-2, 1e-1)  # numeric: the chances at which a pair's c
 SUSPECT_LEVEL = 0.05  # numeric: a pair this unlikely for honest providers, both ways, is no reference
 CLUMP_MAX = 15  # the most neighbours a clump holds at least: copies of one example by as many providers
 CLUMP_CAP = 63  # ... and at most, however many providers could have copied one example (clump_window)
+FEW_DIMENSIONS = 3.5  # numeric: under it a light copy sits as far from its original as honest neighbours
 RULE = (
     "a duplicate group earns the mean of its members' scores, once, paid to the provider(s) of its "
     "first-registered member(s); sources registered at the same time share equally"
@@ -173,7 +174,7 @@ class Grouping:
         if near["method"] == "none":
             return near["reason"]
         compared = f", compared on {', '.join(near['columns'])}" if "columns" in near else ""
-        pairs = "".join(f"; {pair}" for pair in copying_pairs(near))
+        pairs = "".join(f"; {said}" for said in (few_dimensions(near), *copying_pairs(near)) if said)
         groups = f"{near['copies']} copies in {near['groups']} groups (threshold {near['threshold']})"
         return groups + compared + pairs
 
@@ -190,6 +191,20 @@ class Grouping:
             "near": self.near,
             "unpaid_providers": list(self.unpaid),
         }
+
+
+def few_dimensions(near: dict[str, Any]) -> str:
+    """What a numeric grouping (its record's ``near``) cannot see, where the data shows under
+    ``FEW_DIMENSIONS``: there a copy jittered by a few % of a deviation is as far from its original as
+    honest neighbours are from each other (two numbers, 5 %: 1.3 times the median spacing), so one copy
+    is linked alone only well inside that (``local_ratio``), and a copier of many of one provider's
+    examples is found as a pair; '' elsewhere (and where the dimension could not be told)."""
+    dimension = near.get("dimension") or 0.0
+    if not 0 < dimension < FEW_DIMENSIONS:
+        return ""
+    return (f"in {dimension:.2g} dimensions a light copy sits as far from its original as honest neighbours "
+            f"do: one copy alone is grouped only within {near['local_ratio']:.2g} x its distance to its "
+            f"{near['local_k']}th nearest example of another provider, a copier of many as a pair")
 
 
 def copying_pairs(near: dict[str, Any]) -> list[str]:

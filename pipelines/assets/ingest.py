@@ -6,6 +6,7 @@ import pyarrow.compute as pc
 
 from pipelines.content_io import AssetIndex, StoredValue, StoreResource, store_value
 from pipelines.datasets import DatasetError, Payload, to_examples
+from pipelines.duplicates import few_dimensions
 from pipelines.lineage import LineageResource, now
 from pipelines.partitions import dataset_versions
 from pipelines.report import md_table
@@ -69,6 +70,8 @@ def raw_dataset(
             "duplicates": grouping.to_params(),
         },
     )
+    if few := few_dimensions(grouping.near):
+        context.log.warning(f"near-duplicates: {few}")
     if grouping.unpaid:
         context.log.warning(
             f"providers credited with nothing, every example of theirs duplicating an earlier-registered "

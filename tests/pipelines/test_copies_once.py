@@ -40,6 +40,7 @@ from pipelines.duplicates import (
     clump_dimension,
     clump_sizes,
     clump_window,
+    few_dimensions,
     local_dimension,
     spacing,
 )
@@ -617,6 +618,18 @@ def _copier_in_few_dimensions(seed: int, taken: dict[str, int], own: int = 0):
     return examples, report, [paid[by_id[f"r{start + i}"]] for i in range(len(copied) + own)]
 
 
+def test_only_few_dimensions_are_said_to_hide_a_light_copy() -> None:
+    """The summary says what grouping cannot see where the data shows under 3.5 dimensions, and only
+    there: text and image records, and data whose dimension could not be told, name none."""
+    near = {"dimension": 2.07792, "local_ratio": 0.0125032, "local_k": 10}
+    assert few_dimensions(near) == (
+        "in 2.1 dimensions a light copy sits as far from its original as honest neighbours do: one copy "
+        "alone is grouped only within 0.013 x its distance to its 10th nearest example of another provider, "
+        "a copier of many as a pair")
+    assert few_dimensions({**near, "dimension": 3.5}) == few_dimensions({**near, "dimension": 0.0}) == ""
+    assert few_dimensions({"method": "text", "threshold": 0.2}) == ""
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_a_copier_in_few_dimensions_is_found_as_a_pair(seed) -> None:
     """Two numbers per example: copies jittered by 1 % of a feature's deviation are no closer to their
@@ -629,8 +642,10 @@ def test_a_copier_in_few_dimensions_is_found_as_a_pair(seed) -> None:
     assert near["dimension"] < 3.5
     assert [p["providers"] for p in near["copying_pairs"]] == [["b", "copycat"]]
     links = near["copying_pairs"][0]["links"]
-    assert report.grouping.near_summary().endswith(f"compared on plan, x, y; b and copycat copy one another "
-                                                   f"({links} links)")
+    said = report.grouping.near_summary()
+    assert said.endswith(f"a copier of many as a pair; b and copycat copy one another ({links} links)")
+    assert f"compared on plan, x, y; in {near['dimension']:.2g} dimensions a light copy sits as far" in said
+    assert f"only within {near['local_ratio']:.2g} x its distance to its 10th nearest" in said
     copies, owns = payees[:300], payees[300:]
     assert sum(s == {"b"} for s in copies) >= 0.8 * len(copies)  # credited to the original's provider
     assert sum(s == {"copycat"} for s in owns) >= 0.9 * len(owns)  # its own rows stay its own
