@@ -183,8 +183,10 @@ def combine_shards(
     seed: int,
     kernel: Kernel | None = None,
     directory: str | None = None,
+    epochs: int | None = None,
 ) -> TrakFeatures:
-    """The ``TrakFeatures`` of all shards' rows in row order: what ``build_features`` gives unsharded."""
+    """The ``TrakFeatures`` of all shards' rows in row order: what ``build_features`` gives unsharded (for
+    a run of ``epochs``, as there)."""
     cfg = task.config
     kernel = kernel or cfg.trak_kernel
     ordered = _ordered(shards, _identity(task, checkpoints, seed, kernel))
@@ -204,5 +206,5 @@ def combine_shards(
             store.append(np.concatenate([p.features for p in parts]))
             for part in parts:
                 gram += torch.from_numpy(part.gram)
-        out.append(CheckpointFeatures(model, layers, store, damped_inverse(gram, n, cfg)))
+        out.append(CheckpointFeatures(model, layers, store, damped_inverse(gram, n, cfg, epochs)))
     return TrakFeatures(task.spec, projector, out, n)

@@ -201,8 +201,9 @@ class TrainConfig:
     gives them a pass of their own first, so activations are held for the batch's rows only
     (peak memory near plain training's, for large models). ``trak_k``: TRAK's projection, dims of the
     whole gradient for the tabular features, of each layer for ``ModelTask`` models. TRAK's ridge:
-    ``trak_damping`` times the kernel's mean diagonal for the tabular features (``attribution.trak``,
-    models trained to their optimum); ``trak_model_damping`` times the mean nonzero eigenvalue of each
+    for the tabular features (``attribution.trak``) early stopping's, n over the summed learning rates of
+    the steps taken (``trak.stopping_ridge``), plus ``trak_damping`` times the kernel's mean diagonal, which
+    keeps it invertible; ``trak_model_damping`` times the mean nonzero eigenvalue of each
     layer's block for ``ModelTask`` models (``attribution.trak_model``, networks stopped early: its
     ``block_inverse`` says why so much more). ``patience`` (any recipe, the MLP's too) stops early: the mean
     target loss is measured after every epoch, training ends once ``patience`` epochs pass without a

@@ -540,23 +540,24 @@ def attributed_steps(
         from .trak import build_features
 
         t1 = time.perf_counter()
-        result.features = build_features(task, checkpoints, x, y, seed=seed, directory=feature_dir)
+        result.features = build_features(task, checkpoints, x, y, seed=seed, directory=feature_dir,
+                                         epochs=result.epochs)
         result.timings["features_s"] = time.perf_counter() - t1
     return result
 
 
 def checkpoint_features(
     task: AttributionTask, checkpoints: list[dict[str, torch.Tensor]], X_train: object, y_train: object, *,
-    seed: int,
+    seed: int, epochs: int | None = None,
 ) -> TrakFeatures:
     """The TRAK features ``train_with_attribution`` builds at the end of a run, from ``checkpoints`` given
-    (a stored run's): what the run's features are, recomputed without training (replay checks a run's
-    stored features so where it cannot retrain bit for bit)."""
+    (a stored run's, which trained ``epochs``): what the run's features are, recomputed without training
+    (replay checks a run's stored features so where it cannot retrain bit for bit)."""
     from .trak import build_features
 
     x = feature_tensor("X_train", X_train, task.n_features)
     y = label_tensor("y_train", y_train, x.shape[0], task.n_classes)
-    return build_features(task, checkpoints, x, y, seed=seed)
+    return build_features(task, checkpoints, x, y, seed=seed, epochs=epochs)
 
 
 def train_with_attribution(

@@ -204,7 +204,8 @@ def lds_section(x, y, xv, yv, retrains: int, seed: int, anchor: bool):
         for k in TRAK_KS:
             t0 = time.perf_counter()
             kt = dataclasses.replace(task, config=dataclasses.replace(task.config, trak_k=k))
-            feats = build_features(kt, res.checkpoints, torch.as_tensor(x), torch.as_tensor(y), seed=seed)
+            feats = build_features(kt, res.checkpoints, torch.as_tensor(x), torch.as_tensor(y), seed=seed,
+                                   epochs=res.epochs)
             scores = feats.scores(xv, yv)
             secs[f"trak_k{k}/{name}"] = time.perf_counter() - t0
             lds_out[f"trak_k{k}/{name}"] = lds(scores, masks, outs)

@@ -51,7 +51,8 @@ class ShardingConfig(dg.Config):
 
 @dataclass(frozen=True)
 class ShardRun:
-    """What every shard and the combine step share: the task, the checkpoints, the seed."""
+    """What every shard and the combine step share: the task, the checkpoints, the seed, the epochs the
+    run trained (its kernel's damping: ``attribution.trak.stopping_ridge``)."""
 
     version: str
     task: AttributionTask
@@ -60,6 +61,7 @@ class ShardRun:
     stored_cid: str
     X_targets: np.ndarray
     y_targets: np.ndarray
+    epochs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,7 @@ def plan_shards(
         stored_cid=stored_cid,
         X_targets=split.X_targets,
         y_targets=split.y_targets,
+        epochs=record.params.get("epochs_trained"),
     )
     try:
         aligned = shard_bounds(len(X), config.n_shards, align=task.config.chunk_rows)
@@ -146,7 +149,7 @@ def combine_features(
     index: AssetIndex,
 ) -> str:
     """Combine in row order, store pinned, and refuse a result that differs from the stored run."""
-    combined = combine_shards(run.task, run.checkpoints, shards, seed=run.seed)
+    combined = combine_shards(run.task, run.checkpoints, shards, seed=run.seed, epochs=run.epochs)
     data = features_to_bytes(combined)
     client = store.client()
     cid = client.put_bytes(data, cid_version=1, pin=True)

@@ -308,7 +308,8 @@ def revalued(
         return valued_by_trak(base, features, split.targets) if trak else dataclasses.replace(
             base, features=features)
     base = dataclasses.replace(
-        base, features=checkpoint_features(result.task, checkpoints, split.X, split.y, seed=config.seed))
+        base, features=checkpoint_features(result.task, checkpoints, split.X, split.y, seed=config.seed,
+                                           epochs=result.epochs))
     if not trak:
         return base
     return mlp_valued_by_trak(base, split.X, split.y, split.X_targets, split.y_targets, seed=config.seed)
