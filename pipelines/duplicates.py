@@ -174,9 +174,9 @@ class Grouping:
         if near["method"] == "none":
             return near["reason"]
         compared = f", compared on {', '.join(near['columns'])}" if "columns" in near else ""
-        pairs = "".join(f"; {said}" for said in (few_dimensions(near), *copying_pairs(near)) if said)
+        notes = "".join(f"; {said}" for said in (few_dimensions(near), *copying_pairs(near)) if said)
         groups = f"{near['copies']} copies in {near['groups']} groups (threshold {near['threshold']})"
-        return groups + compared + pairs
+        return groups + compared + notes
 
     def to_params(self) -> dict[str, Any]:
         """The ingest record's ``duplicates`` parameter."""
