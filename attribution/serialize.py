@@ -223,6 +223,7 @@ def model_features_to_bytes(features: ModelTrakFeatures) -> bytes:
                         for p in ck.projectors] for ck in features.checkpoints],
         "n_checkpoints": len(features.checkpoints),
         "n_train": features.n_train,
+        **({"epochs": features.epochs} if features.epochs is not None else {}),  # what pay's kernel damps for
     }
     return save(tensors, metadata={_MODEL_FEATURES_KEY: _canonical(meta)})
 
@@ -246,7 +247,8 @@ def model_features_from_bytes(data: bytes, task: ModelTask, *, spill_bytes: int 
         blocks = [tensors[f"checkpoint.{j}.kernel_inv.{b}"].numpy() for b in range(len(projectors))]
         kernel_inv = BlockInverse(blocks, [p.offset for p in projectors])
         checkpoints.append(ModelCheckpointFeatures(model, scored, projectors, store, kernel_inv))
-    return ModelTrakFeatures(task, checkpoints, meta["n_train"], checkpoints[0].kernel_inv.shape[0])
+    return ModelTrakFeatures(task, checkpoints, meta["n_train"], checkpoints[0].kernel_inv.shape[0],
+                             meta.get("epochs"))
 
 
 def _checkpoint(tensors: dict[str, torch.Tensor], j: int, spill_bytes: int):

@@ -15,6 +15,7 @@ from attribution import (
     ModelSpec,
     TrainConfig,
     mlp_left_out,
+    mlp_valued_by_trak,
     model_left_out,
     train_model,
     train_trak_valued,
@@ -185,8 +186,9 @@ def _best_when_stopped(losses: list[float]) -> int:
 
 def test_the_mlp_driver_stops_early_at_its_best_epoch():
     """Plain training stops ``patience`` epochs after the best target loss and keeps that epoch's state;
-    an attributed run (per-step scores, checkpoints, TRAK features) is the fixed run of best + 1 epochs
-    bit for bit (a constant rate: its first epochs are the longer run's)."""
+    an attributed run (per-step scores, checkpoints, TRAK features, its TRAK value: both kernels damped for
+    the epochs trained) is the fixed run of best + 1 epochs bit for bit (a constant rate: its first epochs
+    are the longer run's)."""
     train, ids, targets = _world()
     (x, y), (xv, yv) = _arrays(train), _arrays(targets)
     losses, states = _mlp_curve(x, y, xv, yv, seed=0)
@@ -204,6 +206,8 @@ def test_the_mlp_driver_stops_early_at_its_best_epoch():
     assert _same_state(stopped.model.state_dict(), fixed.model.state_dict())
     assert all(_same_state(a, b) for a, b in zip(stopped.checkpoints, fixed.checkpoints, strict=True))
     assert np.array_equal(stopped.features.self_influence(), fixed.features.self_influence())
+    paid = [mlp_valued_by_trak(run, x, y, xv, yv, seed=0).scores for run in (stopped, fixed)]
+    assert np.array_equal(*paid)
 
 
 def test_mlp_left_out_retrains_each_stop_at_their_own_best_epoch():

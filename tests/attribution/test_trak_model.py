@@ -265,10 +265,19 @@ def by_layer(model: nn.Module, batch: dict[str, torch.Tensor]) -> list[torch.Ten
     ]
 
 
+def sgd_ridge(cfg: TrainConfig, n: int) -> float:
+    """An SGD run's own ridge: weight decay's and early stopping's, n over the summed rates of its steps
+    (``lr_at``, step by step); 0 under AdamW."""
+    if cfg.optimizer != "sgd":
+        return 0.0
+    total = cfg.epochs * -(-n // cfg.batch_size)
+    return n * cfg.weight_decay + n / sum(cfg.lr_at(t, total) for t in range(total))
+
+
 def exact_scores(task: ModelTask, states, train, queries) -> np.ndarray:
     """``Σ_l G_l (G_lᵀG_l + λ_l I)⁻¹ G_lqᵀ`` from full per-example gradients of each layer ``l``, averaged
-    over checkpoints; ``λ_l`` the SGD ridge plus ``trak_model_damping`` times the mean nonzero eigenvalue
-    of the layer's block (rank ``min(P_l, n)``)."""
+    over checkpoints; ``λ_l`` the SGD ridge (``sgd_ridge``) plus ``trak_model_damping`` times the mean
+    nonzero eigenvalue of the layer's block (rank ``min(P_l, n)``)."""
     cfg, n = task.config, len(train["labels"])
     total = 0.0
     for state in states:
@@ -277,7 +286,7 @@ def exact_scores(task: ModelTask, states, train, queries) -> np.ndarray:
         for g, gq in zip(by_layer(model, train), by_layer(model, queries), strict=True):
             g, gq = g.double(), gq.double()
             gram = g.T @ g
-            ridge = n * cfg.weight_decay + cfg.trak_model_damping * float(gram.trace()) / min(len(gram), n)
+            ridge = sgd_ridge(cfg, n) + cfg.trak_model_damping * float(gram.trace()) / min(len(gram), n)
             eye = torch.eye(len(gram), dtype=torch.float64)
             total = total + g @ torch.linalg.solve(gram + ridge * eye, gq.T)
     return (total / len(states)).numpy()
@@ -311,7 +320,7 @@ def exact_value(task: ModelTask, states, train, targets) -> np.ndarray:
         model.load_state_dict(state)
         g, gq = flat_grads(model, train).double(), flat_grads(model, targets).double()
         gram = g.T @ g
-        ridge = n * cfg.weight_decay + cfg.trak_model_damping * float(gram.trace()) / min(len(gram), n)
+        ridge = sgd_ridge(cfg, n) + cfg.trak_model_damping * float(gram.trace()) / min(len(gram), n)
         total = total + g @ torch.linalg.solve(gram + ridge * torch.eye(len(gram), dtype=torch.float64),
                                                gq.mean(0))
     return (total / len(states)).numpy()
@@ -471,7 +480,7 @@ def test_pay_kernel_solved_by_conjugate_gradients_past_the_memory_cap_equals_the
     direct = whole_kernel_solve(store, v, n, cfg)
     cg = whole_kernel_solve(store, v, n, cfg, max_bytes=width * width * 8 - 1)
     phi32 = phi.astype(np.float32).astype(np.float64)  # the stored bytes
-    lam = n * weight_decay + cfg.trak_model_damping * float((phi32**2).sum()) / min(width, n)
+    lam = sgd_ridge(cfg, n) + cfg.trak_model_damping * float((phi32**2).sum()) / min(width, n)
     want = np.linalg.solve(phi32.T @ phi32 + lam * np.eye(width), v)
     assert store.spilled == 2
     assert rel_err(cg, want) <= 1e-8  # float64 products throughout
