@@ -409,9 +409,7 @@ def stopping_ridge(n: int, cfg, epochs: int | None = None) -> float:
         return 0.0
     per_epoch = -(-n // cfg.batch_size)
     total, steps = cfg.epochs * per_epoch, (cfg.epochs if epochs is None else epochs) * per_epoch
-    tau = cfg.lr * steps  # the linear schedule's rate at step t is lr (1 - t / total)
-    if cfg.lr_schedule == "linear":
-        tau -= cfg.lr * steps * (steps - 1) / (2 * total)
+    tau = math.fsum(cfg.lr_at(t, total) for t in range(steps))  # the trainer's own schedule, step by step
     return n / tau if tau > 0 else 0.0
 
 

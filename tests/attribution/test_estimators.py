@@ -160,14 +160,24 @@ def test_one_prediction_fee_split(data, mlp_task):
 @pytest.mark.parametrize("schedule", ["constant", "linear"])
 @pytest.mark.parametrize("epochs", [None, 3])
 def test_the_stopping_ridge_is_n_over_the_summed_rates_of_the_steps_taken(schedule, epochs) -> None:
-    """τ summed step by step from ``lr_at`` (the trainer's own rates), over the planned steps or those of
-    a run that stopped after 3 epochs; AdamW's kernel takes none."""
+    """τ in closed form (an arithmetic series for the linear schedule, whose rate at step t of T is
+    lr (1 - t/T)), over the planned steps or those of a run that stopped after 3 epochs; AdamW's kernel
+    takes none."""
     cfg = TrainConfig(epochs=7, batch_size=32, lr=0.2, lr_schedule=schedule)
     n, per_epoch = 100, 4
-    total = cfg.epochs * per_epoch
-    tau = sum(cfg.lr_at(t, total) for t in range((epochs or cfg.epochs) * per_epoch))
+    total, steps = cfg.epochs * per_epoch, (epochs or cfg.epochs) * per_epoch
+    tau = cfg.lr * steps - (cfg.lr * steps * (steps - 1) / (2 * total) if schedule == "linear" else 0.0)
     assert stopping_ridge(n, cfg, epochs) == pytest.approx(n / tau, rel=1e-12)
     assert stopping_ridge(n, dataclasses.replace(cfg, optimizer="adamw"), epochs) == 0.0
+
+
+def test_the_stopping_ridge_follows_the_trainers_own_schedule(monkeypatch) -> None:
+    """τ is read from ``TrainConfig.lr_at``, the rates the trainer sets, not restated: a schedule
+    changed there changes the ridge."""
+    cfg = TrainConfig(epochs=5, batch_size=10, lr=0.1)
+    monkeypatch.setattr(TrainConfig, "lr_at", lambda self, step, total: 0.01 * (step + 1))
+    steps = 5 * 4
+    assert stopping_ridge(40, cfg) == pytest.approx(40 / (0.01 * steps * (steps + 1) / 2), rel=1e-12)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
