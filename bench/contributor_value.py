@@ -826,6 +826,10 @@ def main() -> None:
 
 
 GOAL_SPEARMAN, GOAL_FAULTY_BPS = 0.8, 200  # the royalty issue's goals for the default policy
+# A Spearman of a few ranks is a ratio of small integers that floating point can land just under:
+# wine's 9 providers with rank gaps summing to 24 squared, exactly 1 - 6 * 24 / 720 = 0.8, came out
+# 0.7999999999999999 and read MISSED.
+RANK_EPS = 1e-9
 
 
 def goal_lines(spearman: dict[str, float], faulty_bps: int, ceil: dict[str, float], reach: dict[str, float],
@@ -838,7 +842,7 @@ def goal_lines(spearman: dict[str, float], faulty_bps: int, ceil: dict[str, floa
         r = spearman[f"{DEFAULT}/{role}"]
         out[role] = (f"{role}s: Spearman pay vs truth {r:+.3f} >= {GOAL_SPEARMAN} (the truth's own ceiling "
                      f"{ceil[role]:.3f}; its own pay reaches {reach[role]:+.3f})",
-                     bool(np.isfinite(r) and r >= GOAL_SPEARMAN))
+                     bool(np.isfinite(r) and r >= GOAL_SPEARMAN - RANK_EPS))
     forced = ": the goal asks to pay them below what they did" * (faulty_by_truth > GOAL_FAULTY_BPS)
     out["faulty"] = (f"faulty contributors together: {faulty_bps} bps <= {GOAL_FAULTY_BPS} (the truth itself "
                      f"would pay them {faulty_by_truth}{forced})", faulty_bps <= GOAL_FAULTY_BPS)

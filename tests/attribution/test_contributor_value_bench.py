@@ -272,6 +272,12 @@ def test_the_goal_lines_say_met_or_missed_and_what_bounds_each():
     assert goals["provider"][1] and not goals["labeler"][1]  # no Spearman (a tie everywhere) is no goal met
     assert not goals["faulty"][1] and "would pay them 583: the goal asks" in goals["faulty"][0]
     assert "ceiling 0.900; its own pay reaches +0.980" in goals["provider"][0]
+    truth, pay = [124.9, 127.26, 37.87, 52.68, 24.44, 34.02, -8.27, 0.0, 101.44], [2412, 1429, 811, 911, 438,
+                                                                               673, 159, 0, 168]
+    exact = 1 - 6 * 24 / (9 * 80)  # rank gaps 1,1,1,1,1,1,4,1,1: the goal exactly, 0.79999... in floats
+    assert cv.rho(pay, truth) < exact == 0.8
+    assert cv.goal_lines({"valued/provider": cv.rho(pay, truth), "valued/labeler": 0.79}, 0, ceil, reach,
+                         0)["provider"][1]
     assert cv.goal_lines(spearman, 200, {"provider": 1, "labeler": 1}, {"provider": 1, "labeler": 1},
                          100)["faulty"] == ("faulty contributors together: 200 bps <= 200 (the truth itself "
                                             "would pay them 100)", True)
