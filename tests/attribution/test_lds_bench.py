@@ -112,3 +112,4 @@ def test_a_users_table_runs_with_its_anchors_and_no_progress_bars(tmp_path):
     assert {"inrun/logreg", "inrun/mlp", "trak_k512/mlp"} <= set(summary["lds"])
     assert "dattri_tracin/mlp" in summary["anchor"], summary["left_out"]
     assert 0 <= summary["mislabel_auc_default"] <= 1
+    assert -1 <= summary["loco_spearman"] <= 1 and -1 <= summary["loco_spearman_default"] <= 1
