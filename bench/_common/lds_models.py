@@ -642,7 +642,7 @@ def run(args, log: Callable[[str], None] = print) -> dict:
         "lds": lds_out,
         "anchor": anchor or None,
         "loco_spearman": loco,
-        "loco_spearman_default": loco_default,  # what the pipeline pays by: TRAK value
+        "loco_spearman_default": loco_default,  # the pipeline's example value: TRAK value
         "mislabel_auc": round(min(mis.values()), 4),
         "mislabel_auc_default": round(default, 4),  # the pipeline's detector
         "mislabel_auc_default_without_validation": round(without, 4),
@@ -658,7 +658,8 @@ def run(args, log: Callable[[str], None] = print) -> dict:
 def loco_section(p: Prepared, seed: int, log: Callable[[str], None]) -> tuple[float, float]:
     """Leave-one-contributor-out: scores summed per provider against the change in mean target loss
     when the provider's rows are left out (one seed for all retrains). (in-run SGD, TRAK value: what
-    the pipeline pays, ``valued_by_trak`` at the same run's checkpoints, the task's ``trak_k``)."""
+    the pipeline values examples by, and providers past ``left_out_max``; ``valued_by_trak`` at the same
+    run's checkpoints, the task's ``trak_k``)."""
     from attribution import model_features, valued_by_trak
     from attribution.inrun import train_model, train_model_plain
 
