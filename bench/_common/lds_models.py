@@ -386,16 +386,13 @@ def trak_available() -> bool:
     return landed("trak_model")
 
 
-def our_trak(task: ModelTask, checkpoints, train: Batch, targets: Batch, k: int, seed: int,
-             epochs: int | None = None):
-    """Our TRAK for a ModelTask model (``attribution.trak_model``), or None where it has not landed; an SGD
-    run's kernels are damped for the ``epochs`` it trained (``TrainResult.epochs``)."""
+def our_trak(task: ModelTask, checkpoints, train: Batch, targets: Batch, k: int, seed: int):
+    """Our TRAK for a ModelTask model (``attribution.trak_model``), or None where it has not landed."""
     if not trak_available():
         return None
     from attribution import trak_model
 
-    feats = trak_model.model_features(with_config(task, trak_k=k), checkpoints, train, seed=seed,
-                                      epochs=epochs)
+    feats = trak_model.model_features(with_config(task, trak_k=k), checkpoints, train, seed=seed)
     return np.asarray(feats.scores(targets), dtype=np.float64), feats
 
 
@@ -572,7 +569,7 @@ def run(args, log: Callable[[str], None] = print) -> dict:
     if trak_available():
         for k in ks:
             score(f"trak_k{k}", lambda k=k: our_trak(p.task, res.checkpoints, p.train, p.targets, k,
-                                                     args.seed, res.epochs)[0], optional=True)
+                                                     args.seed)[0], optional=True)
     else:
         log(f"  trak_k*/{name}: our TRAK for ModelTask models is not in this tree; left out")
         left_out.append("trak_k*: attribution.trak_model missing")
@@ -601,7 +598,7 @@ def run(args, log: Callable[[str], None] = print) -> dict:
             f"{target_accuracy[key]:.3f}, retrains {target_accuracy['retrains_adamw']:.3f})")
         for k in ks if trak_available() else ():  # TRAK at the AdamW run's checkpoints, same truth
             key, t0 = f"trak_k{k}_adamw/{name}", time.perf_counter()
-            s = our_trak(pa.task, res_a.checkpoints, pa.train, pa.targets, k, args.seed, res_a.epochs)[0]
+            s = our_trak(pa.task, res_a.checkpoints, pa.train, pa.targets, k, args.seed)[0]
             secs[key] = time.perf_counter() - t0
             lds_out[key] = round(lds(s, masks, outs_a), 4)
             log(f"  LDS {key:<30} {lds_out[key]:.3f}   ({secs[key]:.1f}s)")
@@ -674,8 +671,7 @@ def loco_section(p: Prepared, seed: int, log: Callable[[str], None]) -> tuple[fl
     train[LABELS] = torch.as_tensor(np.where(flip, (y + rng.integers(1, c, n)) % c, y))
     task = with_config(p.task, per_target=False)
     res = train_model(task, train, [f"ex{i:05d}" for i in range(n)], p.targets, seed=seed)
-    features = model_features(task, res.checkpoints, train, seed=seed, epochs=res.epochs)
-    valued = valued_by_trak(res, features, p.targets)
+    valued = valued_by_trak(res, model_features(task, res.checkpoints, train, seed=seed), p.targets)
     full = -log_p_true(res.model, p.targets).mean()
     truth = []
     for q in range(n_prov):
@@ -715,7 +711,7 @@ def mislabel_section(
     res = train_model(task, train, [f"ex{i:05d}" for i in range(n)], p.targets, seed=seed)
     out = {f"inrun_sgd/{p.model}": float(roc_auc_score(flip, -res.scores))}
     try:
-        trak = our_trak(task, res.checkpoints, train, p.targets, 512, seed, res.epochs)
+        trak = our_trak(task, res.checkpoints, train, p.targets, 512, seed)
     except NotImplementedError as exc:
         log(f"  TRAK self-influence left out: {exc}")
         trak = None

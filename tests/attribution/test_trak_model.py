@@ -265,13 +265,15 @@ def by_layer(model: nn.Module, batch: dict[str, torch.Tensor]) -> list[torch.Ten
     ]
 
 
-def sgd_ridge(cfg: TrainConfig, n: int) -> float:
-    """An SGD run's own ridge: weight decay's and early stopping's, n over the summed rates of its steps
-    (``lr_at``, step by step); 0 under AdamW."""
+def sgd_ridge(cfg: TrainConfig, n: int, epochs: int | None = None) -> float:
+    """An SGD run's own ridge: weight decay's, and where ``epochs`` are given (the MLP's) early stopping's,
+    n over the summed rates of the steps of those epochs (``lr_at``, step by step); 0 under AdamW."""
     if cfg.optimizer != "sgd":
         return 0.0
-    total = cfg.epochs * -(-n // cfg.batch_size)
-    return n * cfg.weight_decay + n / sum(cfg.lr_at(t, total) for t in range(total))
+    per_epoch = -(-n // cfg.batch_size)
+    total = cfg.epochs * per_epoch
+    stop = 0.0 if epochs is None else n / sum(cfg.lr_at(t, total) for t in range(epochs * per_epoch))
+    return n * cfg.weight_decay + stop
 
 
 def exact_scores(task: ModelTask, states, train, queries) -> np.ndarray:
@@ -310,9 +312,9 @@ def test_scores_with_k_above_parameter_count_equal_the_exact_kernel_form(
     assert rel_err(got, exact_scores(task, states, train, queries)) <= 1e-3
 
 
-def exact_value(task: ModelTask, states, train, targets) -> np.ndarray:
+def exact_value(task: ModelTask, states, train, targets, epochs: int | None = None) -> np.ndarray:
     """``G (GᵀG + λI)⁻¹ mean(G_q)`` over all parameters at once (one kernel, ``λ`` from its mean nonzero
-    eigenvalue), averaged over checkpoints: TRAK value as pay takes it."""
+    eigenvalue, and the MLP's ``epochs`` trained), averaged over checkpoints: TRAK value as pay takes it."""
     cfg, n = task.config, len(train["labels"])
     total = 0.0
     for state in states:
@@ -320,7 +322,7 @@ def exact_value(task: ModelTask, states, train, targets) -> np.ndarray:
         model.load_state_dict(state)
         g, gq = flat_grads(model, train).double(), flat_grads(model, targets).double()
         gram = g.T @ g
-        ridge = sgd_ridge(cfg, n) + cfg.trak_model_damping * float(gram.trace()) / min(len(gram), n)
+        ridge = sgd_ridge(cfg, n, epochs) + cfg.trak_model_damping * float(gram.trace()) / min(len(gram), n)
         total = total + g @ torch.linalg.solve(gram + ridge * torch.eye(len(gram), dtype=torch.float64),
                                                gq.mean(0))
     return (total / len(states)).numpy()
@@ -459,13 +461,14 @@ def test_an_mlp_run_valued_by_trak_equals_the_one_kernel_form_and_keeps_its_serv
     assert valued.method == TRAK_VALUE_METHOD and valued.features is result.features
     batch = {"features": torch.as_tensor(x, dtype=torch.float32), "labels": torch.as_tensor(y)}
     targets = {"features": torch.as_tensor(xv, dtype=torch.float32), "labels": torch.as_tensor(yv)}
-    want = exact_value(mlp_task(task.spec, cfg), result.checkpoints, batch, targets)
+    want = exact_value(mlp_task(task.spec, cfg), result.checkpoints, batch, targets, result.epochs)
     assert rel_err(valued.scores, want) <= 1e-3
 
 
-@pytest.mark.parametrize("optimizer,weight_decay", [("sgd", 1e-2), ("adamw", 0.0)])
+@pytest.mark.parametrize("optimizer,weight_decay,epochs", [("sgd", 1e-2, None), ("sgd", 1e-2, 7),
+                                                         ("adamw", 0.0, 7)])
 def test_pay_kernel_solved_by_conjugate_gradients_past_the_memory_cap_equals_the_direct_solve(
-    optimizer: str, weight_decay: float
+    optimizer: str, weight_decay: float, epochs: int | None
 ) -> None:
     """Rows with structure (a low-rank part, columns of very different scales), in chunks, one on disk."""
     rng = np.random.default_rng(5)
@@ -477,10 +480,10 @@ def test_pay_kernel_solved_by_conjugate_gradients_past_the_memory_cap_equals_the
         store.append(phi[rows])
     cfg = TrainConfig(optimizer=optimizer, weight_decay=weight_decay)
     v = rng.normal(size=width)
-    direct = whole_kernel_solve(store, v, n, cfg)
-    cg = whole_kernel_solve(store, v, n, cfg, max_bytes=width * width * 8 - 1)
+    direct = whole_kernel_solve(store, v, n, cfg, epochs=epochs)
+    cg = whole_kernel_solve(store, v, n, cfg, epochs=epochs, max_bytes=width * width * 8 - 1)
     phi32 = phi.astype(np.float32).astype(np.float64)  # the stored bytes
-    lam = sgd_ridge(cfg, n) + cfg.trak_model_damping * float((phi32**2).sum()) / min(width, n)
+    lam = sgd_ridge(cfg, n, epochs) + cfg.trak_model_damping * float((phi32**2).sum()) / min(width, n)
     want = np.linalg.solve(phi32.T @ phi32 + lam * np.eye(width), v)
     assert store.spilled == 2
     assert rel_err(cg, want) <= 1e-8  # float64 products throughout
