@@ -223,7 +223,7 @@ def model_features_to_bytes(features: ModelTrakFeatures) -> bytes:
                         for p in ck.projectors] for ck in features.checkpoints],
         "n_checkpoints": len(features.checkpoints),
         "n_train": features.n_train,
-        **({"epochs": features.epochs} if features.epochs is not None else {}),  # what pay's kernel damps for
+        **({"epochs": features.epochs} if features.epochs is not None else {}),  # the MLP's stopping ridge
     }
     return save(tensors, metadata={_MODEL_FEATURES_KEY: _canonical(meta)})
 

@@ -223,8 +223,7 @@ def train_trak_valued(
         example_ids=list(example_ids), scores=np.zeros(n), per_target=None, checkpoints=checkpoints,
         timings={"train_s": train_s}, epochs=epochs,
     )
-    features = model_features(task, checkpoints, train, seed=seed)
-    return valued_by_trak(result, features, targets)
+    return valued_by_trak(result, model_features(task, checkpoints, train, seed=seed), targets)
 
 
 def model_features(

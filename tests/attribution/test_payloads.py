@@ -164,7 +164,7 @@ def test_model_and_features_round_trip_by_bytes(kind):
     blob = model_features_to_bytes(feats)
     task = payload_encoding_from_json(payload_encoding_to_json(split.encoding)).task(TrainConfig())
     back = model_features_from_bytes(blob, task)
-    assert model_features_to_bytes(back) == blob and back.epochs == result.epochs  # pay's kernel damps for it
+    assert model_features_to_bytes(back) == blob and back.epochs == result.epochs  # kept where given
     np.testing.assert_allclose(back.scores(split.targets), feats.scores(split.targets), rtol=1e-5, atol=1e-9)
     model = task_model_from_bytes(task_model_to_bytes(result.model, split.task), task)
     inputs = {k: v for k, v in split.targets.items() if k != LABELS}
