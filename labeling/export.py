@@ -20,6 +20,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -68,14 +69,9 @@ _DM_HIDDEN = [
 DM_CHAR_LIMIT = 500  # Label Studio cuts a Data Manager list column at 500 characters
 
 # Why an annotation is not in the table (counted, never silently dropped).
-SKIP_REASONS = (
-    "cancelled",
-    "unknown_task",
-    "empty_result",
-    "malformed_result",
-    "invalid_label",
-    "unknown_annotator",
-)
+SkipReason = Literal[
+    "cancelled", "unknown_task", "empty_result", "malformed_result", "invalid_label", "unknown_annotator"
+]
 
 
 @dataclass(frozen=True)
@@ -122,8 +118,8 @@ class AnnotationExport:
 
     table: pa.Table
     cursor: ExportCursor
-    skipped: Counter = field(default_factory=Counter)
-    skipped_ids: dict[str, list[int]] = field(default_factory=dict)
+    skipped: Counter[SkipReason] = field(default_factory=Counter)
+    skipped_ids: dict[SkipReason, list[int]] = field(default_factory=dict)
     withdrawn: list[int] = field(default_factory=list)  # ids now skipped/invalid: drop earlier versions
     existing: frozenset[int] | None = None  # every annotation id on the server; None: not checked
     previous_digest: str | None = None  # the cursor's `existing_digest` this export started from
@@ -322,7 +318,7 @@ class LiveAnnotations:
     `updated_at` (`left_out`); and what each task shows labelers, by example id (`shown`)."""
 
     table: pa.Table
-    left_out: dict[int, tuple[str, datetime]]
+    left_out: dict[int, tuple[SkipReason, datetime]]
     shown: dict[str, dict] = field(default_factory=dict)
 
 
@@ -335,7 +331,7 @@ def live_annotations(
     (`labeling.reconcile`)."""
     users = client.users()
     rows: list[dict] = []
-    left_out: dict[int, tuple[str, datetime]] = {}
+    left_out: dict[int, tuple[SkipReason, datetime]] = {}
     shown: dict[str, dict] = {}
     for task in client.annotated_tasks(project.id, tasks, every=True):
         example_id = (task.get("data") or {}).get("example_id")
@@ -353,7 +349,7 @@ def live_annotations(
 
 def _normalize(
     a: dict, example_id: object, project: Project, users: dict[int, str], known: set[str] | None
-) -> tuple[dict | None, str | None]:
+) -> tuple[dict | None, SkipReason | None]:
     if a.get("was_cancelled"):
         return None, "cancelled"
     if not isinstance(example_id, str) or not example_id or (known is not None and example_id not in known):
