@@ -58,8 +58,9 @@ def features(table) -> np.ndarray:
     from attribution import MAX_CATEGORIES, InputEncoding, InputError  # pyarrow: not in the GPU bench's
     # torch-and-numpy-only environment, which imports this package for its other helpers
 
-    try:
-        enc = InputEncoding.fit(table)
+    try:  # an infinite value makes its column's mean and deviation NaN; ``impute`` replaces it after
+        with np.errstate(invalid="ignore"):
+            enc = InputEncoding.fit(table)
     except InputError:
         return np.zeros((table.num_rows, 0))
     categories = dict(enc.categories)
