@@ -355,8 +355,8 @@ def values_within_noise(table: pa.Table, z: float = NOISE_Z) -> list[str]:
     """The retrained contributors of a ``LEFT_OUT_SCHEMA`` table whose value is within ``z`` standard
     errors of zero (one left out with nothing, or with one run, is never listed): their retrains cannot
     tell whether their data or labels helped. Their pay then leans on what their scores predict
-    (``shrunk_values``) as far as the noise explains their role's spread; a report names them, and more
-    ``runs`` separate them."""
+    (``shrunk_values``) as far as the noise explains their role's spread; a report names them. More
+    ``runs`` shrink the error, so that a real but small effect stands clear of it."""
     rows = table.to_pylist()
     return sorted(r["contributor"] for r in rows
                   if r["examples_left_out"] > 0 and r["value_se"] > 0 and abs(r["value"]) < z * r["value_se"])

@@ -137,11 +137,7 @@ def contributor_weights(
         context.log.warning(f"unpaid: the data or labels of {', '.join(hurt)} made the model worse")
     unclear = values_within_noise(left_out) if left_out is not None else []
     if unclear:
-        context.log.warning(
-            f"the left-out values of {', '.join(unclear)} are within {NOISE_Z:g} standard errors of zero: "
-            "their retrains cannot tell whether their data or labels helped, so their pay leans on what "
-            "their scores predict; raise TrainingConfig.left_out_runs to separate them"
-        )
+        context.log.warning(within_noise_warning(left_out, unclear))
     providers_paid = [r["contributor"] for r in top if r["role"] == "provider" and r["weight_bps"] > 0]
     if not providers_paid:
         context.log.warning(f"WARNING: {NO_PROVIDER_HELPED}")
@@ -264,6 +260,19 @@ def royalty_root(
     )
 
 
+def within_noise_warning(left_out: pa.Table, unclear: list[str]) -> str:
+    """What the run says of contributors whose left-out value is within its noise, each with its value
+    and standard error: more runs shrink the error, and only a real but small effect then stands clear."""
+    row = {r["contributor"]: r for r in left_out.to_pylist()}
+    said = ", ".join(f"{c} ({row[c]['value']:+.2g} +- {row[c]['value_se']:.2g})" for c in unclear)
+    return (
+        f"the left-out values of {said} are within {NOISE_Z:g} standard errors of zero: their retrains "
+        "cannot tell whether their data or labels helped, so their pay leans on what their scores predict; "
+        "a smaller effect needs more TrainingConfig.left_out_runs (the standard error falls as one over "
+        "the square root of their number)"
+    )
+
+
 def _all_copies(examples: pa.Table, credit: pa.Table | None) -> list[str]:
     """Providers of `examples` the credit table pays nothing: all their examples are duplicates."""
     if credit is None:
@@ -275,3 +284,4 @@ def _all_copies(examples: pa.Table, credit: pa.Table | None) -> list[str]:
 def _previous_value(index: AssetIndex, store: StoreResource, version: str) -> dict:
     meta = index.stored("royalty_root", version)
     return decode(meta["kind"], store.client().get(meta["cid"])) if meta else {}
+
