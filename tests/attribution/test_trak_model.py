@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, grad, jacrev, vmap
 
 from attribution.errors import InputError, UnsupportedModelError
 from attribution.inrun import ModuleTaps, scored_modules, train_model, train_model_plain
@@ -312,34 +312,73 @@ def test_scores_with_k_above_parameter_count_equal_the_exact_kernel_form(
     assert rel_err(got, exact_scores(task, states, train, queries)) <= 1e-3
 
 
-def exact_value(task: ModelTask, states, train, targets, epochs: int | None = None) -> np.ndarray:
-    """``G (GᵀG + λI)⁻¹ mean(G_q)`` over all parameters at once (one kernel, ``λ`` from its mean nonzero
-    eigenvalue, and the MLP's ``epochs`` trained), averaged over checkpoints: TRAK value as pay takes it."""
+def fisher_kernel(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``Σ_i J_iᵀ (diag p_i − p_i p_iᵀ) J_i``, ``J_i`` the Jacobian of row i's logits in the parameters
+    (torch.func), ``p_i`` its softmax: the cross-entropy's Gauss-Newton matrix, formed without the
+    per-class gradients that ``fisher_gram`` sums."""
+    params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+
+    def logits(p: dict, row: dict) -> torch.Tensor:
+        return functional_call(model, p, (), {k: v.unsqueeze(0) for k, v in row.items()}).squeeze(0)
+
+    per_param = vmap(jacrev(logits), in_dims=(None, 0))(params, inputs)
+    jac = torch.cat([j.flatten(2) for j in per_param.values()], 2)
+    with torch.no_grad():
+        p = torch.softmax(model(**inputs).double(), dim=-1)
+    curvature = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+    return torch.einsum("ncp,ncd,ndq->pq", jac.double(), curvature, jac.double())
+
+
+def exact_value(task: ModelTask, states, train, targets, epochs: int | None = None,
+                kernel: str = "empirical") -> np.ndarray:
+    """``G (K + λI)⁻¹ mean(G_q)`` over all parameters at once (one kernel ``K``, ``GᵀG`` or the Fisher,
+    ``λ`` from its mean nonzero eigenvalue, and the MLP's ``epochs`` trained), averaged over checkpoints:
+    TRAK value as pay takes it."""
     cfg, n = task.config, len(train["labels"])
     total = 0.0
     for state in states:
         model = task.fresh(0)
         model.load_state_dict(state)
         g, gq = flat_grads(model, train).double(), flat_grads(model, targets).double()
-        gram = g.T @ g
+        gram = g.T @ g if kernel == "empirical" else fisher_kernel(model, train)
         ridge = sgd_ridge(cfg, n, epochs) + cfg.trak_model_damping * float(gram.trace()) / min(len(gram), n)
         total = total + g @ torch.linalg.solve(gram + ridge * torch.eye(len(gram), dtype=torch.float64),
                                                gq.mean(0))
     return (total / len(states)).numpy()
 
 
+@pytest.mark.parametrize("kernel", ["empirical", "fisher"])
 @pytest.mark.parametrize("case_name", ["seq-linear", "conv2d", "groups"])
-def test_trak_value_with_every_layer_kept_equals_the_one_kernel_form(case_name: str) -> None:
+def test_trak_value_with_every_layer_kept_equals_the_one_kernel_form(case_name: str, kernel: str) -> None:
     case = BY_NAME[case_name]
     task = _task(case, weight_decay=1e-2)
     gen = torch.Generator().manual_seed(7)
     train, targets = case.batch(30, gen), case.batch(6, gen)
     states = _states(task)
-    feats = model_features(task, states, train, k=sum(p.numel() for p in task.fresh(0).parameters()), seed=0)
-    want = exact_value(task, states, train, targets)
+    n_params = sum(p.numel() for p in task.fresh(0).parameters())
+    feats = model_features(task, states, train, k=n_params, seed=0, kernel=kernel)
+    want = exact_value(task, states, train, targets, kernel=kernel)
     assert rel_err(feats.value_scores(targets), want) <= 1e-3
     blocks = feats.scores(targets).mean(1)  # per-layer kernels: another quantity (why: valued_by_trak)
     assert rel_err(blocks, want) > 1e-2
+    if kernel == "fisher":  # the kernel is the Fisher, and each layer's block its own diagonal block
+        model = task.fresh(0)
+        model.load_state_dict(states[-1])
+        fisher, ck = fisher_kernel(model, train), feats.checkpoints[-1]
+        spectrum = torch.linalg.eigvalsh  # the features order a layer's columns their own way
+        assert rel_err(spectrum(ck.gram), spectrum(fisher)) <= 1e-4
+        names = [n for n, q in model.named_parameters() if q.requires_grad]
+        sizes = [q.numel() for q in model.parameters() if q.requires_grad]
+        start = dict(zip(names, np.cumsum([0, *sizes]).tolist(), strict=False))
+        for layer, block in zip(scored_modules(model), ck.kernel_inv.blocks, strict=True):
+            cols = torch.cat([torch.arange(start[f"{layer.name}.{k}"], start[f"{layer.name}.{k}"] + q.numel())
+                              for k, q in layer.module.named_parameters(recurse=False)])
+            part = fisher[cols][:, cols]
+            ridge = sgd_ridge(task.config, 30) + task.config.trak_model_damping * float(part.trace()) / min(
+                len(cols), 30)
+            want = torch.linalg.inv(part + ridge * torch.eye(len(cols), dtype=torch.float64))
+            assert rel_err(spectrum(torch.as_tensor(block)), spectrum(want)) <= 1e-3
 
 
 def test_queries_without_labels_are_scored_at_the_predicted_class() -> None:
@@ -449,20 +488,27 @@ def test_block_inverse_multiplies_as_its_dense_matrix() -> None:
     np.testing.assert_allclose(rows @ inv, rows @ dense, rtol=1e-12)
 
 
-def test_an_mlp_run_valued_by_trak_equals_the_one_kernel_form_and_keeps_its_serving_features() -> None:
+@pytest.mark.parametrize("kernel", ["fisher", "empirical"])  # the config's trak_kernel; fisher by default
+def test_an_mlp_run_valued_by_trak_equals_the_one_kernel_form_and_keeps_its_serving_features(
+    kernel: str,
+) -> None:
     rng = np.random.default_rng(3)
     x, xv = rng.normal(size=(40, 5)), rng.normal(size=(7, 5))
     w = rng.normal(size=(5, 3))
     y, yv = (x @ w).argmax(1), (xv @ w).argmax(1)
-    cfg = TrainConfig(epochs=3, batch_size=8, lr=0.1, n_checkpoints=2, weight_decay=1e-2, trak_k=64)
+    cfg = TrainConfig(epochs=3, batch_size=8, lr=0.1, n_checkpoints=2, weight_decay=1e-2, trak_k=64,
+                      trak_kernel=kernel)
     task = AttributionTask(ModelSpec((5, 6, 3)), cfg)  # layers of 36 and 21 parameters: kept exactly
     result = train_with_attribution(task, x, y, [f"e{i}" for i in range(40)], xv, yv, seed=0)
     valued = mlp_valued_by_trak(result, x, y, xv, yv, seed=0)
     assert valued.method == TRAK_VALUE_METHOD and valued.features is result.features
     batch = {"features": torch.as_tensor(x, dtype=torch.float32), "labels": torch.as_tensor(y)}
     targets = {"features": torch.as_tensor(xv, dtype=torch.float32), "labels": torch.as_tensor(yv)}
-    want = exact_value(mlp_task(task.spec, cfg), result.checkpoints, batch, targets, result.epochs)
+    want = exact_value(mlp_task(task.spec, cfg), result.checkpoints, batch, targets, result.epochs, kernel)
     assert rel_err(valued.scores, want) <= 1e-3
+    other = exact_value(mlp_task(task.spec, cfg), result.checkpoints, batch, targets, result.epochs,
+                        {"fisher": "empirical", "empirical": "fisher"}[kernel])
+    assert rel_err(valued.scores, other) > 1e-2  # the two kernels are told apart
 
 
 @pytest.mark.parametrize("optimizer,weight_decay,epochs", [("sgd", 1e-2, None), ("sgd", 1e-2, 7),
