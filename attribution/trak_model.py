@@ -274,8 +274,9 @@ def model_features(
             phi = projected_grads(task, model, scored, projectors, rows)
             store.append(phi.numpy())
             for gram, p in zip(grams, projectors, strict=True):
-                part = phi[:, p.offset : p.offset + p.k]
-                gram.add_((part.T @ part).double())
+                if kernel == "empirical":
+                    part = phi[:, p.offset : p.offset + p.k]
+                    gram.add_((part.T @ part).double())
         whole = fisher_gram(task, model, scored, projectors, train_batch, cfg) if kernel == "fisher" else None
         if whole is not None:
             grams = [whole[p.offset : p.offset + p.k, p.offset : p.offset + p.k] for p in projectors]
