@@ -284,4 +284,3 @@ def _all_copies(examples: pa.Table, credit: pa.Table | None) -> list[str]:
 def _previous_value(index: AssetIndex, store: StoreResource, version: str) -> dict:
     meta = index.stored("royalty_root", version)
     return decode(meta["kind"], store.client().get(meta["cid"])) if meta else {}
-
