@@ -207,8 +207,9 @@ def task_model_from_bytes(data: bytes, task: ModelTask) -> nn.Module:
 
 
 def model_features_to_bytes(features: ModelTrakFeatures) -> bytes:
-    """``ModelTrakFeatures`` (checkpoint weights, projected training gradients, kernel inverses); the
-    projections are seeded, so their seeds and sizes are stored, not their matrices."""
+    """``ModelTrakFeatures`` (checkpoint weights, projected training gradients, kernel inverses, and the
+    Fisher where pay solves with it); the projections are seeded, so their seeds and sizes are stored,
+    not their matrices."""
     tensors: dict[str, torch.Tensor] = {}
     for j, ck in enumerate(features.checkpoints):
         for name, value in ck.model.state_dict().items():
@@ -216,6 +217,8 @@ def model_features_to_bytes(features: ModelTrakFeatures) -> bytes:
         tensors[f"checkpoint.{j}.features"] = torch.from_numpy(features.features(j))
         for b, block in enumerate(ck.kernel_inv.blocks):
             tensors[f"checkpoint.{j}.kernel_inv.{b}"] = torch.from_numpy(np.ascontiguousarray(block))
+        if ck.gram is not None:  # the Fisher pay solves with (``fisher_gram``)
+            tensors[f"checkpoint.{j}.gram"] = ck.gram.contiguous()
     meta = {
         "format": MODEL_FEATURES_FORMAT,
         "task": features.task.to_json(),
@@ -246,7 +249,8 @@ def model_features_from_bytes(data: bytes, task: ModelTask, *, spill_bytes: int 
         projectors = [LayerProjector(*row) for row in meta["projectors"][j]]
         blocks = [tensors[f"checkpoint.{j}.kernel_inv.{b}"].numpy() for b in range(len(projectors))]
         kernel_inv = BlockInverse(blocks, [p.offset for p in projectors])
-        checkpoints.append(ModelCheckpointFeatures(model, scored, projectors, store, kernel_inv))
+        checkpoints.append(ModelCheckpointFeatures(model, scored, projectors, store, kernel_inv,
+                                                   tensors.get(f"checkpoint.{j}.gram")))
     return ModelTrakFeatures(task, checkpoints, meta["n_train"], checkpoints[0].kernel_inv.shape[0],
                              meta.get("epochs"))
 
