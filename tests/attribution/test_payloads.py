@@ -168,7 +168,7 @@ def test_model_and_features_round_trip_by_bytes(kind):
     np.testing.assert_allclose(back.scores(split.targets), feats.scores(split.targets), rtol=1e-5, atol=1e-9)
     fisher = model_features(split.task, result.checkpoints, split.train, k=32, seed=0, epochs=result.epochs,
                             kernel="fisher")
-    again = model_features_from_bytes(model_features_to_bytes(fisher), task)  # its whole kernel kept
+    again = model_features_from_bytes(model_features_to_bytes(fisher), split.task)  # its whole kernel kept
     np.testing.assert_allclose(again.value_scores(split.targets), fisher.value_scores(split.targets),
                                rtol=1e-5, atol=1e-9)
     assert np.abs(fisher.value_scores(split.targets) - feats.value_scores(split.targets)).max() > 1e-6
