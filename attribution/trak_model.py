@@ -273,12 +273,13 @@ def model_features(
         for rows in row_chunks(train_batch, cfg.chunk_rows):
             phi = projected_grads(task, model, scored, projectors, rows)
             store.append(phi.numpy())
-            for gram, p in zip(grams, projectors, strict=True):
-                if kernel == "empirical":
+            if kernel == "empirical":
+                for gram, p in zip(grams, projectors, strict=True):
                     part = phi[:, p.offset : p.offset + p.k]
                     gram.add_((part.T @ part).double())
-        whole = fisher_gram(task, model, scored, projectors, train_batch, cfg) if kernel == "fisher" else None
-        if whole is not None:
+        whole = None
+        if kernel == "fisher":  # the per-layer blocks are the whole Fisher's diagonal blocks
+            whole = fisher_gram(task, model, scored, projectors, train_batch, cfg)
             grams = [whole[p.offset : p.offset + p.k, p.offset : p.offset + p.k] for p in projectors]
         kernel_inv = block_inverse(grams, projectors, n, cfg, epochs)
         out.append(ModelCheckpointFeatures(model, scored, projectors, store, kernel_inv, whole))
