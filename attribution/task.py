@@ -200,7 +200,10 @@ class TrainConfig:
     ``target_pass="joint"`` lets the target rows ride in the batch's pass (fastest); ``"separate"``
     gives them a pass of their own first, so activations are held for the batch's rows only
     (peak memory near plain training's, for large models). ``trak_k``: TRAK's projection, dims of the
-    whole gradient for the tabular features, of each layer for ``ModelTask`` models. TRAK's ridge:
+    whole gradient for the tabular features, of each layer for ``ModelTask`` models. ``trak_kernel``: the
+    Fisher of the model's own predictions (``"fisher"``, the default and the MLP's; one gradient pass per
+    class) or the gradients' Gram at the given labels (``"empirical"``: the text, image and Hugging Face
+    recipes'); ``docs/attribution.md`` has the figures each was chosen by. TRAK's ridge:
     for the tabular features (``attribution.trak``) early stopping's, n over the summed learning rates of
     the steps taken (``trak.stopping_ridge``), plus ``trak_damping`` times the kernel's mean diagonal, which
     keeps it invertible; ``trak_model_damping`` times the mean nonzero eigenvalue of each

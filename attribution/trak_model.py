@@ -232,7 +232,8 @@ def train_trak_valued(
         example_ids=list(example_ids), scores=np.zeros(n), per_target=None, checkpoints=checkpoints,
         timings={"train_s": train_s}, epochs=epochs,
     )
-    return valued_by_trak(result, model_features(task, checkpoints, train, seed=seed), targets)
+    features = model_features(task, checkpoints, train, seed=seed, kernel=task.config.trak_kernel)
+    return valued_by_trak(result, features, targets)
 
 
 def model_features(
@@ -252,8 +253,9 @@ def model_features(
     dicts (``TrainResult.checkpoints``); ``directory`` receives spilled chunks (a temporary one if None);
     ``epochs``, the MLP's only (``mlp_valued_by_trak``), those its SGD run trained (``TrainResult.epochs``),
     which its kernels are damped for (``ridge_of``; None: no such ridge). ``kernel``: ``"empirical"``, the
-    features' own ``ΦᵀΦ``; ``"fisher"`` (the MLP's pay, ``mlp_valued_by_trak``), the Fisher of the model's
-    predictive distribution (``fisher_gram``), formed whole for pay and cut into the per-layer blocks."""
+    features' own ``ΦᵀΦ``; ``"fisher"``, the Fisher of the model's predictive distribution (``fisher_gram``),
+    formed whole for pay and cut into the per-layer blocks. A run's pay takes its config's ``trak_kernel``
+    (the MLP's recipe: the Fisher; the text, image and Hugging Face recipes: the gradients')."""
     cfg = task.config
     if not checkpoints:
         raise InputError("model_features needs at least one checkpoint (TrainResult.checkpoints)")

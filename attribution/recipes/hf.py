@@ -35,8 +35,10 @@ if TYPE_CHECKING:
 # theirs from the padding and already give one row per example: they are left alone).
 ARANGE_POSITIONS = frozenset({"bert", "electra", "albert"})
 # Fine-tuning rate: pretrained weights move little; Adam because SGD at one rate barely trains them.
-# TRAK: 128 dims per layer, as the other ModelTask recipes. The pipeline's default (one home).
-HF_CONFIG = TrainConfig(epochs=3, batch_size=16, optimizer="adamw", lr=5e-5, trak_k=128)
+# TRAK: 128 dims per layer in the gradients' own kernel, as the text recipe. The pipeline's default
+# (one home).
+HF_CONFIG = TrainConfig(epochs=3, batch_size=16, optimizer="adamw", lr=5e-5, trak_k=128,
+                        trak_kernel="empirical")
 HF_TOKENIZER_FILE = "tokenizer.json"  # a fast tokenizer's own JSON (vocabulary, normalizer, post-processor)
 
 

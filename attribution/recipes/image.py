@@ -32,9 +32,10 @@ FILTER = "bilinear"  # the one resampling filter, recorded in the policy's JSON
 # constant rate the last epochs' noise outweighed what most providers' data did (the royalty bench's image
 # world: its truth agreed with itself at 0.26, 0.90 decayed). No early stopping: the target loss did not
 # rise over 25 epochs on the synthetic images (400-800 rows, 0-20 % label noise). TRAK: 128 dims per
-# layer, within 0.01 LDS of 256 on the bench's CNN at half the bytes. The pipeline's default (one home).
+# layer, within 0.01 LDS of 256 on the bench's CNN at half the bytes, in the gradients' own kernel (the
+# Fisher's gain was mixed, `docs/attribution.md`). The pipeline's default (one home).
 IMAGE_CONFIG = TrainConfig(epochs=15, batch_size=32, optimizer="adamw", lr=3e-3, lr_schedule="linear",
-                           trak_k=128)
+                           trak_k=128, trak_kernel="empirical")
 
 
 @dataclass(frozen=True)

@@ -34,9 +34,10 @@ PAD_ID = 0
 # decays to zero and it stops early (patience 2 of at most 10 epochs): trained all 10 at a constant rate
 # on the text demo, its target loss was lowest after the 3rd or 4th and 0.2 higher by the 10th, which
 # made every provider's left-out value negative. TRAK: 128 dims per layer (within 0.01 LDS of 256 on the
-# bench's transformer). The pipeline's default (one home).
+# bench's transformer), in the gradients' own kernel (``trak_kernel``: the Fisher, one pass per class, took
+# 10x the features' time for no clear gain, `docs/attribution.md`). The pipeline's default (one home).
 TEXT_CONFIG = TrainConfig(epochs=10, batch_size=32, optimizer="adamw", lr=1e-3, lr_schedule="linear",
-                          patience=2, trak_k=128)
+                          patience=2, trak_k=128, trak_kernel="empirical")
 
 
 def train_tokenizer(texts: Sequence[str], vocab_size: int = 2000, *, min_frequency: int = 2) -> bytes:

@@ -95,6 +95,10 @@ class TrainingConfig(dg.Config):
     # TRAK's projection: dims of the MLP's whole gradient, of each layer for the other recipes (None:
     # the recipe's default)
     trak_k: int | None = None
+    # TRAK's kernel: "fisher" (the model's own predictions; the MLP's default, one gradient pass per class,
+    # so its time grows with the classes) or "empirical" (the gradients' Gram; text and image); None: the
+    # recipe's
+    trak_kernel: str | None = None
     # text-transformer: BPE vocabulary, the token cap (longer texts keep their first tokens, counted)
     vocab_size: int = 2000
     max_length: int = 128
@@ -132,6 +136,7 @@ class TrainingConfig(dg.Config):
             optimizer=self.optimizer or defaults.optimizer,
             weight_decay=self.weight_decay,
             trak_k=self.trak_k if self.trak_k is not None else defaults.trak_k,
+            trak_kernel=self.trak_kernel or defaults.trak_kernel,
             patience=(self.patience if self.patience is not None else defaults.patience) or None,
             device=self.device,
         )
@@ -172,6 +177,7 @@ RECIPE_DEFAULTS: dict[str, TrainConfig] = {
     "mlp": MLP_CONFIG, "text-transformer": TEXT_CONFIG, "image-cnn": IMAGE_CONFIG, "hf-local": HF_CONFIG,
 }
 LR_SCHEDULES = get_args(get_type_hints(TrainConfig)["lr_schedule"])  # the attribution room's, named once
+TRAK_KERNELS = get_args(get_type_hints(TrainConfig)["trak_kernel"])
 DEVICES = get_args(get_type_hints(TrainConfig)["device"])
 PAYLOAD_RECIPES = {"text": "text-transformer", "image": "image-cnn"}  # what `auto` picks per payload kind
 HF_RECIPE = "hf-local"
@@ -190,6 +196,10 @@ def recipe_for(config: TrainingConfig, table: pa.Table, field: str | None) -> tu
                          "(linear: to zero over the epochs)")
     if config.patience is not None and config.patience < 0:
         raise dg.Failure(f"patience must be >= 0 epochs (0: train every epoch), got {config.patience}")
+    if config.trak_kernel is not None and config.trak_kernel not in TRAK_KERNELS:
+        raise dg.Failure(f"trak_kernel {config.trak_kernel!r} is unknown; use {' or '.join(TRAK_KERNELS)} "
+                         "(fisher: the model's own predictions, one pass per class; empirical: the "
+                         "gradients')")
     kind = None
     if field and field in table.column_names:
         t = table.schema.field(field).type
@@ -304,7 +314,8 @@ def revalued(
     base = dataclasses.replace(result, model=model, checkpoints=list(checkpoints))
     trak = value_method(config) == "trak"
     if isinstance(split, PayloadSplit):
-        features = model_features(split.task, checkpoints, split.train, seed=config.seed)
+        features = model_features(split.task, checkpoints, split.train, seed=config.seed,
+                                  kernel=split.task.config.trak_kernel)
         return valued_by_trak(base, features, split.targets) if trak else dataclasses.replace(
             base, features=features)
     base = dataclasses.replace(
@@ -602,7 +613,8 @@ def trained_outputs(
     """What the training record names as outputs: model, encoding, scores and TRAK features."""
     if isinstance(split, PayloadSplit):
         features = result.features if isinstance(result.features, ModelTrakFeatures) else model_features(
-            split.task, result.checkpoints, split.train, seed=config.seed
+            split.task, result.checkpoints, split.train, seed=config.seed,
+            kernel=split.task.config.trak_kernel,
         )
         return {
             TrainingRecord.MODEL: task_model_to_bytes(result.model, split.task),

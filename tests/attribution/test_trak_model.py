@@ -173,7 +173,7 @@ def test_trak_value_replaces_the_in_run_scores() -> None:
 def test_a_run_paid_by_trak_value_trains_plainly_and_values_its_checkpoints(case_name: str) -> None:
     """``train_trak_valued`` trains exactly as plain training does (the same model, bit for bit), keeps
     the checkpoints an attributed run keeps, and scores by TRAK value at them; inputs ``train_model``
-    refuses it refuses alike."""
+    refuses it refuses alike. Its kernel is its config's (``TrainConfig``'s default: the Fisher)."""
     case = BY_NAME[case_name]
     task = _task(case, epochs=3, batch_size=8, n_checkpoints=2, lr=0.05)
     gen = torch.Generator().manual_seed(5)
@@ -186,8 +186,8 @@ def test_a_run_paid_by_trak_value_trains_plainly_and_values_its_checkpoints(case
     attributed = train_model(task, train, ids, targets, seed=3)
     assert len(run.checkpoints) == len(attributed.checkpoints) == 2
     assert run.method == TRAK_VALUE_METHOD and run.per_target is None and run.timings["train_s"] > 0
-    np.testing.assert_array_equal(run.scores, model_features(task, run.checkpoints, train, seed=3)
-                                  .value_scores(targets))
+    valued = model_features(task, run.checkpoints, train, seed=3, kernel="fisher").value_scores(targets)
+    np.testing.assert_array_equal(run.scores, valued)
     for a, b in zip(run.checkpoints[-1].values(), plain.state_dict().values(), strict=True):
         assert torch.equal(a, b)  # the last checkpoint is the trained model
     with pytest.raises(InputError, match="targets must be held out"):

@@ -141,17 +141,43 @@ def test_a_text_run_pays_by_trak_value_and_is_the_same_bytes_twice():
     assert set(inrun.example_attribution["method"].to_pylist()) == {"inrun_adamw"}
 
 
+def test_a_runs_trak_kernel_is_its_recipes_unless_its_config_names_one():
+    """The MLP pays through the Fisher and text through the gradients' Gram unless `trak_kernel` says
+    otherwise, and what it says reaches the run's pay; an unknown kernel is refused before training."""
+    assert TrainingConfig().train_config("mlp").trak_kernel == "fisher"
+    assert TrainingConfig(trak_kernel="empirical").train_config("mlp").trak_kernel == "empirical"
+    assert TrainingConfig().train_config("text-transformer").trak_kernel == "empirical"
+    with pytest.raises(dg.Failure, match="trak_kernel 'hessian' is unknown; use fisher or empirical"):
+        recipe_for(TrainingConfig(trak_kernel="hessian"), _table(pa.array(["a"]), "x"), "x")
+    config = TrainingConfig(epochs=2, d_model=16, n_layers=1, n_heads=2, vocab_size=60, trak_k=32)
+    _, recipes = train_labeled(_texts(), config, run_id="r", field="text")
+    _, fisher = train_labeled(_texts(), config.model_copy(update={"trak_kernel": "fisher"}), run_id="r",
+                              field="text")
+    assert recipes.features.checkpoints[0].gram is None and fisher.features.checkpoints[0].gram is not None
+    assert np.abs(fisher.scores - recipes.scores).max() > 1e-6
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 3, 90)
+    numeric = pa.table({"example_id": [hashlib.sha256(f"{i}".encode()).hexdigest() for i in range(90)],
+                        "f": rng.normal(size=90) + labels, "g": rng.normal(size=90),
+                        "label": [["x", "y", "z"][v] for v in labels]})
+    _, mlp = train_labeled(numeric, TrainingConfig(epochs=3), run_id="r")
+    _, empirical = train_labeled(numeric, TrainingConfig(epochs=3, trak_kernel="empirical"), run_id="r")
+    assert np.abs(mlp.scores - empirical.scores).max() > 1e-6
+
+
 @pytest.mark.parametrize(
     "recipe, library, settings",
     [
         ("mlp", MLP_CONFIG, dict(epochs=20, batch_size=64, lr=0.1, lr_schedule="linear", optimizer="sgd",
                                  trak_k=512, patience=5)),
         ("text-transformer", TEXT_CONFIG, dict(epochs=10, batch_size=32, lr=1e-3, lr_schedule="linear",
-                                               optimizer="adamw", trak_k=128, patience=2)),
+                                               optimizer="adamw", trak_k=128, patience=2,
+                                               trak_kernel="empirical")),
         ("image-cnn", IMAGE_CONFIG, dict(epochs=15, batch_size=32, lr=3e-3, lr_schedule="linear",
-                                         optimizer="adamw", trak_k=128, patience=None)),
+                                         optimizer="adamw", trak_k=128, patience=None,
+                                         trak_kernel="empirical")),
         ("hf-local", HF_CONFIG, dict(epochs=3, batch_size=16, lr=5e-5, lr_schedule="constant",
-                                     optimizer="adamw", trak_k=128, patience=None)),
+                                     optimizer="adamw", trak_k=128, patience=None, trak_kernel="empirical")),
     ],
 )
 def test_a_run_left_at_its_defaults_trains_as_the_recipe_itself_does(recipe, library, settings):
