@@ -28,8 +28,12 @@ from attribution.task import AttributionTask, ModelSpec, TrainConfig
 from attribution.trainer import train_with_attribution
 from attribution.trak import FeatureStore
 from attribution.trak_model import (
+    FISHER_SAMPLES,
     TRAK_VALUE_METHOD,
     BlockInverse,
+    fisher_gram,
+    fisher_labels,
+    frozen_task_model,
     mlp_valued_by_trak,
     model_features,
     train_trak_valued,
@@ -379,6 +383,48 @@ def test_trak_value_with_every_layer_kept_equals_the_one_kernel_form(case_name: 
                 len(cols), 30)
             want = torch.linalg.inv(part + ridge * torch.eye(len(cols), dtype=torch.float64))
             assert rel_err(spectrum(torch.as_tensor(block)), spectrum(want)) <= 1e-3
+
+
+def test_fisher_labels_are_every_class_at_its_weight_or_draws_from_the_predictions_beyond_the_limit():
+    """Up to ``FISHER_SAMPLES`` classes every class is one pass at ``√p_c``; beyond, the passes are labels
+    drawn from ``p`` at ``1/√S``, the same for the same seed, whose weighted counts average to ``p``."""
+    gen = torch.Generator().manual_seed(0)
+    few = torch.softmax(torch.randn(50, 6, generator=gen), 1)
+    passes = list(fisher_labels(few, torch.Generator().manual_seed(1)))
+    assert [labels.tolist() for labels, _ in passes] == [[c] * 50 for c in range(6)]
+    assert all(torch.equal(w, few[:, c].sqrt()) for c, (_, w) in enumerate(passes))
+    many = torch.softmax(2 * torch.randn(50, 40, generator=gen), 1)
+    counts = torch.zeros(50, 40, dtype=torch.float64)
+    for r in range(200):
+        passes = list(fisher_labels(many, torch.Generator().manual_seed(r)))
+        assert len(passes) == FISHER_SAMPLES and all(torch.all(w == FISHER_SAMPLES**-0.5) for _, w in passes)
+        for labels, w in passes:
+            counts[torch.arange(50), labels] += float(w[0]) ** 2
+    again = [labels for labels, _ in fisher_labels(many, torch.Generator().manual_seed(199))]
+    assert all(torch.equal(a, b) for a, b in zip(again, [lab for lab, _ in passes], strict=True))
+    assert float((counts / 200 - many.double()).abs().max()) < 0.03  # sd per cell <= 0.0063
+
+
+def test_the_fisher_of_many_classes_drawn_from_the_model_averages_to_the_exact_one() -> None:
+    """24 classes: each draw's Gram is an estimate, and their mean comes near the torch.func Fisher; a run
+    draws by its seed."""
+    spec = ModelSpec((5, 6, 24))
+    task = mlp_task(spec, TrainConfig(chunk_rows=16))
+    gen = torch.Generator().manual_seed(2)
+    train = {"features": torch.randn(40, 5, generator=gen),
+             "labels": torch.randint(0, 24, (40,), generator=gen)}
+    model, scored = frozen_task_model(task, task.fresh(3).state_dict())
+    sizes = [sum(q.numel() for q in s.module.parameters(recurse=False)) for s in scored]
+    projectors = layer_projectors(sizes, max(sizes), seed=0)  # every layer kept exactly
+    grams = [fisher_gram(task, model, scored, projectors, train, task.config,
+                         torch.Generator().manual_seed(r)) for r in range(30)]
+    spectrum, want = torch.linalg.eigvalsh, torch.linalg.eigvalsh(fisher_kernel(task.fresh(3), train))
+    one, mean = rel_err(spectrum(grams[0]), want), rel_err(spectrum(torch.stack(grams).mean(0)), want)
+    assert mean < 0.04 and mean < one / 3, (one, mean)  # one draw 0.08 off, 30: 0.014 (0.08 / √30)
+    state = task.fresh(3).state_dict()  # a run's draws follow its seed: the same bytes again, for replay
+    first, again, other = (model_features(task, [state], train, seed=s, kernel="fisher").checkpoints[0].gram
+                           for s in (5, 5, 6))
+    assert torch.equal(first, again) and not torch.equal(first, other)
 
 
 def test_queries_without_labels_are_scored_at_the_predicted_class() -> None:
