@@ -24,7 +24,6 @@ would not add up to the projection of the shared gradient.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
@@ -34,7 +33,7 @@ from torch import nn
 
 from .errors import InputError, UnsupportedModelError
 from .inrun import ModuleTaps, Scored, has_tied_parameters, scored_modules
-from .kernels.projection import Distribution, LayerProjector, add_parts, layer_projectors
+from .kernels.projection import Distribution, LayerProjector, add_parts, keyed_generator, layer_projectors
 from .model_task import LABELS, Batch, ModelTask, batch_size_of, model_logits, take, to_device
 from .task import TrainConfig
 from .trainer import TrainResult, feature_tensor, label_tensor
@@ -379,9 +378,8 @@ def fisher_labels(p: torch.Tensor, generator: torch.Generator) -> Iterator[tuple
 
 
 def fisher_generator(seed: int, checkpoint: int) -> torch.Generator:
-    """The seeded draws of ``fisher_labels`` at one checkpoint (the projectors' seeding, another name)."""
-    key = hashlib.sha256(f"fisher/{seed}/{checkpoint}".encode()).digest()
-    return torch.Generator(device="cpu").manual_seed(int.from_bytes(key[:8], "little") >> 1)
+    """The seeded draws of ``fisher_labels`` at one checkpoint (the projectors' seeding, another key)."""
+    return keyed_generator(f"fisher/{seed}/{checkpoint}")
 
 
 def one_row_features(
