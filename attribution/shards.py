@@ -25,6 +25,7 @@ from .task import AttributionTask
 from .trainer import feature_tensor, label_tensor
 from .trak import (
     CheckpointFeatures,
+    FisherDraws,
     Kernel,
     TrakFeatures,
     checkpoint_store,
@@ -140,12 +141,13 @@ def shard_features(
     projector, _ = task_projector(task, seed)
     pieces = _pieces(start, len(x), cfg.chunk_rows)
     per_checkpoint = []
-    for state in checkpoints:
+    for j, state in enumerate(checkpoints):
         model, layers = frozen_model(task.spec, state)
         parts = []
         for chunk, lo, hi in pieces:
             xs, ys = x[lo:hi], y[lo:hi]
-            phi, gram = chunk_terms(model, layers, projector, xs, ys, kernel)
+            draws = FisherDraws(seed, j, start + lo)
+            phi, gram = chunk_terms(model, layers, projector, xs, ys, kernel, draws)
             parts.append(ChunkPart(chunk, phi.numpy(), gram.numpy()))
         per_checkpoint.append(tuple(parts))
     return FeatureShard(start, ids, _identity(task, checkpoints, seed, kernel), tuple(per_checkpoint))

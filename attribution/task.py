@@ -200,10 +200,11 @@ class TrainConfig:
     ``target_pass="joint"`` lets the target rows ride in the batch's pass (fastest); ``"separate"``
     gives them a pass of their own first, so activations are held for the batch's rows only
     (peak memory near plain training's, for large models). ``trak_k``: TRAK's projection, dims of the
-    whole gradient for the tabular features, of each layer for ``ModelTask`` models. ``trak_kernel``: the
-    Fisher of the model's own predictions (``"fisher"``, the default and the MLP's; one gradient pass per
-    class) or the gradients' Gram at the given labels (``"empirical"``: the text, image and Hugging Face
-    recipes'); ``docs/attribution.md`` has the figures each was chosen by. TRAK's ridge:
+    whole gradient for the tabular features, of each layer for ``ModelTask`` models. ``trak_kernel``, which
+    every TRAK feature build reads unless told otherwise: the gradients' Gram at the given labels
+    (``"empirical"``, the default: the text, image and Hugging Face recipes') or the Fisher of the model's
+    own predictions (``"fisher"``, the MLP recipe's; one gradient pass per class, or 16 of drawn labels);
+    ``docs/attribution.md`` has the figures each was chosen by. TRAK's ridge:
     for the tabular features (``attribution.trak``) early stopping's, n over the summed learning rates of
     the steps taken (``trak.stopping_ridge``), plus ``trak_damping`` times the kernel's mean diagonal, which
     keeps it invertible; ``trak_model_damping`` times the mean nonzero eigenvalue of each
@@ -226,7 +227,7 @@ class TrainConfig:
     trak_k: int = 512
     trak_damping: float = 1e-3
     trak_model_damping: float = 0.1
-    trak_kernel: Literal["fisher", "empirical"] = "fisher"
+    trak_kernel: Literal["fisher", "empirical"] = "empirical"
     per_target: bool = False
     spill_bytes: int = 256 * 2**20
     chunk_rows: int = 4096

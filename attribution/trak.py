@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ghost
+from .fisher import fisher_labels
 from .projector import Projector
 from .task import SCORED, AttributionTask, ModelSpec, ModuleSpec, scored_layers
 
@@ -311,27 +312,39 @@ def projected_grads(model, layers, projector: Projector, x: torch.Tensor, y: tor
     return projector.project(facts)
 
 
-def _fisher_rows(model, layers, projector: Projector, x: torch.Tensor) -> torch.Tensor:
-    """Rows ``√p_c P ∇log p_c(x_j)`` for every class c: their Gram matrix is the projected GGN."""
+@dataclass(frozen=True)
+class FisherDraws:
+    """What keys a chunk's drawn Fisher labels: the run's seed, the checkpoint, the chunk's first row."""
+
+    seed: int
+    checkpoint: int
+    start: int
+
+
+def _fisher_rows(model, layers, projector: Projector, x: torch.Tensor, draws: FisherDraws) -> torch.Tensor:
+    """Rows ``w P ∇log p_c(x_j)`` of each Fisher pass (``fisher_labels``: every class c at ``w = √p_c``, or
+    labels drawn from ``p`` beyond 16 classes): their Gram matrix is the projected GGN."""
     with torch.no_grad():
         p = F.softmax(model(x), dim=1)
     rows = []
-    for c in range(p.shape[1]):
-        w = p[:, c].sqrt()
-        facts = _factors(model, layers, x, lambda logp, c=c, w=w: (w * logp[:, c]).sum())
+    for labels, w in fisher_labels(p, seed=draws.seed, checkpoint=draws.checkpoint, start=draws.start):
+        facts = _factors(model, layers, x,
+                         lambda logp, c=labels, w=w: (w * logp.gather(1, c[:, None])[:, 0]).sum())
         rows.append(projector.project(facts))
     return torch.cat(rows)
 
 
+
 def chunk_terms(
     model: nn.Module, layers: list[nn.Module], projector: Projector, x: torch.Tensor, y: torch.Tensor,
-    kernel: Kernel,
+    kernel: Kernel, draws: FisherDraws,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One chunk of training rows at one checkpoint: their projected gradients (float32) and their
     float64 share of the kernel's Gram matrix. ``build_features`` adds the shares in chunk order and
-    shards (``shards.py``) compute the very same ones, so both give the same bytes."""
+    shards (``shards.py``) compute the very same ones, so both give the same bytes (the Fisher's drawn
+    labels are keyed by row, ``draws``, so they are the same whichever shard holds a row)."""
     phi = projected_grads(model, layers, projector, x, y)
-    rows = _fisher_rows(model, layers, projector, x) if kernel == "fisher" else phi
+    rows = _fisher_rows(model, layers, projector, x, draws) if kernel == "fisher" else phi
     return phi, (rows.T @ rows).double()
 
 
@@ -358,7 +371,7 @@ def build_features(
         gram = torch.zeros(dim, dim, dtype=torch.float64)
         for start in range(0, len(x), cfg.chunk_rows):
             xs, ys = x[start : start + cfg.chunk_rows], y[start : start + cfg.chunk_rows]
-            phi, term = chunk_terms(model, layers, projector, xs, ys, kernel)
+            phi, term = chunk_terms(model, layers, projector, xs, ys, kernel, FisherDraws(seed, j, start))
             store.append(phi.numpy())
             gram += term
         out.append(CheckpointFeatures(model, layers, store, damped_inverse(gram, len(x), cfg, epochs)))

@@ -32,17 +32,15 @@ import torch
 from torch import nn
 
 from .errors import InputError, UnsupportedModelError
+from .fisher import fisher_labels
 from .inrun import ModuleTaps, Scored, has_tied_parameters, scored_modules
-from .kernels.projection import Distribution, LayerProjector, add_parts, keyed_generator, layer_projectors
+from .kernels.projection import Distribution, LayerProjector, add_parts, layer_projectors
 from .model_task import LABELS, Batch, ModelTask, batch_size_of, model_logits, take, to_device
 from .task import TrainConfig
 from .trainer import TrainResult, feature_tensor, label_tensor
 from .trak import FeatureStore, Kernel, checkpoint_store, self_influence, stopping_ridge
 
 TRAK_VALUE_METHOD = "trak_value"  # example_attribution's method when pay is measured by TRAK
-# beyond this many classes the Fisher is estimated from this many labels per row drawn from the model's own
-# predictions (``fisher_labels``), so its cost stops growing with the classes
-FISHER_SAMPLES = 16
 
 
 @dataclass
@@ -198,7 +196,7 @@ def mlp_valued_by_trak(result: TrainResult, x: np.ndarray, y: np.ndarray, x_targ
     0.97/0.44/0.83/0.67, and paid the faulty contributors 440/381/167/213 bps against 595/807/510/715.
 
     Its kernel is the config's ``trak_kernel``, as for the whole-gradient features (``trak.build_features``):
-    by default the Fisher (``fisher_gram``), which holds the model's own predictive spread where the
+    the MLP recipe's is the Fisher (``fisher_gram``), which holds the model's own predictive spread where the
     gradients' ``ΦᵀΦ`` holds each label's residual, so a provider of flipped labels does not inflate the
     curvature it is measured against."""
     from .recipes.mlp import mlp_task
@@ -210,8 +208,7 @@ def mlp_valued_by_trak(result: TrainResult, x: np.ndarray, y: np.ndarray, x_targ
         rows = feature_tensor(name, xs, spec.sizes[0])
         return {"features": rows, LABELS: label_tensor(f"{name} labels", ys, len(rows), spec.sizes[-1])}
 
-    features = model_features(task, result.checkpoints, batch("x", x, y), seed=seed, epochs=result.epochs,
-                              kernel=task.config.trak_kernel)
+    features = model_features(task, result.checkpoints, batch("x", x, y), seed=seed, epochs=result.epochs)
     return replace(result, scores=features.value_scores(batch("x_targets", x_targets, y_targets)),
                    per_target=None, method=TRAK_VALUE_METHOD)
 
@@ -235,7 +232,7 @@ def train_trak_valued(
         example_ids=list(example_ids), scores=np.zeros(n), per_target=None, checkpoints=checkpoints,
         timings={"train_s": train_s}, epochs=epochs,
     )
-    features = model_features(task, checkpoints, train, seed=seed, kernel=task.config.trak_kernel)
+    features = model_features(task, checkpoints, train, seed=seed)
     return valued_by_trak(result, features, targets)
 
 
@@ -249,17 +246,19 @@ def model_features(
     directory: str | None = None,
     projection: Distribution = "rademacher",
     epochs: int | None = None,
-    kernel: Kernel = "empirical",
+    kernel: Kernel | None = None,
 ) -> ModelTrakFeatures:
     """Project every training row's gradient at each checkpoint (``k`` dims per layer, default
     ``config.trak_k``) and invert each checkpoint's per-layer kernel blocks. ``checkpoints`` are state
     dicts (``TrainResult.checkpoints``); ``directory`` receives spilled chunks (a temporary one if None);
     ``epochs``, the MLP's only (``mlp_valued_by_trak``), those its SGD run trained (``TrainResult.epochs``),
-    which its kernels are damped for (``ridge_of``; None: no such ridge). ``kernel``: ``"empirical"``, the
-    features' own ``ΦᵀΦ``; ``"fisher"``, the Fisher of the model's predictive distribution (``fisher_gram``),
-    formed whole for pay and cut into the per-layer blocks. A run's pay takes its config's ``trak_kernel``
-    (the MLP's recipe: the Fisher; the text, image and Hugging Face recipes: the gradients')."""
+    which its kernels are damped for (``ridge_of``; None: no such ridge). ``kernel`` (None: the config's
+    ``trak_kernel``, as ``trak.build_features`` reads it): ``"empirical"``, the features' own ``ΦᵀΦ``;
+    ``"fisher"``, the Fisher of the model's predictive distribution (``fisher_gram``), formed whole for pay
+    and cut into the per-layer blocks (the MLP recipe's; the text, image and Hugging Face recipes take the
+    gradients')."""
     cfg = task.config
+    kernel = kernel or cfg.trak_kernel
     if not checkpoints:
         raise InputError("model_features needs at least one checkpoint (TrainResult.checkpoints)")
     if kernel not in ("empirical", "fisher"):
@@ -275,7 +274,7 @@ def model_features(
         projectors = layer_projectors(sizes, k, seed, projection, checkpoint=j)
         store = checkpoint_store(cfg, directory, j)
         grams = [torch.zeros(p.k, p.k, dtype=torch.float64) for p in projectors]
-        for rows in row_chunks(train_batch, cfg.chunk_rows):
+        for _, rows in row_chunks(train_batch, cfg.chunk_rows):
             phi = projected_grads(task, model, scored, projectors, rows)
             store.append(phi.numpy())
             if kernel == "empirical":
@@ -284,7 +283,7 @@ def model_features(
                     gram.add_((part.T @ part).double())
         whole = None
         if kernel == "fisher":  # the per-layer blocks are the whole Fisher's diagonal blocks
-            whole = fisher_gram(task, model, scored, projectors, train_batch, cfg, fisher_generator(seed, j))
+            whole = fisher_gram(task, model, scored, projectors, train_batch, cfg, seed=seed, checkpoint=j)
             grams = [whole[p.offset : p.offset + p.k, p.offset : p.offset + p.k] for p in projectors]
         kernel_inv = block_inverse(grams, projectors, n, cfg, epochs)
         out.append(ModelCheckpointFeatures(model, scored, projectors, store, kernel_inv, whole))
@@ -326,14 +325,14 @@ def projected_grads(
 
 def fisher_gram(
     task: ModelTask, model: nn.Module, scored: list[Scored], projectors: list[LayerProjector], batch: Batch,
-    cfg: TrainConfig, generator: torch.Generator,
+    cfg: TrainConfig, *, seed: int, checkpoint: int,
 ) -> torch.Tensor:
     """``[dim, dim]`` float64: ``Σ_i Σ_c p_c(x_i) φ_icφ_icᵀ``, ``φ_ic`` the projected gradient of the loss
     at class ``c`` (``task.loss`` with every label ``c``: a classification loss), ``p`` the model's own
     probabilities. For the cross-entropy this is the Gauss-Newton curvature (the true Fisher), which the
     gradients' ``ΦᵀΦ`` only estimates at the given labels. One pass per class over the rows, or
-    ``FISHER_SAMPLES`` passes of labels drawn from ``p`` (``fisher_labels``, from ``generator``) where
-    there are more classes.
+    ``FISHER_SAMPLES`` passes of labels drawn from ``p`` where there are more classes (``fisher_labels``,
+    keyed by the run's ``seed``, the ``checkpoint`` and each row).
 
     Why for the MLP's pay: summed per provider, its TRAK value followed leave-one-provider-out retraining
     (the 20 providers of ``bench/attribution_lds.py``'s LOCO, some with 30 % flipped labels; Spearman,
@@ -343,43 +342,15 @@ def fisher_gram(
     0.992 / 0.995 and 0.941 / 0.923 to 0.959 / 0.938 on a 24-feature table."""
     device = next(model.parameters()).device
     gram = None
-    for rows in row_chunks(batch, cfg.chunk_rows):
+    for start, rows in row_chunks(batch, cfg.chunk_rows):
         with torch.no_grad():
             p = torch.softmax(model_logits(model, to_device(rows, device)).float(), dim=-1).cpu()
-        for labels, weights in fisher_labels(p, generator):
+        for labels, weights in fisher_labels(p, seed=seed, checkpoint=checkpoint, start=start):
             phi = projected_grads(task, model, scored, projectors, {**rows, LABELS: labels}, weights=weights)
             term = (phi.T @ phi).double()
             gram = term if gram is None else gram.add_(term)
     assert gram is not None
     return gram
-
-
-def fisher_labels(p: torch.Tensor, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(labels, weights) of each gradient pass whose weighted Grams add up to the Fisher of the rows'
-    probabilities ``p`` [n, classes]: every class ``c`` at ``√p_c``, or, beyond ``FISHER_SAMPLES`` classes,
-    that many labels drawn from ``p`` (the inverse of its cumulative sum at seeded uniforms), each at
-    ``1/√FISHER_SAMPLES``: an unbiased estimate at a cost that no longer grows with the classes.
-
-    Why: the exact sum took 31 s against the gradients' 0.5 s at 100 classes (1,900 rows, 3 checkpoints).
-    16 drawn labels paid as well: on the LOCO of ``bench/attribution_lds.py`` (stop 73; 20 providers, some
-    with flipped labels; tables of 25 and 60 classes, split seeds 0 / 1, logistic regression and the MLP)
-    empirical / exact Fisher / 16 drawn averaged 0.786 / 0.841 / 0.837 over the eight, the MLP of 60 classes
-    (seed 0) taking 0.5 / 18.6 / 1.8 s."""
-    n, classes = p.shape
-    if classes <= FISHER_SAMPLES:
-        for c in range(classes):
-            yield torch.full((n,), c, dtype=torch.int64), p[:, c].sqrt()
-        return
-    cdf = p.double().cumsum(dim=1)
-    weights = torch.full((n,), FISHER_SAMPLES**-0.5)
-    for _ in range(FISHER_SAMPLES):
-        u = torch.rand(n, 1, generator=generator, dtype=torch.float64) * cdf[:, -1:]
-        yield torch.searchsorted(cdf, u)[:, 0].clamp_(max=classes - 1), weights
-
-
-def fisher_generator(seed: int, checkpoint: int) -> torch.Generator:
-    """The seeded draws of ``fisher_labels`` at one checkpoint (the projectors' seeding, another key)."""
-    return keyed_generator(f"fisher/{seed}/{checkpoint}")
 
 
 def one_row_features(
@@ -408,16 +379,15 @@ def one_row_features(
 
 
 def _chunked(task, model, scored, projectors, batch: Batch, cfg: TrainConfig) -> torch.Tensor:
-    return torch.cat([
-        projected_grads(task, model, scored, projectors, rows) for rows in row_chunks(batch, cfg.chunk_rows)
-    ])
+    chunks = row_chunks(batch, cfg.chunk_rows)
+    return torch.cat([projected_grads(task, model, scored, projectors, rows) for _, rows in chunks])
 
 
-def row_chunks(batch: Batch, chunk_rows: int) -> Iterator[dict[str, torch.Tensor]]:
-    """``batch`` in consecutive chunks of at most ``chunk_rows`` rows."""
+def row_chunks(batch: Batch, chunk_rows: int) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+    """``batch`` in consecutive chunks of at most ``chunk_rows`` rows, each with its first row's index."""
     n = batch_size_of("batch", batch)
     for start in range(0, n, chunk_rows):
-        yield take(batch, torch.arange(start, min(start + chunk_rows, n)))
+        yield start, take(batch, torch.arange(start, min(start + chunk_rows, n)))
 
 
 def block_inverse(

@@ -97,7 +97,7 @@ def tasks(d: int, c: int) -> dict[str, AttributionTask]:
     """The convex model trains to its optimum (many cheap epochs, rate decayed to zero): only then is
     retraining a function of the subset rather than of SGD noise, which is what LDS assumes."""
     base = TrainConfig(epochs=40, batch_size=64, lr=0.1, lr_schedule="linear", weight_decay=1e-2,
-                       n_checkpoints=3, per_target=True)
+                       n_checkpoints=3, per_target=True, trak_kernel="fisher")
     return {
         "logreg": AttributionTask(ModelSpec((d, c)), dataclasses.replace(base, epochs=LOGREG_EPOCHS)),
         "mlp": AttributionTask(ModelSpec((d, 64, c)), dataclasses.replace(base, weight_decay=1e-3)),
@@ -332,7 +332,7 @@ def cost_section(x, y, seed: int, repeats: int) -> dict[str, float]:
     ids = [f"ex{i:05d}" for i in range(len(xt))]
     task = AttributionTask(
         ModelSpec((x.shape[1], 1024, 1024, c)),
-        TrainConfig(epochs=3, batch_size=512, lr=0.05, n_checkpoints=1, trak_k=512, trak_kernel="empirical"),
+        TrainConfig(epochs=3, batch_size=512, lr=0.05, n_checkpoints=1, trak_k=512),
     )
     plain, attributed, step_ratios, res = [], [], [], None
     for r in range(repeats):

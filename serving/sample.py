@@ -72,9 +72,9 @@ AGENT = "caravan-sample"
 SOURCE = "synthetic.csv"
 CLASSES = ("a", "b", "c")
 HIDDEN = (16,)
-CONFIG = TrainConfig(epochs=8, batch_size=16, lr=0.1, trak_k=32, n_checkpoints=2)
-PAYLOAD_CONFIG = TrainConfig(epochs=6, batch_size=16, optimizer="adamw", lr=3e-3, trak_k=64, n_checkpoints=2,
-                             trak_kernel="empirical")  # as the text and image recipes'
+CONFIG = TrainConfig(epochs=8, batch_size=16, lr=0.1, trak_k=32, n_checkpoints=2,
+                     trak_kernel="fisher")  # as the MLP recipe's
+PAYLOAD_CONFIG = TrainConfig(epochs=6, batch_size=16, optimizer="adamw", lr=3e-3, trak_k=64, n_checkpoints=2)
 PAYLOAD_SIZES = RecipeSizes(vocab_size=80, d_model=32, n_layers=1, channels=(4, 8))
 
 

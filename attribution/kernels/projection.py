@@ -113,7 +113,7 @@ class LayerProjector:
 
 def keyed_generator(key: str) -> torch.Generator:
     """A CPU generator seeded by the sha256 of ``key``: the same draws for the same key on any machine, and
-    unrelated draws for different keys (a projector's, or the Fisher's labels at one checkpoint)."""
+    unrelated draws for different keys (each projector's)."""
     digest = hashlib.sha256(key.encode()).digest()
     return torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 

@@ -22,7 +22,7 @@ from ..task import ModelSpec, TrainConfig
 # were paid nothing; stopped, 1.55 and provider pay against the truth +0.740). The pipeline's default
 # (one home); the royalty bench trains it through the pipeline's own mapping
 # (``TrainingConfig.train_config``).
-MLP_CONFIG = TrainConfig(trak_k=512, lr_schedule="linear", patience=5)
+MLP_CONFIG = TrainConfig(trak_k=512, lr_schedule="linear", patience=5, trak_kernel="fisher")
 
 
 class FeatureMLP(nn.Sequential):

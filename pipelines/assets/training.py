@@ -314,8 +314,7 @@ def revalued(
     base = dataclasses.replace(result, model=model, checkpoints=list(checkpoints))
     trak = value_method(config) == "trak"
     if isinstance(split, PayloadSplit):
-        features = model_features(split.task, checkpoints, split.train, seed=config.seed,
-                                  kernel=split.task.config.trak_kernel)
+        features = model_features(split.task, checkpoints, split.train, seed=config.seed)
         return valued_by_trak(base, features, split.targets) if trak else dataclasses.replace(
             base, features=features)
     base = dataclasses.replace(
@@ -613,8 +612,7 @@ def trained_outputs(
     """What the training record names as outputs: model, encoding, scores and TRAK features."""
     if isinstance(split, PayloadSplit):
         features = result.features if isinstance(result.features, ModelTrakFeatures) else model_features(
-            split.task, result.checkpoints, split.train, seed=config.seed,
-            kernel=split.task.config.trak_kernel,
+            split.task, result.checkpoints, split.train, seed=config.seed
         )
         return {
             TrainingRecord.MODEL: task_model_to_bytes(result.model, split.task),

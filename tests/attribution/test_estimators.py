@@ -27,8 +27,11 @@ from .conftest import blobs
 
 
 def _logreg(k=64, **cfg):
+    """The Fisher kernel (the MLP recipe's): for logistic regression it is the Hessian, so TRAK meets exact
+    influence."""
     return AttributionTask(ModelSpec((5, 3)), TrainConfig(epochs=20, batch_size=30, lr=0.3, weight_decay=1e-2,
-                                                          n_checkpoints=1, trak_k=k, **cfg))
+                                                          n_checkpoints=1, trak_k=k, trak_kernel="fisher",
+                                                          **cfg))
 
 
 def test_exact_hessian_matches_autograd(data):

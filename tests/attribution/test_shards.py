@@ -32,7 +32,7 @@ def run():
     xv, yv = blobs(6, 5, 3, seed=1)
     ids = [f"ex{i:04d}" for i in range(len(x))]
     cfg = TrainConfig(epochs=3, batch_size=16, lr=0.2, weight_decay=1e-3, n_checkpoints=2, trak_k=48,
-                      chunk_rows=16)
+                      chunk_rows=16, trak_kernel="fisher")  # the MLP recipe's kernel
     task = AttributionTask(ModelSpec((5, 8, 3), layer_norm=True), cfg)
     res = train_with_attribution(task, x, y, ids, xv, yv, seed=SEED)
     return task, res, x, y, ids, xv, yv
@@ -100,6 +100,24 @@ def test_empirical_kernel_combines_too(run):
     shards = _shards(task, res, x, y, ids, [(0, 48), (48, 100)], kernel="empirical")
     combined = combine_shards(task, res.checkpoints, shards, seed=SEED, kernel="empirical")
     assert features_to_bytes(combined) == features_to_bytes(whole)
+
+
+def test_shards_of_many_classes_draw_each_rows_fisher_labels_as_the_whole_build_does():
+    """Beyond 16 classes the Fisher's labels are drawn, keyed by row (``fisher.fisher_uniforms``): shards on
+    chunk edges give the unsharded bytes, and shards cut inside chunks its scores to float32 precision."""
+    (x, y), (xv, yv) = blobs(100, 5, 20, seed=2), blobs(6, 5, 20, seed=3)
+    ids = [f"ex{i:04d}" for i in range(len(x))]
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=0.2, n_checkpoints=2, trak_k=48, chunk_rows=16,
+                      trak_kernel="fisher")
+    task = AttributionTask(ModelSpec((5, 8, 20)), cfg)
+    res = train_with_attribution(task, x, y, ids, xv, yv, seed=SEED)
+    aligned = combine_shards(task, res.checkpoints, _shards(task, res, x, y, ids, [(0, 48), (48, 100)]),
+                             seed=SEED)
+    assert features_to_bytes(aligned) == features_to_bytes(res.features)
+    inside = combine_shards(task, res.checkpoints, _shards(task, res, x, y, ids, [(0, 37), (37, 100)]),
+                            seed=SEED)
+    ref = res.features.scores(xv, yv)
+    np.testing.assert_allclose(inside.scores(xv, yv), ref, rtol=0, atol=1e-4 * np.abs(ref).max())
 
 
 def test_mismatched_shards_raise_a_named_error(run):

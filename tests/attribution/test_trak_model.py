@@ -28,11 +28,9 @@ from attribution.task import AttributionTask, ModelSpec, TrainConfig
 from attribution.trainer import train_with_attribution
 from attribution.trak import FeatureStore
 from attribution.trak_model import (
-    FISHER_SAMPLES,
     TRAK_VALUE_METHOD,
     BlockInverse,
     fisher_gram,
-    fisher_labels,
     frozen_task_model,
     mlp_valued_by_trak,
     model_features,
@@ -177,7 +175,7 @@ def test_trak_value_replaces_the_in_run_scores() -> None:
 def test_a_run_paid_by_trak_value_trains_plainly_and_values_its_checkpoints(case_name: str) -> None:
     """``train_trak_valued`` trains exactly as plain training does (the same model, bit for bit), keeps
     the checkpoints an attributed run keeps, and scores by TRAK value at them; inputs ``train_model``
-    refuses it refuses alike. Its kernel is its config's (``TrainConfig``'s default: the Fisher)."""
+    refuses it refuses alike. Its kernel is its config's (``TrainConfig``'s default: the gradients')."""
     case = BY_NAME[case_name]
     task = _task(case, epochs=3, batch_size=8, n_checkpoints=2, lr=0.05)
     gen = torch.Generator().manual_seed(5)
@@ -190,7 +188,7 @@ def test_a_run_paid_by_trak_value_trains_plainly_and_values_its_checkpoints(case
     attributed = train_model(task, train, ids, targets, seed=3)
     assert len(run.checkpoints) == len(attributed.checkpoints) == 2
     assert run.method == TRAK_VALUE_METHOD and run.per_target is None and run.timings["train_s"] > 0
-    valued = model_features(task, run.checkpoints, train, seed=3, kernel="fisher").value_scores(targets)
+    valued = model_features(task, run.checkpoints, train, seed=3, kernel="empirical").value_scores(targets)
     np.testing.assert_array_equal(run.scores, valued)
     for a, b in zip(run.checkpoints[-1].values(), plain.state_dict().values(), strict=True):
         assert torch.equal(a, b)  # the last checkpoint is the trained model
@@ -385,26 +383,6 @@ def test_trak_value_with_every_layer_kept_equals_the_one_kernel_form(case_name: 
             assert rel_err(spectrum(torch.as_tensor(block)), spectrum(want)) <= 1e-3
 
 
-def test_fisher_labels_are_every_class_at_its_weight_or_draws_from_the_predictions_beyond_the_limit():
-    """Up to ``FISHER_SAMPLES`` classes every class is one pass at ``√p_c``; beyond, the passes are labels
-    drawn from ``p`` at ``1/√S``, the same for the same seed, whose weighted counts average to ``p``."""
-    gen = torch.Generator().manual_seed(0)
-    few = torch.softmax(torch.randn(50, 6, generator=gen), 1)
-    passes = list(fisher_labels(few, torch.Generator().manual_seed(1)))
-    assert [labels.tolist() for labels, _ in passes] == [[c] * 50 for c in range(6)]
-    assert all(torch.equal(w, few[:, c].sqrt()) for c, (_, w) in enumerate(passes))
-    many = torch.softmax(2 * torch.randn(50, 40, generator=gen), 1)
-    counts = torch.zeros(50, 40, dtype=torch.float64)
-    for r in range(200):
-        passes = list(fisher_labels(many, torch.Generator().manual_seed(r)))
-        assert len(passes) == FISHER_SAMPLES and all(torch.all(w == FISHER_SAMPLES**-0.5) for _, w in passes)
-        for labels, w in passes:
-            counts[torch.arange(50), labels] += float(w[0]) ** 2
-    again = [labels for labels, _ in fisher_labels(many, torch.Generator().manual_seed(199))]
-    assert all(torch.equal(a, b) for a, b in zip(again, [lab for lab, _ in passes], strict=True))
-    assert float((counts / 200 - many.double()).abs().max()) < 0.03  # sd per cell <= 0.0089 (p = 0.5)
-
-
 def test_the_fisher_of_many_classes_drawn_from_the_model_averages_to_the_exact_one() -> None:
     """24 classes: each draw's Gram is an estimate, and their mean comes near the torch.func Fisher; a run
     draws by its seed."""
@@ -416,8 +394,8 @@ def test_the_fisher_of_many_classes_drawn_from_the_model_averages_to_the_exact_o
     model, scored = frozen_task_model(task, task.fresh(3).state_dict())
     sizes = [sum(q.numel() for q in s.module.parameters(recurse=False)) for s in scored]
     projectors = layer_projectors(sizes, max(sizes), seed=0)  # every layer kept exactly
-    grams = [fisher_gram(task, model, scored, projectors, train, task.config,
-                         torch.Generator().manual_seed(r)) for r in range(30)]
+    grams = [fisher_gram(task, model, scored, projectors, train, task.config, seed=r, checkpoint=0)
+             for r in range(30)]
     spectrum, want = torch.linalg.eigvalsh, torch.linalg.eigvalsh(fisher_kernel(task.fresh(3), train))
     one, mean = rel_err(spectrum(grams[0]), want), rel_err(spectrum(torch.stack(grams).mean(0)), want)
     assert mean < 0.04 and mean < one / 3, (one, mean)  # one draw 0.08 off, 30: 0.014 (0.08 / √30)
@@ -534,7 +512,7 @@ def test_block_inverse_multiplies_as_its_dense_matrix() -> None:
     np.testing.assert_allclose(rows @ inv, rows @ dense, rtol=1e-12)
 
 
-@pytest.mark.parametrize("kernel", ["fisher", "empirical"])  # the config's trak_kernel; fisher by default
+@pytest.mark.parametrize("kernel", ["fisher", "empirical"])  # the config's trak_kernel (the MLP's: fisher)
 def test_an_mlp_run_valued_by_trak_equals_the_one_kernel_form_and_keeps_its_serving_features(
     kernel: str,
 ) -> None:

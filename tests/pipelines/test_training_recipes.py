@@ -169,7 +169,7 @@ def test_a_runs_trak_kernel_is_its_recipes_unless_its_config_names_one():
     "recipe, library, settings",
     [
         ("mlp", MLP_CONFIG, dict(epochs=20, batch_size=64, lr=0.1, lr_schedule="linear", optimizer="sgd",
-                                 trak_k=512, patience=5)),
+                                 trak_k=512, patience=5, trak_kernel="fisher")),
         ("text-transformer", TEXT_CONFIG, dict(epochs=10, batch_size=32, lr=1e-3, lr_schedule="linear",
                                                optimizer="adamw", trak_k=128, patience=2,
                                                trak_kernel="empirical")),
