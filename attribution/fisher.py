@@ -16,11 +16,12 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-# Why 16: the exact sum took 31 s against the gradients' 0.5 s at 100 classes (1,900 rows, 3 checkpoints).
-# 16 drawn labels paid as well: on the LOCO of ``bench/attribution_lds.py`` (stop 73; 20 providers, some
-# with flipped labels; tables of 25 and 60 classes, split seeds 0 / 1, logistic regression and the MLP)
-# empirical / exact Fisher / 16 drawn averaged 0.786 / 0.841 / 0.837 over the eight, the MLP of 60 classes
-# (seed 0) taking 0.5 / 18.6 / 1.8 s.
+# Why 16: summing every class took pay's features 31 s against the gradients' 0.5 s at 100 classes (1,900
+# rows, 3 checkpoints; the whole-gradient features 5.3 s against 0.10 s, and 0.9 s drawn). 16 drawn labels
+# paid about as well: on the LOCO of ``bench/attribution_lds.py`` (stop 74; 20 providers, some with flipped
+# labels; tables of 25 and 60 classes, split seeds 0 / 1, logistic regression and the MLP) empirical / exact
+# Fisher / 16 drawn averaged 0.786 / 0.841 / 0.827 over the eight for pay, 0.622 / 0.701 / 0.700 for the
+# whole-gradient features.
 FISHER_SAMPLES = 16
 _WORDS_PER_STEP = 4  # Philox4x64 gives four 64-bit words per counter step; a uniform double takes one
 assert FISHER_SAMPLES % _WORDS_PER_STEP == 0  # so that each row's draws start at a counter step

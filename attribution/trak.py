@@ -334,7 +334,6 @@ def _fisher_rows(model, layers, projector: Projector, x: torch.Tensor, draws: Fi
     return torch.cat(rows)
 
 
-
 def chunk_terms(
     model: nn.Module, layers: list[nn.Module], projector: Projector, x: torch.Tensor, y: torch.Tensor,
     kernel: Kernel, draws: FisherDraws,
