@@ -16,12 +16,12 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-# Why 16: summing every class took pay's features 31 s against the gradients' 0.5 s at 100 classes (1,900
-# rows, 3 checkpoints; the whole-gradient features 5.3 s against 0.10 s, and 0.9 s drawn). 16 drawn labels
-# paid about as well: on the LOCO of ``bench/attribution_lds.py`` (stop 74; 20 providers, some with flipped
-# labels; tables of 25 and 60 classes, split seeds 0 / 1, logistic regression and the MLP) empirical / exact
-# Fisher / 16 drawn averaged 0.786 / 0.841 / 0.827 over the eight for pay, 0.622 / 0.701 / 0.700 for the
-# whole-gradient features.
+# Why 16: summing every class took pay's features 14.4 s against the gradients' 0.17 s at 100 classes, and
+# the whole-gradient features 4.9 s against 0.09 s (1,900 rows, 3 checkpoints, one thread); drawn, 2.6 s
+# and 0.9 s. 16 drawn labels paid about as well: on the LOCO of ``bench/attribution_lds.py`` (20 providers,
+# some with flipped labels; tables of 25 and 60 classes, split seeds 0 / 1, logistic regression and the
+# MLP) empirical / exact Fisher / 16 drawn averaged 0.786 / 0.841 / 0.827 over the eight for pay, 0.622 /
+# 0.701 / 0.700 for the whole-gradient features (stop 74).
 FISHER_SAMPLES = 16
 _WORDS_PER_STEP = 4  # Philox4x64 gives four 64-bit words per counter step; a uniform double takes one
 assert FISHER_SAMPLES % _WORDS_PER_STEP == 0  # so that each row's draws start at a counter step
