@@ -102,20 +102,14 @@ class LayerProjector:
         return self._cache[moved]
 
     def _generator(self) -> torch.Generator:
-        return keyed_generator(f"{self.seed}/{self.checkpoint}/{self.index}")
+        key = hashlib.sha256(f"{self.seed}/{self.checkpoint}/{self.index}".encode()).digest()
+        return torch.Generator(device="cpu").manual_seed(int.from_bytes(key[:8], "little") >> 1)
 
     def _draw(self, rows: int, cols: int, gen: torch.Generator) -> torch.Tensor:
         if self.distribution == "gaussian":
             return torch.randn(rows, cols, generator=gen) / math.sqrt(cols)
         signs = torch.randint(0, 2, (rows, cols), generator=gen).float().mul_(2.0).sub_(1.0)
         return signs.div_(math.sqrt(cols))
-
-
-def keyed_generator(key: str) -> torch.Generator:
-    """A CPU generator seeded by the sha256 of ``key``: the same draws for the same key on any machine, and
-    unrelated draws for different keys (each projector's)."""
-    digest = hashlib.sha256(key.encode()).digest()
-    return torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
 def layer_projectors(
